@@ -1,0 +1,12 @@
+PYTHON ?= python3
+
+.PHONY: run test bench
+
+run:
+	$(PYTHON) campfire.py
+
+test:
+	$(PYTHON) tests/run.py
+
+bench:
+	$(PYTHON) tests/bench.py

@@ -1,0 +1,251 @@
+"""Campfire's schema, migrations, a database Rails created, bad configuration."""
+
+import os
+import shutil
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import unittest
+
+from tests.helpers import AppTestCase, Client, campfire, make_app
+
+CAMPFIRE_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "campfire.py")
+CAMPFIRE_TABLES = {"accounts", "users", "sessions", "rooms", "memberships", "messages", "action_text_rich_texts",
+                   "boosts", "searches", "webhooks", "push_subscriptions", "bans", "active_storage_blobs",
+                   "active_storage_attachments", "active_storage_variant_records", "message_search_index"}
+
+
+def rails_database(path):
+    """A database shaped the way Rails' migrations leave it, with a row of each kind Rails writes."""
+    connection = sqlite3.connect(path)
+    for statement in campfire._split_sql(campfire.SCHEMA):
+        connection.execute(statement)
+    connection.execute('CREATE TABLE "schema_migrations" ("version" varchar NOT NULL PRIMARY KEY)')
+    connection.execute('CREATE TABLE "ar_internal_metadata" ("key" varchar NOT NULL PRIMARY KEY, "value" varchar, '
+                       '"created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL)')
+    connection.execute("INSERT INTO schema_migrations VALUES ('20251212154340')")
+    connection.execute("INSERT INTO ar_internal_metadata VALUES ('environment', 'production', "
+                       "'2025-01-01 10:00:00.000000', '2025-01-01 10:00:00.000000')")
+    stamp = "2025-03-04 05:06:07.123456"
+    connection.execute("INSERT INTO accounts (name, join_code, settings, created_at, updated_at) "
+                       "VALUES ('Rails Co', 'AbCd-EfGh-IjKl', '{}', ?, ?)", (stamp, stamp))
+    connection.execute("INSERT INTO users (name, email_address, password_digest, role, created_at, updated_at) "
+                       "VALUES ('Rita Rails', 'rita@example.com', ?, 1, ?, ?)",
+                       ("$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW", stamp, stamp))
+    connection.execute("INSERT INTO rooms (name, type, creator_id, created_at, updated_at) "
+                       "VALUES ('Rails Room', 'Rooms::Open', 1, ?, ?)", (stamp, stamp))
+    connection.execute("INSERT INTO memberships (room_id, user_id, involvement, created_at, updated_at) "
+                       "VALUES (1, 1, 'mentions', ?, ?)", (stamp, stamp))
+    connection.commit()
+    connection.close()
+
+
+class SchemaTests(AppTestCase):
+    def tables(self):
+        return {row[0] for row in self.app.db.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def test_fresh_database_has_every_campfire_table(self):
+        self.assertLessEqual(CAMPFIRE_TABLES, self.tables())
+
+    def test_database_lives_where_campfire_keeps_it(self):
+        self.assertTrue(os.path.exists(os.path.join(self.storage, "db", "production.sqlite3")))
+
+    def test_wal_mode_and_foreign_keys(self):
+        self.assertEqual(self.app.db.value("PRAGMA journal_mode").lower(), "wal")
+        self.assertEqual(self.app.db.value("PRAGMA foreign_keys"), 1)
+
+    def test_each_migration_runs_once(self):
+        names = [row[0] for row in self.app.db.all("SELECT name FROM campfire_py_migrations ORDER BY name")]
+        self.assertEqual(names, [name for name, _ in campfire.MIGRATIONS])
+        self.app.db.migrate()
+        self.app.close()
+        self.app = make_app(self.storage)
+        again = [row[0] for row in self.app.db.all("SELECT name FROM campfire_py_migrations ORDER BY name")]
+        self.assertEqual(names, again)
+
+    def test_failed_migration_leaves_nothing_behind(self):
+        broken = campfire.MIGRATIONS + (("9999_broken", 'CREATE TABLE "half_done" (x);\nTHIS IS NOT SQL'),)
+        original = campfire.MIGRATIONS
+        campfire.MIGRATIONS = broken
+        try:
+            with self.assertRaises(sqlite3.Error):
+                self.app.db.migrate()
+        finally:
+            campfire.MIGRATIONS = original
+        self.assertNotIn("half_done", self.tables())
+        self.assertIsNone(self.app.db.value("SELECT name FROM campfire_py_migrations WHERE name = '9999_broken'"))
+
+    def test_atomic_rolls_back_on_error_and_nests(self):
+        self.first_run()
+        with self.assertRaises(ZeroDivisionError):
+            with self.app.db.atomic():
+                self.app.db.execute("INSERT INTO searches (user_id, query, created_at, updated_at) VALUES (1, 'a', 'x', 'x')")
+                1 / 0
+        self.assertEqual(self.app.db.value("SELECT count(*) FROM searches"), 0)
+        with self.app.db.atomic():
+            self.app.db.execute("INSERT INTO searches (user_id, query, created_at, updated_at) VALUES (1, 'kept', 'x', 'x')")
+            with self.assertRaises(ValueError):
+                with self.app.db.atomic():
+                    self.app.db.execute("INSERT INTO searches (user_id, query, created_at, updated_at) VALUES (1, 'gone', 'x', 'x')")
+                    raise ValueError
+        self.assertEqual([r[0] for r in self.app.db.all("SELECT query FROM searches")], ["kept"])
+
+    def test_datetimes_are_written_the_rails_way(self):
+        self.first_run()
+        self.assertRegex(self.app.db.value("SELECT created_at FROM users"), r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
+
+
+class RailsDatabaseTests(unittest.TestCase):
+    def setUp(self):
+        self.storage = tempfile.mkdtemp(prefix="campfire-rails-")
+        os.makedirs(os.path.join(self.storage, "db"))
+        self.path = os.path.join(self.storage, "db", "production.sqlite3")
+        rails_database(self.path)
+
+    def tearDown(self):
+        shutil.rmtree(self.storage, ignore_errors=True)
+
+    def test_rails_database_opens_in_place_and_keeps_rails_tables(self):
+        app = make_app(self.storage)
+        try:
+            self.assertEqual(app.store.account_name(), "Rails Co")
+            self.assertEqual(app.db.value("SELECT version FROM schema_migrations"), "20251212154340")
+            self.assertEqual(app.db.value("SELECT value FROM ar_internal_metadata"), "production")
+            client = Client(app)
+            response = client.post("/session", {"email_address": "rita@example.com", "password": "U*U"})
+            if campfire._system_crypt(b"U*U", b"$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW") is None:
+                self.assertEqual(response.status, 401)
+                return
+            self.assertEqual(response.status, 303)
+            room = client.get("/rooms/1")
+            self.assertEqual(room.status, 200)
+            self.assertIn("Rails Room", room.text)
+        finally:
+            app.close()
+
+
+class ConfigurationTests(unittest.TestCase):
+    def run_campfire(self, *args, env=None, timeout=20):
+        environment = dict(os.environ, **(env or {}))
+        return subprocess.run([sys.executable, CAMPFIRE_PY, *args], capture_output=True, text=True,
+                              env=environment, timeout=timeout)
+
+    def test_version_and_help(self):
+        self.assertIn(campfire.VERSION, self.run_campfire("--version").stdout)
+        help_text = self.run_campfire("-h").stdout
+        self.assertIn("serve", help_text)
+        self.assertIn("CAMPFIRE_STORAGE_PATH", help_text)
+
+    def test_port_in_use_is_a_clear_error(self):
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        storage = tempfile.mkdtemp()
+        try:
+            result = self.run_campfire("--host", "127.0.0.1", "--port", str(port), env={"CAMPFIRE_STORAGE_PATH": storage})
+        finally:
+            blocker.close()
+            shutil.rmtree(storage, ignore_errors=True)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("already in use", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_file_that_is_not_sqlite_is_a_clear_error(self):
+        storage = tempfile.mkdtemp()
+        try:
+            bogus = os.path.join(storage, "bogus.sqlite3")
+            with open(bogus, "wb") as file:
+                file.write(b"this is not a database at all" * 100)
+            result = self.run_campfire("--port", "0", env={"CAMPFIRE_STORAGE_PATH": storage, "DATABASE_PATH": bogus})
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("not a usable SQLite database", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+    @unittest.skipIf(os.geteuid() == 0, "root can write anywhere")
+    def test_storage_not_writable_is_a_clear_error_as_non_root(self):
+        storage = tempfile.mkdtemp()
+        os.chmod(storage, stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            result = self.run_campfire("--port", "0", env={"CAMPFIRE_STORAGE_PATH": storage})
+        finally:
+            os.chmod(storage, stat.S_IRWXU)
+            shutil.rmtree(storage, ignore_errors=True)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("not writable", result.stderr)
+
+    def test_storage_that_cannot_be_created_is_a_clear_error(self):
+        storage = tempfile.mkdtemp()
+        blocker = os.path.join(storage, "file")
+        open(blocker, "w").close()
+        try:
+            result = self.run_campfire("--port", "0", env={"CAMPFIRE_STORAGE_PATH": os.path.join(blocker, "storage")})
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("cannot be created", result.stderr)
+
+    def test_bad_port_variable_is_a_clear_error(self):
+        result = self.run_campfire(env={"PORT": "eighty"})
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("PORT must be a number", result.stderr)
+
+    def test_sqlite_without_fts5_is_a_clear_error(self):
+        storage = tempfile.mkdtemp()
+        original = campfire.Database._check_fts5
+
+        def no_fts5(db):
+            raise campfire.ConfigError("This Python's SQLite (x) was built without FTS5, which search needs.")
+        campfire.Database._check_fts5 = no_fts5
+        try:
+            with self.assertRaisesRegex(campfire.ConfigError, "FTS5"):
+                make_app(storage)
+        finally:
+            campfire.Database._check_fts5 = original
+            shutil.rmtree(storage, ignore_errors=True)
+
+
+class StartAndStopTests(unittest.TestCase):
+    def test_sigterm_stops_cleanly_and_checkpoints_the_wal(self):
+        import signal
+        import time
+        import urllib.request
+        storage = tempfile.mkdtemp()
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        process = subprocess.Popen([sys.executable, CAMPFIRE_PY, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                   env=dict(os.environ, CAMPFIRE_STORAGE_PATH=storage),
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 15
+            while time.time() < deadline:
+                try:
+                    with urllib.request.urlopen("http://127.0.0.1:%d/up" % port, timeout=1) as response:
+                        self.assertEqual(response.status, 200)
+                        break
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                self.fail("server did not come up")
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=15)
+            self.assertEqual(process.returncode, 0, stderr)
+            self.assertIn("shutting down", stderr)
+            wal = os.path.join(storage, "db", "production.sqlite3-wal")
+            self.assertTrue(not os.path.exists(wal) or os.path.getsize(wal) == 0)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            shutil.rmtree(storage, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    unittest.main()
