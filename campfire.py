@@ -11,13 +11,14 @@ pure code to the code that touches the world:
   2. Errors                   one exception tree, mapped to statuses at the edge
   3. Utilities                time, HTML escaping, tokens, passwords, rate limits
   4. HTTP/1.1                 a sans-I/O request parser and the response writer
-  5. Storage                  Campfire's SQLite schema, migrations, atomic()
-  6. Domain                   accounts, users and sessions
-  7. Rendering                HTML pages, all through one escaping helper
-  8. Routes                   the router and every handler, by feature
-  9. The application          App: a request in, a response out (no sockets)
- 10. The server               asyncio connections, timeouts, signals
- 11. Command line             main()
+  5. Rich text                the allow-list sanitizer, auto-links, plain text, mentions
+  6. Storage                  Campfire's SQLite schema, migrations, atomic()
+  7. Domain                   accounts, users, sessions, rooms, messages, search
+  8. Rendering                HTML pages, all through one escaping helper
+  9. Routes                   the router and every handler, by feature
+ 10. The application          App: a request in, a response out (no sockets)
+ 11. The server               asyncio connections, timeouts, signals
+ 12. Command line             main()
 """
 
 import argparse
@@ -49,6 +50,8 @@ import urllib.parse
 import zlib
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from html import unescape
+from html.parser import HTMLParser
 
 VERSION = "0.1.0"
 
@@ -111,6 +114,53 @@ SCRYPT_MAXMEM = 64 * 1024 * 1024
 
 LAST_ROOM_COOKIE = "last_room"
 JOIN_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+# Chat (CAMPFIRE.md, Messages and Search).
+MESSAGE_PAGE_SIZE = 40            # a room page, a ?before=/?after= page, each side of a permalink
+MAX_REFRESH_MESSAGES = 500        # /refresh?since= catches up at most this many
+MAX_MESSAGE_BODY_CHARS = 64 * 1024  # 413 past it: a long message, not a document
+MESSAGE_BODY_LIMIT = 256 * 1024   # HTTP body of a message post (HTML escapes inflate it)
+MAX_CLIENT_MESSAGE_ID_CHARS = 100
+MAX_BOOST_CHARS = 16              # boosts.content is varchar(16)
+MAX_ROOM_NAME_CHARS = 100
+MAX_BIO_CHARS = 200
+SEARCH_RESULT_LIMIT = 100         # Campfire shows the last 100 matches
+SEARCH_PROBE_LIMIT = 1000         # newest matches looked at before a membership-scoped query
+MAX_SEARCH_WORDS = 16
+MAX_SEARCH_QUERY_CHARS = 200
+RECENT_SEARCHES_KEPT = 10
+AUTOCOMPLETE_LIMIT = 20
+BOOST_QUICK_PICKS = ("👍", "👏", "👋", "💪", "❤️", "😂", "🎉", "🔥")
+
+# Caches: rendered pages and messages, dropped by version, bounded by count.
+PAGE_CACHE_ENTRIES = 4096
+MESSAGE_CACHE_ENTRIES = 20_000
+
+# Avatar colours for initials (CAMPFIRE.md: crc32 of the id, modulo 18).
+AVATAR_COLORS = ("#b91c1c", "#c2410c", "#b45309", "#4d7c0f", "#15803d", "#047857", "#0f766e", "#0e7490",
+                 "#0369a1", "#1d4ed8", "#4338ca", "#6d28d9", "#7e22ce", "#a21caf", "#be185d", "#be123c",
+                 "#57534e", "#475569")
+
+# /play: Campfire's 56 sounds and what a message shows for each. The 15 that
+# Campfire shows as a picture are shown here as the sound's name in a badge.
+SOUND_PICTURES = frozenset("56k clowntown curb dangerzone deeper donotwant drama greatjob loggins nyan pushit "
+                           "rumble what yay yeah".split())
+SOUND_TEXTS = {
+    "bell": "🔔", "bezos": "😆💭", "bueller": "anyone?", "butts": "👐 🚬", "cottoneyejoe": "🎶🙉🎶 ",
+    "crickets": "hears crickets chirping", "dadgummit": "dad gummit!! 🎣", "danielsan": "🎆 🏆 🎆",
+    "ballmer": "developers!", "flawless": "#flawless", "glados": "🤖💢", "gogogo": "Go, go, go!",
+    "greyjoy": "😖🎺", "guarantee": "guarantees it 👌", "heygirl": "✨💁✨", "honk": "HONK",
+    "horn": "🐶 ✂️ 🐱", "horror": "💀 💀 💀 💀 💀 💀 💀",
+    "inconceivable": "doesn't think it means what you think it means…", "letitgo": "❄️👩❄️⛄️❄️",
+    "live": "is DOING IT LIVE", "makeitso": "make it so 👉", "noooo": "👸💀😒", "ohmy": "raises an eyebrow 😏",
+    "ohyeah": "isn't playing by the rules", "rimshot": "plays a rimshot", "rollout": "is rolling out 🚗",
+    "sax": "🌇🎷🎶", "secret": "found a secret area 🔑", "sexyback": "🔞", "story": "and now you know…",
+    "tada": "plays a fanfare 🎏", "tmyk": "✨ ⭐️ The More You Know ✨ ⭐️", "totes": "😁👍", "trololo": "трололо",
+    "trombone": "plays a sad trombone", "unix": "knows this 💻", "vuvuzela": "======<() ~ ♪ ~♫",
+    "whoomp": "👏‼️😎", "wups": "wups!", "yodel": "📣🗻🙉",
+}
+SOUND_NAMES = frozenset(SOUND_TEXTS) | SOUND_PICTURES
+PLAY_RE = re.compile(r"\A/play (\w+)\Z")
 
 STATUS_REASONS = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created",
@@ -812,7 +862,464 @@ def accepts_gzip(request):
 
 
 ####
-#### 5. Storage
+#### 5. Rich text
+####
+# Message bodies are Trix HTML. On the way in they pass sanitize_html (an
+# allow-list rebuild, so the output is canonical, well-formed and idempotent);
+# html_to_plain_text feeds search, webhooks, notifications and /play;
+# render_rich_text swaps stored mention attachments for chips on the way out.
+# Campfire's helpers/content_filters/sanitize_tags.rb, exactly: Trix writes
+# strikethrough as <del>, so there is no <s> or <strike>.
+
+ALLOWED_TAGS = frozenset(
+    "a abbr acronym address b big blockquote br cite code dd del dfn div dl dt em"
+    " h1 h2 h3 h4 h5 h6 hr i ins kbd li ol p pre samp small span strong sub sup"
+    " time tt ul var action-text-attachment figure figcaption".split())
+# Rails' safe list without src (no <img>) and xml:lang, plus class. No style,
+# on*, id (would collide with the page's) or data-*.
+ALLOWED_ATTRIBUTES = frozenset(
+    "abbr alt cite class datetime height href lang name title width".split())
+ATTACHMENT_TAG = "action-text-attachment"
+# ActionText::Attachment::ATTRIBUTES, allowed on ATTACHMENT_TAG only.
+ATTACHMENT_ATTRIBUTES = frozenset(
+    "sgid content-type url href filename filesize width height previewable"
+    " presentation caption content".split())
+URL_ATTRIBUTES = frozenset(("href", "cite", "url"))
+MENTION_CONTENT_TYPE = "application/vnd.campfire.mention"
+MAX_NESTING_DEPTH = 64  # Trix nests lists a few levels; deeper is an attack (tags dropped, text kept)
+
+_ATTACHMENT_ALLOWED = ALLOWED_ATTRIBUTES | ATTACHMENT_ATTRIBUTES
+_VOID_TAGS = frozenset(("br", "hr"))
+# Nothing inside these survives. <embed> is void, so it has no content to drop.
+_DROP_CONTENT = frozenset(
+    "script style iframe object svg math template noscript textarea title select"
+    " xmp noembed noframes head".split())
+_NO_LINK_TAGS = frozenset(("a", "code", "pre", ATTACHMENT_TAG))
+_NO_SELF_NESTING = frozenset(("a", ATTACHMENT_TAG))  # a browser closes the outer <a> instead
+_EXTERNAL_LINK = ' target="_blank" rel="noopener noreferrer"'
+
+# WHATWG URL parsing drops tabs and newlines anywhere and C0 controls and spaces
+# at the ends; dropping all of them before looking for a scheme is stricter.
+_URL_IGNORED = re.compile(r"[\x00-\x20\x7f]+")
+# Allowed: http, https, mailto, or relative (no ":" before the first / ? #).
+_SAFE_URL = re.compile(r"(?:https?:|mailto:|[^:/?#]*(?:[/?#]|\Z))", re.I | re.A)
+_EXTERNAL_URL = re.compile(r"https?:|[/\\]{2}", re.I | re.A)  # a browser reads "/\" as "//"
+# Bare URLs in text, like rails_autolink: not glued to a word, an email or a path.
+_BARE_URL = re.compile(r"(?<![\w@/.:-])(?:https?://|www\.)\w[^\s<>\"]*", re.I | re.A)
+_URL_TRAILING = ".,;:!?"
+_TAG = re.compile(r"<[^>]*>")
+_ATTACHMENT_START = re.compile(r"<action-text-attachment\b([^>]*)>")
+_ATTACHMENT_ELEMENT = re.compile(
+    r"<action-text-attachment\b([^>]*)>(.*?)</action-text-attachment>", re.S)
+_ATTRIBUTE = re.compile(r'([\w:-]+)="([^"]*)"')
+
+# Plain text: paragraph-like blocks are set off by a blank line, others by a newline.
+_PARAGRAPH_TAGS = frozenset(
+    "p h1 h2 h3 h4 h5 h6 ul ol dl blockquote pre figure address hr".split())
+_LINE_TAGS = frozenset("div li dd dt figcaption".split())
+_LIST_TAGS = frozenset(("ul", "ol"))
+
+
+def _escape(text):
+    """The one escaping function for text and double-quoted attribute values;
+    nbsp written as &nbsp; the way Trix's innerHTML does."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;").replace("\xa0", "&nbsp;"))
+
+
+def _link_urls(text):
+    """Escaped text with its bare http(s) and www. URLs made into links."""
+    out, done = [], 0
+    for match in _BARE_URL.finditer(text):
+        url = match[0]
+        end, unbalanced = len(url), url.count(")") - url.count("(")
+        while True:  # trailing punctuation and an unbalanced ")" end the sentence, not the URL
+            if url[end - 1] in _URL_TRAILING:
+                end -= 1
+            elif url[end - 1] == ")" and unbalanced > 0:
+                end, unbalanced = end - 1, unbalanced - 1
+            else:
+                break
+        url = url[:end]
+        href = url if url[:1] in "hH" else "http://" + url
+        out += (_escape(text[done:match.start()]), '<a href="', _escape(href), '"',
+                _EXTERNAL_LINK, ">", _escape(url), "</a>")
+        done = match.start() + len(url)
+    out.append(_escape(text[done:]))
+    return "".join(out)
+
+
+def _fragment_text(fragment):
+    """Rough text of an attribute holding HTML (an attachment's content)."""
+    return " ".join(unescape(_TAG.sub(" ", fragment)).split())
+
+
+def _attachment_attributes(source):
+    """Attributes of a start tag as written by sanitize_html (or Rails)."""
+    return {name: unescape(value) for name, value in _ATTRIBUTE.findall(source)}
+
+
+def _feed(parser, html):
+    """parser.feed(html), then whatever it left unparsed (an unterminated tag,
+    comment or charref at the end) as text. HTMLParser.close() would rescan that
+    tail from each "<" in it: quadratic time on "<a <a <a…" (CPython gh-135462)."""
+    parser.feed(html)
+    if parser.rawdata and not parser.cdata_elem:  # an unclosed <script>'s text is dropped
+        parser.handle_data(unescape(parser.rawdata))
+
+
+def _parse_marked_section(parser, i, report=True):
+    """HTMLParser.parse_marked_section, minus the AssertionError that
+    _markupbase raises on "<![foo[": read it as a browser does, a bogus
+    comment up to the first ">". ("<![CDATA[…]]>" is still dropped whole.)"""
+    try:
+        return HTMLParser.parse_marked_section(parser, i, report)
+    except AssertionError:
+        end = parser.rawdata.find(">", i + 3)
+        return end + 1 if end >= 0 else -1
+
+
+class _Sanitizer(HTMLParser):
+    """Rebuilds HTML from allowed tags and attributes only. Text is buffered
+    until an emitted tag, so a dropped tag never splits a URL that a second
+    pass would then link: this is what makes the output idempotent."""
+
+    def __init__(self, keep_attachment, link):
+        super().__init__(convert_charrefs=True)
+        self.out = []
+        self._keep_attachment = keep_attachment
+        self._link = link
+        self._text = []        # pending text run
+        self._open = []        # emitted elements still open, innermost last
+        self._no_link = 0      # how many open elements forbid auto-links
+        self._skip_tag = None  # element whose content is being dropped
+        self._skip_depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        if self._skip_tag:
+            self._skip_depth += tag == self._skip_tag
+            return
+        if tag not in ALLOWED_TAGS:
+            if tag in _DROP_CONTENT:
+                self._skip_tag, self._skip_depth = tag, 1
+            return
+        if len(self._open) >= MAX_NESTING_DEPTH or (tag in _NO_SELF_NESTING and tag in self._open):
+            return
+        kept, external = {}, False
+        allowed = _ATTACHMENT_ALLOWED if tag == ATTACHMENT_TAG else ALLOWED_ATTRIBUTES
+        for name, value in attrs:
+            if name in allowed and name not in kept:
+                value = value or ""
+                if name in URL_ATTRIBUTES:
+                    url = _URL_IGNORED.sub("", value)
+                    if not _SAFE_URL.match(url):
+                        continue
+                    external = external or (tag == "a" and name == "href" and _EXTERNAL_URL.match(url))
+                kept[name] = value
+        if tag == ATTACHMENT_TAG and not self._keep_attachment(
+                kept.get("sgid", ""), kept.get("content-type", "")):
+            return
+        self._flush_text()
+        if kept:
+            attributes = "".join(f' {name}="{_escape(value)}"' for name, value in kept.items())
+            self.out.append(f"<{tag}{attributes}{_EXTERNAL_LINK if external else ''}>")
+        else:
+            self.out.append(f"<{tag}>")
+        if tag not in _VOID_TAGS:
+            self._open.append(tag)
+            self._no_link += tag in _NO_LINK_TAGS
+
+    def handle_startendtag(self, tag, attrs):
+        # "<div/>" opens a div in HTML; "<script/>" has no content to drop.
+        if tag not in _DROP_CONTENT:
+            self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag):
+        if self._skip_tag:
+            if tag == self._skip_tag:
+                self._skip_depth -= 1
+                if not self._skip_depth:
+                    self._skip_tag = None
+            return
+        if tag in self._open:  # never emit an end tag that wasn't opened
+            self._flush_text()
+            while True:
+                name = self._open.pop()
+                self._no_link -= name in _NO_LINK_TAGS
+                self.out.append(f"</{name}>")
+                if name == tag:
+                    break
+
+    def handle_data(self, data):
+        if not self._skip_tag:
+            self._text.append(data)
+
+    parse_marked_section = _parse_marked_section
+
+    def _flush_text(self):
+        if self._text:
+            text = "".join(self._text)
+            self._text.clear()
+            self.out.append(_link_urls(text) if self._link and not self._no_link else _escape(text))
+
+    def finish(self):
+        self._flush_text()
+        self.out.extend(f"</{name}>" for name in reversed(self._open))
+        return "".join(self.out)
+
+
+def sanitize_html(html, *, keep_attachment=lambda sgid, content_type: True, link=False):
+    """Allowed tags and attributes only, well-formed, every text and value
+    escaped; contents of script, style, svg… dropped. Attachments survive only
+    when keep_attachment(sgid, content_type) says so (the caller checks mention
+    signatures). link=True also auto-links bare URLs, as Campfire does after
+    sanitizing. sanitize_html(sanitize_html(x)) == sanitize_html(x)."""
+    html = html.replace("\0", "")  # browsers never let NUL reach a tag name or URL intact
+    if "<" not in html:  # plain text from bots and the API: no parser needed
+        text = unescape(html) if "&" in html else html
+        return _link_urls(text) if link else _escape(text)
+    parser = _Sanitizer(keep_attachment, link)
+    try:
+        _feed(parser, html)
+    except AssertionError:  # html.parser's last-resort "should not get here" checks
+        return _escape(html)
+    return parser.finish()
+
+
+def auto_link(html):
+    """Links bare URLs in sanitized HTML, outside <a>, <code> and <pre>. A thin
+    wrapper: sanitizing is idempotent, so this is sanitize_html(html, link=True);
+    prefer passing link=True when sanitizing to parse once."""
+    return sanitize_html(html, link=True)
+
+
+class _PlainText(HTMLParser):
+    """Action Text's to_plain_text: blocks become line breaks, list items get
+    bullets or numbers, a mention becomes "@Name"."""
+
+    def __init__(self, mention_name):
+        super().__init__(convert_charrefs=True)
+        self.parts = []
+        self._mention_name = mention_name
+        self._breaks = 0       # line breaks owed before the next text
+        self._lists = []       # [ordered?, items so far] per open list
+        self._pre = 0
+        self._skip_tag = None  # an attachment (already written) or a dropped element
+        self._skip_depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        if self._skip_tag:
+            self._skip_depth += tag == self._skip_tag
+            return
+        if tag == ATTACHMENT_TAG or tag in _DROP_CONTENT:
+            if tag == ATTACHMENT_TAG:
+                self._write(self._attachment_text(dict(attrs)))
+            self._skip_tag, self._skip_depth = tag, 1
+        elif tag == "br":
+            self._breaks += 1
+        elif tag == "li":
+            self._break(1)
+            if self._lists and self._lists[-1][0]:
+                self._lists[-1][1] += 1
+                bullet = f"{self._lists[-1][1]}. "
+            else:
+                bullet = "• "
+            self._write("  " * max(len(self._lists) - 1, 0) + bullet)
+        else:
+            self._block(tag)
+            if tag in _LIST_TAGS:
+                self._lists.append([tag == "ol", 0])
+            self._pre += tag == "pre"
+
+    def handle_endtag(self, tag):
+        if self._skip_tag:
+            if tag == self._skip_tag:
+                self._skip_depth -= 1
+                if not self._skip_depth:
+                    self._skip_tag = None
+            return
+        if tag in _LIST_TAGS and self._lists:
+            self._lists.pop()
+        elif tag == "pre" and self._pre:
+            self._pre -= 1
+        self._block(tag)
+
+    def handle_data(self, data):
+        if self._skip_tag:
+            return
+        if not self._pre and "\n" in data and data.isspace():  # source formatting
+            if self._breaks or not self.parts:
+                return
+            data = " "
+        self._write(data)
+
+    parse_marked_section = _parse_marked_section
+
+    def _attachment_text(self, attrs):
+        if attrs.get("content-type") == MENTION_CONTENT_TYPE:
+            name = (self._mention_name(attrs.get("sgid") or "")
+                    or _fragment_text(attrs.get("content") or ""))
+            return name if not name or name.startswith("@") else "@" + name
+        label = attrs.get("caption") or attrs.get("filename")
+        return f"[{label}]" if label else ""
+
+    def _block(self, tag):
+        if tag in _PARAGRAPH_TAGS:
+            self._break(1 if self._lists else 2)  # a nested list is one more line
+        elif tag in _LINE_TAGS:
+            self._break(1)
+
+    def _break(self, lines):
+        self._breaks = max(self._breaks, lines)
+
+    def _write(self, text):
+        if text:
+            if self._breaks and self.parts:
+                self.parts.append("\n" * min(self._breaks, 2))  # at most one blank line
+            self._breaks = 0
+            self.parts.append(text)
+
+
+def html_to_plain_text(html, *, mention_name=lambda sgid: None):
+    """Plain text for search, webhooks, notifications and the /play check:
+    "<div>/play tada</div>" → "/play tada". A mention is "@" + mention_name(sgid),
+    else its content's text, else nothing."""
+    if "<" not in html:
+        return (unescape(html) if "&" in html else html).strip()
+    parser = _PlainText(mention_name)
+    try:
+        _feed(parser, html)
+    except AssertionError:
+        return _TAG.sub("", html).strip()
+    return "".join(parser.parts).strip()
+
+
+def render_rich_text(stored_html, *, mention=lambda sgid: None):
+    """Stored (sanitized) body → display HTML: each mention attachment becomes
+    mention(sgid), a ready HTML chip; when that is None the attachment's inner
+    HTML or its content's text (escaped) stays. Other attachments are dropped:
+    files are rendered elsewhere."""
+    if "<action-text-attachment" not in stored_html:
+        return stored_html
+
+    def replace(match):
+        attributes = _attachment_attributes(match[1])
+        if attributes.get("content-type") != MENTION_CONTENT_TYPE:
+            return ""
+        chip = mention(attributes.get("sgid", ""))
+        if chip is not None:
+            return chip
+        return match[2] or _escape(_fragment_text(attributes.get("content", "")))
+
+    return _ATTACHMENT_ELEMENT.sub(replace, stored_html)
+
+
+def find_mentions(stored_html):
+    """The sgids of mention attachments, in order of first appearance."""
+    if "<action-text-attachment" not in stored_html:
+        return []
+    sgids = {}
+    for match in _ATTACHMENT_START.finditer(stored_html):
+        attributes = _attachment_attributes(match[1])
+        if attributes.get("content-type") == MENTION_CONTENT_TYPE and attributes.get("sgid"):
+            sgids.setdefault(attributes["sgid"])
+    return list(sgids)
+
+
+# Signed global ids, as Rails' MessageVerifier writes them:
+# base64(JSON envelope) + "--" + hex HMAC-SHA256 of the base64 text.
+_GID_USER = re.compile(r"gid://[\w.-]+/User/(\d{1,18})(?!\d)")
+
+
+def _sgid_digest(data, secret):
+    return hmac.new(secret, data.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+
+
+def _unbase64(data):
+    """Decoded text (latin-1, so Marshal bytes survive), or "" when not base64."""
+    try:
+        return base64.b64decode(data + "=" * (-len(data) % 4), altchars=b"-_").decode("latin-1")
+    except (binascii.Error, ValueError):
+        return ""
+
+
+def make_sgid(user_id, secret):
+    envelope = {"_rails": {"data": f"gid://campfire/User/{int(user_id)}", "pur": "attachable"}}
+    data = base64.b64encode(json.dumps(envelope, separators=(",", ":")).encode()).decode("ascii")
+    return f"{data}--{_sgid_digest(data, secret)}"
+
+
+def sgid_user_id(sgid):
+    """The user id in a stored sgid, signature not checked (bodies Rails wrote
+    are trusted data). Reads {"_rails":{"data":gid}}, the older
+    {"_rails":{"message":base64(json or Marshal)}} and Marshal-era ids."""
+    text = _unbase64(sgid.rpartition("--")[0] or sgid)
+    try:
+        rails = json.loads(text)["_rails"]
+        text = rails["data"] if "data" in rails else _unbase64(rails["message"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass  # not a JSON envelope: search the decoded bytes themselves
+    match = _GID_USER.search(text) if isinstance(text, str) else None
+    return int(match[1]) if match else None
+
+
+def verify_sgid(sgid, secret):
+    """The user id when the sgid carries our signature, else None."""
+    data, separator, digest = sgid.rpartition("--")
+    if separator and hmac.compare_digest(
+            digest.encode("utf-8", "replace"), _sgid_digest(data, secret).encode()):
+        return sgid_user_id(sgid)
+    return None
+
+
+# Mentions typed as text ------------------------------------------------------------
+
+_MENTION_SKIP_TAGS = frozenset(("a", "code", "pre", "action-text-attachment"))
+_TAG_SPLIT = re.compile(r"(<[^>]*>)")
+_TAG_NAME = re.compile(r"</?([a-zA-Z][\w-]*)")
+_AT_SIGN = re.compile(r"(?<![\w@])@")
+
+
+def link_mentions(html_text, people):
+    """'@Name' in sanitized HTML (outside links and code) becomes the mention
+    attachment Campfire stores. people: [(name, sgid)]; the longest name wins."""
+    if not people:
+        return html_text
+    candidates = sorted(((str(escape(name)).lower(), sgid) for name, sgid in people), key=lambda p: -len(p[0]))
+    parts = _TAG_SPLIT.split(html_text)
+    skipping = 0
+    for index, part in enumerate(parts):
+        if part.startswith("<"):
+            tag = _TAG_NAME.match(part)
+            if tag and tag.group(1).lower() in _MENTION_SKIP_TAGS and not part.endswith("/>"):
+                skipping += -1 if part.startswith("</") else 1
+            continue
+        if not skipping and "@" in part:
+            parts[index] = _link_mentions_in_text(part, candidates)
+    return "".join(parts)
+
+
+def _link_mentions_in_text(text, candidates):
+    pieces, position = [], 0
+    for match in _AT_SIGN.finditer(text):
+        start = match.end()
+        if match.start() < position:
+            continue
+        following = text[start:start + 200].lower()
+        for name, sgid in candidates:
+            end = start + len(name)
+            if following.startswith(name) and not (end < len(text) and (text[end].isalnum() or text[end] == "_")):
+                pieces.append(text[position:match.start()])
+                pieces.append('<action-text-attachment sgid="%s" content-type="%s"></action-text-attachment>'
+                              % (html.escape(sgid), MENTION_CONTENT_TYPE))
+                position = end
+                break
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
+####
+#### 6. Storage
 ####
 # Campfire's own schema (db/schema.rb), written the way Rails writes it for
 # SQLite, so a database either program created opens in the other. Our
@@ -971,7 +1478,7 @@ def _split_sql(script):
 
 
 ####
-#### 6. Domain: accounts, users, sessions
+#### 7. Domain: accounts, users, rooms, messages, search
 ####
 
 ROLE_MEMBER, ROLE_ADMINISTRATOR, ROLE_BOT = 0, 1, 2
@@ -1044,6 +1551,22 @@ class Store:
         self.db = db
         self._users = {}        # id → User; dropped whenever a user row changes
         self._sessions = {}     # token digest → SessionInfo
+        self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids})
+        self._room_members = {}  # room id → (versions, [active member ids])
+        self._last_search = {}   # user id → their latest recorded query
+        self.room_versions = collections.Counter()        # messages, boosts, name, members
+        self.user_versions = collections.Counter()        # a user's sidebar: memberships, unread, names
+        self.membership_versions = collections.Counter()  # who is in a room
+        self.message_version = 0                          # any message anywhere (search results)
+        self.global_version = 0                           # account name, user names and avatars
+
+    def account_setting(self, name):
+        account = self.account()
+        try:
+            settings = json.loads(account["settings"] or "{}") if account else {}
+        except ValueError:
+            settings = {}
+        return bool(settings.get(name)) if isinstance(settings, dict) else False
 
     # Account ---------------------------------------------------------------
     def account(self):
@@ -1082,6 +1605,7 @@ class Store:
         user_id = cursor.lastrowid
         for row in self.db.all("SELECT id FROM rooms WHERE type = ?", (ROOM_OPEN,)):
             self.add_membership(row["id"], user_id, now=now)
+            self.memberships_changed(row["id"], [user_id])
         return self.user(user_id)
 
     def set_password_digest(self, user_id, digest):
@@ -1144,6 +1668,7 @@ class Store:
         involvement = "everything" if room_type == ROOM_DIRECT else "mentions"
         for user_id in member_ids:
             self.add_membership(room_id, user_id, involvement, now)
+        self.memberships_changed(room_id, member_ids)
         return self.room(room_id)
 
     def add_membership(self, room_id, user_id, involvement="mentions", now=None):
@@ -1166,9 +1691,294 @@ class Store:
     def active_user_ids(self):
         return [row[0] for row in self.db.all("SELECT id FROM users WHERE status = ?", (STATUS_ACTIVE,))]
 
+    # Versions: every cached page names the versions it was built from, so a
+    # change anywhere makes the stale copy unreachable rather than wrong.
+    def bump_room(self, room_id):
+        self.room_versions[room_id] += 1
+        self.message_version += 1
+
+    def bump_users(self, user_ids):
+        for user_id in user_ids:
+            self.user_versions[user_id] += 1
+
+    def bump_everything(self):
+        self.global_version += 1
+        self._users.clear()
+        self._member_rooms.clear()
+        self._room_members.clear()
+
+    def _memberships_of(self, user_id):
+        key = (self.user_versions[user_id], self.global_version)
+        cached = self._member_rooms.get(user_id)
+        if cached is None or cached[0] != key:
+            rows = self.db.all("SELECT room_id, involvement, unread_at FROM memberships WHERE user_id = ?", (user_id,))
+            cached = self._member_rooms[user_id] = (
+                key, {row[0]: row[1] for row in rows},
+                {row[0] for row in rows if row[2] is not None and row[1] != "invisible"})
+        return cached
+
+    def user_rooms(self, user_id):
+        """{room_id: involvement} for a user's memberships, cached per user version."""
+        return self._memberships_of(user_id)[1]
+
+    def unread_room_ids(self, user_id):
+        return self._memberships_of(user_id)[2]
+
+    def room_updated_at(self, room_id):
+        return self.db.value("SELECT updated_at FROM rooms WHERE id = ?", (room_id,)) or ""
+
+    def room_member_ids(self, room_id):
+        """Active members' ids of a room, cached per room membership version."""
+        key = (self.membership_versions[room_id], self.global_version)
+        cached = self._room_members.get(room_id)
+        if cached is None or cached[0] != key:
+            ids = [row[0] for row in self.db.all(
+                "SELECT memberships.user_id FROM memberships JOIN users ON users.id = memberships.user_id "
+                "WHERE memberships.room_id = ? AND users.status = ? ORDER BY lower(users.name), users.id",
+                (room_id, STATUS_ACTIVE))]
+            cached = self._room_members[room_id] = (key, ids)
+        return cached[1]
+
+    def memberships_changed(self, room_id, user_ids):
+        self.membership_versions[room_id] += 1
+        self.bump_room(room_id)
+        self.bump_users(user_ids)
+
+    # Rooms ---------------------------------------------------------------------
+    def rename_room(self, room, name):
+        self.db.execute("UPDATE rooms SET name = ?, updated_at = ? WHERE id = ?", (name, utc_now_text(), room.id))
+        self.bump_room(room.id)
+        self.bump_users(self.room_member_ids(room.id))
+
+    def change_room_type(self, room, room_type):
+        self.db.execute("UPDATE rooms SET type = ?, updated_at = ? WHERE id = ?", (room_type, utc_now_text(), room.id))
+        self.bump_room(room.id)
+
+    def set_room_members(self, room, user_ids):
+        """Grant and revoke so the room's members are exactly user_ids."""
+        wanted = set(user_ids)
+        current = {row[0] for row in self.db.all("SELECT user_id FROM memberships WHERE room_id = ?", (room.id,))}
+        now = utc_now_text()
+        for user_id in wanted - current:
+            self.add_membership(room.id, user_id, now=now)
+        for user_id in current - wanted:
+            self.db.execute("DELETE FROM memberships WHERE room_id = ? AND user_id = ?", (room.id, user_id))
+        self.memberships_changed(room.id, wanted | current)
+        return wanted - current, current - wanted
+
+    def direct_room_for(self, user_ids):
+        """The one direct room whose members are exactly these users, if any."""
+        ids = sorted(set(user_ids))
+        marks = ",".join("?" * len(ids))
+        row = self.db.one(
+            "SELECT rooms.id FROM rooms JOIN memberships ON memberships.room_id = rooms.id "
+            "WHERE rooms.type = ? GROUP BY rooms.id "
+            "HAVING count(*) = ? AND sum(memberships.user_id IN (%s)) = ? ORDER BY rooms.id LIMIT 1" % marks,
+            (ROOM_DIRECT, len(ids), *ids, len(ids)))
+        return self.room(row[0]) if row else None
+
+    def delete_room(self, room):
+        member_ids = self.room_member_ids(room.id)
+        message_ids = "SELECT id FROM messages WHERE room_id = ?"
+        self.db.execute("DELETE FROM boosts WHERE message_id IN (%s)" % message_ids, (room.id,))
+        self.db.execute("DELETE FROM message_search_index WHERE rowid IN (%s)" % message_ids, (room.id,))
+        self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id IN (%s)"
+                        % message_ids, (room.id,))
+        self.db.execute("DELETE FROM messages WHERE room_id = ?", (room.id,))
+        self.db.execute("DELETE FROM memberships WHERE room_id = ?", (room.id,))
+        self.db.execute("DELETE FROM rooms WHERE id = ?", (room.id,))
+        self.memberships_changed(room.id, member_ids)
+
+    def set_involvement(self, room_id, user_id, involvement):
+        self.db.execute("UPDATE memberships SET involvement = ?, updated_at = ? WHERE room_id = ? AND user_id = ?",
+                        (involvement, utc_now_text(), room_id, user_id))
+        self.bump_users([user_id])
+
+    def mark_read(self, room_id, user_id):
+        """Visiting a room clears its unread mark (only writes when there is one)."""
+        if room_id not in self.unread_room_ids(user_id):
+            return False
+        cursor = self.db.execute(
+            "UPDATE memberships SET unread_at = NULL WHERE room_id = ? AND user_id = ? AND unread_at IS NOT NULL",
+            (room_id, user_id))
+        if cursor.rowcount:
+            self.bump_users([user_id])
+            return True
+        return False
+
+    # Messages ------------------------------------------------------------------
+    MESSAGE_COLUMNS = ("SELECT messages.id, messages.room_id, messages.creator_id, messages.client_message_id, "
+                       "messages.created_at, messages.updated_at, action_text_rich_texts.body AS body "
+                       "FROM messages LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = "
+                       "'Message' AND action_text_rich_texts.record_id = messages.id AND "
+                       "action_text_rich_texts.name = 'body' ")
+
+    def message(self, message_id):
+        return self.db.one(self.MESSAGE_COLUMNS + "WHERE messages.id = ?", (message_id,))
+
+    def message_by_client_id(self, room_id, creator_id, client_message_id):
+        return self.db.one(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND messages.creator_id = ? "
+                           "AND messages.client_message_id = ? ORDER BY messages.id LIMIT 1",
+                           (room_id, creator_id, client_message_id))
+
+    def create_message(self, room_id, creator_id, client_message_id, body, plain_text, now=None):
+        """The message, its rich text and its search row, in the caller's transaction.
+
+        Returns (message_id, ids of members whose room just became unread)."""
+        stamp = utc_now_text(now)
+        message_id = self.db.execute(
+            "INSERT INTO messages (room_id, creator_id, client_message_id, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?)", (room_id, creator_id, client_message_id, stamp, stamp)).lastrowid
+        self.db.execute(
+            "INSERT INTO action_text_rich_texts (name, body, record_type, record_id, created_at, updated_at) "
+            "VALUES ('body', ?, 'Message', ?, ?, ?)", (body, message_id, stamp, stamp))
+        self.db.execute("INSERT INTO message_search_index (rowid, body) VALUES (?, ?)", (message_id, plain_text))
+        # CAMPFIRE.md, Unread: visible, disconnected members other than the author.
+        unread = [row[0] for row in self.db.execute(
+            "UPDATE memberships SET unread_at = ?, updated_at = ? WHERE room_id = ? AND user_id != ? "
+            "AND involvement != 'invisible' AND connections = 0 AND unread_at IS NULL RETURNING user_id",
+            (stamp, stamp, room_id, creator_id)).fetchall()]
+        self.db.execute("UPDATE rooms SET updated_at = ? WHERE id = ?", (stamp, room_id))
+        self.bump_room(room_id)
+        self.bump_users(unread)
+        return message_id, unread
+
+    def update_message(self, message, body, plain_text, now=None):
+        stamp = utc_now_text(now)
+        self.db.execute("UPDATE action_text_rich_texts SET body = ?, updated_at = ? WHERE record_type = 'Message' "
+                        "AND record_id = ? AND name = 'body'", (body, stamp, message["id"]))
+        self.db.execute("UPDATE messages SET updated_at = ? WHERE id = ?", (stamp, message["id"]))
+        self.db.execute("DELETE FROM message_search_index WHERE rowid = ?", (message["id"],))
+        self.db.execute("INSERT INTO message_search_index (rowid, body) VALUES (?, ?)", (message["id"], plain_text))
+        self.bump_room(message["room_id"])
+
+    def delete_message(self, message):
+        self.db.execute("DELETE FROM boosts WHERE message_id = ?", (message["id"],))
+        self.db.execute("DELETE FROM message_search_index WHERE rowid = ?", (message["id"],))
+        self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id = ?",
+                        (message["id"],))
+        self.db.execute("DELETE FROM messages WHERE id = ?", (message["id"],))
+        self.bump_room(message["room_id"])
+
+    def messages_page(self, room_id, *, before=None, after=None, limit=MESSAGE_PAGE_SIZE):
+        """Up to `limit` messages next to a message (or the newest), oldest first."""
+        if before is not None:
+            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND "
+                               "(messages.created_at, messages.id) < (SELECT created_at, id FROM messages WHERE id = ?) "
+                               "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?", (room_id, before, limit))
+            return rows[::-1]
+        if after is not None:
+            return self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND "
+                               "(messages.created_at, messages.id) > (SELECT created_at, id FROM messages WHERE id = ?) "
+                               "ORDER BY messages.created_at, messages.id LIMIT ?", (room_id, after, limit))
+        rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? "
+                           "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?", (room_id, limit))
+        return rows[::-1]
+
+    def messages_since(self, room_id, since_text, limit=MAX_REFRESH_MESSAGES):
+        return self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND messages.updated_at >= ? "
+                           "ORDER BY messages.updated_at, messages.id LIMIT ?", (room_id, since_text, limit))
+
+    def boosts_for(self, message_ids):
+        if not message_ids:
+            return {}
+        boosts = collections.defaultdict(list)
+        for start in range(0, len(message_ids), 500):
+            chunk = message_ids[start:start + 500]
+            for row in self.db.all("SELECT id, message_id, booster_id, content FROM boosts WHERE message_id IN (%s) "
+                                   "ORDER BY id" % ",".join("?" * len(chunk)), chunk):
+                boosts[row["message_id"]].append(row)
+        return boosts
+
+    def create_boost(self, message, booster_id, content):
+        stamp = utc_now_text()
+        boost_id = self.db.execute(
+            "INSERT INTO boosts (message_id, booster_id, content, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (message["id"], booster_id, content, stamp, stamp)).lastrowid
+        self.bump_room(message["room_id"])
+        return boost_id
+
+    def boost(self, boost_id):
+        return self.db.one("SELECT * FROM boosts WHERE id = ?", (boost_id,))
+
+    def delete_boost(self, boost, room_id):
+        self.db.execute("DELETE FROM boosts WHERE id = ?", (boost["id"],))
+        self.bump_room(room_id)
+
+    # Search -----------------------------------------------------------------------
+    def search(self, user_id, query, limit=SEARCH_RESULT_LIMIT):
+        """The newest `limit` messages matching every word, in the user's rooms only.
+
+        A probe takes the newest matches across all rooms (FTS5 walks its
+        doclists in rowid order, so this is cheap) and keeps the user's; only
+        when that leaves too few does a membership-scoped query run."""
+        match = fts_match_expression(query)
+        if match is None:
+            return []
+        rooms = self.user_rooms(user_id)
+        probe = self.db.all("SELECT rowid FROM message_search_index WHERE message_search_index MATCH ? "
+                            "ORDER BY rowid DESC LIMIT ?", (match, SEARCH_PROBE_LIMIT))
+        if len(probe) < SEARCH_PROBE_LIMIT:
+            candidate_ids = [row[0] for row in probe]
+            marks = ",".join("?" * len(candidate_ids)) or "NULL"
+            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s) ORDER BY messages.id DESC"
+                               % marks, candidate_ids)
+            rows = [row for row in rows if row["room_id"] in rooms][:limit]
+        else:
+            room_ids = list(rooms) or [0]
+            rows = self.db.all(
+                self.MESSAGE_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
+                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) ORDER BY messages.id DESC LIMIT ?"
+                % ",".join("?" * len(room_ids)), (match, *room_ids, limit))
+        return rows[::-1]
+
+    def record_search(self, user_id, query):
+        """Keep the user's 10 most recent distinct searches (skips a repeat of the latest)."""
+        if self._last_search.get(user_id) == query:
+            return
+        stamp = utc_now_text()
+        self.db.execute("DELETE FROM searches WHERE user_id = ? AND query = ?", (user_id, query))
+        self.db.execute("INSERT INTO searches (user_id, query, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                        (user_id, query, stamp, stamp))
+        self.db.execute("DELETE FROM searches WHERE user_id = ? AND id NOT IN (SELECT id FROM searches WHERE "
+                        "user_id = ? ORDER BY id DESC LIMIT ?)", (user_id, user_id, RECENT_SEARCHES_KEPT))
+        self._last_search[user_id] = query
+
+    def recent_searches(self, user_id):
+        return [row[0] for row in self.db.all("SELECT query FROM searches WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+                                              (user_id, RECENT_SEARCHES_KEPT))]
+
+    def clear_searches(self, user_id):
+        self.db.execute("DELETE FROM searches WHERE user_id = ?", (user_id,))
+        self._last_search.pop(user_id, None)
+
+    # People ----------------------------------------------------------------------
+    def active_users(self, exclude_bots=False):
+        rows = self.db.all("SELECT * FROM users WHERE status = ? %s ORDER BY lower(name), id"
+                           % ("AND role != 2" if exclude_bots else ""), (STATUS_ACTIVE,))
+        return [User.from_row(row) for row in rows]
+
+    def users_matching(self, query, user_ids=None, limit=AUTOCOMPLETE_LIMIT):
+        pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self.db.all("SELECT * FROM users WHERE status = ? AND name LIKE ? ESCAPE '\\' "
+                           "ORDER BY lower(name), id LIMIT 500", (STATUS_ACTIVE, pattern))
+        users = [User.from_row(row) for row in rows]
+        if user_ids is not None:
+            allowed = set(user_ids)
+            users = [user for user in users if user.id in allowed]
+        return users[:limit]
+
+
+def fts_match_expression(query):
+    """A user's words as an FTS5 expression that cannot be a syntax error:
+    non-word characters become spaces and every word is quoted (CAMPFIRE.md, Search)."""
+    words = re.findall(r"\w+", str(query))[:MAX_SEARCH_WORDS]
+    if not words:
+        return None
+    return " ".join('"%s"' % word for word in words)
 
 ####
-#### 7. Rendering
+#### 8. Rendering
 ####
 # Every page is built from small functions returning HTML, and every value
 # reaches the page through HTML.format/escape.
@@ -1181,12 +1991,15 @@ def render_layout(app, request, title, body, *, sidebar=None, body_class="", sta
         top = HTML(
             '<header class="topbar">'
             '<a class="topbar__brand" href="/">{account}</a>'
+            '<form class="topbar__search" method="get" action="/searches" role="search">'
+            '<input type="search" name="q" placeholder="Search" aria-label="Search messages"></form>'
             '<nav class="topbar__nav" aria-label="Account">'
-            '<span class="topbar__user">{name}</span>'
+            '<a class="topbar__user" href="/users/{id}">{avatar}<span>{name}</span></a>'
             '<form method="post" action="/session" class="inline-form">'
             '<input type="hidden" name="_method" value="delete">'
             '<button type="submit" class="button button--quiet">Sign out</button></form>'
-            '</nav></header>').format(account=account_name, name=user.name)
+            '</nav></header>').format(account=account_name, name=user.name, id=user.id,
+                                       avatar=render_avatar(user.id, 24))
     if sidebar is None and user is not None:
         sidebar = render_sidebar(app, request)
     main = HTML('<div class="layout">{sidebar}<main id="main" class="main">{body}</main></div>').format(
@@ -1198,7 +2011,11 @@ def render_layout(app, request, title, body, *, sidebar=None, body_class="", sta
         '<title>{title}</title>'
         '<link rel="stylesheet" href="{css}">'
         '<link rel="icon" href="{icon}" type="image/svg+xml">'
-        '</head><body class="{body_class}">{top}{main}</body></html>').format(
+        '<script type="module" src="{js}"></script>'
+        '</head><body class="{body_class}"{user_data}>{top}{main}</body></html>').format(
+        js=app.asset_url("app.js"),
+        user_data=HTML(' data-user-id="{}" data-administrator="{}"').format(
+            user.id, "true" if user.administrator else "false") if user else "",
         title="%s · %s" % (title, account_name) if title else account_name,
         css=app.asset_url("campfire.css"), icon=app.asset_url("campfire-icon.svg"),
         body_class=body_class, top=top, main=main)
@@ -1206,17 +2023,33 @@ def render_layout(app, request, title, body, *, sidebar=None, body_class="", sta
 
 
 def render_sidebar(app, request, current_room_id=None):
-    rooms = app.store.rooms_for(request.user.id)
-    shared = [room for room in rooms if room["type"] != ROOM_DIRECT]
-    items = HTML("").join(
-        HTML('<li><a class="sidebar__room{current}" href="/rooms/{id}">{name}</a></li>').format(
-            id=room["id"], name=room["name"] or "Untitled",
-            current=HTML(" sidebar__room--current") if room["id"] == current_room_id else "")
-        for room in shared)
+    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks."""
+    user_id = request.user.id
+    rows = app.store.rooms_for(user_id)
+    unread = app.store.unread_room_ids(user_id)
+
+    def item(room):
+        classes = "sidebar__room"
+        if room.id in unread:
+            classes += " sidebar__room--unread"
+        if room.id == current_room_id:
+            classes += " sidebar__room--current"
+        return HTML('<li><a class="{classes}" href="/rooms/{id}" data-room-id="{id}"{current}>{name}</a></li>').format(
+            classes=classes, id=room.id, name=room_title(app, room, user_id),
+            current=HTML(' aria-current="page"') if room.id == current_room_id else "")
+    shared = [Room.from_row(row) for row in rows if row["type"] != ROOM_DIRECT]
+    direct = sorted((Room.from_row(row) for row in rows if row["type"] == ROOM_DIRECT),
+                    key=lambda room: app.store.room_updated_at(room.id), reverse=True)
+    new_room = HTML('<a class="sidebar__add" href="/rooms/opens/new" aria-label="New room" title="New room">+</a>') \
+        if request.user.administrator or not app.store.account_setting("restrict_room_creation_to_administrators") else ""
     return HTML(
         '<nav id="user_sidebar" class="sidebar" aria-label="Rooms">'
-        '<h2 class="sidebar__heading">Rooms</h2>'
-        '<ul id="shared_rooms" class="sidebar__rooms">{items}</ul></nav>').format(items=items)
+        '<div class="sidebar__section"><h2 class="sidebar__heading">Rooms {new_room}</h2>'
+        '<ul id="shared_rooms" class="sidebar__rooms">{shared}</ul></div>'
+        '<div class="sidebar__section"><h2 class="sidebar__heading">Pings '
+        '<a class="sidebar__add" href="/rooms/directs/new" aria-label="New Ping" title="New Ping">+</a></h2>'
+        '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div></nav>').format(
+        new_room=new_room, shared=HTML("").join(map(item, shared)), direct=HTML("").join(map(item, direct)))
 
 
 def render_errors(errors, field_name):
@@ -1267,16 +2100,6 @@ def render_user_fields(values, errors):
     ]
 
 
-def render_room(app, request, room, messages_html=HTML("")):
-    body = HTML(
-        '<section class="room" data-room-id="{id}" aria-labelledby="room_name">'
-        '<header class="room__header"><h1 class="room__name" id="room_name">{name}</h1></header>'
-        '<div class="messages" id="messages" aria-live="polite">{messages}</div>'
-        '</section>').format(id=room.id, name=room.name or "Untitled", messages=messages_html)
-    return render_layout(app, request, room.name, body,
-                         sidebar=render_sidebar(app, request, current_room_id=room.id), body_class="room-page")
-
-
 def render_error_page(app, request, status, message):
     body = HTML('<section class="panel"><h1 class="panel__title">{status} · {reason}</h1>'
                 '<p>{message}</p><p><a href="/">Back to Campfire</a></p></section>').format(
@@ -1288,8 +2111,164 @@ def render_error_page(app, request, status, message):
         request.user = user
 
 
+def iso_time(db_time):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(parse_db_time(db_time) or 0))
+
+
+def render_time(created_at):
+    """<time> in UTC; the browser shows it in the reader's own time zone."""
+    seconds = parse_db_time(created_at) or 0
+    return HTML('<time datetime="{iso}">{short}</time>').format(
+        iso=iso_time(created_at), short=time.strftime("%H:%M", time.gmtime(seconds)))
+
+
+def render_avatar(user_id, size=36):
+    return HTML('<img class="avatar" src="/users/{id}/avatar" alt="" width="{size}" height="{size}" loading="lazy">').format(
+        id=user_id, size=size)
+
+
+def render_boost(app, boost, room_id):
+    booster = app.store.user(boost["booster_id"])
+    name = booster.name if booster else "Someone"
+    return HTML(
+        '<li class="boost" id="boost_{id}" data-booster-id="{booster_id}" title="{name}">'
+        '<span class="boost__content">{content}</span> <span class="boost__author">{name}</span>'
+        '<form method="post" action="/messages/{message_id}/boosts/{id}" class="boost__remove">'
+        '<input type="hidden" name="_method" value="delete">'
+        '<button type="submit" aria-label="Remove boost">×</button></form></li>').format(
+        id=boost["id"], booster_id=boost["booster_id"], name=name, content=boost["content"],
+        message_id=boost["message_id"])
+
+
+def message_sound(plain_text):
+    """The /play sound a message is, or None (CAMPFIRE.md, /play)."""
+    match = PLAY_RE.match(plain_text) if plain_text.startswith("/play ") else None
+    return match.group(1) if match and match.group(1) in SOUND_NAMES else None
+
+
+def render_message(app, message, boosts=()):
+    """One message, the same for every reader (cached); per-reader controls are
+    shown or hidden by the browser from data-creator-id, and the server checks."""
+    key = (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), app.store.global_version)
+    cached = app.message_cache.get(key)
+    if cached is not None:
+        return cached
+    creator = app.store.user(message["creator_id"])
+    name = creator.name if creator else "Deleted user"
+    stored = message["body"] or ""
+    plain = app.plain_text(stored)
+    sound = message_sound(plain)
+    if sound:
+        text = SOUND_TEXTS.get(sound)
+        body = HTML('<span class="sound" data-sound="{name}">🔊 {label}</span>').format(
+            name=sound, label=text if text else HTML('<span class="sound__badge">{}</span>').format(sound))
+    else:
+        body = app.render_body(stored)
+    edited = HTML(' <span class="message__edited" title="Edited">(edited)</span>') \
+        if message["updated_at"] != message["created_at"] and message["updated_at"] > message["created_at"] else ""
+    room_id = message["room_id"]
+    rendered = HTML(
+        '<div class="message" id="message_{id}" data-message-id="{id}" data-client-message-id="{client_id}" '
+        'data-creator-id="{creator_id}" data-created-at="{created}"{sound_attr}>'
+        '<a class="message__avatar" href="/users/{creator_id}" tabindex="-1" aria-hidden="true">{avatar}</a>'
+        '<div class="message__content"><div class="message__meta">'
+        '<a class="message__author" href="/users/{creator_id}">{name}</a> '
+        '<a class="message__permalink" href="/rooms/{room_id}/@{id}">{time}</a>{edited}</div>'
+        '<div class="message__body">{body}</div>'
+        '<ul class="boosts" id="boosts_message_{id}">{boosts}</ul>'
+        '<div class="message__actions">'
+        '<a class="message__action" data-action="copy-link" href="/rooms/{room_id}/@{id}">Copy link</a>'
+        '<a class="message__action" data-action="boost" href="/messages/{id}/boosts/new">Boost</a>'
+        '<a class="message__action message__action--owner" data-action="edit" href="/rooms/{room_id}/messages/{id}/edit">Edit</a>'
+        '<form method="post" action="/rooms/{room_id}/messages/{id}" class="message__action message__action--owner inline-form">'
+        '<input type="hidden" name="_method" value="delete">'
+        '<button type="submit" data-action="delete">Delete</button></form>'
+        '</div></div></div>').format(
+        id=message["id"], client_id=message["client_message_id"], creator_id=message["creator_id"],
+        created=iso_time(message["created_at"]),
+        sound_attr=HTML(' data-sound="{}"').format(sound) if sound else "",
+        avatar=render_avatar(message["creator_id"]), name=name, room_id=room_id,
+        time=render_time(message["created_at"]), edited=edited, body=body,
+        boosts=HTML("").join(render_boost(app, boost, room_id) for boost in boosts))
+    app.message_cache.put(key, rendered)
+    return rendered
+
+
+def render_messages(app, messages):
+    boosts = app.store.boosts_for([message["id"] for message in messages])
+    return HTML("").join(render_message(app, message, boosts.get(message["id"], ())) for message in messages)
+
+
+def room_title(app, room, viewer_id):
+    """A direct room is named by its other members (CAMPFIRE.md, Rooms)."""
+    if room.type != ROOM_DIRECT:
+        return room.name or "Untitled room"
+    others = [app.store.user(user_id) for user_id in app.store.room_member_ids(room.id) if user_id != viewer_id]
+    return ", ".join(user.name for user in others if user) or "Just you"
+
+
+def room_settings_path(room):
+    kind = {ROOM_OPEN: "opens", ROOM_CLOSED: "closeds", ROOM_DIRECT: "directs"}.get(room.type, "opens")
+    return "/rooms/%s/%d/edit" % (kind, room.id)
+
+
+def next_involvement(current, direct):
+    """The bell cycles as Campfire's does (CAMPFIRE.md, Involvement)."""
+    if direct:
+        return "nothing" if current == "everything" else "everything"
+    cycle = ("mentions", "everything", "nothing", "invisible")
+    return cycle[(cycle.index(current) + 1) % 4] if current in cycle else "mentions"
+
+
+INVOLVEMENT_LABELS = {"invisible": "Hidden from the sidebar", "nothing": "No notifications",
+                      "mentions": "Notify on mentions", "everything": "Notify on every message"}
+
+
+def render_bell(room, involvement):
+    upcoming = next_involvement(involvement, room.direct)
+    return HTML(
+        '<form method="post" action="/rooms/{id}/involvement" class="bell inline-form" id="involvement_room_{id}">'
+        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="{next}">'
+        '<button type="submit" class="bell__button bell--{current}" title="{label}" '
+        'aria-label="Notifications: {label}. Change to: {next_label}">{icon}</button></form>').format(
+        id=room.id, next=upcoming, current=involvement, label=INVOLVEMENT_LABELS.get(involvement, involvement),
+        next_label=INVOLVEMENT_LABELS.get(upcoming, upcoming),
+        icon="🔕" if involvement in ("nothing", "invisible") else "🔔")
+
+
+def render_composer(room):
+    return HTML(
+        '<form class="composer" id="composer" method="post" action="/rooms/{id}/messages" data-room-id="{id}">'
+        '<label class="visually-hidden" for="composer_body">Write a message</label>'
+        '<textarea class="composer__input" id="composer_body" name="message[body]" rows="1" '
+        'placeholder="Write a message" aria-label="Write a message" required></textarea>'
+        '<button type="submit" class="button button--primary composer__send">Send Message</button>'
+        '</form>').format(id=room.id)
+
+
+def render_room(app, request, room, messages, *, highlight_id=None):
+    """The room page: a complete document with its messages, oldest first."""
+    involvement = app.store.user_rooms(request.user.id).get(room.id, "mentions")
+    title = room_title(app, room, request.user.id)
+    heading = "Ping with %s" % title if room.direct else title
+    body = HTML(
+        '<section class="room" id="room" data-room-id="{id}" data-room-type="{type}" aria-labelledby="room_name">'
+        '<header class="room__header"><h1 class="room__name" id="room_name">{heading}</h1>'
+        '<div class="room__tools">{bell}'
+        '<a class="room__settings" href="{settings}" aria-label="Room settings" title="Room settings">⚙︎</a></div>'
+        '</header>'
+        '<div class="messages" id="messages" data-room-id="{id}"{highlight}>{messages}</div>'
+        '{composer}</section>').format(
+        id=room.id, type=room.type.split("::")[-1].lower(), heading=heading,
+        bell=render_bell(room, involvement), settings=room_settings_path(room),
+        highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
+        messages=render_messages(app, messages), composer=render_composer(room))
+    return render_layout(app, request, title, body,
+                         sidebar=render_sidebar(app, request, current_room_id=room.id), body_class="room-page")
+
+
 ####
-#### 8. Routes
+#### 9. Routes
 ####
 # Each handler is declared with the route it answers. `auth` says who may ask:
 #   public      anyone (the user is still loaded when signed in)
@@ -1534,14 +2513,549 @@ def landing(app, request):
 
 @route("GET", "/rooms/<int:room_id>", auth="user")
 def show_room(app, request, room_id):
+    """The room with its newest messages; visiting clears its unread mark."""
     room = app.room_for_member(request, room_id)
-    response = render_room(app, request, room)
-    app.set_cookie(response, LAST_ROOM_COOKIE, str(room.id), http_only=False)
+    user = request.user
+    if app.store.mark_read(room.id, user.id):
+        app.events.room_read(room, user.id)
+    store = app.store
+    key = ("room", user.id, room.id, store.room_versions[room.id], store.user_versions[user.id],
+           store.global_version)
+    response = app.cached(request, key, lambda: render_room(app, request, room, store.messages_page(room.id)))
+    if request.cookies.get(LAST_ROOM_COOKIE) != str(room.id):
+        app.set_cookie(response, LAST_ROOM_COOKIE, str(room.id), http_only=False)
     return response
 
 
+# Rooms ----------------------------------------------------------------------------
+
+def _navigating(request):
+    """A plain form submission by a browser (answered with a redirect, not a fragment)."""
+    return request.headers.get("sec-fetch-mode") == "navigate"
+
+
+def can_administer(user, record_creator_id):
+    """adm?(r): administrators, and whoever created the room or message."""
+    return user.administrator or record_creator_id == user.id
+
+
+def _require_room_creation(app, user):
+    if app.store.account_setting("restrict_room_creation_to_administrators") and not user.administrator:
+        raise Forbidden("Only administrators can create rooms here.")
+
+
+def render_room_form(app, request, *, room=None, room_type=ROOM_OPEN, name="", member_ids=(), errors=None, status=200):
+    """New room and room settings: name, open or closed, members, delete."""
+    errors = errors or {}
+    editing = room is not None
+    can_edit = not editing or can_administer(request.user, room.creator_id)
+    people = [user for user in app.store.active_users(exclude_bots=False) if user.id != request.user.id]
+    chosen = set(member_ids)
+    checkboxes = HTML("").join(
+        HTML('<li><label class="picker__person"><input type="checkbox" name="user_ids[]" value="{id}"{checked}{disabled}> '
+             '{avatar} {name}</label></li>').format(
+            id=user.id, name=user.name, avatar=render_avatar(user.id, 24),
+            checked=HTML(" checked") if user.id in chosen else "",
+            disabled=HTML(" disabled") if not can_edit else "")
+        for user in people)
+    kinds = HTML("").join(
+        HTML('<label class="choice"><input type="radio" name="room_kind" value="{value}"{checked}{disabled}> '
+             '<span><strong>{label}</strong> {help}</span></label>').format(
+            value=value, label=label, help=help_text, checked=HTML(" checked") if room_type == kind else "",
+            disabled=HTML(" disabled") if not can_edit else "")
+        for kind, value, label, help_text in (
+            (ROOM_OPEN, "opens", "Open", "Everyone is in it, including people who join later."),
+            (ROOM_CLOSED, "closeds", "Closed", "Only the people you pick below.")))
+    action = "/rooms/%s" % ("opens" if room_type == ROOM_OPEN else "closeds")
+    if editing:
+        action += "/%d" % room.id
+    delete = HTML("")
+    if editing and can_edit:
+        delete = HTML('<form method="post" action="/rooms/{id}" class="danger-zone">'
+                      '<input type="hidden" name="_method" value="delete">'
+                      '<button type="submit" class="button button--danger" data-confirm="Delete this room and all its messages?">'
+                      'Delete room</button></form>').format(id=room.id)
+    notice = HTML("") if can_edit else HTML(
+        '<p class="notice">Only the room\'s creator or an administrator can change these settings.</p>')
+    body = HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">{title}</h1>{notice}'
+        '<form method="post" action="{action}" class="form room-form" data-room-form>'
+        '{method}'
+        '<div class="field"><label class="field__label" for="room_name_field">Name this room</label>'
+        '<input class="field__input" id="room_name_field" name="room[name]" value="{name}" maxlength="{max}" '
+        'required autofocus{readonly}>{name_error}</div>'
+        '<fieldset class="field"><legend class="field__label">Who can see it</legend>{kinds}</fieldset>'
+        '<fieldset class="field picker" data-members><legend class="field__label">Members</legend>'
+        '<ul class="picker__people">{people}</ul></fieldset>'
+        '<div class="form__actions">{save}<a class="button" href="{cancel}">Cancel changes</a></div>'
+        '</form>{delete}</section>').format(
+        title="Room settings" if editing else "New room", notice=notice, action=action,
+        method=HTML('<input type="hidden" name="_method" value="patch">') if editing else "",
+        name=name, max=MAX_ROOM_NAME_CHARS, readonly=HTML(" readonly") if not can_edit else "",
+        name_error=render_errors(errors, "room[name]"), kinds=kinds, people=checkboxes,
+        save=HTML('<button type="submit" class="button button--primary">Save</button>') if can_edit else "",
+        cancel="/rooms/%d" % room.id if editing else "/", delete=delete)
+    return render_layout(app, request, "Room settings" if editing else "New room", body, status=status)
+
+
+@route("GET", "/rooms/opens/new")
+@route("GET", "/rooms/closeds/new")
+def new_room(app, request):
+    _require_room_creation(app, request.user)
+    room_type = ROOM_CLOSED if "/closeds/" in request.path else ROOM_OPEN
+    return render_room_form(app, request, room_type=room_type, name="New room")
+
+
+def _room_form_values(request):
+    name = request.form.text("room[name]")
+    errors = {}
+    if len(name) > MAX_ROOM_NAME_CHARS:
+        errors["room[name]"] = "Use at most %d characters." % MAX_ROOM_NAME_CHARS
+    member_ids = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()}
+    return name or "New room", member_ids, errors
+
+
+@route("POST", "/rooms/opens")
+@route("POST", "/rooms/closeds")
+def create_room(app, request):
+    _require_room_creation(app, request.user)
+    room_type = ROOM_CLOSED if request.path == "/rooms/closeds" else ROOM_OPEN
+    name, member_ids, errors = _room_form_values(request)
+    if errors:
+        return render_room_form(app, request, room_type=room_type, name=name, member_ids=member_ids,
+                                errors=errors, status=422)
+    active = set(app.store.active_user_ids())
+    members = active if room_type == ROOM_OPEN else (member_ids & active) | {request.user.id}
+    with app.db.atomic():
+        room = app.store.create_room(name, room_type, request.user.id, sorted(members))
+    app.events.room_changed(room, "created")
+    return redirect("/rooms/%d" % room.id)
+
+
+@route("GET", "/rooms/opens/<int:room_id>")
+@route("GET", "/rooms/closeds/<int:room_id>")
+@route("GET", "/rooms/directs/<int:room_id>")
+def room_kind_show(app, request, room_id):
+    app.room_for_member(request, room_id)
+    return redirect("/rooms/%d" % room_id, 302)
+
+
+@route("GET", "/rooms/opens/<int:room_id>/edit")
+@route("GET", "/rooms/closeds/<int:room_id>/edit")
+def edit_room(app, request, room_id):
+    room = app.room_for_member(request, room_id)
+    if room.direct:
+        return redirect("/rooms/directs/%d/edit" % room.id, 302)
+    return render_room_form(app, request, room=room, room_type=room.type, name=room.name or "",
+                            member_ids=app.store.room_member_ids(room.id))
+
+
+@route("PATCH", "/rooms/opens/<int:room_id>")
+@route("PUT", "/rooms/opens/<int:room_id>")
+@route("PATCH", "/rooms/closeds/<int:room_id>")
+@route("PUT", "/rooms/closeds/<int:room_id>")
+def update_room(app, request, room_id):
+    room = app.room_for_member(request, room_id)
+    if room.direct:
+        raise Forbidden("A direct room can't become another kind of room.")
+    if not can_administer(request.user, room.creator_id):
+        raise Forbidden("Only the room's creator or an administrator can change it.")
+    room_type = ROOM_CLOSED if request.path.startswith("/rooms/closeds/") else ROOM_OPEN
+    name, member_ids, errors = _room_form_values(request)
+    if errors:
+        return render_room_form(app, request, room=room, room_type=room_type, name=name, member_ids=member_ids,
+                                errors=errors, status=422)
+    active = set(app.store.active_user_ids())
+    with app.db.atomic():
+        if name != room.name:
+            app.store.rename_room(room, name)
+        if room_type != room.type:
+            app.store.change_room_type(room, room_type)
+        wanted = active if room_type == ROOM_OPEN else (member_ids & active) | {request.user.id}
+        granted, revoked = app.store.set_room_members(room, wanted)
+    room = app.store.room(room.id)
+    app.events.room_changed(room, "updated", revoked=revoked)
+    return redirect("/rooms/%d" % room.id)
+
+
+@route("DELETE", "/rooms/<int:room_id>")
+@route("DELETE", "/rooms/directs/<int:room_id>")
+def delete_room(app, request, room_id):
+    room = app.room_for_member(request, room_id)
+    if not room.direct and not can_administer(request.user, room.creator_id):
+        raise Forbidden("Only the room's creator or an administrator can delete it.")
+    if request.path.startswith("/rooms/directs/") and not room.direct:
+        raise NotFound("There is no such room.")
+    member_ids = app.store.room_member_ids(room.id)
+    with app.db.atomic():
+        app.store.delete_room(room)
+    app.events.room_deleted(room, member_ids)
+    return redirect("/", 303)
+
+
+@route("GET", "/rooms/directs/new")
+def new_direct_room(app, request):
+    return render_direct_form(app, request)
+
+
+def render_direct_form(app, request, errors=None, status=200):
+    people = [user for user in app.store.active_users() if user.id != request.user.id]
+    options = HTML("").join(
+        HTML('<li><label class="picker__person"><input type="checkbox" name="user_ids[]" value="{id}"> '
+             '{avatar} {name}</label></li>').format(id=user.id, name=user.name, avatar=render_avatar(user.id, 24))
+        for user in people)
+    body = HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">New Ping</h1>'
+        '<p class="panel__intro">A private conversation with the people you pick.</p>{error}'
+        '<form method="post" action="/rooms/directs" class="form" data-direct-form>'
+        '<fieldset class="field picker" data-members><legend class="field__label">People</legend>'
+        '<input class="field__input picker__filter" type="search" placeholder="Find people…" '
+        'aria-label="Find people" data-picker-filter hidden>'
+        '<ul class="picker__people">{options}</ul></fieldset>'
+        '<div class="form__actions"><button type="submit" class="button button--primary">Start Ping</button>'
+        '<a class="button" href="/">Cancel changes</a></div></form></section>').format(
+        error=render_errors(errors or {}, "user_ids[]"), options=options)
+    return render_layout(app, request, "New Ping", body, status=status)
+
+
+@route("POST", "/rooms/directs")
+def create_direct_room(app, request):
+    active = set(app.store.active_user_ids())
+    chosen = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()} & active
+    chosen.discard(request.user.id)
+    if not chosen:
+        return render_direct_form(app, request, {"user_ids[]": "Pick at least one person."}, status=422)
+    members = sorted(chosen | {request.user.id})
+    with app.db.atomic():
+        room = app.store.direct_room_for(members)
+        created = room is None
+        if created:
+            room = app.store.create_room(None, ROOM_DIRECT, request.user.id, members)
+    if created:
+        app.events.room_changed(room, "created")
+    return redirect("/rooms/%d" % room.id)
+
+
+@route("GET", "/rooms/directs/<int:room_id>/edit")
+def edit_direct_room(app, request, room_id):
+    room = app.room_for_member(request, room_id)
+    if not room.direct:
+        return redirect(room_settings_path(room), 302)
+    members = [app.store.user(user_id) for user_id in app.store.room_member_ids(room.id)]
+    items = HTML("").join(HTML('<li class="picker__person">{avatar} {name}</li>').format(
+        avatar=render_avatar(user.id, 24), name=user.name) for user in members if user)
+    body = HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">Ping with {names}</h1>'
+        '<ul class="picker__people">{items}</ul>'
+        '<div class="form__actions"><a class="button" href="/rooms/{id}">Back to the conversation</a></div>'
+        '<form method="post" action="/rooms/directs/{id}" class="danger-zone">'
+        '<input type="hidden" name="_method" value="delete">'
+        '<button type="submit" class="button button--danger" data-confirm="Delete this conversation?">'
+        'Delete conversation</button></form></section>').format(
+        names=room_title(app, room, request.user.id), items=items, id=room.id)
+    return render_layout(app, request, "Room settings", body)
+
+
+@route("GET", "/rooms/<int:room_id>/involvement")
+def show_involvement(app, request, room_id):
+    room = app.room_for_member(request, room_id)
+    return Response(render_bell(room, app.store.user_rooms(request.user.id).get(room.id, "mentions")))
+
+
+@route("PUT", "/rooms/<int:room_id>/involvement")
+@route("PATCH", "/rooms/<int:room_id>/involvement")
+def update_involvement(app, request, room_id):
+    room = app.room_for_member(request, room_id)
+    involvement = request.form.text("involvement")
+    allowed = ("everything", "nothing") if room.direct else INVOLVEMENTS
+    if involvement not in allowed:
+        raise Unprocessable("Involvement must be one of: %s." % ", ".join(allowed))
+    with app.db.atomic():
+        app.store.set_involvement(room.id, request.user.id, involvement)
+    app.events.sidebar_changed([request.user.id])
+    if _navigating(request):
+        return redirect("/rooms/%d" % room.id)
+    return Response(render_bell(room, involvement))
+
+
+# Messages -------------------------------------------------------------------------
+
+@route("GET", "/rooms/<int:room_id>/messages")
+def message_page(app, request, room_id):
+    room = app.room_for_member(request, room_id)
+    before, after = request.query.get("before"), request.query.get("after")
+    for value in (before, after):
+        if value is not None and not value.isdigit():
+            raise BadRequest("before and after take a message id.")
+
+    def build():
+        messages = app.store.messages_page(room.id, before=int(before) if before else None,
+                                           after=int(after) if after else None)
+        if not messages:
+            return Response(b"", 204)
+        return Response(render_messages(app, messages))
+    key = ("messages", room.id, app.store.room_versions[room.id], app.store.global_version, before, after)
+    return app.cached(request, key, build)
+
+
+@route("POST", "/rooms/<int:room_id>/messages", body_limit=MESSAGE_BODY_LIMIT)
+def create_message(app, request, room_id):
+    room = app.room_for_member(request, room_id)
+    client_message_id = request.form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
+        or secrets.token_hex(16)
+    message, created = app.post_message(room, request.user, request.form.get("message[body]", ""), client_message_id)
+    if _navigating(request):
+        return redirect("/rooms/%d" % room.id)
+    return Response(render_message(app, message, app.store.boosts_for([message["id"]]).get(message["id"], ())),
+                    201 if created else 200, headers=[("Location", "/rooms/%d/@%d" % (room.id, message["id"]))])
+
+
+def _message_in_room(app, request, room_id, message_id):
+    app.room_for_member(request, room_id)
+    message = app.store.message(message_id)
+    if message is None or message["room_id"] != room_id:
+        raise NotFound("There is no such message.")
+    return message
+
+
+@route("GET", "/rooms/<int:room_id>/messages/<int:message_id>")
+def show_message(app, request, room_id, message_id):
+    message = _message_in_room(app, request, room_id, message_id)
+    return Response(render_message(app, message, app.store.boosts_for([message_id]).get(message_id, ())))
+
+
+@route("GET", "/rooms/<int:room_id>/messages/<int:message_id>/edit")
+def edit_message(app, request, room_id, message_id):
+    message = _message_in_room(app, request, room_id, message_id)
+    if not can_administer(request.user, message["creator_id"]):
+        raise Forbidden("You can only edit your own messages.")
+    body = HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">Edit message</h1>'
+        '<form method="post" action="/rooms/{room_id}/messages/{id}" class="form">'
+        '<input type="hidden" name="_method" value="patch">'
+        '<label class="visually-hidden" for="edit_body">Edit message</label>'
+        '<textarea class="field__input" id="edit_body" name="message[body]" rows="6" aria-label="Edit message" '
+        'required autofocus>{body}</textarea>'
+        '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
+        '<a class="button" href="/rooms/{room_id}/@{id}">Cancel changes</a></div></form></section>').format(
+        room_id=room_id, id=message_id, body=message["body"] or "")
+    return render_layout(app, request, "Edit message", body)
+
+
+@route("PATCH", "/rooms/<int:room_id>/messages/<int:message_id>", body_limit=MESSAGE_BODY_LIMIT)
+@route("PUT", "/rooms/<int:room_id>/messages/<int:message_id>", body_limit=MESSAGE_BODY_LIMIT)
+def update_message(app, request, room_id, message_id):
+    message = _message_in_room(app, request, room_id, message_id)
+    if not can_administer(request.user, message["creator_id"]):
+        raise Forbidden("You can only edit your own messages.")
+    message = app.edit_message(message, request.form.get("message[body]", ""))
+    if _navigating(request):
+        return redirect("/rooms/%d/@%d" % (room_id, message_id))
+    return Response(render_message(app, message, app.store.boosts_for([message_id]).get(message_id, ())))
+
+
+@route("DELETE", "/rooms/<int:room_id>/messages/<int:message_id>")
+def delete_message(app, request, room_id, message_id):
+    message = _message_in_room(app, request, room_id, message_id)
+    if not can_administer(request.user, message["creator_id"]):
+        raise Forbidden("You can only delete your own messages.")
+    app.remove_message(message)
+    if _navigating(request):
+        return redirect("/rooms/%d" % room_id)
+    return Response(b"", 204)
+
+
+@route("GET", "/rooms/<int:room_id>/@<int:message_id>")
+def permalink(app, request, room_id, message_id):
+    message = _message_in_room(app, request, room_id, message_id)
+    room = app.store.room(room_id)
+    messages = (app.store.messages_page(room_id, before=message_id) + [message]
+                + app.store.messages_page(room_id, after=message_id))
+    return render_room(app, request, room, messages, highlight_id=message_id)
+
+
+@route("GET", "/rooms/<int:room_id>/refresh")
+def refresh_room(app, request, room_id):
+    """What changed since a moment (ms since the epoch): created or edited messages, oldest first."""
+    room = app.room_for_member(request, room_id)
+    since = request.query.get("since", "")
+    if not since.isdigit():
+        raise BadRequest("since takes milliseconds since the epoch.")
+    messages = app.store.messages_since(room.id, utc_now_text(int(since) / 1000))
+    if not messages:
+        return Response(b"", 204)
+    return Response(render_messages(app, messages))
+
+
+# Boosts ----------------------------------------------------------------------------
+
+def _message_for_member(app, request, message_id):
+    message = app.store.message(message_id)
+    if message is None or message["room_id"] not in app.store.user_rooms(request.user.id):
+        raise NotFound("There is no such message.")
+    return message
+
+
+@route("GET", "/messages/<int:message_id>/boosts/new")
+def new_boost(app, request, message_id):
+    message = _message_for_member(app, request, message_id)
+    picks = HTML("").join(HTML('<button type="submit" name="boost[content]" value="{emoji}" class="boost-pick" '
+                               'aria-label="Boost with {emoji}">{emoji}</button>').format(emoji=emoji)
+                          for emoji in BOOST_QUICK_PICKS)
+    body = HTML(
+        '<section class="panel"><h1 class="panel__title">Boost</h1>'
+        '<form method="post" action="/messages/{id}/boosts" class="form boost-form">'
+        '<div class="boost-picks">{picks}</div></form>'
+        '<form method="post" action="/messages/{id}/boosts" class="form">'
+        '<div class="field"><label class="field__label" for="boost_content">Or write a boost</label>'
+        '<input class="field__input" id="boost_content" name="boost[content]" maxlength="{max}" required></div>'
+        '<div class="form__actions"><button type="submit" class="button button--primary">Boost</button>'
+        '<a class="button" href="/rooms/{room}/@{id}">Cancel changes</a></div></form></section>').format(
+        id=message_id, room=message["room_id"], picks=picks, max=MAX_BOOST_CHARS)
+    return render_layout(app, request, "Boost", body)
+
+
+@route("POST", "/messages/<int:message_id>/boosts")
+def create_boost(app, request, message_id):
+    message = _message_for_member(app, request, message_id)
+    content = request.form.text("boost[content]")
+    if not content:
+        raise Unprocessable("A boost needs some content.")
+    if len(content) > MAX_BOOST_CHARS:
+        raise Unprocessable("A boost holds at most %d characters." % MAX_BOOST_CHARS)
+    with app.db.atomic():
+        boost_id = app.store.create_boost(message, request.user.id, content)
+    boost = app.store.boost(boost_id)
+    app.events.boost_changed(message, boost, "created")
+    if _navigating(request):
+        return redirect("/rooms/%d/@%d" % (message["room_id"], message_id))
+    return Response(render_boost(app, boost, message["room_id"]), 201)
+
+
+@route("DELETE", "/messages/<int:message_id>/boosts/<int:boost_id>")
+def delete_boost(app, request, message_id, boost_id):
+    message = _message_for_member(app, request, message_id)
+    boost = app.store.boost(boost_id)
+    if boost is None or boost["message_id"] != message_id:
+        raise NotFound("There is no such boost.")
+    if boost["booster_id"] != request.user.id:
+        raise Forbidden("You can only remove your own boosts.")
+    with app.db.atomic():
+        app.store.delete_boost(boost, message["room_id"])
+    app.events.boost_changed(message, boost, "deleted")
+    if _navigating(request):
+        return redirect("/rooms/%d/@%d" % (message["room_id"], message_id))
+    return Response(b"", 204)
+
+
+# Search ----------------------------------------------------------------------------
+
+@route("GET", "/searches")
+def search(app, request):
+    query = request.query.text("q")[:MAX_SEARCH_QUERY_CHARS]
+    if query and fts_match_expression(query):
+        with app.db.atomic():
+            app.store.record_search(request.user.id, query)
+
+    def build():
+        results = app.store.search(request.user.id, query) if query else []
+        recent = app.store.recent_searches(request.user.id)
+        recent_html = HTML("").join(HTML('<li><a href="/searches?{qs}">{query}</a></li>').format(
+            qs=urllib.parse.urlencode({"q": item}), query=item) for item in recent)
+        clear = HTML('<form method="post" action="/searches/clear" class="inline-form">'
+                     '<input type="hidden" name="_method" value="delete">'
+                     '<button type="submit" class="button button--quiet">Clear</button></form>') if recent else ""
+        summary = (HTML('<p class="search__summary">{count} {noun} for “{query}”</p>').format(
+            count=len(results), noun="message" if len(results) == 1 else "messages", query=query)
+            if query else HTML(""))
+        body = HTML(
+            '<section class="search"><header class="room__header"><h1 class="room__name">Search</h1></header>'
+            '<form method="get" action="/searches" class="search__form" role="search">'
+            '<input class="field__input" type="search" name="q" value="{query}" aria-label="Search messages" '
+            'placeholder="Search messages" autofocus>'
+            '<button type="submit" class="button button--primary">Search</button></form>'
+            '<div class="search__recent"><h2 class="sidebar__heading">Recent searches {clear}</h2><ul>{recent}</ul></div>'
+            '{summary}<div id="search-results" class="messages messages--search">{results}</div></section>').format(
+            query=query, clear=clear, recent=recent_html, summary=summary, results=render_messages(app, results))
+        return render_layout(app, request, "Search", body)
+    key = ("search", request.user.id, query, app.store.user_versions[request.user.id], app.store.global_version,
+           app.store.message_version)
+    return app.cached(request, key, build)
+
+
+@route("DELETE", "/searches/clear")
+def clear_searches(app, request):
+    with app.db.atomic():
+        app.store.clear_searches(request.user.id)
+    app.store.bump_users([request.user.id])
+    return redirect("/searches")
+
+
+# People ----------------------------------------------------------------------------
+
+@route("GET", "/users/me/sidebar")
+def sidebar(app, request):
+    key = ("sidebar", request.user.id, app.store.user_versions[request.user.id], app.store.global_version)
+    return app.cached(request, key, lambda: Response(render_sidebar(app, request)))
+
+
+@route("GET", "/users/<int:user_id>")
+def show_user(app, request, user_id):
+    user = app.store.user(user_id)
+    if user is None:
+        raise NotFound("There is no such person.")
+    email = HTML('<p class="profile__email">{}</p>').format(user.email_address) \
+        if request.user.administrator and user.email_address and not user.bot else ""
+    body = HTML(
+        '<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
+        '<div><h1 class="panel__title">{name}</h1>{role}{email}</div></div>'
+        '<p class="profile__bio">{bio}</p></section>').format(
+        avatar=render_avatar(user.id, 96), name=user.name,
+        role=HTML('<p class="profile__role">{}</p>').format(
+            "Administrator" if user.administrator else "Bot" if user.bot else "Member"),
+        email=email, bio=user.bio or "")
+    return render_layout(app, request, user.name, body)
+
+
+@route("GET", "/users/<int:user_id>/avatar")
+def avatar(app, request, user_id):
+    user = app.store.user(user_id)
+    if user is None:
+        raise NotFound("There is no such person.")
+    svg = render_avatar_svg(user)
+    etag = '"%s"' % hashlib.sha256(svg.encode()).hexdigest()[:16]
+    headers = [("ETag", etag), ("Cache-Control", "private, max-age=1800")]
+    if request.headers.get("if-none-match") == etag:
+        return Response(b"", 304, None, headers)
+    return Response(svg, 200, "image/svg+xml", headers)
+
+
+def render_avatar_svg(user):
+    if user.bot:
+        return ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" fill="#475569"/>'
+                '<rect x="14" y="20" width="36" height="28" rx="6" fill="#e2e8f0"/><circle cx="25" cy="33" r="4" fill="#475569"/>'
+                '<circle cx="39" cy="33" r="4" fill="#475569"/><rect x="30" y="10" width="4" height="10" fill="#e2e8f0"/></svg>')
+    color = AVATAR_COLORS[zlib.crc32(str(user.id).encode()) % len(AVATAR_COLORS)]
+    return str(HTML(
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" fill="{color}"/>'
+        '<text x="32" y="32" dy="0.35em" text-anchor="middle" fill="#ffffff" font-family="system-ui, sans-serif" '
+        'font-size="26" font-weight="600">{initials}</text></svg>').format(color=color, initials=user.initials))
+
+
+@route("GET", "/autocompletable/users")
+def autocompletable_users(app, request):
+    query = request.query.text("query")[:MAX_NAME_CHARS]
+    room_id = request.query.get("room_id", "")
+    member_ids = None
+    if room_id.isdigit():
+        member_ids = app.store.room_member_ids(app.room_for_member(request, int(room_id)).id)
+    users = app.store.users_matching(query, member_ids)
+    return json_response([{"value": user.id, "name": user.name, "avatar_url": "/users/%d/avatar" % user.id,
+                           "sgid": app.mention_sgid(user.id)} for user in users])
+
+
 ####
-#### 9. The application
+#### 10. The application
 ####
 # App turns a Request into a Response without touching a socket, so tests
 # drive it in-process and the server is a thin adapter around it.
@@ -1610,6 +3124,89 @@ class StaticFiles:
         return response
 
 
+class LruCache:
+    """A dict bounded by entry count that forgets the least recently used."""
+
+    def __init__(self, max_entries):
+        self.max_entries = max_entries
+        self._data = collections.OrderedDict()
+
+    def get(self, key):
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key, value):
+        self._data[key] = value
+        self._data.move_to_end(key)
+        if len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    def clear(self):
+        self._data.clear()
+
+    def __len__(self):
+        return len(self._data)
+
+
+@dataclass(slots=True)
+class CachedPage:
+    body: bytes
+    gzipped: bytes
+    content_type: str
+    etag: str
+    headers: tuple
+
+
+class Events:
+    """Where domain changes are announced, after their transaction commits.
+
+    Listeners (the real-time layer, webhooks) register with `subscribe`; each
+    gets a method call named like the event. A listener's failure is logged and
+    never undoes or blocks the change."""
+
+    def __init__(self):
+        self._listeners = []
+
+    def subscribe(self, listener):
+        self._listeners.append(listener)
+
+    def _emit(self, name, *args, **kwargs):
+        for listener in self._listeners:
+            handler = getattr(listener, name, None)
+            if handler is None:
+                continue
+            try:
+                handler(*args, **kwargs)
+            except Exception:
+                log.error("listener %s.%s failed:\n%s", type(listener).__name__, name, traceback.format_exc())
+
+    def message_created(self, room, message, unread_user_ids):
+        self._emit("message_created", room, message, unread_user_ids)
+
+    def message_updated(self, message):
+        self._emit("message_updated", message)
+
+    def message_removed(self, message):
+        self._emit("message_removed", message)
+
+    def boost_changed(self, message, boost, change):
+        self._emit("boost_changed", message, boost, change)
+
+    def room_changed(self, room, change, revoked=()):
+        self._emit("room_changed", room, change, revoked)
+
+    def room_deleted(self, room, member_ids):
+        self._emit("room_deleted", room, member_ids)
+
+    def sidebar_changed(self, user_ids):
+        self._emit("sidebar_changed", user_ids)
+
+    def room_read(self, room, user_id):
+        self._emit("room_read", room, user_id)
+
+
 @dataclass
 class Config:
     storage_path: str = os.path.join(HERE, "storage")
@@ -1621,6 +3218,7 @@ class Config:
     tls_key_path: str = None
     log_level: str = "INFO"
     static_root: str = STATIC_ROOT
+    cache: bool = True            # rendered pages and messages; off only to measure without
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -1659,6 +3257,11 @@ class App:
         self.sign_in_limiter = RateLimiter(*SIGN_IN_LIMIT)
         self.sign_up_limiter = RateLimiter(*SIGN_UP_LIMIT)
         self.secure_cookies = bool(self.config.tls_cert_path)
+        self.sgid_secret = hashlib.sha256(b"campfire mentions\0" + (self.config.secret_key_base or
+                                          self._stored_secret()).encode()).digest()
+        self.events = Events()
+        self.page_cache = LruCache(PAGE_CACHE_ENTRIES)
+        self.message_cache = LruCache(MESSAGE_CACHE_ENTRIES)
         self._request_numbers = itertools.count(1)
         self._request_prefix = secrets.token_hex(3)
         self._date = (0, "")
@@ -1715,10 +3318,105 @@ class App:
 
     def room_for_member(self, request, room_id):
         """The room, if the signed-in user belongs to it; 404 otherwise (never reveal it exists)."""
-        room = self.store.room(room_id)
-        if room is None or self.store.membership(room_id, request.user.id) is None:
+        room = self.store.room(room_id) if room_id in self.store.user_rooms(request.user.id) else None
+        if room is None:
             raise NotFound("There is no such room.")
         return room
+
+    # Chat: the operations handlers share ----------------------------------------
+    def cached(self, request, key, build):
+        """A rendered 200 response kept by `key` (which names every version it
+        depends on), with its gzip form and ETag; If-None-Match → 304."""
+        if not self.config.cache:
+            return build()
+        entry = self.page_cache.get(key)
+        if entry is None:
+            response = build()
+            if response.status != 200:
+                return response
+            body = response.body
+            entry = CachedPage(body, gzip_bytes(body) if len(body) >= GZIP_MIN_BYTES else None,
+                               response.content_type,
+                               '"%s"' % hashlib.blake2b(body, digest_size=12).hexdigest(), tuple(response.headers))
+            self.page_cache.put(key, entry)
+        headers = [("ETag", entry.etag), ("Cache-Control", "private, no-cache"), ("Vary", "Accept-Encoding"),
+                   *entry.headers]
+        if request.headers.get("if-none-match") == entry.etag:
+            return Response(b"", 304, None, headers)
+        if entry.gzipped is not None and accepts_gzip(request):
+            response = Response(entry.gzipped, 200, entry.content_type, headers)
+            response.headers.append(("Content-Encoding", "gzip"))
+        else:
+            response = Response(entry.body, 200, entry.content_type, headers)
+        response.compressible = False
+        return response
+
+    def mention_sgid(self, user_id):
+        return make_sgid(user_id, self.sgid_secret)
+
+    def _keep_attachment(self, sgid, content_type):
+        """Posted bodies keep only mentions we signed ourselves."""
+        return content_type == MENTION_CONTENT_TYPE and verify_sgid(sgid, self.sgid_secret) is not None
+
+    def _mention_name(self, sgid):
+        user_id = sgid_user_id(sgid)
+        user = self.store.user(user_id) if user_id else None
+        return user.name if user else None
+
+    def _mention_chip(self, sgid):
+        user_id = sgid_user_id(sgid)
+        user = self.store.user(user_id) if user_id else None
+        if user is None:
+            return None
+        return str(HTML('<span class="mention" data-user-id="{id}">{avatar}{name}</span>').format(
+            id=user.id, avatar=render_avatar(user.id, 20), name=user.name))
+
+    def plain_text(self, stored_body):
+        return html_to_plain_text(stored_body or "", mention_name=self._mention_name)
+
+    def render_body(self, stored_body):
+        return HTML(render_rich_text(stored_body or "", mention=self._mention_chip))
+
+    def clean_body(self, raw_body, room_id):
+        """A posted body as it is stored: sanitized, auto-linked, '@Name' turned into mentions."""
+        if len(raw_body) > MAX_MESSAGE_BODY_CHARS:
+            raise PayloadTooLarge("A message holds at most %d characters." % MAX_MESSAGE_BODY_CHARS)
+        body = sanitize_html(raw_body, keep_attachment=self._keep_attachment, link=True)
+        if "@" in body:
+            members = [self.store.user(user_id) for user_id in self.store.room_member_ids(room_id)]
+            body = link_mentions(body, [(user.name, self.mention_sgid(user.id)) for user in members if user])
+        return body
+
+    def post_message(self, room, user, raw_body, client_message_id):
+        """(message, created): a retry with the same client_message_id returns the first."""
+        existing = self.store.message_by_client_id(room.id, user.id, client_message_id)
+        if existing is not None:
+            return existing, False
+        body = self.clean_body(str(raw_body), room.id)
+        plain = self.plain_text(body)
+        if not plain.strip():
+            raise Unprocessable("A message can't be empty.")
+        with self.db.atomic():
+            message_id, unread_user_ids = self.store.create_message(room.id, user.id, client_message_id, body, plain)
+        message = self.store.message(message_id)
+        self.events.message_created(room, message, unread_user_ids)
+        return message, True
+
+    def edit_message(self, message, raw_body):
+        body = self.clean_body(str(raw_body), message["room_id"])
+        plain = self.plain_text(body)
+        if not plain.strip():
+            raise Unprocessable("A message can't be empty.")
+        with self.db.atomic():
+            self.store.update_message(message, body, plain)
+        message = self.store.message(message["id"])
+        self.events.message_updated(message)
+        return message
+
+    def remove_message(self, message):
+        with self.db.atomic():
+            self.store.delete_message(message)
+        self.events.message_removed(message)
 
     def body_limit(self, method, path):
         """The largest body any route at this path accepts (413 past it)."""
@@ -1827,7 +3525,7 @@ class App:
 
 
 ####
-#### 10. The server
+#### 11. The server
 ####
 # A thin adapter: asyncio feeds bytes to HttpParser, hands each request to
 # App.handle in order and writes the responses back.
@@ -2016,7 +3714,7 @@ async def serve(config):
 
 
 ####
-#### 11. Command line
+#### 12. Command line
 ####
 
 def main(argv=None):
