@@ -18,7 +18,8 @@ pure code to the code that touches the world:
   9. Routes                   the router and every handler, by feature
  10. The application          App: a request in, a response out (no sockets)
  11. The server               asyncio connections, timeouts, signals
- 12. Command line             main()
+ 12. Operations               seed (and the other long jobs of the command line)
+ 13. Command line             main()
 """
 
 import argparse
@@ -444,9 +445,12 @@ class RateLimiter:
 # tests drive the same code. Every malformed input raises HttpError with the
 # status RFC 9112 gives it; the server answers it and closes the connection.
 
-_TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_CHUNK_SIZE_RE = re.compile(rb"^([0-9A-Fa-f]{1,16})[ \t]*(;.*)?$")
+_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_FIELD_LINE_RE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\Z")
+_TARGET_RE = re.compile(rb"[\x21-\x7e]+\Z")
+_METHOD_RE = re.compile(rb"[A-Z]{1,20}\Z")  # methods are case-sensitive tokens; ours are all upper case
+_CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}\Z")
+_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?\Z")
 
 
 class Request:
@@ -563,6 +567,9 @@ def parse_cookies(header):
     return cookies
 
 
+_DISPOSITION_PARAM_RE = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"([^"]*)"|([^;\s]*))')
+
+
 def parse_multipart(body, content_type):
     """multipart/form-data (RFC 7578) → ([(name, value)], {name: UploadedFile})."""
     match = re.search(r'boundary="?([^";]{1,200})"?', content_type)
@@ -583,9 +590,8 @@ def parse_multipart(body, content_type):
         for line in head.decode("utf-8", "replace").split("\r\n"):
             name, _, value = line.partition(":")
             if name.strip().lower() == "content-disposition":
-                for item in value.split(";")[1:]:
-                    key, _, raw = item.strip().partition("=")
-                    disposition[key.lower()] = raw.strip().strip('"')
+                for key, quoted, bare in _DISPOSITION_PARAM_RE.findall(value):
+                    disposition[key.lower()] = quoted or bare
             elif name.strip().lower() == "content-type":
                 part_type = value.strip()
         name = disposition.get("name")
@@ -623,6 +629,7 @@ class HttpParser:
         self._limit = 0
         self._chunks = None
         self._continue_sent = False
+        self._scanned = 0         # how much of the buffer holds no end of head
 
     @property
     def has_partial_request(self):
@@ -703,19 +710,19 @@ class HttpParser:
         # RFC 9112 §2.2: ignore at least one empty line before a request line.
         while buffer[:2] == b"\r\n":
             del buffer[:2]
-        end = buffer.find(b"\r\n\r\n")
+            self._scanned = 0
+        # Resume the search where the last one stopped: a head arriving a byte
+        # at a time must cost linear time, not quadratic.
+        end = buffer.find(b"\r\n\r\n", max(0, self._scanned - 3))
+        line_end = buffer.find(b"\r\n", 0, MAX_REQUEST_LINE_BYTES + 2)
+        if line_end < 0 and (end >= 0 or len(buffer) > MAX_REQUEST_LINE_BYTES):
+            raise HttpError("The request line is too long.", 414)
         if end < 0:
-            line_end = buffer.find(b"\r\n")
-            if line_end < 0 and len(buffer) > MAX_REQUEST_LINE_BYTES:
-                raise HttpError("The request line is too long.", 414)
-            if len(buffer) > MAX_HEADER_BYTES:
-                if 0 <= line_end <= MAX_REQUEST_LINE_BYTES or line_end < 0:
-                    raise HttpError("The request headers are too large.", 431)
-            if line_end > MAX_REQUEST_LINE_BYTES:
-                raise HttpError("The request line is too long.", 414)
+            self._scanned = len(buffer)
+            if line_end >= 0 and len(buffer) - line_end - 2 > MAX_HEADER_BYTES:
+                raise HttpError("The request headers are too large.", 431)
             return False
-        if end + 4 > MAX_HEADER_BYTES + MAX_REQUEST_LINE_BYTES:
-            raise HttpError("The request headers are too large.", 431)
+        self._scanned = 0
         head = bytes(buffer[:end])
         del buffer[:end + 4]
         lines = head.split(b"\r\n")
@@ -730,23 +737,22 @@ class HttpParser:
         if len(parts) != 3:
             raise BadRequest("The request line is malformed.")
         method, target, version = parts
-        if not _TOKEN_RE.match(method):
+        if not _METHOD_RE.match(method):
             raise BadRequest("The method is malformed.")
         if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-            if re.match(rb"^HTTP/\d\.\d$", version):
+            if re.match(rb"HTTP/\d\.\d\Z", version):
                 raise HttpError("Only HTTP/1.0 and HTTP/1.1 are spoken here.", 505)
             raise BadRequest("The HTTP version is malformed.")
-        if not target or any(byte <= 0x20 or byte >= 0x7f for byte in target):
+        if not _TARGET_RE.match(target):
             raise BadRequest("The request target is malformed.")
         headers = {}
         for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN_RE.match(name):
-                # Covers obs-fold (a line starting with space) and "Name : value" (RFC 9112 §5.1).
+            field = _FIELD_LINE_RE.match(line)
+            if field is None:
+                # Covers obs-fold (a line starting with space), "Name : value" (RFC 9112 §5.1)
+                # and control characters in a value.
                 raise BadRequest("A header field is malformed.")
-            value = value.strip(b" \t")
-            if _FIELD_VALUE_BAD.search(value):
-                raise BadRequest("A header field value holds control characters.")
+            name, value = field.groups()
             key = name.decode("ascii").lower()
             text = value.decode("latin-1")
             if key in headers:
@@ -763,7 +769,10 @@ class HttpParser:
         target_text = target.decode("ascii")
         if not target_text.startswith("/"):
             if target_text.startswith(("http://", "https://")):  # absolute-form, RFC 9112 §3.2.2
-                split = urllib.parse.urlsplit(target_text)
+                try:
+                    split = urllib.parse.urlsplit(target_text)
+                except ValueError as error:
+                    raise BadRequest("The request target is malformed.") from error
                 target_text = (split.path or "/") + ("?" + split.query if split.query else "")
             elif not (target_text == "*" and method == b"OPTIONS"):
                 raise BadRequest("The request target is malformed.")
@@ -773,19 +782,19 @@ class HttpParser:
             raise HttpError("Only 100-continue is understood.", 417)
         transfer_encoding = headers.get("transfer-encoding")
         content_length = headers.get("content-length")
-        limit = self._body_limit(request.method, request.path)
         if transfer_encoding is not None:
             # RFC 9112 §6.1: both headers is a smuggling attempt; only chunked is spoken.
             if content_length is not None:
                 raise BadRequest("Both Transfer-Encoding and Content-Length were sent.")
             if transfer_encoding.strip().lower() != "chunked":
                 raise HttpError("Only chunked transfer coding is understood.", 501)
+            limit = self._body_limit(request.method, request.path)
             self._request, self._state, self._chunks, self._limit = request, self.CHUNK_SIZE, [], limit
         elif content_length is not None:
-            if not content_length.isdigit() or len(content_length) > 18:
+            if not _CONTENT_LENGTH_RE.match(content_length):
                 raise BadRequest("Content-Length is malformed.")
             length = int(content_length)
-            if length > limit:
+            if length and length > self._body_limit(request.method, request.path):
                 raise PayloadTooLarge("The request body is too large.")
             self._request = request
             if length:
@@ -886,7 +895,8 @@ ATTACHMENT_ATTRIBUTES = frozenset(
     " presentation caption content".split())
 URL_ATTRIBUTES = frozenset(("href", "cite", "url"))
 MENTION_CONTENT_TYPE = "application/vnd.campfire.mention"
-MAX_NESTING_DEPTH = 64  # Trix nests lists a few levels; deeper is an attack (tags dropped, text kept)
+# Trix nests lists a few levels; deeper is an attack: its tags are dropped, its text kept.
+MAX_NESTING_DEPTH = 64
 
 _ATTACHMENT_ALLOWED = ALLOWED_ATTRIBUTES | ATTACHMENT_ATTRIBUTES
 _VOID_TAGS = frozenset(("br", "hr"))
@@ -907,11 +917,11 @@ _EXTERNAL_URL = re.compile(r"https?:|[/\\]{2}", re.I | re.A)  # a browser reads 
 # Bare URLs in text, like rails_autolink: not glued to a word, an email or a path.
 _BARE_URL = re.compile(r"(?<![\w@/.:-])(?:https?://|www\.)\w[^\s<>\"]*", re.I | re.A)
 _URL_TRAILING = ".,;:!?"
-_TAG = re.compile(r"<[^>]*>")
+_HTML_TAG = re.compile(r"<[^>]*>")
 _ATTACHMENT_START = re.compile(r"<action-text-attachment\b([^>]*)>")
 _ATTACHMENT_ELEMENT = re.compile(
     r"<action-text-attachment\b([^>]*)>(.*?)</action-text-attachment>", re.S)
-_ATTRIBUTE = re.compile(r'([\w:-]+)="([^"]*)"')
+_QUOTED_ATTRIBUTE = re.compile(r'([\w:-]+)="([^"]*)"')
 
 # Plain text: paragraph-like blocks are set off by a blank line, others by a newline.
 _PARAGRAPH_TAGS = frozenset(
@@ -920,7 +930,7 @@ _LINE_TAGS = frozenset("div li dd dt figcaption".split())
 _LIST_TAGS = frozenset(("ul", "ol"))
 
 
-def _escape(text):
+def _escape_html(text):
     """The one escaping function for text and double-quoted attribute values;
     nbsp written as &nbsp; the way Trix's innerHTML does."""
     return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -929,6 +939,8 @@ def _escape(text):
 
 def _link_urls(text):
     """Escaped text with its bare http(s) and www. URLs made into links."""
+    if not _BARE_URL.search(text):  # most text runs: skip building pieces
+        return _escape_html(text)
     out, done = [], 0
     for match in _BARE_URL.finditer(text):
         url = match[0]
@@ -942,24 +954,24 @@ def _link_urls(text):
                 break
         url = url[:end]
         href = url if url[:1] in "hH" else "http://" + url
-        out += (_escape(text[done:match.start()]), '<a href="', _escape(href), '"',
-                _EXTERNAL_LINK, ">", _escape(url), "</a>")
+        out += (_escape_html(text[done:match.start()]), '<a href="', _escape_html(href), '"',
+                _EXTERNAL_LINK, ">", _escape_html(url), "</a>")
         done = match.start() + len(url)
-    out.append(_escape(text[done:]))
+    out.append(_escape_html(text[done:]))
     return "".join(out)
 
 
 def _fragment_text(fragment):
     """Rough text of an attribute holding HTML (an attachment's content)."""
-    return " ".join(unescape(_TAG.sub(" ", fragment)).split())
+    return " ".join(unescape(_HTML_TAG.sub(" ", fragment)).split())
 
 
 def _attachment_attributes(source):
     """Attributes of a start tag as written by sanitize_html (or Rails)."""
-    return {name: unescape(value) for name, value in _ATTRIBUTE.findall(source)}
+    return {name: unescape(value) for name, value in _QUOTED_ATTRIBUTE.findall(source)}
 
 
-def _feed(parser, html):
+def _feed_whole(parser, html):
     """parser.feed(html), then whatever it left unparsed (an unterminated tag,
     comment or charref at the end) as text. HTMLParser.close() would rescan that
     tail from each "<" in it: quadratic time on "<a <a <a…" (CPython gh-135462)."""
@@ -1014,14 +1026,15 @@ class _Sanitizer(HTMLParser):
                     url = _URL_IGNORED.sub("", value)
                     if not _SAFE_URL.match(url):
                         continue
-                    external = external or (tag == "a" and name == "href" and _EXTERNAL_URL.match(url))
+                    if tag == "a" and name == "href" and _EXTERNAL_URL.match(url):
+                        external = True
                 kept[name] = value
         if tag == ATTACHMENT_TAG and not self._keep_attachment(
                 kept.get("sgid", ""), kept.get("content-type", "")):
             return
         self._flush_text()
         if kept:
-            attributes = "".join(f' {name}="{_escape(value)}"' for name, value in kept.items())
+            attributes = "".join(f' {name}="{_escape_html(value)}"' for name, value in kept.items())
             self.out.append(f"<{tag}{attributes}{_EXTERNAL_LINK if external else ''}>")
         else:
             self.out.append(f"<{tag}>")
@@ -1060,7 +1073,8 @@ class _Sanitizer(HTMLParser):
         if self._text:
             text = "".join(self._text)
             self._text.clear()
-            self.out.append(_link_urls(text) if self._link and not self._no_link else _escape(text))
+            linked = self._link and not self._no_link
+            self.out.append(_link_urls(text) if linked else _escape_html(text))
 
     def finish(self):
         self._flush_text()
@@ -1077,12 +1091,12 @@ def sanitize_html(html, *, keep_attachment=lambda sgid, content_type: True, link
     html = html.replace("\0", "")  # browsers never let NUL reach a tag name or URL intact
     if "<" not in html:  # plain text from bots and the API: no parser needed
         text = unescape(html) if "&" in html else html
-        return _link_urls(text) if link else _escape(text)
+        return _link_urls(text) if link else _escape_html(text)
     parser = _Sanitizer(keep_attachment, link)
     try:
-        _feed(parser, html)
+        _feed_whole(parser, html)
     except AssertionError:  # html.parser's last-resort "should not get here" checks
-        return _escape(html)
+        return _escape_html(html)
     return parser.finish()
 
 
@@ -1188,9 +1202,9 @@ def html_to_plain_text(html, *, mention_name=lambda sgid: None):
         return (unescape(html) if "&" in html else html).strip()
     parser = _PlainText(mention_name)
     try:
-        _feed(parser, html)
+        _feed_whole(parser, html)
     except AssertionError:
-        return _TAG.sub("", html).strip()
+        return _HTML_TAG.sub("", html).strip()
     return "".join(parser.parts).strip()
 
 
@@ -1209,7 +1223,7 @@ def render_rich_text(stored_html, *, mention=lambda sgid: None):
         chip = mention(attributes.get("sgid", ""))
         if chip is not None:
             return chip
-        return match[2] or _escape(_fragment_text(attributes.get("content", "")))
+        return match[2] or _escape_html(_fragment_text(attributes.get("content", "")))
 
     return _ATTACHMENT_ELEMENT.sub(replace, stored_html)
 
@@ -1400,6 +1414,13 @@ class Database:
         self.connection.execute("PRAGMA synchronous = FULL")
         self.connection.execute("PRAGMA foreign_keys = ON")
         self._depth = 0
+        # Group commit (the server turns it on): the writes of every request
+        # handled in one event-loop turn share one transaction and one fsync,
+        # and their responses wait for that commit (see Server.flush_writes).
+        self.group_commit = False
+        self.batch_open = False
+        self.on_batch_opened = None
+        self._after_commit = []
         self._check_fts5()
 
     def _check_fts5(self):
@@ -1441,6 +1462,24 @@ class Database:
             finally:
                 self._depth -= 1
             return
+        if self.group_commit:
+            if not self.batch_open:
+                self.connection.execute("BEGIN IMMEDIATE")
+                self.batch_open = True
+                self.on_batch_opened()
+            self.connection.execute("SAVEPOINT request")
+            self._depth = 1
+            try:
+                yield self
+            except BaseException:
+                self.connection.execute("ROLLBACK TO request")
+                self.connection.execute("RELEASE request")
+                raise
+            else:
+                self.connection.execute("RELEASE request")
+            finally:
+                self._depth = 0
+            return
         self.connection.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
@@ -1452,6 +1491,33 @@ class Database:
             self.connection.execute("COMMIT")
         finally:
             self._depth = 0
+
+    def after_commit(self, callback):
+        """Run callback once what was written so far is durable (now, outside a batch)."""
+        if self.batch_open:
+            self._after_commit.append(callback)
+        else:
+            callback()
+
+    def commit_batch(self):
+        """Commit the group's transaction; False (and rolled back) if it failed."""
+        if not self.batch_open:
+            return True
+        callbacks, self._after_commit = self._after_commit, []
+        self.batch_open = False
+        try:
+            self.connection.execute("COMMIT")
+        except sqlite3.Error:
+            log.error("group commit failed:\n%s", traceback.format_exc())
+            with contextlib.suppress(sqlite3.Error):
+                self.connection.execute("ROLLBACK")
+            return False
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.error("after-commit callback failed:\n%s", traceback.format_exc())
+        return True
 
     def migrate(self):
         self.execute('CREATE TABLE IF NOT EXISTS "campfire_py_migrations" '
@@ -1468,6 +1534,7 @@ class Database:
             log.info("applied migration %s", name)
 
     def close(self):
+        self.commit_batch()
         with contextlib.suppress(sqlite3.Error):
             self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.connection.close()
@@ -1554,6 +1621,7 @@ class Store:
         self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids})
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
+        self._rooms = {}         # room id → (room version, Room)
         self.room_versions = collections.Counter()        # messages, boosts, name, members
         self.user_versions = collections.Counter()        # a user's sidebar: memberships, unread, names
         self.membership_versions = collections.Counter()  # who is in a room
@@ -1656,8 +1724,16 @@ class Store:
 
     # Rooms -----------------------------------------------------------------
     def room(self, room_id):
+        version = self.room_versions[room_id]
+        cached = self._rooms.get(room_id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
         row = self.db.one("SELECT * FROM rooms WHERE id = ?", (room_id,))
-        return Room.from_row(row) if row else None
+        room = Room.from_row(row) if row else None
+        if len(self._rooms) > 10_000:
+            self._rooms.clear()
+        self._rooms[room_id] = (version, room)
+        return room
 
     def create_room(self, name, room_type, creator_id, member_ids):
         now = utc_now_text()
@@ -2335,7 +2411,7 @@ class Router:
 
 # Health ---------------------------------------------------------------------
 
-@route("GET", "/up", auth="public")
+@route("GET", "/up", auth="health")
 def health_check(app, request):
     try:
         app.db.value("SELECT 1")
@@ -3166,13 +3242,18 @@ class Events:
     gets a method call named like the event. A listener's failure is logged and
     never undoes or blocks the change."""
 
-    def __init__(self):
+    def __init__(self, db):
+        self._db = db
         self._listeners = []
 
     def subscribe(self, listener):
         self._listeners.append(listener)
 
     def _emit(self, name, *args, **kwargs):
+        if self._listeners:
+            self._db.after_commit(lambda: self._deliver(name, args, kwargs))
+
+    def _deliver(self, name, args, kwargs):
         for listener in self._listeners:
             handler = getattr(listener, name, None)
             if handler is None:
@@ -3259,7 +3340,7 @@ class App:
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.sgid_secret = hashlib.sha256(b"campfire mentions\0" + (self.config.secret_key_base or
                                           self._stored_secret()).encode()).digest()
-        self.events = Events()
+        self.events = Events(self.db)
         self.page_cache = LruCache(PAGE_CACHE_ENTRIES)
         self.message_cache = LruCache(MESSAGE_CACHE_ENTRIES)
         self._request_numbers = itertools.count(1)
@@ -3456,7 +3537,8 @@ class App:
         handler, spec, params = found
         if lookup not in ("GET", "HEAD"):
             self._check_request_origin(request)
-        self._authenticate(request)
+        if spec.auth != "health":
+            self._authenticate(request)
         if spec.auth == "signed_out" and request.user is not None:
             return redirect("/")
         if spec.auth in ("user", "admin") and request.user is None:
@@ -3490,7 +3572,10 @@ class App:
     def _error_response(self, request, status, message):
         if request.path.startswith("/static/"):
             return Response(message, status, "text/plain; charset=utf-8")
-        return render_error_page(self, request, status, message)
+        try:
+            return render_error_page(self, request, status, message)
+        except sqlite3.Error:  # the database is down: a page that needs nothing from it
+            return Response("<!DOCTYPE html><title>%d</title><p>%s</p>" % (status, html.escape(message)), status)
 
     def _finish(self, request, response):
         headers = response.headers
@@ -3548,6 +3633,7 @@ class HttpConnection(asyncio.Protocol):
         self.head_deadline = None
         self.closing = False
         self.busy = False
+        self.held = []
 
     def connection_made(self, transport):
         self.transport = transport
@@ -3602,9 +3688,17 @@ class HttpConnection(asyncio.Protocol):
             response = app.handle(request)
             self.busy = False
             keep_alive = request.keep_alive and not self.server.stopping
-            transport.write(app.serialize(request, response, keep_alive))
+            data = app.serialize(request, response, keep_alive)
+            if app.db.batch_open or self.held:
+                self.held.append((data, keep_alive))  # written once the group commit is durable
+                self.server.holding.add(self)
+            else:
+                transport.write(data)
             if not keep_alive:
-                self.close()
+                if not self.held:
+                    self.close()
+                else:
+                    self.transport.pause_reading()
                 return
             self.head_deadline = None
         if self.closing:
@@ -3624,7 +3718,22 @@ class HttpConnection(asyncio.Protocol):
 
     @property
     def idle(self):
-        return not self.busy and not self.parser.has_partial_request
+        return not self.busy and not self.held and not self.parser.has_partial_request
+
+    def release(self, committed):
+        """Write the responses held for a group commit (503s if it failed)."""
+        held, self.held = self.held, []
+        for data, keep_alive in held:
+            if self.closing:
+                return
+            if not committed:
+                self.transport.write(_error_bytes(503, "The change could not be saved; please try again."))
+                self.close()
+                return
+            self.transport.write(data)
+            if not keep_alive:
+                self.close()
+                return
 
     def close(self):
         if not self.closing:
@@ -3639,9 +3748,11 @@ class Server:
         self.ssl_context = ssl_context
         self.scheme = "https" if ssl_context else "http"
         self.connections = set()
+        self.holding = set()      # connections with responses waiting for the group commit
         self.stopping = False
         self.loop = None
         self._server = None
+        self._sweeper = None
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_connections = max(16, soft_limit - FILE_DESCRIPTOR_RESERVE)
 
@@ -3657,7 +3768,20 @@ class Server:
                                   "another port with PORT or --port." % (self.port, self.host)) from error
             raise ConfigError("Cannot listen on %s:%d (%s)." % (self.host, self.port, error.strerror)) from error
         self.port = self._server.sockets[0].getsockname()[1]
-        self.loop.create_task(self._sweep())
+        self.app.db.group_commit = True
+        self.app.db.on_batch_opened = lambda: self.loop.call_soon(self.flush_writes)
+        self._sweeper = self.loop.create_task(self._sweep())
+
+    def flush_writes(self):
+        """Commit this turn's writes with one fsync, then answer the requests that made them."""
+        committed = self.app.db.commit_batch()
+        if not committed:
+            self.app.store.bump_everything()
+            self.app.page_cache.clear()
+            self.app.message_cache.clear()
+        holding, self.holding = self.holding, set()
+        for connection in holding:
+            connection.release(committed)
 
     async def _sweep(self):
         """Drop connections past their deadline: slow heads, stalled bodies, idle keep-alives."""
@@ -3672,11 +3796,14 @@ class Server:
         self.stopping = True
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         deadline = self.loop.time() + SHUTDOWN_GRACE
         while self.connections and self.loop.time() < deadline:
             for connection in [c for c in self.connections if c.idle]:
                 connection.close()
             await asyncio.sleep(0.05)
+        self.flush_writes()
         for connection in list(self.connections):
             connection.close()
         self.app.close()
@@ -3714,7 +3841,90 @@ async def serve(config):
 
 
 ####
-#### 12. Command line
+#### 12. Operations: seed
+####
+# Long jobs for the command line, each reporting its progress.
+
+SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room message deploy release server "
+              "database search index coffee lunch meeting design review bug fix ship today tomorrow "
+              "customer support question answer idea plan roadmap feature launch test build green red "
+              "weekend morning evening thanks great nice awesome sounds good agree maybe later soon "
+              "python sqlite network socket browser phone laptop keyboard music sound trombone tada").split()
+SEED_PASSWORD = "password"
+SEED_BATCH = 5000
+
+
+def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, now=None):
+    """Fill a database with people, rooms and messages for demos and benchmarks.
+
+    Every seeded person signs in with SEED_PASSWORD; the first is an administrator."""
+    import random
+    rng = random.Random(2024)
+    progress = progress or (lambda label, done, total: None)
+    now = time.time() if now is None else now
+    db, store = app.db, app.store
+    digest = hash_password(SEED_PASSWORD)
+    with db.atomic():
+        if store.account() is None:
+            stamp = utc_now_text(now)
+            db.execute("INSERT INTO accounts (name, join_code, settings, singleton_guard, created_at, updated_at) "
+                       "VALUES (?, ?, ?, 0, ?, ?)", ("Campfire", generate_join_code(), "{}", stamp, stamp))
+        first_new = (db.value("SELECT max(id) FROM users") or 0) + 1
+        stamp = utc_now_text(now)
+        rows = [("Person %d" % n, "person%d@example.com" % n, digest, ROLE_ADMINISTRATOR if n == first_new else ROLE_MEMBER,
+                 STATUS_ACTIVE, stamp, stamp) for n in range(first_new, first_new + users)]
+        db.connection.executemany("INSERT INTO users (name, email_address, password_digest, role, status, created_at, "
+                                  "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        user_ids = [row[0] for row in db.all("SELECT id FROM users WHERE status = ?", (STATUS_ACTIVE,))]
+        room_ids = []
+        for index in range(rooms):
+            closed = index % 5 == 4
+            members = user_ids if not closed else rng.sample(user_ids, max(2, len(user_ids) // 3))
+            room = store.create_room("Room %02d" % (index + 1), ROOM_CLOSED if closed else ROOM_OPEN,
+                                     user_ids[0], members)
+            room_ids.append(room.id)
+        progress("people and rooms", users + rooms, users + rooms)
+    members = {room_id: store.room_member_ids(room_id) for room_id in room_ids}
+    start = now - messages * 5  # five seconds apart, ending now
+    written = 0
+    while written < messages:
+        count = min(SEED_BATCH, messages - written)
+        with db.atomic():
+            first_id = (db.value("SELECT max(id) FROM messages") or 0) + 1
+            message_rows, text_rows, index_rows = [], [], []
+            for offset in range(count):
+                message_id = first_id + offset
+                room_id = room_ids[rng.randrange(len(room_ids))]
+                stamp = utc_now_text(start + (written + offset) * 5)
+                plain = " ".join(rng.choice(SEED_WORDS) for _ in range(rng.randint(3, 18)))
+                message_rows.append((message_id, room_id, rng.choice(members[room_id]), secrets.token_hex(8), stamp, stamp))
+                text_rows.append(("body", "<div>%s</div>" % plain, "Message", message_id, stamp, stamp))
+                index_rows.append((message_id, plain))
+            db.connection.executemany("INSERT INTO messages (id, room_id, creator_id, client_message_id, created_at, "
+                                      "updated_at) VALUES (?, ?, ?, ?, ?, ?)", message_rows)
+            db.connection.executemany("INSERT INTO action_text_rich_texts (name, body, record_type, record_id, "
+                                      "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)", text_rows)
+            db.connection.executemany("INSERT INTO message_search_index (rowid, body) VALUES (?, ?)", index_rows)
+        written += count
+        progress("messages", written, messages)
+    for room_id in room_ids:
+        store.bump_room(room_id)
+    store.bump_everything()
+    return "person%d@example.com" % first_new
+
+
+def print_progress(label, done, total):
+    """One self-rewriting line on a terminal, a line per step otherwise."""
+    line = "%s: %d/%d (%d%%)" % (label, done, total, 100 * done // max(total, 1))
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line + ("\n" if done >= total else ""))
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+####
+#### 13. Command line
 ####
 
 def main(argv=None):
@@ -3730,6 +3940,13 @@ def main(argv=None):
         target.add_argument("--host", help="address to bind (BIND; default %s)" % DEFAULT_BIND)
         target.add_argument("--port", type=int, help="port to listen on (PORT; default %d)" % DEFAULT_PORT)
         target.add_argument("--storage", help="storage directory (CAMPFIRE_STORAGE_PATH)")
+        target.add_argument("--no-cache", action="store_true",
+                            help="render every page afresh (to measure what the caches save)")
+    seed_parser = commands.add_parser("seed", help="fill the database with people, rooms and messages")
+    seed_parser.add_argument("--users", type=int, default=100, help="people to add (default 100)")
+    seed_parser.add_argument("--rooms", type=int, default=20, help="rooms to add (default 20)")
+    seed_parser.add_argument("--messages", type=int, default=100_000, help="messages to add (default 100,000)")
+    seed_parser.add_argument("--storage", help="storage directory (CAMPFIRE_STORAGE_PATH)")
     args = parser.parse_args(argv)
     try:
         config = Config.from_environment()
@@ -3744,9 +3961,19 @@ def main(argv=None):
         config.port = args.port
     if args.storage:
         config.storage_path = args.storage
+    if getattr(args, "no_cache", False):
+        config.cache = False
     try:
         if args.command in (None, "serve"):
             asyncio.run(serve(config))
+        elif args.command == "seed":
+            app = App(config)
+            try:
+                admin_email = seed_database(app, users=args.users, rooms=args.rooms, messages=args.messages,
+                                            progress=print_progress)
+            finally:
+                app.close()
+            print("Seeded. Sign in as %s (an administrator) with the password %r." % (admin_email, SEED_PASSWORD))
     except ConfigError as error:
         print("campfire: %s" % error, file=sys.stderr)
         return 1

@@ -264,6 +264,7 @@ class Processes:
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
+                proc.poll()  # already gone: reap it
                 break
             try:
                 proc.wait(STOP_TIMEOUT_S)
@@ -797,6 +798,7 @@ def run_stdlib(load: Workload, port, connections, duration_s, warmup_s) -> RunRe
     t_stop = t_measure + duration_s
     request = load.request_bytes(port)
     clients = []
+    reports = []
     try:
         for share in shares:
             receiver, sender = context.Pipe(duplex=False)
@@ -806,16 +808,16 @@ def run_stdlib(load: Workload, port, connections, duration_s, warmup_s) -> RunRe
             proc.start()
             sender.close()
             clients.append((proc, receiver))
-        reports = []
         for proc, receiver in clients:
             wait_s = max(0.0, t_stop - time.perf_counter()) + CLIENT_RESULT_GRACE_S
             if not receiver.poll(wait_s):
                 raise RuntimeError("a client process did not report in time")
             reports.append(receiver.recv())
-    finally:
+    finally:  # on an error or Ctrl-C the clients are killed at once
+        finished = len(reports) == len(clients)
         for proc, receiver in clients:
             receiver.close()
-            proc.join(1.0)
+            proc.join(1.0 if finished else 0)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
@@ -986,6 +988,10 @@ def parse_args(argv):
     if args.duration <= 0 or args.connections < 1 or args.repeat < 1:
         parser.error("--duration, --connections and --repeat must be positive")
     args.only = {name for value in args.only or () for name in value.split(",") if name}
+    known = [w.name for w in campfire_workloads("session_token=any")] + ["ceiling", "start"]
+    if args.only - set(known):
+        parser.error(f"--only: no workload named {', '.join(sorted(args.only - set(known)))} "
+                     f"(known: {', '.join(known)})")
     return args
 
 
@@ -1015,13 +1021,13 @@ def measure_start_times(args, processes, report, scratch: Path, wanted) -> None:
         report.notes.append(f"campfire.py did not serve /up; its log ends:\n{log_tail(log)}")
 
 
-def start_load_servers(args, processes, report, scratch: Path):
+def start_load_servers(args, processes, report, scratch: Path, with_campfire: bool):
     """The ceiling and campfire (on an initialised, optionally seeded storage) for the
     load: (ceiling, campfire or None, session cookie or None)."""
     ceiling, _ = start_server(processes, "ceiling", ceiling_argv, Expect(200))
     if ceiling is None:
         raise RuntimeError("the ceiling server did not start")
-    if not args.campfire.exists():
+    if not with_campfire:
         return ceiling, None, None
     storage = scratch / "load-storage"
     storage.mkdir()
@@ -1041,6 +1047,7 @@ def start_load_servers(args, processes, report, scratch: Path):
 
 
 def record_rss(report, when, servers) -> None:
+    """VmRSS of each running server, after a pause so that it is idle."""
     time.sleep(IDLE_SETTLE_S)
     for server in servers:
         if server is not None:
@@ -1092,20 +1099,22 @@ def run_benchmark(args, processes: Processes) -> int:
         return not args.only or name in args.only
 
     campfire_ok = args.campfire.exists()
+    if not campfire_ok:
+        report.notes.append(f"{args.campfire} does not exist: only the ceiling was measured")
     with tempfile.TemporaryDirectory(prefix="campfire-bench-") as scratch_name:
         scratch = Path(scratch_name)
         measure_start_times(args, processes, report, scratch, wanted)
         if report.start_ms.get("fresh") == []:
             campfire_ok = False
-        if wanted("ceiling") or any(wanted(w.name) for w in campfire_workloads(None)) or args.seed:
-            ceiling, campfire, cookie = start_load_servers(args, processes, report, scratch)
-            campfire_ok = campfire_ok and campfire is not None
-            loads = campfire_workloads(cookie) if campfire else []
-            unknown = args.only - {w.name for w in loads} - {"start", "ceiling"}
-            if unknown and campfire:
-                report.notes.append(f"no workload named {', '.join(sorted(unknown))} "
-                                    f"(known: {', '.join(w.name for w in loads)}, start, ceiling)")
-            loads = [w for w in loads if wanted(w.name)]
+        if not args.only or args.only - {"start"}:
+            ceiling, campfire, cookie = start_load_servers(args, processes, report, scratch,
+                                                           with_campfire=campfire_ok)
+            campfire_ok = campfire is not None
+            loads = [w for w in campfire_workloads(cookie) if wanted(w.name)] if campfire else []
+            skipped = args.only - {w.name for w in loads} - {"start", "ceiling"}
+            if skipped and campfire:
+                report.notes.append(f"not run (signed-in workloads need --seed): "
+                                    f"{', '.join(sorted(skipped))}")
             record_rss(report, "after start", (ceiling, campfire))
             measure_throughput(args, report, use_wrk, loads, ceiling, campfire, scratch)
             record_rss(report, "after load", (ceiling, campfire))

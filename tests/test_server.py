@@ -1,0 +1,323 @@
+"""The server (section 10) over real sockets on 127.0.0.1: keep-alive,
+pipelining, closing, errors on the wire, 100-continue, chunked uploads, HEAD,
+timeouts for slow and idle clients, and many connections at once."""
+
+import select
+import time
+import unittest
+
+try:
+    from tests.helpers import LiveServer, campfire
+except ImportError:  # run from inside tests/
+    from helpers import LiveServer, campfire
+
+
+class ResponseReader:
+    """Reads responses one after another from a socket, keeping what follows
+    (helpers.recv_response drops the bytes of a pipelined next response)."""
+
+    def __init__(self, sock, timeout=5):
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.buffer = b""
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("the server closed the connection; had %r" % self.buffer[:200])
+        self.buffer += chunk
+
+    def read_head(self):
+        """(status, reason, headers with lower-case names) of the next response."""
+        while b"\r\n\r\n" not in self.buffer:
+            self._fill()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        version, status, reason = lines[0].split(" ", 2)
+        assert version == "HTTP/1.1", lines[0]
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(": ")
+            headers[name.lower()] = value
+        return int(status), reason, headers
+
+    def read_response(self, head_request=False):
+        """(status, headers, body) of the next final response."""
+        status, _, headers = self.read_head()
+        length = 0 if head_request or status in (204, 304) else int(headers["content-length"])
+        while len(self.buffer) < length:
+            self._fill()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return status, headers, body
+
+
+def request_bytes(method, path, headers=(), body=b""):
+    lines = ["%s %s HTTP/1.1" % (method, path), "Host: 127.0.0.1"]
+    lines += ["%s: %s" % pair for pair in headers]
+    if body:
+        lines.append("Content-Length: %d" % len(body))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def wait_closed(sock, timeout=5):
+    """Seconds until the peer closed cleanly (recv returned b""); fails on data or timeout."""
+    started = time.monotonic()
+    sock.settimeout(timeout)
+    data = sock.recv(65536)
+    if data:
+        raise AssertionError("expected the connection to be closed, got %r" % data[:200])
+    return time.monotonic() - started
+
+
+class LiveServerTestCase(unittest.TestCase):
+    """One server for the class; every socket is closed at the end of its test."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.live = LiveServer()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.live.stop()
+
+    def connect(self):
+        sock = self.live.connect()
+        self.addCleanup(sock.close)
+        return sock
+
+
+class ConnectionTest(LiveServerTestCase):
+    def test_keep_alive_serves_several_requests_on_one_connection(self):
+        sock = self.connect()
+        reader = ResponseReader(sock)
+        for path, expected in (("/up", 200), ("/first_run", 200), ("/no/such/page", 404), ("/up", 200)):
+            sock.sendall(request_bytes("GET", path))
+            status, headers, body = reader.read_response()
+            self.assertEqual(status, expected, path)
+            self.assertNotIn("connection", headers)
+            self.assertEqual(len(body), int(headers["content-length"]))
+
+    def test_pipelined_requests_are_answered_in_order(self):
+        sock = self.connect()
+        sock.sendall(request_bytes("GET", "/up") + request_bytes("GET", "/no/such/page")
+                     + request_bytes("GET", "/session/new"))
+        reader = ResponseReader(sock)
+        responses = [reader.read_response() for _ in range(3)]
+        self.assertEqual([status for status, _, _ in responses], [200, 404, 303])
+        self.assertIn(b"background-color: green", responses[0][2])
+        self.assertEqual(responses[2][1]["location"], "/first_run")  # no account yet
+        sock.sendall(request_bytes("GET", "/up"))
+        self.assertEqual(reader.read_response()[0], 200)
+
+    def test_connection_close_closes_after_the_response(self):
+        sock = self.connect()
+        sock.sendall(request_bytes("GET", "/up", [("Connection", "close")]))
+        reader = ResponseReader(sock)
+        status, headers, body = reader.read_response()
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["connection"], "close")
+        self.assertIn(b"background-color: green", body)
+        self.assertEqual(reader.buffer, b"")
+        wait_closed(sock)
+
+    def test_http_1_0_closes_after_the_response(self):
+        sock = self.connect()
+        sock.sendall(b"GET /up HTTP/1.0\r\n\r\n")
+        status, headers, _ = ResponseReader(sock).read_response()
+        self.assertEqual((status, headers["connection"]), (200, "close"))
+        wait_closed(sock)
+
+    def test_malformed_request_gets_400_and_the_connection_is_closed(self):
+        for data in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+                     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"):
+            with self.subTest(data=data):
+                sock = self.connect()
+                sock.sendall(data)
+                reader = ResponseReader(sock)
+                status, headers, body = reader.read_response()
+                self.assertEqual(status, 400)
+                self.assertEqual(headers["connection"], "close")
+                self.assertIn(b"400", body)
+                wait_closed(sock)
+
+    def test_non_ascii_content_length_and_bad_ipv6_target_get_400_on_the_wire(self):
+        # A ValueError escaping the parser makes the server log a traceback and
+        # drop the connection without an answer.
+        for data in (b"POST /session HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n",
+                     b"GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n"):
+            with self.subTest(data=data), self.assertNoLogs("campfire", level="ERROR"):
+                sock = self.connect()
+                sock.sendall(data)
+                self.assertEqual(ResponseReader(sock).read_response()[0], 400)
+                wait_closed(sock)
+
+    def test_bad_version_gets_505_on_the_wire(self):
+        sock = self.connect()
+        sock.sendall(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n")
+        self.assertEqual(ResponseReader(sock).read_response()[0], 505)
+        wait_closed(sock)
+
+    def test_long_request_line_gets_414_and_close(self):
+        sock = self.connect()
+        sock.sendall(b"GET /" + b"a" * (campfire.MAX_REQUEST_LINE_BYTES + 10))
+        status, headers, _ = ResponseReader(sock).read_response()
+        self.assertEqual((status, headers["connection"]), (414, "close"))
+        wait_closed(sock)
+
+    def test_too_many_header_fields_get_431_and_close(self):
+        sock = self.connect()
+        fields = [("X-F%d" % index, "v") for index in range(campfire.MAX_HEADER_FIELDS + 1)]
+        sock.sendall(request_bytes("GET", "/up", fields))
+        status, headers, _ = ResponseReader(sock).read_response()
+        self.assertEqual((status, headers["connection"]), (431, "close"))
+        wait_closed(sock)
+
+    def test_body_over_the_limit_gets_413_before_it_is_sent(self):
+        sock = self.connect()
+        sock.sendall(b"POST /session HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (campfire.DEFAULT_BODY_LIMIT * 100))
+        status, headers, _ = ResponseReader(sock).read_response()
+        self.assertEqual((status, headers["connection"]), (413, "close"))
+        wait_closed(sock)
+
+    def test_expect_100_continue_gets_the_interim_response_then_the_final_one(self):
+        sock = self.connect()
+        body = b"email_address=nobody%40example.com&password=wrong"
+        sock.sendall(b"POST /session HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        reader = ResponseReader(sock)
+        status, reason, headers = reader.read_head()
+        self.assertEqual((status, reason, headers), (100, "Continue", {}))
+        self.assertEqual(reader.buffer, b"")
+        sock.sendall(body)
+        status, headers, page = reader.read_response()
+        self.assertEqual(status, 401)
+        self.assertIn(b"nobody@example.com", page)
+
+    def test_chunked_post_works_end_to_end(self):
+        sock = self.connect()
+        form = b"email_address=chunky%40example.com&password=not-the-password"
+        chunks = b"".join(b"%x;part=%d\r\n%s\r\n" % (len(form[start:start + 7]), start, form[start:start + 7])
+                          for start in range(0, len(form), 7))
+        sock.sendall(b"POST /session HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n\r\n")
+        sock.sendall(chunks[:10])
+        time.sleep(0.05)  # the body arrives in pieces, across reads
+        sock.sendall(chunks[10:] + b"0\r\nX-Trailer: done\r\n\r\n")
+        reader = ResponseReader(sock)
+        status, headers, page = reader.read_response()
+        self.assertIn(status, (200, 401))
+        self.assertIn(b"chunky@example.com", page)  # the form was read from the chunks
+        sock.sendall(request_bytes("GET", "/up"))
+        self.assertEqual(reader.read_response()[0], 200)  # and the connection stays usable
+
+    def test_head_returns_headers_with_content_length_but_no_body(self):
+        sock = self.connect()
+        sock.sendall(request_bytes("HEAD", "/up") + request_bytes("GET", "/up"))
+        reader = ResponseReader(sock)
+        status, headers, body = reader.read_response(head_request=True)
+        self.assertEqual(status, 200)
+        length = int(headers["content-length"])
+        self.assertGreater(length, 0)
+        # The very next bytes are the GET's response: the HEAD sent no body.
+        while len(reader.buffer) < 12:
+            reader._fill()
+        self.assertTrue(reader.buffer.startswith(b"HTTP/1.1 200"), reader.buffer[:40])
+        status, headers, body = reader.read_response()
+        self.assertEqual((status, len(body)), (200, length))
+
+    def test_server_keeps_serving_after_a_bad_connection(self):
+        good = self.connect()
+        good_reader = ResponseReader(good)
+        good.sendall(request_bytes("GET", "/up"))
+        self.assertEqual(good_reader.read_response()[0], 200)
+        bad = self.connect()
+        bad.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) + b"\r\n\r\n")
+        self.assertEqual(ResponseReader(bad).read_response()[0], 400)
+        wait_closed(bad)
+        good.sendall(request_bytes("GET", "/up"))
+        self.assertEqual(good_reader.read_response()[0], 200)
+        fresh = self.connect()
+        fresh.sendall(request_bytes("GET", "/up"))
+        self.assertEqual(ResponseReader(fresh).read_response()[0], 200)
+
+    def test_many_concurrent_connections_all_get_answers(self):
+        count = 200
+        socks = [self.connect() for _ in range(count)]
+        for index, sock in enumerate(socks):
+            sock.sendall(request_bytes("GET", "/up" if index % 2 else "/no/such/page/%d" % index))
+        statuses = [ResponseReader(sock, timeout=10).read_response()[0] for sock in socks]
+        self.assertEqual(statuses, [404 if index % 2 == 0 else 200 for index in range(count)])
+
+
+class TimeoutTest(unittest.TestCase):
+    """Each test gets its own server started after shortening the timeouts."""
+
+    HEADER_TIMEOUT = 0.3
+    KEEPALIVE_TIMEOUT = 0.3
+    SWEEP_INTERVAL = 0.05
+
+    def setUp(self):
+        saved = {name: getattr(campfire, name) for name in ("HEADER_TIMEOUT", "KEEPALIVE_TIMEOUT", "SWEEP_INTERVAL")}
+        for name in saved:
+            setattr(campfire, name, getattr(self, name))
+        self.live = LiveServer()
+        self.addCleanup(lambda: [setattr(campfire, name, value) for name, value in saved.items()])
+        self.addCleanup(self.live.stop)
+
+    def connect(self):
+        sock = self.live.connect()
+        self.addCleanup(sock.close)
+        return sock
+
+    def test_slow_client_with_half_a_request_line_is_dropped_after_the_header_timeout(self):
+        sock = self.connect()
+        sock.sendall(b"GET /up HT")
+        waited = wait_closed(sock, timeout=5)
+        self.assertGreaterEqual(waited, self.HEADER_TIMEOUT - 0.1)
+        self.assertLess(waited, self.HEADER_TIMEOUT + 2)
+
+    def test_dribbling_client_is_dropped_even_while_bytes_keep_arriving(self):
+        # Slowloris: a byte every 50 ms never completes the head; the deadline
+        # is set when the head starts and is not pushed back by each byte.
+        sock = self.connect()
+        request = request_bytes("GET", "/up", [("X-Pad", "p" * 500)])
+        started = time.monotonic()
+        for index in range(len(request) - 4):
+            try:
+                sock.sendall(request[index:index + 1])
+            except OSError:  # reset after the close: it was dropped
+                break
+            readable, _, _ = select.select([sock], [], [], 0.05)
+            if readable:
+                try:
+                    self.assertEqual(sock.recv(65536), b"")
+                except ConnectionResetError:
+                    pass
+                break
+            self.assertLess(time.monotonic() - started, 5, "still connected after 5 s")
+        self.assertLess(time.monotonic() - started, self.HEADER_TIMEOUT + 2)
+
+    def test_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(self):
+        sock = self.connect()
+        sock.sendall(request_bytes("GET", "/up"))
+        reader = ResponseReader(sock)
+        self.assertEqual(reader.read_response()[0], 200)
+        waited = wait_closed(sock, timeout=5)
+        self.assertGreaterEqual(waited, self.KEEPALIVE_TIMEOUT - 0.1)
+        self.assertLess(waited, self.KEEPALIVE_TIMEOUT + 2)
+
+    def test_active_keep_alive_connection_is_not_dropped(self):
+        sock = self.connect()
+        reader = ResponseReader(sock)
+        for _ in range(4):  # 4 × 0.15 s: longer than one timeout, but never idle that long
+            sock.sendall(request_bytes("GET", "/up"))
+            self.assertEqual(reader.read_response()[0], 200)
+            time.sleep(self.KEEPALIVE_TIMEOUT / 2)
+        sock.sendall(request_bytes("GET", "/up"))
+        self.assertEqual(reader.read_response()[0], 200)
+
+
+if __name__ == "__main__":
+    unittest.main()
