@@ -11,25 +11,30 @@ pure code to the code that touches the world:
   2. Errors                   one exception tree, mapped to statuses at the edge
   3. Utilities                time, HTML escaping, tokens, passwords, rate limits
   4. HTTP/1.1                 a sans-I/O request parser and the response writer
-  5. Rich text                the allow-list sanitizer, auto-links, plain text, mentions
-  6. Storage                  Campfire's SQLite schema, migrations, atomic()
-  7. Domain                   accounts, users, sessions, rooms, messages, search
-  8. Rendering                HTML pages, all through one escaping helper
-  9. Routes                   the router and every handler, by feature
- 10. The application          App: a request in, a response out (no sockets)
- 11. The server               asyncio connections, timeouts, signals
- 12. Operations               seed (and the other long jobs of the command line)
- 13. Command line             main()
+  5. WebSocket                RFC 6455 framing and permessage-deflate, sans-I/O
+  6. Action Cable             the JSON protocol spoken on /cable
+  7. Rich text                the allow-list sanitizer, auto-links, plain text, mentions
+  8. Storage                  Campfire's SQLite schema, migrations, atomic()
+  9. Domain                   accounts, users, sessions, rooms, messages, search
+ 10. Rendering                HTML pages, all through one escaping helper
+ 11. Routes                   the router and every handler, by feature
+ 12. Real time                /cable connections, channels and broadcasts
+ 13. The application          App: a request in, a response out (no sockets)
+ 14. The server               asyncio connections, timeouts, signals
+ 15. Operations               seed (and the other long jobs of the command line)
+ 16. Command line             main()
 """
 
 import argparse
 import asyncio
 import base64
 import binascii
+import codecs
 import collections
 import contextlib
 import ctypes
 import ctypes.util
+import enum
 import errno
 import hashlib
 import hmac
@@ -44,6 +49,7 @@ import secrets
 import signal
 import socket
 import sqlite3
+import struct
 import sys
 import time
 import traceback
@@ -119,6 +125,7 @@ JOIN_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345
 # Chat (CAMPFIRE.md, Messages and Search).
 MESSAGE_PAGE_SIZE = 40            # a room page, a ?before=/?after= page, each side of a permalink
 MAX_REFRESH_MESSAGES = 500        # /refresh?since= catches up at most this many
+MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31, the last moment a datetime column can hold
 MAX_MESSAGE_BODY_CHARS = 64 * 1024  # 413 past it: a long message, not a document
 MESSAGE_BODY_LIMIT = 256 * 1024   # HTTP body of a message post (HTML escapes inflate it)
 MAX_CLIENT_MESSAGE_ID_CHARS = 100
@@ -871,7 +878,600 @@ def accepts_gzip(request):
 
 
 ####
-#### 5. Rich text
+#### 5. WebSocket (RFC 6455, RFC 7692)
+####
+# WebSocket: RFC 6455 framing and RFC 7692 permessage-deflate (sans-I/O) ######
+###############################################################################
+#
+# Bytes in, events and bytes out: nothing here touches a socket, the clock or
+# asyncio, so the server and the tests drive the same code.
+#
+#   check_handshake(method, headers) -> {"accept", "subprotocol", "deflate"},
+#       or raises HandshakeRefused(.status 400 | 426, .reason, .headers);
+#   handshake_response(result) -> the "101 Switching Protocols" bytes.
+#
+#   protocol = WebSocketProtocol(deflate=result["deflate"] is not None)
+#   protocol.receive_data(data)     never raises; bad input queues a close frame
+#   protocol.events_received()      -> [TextMessage | BinaryMessage | Ping |
+#                                       Pong | CloseReceived]
+#   protocol.data_to_send()         -> bytes to write: our sends, automatic
+#                                      pongs, close frames
+#
+# States (WebSocketState):
+#
+#   OPEN    -- close() ----------------------------------------> CLOSING
+#   CLOSING -- their close (we send nothing more) -------------> CLOSED
+#   OPEN    -- their close (we echo its code) -----------------> CLOSED
+#   OPEN    -- protocol error (we send 1002, 1007 or 1009) ----> CLOSED
+#   CLOSING -- protocol error (we send nothing more) ----------> CLOSED
+#
+# The caller writes data_to_send() after every call. Once state is CLOSED the
+# caller writes data_to_send() one last time and then closes the TCP
+# connection: that is after our echo of their close, after our close in
+# answer to a protocol error, or when their close answers ours (RFC 6455
+# §7.1.1: the server closes TCP first). In CLOSING it keeps reading for the
+# client's close, under a timeout of its own. Input after CLOSED is ignored.
+#
+# Fan-out bypasses this object: encode_message() once (plain and deflated)
+# and write the same bytes to every subscriber. Deflate is negotiated without
+# context takeover both ways, so no zlib state outlives a message and an idle
+# connection holds no buffers at all.
+
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+WEBSOCKET_VERSION = "13"  # RFC 6455 §4.1: the only version browsers speak
+ACTIONCABLE_SUBPROTOCOL = "actioncable-v1-json"
+MAX_WEBSOCKET_MESSAGE_BYTES = 1024 * 1024  # Campfire's cable limit; 1009 past it
+MAX_CONTROL_PAYLOAD = 125  # RFC 6455 §5.5: control frames fit a 7-bit length
+
+OPCODE_CONTINUATION = 0x0  # RFC 6455 §5.2
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+OPCODE_CLOSE = 0x8
+OPCODE_PING = 0x9
+OPCODE_PONG = 0xA
+
+CLOSE_NORMAL = 1000  # RFC 6455 §7.4.1
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_NO_STATUS = 1005  # stands for an empty close payload; never on the wire
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+DEFLATE_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 §7.2.1: dropped from each message
+DEFLATE_WINDOW_BITS = 15  # we compress with zlib's full 32 KiB window
+DEFLATE_LEVEL = 6  # zlib's default; a broadcast is compressed once for all
+DEFLATE_MIN_MESSAGE_BYTES = 100  # shorter ones (cable pings) barely shrink and
+#                                  a compression costs ~15 µs
+DEFLATE_RESPONSE = (
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+)
+_WINDOW_BITS_VALUES = frozenset(str(bits) for bits in range(8, 16))  # RFC 7692 §7.1.2
+
+
+def _is_valid_close_code(code):
+    """RFC 6455 §7.4: codes an endpoint may send (1012-1014 were added to
+    the IANA registry later); 1004-1006 and 1015 are reserved."""
+    return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999
+
+
+# Handshake (RFC 6455 §4.2) ####################################################
+
+
+class HandshakeRefused(CampfireError):
+    """An upgrade request we answer with an HTTP error instead of 101."""
+
+    def __init__(self, status, reason, headers=()):
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.headers = list(headers)
+
+
+def websocket_accept(key):
+    """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 §4.2.2)."""
+    digest = hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _comma_list(value):
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def check_handshake(method, headers):
+    """Validate a client's opening handshake (RFC 6455 §4.2.1); `headers`
+    maps lowercase names to values, repeated ones comma-joined."""
+    if method != "GET":
+        raise HandshakeRefused(400, "a WebSocket handshake is a GET")
+    if "websocket" not in [t.lower() for t in _comma_list(headers.get("upgrade", ""))]:
+        raise HandshakeRefused(400, "Upgrade: websocket is missing")
+    if "upgrade" not in [t.lower() for t in _comma_list(headers.get("connection", ""))]:
+        raise HandshakeRefused(400, "Connection: Upgrade is missing")
+    if headers.get("sec-websocket-version", "").strip() != WEBSOCKET_VERSION:
+        # §4.2.2: tell the client which version we speak.
+        raise HandshakeRefused(
+            426, "unsupported WebSocket version", [("Sec-WebSocket-Version", WEBSOCKET_VERSION)]
+        )
+    key = headers.get("sec-websocket-key", "").strip()
+    try:
+        nonce = base64.b64decode(key, validate=True)
+    except ValueError:  # binascii.Error, or a non-ASCII str
+        nonce = b""
+    if len(nonce) != 16:  # §4.1: a base64-encoded 16-byte nonce
+        raise HandshakeRefused(400, "Sec-WebSocket-Key is not 16 bytes in base64")
+    offered = _comma_list(headers.get("sec-websocket-protocol", ""))
+    return {
+        "accept": websocket_accept(key),
+        "subprotocol": ACTIONCABLE_SUBPROTOCOL if ACTIONCABLE_SUBPROTOCOL in offered else None,
+        "deflate": negotiate_deflate(headers.get("sec-websocket-extensions", "")),
+    }
+
+
+def handshake_response(result, extra_headers=()):
+    """The complete 101 response for a check_handshake() result."""
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {result['accept']}",
+    ]
+    if result.get("subprotocol"):
+        lines.append(f"Sec-WebSocket-Protocol: {result['subprotocol']}")
+    if result.get("deflate"):
+        lines.append(f"Sec-WebSocket-Extensions: {result['deflate']}")
+    lines += [f"{name}: {value}" for name, value in extra_headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def negotiate_deflate(extensions):
+    """Answer the first permessage-deflate offer we can honour (RFC 7692 §5,
+    §7.1), or None to run without the extension.
+
+    We always ask for no context takeover both ways, so each message is
+    compressed and inflated alone. We decline server_max_window_bits below
+    15: a broadcast is compressed once, with one window, for every client.
+    client_max_window_bits needs no answer (§7.1.2.2): a fresh 15-bit
+    inflater reads any smaller window.
+    """
+    for offer in extensions.split(","):
+        name, *params = [part.strip() for part in offer.split(";")]
+        if name.lower() == "permessage-deflate":
+            response = _accept_deflate_offer(params)
+            if response is not None:
+                return response
+    return None
+
+
+def _accept_deflate_offer(params):
+    seen = set()
+    response = DEFLATE_RESPONSE
+    for param in params:
+        name, has_value, value = param.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':  # RFC 6455 §9.1
+            value = value[1:-1]
+        if name in seen:  # §7.1: a repeated parameter voids the offer
+            return None
+        seen.add(name)
+        if name in ("server_no_context_takeover", "client_no_context_takeover"):
+            if has_value:
+                return None
+        elif name == "server_max_window_bits":  # §7.1.2.1: a value is required
+            if value != str(DEFLATE_WINDOW_BITS):
+                return None
+            response += f"; server_max_window_bits={DEFLATE_WINDOW_BITS}"
+        elif name == "client_max_window_bits":  # §7.1.2.2: the value is optional
+            if has_value and value not in _WINDOW_BITS_VALUES:
+                return None
+        else:
+            return None
+    return response
+
+
+# Frames (RFC 6455 §5) #########################################################
+
+
+def encode_frame(opcode, payload, *, fin=True, rsv1=False):
+    """A server frame: unmasked (§5.1), with the shortest length encoding (§5.2)."""
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    length = len(payload)
+    if length < 126:
+        header = bytes((first, length))
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", first, 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 127, length)
+    return header + payload
+
+
+def encode_message(text, *, deflate):
+    """One text message as frame bytes, compressed when `deflate` and worth it
+    (RFC 7692 §6: a message may always go uncompressed, with RSV1 clear)."""
+    payload = text.encode()
+    if deflate and len(payload) >= DEFLATE_MIN_MESSAGE_BYTES:
+        compressor = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -DEFLATE_WINDOW_BITS)
+        compressed = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        compressed = compressed[: -len(DEFLATE_TAIL)]  # §7.2.1; a sync flush ends with it
+        if len(compressed) < len(payload):
+            return encode_frame(OPCODE_TEXT, compressed, rsv1=True)
+    return encode_frame(OPCODE_TEXT, payload)
+
+
+def _close_frame(code, reason=""):
+    payload = b"" if code == CLOSE_NO_STATUS else code.to_bytes(2, "big") + reason.encode()
+    return encode_frame(OPCODE_CLOSE, payload)
+
+
+def _unmask(payload, mask):
+    """XOR with the 4-byte key (§5.3) as one big-integer operation: ~50x a
+    per-byte Python loop on large frames."""
+    length = len(payload)
+    if not length:
+        return b""
+    key = (mask * (length // 4 + 1))[:length]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(length, "big")
+
+
+# Events #######################################################################
+
+
+@dataclass(frozen=True, slots=True)
+class TextMessage:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryMessage:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    payload: bytes  # already answered: the pong is in data_to_send()
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReceived:
+    code: int  # CLOSE_NO_STATUS (1005) for an empty close frame
+    reason: str
+
+
+class WebSocketState(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"  # we sent a close and wait for theirs
+    CLOSED = "closed"  # write data_to_send(), then close the TCP connection
+
+
+# The connection ###############################################################
+
+
+class _PartialMessage:
+    """A fragmented message between its first frame and its FIN (§5.4)."""
+
+    __slots__ = ("opcode", "size", "parts", "utf8", "inflater")
+
+    def __init__(self, opcode, compressed):
+        self.opcode = opcode
+        self.size = 0  # payload bytes so far, after inflating
+        self.parts = []
+        # §8.1: text is checked fragment by fragment, to fail as early as possible.
+        self.utf8 = codecs.getincrementaldecoder("utf-8")() if opcode == OPCODE_TEXT else None
+        self.inflater = zlib.decompressobj(wbits=-DEFLATE_WINDOW_BITS) if compressed else None
+
+
+class WebSocketProtocol:
+    """The server side of one WebSocket connection, after the handshake."""
+
+    __slots__ = (
+        "state", "close_code", "_deflate", "_max_message_bytes",
+        "_buffer", "_partial", "_events", "_outgoing",
+    )
+
+    def __init__(self, *, deflate=False, max_message_bytes=MAX_WEBSOCKET_MESSAGE_BYTES):
+        self.state = WebSocketState.OPEN
+        self.close_code = None  # the code we closed with, or echoed
+        self._deflate = deflate
+        self._max_message_bytes = max_message_bytes
+        self._buffer = b""  # an incomplete frame (a bytearray), else b""
+        self._partial = None  # a _PartialMessage while one is fragmented
+        self._events = None  # a list once there is something to report
+        self._outgoing = b""
+
+    # The caller's side ########################################################
+
+    def events_received(self):
+        events, self._events = self._events, None
+        return events if events is not None else []
+
+    def data_to_send(self):
+        data, self._outgoing = self._outgoing, b""
+        return data
+
+    def send_text(self, text):
+        if self.state is WebSocketState.OPEN:  # §5.5.1: no data after our close
+            self._outgoing += encode_message(text, deflate=self._deflate)
+
+    def send_ping(self, payload=b""):
+        if len(payload) > MAX_CONTROL_PAYLOAD:
+            raise ValueError("a ping payload is at most 125 bytes")
+        if self.state is WebSocketState.OPEN:
+            self._outgoing += encode_frame(OPCODE_PING, payload)
+
+    def close(self, code=CLOSE_NORMAL, reason=""):
+        """Start the closing handshake (§7.1.2); state becomes CLOSING."""
+        if not _is_valid_close_code(code) or len(reason.encode()) > MAX_CONTROL_PAYLOAD - 2:
+            raise ValueError(f"cannot close with {code} {reason!r}")
+        if self.state is WebSocketState.OPEN:
+            self._outgoing += _close_frame(code, reason)
+            self.state = WebSocketState.CLOSING
+            self.close_code = code
+
+    def receive_data(self, data):
+        if self.state is WebSocketState.CLOSED or not data:
+            return
+        if self._buffer:
+            self._buffer += data
+            buf = self._buffer
+        else:
+            buf = data if type(data) is bytes else bytes(data)
+        pos, end = 0, len(buf)
+        while end - pos >= 2 and self.state is not WebSocketState.CLOSED:
+            first, second = buf[pos], buf[pos + 1]
+            opcode = first & 0x0F
+            error = self._header_error(first, second, opcode)
+            if error:
+                self._fail(CLOSE_PROTOCOL_ERROR, error)
+                break
+            length = second & 0x7F
+            start = pos + 2
+            if length == 126:
+                start += 2
+                if end < start:
+                    break
+                length = int.from_bytes(buf[pos + 2 : start], "big")
+            elif length == 127:
+                start += 8
+                if end < start:
+                    break
+                length = int.from_bytes(buf[pos + 2 : start], "big")
+                if length >> 63:  # §5.2: the most significant bit must be 0
+                    self._fail(CLOSE_PROTOCOL_ERROR, "frame length out of range")
+                    break
+            # Refuse an oversized message on its declared length, before buffering it.
+            if opcode < OPCODE_CLOSE:
+                received = self._partial.size if self._partial is not None else 0
+                if length > self._max_message_bytes - received:
+                    self._fail(CLOSE_MESSAGE_TOO_BIG, "message too big")
+                    break
+            start += 4  # the masking key
+            stop = start + length
+            if end < stop:
+                break
+            payload = _unmask(buf[start:stop], buf[start - 4 : start])
+            pos = stop
+            self._receive_frame(first, opcode, payload)
+        if self.state is WebSocketState.CLOSED or pos == end:
+            self._buffer = b""
+        elif buf is self._buffer:
+            del buf[:pos]
+        else:
+            self._buffer = bytearray(buf[pos:])
+
+    # Parsing ##################################################################
+
+    def _header_error(self, first, second, opcode):
+        """Why a frame's first two bytes are a protocol error, or ""."""
+        if not second & 0x80:
+            return "client frames must be masked"  # §5.1
+        if opcode >= OPCODE_CLOSE:
+            if opcode > OPCODE_PONG:
+                return "unknown opcode"  # §5.2
+            if not first & 0x80:
+                return "fragmented control frame"  # §5.5
+            if first & 0x70:
+                return "reserved bits on a control frame"  # RFC 7692 §6.1
+            if (second & 0x7F) > MAX_CONTROL_PAYLOAD:
+                return "control frame too long"  # §5.5
+        elif opcode == OPCODE_CONTINUATION:
+            if self._partial is None:
+                return "continuation without a message"  # §5.4
+            if first & 0x70:
+                return "reserved bits on a continuation"  # RFC 7692 §6.1: first frame only
+        elif opcode <= OPCODE_BINARY:
+            if self._partial is not None:
+                return "new message inside a fragmented one"  # §5.4
+            if first & 0x30 or (first & 0x40 and not self._deflate):
+                return "reserved bits without an extension"  # §5.2
+        else:
+            return "unknown opcode"  # §5.2
+        return ""
+
+    def _receive_frame(self, first, opcode, payload):
+        if opcode == OPCODE_CLOSE:
+            self._receive_close(payload)
+        elif opcode == OPCODE_PING:
+            if self.state is WebSocketState.OPEN:  # §5.5.2: answer with the same payload
+                self._outgoing += encode_frame(OPCODE_PONG, payload)
+            self._emit(Ping(payload))
+        elif opcode == OPCODE_PONG:
+            self._emit(Pong(payload))
+        elif opcode and first & 0x80:  # a whole message in one frame: no state kept
+            if first & 0x40:
+                inflater = zlib.decompressobj(wbits=-DEFLATE_WINDOW_BITS)
+                payload = self._inflate(inflater, payload + DEFLATE_TAIL, self._max_message_bytes)
+                if payload is None:
+                    return
+            if opcode == OPCODE_BINARY:
+                self._deliver(BinaryMessage(payload))
+                return
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                self._fail(CLOSE_INVALID_PAYLOAD, "invalid UTF-8")
+                return
+            self._deliver(TextMessage(text))
+        else:
+            self._receive_fragment(first, opcode, payload)
+
+    def _receive_fragment(self, first, opcode, payload):
+        fin = bool(first & 0x80)
+        partial = self._partial
+        if partial is None:
+            partial = self._partial = _PartialMessage(opcode, first & 0x40)
+        if partial.inflater is not None:
+            allowance = self._max_message_bytes - partial.size
+            data = payload + DEFLATE_TAIL if fin else payload
+            payload = self._inflate(partial.inflater, data, allowance)
+            if payload is None:
+                return
+        partial.size += len(payload)
+        if partial.utf8 is not None:
+            try:
+                payload = partial.utf8.decode(payload, fin)
+            except UnicodeDecodeError:
+                self._fail(CLOSE_INVALID_PAYLOAD, "invalid UTF-8")
+                return
+        partial.parts.append(payload)
+        if fin:
+            self._partial = None
+            if partial.opcode == OPCODE_TEXT:
+                self._deliver(TextMessage("".join(partial.parts)))
+            else:
+                self._deliver(BinaryMessage(b"".join(partial.parts)))
+
+    def _inflate(self, inflater, data, allowance):
+        """Inflate at most `allowance` bytes (RFC 7692 §7.2.2); asking for one
+        more tells a zip bomb from a message that fits exactly."""
+        try:
+            inflated = inflater.decompress(data, allowance + 1)
+        except zlib.error:
+            self._fail(CLOSE_PROTOCOL_ERROR, "invalid compressed data")
+            return None
+        if len(inflated) > allowance:
+            self._fail(CLOSE_MESSAGE_TOO_BIG, "message too big")
+            return None
+        return inflated
+
+    def _receive_close(self, payload):
+        if not payload:
+            code, reason = CLOSE_NO_STATUS, ""
+        elif len(payload) == 1:  # §5.5.1: a body starts with a 2-byte code
+            self._fail(CLOSE_PROTOCOL_ERROR, "close payload of one byte")
+            return
+        else:
+            code = int.from_bytes(payload[:2], "big")
+            if not _is_valid_close_code(code):
+                self._fail(CLOSE_PROTOCOL_ERROR, "invalid close code")
+                return
+            try:
+                reason = payload[2:].decode()
+            except UnicodeDecodeError:
+                self._fail(CLOSE_PROTOCOL_ERROR, "close reason is not UTF-8")
+                return
+        self._emit(CloseReceived(code, reason))
+        if self.state is WebSocketState.OPEN:  # §5.5.1: echo their code; empty for empty
+            self._outgoing += _close_frame(code)
+            self.close_code = code
+        self.state = WebSocketState.CLOSED
+        self._partial = None
+
+    def _fail(self, code, reason):
+        """_Fail the WebSocket Connection_ (§7.1.7): send a close unless we
+        already did, and stop reading; the caller then closes TCP."""
+        if self.state is WebSocketState.OPEN:
+            self._outgoing += _close_frame(code, reason)
+            self.close_code = code
+        self.state = WebSocketState.CLOSED
+        self._partial = None
+
+    def _deliver(self, message):
+        if self.state is WebSocketState.OPEN:  # in CLOSING, data is discarded
+            self._emit(message)
+
+    def _emit(self, event):
+        if self._events is None:
+            self._events = [event]
+        else:
+            self._events.append(event)
+
+
+
+####
+#### 6. Action Cable's protocol
+####
+# The JSON dialect Rails' Action Cable speaks over a WebSocket (CAMPFIRE.md,
+# "Action Cable's JSON protocol"). Pure functions; the channels live with the
+# server's real-time section.
+
+MAX_CABLE_IDENTIFIER_BYTES = 4 * 1024    # identifiers are small JSON objects
+MAX_CABLE_SUBSCRIPTIONS = 64             # per connection
+CABLE_PING_INTERVAL = 3.0                # seconds; Action Cable's beat
+CABLE_WELCOME = json.dumps({"type": "welcome"})
+CABLE_UNAUTHORIZED = json.dumps({"type": "disconnect", "reason": "unauthorized", "reconnect": False})
+CABLE_RESTART = json.dumps({"type": "disconnect", "reason": "server_restart", "reconnect": True})
+
+
+@dataclass(frozen=True)
+class CableCommand:
+    command: str          # subscribe | unsubscribe | message
+    identifier: str       # echoed back verbatim
+    channel: str
+    params: dict
+    data: dict
+
+
+class CableCommandError(CampfireError):
+    """A command that can't be understood; the connection ignores it."""
+
+
+def parse_cable_command(text):
+    """A client's text frame → CableCommand, or CableCommandError."""
+    try:
+        frame = json.loads(text)
+    except ValueError as error:
+        raise CableCommandError("not JSON") from error
+    if not isinstance(frame, dict):
+        raise CableCommandError("not an object")
+    command, identifier = frame.get("command"), frame.get("identifier")
+    if command not in ("subscribe", "unsubscribe", "message"):
+        raise CableCommandError("unknown command")
+    if not isinstance(identifier, str) or len(identifier.encode()) > MAX_CABLE_IDENTIFIER_BYTES:
+        raise CableCommandError("bad identifier")
+    try:
+        params = json.loads(identifier)
+    except ValueError as error:
+        raise CableCommandError("identifier is not JSON") from error
+    if not isinstance(params, dict) or not isinstance(params.get("channel"), str):
+        raise CableCommandError("identifier names no channel")
+    data = {}
+    if command == "message":
+        try:
+            data = json.loads(frame.get("data") or "{}")
+        except (TypeError, ValueError) as error:
+            raise CableCommandError("data is not JSON") from error
+        if not isinstance(data, dict):
+            raise CableCommandError("data is not an object")
+    return CableCommand(command, identifier, params["channel"], params, data)
+
+
+def cable_frame(identifier, message):
+    """A broadcast as Action Cable sends it: the identifier echoed, the message any JSON."""
+    return json.dumps({"identifier": identifier, "message": message}, separators=(",", ":"), ensure_ascii=False)
+
+
+def cable_reply(identifier, kind):
+    return json.dumps({"identifier": identifier, "type": kind}, separators=(",", ":"))
+
+
+####
+#### 7. Rich text
 ####
 # Message bodies are Trix HTML. On the way in they pass sanitize_html (an
 # allow-list rebuild, so the output is canonical, well-formed and idempotent);
@@ -1333,7 +1933,7 @@ def _link_mentions_in_text(text, candidates):
 
 
 ####
-#### 6. Storage
+#### 8. Storage
 ####
 # Campfire's own schema (db/schema.rb), written the way Rails writes it for
 # SQLite, so a database either program created opens in the other. Our
@@ -1545,7 +2145,7 @@ def _split_sql(script):
 
 
 ####
-#### 7. Domain: accounts, users, rooms, messages, search
+#### 9. Domain: accounts, users, rooms, messages, search
 ####
 
 ROLE_MEMBER, ROLE_ADMINISTRATOR, ROLE_BOT = 0, 1, 2
@@ -1912,8 +2512,9 @@ class Store:
         # CAMPFIRE.md, Unread: visible, disconnected members other than the author.
         unread = [row[0] for row in self.db.execute(
             "UPDATE memberships SET unread_at = ?, updated_at = ? WHERE room_id = ? AND user_id != ? "
-            "AND involvement != 'invisible' AND connections = 0 AND unread_at IS NULL RETURNING user_id",
-            (stamp, stamp, room_id, creator_id)).fetchall()]
+            "AND involvement != 'invisible' AND unread_at IS NULL "
+            "AND (connections = 0 OR connected_at IS NULL OR connected_at < ?) RETURNING user_id",
+            (stamp, stamp, room_id, creator_id, utc_now_text((now or time.time()) - PRESENCE_WINDOW))).fetchall()]
         self.db.execute("UPDATE rooms SET updated_at = ? WHERE id = ?", (stamp, room_id))
         self.bump_room(room_id)
         self.bump_users(unread)
@@ -2019,6 +2620,7 @@ class Store:
         self.db.execute("DELETE FROM searches WHERE user_id = ? AND id NOT IN (SELECT id FROM searches WHERE "
                         "user_id = ? ORDER BY id DESC LIMIT ?)", (user_id, user_id, RECENT_SEARCHES_KEPT))
         self._last_search[user_id] = query
+        self.bump_users([user_id])
 
     def recent_searches(self, user_id):
         return [row[0] for row in self.db.all("SELECT query FROM searches WHERE user_id = ? ORDER BY id DESC LIMIT ?",
@@ -2054,7 +2656,7 @@ def fts_match_expression(query):
     return " ".join('"%s"' % word for word in words)
 
 ####
-#### 8. Rendering
+#### 10. Rendering
 ####
 # Every page is built from small functions returning HTML, and every value
 # reaches the page through HTML.format/escape.
@@ -2344,7 +2946,7 @@ def render_room(app, request, room, messages, *, highlight_id=None):
 
 
 ####
-#### 9. Routes
+#### 11. Routes
 ####
 # Each handler is declared with the route it answers. `auth` says who may ask:
 #   public      anyone (the user is still loaded when signed in)
@@ -2529,6 +3131,7 @@ def sign_out(app, request):
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         app.store.delete_session(token)
+    app.cable.disconnect(user_id=request.user.id, session_id=request.session.id)
     response = redirect("/session/new")
     app.clear_cookie(response, SESSION_COOKIE)
     return response
@@ -2859,14 +3462,10 @@ def update_involvement(app, request, room_id):
 @route("GET", "/rooms/<int:room_id>/messages")
 def message_page(app, request, room_id):
     room = app.room_for_member(request, room_id)
-    before, after = request.query.get("before"), request.query.get("after")
-    for value in (before, after):
-        if value is not None and not value.isdigit():
-            raise BadRequest("before and after take a message id.")
+    before, after = _id_param(request, "before"), _id_param(request, "after")
 
     def build():
-        messages = app.store.messages_page(room.id, before=int(before) if before else None,
-                                           after=int(after) if after else None)
+        messages = app.store.messages_page(room.id, before=before, after=after)
         if not messages:
             return Response(b"", 204)
         return Response(render_messages(app, messages))
@@ -2884,6 +3483,16 @@ def create_message(app, request, room_id):
         return redirect("/rooms/%d" % room.id)
     return Response(render_message(app, message, app.store.boosts_for([message["id"]]).get(message["id"], ())),
                     201 if created else 200, headers=[("Location", "/rooms/%d/@%d" % (room.id, message["id"]))])
+
+
+def _id_param(request, name):
+    """A numeric query parameter (an id or milliseconds), None when absent; 400 when malformed."""
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if not _CONTENT_LENGTH_RE.match(value):
+        raise BadRequest("%s takes a number." % name)
+    return int(value)
 
 
 def _message_in_room(app, request, room_id, message_id):
@@ -2954,10 +3563,10 @@ def permalink(app, request, room_id, message_id):
 def refresh_room(app, request, room_id):
     """What changed since a moment (ms since the epoch): created or edited messages, oldest first."""
     room = app.room_for_member(request, room_id)
-    since = request.query.get("since", "")
-    if not since.isdigit():
+    since = _id_param(request, "since")
+    if since is None or since > MAX_TIMESTAMP_MS:
         raise BadRequest("since takes milliseconds since the epoch.")
-    messages = app.store.messages_since(room.id, utc_now_text(int(since) / 1000))
+    messages = app.store.messages_since(room.id, utc_now_text(since / 1000))
     if not messages:
         return Response(b"", 204)
     return Response(render_messages(app, messages))
@@ -3131,7 +3740,394 @@ def autocompletable_users(app, request):
 
 
 ####
-#### 10. The application
+#### 12. Real time
+####
+# /cable: WebSocket connections speaking Action Cable, the channels Campfire
+# has, and broadcasts. A broadcast is encoded once per identifier (plain and
+# deflated) and the same bytes are written to every subscriber.
+
+MAX_CABLE_SEND_BUFFER = 256 * 1024       # a reader this far behind is dropped
+CABLE_LIVENESS_PING = 15.0               # seconds between WebSocket pings
+CABLE_DEAD_AFTER = 45.0                  # no bytes from a peer this long: it is gone
+CABLE_CLOSE_TIMEOUT = 5.0                # our close unanswered this long: drop the socket
+CABLE_REFUSALS = (30, 60.0)              # refused handshakes per IP per minute → 429
+TYPING_THROTTLE = 0.5                    # seconds between typing starts we relay per connection
+PRESENCE_WINDOW = 60.0                   # CAMPFIRE.md: connected means seen within 60 s
+
+
+class CableConnection:
+    """One /cable WebSocket: the RFC 6455 protocol, its subscriptions, its user."""
+
+    __slots__ = ("cable", "http", "ws", "deflate", "user_id", "session_id", "subscriptions", "last_seen",
+                 "typing_at", "closing_at", "__weakref__")
+
+    def __init__(self, cable, http, deflate, user_id, session_id):
+        self.cable, self.http, self.deflate = cable, http, deflate
+        self.ws = WebSocketProtocol(deflate=deflate)
+        self.user_id, self.session_id = user_id, session_id
+        self.subscriptions = {}        # identifier → (channel, params, streams)
+        self.last_seen = cable.now()
+        self.typing_at = 0.0
+        self.closing_at = None
+
+    def receive(self, data):
+        self.last_seen = self.cable.now()
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, TextMessage):
+                self.cable.command(self, event.text)
+        self.flush()
+
+    def flush(self):
+        out = self.ws.data_to_send()
+        if out:
+            self.write(out)
+        if self.ws.state is WebSocketState.CLOSED:
+            self.http.close()
+
+    def write(self, frame):
+        transport = self.http.transport
+        if self.http.closing:
+            return
+        if transport.get_write_buffer_size() > MAX_CABLE_SEND_BUFFER:
+            log.warning("dropping a /cable reader %d bytes behind", transport.get_write_buffer_size())
+            self.http.close()
+            return
+        transport.write(frame)
+
+    def send(self, text):
+        self.write(encode_message(text, deflate=self.deflate))
+
+    def close(self, code=CLOSE_NORMAL, reason=""):
+        if self.ws.state is WebSocketState.OPEN:
+            self.ws.close(code, reason)
+            self.closing_at = self.cable.now()
+            self.flush()
+
+
+class Cable:
+    """Connections, streams and channels; an Events listener for broadcasts."""
+
+    def __init__(self, app):
+        self.app = app
+        self.connections = set()
+        self.streams = collections.defaultdict(set)         # stream → {CableConnection}
+        self.by_user = collections.defaultdict(set)         # user id → {CableConnection}
+        self.present = collections.defaultdict(collections.Counter)  # room id → user id → connections
+        self.refusals = RateLimiter(*CABLE_REFUSALS)
+        self.clock = time.monotonic
+        self.channels = {
+            "RoomMessagesChannel": self._subscribe_room_messages,
+            "PresenceChannel": self._subscribe_presence,
+            "TypingNotificationsChannel": self._subscribe_typing,
+            "UnreadRoomsChannel": lambda connection, params: ["user_%d_unreads" % connection.user_id],
+            "ReadRoomsChannel": lambda connection, params: ["user_%d_reads" % connection.user_id],
+            "HeartbeatChannel": lambda connection, params: [],
+            "SidebarChannel": lambda connection, params: ["user_%d_sidebar" % connection.user_id],
+        }
+        app.events.subscribe(self)
+
+    def now(self):
+        return self.clock()
+
+    # Handshake ------------------------------------------------------------------
+    def handshake(self, request):
+        """The 101 response that turns this request into a CableConnection."""
+        address = request.remote_addr
+        try:
+            result = check_handshake(request.method, request.headers)
+        except HandshakeRefused as refused:
+            self._refused(address)
+            raise HttpError(refused.reason, refused.status, refused.headers) from None
+        origin = request.headers.get("origin")
+        if origin is not None and origin != request.origin:
+            self._refused(address)
+            raise Forbidden("WebSocket connections from other origins are refused.")
+        if request.user is None:
+            self._refused(address)
+        headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", result["accept"])]
+        if result["subprotocol"]:
+            headers.append(("Sec-WebSocket-Protocol", result["subprotocol"]))
+        if result["deflate"]:
+            headers.append(("Sec-WebSocket-Extensions", result["deflate"]))
+        response = Response(b"", 101, None, headers)
+        user, session = request.user, request.session
+        deflate = result["deflate"] is not None
+
+        def upgrade(http):
+            connection = CableConnection(self, http, deflate, user.id if user else None,
+                                         session.id if session else None)
+            if user is None:  # Action Cable's answer to a connection it won't identify
+                connection.send(CABLE_UNAUTHORIZED)
+                connection.close(CLOSE_NORMAL)
+                return connection
+            self.connections.add(connection)
+            self.by_user[user.id].add(connection)
+            connection.send(CABLE_WELCOME)
+            return connection
+        response.upgrade = upgrade
+        return response
+
+    def _refused(self, address):
+        if not self.refusals.hit(address):
+            raise TooManyRequests("Too many refused connections from this address.")
+
+    def connection_lost(self, connection):
+        if connection not in self.connections:
+            return
+        self.connections.discard(connection)
+        self.by_user[connection.user_id].discard(connection)
+        if not self.by_user[connection.user_id]:
+            del self.by_user[connection.user_id]
+        for identifier in list(connection.subscriptions):
+            self._unsubscribe(connection, identifier)
+
+    # Commands --------------------------------------------------------------------
+    def command(self, connection, text):
+        if connection.user_id is None:
+            return
+        try:
+            command = parse_cable_command(text)
+        except CableCommandError as error:
+            log.debug("ignored a /cable command: %s", error)
+            return
+        if command.command == "subscribe":
+            self._subscribe(connection, command)
+        elif command.command == "unsubscribe":
+            self._unsubscribe(connection, command.identifier)
+        elif command.identifier in connection.subscriptions:
+            self._perform(connection, command)
+
+    def _subscribe(self, connection, command):
+        if command.identifier in connection.subscriptions:
+            return
+        channel = self.channels.get(command.channel)
+        streams = None
+        if channel is not None and len(connection.subscriptions) < MAX_CABLE_SUBSCRIPTIONS:
+            streams = channel(connection, command.params)
+        if streams is None:
+            connection.send(cable_reply(command.identifier, "reject_subscription"))
+            return
+        connection.subscriptions[command.identifier] = (command.channel, command.params, streams)
+        for stream in streams:
+            self.streams[stream].add(connection)
+        connection.send(cable_reply(command.identifier, "confirm_subscription"))
+        if command.channel == "PresenceChannel":
+            self._present(connection, command.params["room_id"])
+
+    def _unsubscribe(self, connection, identifier):
+        subscription = connection.subscriptions.pop(identifier, None)
+        if subscription is None:
+            return
+        channel, params, streams = subscription
+        for stream in streams:
+            subscribers = self.streams.get(stream)
+            if subscribers is not None:
+                subscribers.discard(connection)
+                if not subscribers:
+                    del self.streams[stream]
+        if channel == "PresenceChannel":
+            self._absent(connection, params["room_id"])
+
+    def _perform(self, connection, command):
+        channel, params, _ = connection.subscriptions[command.identifier]
+        action = command.data.get("action")
+        if channel == "PresenceChannel":
+            room_id = params["room_id"]
+            if action == "present":
+                self._present(connection, room_id, count=False)
+            elif action == "absent":
+                self._absent(connection, room_id, count=False)
+            elif action == "refresh":
+                self._touch_presence(connection.user_id, room_id)
+        elif channel == "TypingNotificationsChannel" and action in ("start", "stop"):
+            now = self.now()
+            if action == "start" and now - connection.typing_at < TYPING_THROTTLE:
+                return
+            connection.typing_at = now if action == "start" else 0.0
+            user = self.app.store.user(connection.user_id)
+            self.broadcast("room_%d_typing" % params["room_id"],
+                           {"action": action, "user": {"id": user.id, "name": user.name}},
+                           exclude=connection)
+
+    # Channels ----------------------------------------------------------------------
+    def _member_room(self, connection, params):
+        room_id = params.get("room_id")
+        if isinstance(room_id, str) and room_id.isdigit():
+            room_id = int(room_id)
+        if not isinstance(room_id, int) or room_id not in self.app.store.user_rooms(connection.user_id):
+            return None
+        params["room_id"] = room_id
+        return room_id
+
+    def _subscribe_room_messages(self, connection, params):
+        room_id = self._member_room(connection, params)
+        return None if room_id is None else ["room_%d_messages" % room_id]
+
+    def _subscribe_presence(self, connection, params):
+        room_id = self._member_room(connection, params)
+        return None if room_id is None else ["room_%d_presence" % room_id]
+
+    def _subscribe_typing(self, connection, params):
+        room_id = self._member_room(connection, params)
+        return None if room_id is None else ["room_%d_typing" % room_id]
+
+    # Presence (CAMPFIRE.md, PresenceChannel): connections counted on the
+    # membership, connected_at stamped, the unread mark cleared.
+    def _present(self, connection, room_id, count=True):
+        store, user_id = self.app.store, connection.user_id
+        stamp = utc_now_text()
+        with self.app.db.atomic():
+            self.app.db.execute(
+                "UPDATE memberships SET connections = connections + ?, connected_at = ?, unread_at = NULL, "
+                "updated_at = ? WHERE room_id = ? AND user_id = ?", (1 if count else 0, stamp, stamp, room_id, user_id))
+        store.bump_users([user_id])
+        counter = self.present[room_id]
+        counter[user_id] += 1
+        self.broadcast("user_%d_reads" % user_id, {"room_id": room_id})
+        if counter[user_id] == 1:
+            self._broadcast_presence(room_id)
+
+    def _absent(self, connection, room_id, count=True):
+        user_id = connection.user_id
+        with self.app.db.atomic():
+            self.app.db.execute(
+                "UPDATE memberships SET connections = max(connections - ?, 0), updated_at = ? "
+                "WHERE room_id = ? AND user_id = ?", (1 if count else 0, utc_now_text(), room_id, user_id))
+            if not count:
+                self.app.db.execute("UPDATE memberships SET connected_at = NULL WHERE room_id = ? AND user_id = ?",
+                                    (room_id, user_id))
+        counter = self.present[room_id]
+        counter[user_id] -= 1
+        if counter[user_id] <= 0:
+            del counter[user_id]
+            if not counter:
+                del self.present[room_id]
+            self._broadcast_presence(room_id)
+
+    def _touch_presence(self, user_id, room_id):
+        with self.app.db.atomic():
+            self.app.db.execute("UPDATE memberships SET connected_at = ? WHERE room_id = ? AND user_id = ?",
+                                (utc_now_text(), room_id, user_id))
+
+    def _broadcast_presence(self, room_id):
+        users = [self.app.store.user(user_id) for user_id in self.present.get(room_id, ())]
+        self.broadcast("room_%d_presence" % room_id, {
+            "action": "present",
+            "users": [{"id": user.id, "name": user.name} for user in sorted(filter(None, users), key=lambda u: u.name)]})
+
+    # Broadcasting ------------------------------------------------------------------------
+    def broadcast(self, stream, message, exclude=None):
+        self.broadcast_many((stream,), message, exclude)
+
+    def broadcast_many(self, streams, message, exclude=None):
+        """Send `message` to every subscriber of these streams, each frame encoded once."""
+        frames = {}
+        for stream in streams:
+            for connection in tuple(self.streams.get(stream, ())):
+                if connection is exclude:
+                    continue
+                for identifier, (_, _, subscribed) in connection.subscriptions.items():
+                    if stream in subscribed:
+                        break
+                else:
+                    continue
+                key = (identifier, connection.deflate)
+                frame = frames.get(key)
+                if frame is None:
+                    frame = frames[key] = encode_message(cable_frame(identifier, message), deflate=connection.deflate)
+                connection.write(frame)
+
+    def drop_room(self, room_id, user_ids=None):
+        """Unsubscribe users (everyone when None) from a room's streams."""
+        names = ("room_%d_messages" % room_id, "room_%d_presence" % room_id, "room_%d_typing" % room_id)
+        for stream in names:
+            for connection in list(self.streams.get(stream, ())):
+                if user_ids is None or connection.user_id in user_ids:
+                    for identifier, (_, _, subscribed) in list(connection.subscriptions.items()):
+                        if stream in subscribed:
+                            self._unsubscribe(connection, identifier)
+
+    def disconnect(self, *, user_id=None, session_id=None, reason="unauthorized", reconnect=False):
+        """Close a user's (or one session's) sockets, as sign-out, deactivation and bans do."""
+        for connection in list(self.by_user.get(user_id, ())) if user_id is not None else list(self.connections):
+            if session_id is None or connection.session_id == session_id:
+                connection.send(json.dumps({"type": "disconnect", "reason": reason, "reconnect": reconnect}))
+                connection.close(CLOSE_NORMAL if not reconnect else CLOSE_GOING_AWAY)
+
+    def beat(self):
+        """Every CABLE_PING_INTERVAL: Action Cable's ping to all; drop dead and stuck peers."""
+        now = self.now()
+        ping = {True: None, False: None}
+        text = json.dumps({"type": "ping", "message": int(time.time())})
+        liveness = encode_frame(OPCODE_PING, b"")
+        for connection in list(self.connections):
+            if connection.closing_at is not None:
+                if now - connection.closing_at > CABLE_CLOSE_TIMEOUT:
+                    connection.http.close()
+                continue
+            if now - connection.last_seen > CABLE_DEAD_AFTER:
+                connection.http.close()
+                continue
+            frame = ping[connection.deflate]
+            if frame is None:
+                frame = ping[connection.deflate] = encode_message(text, deflate=connection.deflate)
+            connection.write(frame)
+            if now - connection.last_seen > CABLE_LIVENESS_PING:
+                connection.write(liveness)
+
+    # Events (after each change commits) ----------------------------------------------------
+    def message_created(self, room, message, unread_user_ids):
+        html_text = str(render_message(self.app, message))
+        self.broadcast("room_%d_messages" % room.id, {
+            "action": "append", "id": message["id"], "client_message_id": message["client_message_id"],
+            "html": html_text})
+        members = [user_id for user_id in self.app.store.room_member_ids(room.id) if user_id != message["creator_id"]
+                   and self.app.store.user_rooms(user_id).get(room.id) != "invisible"]
+        self.broadcast_many(["user_%d_unreads" % user_id for user_id in members], {"roomId": room.id})
+        if room.direct:
+            self.broadcast_many(["user_%d_sidebar" % user_id for user_id in unread_user_ids], {"action": "refresh"})
+
+    def _replace(self, message):
+        message = self.app.store.message(message["id"])
+        if message is not None:
+            boosts = self.app.store.boosts_for([message["id"]]).get(message["id"], ())
+            self.broadcast("room_%d_messages" % message["room_id"], {
+                "action": "replace", "id": message["id"], "html": str(render_message(self.app, message, boosts))})
+
+    def message_updated(self, message):
+        self._replace(message)
+
+    def boost_changed(self, message, boost, change):
+        self._replace(message)
+
+    def message_removed(self, message):
+        self.broadcast("room_%d_messages" % message["room_id"], {"action": "remove", "id": message["id"]})
+
+    def room_changed(self, room, change, revoked=()):
+        members = set(self.app.store.room_member_ids(room.id)) | set(revoked)
+        if revoked:
+            self.drop_room(room.id, set(revoked))
+        self.sidebar_changed(members)
+
+    def room_deleted(self, room, member_ids):
+        self.drop_room(room.id)
+        self.sidebar_changed(member_ids)
+
+    def sidebar_changed(self, user_ids):
+        self.broadcast_many(["user_%d_sidebar" % user_id for user_id in user_ids], {"action": "refresh"})
+
+    def room_read(self, room, user_id):
+        self.broadcast("user_%d_reads" % user_id, {"room_id": room.id})
+
+
+@route("GET", "/cable", auth="public")
+def cable(app, request):
+    return app.cable.handshake(request)
+
+
+####
+#### 13. The application
 ####
 # App turns a Request into a Response without touching a socket, so tests
 # drive it in-process and the server is a thin adapter around it.
@@ -3332,7 +4328,7 @@ class App:
         self.db.migrate()
         self.store = Store(self.db)
         self.signer = Signer(self.config.secret_key_base or self._stored_secret())
-        self.router = Router(handler for handler in globals().values()
+        self.router = Router(handler for handler in list(globals().values())
                              if callable(handler) and hasattr(handler, "route_specs"))
         self.static = StaticFiles(self.config.static_root)
         self.sign_in_limiter = RateLimiter(*SIGN_IN_LIMIT)
@@ -3343,6 +4339,11 @@ class App:
         self.events = Events(self.db)
         self.page_cache = LruCache(PAGE_CACHE_ENTRIES)
         self.message_cache = LruCache(MESSAGE_CACHE_ENTRIES)
+        self.cable = Cable(self)
+        # Nobody is connected to a server that just started: counts left by a
+        # crash would otherwise hide unread marks forever.
+        with self.db.atomic():
+            self.db.execute("UPDATE memberships SET connections = 0 WHERE connections != 0")
         self._request_numbers = itertools.count(1)
         self._request_prefix = secrets.token_hex(3)
         self._date = (0, "")
@@ -3479,6 +4480,8 @@ class App:
             raise Unprocessable("A message can't be empty.")
         with self.db.atomic():
             message_id, unread_user_ids = self.store.create_message(room.id, user.id, client_message_id, body, plain)
+        if room.direct:  # direct rooms are listed by recency in every member's sidebar
+            self.store.bump_users(self.store.room_member_ids(room.id))
         message = self.store.message(message_id)
         self.events.message_created(room, message, unread_user_ids)
         return message, True
@@ -3610,7 +4613,7 @@ class App:
 
 
 ####
-#### 11. The server
+#### 14. The server
 ####
 # A thin adapter: asyncio feeds bytes to HttpParser, hands each request to
 # App.handle in order and writes the responses back.
@@ -3634,6 +4637,7 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False
         self.busy = False
         self.held = []
+        self.upgraded = None       # the CableConnection once this is a WebSocket
 
     def connection_made(self, transport):
         self.transport = transport
@@ -3653,6 +4657,8 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closing = True
         self.server.connections.discard(self)
+        if self.upgraded is not None:
+            self.app.cable.connection_lost(self.upgraded)
 
     def pause_writing(self):
         self.transport.pause_reading()
@@ -3663,6 +4669,13 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data):
         if self.closing:
+            return
+        if self.upgraded is not None:
+            try:
+                self.upgraded.receive(data)
+            except Exception:
+                log.error("/cable connection failed:\n%s", traceback.format_exc())
+                self.close()
             return
         self.parser.receive_data(data)
         try:
@@ -3689,6 +4702,9 @@ class HttpConnection(asyncio.Protocol):
             self.busy = False
             keep_alive = request.keep_alive and not self.server.stopping
             data = app.serialize(request, response, keep_alive)
+            if response.upgrade is not None and response.status == 101:
+                self._upgrade(data, response.upgrade)
+                return
             if app.db.batch_open or self.held:
                 self.held.append((data, keep_alive))  # written once the group commit is durable
                 self.server.holding.add(self)
@@ -3716,8 +4732,21 @@ class HttpConnection(asyncio.Protocol):
             self.head_deadline = None
             self.deadline = now + KEEPALIVE_TIMEOUT
 
+    def _upgrade(self, handshake, upgrade):
+        """Switch this connection to WebSocket: it belongs to the cable from now on."""
+        self.transport.write(handshake)
+        leftover = bytes(self.parser._buffer)
+        self.parser = None
+        self.deadline = float("inf")   # the cable's pings decide when a peer is gone
+        self.transport.set_write_buffer_limits(high=MAX_CABLE_SEND_BUFFER * 2)
+        self.upgraded = upgrade(self)
+        if leftover:
+            self.upgraded.receive(leftover)
+
     @property
     def idle(self):
+        if self.upgraded is not None:
+            return False
         return not self.busy and not self.held and not self.parser.has_partial_request
 
     def release(self, committed):
@@ -3771,6 +4800,15 @@ class Server:
         self.app.db.group_commit = True
         self.app.db.on_batch_opened = lambda: self.loop.call_soon(self.flush_writes)
         self._sweeper = self.loop.create_task(self._sweep())
+        self._beat = self.loop.create_task(self._cable_beat())
+
+    async def _cable_beat(self):
+        while not self.stopping:
+            await asyncio.sleep(CABLE_PING_INTERVAL)
+            try:
+                self.app.cable.beat()
+            except Exception:
+                log.error("cable beat failed:\n%s", traceback.format_exc())
 
     def flush_writes(self):
         """Commit this turn's writes with one fsync, then answer the requests that made them."""
@@ -3798,12 +4836,19 @@ class Server:
             self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+            self._beat.cancel()
+        # Tell every WebSocket to reconnect (to the next server), closing with 1001.
+        self.app.cable.disconnect(reason="server_restart", reconnect=True)
         deadline = self.loop.time() + SHUTDOWN_GRACE
         while self.connections and self.loop.time() < deadline:
             for connection in [c for c in self.connections if c.idle]:
                 connection.close()
             await asyncio.sleep(0.05)
         self.flush_writes()
+        for connection in list(self.connections):
+            if connection.upgraded is not None:
+                await asyncio.sleep(0.1)  # let the close frames reach the clients
+                break
         for connection in list(self.connections):
             connection.close()
         self.app.close()
@@ -3841,7 +4886,7 @@ async def serve(config):
 
 
 ####
-#### 12. Operations: seed
+#### 15. Operations: seed
 ####
 # Long jobs for the command line, each reporting its progress.
 
@@ -3924,7 +4969,7 @@ def print_progress(label, done, total):
 
 
 ####
-#### 13. Command line
+#### 16. Command line
 ####
 
 def main(argv=None):

@@ -119,6 +119,19 @@ class LiveServer:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
         return sock
 
+    def call(self, function, *args):
+        """Run function on the server's event-loop thread (the database belongs to it)."""
+        import concurrent.futures
+        future = concurrent.futures.Future()
+
+        def run():
+            try:
+                future.set_result(function(*args))
+            except BaseException as error:  # handed back to the test's thread
+                future.set_exception(error)
+        self.loop.call_soon_threadsafe(run)
+        return future.result(10)
+
     def stop(self):
         future = asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop)
         future.result(20)
@@ -152,3 +165,129 @@ def recv_response(sock, timeout=5):
             break
         rest += chunk
     return status, headers, rest[:length]
+
+
+class CableClient:
+    """A minimal RFC 6455 client speaking Action Cable, for tests over real sockets."""
+
+    def __init__(self, port, cookie=None, origin=None, host="127.0.0.1", deflate=False, timeout=5):
+        import base64 as _base64
+        import json as _json
+        self._json = _json
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        key = _base64.b64encode(os.urandom(16)).decode()
+        lines = ["GET /cable HTTP/1.1", "Host: 127.0.0.1:%d" % port, "Upgrade: websocket", "Connection: Upgrade",
+                 "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13",
+                 "Sec-WebSocket-Protocol: actioncable-v1-json, actioncable-unsupported"]
+        if cookie:
+            lines.append("Cookie: session_token=" + cookie)
+        if origin:
+            lines.append("Origin: " + origin)
+        if deflate:
+            lines.append("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        head, _, self.buffer = data.partition(b"\r\n\r\n")
+        self.status = int(head.split(b" ")[1]) if head else None
+        self.head = head.decode("latin-1")
+        self.deflate = "permessage-deflate" in self.head
+
+    def send_json(self, value):
+        self.send_frame(0x1, self._json.dumps(value).encode())
+
+    def send_frame(self, opcode, payload, fin=True, mask=b"\x01\x02\x03\x04"):
+        import struct as _struct
+        first = (0x80 if fin else 0) | opcode
+        length = len(payload)
+        if length < 126:
+            header = _struct.pack("!BB", first, 0x80 | length)
+        elif length < 65536:
+            header = _struct.pack("!BBH", first, 0x80 | 126, length)
+        else:
+            header = _struct.pack("!BBQ", first, 0x80 | 127, length)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def subscribe(self, channel, **params):
+        identifier = self._json.dumps(dict(channel=channel, **params))
+        self.send_json({"command": "subscribe", "identifier": identifier})
+        return identifier
+
+    def perform(self, identifier, action, **data):
+        self.send_json({"command": "message", "identifier": identifier,
+                        "data": self._json.dumps(dict(action=action, **data))})
+
+    def _read_exact(self, count):
+        while len(self.buffer) < count:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:count], self.buffer[count:]
+        return data
+
+    def recv_frame(self):
+        """(opcode, payload) of the next server frame."""
+        import struct as _struct
+        import zlib as _zlib
+        first, second = self._read_exact(2)
+        length = second & 0x7F
+        if length == 126:
+            length = _struct.unpack("!H", self._read_exact(2))[0]
+        elif length == 127:
+            length = _struct.unpack("!Q", self._read_exact(8))[0]
+        payload = self._read_exact(length)
+        if first & 0x40:
+            payload = _zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+        return first & 0x0F, payload
+
+    def recv_json(self, skip_pings=True):
+        while True:
+            opcode, payload = self.recv_frame()
+            if opcode == 0x9:
+                self.send_frame(0xA, payload)
+                continue
+            if opcode == 0x8:
+                raise ConnectionError("close %r" % payload[:2])
+            message = self._json.loads(payload)
+            if skip_pings and message.get("type") == "ping":
+                continue
+            return message
+
+    def recv_until(self, predicate, limit=50):
+        for _ in range(limit):
+            message = self.recv_json()
+            if predicate(message):
+                return message
+        raise AssertionError("no matching message")
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def sign_in_cookie(port, email, password):
+    """POST /session over the socket; returns the session token."""
+    import urllib.request
+    import urllib.error
+    body = urllib.parse.urlencode({"email_address": email, "password": password}).encode()
+    request = urllib.request.Request("http://127.0.0.1:%d/session" % port, data=body, method="POST",
+                                     headers={"Sec-Fetch-Site": "same-origin"})
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        response = opener.open(request)
+    except urllib.error.HTTPError as error:
+        response = error
+    cookie = response.headers.get("Set-Cookie", "")
+    return cookie.split("session_token=", 1)[1].split(";", 1)[0]

@@ -1,0 +1,237 @@
+"""/cable over real sockets: the handshake's refusals, Action Cable's protocol,
+Campfire's channels and broadcasts."""
+
+import json
+import time
+import unittest
+import urllib.parse
+import urllib.request
+
+from tests.helpers import CableClient, Client, LiveServer, campfire, sign_in_cookie  # noqa: F401
+
+
+class CableTestCase(unittest.TestCase):
+    def setUp(self):
+        self.server = LiveServer()
+        self.addCleanup(self.server.stop)
+        app = self.server.app
+        client = Client(app)
+        client.post("/first_run", {"user[name]": "Ada Admin", "user[email_address]": "ada@example.com",
+                                   "user[password]": "secret-one"})
+        code = app.store.account()["join_code"]
+        Client(app).post("/join/" + code, {"user[name]": "Bob Builder", "user[email_address]": "bob@example.com",
+                                           "user[password]": "secret-two"})
+        self.port = self.server.port
+        self.origin = "http://127.0.0.1:%d" % self.port
+        self.ada = sign_in_cookie(self.port, "ada@example.com", "secret-one")
+        self.bob = sign_in_cookie(self.port, "bob@example.com", "secret-two")
+
+    def connect(self, cookie, **kwargs):
+        client = CableClient(self.port, cookie, origin=kwargs.pop("origin", self.origin), **kwargs)
+        self.addCleanup(client.close)
+        return client
+
+    def post(self, cookie, room_id, body, client_message_id="cm-1"):
+        data = urllib.parse.urlencode({"message[body]": body, "message[client_message_id]": client_message_id}).encode()
+        request = urllib.request.Request("http://127.0.0.1:%d/rooms/%d/messages" % (self.port, room_id), data=data,
+                                         headers={"Cookie": "session_token=" + cookie, "Sec-Fetch-Site": "same-origin"})
+        with urllib.request.urlopen(request) as response:
+            return response.status, response.read().decode()
+
+    def create_room(self, name, member_ids):
+        app = self.server.app
+
+        def create():
+            with app.db.atomic():
+                return app.store.create_room(name, campfire.ROOM_CLOSED, 1, member_ids)
+        return self.server.call(create)
+
+    def welcomed(self, cookie, **kwargs):
+        client = self.connect(cookie, **kwargs)
+        self.assertEqual(client.status, 101, client.head)
+        self.assertEqual(client.recv_json(), {"type": "welcome"})
+        return client
+
+    def confirm(self, client, channel, **params):
+        identifier = client.subscribe(channel, **params)
+        reply = client.recv_until(lambda m: m.get("identifier") == identifier and "type" in m)
+        return identifier, reply["type"]
+
+
+class HandshakeTests(CableTestCase):
+    def test_handshake_speaks_actioncable_subprotocol(self):
+        client = self.welcomed(self.ada)
+        self.assertIn("Sec-WebSocket-Protocol: actioncable-v1-json", client.head)
+
+    def test_foreign_origin_is_refused_with_403(self):
+        client = self.connect(self.ada, origin="http://evil.example")
+        self.assertEqual(client.status, 403)
+
+    def test_without_session_gets_unauthorized_disconnect(self):
+        client = self.connect(None)
+        self.assertEqual(client.status, 101)
+        self.assertEqual(client.recv_json(), {"type": "disconnect", "reason": "unauthorized", "reconnect": False})
+
+    def test_refused_handshakes_are_rate_limited_per_ip(self):
+        statuses = [self.connect(self.ada, origin="http://evil.example").status for _ in range(campfire.CABLE_REFUSALS[0] + 2)]
+        self.assertEqual(statuses[0], 403)
+        self.assertEqual(statuses[-1], 429)
+
+    def test_bad_version_is_426(self):
+        sock = self.server.connect()
+        sock.sendall(b"GET /cable HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n")
+        head = sock.recv(4096).decode("latin-1")
+        sock.close()
+        self.assertTrue(head.startswith("HTTP/1.1 426"), head)
+        self.assertIn("Sec-WebSocket-Version: 13", head)
+
+    def test_permessage_deflate_is_negotiated_without_context_takeover(self):
+        client = self.welcomed(self.ada, deflate=True)
+        self.assertIn("server_no_context_takeover", client.head)
+        self.assertIn("client_no_context_takeover", client.head)
+
+
+class ChannelTests(CableTestCase):
+    def test_identifier_is_echoed_verbatim_and_unknown_channel_rejected(self):
+        client = self.welcomed(self.ada)
+        identifier = '{"channel": "RoomMessagesChannel",   "room_id": 1}'
+        client.send_json({"command": "subscribe", "identifier": identifier})
+        self.assertEqual(client.recv_json(), {"identifier": identifier, "type": "confirm_subscription"})
+        self.assertEqual(self.confirm(client, "NoSuchChannel")[1], "reject_subscription")
+
+    def test_non_member_is_rejected_from_a_closed_room(self):
+        room = self.create_room("Secret", [1])
+        client = self.welcomed(self.bob)
+        self.assertEqual(self.confirm(client, "RoomMessagesChannel", room_id=room.id)[1], "reject_subscription")
+        self.assertEqual(self.confirm(client, "PresenceChannel", room_id=room.id)[1], "reject_subscription")
+
+    def test_posted_message_reaches_subscribers_with_rendered_html(self):
+        bob = self.welcomed(self.bob, deflate=True)
+        identifier, kind = self.confirm(bob, "RoomMessagesChannel", room_id=1)
+        self.assertEqual(kind, "confirm_subscription")
+        status, fragment = self.post(self.ada, 1, "<div>Hello <b>Bob</b></div>", "client-42")
+        self.assertEqual(status, 201)
+        message = bob.recv_until(lambda m: m.get("identifier") == identifier)
+        payload = message["message"]
+        self.assertEqual(payload["action"], "append")
+        self.assertEqual(payload["client_message_id"], "client-42")
+        self.assertIn("Hello <b>Bob</b>", payload["html"])
+        self.assertIn('data-message-id="%d"' % payload["id"], payload["html"])
+
+    def test_edit_delete_and_boost_are_broadcast(self):
+        bob = self.welcomed(self.bob)
+        identifier, _ = self.confirm(bob, "RoomMessagesChannel", room_id=1)
+        self.post(self.ada, 1, "first words", "c1")
+        appended = bob.recv_until(lambda m: m.get("identifier") == identifier)["message"]
+        message_id = appended["id"]
+        body = urllib.parse.urlencode({"_method": "patch", "message[body]": "second words"}).encode()
+        urllib.request.urlopen(urllib.request.Request(
+            "http://127.0.0.1:%d/rooms/1/messages/%d" % (self.port, message_id), data=body,
+            headers={"Cookie": "session_token=" + self.ada, "Sec-Fetch-Site": "same-origin"}))
+        replaced = bob.recv_until(lambda m: m.get("identifier") == identifier)["message"]
+        self.assertEqual((replaced["action"], replaced["id"]), ("replace", message_id))
+        self.assertIn("second words", replaced["html"])
+        boost = urllib.parse.urlencode({"boost[content]": "🎉"}).encode()
+        urllib.request.urlopen(urllib.request.Request(
+            "http://127.0.0.1:%d/messages/%d/boosts" % (self.port, message_id), data=boost,
+            headers={"Cookie": "session_token=" + self.bob, "Sec-Fetch-Site": "same-origin"}))
+        boosted = bob.recv_until(lambda m: m.get("identifier") == identifier)["message"]
+        self.assertIn("🎉", boosted["html"])
+        urllib.request.urlopen(urllib.request.Request(
+            "http://127.0.0.1:%d/rooms/1/messages/%d" % (self.port, message_id),
+            data=urllib.parse.urlencode({"_method": "delete"}).encode(),
+            headers={"Cookie": "session_token=" + self.ada, "Sec-Fetch-Site": "same-origin"}))
+        removed = bob.recv_until(lambda m: m.get("identifier") == identifier)["message"]
+        self.assertEqual(removed, {"action": "remove", "id": message_id})
+
+    def test_typing_is_relayed_to_others_not_the_typist(self):
+        ada, bob = self.welcomed(self.ada), self.welcomed(self.bob)
+        ada_id, _ = self.confirm(ada, "TypingNotificationsChannel", room_id=1)
+        bob_id, _ = self.confirm(bob, "TypingNotificationsChannel", room_id=1)
+        ada.perform(ada_id, "start")
+        message = bob.recv_until(lambda m: m.get("identifier") == bob_id)
+        self.assertEqual(message["message"], {"action": "start", "user": {"id": 1, "name": "Ada Admin"}})
+
+    def test_presence_counts_connections_and_clears_unread(self):
+        app = self.server.app
+        self.post(self.ada, 1, "while bob is away", "away-1")
+        time.sleep(0.1)
+        unread = lambda: self.server.call(app.db.value, "SELECT unread_at FROM memberships WHERE room_id = 1 AND user_id = 2")
+        connections = lambda: self.server.call(app.db.value, "SELECT connections FROM memberships WHERE room_id = 1 AND user_id = 2")
+        self.assertIsNotNone(unread())
+        bob = self.welcomed(self.bob)
+        reads_id, _ = self.confirm(bob, "ReadRoomsChannel")
+        self.confirm(bob, "PresenceChannel", room_id=1)
+        read = bob.recv_until(lambda m: m.get("identifier") == reads_id)
+        self.assertEqual(read["message"], {"room_id": 1})
+        self.assertEqual(connections(), 1)
+        self.assertIsNone(unread())
+        self.post(self.ada, 1, "while bob is here", "here-1")
+        self.assertIsNone(unread())
+        bob.close()
+        deadline = time.time() + 5
+        while time.time() < deadline and connections():
+            time.sleep(0.05)
+        self.assertEqual(connections(), 0)
+
+    def test_unread_rooms_channel_tells_other_members(self):
+        bob = self.welcomed(self.bob)
+        unreads, _ = self.confirm(bob, "UnreadRoomsChannel")
+        self.post(self.ada, 1, "ping", "u-1")
+        self.assertEqual(bob.recv_until(lambda m: m.get("identifier") == unreads)["message"], {"roomId": 1})
+
+    def test_sign_out_closes_that_sessions_sockets(self):
+        bob = self.welcomed(self.bob)
+        urllib.request.urlopen(urllib.request.Request(
+            "http://127.0.0.1:%d/session" % self.port, data=b"_method=delete",
+            headers={"Cookie": "session_token=" + self.bob, "Sec-Fetch-Site": "same-origin",
+                     "Content-Type": "application/x-www-form-urlencoded"}))
+        message = bob.recv_json()
+        self.assertEqual(message, {"type": "disconnect", "reason": "unauthorized", "reconnect": False})
+        with self.assertRaises(ConnectionError):
+            bob.recv_json()
+
+    def test_revoked_member_stops_receiving_the_room(self):
+        room = self.create_room("Closed", [1, 2])
+        bob = self.welcomed(self.bob)
+        identifier, kind = self.confirm(bob, "RoomMessagesChannel", room_id=room.id)
+        sidebar, _ = self.confirm(bob, "SidebarChannel")
+        unreads, _ = self.confirm(bob, "UnreadRoomsChannel")
+        self.assertEqual(kind, "confirm_subscription")
+        body = urllib.parse.urlencode({"_method": "patch", "room[name]": "Closed", "user_ids[]": []}).encode()
+        urllib.request.urlopen(urllib.request.Request(
+            "http://127.0.0.1:%d/rooms/closeds/%d" % (self.port, room.id), data=body,
+            headers={"Cookie": "session_token=" + self.ada, "Sec-Fetch-Site": "same-origin"}))
+        self.assertEqual(bob.recv_until(lambda m: m.get("identifier") == sidebar)["message"], {"action": "refresh"})
+        self.post(self.ada, room.id, "bob must not see this", "secret-1")
+        self.post(self.ada, 1, "but this one", "public-1")
+        following = bob.recv_until(lambda m: "message" in m)
+        self.assertEqual((following["identifier"], following["message"]), (unreads, {"roomId": 1}))
+
+    def test_protocol_error_closes_with_1002(self):
+        client = self.welcomed(self.ada)
+        client.sock.sendall(b"\x81\x05hello")  # unmasked client frame
+        opcode, payload = client.recv_frame()
+        while opcode != 0x8:
+            opcode, payload = client.recv_frame()
+        self.assertEqual(int.from_bytes(payload[:2], "big"), 1002)
+
+    def test_invalid_utf8_closes_with_1007(self):
+        client = self.welcomed(self.ada)
+        client.send_frame(0x1, b"\xff\xfe")
+        opcode, payload = client.recv_frame()
+        while opcode != 0x8:
+            opcode, payload = client.recv_frame()
+        self.assertEqual(int.from_bytes(payload[:2], "big"), 1007)
+
+    def test_pings_arrive_every_three_seconds(self):
+        client = self.welcomed(self.ada)
+        started = time.time()
+        message = client.recv_json(skip_pings=False)
+        self.assertEqual(message["type"], "ping")
+        self.assertLess(time.time() - started, campfire.CABLE_PING_INTERVAL + 1.5)
+
+
+if __name__ == "__main__":
+    unittest.main()
