@@ -56,7 +56,6 @@ import traceback
 import urllib.parse
 import zlib
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from html import unescape
 from html.parser import HTMLParser
 
@@ -94,6 +93,7 @@ SWEEP_INTERVAL = 1.0         # how often deadlines are checked
 # database, its WAL, static files and the listening socket.
 FILE_DESCRIPTOR_RESERVE = 64
 MAX_WRITE_BUFFER_BYTES = 1024 * 1024  # stop reading a client that doesn't read
+STATIC_RECHECK_SECONDS = 1.0          # an edited file in static/ is served within this
 
 GZIP_MIN_BYTES = 1024        # smaller bodies aren't worth the CPU
 GZIP_LEVEL = 6
@@ -138,6 +138,7 @@ MAX_SEARCH_WORDS = 16
 MAX_SEARCH_QUERY_CHARS = 200
 RECENT_SEARCHES_KEPT = 10
 AUTOCOMPLETE_LIMIT = 20
+PRESENCE_WINDOW = 60.0            # seconds: a member seen on /cable this recently isn't "disconnected"
 BOOST_QUICK_PICKS = ("👍", "👏", "👋", "💪", "❤️", "😂", "🎉", "🔥")
 
 # Caches: rendered pages and messages, dropped by version, bounded by count.
@@ -307,6 +308,27 @@ def escape(value):
     if value is None:
         return HTML("")
     return HTML(html.escape(str(value), quote=True))
+
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(seconds=None):
+    """RFC 9110 §5.6.7's IMF-fixdate, whatever the locale."""
+    t = time.gmtime(seconds)
+    return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (_WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1],
+                                                   t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
+
+
+def release_free_memory():
+    """Hand freed heap back to the OS (glibc keeps it otherwise): idle RSS matters on a Pi."""
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
 
 
 def random_token(nbytes=32):
@@ -816,7 +838,7 @@ def serialize_response(status, headers, body, *, keep_alive, head_only=False, da
     lines = ["HTTP/1.1 %d %s" % (status, STATUS_REASONS.get(status, "Status"))]
     for name, value in headers:
         lines.append("%s: %s" % (name, value))
-    lines.append("Date: " + (date or formatdate(usegmt=True)))
+    lines.append("Date: " + (date or http_date()))
     if status >= 200 and status not in (204, 304):
         lines.append("Content-Length: %d" % len(body))
     if not keep_alive:
@@ -3752,7 +3774,6 @@ CABLE_DEAD_AFTER = 45.0                  # no bytes from a peer this long: it is
 CABLE_CLOSE_TIMEOUT = 5.0                # our close unanswered this long: drop the socket
 CABLE_REFUSALS = (30, 60.0)              # refused handshakes per IP per minute → 429
 TYPING_THROTTLE = 0.5                    # seconds between typing starts we relay per connection
-PRESENCE_WINDOW = 60.0                   # CAMPFIRE.md: connected means seen within 60 s
 
 
 class CableConnection:
@@ -4142,8 +4163,20 @@ class StaticFiles:
     def __init__(self, root):
         self.root = os.path.realpath(root)
         self._cache = {}   # real path → (mtime_ns, size, entry)
+        self._recent = {}  # relative path → (checked at, entry): skips the disk for a moment
 
     def _entry(self, relative):
+        now = time.monotonic()
+        recent = self._recent.get(relative)
+        if recent is not None and now - recent[0] < STATIC_RECHECK_SECONDS:
+            return recent[1]
+        entry = self._load(relative)
+        if len(self._recent) > 1000:
+            self._recent.clear()
+        self._recent[relative] = (now, entry)
+        return entry
+
+    def _load(self, relative):
         if not relative or "\0" in relative or "\\" in relative or relative.startswith("/"):
             return None
         if any(part in ("", ".", "..") for part in relative.split("/")):
@@ -4604,7 +4637,7 @@ class App:
     def http_date(self):
         now = int(time.time())
         if self._date[0] != now:
-            self._date = (now, formatdate(now, usegmt=True))
+            self._date = (now, http_date(now))
         return self._date[1]
 
     def serialize(self, request, response, keep_alive):
@@ -4880,6 +4913,7 @@ async def serve(config):
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         server.loop.add_signal_handler(signal_number, stop.set)
     log.info("Campfire %s listening on %s://%s:%d", VERSION, server.scheme, config.host, server.port)
+    server.loop.call_later(1.0, release_free_memory)
     await stop.wait()
     log.info("shutting down")
     await server.stop()

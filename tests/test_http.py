@@ -982,10 +982,11 @@ class StaticFilesTest(unittest.TestCase):
                 response = self.client.get("/static/" + name, headers={"Accept-Encoding": "gzip"})
                 self.assertIsNone(response.header("Content-Encoding"))
 
-    def test_changed_file_is_served_fresh(self):
+    def test_changed_file_is_served_fresh_after_the_recheck_interval(self):
         first = self.client.get("/static/app.js")
         with open(os.path.join(self.root, "app.js"), "wb") as file:
             file.write(b"export const x = 22222;\n")
+        self.app.static._recent.clear()  # as if STATIC_RECHECK_SECONDS had passed
         second = self.client.get("/static/app.js")
         self.assertEqual(second.body, b"export const x = 22222;\n")
         self.assertNotEqual(first.header("ETag"), second.header("ETag"))
