@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import calendar
 import codecs
 import collections
 import contextlib
@@ -171,6 +172,10 @@ SOUND_TEXTS = {
 SOUND_NAMES = frozenset(SOUND_TEXTS) | SOUND_PICTURES
 PLAY_RE = re.compile(r"\A/play (\w+)\Z")
 
+# The installable app (CAMPFIRE.md, PWA): colours match static/campfire.css.
+THEME_COLOR_LIGHT = "#f6f5f3"
+THEME_COLOR_DARK = "#161513"
+
 STATUS_REASONS = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created",
     204: "No Content", 301: "Moved Permanently", 302: "Found", 303: "See Other",
@@ -273,13 +278,14 @@ def parse_db_time(text):
     """Rails' 'YYYY-MM-DD HH:MM:SS[.ffffff]' (UTC) → unix seconds, or None."""
     if not text:
         return None
-    import calendar
-    whole, _, fraction = str(text).partition(".")
+    text = str(text)
     try:
-        seconds = calendar.timegm(time.strptime(whole[:19], "%Y-%m-%d %H:%M:%S"))
+        seconds = calendar.timegm((int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
+                                   int(text[14:16]), int(text[17:19]), 0, 0, 0))
     except ValueError:
         return None
-    return seconds + (int(fraction[:6].ljust(6, "0")) / 1e6 if fraction[:6].isdigit() else 0)
+    fraction = text[20:26]
+    return seconds + (int(fraction.ljust(6, "0")) / 1e6 if text[19:20] == "." and fraction.isdigit() else 0)
 
 
 class HTML(str):
@@ -1921,7 +1927,7 @@ def link_mentions(html_text, people):
     attachment Campfire stores. people: [(name, sgid)]; the longest name wins."""
     if not people:
         return html_text
-    candidates = sorted(((str(escape(name)).lower(), sgid) for name, sgid in people), key=lambda p: -len(p[0]))
+    candidates = sorted(((_escape_html(name).lower(), sgid) for name, sgid in people), key=lambda p: -len(p[0]))
     parts = _TAG_SPLIT.split(html_text)
     skipping = 0
     for index, part in enumerate(parts):
@@ -2011,6 +2017,16 @@ MIGRATIONS = (
     ("0002_message_paging_indexes", """
         CREATE INDEX IF NOT EXISTS "index_messages_on_room_id_and_created_at" ON "messages" ("room_id", "created_at");
         CREATE INDEX IF NOT EXISTS "index_messages_on_room_id_and_updated_at" ON "messages" ("room_id", "updated_at");
+    """),
+    # A retried post is found by its client_message_id without scanning the room.
+    ("0003_message_client_id_index", """
+        CREATE INDEX IF NOT EXISTS "index_messages_on_client_message_id" ON "messages" ("client_message_id");
+    """),
+    # A new message marks rooms unread only for members not already marked:
+    # this partial index holds just those, so a busy room isn't rescanned.
+    ("0004_unread_candidates_index", """
+        CREATE INDEX IF NOT EXISTS "index_memberships_on_room_id_where_unread_at_is_null" ON "memberships" ("room_id")
+        WHERE "unread_at" IS NULL;
     """),
 )
 
@@ -2533,8 +2549,8 @@ class Store:
         self.db.execute("INSERT INTO message_search_index (rowid, body) VALUES (?, ?)", (message_id, plain_text))
         # CAMPFIRE.md, Unread: visible, disconnected members other than the author.
         unread = [row[0] for row in self.db.execute(
-            "UPDATE memberships SET unread_at = ?, updated_at = ? WHERE room_id = ? AND user_id != ? "
-            "AND involvement != 'invisible' AND unread_at IS NULL "
+            "UPDATE memberships SET unread_at = ?, updated_at = ? WHERE unread_at IS NULL AND room_id = ? "
+            "AND user_id != ? AND involvement != 'invisible' "
             "AND (connections = 0 OR connected_at IS NULL OR connected_at < ?) RETURNING user_id",
             (stamp, stamp, room_id, creator_id, utc_now_text((now or time.time()) - PRESENCE_WINDOW))).fetchall()]
         self.db.execute("UPDATE rooms SET updated_at = ? WHERE id = ?", (stamp, room_id))
@@ -2690,6 +2706,7 @@ def render_layout(app, request, title, body, *, sidebar=None, body_class="", sta
     if user is not None:
         top = HTML(
             '<header class="topbar">'
+            '<a class="topbar__rooms" href="/users/me/sidebar">Rooms</a>'
             '<a class="topbar__brand" href="/">{account}</a>'
             '<form class="topbar__search" method="get" action="/searches" role="search">'
             '<input type="search" name="q" placeholder="Search" aria-label="Search messages"></form>'
@@ -2710,10 +2727,16 @@ def render_layout(app, request, title, body, *, sidebar=None, body_class="", sta
         '<meta name="color-scheme" content="light dark">'
         '<title>{title}</title>'
         '<link rel="stylesheet" href="{css}">'
+        '<link rel="stylesheet" href="{components}">'
         '<link rel="icon" href="{icon}" type="image/svg+xml">'
+        '<link rel="apple-touch-icon" href="/static/icon-192.png">'
+        '<link rel="manifest" href="/webmanifest.json">'
+        '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
+        '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">'
         '<script type="module" src="{js}"></script>'
         '</head><body class="{body_class}"{user_data}>{top}{main}</body></html>').format(
-        js=app.asset_url("app.js"),
+        js=app.asset_url("app.js"), components=app.asset_url("components.css"),
+        light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-administrator="{}"').format(
             user.id, "true" if user.administrator else "false") if user else "",
         title="%s · %s" % (title, account_name) if title else account_name,
@@ -2856,8 +2879,7 @@ def render_message(app, message, boosts=()):
     creator = app.store.user(message["creator_id"])
     name = creator.name if creator else "Deleted user"
     stored = message["body"] or ""
-    plain = app.plain_text(stored)
-    sound = message_sound(plain)
+    sound = message_sound(app.plain_text(stored)) if "/play " in stored else None
     if sound:
         text = SOUND_TEXTS.get(sound)
         body = HTML('<span class="sound" data-sound="{name}">🔊 {label}</span>').format(
@@ -3052,6 +3074,35 @@ def health_check(app, request):
 @route("GET", "/static/<path:path>", auth="public")
 def static_file(app, request, path):
     return app.static.response(request, request.path[len("/static/"):])
+
+
+# The installable app -----------------------------------------------------------
+
+@route("GET", "/webmanifest.json", auth="public")
+@route("GET", "/webmanifest", auth="public")
+def web_manifest(app, request):
+    name = app.store.account_name()
+    icon_192 = {"src": "/static/icon-192.png", "sizes": "192x192", "type": "image/png"}
+    return json_response({
+        "name": name, "short_name": name if len(name) <= 12 else "Campfire", "id": "/", "start_url": "/",
+        "scope": "/", "display": "standalone", "background_color": THEME_COLOR_LIGHT, "theme_color": THEME_COLOR_LIGHT,
+        "icons": [dict(icon_192, purpose="any"),
+                  {"src": "/static/icon-512.png", "sizes": "512x512", "type": "image/png", "purpose": "any"},
+                  {"src": "/static/icon-maskable-512.png", "sizes": "512x512", "type": "image/png", "purpose": "maskable"},
+                  {"src": "/static/icon.svg", "sizes": "any", "type": "image/svg+xml", "purpose": "any"}],
+        "shortcuts": [{"name": "New chat room", "url": "/rooms/opens/new", "icons": [icon_192]},
+                      {"name": "My profile", "url": "/users/me/profile", "icons": [icon_192]}],
+    }, headers=[("Content-Type", "application/manifest+json"), ("Cache-Control", "no-cache")])
+
+
+@route("GET", "/service-worker.js", auth="public")
+@route("GET", "/service-worker", auth="public")
+def service_worker(app, request):
+    """Served from the root so its scope is the whole site (CAMPFIRE.md: no offline cache of chat)."""
+    response = app.static.response(request, "service-worker.js")
+    response.headers = [(name, value) for name, value in response.headers if name != "Cache-Control"]
+    response.headers.append(("Cache-Control", "no-cache"))
+    return response
 
 
 # First run, sign in, sign out, sign up -------------------------------------
@@ -3487,6 +3538,9 @@ def message_page(app, request, room_id):
     before, after = _id_param(request, "before"), _id_param(request, "after")
 
     def build():
+        anchor = before if before is not None else after
+        if anchor is not None and app.store.db.value("SELECT room_id FROM messages WHERE id = ?", (anchor,)) != room.id:
+            raise NotFound("There is no such message in this room.")
         messages = app.store.messages_page(room.id, before=before, after=after)
         if not messages:
             return Response(b"", 204)
@@ -3702,6 +3756,10 @@ def clear_searches(app, request):
 
 @route("GET", "/users/me/sidebar")
 def sidebar(app, request):
+    """The sidebar fragment for the live app; opened as a page (on a phone), the room list."""
+    if _navigating(request):
+        body = HTML('<section class="panel"><h1 class="panel__title">Pick a room</h1></section>')
+        return render_layout(app, request, "Rooms", body, body_class="sidebar-page")
     key = ("sidebar", request.user.id, app.store.user_versions[request.user.id], app.store.global_version)
     return app.cached(request, key, lambda: Response(render_sidebar(app, request)))
 
@@ -4103,9 +4161,9 @@ class Cable:
         self.broadcast("room_%d_messages" % room.id, {
             "action": "append", "id": message["id"], "client_message_id": message["client_message_id"],
             "html": html_text})
-        members = [user_id for user_id in self.app.store.room_member_ids(room.id) if user_id != message["creator_id"]
-                   and self.app.store.user_rooms(user_id).get(room.id) != "invisible"]
-        self.broadcast_many(["user_%d_unreads" % user_id for user_id in members], {"roomId": room.id})
+        creator_id = message["creator_id"]
+        self.broadcast_many(["user_%d_unreads" % user_id for user_id in self.app.store.room_member_ids(room.id)
+                             if user_id != creator_id], {"roomId": room.id})
         if room.direct:
             self.broadcast_many(["user_%d_sidebar" % user_id for user_id in unread_user_ids], {"action": "refresh"})
 
