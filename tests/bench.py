@@ -1,44 +1,110 @@
 #!/usr/bin/env python3
 """Benchmark campfire.py and print each figure beside a ceiling measured in the same run.
 
-`make bench` runs `python3 tests/bench.py`. This is not a test: it prints figures
-and exits 0 whatever they are (1 only when campfire.py cannot be started, 130 on
-Ctrl-C). Everything runs on 127.0.0.1, every step is bounded in time, and every
-process it starts is stopped at the end, even on Ctrl-C or an error.
+`make bench` runs `python3 tests/bench.py`. It prints figures and exits 0 whatever
+they are, except: 1 when campfire.py cannot be started, 2 when any check failed
+(a response with the wrong message ids, a non-2xx answer, a socket error, a failed
+write audit, a failed seeding or sign-in; the report then ends with a
+"FAILED checks" line), 130 on Ctrl-C. Everything runs on 127.0.0.1, every step is
+bounded in time, and every process it starts is stopped at the end, even on
+Ctrl-C or an error.
 
 What it measures (PRODUCT.md section 6)
-  Throughput  Each workload (one request plus a check of every response) is driven
-              by 16 keep-alive connections, one request in flight on each, for 5 s
-              after a 1 s warm-up: requests/s, p50 and p99 latency in ms, failed
-              checks, non-2xx responses and socket errors.
+  Throughput  Each workload is driven by 16 keep-alive connections, one request in
+              flight on each, for 3 s after a 1 s warm-up: requests/s, p50 and
+              p99 latency in ms, failed checks, non-2xx responses and socket
+              errors. Every response, warm-up included, is checked.
+  Signed-in   On a storage seeded by `campfire.py seed --messages 100000` (100
+              people, 20 rooms), signed in as person1 (an administrator, a
+              member of every room); every read sends Accept-Encoding: gzip as a
+              browser does:
+                room      GET /rooms/1: the newest 40 messages of room 1
+                messages  GET /rooms/1/messages?before=ID, ID the middle message of
+                          room 1's history: the 40 messages before it
+                sidebar   GET /users/me/sidebar: a link to each of person1's rooms
+                search    GET /searches?q=coffee: the newest 100 messages with the
+                          word, in person1's rooms
+                post      POST /rooms/1/messages, a unique client_message_id per
+                          request: 201 and the new message
+              The four reads run twice: on campfire.py as it ships (page caches
+              on) and on `campfire.py serve --no-cache` ("room (no cache)", ...).
+              The post runs last on a third start of the server, so that the
+              reads' expected ids stay true.
+  Write audit After the post run the server is killed with SIGKILL (so only what
+              was committed counts) and the database is opened directly: every
+              acknowledged post (a 201 whose body passed its check) is in
+              `messages` (room 1, by person1, with the message id the 201 named),
+              with its rich text row and its FTS row (found by MATCH on a token
+              unique to this run); no post of this run is there twice; nothing
+              is there that was never sent; the posts committed without an
+              acknowledgement are at most the requests that can have been in
+              flight when a run stopped (connections x runs + socket errors), and
+              none was answered with an error; the totals add up (messages =
+              seeded + this run's posts = FTS rows = rich texts); PRAGMA
+              integrity_check is "ok" and FTS5's 'integrity-check' passes.
   Start       From exec of `python3 campfire.py serve` to the first 200 from /up,
               polled by connecting back to back (sub-millisecond pauses); the
               median of 5 runs on a fresh storage directory and 5 on one that is
               already initialised.
   Idle RSS    VmRSS of the server process (/proc/<pid>/status) after start and
-              after the load, in MB (kB / 1024).
+              after the load (the cached reads), in MB (kB / 1024).
 
-The ceiling
-  A bare asyncio.Protocol server that answers every request with "hello" (the
-  fastest a stdlib Python server can be on this machine). It is measured with the
-  same load generator, connection count and duration as the workloads; its start
-  time and RSS are the ceilings for campfire's.
+How every response is checked
+  The expected ids come from the seeded SQLite file, read by this script before
+  any server runs (not through campfire.py): the newest 40 ids of room 1 by
+  (created_at, id); the 40 before the chosen id; the newest 100 messages in
+  person1's rooms whose body has "coffee" as a whole word (found by a regular
+  expression over the rich text bodies, not by FTS5); person1's rooms.
+  Reads: before each run, one response is fetched with the workload's own headers
+  (so gzipped), gunzipped and checked in full: status 200; the data-message-id
+  values, in order, are exactly the expected ids (the search's are read from
+  id="search-results" on); for the sidebar, id="user_sidebar" and
+  id="shared_rooms" are there and #shared_rooms links exactly person1's rooms.
+  A second fetch must return the same bytes. Then, under load:
+    wrk (it cannot gunzip in Lua): each response must be 200 and byte-identical
+      to that verified reference, so it holds exactly the expected ids too; a
+      response that differs in any byte counts as failed.
+    stdlib: a response byte-identical to the reference passes at once; any
+      other is gunzipped and checked in full as above.
+  If the reference itself fails, every response of that workload counts as
+  failed (and the reason is printed). If two fetches differ (a page that is not
+  deterministic), that workload runs on the stdlib generator.
+  Posts (sent with Accept-Encoding: gzip too; wrk gunzips them with zlib through
+  LuaJIT's FFI, and falls back to not asking for gzip if that is unavailable,
+  which the report then says): status 201; exactly one data-message-id; its
+  data-client-message-id is the one sent (stdlib: the very request on that
+  connection; wrk, which cannot pair a response with its request: one this
+  thread sent and not acknowledged before); the body shows the text posted.
+  Acknowledged ids are kept for the write audit.
+
+The ceilings
+  Reads (and /up, static): a bare asyncio.Protocol server that answers every
+  request with "hello" (the fastest a stdlib Python server can be on this
+  machine), measured with the same load generator, connection count and
+  duration. Its start time and RSS are the ceilings for campfire's.
+  Posts: SQLite+FTS5 inserts in-process (a message row + a rich text row + an
+  FTS row per message) into a copy of the seeded database (Campfire's schema
+  and size), WAL, PRAGMA synchronous=FULL, foreign keys on: one message per
+  transaction, and 100 per transaction. The post row's ceiling is the batched
+  figure.
 
 How to read the output
   "% ceil" is the figure as a percentage of the ceiling's: for req/s higher is
-  better (100% would be as fast as "hello"); for latency, start time and RSS lower
-  is better (200% means twice the ceiling's). "target" compares with PRODUCT.md
-  section 6. "gen" names the load generator: wrk (when on PATH) or "py", the
-  stdlib generator below. The client shares the 2 cores with the server, so
-  figures from the two generators are not comparable with each other; each row is
-  compared with the ceiling measured by its own generator. With --repeat N every
-  figure is the median of N runs and the counts are totals.
+  better (100% would be as fast as the ceiling); for latency, start time and RSS
+  lower is better (200% means twice the ceiling's). "target" compares with
+  PRODUCT.md section 6 (the no-cache rows are reported without a target).
+  "gen" names the load generator: wrk (when on PATH) or "py", the stdlib
+  generator below. The client shares the 2 cores with the server, so figures
+  from the two generators are not comparable with each other; each row is
+  compared with the ceiling measured by its own generator. With --repeat N
+  every figure is the median of N runs and the counts are totals.
 
 Flags
-  --duration S, --connections N, --repeat N, --only NAME[,NAME], --no-wrk,
-  --campfire PATH, --seed MESSAGES, --ceiling-server PORT (see --help).
+  --duration S, --warmup S, --connections N, --repeat N, --only NAME[,NAME],
+  --skip-no-cache, --no-wrk, --campfire PATH, --seed MESSAGES (0: no seeding,
+  no signed-in workloads), --ceiling-server PORT (see --help).
 
-Adding a workload: call workload() inside campfire_workloads(); see its docstring.
+Adding a workload: add it in campfire_workloads(); see its docstring.
 
 Sections
   Constants
@@ -47,6 +113,7 @@ Sections
   HTTP helpers (one request, the /up poll, RSS)
   Ceiling server
   Campfire server (start, start time, seeding, sign-in)
+  The seeded database (expected ids, write audit, insert ceilings)
   Load generator: wrk
   Load generator: stdlib (processes x selectors)
   Statistics
@@ -56,19 +123,26 @@ Sections
 
 import argparse
 import atexit
+import collections
+import dataclasses
 import http.client
+import itertools
 import os
+import random
 import re
+import secrets
 import selectors
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
+import zlib
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +155,8 @@ from typing import Callable, Optional
 HOST = "127.0.0.1"  # everything stays on the loopback interface
 CAMPFIRE_PATH = Path(__file__).resolve().parent.parent / "campfire.py"
 
-DEFAULT_DURATION_S = 5.0
-WARMUP_S = 1.0
+DEFAULT_DURATION_S = 3.0
+DEFAULT_WARMUP_S = 1.0
 DEFAULT_CONNECTIONS = 16  # PRODUCT.md section 6: 16 keep-alive clients
 CLIENT_PROCESSES = 2  # one per core; the client shares the cores with the server
 WRK_THREADS = 2  # the same split for wrk
@@ -92,9 +166,11 @@ START_RUNS = 5  # start time is the median of this many runs
 START_TIMEOUT_S = 15.0  # a server not up by then counts as failed to start
 START_POLL_PAUSE_S = 0.0002  # between connection attempts while polling /up
 POLL_REQUEST_TIMEOUT_S = 2.0
+REFERENCE_TIMEOUT_S = 10.0  # one reference fetch (an uncached search may be slow)
 STOP_TIMEOUT_S = 5.0  # SIGTERM, then SIGKILL after this
 IDLE_SETTLE_S = 1.0  # pause before reading an "idle" RSS
-SEED_TIMEOUT_S = 900.0  # seeding 100,000 messages must finish within this
+SEED_TIMEOUT_S = 900.0  # seeding must finish within this
+SQLITE_TIMEOUT_S = 30.0  # busy timeout of the script's own connections
 
 CLIENT_START_DELAY_S = 0.3  # lets every client process fork before the clock starts
 CLIENT_RESULT_GRACE_S = 15.0  # for a client process to report after the run ends
@@ -112,14 +188,37 @@ TARGET_READ_RPS = 20_000.0  # room page, messages page, sidebar, search
 TARGET_READ_P99_MS = 5.0
 TARGET_POST_RPS = 5_000.0
 
-# Until `campfire.py seed` exists these are placeholders: they must match the
-# administrator that the seed command creates (used by --seed only).
-SEED_EMAIL_ADDRESS = "admin@example.com"
-SEED_PASSWORD = "secret123456"
+# What `campfire.py seed` creates (person1 is an administrator and a member of
+# every room; every seeded person has this password).
+DEFAULT_SEED_MESSAGES = 100_000
+SEED_EMAIL_ADDRESS = "person1@example.com"
+SEED_PASSWORD = "password"
+
+# The signed-in workloads
+READ_ROOM_ID = 1  # room, messages page and post all use this room (an open room)
+PAGE_SIZE = 40  # messages on a room page and on a messages page
+SEARCH_WORD = "coffee"  # a seed word; no other seed word has the same Porter stem
+SEARCH_LIMIT = 100  # newest matches on the search page
+BROWSER_ACCEPT_ENCODING = "gzip, deflate, br"
+POST_TEXT = "bench post "  # a post's body is <div>POST_TEXT + its client_message_id</div>
+INSERT_BATCH = 100  # messages per transaction in the batched insert ceiling
+
+BASIC_WORKLOADS = ("up", "static")
+READ_WORKLOADS = ("room", "messages", "sidebar", "search")
+POST_WORKLOAD = "post"
+NO_CACHE_SUFFIX = " (no cache)"
+
+EXIT_CAMPFIRE_DID_NOT_START = 1
+EXIT_CHECKS_FAILED = 2
 
 ###############################################################################
 # Workloads and checks ########################################################
 ###############################################################################
+
+MESSAGE_ID_RE = re.compile(rb'data-message-id="(\d+)"')
+CLIENT_MESSAGE_ID_RE = re.compile(rb'data-client-message-id="([^"]*)"')
+ROOM_LINK_RE = re.compile(rb'href="/rooms/(\d+)"')
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -149,9 +248,139 @@ class Expect:
         return " and ".join(terms)
 
 
+def gunzipped(body: bytes) -> bytes:
+    """The body, decompressed when it starts with gzip's magic bytes; ValueError if corrupt."""
+    if body[:2] != GZIP_MAGIC:
+        return body
+    try:
+        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    except zlib.error as error:
+        raise ValueError(f"corrupt gzip body ({error})") from None
+
+
+def _describe_ids(got: list, expected: list) -> str:
+    def span(ids):
+        return f"{len(ids)} ids" + (f" {ids[0]}..{ids[-1]}" if ids else "")
+    at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+    return f"message ids: got {span(got)}, expected {span(expected)} (first difference at #{at + 1})"
+
+
+@dataclass(frozen=True)
+class PageCheck:
+    """A signed-in read: 200, and in the gunzipped body exactly the expected
+    message ids, in order (from `section` on, if given), or, with `room_ids`
+    (the sidebar), exactly those rooms linked in #shared_rooms.
+
+    Before a run, with_reference() fetches one response, checks it in full and
+    keeps its bytes. Then a response byte-identical to that reference passes at
+    once; in Python any other is gunzipped and checked in full, in Lua (wrk)
+    any other fails. Without a verified reference every response fails in Lua.
+    """
+
+    expected_ids: tuple = ()  # message ids, oldest first
+    section: bytes = b""  # the ids are read from this marker on
+    room_ids: tuple = ()  # the sidebar: rooms that #shared_rooms must link, and only those
+    markers: tuple = ()  # byte strings that must be in the body
+    reference: Optional[bytes] = None  # a verified response body
+    reference_path: Optional[str] = None  # the same bytes in a file, read by the Lua script
+    stable: bool = True  # False: two fetches differed, so wrk cannot compare bytes
+
+    def problems(self, status: int, body: bytes) -> list:
+        if status != 200:
+            return [f"HTTP {status}"]
+        try:
+            text = gunzipped(body)
+        except ValueError as error:
+            return [str(error)]
+        found = [f"no {marker.decode()}" for marker in self.markers if marker not in text]
+        if self.section:
+            at = text.find(self.section)
+            if at < 0:
+                return found + [f"no {self.section.decode()}"]
+            text = text[at:]
+        if self.room_ids:
+            start = text.find(b'id="shared_rooms"')
+            links = ROOM_LINK_RE.findall(text[start:text.find(b"</ul>", start)]) if start >= 0 else []
+            got = sorted(int(room_id) for room_id in links)
+            if got != sorted(self.room_ids):
+                found.append(f"#shared_rooms links rooms {got}, expected {sorted(self.room_ids)}")
+        else:
+            got = [int(message_id) for message_id in MESSAGE_ID_RE.findall(text)]
+            if got != list(self.expected_ids):
+                found.append(_describe_ids(got, list(self.expected_ids)))
+        return found
+
+    def __call__(self, status: int, body: bytes) -> bool:
+        if self.reference is not None and status == 200 and body == self.reference:
+            return True
+        return not self.problems(status, body)
+
+    @property
+    def wrk_ok(self) -> bool:
+        return self.stable
+
+    def lua_prelude(self) -> str:
+        if self.reference_path is None:
+            return ""
+        return f'local REFERENCE = assert(io.open({_lua_string(self.reference_path)}, "rb")):read("*a")\n'
+
+    def lua(self) -> str:
+        return "status == 200 and body == REFERENCE" if self.reference_path else "false"
+
+
+@dataclass(frozen=True)
+class PostSpec:
+    """Posts whose form carries a unique client_message_id: `prefix` + tag + "-" + n.
+
+    The prefix starts with a token found nowhere else (e.g. "bx3f9a01c2"), so the
+    audit finds this run's posts by it, in `messages` and through FTS5 MATCH."""
+
+    token: str
+    room_id: int
+    creator_id: int
+    id_field: str = "message[client_message_id]"
+    body_field: str = "message[body]"
+
+    @property
+    def prefix(self) -> str:
+        return self.token + "-"
+
+    def body_html(self, client_id: str) -> str:
+        return f"<div>{POST_TEXT}{client_id}</div>"
+
+    def form_parts(self) -> list:
+        """The urlencoded form split where the client id goes (the id needs no escaping)."""
+        placeholder = "CLIENTIDPLACEHOLDER"
+        form = urllib.parse.urlencode({self.body_field: self.body_html(placeholder),
+                                       self.id_field: placeholder})
+        return form.split(placeholder)
+
+    def form(self, client_id: str) -> bytes:
+        return client_id.join(self.form_parts()).encode()
+
+    def accepted(self, status: int, body: bytes, client_id: str) -> Optional[int]:
+        """The new message's id when the response acknowledges exactly this post, else None."""
+        if status != 201:
+            return None
+        try:
+            text = gunzipped(body)
+        except ValueError:
+            return None
+        ids = MESSAGE_ID_RE.findall(text)
+        client = CLIENT_MESSAGE_ID_RE.search(text)
+        if len(ids) != 1 or client is None or client.group(1).decode(errors="replace") != client_id:
+            return None
+        if (POST_TEXT + client_id).encode() not in text:
+            return None
+        return int(ids[0])
+
+
 @dataclass(frozen=True)
 class Workload:
-    """One request, repeated on every connection, and the check of every response."""
+    """One request, repeated on every connection, and the check of every response.
+
+    `kind` says where it runs: "basic" and "read" on the server as it ships,
+    "read" again with --no-cache, "post" last (see run_benchmark)."""
 
     name: str
     method: str
@@ -161,6 +390,8 @@ class Workload:
     check: Callable[[int, bytes], bool] = Expect()
     target_rps: Optional[float] = None
     target_p99_ms: Optional[float] = None
+    kind: str = "basic"
+    posts: Optional[PostSpec] = None  # a unique client id per request (the stdlib generator and wrk)
 
     def headers_for(self, port: int) -> list:
         """The headers, with what a browser adds to an unsafe request (PRODUCT.md section 5)."""
@@ -173,21 +404,38 @@ class Workload:
                 headers.append(("Sec-Fetch-Site", "same-origin"))
         return headers
 
-    def request_bytes(self, port: int) -> bytes:
-        """The request, encoded once; the stdlib generator sends these bytes as they are."""
+    def request_head(self, port: int, content_length: Optional[int]) -> bytes:
         lines = [f"{self.method} {self.path} HTTP/1.1", f"Host: {HOST}:{port}"]
         lines += [f"{name}: {value}" for name, value in self.headers_for(port)]
-        if self.body or self.method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(self.body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+        if content_length is not None:
+            lines.append(f"Content-Length: {content_length}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def request_bytes(self, port: int) -> bytes:
+        """The request, encoded once; the stdlib generator sends these bytes as they are."""
+        with_length = self.body or self.method in ("POST", "PUT", "PATCH")
+        return self.request_head(port, len(self.body) if with_length else None) + self.body
+
+    def request_maker(self, port: int, tag: str) -> Callable[[], tuple]:
+        """For a `posts` workload: a function returning (request bytes, client id), a new id each call."""
+        counter = itertools.count(1)
+        spec = self.posts
+
+        def make():
+            client_id = f"{spec.prefix}{tag}-{next(counter)}"
+            body = spec.form(client_id)
+            return self.request_head(port, len(body)) + body, client_id
+        return make
 
     @property
     def wrk_can_check(self) -> bool:
-        return callable(getattr(self.check, "lua", None))
+        if self.posts is not None:
+            return True
+        return callable(getattr(self.check, "lua", None)) and getattr(self.check, "wrk_ok", True)
 
 
-def workload(name, path, *, method="GET", cookie=None, headers=None, body=None,
-             check=None, target_rps=None, target_p99_ms=None) -> Workload:
+def workload(name, path, *, method="GET", cookie=None, headers=None, body=None, check=None,
+             target_rps=None, target_p99_ms=None, kind="basic", posts=None) -> Workload:
     """Build a workload. `cookie` is a "session_token=..." string (see sign_in());
     `body` is bytes, or a dict sent as a form; a POST, PUT, PATCH or DELETE also
     carries the Origin and Sec-Fetch-Site headers a browser would send."""
@@ -196,35 +444,98 @@ def workload(name, path, *, method="GET", cookie=None, headers=None, body=None,
         all_headers["Cookie"] = cookie
     if isinstance(body, dict):
         body = urllib.parse.urlencode(body).encode()
+    if isinstance(body, bytes) or posts is not None:
         all_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
-    return Workload(name, method, path, tuple(all_headers.items()), body or b"",
-                    check or Expect(), target_rps, target_p99_ms)
+    return Workload(name, method, path, tuple(all_headers.items()), body or b"", check or Expect(),
+                    target_rps, target_p99_ms, kind, posts)
 
 
 CEILING_WORKLOAD = workload("ceiling", "/", check=Expect(200, contains=(b"hello",)))
 
 
-def campfire_workloads(cookie: Optional[str]) -> list:
+@dataclass(frozen=True)
+class SeedFacts:
+    """What the seeded database holds, read from it before any server runs."""
+
+    db_path: Path
+    messages: int
+    user_id: int  # person1
+    room_ids: tuple  # person1's rooms, not direct ones
+    room_messages: int  # in READ_ROOM_ID
+    room_page: tuple  # newest PAGE_SIZE ids of READ_ROOM_ID, oldest first
+    before_id: int  # the middle message of READ_ROOM_ID
+    before_page: tuple  # the PAGE_SIZE ids before it, oldest first
+    search_matches: int  # messages with SEARCH_WORD in person1's rooms
+    search_ids: tuple  # the newest SEARCH_LIMIT of them, oldest first
+
+
+def campfire_workloads(cookie: Optional[str], facts: Optional[SeedFacts] = None,
+                       posts: Optional[PostSpec] = None) -> list:
     """The workloads run against campfire.py, in order.
 
-    `cookie` is None unless --seed was given (then it signs in as the seeded
-    administrator). Signed-in workloads belong here, e.g.:
+    `cookie` is a signed-in session ("session_token=...") and `facts` what the
+    seeded database holds (both None without seeding): the signed-in workloads
+    need both. A read ("kind" "read") is also run with caches off; its PageCheck
+    gets its reference from the server before each run (with_reference()).
+    A signed-in workload is added like this:
 
-        if cookie:
-            loads.append(workload(
-                "room", "/rooms/1", cookie=cookie,
-                check=Expect(200, contains=(b'id="message_100000"',)),
-                target_rps=TARGET_READ_RPS, target_p99_ms=TARGET_READ_P99_MS))
-            loads.append(workload(
-                "post", "/rooms/1/messages", method="POST", cookie=cookie,
-                body={"message[body]": "hello"}, check=Expect(201),
-                target_rps=TARGET_POST_RPS))
+        loads.append(workload(
+            "room", f"/rooms/{READ_ROOM_ID}", cookie=cookie, headers=read_headers,
+            check=PageCheck(expected_ids=facts.room_page), kind="read",
+            target_rps=TARGET_READ_RPS, target_p99_ms=TARGET_READ_P99_MS))
     """
     loads = [
         workload("up", "/up", check=Expect(200, contains=(UP_MARKER,))),
         workload("static", "/static/campfire.css", check=Expect(200, min_bytes=1)),
     ]
+    if not (cookie and facts):
+        return loads
+    # A browser that has been in room 1 sends last_room too (else every room
+    # page would set it again), and always asks for gzip.
+    browser = {"Accept-Encoding": BROWSER_ACCEPT_ENCODING}
+    session = f"{cookie}; last_room={READ_ROOM_ID}"
+    read = dict(cookie=session, headers=browser, kind="read",
+                target_rps=TARGET_READ_RPS, target_p99_ms=TARGET_READ_P99_MS)
+    loads += [
+        workload("room", f"/rooms/{READ_ROOM_ID}", check=PageCheck(expected_ids=facts.room_page), **read),
+        workload("messages", f"/rooms/{READ_ROOM_ID}/messages?before={facts.before_id}",
+                 check=PageCheck(expected_ids=facts.before_page), **read),
+        workload("sidebar", "/users/me/sidebar", check=PageCheck(
+            room_ids=facts.room_ids, markers=(b'id="user_sidebar"', b'id="shared_rooms"')), **read),
+        workload("search", "/searches?" + urllib.parse.urlencode({"q": SEARCH_WORD}),
+                 check=PageCheck(expected_ids=facts.search_ids, section=b'id="search-results"'), **read),
+    ]
+    if posts:
+        loads.append(workload(POST_WORKLOAD, f"/rooms/{posts.room_id}/messages", method="POST",
+                              cookie=session, headers=browser, kind="post", posts=posts,
+                              check=Expect(201), target_rps=TARGET_POST_RPS))
     return loads
+
+
+def without_cache(load: Workload) -> Workload:
+    """The same read, reported as "NAME (no cache)" and without a target."""
+    return dataclasses.replace(load, name=load.name + NO_CACHE_SUFFIX, target_rps=None, target_p99_ms=None)
+
+
+def with_reference(load: Workload, port: int, scratch: Path) -> tuple:
+    """The workload with its PageCheck's reference, fetched (twice) from the server
+    with the workload's own headers and checked in full: (workload, problems)."""
+    check = load.check
+    headers = dict(load.headers_for(port))
+    try:
+        first = fetch(port, load.method, load.path, headers=headers, timeout=REFERENCE_TIMEOUT_S)
+        second = fetch(port, load.method, load.path, headers=headers, timeout=REFERENCE_TIMEOUT_S)
+    except (OSError, http.client.HTTPException) as error:
+        return load, [f"the reference request failed: {error}"]
+    status, _, body = first
+    problems = check.problems(status, body)
+    if problems:
+        return load, problems
+    path = scratch / (re.sub(r"\W+", "-", load.name).strip("-") + ".reference")
+    path.write_bytes(body)
+    stable = second[0] == status and second[2] == body
+    return dataclasses.replace(load, check=dataclasses.replace(
+        check, reference=body, reference_path=str(path), stable=stable)), []
 
 
 def _lua_string(value) -> str:
@@ -250,17 +561,18 @@ class Processes:
         self._running = {}  # pid -> (Popen, log file or None)
 
     def start(self, argv, *, env=None, log_path=None) -> subprocess.Popen:
-        log = open(log_path, "wb") if log_path else None
+        log = open(log_path, "ab") if log_path else None
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                 stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self._running[proc.pid] = (proc, log)
         return proc
 
-    def stop(self, proc: subprocess.Popen) -> None:
-        """SIGTERM the process group, then SIGKILL it if it has not gone after STOP_TIMEOUT_S."""
+    def stop(self, proc: subprocess.Popen, *, kill=False) -> None:
+        """SIGTERM the process group, then SIGKILL it if it has not gone after
+        STOP_TIMEOUT_S; with kill=True, SIGKILL at once."""
         _, log = self._running.pop(proc.pid, (proc, None))
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig in ((signal.SIGKILL,) if kill else (signal.SIGTERM, signal.SIGKILL)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
@@ -394,8 +706,9 @@ class Server:
     log_path: Optional[Path]
 
 
-def campfire_argv(campfire: Path, port) -> list:
-    return [sys.executable, str(campfire), "serve", "--host", HOST, "--port", str(port)]
+def campfire_argv(campfire: Path, port, *, no_cache=False) -> list:
+    return [sys.executable, str(campfire), "serve", "--host", HOST, "--port", str(port)] + \
+        (["--no-cache"] if no_cache else [])
 
 
 def campfire_env(storage: Path) -> dict:
@@ -461,6 +774,256 @@ def log_tail(log_path, lines=15) -> str:
 
 
 ###############################################################################
+# The seeded database (expected ids, write audit, insert ceilings) ############
+###############################################################################
+
+
+def database_path(storage: Path) -> Path:
+    return storage / "db" / "production.sqlite3"
+
+
+def _read_only(db_path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=SQLITE_TIMEOUT_S)
+
+
+def read_seed_facts(db_path: Path, email_address: str) -> SeedFacts:
+    """The ids each read must show, straight from the SQLite file (not through campfire.py)."""
+    db = _read_only(db_path)
+    try:
+        row = db.execute("SELECT id FROM users WHERE email_address = ?", (email_address,)).fetchone()
+        if row is None:
+            raise RuntimeError(f"the seeded database has no user {email_address}")
+        user_id = row[0]
+        room_ids = tuple(r[0] for r in db.execute(
+            "SELECT rooms.id FROM memberships JOIN rooms ON rooms.id = memberships.room_id "
+            "WHERE memberships.user_id = ? AND rooms.type != 'Rooms::Direct' ORDER BY rooms.id", (user_id,)))
+        if READ_ROOM_ID not in room_ids:
+            raise RuntimeError(f"{email_address} is not a member of room {READ_ROOM_ID}")
+        in_room = [r[0] for r in db.execute(
+            "SELECT id FROM messages WHERE room_id = ? ORDER BY created_at, id", (READ_ROOM_ID,))]
+        if len(in_room) < 4 * PAGE_SIZE:
+            raise RuntimeError(f"room {READ_ROOM_ID} has only {len(in_room)} messages; seed more")
+        middle = len(in_room) // 2
+        # Search: a whole-word match in the rich text, newest message id first,
+        # in person1's rooms; independent of FTS5 (its Porter stemmer maps no
+        # other seed word to "coffee").
+        word = re.compile(r"(?<!\w)%s(?!\w)" % re.escape(SEARCH_WORD), re.IGNORECASE)
+        tag = re.compile(r"<[^>]*>")
+        marks = ",".join("?" * len(room_ids))
+        matches = [message_id for message_id, body in db.execute(
+            "SELECT messages.id, action_text_rich_texts.body FROM messages JOIN action_text_rich_texts "
+            "ON action_text_rich_texts.record_type = 'Message' AND action_text_rich_texts.record_id = messages.id "
+            "AND action_text_rich_texts.name = 'body' "
+            f"WHERE messages.room_id IN ({marks}) ORDER BY messages.id DESC", room_ids)
+            if word.search(tag.sub(" ", body or ""))]
+        if len(matches) < SEARCH_LIMIT:
+            raise RuntimeError(f"only {len(matches)} messages contain {SEARCH_WORD!r}; seed more")
+        return SeedFacts(
+            db_path=db_path,
+            messages=db.execute("SELECT count(*) FROM messages").fetchone()[0],
+            user_id=user_id, room_ids=room_ids, room_messages=len(in_room),
+            room_page=tuple(in_room[-PAGE_SIZE:]), before_id=in_room[middle],
+            before_page=tuple(in_room[middle - PAGE_SIZE:middle]),
+            search_matches=len(matches), search_ids=tuple(reversed(matches[:SEARCH_LIMIT])))
+    finally:
+        db.close()
+
+
+@dataclass
+class PostLedger:
+    """What the clients of the post workload sent and which posts were acknowledged."""
+
+    sent: set = field(default_factory=set)  # client ids generated (a superset of those sent)
+    acked: dict = field(default_factory=dict)  # client id -> message id, from 201s that passed the check
+    refused: dict = field(default_factory=dict)  # client id -> non-2xx status it was answered with (stdlib)
+    double_acks: int = 0  # a client id acknowledged twice (the stdlib generator can tell)
+    runs: int = 0  # generator runs (each can leave `connections` posts in flight when it stops)
+    errors: int = 0  # socket errors (each can lose the answer to one post)
+    gunzip: Optional[bool] = None  # wrk: could its Lua gunzip (so asked for gzip)?
+
+    def merge(self, other: "PostLedger") -> None:
+        self.double_acks += other.double_acks + len(self.acked.keys() & other.acked.keys())
+        self.sent |= other.sent
+        self.acked.update(other.acked)
+        self.refused.update(other.refused)
+        self.runs += other.runs
+        self.errors += other.errors
+        if other.gunzip is not None:
+            self.gunzip = other.gunzip if self.gunzip is None else self.gunzip and other.gunzip
+
+
+@dataclass
+class Audit:
+    ok: bool
+    summary: str
+    problems: list
+    seconds: float
+
+
+def audit_posts(db_path: Path, spec: PostSpec, ledger: PostLedger, seeded_messages: int,
+                connections: int) -> Audit:
+    """Every acknowledged post in the database with its rich text and FTS row, none
+    extra, totals that add up, integrity checks ok (run after the server is gone)."""
+    started = time.perf_counter()
+    problems = []
+
+    def problem(count, text, examples=()):
+        if count:
+            shown = ", ".join(str(e) for e in list(examples)[:3])
+            problems.append(f"{count:,} {text}" + (f" (e.g. {shown})" if shown else ""))
+
+    db = sqlite3.connect(str(db_path), isolation_level=None, timeout=SQLITE_TIMEOUT_S)
+    try:
+        like = spec.prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = db.execute(
+            "SELECT messages.id, messages.client_message_id, messages.room_id, messages.creator_id, "
+            "action_text_rich_texts.body, message_search_index.body FROM messages "
+            "LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = 'Message' "
+            "AND action_text_rich_texts.record_id = messages.id AND action_text_rich_texts.name = 'body' "
+            "LEFT JOIN message_search_index ON message_search_index.rowid = messages.id "
+            "WHERE messages.client_message_id LIKE ? ESCAPE '\\'", (like,)).fetchall()
+        matched = {r[0] for r in db.execute(
+            "SELECT rowid FROM message_search_index WHERE message_search_index MATCH ?", (f'"{spec.token}"',))}
+        by_client = collections.defaultdict(list)
+        for row in rows:
+            by_client[row[1]].append(row)
+        message_ids = [row[0] for row in rows]
+
+        # Every acknowledged post is there, as acknowledged, with its rows.
+        missing = [c for c in ledger.acked if c not in by_client]
+        other_id = [c for c, m in ledger.acked.items() if c in by_client and by_client[c][0][0] != m]
+        bad = collections.defaultdict(list)
+        for client_id, found in by_client.items():
+            message_id, _, room_id, creator_id, rich, fts = found[0]
+            if room_id != spec.room_id or creator_id != spec.creator_id:
+                bad["in the wrong room or by the wrong person"].append(message_id)
+            if rich is None or (POST_TEXT + client_id) not in rich:
+                bad["without their rich text (or with another text)"].append(message_id)
+            if fts is None or client_id not in fts:
+                bad["without their FTS row (or with another text)"].append(message_id)
+            if message_id not in matched:
+                bad["not found by FTS5 MATCH"].append(message_id)
+        problem(len(missing), "acknowledged posts are not in messages", missing)
+        problem(len(other_id), "acknowledged posts have another message id than the 201 said", other_id)
+        for text, ids in bad.items():
+            problem(len(ids), f"posts of this run are {text}", ids)
+
+        # None extra.
+        repeated = [c for c, found in by_client.items() if len(found) > 1]
+        problem(len(repeated), "client ids are in messages more than once (or with two rich texts)", repeated)
+        problem(ledger.double_acks, "client ids were acknowledged twice")
+        never_sent = [c for c in by_client if c not in ledger.sent]
+        problem(len(never_sent), "posts are in messages that were never sent", never_sent)
+        refused = [f"{c} (HTTP {ledger.refused[c]})" for c in by_client if c in ledger.refused]
+        problem(len(refused), "posts are in messages although answered with an error", refused)
+        unacknowledged = [c for c in by_client if c not in ledger.acked and c not in ledger.refused]
+        in_flight_max = connections * ledger.runs + ledger.errors
+        if len(unacknowledged) > in_flight_max:
+            problem(len(unacknowledged), f"posts are in messages without an acknowledgement, more than the "
+                                         f"{in_flight_max} that can have been in flight when a run stopped",
+                    unacknowledged)
+        stray_fts = matched - set(message_ids)
+        problem(len(stray_fts), "FTS rows carry this run's token without a message", sorted(stray_fts))
+
+        # The totals add up: nothing else was written, nothing lost.
+        total = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+        fts_total = db.execute("SELECT count(*) FROM message_search_index").fetchone()[0]
+        rich_total = db.execute("SELECT count(*) FROM action_text_rich_texts "
+                                "WHERE record_type = 'Message' AND name = 'body'").fetchone()[0]
+        posted = len(set(message_ids))
+        if total != seeded_messages + posted:
+            problems.append(f"{total:,} messages, not {seeded_messages:,} seeded + {posted:,} posted")
+        if fts_total != total:
+            problems.append(f"{fts_total:,} FTS rows for {total:,} messages")
+        if rich_total != total:
+            problems.append(f"{rich_total:,} message rich texts for {total:,} messages")
+        integrity = [r[0] for r in db.execute("PRAGMA integrity_check")]
+        if integrity != ["ok"]:
+            problems.append("PRAGMA integrity_check: " + "; ".join(integrity[:5]))
+        try:
+            db.execute("INSERT INTO message_search_index(message_search_index) VALUES('integrity-check')")
+            fts_integrity = "ok"
+        except sqlite3.DatabaseError as error:
+            fts_integrity = f"failed ({error})"
+            problems.append(f"FTS5 integrity-check: {error}")
+    except sqlite3.Error as error:
+        problems.append(f"the audit could not read the database: {error}")
+        return Audit(False, "could not read the database", problems, time.perf_counter() - started)
+    finally:
+        db.close()
+    seconds = time.perf_counter() - started
+    acknowledged = len(ledger.acked)
+    summary = (f"{acknowledged - len(missing):,} of {acknowledged:,} acknowledged posts in messages with their "
+               f"rich text and FTS row (found by MATCH); {len(unacknowledged)} committed without an "
+               f"acknowledgement (in flight when a run stopped; at most {in_flight_max} can be); "
+               f"{len(never_sent)} never sent, {len(repeated)} twice; {total:,} messages = {seeded_messages:,} "
+               f"seeded + {posted:,} posted, FTS rows {fts_total:,}, rich texts {rich_total:,}; "
+               f"PRAGMA integrity_check {'ok' if integrity == ['ok'] else 'FAILED'}; "
+               f"FTS5 integrity-check {fts_integrity}")
+    return Audit(not problems, summary, problems, seconds)
+
+
+def _ceiling_words(rng, count) -> list:
+    words = ("coffee deploy release search trombone tada lunch meeting design review bug fix ship today "
+             "customer support question answer idea plan roadmap feature launch test build green").split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 18))) for _ in range(count)]
+
+
+def insert_rate(db_path: Path, per_transaction: int, seconds: float, room_id: int, creator_id: int) -> float:
+    """Messages per second inserted as Campfire inserts one (a message row, its rich
+    text row and its FTS row), `per_transaction` to a transaction, for `seconds`."""
+    db = sqlite3.connect(str(db_path), isolation_level=None, timeout=SQLITE_TIMEOUT_S)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        texts = _ceiling_words(random.Random(per_transaction), 997)
+        inserted = 0
+        started = time.perf_counter()
+        stop = started + seconds
+        while time.perf_counter() < stop:
+            db.execute("BEGIN IMMEDIATE")
+            for _ in range(per_transaction):
+                inserted += 1
+                text = texts[inserted % len(texts)]
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()) + ".000000"
+                message_id = db.execute(
+                    "INSERT INTO messages (room_id, creator_id, client_message_id, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?)", (room_id, creator_id, f"ceiling-{per_transaction}-{inserted}",
+                                                stamp, stamp)).lastrowid
+                db.execute("INSERT INTO action_text_rich_texts (name, body, record_type, record_id, created_at, "
+                           "updated_at) VALUES ('body', ?, 'Message', ?, ?, ?)",
+                           (f"<div>{text}</div>", message_id, stamp, stamp))
+                db.execute("INSERT INTO message_search_index (rowid, body) VALUES (?, ?)", (message_id, text))
+            db.execute("COMMIT")
+        return inserted / (time.perf_counter() - started)
+    finally:
+        db.close()
+
+
+def measure_insert_ceilings(db_path: Path, scratch: Path, seconds: float, room_id: int,
+                            creator_id: int) -> dict:
+    """One message per transaction and INSERT_BATCH per transaction, each into its own
+    copy of the (audited) database: {"one": per s, "batched": per s}."""
+    rates = {}
+    for name, per_transaction in (("one", 1), ("batched", INSERT_BATCH)):
+        copy = scratch / f"ceiling-{name}.sqlite3"
+        source = _read_only(db_path)
+        target = sqlite3.connect(str(copy))
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        progress(f"insert ceiling: {per_transaction} per transaction, {seconds:g} s")
+        rates[name] = insert_rate(copy, per_transaction, seconds, room_id, creator_id)
+        progress(f"  {rates[name]:,.0f} messages/s")
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(copy) + suffix).unlink(missing_ok=True)
+    return rates
+
+
+###############################################################################
 # Load generator: wrk #########################################################
 ###############################################################################
 
@@ -472,18 +1035,24 @@ class RunResult:
     rps: float
     p50_ms: float
     p99_ms: float
-    failed: int  # responses whose check returned False
+    failed: int  # responses whose check returned False (warm-up included)
     non2xx: int
     errors: int  # connect, read, write errors and timeouts
+    checked: int = 0  # responses checked (warm-up included)
+    ledger: Optional[PostLedger] = None  # the post workload's
+    sample: Optional[tuple] = None  # (status, body) of the first response that failed its check
 
 
 WRK_SCRIPT = """\
 wrk.method = {method}
 {body}{headers}
+{prelude}
+local SAMPLE = {sample}
 local threads = {{}}
 
 function setup(thread)
   table.insert(threads, thread)
+  thread:set("tid", #threads)
 end
 
 function init(args)
@@ -497,7 +1066,13 @@ end
 
 function response(status, headers, body)
   if status < 200 or status > 299 then non2xx = non2xx + 1 end
-  if not check(status, body or "") then failed = failed + 1 end
+  if not check(status, body or "") then
+    failed = failed + 1
+    if failed == 1 then
+      local file = io.open(SAMPLE .. "-" .. tid, "wb")
+      if file then file:write(status, "\\n", body or ""); file:close() end
+    end
+  end
 end
 
 function done(summary, latency, requests)
@@ -514,40 +1089,212 @@ function done(summary, latency, requests)
 end
 """
 
+# gunzip(s) through zlib and LuaJIT's FFI, or nil when either is missing; the
+# layout is zlib's z_stream on LP64 (inflateInit2_ checks its size and version).
+WRK_GUNZIP = """\
+local gunzip = nil
+do
+  local has_ffi, ffi = pcall(require, "ffi")
+  if has_ffi then
+    pcall(ffi.cdef, [[
+      typedef struct bench_z_stream {
+        const char *next_in; unsigned int avail_in; unsigned long total_in;
+        unsigned char *next_out; unsigned int avail_out; unsigned long total_out;
+        const char *msg; void *state; void *zalloc; void *zfree; void *opaque;
+        int data_type; unsigned long adler; unsigned long reserved;
+      } bench_z_stream;
+      const char *zlibVersion(void);
+      int inflateInit2_(bench_z_stream *strm, int windowBits, const char *version, int stream_size);
+      int inflate(bench_z_stream *strm, int flush);
+      int inflateEnd(bench_z_stream *strm);
+    ]])
+    local has_z, z = pcall(ffi.load, "z")
+    if not has_z then has_z, z = pcall(ffi.load, "libz.so.1") end
+    if has_z then
+      local OUT = 1048576
+      local out = ffi.new("unsigned char[?]", OUT)
+      local stream = ffi.new("bench_z_stream[1]")
+      local size = ffi.sizeof("bench_z_stream")
+      local function inflate(data)
+        ffi.fill(stream, size)
+        if z.inflateInit2_(stream, 31, z.zlibVersion(), size) ~= 0 then return nil end
+        stream[0].next_in = data
+        stream[0].avail_in = #data
+        stream[0].next_out = out
+        stream[0].avail_out = OUT
+        local rc = z.inflate(stream, 4)
+        local n = OUT - stream[0].avail_out
+        z.inflateEnd(stream)
+        if rc ~= 1 then return nil end
+        return ffi.string(out, n)
+      end
+      local ok, result = pcall(inflate, GZIPPED_HELLO)
+      if ok and result == "hello" then gunzip = inflate end
+    end
+  end
+end
+"""
+
+# The post workload: a unique client id per request (PREFIX .. thread .. "-" .. n),
+# every response checked, acknowledged ids and sent counts written to LEDGER.
+WRK_POST_SCRIPT = """\
+wrk.method = "POST"
+{headers}
+{gunzip}
+if gunzip then wrk.headers["Accept-Encoding"] = {accept_encoding} end
+local PREFIX = {prefix}
+local FORM = {{ {form} }}
+local POST_TEXT = {post_text}
+local LEDGER = {ledger}
+local threads = {{}}
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+
+function init(args)
+  failed, non2xx, sent, nacks = 0, 0, 0, 0
+  acks, seen = {{}}, {{}}
+  mine = PREFIX .. tid .. "-"
+end
+
+function request()
+  sent = sent + 1
+  return wrk.format(nil, nil, nil, table.concat(FORM, mine .. sent))
+end
+
+local function accepted(status, body)
+  if status ~= 201 then return nil end
+  if body:sub(1, 2) == "\\031\\139" then
+    if not gunzip then return nil end
+    body = gunzip(body)
+    if not body then return nil end
+  end
+  local _, count = body:gsub('data%-message%-id="', "")
+  local mid = body:match('data%-message%-id="(%d+)"')
+  local cid = body:match('data%-client%-message%-id="([^"]*)"')
+  if count ~= 1 or not mid or not cid or seen[cid] then return nil end
+  if cid:sub(1, #mine) ~= mine then return nil end
+  local n = tonumber(cid:sub(#mine + 1))
+  if not n or n > sent then return nil end
+  if not body:find(POST_TEXT .. cid, 1, true) then return nil end
+  return cid, mid
+end
+
+function response(status, headers, body)
+  if status < 200 or status > 299 then non2xx = non2xx + 1 end
+  local cid, mid = accepted(status, body or "")
+  if cid then
+    seen[cid] = true
+    nacks = nacks + 1
+    acks[nacks] = cid .. " " .. mid
+  else
+    failed = failed + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local ledger = assert(io.open(LEDGER, "w"))
+  local failed_total, non2xx_total = 0, 0
+  for _, thread in ipairs(threads) do
+    failed_total = failed_total + thread:get("failed")
+    non2xx_total = non2xx_total + thread:get("non2xx")
+    ledger:write("sent ", PREFIX, thread:get("tid"), "- ", thread:get("sent"), "\\n")
+    for _, ack in ipairs(thread:get("acks")) do ledger:write("ack ", ack, "\\n") end
+  end
+  ledger:write("gunzip ", gunzip and "yes" or "no", "\\n")
+  ledger:close()
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH requests=%d duration_us=%d p50_us=%.1f p99_us=%.1f failed=%d non2xx=%d errors=%d\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    failed_total, non2xx_total, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
 WRK_RESULT = re.compile(r"BENCH requests=(\d+) duration_us=(\d+) p50_us=([\d.]+) p99_us=([\d.]+) "
                         r"failed=(\d+) non2xx=(\d+) errors=(\d+)")
 
 
-def wrk_script(load: Workload, port) -> str:
+def _gzip(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+def wrk_script(load: Workload, port, *, label="", ledger_path=None, sample_path=None) -> str:
+    if load.posts is not None:
+        headers = "".join(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}\n"
+                          for name, value in load.headers_for(port) if name.lower() != "accept-encoding")
+        accept = dict((n.lower(), v) for n, v in load.headers).get("accept-encoding", BROWSER_ACCEPT_ENCODING)
+        return WRK_POST_SCRIPT.format(
+            headers=headers, gunzip=WRK_GUNZIP.replace("GZIPPED_HELLO", _lua_string(_gzip(b"hello"))),
+            accept_encoding=_lua_string(accept),
+            prefix=_lua_string(load.posts.prefix + label),
+            form=", ".join(_lua_string(part) for part in load.posts.form_parts()),
+            post_text=_lua_string(POST_TEXT), ledger=_lua_string(str(ledger_path)))
     headers = "".join(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}\n"
                       for name, value in load.headers_for(port))
     body = f"wrk.body = {_lua_string(load.body)}\n" if load.body else ""  # else no Content-Length
+    prelude = getattr(load.check, "lua_prelude", lambda: "")()
     return WRK_SCRIPT.format(method=_lua_string(load.method), body=body, headers=headers,
-                             check=load.check.lua())
+                             prelude=prelude, check=load.check.lua(), sample=_lua_string(str(sample_path)))
 
 
-def run_wrk(load: Workload, port, connections, duration_s, warmup_s, scratch: Path) -> RunResult:
-    """wrk -t2 -c16 -d5s --latency with a Lua script that checks every response."""
-    script = scratch / f"{load.name}.lua"
-    script.write_text(wrk_script(load, port))
+def read_wrk_ledger(path: Path) -> PostLedger:
+    ledger = PostLedger(runs=1)
+    for line in path.read_text().splitlines():
+        kind, *rest = line.split()
+        if kind == "sent":
+            prefix, count = rest
+            ledger.sent.update(f"{prefix}{n}" for n in range(1, int(count) + 1))
+        elif kind == "ack":
+            client_id, message_id = rest
+            ledger.acked[client_id] = int(message_id)
+        elif kind == "gunzip":
+            ledger.gunzip = rest == ["yes"]
+    return ledger
+
+
+def run_wrk(load: Workload, port, connections, duration_s, warmup_s, scratch: Path,
+            label: str = "") -> RunResult:
+    """wrk -t2 -c16 -d3s --latency with a Lua script that checks every response
+    (after a warm-up run whose checks count too)."""
     url = f"http://{HOST}:{port}{load.path}"
     threads = str(min(WRK_THREADS, connections))
+    stem = re.sub(r"\W+", "-", load.name).strip("-") + (f"-{label}" if label else "")
 
-    def wrk(seconds):
+    def wrk(seconds, part):
+        script = scratch / f"{stem}-{part}.lua"
+        ledger = scratch / f"{stem}-{part}.ledger"
+        script.write_text(wrk_script(load, port, label=f"{label}{part}", ledger_path=ledger,
+                                     sample_path=scratch / f"{stem}-{part}.failed"))
         argv = ["wrk", "-t", threads, "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
                 "--latency", "-s", str(script), url]
-        return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               timeout=seconds + WRK_TIMEOUT_GRACE_S)
+        found = WRK_RESULT.search(done.stdout)
+        if not found:
+            raise RuntimeError(f"could not read wrk's output:\n{done.stdout}{done.stderr}")
+        figures = [int(found.group(1)), int(found.group(2)), float(found.group(3)), float(found.group(4)),
+                   int(found.group(5)), int(found.group(6)), int(found.group(7))]
+        ledger_data = None
+        if load.posts is not None:
+            ledger_data = read_wrk_ledger(ledger)
+            ledger_data.errors = figures[6]
+        return figures, ledger_data
 
-    if warmup_s > 0:
-        wrk(warmup_s)
-    done = wrk(duration_s)
-    found = WRK_RESULT.search(done.stdout)
-    if not found:
-        raise RuntimeError(f"could not read wrk's output:\n{done.stdout}{done.stderr}")
-    requests, duration_us, p50_us, p99_us, failed, non2xx, errors = found.groups()
-    return RunResult(int(requests) / (int(duration_us) / 1e6), float(p50_us) / 1000,
-                     float(p99_us) / 1000, int(failed), int(non2xx), int(errors))
+    warm, warm_ledger = wrk(warmup_s, "w") if warmup_s > 0 else ([0] * 7, None)
+    (requests, duration_us, p50_us, p99_us, failed, non2xx, errors), ledger = wrk(duration_s, "m")
+    if ledger is not None and warm_ledger is not None:
+        ledger.merge(warm_ledger)
+    sample = None
+    for path in sorted(scratch.glob(f"{stem}-*.failed-*")):
+        status, _, body = path.read_bytes().partition(b"\n")
+        sample = sample or (int(status or 0), body)
+        path.unlink()
+    return RunResult(requests / (duration_us / 1e6), p50_us / 1000, p99_us / 1000,
+                     failed + warm[4], non2xx + warm[5], errors + warm[6], requests + warm[0], ledger, sample)
 
 
 def wrk_version() -> str:
@@ -567,7 +1314,8 @@ _UNTIL_CLOSE = -2
 class _Connection:
     """One keep-alive client connection and the response being read on it."""
 
-    __slots__ = ("sock", "inbox", "outbox", "sent_at", "head_end", "status", "body_length", "close")
+    __slots__ = ("sock", "inbox", "outbox", "sent_at", "head_end", "status", "body_length", "close",
+                 "request", "key")
 
     def __init__(self):
         self.sock = None
@@ -578,6 +1326,8 @@ class _Connection:
         self.status = 0
         self.body_length = 0
         self.close = False
+        self.request = b""  # the request in flight
+        self.key = None  # its client id (posts)
 
 
 class _ConnectionLost(Exception):
@@ -666,24 +1416,30 @@ def _connect(port) -> Optional[socket.socket]:
 
 
 class _Client:
-    """The connections of one client process, driven by one selector until t_stop."""
+    """The connections of one client process, driven by one selector until t_stop.
 
-    def __init__(self, port, request: bytes, connections: int, t_stop: float):
+    Every request is `request`, or, with `make_request`, a new (bytes, key) per
+    request (the keys generated are kept in `sent`)."""
+
+    def __init__(self, port, request: bytes, connections: int, t_stop: float, make_request=None):
         self.port = port
         self.request = request
+        self.make_request = make_request
+        self.sent = []
         self.t_stop = t_stop
         self.selector = selectors.DefaultSelector()
         self.connections = [_Connection() for _ in range(connections)]
         self.errors = 0
 
     def open(self, c: _Connection) -> bool:
-        """(Re)connect and send the first request; False if the run ended first."""
+        """(Re)connect and send the next request; False if the run ended first."""
         if c.sock is not None:
             self.selector.unregister(c.sock)
             c.sock.close()
             c.sock = None
         c.inbox.clear()
         c.head_end = -1
+        c.outbox = None
         while time.perf_counter() < self.t_stop:
             c.sock = _connect(self.port)
             if c.sock is not None:
@@ -694,14 +1450,19 @@ class _Client:
         return False
 
     def send(self, c: _Connection) -> bool:
+        if self.make_request is None:
+            c.request = self.request
+        else:
+            c.request, c.key = self.make_request()
+            self.sent.append(c.key)
         c.sent_at = time.perf_counter()
         try:
-            sent = c.sock.send(self.request)
+            sent = c.sock.send(c.request)
         except OSError:
             self.errors += 1
             return self.open(c)
-        if sent < len(self.request):  # rare: the rest goes when the socket is writable
-            c.outbox = memoryview(self.request)[sent:]
+        if sent < len(c.request):  # rare: the rest goes when the socket is writable
+            c.outbox = memoryview(c.request)[sent:]
             self.selector.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
         return True
 
@@ -725,14 +1486,22 @@ class _Client:
         self.selector.close()
 
 
-def _drive(port, request, check, is_head_request, connections, t_start, t_measure, t_stop) -> dict:
-    """The client process's loop: every response is checked; those completed between
-    t_measure and t_stop are counted and their latency recorded."""
+def _drive(port, load: Workload, tag: str, connections, t_start, t_measure, t_stop) -> dict:
+    """The client process's loop: every response is checked (warm-up included);
+    those completed between t_measure and t_stop are counted and their latency
+    recorded. A post workload also reports the client ids sent and acknowledged."""
     perf = time.perf_counter
     latencies = array("d")
     record = latencies.append
-    failed = non2xx = 0
-    client = _Client(port, request, connections, t_stop)
+    failed = non2xx = checked = 0
+    acked, refused = {}, {}
+    double_acks = 0
+    sample = None
+    posts = load.posts
+    check = load.check
+    is_head_request = load.method == "HEAD"
+    client = _Client(port, load.request_bytes(port), connections, t_stop,
+                     load.request_maker(port, tag) if posts is not None else None)
     select = client.selector.select
     while perf() < t_start:
         time.sleep(0.001)
@@ -760,21 +1529,34 @@ def _drive(port, request, check, is_head_request, connections, t_start, t_measur
                 if body is None:
                     continue
                 now = perf()
+                status = c.status
+                checked += 1
+                if posts is not None:
+                    message_id = posts.accepted(status, body, c.key)
+                    ok = message_id is not None
+                    if ok:
+                        double_acks += c.key in acked
+                        acked[c.key] = message_id
+                    elif status < 200 or status > 299:
+                        refused[c.key] = status
+                else:
+                    ok = check(status, body)
+                if not ok:
+                    failed += 1
+                    sample = sample or (status, body)
+                if status < 200 or status > 299:
+                    non2xx += 1
                 if now >= t_measure:
                     record(now - c.sent_at)
-                    status = c.status
-                    if status < 200 or status > 299:
-                        non2xx += 1
-                    if not check(status, body):
-                        failed += 1
                 if c.close:
                     client.open(c)
                 else:
                     client.send(c)
     finally:
         client.close_all()
-    return {"latencies": latencies.tobytes(), "failed": failed, "non2xx": non2xx,
-            "errors": client.errors}
+    return {"latencies": latencies.tobytes(), "failed": failed, "non2xx": non2xx, "checked": checked,
+            "errors": client.errors, "sent": client.sent, "acked": acked, "refused": refused,
+            "double_acks": double_acks, "sample": sample}
 
 
 def _client_process(pipe, *args) -> None:
@@ -786,7 +1568,7 @@ def _client_process(pipe, *args) -> None:
         pipe.close()
 
 
-def run_stdlib(load: Workload, port, connections, duration_s, warmup_s) -> RunResult:
+def run_stdlib(load: Workload, port, connections, duration_s, warmup_s, label: str = "") -> RunResult:
     """CLIENT_PROCESSES forked processes, each driving its share of the connections."""
     import multiprocessing  # here, so that the benchmark's own start stays light
 
@@ -796,15 +1578,13 @@ def run_stdlib(load: Workload, port, connections, duration_s, warmup_s) -> RunRe
     t_start = time.perf_counter() + CLIENT_START_DELAY_S  # CLOCK_MONOTONIC: shared by processes
     t_measure = t_start + warmup_s
     t_stop = t_measure + duration_s
-    request = load.request_bytes(port)
     clients = []
     reports = []
     try:
-        for share in shares:
+        for index, share in enumerate(shares):
             receiver, sender = context.Pipe(duplex=False)
             proc = context.Process(target=_client_process, daemon=True, args=(
-                sender, port, request, load.check, load.method == "HEAD", share,
-                t_start, t_measure, t_stop))
+                sender, port, load, f"{label}p{index + 1}", share, t_start, t_measure, t_stop))
             proc.start()
             sender.close()
             clients.append((proc, receiver))
@@ -825,9 +1605,19 @@ def run_stdlib(load: Workload, port, connections, duration_s, warmup_s) -> RunRe
     for report in reports:
         latencies.frombytes(report["latencies"])
     ordered = sorted(latencies)
+    ledger = None
+    if load.posts is not None:
+        ledger = PostLedger(runs=1, errors=sum(r["errors"] for r in reports))
+        for report in reports:
+            ledger.sent.update(report["sent"])
+            ledger.double_acks += report["double_acks"]
+            ledger.acked.update(report["acked"])
+            ledger.refused.update(report["refused"])
     return RunResult(len(ordered) / duration_s, percentile(ordered, 50) * 1000,
                      percentile(ordered, 99) * 1000, sum(r["failed"] for r in reports),
-                     sum(r["non2xx"] for r in reports), sum(r["errors"] for r in reports))
+                     sum(r["non2xx"] for r in reports), sum(r["errors"] for r in reports),
+                     sum(r["checked"] for r in reports), ledger,
+                     next((r["sample"] for r in reports if r["sample"]), None))
 
 
 ###############################################################################
@@ -843,12 +1633,18 @@ def percentile(ordered, p) -> float:
 
 
 def median_run(runs: list) -> RunResult:
-    """The median of each figure over repeated runs; the counts are totals."""
+    """The median of each figure over repeated runs; the counts are totals, the ledgers merged."""
+    ledger = None
+    for run in runs:
+        if run.ledger is not None:
+            ledger = ledger or PostLedger()
+            ledger.merge(run.ledger)
     return RunResult(rps=statistics.median(r.rps for r in runs),
                      p50_ms=statistics.median(r.p50_ms for r in runs),
                      p99_ms=statistics.median(r.p99_ms for r in runs),
                      failed=sum(r.failed for r in runs), non2xx=sum(r.non2xx for r in runs),
-                     errors=sum(r.errors for r in runs))
+                     errors=sum(r.errors for r in runs), checked=sum(r.checked for r in runs),
+                     ledger=ledger, sample=next((r.sample for r in runs if r.sample), None))
 
 
 ###############################################################################
@@ -861,8 +1657,11 @@ class Report:
     header: list = field(default_factory=list)
     throughput: list = field(default_factory=list)  # (Workload, generator, RunResult)
     ceilings: dict = field(default_factory=dict)  # generator -> RunResult
+    insert_ceilings: dict = field(default_factory=dict)  # "one"/"batched" -> messages/s
     start_ms: dict = field(default_factory=dict)  # "ceiling"/"fresh"/"initialised" -> [ms]
     rss_mb: dict = field(default_factory=dict)  # ("after start"|"after load", server) -> MB
+    audit: Optional[Audit] = None
+    failures: list = field(default_factory=list)  # what makes the run fail (exit 2)
     notes: list = field(default_factory=list)
 
 
@@ -902,24 +1701,88 @@ def _throughput_target(load: Workload, run: RunResult) -> str:
     return f"{' '.join(parts)} {_verdict(ok)}" if parts else "-"
 
 
+def check_failures(report: Report) -> None:
+    """A failure for every campfire workload with a failed check, a non-2xx or a socket error."""
+    for load, gen, run in report.throughput:
+        if load is CEILING_WORKLOAD:
+            continue
+        if run.failed or run.non2xx or run.errors:
+            report.failures.append(
+                f"{load.name}: {run.failed:,} of {run.checked:,} responses failed their check, "
+                f"{run.non2xx:,} non-2xx, {run.errors:,} socket errors ({gen})"
+                + (f"; the first that failed: {describe_failure(load, *run.sample)}" if run.sample else ""))
+
+
+def describe_failure(load: Workload, status: int, body: bytes) -> str:
+    """What is wrong with a response that failed its check."""
+    check = load.check
+    if isinstance(check, PageCheck):
+        problems = check.problems(status, body)
+        if problems:
+            return "; ".join(problems)
+        if check.reference is None:
+            return "it passes the full check, but there was no verified reference"
+        mine, theirs = gunzipped(body), gunzipped(check.reference)
+        at = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+        return (f"it has the right ids but differs from the reference ({len(mine):,} vs {len(theirs):,} bytes "
+                f"gunzipped) from byte {at:,}: {mine[max(0, at - 60):at + 60]!r} "
+                f"instead of {theirs[max(0, at - 60):at + 60]!r}")
+    if load.posts is not None:
+        try:
+            text = gunzipped(body)
+        except ValueError as error:
+            return f"HTTP {status}, {error}"
+        return f"HTTP {status}: {text[:300]!r}"
+    return f"HTTP {status}: {body[:300]!r}"
+
+
 def format_report(report: Report) -> str:
     out = list(report.header)
     if report.throughput:
         rows = []
+        batched = report.insert_ceilings.get("batched")
         for load, gen, run in report.throughput:
-            ceiling = report.ceilings.get(gen)
             is_ceiling = load is CEILING_WORKLOAD
+            if load.kind == "post":
+                ceiling_rps, ceiling = batched, None
+            else:
+                ceiling = None if is_ceiling else report.ceilings.get(gen)
+                ceiling_rps = ceiling and ceiling.rps
             rows.append([
                 f"{load.name} (hello)" if is_ceiling else load.name,
-                f"{run.rps:,.0f}", _pct(run.rps, ceiling and ceiling.rps),
+                f"{run.rps:,.0f}", _num(ceiling_rps, ",.0f") if not is_ceiling else "-",
+                _pct(run.rps, ceiling_rps),
                 f"{run.p50_ms:.3f}", _pct(run.p50_ms, ceiling and ceiling.p50_ms),
                 f"{run.p99_ms:.3f}", _pct(run.p99_ms, ceiling and ceiling.p99_ms),
                 run.failed, run.non2xx, run.errors, gen,
                 "-" if is_ceiling else _throughput_target(load, run),
                 f"{load.method} {load.path}"])
-        out += ["", "Throughput", _table(
-            ["workload", "req/s", "% ceil", "p50 ms", "% ceil", "p99 ms", "% ceil",
-             "failed", "non-2xx", "errors", "gen", "target", "request"], rows)]
+        out += ["", "Throughput (failed: responses failing their check, warm-up included; "
+                    "ceiling: the hello row of the same gen; for post, SQLite+FTS5 inserts batched "
+                    f"{INSERT_BATCH} per transaction)",
+                _table(["workload", "req/s", "ceiling", "% ceil", "p50 ms", "% ceil", "p99 ms", "% ceil",
+                        "failed", "non-2xx", "errors", "gen", "target", "request"], rows)]
+    posts = [(load, gen, run) for load, gen, run in report.throughput if load.kind == "post"]
+    if posts or report.insert_ceilings or report.audit:
+        out += ["", "Writes: posts beside SQLite+FTS5 inserts (message + rich text + FTS row each; "
+                    "in-process, on a copy of the seeded database, WAL, synchronous=FULL; this run)"]
+        rows = []
+        for key, label in (("one", "insert, 1 per transaction"),
+                           ("batched", f"insert, {INSERT_BATCH} per transaction")):
+            if key in report.insert_ceilings:
+                rate = report.insert_ceilings[key]
+                rows.append([label, f"{rate:,.0f}",
+                             " ".join(f"{_pct(run.rps, rate)} of it" for _, _, run in posts) or "-", ""])
+        for load, gen, run in posts:
+            acked = len(run.ledger.acked) if run.ledger else 0
+            rows.append([f"post ({gen})", f"{run.rps:,.0f}", _throughput_target(load, run),
+                         f"{acked:,} acknowledged posts in all (warm-up included)"])
+        if rows:
+            out.append(_table(["", "messages/s", "post is", ""], rows))
+        if report.audit:
+            audit = report.audit
+            out.append(f"write audit ({audit.seconds:.1f} s): {'ok' if audit.ok else 'FAILED'}: {audit.summary}")
+            out += [f"  audit problem: {p}" for p in audit.problems]
     if report.start_ms:
         ceiling = report.start_ms.get("ceiling")
         ceiling_ms = statistics.median(ceiling) if ceiling else None
@@ -949,6 +1812,14 @@ def format_report(report: Report) -> str:
             ["", "MB", "ceiling MB", "% ceil", "target", ""], rows)]
     if report.notes:
         out += [""] + [f"note: {n}" for n in report.notes]
+    out.append("")
+    if report.failures:
+        out.append(f"FAILED checks ({len(report.failures)}):")
+        out += [f"  {failure}" for failure in report.failures]
+    else:
+        checked = sum(run.checked for load, _, run in report.throughput if load is not CEILING_WORKLOAD)
+        out.append(f"checks: all {checked:,} campfire responses passed"
+                   + ("; write audit ok" if report.audit else ""))
     return "\n".join(out)
 
 
@@ -963,32 +1834,39 @@ def progress(message: str) -> None:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        description="Benchmark campfire.py beside a bare asyncio 'hello' ceiling (PRODUCT.md section 6).")
+        description="Benchmark campfire.py beside a bare asyncio 'hello' ceiling and SQLite insert "
+                    "ceilings (PRODUCT.md section 6).")
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, metavar="S",
-                        help=f"seconds measured per workload, after a {WARMUP_S:g} s warm-up "
+                        help=f"seconds measured per workload, after the warm-up "
                              f"(default {DEFAULT_DURATION_S:g}; wrk rounds to whole seconds)")
+    parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S, metavar="S",
+                        help=f"seconds of warm-up before each measured run (default {DEFAULT_WARMUP_S:g})")
     parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS, metavar="N",
                         help=f"keep-alive connections, one request in flight on each "
                              f"(default {DEFAULT_CONNECTIONS})")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="measure every workload N times and print medians (default 1)")
+    known = list(BASIC_WORKLOADS + READ_WORKLOADS) + [POST_WORKLOAD, "ceiling", "start"]
     parser.add_argument("--only", action="append", metavar="NAME",
-                        help="run only these workloads (comma-separated or repeated); "
+                        help=f"run only these workloads (comma-separated or repeated; {', '.join(known)}); "
+                             "a read name runs it with caches on and off; "
                              "'start' selects the start-time runs; the ceiling always runs")
+    parser.add_argument("--skip-no-cache", action="store_true",
+                        help="do not run the reads again with `serve --no-cache`")
     parser.add_argument("--no-wrk", action="store_true",
                         help="use the stdlib load generator even when wrk is on PATH")
     parser.add_argument("--campfire", type=Path, default=CAMPFIRE_PATH, metavar="PATH",
                         help=f"the server to measure (default {CAMPFIRE_PATH})")
-    parser.add_argument("--seed", type=int, default=0, metavar="MESSAGES",
-                        help="run `campfire.py seed --messages MESSAGES` first and sign in, "
-                             "enabling the signed-in workloads")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED_MESSAGES, metavar="MESSAGES",
+                        help=f"run `campfire.py seed --messages MESSAGES` first and sign in as "
+                             f"{SEED_EMAIL_ADDRESS} (default {DEFAULT_SEED_MESSAGES:,}); 0 skips seeding "
+                             f"and the signed-in workloads")
     parser.add_argument("--ceiling-server", type=int, metavar="PORT",
                         help="only serve the ceiling 'hello' server on PORT, in the foreground")
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.connections < 1 or args.repeat < 1:
-        parser.error("--duration, --connections and --repeat must be positive")
+    if args.duration <= 0 or args.warmup < 0 or args.connections < 1 or args.repeat < 1 or args.seed < 0:
+        parser.error("--duration, --connections and --repeat must be positive, --warmup and --seed not negative")
     args.only = {name for value in args.only or () for name in value.split(",") if name}
-    known = [w.name for w in campfire_workloads("session_token=any")] + ["ceiling", "start"]
     if args.only - set(known):
         parser.error(f"--only: no workload named {', '.join(sorted(args.only - set(known)))} "
                      f"(known: {', '.join(known)})")
@@ -1021,29 +1899,15 @@ def measure_start_times(args, processes, report, scratch: Path, wanted) -> None:
         report.notes.append(f"campfire.py did not serve /up; its log ends:\n{log_tail(log)}")
 
 
-def start_load_servers(args, processes, report, scratch: Path, with_campfire: bool):
-    """The ceiling and campfire (on an initialised, optionally seeded storage) for the
-    load: (ceiling, campfire or None, session cookie or None)."""
-    ceiling, _ = start_server(processes, "ceiling", ceiling_argv, Expect(200))
-    if ceiling is None:
-        raise RuntimeError("the ceiling server did not start")
-    if not with_campfire:
-        return ceiling, None, None
-    storage = scratch / "load-storage"
-    storage.mkdir()
-    log = scratch / "campfire-load.log"
-    if args.seed:
-        progress(f"seeding {args.seed:,} messages")
-        if not seed_storage(args.campfire, storage, args.seed, log):
-            report.notes.append(f"seeding failed; its log ends:\n{log_tail(log)}")
-    campfire, _ = start_server(
-        processes, "campfire", lambda port: campfire_argv(args.campfire, port),
+def start_campfire(args, processes, report, storage: Path, log: Path, *, no_cache=False) -> Optional[Server]:
+    what = "campfire --no-cache" if no_cache else "campfire"
+    progress(f"starting {what}")
+    server, _ = start_server(
+        processes, "campfire", lambda port: campfire_argv(args.campfire, port, no_cache=no_cache),
         Expect(200, contains=(UP_MARKER,)), env=campfire_env(storage), log_path=log)
-    if campfire is None:
-        report.notes.append(f"campfire.py did not serve /up; its log ends:\n{log_tail(log)}")
-        return ceiling, None, None
-    cookie = sign_in(campfire.port, SEED_EMAIL_ADDRESS, SEED_PASSWORD) if args.seed else None
-    return ceiling, campfire, cookie
+    if server is None:
+        report.notes.append(f"{what} did not serve /up; its log ends:\n{log_tail(log)}")
+    return server
 
 
 def record_rss(report, when, servers) -> None:
@@ -1054,40 +1918,69 @@ def record_rss(report, when, servers) -> None:
             report.rss_mb[(when, server.name)] = rss_mb(server.proc.pid)
 
 
-def measure_throughput(args, report, use_wrk, loads, ceiling, campfire, scratch: Path) -> None:
-    """Every workload (ceiling first) --repeat times; the medians go into the report.
+class Runner:
+    """Runs workloads --repeat times (interleaved within a phase) and puts the medians in
+    the report; measures the hello ceiling with each generator before its first use."""
 
-    The ceiling is measured by every generator that a workload uses, so each row is
-    compared with a ceiling measured the same way."""
-    def generator_for(load):
-        return "wrk" if use_wrk and load.wrk_can_check else "py"
+    def __init__(self, args, report, use_wrk, ceiling: Server, scratch: Path):
+        self.args, self.report, self.use_wrk = args, report, use_wrk
+        self.ceiling, self.scratch = ceiling, scratch
 
-    generators = sorted({generator_for(w) for w in loads} or {generator_for(CEILING_WORKLOAD)})
-    plan = [(CEILING_WORKLOAD, ceiling, gen, []) for gen in generators]
-    plan += [(load, campfire, generator_for(load), []) for load in loads]
-    for repeat in range(args.repeat):
-        for load, server, gen, runs in plan:
-            progress(f"run {repeat + 1}/{args.repeat}: {load.name} {load.method} {load.path} ({gen})")
-            if gen == "wrk":
-                run = run_wrk(load, server.port, args.connections, args.duration, WARMUP_S, scratch)
-            else:
-                run = run_stdlib(load, server.port, args.connections, args.duration, WARMUP_S)
-            progress(f"  {run.rps:,.0f} req/s  p50 {run.p50_ms:.3f} ms  p99 {run.p99_ms:.3f} ms  "
-                     f"failed {run.failed}  non-2xx {run.non2xx}  errors {run.errors}")
-            runs.append(run)
-    for load, _, gen, runs in plan:
-        result = median_run(runs)
-        if load is CEILING_WORKLOAD:
-            report.ceilings[gen] = result
-        report.throughput.append((load, gen, result))
+    def generator_for(self, load) -> str:
+        return "wrk" if self.use_wrk and load.wrk_can_check else "py"
+
+    def _run(self, load, server, gen, label) -> RunResult:
+        args = self.args
+        progress(f"{label}: {load.name} {load.method} {load.path} ({gen})")
+        if gen == "wrk":
+            run = run_wrk(load, server.port, args.connections, args.duration, args.warmup, self.scratch, label)
+        else:
+            run = run_stdlib(load, server.port, args.connections, args.duration, args.warmup, label)
+        progress(f"  {run.rps:,.0f} req/s  p50 {run.p50_ms:.3f} ms  p99 {run.p99_ms:.3f} ms  "
+                 f"failed {run.failed}  non-2xx {run.non2xx}  errors {run.errors}")
+        return run
+
+    def ceilings(self, gens) -> None:
+        gens = sorted(set(gens) - set(self.report.ceilings))
+        if gens:
+            self.phase([CEILING_WORKLOAD] * len(gens), self.ceiling, gens)
+
+    def phase(self, loads, server, gens=None) -> None:
+        gens = gens or [self.generator_for(load) for load in loads]
+        if any(load is not CEILING_WORKLOAD for load in loads):
+            self.ceilings(gens)
+        plan = [(load, gen, []) for load, gen in zip(loads, gens)]
+        for repeat in range(self.args.repeat):
+            for load, gen, runs in plan:
+                runs.append(self._run(load, server, gen, f"r{repeat + 1}"))
+        for load, gen, runs in plan:
+            result = median_run(runs)
+            if load is CEILING_WORKLOAD:
+                self.report.ceilings[gen] = result
+            self.report.throughput.append((load, gen, result))
+
+
+def prepare_reads(loads, server, scratch, report) -> list:
+    """Each read with its reference fetched from this server and checked (with_reference())."""
+    prepared = []
+    for load in loads:
+        ready, problems = with_reference(load, server.port, scratch)
+        if problems:
+            report.failures.append(f"{load.name}: the reference response is wrong, so every response "
+                                   f"counts as failed: {'; '.join(problems)}")
+        elif not ready.check.stable:
+            report.notes.append(f"{load.name}: two responses differed byte for byte, so it ran on the "
+                                f"stdlib generator (which gunzips and checks every response)")
+        prepared.append(ready)
+    return prepared
 
 
 def run_benchmark(args, processes: Processes) -> int:
     use_wrk = shutil.which("wrk") is not None and not args.no_wrk
     report = Report(header=[
         f"Campfire benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-        f"{args.connections} keep-alive connections, {args.duration:g} s per run after a "
-        f"{WARMUP_S:g} s warm-up, median of {args.repeat} run(s)",
+        f"SQLite {sqlite3.sqlite_version}, {args.connections} keep-alive connections, {args.duration:g} s "
+        f"per run after a {args.warmup:g} s warm-up, median of {args.repeat} run(s)",
         "generator: " + (f"wrk {wrk_version()} (-t{min(WRK_THREADS, args.connections)})" if use_wrk
                          else f"stdlib, {min(CLIENT_PROCESSES, args.connections)} processes"),
         f"server: {args.campfire}" + ("" if args.campfire.exists() else " (missing)"),
@@ -1106,21 +1999,106 @@ def run_benchmark(args, processes: Processes) -> int:
         measure_start_times(args, processes, report, scratch, wanted)
         if report.start_ms.get("fresh") == []:
             campfire_ok = False
-        if not args.only or args.only - {"start"}:
-            ceiling, campfire, cookie = start_load_servers(args, processes, report, scratch,
-                                                           with_campfire=campfire_ok)
-            campfire_ok = campfire is not None
-            loads = [w for w in campfire_workloads(cookie) if wanted(w.name)] if campfire else []
-            skipped = args.only - {w.name for w in loads} - {"start", "ceiling"}
-            if skipped and campfire:
-                report.notes.append(f"not run (signed-in workloads need --seed): "
-                                    f"{', '.join(sorted(skipped))}")
-            record_rss(report, "after start", (ceiling, campfire))
-            measure_throughput(args, report, use_wrk, loads, ceiling, campfire, scratch)
-            record_rss(report, "after load", (ceiling, campfire))
+        if campfire_ok and (not args.only or args.only - {"start"}):
+            campfire_ok = run_loads(args, processes, report, scratch, use_wrk, wanted)
+        elif not args.only or args.only - {"start"}:
+            ceiling, _ = start_server(processes, "ceiling", ceiling_argv, Expect(200))
+            if ceiling is None:
+                raise RuntimeError("the ceiling server did not start")
+            Runner(args, report, use_wrk, ceiling, scratch).ceilings(["wrk" if use_wrk else "py"])
         processes.stop_all()
+    check_failures(report)
     print(format_report(report), flush=True)
-    return 0 if campfire_ok else 1
+    if not campfire_ok:
+        return EXIT_CAMPFIRE_DID_NOT_START
+    return EXIT_CHECKS_FAILED if report.failures else 0
+
+
+def run_loads(args, processes, report, scratch: Path, use_wrk, wanted) -> bool:
+    """The load phases; False when campfire.py did not start.
+
+      1. seed, read the expected ids from the database, start campfire, sign in
+      2. up, static and the reads, on campfire as it ships
+      3. the reads on `campfire.py serve --no-cache` (same storage)
+      4. post on campfire as it ships; SIGKILL; the write audit; the insert ceilings
+    """
+    ceiling, _ = start_server(processes, "ceiling", ceiling_argv, Expect(200))
+    if ceiling is None:
+        raise RuntimeError("the ceiling server did not start")
+    runner = Runner(args, report, use_wrk, ceiling, scratch)
+    storage = scratch / "load-storage"
+    storage.mkdir()
+    log = scratch / "campfire-load.log"
+    facts = None
+    signed_in_wanted = any(wanted(name) for name in READ_WORKLOADS + (POST_WORKLOAD,))
+    if args.seed and signed_in_wanted:
+        progress(f"seeding {args.seed:,} messages")
+        seeded_at = time.perf_counter()
+        if seed_storage(args.campfire, storage, args.seed, log):
+            seconds = time.perf_counter() - seeded_at
+            try:
+                facts = read_seed_facts(database_path(storage), SEED_EMAIL_ADDRESS)
+            except (RuntimeError, sqlite3.Error) as error:
+                report.failures.append(f"the seeded database is not as expected: {error}")
+            if facts:
+                report.header.append(
+                    f"database: {facts.messages:,} messages seeded in {seconds:.1f} s; signed in as "
+                    f"{SEED_EMAIL_ADDRESS}; room {READ_ROOM_ID}: {facts.room_messages:,} messages, "
+                    f"before={facts.before_id} (its middle one); q={SEARCH_WORD}: {facts.search_matches:,} "
+                    f"matches in {len(facts.room_ids)} rooms")
+        else:
+            report.failures.append(f"seeding failed; its log ends:\n{log_tail(log)}")
+    elif not args.seed:
+        report.notes.append("--seed 0: the signed-in workloads did not run")
+
+    campfire = start_campfire(args, processes, report, storage, log)
+    if campfire is None:
+        return False
+    cookie = None
+    if facts:
+        cookie = sign_in(campfire.port, SEED_EMAIL_ADDRESS, SEED_PASSWORD)
+        if cookie is None:
+            report.failures.append(f"sign-in as {SEED_EMAIL_ADDRESS} failed: the signed-in workloads did not run")
+    spec = PostSpec(token="bx" + secrets.token_hex(4), room_id=READ_ROOM_ID,
+                    creator_id=facts.user_id) if facts else None
+    loads = [w for w in campfire_workloads(cookie, facts if cookie else None, spec) if wanted(w.name)]
+    reads = [w for w in loads if w.kind == "read"]
+
+    # 2. As it ships.
+    record_rss(report, "after start", (ceiling, campfire))
+    runner.phase([w for w in loads if w.kind == "basic"] + prepare_reads(reads, campfire, scratch, report),
+                 campfire)
+    record_rss(report, "after load", (ceiling, campfire))
+    processes.stop(campfire.proc)
+
+    # 3. Caches off.
+    if reads and not args.skip_no_cache:
+        uncached = start_campfire(args, processes, report, storage, log, no_cache=True)
+        if uncached is None:
+            return False
+        runner.phase(prepare_reads([without_cache(w) for w in reads], uncached, scratch, report), uncached)
+        processes.stop(uncached.proc)
+
+    # 4. Posts, the write audit and the insert ceilings.
+    posts = [w for w in loads if w.kind == "post"]
+    if posts:
+        writer = start_campfire(args, processes, report, storage, log)
+        if writer is None:
+            return False
+        runner.phase(posts, writer)
+        processes.stop(writer.proc, kill=True)  # only what was committed counts
+        run = report.throughput[-1][2]
+        ledger = run.ledger or PostLedger()
+        if ledger.gunzip is False:
+            report.notes.append("wrk's Lua could not load zlib through FFI, so the posts were sent without "
+                                "Accept-Encoding: gzip")
+        progress("write audit")
+        report.audit = audit_posts(facts.db_path, spec, ledger, facts.messages, args.connections)
+        if not report.audit.ok:
+            report.failures.append("write audit: " + "; ".join(report.audit.problems))
+        report.insert_ceilings = measure_insert_ceilings(facts.db_path, scratch, args.duration,
+                                                         READ_ROOM_ID, facts.user_id)
+    return True
 
 
 def main(argv=None) -> int:

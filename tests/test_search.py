@@ -1,0 +1,192 @@
+"""Search (CAMPFIRE.md, Search): FTS5 with porter stemming over the user's own
+rooms, the newest 100 matches oldest first, queries that can't break MATCH,
+and the 10 recent searches kept per user."""
+
+import re
+import unittest
+import urllib.parse
+from unittest import mock
+
+from tests.helpers import Client, campfire
+from tests.test_messages import seed_messages
+from tests.test_rooms import ChatTestCase, message_ids
+
+
+def results(client, query):
+    page = client.get("/searches?" + urllib.parse.urlencode({"q": query}))
+    assert page.status == 200, (page.status, query)
+    return message_ids(page.text, "search-results")
+
+
+def recent(client, path="/searches"):
+    page = client.get(path).text
+    section = page[page.index('class="search__recent"'):page.index('id="search-results"')]
+    return [urllib.parse.unquote_plus(query) for query in re.findall(r'href="/searches\?q=([^"]*)"', section)]
+
+
+class SearchTests(ChatTestCase):
+    def test_finds_a_word(self):
+        wanted = self.post_id(self.bob, 1, "the kettle is boiling")
+        self.post_id(self.bob, 1, "unrelated chatter")
+        self.assertEqual(results(self.ada, "kettle"), [wanted])
+        self.assertEqual(results(self.ada, "KETTLE"), [wanted])
+        self.assertEqual(results(self.ada, "teapot"), [])
+
+    def test_every_word_must_match(self):
+        both = self.post_id(self.bob, 1, "red apples")
+        self.post_id(self.bob, 1, "red cars")
+        self.assertEqual(results(self.ada, "red apples"), [both])
+        self.assertEqual(results(self.ada, "apples red"), [both])
+
+    def test_porter_stemming_matches_word_forms(self):
+        running = self.post_id(self.bob, 1, "I was running late")
+        runs = self.post_id(self.bob, 1, "she runs daily")
+        self.assertEqual(results(self.ada, "run"), [running, runs])
+        self.assertEqual(results(self.ada, "running"), [running, runs])
+        self.assertEqual(results(self.ada, "runs"), [running, runs])
+
+    def test_page_has_search_results_with_message_elements(self):
+        message = self.post_id(self.bob, 1, "<div>find <strong>this</strong> one</div>")
+        page = self.ada.get("/searches?q=find")
+        self.assertEqual(page.status, 200)
+        self.assertIn('id="search-results"', page.text)
+        self.assertRegex(page.text, r'id="search-results"[^>]*>.*class="message" id="message_%d"' % message)
+        self.assertIn("<strong>this</strong>", page.text)
+        self.assertIn("1 message for", page.text)
+
+    def test_newest_100_matches_shown_oldest_first(self):
+        ids = seed_messages(self.app, 1, self.bob_id, 130, word="needle")
+        seed_messages(self.app, 1, self.bob_id, 10, word="haystack", start=campfire.time.time() - 10)
+        found = results(self.ada, "needle")
+        self.assertEqual(len(found), campfire.SEARCH_RESULT_LIMIT)
+        self.assertEqual(found, ids[-100:])
+
+    def test_matches_in_a_closed_room_never_reach_a_non_member(self):
+        hidden = self.post_id(self.carol, self.closed, "launch codes")
+        shared = self.post_id(self.bob, 1, "launch party")
+        self.assertEqual(results(self.dave, "launch"), [shared])
+        self.assertEqual(results(self.bob, "launch"), [hidden, shared])
+        self.assertEqual(results(self.dave, "codes"), [])
+        self.assertEqual(results(self.dave, "launch codes"), [])
+
+    def test_membership_scoped_fallback_keeps_closed_rooms_private(self):
+        closed_hits = seed_messages(self.app, self.closed, self.carol_id, 8, word="fallback")
+        open_hits = seed_messages(self.app, 1, self.bob_id, 2, word="fallback", start=campfire.time.time() - 100)
+        newest_closed = seed_messages(self.app, self.closed, self.carol_id, 3, word="fallback",
+                                      start=campfire.time.time() - 50)
+        with mock.patch.object(campfire, "SEARCH_PROBE_LIMIT", 5):
+            self.assertEqual(results(self.dave, "fallback"), open_hits)
+            self.assertEqual(results(self.bob, "fallback"), closed_hits + open_hits + newest_closed)
+            self.assertEqual([row["id"] for row in self.app.store.search(self.dave_id, "fallback")], open_hits)
+
+    def test_fallback_also_returns_only_the_newest_100(self):
+        ids = seed_messages(self.app, 1, self.bob_id, 120, word="plenty")
+        with mock.patch.object(campfire, "SEARCH_PROBE_LIMIT", 5):
+            self.assertEqual(results(self.ada, "plenty"), ids[-100:])
+
+    def test_removed_member_no_longer_finds_the_rooms_messages(self):
+        message = self.post_id(self.carol, self.closed, "classified material")
+        self.assertEqual(results(self.bob, "classified"), [message])
+        self.carol.post("/rooms/closeds/%d" % self.closed, {"_method": "patch", "room[name]": "Secret Plans",
+                                                            "user_ids[]": [str(self.ada_id)]})
+        self.assertEqual(results(self.bob, "classified"), [])
+
+    def test_fts_syntax_in_queries_never_500s(self):
+        self.post_id(self.bob, 1, "near and or not col word quote")
+        queries = ['"', '""', '*', 'wor*', 'NEAR(a b)', 'NEAR(near and, 2)', 'a AND', 'AND', 'OR', 'NOT x', 'x NOT',
+                   '(', ')', '((near)', '^', '^near', 'col:word', 'body:near', "'", "it's", '-', '-near', '+', '+near',
+                   '{}', '{body}: near', '[', ']', '\\', '%', '_', '\0', 'a"b', '"near" OR "and"', 'near AND NOT or',
+                   'x' * 10_240, ('word ' * 2_000), 'ünïcødé 漢字 🔥 مرحبا', '\u202e', '', ' ', '*:*', 'NEAR/2']
+        for query in queries:
+            with self.subTest(query=query[:40]):
+                page = self.ada.get("/searches?" + urllib.parse.urlencode({"q": query}))
+                self.assertEqual(page.status, 200)
+                self.assertIn('id="search-results"', page.text)
+
+    def test_operator_words_are_searched_as_words(self):
+        message = self.post_id(self.bob, 1, "salt AND pepper, NOT sugar")
+        self.assertEqual(results(self.ada, "NOT sugar"), [message])
+        self.assertEqual(results(self.ada, "salt AND"), [message])
+        self.assertEqual(results(self.ada, "pepper OR cinnamon"), [])
+
+    def test_punctuation_becomes_spaces(self):
+        message = self.post_id(self.bob, 1, "deploy-script failed")
+        self.assertEqual(results(self.ada, "deploy script"), [message])
+        self.assertEqual(results(self.ada, '"deploy-script"'), [message])
+        self.assertEqual(results(self.ada, "failed!"), [message])
+
+    def test_fts_match_expression_quotes_every_word(self):
+        self.assertIsNone(campfire.fts_match_expression(""))
+        self.assertIsNone(campfire.fts_match_expression('"*^()'))
+        self.assertEqual(campfire.fts_match_expression('NEAR(a b) col:x'), '"NEAR" "a" "b" "col" "x"')
+        self.assertLessEqual(len(campfire.fts_match_expression("w " * 1000).split()), campfire.MAX_SEARCH_WORDS)
+
+    def test_searching_needs_sign_in(self):
+        self.assertEqual(Client(self.app).get("/searches?q=x").status, 302)
+
+
+class RecentSearchTests(ChatTestCase):
+    def search(self, client, query):
+        return client.get("/searches?" + urllib.parse.urlencode({"q": query}))
+
+    def stored(self, user_id):
+        return [row[0] for row in self.app.db.all("SELECT query FROM searches WHERE user_id = ? ORDER BY id",
+                                                  (user_id,))]
+
+    def test_only_the_10_most_recent_searches_are_kept(self):
+        queries = ["topic%02d" % index for index in range(12)]
+        for query in queries:
+            self.search(self.bob, query)
+        self.assertEqual(self.stored(self.bob_id), queries[-10:])
+        self.assertEqual(recent(self.bob), list(reversed(queries[-10:])))
+
+    def test_repeating_the_latest_search_is_not_recorded_twice(self):
+        self.search(self.bob, "same thing")
+        self.search(self.bob, "same thing")
+        self.search(self.bob, "same thing")
+        self.assertEqual(self.stored(self.bob_id), ["same thing"])
+
+    def test_repeating_an_older_search_moves_it_to_the_top(self):
+        for query in ("first", "second", "first"):
+            self.search(self.bob, query)
+        self.assertEqual(self.stored(self.bob_id), ["second", "first"])
+
+    def test_searches_are_kept_per_user(self):
+        self.search(self.bob, "bobs query")
+        self.search(self.carol, "carols query")
+        self.assertEqual(self.stored(self.bob_id), ["bobs query"])
+        self.assertEqual(recent(self.carol), ["carols query"])
+
+    def test_clear_removes_them(self):
+        for query in ("one", "two", "three"):
+            self.search(self.bob, query)
+        self.search(self.carol, "stays")
+        response = self.bob.post("/searches/clear", {"_method": "delete"})
+        self.assertEqual(response.status, 303)
+        self.assertEqual(response.header("Location"), "/searches")
+        self.assertEqual(self.stored(self.bob_id), [])
+        self.assertEqual(recent(self.bob), [])
+        self.assertEqual(self.stored(self.carol_id), ["stays"])
+        self.search(self.bob, "three")
+        self.assertEqual(self.stored(self.bob_id), ["three"])
+
+    def test_empty_or_wordless_queries_are_not_recorded(self):
+        for query in ("", "   ", "***", '"'):
+            self.search(self.bob, query)
+        self.assertEqual(self.stored(self.bob_id), [])
+
+    def test_recent_searches_list_is_fresh_after_each_search(self):
+        self.assertEqual(recent(self.bob), [])
+        self.search(self.bob, "alpha")
+        self.assertEqual(recent(self.bob), ["alpha"])
+        self.search(self.bob, "beta")
+        self.assertEqual(recent(self.bob, "/searches?q=alpha"), ["alpha", "beta"])
+
+    def test_queries_are_capped(self):
+        self.search(self.bob, "long " * 200)
+        [query] = self.stored(self.bob_id)
+        self.assertLessEqual(len(query), campfire.MAX_SEARCH_QUERY_CHARS)
+
+
+if __name__ == "__main__":
+    unittest.main()
