@@ -3036,8 +3036,8 @@ class Router:
                     converters[match.group(2)] = match.group(1)
                     return "(?P<%s>%s)" % (match.group(2), _PARAM_PATTERNS[match.group(1)])
                 regex = re.compile("^" + _PARAM_RE.sub(replace, re.escape(spec.pattern).replace(r"\<", "<").replace(r"\>", ">")) + "$")
-                first = spec.pattern.split("/")[1]
-                self._dynamic[(spec.method, first)].append((regex, converters, handler, spec))
+                segments = spec.pattern.split("/")
+                self._dynamic[(spec.method, segments[1], len(segments))].append((regex, converters, handler, spec))
         for routes in self._dynamic.values():  # literal segments win over parameters
             routes.sort(key=lambda item: item[3].pattern.count("<"))
 
@@ -3046,8 +3046,12 @@ class Router:
         found = self._static.get((method, path))
         if found:
             return found[0], found[1], {}
-        first = path.split("/", 2)[1] if path.count("/") >= 1 else ""
-        for regex, converters, handler, spec in self._dynamic.get((method, first), ()):
+        segments = path.split("/")
+        candidates = self._dynamic.get((method, segments[1] if len(segments) > 1 else "", len(segments)), ())
+        if not candidates and segments[-1] != "":  # a <path:…> pattern spans segments
+            candidates = [item for key, items in self._dynamic.items() if key[:2] == (method, segments[1])
+                          for item in items if "<path:" in item[3].pattern]
+        for regex, converters, handler, spec in candidates:
             matched = regex.match(path)
             if matched:
                 params = {}
@@ -4629,9 +4633,10 @@ class App:
         self.events.message_removed(message)
 
     def body_limit(self, method, path):
-        """The largest body any route at this path accepts (413 past it)."""
-        limits = [spec.body_limit for candidate in ("GET", "POST", "PUT", "PATCH", "DELETE")
-                  if (found := self.router.match(candidate, path)) for spec in (found[1],)]
+        """The largest body the route accepts (413 past it). A POST may stand for
+        PATCH, PUT or DELETE through _method, so those routes count for it too."""
+        methods = (method,) if method != "POST" else ("POST", "PATCH", "PUT", "DELETE")
+        limits = [found[1].body_limit for candidate in methods if (found := self.router.match(candidate, path))]
         return max(limits) if limits else FORM_BODY_LIMIT
 
     # Requests ------------------------------------------------------------------
