@@ -2539,7 +2539,7 @@ class Store:
     def create_message(self, room_id, creator_id, client_message_id, body, plain_text, now=None):
         """The message, its rich text and its search row, in the caller's transaction.
 
-        Returns (message_id, ids of members whose room just became unread)."""
+        Returns (the message as a row would read, ids of members whose room just became unread)."""
         stamp = utc_now_text(now)
         message_id = self.db.execute(
             "INSERT INTO messages (room_id, creator_id, client_message_id, created_at, updated_at) "
@@ -2557,7 +2557,9 @@ class Store:
         self.db.execute("UPDATE rooms SET updated_at = ? WHERE id = ?", (stamp, room_id))
         self.bump_room(room_id)
         self.bump_users(unread)
-        return message_id, unread
+        message = {"id": message_id, "room_id": room_id, "creator_id": creator_id,
+                   "client_message_id": client_message_id, "created_at": stamp, "updated_at": stamp, "body": body}
+        return message, unread
 
     def update_message(self, message, body, plain_text, now=None):
         stamp = utc_now_text(now)
@@ -4609,10 +4611,9 @@ class App:
         if not plain.strip():
             raise Unprocessable("A message can't be empty.")
         with self.db.atomic():
-            message_id, unread_user_ids = self.store.create_message(room.id, user.id, client_message_id, body, plain)
+            message, unread_user_ids = self.store.create_message(room.id, user.id, client_message_id, body, plain)
         if room.direct:  # direct rooms are listed by recency in every member's sidebar
             self.store.bump_users(self.store.room_member_ids(room.id))
-        message = self.store.message(message_id)
         self.events.message_created(room, message, unread_user_ids)
         return message, True
 

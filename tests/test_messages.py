@@ -23,10 +23,10 @@ def seed_messages(app, room_id, creator_id, count, word="Message", start=SEED_ST
     ids = []
     with app.db.atomic():
         for index in range(count):
-            message_id, _ = app.store.create_message(room_id, creator_id, "seed-%d" % index,
-                                                     "<div>%s %d</div>" % (word, index), "%s %d" % (word, index),
-                                                     now=start + index)
-            ids.append(message_id)
+            message, _ = app.store.create_message(room_id, creator_id, "seed-%d" % index,
+                                                  "<div>%s %d</div>" % (word, index), "%s %d" % (word, index),
+                                                  now=start + index)
+            ids.append(message["id"])
     return ids
 
 
