@@ -2838,17 +2838,6 @@ def render_error_page(app, request, status, message):
         request.user = user
 
 
-def iso_time(db_time):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(parse_db_time(db_time) or 0))
-
-
-def render_time(created_at):
-    """<time> in UTC; the browser shows it in the reader's own time zone."""
-    seconds = parse_db_time(created_at) or 0
-    return HTML('<time datetime="{iso}">{short}</time>').format(
-        iso=iso_time(created_at), short=time.strftime("%H:%M", time.gmtime(seconds)))
-
-
 def render_avatar(user_id, size=36):
     return HTML('<img class="avatar" src="/users/{id}/avatar" alt="" width="{size}" height="{size}" loading="lazy">').format(
         id=user_id, size=size)
@@ -2880,8 +2869,6 @@ def render_message(app, message, boosts=()):
     cached = app.message_cache.get(key) if app.config.cache else None
     if cached is not None:
         return cached
-    creator = app.store.user(message["creator_id"])
-    name = creator.name if creator else "Deleted user"
     stored = message["body"] or ""
     sound = message_sound(app.plain_text(stored)) if "/play " in stored else None
     if sound:
@@ -2892,14 +2879,13 @@ def render_message(app, message, boosts=()):
         body = app.render_body(stored)
     edited = HTML(' <span class="message__edited" title="Edited">(edited)</span>') \
         if message["updated_at"] != message["created_at"] and message["updated_at"] > message["created_at"] else ""
-    room_id = message["room_id"]
+    room_id, seconds = message["room_id"], parse_db_time(message["created_at"]) or 0
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
     rendered = HTML(
         '<div class="message" id="message_{id}" data-message-id="{id}" data-client-message-id="{client_id}" '
-        'data-creator-id="{creator_id}" data-created-at="{created}"{sound_attr}>'
-        '<a class="message__avatar" href="/users/{creator_id}" tabindex="-1" aria-hidden="true">{avatar}</a>'
-        '<div class="message__content"><div class="message__meta">'
-        '<a class="message__author" href="/users/{creator_id}">{name}</a> '
-        '<a class="message__permalink" href="/rooms/{room_id}/@{id}">{time}</a>{edited}</div>'
+        'data-creator-id="{creator_id}" data-created-at="{created}"{sound_attr}>{author}'
+        '<a class="message__permalink" href="/rooms/{room_id}/@{id}"><time datetime="{created}">{short}</time></a>'
+        '{edited}</div>'
         '<div class="message__body">{body}</div>'
         '<ul class="boosts" id="boosts_message_{id}">{boosts}</ul>'
         '<div class="message__actions">'
@@ -2910,14 +2896,28 @@ def render_message(app, message, boosts=()):
         '<input type="hidden" name="_method" value="delete">'
         '<button type="submit" data-action="delete">Delete</button></form>'
         '</div></div></div>').format(
-        id=message["id"], client_id=message["client_message_id"], creator_id=message["creator_id"],
-        created=iso_time(message["created_at"]),
+        id=HTML(message["id"]), client_id=message["client_message_id"], creator_id=HTML(message["creator_id"]),
+        created=HTML(created), short=HTML(created[11:16]),
         sound_attr=HTML(' data-sound="{}"').format(sound) if sound else "",
-        avatar=render_avatar(message["creator_id"]), name=name, room_id=room_id,
-        time=render_time(message["created_at"]), edited=edited, body=body,
+        author=_message_author(app, message["creator_id"]), room_id=HTML(room_id), edited=edited, body=body,
         boosts=HTML("").join(render_boost(app, boost, room_id) for boost in boosts))
     app.message_cache.put(key, rendered)
     return rendered
+
+
+def _message_author(app, creator_id):
+    """The avatar and name that open a message, cached per person until names change."""
+    key = ("author", creator_id, app.store.global_version)
+    author = app.message_cache.get(key) if app.config.cache else None
+    if author is None:
+        creator = app.store.user(creator_id)
+        author = HTML(
+            '<a class="message__avatar" href="/users/{id}" tabindex="-1" aria-hidden="true">{avatar}</a>'
+            '<div class="message__content"><div class="message__meta">'
+            '<a class="message__author" href="/users/{id}">{name}</a> ').format(
+            id=creator_id, avatar=render_avatar(creator_id), name=creator.name if creator else "Deleted user")
+        app.message_cache.put(key, author)
+    return author
 
 
 def render_messages(app, messages):
