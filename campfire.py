@@ -14,6 +14,7 @@ pure code to the code that touches the world:
   5. WebSocket                RFC 6455 framing and permessage-deflate, sans-I/O
   6. Action Cable             the JSON protocol spoken on /cable
   7. Rich text                the allow-list sanitizer, auto-links, plain text, mentions
+ 7a. QR codes                 byte-mode QR symbols as SVG, for invitation and sign-in links
   8. Storage                  Campfire's SQLite schema, migrations, atomic()
   9. Domain                   accounts, users, sessions, rooms, messages, search
  10. Rendering                HTML pages, all through one escaping helper
@@ -40,6 +41,7 @@ import errno
 import hashlib
 import hmac
 import html
+import ipaddress
 import itertools
 import json
 import logging
@@ -55,6 +57,7 @@ import sys
 import time
 import traceback
 import urllib.parse
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from html import unescape
@@ -1962,6 +1965,313 @@ def _link_mentions_in_text(text, candidates):
 
 
 ####
+#### 7a. QR codes (ISO/IEC 18004)
+####
+# ISO/IEC 18004:2015, byte mode only, rendered as SVG for /qr_code/<id>.
+
+QR_LEVELS = "LMQH"
+QR_MIN_VERSION, QR_MAX_VERSION = 1, 40
+_QR_MODE_BYTE = 0b0100  # §7.4.5 mode indicator for 8-bit byte data
+_QR_PAD_CODEWORDS = (0b11101100, 0b00010001)  # §7.4.10, alternated to fill capacity
+_QR_LEVEL_BITS = {"L": 0b01, "M": 0b00, "Q": 0b11, "H": 0b10}  # §7.9.1 Table 12
+_QR_FORMAT_GENERATOR = 0b10100110111  # Annex C: BCH(15,5) generator polynomial
+_QR_FORMAT_MASK = 0b101010000010010  # Annex C: keeps the format bits from being all zero
+_QR_VERSION_GENERATOR = 0b1111100100101  # Annex D: BCH(18,6) generator polynomial
+_QR_FIRST_VERSION_WITH_INFO = 7  # §7.10: smaller symbols carry no version information
+_GF256_PRIMITIVE = 0x11D  # §7.5.2: x^8 + x^4 + x^3 + x^2 + 1
+
+# §7.5.1 Table 9, per version 1..40: error correction codewords in each block ...
+_QR_EC_CODEWORDS_PER_BLOCK = {
+    "L": (7, 10, 15, 20, 26, 18, 20, 24, 30, 18, 20, 24, 26, 30, 22, 24, 28, 30, 28, 28,
+          28, 28, 30, 30, 26, 28, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30),
+    "M": (10, 16, 26, 18, 24, 16, 18, 22, 22, 26, 30, 22, 22, 24, 24, 28, 28, 26, 26, 26,
+          26, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28),
+    "Q": (13, 22, 18, 26, 18, 24, 18, 22, 20, 24, 28, 26, 24, 20, 30, 24, 28, 28, 26, 30,
+          28, 30, 30, 30, 30, 28, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30),
+    "H": (17, 28, 22, 16, 22, 28, 26, 26, 24, 28, 24, 28, 22, 24, 24, 30, 28, 28, 26, 28,
+          30, 24, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30),
+}
+# ... and how many blocks the codewords are split into (the rest of Table 9 follows
+# from these: all blocks are as equal as possible, the longer ones last).
+_QR_EC_BLOCKS = {
+    "L": (1, 1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 4, 6, 6, 6, 6, 7, 8,
+          8, 9, 9, 10, 12, 12, 12, 13, 14, 15, 16, 17, 18, 19, 19, 20, 21, 22, 24, 25),
+    "M": (1, 1, 1, 2, 2, 4, 4, 4, 5, 5, 5, 8, 9, 9, 10, 10, 11, 13, 14, 16,
+          17, 17, 18, 20, 21, 23, 25, 26, 28, 29, 31, 33, 35, 37, 38, 40, 43, 45, 47, 49),
+    "Q": (1, 1, 2, 2, 4, 4, 6, 6, 8, 8, 8, 10, 12, 16, 12, 17, 16, 18, 21, 20,
+          23, 23, 25, 27, 29, 34, 34, 35, 38, 40, 43, 45, 48, 51, 53, 56, 59, 62, 65, 68),
+    "H": (1, 1, 2, 4, 4, 4, 5, 6, 8, 8, 11, 11, 16, 16, 18, 16, 19, 21, 25, 25,
+          25, 34, 30, 32, 35, 37, 40, 42, 45, 48, 51, 54, 57, 60, 63, 66, 70, 74, 77, 81),
+}
+
+# §7.8.2 Table 10: module (row i, column j) is inverted where the condition holds.
+_QR_MASKS = (
+    lambda i, j: (i + j) % 2 == 0,
+    lambda i, j: i % 2 == 0,
+    lambda i, j: j % 3 == 0,
+    lambda i, j: (i + j) % 3 == 0,
+    lambda i, j: (i // 2 + j // 3) % 2 == 0,
+    lambda i, j: (i * j) % 2 + (i * j) % 3 == 0,
+    lambda i, j: ((i * j) % 2 + (i * j) % 3) % 2 == 0,
+    lambda i, j: ((i + j) % 2 + (i * j) % 3) % 2 == 0,
+)
+# §7.8.3 Table 11 penalty weights N1..N4, and the 1:1:3:1:1 finder-like pattern
+# with its 4 light modules on either side, as rows and columns read it.
+_QR_PENALTY_RUN, _QR_PENALTY_BLOCK, _QR_PENALTY_FINDER, _QR_PENALTY_BALANCE = 3, 3, 40, 10
+_QR_FINDER_LIKE = ("10111010000", "00001011101")
+
+
+def _gf256_tables():
+    """Antilog and log tables of GF(256), the exp table doubled so products need no modulo."""
+    exp, log, value = [0] * 510, [0] * 256, 1
+    for power in range(255):
+        exp[power] = exp[power + 255] = value
+        log[value] = power
+        value <<= 1
+        if value & 0x100:
+            value ^= _GF256_PRIMITIVE
+    return tuple(exp), tuple(log)
+
+
+_GF256_EXP, _GF256_LOG = _gf256_tables()
+
+
+def _gf256_mul(a, b):
+    return 0 if a == 0 or b == 0 else _GF256_EXP[_GF256_LOG[a] + _GF256_LOG[b]]
+
+
+def _rs_generator(degree):
+    """Annex A: the product of (x - a^i) for i < degree, highest power first."""
+    poly = [1]
+    for i in range(degree):
+        poly = [hi ^ _gf256_mul(lo, _GF256_EXP[i]) for hi, lo in zip(poly + [0], [0] + poly)]
+    return poly
+
+
+def _rs_remainder(data, generator):
+    """§7.5.2: the error correction codewords, data * x^n mod generator."""
+    remainder = [0] * (len(generator) - 1)
+    for byte in data:
+        factor = byte ^ remainder[0]
+        remainder = remainder[1:] + [0]
+        remainder = [r ^ _gf256_mul(g, factor) for r, g in zip(remainder, generator[1:])]
+    return remainder
+
+
+def _bch_code(data, generator):
+    """Annex C and D: data followed by its BCH remainder."""
+    value = data << (generator.bit_length() - 1)
+    remainder = value
+    while remainder.bit_length() >= generator.bit_length():
+        remainder ^= generator << (remainder.bit_length() - generator.bit_length())
+    return value | remainder
+
+
+def _qr_format_bits(level, mask):
+    return _bch_code(_QR_LEVEL_BITS[level] << 3 | mask, _QR_FORMAT_GENERATOR) ^ _QR_FORMAT_MASK
+
+
+def _qr_version_bits(version):
+    return _bch_code(version, _QR_VERSION_GENERATOR)
+
+
+def _qr_alignment_positions(version):
+    """Annex E Table E.1: evenly spaced from the far edge, the first gap taking the slack."""
+    if version == 1:
+        return []
+    count, last = version // 7 + 2, 4 * version + 10
+    # Steps are even and rounded up; version 32 is the table's one exception.
+    step = 26 if version == 32 else 2 * -(-(last - 6) // (2 * count - 2))
+    return [6] + [last - step * k for k in reversed(range(count - 1))]
+
+
+def _qr_data_modules(version):
+    """Table 1: modules left for codewords once the function patterns are drawn."""
+    size = 4 * version + 17
+    count = version // 7 + 2 if version > 1 else 0
+    # Three 8x8 finders with separators, two timing lines between them, 5x5 alignment
+    # patterns (minus the modules already counted on a timing line), 2x15 format bits
+    # plus the dark module, and 2x18 version bits.
+    alignment = 25 * max(count * count - 3, 0) - 10 * max(count - 2, 0)
+    version_info = 36 if version >= _QR_FIRST_VERSION_WITH_INFO else 0
+    return size * size - 3 * 64 - 2 * (size - 16) - alignment - 31 - version_info
+
+
+def _qr_data_capacity(version, level):
+    """Data codewords of (version, level): all codewords minus the error correction ones."""
+    blocks = _QR_EC_BLOCKS[level][version - 1]
+    return _qr_data_modules(version) // 8 - blocks * _QR_EC_CODEWORDS_PER_BLOCK[level][version - 1]
+
+
+def _qr_count_bits(version):
+    return 8 if version <= 9 else 16  # §7.4.1 Table 3, byte mode
+
+
+def _qr_choose_version(length, level):
+    for version in range(QR_MIN_VERSION, QR_MAX_VERSION + 1):
+        if 4 + _qr_count_bits(version) + 8 * length <= 8 * _qr_data_capacity(version, level):
+            return version
+    raise ValueError(f"{length} bytes do not fit in a level {level} QR code")
+
+
+def _qr_data_codewords(data, version, capacity):
+    """§7.4: mode, count, data, terminator, zero bits to a byte boundary, pad codewords."""
+    bits = f"{_QR_MODE_BYTE:04b}{len(data):0{_qr_count_bits(version)}b}"
+    bits += "".join(f"{byte:08b}" for byte in data)
+    bits += "0" * min(4, 8 * capacity - len(bits))
+    bits += "0" * (-len(bits) % 8)
+    codewords = [int(bits[k:k + 8], 2) for k in range(0, len(bits), 8)]
+    return codewords + [_QR_PAD_CODEWORDS[k % 2] for k in range(capacity - len(codewords))]
+
+
+def _qr_final_codewords(data, version, level):
+    """§7.5-7.6: split into blocks, add error correction, interleave column by column."""
+    capacity = _qr_data_capacity(version, level)
+    codewords = _qr_data_codewords(data, version, capacity)
+    block_count = _QR_EC_BLOCKS[level][version - 1]
+    generator = _rs_generator(_QR_EC_CODEWORDS_PER_BLOCK[level][version - 1])
+    short_length, long_count = divmod(capacity, block_count)
+    blocks, start = [], 0
+    for index in range(block_count):
+        end = start + short_length + (index >= block_count - long_count)
+        blocks.append(codewords[start:end])
+        start = end
+    ec_blocks = [_rs_remainder(block, generator) for block in blocks]
+    columns = itertools.chain(itertools.zip_longest(*blocks), zip(*ec_blocks))
+    return [codeword for column in columns for codeword in column if codeword is not None]
+
+
+def _qr_function_patterns(version):
+    """§6.3: finders, separators, timing, alignment, dark module, version info.
+
+    Returns (dark, reserved) grids; the format areas are reserved but left light
+    because their bits depend on the mask.
+    """
+    size = 4 * version + 17
+    dark = [[False] * size for _ in range(size)]
+    reserved = [[False] * size for _ in range(size)]
+
+    def put(row, col, is_dark):
+        dark[row][col], reserved[row][col] = is_dark, True
+
+    for top, left in ((0, 0), (0, size - 7), (size - 7, 0)):
+        for row in range(top - 1, top + 8):
+            for col in range(left - 1, left + 8):
+                if 0 <= row < size and 0 <= col < size:
+                    ring = max(abs(row - top - 3), abs(col - left - 3))
+                    put(row, col, ring in (0, 1, 3))  # ring 4 is the light separator
+    centres = _qr_alignment_positions(version)
+    for row, col in itertools.product(centres, centres):
+        if not reserved[row][col]:  # skip the three that would overlap a finder
+            for r, c in itertools.product(range(-2, 3), range(-2, 3)):
+                put(row + r, col + c, max(abs(r), abs(c)) != 1)
+    for i in range(8, size - 8):
+        if not reserved[6][i]:  # alignment patterns on the timing lines agree with them
+            put(6, i, i % 2 == 0)
+            put(i, 6, i % 2 == 0)
+    for copy in _qr_format_positions(size):
+        for row, col in copy:
+            put(row, col, False)
+    put(size - 8, 8, True)  # §7.9.1: the dark module is always dark
+    if version >= _QR_FIRST_VERSION_WITH_INFO:
+        bits = _qr_version_bits(version)
+        # Annex D: a 6x3 block above the bottom-left finder, transposed by the top-right one.
+        for i in range(18):
+            put(size - 11 + i % 3, i // 3, bits >> i & 1 == 1)
+            put(i // 3, size - 11 + i % 3, bits >> i & 1 == 1)
+    return dark, reserved
+
+
+def _qr_format_positions(size):
+    """§7.9.1: where format bits 0 (least significant) to 14 go, in both copies."""
+    near_top_left = ([(i, 8) for i in range(6)] + [(7, 8), (8, 8), (8, 7)]
+                     + [(8, 5 - i) for i in range(6)])
+    split = [(8, size - 1 - i) for i in range(8)] + [(size - 7 + i, 8) for i in range(7)]
+    return near_top_left, split
+
+
+def _qr_place_codewords(dark, reserved, codewords):
+    """§7.7.3: two-module columns, zigzag from the bottom right, skipping column 6."""
+    size = len(dark)
+    bits = "".join(f"{byte:08b}" for byte in codewords)
+    position = 0
+    for pair, right in enumerate(c if c > 6 else c - 1 for c in range(size - 1, 0, -2)):
+        upward = pair % 2 == 0
+        for row in range(size - 1, -1, -1) if upward else range(size):
+            for col in (right, right - 1):
+                if not reserved[row][col]:
+                    # Modules past the last codeword are the zero remainder bits.
+                    dark[row][col] = position < len(bits) and bits[position] == "1"
+                    position += 1
+
+
+def _qr_masked(dark, reserved, mask, level):
+    """§7.8.2 and §7.9: a copy of the symbol with a data mask and its format bits."""
+    condition = _QR_MASKS[mask]
+    masked = [row[:] for row in dark]
+    for i, j in itertools.product(range(len(dark)), repeat=2):
+        if not reserved[i][j] and condition(i, j):
+            masked[i][j] = not masked[i][j]
+    bits = _qr_format_bits(level, mask)
+    for copy in _qr_format_positions(len(dark)):
+        for i, (row, col) in enumerate(copy):
+            masked[row][col] = bits >> i & 1 == 1
+    return masked
+
+
+def _qr_penalty(dark):
+    """§7.8.3 Table 11: lower is better; the quiet zone counts as light for pattern 3."""
+    rows = ["".join("1" if module else "0" for module in row) for row in dark]
+    lines = rows + ["".join(column) for column in zip(*rows)]
+    score = 0
+    for line in lines:
+        score += sum(len(run) - 5 + _QR_PENALTY_RUN for run in re.findall(r"0{5,}|1{5,}", line))
+        padded = "0000" + line + "0000"
+        score += _QR_PENALTY_FINDER * sum(padded.count(pattern) for pattern in _QR_FINDER_LIKE)
+    size = len(dark)
+    all_ones = (1 << size) - 1
+    as_ints = [int(row, 2) for row in rows]
+    for upper, lower in zip(as_ints, as_ints[1:]):
+        for a, b in ((upper, lower), (all_ones ^ upper, all_ones ^ lower)):
+            score += _QR_PENALTY_BLOCK * (a & b & a >> 1 & b >> 1).bit_count()
+    dark_count, total = sum(row.count("1") for row in rows), size * size
+    return score + _QR_PENALTY_BALANCE * (abs(dark_count * 20 - total * 10) // total)
+
+
+def qr_matrix(data: bytes, *, level: str = "M") -> list[list[bool]]:
+    """The modules (True = dark) of the smallest byte-mode QR code holding data."""
+    if level not in _QR_LEVEL_BITS:
+        raise ValueError(f"unknown QR error correction level {level!r}")
+    version = _qr_choose_version(len(data), level)
+    dark, reserved = _qr_function_patterns(version)
+    _qr_place_codewords(dark, reserved, _qr_final_codewords(bytes(data), version, level))
+    candidates = [_qr_masked(dark, reserved, mask, level) for mask in range(len(_QR_MASKS))]
+    return min(candidates, key=_qr_penalty)  # the first mask wins a tie
+
+
+def qr_svg(text: str, *, level: str = "M", module_px: int = 8, border: int = 4) -> str:
+    """An SVG of text's UTF-8 bytes: one path of horizontal dark runs on a white square."""
+    if module_px < 1 or border < 0:
+        raise ValueError("module_px must be positive and border not negative")
+    matrix = qr_matrix(text.encode("utf-8"), level=level)
+    side = len(matrix) + 2 * border
+    runs = []
+    for row_index, row in enumerate(matrix):
+        col = 0
+        for is_dark, group in itertools.groupby(row):
+            length = len(list(group))
+            if is_dark:
+                runs.append(f"M{col + border} {row_index + border}h{length}v1h-{length}z")
+            col += length
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {side} {side}"'
+        f' width="{side * module_px}" height="{side * module_px}" shape-rendering="crispEdges">'
+        f'<rect width="{side}" height="{side}" fill="#fff"/>'
+        f'<path fill="#000" d="{"".join(runs)}"/></svg>'
+    )
+
+
+####
 #### 8. Storage
 ####
 # Campfire's own schema (db/schema.rb), written the way Rails writes it for
@@ -2715,7 +3025,8 @@ def render_layout(app, request, title, body, *, sidebar=None, body_class="", sta
             '<form class="topbar__search" method="get" action="/searches" role="search">'
             '<input type="search" name="q" placeholder="Search" aria-label="Search messages"></form>'
             '<nav class="topbar__nav" aria-label="Account">'
-            '<a class="topbar__user" href="/users/{id}">{avatar}<span>{name}</span></a>'
+            '<a class="button button--quiet" href="/account/edit">Account</a>'
+            '<a class="topbar__user" href="/users/me/profile" title="Your profile">{avatar}<span>{name}</span></a>'
             '<form method="post" action="/session" class="inline-form">'
             '<input type="hidden" name="_method" value="delete">'
             '<button type="submit" class="button button--quiet">Sign out</button></form>'
@@ -2732,7 +3043,7 @@ def render_layout(app, request, title, body, *, sidebar=None, body_class="", sta
         '<title>{title}</title>'
         '<link rel="stylesheet" href="{css}">'
         '<link rel="stylesheet" href="{components}">'
-        '<link rel="icon" href="{icon}" type="image/svg+xml">'
+        '<link rel="icon" href="{icon}" type="image/svg+xml">{custom_styles}'
         '<link rel="apple-touch-icon" href="/static/icon-192.png">'
         '<link rel="manifest" href="/webmanifest.json">'
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
@@ -2745,7 +3056,7 @@ def render_layout(app, request, title, body, *, sidebar=None, body_class="", sta
             user.id, "true" if user.administrator else "false") if user else "",
         title="%s · %s" % (title, account_name) if title else account_name,
         css=app.asset_url("campfire.css"), icon=app.asset_url("campfire-icon.svg"),
-        body_class=body_class, top=top, main=main)
+        body_class=body_class, top=top, main=main, custom_styles=render_custom_styles_link(app))
     return Response(page, status, headers=headers)
 
 
@@ -3777,17 +4088,7 @@ def show_user(app, request, user_id):
     user = app.store.user(user_id)
     if user is None:
         raise NotFound("There is no such person.")
-    email = HTML('<p class="profile__email">{}</p>').format(user.email_address) \
-        if request.user.administrator and user.email_address and not user.bot else ""
-    body = HTML(
-        '<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
-        '<div><h1 class="panel__title">{name}</h1>{role}{email}</div></div>'
-        '<p class="profile__bio">{bio}</p></section>').format(
-        avatar=render_avatar(user.id, 96), name=user.name,
-        role=HTML('<p class="profile__role">{}</p>').format(
-            "Administrator" if user.administrator else "Bot" if user.bot else "Member"),
-        email=email, bio=user.bio or "")
-    return render_layout(app, request, user.name, body)
+    return render_user_page(app, request, user)
 
 
 @route("GET", "/users/<int:user_id>/avatar")
@@ -3825,6 +4126,697 @@ def autocompletable_users(app, request):
     users = app.store.users_matching(query, member_ids)
     return json_response([{"value": user.id, "name": user.name, "avatar_url": "/users/%d/avatar" % user.id,
                            "sgid": app.mention_sgid(user.id)} for user in users])
+
+
+# Account, people, profiles, sign-in transfer and QR codes --------------------------
+# CAMPFIRE.md, "Accounts and users" and "Sessions". Everyone sees the account
+# page (name, invitation link, people); administrators change it, manage people
+# (roles, deactivation, bans) and the custom CSS. The constants below may move
+# to section 1.
+
+ACCOUNT_USERS_PAGE_SIZE = 500              # CAMPFIRE.md: the account page lists people 500 at a time
+MAX_ACCOUNT_NAME_CHARS = 100
+MAX_CUSTOM_STYLES_BYTES = 64 * 1024        # 413 past it: a theme, not a framework
+CUSTOM_STYLES_BODY_LIMIT = 3 * MAX_CUSTOM_STYLES_BYTES + FORM_BODY_LIMIT  # percent-encoding triples a byte
+TRANSFER_TOKEN_SECONDS = 4 * 3600          # CAMPFIRE.md: signed_id(purpose: :transfer, expires_in: 4.hours)
+MAX_QR_CODE_TEXT_BYTES = 1024              # 400 past it: our links are far shorter, and it bounds the CPU a
+                                           # public request can spend (about 40 ms for 1 KiB)
+QR_CODE_CACHE_CONTROL = "public, max-age=31536000, immutable"  # CAMPFIRE.md: QR codes cached for a year
+MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted this many per event-loop turn
+_BASE64URL_RE = re.compile(r"\A[A-Za-z0-9_-]+={0,2}\Z")
+_TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
+
+
+# Derived values, rebuilt whenever the store's global version moves (every
+# change below bumps it, and so does a failed group commit).
+
+def _derived(app, name, build):
+    version = app.store.global_version
+    cached = app.derived.get(name)
+    if cached is None or cached[0] != version:
+        cached = app.derived[name] = (version, build())
+    return cached[1]
+
+
+def custom_styles(app):
+    """(css, digest) of the account's custom CSS; css is '' when there is none."""
+    def build():
+        account = app.store.account()
+        css = (account["custom_styles"] if account else None) or ""
+        return css, hashlib.sha256(css.encode()).hexdigest()[:16]
+    return _derived(app, "custom_styles", build)
+
+
+def render_custom_styles_link(app):
+    """The account's CSS as a stylesheet of our own origin, so the CSP needs no 'unsafe-inline'
+    (Campfire emits it raw in a <style> tag)."""
+    css, digest = custom_styles(app)
+    if not css.strip():
+        return HTML("")
+    return HTML('<link rel="stylesheet" href="/account/custom_styles.css?v={}">').format(digest)
+
+
+def _normalized_ip(text):
+    """An address as the bans table keeps it (IPv4-mapped IPv6 as plain IPv4), or None."""
+    try:
+        address = ipaddress.ip_address(str(text).strip())
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address
+
+
+def address_banned(app, remote_addr):
+    """True when requests from this address are refused (CAMPFIRE.md: banned IP + non-GET → 429)."""
+    banned = _derived(app, "banned_addresses", lambda: frozenset(
+        str(_normalized_ip(row[0]) or row[0]) for row in app.db.all("SELECT DISTINCT ip_address FROM bans")))
+    if not banned:
+        return False
+    address = _normalized_ip(remote_addr)
+    return address is not None and str(address) in banned
+
+
+def _account_changed(app):
+    """Cached pages show the account's name, CSS and settings: make them all stale."""
+    app.store.bump_everything()
+    app.page_cache.clear()
+
+
+def _account_settings(account):
+    try:
+        settings = json.loads(account["settings"] or "{}")
+    except ValueError:
+        settings = {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def invite_url(request, account):
+    return "%s/join/%s" % (request.origin, urllib.parse.quote(account["join_code"], safe="-"))
+
+
+def qr_code_path(text):
+    return "/qr_code/" + b64url_encode(text.encode("utf-8"))
+
+
+def session_transfer_url(app, request, user, now=None):
+    """A link that signs a browser in as `user`, reusable for 4 hours (CAMPFIRE.md, Transfer)."""
+    now = time.time() if now is None else now
+    token = app.signer.sign(user.id, "transfer", expires_at=int(now + TRANSFER_TOKEN_SECONDS))
+    return "%s/session/transfers/%s" % (request.origin, token)
+
+
+def role_label(user):
+    return "Administrator" if user.administrator else "Bot" if user.bot else "Member"
+
+
+# People: the domain operations ---------------------------------------------------
+
+def _other_active_administrators(app, user_id):
+    return app.db.value("SELECT count(*) FROM users WHERE role = ? AND status = ? AND id != ?",
+                        (ROLE_ADMINISTRATOR, STATUS_ACTIVE, user_id))
+
+
+def _removal_problem(app, actor, user, action):
+    """Why an administrator may not demote, deactivate or ban this person, or None."""
+    if action != "demote" and user.id == actor.id:
+        return "You can't %s yourself." % action
+    if user.administrator and user.active and not _other_active_administrators(app, user.id):
+        who = "You are" if user.id == actor.id else "%s is" % user.name
+        return ("%s the only administrator. Make someone else an administrator first, so that someone can "
+                "still manage this account." % who)
+    return None
+
+
+def _manageable_user(app, user_id):
+    """A person (not a bot) who is active or banned: the ones administrators manage here."""
+    user = app.store.user(user_id)
+    if user is None or user.bot or user.status == STATUS_DEACTIVATED:
+        raise NotFound("There is no such person.")
+    return user
+
+
+def set_user_role(app, user, role):
+    with app.db.atomic():
+        app.db.execute("UPDATE users SET role = ?, updated_at = ? WHERE id = ?", (role, utc_now_text(), user.id))
+    _account_changed(app)
+
+
+def deactivate_user(app, user):
+    """CAMPFIRE.md, User admin: sockets closed; non-direct memberships, push subscriptions,
+    searches and sessions deleted; the email address changed so it is free to use again."""
+    email = user.email_address
+    if email:
+        email = "x-deactivated-%s@%s" % (uuid.uuid4(), email.rpartition("@")[2] if "@" in email else "deactivated")
+    with app.db.atomic():
+        room_ids = [row[0] for row in app.db.all(
+            "DELETE FROM memberships WHERE user_id = ? AND room_id IN (SELECT id FROM rooms WHERE type != ?) "
+            "RETURNING room_id", (user.id, ROOM_DIRECT))]
+        app.db.execute("DELETE FROM push_subscriptions WHERE user_id = ?", (user.id,))
+        app.store.clear_searches(user.id)
+        app.store.delete_sessions_of(user.id)
+        app.db.execute("UPDATE users SET status = ?, email_address = ?, updated_at = ? WHERE id = ?",
+                       (STATUS_DEACTIVATED, email, utc_now_text(), user.id))
+        for room_id in room_ids:
+            app.store.memberships_changed(room_id, [user.id])
+    _account_changed(app)
+    app.db.after_commit(lambda: app.cable.disconnect(user_id=user.id))
+
+
+def ban_user(app, user):
+    """CAMPFIRE.md, Ban: every public address the person signed in from is banned, their
+    sessions and sockets end, and their messages are deleted in the background."""
+    addresses = set()
+    for (text,) in app.db.all("SELECT DISTINCT ip_address FROM sessions WHERE user_id = ?", (user.id,)):
+        address = _normalized_ip(text)
+        if address is not None and address.is_global:  # a private address would ban a whole office
+            addresses.add(str(address))
+    stamp = utc_now_text()
+    with app.db.atomic():
+        known = {row[0] for row in app.db.all("SELECT ip_address FROM bans WHERE user_id = ?", (user.id,))}
+        for address in sorted(addresses - known):
+            app.db.execute("INSERT INTO bans (user_id, ip_address, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                           (user.id, address, stamp, stamp))
+        app.db.execute("UPDATE users SET status = ?, updated_at = ? WHERE id = ?", (STATUS_BANNED, stamp, user.id))
+        app.store.delete_sessions_of(user.id)
+    _account_changed(app)
+    app.db.after_commit(lambda: app.cable.disconnect(user_id=user.id))
+    app.db.after_commit(lambda: run_in_background(app, lambda: _purge_messages_step(app, user.id)))
+
+
+def unban_user(app, user):
+    with app.db.atomic():
+        app.db.execute("UPDATE users SET status = ?, updated_at = ? WHERE id = ?",
+                       (STATUS_ACTIVE, utc_now_text(), user.id))
+        app.db.execute("DELETE FROM bans WHERE user_id = ?", (user.id,))
+    _account_changed(app)
+
+
+def _purge_messages_step(app, user_id):
+    """Delete the next chunk of a banned person's messages; True while more remain."""
+    user = app.store.user(user_id)
+    if user is None or user.status != STATUS_BANNED:  # unbanned meanwhile: keep what is left
+        return False
+    messages = app.db.all(app.store.MESSAGE_COLUMNS + "WHERE messages.creator_id = ? ORDER BY messages.id LIMIT ?",
+                          (user_id, MESSAGE_PURGE_CHUNK))
+    if not messages:
+        return False
+    with app.db.atomic():
+        for message in messages:
+            app.store.delete_message(message)
+    for message in messages:
+        app.events.message_removed(message)
+    return len(messages) == MESSAGE_PURGE_CHUNK
+
+
+def run_in_background(app, step):
+    """Call step() until it returns False. Under the server each call gets its own
+    event-loop turn, so a long job never holds up requests; without a running loop
+    (tests, the command line) it runs to the end at once."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        while step():
+            pass
+        return
+
+    def turn():
+        try:
+            more = step()
+        except Exception:
+            log.error("background job failed:\n%s", traceback.format_exc())
+            return
+        if more:
+            loop.call_soon(turn)
+    loop.call_soon(turn)
+
+
+# Rendering ---------------------------------------------------------------------------
+
+def render_notice(notice):
+    return HTML('<p class="notice notice--alert" role="alert">{}</p>').format(notice) if notice else HTML("")
+
+
+def render_copyable(field_id, label, value, copy_label, qr_label):
+    """A read-only link with a copy button (shown by clipboard.js) and a link to its QR code."""
+    return HTML(
+        '<div class="field"><label class="field__label" for="{id}">{label}</label>'
+        '<input class="field__input" id="{id}" type="text" value="{value}" readonly spellcheck="false"></div>'
+        '<div class="form__actions"><button type="button" class="button" data-copy-target="{id}" hidden>{copy}</button>'
+        '<a class="button" href="{qr}">{qr_label}</a></div>').format(
+        id=field_id, label=label, value=value, copy=copy_label, qr=qr_code_path(value), qr_label=qr_label)
+
+
+def render_page_assets(app):
+    """The account pages' own stylesheet and copy buttons, linked from the page's body."""
+    return HTML('<link rel="stylesheet" href="{css}"><script type="module" src="{js}"></script>').format(
+        css=app.asset_url("account.css"), js=app.asset_url("clipboard.js"))
+
+
+def _people(app, page, include_banned):
+    """One page of people (no bots) by name, and whether another page follows."""
+    offset = (page - 1) * ACCOUNT_USERS_PAGE_SIZE
+    rows = app.db.all("SELECT * FROM users WHERE role != ? AND status IN (?, ?) ORDER BY lower(name), id "
+                      "LIMIT ? OFFSET ?", (ROLE_BOT, STATUS_ACTIVE, STATUS_BANNED if include_banned else STATUS_ACTIVE,
+                                           ACCOUNT_USERS_PAGE_SIZE + 1, offset))
+    return [User.from_row(row) for row in rows[:ACCOUNT_USERS_PAGE_SIZE]], len(rows) > ACCOUNT_USERS_PAGE_SIZE
+
+
+def render_people(app, request, page=1):
+    viewer = request.user
+    people, more = _people(app, page, include_banned=viewer.administrator)
+
+    def controls(user):
+        if not viewer.administrator or user.status != STATUS_ACTIVE:
+            return HTML("")
+        options = HTML("").join(
+            HTML('<option value="{value}"{selected}>{label}</option>').format(
+                value=value, label=label, selected=HTML(" selected") if user.role == role else "")
+            for role, value, label in ((ROLE_MEMBER, "member", "Member"),
+                                       (ROLE_ADMINISTRATOR, "administrator", "Administrator")))
+        deactivate = HTML("") if user.id == viewer.id else HTML(
+            '<form method="post" action="/account/users/{id}" class="inline-form">'
+            '<input type="hidden" name="_method" value="delete">'
+            '<button type="submit" class="button button--danger button--small" aria-label="Deactivate {name}" '
+            'data-confirm="Deactivate {name}? They will be signed out everywhere and can\'t sign in again.">'
+            'Deactivate</button></form>').format(id=user.id, name=user.name)
+        return HTML(
+            '<form method="post" action="/account/users/{id}" class="inline-form">'
+            '<input type="hidden" name="_method" value="patch">'
+            '<select class="field__input people__role" name="user[role]" aria-label="Role for {name}">'
+            '{options}</select>'
+            '<button type="submit" class="button button--small" aria-label="Save role for {name}">Save</button>'
+            '</form>{deactivate}').format(id=user.id, name=user.name, options=options, deactivate=deactivate)
+
+    items = HTML("").join(
+        HTML('<li class="people__person" id="account_user_{id}" data-user-id="{id}">'
+             '<a class="people__name" href="/users/{id}">{avatar}<span>{name}</span></a>'
+             '<span class="profile__role">{role}</span>{banned}<span class="people__controls">{controls}</span>'
+             '</li>').format(
+            id=user.id, avatar=render_avatar(user.id, 24), name=user.name, role=role_label(user),
+            banned=HTML('<span class="profile__role people__banned">Banned</span>')
+            if user.status == STATUS_BANNED else "", controls=controls(user))
+        for user in people)
+    pages = []
+    if page > 1:
+        pages.append(HTML('<a class="button" href="/account/users?page={}" rel="prev">Previous people</a>')
+                     .format(page - 1))
+    if more:
+        pages.append(HTML('<a class="button" href="/account/users?page={}" rel="next">More people</a>')
+                     .format(page + 1))
+    return HTML('<section class="panel__section" aria-labelledby="account_users_heading">'
+                '<h2 class="panel__subtitle" id="account_users_heading">People</h2>'
+                '<ul class="people" id="account_users">{items}</ul>{pages}</section>').format(
+        items=items, pages=HTML('<div class="form__actions">{}</div>').format(HTML("").join(pages)) if pages else "")
+
+
+def render_account_page(app, request, *, values=None, errors=None, notice=None, status=200):
+    account = app.store.account()
+    admin = request.user.administrator
+    errors = errors or {}
+    name = (values or {}).get("account[name]", account["name"])
+    if admin:
+        restricted = _account_settings(account).get("restrict_room_creation_to_administrators") is True
+        head = HTML(
+            '<h1 class="panel__title">{title}</h1>{notice}'
+            '<form method="post" action="/account" class="form" id="account_form">'
+            '<input type="hidden" name="_method" value="patch">{name_field}'
+            '<div class="field"><input type="hidden" name="{setting}" value="0">'
+            '<label class="choice"><input type="checkbox" id="account_restrict_room_creation" name="{setting}" '
+            'value="1"{checked}> <span>Only administrators can create rooms</span></label></div>'
+            '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
+            '</div></form>').format(
+            title=account["name"], notice=render_notice(notice),
+            name_field=render_field("Account name", "account[name]", name, errors=errors,
+                                    maxlength=MAX_ACCOUNT_NAME_CHARS),
+            setting="account[settings][restrict_room_creation_to_administrators]",
+            checked=HTML(" checked") if restricted else "")
+        tools = HTML(
+            '<section class="panel__section" aria-labelledby="account_admin_heading">'
+            '<h2 class="panel__subtitle" id="account_admin_heading">Administration</h2><div class="form__actions">'
+            '<a class="button" href="/account/custom_styles/edit">Edit custom CSS</a>'
+            '<a class="button" href="/account/bots">Set up chat bots</a></div></section>')
+        regenerate = HTML(
+            '<form method="post" action="/account/join_code" class="inline-form">'
+            '<button type="submit" class="button button--danger" '
+            'data-confirm="Make a new invitation link? The current one will stop working.">'
+            'Regenerate invitation link</button></form>')
+    else:
+        head = HTML('<h1 class="panel__title">{}</h1>{}').format(account["name"], render_notice(notice))
+        tools = regenerate = HTML("")
+    body = HTML(
+        '{assets}<section class="panel panel--wide account" id="account">{head}'
+        '<section class="panel__section" aria-labelledby="invite_heading">'
+        '<h2 class="panel__subtitle" id="invite_heading">Invite people</h2>'
+        '<p class="panel__intro">Anyone with this link can join {name}. Share it with your team.</p>'
+        '{invite}{regenerate}</section>{tools}{people}</section>').format(
+        head=head, name=account["name"], regenerate=regenerate, tools=tools,
+        invite=render_copyable("invite_url", "Invitation link", invite_url(request, account),
+                               "Copy invitation link", "Show QR code"),
+        people=render_people(app, request), assets=render_page_assets(app))
+    return render_layout(app, request, "Account", body, status=status)
+
+
+def render_custom_styles_form(app, request, css, *, error=None, status=200):
+    body = HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">Custom CSS</h1>'
+        '<p class="panel__intro">Styles added to every page, for everyone. Use them to adjust colours, fonts and '
+        'spacing. At most {max} KiB.</p>'
+        '<form method="post" action="/account/custom_styles" class="form">'
+        '<input type="hidden" name="_method" value="patch">'
+        '<div class="field"><label class="field__label" for="account_custom_styles">Custom CSS</label>'
+        '<textarea class="field__input" id="account_custom_styles" name="account[custom_styles]" rows="18" '
+        'spellcheck="false"{invalid}>{css}</textarea>{error}</div>'
+        '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
+        '<a class="button" href="/account/edit">Cancel changes</a></div></form></section>').format(
+        max=MAX_CUSTOM_STYLES_BYTES // 1024, css=css, invalid=HTML(' aria-invalid="true"') if error else "",
+        error=render_errors({"account[custom_styles]": error} if error else {}, "account[custom_styles]"))
+    return render_layout(app, request, "Custom CSS", body, status=status)
+
+
+def render_user_page(app, request, user, *, notice=None, status=200):
+    """What Campfire's users/show shows: name, avatar, bio, role; administrators also
+    see the email address, a sign-in link, and ban/unban and deactivate."""
+    viewer = request.user
+    admin = viewer.administrator and not user.bot
+    email = HTML('<p class="profile__email">{}</p>').format(user.email_address) \
+        if admin and user.email_address and user.status != STATUS_DEACTIVATED else ""
+    state = {STATUS_BANNED: "Banned", STATUS_DEACTIVATED: "Deactivated"}.get(user.status)
+    tools = HTML("")
+    headers = None
+    if admin and user.status == STATUS_ACTIVE:
+        danger = HTML("") if user.id == viewer.id else HTML(
+            '<div class="danger-zone form__actions">'
+            '<form method="post" action="/users/{id}/ban" class="inline-form">'
+            '<button type="submit" class="button button--danger" data-confirm="Ban {name}? They will be signed out, '
+            'the addresses they used will be blocked and all their messages deleted.">Ban {name}</button></form>'
+            '<form method="post" action="/account/users/{id}" class="inline-form">'
+            '<input type="hidden" name="_method" value="delete">'
+            '<button type="submit" class="button button--danger" data-confirm="Deactivate {name}? They will be '
+            'signed out everywhere and can\'t sign in again.">Deactivate {name}</button></form></div>').format(
+            id=user.id, name=user.name)
+        tools = HTML(
+            '<section class="panel__section" aria-labelledby="transfer_heading">'
+            '<h2 class="panel__subtitle" id="transfer_heading">Sign-in link</h2>'
+            '<p class="panel__intro">Opening this link signs a browser in as {name}, for the next 4 hours. '
+            'Give it only to {name}.</p>{transfer}</section>{danger}').format(
+            name=user.name, danger=danger,
+            transfer=render_copyable("session_transfer_url", "Sign-in link", session_transfer_url(app, request, user),
+                                     "Copy sign-in link", "Show auto-login QR code"))
+        headers = [("Cache-Control", "no-store")]  # the page holds a sign-in link
+    elif admin and user.status == STATUS_BANNED:
+        tools = HTML(
+            '<div class="danger-zone form__actions"><form method="post" action="/users/{id}/ban" class="inline-form">'
+            '<input type="hidden" name="_method" value="delete">'
+            '<button type="submit" class="button">Unban {name}</button></form></div>').format(
+            id=user.id, name=user.name)
+    own = HTML('<div class="form__actions"><a class="button" href="/users/me/profile">Edit your profile</a></div>') \
+        if user.id == viewer.id else ""
+    body = HTML(
+        '{assets}<section class="panel panel--wide profile">{notice}<div class="profile__head">{avatar}'
+        '<div><h1 class="panel__title">{name}</h1><p class="profile__role">{role}{state}</p>{email}</div></div>'
+        '<p class="profile__bio">{bio}</p>{own}{tools}</section>').format(
+        assets=render_page_assets(app) if tools else "", notice=render_notice(notice),
+        avatar=render_avatar(user.id, 96), name=user.name, role=role_label(user),
+        state=HTML(" · {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
+    return render_layout(app, request, user.name, body, status=status, headers=headers)
+
+
+def render_profile(app, request, values, errors, *, status=200):
+    user = request.user
+    bio_error = render_errors(errors, "user[bio]")
+    fields = HTML("").join([
+        render_field("Your name", "user[name]", values["user[name]"], errors=errors, autocomplete="name",
+                     maxlength=MAX_NAME_CHARS),
+        render_field("Email address", "user[email_address]", values["user[email_address]"], type="email",
+                     errors=errors, autocomplete="username", maxlength=MAX_EMAIL_CHARS),
+        render_field("New password (leave blank to keep yours)", "user[password]", "", type="password",
+                     errors=errors, autocomplete="new-password", required=False, maxlength=MAX_PASSWORD_BYTES),
+        HTML('<div class="field"><label class="field__label" for="user_bio">Bio</label>'
+             '<textarea class="field__input field__input--prose" id="user_bio" name="user[bio]" rows="3" '
+             'maxlength="{max}"{invalid}>'
+             '{bio}</textarea>{error}</div>').format(
+            max=MAX_BIO_CHARS, bio=values["user[bio]"], error=bio_error,
+            invalid=HTML(' aria-invalid="true"') if bio_error else ""),
+    ])
+    body = HTML(
+        '{assets}<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
+        '<div><h1 class="panel__title">Your profile</h1><p class="profile__role">{role}</p></div></div>'
+        '<form method="post" action="/users/me/profile" class="form">'
+        '<input type="hidden" name="_method" value="patch">{fields}'
+        '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
+        '<a class="button" href="/users/{id}">Cancel changes</a></div></form>'
+        '<section class="panel__section" aria-labelledby="transfer_heading">'
+        '<h2 class="panel__subtitle" id="transfer_heading">Sign in on another device</h2>'
+        '<p class="panel__intro">Open this link on your phone or another computer, or scan its QR code, to sign '
+        'in there without a password. It works for 4 hours: keep it to yourself.</p>'
+        '{transfer}</section></section>').format(
+        avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields, id=user.id,
+        transfer=render_copyable("session_transfer_url", "Sign-in link", session_transfer_url(app, request, user),
+                                 "Copy sign-in link", "Show auto-login QR code"),
+        assets=render_page_assets(app))
+    return render_layout(app, request, "Your profile", body, status=status,
+                         headers=[("Cache-Control", "no-store")])  # the page holds a sign-in link
+
+
+# Account ----------------------------------------------------------------------------
+
+@route("GET", "/account/edit")
+def edit_account(app, request):
+    return render_account_page(app, request)
+
+
+@route("PATCH", "/account", auth="admin")
+@route("PUT", "/account", auth="admin")
+def update_account(app, request):
+    account = app.store.account()
+    name = account["name"]
+    if "account[name]" in request.form:
+        name = request.form.text("account[name]")
+        error = "Enter a name." if not name else (
+            "Use at most %d characters." % MAX_ACCOUNT_NAME_CHARS if len(name) > MAX_ACCOUNT_NAME_CHARS else None)
+        if error:
+            return render_account_page(app, request, values={"account[name]": name},
+                                       errors={"account[name]": error}, status=422)
+    settings = _account_settings(account)
+    # The checkbox follows a hidden "0", as in Rails: the last value sent wins.
+    restrict = request.form.getlist("account[settings][restrict_room_creation_to_administrators]")
+    if restrict:
+        settings["restrict_room_creation_to_administrators"] = str(restrict[-1]).strip().lower() in _TRUE_VALUES
+    with app.db.atomic():
+        app.db.execute("UPDATE accounts SET name = ?, settings = ?, updated_at = ? WHERE id = ?",
+                       (name, json.dumps(settings, separators=(",", ":")), utc_now_text(), account["id"]))
+    _account_changed(app)
+    app.events.sidebar_changed(app.store.active_user_ids())  # "New room" may have come or gone
+    return redirect("/account/edit")
+
+
+@route("POST", "/account/join_code", auth="admin")
+def regenerate_join_code(app, request):
+    with app.db.atomic():
+        app.db.execute("UPDATE accounts SET join_code = ?, updated_at = ? WHERE id = ?",
+                       (generate_join_code(), utc_now_text(), app.store.account()["id"]))
+    return redirect("/account/edit")
+
+
+@route("GET", "/account/custom_styles", auth="admin")
+def custom_styles_redirect(app, request):
+    return redirect("/account/custom_styles/edit", 302)
+
+
+@route("GET", "/account/custom_styles/edit", auth="admin")
+def edit_custom_styles(app, request):
+    return render_custom_styles_form(app, request, custom_styles(app)[0])
+
+
+@route("PATCH", "/account/custom_styles", auth="admin", body_limit=CUSTOM_STYLES_BODY_LIMIT)
+@route("PUT", "/account/custom_styles", auth="admin", body_limit=CUSTOM_STYLES_BODY_LIMIT)
+def update_custom_styles(app, request):
+    css = str(request.form.get("account[custom_styles]", "")).replace("\r\n", "\n")
+    if len(css.encode()) > MAX_CUSTOM_STYLES_BYTES:
+        return render_custom_styles_form(app, request, css, status=413, error=(
+            "Custom CSS can be at most %d KiB; this is %d KiB." % (MAX_CUSTOM_STYLES_BYTES // 1024,
+                                                                  -(-len(css.encode()) // 1024))))
+    with app.db.atomic():
+        app.db.execute("UPDATE accounts SET custom_styles = ?, updated_at = ? WHERE id = ?",
+                       (css if css.strip() else None, utc_now_text(), app.store.account()["id"]))
+    _account_changed(app)
+    return redirect("/account/edit")
+
+
+@route("GET", "/account/custom_styles.css", auth="public")
+def custom_styles_stylesheet(app, request):
+    """The custom CSS for every page's <link>: public, and immutable under its digest."""
+    css, digest = custom_styles(app)
+    etag = '"%s"' % digest
+    headers = [("ETag", etag), ("Cache-Control", "public, max-age=31536000, immutable"
+                                if request.query.get("v") == digest else "public, no-cache")]
+    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+        return Response(b"", 304, None, headers)
+    return Response(css, 200, "text/css; charset=utf-8", headers)
+
+
+# People (administrators) -------------------------------------------------------
+
+@route("GET", "/account/users")
+def account_users(app, request):
+    page = min(_id_param(request, "page") or 1, 1_000_000)
+    body = HTML('{}<section class="panel panel--wide">{}</section>').format(render_page_assets(app),
+                                                                            render_people(app, request, page))
+    return render_layout(app, request, "People", body)
+
+
+@route("PATCH", "/account/users/<int:user_id>", auth="admin")
+@route("PUT", "/account/users/<int:user_id>", auth="admin")
+def update_account_user(app, request, user_id):
+    user = _manageable_user(app, user_id)
+    # CAMPFIRE.md, User admin: anything but member or administrator means member.
+    role = ROLE_ADMINISTRATOR if request.form.text("user[role]") == "administrator" else ROLE_MEMBER
+    if role == user.role:
+        return redirect("/account/edit")
+    problem = _removal_problem(app, request.user, user, "demote") if role == ROLE_MEMBER else None
+    if problem:
+        return render_account_page(app, request, notice=problem, status=422)
+    set_user_role(app, user, role)
+    return redirect("/account/edit")
+
+
+@route("DELETE", "/account/users/<int:user_id>", auth="admin")
+def deactivate_account_user(app, request, user_id):
+    user = _manageable_user(app, user_id)
+    problem = _removal_problem(app, request.user, user, "deactivate")
+    if problem is None and user.status == STATUS_BANNED:
+        problem = "%s is banned. Unban them before deactivating them." % user.name
+    if problem:
+        return render_account_page(app, request, notice=problem, status=422)
+    deactivate_user(app, user)
+    return redirect("/account/edit")
+
+
+@route("POST", "/users/<int:user_id>/ban", auth="admin")
+def create_ban(app, request, user_id):
+    user = _manageable_user(app, user_id)
+    if user.status == STATUS_BANNED:
+        return redirect("/users/%d" % user.id)
+    problem = _removal_problem(app, request.user, user, "ban")
+    if problem:
+        return render_user_page(app, request, user, notice=problem, status=422)
+    ban_user(app, user)
+    return redirect("/users/%d" % user.id)
+
+
+@route("DELETE", "/users/<int:user_id>/ban", auth="admin")
+def delete_ban(app, request, user_id):
+    user = _manageable_user(app, user_id)
+    if user.status == STATUS_BANNED:
+        unban_user(app, user)
+    return redirect("/users/%d" % user.id)
+
+
+# Profile --------------------------------------------------------------------------
+
+@route("GET", "/users/me/profile")
+def edit_profile(app, request):
+    user = request.user
+    return render_profile(app, request, {"user[name]": user.name, "user[email_address]": user.email_address or "",
+                                         "user[bio]": user.bio or ""}, {})
+
+
+@route("PATCH", "/users/me/profile")
+@route("PUT", "/users/me/profile")
+def update_profile(app, request):
+    """CAMPFIRE.md, Profile: name, email, password (blank keeps it), bio (at most 200 characters)."""
+    user, form = request.user, request.form
+    values = {
+        "user[name]": form.text("user[name]") if "user[name]" in form else user.name,
+        "user[email_address]": form.text("user[email_address]") if "user[email_address]" in form
+        else user.email_address or "",
+        "user[bio]": str(form.get("user[bio]", "")).replace("\r\n", "\n").strip() if "user[bio]" in form
+        else user.bio or "",
+    }
+    password = str(form.get("user[password]", ""))
+    errors = {}
+    if not values["user[name]"]:
+        errors["user[name]"] = "Enter your name."
+    elif len(values["user[name]"]) > MAX_NAME_CHARS:
+        errors["user[name]"] = "Use at most %d characters." % MAX_NAME_CHARS
+    email = values["user[email_address]"]
+    if not EMAIL_RE.match(email) or len(email) > MAX_EMAIL_CHARS:
+        errors["user[email_address]"] = "Enter a valid email address."
+    else:
+        owner = app.store.user_by_email(email)
+        if owner is not None and owner.id != user.id:
+            errors["user[email_address]"] = "Someone else already uses this email address."
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        errors["user[password]"] = "Use at most %d bytes." % MAX_PASSWORD_BYTES
+    if len(values["user[bio]"]) > MAX_BIO_CHARS:
+        errors["user[bio]"] = "Use at most %d characters." % MAX_BIO_CHARS
+    if errors:
+        return render_profile(app, request, values, errors, status=422)
+    try:
+        with app.db.atomic():
+            app.db.execute("UPDATE users SET name = ?, email_address = ?, bio = ?, updated_at = ? WHERE id = ?",
+                           (values["user[name]"], email, values["user[bio]"] or None, utc_now_text(), user.id))
+            if password:
+                app.store.set_password_digest(user.id, hash_password(password))
+    except sqlite3.IntegrityError:  # the same address taken meanwhile (unique index)
+        return render_profile(app, request, values, {
+            "user[email_address]": "Someone else already uses this email address."}, status=422)
+    _account_changed(app)  # names and avatars are everywhere: in cached pages and messages
+    return redirect("/users/me/profile")
+
+
+# Sign-in transfer and QR codes ---------------------------------------------------------
+
+def _transfer_user(app, token):
+    user_id = app.signer.unsign(token, "transfer")
+    user = app.store.user(user_id) if type(user_id) is int else None
+    if user is None or not user.active or user.bot:
+        raise BadRequest("This sign-in link is not valid: it may have expired (links last 4 hours). "
+                         "Open your profile on a signed-in device for a new one.")
+    return user
+
+
+@route("GET", "/session/transfers/<token>", auth="public")
+def show_session_transfer(app, request, token):
+    """The page a transfer link opens: transfer.js submits its form (PUT) at once; without
+    JavaScript the person presses the button."""
+    user = _transfer_user(app, token)
+    body = HTML(
+        '<section class="panel panel--auth"><h1 class="panel__title">Sign in as {name}</h1>'
+        '<p class="panel__intro">This link signs this browser in to {account} as {name}.</p>'
+        '<form method="post" action="/session/transfers/{token}" class="form" data-auto-submit>'
+        '<input type="hidden" name="_method" value="put">'
+        '<button type="submit" class="button button--primary">Sign in as {name}</button></form></section>'
+        '<script type="module" src="{script}"></script>').format(
+        name=user.name, account=app.store.account_name(), token=urllib.parse.quote(token, safe=""),
+        script=app.asset_url("transfer.js"))
+    return render_layout(app, request, "Sign in", body, sidebar=False, body_class="auth",
+                         headers=[("Cache-Control", "no-store")])
+
+
+@route("PUT", "/session/transfers/<token>", auth="public")
+@route("PATCH", "/session/transfers/<token>", auth="public")
+def update_session_transfer(app, request, token):
+    user = _transfer_user(app, token)
+    response = redirect("/")
+    app.start_session(request, response, user)
+    return response
+
+
+@route("GET", "/qr_code/<code>", auth="public")
+def qr_code(app, request, code):
+    """/qr_code/<base64url of a URL>: the URL as a QR code (CAMPFIRE.md, Transfer / QR)."""
+    if len(code) > 4 * -(-MAX_QR_CODE_TEXT_BYTES // 3) or not _BASE64URL_RE.match(code):
+        raise BadRequest("A QR code is made from a base64url-encoded link of at most %d bytes."
+                         % MAX_QR_CODE_TEXT_BYTES)
+    try:
+        text = b64url_decode(code).decode("utf-8")
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        raise BadRequest("A QR code is made from a base64url-encoded UTF-8 link.") from None
+    if len(text.encode()) > MAX_QR_CODE_TEXT_BYTES:
+        raise BadRequest("A QR code is made from a link of at most %d bytes." % MAX_QR_CODE_TEXT_BYTES)
+    return Response(qr_svg(text), 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
 
 
 ####
@@ -4470,6 +5462,7 @@ class App:
         self.events = Events(self.db)
         self.page_cache = LruCache(PAGE_CACHE_ENTRIES)
         self.message_cache = LruCache(MESSAGE_CACHE_ENTRIES)
+        self.derived = {}  # name → (store.global_version, value): custom CSS, banned addresses
         self.cable = Cable(self)
         # Nobody is connected to a server that just started: counts left by a
         # crash would otherwise hide unread marks forever.
@@ -4666,6 +5659,8 @@ class App:
             override = str(request.form.get("_method", "")).upper()
             if override in ("PATCH", "PUT", "DELETE"):
                 lookup = override
+        if method not in ("GET", "HEAD") and address_banned(self, request.remote_addr):
+            raise TooManyRequests("Requests from this address are blocked.")
         found = self.router.match(lookup, request.path)
         if found is None:
             raise NotFound("There is nothing at this address.")
