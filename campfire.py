@@ -14,16 +14,18 @@ pure code to the code that touches the world:
   5. WebSocket                RFC 6455 framing and permessage-deflate, sans-I/O
   6. Action Cable             the JSON protocol spoken on /cable
   7. Rich text                the allow-list sanitizer, auto-links, plain text, mentions
- 7a. QR codes                 byte-mode QR symbols as SVG, for invitation and sign-in links
-  8. Storage                  Campfire's SQLite schema, migrations, atomic()
-  9. Domain                   accounts, users, sessions, rooms, messages, search
- 10. Rendering                HTML pages, all through one escaping helper
- 11. Routes                   the router and every handler, by feature
- 12. Real time                /cable connections, channels and broadcasts
- 13. The application          App: a request in, a response out (no sockets)
- 14. The server               asyncio connections, timeouts, signals
- 15. Operations               seed (and the other long jobs of the command line)
- 16. Command line             main()
+  8. QR codes                 byte-mode QR symbols as SVG, for invitation and sign-in links
+  9. Storage                  Campfire's SQLite schema, migrations, atomic()
+ 10. Domain                   accounts, users, sessions, rooms, messages, search
+ 11. Rendering                HTML pages, all through one escaping helper
+ 12. Routes                   the router and every handler, by feature: sessions, rooms,
+                              messages, boosts, search, people, account, bots and their API
+ 13. Real time                /cable connections, channels and broadcasts
+ 14. The application          App: a request in, a response out (no sockets)
+ 15. Background work          webhook deliveries, off the request path
+ 16. The server               asyncio connections, timeouts, signals
+ 17. Operations               seed (and the other long jobs of the command line)
+ 18. Command line             main()
 """
 
 import argparse
@@ -1965,7 +1967,7 @@ def _link_mentions_in_text(text, candidates):
 
 
 ####
-#### 7a. QR codes (ISO/IEC 18004)
+#### 8. QR codes (ISO/IEC 18004)
 ####
 # ISO/IEC 18004:2015, byte mode only, rendered as SVG for /qr_code/<id>.
 
@@ -2272,7 +2274,7 @@ def qr_svg(text: str, *, level: str = "M", module_px: int = 8, border: int = 4) 
 
 
 ####
-#### 8. Storage
+#### 9. Storage
 ####
 # Campfire's own schema (db/schema.rb), written the way Rails writes it for
 # SQLite, so a database either program created opens in the other. Our
@@ -2494,7 +2496,7 @@ def _split_sql(script):
 
 
 ####
-#### 9. Domain: accounts, users, rooms, messages, search
+#### 10. Domain: accounts, users, rooms, messages, search
 ####
 
 ROLE_MEMBER, ROLE_ADMINISTRATOR, ROLE_BOT = 0, 1, 2
@@ -3008,7 +3010,7 @@ def fts_match_expression(query):
     return " ".join('"%s"' % word for word in words)
 
 ####
-#### 10. Rendering
+#### 11. Rendering
 ####
 # Every page is built from small functions returning HTML, and every value
 # reaches the page through HTML.format/escape.
@@ -3305,13 +3307,14 @@ def render_room(app, request, room, messages, *, highlight_id=None):
 
 
 ####
-#### 11. Routes
+#### 12. Routes
 ####
 # Each handler is declared with the route it answers. `auth` says who may ask:
 #   public      anyone (the user is still loaded when signed in)
 #   signed_out  only people not signed in (others go to /)
 #   user        a signed-in person (others go to sign in, or first run)
 #   admin       a signed-in administrator (others get 403)
+#   bot         the bot API: the key in the path authenticates (no cookie, no forgery check)
 
 @dataclass(frozen=True)
 class RouteSpec:
@@ -4819,8 +4822,472 @@ def qr_code(app, request, code):
     return Response(qr_svg(text), 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
 
 
+# Bots (CAMPFIRE.md, Bots) -------------------------------------------------------------
+# A bot is a user with role bot and a bot_token. Its key "<id>-<token>" in the
+# path is all a bot API request carries: no cookie, no forgery check, JSON out.
+# Administrators manage bots on /account/bots. Webhook deliveries (the other
+# half) are background work: see Webhooks, after the application.
+
+BOT_TOKEN_CHARS = 12                     # CAMPFIRE.md: key "<id>-<12 alnum>"
+BOT_KEY_RE = re.compile(r"([0-9]{1,18})-([A-Za-z0-9]{%d})\Z" % BOT_TOKEN_CHARS)
+BOT_API_LIMIT = (300, 60.0)              # bot API requests per key per minute → 429
+MAX_WEBHOOK_URL_CHARS = 2048             # 2 KB: the form refuses longer URLs
+BOT_ROLE_NAMES = {ROLE_MEMBER: "member", ROLE_ADMINISTRATOR: "administrator", ROLE_BOT: "bot"}
+BOT_MESSAGES_PATH = "/rooms/<int:room_id>/<bot_key>/messages"
+
+# Webhooks (CAMPFIRE.md: 7 s per connect and per read, no retries; the Rust
+# port's bounds for the rest). A reply is a message, and a message holds
+# MAX_MESSAGE_BODY_CHARS, so 1 MiB is already generous (Rust allows 100 MB,
+# for attachments, which this server doesn't take from webhooks).
+WEBHOOK_TIMEOUT = 7.0                    # seconds to connect, and for each read and write
+WEBHOOK_TIMEOUT_REPLY = "Failed to respond within 7 seconds"  # Campfire's words, posted as the bot
+WEBHOOK_TOTAL_TIMEOUT = 60.0             # seconds for a whole delivery (a reply that trickles)
+MAX_WEBHOOK_REPLY_BYTES = 1024 * 1024    # a longer reply body is refused, nothing posted
+MAX_WEBHOOK_HEAD_BYTES = 64 * 1024       # the reply's status line and headers
+WEBHOOK_QUEUE_SIZE = 1000                # deliveries waiting; past it new ones are dropped (logged)
+WEBHOOK_WORKERS = 8                      # deliveries in flight at once (a slow bot holds one)
+
+
+def generate_bot_token():
+    return "".join(secrets.choice(JOIN_CODE_ALPHABET) for _ in range(BOT_TOKEN_CHARS))
+
+
+_BOT_COLUMNS = ("SELECT users.id, users.name, users.bot_token, (SELECT url FROM webhooks "
+                "WHERE webhooks.user_id = users.id ORDER BY webhooks.id LIMIT 1) AS webhook_url FROM users ")
+
+
+def active_bots(db):
+    """Rows (id, name, bot_token, webhook_url) of the active bots, by name."""
+    return db.all(_BOT_COLUMNS + "WHERE users.role = ? AND users.status = ? ORDER BY lower(users.name), users.id",
+                  (ROLE_BOT, STATUS_ACTIVE))
+
+
+def active_bot(db, bot_id):
+    return db.one(_BOT_COLUMNS + "WHERE users.id = ? AND users.role = ? AND users.status = ?",
+                  (bot_id, ROLE_BOT, STATUS_ACTIVE))
+
+
+def bot_key(bot_row):
+    return "%d-%s" % (bot_row["id"], bot_row["bot_token"])
+
+
+def authenticate_bot(app, key):
+    """The active bot a key names, else None (Campfire's User.authenticate_bot)."""
+    match = BOT_KEY_RE.match(key.strip())
+    if not match:
+        return None
+    row = active_bot(app.db, int(match[1]))
+    if row is None or not row["bot_token"] or not hmac.compare_digest(row["bot_token"].encode(), match[2].encode()):
+        return None
+    return app.store.user(row["id"])
+
+
+def _set_webhook(db, bot_id, url, now):
+    """One webhooks row per bot: the URL, or none when it is blank."""
+    if not url:
+        db.execute("DELETE FROM webhooks WHERE user_id = ?", (bot_id,))
+    elif not db.execute("UPDATE webhooks SET url = ?, updated_at = ? WHERE user_id = ?", (url, now, bot_id)).rowcount:
+        db.execute("INSERT INTO webhooks (user_id, url, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                   (bot_id, url, now, now))
+
+
+def create_bot(app, name, webhook_url):
+    """A bot in every open room, as people are (it has no email and no password)."""
+    store, db = app.store, app.db
+    now = utc_now_text()
+    with db.atomic():
+        bot_id = db.execute(
+            "INSERT INTO users (name, role, status, bot_token, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, ROLE_BOT, STATUS_ACTIVE, generate_bot_token(), now, now)).lastrowid
+        for row in db.all("SELECT id FROM rooms WHERE type = ?", (ROOM_OPEN,)):
+            store.add_membership(row["id"], bot_id, now=now)
+            store.memberships_changed(row["id"], [bot_id])
+        _set_webhook(db, bot_id, webhook_url, now)
+    store.bump_everything()
+    return bot_id
+
+
+def update_bot(app, bot_id, name, webhook_url=None, *, change_webhook=True):
+    now = utc_now_text()
+    with app.db.atomic():
+        app.db.execute("UPDATE users SET name = ?, updated_at = ? WHERE id = ?", (name, now, bot_id))
+        if change_webhook:
+            _set_webhook(app.db, bot_id, webhook_url, now)
+    app.store.bump_everything()  # its name is on every message it wrote
+
+
+def reset_bot_key(app, bot_id):
+    with app.db.atomic():
+        app.db.execute("UPDATE users SET bot_token = ?, updated_at = ? WHERE id = ?",
+                       (generate_bot_token(), utc_now_text(), bot_id))
+
+
+def deactivate_bot(app, bot_id):
+    """Campfire's delete: deactivated, key cleared, webhook gone, out of every room but direct ones."""
+    db, store = app.db, app.store
+    with db.atomic():
+        room_ids = [row[0] for row in db.all(
+            "SELECT memberships.room_id FROM memberships JOIN rooms ON rooms.id = memberships.room_id "
+            "WHERE memberships.user_id = ? AND rooms.type != ?", (bot_id, ROOM_DIRECT))]
+        db.execute("DELETE FROM memberships WHERE user_id = ? AND room_id IN (SELECT id FROM rooms WHERE type != ?)",
+                   (bot_id, ROOM_DIRECT))
+        db.execute("DELETE FROM webhooks WHERE user_id = ?", (bot_id,))
+        db.execute("UPDATE users SET status = ?, bot_token = NULL, updated_at = ? WHERE id = ?",
+                   (STATUS_DEACTIVATED, utc_now_text(), bot_id))
+        for room_id in room_ids:
+            store.memberships_changed(room_id, [bot_id])
+    store.bump_everything()
+
+
+def webhook_url_error(url):
+    """Why a webhook URL can't be used, or None (http or https, a host, at most 2 KB)."""
+    if len(url) > MAX_WEBHOOK_URL_CHARS:
+        return "Use a URL of at most %d characters." % MAX_WEBHOOK_URL_CHARS
+    if not url.isascii() or any(char.isspace() or not char.isprintable() for char in url):
+        return "Enter a URL without spaces (percent-encode anything else)."
+    try:
+        split = urllib.parse.urlsplit(url)
+        split.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        return "Enter a valid URL."
+    if split.scheme.lower() not in ("http", "https") or not split.hostname:
+        return "Enter an http:// or https:// URL with a host name."
+    return None
+
+
+# Bot JSON (CAMPFIRE.md: message JSON) ---------------------------------------------------
+
+def iso_time_ms(db_time):
+    """A datetime column as UTC ISO 8601 with milliseconds: "2025-01-02T03:04:05.678Z"."""
+    seconds = parse_db_time(db_time) or 0
+    fraction = str(db_time or "").partition(".")[2][:3]
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(seconds))) + \
+        "." + (fraction.ljust(3, "0") if fraction.isdigit() else "000") + "Z"
+
+
+def _person_json(app, request, user_id):
+    user = app.store.user(user_id)
+    return {"id": user_id, "name": user.name if user else "Deleted user",
+            "role": BOT_ROLE_NAMES.get(user.role, "member") if user else "member",
+            "avatar_url": "%s/users/%d/avatar" % (request.origin, user_id)}
+
+
+def message_json(app, request, message):
+    body = message["body"] or ""
+    return {"id": message["id"], "created_at": iso_time_ms(message["created_at"]),
+            "body": {"plain_text": app.plain_text(body), "html": body},
+            "creator": _person_json(app, request, message["creator_id"]),
+            "room": {"id": message["room_id"]},
+            "url": "%s/rooms/%d/@%d" % (request.origin, message["room_id"], message["id"])}
+
+
+def boost_json(app, request, boost):
+    return {"id": boost["id"], "content": boost["content"], "created_at": iso_time_ms(boost["created_at"]),
+            "booster": _person_json(app, request, boost["booster_id"]), "message": {"id": boost["message_id"]}}
+
+
+# The bot API (CAMPFIRE.md: Bots, the API table) ----------------------------------------
+
+def bot_api(handler):
+    """Wrap a bot API handler: rate limit per key, authenticate by the key (a bad
+    key is sent to sign in, as Campfire does, whether or not the room exists),
+    404 for a room the bot isn't in, errors answered as JSON. The handler gets
+    (app, request, room, bot, bot_key, **params)."""
+    def answer(app, request, room_id, bot_key, **params):
+        # The request log names the route, never the key (a credential).
+        request.path = request.path.replace("/%s/" % bot_key, "/[FILTERED]/", 1)
+        if not app.bot_api_limiter.hit(bot_key):
+            return json_response({"error": "Too many requests."}, 429,
+                                 [("Retry-After", "%d" % BOT_API_LIMIT[1])])
+        bot = authenticate_bot(app, bot_key)
+        if bot is None:
+            return redirect("/session/new", 302)
+        try:
+            room = app.store.room(room_id) if room_id in app.store.user_rooms(bot.id) else None
+            if room is None:
+                raise NotFound("There is no such room.")
+            return handler(app, request, room, bot, bot_key, **params)
+        except HttpError as error:
+            return json_response({"error": error.message}, error.status, error.headers)
+    answer.__name__, answer.__doc__ = handler.__name__, handler.__doc__
+    return answer
+
+
+def _raw_text(request):
+    """A bot's raw request body, any content type, read as UTF-8 (Campfire's by_bots)."""
+    return request.body.decode("utf-8", "replace")
+
+
+def _posts_an_attachment(request):
+    """A multipart post with a file named attachment: Campfire's attachment upload."""
+    if not request.header("content-type").startswith("multipart/form-data"):
+        return False
+    request.form  # noqa: B018 (reading the parts fills request.files)
+    return "attachment" in request.files
+
+
+def _bot_room_message(app, room, message_id):
+    message = app.store.message(message_id)
+    if message is None or message["room_id"] != room.id:
+        raise NotFound("There is no such message.")
+    return message
+
+
+@route("GET", BOT_MESSAGES_PATH, auth="bot")
+@bot_api
+def bot_messages(app, request, room, bot, bot_key):
+    """40 messages, oldest first: the newest, or next to ?before= / ?after=."""
+    before, after = _id_param(request, "before"), _id_param(request, "after")
+    messages = app.store.messages_page(room.id, before=before, after=after)
+    headers = [("X-Total-Count", str(app.db.value("SELECT count(*) FROM messages WHERE room_id = ?", (room.id,))))]
+    if messages and app.db.value(
+            "SELECT 1 FROM messages WHERE room_id = ? AND (created_at, id) < "
+            "(SELECT created_at, id FROM messages WHERE id = ?) LIMIT 1", (room.id, messages[0]["id"])):
+        headers.append(("Link", '<%s/rooms/%d/%s/messages?before=%d>; rel="next"'
+                        % (request.origin, room.id, urllib.parse.quote(bot_key), messages[0]["id"])))
+    return json_response([message_json(app, request, message) for message in messages], 200, headers)
+
+
+@route("POST", BOT_MESSAGES_PATH, auth="bot", body_limit=MESSAGE_BODY_LIMIT)
+@bot_api
+def bot_create_message(app, request, room, bot, bot_key):
+    """The raw body is the message (HTML, sanitized like any other) → 201 and its Location."""
+    if _posts_an_attachment(request):
+        raise Unprocessable("Attachments are not supported by this server yet: post the message as text.")
+    message, _ = app.post_message(room, bot, _raw_text(request), secrets.token_hex(16))
+    return Response(b"", 201, None, [("Location", "/messages/%d" % message["id"])])
+
+
+@route("GET", BOT_MESSAGES_PATH + "/<int:message_id>", auth="bot")
+@bot_api
+def bot_show_message(app, request, room, bot, bot_key, message_id):
+    return json_response(message_json(app, request, _bot_room_message(app, room, message_id)))
+
+
+@route("PATCH", BOT_MESSAGES_PATH + "/<int:message_id>", auth="bot", body_limit=MESSAGE_BODY_LIMIT)
+@route("PUT", BOT_MESSAGES_PATH + "/<int:message_id>", auth="bot", body_limit=MESSAGE_BODY_LIMIT)
+@bot_api
+def bot_update_message(app, request, room, bot, bot_key, message_id):
+    message = _bot_room_message(app, room, message_id)
+    if message["creator_id"] != bot.id:
+        raise Forbidden("A bot can only change its own messages.")
+    return json_response(message_json(app, request, app.edit_message(message, _raw_text(request))))
+
+
+@route("DELETE", BOT_MESSAGES_PATH + "/<int:message_id>", auth="bot")
+@bot_api
+def bot_delete_message(app, request, room, bot, bot_key, message_id):
+    message = _bot_room_message(app, room, message_id)
+    if message["creator_id"] != bot.id:
+        raise Forbidden("A bot can only delete its own messages.")
+    app.remove_message(message)
+    return Response(b"", 204)
+
+
+@route("POST", BOT_MESSAGES_PATH + "/<int:message_id>/boosts", auth="bot")
+@bot_api
+def bot_create_boost(app, request, room, bot, bot_key, message_id):
+    """The raw body is the boost's content."""
+    message = _bot_room_message(app, room, message_id)
+    content = _raw_text(request).strip()
+    if not content:
+        raise Unprocessable("A boost needs some content.")
+    if len(content) > MAX_BOOST_CHARS:
+        raise Unprocessable("A boost holds at most %d characters." % MAX_BOOST_CHARS)
+    with app.db.atomic():
+        boost_id = app.store.create_boost(message, bot.id, content)
+    boost = app.store.boost(boost_id)
+    app.events.boost_changed(message, boost, "created")
+    return json_response(boost_json(app, request, boost), 201)
+
+
+@route("DELETE", BOT_MESSAGES_PATH + "/<int:message_id>/boosts/<int:boost_id>", auth="bot")
+@bot_api
+def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
+    message = _bot_room_message(app, room, message_id)
+    boost = app.store.boost(boost_id)
+    if boost is None or boost["message_id"] != message["id"]:
+        raise NotFound("There is no such boost.")
+    if boost["booster_id"] != bot.id:
+        raise Forbidden("A bot can only remove its own boosts.")
+    with app.db.atomic():
+        app.store.delete_boost(boost, room.id)
+    app.events.boost_changed(message, boost, "deleted")
+    return Response(b"", 204)
+
+
+@route("GET", "/messages/<int:message_id>")
+def message_location(app, request, message_id):
+    """Where a bot post's Location points: the message in its room, for members."""
+    message = _message_for_member(app, request, message_id)
+    return redirect("/rooms/%d/@%d" % (message["room_id"], message_id), 302)
+
+
+# Bots management (administrators) --------------------------------------------------------
+
+def _bot_post_url(app, request, bot_row):
+    """The bot's absolute post URL for the admin's current room (the last_room
+    cookie) when the bot is in it too, else for the bot's first room; None
+    when the bot is in no room."""
+    bot_rooms = app.store.user_rooms(bot_row["id"])
+    if not bot_rooms or not bot_row["bot_token"]:
+        return None
+    last = request.cookies.get(LAST_ROOM_COOKIE, "")
+    if last.isdigit() and int(last) in bot_rooms and int(last) in app.store.user_rooms(request.user.id):
+        room_id = int(last)
+    else:
+        room_id = min(bot_rooms)
+    return "%s/rooms/%d/%s/messages" % (request.origin, room_id, bot_key(bot_row))
+
+
+def render_bot_item(app, request, bot_row):
+    url = _bot_post_url(app, request, bot_row)
+    command = HTML(
+        '<div class="field"><label class="field__label" for="bot_{id}_curl">curl command for posting messages</label>'
+        '<input class="field__input" id="bot_{id}_curl" type="text" value="{command}" readonly '
+        'spellcheck="false"></div>').format(id=bot_row["id"], command="curl -d 'Hello!' %s" % url) \
+        if url else HTML('<p class="notice">Not in any room yet.</p>')
+    webhook = HTML('Webhook: <code>{}</code>').format(bot_row["webhook_url"]) if bot_row["webhook_url"] \
+        else HTML("No webhook")
+    return HTML(
+        '<li class="bot" id="bot_{id}"><div class="profile__head">{avatar}<div>'
+        '<h2 class="bot__name">{name}</h2><p class="bot__webhook">{webhook}</p></div></div>{command}'
+        '<div class="form__actions"><a class="button" href="/account/bots/{id}/edit" aria-label="Edit {name}">'
+        'Edit</a></div></li>').format(
+        id=bot_row["id"], avatar=render_avatar(bot_row["id"], 48), name=bot_row["name"], webhook=webhook,
+        command=command)
+
+
+@route("GET", "/account/bots", auth="admin")
+def bots_index(app, request):
+    bots = active_bots(app.db)
+    items = HTML("").join(render_bot_item(app, request, bot) for bot in bots)
+    body = HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">Chat bots</h1>'
+        '<p class="panel__intro">A bot posts with its own key, and hears about messages that mention it '
+        '(and every message in a direct room with it) at its webhook URL.</p>'
+        '{items}<div class="form__actions"><a class="button button--primary" href="/account/bots/new">New bot</a>'
+        '<a class="button" href="/account/edit">Back to the account</a></div></section>').format(
+        items=HTML('<ul class="bots picker__people">{}</ul>').format(items) if bots
+        else HTML('<p class="notice">No bots yet.</p>'))
+    return render_layout(app, request, "Chat bots", body)
+
+
+def render_bot_form(app, request, *, bot_row=None, values=None, errors=None, status=200):
+    values, errors = values or {}, errors or {}
+    editing = bot_row is not None
+    fields = HTML(
+        '<div class="field"><label class="visually-hidden" for="user_name">Name the bot</label>'
+        '<input class="field__input" id="user_name" name="user[name]" value="{name}" placeholder="Name the bot" '
+        'maxlength="{max_name}" required autofocus{name_invalid}>{name_error}</div>'
+        '<div class="field"><label class="field__label" for="user_webhook_url">Webhook URL (optional)</label>'
+        '<input class="field__input" id="user_webhook_url" name="user[webhook_url]" type="url" value="{url}" '
+        'placeholder="https://example.com/campfire-bot" maxlength="{max_url}"{url_invalid}>{url_error}</div>').format(
+        name=values.get("user[name]", ""), max_name=MAX_NAME_CHARS, url=values.get("user[webhook_url]", ""),
+        max_url=MAX_WEBHOOK_URL_CHARS, name_error=render_errors(errors, "user[name]"),
+        url_error=render_errors(errors, "user[webhook_url]"),
+        name_invalid=HTML(' aria-invalid="true"') if "user[name]" in errors else "",
+        url_invalid=HTML(' aria-invalid="true"') if "user[webhook_url]" in errors else "")
+    extra = HTML("")
+    if editing:
+        extra = HTML(
+            '<div class="danger-zone"><div class="field"><label class="field__label" for="bot_key">Bot key</label>'
+            '<input class="field__input" id="bot_key" type="text" value="{key}" readonly spellcheck="false"></div>'
+            '<form method="post" action="/account/bots/{id}/key" class="inline-form">'
+            '<input type="hidden" name="_method" value="put">'
+            '<button type="submit" class="button">Reset key</button></form> '
+            '<form method="post" action="/account/bots/{id}" class="inline-form">'
+            '<input type="hidden" name="_method" value="delete">'
+            '<button type="submit" class="button button--danger" data-confirm="Delete this bot?">Delete bot</button>'
+            '</form></div>').format(id=bot_row["id"], key=bot_key(bot_row))
+    body = HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">{title}</h1>'
+        '<form method="post" action="{action}" class="form">{method}{fields}'
+        '<div class="form__actions"><button type="submit" class="button button--primary">{button}</button>'
+        '<a class="button" href="/account/bots">Cancel changes</a></div></form>{extra}</section>').format(
+        title="Edit %s" % bot_row["name"] if editing else "New bot",
+        action="/account/bots/%d" % bot_row["id"] if editing else "/account/bots",
+        method=HTML('<input type="hidden" name="_method" value="patch">') if editing else "",
+        fields=fields, button="Save changes" if editing else "Create bot", extra=extra)
+    return render_layout(app, request, "Edit bot" if editing else "New bot", body, status=status)
+
+
+def _bot_form(form):
+    values = {"user[name]": form.text("user[name]"), "user[webhook_url]": form.text("user[webhook_url]")}
+    errors = {}
+    if not values["user[name]"]:
+        errors["user[name]"] = "Name the bot."
+    elif len(values["user[name]"]) > MAX_NAME_CHARS:
+        errors["user[name]"] = "Use at most %d characters." % MAX_NAME_CHARS
+    url_error = webhook_url_error(values["user[webhook_url]"]) if values["user[webhook_url]"] else None
+    if url_error:
+        errors["user[webhook_url]"] = url_error
+    return values, errors
+
+
+def _require_bot(app, bot_id):
+    row = active_bot(app.db, bot_id)
+    if row is None:
+        raise NotFound("There is no such bot.")
+    return row
+
+
+@route("GET", "/account/bots/new", auth="admin")
+def new_bot(app, request):
+    return render_bot_form(app, request)
+
+
+@route("POST", "/account/bots", auth="admin")
+def create_bot_route(app, request):
+    values, errors = _bot_form(request.form)
+    if errors:
+        return render_bot_form(app, request, values=values, errors=errors, status=422)
+    create_bot(app, values["user[name]"], values["user[webhook_url]"])
+    return redirect("/account/bots")
+
+
+@route("GET", "/account/bots/<int:bot_id>", auth="admin")
+def show_bot(app, request, bot_id):
+    _require_bot(app, bot_id)
+    return redirect("/account/bots/%d/edit" % bot_id, 302)
+
+
+@route("GET", "/account/bots/<int:bot_id>/edit", auth="admin")
+def edit_bot(app, request, bot_id):
+    row = _require_bot(app, bot_id)
+    return render_bot_form(app, request, bot_row=row,
+                           values={"user[name]": row["name"], "user[webhook_url]": row["webhook_url"] or ""})
+
+
+@route("PATCH", "/account/bots/<int:bot_id>", auth="admin")
+@route("PUT", "/account/bots/<int:bot_id>", auth="admin")
+def update_bot_route(app, request, bot_id):
+    row = _require_bot(app, bot_id)
+    values, errors = _bot_form(request.form)
+    if errors:
+        return render_bot_form(app, request, bot_row=row, values=values, errors=errors, status=422)
+    # Campfire changes the webhook only when the field is sent; blank removes it.
+    update_bot(app, bot_id, values["user[name]"], values["user[webhook_url]"],
+               change_webhook="user[webhook_url]" in request.form)
+    return redirect("/account/bots")
+
+
+@route("PUT", "/account/bots/<int:bot_id>/key", auth="admin")
+def reset_bot_key_route(app, request, bot_id):
+    _require_bot(app, bot_id)
+    reset_bot_key(app, bot_id)
+    return redirect("/account/bots")
+
+
+@route("DELETE", "/account/bots/<int:bot_id>", auth="admin")
+def delete_bot(app, request, bot_id):
+    _require_bot(app, bot_id)
+    deactivate_bot(app, bot_id)
+    return redirect("/account/bots")
+
+
 ####
-#### 12. Real time
+#### 13. Real time
 ####
 # /cable: WebSocket connections speaking Action Cable, the channels Campfire
 # has, and broadcasts. A broadcast is encoded once per identifier (plain and
@@ -5207,7 +5674,7 @@ def cable(app, request):
 
 
 ####
-#### 13. The application
+#### 14. The application
 ####
 # App turns a Request into a Response without touching a socket, so tests
 # drive it in-process and the server is a thin adapter around it.
@@ -5464,6 +5931,8 @@ class App:
         self.message_cache = LruCache(MESSAGE_CACHE_ENTRIES)
         self.derived = {}  # name → (store.global_version, value): custom CSS, banned addresses
         self.cable = Cable(self)
+        self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
+        self.webhooks = Webhooks(self)
         # Nobody is connected to a server that just started: counts left by a
         # crash would otherwise hide unread marks forever.
         with self.db.atomic():
@@ -5654,20 +6123,23 @@ class App:
     def _dispatch(self, request):
         method = request.method
         lookup = "GET" if method == "HEAD" else method
-        if method == "POST" and request.headers.get("content-type", "").startswith(
-                ("application/x-www-form-urlencoded", "multipart/form-data")):
+        found = self.router.match(lookup, request.path)
+        # A form's _method stands for PATCH, PUT or DELETE (browsers can't send them);
+        # a bot's raw body is never read as a form, whatever its content type says.
+        if method == "POST" and not (found and found[1].auth == "bot") and request.headers.get(
+                "content-type", "").startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             override = str(request.form.get("_method", "")).upper()
             if override in ("PATCH", "PUT", "DELETE"):
                 lookup = override
+                found = self.router.match(lookup, request.path)
         if method not in ("GET", "HEAD") and address_banned(self, request.remote_addr):
             raise TooManyRequests("Requests from this address are blocked.")
-        found = self.router.match(lookup, request.path)
         if found is None:
             raise NotFound("There is nothing at this address.")
         handler, spec, params = found
-        if lookup not in ("GET", "HEAD"):
+        if lookup not in ("GET", "HEAD") and spec.auth != "bot":
             self._check_request_origin(request)
-        if spec.auth != "health":
+        if spec.auth not in ("health", "bot"):
             self._authenticate(request)
         if spec.auth == "signed_out" and request.user is not None:
             return redirect("/")
@@ -5740,7 +6212,349 @@ class App:
 
 
 ####
-#### 14. The server
+#### 15. Background work: webhook deliveries (CAMPFIRE.md, Bots: Webhook)
+####
+# A person's message that a bot should hear about is queued (bounded) when it
+# commits; a few asyncio workers POST it to the bot's webhook and post a text
+# reply back as the bot, on the event loop's thread (the database belongs to
+# it). Posting a message never waits for a bot.
+
+class WebhookFailed(CampfireError):
+    """A delivery that produced no usable reply (logged; never reaches a client)."""
+
+
+class WebhookTimedOut(WebhookFailed):
+    """Connecting, or one read or write, took longer than WEBHOOK_TIMEOUT."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    bot_id: int
+    room_id: int
+    message_id: int
+    url: str
+    payload: bytes
+
+
+def webhook_deliveries(app, room, message):
+    """Who hears about a new message: in a direct room every active bot in it,
+    elsewhere each mentioned active bot in the room, never its author, and
+    only for messages people wrote (a bot's post or reply never triggers one)."""
+    store = app.store
+    author = store.user(message["creator_id"])
+    if author is None or author.bot:
+        return []
+    body = message["body"] or ""
+    if room.direct:
+        candidates = store.room_member_ids(room.id)
+    else:
+        mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)}
+        if not mentioned:
+            return []
+        candidates = [user_id for user_id in store.room_member_ids(room.id) if user_id in mentioned]
+    deliveries = []
+    for user_id in candidates:
+        user = store.user(user_id)
+        if user is None or not user.bot or not user.active or user_id == author.id:
+            continue
+        row = active_bot(app.db, user_id)
+        if row is None or not row["webhook_url"] or not row["bot_token"]:
+            continue
+        plain = app.plain_text(body).replace("@" + user.name, "").strip()
+        payload = {"user": {"id": author.id, "name": author.name},
+                   "room": {"id": room.id, "name": room.name,
+                            "path": "/rooms/%d/%s/messages" % (room.id, bot_key(row))},
+                   "message": {"id": message["id"], "body": {"html": body, "plain": plain},
+                               "path": "/rooms/%d/@%d" % (room.id, message["id"])}}
+        deliveries.append(WebhookDelivery(user_id, room.id, message["id"], row["webhook_url"],
+                                          json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()))
+    return deliveries
+
+
+def webhook_request_bytes(url, payload):
+    """The POST a webhook receives: JSON, one request per connection."""
+    split = urllib.parse.urlsplit(url)
+    host = split.hostname
+    host = "[%s]" % host if ":" in host else host
+    if split.port is not None:
+        host += ":%d" % split.port
+    target = (split.path or "/") + ("?" + split.query if split.query else "")
+    head = ("POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            "Accept: */*\r\nUser-Agent: Campfire/%s\r\nConnection: close\r\n\r\n") % (
+        target, host, len(payload), VERSION)
+    return head.encode("ascii") + payload
+
+
+class WebhookResponseReader:
+    """Bytes of one HTTP/1.1 response in, status, headers and body out (sans-I/O).
+
+    receive_data(bytes) and receive_eof() return True once the response is
+    complete. Bodies framed by Content-Length, chunked coding (RFC 9112 §7.1)
+    or the end of the connection; interim 1xx responses are skipped. Raises
+    WebhookFailed past MAX_WEBHOOK_HEAD_BYTES or max_body, or on malformed input."""
+
+    def __init__(self, max_body=None):
+        self.max_body = MAX_WEBHOOK_REPLY_BYTES if max_body is None else max_body
+        self.status = None
+        self.headers = {}
+        self.body = bytearray()
+        self._buffer = bytearray()
+        self._framing = None      # "length", "chunked", "eof" once the head is read
+        self._remaining = 0       # bytes left of the body or of the current chunk
+        self._in_chunk = False
+        self._trailers = False
+        self.complete = False
+
+    @property
+    def content_type(self):
+        """The media type alone, lower case, as Net::HTTP's content_type gives it."""
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    def receive_data(self, data):
+        self._buffer += data
+        while not self.complete:
+            if self._framing is None:
+                if not self._parse_head():
+                    break
+            elif not self._parse_body():
+                break
+        return self.complete
+
+    def receive_eof(self):
+        if self.complete:
+            return True
+        if self._framing == "eof":
+            self.complete = True
+            return True
+        raise WebhookFailed("the connection closed before the reply was complete")
+
+    def _parse_head(self):
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_WEBHOOK_HEAD_BYTES:
+                raise WebhookFailed("the reply's headers are too large")
+            return False
+        lines = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
+        del self._buffer[:end + 4]
+        match = re.match(r"HTTP/1\.[01] ([0-9]{3})(?: |\Z)", lines[0])
+        if not match:
+            raise WebhookFailed("the reply is not HTTP/1.x: %r" % lines[0][:100])
+        status = int(match[1])
+        if 100 <= status < 200:
+            return True  # an interim response: the real one follows
+        headers = {}
+        for line in lines[1:]:
+            name, separator, value = line.partition(":")
+            if not separator:
+                raise WebhookFailed("a reply header is malformed")
+            key = name.strip().lower()
+            headers[key] = headers[key] + ", " + value.strip() if key in headers else value.strip()
+        self.status, self.headers = status, headers
+        if status in (204, 304):
+            self.complete = True
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            self._framing = "chunked"
+        elif "content-length" in headers:
+            if not re.fullmatch(r"[0-9]{1,18}", headers["content-length"]):
+                raise WebhookFailed("the reply's Content-Length is malformed")
+            self._framing, self._remaining = "length", int(headers["content-length"])
+            if self._remaining > self.max_body:
+                raise WebhookFailed("the reply is larger than %d bytes" % self.max_body)
+        else:
+            self._framing = "eof"
+        return True
+
+    def _take(self, count):
+        if len(self.body) + count > self.max_body:
+            raise WebhookFailed("the reply is larger than %d bytes" % self.max_body)
+        self.body += self._buffer[:count]
+        del self._buffer[:count]
+
+    def _parse_body(self):
+        if self._framing == "eof":
+            self._take(len(self._buffer))
+            return False
+        if self._framing == "length":
+            count = min(self._remaining, len(self._buffer))
+            self._take(count)
+            self._remaining -= count
+            self.complete = self._remaining == 0
+            return False
+        if self._in_chunk:  # chunked: the chunk's data, then its CRLF
+            if len(self._buffer) < self._remaining + 2:
+                return False
+            if self._buffer[self._remaining:self._remaining + 2] != b"\r\n":
+                raise WebhookFailed("a reply chunk is not followed by CRLF")
+            self._take(self._remaining)
+            del self._buffer[:2]
+            self._in_chunk = False
+            return True
+        end = self._buffer.find(b"\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_CHUNK_LINE_BYTES:
+                raise WebhookFailed("a reply chunk line is too long")
+            return False
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 2]
+        if self._trailers:
+            self.complete = not line
+            return True
+        match = re.fullmatch(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?", line)
+        if not match:
+            raise WebhookFailed("a reply chunk size is malformed")
+        size = int(match[1], 16)
+        if size == 0:
+            self._trailers = True
+        else:
+            if len(self.body) + size > self.max_body:
+                raise WebhookFailed("the reply is larger than %d bytes" % self.max_body)
+            self._in_chunk, self._remaining = True, size
+        return True
+
+
+class Webhooks:
+    """The Events listener that delivers webhooks, and its bounded queue.
+
+    The server runs WEBHOOK_WORKERS workers (start/stop); without a server
+    (tests, the command line) run_pending() delivers what is queued."""
+
+    def __init__(self, app):
+        self.app = app
+        self.pending = collections.deque()
+        self._wakeup = None
+        self._workers = []
+        self._tls = None
+        app.events.subscribe(self)
+
+    # Events ---------------------------------------------------------------------
+    def message_created(self, room, message, unread_user_ids):
+        for delivery in webhook_deliveries(self.app, room, message):
+            self.enqueue(delivery)
+
+    def enqueue(self, delivery):
+        if len(self.pending) >= WEBHOOK_QUEUE_SIZE:
+            log.warning("webhook queue full (%d): dropped message %d for bot %d",
+                        WEBHOOK_QUEUE_SIZE, delivery.message_id, delivery.bot_id)
+            return
+        self.pending.append(delivery)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # Workers --------------------------------------------------------------------
+    def start(self, loop):
+        self._wakeup = asyncio.Event()
+        self._workers = [loop.create_task(self._work()) for _ in range(WEBHOOK_WORKERS)]
+        if self.pending:
+            self._wakeup.set()
+
+    def stop(self):
+        """Cancel the workers (no reply is posted after this); queued deliveries are dropped."""
+        for worker in self._workers:
+            worker.cancel()
+        self._workers, self._wakeup = [], None
+        if self.pending:
+            log.warning("dropped %d queued webhook deliveries at shutdown", len(self.pending))
+            self.pending.clear()
+
+    async def _work(self):
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await self._drain()
+
+    async def _drain(self):
+        while self.pending:
+            await self.deliver(self.pending.popleft())
+
+    def run_pending(self):
+        """Deliver everything queued, on a private event loop in this thread."""
+        async def drain_all():
+            await asyncio.gather(*(self._drain() for _ in range(WEBHOOK_WORKERS)))
+        asyncio.run(drain_all())
+
+    # One delivery ---------------------------------------------------------------
+    async def deliver(self, delivery):
+        """POST once (no retries, no redirects followed) and act on the reply."""
+        try:
+            reply = await asyncio.wait_for(self._post(delivery.url, delivery.payload), WEBHOOK_TOTAL_TIMEOUT)
+        except WebhookTimedOut as error:
+            log.warning("webhook for bot %d timed out (%s)", delivery.bot_id, error)
+            self._post_reply(delivery, WEBHOOK_TIMEOUT_REPLY)
+            return
+        except TimeoutError:
+            log.warning("webhook for bot %d took over %gs in all; nothing posted",
+                        delivery.bot_id, WEBHOOK_TOTAL_TIMEOUT)
+            return
+        except (WebhookFailed, OSError, EOFError, ValueError, UnicodeError) as error:
+            log.warning("webhook for bot %d failed: %s", delivery.bot_id, str(error) or type(error).__name__)
+            return
+        except Exception:
+            log.error("webhook for bot %d failed:\n%s", delivery.bot_id, traceback.format_exc())
+            return
+        if reply.status == 200 and reply.content_type in ("text/html", "text/plain"):
+            self._post_reply(delivery, bytes(reply.body).decode("utf-8", "replace"))
+        elif 300 <= reply.status < 400:
+            log.warning("webhook for bot %d answered %d (redirects aren't followed); nothing posted",
+                        delivery.bot_id, reply.status)
+        elif reply.headers.get("content-type") and reply.body:
+            # Campfire saves any other reply as an attachment; this server has no attachments yet.
+            log.warning("webhook for bot %d answered %d with %s (%d bytes): attachments are not supported; "
+                        "nothing posted", delivery.bot_id, reply.status, reply.content_type, len(reply.body))
+        elif not 200 <= reply.status < 300:
+            log.warning("webhook for bot %d answered %d; nothing posted", delivery.bot_id, reply.status)
+
+    async def _post(self, url, payload):
+        split = urllib.parse.urlsplit(url)
+        https = split.scheme.lower() == "https"
+        port = split.port or (443 if https else 80)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                split.hostname, port, ssl=self._tls_context() if https else None,
+                server_hostname=split.hostname if https else None), WEBHOOK_TIMEOUT)
+        except TimeoutError:
+            raise WebhookTimedOut("no connection within %gs" % WEBHOOK_TIMEOUT) from None
+        try:
+            writer.write(webhook_request_bytes(url, payload))
+            await self._step(writer.drain(), "sending")
+            response = WebhookResponseReader()
+            while True:
+                data = await self._step(reader.read(64 * 1024), "reading")
+                if response.receive_data(data) if data else response.receive_eof():
+                    return response
+        finally:
+            writer.transport.abort()
+
+    @staticmethod
+    async def _step(awaitable, doing):
+        try:
+            return await asyncio.wait_for(awaitable, WEBHOOK_TIMEOUT)
+        except TimeoutError:
+            raise WebhookTimedOut("nothing for %gs while %s" % (WEBHOOK_TIMEOUT, doing)) from None
+
+    def _tls_context(self):
+        if self._tls is None:
+            import ssl  # loaded on the first https webhook only
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    def _post_reply(self, delivery, text):
+        """The reply as the bot's message, if the bot is still active and in the room."""
+        app = self.app
+        bot = app.store.user(delivery.bot_id)
+        room = app.store.room(delivery.room_id)
+        if bot is None or not bot.active or room is None or room.id not in app.store.user_rooms(bot.id):
+            log.info("webhook reply from bot %d dropped: the bot or the room is gone", delivery.bot_id)
+            return
+        try:
+            app.post_message(room, bot, text, secrets.token_hex(16))
+        except HttpError as error:
+            log.warning("webhook reply from bot %d not posted: %s", delivery.bot_id, error.message)
+        except Exception:
+            log.error("webhook reply from bot %d not posted:\n%s", delivery.bot_id, traceback.format_exc())
+
+
+####
+#### 16. The server
 ####
 # A thin adapter: asyncio feeds bytes to HttpParser, hands each request to
 # App.handle in order and writes the responses back.
@@ -5930,6 +6744,7 @@ class Server:
         self.app.db.on_batch_opened = lambda: self.loop.call_soon(self.flush_writes)
         self._sweeper = self.loop.create_task(self._sweep())
         self._beat = self.loop.create_task(self._cable_beat())
+        self.app.webhooks.start(self.loop)
 
     async def _cable_beat(self):
         while not self.stopping:
@@ -5961,6 +6776,7 @@ class Server:
     async def stop(self):
         """Stop accepting, let in-flight requests finish (bounded), close the database."""
         self.stopping = True
+        self.app.webhooks.stop()
         if self._server is not None:
             self._server.close()
         if self._sweeper is not None:
@@ -6017,7 +6833,7 @@ async def serve(config):
 
 
 ####
-#### 15. Operations: seed
+#### 17. Operations: seed
 ####
 # Long jobs for the command line, each reporting its progress.
 
@@ -6100,7 +6916,7 @@ def print_progress(label, done, total):
 
 
 ####
-#### 16. Command line
+#### 18. Command line
 ####
 
 def main(argv=None):
