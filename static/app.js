@@ -1,35 +1,47 @@
-// Campfire's page enhancements: local times, actions only for who may use
-// them, confirmations. Each feature lives in its own module as it grows.
+// Campfire in the browser: the entry point. Each feature lives in its own module;
+// this file finds the page's parts and wires them together.
 
-const currentUserId = document.body.dataset.userId
-const administrator = document.body.dataset.administrator === "true"
+import { Cable, showConnection } from "./cable.js"
+import { MessageList, RoomStream, decorateMessages, muteToggle } from "./messages.js"
+import { MessageScroller } from "./scroller.js"
+import { Composer } from "./composer.js"
+import { MessageActions } from "./actions.js"
+import { Sidebar, Presence } from "./sidebar.js"
+import { confirmDangerousForms, filterPickers, bellInPlace } from "./forms.js"
 
-function localizeTimes(root = document) {
-  for (const time of root.querySelectorAll("time[datetime]")) {
-    const date = new Date(time.getAttribute("datetime"))
-    if (!Number.isNaN(date.getTime())) {
-      time.textContent = date.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" })
-      time.title = date.toLocaleString()
-    }
-  }
+const body = document.body
+const viewer = {
+  id: body.dataset.userId,
+  administrator: body.dataset.administrator === "true",
+  name: document.querySelector(".topbar__user span")?.textContent.trim() ?? "",
 }
 
-function markOwnMessages(root = document) {
-  for (const message of root.querySelectorAll(".message[data-creator-id]")) {
-    const mine = message.dataset.creatorId === currentUserId
-    message.classList.toggle("message--mine", mine)
-    message.classList.toggle("message--editable", mine || administrator)
-  }
+function startRoom(section, cable) {
+  const roomId = section.dataset.roomId
+  const list = new MessageList(section.querySelector("#messages"), viewer)
+  const scroller = new MessageScroller(list)
+  const stream = new RoomStream(cable, list, scroller)
+  const form = section.querySelector("form#composer")
+  let actions = null
+  const composer = form && new Composer(form, { list, stream, scroller, cable, onEditLast: (message) => actions.edit(message) })
+  actions = new MessageActions(list, { composer, scroller })
+  section.querySelector(".room__tools")?.prepend(muteToggle())
+  new Presence(cable, roomId, section.querySelector(".room__header"))
 }
 
-function confirmDangerousForms() {
-  document.addEventListener("submit", (event) => {
-    const button = event.submitter
-    const question = button?.dataset.confirm || (button?.dataset.action === "delete" ? "Delete this message?" : null)
-    if (question && !window.confirm(question)) event.preventDefault()
-  })
-}
-
-localizeTimes()
-markOwnMessages()
 confirmDangerousForms()
+filterPickers()
+bellInPlace()
+
+if (viewer.id) {
+  const cable = new Cable()
+  showConnection(cable)
+  cable.subscribe({ channel: "HeartbeatChannel" })
+  const room = document.querySelector("section.room[data-room-id]")
+  new Sidebar(cable, room?.dataset.roomId)
+  if (room) startRoom(room, cable)
+  // Search results: local times and only the actions the reader may use (plain links and forms there).
+  const results = document.getElementById("search-results")
+  if (results) decorateMessages(results, viewer, { replies: false })
+  cable.connect()
+}

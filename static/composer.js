@@ -1,0 +1,159 @@
+// The composer: a rich-text editor for the textarea, optimistic sends with retry,
+// drafts, typing notifications, replies, Up arrow to edit; disabled while offline.
+
+import { RichTextEditor } from "./editor.js"
+import { Sanitizer } from "./richtext.js"
+import { parseMessages } from "./messages.js"
+import { Autocomplete } from "./autocomplete.js"
+import { connectTyping } from "./typing.js"
+import { h, send } from "./dom.js"
+
+const RETRYABLE = (status) => !status || status >= 500 || status === 408 || status === 429
+
+// crypto.randomUUID is missing outside secure contexts (plain HTTP on a LAN): 128 random bits then.
+export const uuid = () => crypto.randomUUID?.() ??
+  [...crypto.getRandomValues(new Uint8Array(16))].map((byte) => byte.toString(16).padStart(2, "0")).join("")
+
+// The unsent text of each room, kept in localStorage across reloads.
+export class Drafts {
+  constructor(roomId, storage = globalThis.localStorage) {
+    Object.assign(this, { key: `campfire:draft:${roomId}`, storage })
+  }
+
+  load() { try { return this.storage.getItem(this.key) ?? "" } catch { return "" } }
+
+  save(html) { try { html ? this.storage.setItem(this.key, html) : this.storage.removeItem(this.key) } catch {} }
+}
+
+export class Composer {
+  #form
+  #editor = new RichTextEditor({ label: "Write a message", className: "composer__editor", submit: () => this.submit() })
+  #send
+  #list
+  #stream
+  #scroller
+  #drafts
+  #typing = null
+  #pending = new WeakMap()   // pending message → { html, clientId }
+
+  constructor(form, { list, stream, scroller, cable, onEditLast }) {
+    Object.assign(this, { onEditLast })
+    this.#form = form
+    this.#list = list
+    this.#stream = stream
+    this.#scroller = scroller
+    this.#drafts = new Drafts(form.dataset.roomId)
+    this.#send = form.querySelector("button[type=submit]")
+    this.#replaceTextarea()
+    this.autocomplete = new Autocomplete(this.#editor, form.dataset.roomId)
+    form.append(this.autocomplete.element)
+    const draft = this.#drafts.load()
+    if (draft) this.#editor.load(draft)
+    const root = this.#editor.root
+    form.addEventListener("submit", (event) => { event.preventDefault(); this.submit() })
+    root.addEventListener("keydown", (event) => this.#keydown(event))
+    root.addEventListener("input", () => this.#changed())
+    root.addEventListener("blur", () => this.#typing?.stop())
+    list.element.addEventListener("click", (event) => this.#retryClicked(event))
+    if (cable) this.#connect(cable)
+  }
+
+  get editor() { return this.#editor }
+
+  // Reply (CAMPFIRE.md): the quoted text and a cite linking back, then a line to write on.
+  quote(message) {
+    const text = message.querySelector(".message__body")?.innerText.trim() ?? ""
+    const author = message.querySelector(".message__author")?.textContent.trim() ?? ""
+    const href = message.querySelector(".message__permalink")?.getAttribute("href") ?? ""
+    const line = h("div", {}, h("br"))
+    const quote = document.createDocumentFragment()
+    quote.append(h("blockquote", {}, text), h("cite", {}, author, " ", h("a", { href }, "#")), line)
+    this.#editor.focus()
+    this.#editor.insertFragment(quote)
+    getSelection().collapse(line, 0)
+  }
+
+  async submit() {
+    if (this.#editor.blank || this.#editor.disabled) return
+    const html = this.#editor.html, clientId = uuid()
+    const body = new Sanitizer().fromNode(this.#editor.root)
+    this.#editor.clear()
+    this.#drafts.save("")
+    this.#typing?.stop()
+    if (!this.#scroller.hasLatest) await this.#scroller.jumpToLatest()   // a permalink page: send from the latest
+    const pending = this.#scroller.change(() => this.#list.addPending(clientId, body), { follow: true })
+    this.#pending.set(pending, { html, clientId })
+    this.#post(pending)
+    this.#editor.root.focus()
+  }
+
+  #replaceTextarea() {
+    const textarea = this.#form.querySelector("textarea")
+    this.#form.querySelector(`label[for="${textarea?.id}"]`)?.remove()
+    textarea?.removeAttribute("aria-label")
+    Object.assign(textarea ?? {}, { hidden: true, required: false, tabIndex: -1 })
+    this.#form.classList.add("composer--rich")
+    this.#form.prepend(this.#editor.toolbar())
+    ;(textarea ?? this.#send).before(this.#editor.root)
+  }
+
+  // Up arrow in an empty composer edits your last message (CAMPFIRE.md).
+  #keydown(event) {
+    if (event.key !== "ArrowUp" || event.defaultPrevented || event.shiftKey || event.ctrlKey || event.metaKey || event.altKey) return
+    const last = this.#editor.blank && this.#list.lastOwnMessage()
+    if (!last || !this.onEditLast) return
+    event.preventDefault()
+    this.onEditLast(last)
+  }
+
+  #changed() {
+    const blank = this.#editor.blank
+    this.#drafts.save(blank ? "" : this.#editor.root.innerHTML)
+    this.#typing?.typed(blank)
+  }
+
+  async #post(pending) {
+    const { html, clientId } = this.#pending.get(pending)
+    pending.querySelector(".message__status").textContent = "Sending…"
+    const response = await send(this.#form.action, { "message[body]": html, "message[client_message_id]": clientId })
+    if (!response?.ok) return this.#failed(pending, response?.status)
+    const [message] = parseMessages(await response.text())
+    if (message) this.#stream.add(message, { own: true })
+  }
+
+  #failed(pending, status) {
+    if (!pending.isConnected) return
+    pending.classList.add("message--failed")
+    pending.querySelector(".message__status").textContent = failureText(status)
+    const retry = h("span", { className: "message__retry" },
+      RETRYABLE(status) ? h("button", { type: "button", className: "button button--small", "data-action": "retry" }, "Retry") : "",
+      h("button", { type: "button", className: "button button--small", "data-action": "discard" }, "Discard"))
+    pending.querySelector(".message__meta").append(" ", retry)
+    retry.querySelector("button").focus({ preventScroll: true })
+  }
+
+  #retryClicked(event) {
+    const button = event.target.closest("[data-action=retry], [data-action=discard]")
+    const pending = button?.closest(".message--pending")
+    if (!pending || !this.#pending.has(pending)) return
+    if (button.dataset.action === "discard") return pending.remove()
+    pending.classList.remove("message--failed")
+    button.parentElement.remove()
+    this.#post(pending)   // the same client_message_id: the server keeps one message
+  }
+
+  #connect(cable) {
+    this.#typing = connectTyping(cable, this.#form.dataset.roomId, this.#list.viewer.id, this.#form)
+    cable.addEventListener("offline", () => this.#setOffline(true))
+    cable.addEventListener("online", () => this.#setOffline(false))
+    this.#setOffline(cable.offline)
+  }
+
+  #setOffline(offline) {
+    this.#editor.disabled = this.#send.disabled = offline
+    this.#form.classList.toggle("composer--offline", offline)
+  }
+}
+
+const FAILURES = { 0: "no connection", 413: "too long", 422: "empty", 403: "not allowed here", 404: "not allowed here" }
+const failureText = (status) => `Not sent: ${FAILURES[status ?? 0] ?? "the server had a problem"}.`

@@ -1,0 +1,239 @@
+// The room's messages: live from RoomMessagesChannel, each once; threads, local
+// times, per-reader actions, catching up, /play sounds.
+
+import { playSound, isMuted, setMuted } from "./sounds.js"
+import { h, fragment, fetchText } from "./dom.js"
+
+export const THREAD_WINDOW_MS = 5 * 60 * 1000   // CAMPFIRE.md: messages thread within 5 min
+export const MAX_MESSAGES = 300                  // CAMPFIRE.md: the client keeps ≤ 300
+export const CATCH_UP_MARGIN_MS = 10 * 1000      // ask from a little before the last moment we're sure of
+export const HIDDEN_REFRESH_AFTER_MS = 60 * 1000 // CAMPFIRE.md: refresh after > 60 s hidden
+
+// Whether `message` continues `previous`'s thread: same author within 5 minutes.
+export function continuesThread(previous, message) {
+  if (!previous || previous.creatorId !== message.creatorId) return false
+  const gap = Date.parse(message.createdAt) - Date.parse(previous.createdAt)
+  return gap >= 0 && gap < THREAD_WINDOW_MS
+}
+
+export function localizeTimes(root) {
+  const today = new Date().toDateString()
+  for (const time of root.querySelectorAll("time[datetime]")) {
+    const date = new Date(time.getAttribute("datetime"))
+    if (Number.isNaN(date.getTime())) continue
+    const clock = date.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" })
+    const day = date.toDateString() === today ? "" : date.toLocaleDateString([], { month: "short", day: "numeric" }) + ", "
+    time.textContent = day + clock
+    time.title = date.toLocaleString()
+  }
+}
+
+// Shows each reader only the actions the server allows them (adm?(message), own boosts).
+export function decorateMessages(root, viewer, { replies = true } = {}) {
+  for (const message of root.matches?.(".message") ? [root] : root.querySelectorAll(".message")) {
+    const mine = message.dataset.creatorId === viewer.id
+    message.classList.toggle("message--mine", mine)
+    message.classList.toggle("message--editable", mine || viewer.administrator)
+    for (const owner of message.querySelectorAll(".message__action--owner")) owner.hidden = !(mine || viewer.administrator)
+    for (const boost of message.querySelectorAll(".boost")) {
+      const remove = boost.querySelector(".boost__remove")
+      if (remove) remove.hidden = boost.dataset.boosterId !== viewer.id
+    }
+    const actions = message.querySelector(".message__actions")
+    if (replies && actions && !actions.querySelector("[data-action=reply]")) {
+      const reply = h("button", { type: "button", className: "message__action", "data-action": "reply" }, "Reply")
+      actions.querySelector("[data-action=boost]")?.after(reply) ?? actions.append(reply)
+    }
+  }
+  localizeTimes(root)
+}
+
+export const parseMessages = (html) => [...fragment(html).querySelectorAll(".message")]
+
+const idOf = (element) => Number(element?.dataset.messageId) || null
+const threadItem = (element) => element?.classList.contains("message") && element.dataset
+
+export class MessageList {
+  constructor(container, viewer) {
+    this.element = container
+    this.roomId = container.dataset.roomId
+    this.viewer = viewer
+    Object.assign(container, { tabIndex: 0, role: "region" })  // scrollable by keyboard
+    container.setAttribute("aria-label", "Messages")
+    decorateMessages(container, viewer)
+    this.rethread()
+  }
+
+  get messages() { return [...this.element.querySelectorAll(":scope > .message")] }
+  get saved() { return this.messages.filter(idOf) }
+  get oldestId() { return idOf(this.saved[0]) }
+  get newestId() { return idOf(this.saved.at(-1)) }
+
+  find(id) { return this.element.querySelector(`:scope > .message[data-message-id="${Number(id)}"]`) }
+
+  lastOwnMessage() {
+    return this.saved.filter((message) => message.dataset.creatorId === this.viewer.id).at(-1) ?? null
+  }
+
+  // A server-rendered message in its place, for its older copy or our optimistic one
+  // (same client_message_id). True when it is new here.
+  upsert(message, { onlyExisting = false } = {}) {
+    decorateMessages(message, this.viewer)
+    const existing = this.find(idOf(message))
+    const clientId = message.dataset.clientMessageId
+    const pending = clientId && this.element.querySelector(`:scope > .message--pending[data-client-message-id="${CSS.escape(clientId)}"]`)
+    if (existing) {
+      carryEditor(existing, message)
+      existing.replaceWith(message)
+    } else if (onlyExisting && !pending) {
+      return false
+    } else {
+      this.#insertInOrder(message)
+    }
+    pending?.remove()
+    this.#rethread(message)
+    return !existing
+  }
+
+  remove(id) {
+    const message = this.find(id)
+    const next = message?.nextElementSibling
+    message?.remove()
+    this.#rethread(next)
+  }
+
+  prepend(messages) {
+    const first = this.element.firstElementChild
+    for (const message of messages.filter((message) => !this.find(idOf(message)))) {
+      decorateMessages(message, this.viewer)
+      this.element.insertBefore(message, first)
+    }
+    this.rethread()
+  }
+
+  // side "start" drops the oldest, "end" the newest.
+  trim(side) {
+    const saved = this.saved, excess = saved.length - MAX_MESSAGES
+    if (excess <= 0) return false
+    for (const message of side === "start" ? saved.slice(0, excess) : saved.slice(-excess)) message.remove()
+    this.rethread()
+    return true
+  }
+
+  replaceAll(messages) {
+    for (const message of this.saved) message.remove()
+    this.prepend(messages)
+  }
+
+  // Our optimistic copy, shown at once, replaced by the server's (CAMPFIRE.md, RoomMessagesChannel).
+  addPending(clientId, body) {
+    const { id, name } = this.viewer, createdAt = new Date().toISOString()
+    const message = h("div", { className: "message message--pending message--mine", "data-client-message-id": clientId, "data-creator-id": id, "data-created-at": createdAt },
+      h("span", { className: "message__avatar", "aria-hidden": "true" }, h("img", { className: "avatar", src: `/users/${id}/avatar`, alt: "", width: 36, height: 36 })),
+      h("div", { className: "message__content" },
+        h("div", { className: "message__meta" }, h("span", { className: "message__author" }, name), " ",
+          h("time", { dateTime: createdAt }), " ", h("span", { className: "message__status", role: "status" }, "Sending…")),
+        h("div", { className: "message__body" }, body)))
+    localizeTimes(message)
+    this.element.append(message)
+    this.#rethread(message)
+    return message
+  }
+
+  rethread() {
+    for (const message of this.messages) this.#rethread(message, false)
+  }
+
+  #rethread(message, andNext = true) {
+    if (!threadItem(message)) return
+    message.classList.toggle("message--followup", continuesThread(threadItem(message.previousElementSibling), message.dataset))
+    if (andNext) this.#rethread(message.nextElementSibling, false)
+  }
+
+  // By id among saved messages; our pending ones stay at the very end.
+  #insertInOrder(message) {
+    const id = idOf(message), saved = this.saved
+    const after = saved.findLast((other) => idOf(other) < id)
+    if (after) after.after(message)
+    else this.element.insertBefore(message, saved[0] ?? this.element.querySelector(":scope > .message--pending"))
+  }
+}
+
+// An open editor or boost picker stays open when a new copy of its message replaces it.
+function carryEditor(from, to) {
+  const focused = from.contains(document.activeElement) && document.activeElement
+  const editor = from.querySelector(".message-editor"), picker = from.querySelector(".boost-picker")
+  if (editor) to.querySelector(".message__body")?.after(editor)
+  if (picker) to.querySelector(".message__content")?.append(picker)
+  to.classList.toggle("message--editing", Boolean(editor))
+  if (focused && to.contains(focused)) focused.focus()
+}
+
+// RoomMessagesChannel into the list; catching up after reconnects and long absences.
+export class RoomStream {
+  #list
+  #scroller
+  #cable
+  #hiddenAt = null
+
+  constructor(cable, list, scroller) {
+    this.#list = list
+    this.#scroller = scroller
+    this.#cable = cable
+    const times = list.saved.map((message) => Date.parse(message.dataset.createdAt)).filter(Number.isFinite)
+    this.lastSeenAt = times.length ? Math.max(...times) : Date.now()
+    cable.subscribe({ channel: "RoomMessagesChannel", room_id: Number(list.roomId) }, { received: (data) => this.receive(data) })
+    cable.addEventListener("connected", (event) => { if (event.detail.reconnected) this.catchUp() })
+    cable.addEventListener("ping", () => this.#touch())
+    document.addEventListener("visibilitychange", () => this.#visibilityChanged())
+  }
+
+  receive(data) {
+    this.#touch()
+    if (data.action === "remove") return this.#list.remove(data.id)
+    const [message] = parseMessages(data.html ?? "")
+    if (data.action === "append" && message) this.add(message)
+    else if (message) this.#scroller.change(() => this.#list.upsert(message, { onlyExisting: true }))
+  }
+
+  // A live message (or our own, acknowledged): shown once, its sound played once.
+  add(message, { own = false } = {}) {
+    if (!this.#scroller.hasLatest && !own) return this.#scroller.arrived()
+    if (!this.#scroller.change(() => this.#list.upsert(message), { follow: own })) return
+    this.#scroller.arrived()
+    if (message.dataset.sound) playSound(message.dataset.sound)
+  }
+
+  // Merge what changed while we weren't listening.
+  async catchUp(since = this.lastSeenAt - CATCH_UP_MARGIN_MS) {
+    const html = await fetchText(`/rooms/${this.#list.roomId}/refresh?since=${Math.max(0, Math.floor(since))}`)
+    if (!html) return
+    this.#scroller.change(() => {
+      for (const message of parseMessages(html)) this.#list.upsert(message, { onlyExisting: !this.#scroller.hasLatest })
+    })
+  }
+
+  #touch() {
+    if (this.#cable.connected) this.lastSeenAt = this.#cable.serverNow()
+  }
+
+  #visibilityChanged() {
+    if (document.hidden) return (this.#hiddenAt = Date.now())
+    if (this.#hiddenAt !== null && Date.now() - this.#hiddenAt > HIDDEN_REFRESH_AFTER_MS) this.catchUp()
+    this.#hiddenAt = null
+  }
+}
+
+// 🔊/🔇 in the room header; sounds.js remembers the choice.
+export function muteToggle() {
+  const button = h("button", { type: "button", className: "mute-toggle" })
+  const show = () => {
+    const muted = isMuted()
+    button.textContent = muted ? "🔇" : "🔊"
+    button.setAttribute("aria-label", muted ? "Unmute sounds" : "Mute sounds")
+    button.title = muted ? "Sounds are off" : "Sounds are on"
+  }
+  button.addEventListener("click", () => { setMuted(!isMuted()); show() })
+  show()
+  return button
+}

@@ -1,0 +1,331 @@
+"""The browser app (static/*.js) in Chromium against a real campfire.py: live
+messages over /cable, the rich-text composer, message actions, autocomplete,
+unread marks, going offline and a phone-sized screen.
+
+Two people share one seeded server: Person 1 (an administrator) and Person 2.
+Each test writes its own unique text, so tests don't see each other's messages."""
+
+import http.client
+import os
+import re
+import subprocess
+import sys
+import unittest
+import urllib.parse
+import uuid
+
+from tests.browser import ROOT, BrowserTestCase, CampfireProcess, browser_available
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # pragma: no cover - depends on the machine
+    expect = None
+
+ADA, BOB = "Person 1", "Person 2"
+PHONE = {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobile": True, "device_scale_factor": 2}
+
+
+def seeded_server():
+    server = CampfireProcess()
+    subprocess.run([sys.executable, os.path.join(ROOT, "campfire.py"), "seed", "--users", "3", "--rooms", "2",
+                    "--messages", "30"], env=server.env, check=True, capture_output=True, timeout=60)
+    return server.start()
+
+
+def signed_in_state(server, email):
+    """A Playwright storage state holding a fresh session cookie (one sign-in per person:
+    sign-ins are rate limited)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("POST", "/session", urllib.parse.urlencode({"email_address": email, "password": "password"}),
+                       {"Content-Type": "application/x-www-form-urlencoded"})
+    response = connection.getresponse()
+    response.read()
+    cookies = [header.split(";")[0].split("=", 1) for header in response.headers.get_all("Set-Cookie") or []]
+    connection.close()
+    assert cookies, "signing in as %s set no cookie (status %d)" % (email, response.status)
+    return {"cookies": [{"name": name, "value": value, "domain": "127.0.0.1", "path": "/", "httpOnly": True,
+                         "secure": False, "sameSite": "Lax", "expires": -1} for name, value in cookies], "origins": []}
+
+
+def unique(text):
+    return "%s %s" % (text, uuid.uuid4().hex[:8])
+
+
+class BrowserApp(BrowserTestCase):
+    """One seeded server for the class; pages open a room and wait until they are live."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.server = None
+        if not browser_available():
+            return
+        cls.server = seeded_server()
+        cls.addClassCleanup(cls.server.cleanup)
+        cls.states = {ADA: signed_in_state(cls.server, "person1@example.com"),
+                      BOB: signed_in_state(cls.server, "person2@example.com")}
+
+    def open_room(self, person, room=1, **context_options):
+        page = self.new_page(storage_state=self.states[person], **context_options)
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.goto("%s/rooms/%d" % (self.server.url, room))
+        expect(page.locator("body")).to_have_attribute("data-cable", "live")  # every channel confirmed
+        return page
+
+    def composer(self, page):
+        return page.get_by_role("textbox", name="Write a message")
+
+    def send(self, page, text):
+        self.composer(page).click()
+        page.keyboard.type(text)
+        page.keyboard.press("Enter")
+
+    def message(self, page, text):
+        return page.locator("#messages > .message", has_text=text)
+
+    def assert_shown_once(self, page, text):
+        expect(self.message(page, text)).to_have_count(1)
+        expect(self.message(page, text)).not_to_have_class(re.compile("message--pending"))
+
+
+class LiveRoomTests(BrowserApp):
+    def test_two_pages_see_each_others_messages_live_exactly_once(self):
+        ada, bob = self.open_room(ADA), self.open_room(BOB)
+        expect(ada.locator(".room__presence")).to_have_text("Present: %s, %s" % (ADA, BOB))
+        expect(bob.locator(".room__presence")).to_have_text("Present: %s, %s" % (ADA, BOB))
+        from_ada, from_bob = unique("Hello from Ada"), unique("Hi from Bob")
+        self.send(ada, from_ada)
+        self.send(bob, from_bob)
+        for page in (ada, bob):
+            self.assert_shown_once(page, from_ada)
+            self.assert_shown_once(page, from_bob)
+        ada.wait_for_timeout(500)  # a late echo or 201 must not add a copy
+        for page in (ada, bob):
+            expect(self.message(page, from_ada)).to_have_count(1)
+            expect(page.locator(".message--pending")).to_have_count(0)
+        self.screenshot(bob, "app-live-room")
+
+    def test_markup_typed_or_pasted_never_runs(self):
+        ada, bob = self.open_room(ADA), self.open_room(BOB)
+        typed = '<img src=x onerror="window.pwned=1"> typed %s' % uuid.uuid4().hex[:8]
+        self.send(ada, typed)
+        self.assert_shown_once(bob, typed)  # shown as text, not as an element
+        self.composer(ada).click()
+        ada.evaluate("""() => {
+            const data = new DataTransfer()
+            data.setData("text/html", '<p>pasted <b>bold</b><img src=x onerror="window.pwned=2"><script>window.pwned=3<\\/script>'
+              + '<svg onload="window.pwned=4"></svg><a href="javascript:window.pwned=5">sneaky</a> '
+              + '<a href="https://example.com/" onclick="window.pwned=6">fine</a><iframe src="/"></iframe></p>')
+            document.activeElement.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true }))
+        }""")
+        editor = self.composer(ada)
+        expect(editor.locator("strong")).to_have_text("bold")
+        self.assertEqual(editor.locator("img, script, svg, iframe, [onclick]").count(), 0)
+        ada.keyboard.type(" marker-%s" % typed[-8:])
+        ada.keyboard.press("Enter")
+        pasted = self.message(bob, "marker-%s" % typed[-8:])
+        expect(pasted.locator(".message__body strong")).to_have_text("bold")
+        expect(pasted.locator(".message__body a[href='https://example.com/']")).to_have_text("fine")
+        for page in (ada, bob):
+            self.assertIsNone(page.evaluate("window.pwned"))
+            self.assertEqual(page.locator("#messages img[src=x], #messages script, #messages svg, #messages iframe").count(), 0)
+            self.assertEqual(page.locator("#messages a[href^=javascript]").count(), 0)
+
+    def test_edit_and_delete_show_live_in_the_other_page(self):
+        ada, bob = self.open_room(ADA), self.open_room(BOB)
+        text, adas = unique("Edit me"), unique("Ada's own")
+        self.send(ada, adas)
+        self.send(bob, text)
+        mine = self.message(bob, text)
+        expect(mine.get_by_role("link", name="Edit")).to_be_attached()
+        for action in (self.message(bob, adas).get_by_role("link", name="Edit"),
+                       self.message(bob, adas).get_by_role("button", name="Delete")):
+            expect(action).to_be_hidden()  # a member edits and deletes only their own
+        expect(self.message(ada, text).get_by_role("link", name="Edit")).to_be_attached()  # an administrator, all
+        mine.hover()
+        mine.get_by_role("link", name="Edit").click()
+        editor = bob.get_by_role("textbox", name="Edit message")
+        expect(editor).to_be_focused()
+        bob.keyboard.press("End")
+        bob.keyboard.type(" (fixed)")
+        bob.get_by_role("button", name="Save changes").click()
+        expect(self.message(ada, text + " (fixed)")).to_have_count(1)
+        expect(self.message(ada, text + " (fixed)").locator(".message__edited")).to_be_visible()
+        mine = self.message(bob, text)
+        mine.hover()
+        mine.get_by_role("button", name="Delete").click()
+        expect(self.message(ada, text)).to_have_count(0)
+        expect(self.message(bob, text)).to_have_count(0)
+
+    def test_boost_and_typing_show_live(self):
+        ada, bob = self.open_room(ADA), self.open_room(BOB)
+        self.composer(ada).click()
+        ada.keyboard.type("thinking")
+        expect(bob.locator(".typing-indicator")).to_have_text("%s is typing…" % ADA)
+        ada.keyboard.press("Control+A")
+        ada.keyboard.press("Backspace")
+        expect(bob.locator(".typing-indicator")).to_have_text("")
+
+        text = unique("Boost me")
+        self.send(bob, text)
+        message = self.message(ada, text)
+        message.hover()
+        message.get_by_role("link", name="Boost").click()
+        ada.get_by_role("button", name="Boost with 🎉").click()
+        expect(self.message(bob, text).locator(".boost")).to_contain_text("🎉")
+        expect(self.message(ada, text).locator(".boost")).to_have_count(1)
+        expect(self.message(ada, text).locator(".boost__remove")).not_to_have_attribute("hidden", "")
+        expect(self.message(bob, text).locator(".boost__remove")).to_be_hidden()  # not Bob's boost
+
+        message.hover()
+        message.get_by_role("link", name="Boost").click()
+        ada.get_by_role("textbox", name="Write a boost").fill("nice one")
+        ada.keyboard.press("Enter")
+        expect(self.message(bob, text).locator(".boost")).to_have_count(2)
+
+    def test_unread_mark_appears_for_another_room_with_new_messages(self):
+        ada = self.open_room(ADA, room=1)
+        bob = self.open_room(BOB, room=2)
+        room_two = ada.locator("#user_sidebar .sidebar__room[data-room-id='2']")
+        expect(room_two).not_to_have_class(re.compile("sidebar__room--unread"))
+        self.send(bob, unique("News in room two"))
+        expect(room_two).to_have_class(re.compile("sidebar__room--unread"))
+        expect(room_two).to_contain_text("(unread)")
+        self.send(ada, unique("Meanwhile in room one"))  # our own room stays read
+        expect(bob.locator("#user_sidebar .sidebar__room[data-room-id='1']")).to_have_class(re.compile("sidebar__room--unread"))
+        expect(ada.locator("#user_sidebar .sidebar__room[data-room-id='1']")).not_to_have_class(re.compile("--unread"))
+        room_two.click()
+        ada.wait_for_url("**/rooms/2")
+        expect(ada.locator("#user_sidebar .sidebar__room[data-room-id='2']")).not_to_have_class(re.compile("--unread"))
+
+    def test_copy_link_puts_the_absolute_permalink_on_the_clipboard(self):
+        ada = self.open_room(ADA, permissions=["clipboard-read", "clipboard-write"])
+        message = ada.locator("#messages > .message[data-message-id]").last
+        message.hover()
+        message.get_by_role("link", name="Copy link").click()
+        expect(message.get_by_role("status")).to_have_text("Copied")
+        permalink = "%s/rooms/1/@%s" % (self.server.url, message.get_attribute("data-message-id"))
+        self.assertEqual(ada.evaluate("navigator.clipboard.readText()"), permalink)
+
+    def test_keyboard_only_send_and_edit_with_the_up_arrow(self):
+        ada = self.open_room(ADA)
+        self.composer(ada).focus()
+        first, second = unique("Line one"), unique("line two")
+        ada.keyboard.type(first)
+        ada.keyboard.press("Shift+Enter")
+        ada.keyboard.type(second)
+        ada.keyboard.press("Enter")
+        sent = self.message(ada, first)
+        self.assert_shown_once(ada, first)
+        expect(sent.locator(".message__body br")).to_have_count(1)
+        expect(sent.locator(".message__body")).to_contain_text(second)
+        expect(self.composer(ada)).to_be_focused()
+
+        ada.keyboard.press("ArrowUp")
+        editor = ada.get_by_role("textbox", name="Edit message")
+        expect(editor).to_be_focused()
+        ada.keyboard.press("Escape")
+        expect(editor).to_have_count(0)
+        expect(self.composer(ada)).to_be_focused()
+
+        ada.keyboard.press("ArrowUp")
+        expect(editor).to_be_focused()
+        ada.keyboard.press("Control+End")
+        ada.keyboard.type(" edited")
+        ada.keyboard.press("Enter")
+        expect(sent.locator(".message__body")).to_contain_text(second + " edited")
+        expect(editor).to_have_count(0)
+
+    def test_the_toolbar_and_shortcuts_format_a_message(self):
+        ada = self.open_room(ADA)
+        self.composer(ada).click()
+        marker = unique("Formatted")
+        ada.get_by_role("button", name="Bulleted list").click()
+        ada.keyboard.type(marker + " ")
+        ada.keyboard.press("Control+B")
+        ada.keyboard.type("bold")
+        expect(ada.get_by_role("button", name="Bold")).to_have_attribute("aria-pressed", "true")
+        ada.keyboard.press("Control+Shift+7")  # the bullets become numbers
+        ada.keyboard.press("Enter")
+        body = self.message(ada, marker).locator(".message__body")
+        expect(body.locator("ol > li strong")).to_have_text("bold")
+        self.composer(ada).click()
+        ada.get_by_role("button", name="Quote").click()
+        ada.keyboard.type("quoted " + marker)
+        ada.get_by_role("button", name="Quote").click()  # and out again
+        ada.keyboard.press("Enter")
+        expect(self.message(ada, "quoted " + marker).locator(".message__body blockquote")).to_have_count(0)
+
+    def test_mentions_and_sounds_autocomplete(self):
+        ada, bob = self.open_room(ADA), self.open_room(BOB)
+        self.composer(ada).click()
+        ada.keyboard.type("Look @Person")
+        options = ada.get_by_role("listbox").get_by_role("option")
+        expect(options.first).to_be_visible()
+        expect(ada.get_by_role("listbox").get_by_role("option", name=BOB)).to_be_visible()
+        while ada.get_by_role("option", selected=True).inner_text() != BOB:
+            ada.keyboard.press("ArrowDown")
+        ada.keyboard.press("Enter")
+        expect(self.composer(ada).locator(".mention-chip")).to_have_text("@" + BOB)
+        marker = unique("mentioned")
+        ada.keyboard.type(marker)
+        ada.keyboard.press("Enter")
+        expect(self.message(bob, marker).locator(".mention")).to_have_text(BOB)
+
+        ada.keyboard.type("/play tad")
+        expect(ada.get_by_role("option", name="tada")).to_be_visible()
+        ada.keyboard.press("Tab")
+        expect(ada.get_by_role("listbox")).to_be_hidden()
+        ada.keyboard.press("Enter")
+        expect(bob.locator("#messages > .message[data-sound=tada]").last).to_contain_text("plays a fanfare")
+
+    def test_a_failed_send_can_be_retried_and_is_kept_once(self):
+        ada, bob = self.open_room(ADA), self.open_room(BOB)
+        self.allow_error("net::ERR_FAILED")
+        ada.route("**/rooms/1/messages", lambda route: route.abort() if route.request.method == "POST" else route.continue_())
+        text = unique("Try again")
+        self.send(ada, text)
+        failed = self.message(ada, text)
+        expect(failed).to_have_class(re.compile("message--failed"))
+        expect(failed.get_by_role("status")).to_contain_text("Not sent")
+        ada.unroute("**/rooms/1/messages")
+        failed.get_by_role("button", name="Retry").click()
+        self.assert_shown_once(ada, text)
+        self.assert_shown_once(bob, text)
+
+    def test_a_phone_sized_screen_can_send_and_reach_actions(self):
+        phone = self.open_room(ADA, **PHONE)
+        text = unique("From my phone")
+        self.composer(phone).tap()
+        phone.keyboard.type(text)
+        phone.get_by_role("button", name="Send Message").tap()
+        self.assert_shown_once(phone, text)
+        message = self.message(phone, text)
+        expect(message).to_be_in_viewport()
+        message.get_by_role("link", name="Boost").tap()
+        expect(phone.get_by_role("button", name="Boost with 👍")).to_be_in_viewport()
+        phone.get_by_role("button", name="Boost with 👍").tap()
+        expect(message.locator(".boost")).to_contain_text("👍")
+        self.screenshot(phone, "app-phone")
+
+
+class OfflineTests(BrowserApp):
+    def test_offline_disables_the_composer_and_reconnecting_catches_up(self):
+        self.allow_error("WebSocket connection to")
+        ada = self.open_room(ADA)
+        self.server.stop()
+        expect(ada.get_by_role("status").filter(has_text="offline")).to_be_visible(timeout=12_000)
+        expect(self.composer(ada)).to_have_attribute("aria-disabled", "true")
+        expect(ada.get_by_role("button", name="Send Message")).to_be_disabled()
+        self.server.start()
+        missed = unique("Sent while you were away")
+        bob = self.open_room(BOB)
+        self.send(bob, missed)
+        expect(ada.locator("body")).to_have_attribute("data-cable", "live", timeout=20_000)
+        expect(ada.locator(".offline-banner")).to_be_hidden()
+        expect(self.composer(ada)).to_have_attribute("aria-disabled", "false")
+        self.assert_shown_once(ada, missed)
+
+
+if __name__ == "__main__":
+    unittest.main()
