@@ -3054,8 +3054,8 @@ def render_layout(app, request, title, body, *, sidebar=None, body_class="", sta
         '</head><body class="{body_class}"{user_data}>{top}{main}</body></html>').format(
         js=app.asset_url("app.js"), components=app.asset_url("components.css"),
         light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
-        user_data=HTML(' data-user-id="{}" data-administrator="{}"').format(
-            user.id, "true" if user.administrator else "false") if user else "",
+        user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
+            user.id, user.name, "true" if user.administrator else "false") if user else "",
         title="%s · %s" % (title, account_name) if title else account_name,
         css=app.asset_url("campfire.css"), icon=app.asset_url("campfire-icon.svg"),
         body_class=body_class, top=top, main=main, custom_styles=render_custom_styles_link(app))
@@ -3409,7 +3409,7 @@ def web_manifest(app, request):
         "name": name, "short_name": name if len(name) <= 12 else "Campfire", "id": "/", "start_url": "/",
         "scope": "/", "display": "standalone", "background_color": THEME_COLOR_LIGHT, "theme_color": THEME_COLOR_LIGHT,
         "icons": [dict(icon_192, purpose="any"),
-                  {"src": "/static/icon-512.png", "sizes": "512x512", "type": "image/png", "purpose": "any"},
+                  {"src": "/static/icon-maskable-512.png", "sizes": "512x512", "type": "image/png", "purpose": "any"},
                   {"src": "/static/icon-maskable-512.png", "sizes": "512x512", "type": "image/png", "purpose": "maskable"},
                   {"src": "/static/icon.svg", "sizes": "any", "type": "image/svg+xml", "purpose": "any"}],
         "shortcuts": [{"name": "New chat room", "url": "/rooms/opens/new", "icons": [icon_192]},
@@ -5459,7 +5459,9 @@ class Cable:
             self.streams[stream].add(connection)
         connection.send(cable_reply(command.identifier, "confirm_subscription"))
         if command.channel == "PresenceChannel":
-            self._present(connection, command.params["room_id"])
+            room_id = command.params["room_id"]
+            if not self._present(connection, room_id):  # nobody new: still tell this tab who is here
+                connection.send(cable_frame(command.identifier, self._presence_message(room_id)))
 
     def _unsubscribe(self, connection, identifier):
         subscription = connection.subscriptions.pop(identifier, None)
@@ -5533,6 +5535,8 @@ class Cable:
         self.broadcast("user_%d_reads" % user_id, {"room_id": room_id})
         if counter[user_id] == 1:
             self._broadcast_presence(room_id)
+            return True
+        return False
 
     def _absent(self, connection, room_id, count=True):
         user_id = connection.user_id
@@ -5556,11 +5560,13 @@ class Cable:
             self.app.db.execute("UPDATE memberships SET connected_at = ? WHERE room_id = ? AND user_id = ?",
                                 (utc_now_text(), room_id, user_id))
 
-    def _broadcast_presence(self, room_id):
+    def _presence_message(self, room_id):
         users = [self.app.store.user(user_id) for user_id in self.present.get(room_id, ())]
-        self.broadcast("room_%d_presence" % room_id, {
-            "action": "present",
-            "users": [{"id": user.id, "name": user.name} for user in sorted(filter(None, users), key=lambda u: u.name)]})
+        return {"action": "present",
+                "users": [{"id": user.id, "name": user.name} for user in sorted(filter(None, users), key=lambda u: u.name)]}
+
+    def _broadcast_presence(self, room_id):
+        self.broadcast("room_%d_presence" % room_id, self._presence_message(room_id))
 
     # Broadcasting ------------------------------------------------------------------------
     def broadcast(self, stream, message, exclude=None):

@@ -175,6 +175,15 @@ class ChannelTests(CableTestCase):
             time.sleep(0.05)
         self.assertEqual(connections(), 0)
 
+    def test_every_presence_subscriber_learns_who_is_present(self):
+        first, second = self.welcomed(self.ada), self.welcomed(self.ada)
+        identifier, _ = self.confirm(first, "PresenceChannel", room_id=1)
+        message = first.recv_until(lambda m: m.get("identifier") == identifier)
+        self.assertEqual(message["message"], {"action": "present", "users": [{"id": 1, "name": "Ada Admin"}]})
+        identifier, _ = self.confirm(second, "PresenceChannel", room_id=1)
+        message = second.recv_until(lambda m: m.get("identifier") == identifier)
+        self.assertEqual(message["message"], {"action": "present", "users": [{"id": 1, "name": "Ada Admin"}]})
+
     def test_unread_rooms_channel_tells_other_members(self):
         bob = self.welcomed(self.bob)
         unreads, _ = self.confirm(bob, "UnreadRoomsChannel")
