@@ -153,9 +153,9 @@ PAGE_CACHE_ENTRIES = 4096
 MESSAGE_CACHE_ENTRIES = 20_000
 
 # Avatar colours for initials (CAMPFIRE.md: crc32 of the id, modulo 18).
-AVATAR_COLORS = ("#b91c1c", "#c2410c", "#b45309", "#4d7c0f", "#15803d", "#047857", "#0f766e", "#0e7490",
+AVATAR_COLORS = ("#b91c1c", "#c2410c", "#b45309", "#4d7c0f", "#15803d", "#047857", "#0e7490", "#155e75",
                  "#0369a1", "#1d4ed8", "#4338ca", "#6d28d9", "#7e22ce", "#a21caf", "#be185d", "#be123c",
-                 "#57534e", "#475569")
+                 "#9a3412", "#0f766e")
 
 # /play: Campfire's 56 sounds and what a message shows for each. The 15 that
 # Campfire shows as a picture are shown here as the sound's name in a badge.
