@@ -10,3 +10,4 @@ test:
 
 bench:
 	$(PYTHON) tests/bench.py
+	$(PYTHON) tests/bench_cable.py

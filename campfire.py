@@ -98,7 +98,14 @@ SWEEP_INTERVAL = 1.0         # how often deadlines are checked
 # Connections: stay below the process's open-file limit, keeping room for the
 # database, its WAL, static files and the listening socket.
 FILE_DESCRIPTOR_RESERVE = 64
+LISTEN_BACKLOG = 1024        # asyncio accepts up to this many sockets per loop turn before any is refused
 MAX_WRITE_BUFFER_BYTES = 1024 * 1024  # stop reading a client that doesn't read
+# glibc's malloc, pinned: its adaptive mmap threshold jumps to 16 MiB once scrypt's
+# buffer is freed, and from then on such a buffer stays in the heap (+16 MB RSS after
+# the first sign-ins). Pinning the trim threshold too keeps asyncio's 256 KiB read
+# buffers from growing and shrinking the heap on every read.
+MALLOC_MMAP_THRESHOLD = 1024 * 1024      # larger blocks are mmapped, and given back when freed
+MALLOC_TRIM_THRESHOLD = 8 * 1024 * 1024  # free heap kept before it is given back
 STATIC_RECHECK_SECONDS = 1.0          # an edited file in static/ is served within this
 REQUEST_LOG_FLUSH_SECONDS = 0.1       # request log lines are written in batches this often
 
@@ -1447,6 +1454,7 @@ class WebSocketProtocol:
 MAX_CABLE_IDENTIFIER_BYTES = 4 * 1024    # identifiers are small JSON objects
 MAX_CABLE_SUBSCRIPTIONS = 64             # per connection
 CABLE_PING_INTERVAL = 3.0                # seconds; Action Cable's beat
+CABLE_BEAT_SLICES = 30                   # its pings go out in this many slices across the interval
 CABLE_WELCOME = json.dumps({"type": "welcome"})
 CABLE_UNAUTHORIZED = json.dumps({"type": "disconnect", "reason": "unauthorized", "reconnect": False})
 CABLE_RESTART = json.dumps({"type": "disconnect", "reason": "server_restart", "reconnect": True})
@@ -2397,39 +2405,16 @@ class Database:
 
     @contextlib.contextmanager
     def atomic(self):
-        """A transaction (BEGIN IMMEDIATE); nested calls become savepoints."""
-        if self._depth:
-            name = "sp%d" % self._depth
-            self.connection.execute("SAVEPOINT " + name)
-            self._depth += 1
-            try:
-                yield self
-            except BaseException:
-                self.connection.execute("ROLLBACK TO " + name)
-                self.connection.execute("RELEASE " + name)
-                raise
-            else:
-                self.connection.execute("RELEASE " + name)
-            finally:
-                self._depth -= 1
-            return
-        if self.group_commit:
-            if not self.batch_open:
+        """A transaction (BEGIN IMMEDIATE); nested calls become savepoints. Under
+        group commit every outermost call is a savepoint of the turn's shared
+        transaction, so one request's failure undoes only its own writes."""
+        if self._depth or self.group_commit:
+            if not self._depth and not self.batch_open:
                 self.connection.execute("BEGIN IMMEDIATE")
                 self.batch_open = True
                 self.on_batch_opened()
-            self.connection.execute("SAVEPOINT request")
-            self._depth = 1
-            try:
+            with self._savepoint("sp%d" % self._depth):
                 yield self
-            except BaseException:
-                self.connection.execute("ROLLBACK TO request")
-                self.connection.execute("RELEASE request")
-                raise
-            else:
-                self.connection.execute("RELEASE request")
-            finally:
-                self._depth = 0
             return
         self.connection.execute("BEGIN IMMEDIATE")
         self._depth = 1
@@ -2442,6 +2427,21 @@ class Database:
             self.connection.execute("COMMIT")
         finally:
             self._depth = 0
+
+    @contextlib.contextmanager
+    def _savepoint(self, name):
+        self.connection.execute("SAVEPOINT " + name)
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self.connection.execute("ROLLBACK TO " + name)
+            self.connection.execute("RELEASE " + name)
+            raise
+        else:
+            self.connection.execute("RELEASE " + name)
+        finally:
+            self._depth -= 1
 
     def after_commit(self, callback):
         """Run callback once what was written so far is durable (now, outside a batch)."""
@@ -5361,6 +5361,7 @@ class Cable:
         self.by_user = collections.defaultdict(set)         # user id → {CableConnection}
         self.present = collections.defaultdict(collections.Counter)  # room id → user id → connections
         self.refusals = RateLimiter(*CABLE_REFUSALS)
+        self._beat_queue, self._beat_slice = [], 1   # connections still to ping in this interval
         self.clock = time.monotonic
         self.channels = {
             "RoomMessagesChannel": self._subscribe_room_messages,
@@ -5608,12 +5609,21 @@ class Cable:
                 connection.close(CLOSE_NORMAL if not reconnect else CLOSE_GOING_AWAY)
 
     def beat(self):
-        """Every CABLE_PING_INTERVAL: Action Cable's ping to all; drop dead and stuck peers."""
+        """Every CABLE_PING_INTERVAL / CABLE_BEAT_SLICES: Action Cable's ping to the next slice of
+        connections (so each gets one per interval, and a broadcast never waits behind them all);
+        drop dead and stuck peers."""
+        if not self._beat_queue:
+            self._beat_queue = list(self.connections)
+            self._beat_slice = max(1, -(-len(self._beat_queue) // CABLE_BEAT_SLICES))
+        batch = self._beat_queue[-self._beat_slice:]
+        del self._beat_queue[-self._beat_slice:]
         now = self.now()
         ping = {True: None, False: None}
         text = json.dumps({"type": "ping", "message": int(time.time())})
         liveness = encode_frame(OPCODE_PING, b"")
-        for connection in list(self.connections):
+        for connection in batch:
+            if connection not in self.connections:
+                continue
             if connection.closing_at is not None:
                 if now - connection.closing_at > CABLE_CLOSE_TIMEOUT:
                     connection.http.close()
@@ -6730,14 +6740,14 @@ class Server:
         self._server = None
         self._sweeper = None
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self.max_connections = max(16, soft_limit - FILE_DESCRIPTOR_RESERVE)
+        self.max_connections = max(16, soft_limit - FILE_DESCRIPTOR_RESERVE - LISTEN_BACKLOG)
 
     async def start(self):
         self.loop = asyncio.get_running_loop()
         try:
             self._server = await self.loop.create_server(
                 lambda: HttpConnection(self), self.host, self.port, ssl=self.ssl_context,
-                backlog=1024, reuse_address=True)
+                backlog=LISTEN_BACKLOG, reuse_address=True)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise ConfigError("Port %d is already in use on %s. Stop the other program or choose "
@@ -6754,7 +6764,7 @@ class Server:
 
     async def _cable_beat(self):
         while not self.stopping:
-            await asyncio.sleep(CABLE_PING_INTERVAL)
+            await asyncio.sleep(CABLE_PING_INTERVAL / CABLE_BEAT_SLICES)
             try:
                 self.app.cable.beat()
             except Exception:
@@ -6820,7 +6830,18 @@ def make_ssl_context(config):
     return context
 
 
+def tune_malloc():
+    """Pin glibc's malloc thresholds (see MALLOC_MMAP_THRESHOLD); other C libraries: nothing."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, MALLOC_MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, MALLOC_TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 async def serve(config):
+    tune_malloc()
     app = App(config)
     server = Server(app, config.host, config.port, make_ssl_context(config))
     try:
