@@ -326,6 +326,68 @@ class OfflineTests(BrowserApp):
         expect(self.composer(ada)).to_have_attribute("aria-disabled", "false")
         self.assert_shown_once(ada, missed)
 
+    def test_a_restart_with_both_pages_open_ends_with_every_message_shown_once(self):
+        self.allow_error("WebSocket connection to")
+        self.allow_error("net::ERR_CONNECTION_REFUSED")
+        self.allow_error("Failed to load resource")
+        ada, bob = self.open_room(ADA), self.open_room(BOB)
+        before = unique("Before the restart")
+        self.send(ada, before)
+        self.assert_shown_once(bob, before)
+        self.server.stop()
+        expect(bob.get_by_role("status").filter(has_text="offline")).to_be_visible(timeout=12_000)
+        self.server.start()
+        during = unique("Posted while the pages were away")
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
+        cookie = "; ".join("%s=%s" % (c["name"], c["value"]) for c in self.states[BOB]["cookies"])
+        connection.request("POST", "/rooms/1/messages", urllib.parse.urlencode(
+            {"message[body]": "<div>%s</div>" % during, "message[client_message_id]": uuid.uuid4().hex}),
+            {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie, "Sec-Fetch-Site": "same-origin"})
+        self.assertEqual(connection.getresponse().status, 201)
+        connection.close()
+        for page in (ada, bob):
+            expect(page.locator("body")).to_have_attribute("data-cable", "live", timeout=20_000)
+        after = unique("After the restart")
+        self.send(bob, after)
+        for page in (ada, bob):
+            for text in (before, during, after):
+                self.assert_shown_once(page, text)
+
+
+class RoomsAndPeopleTests(BrowserApp):
+    def test_a_room_created_in_one_page_appears_in_the_others_sidebar(self):
+        ada, bob = self.open_room(ADA), self.open_room(BOB)
+        name = unique("Launch")
+        ada.get_by_role("link", name="New room").click()
+        ada.get_by_label("Name this room").fill(name)
+        ada.get_by_role("button", name="Save").click()
+        ada.wait_for_url(re.compile(r"/rooms/\d+$"))
+        expect(ada.get_by_role("heading", level=1)).to_have_text(name)
+        expect(bob.locator("#shared_rooms").get_by_role("link", name=name)).to_be_visible(timeout=10_000)
+
+    def test_new_ping_to_a_second_person(self):
+        ada = self.open_room(ADA)
+        ada.get_by_role("link", name="New Ping").click()
+        ada.get_by_label(BOB).check()
+        ada.get_by_role("button", name="Start Ping").click()
+        ada.wait_for_url(re.compile(r"/rooms/\d+$"))
+        expect(ada.get_by_role("heading", level=1)).to_have_text("Ping with %s" % BOB)
+        text = unique("Just between us")
+        self.send(ada, text)
+        self.assert_shown_once(ada, text)
+        expect(ada.locator("#direct_rooms").get_by_role("link", name=BOB)).to_be_visible()
+
+    def test_search_finds_a_message(self):
+        ada = self.open_room(ADA)
+        word = "needle%s" % uuid.uuid4().hex[:8]
+        self.send(ada, "Where is the %s today" % word)
+        self.assert_shown_once(ada, word)
+        search = ada.get_by_role("searchbox", name="Search messages").first
+        search.fill(word)
+        search.press("Enter")
+        ada.wait_for_url(re.compile(r"/searches\?q="))
+        expect(ada.locator("#search-results .message", has_text=word)).to_have_count(1)
+
 
 if __name__ == "__main__":
     unittest.main()
