@@ -234,7 +234,15 @@ class CampfireError(Exception):
      │    ├── PayloadTooLarge    413
      │    ├── Unprocessable      422: well-formed but invalid (an empty message)
      │    └── TooManyRequests    429: a rate limit
-     └── ConfigError             bad configuration: the CLI prints it, exits 1
+     ├── ConfigError             bad configuration: the CLI prints it, exits 1
+     ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
+     ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
+     ├── CableCommandError       an Action Cable command that can't be read: ignored
+     └── WebhookFailed           a delivery that failed: logged (section 15)
+          └── WebhookTimedOut    no answer within 7 s: the bot "failed to respond"
+
+    WebSocket protocol errors never raise: they close the socket with 1002,
+    1007 or 1009 (section 5). A 500 or a 1011 logs its details and sends none.
     """
 
 
