@@ -28,6 +28,23 @@ pure code to the code that touches the world:
  18. Command line             main()
 """
 
+import os
+import sys
+
+# The server runs as the module `campfire`, from its cached bytecode and
+# without site-packages (only the standard library is used). Run as a script,
+# CPython would keep this file's whole syntax tree in memory for as long as the
+# server runs (about 15 MB it frees only when the script ends), so `serve`
+# starts over as the module right away, before anything else is loaded.
+_MODULE = os.path.splitext(os.path.basename(__file__))[0]
+if (__name__ == "__main__" and not os.environ.get("CAMPFIRE_AS_MODULE") and _MODULE.isidentifier()
+        and (sys.argv[1:2] in ([], ["serve"]) or sys.argv[1].startswith("-"))
+        and not {"-h", "--help", "--version"} & set(sys.argv)):
+    os.environ["CAMPFIRE_AS_MODULE"] = "1"
+    os.execv(sys.executable, [sys.executable, "-S", "-c", "import sys; sys.path.insert(0, %r); import %s; "
+                              "sys.exit(%s.main())" % (os.path.dirname(os.path.abspath(__file__)), _MODULE, _MODULE),
+                              *sys.argv[1:]])
+
 import argparse
 import asyncio
 import base64
@@ -47,7 +64,6 @@ import ipaddress
 import itertools
 import json
 import logging
-import os
 import re
 import resource
 import secrets
@@ -55,7 +71,6 @@ import signal
 import socket
 import sqlite3
 import struct
-import sys
 import time
 import traceback
 import urllib.parse

@@ -712,7 +712,12 @@ def campfire_argv(campfire: Path, port, *, no_cache=False) -> list:
 
 
 def campfire_env(storage: Path) -> dict:
-    return dict(os.environ, CAMPFIRE_STORAGE_PATH=str(storage))
+    """The server's environment: its storage, and bytecode caching as on any normal install
+    (a PYTHONDONTWRITEBYTECODE inherited from a development shell would make every start
+    compile campfire.py twice)."""
+    env = dict(os.environ, CAMPFIRE_STORAGE_PATH=str(storage))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def start_server(processes, name, argv_for_port, check, *, env=None, log_path=None):
