@@ -2867,9 +2867,9 @@ class Store:
         return self.db.one(self.MESSAGE_COLUMNS + "WHERE messages.id = ?", (message_id,))
 
     def message_by_client_id(self, room_id, creator_id, client_message_id):
-        return self.db.one(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND messages.creator_id = ? "
-                           "AND messages.client_message_id = ? ORDER BY messages.id LIMIT 1",
-                           (room_id, creator_id, client_message_id))
+        message_id = self.db.value("SELECT id FROM messages WHERE client_message_id = ? AND room_id = ? "
+                                   "AND creator_id = ? ORDER BY id LIMIT 1", (client_message_id, room_id, creator_id))
+        return None if message_id is None else self.message(message_id)
 
     def create_message(self, room_id, creator_id, client_message_id, body, plain_text, now=None):
         """The message, its rich text and its search row, in the caller's transaction.
@@ -3902,7 +3902,8 @@ def create_message(app, request, room_id):
     message, created = app.post_message(room, request.user, request.form.get("message[body]", ""), client_message_id)
     if _navigating(request):
         return redirect("/rooms/%d" % room.id)
-    return Response(render_message(app, message, app.store.boosts_for([message["id"]]).get(message["id"], ())),
+    boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
+    return Response(render_message(app, message, boosts),
                     201 if created else 200, headers=[("Location", "/rooms/%d/@%d" % (room.id, message["id"]))])
 
 
@@ -5977,6 +5978,7 @@ class App:
         with self.db.atomic():
             self.db.execute("UPDATE memberships SET connections = 0 WHERE connections != 0")
         self.request_log = RequestLog()
+        self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self._request_numbers = itertools.count(1)
         self._request_prefix = secrets.token_hex(3)
         self._date = (0, "")
@@ -6137,9 +6139,16 @@ class App:
     def body_limit(self, method, path):
         """The largest body the route accepts (413 past it). A POST may stand for
         PATCH, PUT or DELETE through _method, so those routes count for it too."""
-        methods = (method,) if method != "POST" else ("POST", "PATCH", "PUT", "DELETE")
-        limits = [found[1].body_limit for candidate in methods if (found := self.router.match(candidate, path))]
-        return max(limits) if limits else FORM_BODY_LIMIT
+        key = (method, path)
+        limit = self._body_limits.get(key)
+        if limit is None:
+            methods = (method,) if method != "POST" else ("POST", "PATCH", "PUT", "DELETE")
+            limits = [found[1].body_limit for candidate in methods if (found := self.router.match(candidate, path))]
+            limit = max(limits) if limits else FORM_BODY_LIMIT
+            if len(self._body_limits) > 10_000:
+                self._body_limits.clear()
+            self._body_limits[key] = limit
+        return limit
 
     # Requests ------------------------------------------------------------------
     def handle(self, request):
