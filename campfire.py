@@ -204,6 +204,9 @@ PLAY_RE = re.compile(r"\A/play (\w+)\Z")
 THEME_COLOR_LIGHT = "#f6f5f3"
 THEME_COLOR_DARK = "#161513"
 
+SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "strict-origin-when-cross-origin"),
+                    ("X-Frame-Options", "DENY"))
+
 STATUS_REASONS = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created",
     204: "No Content", 301: "Moved Permanently", 302: "Found", 303: "See Other",
@@ -823,9 +826,8 @@ class HttpParser:
                 # Covers obs-fold (a line starting with space), "Name : value" (RFC 9112 §5.1)
                 # and control characters in a value.
                 raise BadRequest("A header field is malformed.")
-            name, value = field.groups()
-            key = name.decode("ascii").lower()
-            text = value.decode("latin-1")
+            key = field[1].decode("ascii").lower()
+            text = field[2].decode("latin-1")
             if key in headers:
                 if key in ("content-length", "host"):
                     if headers[key] != text:
@@ -877,18 +879,14 @@ class HttpParser:
 
 def serialize_response(status, headers, body, *, keep_alive, head_only=False, date=None):
     """The bytes of a response: status line, headers, Date, Content-Length, body."""
-    lines = ["HTTP/1.1 %d %s" % (status, STATUS_REASONS.get(status, "Status"))]
-    for name, value in headers:
-        lines.append("%s: %s" % (name, value))
-    lines.append("Date: " + (date or http_date()))
-    if status >= 200 and status not in (204, 304):
-        lines.append("Content-Length: %d" % len(body))
-    if not keep_alive:
-        lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    if head_only or status in (204, 304):
-        return head
-    return head + body
+    has_body = status >= 200 and status != 204 and status != 304
+    head = "HTTP/1.1 %d %s\r\n%sDate: %s\r\n%s%s\r\n" % (
+        status, STATUS_REASONS.get(status, "Status"), "".join(["%s: %s\r\n" % header for header in headers]),
+        date or http_date(), "Content-Length: %d\r\n" % len(body) if has_body else "",
+        "" if keep_alive else "Connection: close\r\n")
+    if head_only or not has_body:
+        return head.encode("latin-1")
+    return head.encode("latin-1") + body
 
 
 class Response:
@@ -6234,9 +6232,7 @@ class App:
             headers.append(("Content-Type", response.content_type))
         if "content-security-policy" not in present:
             headers.append(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
-        headers.append(("X-Content-Type-Options", "nosniff"))
-        headers.append(("Referrer-Policy", "strict-origin-when-cross-origin"))
-        headers.append(("X-Frame-Options", "DENY"))
+        headers.extend(SECURITY_HEADERS)
         headers.append(("X-Request-Id", request.id))
         if (response.compressible and len(response.body) >= GZIP_MIN_BYTES
                 and response.content_type and response.content_type.startswith(GZIP_TYPES)
