@@ -61,7 +61,10 @@ export class Autocomplete {
     const step = { ArrowDown: 1, ArrowUp: -1 }[event.key]
     const count = this.#options.length
     if (step) this.#activate((this.#active + step + count) % count)
-    else if ((event.key === "Enter" || event.key === "Tab") && !event.shiftKey) this.#choose(this.#active)
+    else if (event.key === "Enter" && this.#ask?.kind === "sound" && this.#options[this.#active]?.value === this.#ask.query) {
+      this.close()  // "/play tada" typed in full: Enter sends it, as it would without the list
+      return
+    } else if ((event.key === "Enter" || event.key === "Tab") && !event.shiftKey) this.#choose(this.#active)
     else if (event.key === "Escape") this.close()
     else return
     event.preventDefault()

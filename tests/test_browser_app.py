@@ -279,6 +279,15 @@ class LiveRoomTests(BrowserApp):
         ada.keyboard.press("Enter")
         expect(bob.locator("#messages > .message[data-sound=tada]").last).to_contain_text("plays a fanfare")
 
+    def test_a_sound_typed_in_full_is_sent_by_enter(self):
+        ada = self.open_room(ADA)
+        before = ada.locator("#messages > .message[data-sound='rimshot']").count()
+        self.composer(ada).click()
+        ada.keyboard.type("/play rimshot")
+        ada.keyboard.press("Enter")
+        expect(ada.locator("#messages > .message[data-sound='rimshot']")).to_have_count(before + 1)
+        expect(self.composer(ada)).to_have_text("")
+
     def test_a_failed_send_can_be_retried_and_is_kept_once(self):
         ada, bob = self.open_room(ADA), self.open_room(BOB)
         self.allow_error("net::ERR_FAILED")
