@@ -2984,9 +2984,12 @@ class Store:
                 % ",".join("?" * len(room_ids)), (match, *room_ids, limit))
         return rows[::-1]
 
+    def is_latest_search(self, user_id, query):
+        return self._last_search.get(user_id) == query
+
     def record_search(self, user_id, query):
         """Keep the user's 10 most recent distinct searches (skips a repeat of the latest)."""
-        if self._last_search.get(user_id) == query:
+        if self.is_latest_search(user_id, query):
             return
         stamp = utc_now_text()
         self.db.execute("DELETE FROM searches WHERE user_id = ? AND query = ?", (user_id, query))
@@ -4058,8 +4061,8 @@ def delete_boost(app, request, message_id, boost_id):
 @route("GET", "/searches")
 def search(app, request):
     query = request.query.text("q")[:MAX_SEARCH_QUERY_CHARS]
-    if query and fts_match_expression(query):
-        with app.db.atomic():
+    if query and fts_match_expression(query) and not app.store.is_latest_search(request.user.id, query):
+        with app.db.atomic():  # repeating the latest search writes nothing (and waits for no commit)
             app.store.record_search(request.user.id, query)
 
     def build():
