@@ -154,6 +154,7 @@ JOIN_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345
 # Chat (CAMPFIRE.md, Messages and Search).
 MESSAGE_PAGE_SIZE = 40            # a room page, a ?before=/?after= page, each side of a permalink
 MAX_REFRESH_MESSAGES = 500        # /refresh?since= catches up at most this many
+MESSAGE_DELETIONS_KEPT_SECONDS = 7 * 24 * 3600  # how long /refresh remembers a deletion
 MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31, the last moment a datetime column can hold
 MAX_MESSAGE_BODY_CHARS = 64 * 1024  # 413 past it: a long message, not a document
 MESSAGE_BODY_LIMIT = 256 * 1024   # HTTP body of a message post (HTML escapes inflate it)
@@ -2370,6 +2371,14 @@ MIGRATIONS = (
         CREATE INDEX IF NOT EXISTS "index_memberships_on_room_id_where_unread_at_is_null" ON "memberships" ("room_id")
         WHERE "unread_at" IS NULL;
     """),
+    # Deleted messages are remembered for a while, so a page catching up after
+    # a reconnect (/refresh?since=) learns of deletions it missed, too.
+    ("0005_message_deletions", """
+        CREATE TABLE IF NOT EXISTS "campfire_py_message_deletions" ("message_id" integer PRIMARY KEY NOT NULL,
+        "room_id" integer NOT NULL, "deleted_at" datetime(6) NOT NULL);
+        CREATE INDEX IF NOT EXISTS "index_campfire_py_message_deletions_on_room_id_and_deleted_at"
+        ON "campfire_py_message_deletions" ("room_id", "deleted_at");
+    """),
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -2833,6 +2842,7 @@ class Store:
         self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id IN (%s)"
                         % message_ids, (room.id,))
         self.db.execute("DELETE FROM messages WHERE room_id = ?", (room.id,))
+        self.db.execute("DELETE FROM campfire_py_message_deletions WHERE room_id = ?", (room.id,))
         self.db.execute("DELETE FROM memberships WHERE room_id = ?", (room.id,))
         self.db.execute("DELETE FROM rooms WHERE id = ?", (room.id,))
         self.memberships_changed(room.id, member_ids)
@@ -2904,6 +2914,11 @@ class Store:
         self.bump_room(message["room_id"])
 
     def delete_message(self, message):
+        stamp = utc_now_text()
+        self.db.execute("INSERT OR REPLACE INTO campfire_py_message_deletions (message_id, room_id, deleted_at) "
+                        "VALUES (?, ?, ?)", (message["id"], message["room_id"], stamp))
+        self.db.execute("DELETE FROM campfire_py_message_deletions WHERE deleted_at < ?",
+                        (utc_now_text(time.time() - MESSAGE_DELETIONS_KEPT_SECONDS),))
         self.db.execute("DELETE FROM boosts WHERE message_id = ?", (message["id"],))
         self.db.execute("DELETE FROM message_search_index WHERE rowid = ?", (message["id"],))
         self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id = ?",
@@ -2925,6 +2940,11 @@ class Store:
         rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? "
                            "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?", (room_id, limit))
         return rows[::-1]
+
+    def deleted_since(self, room_id, since_text, limit=MAX_REFRESH_MESSAGES):
+        return [row[0] for row in self.db.all(
+            "SELECT message_id FROM campfire_py_message_deletions WHERE room_id = ? AND deleted_at >= ? "
+            "ORDER BY deleted_at LIMIT ?", (room_id, since_text, limit))]
 
     def messages_since(self, room_id, since_text, limit=MAX_REFRESH_MESSAGES):
         return self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND messages.updated_at >= ? "
@@ -3984,15 +4004,19 @@ def permalink(app, request, room_id, message_id):
 
 @route("GET", "/rooms/<int:room_id>/refresh")
 def refresh_room(app, request, room_id):
-    """What changed since a moment (ms since the epoch): created or edited messages, oldest first."""
+    """What changed since a moment (ms since the epoch): created or edited messages, oldest
+    first, then a <template class="message-removals" data-message-ids="…"> naming deleted ones."""
     room = app.room_for_member(request, room_id)
     since = _id_param(request, "since")
     if since is None or since > MAX_TIMESTAMP_MS:
         raise BadRequest("since takes milliseconds since the epoch.")
-    messages = app.store.messages_since(room.id, utc_now_text(since / 1000))
-    if not messages:
+    since_text = utc_now_text(since / 1000)
+    messages, deleted = app.store.messages_since(room.id, since_text), app.store.deleted_since(room.id, since_text)
+    if not messages and not deleted:
         return Response(b"", 204)
-    return Response(render_messages(app, messages))
+    removals = HTML('<template class="message-removals" data-message-ids="{}"></template>').format(
+        " ".join(map(str, deleted))) if deleted else ""
+    return Response(render_messages(app, messages) + removals)
 
 
 # Boosts ----------------------------------------------------------------------------

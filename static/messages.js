@@ -208,8 +208,10 @@ export class RoomStream {
   async catchUp(since = this.lastSeenAt - CATCH_UP_MARGIN_MS) {
     const html = await fetchText(`/rooms/${this.#list.roomId}/refresh?since=${Math.max(0, Math.floor(since))}`)
     if (!html) return
+    const removals = fragment(html).querySelector("template.message-removals")?.dataset.messageIds ?? ""
     this.#scroller.change(() => {
       for (const message of parseMessages(html)) this.#list.upsert(message, { onlyExisting: !this.#scroller.hasLatest })
+      for (const id of removals.split(" ").filter(Boolean)) this.#list.remove(id)
     })
   }
 

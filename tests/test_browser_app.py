@@ -340,20 +340,19 @@ class OfflineTests(BrowserApp):
         self.allow_error("net::ERR_CONNECTION_REFUSED")
         self.allow_error("Failed to load resource")
         ada, bob = self.open_room(ADA), self.open_room(BOB)
-        before = unique("Before the restart")
+        before, doomed = unique("Before the restart"), unique("Deleted while the pages were away")
         self.send(ada, before)
+        self.send(ada, doomed)
         self.assert_shown_once(bob, before)
+        self.assert_shown_once(bob, doomed)
+        doomed_id = self.message(ada, doomed).get_attribute("data-message-id")
         self.server.stop()
         expect(bob.get_by_role("status").filter(has_text="offline")).to_be_visible(timeout=12_000)
         self.server.start()
         during = unique("Posted while the pages were away")
-        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
-        cookie = "; ".join("%s=%s" % (c["name"], c["value"]) for c in self.states[BOB]["cookies"])
-        connection.request("POST", "/rooms/1/messages", urllib.parse.urlencode(
-            {"message[body]": "<div>%s</div>" % during, "message[client_message_id]": uuid.uuid4().hex}),
-            {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie, "Sec-Fetch-Site": "same-origin"})
-        self.assertEqual(connection.getresponse().status, 201)
-        connection.close()
+        self.http(BOB, "/rooms/1/messages", {"message[body]": "<div>%s</div>" % during,
+                                              "message[client_message_id]": uuid.uuid4().hex}, expect_status=201)
+        self.http(ADA, "/rooms/1/messages/%s" % doomed_id, {"_method": "delete"}, expect_status=204)
         for page in (ada, bob):
             expect(page.locator("body")).to_have_attribute("data-cable", "live", timeout=20_000)
         after = unique("After the restart")
@@ -361,6 +360,15 @@ class OfflineTests(BrowserApp):
         for page in (ada, bob):
             for text in (before, during, after):
                 self.assert_shown_once(page, text)
+            expect(self.message(page, doomed)).to_have_count(0)
+
+    def http(self, person, path, form, expect_status):
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
+        cookie = "; ".join("%s=%s" % (c["name"], c["value"]) for c in self.states[person]["cookies"])
+        connection.request("POST", path, urllib.parse.urlencode(form), {
+            "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie, "Sec-Fetch-Site": "same-origin"})
+        self.assertEqual(connection.getresponse().status, expect_status)
+        connection.close()
 
 
 class RoomsAndPeopleTests(BrowserApp):

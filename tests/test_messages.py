@@ -288,6 +288,19 @@ class PagingTests(ChatTestCase):
         self.assertEqual(message_ids(response.text, None), [self.ids[5]])
         self.assertIn("Edited 5", response.text)
 
+    def test_refresh_names_messages_deleted_since(self):
+        import time as clock
+        since = int(clock.time() * 1000)
+        deleted = self.ids[7]
+        response = self.ada.post("/rooms/1/messages/%d" % deleted, {"_method": "delete"})
+        self.assertEqual(response.status, 204)
+        response = self.ada.get("/rooms/1/refresh?since=%d" % (since - 1000))
+        self.assertEqual(response.status, 200)
+        self.assertIn('<template class="message-removals" data-message-ids="%d"></template>' % deleted, response.text)
+        self.assertEqual(message_ids(response.text, None), [])
+        later = self.ada.get("/rooms/1/refresh?since=%d" % (int(clock.time() * 1000) + 5000))
+        self.assertEqual(later.status, 204)
+
     def test_refresh_with_nothing_new_is_204(self):
         self.assertEqual(self.ada.get("/rooms/1/refresh?since=%d" % int((SEED_START + 10_000) * 1000)).status, 204)
 
