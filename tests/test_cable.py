@@ -234,6 +234,22 @@ class ChannelTests(CableTestCase):
             opcode, payload = client.recv_frame()
         self.assertEqual(int.from_bytes(payload[:2], "big"), 1007)
 
+    def test_a_server_error_closes_with_1011_and_no_details(self):
+        client = self.welcomed(self.ada)
+        cable = self.server.app.cable
+
+        def broken(connection, text):
+            raise RuntimeError("secret detail")
+        cable.command = broken
+        with self.assertLogs("campfire", level="ERROR") as logs:
+            client.subscribe("HeartbeatChannel")
+            opcode, payload = client.recv_frame()
+            while opcode != 0x8:
+                opcode, payload = client.recv_frame()
+        self.assertEqual(int.from_bytes(payload[:2], "big"), 1011)
+        self.assertNotIn(b"secret", payload)
+        self.assertIn("secret detail", "\n".join(logs.output))
+
     def test_pings_arrive_every_three_seconds(self):
         client = self.welcomed(self.ada)
         started = time.time()
