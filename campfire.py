@@ -5213,7 +5213,7 @@ def bots_index(app, request):
         '(and every message in a direct room with it) at its webhook URL.</p>'
         '{items}<div class="form__actions"><a class="button button--primary" href="/account/bots/new">New bot</a>'
         '<a class="button" href="/account/edit">Back to the account</a></div></section>').format(
-        items=HTML('<ul class="bots picker__people">{}</ul>').format(items) if bots
+        items=HTML('<ul class="bots">{}</ul>').format(items) if bots
         else HTML('<p class="notice">No bots yet.</p>'))
     return render_layout(app, request, "Chat bots", body)
 
