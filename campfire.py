@@ -386,9 +386,21 @@ def token_digest(token):
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def random_alphanumeric(length):
+    """Letters and digits, as Rails' SecureRandom.alphanumeric: join codes, bot keys."""
+    return "".join(secrets.choice(JOIN_CODE_ALPHABET) for _ in range(length))
+
+
 def generate_join_code():
-    raw = "".join(secrets.choice(JOIN_CODE_ALPHABET) for _ in range(12))
+    raw = random_alphanumeric(12)
     return "-".join(raw[i:i + 4] for i in range(0, 12, 4))
+
+
+def plain_error_page(status, message):
+    """An error page that needs nothing (no database, no layout): for the parser's
+    refusals and for when the database itself is down."""
+    return "<!DOCTYPE html><html><body><h1>%d %s</h1><p>%s</p></body></html>" % (
+        status, STATUS_REASONS.get(status, "Error"), html.escape(message))
 
 
 def b64url_encode(data):
@@ -4894,7 +4906,7 @@ WEBHOOK_WORKERS = 8                      # deliveries in flight at once (a slow 
 
 
 def generate_bot_token():
-    return "".join(secrets.choice(JOIN_CODE_ALPHABET) for _ in range(BOT_TOKEN_CHARS))
+    return random_alphanumeric(BOT_TOKEN_CHARS)
 
 
 _BOT_COLUMNS = ("SELECT users.id, users.name, users.bot_token, (SELECT url FROM webhooks "
@@ -6246,7 +6258,7 @@ class App:
         try:
             return render_error_page(self, request, status, message)
         except sqlite3.Error:  # the database is down: a page that needs nothing from it
-            return Response("<!DOCTYPE html><title>%d</title><p>%s</p>" % (status, html.escape(message)), status)
+            return Response(plain_error_page(status, message), status)
 
     def _finish(self, request, response):
         headers = response.headers
@@ -6627,8 +6639,7 @@ class Webhooks:
 # App.handle in order and writes the responses back.
 
 def _error_bytes(status, message, date=None):
-    body = ("<!DOCTYPE html><html><body><h1>%d %s</h1><p>%s</p></body></html>"
-            % (status, STATUS_REASONS.get(status, "Error"), html.escape(message))).encode()
+    body = plain_error_page(status, message).encode()
     return serialize_response(status, [("Content-Type", "text/html; charset=utf-8")], body,
                               keep_alive=False, date=date)
 
