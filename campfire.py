@@ -308,10 +308,27 @@ class ConfigError(CampfireError):
 #### 3. Utilities
 ####
 
+_utc_second_text = [None, ""]  # the last second formatted, as [seconds, text]
+
+
 def utc_now_text(now=None):
     """Datetimes as Rails writes them into SQLite: UTC, microseconds."""
     now = time.time() if now is None else now
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + ".%06d" % int(now % 1 * 1_000_000)
+    second = int(now // 1)
+    if _utc_second_text[0] != second:
+        _utc_second_text[:] = second, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+    return _utc_second_text[1] + ".%06d" % int(now % 1 * 1_000_000)
+
+
+_DB_TIME_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+
+
+def iso_time(text):
+    """A database datetime as ISO 8601 UTC to the second ("2024-05-01T09:30:00Z")."""
+    text = str(text or "")
+    if _DB_TIME_RE.match(text):
+        return "%sT%sZ" % (text[:10], text[11:19])
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(parse_db_time(text) or 0))
 
 
 def parse_db_time(text):
@@ -1757,6 +1774,9 @@ class _Sanitizer(HTMLParser):
         return "".join(self.out)
 
 
+_SINGLE_DIV = re.compile(r"<div>([^<]*)</div>\Z")  # one line of text, as the composer sends it
+
+
 def sanitize_html(html, *, keep_attachment=lambda sgid, content_type: True, link=False):
     """Allowed tags and attributes only, well-formed, every text and value
     escaped; contents of script, style, svg… dropped. Attachments survive only
@@ -1767,6 +1787,9 @@ def sanitize_html(html, *, keep_attachment=lambda sgid, content_type: True, link
     if "<" not in html:  # plain text from bots and the API: no parser needed
         text = unescape(html) if "&" in html else html
         return _link_urls(text) if link else _escape_html(text)
+    single_line = _SINGLE_DIV.match(html)
+    if single_line:  # what the composer sends for one line: the same result, without a parser
+        return "<div>" + sanitize_html(single_line[1], link=link) + "</div>"
     parser = _Sanitizer(keep_attachment, link)
     try:
         _feed_whole(parser, html)
@@ -1875,6 +1898,9 @@ def html_to_plain_text(html, *, mention_name=lambda sgid: None):
     else its content's text, else nothing."""
     if "<" not in html:
         return (unescape(html) if "&" in html else html).strip()
+    single_line = _SINGLE_DIV.match(html)
+    if single_line:
+        return html_to_plain_text(single_line[1])
     parser = _PlainText(mention_name)
     try:
         _feed_whole(parser, html)
@@ -2413,6 +2439,11 @@ class Database:
         # FULL: a commit is on disk before the response that acknowledges it.
         self.connection.execute("PRAGMA synchronous = FULL")
         self.connection.execute("PRAGMA foreign_keys = ON")
+        # Every request's writes run in a savepoint (see atomic()); SQLite keeps
+        # a savepoint's undo pages in a temporary file unless told to use memory,
+        # and that file costs more than the writes themselves. What it holds is
+        # at most the pages one request changes.
+        self.connection.execute("PRAGMA temp_store = MEMORY")
         self._depth = 0
         # Group commit (the server turns it on): the writes of every request
         # handled in one event-loop turn share one transaction and one fsync,
@@ -2420,7 +2451,9 @@ class Database:
         self.group_commit = False
         self.batch_open = False
         self.on_batch_opened = None
+        self.on_rollback = lambda: None  # what was read inside an undone savepoint may be cached
         self._after_commit = []
+        self._deferred = []  # (sql, params) run just before COMMIT; see defer()
         self._check_fts5()
 
     def _check_fts5(self):
@@ -2461,8 +2494,11 @@ class Database:
         self._depth = 1
         try:
             yield self
+            self._run_deferred()
         except BaseException:
+            self._deferred.clear()
             self.connection.execute("ROLLBACK")
+            self.on_rollback()
             raise
         else:
             self.connection.execute("COMMIT")
@@ -2473,16 +2509,36 @@ class Database:
     def _savepoint(self, name):
         self.connection.execute("SAVEPOINT " + name)
         self._depth += 1
+        deferred_before = len(self._deferred)
         try:
             yield
         except BaseException:
+            del self._deferred[deferred_before:]
             self.connection.execute("ROLLBACK TO " + name)
             self.connection.execute("RELEASE " + name)
+            self.on_rollback()
             raise
         else:
             self.connection.execute("RELEASE " + name)
         finally:
             self._depth -= 1
+
+    def defer(self, sql, params):
+        """Run a write at the end of the transaction, just before COMMIT, in the
+        order deferred; a savepoint rolled back drops what it deferred.
+
+        For the search index: FTS5 writes out its pending rows as a new index
+        segment whenever a savepoint begins or ends, so a row written inside
+        each request's savepoint costs a segment (and later merges) per message;
+        deferred, a whole group's rows make one segment."""
+        if not (self._depth or self.batch_open):
+            raise RuntimeError("defer() needs a transaction (use atomic())")
+        self._deferred.append((sql, params))
+
+    def _run_deferred(self):
+        deferred, self._deferred = self._deferred, []
+        for sql, group in itertools.groupby(deferred, key=lambda item: item[0]):
+            self.connection.executemany(sql, [params for _, params in group])
 
     def after_commit(self, callback):
         """Run callback once what was written so far is durable (now, outside a batch)."""
@@ -2498,8 +2554,10 @@ class Database:
         callbacks, self._after_commit = self._after_commit, []
         self.batch_open = False
         try:
+            self._run_deferred()
             self.connection.execute("COMMIT")
         except sqlite3.Error:
+            self._deferred.clear()
             log.error("group commit failed:\n%s", traceback.format_exc())
             with contextlib.suppress(sqlite3.Error):
                 self.connection.execute("ROLLBACK")
@@ -2613,7 +2671,7 @@ class Store:
         self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids})
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
-        self._rooms = {}         # room id → (room version, Room)
+        self._rooms = {}         # room id → Room (dropped when its name or type changes)
         self.room_versions = collections.Counter()        # messages, boosts, name, members
         self.user_versions = collections.Counter()        # a user's sidebar: memberships, unread, names
         self.membership_versions = collections.Counter()  # who is in a room
@@ -2713,15 +2771,14 @@ class Store:
 
     # Rooms -----------------------------------------------------------------
     def room(self, room_id):
-        version = self.room_versions[room_id]
-        cached = self._rooms.get(room_id)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        row = self.db.one("SELECT * FROM rooms WHERE id = ?", (room_id,))
-        room = Room.from_row(row) if row else None
-        if len(self._rooms) > 10_000:
-            self._rooms.clear()
-        self._rooms[room_id] = (version, room)
+        room = self._rooms.get(room_id)
+        if room is None:
+            row = self.db.one("SELECT * FROM rooms WHERE id = ?", (room_id,))
+            if row is None:
+                return None
+            if len(self._rooms) > 10_000:
+                self._rooms.clear()
+            room = self._rooms[room_id] = Room.from_row(row)
         return room
 
     def create_room(self, name, room_type, creator_id, member_ids):
@@ -2768,6 +2825,7 @@ class Store:
 
     def bump_everything(self):
         self.global_version += 1
+        self._rooms.clear()
         self._users.clear()
         self._member_rooms.clear()
         self._room_members.clear()
@@ -2812,11 +2870,13 @@ class Store:
     # Rooms ---------------------------------------------------------------------
     def rename_room(self, room, name):
         self.db.execute("UPDATE rooms SET name = ?, updated_at = ? WHERE id = ?", (name, utc_now_text(), room.id))
+        self._rooms.pop(room.id, None)
         self.bump_room(room.id)
         self.bump_users(self.room_member_ids(room.id))
 
     def change_room_type(self, room, room_type):
         self.db.execute("UPDATE rooms SET type = ?, updated_at = ? WHERE id = ?", (room_type, utc_now_text(), room.id))
+        self._rooms.pop(room.id, None)
         self.bump_room(room.id)
 
     def set_room_members(self, room, user_ids):
@@ -2846,13 +2906,15 @@ class Store:
         member_ids = self.room_member_ids(room.id)
         message_ids = "SELECT id FROM messages WHERE room_id = ?"
         self.db.execute("DELETE FROM boosts WHERE message_id IN (%s)" % message_ids, (room.id,))
-        self.db.execute("DELETE FROM message_search_index WHERE rowid IN (%s)" % message_ids, (room.id,))
+        for (message_id,) in self.db.execute(message_ids, (room.id,)):
+            self.db.defer(self.SEARCH_ROW_DELETE, (message_id,))
         self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id IN (%s)"
                         % message_ids, (room.id,))
         self.db.execute("DELETE FROM messages WHERE room_id = ?", (room.id,))
         self.db.execute("DELETE FROM campfire_py_message_deletions WHERE room_id = ?", (room.id,))
         self.db.execute("DELETE FROM memberships WHERE room_id = ?", (room.id,))
         self.db.execute("DELETE FROM rooms WHERE id = ?", (room.id,))
+        self._rooms.pop(room.id, None)
         self.memberships_changed(room.id, member_ids)
 
     def set_involvement(self, room_id, user_id, involvement):
@@ -2887,6 +2949,10 @@ class Store:
                                    "AND creator_id = ? ORDER BY id LIMIT 1", (client_message_id, room_id, creator_id))
         return None if message_id is None else self.message(message_id)
 
+    # Search rows are written when the transaction commits, in order (Database.defer).
+    SEARCH_ROW_INSERT = "INSERT INTO message_search_index (rowid, body) VALUES (?, ?)"
+    SEARCH_ROW_DELETE = "DELETE FROM message_search_index WHERE rowid = ?"
+
     def create_message(self, room_id, creator_id, client_message_id, body, plain_text, now=None):
         """The message, its rich text and its search row, in the caller's transaction.
 
@@ -2898,7 +2964,7 @@ class Store:
         self.db.execute(
             "INSERT INTO action_text_rich_texts (name, body, record_type, record_id, created_at, updated_at) "
             "VALUES ('body', ?, 'Message', ?, ?, ?)", (body, message_id, stamp, stamp))
-        self.db.execute("INSERT INTO message_search_index (rowid, body) VALUES (?, ?)", (message_id, plain_text))
+        self.db.defer(self.SEARCH_ROW_INSERT, (message_id, plain_text))
         # CAMPFIRE.md, Unread: visible, disconnected members other than the author.
         unread = [row[0] for row in self.db.execute(
             "UPDATE memberships SET unread_at = ?, updated_at = ? WHERE unread_at IS NULL AND room_id = ? "
@@ -2917,8 +2983,8 @@ class Store:
         self.db.execute("UPDATE action_text_rich_texts SET body = ?, updated_at = ? WHERE record_type = 'Message' "
                         "AND record_id = ? AND name = 'body'", (body, stamp, message["id"]))
         self.db.execute("UPDATE messages SET updated_at = ? WHERE id = ?", (stamp, message["id"]))
-        self.db.execute("DELETE FROM message_search_index WHERE rowid = ?", (message["id"],))
-        self.db.execute("INSERT INTO message_search_index (rowid, body) VALUES (?, ?)", (message["id"], plain_text))
+        self.db.defer(self.SEARCH_ROW_DELETE, (message["id"],))
+        self.db.defer(self.SEARCH_ROW_INSERT, (message["id"], plain_text))
         self.bump_room(message["room_id"])
 
     def delete_message(self, message):
@@ -2928,7 +2994,7 @@ class Store:
         self.db.execute("DELETE FROM campfire_py_message_deletions WHERE deleted_at < ?",
                         (utc_now_text(time.time() - MESSAGE_DELETIONS_KEPT_SECONDS),))
         self.db.execute("DELETE FROM boosts WHERE message_id = ?", (message["id"],))
-        self.db.execute("DELETE FROM message_search_index WHERE rowid = ?", (message["id"],))
+        self.db.defer(self.SEARCH_ROW_DELETE, (message["id"],))
         self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id = ?",
                         (message["id"],))
         self.db.execute("DELETE FROM messages WHERE id = ?", (message["id"],))
@@ -3244,30 +3310,37 @@ def render_message(app, message, boosts=()):
         body = app.render_body(stored)
     edited = HTML(' <span class="message__edited" title="Edited">(edited)</span>') \
         if message["updated_at"] != message["created_at"] and message["updated_at"] > message["created_at"] else ""
-    room_id, seconds = message["room_id"], parse_db_time(message["created_at"]) or 0
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-    rendered = HTML(
-        '<div class="message" id="message_{id}" data-message-id="{id}" data-client-message-id="{client_id}" '
-        'data-creator-id="{creator_id}" data-created-at="{created}"{sound_attr}>{author}'
-        '<a class="message__permalink" href="/rooms/{room_id}/@{id}"><time datetime="{created}">{short}</time></a>'
-        '{edited}</div>'
-        '<div class="message__body">{body}</div>'
-        '<ul class="boosts" id="boosts_message_{id}">{boosts}</ul>'
-        '<div class="message__actions">'
-        '<a class="message__action" data-action="copy-link" href="/rooms/{room_id}/@{id}">Copy link</a>'
-        '<a class="message__action" data-action="boost" href="/messages/{id}/boosts/new">Boost</a>'
-        '<a class="message__action message__action--owner" data-action="edit" href="/rooms/{room_id}/messages/{id}/edit">Edit</a>'
-        '<form method="post" action="/rooms/{room_id}/messages/{id}" class="message__action message__action--owner inline-form">'
-        '<input type="hidden" name="_method" value="delete">'
-        '<button type="submit" data-action="delete">Delete</button></form>'
-        '</div></div></div>').format(
-        id=HTML(message["id"]), client_id=message["client_message_id"], creator_id=HTML(message["creator_id"]),
-        created=HTML(created), short=HTML(created[11:16]),
-        sound_attr=HTML(' data-sound="{}"').format(sound) if sound else "",
-        author=_message_author(app, message["creator_id"]), room_id=HTML(room_id), edited=edited, body=body,
-        boosts=HTML("").join(render_boost(app, boost, room_id) for boost in boosts))
+    room_id = message["room_id"]
+    created = iso_time(message["created_at"])
+    # The page's hottest template, so %-formatted: numbers through %d, and every
+    # other value through escape() (the one escaping helper) first.
+    rendered = HTML(_MESSAGE_TEMPLATE % {
+        "id": message["id"], "room_id": room_id, "creator_id": message["creator_id"],
+        "client_id": escape(message["client_message_id"]), "created": escape(created), "short": escape(created[11:16]),
+        "sound_attr": HTML(' data-sound="{}"').format(sound) if sound else "",
+        "author": _message_author(app, message["creator_id"]), "edited": edited, "body": escape(body),
+        "boosts": HTML("").join(render_boost(app, boost, room_id) for boost in boosts)})
     app.message_cache.put(key, rendered)
     return rendered
+
+
+_MESSAGE_TEMPLATE = (
+    '<div class="message" id="message_%(id)d" data-message-id="%(id)d" data-client-message-id="%(client_id)s" '
+    'data-creator-id="%(creator_id)d" data-created-at="%(created)s"%(sound_attr)s>%(author)s'
+    '<a class="message__permalink" href="/rooms/%(room_id)d/@%(id)d"><time datetime="%(created)s">%(short)s</time></a>'
+    '%(edited)s</div>'
+    '<div class="message__body">%(body)s</div>'
+    '<ul class="boosts" id="boosts_message_%(id)d">%(boosts)s</ul>'
+    '<div class="message__actions">'
+    '<a class="message__action" data-action="copy-link" href="/rooms/%(room_id)d/@%(id)d">Copy link</a>'
+    '<a class="message__action" data-action="boost" href="/messages/%(id)d/boosts/new">Boost</a>'
+    '<a class="message__action message__action--owner" data-action="edit" '
+    'href="/rooms/%(room_id)d/messages/%(id)d/edit">Edit</a>'
+    '<form method="post" action="/rooms/%(room_id)d/messages/%(id)d" '
+    'class="message__action message__action--owner inline-form">'
+    '<input type="hidden" name="_method" value="delete">'
+    '<button type="submit" data-action="delete">Delete</button></form>'
+    '</div></div></div>')
 
 
 def _message_author(app, creator_id):
@@ -5990,6 +6063,7 @@ class App:
         self.db = Database(self.config.resolved_database_path)
         self.db.migrate()
         self.store = Store(self.db)
+        self.db.on_rollback = self.forget_cached
         self.signer = Signer(self.config.secret_key_base or self._stored_secret())
         self.router = Router(handler for handler in list(globals().values())
                              if callable(handler) and hasattr(handler, "route_specs"))
@@ -6065,6 +6139,12 @@ class App:
     def start_session(self, request, response, user):
         token = self.store.create_session(user.id, request.remote_addr, request.headers.get("user-agent", ""))
         self.set_cookie(response, SESSION_COOKIE, token)
+
+    def forget_cached(self):
+        """After writes were undone: nothing cached may outlive them."""
+        self.store.bump_everything()
+        self.page_cache.clear()
+        self.message_cache.clear()
 
     def room_for_member(self, request, room_id):
         """The room, if the signed-in user belongs to it; 404 otherwise (never reveal it exists)."""
@@ -6838,9 +6918,7 @@ class Server:
         """Commit this turn's writes with one fsync, then answer the requests that made them."""
         committed = self.app.db.commit_batch()
         if not committed:
-            self.app.store.bump_everything()
-            self.app.page_cache.clear()
-            self.app.message_cache.clear()
+            self.app.forget_cached()
         holding, self.holding = self.holding, set()
         for connection in holding:
             connection.release(committed)

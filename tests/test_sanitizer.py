@@ -475,6 +475,22 @@ class FuzzTest(RichTextCase):
                 self.assertSafeHtml(render_rich_text(out))
                 find_mentions(out)
 
+    def test_one_line_shortcut_matches_the_parser(self):
+        # "<div>text</div>" (the composer's one line) skips the parser; "<div >"
+        # takes it. Both must give the same stored body and the same plain text.
+        rng = random.Random(20261125)
+        pieces = list("ab xyz.,;:!?&#>\"'\n\t/\\-_=@%") + [
+            "&amp;", "&lt;", "&#39;", "&nbsp;", "&#x6A;", "http://a.example/x?b=c&d", "www.b.example",
+            "mailto:x@y.example", "ñ", "😀", "  ", "/play tada", "https://c.example", "\x00"]
+        for _ in range(3000):
+            text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+            link = rng.random() < 0.5
+            with self.subTest(text=text, link=link):
+                self.assertEqual(sanitize_html("<div>%s</div>" % text, link=link),
+                                 sanitize_html("<div >%s</div>" % text, link=link))
+                self.assertEqual(html_to_plain_text("<div>%s</div>" % text),
+                                 html_to_plain_text("<div >%s</div>" % text))
+
 
 if __name__ == "__main__":
     unittest.main()
