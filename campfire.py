@@ -108,6 +108,10 @@ HEADER_TIMEOUT = 10.0        # a request head must arrive within this (slowloris
 BODY_IDLE_TIMEOUT = 30.0     # a body that stops arriving for this long is dropped
 KEEPALIVE_TIMEOUT = 30.0     # an idle keep-alive connection is closed after this
 SHUTDOWN_GRACE = 10.0        # in-flight requests get this long on SIGTERM
+# Group commit: the writes of requests handled together share one transaction
+# and one fsync. The commit waits while each look at the sockets brings more
+# writes, up to this long after the first (a few milliseconds at most).
+GROUP_COMMIT_MAX_WAIT = 0.004
 SWEEP_INTERVAL = 1.0         # how often deadlines are checked
 
 # Connections: stay below the process's open-file limit, keeping room for the
@@ -2450,6 +2454,7 @@ class Database:
         # and their responses wait for that commit (see Server.flush_writes).
         self.group_commit = False
         self.batch_open = False
+        self.batch_writes = 0            # atomic() blocks in the open group
         self.on_batch_opened = None
         self.on_rollback = lambda: None  # what was read inside an undone savepoint may be cached
         self._after_commit = []
@@ -2486,7 +2491,10 @@ class Database:
             if not self._depth and not self.batch_open:
                 self.connection.execute("BEGIN IMMEDIATE")
                 self.batch_open = True
+                self.batch_writes = 0
                 self.on_batch_opened()
+            if not self._depth:
+                self.batch_writes += 1
             with self._savepoint("sp%d" % self._depth):
                 yield self
             return
@@ -6883,6 +6891,8 @@ class Server:
         self.loop = None
         self._server = None
         self._sweeper = None
+        self._batch_deadline = 0.0    # group commit: see flush_writes()
+        self._batch_seen = 0
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_connections = max(16, soft_limit - FILE_DESCRIPTOR_RESERVE - LISTEN_BACKLOG)
 
@@ -6901,7 +6911,7 @@ class Server:
         self.app.db.group_commit = True
         self.app.request_log.enabled = log.isEnabledFor(logging.INFO)
         self.app.request_log.schedule = lambda flush: self.loop.call_later(REQUEST_LOG_FLUSH_SECONDS, flush)
-        self.app.db.on_batch_opened = lambda: self.loop.call_soon(self.flush_writes)
+        self.app.db.on_batch_opened = self._batch_opened
         self._sweeper = self.loop.create_task(self._sweep())
         self._beat = self.loop.create_task(self._cable_beat())
         self.app.webhooks.start(self.loop)
@@ -6914,8 +6924,27 @@ class Server:
             except Exception:
                 log.error("cable beat failed:\n%s", traceback.format_exc())
 
+    def _batch_opened(self):
+        self._batch_deadline = self.loop.time() + GROUP_COMMIT_MAX_WAIT
+        self._batch_seen = 0
+        self._flush_after_next_poll()
+
+    def _flush_after_next_poll(self):
+        # A timer due now runs after the callbacks of the loop's next look at the
+        # sockets (call_soon would run before them), so requests that arrived
+        # meanwhile join this commit.
+        self.loop.call_at(self.loop.time(), self.flush_writes)
+
     def flush_writes(self):
-        """Commit this turn's writes with one fsync, then answer the requests that made them."""
+        """Commit the group's writes with one fsync, then answer the requests that made them."""
+        db = self.app.db
+        if db.batch_open and db.batch_writes > self._batch_seen and self.loop.time() < self._batch_deadline:
+            self._batch_seen = db.batch_writes  # more came: look at the sockets once more first
+            self._flush_after_next_poll()
+            return
+        self.commit_and_answer()
+
+    def commit_and_answer(self):
         committed = self.app.db.commit_batch()
         if not committed:
             self.app.forget_cached()
@@ -6947,7 +6976,7 @@ class Server:
             for connection in [c for c in self.connections if c.idle]:
                 connection.close()
             await asyncio.sleep(0.05)
-        self.flush_writes()
+        self.commit_and_answer()
         self.app.request_log.flush()
         for connection in list(self.connections):
             if connection.upgraded is not None:

@@ -1,15 +1,20 @@
 """The server (section 10) over real sockets on 127.0.0.1: keep-alive,
 pipelining, closing, errors on the wire, 100-continue, chunked uploads, HEAD,
-timeouts for slow and idle clients, and many connections at once."""
+timeouts for slow and idle clients, many connections at once, and group commit
+(an acknowledged post is on disk before its answer is sent)."""
 
 import select
+import socket
+import sqlite3
+import threading
 import time
 import unittest
+import urllib.parse
 
 try:
-    from tests.helpers import LiveServer, campfire
+    from tests.helpers import Client, LiveServer, campfire
 except ImportError:  # run from inside tests/
-    from helpers import LiveServer, campfire
+    from helpers import Client, LiveServer, campfire
 
 
 class ResponseReader:
@@ -317,6 +322,106 @@ class TimeoutTest(unittest.TestCase):
             time.sleep(self.KEEPALIVE_TIMEOUT / 2)
         sock.sendall(request_bytes("GET", "/up"))
         self.assertEqual(reader.read_response()[0], 200)
+
+
+class GroupCommitTest(unittest.TestCase):
+    """Writes of requests handled together share one transaction and one fsync;
+    every answer waits for that commit."""
+
+    CLIENTS = 8
+    POSTS_EACH = 30
+
+    def setUp(self):
+        self.live = LiveServer()
+        self.addCleanup(self.live.stop)
+        app = self.live.app
+
+        def first_run():
+            admin = Client(app)
+            admin.post("/first_run", {"user[name]": "Ada", "user[email_address]": "ada@example.com",
+                                      "user[password]": "secret-password"})
+            return admin.cookies["session_token"]
+        self.token = self.live.call(first_run)
+        self.room_id = self.live.call(lambda: app.db.value("SELECT id FROM rooms"))
+        self.database = app.config.resolved_database_path
+
+    def post_bytes(self, client_id):
+        body = urllib.parse.urlencode({"message[body]": "<div>durable %s</div>" % client_id,
+                                       "message[client_message_id]": client_id}).encode()
+        return request_bytes("POST", "/rooms/%d/messages" % self.room_id, [
+            ("Cookie", "session_token=%s" % self.token), ("Sec-Fetch-Site", "same-origin"),
+            ("Content-Type", "application/x-www-form-urlencoded")], body)
+
+    def test_every_answered_post_is_already_committed_with_its_search_row(self):
+        # Eight connections post at once, so commits are shared. After each 201,
+        # a separate connection to the database file (which sees only committed
+        # data) must find the message and its search row.
+        problems, acknowledged = [], []
+
+        def client(number):
+            observer = sqlite3.connect(self.database, timeout=5)
+            sock = socket.create_connection(("127.0.0.1", self.live.port), timeout=10)
+            reader = ResponseReader(sock, timeout=10)
+            try:
+                for index in range(self.POSTS_EACH):
+                    client_id = "c%d-%d" % (number, index)
+                    sock.sendall(self.post_bytes(client_id))
+                    status, _, body = reader.read_response()
+                    if status != 201:
+                        problems.append((client_id, status))
+                        continue
+                    row = observer.execute("SELECT id FROM messages WHERE client_message_id = ?", (client_id,)).fetchone()
+                    found = row and observer.execute(
+                        "SELECT count(*) FROM message_search_index WHERE message_search_index MATCH ? AND rowid = ?",
+                        ('"%s"' % client_id, row[0])).fetchone()[0]
+                    if not found:
+                        problems.append((client_id, "answered but not committed"))
+                    acknowledged.append(client_id)
+            finally:
+                sock.close()
+                observer.close()
+
+        threads = [threading.Thread(target=client, args=(number,)) for number in range(self.CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        self.assertEqual(problems, [])
+        self.assertEqual(len(acknowledged), self.CLIENTS * self.POSTS_EACH)
+
+    def test_a_commit_that_fails_answers_503_and_keeps_nothing(self):
+        app = self.live.app
+
+        class FailingCommit:  # the disk refusing the commit (full, or gone)
+            def __init__(self, connection):
+                self.connection = connection
+
+            def execute(self, sql, *args):
+                if sql == "COMMIT":
+                    raise sqlite3.OperationalError("database or disk is full")
+                return self.connection.execute(sql, *args)
+
+            def __getattr__(self, name):
+                return getattr(self.connection, name)
+
+        real = app.db.connection
+        self.live.call(lambda: setattr(app.db, "connection", FailingCommit(real)))
+        sock = socket.create_connection(("127.0.0.1", self.live.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(self.post_bytes("lost-1"))
+        status, _, body = ResponseReader(sock, timeout=10).read_response()
+        self.assertEqual(status, 503)
+        self.assertIn(b"could not be saved", body)
+        self.live.call(lambda: setattr(app.db, "connection", real))
+        self.assertIsNone(self.live.call(lambda: app.db.value(
+            "SELECT id FROM messages WHERE client_message_id = 'lost-1'")))
+        # The retry (same client_message_id) is kept, once.
+        sock = socket.create_connection(("127.0.0.1", self.live.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(self.post_bytes("lost-1"))
+        self.assertEqual(ResponseReader(sock, timeout=10).read_response()[0], 201)
+        self.assertEqual(self.live.call(lambda: app.db.value(
+            "SELECT count(*) FROM messages WHERE client_message_id = 'lost-1'")), 1)
 
 
 if __name__ == "__main__":

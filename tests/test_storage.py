@@ -93,6 +93,48 @@ class SchemaTests(AppTestCase):
                     raise ValueError
         self.assertEqual([r[0] for r in self.app.db.all("SELECT query FROM searches")], ["kept"])
 
+    def test_deferred_writes_run_at_commit_and_leave_with_their_savepoint(self):
+        # Search rows are deferred to the commit; a request that fails takes
+        # its deferred rows with it, and the group's others are kept.
+        self.first_run()
+        db = self.app.db
+        db.group_commit = True
+        db.on_batch_opened = lambda: None
+        insert = "INSERT INTO message_search_index (rowid, body) VALUES (?, ?)"
+        with db.atomic():
+            db.defer(insert, (9001, "kept words"))
+        with self.assertRaises(ValueError):
+            with db.atomic():
+                db.defer(insert, (9002, "undone words"))
+                raise ValueError
+        self.assertEqual(db.value("SELECT count(*) FROM message_search_index WHERE rowid > 9000"), 0)
+        self.assertTrue(db.commit_batch())
+        self.assertEqual([row[0] for row in db.all("SELECT rowid FROM message_search_index WHERE rowid > 9000")],
+                         [9001])
+        with self.assertRaises(RuntimeError):  # outside a transaction there is no commit to wait for
+            db.defer(insert, (9003, "nowhere"))
+
+    def test_an_edit_and_a_delete_in_the_same_commit_as_the_post_leave_the_right_search_rows(self):
+        self.first_run()
+        client = self.client
+        db = self.app.db
+        db.group_commit = True
+        db.on_batch_opened = lambda: None
+        room_id = db.value("SELECT id FROM rooms")
+        for client_id, body in (("a", "alpha original"), ("b", "bravo original")):
+            self.assertEqual(client.post("/rooms/%d/messages" % room_id, {
+                "message[body]": body, "message[client_message_id]": client_id}).status, 201)
+        first, second = [row[0] for row in db.all("SELECT id FROM messages ORDER BY id")]
+        self.assertEqual(client.post("/rooms/%d/messages/%d" % (room_id, first), {
+            "_method": "patch", "message[body]": "alpha edited"}).status, 200)
+        self.assertIn(client.post("/rooms/%d/messages/%d" % (room_id, second), {"_method": "delete"}).status,
+                      (200, 204))
+        self.assertTrue(db.commit_batch())
+        rows = db.all("SELECT rowid, body FROM message_search_index ORDER BY rowid")
+        self.assertEqual([tuple(row) for row in rows], [(first, "alpha edited")])
+        self.assertEqual(db.value("SELECT count(*) FROM message_search_index WHERE message_search_index MATCH 'original'"), 0)
+        db.execute("INSERT INTO message_search_index (message_search_index) VALUES ('integrity-check')")
+
     def test_datetimes_are_written_the_rails_way(self):
         self.first_run()
         self.assertRegex(self.app.db.value("SELECT created_at FROM users"), r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
