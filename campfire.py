@@ -312,16 +312,19 @@ class ConfigError(CampfireError):
 #### 3. Utilities
 ####
 
-_utc_second_text = [None, ""]  # the last second formatted, as [seconds, text]
+_utc_second_texts = {}  # whole seconds → their text, for the few seconds in use at a time
 
 
 def utc_now_text(now=None):
     """Datetimes as Rails writes them into SQLite: UTC, microseconds."""
     now = time.time() if now is None else now
     second = int(now // 1)
-    if _utc_second_text[0] != second:
-        _utc_second_text[:] = second, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-    return _utc_second_text[1] + ".%06d" % int(now % 1 * 1_000_000)
+    text = _utc_second_texts.get(second)
+    if text is None:
+        if len(_utc_second_texts) >= 8:
+            _utc_second_texts.clear()
+        text = _utc_second_texts[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+    return text + ".%06d" % int(now % 1 * 1_000_000)
 
 
 _DB_TIME_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
@@ -598,8 +601,10 @@ class Request:
     @property
     def query(self):
         if self._query is None:
-            self._query = FormData(urllib.parse.parse_qsl(self.query_string, keep_blank_values=True,
-                                                          max_num_fields=MAX_FORM_FIELDS))
+            try:
+                self._query = FormData(parse_urlencoded(self.query_string.encode("latin-1")))
+            except ValueError as error:
+                raise BadRequest("The query string could not be read.") from error
         return self._query
 
     @property
@@ -612,9 +617,9 @@ class Request:
                 self._form = FormData(fields)
             elif content_type.startswith("application/x-www-form-urlencoded") or not content_type:
                 try:
-                    pairs = urllib.parse.parse_qsl(self.body.decode("utf-8"), keep_blank_values=True,
-                                                   max_num_fields=MAX_FORM_FIELDS)
-                except (UnicodeDecodeError, ValueError) as error:
+                    self.body.decode("utf-8")  # a form is UTF-8 (what is escaped may still be mangled)
+                    pairs = parse_urlencoded(self.body)
+                except ValueError as error:  # UnicodeDecodeError is one
                     raise BadRequest("The form could not be read.") from error
                 self._form = FormData(pairs)
             else:
@@ -636,6 +641,32 @@ class Request:
     @property
     def origin(self):
         return "%s://%s" % (self.scheme, self.headers.get("host", "localhost"))
+
+
+def parse_urlencoded(data):
+    """application/x-www-form-urlencoded bytes → [(name, value)], in order: "+"
+    is a space, %XX a byte, the bytes UTF-8 (a bad sequence becomes U+FFFD),
+    empty fields skipped, a name without "=" has the value "". ValueError past
+    MAX_FORM_FIELDS fields."""
+    if not data:
+        return []
+    fields = data.split(b"&")
+    if len(fields) > MAX_FORM_FIELDS:
+        raise ValueError("more than %d form fields" % MAX_FORM_FIELDS)
+    pairs = []
+    for field in fields:
+        if field:
+            name, _, value = field.partition(b"=")
+            pairs.append((_form_text(name), _form_text(value)))
+    return pairs
+
+
+def _form_text(raw):
+    if b"+" in raw:
+        raw = raw.replace(b"+", b" ")
+    if b"%" in raw:
+        raw = urllib.parse.unquote_to_bytes(raw)
+    return raw.decode("utf-8", "replace")
 
 
 class FormData:

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 import unittest
+import urllib.parse
 
 try:
     from tests.helpers import AppTestCase, Client, campfire
@@ -615,6 +616,29 @@ class FormAndCookieTest(unittest.TestCase):
         self.assertEqual(form.text("missing"), "")
         with self.assertRaises(campfire.Unprocessable):
             form.text("user[name]", limit=2)
+
+    def test_urlencoded_forms_read_as_the_standard_library_reads_them(self):
+        # parse_urlencoded is the fast path for every form and query string;
+        # urllib.parse.parse_qsl (keep_blank_values) is the reference.
+        rng = random.Random(20261125)
+        pieces = ["a", "b", "=", "&", "+", "%", "%2", "%41", "%zz", "%C3%A9", "%E2%82", "%FF", " ", "[", "]",
+                  "é", ";", "%26", "%3D", "%2B", "user[name]", "ids%5B%5D", ""]
+        for _ in range(5000):
+            text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+            with self.subTest(text=text):
+                self.assertEqual(campfire.parse_urlencoded(text.encode("utf-8")),
+                                 urllib.parse.parse_qsl(text, keep_blank_values=True))
+
+    def test_too_many_fields_are_400_in_a_form_and_a_query(self):
+        many = "&".join("f%d=1" % n for n in range(campfire.MAX_FORM_FIELDS + 1))
+        request = campfire.Request("POST", "/x?" + many, "HTTP/1.1", {"host": "x"}, many.encode())
+        with self.assertRaises(campfire.BadRequest):
+            request.form
+        with self.assertRaises(campfire.BadRequest):
+            request.query
+        fine = campfire.Request("GET", "/x?a=1&a=2&b", "HTTP/1.1", {"host": "x"})
+        self.assertEqual(fine.query.getlist("a"), ["1", "2"])
+        self.assertEqual(fine.query.get("b"), "")
 
     def test_invalid_utf8_form_is_400(self):
         request = campfire.Request("POST", "/x", "HTTP/1.1", {"host": "x"}, b"a=%ff\xff")
