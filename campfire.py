@@ -3008,11 +3008,16 @@ class Store:
             "VALUES ('body', ?, 'Message', ?, ?, ?)", (body, message_id, stamp, stamp))
         self.db.defer(self.SEARCH_ROW_INSERT, (message_id, plain_text))
         # CAMPFIRE.md, Unread: visible, disconnected members other than the author.
-        unread = [row[0] for row in self.db.execute(
-            "UPDATE memberships SET unread_at = ?, updated_at = ? WHERE unread_at IS NULL AND room_id = ? "
-            "AND user_id != ? AND involvement != 'invisible' "
-            "AND (connections = 0 OR connected_at IS NULL OR connected_at < ?) RETURNING user_id",
-            (stamp, stamp, room_id, creator_id, utc_now_text((now or time.time()) - PRESENCE_WINDOW))).fetchall()]
+        # Looked for first: in a busy room nearly everyone is unread already or
+        # present, and the search (a partial index) costs a fifth of the update.
+        unread_rule = ("unread_at IS NULL AND room_id = ? AND user_id != ? AND involvement != 'invisible' "
+                       "AND (connections = 0 OR connected_at IS NULL OR connected_at < ?)")
+        unread_params = (room_id, creator_id, utc_now_text((now or time.time()) - PRESENCE_WINDOW))
+        unread = []
+        if self.db.one("SELECT 1 FROM memberships WHERE " + unread_rule + " LIMIT 1", unread_params):
+            unread = [row[0] for row in self.db.execute(
+                "UPDATE memberships SET unread_at = ?, updated_at = ? WHERE " + unread_rule + " RETURNING user_id",
+                (stamp, stamp, *unread_params)).fetchall()]
         self.db.execute("UPDATE rooms SET updated_at = ? WHERE id = ?", (stamp, room_id))
         self.bump_room(room_id)
         self.bump_users(unread)
