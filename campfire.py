@@ -73,6 +73,7 @@ import sqlite3
 import struct
 import time
 import traceback
+import types
 import urllib.parse
 import uuid
 import zlib
@@ -101,6 +102,9 @@ MAX_HEADER_FIELDS = 100                   # 431 past it
 MAX_CHUNK_LINE_BYTES = 1024               # a chunk-size line with extensions
 DEFAULT_BODY_LIMIT = 1024 * 1024          # 413 past it unless a route says more
 FORM_BODY_LIMIT = 64 * 1024               # sign-in, profile and similar forms
+COOKIE_HEADERS_KEPT = 4096               # parsed Cookie headers remembered (see parse_cookies),
+ROUTES_KEPT = 4096                       # and matched (method, path) pairs by the router,
+MEMO_KEY_MAX_CHARS = 512                 # each at most this long (so at most a few MB in all)
 MAX_FORM_FIELDS = 1000                    # urlencoded/multipart pairs per request
 
 # Connection timing, in seconds.
@@ -699,12 +703,25 @@ class FormData:
 
 
 def parse_cookies(header):
-    cookies = {}
-    for part in header.split(";"):
-        name, sep, value = part.strip().partition("=")
-        if sep and name and name not in cookies:
-            cookies[name] = urllib.parse.unquote(value.strip().strip('"'))
+    """A Cookie header → a read-only {name: value} (the first of a repeated name
+    wins). A browser sends the same header request after request, so the
+    answers for the latest few thousand headers are kept."""
+    cookies = _cookie_headers.get(header)
+    if cookies is None:
+        found = {}
+        for part in header.split(";"):
+            name, sep, value = part.strip().partition("=")
+            if sep and name and name not in found:
+                found[name] = urllib.parse.unquote(value.strip().strip('"'))
+        cookies = types.MappingProxyType(found)
+        if len(header) <= MEMO_KEY_MAX_CHARS:
+            if len(_cookie_headers) >= COOKIE_HEADERS_KEPT:
+                _cookie_headers.clear()
+            _cookie_headers[header] = cookies
     return cookies
+
+
+_cookie_headers = {}
 
 
 _DISPOSITION_PARAM_RE = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"([^"]*)"|([^;\s]*))')
@@ -3513,6 +3530,7 @@ class Router:
     def __init__(self, handlers):
         self._static = {}
         self._dynamic = collections.defaultdict(list)
+        self._matched = {}  # (method, path) → what match() found for a pattern route
         for handler in handlers:
             for spec in handler.route_specs:
                 if "<" not in spec.pattern:
@@ -3530,10 +3548,21 @@ class Router:
             routes.sort(key=lambda item: item[3].pattern.count("<"))
 
     def match(self, method, path):
-        """(handler, spec, params) or None."""
+        """(handler, spec, params) or None; params is shared, so read it only."""
         found = self._static.get((method, path))
         if found:
             return found[0], found[1], {}
+        key = (method, path)
+        if key in self._matched:
+            return self._matched[key]
+        found = self._match_pattern(method, path)
+        if len(path) <= MEMO_KEY_MAX_CHARS:
+            if len(self._matched) >= ROUTES_KEPT:
+                self._matched.clear()
+            self._matched[key] = found
+        return found
+
+    def _match_pattern(self, method, path):
         segments = path.split("/")
         candidates = self._dynamic.get((method, segments[1] if len(segments) > 1 else "", len(segments)), ())
         if not candidates and segments[-1] != "":  # a <path:…> pattern spans segments

@@ -640,6 +640,33 @@ class FormAndCookieTest(unittest.TestCase):
         self.assertEqual(fine.query.getlist("a"), ["1", "2"])
         self.assertEqual(fine.query.get("b"), "")
 
+    def test_parsed_cookies_are_kept_read_only_and_bounded(self):
+        header = "session_token=abc; last_room=7"
+        first = campfire.parse_cookies(header)
+        self.assertIs(campfire.parse_cookies(header), first)
+        with self.assertRaises(TypeError):
+            first["session_token"] = "forged"  # shared between requests, so nobody may change it
+        for n in range(campfire.COOKIE_HEADERS_KEPT + 10):
+            campfire.parse_cookies("n=%d" % n)
+        self.assertLessEqual(len(campfire._cookie_headers), campfire.COOKIE_HEADERS_KEPT)
+        long_header = "x=" + "y" * campfire.MEMO_KEY_MAX_CHARS
+        self.assertEqual(campfire.parse_cookies(long_header)["x"], "y" * campfire.MEMO_KEY_MAX_CHARS)
+        self.assertNotIn(long_header, campfire._cookie_headers)
+
+    def test_router_remembers_matches_without_changing_them(self):
+        router = campfire.Router(handler for handler in vars(campfire).values()
+                                 if callable(handler) and hasattr(handler, "route_specs"))
+        first = router.match("GET", "/rooms/12/messages")
+        self.assertEqual(first[2], {"room_id": 12})
+        self.assertIs(router.match("GET", "/rooms/12/messages"), first)
+        self.assertEqual(router.match("GET", "/rooms/13/messages")[2], {"room_id": 13})
+        self.assertIsNone(router.match("GET", "/rooms/x/messages"))
+        self.assertIsNone(router.match("GET", "/rooms/x/messages"))
+        for n in range(campfire.ROUTES_KEPT + 10):
+            router.match("GET", "/users/%d" % n)
+        self.assertLessEqual(len(router._matched), campfire.ROUTES_KEPT)
+        self.assertEqual(router.match("GET", "/rooms/12/messages")[2], {"room_id": 12})
+
     def test_invalid_utf8_form_is_400(self):
         request = campfire.Request("POST", "/x", "HTTP/1.1", {"host": "x"}, b"a=%ff\xff")
         with self.assertRaises(campfire.BadRequest):
