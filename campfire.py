@@ -54,13 +54,12 @@ import codecs
 import collections
 import contextlib
 import ctypes
-import ctypes.util
 import enum
 import errno
+import functools
 import hashlib
 import hmac
 import html
-import ipaddress
 import itertools
 import json
 import logging
@@ -75,7 +74,6 @@ import time
 import traceback
 import types
 import urllib.parse
-import uuid
 import zlib
 from dataclasses import dataclass, field
 from html import unescape
@@ -316,19 +314,15 @@ class ConfigError(CampfireError):
 #### 3. Utilities
 ####
 
-_utc_second_texts = {}  # whole seconds → their text, for the few seconds in use at a time
-
-
 def utc_now_text(now=None):
     """Datetimes as Rails writes them into SQLite: UTC, microseconds."""
     now = time.time() if now is None else now
-    second = int(now // 1)
-    text = _utc_second_texts.get(second)
-    if text is None:
-        if len(_utc_second_texts) >= 8:
-            _utc_second_texts.clear()
-        text = _utc_second_texts[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-    return text + ".%06d" % int(now % 1 * 1_000_000)
+    return _utc_second_text(int(now // 1)) + ".%06d" % int(now % 1 * 1_000_000)
+
+
+@functools.lru_cache(maxsize=8)  # the few seconds in use at a time (now, a minute ago)
+def _utc_second_text(second):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
 
 
 _DB_TIME_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
@@ -507,6 +501,7 @@ def check_password(password, digest):
 
 def _system_crypt(password, setting):
     """crypt(3) through ctypes; None when the library is missing or refuses bcrypt."""
+    import ctypes.util  # here, not at the top: only old Rails digests need it, and it is slow to load
     name = ctypes.util.find_library("crypt")
     if not name or b"\0" in password:
         return None
@@ -706,22 +701,21 @@ def parse_cookies(header):
     """A Cookie header → a read-only {name: value} (the first of a repeated name
     wins). A browser sends the same header request after request, so the
     answers for the latest few thousand headers are kept."""
-    cookies = _cookie_headers.get(header)
-    if cookies is None:
-        found = {}
-        for part in header.split(";"):
-            name, sep, value = part.strip().partition("=")
-            if sep and name and name not in found:
-                found[name] = urllib.parse.unquote(value.strip().strip('"'))
-        cookies = types.MappingProxyType(found)
-        if len(header) <= MEMO_KEY_MAX_CHARS:
-            if len(_cookie_headers) >= COOKIE_HEADERS_KEPT:
-                _cookie_headers.clear()
-            _cookie_headers[header] = cookies
-    return cookies
+    if len(header) <= MEMO_KEY_MAX_CHARS:
+        return _parse_cookies_kept(header)
+    return _parse_cookies(header)
 
 
-_cookie_headers = {}
+def _parse_cookies(header):
+    found = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and name not in found:
+            found[name] = urllib.parse.unquote(value.strip().strip('"'))
+    return types.MappingProxyType(found)
+
+
+_parse_cookies_kept = functools.lru_cache(maxsize=COOKIE_HEADERS_KEPT)(_parse_cookies)
 
 
 _DISPOSITION_PARAM_RE = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"([^"]*)"|([^;\s]*))')
@@ -3541,7 +3535,7 @@ class Router:
                 def replace(match):
                     converters[match.group(2)] = match.group(1)
                     return "(?P<%s>%s)" % (match.group(2), _PARAM_PATTERNS[match.group(1)])
-                regex = re.compile("^" + _PARAM_RE.sub(replace, re.escape(spec.pattern).replace(r"\<", "<").replace(r"\>", ">")) + "$")
+                regex = "^" + _PARAM_RE.sub(replace, re.escape(spec.pattern).replace(r"\<", "<").replace(r"\>", ">")) + "$"
                 segments = spec.pattern.split("/")
                 self._dynamic[(spec.method, segments[1], len(segments))].append((regex, converters, handler, spec))
         for routes in self._dynamic.values():  # literal segments win over parameters
@@ -3569,7 +3563,7 @@ class Router:
             candidates = [item for key, items in self._dynamic.items() if key[:2] == (method, segments[1])
                           for item in items if "<path:" in item[3].pattern]
         for regex, converters, handler, spec in candidates:
-            matched = regex.match(path)
+            matched = re.match(regex, path)  # compiled on first use (re keeps them), not at every start
             if matched:
                 params = {}
                 for name, value in matched.groupdict().items():
@@ -4387,6 +4381,7 @@ def render_custom_styles_link(app):
 
 def _normalized_ip(text):
     """An address as the bans table keeps it (IPv4-mapped IPv6 as plain IPv4), or None."""
+    import ipaddress  # here, not at the top: only bans need it, and it is slow to load
     try:
         address = ipaddress.ip_address(str(text).strip())
     except ValueError:
@@ -4476,6 +4471,7 @@ def deactivate_user(app, user):
     searches and sessions deleted; the email address changed so it is free to use again."""
     email = user.email_address
     if email:
+        import uuid  # here, not at the top: only deactivation needs it, and it is slow to load
         email = "x-deactivated-%s@%s" % (uuid.uuid4(), email.rpartition("@")[2] if "@" in email else "deactivated")
     with app.db.atomic():
         room_ids = [row[0] for row in app.db.all(
