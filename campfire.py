@@ -556,10 +556,12 @@ class RateLimiter:
 # status RFC 9112 gives it; the server answers it and closes the connection.
 
 _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_FIELD_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*"  # a token, a colon, a value without controls
-_FIELD_LINES_RE = re.compile(_FIELD_LINE + rb"(?:\r\n" + _FIELD_LINE + rb")*")
+# Both on a head decoded as Latin-1, so each character stands for the byte of the same value.
+_FIELD_LINE = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*"  # a token, a colon, a value without controls
+_FIELD_LINES_RE = re.compile(_FIELD_LINE + r"(?:\r\n" + _FIELD_LINE + r")*")
 _TARGET_RE = re.compile(rb"[\x21-\x7e]+\Z")
 _METHOD_RE = re.compile(rb"[A-Z]{1,20}\Z")  # methods are case-sensitive tokens; ours are all upper case
+_REQUEST_LINE_RE = re.compile(r"([A-Z]{1,20}) ([\x21-\x7e]+) (HTTP/1\.[01])\Z")  # all three at once
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}\Z")
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?\Z")
 
@@ -805,6 +807,8 @@ class HttpParser:
         """The next complete Request, or None when more bytes are needed."""
         while True:
             if self._state == self.HEAD:
+                if not self._buffer:
+                    return None
                 if not self._parse_head():
                     return None
                 if self._state == self.HEAD:
@@ -859,7 +863,7 @@ class HttpParser:
     def _parse_head(self):
         buffer = self._buffer
         # RFC 9112 §2.2: ignore at least one empty line before a request line.
-        while buffer[:2] == b"\r\n":
+        while buffer.startswith(b"\r\n"):
             del buffer[:2]
             self._scanned = 0
         # Resume the search where the last one stopped: a head arriving a byte
@@ -874,28 +878,19 @@ class HttpParser:
                 raise HttpError("The request headers are too large.", 431)
             return False
         self._scanned = 0
-        head = bytes(buffer[:end])
+        head = buffer[:end].decode("latin-1")  # one character per byte; the checks below are on bytes' values
         del buffer[:end + 4]
-        lines = head.split(b"\r\n")
-        request_line = lines[0]
+        request_line = head[:line_end] if line_end < end else head
         if len(request_line) > MAX_REQUEST_LINE_BYTES:
             raise HttpError("The request line is too long.", 414)
-        if len(lines) - 1 > MAX_HEADER_FIELDS:
+        if head.count("\r\n") > MAX_HEADER_FIELDS:
             raise HttpError("Too many header fields.", 431)
         if end - len(request_line) > MAX_HEADER_BYTES:
             raise HttpError("The request headers are too large.", 431)
-        parts = request_line.split(b" ")
-        if len(parts) != 3:
-            raise BadRequest("The request line is malformed.")
-        method, target, version = parts
-        if not _METHOD_RE.match(method):
-            raise BadRequest("The method is malformed.")
-        if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-            if re.match(rb"HTTP/\d\.\d\Z", version):
-                raise HttpError("Only HTTP/1.0 and HTTP/1.1 are spoken here.", 505)
-            raise BadRequest("The HTTP version is malformed.")
-        if not _TARGET_RE.match(target):
-            raise BadRequest("The request target is malformed.")
+        well_formed = _REQUEST_LINE_RE.match(request_line)
+        if well_formed is None:
+            _refuse_request_line(request_line.encode("latin-1"))
+        method, target_text, version_text = well_formed.groups()
         headers = {}
         fields = head[len(request_line) + 2:]
         # One match checks every field line: this refuses obs-fold (a line
@@ -903,7 +898,7 @@ class HttpParser:
         # characters in a value.
         if fields and not _FIELD_LINES_RE.fullmatch(fields):
             raise BadRequest("A header field is malformed.")
-        for line in fields.decode("latin-1").split("\r\n") if fields else ():
+        for line in fields.split("\r\n") if fields else ():
             name, _, text = line.partition(":")
             key = name.lower()
             text = text.strip(" \t")
@@ -915,10 +910,8 @@ class HttpParser:
                 headers[key] = headers[key] + ("; " if key == "cookie" else ", ") + text
             else:
                 headers[key] = text
-        version_text = version.decode()
         if version_text == "HTTP/1.1" and "host" not in headers:
             raise BadRequest("HTTP/1.1 requests need a Host header.")
-        target_text = target.decode("ascii")
         if not target_text.startswith("/"):
             if target_text.startswith(("http://", "https://")):  # absolute-form, RFC 9112 §3.2.2
                 try:
@@ -926,9 +919,9 @@ class HttpParser:
                 except ValueError as error:
                     raise BadRequest("The request target is malformed.") from error
                 target_text = (split.path or "/") + ("?" + split.query if split.query else "")
-            elif not (target_text == "*" and method == b"OPTIONS"):
+            elif not (target_text == "*" and method == "OPTIONS"):
                 raise BadRequest("The request target is malformed.")
-        request = Request(method.decode("ascii"), target_text, version_text, headers)
+        request = Request(method, target_text, version_text, headers)
         expect = headers.get("expect")
         if expect is not None and expect.lower() != "100-continue":
             raise HttpError("Only 100-continue is understood.", 417)
@@ -954,6 +947,23 @@ class HttpParser:
         else:
             self._request = request
         return True
+
+
+def _refuse_request_line(request_line):
+    """The error for a request line _REQUEST_LINE_RE refused, as precise as it can be."""
+    parts = request_line.split(b" ")
+    if len(parts) != 3:
+        raise BadRequest("The request line is malformed.")
+    method, target, version = parts
+    if not _METHOD_RE.match(method):
+        raise BadRequest("The method is malformed.")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        if re.match(rb"HTTP/\d\.\d\Z", version):
+            raise HttpError("Only HTTP/1.0 and HTTP/1.1 are spoken here.", 505)
+        raise BadRequest("The HTTP version is malformed.")
+    if not _TARGET_RE.match(target):
+        raise BadRequest("The request target is malformed.")
+    raise BadRequest("The request line is malformed.")
 
 
 def serialize_response(status, headers, body, *, keep_alive, head_only=False, date=None):
@@ -6414,7 +6424,7 @@ class App:
 
     def _finish(self, request, response):
         headers = response.headers
-        present = {name.lower() for name, _ in headers}
+        present = {name.lower() for name, _ in headers} if headers else ()
         if response.content_type and "content-type" not in present and response.status not in (204, 304):
             headers.append(("Content-Type", response.content_type))
         if "content-security-policy" not in present:
