@@ -2500,13 +2500,13 @@ class Database:
         self.connection.execute("PRAGMA foreign_keys = ON")
         # Every request's writes run in a savepoint (see atomic()); SQLite keeps
         # a savepoint's undo pages in a temporary file unless told to use memory,
-        # and that file costs more than the writes themselves. What it holds is
-        # at most the pages one request changes.
+        # and that file costs more than the writes themselves. What memory holds
+        # is at most the pages one request changes, or one query's sort.
         self.connection.execute("PRAGMA temp_store = MEMORY")
         self._depth = 0
-        # Group commit (the server turns it on): the writes of every request
-        # handled in one event-loop turn share one transaction and one fsync,
-        # and their responses wait for that commit (see Server.flush_writes).
+        # Group commit (the server turns it on): the writes of the requests
+        # handled together share one transaction and one fsync, and their
+        # responses wait for that commit (see Server.flush_writes).
         self.group_commit = False
         self.batch_open = False
         self.batch_writes = 0            # atomic() blocks in the open group
@@ -2540,7 +2540,7 @@ class Database:
     @contextlib.contextmanager
     def atomic(self):
         """A transaction (BEGIN IMMEDIATE); nested calls become savepoints. Under
-        group commit every outermost call is a savepoint of the turn's shared
+        group commit every outermost call is a savepoint of the group's shared
         transaction, so one request's failure undoes only its own writes."""
         if self._depth or self.group_commit:
             if not self._depth and not self.batch_open:
