@@ -342,6 +342,7 @@ class GroupCommitTest(unittest.TestCase):
                                       "user[password]": "secret-password"})
             return admin.cookies["session_token"]
         self.token = self.live.call(first_run)
+        self.live.call(self.live.server.commit_and_answer)  # durable now, not at the group's next look
         self.room_id = self.live.call(lambda: app.db.value("SELECT id FROM rooms"))
         self.database = app.config.resolved_database_path
 
