@@ -3012,6 +3012,13 @@ class Store:
                                    "AND creator_id = ? ORDER BY id LIMIT 1", (client_message_id, room_id, creator_id))
         return None if message_id is None else self.message(message_id)
 
+    # CAMPFIRE.md, Unread: a new message marks its room unread for visible,
+    # disconnected members other than the author.
+    _UNREAD_RULE = ("unread_at IS NULL AND room_id = ? AND user_id != ? AND involvement != 'invisible' "
+                    "AND (connections = 0 OR connected_at IS NULL OR connected_at < ?)")
+    ANY_TO_MARK_UNREAD = "SELECT 1 FROM memberships WHERE " + _UNREAD_RULE + " LIMIT 1"
+    MARK_UNREAD = "UPDATE memberships SET unread_at = ?, updated_at = ? WHERE " + _UNREAD_RULE + " RETURNING user_id"
+
     # Search rows are written when the transaction commits, in order (Database.defer).
     SEARCH_ROW_INSERT = "INSERT INTO message_search_index (rowid, body) VALUES (?, ?)"
     SEARCH_ROW_DELETE = "DELETE FROM message_search_index WHERE rowid = ?"
@@ -3028,17 +3035,12 @@ class Store:
             "INSERT INTO action_text_rich_texts (name, body, record_type, record_id, created_at, updated_at) "
             "VALUES ('body', ?, 'Message', ?, ?, ?)", (body, message_id, stamp, stamp))
         self.db.defer(self.SEARCH_ROW_INSERT, (message_id, plain_text))
-        # CAMPFIRE.md, Unread: visible, disconnected members other than the author.
         # Looked for first: in a busy room nearly everyone is unread already or
         # present, and the search (a partial index) costs a fifth of the update.
-        unread_rule = ("unread_at IS NULL AND room_id = ? AND user_id != ? AND involvement != 'invisible' "
-                       "AND (connections = 0 OR connected_at IS NULL OR connected_at < ?)")
         unread_params = (room_id, creator_id, utc_now_text((now or time.time()) - PRESENCE_WINDOW))
         unread = []
-        if self.db.one("SELECT 1 FROM memberships WHERE " + unread_rule + " LIMIT 1", unread_params):
-            unread = [row[0] for row in self.db.execute(
-                "UPDATE memberships SET unread_at = ?, updated_at = ? WHERE " + unread_rule + " RETURNING user_id",
-                (stamp, stamp, *unread_params)).fetchall()]
+        if self.db.one(self.ANY_TO_MARK_UNREAD, unread_params):
+            unread = [row[0] for row in self.db.execute(self.MARK_UNREAD, (stamp, stamp, *unread_params)).fetchall()]
         self.db.execute("UPDATE rooms SET updated_at = ? WHERE id = ?", (stamp, room_id))
         self.bump_room(room_id)
         self.bump_users(unread)
