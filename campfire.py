@@ -45,7 +45,6 @@ if (__name__ == "__main__" and not os.environ.get("CAMPFIRE_AS_MODULE") and _MOD
                               "sys.exit(%s.main())" % (os.path.dirname(os.path.abspath(__file__)), _MODULE, _MODULE),
                               *sys.argv[1:]])
 
-import argparse
 import asyncio
 import base64
 import binascii
@@ -7197,27 +7196,104 @@ def print_progress(label, done, total):
 #### 18. Command line
 ####
 
+# The commands and their options, as a table that both the parser and the
+# help read. (argparse would cost about 5 ms of every start, a thirtieth of
+# the start's budget, for a command line this small.)
+
+def port_number(text):
+    number = int(text)
+    if not 0 <= number <= 65535:
+        raise ValueError(text)
+    return number
+
+
+# What an option's type reads, for the message when a value isn't that.
+VALUE_NAMES = {int: "a whole number", port_number: "a port number from 0 (any free port) to 65535"}
+
+# command -> (what it does, {option: (type, default, help)}); a bool option is a flag.
+COMMANDS = {
+    "serve": ("run the server (the default command)", {
+        "--host": (str, None, "address to bind (BIND; default %s)" % DEFAULT_BIND),
+        "--port": (port_number, None, "port to listen on (PORT; default %d)" % DEFAULT_PORT),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+        "--no-cache": (bool, False, "render every page afresh (to measure what the caches save)"),
+    }),
+    "seed": ("fill the database with people, rooms and messages", {
+        "--users": (int, 100, "people to add (default 100)"),
+        "--rooms": (int, 20, "rooms to add (default 20)"),
+        "--messages": (int, 100_000, "messages to add (default 100,000)"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+}
+USAGE = "campfire.py [COMMAND] [OPTION ...]"
+
+
+class UsageError(Exception):
+    """A command line that cannot be read; the message says which word and why."""
+
+
+def parse_command_line(argv):
+    """The words after campfire.py -> (command, {option: value}), every option present.
+
+    The command is "serve" when the first word is an option or there are none.
+    Values come as `--port 3000` or `--port=3000`."""
+    command = "serve"
+    if argv and not argv[0].startswith("-"):
+        command, argv = argv[0], argv[1:]
+        if command not in COMMANDS:
+            raise UsageError("unknown command %r (choose from %s)" % (command, ", ".join(COMMANDS)))
+    options = COMMANDS[command][1]
+    values = {name[2:].replace("-", "_"): default for name, (_, default, _) in options.items()}
+    words = iter(argv)
+    for word in words:
+        name, equals, value = word.partition("=")
+        if name not in options:
+            raise UsageError("%s does not take %r" % (command, word))
+        kind = options[name][0]
+        key = name[2:].replace("-", "_")
+        if kind is bool:
+            if equals:
+                raise UsageError("%s takes no value" % name)
+            values[key] = True
+            continue
+        if not equals:
+            value = next(words, None)
+            if value is None:
+                raise UsageError("%s needs a value" % name)
+        try:
+            values[key] = kind(value)
+        except ValueError:
+            raise UsageError("%s needs %s, not %r" % (name, VALUE_NAMES[kind], value)) from None
+    return command, values
+
+
+def help_text():
+    lines = ["usage: " + USAGE, "", "Campfire: a team chat in one file.", "", "commands:"]
+    lines += ["  %-20s %s" % (command, summary) for command, (summary, _) in COMMANDS.items()]
+    for command, (_, options) in COMMANDS.items():
+        lines += ["", "options of %s:" % command]
+        for name, (kind, _, description) in options.items():
+            lines.append("  %-20s %s" % (name if kind is bool else name + " " + name[2:].upper(), description))
+    lines += ["", "  %-20s %s" % ("-h, --help", "show this help and exit"),
+              "  %-20s %s" % ("--version", "show the version and exit"), "",
+              "Configuration also comes from the environment: PORT, BIND, CAMPFIRE_STORAGE_PATH,",
+              "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL."]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
-        prog="campfire.py", description="Campfire: a team chat in one file.",
-        epilog="Configuration also comes from the environment: PORT, BIND, CAMPFIRE_STORAGE_PATH, "
-               "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL.")
-    parser.add_argument("--version", action="version", version="Campfire %s" % VERSION)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve_parser = commands.add_parser("serve", help="run the server (the default)")
-    for target in (parser, serve_parser):
-        target.add_argument("--host", help="address to bind (BIND; default %s)" % DEFAULT_BIND)
-        target.add_argument("--port", type=int, help="port to listen on (PORT; default %d)" % DEFAULT_PORT)
-        target.add_argument("--storage", help="storage directory (CAMPFIRE_STORAGE_PATH)")
-        target.add_argument("--no-cache", action="store_true",
-                            help="render every page afresh (to measure what the caches save)")
-    seed_parser = commands.add_parser("seed", help="fill the database with people, rooms and messages")
-    seed_parser.add_argument("--users", type=int, default=100, help="people to add (default 100)")
-    seed_parser.add_argument("--rooms", type=int, default=20, help="rooms to add (default 20)")
-    seed_parser.add_argument("--messages", type=int, default=100_000, help="messages to add (default 100,000)")
-    seed_parser.add_argument("--storage", help="storage directory (CAMPFIRE_STORAGE_PATH)")
-    args = parser.parse_args(argv)
+    if {"-h", "--help"} & set(argv):
+        print(help_text())
+        return 0
+    if "--version" in argv:
+        print("Campfire %s" % VERSION)
+        return 0
+    try:
+        command, options = parse_command_line(argv)
+    except UsageError as error:
+        print("usage: %s\ncampfire.py: %s (see campfire.py --help)" % (USAGE, error), file=sys.stderr)
+        return 2
     try:
         config = Config.from_environment()
     except ConfigError as error:
@@ -7225,22 +7301,22 @@ def main(argv=None):
         return 1
     logging.basicConfig(level=getattr(logging, config.log_level, logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
-    if args.host:
-        config.host = args.host
-    if args.port is not None:
-        config.port = args.port
-    if args.storage:
-        config.storage_path = args.storage
-    if getattr(args, "no_cache", False):
+    if command == "serve" and options["host"]:
+        config.host = options["host"]
+    if command == "serve" and options["port"] is not None:
+        config.port = options["port"]
+    if options["storage"]:
+        config.storage_path = options["storage"]
+    if command == "serve" and options["no_cache"]:
         config.cache = False
     try:
-        if args.command in (None, "serve"):
+        if command == "serve":
             asyncio.run(serve(config))
-        elif args.command == "seed":
+        elif command == "seed":
             app = App(config)
             try:
-                admin_email = seed_database(app, users=args.users, rooms=args.rooms, messages=args.messages,
-                                            progress=print_progress)
+                admin_email = seed_database(app, users=options["users"], rooms=options["rooms"],
+                                            messages=options["messages"], progress=print_progress)
             finally:
                 app.close()
             print("Seeded. Sign in as %s (an administrator) with the password %r." % (admin_email, SEED_PASSWORD))

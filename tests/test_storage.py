@@ -181,6 +181,28 @@ class ConfigurationTests(unittest.TestCase):
         self.assertIn("serve", help_text)
         self.assertIn("CAMPFIRE_STORAGE_PATH", help_text)
 
+    def test_command_line_options_and_their_defaults(self):
+        parse = campfire.parse_command_line
+        self.assertEqual(parse([]), ("serve", {"host": None, "port": None, "storage": None, "no_cache": False}))
+        self.assertEqual(parse(["--port", "8080", "--host=127.0.0.1", "--no-cache"]),
+                         ("serve", {"host": "127.0.0.1", "port": 8080, "storage": None, "no_cache": True}))
+        self.assertEqual(parse(["serve", "--port=0"])[1]["port"], 0)
+        self.assertEqual(parse(["seed", "--messages", "50", "--storage", "/tmp/x"]),
+                         ("seed", {"users": 100, "rooms": 20, "messages": 50, "storage": "/tmp/x"}))
+
+    def test_a_command_line_that_cannot_be_read_says_which_word(self):
+        for argv, words in ((["--bogus"], "'--bogus'"), (["launch"], "'launch'"), (["--port"], "needs a value"),
+                            (["--port", "http"], "'http'"), (["--port", "65536"], "0 (any free port) to 65535"),
+                            (["--no-cache=yes"], "takes no value"), (["seed", "--port", "1"], "seed does not take"),
+                            (["seed", "--users", "many"], "a whole number")):
+            with self.subTest(argv=argv), self.assertRaises(campfire.UsageError) as caught:
+                campfire.parse_command_line(argv)
+            self.assertIn(words, str(caught.exception))
+        result = self.run_campfire("serve", "--port", "99999")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("--port needs a port number", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
     def test_port_in_use_is_a_clear_error(self):
         blocker = socket.socket()
         blocker.bind(("127.0.0.1", 0))
