@@ -758,6 +758,8 @@ def parse_multipart(body, content_type):
 
 @dataclass
 class UploadedFile:
+    """One file part of a multipart form."""
+
     filename: str
     content_type: str
     data: bytes
@@ -1269,26 +1271,36 @@ def _unmask(payload, mask):
 
 @dataclass(frozen=True, slots=True)
 class TextMessage:
+    """A whole text message from the peer (UTF-8 checked)."""
+
     text: str
 
 
 @dataclass(frozen=True, slots=True)
 class BinaryMessage:
+    """A whole binary message from the peer."""
+
     data: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Ping:
+    """A ping from the peer."""
+
     payload: bytes  # already answered: the pong is in data_to_send()
 
 
 @dataclass(frozen=True, slots=True)
 class Pong:
+    """A pong from the peer, answering one of our pings."""
+
     payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class CloseReceived:
+    """The peer's close frame: the connection is closing."""
+
     code: int  # CLOSE_NO_STATUS (1005) for an empty close frame
     reason: str
 
@@ -1570,6 +1582,8 @@ CABLE_UNAUTHORIZED = json.dumps({"type": "disconnect", "reason": "unauthorized",
 
 @dataclass(frozen=True)
 class CableCommand:
+    """One command from an Action Cable client, its identifier decoded."""
+
     command: str          # subscribe | unsubscribe | message
     identifier: str       # echoed back verbatim
     channel: str
@@ -2669,6 +2683,8 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 @dataclass(slots=True)
 class User:
+    """A row of users, as the domain uses it."""
+
     id: int
     name: str
     email_address: str = None
@@ -2702,6 +2718,8 @@ class User:
 
 @dataclass(slots=True)
 class Room:
+    """A row of rooms; type is Rails' class name (Rooms::Open, ::Closed, ::Direct)."""
+
     id: int
     name: str
     type: str
@@ -2718,6 +2736,8 @@ class Room:
 
 @dataclass(slots=True)
 class SessionInfo:
+    """The signed-in session behind a request's cookie."""
+
     id: int
     user_id: int
     last_active: float
@@ -3512,6 +3532,8 @@ def render_room(app, request, room, messages, *, highlight_id=None):
 
 @dataclass(frozen=True)
 class RouteSpec:
+    """What @route records on a handler: method, path pattern, who may call it, body limit."""
+
     method: str
     pattern: str
     auth: str
@@ -6043,6 +6065,8 @@ class RequestLog:
 
 @dataclass(slots=True)
 class CachedPage:
+    """A rendered response kept for the next identical request, plain and gzipped."""
+
     body: bytes
     gzipped: bytes
     content_type: str
@@ -6105,6 +6129,8 @@ class Events:
 
 @dataclass
 class Config:
+    """Where the data lives and how to serve it: defaults, then the environment, then flags."""
+
     storage_path: str = os.path.join(HERE, "storage")
     database_path: str = None
     secret_key_base: str = None
@@ -6471,6 +6497,8 @@ class WebhookTimedOut(WebhookFailed):
 
 @dataclass(frozen=True, slots=True)
 class WebhookDelivery:
+    """One message to post to one bot's webhook URL."""
+
     bot_id: int
     room_id: int
     message_id: int
