@@ -162,7 +162,7 @@ CLIENT_PROCESSES = 2  # one per core; the client shares the cores with the serve
 WRK_THREADS = 2  # the same split for wrk
 WRK_TIMEOUT_GRACE_S = 30.0  # beyond the run's duration before wrk is killed
 
-START_RUNS = 5  # start time is the median of this many runs
+START_RUNS = 9  # start time is the median of this many runs
 START_TIMEOUT_S = 15.0  # a server not up by then counts as failed to start
 START_POLL_PAUSE_S = 0.0002  # between connection attempts while polling /up
 POLL_REQUEST_TIMEOUT_S = 2.0
