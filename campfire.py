@@ -971,7 +971,7 @@ def serialize_response(status, headers, body, *, keep_alive, head_only=False, da
     """The bytes of a response: status line, headers, Date, Content-Length, body."""
     has_body = status >= 200 and status != 204 and status != 304
     head = "HTTP/1.1 %d %s\r\n%sDate: %s\r\n%s%s\r\n" % (
-        status, STATUS_REASONS.get(status, "Status"), "".join(["%s: %s\r\n" % header for header in headers]),
+        status, STATUS_REASONS.get(status, "Status"), "".join([f"{name}: {value}\r\n" for name, value in headers]),
         date or http_date(), "Content-Length: %d\r\n" % len(body) if has_body else "",
         "" if keep_alive else "Connection: close\r\n")
     if head_only or not has_body:
