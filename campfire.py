@@ -6845,7 +6845,6 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.head_deadline = None
         self.closing = False
-        self.busy = False
         self.held = []
         self.upgraded = None       # the CableConnection once this is a WebSocket
 
@@ -6909,9 +6908,7 @@ class HttpConnection(asyncio.Protocol):
                 break
             request.remote_addr = self.remote_addr
             request.scheme = self.server.scheme
-            self.busy = True
             response = app.handle(request)
-            self.busy = False
             keep_alive = request.keep_alive and not self.server.stopping
             data = app.serialize(request, response, keep_alive)
             if response.upgrade is not None and response.status == 101:
@@ -6932,17 +6929,17 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:
             return
         now = self.server.loop.time()
-        if parser.wants_continue():
-            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if parser.reading_body:
+        if not parser.has_partial_request:  # every request answered: the usual case
+            self.head_deadline = None
+            self.deadline = now + KEEPALIVE_TIMEOUT
+        elif parser.reading_body:
+            if parser.wants_continue():
+                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.deadline = now + BODY_IDLE_TIMEOUT
-        elif parser.has_partial_request:
+        else:
             if self.head_deadline is None:
                 self.head_deadline = now + HEADER_TIMEOUT
             self.deadline = self.head_deadline
-        else:
-            self.head_deadline = None
-            self.deadline = now + KEEPALIVE_TIMEOUT
 
     def _upgrade(self, handshake, upgrade):
         """Switch this connection to WebSocket: it belongs to the cable from now on."""
@@ -6959,7 +6956,7 @@ class HttpConnection(asyncio.Protocol):
     def idle(self):
         if self.upgraded is not None:
             return False
-        return not self.busy and not self.held and not self.parser.has_partial_request
+        return not self.held and not self.parser.has_partial_request
 
     def release(self, committed):
         """Write the responses held for a group commit (503s if it failed)."""
