@@ -64,7 +64,6 @@ import json
 import logging
 import re
 import resource
-import secrets
 import signal
 import socket
 import sqlite3
@@ -398,8 +397,17 @@ def release_free_memory():
         pass  # not glibc: nothing to do
 
 
+# Tokens come from os.urandom, as the secrets module's do: that module loads
+# random (and seeds it) at import, a few milliseconds of every start.
+
 def random_token(nbytes=32):
-    return secrets.token_urlsafe(nbytes)
+    """URL-safe base64 of nbytes random bytes (secrets.token_urlsafe)."""
+    return base64.urlsafe_b64encode(os.urandom(nbytes)).rstrip(b"=").decode("ascii")
+
+
+def random_hex(nbytes):
+    """Hex of nbytes random bytes (secrets.token_hex)."""
+    return os.urandom(nbytes).hex()
 
 
 def token_digest(token):
@@ -409,6 +417,7 @@ def token_digest(token):
 
 def random_alphanumeric(length):
     """Letters and digits, as Rails' SecureRandom.alphanumeric: join codes, bot keys."""
+    import secrets  # here: new codes and keys are rare (see random_token)
     return "".join(secrets.choice(JOIN_CODE_ALPHABET) for _ in range(length))
 
 
@@ -4103,7 +4112,7 @@ def message_page(app, request, room_id):
 def create_message(app, request, room_id):
     room = app.room_for_member(request, room_id)
     client_message_id = request.form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
-        or secrets.token_hex(16)
+        or random_hex(16)
     message, created = app.post_message(room, request.user, request.form.get("message[body]", ""), client_message_id)
     if _navigating(request):
         return redirect("/rooms/%d" % room.id)
@@ -5289,7 +5298,7 @@ def bot_create_message(app, request, room, bot, bot_key):
     """The raw body is the message (HTML, sanitized like any other) → 201 and its Location."""
     if _posts_an_attachment(request):
         raise Unprocessable("Attachments are not supported by this server yet: post the message as text.")
-    message, _ = app.post_message(room, bot, _raw_text(request), secrets.token_hex(16))
+    message, _ = app.post_message(room, bot, _raw_text(request), random_hex(16))
     return Response(b"", 201, None, [("Location", "/messages/%d" % message["id"])])
 
 
@@ -6196,7 +6205,7 @@ class App:
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self._request_numbers = itertools.count(1)
-        self._request_prefix = secrets.token_hex(3)
+        self._request_prefix = random_hex(3)
         self._date = (0, "")
 
     # Setup ------------------------------------------------------------------
@@ -6220,7 +6229,7 @@ class App:
                 return secret
         except FileNotFoundError:
             pass
-        secret = secrets.token_hex(64)
+        secret = random_hex(64)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as file:
             file.write(secret + "\n")
@@ -6816,7 +6825,7 @@ class Webhooks:
             log.info("webhook reply from bot %d dropped: the bot or the room is gone", delivery.bot_id)
             return
         try:
-            app.post_message(room, bot, text, secrets.token_hex(16))
+            app.post_message(room, bot, text, random_hex(16))
         except HttpError as error:
             log.warning("webhook reply from bot %d not posted: %s", delivery.bot_id, error.message)
         except Exception:
@@ -7187,7 +7196,7 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
                 room_id = room_ids[rng.randrange(len(room_ids))]
                 stamp = utc_now_text(start + (written + offset) * 5)
                 plain = " ".join(rng.choice(SEED_WORDS) for _ in range(rng.randint(3, 18)))
-                message_rows.append((message_id, room_id, rng.choice(members[room_id]), secrets.token_hex(8), stamp, stamp))
+                message_rows.append((message_id, room_id, rng.choice(members[room_id]), random_hex(8), stamp, stamp))
                 text_rows.append(("body", "<div>%s</div>" % plain, "Message", message_id, stamp, stamp))
                 index_rows.append((message_id, plain))
             db.connection.executemany("INSERT INTO messages (id, room_id, creator_id, client_message_id, created_at, "

@@ -84,6 +84,18 @@ class SessionTests(AppTestCase):
         self.assertNotIn(token, stored)
         self.assertIn(campfire.token_digest(token), stored)
 
+    def test_session_tokens_are_256_random_bits_in_url_safe_base64(self):
+        tokens = set()
+        for _ in range(3):
+            self.sign_in()
+            tokens.add(self.client.cookies["session_token"])
+            self.client.cookies.clear()
+        self.assertEqual(len(tokens), 3, "every sign-in gets a token of its own")
+        for token in tokens | {campfire.random_token() for _ in range(100)}:
+            self.assertRegex(token, r"\A[A-Za-z0-9_-]{43}\Z")  # 32 bytes, unpadded
+        self.assertRegex(campfire.random_hex(16), r"\A[0-9a-f]{32}\Z")
+        self.assertEqual(len({campfire.random_hex(8) for _ in range(100)}), 100)
+
     def test_wrong_password_is_401_with_campfire_message(self):
         response = self.sign_in(password="wrong")
         self.assertEqual(response.status, 401)
