@@ -88,6 +88,7 @@ log = logging.getLogger("campfire")
 
 DEFAULT_PORT = 3000
 DEFAULT_BIND = "0.0.0.0"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # LOG_LEVEL's choices, quietest last
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATIC_ROOT = os.path.join(HERE, "static")
 
@@ -6167,6 +6168,8 @@ class Config:
         config.tls_cert_path = environ.get("TLS_CERT_PATH") or None
         config.tls_key_path = environ.get("TLS_KEY_PATH") or None
         config.log_level = (environ.get("LOG_LEVEL") or "INFO").upper()
+        if config.log_level not in LOG_LEVELS:
+            raise ConfigError("LOG_LEVEL must be one of %s, not %r." % (", ".join(LOG_LEVELS), environ["LOG_LEVEL"]))
         return config
 
     @property
@@ -7333,7 +7336,7 @@ def main(argv=None):
     except ConfigError as error:
         print("campfire: %s" % error, file=sys.stderr)
         return 1
-    logging.basicConfig(level=getattr(logging, config.log_level, logging.INFO), stream=sys.stderr,
+    logging.basicConfig(level=getattr(logging, config.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     if command == "serve" and options["host"]:
         config.host = options["host"]

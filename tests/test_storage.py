@@ -259,6 +259,12 @@ class ConfigurationTests(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn("PORT must be a number", result.stderr)
 
+    def test_bad_log_level_is_a_clear_error(self):
+        result = self.run_campfire(env={"LOG_LEVEL": "verbose"})
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not 'verbose'", result.stderr)
+        self.assertEqual(campfire.Config.from_environment({"LOG_LEVEL": "warning"}).log_level, "WARNING")
+
     def test_sqlite_without_fts5_is_a_clear_error(self):
         storage = tempfile.mkdtemp()
         original = campfire.Database._check_fts5
