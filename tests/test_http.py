@@ -937,6 +937,7 @@ class HealthCheckTest(AppHttpTestCase):
         response = self.client.get("/up")
         self.assertEqual(response.status, 503)
         self.assertIn("background-color: red", response.text)
+        self.assertEqual(response.header("Cache-Control"), "no-store", "a failure is not remembered either")
 
     def test_head_up_serializes_without_body(self):
         request = campfire.Request("HEAD", "/up", "HTTP/1.1", {"host": "x"})
