@@ -114,6 +114,7 @@ SHUTDOWN_GRACE = 10.0        # in-flight requests get this long on SIGTERM
 # writes, up to this long after the first (a few milliseconds at most).
 GROUP_COMMIT_MAX_WAIT = 0.004
 SWEEP_INTERVAL = 1.0         # how often deadlines are checked
+IDLE_RELEASE_AFTER = 5.0     # this long without a request, memory freed since goes back to the OS
 
 # Connections: stay below the process's open-file limit, keeping room for the
 # database, its WAL, static files and the listening socket.
@@ -6213,6 +6214,7 @@ class App:
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self._request_numbers = itertools.count(1)
+        self.requests_handled = 0
         self._request_prefix = random_hex(3)
         self._date = (0, "")
 
@@ -6392,7 +6394,8 @@ class App:
     # Requests ------------------------------------------------------------------
     def handle(self, request):
         """Request → Response. Never raises: errors become error pages."""
-        request.id = "%s-%d" % (self._request_prefix, next(self._request_numbers))
+        self.requests_handled = number = next(self._request_numbers)
+        request.id = "%s-%d" % (self._request_prefix, number)
         request.started = time.perf_counter()
         try:
             response = self._dispatch(request)
@@ -7010,6 +7013,8 @@ class Server:
         self._sweeper = None
         self._batch_deadline = 0.0    # group commit: see flush_writes()
         self._batch_seen = 0
+        self._handled_seen = self._handled_released = 0   # see release_memory_when_idle()
+        self._quiet_since = 0.0
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_connections = max(16, soft_limit - FILE_DESCRIPTOR_RESERVE - LISTEN_BACKLOG)
 
@@ -7076,6 +7081,18 @@ class Server:
             now = self.loop.time()
             for connection in [c for c in self.connections if c.deadline < now]:
                 connection.close()
+            self.release_memory_when_idle(now)
+
+    def release_memory_when_idle(self, now):
+        """After a burst of requests and IDLE_RELEASE_AFTER seconds of quiet, hand
+        what the burst freed back to the OS (once per burst: a full collection
+        takes milliseconds, which only a quiet server can spare)."""
+        handled = self.app.requests_handled
+        if handled != self._handled_seen:
+            self._handled_seen, self._quiet_since = handled, now
+        elif handled != self._handled_released and now - self._quiet_since >= IDLE_RELEASE_AFTER:
+            self._handled_released = handled
+            release_free_memory()
 
     async def stop(self):
         """Stop accepting, let in-flight requests finish (bounded), close the database."""

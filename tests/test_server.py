@@ -324,6 +324,40 @@ class TimeoutTest(unittest.TestCase):
         self.assertEqual(reader.read_response()[0], 200)
 
 
+class IdleMemoryTest(unittest.TestCase):
+    """After a burst of requests and a quiet spell, freed memory goes back to the OS, once."""
+
+    def setUp(self):
+        saved = {name: getattr(campfire, name) for name in ("IDLE_RELEASE_AFTER", "SWEEP_INTERVAL",
+                                                              "release_free_memory")}
+        self.releases = []
+        campfire.IDLE_RELEASE_AFTER, campfire.SWEEP_INTERVAL = 0.5, 0.05
+        campfire.release_free_memory = lambda: self.releases.append(time.monotonic())
+        self.addCleanup(lambda: [setattr(campfire, name, value) for name, value in saved.items()])
+        self.live = LiveServer()
+        self.addCleanup(self.live.stop)
+
+    def get_up(self, sock):
+        sock.sendall(request_bytes("GET", "/up"))
+        self.assertEqual(ResponseReader(sock).read_response()[0], 200)
+
+    def test_memory_is_released_once_per_burst_after_the_quiet_spell(self):
+        time.sleep(0.6)
+        self.assertEqual(self.releases, [], "nothing happened, so there is nothing to give back")
+        sock = self.live.connect()
+        self.addCleanup(sock.close)
+        for _ in range(20):  # a burst, each request closer together than the quiet spell
+            self.get_up(sock)
+            time.sleep(0.01)
+        burst_ended = time.monotonic()
+        time.sleep(1.4)
+        self.assertEqual(len(self.releases), 1, "once per burst, not on every sweep")
+        self.assertGreaterEqual(self.releases[0] - burst_ended, 0.5 - 0.06)
+        self.get_up(sock)
+        time.sleep(1.2)
+        self.assertEqual(len(self.releases), 2, "a new burst earns a new release")
+
+
 class GroupCommitTest(unittest.TestCase):
     """Writes of requests handled together share one transaction and one fsync;
     every answer waits for that commit."""
