@@ -44,10 +44,12 @@ What it measures (PRODUCT.md section 6)
               integrity_check is "ok" and FTS5's 'integrity-check' passes.
   Start       From exec of `python3 campfire.py serve` to the first 200 from /up,
               polled by connecting back to back (sub-millisecond pauses); the
-              median of 5 runs on a fresh storage directory and 5 on one that is
+              median of 9 runs on a fresh storage directory and 9 on one that is
               already initialised.
   Idle RSS    VmRSS of the server process (/proc/<pid>/status) after start and
-              after the load (the cached reads), in MB (kB / 1024).
+              after the load (the cached reads), in MB (kB / 1024), each once the
+              server has had 7 s without a request (it gives freed memory back
+              to the OS after 5 s of quiet).
 
 How every response is checked
   The expected ids come from the seeded SQLite file, read by this script before
@@ -168,7 +170,7 @@ START_POLL_PAUSE_S = 0.0002  # between connection attempts while polling /up
 POLL_REQUEST_TIMEOUT_S = 2.0
 REFERENCE_TIMEOUT_S = 10.0  # one reference fetch (an uncached search may be slow)
 STOP_TIMEOUT_S = 5.0  # SIGTERM, then SIGKILL after this
-IDLE_SETTLE_S = 1.0  # pause before reading an "idle" RSS
+IDLE_SETTLE_S = 7.0  # quiet before reading an "idle" RSS (campfire.IDLE_RELEASE_AFTER is 5 s)
 SEED_TIMEOUT_S = 900.0  # seeding must finish within this
 SQLITE_TIMEOUT_S = 30.0  # busy timeout of the script's own connections
 
