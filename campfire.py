@@ -6213,8 +6213,7 @@ class App:
             self.db.execute("UPDATE memberships SET connections = 0 WHERE connections != 0")
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
-        self._request_numbers = itertools.count(1)
-        self.requests_handled = 0
+        self.requests_handled = 0  # also numbers the request ids
         self._request_prefix = random_hex(3)
         self._date = (0, "")
 
@@ -6394,8 +6393,8 @@ class App:
     # Requests ------------------------------------------------------------------
     def handle(self, request):
         """Request → Response. Never raises: errors become error pages."""
-        self.requests_handled = number = next(self._request_numbers)
-        request.id = "%s-%d" % (self._request_prefix, number)
+        self.requests_handled += 1
+        request.id = "%s-%d" % (self._request_prefix, self.requests_handled)
         request.started = time.perf_counter()
         try:
             response = self._dispatch(request)
