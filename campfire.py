@@ -7301,14 +7301,14 @@ def parse_command_line(argv):
         if command not in COMMANDS:
             raise UsageError("unknown command %r (choose from %s)" % (command, ", ".join(COMMANDS)))
     options = COMMANDS[command][1]
-    values = {name[2:].replace("-", "_"): default for name, (_, default, _) in options.items()}
+    values = {_option_key(name): default for name, (_, default, _) in options.items()}
     words = iter(argv)
     for word in words:
         name, equals, value = word.partition("=")
         if name not in options:
             raise UsageError("%s does not take %r" % (command, word))
         kind = options[name][0]
-        key = name[2:].replace("-", "_")
+        key = _option_key(name)
         if kind is bool:
             if equals:
                 raise UsageError("%s takes no value" % name)
@@ -7323,6 +7323,11 @@ def parse_command_line(argv):
         except ValueError:
             raise UsageError("%s needs %s, not %r" % (name, VALUE_NAMES[kind], value)) from None
     return command, values
+
+
+def _option_key(name):
+    """'--no-cache' -> 'no_cache', the key parse_command_line returns it under."""
+    return name[2:].replace("-", "_")
 
 
 def help_text():
