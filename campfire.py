@@ -7290,6 +7290,11 @@ class UsageError(Exception):
     """A command line that cannot be read; the message says which word and why."""
 
 
+def _option_key(name):
+    """'--no-cache' -> 'no_cache', the key parse_command_line returns it under."""
+    return name[2:].replace("-", "_")
+
+
 def parse_command_line(argv):
     """The words after campfire.py -> (command, {option: value}), every option present.
 
@@ -7323,11 +7328,6 @@ def parse_command_line(argv):
         except ValueError:
             raise UsageError("%s needs %s, not %r" % (name, VALUE_NAMES[kind], value)) from None
     return command, values
-
-
-def _option_key(name):
-    """'--no-cache' -> 'no_cache', the key parse_command_line returns it under."""
-    return name[2:].replace("-", "_")
 
 
 def help_text():
