@@ -153,6 +153,11 @@ SCRYPT_P = 1
 SCRYPT_SALT_BYTES = 16
 SCRYPT_KEY_BYTES = 32
 SCRYPT_MAXMEM = 64 * 1024 * 1024
+# Password hashes run in worker threads (hashlib.scrypt releases the GIL), never on
+# the event loop: one hash is about 50 ms of CPU that would otherwise stall everyone.
+PASSWORD_WORKERS = max(1, (os.cpu_count() or 2) // 2)  # half the cores; the event loop keeps the rest
+PASSWORD_QUEUE_LIMIT = 64                       # hashes waiting at once; past it, 503 with Retry-After
+PASSWORD_CHANGE_LIMIT = (5, 600.0)              # password changes per person per 10 minutes → 429
 
 LAST_ROOM_COOKIE = "last_room"
 JOIN_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -258,7 +263,8 @@ class CampfireError(Exception):
      │    ├── NotFound           404: also for what you may not know exists
      │    ├── PayloadTooLarge    413
      │    ├── Unprocessable      422: well-formed but invalid (an empty message)
-     │    └── TooManyRequests    429: a rate limit
+     │    ├── TooManyRequests    429: a rate limit
+     │    └── ServiceUnavailable 503: a write the disk refused, or too much work waiting
      ├── ConfigError             bad configuration: the CLI prints it, exits 1
      ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
@@ -304,6 +310,10 @@ class Unprocessable(HttpError):
 
 class TooManyRequests(HttpError):
     status = 429
+
+
+class ServiceUnavailable(HttpError):
+    status = 503
 
 
 class ConfigError(CampfireError):
@@ -480,6 +490,18 @@ def hash_password(password):
                          maxmem=SCRYPT_MAXMEM, dklen=SCRYPT_KEY_BYTES)
     return "$scrypt$n=%d,r=%d,p=%d$%s$%s" % (SCRYPT_N, SCRYPT_R, SCRYPT_P,
                                              b64url_encode(salt), b64url_encode(key))
+
+
+def unknown_password_digest():
+    """A digest no password matches, at today's cost: checking it makes a sign-in for an
+    unknown address take as long as one for a known address (Rails' authenticate_by does
+    the same), so the answer's timing tells nobody who has an account."""
+    return _unknown_password_digest(SCRYPT_N, SCRYPT_R, SCRYPT_P)
+
+
+@functools.lru_cache(maxsize=2)
+def _unknown_password_digest(n, r, p):
+    return hash_password(random_token())
 
 
 class PasswordUnsupported(CampfireError):
@@ -2804,12 +2826,14 @@ class Store:
     def forget_user(self, user_id):
         self._users.pop(user_id, None)
 
-    def create_user(self, name, email, password, role=ROLE_MEMBER):
+    def create_user(self, name, email, password=None, role=ROLE_MEMBER, *, password_digest=None):
+        """A person in every open room. Handlers pass a digest made off the event loop;
+        a password is hashed here (for the command line and tests)."""
         now = utc_now_text()
         cursor = self.db.execute(
             "INSERT INTO users (name, email_address, password_digest, role, status, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (name, email, hash_password(password), role, STATUS_ACTIVE, now, now))
+            (name, email, password_digest or hash_password(password), role, STATUS_ACTIVE, now, now))
         user_id = cursor.lastrowid
         for row in self.db.all("SELECT id FROM rooms WHERE type = ?", (ROOM_OPEN,)):
             self.add_membership(row["id"], user_id, now=now)
@@ -3688,12 +3712,13 @@ def render_first_run(app, request, values, errors, status=200):
 
 
 @route("POST", "/first_run", auth="public")
-def first_run(app, request):
+async def first_run(app, request):
     if app.store.account() is not None:
         return redirect("/")
     values, errors = _user_form(request.form)
     if errors:
         return render_first_run(app, request, values, errors, status=422)
+    digest = await app.off_loop(hash_password, values["user[password]"])
     with app.db.atomic():
         if app.store.account() is not None:  # someone else finished first run meanwhile
             return redirect("/")
@@ -3701,7 +3726,7 @@ def first_run(app, request):
         app.db.execute("INSERT INTO accounts (name, join_code, settings, singleton_guard, created_at, updated_at) "
                        "VALUES (?, ?, ?, 0, ?, ?)", ("Campfire", generate_join_code(), "{}", now, now))
         user = app.store.create_user(values["user[name]"], values["user[email_address]"],
-                                     values["user[password]"], ROLE_ADMINISTRATOR)
+                                     role=ROLE_ADMINISTRATOR, password_digest=digest)
         room = app.store.create_room("All Talk", ROOM_OPEN, user.id, app.store.active_user_ids())
         response = redirect("/rooms/%d" % room.id)
         app.start_session(request, response, user)
@@ -3744,22 +3769,22 @@ def render_sign_in(app, request, email, notice=None, status=200):
 
 
 @route("POST", "/session", auth="public")
-def sign_in(app, request):
+async def sign_in(app, request):
     email = request.form.text("email_address")
     password = str(request.form.get("password", ""))
     if not app.sign_in_limiter.hit(request.remote_addr):
         return render_sign_in(app, request, email, "Too many requests or unauthorized.", 429)
     user = app.store.user_by_email(email) if email else None
+    # Every attempt checks a password, an unknown address's against a digest nothing matches.
+    digest = user.password_digest if user is not None and user.password_digest else unknown_password_digest()
     try:
-        valid = user is not None and user.active and not user.bot and check_password(password, user.password_digest)
+        matches = await app.off_loop(check_password, password, digest)
     except PasswordUnsupported:
         return render_sign_in(app, request, email,
                               "This password can't be checked on this server. Ask an administrator "
                               "for a sign-in link.", 401)
-    if not valid:
+    if not (matches and user is not None and user.active and not user.bot):
         return render_sign_in(app, request, email, "Too many requests or unauthorized.", 401)
-    if not user.password_digest.startswith("$scrypt$"):  # a Rails bcrypt digest: upgrade it
-        app.store.set_password_digest(user.id, hash_password(password))
     response = redirect("/")
     app.start_session(request, response, user)
     return response
@@ -3796,7 +3821,7 @@ def render_join(app, request, join_code, values, errors, status=200):
 
 
 @route("POST", "/join/<join_code>", auth="signed_out")
-def join(app, request, join_code):
+async def join(app, request, join_code):
     _require_join_code(app, join_code)
     if not app.sign_up_limiter.hit(request.remote_addr):
         raise TooManyRequests("Too many sign-ups from this address. Try again in a few minutes.")
@@ -3806,8 +3831,11 @@ def join(app, request, join_code):
     email = values["user[email_address]"]
     if app.store.user_by_email(email) is not None:
         return redirect("/session/new?" + urllib.parse.urlencode({"email_address": email}))
+    digest = await app.off_loop(hash_password, values["user[password]"])
+    if app.store.user_by_email(email) is not None:  # the same address joined while this one hashed
+        return redirect("/session/new?" + urllib.parse.urlencode({"email_address": email}))
     with app.db.atomic():
-        user = app.store.create_user(values["user[name]"], email, values["user[password]"])
+        user = app.store.create_user(values["user[name]"], email, password_digest=digest)
     response = redirect("/")
     app.start_session(request, response, user)
     return response
@@ -4394,6 +4422,9 @@ TRANSFER_TOKEN_SECONDS = 4 * 3600          # CAMPFIRE.md: signed_id(purpose: :tr
 MAX_QR_CODE_TEXT_BYTES = 1024              # 400 past it: our links are far shorter, and it bounds the CPU a
                                            # public request can spend (about 40 ms for 1 KiB)
 QR_CODE_CACHE_CONTROL = "public, max-age=31536000, immutable"  # CAMPFIRE.md: QR codes cached for a year
+QR_CODES_KEPT = 256                        # drawn codes remembered (each ~10 KB of SVG): a link shown
+                                           # again costs nothing
+QR_CODE_LIMIT = (30, 60.0)                 # codes drawn afresh per IP per minute → 429 (each costs tens of ms)
 MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted this many per event-loop turn
 _BASE64URL_RE = re.compile(r"\A[A-Za-z0-9_-]+={0,2}\Z")
 _TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
@@ -4978,7 +5009,7 @@ def edit_profile(app, request):
 
 @route("PATCH", "/users/me/profile")
 @route("PUT", "/users/me/profile")
-def update_profile(app, request):
+async def update_profile(app, request):
     """CAMPFIRE.md, Profile: name, email, password (blank keeps it), bio (at most 200 characters)."""
     user, form = request.user, request.form
     values = {
@@ -5005,14 +5036,18 @@ def update_profile(app, request):
         errors["user[password]"] = "Use at most %d bytes." % MAX_PASSWORD_BYTES
     if len(values["user[bio]"]) > MAX_BIO_CHARS:
         errors["user[bio]"] = "Use at most %d characters." % MAX_BIO_CHARS
+    if password and not errors and not app.password_change_limiter.hit(user.id):
+        errors["user[password]"] = "You changed your password several times just now. Try again in a few minutes."
+        return render_profile(app, request, values, errors, status=429)
     if errors:
         return render_profile(app, request, values, errors, status=422)
+    digest = await app.off_loop(hash_password, password) if password else None
     try:
         with app.db.atomic():
             app.db.execute("UPDATE users SET name = ?, email_address = ?, bio = ?, updated_at = ? WHERE id = ?",
                            (values["user[name]"], email, values["user[bio]"] or None, utc_now_text(), user.id))
-            if password:
-                app.store.set_password_digest(user.id, hash_password(password))
+            if digest:
+                app.store.set_password_digest(user.id, digest)
     except sqlite3.IntegrityError:  # the same address taken meanwhile (unique index)
         return render_profile(app, request, values, {
             "user[email_address]": "Someone else already uses this email address."}, status=422)
@@ -5070,7 +5105,14 @@ def qr_code(app, request, code):
         raise BadRequest("A QR code is made from a base64url-encoded UTF-8 link.") from None
     if len(text.encode()) > MAX_QR_CODE_TEXT_BYTES:
         raise BadRequest("A QR code is made from a link of at most %d bytes." % MAX_QR_CODE_TEXT_BYTES)
-    return Response(qr_svg(text), 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
+    svg = app.qr_codes.get(text)
+    if svg is None:
+        if not app.qr_code_limiter.hit(request.remote_addr):
+            raise TooManyRequests("Too many QR codes from this address. Try again in a minute.",
+                                  headers=[("Retry-After", "%d" % QR_CODE_LIMIT[1])])
+        svg = qr_svg(text)
+        app.qr_codes.put(text, svg)
+    return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
 
 
 # Bots (CAMPFIRE.md, Bots) -------------------------------------------------------------
@@ -6197,6 +6239,11 @@ class App:
         self.static = StaticFiles(self.config.static_root)
         self.sign_in_limiter = RateLimiter(*SIGN_IN_LIMIT)
         self.sign_up_limiter = RateLimiter(*SIGN_UP_LIMIT)
+        self.password_change_limiter = RateLimiter(*PASSWORD_CHANGE_LIMIT)
+        self.qr_code_limiter = RateLimiter(*QR_CODE_LIMIT)
+        self.qr_codes = LruCache(QR_CODES_KEPT)
+        self._workers = None        # the thread pool for password hashes, made on first use
+        self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.sgid_secret = hashlib.sha256(b"campfire mentions\0" + (self.config.secret_key_base or
                                           self._stored_secret()).encode()).digest()
@@ -6245,7 +6292,24 @@ class App:
         return secret
 
     def close(self):
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
+            self._workers = None
         self.db.close()
+
+    async def off_loop(self, function, *args):
+        """function(*args) in the worker threads, for blocking work such as a password hash;
+        503 when PASSWORD_QUEUE_LIMIT calls are already waiting."""
+        if self._work_waiting >= PASSWORD_QUEUE_LIMIT:
+            raise ServiceUnavailable("The server is busy. Try again in a moment.", headers=[("Retry-After", "5")])
+        if self._workers is None:
+            import concurrent.futures  # here: most starts never sign anyone in
+            self._workers = concurrent.futures.ThreadPoolExecutor(PASSWORD_WORKERS, "campfire-worker")
+        self._work_waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._workers, function, *args)
+        finally:
+            self._work_waiting -= 1
 
     # Helpers for handlers --------------------------------------------------------
     def asset_url(self, name):
@@ -6392,22 +6456,41 @@ class App:
 
     # Requests ------------------------------------------------------------------
     def handle(self, request):
-        """Request → Response. Never raises: errors become error pages."""
+        """Request → Response. Never raises: errors become error pages.
+
+        A handler that must wait (an `async def` one, for a password hash off the
+        event loop) makes this return a coroutine instead; awaited, it gives the
+        Response. The server awaits it before the connection's next request."""
         self.requests_handled += 1
         request.id = "%s-%d" % (self._request_prefix, self.requests_handled)
         request.started = time.perf_counter()
         try:
             response = self._dispatch(request)
-        except HttpError as error:
-            response = self._error_response(request, error.status, error.message)
-            response.headers.extend(error.headers)
-        except Exception:
-            log.error("request %s %s %s failed:\n%s", request.id, request.method, request.path,
-                      traceback.format_exc())
-            response = self._error_response(
-                request, 500, "Something went wrong on our side. The error was logged as %s." % request.id)
+            if type(response) is types.CoroutineType:
+                return self._handle_later(request, response)
+        except Exception as error:
+            response = self._failure_response(request, error)
         self._finish(request, response)
         return response
+
+    async def _handle_later(self, request, pending):
+        try:
+            response = await pending
+            response = response if isinstance(response, Response) else Response(response)
+        except Exception as error:
+            response = self._failure_response(request, error)
+        self._finish(request, response)
+        return response
+
+    def _failure_response(self, request, error):
+        if isinstance(error, HttpError):
+            response = self._error_response(request, error.status, error.message)
+            response.headers.extend(error.headers)
+            return response
+        log.error("request %s %s %s failed:\n%s", request.id, request.method, request.path,
+                  "".join(traceback.format_exception(error)))
+        return self._error_response(
+            request, 500, "Something went wrong on our side. The error was logged as %s." % request.id)
 
     def _dispatch(self, request):
         method = request.method
@@ -6437,7 +6520,8 @@ class App:
         if spec.auth == "admin" and not request.user.administrator:
             raise Forbidden("Only administrators can do that.")
         response = handler(self, request, **params)
-        return response if isinstance(response, Response) else Response(response)
+        return response if isinstance(response, Response) or type(response) is types.CoroutineType \
+            else Response(response)
 
     def _check_request_origin(self, request):
         """Fetch Metadata first, Origin second (CAMPFIRE.md: forgery protection)."""
@@ -6866,6 +6950,7 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False
         self.held = []
         self.upgraded = None       # the CableConnection once this is a WebSocket
+        self.waiting = None        # the task of a handler that awaits (see App.handle)
 
     def connection_made(self, transport):
         self.transport = transport
@@ -6892,7 +6977,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport.pause_reading()
 
     def resume_writing(self):
-        if not self.closing:
+        if not self.closing and self.waiting is None:
             self.transport.resume_reading()
 
     def data_received(self, data):
@@ -6916,7 +7001,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _process(self):
         app, parser, transport = self.app, self.parser, self.transport
-        while not self.closing:
+        while not self.closing and self.waiting is None:
             try:
                 request = parser.next_request()
             except HttpError as error:
@@ -6928,24 +7013,13 @@ class HttpConnection(asyncio.Protocol):
             request.remote_addr = self.remote_addr
             request.scheme = self.server.scheme
             response = app.handle(request)
-            keep_alive = request.keep_alive and not self.server.stopping
-            data = app.serialize(request, response, keep_alive)
-            if response.upgrade is not None and response.status == 101:
-                self._upgrade(data, response.upgrade)
+            if not isinstance(response, Response):
+                self._wait_for(request, response)
                 return
-            if app.db.batch_open or self.held:
-                self.held.append((data, keep_alive))  # written once the group commit is durable
-                self.server.holding.add(self)
-            else:
-                transport.write(data)
-            if not keep_alive:
-                if not self.held:
-                    self.close()
-                else:
-                    self.transport.pause_reading()
+            if not self._respond(request, response):
                 return
             self.head_deadline = None
-        if self.closing:
+        if self.closing or self.waiting is not None:
             return
         now = self.server.loop.time()
         if not parser.has_partial_request:  # every request answered: the usual case
@@ -6959,6 +7033,45 @@ class HttpConnection(asyncio.Protocol):
             if self.head_deadline is None:
                 self.head_deadline = now + HEADER_TIMEOUT
             self.deadline = self.head_deadline
+
+    def _respond(self, request, response):
+        """Write one response, or hold it for the group commit; False when this
+        connection reads no further request (closed, closing or upgraded)."""
+        keep_alive = request.keep_alive and not self.server.stopping
+        data = self.app.serialize(request, response, keep_alive)
+        if response.upgrade is not None and response.status == 101:
+            self._upgrade(data, response.upgrade)
+            return False
+        if self.app.db.batch_open or self.held:
+            self.held.append((data, keep_alive))  # written once the group commit is durable
+            self.server.holding.add(self)
+        else:
+            self.transport.write(data)
+        if not keep_alive:
+            if not self.held:
+                self.close()
+            else:
+                self.transport.pause_reading()
+            return False
+        return True
+
+    def _wait_for(self, request, pending):
+        """A handler is waiting (for a password hash): read nothing more until it has
+        answered, so pipelined requests are still answered in order."""
+        self.transport.pause_reading()
+        self.deadline = float("inf")  # the work it waits for is bounded (see App.off_loop)
+        self.waiting = self.server.loop.create_task(pending)
+
+        def answered(task):
+            self.waiting = None
+            if self.closing or task.cancelled():
+                self.close()
+                return
+            if self._respond(request, task.result()):  # _handle_later never raises
+                self.head_deadline = None
+                self.transport.resume_reading()
+                self._process()  # whatever arrived meanwhile
+        self.waiting.add_done_callback(answered)
 
     def _upgrade(self, handshake, upgrade):
         """Switch this connection to WebSocket: it belongs to the cable from now on."""
@@ -6975,7 +7088,7 @@ class HttpConnection(asyncio.Protocol):
     def idle(self):
         if self.upgraded is not None:
             return False
-        return not self.held and not self.parser.has_partial_request
+        return not self.held and self.waiting is None and not self.parser.has_partial_request
 
     def release(self, committed):
         """Write the responses held for a group commit (503s if it failed)."""

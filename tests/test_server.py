@@ -12,9 +12,9 @@ import unittest
 import urllib.parse
 
 try:
-    from tests.helpers import Client, LiveServer, campfire
+    from tests.helpers import Client, LiveServer, campfire, first_run_cookie
 except ImportError:  # run from inside tests/
-    from helpers import Client, LiveServer, campfire
+    from helpers import Client, LiveServer, campfire, first_run_cookie
 
 
 class ResponseReader:
@@ -370,13 +370,7 @@ class GroupCommitTest(unittest.TestCase):
         self.addCleanup(self.live.stop)
         app = self.live.app
 
-        def first_run():
-            admin = Client(app)
-            admin.post("/first_run", {"user[name]": "Ada", "user[email_address]": "ada@example.com",
-                                      "user[password]": "secret-password"})
-            return admin.cookies["session_token"]
-        self.token = self.live.call(first_run)
-        self.live.call(self.live.server.commit_and_answer)  # durable now, not at the group's next look
+        self.token = first_run_cookie(self.live.port)
         self.room_id = self.live.call(lambda: app.db.value("SELECT id FROM rooms"))
         self.database = app.config.resolved_database_path
 
