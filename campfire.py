@@ -2524,6 +2524,12 @@ MIGRATIONS = (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+FAILURE_WINDOW = 60.0         # seconds /up stays red after a refused write or a damaged read, unless a write succeeds
+# The SQLite result codes that mean "this change can't be saved right now" (503), not a bug (500):
+# https://sqlite.org/rescode.html, primary codes.
+SQLITE_UNAVAILABLE_CODES = frozenset((5, 6, 8, 10, 13, 14))  # BUSY LOCKED READONLY IOERR FULL CANTOPEN
+SQLITE_DAMAGED_CODES = frozenset((11, 26))                   # CORRUPT NOTADB
+WRITE_REFUSED_MESSAGE = "The change could not be saved; please try again."
 
 
 class Database:
@@ -2531,6 +2537,8 @@ class Database:
 
     def __init__(self, path):
         self.path = path
+        if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError("%s is read-only for this user: the server writes every message to it." % path)
         try:
             self.connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                               cached_statements=256)
@@ -2555,7 +2563,9 @@ class Database:
         # responses wait for that commit (see Server.flush_writes).
         self.group_commit = False
         self.batch_open = False
+        self.batch_lost = False          # SQLite undid the group's whole transaction (a full disk)
         self.batch_writes = 0            # atomic() blocks in the open group
+        self.failed_at = None            # monotonic time of the last refused write or damaged read
         self.on_batch_opened = None
         self.on_rollback = lambda: None  # what was read inside an undone savepoint may be cached
         self._after_commit = []
@@ -2587,7 +2597,15 @@ class Database:
     def atomic(self):
         """A transaction (BEGIN IMMEDIATE); nested calls become savepoints. Under
         group commit every outermost call is a savepoint of the group's shared
-        transaction, so one request's failure undoes only its own writes."""
+        transaction, so one request's failure undoes only its own writes.
+
+        SQLite may undo a whole transaction by itself (a full disk while spilling
+        pages, https://sqlite.org/lang_transaction.html "Response To Errors Within
+        A Transaction"). Then the group is lost: no later write joins it (each is
+        refused with 503 until the group ends), nothing it deferred runs, and
+        every request in it is answered 503 (commit_batch returns False)."""
+        if self.batch_lost:
+            raise ServiceUnavailable(WRITE_REFUSED_MESSAGE)
         if self._depth or self.group_commit:
             if not self._depth and not self.batch_open:
                 self.connection.execute("BEGIN IMMEDIATE")
@@ -2604,13 +2622,17 @@ class Database:
         try:
             yield self
             self._run_deferred()
-        except BaseException:
+            self.connection.execute("COMMIT")
+        except BaseException as error:
             self._deferred.clear()
-            self.connection.execute("ROLLBACK")
+            if self.connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.connection.execute("ROLLBACK")
+            self._note_failure(error)
             self.on_rollback()
             raise
         else:
-            self.connection.execute("COMMIT")
+            self.failed_at = None
         finally:
             self._depth = 0
 
@@ -2621,16 +2643,44 @@ class Database:
         deferred_before = len(self._deferred)
         try:
             yield
-        except BaseException:
+        except BaseException as error:
             del self._deferred[deferred_before:]
-            self.connection.execute("ROLLBACK TO " + name)
-            self.connection.execute("RELEASE " + name)
+            try:
+                if not self.connection.in_transaction:
+                    raise sqlite3.OperationalError("the transaction was rolled back")
+                self.connection.execute("ROLLBACK TO " + name)
+                self.connection.execute("RELEASE " + name)
+            except sqlite3.Error:
+                self._lose_batch()
+            self._note_failure(error)
             self.on_rollback()
             raise
         else:
             self.connection.execute("RELEASE " + name)
         finally:
             self._depth -= 1
+
+    def _lose_batch(self):
+        """The group's transaction is gone (SQLite undid it): nothing of it may persist."""
+        log.error("the database undid a whole group of writes (is the disk full?); every request "
+                  "in it is answered 503")
+        self._deferred.clear()
+        self._after_commit.clear()
+        if self.batch_open:
+            self.batch_lost = True
+        with contextlib.suppress(sqlite3.Error):
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+
+    def _note_failure(self, error):
+        if isinstance(error, sqlite3.Error) and sqlite_failure(error) != "constraint":
+            self.failed_at = time.monotonic()
+
+    @property
+    def failing(self):
+        """True while the latest refused write (or damaged read) is recent and no write has succeeded since."""
+        failed = self.failed_at
+        return failed is not None and time.monotonic() - failed < FAILURE_WINDOW
 
     def defer(self, sql, params):
         """Run a write at the end of the transaction, just before COMMIT, in the
@@ -2662,21 +2712,39 @@ class Database:
             return True
         callbacks, self._after_commit = self._after_commit, []
         self.batch_open = False
+        if self.batch_lost:
+            self.batch_lost = False
+            self._deferred.clear()
+            return False
         try:
             self._run_deferred()
             self.connection.execute("COMMIT")
-        except sqlite3.Error:
+        except sqlite3.Error as error:
             self._deferred.clear()
-            log.error("group commit failed:\n%s", traceback.format_exc())
+            log.error("group commit failed: %s", error)
             with contextlib.suppress(sqlite3.Error):
-                self.connection.execute("ROLLBACK")
+                if self.connection.in_transaction:
+                    self.connection.execute("ROLLBACK")
+            self.failed_at = time.monotonic()
             return False
+        self.failed_at = None
         for callback in callbacks:
             try:
                 callback()
             except Exception:
                 log.error("after-commit callback failed:\n%s", traceback.format_exc())
         return True
+
+    def repair_search_tail(self):
+        """Delete search rows past the newest message: only a lost write can leave them,
+        and each would take the rowid of the next message posted."""
+        newest = self.value("SELECT max(id) FROM messages") or 0
+        orphans = self.value("SELECT count(*) FROM message_search_index WHERE rowid > ?", (newest,))
+        if orphans:
+            with self.atomic():
+                self.execute("DELETE FROM message_search_index WHERE rowid > ?", (newest,))
+            log.warning("removed %d search rows of messages that were never saved", orphans)
+        return orphans
 
     def migrate(self):
         self.execute('CREATE TABLE IF NOT EXISTS "campfire_py_migrations" '
@@ -2697,6 +2765,20 @@ class Database:
         with contextlib.suppress(sqlite3.Error):
             self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.connection.close()
+
+
+def sqlite_failure(error):
+    """What kind of failure an sqlite3 error is: "unavailable" (a full or read-only disk,
+    I/O, a lock: 503), "damaged" (a corrupt file), "constraint", or "bug"."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return "bug"
+    code &= 0xFF  # the primary result code
+    if code in SQLITE_UNAVAILABLE_CODES:
+        return "unavailable"
+    if code in SQLITE_DAMAGED_CODES:
+        return "damaged"
+    return "constraint" if code == 19 else "bug"  # SQLITE_CONSTRAINT
 
 
 def _split_sql(script):
@@ -2942,6 +3024,7 @@ class Store:
 
     def bump_everything(self):
         self.global_version += 1
+        self._last_search.clear()
         self._rooms.clear()
         self._users.clear()
         self._member_rooms.clear()
@@ -3642,7 +3725,8 @@ class Router:
 
 # Health ---------------------------------------------------------------------
 # A page a load balancer or a person reads at a glance: green while the
-# database answers, red (503) when it does not. Never cached.
+# database answers, red (503) when it does not, or when writes were refused
+# (a full disk) or reads found damage within FAILURE_WINDOW. Never cached.
 
 HEALTH_PAGE = '<!DOCTYPE html><html><body style="background-color: %s"></body></html>'
 HEALTHY_PAGE, UNHEALTHY_PAGE = (HEALTH_PAGE % "green").encode(), (HEALTH_PAGE % "red").encode()
@@ -3652,9 +3736,12 @@ HEALTH_HEADERS = (("Content-Security-Policy", "default-src 'none'; style-src 'un
 
 @route("GET", "/up", auth="health")
 def health_check(app, request):
+    if app.db.failing:
+        return Response(UNHEALTHY_PAGE, 503, headers=HEALTH_HEADERS)
     try:
-        app.db.value("SELECT 1")
+        app.db.value("SELECT max(id) FROM messages")  # reads the file, not just the connection
     except sqlite3.Error:
+        app.db.failed_at = time.monotonic()
         return Response(UNHEALTHY_PAGE, 503, headers=HEALTH_HEADERS)
     return Response(HEALTHY_PAGE, headers=HEALTH_HEADERS)
 
@@ -6230,7 +6317,16 @@ class App:
         self.config = config or Config()
         self._prepare_storage()
         self.db = Database(self.config.resolved_database_path)
-        self.db.migrate()
+        try:
+            self.db.migrate()
+            self.db.repair_search_tail()
+            # Nobody is connected to a server that just started: counts left by a
+            # crash would otherwise hide unread marks forever.
+            with self.db.atomic():
+                self.db.execute("UPDATE memberships SET connections = 0 WHERE connections != 0")
+        except sqlite3.Error as error:
+            self.db.connection.close()
+            raise ConfigError("%s can't be used (%s)." % (self.config.resolved_database_path, error)) from error
         self.store = Store(self.db)
         self.db.on_rollback = self.forget_cached
         self.signer = Signer(self.config.secret_key_base or self._stored_secret())
@@ -6254,10 +6350,6 @@ class App:
         self.cable = Cable(self)
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
         self.webhooks = Webhooks(self)
-        # Nobody is connected to a server that just started: counts left by a
-        # crash would otherwise hide unread marks forever.
-        with self.db.atomic():
-            self.db.execute("UPDATE memberships SET connections = 0 WHERE connections != 0")
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -6483,6 +6575,14 @@ class App:
         return response
 
     def _failure_response(self, request, error):
+        if isinstance(error, sqlite3.Error):
+            failure = sqlite_failure(error)
+            if failure == "unavailable":
+                log.error("request %s %s %s: the database refused it: %s", request.id, request.method,
+                          request.path, error)
+                return self._error_response(request, 503, WRITE_REFUSED_MESSAGE)
+            if failure == "damaged":
+                self.db.failed_at = time.monotonic()  # /up turns red
         if isinstance(error, HttpError):
             response = self._error_response(request, error.status, error.message)
             response.headers.extend(error.headers)
