@@ -907,6 +907,13 @@ class HttpParser:
         if line_end < 0 and (end >= 0 or len(buffer) > MAX_REQUEST_LINE_BYTES):
             raise HttpError("The request line is too long.", 414)
         if end < 0:
+            # RFC 9112 §2.2: we read only CRLF line endings; a bare LF would make us
+            # wait for a head that never ends, so it is refused as soon as it arrives.
+            newline = buffer.find(b"\n", max(0, self._scanned - 1))
+            while newline >= 0:
+                if newline == 0 or buffer[newline - 1] != 0x0D:
+                    raise BadRequest("A line of the request head ends without CR.")
+                newline = buffer.find(b"\n", newline + 1)
             self._scanned = len(buffer)
             if line_end >= 0 and len(buffer) - line_end - 2 > MAX_HEADER_BYTES:
                 raise HttpError("The request headers are too large.", 431)
@@ -1073,12 +1080,14 @@ def accepts_gzip(request):
 #
 #   check_handshake(method, headers) -> {"accept", "subprotocol", "deflate"},
 #       or raises HandshakeRefused(.status 400 | 426, .reason, .headers);
-#   handshake_response(result) -> the "101 Switching Protocols" bytes.
+#       the caller answers 101 with those values (see Cable.handshake).
 #
 #   protocol = WebSocketProtocol(deflate=result["deflate"] is not None)
 #   protocol.receive_data(data)     never raises; bad input queues a close frame
 #   protocol.events_received()      -> [TextMessage | BinaryMessage | Ping |
 #                                       Pong | CloseReceived]
+#   protocol.send_text(text), send_frame(frame), send_ping(payload)
+#                                   queue data (nothing once we sent Close)
 #   protocol.data_to_send()         -> bytes to write: our sends, automatic
 #                                      pongs, close frames
 #
@@ -1097,16 +1106,22 @@ def accepts_gzip(request):
 # §7.1.1: the server closes TCP first). In CLOSING it keeps reading for the
 # client's close, under a timeout of its own. Input after CLOSED is ignored.
 #
-# Fan-out bypasses this object: encode_message() once (plain and deflated)
-# and write the same bytes to every subscriber. Deflate is negotiated without
+# Fan-out encodes a message once (encode_message(), plain and deflated) and
+# hands the same frame bytes to every subscriber's protocol (send_frame), which
+# drops them once it has sent Close (§5.5.1). Deflate is negotiated without
 # context takeover both ways, so no zlib state outlives a message and an idle
-# connection holds no buffers at all.
+# connection holds no buffers at all. In CLOSING, data frames from the peer are
+# skipped unread (nothing is inflated or kept) while we wait for its Close.
 
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 WEBSOCKET_VERSION = "13"  # RFC 6455 §4.1: the only version browsers speak
 ACTIONCABLE_SUBPROTOCOL = "actioncable-v1-json"
 MAX_WEBSOCKET_MESSAGE_BYTES = 1024 * 1024  # Campfire's cable limit; 1009 past it
 MAX_CONTROL_PAYLOAD = 125  # RFC 6455 §5.5: control frames fit a 7-bit length
+# A message's fragments are bounded in number as well as in bytes: empty
+# continuation frames would otherwise grow memory without adding a byte (1009).
+# Browsers send a text message in one frame; 64 KiB fragments reach 1 MiB in 16.
+MAX_MESSAGE_FRAGMENTS = 1024
 
 OPCODE_CONTINUATION = 0x0  # RFC 6455 §5.2
 OPCODE_TEXT = 0x1
@@ -1192,22 +1207,6 @@ def check_handshake(method, headers):
         "subprotocol": ACTIONCABLE_SUBPROTOCOL if ACTIONCABLE_SUBPROTOCOL in offered else None,
         "deflate": negotiate_deflate(headers.get("sec-websocket-extensions", "")),
     }
-
-
-def handshake_response(result, extra_headers=()):
-    """The complete 101 response for a check_handshake() result."""
-    lines = [
-        "HTTP/1.1 101 Switching Protocols",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Accept: {result['accept']}",
-    ]
-    if result.get("subprotocol"):
-        lines.append(f"Sec-WebSocket-Protocol: {result['subprotocol']}")
-    if result.get("deflate"):
-        lines.append(f"Sec-WebSocket-Extensions: {result['deflate']}")
-    lines += [f"{name}: {value}" for name, value in extra_headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def negotiate_deflate(extensions):
@@ -1350,11 +1349,12 @@ class WebSocketState(enum.Enum):
 class _PartialMessage:
     """A fragmented message between its first frame and its FIN (§5.4)."""
 
-    __slots__ = ("opcode", "size", "parts", "utf8", "inflater")
+    __slots__ = ("opcode", "size", "frames", "parts", "utf8", "inflater")
 
     def __init__(self, opcode, compressed):
         self.opcode = opcode
         self.size = 0  # payload bytes so far, after inflating
+        self.frames = 0
         self.parts = []
         # §8.1: text is checked fragment by fragment, to fail as early as possible.
         self.utf8 = codecs.getincrementaldecoder("utf-8")() if opcode == OPCODE_TEXT else None
@@ -1392,6 +1392,11 @@ class WebSocketProtocol:
     def send_text(self, text):
         if self.state is WebSocketState.OPEN:  # §5.5.1: no data after our close
             self._outgoing += encode_message(text, deflate=self._deflate)
+
+    def send_frame(self, frame):
+        """A data frame already encoded (a broadcast: the same bytes for every subscriber)."""
+        if self.state is WebSocketState.OPEN:  # §5.5.1: no data after our close
+            self._outgoing += frame
 
     def send_ping(self, payload=b""):
         if len(payload) > MAX_CONTROL_PAYLOAD:
@@ -1449,8 +1454,10 @@ class WebSocketProtocol:
             stop = start + length
             if end < stop:
                 break
-            payload = _unmask(buf[start:stop], buf[start - 4 : start])
             pos = stop
+            if opcode < OPCODE_CLOSE and self.state is WebSocketState.CLOSING:
+                continue  # data after our Close is discarded unread (§1.4, §7.1.2)
+            payload = _unmask(buf[start:stop], buf[start - 4 : start])
             self._receive_frame(first, opcode, payload)
         if self.state is WebSocketState.CLOSED or pos == end:
             self._buffer = b""
@@ -1520,6 +1527,10 @@ class WebSocketProtocol:
         partial = self._partial
         if partial is None:
             partial = self._partial = _PartialMessage(opcode, first & 0x40)
+        partial.frames += 1
+        if partial.frames > MAX_MESSAGE_FRAGMENTS:
+            self._fail(CLOSE_MESSAGE_TOO_BIG, "message in too many fragments")
+            return
         if partial.inflater is not None:
             allowance = self._max_message_bytes - partial.size
             data = payload + DEFLATE_TAIL if fin else payload
@@ -1533,7 +1544,8 @@ class WebSocketProtocol:
             except UnicodeDecodeError:
                 self._fail(CLOSE_INVALID_PAYLOAD, "invalid UTF-8")
                 return
-        partial.parts.append(payload)
+        if payload:
+            partial.parts.append(payload)
         if fin:
             self._partial = None
             if partial.opcode == OPCODE_TEXT:
@@ -1634,6 +1646,8 @@ def parse_cable_command(text):
         frame = json.loads(text)
     except ValueError as error:
         raise CableCommandError("not JSON") from error
+    except RecursionError as error:  # nesting past the interpreter's limit: refused, not a crash
+        raise CableCommandError("nested too deeply") from error
     if not isinstance(frame, dict):
         raise CableCommandError("not an object")
     command, identifier = frame.get("command"), frame.get("identifier")
@@ -1643,7 +1657,7 @@ def parse_cable_command(text):
         raise CableCommandError("bad identifier")
     try:
         params = json.loads(identifier)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise CableCommandError("identifier is not JSON") from error
     if not isinstance(params, dict) or not isinstance(params.get("channel"), str):
         raise CableCommandError("identifier names no channel")
@@ -1651,7 +1665,7 @@ def parse_cable_command(text):
     if command == "message":
         try:
             data = json.loads(frame.get("data") or "{}")
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RecursionError) as error:
             raise CableCommandError("data is not JSON") from error
         if not isinstance(data, dict):
             raise CableCommandError("data is not an object")
@@ -5707,11 +5721,11 @@ class CableConnection:
     def flush(self):
         out = self.ws.data_to_send()
         if out:
-            self.write(out)
+            self._write(out)
         if self.ws.state is WebSocketState.CLOSED:
             self.http.close()
 
-    def write(self, frame):
+    def _write(self, data):
         transport = self.http.transport
         if self.http.closing:
             return
@@ -5719,16 +5733,30 @@ class CableConnection:
             log.warning("dropping a /cable reader %d bytes behind", transport.get_write_buffer_size())
             self.http.close()
             return
-        transport.write(frame)
+        transport.write(data)
 
     def send(self, text):
-        self.write(encode_message(text, deflate=self.deflate))
+        self.ws.send_text(text)
+        self.flush()
+
+    def send_frame(self, frame):
+        """A frame encoded once for many subscribers; dropped once we have sent Close."""
+        if self.ws.state is WebSocketState.OPEN:
+            self.ws.send_frame(frame)
+            self.flush()
 
     def close(self, code=CLOSE_NORMAL, reason=""):
+        """Start the closing handshake; a peer that doesn't answer within CABLE_CLOSE_TIMEOUT is dropped."""
         if self.ws.state is WebSocketState.OPEN:
             self.ws.close(code, reason)
             self.closing_at = self.cable.now()
+            self.http.deadline = self.http.server.loop.time() + CABLE_CLOSE_TIMEOUT
             self.flush()
+
+    def drop(self):
+        """Close now, without waiting for the peer (a revoked session): nothing more reaches it."""
+        self.close(CLOSE_NORMAL)
+        self.http.close()
 
 
 class Cable:
@@ -5881,12 +5909,11 @@ class Cable:
 
     # Channels ----------------------------------------------------------------------
     def _member_room(self, connection, params):
+        """The room an identifier names, if the connection's user is a member. Campfire's
+        client sends room_id as a JSON number (Current.room.id); true, 1.0 or "01" name nothing."""
         room_id = params.get("room_id")
-        if isinstance(room_id, str) and room_id.isdigit():
-            room_id = int(room_id)
-        if not isinstance(room_id, int) or room_id not in self.app.store.user_rooms(connection.user_id):
+        if type(room_id) is not int or room_id not in self.app.store.user_rooms(connection.user_id):
             return None
-        params["room_id"] = room_id
         return room_id
 
     def _subscribe_room_messages(self, connection, params):
@@ -5969,7 +5996,7 @@ class Cable:
                 frame = frames.get(key)
                 if frame is None:
                     frame = frames[key] = encode_message(cable_frame(identifier, message), deflate=connection.deflate)
-                connection.write(frame)
+                connection.send_frame(frame)
 
     def drop_room(self, room_id, user_ids=None):
         """Unsubscribe users (everyone when None) from a room's streams."""
@@ -5982,11 +6009,17 @@ class Cable:
                             self._unsubscribe(connection, identifier)
 
     def disconnect(self, *, user_id=None, session_id=None, reason="unauthorized", reconnect=False):
-        """Close a user's (or one session's) sockets, as sign-out, deactivation and bans do."""
+        """Close a user's (or one session's) sockets. A revoked session (sign-out,
+        deactivation, a ban) is cut off at once: out of every stream, TCP closed after
+        our Close. A restart (reconnect=True) closes politely with 1001."""
         for connection in list(self.by_user.get(user_id, ())) if user_id is not None else list(self.connections):
             if session_id is None or connection.session_id == session_id:
                 connection.send(json.dumps({"type": "disconnect", "reason": reason, "reconnect": reconnect}))
-                connection.close(CLOSE_NORMAL if not reconnect else CLOSE_GOING_AWAY)
+                if reconnect:
+                    connection.close(CLOSE_GOING_AWAY)
+                else:
+                    self.connection_lost(connection)
+                    connection.drop()
 
     def beat(self):
         """Every CABLE_PING_INTERVAL / CABLE_BEAT_SLICES: Action Cable's ping to the next slice of
@@ -6000,7 +6033,6 @@ class Cable:
         now = self.now()
         ping = {True: None, False: None}
         text = json.dumps({"type": "ping", "message": int(time.time())})
-        liveness = encode_frame(OPCODE_PING, b"")
         for connection in batch:
             if connection not in self.connections:
                 continue
@@ -6014,9 +6046,10 @@ class Cable:
             frame = ping[connection.deflate]
             if frame is None:
                 frame = ping[connection.deflate] = encode_message(text, deflate=connection.deflate)
-            connection.write(frame)
+            connection.send_frame(frame)
             if now - connection.last_seen > CABLE_LIVENESS_PING:
-                connection.write(liveness)
+                connection.ws.send_ping()
+                connection.flush()
 
     # Events (after each change commits) ----------------------------------------------------
     def message_created(self, room, message, unread_user_ids):
