@@ -117,8 +117,11 @@ SWEEP_INTERVAL = 1.0         # how often deadlines are checked
 IDLE_RELEASE_AFTER = 5.0     # this long without a request, memory freed since goes back to the OS
 
 # Connections: stay below the process's open-file limit, keeping room for the
-# database, its WAL, static files and the listening socket.
+# database, its WAL, static files, worker threads' files and the listening socket.
+# At start the soft limit is raised to the hard one (most shells and systemd set a
+# soft limit of 1,024 under a hard one of 4,096 to 1,048,576).
 FILE_DESCRIPTOR_RESERVE = 64
+MAX_OPEN_FILES_WANTED = 1024 * 1024   # never ask for more than this, even when the hard limit is unlimited
 LISTEN_BACKLOG = 1024        # asyncio accepts up to this many sockets per loop turn before any is refused
 MAX_WRITE_BUFFER_BYTES = 1024 * 1024  # stop reading a client that doesn't read
 # glibc's malloc, pinned: its adaptive mmap threshold jumps to 16 MiB once scrypt's
@@ -7260,8 +7263,7 @@ class Server:
         self._batch_seen = 0
         self._handled_seen = self._handled_released = 0   # see release_memory_when_idle()
         self._quiet_since = 0.0
-        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self.max_connections = max(16, soft_limit - FILE_DESCRIPTOR_RESERVE - LISTEN_BACKLOG)
+        self.max_connections = max(16, raise_open_file_limit() - open_file_count() - FILE_DESCRIPTOR_RESERVE)
 
     async def start(self):
         self.loop = asyncio.get_running_loop()
@@ -7364,6 +7366,30 @@ class Server:
         for connection in list(self.connections):
             connection.close()
         self.app.close()
+
+
+def raise_open_file_limit():
+    """Raise the soft open-file limit to the hard one (logged); the limit in effect."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            log.info("raised the open-file limit from %d to %d", soft, wanted)
+            soft = wanted
+        except (ValueError, OSError) as error:
+            log.warning("could not raise the open-file limit from %d (%s)", soft, error)
+    return MAX_OPEN_FILES_WANTED if soft == resource.RLIM_INFINITY else soft
+
+
+def open_file_count():
+    """Descriptors this process holds now (Linux and most BSDs list them), else 0."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(folder))
+        except OSError:
+            continue
+    return 0
 
 
 def make_ssl_context(config):
