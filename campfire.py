@@ -103,6 +103,9 @@ COOKIE_HEADERS_KEPT = 4096               # parsed Cookie headers remembered (see
 ROUTES_KEPT = 4096                       # and matched (method, path) pairs by the router,
 MEMO_KEY_MAX_CHARS = 512                 # each at most this long (so at most a few MB in all)
 MAX_FORM_FIELDS = 1000                    # urlencoded/multipart pairs per request
+MAX_MULTIPART_BOUNDARY_CHARS = 200        # RFC 2046 §5.1.1 allows 70; browsers send about 40
+BODY_LIMITS_KEPT = 10_000                 # (method, path) → body limit answers remembered
+STATIC_PATHS_KEPT = 1000                  # static paths whose last disk check is remembered
 
 # Connection timing, in seconds.
 HEADER_TIMEOUT = 10.0        # a request head must arrive within this (slowloris)
@@ -115,12 +118,16 @@ SHUTDOWN_GRACE = 10.0        # in-flight requests get this long on SIGTERM
 GROUP_COMMIT_MAX_WAIT = 0.004
 SWEEP_INTERVAL = 1.0         # how often deadlines are checked
 IDLE_RELEASE_AFTER = 5.0     # this long without a request, memory freed since goes back to the OS
+FIRST_RELEASE_AFTER = 1.0    # after start, the memory start-up used is given back once
+SHUTDOWN_POLL_INTERVAL = 0.05  # while stopping, how often idle connections are looked for
+CLOSE_FRAMES_GRACE = 0.1     # while stopping, time for WebSocket close frames to reach clients
 
 # Connections: stay below the process's open-file limit, keeping room for the
 # database, its WAL, static files, worker threads' files and the listening socket.
 # At start the soft limit is raised to the hard one (most shells and systemd set a
 # soft limit of 1,024 under a hard one of 4,096 to 1,048,576).
 FILE_DESCRIPTOR_RESERVE = 64
+MIN_CONNECTIONS = 16         # the connection cap never goes below this, however few files are free
 MAX_OPEN_FILES_WANTED = 1024 * 1024   # never ask for more than this, even when the hard limit is unlimited
 LISTEN_BACKLOG = 1024        # asyncio accepts up to this many sockets per loop turn before any is refused
 MAX_WRITE_BUFFER_BYTES = 1024 * 1024  # stop reading a client that doesn't read
@@ -142,6 +149,11 @@ GZIP_TYPES = ("text/", "application/json", "application/javascript",
 SESSION_COOKIE = "session_token"
 SESSION_COOKIE_MAX_AGE = 20 * 365 * 24 * 3600   # Rails' "permanent" cookie
 SESSION_REFRESH_SECONDS = 3600                  # last_active_at, at most hourly
+SESSION_TOKEN_BYTES = 32                        # 256 random bits in each session cookie
+MAX_SESSION_TOKEN_CHARS = 200                   # a longer cookie names no session (ours are 43)
+SESSIONS_KEPT = 50_000                          # sessions remembered in memory (then all forgotten)
+MAX_USER_AGENT_CHARS = 255                      # sessions.user_agent is a Rails varchar
+SECRET_KEY_BASE_BYTES = 64                      # a generated SECRET_KEY_BASE, as Rails' secret (128 hex digits)
 SIGN_IN_LIMIT = (10, 180.0)                     # 10 attempts per 3 minutes per IP
 SIGN_UP_LIMIT = (10, 180.0)
 RATE_LIMITER_MAX_KEYS = 10_000                  # bounded memory under attack
@@ -160,6 +172,7 @@ SCRYPT_MAXMEM = 64 * 1024 * 1024
 # the event loop: one hash is about 50 ms of CPU that would otherwise stall everyone.
 PASSWORD_WORKERS = max(1, (os.cpu_count() or 2) // 2)  # half the cores; the event loop keeps the rest
 PASSWORD_QUEUE_LIMIT = 64                       # hashes waiting at once; past it, 503 with Retry-After
+BUSY_RETRY_AFTER_SECONDS = 5                    # that Retry-After: a queue of hashes drains within it
 PASSWORD_CHANGE_LIMIT = (5, 600.0)              # password changes per person per 10 minutes → 429
 
 LAST_ROOM_COOKIE = "last_room"
@@ -173,6 +186,9 @@ MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31, the last moment a datetime col
 MAX_MESSAGE_BODY_CHARS = 64 * 1024  # 413 past it: a long message, not a document
 MESSAGE_BODY_LIMIT = 256 * 1024   # HTTP body of a message post (HTML escapes inflate it)
 MAX_CLIENT_MESSAGE_ID_CHARS = 100
+CLIENT_MESSAGE_ID_BYTES = 16      # a client_message_id made up for a post without one (bots, plain forms)
+ROOMS_KEPT = 10_000               # rooms remembered in memory (then all forgotten)
+SQLITE_IN_CHUNK = 500             # ids bound in one IN (...) list: old SQLite builds allow 999 variables
 MAX_BOOST_CHARS = 16              # boosts.content is varchar(16)
 MAX_ROOM_NAME_CHARS = 100
 MAX_BIO_CHARS = 200
@@ -182,8 +198,70 @@ MAX_SEARCH_WORDS = 16
 MAX_SEARCH_QUERY_CHARS = 200
 RECENT_SEARCHES_KEPT = 10
 AUTOCOMPLETE_LIMIT = 20
+AUTOCOMPLETE_CANDIDATES = 500     # names matched before the room's members are picked from them
+MENTION_LOOKAHEAD_CHARS = 2 * MAX_NAME_CHARS  # text after an "@" compared with names (escaped, "&" is "&amp;")
 PRESENCE_WINDOW = 60.0            # seconds: a member seen on /cable this recently isn't "disconnected"
 BOOST_QUICK_PICKS = ("👍", "👏", "👋", "💪", "❤️", "😂", "🎉", "🔥")
+
+# Accounts, people, sign-in links and QR codes (Campfire's app/controllers/accounts/*).
+ACCOUNT_USERS_PAGE_SIZE = 500              # the account page lists people 500 at a time, as Campfire's does
+MAX_ACCOUNT_NAME_CHARS = 100
+MAX_CUSTOM_STYLES_BYTES = 64 * 1024        # 413 past it: a theme, not a framework
+CUSTOM_STYLES_BODY_LIMIT = 3 * MAX_CUSTOM_STYLES_BYTES + FORM_BODY_LIMIT  # percent-encoding triples a byte
+TRANSFER_TOKEN_SECONDS = 4 * 3600          # Campfire's signed_id(purpose: :transfer, expires_in: 4.hours)
+MAX_QR_CODE_TEXT_BYTES = 1024              # 400 past it: our links are far shorter, and it bounds the CPU a
+                                           # public request can spend (about 40 ms for 1 KiB)
+QR_CODE_CACHE_CONTROL = "public, max-age=31536000, immutable"  # a code never changes: cached for a year
+QR_CODES_KEPT = 256                        # drawn codes remembered (each ~10 KB of SVG): a link shown
+                                           # again costs nothing
+QR_CODE_LIMIT = (30, 60.0)                 # codes drawn afresh per IP per minute → 429 (each costs tens of ms)
+MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted this many per event-loop turn
+
+# Bots and their webhooks (Campfire's app/models/webhook.rb: 7 s per connect and
+# per read, no retries). A reply is a message, and a message holds
+# MAX_MESSAGE_BODY_CHARS, so 1 MiB is already generous.
+BOT_TOKEN_CHARS = 12                     # a bot's key is "<id>-<12 letters and digits>"
+BOT_API_LIMIT = (300, 60.0)              # bot API requests per key per minute → 429
+MAX_WEBHOOK_URL_CHARS = 2048             # 2 KB: the form refuses longer URLs
+WEBHOOK_TIMEOUT = 7.0                    # seconds to connect, and for each read and write
+WEBHOOK_TIMEOUT_REPLY = "Failed to respond within 7 seconds"  # Campfire's words, posted as the bot
+WEBHOOK_TOTAL_TIMEOUT = 60.0             # seconds for a whole delivery (a reply that trickles)
+MAX_WEBHOOK_REPLY_BYTES = 1024 * 1024    # a longer reply body is refused, nothing posted
+MAX_WEBHOOK_HEAD_BYTES = 64 * 1024       # the reply's status line and headers
+WEBHOOK_READ_BYTES = 64 * 1024           # read from a webhook's socket at a time
+WEBHOOK_QUEUE_SIZE = 1000                # deliveries waiting; past it new ones are dropped (logged)
+WEBHOOK_WORKERS = 8                      # deliveries in flight at once (a slow bot holds one)
+
+# WebSocket (RFC 6455, RFC 7692) and Action Cable on /cable.
+MAX_WEBSOCKET_MESSAGE_BYTES = 1024 * 1024  # Campfire's cable limit; 1009 past it
+# A message's fragments are bounded in number as well as in bytes: empty
+# continuation frames would otherwise grow memory without adding a byte (1009).
+# Browsers send a text message in one frame; 64 KiB fragments reach 1 MiB in 16.
+MAX_MESSAGE_FRAGMENTS = 1024
+DEFLATE_LEVEL = 6                        # zlib's default; a broadcast is compressed once for all
+DEFLATE_MIN_MESSAGE_BYTES = 100          # shorter ones (cable pings) barely shrink, and a
+                                         # compression costs ~15 µs
+MAX_CABLE_IDENTIFIER_BYTES = 4 * 1024    # identifiers are small JSON objects
+MAX_CABLE_SUBSCRIPTIONS = 64             # per connection
+CABLE_PING_INTERVAL = 3.0                # seconds; Action Cable's beat
+CABLE_BEAT_SLICES = 30                   # its pings go out in this many slices across the interval
+MAX_CABLE_SEND_BUFFER = 256 * 1024       # a reader this far behind is dropped
+CABLE_LIVENESS_PING = 15.0               # seconds between WebSocket pings
+CABLE_DEAD_AFTER = 45.0                  # no bytes from a peer this long: it is gone
+CABLE_CLOSE_TIMEOUT = 5.0                # our close unanswered this long: drop the socket
+CABLE_REFUSALS = (30, 60.0)              # refused handshakes per IP per minute → 429
+TYPING_THROTTLE = 0.5                    # seconds between typing starts we relay per connection
+
+# Rich text: Trix nests lists a few levels; deeper is an attack: its tags are dropped, its text kept.
+MAX_NESTING_DEPTH = 64
+
+# Storage.
+SQLITE_BUSY_TIMEOUT_MS = 5000    # a write waits this long for another process's lock (a backup) before 503
+FAILURE_WINDOW = 60.0            # seconds /up stays red after a refused write or a damaged read, unless a
+                                 # write succeeds
+
+# seed: messages written per transaction (a transaction per message would take hours).
+SEED_BATCH = 5000
 
 # Caches: rendered pages and messages, dropped by version, bounded by count.
 PAGE_CACHE_ENTRIES = 4096
@@ -487,24 +565,20 @@ class Signer:
 
 # Passwords: scrypt for ours, the system's crypt(3) for bcrypt digests Rails wrote.
 
-def hash_password(password):
+def hash_password(password, n=SCRYPT_N):
+    """An scrypt digest of cost n (the digest records it, so any cost checks later)."""
     salt = os.urandom(SCRYPT_SALT_BYTES)
-    key = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+    key = hashlib.scrypt(password.encode(), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P,
                          maxmem=SCRYPT_MAXMEM, dklen=SCRYPT_KEY_BYTES)
-    return "$scrypt$n=%d,r=%d,p=%d$%s$%s" % (SCRYPT_N, SCRYPT_R, SCRYPT_P,
-                                             b64url_encode(salt), b64url_encode(key))
-
-
-def unknown_password_digest():
-    """A digest no password matches, at today's cost: checking it makes a sign-in for an
-    unknown address take as long as one for a known address (Rails' authenticate_by does
-    the same), so the answer's timing tells nobody who has an account."""
-    return _unknown_password_digest(SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    return "$scrypt$n=%d,r=%d,p=%d$%s$%s" % (n, SCRYPT_R, SCRYPT_P, b64url_encode(salt), b64url_encode(key))
 
 
 @functools.lru_cache(maxsize=2)
-def _unknown_password_digest(n, r, p):
-    return hash_password(random_token())
+def unknown_password_digest(n=SCRYPT_N):
+    """A digest no password matches, at the cost n of today's: checking it makes a sign-in
+    for an unknown address take as long as one for a known address (Rails' authenticate_by
+    does the same), so the answer's timing tells nobody who has an account."""
+    return hash_password(random_token(), n)
 
 
 class PasswordUnsupported(CampfireError):
@@ -760,7 +834,7 @@ _DISPOSITION_PARAM_RE = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"([^"]*)"|([^;\s]*))
 
 def parse_multipart(body, content_type):
     """multipart/form-data (RFC 7578) → ([(name, value)], {name: UploadedFile})."""
-    match = re.search(r'boundary="?([^";]{1,200})"?', content_type)
+    match = re.search(r'boundary="?([^";]{1,%d})"?' % MAX_MULTIPART_BOUNDARY_CHARS, content_type)
     if not match:
         raise BadRequest("The multipart boundary is missing.")
     delimiter = b"--" + match.group(1).encode("latin-1")
@@ -1119,12 +1193,7 @@ def accepts_gzip(request):
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 WEBSOCKET_VERSION = "13"  # RFC 6455 §4.1: the only version browsers speak
 ACTIONCABLE_SUBPROTOCOL = "actioncable-v1-json"
-MAX_WEBSOCKET_MESSAGE_BYTES = 1024 * 1024  # Campfire's cable limit; 1009 past it
 MAX_CONTROL_PAYLOAD = 125  # RFC 6455 §5.5: control frames fit a 7-bit length
-# A message's fragments are bounded in number as well as in bytes: empty
-# continuation frames would otherwise grow memory without adding a byte (1009).
-# Browsers send a text message in one frame; 64 KiB fragments reach 1 MiB in 16.
-MAX_MESSAGE_FRAGMENTS = 1024
 
 OPCODE_CONTINUATION = 0x0  # RFC 6455 §5.2
 OPCODE_TEXT = 0x1
@@ -1145,9 +1214,6 @@ CLOSE_INTERNAL_ERROR = 1011
 
 DEFLATE_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 §7.2.1: dropped from each message
 DEFLATE_WINDOW_BITS = 15  # we compress with zlib's full 32 KiB window
-DEFLATE_LEVEL = 6  # zlib's default; a broadcast is compressed once for all
-DEFLATE_MIN_MESSAGE_BYTES = 100  # shorter ones (cable pings) barely shrink and
-#                                  a compression costs ~15 µs
 DEFLATE_RESPONSE = (
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
 )
@@ -1620,10 +1686,6 @@ class WebSocketProtocol:
 # "Action Cable's JSON protocol"). Pure functions; the channels live with the
 # server's real-time section.
 
-MAX_CABLE_IDENTIFIER_BYTES = 4 * 1024    # identifiers are small JSON objects
-MAX_CABLE_SUBSCRIPTIONS = 64             # per connection
-CABLE_PING_INTERVAL = 3.0                # seconds; Action Cable's beat
-CABLE_BEAT_SLICES = 30                   # its pings go out in this many slices across the interval
 CABLE_WELCOME = json.dumps({"type": "welcome"})
 CABLE_UNAUTHORIZED = json.dumps({"type": "disconnect", "reason": "unauthorized", "reconnect": False})
 
@@ -1709,8 +1771,6 @@ ATTACHMENT_ATTRIBUTES = frozenset(
     " presentation caption content".split())
 URL_ATTRIBUTES = frozenset(("href", "cite", "url"))
 MENTION_CONTENT_TYPE = "application/vnd.campfire.mention"
-# Trix nests lists a few levels; deeper is an attack: its tags are dropped, its text kept.
-MAX_NESTING_DEPTH = 64
 
 _ATTACHMENT_ALLOWED = ALLOWED_ATTRIBUTES | ATTACHMENT_ATTRIBUTES
 _VOID_TAGS = frozenset(("br", "hr"))
@@ -2142,7 +2202,7 @@ def _link_mentions_in_text(text, candidates):
         start = match.end()
         if match.start() < position:
             continue
-        following = text[start:start + 200].lower()
+        following = text[start:start + MENTION_LOOKAHEAD_CHARS].lower()
         for name, sgid in candidates:
             end = start + len(name)
             if following.startswith(name) and not (end < len(text) and (text[end].isalnum() or text[end] == "_")):
@@ -2540,8 +2600,6 @@ MIGRATIONS = (
     """),
 )
 
-SQLITE_BUSY_TIMEOUT_MS = 5000
-FAILURE_WINDOW = 60.0         # seconds /up stays red after a refused write or a damaged read, unless a write succeeds
 # The SQLite result codes that mean "this change can't be saved right now" (503), not a bug (500):
 # https://sqlite.org/rescode.html, primary codes.
 SQLITE_UNAVAILABLE_CODES = frozenset((5, 6, 8, 10, 13, 14))  # BUSY LOCKED READONLY IOERR FULL CANTOPEN
@@ -2763,11 +2821,11 @@ class Database:
             log.warning("removed %d search rows of messages that were never saved", orphans)
         return orphans
 
-    def migrate(self):
+    def migrate(self, migrations=MIGRATIONS):
         self.execute('CREATE TABLE IF NOT EXISTS "campfire_py_migrations" '
                      '("name" varchar PRIMARY KEY NOT NULL, "applied_at" datetime(6) NOT NULL)')
         done = {row[0] for row in self.all('SELECT name FROM campfire_py_migrations')}
-        for name, script in MIGRATIONS:
+        for name, script in migrations:
             if name in done:
                 continue
             with self.atomic():
@@ -2878,8 +2936,9 @@ class SessionInfo:
 class Store:
     """Every query the domain needs, as literal SQL with bound parameters."""
 
-    def __init__(self, db):
+    def __init__(self, db, config):
         self.db = db
+        self.config = config
         self._users = {}        # id → User; dropped whenever a user row changes
         self._sessions = {}     # token digest → SessionInfo
         self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids})
@@ -2932,7 +2991,7 @@ class Store:
         cursor = self.db.execute(
             "INSERT INTO users (name, email_address, password_digest, role, status, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (name, email, password_digest or hash_password(password), role, STATUS_ACTIVE, now, now))
+            (name, email, password_digest or hash_password(password, self.config.scrypt_n), role, STATUS_ACTIVE, now, now))
         user_id = cursor.lastrowid
         for row in self.db.all("SELECT id FROM rooms WHERE type = ?", (ROOM_OPEN,)):
             self.add_membership(row["id"], user_id, now=now)
@@ -2947,17 +3006,17 @@ class Store:
     # Sessions --------------------------------------------------------------
     def create_session(self, user_id, ip_address, user_agent, now=None):
         """A new session; returns the token for the cookie (only its digest is stored)."""
-        token = random_token()
+        token = random_token(SESSION_TOKEN_BYTES)
         stamp = utc_now_text(now)
         self.db.execute(
             "INSERT INTO sessions (user_id, token, ip_address, user_agent, last_active_at, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (user_id, token_digest(token), ip_address, user_agent[:255], stamp, stamp, stamp))
+            (user_id, token_digest(token), ip_address, user_agent[:MAX_USER_AGENT_CHARS], stamp, stamp, stamp))
         return token
 
     def session_for(self, token, now):
         """The session a cookie names, refreshing last_active_at at most hourly."""
-        if not token or len(token) > 200:
+        if not token or len(token) > MAX_SESSION_TOKEN_CHARS:
             return None
         digest = token_digest(token)
         info = self._sessions.get(digest)
@@ -2966,7 +3025,7 @@ class Store:
             if row is None:
                 return None
             info = SessionInfo(row["id"], row["user_id"], parse_db_time(row["last_active_at"]) or 0)
-            if len(self._sessions) > 50_000:
+            if len(self._sessions) > SESSIONS_KEPT:
                 self._sessions.clear()
             self._sessions[digest] = info
         if now - info.last_active > SESSION_REFRESH_SECONDS:
@@ -2992,7 +3051,7 @@ class Store:
             row = self.db.one("SELECT * FROM rooms WHERE id = ?", (room_id,))
             if row is None:
                 return None
-            if len(self._rooms) > 10_000:
+            if len(self._rooms) > ROOMS_KEPT:
                 self._rooms.clear()
             room = self._rooms[room_id] = Room.from_row(row)
         return room
@@ -3252,8 +3311,8 @@ class Store:
         if not message_ids:
             return {}
         boosts = collections.defaultdict(list)
-        for start in range(0, len(message_ids), 500):
-            chunk = message_ids[start:start + 500]
+        for start in range(0, len(message_ids), SQLITE_IN_CHUNK):
+            chunk = message_ids[start:start + SQLITE_IN_CHUNK]
             for row in self.db.all("SELECT id, message_id, booster_id, content FROM boosts WHERE message_id IN (%s) "
                                    "ORDER BY id" % ",".join("?" * len(chunk)), chunk):
                 boosts[row["message_id"]].append(row)
@@ -3285,13 +3344,14 @@ class Store:
         if match is None:
             return []
         rooms = self.user_rooms(user_id)
+        probe_limit = self.config.search_probe_limit
         probe = self.db.all("SELECT rowid FROM message_search_index WHERE message_search_index MATCH ? "
-                            "ORDER BY rowid DESC LIMIT ?", (match, SEARCH_PROBE_LIMIT))
+                            "ORDER BY rowid DESC LIMIT ?", (match, probe_limit))
         candidate_ids = [row[0] for row in probe]
         marks = ",".join("?" * len(candidate_ids)) or "NULL"
         visible = [row[0] for row in self.db.all("SELECT id, room_id FROM messages WHERE id IN (%s) ORDER BY id DESC"
                                                  % marks, candidate_ids) if row[1] in rooms][:limit]
-        if len(visible) == limit or len(probe) < SEARCH_PROBE_LIMIT:
+        if len(visible) == limit or len(probe) < probe_limit:
             rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s) ORDER BY messages.id DESC"
                                % (",".join("?" * len(visible)) or "NULL"), visible)
         else:
@@ -3335,7 +3395,7 @@ class Store:
     def users_matching(self, query, user_ids=None, limit=AUTOCOMPLETE_LIMIT):
         pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         rows = self.db.all("SELECT * FROM users WHERE status = ? AND name LIKE ? ESCAPE '\\' "
-                           "ORDER BY lower(name), id LIMIT 500", (STATUS_ACTIVE, pattern))
+                           "ORDER BY lower(name), id LIMIT ?", (STATUS_ACTIVE, pattern, AUTOCOMPLETE_CANDIDATES))
         users = [User.from_row(row) for row in rows]
         if user_ids is not None:
             allowed = set(user_ids)
@@ -3822,7 +3882,7 @@ async def first_run(app, request):
     values, errors = _user_form(request.form)
     if errors:
         return render_first_run(app, request, values, errors, status=422)
-    digest = await app.off_loop(hash_password, values["user[password]"])
+    digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n)
     with app.db.atomic():
         if app.store.account() is not None:  # someone else finished first run meanwhile
             return redirect("/")
@@ -3880,7 +3940,7 @@ async def sign_in(app, request):
         return render_sign_in(app, request, email, "Too many requests or unauthorized.", 429)
     user = app.store.user_by_email(email) if email else None
     # Every attempt checks a password, an unknown address's against a digest nothing matches.
-    digest = user.password_digest if user is not None and user.password_digest else unknown_password_digest()
+    digest = user.password_digest if user is not None and user.password_digest else unknown_password_digest(app.config.scrypt_n)
     try:
         matches = await app.off_loop(check_password, password, digest)
     except PasswordUnsupported:
@@ -3935,7 +3995,7 @@ async def join(app, request, join_code):
     email = values["user[email_address]"]
     if app.store.user_by_email(email) is not None:
         return redirect("/session/new?" + urllib.parse.urlencode({"email_address": email}))
-    digest = await app.off_loop(hash_password, values["user[password]"])
+    digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n)
     if app.store.user_by_email(email) is not None:  # the same address joined while this one hashed
         return redirect("/session/new?" + urllib.parse.urlencode({"email_address": email}))
     with app.db.atomic():
@@ -4251,7 +4311,7 @@ def message_page(app, request, room_id):
 def create_message(app, request, room_id):
     room = app.room_for_member(request, room_id)
     client_message_id = request.form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
-        or random_hex(16)
+        or random_hex(CLIENT_MESSAGE_ID_BYTES)
     message, created = app.post_message(room, request.user, request.form.get("message[body]", ""), client_message_id)
     if _navigating(request):
         return redirect("/rooms/%d" % room.id)
@@ -4513,23 +4573,9 @@ def autocompletable_users(app, request):
 
 
 # Account, people, profiles, sign-in transfer and QR codes --------------------------
-# CAMPFIRE.md, "Accounts and users" and "Sessions". Everyone sees the account
-# page (name, invitation link, people); administrators change it, manage people
-# (roles, deactivation, bans) and the custom CSS. The constants below may move
-# to section 1.
+# Everyone sees the account page (name, invitation link, people); administrators
+# change it, manage people (roles, deactivation, bans) and the custom CSS.
 
-ACCOUNT_USERS_PAGE_SIZE = 500              # CAMPFIRE.md: the account page lists people 500 at a time
-MAX_ACCOUNT_NAME_CHARS = 100
-MAX_CUSTOM_STYLES_BYTES = 64 * 1024        # 413 past it: a theme, not a framework
-CUSTOM_STYLES_BODY_LIMIT = 3 * MAX_CUSTOM_STYLES_BYTES + FORM_BODY_LIMIT  # percent-encoding triples a byte
-TRANSFER_TOKEN_SECONDS = 4 * 3600          # CAMPFIRE.md: signed_id(purpose: :transfer, expires_in: 4.hours)
-MAX_QR_CODE_TEXT_BYTES = 1024              # 400 past it: our links are far shorter, and it bounds the CPU a
-                                           # public request can spend (about 40 ms for 1 KiB)
-QR_CODE_CACHE_CONTROL = "public, max-age=31536000, immutable"  # CAMPFIRE.md: QR codes cached for a year
-QR_CODES_KEPT = 256                        # drawn codes remembered (each ~10 KB of SVG): a link shown
-                                           # again costs nothing
-QR_CODE_LIMIT = (30, 60.0)                 # codes drawn afresh per IP per minute → 429 (each costs tens of ms)
-MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted this many per event-loop turn
 _BASE64URL_RE = re.compile(r"\A[A-Za-z0-9_-]+={0,2}\Z")
 _TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
 
@@ -4707,7 +4753,7 @@ def _purge_messages_step(app, user_id):
     if user is None or user.status != STATUS_BANNED:  # unbanned meanwhile: keep what is left
         return False
     messages = app.db.all(app.store.MESSAGE_COLUMNS + "WHERE messages.creator_id = ? ORDER BY messages.id LIMIT ?",
-                          (user_id, MESSAGE_PURGE_CHUNK))
+                          (user_id, app.config.message_purge_chunk))
     if not messages:
         return False
     with app.db.atomic():
@@ -4715,7 +4761,7 @@ def _purge_messages_step(app, user_id):
             app.store.delete_message(message)
     for message in messages:
         app.events.message_removed(message)
-    return len(messages) == MESSAGE_PURGE_CHUNK
+    return len(messages) == app.config.message_purge_chunk
 
 
 def run_in_background(app, step):
@@ -5145,7 +5191,7 @@ async def update_profile(app, request):
         return render_profile(app, request, values, errors, status=429)
     if errors:
         return render_profile(app, request, values, errors, status=422)
-    digest = await app.off_loop(hash_password, password) if password else None
+    digest = await app.off_loop(hash_password, password, app.config.scrypt_n) if password else None
     try:
         with app.db.atomic():
             app.db.execute("UPDATE users SET name = ?, email_address = ?, bio = ?, updated_at = ? WHERE id = ?",
@@ -5225,24 +5271,9 @@ def qr_code(app, request, code):
 # Administrators manage bots on /account/bots. Webhook deliveries (the other
 # half) are background work: see Webhooks, after the application.
 
-BOT_TOKEN_CHARS = 12                     # CAMPFIRE.md: key "<id>-<12 alnum>"
 BOT_KEY_RE = re.compile(r"([0-9]{1,18})-([A-Za-z0-9]{%d})\Z" % BOT_TOKEN_CHARS)
-BOT_API_LIMIT = (300, 60.0)              # bot API requests per key per minute → 429
-MAX_WEBHOOK_URL_CHARS = 2048             # 2 KB: the form refuses longer URLs
 BOT_ROLE_NAMES = {ROLE_MEMBER: "member", ROLE_ADMINISTRATOR: "administrator", ROLE_BOT: "bot"}
 BOT_MESSAGES_PATH = "/rooms/<int:room_id>/<bot_key>/messages"
-
-# Webhooks (CAMPFIRE.md: 7 s per connect and per read, no retries; the Rust
-# port's bounds for the rest). A reply is a message, and a message holds
-# MAX_MESSAGE_BODY_CHARS, so 1 MiB is already generous (Rust allows 100 MB,
-# for attachments, which this server doesn't take from webhooks).
-WEBHOOK_TIMEOUT = 7.0                    # seconds to connect, and for each read and write
-WEBHOOK_TIMEOUT_REPLY = "Failed to respond within 7 seconds"  # Campfire's words, posted as the bot
-WEBHOOK_TOTAL_TIMEOUT = 60.0             # seconds for a whole delivery (a reply that trickles)
-MAX_WEBHOOK_REPLY_BYTES = 1024 * 1024    # a longer reply body is refused, nothing posted
-MAX_WEBHOOK_HEAD_BYTES = 64 * 1024       # the reply's status line and headers
-WEBHOOK_QUEUE_SIZE = 1000                # deliveries waiting; past it new ones are dropped (logged)
-WEBHOOK_WORKERS = 8                      # deliveries in flight at once (a slow bot holds one)
 
 
 def generate_bot_token():
@@ -5451,7 +5482,7 @@ def bot_create_message(app, request, room, bot, bot_key):
     """The raw body is the message (HTML, sanitized like any other) → 201 and its Location."""
     if _posts_an_attachment(request):
         raise Unprocessable("Attachments are not supported by this server yet: post the message as text.")
-    message, _ = app.post_message(room, bot, _raw_text(request), random_hex(16))
+    message, _ = app.post_message(room, bot, _raw_text(request), random_hex(CLIENT_MESSAGE_ID_BYTES))
     return Response(b"", 201, None, [("Location", "/messages/%d" % message["id"])])
 
 
@@ -5690,12 +5721,6 @@ def delete_bot(app, request, bot_id):
 # has, and broadcasts. A broadcast is encoded once per identifier (plain and
 # deflated) and the same bytes are written to every subscriber.
 
-MAX_CABLE_SEND_BUFFER = 256 * 1024       # a reader this far behind is dropped
-CABLE_LIVENESS_PING = 15.0               # seconds between WebSocket pings
-CABLE_DEAD_AFTER = 45.0                  # no bytes from a peer this long: it is gone
-CABLE_CLOSE_TIMEOUT = 5.0                # our close unanswered this long: drop the socket
-CABLE_REFUSALS = (30, 60.0)              # refused handshakes per IP per minute → 429
-TYPING_THROTTLE = 0.5                    # seconds between typing starts we relay per connection
 
 
 class CableConnection:
@@ -5749,11 +5774,11 @@ class CableConnection:
             self.flush()
 
     def close(self, code=CLOSE_NORMAL, reason=""):
-        """Start the closing handshake; a peer that doesn't answer within CABLE_CLOSE_TIMEOUT is dropped."""
+        """Start the closing handshake; a peer that doesn't answer within config.cable_close_timeout is dropped."""
         if self.ws.state is WebSocketState.OPEN:
             self.ws.close(code, reason)
             self.closing_at = self.cable.now()
-            self.http.deadline = self.http.server.loop.time() + CABLE_CLOSE_TIMEOUT
+            self.http.deadline = self.http.server.loop.time() + self.cable.app.config.cable_close_timeout
             self.flush()
 
     def drop(self):
@@ -6034,13 +6059,14 @@ class Cable:
         batch = self._beat_queue[-self._beat_slice:]
         del self._beat_queue[-self._beat_slice:]
         now = self.now()
+        close_timeout = self.app.config.cable_close_timeout
         ping = {True: None, False: None}
         text = json.dumps({"type": "ping", "message": int(time.time())})
         for connection in batch:
             if connection not in self.connections:
                 continue
             if connection.closing_at is not None:
-                if now - connection.closing_at > CABLE_CLOSE_TIMEOUT:
+                if now - connection.closing_at > close_timeout:
                     connection.http.close()
                 continue
             if now - connection.last_seen > CABLE_DEAD_AFTER:
@@ -6129,7 +6155,7 @@ class StaticFiles:
         if recent is not None and now - recent[0] < STATIC_RECHECK_SECONDS:
             return recent[1]
         entry = self._load(relative)
-        if len(self._recent) > 1000:
+        if len(self._recent) > STATIC_PATHS_KEPT:
             self._recent.clear()
         self._recent[relative] = (now, entry)
         return entry
@@ -6322,6 +6348,19 @@ class Config:
     log_level: str = "INFO"
     static_root: str = STATIC_ROOT
     cache: bool = True            # rendered pages and messages; off only to measure without
+    # Tunables, each defaulting to its constant in section 1 (the unit and the reason
+    # are there); tests make the slow ones fast.
+    scrypt_n: int = SCRYPT_N
+    password_queue_limit: int = PASSWORD_QUEUE_LIMIT
+    header_timeout: float = HEADER_TIMEOUT
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    sweep_interval: float = SWEEP_INTERVAL
+    idle_release_after: float = IDLE_RELEASE_AFTER
+    cable_close_timeout: float = CABLE_CLOSE_TIMEOUT
+    webhook_timeout: float = WEBHOOK_TIMEOUT
+    webhook_queue_size: int = WEBHOOK_QUEUE_SIZE
+    message_purge_chunk: int = MESSAGE_PURGE_CHUNK
+    search_probe_limit: int = SEARCH_PROBE_LIMIT
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -6363,7 +6402,7 @@ class App:
         except sqlite3.Error as error:
             self.db.connection.close()
             raise ConfigError("%s can't be used (%s)." % (self.config.resolved_database_path, error)) from error
-        self.store = Store(self.db)
+        self.store = Store(self.db, self.config)
         self.db.on_rollback = self.forget_cached
         self.signer = Signer(self.config.secret_key_base or self._stored_secret())
         self.router = Router(handler for handler in list(globals().values())
@@ -6413,7 +6452,7 @@ class App:
                 return secret
         except FileNotFoundError:
             pass
-        secret = random_hex(64)
+        secret = random_hex(SECRET_KEY_BASE_BYTES)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as file:
             file.write(secret + "\n")
@@ -6427,9 +6466,9 @@ class App:
 
     async def off_loop(self, function, *args):
         """function(*args) in the worker threads, for blocking work such as a password hash;
-        503 when PASSWORD_QUEUE_LIMIT calls are already waiting."""
-        if self._work_waiting >= PASSWORD_QUEUE_LIMIT:
-            raise ServiceUnavailable("The server is busy. Try again in a moment.", headers=[("Retry-After", "5")])
+        503 when config.password_queue_limit calls are already waiting."""
+        if self._work_waiting >= self.config.password_queue_limit:
+            raise ServiceUnavailable("The server is busy. Try again in a moment.", headers=[("Retry-After", "%d" % BUSY_RETRY_AFTER_SECONDS)])
         if self._workers is None:
             import concurrent.futures  # here: most starts never sign anyone in
             self._workers = concurrent.futures.ThreadPoolExecutor(PASSWORD_WORKERS, "campfire-worker")
@@ -6577,7 +6616,7 @@ class App:
             methods = (method,) if method != "POST" else ("POST", "PATCH", "PUT", "DELETE")
             limits = [found[1].body_limit for candidate in methods if (found := self.router.match(candidate, path))]
             limit = max(limits) if limits else FORM_BODY_LIMIT
-            if len(self._body_limits) > 10_000:
+            if len(self._body_limits) > BODY_LIMITS_KEPT:
                 self._body_limits.clear()
             self._body_limits[key] = limit
         return limit
@@ -6731,7 +6770,7 @@ class WebhookFailed(CampfireError):
 
 
 class WebhookTimedOut(WebhookFailed):
-    """Connecting, or one read or write, took longer than WEBHOOK_TIMEOUT."""
+    """Connecting, or one read or write, took longer than config.webhook_timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -6941,9 +6980,9 @@ class Webhooks:
             self.enqueue(delivery)
 
     def enqueue(self, delivery):
-        if len(self.pending) >= WEBHOOK_QUEUE_SIZE:
+        if len(self.pending) >= self.app.config.webhook_queue_size:
             log.warning("webhook queue full (%d): dropped message %d for bot %d",
-                        WEBHOOK_QUEUE_SIZE, delivery.message_id, delivery.bot_id)
+                        self.app.config.webhook_queue_size, delivery.message_id, delivery.bot_id)
             return
         self.pending.append(delivery)
         if self._wakeup is not None:
@@ -7019,26 +7058,26 @@ class Webhooks:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
                 split.hostname, port, ssl=self._tls_context() if https else None,
-                server_hostname=split.hostname if https else None), WEBHOOK_TIMEOUT)
+                server_hostname=split.hostname if https else None), self.app.config.webhook_timeout)
         except TimeoutError:
-            raise WebhookTimedOut("no connection within %gs" % WEBHOOK_TIMEOUT) from None
+            raise WebhookTimedOut("no connection within %gs" % self.app.config.webhook_timeout) from None
         try:
             writer.write(webhook_request_bytes(url, payload))
             await self._step(writer.drain(), "sending")
             response = WebhookResponseReader()
             while True:
-                data = await self._step(reader.read(64 * 1024), "reading")
+                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
                 if response.receive_data(data) if data else response.receive_eof():
                     return response
         finally:
             writer.transport.abort()
 
-    @staticmethod
-    async def _step(awaitable, doing):
+    async def _step(self, awaitable, doing):
+        timeout = self.app.config.webhook_timeout
         try:
-            return await asyncio.wait_for(awaitable, WEBHOOK_TIMEOUT)
+            return await asyncio.wait_for(awaitable, timeout)
         except TimeoutError:
-            raise WebhookTimedOut("nothing for %gs while %s" % (WEBHOOK_TIMEOUT, doing)) from None
+            raise WebhookTimedOut("nothing for %gs while %s" % (timeout, doing)) from None
 
     def _tls_context(self):
         if self._tls is None:
@@ -7055,7 +7094,7 @@ class Webhooks:
             log.info("webhook reply from bot %d dropped: the bot or the room is gone", delivery.bot_id)
             return
         try:
-            app.post_message(room, bot, text, random_hex(16))
+            app.post_message(room, bot, text, random_hex(CLIENT_MESSAGE_ID_BYTES))
         except HttpError as error:
             log.warning("webhook reply from bot %d not posted: %s", delivery.bot_id, error.message)
         except Exception:
@@ -7099,7 +7138,7 @@ class HttpConnection(asyncio.Protocol):
         self.remote_addr = peer[0] if peer else "0.0.0.0"
         self.server.connections.add(self)
         now = self.server.loop.time()
-        self.head_deadline = now + HEADER_TIMEOUT
+        self.head_deadline = now + self.server.header_timeout
         self.deadline = self.head_deadline
         transport.set_write_buffer_limits(high=MAX_WRITE_BUFFER_BYTES)
 
@@ -7160,14 +7199,14 @@ class HttpConnection(asyncio.Protocol):
         now = self.server.loop.time()
         if not parser.has_partial_request:  # every request answered: the usual case
             self.head_deadline = None
-            self.deadline = now + KEEPALIVE_TIMEOUT
+            self.deadline = now + self.server.keepalive_timeout
         elif parser.reading_body:
             if parser.wants_continue():
                 transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.deadline = now + BODY_IDLE_TIMEOUT
         else:
             if self.head_deadline is None:
-                self.head_deadline = now + HEADER_TIMEOUT
+                self.head_deadline = now + self.server.header_timeout
             self.deadline = self.head_deadline
 
     def _respond(self, request, response):
@@ -7263,7 +7302,9 @@ class Server:
         self._batch_seen = 0
         self._handled_seen = self._handled_released = 0   # see release_memory_when_idle()
         self._quiet_since = 0.0
-        self.max_connections = max(16, raise_open_file_limit() - open_file_count() - FILE_DESCRIPTOR_RESERVE)
+        self.header_timeout, self.keepalive_timeout = app.config.header_timeout, app.config.keepalive_timeout
+        self.release_memory = release_free_memory   # after a burst and a quiet spell
+        self.max_connections = max(MIN_CONNECTIONS, raise_open_file_limit() - open_file_count() - FILE_DESCRIPTOR_RESERVE)
 
     async def start(self):
         self.loop = asyncio.get_running_loop()
@@ -7324,22 +7365,22 @@ class Server:
     async def _sweep(self):
         """Drop connections past their deadline: slow heads, stalled bodies, idle keep-alives."""
         while not self.stopping:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await asyncio.sleep(self.app.config.sweep_interval)
             now = self.loop.time()
             for connection in [c for c in self.connections if c.deadline < now]:
                 connection.close()
             self.release_memory_when_idle(now)
 
     def release_memory_when_idle(self, now):
-        """After a burst of requests and IDLE_RELEASE_AFTER seconds of quiet, hand
+        """After a burst of requests and config.idle_release_after seconds of quiet, hand
         what the burst freed back to the OS (once per burst: a full collection
         takes milliseconds, which only a quiet server can spare)."""
         handled = self.app.requests_handled
         if handled != self._handled_seen:
             self._handled_seen, self._quiet_since = handled, now
-        elif handled != self._handled_released and now - self._quiet_since >= IDLE_RELEASE_AFTER:
+        elif handled != self._handled_released and now - self._quiet_since >= self.app.config.idle_release_after:
             self._handled_released = handled
-            release_free_memory()
+            self.release_memory()
 
     async def stop(self):
         """Stop accepting, let in-flight requests finish (bounded), close the database."""
@@ -7356,12 +7397,12 @@ class Server:
         while self.connections and self.loop.time() < deadline:
             for connection in [c for c in self.connections if c.idle]:
                 connection.close()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(SHUTDOWN_POLL_INTERVAL)
         self.commit_and_answer()
         self.app.request_log.flush()
         for connection in list(self.connections):
             if connection.upgraded is not None:
-                await asyncio.sleep(0.1)  # let the close frames reach the clients
+                await asyncio.sleep(CLOSE_FRAMES_GRACE)
                 break
         for connection in list(self.connections):
             connection.close()
@@ -7429,7 +7470,7 @@ async def serve(config):
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         server.loop.add_signal_handler(signal_number, stop.set)
     log.info("Campfire %s listening on %s://%s:%d", VERSION, server.scheme, config.host, server.port)
-    server.loop.call_later(1.0, release_free_memory)
+    server.loop.call_later(FIRST_RELEASE_AFTER, release_free_memory)
     await stop.wait()
     log.info("shutting down")
     await server.stop()
@@ -7446,7 +7487,6 @@ SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room messag
               "weekend morning evening thanks great nice awesome sounds good agree maybe later soon "
               "python sqlite network socket browser phone laptop keyboard music sound trombone tada").split()
 SEED_PASSWORD = "password"
-SEED_BATCH = 5000
 
 
 def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, now=None):
@@ -7458,7 +7498,7 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
     progress = progress or (lambda label, done, total: None)
     now = time.time() if now is None else now
     db, store = app.db, app.store
-    digest = hash_password(SEED_PASSWORD)
+    digest = hash_password(SEED_PASSWORD, app.config.scrypt_n)
     with db.atomic():
         if store.account() is None:
             stamp = utc_now_text(now)

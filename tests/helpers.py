@@ -2,6 +2,7 @@
 in-process client that keeps cookies, and a real server on 127.0.0.1:0."""
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -15,13 +16,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import campfire  # noqa: E402
 
-campfire.SCRYPT_N = 2 ** 10  # tests hash many passwords; the format records n, so checks still work
+TEST_SCRYPT_N = 2 ** 10  # tests hash many passwords; the digest records n, so checks still work
 
 
 def make_app(storage=None, **overrides):
+    """An App on fresh (or the given) storage; overrides are Config fields."""
     storage = storage or tempfile.mkdtemp(prefix="campfire-test-")
+    overrides.setdefault("scrypt_n", TEST_SCRYPT_N)
     config = campfire.Config(storage_path=storage, **overrides)
     return campfire.App(config)
+
+
+@contextlib.contextmanager
+def config_value(config, name, value):
+    """A Config field set to value for the length of a with block (the app reads it when it needs it)."""
+    saved = getattr(config, name)
+    setattr(config, name, value)
+    try:
+        yield
+    finally:
+        setattr(config, name, saved)
 
 
 class Client:
@@ -99,9 +113,9 @@ class AppTestCase(unittest.TestCase):
 class LiveServer:
     """The real asyncio server on 127.0.0.1 with an ephemeral port, in a thread."""
 
-    def __init__(self, storage=None):
+    def __init__(self, storage=None, **overrides):
         self.storage = storage or tempfile.mkdtemp(prefix="campfire-live-")
-        self.app = make_app(self.storage, host="127.0.0.1", port=0)
+        self.app = make_app(self.storage, host="127.0.0.1", port=0, **overrides)
         self.loop = asyncio.new_event_loop()
         self.server = campfire.Server(self.app, "127.0.0.1", 0)
         ready = threading.Event()

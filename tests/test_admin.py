@@ -13,7 +13,7 @@ import unittest
 import urllib.parse
 from unittest import mock
 
-from tests.helpers import AppTestCase, CableClient, Client, LiveServer, campfire, sign_in_cookie
+from tests.helpers import AppTestCase, CableClient, Client, LiveServer, campfire, config_value, sign_in_cookie
 
 CSS = "body { outline: 3px solid rgb(1, 2, 3) }"
 
@@ -436,7 +436,7 @@ class BanTests(AdminTestCase):
         self.app.events.subscribe(type("Listener", (), {"message_removed": lambda _, m: removed.append(m["id"])})())
 
         async def scenario():
-            with mock.patch.object(campfire, "MESSAGE_PURGE_CHUNK", 2):
+            with config_value(self.app.config, "message_purge_chunk", 2):
                 response = self.client.post("/users/%d/ban" % self.bob_user.id)
                 self.assertEqual(response.status, 303)
                 self.assertEqual(self.bob_messages(), 5)  # the request didn't wait for the deletion
@@ -453,7 +453,7 @@ class BanTests(AdminTestCase):
         self.post_messages(self.bob, 5)
 
         async def scenario():
-            with mock.patch.object(campfire, "MESSAGE_PURGE_CHUNK", 2):
+            with config_value(self.app.config, "message_purge_chunk", 2):
                 self.client.post("/users/%d/ban" % self.bob_user.id)
                 await asyncio.sleep(0)
                 self.delete(self.client, "/users/%d/ban" % self.bob_user.id)
@@ -702,7 +702,7 @@ class LiveServerTests(unittest.TestCase):
         cable = CableClient(self.port, self.bob)
         self.addCleanup(cable.close)
         self.assertEqual(cable.recv_json()["type"], "welcome")
-        with mock.patch.object(campfire, "MESSAGE_PURGE_CHUNK", 2):
+        with config_value(self.server.app.config, "message_purge_chunk", 2):
             self.assertEqual(self.request("POST", "/users/%d/ban" % self.bob_id, self.ada), 303)
             message = cable.recv_json()
             self.assertEqual(message, {"type": "disconnect", "reason": "unauthorized", "reconnect": False})

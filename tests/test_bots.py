@@ -741,9 +741,7 @@ class WebhookTests(BotTestCase):
         self.assertEqual(self.bot_messages(bot_id, 1), ["Failed to respond within 7 seconds"])
 
     def patch_timeout(self, seconds):
-        original = campfire.WEBHOOK_TIMEOUT
-        campfire.WEBHOOK_TIMEOUT = seconds
-        self.addCleanup(setattr, campfire, "WEBHOOK_TIMEOUT", original)
+        self.app.config.webhook_timeout = seconds
 
     @unittest.skipUnless(shutil.which("openssl"), "openssl makes the test certificate")
     def test_https_webhooks_verify_the_certificate(self):
@@ -774,9 +772,7 @@ class WebhookTests(BotTestCase):
         return receiver
 
     def test_the_queue_is_bounded_and_drops_with_a_log_line(self):
-        original = campfire.WEBHOOK_QUEUE_SIZE
-        campfire.WEBHOOK_QUEUE_SIZE = 2
-        self.addCleanup(setattr, campfire, "WEBHOOK_QUEUE_SIZE", original)
+        self.app.config.webhook_queue_size = 2
         self.make_bot("Helper", "http://127.0.0.1:9/")
         self.post_id(self.bob, 1, "@Helper one")
         self.post_id(self.bob, 1, "@Helper two")
@@ -957,9 +953,7 @@ class LiveBotTests(unittest.TestCase):
         self.assertEqual(json.loads(receiver.requests[0][3])["message"]["body"]["plain"], "deploy")
 
     def test_a_hanging_webhook_never_slows_the_chat_and_posts_failed_to_respond(self):
-        original = campfire.WEBHOOK_TIMEOUT
-        campfire.WEBHOOK_TIMEOUT = 0.5
-        self.addCleanup(setattr, campfire, "WEBHOOK_TIMEOUT", original)
+        self.live.app.config.webhook_timeout = 0.5
         receiver = Receiver(hang())
         self.addCleanup(receiver.close)
         bot_id, key = self.make_bot("Sleepy", receiver.url)

@@ -94,9 +94,7 @@ class RevokedSessionTests(CableLimitsTestCase):
 
 class UnauthenticatedTests(CableLimitsTestCase):
     def test_a_socket_without_a_session_that_ignores_our_close_is_dropped(self):
-        saved = campfire.CABLE_CLOSE_TIMEOUT
-        campfire.CABLE_CLOSE_TIMEOUT = 1.0
-        self.addCleanup(setattr, campfire, "CABLE_CLOSE_TIMEOUT", saved)
+        self.server.app.config.cable_close_timeout = 1.0
         client = self.connect()
         self.assertEqual(client.recv_json()["reason"], "unauthorized")
         started = time.monotonic()

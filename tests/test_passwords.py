@@ -77,10 +77,7 @@ class LivePasswordTests(unittest.TestCase):
     """Over real sockets, with the full scrypt cost (about 50 ms of CPU a hash)."""
 
     def setUp(self):
-        self.saved = campfire.SCRYPT_N
-        campfire.SCRYPT_N = 2 ** 14
-        self.addCleanup(setattr, campfire, "SCRYPT_N", self.saved)
-        self.live = LiveServer()
+        self.live = LiveServer(scrypt_n=campfire.SCRYPT_N)
         self.addCleanup(self.live.stop)
         first_run_cookie(self.live.port)
 
@@ -119,8 +116,7 @@ class LivePasswordTests(unittest.TestCase):
         self.assertLess(max(latencies), 0.3, "worst /up %.0f ms" % (1000 * max(latencies)))
 
     def test_too_many_hashes_waiting_answer_503_not_an_ever_longer_wait(self):
-        campfire.PASSWORD_QUEUE_LIMIT, saved = 2, campfire.PASSWORD_QUEUE_LIMIT
-        self.addCleanup(setattr, campfire, "PASSWORD_QUEUE_LIMIT", saved)
+        self.live.app.config.password_queue_limit = 2
         work = [lambda source="127.0.0.%d" % (2 + index): post_sign_in(
             self.live.port, source, "ada@example.com", "wrong-password") for index in range(8)]
         statuses, _ = self.up_latency_during(work)

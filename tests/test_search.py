@@ -5,9 +5,8 @@ and the 10 recent searches kept per user."""
 import re
 import unittest
 import urllib.parse
-from unittest import mock
 
-from tests.helpers import Client, campfire
+from tests.helpers import Client, campfire, config_value
 from tests.test_messages import seed_messages
 from tests.test_rooms import ChatTestCase, message_ids
 
@@ -74,14 +73,14 @@ class SearchTests(ChatTestCase):
         open_hits = seed_messages(self.app, 1, self.bob_id, 2, word="fallback", start=campfire.time.time() - 100)
         newest_closed = seed_messages(self.app, self.closed, self.carol_id, 3, word="fallback",
                                       start=campfire.time.time() - 50)
-        with mock.patch.object(campfire, "SEARCH_PROBE_LIMIT", 5):
+        with config_value(self.app.config, "search_probe_limit", 5):
             self.assertEqual(results(self.dave, "fallback"), open_hits)
             self.assertEqual(results(self.bob, "fallback"), closed_hits + open_hits + newest_closed)
             self.assertEqual([row["id"] for row in self.app.store.search(self.dave_id, "fallback")], open_hits)
 
     def test_fallback_also_returns_only_the_newest_100(self):
         ids = seed_messages(self.app, 1, self.bob_id, 120, word="plenty")
-        with mock.patch.object(campfire, "SEARCH_PROBE_LIMIT", 5):
+        with config_value(self.app.config, "search_probe_limit", 5):
             self.assertEqual(results(self.ada, "plenty"), ids[-100:])
 
     def test_removed_member_no_longer_finds_the_rooms_messages(self):

@@ -264,11 +264,8 @@ class TimeoutTest(unittest.TestCase):
     SWEEP_INTERVAL = 0.05
 
     def setUp(self):
-        saved = {name: getattr(campfire, name) for name in ("HEADER_TIMEOUT", "KEEPALIVE_TIMEOUT", "SWEEP_INTERVAL")}
-        for name in saved:
-            setattr(campfire, name, getattr(self, name))
-        self.live = LiveServer()
-        self.addCleanup(lambda: [setattr(campfire, name, value) for name, value in saved.items()])
+        self.live = LiveServer(header_timeout=self.HEADER_TIMEOUT, keepalive_timeout=self.KEEPALIVE_TIMEOUT,
+                               sweep_interval=self.SWEEP_INTERVAL)
         self.addCleanup(self.live.stop)
 
     def connect(self):
@@ -328,14 +325,11 @@ class IdleMemoryTest(unittest.TestCase):
     """After a burst of requests and a quiet spell, freed memory goes back to the OS, once."""
 
     def setUp(self):
-        saved = {name: getattr(campfire, name) for name in ("IDLE_RELEASE_AFTER", "SWEEP_INTERVAL",
-                                                              "release_free_memory")}
         self.releases = []
-        campfire.IDLE_RELEASE_AFTER, campfire.SWEEP_INTERVAL = 0.5, 0.05
-        campfire.release_free_memory = lambda: self.releases.append(time.monotonic())
-        self.addCleanup(lambda: [setattr(campfire, name, value) for name, value in saved.items()])
-        self.live = LiveServer()
+        self.live = LiveServer(idle_release_after=0.5, sweep_interval=0.05)
         self.addCleanup(self.live.stop)
+        # Counted instead of done (before any request, so no burst can be missed).
+        self.live.call(setattr, self.live.server, "release_memory", lambda: self.releases.append(time.monotonic()))
 
     def get_up(self, sock):
         sock.sendall(request_bytes("GET", "/up"))

@@ -68,13 +68,8 @@ class SchemaTests(AppTestCase):
 
     def test_failed_migration_leaves_nothing_behind(self):
         broken = campfire.MIGRATIONS + (("9999_broken", 'CREATE TABLE "half_done" (x);\nTHIS IS NOT SQL'),)
-        original = campfire.MIGRATIONS
-        campfire.MIGRATIONS = broken
-        try:
-            with self.assertRaises(sqlite3.Error):
-                self.app.db.migrate()
-        finally:
-            campfire.MIGRATIONS = original
+        with self.assertRaises(sqlite3.Error):
+            self.app.db.migrate(broken)
         self.assertNotIn("half_done", self.tables())
         self.assertIsNone(self.app.db.value("SELECT name FROM campfire_py_migrations WHERE name = '9999_broken'"))
 
