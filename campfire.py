@@ -58,7 +58,6 @@ import errno
 import functools
 import hashlib
 import hmac
-import html
 import itertools
 import json
 import logging
@@ -145,7 +144,7 @@ GZIP_LEVEL = 6
 GZIP_TYPES = ("text/", "application/json", "application/javascript",
               "image/svg+xml", "application/manifest+json")
 
-# Sessions and sign-in (CAMPFIRE.md, Sessions).
+# Sessions and sign-in (Campfire's app/controllers/sessions_controller.rb, app/models/session.rb).
 SESSION_COOKIE = "session_token"
 SESSION_COOKIE_MAX_AGE = 20 * 365 * 24 * 3600   # Rails' "permanent" cookie
 SESSION_REFRESH_SECONDS = 3600                  # last_active_at, at most hourly
@@ -178,7 +177,7 @@ PASSWORD_CHANGE_LIMIT = (5, 600.0)              # password changes per person pe
 LAST_ROOM_COOKIE = "last_room"
 JOIN_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
-# Chat (CAMPFIRE.md, Messages and Search).
+# Chat (Campfire's app/models/message.rb, app/controllers/searches_controller.rb).
 MESSAGE_PAGE_SIZE = 40            # a room page, a ?before=/?after= page, each side of a permalink
 MAX_REFRESH_MESSAGES = 500        # /refresh?since= catches up at most this many
 MESSAGE_DELETIONS_KEPT_SECONDS = 7 * 24 * 3600  # how long /refresh remembers a deletion
@@ -267,7 +266,7 @@ SEED_BATCH = 5000
 PAGE_CACHE_ENTRIES = 4096
 MESSAGE_CACHE_ENTRIES = 20_000
 
-# Avatar colours for initials (CAMPFIRE.md: crc32 of the id, modulo 18).
+# Avatar colours for initials: crc32 of the id, modulo 18, as Campfire picks them.
 AVATAR_COLORS = ("#b91c1c", "#c2410c", "#b45309", "#4d7c0f", "#15803d", "#047857", "#0e7490", "#155e75",
                  "#0369a1", "#1d4ed8", "#4338ca", "#6d28d9", "#7e22ce", "#a21caf", "#be185d", "#be123c",
                  "#9a3412", "#0f766e")
@@ -293,7 +292,7 @@ SOUND_TEXTS = {
 SOUND_NAMES = frozenset(SOUND_TEXTS) | SOUND_PICTURES
 PLAY_RE = re.compile(r"\A/play (\w+)\Z")
 
-# The installable app (CAMPFIRE.md, PWA): colours match static/campfire.css.
+# The installable app (Campfire's app/views/pwa/): colours match static/campfire.css.
 THEME_COLOR_LIGHT = "#f6f5f3"
 THEME_COLOR_DARK = "#161513"
 
@@ -322,7 +321,7 @@ MIME_TYPES = {
     ".webmanifest": "application/manifest+json", ".woff2": "font/woff2",
 }
 
-# No inline script anywhere (PRODUCT.md §5); styles come from our files too.
+# No inline script anywhere, and styles come from our own files too.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "media-src 'self' blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
@@ -441,6 +440,17 @@ def parse_db_time(text):
     return seconds + (int(fraction.ljust(6, "0")) / 1e6 if text[19:20] == "." and fraction.isdigit() else 0)
 
 
+def escape_html(text, *, trix=False):
+    """The one escaping function: & < > " and ' as character references, as
+    html.escape writes them. trix=True writes text the way a stored message body
+    (Trix's serialization) has it: ' stays as it is and a no-break space becomes
+    &nbsp;, so sanitizing a body Rails stored gives back the same bytes."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    if trix:
+        return text.replace("\xa0", "&nbsp;")
+    return text.replace("'", "&#x27;")
+
+
 class HTML(str):
     """Markup known to be safe. Everything else is escaped on the way in.
 
@@ -462,11 +472,12 @@ class HTML(str):
 
 
 def escape(value):
+    """value as HTML: unchanged when it already is, else through escape_html."""
     if isinstance(value, HTML):
         return value
     if value is None:
         return HTML("")
-    return HTML(html.escape(str(value), quote=True))
+    return HTML(escape_html(str(value)))
 
 
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -523,7 +534,7 @@ def plain_error_page(status, message):
     """An error page that needs nothing (no database, no layout): for the parser's
     refusals and for when the database itself is down."""
     return "<!DOCTYPE html><html><body><h1>%d %s</h1><p>%s</p></body></html>" % (
-        status, STATUS_REASONS.get(status, "Error"), html.escape(message))
+        status, STATUS_REASONS.get(status, "Error"), escape_html(message))
 
 
 def b64url_encode(data):
@@ -664,7 +675,6 @@ class RateLimiter:
 # tests drive the same code. Every malformed input raises HttpError with the
 # status RFC 9112 gives it; the server answers it and closes the connection.
 
-_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # Both on a head decoded as Latin-1, so each character stands for the byte of the same value.
 _FIELD_LINE = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*"  # a token, a colon, a value without controls
 _FIELD_LINES_RE = re.compile(_FIELD_LINE + r"(?:\r\n" + _FIELD_LINE + r")*")
@@ -741,12 +751,6 @@ class Request:
         if self._cookies is None:
             self._cookies = parse_cookies(self.headers.get("cookie", ""))
         return self._cookies
-
-    def json(self):
-        try:
-            return json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as error:
-            raise BadRequest("The JSON body could not be read.") from error
 
     @property
     def origin(self):
@@ -882,7 +886,7 @@ class HttpParser:
     Content-Length is refused with 413 before any of the body is read.
     """
 
-    HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS = range(6)
+    HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS = range(5)
 
     def __init__(self, body_limit=None):
         self._body_limit = body_limit or (lambda method, path: DEFAULT_BODY_LIMIT)
@@ -1130,6 +1134,22 @@ def json_response(value, status=200, headers=None):
                     "application/json", headers)
 
 
+def etag_matches(if_none_match, etag):
+    """Whether an If-None-Match value names etag (RFC 9110 §13.1.2): "*", or an
+    entity-tag of its comma-separated list that equals etag by the weak
+    comparison (§8.8.3.2: a W/ prefix on either side is ignored)."""
+    if if_none_match is None:
+        return False
+    if if_none_match == etag:  # a browser sends back the one tag it was given
+        return True
+    opaque = etag[2:] if etag.startswith("W/") else etag
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or (candidate[2:] if candidate.startswith("W/") else candidate) == opaque:
+            return True
+    return False
+
+
 def gzip_bytes(data, level=GZIP_LEVEL):
     compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: a gzip wrapper
     return compressor.compress(data) + compressor.flush()
@@ -1205,10 +1225,8 @@ OPCODE_PONG = 0xA
 CLOSE_NORMAL = 1000  # RFC 6455 §7.4.1
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_NO_STATUS = 1005  # stands for an empty close payload; never on the wire
 CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 
@@ -1682,8 +1700,8 @@ class WebSocketProtocol:
 ####
 #### 6. Action Cable's protocol
 ####
-# The JSON dialect Rails' Action Cable speaks over a WebSocket (CAMPFIRE.md,
-# "Action Cable's JSON protocol"). Pure functions; the channels live with the
+# The JSON dialect Rails' Action Cable speaks over a WebSocket (the
+# actioncable-v1-json subprotocol). Pure functions; the channels live with the
 # server's real-time section.
 
 CABLE_WELCOME = json.dumps({"type": "welcome"})
@@ -1804,17 +1822,10 @@ _LINE_TAGS = frozenset("div li dd dt figcaption".split())
 _LIST_TAGS = frozenset(("ul", "ol"))
 
 
-def _escape_html(text):
-    """The one escaping function for text and double-quoted attribute values;
-    nbsp written as &nbsp; the way Trix's innerHTML does."""
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;").replace("\xa0", "&nbsp;"))
-
-
 def _link_urls(text):
     """Escaped text with its bare http(s) and www. URLs made into links."""
     if not _BARE_URL.search(text):  # most text runs: skip building pieces
-        return _escape_html(text)
+        return escape_html(text, trix=True)
     out, done = [], 0
     for match in _BARE_URL.finditer(text):
         url = match[0]
@@ -1828,10 +1839,10 @@ def _link_urls(text):
                 break
         url = url[:end]
         href = url if url[:1] in "hH" else "http://" + url
-        out += (_escape_html(text[done:match.start()]), '<a href="', _escape_html(href), '"',
-                _EXTERNAL_LINK, ">", _escape_html(url), "</a>")
+        out += (escape_html(text[done:match.start()], trix=True), '<a href="', escape_html(href, trix=True),
+                '"', _EXTERNAL_LINK, ">", escape_html(url, trix=True), "</a>")
         done = match.start() + len(url)
-    out.append(_escape_html(text[done:]))
+    out.append(escape_html(text[done:], trix=True))
     return "".join(out)
 
 
@@ -1908,7 +1919,7 @@ class _Sanitizer(HTMLParser):
             return
         self._flush_text()
         if kept:
-            attributes = "".join(f' {name}="{_escape_html(value)}"' for name, value in kept.items())
+            attributes = "".join(f' {name}="{escape_html(value, trix=True)}"' for name, value in kept.items())
             self.out.append(f"<{tag}{attributes}{_EXTERNAL_LINK if external else ''}>")
         else:
             self.out.append(f"<{tag}>")
@@ -1948,7 +1959,7 @@ class _Sanitizer(HTMLParser):
             text = "".join(self._text)
             self._text.clear()
             linked = self._link and not self._no_link
-            self.out.append(_link_urls(text) if linked else _escape_html(text))
+            self.out.append(_link_urls(text) if linked else escape_html(text, trix=True))
 
     def finish(self):
         self._flush_text()
@@ -1968,7 +1979,7 @@ def sanitize_html(html, *, keep_attachment=lambda sgid, content_type: True, link
     html = html.replace("\0", "")  # browsers never let NUL reach a tag name or URL intact
     if "<" not in html:  # plain text from bots and the API: no parser needed
         text = unescape(html) if "&" in html else html
-        return _link_urls(text) if link else _escape_html(text)
+        return _link_urls(text) if link else escape_html(text, trix=True)
     single_line = _SINGLE_DIV.match(html)
     if single_line:  # what the composer sends for one line: the same result, without a parser
         return "<div>" + sanitize_html(single_line[1], link=link) + "</div>"
@@ -1976,15 +1987,8 @@ def sanitize_html(html, *, keep_attachment=lambda sgid, content_type: True, link
     try:
         _feed_whole(parser, html)
     except AssertionError:  # html.parser's last-resort "should not get here" checks
-        return _escape_html(html)
+        return escape_html(html, trix=True)
     return parser.finish()
-
-
-def auto_link(html):
-    """Links bare URLs in sanitized HTML, outside <a>, <code> and <pre>. A thin
-    wrapper: sanitizing is idempotent, so this is sanitize_html(html, link=True);
-    prefer passing link=True when sanitizing to parse once."""
-    return sanitize_html(html, link=True)
 
 
 class _PlainText(HTMLParser):
@@ -2106,7 +2110,7 @@ def render_rich_text(stored_html, *, mention=lambda sgid: None):
         chip = mention(attributes.get("sgid", ""))
         if chip is not None:
             return chip
-        return match[2] or _escape_html(_fragment_text(attributes.get("content", "")))
+        return match[2] or escape_html(_fragment_text(attributes.get("content", "")), trix=True)
 
     return _ATTACHMENT_ELEMENT.sub(replace, stored_html)
 
@@ -2182,7 +2186,8 @@ def link_mentions(html_text, people):
     attachment Campfire stores. people: [(name, sgid)]; the longest name wins."""
     if not people:
         return html_text
-    candidates = sorted(((_escape_html(name).lower(), sgid) for name, sgid in people), key=lambda p: -len(p[0]))
+    candidates = sorted(((escape_html(name, trix=True).lower(), sgid) for name, sgid in people),
+                        key=lambda pair: -len(pair[0]))
     parts = _TAG_SPLIT.split(html_text)
     skipping = 0
     for index, part in enumerate(parts):
@@ -2208,7 +2213,7 @@ def _link_mentions_in_text(text, candidates):
             if following.startswith(name) and not (end < len(text) and (text[end].isalnum() or text[end] == "_")):
                 pieces.append(text[position:match.start()])
                 pieces.append('<action-text-attachment sgid="%s" content-type="%s"></action-text-attachment>'
-                              % (html.escape(sgid), MENTION_CONTENT_TYPE))
+                              % (escape_html(sgid, trix=True), MENTION_CONTENT_TYPE))
                 position = end
                 break
     pieces.append(text[position:])
@@ -2220,8 +2225,8 @@ def _link_mentions_in_text(text, candidates):
 ####
 # ISO/IEC 18004:2015, byte mode only, rendered as SVG for /qr_code/<id>.
 
-QR_LEVELS = "LMQH"
 QR_MIN_VERSION, QR_MAX_VERSION = 1, 40
+QR_LEVELS = "LMQH"  # §7.5.1: error correction levels, least to most
 _QR_MODE_BYTE = 0b0100  # §7.4.5 mode indicator for 8-bit byte data
 _QR_PAD_CODEWORDS = (0b11101100, 0b00010001)  # §7.4.10, alternated to fill capacity
 _QR_LEVEL_BITS = {"L": 0b01, "M": 0b00, "Q": 0b11, "H": 0b10}  # §7.9.1 Table 12
@@ -3225,8 +3230,8 @@ class Store:
                                    "AND creator_id = ? ORDER BY id LIMIT 1", (client_message_id, room_id, creator_id))
         return None if message_id is None else self.message(message_id)
 
-    # CAMPFIRE.md, Unread: a new message marks its room unread for visible,
-    # disconnected members other than the author.
+    # A new message marks its room unread for visible, disconnected members other
+    # than the author (Campfire's app/models/room.rb, Room#receive).
     _UNREAD_RULE = ("unread_at IS NULL AND room_id = ? AND user_id != ? AND involvement != 'invisible' "
                     "AND (connections = 0 OR connected_at IS NULL OR connected_at < ?)")
     ANY_TO_MARK_UNREAD = "SELECT 1 FROM memberships WHERE " + _UNREAD_RULE + " LIMIT 1"
@@ -3405,7 +3410,8 @@ class Store:
 
 def fts_match_expression(query):
     """A user's words as an FTS5 expression that cannot be a syntax error:
-    non-word characters become spaces and every word is quoted (CAMPFIRE.md, Search)."""
+    non-word characters become spaces (as Campfire's app/models/message/searchable.rb does)
+    and every word is quoted."""
     words = re.findall(r"\w+", str(query))[:MAX_SEARCH_WORDS]
     if not words:
         return None
@@ -3558,7 +3564,7 @@ def render_avatar(user_id, size=36):
         id=user_id, size=size)
 
 
-def render_boost(app, boost, room_id):
+def render_boost(app, boost):
     booster = app.store.user(boost["booster_id"])
     name = booster.name if booster else "Someone"
     return HTML(
@@ -3572,7 +3578,7 @@ def render_boost(app, boost, room_id):
 
 
 def message_sound(plain_text):
-    """The /play sound a message is, or None (CAMPFIRE.md, /play)."""
+    """The /play sound a message is ("/play tada" alone in it), or None."""
     match = PLAY_RE.match(plain_text) if plain_text.startswith("/play ") else None
     return match.group(1) if match and match.group(1) in SOUND_NAMES else None
 
@@ -3603,7 +3609,7 @@ def render_message(app, message, boosts=()):
         "client_id": escape(message["client_message_id"]), "created": escape(created), "short": escape(created[11:16]),
         "sound_attr": HTML(' data-sound="{}"').format(sound) if sound else "",
         "author": _message_author(app, message["creator_id"]), "edited": edited, "body": escape(body),
-        "boosts": HTML("").join(render_boost(app, boost, room_id) for boost in boosts)})
+        "boosts": HTML("").join(render_boost(app, boost) for boost in boosts)})
     app.message_cache.put(key, rendered)
     return rendered
 
@@ -3648,7 +3654,7 @@ def render_messages(app, messages):
 
 
 def room_title(app, room, viewer_id):
-    """A direct room is named by its other members (CAMPFIRE.md, Rooms)."""
+    """A direct room is named by its other members (Campfire's app/helpers/rooms_helper.rb)."""
     if room.type != ROOM_DIRECT:
         return room.name or "Untitled room"
     others = [app.store.user(user_id) for user_id in app.store.room_member_ids(room.id) if user_id != viewer_id]
@@ -3661,7 +3667,7 @@ def room_settings_path(room):
 
 
 def next_involvement(current, direct):
-    """The bell cycles as Campfire's does (CAMPFIRE.md, Involvement)."""
+    """The next involvement the bell offers, in the order Campfire's bell cycles through them."""
     if direct:
         return "nothing" if current == "everything" else "everything"
     cycle = ("mentions", "everything", "nothing", "invisible")
@@ -3852,7 +3858,7 @@ def web_manifest(app, request):
 @route("GET", "/service-worker.js", auth="public")
 @route("GET", "/service-worker", auth="public")
 def service_worker(app, request):
-    """Served from the root so its scope is the whole site (CAMPFIRE.md: no offline cache of chat)."""
+    """Served from the root so its scope is the whole site; it caches no chat, only the offline page."""
     response = app.static.response(request, "service-worker.js")
     response.headers = [(name, value) for name, value in response.headers if name != "Cache-Control"]
     response.headers.append(("Cache-Control", "no-cache"))
@@ -4453,7 +4459,7 @@ def create_boost(app, request, message_id):
     app.events.boost_changed(message, boost, "created")
     if _navigating(request):
         return redirect("/rooms/%d/@%d" % (message["room_id"], message_id))
-    return Response(render_boost(app, boost, message["room_id"]), 201)
+    return Response(render_boost(app, boost), 201)
 
 
 @route("DELETE", "/messages/<int:message_id>/boosts/<int:boost_id>")
@@ -4543,7 +4549,7 @@ def avatar(app, request, user_id):
     svg = render_avatar_svg(user)
     etag = '"%s"' % hashlib.sha256(svg.encode()).hexdigest()[:16]
     headers = [("ETag", etag), ("Cache-Control", "private, max-age=1800")]
-    if request.headers.get("if-none-match") == etag:
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(b"", 304, None, headers)
     return Response(svg, 200, "image/svg+xml", headers)
 
@@ -4622,7 +4628,8 @@ def _normalized_ip(text):
 
 
 def address_banned(app, remote_addr):
-    """True when requests from this address are refused (CAMPFIRE.md: banned IP + non-GET → 429)."""
+    """True when requests from this address are refused: a banned address may read, not write (429),
+    as with Campfire's bans (app/models/ban.rb)."""
     banned = _derived(app, "banned_addresses", lambda: frozenset(
         str(_normalized_ip(row[0]) or row[0]) for row in app.db.all("SELECT DISTINCT ip_address FROM bans")))
     if not banned:
@@ -4654,7 +4661,7 @@ def qr_code_path(text):
 
 
 def session_transfer_url(app, request, user, now=None):
-    """A link that signs a browser in as `user`, reusable for 4 hours (CAMPFIRE.md, Transfer)."""
+    """A link that signs a browser in as `user`, reusable for 4 hours (Campfire's app/models/user/transferable.rb)."""
     now = time.time() if now is None else now
     token = app.signer.sign(user.id, "transfer", expires_at=int(now + TRANSFER_TOKEN_SECONDS))
     return "%s/session/transfers/%s" % (request.origin, token)
@@ -4697,7 +4704,7 @@ def set_user_role(app, user, role):
 
 
 def deactivate_user(app, user):
-    """CAMPFIRE.md, User admin: sockets closed; non-direct memberships, push subscriptions,
+    """As Campfire's User#deactivate (app/models/user.rb): sockets closed; non-direct memberships, push subscriptions,
     searches and sessions deleted; the email address changed so it is free to use again."""
     email = user.email_address
     if email:
@@ -4719,7 +4726,7 @@ def deactivate_user(app, user):
 
 
 def ban_user(app, user):
-    """CAMPFIRE.md, Ban: every public address the person signed in from is banned, their
+    """As Campfire's app/models/user/bannable.rb: every public address the person signed in from is banned, their
     sessions and sockets end, and their messages are deleted in the background."""
     addresses = set()
     for (text,) in app.db.all("SELECT DISTINCT ip_address FROM sessions WHERE user_id = ?", (user.id,)):
@@ -5086,7 +5093,7 @@ def custom_styles_stylesheet(app, request):
     etag = '"%s"' % digest
     headers = [("ETag", etag), ("Cache-Control", "public, max-age=31536000, immutable"
                                 if request.query.get("v") == digest else "public, no-cache")]
-    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(b"", 304, None, headers)
     return Response(css, 200, "text/css; charset=utf-8", headers)
 
@@ -5105,7 +5112,7 @@ def account_users(app, request):
 @route("PUT", "/account/users/<int:user_id>", auth="admin")
 def update_account_user(app, request, user_id):
     user = _manageable_user(app, user_id)
-    # CAMPFIRE.md, User admin: anything but member or administrator means member.
+    # As Campfire's accounts/users_controller.rb: anything but member or administrator means member.
     role = ROLE_ADMINISTRATOR if request.form.text("user[role]") == "administrator" else ROLE_MEMBER
     if role == user.role:
         return redirect("/account/edit")
@@ -5160,7 +5167,7 @@ def edit_profile(app, request):
 @route("PATCH", "/users/me/profile")
 @route("PUT", "/users/me/profile")
 async def update_profile(app, request):
-    """CAMPFIRE.md, Profile: name, email, password (blank keeps it), bio (at most 200 characters)."""
+    """Campfire's users/profiles_controller.rb: name, email, password (blank keeps it), bio (at most 200 characters)."""
     user, form = request.user, request.form
     values = {
         "user[name]": form.text("user[name]") if "user[name]" in form else user.name,
@@ -5245,7 +5252,7 @@ def update_session_transfer(app, request, token):
 
 @route("GET", "/qr_code/<code>", auth="public")
 def qr_code(app, request, code):
-    """/qr_code/<base64url of a URL>: the URL as a QR code (CAMPFIRE.md, Transfer / QR)."""
+    """/qr_code/<base64url of a URL>: the URL as a QR code (Campfire's qr_code_controller.rb)."""
     if len(code) > 4 * -(-MAX_QR_CODE_TEXT_BYTES // 3) or not _BASE64URL_RE.match(code):
         raise BadRequest("A QR code is made from a base64url-encoded link of at most %d bytes."
                          % MAX_QR_CODE_TEXT_BYTES)
@@ -5265,7 +5272,7 @@ def qr_code(app, request, code):
     return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
 
 
-# Bots (CAMPFIRE.md, Bots) -------------------------------------------------------------
+# Bots (Campfire's app/models/user/bot.rb) ----------------------------------------------
 # A bot is a user with role bot and a bot_token. Its key "<id>-<token>" in the
 # path is all a bot API request carries: no cookie, no forgery check, JSON out.
 # Administrators manage bots on /account/bots. Webhook deliveries (the other
@@ -5383,7 +5390,7 @@ def webhook_url_error(url):
     return None
 
 
-# Bot JSON (CAMPFIRE.md: message JSON) ---------------------------------------------------
+# Bot JSON (Campfire's app/views/messages/_message.json.jbuilder) -----------------------
 
 def iso_time_ms(db_time):
     """A datetime column as UTC ISO 8601 with milliseconds: "2025-01-02T03:04:05.678Z"."""
@@ -5414,7 +5421,7 @@ def boost_json(app, request, boost):
             "booster": _person_json(app, request, boost["booster_id"]), "message": {"id": boost["message_id"]}}
 
 
-# The bot API (CAMPFIRE.md: Bots, the API table) ----------------------------------------
+# The bot API (Campfire's messages/by_bots_controller.rb) --------------------------------
 
 def bot_api(handler):
     """Wrap a bot API handler: rate limit per key, authenticate by the key (a bad
@@ -5956,7 +5963,7 @@ class Cable:
         room_id = self._member_room(connection, params)
         return None if room_id is None else ["room_%d_typing" % room_id]
 
-    # Presence (CAMPFIRE.md, PresenceChannel): connections counted on the
+    # Presence (Campfire's app/channels/presence_channel.rb): connections counted on the
     # membership, connected_at stamped, the unread mark cleared.
     def _present(self, connection, room_id, count=True):
         store, user_id = self.app.store, connection.user_id
@@ -6202,7 +6209,7 @@ class StaticFiles:
         versioned = request.query.get("v") == digest
         headers = [("ETag", etag), ("Vary", "Accept-Encoding"),
                    ("Cache-Control", "public, max-age=31536000, immutable" if versioned else "no-cache")]
-        if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+        if etag_matches(request.headers.get("if-none-match"), etag):
             response = Response(b"", 304, None, headers)
             return response
         if compressed is not None and accepts_gzip(request):
@@ -6529,7 +6536,7 @@ class App:
             self.page_cache.put(key, entry)
         headers = [("ETag", entry.etag), ("Cache-Control", "private, no-cache"), ("Vary", "Accept-Encoding"),
                    *entry.headers]
-        if request.headers.get("if-none-match") == entry.etag:
+        if etag_matches(request.headers.get("if-none-match"), entry.etag):
             return Response(b"", 304, None, headers)
         if entry.gzipped is not None and accepts_gzip(request):
             response = Response(entry.gzipped, 200, entry.content_type, headers)
@@ -6699,7 +6706,7 @@ class App:
             else Response(response)
 
     def _check_request_origin(self, request):
-        """Fetch Metadata first, Origin second (CAMPFIRE.md: forgery protection)."""
+        """Fetch Metadata first (https://w3c.github.io/webappsec-fetch-metadata/), Origin second."""
         site = request.headers.get("sec-fetch-site")
         if site is not None and site != "same-origin":
             raise Forbidden("Cross-site requests are refused.")
@@ -6758,7 +6765,7 @@ class App:
 
 
 ####
-#### 15. Background work: webhook deliveries (CAMPFIRE.md, Bots: Webhook)
+#### 15. Background work
 ####
 # A person's message that a bot should hear about is queued (bounded) when it
 # commits; a few asyncio workers POST it to the bot's webhook and post a text
@@ -7161,7 +7168,7 @@ class HttpConnection(asyncio.Protocol):
         if self.upgraded is not None:
             try:
                 self.upgraded.receive(data)
-            except Exception:  # 1011 and a log line; the details stay here (STYLE: errors at the edge)
+            except Exception:  # 1011 and a log line; the details stay here
                 log.error("/cable connection failed:\n%s", traceback.format_exc())
                 with contextlib.suppress(Exception):
                     self.upgraded.close(CLOSE_INTERNAL_ERROR)

@@ -3,6 +3,7 @@ sign-in transfer links and QR codes (CAMPFIRE.md, Accounts and users; Sessions).
 
 import asyncio
 import base64
+import html
 import http.client
 import json
 import os
@@ -26,7 +27,7 @@ def input_value(html_text, element_id):
     match = re.search(r'<input[^>]*\bid="%s"[^>]*>' % re.escape(element_id), html_text)
     assert match, "no #%s on the page" % element_id
     value = re.search(r'\bvalue="([^"]*)"', match.group(0))
-    return campfire.html.unescape(value.group(1))
+    return html.unescape(value.group(1))
 
 
 class AdminTestCase(AppTestCase):
@@ -215,7 +216,7 @@ class CustomStylesTests(AdminTestCase):
 
     def stylesheet_href(self, page):
         match = re.search(r'<link rel="stylesheet" href="(/account/custom_styles\.css\?v=[0-9a-f]+)">', page)
-        return match and campfire.html.unescape(match.group(1))
+        return match and html.unescape(match.group(1))
 
     def test_no_stylesheet_until_there_is_custom_css(self):
         self.assertIsNone(self.stylesheet_href(self.client.get("/rooms/%d" % self.room_id).text))

@@ -601,6 +601,42 @@ class SerializeResponseTest(unittest.TestCase):
         self.assertIn(b"\r\nContent-Length: 0\r\n", data)
 
 
+class EtagTest(unittest.TestCase):
+    """If-None-Match as RFC 9110 §13.1.2 reads it: a list, "*", and the weak comparison."""
+
+    def test_the_tag_itself_matches_and_others_do_not(self):
+        self.assertTrue(campfire.etag_matches('"abc"', '"abc"'))
+        self.assertFalse(campfire.etag_matches('"abd"', '"abc"'))
+        self.assertFalse(campfire.etag_matches(None, '"abc"'))
+        self.assertFalse(campfire.etag_matches("", '"abc"'))
+        self.assertFalse(campfire.etag_matches('abc', '"abc"'))  # not quoted: not this entity-tag
+
+    def test_a_list_matches_when_any_of_its_tags_does(self):
+        self.assertTrue(campfire.etag_matches('"x", "abc" ,"y"', '"abc"'))
+        self.assertFalse(campfire.etag_matches('"x", "y"', '"abc"'))
+
+    def test_weak_comparison_ignores_w_on_either_side(self):
+        self.assertTrue(campfire.etag_matches('W/"abc"', '"abc"'))
+        self.assertTrue(campfire.etag_matches('"abc"', 'W/"abc"'))
+        self.assertTrue(campfire.etag_matches('"x", W/"abc"', '"abc"'))
+
+    def test_a_star_matches_any_tag(self):
+        self.assertTrue(campfire.etag_matches("*", '"abc"'))
+
+
+class EscapeTest(unittest.TestCase):
+    def test_pages_escape_the_five_characters_as_html_escape_does(self):
+        import html
+        text = "<a href=\"x\">Tom & Jerry's\xa0café</a>"
+        self.assertEqual(campfire.escape_html(text), html.escape(text, quote=True))
+        self.assertEqual(campfire.escape(text), html.escape(text, quote=True))
+        self.assertEqual(campfire.escape(campfire.HTML("<b>")), "<b>")  # already HTML: kept as it is
+
+    def test_stored_bodies_keep_apostrophes_and_write_no_break_spaces_as_trix_does(self):
+        self.assertEqual(campfire.escape_html("Tom & Jerry's\xa0<café> \"", trix=True),
+                         "Tom &amp; Jerry's&nbsp;&lt;café&gt; &quot;")
+
+
 class FormAndCookieTest(unittest.TestCase):
     def test_parse_cookies_first_wins_and_values_are_unquoted(self):
         self.assertEqual(campfire.parse_cookies('a=1; b="x%20y"; a=2; junk; =v; c='),

@@ -642,6 +642,12 @@ class CachedPageTests(CachingChecks, ChatTestCase):
         self.assertNotEqual(changed.header("ETag"), etag)
         self.assertIn("news", changed.text)
 
+    def test_a_weak_or_listed_etag_gives_304_too(self):
+        etag = self.ada.get("/rooms/1").header("ETag")
+        for value in ("W/" + etag, '"other", ' + etag, "*"):
+            with self.subTest(if_none_match=value):
+                self.assertEqual(self.ada.get("/rooms/1", headers={"If-None-Match": value}).status, 304)
+
     def test_etag_differs_between_users(self):
         self.assertNotEqual(self.ada.get("/rooms/1").header("ETag"), self.bob.get("/rooms/1").header("ETag"))
         response = self.bob.get("/rooms/1", headers={"If-None-Match": self.ada.get("/rooms/1").header("ETag")})

@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 from tests.helpers import campfire  # noqa: F401
 from campfire import (
     ALLOWED_ATTRIBUTES, ALLOWED_TAGS, ATTACHMENT_ATTRIBUTES, ATTACHMENT_TAG,
-    MAX_NESTING_DEPTH, MENTION_CONTENT_TYPE, URL_ATTRIBUTES, auto_link,
+    MAX_NESTING_DEPTH, MENTION_CONTENT_TYPE, URL_ATTRIBUTES,
     find_mentions, html_to_plain_text, make_sgid, render_rich_text,
     sanitize_html, sgid_user_id, verify_sgid)
 
@@ -429,17 +429,17 @@ class AutoLinkTest(RichTextCase):
         ]
         for html, expected in cases:
             with self.subTest(html=html):
-                self.assertEqual(auto_link(html), expected)
-                self.assertEqual(auto_link(expected), expected)
+                self.assertEqual(sanitize_html(html, link=True), expected)
+                self.assertEqual(sanitize_html(expected, link=True), expected)
 
     def test_not_inside_links_code_or_pre(self):
         for html in ['<a href="/x">http://a.example</a>', "<code>http://a.example</code>",
                      "<pre>see www.example.com</pre>", "<pre><b>http://a.example</b></pre>"]:
             with self.subTest(html=html):
-                self.assertEqual(auto_link(html), html)
+                self.assertEqual(sanitize_html(html, link=True), html)
 
     def test_linked_output_is_safe(self):
-        self.assertSafeHtml(auto_link('x https://a.example/"onmouseover=alert(1)// y'))
+        self.assertSafeHtml(sanitize_html('x https://a.example/"onmouseover=alert(1)// y', link=True))
 
     def test_url_split_by_a_dropped_tag_links_the_same_twice(self):
         once = sanitize_html("www.<u>example</u>.com", link=True)
