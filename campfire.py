@@ -64,7 +64,6 @@ import logging
 import re
 import resource
 import signal
-import socket
 import sqlite3
 import struct
 import time
@@ -537,6 +536,18 @@ def plain_error_page(status, message):
         status, STATUS_REASONS.get(status, "Error"), escape_html(message))
 
 
+def normalized_ip(text):
+    """An address as the bans table keeps it (IPv4-mapped IPv6 as plain IPv4), or None."""
+    import ipaddress  # here, not at the top: only bans need it, and it is slow to load
+    try:
+        address = ipaddress.ip_address(str(text).strip())
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address
+
+
 def b64url_encode(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -768,9 +779,9 @@ def parse_urlencoded(data):
     if len(fields) > MAX_FORM_FIELDS:
         raise ValueError("more than %d form fields" % MAX_FORM_FIELDS)
     pairs = []
-    for field in fields:
-        if field:
-            name, _, value = field.partition(b"=")
+    for pair in fields:
+        if pair:
+            name, _, value = pair.partition(b"=")
             pairs.append((_form_text(name), _form_text(value)))
     return pairs
 
@@ -2840,6 +2851,10 @@ class Database:
                              (name, utc_now_text()))
             log.info("applied migration %s", name)
 
+    def check_readable(self):
+        """Read the file, not just the connection (raises sqlite3.Error when it can't)."""
+        self.value("SELECT max(id) FROM messages")
+
     def close(self):
         self.commit_batch()
         with contextlib.suppress(sqlite3.Error):
@@ -2866,14 +2881,21 @@ def _split_sql(script):
 
 
 ####
-#### 10. Domain: accounts, users, rooms, messages, search
+#### 10. Domain
 ####
+# Every operation on accounts, people, sessions, rooms, memberships, messages,
+# boosts, search and bots, with its SQL: nothing above Storage but this section
+# speaks SQL. An operation takes what it needs (ids, rows, plain values), runs
+# its writes in one atomic(), and records what it caused on Events (a message to
+# broadcast, sockets to close, a webhook to queue), which listeners act on once
+# the transaction commits. It never renders HTML and never sees a request.
 
 ROLE_MEMBER, ROLE_ADMINISTRATOR, ROLE_BOT = 0, 1, 2
 STATUS_ACTIVE, STATUS_DEACTIVATED, STATUS_BANNED = 0, 1, 2
 ROOM_OPEN, ROOM_CLOSED, ROOM_DIRECT = "Rooms::Open", "Rooms::Closed", "Rooms::Direct"
 INVOLVEMENTS = ("invisible", "nothing", "mentions", "everything")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+BOT_KEY_RE = re.compile(r"([0-9]{1,18})-([A-Za-z0-9]{%d})\Z" % BOT_TOKEN_CHARS)
 
 
 @dataclass(slots=True)
@@ -2938,33 +2960,185 @@ class SessionInfo:
     last_active: float
 
 
-class Store:
-    """Every query the domain needs, as literal SQL with bound parameters."""
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One message to post to one bot's webhook URL."""
 
-    def __init__(self, db, config):
+    bot_id: int
+    room_id: int
+    message_id: int
+    url: str
+    payload: bytes
+
+
+def can_administer(user, record_creator_id):
+    """Campfire's adm?(record): administrators, and whoever created the room or message."""
+    return user.administrator or record_creator_id == user.id
+
+
+def fts_match_expression(query):
+    """A user's words as an FTS5 expression that cannot be a syntax error:
+    non-word characters become spaces (as Campfire's app/models/message/searchable.rb does)
+    and every word is quoted."""
+    words = re.findall(r"\w+", str(query))[:MAX_SEARCH_WORDS]
+    if not words:
+        return None
+    return " ".join('"%s"' % word for word in words)
+
+
+def generate_bot_token():
+    return random_alphanumeric(BOT_TOKEN_CHARS)
+
+
+def bot_key(bot_row):
+    """The key a bot's API requests carry: "<id>-<token>"."""
+    return "%d-%s" % (bot_row["id"], bot_row["bot_token"])
+
+
+def webhook_url_error(url):
+    """Why a webhook URL can't be used, or None (http or https, a host, at most 2 KB)."""
+    if len(url) > MAX_WEBHOOK_URL_CHARS:
+        return "Use a URL of at most %d characters." % MAX_WEBHOOK_URL_CHARS
+    if not url.isascii() or any(char.isspace() or not char.isprintable() for char in url):
+        return "Enter a URL without spaces (percent-encode anything else)."
+    try:
+        split = urllib.parse.urlsplit(url)
+        split.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        return "Enter a valid URL."
+    if split.scheme.lower() not in ("http", "https") or not split.hostname:
+        return "Enter an http:// or https:// URL with a host name."
+    return None
+
+
+class Events:
+    """What a change tells the rest of the server, once its transaction commits.
+
+    A domain operation records what it caused by calling the method named for it
+    (message_created, sessions_revoked, …). Each is delivered after the commit
+    to every listener that has a method of that name: the real-time layer (it
+    broadcasts), the background workers (webhooks, purges) and the app (its page
+    cache). A listener's failure is logged and never undoes or blocks the change."""
+
+    def __init__(self, db):
+        self._db = db
+        self._listeners = []
+
+    def subscribe(self, listener):
+        self._listeners.append(listener)
+
+    def _emit(self, name, *args, **kwargs):
+        if self._listeners:
+            self._db.after_commit(lambda: self._deliver(name, args, kwargs))
+
+    def _deliver(self, name, args, kwargs):
+        for listener in self._listeners:
+            handler = getattr(listener, name, None)
+            if handler is None:
+                continue
+            try:
+                handler(*args, **kwargs)
+            except Exception:
+                log.error("listener %s.%s failed:\n%s", type(listener).__name__, name, traceback.format_exc())
+
+    def message_created(self, room, message, unread_user_ids):
+        self._emit("message_created", room, message, unread_user_ids)
+
+    def message_updated(self, message):
+        self._emit("message_updated", message)
+
+    def message_removed(self, message):
+        self._emit("message_removed", message)
+
+    def boost_changed(self, message, boost, change):
+        self._emit("boost_changed", message, boost, change)
+
+    def room_changed(self, room, change, revoked=()):
+        self._emit("room_changed", room, change, revoked)
+
+    def room_deleted(self, room, member_ids):
+        self._emit("room_deleted", room, member_ids)
+
+    def sidebar_changed(self, user_ids):
+        self._emit("sidebar_changed", user_ids)
+
+    def room_read(self, room_id, user_id):
+        self._emit("room_read", room_id, user_id)
+
+    def sessions_revoked(self, user_id, session_id=None):
+        """A person's sessions (or one of them) ended: their sockets must close."""
+        self._emit("sessions_revoked", user_id, session_id)
+
+    def account_changed(self):
+        """Something every page shows changed (a name, the CSS, a setting)."""
+        self._emit("account_changed")
+
+    def user_banned(self, user_id):
+        """Their messages are to be deleted, in the background."""
+        self._emit("user_banned", user_id)
+
+
+class Store:
+    """The domain's state and operations, over one Database.
+
+    Reads of what every request needs (people, rooms, memberships, sessions) are
+    kept in memory and named by versions: every cached page names the versions it
+    was built from, so a change anywhere makes the stale copy unreachable rather
+    than wrong."""
+
+    def __init__(self, db, config, sgid_secret):
         self.db = db
         self.config = config
+        self.sgid_secret = sgid_secret
+        self.events = Events(db)
         self._users = {}        # id → User; dropped whenever a user row changes
         self._sessions = {}     # token digest → SessionInfo
         self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids})
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
         self._rooms = {}         # room id → Room (dropped when its name or type changes)
+        self._derived = {}       # name → (global_version, value): custom CSS, banned addresses
         self.room_versions = collections.Counter()        # messages, boosts, name, members
         self.user_versions = collections.Counter()        # a user's sidebar: memberships, unread, names
         self.membership_versions = collections.Counter()  # who is in a room
         self.message_version = 0                          # any message anywhere (search results)
         self.global_version = 0                           # account name, user names and avatars
 
-    def account_setting(self, name):
-        account = self.account()
-        try:
-            settings = json.loads(account["settings"] or "{}") if account else {}
-        except ValueError:
-            settings = {}
-        return bool(settings.get(name)) if isinstance(settings, dict) else False
+    # Versions ----------------------------------------------------------------
+    def bump_room(self, room_id):
+        self.room_versions[room_id] += 1
+        self.message_version += 1
 
-    # Account ---------------------------------------------------------------
+    def bump_users(self, user_ids):
+        for user_id in user_ids:
+            self.user_versions[user_id] += 1
+
+    def bump_everything(self):
+        self.global_version += 1
+        self._last_search.clear()
+        self._rooms.clear()
+        self._users.clear()
+        self._member_rooms.clear()
+        self._room_members.clear()
+
+    def memberships_changed(self, room_id, user_ids):
+        self.membership_versions[room_id] += 1
+        self.bump_room(room_id)
+        self.bump_users(user_ids)
+
+    def _account_changed(self):
+        """Pages show the account's name, CSS and settings and everyone's names: all stale."""
+        self.bump_everything()
+        self.events.account_changed()
+
+    def _derived_value(self, name, build):
+        """build(), kept until the global version moves (every account change moves it)."""
+        cached = self._derived.get(name)
+        if cached is None or cached[0] != self.global_version:
+            cached = self._derived[name] = (self.global_version, build())
+        return cached[1]
+
+    # Account -----------------------------------------------------------------
     def account(self):
         return self.db.one("SELECT * FROM accounts ORDER BY id LIMIT 1")
 
@@ -2972,7 +3146,65 @@ class Store:
         account = self.account()
         return account["name"] if account else "Campfire"
 
-    # Users -----------------------------------------------------------------
+    def account_settings(self):
+        """The account's settings as a dict ({} when unreadable)."""
+        account = self.account()
+        try:
+            settings = json.loads(account["settings"] or "{}") if account else {}
+        except ValueError:
+            settings = {}
+        return settings if isinstance(settings, dict) else {}
+
+    def account_setting(self, name):
+        return bool(self.account_settings().get(name))
+
+    def join_code_matches(self, join_code):
+        account = self.account()
+        return account is not None and hmac.compare_digest(account["join_code"].encode(), join_code.encode())
+
+    def custom_styles(self):
+        """(css, digest) of the account's custom CSS; css is '' when there is none."""
+        def build():
+            account = self.account()
+            css = (account["custom_styles"] if account else None) or ""
+            return css, hashlib.sha256(css.encode()).hexdigest()[:16]
+        return self._derived_value("custom_styles", build)
+
+    def _create_account(self, stamp):
+        self.db.execute("INSERT INTO accounts (name, join_code, settings, singleton_guard, created_at, updated_at) "
+                        "VALUES (?, ?, ?, 0, ?, ?)", ("Campfire", generate_join_code(), "{}", stamp, stamp))
+
+    def first_run(self, name, email, password_digest):
+        """Campfire's FirstRun (app/models/first_run.rb): the account, its administrator and the
+        open room "All Talk". (user, room), or None when the account exists already."""
+        with self.db.atomic():
+            if self.account() is not None:
+                return None
+            self._create_account(utc_now_text())
+            user = self.create_user(name, email, role=ROLE_ADMINISTRATOR, password_digest=password_digest)
+            room = self.create_room("All Talk", ROOM_OPEN, user.id, self.active_user_ids())
+        return user, room
+
+    def update_account(self, name, settings):
+        with self.db.atomic():
+            self.db.execute("UPDATE accounts SET name = ?, settings = ?, updated_at = ? WHERE id = ?",
+                            (name, json.dumps(settings, separators=(",", ":")), utc_now_text(),
+                             self.account()["id"]))
+        self._account_changed()
+        self.events.sidebar_changed(self.active_user_ids())  # "New room" may have come or gone
+
+    def regenerate_join_code(self):
+        with self.db.atomic():
+            self.db.execute("UPDATE accounts SET join_code = ?, updated_at = ? WHERE id = ?",
+                            (generate_join_code(), utc_now_text(), self.account()["id"]))
+
+    def set_custom_styles(self, css):
+        with self.db.atomic():
+            self.db.execute("UPDATE accounts SET custom_styles = ?, updated_at = ? WHERE id = ?",
+                            (css if css.strip() else None, utc_now_text(), self.account()["id"]))
+        self._account_changed()
+
+    # People ------------------------------------------------------------------
     def user(self, user_id):
         user = self._users.get(user_id)
         if user is None:
@@ -2993,30 +3225,180 @@ class Store:
         """A person in every open room. Handlers pass a digest made off the event loop;
         a password is hashed here (for the command line and tests)."""
         now = utc_now_text()
-        cursor = self.db.execute(
-            "INSERT INTO users (name, email_address, password_digest, role, status, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (name, email, password_digest or hash_password(password, self.config.scrypt_n), role, STATUS_ACTIVE, now, now))
-        user_id = cursor.lastrowid
-        for row in self.db.all("SELECT id FROM rooms WHERE type = ?", (ROOM_OPEN,)):
-            self.add_membership(row["id"], user_id, now=now)
-            self.memberships_changed(row["id"], [user_id])
+        digest = password_digest or hash_password(password, self.config.scrypt_n)
+        with self.db.atomic():
+            user_id = self.db.execute(
+                "INSERT INTO users (name, email_address, password_digest, role, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (name, email, digest, role, STATUS_ACTIVE, now, now)).lastrowid
+            self._join_open_rooms(user_id, now)
         return self.user(user_id)
 
+    def _join_open_rooms(self, user_id, now):
+        """New people and new bots are members of every open room (Campfire's User#join_open_rooms)."""
+        for row in self.db.all("SELECT id FROM rooms WHERE type = ?", (ROOM_OPEN,)):
+            self._add_membership(row["id"], user_id, now=now)
+            self.memberships_changed(row["id"], [user_id])
+
     def set_password_digest(self, user_id, digest):
-        self.db.execute("UPDATE users SET password_digest = ?, updated_at = ? WHERE id = ?",
-                        (digest, utc_now_text(), user_id))
+        with self.db.atomic():
+            self.db.execute("UPDATE users SET password_digest = ?, updated_at = ? WHERE id = ?",
+                            (digest, utc_now_text(), user_id))
         self.forget_user(user_id)
 
-    # Sessions --------------------------------------------------------------
+    def update_profile(self, user, name, email, bio, password_digest=None):
+        """Name, email address, bio and (when given) a new password digest. False when the
+        address was taken meanwhile (the unique index refused it)."""
+        try:
+            with self.db.atomic():
+                self.db.execute("UPDATE users SET name = ?, email_address = ?, bio = ?, updated_at = ? WHERE id = ?",
+                                (name, email, bio or None, utc_now_text(), user.id))
+                if password_digest:
+                    self.set_password_digest(user.id, password_digest)
+        except sqlite3.IntegrityError:
+            return False
+        self._account_changed()  # names and avatars are everywhere: in cached pages and messages
+        return True
+
+    def active_user_ids(self):
+        return [row[0] for row in self.db.all("SELECT id FROM users WHERE status = ?", (STATUS_ACTIVE,))]
+
+    def active_users(self, exclude_bots=False):
+        rows = self.db.all("SELECT * FROM users WHERE status = ? %s ORDER BY lower(name), id"
+                           % ("AND role != 2" if exclude_bots else ""), (STATUS_ACTIVE,))
+        return [User.from_row(row) for row in rows]
+
+    def users_matching(self, query, user_ids=None, limit=AUTOCOMPLETE_LIMIT):
+        pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self.db.all("SELECT * FROM users WHERE status = ? AND name LIKE ? ESCAPE '\\' "
+                           "ORDER BY lower(name), id LIMIT ?", (STATUS_ACTIVE, pattern, AUTOCOMPLETE_CANDIDATES))
+        users = [User.from_row(row) for row in rows]
+        if user_ids is not None:
+            allowed = set(user_ids)
+            users = [user for user in users if user.id in allowed]
+        return users[:limit]
+
+    def people_page(self, page, include_banned):
+        """One page of people (no bots) by name, and whether another page follows."""
+        offset = (page - 1) * ACCOUNT_USERS_PAGE_SIZE
+        rows = self.db.all("SELECT * FROM users WHERE role != ? AND status IN (?, ?) ORDER BY lower(name), id "
+                           "LIMIT ? OFFSET ?", (ROLE_BOT, STATUS_ACTIVE, STATUS_BANNED if include_banned
+                                                else STATUS_ACTIVE, ACCOUNT_USERS_PAGE_SIZE + 1, offset))
+        return [User.from_row(row) for row in rows[:ACCOUNT_USERS_PAGE_SIZE]], len(rows) > ACCOUNT_USERS_PAGE_SIZE
+
+    # People: what administrators do ------------------------------------------
+    def manageable_user(self, user_id):
+        """A person (not a bot) who is active or banned: the ones administrators manage; else None."""
+        user = self.user(user_id)
+        if user is None or user.bot or user.status == STATUS_DEACTIVATED:
+            return None
+        return user
+
+    def removal_problem(self, actor, user, action):
+        """Why an administrator may not demote, deactivate or ban this person, or None."""
+        if action != "demote" and user.id == actor.id:
+            return "You can't %s yourself." % action
+        if user.administrator and user.active and not self.db.value(
+                "SELECT count(*) FROM users WHERE role = ? AND status = ? AND id != ?",
+                (ROLE_ADMINISTRATOR, STATUS_ACTIVE, user.id)):
+            who = "You are" if user.id == actor.id else "%s is" % user.name
+            return ("%s the only administrator. Make someone else an administrator first, so that someone can "
+                    "still manage this account." % who)
+        return None
+
+    def set_role(self, user, role):
+        with self.db.atomic():
+            self.db.execute("UPDATE users SET role = ?, updated_at = ? WHERE id = ?", (role, utc_now_text(), user.id))
+        self._account_changed()
+
+    def deactivate(self, user):
+        """Campfire's User#deactivate (app/models/user.rb), for a person or a bot: out of
+        every room but direct ones; push subscriptions, webhooks, searches and sessions
+        deleted; a person's email address changed so it is free to use again, a bot's key
+        cleared; their sockets closed."""
+        email = user.email_address
+        if email:
+            import uuid  # here, not at the top: only deactivation needs it, and it is slow to load
+            email = "x-deactivated-%s@%s" % (uuid.uuid4(), email.rpartition("@")[2] if "@" in email else "deactivated")
+        with self.db.atomic():
+            room_ids = [row[0] for row in self.db.all(
+                "DELETE FROM memberships WHERE user_id = ? AND room_id IN (SELECT id FROM rooms WHERE type != ?) "
+                "RETURNING room_id", (user.id, ROOM_DIRECT))]
+            self.db.execute("DELETE FROM push_subscriptions WHERE user_id = ?", (user.id,))
+            self.db.execute("DELETE FROM webhooks WHERE user_id = ?", (user.id,))
+            self.clear_searches(user.id)
+            self._delete_sessions_of(user.id)
+            self.db.execute("UPDATE users SET status = ?, email_address = ?, bot_token = NULL, updated_at = ? "
+                            "WHERE id = ?", (STATUS_DEACTIVATED, email, utc_now_text(), user.id))
+            for room_id in room_ids:
+                self.memberships_changed(room_id, [user.id])
+        self._account_changed()
+        self.events.sessions_revoked(user.id)
+
+    def ban(self, user):
+        """Campfire's app/models/user/bannable.rb: every public address the person signed in
+        from is banned, their sessions and sockets end, and their messages are deleted in
+        the background (see purge_messages_step)."""
+        addresses = set()
+        for (text,) in self.db.all("SELECT DISTINCT ip_address FROM sessions WHERE user_id = ?", (user.id,)):
+            address = normalized_ip(text)
+            if address is not None and address.is_global:  # a private address would ban a whole office
+                addresses.add(str(address))
+        stamp = utc_now_text()
+        with self.db.atomic():
+            known = {row[0] for row in self.db.all("SELECT ip_address FROM bans WHERE user_id = ?", (user.id,))}
+            for address in sorted(addresses - known):
+                self.db.execute("INSERT INTO bans (user_id, ip_address, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                                (user.id, address, stamp, stamp))
+            self.db.execute("UPDATE users SET status = ?, updated_at = ? WHERE id = ?", (STATUS_BANNED, stamp, user.id))
+            self._delete_sessions_of(user.id)
+        self._account_changed()
+        self.events.sessions_revoked(user.id)
+        self.events.user_banned(user.id)
+
+    def unban(self, user):
+        with self.db.atomic():
+            self.db.execute("UPDATE users SET status = ?, updated_at = ? WHERE id = ?",
+                            (STATUS_ACTIVE, utc_now_text(), user.id))
+            self.db.execute("DELETE FROM bans WHERE user_id = ?", (user.id,))
+        self._account_changed()
+
+    def purge_messages_step(self, user_id):
+        """Delete the next chunk of a banned person's messages; True while more remain."""
+        user = self.user(user_id)
+        if user is None or user.status != STATUS_BANNED:  # unbanned meanwhile: keep what is left
+            return False
+        chunk = self.config.message_purge_chunk
+        messages = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.creator_id = ? ORDER BY messages.id LIMIT ?",
+                               (user_id, chunk))
+        if not messages:
+            return False
+        with self.db.atomic():
+            for message in messages:
+                self._delete_message(message)
+        for message in messages:
+            self.events.message_removed(message)
+        return len(messages) == chunk
+
+    def address_banned(self, remote_addr):
+        """True when requests from this address are refused: a banned address may read, not
+        write, as with Campfire's bans (app/models/ban.rb)."""
+        banned = self._derived_value("banned_addresses", lambda: frozenset(
+            str(normalized_ip(row[0]) or row[0]) for row in self.db.all("SELECT DISTINCT ip_address FROM bans")))
+        if not banned:
+            return False
+        address = normalized_ip(remote_addr)
+        return address is not None and str(address) in banned
+
+    # Sessions ----------------------------------------------------------------
     def create_session(self, user_id, ip_address, user_agent, now=None):
         """A new session; returns the token for the cookie (only its digest is stored)."""
         token = random_token(SESSION_TOKEN_BYTES)
         stamp = utc_now_text(now)
-        self.db.execute(
-            "INSERT INTO sessions (user_id, token, ip_address, user_agent, last_active_at, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (user_id, token_digest(token), ip_address, user_agent[:MAX_USER_AGENT_CHARS], stamp, stamp, stamp))
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT INTO sessions (user_id, token, ip_address, user_agent, last_active_at, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (user_id, token_digest(token), ip_address, user_agent[:MAX_USER_AGENT_CHARS], stamp, stamp, stamp))
         return token
 
     def session_for(self, token, now):
@@ -3035,21 +3417,25 @@ class Store:
             self._sessions[digest] = info
         if now - info.last_active > SESSION_REFRESH_SECONDS:
             stamp = utc_now_text(now)
-            self.db.execute("UPDATE sessions SET last_active_at = ?, updated_at = ? WHERE id = ?",
-                            (stamp, stamp, info.id))
+            with self.db.atomic():
+                self.db.execute("UPDATE sessions SET last_active_at = ?, updated_at = ? WHERE id = ?",
+                                (stamp, stamp, info.id))
             info.last_active = now
         return info
 
-    def delete_session(self, token):
+    def end_session(self, token, user_id, session_id):
+        """Sign out: the session is deleted and its sockets close."""
         digest = token_digest(token)
         self._sessions.pop(digest, None)
-        self.db.execute("DELETE FROM sessions WHERE token = ?", (digest,))
+        with self.db.atomic():
+            self.db.execute("DELETE FROM sessions WHERE token = ?", (digest,))
+        self.events.sessions_revoked(user_id, session_id)
 
-    def delete_sessions_of(self, user_id):
-        self._sessions = {k: v for k, v in self._sessions.items() if v.user_id != user_id}
+    def _delete_sessions_of(self, user_id):
+        self._sessions = {key: info for key, info in self._sessions.items() if info.user_id != user_id}
         self.db.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
 
-    # Rooms -----------------------------------------------------------------
+    # Rooms and memberships ---------------------------------------------------
     def room(self, room_id):
         room = self._rooms.get(room_id)
         if room is None:
@@ -3061,23 +3447,130 @@ class Store:
             room = self._rooms[room_id] = Room.from_row(row)
         return room
 
+    def member_room(self, room_id, user_id):
+        """The room, if the user belongs to it; else None (never reveal that it exists)."""
+        return self.room(room_id) if room_id in self.user_rooms(user_id) else None
+
+    def room_title(self, room, viewer_id):
+        """A direct room is named by its other members (Campfire's app/helpers/rooms_helper.rb)."""
+        if room.type != ROOM_DIRECT:
+            return room.name or "Untitled room"
+        others = [self.user(user_id) for user_id in self.room_member_ids(room.id) if user_id != viewer_id]
+        return ", ".join(user.name for user in others if user) or "Just you"
+
+    def sidebar_rooms(self, user_id):
+        """The rooms a person sees in the sidebar, each with its title: ([shared rooms by name],
+        [direct rooms, most recently active first]) as lists of (Room, title)."""
+        rows = self.rooms_for(user_id)
+        shared = [Room.from_row(row) for row in rows if row["type"] != ROOM_DIRECT]
+        direct = sorted((Room.from_row(row) for row in rows if row["type"] == ROOM_DIRECT),
+                        key=lambda room: self.room_updated_at(room.id), reverse=True)
+        return ([(room, self.room_title(room, user_id)) for room in shared],
+                [(room, self.room_title(room, user_id)) for room in direct])
+
+    def may_create_rooms(self, user):
+        return user.administrator or not self.account_setting("restrict_room_creation_to_administrators")
+
     def create_room(self, name, room_type, creator_id, member_ids):
         now = utc_now_text()
-        cursor = self.db.execute(
-            "INSERT INTO rooms (name, type, creator_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (name, room_type, creator_id, now, now))
-        room_id = cursor.lastrowid
         involvement = "everything" if room_type == ROOM_DIRECT else "mentions"
-        for user_id in member_ids:
-            self.add_membership(room_id, user_id, involvement, now)
+        with self.db.atomic():
+            room_id = self.db.execute(
+                "INSERT INTO rooms (name, type, creator_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (name, room_type, creator_id, now, now)).lastrowid
+            for user_id in member_ids:
+                self._add_membership(room_id, user_id, involvement, now)
         self.memberships_changed(room_id, member_ids)
         return self.room(room_id)
 
-    def add_membership(self, room_id, user_id, involvement="mentions", now=None):
+    def open_room(self, name, room_type, creator, member_ids):
+        """A new open or closed room: an open one holds everyone, a closed one the chosen
+        people and its creator."""
+        active = set(self.active_user_ids())
+        members = active if room_type == ROOM_OPEN else (set(member_ids) & active) | {creator.id}
+        room = self.create_room(name, room_type, creator.id, sorted(members))
+        self.events.room_changed(room, "created")
+        return room
+
+    def update_room(self, room, name, room_type, member_ids, actor):
+        """Rename, open or close a room and set its members, as open_room chooses them."""
+        active = set(self.active_user_ids())
+        with self.db.atomic():
+            if name != room.name:
+                self.db.execute("UPDATE rooms SET name = ?, updated_at = ? WHERE id = ?",
+                                (name, utc_now_text(), room.id))
+                self._rooms.pop(room.id, None)
+                self.bump_room(room.id)
+                self.bump_users(self.room_member_ids(room.id))
+            if room_type != room.type:
+                self.db.execute("UPDATE rooms SET type = ?, updated_at = ? WHERE id = ?",
+                                (room_type, utc_now_text(), room.id))
+                self._rooms.pop(room.id, None)
+                self.bump_room(room.id)
+            wanted = active if room_type == ROOM_OPEN else (set(member_ids) & active) | {actor.id}
+            granted, revoked = self._set_room_members(room, wanted)
+        room = self.room(room.id)
+        self.events.room_changed(room, "updated", revoked=revoked)
+        return room
+
+    def start_direct_room(self, member_ids, creator):
+        """The direct room of exactly these people, made if it doesn't exist yet: (room, created)."""
+        members = sorted(set(member_ids) | {creator.id})
+        with self.db.atomic():
+            room = self.direct_room_for(members)
+            created = room is None
+            if created:
+                room = self.create_room(None, ROOM_DIRECT, creator.id, members)
+        if created:
+            self.events.room_changed(room, "created")
+        return room, created
+
+    def remove_room(self, room):
+        """Delete a room with its messages, boosts, memberships and search rows."""
+        member_ids = self.room_member_ids(room.id)
+        message_ids = "SELECT id FROM messages WHERE room_id = ?"
+        with self.db.atomic():
+            self.db.execute("DELETE FROM boosts WHERE message_id IN (%s)" % message_ids, (room.id,))
+            for (message_id,) in self.db.execute(message_ids, (room.id,)):
+                self.db.defer(self.SEARCH_ROW_DELETE, (message_id,))
+            self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id IN (%s)"
+                            % message_ids, (room.id,))
+            self.db.execute("DELETE FROM messages WHERE room_id = ?", (room.id,))
+            self.db.execute("DELETE FROM campfire_py_message_deletions WHERE room_id = ?", (room.id,))
+            self.db.execute("DELETE FROM memberships WHERE room_id = ?", (room.id,))
+            self.db.execute("DELETE FROM rooms WHERE id = ?", (room.id,))
+        self._rooms.pop(room.id, None)
+        self.memberships_changed(room.id, member_ids)
+        self.events.room_deleted(room, member_ids)
+
+    def _add_membership(self, room_id, user_id, involvement="mentions", now=None):
         now = now or utc_now_text()
         self.db.execute(
             "INSERT OR IGNORE INTO memberships (room_id, user_id, involvement, connections, created_at, updated_at) "
             "VALUES (?, ?, ?, 0, ?, ?)", (room_id, user_id, involvement, now, now))
+
+    def _set_room_members(self, room, user_ids):
+        """Grant and revoke so the room's members are exactly user_ids: (granted, revoked)."""
+        wanted = set(user_ids)
+        current = {row[0] for row in self.db.all("SELECT user_id FROM memberships WHERE room_id = ?", (room.id,))}
+        now = utc_now_text()
+        for user_id in wanted - current:
+            self._add_membership(room.id, user_id, now=now)
+        for user_id in current - wanted:
+            self.db.execute("DELETE FROM memberships WHERE room_id = ? AND user_id = ?", (room.id, user_id))
+        self.memberships_changed(room.id, wanted | current)
+        return wanted - current, current - wanted
+
+    def direct_room_for(self, user_ids):
+        """The one direct room whose members are exactly these users, if any."""
+        ids = sorted(set(user_ids))
+        marks = ",".join("?" * len(ids))
+        row = self.db.one(
+            "SELECT rooms.id FROM rooms JOIN memberships ON memberships.room_id = rooms.id "
+            "WHERE rooms.type = ? GROUP BY rooms.id "
+            "HAVING count(*) = ? AND sum(memberships.user_id IN (%s)) = ? ORDER BY rooms.id LIMIT 1" % marks,
+            (ROOM_DIRECT, len(ids), *ids, len(ids)))
+        return self.room(row[0]) if row else None
 
     def membership(self, room_id, user_id):
         return self.db.one("SELECT * FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, user_id))
@@ -3089,27 +3582,6 @@ class Store:
             "JOIN memberships ON memberships.room_id = rooms.id "
             "WHERE memberships.user_id = ? AND memberships.involvement != 'invisible' "
             "ORDER BY lower(rooms.name), rooms.id", (user_id,))
-
-    def active_user_ids(self):
-        return [row[0] for row in self.db.all("SELECT id FROM users WHERE status = ?", (STATUS_ACTIVE,))]
-
-    # Versions: every cached page names the versions it was built from, so a
-    # change anywhere makes the stale copy unreachable rather than wrong.
-    def bump_room(self, room_id):
-        self.room_versions[room_id] += 1
-        self.message_version += 1
-
-    def bump_users(self, user_ids):
-        for user_id in user_ids:
-            self.user_versions[user_id] += 1
-
-    def bump_everything(self):
-        self.global_version += 1
-        self._last_search.clear()
-        self._rooms.clear()
-        self._users.clear()
-        self._member_rooms.clear()
-        self._room_members.clear()
 
     def _memberships_of(self, user_id):
         key = (self.user_versions[user_id], self.global_version)
@@ -3143,92 +3615,66 @@ class Store:
             cached = self._room_members[room_id] = (key, ids)
         return cached[1]
 
-    def memberships_changed(self, room_id, user_ids):
-        self.membership_versions[room_id] += 1
-        self.bump_room(room_id)
-        self.bump_users(user_ids)
-
-    # Rooms ---------------------------------------------------------------------
-    def rename_room(self, room, name):
-        self.db.execute("UPDATE rooms SET name = ?, updated_at = ? WHERE id = ?", (name, utc_now_text(), room.id))
-        self._rooms.pop(room.id, None)
-        self.bump_room(room.id)
-        self.bump_users(self.room_member_ids(room.id))
-
-    def change_room_type(self, room, room_type):
-        self.db.execute("UPDATE rooms SET type = ?, updated_at = ? WHERE id = ?", (room_type, utc_now_text(), room.id))
-        self._rooms.pop(room.id, None)
-        self.bump_room(room.id)
-
-    def set_room_members(self, room, user_ids):
-        """Grant and revoke so the room's members are exactly user_ids."""
-        wanted = set(user_ids)
-        current = {row[0] for row in self.db.all("SELECT user_id FROM memberships WHERE room_id = ?", (room.id,))}
-        now = utc_now_text()
-        for user_id in wanted - current:
-            self.add_membership(room.id, user_id, now=now)
-        for user_id in current - wanted:
-            self.db.execute("DELETE FROM memberships WHERE room_id = ? AND user_id = ?", (room.id, user_id))
-        self.memberships_changed(room.id, wanted | current)
-        return wanted - current, current - wanted
-
-    def direct_room_for(self, user_ids):
-        """The one direct room whose members are exactly these users, if any."""
-        ids = sorted(set(user_ids))
-        marks = ",".join("?" * len(ids))
-        row = self.db.one(
-            "SELECT rooms.id FROM rooms JOIN memberships ON memberships.room_id = rooms.id "
-            "WHERE rooms.type = ? GROUP BY rooms.id "
-            "HAVING count(*) = ? AND sum(memberships.user_id IN (%s)) = ? ORDER BY rooms.id LIMIT 1" % marks,
-            (ROOM_DIRECT, len(ids), *ids, len(ids)))
-        return self.room(row[0]) if row else None
-
-    def delete_room(self, room):
-        member_ids = self.room_member_ids(room.id)
-        message_ids = "SELECT id FROM messages WHERE room_id = ?"
-        self.db.execute("DELETE FROM boosts WHERE message_id IN (%s)" % message_ids, (room.id,))
-        for (message_id,) in self.db.execute(message_ids, (room.id,)):
-            self.db.defer(self.SEARCH_ROW_DELETE, (message_id,))
-        self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id IN (%s)"
-                        % message_ids, (room.id,))
-        self.db.execute("DELETE FROM messages WHERE room_id = ?", (room.id,))
-        self.db.execute("DELETE FROM campfire_py_message_deletions WHERE room_id = ?", (room.id,))
-        self.db.execute("DELETE FROM memberships WHERE room_id = ?", (room.id,))
-        self.db.execute("DELETE FROM rooms WHERE id = ?", (room.id,))
-        self._rooms.pop(room.id, None)
-        self.memberships_changed(room.id, member_ids)
-
     def set_involvement(self, room_id, user_id, involvement):
-        self.db.execute("UPDATE memberships SET involvement = ?, updated_at = ? WHERE room_id = ? AND user_id = ?",
-                        (involvement, utc_now_text(), room_id, user_id))
+        with self.db.atomic():
+            self.db.execute("UPDATE memberships SET involvement = ?, updated_at = ? WHERE room_id = ? "
+                            "AND user_id = ?", (involvement, utc_now_text(), room_id, user_id))
         self.bump_users([user_id])
+        self.events.sidebar_changed([user_id])
 
     def mark_read(self, room_id, user_id):
         """Visiting a room clears its unread mark (only writes when there is one)."""
         if room_id not in self.unread_room_ids(user_id):
             return False
-        cursor = self.db.execute(
-            "UPDATE memberships SET unread_at = NULL WHERE room_id = ? AND user_id = ? AND unread_at IS NOT NULL",
-            (room_id, user_id))
+        with self.db.atomic():
+            cursor = self.db.execute("UPDATE memberships SET unread_at = NULL WHERE room_id = ? AND user_id = ? "
+                                     "AND unread_at IS NOT NULL", (room_id, user_id))
         if cursor.rowcount:
             self.bump_users([user_id])
+            self.events.room_read(room_id, user_id)
             return True
         return False
 
-    # Messages ------------------------------------------------------------------
+    # Presence (Campfire's app/channels/presence_channel.rb): connections counted on
+    # the membership, connected_at stamped, the unread mark cleared.
+    def presence_arrived(self, room_id, user_id, *, new_connection):
+        """A tab is present in the room: a new connection (subscribing) or one back in view."""
+        stamp = utc_now_text()
+        with self.db.atomic():
+            self.db.execute(
+                "UPDATE memberships SET connections = connections + ?, connected_at = ?, unread_at = NULL, "
+                "updated_at = ? WHERE room_id = ? AND user_id = ?",
+                (1 if new_connection else 0, stamp, stamp, room_id, user_id))
+        self.bump_users([user_id])
+        self.events.room_read(room_id, user_id)
+
+    def presence_left(self, room_id, user_id, *, connection_closed):
+        """A tab left the room: its connection closed (unsubscribing) or it went out of view."""
+        with self.db.atomic():
+            self.db.execute(
+                "UPDATE memberships SET connections = max(connections - ?, 0), updated_at = ? "
+                "WHERE room_id = ? AND user_id = ?", (1 if connection_closed else 0, utc_now_text(), room_id, user_id))
+            if not connection_closed:
+                self.db.execute("UPDATE memberships SET connected_at = NULL WHERE room_id = ? AND user_id = ?",
+                                (room_id, user_id))
+
+    def presence_refreshed(self, room_id, user_id):
+        with self.db.atomic():
+            self.db.execute("UPDATE memberships SET connected_at = ? WHERE room_id = ? AND user_id = ?",
+                            (utc_now_text(), room_id, user_id))
+
+    def reset_connections(self):
+        """Nobody is connected to a server that just started: counts left by a crash
+        would otherwise hide unread marks forever."""
+        with self.db.atomic():
+            self.db.execute("UPDATE memberships SET connections = 0 WHERE connections != 0")
+
+    # Messages ----------------------------------------------------------------
     MESSAGE_COLUMNS = ("SELECT messages.id, messages.room_id, messages.creator_id, messages.client_message_id, "
                        "messages.created_at, messages.updated_at, action_text_rich_texts.body AS body "
                        "FROM messages LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = "
                        "'Message' AND action_text_rich_texts.record_id = messages.id AND "
                        "action_text_rich_texts.name = 'body' ")
-
-    def message(self, message_id):
-        return self.db.one(self.MESSAGE_COLUMNS + "WHERE messages.id = ?", (message_id,))
-
-    def message_by_client_id(self, room_id, creator_id, client_message_id):
-        message_id = self.db.value("SELECT id FROM messages WHERE client_message_id = ? AND room_id = ? "
-                                   "AND creator_id = ? ORDER BY id LIMIT 1", (client_message_id, room_id, creator_id))
-        return None if message_id is None else self.message(message_id)
 
     # A new message marks its room unread for visible, disconnected members other
     # than the author (Campfire's app/models/room.rb, Room#receive).
@@ -3241,41 +3687,124 @@ class Store:
     SEARCH_ROW_INSERT = "INSERT INTO message_search_index (rowid, body) VALUES (?, ?)"
     SEARCH_ROW_DELETE = "DELETE FROM message_search_index WHERE rowid = ?"
 
+    def message(self, message_id):
+        return self.db.one(self.MESSAGE_COLUMNS + "WHERE messages.id = ?", (message_id,))
+
+    def message_in(self, message_id, *, room_id=None, member_id=None):
+        """The one message lookup: the message, if it is in room_id (when given) and in a
+        room member_id belongs to (when given); else None."""
+        message = self.message(message_id)
+        if message is None or (room_id is not None and message["room_id"] != room_id) or (
+                member_id is not None and message["room_id"] not in self.user_rooms(member_id)):
+            return None
+        return message
+
+    def message_room_id(self, message_id):
+        return self.db.value("SELECT room_id FROM messages WHERE id = ?", (message_id,))
+
+    def message_by_client_id(self, room_id, creator_id, client_message_id):
+        message_id = self.db.value("SELECT id FROM messages WHERE client_message_id = ? AND room_id = ? "
+                                   "AND creator_id = ? ORDER BY id LIMIT 1", (client_message_id, room_id, creator_id))
+        return None if message_id is None else self.message(message_id)
+
+    def mention_sgid(self, user_id):
+        return make_sgid(user_id, self.sgid_secret)
+
+    def _keep_attachment(self, sgid, content_type):
+        """Posted bodies keep only mentions we signed ourselves."""
+        return content_type == MENTION_CONTENT_TYPE and verify_sgid(sgid, self.sgid_secret) is not None
+
+    def mentioned_user(self, sgid):
+        user_id = sgid_user_id(sgid)
+        return self.user(user_id) if user_id else None
+
+    def _mention_name(self, sgid):
+        user = self.mentioned_user(sgid)
+        return user.name if user else None
+
+    def plain_text(self, stored_body):
+        """A body's text for search, webhooks, the bot API and /play, mentions as "@Name"."""
+        return html_to_plain_text(stored_body or "", mention_name=self._mention_name)
+
+    def clean_body(self, raw_body, room_id):
+        """A posted body as it is stored: sanitized, auto-linked, '@Name' turned into mentions."""
+        if len(raw_body) > MAX_MESSAGE_BODY_CHARS:
+            raise PayloadTooLarge("A message holds at most %d characters." % MAX_MESSAGE_BODY_CHARS)
+        body = sanitize_html(raw_body, keep_attachment=self._keep_attachment, link=True)
+        if "@" in body:
+            members = [self.user(user_id) for user_id in self.room_member_ids(room_id)]
+            body = link_mentions(body, [(user.name, self.mention_sgid(user.id)) for user in members if user])
+        return body
+
+    def post_message(self, room, user, raw_body, client_message_id):
+        """(message, created): a retry with the same client_message_id returns the first."""
+        existing = self.message_by_client_id(room.id, user.id, client_message_id)
+        if existing is not None:
+            return existing, False
+        body = self.clean_body(str(raw_body), room.id)
+        plain = self.plain_text(body)
+        if not plain.strip():
+            raise Unprocessable("A message can't be empty.")
+        message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, body, plain)
+        if room.direct:  # direct rooms are listed by recency in every member's sidebar
+            self.bump_users(self.room_member_ids(room.id))
+        self.events.message_created(room, message, unread_user_ids)
+        return message, True
+
+    def edit_message(self, message, raw_body):
+        body = self.clean_body(str(raw_body), message["room_id"])
+        plain = self.plain_text(body)
+        if not plain.strip():
+            raise Unprocessable("A message can't be empty.")
+        self.update_message(message, body, plain)
+        message = self.message(message["id"])
+        self.events.message_updated(message)
+        return message
+
+    def remove_message(self, message):
+        with self.db.atomic():
+            self._delete_message(message)
+        self.events.message_removed(message)
+
     def create_message(self, room_id, creator_id, client_message_id, body, plain_text, now=None):
-        """The message, its rich text and its search row, in the caller's transaction.
+        """The message, its rich text and its search row, in one transaction.
 
         Returns (the message as a row would read, ids of members whose room just became unread)."""
         stamp = utc_now_text(now)
-        message_id = self.db.execute(
-            "INSERT INTO messages (room_id, creator_id, client_message_id, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?)", (room_id, creator_id, client_message_id, stamp, stamp)).lastrowid
-        self.db.execute(
-            "INSERT INTO action_text_rich_texts (name, body, record_type, record_id, created_at, updated_at) "
-            "VALUES ('body', ?, 'Message', ?, ?, ?)", (body, message_id, stamp, stamp))
-        self.db.defer(self.SEARCH_ROW_INSERT, (message_id, plain_text))
-        # Looked for first: in a busy room nearly everyone is unread already or
-        # present, and the search (a partial index) costs a fifth of the update.
-        unread_params = (room_id, creator_id, utc_now_text((now or time.time()) - PRESENCE_WINDOW))
-        unread = []
-        if self.db.one(self.ANY_TO_MARK_UNREAD, unread_params):
-            unread = [row[0] for row in self.db.execute(self.MARK_UNREAD, (stamp, stamp, *unread_params)).fetchall()]
-        self.db.execute("UPDATE rooms SET updated_at = ? WHERE id = ?", (stamp, room_id))
-        self.bump_room(room_id)
-        self.bump_users(unread)
+        with self.db.atomic():
+            message_id = self.db.execute(
+                "INSERT INTO messages (room_id, creator_id, client_message_id, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)", (room_id, creator_id, client_message_id, stamp, stamp)).lastrowid
+            self.db.execute(
+                "INSERT INTO action_text_rich_texts (name, body, record_type, record_id, created_at, updated_at) "
+                "VALUES ('body', ?, 'Message', ?, ?, ?)", (body, message_id, stamp, stamp))
+            self.db.defer(self.SEARCH_ROW_INSERT, (message_id, plain_text))
+            # Looked for first: in a busy room nearly everyone is unread already or
+            # present, and the search (a partial index) costs a fifth of the update.
+            unread_params = (room_id, creator_id, utc_now_text((now or time.time()) - PRESENCE_WINDOW))
+            unread = []
+            if self.db.one(self.ANY_TO_MARK_UNREAD, unread_params):
+                unread = [row[0] for row in self.db.execute(self.MARK_UNREAD,
+                                                            (stamp, stamp, *unread_params)).fetchall()]
+            self.db.execute("UPDATE rooms SET updated_at = ? WHERE id = ?", (stamp, room_id))
+            self.bump_room(room_id)
+            self.bump_users(unread)
         message = {"id": message_id, "room_id": room_id, "creator_id": creator_id,
                    "client_message_id": client_message_id, "created_at": stamp, "updated_at": stamp, "body": body}
         return message, unread
 
     def update_message(self, message, body, plain_text, now=None):
         stamp = utc_now_text(now)
-        self.db.execute("UPDATE action_text_rich_texts SET body = ?, updated_at = ? WHERE record_type = 'Message' "
-                        "AND record_id = ? AND name = 'body'", (body, stamp, message["id"]))
-        self.db.execute("UPDATE messages SET updated_at = ? WHERE id = ?", (stamp, message["id"]))
-        self.db.defer(self.SEARCH_ROW_DELETE, (message["id"],))
-        self.db.defer(self.SEARCH_ROW_INSERT, (message["id"], plain_text))
+        with self.db.atomic():
+            self.db.execute("UPDATE action_text_rich_texts SET body = ?, updated_at = ? WHERE record_type = "
+                            "'Message' AND record_id = ? AND name = 'body'", (body, stamp, message["id"]))
+            self.db.execute("UPDATE messages SET updated_at = ? WHERE id = ?", (stamp, message["id"]))
+            self.db.defer(self.SEARCH_ROW_DELETE, (message["id"],))
+            self.db.defer(self.SEARCH_ROW_INSERT, (message["id"], plain_text))
         self.bump_room(message["room_id"])
 
-    def delete_message(self, message):
+    def _delete_message(self, message):
+        """The message, its rich text, boosts and search row; its deletion remembered for /refresh."""
         stamp = utc_now_text()
         self.db.execute("INSERT OR REPLACE INTO campfire_py_message_deletions (message_id, room_id, deleted_at) "
                         "VALUES (?, ?, ?)", (message["id"], message["room_id"], stamp))
@@ -3303,6 +3832,14 @@ class Store:
                            "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?", (room_id, limit))
         return rows[::-1]
 
+    def message_count(self, room_id):
+        return self.db.value("SELECT count(*) FROM messages WHERE room_id = ?", (room_id,))
+
+    def has_older(self, room_id, message_id):
+        """Whether the room has a message before this one."""
+        return bool(self.db.value("SELECT 1 FROM messages WHERE room_id = ? AND (created_at, id) < "
+                                  "(SELECT created_at, id FROM messages WHERE id = ?) LIMIT 1", (room_id, message_id)))
+
     def deleted_since(self, room_id, since_text, limit=MAX_REFRESH_MESSAGES):
         return [row[0] for row in self.db.all(
             "SELECT message_id FROM campfire_py_message_deletions WHERE room_id = ? AND deleted_at >= ? "
@@ -3312,6 +3849,7 @@ class Store:
         return self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND messages.updated_at >= ? "
                            "ORDER BY messages.updated_at, messages.id LIMIT ?", (room_id, since_text, limit))
 
+    # Boosts ------------------------------------------------------------------
     def boosts_for(self, message_ids):
         if not message_ids:
             return {}
@@ -3323,22 +3861,32 @@ class Store:
                 boosts[row["message_id"]].append(row)
         return boosts
 
-    def create_boost(self, message, booster_id, content):
-        stamp = utc_now_text()
-        boost_id = self.db.execute(
-            "INSERT INTO boosts (message_id, booster_id, content, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (message["id"], booster_id, content, stamp, stamp)).lastrowid
-        self.bump_room(message["room_id"])
-        return boost_id
-
     def boost(self, boost_id):
         return self.db.one("SELECT * FROM boosts WHERE id = ?", (boost_id,))
 
-    def delete_boost(self, boost, room_id):
-        self.db.execute("DELETE FROM boosts WHERE id = ?", (boost["id"],))
-        self.bump_room(room_id)
+    def add_boost(self, message, booster_id, content):
+        """A boost of at most MAX_BOOST_CHARS (422 when empty or longer); returns its row."""
+        if not content:
+            raise Unprocessable("A boost needs some content.")
+        if len(content) > MAX_BOOST_CHARS:
+            raise Unprocessable("A boost holds at most %d characters." % MAX_BOOST_CHARS)
+        stamp = utc_now_text()
+        with self.db.atomic():
+            boost_id = self.db.execute(
+                "INSERT INTO boosts (message_id, booster_id, content, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (message["id"], booster_id, content, stamp, stamp)).lastrowid
+        self.bump_room(message["room_id"])
+        boost = self.boost(boost_id)
+        self.events.boost_changed(message, boost, "created")
+        return boost
 
-    # Search -----------------------------------------------------------------------
+    def remove_boost(self, message, boost):
+        with self.db.atomic():
+            self.db.execute("DELETE FROM boosts WHERE id = ?", (boost["id"],))
+        self.bump_room(message["room_id"])
+        self.events.boost_changed(message, boost, "deleted")
+
+    # Search ------------------------------------------------------------------
     def search(self, user_id, query, limit=SEARCH_RESULT_LIMIT):
         """The newest `limit` messages matching every word, in the user's rooms only.
 
@@ -3375,11 +3923,12 @@ class Store:
         if self.is_latest_search(user_id, query):
             return
         stamp = utc_now_text()
-        self.db.execute("DELETE FROM searches WHERE user_id = ? AND query = ?", (user_id, query))
-        self.db.execute("INSERT INTO searches (user_id, query, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                        (user_id, query, stamp, stamp))
-        self.db.execute("DELETE FROM searches WHERE user_id = ? AND id NOT IN (SELECT id FROM searches WHERE "
-                        "user_id = ? ORDER BY id DESC LIMIT ?)", (user_id, user_id, RECENT_SEARCHES_KEPT))
+        with self.db.atomic():
+            self.db.execute("DELETE FROM searches WHERE user_id = ? AND query = ?", (user_id, query))
+            self.db.execute("INSERT INTO searches (user_id, query, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                            (user_id, query, stamp, stamp))
+            self.db.execute("DELETE FROM searches WHERE user_id = ? AND id NOT IN (SELECT id FROM searches WHERE "
+                            "user_id = ? ORDER BY id DESC LIMIT ?)", (user_id, user_id, RECENT_SEARCHES_KEPT))
         self._last_search[user_id] = query
         self.bump_users([user_id])
 
@@ -3388,34 +3937,145 @@ class Store:
                                               (user_id, RECENT_SEARCHES_KEPT))]
 
     def clear_searches(self, user_id):
-        self.db.execute("DELETE FROM searches WHERE user_id = ?", (user_id,))
+        with self.db.atomic():
+            self.db.execute("DELETE FROM searches WHERE user_id = ?", (user_id,))
         self._last_search.pop(user_id, None)
+        self.bump_users([user_id])
 
-    # People ----------------------------------------------------------------------
-    def active_users(self, exclude_bots=False):
-        rows = self.db.all("SELECT * FROM users WHERE status = ? %s ORDER BY lower(name), id"
-                           % ("AND role != 2" if exclude_bots else ""), (STATUS_ACTIVE,))
-        return [User.from_row(row) for row in rows]
+    # Bots (Campfire's app/models/user/bot.rb) ---------------------------------
+    # A bot is a user with role bot and a bot_token; its key "<id>-<token>" in the
+    # path is all a bot API request carries.
+    _BOT_COLUMNS = ("SELECT users.id, users.name, users.bot_token, (SELECT url FROM webhooks "
+                    "WHERE webhooks.user_id = users.id ORDER BY webhooks.id LIMIT 1) AS webhook_url FROM users ")
 
-    def users_matching(self, query, user_ids=None, limit=AUTOCOMPLETE_LIMIT):
-        pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        rows = self.db.all("SELECT * FROM users WHERE status = ? AND name LIKE ? ESCAPE '\\' "
-                           "ORDER BY lower(name), id LIMIT ?", (STATUS_ACTIVE, pattern, AUTOCOMPLETE_CANDIDATES))
-        users = [User.from_row(row) for row in rows]
-        if user_ids is not None:
-            allowed = set(user_ids)
-            users = [user for user in users if user.id in allowed]
-        return users[:limit]
+    def active_bots(self):
+        """Rows (id, name, bot_token, webhook_url) of the active bots, by name."""
+        return self.db.all(self._BOT_COLUMNS + "WHERE users.role = ? AND users.status = ? "
+                           "ORDER BY lower(users.name), users.id", (ROLE_BOT, STATUS_ACTIVE))
 
+    def active_bot(self, bot_id):
+        return self.db.one(self._BOT_COLUMNS + "WHERE users.id = ? AND users.role = ? AND users.status = ?",
+                           (bot_id, ROLE_BOT, STATUS_ACTIVE))
 
-def fts_match_expression(query):
-    """A user's words as an FTS5 expression that cannot be a syntax error:
-    non-word characters become spaces (as Campfire's app/models/message/searchable.rb does)
-    and every word is quoted."""
-    words = re.findall(r"\w+", str(query))[:MAX_SEARCH_WORDS]
-    if not words:
-        return None
-    return " ".join('"%s"' % word for word in words)
+    def authenticate_bot(self, key):
+        """The active bot a key names, else None (Campfire's User.authenticate_bot)."""
+        match = BOT_KEY_RE.match(key.strip())
+        if not match:
+            return None
+        row = self.active_bot(int(match[1]))
+        if row is None or not row["bot_token"] or not hmac.compare_digest(row["bot_token"].encode(),
+                                                                          match[2].encode()):
+            return None
+        return self.user(row["id"])
+
+    def _set_webhook(self, bot_id, url, now):
+        """One webhooks row per bot: the URL, or none when it is blank."""
+        if not url:
+            self.db.execute("DELETE FROM webhooks WHERE user_id = ?", (bot_id,))
+        elif not self.db.execute("UPDATE webhooks SET url = ?, updated_at = ? WHERE user_id = ?",
+                                 (url, now, bot_id)).rowcount:
+            self.db.execute("INSERT INTO webhooks (user_id, url, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                            (bot_id, url, now, now))
+
+    def create_bot(self, name, webhook_url):
+        """A bot in every open room, as people are (it has no email and no password)."""
+        now = utc_now_text()
+        with self.db.atomic():
+            bot_id = self.db.execute(
+                "INSERT INTO users (name, role, status, bot_token, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, ROLE_BOT, STATUS_ACTIVE, generate_bot_token(), now, now)).lastrowid
+            self._join_open_rooms(bot_id, now)
+            self._set_webhook(bot_id, webhook_url, now)
+        self._account_changed()
+        return bot_id
+
+    def update_bot(self, bot_id, name, webhook_url=None, *, change_webhook=True):
+        now = utc_now_text()
+        with self.db.atomic():
+            self.db.execute("UPDATE users SET name = ?, updated_at = ? WHERE id = ?", (name, now, bot_id))
+            if change_webhook:
+                self._set_webhook(bot_id, webhook_url, now)
+        self._account_changed()  # its name is on every message it wrote
+
+    def reset_bot_key(self, bot_id):
+        with self.db.atomic():
+            self.db.execute("UPDATE users SET bot_token = ?, updated_at = ? WHERE id = ?",
+                            (generate_bot_token(), utc_now_text(), bot_id))
+
+    def webhook_deliveries(self, room, message):
+        """Who hears about a new message (Campfire's app/models/webhook.rb): in a direct room
+        every active bot in it, elsewhere each mentioned active bot in the room, never its
+        author, and only for messages people wrote (a bot's post or reply never triggers one)."""
+        author = self.user(message["creator_id"])
+        if author is None or author.bot:
+            return []
+        body = message["body"] or ""
+        if room.direct:
+            candidates = self.room_member_ids(room.id)
+        else:
+            mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)}
+            if not mentioned:
+                return []
+            candidates = [user_id for user_id in self.room_member_ids(room.id) if user_id in mentioned]
+        deliveries = []
+        for user_id in candidates:
+            user = self.user(user_id)
+            if user is None or not user.bot or not user.active or user_id == author.id:
+                continue
+            row = self.active_bot(user_id)
+            if row is None or not row["webhook_url"] or not row["bot_token"]:
+                continue
+            plain = self.plain_text(body).replace("@" + user.name, "").strip()
+            payload = {"user": {"id": author.id, "name": author.name},
+                       "room": {"id": room.id, "name": room.name,
+                                "path": "/rooms/%d/%s/messages" % (room.id, bot_key(row))},
+                       "message": {"id": message["id"], "body": {"html": body, "plain": plain},
+                                   "path": "/rooms/%d/@%d" % (room.id, message["id"])}}
+            deliveries.append(WebhookDelivery(user_id, room.id, message["id"], row["webhook_url"],
+                                              json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()))
+        return deliveries
+
+    # Seeding (the seed command's bulk writes) -----------------------------------
+    def seed_people(self, count, password_digest, now):
+        """count people "Person N" <personN@example.com> in one statement, the first an
+        administrator; returns the first one's number."""
+        first = (self.db.value("SELECT max(id) FROM users") or 0) + 1
+        stamp = utc_now_text(now)
+        rows = [("Person %d" % n, "person%d@example.com" % n, password_digest,
+                 ROLE_ADMINISTRATOR if n == first else ROLE_MEMBER, STATUS_ACTIVE, stamp, stamp)
+                for n in range(first, first + count)]
+        with self.db.atomic():
+            if self.account() is None:
+                self._create_account(stamp)
+            self.db.connection.executemany("INSERT INTO users (name, email_address, password_digest, role, status, "
+                                           "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        return first
+
+    def seed_messages(self, messages):
+        """messages: [(room_id, creator_id, client_message_id, stamp, plain text)], written
+        in one transaction with their rich text ("<div>text</div>") and search rows."""
+        with self.db.atomic():
+            first_id = (self.db.value("SELECT max(id) FROM messages") or 0) + 1
+            ids = range(first_id, first_id + len(messages))
+            self.db.connection.executemany(
+                "INSERT INTO messages (id, room_id, creator_id, client_message_id, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)", [(message_id, room_id, creator_id, client_id, stamp, stamp)
+                                              for message_id, (room_id, creator_id, client_id, stamp, _)
+                                              in zip(ids, messages)])
+            self.db.connection.executemany(
+                "INSERT INTO action_text_rich_texts (name, body, record_type, record_id, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)", [("body", "<div>%s</div>" % plain, "Message", message_id, stamp, stamp)
+                                              for message_id, (_, _, _, stamp, plain) in zip(ids, messages)])
+            self.db.connection.executemany("INSERT INTO message_search_index (rowid, body) VALUES (?, ?)",
+                                           [(message_id, message[4]) for message_id, message in zip(ids, messages)])
+            for room_id in {message[0] for message in messages}:
+                self.bump_room(room_id)
+
+    def optimize_search_index(self):
+        """Merge the search index's segments, as a long-lived index would be."""
+        with self.db.atomic():
+            self.db.execute("INSERT INTO message_search_index (message_search_index) VALUES ('optimize')")
+
 
 ####
 #### 11. Rendering
@@ -3591,7 +4251,7 @@ def render_message(app, message, boosts=()):
     if cached is not None:
         return cached
     stored = message["body"] or ""
-    sound = message_sound(app.plain_text(stored)) if "/play " in stored else None
+    sound = message_sound(app.store.plain_text(stored)) if "/play " in stored else None
     if sound:
         text = SOUND_TEXTS.get(sound)
         body = HTML('<span class="sound" data-sound="{name}">🔊 {label}</span>').format(
@@ -3822,7 +4482,7 @@ def health_check(app, request):
     if app.db.failing:
         return Response(UNHEALTHY_PAGE, 503, headers=HEALTH_HEADERS)
     try:
-        app.db.value("SELECT max(id) FROM messages")  # reads the file, not just the connection
+        app.db.check_readable()
     except sqlite3.Error:
         app.db.failed_at = time.monotonic()
         return Response(UNHEALTHY_PAGE, 503, headers=HEALTH_HEADERS)
@@ -3889,17 +4549,12 @@ async def first_run(app, request):
     if errors:
         return render_first_run(app, request, values, errors, status=422)
     digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n)
-    with app.db.atomic():
-        if app.store.account() is not None:  # someone else finished first run meanwhile
-            return redirect("/")
-        now = utc_now_text()
-        app.db.execute("INSERT INTO accounts (name, join_code, settings, singleton_guard, created_at, updated_at) "
-                       "VALUES (?, ?, ?, 0, ?, ?)", ("Campfire", generate_join_code(), "{}", now, now))
-        user = app.store.create_user(values["user[name]"], values["user[email_address]"],
-                                     role=ROLE_ADMINISTRATOR, password_digest=digest)
-        room = app.store.create_room("All Talk", ROOM_OPEN, user.id, app.store.active_user_ids())
-        response = redirect("/rooms/%d" % room.id)
-        app.start_session(request, response, user)
+    created = app.store.first_run(values["user[name]"], values["user[email_address]"], digest)
+    if created is None:  # someone else finished first run meanwhile
+        return redirect("/")
+    user, room = created
+    response = redirect("/rooms/%d" % room.id)
+    app.start_session(request, response, user)
     return response
 
 
@@ -3964,8 +4619,7 @@ async def sign_in(app, request):
 def sign_out(app, request):
     token = request.cookies.get(SESSION_COOKIE)
     if token:
-        app.store.delete_session(token)
-    app.cable.disconnect(user_id=request.user.id, session_id=request.session.id)
+        app.store.end_session(token, request.user.id, request.session.id)
     response = redirect("/session/new")
     app.clear_cookie(response, SESSION_COOKIE)
     return response
@@ -3978,8 +4632,7 @@ def join_form(app, request, join_code):
 
 
 def _require_join_code(app, join_code):
-    account = app.store.account()
-    if account is None or not hmac.compare_digest(account["join_code"].encode(), join_code.encode()):
+    if not app.store.join_code_matches(join_code):
         raise NotFound("This invitation link is not valid.")
 
 
@@ -4004,8 +4657,7 @@ async def join(app, request, join_code):
     digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n)
     if app.store.user_by_email(email) is not None:  # the same address joined while this one hashed
         return redirect("/session/new?" + urllib.parse.urlencode({"email_address": email}))
-    with app.db.atomic():
-        user = app.store.create_user(values["user[name]"], email, password_digest=digest)
+    user = app.store.create_user(values["user[name]"], email, password_digest=digest)
     response = redirect("/")
     app.start_session(request, response, user)
     return response
@@ -4032,8 +4684,7 @@ def show_room(app, request, room_id):
     """The room with its newest messages; visiting clears its unread mark."""
     room = app.room_for_member(request, room_id)
     user = request.user
-    if app.store.mark_read(room.id, user.id):
-        app.events.room_read(room, user.id)
+    app.store.mark_read(room.id, user.id)
     store = app.store
     key = ("room", user.id, room.id, store.room_versions[room.id], store.user_versions[user.id],
            store.global_version)
@@ -4050,13 +4701,8 @@ def _navigating(request):
     return request.headers.get("sec-fetch-mode") == "navigate"
 
 
-def can_administer(user, record_creator_id):
-    """adm?(r): administrators, and whoever created the room or message."""
-    return user.administrator or record_creator_id == user.id
-
-
 def _require_room_creation(app, user):
-    if app.store.account_setting("restrict_room_creation_to_administrators") and not user.administrator:
+    if not app.store.may_create_rooms(user):
         raise Forbidden("Only administrators can create rooms here.")
 
 
@@ -4140,11 +4786,7 @@ def create_room(app, request):
     if errors:
         return render_room_form(app, request, room_type=room_type, name=name, member_ids=member_ids,
                                 errors=errors, status=422)
-    active = set(app.store.active_user_ids())
-    members = active if room_type == ROOM_OPEN else (member_ids & active) | {request.user.id}
-    with app.db.atomic():
-        room = app.store.create_room(name, room_type, request.user.id, sorted(members))
-    app.events.room_changed(room, "created")
+    room = app.store.open_room(name, room_type, request.user, member_ids)
     return redirect("/rooms/%d" % room.id)
 
 
@@ -4181,16 +4823,7 @@ def update_room(app, request, room_id):
     if errors:
         return render_room_form(app, request, room=room, room_type=room_type, name=name, member_ids=member_ids,
                                 errors=errors, status=422)
-    active = set(app.store.active_user_ids())
-    with app.db.atomic():
-        if name != room.name:
-            app.store.rename_room(room, name)
-        if room_type != room.type:
-            app.store.change_room_type(room, room_type)
-        wanted = active if room_type == ROOM_OPEN else (member_ids & active) | {request.user.id}
-        granted, revoked = app.store.set_room_members(room, wanted)
-    room = app.store.room(room.id)
-    app.events.room_changed(room, "updated", revoked=revoked)
+    room = app.store.update_room(room, name, room_type, member_ids, request.user)
     return redirect("/rooms/%d" % room.id)
 
 
@@ -4202,10 +4835,7 @@ def delete_room(app, request, room_id):
         raise Forbidden("Only the room's creator or an administrator can delete it.")
     if request.path.startswith("/rooms/directs/") and not room.direct:
         raise NotFound("There is no such room.")
-    member_ids = app.store.room_member_ids(room.id)
-    with app.db.atomic():
-        app.store.delete_room(room)
-    app.events.room_deleted(room, member_ids)
+    app.store.remove_room(room)
     return redirect("/", 303)
 
 
@@ -4241,14 +4871,7 @@ def create_direct_room(app, request):
     chosen.discard(request.user.id)
     if not chosen:
         return render_direct_form(app, request, {"user_ids[]": "Pick at least one person."}, status=422)
-    members = sorted(chosen | {request.user.id})
-    with app.db.atomic():
-        room = app.store.direct_room_for(members)
-        created = room is None
-        if created:
-            room = app.store.create_room(None, ROOM_DIRECT, request.user.id, members)
-    if created:
-        app.events.room_changed(room, "created")
+    room, _ = app.store.start_direct_room(chosen, request.user)
     return redirect("/rooms/%d" % room.id)
 
 
@@ -4286,9 +4909,7 @@ def update_involvement(app, request, room_id):
     allowed = ("everything", "nothing") if room.direct else INVOLVEMENTS
     if involvement not in allowed:
         raise Unprocessable("Involvement must be one of: %s." % ", ".join(allowed))
-    with app.db.atomic():
-        app.store.set_involvement(room.id, request.user.id, involvement)
-    app.events.sidebar_changed([request.user.id])
+    app.store.set_involvement(room.id, request.user.id, involvement)
     if _navigating(request):
         return redirect("/rooms/%d" % room.id)
     return Response(render_bell(room, involvement))
@@ -4303,7 +4924,7 @@ def message_page(app, request, room_id):
 
     def build():
         anchor = before if before is not None else after
-        if anchor is not None and app.store.db.value("SELECT room_id FROM messages WHERE id = ?", (anchor,)) != room.id:
+        if anchor is not None and app.store.message_room_id(anchor) != room.id:
             raise NotFound("There is no such message in this room.")
         messages = app.store.messages_page(room.id, before=before, after=after)
         if not messages:
@@ -4318,7 +4939,8 @@ def create_message(app, request, room_id):
     room = app.room_for_member(request, room_id)
     client_message_id = request.form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
         or random_hex(CLIENT_MESSAGE_ID_BYTES)
-    message, created = app.post_message(room, request.user, request.form.get("message[body]", ""), client_message_id)
+    message, created = app.store.post_message(room, request.user, request.form.get("message[body]", ""),
+                                              client_message_id)
     if _navigating(request):
         return redirect("/rooms/%d" % room.id)
     boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
@@ -4336,12 +4958,17 @@ def _id_param(request, name):
     return int(value)
 
 
-def _message_in_room(app, request, room_id, message_id):
-    app.room_for_member(request, room_id)
-    message = app.store.message(message_id)
-    if message is None or message["room_id"] != room_id:
+def _find_message(app, message_id, *, room_id=None, member=None):
+    """The message, if it is in room_id (when given) and member belongs to its room; else 404."""
+    message = app.store.message_in(message_id, room_id=room_id, member_id=member.id if member else None)
+    if message is None:
         raise NotFound("There is no such message.")
     return message
+
+
+def _message_in_room(app, request, room_id, message_id):
+    app.room_for_member(request, room_id)
+    return _find_message(app, message_id, room_id=room_id)
 
 
 @route("GET", "/rooms/<int:room_id>/messages/<int:message_id>")
@@ -4374,7 +5001,7 @@ def update_message(app, request, room_id, message_id):
     message = _message_in_room(app, request, room_id, message_id)
     if not can_administer(request.user, message["creator_id"]):
         raise Forbidden("You can only edit your own messages.")
-    message = app.edit_message(message, request.form.get("message[body]", ""))
+    message = app.store.edit_message(message, request.form.get("message[body]", ""))
     if _navigating(request):
         return redirect("/rooms/%d/@%d" % (room_id, message_id))
     return Response(render_message(app, message, app.store.boosts_for([message_id]).get(message_id, ())))
@@ -4385,7 +5012,7 @@ def delete_message(app, request, room_id, message_id):
     message = _message_in_room(app, request, room_id, message_id)
     if not can_administer(request.user, message["creator_id"]):
         raise Forbidden("You can only delete your own messages.")
-    app.remove_message(message)
+    app.store.remove_message(message)
     if _navigating(request):
         return redirect("/rooms/%d" % room_id)
     return Response(b"", 204)
@@ -4420,10 +5047,7 @@ def refresh_room(app, request, room_id):
 # Boosts ----------------------------------------------------------------------------
 
 def _message_for_member(app, request, message_id):
-    message = app.store.message(message_id)
-    if message is None or message["room_id"] not in app.store.user_rooms(request.user.id):
-        raise NotFound("There is no such message.")
-    return message
+    return _find_message(app, message_id, member=request.user)
 
 
 @route("GET", "/messages/<int:message_id>/boosts/new")
@@ -4448,15 +5072,7 @@ def new_boost(app, request, message_id):
 @route("POST", "/messages/<int:message_id>/boosts")
 def create_boost(app, request, message_id):
     message = _message_for_member(app, request, message_id)
-    content = request.form.text("boost[content]")
-    if not content:
-        raise Unprocessable("A boost needs some content.")
-    if len(content) > MAX_BOOST_CHARS:
-        raise Unprocessable("A boost holds at most %d characters." % MAX_BOOST_CHARS)
-    with app.db.atomic():
-        boost_id = app.store.create_boost(message, request.user.id, content)
-    boost = app.store.boost(boost_id)
-    app.events.boost_changed(message, boost, "created")
+    boost = app.store.add_boost(message, request.user.id, request.form.text("boost[content]"))
     if _navigating(request):
         return redirect("/rooms/%d/@%d" % (message["room_id"], message_id))
     return Response(render_boost(app, boost), 201)
@@ -4470,9 +5086,7 @@ def delete_boost(app, request, message_id, boost_id):
         raise NotFound("There is no such boost.")
     if boost["booster_id"] != request.user.id:
         raise Forbidden("You can only remove your own boosts.")
-    with app.db.atomic():
-        app.store.delete_boost(boost, message["room_id"])
-    app.events.boost_changed(message, boost, "deleted")
+    app.store.remove_boost(message, boost)
     if _navigating(request):
         return redirect("/rooms/%d/@%d" % (message["room_id"], message_id))
     return Response(b"", 204)
@@ -4484,8 +5098,7 @@ def delete_boost(app, request, message_id, boost_id):
 def search(app, request):
     query = request.query.text("q")[:MAX_SEARCH_QUERY_CHARS]
     if query and fts_match_expression(query) and not app.store.is_latest_search(request.user.id, query):
-        with app.db.atomic():  # repeating the latest search writes nothing (and waits for no commit)
-            app.store.record_search(request.user.id, query)
+        app.store.record_search(request.user.id, query)  # the latest repeated writes nothing
 
     def build():
         results = app.store.search(request.user.id, query) if query else []
@@ -4515,9 +5128,7 @@ def search(app, request):
 
 @route("DELETE", "/searches/clear")
 def clear_searches(app, request):
-    with app.db.atomic():
-        app.store.clear_searches(request.user.id)
-    app.store.bump_users([request.user.id])
+    app.store.clear_searches(request.user.id)
     return redirect("/searches")
 
 
@@ -4575,7 +5186,7 @@ def autocompletable_users(app, request):
         member_ids = app.store.room_member_ids(app.room_for_member(request, int(room_id)).id)
     users = app.store.users_matching(query, member_ids)
     return json_response([{"value": user.id, "name": user.name, "avatar_url": "/users/%d/avatar" % user.id,
-                           "sgid": app.mention_sgid(user.id)} for user in users])
+                           "sgid": app.store.mention_sgid(user.id)} for user in users])
 
 
 # Account, people, profiles, sign-in transfer and QR codes --------------------------
@@ -4586,70 +5197,13 @@ _BASE64URL_RE = re.compile(r"\A[A-Za-z0-9_-]+={0,2}\Z")
 _TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
 
 
-# Derived values, rebuilt whenever the store's global version moves (every
-# change below bumps it, and so does a failed group commit).
-
-def _derived(app, name, build):
-    version = app.store.global_version
-    cached = app.derived.get(name)
-    if cached is None or cached[0] != version:
-        cached = app.derived[name] = (version, build())
-    return cached[1]
-
-
-def custom_styles(app):
-    """(css, digest) of the account's custom CSS; css is '' when there is none."""
-    def build():
-        account = app.store.account()
-        css = (account["custom_styles"] if account else None) or ""
-        return css, hashlib.sha256(css.encode()).hexdigest()[:16]
-    return _derived(app, "custom_styles", build)
-
-
 def render_custom_styles_link(app):
     """The account's CSS as a stylesheet of our own origin, so the CSP needs no 'unsafe-inline'
     (Campfire emits it raw in a <style> tag)."""
-    css, digest = custom_styles(app)
+    css, digest = app.store.custom_styles()
     if not css.strip():
         return HTML("")
     return HTML('<link rel="stylesheet" href="/account/custom_styles.css?v={}">').format(digest)
-
-
-def _normalized_ip(text):
-    """An address as the bans table keeps it (IPv4-mapped IPv6 as plain IPv4), or None."""
-    import ipaddress  # here, not at the top: only bans need it, and it is slow to load
-    try:
-        address = ipaddress.ip_address(str(text).strip())
-    except ValueError:
-        return None
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address
-
-
-def address_banned(app, remote_addr):
-    """True when requests from this address are refused: a banned address may read, not write (429),
-    as with Campfire's bans (app/models/ban.rb)."""
-    banned = _derived(app, "banned_addresses", lambda: frozenset(
-        str(_normalized_ip(row[0]) or row[0]) for row in app.db.all("SELECT DISTINCT ip_address FROM bans")))
-    if not banned:
-        return False
-    address = _normalized_ip(remote_addr)
-    return address is not None and str(address) in banned
-
-
-def _account_changed(app):
-    """Cached pages show the account's name, CSS and settings: make them all stale."""
-    app.store.bump_everything()
-    app.page_cache.clear()
-
-
-def _account_settings(account):
-    try:
-        settings = json.loads(account["settings"] or "{}")
-    except ValueError:
-        settings = {}
-    return settings if isinstance(settings, dict) else {}
 
 
 def invite_url(request, account):
@@ -4669,128 +5223,6 @@ def session_transfer_url(app, request, user, now=None):
 
 def role_label(user):
     return "Administrator" if user.administrator else "Bot" if user.bot else "Member"
-
-
-# People: the domain operations ---------------------------------------------------
-
-def _other_active_administrators(app, user_id):
-    return app.db.value("SELECT count(*) FROM users WHERE role = ? AND status = ? AND id != ?",
-                        (ROLE_ADMINISTRATOR, STATUS_ACTIVE, user_id))
-
-
-def _removal_problem(app, actor, user, action):
-    """Why an administrator may not demote, deactivate or ban this person, or None."""
-    if action != "demote" and user.id == actor.id:
-        return "You can't %s yourself." % action
-    if user.administrator and user.active and not _other_active_administrators(app, user.id):
-        who = "You are" if user.id == actor.id else "%s is" % user.name
-        return ("%s the only administrator. Make someone else an administrator first, so that someone can "
-                "still manage this account." % who)
-    return None
-
-
-def _manageable_user(app, user_id):
-    """A person (not a bot) who is active or banned: the ones administrators manage here."""
-    user = app.store.user(user_id)
-    if user is None or user.bot or user.status == STATUS_DEACTIVATED:
-        raise NotFound("There is no such person.")
-    return user
-
-
-def set_user_role(app, user, role):
-    with app.db.atomic():
-        app.db.execute("UPDATE users SET role = ?, updated_at = ? WHERE id = ?", (role, utc_now_text(), user.id))
-    _account_changed(app)
-
-
-def deactivate_user(app, user):
-    """As Campfire's User#deactivate (app/models/user.rb): sockets closed; non-direct memberships, push subscriptions,
-    searches and sessions deleted; the email address changed so it is free to use again."""
-    email = user.email_address
-    if email:
-        import uuid  # here, not at the top: only deactivation needs it, and it is slow to load
-        email = "x-deactivated-%s@%s" % (uuid.uuid4(), email.rpartition("@")[2] if "@" in email else "deactivated")
-    with app.db.atomic():
-        room_ids = [row[0] for row in app.db.all(
-            "DELETE FROM memberships WHERE user_id = ? AND room_id IN (SELECT id FROM rooms WHERE type != ?) "
-            "RETURNING room_id", (user.id, ROOM_DIRECT))]
-        app.db.execute("DELETE FROM push_subscriptions WHERE user_id = ?", (user.id,))
-        app.store.clear_searches(user.id)
-        app.store.delete_sessions_of(user.id)
-        app.db.execute("UPDATE users SET status = ?, email_address = ?, updated_at = ? WHERE id = ?",
-                       (STATUS_DEACTIVATED, email, utc_now_text(), user.id))
-        for room_id in room_ids:
-            app.store.memberships_changed(room_id, [user.id])
-    _account_changed(app)
-    app.db.after_commit(lambda: app.cable.disconnect(user_id=user.id))
-
-
-def ban_user(app, user):
-    """As Campfire's app/models/user/bannable.rb: every public address the person signed in from is banned, their
-    sessions and sockets end, and their messages are deleted in the background."""
-    addresses = set()
-    for (text,) in app.db.all("SELECT DISTINCT ip_address FROM sessions WHERE user_id = ?", (user.id,)):
-        address = _normalized_ip(text)
-        if address is not None and address.is_global:  # a private address would ban a whole office
-            addresses.add(str(address))
-    stamp = utc_now_text()
-    with app.db.atomic():
-        known = {row[0] for row in app.db.all("SELECT ip_address FROM bans WHERE user_id = ?", (user.id,))}
-        for address in sorted(addresses - known):
-            app.db.execute("INSERT INTO bans (user_id, ip_address, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                           (user.id, address, stamp, stamp))
-        app.db.execute("UPDATE users SET status = ?, updated_at = ? WHERE id = ?", (STATUS_BANNED, stamp, user.id))
-        app.store.delete_sessions_of(user.id)
-    _account_changed(app)
-    app.db.after_commit(lambda: app.cable.disconnect(user_id=user.id))
-    app.db.after_commit(lambda: run_in_background(app, lambda: _purge_messages_step(app, user.id)))
-
-
-def unban_user(app, user):
-    with app.db.atomic():
-        app.db.execute("UPDATE users SET status = ?, updated_at = ? WHERE id = ?",
-                       (STATUS_ACTIVE, utc_now_text(), user.id))
-        app.db.execute("DELETE FROM bans WHERE user_id = ?", (user.id,))
-    _account_changed(app)
-
-
-def _purge_messages_step(app, user_id):
-    """Delete the next chunk of a banned person's messages; True while more remain."""
-    user = app.store.user(user_id)
-    if user is None or user.status != STATUS_BANNED:  # unbanned meanwhile: keep what is left
-        return False
-    messages = app.db.all(app.store.MESSAGE_COLUMNS + "WHERE messages.creator_id = ? ORDER BY messages.id LIMIT ?",
-                          (user_id, app.config.message_purge_chunk))
-    if not messages:
-        return False
-    with app.db.atomic():
-        for message in messages:
-            app.store.delete_message(message)
-    for message in messages:
-        app.events.message_removed(message)
-    return len(messages) == app.config.message_purge_chunk
-
-
-def run_in_background(app, step):
-    """Call step() until it returns False. Under the server each call gets its own
-    event-loop turn, so a long job never holds up requests; without a running loop
-    (tests, the command line) it runs to the end at once."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        while step():
-            pass
-        return
-
-    def turn():
-        try:
-            more = step()
-        except Exception:
-            log.error("background job failed:\n%s", traceback.format_exc())
-            return
-        if more:
-            loop.call_soon(turn)
-    loop.call_soon(turn)
 
 
 # Rendering ---------------------------------------------------------------------------
@@ -4815,18 +5247,9 @@ def render_page_assets(app):
         css=app.asset_url("account.css"), js=app.asset_url("clipboard.js"))
 
 
-def _people(app, page, include_banned):
-    """One page of people (no bots) by name, and whether another page follows."""
-    offset = (page - 1) * ACCOUNT_USERS_PAGE_SIZE
-    rows = app.db.all("SELECT * FROM users WHERE role != ? AND status IN (?, ?) ORDER BY lower(name), id "
-                      "LIMIT ? OFFSET ?", (ROLE_BOT, STATUS_ACTIVE, STATUS_BANNED if include_banned else STATUS_ACTIVE,
-                                           ACCOUNT_USERS_PAGE_SIZE + 1, offset))
-    return [User.from_row(row) for row in rows[:ACCOUNT_USERS_PAGE_SIZE]], len(rows) > ACCOUNT_USERS_PAGE_SIZE
-
-
 def render_people(app, request, page=1):
     viewer = request.user
-    people, more = _people(app, page, include_banned=viewer.administrator)
+    people, more = app.store.people_page(page, include_banned=viewer.administrator)
 
     def controls(user):
         if not viewer.administrator or user.status != STATUS_ACTIVE:
@@ -4878,7 +5301,7 @@ def render_account_page(app, request, *, values=None, errors=None, notice=None, 
     errors = errors or {}
     name = (values or {}).get("account[name]", account["name"])
     if admin:
-        restricted = _account_settings(account).get("restrict_room_creation_to_administrators") is True
+        restricted = app.store.account_settings().get("restrict_room_creation_to_administrators") is True
         head = HTML(
             '<h1 class="panel__title">{title}</h1>{notice}'
             '<form method="post" action="/account" class="form" id="account_form">'
@@ -5040,24 +5463,18 @@ def update_account(app, request):
         if error:
             return render_account_page(app, request, values={"account[name]": name},
                                        errors={"account[name]": error}, status=422)
-    settings = _account_settings(account)
+    settings = app.store.account_settings()
     # The checkbox follows a hidden "0", as in Rails: the last value sent wins.
     restrict = request.form.getlist("account[settings][restrict_room_creation_to_administrators]")
     if restrict:
         settings["restrict_room_creation_to_administrators"] = str(restrict[-1]).strip().lower() in _TRUE_VALUES
-    with app.db.atomic():
-        app.db.execute("UPDATE accounts SET name = ?, settings = ?, updated_at = ? WHERE id = ?",
-                       (name, json.dumps(settings, separators=(",", ":")), utc_now_text(), account["id"]))
-    _account_changed(app)
-    app.events.sidebar_changed(app.store.active_user_ids())  # "New room" may have come or gone
+    app.store.update_account(name, settings)
     return redirect("/account/edit")
 
 
 @route("POST", "/account/join_code", auth="admin")
 def regenerate_join_code(app, request):
-    with app.db.atomic():
-        app.db.execute("UPDATE accounts SET join_code = ?, updated_at = ? WHERE id = ?",
-                       (generate_join_code(), utc_now_text(), app.store.account()["id"]))
+    app.store.regenerate_join_code()
     return redirect("/account/edit")
 
 
@@ -5068,7 +5485,7 @@ def custom_styles_redirect(app, request):
 
 @route("GET", "/account/custom_styles/edit", auth="admin")
 def edit_custom_styles(app, request):
-    return render_custom_styles_form(app, request, custom_styles(app)[0])
+    return render_custom_styles_form(app, request, app.store.custom_styles()[0])
 
 
 @route("PATCH", "/account/custom_styles", auth="admin", body_limit=CUSTOM_STYLES_BODY_LIMIT)
@@ -5079,17 +5496,14 @@ def update_custom_styles(app, request):
         return render_custom_styles_form(app, request, css, status=413, error=(
             "Custom CSS can be at most %d KiB; this is %d KiB." % (MAX_CUSTOM_STYLES_BYTES // 1024,
                                                                   -(-len(css.encode()) // 1024))))
-    with app.db.atomic():
-        app.db.execute("UPDATE accounts SET custom_styles = ?, updated_at = ? WHERE id = ?",
-                       (css if css.strip() else None, utc_now_text(), app.store.account()["id"]))
-    _account_changed(app)
+    app.store.set_custom_styles(css)
     return redirect("/account/edit")
 
 
 @route("GET", "/account/custom_styles.css", auth="public")
 def custom_styles_stylesheet(app, request):
     """The custom CSS for every page's <link>: public, and immutable under its digest."""
-    css, digest = custom_styles(app)
+    css, digest = app.store.custom_styles()
     etag = '"%s"' % digest
     headers = [("ETag", etag), ("Cache-Control", "public, max-age=31536000, immutable"
                                 if request.query.get("v") == digest else "public, no-cache")]
@@ -5099,6 +5513,13 @@ def custom_styles_stylesheet(app, request):
 
 
 # People (administrators) -------------------------------------------------------
+
+def _manageable_user(app, user_id):
+    user = app.store.manageable_user(user_id)
+    if user is None:
+        raise NotFound("There is no such person.")
+    return user
+
 
 @route("GET", "/account/users")
 def account_users(app, request):
@@ -5116,22 +5537,22 @@ def update_account_user(app, request, user_id):
     role = ROLE_ADMINISTRATOR if request.form.text("user[role]") == "administrator" else ROLE_MEMBER
     if role == user.role:
         return redirect("/account/edit")
-    problem = _removal_problem(app, request.user, user, "demote") if role == ROLE_MEMBER else None
+    problem = app.store.removal_problem(request.user, user, "demote") if role == ROLE_MEMBER else None
     if problem:
         return render_account_page(app, request, notice=problem, status=422)
-    set_user_role(app, user, role)
+    app.store.set_role(user, role)
     return redirect("/account/edit")
 
 
 @route("DELETE", "/account/users/<int:user_id>", auth="admin")
 def deactivate_account_user(app, request, user_id):
     user = _manageable_user(app, user_id)
-    problem = _removal_problem(app, request.user, user, "deactivate")
+    problem = app.store.removal_problem(request.user, user, "deactivate")
     if problem is None and user.status == STATUS_BANNED:
         problem = "%s is banned. Unban them before deactivating them." % user.name
     if problem:
         return render_account_page(app, request, notice=problem, status=422)
-    deactivate_user(app, user)
+    app.store.deactivate(user)
     return redirect("/account/edit")
 
 
@@ -5140,10 +5561,10 @@ def create_ban(app, request, user_id):
     user = _manageable_user(app, user_id)
     if user.status == STATUS_BANNED:
         return redirect("/users/%d" % user.id)
-    problem = _removal_problem(app, request.user, user, "ban")
+    problem = app.store.removal_problem(request.user, user, "ban")
     if problem:
         return render_user_page(app, request, user, notice=problem, status=422)
-    ban_user(app, user)
+    app.store.ban(user)
     return redirect("/users/%d" % user.id)
 
 
@@ -5151,7 +5572,7 @@ def create_ban(app, request, user_id):
 def delete_ban(app, request, user_id):
     user = _manageable_user(app, user_id)
     if user.status == STATUS_BANNED:
-        unban_user(app, user)
+        app.store.unban(user)
     return redirect("/users/%d" % user.id)
 
 
@@ -5199,16 +5620,9 @@ async def update_profile(app, request):
     if errors:
         return render_profile(app, request, values, errors, status=422)
     digest = await app.off_loop(hash_password, password, app.config.scrypt_n) if password else None
-    try:
-        with app.db.atomic():
-            app.db.execute("UPDATE users SET name = ?, email_address = ?, bio = ?, updated_at = ? WHERE id = ?",
-                           (values["user[name]"], email, values["user[bio]"] or None, utc_now_text(), user.id))
-            if digest:
-                app.store.set_password_digest(user.id, digest)
-    except sqlite3.IntegrityError:  # the same address taken meanwhile (unique index)
-        return render_profile(app, request, values, {
+    if not app.store.update_profile(user, values["user[name]"], email, values["user[bio]"], digest):
+        return render_profile(app, request, values, {  # the same address taken meanwhile
             "user[email_address]": "Someone else already uses this email address."}, status=422)
-    _account_changed(app)  # names and avatars are everywhere: in cached pages and messages
     return redirect("/users/me/profile")
 
 
@@ -5278,116 +5692,8 @@ def qr_code(app, request, code):
 # Administrators manage bots on /account/bots. Webhook deliveries (the other
 # half) are background work: see Webhooks, after the application.
 
-BOT_KEY_RE = re.compile(r"([0-9]{1,18})-([A-Za-z0-9]{%d})\Z" % BOT_TOKEN_CHARS)
 BOT_ROLE_NAMES = {ROLE_MEMBER: "member", ROLE_ADMINISTRATOR: "administrator", ROLE_BOT: "bot"}
 BOT_MESSAGES_PATH = "/rooms/<int:room_id>/<bot_key>/messages"
-
-
-def generate_bot_token():
-    return random_alphanumeric(BOT_TOKEN_CHARS)
-
-
-_BOT_COLUMNS = ("SELECT users.id, users.name, users.bot_token, (SELECT url FROM webhooks "
-                "WHERE webhooks.user_id = users.id ORDER BY webhooks.id LIMIT 1) AS webhook_url FROM users ")
-
-
-def active_bots(db):
-    """Rows (id, name, bot_token, webhook_url) of the active bots, by name."""
-    return db.all(_BOT_COLUMNS + "WHERE users.role = ? AND users.status = ? ORDER BY lower(users.name), users.id",
-                  (ROLE_BOT, STATUS_ACTIVE))
-
-
-def active_bot(db, bot_id):
-    return db.one(_BOT_COLUMNS + "WHERE users.id = ? AND users.role = ? AND users.status = ?",
-                  (bot_id, ROLE_BOT, STATUS_ACTIVE))
-
-
-def bot_key(bot_row):
-    return "%d-%s" % (bot_row["id"], bot_row["bot_token"])
-
-
-def authenticate_bot(app, key):
-    """The active bot a key names, else None (Campfire's User.authenticate_bot)."""
-    match = BOT_KEY_RE.match(key.strip())
-    if not match:
-        return None
-    row = active_bot(app.db, int(match[1]))
-    if row is None or not row["bot_token"] or not hmac.compare_digest(row["bot_token"].encode(), match[2].encode()):
-        return None
-    return app.store.user(row["id"])
-
-
-def _set_webhook(db, bot_id, url, now):
-    """One webhooks row per bot: the URL, or none when it is blank."""
-    if not url:
-        db.execute("DELETE FROM webhooks WHERE user_id = ?", (bot_id,))
-    elif not db.execute("UPDATE webhooks SET url = ?, updated_at = ? WHERE user_id = ?", (url, now, bot_id)).rowcount:
-        db.execute("INSERT INTO webhooks (user_id, url, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                   (bot_id, url, now, now))
-
-
-def create_bot(app, name, webhook_url):
-    """A bot in every open room, as people are (it has no email and no password)."""
-    store, db = app.store, app.db
-    now = utc_now_text()
-    with db.atomic():
-        bot_id = db.execute(
-            "INSERT INTO users (name, role, status, bot_token, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (name, ROLE_BOT, STATUS_ACTIVE, generate_bot_token(), now, now)).lastrowid
-        for row in db.all("SELECT id FROM rooms WHERE type = ?", (ROOM_OPEN,)):
-            store.add_membership(row["id"], bot_id, now=now)
-            store.memberships_changed(row["id"], [bot_id])
-        _set_webhook(db, bot_id, webhook_url, now)
-    store.bump_everything()
-    return bot_id
-
-
-def update_bot(app, bot_id, name, webhook_url=None, *, change_webhook=True):
-    now = utc_now_text()
-    with app.db.atomic():
-        app.db.execute("UPDATE users SET name = ?, updated_at = ? WHERE id = ?", (name, now, bot_id))
-        if change_webhook:
-            _set_webhook(app.db, bot_id, webhook_url, now)
-    app.store.bump_everything()  # its name is on every message it wrote
-
-
-def reset_bot_key(app, bot_id):
-    with app.db.atomic():
-        app.db.execute("UPDATE users SET bot_token = ?, updated_at = ? WHERE id = ?",
-                       (generate_bot_token(), utc_now_text(), bot_id))
-
-
-def deactivate_bot(app, bot_id):
-    """Campfire's delete: deactivated, key cleared, webhook gone, out of every room but direct ones."""
-    db, store = app.db, app.store
-    with db.atomic():
-        room_ids = [row[0] for row in db.all(
-            "SELECT memberships.room_id FROM memberships JOIN rooms ON rooms.id = memberships.room_id "
-            "WHERE memberships.user_id = ? AND rooms.type != ?", (bot_id, ROOM_DIRECT))]
-        db.execute("DELETE FROM memberships WHERE user_id = ? AND room_id IN (SELECT id FROM rooms WHERE type != ?)",
-                   (bot_id, ROOM_DIRECT))
-        db.execute("DELETE FROM webhooks WHERE user_id = ?", (bot_id,))
-        db.execute("UPDATE users SET status = ?, bot_token = NULL, updated_at = ? WHERE id = ?",
-                   (STATUS_DEACTIVATED, utc_now_text(), bot_id))
-        for room_id in room_ids:
-            store.memberships_changed(room_id, [bot_id])
-    store.bump_everything()
-
-
-def webhook_url_error(url):
-    """Why a webhook URL can't be used, or None (http or https, a host, at most 2 KB)."""
-    if len(url) > MAX_WEBHOOK_URL_CHARS:
-        return "Use a URL of at most %d characters." % MAX_WEBHOOK_URL_CHARS
-    if not url.isascii() or any(char.isspace() or not char.isprintable() for char in url):
-        return "Enter a URL without spaces (percent-encode anything else)."
-    try:
-        split = urllib.parse.urlsplit(url)
-        split.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError:
-        return "Enter a valid URL."
-    if split.scheme.lower() not in ("http", "https") or not split.hostname:
-        return "Enter an http:// or https:// URL with a host name."
-    return None
 
 
 # Bot JSON (Campfire's app/views/messages/_message.json.jbuilder) -----------------------
@@ -5410,7 +5716,7 @@ def _person_json(app, request, user_id):
 def message_json(app, request, message):
     body = message["body"] or ""
     return {"id": message["id"], "created_at": iso_time_ms(message["created_at"]),
-            "body": {"plain_text": app.plain_text(body), "html": body},
+            "body": {"plain_text": app.store.plain_text(body), "html": body},
             "creator": _person_json(app, request, message["creator_id"]),
             "room": {"id": message["room_id"]},
             "url": "%s/rooms/%d/@%d" % (request.origin, message["room_id"], message["id"])}
@@ -5434,7 +5740,7 @@ def bot_api(handler):
         if not app.bot_api_limiter.hit(bot_key):
             return json_response({"error": "Too many requests."}, 429,
                                  [("Retry-After", "%d" % BOT_API_LIMIT[1])])
-        bot = authenticate_bot(app, bot_key)
+        bot = app.store.authenticate_bot(bot_key)
         if bot is None:
             return redirect("/session/new", 302)
         try:
@@ -5462,10 +5768,7 @@ def _posts_an_attachment(request):
 
 
 def _bot_room_message(app, room, message_id):
-    message = app.store.message(message_id)
-    if message is None or message["room_id"] != room.id:
-        raise NotFound("There is no such message.")
-    return message
+    return _find_message(app, message_id, room_id=room.id)
 
 
 @route("GET", BOT_MESSAGES_PATH, auth="bot")
@@ -5474,10 +5777,8 @@ def bot_messages(app, request, room, bot, bot_key):
     """40 messages, oldest first: the newest, or next to ?before= / ?after=."""
     before, after = _id_param(request, "before"), _id_param(request, "after")
     messages = app.store.messages_page(room.id, before=before, after=after)
-    headers = [("X-Total-Count", str(app.db.value("SELECT count(*) FROM messages WHERE room_id = ?", (room.id,))))]
-    if messages and app.db.value(
-            "SELECT 1 FROM messages WHERE room_id = ? AND (created_at, id) < "
-            "(SELECT created_at, id FROM messages WHERE id = ?) LIMIT 1", (room.id, messages[0]["id"])):
+    headers = [("X-Total-Count", str(app.store.message_count(room.id)))]
+    if messages and app.store.has_older(room.id, messages[0]["id"]):
         headers.append(("Link", '<%s/rooms/%d/%s/messages?before=%d>; rel="next"'
                         % (request.origin, room.id, urllib.parse.quote(bot_key), messages[0]["id"])))
     return json_response([message_json(app, request, message) for message in messages], 200, headers)
@@ -5489,7 +5790,7 @@ def bot_create_message(app, request, room, bot, bot_key):
     """The raw body is the message (HTML, sanitized like any other) → 201 and its Location."""
     if _posts_an_attachment(request):
         raise Unprocessable("Attachments are not supported by this server yet: post the message as text.")
-    message, _ = app.post_message(room, bot, _raw_text(request), random_hex(CLIENT_MESSAGE_ID_BYTES))
+    message, _ = app.store.post_message(room, bot, _raw_text(request), random_hex(CLIENT_MESSAGE_ID_BYTES))
     return Response(b"", 201, None, [("Location", "/messages/%d" % message["id"])])
 
 
@@ -5506,7 +5807,7 @@ def bot_update_message(app, request, room, bot, bot_key, message_id):
     message = _bot_room_message(app, room, message_id)
     if message["creator_id"] != bot.id:
         raise Forbidden("A bot can only change its own messages.")
-    return json_response(message_json(app, request, app.edit_message(message, _raw_text(request))))
+    return json_response(message_json(app, request, app.store.edit_message(message, _raw_text(request))))
 
 
 @route("DELETE", BOT_MESSAGES_PATH + "/<int:message_id>", auth="bot")
@@ -5515,7 +5816,7 @@ def bot_delete_message(app, request, room, bot, bot_key, message_id):
     message = _bot_room_message(app, room, message_id)
     if message["creator_id"] != bot.id:
         raise Forbidden("A bot can only delete its own messages.")
-    app.remove_message(message)
+    app.store.remove_message(message)
     return Response(b"", 204)
 
 
@@ -5524,15 +5825,7 @@ def bot_delete_message(app, request, room, bot, bot_key, message_id):
 def bot_create_boost(app, request, room, bot, bot_key, message_id):
     """The raw body is the boost's content."""
     message = _bot_room_message(app, room, message_id)
-    content = _raw_text(request).strip()
-    if not content:
-        raise Unprocessable("A boost needs some content.")
-    if len(content) > MAX_BOOST_CHARS:
-        raise Unprocessable("A boost holds at most %d characters." % MAX_BOOST_CHARS)
-    with app.db.atomic():
-        boost_id = app.store.create_boost(message, bot.id, content)
-    boost = app.store.boost(boost_id)
-    app.events.boost_changed(message, boost, "created")
+    boost = app.store.add_boost(message, bot.id, _raw_text(request).strip())
     return json_response(boost_json(app, request, boost), 201)
 
 
@@ -5545,9 +5838,7 @@ def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
         raise NotFound("There is no such boost.")
     if boost["booster_id"] != bot.id:
         raise Forbidden("A bot can only remove its own boosts.")
-    with app.db.atomic():
-        app.store.delete_boost(boost, room.id)
-    app.events.boost_changed(message, boost, "deleted")
+    app.store.remove_boost(message, boost)
     return Response(b"", 204)
 
 
@@ -5595,7 +5886,7 @@ def render_bot_item(app, request, bot_row):
 
 @route("GET", "/account/bots", auth="admin")
 def bots_index(app, request):
-    bots = active_bots(app.db)
+    bots = app.store.active_bots()
     items = HTML("").join(render_bot_item(app, request, bot) for bot in bots)
     body = HTML(
         '<section class="panel panel--wide"><h1 class="panel__title">Chat bots</h1>'
@@ -5661,7 +5952,7 @@ def _bot_form(form):
 
 
 def _require_bot(app, bot_id):
-    row = active_bot(app.db, bot_id)
+    row = app.store.active_bot(bot_id)
     if row is None:
         raise NotFound("There is no such bot.")
     return row
@@ -5677,7 +5968,7 @@ def create_bot_route(app, request):
     values, errors = _bot_form(request.form)
     if errors:
         return render_bot_form(app, request, values=values, errors=errors, status=422)
-    create_bot(app, values["user[name]"], values["user[webhook_url]"])
+    app.store.create_bot(values["user[name]"], values["user[webhook_url]"])
     return redirect("/account/bots")
 
 
@@ -5702,22 +5993,22 @@ def update_bot_route(app, request, bot_id):
     if errors:
         return render_bot_form(app, request, bot_row=row, values=values, errors=errors, status=422)
     # Campfire changes the webhook only when the field is sent; blank removes it.
-    update_bot(app, bot_id, values["user[name]"], values["user[webhook_url]"],
-               change_webhook="user[webhook_url]" in request.form)
+    app.store.update_bot(bot_id, values["user[name]"], values["user[webhook_url]"],
+                         change_webhook="user[webhook_url]" in request.form)
     return redirect("/account/bots")
 
 
 @route("PUT", "/account/bots/<int:bot_id>/key", auth="admin")
 def reset_bot_key_route(app, request, bot_id):
     _require_bot(app, bot_id)
-    reset_bot_key(app, bot_id)
+    app.store.reset_bot_key(bot_id)
     return redirect("/account/bots")
 
 
 @route("DELETE", "/account/bots/<int:bot_id>", auth="admin")
 def delete_bot(app, request, bot_id):
     _require_bot(app, bot_id)
-    deactivate_bot(app, bot_id)
+    app.store.deactivate(app.store.user(bot_id))
     return redirect("/account/bots")
 
 
@@ -5904,7 +6195,7 @@ class Cable:
         connection.send(cable_reply(command.identifier, "confirm_subscription"))
         if command.channel == "PresenceChannel":
             room_id = command.params["room_id"]
-            if not self._present(connection, room_id):  # nobody new: still tell this tab who is here
+            if not self._present(connection, room_id, count=True):  # nobody new: still tell this tab who is here
                 connection.send(cable_frame(command.identifier, self._presence_message(room_id)))
 
     def _unsubscribe(self, connection, identifier):
@@ -5919,7 +6210,7 @@ class Cable:
                 if not subscribers:
                     del self.streams[stream]
         if channel == "PresenceChannel":
-            self._absent(connection, params["room_id"])
+            self._absent(connection, params["room_id"], count=True)
 
     def _perform(self, connection, command):
         channel, params, _ = connection.subscriptions[command.identifier]
@@ -5931,7 +6222,7 @@ class Cable:
             elif action == "absent":
                 self._absent(connection, room_id, count=False)
             elif action == "refresh":
-                self._touch_presence(connection.user_id, room_id)
+                self.app.store.presence_refreshed(room_id, connection.user_id)
         elif channel == "TypingNotificationsChannel" and action in ("start", "stop"):
             now = self.now()
             if action == "start" and now - connection.typing_at < TYPING_THROTTLE:
@@ -5965,31 +6256,21 @@ class Cable:
 
     # Presence (Campfire's app/channels/presence_channel.rb): connections counted on the
     # membership, connected_at stamped, the unread mark cleared.
-    def _present(self, connection, room_id, count=True):
-        store, user_id = self.app.store, connection.user_id
-        stamp = utc_now_text()
-        with self.app.db.atomic():
-            self.app.db.execute(
-                "UPDATE memberships SET connections = connections + ?, connected_at = ?, unread_at = NULL, "
-                "updated_at = ? WHERE room_id = ? AND user_id = ?", (1 if count else 0, stamp, stamp, room_id, user_id))
-        store.bump_users([user_id])
+    def _present(self, connection, room_id, count):
+        """count: a new subscription (else a tab back in view). True when the person is newly present."""
+        user_id = connection.user_id
+        self.app.store.presence_arrived(room_id, user_id, new_connection=count)
         counter = self.present[room_id]
         counter[user_id] += 1
-        self.broadcast("user_%d_reads" % user_id, {"room_id": room_id})
         if counter[user_id] == 1:
             self._broadcast_presence(room_id)
             return True
         return False
 
-    def _absent(self, connection, room_id, count=True):
+    def _absent(self, connection, room_id, count):
+        """count: the subscription ended (else the tab went out of view)."""
         user_id = connection.user_id
-        with self.app.db.atomic():
-            self.app.db.execute(
-                "UPDATE memberships SET connections = max(connections - ?, 0), updated_at = ? "
-                "WHERE room_id = ? AND user_id = ?", (1 if count else 0, utc_now_text(), room_id, user_id))
-            if not count:
-                self.app.db.execute("UPDATE memberships SET connected_at = NULL WHERE room_id = ? AND user_id = ?",
-                                    (room_id, user_id))
+        self.app.store.presence_left(room_id, user_id, connection_closed=count)
         counter = self.present[room_id]
         counter[user_id] -= 1
         if counter[user_id] <= 0:
@@ -5997,11 +6278,6 @@ class Cable:
             if not counter:
                 del self.present[room_id]
             self._broadcast_presence(room_id)
-
-    def _touch_presence(self, user_id, room_id):
-        with self.app.db.atomic():
-            self.app.db.execute("UPDATE memberships SET connected_at = ? WHERE room_id = ? AND user_id = ?",
-                                (utc_now_text(), room_id, user_id))
 
     def _presence_message(self, room_id):
         users = [self.app.store.user(user_id) for user_id in self.present.get(room_id, ())]
@@ -6129,8 +6405,11 @@ class Cable:
     def sidebar_changed(self, user_ids):
         self.broadcast_many(["user_%d_sidebar" % user_id for user_id in user_ids], {"action": "refresh"})
 
-    def room_read(self, room, user_id):
-        self.broadcast("user_%d_reads" % user_id, {"room_id": room.id})
+    def room_read(self, room_id, user_id):
+        self.broadcast("user_%d_reads" % user_id, {"room_id": room_id})
+
+    def sessions_revoked(self, user_id, session_id=None):
+        self.disconnect(user_id=user_id, session_id=session_id)
 
 
 @route("GET", "/cable", auth="public")
@@ -6288,59 +6567,6 @@ class CachedPage:
     headers: tuple
 
 
-class Events:
-    """Where domain changes are announced, after their transaction commits.
-
-    Listeners (the real-time layer, webhooks) register with `subscribe`; each
-    gets a method call named like the event. A listener's failure is logged and
-    never undoes or blocks the change."""
-
-    def __init__(self, db):
-        self._db = db
-        self._listeners = []
-
-    def subscribe(self, listener):
-        self._listeners.append(listener)
-
-    def _emit(self, name, *args, **kwargs):
-        if self._listeners:
-            self._db.after_commit(lambda: self._deliver(name, args, kwargs))
-
-    def _deliver(self, name, args, kwargs):
-        for listener in self._listeners:
-            handler = getattr(listener, name, None)
-            if handler is None:
-                continue
-            try:
-                handler(*args, **kwargs)
-            except Exception:
-                log.error("listener %s.%s failed:\n%s", type(listener).__name__, name, traceback.format_exc())
-
-    def message_created(self, room, message, unread_user_ids):
-        self._emit("message_created", room, message, unread_user_ids)
-
-    def message_updated(self, message):
-        self._emit("message_updated", message)
-
-    def message_removed(self, message):
-        self._emit("message_removed", message)
-
-    def boost_changed(self, message, boost, change):
-        self._emit("boost_changed", message, boost, change)
-
-    def room_changed(self, room, change, revoked=()):
-        self._emit("room_changed", room, change, revoked)
-
-    def room_deleted(self, room, member_ids):
-        self._emit("room_deleted", room, member_ids)
-
-    def sidebar_changed(self, user_ids):
-        self._emit("sidebar_changed", user_ids)
-
-    def room_read(self, room, user_id):
-        self._emit("room_read", room, user_id)
-
-
 @dataclass
 class Config:
     """Where the data lives and how to serve it: defaults, then the environment, then flags."""
@@ -6399,19 +6625,17 @@ class App:
         self.config = config or Config()
         self._prepare_storage()
         self.db = Database(self.config.resolved_database_path)
+        secret = self.config.secret_key_base or self._stored_secret()
+        self.store = Store(self.db, self.config, hashlib.sha256(b"campfire mentions\0" + secret.encode()).digest())
         try:
             self.db.migrate()
             self.db.repair_search_tail()
-            # Nobody is connected to a server that just started: counts left by a
-            # crash would otherwise hide unread marks forever.
-            with self.db.atomic():
-                self.db.execute("UPDATE memberships SET connections = 0 WHERE connections != 0")
+            self.store.reset_connections()
         except sqlite3.Error as error:
             self.db.connection.close()
             raise ConfigError("%s can't be used (%s)." % (self.config.resolved_database_path, error)) from error
-        self.store = Store(self.db, self.config)
         self.db.on_rollback = self.forget_cached
-        self.signer = Signer(self.config.secret_key_base or self._stored_secret())
+        self.signer = Signer(secret)
         self.router = Router(handler for handler in list(globals().values())
                              if callable(handler) and hasattr(handler, "route_specs"))
         self.static = StaticFiles(self.config.static_root)
@@ -6423,15 +6647,14 @@ class App:
         self._workers = None        # the thread pool for password hashes, made on first use
         self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
-        self.sgid_secret = hashlib.sha256(b"campfire mentions\0" + (self.config.secret_key_base or
-                                          self._stored_secret()).encode()).digest()
-        self.events = Events(self.db)
+        self.events = self.store.events
         self.page_cache = LruCache(PAGE_CACHE_ENTRIES)
         self.message_cache = LruCache(MESSAGE_CACHE_ENTRIES)
-        self.derived = {}  # name → (store.global_version, value): custom CSS, banned addresses
+        self.events.subscribe(self)   # account_changed: below
         self.cable = Cable(self)
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
         self.webhooks = Webhooks(self)
+        self.purges = Purges(self)
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -6505,6 +6728,11 @@ class App:
         token = self.store.create_session(user.id, request.remote_addr, request.headers.get("user-agent", ""))
         self.set_cookie(response, SESSION_COOKIE, token)
 
+    def account_changed(self):
+        """The Events listener for what every page shows: the cached pages go (their versions
+        are stale already; this gives the memory back)."""
+        self.page_cache.clear()
+
     def forget_cached(self):
         """After writes were undone: nothing cached may outlive them."""
         self.store.bump_everything()
@@ -6513,7 +6741,7 @@ class App:
 
     def room_for_member(self, request, room_id):
         """The room, if the signed-in user belongs to it; 404 otherwise (never reveal it exists)."""
-        room = self.store.room(room_id) if room_id in self.store.user_rooms(request.user.id) else None
+        room = self.store.member_room(room_id, request.user.id)
         if room is None:
             raise NotFound("There is no such room.")
         return room
@@ -6546,73 +6774,15 @@ class App:
         response.compressible = False
         return response
 
-    def mention_sgid(self, user_id):
-        return make_sgid(user_id, self.sgid_secret)
-
-    def _keep_attachment(self, sgid, content_type):
-        """Posted bodies keep only mentions we signed ourselves."""
-        return content_type == MENTION_CONTENT_TYPE and verify_sgid(sgid, self.sgid_secret) is not None
-
-    def _mention_name(self, sgid):
-        user_id = sgid_user_id(sgid)
-        user = self.store.user(user_id) if user_id else None
-        return user.name if user else None
-
     def _mention_chip(self, sgid):
-        user_id = sgid_user_id(sgid)
-        user = self.store.user(user_id) if user_id else None
+        user = self.store.mentioned_user(sgid)
         if user is None:
             return None
         return str(HTML('<span class="mention" data-user-id="{id}">{avatar}{name}</span>').format(
             id=user.id, avatar=render_avatar(user.id, 20), name=user.name))
 
-    def plain_text(self, stored_body):
-        return html_to_plain_text(stored_body or "", mention_name=self._mention_name)
-
     def render_body(self, stored_body):
         return HTML(render_rich_text(stored_body or "", mention=self._mention_chip))
-
-    def clean_body(self, raw_body, room_id):
-        """A posted body as it is stored: sanitized, auto-linked, '@Name' turned into mentions."""
-        if len(raw_body) > MAX_MESSAGE_BODY_CHARS:
-            raise PayloadTooLarge("A message holds at most %d characters." % MAX_MESSAGE_BODY_CHARS)
-        body = sanitize_html(raw_body, keep_attachment=self._keep_attachment, link=True)
-        if "@" in body:
-            members = [self.store.user(user_id) for user_id in self.store.room_member_ids(room_id)]
-            body = link_mentions(body, [(user.name, self.mention_sgid(user.id)) for user in members if user])
-        return body
-
-    def post_message(self, room, user, raw_body, client_message_id):
-        """(message, created): a retry with the same client_message_id returns the first."""
-        existing = self.store.message_by_client_id(room.id, user.id, client_message_id)
-        if existing is not None:
-            return existing, False
-        body = self.clean_body(str(raw_body), room.id)
-        plain = self.plain_text(body)
-        if not plain.strip():
-            raise Unprocessable("A message can't be empty.")
-        with self.db.atomic():
-            message, unread_user_ids = self.store.create_message(room.id, user.id, client_message_id, body, plain)
-        if room.direct:  # direct rooms are listed by recency in every member's sidebar
-            self.store.bump_users(self.store.room_member_ids(room.id))
-        self.events.message_created(room, message, unread_user_ids)
-        return message, True
-
-    def edit_message(self, message, raw_body):
-        body = self.clean_body(str(raw_body), message["room_id"])
-        plain = self.plain_text(body)
-        if not plain.strip():
-            raise Unprocessable("A message can't be empty.")
-        with self.db.atomic():
-            self.store.update_message(message, body, plain)
-        message = self.store.message(message["id"])
-        self.events.message_updated(message)
-        return message
-
-    def remove_message(self, message):
-        with self.db.atomic():
-            self.store.delete_message(message)
-        self.events.message_removed(message)
 
     def body_limit(self, method, path):
         """The largest body the route accepts (413 past it). A POST may stand for
@@ -6686,7 +6856,7 @@ class App:
             if override in ("PATCH", "PUT", "DELETE"):
                 lookup = override
                 found = self.router.match(lookup, request.path)
-        if method not in ("GET", "HEAD") and address_banned(self, request.remote_addr):
+        if method not in ("GET", "HEAD") and self.store.address_banned(request.remote_addr):
             raise TooManyRequests("Requests from this address are blocked.")
         if found is None:
             raise NotFound("There is nothing at this address.")
@@ -6767,6 +6937,43 @@ class App:
 ####
 #### 15. Background work
 ####
+# Work that follows a change, off the request path: a banned person's messages
+# deleted in chunks, and webhook deliveries. Each starts from an Events listener.
+
+def run_in_background(step):
+    """Call step() until it returns False. Under the server each call gets its own
+    event-loop turn, so a long job never holds up requests; without a running loop
+    (tests, the command line) it runs to the end at once."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        while step():
+            pass
+        return
+
+    def turn():
+        try:
+            more = step()
+        except Exception:
+            log.error("background job failed:\n%s", traceback.format_exc())
+            return
+        if more:
+            loop.call_soon(turn)
+    loop.call_soon(turn)
+
+
+class Purges:
+    """The Events listener that deletes a banned person's messages, a chunk per turn."""
+
+    def __init__(self, app):
+        self.store = app.store
+        app.events.subscribe(self)
+
+    def user_banned(self, user_id):
+        run_in_background(lambda: self.store.purge_messages_step(user_id))
+
+
+# Webhooks --------------------------------------------------------------------------
 # A person's message that a bot should hear about is queued (bounded) when it
 # commits; a few asyncio workers POST it to the bot's webhook and post a text
 # reply back as the bot, on the event loop's thread (the database belongs to
@@ -6778,52 +6985,6 @@ class WebhookFailed(CampfireError):
 
 class WebhookTimedOut(WebhookFailed):
     """Connecting, or one read or write, took longer than config.webhook_timeout."""
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookDelivery:
-    """One message to post to one bot's webhook URL."""
-
-    bot_id: int
-    room_id: int
-    message_id: int
-    url: str
-    payload: bytes
-
-
-def webhook_deliveries(app, room, message):
-    """Who hears about a new message: in a direct room every active bot in it,
-    elsewhere each mentioned active bot in the room, never its author, and
-    only for messages people wrote (a bot's post or reply never triggers one)."""
-    store = app.store
-    author = store.user(message["creator_id"])
-    if author is None or author.bot:
-        return []
-    body = message["body"] or ""
-    if room.direct:
-        candidates = store.room_member_ids(room.id)
-    else:
-        mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)}
-        if not mentioned:
-            return []
-        candidates = [user_id for user_id in store.room_member_ids(room.id) if user_id in mentioned]
-    deliveries = []
-    for user_id in candidates:
-        user = store.user(user_id)
-        if user is None or not user.bot or not user.active or user_id == author.id:
-            continue
-        row = active_bot(app.db, user_id)
-        if row is None or not row["webhook_url"] or not row["bot_token"]:
-            continue
-        plain = app.plain_text(body).replace("@" + user.name, "").strip()
-        payload = {"user": {"id": author.id, "name": author.name},
-                   "room": {"id": room.id, "name": room.name,
-                            "path": "/rooms/%d/%s/messages" % (room.id, bot_key(row))},
-                   "message": {"id": message["id"], "body": {"html": body, "plain": plain},
-                               "path": "/rooms/%d/@%d" % (room.id, message["id"])}}
-        deliveries.append(WebhookDelivery(user_id, room.id, message["id"], row["webhook_url"],
-                                          json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()))
-    return deliveries
 
 
 def webhook_request_bytes(url, payload):
@@ -6983,7 +7144,7 @@ class Webhooks:
 
     # Events ---------------------------------------------------------------------
     def message_created(self, room, message, unread_user_ids):
-        for delivery in webhook_deliveries(self.app, room, message):
+        for delivery in self.app.store.webhook_deliveries(room, message):
             self.enqueue(delivery)
 
     def enqueue(self, delivery):
@@ -7101,7 +7262,7 @@ class Webhooks:
             log.info("webhook reply from bot %d dropped: the bot or the room is gone", delivery.bot_id)
             return
         try:
-            app.post_message(room, bot, text, random_hex(CLIENT_MESSAGE_ID_BYTES))
+            app.store.post_message(room, bot, text, random_hex(CLIENT_MESSAGE_ID_BYTES))
         except HttpError as error:
             log.warning("webhook reply from bot %d not posted: %s", delivery.bot_id, error.message)
         except Exception:
@@ -7504,57 +7665,34 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
     rng = random.Random(2024)
     progress = progress or (lambda label, done, total: None)
     now = time.time() if now is None else now
-    db, store = app.db, app.store
+    store = app.store
     digest = hash_password(SEED_PASSWORD, app.config.scrypt_n)
-    with db.atomic():
-        if store.account() is None:
-            stamp = utc_now_text(now)
-            db.execute("INSERT INTO accounts (name, join_code, settings, singleton_guard, created_at, updated_at) "
-                       "VALUES (?, ?, ?, 0, ?, ?)", ("Campfire", generate_join_code(), "{}", stamp, stamp))
-        first_new = (db.value("SELECT max(id) FROM users") or 0) + 1
-        stamp = utc_now_text(now)
-        rows = [("Person %d" % n, "person%d@example.com" % n, digest, ROLE_ADMINISTRATOR if n == first_new else ROLE_MEMBER,
-                 STATUS_ACTIVE, stamp, stamp) for n in range(first_new, first_new + users)]
-        db.connection.executemany("INSERT INTO users (name, email_address, password_digest, role, status, created_at, "
-                                  "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        user_ids = [row[0] for row in db.all("SELECT id FROM users WHERE status = ?", (STATUS_ACTIVE,))]
-        room_ids = []
-        for index in range(rooms):
-            closed = index % 5 == 4
-            members = user_ids if not closed else sorted({user_ids[0], *rng.sample(user_ids, max(2, len(user_ids) // 3))})
-            room = store.create_room("Room %02d" % (index + 1), ROOM_CLOSED if closed else ROOM_OPEN,
-                                     user_ids[0], members)
-            room_ids.append(room.id)
-        progress("people and rooms", users + rooms, users + rooms)
+    first_new = store.seed_people(users, digest, now)
+    user_ids = store.active_user_ids()
+    room_ids = []
+    for index in range(rooms):
+        closed = index % 5 == 4
+        members = user_ids if not closed else sorted({user_ids[0], *rng.sample(user_ids, max(2, len(user_ids) // 3))})
+        room = store.create_room("Room %02d" % (index + 1), ROOM_CLOSED if closed else ROOM_OPEN, user_ids[0], members)
+        room_ids.append(room.id)
+    progress("people and rooms", users + rooms, users + rooms)
     members = {room_id: store.room_member_ids(room_id) for room_id in room_ids}
     start = now - messages * 5  # five seconds apart, ending now
     written = 0
     while written < messages:
         count = min(SEED_BATCH, messages - written)
-        with db.atomic():
-            first_id = (db.value("SELECT max(id) FROM messages") or 0) + 1
-            message_rows, text_rows, index_rows = [], [], []
-            for offset in range(count):
-                message_id = first_id + offset
-                room_id = room_ids[rng.randrange(len(room_ids))]
-                stamp = utc_now_text(start + (written + offset) * 5)
-                plain = " ".join(rng.choice(SEED_WORDS) for _ in range(rng.randint(3, 18)))
-                message_rows.append((message_id, room_id, rng.choice(members[room_id]), random_hex(8), stamp, stamp))
-                text_rows.append(("body", "<div>%s</div>" % plain, "Message", message_id, stamp, stamp))
-                index_rows.append((message_id, plain))
-            db.connection.executemany("INSERT INTO messages (id, room_id, creator_id, client_message_id, created_at, "
-                                      "updated_at) VALUES (?, ?, ?, ?, ?, ?)", message_rows)
-            db.connection.executemany("INSERT INTO action_text_rich_texts (name, body, record_type, record_id, "
-                                      "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)", text_rows)
-            db.connection.executemany("INSERT INTO message_search_index (rowid, body) VALUES (?, ?)", index_rows)
+        batch = []
+        for offset in range(count):
+            room_id = room_ids[rng.randrange(len(room_ids))]
+            stamp = utc_now_text(start + (written + offset) * 5)
+            plain = " ".join(rng.choice(SEED_WORDS) for _ in range(rng.randint(3, 18)))
+            batch.append((room_id, rng.choice(members[room_id]), random_hex(8), stamp, plain))
+        store.seed_messages(batch)
         written += count
         progress("messages", written, messages)
     progress("search index", 0, 1)
-    with db.atomic():  # merge the batches' index segments, as a long-lived index would be
-        db.execute("INSERT INTO message_search_index (message_search_index) VALUES ('optimize')")
+    store.optimize_search_index()
     progress("search index", 1, 1)
-    for room_id in room_ids:
-        store.bump_room(room_id)
     store.bump_everything()
     return "person%d@example.com" % first_new
 

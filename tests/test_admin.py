@@ -333,7 +333,7 @@ class DeactivationTests(AdminTestCase):
         self.app.cable.disconnect = lambda **kwargs: disconnected.append(kwargs)
         response = self.delete(self.client, "/account/users/%d" % bob_id)
         self.assertEqual(response.header("Location"), "/account/edit")
-        self.assertEqual(disconnected, [{"user_id": bob_id}])
+        self.assertEqual(disconnected, [{"user_id": bob_id, "session_id": None}])  # every session
         row = self.app.db.one("SELECT * FROM users WHERE id = ?", (bob_id,))
         self.assertEqual(row["status"], campfire.STATUS_DEACTIVATED)
         self.assertRegex(row["email_address"], r"^x-deactivated-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-"
@@ -386,7 +386,7 @@ class BanTests(AdminTestCase):
         response = self.client.post("/users/%d/ban" % bob_id)
         self.assertEqual(response.header("Location"), "/users/%d" % bob_id)
         self.assertEqual(self.status_of(bob_id), campfire.STATUS_BANNED)
-        self.assertEqual(disconnected, [{"user_id": bob_id}])
+        self.assertEqual(disconnected, [{"user_id": bob_id, "session_id": None}])  # every session
         banned = sorted(row[0] for row in self.app.db.all("SELECT ip_address FROM bans WHERE user_id = ?", (bob_id,)))
         self.assertEqual(banned, ["2001:4860:4860::8888", "8.8.8.8", "9.9.9.9"])
         self.assertEqual(self.app.db.value("SELECT count(*) FROM sessions WHERE user_id = ?", (bob_id,)), 0)

@@ -352,8 +352,8 @@ class BotApiTests(BotTestCase):
                 response = self.api("POST", self.base, body.encode("utf-8"), content_type=content_type)
                 self.assertEqual(response.status, 201)
                 message_id = int(response.header("Location").rsplit("/", 1)[1])
-                self.assertEqual(self.app.plain_text(self.app.store.message(message_id)["body"]),
-                                 self.app.plain_text(body))
+                self.assertEqual(self.app.store.plain_text(self.app.store.message(message_id)["body"]),
+                                 self.app.store.plain_text(body))
 
     def test_blank_post_is_422_json(self):
         for body in (b"", b"   ", b"<div> </div>"):
@@ -417,7 +417,7 @@ class BotApiTests(BotTestCase):
         response = self.api("PATCH", self.base + "/%d" % bobs, "hijacked")
         self.assertEqual(response.status, 403)
         self.assertIn("error", json.loads(response.body))
-        self.assertEqual(self.app.plain_text(self.app.store.message(bobs)["body"]), "Bob's words")
+        self.assertEqual(self.app.store.plain_text(self.app.store.message(bobs)["body"]), "Bob's words")
         self.assertEqual(self.api("PATCH", self.base + "/%d" % own, "  ").status, 422)
 
     def test_delete_own_message_204_and_others_403(self):
@@ -670,7 +670,7 @@ class WebhookTests(BotTestCase):
     def test_a_bot_mentioned_outside_its_rooms_or_deactivated_hears_nothing(self):
         receiver = self.receiver(answer(200, "text/plain", b"hi"))
         bot_id, _ = self.make_bot("Helper", receiver.url)
-        sgid = self.app.mention_sgid(bot_id)
+        sgid = self.app.store.mention_sgid(bot_id)
         mention = '<action-text-attachment sgid="%s" content-type="application/vnd.campfire.mention">' \
                   '</action-text-attachment>' % sgid
         self.post_id(self.carol, self.closed, "<div>%s are you there?</div>" % mention)
@@ -901,7 +901,7 @@ class LiveBotTests(unittest.TestCase):
             return response.status, response.headers, response.read()
 
     def bot_texts(self, bot_id):
-        return self.call(lambda: [self.live.app.plain_text(row[0]) for row in self.live.app.db.all(
+        return self.call(lambda: [self.live.app.store.plain_text(row[0]) for row in self.live.app.db.all(
             "SELECT body FROM action_text_rich_texts JOIN messages ON messages.id = record_id "
             "AND record_type = 'Message' WHERE messages.creator_id = ? ORDER BY messages.id", (bot_id,))])
 
@@ -947,7 +947,7 @@ class LiveBotTests(unittest.TestCase):
         self.addCleanup(receiver.close)
         bot_id, _ = self.make_bot("Helper", receiver.url)
         ada_id = self.call(lambda: self.live.app.store.user_by_email("ada@example.com").id)
-        self.call(lambda: self.live.app.post_message(self.live.app.store.room(1), self.live.app.store.user(ada_id),
+        self.call(lambda: self.live.app.store.post_message(self.live.app.store.room(1), self.live.app.store.user(ada_id),
                                                      "@Helper deploy", "live-1"))
         self.assertEqual(self.wait_for(lambda: self.bot_texts(bot_id)), ["On it!"])
         self.assertEqual(json.loads(receiver.requests[0][3])["message"]["body"]["plain"], "deploy")
@@ -960,7 +960,7 @@ class LiveBotTests(unittest.TestCase):
         ada_id = self.call(lambda: self.live.app.store.user_by_email("ada@example.com").id)
         url = "%s/rooms/1/%s/messages" % (self.origin, key)
         for n in range(3):  # three deliveries in flight at once, all hanging
-            self.call(lambda n=n: self.live.app.post_message(
+            self.call(lambda n=n: self.live.app.store.post_message(
                 self.live.app.store.room(1), self.live.app.store.user(ada_id), "@Sleepy wake up %d" % n, "h-%d" % n))
         self.wait_for(lambda: len(receiver.requests) == 3)
         started = time.monotonic()

@@ -514,7 +514,7 @@ class MentionTests(ChatTestCase):
         self.assertEqual(set(person), {"name", "value", "avatar_url", "sgid"})
         self.assertEqual(person["value"], self.bob_id)
         self.assertEqual(person["avatar_url"], "/users/%d/avatar" % self.bob_id)
-        self.assertEqual(campfire.verify_sgid(person["sgid"], self.app.sgid_secret), self.bob_id)
+        self.assertEqual(campfire.verify_sgid(person["sgid"], self.app.store.sgid_secret), self.bob_id)
 
     def test_autocomplete_lists_only_members_of_the_room(self):
         people = json.loads(self.ada.get("/autocompletable/users?query=o&room_id=%d" % self.closed).text)

@@ -82,7 +82,7 @@ class GroupLostToAFullDiskTests(AppTestCase):
         free_disk(db)
         for client_id in ("g1", "g2", "g3"):
             self.assertIsNone(db.value("SELECT id FROM messages WHERE client_message_id = ?", (client_id,)))
-        self.assertEqual(self.app.plain_text(self.app.store.message(self.edited_id)["body"]), "before the trouble")
+        self.assertEqual(self.app.store.plain_text(self.app.store.message(self.edited_id)["body"]), "before the trouble")
         self.assertIsNotNone(db.value("SELECT id FROM rooms WHERE id = ?", (self.doomed,)))
         audit(self, db)
         # The next group works, and its messages are found by search with their own words.
