@@ -1177,6 +1177,153 @@ def accepts_gzip(request):
     return False
 
 
+# Routing: a route table in, matches and URLs out -----------------------------
+# The table itself is the application's (section 12); this is the machinery,
+# pure like the parser above.
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One row of a route table: a method, a path pattern (<name>, <int:name> or
+    <path:name> for its parameters), its name (what url_for builds the path by; None
+    for an alias nothing links to), the handler, who may call it, and the largest
+    request body it takes."""
+
+    method: str
+    pattern: str
+    name: str
+    handler: object
+    auth: str = "user"
+    body_limit: int = FORM_BODY_LIMIT
+
+
+def build_routes(rows):
+    """Rows (methods, pattern, name, handler[, auth[, body_limit]]) → Routes, one per
+    method ("PATCH PUT" is two), checked by check_routes."""
+    return check_routes(tuple(Route(method, pattern, name, handler, *rest)
+                              for methods, pattern, name, handler, *rest in rows for method in methods.split()))
+
+
+def check_routes(routes):
+    """routes, unless two have the same method and pattern or a name is given to two
+    patterns (ValueError: a route that would silently never be reached, or a URL
+    built for the wrong page)."""
+    seen, patterns = set(), {}
+    for route in routes:
+        if (route.method, route.pattern) in seen:
+            raise ValueError("two routes for %s %s" % (route.method, route.pattern))
+        seen.add((route.method, route.pattern))
+        if route.name is not None and patterns.setdefault(route.name, route.pattern) != route.pattern:
+            raise ValueError("the route name %r is given to %s and %s" % (route.name, patterns[route.name],
+                                                                           route.pattern))
+    return routes
+
+
+_PARAM_RE = re.compile(r"<(?:(int|path):)?([a-z_]+)>")
+_PARAM_PATTERNS = {None: r"[^/]+", "int": r"[0-9]{1,18}", "path": r".+"}
+METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")  # how an Allow header lists them
+
+
+class Router:
+    """(method, path) → (route, params): static paths by dict lookup, patterns
+    grouped by method, first segment and depth, answers remembered."""
+
+    def __init__(self, routes):
+        self._static = {}
+        self._dynamic = collections.defaultdict(list)
+        self._matched = {}  # (method, path) → what match() found for a pattern route
+        self._methods = sorted({route.method for route in routes}, key=METHOD_ORDER.index)
+        for route in check_routes(tuple(routes)):
+            if "<" not in route.pattern:
+                self._static[(route.method, route.pattern)] = (route, {})
+                continue
+            converters = {}
+
+            def replace(match):
+                converters[match.group(2)] = match.group(1)
+                return "(?P<%s>%s)" % (match.group(2), _PARAM_PATTERNS[match.group(1)])
+            regex = "^" + _PARAM_RE.sub(replace, re.escape(route.pattern).replace(r"\<", "<").replace(r"\>", ">")) + "$"
+            segments = route.pattern.split("/")
+            self._dynamic[(route.method, segments[1], len(segments))].append((regex, converters, route))
+        for candidates in self._dynamic.values():  # literal segments win over parameters
+            candidates.sort(key=lambda item: item[2].pattern.count("<"))
+
+    def match(self, method, path):
+        """(route, params) or None; both are shared between requests, so read them only."""
+        found = self._static.get((method, path))
+        if found:
+            return found
+        key = (method, path)
+        if key in self._matched:
+            return self._matched[key]
+        found = self._match_pattern(method, path)
+        if len(path) <= MEMO_KEY_MAX_CHARS:
+            if len(self._matched) >= ROUTES_KEPT:
+                self._matched.clear()
+            self._matched[key] = found
+        return found
+
+    def allowed_methods(self, path):
+        """The methods some route takes at path, in METHOD_ORDER (HEAD wherever GET is):
+        what a 405's Allow header lists (RFC 9110 §15.5.6); empty when nothing is there."""
+        methods = [method for method in self._methods if self.match(method, path)]
+        if "GET" in methods:
+            methods.insert(1, "HEAD")
+        return methods
+
+    def _match_pattern(self, method, path):
+        segments = path.split("/")
+        candidates = self._dynamic.get((method, segments[1] if len(segments) > 1 else "", len(segments)), ())
+        if not candidates and segments[-1] != "":  # a <path:…> pattern spans segments
+            candidates = [item for key, items in self._dynamic.items() if key[:2] == (method, segments[1])
+                          for item in items if "<path:" in item[2].pattern]
+        for regex, converters, route in candidates:
+            matched = re.match(regex, path)  # compiled on first use (re keeps them), not at every start
+            if matched:
+                params = {}
+                for name, value in matched.groupdict().items():
+                    params[name] = int(value) if converters[name] == "int" else urllib.parse.unquote(value)
+                return route, params
+        return None
+
+
+class UrlBuilder:
+    """Paths from a route table by name: each pattern becomes a %-format template once."""
+
+    def __init__(self, routes):
+        self._templates = {}  # name → (template, {parameter: converter})
+        for route in routes:
+            if route.name is None or route.name in self._templates:
+                continue
+            converters = {}
+
+            def placeholder(match):
+                converters[match.group(2)] = match.group(1)
+                return "%%(%s)%s" % (match.group(2), "d" if match.group(1) == "int" else "s")
+            self._templates[route.name] = (_PARAM_RE.sub(placeholder, route.pattern.replace("%", "%%")), converters)
+
+    def template(self, name):
+        """The %-format template of a route whose parameters are all numbers: what a hot
+        template embeds ("/rooms/%(room_id)d/@%(message_id)d")."""
+        template, converters = self._templates[name]
+        if any(kind != "int" for kind in converters.values()):
+            raise ValueError("%s has parameters that need quoting" % name)
+        return template
+
+    def build(self, name, params):
+        """The path, parameters filled in (text percent-encoded); the others as a query string."""
+        template, converters = self._templates[name]
+        for key, kind in converters.items():
+            if kind is None:
+                params[key] = urllib.parse.quote(str(params[key]), safe="")
+            elif kind == "path":
+                params[key] = urllib.parse.quote(str(params[key]), safe="/")
+        path = template % params
+        if len(params) > len(converters):
+            path += "?" + urllib.parse.urlencode({key: value for key, value in params.items()
+                                                 if key not in converters})
+        return path
+
+
 ####
 #### 5. WebSocket (RFC 6455, RFC 7692)
 ####
@@ -4384,86 +4531,120 @@ def render_room(app, request, room, messages, *, highlight_id=None):
 ####
 #### 12. Routes
 ####
-# Each handler is declared with the route it answers. `auth` says who may ask:
+# The route table below is the map of the server: every method and path it
+# answers, the name url_for builds the path by, the handler, and who may call it:
 #   public      anyone (the user is still loaded when signed in)
 #   signed_out  only people not signed in (others go to /)
 #   user        a signed-in person (others go to sign in, or first run)
 #   admin       a signed-in administrator (others get 403)
 #   bot         the bot API: the key in the path authenticates (no cookie, no forgery check)
+#   health      /up: no session looked at, nothing logged
+# and, where a route takes more than FORM_BODY_LIMIT, the largest body it takes.
+# The handlers follow, grouped by feature in the table's order; each parses and
+# checks its input, calls the domain, renders and answers. App owns the Router
+# made from this table; a path matched with the wrong method is a 405 with Allow.
 
-@dataclass(frozen=True)
-class RouteSpec:
-    """What @route records on a handler: method, path pattern, who may call it, body limit."""
-
-    method: str
-    pattern: str
-    auth: str
-    body_limit: int
+BOT_MESSAGES_PATH = "/rooms/<int:room_id>/<bot_key>/messages"
 
 
-def route(method, pattern, *, auth="user", body_limit=FORM_BODY_LIMIT):
-    def decorate(handler):
-        handler.__dict__.setdefault("route_specs", []).append(RouteSpec(method, pattern, auth, body_limit))
-        return handler
-    return decorate
-
-
-_PARAM_RE = re.compile(r"<(?:(int|path):)?([a-z_]+)>")
-_PARAM_PATTERNS = {None: r"[^/]+", "int": r"[0-9]{1,18}", "path": r".+"}
-
-
-class Router:
-    """Static paths by dict lookup; patterns grouped by their first segment."""
-
-    def __init__(self, handlers):
-        self._static = {}
-        self._dynamic = collections.defaultdict(list)
-        self._matched = {}  # (method, path) → what match() found for a pattern route
-        for handler in handlers:
-            for spec in handler.route_specs:
-                if "<" not in spec.pattern:
-                    self._static[(spec.method, spec.pattern)] = (handler, spec)
-                    continue
-                converters = {}
-
-                def replace(match):
-                    converters[match.group(2)] = match.group(1)
-                    return "(?P<%s>%s)" % (match.group(2), _PARAM_PATTERNS[match.group(1)])
-                regex = "^" + _PARAM_RE.sub(replace, re.escape(spec.pattern).replace(r"\<", "<").replace(r"\>", ">")) + "$"
-                segments = spec.pattern.split("/")
-                self._dynamic[(spec.method, segments[1], len(segments))].append((regex, converters, handler, spec))
-        for routes in self._dynamic.values():  # literal segments win over parameters
-            routes.sort(key=lambda item: item[3].pattern.count("<"))
-
-    def match(self, method, path):
-        """(handler, spec, params) or None; params is shared, so read it only."""
-        found = self._static.get((method, path))
-        if found:
-            return found[0], found[1], {}
-        key = (method, path)
-        if key in self._matched:
-            return self._matched[key]
-        found = self._match_pattern(method, path)
-        if len(path) <= MEMO_KEY_MAX_CHARS:
-            if len(self._matched) >= ROUTES_KEPT:
-                self._matched.clear()
-            self._matched[key] = found
-        return found
-
-    def _match_pattern(self, method, path):
-        segments = path.split("/")
-        candidates = self._dynamic.get((method, segments[1] if len(segments) > 1 else "", len(segments)), ())
-        if not candidates and segments[-1] != "":  # a <path:…> pattern spans segments
-            candidates = [item for key, items in self._dynamic.items() if key[:2] == (method, segments[1])
-                          for item in items if "<path:" in item[3].pattern]
-        for regex, converters, handler, spec in candidates:
-            matched = re.match(regex, path)  # compiled on first use (re keeps them), not at every start
-            if matched:
-                params = {}
-                for name, value in matched.groupdict().items():
-                    params[name] = int(value) if converters[name] == "int" else urllib.parse.unquote(value)
-                return handler, spec, params
-        return None
+def route_table():
+    return (
+        # method(s)     path pattern                                  name                      handler                   who      body limit
+        # Health, files and the installable app
+        ("GET",         "/up",                                        "up",                     health_check,             "health"),
+        ("GET",         "/static/<path:path>",                        "static",                 static_file,              "public"),
+        ("GET",         "/webmanifest.json",                          "webmanifest",            web_manifest,             "public"),
+        ("GET",         "/webmanifest",                               None,                     web_manifest,             "public"),
+        ("GET",         "/service-worker.js",                         "service_worker",         service_worker,           "public"),
+        ("GET",         "/service-worker",                            None,                     service_worker,           "public"),
+        # First run, sign in and out, sign up, sign-in links and their QR codes
+        ("GET",         "/first_run",                                 "first_run",              first_run_form,           "public"),
+        ("POST",        "/first_run",                                 "first_run",              first_run,                "public"),
+        ("GET",         "/session/new",                               "new_session",            sign_in_form,             "signed_out"),
+        ("POST",        "/session",                                   "session",                sign_in,                  "public"),
+        ("DELETE",      "/session",                                   "session",                sign_out,                 "user"),
+        ("GET",         "/join/<join_code>",                          "join",                   join_form,                "signed_out"),
+        ("POST",        "/join/<join_code>",                          "join",                   join,                     "signed_out"),
+        ("GET",         "/session/transfers/<token>",                 "session_transfer",       show_session_transfer,    "public"),
+        ("PUT PATCH",   "/session/transfers/<token>",                 "session_transfer",       update_session_transfer,  "public"),
+        ("GET",         "/qr_code/<code>",                            "qr_code",                qr_code,                  "public"),
+        # Rooms
+        ("GET",         "/",                                          "root",                   landing),
+        ("GET",         "/rooms",                                     "rooms",                  landing),
+        ("GET",         "/rooms/<int:room_id>",                       "room",                   show_room),
+        ("DELETE",      "/rooms/<int:room_id>",                       "room",                   delete_room),
+        ("GET",         "/rooms/opens/new",                           "new_open_room",          new_room),
+        ("GET",         "/rooms/closeds/new",                         "new_closed_room",        new_room),
+        ("POST",        "/rooms/opens",                               "open_rooms",             create_room),
+        ("POST",        "/rooms/closeds",                             "closed_rooms",           create_room),
+        ("GET",         "/rooms/opens/<int:room_id>",                 "open_room",              room_kind_show),
+        ("PATCH PUT",   "/rooms/opens/<int:room_id>",                 "open_room",              update_room),
+        ("GET",         "/rooms/closeds/<int:room_id>",               "closed_room",            room_kind_show),
+        ("PATCH PUT",   "/rooms/closeds/<int:room_id>",               "closed_room",            update_room),
+        ("GET",         "/rooms/opens/<int:room_id>/edit",            "edit_open_room",         edit_room),
+        ("GET",         "/rooms/closeds/<int:room_id>/edit",          "edit_closed_room",       edit_room),
+        ("GET",         "/rooms/directs/new",                         "new_direct_room",        new_direct_room),
+        ("POST",        "/rooms/directs",                             "direct_rooms",           create_direct_room),
+        ("GET",         "/rooms/directs/<int:room_id>",               "direct_room",            room_kind_show),
+        ("DELETE",      "/rooms/directs/<int:room_id>",               "direct_room",            delete_room),
+        ("GET",         "/rooms/directs/<int:room_id>/edit",          "edit_direct_room",       edit_direct_room),
+        ("GET",         "/rooms/<int:room_id>/involvement",           "room_involvement",       show_involvement),
+        ("PUT PATCH",   "/rooms/<int:room_id>/involvement",           "room_involvement",       update_involvement),
+        # Messages and boosts
+        ("GET",         "/rooms/<int:room_id>/messages",              "room_messages",          message_page),
+        ("POST",        "/rooms/<int:room_id>/messages",              "room_messages",          create_message,           "user",  MESSAGE_BODY_LIMIT),
+        ("GET",         "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       show_message),
+        ("PATCH PUT",   "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       update_message,           "user",  MESSAGE_BODY_LIMIT),
+        ("DELETE",      "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       delete_message),
+        ("GET",         "/rooms/<int:room_id>/messages/<int:message_id>/edit", "edit_room_message", edit_message),
+        ("GET",         "/rooms/<int:room_id>/@<int:message_id>",     "room_at_message",        permalink),
+        ("GET",         "/rooms/<int:room_id>/refresh",               "room_refresh",           refresh_room),
+        ("GET",         "/messages/<int:message_id>",                 "message",                message_location),
+        ("GET",         "/messages/<int:message_id>/boosts/new",      "new_message_boost",      new_boost),
+        ("POST",        "/messages/<int:message_id>/boosts",          "message_boosts",         create_boost),
+        ("DELETE",      "/messages/<int:message_id>/boosts/<int:boost_id>", "message_boost",    delete_boost),
+        # Search
+        ("GET",         "/searches",                                  "searches",               search),
+        ("DELETE",      "/searches/clear",                            "clear_searches",         clear_searches),
+        # People and profiles
+        ("GET",         "/users/me/sidebar",                          "user_sidebar",           sidebar),
+        ("GET",         "/users/me/profile",                          "user_profile",           edit_profile),
+        ("PATCH PUT",   "/users/me/profile",                          "user_profile",           update_profile),
+        ("GET",         "/users/<int:user_id>",                       "user",                   show_user),
+        ("GET",         "/users/<int:user_id>/avatar",                "user_avatar",            avatar),
+        ("POST",        "/users/<int:user_id>/ban",                   "user_ban",               create_ban,               "admin"),
+        ("DELETE",      "/users/<int:user_id>/ban",                   "user_ban",               delete_ban,               "admin"),
+        ("GET",         "/autocompletable/users",                     "autocompletable_users",  autocompletable_users),
+        # The account: its page, settings, custom CSS and people
+        ("GET",         "/account/edit",                              "edit_account",           edit_account),
+        ("PATCH PUT",   "/account",                                   "account",                update_account,           "admin"),
+        ("POST",        "/account/join_code",                         "account_join_code",      regenerate_join_code,     "admin"),
+        ("GET",         "/account/custom_styles",                     "account_custom_styles",  custom_styles_redirect,   "admin"),
+        ("PATCH PUT",   "/account/custom_styles",                     "account_custom_styles",  update_custom_styles,     "admin", CUSTOM_STYLES_BODY_LIMIT),
+        ("GET",         "/account/custom_styles/edit",                "edit_account_custom_styles", edit_custom_styles,   "admin"),
+        ("GET",         "/account/custom_styles.css",                 "account_custom_stylesheet", custom_styles_stylesheet, "public"),
+        ("GET",         "/account/users",                             "account_users",          account_users),
+        ("PATCH PUT",   "/account/users/<int:user_id>",               "account_user",           update_account_user,      "admin"),
+        ("DELETE",      "/account/users/<int:user_id>",               "account_user",           deactivate_account_user,  "admin"),
+        # Bots: administrators' pages, and the bot API (Campfire's paths)
+        ("GET",         "/account/bots",                              "account_bots",           bots_index,               "admin"),
+        ("POST",        "/account/bots",                              "account_bots",           create_bot_route,         "admin"),
+        ("GET",         "/account/bots/new",                          "new_account_bot",        new_bot,                  "admin"),
+        ("GET",         "/account/bots/<int:bot_id>",                 "account_bot",            show_bot,                 "admin"),
+        ("PATCH PUT",   "/account/bots/<int:bot_id>",                 "account_bot",            update_bot_route,         "admin"),
+        ("DELETE",      "/account/bots/<int:bot_id>",                 "account_bot",            delete_bot,               "admin"),
+        ("GET",         "/account/bots/<int:bot_id>/edit",            "edit_account_bot",       edit_bot,                 "admin"),
+        ("PUT",         "/account/bots/<int:bot_id>/key",             "account_bot_key",        reset_bot_key_route,      "admin"),
+        ("GET",         BOT_MESSAGES_PATH,                            "bot_messages",           bot_messages,             "bot"),
+        ("POST",        BOT_MESSAGES_PATH,                            "bot_messages",           bot_create_message,       "bot",   MESSAGE_BODY_LIMIT),
+        ("GET",         BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_show_message,         "bot"),
+        ("PATCH PUT",   BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_update_message,       "bot",   MESSAGE_BODY_LIMIT),
+        ("DELETE",      BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_delete_message,       "bot"),
+        ("POST",        BOT_MESSAGES_PATH + "/<int:message_id>/boosts", "bot_message_boosts",   bot_create_boost,         "bot"),
+        ("DELETE",      BOT_MESSAGES_PATH + "/<int:message_id>/boosts/<int:boost_id>", "bot_message_boost", bot_delete_boost, "bot"),
+        # Real time
+        ("GET",         "/cable",                                     "cable",                  cable,                    "public"),
+    )
 
 
 # Health ---------------------------------------------------------------------
@@ -4477,7 +4658,6 @@ HEALTH_HEADERS = (("Content-Security-Policy", "default-src 'none'; style-src 'un
                   ("Cache-Control", "no-store"))
 
 
-@route("GET", "/up", auth="health")
 def health_check(app, request):
     if app.db.failing:
         return Response(UNHEALTHY_PAGE, 503, headers=HEALTH_HEADERS)
@@ -4491,15 +4671,12 @@ def health_check(app, request):
 
 # Static files -------------------------------------------------------------------
 
-@route("GET", "/static/<path:path>", auth="public")
 def static_file(app, request, path):
     return app.static.response(request, request.path[len("/static/"):])
 
 
 # The installable app -----------------------------------------------------------
 
-@route("GET", "/webmanifest.json", auth="public")
-@route("GET", "/webmanifest", auth="public")
 def web_manifest(app, request):
     name = app.store.account_name()
     icon_192 = {"src": "/static/icon-192.png", "sizes": "192x192", "type": "image/png"}
@@ -4515,8 +4692,6 @@ def web_manifest(app, request):
     }, headers=[("Content-Type", "application/manifest+json"), ("Cache-Control", "no-cache")])
 
 
-@route("GET", "/service-worker.js", auth="public")
-@route("GET", "/service-worker", auth="public")
 def service_worker(app, request):
     """Served from the root so its scope is the whole site; it caches no chat, only the offline page."""
     response = app.static.response(request, "service-worker.js")
@@ -4527,7 +4702,6 @@ def service_worker(app, request):
 
 # First run, sign in, sign out, sign up -------------------------------------
 
-@route("GET", "/first_run", auth="public")
 def first_run_form(app, request):
     if app.store.account() is not None:
         return redirect("/")
@@ -4541,7 +4715,6 @@ def render_first_run(app, request, values, errors, status=200):
                             status=status)
 
 
-@route("POST", "/first_run", auth="public")
 async def first_run(app, request):
     if app.store.account() is not None:
         return redirect("/")
@@ -4575,7 +4748,6 @@ def _user_form(form):
     return values, errors
 
 
-@route("GET", "/session/new", auth="signed_out")
 def sign_in_form(app, request):
     if app.store.account() is None:
         return redirect("/first_run")
@@ -4593,7 +4765,6 @@ def render_sign_in(app, request, email, notice=None, status=200):
                             "/session", fields, "Sign in", notice=notice, status=status)
 
 
-@route("POST", "/session", auth="public")
 async def sign_in(app, request):
     email = request.form.text("email_address")
     password = str(request.form.get("password", ""))
@@ -4615,7 +4786,6 @@ async def sign_in(app, request):
     return response
 
 
-@route("DELETE", "/session", auth="user")
 def sign_out(app, request):
     token = request.cookies.get(SESSION_COOKIE)
     if token:
@@ -4625,7 +4795,6 @@ def sign_out(app, request):
     return response
 
 
-@route("GET", "/join/<join_code>", auth="signed_out")
 def join_form(app, request, join_code):
     _require_join_code(app, join_code)
     return render_join(app, request, join_code, {}, {})
@@ -4643,7 +4812,6 @@ def render_join(app, request, join_code, values, errors, status=200):
                             "Join", status=status)
 
 
-@route("POST", "/join/<join_code>", auth="signed_out")
 async def join(app, request, join_code):
     _require_join_code(app, join_code)
     if not app.sign_up_limiter.hit(request.remote_addr):
@@ -4665,8 +4833,6 @@ async def join(app, request, join_code):
 
 # Landing and rooms ------------------------------------------------------------
 
-@route("GET", "/", auth="user")
-@route("GET", "/rooms", auth="user")
 def landing(app, request):
     rooms = app.store.rooms_for(request.user.id)
     if not rooms:
@@ -4679,7 +4845,6 @@ def landing(app, request):
     return redirect("/rooms/%d" % target, 302)
 
 
-@route("GET", "/rooms/<int:room_id>", auth="user")
 def show_room(app, request, room_id):
     """The room with its newest messages; visiting clears its unread mark."""
     room = app.room_for_member(request, room_id)
@@ -4760,8 +4925,6 @@ def render_room_form(app, request, *, room=None, room_type=ROOM_OPEN, name="", m
     return render_layout(app, request, "Room settings" if editing else "New room", body, status=status)
 
 
-@route("GET", "/rooms/opens/new")
-@route("GET", "/rooms/closeds/new")
 def new_room(app, request):
     _require_room_creation(app, request.user)
     room_type = ROOM_CLOSED if "/closeds/" in request.path else ROOM_OPEN
@@ -4777,8 +4940,6 @@ def _room_form_values(request):
     return name or "New room", member_ids, errors
 
 
-@route("POST", "/rooms/opens")
-@route("POST", "/rooms/closeds")
 def create_room(app, request):
     _require_room_creation(app, request.user)
     room_type = ROOM_CLOSED if request.path == "/rooms/closeds" else ROOM_OPEN
@@ -4790,16 +4951,11 @@ def create_room(app, request):
     return redirect("/rooms/%d" % room.id)
 
 
-@route("GET", "/rooms/opens/<int:room_id>")
-@route("GET", "/rooms/closeds/<int:room_id>")
-@route("GET", "/rooms/directs/<int:room_id>")
 def room_kind_show(app, request, room_id):
     app.room_for_member(request, room_id)
     return redirect("/rooms/%d" % room_id, 302)
 
 
-@route("GET", "/rooms/opens/<int:room_id>/edit")
-@route("GET", "/rooms/closeds/<int:room_id>/edit")
 def edit_room(app, request, room_id):
     room = app.room_for_member(request, room_id)
     if room.direct:
@@ -4808,10 +4964,6 @@ def edit_room(app, request, room_id):
                             member_ids=app.store.room_member_ids(room.id))
 
 
-@route("PATCH", "/rooms/opens/<int:room_id>")
-@route("PUT", "/rooms/opens/<int:room_id>")
-@route("PATCH", "/rooms/closeds/<int:room_id>")
-@route("PUT", "/rooms/closeds/<int:room_id>")
 def update_room(app, request, room_id):
     room = app.room_for_member(request, room_id)
     if room.direct:
@@ -4827,8 +4979,6 @@ def update_room(app, request, room_id):
     return redirect("/rooms/%d" % room.id)
 
 
-@route("DELETE", "/rooms/<int:room_id>")
-@route("DELETE", "/rooms/directs/<int:room_id>")
 def delete_room(app, request, room_id):
     room = app.room_for_member(request, room_id)
     if not room.direct and not can_administer(request.user, room.creator_id):
@@ -4839,7 +4989,6 @@ def delete_room(app, request, room_id):
     return redirect("/", 303)
 
 
-@route("GET", "/rooms/directs/new")
 def new_direct_room(app, request):
     return render_direct_form(app, request)
 
@@ -4864,7 +5013,6 @@ def render_direct_form(app, request, errors=None, status=200):
     return render_layout(app, request, "New Ping", body, status=status)
 
 
-@route("POST", "/rooms/directs")
 def create_direct_room(app, request):
     active = set(app.store.active_user_ids())
     chosen = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()} & active
@@ -4875,7 +5023,6 @@ def create_direct_room(app, request):
     return redirect("/rooms/%d" % room.id)
 
 
-@route("GET", "/rooms/directs/<int:room_id>/edit")
 def edit_direct_room(app, request, room_id):
     room = app.room_for_member(request, room_id)
     if not room.direct:
@@ -4895,14 +5042,11 @@ def edit_direct_room(app, request, room_id):
     return render_layout(app, request, "Room settings", body)
 
 
-@route("GET", "/rooms/<int:room_id>/involvement")
 def show_involvement(app, request, room_id):
     room = app.room_for_member(request, room_id)
     return Response(render_bell(room, app.store.user_rooms(request.user.id).get(room.id, "mentions")))
 
 
-@route("PUT", "/rooms/<int:room_id>/involvement")
-@route("PATCH", "/rooms/<int:room_id>/involvement")
 def update_involvement(app, request, room_id):
     room = app.room_for_member(request, room_id)
     involvement = request.form.text("involvement")
@@ -4917,7 +5061,6 @@ def update_involvement(app, request, room_id):
 
 # Messages -------------------------------------------------------------------------
 
-@route("GET", "/rooms/<int:room_id>/messages")
 def message_page(app, request, room_id):
     room = app.room_for_member(request, room_id)
     before, after = _id_param(request, "before"), _id_param(request, "after")
@@ -4934,7 +5077,6 @@ def message_page(app, request, room_id):
     return app.cached(request, key, build)
 
 
-@route("POST", "/rooms/<int:room_id>/messages", body_limit=MESSAGE_BODY_LIMIT)
 def create_message(app, request, room_id):
     room = app.room_for_member(request, room_id)
     client_message_id = request.form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
@@ -4971,13 +5113,11 @@ def _message_in_room(app, request, room_id, message_id):
     return _find_message(app, message_id, room_id=room_id)
 
 
-@route("GET", "/rooms/<int:room_id>/messages/<int:message_id>")
 def show_message(app, request, room_id, message_id):
     message = _message_in_room(app, request, room_id, message_id)
     return Response(render_message(app, message, app.store.boosts_for([message_id]).get(message_id, ())))
 
 
-@route("GET", "/rooms/<int:room_id>/messages/<int:message_id>/edit")
 def edit_message(app, request, room_id, message_id):
     message = _message_in_room(app, request, room_id, message_id)
     if not can_administer(request.user, message["creator_id"]):
@@ -4995,8 +5135,6 @@ def edit_message(app, request, room_id, message_id):
     return render_layout(app, request, "Edit message", body)
 
 
-@route("PATCH", "/rooms/<int:room_id>/messages/<int:message_id>", body_limit=MESSAGE_BODY_LIMIT)
-@route("PUT", "/rooms/<int:room_id>/messages/<int:message_id>", body_limit=MESSAGE_BODY_LIMIT)
 def update_message(app, request, room_id, message_id):
     message = _message_in_room(app, request, room_id, message_id)
     if not can_administer(request.user, message["creator_id"]):
@@ -5007,7 +5145,6 @@ def update_message(app, request, room_id, message_id):
     return Response(render_message(app, message, app.store.boosts_for([message_id]).get(message_id, ())))
 
 
-@route("DELETE", "/rooms/<int:room_id>/messages/<int:message_id>")
 def delete_message(app, request, room_id, message_id):
     message = _message_in_room(app, request, room_id, message_id)
     if not can_administer(request.user, message["creator_id"]):
@@ -5018,7 +5155,6 @@ def delete_message(app, request, room_id, message_id):
     return Response(b"", 204)
 
 
-@route("GET", "/rooms/<int:room_id>/@<int:message_id>")
 def permalink(app, request, room_id, message_id):
     message = _message_in_room(app, request, room_id, message_id)
     room = app.store.room(room_id)
@@ -5027,7 +5163,6 @@ def permalink(app, request, room_id, message_id):
     return render_room(app, request, room, messages, highlight_id=message_id)
 
 
-@route("GET", "/rooms/<int:room_id>/refresh")
 def refresh_room(app, request, room_id):
     """What changed since a moment (ms since the epoch): created or edited messages, oldest
     first, then a <template class="message-removals" data-message-ids="…"> naming deleted ones."""
@@ -5050,7 +5185,6 @@ def _message_for_member(app, request, message_id):
     return _find_message(app, message_id, member=request.user)
 
 
-@route("GET", "/messages/<int:message_id>/boosts/new")
 def new_boost(app, request, message_id):
     message = _message_for_member(app, request, message_id)
     picks = HTML("").join(HTML('<button type="submit" name="boost[content]" value="{emoji}" class="boost-pick" '
@@ -5069,7 +5203,6 @@ def new_boost(app, request, message_id):
     return render_layout(app, request, "Boost", body)
 
 
-@route("POST", "/messages/<int:message_id>/boosts")
 def create_boost(app, request, message_id):
     message = _message_for_member(app, request, message_id)
     boost = app.store.add_boost(message, request.user.id, request.form.text("boost[content]"))
@@ -5078,7 +5211,6 @@ def create_boost(app, request, message_id):
     return Response(render_boost(app, boost), 201)
 
 
-@route("DELETE", "/messages/<int:message_id>/boosts/<int:boost_id>")
 def delete_boost(app, request, message_id, boost_id):
     message = _message_for_member(app, request, message_id)
     boost = app.store.boost(boost_id)
@@ -5094,7 +5226,6 @@ def delete_boost(app, request, message_id, boost_id):
 
 # Search ----------------------------------------------------------------------------
 
-@route("GET", "/searches")
 def search(app, request):
     query = request.query.text("q")[:MAX_SEARCH_QUERY_CHARS]
     if query and fts_match_expression(query) and not app.store.is_latest_search(request.user.id, query):
@@ -5126,7 +5257,6 @@ def search(app, request):
     return app.cached(request, key, build)
 
 
-@route("DELETE", "/searches/clear")
 def clear_searches(app, request):
     app.store.clear_searches(request.user.id)
     return redirect("/searches")
@@ -5134,7 +5264,6 @@ def clear_searches(app, request):
 
 # People ----------------------------------------------------------------------------
 
-@route("GET", "/users/me/sidebar")
 def sidebar(app, request):
     """The sidebar fragment for the live app; opened as a page (on a phone), the room list."""
     if _navigating(request):
@@ -5144,7 +5273,6 @@ def sidebar(app, request):
     return app.cached(request, key, lambda: Response(render_sidebar(app, request)))
 
 
-@route("GET", "/users/<int:user_id>")
 def show_user(app, request, user_id):
     user = app.store.user(user_id)
     if user is None:
@@ -5152,7 +5280,6 @@ def show_user(app, request, user_id):
     return render_user_page(app, request, user)
 
 
-@route("GET", "/users/<int:user_id>/avatar")
 def avatar(app, request, user_id):
     user = app.store.user(user_id)
     if user is None:
@@ -5177,7 +5304,6 @@ def render_avatar_svg(user):
         'font-size="26" font-weight="600">{initials}</text></svg>').format(color=color, initials=user.initials))
 
 
-@route("GET", "/autocompletable/users")
 def autocompletable_users(app, request):
     query = request.query.text("query")[:MAX_NAME_CHARS]
     room_id = request.query.get("room_id", "")
@@ -5446,13 +5572,10 @@ def render_profile(app, request, values, errors, *, status=200):
 
 # Account ----------------------------------------------------------------------------
 
-@route("GET", "/account/edit")
 def edit_account(app, request):
     return render_account_page(app, request)
 
 
-@route("PATCH", "/account", auth="admin")
-@route("PUT", "/account", auth="admin")
 def update_account(app, request):
     account = app.store.account()
     name = account["name"]
@@ -5472,24 +5595,19 @@ def update_account(app, request):
     return redirect("/account/edit")
 
 
-@route("POST", "/account/join_code", auth="admin")
 def regenerate_join_code(app, request):
     app.store.regenerate_join_code()
     return redirect("/account/edit")
 
 
-@route("GET", "/account/custom_styles", auth="admin")
 def custom_styles_redirect(app, request):
     return redirect("/account/custom_styles/edit", 302)
 
 
-@route("GET", "/account/custom_styles/edit", auth="admin")
 def edit_custom_styles(app, request):
     return render_custom_styles_form(app, request, app.store.custom_styles()[0])
 
 
-@route("PATCH", "/account/custom_styles", auth="admin", body_limit=CUSTOM_STYLES_BODY_LIMIT)
-@route("PUT", "/account/custom_styles", auth="admin", body_limit=CUSTOM_STYLES_BODY_LIMIT)
 def update_custom_styles(app, request):
     css = str(request.form.get("account[custom_styles]", "")).replace("\r\n", "\n")
     if len(css.encode()) > MAX_CUSTOM_STYLES_BYTES:
@@ -5500,7 +5618,6 @@ def update_custom_styles(app, request):
     return redirect("/account/edit")
 
 
-@route("GET", "/account/custom_styles.css", auth="public")
 def custom_styles_stylesheet(app, request):
     """The custom CSS for every page's <link>: public, and immutable under its digest."""
     css, digest = app.store.custom_styles()
@@ -5521,7 +5638,6 @@ def _manageable_user(app, user_id):
     return user
 
 
-@route("GET", "/account/users")
 def account_users(app, request):
     page = min(_id_param(request, "page") or 1, 1_000_000)
     body = HTML('{}<section class="panel panel--wide">{}</section>').format(render_page_assets(app),
@@ -5529,8 +5645,6 @@ def account_users(app, request):
     return render_layout(app, request, "People", body)
 
 
-@route("PATCH", "/account/users/<int:user_id>", auth="admin")
-@route("PUT", "/account/users/<int:user_id>", auth="admin")
 def update_account_user(app, request, user_id):
     user = _manageable_user(app, user_id)
     # As Campfire's accounts/users_controller.rb: anything but member or administrator means member.
@@ -5544,7 +5658,6 @@ def update_account_user(app, request, user_id):
     return redirect("/account/edit")
 
 
-@route("DELETE", "/account/users/<int:user_id>", auth="admin")
 def deactivate_account_user(app, request, user_id):
     user = _manageable_user(app, user_id)
     problem = app.store.removal_problem(request.user, user, "deactivate")
@@ -5556,7 +5669,6 @@ def deactivate_account_user(app, request, user_id):
     return redirect("/account/edit")
 
 
-@route("POST", "/users/<int:user_id>/ban", auth="admin")
 def create_ban(app, request, user_id):
     user = _manageable_user(app, user_id)
     if user.status == STATUS_BANNED:
@@ -5568,7 +5680,6 @@ def create_ban(app, request, user_id):
     return redirect("/users/%d" % user.id)
 
 
-@route("DELETE", "/users/<int:user_id>/ban", auth="admin")
 def delete_ban(app, request, user_id):
     user = _manageable_user(app, user_id)
     if user.status == STATUS_BANNED:
@@ -5578,15 +5689,12 @@ def delete_ban(app, request, user_id):
 
 # Profile --------------------------------------------------------------------------
 
-@route("GET", "/users/me/profile")
 def edit_profile(app, request):
     user = request.user
     return render_profile(app, request, {"user[name]": user.name, "user[email_address]": user.email_address or "",
                                          "user[bio]": user.bio or ""}, {})
 
 
-@route("PATCH", "/users/me/profile")
-@route("PUT", "/users/me/profile")
 async def update_profile(app, request):
     """Campfire's users/profiles_controller.rb: name, email, password (blank keeps it), bio (at most 200 characters)."""
     user, form = request.user, request.form
@@ -5637,7 +5745,6 @@ def _transfer_user(app, token):
     return user
 
 
-@route("GET", "/session/transfers/<token>", auth="public")
 def show_session_transfer(app, request, token):
     """The page a transfer link opens: transfer.js submits its form (PUT) at once; without
     JavaScript the person presses the button."""
@@ -5655,8 +5762,6 @@ def show_session_transfer(app, request, token):
                          headers=[("Cache-Control", "no-store")])
 
 
-@route("PUT", "/session/transfers/<token>", auth="public")
-@route("PATCH", "/session/transfers/<token>", auth="public")
 def update_session_transfer(app, request, token):
     user = _transfer_user(app, token)
     response = redirect("/")
@@ -5664,7 +5769,6 @@ def update_session_transfer(app, request, token):
     return response
 
 
-@route("GET", "/qr_code/<code>", auth="public")
 def qr_code(app, request, code):
     """/qr_code/<base64url of a URL>: the URL as a QR code (Campfire's qr_code_controller.rb)."""
     if len(code) > 4 * -(-MAX_QR_CODE_TEXT_BYTES // 3) or not _BASE64URL_RE.match(code):
@@ -5693,7 +5797,6 @@ def qr_code(app, request, code):
 # half) are background work: see Webhooks, after the application.
 
 BOT_ROLE_NAMES = {ROLE_MEMBER: "member", ROLE_ADMINISTRATOR: "administrator", ROLE_BOT: "bot"}
-BOT_MESSAGES_PATH = "/rooms/<int:room_id>/<bot_key>/messages"
 
 
 # Bot JSON (Campfire's app/views/messages/_message.json.jbuilder) -----------------------
@@ -5771,7 +5874,6 @@ def _bot_room_message(app, room, message_id):
     return _find_message(app, message_id, room_id=room.id)
 
 
-@route("GET", BOT_MESSAGES_PATH, auth="bot")
 @bot_api
 def bot_messages(app, request, room, bot, bot_key):
     """40 messages, oldest first: the newest, or next to ?before= / ?after=."""
@@ -5784,7 +5886,6 @@ def bot_messages(app, request, room, bot, bot_key):
     return json_response([message_json(app, request, message) for message in messages], 200, headers)
 
 
-@route("POST", BOT_MESSAGES_PATH, auth="bot", body_limit=MESSAGE_BODY_LIMIT)
 @bot_api
 def bot_create_message(app, request, room, bot, bot_key):
     """The raw body is the message (HTML, sanitized like any other) → 201 and its Location."""
@@ -5794,14 +5895,11 @@ def bot_create_message(app, request, room, bot, bot_key):
     return Response(b"", 201, None, [("Location", "/messages/%d" % message["id"])])
 
 
-@route("GET", BOT_MESSAGES_PATH + "/<int:message_id>", auth="bot")
 @bot_api
 def bot_show_message(app, request, room, bot, bot_key, message_id):
     return json_response(message_json(app, request, _bot_room_message(app, room, message_id)))
 
 
-@route("PATCH", BOT_MESSAGES_PATH + "/<int:message_id>", auth="bot", body_limit=MESSAGE_BODY_LIMIT)
-@route("PUT", BOT_MESSAGES_PATH + "/<int:message_id>", auth="bot", body_limit=MESSAGE_BODY_LIMIT)
 @bot_api
 def bot_update_message(app, request, room, bot, bot_key, message_id):
     message = _bot_room_message(app, room, message_id)
@@ -5810,7 +5908,6 @@ def bot_update_message(app, request, room, bot, bot_key, message_id):
     return json_response(message_json(app, request, app.store.edit_message(message, _raw_text(request))))
 
 
-@route("DELETE", BOT_MESSAGES_PATH + "/<int:message_id>", auth="bot")
 @bot_api
 def bot_delete_message(app, request, room, bot, bot_key, message_id):
     message = _bot_room_message(app, room, message_id)
@@ -5820,7 +5917,6 @@ def bot_delete_message(app, request, room, bot, bot_key, message_id):
     return Response(b"", 204)
 
 
-@route("POST", BOT_MESSAGES_PATH + "/<int:message_id>/boosts", auth="bot")
 @bot_api
 def bot_create_boost(app, request, room, bot, bot_key, message_id):
     """The raw body is the boost's content."""
@@ -5829,7 +5925,6 @@ def bot_create_boost(app, request, room, bot, bot_key, message_id):
     return json_response(boost_json(app, request, boost), 201)
 
 
-@route("DELETE", BOT_MESSAGES_PATH + "/<int:message_id>/boosts/<int:boost_id>", auth="bot")
 @bot_api
 def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
     message = _bot_room_message(app, room, message_id)
@@ -5842,7 +5937,6 @@ def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
     return Response(b"", 204)
 
 
-@route("GET", "/messages/<int:message_id>")
 def message_location(app, request, message_id):
     """Where a bot post's Location points: the message in its room, for members."""
     message = _message_for_member(app, request, message_id)
@@ -5884,7 +5978,6 @@ def render_bot_item(app, request, bot_row):
         command=command)
 
 
-@route("GET", "/account/bots", auth="admin")
 def bots_index(app, request):
     bots = app.store.active_bots()
     items = HTML("").join(render_bot_item(app, request, bot) for bot in bots)
@@ -5958,12 +6051,10 @@ def _require_bot(app, bot_id):
     return row
 
 
-@route("GET", "/account/bots/new", auth="admin")
 def new_bot(app, request):
     return render_bot_form(app, request)
 
 
-@route("POST", "/account/bots", auth="admin")
 def create_bot_route(app, request):
     values, errors = _bot_form(request.form)
     if errors:
@@ -5972,21 +6063,17 @@ def create_bot_route(app, request):
     return redirect("/account/bots")
 
 
-@route("GET", "/account/bots/<int:bot_id>", auth="admin")
 def show_bot(app, request, bot_id):
     _require_bot(app, bot_id)
     return redirect("/account/bots/%d/edit" % bot_id, 302)
 
 
-@route("GET", "/account/bots/<int:bot_id>/edit", auth="admin")
 def edit_bot(app, request, bot_id):
     row = _require_bot(app, bot_id)
     return render_bot_form(app, request, bot_row=row,
                            values={"user[name]": row["name"], "user[webhook_url]": row["webhook_url"] or ""})
 
 
-@route("PATCH", "/account/bots/<int:bot_id>", auth="admin")
-@route("PUT", "/account/bots/<int:bot_id>", auth="admin")
 def update_bot_route(app, request, bot_id):
     row = _require_bot(app, bot_id)
     values, errors = _bot_form(request.form)
@@ -5998,18 +6085,35 @@ def update_bot_route(app, request, bot_id):
     return redirect("/account/bots")
 
 
-@route("PUT", "/account/bots/<int:bot_id>/key", auth="admin")
 def reset_bot_key_route(app, request, bot_id):
     _require_bot(app, bot_id)
     app.store.reset_bot_key(bot_id)
     return redirect("/account/bots")
 
 
-@route("DELETE", "/account/bots/<int:bot_id>", auth="admin")
 def delete_bot(app, request, bot_id):
     _require_bot(app, bot_id)
     app.store.deactivate(app.store.user(bot_id))
     return redirect("/account/bots")
+
+
+# Real time -----------------------------------------------------------------------
+
+def cable(app, request):
+    """/cable: the WebSocket handshake; the connection then belongs to Cable (section 13)."""
+    return app.cable.handshake(request)
+
+
+# The table, checked: a second route for the same method and pattern, or a name
+# given to two patterns, stops the import.
+ROUTES = build_routes(route_table())
+URLS = UrlBuilder(ROUTES)
+
+
+def url_for(name, /, **params):
+    """The path of the route called name: url_for("room", room_id=7) is "/rooms/7";
+    parameters its pattern doesn't name become the query string."""
+    return URLS.build(name, params)
 
 
 ####
@@ -6412,11 +6516,6 @@ class Cable:
         self.disconnect(user_id=user_id, session_id=session_id)
 
 
-@route("GET", "/cable", auth="public")
-def cable(app, request):
-    return app.cable.handshake(request)
-
-
 ####
 #### 14. The application
 ####
@@ -6636,8 +6735,8 @@ class App:
             raise ConfigError("%s can't be used (%s)." % (self.config.resolved_database_path, error)) from error
         self.db.on_rollback = self.forget_cached
         self.signer = Signer(secret)
-        self.router = Router(handler for handler in list(globals().values())
-                             if callable(handler) and hasattr(handler, "route_specs"))
+        self.routes = ROUTES
+        self.router = Router(self.routes)
         self.static = StaticFiles(self.config.static_root)
         self.sign_in_limiter = RateLimiter(*SIGN_IN_LIMIT)
         self.sign_up_limiter = RateLimiter(*SIGN_UP_LIMIT)
@@ -6791,7 +6890,7 @@ class App:
         limit = self._body_limits.get(key)
         if limit is None:
             methods = (method,) if method != "POST" else ("POST", "PATCH", "PUT", "DELETE")
-            limits = [found[1].body_limit for candidate in methods if (found := self.router.match(candidate, path))]
+            limits = [found[0].body_limit for candidate in methods if (found := self.router.match(candidate, path))]
             limit = max(limits) if limits else FORM_BODY_LIMIT
             if len(self._body_limits) > BODY_LIMITS_KEPT:
                 self._body_limits.clear()
@@ -6850,7 +6949,7 @@ class App:
         found = self.router.match(lookup, request.path)
         # A form's _method stands for PATCH, PUT or DELETE (browsers can't send them);
         # a bot's raw body is never read as a form, whatever its content type says.
-        if method == "POST" and not (found and found[1].auth == "bot") and request.headers.get(
+        if method == "POST" and not (found and found[0].auth == "bot") and request.headers.get(
                 "content-type", "").startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             override = str(request.form.get("_method", "")).upper()
             if override in ("PATCH", "PUT", "DELETE"):
@@ -6859,19 +6958,24 @@ class App:
         if method not in ("GET", "HEAD") and self.store.address_banned(request.remote_addr):
             raise TooManyRequests("Requests from this address are blocked.")
         if found is None:
+            allowed = self.router.allowed_methods(request.path)
+            if allowed:  # RFC 9110 §15.5.6
+                raise HttpError("This address doesn't take %s requests." % lookup, 405,
+                                [("Allow", ", ".join(allowed))])
             raise NotFound("There is nothing at this address.")
-        handler, spec, params = found
-        if lookup not in ("GET", "HEAD") and spec.auth != "bot":
+        route, params = found
+        auth = route.auth
+        if lookup not in ("GET", "HEAD") and auth != "bot":
             self._check_request_origin(request)
-        if spec.auth not in ("health", "bot"):
+        if auth not in ("health", "bot"):
             self._authenticate(request)
-        if spec.auth == "signed_out" and request.user is not None:
-            return redirect("/")
-        if spec.auth in ("user", "admin") and request.user is None:
-            return redirect("/session/new" if self.store.account() is not None else "/first_run", 302)
-        if spec.auth == "admin" and not request.user.administrator:
+        if auth == "signed_out" and request.user is not None:
+            return redirect(url_for("root"))
+        if (auth == "user" or auth == "admin") and request.user is None:
+            return redirect(url_for("new_session" if self.store.account() is not None else "first_run"), 302)
+        if auth == "admin" and not request.user.administrator:
             raise Forbidden("Only administrators can do that.")
-        response = handler(self, request, **params)
+        response = route.handler(self, request, **params)
         return response if isinstance(response, Response) or type(response) is types.CoroutineType \
             else Response(response)
 

@@ -272,8 +272,8 @@ class BotApiTests(BotTestCase):
             with self.subTest(method=method, path=path):
                 found = router.match(method, path)
                 self.assertIsNotNone(found)
-                self.assertEqual(found[0].__name__, name)
-        self.assertEqual(router.match("GET", "/rooms/5/2-AbCd1234EfGh/messages")[2],
+                self.assertEqual(found[0].handler.__name__, name)
+        self.assertEqual(router.match("GET", "/rooms/5/2-AbCd1234EfGh/messages")[1],
                          {"room_id": 5, "bot_key": "2-AbCd1234EfGh"})
 
     def test_a_curl_form_body_is_the_message_even_when_it_looks_like_a_form(self):

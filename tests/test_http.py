@@ -690,18 +690,17 @@ class FormAndCookieTest(unittest.TestCase):
         self.assertIsNot(campfire.parse_cookies(long_header), campfire.parse_cookies(long_header))  # not kept
 
     def test_router_remembers_matches_without_changing_them(self):
-        router = campfire.Router(handler for handler in vars(campfire).values()
-                                 if callable(handler) and hasattr(handler, "route_specs"))
+        router = campfire.Router(campfire.ROUTES)
         first = router.match("GET", "/rooms/12/messages")
-        self.assertEqual(first[2], {"room_id": 12})
+        self.assertEqual(first[1], {"room_id": 12})
         self.assertIs(router.match("GET", "/rooms/12/messages"), first)
-        self.assertEqual(router.match("GET", "/rooms/13/messages")[2], {"room_id": 13})
+        self.assertEqual(router.match("GET", "/rooms/13/messages")[1], {"room_id": 13})
         self.assertIsNone(router.match("GET", "/rooms/x/messages"))
         self.assertIsNone(router.match("GET", "/rooms/x/messages"))
         for n in range(campfire.ROUTES_KEPT + 10):
             router.match("GET", "/users/%d" % n)
         self.assertLessEqual(len(router._matched), campfire.ROUTES_KEPT)
-        self.assertEqual(router.match("GET", "/rooms/12/messages")[2], {"room_id": 12})
+        self.assertEqual(router.match("GET", "/rooms/12/messages")[1], {"room_id": 12})
 
     def test_invalid_utf8_form_is_400(self):
         request = campfire.Request("POST", "/x", "HTTP/1.1", {"host": "x"}, b"a=%ff\xff")
@@ -745,42 +744,43 @@ TEXT = "text/plain; charset=utf-8"
 LARGE_PAGE = "<!DOCTYPE html><p>" + "The campfire crackles. " * 100 + "</p>"
 
 
-@campfire.route("POST", "/test/method", auth="public")
 def _test_post(app, request):
     return campfire.Response("POST handled", content_type=TEXT)
 
 
-@campfire.route("PATCH", "/test/method", auth="public")
 def _test_patch(app, request):
     return campfire.Response("PATCH handled", content_type=TEXT)
 
 
-@campfire.route("PUT", "/test/method", auth="public")
 def _test_put(app, request):
     return campfire.Response("PUT handled", content_type=TEXT)
 
 
-@campfire.route("DELETE", "/test/method", auth="public")
 def _test_delete(app, request):
     return campfire.Response("DELETE handled", content_type=TEXT)
 
 
-@campfire.route("GET", "/test/boom", auth="public")
 def _test_boom(app, request):
     raise RuntimeError("kaboom: password=hunter2")
 
 
-@campfire.route("GET", "/test/large", auth="public")
 def _test_large(app, request):
     return campfire.Response(LARGE_PAGE)
 
 
-@campfire.route("GET", "/test/small", auth="public")
 def _test_small(app, request):
     return campfire.Response("<p>short</p>")
 
 
-TEST_HANDLERS = (_test_post, _test_patch, _test_put, _test_delete, _test_boom, _test_large, _test_small)
+TEST_ROUTES = campfire.build_routes((
+    ("POST", "/test/method", "test_method", _test_post, "public"),
+    ("PATCH", "/test/method", "test_method", _test_patch, "public"),
+    ("PUT", "/test/method", "test_method", _test_put, "public"),
+    ("DELETE", "/test/method", "test_method", _test_delete, "public"),
+    ("GET", "/test/boom", "test_boom", _test_boom, "public"),
+    ("GET", "/test/large", "test_large", _test_large, "public"),
+    ("GET", "/test/small", "test_small", _test_small, "public"),
+))
 
 
 def raw_request(app, method, target, headers=None, body=b""):
@@ -794,9 +794,83 @@ def raw_request(app, method, target, headers=None, body=b""):
 class AppHttpTestCase(AppTestCase):
     def setUp(self):
         super().setUp()
-        handlers = [value for value in vars(campfire).values()
-                    if callable(value) and hasattr(value, "route_specs")]
-        self.app.router = campfire.Router(handlers + list(TEST_HANDLERS))
+        self.app.router = campfire.Router(campfire.ROUTES + TEST_ROUTES)
+
+
+class RouteTableTest(unittest.TestCase):
+    """The route table: checked when built, the source of every URL."""
+
+    def test_a_second_route_for_the_same_method_and_pattern_is_refused(self):
+        with self.assertRaisesRegex(ValueError, "two routes for GET /x"):
+            campfire.build_routes((("GET", "/x", "x", _test_small), ("GET POST", "/x", "x", _test_small)))
+        with self.assertRaisesRegex(ValueError, "two routes"):
+            campfire.Router(campfire.ROUTES + campfire.build_routes((("GET", "/rooms/<int:room_id>", "other",
+                                                                       _test_small),)))
+
+    def test_a_name_given_to_two_patterns_is_refused(self):
+        with self.assertRaisesRegex(ValueError, "'x' is given to /x and /y"):
+            campfire.build_routes((("GET", "/x", "x", _test_small), ("GET", "/y", "x", _test_small)))
+        # one name for one pattern under several methods is the usual case
+        self.assertEqual(len(campfire.build_routes((("GET", "/x", "x", _test_small),
+                                                    ("PATCH PUT", "/x", "x", _test_post)))), 3)
+
+    def test_url_for_fills_parameters_quotes_text_and_adds_a_query(self):
+        url_for = campfire.url_for
+        self.assertEqual(url_for("room", room_id=7), "/rooms/7")
+        self.assertEqual(url_for("room_at_message", room_id=7, message_id=42), "/rooms/7/@42")
+        self.assertEqual(url_for("join", join_code="AbCd-1234 /?"), "/join/AbCd-1234%20%2F%3F")
+        self.assertEqual(url_for("static", path="a b/app.js", v="3f"), "/static/a%20b/app.js?v=3f")
+        self.assertEqual(url_for("searches", q="tom & jerry"), "/searches?q=tom+%26+jerry")
+        self.assertEqual(url_for("root"), "/")
+        with self.assertRaises(KeyError):
+            url_for("no_such_route")
+        with self.assertRaises(KeyError):
+            url_for("room")  # room_id is missing
+
+    def test_every_named_route_builds_a_path_the_router_matches_back(self):
+        router = campfire.Router(campfire.ROUTES)
+        samples = {"int": 12, None: "abc", "path": "app.js"}
+        for route in campfire.ROUTES:
+            if route.name is None:
+                continue
+            params = {name: samples[kind] for kind, name in campfire._PARAM_RE.findall(route.pattern)
+                      for kind in [kind or None]}
+            with self.subTest(name=route.name, method=route.method):
+                path = campfire.url_for(route.name, **params)
+                found = router.match(route.method, path)
+                self.assertIsNotNone(found, path)
+                self.assertIs(found[0].handler, route.handler)
+                self.assertEqual(found[1], params)
+
+    def test_allowed_methods_lists_head_with_get_in_a_fixed_order(self):
+        router = campfire.Router(campfire.ROUTES)
+        self.assertEqual(router.allowed_methods("/rooms/3/messages/4"), ["GET", "HEAD", "PUT", "PATCH", "DELETE"])
+        self.assertEqual(router.allowed_methods("/session"), ["POST", "DELETE"])
+        self.assertEqual(router.allowed_methods("/nowhere"), [])
+
+
+class MethodNotAllowedTest(AppHttpTestCase):
+    def test_a_known_path_with_another_method_is_405_with_allow(self):
+        self.first_run()
+        response = self.client.request("PUT", "/searches")
+        self.assertEqual(response.status, 405)
+        self.assertEqual(response.header("Allow"), "GET, HEAD")
+        response = self.client.request("POST", "/rooms/1/refresh")
+        self.assertEqual((response.status, response.header("Allow")), (405, "GET, HEAD"))
+        self.assertEqual(self.client.request("GET", "/session").header("Allow"), "POST, DELETE")
+
+    def test_a_form_method_override_to_a_method_the_path_lacks_is_405(self):
+        self.first_run()
+        response = self.client.post("/searches/clear", {"_method": "patch"})
+        self.assertEqual((response.status, response.header("Allow")), (405, "DELETE"))
+        response = self.client.post("/test/boom", {"_method": "delete"})
+        self.assertEqual((response.status, response.header("Allow")), (405, "GET, HEAD"))
+
+    def test_head_follows_get_and_an_unknown_path_is_still_404(self):
+        self.assertEqual(self.client.request("HEAD", "/test/small").status, 200)
+        self.assertEqual(self.client.request("HEAD", "/test/method").status, 405)
+        self.assertEqual(self.client.request("DELETE", "/nowhere/at/all").status, 404)
+        self.assertIsNone(self.client.request("DELETE", "/nowhere/at/all").header("Allow"))
 
 
 class MethodOverrideTest(AppHttpTestCase):
