@@ -425,6 +425,14 @@ def iso_time(text):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(parse_db_time(text) or 0))
 
 
+def iso_time_ms(db_time):
+    """A datetime column as UTC ISO 8601 with milliseconds: "2025-01-02T03:04:05.678Z"."""
+    seconds = parse_db_time(db_time) or 0
+    fraction = str(db_time or "").partition(".")[2][:3]
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(seconds))) + \
+        "." + (fraction.ljust(3, "0") if fraction.isdigit() else "000") + "Z"
+
+
 def parse_db_time(text):
     """Rails' 'YYYY-MM-DD HH:MM:SS[.ffffff]' (UTC) → unix seconds, or None."""
     if not text:
@@ -1928,7 +1936,7 @@ def cable_reply(identifier, kind):
 # Message bodies are Trix HTML. On the way in they pass sanitize_html (an
 # allow-list rebuild, so the output is canonical, well-formed and idempotent);
 # html_to_plain_text feeds search, webhooks, notifications and /play;
-# render_rich_text swaps stored mention attachments for chips on the way out.
+# render_rich_text (section 11) swaps stored mention attachments for chips on the way out.
 # Campfire's helpers/content_filters/sanitize_tags.rb, exactly: Trix writes
 # strikethrough as <del>, so there is no <s> or <strike>.
 
@@ -2251,26 +2259,6 @@ def html_to_plain_text(html, *, mention_name=lambda sgid: None):
     except AssertionError:
         return _HTML_TAG.sub("", html).strip()
     return "".join(parser.parts).strip()
-
-
-def render_rich_text(stored_html, *, mention=lambda sgid: None):
-    """Stored (sanitized) body → display HTML: each mention attachment becomes
-    mention(sgid), a ready HTML chip; when that is None the attachment's inner
-    HTML or its content's text (escaped) stays. Other attachments are dropped:
-    files are rendered elsewhere."""
-    if "<action-text-attachment" not in stored_html:
-        return stored_html
-
-    def replace(match):
-        attributes = _attachment_attributes(match[1])
-        if attributes.get("content-type") != MENTION_CONTENT_TYPE:
-            return ""
-        chip = mention(attributes.get("sgid", ""))
-        if chip is not None:
-            return chip
-        return match[2] or escape_html(_fragment_text(attributes.get("content", "")), trix=True)
-
-    return _ATTACHMENT_ELEMENT.sub(replace, stored_html)
 
 
 def find_mentions(stored_html):
@@ -4175,9 +4163,9 @@ class Store:
             plain = self.plain_text(body).replace("@" + user.name, "").strip()
             payload = {"user": {"id": author.id, "name": author.name},
                        "room": {"id": room.id, "name": room.name,
-                                "path": "/rooms/%d/%s/messages" % (room.id, bot_key(row))},
+                                "path": url_for("bot_messages", room_id=room.id, bot_key=bot_key(row))},
                        "message": {"id": message["id"], "body": {"html": body, "plain": plain},
-                                   "path": "/rooms/%d/@%d" % (room.id, message["id"])}}
+                                   "path": url_for("room_at_message", room_id=room.id, message_id=message["id"])}}
             deliveries.append(WebhookDelivery(user_id, room.id, message["id"], row["webhook_url"],
                                               json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()))
         return deliveries
@@ -4227,33 +4215,89 @@ class Store:
 ####
 #### 11. Rendering
 ####
-# Every page is built from small functions returning HTML, and every value
-# reaches the page through HTML.format/escape.
+# Every page and fragment is built by a render_* function from plain data (rows,
+# Users, Rooms, strings) and, for whole pages, one View: who is looking, the
+# account's name and settings, the static files' URLs. Nothing here reads the
+# database or a cache (App caches what these return), and every value reaches
+# the page through HTML.format/escape; paths come from url_for.
 
-def render_layout(app, request, title, body, *, sidebar=None, body_class="", status=200, headers=None):
-    account_name = app.store.account_name()
-    user = request.user
+PAGE_ASSETS = ("app.js", "campfire.css", "components.css", "campfire-icon.svg", "account.css", "clipboard.js",
+               "transfer.js")  # the static files pages link to, by their versioned URLs
+
+
+@dataclass(slots=True)
+class View:
+    """What rendering a page knows besides its own data."""
+
+    user: User                  # the person looking, or None (signed out, or an error page)
+    account_name: str
+    custom_styles: str          # the digest of the account's custom CSS; "" when there is none
+    assets: dict                # a PAGE_ASSETS name → its URL, versioned by content
+    origin: str                 # "scheme://host", for links that leave the page (invitations, bots)
+
+
+def room_settings_path(room):
+    name = {ROOM_OPEN: "edit_open_room", ROOM_CLOSED: "edit_closed_room", ROOM_DIRECT: "edit_direct_room"}
+    return url_for(name.get(room.type, "edit_open_room"), room_id=room.id)
+
+
+def qr_code_path(text):
+    return url_for("qr_code", code=b64url_encode(text.encode("utf-8")))
+
+
+def role_label(user):
+    return "Administrator" if user.administrator else "Bot" if user.bot else "Member"
+
+
+def message_sound(plain_text):
+    """The /play sound a message is ("/play tada" alone in it), or None."""
+    match = PLAY_RE.match(plain_text) if plain_text.startswith("/play ") else None
+    return match.group(1) if match and match.group(1) in SOUND_NAMES else None
+
+
+def next_involvement(current, direct):
+    """The next involvement the bell offers, in the order Campfire's bell cycles through them."""
+    if direct:
+        return "nothing" if current == "everything" else "everything"
+    cycle = ("mentions", "everything", "nothing", "invisible")
+    return cycle[(cycle.index(current) + 1) % 4] if current in cycle else "mentions"
+
+
+INVOLVEMENT_LABELS = {"invisible": "Hidden from the sidebar", "nothing": "No notifications",
+                      "mentions": "Notify on mentions", "everything": "Notify on every message"}
+
+
+# The layout ------------------------------------------------------------------
+
+def render_layout(view, title, body, *, sidebar=None, body_class=""):
+    """A whole page: head, top bar (signed in), the sidebar when given, the body."""
+    user = view.user
     top = HTML("")
     if user is not None:
         top = HTML(
             '<header class="topbar">'
-            '<a class="topbar__rooms" href="/users/me/sidebar">Rooms</a>'
-            '<a class="topbar__brand" href="/">{account}</a>'
-            '<form class="topbar__search" method="get" action="/searches" role="search">'
+            '<a class="topbar__rooms" href="{sidebar_url}">Rooms</a>'
+            '<a class="topbar__brand" href="{root}">{account}</a>'
+            '<form class="topbar__search" method="get" action="{searches}" role="search">'
             '<input type="search" name="q" placeholder="Search" aria-label="Search messages"></form>'
             '<nav class="topbar__nav" aria-label="Account">'
-            '<a class="button button--quiet" href="/account/edit">Account</a>'
-            '<a class="topbar__user" href="/users/me/profile" title="Your profile">{avatar}<span>{name}</span></a>'
-            '<form method="post" action="/session" class="inline-form">'
+            '<a class="button button--quiet" href="{edit_account}">Account</a>'
+            '<a class="topbar__user" href="{profile}" title="Your profile">{avatar}<span>{name}</span></a>'
+            '<form method="post" action="{session}" class="inline-form">'
             '<input type="hidden" name="_method" value="delete">'
             '<button type="submit" class="button button--quiet">Sign out</button></form>'
-            '</nav></header>').format(account=account_name, name=user.name, id=user.id,
-                                       avatar=render_avatar(user.id, 24))
-    if sidebar is None and user is not None:
-        sidebar = render_sidebar(app, request)
+            '</nav></header>').format(
+            account=view.account_name, name=user.name, avatar=render_avatar(user.id, 24),
+            sidebar_url=url_for("user_sidebar"), root=url_for("root"), searches=url_for("searches"),
+            edit_account=url_for("edit_account"), profile=url_for("user_profile"), session=url_for("session"))
     main = HTML('<div class="layout">{sidebar}<main id="main" class="main">{body}</main></div>').format(
-        sidebar=sidebar or "", body=body) if sidebar else HTML('<main id="main" class="main main--solo">{}</main>').format(body)
-    page = HTML(
+        sidebar=sidebar, body=body) if sidebar else HTML('<main id="main" class="main main--solo">{}</main>').format(body)
+    # The account's CSS as a stylesheet of our own origin, so the CSP needs no
+    # 'unsafe-inline' (Campfire writes it raw in a <style> tag).
+    custom_styles = HTML('<link rel="stylesheet" href="{}">').format(
+        url_for("account_custom_stylesheet", v=view.custom_styles)) if view.custom_styles else ""
+    assets = view.assets
+    return HTML(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta name="color-scheme" content="light dark">'
@@ -4261,51 +4305,54 @@ def render_layout(app, request, title, body, *, sidebar=None, body_class="", sta
         '<link rel="stylesheet" href="{css}">'
         '<link rel="stylesheet" href="{components}">'
         '<link rel="icon" href="{icon}" type="image/svg+xml">{custom_styles}'
-        '<link rel="apple-touch-icon" href="/static/icon-192.png">'
-        '<link rel="manifest" href="/webmanifest.json">'
+        '<link rel="apple-touch-icon" href="{touch_icon}">'
+        '<link rel="manifest" href="{manifest}">'
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
         '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">'
         '<script type="module" src="{js}"></script>'
         '</head><body class="{body_class}"{user_data}>{top}{main}</body></html>').format(
-        js=app.asset_url("app.js"), components=app.asset_url("components.css"),
-        light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
+        js=assets["app.js"], components=assets["components.css"], light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
-        title="%s · %s" % (title, account_name) if title else account_name,
-        css=app.asset_url("campfire.css"), icon=app.asset_url("campfire-icon.svg"),
-        body_class=body_class, top=top, main=main, custom_styles=render_custom_styles_link(app))
-    return Response(page, status, headers=headers)
+        title="%s · %s" % (title, view.account_name) if title else view.account_name,
+        css=assets["campfire.css"], icon=assets["campfire-icon.svg"], touch_icon=url_for("static", path="icon-192.png"),
+        manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles)
 
 
-def render_sidebar(app, request, current_room_id=None):
-    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks."""
-    user_id = request.user.id
-    rows = app.store.rooms_for(user_id)
-    unread = app.store.unread_room_ids(user_id)
-
-    def item(room):
+def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True):
+    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks.
+    shared and direct are [(Room, title)]; unread holds room ids."""
+    def item(room, title):
         classes = "sidebar__room"
         if room.id in unread:
             classes += " sidebar__room--unread"
         if room.id == current_room_id:
             classes += " sidebar__room--current"
-        return HTML('<li><a class="{classes}" href="/rooms/{id}" data-room-id="{id}"{current}>{name}</a></li>').format(
-            classes=classes, id=room.id, name=room_title(app, room, user_id),
+        return HTML('<li><a class="{classes}" href="{url}" data-room-id="{id}"{current}>{name}</a></li>').format(
+            classes=classes, url=url_for("room", room_id=room.id), id=room.id, name=title,
             current=HTML(' aria-current="page"') if room.id == current_room_id else "")
-    shared = [Room.from_row(row) for row in rows if row["type"] != ROOM_DIRECT]
-    direct = sorted((Room.from_row(row) for row in rows if row["type"] == ROOM_DIRECT),
-                    key=lambda room: app.store.room_updated_at(room.id), reverse=True)
-    new_room = HTML('<a class="sidebar__add" href="/rooms/opens/new" aria-label="New room" title="New room">+</a>') \
-        if request.user.administrator or not app.store.account_setting("restrict_room_creation_to_administrators") else ""
+    new_room = HTML('<a class="sidebar__add" href="{}" aria-label="New room" title="New room">+</a>').format(
+        url_for("new_open_room")) if can_create_rooms else ""
     return HTML(
         '<nav id="user_sidebar" class="sidebar" aria-label="Rooms">'
         '<div class="sidebar__section"><h2 class="sidebar__heading">Rooms {new_room}</h2>'
         '<ul id="shared_rooms" class="sidebar__rooms">{shared}</ul></div>'
         '<div class="sidebar__section"><h2 class="sidebar__heading">Pings '
-        '<a class="sidebar__add" href="/rooms/directs/new" aria-label="New Ping" title="New Ping">+</a></h2>'
+        '<a class="sidebar__add" href="{new_direct}" aria-label="New Ping" title="New Ping">+</a></h2>'
         '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div></nav>').format(
-        new_room=new_room, shared=HTML("").join(map(item, shared)), direct=HTML("").join(map(item, direct)))
+        new_room=new_room, new_direct=url_for("new_direct_room"),
+        shared=HTML("").join(item(room, title) for room, title in shared),
+        direct=HTML("").join(item(room, title) for room, title in direct))
 
+
+def render_error_page(view, status, message):
+    return render_layout(view, STATUS_REASONS.get(status, "Error"), HTML(
+        '<section class="panel"><h1 class="panel__title">{status} · {reason}</h1>'
+        '<p>{message}</p><p><a href="{root}">Back to Campfire</a></p></section>').format(
+        status=status, reason=STATUS_REASONS.get(status, "Error"), message=message, root=url_for("root")))
+
+
+# Forms -----------------------------------------------------------------------
 
 def render_errors(errors, field_name):
     message = errors.get(field_name)
@@ -4332,16 +4379,37 @@ def render_field(label, name, value="", *, type="text", errors=None, autocomplet
                                 attributes=attributes, flags=flags, error=render_errors(errors, name))
 
 
-def render_auth_page(app, request, title, intro, action, fields, button, *, notice=None, status=200):
+def render_notice(notice):
+    return HTML('<p class="notice notice--alert" role="alert">{}</p>').format(notice) if notice else HTML("")
+
+
+def render_copyable(field_id, label, value, copy_label, qr_label):
+    """A read-only link with a copy button (shown by clipboard.js) and a link to its QR code."""
+    return HTML(
+        '<div class="field"><label class="field__label" for="{id}">{label}</label>'
+        '<input class="field__input" id="{id}" type="text" value="{value}" readonly spellcheck="false"></div>'
+        '<div class="form__actions"><button type="button" class="button" data-copy-target="{id}" hidden>{copy}</button>'
+        '<a class="button" href="{qr}">{qr_label}</a></div>').format(
+        id=field_id, label=label, value=value, copy=copy_label, qr=qr_code_path(value), qr_label=qr_label)
+
+
+def render_page_assets(view):
+    """The account pages' own stylesheet and copy buttons, linked from the page's body."""
+    return HTML('<link rel="stylesheet" href="{css}"><script type="module" src="{js}"></script>').format(
+        css=view.assets["account.css"], js=view.assets["clipboard.js"])
+
+
+# First run, sign in, sign up and sign-in links --------------------------------
+
+def render_auth_page(title, intro, action, fields, button, *, notice=None):
     notice_html = HTML('<p class="notice notice--alert" role="alert">{}</p>').format(notice) if notice else ""
-    body = HTML(
+    return HTML(
         '<section class="panel panel--auth"><h1 class="panel__title">{title}</h1>'
         '<p class="panel__intro">{intro}</p>{notice}'
         '<form method="post" action="{action}" class="form">{fields}'
         '<button type="submit" class="button button--primary">{button}</button></form></section>').format(
         title=title, intro=intro, notice=notice_html, action=action, fields=HTML("").join(fields),
         button=button)
-    return render_layout(app, request, title, body, sidebar=False, body_class="auth", status=status)
 
 
 def render_user_fields(values, errors):
@@ -4355,164 +4423,77 @@ def render_user_fields(values, errors):
     ]
 
 
-def render_error_page(app, request, status, message):
-    body = HTML('<section class="panel"><h1 class="panel__title">{status} · {reason}</h1>'
-                '<p>{message}</p><p><a href="/">Back to Campfire</a></p></section>').format(
-        status=status, reason=STATUS_REASONS.get(status, "Error"), message=message)
-    user, request.user = request.user, None  # an error page never depends on the session
-    try:
-        return render_layout(app, request, STATUS_REASONS.get(status, "Error"), body, sidebar=False, status=status)
-    finally:
-        request.user = user
+def render_first_run(values, errors):
+    return render_auth_page("Set up Campfire", "Create the administrator's account. You can invite everyone else next.",
+                            url_for("first_run"), render_user_fields(values, errors), "Create account")
 
 
-def render_avatar(user_id, size=36):
-    return HTML('<img class="avatar" src="/users/{id}/avatar" alt="" width="{size}" height="{size}" loading="lazy">').format(
-        id=user_id, size=size)
+def render_sign_in(view, email, notice=None):
+    fields = [
+        render_field("Email address", "email_address", email, type="email", autocomplete="username",
+                     autofocus=not email, maxlength=MAX_EMAIL_CHARS),
+        render_field("Password", "password", "", type="password", autocomplete="current-password",
+                     autofocus=bool(email)),
+    ]
+    return render_auth_page("Sign in", "Welcome back to %s." % view.account_name, url_for("session"), fields,
+                            "Sign in", notice=notice)
 
 
-def render_boost(app, boost):
-    booster = app.store.user(boost["booster_id"])
-    name = booster.name if booster else "Someone"
+def render_join(view, join_code, values, errors):
+    return render_auth_page("Join %s" % view.account_name, "Create your account to start chatting.",
+                            url_for("join", join_code=join_code), render_user_fields(values, errors), "Join")
+
+
+def render_session_transfer(view, user, token):
+    """The page a sign-in link opens: transfer.js submits its form (PUT) at once; without
+    JavaScript the person presses the button."""
     return HTML(
-        '<li class="boost" id="boost_{id}" data-booster-id="{booster_id}" title="{name}">'
-        '<span class="boost__content">{content}</span> <span class="boost__author">{name}</span>'
-        '<form method="post" action="/messages/{message_id}/boosts/{id}" class="boost__remove">'
-        '<input type="hidden" name="_method" value="delete">'
-        '<button type="submit" aria-label="Remove boost">×</button></form></li>').format(
-        id=boost["id"], booster_id=boost["booster_id"], name=name, content=boost["content"],
-        message_id=boost["message_id"])
+        '<section class="panel panel--auth"><h1 class="panel__title">Sign in as {name}</h1>'
+        '<p class="panel__intro">This link signs this browser in to {account} as {name}.</p>'
+        '<form method="post" action="{action}" class="form" data-auto-submit>'
+        '<input type="hidden" name="_method" value="put">'
+        '<button type="submit" class="button button--primary">Sign in as {name}</button></form></section>'
+        '<script type="module" src="{script}"></script>').format(
+        name=user.name, account=view.account_name, action=url_for("session_transfer", token=token),
+        script=view.assets["transfer.js"])
 
 
-def message_sound(plain_text):
-    """The /play sound a message is ("/play tada" alone in it), or None."""
-    match = PLAY_RE.match(plain_text) if plain_text.startswith("/play ") else None
-    return match.group(1) if match and match.group(1) in SOUND_NAMES else None
+# Rooms -----------------------------------------------------------------------
+
+def render_no_rooms():
+    return HTML('<section class="panel"><h1 class="panel__title">No rooms yet</h1>'
+                '<p>You are not in any room yet. An administrator can add you to one.</p></section>')
 
 
-def render_message(app, message, boosts=()):
-    """One message, the same for every reader (cached); per-reader controls are
-    shown or hidden by the browser from data-creator-id, and the server checks."""
-    key = (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), app.store.global_version)
-    cached = app.message_cache.get(key) if app.config.cache else None
-    if cached is not None:
-        return cached
-    stored = message["body"] or ""
-    sound = message_sound(app.store.plain_text(stored)) if "/play " in stored else None
-    if sound:
-        text = SOUND_TEXTS.get(sound)
-        body = HTML('<span class="sound" data-sound="{name}">🔊 {label}</span>').format(
-            name=sound, label=text if text else HTML('<span class="sound__badge">{}</span>').format(sound))
-    else:
-        body = app.render_body(stored)
-    edited = HTML(' <span class="message__edited" title="Edited">(edited)</span>') \
-        if message["updated_at"] != message["created_at"] and message["updated_at"] > message["created_at"] else ""
-    room_id = message["room_id"]
-    created = iso_time(message["created_at"])
-    # The page's hottest template, so %-formatted: numbers through %d, and every
-    # other value through escape() (the one escaping helper) first.
-    rendered = HTML(_MESSAGE_TEMPLATE % {
-        "id": message["id"], "room_id": room_id, "creator_id": message["creator_id"],
-        "client_id": escape(message["client_message_id"]), "created": escape(created), "short": escape(created[11:16]),
-        "sound_attr": HTML(' data-sound="{}"').format(sound) if sound else "",
-        "author": _message_author(app, message["creator_id"]), "edited": edited, "body": escape(body),
-        "boosts": HTML("").join(render_boost(app, boost) for boost in boosts)})
-    app.message_cache.put(key, rendered)
-    return rendered
-
-
-_MESSAGE_TEMPLATE = (
-    '<div class="message" id="message_%(id)d" data-message-id="%(id)d" data-client-message-id="%(client_id)s" '
-    'data-creator-id="%(creator_id)d" data-created-at="%(created)s"%(sound_attr)s>%(author)s'
-    '<a class="message__permalink" href="/rooms/%(room_id)d/@%(id)d"><time datetime="%(created)s">%(short)s</time></a>'
-    '%(edited)s</div>'
-    '<div class="message__body">%(body)s</div>'
-    '<ul class="boosts" id="boosts_message_%(id)d">%(boosts)s</ul>'
-    '<div class="message__actions">'
-    '<a class="message__action" data-action="copy-link" href="/rooms/%(room_id)d/@%(id)d">Copy link</a>'
-    '<a class="message__action" data-action="boost" href="/messages/%(id)d/boosts/new">Boost</a>'
-    '<a class="message__action message__action--owner" data-action="edit" '
-    'href="/rooms/%(room_id)d/messages/%(id)d/edit">Edit</a>'
-    '<form method="post" action="/rooms/%(room_id)d/messages/%(id)d" '
-    'class="message__action message__action--owner inline-form">'
-    '<input type="hidden" name="_method" value="delete">'
-    '<button type="submit" data-action="delete">Delete</button></form>'
-    '</div></div></div>')
-
-
-def _message_author(app, creator_id):
-    """The avatar and name that open a message, cached per person until names change."""
-    key = ("author", creator_id, app.store.global_version)
-    author = app.message_cache.get(key) if app.config.cache else None
-    if author is None:
-        creator = app.store.user(creator_id)
-        author = HTML(
-            '<a class="message__avatar" href="/users/{id}" tabindex="-1" aria-hidden="true">{avatar}</a>'
-            '<div class="message__content"><div class="message__meta">'
-            '<a class="message__author" href="/users/{id}">{name}</a> ').format(
-            id=creator_id, avatar=render_avatar(creator_id), name=creator.name if creator else "Deleted user")
-        app.message_cache.put(key, author)
-    return author
-
-
-def render_messages(app, messages):
-    boosts = app.store.boosts_for([message["id"] for message in messages])
-    return HTML("").join(render_message(app, message, boosts.get(message["id"], ())) for message in messages)
-
-
-def room_title(app, room, viewer_id):
-    """A direct room is named by its other members (Campfire's app/helpers/rooms_helper.rb)."""
-    if room.type != ROOM_DIRECT:
-        return room.name or "Untitled room"
-    others = [app.store.user(user_id) for user_id in app.store.room_member_ids(room.id) if user_id != viewer_id]
-    return ", ".join(user.name for user in others if user) or "Just you"
-
-
-def room_settings_path(room):
-    kind = {ROOM_OPEN: "opens", ROOM_CLOSED: "closeds", ROOM_DIRECT: "directs"}.get(room.type, "opens")
-    return "/rooms/%s/%d/edit" % (kind, room.id)
-
-
-def next_involvement(current, direct):
-    """The next involvement the bell offers, in the order Campfire's bell cycles through them."""
-    if direct:
-        return "nothing" if current == "everything" else "everything"
-    cycle = ("mentions", "everything", "nothing", "invisible")
-    return cycle[(cycle.index(current) + 1) % 4] if current in cycle else "mentions"
-
-
-INVOLVEMENT_LABELS = {"invisible": "Hidden from the sidebar", "nothing": "No notifications",
-                      "mentions": "Notify on mentions", "everything": "Notify on every message"}
+def render_sidebar_page():
+    return HTML('<section class="panel"><h1 class="panel__title">Pick a room</h1></section>')
 
 
 def render_bell(room, involvement):
     upcoming = next_involvement(involvement, room.direct)
     return HTML(
-        '<form method="post" action="/rooms/{id}/involvement" class="bell inline-form" id="involvement_room_{id}">'
+        '<form method="post" action="{action}" class="bell inline-form" id="involvement_room_{id}">'
         '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="{next}">'
         '<button type="submit" class="bell__button bell--{current}" title="{label}" '
         'aria-label="Notifications: {label}. Change to: {next_label}">{icon}</button></form>').format(
-        id=room.id, next=upcoming, current=involvement, label=INVOLVEMENT_LABELS.get(involvement, involvement),
-        next_label=INVOLVEMENT_LABELS.get(upcoming, upcoming),
+        action=url_for("room_involvement", room_id=room.id), id=room.id, next=upcoming, current=involvement,
+        label=INVOLVEMENT_LABELS.get(involvement, involvement), next_label=INVOLVEMENT_LABELS.get(upcoming, upcoming),
         icon="🔕" if involvement in ("nothing", "invisible") else "🔔")
 
 
 def render_composer(room):
     return HTML(
-        '<form class="composer" id="composer" method="post" action="/rooms/{id}/messages" data-room-id="{id}">'
+        '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}">'
         '<label class="visually-hidden" for="composer_body">Write a message</label>'
         '<textarea class="composer__input" id="composer_body" name="message[body]" rows="1" '
         'placeholder="Write a message" aria-label="Write a message" required></textarea>'
         '<button type="submit" class="button button--primary composer__send">Send Message</button>'
-        '</form>').format(id=room.id)
+        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id)
 
 
-def render_room(app, request, room, messages, *, highlight_id=None):
-    """The room page: a complete document with its messages, oldest first."""
-    involvement = app.store.user_rooms(request.user.id).get(room.id, "mentions")
-    title = room_title(app, room, request.user.id)
-    heading = "Ping with %s" % title if room.direct else title
-    body = HTML(
+def render_room(room, title, involvement, messages, *, highlight_id=None):
+    """The room: its header, its messages (rendered), the composer."""
+    return HTML(
         '<section class="room" id="room" data-room-id="{id}" data-room-type="{type}" aria-labelledby="room_name">'
         '<header class="room__header"><h1 class="room__name" id="room_name">{heading}</h1>'
         '<div class="room__tools">{bell}'
@@ -4520,12 +4501,580 @@ def render_room(app, request, room, messages, *, highlight_id=None):
         '</header>'
         '<div class="messages" id="messages" data-room-id="{id}"{highlight}>{messages}</div>'
         '{composer}</section>').format(
-        id=room.id, type=room.type.split("::")[-1].lower(), heading=heading,
+        id=room.id, type=room.type.split("::")[-1].lower(), heading="Ping with %s" % title if room.direct else title,
         bell=render_bell(room, involvement), settings=room_settings_path(room),
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
-        messages=render_messages(app, messages), composer=render_composer(room))
-    return render_layout(app, request, title, body,
-                         sidebar=render_sidebar(app, request, current_room_id=room.id), body_class="room-page")
+        messages=messages, composer=render_composer(room))
+
+
+def render_person_choice(user, *, checked=False, disabled=False):
+    return HTML('<li><label class="picker__person"><input type="checkbox" name="user_ids[]" value="{id}"{checked}'
+                '{disabled}> {avatar} {name}</label></li>').format(
+        id=user.id, name=user.name, avatar=render_avatar(user.id, 24),
+        checked=HTML(" checked") if checked else "", disabled=HTML(" disabled") if disabled else "")
+
+
+def render_room_form(people, *, room=None, room_type=ROOM_OPEN, name="", member_ids=(), errors=None,
+                     can_edit=True):
+    """New room and room settings: name, open or closed, members (people to pick from), delete."""
+    errors = errors or {}
+    editing = room is not None
+    chosen = set(member_ids)
+    checkboxes = HTML("").join(render_person_choice(user, checked=user.id in chosen, disabled=not can_edit)
+                               for user in people)
+    kinds = HTML("").join(
+        HTML('<label class="choice"><input type="radio" name="room_kind" value="{value}"{checked}{disabled}> '
+             '<span><strong>{label}</strong> {help}</span></label>').format(
+            value=value, label=label, help=help_text, checked=HTML(" checked") if room_type == kind else "",
+            disabled=HTML(" disabled") if not can_edit else "")
+        for kind, value, label, help_text in (
+            (ROOM_OPEN, "opens", "Open", "Everyone is in it, including people who join later."),
+            (ROOM_CLOSED, "closeds", "Closed", "Only the people you pick below.")))
+    if editing:
+        action = url_for("open_room" if room_type == ROOM_OPEN else "closed_room", room_id=room.id)
+    else:
+        action = url_for("open_rooms" if room_type == ROOM_OPEN else "closed_rooms")
+    delete = HTML("")
+    if editing and can_edit:
+        delete = HTML('<form method="post" action="{}" class="danger-zone">'
+                      '<input type="hidden" name="_method" value="delete">'
+                      '<button type="submit" class="button button--danger" data-confirm="Delete this room and all its '
+                      'messages?">Delete room</button></form>').format(url_for("room", room_id=room.id))
+    notice = HTML("") if can_edit else HTML(
+        '<p class="notice">Only the room\'s creator or an administrator can change these settings.</p>')
+    return HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">{title}</h1>{notice}'
+        '<form method="post" action="{action}" class="form room-form" data-room-form>'
+        '{method}'
+        '<div class="field"><label class="field__label" for="room_name_field">Name this room</label>'
+        '<input class="field__input" id="room_name_field" name="room[name]" value="{name}" maxlength="{max}" '
+        'required autofocus{readonly}>{name_error}</div>'
+        '<fieldset class="field"><legend class="field__label">Who can see it</legend>{kinds}</fieldset>'
+        '<fieldset class="field picker" data-members><legend class="field__label">Members</legend>'
+        '<ul class="picker__people">{people}</ul></fieldset>'
+        '<div class="form__actions">{save}<a class="button" href="{cancel}">Cancel changes</a></div>'
+        '</form>{delete}</section>').format(
+        title="Room settings" if editing else "New room", notice=notice, action=action,
+        method=HTML('<input type="hidden" name="_method" value="patch">') if editing else "",
+        name=name, max=MAX_ROOM_NAME_CHARS, readonly=HTML(" readonly") if not can_edit else "",
+        name_error=render_errors(errors, "room[name]"), kinds=kinds, people=checkboxes,
+        save=HTML('<button type="submit" class="button button--primary">Save</button>') if can_edit else "",
+        cancel=url_for("room", room_id=room.id) if editing else url_for("root"), delete=delete)
+
+
+def render_direct_form(people, errors=None):
+    return HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">New Ping</h1>'
+        '<p class="panel__intro">A private conversation with the people you pick.</p>{error}'
+        '<form method="post" action="{action}" class="form" data-direct-form>'
+        '<fieldset class="field picker" data-members><legend class="field__label">People</legend>'
+        '<input class="field__input picker__filter" type="search" placeholder="Find people…" '
+        'aria-label="Find people" data-picker-filter hidden>'
+        '<ul class="picker__people">{options}</ul></fieldset>'
+        '<div class="form__actions"><button type="submit" class="button button--primary">Start Ping</button>'
+        '<a class="button" href="{root}">Cancel changes</a></div></form></section>').format(
+        error=render_errors(errors or {}, "user_ids[]"), action=url_for("direct_rooms"), root=url_for("root"),
+        options=HTML("").join(render_person_choice(user) for user in people))
+
+
+def render_direct_settings(room, title, members):
+    items = HTML("").join(HTML('<li class="picker__person">{avatar} {name}</li>').format(
+        avatar=render_avatar(user.id, 24), name=user.name) for user in members)
+    return HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">Ping with {names}</h1>'
+        '<ul class="picker__people">{items}</ul>'
+        '<div class="form__actions"><a class="button" href="{room}">Back to the conversation</a></div>'
+        '<form method="post" action="{direct}" class="danger-zone">'
+        '<input type="hidden" name="_method" value="delete">'
+        '<button type="submit" class="button button--danger" data-confirm="Delete this conversation?">'
+        'Delete conversation</button></form></section>').format(
+        names=title, items=items, room=url_for("room", room_id=room.id),
+        direct=url_for("direct_room", room_id=room.id))
+
+
+# Messages and boosts ---------------------------------------------------------
+
+def render_avatar(user_id, size=36):
+    return HTML('<img class="avatar" src="{src}" alt="" width="{size}" height="{size}" loading="lazy">').format(
+        src=url_for("user_avatar", user_id=user_id), size=size)
+
+
+def render_avatar_svg(user):
+    if user.bot:
+        return ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" fill="#475569"/>'
+                '<rect x="14" y="20" width="36" height="28" rx="6" fill="#e2e8f0"/><circle cx="25" cy="33" r="4" fill="#475569"/>'
+                '<circle cx="39" cy="33" r="4" fill="#475569"/><rect x="30" y="10" width="4" height="10" fill="#e2e8f0"/></svg>')
+    color = AVATAR_COLORS[zlib.crc32(str(user.id).encode()) % len(AVATAR_COLORS)]
+    return str(HTML(
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" fill="{color}"/>'
+        '<text x="32" y="32" dy="0.35em" text-anchor="middle" fill="#ffffff" font-family="system-ui, sans-serif" '
+        'font-size="26" font-weight="600">{initials}</text></svg>').format(color=color, initials=user.initials))
+
+
+def render_mention(user):
+    """A mention's chip in a message."""
+    return str(HTML('<span class="mention" data-user-id="{id}">{avatar}{name}</span>').format(
+        id=user.id, avatar=render_avatar(user.id, 20), name=user.name))
+
+
+def render_rich_text(stored_html, *, mention=lambda sgid: None):
+    """Stored (sanitized) body → display HTML: each mention attachment becomes
+    mention(sgid), a ready HTML chip; when that is None the attachment's inner
+    HTML or its content's text (escaped) stays. Other attachments are dropped:
+    files are rendered elsewhere."""
+    if "<action-text-attachment" not in stored_html:
+        return stored_html
+
+    def replace(match):
+        attributes = _attachment_attributes(match[1])
+        if attributes.get("content-type") != MENTION_CONTENT_TYPE:
+            return ""
+        chip = mention(attributes.get("sgid", ""))
+        if chip is not None:
+            return chip
+        return match[2] or escape_html(_fragment_text(attributes.get("content", "")), trix=True)
+
+    return _ATTACHMENT_ELEMENT.sub(replace, stored_html)
+
+
+def render_message_author(user_id, name):
+    """The avatar and name that open a message (App keeps one per person)."""
+    return HTML(
+        '<a class="message__avatar" href="{url}" tabindex="-1" aria-hidden="true">{avatar}</a>'
+        '<div class="message__content"><div class="message__meta">'
+        '<a class="message__author" href="{url}">{name}</a> ').format(
+        url=url_for("user", user_id=user_id), avatar=render_avatar(user_id), name=name)
+
+
+def render_boost(boost, booster_name):
+    return HTML(
+        '<li class="boost" id="boost_{id}" data-booster-id="{booster_id}" title="{name}">'
+        '<span class="boost__content">{content}</span> <span class="boost__author">{name}</span>'
+        '<form method="post" action="{action}" class="boost__remove">'
+        '<input type="hidden" name="_method" value="delete">'
+        '<button type="submit" aria-label="Remove boost">×</button></form></li>').format(
+        id=boost["id"], booster_id=boost["booster_id"], name=booster_name, content=boost["content"],
+        action=url_for("message_boost", message_id=boost["message_id"], boost_id=boost["id"]))
+
+
+@functools.cache
+def _message_template():
+    """The page's hottest template, so %-formatted: numbers through %d, every other value
+    through escape() (the one escaping helper) first. Its paths are the route table's."""
+    return (
+        '<div class="message" id="message_%(message_id)d" data-message-id="%(message_id)d" '
+        'data-client-message-id="%(client_id)s" data-creator-id="%(creator_id)d" data-created-at="%(created)s"'
+        '%(sound_attr)s>%(author)s'
+        '<a class="message__permalink" href="' + URLS.template("room_at_message") + '">'
+        '<time datetime="%(created)s">%(short)s</time></a>'
+        '%(edited)s</div>'
+        '<div class="message__body">%(body)s</div>'
+        '<ul class="boosts" id="boosts_message_%(message_id)d">%(boosts)s</ul>'
+        '<div class="message__actions">'
+        '<a class="message__action" data-action="copy-link" href="' + URLS.template("room_at_message") + '">'
+        'Copy link</a>'
+        '<a class="message__action" data-action="boost" href="' + URLS.template("new_message_boost") + '">Boost</a>'
+        '<a class="message__action message__action--owner" data-action="edit" '
+        'href="' + URLS.template("edit_room_message") + '">Edit</a>'
+        '<form method="post" action="' + URLS.template("room_message") + '" '
+        'class="message__action message__action--owner inline-form">'
+        '<input type="hidden" name="_method" value="delete">'
+        '<button type="submit" data-action="delete">Delete</button></form>'
+        '</div></div></div>')
+
+
+def render_message(message, *, author, body, sound, boosts):
+    """One message, the same for every reader; per-reader controls are shown or hidden
+    by the browser from data-creator-id, and the server checks. author: its opening
+    (render_message_author); body: the display HTML; sound: the /play name it is, or
+    None; boosts: [(boost row, booster's name)]."""
+    if sound:
+        text = SOUND_TEXTS.get(sound)
+        body = HTML('<span class="sound" data-sound="{name}">🔊 {label}</span>').format(
+            name=sound, label=text if text else HTML('<span class="sound__badge">{}</span>').format(sound))
+    edited = HTML(' <span class="message__edited" title="Edited">(edited)</span>') \
+        if message["updated_at"] != message["created_at"] and message["updated_at"] > message["created_at"] else ""
+    created = iso_time(message["created_at"])
+    return HTML(_message_template() % {
+        "message_id": message["id"], "room_id": message["room_id"], "creator_id": message["creator_id"],
+        "client_id": escape(message["client_message_id"]), "created": escape(created), "short": escape(created[11:16]),
+        "sound_attr": HTML(' data-sound="{}"').format(sound) if sound else "",
+        "author": author, "edited": edited, "body": escape(body),
+        "boosts": HTML("").join(render_boost(boost, name) for boost, name in boosts)})
+
+
+def render_message_removals(message_ids):
+    """What /refresh adds after the messages: those deleted since, for the page to drop."""
+    return HTML('<template class="message-removals" data-message-ids="{}"></template>').format(
+        " ".join(map(str, message_ids)))
+
+
+def render_message_editor(message):
+    """The edit page: the stored body in a textarea (the browser app reads it from here too)."""
+    return HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">Edit message</h1>'
+        '<form method="post" action="{action}" class="form">'
+        '<input type="hidden" name="_method" value="patch">'
+        '<label class="visually-hidden" for="edit_body">Edit message</label>'
+        '<textarea class="field__input" id="edit_body" name="message[body]" rows="6" aria-label="Edit message" '
+        'required autofocus>{body}</textarea>'
+        '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
+        '<a class="button" href="{cancel}">Cancel changes</a></div></form></section>').format(
+        action=url_for("room_message", room_id=message["room_id"], message_id=message["id"]),
+        cancel=url_for("room_at_message", room_id=message["room_id"], message_id=message["id"]),
+        body=message["body"] or "")
+
+
+def render_boost_form(message):
+    picks = HTML("").join(HTML('<button type="submit" name="boost[content]" value="{emoji}" class="boost-pick" '
+                               'aria-label="Boost with {emoji}">{emoji}</button>').format(emoji=emoji)
+                          for emoji in BOOST_QUICK_PICKS)
+    return HTML(
+        '<section class="panel"><h1 class="panel__title">Boost</h1>'
+        '<form method="post" action="{action}" class="form boost-form">'
+        '<div class="boost-picks">{picks}</div></form>'
+        '<form method="post" action="{action}" class="form">'
+        '<div class="field"><label class="field__label" for="boost_content">Or write a boost</label>'
+        '<input class="field__input" id="boost_content" name="boost[content]" maxlength="{max}" required></div>'
+        '<div class="form__actions"><button type="submit" class="button button--primary">Boost</button>'
+        '<a class="button" href="{cancel}">Cancel changes</a></div></form></section>').format(
+        action=url_for("message_boosts", message_id=message["id"]), picks=picks, max=MAX_BOOST_CHARS,
+        cancel=url_for("room_at_message", room_id=message["room_id"], message_id=message["id"]))
+
+
+def render_search(query, results, result_count, recent):
+    """The search page: the form, recent searches, and the results (rendered messages)."""
+    recent_html = HTML("").join(HTML('<li><a href="{url}">{query}</a></li>').format(
+        url=url_for("searches", q=item), query=item) for item in recent)
+    clear = HTML('<form method="post" action="{}" class="inline-form">'
+                 '<input type="hidden" name="_method" value="delete">'
+                 '<button type="submit" class="button button--quiet">Clear</button></form>').format(
+        url_for("clear_searches")) if recent else ""
+    summary = (HTML('<p class="search__summary">{count} {noun} for “{query}”</p>').format(
+        count=result_count, noun="message" if result_count == 1 else "messages", query=query)
+        if query else HTML(""))
+    return HTML(
+        '<section class="search"><header class="room__header"><h1 class="room__name">Search</h1></header>'
+        '<form method="get" action="{action}" class="search__form" role="search">'
+        '<input class="field__input" type="search" name="q" value="{query}" aria-label="Search messages" '
+        'placeholder="Search messages" autofocus>'
+        '<button type="submit" class="button button--primary">Search</button></form>'
+        '<div class="search__recent"><h2 class="sidebar__heading">Recent searches {clear}</h2><ul>{recent}</ul></div>'
+        '{summary}<div id="search-results" class="messages messages--search">{results}</div></section>').format(
+        action=url_for("searches"), query=query, clear=clear, recent=recent_html, summary=summary, results=results)
+
+
+# People, the account and bots ------------------------------------------------
+
+def render_people(view, people, page, more):
+    """One page of the account's people; administrators get role and deactivation controls."""
+    viewer = view.user
+
+    def controls(user):
+        if not viewer.administrator or user.status != STATUS_ACTIVE:
+            return HTML("")
+        options = HTML("").join(
+            HTML('<option value="{value}"{selected}>{label}</option>').format(
+                value=value, label=label, selected=HTML(" selected") if user.role == role else "")
+            for role, value, label in ((ROLE_MEMBER, "member", "Member"),
+                                       (ROLE_ADMINISTRATOR, "administrator", "Administrator")))
+        deactivate = HTML("") if user.id == viewer.id else HTML(
+            '<form method="post" action="{action}" class="inline-form">'
+            '<input type="hidden" name="_method" value="delete">'
+            '<button type="submit" class="button button--danger button--small" aria-label="Deactivate {name}" '
+            'data-confirm="Deactivate {name}? They will be signed out everywhere and can\'t sign in again.">'
+            'Deactivate</button></form>').format(action=url_for("account_user", user_id=user.id), name=user.name)
+        return HTML(
+            '<form method="post" action="{action}" class="inline-form">'
+            '<input type="hidden" name="_method" value="patch">'
+            '<select class="field__input people__role" name="user[role]" aria-label="Role for {name}">'
+            '{options}</select>'
+            '<button type="submit" class="button button--small" aria-label="Save role for {name}">Save</button>'
+            '</form>{deactivate}').format(action=url_for("account_user", user_id=user.id), name=user.name,
+                                          options=options, deactivate=deactivate)
+
+    items = HTML("").join(
+        HTML('<li class="people__person" id="account_user_{id}" data-user-id="{id}">'
+             '<a class="people__name" href="{url}">{avatar}<span>{name}</span></a>'
+             '<span class="profile__role">{role}</span>{banned}<span class="people__controls">{controls}</span>'
+             '</li>').format(
+            id=user.id, url=url_for("user", user_id=user.id), avatar=render_avatar(user.id, 24), name=user.name,
+            role=role_label(user), banned=HTML('<span class="profile__role people__banned">Banned</span>')
+            if user.status == STATUS_BANNED else "", controls=controls(user))
+        for user in people)
+    pages = []
+    if page > 1:
+        pages.append(HTML('<a class="button" href="{}" rel="prev">Previous people</a>').format(
+            url_for("account_users", page=page - 1)))
+    if more:
+        pages.append(HTML('<a class="button" href="{}" rel="next">More people</a>').format(
+            url_for("account_users", page=page + 1)))
+    return HTML('<section class="panel__section" aria-labelledby="account_users_heading">'
+                '<h2 class="panel__subtitle" id="account_users_heading">People</h2>'
+                '<ul class="people" id="account_users">{items}</ul>{pages}</section>').format(
+        items=items, pages=HTML('<div class="form__actions">{}</div>').format(HTML("").join(pages)) if pages else "")
+
+
+def render_people_page(view, people_html):
+    return HTML('{}<section class="panel panel--wide">{}</section>').format(render_page_assets(view), people_html)
+
+
+def render_account_page(view, account, invite_url, people_html, *, restricted, values=None, errors=None,
+                        notice=None):
+    """The account: its name, the invitation link, people; administrators also edit it."""
+    errors = errors or {}
+    name = (values or {}).get("account[name]", account["name"])
+    if view.user.administrator:
+        head = HTML(
+            '<h1 class="panel__title">{title}</h1>{notice}'
+            '<form method="post" action="{action}" class="form" id="account_form">'
+            '<input type="hidden" name="_method" value="patch">{name_field}'
+            '<div class="field"><input type="hidden" name="{setting}" value="0">'
+            '<label class="choice"><input type="checkbox" id="account_restrict_room_creation" name="{setting}" '
+            'value="1"{checked}> <span>Only administrators can create rooms</span></label></div>'
+            '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
+            '</div></form>').format(
+            title=account["name"], notice=render_notice(notice), action=url_for("account"),
+            name_field=render_field("Account name", "account[name]", name, errors=errors,
+                                    maxlength=MAX_ACCOUNT_NAME_CHARS),
+            setting="account[settings][restrict_room_creation_to_administrators]",
+            checked=HTML(" checked") if restricted else "")
+        tools = HTML(
+            '<section class="panel__section" aria-labelledby="account_admin_heading">'
+            '<h2 class="panel__subtitle" id="account_admin_heading">Administration</h2><div class="form__actions">'
+            '<a class="button" href="{styles}">Edit custom CSS</a>'
+            '<a class="button" href="{bots}">Set up chat bots</a></div></section>').format(
+            styles=url_for("edit_account_custom_styles"), bots=url_for("account_bots"))
+        regenerate = HTML(
+            '<form method="post" action="{}" class="inline-form">'
+            '<button type="submit" class="button button--danger" '
+            'data-confirm="Make a new invitation link? The current one will stop working.">'
+            'Regenerate invitation link</button></form>').format(url_for("account_join_code"))
+    else:
+        head = HTML('<h1 class="panel__title">{}</h1>{}').format(account["name"], render_notice(notice))
+        tools = regenerate = HTML("")
+    return HTML(
+        '{assets}<section class="panel panel--wide account" id="account">{head}'
+        '<section class="panel__section" aria-labelledby="invite_heading">'
+        '<h2 class="panel__subtitle" id="invite_heading">Invite people</h2>'
+        '<p class="panel__intro">Anyone with this link can join {name}. Share it with your team.</p>'
+        '{invite}{regenerate}</section>{tools}{people}</section>').format(
+        head=head, name=account["name"], regenerate=regenerate, tools=tools,
+        invite=render_copyable("invite_url", "Invitation link", invite_url, "Copy invitation link", "Show QR code"),
+        people=people_html, assets=render_page_assets(view))
+
+
+def render_custom_styles_form(css, *, error=None):
+    return HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">Custom CSS</h1>'
+        '<p class="panel__intro">Styles added to every page, for everyone. Use them to adjust colours, fonts and '
+        'spacing. At most {max} KiB.</p>'
+        '<form method="post" action="{action}" class="form">'
+        '<input type="hidden" name="_method" value="patch">'
+        '<div class="field"><label class="field__label" for="account_custom_styles">Custom CSS</label>'
+        '<textarea class="field__input" id="account_custom_styles" name="account[custom_styles]" rows="18" '
+        'spellcheck="false"{invalid}>{css}</textarea>{error}</div>'
+        '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
+        '<a class="button" href="{cancel}">Cancel changes</a></div></form></section>').format(
+        max=MAX_CUSTOM_STYLES_BYTES // 1024, css=css, invalid=HTML(' aria-invalid="true"') if error else "",
+        action=url_for("account_custom_styles"), cancel=url_for("edit_account"),
+        error=render_errors({"account[custom_styles]": error} if error else {}, "account[custom_styles]"))
+
+
+def render_user_page(view, user, *, transfer_url=None, notice=None):
+    """What Campfire's users/show shows: name, avatar, bio, role; administrators also
+    see the email address, a sign-in link (transfer_url), and ban/unban and deactivate."""
+    viewer = view.user
+    admin = viewer.administrator and not user.bot
+    email = HTML('<p class="profile__email">{}</p>').format(user.email_address) \
+        if admin and user.email_address and user.status != STATUS_DEACTIVATED else ""
+    state = {STATUS_BANNED: "Banned", STATUS_DEACTIVATED: "Deactivated"}.get(user.status)
+    tools = HTML("")
+    if admin and user.status == STATUS_ACTIVE:
+        danger = HTML("") if user.id == viewer.id else HTML(
+            '<div class="danger-zone form__actions">'
+            '<form method="post" action="{ban}" class="inline-form">'
+            '<button type="submit" class="button button--danger" data-confirm="Ban {name}? They will be signed out, '
+            'the addresses they used will be blocked and all their messages deleted.">Ban {name}</button></form>'
+            '<form method="post" action="{deactivate}" class="inline-form">'
+            '<input type="hidden" name="_method" value="delete">'
+            '<button type="submit" class="button button--danger" data-confirm="Deactivate {name}? They will be '
+            'signed out everywhere and can\'t sign in again.">Deactivate {name}</button></form></div>').format(
+            ban=url_for("user_ban", user_id=user.id), deactivate=url_for("account_user", user_id=user.id),
+            name=user.name)
+        tools = HTML(
+            '<section class="panel__section" aria-labelledby="transfer_heading">'
+            '<h2 class="panel__subtitle" id="transfer_heading">Sign-in link</h2>'
+            '<p class="panel__intro">Opening this link signs a browser in as {name}, for the next 4 hours. '
+            'Give it only to {name}.</p>{transfer}</section>{danger}').format(
+            name=user.name, danger=danger,
+            transfer=render_copyable("session_transfer_url", "Sign-in link", transfer_url,
+                                     "Copy sign-in link", "Show auto-login QR code"))
+    elif admin and user.status == STATUS_BANNED:
+        tools = HTML(
+            '<div class="danger-zone form__actions"><form method="post" action="{ban}" class="inline-form">'
+            '<input type="hidden" name="_method" value="delete">'
+            '<button type="submit" class="button">Unban {name}</button></form></div>').format(
+            ban=url_for("user_ban", user_id=user.id), name=user.name)
+    own = HTML('<div class="form__actions"><a class="button" href="{}">Edit your profile</a></div>').format(
+        url_for("user_profile")) if user.id == viewer.id else ""
+    return HTML(
+        '{assets}<section class="panel panel--wide profile">{notice}<div class="profile__head">{avatar}'
+        '<div><h1 class="panel__title">{name}</h1><p class="profile__role">{role}{state}</p>{email}</div></div>'
+        '<p class="profile__bio">{bio}</p>{own}{tools}</section>').format(
+        assets=render_page_assets(view) if tools else "", notice=render_notice(notice),
+        avatar=render_avatar(user.id, 96), name=user.name, role=role_label(user),
+        state=HTML(" · {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
+
+
+def render_profile(view, values, errors, transfer_url):
+    user = view.user
+    bio_error = render_errors(errors, "user[bio]")
+    fields = HTML("").join([
+        render_field("Your name", "user[name]", values["user[name]"], errors=errors, autocomplete="name",
+                     maxlength=MAX_NAME_CHARS),
+        render_field("Email address", "user[email_address]", values["user[email_address]"], type="email",
+                     errors=errors, autocomplete="username", maxlength=MAX_EMAIL_CHARS),
+        render_field("New password (leave blank to keep yours)", "user[password]", "", type="password",
+                     errors=errors, autocomplete="new-password", required=False, maxlength=MAX_PASSWORD_BYTES),
+        HTML('<div class="field"><label class="field__label" for="user_bio">Bio</label>'
+             '<textarea class="field__input field__input--prose" id="user_bio" name="user[bio]" rows="3" '
+             'maxlength="{max}"{invalid}>'
+             '{bio}</textarea>{error}</div>').format(
+            max=MAX_BIO_CHARS, bio=values["user[bio]"], error=bio_error,
+            invalid=HTML(' aria-invalid="true"') if bio_error else ""),
+    ])
+    return HTML(
+        '{assets}<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
+        '<div><h1 class="panel__title">Your profile</h1><p class="profile__role">{role}</p></div></div>'
+        '<form method="post" action="{action}" class="form">'
+        '<input type="hidden" name="_method" value="patch">{fields}'
+        '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
+        '<a class="button" href="{cancel}">Cancel changes</a></div></form>'
+        '<section class="panel__section" aria-labelledby="transfer_heading">'
+        '<h2 class="panel__subtitle" id="transfer_heading">Sign in on another device</h2>'
+        '<p class="panel__intro">Open this link on your phone or another computer, or scan its QR code, to sign '
+        'in there without a password. It works for 4 hours: keep it to yourself.</p>'
+        '{transfer}</section></section>').format(
+        avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields, action=url_for("user_profile"),
+        cancel=url_for("user", user_id=user.id),
+        transfer=render_copyable("session_transfer_url", "Sign-in link", transfer_url,
+                                 "Copy sign-in link", "Show auto-login QR code"),
+        assets=render_page_assets(view))
+
+
+def render_bot_item(bot_row, post_url):
+    """One bot's card: name, webhook, and the curl command that posts as it (post_url: its
+    absolute post URL, or None when it is in no room)."""
+    command = HTML(
+        '<div class="field"><label class="field__label" for="bot_{id}_curl">curl command for posting messages</label>'
+        '<input class="field__input" id="bot_{id}_curl" type="text" value="{command}" readonly '
+        'spellcheck="false"></div>').format(id=bot_row["id"], command="curl -d 'Hello!' %s" % post_url) \
+        if post_url else HTML('<p class="notice">Not in any room yet.</p>')
+    webhook = HTML('Webhook: <code>{}</code>').format(bot_row["webhook_url"]) if bot_row["webhook_url"] \
+        else HTML("No webhook")
+    return HTML(
+        '<li class="bot" id="bot_{id}"><div class="profile__head">{avatar}<div>'
+        '<h2 class="bot__name">{name}</h2><p class="bot__webhook">{webhook}</p></div></div>{command}'
+        '<div class="form__actions"><a class="button" href="{edit}" aria-label="Edit {name}">'
+        'Edit</a></div></li>').format(
+        id=bot_row["id"], avatar=render_avatar(bot_row["id"], 48), name=bot_row["name"], webhook=webhook,
+        command=command, edit=url_for("edit_account_bot", bot_id=bot_row["id"]))
+
+
+def render_bots(items):
+    """The bots page: items are render_bot_item's cards."""
+    return HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">Chat bots</h1>'
+        '<p class="panel__intro">A bot posts with its own key, and hears about messages that mention it '
+        '(and every message in a direct room with it) at its webhook URL.</p>'
+        '{items}<div class="form__actions"><a class="button button--primary" href="{new}">New bot</a>'
+        '<a class="button" href="{account}">Back to the account</a></div></section>').format(
+        items=HTML('<ul class="bots">{}</ul>').format(HTML("").join(items)) if items
+        else HTML('<p class="notice">No bots yet.</p>'), new=url_for("new_account_bot"), account=url_for("edit_account"))
+
+
+def render_bot_form(*, bot_row=None, values=None, errors=None):
+    values, errors = values or {}, errors or {}
+    editing = bot_row is not None
+    fields = HTML(
+        '<div class="field"><label class="visually-hidden" for="user_name">Name the bot</label>'
+        '<input class="field__input" id="user_name" name="user[name]" value="{name}" placeholder="Name the bot" '
+        'maxlength="{max_name}" required autofocus{name_invalid}>{name_error}</div>'
+        '<div class="field"><label class="field__label" for="user_webhook_url">Webhook URL (optional)</label>'
+        '<input class="field__input" id="user_webhook_url" name="user[webhook_url]" type="url" value="{url}" '
+        'placeholder="https://example.com/campfire-bot" maxlength="{max_url}"{url_invalid}>{url_error}</div>').format(
+        name=values.get("user[name]", ""), max_name=MAX_NAME_CHARS, url=values.get("user[webhook_url]", ""),
+        max_url=MAX_WEBHOOK_URL_CHARS, name_error=render_errors(errors, "user[name]"),
+        url_error=render_errors(errors, "user[webhook_url]"),
+        name_invalid=HTML(' aria-invalid="true"') if "user[name]" in errors else "",
+        url_invalid=HTML(' aria-invalid="true"') if "user[webhook_url]" in errors else "")
+    extra = HTML("")
+    if editing:
+        extra = HTML(
+            '<div class="danger-zone"><div class="field"><label class="field__label" for="bot_key">Bot key</label>'
+            '<input class="field__input" id="bot_key" type="text" value="{key}" readonly spellcheck="false"></div>'
+            '<form method="post" action="{reset}" class="inline-form">'
+            '<input type="hidden" name="_method" value="put">'
+            '<button type="submit" class="button">Reset key</button></form> '
+            '<form method="post" action="{bot}" class="inline-form">'
+            '<input type="hidden" name="_method" value="delete">'
+            '<button type="submit" class="button button--danger" data-confirm="Delete this bot?">Delete bot</button>'
+            '</form></div>').format(reset=url_for("account_bot_key", bot_id=bot_row["id"]),
+                                    bot=url_for("account_bot", bot_id=bot_row["id"]), key=bot_key(bot_row))
+    return HTML(
+        '<section class="panel panel--wide"><h1 class="panel__title">{title}</h1>'
+        '<form method="post" action="{action}" class="form">{method}{fields}'
+        '<div class="form__actions"><button type="submit" class="button button--primary">{button}</button>'
+        '<a class="button" href="{cancel}">Cancel changes</a></div></form>{extra}</section>').format(
+        title="Edit %s" % bot_row["name"] if editing else "New bot",
+        action=url_for("account_bot", bot_id=bot_row["id"]) if editing else url_for("account_bots"),
+        method=HTML('<input type="hidden" name="_method" value="patch">') if editing else "",
+        fields=fields, button="Save changes" if editing else "Create bot", extra=extra,
+        cancel=url_for("account_bots"))
+
+
+# JSON ------------------------------------------------------------------------
+
+BOT_ROLE_NAMES = {ROLE_MEMBER: "member", ROLE_ADMINISTRATOR: "administrator", ROLE_BOT: "bot"}
+
+
+def person_json(user_id, user, origin):
+    return {"id": user_id, "name": user.name if user else "Deleted user",
+            "role": BOT_ROLE_NAMES.get(user.role, "member") if user else "member",
+            "avatar_url": origin + url_for("user_avatar", user_id=user_id)}
+
+
+def message_json(message, plain_text, creator, origin):
+    """A message as the bot API shows it (Campfire's app/views/messages/_message.json.jbuilder)."""
+    return {"id": message["id"], "created_at": iso_time_ms(message["created_at"]),
+            "body": {"plain_text": plain_text, "html": message["body"] or ""},
+            "creator": person_json(message["creator_id"], creator, origin),
+            "room": {"id": message["room_id"]},
+            "url": origin + url_for("room_at_message", room_id=message["room_id"], message_id=message["id"])}
+
+
+def boost_json(boost, booster, origin):
+    return {"id": boost["id"], "content": boost["content"], "created_at": iso_time_ms(boost["created_at"]),
+            "booster": person_json(boost["booster_id"], booster, origin), "message": {"id": boost["message_id"]}}
+
+
+def manifest_json(account_name):
+    """The installable app's manifest (Campfire's app/views/pwa/)."""
+    icon_192 = {"src": url_for("static", path="icon-192.png"), "sizes": "192x192", "type": "image/png"}
+    maskable = url_for("static", path="icon-maskable-512.png")
+    return {
+        "name": account_name, "short_name": account_name if len(account_name) <= 12 else "Campfire", "id": "/",
+        "start_url": url_for("root"), "scope": "/", "display": "standalone", "background_color": THEME_COLOR_LIGHT,
+        "theme_color": THEME_COLOR_LIGHT,
+        "icons": [dict(icon_192, purpose="any"),
+                  {"src": maskable, "sizes": "512x512", "type": "image/png", "purpose": "any"},
+                  {"src": maskable, "sizes": "512x512", "type": "image/png", "purpose": "maskable"},
+                  {"src": url_for("static", path="icon.svg"), "sizes": "any", "type": "image/svg+xml",
+                   "purpose": "any"}],
+        "shortcuts": [{"name": "New chat room", "url": url_for("new_open_room"), "icons": [icon_192]},
+                      {"name": "My profile", "url": url_for("user_profile"), "icons": [icon_192]}],
+    }
 
 
 ####
@@ -4573,20 +5122,20 @@ def route_table():
         ("GET",         "/rooms",                                     "rooms",                  landing),
         ("GET",         "/rooms/<int:room_id>",                       "room",                   show_room),
         ("DELETE",      "/rooms/<int:room_id>",                       "room",                   delete_room),
-        ("GET",         "/rooms/opens/new",                           "new_open_room",          new_room),
-        ("GET",         "/rooms/closeds/new",                         "new_closed_room",        new_room),
-        ("POST",        "/rooms/opens",                               "open_rooms",             create_room),
-        ("POST",        "/rooms/closeds",                             "closed_rooms",           create_room),
+        ("GET",         "/rooms/opens/new",                           "new_open_room",          new_open_room),
+        ("GET",         "/rooms/closeds/new",                         "new_closed_room",        new_closed_room),
+        ("POST",        "/rooms/opens",                               "open_rooms",             create_open_room),
+        ("POST",        "/rooms/closeds",                             "closed_rooms",           create_closed_room),
         ("GET",         "/rooms/opens/<int:room_id>",                 "open_room",              room_kind_show),
-        ("PATCH PUT",   "/rooms/opens/<int:room_id>",                 "open_room",              update_room),
+        ("PATCH PUT",   "/rooms/opens/<int:room_id>",                 "open_room",              update_open_room),
         ("GET",         "/rooms/closeds/<int:room_id>",               "closed_room",            room_kind_show),
-        ("PATCH PUT",   "/rooms/closeds/<int:room_id>",               "closed_room",            update_room),
+        ("PATCH PUT",   "/rooms/closeds/<int:room_id>",               "closed_room",            update_closed_room),
         ("GET",         "/rooms/opens/<int:room_id>/edit",            "edit_open_room",         edit_room),
         ("GET",         "/rooms/closeds/<int:room_id>/edit",          "edit_closed_room",       edit_room),
         ("GET",         "/rooms/directs/new",                         "new_direct_room",        new_direct_room),
         ("POST",        "/rooms/directs",                             "direct_rooms",           create_direct_room),
         ("GET",         "/rooms/directs/<int:room_id>",               "direct_room",            room_kind_show),
-        ("DELETE",      "/rooms/directs/<int:room_id>",               "direct_room",            delete_room),
+        ("DELETE",      "/rooms/directs/<int:room_id>",               "direct_room",            delete_direct_room),
         ("GET",         "/rooms/directs/<int:room_id>/edit",          "edit_direct_room",       edit_direct_room),
         ("GET",         "/rooms/<int:room_id>/involvement",           "room_involvement",       show_involvement),
         ("PUT PATCH",   "/rooms/<int:room_id>/involvement",           "room_involvement",       update_involvement),
@@ -4647,6 +5196,90 @@ def route_table():
     )
 
 
+# Helpers the handlers share ----------------------------------------------------
+
+def _page(app, request, title, body, *, status=200, headers=None, sidebar=True, body_class="", current_room_id=None):
+    """A whole page around body, as a Response; the signed-in get the sidebar unless sidebar=False."""
+    view = app.view(request)
+    side = _sidebar_html(app, view.user, current_room_id) if sidebar and view.user is not None else None
+    return Response(render_layout(view, title, body, sidebar=side, body_class=body_class), status, headers=headers)
+
+
+def _auth_page(app, request, title, body, *, status=200, headers=None):
+    return _page(app, request, title, body, status=status, headers=headers, sidebar=False, body_class="auth")
+
+
+def _sidebar_html(app, user, current_room_id=None):
+    shared, direct = app.store.sidebar_rooms(user.id)
+    return render_sidebar(shared, direct, app.store.unread_room_ids(user.id), current_room_id,
+                          app.store.may_create_rooms(user))
+
+
+def _navigating(request):
+    """A plain form submission by a browser (answered with a redirect, not a fragment)."""
+    return request.headers.get("sec-fetch-mode") == "navigate"
+
+
+def _id_param(request, name):
+    """A numeric query parameter (an id or milliseconds), None when absent; 400 when malformed."""
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if not _CONTENT_LENGTH_RE.match(value):
+        raise BadRequest("%s takes a number." % name)
+    return int(value)
+
+
+def check_field(errors, field, value, *, blank=None, max_chars=None, max_bytes=None, problem=None):
+    """The one form check: value, after recording in errors[field] what is wrong with it,
+    if anything: `blank` (the message) when it is empty, too many characters or bytes, or
+    what problem(value) says (None when it is fine)."""
+    if not value:
+        if blank:
+            errors[field] = blank
+    elif max_chars is not None and len(value) > max_chars:
+        errors[field] = "Use at most %d characters." % max_chars
+    elif max_bytes is not None and len(value.encode()) > max_bytes:
+        errors[field] = "Use at most %d bytes." % max_bytes
+    elif problem is not None:
+        message = problem(value)
+        if message:
+            errors[field] = message
+    return value
+
+
+def _email_problem(email):
+    return None if EMAIL_RE.match(email) and len(email) <= MAX_EMAIL_CHARS else "Enter a valid email address."
+
+
+def _member_room(app, request, room_id):
+    """The room, if the signed-in person belongs to it; 404 otherwise (never reveal it exists)."""
+    room = app.store.member_room(room_id, request.user.id)
+    if room is None:
+        raise NotFound("There is no such room.")
+    return room
+
+
+def _find_message(app, message_id, *, room_id=None, member=None):
+    """The message, if it is in room_id (when given) and member belongs to its room; else 404."""
+    message = app.store.message_in(message_id, room_id=room_id, member_id=member.id if member else None)
+    if message is None:
+        raise NotFound("There is no such message.")
+    return message
+
+
+def _message_in_room(app, request, room_id, message_id):
+    _member_room(app, request, room_id)
+    return _find_message(app, message_id, room_id=room_id)
+
+
+def _transfer_url(app, request, user, now=None):
+    """A link that signs a browser in as `user`, reusable for 4 hours (Campfire's app/models/user/transferable.rb)."""
+    now = time.time() if now is None else now
+    token = app.signer.sign(user.id, "transfer", expires_at=int(now + TRANSFER_TOKEN_SECONDS))
+    return request.origin + url_for("session_transfer", token=token)
+
+
 # Health ---------------------------------------------------------------------
 # A page a load balancer or a person reads at a glance: green while the
 # database answers, red (503) when it does not, or when writes were refused
@@ -4669,27 +5302,15 @@ def health_check(app, request):
     return Response(HEALTHY_PAGE, headers=HEALTH_HEADERS)
 
 
-# Static files -------------------------------------------------------------------
+# Static files and the installable app --------------------------------------------
 
 def static_file(app, request, path):
     return app.static.response(request, request.path[len("/static/"):])
 
 
-# The installable app -----------------------------------------------------------
-
 def web_manifest(app, request):
-    name = app.store.account_name()
-    icon_192 = {"src": "/static/icon-192.png", "sizes": "192x192", "type": "image/png"}
-    return json_response({
-        "name": name, "short_name": name if len(name) <= 12 else "Campfire", "id": "/", "start_url": "/",
-        "scope": "/", "display": "standalone", "background_color": THEME_COLOR_LIGHT, "theme_color": THEME_COLOR_LIGHT,
-        "icons": [dict(icon_192, purpose="any"),
-                  {"src": "/static/icon-maskable-512.png", "sizes": "512x512", "type": "image/png", "purpose": "any"},
-                  {"src": "/static/icon-maskable-512.png", "sizes": "512x512", "type": "image/png", "purpose": "maskable"},
-                  {"src": "/static/icon.svg", "sizes": "any", "type": "image/svg+xml", "purpose": "any"}],
-        "shortcuts": [{"name": "New chat room", "url": "/rooms/opens/new", "icons": [icon_192]},
-                      {"name": "My profile", "url": "/users/me/profile", "icons": [icon_192]}],
-    }, headers=[("Content-Type", "application/manifest+json"), ("Cache-Control", "no-cache")])
+    return json_response(manifest_json(app.store.account_name()),
+                         headers=[("Content-Type", "application/manifest+json"), ("Cache-Control", "no-cache")])
 
 
 def service_worker(app, request):
@@ -4700,88 +5321,72 @@ def service_worker(app, request):
     return response
 
 
-# First run, sign in, sign out, sign up -------------------------------------
+# First run, sign in, sign out, sign up, sign-in links and QR codes ----------------
 
 def first_run_form(app, request):
     if app.store.account() is not None:
-        return redirect("/")
-    return render_first_run(app, request, {}, {})
-
-
-def render_first_run(app, request, values, errors, status=200):
-    return render_auth_page(app, request, "Set up Campfire",
-                            "Create the administrator's account. You can invite everyone else next.",
-                            "/first_run", render_user_fields(values, errors), "Create account",
-                            status=status)
+        return redirect(url_for("root"))
+    return _auth_page(app, request, "Set up Campfire", render_first_run({}, {}))
 
 
 async def first_run(app, request):
     if app.store.account() is not None:
-        return redirect("/")
+        return redirect(url_for("root"))
     values, errors = _user_form(request.form)
     if errors:
-        return render_first_run(app, request, values, errors, status=422)
+        return _auth_page(app, request, "Set up Campfire", render_first_run(values, errors), status=422)
     digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n)
     created = app.store.first_run(values["user[name]"], values["user[email_address]"], digest)
     if created is None:  # someone else finished first run meanwhile
-        return redirect("/")
+        return redirect(url_for("root"))
     user, room = created
-    response = redirect("/rooms/%d" % room.id)
+    response = redirect(url_for("room", room_id=room.id))
     app.start_session(request, response, user)
     return response
 
 
 def _user_form(form):
-    values = {key: form.text(key) for key in ("user[name]", "user[email_address]")}
-    values["user[password]"] = str(form.get("user[password]", ""))
+    """First run's and sign-up's fields: (values, errors)."""
     errors = {}
-    if not values["user[name]"]:
-        errors["user[name]"] = "Enter your name."
-    elif len(values["user[name]"]) > MAX_NAME_CHARS:
-        errors["user[name]"] = "Use at most %d characters." % MAX_NAME_CHARS
-    if not EMAIL_RE.match(values["user[email_address]"]) or len(values["user[email_address]"]) > MAX_EMAIL_CHARS:
-        errors["user[email_address]"] = "Enter a valid email address."
-    if not values["user[password]"]:
-        errors["user[password]"] = "Choose a password."
-    elif len(values["user[password]"].encode()) > MAX_PASSWORD_BYTES:
-        errors["user[password]"] = "Use at most %d bytes." % MAX_PASSWORD_BYTES
+    values = {
+        "user[name]": check_field(errors, "user[name]", form.text("user[name]"), blank="Enter your name.",
+                                  max_chars=MAX_NAME_CHARS),
+        "user[email_address]": check_field(errors, "user[email_address]", form.text("user[email_address]"),
+                                           blank="Enter a valid email address.", problem=_email_problem),
+        "user[password]": check_field(errors, "user[password]", str(form.get("user[password]", "")),
+                                      blank="Choose a password.", max_bytes=MAX_PASSWORD_BYTES),
+    }
     return values, errors
 
 
 def sign_in_form(app, request):
     if app.store.account() is None:
-        return redirect("/first_run")
-    return render_sign_in(app, request, request.query.text("email_address"))
+        return redirect(url_for("first_run"))
+    return _sign_in_page(app, request, request.query.text("email_address"))
 
 
-def render_sign_in(app, request, email, notice=None, status=200):
-    fields = [
-        render_field("Email address", "email_address", email, type="email", autocomplete="username",
-                     autofocus=not email, maxlength=MAX_EMAIL_CHARS),
-        render_field("Password", "password", "", type="password", autocomplete="current-password",
-                     autofocus=bool(email)),
-    ]
-    return render_auth_page(app, request, "Sign in", "Welcome back to %s." % app.store.account_name(),
-                            "/session", fields, "Sign in", notice=notice, status=status)
+def _sign_in_page(app, request, email, notice=None, status=200):
+    return _auth_page(app, request, "Sign in", render_sign_in(app.view(request), email, notice), status=status)
 
 
 async def sign_in(app, request):
     email = request.form.text("email_address")
     password = str(request.form.get("password", ""))
     if not app.sign_in_limiter.hit(request.remote_addr):
-        return render_sign_in(app, request, email, "Too many requests or unauthorized.", 429)
+        return _sign_in_page(app, request, email, "Too many requests or unauthorized.", 429)
     user = app.store.user_by_email(email) if email else None
     # Every attempt checks a password, an unknown address's against a digest nothing matches.
-    digest = user.password_digest if user is not None and user.password_digest else unknown_password_digest(app.config.scrypt_n)
+    digest = user.password_digest if user is not None and user.password_digest \
+        else unknown_password_digest(app.config.scrypt_n)
     try:
         matches = await app.off_loop(check_password, password, digest)
     except PasswordUnsupported:
-        return render_sign_in(app, request, email,
-                              "This password can't be checked on this server. Ask an administrator "
-                              "for a sign-in link.", 401)
+        return _sign_in_page(app, request, email,
+                             "This password can't be checked on this server. Ask an administrator "
+                             "for a sign-in link.", 401)
     if not (matches and user is not None and user.active and not user.bot):
-        return render_sign_in(app, request, email, "Too many requests or unauthorized.", 401)
-    response = redirect("/")
+        return _sign_in_page(app, request, email, "Too many requests or unauthorized.", 401)
+    response = redirect(url_for("root"))
     app.start_session(request, response, user)
     return response
 
@@ -4790,14 +5395,9 @@ def sign_out(app, request):
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         app.store.end_session(token, request.user.id, request.session.id)
-    response = redirect("/session/new")
+    response = redirect(url_for("new_session"))
     app.clear_cookie(response, SESSION_COOKIE)
     return response
-
-
-def join_form(app, request, join_code):
-    _require_join_code(app, join_code)
-    return render_join(app, request, join_code, {}, {})
 
 
 def _require_join_code(app, join_code):
@@ -4805,11 +5405,15 @@ def _require_join_code(app, join_code):
         raise NotFound("This invitation link is not valid.")
 
 
-def render_join(app, request, join_code, values, errors, status=200):
-    return render_auth_page(app, request, "Join %s" % app.store.account_name(),
-                            "Create your account to start chatting.",
-                            "/join/%s" % urllib.parse.quote(join_code), render_user_fields(values, errors),
-                            "Join", status=status)
+def _join_page(app, request, join_code, values, errors, status=200):
+    view = app.view(request)
+    return _auth_page(app, request, "Join %s" % view.account_name, render_join(view, join_code, values, errors),
+                      status=status)
+
+
+def join_form(app, request, join_code):
+    _require_join_code(app, join_code)
+    return _join_page(app, request, join_code, {}, {})
 
 
 async def join(app, request, join_code):
@@ -4818,923 +5422,18 @@ async def join(app, request, join_code):
         raise TooManyRequests("Too many sign-ups from this address. Try again in a few minutes.")
     values, errors = _user_form(request.form)
     if errors:
-        return render_join(app, request, join_code, values, errors, status=422)
+        return _join_page(app, request, join_code, values, errors, status=422)
     email = values["user[email_address]"]
     if app.store.user_by_email(email) is not None:
-        return redirect("/session/new?" + urllib.parse.urlencode({"email_address": email}))
+        return redirect(url_for("new_session", email_address=email))
     digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n)
     if app.store.user_by_email(email) is not None:  # the same address joined while this one hashed
-        return redirect("/session/new?" + urllib.parse.urlencode({"email_address": email}))
+        return redirect(url_for("new_session", email_address=email))
     user = app.store.create_user(values["user[name]"], email, password_digest=digest)
-    response = redirect("/")
+    response = redirect(url_for("root"))
     app.start_session(request, response, user)
     return response
 
-
-# Landing and rooms ------------------------------------------------------------
-
-def landing(app, request):
-    rooms = app.store.rooms_for(request.user.id)
-    if not rooms:
-        body = HTML('<section class="panel"><h1 class="panel__title">No rooms yet</h1>'
-                    '<p>You are not in any room yet. An administrator can add you to one.</p></section>')
-        return render_layout(app, request, "Welcome", body)
-    last = request.cookies.get(LAST_ROOM_COOKIE, "")
-    room_ids = [room["id"] for room in rooms]
-    target = int(last) if last.isdigit() and int(last) in room_ids else room_ids[0]
-    return redirect("/rooms/%d" % target, 302)
-
-
-def show_room(app, request, room_id):
-    """The room with its newest messages; visiting clears its unread mark."""
-    room = app.room_for_member(request, room_id)
-    user = request.user
-    app.store.mark_read(room.id, user.id)
-    store = app.store
-    key = ("room", user.id, room.id, store.room_versions[room.id], store.user_versions[user.id],
-           store.global_version)
-    response = app.cached(request, key, lambda: render_room(app, request, room, store.messages_page(room.id)))
-    if request.cookies.get(LAST_ROOM_COOKIE) != str(room.id):
-        app.set_cookie(response, LAST_ROOM_COOKIE, str(room.id), http_only=False)
-    return response
-
-
-# Rooms ----------------------------------------------------------------------------
-
-def _navigating(request):
-    """A plain form submission by a browser (answered with a redirect, not a fragment)."""
-    return request.headers.get("sec-fetch-mode") == "navigate"
-
-
-def _require_room_creation(app, user):
-    if not app.store.may_create_rooms(user):
-        raise Forbidden("Only administrators can create rooms here.")
-
-
-def render_room_form(app, request, *, room=None, room_type=ROOM_OPEN, name="", member_ids=(), errors=None, status=200):
-    """New room and room settings: name, open or closed, members, delete."""
-    errors = errors or {}
-    editing = room is not None
-    can_edit = not editing or can_administer(request.user, room.creator_id)
-    people = [user for user in app.store.active_users(exclude_bots=False) if user.id != request.user.id]
-    chosen = set(member_ids)
-    checkboxes = HTML("").join(
-        HTML('<li><label class="picker__person"><input type="checkbox" name="user_ids[]" value="{id}"{checked}{disabled}> '
-             '{avatar} {name}</label></li>').format(
-            id=user.id, name=user.name, avatar=render_avatar(user.id, 24),
-            checked=HTML(" checked") if user.id in chosen else "",
-            disabled=HTML(" disabled") if not can_edit else "")
-        for user in people)
-    kinds = HTML("").join(
-        HTML('<label class="choice"><input type="radio" name="room_kind" value="{value}"{checked}{disabled}> '
-             '<span><strong>{label}</strong> {help}</span></label>').format(
-            value=value, label=label, help=help_text, checked=HTML(" checked") if room_type == kind else "",
-            disabled=HTML(" disabled") if not can_edit else "")
-        for kind, value, label, help_text in (
-            (ROOM_OPEN, "opens", "Open", "Everyone is in it, including people who join later."),
-            (ROOM_CLOSED, "closeds", "Closed", "Only the people you pick below.")))
-    action = "/rooms/%s" % ("opens" if room_type == ROOM_OPEN else "closeds")
-    if editing:
-        action += "/%d" % room.id
-    delete = HTML("")
-    if editing and can_edit:
-        delete = HTML('<form method="post" action="/rooms/{id}" class="danger-zone">'
-                      '<input type="hidden" name="_method" value="delete">'
-                      '<button type="submit" class="button button--danger" data-confirm="Delete this room and all its messages?">'
-                      'Delete room</button></form>').format(id=room.id)
-    notice = HTML("") if can_edit else HTML(
-        '<p class="notice">Only the room\'s creator or an administrator can change these settings.</p>')
-    body = HTML(
-        '<section class="panel panel--wide"><h1 class="panel__title">{title}</h1>{notice}'
-        '<form method="post" action="{action}" class="form room-form" data-room-form>'
-        '{method}'
-        '<div class="field"><label class="field__label" for="room_name_field">Name this room</label>'
-        '<input class="field__input" id="room_name_field" name="room[name]" value="{name}" maxlength="{max}" '
-        'required autofocus{readonly}>{name_error}</div>'
-        '<fieldset class="field"><legend class="field__label">Who can see it</legend>{kinds}</fieldset>'
-        '<fieldset class="field picker" data-members><legend class="field__label">Members</legend>'
-        '<ul class="picker__people">{people}</ul></fieldset>'
-        '<div class="form__actions">{save}<a class="button" href="{cancel}">Cancel changes</a></div>'
-        '</form>{delete}</section>').format(
-        title="Room settings" if editing else "New room", notice=notice, action=action,
-        method=HTML('<input type="hidden" name="_method" value="patch">') if editing else "",
-        name=name, max=MAX_ROOM_NAME_CHARS, readonly=HTML(" readonly") if not can_edit else "",
-        name_error=render_errors(errors, "room[name]"), kinds=kinds, people=checkboxes,
-        save=HTML('<button type="submit" class="button button--primary">Save</button>') if can_edit else "",
-        cancel="/rooms/%d" % room.id if editing else "/", delete=delete)
-    return render_layout(app, request, "Room settings" if editing else "New room", body, status=status)
-
-
-def new_room(app, request):
-    _require_room_creation(app, request.user)
-    room_type = ROOM_CLOSED if "/closeds/" in request.path else ROOM_OPEN
-    return render_room_form(app, request, room_type=room_type, name="New room")
-
-
-def _room_form_values(request):
-    name = request.form.text("room[name]")
-    errors = {}
-    if len(name) > MAX_ROOM_NAME_CHARS:
-        errors["room[name]"] = "Use at most %d characters." % MAX_ROOM_NAME_CHARS
-    member_ids = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()}
-    return name or "New room", member_ids, errors
-
-
-def create_room(app, request):
-    _require_room_creation(app, request.user)
-    room_type = ROOM_CLOSED if request.path == "/rooms/closeds" else ROOM_OPEN
-    name, member_ids, errors = _room_form_values(request)
-    if errors:
-        return render_room_form(app, request, room_type=room_type, name=name, member_ids=member_ids,
-                                errors=errors, status=422)
-    room = app.store.open_room(name, room_type, request.user, member_ids)
-    return redirect("/rooms/%d" % room.id)
-
-
-def room_kind_show(app, request, room_id):
-    app.room_for_member(request, room_id)
-    return redirect("/rooms/%d" % room_id, 302)
-
-
-def edit_room(app, request, room_id):
-    room = app.room_for_member(request, room_id)
-    if room.direct:
-        return redirect("/rooms/directs/%d/edit" % room.id, 302)
-    return render_room_form(app, request, room=room, room_type=room.type, name=room.name or "",
-                            member_ids=app.store.room_member_ids(room.id))
-
-
-def update_room(app, request, room_id):
-    room = app.room_for_member(request, room_id)
-    if room.direct:
-        raise Forbidden("A direct room can't become another kind of room.")
-    if not can_administer(request.user, room.creator_id):
-        raise Forbidden("Only the room's creator or an administrator can change it.")
-    room_type = ROOM_CLOSED if request.path.startswith("/rooms/closeds/") else ROOM_OPEN
-    name, member_ids, errors = _room_form_values(request)
-    if errors:
-        return render_room_form(app, request, room=room, room_type=room_type, name=name, member_ids=member_ids,
-                                errors=errors, status=422)
-    room = app.store.update_room(room, name, room_type, member_ids, request.user)
-    return redirect("/rooms/%d" % room.id)
-
-
-def delete_room(app, request, room_id):
-    room = app.room_for_member(request, room_id)
-    if not room.direct and not can_administer(request.user, room.creator_id):
-        raise Forbidden("Only the room's creator or an administrator can delete it.")
-    if request.path.startswith("/rooms/directs/") and not room.direct:
-        raise NotFound("There is no such room.")
-    app.store.remove_room(room)
-    return redirect("/", 303)
-
-
-def new_direct_room(app, request):
-    return render_direct_form(app, request)
-
-
-def render_direct_form(app, request, errors=None, status=200):
-    people = [user for user in app.store.active_users() if user.id != request.user.id]
-    options = HTML("").join(
-        HTML('<li><label class="picker__person"><input type="checkbox" name="user_ids[]" value="{id}"> '
-             '{avatar} {name}</label></li>').format(id=user.id, name=user.name, avatar=render_avatar(user.id, 24))
-        for user in people)
-    body = HTML(
-        '<section class="panel panel--wide"><h1 class="panel__title">New Ping</h1>'
-        '<p class="panel__intro">A private conversation with the people you pick.</p>{error}'
-        '<form method="post" action="/rooms/directs" class="form" data-direct-form>'
-        '<fieldset class="field picker" data-members><legend class="field__label">People</legend>'
-        '<input class="field__input picker__filter" type="search" placeholder="Find people…" '
-        'aria-label="Find people" data-picker-filter hidden>'
-        '<ul class="picker__people">{options}</ul></fieldset>'
-        '<div class="form__actions"><button type="submit" class="button button--primary">Start Ping</button>'
-        '<a class="button" href="/">Cancel changes</a></div></form></section>').format(
-        error=render_errors(errors or {}, "user_ids[]"), options=options)
-    return render_layout(app, request, "New Ping", body, status=status)
-
-
-def create_direct_room(app, request):
-    active = set(app.store.active_user_ids())
-    chosen = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()} & active
-    chosen.discard(request.user.id)
-    if not chosen:
-        return render_direct_form(app, request, {"user_ids[]": "Pick at least one person."}, status=422)
-    room, _ = app.store.start_direct_room(chosen, request.user)
-    return redirect("/rooms/%d" % room.id)
-
-
-def edit_direct_room(app, request, room_id):
-    room = app.room_for_member(request, room_id)
-    if not room.direct:
-        return redirect(room_settings_path(room), 302)
-    members = [app.store.user(user_id) for user_id in app.store.room_member_ids(room.id)]
-    items = HTML("").join(HTML('<li class="picker__person">{avatar} {name}</li>').format(
-        avatar=render_avatar(user.id, 24), name=user.name) for user in members if user)
-    body = HTML(
-        '<section class="panel panel--wide"><h1 class="panel__title">Ping with {names}</h1>'
-        '<ul class="picker__people">{items}</ul>'
-        '<div class="form__actions"><a class="button" href="/rooms/{id}">Back to the conversation</a></div>'
-        '<form method="post" action="/rooms/directs/{id}" class="danger-zone">'
-        '<input type="hidden" name="_method" value="delete">'
-        '<button type="submit" class="button button--danger" data-confirm="Delete this conversation?">'
-        'Delete conversation</button></form></section>').format(
-        names=room_title(app, room, request.user.id), items=items, id=room.id)
-    return render_layout(app, request, "Room settings", body)
-
-
-def show_involvement(app, request, room_id):
-    room = app.room_for_member(request, room_id)
-    return Response(render_bell(room, app.store.user_rooms(request.user.id).get(room.id, "mentions")))
-
-
-def update_involvement(app, request, room_id):
-    room = app.room_for_member(request, room_id)
-    involvement = request.form.text("involvement")
-    allowed = ("everything", "nothing") if room.direct else INVOLVEMENTS
-    if involvement not in allowed:
-        raise Unprocessable("Involvement must be one of: %s." % ", ".join(allowed))
-    app.store.set_involvement(room.id, request.user.id, involvement)
-    if _navigating(request):
-        return redirect("/rooms/%d" % room.id)
-    return Response(render_bell(room, involvement))
-
-
-# Messages -------------------------------------------------------------------------
-
-def message_page(app, request, room_id):
-    room = app.room_for_member(request, room_id)
-    before, after = _id_param(request, "before"), _id_param(request, "after")
-
-    def build():
-        anchor = before if before is not None else after
-        if anchor is not None and app.store.message_room_id(anchor) != room.id:
-            raise NotFound("There is no such message in this room.")
-        messages = app.store.messages_page(room.id, before=before, after=after)
-        if not messages:
-            return Response(b"", 204)
-        return Response(render_messages(app, messages))
-    key = ("messages", room.id, app.store.room_versions[room.id], app.store.global_version, before, after)
-    return app.cached(request, key, build)
-
-
-def create_message(app, request, room_id):
-    room = app.room_for_member(request, room_id)
-    client_message_id = request.form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
-        or random_hex(CLIENT_MESSAGE_ID_BYTES)
-    message, created = app.store.post_message(room, request.user, request.form.get("message[body]", ""),
-                                              client_message_id)
-    if _navigating(request):
-        return redirect("/rooms/%d" % room.id)
-    boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
-    return Response(render_message(app, message, boosts),
-                    201 if created else 200, headers=[("Location", "/rooms/%d/@%d" % (room.id, message["id"]))])
-
-
-def _id_param(request, name):
-    """A numeric query parameter (an id or milliseconds), None when absent; 400 when malformed."""
-    value = request.query.get(name)
-    if value is None:
-        return None
-    if not _CONTENT_LENGTH_RE.match(value):
-        raise BadRequest("%s takes a number." % name)
-    return int(value)
-
-
-def _find_message(app, message_id, *, room_id=None, member=None):
-    """The message, if it is in room_id (when given) and member belongs to its room; else 404."""
-    message = app.store.message_in(message_id, room_id=room_id, member_id=member.id if member else None)
-    if message is None:
-        raise NotFound("There is no such message.")
-    return message
-
-
-def _message_in_room(app, request, room_id, message_id):
-    app.room_for_member(request, room_id)
-    return _find_message(app, message_id, room_id=room_id)
-
-
-def show_message(app, request, room_id, message_id):
-    message = _message_in_room(app, request, room_id, message_id)
-    return Response(render_message(app, message, app.store.boosts_for([message_id]).get(message_id, ())))
-
-
-def edit_message(app, request, room_id, message_id):
-    message = _message_in_room(app, request, room_id, message_id)
-    if not can_administer(request.user, message["creator_id"]):
-        raise Forbidden("You can only edit your own messages.")
-    body = HTML(
-        '<section class="panel panel--wide"><h1 class="panel__title">Edit message</h1>'
-        '<form method="post" action="/rooms/{room_id}/messages/{id}" class="form">'
-        '<input type="hidden" name="_method" value="patch">'
-        '<label class="visually-hidden" for="edit_body">Edit message</label>'
-        '<textarea class="field__input" id="edit_body" name="message[body]" rows="6" aria-label="Edit message" '
-        'required autofocus>{body}</textarea>'
-        '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
-        '<a class="button" href="/rooms/{room_id}/@{id}">Cancel changes</a></div></form></section>').format(
-        room_id=room_id, id=message_id, body=message["body"] or "")
-    return render_layout(app, request, "Edit message", body)
-
-
-def update_message(app, request, room_id, message_id):
-    message = _message_in_room(app, request, room_id, message_id)
-    if not can_administer(request.user, message["creator_id"]):
-        raise Forbidden("You can only edit your own messages.")
-    message = app.store.edit_message(message, request.form.get("message[body]", ""))
-    if _navigating(request):
-        return redirect("/rooms/%d/@%d" % (room_id, message_id))
-    return Response(render_message(app, message, app.store.boosts_for([message_id]).get(message_id, ())))
-
-
-def delete_message(app, request, room_id, message_id):
-    message = _message_in_room(app, request, room_id, message_id)
-    if not can_administer(request.user, message["creator_id"]):
-        raise Forbidden("You can only delete your own messages.")
-    app.store.remove_message(message)
-    if _navigating(request):
-        return redirect("/rooms/%d" % room_id)
-    return Response(b"", 204)
-
-
-def permalink(app, request, room_id, message_id):
-    message = _message_in_room(app, request, room_id, message_id)
-    room = app.store.room(room_id)
-    messages = (app.store.messages_page(room_id, before=message_id) + [message]
-                + app.store.messages_page(room_id, after=message_id))
-    return render_room(app, request, room, messages, highlight_id=message_id)
-
-
-def refresh_room(app, request, room_id):
-    """What changed since a moment (ms since the epoch): created or edited messages, oldest
-    first, then a <template class="message-removals" data-message-ids="…"> naming deleted ones."""
-    room = app.room_for_member(request, room_id)
-    since = _id_param(request, "since")
-    if since is None or since > MAX_TIMESTAMP_MS:
-        raise BadRequest("since takes milliseconds since the epoch.")
-    since_text = utc_now_text(since / 1000)
-    messages, deleted = app.store.messages_since(room.id, since_text), app.store.deleted_since(room.id, since_text)
-    if not messages and not deleted:
-        return Response(b"", 204)
-    removals = HTML('<template class="message-removals" data-message-ids="{}"></template>').format(
-        " ".join(map(str, deleted))) if deleted else ""
-    return Response(render_messages(app, messages) + removals)
-
-
-# Boosts ----------------------------------------------------------------------------
-
-def _message_for_member(app, request, message_id):
-    return _find_message(app, message_id, member=request.user)
-
-
-def new_boost(app, request, message_id):
-    message = _message_for_member(app, request, message_id)
-    picks = HTML("").join(HTML('<button type="submit" name="boost[content]" value="{emoji}" class="boost-pick" '
-                               'aria-label="Boost with {emoji}">{emoji}</button>').format(emoji=emoji)
-                          for emoji in BOOST_QUICK_PICKS)
-    body = HTML(
-        '<section class="panel"><h1 class="panel__title">Boost</h1>'
-        '<form method="post" action="/messages/{id}/boosts" class="form boost-form">'
-        '<div class="boost-picks">{picks}</div></form>'
-        '<form method="post" action="/messages/{id}/boosts" class="form">'
-        '<div class="field"><label class="field__label" for="boost_content">Or write a boost</label>'
-        '<input class="field__input" id="boost_content" name="boost[content]" maxlength="{max}" required></div>'
-        '<div class="form__actions"><button type="submit" class="button button--primary">Boost</button>'
-        '<a class="button" href="/rooms/{room}/@{id}">Cancel changes</a></div></form></section>').format(
-        id=message_id, room=message["room_id"], picks=picks, max=MAX_BOOST_CHARS)
-    return render_layout(app, request, "Boost", body)
-
-
-def create_boost(app, request, message_id):
-    message = _message_for_member(app, request, message_id)
-    boost = app.store.add_boost(message, request.user.id, request.form.text("boost[content]"))
-    if _navigating(request):
-        return redirect("/rooms/%d/@%d" % (message["room_id"], message_id))
-    return Response(render_boost(app, boost), 201)
-
-
-def delete_boost(app, request, message_id, boost_id):
-    message = _message_for_member(app, request, message_id)
-    boost = app.store.boost(boost_id)
-    if boost is None or boost["message_id"] != message_id:
-        raise NotFound("There is no such boost.")
-    if boost["booster_id"] != request.user.id:
-        raise Forbidden("You can only remove your own boosts.")
-    app.store.remove_boost(message, boost)
-    if _navigating(request):
-        return redirect("/rooms/%d/@%d" % (message["room_id"], message_id))
-    return Response(b"", 204)
-
-
-# Search ----------------------------------------------------------------------------
-
-def search(app, request):
-    query = request.query.text("q")[:MAX_SEARCH_QUERY_CHARS]
-    if query and fts_match_expression(query) and not app.store.is_latest_search(request.user.id, query):
-        app.store.record_search(request.user.id, query)  # the latest repeated writes nothing
-
-    def build():
-        results = app.store.search(request.user.id, query) if query else []
-        recent = app.store.recent_searches(request.user.id)
-        recent_html = HTML("").join(HTML('<li><a href="/searches?{qs}">{query}</a></li>').format(
-            qs=urllib.parse.urlencode({"q": item}), query=item) for item in recent)
-        clear = HTML('<form method="post" action="/searches/clear" class="inline-form">'
-                     '<input type="hidden" name="_method" value="delete">'
-                     '<button type="submit" class="button button--quiet">Clear</button></form>') if recent else ""
-        summary = (HTML('<p class="search__summary">{count} {noun} for “{query}”</p>').format(
-            count=len(results), noun="message" if len(results) == 1 else "messages", query=query)
-            if query else HTML(""))
-        body = HTML(
-            '<section class="search"><header class="room__header"><h1 class="room__name">Search</h1></header>'
-            '<form method="get" action="/searches" class="search__form" role="search">'
-            '<input class="field__input" type="search" name="q" value="{query}" aria-label="Search messages" '
-            'placeholder="Search messages" autofocus>'
-            '<button type="submit" class="button button--primary">Search</button></form>'
-            '<div class="search__recent"><h2 class="sidebar__heading">Recent searches {clear}</h2><ul>{recent}</ul></div>'
-            '{summary}<div id="search-results" class="messages messages--search">{results}</div></section>').format(
-            query=query, clear=clear, recent=recent_html, summary=summary, results=render_messages(app, results))
-        return render_layout(app, request, "Search", body)
-    key = ("search", request.user.id, query, app.store.user_versions[request.user.id], app.store.global_version,
-           app.store.message_version)
-    return app.cached(request, key, build)
-
-
-def clear_searches(app, request):
-    app.store.clear_searches(request.user.id)
-    return redirect("/searches")
-
-
-# People ----------------------------------------------------------------------------
-
-def sidebar(app, request):
-    """The sidebar fragment for the live app; opened as a page (on a phone), the room list."""
-    if _navigating(request):
-        body = HTML('<section class="panel"><h1 class="panel__title">Pick a room</h1></section>')
-        return render_layout(app, request, "Rooms", body, body_class="sidebar-page")
-    key = ("sidebar", request.user.id, app.store.user_versions[request.user.id], app.store.global_version)
-    return app.cached(request, key, lambda: Response(render_sidebar(app, request)))
-
-
-def show_user(app, request, user_id):
-    user = app.store.user(user_id)
-    if user is None:
-        raise NotFound("There is no such person.")
-    return render_user_page(app, request, user)
-
-
-def avatar(app, request, user_id):
-    user = app.store.user(user_id)
-    if user is None:
-        raise NotFound("There is no such person.")
-    svg = render_avatar_svg(user)
-    etag = '"%s"' % hashlib.sha256(svg.encode()).hexdigest()[:16]
-    headers = [("ETag", etag), ("Cache-Control", "private, max-age=1800")]
-    if etag_matches(request.headers.get("if-none-match"), etag):
-        return Response(b"", 304, None, headers)
-    return Response(svg, 200, "image/svg+xml", headers)
-
-
-def render_avatar_svg(user):
-    if user.bot:
-        return ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" fill="#475569"/>'
-                '<rect x="14" y="20" width="36" height="28" rx="6" fill="#e2e8f0"/><circle cx="25" cy="33" r="4" fill="#475569"/>'
-                '<circle cx="39" cy="33" r="4" fill="#475569"/><rect x="30" y="10" width="4" height="10" fill="#e2e8f0"/></svg>')
-    color = AVATAR_COLORS[zlib.crc32(str(user.id).encode()) % len(AVATAR_COLORS)]
-    return str(HTML(
-        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" fill="{color}"/>'
-        '<text x="32" y="32" dy="0.35em" text-anchor="middle" fill="#ffffff" font-family="system-ui, sans-serif" '
-        'font-size="26" font-weight="600">{initials}</text></svg>').format(color=color, initials=user.initials))
-
-
-def autocompletable_users(app, request):
-    query = request.query.text("query")[:MAX_NAME_CHARS]
-    room_id = request.query.get("room_id", "")
-    member_ids = None
-    if room_id.isdigit():
-        member_ids = app.store.room_member_ids(app.room_for_member(request, int(room_id)).id)
-    users = app.store.users_matching(query, member_ids)
-    return json_response([{"value": user.id, "name": user.name, "avatar_url": "/users/%d/avatar" % user.id,
-                           "sgid": app.store.mention_sgid(user.id)} for user in users])
-
-
-# Account, people, profiles, sign-in transfer and QR codes --------------------------
-# Everyone sees the account page (name, invitation link, people); administrators
-# change it, manage people (roles, deactivation, bans) and the custom CSS.
-
-_BASE64URL_RE = re.compile(r"\A[A-Za-z0-9_-]+={0,2}\Z")
-_TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
-
-
-def render_custom_styles_link(app):
-    """The account's CSS as a stylesheet of our own origin, so the CSP needs no 'unsafe-inline'
-    (Campfire emits it raw in a <style> tag)."""
-    css, digest = app.store.custom_styles()
-    if not css.strip():
-        return HTML("")
-    return HTML('<link rel="stylesheet" href="/account/custom_styles.css?v={}">').format(digest)
-
-
-def invite_url(request, account):
-    return "%s/join/%s" % (request.origin, urllib.parse.quote(account["join_code"], safe="-"))
-
-
-def qr_code_path(text):
-    return "/qr_code/" + b64url_encode(text.encode("utf-8"))
-
-
-def session_transfer_url(app, request, user, now=None):
-    """A link that signs a browser in as `user`, reusable for 4 hours (Campfire's app/models/user/transferable.rb)."""
-    now = time.time() if now is None else now
-    token = app.signer.sign(user.id, "transfer", expires_at=int(now + TRANSFER_TOKEN_SECONDS))
-    return "%s/session/transfers/%s" % (request.origin, token)
-
-
-def role_label(user):
-    return "Administrator" if user.administrator else "Bot" if user.bot else "Member"
-
-
-# Rendering ---------------------------------------------------------------------------
-
-def render_notice(notice):
-    return HTML('<p class="notice notice--alert" role="alert">{}</p>').format(notice) if notice else HTML("")
-
-
-def render_copyable(field_id, label, value, copy_label, qr_label):
-    """A read-only link with a copy button (shown by clipboard.js) and a link to its QR code."""
-    return HTML(
-        '<div class="field"><label class="field__label" for="{id}">{label}</label>'
-        '<input class="field__input" id="{id}" type="text" value="{value}" readonly spellcheck="false"></div>'
-        '<div class="form__actions"><button type="button" class="button" data-copy-target="{id}" hidden>{copy}</button>'
-        '<a class="button" href="{qr}">{qr_label}</a></div>').format(
-        id=field_id, label=label, value=value, copy=copy_label, qr=qr_code_path(value), qr_label=qr_label)
-
-
-def render_page_assets(app):
-    """The account pages' own stylesheet and copy buttons, linked from the page's body."""
-    return HTML('<link rel="stylesheet" href="{css}"><script type="module" src="{js}"></script>').format(
-        css=app.asset_url("account.css"), js=app.asset_url("clipboard.js"))
-
-
-def render_people(app, request, page=1):
-    viewer = request.user
-    people, more = app.store.people_page(page, include_banned=viewer.administrator)
-
-    def controls(user):
-        if not viewer.administrator or user.status != STATUS_ACTIVE:
-            return HTML("")
-        options = HTML("").join(
-            HTML('<option value="{value}"{selected}>{label}</option>').format(
-                value=value, label=label, selected=HTML(" selected") if user.role == role else "")
-            for role, value, label in ((ROLE_MEMBER, "member", "Member"),
-                                       (ROLE_ADMINISTRATOR, "administrator", "Administrator")))
-        deactivate = HTML("") if user.id == viewer.id else HTML(
-            '<form method="post" action="/account/users/{id}" class="inline-form">'
-            '<input type="hidden" name="_method" value="delete">'
-            '<button type="submit" class="button button--danger button--small" aria-label="Deactivate {name}" '
-            'data-confirm="Deactivate {name}? They will be signed out everywhere and can\'t sign in again.">'
-            'Deactivate</button></form>').format(id=user.id, name=user.name)
-        return HTML(
-            '<form method="post" action="/account/users/{id}" class="inline-form">'
-            '<input type="hidden" name="_method" value="patch">'
-            '<select class="field__input people__role" name="user[role]" aria-label="Role for {name}">'
-            '{options}</select>'
-            '<button type="submit" class="button button--small" aria-label="Save role for {name}">Save</button>'
-            '</form>{deactivate}').format(id=user.id, name=user.name, options=options, deactivate=deactivate)
-
-    items = HTML("").join(
-        HTML('<li class="people__person" id="account_user_{id}" data-user-id="{id}">'
-             '<a class="people__name" href="/users/{id}">{avatar}<span>{name}</span></a>'
-             '<span class="profile__role">{role}</span>{banned}<span class="people__controls">{controls}</span>'
-             '</li>').format(
-            id=user.id, avatar=render_avatar(user.id, 24), name=user.name, role=role_label(user),
-            banned=HTML('<span class="profile__role people__banned">Banned</span>')
-            if user.status == STATUS_BANNED else "", controls=controls(user))
-        for user in people)
-    pages = []
-    if page > 1:
-        pages.append(HTML('<a class="button" href="/account/users?page={}" rel="prev">Previous people</a>')
-                     .format(page - 1))
-    if more:
-        pages.append(HTML('<a class="button" href="/account/users?page={}" rel="next">More people</a>')
-                     .format(page + 1))
-    return HTML('<section class="panel__section" aria-labelledby="account_users_heading">'
-                '<h2 class="panel__subtitle" id="account_users_heading">People</h2>'
-                '<ul class="people" id="account_users">{items}</ul>{pages}</section>').format(
-        items=items, pages=HTML('<div class="form__actions">{}</div>').format(HTML("").join(pages)) if pages else "")
-
-
-def render_account_page(app, request, *, values=None, errors=None, notice=None, status=200):
-    account = app.store.account()
-    admin = request.user.administrator
-    errors = errors or {}
-    name = (values or {}).get("account[name]", account["name"])
-    if admin:
-        restricted = app.store.account_settings().get("restrict_room_creation_to_administrators") is True
-        head = HTML(
-            '<h1 class="panel__title">{title}</h1>{notice}'
-            '<form method="post" action="/account" class="form" id="account_form">'
-            '<input type="hidden" name="_method" value="patch">{name_field}'
-            '<div class="field"><input type="hidden" name="{setting}" value="0">'
-            '<label class="choice"><input type="checkbox" id="account_restrict_room_creation" name="{setting}" '
-            'value="1"{checked}> <span>Only administrators can create rooms</span></label></div>'
-            '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
-            '</div></form>').format(
-            title=account["name"], notice=render_notice(notice),
-            name_field=render_field("Account name", "account[name]", name, errors=errors,
-                                    maxlength=MAX_ACCOUNT_NAME_CHARS),
-            setting="account[settings][restrict_room_creation_to_administrators]",
-            checked=HTML(" checked") if restricted else "")
-        tools = HTML(
-            '<section class="panel__section" aria-labelledby="account_admin_heading">'
-            '<h2 class="panel__subtitle" id="account_admin_heading">Administration</h2><div class="form__actions">'
-            '<a class="button" href="/account/custom_styles/edit">Edit custom CSS</a>'
-            '<a class="button" href="/account/bots">Set up chat bots</a></div></section>')
-        regenerate = HTML(
-            '<form method="post" action="/account/join_code" class="inline-form">'
-            '<button type="submit" class="button button--danger" '
-            'data-confirm="Make a new invitation link? The current one will stop working.">'
-            'Regenerate invitation link</button></form>')
-    else:
-        head = HTML('<h1 class="panel__title">{}</h1>{}').format(account["name"], render_notice(notice))
-        tools = regenerate = HTML("")
-    body = HTML(
-        '{assets}<section class="panel panel--wide account" id="account">{head}'
-        '<section class="panel__section" aria-labelledby="invite_heading">'
-        '<h2 class="panel__subtitle" id="invite_heading">Invite people</h2>'
-        '<p class="panel__intro">Anyone with this link can join {name}. Share it with your team.</p>'
-        '{invite}{regenerate}</section>{tools}{people}</section>').format(
-        head=head, name=account["name"], regenerate=regenerate, tools=tools,
-        invite=render_copyable("invite_url", "Invitation link", invite_url(request, account),
-                               "Copy invitation link", "Show QR code"),
-        people=render_people(app, request), assets=render_page_assets(app))
-    return render_layout(app, request, "Account", body, status=status)
-
-
-def render_custom_styles_form(app, request, css, *, error=None, status=200):
-    body = HTML(
-        '<section class="panel panel--wide"><h1 class="panel__title">Custom CSS</h1>'
-        '<p class="panel__intro">Styles added to every page, for everyone. Use them to adjust colours, fonts and '
-        'spacing. At most {max} KiB.</p>'
-        '<form method="post" action="/account/custom_styles" class="form">'
-        '<input type="hidden" name="_method" value="patch">'
-        '<div class="field"><label class="field__label" for="account_custom_styles">Custom CSS</label>'
-        '<textarea class="field__input" id="account_custom_styles" name="account[custom_styles]" rows="18" '
-        'spellcheck="false"{invalid}>{css}</textarea>{error}</div>'
-        '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
-        '<a class="button" href="/account/edit">Cancel changes</a></div></form></section>').format(
-        max=MAX_CUSTOM_STYLES_BYTES // 1024, css=css, invalid=HTML(' aria-invalid="true"') if error else "",
-        error=render_errors({"account[custom_styles]": error} if error else {}, "account[custom_styles]"))
-    return render_layout(app, request, "Custom CSS", body, status=status)
-
-
-def render_user_page(app, request, user, *, notice=None, status=200):
-    """What Campfire's users/show shows: name, avatar, bio, role; administrators also
-    see the email address, a sign-in link, and ban/unban and deactivate."""
-    viewer = request.user
-    admin = viewer.administrator and not user.bot
-    email = HTML('<p class="profile__email">{}</p>').format(user.email_address) \
-        if admin and user.email_address and user.status != STATUS_DEACTIVATED else ""
-    state = {STATUS_BANNED: "Banned", STATUS_DEACTIVATED: "Deactivated"}.get(user.status)
-    tools = HTML("")
-    headers = None
-    if admin and user.status == STATUS_ACTIVE:
-        danger = HTML("") if user.id == viewer.id else HTML(
-            '<div class="danger-zone form__actions">'
-            '<form method="post" action="/users/{id}/ban" class="inline-form">'
-            '<button type="submit" class="button button--danger" data-confirm="Ban {name}? They will be signed out, '
-            'the addresses they used will be blocked and all their messages deleted.">Ban {name}</button></form>'
-            '<form method="post" action="/account/users/{id}" class="inline-form">'
-            '<input type="hidden" name="_method" value="delete">'
-            '<button type="submit" class="button button--danger" data-confirm="Deactivate {name}? They will be '
-            'signed out everywhere and can\'t sign in again.">Deactivate {name}</button></form></div>').format(
-            id=user.id, name=user.name)
-        tools = HTML(
-            '<section class="panel__section" aria-labelledby="transfer_heading">'
-            '<h2 class="panel__subtitle" id="transfer_heading">Sign-in link</h2>'
-            '<p class="panel__intro">Opening this link signs a browser in as {name}, for the next 4 hours. '
-            'Give it only to {name}.</p>{transfer}</section>{danger}').format(
-            name=user.name, danger=danger,
-            transfer=render_copyable("session_transfer_url", "Sign-in link", session_transfer_url(app, request, user),
-                                     "Copy sign-in link", "Show auto-login QR code"))
-        headers = [("Cache-Control", "no-store")]  # the page holds a sign-in link
-    elif admin and user.status == STATUS_BANNED:
-        tools = HTML(
-            '<div class="danger-zone form__actions"><form method="post" action="/users/{id}/ban" class="inline-form">'
-            '<input type="hidden" name="_method" value="delete">'
-            '<button type="submit" class="button">Unban {name}</button></form></div>').format(
-            id=user.id, name=user.name)
-    own = HTML('<div class="form__actions"><a class="button" href="/users/me/profile">Edit your profile</a></div>') \
-        if user.id == viewer.id else ""
-    body = HTML(
-        '{assets}<section class="panel panel--wide profile">{notice}<div class="profile__head">{avatar}'
-        '<div><h1 class="panel__title">{name}</h1><p class="profile__role">{role}{state}</p>{email}</div></div>'
-        '<p class="profile__bio">{bio}</p>{own}{tools}</section>').format(
-        assets=render_page_assets(app) if tools else "", notice=render_notice(notice),
-        avatar=render_avatar(user.id, 96), name=user.name, role=role_label(user),
-        state=HTML(" · {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
-    return render_layout(app, request, user.name, body, status=status, headers=headers)
-
-
-def render_profile(app, request, values, errors, *, status=200):
-    user = request.user
-    bio_error = render_errors(errors, "user[bio]")
-    fields = HTML("").join([
-        render_field("Your name", "user[name]", values["user[name]"], errors=errors, autocomplete="name",
-                     maxlength=MAX_NAME_CHARS),
-        render_field("Email address", "user[email_address]", values["user[email_address]"], type="email",
-                     errors=errors, autocomplete="username", maxlength=MAX_EMAIL_CHARS),
-        render_field("New password (leave blank to keep yours)", "user[password]", "", type="password",
-                     errors=errors, autocomplete="new-password", required=False, maxlength=MAX_PASSWORD_BYTES),
-        HTML('<div class="field"><label class="field__label" for="user_bio">Bio</label>'
-             '<textarea class="field__input field__input--prose" id="user_bio" name="user[bio]" rows="3" '
-             'maxlength="{max}"{invalid}>'
-             '{bio}</textarea>{error}</div>').format(
-            max=MAX_BIO_CHARS, bio=values["user[bio]"], error=bio_error,
-            invalid=HTML(' aria-invalid="true"') if bio_error else ""),
-    ])
-    body = HTML(
-        '{assets}<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
-        '<div><h1 class="panel__title">Your profile</h1><p class="profile__role">{role}</p></div></div>'
-        '<form method="post" action="/users/me/profile" class="form">'
-        '<input type="hidden" name="_method" value="patch">{fields}'
-        '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
-        '<a class="button" href="/users/{id}">Cancel changes</a></div></form>'
-        '<section class="panel__section" aria-labelledby="transfer_heading">'
-        '<h2 class="panel__subtitle" id="transfer_heading">Sign in on another device</h2>'
-        '<p class="panel__intro">Open this link on your phone or another computer, or scan its QR code, to sign '
-        'in there without a password. It works for 4 hours: keep it to yourself.</p>'
-        '{transfer}</section></section>').format(
-        avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields, id=user.id,
-        transfer=render_copyable("session_transfer_url", "Sign-in link", session_transfer_url(app, request, user),
-                                 "Copy sign-in link", "Show auto-login QR code"),
-        assets=render_page_assets(app))
-    return render_layout(app, request, "Your profile", body, status=status,
-                         headers=[("Cache-Control", "no-store")])  # the page holds a sign-in link
-
-
-# Account ----------------------------------------------------------------------------
-
-def edit_account(app, request):
-    return render_account_page(app, request)
-
-
-def update_account(app, request):
-    account = app.store.account()
-    name = account["name"]
-    if "account[name]" in request.form:
-        name = request.form.text("account[name]")
-        error = "Enter a name." if not name else (
-            "Use at most %d characters." % MAX_ACCOUNT_NAME_CHARS if len(name) > MAX_ACCOUNT_NAME_CHARS else None)
-        if error:
-            return render_account_page(app, request, values={"account[name]": name},
-                                       errors={"account[name]": error}, status=422)
-    settings = app.store.account_settings()
-    # The checkbox follows a hidden "0", as in Rails: the last value sent wins.
-    restrict = request.form.getlist("account[settings][restrict_room_creation_to_administrators]")
-    if restrict:
-        settings["restrict_room_creation_to_administrators"] = str(restrict[-1]).strip().lower() in _TRUE_VALUES
-    app.store.update_account(name, settings)
-    return redirect("/account/edit")
-
-
-def regenerate_join_code(app, request):
-    app.store.regenerate_join_code()
-    return redirect("/account/edit")
-
-
-def custom_styles_redirect(app, request):
-    return redirect("/account/custom_styles/edit", 302)
-
-
-def edit_custom_styles(app, request):
-    return render_custom_styles_form(app, request, app.store.custom_styles()[0])
-
-
-def update_custom_styles(app, request):
-    css = str(request.form.get("account[custom_styles]", "")).replace("\r\n", "\n")
-    if len(css.encode()) > MAX_CUSTOM_STYLES_BYTES:
-        return render_custom_styles_form(app, request, css, status=413, error=(
-            "Custom CSS can be at most %d KiB; this is %d KiB." % (MAX_CUSTOM_STYLES_BYTES // 1024,
-                                                                  -(-len(css.encode()) // 1024))))
-    app.store.set_custom_styles(css)
-    return redirect("/account/edit")
-
-
-def custom_styles_stylesheet(app, request):
-    """The custom CSS for every page's <link>: public, and immutable under its digest."""
-    css, digest = app.store.custom_styles()
-    etag = '"%s"' % digest
-    headers = [("ETag", etag), ("Cache-Control", "public, max-age=31536000, immutable"
-                                if request.query.get("v") == digest else "public, no-cache")]
-    if etag_matches(request.headers.get("if-none-match"), etag):
-        return Response(b"", 304, None, headers)
-    return Response(css, 200, "text/css; charset=utf-8", headers)
-
-
-# People (administrators) -------------------------------------------------------
-
-def _manageable_user(app, user_id):
-    user = app.store.manageable_user(user_id)
-    if user is None:
-        raise NotFound("There is no such person.")
-    return user
-
-
-def account_users(app, request):
-    page = min(_id_param(request, "page") or 1, 1_000_000)
-    body = HTML('{}<section class="panel panel--wide">{}</section>').format(render_page_assets(app),
-                                                                            render_people(app, request, page))
-    return render_layout(app, request, "People", body)
-
-
-def update_account_user(app, request, user_id):
-    user = _manageable_user(app, user_id)
-    # As Campfire's accounts/users_controller.rb: anything but member or administrator means member.
-    role = ROLE_ADMINISTRATOR if request.form.text("user[role]") == "administrator" else ROLE_MEMBER
-    if role == user.role:
-        return redirect("/account/edit")
-    problem = app.store.removal_problem(request.user, user, "demote") if role == ROLE_MEMBER else None
-    if problem:
-        return render_account_page(app, request, notice=problem, status=422)
-    app.store.set_role(user, role)
-    return redirect("/account/edit")
-
-
-def deactivate_account_user(app, request, user_id):
-    user = _manageable_user(app, user_id)
-    problem = app.store.removal_problem(request.user, user, "deactivate")
-    if problem is None and user.status == STATUS_BANNED:
-        problem = "%s is banned. Unban them before deactivating them." % user.name
-    if problem:
-        return render_account_page(app, request, notice=problem, status=422)
-    app.store.deactivate(user)
-    return redirect("/account/edit")
-
-
-def create_ban(app, request, user_id):
-    user = _manageable_user(app, user_id)
-    if user.status == STATUS_BANNED:
-        return redirect("/users/%d" % user.id)
-    problem = app.store.removal_problem(request.user, user, "ban")
-    if problem:
-        return render_user_page(app, request, user, notice=problem, status=422)
-    app.store.ban(user)
-    return redirect("/users/%d" % user.id)
-
-
-def delete_ban(app, request, user_id):
-    user = _manageable_user(app, user_id)
-    if user.status == STATUS_BANNED:
-        app.store.unban(user)
-    return redirect("/users/%d" % user.id)
-
-
-# Profile --------------------------------------------------------------------------
-
-def edit_profile(app, request):
-    user = request.user
-    return render_profile(app, request, {"user[name]": user.name, "user[email_address]": user.email_address or "",
-                                         "user[bio]": user.bio or ""}, {})
-
-
-async def update_profile(app, request):
-    """Campfire's users/profiles_controller.rb: name, email, password (blank keeps it), bio (at most 200 characters)."""
-    user, form = request.user, request.form
-    values = {
-        "user[name]": form.text("user[name]") if "user[name]" in form else user.name,
-        "user[email_address]": form.text("user[email_address]") if "user[email_address]" in form
-        else user.email_address or "",
-        "user[bio]": str(form.get("user[bio]", "")).replace("\r\n", "\n").strip() if "user[bio]" in form
-        else user.bio or "",
-    }
-    password = str(form.get("user[password]", ""))
-    errors = {}
-    if not values["user[name]"]:
-        errors["user[name]"] = "Enter your name."
-    elif len(values["user[name]"]) > MAX_NAME_CHARS:
-        errors["user[name]"] = "Use at most %d characters." % MAX_NAME_CHARS
-    email = values["user[email_address]"]
-    if not EMAIL_RE.match(email) or len(email) > MAX_EMAIL_CHARS:
-        errors["user[email_address]"] = "Enter a valid email address."
-    else:
-        owner = app.store.user_by_email(email)
-        if owner is not None and owner.id != user.id:
-            errors["user[email_address]"] = "Someone else already uses this email address."
-    if len(password.encode()) > MAX_PASSWORD_BYTES:
-        errors["user[password]"] = "Use at most %d bytes." % MAX_PASSWORD_BYTES
-    if len(values["user[bio]"]) > MAX_BIO_CHARS:
-        errors["user[bio]"] = "Use at most %d characters." % MAX_BIO_CHARS
-    if password and not errors and not app.password_change_limiter.hit(user.id):
-        errors["user[password]"] = "You changed your password several times just now. Try again in a few minutes."
-        return render_profile(app, request, values, errors, status=429)
-    if errors:
-        return render_profile(app, request, values, errors, status=422)
-    digest = await app.off_loop(hash_password, password, app.config.scrypt_n) if password else None
-    if not app.store.update_profile(user, values["user[name]"], email, values["user[bio]"], digest):
-        return render_profile(app, request, values, {  # the same address taken meanwhile
-            "user[email_address]": "Someone else already uses this email address."}, status=422)
-    return redirect("/users/me/profile")
-
-
-# Sign-in transfer and QR codes ---------------------------------------------------------
 
 def _transfer_user(app, token):
     user_id = app.signer.unsign(token, "transfer")
@@ -5746,27 +5445,19 @@ def _transfer_user(app, token):
 
 
 def show_session_transfer(app, request, token):
-    """The page a transfer link opens: transfer.js submits its form (PUT) at once; without
-    JavaScript the person presses the button."""
     user = _transfer_user(app, token)
-    body = HTML(
-        '<section class="panel panel--auth"><h1 class="panel__title">Sign in as {name}</h1>'
-        '<p class="panel__intro">This link signs this browser in to {account} as {name}.</p>'
-        '<form method="post" action="/session/transfers/{token}" class="form" data-auto-submit>'
-        '<input type="hidden" name="_method" value="put">'
-        '<button type="submit" class="button button--primary">Sign in as {name}</button></form></section>'
-        '<script type="module" src="{script}"></script>').format(
-        name=user.name, account=app.store.account_name(), token=urllib.parse.quote(token, safe=""),
-        script=app.asset_url("transfer.js"))
-    return render_layout(app, request, "Sign in", body, sidebar=False, body_class="auth",
-                         headers=[("Cache-Control", "no-store")])
+    return _auth_page(app, request, "Sign in", render_session_transfer(app.view(request), user, token),
+                      headers=[("Cache-Control", "no-store")])
 
 
 def update_session_transfer(app, request, token):
     user = _transfer_user(app, token)
-    response = redirect("/")
+    response = redirect(url_for("root"))
     app.start_session(request, response, user)
     return response
+
+
+_BASE64URL_RE = re.compile(r"\A[A-Za-z0-9_-]+={0,2}\Z")
 
 
 def qr_code(app, request, code):
@@ -5790,47 +5481,630 @@ def qr_code(app, request, code):
     return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
 
 
-# Bots (Campfire's app/models/user/bot.rb) ----------------------------------------------
-# A bot is a user with role bot and a bot_token. Its key "<id>-<token>" in the
-# path is all a bot API request carries: no cookie, no forgery check, JSON out.
-# Administrators manage bots on /account/bots. Webhook deliveries (the other
-# half) are background work: see Webhooks, after the application.
+# Rooms ----------------------------------------------------------------------------
 
-BOT_ROLE_NAMES = {ROLE_MEMBER: "member", ROLE_ADMINISTRATOR: "administrator", ROLE_BOT: "bot"}
-
-
-# Bot JSON (Campfire's app/views/messages/_message.json.jbuilder) -----------------------
-
-def iso_time_ms(db_time):
-    """A datetime column as UTC ISO 8601 with milliseconds: "2025-01-02T03:04:05.678Z"."""
-    seconds = parse_db_time(db_time) or 0
-    fraction = str(db_time or "").partition(".")[2][:3]
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(seconds))) + \
-        "." + (fraction.ljust(3, "0") if fraction.isdigit() else "000") + "Z"
+def landing(app, request):
+    rooms = app.store.rooms_for(request.user.id)
+    if not rooms:
+        return _page(app, request, "Welcome", render_no_rooms())
+    last = request.cookies.get(LAST_ROOM_COOKIE, "")
+    room_ids = [room["id"] for room in rooms]
+    target = int(last) if last.isdigit() and int(last) in room_ids else room_ids[0]
+    return redirect(url_for("room", room_id=target), 302)
 
 
-def _person_json(app, request, user_id):
+def _room_page(app, request, room, messages, *, highlight_id=None):
+    user = request.user
+    involvement = app.store.user_rooms(user.id).get(room.id, "mentions")
+    title = app.store.room_title(room, user.id)
+    body = render_room(room, title, involvement, app.messages_html(messages), highlight_id=highlight_id)
+    return _page(app, request, title, body, body_class="room-page", current_room_id=room.id)
+
+
+def show_room(app, request, room_id):
+    """The room with its newest messages; visiting clears its unread mark."""
+    room = _member_room(app, request, room_id)
+    user = request.user
+    app.store.mark_read(room.id, user.id)
+    store = app.store
+    key = ("room", user.id, room.id, store.room_versions[room.id], store.user_versions[user.id],
+           store.global_version)
+    response = app.cached(request, key, lambda: _room_page(app, request, room, store.messages_page(room.id)))
+    if request.cookies.get(LAST_ROOM_COOKIE) != str(room.id):
+        app.set_cookie(response, LAST_ROOM_COOKIE, str(room.id), http_only=False)
+    return response
+
+
+def delete_room(app, request, room_id, *, direct_only=False):
+    room = _member_room(app, request, room_id)
+    if not room.direct and not can_administer(request.user, room.creator_id):
+        raise Forbidden("Only the room's creator or an administrator can delete it.")
+    if direct_only and not room.direct:
+        raise NotFound("There is no such room.")
+    app.store.remove_room(room)
+    return redirect(url_for("root"), 303)
+
+
+def delete_direct_room(app, request, room_id):
+    return delete_room(app, request, room_id, direct_only=True)
+
+
+def _require_room_creation(app, user):
+    if not app.store.may_create_rooms(user):
+        raise Forbidden("Only administrators can create rooms here.")
+
+
+def _room_form_page(app, request, *, room=None, room_type=ROOM_OPEN, name="", member_ids=(), errors=None,
+                    status=200):
+    people = [user for user in app.store.active_users(exclude_bots=False) if user.id != request.user.id]
+    can_edit = room is None or can_administer(request.user, room.creator_id)
+    body = render_room_form(people, room=room, room_type=room_type, name=name, member_ids=member_ids,
+                            errors=errors, can_edit=can_edit)
+    return _page(app, request, "Room settings" if room is not None else "New room", body, status=status)
+
+
+def _room_form_values(request):
+    errors = {}
+    name = check_field(errors, "room[name]", request.form.text("room[name]"), max_chars=MAX_ROOM_NAME_CHARS)
+    member_ids = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()}
+    return name or "New room", member_ids, errors
+
+
+def new_open_room(app, request):
+    return _new_room(app, request, ROOM_OPEN)
+
+
+def new_closed_room(app, request):
+    return _new_room(app, request, ROOM_CLOSED)
+
+
+def _new_room(app, request, room_type):
+    _require_room_creation(app, request.user)
+    return _room_form_page(app, request, room_type=room_type, name="New room")
+
+
+def create_open_room(app, request):
+    return _create_room(app, request, ROOM_OPEN)
+
+
+def create_closed_room(app, request):
+    return _create_room(app, request, ROOM_CLOSED)
+
+
+def _create_room(app, request, room_type):
+    _require_room_creation(app, request.user)
+    name, member_ids, errors = _room_form_values(request)
+    if errors:
+        return _room_form_page(app, request, room_type=room_type, name=name, member_ids=member_ids,
+                               errors=errors, status=422)
+    room = app.store.open_room(name, room_type, request.user, member_ids)
+    return redirect(url_for("room", room_id=room.id))
+
+
+def room_kind_show(app, request, room_id):
+    _member_room(app, request, room_id)
+    return redirect(url_for("room", room_id=room_id), 302)
+
+
+def update_open_room(app, request, room_id):
+    return _update_room(app, request, room_id, ROOM_OPEN)
+
+
+def update_closed_room(app, request, room_id):
+    return _update_room(app, request, room_id, ROOM_CLOSED)
+
+
+def _update_room(app, request, room_id, room_type):
+    """Rename, open or close a room, and set its members: the room becomes room_type."""
+    room = _member_room(app, request, room_id)
+    if room.direct:
+        raise Forbidden("A direct room can't become another kind of room.")
+    if not can_administer(request.user, room.creator_id):
+        raise Forbidden("Only the room's creator or an administrator can change it.")
+    name, member_ids, errors = _room_form_values(request)
+    if errors:
+        return _room_form_page(app, request, room=room, room_type=room_type, name=name, member_ids=member_ids,
+                               errors=errors, status=422)
+    room = app.store.update_room(room, name, room_type, member_ids, request.user)
+    return redirect(url_for("room", room_id=room.id))
+
+
+def edit_room(app, request, room_id):
+    room = _member_room(app, request, room_id)
+    if room.direct:
+        return redirect(url_for("edit_direct_room", room_id=room.id), 302)
+    return _room_form_page(app, request, room=room, room_type=room.type, name=room.name or "",
+                           member_ids=app.store.room_member_ids(room.id))
+
+
+def _direct_form_page(app, request, errors=None, status=200):
+    people = [user for user in app.store.active_users() if user.id != request.user.id]
+    return _page(app, request, "New Ping", render_direct_form(people, errors), status=status)
+
+
+def new_direct_room(app, request):
+    return _direct_form_page(app, request)
+
+
+def create_direct_room(app, request):
+    active = set(app.store.active_user_ids())
+    chosen = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()} & active
+    chosen.discard(request.user.id)
+    if not chosen:
+        return _direct_form_page(app, request, {"user_ids[]": "Pick at least one person."}, status=422)
+    room, _ = app.store.start_direct_room(chosen, request.user)
+    return redirect(url_for("room", room_id=room.id))
+
+
+def edit_direct_room(app, request, room_id):
+    room = _member_room(app, request, room_id)
+    if not room.direct:
+        return redirect(room_settings_path(room), 302)
+    members = [user for user in map(app.store.user, app.store.room_member_ids(room.id)) if user]
+    body = render_direct_settings(room, app.store.room_title(room, request.user.id), members)
+    return _page(app, request, "Room settings", body)
+
+
+def show_involvement(app, request, room_id):
+    room = _member_room(app, request, room_id)
+    return Response(render_bell(room, app.store.user_rooms(request.user.id).get(room.id, "mentions")))
+
+
+def update_involvement(app, request, room_id):
+    room = _member_room(app, request, room_id)
+    involvement = request.form.text("involvement")
+    allowed = ("everything", "nothing") if room.direct else INVOLVEMENTS
+    if involvement not in allowed:
+        raise Unprocessable("Involvement must be one of: %s." % ", ".join(allowed))
+    app.store.set_involvement(room.id, request.user.id, involvement)
+    if _navigating(request):
+        return redirect(url_for("room", room_id=room.id))
+    return Response(render_bell(room, involvement))
+
+
+# Messages and boosts ------------------------------------------------------------
+
+def message_page(app, request, room_id):
+    room = _member_room(app, request, room_id)
+    before, after = _id_param(request, "before"), _id_param(request, "after")
+
+    def build():
+        anchor = before if before is not None else after
+        if anchor is not None and app.store.message_room_id(anchor) != room.id:
+            raise NotFound("There is no such message in this room.")
+        messages = app.store.messages_page(room.id, before=before, after=after)
+        if not messages:
+            return Response(b"", 204)
+        return Response(app.messages_html(messages))
+    key = ("messages", room.id, app.store.room_versions[room.id], app.store.global_version, before, after)
+    return app.cached(request, key, build)
+
+
+def create_message(app, request, room_id):
+    room = _member_room(app, request, room_id)
+    client_message_id = request.form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
+        or random_hex(CLIENT_MESSAGE_ID_BYTES)
+    message, created = app.store.post_message(room, request.user, request.form.get("message[body]", ""),
+                                              client_message_id)
+    if _navigating(request):
+        return redirect(url_for("room", room_id=room.id))
+    boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
+    return Response(app.message_html(message, boosts), 201 if created else 200,
+                    headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
+
+
+def show_message(app, request, room_id, message_id):
+    message = _message_in_room(app, request, room_id, message_id)
+    return Response(app.message_html(message, app.store.boosts_for([message_id]).get(message_id, ())))
+
+
+def update_message(app, request, room_id, message_id):
+    message = _message_in_room(app, request, room_id, message_id)
+    if not can_administer(request.user, message["creator_id"]):
+        raise Forbidden("You can only edit your own messages.")
+    message = app.store.edit_message(message, request.form.get("message[body]", ""))
+    if _navigating(request):
+        return redirect(url_for("room_at_message", room_id=room_id, message_id=message_id))
+    return Response(app.message_html(message, app.store.boosts_for([message_id]).get(message_id, ())))
+
+
+def delete_message(app, request, room_id, message_id):
+    message = _message_in_room(app, request, room_id, message_id)
+    if not can_administer(request.user, message["creator_id"]):
+        raise Forbidden("You can only delete your own messages.")
+    app.store.remove_message(message)
+    if _navigating(request):
+        return redirect(url_for("room", room_id=room_id))
+    return Response(b"", 204)
+
+
+def edit_message(app, request, room_id, message_id):
+    message = _message_in_room(app, request, room_id, message_id)
+    if not can_administer(request.user, message["creator_id"]):
+        raise Forbidden("You can only edit your own messages.")
+    return _page(app, request, "Edit message", render_message_editor(message))
+
+
+def permalink(app, request, room_id, message_id):
+    message = _message_in_room(app, request, room_id, message_id)
+    messages = (app.store.messages_page(room_id, before=message_id) + [message]
+                + app.store.messages_page(room_id, after=message_id))
+    return _room_page(app, request, app.store.room(room_id), messages, highlight_id=message_id)
+
+
+def refresh_room(app, request, room_id):
+    """What changed since a moment (ms since the epoch): created or edited messages, oldest
+    first, then a <template class="message-removals" data-message-ids="…"> naming deleted ones."""
+    room = _member_room(app, request, room_id)
+    since = _id_param(request, "since")
+    if since is None or since > MAX_TIMESTAMP_MS:
+        raise BadRequest("since takes milliseconds since the epoch.")
+    since_text = utc_now_text(since / 1000)
+    messages, deleted = app.store.messages_since(room.id, since_text), app.store.deleted_since(room.id, since_text)
+    if not messages and not deleted:
+        return Response(b"", 204)
+    return Response(app.messages_html(messages) + (render_message_removals(deleted) if deleted else ""))
+
+
+def message_location(app, request, message_id):
+    """Where a bot post's Location points: the message in its room, for members."""
+    message = _find_message(app, message_id, member=request.user)
+    return redirect(url_for("room_at_message", room_id=message["room_id"], message_id=message_id), 302)
+
+
+def new_boost(app, request, message_id):
+    message = _find_message(app, message_id, member=request.user)
+    return _page(app, request, "Boost", render_boost_form(message))
+
+
+def create_boost(app, request, message_id):
+    message = _find_message(app, message_id, member=request.user)
+    boost = app.store.add_boost(message, request.user.id, request.form.text("boost[content]"))
+    if _navigating(request):
+        return redirect(url_for("room_at_message", room_id=message["room_id"], message_id=message_id))
+    return Response(render_boost(boost, request.user.name), 201)
+
+
+def delete_boost(app, request, message_id, boost_id):
+    message = _find_message(app, message_id, member=request.user)
+    boost = app.store.boost(boost_id)
+    if boost is None or boost["message_id"] != message_id:
+        raise NotFound("There is no such boost.")
+    if boost["booster_id"] != request.user.id:
+        raise Forbidden("You can only remove your own boosts.")
+    app.store.remove_boost(message, boost)
+    if _navigating(request):
+        return redirect(url_for("room_at_message", room_id=message["room_id"], message_id=message_id))
+    return Response(b"", 204)
+
+
+# Search -----------------------------------------------------------------------------
+
+def search(app, request):
+    query = request.query.text("q")[:MAX_SEARCH_QUERY_CHARS]
+    user_id = request.user.id
+    if query and fts_match_expression(query) and not app.store.is_latest_search(user_id, query):
+        app.store.record_search(user_id, query)  # the latest repeated writes nothing
+
+    def build():
+        results = app.store.search(user_id, query) if query else []
+        body = render_search(query, app.messages_html(results), len(results), app.store.recent_searches(user_id))
+        return _page(app, request, "Search", body)
+    key = ("search", user_id, query, app.store.user_versions[user_id], app.store.global_version,
+           app.store.message_version)
+    return app.cached(request, key, build)
+
+
+def clear_searches(app, request):
+    app.store.clear_searches(request.user.id)
+    return redirect(url_for("searches"))
+
+
+# People and profiles ----------------------------------------------------------------
+
+def sidebar(app, request):
+    """The sidebar fragment for the live app; opened as a page (on a phone), the room list."""
+    if _navigating(request):
+        return _page(app, request, "Rooms", render_sidebar_page(), body_class="sidebar-page")
+    key = ("sidebar", request.user.id, app.store.user_versions[request.user.id], app.store.global_version)
+    return app.cached(request, key, lambda: Response(_sidebar_html(app, request.user)))
+
+
+def _profile_page(app, request, values, errors, status=200):
+    body = render_profile(app.view(request), values, errors, _transfer_url(app, request, request.user))
+    return _page(app, request, "Your profile", body, status=status,
+                 headers=[("Cache-Control", "no-store")])  # the page holds a sign-in link
+
+
+def edit_profile(app, request):
+    user = request.user
+    return _profile_page(app, request, {"user[name]": user.name, "user[email_address]": user.email_address or "",
+                                        "user[bio]": user.bio or ""}, {})
+
+
+async def update_profile(app, request):
+    """Campfire's users/profiles_controller.rb: name, email, password (blank keeps it), bio (at most 200 characters)."""
+    user, form, errors = request.user, request.form, {}
+    name = form.text("user[name]") if "user[name]" in form else user.name
+    email = form.text("user[email_address]") if "user[email_address]" in form else user.email_address or ""
+    bio = str(form.get("user[bio]", "")).replace("\r\n", "\n").strip() if "user[bio]" in form else user.bio or ""
+    password = str(form.get("user[password]", ""))
+    values = {"user[name]": check_field(errors, "user[name]", name, blank="Enter your name.", max_chars=MAX_NAME_CHARS),
+              "user[email_address]": check_field(errors, "user[email_address]", email,
+                                                 blank="Enter a valid email address.", problem=_email_problem),
+              "user[bio]": check_field(errors, "user[bio]", bio, max_chars=MAX_BIO_CHARS)}
+    check_field(errors, "user[password]", password, max_bytes=MAX_PASSWORD_BYTES)
+    if "user[email_address]" not in errors:
+        owner = app.store.user_by_email(email)
+        if owner is not None and owner.id != user.id:
+            errors["user[email_address]"] = "Someone else already uses this email address."
+    if password and not errors and not app.password_change_limiter.hit(user.id):
+        errors["user[password]"] = "You changed your password several times just now. Try again in a few minutes."
+        return _profile_page(app, request, values, errors, status=429)
+    if errors:
+        return _profile_page(app, request, values, errors, status=422)
+    digest = await app.off_loop(hash_password, password, app.config.scrypt_n) if password else None
+    if not app.store.update_profile(user, name, email, bio, digest):
+        return _profile_page(app, request, values, {  # the same address taken meanwhile
+            "user[email_address]": "Someone else already uses this email address."}, status=422)
+    return redirect(url_for("user_profile"))
+
+
+def _user_page(app, request, user, *, notice=None, status=200):
+    viewer = request.user
+    transfer_url = _transfer_url(app, request, user) \
+        if viewer.administrator and not user.bot and user.status == STATUS_ACTIVE else None
+    return _page(app, request, user.name, render_user_page(app.view(request), user, transfer_url=transfer_url,
+                                                           notice=notice), status=status,
+                 headers=[("Cache-Control", "no-store")] if transfer_url else None)  # it holds a sign-in link
+
+
+def show_user(app, request, user_id):
     user = app.store.user(user_id)
-    return {"id": user_id, "name": user.name if user else "Deleted user",
-            "role": BOT_ROLE_NAMES.get(user.role, "member") if user else "member",
-            "avatar_url": "%s/users/%d/avatar" % (request.origin, user_id)}
+    if user is None:
+        raise NotFound("There is no such person.")
+    return _user_page(app, request, user)
 
 
-def message_json(app, request, message):
-    body = message["body"] or ""
-    return {"id": message["id"], "created_at": iso_time_ms(message["created_at"]),
-            "body": {"plain_text": app.store.plain_text(body), "html": body},
-            "creator": _person_json(app, request, message["creator_id"]),
-            "room": {"id": message["room_id"]},
-            "url": "%s/rooms/%d/@%d" % (request.origin, message["room_id"], message["id"])}
+def avatar(app, request, user_id):
+    user = app.store.user(user_id)
+    if user is None:
+        raise NotFound("There is no such person.")
+    svg = render_avatar_svg(user)
+    etag = '"%s"' % hashlib.sha256(svg.encode()).hexdigest()[:16]
+    headers = [("ETag", etag), ("Cache-Control", "private, max-age=1800")]
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(b"", 304, None, headers)
+    return Response(svg, 200, "image/svg+xml", headers)
 
 
-def boost_json(app, request, boost):
-    return {"id": boost["id"], "content": boost["content"], "created_at": iso_time_ms(boost["created_at"]),
-            "booster": _person_json(app, request, boost["booster_id"]), "message": {"id": boost["message_id"]}}
+def _manageable_user(app, user_id):
+    user = app.store.manageable_user(user_id)
+    if user is None:
+        raise NotFound("There is no such person.")
+    return user
+
+
+def create_ban(app, request, user_id):
+    user = _manageable_user(app, user_id)
+    if user.status == STATUS_BANNED:
+        return redirect(url_for("user", user_id=user.id))
+    problem = app.store.removal_problem(request.user, user, "ban")
+    if problem:
+        return _user_page(app, request, user, notice=problem, status=422)
+    app.store.ban(user)
+    return redirect(url_for("user", user_id=user.id))
+
+
+def delete_ban(app, request, user_id):
+    user = _manageable_user(app, user_id)
+    if user.status == STATUS_BANNED:
+        app.store.unban(user)
+    return redirect(url_for("user", user_id=user.id))
+
+
+def autocompletable_users(app, request):
+    query = request.query.text("query")[:MAX_NAME_CHARS]
+    room_id = request.query.get("room_id", "")
+    member_ids = None
+    if room_id.isdigit():
+        member_ids = app.store.room_member_ids(_member_room(app, request, int(room_id)).id)
+    users = app.store.users_matching(query, member_ids)
+    return json_response([{"value": user.id, "name": user.name, "avatar_url": url_for("user_avatar", user_id=user.id),
+                           "sgid": app.store.mention_sgid(user.id)} for user in users])
+
+
+# The account ------------------------------------------------------------------------
+
+_TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
+
+
+def _account_page(app, request, *, values=None, errors=None, notice=None, status=200):
+    view = app.view(request)
+    account = app.store.account()
+    people, more = app.store.people_page(1, include_banned=view.user.administrator)
+    invite_url = request.origin + url_for("join", join_code=account["join_code"])
+    body = render_account_page(
+        view, account, invite_url, render_people(view, people, 1, more), values=values, errors=errors, notice=notice,
+        restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True)
+    return _page(app, request, "Account", body, status=status)
+
+
+def edit_account(app, request):
+    return _account_page(app, request)
+
+
+def update_account(app, request):
+    name = app.store.account()["name"]
+    if "account[name]" in request.form:
+        errors = {}
+        name = check_field(errors, "account[name]", request.form.text("account[name]"), blank="Enter a name.",
+                           max_chars=MAX_ACCOUNT_NAME_CHARS)
+        if errors:
+            return _account_page(app, request, values={"account[name]": name}, errors=errors, status=422)
+    settings = app.store.account_settings()
+    # The checkbox follows a hidden "0", as in Rails: the last value sent wins.
+    restrict = request.form.getlist("account[settings][restrict_room_creation_to_administrators]")
+    if restrict:
+        settings["restrict_room_creation_to_administrators"] = str(restrict[-1]).strip().lower() in _TRUE_VALUES
+    app.store.update_account(name, settings)
+    return redirect(url_for("edit_account"))
+
+
+def regenerate_join_code(app, request):
+    app.store.regenerate_join_code()
+    return redirect(url_for("edit_account"))
+
+
+def custom_styles_redirect(app, request):
+    return redirect(url_for("edit_account_custom_styles"), 302)
+
+
+def update_custom_styles(app, request):
+    css = str(request.form.get("account[custom_styles]", "")).replace("\r\n", "\n")
+    if len(css.encode()) > MAX_CUSTOM_STYLES_BYTES:
+        return _page(app, request, "Custom CSS", render_custom_styles_form(css, error=(
+            "Custom CSS can be at most %d KiB; this is %d KiB." % (MAX_CUSTOM_STYLES_BYTES // 1024,
+                                                                  -(-len(css.encode()) // 1024)))), status=413)
+    app.store.set_custom_styles(css)
+    return redirect(url_for("edit_account"))
+
+
+def edit_custom_styles(app, request):
+    return _page(app, request, "Custom CSS", render_custom_styles_form(app.store.custom_styles()[0]))
+
+
+def custom_styles_stylesheet(app, request):
+    """The custom CSS for every page's <link>: public, and immutable under its digest. (Campfire
+    writes it raw in a <style> tag; a file of our own origin needs no 'unsafe-inline' in the CSP.)"""
+    css, digest = app.store.custom_styles()
+    etag = '"%s"' % digest
+    headers = [("ETag", etag), ("Cache-Control", "public, max-age=31536000, immutable"
+                                if request.query.get("v") == digest else "public, no-cache")]
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(b"", 304, None, headers)
+    return Response(css, 200, "text/css; charset=utf-8", headers)
+
+
+def account_users(app, request):
+    page = min(_id_param(request, "page") or 1, 1_000_000)
+    view = app.view(request)
+    people, more = app.store.people_page(page, include_banned=view.user.administrator)
+    return _page(app, request, "People", render_people_page(view, render_people(view, people, page, more)))
+
+
+def update_account_user(app, request, user_id):
+    user = _manageable_user(app, user_id)
+    # As Campfire's accounts/users_controller.rb: anything but member or administrator means member.
+    role = ROLE_ADMINISTRATOR if request.form.text("user[role]") == "administrator" else ROLE_MEMBER
+    if role == user.role:
+        return redirect(url_for("edit_account"))
+    problem = app.store.removal_problem(request.user, user, "demote") if role == ROLE_MEMBER else None
+    if problem:
+        return _account_page(app, request, notice=problem, status=422)
+    app.store.set_role(user, role)
+    return redirect(url_for("edit_account"))
+
+
+def deactivate_account_user(app, request, user_id):
+    user = _manageable_user(app, user_id)
+    problem = app.store.removal_problem(request.user, user, "deactivate")
+    if problem is None and user.status == STATUS_BANNED:
+        problem = "%s is banned. Unban them before deactivating them." % user.name
+    if problem:
+        return _account_page(app, request, notice=problem, status=422)
+    app.store.deactivate(user)
+    return redirect(url_for("edit_account"))
+
+
+# Bots: administrators' pages ------------------------------------------------------------
+
+def _bot_post_url(app, request, bot_row):
+    """The bot's absolute post URL for the admin's current room (the last_room
+    cookie) when the bot is in it too, else for the bot's first room; None
+    when the bot is in no room."""
+    bot_rooms = app.store.user_rooms(bot_row["id"])
+    if not bot_rooms or not bot_row["bot_token"]:
+        return None
+    last = request.cookies.get(LAST_ROOM_COOKIE, "")
+    if last.isdigit() and int(last) in bot_rooms and int(last) in app.store.user_rooms(request.user.id):
+        room_id = int(last)
+    else:
+        room_id = min(bot_rooms)
+    return request.origin + url_for("bot_messages", room_id=room_id, bot_key=bot_key(bot_row))
+
+
+def _bot_form(form):
+    errors = {}
+    values = {"user[name]": check_field(errors, "user[name]", form.text("user[name]"), blank="Name the bot.",
+                                        max_chars=MAX_NAME_CHARS),
+              "user[webhook_url]": check_field(errors, "user[webhook_url]", form.text("user[webhook_url]"),
+                                               problem=webhook_url_error)}
+    return values, errors
+
+
+def _require_bot(app, bot_id):
+    row = app.store.active_bot(bot_id)
+    if row is None:
+        raise NotFound("There is no such bot.")
+    return row
+
+
+def bots_index(app, request):
+    items = [render_bot_item(bot, _bot_post_url(app, request, bot)) for bot in app.store.active_bots()]
+    return _page(app, request, "Chat bots", render_bots(items))
+
+
+def create_bot_route(app, request):
+    values, errors = _bot_form(request.form)
+    if errors:
+        return _page(app, request, "New bot", render_bot_form(values=values, errors=errors), status=422)
+    app.store.create_bot(values["user[name]"], values["user[webhook_url]"])
+    return redirect(url_for("account_bots"))
+
+
+def new_bot(app, request):
+    return _page(app, request, "New bot", render_bot_form())
+
+
+def show_bot(app, request, bot_id):
+    _require_bot(app, bot_id)
+    return redirect(url_for("edit_account_bot", bot_id=bot_id), 302)
+
+
+def update_bot_route(app, request, bot_id):
+    row = _require_bot(app, bot_id)
+    values, errors = _bot_form(request.form)
+    if errors:
+        return _page(app, request, "Edit bot", render_bot_form(bot_row=row, values=values, errors=errors), status=422)
+    # Campfire changes the webhook only when the field is sent; blank removes it.
+    app.store.update_bot(bot_id, values["user[name]"], values["user[webhook_url]"],
+                         change_webhook="user[webhook_url]" in request.form)
+    return redirect(url_for("account_bots"))
+
+
+def delete_bot(app, request, bot_id):
+    _require_bot(app, bot_id)
+    app.store.deactivate(app.store.user(bot_id))
+    return redirect(url_for("account_bots"))
+
+
+def edit_bot(app, request, bot_id):
+    row = _require_bot(app, bot_id)
+    return _page(app, request, "Edit bot", render_bot_form(
+        bot_row=row, values={"user[name]": row["name"], "user[webhook_url]": row["webhook_url"] or ""}))
+
+
+def reset_bot_key_route(app, request, bot_id):
+    _require_bot(app, bot_id)
+    app.store.reset_bot_key(bot_id)
+    return redirect(url_for("account_bots"))
 
 
 # The bot API (Campfire's messages/by_bots_controller.rb) --------------------------------
+# A bot's key "<id>-<token>" in the path is all a bot API request carries: no
+# cookie, no forgery check, JSON out. Webhook deliveries, the other half, are
+# background work (section 15).
 
 def bot_api(handler):
     """Wrap a bot API handler: rate limit per key, authenticate by the key (a bad
@@ -5845,9 +6119,9 @@ def bot_api(handler):
                                  [("Retry-After", "%d" % BOT_API_LIMIT[1])])
         bot = app.store.authenticate_bot(bot_key)
         if bot is None:
-            return redirect("/session/new", 302)
+            return redirect(url_for("new_session"), 302)
         try:
-            room = app.store.room(room_id) if room_id in app.store.user_rooms(bot.id) else None
+            room = app.store.member_room(room_id, bot.id)
             if room is None:
                 raise NotFound("There is no such room.")
             return handler(app, request, room, bot, bot_key, **params)
@@ -5870,8 +6144,9 @@ def _posts_an_attachment(request):
     return "attachment" in request.files
 
 
-def _bot_room_message(app, room, message_id):
-    return _find_message(app, message_id, room_id=room.id)
+def _message_json(app, request, message):
+    return message_json(message, app.store.plain_text(message["body"]), app.store.user(message["creator_id"]),
+                        request.origin)
 
 
 @bot_api
@@ -5881,9 +6156,9 @@ def bot_messages(app, request, room, bot, bot_key):
     messages = app.store.messages_page(room.id, before=before, after=after)
     headers = [("X-Total-Count", str(app.store.message_count(room.id)))]
     if messages and app.store.has_older(room.id, messages[0]["id"]):
-        headers.append(("Link", '<%s/rooms/%d/%s/messages?before=%d>; rel="next"'
-                        % (request.origin, room.id, urllib.parse.quote(bot_key), messages[0]["id"])))
-    return json_response([message_json(app, request, message) for message in messages], 200, headers)
+        next_page = url_for("bot_messages", room_id=room.id, bot_key=bot_key, before=messages[0]["id"])
+        headers.append(("Link", '<%s%s>; rel="next"' % (request.origin, next_page)))
+    return json_response([_message_json(app, request, message) for message in messages], 200, headers)
 
 
 @bot_api
@@ -5892,25 +6167,25 @@ def bot_create_message(app, request, room, bot, bot_key):
     if _posts_an_attachment(request):
         raise Unprocessable("Attachments are not supported by this server yet: post the message as text.")
     message, _ = app.store.post_message(room, bot, _raw_text(request), random_hex(CLIENT_MESSAGE_ID_BYTES))
-    return Response(b"", 201, None, [("Location", "/messages/%d" % message["id"])])
+    return Response(b"", 201, None, [("Location", url_for("message", message_id=message["id"]))])
 
 
 @bot_api
 def bot_show_message(app, request, room, bot, bot_key, message_id):
-    return json_response(message_json(app, request, _bot_room_message(app, room, message_id)))
+    return json_response(_message_json(app, request, _find_message(app, message_id, room_id=room.id)))
 
 
 @bot_api
 def bot_update_message(app, request, room, bot, bot_key, message_id):
-    message = _bot_room_message(app, room, message_id)
+    message = _find_message(app, message_id, room_id=room.id)
     if message["creator_id"] != bot.id:
         raise Forbidden("A bot can only change its own messages.")
-    return json_response(message_json(app, request, app.store.edit_message(message, _raw_text(request))))
+    return json_response(_message_json(app, request, app.store.edit_message(message, _raw_text(request))))
 
 
 @bot_api
 def bot_delete_message(app, request, room, bot, bot_key, message_id):
-    message = _bot_room_message(app, room, message_id)
+    message = _find_message(app, message_id, room_id=room.id)
     if message["creator_id"] != bot.id:
         raise Forbidden("A bot can only delete its own messages.")
     app.store.remove_message(message)
@@ -5920,14 +6195,14 @@ def bot_delete_message(app, request, room, bot, bot_key, message_id):
 @bot_api
 def bot_create_boost(app, request, room, bot, bot_key, message_id):
     """The raw body is the boost's content."""
-    message = _bot_room_message(app, room, message_id)
+    message = _find_message(app, message_id, room_id=room.id)
     boost = app.store.add_boost(message, bot.id, _raw_text(request).strip())
-    return json_response(boost_json(app, request, boost), 201)
+    return json_response(boost_json(boost, bot, request.origin), 201)
 
 
 @bot_api
 def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
-    message = _bot_room_message(app, room, message_id)
+    message = _find_message(app, message_id, room_id=room.id)
     boost = app.store.boost(boost_id)
     if boost is None or boost["message_id"] != message["id"]:
         raise NotFound("There is no such boost.")
@@ -5935,166 +6210,6 @@ def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
         raise Forbidden("A bot can only remove its own boosts.")
     app.store.remove_boost(message, boost)
     return Response(b"", 204)
-
-
-def message_location(app, request, message_id):
-    """Where a bot post's Location points: the message in its room, for members."""
-    message = _message_for_member(app, request, message_id)
-    return redirect("/rooms/%d/@%d" % (message["room_id"], message_id), 302)
-
-
-# Bots management (administrators) --------------------------------------------------------
-
-def _bot_post_url(app, request, bot_row):
-    """The bot's absolute post URL for the admin's current room (the last_room
-    cookie) when the bot is in it too, else for the bot's first room; None
-    when the bot is in no room."""
-    bot_rooms = app.store.user_rooms(bot_row["id"])
-    if not bot_rooms or not bot_row["bot_token"]:
-        return None
-    last = request.cookies.get(LAST_ROOM_COOKIE, "")
-    if last.isdigit() and int(last) in bot_rooms and int(last) in app.store.user_rooms(request.user.id):
-        room_id = int(last)
-    else:
-        room_id = min(bot_rooms)
-    return "%s/rooms/%d/%s/messages" % (request.origin, room_id, bot_key(bot_row))
-
-
-def render_bot_item(app, request, bot_row):
-    url = _bot_post_url(app, request, bot_row)
-    command = HTML(
-        '<div class="field"><label class="field__label" for="bot_{id}_curl">curl command for posting messages</label>'
-        '<input class="field__input" id="bot_{id}_curl" type="text" value="{command}" readonly '
-        'spellcheck="false"></div>').format(id=bot_row["id"], command="curl -d 'Hello!' %s" % url) \
-        if url else HTML('<p class="notice">Not in any room yet.</p>')
-    webhook = HTML('Webhook: <code>{}</code>').format(bot_row["webhook_url"]) if bot_row["webhook_url"] \
-        else HTML("No webhook")
-    return HTML(
-        '<li class="bot" id="bot_{id}"><div class="profile__head">{avatar}<div>'
-        '<h2 class="bot__name">{name}</h2><p class="bot__webhook">{webhook}</p></div></div>{command}'
-        '<div class="form__actions"><a class="button" href="/account/bots/{id}/edit" aria-label="Edit {name}">'
-        'Edit</a></div></li>').format(
-        id=bot_row["id"], avatar=render_avatar(bot_row["id"], 48), name=bot_row["name"], webhook=webhook,
-        command=command)
-
-
-def bots_index(app, request):
-    bots = app.store.active_bots()
-    items = HTML("").join(render_bot_item(app, request, bot) for bot in bots)
-    body = HTML(
-        '<section class="panel panel--wide"><h1 class="panel__title">Chat bots</h1>'
-        '<p class="panel__intro">A bot posts with its own key, and hears about messages that mention it '
-        '(and every message in a direct room with it) at its webhook URL.</p>'
-        '{items}<div class="form__actions"><a class="button button--primary" href="/account/bots/new">New bot</a>'
-        '<a class="button" href="/account/edit">Back to the account</a></div></section>').format(
-        items=HTML('<ul class="bots">{}</ul>').format(items) if bots
-        else HTML('<p class="notice">No bots yet.</p>'))
-    return render_layout(app, request, "Chat bots", body)
-
-
-def render_bot_form(app, request, *, bot_row=None, values=None, errors=None, status=200):
-    values, errors = values or {}, errors or {}
-    editing = bot_row is not None
-    fields = HTML(
-        '<div class="field"><label class="visually-hidden" for="user_name">Name the bot</label>'
-        '<input class="field__input" id="user_name" name="user[name]" value="{name}" placeholder="Name the bot" '
-        'maxlength="{max_name}" required autofocus{name_invalid}>{name_error}</div>'
-        '<div class="field"><label class="field__label" for="user_webhook_url">Webhook URL (optional)</label>'
-        '<input class="field__input" id="user_webhook_url" name="user[webhook_url]" type="url" value="{url}" '
-        'placeholder="https://example.com/campfire-bot" maxlength="{max_url}"{url_invalid}>{url_error}</div>').format(
-        name=values.get("user[name]", ""), max_name=MAX_NAME_CHARS, url=values.get("user[webhook_url]", ""),
-        max_url=MAX_WEBHOOK_URL_CHARS, name_error=render_errors(errors, "user[name]"),
-        url_error=render_errors(errors, "user[webhook_url]"),
-        name_invalid=HTML(' aria-invalid="true"') if "user[name]" in errors else "",
-        url_invalid=HTML(' aria-invalid="true"') if "user[webhook_url]" in errors else "")
-    extra = HTML("")
-    if editing:
-        extra = HTML(
-            '<div class="danger-zone"><div class="field"><label class="field__label" for="bot_key">Bot key</label>'
-            '<input class="field__input" id="bot_key" type="text" value="{key}" readonly spellcheck="false"></div>'
-            '<form method="post" action="/account/bots/{id}/key" class="inline-form">'
-            '<input type="hidden" name="_method" value="put">'
-            '<button type="submit" class="button">Reset key</button></form> '
-            '<form method="post" action="/account/bots/{id}" class="inline-form">'
-            '<input type="hidden" name="_method" value="delete">'
-            '<button type="submit" class="button button--danger" data-confirm="Delete this bot?">Delete bot</button>'
-            '</form></div>').format(id=bot_row["id"], key=bot_key(bot_row))
-    body = HTML(
-        '<section class="panel panel--wide"><h1 class="panel__title">{title}</h1>'
-        '<form method="post" action="{action}" class="form">{method}{fields}'
-        '<div class="form__actions"><button type="submit" class="button button--primary">{button}</button>'
-        '<a class="button" href="/account/bots">Cancel changes</a></div></form>{extra}</section>').format(
-        title="Edit %s" % bot_row["name"] if editing else "New bot",
-        action="/account/bots/%d" % bot_row["id"] if editing else "/account/bots",
-        method=HTML('<input type="hidden" name="_method" value="patch">') if editing else "",
-        fields=fields, button="Save changes" if editing else "Create bot", extra=extra)
-    return render_layout(app, request, "Edit bot" if editing else "New bot", body, status=status)
-
-
-def _bot_form(form):
-    values = {"user[name]": form.text("user[name]"), "user[webhook_url]": form.text("user[webhook_url]")}
-    errors = {}
-    if not values["user[name]"]:
-        errors["user[name]"] = "Name the bot."
-    elif len(values["user[name]"]) > MAX_NAME_CHARS:
-        errors["user[name]"] = "Use at most %d characters." % MAX_NAME_CHARS
-    url_error = webhook_url_error(values["user[webhook_url]"]) if values["user[webhook_url]"] else None
-    if url_error:
-        errors["user[webhook_url]"] = url_error
-    return values, errors
-
-
-def _require_bot(app, bot_id):
-    row = app.store.active_bot(bot_id)
-    if row is None:
-        raise NotFound("There is no such bot.")
-    return row
-
-
-def new_bot(app, request):
-    return render_bot_form(app, request)
-
-
-def create_bot_route(app, request):
-    values, errors = _bot_form(request.form)
-    if errors:
-        return render_bot_form(app, request, values=values, errors=errors, status=422)
-    app.store.create_bot(values["user[name]"], values["user[webhook_url]"])
-    return redirect("/account/bots")
-
-
-def show_bot(app, request, bot_id):
-    _require_bot(app, bot_id)
-    return redirect("/account/bots/%d/edit" % bot_id, 302)
-
-
-def edit_bot(app, request, bot_id):
-    row = _require_bot(app, bot_id)
-    return render_bot_form(app, request, bot_row=row,
-                           values={"user[name]": row["name"], "user[webhook_url]": row["webhook_url"] or ""})
-
-
-def update_bot_route(app, request, bot_id):
-    row = _require_bot(app, bot_id)
-    values, errors = _bot_form(request.form)
-    if errors:
-        return render_bot_form(app, request, bot_row=row, values=values, errors=errors, status=422)
-    # Campfire changes the webhook only when the field is sent; blank removes it.
-    app.store.update_bot(bot_id, values["user[name]"], values["user[webhook_url]"],
-                         change_webhook="user[webhook_url]" in request.form)
-    return redirect("/account/bots")
-
-
-def reset_bot_key_route(app, request, bot_id):
-    _require_bot(app, bot_id)
-    app.store.reset_bot_key(bot_id)
-    return redirect("/account/bots")
-
-
-def delete_bot(app, request, bot_id):
-    _require_bot(app, bot_id)
-    app.store.deactivate(app.store.user(bot_id))
-    return redirect("/account/bots")
 
 
 # Real time -----------------------------------------------------------------------
@@ -6469,7 +6584,7 @@ class Cable:
 
     # Events (after each change commits) ----------------------------------------------------
     def message_created(self, room, message, unread_user_ids):
-        html_text = str(render_message(self.app, message))
+        html_text = str(self.app.message_html(message))
         self.broadcast("room_%d_messages" % room.id, {
             "action": "append", "id": message["id"], "client_message_id": message["client_message_id"],
             "html": html_text})
@@ -6485,7 +6600,7 @@ class Cable:
         if message is not None:
             boosts = self.app.store.boosts_for([message["id"]]).get(message["id"], ())
             self.broadcast("room_%d_messages" % message["room_id"], {
-                "action": "replace", "id": message["id"], "html": str(render_message(self.app, message, boosts))})
+                "action": "replace", "id": message["id"], "html": str(self.app.message_html(message, boosts))})
 
     def message_updated(self, message):
         self._replace(message)
@@ -6759,6 +6874,7 @@ class App:
         self.requests_handled = 0  # also numbers the request ids
         self._request_prefix = random_hex(3)
         self._date = (0, "")
+        self._assets_checked = (-STATIC_RECHECK_SECONDS, {})
 
     # Setup ------------------------------------------------------------------
     def _prepare_storage(self):
@@ -6809,7 +6925,7 @@ class App:
 
     # Helpers for handlers --------------------------------------------------------
     def asset_url(self, name):
-        return "/static/%s?v=%s" % (name, self.static.version(name))
+        return url_for("static", path=name, v=self.static.version(name))
 
     def set_cookie(self, response, name, value, *, max_age=SESSION_COOKIE_MAX_AGE, http_only=True):
         parts = ["%s=%s" % (name, urllib.parse.quote(value, safe="")), "Path=/", "Max-Age=%d" % max_age,
@@ -6838,14 +6954,56 @@ class App:
         self.page_cache.clear()
         self.message_cache.clear()
 
-    def room_for_member(self, request, room_id):
-        """The room, if the signed-in user belongs to it; 404 otherwise (never reveal it exists)."""
-        room = self.store.member_room(room_id, request.user.id)
-        if room is None:
-            raise NotFound("There is no such room.")
-        return room
+    # Rendering, and what it caches ---------------------------------------------
+    def view(self, request, *, signed_in=True):
+        """What rendering a page for this request knows besides its own data."""
+        css, digest = self.store.custom_styles()
+        return View(request.user if signed_in else None, self.store.account_name(), digest if css.strip() else "",
+                    self._assets(), request.origin)
 
-    # Chat: the operations handlers share ----------------------------------------
+    def _assets(self):
+        """The PAGE_ASSETS' versioned URLs, looked up again at most every STATIC_RECHECK_SECONDS."""
+        now = time.monotonic()
+        if now - self._assets_checked[0] >= STATIC_RECHECK_SECONDS:
+            self._assets_checked = (now, {name: self.asset_url(name) for name in PAGE_ASSETS})
+        return self._assets_checked[1]
+
+    def message_html(self, message, boosts=()):
+        """A message as render_message makes it, kept until it, its boosts or any name change."""
+        key = (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), self.store.global_version)
+        cached = self.message_cache.get(key) if self.config.cache else None
+        if cached is not None:
+            return cached
+        store, stored = self.store, message["body"] or ""
+        sound = message_sound(store.plain_text(stored)) if "/play " in stored else None
+        chips = {}
+        if "<action-text-attachment" in stored:
+            for sgid in find_mentions(stored):
+                user = store.mentioned_user(sgid)
+                if user is not None:
+                    chips[sgid] = render_mention(user)
+        body = None if sound else HTML(render_rich_text(stored, mention=chips.get))
+        booster = store.user
+        rendered = render_message(message, author=self._author_html(message["creator_id"]), body=body, sound=sound,
+                                  boosts=[(boost, user.name if (user := booster(boost["booster_id"])) else "Someone")
+                                          for boost in boosts])
+        self.message_cache.put(key, rendered)
+        return rendered
+
+    def messages_html(self, messages):
+        boosts = self.store.boosts_for([message["id"] for message in messages])
+        return HTML("").join(self.message_html(message, boosts.get(message["id"], ())) for message in messages)
+
+    def _author_html(self, creator_id):
+        """The avatar and name that open a message, kept per person until names change."""
+        key = ("author", creator_id, self.store.global_version)
+        author = self.message_cache.get(key) if self.config.cache else None
+        if author is None:
+            creator = self.store.user(creator_id)
+            author = render_message_author(creator_id, creator.name if creator else "Deleted user")
+            self.message_cache.put(key, author)
+        return author
+
     def cached(self, request, key, build):
         """A rendered 200 response kept by `key` (which names every version it
         depends on), with its gzip form and ETag; If-None-Match → 304."""
@@ -6872,16 +7030,6 @@ class App:
             response = Response(entry.body, 200, entry.content_type, headers)
         response.compressible = False
         return response
-
-    def _mention_chip(self, sgid):
-        user = self.store.mentioned_user(sgid)
-        if user is None:
-            return None
-        return str(HTML('<span class="mention" data-user-id="{id}">{avatar}{name}</span>').format(
-            id=user.id, avatar=render_avatar(user.id, 20), name=user.name))
-
-    def render_body(self, stored_body):
-        return HTML(render_rich_text(stored_body or "", mention=self._mention_chip))
 
     def body_limit(self, method, path):
         """The largest body the route accepts (413 past it). A POST may stand for
@@ -7004,7 +7152,8 @@ class App:
         if request.path.startswith("/static/"):
             return Response(message, status, "text/plain; charset=utf-8")
         try:
-            return render_error_page(self, request, status, message)
+            # An error page never depends on the session.
+            return Response(render_error_page(self.view(request, signed_in=False), status, message), status)
         except sqlite3.Error:  # the database is down: a page that needs nothing from it
             return Response(plain_error_page(status, message), status)
 
