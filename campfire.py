@@ -2784,6 +2784,7 @@ class Database:
         # is at most the pages one request changes, or one query's sort.
         self.connection.execute("PRAGMA temp_store = MEMORY")
         self._depth = 0
+        self._committing = False  # commit_batch is writing what the group deferred
         # Group commit (the server turns it on): the writes of the requests
         # handled together share one transaction and one fsync, and their
         # responses wait for that commit (see Server.flush_writes).
@@ -2886,6 +2887,11 @@ class Database:
         finally:
             self._depth -= 1
 
+    @property
+    def in_atomic(self):
+        """Whether a write now is inside atomic() (or the group's commit, which writes what it deferred)."""
+        return self._depth > 0 or self._committing
+
     def _lose_batch(self):
         """The group's transaction is gone (SQLite undid it): nothing of it may persist."""
         log.error("the database undid a whole group of writes (is the disk full?); every request "
@@ -2942,6 +2948,7 @@ class Database:
             self.batch_lost = False
             self._deferred.clear()
             return False
+        self._committing = True
         try:
             self._run_deferred()
             self.connection.execute("COMMIT")
@@ -2953,6 +2960,8 @@ class Database:
                     self.connection.execute("ROLLBACK")
             self.failed_at = time.monotonic()
             return False
+        finally:
+            self._committing = False
         self.failed_at = None
         for callback in callbacks:
             try:

@@ -4,6 +4,7 @@ in-process client that keeps cookies, and a real server on 127.0.0.1:0."""
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import socket
 import sys
@@ -20,11 +21,46 @@ TEST_SCRYPT_N = 2 ** 10  # tests hash many passwords; the digest records n, so c
 
 
 def make_app(storage=None, **overrides):
-    """An App on fresh (or the given) storage; overrides are Config fields."""
+    """An App on fresh (or the given) storage; overrides are Config fields. Its database
+    is watched for writes outside atomic() (see guard_writes)."""
     storage = storage or tempfile.mkdtemp(prefix="campfire-test-")
     overrides.setdefault("scrypt_n", TEST_SCRYPT_N)
     config = campfire.Config(storage_path=storage, **overrides)
-    return campfire.App(config)
+    return guard_writes(campfire.App(config))
+
+
+_WRITE_RE = re.compile(r"\s*(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.I)
+_DATABASE_WRAPPERS = frozenset(function.__code__ for function in (
+    campfire.Database.execute, campfire.Database.one, campfire.Database.all, campfire.Database.value))
+CAMPFIRE_FILE = os.path.realpath(campfire.__file__)
+
+
+def guard_writes(app):
+    """Every INSERT, UPDATE or DELETE that campfire.py itself runs must be inside
+    Database.atomic(). A trace callback on the app's connection sees each statement;
+    a write issued by campfire.py (not by a test's own setup) while the database is
+    not in atomic() is recorded in app.db.unguarded_writes, and closing the app then
+    fails the test that made it."""
+    db = app.db
+    writes = db.unguarded_writes = []
+
+    def trace(sql):
+        if not _WRITE_RE.match(sql) or db.in_atomic:
+            return
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code in _DATABASE_WRAPPERS:
+            frame = frame.f_back
+        if frame is not None and os.path.realpath(frame.f_code.co_filename) == CAMPFIRE_FILE:
+            writes.append((sql.strip()[:200], "%s:%d" % (frame.f_code.co_name, frame.f_lineno)))
+    db.connection.set_trace_callback(trace)
+    close = app.close
+
+    def close_and_check():
+        close()
+        if writes:
+            raise AssertionError("campfire.py wrote outside atomic(): %r" % writes[:5])
+    app.close = close_and_check
+    return app
 
 
 @contextlib.contextmanager

@@ -314,3 +314,89 @@ class StartAndStopTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AtomicWritesTests(AppTestCase):
+    """Every write goes through atomic(): make_app's guard (tests/helpers.py) watches every
+    app the tests make; these check the guard itself and walk through every kind of write."""
+
+    def test_the_guard_records_a_write_campfire_makes_outside_atomic(self):
+        self.first_run()
+        writes = self.app.db.unguarded_writes
+        # Code compiled as campfire.py's own: what the guard blames, and what it doesn't.
+        outside = compile("db.execute('UPDATE users SET bio = ? WHERE id = 1', ('x',))", campfire.__file__, "exec")
+        inside = compile("with db.atomic():\n    db.execute('UPDATE users SET bio = ? WHERE id = 1', ('y',))",
+                         campfire.__file__, "exec")
+        exec(inside, {"db": self.app.db})
+        self.assertEqual(writes, [])
+        self.app.db.execute("UPDATE users SET bio = 'a test setting things up' WHERE id = 1")
+        self.assertEqual(writes, [])  # a test's own writes are its business
+        exec(outside, {"db": self.app.db})
+        self.assertEqual([sql for sql, _ in writes], ["UPDATE users SET bio = 'x' WHERE id = 1"])
+        writes.clear()
+
+    def test_every_kind_of_request_writes_inside_atomic(self):
+        ada = self.client
+        self.first_run()
+        bob = self.join("Bob", "bob@example.com")
+        self.assertEqual(bob.post("/session", {"_method": "delete"}).status, 303)
+        self.assertEqual(bob.post("/session", {"email_address": "bob@example.com",
+                                               "password": "member-password"}).status, 303)
+        # An hour later the session's last activity is written once.
+        self.app.db.execute("UPDATE sessions SET last_active_at = '2000-01-01 00:00:00'")
+        self.app.store._sessions.clear()
+        requests = [
+            (ada, "POST", "/rooms/closeds", {"room[name]": "Plans", "user_ids[]": ["2"]}),
+            (ada, "POST", "/rooms/closeds/2", {"_method": "patch", "room[name]": "Plans B", "user_ids[]": []}),
+            (ada, "POST", "/rooms/directs", {"user_ids[]": ["2"]}),
+            (ada, "POST", "/rooms/1/messages", {"message[body]": "hello @Bob", "message[client_message_id]": "m1"}),
+            (bob, "GET", "/rooms/1", None),
+            (bob, "POST", "/rooms/1/messages", {"message[body]": "/play tada", "message[client_message_id]": "m2"}),
+            (ada, "GET", "/rooms/1", None),
+            (ada, "POST", "/rooms/1/messages/1", {"_method": "patch", "message[body]": "edited"}),
+            (ada, "POST", "/messages/1/boosts", {"boost[content]": "👍"}),
+            (ada, "POST", "/messages/1/boosts/1", {"_method": "delete"}),
+            (ada, "POST", "/rooms/1/involvement", {"_method": "put", "involvement": "everything"}),
+            (ada, "GET", "/searches?q=hello", None),
+            (ada, "POST", "/searches/clear", {"_method": "delete"}),
+            (ada, "POST", "/rooms/1/messages/2", {"_method": "delete"}),
+            (ada, "POST", "/account", {"_method": "patch", "account[name]": "Acme",
+                                       "account[settings][restrict_room_creation_to_administrators]": "1"}),
+            (ada, "POST", "/account/join_code", {}),
+            (ada, "POST", "/account/custom_styles", {"_method": "patch", "account[custom_styles]": "p { }"}),
+            (ada, "POST", "/account/users/2", {"_method": "patch", "user[role]": "administrator"}),
+            (ada, "POST", "/account/users/2", {"_method": "patch", "user[role]": "member"}),
+            (ada, "POST", "/users/me/profile", {"_method": "patch", "user[name]": "Ada", "user[bio]": "Hi",
+                                                "user[email_address]": "ada@example.com",
+                                                "user[password]": "another-password"}),
+            (ada, "POST", "/account/bots", {"user[name]": "Helper", "user[webhook_url]": "http://127.0.0.1:9/"}),
+            (ada, "POST", "/account/bots/3", {"_method": "patch", "user[name]": "Helper 2", "user[webhook_url]": ""}),
+            (ada, "POST", "/account/bots/3/key", {"_method": "put"}),
+            (ada, "POST", "/users/2/ban", {}),
+            (ada, "POST", "/users/2/ban", {"_method": "delete"}),
+            (ada, "POST", "/account/users/2", {"_method": "delete"}),
+            (ada, "POST", "/rooms/2", {"_method": "delete"}),
+        ]
+        for client, method, path, form in requests:
+            with self.subTest(method=method, path=path):
+                response = client.request(method, path, form=form)
+                self.assertLess(response.status, 400, response.text[:300])
+        bot = "/rooms/1/3-%s/messages" % self.app.db.value("SELECT bot_token FROM users WHERE id = 3")
+        posted = Client(self.app).request("POST", bot, body=b"from the bot", content_type="text/plain")
+        message = bot + "/" + posted.header("Location").rpartition("/")[2]
+        boosted = Client(self.app).request("POST", message + "/boosts", body=b"!", content_type="text/plain")
+        for method, path, body in [("PUT", message, b"edited by the bot"),
+                                   ("DELETE", "%s/boosts/%d" % (message, campfire.json.loads(boosted.body)["id"]), b""),
+                                   ("DELETE", message, b"")]:
+            with self.subTest(method=method, path=path):
+                response = Client(self.app).request(method, path, body=body, content_type="text/plain")
+                self.assertLess(response.status, 400, response.text[:300])
+        transfer = self.app.signer.sign(1, "transfer", expires_at=2 ** 40)
+        self.assertEqual(Client(self.app).request("PUT", "/session/transfers/" + transfer).status, 303)
+        # Presence from /cable, and the bot being deleted.
+        self.app.store.presence_arrived(1, 1, new_connection=True)
+        self.app.store.presence_refreshed(1, 1)
+        self.app.store.presence_left(1, 1, connection_closed=False)
+        self.assertEqual(ada.post("/account/bots/3", {"_method": "delete"}).status, 303)
+        self.assertEqual(self.app.db.unguarded_writes, [])
+        self.assertEqual(self.app.db.value("SELECT count(*) FROM sessions WHERE last_active_at < '2001-01-01'"), 0)
