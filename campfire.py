@@ -7,23 +7,24 @@
 Only the Python standard library is used. The file reads top to bottom, from
 pure code to the code that touches the world:
 
-  1. Constants and limits     every tunable number, with its unit and reason
+  1. Constants and limits     every limit and tunable, with its unit and reason
   2. Errors                   one exception tree, mapped to statuses at the edge
   3. Utilities                time, HTML escaping, tokens, passwords, rate limits
-  4. HTTP/1.1                 a sans-I/O request parser and the response writer
+  4. HTTP/1.1                 a sans-I/O request parser, the response writer, routing, URLs
   5. WebSocket                RFC 6455 framing and permessage-deflate, sans-I/O
   6. Action Cable             the JSON protocol spoken on /cable
   7. Rich text                the allow-list sanitizer, auto-links, plain text, mentions
   8. QR codes                 byte-mode QR symbols as SVG, for invitation and sign-in links
-  9. Storage                  Campfire's SQLite schema, migrations, atomic()
- 10. Domain                   accounts, users, sessions, rooms, messages, search
- 11. Rendering                HTML pages, all through one escaping helper
- 12. Routes                   the router and every handler, by feature: sessions, rooms,
-                              messages, boosts, search, people, account, bots and their API
+  9. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
+ 10. Domain                   every operation on accounts, people, sessions, rooms, memberships,
+                              messages, boosts, search and bots, with its SQL; Events
+ 11. Rendering                render_* from plain data and a View: pages, fragments, JSON
+ 12. Routes                   the route table (the map of the server), then its thin handlers
+                              by feature: sessions, rooms, messages, search, people, account, bots
  13. Real time                /cable connections, channels and broadcasts
- 14. The application          App: a request in, a response out (no sockets)
- 15. Background work          webhook deliveries, off the request path
- 16. The server               asyncio connections, timeouts, signals
+ 14. The application          App: a request in, a response out (no sockets); its caches
+ 15. Background work          purges and webhook deliveries, off the request path
+ 16. The server               asyncio connections, timeouts, group commit, signals
  17. Operations               seed (and the other long jobs of the command line)
  18. Command line             main()
 """
@@ -6844,6 +6845,13 @@ class Config:
 
 
 class App:
+    """The server without its sockets: a Request in (handle), a Response out.
+
+    It owns the database and the domain (Store), the Router made from the route
+    table, the caches of rendered pages and messages, and the listeners that act
+    on the domain's Events after each commit: Cable (broadcasts), Webhooks and
+    Purges (background work), and itself (account_changed)."""
+
     def __init__(self, config=None):
         self.config = config or Config()
         self._prepare_storage()
@@ -6922,7 +6930,8 @@ class App:
         """function(*args) in the worker threads, for blocking work such as a password hash;
         503 when config.password_queue_limit calls are already waiting."""
         if self._work_waiting >= self.config.password_queue_limit:
-            raise ServiceUnavailable("The server is busy. Try again in a moment.", headers=[("Retry-After", "%d" % BUSY_RETRY_AFTER_SECONDS)])
+            raise ServiceUnavailable("The server is busy. Try again in a moment.",
+                                     headers=[("Retry-After", "%d" % BUSY_RETRY_AFTER_SECONDS)])
         if self._workers is None:
             import concurrent.futures  # here: most starts never sign anyone in
             self._workers = concurrent.futures.ThreadPoolExecutor(PASSWORD_WORKERS, "campfire-worker")
