@@ -4501,7 +4501,20 @@ def render_composer(room):
         '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id)
 
 
-def render_room(room, title, involvement, messages, *, highlight_id=None):
+def render_pending_message(viewer):
+    """The shape of a message the viewer has sent and the server hasn't answered yet: the
+    browser fills in a copy (client id, time, body) the moment it sends, as Campfire's
+    app/views/messages/_template.html.erb does."""
+    return HTML(
+        '<template id="pending_message"><div class="message message--pending message--mine" '
+        'data-creator-id="{id}"><span class="message__avatar" aria-hidden="true">{avatar}</span>'
+        '<div class="message__content"><div class="message__meta"><span class="message__author">{name}</span> '
+        '<time></time> <span class="message__status" role="status">Sending…</span></div>'
+        '<div class="message__body"></div></div></div></template>').format(
+        id=viewer.id, avatar=render_avatar(viewer.id), name=viewer.name)
+
+
+def render_room(room, viewer, title, involvement, messages, *, highlight_id=None):
     """The room: its header, its messages (rendered), the composer."""
     return HTML(
         '<section class="room" id="room" data-room-id="{id}" data-room-type="{type}" aria-labelledby="room_name">'
@@ -4510,11 +4523,11 @@ def render_room(room, title, involvement, messages, *, highlight_id=None):
         '<a class="room__settings" href="{settings}" aria-label="Room settings" title="Room settings">⚙︎</a></div>'
         '</header>'
         '<div class="messages" id="messages" data-room-id="{id}"{highlight}>{messages}</div>'
-        '{composer}</section>').format(
+        '{composer}{pending}</section>').format(
         id=room.id, type=room.type.split("::")[-1].lower(), heading="Ping with %s" % title if room.direct else title,
         bell=render_bell(room, involvement), settings=room_settings_path(room),
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
-        messages=messages, composer=render_composer(room))
+        messages=messages, composer=render_composer(room), pending=render_pending_message(viewer))
 
 
 def render_person_choice(user, *, checked=False, disabled=False):
@@ -5507,7 +5520,7 @@ def _room_page(app, request, room, messages, *, highlight_id=None):
     user = request.user
     involvement = app.store.user_rooms(user.id).get(room.id, "mentions")
     title = app.store.room_title(room, user.id)
-    body = render_room(room, title, involvement, app.messages_html(messages), highlight_id=highlight_id)
+    body = render_room(room, user, title, involvement, app.messages_html(messages), highlight_id=highlight_id)
     return _page(app, request, title, body, body_class="room-page", current_room_id=room.id)
 
 

@@ -10,11 +10,7 @@ import { Sidebar, Presence } from "./sidebar.js"
 import { confirmDangerousForms, filterPickers, bellInPlace } from "./forms.js"
 
 const body = document.body
-const viewer = {
-  id: body.dataset.userId,
-  administrator: body.dataset.administrator === "true",
-  name: document.querySelector(".topbar__user span")?.textContent.trim() ?? "",
-}
+const viewer = { id: body.dataset.userId, administrator: body.dataset.administrator === "true" }
 
 function startRoom(section, cable) {
   const roomId = section.dataset.roomId

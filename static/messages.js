@@ -4,10 +4,10 @@
 import { playSound, isMuted, setMuted } from "./sounds.js"
 import { h, fragment, fetchText } from "./dom.js"
 
-export const THREAD_WINDOW_MS = 5 * 60 * 1000   // CAMPFIRE.md: messages thread within 5 min
-export const MAX_MESSAGES = 300                  // CAMPFIRE.md: the client keeps ≤ 300
+export const THREAD_WINDOW_MS = 5 * 60 * 1000   // one author's messages within 5 min read as one thread
+export const MAX_MESSAGES = 300                  // messages kept on the page, as Campfire's paginator keeps
 export const CATCH_UP_MARGIN_MS = 10 * 1000      // ask from a little before the last moment we're sure of
-export const HIDDEN_REFRESH_AFTER_MS = 60 * 1000 // CAMPFIRE.md: refresh after > 60 s hidden
+export const HIDDEN_REFRESH_AFTER_MS = 60 * 1000 // a tab hidden longer catches up when shown again
 
 // Whether `message` continues `previous`'s thread: same author within 5 minutes.
 export function continuesThread(previous, message) {
@@ -54,10 +54,13 @@ const idOf = (element) => Number(element?.dataset.messageId) || null
 const threadItem = (element) => element?.classList.contains("message") && element.dataset
 
 export class MessageList {
+  #pendingTemplate
+
   constructor(container, viewer) {
     this.element = container
     this.roomId = container.dataset.roomId
     this.viewer = viewer
+    this.#pendingTemplate = container.closest(".room")?.querySelector("template#pending_message")
     Object.assign(container, { tabIndex: 0, role: "region" })  // scrollable by keyboard
     container.setAttribute("aria-label", "Messages")
     decorateMessages(container, viewer)
@@ -125,15 +128,14 @@ export class MessageList {
     this.prepend(messages)
   }
 
-  // Our optimistic copy, shown at once, replaced by the server's (CAMPFIRE.md, RoomMessagesChannel).
+  // Our optimistic copy, shown at once, replaced by the server's when it arrives: a copy of
+  // the room page's <template id="pending_message">, filled in.
   addPending(clientId, body) {
-    const { id, name } = this.viewer, createdAt = new Date().toISOString()
-    const message = h("div", { className: "message message--pending message--mine", "data-client-message-id": clientId, "data-creator-id": id, "data-created-at": createdAt },
-      h("span", { className: "message__avatar", "aria-hidden": "true" }, h("img", { className: "avatar", src: `/users/${id}/avatar`, alt: "", width: 36, height: 36 })),
-      h("div", { className: "message__content" },
-        h("div", { className: "message__meta" }, h("span", { className: "message__author" }, name), " ",
-          h("time", { dateTime: createdAt }), " ", h("span", { className: "message__status", role: "status" }, "Sending…")),
-        h("div", { className: "message__body" }, body)))
+    const message = this.#pendingTemplate.content.firstElementChild.cloneNode(true)
+    const createdAt = new Date().toISOString()
+    Object.assign(message.dataset, { clientMessageId: clientId, createdAt })
+    message.querySelector("time").dateTime = createdAt
+    message.querySelector(".message__body").append(body)
     localizeTimes(message)
     this.element.append(message)
     this.#rethread(message)
