@@ -5,7 +5,7 @@ import { mentionChip } from "./richtext.js"
 import { SOUND_NAMES } from "./sounds.js"
 import { h } from "./dom.js"
 
-export const MENTION_DEBOUNCE_MS = 300   // CAMPFIRE.md: 300 ms
+export const MENTION_DEBOUNCE_MS = 300   // Campfire waits as long before asking for names
 const MENTION = /(?:^|[\s(])@([\p{L}\p{N}_.'-]+(?: [\p{L}\p{N}_.'-]*)?)$/u   // "@Ada", "@Ada Lo"
 const PLAY = /^\/play (\w*)$/
 

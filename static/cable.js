@@ -1,4 +1,4 @@
-// An Action Cable client (CAMPFIRE.md): subscriptions, a ping watchdog, reconnects
+// An Action Cable client (the actioncable-v1-json protocol): subscriptions, a ping watchdog, reconnects
 // with backoff and jitter, every subscription made again after a reconnect.
 
 import { h } from "./dom.js"
@@ -7,7 +7,7 @@ export const STALE_AFTER_MS = 6000      // no ping or message this long: the soc
 export const RECONNECT_MIN_MS = 500     // then 1 s, 2 s, 4 s…
 export const RECONNECT_MAX_MS = 15000
 export const RECONNECT_JITTER = 0.3     // ± this share of each delay
-export const OFFLINE_AFTER_MS = 5000    // CAMPFIRE.md: 5 s disconnected is offline
+export const OFFLINE_AFTER_MS = 5000    // 5 s disconnected is offline, as in Campfire
 
 export class Backoff {
   #attempts = 0

@@ -6,7 +6,7 @@ import { parseMessages } from "./messages.js"
 
 export const PAGE_EDGE_PX = 400   // load more when this close to an edge
 export const AT_BOTTOM_PX = 48    // this close to the bottom counts as there
-const PAGE_SIZE = 40              // CAMPFIRE.md: pages of 40
+const PAGE_SIZE = 40              // the server's pages hold 40 messages
 
 export class MessageScroller {
   #list

@@ -2,8 +2,8 @@
 
 import { h, fragment, fetchText } from "./dom.js"
 
-export const PRESENCE_VISIBILITY_DELAY_MS = 5000   // CAMPFIRE.md: present/absent 5 s after a visibility change
-export const PRESENCE_REFRESH_EVERY_MS = 50 * 1000 // CAMPFIRE.md: refresh every 50 s
+export const PRESENCE_VISIBILITY_DELAY_MS = 5000   // present/absent 5 s after a visibility change, as in Campfire
+export const PRESENCE_REFRESH_EVERY_MS = 50 * 1000 // the server counts a tab silent longer than 60 s as gone
 
 export class Sidebar {
   #currentRoomId
@@ -91,7 +91,7 @@ export class Presence {
     this.#line.hidden = users.length === 0
   }
 
-  // Subscribing counts us present (CAMPFIRE.md); a hidden tab says otherwise soon after.
+  // Subscribing counts us present; a hidden tab says otherwise soon after.
   #connected() {
     this.#present = true
     this.#visibilityChanged()

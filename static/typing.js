@@ -1,10 +1,10 @@
-// Typing notifications (CAMPFIRE.md): "start" at most once a second while typing,
+// Typing notifications (TypingNotificationsChannel): "start" at most once a second while typing,
 // "stop" when done; others' names shown above the composer for 5 s at most.
 
 import { h } from "./dom.js"
 
-export const START_EVERY_MS = 1000   // CAMPFIRE.md: start at most once per second
-export const EXPIRES_MS = 5000       // CAMPFIRE.md: receivers drop a name after 5 s
+export const START_EVERY_MS = 1000   // "start" at most once per second
+export const EXPIRES_MS = 5000       // a name not heard from for 5 s is dropped
 
 export class TypingNotifier {
   #perform
