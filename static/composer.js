@@ -8,7 +8,8 @@ import { Autocomplete } from "./autocomplete.js"
 import { connectTyping } from "./typing.js"
 import { h, send } from "./dom.js"
 
-const RETRYABLE = (status) => !status || status >= 500 || status === 408 || status === 429
+// Whether a failed send is worth retrying: no answer at all, the server's trouble, or a limit.
+export const retryable = (status) => !status || status >= 500 || status === 408 || status === 429
 
 // crypto.randomUUID is missing outside secure contexts (plain HTTP on a LAN): 128 random bits then.
 export const uuid = () => crypto.randomUUID?.() ??
@@ -60,7 +61,7 @@ export class Composer {
 
   get editor() { return this.#editor }
 
-  // Reply (CAMPFIRE.md): the quoted text and a cite linking back, then a line to write on.
+  // Reply, as Campfire quotes: the quoted text and a cite linking back, then a line to write on.
   quote(message) {
     const text = message.querySelector(".message__body")?.innerText.trim() ?? ""
     const author = message.querySelector(".message__author")?.textContent.trim() ?? ""
@@ -97,7 +98,7 @@ export class Composer {
     ;(textarea ?? this.#send).before(this.#editor.root)
   }
 
-  // Up arrow in an empty composer edits your last message (CAMPFIRE.md).
+  // Up arrow in an empty composer edits your last message, as in Campfire.
   #keydown(event) {
     if (event.key !== "ArrowUp" || event.defaultPrevented || event.shiftKey || event.ctrlKey || event.metaKey || event.altKey) return
     const last = this.#editor.blank && this.#list.lastOwnMessage()
@@ -126,7 +127,7 @@ export class Composer {
     pending.classList.add("message--failed")
     pending.querySelector(".message__status").textContent = failureText(status)
     const retry = h("span", { className: "message__retry" },
-      RETRYABLE(status) ? h("button", { type: "button", className: "button button--small", "data-action": "retry" }, "Retry") : "",
+      retryable(status) ? h("button", { type: "button", className: "button button--small", "data-action": "retry" }, "Retry") : "",
       h("button", { type: "button", className: "button button--small", "data-action": "discard" }, "Discard"))
     pending.querySelector(".message__meta").append(" ", retry)
     retry.querySelector("button").focus({ preventScroll: true })
@@ -156,4 +157,4 @@ export class Composer {
 }
 
 const FAILURES = { 0: "no connection", 413: "too long", 422: "empty", 403: "not allowed here", 404: "not allowed here" }
-const failureText = (status) => `Not sent: ${FAILURES[status ?? 0] ?? "the server had a problem"}.`
+export const failureText = (status) => `Not sent: ${FAILURES[status ?? 0] ?? "the server had a problem"}.`

@@ -26,11 +26,17 @@ export function filterPickers(root = document) {
   }
 }
 
+// Whether a person's name matches what was typed in the filter: any part of it,
+// ignoring case and accents ("jose" finds "José"); an empty filter matches everyone.
+export function matchesFilter(text, query) {
+  const wanted = fold(query)
+  return !wanted || fold(text).includes(wanted)
+}
+
 const fold = (text) => text.normalize("NFD").replace(/\p{M}/gu, "").toLowerCase().trim()
 
 function showMatching(list, query) {
-  const wanted = fold(query)
-  for (const item of list.children) item.hidden = Boolean(wanted) && !fold(item.textContent).includes(wanted)
+  for (const item of list.children) item.hidden = !matchesFilter(item.textContent, query)
 }
 
 // The bell cycles the room's involvement without leaving the page.

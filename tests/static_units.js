@@ -1,0 +1,213 @@
+// Unit tests of static/'s logic that needs no page around it, run in Chromium by
+// tests/test_static.py: the real modules, imported from /static/. Each test's
+// outcome lands in window.unitResults as { name, ok, error }.
+
+import { Backoff, RECONNECT_MIN_MS, RECONNECT_MAX_MS, RECONNECT_JITTER } from "/static/cable.js"
+import { continuesThread, THREAD_WINDOW_MS } from "/static/messages.js"
+import { typingSentence, TypingNotifier, TypingPeople, START_EVERY_MS } from "/static/typing.js"
+import { Drafts, uuid, retryable, failureText } from "/static/composer.js"
+import { autocompleteQuery, soundsMatching } from "/static/autocomplete.js"
+import { safeHref, defuse } from "/static/richtext.js"
+import { matchesFilter } from "/static/forms.js"
+import { SOUND_NAMES } from "/static/sounds.js"
+
+const results = []
+
+function test(name, body) {
+  try {
+    body()
+    results.push({ name, ok: true })
+  } catch (error) {
+    results.push({ name, ok: false, error: String(error?.stack ?? error) })
+  }
+}
+
+function assertEqual(actual, expected, what = "") {
+  const [a, e] = [JSON.stringify(actual), JSON.stringify(expected)]
+  if (a !== e) throw new Error(`${what} expected ${e}, got ${a}`)
+}
+
+function assert(condition, what) {
+  if (!condition) throw new Error(what)
+}
+
+// cable.js ---------------------------------------------------------------------
+
+test("Backoff doubles from the minimum up to the maximum, without jitter at the midpoint", () => {
+  const backoff = new Backoff(() => 0.5)
+  const delays = Array.from({ length: 8 }, () => backoff.next())
+  assertEqual(delays, [500, 1000, 2000, 4000, 8000, 15000, 15000, 15000])
+  assertEqual(delays[0], RECONNECT_MIN_MS)
+  assertEqual(delays.at(-1), RECONNECT_MAX_MS)
+})
+
+test("Backoff's jitter stays within its share either way", () => {
+  assertEqual(new Backoff(() => 0).next(), Math.round(RECONNECT_MIN_MS * (1 - RECONNECT_JITTER)))
+  assertEqual(new Backoff(() => 0.999999).next(), Math.round(RECONNECT_MIN_MS * (1 + RECONNECT_JITTER * 0.999998)))
+  for (let i = 0; i < 100; i++) {
+    const delay = new Backoff().next()
+    assert(delay >= 350 && delay <= 650, `a first delay of ${delay} ms`)
+  }
+})
+
+test("Backoff starts over after a reset", () => {
+  const backoff = new Backoff(() => 0.5)
+  backoff.next(); backoff.next(); backoff.next()
+  backoff.reset()
+  assertEqual(backoff.next(), RECONNECT_MIN_MS)
+})
+
+// messages.js ------------------------------------------------------------------
+
+const at = (iso, creatorId = "1") => ({ creatorId, createdAt: iso })
+
+test("continuesThread: the same author within five minutes", () => {
+  assert(continuesThread(at("2024-05-01T10:00:00Z"), at("2024-05-01T10:04:59Z")), "4:59 later")
+  assert(continuesThread(at("2024-05-01T10:00:00Z"), at("2024-05-01T10:00:00Z")), "the same moment")
+})
+
+test("continuesThread: not after five minutes, not another author, not back in time, not the first", () => {
+  assert(!continuesThread(at("2024-05-01T10:00:00Z"), at("2024-05-01T10:05:00Z")), "exactly 5 minutes")
+  assertEqual(THREAD_WINDOW_MS, 5 * 60 * 1000)
+  assert(!continuesThread(at("2024-05-01T10:00:00Z", "1"), at("2024-05-01T10:00:01Z", "2")), "another author")
+  assert(!continuesThread(at("2024-05-01T10:00:01Z"), at("2024-05-01T10:00:00Z")), "an earlier message")
+  assert(!continuesThread(null, at("2024-05-01T10:00:00Z")), "no previous message")
+  assert(!continuesThread(false, at("2024-05-01T10:00:00Z")), "a previous element that isn't a message")
+})
+
+// typing.js --------------------------------------------------------------------
+
+test("typingSentence names up to two and counts the rest", () => {
+  assertEqual(typingSentence([]), "")
+  assertEqual(typingSentence(["Ada"]), "Ada is typing…")
+  assertEqual(typingSentence(["Ada", "Bob"]), "Ada and Bob are typing…")
+  assertEqual(typingSentence(["Ada", "Bob", "Cy"]), "Ada, Bob and 1 more are typing…")
+  assertEqual(typingSentence(["Ada", "Bob", "Cy", "Di"]), "Ada, Bob and 2 more are typing…")
+})
+
+test("TypingNotifier sends start at most once a second and stop only after a start", () => {
+  let now = 0
+  const sent = []
+  const notifier = new TypingNotifier((action) => sent.push(action), () => now)
+  notifier.stop()
+  assertEqual(sent, [], "a stop before any start")
+  notifier.typed(false)
+  now = START_EVERY_MS - 1
+  notifier.typed(false)
+  now = START_EVERY_MS
+  notifier.typed(false)
+  notifier.typed(true)   // the text became blank: a stop
+  notifier.typed(true)
+  notifier.typed(false)  // typing again starts at once
+  assertEqual(sent, ["start", "start", "stop", "start"])
+})
+
+test("TypingPeople lists who is typing and forgets them on stop or clear", () => {
+  const seen = []
+  const people = new TypingPeople((names) => seen.push(names))
+  people.receive({ action: "start", user: { id: 1, name: "Ada" } })
+  people.receive({ action: "start", user: { id: 2, name: "Bob" } })
+  people.receive({ action: "start", user: { id: 1, name: "Ada" } })
+  people.receive({ action: "start" })  // no user: ignored
+  assertEqual(people.names, ["Bob", "Ada"])
+  people.receive({ action: "stop", user: { id: 2, name: "Bob" } })
+  assertEqual(people.names, ["Ada"])
+  people.clear()
+  assertEqual(people.names, [])
+  assertEqual(seen.at(-1), [])
+})
+
+// composer.js ------------------------------------------------------------------
+
+class MemoryStorage {
+  items = new Map()
+  getItem(key) { return this.items.has(key) ? this.items.get(key) : null }
+  setItem(key, value) { this.items.set(key, String(value)) }
+  removeItem(key) { this.items.delete(key) }
+}
+
+test("Drafts keeps each room's unsent text under its own key, and forgets it when empty", () => {
+  const storage = new MemoryStorage()
+  const one = new Drafts(1, storage), two = new Drafts(2, storage)
+  assertEqual(one.load(), "")
+  one.save("<div>half a thought</div>")
+  two.save("<div>another</div>")
+  assertEqual(new Drafts(1, storage).load(), "<div>half a thought</div>")
+  assertEqual(storage.getItem("campfire:draft:2"), "<div>another</div>")
+  one.save("")
+  assertEqual(one.load(), "")
+  assert(!storage.items.has("campfire:draft:1"), "an empty draft is removed")
+})
+
+test("Drafts never throws when storage does (private browsing, a full quota)", () => {
+  const broken = { getItem() { throw new Error("denied") }, setItem() { throw new Error("full") }, removeItem() { throw new Error("denied") } }
+  const drafts = new Drafts(1, broken)
+  drafts.save("<div>x</div>")
+  drafts.save("")
+  assertEqual(drafts.load(), "")
+})
+
+test("uuid gives 128 random bits, different every time", () => {
+  const ids = new Set(Array.from({ length: 50 }, uuid))
+  assertEqual(ids.size, 50)
+  for (const id of ids) assert(/^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/.test(id), id)
+})
+
+test("a failed send says why, and offers a retry only when one can help", () => {
+  assertEqual([0, undefined, 408, 429, 500, 503].map(retryable), [true, true, true, true, true, true])
+  assertEqual([403, 404, 413, 422].map(retryable), [false, false, false, false])
+  assertEqual(failureText(undefined), "Not sent: no connection.")
+  assertEqual(failureText(413), "Not sent: too long.")
+  assertEqual(failureText(422), "Not sent: empty.")
+  assertEqual(failureText(502), "Not sent: the server had a problem.")
+})
+
+// autocomplete.js ----------------------------------------------------------------
+
+test("autocompleteQuery finds a mention being typed, or /play and a sound", () => {
+  assertEqual(autocompleteQuery("hi @Ad", "hi @Ad"), { kind: "mention", query: "Ad" })
+  assertEqual(autocompleteQuery("hi (@Ada Lo", "hi (@Ada Lo"), { kind: "mention", query: "Ada Lo" })
+  assertEqual(autocompleteQuery("mail ada@example", "mail ada@example"), null)
+  assertEqual(autocompleteQuery("/play ta", "/play ta"), { kind: "sound", query: "ta" })
+  assertEqual(autocompleteQuery("/play\u00a0", "/play\u00a0"), { kind: "sound", query: "" })
+  assertEqual(autocompleteQuery("say /play ta", "say /play ta"), null)
+})
+
+test("soundsMatching lists the sounds that start with what was typed, in any case", () => {
+  assertEqual(soundsMatching("tr"), ["trololo", "trombone"])
+  assertEqual(soundsMatching("TA"), ["tada"])
+  assertEqual(soundsMatching("").length, 56)
+  assertEqual(SOUND_NAMES.length, 56)
+})
+
+// richtext.js --------------------------------------------------------------------
+
+test("safeHref keeps http(s), mailto and relative links, and refuses the rest", () => {
+  assertEqual(safeHref("https://example.com/a?b#c"), "https://example.com/a?b#c")
+  assertEqual(safeHref("mailto:ada@example.com"), "mailto:ada@example.com")
+  assertEqual(safeHref("/rooms/1/@2"), "/rooms/1/@2")
+  assertEqual(safeHref("  http://x.example/\n"), "http://x.example/")
+  assertEqual(safeHref("javascript:alert(1)"), null)
+  assertEqual(safeHref("java\tscript:alert(1)"), null)
+  assertEqual(safeHref(" \u0001javascript:alert(1)"), null)
+  assertEqual(safeHref("data:text/html,<b>"), null)
+  assertEqual(safeHref(""), null)
+  assertEqual(safeHref(null), null)
+})
+
+test("defuse renames event handler attributes before parsing, and nothing else", () => {
+  assertEqual(defuse('<img src=x onerror="alert(1)">'), '<img src=x data-was-onerror="alert(1)">')
+  assertEqual(defuse("<svg/onload=alert(1)>"), "<svg/data-was-onload=alert(1)>")
+  assertEqual(defuse("<p>one of the online ones</p>"), "<p>one of the online ones</p>")
+})
+
+// forms.js -----------------------------------------------------------------------
+
+test("matchesFilter finds people by any part of the name, ignoring case and accents", () => {
+  assert(matchesFilter("José Álvarez", "jose"), "accents")
+  assert(matchesFilter("Ada Lovelace", "LOVE"), "case")
+  assert(matchesFilter("Ada Lovelace", "  "), "a blank filter")
+  assert(!matchesFilter("Ada Lovelace", "bob"), "another name")
+})
+
+window.unitResults = results
