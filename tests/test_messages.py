@@ -217,6 +217,17 @@ class PagingTests(ChatTestCase):
         self.assertIn("Message 129", page.text)
         self.assertNotIn("Message 89<", page.text)
 
+    def test_room_page_holds_the_readers_pending_message_shape_outside_the_messages(self):
+        for client, name in ((self.ada, "Ada Admin"), (self.bob, "Bob Builder")):
+            page = client.get("/rooms/1").text
+            templates = re.findall(r'<template id="pending_message">(.*?)</template>', page)
+            self.assertEqual(len(templates), 1)
+            self.assertIn('<span class="message__author">%s</span>' % name, templates[0])
+            self.assertIn('class="message message--pending message--mine"', templates[0])
+            self.assertIn("Sending…", templates[0])
+            self.assertGreater(page.index('<template id="pending_message">'), page.index('id="composer"'))
+            self.assertEqual(message_ids(page), self.ids[-40:])  # the template holds no message id
+
     def test_before_gives_the_40_before_oldest_first(self):
         response = self.ada.get("/rooms/1/messages?before=%d" % self.ids[90])
         self.assertEqual(response.status, 200)
