@@ -1299,38 +1299,39 @@ class UrlBuilder:
     """Paths from a route table by name: each pattern becomes a %-format template once."""
 
     def __init__(self, routes):
-        self._templates = {}  # name → (template, {parameter: converter})
+        self._templates = {}  # name → (template, parameter names, (name, safe characters) of those quoted)
         for route in routes:
             if route.name is None or route.name in self._templates:
                 continue
-            converters = {}
+            names, quoted = [], []
 
             def placeholder(match):
-                converters[match.group(2)] = match.group(1)
-                return "%%(%s)%s" % (match.group(2), "d" if match.group(1) == "int" else "s")
-            self._templates[route.name] = (_PARAM_RE.sub(placeholder, route.pattern.replace("%", "%%")), converters)
+                kind, name = match.groups()
+                names.append(name)
+                if kind != "int":
+                    quoted.append((name, "/" if kind == "path" else ""))
+                return "%%(%s)%s" % (name, "d" if kind == "int" else "s")
+            template = _PARAM_RE.sub(placeholder, route.pattern.replace("%", "%%"))
+            self._templates[route.name] = (template, frozenset(names), tuple(quoted))
 
     def template(self, name):
         """The %-format template of a route whose parameters are all numbers: what a hot
         template embeds ("/rooms/%(room_id)d/@%(message_id)d")."""
-        template, converters = self._templates[name]
-        if any(kind != "int" for kind in converters.values()):
+        template, _, quoted = self._templates[name]
+        if quoted:
             raise ValueError("%s has parameters that need quoting" % name)
         return template
 
-    def build(self, name, params):
-        """The path, parameters filled in (text percent-encoded); the others as a query string."""
-        template, converters = self._templates[name]
-        for key, kind in converters.items():
-            if kind is None:
-                params[key] = urllib.parse.quote(str(params[key]), safe="")
-            elif kind == "path":
-                params[key] = urllib.parse.quote(str(params[key]), safe="/")
-        path = template % params
-        if len(params) > len(converters):
-            path += "?" + urllib.parse.urlencode({key: value for key, value in params.items()
-                                                 if key not in converters})
-        return path
+    def build(self, name, /, **params):
+        """The path of the route called name, parameters filled in (text percent-encoded);
+        any its pattern doesn't name become the query string."""
+        template, names, quoted = self._templates[name]
+        for key, safe in quoted:
+            params[key] = urllib.parse.quote(str(params[key]), safe=safe)
+        if len(params) == len(names):
+            return template % params
+        return template % params + "?" + urllib.parse.urlencode(
+            {key: value for key, value in params.items() if key not in names})
 
 
 ####
@@ -6248,10 +6249,9 @@ ROUTES = build_routes(route_table())
 URLS = UrlBuilder(ROUTES)
 
 
-def url_for(name, /, **params):
-    """The path of the route called name: url_for("room", room_id=7) is "/rooms/7";
-    parameters its pattern doesn't name become the query string."""
-    return URLS.build(name, params)
+# url_for("room", room_id=7) is "/rooms/7"; parameters the pattern doesn't name
+# become the query string: url_for("searches", q="x") is "/searches?q=x".
+url_for = URLS.build
 
 
 ####
