@@ -2997,9 +2997,17 @@ class Database:
                              (name, utc_now_text()))
             log.info("applied migration %s", name)
 
-    def check_readable(self):
-        """Read the file, not just the connection (raises sqlite3.Error when it can't)."""
-        self.value("SELECT max(id) FROM messages")
+    def healthy(self):
+        """False while a refused write or a damaged read is recent (see failing), or when
+        the file itself can't be read now (which counts as such a failure)."""
+        if self.failing:
+            return False
+        try:
+            self.value("SELECT max(id) FROM messages")  # reads the file, not just the connection
+        except sqlite3.Error:
+            self.failed_at = time.monotonic()
+            return False
+        return True
 
     def close(self):
         self.commit_batch()
@@ -5316,12 +5324,7 @@ HEALTH_HEADERS = (("Content-Security-Policy", "default-src 'none'; style-src 'un
 
 
 def health_check(app, request):
-    if app.db.failing:
-        return Response(UNHEALTHY_PAGE, 503, headers=HEALTH_HEADERS)
-    try:
-        app.db.check_readable()
-    except sqlite3.Error:
-        app.db.failed_at = time.monotonic()
+    if not app.db.healthy():
         return Response(UNHEALTHY_PAGE, 503, headers=HEALTH_HEADERS)
     return Response(HEALTHY_PAGE, headers=HEALTH_HEADERS)
 
