@@ -4056,21 +4056,29 @@ def new_room(app, request):
     return render_room_form(app, request, room_type=room_type, name="New room")
 
 
+_ROOM_KINDS = {"opens": ROOM_OPEN, "closeds": ROOM_CLOSED}
+
+
 def _room_form_values(request):
+    """(name, room type, member ids, errors). The form's Open/Closed choice
+    (room_kind) decides the type whichever path it was posted to, so the form
+    works without JavaScript; without the field, the path does, as in Campfire."""
     name = request.form.text("room[name]")
     errors = {}
     if len(name) > MAX_ROOM_NAME_CHARS:
         errors["room[name]"] = "Use at most %d characters." % MAX_ROOM_NAME_CHARS
+    kind = request.form.text("room_kind") or request.path.split("/")[2]
+    if kind not in _ROOM_KINDS:
+        raise Unprocessable("A room is either open or closed.")
     member_ids = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()}
-    return name or "New room", member_ids, errors
+    return name or "New room", _ROOM_KINDS[kind], member_ids, errors
 
 
 @route("POST", "/rooms/opens")
 @route("POST", "/rooms/closeds")
 def create_room(app, request):
     _require_room_creation(app, request.user)
-    room_type = ROOM_CLOSED if request.path == "/rooms/closeds" else ROOM_OPEN
-    name, member_ids, errors = _room_form_values(request)
+    name, room_type, member_ids, errors = _room_form_values(request)
     if errors:
         return render_room_form(app, request, room_type=room_type, name=name, member_ids=member_ids,
                                 errors=errors, status=422)
@@ -4110,8 +4118,7 @@ def update_room(app, request, room_id):
         raise Forbidden("A direct room can't become another kind of room.")
     if not can_administer(request.user, room.creator_id):
         raise Forbidden("Only the room's creator or an administrator can change it.")
-    room_type = ROOM_CLOSED if request.path.startswith("/rooms/closeds/") else ROOM_OPEN
-    name, member_ids, errors = _room_form_values(request)
+    name, room_type, member_ids, errors = _room_form_values(request)
     if errors:
         return render_room_form(app, request, room=room, room_type=room_type, name=name, member_ids=member_ids,
                                 errors=errors, status=422)
