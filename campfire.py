@@ -3664,6 +3664,8 @@ def render_room(app, request, room, messages, *, highlight_id=None):
 #   user        a signed-in person (others go to sign in, or first run)
 #   admin       a signed-in administrator (others get 403)
 #   bot         the bot API: the key in the path authenticates (no cookie, no forgery check)
+# A path segment that is a credential (a sign-in link's token, a join code, a bot
+# key) is declared <secret:name>: the request log shows it as [FILTERED].
 
 @dataclass(frozen=True)
 class RouteSpec:
@@ -3682,8 +3684,9 @@ def route(method, pattern, *, auth="user", body_limit=FORM_BODY_LIMIT):
     return decorate
 
 
-_PARAM_RE = re.compile(r"<(?:(int|path):)?([a-z_]+)>")
-_PARAM_PATTERNS = {None: r"[^/]+", "int": r"[0-9]{1,18}", "path": r".+"}
+_PARAM_RE = re.compile(r"<(?:(int|path|secret):)?([a-z_]+)>")
+_PARAM_PATTERNS = {None: r"[^/]+", "int": r"[0-9]{1,18}", "path": r".+", "secret": r"[^/]+"}
+LOG_FILTERED = "[FILTERED]"
 
 
 class Router:
@@ -3693,8 +3696,12 @@ class Router:
         self._static = {}
         self._dynamic = collections.defaultdict(list)
         self._matched = {}  # (method, path) → what match() found for a pattern route
+        self._secrets = collections.defaultdict(list)  # first segment → [regex], see log_path
+        secret_patterns = set()
         for handler in handlers:
             for spec in handler.route_specs:
+                if "<secret:" in spec.pattern:
+                    secret_patterns.add(spec.pattern)
                 if "<" not in spec.pattern:
                     self._static[(spec.method, spec.pattern)] = (handler, spec)
                     continue
@@ -3708,6 +3715,7 @@ class Router:
                 self._dynamic[(spec.method, segments[1], len(segments))].append((regex, converters, handler, spec))
         for routes in self._dynamic.values():  # literal segments win over parameters
             routes.sort(key=lambda item: item[3].pattern.count("<"))
+        self._compile_secret_patterns(secret_patterns)
 
     def match(self, method, path):
         """(handler, spec, params) or None; params is shared, so read it only."""
@@ -3723,6 +3731,32 @@ class Router:
                 self._matched.clear()
             self._matched[key] = found
         return found
+
+    def _compile_secret_patterns(self, patterns):
+        """Where the patterns' <secret:…> segments are, whatever the method (a 405 or
+        404 is logged too): each secret a group, more path allowed after it, so a
+        pattern that extends another's needs no regex of its own."""
+        def replace(match):
+            return "(%s)" % _PARAM_PATTERNS["secret"] if match.group(1) == "secret" \
+                else "(?:%s)" % _PARAM_PATTERNS[match.group(1)]
+        for pattern in sorted(patterns):
+            if any(pattern.startswith(other + "/") for other in patterns):
+                continue
+            escaped = re.escape(pattern).replace(r"\<", "<").replace(r"\>", ">")
+            self._secrets[pattern.split("/")[1]].append(re.compile("^" + _PARAM_RE.sub(replace, escaped) + "(?=/|$)"))
+
+    def log_path(self, path):
+        """The path as the request log may show it: every secret segment [FILTERED]."""
+        head = path[1:path.find("/", 1)] if path.find("/", 1) > 0 else path[1:]
+        for regex in self._secrets.get(head, ()):
+            matched = regex.match(path)
+            if matched:
+                pieces, done = [], 0
+                for group in range(1, matched.lastindex + 1):
+                    pieces += (path[done:matched.start(group)], LOG_FILTERED)
+                    done = matched.end(group)
+                return "".join(pieces) + path[done:]
+        return path
 
     def _match_pattern(self, method, path):
         segments = path.split("/")
@@ -3905,7 +3939,7 @@ def sign_out(app, request):
     return response
 
 
-@route("GET", "/join/<join_code>", auth="signed_out")
+@route("GET", "/join/<secret:join_code>", auth="signed_out")
 def join_form(app, request, join_code):
     _require_join_code(app, join_code)
     return render_join(app, request, join_code, {}, {})
@@ -3924,7 +3958,7 @@ def render_join(app, request, join_code, values, errors, status=200):
                             "Join", status=status)
 
 
-@route("POST", "/join/<join_code>", auth="signed_out")
+@route("POST", "/join/<secret:join_code>", auth="signed_out")
 async def join(app, request, join_code):
     _require_join_code(app, join_code)
     if not app.sign_up_limiter.hit(request.remote_addr):
@@ -5177,7 +5211,7 @@ def _transfer_user(app, token):
     return user
 
 
-@route("GET", "/session/transfers/<token>", auth="public")
+@route("GET", "/session/transfers/<secret:token>", auth="public")
 def show_session_transfer(app, request, token):
     """The page a transfer link opens: transfer.js submits its form (PUT) at once; without
     JavaScript the person presses the button."""
@@ -5195,8 +5229,8 @@ def show_session_transfer(app, request, token):
                          headers=[("Cache-Control", "no-store")])
 
 
-@route("PUT", "/session/transfers/<token>", auth="public")
-@route("PATCH", "/session/transfers/<token>", auth="public")
+@route("PUT", "/session/transfers/<secret:token>", auth="public")
+@route("PATCH", "/session/transfers/<secret:token>", auth="public")
 def update_session_transfer(app, request, token):
     user = _transfer_user(app, token)
     response = redirect("/")
@@ -5204,7 +5238,7 @@ def update_session_transfer(app, request, token):
     return response
 
 
-@route("GET", "/qr_code/<code>", auth="public")
+@route("GET", "/qr_code/<secret:code>", auth="public")
 def qr_code(app, request, code):
     """/qr_code/<base64url of a URL>: the URL as a QR code (CAMPFIRE.md, Transfer / QR)."""
     if len(code) > 4 * -(-MAX_QR_CODE_TEXT_BYTES // 3) or not _BASE64URL_RE.match(code):
@@ -5237,7 +5271,7 @@ BOT_KEY_RE = re.compile(r"([0-9]{1,18})-([A-Za-z0-9]{%d})\Z" % BOT_TOKEN_CHARS)
 BOT_API_LIMIT = (300, 60.0)              # bot API requests per key per minute → 429
 MAX_WEBHOOK_URL_CHARS = 2048             # 2 KB: the form refuses longer URLs
 BOT_ROLE_NAMES = {ROLE_MEMBER: "member", ROLE_ADMINISTRATOR: "administrator", ROLE_BOT: "bot"}
-BOT_MESSAGES_PATH = "/rooms/<int:room_id>/<bot_key>/messages"
+BOT_MESSAGES_PATH = "/rooms/<int:room_id>/<secret:bot_key>/messages"
 
 # Webhooks (CAMPFIRE.md: 7 s per connect and per read, no retries; the Rust
 # port's bounds for the rest). A reply is a message, and a message holds
@@ -5398,8 +5432,6 @@ def bot_api(handler):
     404 for a room the bot isn't in, errors answered as JSON. The handler gets
     (app, request, room, bot, bot_key, **params)."""
     def answer(app, request, room_id, bot_key, **params):
-        # The request log names the route, never the key (a credential).
-        request.path = request.path.replace("/%s/" % bot_key, "/[FILTERED]/", 1)
         if not app.bot_api_limiter.hit(bot_key):
             return json_response({"error": "Too many requests."}, 429,
                                  [("Retry-After", "%d" % BOT_API_LIMIT[1])])
@@ -6622,7 +6654,7 @@ class App:
             failure = sqlite_failure(error)
             if failure == "unavailable":
                 log.error("request %s %s %s: the database refused it: %s", request.id, request.method,
-                          request.path, error)
+                          self.router.log_path(request.path), error)
                 return self._error_response(request, 503, WRITE_REFUSED_MESSAGE)
             if failure == "damaged":
                 self.db.failed_at = time.monotonic()  # /up turns red
@@ -6630,7 +6662,7 @@ class App:
             response = self._error_response(request, error.status, error.message)
             response.headers.extend(error.headers)
             return response
-        log.error("request %s %s %s failed:\n%s", request.id, request.method, request.path,
+        log.error("request %s %s %s failed:\n%s", request.id, request.method, self.router.log_path(request.path),
                   "".join(traceback.format_exception(error)))
         return self._error_response(
             request, 500, "Something went wrong on our side. The error was logged as %s." % request.id)
@@ -6711,7 +6743,7 @@ class App:
             headers.append(("Content-Encoding", "gzip"))
             headers.append(("Vary", "Accept-Encoding"))
         if request.path != "/up" and self.request_log.enabled:
-            self.request_log.add(request.method, request.path, response.status,
+            self.request_log.add(request.method, self.router.log_path(request.path), response.status,
                                  (time.perf_counter() - request.started) * 1000, request.id)
 
     def http_date(self):
