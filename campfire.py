@@ -4455,10 +4455,18 @@ def delete_boost(app, request, message_id, boost_id):
 
 # Search ----------------------------------------------------------------------------
 
+def _searched_here(request):
+    """A search the person made on our pages (or typed, or bookmarked: Sec-Fetch-Site
+    "none"), not a link or form on another site, same-site or not, that would write
+    into their recent searches. Browsers without Fetch Metadata send no header."""
+    return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+
+
 @route("GET", "/searches")
 def search(app, request):
     query = request.query.text("q")[:MAX_SEARCH_QUERY_CHARS]
-    if query and fts_match_expression(query) and not app.store.is_latest_search(request.user.id, query):
+    if (query and _searched_here(request) and fts_match_expression(query)
+            and not app.store.is_latest_search(request.user.id, query)):
         with app.db.atomic():  # repeating the latest search writes nothing (and waits for no commit)
             app.store.record_search(request.user.id, query)
 

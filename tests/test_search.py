@@ -170,6 +170,20 @@ class RecentSearchTests(ChatTestCase):
         self.search(self.bob, "three")
         self.assertEqual(self.stored(self.bob_id), ["three"])
 
+    def test_only_searches_made_on_our_own_pages_are_recorded(self):
+        for site in ("cross-site", "same-site"):  # a link or form on another site, or another origin of ours
+            with self.subTest(site=site):
+                page = self.bob.get("/searches?q=planted+%s" % site, headers={"Sec-Fetch-Site": site})
+                self.assertEqual(page.status, 200)  # the results are still shown…
+                self.assertEqual(self.stored(self.bob_id), [])  # …but nothing is written into the history
+        for site, query in (("same-origin", "from our form"), ("none", "typed in the address bar"),
+                            (None, "an old browser")):
+            with self.subTest(site=site):
+                self.bob.get("/searches?" + urllib.parse.urlencode({"q": query}),
+                             headers={"Sec-Fetch-Site": site} if site else {})
+                self.assertEqual(self.stored(self.bob_id)[-1], query)
+        self.assertEqual(recent(self.bob), ["an old browser", "typed in the address bar", "from our form"])
+
     def test_empty_or_wordless_queries_are_not_recorded(self):
         for query in ("", "   ", "***", '"'):
             self.search(self.bob, query)
