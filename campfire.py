@@ -5748,14 +5748,15 @@ TYPING_THROTTLE = 0.5                    # seconds between typing starts we rela
 class CableConnection:
     """One /cable WebSocket: the RFC 6455 protocol, its subscriptions, its user."""
 
-    __slots__ = ("cable", "http", "ws", "deflate", "user_id", "session_id", "subscriptions", "last_seen",
-                 "typing_at", "closing_at", "__weakref__")
+    __slots__ = ("cable", "http", "ws", "deflate", "user_id", "session_id", "subscriptions", "present_in",
+                 "last_seen", "typing_at", "closing_at", "__weakref__")
 
     def __init__(self, cable, http, deflate, user_id, session_id):
         self.cable, self.http, self.deflate = cable, http, deflate
         self.ws = WebSocketProtocol(deflate=deflate)
         self.user_id, self.session_id = user_id, session_id
         self.subscriptions = {}        # identifier → (channel, params, streams)
+        self.present_in = set()        # PresenceChannel identifiers that count this user as present
         self.last_seen = cable.now()
         self.typing_at = 0.0
         self.closing_at = None
@@ -5919,7 +5920,7 @@ class Cable:
         connection.send(cable_reply(command.identifier, "confirm_subscription"))
         if command.channel == "PresenceChannel":
             room_id = command.params["room_id"]
-            if not self._present(connection, room_id):  # nobody new: still tell this tab who is here
+            if not self._present(connection, command.identifier, room_id):  # nobody new: still tell this tab who is here
                 connection.send(cable_frame(command.identifier, self._presence_message(room_id)))
 
     def _unsubscribe(self, connection, identifier):
@@ -5934,7 +5935,7 @@ class Cable:
                 if not subscribers:
                     del self.streams[stream]
         if channel == "PresenceChannel":
-            self._absent(connection, params["room_id"])
+            self._absent(connection, identifier, params["room_id"])
 
     def _perform(self, connection, command):
         channel, params, _ = connection.subscriptions[command.identifier]
@@ -5942,9 +5943,9 @@ class Cable:
         if channel == "PresenceChannel":
             room_id = params["room_id"]
             if action == "present":
-                self._present(connection, room_id, count=False)
+                self._present(connection, command.identifier, room_id, count=False)
             elif action == "absent":
-                self._absent(connection, room_id, count=False)
+                self._absent(connection, command.identifier, room_id, count=False)
             elif action == "refresh":
                 self._touch_presence(connection.user_id, room_id)
         elif channel == "TypingNotificationsChannel" and action in ("start", "stop"):
@@ -5979,8 +5980,10 @@ class Cable:
         return None if room_id is None else ["room_%d_typing" % room_id]
 
     # Presence (CAMPFIRE.md, PresenceChannel): connections counted on the
-    # membership, connected_at stamped, the unread mark cleared.
-    def _present(self, connection, room_id, count=True):
+    # membership, connected_at stamped, the unread mark cleared. A subscription
+    # counts the person present once at most, whatever its client sends, so when
+    # it ends (the socket too) it no longer counts.
+    def _present(self, connection, identifier, room_id, count=True):
         store, user_id = self.app.store, connection.user_id
         stamp = utc_now_text()
         with self.app.db.atomic():
@@ -5988,16 +5991,22 @@ class Cable:
                 "UPDATE memberships SET connections = connections + ?, connected_at = ?, unread_at = NULL, "
                 "updated_at = ? WHERE room_id = ? AND user_id = ?", (1 if count else 0, stamp, stamp, room_id, user_id))
         store.bump_users([user_id])
+        self.broadcast("user_%d_reads" % user_id, {"room_id": room_id})
+        if identifier in connection.present_in:
+            return False
+        connection.present_in.add(identifier)
         counter = self.present[room_id]
         counter[user_id] += 1
-        self.broadcast("user_%d_reads" % user_id, {"room_id": room_id})
         if counter[user_id] == 1:
             self._broadcast_presence(room_id)
             return True
         return False
 
-    def _absent(self, connection, room_id, count=True):
+    def _absent(self, connection, identifier, room_id, count=True):
         user_id = connection.user_id
+        counted = identifier in connection.present_in
+        if not count and not counted:
+            return
         with self.app.db.atomic():
             self.app.db.execute(
                 "UPDATE memberships SET connections = max(connections - ?, 0), updated_at = ? "
@@ -6005,6 +6014,9 @@ class Cable:
             if not count:
                 self.app.db.execute("UPDATE memberships SET connected_at = NULL WHERE room_id = ? AND user_id = ?",
                                     (room_id, user_id))
+        if not counted:
+            return
+        connection.present_in.discard(identifier)
         counter = self.present[room_id]
         counter[user_id] -= 1
         if counter[user_id] <= 0:

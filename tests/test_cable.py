@@ -184,6 +184,58 @@ class ChannelTests(CableTestCase):
         message = second.recv_until(lambda m: m.get("identifier") == identifier)
         self.assertEqual(message["message"], {"action": "present", "users": [{"id": 1, "name": "Ada Admin"}]})
 
+    def present_in_room_one(self):
+        return sorted(self.server.call(lambda: list(self.server.app.cable.present.get(1, {}))))
+
+    def wait_for_presence(self, expected):
+        deadline = time.time() + 5
+        while time.time() < deadline and self.present_in_room_one() != expected:
+            time.sleep(0.02)
+        self.assertEqual(self.present_in_room_one(), expected)
+
+    def who_is_present(self, cookie):
+        """The present list a fresh PresenceChannel subscriber is told."""
+        watcher = self.welcomed(cookie)
+        identifier, _ = self.confirm(watcher, "PresenceChannel", room_id=1)
+        users = watcher.recv_until(lambda m: m.get("identifier") == identifier)["message"]["users"]
+        watcher.close()
+        return [user["name"] for user in users]
+
+    def test_repeated_present_actions_end_with_the_socket(self):
+        bob = self.welcomed(self.bob)
+        identifier, _ = self.confirm(bob, "PresenceChannel", room_id=1)
+        for _ in range(5):
+            bob.perform(identifier, "present")
+        self.confirm(bob, "HeartbeatChannel")  # commands run in order: the five were handled
+        self.assertEqual(self.present_in_room_one(), [2])
+        bob.close()
+        self.wait_for_presence([])
+        self.assertEqual(self.who_is_present(self.ada), ["Ada Admin"])
+
+    def test_absent_and_present_count_once_per_subscription(self):
+        hidden, visible = self.welcomed(self.bob), self.welcomed(self.bob)  # two tabs
+        hidden_id, _ = self.confirm(hidden, "PresenceChannel", room_id=1)
+        self.confirm(visible, "PresenceChannel", room_id=1)
+        for _ in range(5):
+            hidden.perform(hidden_id, "absent")
+        self.confirm(hidden, "HeartbeatChannel")
+        self.assertEqual(self.present_in_room_one(), [2])  # the visible tab still counts
+        self.assertEqual(self.who_is_present(self.ada), ["Ada Admin", "Bob Builder"])
+        visible.close()
+        self.wait_for_presence([])  # the hidden tab no longer counted
+        for _ in range(3):
+            hidden.perform(hidden_id, "present")
+        self.confirm(hidden, "SidebarChannel")
+        self.assertEqual(self.present_in_room_one(), [2])
+        hidden.perform(hidden_id, "absent")
+        self.confirm(hidden, "UnreadRoomsChannel")
+        self.assertEqual(self.present_in_room_one(), [])
+        hidden.perform(hidden_id, "present")
+        self.confirm(hidden, "ReadRoomsChannel")
+        self.assertEqual(self.present_in_room_one(), [2])
+        hidden.close()
+        self.wait_for_presence([])
+
     def test_unread_rooms_channel_tells_other_members(self):
         bob = self.welcomed(self.bob)
         unreads, _ = self.confirm(bob, "UnreadRoomsChannel")
