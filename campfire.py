@@ -5742,14 +5742,14 @@ CABLE_LIVENESS_PING = 15.0               # seconds between WebSocket pings
 CABLE_DEAD_AFTER = 45.0                  # no bytes from a peer this long: it is gone
 CABLE_CLOSE_TIMEOUT = 5.0                # our close unanswered this long: drop the socket
 CABLE_REFUSALS = (30, 60.0)              # refused handshakes per IP per minute → 429
-TYPING_THROTTLE = 0.5                    # seconds between typing starts we relay per connection
+TYPING_THROTTLE = 0.5                    # seconds between typing starts we relay per connection (stops follow them)
 
 
 class CableConnection:
     """One /cable WebSocket: the RFC 6455 protocol, its subscriptions, its user."""
 
     __slots__ = ("cable", "http", "ws", "deflate", "user_id", "session_id", "subscriptions", "present_in",
-                 "last_seen", "typing_at", "closing_at", "__weakref__")
+                 "last_seen", "typing_at", "typing_in", "closing_at", "__weakref__")
 
     def __init__(self, cable, http, deflate, user_id, session_id):
         self.cable, self.http, self.deflate = cable, http, deflate
@@ -5758,7 +5758,8 @@ class CableConnection:
         self.subscriptions = {}        # identifier → (channel, params, streams)
         self.present_in = set()        # PresenceChannel identifiers that count this user as present
         self.last_seen = cable.now()
-        self.typing_at = 0.0
+        self.typing_at = 0.0           # when the last start was relayed
+        self.typing_in = None          # the room of that start, until its stop is relayed
         self.closing_at = None
 
     def receive(self, data):
@@ -5949,10 +5950,18 @@ class Cable:
             elif action == "refresh":
                 self._touch_presence(connection.user_id, room_id)
         elif channel == "TypingNotificationsChannel" and action in ("start", "stop"):
-            now = self.now()
-            if action == "start" and now - connection.typing_at < TYPING_THROTTLE:
+            # Starts are relayed at most once per TYPING_THROTTLE, and a stop only after a
+            # relayed start: whatever a client sends, at most two frames per interval.
+            room_id = params["room_id"]
+            if action == "start":
+                now = self.now()
+                if now - connection.typing_at < TYPING_THROTTLE:
+                    return
+                connection.typing_at, connection.typing_in = now, room_id
+            elif connection.typing_in != room_id:
                 return
-            connection.typing_at = now if action == "start" else 0.0
+            else:
+                connection.typing_in = None
             user = self.app.store.user(connection.user_id)
             self.broadcast("room_%d_typing" % params["room_id"],
                            {"action": action, "user": {"id": user.id, "name": user.name}},

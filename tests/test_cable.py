@@ -184,6 +184,46 @@ class ChannelTests(CableTestCase):
         message = second.recv_until(lambda m: m.get("identifier") == identifier)
         self.assertEqual(message["message"], {"action": "present", "users": [{"id": 1, "name": "Ada Admin"}]})
 
+    def typing_frames_before_next_post(self, listener, typing_id, messages_id, cookie, note):
+        """The typing frames `listener` receives until a message posted now reaches it."""
+        self.post(cookie, 1, note, note)
+        frames = []
+        while True:
+            message = listener.recv_json()
+            if message.get("identifier") == typing_id:
+                frames.append(message["message"]["action"])
+            elif message.get("identifier") == messages_id and message["message"].get("client_message_id") == note:
+                return frames
+
+    def test_typing_stops_are_relayed_only_after_a_relayed_start(self):
+        ada, bob = self.welcomed(self.ada), self.welcomed(self.bob)
+        typing_id, _ = self.confirm(ada, "TypingNotificationsChannel", room_id=1)
+        messages_id, _ = self.confirm(ada, "RoomMessagesChannel", room_id=1)
+        bob_typing, _ = self.confirm(bob, "TypingNotificationsChannel", room_id=1)
+
+        for _ in range(500):
+            bob.perform(bob_typing, "stop")
+        self.confirm(bob, "HeartbeatChannel")  # Bob's commands are handled in order
+        self.assertEqual(self.typing_frames_before_next_post(ada, typing_id, messages_id, self.bob, "n1"), [])
+
+        bob.perform(bob_typing, "start")
+        for _ in range(500):
+            bob.perform(bob_typing, "stop")
+        self.confirm(bob, "SidebarChannel")
+        self.assertEqual(self.typing_frames_before_next_post(ada, typing_id, messages_id, self.bob, "n2"),
+                         ["start", "stop"])  # the start, then one stop
+
+        time.sleep(campfire.TYPING_THROTTLE)  # past the throttle of that start
+        started = time.monotonic()
+        for _ in range(250):
+            bob.perform(bob_typing, "start")
+            bob.perform(bob_typing, "stop")
+        self.confirm(bob, "UnreadRoomsChannel")
+        frames = self.typing_frames_before_next_post(ada, typing_id, messages_id, self.bob, "n3")
+        intervals = (time.monotonic() - started) / campfire.TYPING_THROTTLE + 1
+        self.assertLessEqual(len(frames), 2 * intervals, frames)  # a start and its stop per interval at most
+        self.assertIn("start", frames)  # and typing still shows
+
     def present_in_room_one(self):
         return sorted(self.server.call(lambda: list(self.server.app.cable.present.get(1, {}))))
 
