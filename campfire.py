@@ -167,7 +167,9 @@ JOIN_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345
 
 # Chat (CAMPFIRE.md, Messages and Search).
 MESSAGE_PAGE_SIZE = 40            # a room page, a ?before=/?after= page, each side of a permalink
-MAX_REFRESH_MESSAGES = 500        # /refresh?since= catches up at most this many
+REFRESH_PAGE_SIZE = MESSAGE_PAGE_SIZE  # one /refresh?since= answer: no dearer than a room page; the client pages on
+MAX_REFRESH_DELETIONS = 500       # deleted ids a /refresh names (a few bytes each)
+MAX_REFRESH_CURSOR_CHARS = 64     # "<updated_at>,<id>" of the last message a /refresh page held
 MESSAGE_DELETIONS_KEPT_SECONDS = 7 * 24 * 3600  # how long /refresh remembers a deletion
 MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31, the last moment a datetime column can hold
 MAX_MESSAGE_BODY_CHARS = 64 * 1024  # 413 past it: a long message, not a document
@@ -3239,14 +3241,21 @@ class Store:
                            "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?", (room_id, limit))
         return rows[::-1]
 
-    def deleted_since(self, room_id, since_text, limit=MAX_REFRESH_MESSAGES):
+    def deleted_since(self, room_id, since_text, limit=MAX_REFRESH_DELETIONS):
         return [row[0] for row in self.db.all(
             "SELECT message_id FROM campfire_py_message_deletions WHERE room_id = ? AND deleted_at >= ? "
             "ORDER BY deleted_at LIMIT ?", (room_id, since_text, limit))]
 
-    def messages_since(self, room_id, since_text, limit=MAX_REFRESH_MESSAGES):
+    def messages_since(self, room_id, since_text, limit, after=None):
+        """Messages created or edited since a moment, by (updated_at, id), past `after`:
+        the (updated_at, id) of the last one a previous page held (an edit moves a
+        message to the end, so nothing is skipped)."""
+        if after is None:
+            return self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND messages.updated_at >= ? "
+                               "ORDER BY messages.updated_at, messages.id LIMIT ?", (room_id, since_text, limit))
         return self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND messages.updated_at >= ? "
-                           "ORDER BY messages.updated_at, messages.id LIMIT ?", (room_id, since_text, limit))
+                           "AND (messages.updated_at, messages.id) > (?, ?) "
+                           "ORDER BY messages.updated_at, messages.id LIMIT ?", (room_id, since_text, *after, limit))
 
     def boosts_for(self, message_ids):
         if not message_ids:
@@ -4375,21 +4384,41 @@ def permalink(app, request, room_id, message_id):
     return render_room(app, request, room, messages, highlight_id=message_id)
 
 
+_REFRESH_CURSOR_RE = re.compile(r"([0-9][0-9:. TZ+-]*),([0-9]{1,18})")
+
+
 @route("GET", "/rooms/<int:room_id>/refresh")
 def refresh_room(app, request, room_id):
     """What changed since a moment (ms since the epoch): created or edited messages, oldest
-    first, then a <template class="message-removals" data-message-ids="…"> naming deleted ones."""
+    first, REFRESH_PAGE_SIZE at a time; the first page also holds a <template
+    class="message-removals" data-message-ids="…"> naming deleted ones. When more
+    changed, the page ends with <template class="message-refresh-next" data-href="…">,
+    the URL of the next page (also in a Link header, rel="next")."""
     room = app.room_for_member(request, room_id)
     since = _id_param(request, "since")
     if since is None or since > MAX_TIMESTAMP_MS:
         raise BadRequest("since takes milliseconds since the epoch.")
+    cursor = request.query.text("cursor")
+    matched = _REFRESH_CURSOR_RE.fullmatch(cursor) if len(cursor) <= MAX_REFRESH_CURSOR_CHARS else None
+    if cursor and not matched:
+        raise BadRequest("cursor takes the value a previous page's next link gave.")
+    after = (matched[1], int(matched[2])) if matched else None
     since_text = utc_now_text(since / 1000)
-    messages, deleted = app.store.messages_since(room.id, since_text), app.store.deleted_since(room.id, since_text)
+    messages = app.store.messages_since(room.id, since_text, REFRESH_PAGE_SIZE + 1, after)
+    deleted = app.store.deleted_since(room.id, since_text) if after is None else ()
     if not messages and not deleted:
         return Response(b"", 204)
     removals = HTML('<template class="message-removals" data-message-ids="{}"></template>').format(
         " ".join(map(str, deleted))) if deleted else ""
-    return Response(render_messages(app, messages) + removals)
+    following, headers = HTML(""), []
+    if len(messages) > REFRESH_PAGE_SIZE:
+        del messages[REFRESH_PAGE_SIZE:]
+        last = messages[-1]
+        href = "/rooms/%d/refresh?%s" % (room.id, urllib.parse.urlencode(
+            {"since": since, "cursor": "%s,%d" % (last["updated_at"], last["id"])}))
+        following = HTML('<template class="message-refresh-next" data-href="{}"></template>').format(href)
+        headers.append(("Link", '<%s>; rel="next"' % href))
+    return Response(render_messages(app, messages) + removals + following, headers=headers)
 
 
 # Boosts ----------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 mentions, page caching, and a database Rails wrote."""
 
 import base64
+import html
 import json
+import math
 import os
 import re
 import shutil
@@ -307,6 +309,56 @@ class PagingTests(ChatTestCase):
     def test_refresh_needs_a_number(self):
         self.assertEqual(self.ada.get("/rooms/1/refresh").status, 400)
         self.assertEqual(self.ada.get("/rooms/1/refresh?since=yesterday").status, 400)
+        for cursor in ("nonsense", "2023-11-14 22:13:20.000000", "2023-11-14,abc", "'; DROP TABLE messages,1",
+                       "2" * 100 + ",1"):
+            with self.subTest(cursor=cursor):
+                self.assertEqual(self.ada.get("/rooms/1/refresh?since=0&cursor=%s" % cursor).status, 400)
+
+    def refresh_pages(self, since, between_pages=lambda page: None):
+        """Follow a refresh's next links to the end: each page's message ids, in order."""
+        url, pages = "/rooms/1/refresh?since=%d" % since, []
+        while url:
+            response = self.ada.get(url)
+            self.assertEqual(response.status, 200, url)
+            pages.append(message_ids(response.text, None))
+            self.assertLessEqual(len(pages[-1]), campfire.REFRESH_PAGE_SIZE)
+            following = re.search(r'<template class="message-refresh-next" data-href="([^"]+)"></template>\Z',
+                                  response.text)
+            url = html.unescape(following[1]) if following else None
+            self.assertEqual(response.header("Link"), '<%s>; rel="next"' % url if url else None)
+            between_pages(len(pages))
+        return pages
+
+    def test_refresh_answers_a_page_at_a_time_and_its_pages_hold_every_change_once(self):
+        tied = []
+        with self.app.db.atomic():  # changes within one microsecond: pages must still tell them apart
+            for index in range(60):
+                message, _ = self.app.store.create_message(1, self.carol_id, "tied-%d" % index, "<div>Tied %d</div>"
+                                                           % index, "Tied %d" % index, now=SEED_START + 1000)
+                tied.append(message["id"])
+        pages = self.refresh_pages(0)
+        expected = self.ids + tied
+        self.assertEqual([len(page) for page in pages[:-1]], [campfire.REFRESH_PAGE_SIZE] * (len(pages) - 1))
+        self.assertEqual(len(pages), math.ceil(len(expected) / campfire.REFRESH_PAGE_SIZE))
+        self.assertEqual([message for page in pages for message in page], expected)
+
+    def test_refresh_pages_miss_nothing_changed_while_they_are_read(self):
+        late = []
+
+        def change(pages_read):
+            if pages_read == 1:  # one message already sent, one not yet, edited; one new
+                for message_id, body in ((self.ids[3], "Edited early"), (self.ids[120], "Edited late")):
+                    with self.app.db.atomic():
+                        self.app.store.update_message(self.app.store.message(message_id), "<div>%s</div>" % body, body)
+                late.append(self.post_id(self.carol, 1, "posted while paging"))
+        pages = self.refresh_pages(0, change)
+        seen = [message for page in pages for message in page]
+        self.assertEqual(seen[:campfire.REFRESH_PAGE_SIZE], self.ids[:campfire.REFRESH_PAGE_SIZE])
+        self.assertEqual(sorted(set(seen)), sorted(self.ids + late))  # nothing lost
+        self.assertEqual(seen.count(self.ids[3]), 2)  # sent, then sent again as edited
+        self.assertEqual(seen.count(self.ids[120]), 1)  # sent once, as edited
+        self.assertEqual(seen.count(late[0]), 1)
+        self.assertEqual(seen[-3:], [self.ids[3], self.ids[120], late[0]])
 
     def test_posted_messages_page_in_the_order_they_were_posted(self):
         posted = [self.post_id(self.carol, 1, "live %d" % index) for index in range(45)]
