@@ -2117,6 +2117,21 @@ _MENTION_SKIP_TAGS = frozenset(("a", "code", "pre", "action-text-attachment"))
 _TAG_SPLIT = re.compile(r"(<[^>]*>)")
 _TAG_NAME = re.compile(r"</?([a-zA-Z][\w-]*)")
 _AT_SIGN = re.compile(r"(?<![\w@])@")
+MENTION_LOOKAHEAD_CHARS = 200  # a name is looked for in this many characters after "@" (names are shorter)
+
+
+def _mention_index(people):
+    """({name: sgid}, {first character: [name lengths, longest first]}) for names as
+    the sanitizer escapes them, lower-cased; of two people with one name, the first
+    wins. At an "@" only the lengths of names starting with the next character are
+    tried, each a dictionary lookup: linear in the text, whatever the room's size."""
+    names, lengths = {}, collections.defaultdict(set)
+    for name, sgid in people:
+        key = _escape_html(name).lower()
+        if len(key) <= MENTION_LOOKAHEAD_CHARS and key not in names:
+            names[key] = sgid
+            lengths[key[:1]].add(len(key))
+    return names, {first: sorted(found, reverse=True) for first, found in lengths.items()}
 
 
 def link_mentions(html_text, people):
@@ -2124,7 +2139,7 @@ def link_mentions(html_text, people):
     attachment Campfire stores. people: [(name, sgid)]; the longest name wins."""
     if not people:
         return html_text
-    candidates = sorted(((_escape_html(name).lower(), sgid) for name, sgid in people), key=lambda p: -len(p[0]))
+    candidates = _mention_index(people)
     parts = _TAG_SPLIT.split(html_text)
     skipping = 0
     for index, part in enumerate(parts):
@@ -2139,15 +2154,22 @@ def link_mentions(html_text, people):
 
 
 def _link_mentions_in_text(text, candidates):
+    names, lengths = candidates
+    tail = lengths.get("", ())  # a blank name, tried last as the shortest
     pieces, position = [], 0
     for match in _AT_SIGN.finditer(text):
         start = match.end()
         if match.start() < position:
             continue
-        following = text[start:start + 200].lower()
-        for name, sgid in candidates:
-            end = start + len(name)
-            if following.startswith(name) and not (end < len(text) and (text[end].isalnum() or text[end] == "_")):
+        bucket = lengths.get(text[start:start + 1].lower()[:1], ())
+        if not bucket and not tail:  # no name starts here (most "@"s): look no further
+            continue
+        following = text[start:start + MENTION_LOOKAHEAD_CHARS].lower()
+        for length in itertools.chain(bucket if following else (), tail):
+            sgid = names.get(following[:length])
+            end = start + length
+            if sgid is not None and len(following) >= length and not (
+                    end < len(text) and (text[end].isalnum() or text[end] == "_")):
                 pieces.append(text[position:match.start()])
                 pieces.append('<action-text-attachment sgid="%s" content-type="%s"></action-text-attachment>'
                               % (html.escape(sgid), MENTION_CONTENT_TYPE))
