@@ -187,9 +187,12 @@ AUTOCOMPLETE_LIMIT = 20
 PRESENCE_WINDOW = 60.0            # seconds: a member seen on /cable this recently isn't "disconnected"
 BOOST_QUICK_PICKS = ("👍", "👏", "👋", "💪", "❤️", "😂", "🎉", "🔥")
 
-# Caches: rendered pages and messages, dropped by version, bounded by count.
-PAGE_CACHE_ENTRIES = 4096
-MESSAGE_CACHE_ENTRIES = 20_000
+# Caches: rendered pages and messages, dropped by version, bounded by the bytes
+# they hold: a message may be 64 KiB, so a page of search results can be
+# megabytes, and a bound by count let 150 searches keep 900 MB.
+PAGE_CACHE_BYTES = 32 * 1024 * 1024     # bodies plus their gzip forms: ~500 room pages of 40 ordinary messages
+MESSAGE_CACHE_BYTES = 16 * 1024 * 1024  # rendered messages: ~12,000 of an ordinary size
+CACHE_ENTRY_OVERHEAD_BYTES = 256        # counted per entry besides its value: its key and bookkeeping
 
 # Avatar colours for initials (CAMPFIRE.md: crc32 of the id, modulo 18).
 AVATAR_COLORS = ("#b91c1c", "#c2410c", "#b45309", "#4d7c0f", "#15803d", "#047857", "#0e7490", "#155e75",
@@ -4626,8 +4629,8 @@ TRANSFER_TOKEN_SECONDS = 4 * 3600          # CAMPFIRE.md: signed_id(purpose: :tr
 MAX_QR_CODE_TEXT_BYTES = 1024              # 400 past it: our links are far shorter, and it bounds the CPU a
                                            # public request can spend (about 40 ms for 1 KiB)
 QR_CODE_CACHE_CONTROL = "public, max-age=31536000, immutable"  # CAMPFIRE.md: QR codes cached for a year
-QR_CODES_KEPT = 256                        # drawn codes remembered (each ~10 KB of SVG): a link shown
-                                           # again costs nothing
+QR_CODES_KEPT_BYTES = 2 * 1024 * 1024      # drawn codes remembered (~7 KB of SVG for one of our links,
+                                           # 54 KB at most): a link shown again costs nothing
 QR_CODE_LIMIT = (30, 60.0)                 # codes drawn afresh per IP per minute → 429 (each costs tens of ms)
 MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted this many per event-loop turn
 _BASE64URL_RE = re.compile(r"\A[A-Za-z0-9_-]+={0,2}\Z")
@@ -6307,26 +6310,38 @@ class StaticFiles:
 
 
 class LruCache:
-    """A dict bounded by entry count that forgets the least recently used."""
+    """A dict bounded by the bytes its values hold (`size` of each, plus
+    CACHE_ENTRY_OVERHEAD_BYTES) that forgets the least recently used. A value
+    larger than the whole bound is not kept."""
 
-    def __init__(self, max_entries):
-        self.max_entries = max_entries
-        self._data = collections.OrderedDict()
+    def __init__(self, max_bytes, size=sys.getsizeof):
+        self.max_bytes = max_bytes
+        self.size = size
+        self.bytes = 0                          # what the entries held now count
+        self._data = collections.OrderedDict()  # key → (value, its count)
 
     def get(self, key):
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        self._data.move_to_end(key)
+        return entry[0]
 
     def put(self, key, value):
-        self._data[key] = value
-        self._data.move_to_end(key)
-        if len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        cost = self.size(value) + CACHE_ENTRY_OVERHEAD_BYTES
+        replaced = self._data.pop(key, None)
+        if replaced is not None:
+            self.bytes -= replaced[1]
+        if cost > self.max_bytes:
+            return
+        self._data[key] = (value, cost)
+        self.bytes += cost
+        while self.bytes > self.max_bytes:
+            self.bytes -= self._data.popitem(last=False)[1][1]
 
     def clear(self):
         self._data.clear()
+        self.bytes = 0
 
     def __len__(self):
         return len(self._data)
@@ -6372,6 +6387,10 @@ class CachedPage:
     content_type: str
     etag: str
     headers: tuple
+
+    def size(self):
+        """The bytes a page cache counts for this page: its body, plain and gzipped."""
+        return len(self.body) + len(self.gzipped or b"")
 
 
 class Events:
@@ -6492,15 +6511,15 @@ class App:
         self.sign_up_limiter = RateLimiter(*SIGN_UP_LIMIT)
         self.password_change_limiter = RateLimiter(*PASSWORD_CHANGE_LIMIT)
         self.qr_code_limiter = RateLimiter(*QR_CODE_LIMIT)
-        self.qr_codes = LruCache(QR_CODES_KEPT)
+        self.qr_codes = LruCache(QR_CODES_KEPT_BYTES)
         self._workers = None        # the thread pool for password hashes, made on first use
         self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.sgid_secret = hashlib.sha256(b"campfire mentions\0" + (self.config.secret_key_base or
                                           self._stored_secret()).encode()).digest()
         self.events = Events(self.db)
-        self.page_cache = LruCache(PAGE_CACHE_ENTRIES)
-        self.message_cache = LruCache(MESSAGE_CACHE_ENTRIES)
+        self.page_cache = LruCache(PAGE_CACHE_BYTES, CachedPage.size)
+        self.message_cache = LruCache(MESSAGE_CACHE_BYTES)
         self.derived = {}  # name → (store.global_version, value): custom CSS, banned addresses
         self.cable = Cable(self)
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)

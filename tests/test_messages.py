@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 import unittest
@@ -675,6 +676,56 @@ class CachingChecks:
         self.assertEqual(direct_order(), [with_carol, with_bob])
         self.post_id(self.bob, with_bob, "newer")  # Ada is connected: no unread mark, but the order changes
         self.assertEqual(direct_order(), [with_bob, with_carol])
+
+
+class LruCacheTests(unittest.TestCase):
+    def page(self, size, tag=b"x"):
+        body = os.urandom(size // 2).hex().encode()[:size]  # incompressible, like a page of distinct messages
+        return campfire.CachedPage(body, campfire.gzip_bytes(body), "text/html; charset=utf-8", '"%s"' % tag, ())
+
+    def held(self, cache):
+        """What the entries really hold, counted here rather than by the cache."""
+        return sum(len(entry.body) + len(entry.gzipped) + campfire.CACHE_ENTRY_OVERHEAD_BYTES
+                   for entry, _ in cache._data.values())
+
+    def test_large_distinct_pages_never_hold_more_than_the_bound_and_the_oldest_go(self):
+        bound = 4 * 1024 * 1024
+        cache = campfire.LruCache(bound, campfire.CachedPage.size)
+        keys = []
+        for index in range(60):  # 60 pages of ~400 KB (plain and gzipped): 24 MB offered
+            keys.append(("search", index))
+            cache.put(keys[-1], self.page(200_000 + index))
+            self.assertLessEqual(self.held(cache), bound)
+            self.assertEqual(cache.bytes, self.held(cache))
+            self.assertTrue(cache.get(keys[-1]) is not None)  # the newest is kept
+        self.assertGreater(self.held(cache), bound // 2)  # it does cache
+        self.assertTrue(cache.get(keys[0]) is None)  # the oldest went first
+        kept = [key for key in keys if cache.get(key) is not None]
+        self.assertEqual(kept, keys[-len(kept):])
+        cache.get(kept[0])  # used now: the next to go is the one after it
+        cache.put(("search", "new"), self.page(200_000))
+        self.assertTrue(cache.get(kept[0]) is not None)
+        self.assertTrue(cache.get(kept[1]) is None)
+
+    def test_replacing_clearing_and_a_page_larger_than_the_bound(self):
+        cache = campfire.LruCache(1024 * 1024, campfire.CachedPage.size)
+        cache.put("a", self.page(100_000))
+        cache.put("a", self.page(10_000))
+        self.assertEqual(cache.bytes, self.held(cache))
+        self.assertEqual(len(cache), 1)
+        cache.put("huge", self.page(800_000))  # plain and gzipped, larger than the whole cache
+        self.assertTrue(cache.get("huge") is None)
+        self.assertTrue(cache.get("a") is not None)
+        cache.clear()
+        self.assertEqual((len(cache), cache.bytes), (0, 0))
+
+    def test_rendered_messages_are_counted_by_their_size_in_memory(self):
+        cache = campfire.LruCache(256 * 1024)
+        for index in range(100):
+            cache.put(index, campfire.HTML("é" * 10_000 + str(index)))  # 2 bytes a character in memory
+            self.assertLessEqual(sum(sys.getsizeof(value) + campfire.CACHE_ENTRY_OVERHEAD_BYTES
+                                     for value, _ in cache._data.values()), 256 * 1024)
+        self.assertGreaterEqual(len(cache), 10)
 
 
 class CachedPageTests(CachingChecks, ChatTestCase):
