@@ -1939,7 +1939,7 @@ class _PlainText(HTMLParser):
     def __init__(self, mention_name):
         super().__init__(convert_charrefs=True)
         self.parts = []
-        self._mention_name = mention_name
+        self._mention_name = functools.lru_cache(maxsize=None)(mention_name)  # a body names few people, often
         self._breaks = 0       # line breaks owed before the next text
         self._lists = []       # [ordered?, items so far] per open list
         self._pre = 0
@@ -2053,7 +2053,15 @@ def render_rich_text(stored_html, *, mention=lambda sgid: None):
             return chip
         return match[2] or _escape_html(_fragment_text(attributes.get("content", "")))
 
-    return _ATTACHMENT_ELEMENT.sub(replace, stored_html)
+    done = {}  # a body names few people, often: each distinct element is rendered once
+
+    def replace_once(match):
+        element = match[0]
+        if element not in done:
+            done[element] = replace(match)
+        return done[element]
+
+    return _ATTACHMENT_ELEMENT.sub(replace_once, stored_html)
 
 
 def find_mentions(stored_html):

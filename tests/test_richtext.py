@@ -349,6 +349,7 @@ class PathologicalBodyTests(unittest.TestCase):
     BODY_CHARS = 64 * 1024
     MEMBERS = 1000
     BOUND = 10  # times the baseline: generous for a shared machine, far below a quadratic step
+    RETRIES = 2  # more measurements of a body that looked slow, the fastest counting
 
     @classmethod
     def setUpClass(cls):
@@ -413,14 +414,20 @@ class PathologicalBodyTests(unittest.TestCase):
         for label, pattern in bodies.items():
             body = self.fill(pattern)
             with self.subTest(body=label):
-                for step, seconds in self.step_times(body).items():
-                    if seconds > self.BOUND * baseline:  # one more try before calling it slow: the machine is shared
-                        seconds = min(seconds, self.step_times(body)[step])
+                times = self.step_times(body)
+                for _ in range(self.RETRIES):  # the machine is shared: a slow step is measured again
+                    if max(times.values()) <= self.BOUND * baseline:
+                        break
+                    times = {step: min(seconds, again) for (step, seconds), again
+                             in zip(times.items(), self.step_times(body).values())}
+                for step, seconds in times.items():
                     self.assertLessEqual(seconds, self.BOUND * baseline,
                                          "%s took %.0f ms; an ordinary body's steps %.0f ms in all"
                                          % (step, seconds * 1000, baseline * 1000))
                 seconds = self.post_time(body)
-                if seconds > self.BOUND * baseline_post:
+                for _ in range(self.RETRIES):
+                    if seconds <= self.BOUND * baseline_post:
+                        break
                     seconds = min(seconds, self.post_time(body))
                 self.assertLessEqual(seconds, self.BOUND * baseline_post,
                                      "posting took %.0f ms; an ordinary body %.0f ms"
