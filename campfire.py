@@ -179,7 +179,9 @@ JOIN_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345
 
 # Chat (Campfire's app/models/message.rb, app/controllers/searches_controller.rb).
 MESSAGE_PAGE_SIZE = 40            # a room page, a ?before=/?after= page, each side of a permalink
-MAX_REFRESH_MESSAGES = 500        # /refresh?since= catches up at most this many
+REFRESH_PAGE_SIZE = MESSAGE_PAGE_SIZE  # one /refresh?since= answer: no dearer than a room page; the client pages on
+MAX_REFRESH_DELETIONS = 500       # deleted ids a /refresh names (a few bytes each)
+MAX_REFRESH_CURSOR_CHARS = 64     # "<updated_at>,<id>" of the last message a /refresh page held
 MESSAGE_DELETIONS_KEPT_SECONDS = 7 * 24 * 3600  # how long /refresh remembers a deletion
 MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31, the last moment a datetime column can hold
 MAX_MESSAGE_BODY_CHARS = 64 * 1024  # 413 past it: a long message, not a document
@@ -198,7 +200,8 @@ MAX_SEARCH_QUERY_CHARS = 200
 RECENT_SEARCHES_KEPT = 10
 AUTOCOMPLETE_LIMIT = 20
 AUTOCOMPLETE_CANDIDATES = 500     # names matched before the room's members are picked from them
-MENTION_LOOKAHEAD_CHARS = 2 * MAX_NAME_CHARS  # text after an "@" compared with names (escaped, "&" is "&amp;")
+MENTION_LOOKAHEAD_CHARS = 2 * MAX_NAME_CHARS  # a name is looked for in this many characters after "@"
+                                              # (longer than any name, escaped: "&" is "&amp;")
 PRESENCE_WINDOW = 60.0            # seconds: a member seen on /cable this recently isn't "disconnected"
 BOOST_QUICK_PICKS = ("👍", "👏", "👋", "💪", "❤️", "😂", "🎉", "🔥")
 
@@ -211,8 +214,8 @@ TRANSFER_TOKEN_SECONDS = 4 * 3600          # Campfire's signed_id(purpose: :tran
 MAX_QR_CODE_TEXT_BYTES = 1024              # 400 past it: our links are far shorter, and it bounds the CPU a
                                            # public request can spend (about 40 ms for 1 KiB)
 QR_CODE_CACHE_CONTROL = "public, max-age=31536000, immutable"  # a code never changes: cached for a year
-QR_CODES_KEPT = 256                        # drawn codes remembered (each ~10 KB of SVG): a link shown
-                                           # again costs nothing
+QR_CODES_KEPT_BYTES = 2 * 1024 * 1024      # drawn codes remembered (~7 KB of SVG for one of our links,
+                                           # 54 KB at most): a link shown again costs nothing
 QR_CODE_LIMIT = (30, 60.0)                 # codes drawn afresh per IP per minute → 429 (each costs tens of ms)
 MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted this many per event-loop turn
 
@@ -249,7 +252,7 @@ CABLE_LIVENESS_PING = 15.0               # seconds between WebSocket pings
 CABLE_DEAD_AFTER = 45.0                  # no bytes from a peer this long: it is gone
 CABLE_CLOSE_TIMEOUT = 5.0                # our close unanswered this long: drop the socket
 CABLE_REFUSALS = (30, 60.0)              # refused handshakes per IP per minute → 429
-TYPING_THROTTLE = 0.5                    # seconds between typing starts we relay per connection
+TYPING_THROTTLE = 0.5                    # seconds between typing starts we relay per connection (stops follow them)
 
 # Rich text: Trix nests lists a few levels; deeper is an attack: its tags are dropped, its text kept.
 MAX_NESTING_DEPTH = 64
@@ -262,9 +265,12 @@ FAILURE_WINDOW = 60.0            # seconds /up stays red after a refused write o
 # seed: messages written per transaction (a transaction per message would take hours).
 SEED_BATCH = 5000
 
-# Caches: rendered pages and messages, dropped by version, bounded by count.
-PAGE_CACHE_ENTRIES = 4096
-MESSAGE_CACHE_ENTRIES = 20_000
+# Caches: rendered pages and messages, dropped by version, bounded by the bytes
+# they hold: a message may be 64 KiB, so a page of search results can be
+# megabytes, and a bound by count let 150 searches keep 900 MB.
+PAGE_CACHE_BYTES = 32 * 1024 * 1024     # bodies plus their gzip forms: ~500 room pages of 40 ordinary messages
+MESSAGE_CACHE_BYTES = 16 * 1024 * 1024  # rendered messages: ~12,000 of an ordinary size
+CACHE_ENTRY_OVERHEAD_BYTES = 256        # counted per entry besides its value: its key and bookkeeping
 
 # Avatar colours for initials: crc32 of the id, modulo 18, as Campfire picks them.
 AVATAR_COLORS = ("#b91c1c", "#c2410c", "#b45309", "#4d7c0f", "#15803d", "#047857", "#0e7490", "#155e75",
@@ -1192,8 +1198,9 @@ def accepts_gzip(request):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One row of a route table: a method, a path pattern (<name>, <int:name> or
-    <path:name> for its parameters), its name (what url_for builds the path by; None
+    """One row of a route table: a method, a path pattern (<name>, <int:name>,
+    <path:name>, or <secret:name> for a credential the request log must not show),
+    its name (what url_for builds the path by; None
     for an alias nothing links to), the handler, who may call it, and the largest
     request body it takes."""
 
@@ -1227,8 +1234,9 @@ def check_routes(routes):
     return routes
 
 
-_PARAM_RE = re.compile(r"<(?:(int|path):)?([a-z_]+)>")
-_PARAM_PATTERNS = {None: r"[^/]+", "int": r"[0-9]{1,18}", "path": r".+"}
+_PARAM_RE = re.compile(r"<(?:(int|path|secret):)?([a-z_]+)>")
+_PARAM_PATTERNS = {None: r"[^/]+", "int": r"[0-9]{1,18}", "path": r".+", "secret": r"[^/]+"}
+LOG_FILTERED = "[FILTERED]"  # what the request log shows for a <secret:…> segment
 METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")  # how an Allow header lists them
 
 
@@ -1241,6 +1249,8 @@ class Router:
         self._dynamic = collections.defaultdict(list)
         self._matched = {}  # (method, path) → what match() found for a pattern route
         self._methods = sorted({route.method for route in routes}, key=METHOD_ORDER.index)
+        self._secrets = collections.defaultdict(list)  # first segment → [regex], see log_path
+        self._compile_secret_patterns({route.pattern for route in routes if "<secret:" in route.pattern})
         for route in check_routes(tuple(routes)):
             if "<" not in route.pattern:
                 self._static[(route.method, route.pattern)] = (route, {})
@@ -1270,6 +1280,32 @@ class Router:
                 self._matched.clear()
             self._matched[key] = found
         return found
+
+    def _compile_secret_patterns(self, patterns):
+        """Where the patterns' <secret:…> segments are, whatever the method (a 405 or
+        404 is logged too): each secret a group, more path allowed after it, so a
+        pattern that extends another's needs no regex of its own."""
+        def replace(match):
+            return "(%s)" % _PARAM_PATTERNS["secret"] if match.group(1) == "secret" \
+                else "(?:%s)" % _PARAM_PATTERNS[match.group(1)]
+        for pattern in sorted(patterns):
+            if any(pattern.startswith(other + "/") for other in patterns):
+                continue
+            escaped = re.escape(pattern).replace(r"\<", "<").replace(r"\>", ">")
+            self._secrets[pattern.split("/")[1]].append(re.compile("^" + _PARAM_RE.sub(replace, escaped) + "(?=/|$)"))
+
+    def log_path(self, path):
+        """The path as the request log may show it: every secret segment LOG_FILTERED."""
+        head = path[1:path.find("/", 1)] if path.find("/", 1) > 0 else path[1:]
+        for regex in self._secrets.get(head, ()):
+            matched = regex.match(path)
+            if matched:
+                pieces, done = [], 0
+                for group in range(1, matched.lastindex + 1):
+                    pieces += (path[done:matched.start(group)], LOG_FILTERED)
+                    done = matched.end(group)
+                return "".join(pieces) + path[done:]
+        return path
 
     def allowed_methods(self, path):
         """The methods some route takes at path, in METHOD_ORDER (HEAD wherever GET is):
@@ -2166,7 +2202,7 @@ class _PlainText(HTMLParser):
     def __init__(self, mention_name):
         super().__init__(convert_charrefs=True)
         self.parts = []
-        self._mention_name = mention_name
+        self._mention_name = functools.lru_cache(maxsize=None)(mention_name)  # a body names few people, often
         self._breaks = 0       # line breaks owed before the next text
         self._lists = []       # [ordered?, items so far] per open list
         self._pre = 0
@@ -2329,13 +2365,26 @@ _TAG_NAME = re.compile(r"</?([a-zA-Z][\w-]*)")
 _AT_SIGN = re.compile(r"(?<![\w@])@")
 
 
+def _mention_index(people):
+    """({name: sgid}, {first character: [name lengths, longest first]}) for names as
+    the sanitizer escapes them, lower-cased; of two people with one name, the first
+    wins. At an "@" only the lengths of names starting with the next character are
+    tried, each a dictionary lookup: linear in the text, whatever the room's size."""
+    names, lengths = {}, collections.defaultdict(set)
+    for name, sgid in people:
+        key = escape_html(name, trix=True).lower()
+        if len(key) <= MENTION_LOOKAHEAD_CHARS and key not in names:
+            names[key] = sgid
+            lengths[key[:1]].add(len(key))
+    return names, {first: sorted(found, reverse=True) for first, found in lengths.items()}
+
+
 def link_mentions(html_text, people):
     """'@Name' in sanitized HTML (outside links and code) becomes the mention
     attachment Campfire stores. people: [(name, sgid)]; the longest name wins."""
     if not people:
         return html_text
-    candidates = sorted(((escape_html(name, trix=True).lower(), sgid) for name, sgid in people),
-                        key=lambda pair: -len(pair[0]))
+    candidates = _mention_index(people)
     parts = _TAG_SPLIT.split(html_text)
     skipping = 0
     for index, part in enumerate(parts):
@@ -2350,15 +2399,22 @@ def link_mentions(html_text, people):
 
 
 def _link_mentions_in_text(text, candidates):
+    names, lengths = candidates
+    tail = lengths.get("", ())  # a blank name, tried last as the shortest
     pieces, position = [], 0
     for match in _AT_SIGN.finditer(text):
         start = match.end()
         if match.start() < position:
             continue
+        bucket = lengths.get(text[start:start + 1].lower()[:1], ())
+        if not bucket and not tail:  # no name starts here (most "@"s): look no further
+            continue
         following = text[start:start + MENTION_LOOKAHEAD_CHARS].lower()
-        for name, sgid in candidates:
-            end = start + len(name)
-            if following.startswith(name) and not (end < len(text) and (text[end].isalnum() or text[end] == "_")):
+        for length in itertools.chain(bucket if following else (), tail):
+            sgid = names.get(following[:length])
+            end = start + length
+            if sgid is not None and len(following) >= length and not (
+                    end < len(text) and (text[end].isalnum() or text[end] == "_")):
                 pieces.append(text[position:match.start()])
                 pieces.append('<action-text-attachment sgid="%s" content-type="%s"></action-text-attachment>'
                               % (escape_html(sgid, trix=True), MENTION_CONTENT_TYPE))
@@ -3994,14 +4050,21 @@ class Store:
         return bool(self.db.value("SELECT 1 FROM messages WHERE room_id = ? AND (created_at, id) < "
                                   "(SELECT created_at, id FROM messages WHERE id = ?) LIMIT 1", (room_id, message_id)))
 
-    def deleted_since(self, room_id, since_text, limit=MAX_REFRESH_MESSAGES):
+    def deleted_since(self, room_id, since_text, limit=MAX_REFRESH_DELETIONS):
         return [row[0] for row in self.db.all(
             "SELECT message_id FROM campfire_py_message_deletions WHERE room_id = ? AND deleted_at >= ? "
             "ORDER BY deleted_at LIMIT ?", (room_id, since_text, limit))]
 
-    def messages_since(self, room_id, since_text, limit=MAX_REFRESH_MESSAGES):
+    def messages_since(self, room_id, since_text, limit, after=None):
+        """Messages created or edited since a moment, by (updated_at, id), past `after`:
+        the (updated_at, id) of the last one a previous page held (an edit moves a
+        message to the end, so nothing is skipped)."""
+        if after is None:
+            return self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND messages.updated_at >= ? "
+                               "ORDER BY messages.updated_at, messages.id LIMIT ?", (room_id, since_text, limit))
         return self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND messages.updated_at >= ? "
-                           "ORDER BY messages.updated_at, messages.id LIMIT ?", (room_id, since_text, limit))
+                           "AND (messages.updated_at, messages.id) > (?, ?) "
+                           "ORDER BY messages.updated_at, messages.id LIMIT ?", (room_id, since_text, *after, limit))
 
     # Boosts ------------------------------------------------------------------
     def boosts_for(self, message_ids):
@@ -4666,7 +4729,15 @@ def render_rich_text(stored_html, *, mention=lambda sgid: None):
             return chip
         return match[2] or escape_html(_fragment_text(attributes.get("content", "")), trix=True)
 
-    return _ATTACHMENT_ELEMENT.sub(replace, stored_html)
+    done = {}  # a body names few people, often: each distinct element is rendered once
+
+    def replace_once(match):
+        element = match[0]
+        if element not in done:
+            done[element] = replace(match)
+        return done[element]
+
+    return _ATTACHMENT_ELEMENT.sub(replace_once, stored_html)
 
 
 def render_message_author(user_id, name):
@@ -4739,6 +4810,11 @@ def render_message_removals(message_ids):
     """What /refresh adds after the messages: those deleted since, for the page to drop."""
     return HTML('<template class="message-removals" data-message-ids="{}"></template>').format(
         " ".join(map(str, message_ids)))
+
+
+def render_refresh_next(href):
+    """What ends a /refresh page when more changed: the next page's URL."""
+    return HTML('<template class="message-refresh-next" data-href="{}"></template>').format(href)
 
 
 def render_message_editor(message):
@@ -5120,12 +5196,14 @@ def manifest_json(account_name):
 #   admin       a signed-in administrator (others get 403)
 #   bot         the bot API: the key in the path authenticates (no cookie, no forgery check)
 #   health      /up: no session looked at, nothing logged
+# A path segment that is a credential (a sign-in link's token, a join code, a bot
+# key) is declared <secret:name>: the request log shows it as [FILTERED].
 # and, where a route takes more than FORM_BODY_LIMIT, the largest body it takes.
 # The handlers follow, grouped by feature in the table's order; each parses and
 # checks its input, calls the domain, renders and answers. App owns the Router
 # made from this table; a path matched with the wrong method is a 405 with Allow.
 
-BOT_MESSAGES_PATH = "/rooms/<int:room_id>/<bot_key>/messages"
+BOT_MESSAGES_PATH = "/rooms/<int:room_id>/<secret:bot_key>/messages"
 
 
 def route_table():
@@ -5144,11 +5222,11 @@ def route_table():
         ("GET",         "/session/new",                               "new_session",            sign_in_form,             "signed_out"),
         ("POST",        "/session",                                   "session",                sign_in,                  "public"),
         ("DELETE",      "/session",                                   "session",                sign_out,                 "user"),
-        ("GET",         "/join/<join_code>",                          "join",                   join_form,                "signed_out"),
-        ("POST",        "/join/<join_code>",                          "join",                   join,                     "signed_out"),
-        ("GET",         "/session/transfers/<token>",                 "session_transfer",       show_session_transfer,    "public"),
-        ("PUT PATCH",   "/session/transfers/<token>",                 "session_transfer",       update_session_transfer,  "public"),
-        ("GET",         "/qr_code/<code>",                            "qr_code",                qr_code,                  "public"),
+        ("GET",         "/join/<secret:join_code>",                   "join",                   join_form,                "signed_out"),
+        ("POST",        "/join/<secret:join_code>",                   "join",                   join,                     "signed_out"),
+        ("GET",         "/session/transfers/<secret:token>",          "session_transfer",       show_session_transfer,    "public"),
+        ("PUT PATCH",   "/session/transfers/<secret:token>",          "session_transfer",       update_session_transfer,  "public"),
+        ("GET",         "/qr_code/<secret:code>",                     "qr_code",                qr_code,                  "public"),
         # Rooms
         ("GET",         "/",                                          "root",                   landing),
         ("GET",         "/rooms",                                     "rooms",                  landing),
@@ -5570,11 +5648,20 @@ def _room_form_page(app, request, *, room=None, room_type=ROOM_OPEN, name="", me
     return _page(app, request, "Room settings" if room is not None else "New room", body, status=status)
 
 
-def _room_form_values(request):
+_ROOM_KINDS = {"opens": ROOM_OPEN, "closeds": ROOM_CLOSED}
+
+
+def _room_form_values(request, room_type):
+    """(name, room type, member ids, errors). The form's Open/Closed choice
+    (room_kind) decides the type whichever path it was posted to, so the form
+    works without JavaScript; without the field, the path's room_type does, as in Campfire."""
     errors = {}
     name = check_field(errors, "room[name]", request.form.text("room[name]"), max_chars=MAX_ROOM_NAME_CHARS)
+    kind = request.form.text("room_kind")
+    if kind and kind not in _ROOM_KINDS:
+        raise Unprocessable("A room is either open or closed.")
     member_ids = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()}
-    return name or "New room", member_ids, errors
+    return name or "New room", _ROOM_KINDS[kind] if kind else room_type, member_ids, errors
 
 
 def new_open_room(app, request):
@@ -5600,7 +5687,7 @@ def create_closed_room(app, request):
 
 def _create_room(app, request, room_type):
     _require_room_creation(app, request.user)
-    name, member_ids, errors = _room_form_values(request)
+    name, room_type, member_ids, errors = _room_form_values(request, room_type)
     if errors:
         return _room_form_page(app, request, room_type=room_type, name=name, member_ids=member_ids,
                                errors=errors, status=422)
@@ -5622,13 +5709,13 @@ def update_closed_room(app, request, room_id):
 
 
 def _update_room(app, request, room_id, room_type):
-    """Rename, open or close a room, and set its members: the room becomes room_type."""
+    """Rename, open or close a room, and set its members (room_type unless the form chooses)."""
     room = _member_room(app, request, room_id)
     if room.direct:
         raise Forbidden("A direct room can't become another kind of room.")
     if not can_administer(request.user, room.creator_id):
         raise Forbidden("Only the room's creator or an administrator can change it.")
-    name, member_ids, errors = _room_form_values(request)
+    name, room_type, member_ids, errors = _room_form_values(request, room_type)
     if errors:
         return _room_form_page(app, request, room=room, room_type=room_type, name=name, member_ids=member_ids,
                                errors=errors, status=422)
@@ -5759,18 +5846,38 @@ def permalink(app, request, room_id, message_id):
     return _room_page(app, request, app.store.room(room_id), messages, highlight_id=message_id)
 
 
+_REFRESH_CURSOR_RE = re.compile(r"([0-9][0-9:. TZ+-]*),([0-9]{1,18})")
+
+
 def refresh_room(app, request, room_id):
     """What changed since a moment (ms since the epoch): created or edited messages, oldest
-    first, then a <template class="message-removals" data-message-ids="…"> naming deleted ones."""
+    first, REFRESH_PAGE_SIZE at a time; the first page also holds a <template
+    class="message-removals" data-message-ids="…"> naming deleted ones. When more
+    changed, the page ends with <template class="message-refresh-next" data-href="…">,
+    the URL of the next page (also in a Link header, rel="next")."""
     room = _member_room(app, request, room_id)
     since = _id_param(request, "since")
     if since is None or since > MAX_TIMESTAMP_MS:
         raise BadRequest("since takes milliseconds since the epoch.")
+    cursor = request.query.text("cursor")
+    matched = _REFRESH_CURSOR_RE.fullmatch(cursor) if len(cursor) <= MAX_REFRESH_CURSOR_CHARS else None
+    if cursor and not matched:
+        raise BadRequest("cursor takes the value a previous page's next link gave.")
+    after = (matched[1], int(matched[2])) if matched else None
     since_text = utc_now_text(since / 1000)
-    messages, deleted = app.store.messages_since(room.id, since_text), app.store.deleted_since(room.id, since_text)
+    messages = app.store.messages_since(room.id, since_text, REFRESH_PAGE_SIZE + 1, after)
+    deleted = app.store.deleted_since(room.id, since_text) if after is None else ()
     if not messages and not deleted:
         return Response(b"", 204)
-    return Response(app.messages_html(messages) + (render_message_removals(deleted) if deleted else ""))
+    following, headers = HTML(""), []
+    if len(messages) > REFRESH_PAGE_SIZE:
+        del messages[REFRESH_PAGE_SIZE:]
+        last = messages[-1]
+        href = url_for("room_refresh", room_id=room.id, since=since, cursor="%s,%d" % (last["updated_at"], last["id"]))
+        following = render_refresh_next(href)
+        headers.append(("Link", '<%s>; rel="next"' % href))
+    return Response(app.messages_html(messages) + (render_message_removals(deleted) if deleted else "") + following,
+                    headers=headers)
 
 
 def message_location(app, request, message_id):
@@ -5807,10 +5914,18 @@ def delete_boost(app, request, message_id, boost_id):
 
 # Search -----------------------------------------------------------------------------
 
+def _searched_here(request):
+    """A search the person made on our pages (or typed, or bookmarked: Sec-Fetch-Site
+    "none"), not a link or form on another site, same-site or not, that would write
+    into their recent searches. Browsers without Fetch Metadata send no header."""
+    return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+
+
 def search(app, request):
     query = request.query.text("q")[:MAX_SEARCH_QUERY_CHARS]
     user_id = request.user.id
-    if query and fts_match_expression(query) and not app.store.is_latest_search(user_id, query):
+    if (query and _searched_here(request) and fts_match_expression(query)
+            and not app.store.is_latest_search(user_id, query)):
         app.store.record_search(user_id, query)  # the latest repeated writes nothing
 
     def build():
@@ -6139,8 +6254,6 @@ def bot_api(handler):
     404 for a room the bot isn't in, errors answered as JSON. The handler gets
     (app, request, room, bot, bot_key, **params)."""
     def answer(app, request, room_id, bot_key, **params):
-        # The request log names the route, never the key (a credential).
-        request.path = request.path.replace("/%s/" % bot_key, "/[FILTERED]/", 1)
         if not app.bot_api_limiter.hit(bot_key):
             return json_response({"error": "Too many requests."}, 429,
                                  [("Retry-After", "%d" % BOT_API_LIMIT[1])])
@@ -6269,16 +6382,18 @@ url_for = URLS.build
 class CableConnection:
     """One /cable WebSocket: the RFC 6455 protocol, its subscriptions, its user."""
 
-    __slots__ = ("cable", "http", "ws", "deflate", "user_id", "session_id", "subscriptions", "last_seen",
-                 "typing_at", "closing_at", "__weakref__")
+    __slots__ = ("cable", "http", "ws", "deflate", "user_id", "session_id", "subscriptions", "present_in",
+                 "last_seen", "typing_at", "typing_in", "closing_at", "__weakref__")
 
     def __init__(self, cable, http, deflate, user_id, session_id):
         self.cable, self.http, self.deflate = cable, http, deflate
         self.ws = WebSocketProtocol(deflate=deflate)
         self.user_id, self.session_id = user_id, session_id
         self.subscriptions = {}        # identifier → (channel, params, streams)
+        self.present_in = set()        # PresenceChannel identifiers that count this user as present
         self.last_seen = cable.now()
-        self.typing_at = 0.0
+        self.typing_at = 0.0           # when the last start was relayed
+        self.typing_in = None          # the room of that start, until its stop is relayed
         self.closing_at = None
 
     def receive(self, data):
@@ -6440,7 +6555,8 @@ class Cable:
         connection.send(cable_reply(command.identifier, "confirm_subscription"))
         if command.channel == "PresenceChannel":
             room_id = command.params["room_id"]
-            if not self._present(connection, room_id, count=True):  # nobody new: still tell this tab who is here
+            newly_present = self._present(connection, command.identifier, room_id, count=True)
+            if not newly_present:  # nobody new: still tell this tab who is here
                 connection.send(cable_frame(command.identifier, self._presence_message(room_id)))
 
     def _unsubscribe(self, connection, identifier):
@@ -6455,7 +6571,7 @@ class Cable:
                 if not subscribers:
                     del self.streams[stream]
         if channel == "PresenceChannel":
-            self._absent(connection, params["room_id"], count=True)
+            self._absent(connection, identifier, params["room_id"], count=True)
 
     def _perform(self, connection, command):
         channel, params, _ = connection.subscriptions[command.identifier]
@@ -6463,16 +6579,24 @@ class Cable:
         if channel == "PresenceChannel":
             room_id = params["room_id"]
             if action == "present":
-                self._present(connection, room_id, count=False)
+                self._present(connection, command.identifier, room_id, count=False)
             elif action == "absent":
-                self._absent(connection, room_id, count=False)
+                self._absent(connection, command.identifier, room_id, count=False)
             elif action == "refresh":
                 self.app.store.presence_refreshed(room_id, connection.user_id)
         elif channel == "TypingNotificationsChannel" and action in ("start", "stop"):
-            now = self.now()
-            if action == "start" and now - connection.typing_at < TYPING_THROTTLE:
+            # Starts are relayed at most once per TYPING_THROTTLE, and a stop only after a
+            # relayed start: whatever a client sends, at most two frames per interval.
+            room_id = params["room_id"]
+            if action == "start":
+                now = self.now()
+                if now - connection.typing_at < TYPING_THROTTLE:
+                    return
+                connection.typing_at, connection.typing_in = now, room_id
+            elif connection.typing_in != room_id:
                 return
-            connection.typing_at = now if action == "start" else 0.0
+            else:
+                connection.typing_in = None
             user = self.app.store.user(connection.user_id)
             self.broadcast("room_%d_typing" % params["room_id"],
                            {"action": action, "user": {"id": user.id, "name": user.name}},
@@ -6500,11 +6624,16 @@ class Cable:
         return None if room_id is None else ["room_%d_typing" % room_id]
 
     # Presence (Campfire's app/channels/presence_channel.rb): connections counted on the
-    # membership, connected_at stamped, the unread mark cleared.
-    def _present(self, connection, room_id, count):
+    # membership, connected_at stamped, the unread mark cleared. A subscription
+    # counts the person present once at most, whatever its client sends, so when
+    # it ends (the socket too) it no longer counts.
+    def _present(self, connection, identifier, room_id, count):
         """count: a new subscription (else a tab back in view). True when the person is newly present."""
         user_id = connection.user_id
         self.app.store.presence_arrived(room_id, user_id, new_connection=count)
+        if identifier in connection.present_in:
+            return False
+        connection.present_in.add(identifier)
         counter = self.present[room_id]
         counter[user_id] += 1
         if counter[user_id] == 1:
@@ -6512,10 +6641,16 @@ class Cable:
             return True
         return False
 
-    def _absent(self, connection, room_id, count):
+    def _absent(self, connection, identifier, room_id, count):
         """count: the subscription ended (else the tab went out of view)."""
         user_id = connection.user_id
+        counted = identifier in connection.present_in
+        if not count and not counted:
+            return
         self.app.store.presence_left(room_id, user_id, connection_closed=count)
+        if not counted:
+            return
+        connection.present_in.discard(identifier)
         counter = self.present[room_id]
         counter[user_id] -= 1
         if counter[user_id] <= 0:
@@ -6740,26 +6875,38 @@ class StaticFiles:
 
 
 class LruCache:
-    """A dict bounded by entry count that forgets the least recently used."""
+    """A dict bounded by the bytes its values hold (`size` of each, plus
+    CACHE_ENTRY_OVERHEAD_BYTES) that forgets the least recently used. A value
+    larger than the whole bound is not kept."""
 
-    def __init__(self, max_entries):
-        self.max_entries = max_entries
-        self._data = collections.OrderedDict()
+    def __init__(self, max_bytes, size=sys.getsizeof):
+        self.max_bytes = max_bytes
+        self.size = size
+        self.bytes = 0                          # what the entries held now count
+        self._data = collections.OrderedDict()  # key → (value, its count)
 
     def get(self, key):
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        self._data.move_to_end(key)
+        return entry[0]
 
     def put(self, key, value):
-        self._data[key] = value
-        self._data.move_to_end(key)
-        if len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        cost = self.size(value) + CACHE_ENTRY_OVERHEAD_BYTES
+        replaced = self._data.pop(key, None)
+        if replaced is not None:
+            self.bytes -= replaced[1]
+        if cost > self.max_bytes:
+            return
+        self._data[key] = (value, cost)
+        self.bytes += cost
+        while self.bytes > self.max_bytes:
+            self.bytes -= self._data.popitem(last=False)[1][1]
 
     def clear(self):
         self._data.clear()
+        self.bytes = 0
 
     def __len__(self):
         return len(self._data)
@@ -6805,6 +6952,10 @@ class CachedPage:
     content_type: str
     etag: str
     headers: tuple
+
+    def size(self):
+        """The bytes a page cache counts for this page: its body, plain and gzipped."""
+        return len(self.body) + len(self.gzipped or b"")
 
 
 @dataclass
@@ -6890,13 +7041,13 @@ class App:
         self.sign_up_limiter = RateLimiter(*SIGN_UP_LIMIT)
         self.password_change_limiter = RateLimiter(*PASSWORD_CHANGE_LIMIT)
         self.qr_code_limiter = RateLimiter(*QR_CODE_LIMIT)
-        self.qr_codes = LruCache(QR_CODES_KEPT)
+        self.qr_codes = LruCache(QR_CODES_KEPT_BYTES)
         self._workers = None        # the thread pool for password hashes, made on first use
         self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.events = self.store.events
-        self.page_cache = LruCache(PAGE_CACHE_ENTRIES)
-        self.message_cache = LruCache(MESSAGE_CACHE_ENTRIES)
+        self.page_cache = LruCache(PAGE_CACHE_BYTES, CachedPage.size)
+        self.message_cache = LruCache(MESSAGE_CACHE_BYTES)
         self.events.subscribe(self)   # account_changed: below
         self.cable = Cable(self)
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
@@ -7112,7 +7263,7 @@ class App:
             failure = sqlite_failure(error)
             if failure == "unavailable":
                 log.error("request %s %s %s: the database refused it: %s", request.id, request.method,
-                          request.path, error)
+                          self.router.log_path(request.path), error)
                 return self._error_response(request, 503, WRITE_REFUSED_MESSAGE)
             if failure == "damaged":
                 self.db.failed_at = time.monotonic()  # /up turns red
@@ -7120,7 +7271,7 @@ class App:
             response = self._error_response(request, error.status, error.message)
             response.headers.extend(error.headers)
             return response
-        log.error("request %s %s %s failed:\n%s", request.id, request.method, request.path,
+        log.error("request %s %s %s failed:\n%s", request.id, request.method, self.router.log_path(request.path),
                   "".join(traceback.format_exception(error)))
         return self._error_response(
             request, 500, "Something went wrong on our side. The error was logged as %s." % request.id)
@@ -7207,7 +7358,7 @@ class App:
             headers.append(("Content-Encoding", "gzip"))
             headers.append(("Vary", "Accept-Encoding"))
         if request.path != "/up" and self.request_log.enabled:
-            self.request_log.add(request.method, request.path, response.status,
+            self.request_log.add(request.method, self.router.log_path(request.path), response.status,
                                  (time.perf_counter() - request.started) * 1000, request.id)
 
     def http_date(self):

@@ -26,6 +26,19 @@ export function filterPickers(root = document) {
   }
 }
 
+// New room and room settings: the form posts to /rooms/opens or /rooms/closeds, as the
+// Open/Closed choice says (the server reads the choice too, for a page without scripts).
+export function roomKindFollowsChoice(root = document) {
+  for (const form of root.querySelectorAll("form[data-room-form]")) {
+    const follow = () => {
+      const kind = form.querySelector('input[name="room_kind"]:checked')?.value
+      if (kind === "opens" || kind === "closeds") form.setAttribute("action", form.getAttribute("action").replace(/^\/rooms\/(opens|closeds)\b/, `/rooms/${kind}`))
+    }
+    form.addEventListener("change", (event) => { if (event.target.name === "room_kind") follow() })
+    follow()
+  }
+}
+
 // Whether a person's name matches what was typed in the filter: any part of it,
 // ignoring case and accents ("jose" finds "José"); an empty filter matches everyone.
 export function matchesFilter(text, query) {

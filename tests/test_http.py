@@ -829,7 +829,7 @@ class RouteTableTest(unittest.TestCase):
 
     def test_every_named_route_builds_a_path_the_router_matches_back(self):
         router = campfire.Router(campfire.ROUTES)
-        samples = {"int": 12, None: "abc", "path": "app.js"}
+        samples = {"int": 12, None: "abc", "path": "app.js", "secret": "AbCd-1234"}
         for route in campfire.ROUTES:
             if route.name is None:
                 continue
