@@ -6972,6 +6972,8 @@ class Config:
     log_level: str = "INFO"
     static_root: str = STATIC_ROOT
     cache: bool = True            # rendered pages and messages; off only to measure without
+    page_cache_bytes: int = PAGE_CACHE_BYTES
+    message_cache_bytes: int = MESSAGE_CACHE_BYTES
     # Tunables, each defaulting to its constant in section 1 (the unit and the reason
     # are there); tests make the slow ones fast.
     scrypt_n: int = SCRYPT_N
@@ -7046,8 +7048,8 @@ class App:
         self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.events = self.store.events
-        self.page_cache = LruCache(PAGE_CACHE_BYTES, CachedPage.size)
-        self.message_cache = LruCache(MESSAGE_CACHE_BYTES)
+        self.page_cache = LruCache(self.config.page_cache_bytes, CachedPage.size)
+        self.message_cache = LruCache(self.config.message_cache_bytes)
         self.events.subscribe(self)   # account_changed: below
         self.cable = Cable(self)
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
@@ -7161,19 +7163,23 @@ class App:
             return cached
         store, stored = self.store, message["body"] or ""
         sound = message_sound(store.plain_text(stored)) if "/play " in stored else None
-        chips = {}
-        if "<action-text-attachment" in stored:
-            for sgid in find_mentions(stored):
-                user = store.mentioned_user(sgid)
-                if user is not None:
-                    chips[sgid] = render_mention(user)
-        body = None if sound else HTML(render_rich_text(stored, mention=chips.get))
+        body = None if sound else self.render_body(stored)
         booster = store.user
         rendered = render_message(message, author=self._author_html(message["creator_id"]), body=body, sound=sound,
                                   boosts=[(boost, user.name if (user := booster(boost["booster_id"])) else "Someone")
                                           for boost in boosts])
         self.message_cache.put(key, rendered)
         return rendered
+
+    def render_body(self, stored_body):
+        """A stored body as a message shows it: each mention a chip of the person it names."""
+        chips = {}
+        if "<action-text-attachment" in stored_body:
+            for sgid in find_mentions(stored_body):
+                user = self.store.mentioned_user(sgid)
+                if user is not None:
+                    chips[sgid] = render_mention(user)
+        return HTML(render_rich_text(stored_body, mention=chips.get))
 
     def messages_html(self, messages):
         boosts = self.store.boosts_for([message["id"] for message in messages])

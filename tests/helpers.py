@@ -119,11 +119,13 @@ class Client:
 
 
 class AppTestCase(unittest.TestCase):
-    """A fresh app per test, removed afterwards."""
+    """A fresh app per test, removed afterwards; CONFIG holds Config fields it is made with."""
+
+    CONFIG = {}
 
     def setUp(self):
         self.storage = tempfile.mkdtemp(prefix="campfire-test-")
-        self.app = make_app(self.storage)
+        self.app = make_app(self.storage, **self.CONFIG)
         self.client = Client(self.app)
 
     def tearDown(self):

@@ -370,17 +370,17 @@ class PathologicalBodyTests(unittest.TestCase):
         return (pattern * (self.BODY_CHARS // len(pattern) + 1))[:self.BODY_CHARS]
 
     def step_times(self, body):
-        """Seconds each step takes, as App.clean_body, plain_text and render_body run them."""
+        """Seconds each step takes, as Store.clean_body, plain_text and App.render_body run them."""
         app, times = self.app, {}
         started = time.perf_counter()
-        clean = campfire.sanitize_html(body, keep_attachment=app._keep_attachment, link=True)
+        clean = campfire.sanitize_html(body, keep_attachment=app.store._keep_attachment, link=True)
         times["sanitize_html"] = time.perf_counter() - started
         started = time.perf_counter()
         members = [app.store.user(user_id) for user_id in app.store.room_member_ids(self.room_id)]
-        stored = campfire.link_mentions(clean, [(user.name, app.mention_sgid(user.id)) for user in members])
+        stored = campfire.link_mentions(clean, [(user.name, app.store.mention_sgid(user.id)) for user in members])
         times["link_mentions"] = time.perf_counter() - started
-        self.assertEqual(stored, app.clean_body(body, self.room_id))  # the same steps the app runs
-        for name, step in (("html_to_plain_text", app.plain_text), ("render_rich_text", app.render_body),
+        self.assertEqual(stored, app.store.clean_body(body, self.room_id))  # the same steps the app runs
+        for name, step in (("html_to_plain_text", app.store.plain_text), ("render_rich_text", app.render_body),
                            ("find_mentions", campfire.find_mentions)):
             started = time.perf_counter()
             step(stored)
@@ -400,7 +400,7 @@ class PathologicalBodyTests(unittest.TestCase):
                              "elit, see https://example.com/page.<br></div>")
         baseline = min(sum(self.step_times(ordinary).values()) for _ in range(3))
         baseline_post = min(self.post_time(ordinary) for _ in range(3))
-        sgid = self.app.mention_sgid(7)
+        sgid = self.app.store.mention_sgid(7)
         bodies = {
             "spaced @": "@ ", "only @": "@", "@ and a name's start": "@Person ", "@ and a short start": "@P ",
             "real mentions": "@Person 12 ", "mention attachments":

@@ -76,7 +76,7 @@ class ChatTestCase(AppTestCase):
 
     def setUp(self):
         self.storage = tempfile.mkdtemp(prefix="campfire-test-")
-        self.app = make_app(self.storage, cache=self.CACHE)
+        self.app = make_app(self.storage, cache=self.CACHE, **self.CONFIG)
         self.client = Client(self.app)
         self.first_run()
         self.ada = self.client

@@ -129,12 +129,7 @@ class SearchCacheBoundTests(ChatTestCase):
     """Distinct searches over large messages, through the app as requests reach it:
     the caches they fill stay within their bounds (smaller here, so the test is quick)."""
 
-    def setUp(self):
-        bounds = mock.patch.multiple(campfire, create=True, PAGE_CACHE_BYTES=2 * 1024 * 1024,
-                                     MESSAGE_CACHE_BYTES=1024 * 1024)
-        bounds.start()
-        self.addCleanup(bounds.stop)
-        super().setUp()
+    CONFIG = {"page_cache_bytes": 2 * 1024 * 1024, "message_cache_bytes": 1024 * 1024}
 
     def held(self, cache):
         """The values a cache holds, read from its dictionary (counted here, not by the cache)."""
@@ -151,10 +146,10 @@ class SearchCacheBoundTests(ChatTestCase):
             self.assertEqual(page.status, 200)
             page_bytes = sum(len(entry.body) + len(entry.gzipped or b"") for entry in self.held(self.app.page_cache))
             message_bytes = sum(sys.getsizeof(value) for value in self.held(self.app.message_cache))
-            self.assertLessEqual(page_bytes, campfire.PAGE_CACHE_BYTES)
-            self.assertLessEqual(message_bytes, campfire.MESSAGE_CACHE_BYTES)
-        self.assertGreater(page_bytes, campfire.PAGE_CACHE_BYTES // 2)  # filled, and evicting
-        self.assertGreater(message_bytes, campfire.MESSAGE_CACHE_BYTES // 2)
+            self.assertLessEqual(page_bytes, self.app.config.page_cache_bytes)
+            self.assertLessEqual(message_bytes, self.app.config.message_cache_bytes)
+        self.assertGreater(page_bytes, self.app.config.page_cache_bytes // 2)  # filled, and evicting
+        self.assertGreater(message_bytes, self.app.config.message_cache_bytes // 2)
         repeat = self.ada.get("/searches?" + urllib.parse.urlencode({"q": query}))
         again = self.ada.get("/searches?" + urllib.parse.urlencode({"q": query}),
                              headers={"If-None-Match": repeat.header("ETag")})
