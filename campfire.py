@@ -4690,8 +4690,14 @@ def render_direct_settings(room, title, members):
 # Messages and boosts ---------------------------------------------------------
 
 def render_avatar(user_id, size=36):
-    return HTML('<img class="avatar" src="{src}" alt="" width="{size}" height="{size}" loading="lazy">').format(
-        src=url_for("user_avatar", user_id=user_id), size=size)
+    return HTML(_avatar_template() % {"user_id": user_id, "size": size})
+
+
+@functools.cache
+def _avatar_template():
+    """An avatar's <img>, %-formatted: on every message, twice with a mention."""
+    return ('<img class="avatar" src="' + URLS.template("user_avatar") + '" alt="" width="%(size)d" '
+            'height="%(size)d" loading="lazy">')
 
 
 def render_avatar_svg(user):
@@ -7164,21 +7170,23 @@ class App:
         store, stored = self.store, message["body"] or ""
         sound = message_sound(store.plain_text(stored)) if "/play " in stored else None
         body = None if sound else self.render_body(stored)
-        booster = store.user
+        if boosts:
+            booster = store.user
+            boosts = [(boost, user.name if (user := booster(boost["booster_id"])) else "Someone") for boost in boosts]
         rendered = render_message(message, author=self._author_html(message["creator_id"]), body=body, sound=sound,
-                                  boosts=[(boost, user.name if (user := booster(boost["booster_id"])) else "Someone")
-                                          for boost in boosts])
+                                  boosts=boosts)
         self.message_cache.put(key, rendered)
         return rendered
 
     def render_body(self, stored_body):
         """A stored body as a message shows it: each mention a chip of the person it names."""
+        if "<action-text-attachment" not in stored_body:  # most bodies: nothing to swap
+            return HTML(stored_body)
         chips = {}
-        if "<action-text-attachment" in stored_body:
-            for sgid in find_mentions(stored_body):
-                user = self.store.mentioned_user(sgid)
-                if user is not None:
-                    chips[sgid] = render_mention(user)
+        for sgid in find_mentions(stored_body):
+            user = self.store.mentioned_user(sgid)
+            if user is not None:
+                chips[sgid] = render_mention(user)
         return HTML(render_rich_text(stored_body, mention=chips.get))
 
     def messages_html(self, messages):
