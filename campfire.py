@@ -25,7 +25,7 @@ pure code to the code that touches the world:
  14. The application          App: a request in, a response out (no sockets); its caches
  15. Background work          purges and webhook deliveries, off the request path
  16. The server               asyncio connections, timeouts, group commit, signals
- 17. Operations               seed (and the other long jobs of the command line)
+ 17. Operations               seed, backup, restore, check, administrators, deployment recipes
  18. Command line             main()
 """
 
@@ -262,6 +262,27 @@ SQLITE_BUSY_TIMEOUT_MS = 5000    # a write waits this long for another process's
 FAILURE_WINDOW = 60.0            # seconds /up stays red after a refused write or a damaged read, unless a
                                  # write succeeds
 
+# Backups (storage/backups/). A backup is one tar archive: a manifest, a consistent
+# copy of the database, and every other file of the storage named by the SHA-256 of
+# its content. Automatic backups keep those contents once, in backups/content/, so
+# an hourly backup copies only what is new; `backup PATH` puts them in the archive.
+BACKUP_DIR_NAME = "backups"
+BACKUP_CONTENT_DIR_NAME = "content"        # backups/content/<sha256>: each stored file's content, once
+BACKUP_STATUS_FILE = "status.json"         # the last automatic backup's outcome, for /up and the account page
+BACKUP_FORMAT = "campfire-backup"
+BACKUP_FORMAT_VERSION = 1                  # a newer archive format is refused, never half-read
+BACKUP_DEFAULT_INTERVAL = "1h"             # BACKUP_INTERVAL: a number with s, m, h or d; 0 turns them off
+BACKUP_MIN_INTERVAL = 60                   # seconds: a shorter interval would back up more than it serves
+BACKUP_STEP_PAGES = 1024                   # database pages per step of the online copy (4 MiB at 4 KiB pages)
+BACKUP_COPY_BLOCK_BYTES = 1024 * 1024      # read and written at a time when archiving and hashing files
+BACKUP_MANIFEST_MAX_BYTES = 64 * 1024 * 1024  # about 300,000 files' entries: a bigger one is not ours
+BACKUP_KEEP = {"hourly": 24, "daily": 7, "weekly": 8}  # retention: the newest backup of each of so many periods
+BACKUP_START_DELAY = 60.0                  # seconds after start before an overdue backup: the start stays fast
+BACKUP_RETRY_AFTER_FAILURE = 600.0         # seconds: a failed backup is tried again this soon, not an hour later
+BACKUP_STOP_WAIT = 15.0                    # seconds SIGTERM waits for a cancelled backup or upload to end
+STORAGE_LOCK_FILE = ".campfire.lock"       # held by a running server: restore refuses while it is
+UPLOADS_DIR_NAME = "files"                 # storage/files/: uploads in Active Storage's disk layout
+
 # seed: messages written per transaction (a transaction per message would take hours).
 SEED_BATCH = 5000
 
@@ -352,6 +373,10 @@ class CampfireError(Exception):
      │    ├── TooManyRequests    429: a rate limit
      │    └── ServiceUnavailable 503: a write the disk refused, or too much work waiting
      ├── ConfigError             bad configuration: the CLI prints it, exits 1
+     ├── BackupError             a backup, restore or check that failed: the CLI exits 1
+     │    ├── BackupInvalid      an archive or database that fails its checks
+     │    ├── BackupRefused      a restore that would lose data (a newer schema, a storage in use)
+     │    └── BackupCancelled    stopped by Ctrl-C or shutdown: everything half-written removed
      ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
      ├── CableCommandError       an Action Cable command that can't be read: ignored
@@ -403,6 +428,22 @@ class ServiceUnavailable(HttpError):
 
 
 class ConfigError(CampfireError):
+    pass
+
+
+class BackupError(CampfireError):
+    pass
+
+
+class BackupInvalid(BackupError):
+    pass
+
+
+class BackupRefused(BackupError):
+    pass
+
+
+class BackupCancelled(BackupError):
     pass
 
 
@@ -3090,6 +3131,700 @@ def _split_sql(script):
     return [statement.strip() for statement in script.split(";\n") if statement.strip()]
 
 
+# Backups -----------------------------------------------------------------------
+# A backup is one tar archive (POSIX pax), written beside its final name and
+# renamed into place only after it has been read back and checked:
+#   manifest.json      format, versions, schema, counts, checks, and every file's SHA-256
+#   database.sqlite3   a consistent copy made with SQLite's online backup API
+#                      (https://sqlite.org/backup.html), one step at a time
+#   content/<sha256>   the content of each other file of the storage (the secret, uploads),
+#                      in a self-contained archive only
+# Automatic backups keep file contents once, beside the archives in
+# backups/content/, so an hourly backup of a large file store copies only what
+# is new. `restore` looks for a content first in the archive, then in the
+# content/ folder beside it.
+
+BACKUP_NAME_RE = re.compile(r"\Acampfire-(\d{8}T\d{6}Z)(?:-(\d+))?\.tar\Z")
+BACKUP_MANIFEST_MEMBER = "manifest.json"
+BACKUP_DATABASE_MEMBER = "database.sqlite3"
+BACKUP_PARTIAL_SUFFIX = ".partial"        # an archive being written: never listed, never restored
+BACKUP_HASHES_FILE = "hashes.json"        # known SHA-256 of storage files by size, mtime and inode
+RESTORE_ASIDE_PREFIX = "replaced-"        # storage/replaced-<time>/: what a forced restore set aside
+RESTORE_STAGING_PREFIX = ".restore-"
+BACKUP_WORK_PREFIX = ".backup-"
+BACKUP_CONTENT_GRACE = 24 * 3600          # seconds: content newer than this is never pruned (a backup may be writing it)
+BACKUP_PERIODS = {"hourly": "%Y%m%d%H", "daily": "%Y%m%d", "weekly": "%G%V"}  # UTC; ISO weeks
+COUNTED_TABLES = ("users", "rooms", "memberships", "messages", "boosts", "active_storage_blobs")
+_SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
+_INTERVAL_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*\Z")
+INTERVAL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_interval(text, name="BACKUP_INTERVAL"):
+    """"30m", "6h", "1d", "90s" → seconds; "0" → 0 (off)."""
+    match = _INTERVAL_RE.match(text or "")
+    if not match or (not match.group(2) and float(match.group(1)) != 0):
+        raise ConfigError("%s must be a number with a unit (s, m, h or d), like 30m or 6h, or 0 for off; not %r."
+                          % (name, text))
+    seconds = float(match.group(1)) * INTERVAL_UNITS[match.group(2) or "s"]
+    if 0 < seconds < BACKUP_MIN_INTERVAL:
+        raise ConfigError("%s must be at least %d seconds, not %r." % (name, BACKUP_MIN_INTERVAL, text))
+    return seconds
+
+
+def parse_backup_keep(text):
+    """BACKUP_KEEP "24,7,8" → {"hourly": 24, "daily": 7, "weekly": 8}."""
+    parts = [part.strip() for part in (text or "").split(",")]
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        raise ConfigError("BACKUP_KEEP must be three whole numbers, hourly,daily,weekly (like 24,7,8), not %r."
+                          % text)
+    return dict(zip(BACKUP_KEEP, map(int, parts)))
+
+
+def backup_file_name(now):
+    return time.strftime("campfire-%Y%m%dT%H%M%SZ.tar", time.gmtime(now))
+
+
+def backup_time(name):
+    """The UTC time in a backup's name (unix seconds), or None for a name not ours."""
+    match = BACKUP_NAME_RE.match(name)
+    return None if match is None else calendar.timegm(time.strptime(match.group(1), "%Y%m%dT%H%M%SZ"))
+
+
+def backups_to_keep(stamps, keep=BACKUP_KEEP):
+    """Of {name: unix time}, the names retention keeps: the newest backup of each of the
+    latest keep["hourly"] hours that have one, of keep["daily"] days and keep["weekly"]
+    ISO weeks (UTC); and the newest of all, always."""
+    ordered = sorted(stamps, key=lambda name: (stamps[name], name), reverse=True)
+    kept = set(ordered[:1])
+    for rule, count in keep.items():
+        seen = set()
+        for name in ordered:
+            period = time.strftime(BACKUP_PERIODS[rule], time.gmtime(stamps[name]))
+            if period in seen:
+                continue
+            if len(seen) >= count:
+                break
+            seen.add(period)
+            kept.add(name)
+    return kept
+
+
+def _fsync_directory(path):
+    with contextlib.suppress(OSError):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _write_file_atomically(path, data, mode=0o600):
+    partial = "%s.%s%s" % (path, random_hex(4), BACKUP_PARTIAL_SUFFIX)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+def _copy_stream(source, target, cancelled, hasher=None, progress=None, limit=None):
+    """Copy source to target in BACKUP_COPY_BLOCK_BYTES blocks (at most limit bytes);
+    the bytes copied. hasher sees every block; cancelled() is asked before each."""
+    copied = 0
+    while limit is None or copied < limit:
+        if cancelled():
+            raise BackupCancelled("The backup was stopped.")
+        block = source.read(BACKUP_COPY_BLOCK_BYTES if limit is None else min(BACKUP_COPY_BLOCK_BYTES, limit - copied))
+        if not block:
+            break
+        if hasher is not None:
+            hasher.update(block)
+        if target is not None:
+            target.write(block)
+        copied += len(block)
+        if progress is not None:
+            progress(len(block))
+    return copied
+
+
+def hash_file(path, cancelled=lambda: False):
+    """(hex SHA-256, size) of a file, read in blocks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as file:
+        size = _copy_stream(file, None, cancelled, hasher)
+    return hasher.hexdigest(), size
+
+
+def backups_dir(config):
+    return os.path.join(config.storage_path, BACKUP_DIR_NAME)
+
+
+def storage_files(storage_path, database_path):
+    """Every file of the storage a backup holds, as sorted '/'-separated relative paths:
+    all but the database (copied on its own) and its journals, the backups, the lock,
+    and what a restore set aside. Links are not followed."""
+    database = os.path.realpath(database_path)
+    left_out = {database + suffix for suffix in ("", "-wal", "-shm", "-journal")}
+    found = []
+    for root, directories, files in os.walk(storage_path):
+        top = os.path.samefile(root, storage_path)
+        if top:
+            directories[:] = [name for name in directories if name != BACKUP_DIR_NAME
+                              and not name.startswith((RESTORE_ASIDE_PREFIX, RESTORE_STAGING_PREFIX))]
+        directories.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if (top and name == STORAGE_LOCK_FILE) or name.endswith(BACKUP_PARTIAL_SUFFIX) \
+                    or os.path.islink(path) or not os.path.isfile(path) or os.path.realpath(path) in left_out:
+                continue
+            found.append(os.path.relpath(path, storage_path).replace(os.sep, "/"))
+    return found
+
+
+def _safe_relative_path(relative):
+    """A manifest's file path, if it stays inside the storage and is not one of ours; else None."""
+    parts = relative.split("/") if isinstance(relative, str) else []
+    if not parts or relative.startswith("/") or "\\" in relative or "\0" in relative \
+            or any(part in ("", ".", "..") for part in parts) or parts[0] == BACKUP_DIR_NAME \
+            or parts[0] == STORAGE_LOCK_FILE or parts[0].startswith((RESTORE_ASIDE_PREFIX, RESTORE_STAGING_PREFIX)):
+        return None
+    return os.path.join(*parts)
+
+
+class FileHashes:
+    """The SHA-256 of storage files, remembered with each file's size, mtime and inode
+    (in backups/hashes.json), so an unchanged file is not read again every hour."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            with open(path) as file:
+                known = json.load(file)
+            self.known = known if isinstance(known, dict) else {}
+        except (OSError, ValueError):
+            self.known = {}
+
+    def lookup(self, relative, status):
+        entry = self.known.get(relative)
+        if isinstance(entry, list) and entry[:3] == [status.st_size, status.st_mtime_ns, status.st_ino]:
+            return entry[3]
+        return None
+
+    def remember(self, relative, status, digest):
+        self.known[relative] = [status.st_size, status.st_mtime_ns, status.st_ino, digest]
+
+    def save(self, relatives):
+        self.known = {relative: self.known[relative] for relative in relatives if relative in self.known}
+        with contextlib.suppress(OSError):
+            _write_file_atomically(self.path, json.dumps(self.known).encode())
+
+
+def copy_database(source_path, target_path, *, progress=None, cancelled=lambda: False, step_pages=BACKUP_STEP_PAGES):
+    """A consistent copy of a database that may be in use, step_pages pages a step.
+
+    A read transaction is held from the first step to the last: writers go on
+    (WAL), and the copy is the database as it was when the copy began (without it,
+    each write by another connection would restart the copy from the first page).
+    The copy is left in rollback-journal mode, one file."""
+    if not os.path.isfile(source_path):
+        raise BackupError("There is no database at %s." % source_path)
+    try:
+        source = sqlite3.connect("file:%s?mode=rw" % urllib.parse.quote(source_path), uri=True,
+                                 isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as error:
+        raise BackupError("%s can't be opened (%s)." % (source_path, error)) from error
+    target = None
+    try:
+        source.execute("PRAGMA busy_timeout = %d" % SQLITE_BUSY_TIMEOUT_MS)
+        source.execute("BEGIN")
+        source.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot starts here
+        target = sqlite3.connect(target_path, isolation_level=None)
+
+        def step(status, remaining, total):
+            if cancelled():
+                raise BackupCancelled("The backup was stopped.")
+            if progress is not None:
+                progress(total - remaining, total)
+        source.backup(target, pages=step_pages, progress=step)
+        target.execute("PRAGMA journal_mode = DELETE")
+    except sqlite3.Error as error:
+        raise BackupError("The database could not be copied (%s)." % error) from error
+    finally:
+        if target is not None:
+            target.close()
+        source.close()
+
+
+@dataclass
+class DatabaseReport:
+    """What check_database found: problems (sentences; none when healthy) and facts."""
+    problems: list
+    counts: dict
+    migrations: list
+    schema_version: int
+    checks: dict
+
+
+def schema_version_of(migration_names):
+    """The number of the newest migration applied ("0005_…" → 5); 0 for a database Rails wrote."""
+    return max((int(name.split("_", 1)[0]) for name in migration_names if name.split("_", 1)[0].isdigit()),
+               default=0)
+
+
+CURRENT_SCHEMA_VERSION = schema_version_of(name for name, _ in MIGRATIONS)
+
+
+def check_database(path, *, repair=None):
+    """Read a database through: SQLite's integrity_check, FTS5's own integrity-check,
+    one search row per message and none without, the schema version, the counts.
+
+    It writes (FTS5's checks are commands written as INSERTs): give it a copy, or a
+    storage no server runs on. repair(connection, report), when given, runs before the
+    search rows are compared (the `check --repair` command rebuilds them there)."""
+    problems, checks, counts = [], {}, {}
+    try:
+        connection = sqlite3.connect("file:%s?mode=rw" % urllib.parse.quote(path), uri=True, isolation_level=None)
+    except sqlite3.Error as error:
+        return DatabaseReport(["%s can't be opened (%s)" % (path, error)], {}, [], 0, {"integrity_check": "failed"})
+    try:
+        connection.execute("PRAGMA busy_timeout = %d" % SQLITE_BUSY_TIMEOUT_MS)
+        try:
+            rows = [row[0] for row in connection.execute("PRAGMA integrity_check(20)")]
+        except sqlite3.DatabaseError as error:
+            rows = [str(error)]
+        checks["integrity_check"] = "ok" if rows == ["ok"] else "failed"
+        if rows != ["ok"]:
+            problems.append("SQLite's integrity check failed: " + "; ".join(rows))
+            return DatabaseReport(problems, counts, [], 0, checks)
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"users", "messages", "rooms"} <= tables:
+            problems.append("this is not a Campfire database (no users, rooms or messages table)")
+            return DatabaseReport(problems, counts, [], 0, checks)
+        for table in COUNTED_TABLES:
+            if table in tables:
+                counts[table] = connection.execute('SELECT count(*) FROM "%s"' % table).fetchone()[0]
+        migrations = sorted(row[0] for row in connection.execute("SELECT name FROM campfire_py_migrations")) \
+            if "campfire_py_migrations" in tables else []
+        known = {name for name, _ in MIGRATIONS}
+        unknown = [name for name in migrations if name not in known]
+        version = schema_version_of(migrations)
+        if unknown:
+            problems.append("the schema is newer than this Campfire knows (migrations %s)" % ", ".join(unknown))
+        if "message_search_index" not in tables:
+            problems.append("the search index (message_search_index) is missing")
+            return DatabaseReport(problems, counts, migrations, version, checks)
+        if repair is not None:
+            repair(connection)
+        try:
+            connection.execute("INSERT INTO message_search_index (message_search_index) VALUES ('integrity-check')")
+            checks["search_index"] = "ok"
+        except sqlite3.DatabaseError as error:
+            checks["search_index"] = "failed"
+            problems.append("the search index is damaged (%s)" % error)
+        missing = connection.execute("SELECT count(*) FROM messages WHERE id NOT IN "
+                                     "(SELECT rowid FROM message_search_index)").fetchone()[0]
+        orphans = connection.execute("SELECT count(*) FROM message_search_index WHERE rowid NOT IN "
+                                     "(SELECT id FROM messages)").fetchone()[0]
+        checks["search_rows"] = "ok" if not (missing or orphans) else "failed"
+        if missing:
+            problems.append("%d messages have no search row" % missing)
+        if orphans:
+            problems.append("%d search rows belong to no message" % orphans)
+        return DatabaseReport(problems, counts, migrations, version, checks)
+    except sqlite3.DatabaseError as error:
+        problems.append("the database could not be read through (%s)" % error)
+        checks.setdefault("integrity_check", "failed")
+        return DatabaseReport(problems, counts, [], 0, checks)
+    finally:
+        connection.close()
+
+
+@dataclass
+class BackupResult:
+    path: str
+    size: int
+    manifest: dict
+    seconds: float
+
+
+def _no_progress(label, done, total):
+    pass
+
+
+def _unused_path(path):
+    """path, or path with -2, -3, … before .tar when a backup of the same second exists."""
+    stem, extension = os.path.splitext(path)
+    candidate, number = path, 1
+    while os.path.exists(candidate):
+        number += 1
+        candidate = "%s-%d%s" % (stem, number, extension)
+    return candidate
+
+
+def write_backup(config, target=None, *, progress=None, cancelled=lambda: False, now=None, hashes=None,
+                 step_pages=BACKUP_STEP_PAGES):
+    """Write one checked backup of config's storage and return a BackupResult.
+
+    target None: storage/backups/campfire-<UTC time>.tar, its file contents kept once
+    in backups/content/. A directory: the same name in it; another path: that file.
+    Both of those are self-contained. Nothing existing is replaced; on a failure
+    or cancellation, everything half-written is removed."""
+    import shutil
+    import tempfile
+    started = time.monotonic()
+    progress = progress or _no_progress
+    now = time.time() if now is None else now
+    folder = backups_dir(config)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    if target is None:
+        final, pool = _unused_path(os.path.join(folder, backup_file_name(now))), os.path.join(
+            folder, BACKUP_CONTENT_DIR_NAME)
+        os.makedirs(pool, mode=0o700, exist_ok=True)
+    else:
+        final = os.path.join(target, backup_file_name(now)) if os.path.isdir(target) else target
+        pool = None
+        if os.path.exists(final):
+            raise BackupError("%s already exists; a backup never replaces a file." % final)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(final))):
+            raise BackupError("The folder for %s does not exist." % final)
+    work = tempfile.mkdtemp(prefix=BACKUP_WORK_PREFIX, dir=folder)
+    partial = final + BACKUP_PARTIAL_SUFFIX
+    try:
+        copy = os.path.join(work, BACKUP_DATABASE_MEMBER)
+        copy_database(config.resolved_database_path, copy, cancelled=cancelled, step_pages=step_pages,
+                      progress=lambda done, total: progress("database", done, total))
+        progress("checks", 0, 1)
+        report = check_database(copy)
+        if report.problems:
+            raise BackupInvalid("The database copy fails its checks: %s." % "; ".join(report.problems))
+        progress("checks", 1, 1)
+        database_sha256, database_size = hash_file(copy, cancelled)
+        files = _gather_files(config, pool, hashes, progress, cancelled)
+        manifest = {
+            "format": BACKUP_FORMAT, "format_version": BACKUP_FORMAT_VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "campfire_version": VERSION, "sqlite_version": sqlite3.sqlite_version,
+            "schema_version": report.schema_version, "migrations": report.migrations,
+            "database": {"size": database_size, "sha256": database_sha256},
+            "counts": report.counts, "checks": report.checks,
+            "contents_in_archive": pool is None,
+            "files": [{"path": relative, "size": size, "sha256": digest} for relative, size, digest, _ in files],
+        }
+        _write_archive(partial, manifest, copy, files if pool is None else (), progress, cancelled)
+        progress("verify", 0, 1)
+        verify_backup(partial, content_dir=pool, cancelled=cancelled)
+        progress("verify", 1, 1)
+        try:
+            os.link(partial, final)   # never replaces: fails if final appeared meanwhile
+            os.unlink(partial)
+        except FileExistsError:
+            raise BackupError("%s appeared while the backup was written; nothing was replaced." % final) from None
+        except OSError:
+            if os.path.exists(final):
+                raise BackupError("%s already exists; a backup never replaces a file." % final) from None
+            os.rename(partial, final)  # a file system without hard links (FAT)
+        _fsync_directory(os.path.dirname(os.path.abspath(final)))
+        return BackupResult(final, os.path.getsize(final), manifest, time.monotonic() - started)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _gather_files(config, pool, hashes, progress, cancelled):
+    """[(relative path, size, sha256, full path)] of the storage's files; with a pool,
+    each content not yet there is copied in (checked by its hash on the way)."""
+    storage = config.storage_path
+    relatives = storage_files(storage, config.resolved_database_path)
+    hashes = hashes if hashes is not None else FileHashes(os.path.join(backups_dir(config), BACKUP_HASHES_FILE))
+    files = []
+    for index, relative in enumerate(relatives):
+        progress("files", index, len(relatives))
+        full = os.path.join(storage, relative)
+        try:
+            status = os.stat(full)
+            digest = hashes.lookup(relative, status)
+            if digest is None or (pool is not None and not os.path.exists(os.path.join(pool, digest))):
+                digest = _store_content(full, pool, cancelled) if pool is not None else hash_file(full, cancelled)[0]
+                hashes.remember(relative, status, digest)
+        except FileNotFoundError:
+            continue  # removed since the listing: not part of this backup
+        files.append((relative, status.st_size, digest, full))
+    progress("files", len(relatives), len(relatives))
+    hashes.save(relatives)
+    return files
+
+
+def _store_content(path, pool, cancelled):
+    """Copy a file into the pool under its SHA-256 (once); the digest."""
+    hasher = hashlib.sha256()
+    partial = os.path.join(pool, "%s%s" % (random_hex(8), BACKUP_PARTIAL_SUFFIX))
+    try:
+        with open(path, "rb") as source, open(partial, "xb") as target:
+            os.chmod(partial, 0o600)
+            _copy_stream(source, target, cancelled, hasher)
+            target.flush()
+            os.fsync(target.fileno())
+        digest = hasher.hexdigest()
+        destination = os.path.join(pool, digest)
+        if os.path.exists(destination):
+            os.unlink(partial)
+        else:
+            os.rename(partial, destination)
+        return digest
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+class _HashingReader:
+    """A file read through a hash (what tarfile copies into an archive is what we checked)."""
+
+    def __init__(self, file, cancelled, progress):
+        self.file, self.cancelled, self.progress = file, cancelled, progress
+        self.hasher = hashlib.sha256()
+
+    def read(self, size=-1):
+        if self.cancelled():
+            raise BackupCancelled("The backup was stopped.")
+        block = self.file.read(size)
+        self.hasher.update(block)
+        self.progress(len(block))
+        return block
+
+
+def _write_archive(path, manifest, database_path, files, progress, cancelled):
+    import io
+    import tarfile
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    contents = {}
+    for _, size, digest, full in files:
+        contents.setdefault(digest, (size, full))
+    total = os.path.getsize(database_path) + sum(size for size, _ in contents.values())
+    done = [0]
+
+    def advance(count):
+        done[0] += count
+        progress("archive", min(done[0], total), total)
+
+    def member(name, size):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o600, int(time.time())
+        return info
+
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as raw:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            archive.addfile(member(BACKUP_MANIFEST_MEMBER, len(manifest_bytes)), io.BytesIO(manifest_bytes))
+            with open(database_path, "rb") as database:
+                archive.addfile(member(BACKUP_DATABASE_MEMBER, os.path.getsize(database_path)),
+                                _HashingReader(database, cancelled, advance))
+            for digest, (size, full) in contents.items():
+                with open(full, "rb") as file:
+                    reader = _HashingReader(file, cancelled, advance)
+                    archive.addfile(member("%s/%s" % (BACKUP_CONTENT_DIR_NAME, digest), size), reader)
+                if reader.hasher.hexdigest() != digest:
+                    raise BackupError("%s changed while it was being backed up; try again." % full)
+        raw.flush()
+        os.fsync(raw.fileno())
+    progress("archive", total, total)
+
+
+def read_manifest(archive):
+    """The manifest of a backup archive (its first member), checked for shape; BackupInvalid else."""
+    import tarfile
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            return _read_manifest_member(tar, tar.next(), archive)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise BackupInvalid("%s is not a readable backup (%s)." % (archive, error)) from error
+
+
+def _read_manifest_member(tar, info, archive):
+    if info is None or info.name != BACKUP_MANIFEST_MEMBER or not info.isfile() \
+            or info.size > BACKUP_MANIFEST_MAX_BYTES:
+        raise BackupInvalid("%s is not a Campfire backup (it does not begin with its manifest)." % archive)
+    try:
+        manifest = json.loads(tar.extractfile(info).read())
+    except ValueError as error:
+        raise BackupInvalid("The manifest of %s can't be read (%s)." % (archive, error)) from error
+    if not isinstance(manifest, dict) or manifest.get("format") != BACKUP_FORMAT:
+        raise BackupInvalid("%s is not a Campfire backup." % archive)
+    if not isinstance(manifest.get("format_version"), int) or manifest["format_version"] > BACKUP_FORMAT_VERSION:
+        raise BackupRefused("%s was written by a newer Campfire (backup format %r); upgrade Campfire to use it."
+                            % (archive, manifest.get("format_version")))
+    database = manifest.get("database")
+    files = manifest.get("files")
+    if not (isinstance(database, dict) and isinstance(database.get("size"), int)
+            and _SHA256_RE.match(str(database.get("sha256"))) and isinstance(files, list)
+            and isinstance(manifest.get("schema_version"), int)
+            and all(isinstance(entry, dict) and _safe_relative_path(entry.get("path")) is not None
+                    and isinstance(entry.get("size"), int) and _SHA256_RE.match(str(entry.get("sha256")))
+                    for entry in files)):
+        raise BackupInvalid("The manifest of %s is damaged (a field is missing or wrong)." % archive)
+    return manifest
+
+
+def verify_backup(archive, *, content_dir=None, extract_to=None, deep_files=True, progress=None,
+                  cancelled=lambda: False):
+    """Read a whole archive back and check it against its manifest; the manifest.
+
+    Every member's SHA-256 and size must match (nothing unknown, no links, no
+    paths outside); every file the manifest names must be in the archive or in
+    content_dir (each read and hashed when deep_files). With extract_to, the
+    database is written there and must pass check_database too."""
+    import tarfile
+    progress = progress or _no_progress
+    try:
+        size = os.path.getsize(archive)
+        with tarfile.open(archive, mode="r:") as tar:
+            manifest = _read_manifest_member(tar, tar.next(), archive)
+            wanted = {entry["sha256"]: entry["size"] for entry in manifest["files"]}
+            in_archive, database_seen = set(), False
+            for info in tar:
+                if info.offset == 0:
+                    continue  # the manifest, read above
+                progress("verify", min(info.offset_data, size), size)
+                name = info.name
+                if not info.isfile():
+                    raise BackupInvalid("%s holds %s, which is not a plain file." % (archive, name))
+                if name == BACKUP_DATABASE_MEMBER and not database_seen:
+                    expected, database_seen = manifest["database"], True
+                    target = open(extract_to, "xb") if extract_to else None
+                    try:
+                        digest, copied = _hash_member(tar, info, target, cancelled)
+                    finally:
+                        if target is not None:
+                            target.close()
+                    if (digest, copied) != (expected["sha256"], expected["size"]):
+                        raise BackupInvalid("The database in %s does not match its manifest (damaged)." % archive)
+                    continue
+                prefix, _, digest = name.partition("/")
+                if prefix != BACKUP_CONTENT_DIR_NAME or digest not in wanted or digest in in_archive:
+                    raise BackupInvalid("%s holds %s, which its manifest does not name." % (archive, name))
+                if _hash_member(tar, info, None, cancelled) != (digest, wanted[digest]):
+                    raise BackupInvalid("%s in %s does not match its manifest (damaged)." % (name, archive))
+                in_archive.add(digest)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise BackupInvalid("%s can't be read through (%s)." % (archive, error)) from error
+    if not database_seen:
+        raise BackupInvalid("%s holds no database." % archive)
+    for digest, length in wanted.items():
+        if digest in in_archive:
+            continue
+        stored = os.path.join(content_dir, digest) if content_dir else None
+        if stored is None or not os.path.isfile(stored):
+            raise BackupInvalid("A file of %s (content %s…) is neither in it nor in %s." % (
+                archive, digest[:12], content_dir or "a content folder beside it"))
+        if deep_files and hash_file(stored, cancelled) != (digest, length):
+            raise BackupInvalid("The stored content %s does not match its name (damaged)." % stored)
+    if extract_to:
+        report = check_database(extract_to)
+        if report.problems:
+            raise BackupInvalid("The database in %s fails its checks: %s." % (archive, "; ".join(report.problems)))
+    progress("verify", size, size)
+    return manifest
+
+
+def _hash_member(tar, info, target, cancelled):
+    hasher = hashlib.sha256()
+    copied = _copy_stream(tar.extractfile(info), target, cancelled, hasher, limit=info.size)
+    return hasher.hexdigest(), copied
+
+
+def list_backups(folder):
+    """The archives in a backups folder, newest first: dicts with name, path, size, time,
+    and check ("ok", or what is wrong with the manifest: it is read, not the whole archive)."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(folder):
+            stamp = backup_time(name)
+            if stamp is None:
+                continue
+            path = os.path.join(folder, name)
+            entry = {"name": name, "path": path, "size": os.path.getsize(path), "time": stamp, "manifest": None}
+            try:
+                entry["manifest"] = read_manifest(path)
+                failed = [key for key, value in entry["manifest"].get("checks", {}).items() if value != "ok"]
+                entry["check"] = "ok" if not failed else "failed: " + ", ".join(failed)
+            except BackupError as error:
+                entry["check"] = str(error)
+            found.append(entry)
+    found.sort(key=lambda entry: (entry["time"], entry["name"]), reverse=True)
+    return found
+
+
+def prune_backups(folder, keep=BACKUP_KEEP, now=None):
+    """Delete the archives retention doesn't keep, then the stored contents no kept
+    archive names (older than BACKUP_CONTENT_GRACE). The names deleted."""
+    backups = list_backups(folder)
+    kept = backups_to_keep({entry["name"]: entry["time"] for entry in backups}, keep)
+    deleted = []
+    for entry in backups:
+        if entry["name"] not in kept:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry["path"])
+            deleted.append(entry["name"])
+    remaining = [entry for entry in backups if entry["name"] in kept]
+    if any(entry["manifest"] is None for entry in remaining):
+        return deleted  # an unreadable manifest: what it needs is unknown, so no content goes
+    needed = {item["sha256"] for entry in remaining for item in entry["manifest"]["files"]}
+    pool = os.path.join(folder, BACKUP_CONTENT_DIR_NAME)
+    now = time.time() if now is None else now
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(pool):
+            path = os.path.join(pool, name)
+            with contextlib.suppress(OSError):
+                if name not in needed and now - os.path.getmtime(path) > BACKUP_CONTENT_GRACE:
+                    os.unlink(path)
+    return deleted
+
+
+def read_backup_status(folder):
+    try:
+        with open(os.path.join(folder, BACKUP_STATUS_FILE)) as file:
+            status = json.load(file)
+        return status if isinstance(status, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_backup_status(folder, status):
+    with contextlib.suppress(OSError):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        _write_file_atomically(os.path.join(folder, BACKUP_STATUS_FILE), json.dumps(status, sort_keys=True).encode())
+
+
+def lock_storage(storage_path):
+    """Hold the storage's lock (for as long as the returned descriptor stays open): a
+    running server holds it, and restore refuses to touch a storage in use."""
+    import fcntl
+    os.makedirs(storage_path, exist_ok=True)
+    descriptor = os.open(os.path.join(storage_path, STORAGE_LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise BackupRefused("A Campfire server is running on %s; stop it first." % storage_path) from None
+    return descriptor
+
+
+def storage_in_use(config):
+    """Whether the storage holds data: a database, or any file a backup would hold."""
+    return os.path.exists(config.resolved_database_path) or bool(
+        os.path.isdir(config.storage_path) and storage_files(config.storage_path, config.resolved_database_path))
+
+
 ####
 #### 10. Domain
 ####
@@ -4292,6 +5027,28 @@ class Store:
         """Merge the search index's segments, as a long-lived index would be."""
         with self.db.atomic():
             self.db.execute("INSERT INTO message_search_index (message_search_index) VALUES ('optimize')")
+
+    def rebuild_search_index(self, batch=SEED_BATCH):
+        """Write the search index afresh from the messages, one row each (check --repair):
+        what was damaged, missing or left over is gone. The messages indexed."""
+        written = 0
+        with self.db.atomic():
+            self.db.execute("DELETE FROM message_search_index")
+            self.db.execute("INSERT INTO message_search_index (message_search_index) VALUES ('rebuild')")
+            last = 0
+            while True:
+                rows = self.db.all("SELECT messages.id, action_text_rich_texts.body FROM messages "
+                                   "LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = 'Message' "
+                                   "AND action_text_rich_texts.record_id = messages.id "
+                                   "AND action_text_rich_texts.name = 'body' WHERE messages.id > ? "
+                                   "ORDER BY messages.id LIMIT ?", (last, batch))
+                if not rows:
+                    break
+                self.db.connection.executemany(self.SEARCH_ROW_INSERT,
+                                               [(row[0], self.plain_text(row[1])) for row in rows])
+                written += len(rows)
+                last = rows[-1][0]
+        return written
 
 
 ####
@@ -6993,6 +7750,10 @@ class Config:
     webhook_queue_size: int = WEBHOOK_QUEUE_SIZE
     message_purge_chunk: int = MESSAGE_PURGE_CHUNK
     search_probe_limit: int = SEARCH_PROBE_LIMIT
+    backup_interval: float = None     # seconds between automatic backups; 0 off; None: BACKUP_DEFAULT_INTERVAL
+    backup_keep: dict = None          # retention; None: BACKUP_KEEP
+    backup_url: str = None            # where finished backups are copied (BACKUP_URL)
+    backup_step_pages: int = BACKUP_STEP_PAGES
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -7012,6 +7773,9 @@ class Config:
         config.log_level = (environ.get("LOG_LEVEL") or "INFO").upper()
         if config.log_level not in LOG_LEVELS:
             raise ConfigError("LOG_LEVEL must be one of %s, not %r." % (", ".join(LOG_LEVELS), environ["LOG_LEVEL"]))
+        config.backup_interval = parse_interval(environ.get("BACKUP_INTERVAL") or BACKUP_DEFAULT_INTERVAL)
+        config.backup_keep = parse_backup_keep(environ["BACKUP_KEEP"]) if environ.get("BACKUP_KEEP") else None
+        config.backup_url = environ.get("BACKUP_URL") or None
         return config
 
     @property
@@ -8097,9 +8861,10 @@ async def serve(config):
 
 
 ####
-#### 17. Operations: seed
+#### 17. Operations
 ####
-# Long jobs for the command line, each reporting its progress.
+# Long jobs for the command line, each reporting its progress: seed, backup,
+# restore, check, administrators, and the deployment recipes.
 
 SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room message deploy release server "
               "database search index coffee lunch meeting design review bug fix ship today tomorrow "
@@ -8159,6 +8924,434 @@ def print_progress(label, done, total):
     sys.stderr.flush()
 
 
+# Backups, restore, checks and administrators ---------------------------------------
+# The command line's operations on a storage. Each reports progress through
+# progress(label, done, total) and raises a BackupError subclass (or ConfigError)
+# with a sentence for the person at the terminal.
+
+CHECK_REPAIRED = "repaired"
+
+
+def restore_backup(config, archive, *, force=False, progress=None, now=None):
+    """Put a backup back into config's storage; (manifest, the folder the replaced
+    storage was moved to, or None).
+
+    Refused while a server runs on the storage, for a storage that holds data
+    unless force (what is there is then moved to storage/replaced-<time>/, never
+    deleted), and for a backup of a newer schema. The archive is read through and
+    checked, and every file staged inside the storage, before anything in it moves."""
+    import shutil
+    import tempfile
+    progress = progress or _no_progress
+    now = time.time() if now is None else now
+    archive = os.path.abspath(archive)
+    if not os.path.isfile(archive):
+        raise BackupError("There is no backup at %s." % archive)
+    manifest = read_manifest(archive)
+    known = {name for name, _ in MIGRATIONS}
+    newer = [name for name in manifest.get("migrations") or () if name not in known]
+    if manifest["schema_version"] > CURRENT_SCHEMA_VERSION or newer:
+        raise BackupRefused("%s comes from a newer Campfire (schema %d; this one knows %d). Upgrade campfire.py "
+                            "first, then restore." % (archive, manifest["schema_version"], CURRENT_SCHEMA_VERSION))
+    lock = lock_storage(config.storage_path)
+    staging = None
+    try:
+        occupied = storage_in_use(config)
+        if occupied and not force:
+            raise BackupRefused("%s already holds a Campfire. To replace it, restore with --force: what is there "
+                                "now is moved to %s<time>/ in it, not deleted." % (config.storage_path,
+                                                                                  RESTORE_ASIDE_PREFIX))
+        staging = tempfile.mkdtemp(prefix=RESTORE_STAGING_PREFIX, dir=config.storage_path)
+        database = os.path.join(staging, BACKUP_DATABASE_MEMBER)
+        content_dir = os.path.join(os.path.dirname(archive), BACKUP_CONTENT_DIR_NAME)
+        verify_backup(archive, content_dir=content_dir, extract_to=database, progress=progress)
+        staged = _stage_files(archive, manifest, content_dir, staging, progress)
+        with _interrupts_deferred():
+            aside = _set_aside(config, now) if occupied else None
+            for relative, path in staged:
+                destination = os.path.join(config.storage_path, relative)
+                os.makedirs(os.path.dirname(destination), exist_ok=True)
+                os.replace(path, destination)
+            database_path = config.resolved_database_path
+            os.makedirs(os.path.dirname(database_path), exist_ok=True)
+            for suffix in ("-wal", "-shm", "-journal"):   # a journal left by no one must not meet the new file
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(database_path + suffix)
+            os.replace(database, database_path)
+            _fsync_directory(os.path.dirname(database_path))
+        return manifest, aside
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        os.close(lock)
+
+
+def _stage_files(archive, manifest, content_dir, staging, progress):
+    """Every file the manifest names, written under staging and checked by its hash:
+    [(relative path, staged path)]."""
+    import tarfile
+    contents = os.path.join(staging, BACKUP_CONTENT_DIR_NAME)
+    os.makedirs(contents)
+    with tarfile.open(archive, mode="r:") as tar:
+        for info in tar:
+            prefix, _, digest = info.name.partition("/")
+            if prefix == BACKUP_CONTENT_DIR_NAME and _SHA256_RE.match(digest) and info.isfile():
+                with open(os.path.join(contents, digest), "xb") as target:
+                    if _hash_member(tar, info, target, lambda: False)[0] != digest:
+                        raise BackupInvalid("%s in %s changed while it was read." % (info.name, archive))
+    staged = []
+    entries = manifest["files"]
+    for index, entry in enumerate(entries):
+        progress("files", index, len(entries))
+        relative = _safe_relative_path(entry["path"])
+        source = os.path.join(contents, entry["sha256"])
+        if not os.path.exists(source):
+            source = os.path.join(content_dir, entry["sha256"])
+        target_path = os.path.join(staging, "files", relative)
+        os.makedirs(os.path.dirname(target_path), exist_ok=True)
+        hasher = hashlib.sha256()
+        with open(source, "rb") as file, open(target_path, "xb") as target:
+            _copy_stream(file, target, lambda: False, hasher)
+            target.flush()
+            os.fsync(target.fileno())
+        if hasher.hexdigest() != entry["sha256"]:
+            raise BackupInvalid("The content of %s does not match the manifest (damaged)." % entry["path"])
+        os.chmod(target_path, 0o600)
+        staged.append((relative, target_path))
+    progress("files", len(entries), len(entries))
+    return staged
+
+
+def _set_aside(config, now):
+    """Move the storage's data (all but backups/, the lock and earlier set-asides) into
+    storage/replaced-<time>/; the folder."""
+    storage = config.storage_path
+    aside = _unused_path(os.path.join(storage, RESTORE_ASIDE_PREFIX + time.strftime("%Y%m%dT%H%M%SZ",
+                                                                                    time.gmtime(now))))
+    os.makedirs(aside, mode=0o700)
+    for name in os.listdir(storage):
+        if name in (BACKUP_DIR_NAME, STORAGE_LOCK_FILE) or name.startswith((RESTORE_ASIDE_PREFIX,
+                                                                              RESTORE_STAGING_PREFIX)):
+            continue
+        os.rename(os.path.join(storage, name), os.path.join(aside, name))
+    database = config.resolved_database_path
+    for suffix in ("", "-wal", "-shm", "-journal"):  # a DATABASE_PATH outside the storage
+        if os.path.exists(database + suffix):
+            os.rename(database + suffix, os.path.join(aside, "database-" + os.path.basename(database) + suffix))
+    return aside
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C waits until the block is done (files are being switched: half a switch is worse)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@dataclass
+class StorageReport:
+    problems: list
+    repaired: list
+    facts: dict
+
+
+def check_storage(config, *, repair=False, progress=None):
+    """The `check` command: the database (SQLite's and FTS5's integrity checks, a
+    search row per message), its schema version, and uploaded files against their
+    rows. Without repair it reads a consistent copy, so a running server is never
+    held up; with repair it works in place and needs the server stopped."""
+    import shutil
+    import tempfile
+    progress = progress or _no_progress
+    database = config.resolved_database_path
+    if not os.path.isfile(database):
+        raise BackupError("There is no database at %s." % database)
+    repaired, lock, work = [], None, None
+    try:
+        if repair:
+            lock = lock_storage(config.storage_path)
+            report = check_database(database)
+            if any("search" in problem for problem in report.problems) and not any(
+                    "integrity check" in problem or "newer" in problem for problem in report.problems):
+                app = App(config)
+                try:
+                    indexed = app.store.rebuild_search_index()
+                finally:
+                    app.close()
+                repaired.append("rebuilt the search index (%d messages)" % indexed)
+                report = check_database(database)
+            path = database
+        else:
+            folder = backups_dir(config)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            work = tempfile.mkdtemp(prefix=BACKUP_WORK_PREFIX, dir=folder)
+            path = os.path.join(work, BACKUP_DATABASE_MEMBER)
+            copy_database(database, path, progress=lambda done, total: progress("database", done, total))
+            progress("checks", 0, 1)
+            report = check_database(path)
+            progress("checks", 1, 1)
+        problems = list(report.problems)
+        if report.schema_version > CURRENT_SCHEMA_VERSION:
+            problems.append("the schema (%d) is newer than this Campfire's (%d)"
+                            % (report.schema_version, CURRENT_SCHEMA_VERSION))
+        problems += _check_uploads(config, path)
+        facts = {"schema_version": report.schema_version, "counts": report.counts, "checks": report.checks}
+        return StorageReport(problems, repaired, facts)
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+def _check_uploads(config, database_path):
+    """Files without rows and rows without files, in Active Storage's disk layout
+    (<root>/<key[0:2]>/<key[2:4]>/<key>, Rails' ActiveStorage::Service::DiskService)."""
+    root = os.path.join(config.storage_path, UPLOADS_DIR_NAME)
+    connection = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(database_path), uri=True)
+    try:
+        keys = {row[0] for row in connection.execute("SELECT key FROM active_storage_blobs")}
+    except sqlite3.Error:
+        keys = set()
+    finally:
+        connection.close()
+    problems = []
+    missing = sorted(key for key in keys if not os.path.isfile(os.path.join(root, key[:2], key[2:4], key)))
+    if missing:
+        problems.append("%d uploaded files are missing (rows without files), such as %s"
+                        % (len(missing), ", ".join(missing[:3])))
+    strays = []
+    if os.path.isdir(root):
+        for folder, _, names in os.walk(root):
+            for name in names:
+                relative = os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
+                if name not in keys or relative != "%s/%s/%s" % (name[:2], name[2:4], name):
+                    strays.append(relative)
+    if strays:
+        problems.append("%d files in %s belong to no upload (files without rows), such as %s"
+                        % (len(strays), root, ", ".join(sorted(strays)[:3])))
+    return problems
+
+
+def create_administrator(config, name, email, password):
+    """A new administrator (or, on an empty storage, the account and its first
+    administrator, as the first-run page makes them); the User."""
+    errors = {}
+    check_field(errors, "name", name, blank="Enter a name.", max_chars=MAX_NAME_CHARS)
+    check_field(errors, "email", email, blank="Enter an email address.", problem=_email_problem)
+    check_field(errors, "password", password, blank="Choose a password.", max_bytes=MAX_PASSWORD_BYTES)
+    if errors:
+        raise ConfigError(" ".join(errors.values()))
+    app = App(config)
+    try:
+        if app.store.user_by_email(email) is not None:
+            raise ConfigError("Someone already signs in as %s; reset-password makes them a sign-in link." % email)
+        digest = hash_password(password, config.scrypt_n)
+        created = app.store.first_run(name, email, digest) if app.store.account() is None else None
+        return created[0] if created else app.store.create_user(name, email, role=ROLE_ADMINISTRATOR,
+                                                                 password_digest=digest)
+    finally:
+        app.close()
+
+
+def sign_in_link(config, email, base_url, now=None):
+    """A link that signs the person with this address in for TRANSFER_TOKEN_SECONDS, to
+    set a new password (Campfire's script/admin/reset-password answers the same need)."""
+    now = time.time() if now is None else now
+    app = App(config)
+    try:
+        user = app.store.user_by_email(email)
+        if user is None or not user.active or user.bot:
+            raise ConfigError("No active person signs in as %s." % email)
+        token = app.signer.sign(user.id, "transfer", expires_at=int(now + TRANSFER_TOKEN_SECONDS))
+        return base_url.rstrip("/") + url_for("session_transfer", token=token)
+    finally:
+        app.close()
+
+
+# Recipes ------------------------------------------------------------------------------
+# Deployment files printed by `campfire.py recipe NAME`, filled in with
+# this file's location, the storage and the port. Each is what a careful admin
+# would write by hand; the README says where each goes.
+
+def recipe_text(name, config, script=None):
+    script = os.path.abspath(script or os.path.join(HERE, os.path.basename(__file__)))
+    storage = os.path.abspath(config.storage_path)
+    values = {"script": script, "home": os.path.dirname(script), "storage": storage, "port": config.port,
+              "python": "/usr/bin/python3", "database": os.path.abspath(config.resolved_database_path),
+              "version": VERSION, "script_name": os.path.basename(script)}
+    if name == "litestream":
+        values["replica"] = _litestream_replica(config)
+    try:
+        template = RECIPES[name][1]
+    except KeyError:
+        raise ConfigError("There is no recipe %r; choose from %s." % (name, ", ".join(RECIPES))) from None
+    return template.format(**values)
+
+
+def _litestream_replica(config):
+    """Litestream's replica URL beside BACKUP_URL's backups (an s3:// target only)."""
+    url = config.backup_url or ""
+    if url.startswith("s3://"):
+        return url.rstrip("/") + "/litestream"
+    return "s3://BUCKET/campfire/litestream"
+
+
+RECIPES = {
+    "systemd": ("a hardened systemd service (/etc/systemd/system/campfire.service)", """\
+# /etc/systemd/system/campfire.service: Campfire as a service of its own user.
+#   useradd --system --home-dir {storage} --shell /usr/sbin/nologin campfire
+#   install -d -o campfire -g campfire -m 700 {storage}
+#   systemctl daemon-reload && systemctl enable --now campfire
+# Settings such as BACKUP_URL and AWS_* go in /etc/campfire.env (mode 600).
+[Unit]
+Description=Campfire team chat
+Documentation=file://{home}/README.md
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=campfire
+Group=campfire
+WorkingDirectory={storage}
+Environment=CAMPFIRE_STORAGE_PATH={storage}
+Environment=PORT={port}
+Environment=PYTHONPYCACHEPREFIX=/var/cache/campfire
+EnvironmentFile=-/etc/campfire.env
+ExecStart={python} {script}
+Restart=on-failure
+RestartSec=2s
+KillSignal=SIGTERM
+TimeoutStopSec=30s
+UMask=0077
+LimitNOFILE=65536
+CacheDirectory=campfire
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={storage}
+ProtectHome=read-only
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+CapabilityBoundingSet=
+SystemCallArchitectures=native
+
+[Install]
+WantedBy=multi-user.target
+"""),
+    "docker": ("a Dockerfile: the storage a volume, a user without privileges, a health check on /up", """\
+# Build beside campfire.py and static/:  docker build -t campfire .
+# Run:  docker run -d --name campfire -p {port}:{port} -v campfire-storage:/storage campfire
+# The storage is a volume, never the image: back it up with
+#   docker exec campfire python3 /app/{script_name} backup
+FROM python:3.12-slim
+RUN useradd --system --uid 10001 --home-dir /storage --shell /usr/sbin/nologin campfire \\
+ && install -d -o campfire -g campfire -m 700 /storage
+COPY {script_name} /app/{script_name}
+COPY static /app/static
+# Compiled once here: the server runs from the cached bytecode, and /app stays read-only.
+RUN python3 -m compileall -q /app/{script_name}
+ENV CAMPFIRE_STORAGE_PATH=/storage PORT={port} PYTHONUNBUFFERED=1
+USER campfire
+VOLUME ["/storage"]
+EXPOSE {port}
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \\
+  CMD ["python3", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:%s/up' % os.environ.get('PORT', '{port}'); sys.exit(0 if urllib.request.urlopen(url, timeout=4).status == 200 else 1)"]
+CMD ["python3", "/app/{script_name}"]
+"""),
+    "caddy": ("a Caddyfile: HTTPS from Let's Encrypt in front of Campfire, WebSockets passed", """\
+# /etc/caddy/Caddyfile: Caddy gets and renews the certificate for the name below,
+# and passes WebSockets (/cable) through as they are.
+chat.example.com {{
+\treverse_proxy 127.0.0.1:{port} {{
+\t\tflush_interval -1
+\t}}
+\trequest_body {{
+\t\tmax_size 100MB
+\t}}
+}}
+"""),
+    "nginx": ("an nginx site: HTTPS in front of Campfire, WebSockets passed", """\
+# /etc/nginx/conf.d/campfire.conf (the http block): HTTPS in front of Campfire.
+# The certificate paths are certbot's; /cable needs the Upgrade headers below.
+map $http_upgrade $campfire_connection {{
+    default upgrade;
+    ''      close;
+}}
+
+upstream campfire {{
+    server 127.0.0.1:{port};
+    keepalive 16;
+}}
+
+server {{
+    listen 80;
+    listen [::]:80;
+    server_name chat.example.com;
+    return 301 https://$host$request_uri;
+}}
+
+server {{
+    listen 443 ssl;
+    listen [::]:443 ssl;
+    server_name chat.example.com;
+    ssl_certificate /etc/letsencrypt/live/chat.example.com/fullchain.pem;
+    ssl_certificate_key /etc/letsencrypt/live/chat.example.com/privkey.pem;
+    client_max_body_size 100m;
+
+    location / {{
+        proxy_pass http://campfire;
+        proxy_http_version 1.1;
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-Host $host;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $campfire_connection;
+        proxy_read_timeout 1h;
+        proxy_buffering off;
+    }}
+}}
+"""),
+    "litestream": ("a Litestream configuration: the WAL streamed beside BACKUP_URL's backups", """\
+# /etc/litestream.yml: Litestream (https://litestream.io) streams the database's
+# WAL to the replica below, for a warm standby or a restore to any second.
+# Campfire's own backups (hourly archives with the files) go on beside it.
+# Credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in Litestream's environment.
+# Restore to a point in time:  litestream restore -timestamp 2024-05-01T09:30:00Z {database}
+dbs:
+  - path: {database}
+    replicas:
+      - url: {replica}
+        sync-interval: 1s
+        retention: 168h
+        snapshot-interval: 24h
+"""),
+}
+
+
 ####
 #### 18. Command line
 ####
@@ -8191,8 +9384,210 @@ COMMANDS = {
         "--messages": (int, 100_000, "messages to add (default 100,000)"),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
     }),
+    "backup": ("write a checked backup now, whether or not the server runs", {
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "backups": ("list the backups in storage/backups/ with size, age and check", {
+        "--verify": (bool, False, "read each archive through and check every byte, not just its manifest"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "restore": ("restore a backup into a storage no server runs on, after checking it", {
+        "--force": (bool, False, "replace a storage that holds data (it is moved to storage/replaced-TIME/)"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "check": ("check the database, its search index, schema and files; exit 1 on a problem", {
+        "--repair": (bool, False, "rebuild the search index (the server must be stopped)"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "create-admin": ("add an administrator (the password is asked without echo, or read from stdin)", {
+        "--name": (str, None, "the name (asked when not given)"),
+        "--email": (str, None, "the email address (asked when not given)"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "reset-password": ("print a sign-in link for someone who lost their password (valid 4 hours)", {
+        "--url": (str, None, "the address people open Campfire at (default http://localhost:PORT)"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "recipe": ("print a deployment file: systemd, docker, caddy, nginx or litestream", {
+        "--storage": (str, None, "storage directory the recipe names (CAMPFIRE_STORAGE_PATH)"),
+    }),
 }
 USAGE = "campfire.py [COMMAND] [OPTION ...]"
+
+# The words a command takes after its options: command -> ((NAME, required, what it is), ...)
+COMMAND_ARGUMENTS = {
+    "backup": (("PATH", False, "write a self-contained archive there (a file, or a folder for the usual name) "
+                               "instead of into storage/backups/"),),
+    "restore": (("ARCHIVE", True, "the backup archive to restore"),),
+    "reset-password": (("EMAIL", True, "the email address the person signs in with"),),
+    "recipe": (("NAME", True, "one of: " + ", ".join(RECIPES)),),
+}
+
+# What each exit status means (also in --help and the README).
+EXIT_OK = 0
+EXIT_FAILED = 1         # the work failed, a check found a problem, or the configuration is wrong
+EXIT_USAGE = 2          # a command line that can't be read
+EXIT_REFUSED = 3        # refused to lose data: a server runs on the storage, it holds data, a newer schema
+EXIT_INTERRUPTED = 130  # Ctrl-C: what was half-written is removed (128 + SIGINT, as shells report it)
+EXIT_CODES_HELP = ("exit status: 0 done; 1 failed or a problem found; 2 a command line that can't be read; "
+                   "3 refused to lose data (a server is running on the storage, it holds data without --force, "
+                   "or the backup is from a newer Campfire); 130 interrupted (Ctrl-C), nothing half-written kept.")
+
+
+class ProgressBar:
+    """progress(label, done, total) on stderr: a bar redrawn in place on a terminal,
+    a plain line at each tenth otherwise (so a log stays short)."""
+
+    CELLS = 30
+    REDRAW_SECONDS = 0.1
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._shown = None
+        self._drawn = 0.0
+
+    def __call__(self, label, done, total):
+        fraction = min(1.0, done / total) if total else 1.0
+        finished = done >= total
+        if self.tty:
+            now = time.monotonic()
+            if not finished and self._shown == label and now - self._drawn < self.REDRAW_SECONDS:
+                return
+            self._shown, self._drawn = label, now
+            cells = int(fraction * self.CELLS)
+            self.stream.write("\r%-9s [%s%s] %3d%%%s" % (label, "#" * cells, "-" * (self.CELLS - cells),
+                                                         fraction * 100, "\n" if finished else ""))
+        else:
+            step = (label, int(fraction * 10))
+            if step == self._shown:
+                return
+            self._shown = step
+            self.stream.write("%s: %d%%\n" % (label, fraction * 100))
+        self.stream.flush()
+
+
+def _size_text(size):
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return ("%d %s" if unit == "bytes" else "%.1f %s") % (size, unit)
+        size /= 1024
+
+
+def _age_text(seconds):
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return "%d%s ago" % (seconds // length, unit)
+    return "just now"
+
+
+def backup_command(config, options):
+    target = options["path"]
+    result = write_backup(config, target, progress=ProgressBar())
+    if target is None:
+        status = read_backup_status(backups_dir(config))
+        status["last_success"] = {"name": os.path.basename(result.path), "time": time.time(), "size": result.size,
+                                  "seconds": round(result.seconds, 2)}
+        write_backup_status(backups_dir(config), status)
+    counts = result.manifest["counts"]
+    print("Backed up to %s (%s: %d messages, %d people, %d files) in %.1f s; checked." % (
+        result.path, _size_text(result.size), counts.get("messages", 0), counts.get("users", 0),
+        len(result.manifest["files"]), result.seconds))
+    return EXIT_OK
+
+
+def backups_command(config, options):
+    folder = backups_dir(config)
+    entries = list_backups(folder)
+    status = read_backup_status(folder)
+    failure = status.get("last_failure")
+    if failure and failure.get("time", 0) > (status.get("last_success") or {}).get("time", 0):
+        print("The last automatic backup FAILED %s: %s" % (_age_text(time.time() - failure["time"]),
+                                                           failure.get("error")))
+    if not entries:
+        print("No backups in %s yet." % folder)
+        return EXIT_FAILED if failure else EXIT_OK
+    content_dir = os.path.join(folder, BACKUP_CONTENT_DIR_NAME)
+    bad = 0
+    print("%-36s %10s %10s  %s" % ("BACKUP", "SIZE", "AGE", "CHECK"))
+    for entry in entries:
+        check = entry["check"]
+        if options["verify"] and check == "ok":
+            try:
+                verify_backup(entry["path"], content_dir=content_dir, deep_files=True)
+            except BackupError as error:
+                check = str(error)
+        bad += check != "ok"
+        print("%-36s %10s %10s  %s" % (entry["name"], _size_text(entry["size"]),
+                                       _age_text(time.time() - entry["time"]), check))
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def restore_command(config, options):
+    manifest, aside = restore_backup(config, options["archive"], force=options["force"], progress=ProgressBar())
+    counts = manifest["counts"]
+    print("Restored the backup of %s: %d messages, %d people, %d files; checked." % (
+        manifest["created_at"], counts.get("messages", 0), counts.get("users", 0), len(manifest["files"])))
+    if aside:
+        print("What the storage held before is in %s." % aside)
+    return EXIT_OK
+
+
+def check_command(config, options):
+    report = check_storage(config, repair=options["repair"], progress=ProgressBar())
+    for line in report.repaired:
+        print("Repaired: " + line)
+    for problem in report.problems:
+        print("Problem: " + problem)
+    counts = report.facts["counts"]
+    print("Schema version %d; %s." % (report.facts["schema_version"], ", ".join(
+        "%d %s" % (count, table) for table, count in counts.items())))
+    if report.problems:
+        print("%d problem(s) found.%s" % (len(report.problems), "" if options["repair"] else
+                                          " `check --repair` rebuilds the search index (with the server stopped)."))
+        return EXIT_FAILED
+    print("No problems found.")
+    return EXIT_OK
+
+
+def _ask(prompt, secret=False):
+    """A line from the person at the terminal (a password without echo), or from stdin's next line."""
+    if sys.stdin.isatty():
+        import getpass
+        return getpass.getpass(prompt) if secret else input(prompt)
+    line = sys.stdin.readline()
+    if not line:
+        raise ConfigError("Expected %s on standard input." % prompt.strip(": ").lower())
+    return line.rstrip("\r\n")
+
+
+def create_admin_command(config, options):
+    name = options["name"] or _ask("Name: ")
+    email = options["email"] or _ask("Email address: ")
+    password = _ask("Password: ", secret=True)
+    if sys.stdin.isatty() and _ask("Password again: ", secret=True) != password:
+        raise ConfigError("The passwords don't match; nothing was changed.")
+    user = create_administrator(config, name.strip(), email.strip(), password)
+    print("%s (%s) is an administrator and can sign in now." % (user.name, user.email_address))
+    return EXIT_OK
+
+
+def reset_password_command(config, options):
+    base = options["url"] or "http://localhost:%d" % config.port
+    link = sign_in_link(config, options["email"], base)
+    print("Open this link within %d hours to sign in, then set a new password on your profile:\n%s"
+          % (TRANSFER_TOKEN_SECONDS // 3600, link))
+    return EXIT_OK
+
+
+def recipe_command(config, options):
+    sys.stdout.write(recipe_text(options["name"], config))
+    return EXIT_OK
+
+
+OPERATIONS = {"backup": backup_command, "backups": backups_command, "restore": restore_command,
+              "check": check_command, "create-admin": create_admin_command,
+              "reset-password": reset_password_command, "recipe": recipe_command}
 
 
 class UsageError(Exception):
@@ -8216,9 +9611,14 @@ def parse_command_line(argv):
             raise UsageError("unknown command %r (choose from %s)" % (command, ", ".join(COMMANDS)))
     options = COMMANDS[command][1]
     values = {_option_key(name): default for name, (_, default, _) in options.items()}
+    arguments = list(COMMAND_ARGUMENTS.get(command, ()))
+    values.update((name.lower(), None) for name, _, _ in arguments)
     words = iter(argv)
     for word in words:
         name, equals, value = word.partition("=")
+        if arguments and not word.startswith("-"):
+            values[arguments.pop(0)[0].lower()] = word
+            continue
         if name not in options:
             raise UsageError("%s does not take %r" % (command, word))
         kind = options[name][0]
@@ -8236,12 +9636,38 @@ def parse_command_line(argv):
             values[key] = kind(value)
         except ValueError:
             raise UsageError("%s needs %s, not %r" % (name, VALUE_NAMES[kind], value)) from None
+    missing = [name for name, required, _ in arguments if required]
+    if missing:
+        raise UsageError("%s needs %s" % (command, " ".join(missing)))
     return command, values
+
+
+def command_help(command):
+    """`campfire.py COMMAND --help`: what the command does, its words, its options, its exit status."""
+    summary, options = COMMANDS[command]
+    arguments = COMMAND_ARGUMENTS.get(command, ())
+    words = " ".join(name if required else "[%s]" % name for name, required, _ in arguments)
+    lines = ["usage: campfire.py %s [OPTION ...]%s" % (command, " " + words if words else ""), "", summary + "."]
+    if arguments:
+        lines += [""] + ["  %-20s %s" % (name, description) for name, _, description in arguments]
+    lines += ["", "options:"]
+    for name, (kind, _, description) in options.items():
+        lines.append("  %-20s %s" % (name if kind is bool else name + " " + name[2:].upper(), description))
+    lines.append("  %-20s %s" % ("-h, --help", "show this help and exit"))
+    if command != "serve":
+        lines += [""] + textwrap_lines(EXIT_CODES_HELP)
+    return "\n".join(lines)
+
+
+def textwrap_lines(text, width=79):
+    import textwrap
+    return textwrap.wrap(text, width)
 
 
 def help_text():
     lines = ["usage: " + USAGE, "", "Campfire: a team chat in one file.", "", "commands:"]
     lines += ["  %-20s %s" % (command, summary) for command, (summary, _) in COMMANDS.items()]
+    lines += ["", "`campfire.py COMMAND --help` says more about each."]
     for command, (_, options) in COMMANDS.items():
         lines += ["", "options of %s:" % command]
         for name, (kind, _, description) in options.items():
@@ -8249,14 +9675,15 @@ def help_text():
     lines += ["", "  %-20s %s" % ("-h, --help", "show this help and exit"),
               "  %-20s %s" % ("--version", "show the version and exit"), "",
               "Configuration also comes from the environment: PORT, BIND, CAMPFIRE_STORAGE_PATH,",
-              "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL."]
+              "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL, BACKUP_INTERVAL,",
+              "BACKUP_KEEP, BACKUP_URL and the AWS_* variables it reads.", ""] + textwrap_lines(EXIT_CODES_HELP)
     return "\n".join(lines)
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(argv):
-        print(help_text())
+        print(command_help(argv[0]) if argv[0] in COMMANDS else help_text())
         return 0
     if "--version" in argv:
         print("Campfire %s" % VERSION)
@@ -8292,11 +9719,21 @@ def main(argv=None):
             finally:
                 app.close()
             print("Seeded. Sign in as %s (an administrator) with the password %r." % (admin_email, SEED_PASSWORD))
+        else:
+            return OPERATIONS[command](config, options)
     except ConfigError as error:
         print("campfire: %s" % error, file=sys.stderr)
         return 1
+    except BackupRefused as error:
+        print("campfire: %s" % error, file=sys.stderr)
+        return EXIT_REFUSED
+    except BackupError as error:
+        print("campfire: %s" % error, file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        pass
+        if command != "serve":
+            print("\ncampfire: interrupted; nothing half-written was kept.", file=sys.stderr)
+            return EXIT_INTERRUPTED
     return 0
 
 
