@@ -495,6 +495,14 @@ def parse_db_time(text):
     return seconds + (int(fraction.ljust(6, "0")) / 1e6 if text[19:20] == "." and fraction.isdigit() else 0)
 
 
+def byte_size_text(size):
+    """1536 → "1.5 KiB": a size for people."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return ("%d %s" if unit == "bytes" else "%.1f %s") % (size, unit)
+        size /= 1024
+
+
 def escape_html(text, *, trix=False):
     """The one escaping function: & < > " and ' as character references, as
     html.escape writes them. trix=True writes text the way a stored message body
@@ -5690,8 +5698,41 @@ def render_people_page(view, people_html):
     return HTML('{}<section class="panel panel--wide">{}</section>').format(render_page_assets(view), people_html)
 
 
+def render_backup_status(backups):
+    """Administrators' view of the automatic backups: the last good one, and a failure, loudly."""
+    if backups["last_error"] and not backups["ok"]:
+        failure = HTML('<p class="notice notice--alert" role="alert" id="backup_failure">The last backup failed '
+                       '({when} UTC): {error} Older backups are kept; it is tried again soon.</p>').format(
+            when=backups["last_failure_at"].replace("T", " ").rstrip("Z"), error=backups["last_error"])
+    else:
+        failure = HTML("")
+    if backups["last_backup"]:
+        last = HTML('The last good backup is <code>{name}</code> ({size}, {when} UTC).').format(
+            name=backups["last_backup"], size=byte_size_text(backups["last_size_bytes"] or 0),
+            when=backups["last_success_at"].replace("T", " ").rstrip("Z"))
+    else:
+        last = HTML("No backup has been made yet.")
+    if backups["interval_seconds"]:
+        every = HTML(" A backup is made every {} in <code>storage/backups/</code>.").format(
+            _interval_text(backups["interval_seconds"]))
+    else:
+        every = HTML(" Automatic backups are off (<code>BACKUP_INTERVAL=0</code>).")
+    return HTML(
+        '<section class="panel__section" aria-labelledby="backups_heading" id="backups">'
+        '<h2 class="panel__subtitle" id="backups_heading">Backups</h2>{failure}'
+        '<p class="panel__intro">{last}{every}</p></section>').format(failure=failure, last=last, every=every)
+
+
+def _interval_text(seconds):
+    for unit, length in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= length and seconds % length == 0:
+            count = int(seconds // length)
+            return unit if count == 1 else "%d %ss" % (count, unit)
+    return "%d seconds" % seconds
+
+
 def render_account_page(view, account, invite_url, people_html, *, restricted, values=None, errors=None,
-                        notice=None):
+                        notice=None, backups=None):
     """The account: its name, the invitation link, people; administrators also edit it."""
     errors = errors or {}
     name = (values or {}).get("account[name]", account["name"])
@@ -5714,8 +5755,9 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             '<section class="panel__section" aria-labelledby="account_admin_heading">'
             '<h2 class="panel__subtitle" id="account_admin_heading">Administration</h2><div class="form__actions">'
             '<a class="button" href="{styles}">Edit custom CSS</a>'
-            '<a class="button" href="{bots}">Set up chat bots</a></div></section>').format(
-            styles=url_for("edit_account_custom_styles"), bots=url_for("account_bots"))
+            '<a class="button" href="{bots}">Set up chat bots</a></div></section>{backups}').format(
+            styles=url_for("edit_account_custom_styles"), bots=url_for("account_bots"),
+            backups=render_backup_status(backups) if backups else "")
         regenerate = HTML(
             '<form method="post" action="{}" class="inline-form">'
             '<button type="submit" class="button button--danger" '
@@ -6165,9 +6207,31 @@ HEALTH_HEADERS = (("Content-Security-Policy", "default-src 'none'; style-src 'un
 
 
 def health_check(app, request):
+    if request.query_string and request.query.get("detail") == "1":
+        return health_detail(app, request)
     if not app.db.healthy():
         return Response(UNHEALTHY_PAGE, 503, headers=HEALTH_HEADERS)
     return Response(HEALTHY_PAGE, headers=HEALTH_HEADERS)
+
+
+def health_detail(app, request):
+    """/up?detail=1: JSON for monitoring, to loopback and administrators only (it names
+    backups and disk space): the database, the backups, free space, the version."""
+    address = normalized_ip(request.remote_addr)
+    if address is None or not address.is_loopback:
+        app._authenticate(request)
+        if request.user is None or not request.user.administrator:
+            raise NotFound("There is nothing at this address.")
+    healthy = app.db.healthy()
+    backups = app.backups.summary()
+    try:
+        disk = os.statvfs(app.config.storage_path)
+        free = disk.f_bavail * disk.f_frsize
+    except OSError:
+        free = None
+    detail = {"status": "ok" if healthy and backups["ok"] else "failing", "database": "ok" if healthy else "failing",
+              "backups": backups, "storage_free_bytes": free, "version": VERSION}
+    return json_response(detail, 200 if healthy else 503, headers=[("Cache-Control", "no-store")])
 
 
 # Static files and the installable app --------------------------------------------
@@ -6831,7 +6895,8 @@ def _account_page(app, request, *, values=None, errors=None, notice=None, status
     invite_url = request.origin + url_for("join", join_code=account["join_code"])
     body = render_account_page(
         view, account, invite_url, render_people(view, people, 1, more), values=values, errors=errors, notice=notice,
-        restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True)
+        restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True,
+        backups=app.backups.summary() if view.user.administrator else None)
     return _page(app, request, "Account", body, status=status)
 
 
@@ -7825,6 +7890,7 @@ class App:
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
         self.webhooks = Webhooks(self)
         self.purges = Purges(self)
+        self.backups = BackupSchedule(self)
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -8155,6 +8221,7 @@ class App:
 ####
 # Work that follows a change, off the request path: a banned person's messages
 # deleted in chunks, and webhook deliveries. Each starts from an Events listener.
+# Automatic backups run on a timer, on a thread of their own.
 
 def run_in_background(step):
     """Call step() until it returns False. Under the server each call gets its own
@@ -8485,6 +8552,155 @@ class Webhooks:
             log.error("webhook reply from bot %d not posted:\n%s", delivery.bot_id, traceback.format_exc())
 
 
+class BackupSchedule:
+    """Automatic backups while serving: one every config.backup_interval seconds into
+    storage/backups/, then retention, then the off-site copy. The work runs on a
+    thread of its own (SQLite's backup steps, hashing and file copies release the
+    GIL), so the event loop only starts it and records how it ended. A failure is
+    logged as an error, kept in backups/status.json, shown to administrators on the
+    account page and in /up?detail=1, tried again sooner, and deletes nothing."""
+
+    def __init__(self, app):
+        self.app = app
+        self.folder = backups_dir(app.config)
+        self.status = read_backup_status(self.folder)
+        self.running = None          # the future of the backup being written
+        self.started_at = None
+        self.loop = None
+        self._timer = None
+        self._executor = None
+        self._cancel = None
+        self._hashes = None
+        self._stopped = False
+
+    @property
+    def interval(self):
+        interval = self.app.config.backup_interval
+        return parse_interval(BACKUP_DEFAULT_INTERVAL) if interval is None else interval
+
+    def start(self, loop):
+        self.loop = loop
+        if not self.interval:
+            return
+        last = max((self.status.get("last_success") or {}).get("time", 0),
+                   max((backup_time(name) or 0 for name in _listdir(self.folder)), default=0))
+        self._schedule(max(BACKUP_START_DELAY, last + self.interval - time.time()))
+
+    def _schedule(self, delay):
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, self.run_now)
+
+    def run_now(self):
+        """Start a backup now (unless one is running); the future of its work."""
+        if self.running is not None:
+            return self.running
+        import concurrent.futures
+        import threading
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "campfire-backup")
+        self._cancel = threading.Event()
+        self.started_at = time.time()
+        self.running = self.loop.run_in_executor(self._executor, self._work, self._cancel)
+        self.running.add_done_callback(self._finished)
+        return self.running
+
+    def _work(self, cancel):
+        """On the backup thread: write, check, record, prune. The status it recorded."""
+        config = self.app.config
+        if self._hashes is None:
+            self._hashes = FileHashes(os.path.join(self.folder, BACKUP_HASHES_FILE))
+        status = dict(read_backup_status(self.folder))
+        try:
+            result = write_backup(config, cancelled=cancel.is_set, hashes=self._hashes,
+                                  step_pages=config.backup_step_pages)
+        except BackupCancelled:
+            raise
+        except Exception as error:
+            message = str(error) if isinstance(error, (BackupError, OSError)) else "%s: %s" % (
+                type(error).__name__, error)
+            log.error("BACKUP FAILED: %s (older backups are untouched)", message)
+            if not isinstance(error, (BackupError, OSError)):
+                log.error("%s", traceback.format_exc())
+            status["last_failure"] = {"time": time.time(), "error": message}
+            write_backup_status(self.folder, status)
+            return status
+        status["last_success"] = {"name": os.path.basename(result.path), "time": time.time(),
+                                  "size": result.size, "seconds": round(result.seconds, 2)}
+        write_backup_status(self.folder, status)
+        log.info("backed up to %s (%d bytes) in %.1f s", result.path, result.size, result.seconds)
+        try:
+            deleted = prune_backups(self.folder, config.backup_keep or BACKUP_KEEP)
+        except OSError as error:
+            log.error("old backups could not be pruned: %s", error)
+        else:
+            if deleted:
+                log.info("retention removed %d old backups: %s", len(deleted), ", ".join(deleted))
+        return status
+
+    def _finished(self, future):
+        self.running = None
+        if future.cancelled() or isinstance(future.exception(), BackupCancelled):
+            return
+        error = future.exception()
+        if error is not None:  # only a bug gets here: _work records every failure it expects
+            log.error("backup failed:\n%s", "".join(traceback.format_exception(error)))
+            self.status = dict(self.status, last_failure={"time": time.time(), "error": str(error)})
+        else:
+            self.status = future.result()
+        if self.interval and not self._stopped:
+            self._schedule(BACKUP_RETRY_AFTER_FAILURE if self.failed else self.interval)
+
+    @property
+    def failed(self):
+        """Whether the latest backup failed (a later success clears it)."""
+        failure = self.status.get("last_failure")
+        return bool(failure) and failure["time"] >= (self.status.get("last_success") or {}).get("time", 0)
+
+    def summary(self, now=None):
+        """The state of backups as plain data, for /up?detail=1 and the account page."""
+        now = time.time() if now is None else now
+        success = self.status.get("last_success") or {}
+        failure = self.status.get("last_failure") or {}
+        return {
+            "interval_seconds": self.interval,
+            "running": self.running is not None,
+            "last_success_at": _iso_seconds(success.get("time")),
+            "last_success_age_seconds": round(now - success["time"]) if success.get("time") else None,
+            "last_backup": success.get("name"),
+            "last_size_bytes": success.get("size"),
+            "last_failure_at": _iso_seconds(failure.get("time")),
+            "last_error": failure.get("error"),
+            "ok": not self.failed,
+        }
+
+    async def stop(self):
+        """Stop the timer; a backup being written is cancelled (its partial files removed)."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        running = self.running
+        if running is not None:
+            self._cancel.set()
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running), BACKUP_STOP_WAIT)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+
+def _listdir(folder):
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
+def _iso_seconds(stamp):
+    return None if not stamp else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
 ####
 #### 16. The server
 ####
@@ -8709,6 +8925,7 @@ class Server:
         self._sweeper = self.loop.create_task(self._sweep())
         self._beat = self.loop.create_task(self._cable_beat())
         self.app.webhooks.start(self.loop)
+        self.app.backups.start(self.loop)
 
     async def _cable_beat(self):
         while not self.stopping:
@@ -8770,6 +8987,7 @@ class Server:
         """Stop accepting, let in-flight requests finish (bounded), close the database."""
         self.stopping = True
         self.app.webhooks.stop()
+        await self.app.backups.stop()
         if self._server is not None:
             self._server.close()
         if self._sweeper is not None:
@@ -8843,6 +9061,13 @@ def tune_malloc():
 
 async def serve(config):
     tune_malloc()
+    try:
+        storage_lock = lock_storage(config.storage_path)  # held until the process ends
+    except BackupRefused:
+        raise ConfigError("Another Campfire server is running on %s." % config.storage_path) from None
+    except OSError as error:
+        raise ConfigError("Storage directory %s cannot be used (%s)." % (config.storage_path, error.strerror)) \
+            from error
     app = App(config)
     server = Server(app, config.host, config.port, make_ssl_context(config))
     try:
@@ -8858,6 +9083,7 @@ async def serve(config):
     await stop.wait()
     log.info("shutting down")
     await server.stop()
+    os.close(storage_lock)
 
 
 ####
@@ -9467,13 +9693,6 @@ class ProgressBar:
         self.stream.flush()
 
 
-def _size_text(size):
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return ("%d %s" if unit == "bytes" else "%.1f %s") % (size, unit)
-        size /= 1024
-
-
 def _age_text(seconds):
     for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= length:
@@ -9491,7 +9710,7 @@ def backup_command(config, options):
         write_backup_status(backups_dir(config), status)
     counts = result.manifest["counts"]
     print("Backed up to %s (%s: %d messages, %d people, %d files) in %.1f s; checked." % (
-        result.path, _size_text(result.size), counts.get("messages", 0), counts.get("users", 0),
+        result.path, byte_size_text(result.size), counts.get("messages", 0), counts.get("users", 0),
         len(result.manifest["files"]), result.seconds))
     return EXIT_OK
 
@@ -9518,7 +9737,7 @@ def backups_command(config, options):
             except BackupError as error:
                 check = str(error)
         bad += check != "ok"
-        print("%-36s %10s %10s  %s" % (entry["name"], _size_text(entry["size"]),
+        print("%-36s %10s %10s  %s" % (entry["name"], byte_size_text(entry["size"]),
                                        _age_text(time.time() - entry["time"]), check))
     return EXIT_FAILED if bad else EXIT_OK
 
