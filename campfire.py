@@ -62,11 +62,14 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import re
 import resource
 import signal
+import socket
 import sqlite3
 import struct
+import threading
 import time
 import traceback
 import types
@@ -283,6 +286,48 @@ BACKUP_STOP_WAIT = 15.0                    # seconds SIGTERM waits for a cancell
 STORAGE_LOCK_FILE = ".campfire.lock"       # held by a running server: restore refuses while it is
 UPLOADS_DIR_NAME = "files"                 # storage/files/: uploads in Active Storage's disk layout
 
+# Off-site copies of backups (BACKUP_URL: s3:// or https://), section 15.
+# A multipart part, and the largest file sent in one PUT: a failure resends at
+# most this much, and a 1 GiB backup is 64 parts.
+OFFSITE_PART_BYTES = 16 * 1024 * 1024
+OFFSITE_BLOCK_BYTES = 256 * 1024           # read from disk and written to the socket at a time
+OFFSITE_ATTEMPTS = 6                       # tries of one request: the first, and 5 retries that wait 31 s at most
+OFFSITE_BACKOFF_BASE = 1.0                 # seconds: the first retry waits up to this, doubling after
+OFFSITE_BACKOFF_MAX = 60.0                 # seconds: no wait between tries is longer, however many there are
+OFFSITE_RETRY_AFTER_MAX = 300.0            # seconds: a server's Retry-After is honoured up to this
+OFFSITE_SOCKET_TIMEOUT = 60.0              # seconds a connect, a send or a read may stall before it fails
+OFFSITE_RESPONSE_MAX_BYTES = 8 * 1024 * 1024  # a ListObjectsV2 page of 1,000 keys is well under 1 MiB
+OFFSITE_ERROR_BODY_MAX_BYTES = 64 * 1024   # an error answer is a short XML document; more is not read
+OFFSITE_ABORT_ATTEMPTS = 3                 # AbortMultipartUpload tries after a failed or cancelled upload
+OFFSITE_ABORT_TIMEOUT = 10.0               # seconds a socket operation of that abort may stall: a cancel ends soon
+OFFSITE_LIST_MAX_PAGES = 10_000            # ListObjectsV2 pages followed (10 M keys) before giving up
+OFFSITE_NAME_MAX_BYTES = 255               # a backup's file name, as most file systems allow
+OFFSITE_SERVER_TEXT_MAX_CHARS = 300        # of a server's error message, quoted in ours and in the log
+OFFSITE_CONTENT_TYPE = "application/octet-stream"
+OFFSITE_USER_AGENT = "Campfire/" + VERSION
+OFFSITE_DEFAULT_REGION = "us-east-1"       # what the AWS CLI assumes when no region is configured
+
+# Amazon S3's own limits (Amazon S3 User Guide, "Amazon S3 multipart upload limits").
+S3_MIN_PART_BYTES = 5 * 1024 * 1024        # every part but the last
+S3_MAX_PART_BYTES = 5 * 1024 ** 3
+S3_MAX_PARTS = 10_000                      # part numbers 1 to 10,000
+S3_MAX_OBJECT_BYTES = 5 * 1024 ** 4
+S3_MAX_KEY_BYTES = 1024                    # an object key, in UTF-8
+S3_LIST_PAGE_KEYS = 1000                   # ListObjectsV2: max-keys is at most 1,000
+S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
+S3_RETRYABLE_CODES = frozenset({"RequestTimeout", "InternalError", "SlowDown", "ServiceUnavailable"})
+
+# Signature Version 4 (AWS General Reference, "Create a signed AWS API request").
+SIGV4_ALGORITHM = "AWS4-HMAC-SHA256"
+SIGV4_TERMINATOR = "aws4_request"
+SIGV4_MAX_EXPIRES = 7 * 24 * 3600          # a presigned URL lives at most 7 days (X-Amz-Expires)
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+# HTTP statuses worth another try: 408 and 429 (RFC 9110 §15.5.9, RFC 6585 §4),
+# and the 5xx a busy or restarting server answers. Any other status is final.
+OFFSITE_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
 # seed: messages written per transaction (a transaction per message would take hours).
 SEED_BATCH = 5000
 
@@ -377,6 +422,7 @@ class CampfireError(Exception):
      │    ├── BackupInvalid      an archive or database that fails its checks
      │    ├── BackupRefused      a restore that would lose data (a newer schema, a storage in use)
      │    └── BackupCancelled    stopped by Ctrl-C or shutdown: everything half-written removed
+     ├── OffsiteError            a copy to BACKUP_URL that failed (section 15; OffsiteError draws its subtree)
      ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
      ├── CableCommandError       an Action Cable command that can't be read: ignored
@@ -445,6 +491,45 @@ class BackupRefused(BackupError):
 
 class BackupCancelled(BackupError):
     pass
+
+
+class OffsiteError(CampfireError):
+    """The root of what off-site backups raise on purpose.
+
+    OffsiteError
+     ├── OffsiteConfigError   BACKUP_URL or an AWS_* variable can't be used: at start-up, exit 1
+     ├── OffsiteUnsupported   the target can't do that (list or delete on an https:// target)
+     ├── OffsiteCancelled     Cancellation.cancel() was called; a multipart upload was aborted
+     └── OffsiteFailed        refused by the other end, or still failing after every attempt
+
+    Messages name the target and the request, never a secret: no secret key, no
+    signature, no password, no presigned query string.
+    """
+
+
+class OffsiteConfigError(OffsiteError, ConfigError, ValueError):
+    pass
+
+
+class OffsiteUnsupported(OffsiteError):
+    pass
+
+
+class OffsiteCancelled(OffsiteError):
+    pass
+
+
+class OffsiteFailed(OffsiteError):
+    """A request that failed for good: .status and .code (S3's error code) when the
+    server answered, .attempts made, and .retryable when more tries might succeed
+    later (the server was down or busy) rather than never (access denied)."""
+
+    def __init__(self, message, status=None, code=None, attempts=1, retryable=False):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.attempts = attempts
+        self.retryable = retryable
 
 
 ####
@@ -8552,6 +8637,1090 @@ class Webhooks:
             log.error("webhook reply from bot %d not posted:\n%s", delivery.bot_id, traceback.format_exc())
 
 
+# Off-site copies ---------------------------------------------------------------
+# Each finished backup is sent to BACKUP_URL: AWS Signature Version 4 written with
+# hmac/hashlib, S3's PutObject and multipart upload, or a plain HTTPS PUT. The
+# client blocks (http.client), so it runs on the backups' own thread; another
+# thread stops it with Cancellation.cancel().
+# Signature Version 4 ------------------------------------------------------
+#
+# Pure functions of their arguments: no clock, no socket. The steps and their
+# names follow the AWS General Reference ("Create a signed AWS API request") and,
+# for S3, the Amazon S3 API Reference ("Signature Calculations for the
+# Authorization Header: Transferring Payload in a Single Chunk").
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
+_AMZ_DATE = re.compile(r"\A[0-9]{8}T[0-9]{6}Z\Z")
+_HEADER_SPACES = re.compile(r"[ \t]+")
+_HEADER_NAME = re.compile(r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 §5.1: a token
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(default=None, repr=False)  # temporary credentials (AWS STS)
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """What to send (target, headers), and the steps that led to it."""
+    target: str              # the request target: the encoded path and the canonical query
+    headers: list            # (name, value) pairs to send, Authorization last
+    canonical_request: str
+    string_to_sign: str
+    signature: str
+
+
+def uri_encode(text, keep_slash=False):
+    """UriEncode() of the S3 API Reference: every byte of the UTF-8 text but the
+    unreserved ones (RFC 3986 §2.3) as %XY with upper-case hex; '/' stays when
+    encoding an object key's path. S3 encodes each path segment once and never
+    normalizes '.' or '//' segments (other services do both)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        if byte in _UNRESERVED or (keep_slash and byte == 0x2F):
+            out.append(chr(byte))
+        else:
+            out.append("%%%02X" % byte)
+    return "".join(out)
+
+
+def canonical_query_string(params):
+    """(name, value) pairs, unencoded, as the sorted, encoded CanonicalQueryString.
+    Sorted by encoded name, then by encoded value for a repeated name; a name
+    without a value keeps its '=' ("lifecycle=")."""
+    pairs = sorted((uri_encode(name), uri_encode(value)) for name, value in params)
+    return "&".join("%s=%s" % pair for pair in pairs)
+
+
+def canonical_headers(headers):
+    """(name, value) pairs as (CanonicalHeaders, SignedHeaders): names in lower
+    case and sorted, values trimmed with inner runs of spaces made one, and the
+    values of a repeated name joined by ',' in the order they were given."""
+    values = {}
+    for name, value in headers:
+        if not _HEADER_NAME.match(name):
+            raise ValueError("%r is not an HTTP header name." % name)
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError("The value of the %s header has a line break." % name)
+        values.setdefault(name.lower(), []).append(_HEADER_SPACES.sub(" ", value).strip(" "))
+    names = sorted(values)
+    text = "".join("%s:%s\n" % (name, ",".join(values[name])) for name in names)
+    return text, ";".join(names)
+
+
+def canonical_request(method, path, params, headers, payload_hash):
+    """The CanonicalRequest, and the SignedHeaders it names. `path` is the
+    unencoded absolute path (an S3 object key follows the bucket's '/')."""
+    headers_text, signed = canonical_headers(headers)
+    text = "\n".join([method.upper(), uri_encode(path, keep_slash=True),
+                      canonical_query_string(params), headers_text, signed, payload_hash])
+    return text, signed
+
+
+def credential_scope(date, region, service):
+    return "%s/%s/%s/%s" % (date, region, service, SIGV4_TERMINATOR)
+
+
+def string_to_sign(amz_date, scope, canonical):
+    return "\n".join([SIGV4_ALGORITHM, amz_date, scope,
+                      hashlib.sha256(canonical.encode("utf-8")).hexdigest()])
+
+
+def signing_key(secret_access_key, date, region, service):
+    """kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")."""
+    key = ("AWS4" + secret_access_key).encode("utf-8")
+    for part in (date, region, service, SIGV4_TERMINATOR):
+        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
+    return key
+
+
+def amz_date(now):
+    """The ISO 8601 basic form SigV4 wants (20130524T000000Z) of a Unix time."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+
+
+def _check_amz_date(value):
+    if not _AMZ_DATE.match(value):
+        raise ValueError("%r is not a date of the form 20130524T000000Z." % value)
+
+
+def sigv4_sign(method, path, params, headers, *, credentials, region, service, amz_date,
+               payload_hash, content_sha256_header=None, sign_session_token=True):
+    """Sign a request with the Authorization header.
+
+    `headers` are the (name, value) pairs to sign, Host among them; the signer adds
+    X-Amz-Date, X-Amz-Content-SHA256 (S3 requires it, so by default when the service
+    is "s3": a hex SHA-256 of the payload or UNSIGNED-PAYLOAD) and, with temporary
+    credentials, X-Amz-Security-Token, signed unless `sign_session_token` is false
+    (some services want it added after signing). Headers sent but not given here
+    (Content-Length, User-Agent) are simply not signed.
+    """
+    _check_amz_date(amz_date)
+    if content_sha256_header is None:
+        content_sha256_header = service == "s3"
+    headers = list(headers)
+    names = {name.lower() for name, _ in headers}
+    if "host" not in names:
+        raise ValueError("A signed request needs its Host header.")
+    if names & {"authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token"}:
+        raise ValueError("Authorization and the X-Amz-* headers of the signature are set by the signer.")
+    headers.append(("X-Amz-Date", amz_date))
+    if content_sha256_header:
+        headers.append(("X-Amz-Content-SHA256", payload_hash))
+    token = credentials.session_token
+    if token and sign_session_token:
+        headers.append(("X-Amz-Security-Token", token))
+    canonical, signed = canonical_request(method, path, params, headers, payload_hash)
+    scope = credential_scope(amz_date[:8], region, service)
+    to_sign = string_to_sign(amz_date, scope, canonical)
+    key = signing_key(credentials.secret_access_key, amz_date[:8], region, service)
+    signature = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    if token and not sign_session_token:
+        headers.append(("X-Amz-Security-Token", token))
+    headers.append(("Authorization", "%s Credential=%s/%s, SignedHeaders=%s, Signature=%s"
+                    % (SIGV4_ALGORITHM, credentials.access_key_id, scope, signed, signature)))
+    query = canonical_query_string(params)
+    target = uri_encode(path, keep_slash=True) + ("?" + query if query else "")
+    return SignedRequest(target, headers, canonical, to_sign, signature)
+
+
+def sigv4_presign(method, host, path, params=(), *, credentials, region, service, amz_date,
+                  expires, scheme="https"):
+    """A presigned URL (S3 API Reference, "Authenticating Requests: Using Query
+    Parameters"): the signature and its scope ride in the query, only Host is
+    signed, and the payload is UNSIGNED-PAYLOAD. Valid for `expires` seconds."""
+    _check_amz_date(amz_date)
+    if not 1 <= expires <= SIGV4_MAX_EXPIRES:
+        raise ValueError("A presigned URL lives from 1 second to 7 days, not %r seconds." % (expires,))
+    scope = credential_scope(amz_date[:8], region, service)
+    params = list(params) + [
+        ("X-Amz-Algorithm", SIGV4_ALGORITHM),
+        ("X-Amz-Credential", "%s/%s" % (credentials.access_key_id, scope)),
+        ("X-Amz-Date", amz_date),
+        ("X-Amz-Expires", str(int(expires))),
+        ("X-Amz-SignedHeaders", "host"),
+    ]
+    if credentials.session_token:
+        params.append(("X-Amz-Security-Token", credentials.session_token))
+    canonical, _ = canonical_request(method, path, params, [("Host", host)], UNSIGNED_PAYLOAD)
+    to_sign = string_to_sign(amz_date, scope, canonical)
+    key = signing_key(credentials.secret_access_key, amz_date[:8], region, service)
+    signature = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    return "%s://%s%s?%s&X-Amz-Signature=%s" % (scheme, host, uri_encode(path, keep_slash=True),
+                                                canonical_query_string(params), signature)
+
+
+# Configuration ----------------------------------------------------------------
+#
+# BACKUP_URL names where backups go:
+#   s3://BUCKET/PREFIX   Amazon S3, or any S3-compatible store through an endpoint;
+#                        the variables are those the AWS CLI reads (AWS CLI User
+#                        Guide, "Environment variables to configure the AWS CLI")
+#   https://HOST/PATH/   a PUT of each file to that URL plus its name (WebDAV, a
+#                        plain HTTPS store), with optional user:password@ (Basic auth)
+#   https://…?X-Amz-Signature=…  a presigned URL: each file is PUT to it as it is
+
+_BUCKET = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,253}[A-Za-z0-9]\Z")
+# Bucket names fit for virtual-hosted-style addressing over TLS (S3 User Guide,
+# "Bucket naming rules"); others (dots break the *.s3 certificate) use path style.
+_DNS_BUCKET = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9]\Z")
+_REGION = re.compile(r"\A[a-z0-9][a-z0-9-]{0,62}\Z")
+_BACKUP_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _first_set(environ, *names):
+    for name in names:
+        value = (environ.get(name) or "").strip()
+        if value:
+            return name, value
+    return None, None
+
+
+@dataclass(frozen=True)
+class S3Target:
+    bucket: str
+    prefix: str                 # "" or ends with "/"
+    region: str
+    credentials: AwsCredentials = field(repr=False)
+    scheme: str = "https"       # http only through an explicit endpoint
+    host: str = ""
+    port: int = 443
+    base_path: str = ""         # an endpoint's own path ("/s3"), or ""
+    path_style: bool = False    # /BUCKET/KEY on the endpoint, rather than BUCKET.host/KEY
+    endpoint: str = None        # the endpoint as configured, for messages
+
+    supports_retention = True
+
+    @property
+    def host_header(self):
+        return _host_header(self.scheme, self.host, self.port)
+
+    def object_path(self, key):
+        return self.bucket_path().rstrip("/") + "/" + key
+
+    def bucket_path(self):
+        if self.path_style:
+            return self.base_path + "/" + self.bucket
+        return self.base_path + "/"
+
+    def describe(self):
+        where = self.endpoint or self.region
+        return "s3://%s/%s (%s)" % (self.bucket, self.prefix, where)
+
+
+@dataclass(frozen=True)
+class HttpsTarget:
+    host: str
+    port: int
+    path: str                   # the collection's path, encoded as given; or the presigned object's
+    query: str = field(default="", repr=False)  # kept as given (a presigned URL's signature lives here)
+    username: str = None
+    password: str = field(default=None, repr=False)
+    presigned: bool = False     # the URL names one object: each file is PUT to it as it is
+
+    scheme = "https"
+    supports_retention = False
+
+    @property
+    def host_header(self):
+        return _host_header(self.scheme, self.host, self.port)
+
+    def target_for(self, name):
+        if self.presigned:
+            path = self.path
+        else:
+            path = self.path + ("" if self.path.endswith("/") else "/") + uri_encode(name)
+        return path + ("?" + self.query if self.query else "")
+
+    def describe(self):
+        return "https://%s%s" % (self.host_header, self.path)
+
+
+def _host_header(scheme, host, port):
+    shown = "[%s]" % host if ":" in host else host
+    default = 443 if scheme == "https" else 80
+    return shown if port == default else "%s:%d" % (shown, port)
+
+
+def parse_backup_url(url, environ=None):
+    """BACKUP_URL and the AWS_* variables as an S3Target or an HttpsTarget.
+
+    Raises OffsiteConfigError with a sentence that says what to fix. `environ`
+    defaults to os.environ; only the variables named here are read.
+    """
+    environ = os.environ if environ is None else environ
+    url = (url or "").strip()
+    if not url:
+        raise OffsiteConfigError("BACKUP_URL is empty: give s3://BUCKET/PREFIX or https://HOST/PATH/.")
+    if _CONTROL.search(url):
+        raise OffsiteConfigError("BACKUP_URL has a control character in it.")
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "s3":
+        return _parse_s3_url(url, environ)
+    if scheme == "https":
+        return _parse_https_url(url)
+    if scheme == "http":
+        raise OffsiteConfigError("BACKUP_URL must use https:// (backups would cross the network in clear); "
+                                 "for a store on this network, use s3:// with AWS_ENDPOINT_URL_S3.")
+    raise OffsiteConfigError("BACKUP_URL must start with s3:// or https://, not %r." % url.split("/", 1)[0])
+
+
+def _parse_s3_url(url, environ):
+    parts = urllib.parse.urlsplit(url)
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise OffsiteConfigError("BACKUP_URL s3://BUCKET/PREFIX takes no ?query or #fragment.")
+    if "@" in parts.netloc:
+        raise OffsiteConfigError("BACKUP_URL s3:// takes no credentials: set AWS_ACCESS_KEY_ID and "
+                                 "AWS_SECRET_ACCESS_KEY instead.")
+    bucket = parts.netloc
+    if not bucket:
+        raise OffsiteConfigError("BACKUP_URL s3:// names no bucket: write s3://BUCKET/PREFIX.")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise OffsiteConfigError("%r is not a bucket name: letters, digits, '.', '-' and '_', "
+                                 "3 to 255 of them, starting and ending with a letter or digit." % bucket)
+    prefix = parts.path.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    if len(prefix.encode("utf-8")) > S3_MAX_KEY_BYTES - OFFSITE_NAME_MAX_BYTES:
+        raise OffsiteConfigError("The prefix in BACKUP_URL is too long for S3 keys (1,024 bytes with the name).")
+
+    access_name, access_key = _first_set(environ, "AWS_ACCESS_KEY_ID")
+    secret_name, secret_key = _first_set(environ, "AWS_SECRET_ACCESS_KEY")
+    missing = [name for name, value in (("AWS_ACCESS_KEY_ID", access_key),
+                                        ("AWS_SECRET_ACCESS_KEY", secret_key)) if not value]
+    if missing:
+        raise OffsiteConfigError("BACKUP_URL is %s, but %s %s not set: S3 needs an access key and its secret."
+                                 % ("s3://%s/%s" % (bucket, prefix), " and ".join(missing),
+                                    "is" if len(missing) == 1 else "are"))
+    _, token = _first_set(environ, "AWS_SESSION_TOKEN")
+    credentials = AwsCredentials(access_key, secret_key, token)
+
+    region_name, region = _first_set(environ, "AWS_REGION", "AWS_DEFAULT_REGION")
+    region = region or OFFSITE_DEFAULT_REGION
+    if not _REGION.match(region):
+        raise OffsiteConfigError("%s=%r is not a region name (like eu-west-1)." % (region_name, region))
+
+    endpoint_name, endpoint = _first_set(environ, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    if endpoint:
+        # An S3-compatible store (MinIO, Ceph, Garage, R2, ...): path-style
+        # addressing, since such stores rarely have a DNS name per bucket.
+        ep = urllib.parse.urlsplit(endpoint)
+        try:
+            port = ep.port
+        except ValueError:
+            raise OffsiteConfigError("%s=%r has a bad port." % (endpoint_name, endpoint)) from None
+        if ep.scheme not in ("http", "https") or not ep.hostname:
+            raise OffsiteConfigError("%s must be http(s)://HOST[:PORT], not %r." % (endpoint_name, endpoint))
+        if ep.query or ep.fragment or "@" in ep.netloc:
+            raise OffsiteConfigError("%s takes no credentials, ?query or #fragment." % endpoint_name)
+        return S3Target(bucket, prefix, region, credentials, scheme=ep.scheme, host=ep.hostname,
+                        port=port or (443 if ep.scheme == "https" else 80), base_path=ep.path.rstrip("/"),
+                        path_style=True, endpoint="%s://%s" % (ep.scheme, ep.netloc))
+    # Amazon S3 itself: the regional endpoint, with the bucket in the host name
+    # (virtual-hosted style) when its name allows (S3 User Guide, "Virtual hosting
+    # of buckets"). The China regions live under amazonaws.com.cn.
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    host = "s3.%s.%s" % (region, suffix)
+    if _DNS_BUCKET.match(bucket):
+        return S3Target(bucket, prefix, region, credentials, host="%s.%s" % (bucket, host))
+    return S3Target(bucket, prefix, region, credentials, host=host, path_style=True)
+
+
+def _parse_https_url(url):
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or 443
+    except ValueError:
+        raise OffsiteConfigError("BACKUP_URL has a bad port.") from None
+    if not parts.hostname:
+        raise OffsiteConfigError("BACKUP_URL https:// names no host.")
+    if parts.fragment:
+        raise OffsiteConfigError("BACKUP_URL takes no #fragment.")
+    if any(c in url for c in " \"<>\\^`{|}"):
+        raise OffsiteConfigError("BACKUP_URL has characters a URL must encode (a space, a quote, ...).")
+    query_names = {name.lower() for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)}
+    presigned = bool(query_names & {"x-amz-signature", "signature"})
+    username = password = None
+    if parts.username is not None:
+        if presigned:
+            raise OffsiteConfigError("BACKUP_URL is a presigned URL: it takes no user:password@.")
+        username = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+    return HttpsTarget(parts.hostname, port, parts.path or "/", parts.query, username, password, presigned)
+
+
+def check_backup_name(name):
+    """A backup's name becomes the last part of its key or URL: one plain file name."""
+    if not isinstance(name, str) or not _BACKUP_NAME.match(name) \
+            or len(name.encode("utf-8")) > OFFSITE_NAME_MAX_BYTES:
+        raise ValueError("%r is not a backup name: letters, digits, '.', '_', '+' and '-', starting "
+                         "with a letter or digit, at most %d of them." % (name, OFFSITE_NAME_MAX_BYTES))
+    return name
+
+
+# Transport --------------------------------------------------------------------
+
+class Cancellation:
+    """Stops an off-site transfer from another thread.
+
+    cancel() is safe from any thread (the event loop's, a signal handler's): the
+    worker sees it before its next block, during a wait between attempts, and
+    within a socket operation, whose socket cancel() shuts down. The transfer
+    then ends with OffsiteCancelled, after aborting a multipart upload.
+    """
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets = set()
+
+    def cancel(self):
+        self._event.set()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                # The plain socket's shutdown, even for a TLS socket: it wakes a
+                # blocked send or recv without touching the TLS state another
+                # thread is using.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @property
+    def cancelled(self):
+        return self._event.is_set()
+
+    def check(self):
+        if self._event.is_set():
+            raise OffsiteCancelled("The off-site transfer was cancelled.")
+
+    def wait(self, seconds):
+        """Sleep, or raise OffsiteCancelled as soon as cancel() is called."""
+        if self._event.wait(max(0.0, seconds)):
+            self.check()
+
+    def _track(self, sock):
+        with self._lock:
+            self._sockets.add(sock)
+        self.check()  # a cancel() just before the socket was tracked
+
+    def _untrack(self, sock):
+        with self._lock:
+            self._sockets.discard(sock)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = OFFSITE_ATTEMPTS
+    base_delay: float = OFFSITE_BACKOFF_BASE
+    max_delay: float = OFFSITE_BACKOFF_MAX
+    retry_after_max: float = OFFSITE_RETRY_AFTER_MAX
+
+
+def retry_delay(policy, failures, retry_after=None, rnd=None):
+    """Seconds to wait after the `failures`-th failed attempt: exponential backoff
+    with full jitter (a uniform wait up to base * 2^(failures-1), capped), as the
+    AWS SDKs do ("Retry behavior", AWS SDKs and Tools Reference Guide), so many
+    clients failing together don't come back together. A server's Retry-After
+    (RFC 9110 §10.2.3) is a floor, itself capped."""
+    if rnd is None:
+        import random
+        rnd = random.random
+    ceiling = min(policy.max_delay, policy.base_delay * 2 ** max(0, failures - 1))
+    delay = ceiling * rnd()
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, policy.retry_after_max))
+    return delay
+
+
+def parse_retry_after(value, now):
+    """Retry-After (RFC 9110 §10.2.3) in seconds from `now`: delay-seconds or an
+    HTTP-date. None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    import email.utils
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+@dataclass
+class _Response:
+    status: int
+    reason: str
+    headers: object           # http.client.HTTPMessage
+    body: bytes
+
+
+class _Retry(Exception):
+    """One attempt failed in a way another might not: what happened, and a
+    server's Retry-After when it gave one."""
+
+    def __init__(self, message, status=None, code=None, retry_after=None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Body:
+    """A request body: bytes in memory, or `length` bytes of an open file from
+    `offset`, read block by block on every attempt (never whole)."""
+    data: bytes = None
+    fileobj: object = None
+    offset: int = 0
+    length: int = 0
+
+    def __len__(self):
+        return len(self.data) if self.data is not None else self.length
+
+
+class _Connection:
+    """One keep-alive connection to the target's host, reopened after a failure."""
+
+    def __init__(self, scheme, host, port, ssl_context, timeout, cancellation, block):
+        self.scheme, self.host, self.port = scheme, host, port
+        self.ssl_context, self.timeout = ssl_context, timeout
+        self.cancellation = cancellation
+        self.block = block
+        self.conn = None
+        self.reused = False     # the last exchange began on a connection that had served before
+
+    def close(self):
+        if self.conn is not None:
+            if self.conn.sock is not None:
+                self.cancellation._untrack(self.conn.sock)
+            self.conn.close()
+            self.conn = None
+
+    def _open(self):
+        import http.client
+        if self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                               context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        self.conn = conn
+        conn.connect()
+        self.cancellation._track(conn.sock)
+        return conn
+
+    def exchange(self, method, target, headers, body, on_sent, limit):
+        """Send one request and read its answer (at most `limit` bytes of body)."""
+        import http.client
+        self.reused = self.conn is not None
+        conn = self.conn or self._open()
+        conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        try:
+            conn.endheaders()
+            if body is not None:
+                self._send_body(conn, body, on_sent)
+        except OffsiteCancelled:
+            raise
+        except OSError as error:
+            # A server may answer before it has read the whole body (a 403, a 413)
+            # and close the connection: read that answer if there is one.
+            if self.cancellation.cancelled:
+                raise
+            try:
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                raise error from None
+            return self._finish(response, limit)
+        return self._finish(conn.getresponse(), limit)
+
+    def _send_body(self, conn, body, on_sent):
+        if body.data is not None:
+            self.cancellation.check()
+            conn.send(body.data)
+            on_sent(len(body.data))
+            return
+        view = memoryview(self.block)
+        body.fileobj.seek(body.offset)
+        remaining = body.length
+        while remaining:
+            self.cancellation.check()
+            count = body.fileobj.readinto(view[:min(len(view), remaining)])
+            if not count:
+                raise OffsiteFailed("The file got shorter while it was being sent.")
+            conn.send(view[:count])
+            remaining -= count
+            on_sent(count)
+
+    def _finish(self, response, limit):
+        if not 200 <= response.status < 300:
+            limit = min(limit, OFFSITE_ERROR_BODY_MAX_BYTES)
+        data = response.read(limit + 1)
+        if len(data) > limit or not response.isclosed():
+            # More than we read is left: the connection can't carry another request.
+            if 200 <= response.status < 300:
+                self.close()
+                raise OffsiteFailed("The answer was longer than %d bytes." % limit, status=response.status)
+            data = data[:limit]
+            self.close()
+        elif response.will_close:
+            self.close()
+        return _Response(response.status, response.reason, response.headers, data)
+
+
+def _sha256_of(fileobj, offset, length, block, cancellation):
+    """The payload hash of a file's range, read once before it is sent, so the
+    store checks what it received against what is on disk."""
+    digest = hashlib.sha256()
+    view = memoryview(block)
+    fileobj.seek(offset)
+    remaining = length
+    while remaining:
+        cancellation.check()
+        count = fileobj.readinto(view[:min(len(view), remaining)])
+        if not count:
+            raise OffsiteFailed("The file got shorter while it was being read.")
+        digest.update(view[:count])
+        remaining -= count
+    return digest.hexdigest()
+
+
+def _local(tag):
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child_text(element, name, default=None):
+    for child in element:
+        if _local(child.tag) == name:
+            return child.text or ""
+    return default
+
+
+def _parse_xml(body):
+    """An S3 answer as an element. S3 never sends a DOCTYPE, so one is refused
+    rather than expanded (entity expansion could blow up memory)."""
+    import xml.etree.ElementTree as ElementTree
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise ValueError("a DOCTYPE in an S3 answer")
+    return ElementTree.fromstring(body)
+
+
+def _s3_error(body):
+    """(Code, Message) of an S3 <Error> document (S3 API Reference, "Error
+    responses"), or (None, None)."""
+    import xml.etree.ElementTree as ElementTree
+    try:
+        root = _parse_xml(body)
+    except (ValueError, ElementTree.ParseError):
+        return None, None
+    if _local(root.tag) != "Error":
+        return None, None
+    code, message = _child_text(root, "Code"), _child_text(root, "Message")
+    return (_printable(code) or None) if code else None, _printable(message) if message else None
+
+
+def _printable(text):
+    """A server's words for a message or a log line: one line, bounded."""
+    text = _CONTROL.sub(" ", text or "").strip()
+    if len(text) > OFFSITE_SERVER_TEXT_MAX_CHARS:
+        text = text[:OFFSITE_SERVER_TEXT_MAX_CHARS] + "\u2026"
+    return text
+
+
+def _parse_s3_time(text):
+    """ListObjectsV2's LastModified (2009-10-12T17:50:30.000Z) as a Unix time."""
+    match = re.match(r"\A(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?Z\Z", (text or "").strip())
+    if not match:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction = float("0." + match.group(7)) if match.group(7) else 0.0
+    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) + fraction
+
+
+def _plan_parts(size, part_bytes):
+    """(number, offset, length) of each part. The part grows past `part_bytes`,
+    in whole MiB, when 10,000 parts could not hold the file."""
+    if size > S3_MAX_OBJECT_BYTES:
+        raise OffsiteFailed("A file of %d bytes is larger than S3 allows (5 TiB)." % size)
+    mib = 1024 * 1024
+    part = max(part_bytes, math.ceil(size / S3_MAX_PARTS / mib) * mib)
+    count = max(1, math.ceil(size / part))
+    return [(n + 1, n * part, min(part, size - n * part)) for n in range(count)]
+
+
+# The client -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UploadResult:
+    name: str
+    location: str          # s3://bucket/key, or the https URL without its query
+    size: int
+    parts: int             # 0 for a single PUT
+    etag: str = None
+
+
+@dataclass(frozen=True)
+class RemoteBackup:
+    name: str              # relative to the prefix
+    size: int
+    modified: float        # Unix time, as the store reports it
+    etag: str = None
+
+
+class OffsiteClient:
+    """Uploads, lists and deletes backups at one target. Blocking: call it from
+    a worker thread. Every method takes an optional Cancellation; a client
+    holds no connection between calls, so one client may serve several threads.
+
+        client = OffsiteClient(parse_backup_url(os.environ["BACKUP_URL"]))
+        client.upload("storage/backups/x.tar", "x.tar", progress=print, cancellation=c)
+        for backup in client.list_backups(): ...
+        client.delete_backup("old.tar")
+    """
+
+    def __init__(self, target, *, part_bytes=OFFSITE_PART_BYTES, retry=RetryPolicy(),
+                 timeout=OFFSITE_SOCKET_TIMEOUT, sign_payload=True, ssl_context=None,
+                 clock=time.time, rnd=None, list_page_keys=S3_LIST_PAGE_KEYS):
+        if not S3_MIN_PART_BYTES <= part_bytes <= S3_MAX_PART_BYTES:
+            raise ValueError("A part is from 5 MiB to 5 GiB (S3's limits), not %d bytes." % part_bytes)
+        if not 1 <= retry.attempts:
+            raise ValueError("At least one attempt.")
+        if not 1 <= list_page_keys <= S3_LIST_PAGE_KEYS:
+            raise ValueError("A listing page is 1 to 1,000 keys.")
+        self.target = target
+        self.part_bytes = part_bytes
+        self.retry = retry
+        self.timeout = timeout
+        self.sign_payload = sign_payload
+        # The system's CA store; OpenSSL also reads SSL_CERT_FILE and SSL_CERT_DIR.
+        import random
+        import ssl
+        self.ssl_context = ssl_context or ssl.create_default_context()
+        self.clock = clock
+        self.rnd = rnd or random.random
+        self.list_page_keys = list_page_keys
+
+    # Public operations.
+
+    def upload(self, path, name, *, progress=None, cancellation=None):
+        """Send the file at `path` as `name` (under the prefix, or after the URL).
+
+        `progress(done, total)` is called from this thread after every block
+        sent; `done` goes back when a part is sent again after a failure.
+        """
+        check_backup_name(name)
+        cancellation = cancellation or Cancellation()
+        cancellation.check()
+        with open(path, "rb", buffering=0) as fileobj:
+            size = os.fstat(fileobj.fileno()).st_size
+            if isinstance(self.target, S3Target):
+                return self._upload_s3(fileobj, size, name, progress, cancellation)
+            return self._upload_https(fileobj, size, name, progress, cancellation)
+
+    def list_backups(self, *, cancellation=None):
+        """The objects right under the prefix (not in "folders" below it), oldest first."""
+        target = self._s3_only("list backups")
+        cancellation = cancellation or Cancellation()
+        found, token = [], None
+        with self._session(cancellation) as connection:
+            for _ in range(OFFSITE_LIST_MAX_PAGES):
+                params = [("list-type", "2"), ("prefix", target.prefix), ("delimiter", "/"),
+                          ("max-keys", str(self.list_page_keys))]
+                if token is not None:
+                    params.append(("continuation-token", token))
+                response = self._s3_request(connection, "GET", target.bucket_path(), params,
+                                            what="ListObjectsV2 s3://%s/%s" % (target.bucket, target.prefix),
+                                            limit=OFFSITE_RESPONSE_MAX_BYTES)
+                root = self._xml(response, "ListObjectsV2")
+                for item in root:
+                    if _local(item.tag) != "Contents":
+                        continue
+                    key = _child_text(item, "Key", "")
+                    name = key[len(target.prefix):] if key.startswith(target.prefix) else ""
+                    if not name or "/" in name:
+                        continue
+                    try:
+                        size = int(_child_text(item, "Size", "0"))
+                    except ValueError:
+                        size = 0
+                    found.append(RemoteBackup(name, size, _parse_s3_time(_child_text(item, "LastModified")),
+                                              _child_text(item, "ETag")))
+                if _child_text(root, "IsTruncated", "false").strip().lower() != "true":
+                    break
+                next_token = _child_text(root, "NextContinuationToken")
+                if not next_token or next_token == token:
+                    raise OffsiteFailed("ListObjectsV2 said there was more but gave no new continuation token.")
+                token = next_token
+            else:
+                raise OffsiteFailed("More than %d pages of objects under s3://%s/%s."
+                                    % (OFFSITE_LIST_MAX_PAGES, target.bucket, target.prefix))
+        found.sort(key=lambda backup: (backup.modified or 0, backup.name))
+        return found
+
+    def delete_backup(self, name, *, cancellation=None):
+        """Delete one backup; deleting one that is already gone succeeds."""
+        target = self._s3_only("delete backups")
+        check_backup_name(name)
+        key = target.prefix + name
+        with self._session(cancellation or Cancellation()) as connection:
+            self._s3_request(connection, "DELETE", target.object_path(key), (), ok=(200, 204),
+                             gone_ok="NoSuchKey", what="DeleteObject s3://%s/%s" % (target.bucket, key))
+
+    def presigned_url(self, name, expires, method="GET"):
+        """A URL that lets its holder GET (or PUT) one backup for `expires` seconds."""
+        target = self._s3_only("presign URLs")
+        check_backup_name(name)
+        return sigv4_presign(method, target.host_header, target.object_path(target.prefix + name),
+                             credentials=target.credentials, region=target.region, service="s3",
+                             amz_date=amz_date(self.clock()), expires=expires, scheme=target.scheme)
+
+    # S3.
+
+    def _s3_only(self, doing):
+        if not isinstance(self.target, S3Target):
+            raise OffsiteUnsupported(
+                "Can't %s at %s: an https:// target only takes PUTs, so keep old backups in check on the "
+                "server itself (a lifecycle rule, a cleanup job); only s3:// targets apply retention here."
+                % (doing, self.target.describe()))
+        return self.target
+
+    def _upload_s3(self, fileobj, size, name, progress, cancellation):
+        target = self.target
+        key = target.prefix + name
+        path = target.object_path(key)
+        where = "s3://%s/%s" % (target.bucket, key)
+        block = bytearray(OFFSITE_BLOCK_BYTES)
+        report = progress or (lambda done, total: None)
+        with self._session(cancellation, block) as connection:
+            if size <= self.part_bytes:
+                payload_hash = self._payload_hash(fileobj, 0, size, block, cancellation)
+                response = self._s3_request(
+                    connection, "PUT", path, (), body=_Body(fileobj=fileobj, offset=0, length=size),
+                    payload_hash=payload_hash, headers=[("Content-Type", OFFSITE_CONTENT_TYPE)],
+                    what="PutObject " + where, on_sent=self._progress(report, 0, size))
+                report(size, size)
+                return UploadResult(name, where, size, 0, response.headers.get("ETag"))
+
+            response = self._s3_request(connection, "POST", path, [("uploads", "")], body=_Body(data=b""),
+                                        headers=[("Content-Type", OFFSITE_CONTENT_TYPE)],
+                                        what="CreateMultipartUpload " + where)
+            upload_id = _child_text(self._xml(response, "CreateMultipartUpload"), "UploadId")
+            if not upload_id:
+                raise OffsiteFailed("CreateMultipartUpload %s gave no UploadId." % where)
+            try:
+                etags = []
+                for number, offset, length in _plan_parts(size, self.part_bytes):
+                    payload_hash = self._payload_hash(fileobj, offset, length, block, cancellation)
+                    response = self._s3_request(
+                        connection, "PUT", path, [("partNumber", str(number)), ("uploadId", upload_id)],
+                        body=_Body(fileobj=fileobj, offset=offset, length=length), payload_hash=payload_hash,
+                        what="UploadPart %d of %s" % (number, where), on_sent=self._progress(report, offset, size))
+                    etag = response.headers.get("ETag")
+                    if not etag:
+                        raise OffsiteFailed("UploadPart %d of %s gave no ETag." % (number, where))
+                    etags.append((number, etag))
+                if os.fstat(fileobj.fileno()).st_size != size:
+                    raise OffsiteFailed("%s changed size while it was being uploaded." % name)
+                response = self._s3_request(
+                    connection, "POST", path, [("uploadId", upload_id)], body=_Body(data=_complete_xml(etags)),
+                    headers=[("Content-Type", "application/xml")], what="CompleteMultipartUpload " + where,
+                    check=_check_complete)
+            except BaseException:
+                self._abort(path, upload_id, where)
+                raise
+        report(size, size)
+        return UploadResult(name, where, size, len(etags), response.headers.get("ETag")
+                            or _child_text(_parse_xml(response.body), "ETag"))
+
+    def _abort(self, path, upload_id, where):
+        """AbortMultipartUpload, so the parts sent don't stay (and cost) forever;
+        best effort, on a fresh connection that a cancellation doesn't stop."""
+        try:
+            with self._session(Cancellation(), attempts=OFFSITE_ABORT_ATTEMPTS,
+                               timeout=min(self.timeout, OFFSITE_ABORT_TIMEOUT)) as connection:
+                self._s3_request(connection, "DELETE", path, [("uploadId", upload_id)], ok=(200, 204),
+                                 gone_ok="NoSuchUpload", what="AbortMultipartUpload " + where)
+        except OffsiteError as error:
+            log.warning("offsite: could not abort the multipart upload of %s (%s); a lifecycle rule "
+                        "for incomplete multipart uploads will remove its parts", where, error)
+
+    def _payload_hash(self, fileobj, offset, length, block, cancellation):
+        if not self.sign_payload:
+            return UNSIGNED_PAYLOAD
+        return _sha256_of(fileobj, offset, length, block, cancellation)
+
+    def _s3_request(self, connection, method, path, params, *, what, body=None, payload_hash=None,
+                    headers=(), ok=(200,), gone_ok=None, on_sent=None, limit=OFFSITE_ERROR_BODY_MAX_BYTES,
+                    check=None):
+        target = self.target
+        if payload_hash is None:
+            payload_hash = hashlib.sha256(body.data).hexdigest() if body is not None else EMPTY_SHA256
+
+        def build():
+            signed = sigv4_sign(method, path, params, [("Host", target.host_header)] + list(headers),
+                                credentials=target.credentials, region=target.region, service="s3",
+                                amz_date=amz_date(self.clock()), payload_hash=payload_hash)
+            return signed.target, signed.headers
+
+        return self._exchange(connection, method, build, body, what=what, ok=ok, gone_ok=gone_ok,
+                              on_sent=on_sent, limit=limit, check=check)
+
+    def _xml(self, response, what):
+        import xml.etree.ElementTree as ElementTree
+        try:
+            return _parse_xml(response.body)
+        except (ValueError, ElementTree.ParseError):
+            raise OffsiteFailed("%s answered with something other than XML." % what,
+                                status=response.status) from None
+
+    # HTTPS PUT.
+
+    def _upload_https(self, fileobj, size, name, progress, cancellation):
+        target = self.target
+        request_target = target.target_for(name)
+        location = "https://%s%s" % (target.host_header, request_target.split("?", 1)[0])
+        headers = [("Host", target.host_header)]
+        if not target.presigned:
+            # A presigned URL may have signed the Content-Type it expects: send none.
+            headers.append(("Content-Type", OFFSITE_CONTENT_TYPE))
+        if target.username is not None:
+            credentials = ("%s:%s" % (target.username, target.password)).encode("utf-8")
+            headers.append(("Authorization", "Basic " + base64.b64encode(credentials).decode("ascii")))
+        report = progress or (lambda done, total: None)
+        with self._session(cancellation, bytearray(OFFSITE_BLOCK_BYTES)) as connection:
+            response = self._exchange(connection, "PUT", lambda: (request_target, headers),
+                                      _Body(fileobj=fileobj, offset=0, length=size), what="PUT " + location,
+                                      ok=(200, 201, 204), on_sent=self._progress(report, 0, size),
+                                      limit=OFFSITE_ERROR_BODY_MAX_BYTES)
+        report(size, size)
+        return UploadResult(name, location, size, 0, response.headers.get("ETag"))
+
+    # Requests, retried.
+
+    def _session(self, cancellation, block=None, attempts=None, timeout=None):
+        return _Session(self, cancellation, block or bytearray(OFFSITE_BLOCK_BYTES), attempts,
+                        timeout or self.timeout)
+
+    @staticmethod
+    def _progress(report, base, total):
+        sent = [0]
+
+        def on_sent(count):
+            sent[0] += count
+            report(base + sent[0], total)
+
+        def restart():
+            sent[0] = 0
+
+        on_sent.restart = restart
+        return on_sent
+
+    def _exchange(self, connection, method, build, body, *, what, ok, gone_ok=None, on_sent=None, limit,
+                  check=None):
+        """One request, tried up to the policy's attempts: signed afresh each time
+        (a signature is only good for 15 minutes around its date), and its body
+        read from disk again."""
+        import http.client
+        import ssl
+        attempts = connection.attempts or self.retry.attempts
+        cancellation = connection.cancellation
+        failures = 0
+        stale_retried = False
+        while True:
+            cancellation.check()
+            if on_sent is not None:
+                on_sent.restart()
+            request_target, headers = build()
+            headers = list(headers) + [("User-Agent", OFFSITE_USER_AGENT)]
+            try:
+                response = connection.transport.exchange(method, request_target, headers, body,
+                                                         on_sent or (lambda count: None), limit)
+                return self._judge(response, what, ok, gone_ok, check)
+            except _Retry as error:
+                connection.transport.close()
+                failure, retry_after = error, error.retry_after
+                status, code = error.status, error.code
+            except OffsiteError:
+                connection.transport.close()
+                raise
+            except ssl.SSLCertVerificationError as error:
+                connection.transport.close()
+                raise OffsiteFailed(
+                    "%s: the TLS certificate of %s could not be verified (%s). Install its CA in the "
+                    "system's store, or point SSL_CERT_FILE at it." % (what, connection.transport.host,
+                                                                       error.verify_message or error.reason)
+                ) from None
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError) as error:
+                connection.transport.close()
+                cancellation.check()
+                failure, retry_after, status, code = error, None, None, None
+            except ssl.SSLError as error:
+                connection.transport.close()
+                cancellation.check()
+                raise OffsiteFailed("%s: TLS failed (%s)." % (what, error.reason or error)) from None
+            except (OSError, http.client.HTTPException) as error:
+                # Refused, reset, timed out, closed early, a name that did not
+                # resolve (DNS can be briefly down): all worth another try.
+                reused = connection.transport.reused
+                connection.transport.close()
+                cancellation.check()
+                if reused and not stale_retried and isinstance(error, (ConnectionResetError, BrokenPipeError)):
+                    # A kept-alive connection the server had closed meanwhile
+                    # (RFC 9112 §9.3.1): try again at once on a new one.
+                    stale_retried = True
+                    continue
+                failure, retry_after, status, code = error, None, None, None
+            failures += 1
+            reason = str(failure) or type(failure).__name__
+            if failures >= attempts:
+                raise OffsiteFailed("%s failed after %d attempts: %s" % (what, failures, reason),
+                                    status=status, code=code, attempts=failures, retryable=True)
+            delay = retry_delay(self.retry, failures, retry_after, self.rnd)
+            log.warning("offsite: %s failed (%s); attempt %d of %d in %.1f s",
+                        what, reason, failures + 1, attempts, delay)
+            cancellation.wait(delay)
+
+    def _judge(self, response, what, ok, gone_ok, check):
+        status = response.status
+        if status in ok:
+            if check is not None:
+                check(response)
+            return response
+        code, message = _s3_error(response.body)
+        if status == 404 and gone_ok and code == gone_ok:
+            return response  # already gone: what a DELETE wanted
+        detail = "%d %s" % (status, _printable(response.reason)) + (": %s" % code if code else "") \
+            + (" (%s)" % message if message else "")
+        if status in OFFSITE_RETRYABLE_STATUSES or (code in S3_RETRYABLE_CODES and status < 500):
+            raise _Retry(detail, status, code,
+                         parse_retry_after(response.headers.get("Retry-After"), self.clock()))
+        if code == "RequestTimeTooSkewed":
+            detail += "; this machine's clock is off by more than 15 minutes"
+        elif _REGION.match(response.headers.get("x-amz-bucket-region") or ""):
+            # S3 names the bucket's region when it was asked in another one
+            # (S3 API Reference, HeadBucket and "Error responses").
+            detail += "; the bucket is in %s: set AWS_REGION=%s" % ((response.headers["x-amz-bucket-region"],) * 2)
+        elif 300 <= status < 400 and response.headers.get("Location"):
+            detail += "; the server redirects elsewhere (%s), fix the URL" % \
+                _printable(response.headers.get("Location").split("?", 1)[0])
+        raise OffsiteFailed("%s: %s" % (what, detail), status=status, code=code)
+
+
+class _Session:
+    """The connection one operation uses, closed when it ends."""
+
+    def __init__(self, client, cancellation, block, attempts, timeout):
+        target = client.target
+        self.cancellation = cancellation
+        self.attempts = attempts
+        self.transport = _Connection(target.scheme, target.host, target.port, client.ssl_context,
+                                     timeout, cancellation, block)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.transport.close()
+
+
+def _complete_xml(etags):
+    import xml.etree.ElementTree as ElementTree
+    root = ElementTree.Element("CompleteMultipartUpload", xmlns=S3_XMLNS)
+    for number, etag in etags:
+        part = ElementTree.SubElement(root, "Part")
+        ElementTree.SubElement(part, "PartNumber").text = str(number)
+        ElementTree.SubElement(part, "ETag").text = etag
+    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _check_complete(response):
+    """CompleteMultipartUpload can answer 200 and still fail: the error is then
+    in the body, and the request should be retried (S3 API Reference,
+    CompleteMultipartUpload)."""
+    import xml.etree.ElementTree as ElementTree
+    try:
+        root = _parse_xml(response.body)
+    except (ValueError, ElementTree.ParseError):
+        raise _Retry("CompleteMultipartUpload answered 200 without a readable result") from None
+    if _local(root.tag) == "Error":
+        code, message = _s3_error(response.body)
+        if code in S3_RETRYABLE_CODES or code is None:
+            raise _Retry("200 with an error: %s (%s)" % (code, message), response.status, code)
+        raise OffsiteFailed("CompleteMultipartUpload: %s (%s)" % (code, message), status=response.status,
+                            code=code)
+
+
 class BackupSchedule:
     """Automatic backups while serving: one every config.backup_interval seconds into
     storage/backups/, then retention, then the off-site copy. The work runs on a
@@ -8596,7 +9765,6 @@ class BackupSchedule:
         if self.running is not None:
             return self.running
         import concurrent.futures
-        import threading
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, "campfire-backup")
         self._cancel = threading.Event()
@@ -9270,7 +10438,6 @@ def _set_aside(config, now):
 @contextlib.contextmanager
 def _interrupts_deferred():
     """Ctrl-C waits until the block is done (files are being switched: half a switch is worse)."""
-    import threading
     if threading.current_thread() is not threading.main_thread():
         yield
         return
