@@ -3835,6 +3835,41 @@ def _hash_member(tar, info, target, cancelled):
     return hasher.hexdigest(), copied
 
 
+def self_contained_copy(archive, content_dir, target, *, cancelled=lambda: False):
+    """Write a backup that holds its file contents too (for sending elsewhere): the
+    archive's manifest and database, each content from content_dir; then check it."""
+    import tarfile
+    manifest = dict(read_manifest(archive), contents_in_archive=True)
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    digests = {entry["sha256"]: entry["size"] for entry in manifest["files"]}
+    try:
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as raw:
+            with tarfile.open(archive, mode="r:") as source, \
+                    tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as copy:
+                import io
+                for info in source:
+                    if info.name == BACKUP_MANIFEST_MEMBER:
+                        info = tarfile.TarInfo(BACKUP_MANIFEST_MEMBER)
+                        info.size, info.mode, info.mtime = len(manifest_bytes), 0o600, int(time.time())
+                        copy.addfile(info, io.BytesIO(manifest_bytes))
+                    elif info.name == BACKUP_DATABASE_MEMBER:
+                        copy.addfile(info, _HashingReader(source.extractfile(info), cancelled, lambda count: None))
+                for digest, size in digests.items():
+                    info = tarfile.TarInfo("%s/%s" % (BACKUP_CONTENT_DIR_NAME, digest))
+                    info.size, info.mode, info.mtime = size, 0o600, int(time.time())
+                    with open(os.path.join(content_dir, digest), "rb") as file:
+                        copy.addfile(info, _HashingReader(file, cancelled, lambda count: None))
+            raw.flush()
+            os.fsync(raw.fileno())
+        verify_backup(target, cancelled=cancelled)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        raise
+    return manifest
+
+
 def list_backups(folder):
     """The archives in a backups folder, newest first: dicts with name, path, size, time,
     and check ("ok", or what is wrong with the manifest: it is read, not the whole archive)."""
@@ -5785,7 +5820,17 @@ def render_people_page(view, people_html):
 
 def render_backup_status(backups):
     """Administrators' view of the automatic backups: the last good one, and a failure, loudly."""
-    if backups["last_error"] and not backups["ok"]:
+    offsite = backups.get("offsite")
+    if offsite and not offsite["ok"]:
+        remote = HTML('<p class="notice notice--alert" role="alert" id="offsite_failure">The copy to {target} failed '
+                      '({when} UTC): {error} The local backups are kept; the next backup tries again.</p>').format(
+            target=offsite["target"], when=offsite["last_failure_at"].replace("T", " ").rstrip("Z"),
+            error=offsite["last_error"])
+    elif offsite:
+        remote = HTML('<p class="panel__intro">Each backup is also copied to {}.</p>').format(offsite["target"])
+    else:
+        remote = HTML("")
+    if backups["last_failed"]:
         failure = HTML('<p class="notice notice--alert" role="alert" id="backup_failure">The last backup failed '
                        '({when} UTC): {error} Older backups are kept; it is tried again soon.</p>').format(
             when=backups["last_failure_at"].replace("T", " ").rstrip("Z"), error=backups["last_error"])
@@ -5805,7 +5850,8 @@ def render_backup_status(backups):
     return HTML(
         '<section class="panel__section" aria-labelledby="backups_heading" id="backups">'
         '<h2 class="panel__subtitle" id="backups_heading">Backups</h2>{failure}'
-        '<p class="panel__intro">{last}{every}</p></section>').format(failure=failure, last=last, every=every)
+        '<p class="panel__intro">{last}{every}</p>{remote}</section>').format(failure=failure, last=last,
+                                                                            every=every, remote=remote)
 
 
 def _interval_text(seconds):
@@ -7902,7 +7948,7 @@ class Config:
     search_probe_limit: int = SEARCH_PROBE_LIMIT
     backup_interval: float = None     # seconds between automatic backups; 0 off; None: BACKUP_DEFAULT_INTERVAL
     backup_keep: dict = None          # retention; None: BACKUP_KEEP
-    backup_url: str = None            # where finished backups are copied (BACKUP_URL)
+    backup_target: object = None      # where finished backups are copied: parse_backup_url(BACKUP_URL)
     backup_step_pages: int = BACKUP_STEP_PAGES
 
     @classmethod
@@ -7925,7 +7971,7 @@ class Config:
             raise ConfigError("LOG_LEVEL must be one of %s, not %r." % (", ".join(LOG_LEVELS), environ["LOG_LEVEL"]))
         config.backup_interval = parse_interval(environ.get("BACKUP_INTERVAL") or BACKUP_DEFAULT_INTERVAL)
         config.backup_keep = parse_backup_keep(environ["BACKUP_KEEP"]) if environ.get("BACKUP_KEEP") else None
-        config.backup_url = environ.get("BACKUP_URL") or None
+        config.backup_target = parse_backup_url(environ["BACKUP_URL"], environ) if environ.get("BACKUP_URL") else None
         return config
 
     @property
@@ -7975,6 +8021,7 @@ class App:
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
         self.webhooks = Webhooks(self)
         self.purges = Purges(self)
+        self.offsite = OffsiteClient(self.config.backup_target) if self.config.backup_target else None
         self.backups = BackupSchedule(self)
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
@@ -9768,6 +9815,7 @@ class BackupSchedule:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, "campfire-backup")
         self._cancel = threading.Event()
+        self._offsite_cancel = Cancellation()
         self.started_at = time.time()
         self.running = self.loop.run_in_executor(self._executor, self._work, self._cancel)
         self.running.add_done_callback(self._finished)
@@ -9804,7 +9852,45 @@ class BackupSchedule:
         else:
             if deleted:
                 log.info("retention removed %d old backups: %s", len(deleted), ", ".join(deleted))
+        if self.app.offsite is not None and not cancel.is_set():
+            status["offsite"] = self._send_offsite(result.path, status.get("offsite") or {})
+            write_backup_status(self.folder, status)
         return status
+
+    def _send_offsite(self, archive, record):
+        """On the backup thread: a self-contained copy of the archive to BACKUP_URL, then
+        retention there (S3 only). The off-site part of the status."""
+        client, name = self.app.offsite, os.path.basename(archive)
+        where = client.target.describe()
+        outgoing = os.path.join(self.folder, BACKUP_WORK_PREFIX + name)
+        record = dict(record)
+        try:
+            self_contained_copy(archive, os.path.join(self.folder, BACKUP_CONTENT_DIR_NAME), outgoing,
+                                cancelled=self._cancel.is_set)
+            uploaded = client.upload(outgoing, name, cancellation=self._offsite_cancel)
+            record["last_success"] = {"name": name, "time": time.time(), "location": where,
+                                      "size": uploaded.size}
+            log.info("backup %s copied to %s", name, where)
+            if client.target.supports_retention:
+                remote = {item.name: backup_time(item.name) for item in client.list_backups(
+                    cancellation=self._offsite_cancel) if backup_time(item.name) is not None}
+                remote[name] = backup_time(name) or time.time()
+                for old in sorted(set(remote) - backups_to_keep(remote, self.app.config.backup_keep or BACKUP_KEEP)):
+                    client.delete_backup(old, cancellation=self._offsite_cancel)
+                    log.info("retention removed %s from %s", old, where)
+            elif not record.get("retention_noted"):
+                log.warning("%s can't list or delete: retention there is up to that server (a lifecycle rule, "
+                            "a cleanup job)", where)
+                record["retention_noted"] = True
+        except (OffsiteCancelled, BackupCancelled):
+            raise BackupCancelled("The off-site copy was stopped.") from None
+        except (OffsiteError, BackupError, OSError) as error:
+            log.error("OFF-SITE COPY FAILED: backup %s to %s: %s (the local backup is kept)", name, where, error)
+            record["last_failure"] = {"time": time.time(), "error": str(error), "name": name}
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(outgoing)
+        return record
 
     def _finished(self, future):
         self.running = None
@@ -9839,8 +9925,26 @@ class BackupSchedule:
             "last_size_bytes": success.get("size"),
             "last_failure_at": _iso_seconds(failure.get("time")),
             "last_error": failure.get("error"),
-            "ok": not self.failed,
+            "last_failed": self.failed,
+            "ok": not self.failed and not self.offsite_failed,
+            "offsite": self._offsite_summary(),
         }
+
+    @property
+    def offsite_failed(self):
+        record = self.status.get("offsite") or {}
+        failure = record.get("last_failure")
+        return self.app.offsite is not None and bool(failure) and failure["time"] >= (
+            record.get("last_success") or {}).get("time", 0)
+
+    def _offsite_summary(self):
+        if self.app.offsite is None:
+            return None
+        record = self.status.get("offsite") or {}
+        success, failure = record.get("last_success") or {}, record.get("last_failure") or {}
+        return {"target": self.app.offsite.target.describe(), "ok": not self.offsite_failed,
+                "last_success_at": _iso_seconds(success.get("time")), "last_copy": success.get("name"),
+                "last_failure_at": _iso_seconds(failure.get("time")), "last_error": failure.get("error")}
 
     async def stop(self):
         """Stop the timer; a backup being written is cancelled (its partial files removed)."""
@@ -9851,6 +9955,7 @@ class BackupSchedule:
         running = self.running
         if running is not None:
             self._cancel.set()
+            self._offsite_cancel.cancel()
             with contextlib.suppress(Exception, asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(running), BACKUP_STOP_WAIT)
         if self._executor is not None:
@@ -10594,9 +10699,9 @@ def recipe_text(name, config, script=None):
 
 def _litestream_replica(config):
     """Litestream's replica URL beside BACKUP_URL's backups (an s3:// target only)."""
-    url = config.backup_url or ""
-    if url.startswith("s3://"):
-        return url.rstrip("/") + "/litestream"
+    target = config.backup_target
+    if isinstance(target, S3Target):
+        return "s3://%s/%slitestream" % (target.bucket, target.prefix)
     return "s3://BUCKET/campfire/litestream"
 
 

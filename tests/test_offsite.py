@@ -1571,3 +1571,72 @@ class Memory(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+####
+#### The server's automatic backups, copied to moto's S3.
+####
+
+class ServerCopiesBackupsOffsite(unittest.TestCase):
+    def setUp(self):
+        from tests.helpers import LiveServer, first_run_cookie
+        self.moto = MotoS3.get()
+        self.bucket = self.moto.new_bucket()
+        self.dir = tempfile.mkdtemp(prefix="offsite-server-")
+        self.addCleanup(shutil.rmtree, self.dir)
+
+        def start(secret=None):
+            target = campfire.parse_backup_url("s3://%s/team" % self.bucket, self.moto.environ(secret=secret))
+            server = LiveServer(backup_target=target)
+            self.addCleanup(server.stop)
+            server.app.offsite.retry = FAST
+            first_run_cookie(server.port)
+            return server
+        self.start = start
+
+    def run_backup(self, server):
+        future = server.call(server.app.backups.run_now)
+        self.assertTrue(wait_for(future.done, timeout=DEADLINE))
+        return server.call(server.app.backups.summary)
+
+    def keys(self):
+        listing = self.moto.s3.list_objects_v2(Bucket=self.bucket)
+        return sorted(item["Key"] for item in listing.get("Contents", []))
+
+    def test_each_backup_goes_offsite_self_contained_and_restores(self):
+        old = [campfire.backup_file_name(time.time() - 40 * 24 * 3600 - hour * 3600) for hour in range(30)]
+        for name in old + ["notes.txt"]:
+            self.moto.s3.put_object(Bucket=self.bucket, Key="team/" + name, Body=b"x")
+        server = self.start()
+        summary = self.run_backup(server)
+        self.assertTrue(summary["ok"], summary)
+        self.assertEqual(summary["offsite"]["last_copy"], summary["last_backup"])
+        # Retention there as here (tested on its own in test_backups.py), over the names found
+        # there: of 31 hourlies, the newest 24 hours' and older days' last stay. Others' files stay.
+        everything = {name: campfire.backup_time(name) for name in old + [summary["last_backup"]]}
+        kept = campfire.backups_to_keep(everything)
+        self.assertLess(len(kept), 31)
+        self.assertEqual(self.keys(), sorted(["team/" + name for name in kept] + ["team/notes.txt"]))
+        copy = os.path.join(self.dir, "downloaded.tar")
+        self.moto.s3.download_file(self.bucket, "team/" + summary["last_backup"], copy)
+        restored = os.path.join(self.dir, "restored")
+        manifest, aside = campfire.restore_backup(campfire.Config(storage_path=restored), copy)
+        self.assertTrue(manifest["contents_in_archive"])
+        self.assertIsNone(aside)
+        with open(os.path.join(server.storage, "secret_key_base")) as a, \
+                open(os.path.join(restored, "secret_key_base")) as b:
+            self.assertEqual(a.read(), b.read())
+        self.assertEqual([name for name in os.listdir(os.path.join(server.storage, "backups"))
+                          if name.startswith(".backup-")], [])  # the outgoing copy is removed
+
+    def test_a_refused_copy_is_reported_and_keeps_the_local_backup(self):
+        server = self.start(secret="not-the-secret")
+        with self.assertLogs("campfire", "ERROR") as logged:
+            summary = self.run_backup(server)
+        self.assertIn("OFF-SITE COPY FAILED", "\n".join(logged.output))
+        self.assertFalse(summary["ok"])
+        self.assertFalse(summary["last_failed"])   # the local backup itself is fine
+        self.assertIn(summary["last_backup"], os.listdir(os.path.join(server.storage, "backups")))
+        self.assertIn("SignatureDoesNotMatch", summary["offsite"]["last_error"])
+        self.assertNotIn("not-the-secret", json.dumps(summary))
+        self.assertEqual(self.keys(), [])
