@@ -3202,6 +3202,9 @@ class Database:
     def close(self):
         self.commit_batch()
         with contextlib.suppress(sqlite3.Error):
+            # Without waiting: a reader that never lets go (Litestream holds a read
+            # transaction all the time) only means the WAL stays for the next start.
+            self.connection.execute("PRAGMA busy_timeout = 0")
             self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.connection.close()
 
@@ -10690,6 +10693,9 @@ def recipe_text(name, config, script=None):
               "version": VERSION, "script_name": os.path.basename(script)}
     if name == "litestream":
         values["replica"] = _litestream_replica(config)
+        target = config.backup_target
+        values["endpoint"] = "\n        endpoint: %s" % target.endpoint if isinstance(target, S3Target) and \
+            target.endpoint else ""
     try:
         template = RECIPES[name][1]
     except KeyError:
@@ -10842,7 +10848,7 @@ server {{
 dbs:
   - path: {database}
     replicas:
-      - url: {replica}
+      - url: {replica}{endpoint}
         sync-interval: 1s
         retention: 168h
         snapshot-interval: 24h

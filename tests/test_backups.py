@@ -29,8 +29,9 @@ HOUR = 3600
 
 def run_cli(*args, storage=None, stdin="", env=None, timeout=120):
     """campfire.py in a child process, as a person runs it: (exit status, stdout, stderr)."""
-    environment = dict(os.environ, **(env or {}))
+    environment = dict(os.environ)
     environment.pop("BACKUP_URL", None)
+    environment.update(env or {})
     if storage is not None:
         environment["CAMPFIRE_STORAGE_PATH"] = storage
     done = subprocess.run([sys.executable, CAMPFIRE_PY, *args], input=stdin, capture_output=True, text=True,
@@ -669,3 +670,112 @@ class AutomaticBackupTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RecipeTests(unittest.TestCase):
+    def recipe(self, name, storage="/var/lib/campfire", env=None):
+        status, out, err = run_cli("recipe", name, "--storage", storage, env=env)
+        self.assertEqual(status, 0, err)
+        return out
+
+    @unittest.skipUnless(shutil.which("systemd-analyze"), "systemd-analyze is not installed")
+    def test_systemd_unit_passes_systemd_analyze_verify(self):
+        directory = tempfile.mkdtemp(prefix="campfire-unit-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        unit = os.path.join(directory, "campfire.service")
+        text = self.recipe("systemd")
+        for line in ("User=campfire", "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                     "ReadWritePaths=/var/lib/campfire", "Environment=CAMPFIRE_STORAGE_PATH=/var/lib/campfire",
+                     "ExecStart=/usr/bin/python3 " + os.path.realpath(CAMPFIRE_PY)):
+            self.assertIn(line + "\n", text)
+        for check_text, clean in ((text, True), (text.replace("ProtectSystem=strict", "ProtectSystem=bogus"), False)):
+            with open(unit, "w") as file:
+                file.write(check_text)
+            done = subprocess.run(["systemd-analyze", "verify", unit], capture_output=True, text=True, timeout=60)
+            # verify exits 0 even for keys it ignores: what it says about the file is the verdict.
+            complaints = [line for line in done.stderr.splitlines() if unit in line]
+            self.assertEqual((done.returncode == 0 and not complaints), clean, done.stderr)
+
+    def test_dockerfile_keeps_storage_in_a_volume_runs_unprivileged_and_checks_up(self):
+        text = self.recipe("docker")
+        instructions = [line.split(None, 1) for line in text.replace("\\\n", " ").splitlines()
+                        if line.strip() and not line.startswith("#")]
+        keywords = [words[0] for words in instructions]
+        self.assertEqual(keywords[0], "FROM")
+        self.assertLessEqual({"FROM", "RUN", "COPY", "ENV", "USER", "VOLUME", "EXPOSE", "HEALTHCHECK", "CMD"},
+                             set(keywords))
+        self.assertTrue(set(keywords) <= {"FROM", "RUN", "COPY", "ENV", "USER", "VOLUME", "EXPOSE", "HEALTHCHECK",
+                                          "CMD", "STOPSIGNAL"}, keywords)
+        arguments = dict((words[0], words[1]) for words in instructions)
+        self.assertEqual(arguments["USER"], "campfire")
+        self.assertEqual(json.loads(arguments["VOLUME"]), ["/storage"])
+        self.assertIn("CAMPFIRE_STORAGE_PATH=/storage", arguments["ENV"])
+        check = json.loads(arguments["HEALTHCHECK"].split("CMD", 1)[1])
+        self.assertIn("/up", check[-1])
+        compile(check[-1], "healthcheck", "exec")  # the health check's Python is valid
+        self.assertEqual(json.loads(arguments["CMD"]), ["python3", "/app/campfire.py"])
+
+    def braces_balance(self, text):
+        depth = 0
+        for character in text:
+            depth += {"{": 1, "}": -1}.get(character, 0)
+            self.assertGreaterEqual(depth, 0)
+        self.assertEqual(depth, 0)
+
+    def test_nginx_and_caddy_pass_websockets_to_the_port(self):
+        nginx = self.recipe("nginx", env={"PORT": "4000"})
+        self.braces_balance(nginx)
+        for line in nginx.splitlines():
+            line = line.split("#")[0].strip()
+            if line and not line.endswith(("{", "}")):
+                self.assertTrue(line.endswith(";"), line)  # every directive ends its statement
+        self.assertIn("server 127.0.0.1:4000;", nginx)
+        self.assertIn("proxy_set_header Upgrade $http_upgrade;", nginx)
+        self.assertIn("proxy_set_header Connection $campfire_connection;", nginx)
+        self.assertIn("proxy_set_header X-Forwarded-Proto $scheme;", nginx)
+        caddy = self.recipe("caddy", env={"PORT": "4000"})
+        self.braces_balance(caddy)
+        self.assertIn("reverse_proxy 127.0.0.1:4000", caddy)
+
+    def test_litestream_replicates_the_database_beside_backup_url(self):
+        text = self.recipe("litestream", env={"BACKUP_URL": "s3://team-bucket/chat", "AWS_ACCESS_KEY_ID": "AKID",
+                                               "AWS_SECRET_ACCESS_KEY": "secret"})
+        self.assertIn("  - path: /var/lib/campfire/db/production.sqlite3\n", text)
+        self.assertIn("      - url: s3://team-bucket/chat/litestream\n", text)
+        self.assertNotIn("secret", text.split("# Credentials")[1].split("\n", 1)[1])
+
+    def test_unknown_recipe(self):
+        status, _, err = run_cli("recipe", "kubernetes")
+        self.assertEqual(status, 1)
+        self.assertIn("systemd, docker, caddy, nginx, litestream", err)
+
+
+class LongLivedReaderTests(unittest.TestCase):
+    """Litestream holds a read transaction on the database all the time: the
+    server's writes and checkpoints must not wait for it."""
+
+    def test_posts_and_shutdown_go_on_while_a_reader_holds_a_snapshot(self):
+        server = LiveServer()
+        stopped = False
+        try:
+            cookie = first_run_cookie(server.port)
+            reader = sqlite3.connect(os.path.join(server.storage, "db", "production.sqlite3"), isolation_level=None)
+            self.addCleanup(reader.close)
+            reader.execute("BEGIN")
+            before = reader.execute("SELECT count(*) FROM messages").fetchone()[0]
+            for number in range(300):  # about 1,500 WAL pages: past SQLite's automatic checkpoint at 1,000
+                request = urllib.request.Request(
+                    "http://127.0.0.1:%d/rooms/1/messages" % server.port, headers={
+                        "Cookie": "session_token=" + cookie, "Sec-Fetch-Site": "same-origin"},
+                    data=urllib.parse.urlencode({"message[body]": "post %d %s" % (number, "x" * 3000),
+                                                 "message[client_message_id]": "p%d" % number}).encode())
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    self.assertEqual(response.status, 201)
+            self.assertEqual(reader.execute("SELECT count(*) FROM messages").fetchone()[0], before)  # its snapshot
+            started = time.monotonic()
+            stopped = True
+            server.stop()
+            self.assertLess(time.monotonic() - started, campfire.SQLITE_BUSY_TIMEOUT_MS / 1000)
+        finally:
+            if not stopped:
+                server.stop()
