@@ -5613,6 +5613,7 @@ class Cable:
         self.present = collections.defaultdict(collections.Counter)  # room id → user id → connections
         self.refusals = RateLimiter(*CABLE_REFUSALS)
         self._beat_queue, self._beat_slice = [], 1   # connections still to ping in this interval
+        self._beats = 0                              # beats so far; every CABLE_BEAT_SLICES-th starts an interval
         self.clock = time.monotonic
         self.channels = {
             "RoomMessagesChannel": self._subscribe_room_messages,
@@ -5861,11 +5862,13 @@ class Cable:
 
     def beat(self):
         """Every CABLE_PING_INTERVAL / CABLE_BEAT_SLICES: Action Cable's ping to the next slice of
-        connections (so each gets one per interval, and a broadcast never waits behind them all);
-        drop dead and stuck peers."""
-        if not self._beat_queue:
+        connections; drop dead and stuck peers. Each interval starts by queueing every connection
+        and has CABLE_BEAT_SLICES beats, so each connection gets one ping per interval however few
+        there are, and a broadcast never waits behind them all when there are many."""
+        if self._beats % CABLE_BEAT_SLICES == 0:
             self._beat_queue = list(self.connections)
             self._beat_slice = max(1, -(-len(self._beat_queue) // CABLE_BEAT_SLICES))
+        self._beats += 1
         batch = self._beat_queue[-self._beat_slice:]
         del self._beat_queue[-self._beat_slice:]
         now = self.now()

@@ -246,6 +246,32 @@ class CableClient:
             payload = _zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
         return first & 0x0F, payload
 
+    def _buffered_frame_length(self):
+        """The size of the first whole frame in the buffer, or None while it is incomplete."""
+        if len(self.buffer) < 2:
+            return None
+        length, header = self.buffer[1] & 0x7F, 2
+        if length in (126, 127):
+            header += 2 if length == 126 else 8
+            if len(self.buffer) < header:
+                return None
+            length = int.from_bytes(self.buffer[2:header], "big")
+        return header + length if len(self.buffer) >= header + length else None
+
+    def read_available(self):
+        """The JSON messages (pings included) in what one recv() brings, for a socket
+        select() found readable; a frame cut in two waits in the buffer for the rest."""
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        self.buffer += chunk
+        messages = []
+        while self._buffered_frame_length() is not None:
+            opcode, payload = self.recv_frame()
+            if opcode == 0x1:
+                messages.append(self._json.loads(payload))
+        return messages
+
     def recv_json(self, skip_pings=True):
         while True:
             opcode, payload = self.recv_frame()

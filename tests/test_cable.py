@@ -2,6 +2,7 @@
 Campfire's channels and broadcasts."""
 
 import json
+import select
 import time
 import unittest
 import urllib.parse
@@ -250,12 +251,54 @@ class ChannelTests(CableTestCase):
         self.assertNotIn(b"secret", payload)
         self.assertIn("secret detail", "\n".join(logs.output))
 
-    def test_pings_arrive_every_three_seconds(self):
-        client = self.welcomed(self.ada)
-        started = time.time()
-        message = client.recv_json(skip_pings=False)
-        self.assertEqual(message["type"], "ping")
-        self.assertLess(time.time() - started, campfire.CABLE_PING_INTERVAL + 1.5)
+
+
+class PingScheduleTest(unittest.TestCase):
+    """Action Cable's ping reaches each connection once per CABLE_PING_INTERVAL
+    (3 s), whether one socket is open or many: a phone on a small team's server
+    is not woken more often than Rails would wake it."""
+
+    WINDOW = 9.5                 # seconds: three intervals and a half
+    SOCKET_COUNTS = (1, 10, 50)  # a lone socket, a few, and more than there are slices
+
+    def open_sockets(self, count):
+        server = LiveServer()
+        self.addCleanup(server.stop)
+        app = server.app
+
+        def first_run():
+            admin = Client(app)
+            admin.post("/first_run", {"user[name]": "Ada", "user[email_address]": "ada@example.com",
+                                      "user[password]": "secret-password"})
+            return admin.cookies["session_token"]
+        cookie = server.call(first_run)
+        server.call(server.server.commit_and_answer)
+        clients = []
+        for _ in range(count):
+            client = CableClient(server.port, cookie, origin="http://127.0.0.1:%d" % server.port, timeout=10)
+            self.addCleanup(client.close)
+            self.assertEqual(client.status, 101, client.head)
+            self.assertEqual(client.recv_json(), {"type": "welcome"})
+            clients.append(client)
+        return clients
+
+    def test_each_socket_gets_one_ping_per_interval_however_many_are_open(self):
+        # One server per count, all listened to over the same 9.5 s.
+        groups = {count: self.open_sockets(count) for count in self.SOCKET_COUNTS}
+        by_socket = {client.sock: client for clients in groups.values() for client in clients}
+        pings = dict.fromkeys(by_socket.values(), 0)
+        deadline = time.monotonic() + self.WINDOW
+        while (remaining := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select(list(by_socket), [], [], remaining)
+            for sock in readable:
+                client = by_socket[sock]
+                pings[client] += sum(message.get("type") == "ping" for message in client.read_available())
+        intervals = self.WINDOW / campfire.CABLE_PING_INTERVAL
+        for count, clients in groups.items():
+            counts = sorted(pings[client] for client in clients)
+            with self.subTest(sockets=count):
+                self.assertGreaterEqual(counts[0], int(intervals) - 1, counts)
+                self.assertLessEqual(counts[-1], int(intervals) + 1, counts)
 
 
 if __name__ == "__main__":
