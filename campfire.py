@@ -256,6 +256,7 @@ class CampfireError(Exception):
      │    ├── BadRequest         400: malformed request or form
      │    ├── Forbidden          403: signed in, but not allowed
      │    ├── NotFound           404: also for what you may not know exists
+     │    ├── MethodNotAllowed   405: the path exists, not for this method (with Allow)
      │    ├── PayloadTooLarge    413
      │    ├── Unprocessable      422: well-formed but invalid (an empty message)
      │    └── TooManyRequests    429: a rate limit
@@ -292,6 +293,10 @@ class Forbidden(HttpError):
 
 class NotFound(HttpError):
     status = 404
+
+
+class MethodNotAllowed(HttpError):
+    status = 405
 
 
 class PayloadTooLarge(HttpError):
@@ -3569,8 +3574,10 @@ class Router:
         self._static = {}
         self._dynamic = collections.defaultdict(list)
         self._matched = {}  # (method, path) → what match() found for a pattern route
+        self._methods = set()
         for handler in handlers:
             for spec in handler.route_specs:
+                self._methods.add(spec.method)
                 if "<" not in spec.pattern:
                     self._static[(spec.method, spec.pattern)] = (handler, spec)
                     continue
@@ -3599,6 +3606,13 @@ class Router:
                 self._matched.clear()
             self._matched[key] = found
         return found
+
+    def allowed_methods(self, path):
+        """The methods some route answers at path, HEAD with GET: a 405's Allow (RFC 9110 §15.5.6)."""
+        methods = {method for method in self._methods if self.match(method, path)}
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)
 
     def _match_pattern(self, method, path):
         segments = path.split("/")
@@ -6427,6 +6441,9 @@ class App:
         if method not in ("GET", "HEAD") and address_banned(self, request.remote_addr):
             raise TooManyRequests("Requests from this address are blocked.")
         if found is None:
+            allowed = self.router.allowed_methods(request.path)
+            if allowed:
+                raise MethodNotAllowed("This address doesn't answer %s." % lookup, headers=[("Allow", ", ".join(allowed))])
             raise NotFound("There is nothing at this address.")
         handler, spec, params = found
         if lookup not in ("GET", "HEAD") and spec.auth != "bot":

@@ -838,6 +838,41 @@ class ForgeryProtectionTest(AppHttpTestCase):
         self.assertIn("text/html", response.header("Content-Type"))
 
 
+class MethodNotAllowedTest(AppHttpTestCase):
+    """RFC 9110 §15.5.6: a path that exists, asked with a method it doesn't answer,
+    is 405 with Allow naming the methods it does answer."""
+
+    def assert_405(self, response, allow):
+        self.assertEqual(response.status, 405, response.text[:300])
+        self.assertEqual(response.header("Allow"), allow)
+        self.assertIn("<!DOCTYPE html>", response.text)
+
+    def test_wrong_method_on_a_known_path_is_405_with_allow(self):
+        self.assert_405(self.client.request("PUT", "/session"), "DELETE, POST")
+        self.assert_405(self.client.request("PUT", "/up"), "GET, HEAD")
+        self.assert_405(self.client.request("DELETE", "/rooms/1/involvement"), "GET, HEAD, PATCH, PUT")
+        self.assert_405(self.client.request("PATCH", "/test/small"), "GET, HEAD")
+
+    def test_a_method_override_the_path_does_not_answer_is_405_too(self):
+        self.assert_405(self.client.post("/up", {"_method": "delete"}), "GET, HEAD")
+        self.assert_405(self.client.post("/session", {"_method": "patch"}), "DELETE, POST")
+        # A POST the path only answers through _method names what it answers.
+        self.assert_405(self.client.post("/rooms/1/involvement", {"involvement": "nothing"}),
+                        "GET, HEAD, PATCH, PUT")
+
+    def test_pattern_paths_list_every_method_of_their_routes(self):
+        self.assert_405(self.client.request("PUT", "/rooms/5/messages"), "GET, HEAD, POST")
+        self.assert_405(self.client.request("POST", "/rooms/5/messages/7"), "DELETE, GET, HEAD, PATCH, PUT")
+        self.assert_405(self.client.request("PUT", "/rooms/5/2-AbCd1234EfGh/messages"), "GET, HEAD, POST")
+
+    def test_paths_no_route_answers_stay_404(self):
+        for method, path in (("PUT", "/no/such/page"), ("GET", "/rooms/x/messages"), ("POST", "/rooms/5/nothing")):
+            with self.subTest(method=method, path=path):
+                response = self.client.request(method, path)
+                self.assertEqual(response.status, 404)
+                self.assertIsNone(response.header("Allow"))
+
+
 class ErrorPageTest(AppHttpTestCase):
     def test_unknown_route_is_a_404_html_page(self):
         response = self.client.get("/no/such/page")

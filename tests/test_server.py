@@ -247,6 +247,18 @@ class ConnectionTest(LiveServerTestCase):
         fresh.sendall(request_bytes("GET", "/up"))
         self.assertEqual(ResponseReader(fresh).read_response()[0], 200)
 
+    def test_wrong_method_is_405_with_allow_on_the_wire(self):
+        sock = self.connect()
+        reader = ResponseReader(sock)
+        sock.sendall(request_bytes("PUT", "/up", [("Content-Length", "0")]) + request_bytes("PUT", "/session", [
+            ("Content-Length", "0"), ("Sec-Fetch-Site", "same-origin")]))
+        status, headers, _ = reader.read_response()
+        self.assertEqual((status, headers["allow"]), (405, "GET, HEAD"))
+        status, headers, _ = reader.read_response()
+        self.assertEqual((status, headers["allow"]), (405, "DELETE, POST"))
+        sock.sendall(request_bytes("GET", "/up"))
+        self.assertEqual(reader.read_response()[0], 200)  # the connection stays usable
+
     def test_many_concurrent_connections_all_get_answers(self):
         count = 200
         socks = [self.connect() for _ in range(count)]
