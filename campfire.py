@@ -102,7 +102,8 @@ FORM_BODY_LIMIT = 64 * 1024               # sign-in, profile and similar forms
 COOKIE_HEADERS_KEPT = 4096               # parsed Cookie headers remembered (see parse_cookies),
 ROUTES_KEPT = 4096                       # and matched (method, path) pairs by the router,
 MEMO_KEY_MAX_CHARS = 512                 # each at most this long (so at most a few MB in all)
-MAX_FORM_FIELDS = 1000                    # urlencoded/multipart pairs per request
+MAX_FORM_FIELDS = 1000                    # urlencoded/multipart pairs per request (and a JSON body's values)
+MAX_PARAMS_DEPTH = 32                     # a JSON body's nesting; Rack's param_depth_limit for form names
 
 # Connection timing, in seconds.
 HEADER_TIMEOUT = 10.0        # a request head must arrive within this (slowloris)
@@ -586,7 +587,7 @@ class Request:
 
     __slots__ = ("method", "target", "path", "query_string", "version", "headers", "body",
                  "keep_alive", "remote_addr", "scheme", "id", "started", "user", "session",
-                 "set_cookies", "_query", "_form", "_cookies", "files")
+                 "set_cookies", "_query", "_form", "_params", "_cookies", "files")
 
     def __init__(self, method, target, version="HTTP/1.1", headers=None, body=b""):
         self.method = method
@@ -609,7 +610,7 @@ class Request:
         self.session = None
         self.set_cookies = []
         self.files = {}
-        self._query = self._form = self._cookies = None
+        self._query = self._form = self._params = self._cookies = None
 
     def header(self, name, default=""):
         return self.headers.get(name, default)
@@ -643,6 +644,29 @@ class Request:
         return self._form
 
     @property
+    def params(self):
+        """Every parameter of the request in one view, as Rails' params: the query
+        string's and the body's (a form, multipart fields, or a JSON object with its
+        nesting written as bracket names, {"message":{"body":"hi"}} as message[body]).
+        Rails merges them as request_parameters.merge(query_parameters), so a
+        top-level name the query string has is taken from the query string."""
+        if self._params is None:
+            if self.headers.get("content-type", "").startswith("application/json"):
+                body = FormData(_json_params(self.json()) if self.body else [])
+            else:
+                body = self.form
+            query = self.query
+            if not body:
+                self._params = query
+            elif not query:
+                self._params = body
+            else:
+                names = {_param_root(name) for name, _ in query.items()}
+                self._params = FormData([pair for pair in body.items() if _param_root(pair[0]) not in names]
+                                        + query.items())
+        return self._params
+
+    @property
     def cookies(self):
         if self._cookies is None:
             self._cookies = parse_cookies(self.headers.get("cookie", ""))
@@ -651,7 +675,7 @@ class Request:
     def json(self):
         try:
             return json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as error:
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
             raise BadRequest("The JSON body could not be read.") from error
 
     @property
@@ -674,6 +698,36 @@ def parse_urlencoded(data):
         if field:
             name, _, value = field.partition(b"=")
             pairs.append((_form_text(name), _form_text(value)))
+    return pairs
+
+
+def _param_root(name):
+    """The top-level name of a bracket name: "user" for user[name] (Rack's normalize_params)."""
+    return re.split(r"[\[\]]", name.lstrip("[]"), maxsplit=1)[0]
+
+
+def _json_params(value):
+    """A JSON body → [(bracket name, text)], as a form would send it: objects nest
+    as name[key], arrays as name[], true/false/numbers as their text, null as "".
+    A body that is not an object is the parameter _json (Rails' JSON params
+    parser). BadRequest past MAX_PARAMS_DEPTH levels or MAX_FORM_FIELDS values."""
+    pairs = []
+
+    def walk(name, value, depth):
+        if depth > MAX_PARAMS_DEPTH:
+            raise BadRequest("The JSON body is nested too deeply.")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(key if name is None else "%s[%s]" % (name, key), item, depth + 1)
+        elif isinstance(value, list):
+            for item in value:
+                walk(name + "[]", item, depth + 1)
+        else:
+            if len(pairs) >= MAX_FORM_FIELDS:
+                raise BadRequest("The JSON body has more than %d values." % MAX_FORM_FIELDS)
+            text = "" if value is None else ("true" if value else "false") if isinstance(value, bool) else str(value)
+            pairs.append((name, text))
+    walk(None if isinstance(value, dict) else "_json", value, 0)
     return pairs
 
 
@@ -702,6 +756,13 @@ class FormData:
 
     def getlist(self, key):
         return [value for name, value in self._pairs if name == key]
+
+    def items(self):
+        """The (name, value) pairs, in order, repeated names included."""
+        return list(self._pairs)
+
+    def __bool__(self):
+        return bool(self._pairs)
 
     def __contains__(self, key):
         return key in self._first
@@ -3705,7 +3766,7 @@ def render_first_run(app, request, values, errors, status=200):
 def first_run(app, request):
     if app.store.account() is not None:
         return redirect("/")
-    values, errors = _user_form(request.form)
+    values, errors = _user_form(request.params)
     if errors:
         return render_first_run(app, request, values, errors, status=422)
     with app.db.atomic():
@@ -3743,7 +3804,7 @@ def _user_form(form):
 def sign_in_form(app, request):
     if app.store.account() is None:
         return redirect("/first_run")
-    return render_sign_in(app, request, request.query.text("email_address"))
+    return render_sign_in(app, request, request.params.text("email_address"))
 
 
 def render_sign_in(app, request, email, notice=None, status=200):
@@ -3759,8 +3820,8 @@ def render_sign_in(app, request, email, notice=None, status=200):
 
 @route("POST", "/session", auth="public")
 def sign_in(app, request):
-    email = request.form.text("email_address")
-    password = str(request.form.get("password", ""))
+    email = request.params.text("email_address")
+    password = str(request.params.get("password", ""))
     if not app.sign_in_limiter.hit(request.remote_addr):
         return render_sign_in(app, request, email, "Too many requests or unauthorized.", 429)
     user = app.store.user_by_email(email) if email else None
@@ -3814,7 +3875,7 @@ def join(app, request, join_code):
     _require_join_code(app, join_code)
     if not app.sign_up_limiter.hit(request.remote_addr):
         raise TooManyRequests("Too many sign-ups from this address. Try again in a few minutes.")
-    values, errors = _user_form(request.form)
+    values, errors = _user_form(request.params)
     if errors:
         return render_join(app, request, join_code, values, errors, status=422)
     email = values["user[email_address]"]
@@ -3939,11 +4000,11 @@ def new_room(app, request):
 
 
 def _room_form_values(request):
-    name = request.form.text("room[name]")
+    name = request.params.text("room[name]")
     errors = {}
     if len(name) > MAX_ROOM_NAME_CHARS:
         errors["room[name]"] = "Use at most %d characters." % MAX_ROOM_NAME_CHARS
-    member_ids = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()}
+    member_ids = {int(value) for value in request.params.getlist("user_ids[]") if str(value).isdigit()}
     return name or "New room", member_ids, errors
 
 
@@ -4053,7 +4114,7 @@ def render_direct_form(app, request, errors=None, status=200):
 @route("POST", "/rooms/directs")
 def create_direct_room(app, request):
     active = set(app.store.active_user_ids())
-    chosen = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()} & active
+    chosen = {int(value) for value in request.params.getlist("user_ids[]") if str(value).isdigit()} & active
     chosen.discard(request.user.id)
     if not chosen:
         return render_direct_form(app, request, {"user_ids[]": "Pick at least one person."}, status=422)
@@ -4098,7 +4159,7 @@ def show_involvement(app, request, room_id):
 @route("PATCH", "/rooms/<int:room_id>/involvement")
 def update_involvement(app, request, room_id):
     room = app.room_for_member(request, room_id)
-    involvement = request.form.text("involvement")
+    involvement = request.params.text("involvement")
     allowed = ("everything", "nothing") if room.direct else INVOLVEMENTS
     if involvement not in allowed:
         raise Unprocessable("Involvement must be one of: %s." % ", ".join(allowed))
@@ -4132,9 +4193,9 @@ def message_page(app, request, room_id):
 @route("POST", "/rooms/<int:room_id>/messages", body_limit=MESSAGE_BODY_LIMIT)
 def create_message(app, request, room_id):
     room = app.room_for_member(request, room_id)
-    client_message_id = request.form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
+    client_message_id = request.params.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
         or random_hex(16)
-    message, created = app.post_message(room, request.user, request.form.get("message[body]", ""), client_message_id)
+    message, created = app.post_message(room, request.user, request.params.get("message[body]", ""), client_message_id)
     if _navigating(request):
         return redirect("/rooms/%d" % room.id)
     boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
@@ -4144,7 +4205,7 @@ def create_message(app, request, room_id):
 
 def _id_param(request, name):
     """A numeric query parameter (an id or milliseconds), None when absent; 400 when malformed."""
-    value = request.query.get(name)
+    value = request.params.get(name)
     if value is None:
         return None
     if not _CONTENT_LENGTH_RE.match(value):
@@ -4190,7 +4251,7 @@ def update_message(app, request, room_id, message_id):
     message = _message_in_room(app, request, room_id, message_id)
     if not can_administer(request.user, message["creator_id"]):
         raise Forbidden("You can only edit your own messages.")
-    message = app.edit_message(message, request.form.get("message[body]", ""))
+    message = app.edit_message(message, request.params.get("message[body]", ""))
     if _navigating(request):
         return redirect("/rooms/%d/@%d" % (room_id, message_id))
     return Response(render_message(app, message, app.store.boosts_for([message_id]).get(message_id, ())))
@@ -4264,7 +4325,7 @@ def new_boost(app, request, message_id):
 @route("POST", "/messages/<int:message_id>/boosts")
 def create_boost(app, request, message_id):
     message = _message_for_member(app, request, message_id)
-    content = request.form.text("boost[content]")
+    content = request.params.text("boost[content]")
     if not content:
         raise Unprocessable("A boost needs some content.")
     if len(content) > MAX_BOOST_CHARS:
@@ -4298,7 +4359,7 @@ def delete_boost(app, request, message_id, boost_id):
 
 @route("GET", "/searches")
 def search(app, request):
-    query = request.query.text("q")[:MAX_SEARCH_QUERY_CHARS]
+    query = request.params.text("q")[:MAX_SEARCH_QUERY_CHARS]
     if query and fts_match_expression(query) and not app.store.is_latest_search(request.user.id, query):
         with app.db.atomic():  # repeating the latest search writes nothing (and waits for no commit)
             app.store.record_search(request.user.id, query)
@@ -4384,8 +4445,8 @@ def render_avatar_svg(user):
 
 @route("GET", "/autocompletable/users")
 def autocompletable_users(app, request):
-    query = request.query.text("query")[:MAX_NAME_CHARS]
-    room_id = request.query.get("room_id", "")
+    query = request.params.text("query")[:MAX_NAME_CHARS]
+    room_id = request.params.get("room_id", "")
     member_ids = None
     if room_id.isdigit():
         member_ids = app.store.room_member_ids(app.room_for_member(request, int(room_id)).id)
@@ -4859,8 +4920,8 @@ def edit_account(app, request):
 def update_account(app, request):
     account = app.store.account()
     name = account["name"]
-    if "account[name]" in request.form:
-        name = request.form.text("account[name]")
+    if "account[name]" in request.params:
+        name = request.params.text("account[name]")
         error = "Enter a name." if not name else (
             "Use at most %d characters." % MAX_ACCOUNT_NAME_CHARS if len(name) > MAX_ACCOUNT_NAME_CHARS else None)
         if error:
@@ -4868,7 +4929,7 @@ def update_account(app, request):
                                        errors={"account[name]": error}, status=422)
     settings = _account_settings(account)
     # The checkbox follows a hidden "0", as in Rails: the last value sent wins.
-    restrict = request.form.getlist("account[settings][restrict_room_creation_to_administrators]")
+    restrict = request.params.getlist("account[settings][restrict_room_creation_to_administrators]")
     if restrict:
         settings["restrict_room_creation_to_administrators"] = str(restrict[-1]).strip().lower() in _TRUE_VALUES
     with app.db.atomic():
@@ -4900,7 +4961,7 @@ def edit_custom_styles(app, request):
 @route("PATCH", "/account/custom_styles", auth="admin", body_limit=CUSTOM_STYLES_BODY_LIMIT)
 @route("PUT", "/account/custom_styles", auth="admin", body_limit=CUSTOM_STYLES_BODY_LIMIT)
 def update_custom_styles(app, request):
-    css = str(request.form.get("account[custom_styles]", "")).replace("\r\n", "\n")
+    css = str(request.params.get("account[custom_styles]", "")).replace("\r\n", "\n")
     if len(css.encode()) > MAX_CUSTOM_STYLES_BYTES:
         return render_custom_styles_form(app, request, css, status=413, error=(
             "Custom CSS can be at most %d KiB; this is %d KiB." % (MAX_CUSTOM_STYLES_BYTES // 1024,
@@ -4918,7 +4979,7 @@ def custom_styles_stylesheet(app, request):
     css, digest = custom_styles(app)
     etag = '"%s"' % digest
     headers = [("ETag", etag), ("Cache-Control", "public, max-age=31536000, immutable"
-                                if request.query.get("v") == digest else "public, no-cache")]
+                                if request.params.get("v") == digest else "public, no-cache")]
     if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
         return Response(b"", 304, None, headers)
     return Response(css, 200, "text/css; charset=utf-8", headers)
@@ -4939,7 +5000,7 @@ def account_users(app, request):
 def update_account_user(app, request, user_id):
     user = _manageable_user(app, user_id)
     # CAMPFIRE.md, User admin: anything but member or administrator means member.
-    role = ROLE_ADMINISTRATOR if request.form.text("user[role]") == "administrator" else ROLE_MEMBER
+    role = ROLE_ADMINISTRATOR if request.params.text("user[role]") == "administrator" else ROLE_MEMBER
     if role == user.role:
         return redirect("/account/edit")
     problem = _removal_problem(app, request.user, user, "demote") if role == ROLE_MEMBER else None
@@ -4994,7 +5055,7 @@ def edit_profile(app, request):
 @route("PUT", "/users/me/profile")
 def update_profile(app, request):
     """CAMPFIRE.md, Profile: name, email, password (blank keeps it), bio (at most 200 characters)."""
-    user, form = request.user, request.form
+    user, form = request.user, request.params
     values = {
         "user[name]": form.text("user[name]") if "user[name]" in form else user.name,
         "user[email_address]": form.text("user[email_address]") if "user[email_address]" in form
@@ -5504,7 +5565,7 @@ def new_bot(app, request):
 
 @route("POST", "/account/bots", auth="admin")
 def create_bot_route(app, request):
-    values, errors = _bot_form(request.form)
+    values, errors = _bot_form(request.params)
     if errors:
         return render_bot_form(app, request, values=values, errors=errors, status=422)
     create_bot(app, values["user[name]"], values["user[webhook_url]"])
@@ -5528,12 +5589,12 @@ def edit_bot(app, request, bot_id):
 @route("PUT", "/account/bots/<int:bot_id>", auth="admin")
 def update_bot_route(app, request, bot_id):
     row = _require_bot(app, bot_id)
-    values, errors = _bot_form(request.form)
+    values, errors = _bot_form(request.params)
     if errors:
         return render_bot_form(app, request, bot_row=row, values=values, errors=errors, status=422)
     # Campfire changes the webhook only when the field is sent; blank removes it.
     update_bot(app, bot_id, values["user[name]"], values["user[webhook_url]"],
-               change_webhook="user[webhook_url]" in request.form)
+               change_webhook="user[webhook_url]" in request.params)
     return redirect("/account/bots")
 
 
