@@ -3308,7 +3308,7 @@ def render_layout(app, request, title, body, *, sidebar=None, body_class="", sta
             '<header class="topbar">'
             '<a class="topbar__rooms" href="/users/me/sidebar">Rooms</a>'
             '<a class="topbar__brand" href="/">{account}</a>'
-            '<form class="topbar__search" method="get" action="/searches" role="search">'
+            '<form class="topbar__search" method="post" action="/searches" role="search">'
             '<input type="search" name="q" placeholder="Search" aria-label="Search messages"></form>'
             '<nav class="topbar__nav" aria-label="Account">'
             '<a class="button button--quiet" href="/account/edit">Account</a>'
@@ -4357,12 +4357,20 @@ def delete_boost(app, request, message_id, boost_id):
 
 # Search ----------------------------------------------------------------------------
 
-@route("GET", "/searches")
-def search(app, request):
+@route("POST", "/searches")
+def create_search(app, request):
+    """What the search form sends (Campfire's searches_controller.rb#create): the query
+    joins the recent searches, then its results are shown."""
     query = request.params.text("q")[:MAX_SEARCH_QUERY_CHARS]
     if query and fts_match_expression(query) and not app.store.is_latest_search(request.user.id, query):
         with app.db.atomic():  # repeating the latest search writes nothing (and waits for no commit)
             app.store.record_search(request.user.id, query)
+    return redirect("/searches?" + urllib.parse.urlencode({"q": query}) if query else "/searches")
+
+
+@route("GET", "/searches")
+def search(app, request):
+    query = request.params.text("q")[:MAX_SEARCH_QUERY_CHARS]
 
     def build():
         results = app.store.search(request.user.id, query) if query else []
@@ -4377,7 +4385,7 @@ def search(app, request):
             if query else HTML(""))
         body = HTML(
             '<section class="search"><header class="room__header"><h1 class="room__name">Search</h1></header>'
-            '<form method="get" action="/searches" class="search__form" role="search">'
+            '<form method="post" action="/searches" class="search__form" role="search">'
             '<input class="field__input" type="search" name="q" value="{query}" aria-label="Search messages" '
             'placeholder="Search messages" autofocus>'
             '<button type="submit" class="button button--primary">Search</button></form>'

@@ -127,7 +127,23 @@ class SearchTests(ChatTestCase):
 
 class RecentSearchTests(ChatTestCase):
     def search(self, client, query):
-        return client.get("/searches?" + urllib.parse.urlencode({"q": query}))
+        """What the search form does: POST /searches, then the page it redirects to."""
+        response = client.post("/searches", {"q": query})
+        self.assertEqual(response.status, 303)
+        return client.get(response.header("Location"))
+
+    def test_the_search_form_posts_and_lands_on_the_results(self):
+        for page in (self.bob.get("/rooms/1").text, self.bob.get("/searches").text):
+            self.assertRegex(page, r'<form[^>]*method="post" action="/searches"[^>]*role="search"')
+        response = self.bob.post("/searches", {"q": "café plans"})
+        self.assertEqual((response.status, response.header("Location")), (303, "/searches?q=caf%C3%A9+plans"))
+        self.assertEqual(self.stored(self.bob_id), ["café plans"])
+        self.assertEqual(self.bob.post("/searches", {}).header("Location"), "/searches")
+
+    def test_reading_results_records_nothing(self):
+        # Campfire records a search when the form is sent (searches_controller.rb#create), never on a GET.
+        self.assertEqual(self.bob.get("/searches?q=plans").status, 200)
+        self.assertEqual(self.stored(self.bob_id), [])
 
     def stored(self, user_id):
         return [row[0] for row in self.app.db.all("SELECT query FROM searches WHERE user_id = ? ORDER BY id",
@@ -180,7 +196,9 @@ class RecentSearchTests(ChatTestCase):
         self.search(self.bob, "alpha")
         self.assertEqual(recent(self.bob), ["alpha"])
         self.search(self.bob, "beta")
-        self.assertEqual(recent(self.bob, "/searches?q=alpha"), ["alpha", "beta"])
+        self.assertEqual(recent(self.bob, "/searches?q=alpha"), ["beta", "alpha"])  # reading changes no order
+        self.search(self.bob, "alpha")
+        self.assertEqual(recent(self.bob), ["alpha", "beta"])
 
     def test_queries_are_capped(self):
         self.search(self.bob, "long " * 200)
