@@ -5606,6 +5606,7 @@ def update_bot_route(app, request, bot_id):
     return redirect("/account/bots")
 
 
+@route("PATCH", "/account/bots/<int:bot_id>/key", auth="admin")
 @route("PUT", "/account/bots/<int:bot_id>/key", auth="admin")
 def reset_bot_key_route(app, request, bot_id):
     _require_bot(app, bot_id)

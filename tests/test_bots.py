@@ -221,6 +221,17 @@ class BotAdminTests(BotTestCase):
         self.assertEqual(self.api("POST", "/rooms/1/%s/messages" % old, "old").status, 302)
         self.assertEqual(self.api("POST", "/rooms/1/%s/messages" % new, "new").status, 201)
 
+    def test_a_new_key_by_patch_too_as_rails_routes_an_update(self):
+        # config/routes.rb's `resource :key, only: :update` answers PATCH and PUT.
+        bot_id, old = self.make_bot()
+        for method in ("PATCH", "PUT"):
+            with self.subTest(method=method):
+                before = self.app.db.value("SELECT bot_token FROM users WHERE id = ?", (bot_id,))
+                response = self.ada.post("/account/bots/%d/key" % bot_id, {"_method": method.lower()})
+                self.assertEqual((response.status, response.header("Location")), (303, "/account/bots"))
+                self.assertNotEqual(self.app.db.value("SELECT bot_token FROM users WHERE id = ?", (bot_id,)), before)
+                self.assertEqual(self.ada.request(method, "/account/bots/%d/key" % bot_id).status, 303)
+
     def test_delete_deactivates_the_bot_clears_its_key_and_webhook(self):
         bot_id, key = self.make_bot("Helper", "http://hooks.example.com/a")
         response = self.ada.post("/account/bots/%d" % bot_id, {"_method": "delete"})
