@@ -257,6 +257,7 @@ class CampfireError(Exception):
      │    ├── BadRequest         400: malformed request or form
      │    ├── Forbidden          403: signed in, but not allowed
      │    ├── NotFound           404: also for what you may not know exists
+     │    │    └── RecordNotFound 404 for a record asked by id (the bot API answers it in JSON)
      │    ├── MethodNotAllowed   405: the path exists, not for this method (with Allow)
      │    ├── PayloadTooLarge    413
      │    ├── Unprocessable      422: well-formed but invalid (an empty message)
@@ -294,6 +295,10 @@ class Forbidden(HttpError):
 
 class NotFound(HttpError):
     status = 404
+
+
+class RecordNotFound(NotFound):
+    pass
 
 
 class MethodNotAllowed(HttpError):
@@ -1087,7 +1092,7 @@ def redirect(location, status=303):
 
 def json_response(value, status=200, headers=None):
     return Response(json.dumps(value, separators=(",", ":"), ensure_ascii=False), status,
-                    "application/json", headers)
+                    "application/json; charset=utf-8", headers)
 
 
 def gzip_bytes(data, level=GZIP_LEVEL):
@@ -5306,33 +5311,51 @@ def _person_json(app, request, user_id):
             "avatar_url": "%s/users/%d/avatar" % (request.origin, user_id)}
 
 
+def _message_url(request, room_id, message_id):
+    """Campfire's room_message_url: the message's own address in its room."""
+    return "%s/rooms/%d/messages/%d" % (request.origin, room_id, message_id)
+
+
 def message_json(app, request, message):
+    """app/views/messages/_message.json.jbuilder."""
     body = message["body"] or ""
     return {"id": message["id"], "created_at": iso_time_ms(message["created_at"]),
             "body": {"plain_text": app.plain_text(body), "html": body},
             "creator": _person_json(app, request, message["creator_id"]),
             "room": {"id": message["room_id"]},
-            "url": "%s/rooms/%d/@%d" % (request.origin, message["room_id"], message["id"])}
+            "url": _message_url(request, message["room_id"], message["id"])}
 
 
-def boost_json(app, request, boost):
+def boost_json(app, request, boost, message):
+    """app/views/messages/boosts/_boost.json.jbuilder."""
     return {"id": boost["id"], "content": boost["content"], "created_at": iso_time_ms(boost["created_at"]),
-            "booster": _person_json(app, request, boost["booster_id"]), "message": {"id": boost["message_id"]}}
+            "booster": _person_json(app, request, boost["booster_id"]),
+            "message": {"id": message["id"], "url": _message_url(request, message["room_id"], message["id"])}}
 
 
 # The bot API (CAMPFIRE.md: Bots, the API table) ----------------------------------------
 
+def _bot_head(status, headers=()):
+    """Rails' `head status` on the bot API's JSON routes: no body, typed application/json
+    without a charset (ActionController::Head)."""
+    return Response(b"", status, "application/json", list(headers))
+
+
+# What Rails' public exceptions app answers for ActiveRecord::RecordNotFound on a JSON route.
+RECORD_NOT_FOUND_JSON = {"status": 404, "error": "Not Found"}
+
+
 def bot_api(handler):
     """Wrap a bot API handler: rate limit per key, authenticate by the key (a bad
     key is sent to sign in, as Campfire does, whether or not the room exists),
-    404 for a room the bot isn't in, errors answered as JSON. The handler gets
-    (app, request, room, bot, bot_key, **params)."""
+    404 for a room the bot isn't in. Refusals are bare statuses, as Campfire's
+    by_bots controllers `head` them; a record asked for by id and missing is
+    Rails' JSON 404. The handler gets (app, request, room, bot, bot_key, **params)."""
     def answer(app, request, room_id, bot_key, **params):
         # The request log names the route, never the key (a credential).
         request.path = request.path.replace("/%s/" % bot_key, "/[FILTERED]/", 1)
         if not app.bot_api_limiter.hit(bot_key):
-            return json_response({"error": "Too many requests."}, 429,
-                                 [("Retry-After", "%d" % BOT_API_LIMIT[1])])
+            return _bot_head(429, [("Retry-After", "%d" % BOT_API_LIMIT[1])])
         bot = authenticate_bot(app, bot_key)
         if bot is None:
             return redirect("/session/new", 302)
@@ -5341,8 +5364,10 @@ def bot_api(handler):
             if room is None:
                 raise NotFound("There is no such room.")
             return handler(app, request, room, bot, bot_key, **params)
+        except RecordNotFound:
+            return json_response(RECORD_NOT_FOUND_JSON, 404)
         except HttpError as error:
-            return json_response({"error": error.message}, error.status, error.headers)
+            return _bot_head(error.status, error.headers)
     answer.__name__, answer.__doc__ = handler.__name__, handler.__doc__
     return answer
 
@@ -5360,25 +5385,40 @@ def _posts_an_attachment(request):
     return "attachment" in request.files
 
 
-def _bot_room_message(app, room, message_id):
-    message = app.store.message(message_id)
+def _bot_room_message(app, room, message_id, missing=RecordNotFound):
+    """The room's message with this id; `missing` raised when it has none (Campfire's
+    `@room.messages.find` raises RecordNotFound, the boosts controller `head`s a 404)."""
+    message = app.store.message(message_id) if message_id is not None else None
     if message is None or message["room_id"] != room.id:
-        raise NotFound("There is no such message.")
+        raise missing("There is no such message.")
     return message
+
+
+def _bot_anchor(app, room, request, name):
+    """The message a ?before= or ?after= names, in this room; None when absent."""
+    value = request.params.get(name)
+    if value is None or value == "":  # Rails' params[:before].present?
+        return None
+    return _bot_room_message(app, room, int(value) if _CONTENT_LENGTH_RE.match(value) else None)["id"]
 
 
 @route("GET", BOT_MESSAGES_PATH, auth="bot")
 @bot_api
 def bot_messages(app, request, room, bot, bot_key):
-    """40 messages, oldest first: the newest, or next to ?before= / ?after=."""
-    before, after = _id_param(request, "before"), _id_param(request, "after")
+    """40 messages, oldest first: the newest, or next to ?before= / ?after=. Link's
+    rel="next" goes on the way the client walks: older from the newest page or a
+    ?before= page, newer from an ?after= page (by_bots_controller.rb#next_page_params)."""
+    before, after = _bot_anchor(app, room, request, "before"), _bot_anchor(app, room, request, "after")
     messages = app.store.messages_page(room.id, before=before, after=after)
     headers = [("X-Total-Count", str(app.db.value("SELECT count(*) FROM messages WHERE room_id = ?", (room.id,))))]
-    if messages and app.db.value(
-            "SELECT 1 FROM messages WHERE room_id = ? AND (created_at, id) < "
-            "(SELECT created_at, id FROM messages WHERE id = ?) LIMIT 1", (room.id, messages[0]["id"])):
-        headers.append(("Link", '<%s/rooms/%d/%s/messages?before=%d>; rel="next"'
-                        % (request.origin, room.id, urllib.parse.quote(bot_key), messages[0]["id"])))
+    if messages:
+        newer = after is not None
+        edge = messages[-1]["id"] if newer else messages[0]["id"]
+        if app.db.value("SELECT 1 FROM messages WHERE room_id = ? AND (created_at, id) %s "
+                        "(SELECT created_at, id FROM messages WHERE id = ?) LIMIT 1" % (">" if newer else "<"),
+                        (room.id, edge)):
+            headers.append(("Link", '<%s/rooms/%d/%s/messages?%s=%d>; rel="next"' % (
+                request.origin, room.id, urllib.parse.quote(bot_key), "after" if newer else "before", edge)))
     return json_response([message_json(app, request, message) for message in messages], 200, headers)
 
 
@@ -5389,7 +5429,7 @@ def bot_create_message(app, request, room, bot, bot_key):
     if _posts_an_attachment(request):
         raise Unprocessable("Attachments are not supported by this server yet: post the message as text.")
     message, _ = app.post_message(room, bot, _raw_text(request), random_hex(16))
-    return Response(b"", 201, None, [("Location", "/messages/%d" % message["id"])])
+    return _bot_head(201, [("Location", "%s/messages/%d" % (request.origin, message["id"]))])
 
 
 @route("GET", BOT_MESSAGES_PATH + "/<int:message_id>", auth="bot")
@@ -5422,7 +5462,7 @@ def bot_delete_message(app, request, room, bot, bot_key, message_id):
 @bot_api
 def bot_create_boost(app, request, room, bot, bot_key, message_id):
     """The raw body is the boost's content."""
-    message = _bot_room_message(app, room, message_id)
+    message = _bot_room_message(app, room, message_id, missing=NotFound)
     content = _raw_text(request).strip()
     if not content:
         raise Unprocessable("A boost needs some content.")
@@ -5432,13 +5472,13 @@ def bot_create_boost(app, request, room, bot, bot_key, message_id):
         boost_id = app.store.create_boost(message, bot.id, content)
     boost = app.store.boost(boost_id)
     app.events.boost_changed(message, boost, "created")
-    return json_response(boost_json(app, request, boost), 201)
+    return json_response(boost_json(app, request, boost, message), 201)
 
 
 @route("DELETE", BOT_MESSAGES_PATH + "/<int:message_id>/boosts/<int:boost_id>", auth="bot")
 @bot_api
 def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
-    message = _bot_room_message(app, room, message_id)
+    message = _bot_room_message(app, room, message_id, missing=NotFound)
     boost = app.store.boost(boost_id)
     if boost is None or boost["message_id"] != message["id"]:
         raise NotFound("There is no such boost.")

@@ -300,7 +300,7 @@ class BotApiTests(BotTestCase):
         self.api("POST", self.base, "from the bot")
         response = self.api("GET", self.base)
         self.assertEqual(response.status, 200)
-        self.assertEqual(response.content_type, "application/json")
+        self.assertEqual(response.content_type, "application/json; charset=utf-8")  # Rails' render json
         messages = json.loads(response.body)
         self.assertEqual(len(messages), 40)
         self.assertEqual([m["id"] for m in messages[:-1]], bob_ids[5:])
@@ -314,7 +314,8 @@ class BotApiTests(BotTestCase):
         self.assertEqual(first["creator"], {"id": self.bob_id, "name": "Bob Builder", "role": "member",
                                             "avatar_url": "http://localhost/users/%d/avatar" % self.bob_id})
         self.assertEqual(first["room"], {"id": 1})
-        self.assertEqual(first["url"], "http://localhost/rooms/1/@%d" % bob_ids[5])
+        self.assertEqual(first["url"], "http://localhost/rooms/1/messages/%d" % bob_ids[5])  # room_message_url
+        self.assertEqual(self.bob.get("/rooms/1/messages/%d" % bob_ids[5]).status, 200)
         self.assertEqual(last["creator"]["role"], "bot")
         self.assertEqual(last["body"]["plain_text"], "from the bot")
         stored = self.app.db.value("SELECT created_at FROM messages WHERE id = ?", (first["id"],))
@@ -331,8 +332,34 @@ class BotApiTests(BotTestCase):
         self.assertIsNone(older.header("Link"))
         after = self.api("GET", self.base + "?after=%d" % ids[40])
         self.assertEqual([m["id"] for m in json.loads(after.body)], ids[41:])
+        self.assertIsNone(after.header("Link"))
         self.assertEqual(self.api("GET", self.base + "?after=%d" % ids[-1]).body, b"[]")
-        self.assertEqual(self.api("GET", self.base + "?before=abc").status, 400)
+
+    def test_an_after_page_links_to_the_next_newer_page(self):
+        # by_bots_controller.rb#next_page_params: ?after= pages walk forward, ?before= pages back.
+        ids = [self.post_id(self.bob, 1, "m%d" % n) for n in range(90)]
+        pages, link = [], "%s?after=%d" % (self.base, ids[0])
+        while link is not None:
+            response = self.api("GET", link)
+            self.assertEqual(response.status, 200)
+            pages.append([m["id"] for m in json.loads(response.body)])
+            header = response.header("Link")
+            link = re.fullmatch(r'<http://localhost([^>]+)>; rel="next"', header)[1] if header else None
+            if link:
+                self.assertEqual(link, "%s?after=%d" % (self.base, pages[-1][-1]))
+        self.assertEqual(pages, [ids[1:41], ids[41:81], ids[81:]])
+        back = self.api("GET", "%s?before=%d" % (self.base, ids[-1]))
+        self.assertEqual(back.header("Link"), '<http://localhost%s?before=%d>; rel="next"' % (self.base, ids[49]))
+
+    def test_a_page_next_to_a_message_not_in_the_room_is_rails_json_404(self):
+        # `@room.messages.find(params[:before])` raises RecordNotFound: Rails' JSON 404.
+        secret = self.post_id(self.carol, self.closed, "secret")
+        for query in ("before=abc", "after=%d" % secret, "before=999999", "after=1" + "0" * 30):
+            with self.subTest(query=query):
+                response = self.api("GET", self.base + "?" + query)
+                self.assertEqual(response.status, 404)
+                self.assertEqual(response.content_type, "application/json; charset=utf-8")
+                self.assertEqual(json.loads(response.body), {"status": 404, "error": "Not Found"})
 
     def test_empty_room_is_an_empty_array(self):
         response = self.api("GET", self.base)
@@ -342,8 +369,8 @@ class BotApiTests(BotTestCase):
     def test_post_raw_text_is_201_with_an_empty_body_and_the_location(self):
         response = self.api("POST", self.base, "Hello <b>world</b><script>alert(1)</script>!")
         self.assertEqual(response.status, 201)
-        self.assertEqual(response.body, b"")
-        message_id = int(re.fullmatch(r"/messages/(\d+)", response.header("Location"))[1])
+        self.assertEqual((response.body, response.content_type), (b"", "application/json"))  # Rails' head :created
+        message_id = int(re.fullmatch(r"http://localhost/messages/(\d+)", response.header("Location"))[1])
         row = self.app.store.message(message_id)
         self.assertEqual((row["creator_id"], row["room_id"]), (self.bot_id, 1))
         self.assertEqual(row["body"], "Hello <b>world</b>!")
@@ -366,22 +393,23 @@ class BotApiTests(BotTestCase):
                 self.assertEqual(self.app.plain_text(self.app.store.message(message_id)["body"]),
                                  self.app.plain_text(body))
 
-    def test_blank_post_is_422_json(self):
+    def assert_bare(self, response, status):
+        """Campfire's `head status`: nothing in the body."""
+        self.assertEqual(response.status, status)
+        self.assertEqual((response.body, response.content_type), (b"", "application/json"))
+
+    def test_blank_post_is_a_bare_422(self):
         for body in (b"", b"   ", b"<div> </div>"):
             with self.subTest(body=body):
-                response = self.api("POST", self.base, body)
-                self.assertEqual(response.status, 422)
-                self.assertEqual(response.content_type, "application/json")
-                self.assertIn("error", json.loads(response.body))
+                self.assert_bare(self.api("POST", self.base, body), 422)
         self.assertEqual(self.app.db.value("SELECT count(*) FROM messages"), 0)
 
-    def test_multipart_attachment_is_refused_with_422_json(self):
+    def test_multipart_attachment_is_refused_with_a_bare_422(self):
         boundary = "XyZ"
         body = ("--XyZ\r\nContent-Disposition: form-data; name=\"attachment\"; filename=\"cat.png\"\r\n"
                 "Content-Type: image/png\r\n\r\n\x89PNG...\r\n--XyZ--\r\n").encode("latin-1")
         response = self.api("POST", self.base, body, content_type="multipart/form-data; boundary=" + boundary)
-        self.assertEqual(response.status, 422)
-        self.assertIn("not supported", json.loads(response.body)["error"])
+        self.assert_bare(response, 422)
         self.assertEqual(self.app.db.value("SELECT count(*) FROM messages"), 0)
 
     def test_bad_key_redirects_to_sign_in_the_same_for_existing_and_missing_rooms(self):
@@ -398,21 +426,26 @@ class BotApiTests(BotTestCase):
                         self.assertEqual(response.body, b"")
         self.assertEqual(self.app.db.value("SELECT count(*) FROM messages"), 0)
 
-    def test_a_room_the_bot_is_not_in_is_404_json(self):
+    def test_a_room_the_bot_is_not_in_is_a_bare_404(self):
         secret = self.post_id(self.carol, self.closed, "secret")
         for method, suffix in (("GET", ""), ("POST", ""), ("PATCH", "/%d" % secret), ("DELETE", "/%d" % secret),
                                ("POST", "/%d/boosts" % secret)):
             for room_id in (self.closed, 999):
                 with self.subTest(method=method, room=room_id):
                     response = self.api(method, "/rooms/%d/%s/messages%s" % (room_id, self.key, suffix), "x")
-                    self.assertEqual(response.status, 404)
-                    self.assertEqual(response.content_type, "application/json")
+                    self.assert_bare(response, 404)
         self.assertEqual(self.app.db.value("SELECT count(*) FROM messages"), 1)
 
     def test_a_message_of_another_room_is_404(self):
         secret = self.post_id(self.carol, self.closed, "secret")
-        self.assertEqual(self.api("PATCH", self.base + "/%d" % secret, "mine now").status, 404)
-        self.assertEqual(self.api("GET", self.base + "/%d" % secret).status, 404)
+        for method in ("PATCH", "DELETE", "GET"):  # `@room.messages.find`: Rails' JSON 404
+            with self.subTest(method=method):
+                response = self.api(method, self.base + "/%d" % secret, "mine now")
+                self.assertEqual((response.status, json.loads(response.body)), (404, {"status": 404, "error": "Not Found"}))
+        # The boosts controller finds the message with find_by and `head`s the 404.
+        self.assert_bare(self.api("POST", self.base + "/%d/boosts" % secret, "👍"), 404)
+        self.assert_bare(self.api("DELETE", self.base + "/%d/boosts/1" % secret), 404)
+        self.assertEqual(self.app.plain_text(self.app.store.message(secret)["body"]), "secret")
 
     def test_edit_own_message_200_with_json_and_others_403(self):
         own = int(self.api("POST", self.base, "first draft").header("Location").rsplit("/", 1)[1])
@@ -426,15 +459,15 @@ class BotApiTests(BotTestCase):
         self.assertEqual(shown["body"]["plain_text"], "second draft")
         bobs = self.post_id(self.bob, 1, "Bob's words")
         response = self.api("PATCH", self.base + "/%d" % bobs, "hijacked")
-        self.assertEqual(response.status, 403)
-        self.assertIn("error", json.loads(response.body))
+        self.assert_bare(response, 403)
+        self.assertEqual(response.content_type, "application/json")
         self.assertEqual(self.app.plain_text(self.app.store.message(bobs)["body"]), "Bob's words")
         self.assertEqual(self.api("PATCH", self.base + "/%d" % own, "  ").status, 422)
 
     def test_delete_own_message_204_and_others_403(self):
         own = int(self.api("POST", self.base, "short lived").header("Location").rsplit("/", 1)[1])
         bobs = self.post_id(self.bob, 1, "Bob stays")
-        self.assertEqual(self.api("DELETE", self.base + "/%d" % bobs).status, 403)
+        self.assert_bare(self.api("DELETE", self.base + "/%d" % bobs), 403)
         response = self.api("DELETE", self.base + "/%d" % own)
         self.assertEqual((response.status, response.body), (204, b""))
         self.assertIsNone(self.app.store.message(own))
@@ -445,9 +478,11 @@ class BotApiTests(BotTestCase):
         bobs = self.post_id(self.bob, 1, "boost me")
         response = self.api("POST", self.base + "/%d/boosts" % bobs, "🎉")
         self.assertEqual(response.status, 201)
+        self.assertEqual(response.content_type, "application/json; charset=utf-8")
         boost = json.loads(response.body)
+        self.assertEqual(list(boost), ["id", "content", "created_at", "booster", "message"])
         self.assertEqual(boost["content"], "🎉")
-        self.assertEqual(boost["message"], {"id": bobs})
+        self.assertEqual(boost["message"], {"id": bobs, "url": "http://localhost/rooms/1/messages/%d" % bobs})
         self.assertEqual((boost["booster"]["id"], boost["booster"]["role"]), (self.bot_id, "bot"))
         self.assertRegex(boost["created_at"], ISO_MS_RE)
         self.assertEqual(self.app.store.boost(boost["id"])["booster_id"], self.bot_id)
@@ -456,8 +491,8 @@ class BotApiTests(BotTestCase):
         self.assertEqual(self.api("POST", self.base + "/999/boosts", "👍").status, 404)
         bobs_boost = self.bob.post("/messages/%d/boosts" % bobs, {"boost[content]": "👍"})
         bobs_boost_id = int(re.search(r'id="boost_(\d+)"', bobs_boost.text)[1])
-        self.assertEqual(self.api("DELETE", self.base + "/%d/boosts/%d" % (bobs, bobs_boost_id)).status, 403)
-        self.assertEqual(self.api("DELETE", self.base + "/%d/boosts/9999" % bobs).status, 404)
+        self.assert_bare(self.api("DELETE", self.base + "/%d/boosts/%d" % (bobs, bobs_boost_id)), 403)
+        self.assert_bare(self.api("DELETE", self.base + "/%d/boosts/9999" % bobs), 404)
         response = self.api("DELETE", self.base + "/%d/boosts/%d" % (bobs, boost["id"]))
         self.assertEqual(response.status, 204)
         self.assertIsNone(self.app.store.boost(boost["id"]))
@@ -487,13 +522,12 @@ class BotApiTests(BotTestCase):
         for method in ("GET", "POST"):
             self.assertEqual(self.api(method, self.base, "still here?").status, 302)
 
-    def test_requests_are_rate_limited_per_key_with_429_json(self):
+    def test_requests_are_rate_limited_per_key_with_a_bare_429(self):
         self.app.bot_api_limiter = campfire.RateLimiter(3, 60.0)
         statuses = [self.api("GET", self.base).status for _ in range(4)]
         self.assertEqual(statuses, [200, 200, 200, 429])
         response = self.api("POST", self.base, "one more")
-        self.assertEqual(response.status, 429)
-        self.assertIn("error", json.loads(response.body))
+        self.assert_bare(response, 429)
         self.assertEqual(response.header("Retry-After"), "60")
         _, other = self.make_bot("Other")
         self.assertEqual(self.api("GET", "/rooms/1/%s/messages" % other).status, 200)
@@ -943,7 +977,7 @@ class LiveBotTests(unittest.TestCase):
             result = subprocess.run(["curl", "-sS", "-i", "-d", "Hello!", url], capture_output=True, timeout=10)
             head = result.stdout.decode("latin-1")
             self.assertTrue(head.startswith("HTTP/1.1 201"), head)
-            self.assertRegex(head, r"(?i)\r\nlocation: /messages/\d+\r\n")
+            self.assertRegex(head, r"(?i)\r\nlocation: %s/messages/\d+\r\n" % re.escape(self.origin))
             result = subprocess.run(["curl", "-sS", "-i", "-H", "Content-Type: text/plain", "--data-binary",
                                      "<b>Plain</b> text", url], capture_output=True, timeout=10)
             self.assertTrue(result.stdout.startswith(b"HTTP/1.1 201"), result.stdout)
@@ -957,7 +991,7 @@ class LiveBotTests(unittest.TestCase):
         self.assertEqual(headers["X-Total-Count"], "2")
         messages = json.loads(body)
         self.assertEqual([m["body"]["plain_text"] for m in messages], ["Hello!", "Plain text"])
-        self.assertEqual(messages[0]["url"], "%s/rooms/1/@%d" % (self.origin, messages[0]["id"]))
+        self.assertEqual(messages[0]["url"], "%s/rooms/1/messages/%d" % (self.origin, messages[0]["id"]))
         self.assertEqual(self.bot_texts(bot_id), ["Hello!", "Plain text"])
         status, headers, _ = self.http("POST", "%s/rooms/999/%s/messages" % (self.origin, "1-AAAAAAAAAAAA"), b"x")
         self.assertEqual((status, headers["Location"]), (302, "/session/new"))
