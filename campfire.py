@@ -5478,12 +5478,11 @@ def bot_create_boost(app, request, room, bot, bot_key, message_id):
 @route("DELETE", BOT_MESSAGES_PATH + "/<int:message_id>/boosts/<int:boost_id>", auth="bot")
 @bot_api
 def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
+    """Own boosts only; another's is not found (boosts_controller.rb finds it by booster)."""
     message = _bot_room_message(app, room, message_id, missing=NotFound)
     boost = app.store.boost(boost_id)
-    if boost is None or boost["message_id"] != message["id"]:
-        raise NotFound("There is no such boost.")
-    if boost["booster_id"] != bot.id:
-        raise Forbidden("A bot can only remove its own boosts.")
+    if boost is None or boost["message_id"] != message["id"] or boost["booster_id"] != bot.id:
+        raise NotFound("There is no such boost of yours.")
     with app.db.atomic():
         app.store.delete_boost(boost, room.id)
     app.events.boost_changed(message, boost, "deleted")
@@ -6563,6 +6562,8 @@ class App:
         if spec.auth == "signed_out" and request.user is not None:
             return redirect("/")
         if spec.auth in ("user", "admin") and request.user is None:
+            if self._bot_key_given(request):
+                return Response(b"", 403, "text/html")  # Campfire's deny_bots: `head :forbidden`
             return redirect("/session/new" if self.store.account() is not None else "/first_run", 302)
         if spec.auth == "admin" and not request.user.administrator:
             raise Forbidden("Only administrators can do that.")
@@ -6577,6 +6578,13 @@ class App:
         origin = request.headers.get("origin")
         if origin is not None and origin != request.origin:
             raise Forbidden("Requests from other origins are refused.")
+
+    def _bot_key_given(self, request):
+        """A good bot key among the parameters of a request without a session: Campfire
+        (concerns/authentication.rb) signs in a bot by params[:bot_key] on any route,
+        and every route but the bot API then refuses it."""
+        key = request.params.get("bot_key")
+        return bool(key) and authenticate_bot(self, key) is not None
 
     def _authenticate(self, request):
         token = request.cookies.get(SESSION_COOKIE)

@@ -491,8 +491,13 @@ class BotApiTests(BotTestCase):
         self.assertEqual(self.api("POST", self.base + "/999/boosts", "👍").status, 404)
         bobs_boost = self.bob.post("/messages/%d/boosts" % bobs, {"boost[content]": "👍"})
         bobs_boost_id = int(re.search(r'id="boost_(\d+)"', bobs_boost.text)[1])
-        self.assert_bare(self.api("DELETE", self.base + "/%d/boosts/%d" % (bobs, bobs_boost_id)), 403)
-        self.assert_bare(self.api("DELETE", self.base + "/%d/boosts/9999" % bobs), 404)
+        # Another's boost is not found (boosts_controller.rb: find_by!(id:, booster: Current.user)).
+        _, other_key = self.make_bot("Other")
+        other_boost = json.loads(self.api("POST", "/rooms/1/%s/messages/%d/boosts" % (other_key, bobs), "👀").body)
+        for boost_id in (bobs_boost_id, other_boost["id"], 9999):
+            with self.subTest(boost_id=boost_id):
+                self.assert_bare(self.api("DELETE", self.base + "/%d/boosts/%d" % (bobs, boost_id)), 404)
+        self.assertIsNotNone(self.app.store.boost(other_boost["id"]))
         response = self.api("DELETE", self.base + "/%d/boosts/%d" % (bobs, boost["id"]))
         self.assertEqual(response.status, 204)
         self.assertIsNone(self.app.store.boost(boost["id"]))
@@ -508,14 +513,33 @@ class BotApiTests(BotTestCase):
         # ... and people's routes still refuse cross-site writes.
         self.assertEqual(self.ada.post("/rooms/1/messages", {"message[body]": "x"}, headers=cross_site).status, 403)
 
-    def test_a_bot_key_opens_no_page(self):
-        for method, path in (("GET", "/rooms/1?bot_key=%s" % self.key), ("GET", "/account/bots?bot_key=%s" % self.key),
-                             ("POST", "/rooms/1/messages?bot_key=%s" % self.key),
-                             ("GET", "/rooms/1/messages?bot_key=%s" % self.key)):
-            with self.subTest(method=method, path=path):
-                response = self.api(method, path, "message[body]=hi",
-                                    content_type="application/x-www-form-urlencoded")
+    def test_a_bot_key_on_a_persons_route_is_403(self):
+        # concerns/authentication.rb signs a bot in by params[:bot_key] anywhere; deny_bots then
+        # answers `head :forbidden` on every route but the bot API.
+        form, json_type = "application/x-www-form-urlencoded", "application/json"
+        cases = [("GET", "/rooms/1/messages?bot_key=%s" % self.key, "", None),
+                 ("GET", "/rooms/1?bot_key=%s" % self.key, "", None),
+                 ("GET", "/account/bots?bot_key=%s" % self.key, "", None),
+                 ("GET", "/?bot_key=%s" % self.key, "", None),
+                 ("POST", "/rooms/1/messages?bot_key=%s" % self.key, "message[body]=hi", form),
+                 ("POST", "/rooms/1/messages", "message[body]=hi&bot_key=%s" % self.key, form),
+                 ("POST", "/rooms/1/messages", json.dumps({"bot_key": self.key, "message": {"body": "hi"}}), json_type)]
+        for method, path, body, content_type in cases:
+            with self.subTest(method=method, path=path, body=body):
+                response = self.api(method, path, body, content_type=content_type)
+                self.assertEqual((response.status, response.body), (403, b""))
+        self.assertEqual(self.app.db.value("SELECT count(*) FROM messages"), 0)
+
+    def test_a_bad_bot_key_on_a_persons_route_still_goes_to_sign_in(self):
+        for key in ("", "nonsense", "%d-AAAAAAAAAAAA" % self.bot_id, "%d-%s" % (self.bob_id, self.key.split("-")[1])):
+            with self.subTest(key=key):
+                response = self.api("GET", "/rooms/1/messages?bot_key=" + key)
                 self.assertEqual((response.status, response.header("Location")), (302, "/session/new"))
+
+    def test_a_persons_session_comes_before_a_bot_key_in_the_parameters(self):
+        # restore_authentication runs first: the person is signed in and the key is just a parameter.
+        response = self.bob.get("/rooms/1/messages?bot_key=%s" % self.key)
+        self.assertEqual(response.status, 204)
 
     def test_deactivated_bots_key_is_refused(self):
         self.ada.post("/account/bots/%d" % self.bot_id, {"_method": "delete"})
