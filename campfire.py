@@ -1952,13 +1952,6 @@ def sanitize_html(html, *, keep_attachment=lambda sgid, content_type: True, link
     return parser.finish()
 
 
-def auto_link(html):
-    """Links bare URLs in sanitized HTML, outside <a>, <code> and <pre>. A thin
-    wrapper: sanitizing is idempotent, so this is sanitize_html(html, link=True);
-    prefer passing link=True when sanitizing to parse once."""
-    return sanitize_html(html, link=True)
-
-
 class _PlainText(HTMLParser):
     """Action Text's to_plain_text: blocks become line breaks, list items get
     bullets or numbers, a mention becomes "@Name"."""
