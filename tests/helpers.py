@@ -8,6 +8,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import unittest
 import urllib.parse
 
@@ -297,6 +298,32 @@ class CableClient:
             self.sock.close()
         except OSError:
             pass
+
+
+def wait_until(predicate, timeout=10.0, interval=0.01, message="the condition never held"):
+    """Poll predicate until it returns something true (which is returned), failing
+    after timeout seconds: a deadline, never a fixed sleep, so a loaded machine
+    only makes a test slower, not wrong."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("%s (waited %.1f s)" % (message, timeout))
+        time.sleep(interval)
+
+
+def holds_for(predicate, seconds, interval=0.01, message="the condition stopped holding"):
+    """Check predicate stays true for `seconds` (for what must NOT happen, e.g.
+    a second release); fails as soon as it is false."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not predicate():
+            raise AssertionError(message)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
 
 
 def sign_in_cookie(port, email, password):
