@@ -7144,6 +7144,7 @@ class Server:
         self._batch_deadline = 0.0    # group commit: see flush_writes()
         self._batch_seen = 0
         self._handled_seen = self._handled_released = 0   # see release_memory_when_idle()
+        self.memory_releases = 0      # how many times it gave memory back
         self._quiet_since = 0.0
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_connections = max(16, soft_limit - FILE_DESCRIPTOR_RESERVE - LISTEN_BACKLOG)
@@ -7223,6 +7224,7 @@ class Server:
         elif handled != self._handled_released and now - self._quiet_since >= IDLE_RELEASE_AFTER:
             self._handled_released = handled
             release_free_memory()
+            self.memory_releases += 1
 
     async def stop(self):
         """Stop accepting, let in-flight requests finish (bounded), close the database."""
