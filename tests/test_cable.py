@@ -8,7 +8,7 @@ import unittest
 import urllib.parse
 import urllib.request
 
-from tests.helpers import CableClient, Client, LiveServer, campfire, sign_in_cookie  # noqa: F401
+from tests.helpers import CableClient, Client, LiveServer, campfire, sign_in_cookie, wait_until  # noqa: F401
 
 
 class CableTestCase(unittest.TestCase):
@@ -157,10 +157,9 @@ class ChannelTests(CableTestCase):
     def test_presence_counts_connections_and_clears_unread(self):
         app = self.server.app
         self.post(self.ada, 1, "while bob is away", "away-1")
-        time.sleep(0.1)
         unread = lambda: self.server.call(app.db.value, "SELECT unread_at FROM memberships WHERE room_id = 1 AND user_id = 2")
         connections = lambda: self.server.call(app.db.value, "SELECT connections FROM memberships WHERE room_id = 1 AND user_id = 2")
-        self.assertIsNotNone(unread())
+        wait_until(lambda: unread() is not None, message="the post left no unread mark")
         bob = self.welcomed(self.bob)
         reads_id, _ = self.confirm(bob, "ReadRoomsChannel")
         self.confirm(bob, "PresenceChannel", room_id=1)
@@ -171,10 +170,7 @@ class ChannelTests(CableTestCase):
         self.post(self.ada, 1, "while bob is here", "here-1")
         self.assertIsNone(unread())
         bob.close()
-        deadline = time.time() + 5
-        while time.time() < deadline and connections():
-            time.sleep(0.05)
-        self.assertEqual(connections(), 0)
+        wait_until(lambda: connections() == 0, message="closing the socket did not count the connection out")
 
     def test_every_presence_subscriber_learns_who_is_present(self):
         first, second = self.welcomed(self.ada), self.welcomed(self.ada)
