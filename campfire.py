@@ -118,8 +118,11 @@ SWEEP_INTERVAL = 1.0         # how often deadlines are checked
 IDLE_RELEASE_AFTER = 5.0     # this long without a request, memory freed since goes back to the OS
 
 # Connections: stay below the process's open-file limit, keeping room for the
-# database, its WAL, static files and the listening socket.
+# database, its WAL, static files, worker threads' files and the listening socket.
+# At start the soft limit is raised to the hard one (most shells and systemd set a
+# soft limit of 1,024 under a hard one of 4,096 to 1,048,576).
 FILE_DESCRIPTOR_RESERVE = 64
+MAX_OPEN_FILES_WANTED = 1024 * 1024   # never ask for more than this, even when the hard limit is unlimited
 LISTEN_BACKLOG = 1024        # asyncio accepts up to this many sockets per loop turn before any is refused
 MAX_WRITE_BUFFER_BYTES = 1024 * 1024  # stop reading a client that doesn't read
 # glibc's malloc, pinned: its adaptive mmap threshold jumps to 16 MiB once scrypt's
@@ -154,6 +157,11 @@ SCRYPT_P = 1
 SCRYPT_SALT_BYTES = 16
 SCRYPT_KEY_BYTES = 32
 SCRYPT_MAXMEM = 64 * 1024 * 1024
+# Password hashes run in worker threads (hashlib.scrypt releases the GIL), never on
+# the event loop: one hash is about 50 ms of CPU that would otherwise stall everyone.
+PASSWORD_WORKERS = max(1, (os.cpu_count() or 2) // 2)  # half the cores; the event loop keeps the rest
+PASSWORD_QUEUE_LIMIT = 64                       # hashes waiting at once; past it, 503 with Retry-After
+PASSWORD_CHANGE_LIMIT = (5, 600.0)              # password changes per person per 10 minutes → 429
 
 LAST_ROOM_COOKIE = "last_room"
 JOIN_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -261,7 +269,8 @@ class CampfireError(Exception):
      │    ├── MethodNotAllowed   405: the path exists, not for this method (with Allow)
      │    ├── PayloadTooLarge    413
      │    ├── Unprocessable      422: well-formed but invalid (an empty message)
-     │    └── TooManyRequests    429: a rate limit
+     │    ├── TooManyRequests    429: a rate limit
+     │    └── ServiceUnavailable 503: a write the disk refused, or too much work waiting
      ├── ConfigError             bad configuration: the CLI prints it, exits 1
      ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
@@ -315,6 +324,10 @@ class Unprocessable(HttpError):
 
 class TooManyRequests(HttpError):
     status = 429
+
+
+class ServiceUnavailable(HttpError):
+    status = 503
 
 
 class ConfigError(CampfireError):
@@ -491,6 +504,18 @@ def hash_password(password):
                          maxmem=SCRYPT_MAXMEM, dklen=SCRYPT_KEY_BYTES)
     return "$scrypt$n=%d,r=%d,p=%d$%s$%s" % (SCRYPT_N, SCRYPT_R, SCRYPT_P,
                                              b64url_encode(salt), b64url_encode(key))
+
+
+def unknown_password_digest():
+    """A digest no password matches, at today's cost: checking it makes a sign-in for an
+    unknown address take as long as one for a known address (Rails' authenticate_by does
+    the same), so the answer's timing tells nobody who has an account."""
+    return _unknown_password_digest(SCRYPT_N, SCRYPT_R, SCRYPT_P)
+
+
+@functools.lru_cache(maxsize=2)
+def _unknown_password_digest(n, r, p):
+    return hash_password(random_token())
 
 
 class PasswordUnsupported(CampfireError):
@@ -956,6 +981,13 @@ class HttpParser:
         if line_end < 0 and (end >= 0 or len(buffer) > MAX_REQUEST_LINE_BYTES):
             raise HttpError("The request line is too long.", 414)
         if end < 0:
+            # RFC 9112 §2.2: we read only CRLF line endings; a bare LF would make us
+            # wait for a head that never ends, so it is refused as soon as it arrives.
+            newline = buffer.find(b"\n", max(0, self._scanned - 1))
+            while newline >= 0:
+                if newline == 0 or buffer[newline - 1] != 0x0D:
+                    raise BadRequest("A line of the request head ends without CR.")
+                newline = buffer.find(b"\n", newline + 1)
             self._scanned = len(buffer)
             if line_end >= 0 and len(buffer) - line_end - 2 > MAX_HEADER_BYTES:
                 raise HttpError("The request headers are too large.", 431)
@@ -1122,12 +1154,14 @@ def accepts_gzip(request):
 #
 #   check_handshake(method, headers) -> {"accept", "subprotocol", "deflate"},
 #       or raises HandshakeRefused(.status 400 | 426, .reason, .headers);
-#   handshake_response(result) -> the "101 Switching Protocols" bytes.
+#       the caller answers 101 with those values (see Cable.handshake).
 #
 #   protocol = WebSocketProtocol(deflate=result["deflate"] is not None)
 #   protocol.receive_data(data)     never raises; bad input queues a close frame
 #   protocol.events_received()      -> [TextMessage | BinaryMessage | Ping |
 #                                       Pong | CloseReceived]
+#   protocol.send_text(text), send_frame(frame), send_ping(payload)
+#                                   queue data (nothing once we sent Close)
 #   protocol.data_to_send()         -> bytes to write: our sends, automatic
 #                                      pongs, close frames
 #
@@ -1146,16 +1180,22 @@ def accepts_gzip(request):
 # §7.1.1: the server closes TCP first). In CLOSING it keeps reading for the
 # client's close, under a timeout of its own. Input after CLOSED is ignored.
 #
-# Fan-out bypasses this object: encode_message() once (plain and deflated)
-# and write the same bytes to every subscriber. Deflate is negotiated without
+# Fan-out encodes a message once (encode_message(), plain and deflated) and
+# hands the same frame bytes to every subscriber's protocol (send_frame), which
+# drops them once it has sent Close (§5.5.1). Deflate is negotiated without
 # context takeover both ways, so no zlib state outlives a message and an idle
-# connection holds no buffers at all.
+# connection holds no buffers at all. In CLOSING, data frames from the peer are
+# skipped unread (nothing is inflated or kept) while we wait for its Close.
 
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 WEBSOCKET_VERSION = "13"  # RFC 6455 §4.1: the only version browsers speak
 ACTIONCABLE_SUBPROTOCOL = "actioncable-v1-json"
 MAX_WEBSOCKET_MESSAGE_BYTES = 1024 * 1024  # Campfire's cable limit; 1009 past it
 MAX_CONTROL_PAYLOAD = 125  # RFC 6455 §5.5: control frames fit a 7-bit length
+# A message's fragments are bounded in number as well as in bytes: empty
+# continuation frames would otherwise grow memory without adding a byte (1009).
+# Browsers send a text message in one frame; 64 KiB fragments reach 1 MiB in 16.
+MAX_MESSAGE_FRAGMENTS = 1024
 
 OPCODE_CONTINUATION = 0x0  # RFC 6455 §5.2
 OPCODE_TEXT = 0x1
@@ -1241,22 +1281,6 @@ def check_handshake(method, headers):
         "subprotocol": ACTIONCABLE_SUBPROTOCOL if ACTIONCABLE_SUBPROTOCOL in offered else None,
         "deflate": negotiate_deflate(headers.get("sec-websocket-extensions", "")),
     }
-
-
-def handshake_response(result, extra_headers=()):
-    """The complete 101 response for a check_handshake() result."""
-    lines = [
-        "HTTP/1.1 101 Switching Protocols",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Accept: {result['accept']}",
-    ]
-    if result.get("subprotocol"):
-        lines.append(f"Sec-WebSocket-Protocol: {result['subprotocol']}")
-    if result.get("deflate"):
-        lines.append(f"Sec-WebSocket-Extensions: {result['deflate']}")
-    lines += [f"{name}: {value}" for name, value in extra_headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def negotiate_deflate(extensions):
@@ -1399,11 +1423,12 @@ class WebSocketState(enum.Enum):
 class _PartialMessage:
     """A fragmented message between its first frame and its FIN (§5.4)."""
 
-    __slots__ = ("opcode", "size", "parts", "utf8", "inflater")
+    __slots__ = ("opcode", "size", "frames", "parts", "utf8", "inflater")
 
     def __init__(self, opcode, compressed):
         self.opcode = opcode
         self.size = 0  # payload bytes so far, after inflating
+        self.frames = 0
         self.parts = []
         # §8.1: text is checked fragment by fragment, to fail as early as possible.
         self.utf8 = codecs.getincrementaldecoder("utf-8")() if opcode == OPCODE_TEXT else None
@@ -1441,6 +1466,11 @@ class WebSocketProtocol:
     def send_text(self, text):
         if self.state is WebSocketState.OPEN:  # §5.5.1: no data after our close
             self._outgoing += encode_message(text, deflate=self._deflate)
+
+    def send_frame(self, frame):
+        """A data frame already encoded (a broadcast: the same bytes for every subscriber)."""
+        if self.state is WebSocketState.OPEN:  # §5.5.1: no data after our close
+            self._outgoing += frame
 
     def send_ping(self, payload=b""):
         if len(payload) > MAX_CONTROL_PAYLOAD:
@@ -1498,8 +1528,10 @@ class WebSocketProtocol:
             stop = start + length
             if end < stop:
                 break
-            payload = _unmask(buf[start:stop], buf[start - 4 : start])
             pos = stop
+            if opcode < OPCODE_CLOSE and self.state is WebSocketState.CLOSING:
+                continue  # data after our Close is discarded unread (§1.4, §7.1.2)
+            payload = _unmask(buf[start:stop], buf[start - 4 : start])
             self._receive_frame(first, opcode, payload)
         if self.state is WebSocketState.CLOSED or pos == end:
             self._buffer = b""
@@ -1569,6 +1601,10 @@ class WebSocketProtocol:
         partial = self._partial
         if partial is None:
             partial = self._partial = _PartialMessage(opcode, first & 0x40)
+        partial.frames += 1
+        if partial.frames > MAX_MESSAGE_FRAGMENTS:
+            self._fail(CLOSE_MESSAGE_TOO_BIG, "message in too many fragments")
+            return
         if partial.inflater is not None:
             allowance = self._max_message_bytes - partial.size
             data = payload + DEFLATE_TAIL if fin else payload
@@ -1582,7 +1618,8 @@ class WebSocketProtocol:
             except UnicodeDecodeError:
                 self._fail(CLOSE_INVALID_PAYLOAD, "invalid UTF-8")
                 return
-        partial.parts.append(payload)
+        if payload:
+            partial.parts.append(payload)
         if fin:
             self._partial = None
             if partial.opcode == OPCODE_TEXT:
@@ -1683,6 +1720,8 @@ def parse_cable_command(text):
         frame = json.loads(text)
     except ValueError as error:
         raise CableCommandError("not JSON") from error
+    except RecursionError as error:  # nesting past the interpreter's limit: refused, not a crash
+        raise CableCommandError("nested too deeply") from error
     if not isinstance(frame, dict):
         raise CableCommandError("not an object")
     command, identifier = frame.get("command"), frame.get("identifier")
@@ -1692,7 +1731,7 @@ def parse_cable_command(text):
         raise CableCommandError("bad identifier")
     try:
         params = json.loads(identifier)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise CableCommandError("identifier is not JSON") from error
     if not isinstance(params, dict) or not isinstance(params.get("channel"), str):
         raise CableCommandError("identifier names no channel")
@@ -1700,7 +1739,7 @@ def parse_cable_command(text):
     if command == "message":
         try:
             data = json.loads(frame.get("data") or "{}")
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RecursionError) as error:
             raise CableCommandError("data is not JSON") from error
         if not isinstance(data, dict):
             raise CableCommandError("data is not an object")
@@ -2566,6 +2605,12 @@ MIGRATIONS = (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+FAILURE_WINDOW = 60.0         # seconds /up stays red after a refused write or a damaged read, unless a write succeeds
+# The SQLite result codes that mean "this change can't be saved right now" (503), not a bug (500):
+# https://sqlite.org/rescode.html, primary codes.
+SQLITE_UNAVAILABLE_CODES = frozenset((5, 6, 8, 10, 13, 14))  # BUSY LOCKED READONLY IOERR FULL CANTOPEN
+SQLITE_DAMAGED_CODES = frozenset((11, 26))                   # CORRUPT NOTADB
+WRITE_REFUSED_MESSAGE = "The change could not be saved; please try again."
 
 
 class Database:
@@ -2573,6 +2618,8 @@ class Database:
 
     def __init__(self, path):
         self.path = path
+        if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError("%s is read-only for this user: the server writes every message to it." % path)
         try:
             self.connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                               cached_statements=256)
@@ -2597,7 +2644,9 @@ class Database:
         # responses wait for that commit (see Server.flush_writes).
         self.group_commit = False
         self.batch_open = False
+        self.batch_lost = False          # SQLite undid the group's whole transaction (a full disk)
         self.batch_writes = 0            # atomic() blocks in the open group
+        self.failed_at = None            # monotonic time of the last refused write or damaged read
         self.on_batch_opened = None
         self.on_rollback = lambda: None  # what was read inside an undone savepoint may be cached
         self._after_commit = []
@@ -2629,7 +2678,15 @@ class Database:
     def atomic(self):
         """A transaction (BEGIN IMMEDIATE); nested calls become savepoints. Under
         group commit every outermost call is a savepoint of the group's shared
-        transaction, so one request's failure undoes only its own writes."""
+        transaction, so one request's failure undoes only its own writes.
+
+        SQLite may undo a whole transaction by itself (a full disk while spilling
+        pages, https://sqlite.org/lang_transaction.html "Response To Errors Within
+        A Transaction"). Then the group is lost: no later write joins it (each is
+        refused with 503 until the group ends), nothing it deferred runs, and
+        every request in it is answered 503 (commit_batch returns False)."""
+        if self.batch_lost:
+            raise ServiceUnavailable(WRITE_REFUSED_MESSAGE)
         if self._depth or self.group_commit:
             if not self._depth and not self.batch_open:
                 self.connection.execute("BEGIN IMMEDIATE")
@@ -2646,13 +2703,17 @@ class Database:
         try:
             yield self
             self._run_deferred()
-        except BaseException:
+            self.connection.execute("COMMIT")
+        except BaseException as error:
             self._deferred.clear()
-            self.connection.execute("ROLLBACK")
+            if self.connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.connection.execute("ROLLBACK")
+            self._note_failure(error)
             self.on_rollback()
             raise
         else:
-            self.connection.execute("COMMIT")
+            self.failed_at = None
         finally:
             self._depth = 0
 
@@ -2663,16 +2724,44 @@ class Database:
         deferred_before = len(self._deferred)
         try:
             yield
-        except BaseException:
+        except BaseException as error:
             del self._deferred[deferred_before:]
-            self.connection.execute("ROLLBACK TO " + name)
-            self.connection.execute("RELEASE " + name)
+            try:
+                if not self.connection.in_transaction:
+                    raise sqlite3.OperationalError("the transaction was rolled back")
+                self.connection.execute("ROLLBACK TO " + name)
+                self.connection.execute("RELEASE " + name)
+            except sqlite3.Error:
+                self._lose_batch()
+            self._note_failure(error)
             self.on_rollback()
             raise
         else:
             self.connection.execute("RELEASE " + name)
         finally:
             self._depth -= 1
+
+    def _lose_batch(self):
+        """The group's transaction is gone (SQLite undid it): nothing of it may persist."""
+        log.error("the database undid a whole group of writes (is the disk full?); every request "
+                  "in it is answered 503")
+        self._deferred.clear()
+        self._after_commit.clear()
+        if self.batch_open:
+            self.batch_lost = True
+        with contextlib.suppress(sqlite3.Error):
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+
+    def _note_failure(self, error):
+        if isinstance(error, sqlite3.Error) and sqlite_failure(error) != "constraint":
+            self.failed_at = time.monotonic()
+
+    @property
+    def failing(self):
+        """True while the latest refused write (or damaged read) is recent and no write has succeeded since."""
+        failed = self.failed_at
+        return failed is not None and time.monotonic() - failed < FAILURE_WINDOW
 
     def defer(self, sql, params):
         """Run a write at the end of the transaction, just before COMMIT, in the
@@ -2704,21 +2793,39 @@ class Database:
             return True
         callbacks, self._after_commit = self._after_commit, []
         self.batch_open = False
+        if self.batch_lost:
+            self.batch_lost = False
+            self._deferred.clear()
+            return False
         try:
             self._run_deferred()
             self.connection.execute("COMMIT")
-        except sqlite3.Error:
+        except sqlite3.Error as error:
             self._deferred.clear()
-            log.error("group commit failed:\n%s", traceback.format_exc())
+            log.error("group commit failed: %s", error)
             with contextlib.suppress(sqlite3.Error):
-                self.connection.execute("ROLLBACK")
+                if self.connection.in_transaction:
+                    self.connection.execute("ROLLBACK")
+            self.failed_at = time.monotonic()
             return False
+        self.failed_at = None
         for callback in callbacks:
             try:
                 callback()
             except Exception:
                 log.error("after-commit callback failed:\n%s", traceback.format_exc())
         return True
+
+    def repair_search_tail(self):
+        """Delete search rows past the newest message: only a lost write can leave them,
+        and each would take the rowid of the next message posted."""
+        newest = self.value("SELECT max(id) FROM messages") or 0
+        orphans = self.value("SELECT count(*) FROM message_search_index WHERE rowid > ?", (newest,))
+        if orphans:
+            with self.atomic():
+                self.execute("DELETE FROM message_search_index WHERE rowid > ?", (newest,))
+            log.warning("removed %d search rows of messages that were never saved", orphans)
+        return orphans
 
     def migrate(self):
         self.execute('CREATE TABLE IF NOT EXISTS "campfire_py_migrations" '
@@ -2739,6 +2846,20 @@ class Database:
         with contextlib.suppress(sqlite3.Error):
             self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.connection.close()
+
+
+def sqlite_failure(error):
+    """What kind of failure an sqlite3 error is: "unavailable" (a full or read-only disk,
+    I/O, a lock: 503), "damaged" (a corrupt file), "constraint", or "bug"."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return "bug"
+    code &= 0xFF  # the primary result code
+    if code in SQLITE_UNAVAILABLE_CODES:
+        return "unavailable"
+    if code in SQLITE_DAMAGED_CODES:
+        return "damaged"
+    return "constraint" if code == 19 else "bug"  # SQLITE_CONSTRAINT
 
 
 def _split_sql(script):
@@ -2868,12 +2989,14 @@ class Store:
     def forget_user(self, user_id):
         self._users.pop(user_id, None)
 
-    def create_user(self, name, email, password, role=ROLE_MEMBER):
+    def create_user(self, name, email, password=None, role=ROLE_MEMBER, *, password_digest=None):
+        """A person in every open room. Handlers pass a digest made off the event loop;
+        a password is hashed here (for the command line and tests)."""
         now = utc_now_text()
         cursor = self.db.execute(
             "INSERT INTO users (name, email_address, password_digest, role, status, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (name, email, hash_password(password), role, STATUS_ACTIVE, now, now))
+            (name, email, password_digest or hash_password(password), role, STATUS_ACTIVE, now, now))
         user_id = cursor.lastrowid
         for row in self.db.all("SELECT id FROM rooms WHERE type = ?", (ROOM_OPEN,)):
             self.add_membership(row["id"], user_id, now=now)
@@ -2982,6 +3105,7 @@ class Store:
 
     def bump_everything(self):
         self.global_version += 1
+        self._last_search.clear()
         self._rooms.clear()
         self._users.clear()
         self._member_rooms.clear()
@@ -3691,7 +3815,8 @@ class Router:
 
 # Health ---------------------------------------------------------------------
 # A page a load balancer or a person reads at a glance: green while the
-# database answers, red (503) when it does not. Never cached.
+# database answers, red (503) when it does not, or when writes were refused
+# (a full disk) or reads found damage within FAILURE_WINDOW. Never cached.
 
 HEALTH_PAGE = '<!DOCTYPE html><html><body style="background-color: %s"></body></html>'
 HEALTHY_PAGE, UNHEALTHY_PAGE = (HEALTH_PAGE % "green").encode(), (HEALTH_PAGE % "red").encode()
@@ -3701,9 +3826,12 @@ HEALTH_HEADERS = (("Content-Security-Policy", "default-src 'none'; style-src 'un
 
 @route("GET", "/up", auth="health")
 def health_check(app, request):
+    if app.db.failing:
+        return Response(UNHEALTHY_PAGE, 503, headers=HEALTH_HEADERS)
     try:
-        app.db.value("SELECT 1")
+        app.db.value("SELECT max(id) FROM messages")  # reads the file, not just the connection
     except sqlite3.Error:
+        app.db.failed_at = time.monotonic()
         return Response(UNHEALTHY_PAGE, 503, headers=HEALTH_HEADERS)
     return Response(HEALTHY_PAGE, headers=HEALTH_HEADERS)
 
@@ -3761,12 +3889,13 @@ def render_first_run(app, request, values, errors, status=200):
 
 
 @route("POST", "/first_run", auth="public")
-def first_run(app, request):
+async def first_run(app, request):
     if app.store.account() is not None:
         return redirect("/")
     values, errors = _user_form(request.params)
     if errors:
         return render_first_run(app, request, values, errors, status=422)
+    digest = await app.off_loop(hash_password, values["user[password]"])
     with app.db.atomic():
         if app.store.account() is not None:  # someone else finished first run meanwhile
             return redirect("/")
@@ -3774,7 +3903,7 @@ def first_run(app, request):
         app.db.execute("INSERT INTO accounts (name, join_code, settings, singleton_guard, created_at, updated_at) "
                        "VALUES (?, ?, ?, 0, ?, ?)", ("Campfire", generate_join_code(), "{}", now, now))
         user = app.store.create_user(values["user[name]"], values["user[email_address]"],
-                                     values["user[password]"], ROLE_ADMINISTRATOR)
+                                     role=ROLE_ADMINISTRATOR, password_digest=digest)
         room = app.store.create_room("All Talk", ROOM_OPEN, user.id, app.store.active_user_ids())
         response = redirect("/rooms/%d" % room.id)
         app.start_session(request, response, user)
@@ -3817,22 +3946,22 @@ def render_sign_in(app, request, email, notice=None, status=200):
 
 
 @route("POST", "/session", auth="public")
-def sign_in(app, request):
+async def sign_in(app, request):
     email = request.params.text("email_address")
     password = str(request.params.get("password", ""))
     if not app.sign_in_limiter.hit(request.remote_addr):
         return render_sign_in(app, request, email, "Too many requests or unauthorized.", 429)
     user = app.store.user_by_email(email) if email else None
+    # Every attempt checks a password, an unknown address's against a digest nothing matches.
+    digest = user.password_digest if user is not None and user.password_digest else unknown_password_digest()
     try:
-        valid = user is not None and user.active and not user.bot and check_password(password, user.password_digest)
+        matches = await app.off_loop(check_password, password, digest)
     except PasswordUnsupported:
         return render_sign_in(app, request, email,
                               "This password can't be checked on this server. Ask an administrator "
                               "for a sign-in link.", 401)
-    if not valid:
+    if not (matches and user is not None and user.active and not user.bot):
         return render_sign_in(app, request, email, "Too many requests or unauthorized.", 401)
-    if not user.password_digest.startswith("$scrypt$"):  # a Rails bcrypt digest: upgrade it
-        app.store.set_password_digest(user.id, hash_password(password))
     response = redirect("/")
     app.start_session(request, response, user)
     return response
@@ -3869,7 +3998,7 @@ def render_join(app, request, join_code, values, errors, status=200):
 
 
 @route("POST", "/join/<join_code>", auth="signed_out")
-def join(app, request, join_code):
+async def join(app, request, join_code):
     _require_join_code(app, join_code)
     if not app.sign_up_limiter.hit(request.remote_addr):
         raise TooManyRequests("Too many sign-ups from this address. Try again in a few minutes.")
@@ -3879,8 +4008,11 @@ def join(app, request, join_code):
     email = values["user[email_address]"]
     if app.store.user_by_email(email) is not None:
         return redirect("/session/new?" + urllib.parse.urlencode({"email_address": email}))
+    digest = await app.off_loop(hash_password, values["user[password]"])
+    if app.store.user_by_email(email) is not None:  # the same address joined while this one hashed
+        return redirect("/session/new?" + urllib.parse.urlencode({"email_address": email}))
     with app.db.atomic():
-        user = app.store.create_user(values["user[name]"], email, values["user[password]"])
+        user = app.store.create_user(values["user[name]"], email, password_digest=digest)
     response = redirect("/")
     app.start_session(request, response, user)
     return response
@@ -4475,6 +4607,9 @@ TRANSFER_TOKEN_SECONDS = 4 * 3600          # CAMPFIRE.md: signed_id(purpose: :tr
 MAX_QR_CODE_TEXT_BYTES = 1024              # 400 past it: our links are far shorter, and it bounds the CPU a
                                            # public request can spend (about 40 ms for 1 KiB)
 QR_CODE_CACHE_CONTROL = "public, max-age=31536000, immutable"  # CAMPFIRE.md: QR codes cached for a year
+QR_CODES_KEPT = 256                        # drawn codes remembered (each ~10 KB of SVG): a link shown
+                                           # again costs nothing
+QR_CODE_LIMIT = (30, 60.0)                 # codes drawn afresh per IP per minute → 429 (each costs tens of ms)
 MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted this many per event-loop turn
 _BASE64URL_RE = re.compile(r"\A[A-Za-z0-9_-]+={0,2}\Z")
 _TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
@@ -5059,7 +5194,7 @@ def edit_profile(app, request):
 
 @route("PATCH", "/users/me/profile")
 @route("PUT", "/users/me/profile")
-def update_profile(app, request):
+async def update_profile(app, request):
     """CAMPFIRE.md, Profile: name, email, password (blank keeps it), bio (at most 200 characters)."""
     user, form = request.user, request.params
     values = {
@@ -5086,14 +5221,18 @@ def update_profile(app, request):
         errors["user[password]"] = "Use at most %d bytes." % MAX_PASSWORD_BYTES
     if len(values["user[bio]"]) > MAX_BIO_CHARS:
         errors["user[bio]"] = "Use at most %d characters." % MAX_BIO_CHARS
+    if password and not errors and not app.password_change_limiter.hit(user.id):
+        errors["user[password]"] = "You changed your password several times just now. Try again in a few minutes."
+        return render_profile(app, request, values, errors, status=429)
     if errors:
         return render_profile(app, request, values, errors, status=422)
+    digest = await app.off_loop(hash_password, password) if password else None
     try:
         with app.db.atomic():
             app.db.execute("UPDATE users SET name = ?, email_address = ?, bio = ?, updated_at = ? WHERE id = ?",
                            (values["user[name]"], email, values["user[bio]"] or None, utc_now_text(), user.id))
-            if password:
-                app.store.set_password_digest(user.id, hash_password(password))
+            if digest:
+                app.store.set_password_digest(user.id, digest)
     except sqlite3.IntegrityError:  # the same address taken meanwhile (unique index)
         return render_profile(app, request, values, {
             "user[email_address]": "Someone else already uses this email address."}, status=422)
@@ -5151,7 +5290,14 @@ def qr_code(app, request, code):
         raise BadRequest("A QR code is made from a base64url-encoded UTF-8 link.") from None
     if len(text.encode()) > MAX_QR_CODE_TEXT_BYTES:
         raise BadRequest("A QR code is made from a link of at most %d bytes." % MAX_QR_CODE_TEXT_BYTES)
-    return Response(qr_svg(text), 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
+    svg = app.qr_codes.get(text)
+    if svg is None:
+        if not app.qr_code_limiter.hit(request.remote_addr):
+            raise TooManyRequests("Too many QR codes from this address. Try again in a minute.",
+                                  headers=[("Retry-After", "%d" % QR_CODE_LIMIT[1])])
+        svg = qr_svg(text)
+        app.qr_codes.put(text, svg)
+    return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
 
 
 # Bots (CAMPFIRE.md, Bots) -------------------------------------------------------------
@@ -5694,11 +5840,11 @@ class CableConnection:
     def flush(self):
         out = self.ws.data_to_send()
         if out:
-            self.write(out)
+            self._write(out)
         if self.ws.state is WebSocketState.CLOSED:
             self.http.close()
 
-    def write(self, frame):
+    def _write(self, data):
         transport = self.http.transport
         if self.http.closing:
             return
@@ -5706,16 +5852,30 @@ class CableConnection:
             log.warning("dropping a /cable reader %d bytes behind", transport.get_write_buffer_size())
             self.http.close()
             return
-        transport.write(frame)
+        transport.write(data)
 
     def send(self, text):
-        self.write(encode_message(text, deflate=self.deflate))
+        self.ws.send_text(text)
+        self.flush()
+
+    def send_frame(self, frame):
+        """A frame encoded once for many subscribers; dropped once we have sent Close."""
+        if self.ws.state is WebSocketState.OPEN:
+            self.ws.send_frame(frame)
+            self.flush()
 
     def close(self, code=CLOSE_NORMAL, reason=""):
+        """Start the closing handshake; a peer that doesn't answer within CABLE_CLOSE_TIMEOUT is dropped."""
         if self.ws.state is WebSocketState.OPEN:
             self.ws.close(code, reason)
             self.closing_at = self.cable.now()
+            self.http.deadline = self.http.server.loop.time() + CABLE_CLOSE_TIMEOUT
             self.flush()
+
+    def drop(self):
+        """Close now, without waiting for the peer (a revoked session): nothing more reaches it."""
+        self.close(CLOSE_NORMAL)
+        self.http.close()
 
 
 class Cable:
@@ -5869,12 +6029,11 @@ class Cable:
 
     # Channels ----------------------------------------------------------------------
     def _member_room(self, connection, params):
+        """The room an identifier names, if the connection's user is a member. Campfire's
+        client sends room_id as a JSON number (Current.room.id); true, 1.0 or "01" name nothing."""
         room_id = params.get("room_id")
-        if isinstance(room_id, str) and room_id.isdigit():
-            room_id = int(room_id)
-        if not isinstance(room_id, int) or room_id not in self.app.store.user_rooms(connection.user_id):
+        if type(room_id) is not int or room_id not in self.app.store.user_rooms(connection.user_id):
             return None
-        params["room_id"] = room_id
         return room_id
 
     def _subscribe_room_messages(self, connection, params):
@@ -5957,7 +6116,7 @@ class Cable:
                 frame = frames.get(key)
                 if frame is None:
                     frame = frames[key] = encode_message(cable_frame(identifier, message), deflate=connection.deflate)
-                connection.write(frame)
+                connection.send_frame(frame)
 
     def drop_room(self, room_id, user_ids=None):
         """Unsubscribe users (everyone when None) from a room's streams."""
@@ -5970,11 +6129,17 @@ class Cable:
                             self._unsubscribe(connection, identifier)
 
     def disconnect(self, *, user_id=None, session_id=None, reason="unauthorized", reconnect=False):
-        """Close a user's (or one session's) sockets, as sign-out, deactivation and bans do."""
+        """Close a user's (or one session's) sockets. A revoked session (sign-out,
+        deactivation, a ban) is cut off at once: out of every stream, TCP closed after
+        our Close. A restart (reconnect=True) closes politely with 1001."""
         for connection in list(self.by_user.get(user_id, ())) if user_id is not None else list(self.connections):
             if session_id is None or connection.session_id == session_id:
                 connection.send(json.dumps({"type": "disconnect", "reason": reason, "reconnect": reconnect}))
-                connection.close(CLOSE_NORMAL if not reconnect else CLOSE_GOING_AWAY)
+                if reconnect:
+                    connection.close(CLOSE_GOING_AWAY)
+                else:
+                    self.connection_lost(connection)
+                    connection.drop()
 
     def beat(self):
         """Every CABLE_PING_INTERVAL / CABLE_BEAT_SLICES: Action Cable's ping to the next slice of
@@ -5990,7 +6155,6 @@ class Cable:
         now = self.now()
         ping = {True: None, False: None}
         text = json.dumps({"type": "ping", "message": int(time.time())})
-        liveness = encode_frame(OPCODE_PING, b"")
         for connection in batch:
             if connection not in self.connections:
                 continue
@@ -6004,9 +6168,10 @@ class Cable:
             frame = ping[connection.deflate]
             if frame is None:
                 frame = ping[connection.deflate] = encode_message(text, deflate=connection.deflate)
-            connection.write(frame)
+            connection.send_frame(frame)
             if now - connection.last_seen > CABLE_LIVENESS_PING:
-                connection.write(liveness)
+                connection.ws.send_ping()
+                connection.flush()
 
     # Events (after each change commits) ----------------------------------------------------
     def message_created(self, room, message, unread_user_ids):
@@ -6307,7 +6472,16 @@ class App:
         self.config = config or Config()
         self._prepare_storage()
         self.db = Database(self.config.resolved_database_path)
-        self.db.migrate()
+        try:
+            self.db.migrate()
+            self.db.repair_search_tail()
+            # Nobody is connected to a server that just started: counts left by a
+            # crash would otherwise hide unread marks forever.
+            with self.db.atomic():
+                self.db.execute("UPDATE memberships SET connections = 0 WHERE connections != 0")
+        except sqlite3.Error as error:
+            self.db.connection.close()
+            raise ConfigError("%s can't be used (%s)." % (self.config.resolved_database_path, error)) from error
         self.store = Store(self.db)
         self.db.on_rollback = self.forget_cached
         self.signer = Signer(self.config.secret_key_base or self._stored_secret())
@@ -6316,6 +6490,11 @@ class App:
         self.static = StaticFiles(self.config.static_root)
         self.sign_in_limiter = RateLimiter(*SIGN_IN_LIMIT)
         self.sign_up_limiter = RateLimiter(*SIGN_UP_LIMIT)
+        self.password_change_limiter = RateLimiter(*PASSWORD_CHANGE_LIMIT)
+        self.qr_code_limiter = RateLimiter(*QR_CODE_LIMIT)
+        self.qr_codes = LruCache(QR_CODES_KEPT)
+        self._workers = None        # the thread pool for password hashes, made on first use
+        self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.sgid_secret = hashlib.sha256(b"campfire mentions\0" + (self.config.secret_key_base or
                                           self._stored_secret()).encode()).digest()
@@ -6326,10 +6505,6 @@ class App:
         self.cable = Cable(self)
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
         self.webhooks = Webhooks(self)
-        # Nobody is connected to a server that just started: counts left by a
-        # crash would otherwise hide unread marks forever.
-        with self.db.atomic():
-            self.db.execute("UPDATE memberships SET connections = 0 WHERE connections != 0")
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -6364,7 +6539,24 @@ class App:
         return secret
 
     def close(self):
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
+            self._workers = None
         self.db.close()
+
+    async def off_loop(self, function, *args):
+        """function(*args) in the worker threads, for blocking work such as a password hash;
+        503 when PASSWORD_QUEUE_LIMIT calls are already waiting."""
+        if self._work_waiting >= PASSWORD_QUEUE_LIMIT:
+            raise ServiceUnavailable("The server is busy. Try again in a moment.", headers=[("Retry-After", "5")])
+        if self._workers is None:
+            import concurrent.futures  # here: most starts never sign anyone in
+            self._workers = concurrent.futures.ThreadPoolExecutor(PASSWORD_WORKERS, "campfire-worker")
+        self._work_waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._workers, function, *args)
+        finally:
+            self._work_waiting -= 1
 
     # Helpers for handlers --------------------------------------------------------
     def asset_url(self, name):
@@ -6511,22 +6703,49 @@ class App:
 
     # Requests ------------------------------------------------------------------
     def handle(self, request):
-        """Request → Response. Never raises: errors become error pages."""
+        """Request → Response. Never raises: errors become error pages.
+
+        A handler that must wait (an `async def` one, for a password hash off the
+        event loop) makes this return a coroutine instead; awaited, it gives the
+        Response. The server awaits it before the connection's next request."""
         self.requests_handled += 1
         request.id = "%s-%d" % (self._request_prefix, self.requests_handled)
         request.started = time.perf_counter()
         try:
             response = self._dispatch(request)
-        except HttpError as error:
-            response = self._error_response(request, error.status, error.message)
-            response.headers.extend(error.headers)
-        except Exception:
-            log.error("request %s %s %s failed:\n%s", request.id, request.method, request.path,
-                      traceback.format_exc())
-            response = self._error_response(
-                request, 500, "Something went wrong on our side. The error was logged as %s." % request.id)
+            if type(response) is types.CoroutineType:
+                return self._handle_later(request, response)
+        except Exception as error:
+            response = self._failure_response(request, error)
         self._finish(request, response)
         return response
+
+    async def _handle_later(self, request, pending):
+        try:
+            response = await pending
+            response = response if isinstance(response, Response) else Response(response)
+        except Exception as error:
+            response = self._failure_response(request, error)
+        self._finish(request, response)
+        return response
+
+    def _failure_response(self, request, error):
+        if isinstance(error, sqlite3.Error):
+            failure = sqlite_failure(error)
+            if failure == "unavailable":
+                log.error("request %s %s %s: the database refused it: %s", request.id, request.method,
+                          request.path, error)
+                return self._error_response(request, 503, WRITE_REFUSED_MESSAGE)
+            if failure == "damaged":
+                self.db.failed_at = time.monotonic()  # /up turns red
+        if isinstance(error, HttpError):
+            response = self._error_response(request, error.status, error.message)
+            response.headers.extend(error.headers)
+            return response
+        log.error("request %s %s %s failed:\n%s", request.id, request.method, request.path,
+                  "".join(traceback.format_exception(error)))
+        return self._error_response(
+            request, 500, "Something went wrong on our side. The error was logged as %s." % request.id)
 
     def _dispatch(self, request):
         method = request.method
@@ -6561,7 +6780,8 @@ class App:
         if spec.auth == "admin" and not request.user.administrator:
             raise Forbidden("Only administrators can do that.")
         response = handler(self, request, **params)
-        return response if isinstance(response, Response) else Response(response)
+        return response if isinstance(response, Response) or type(response) is types.CoroutineType \
+            else Response(response)
 
     def _check_request_origin(self, request):
         """Fetch Metadata first, Origin second (CAMPFIRE.md: forgery protection)."""
@@ -6997,6 +7217,7 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False
         self.held = []
         self.upgraded = None       # the CableConnection once this is a WebSocket
+        self.waiting = None        # the task of a handler that awaits (see App.handle)
 
     def connection_made(self, transport):
         self.transport = transport
@@ -7023,7 +7244,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport.pause_reading()
 
     def resume_writing(self):
-        if not self.closing:
+        if not self.closing and self.waiting is None:
             self.transport.resume_reading()
 
     def data_received(self, data):
@@ -7047,7 +7268,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _process(self):
         app, parser, transport = self.app, self.parser, self.transport
-        while not self.closing:
+        while not self.closing and self.waiting is None:
             try:
                 request = parser.next_request()
             except HttpError as error:
@@ -7059,24 +7280,13 @@ class HttpConnection(asyncio.Protocol):
             request.remote_addr = self.remote_addr
             request.scheme = self.server.scheme
             response = app.handle(request)
-            keep_alive = request.keep_alive and not self.server.stopping
-            data = app.serialize(request, response, keep_alive)
-            if response.upgrade is not None and response.status == 101:
-                self._upgrade(data, response.upgrade)
+            if not isinstance(response, Response):
+                self._wait_for(request, response)
                 return
-            if app.db.batch_open or self.held:
-                self.held.append((data, keep_alive))  # written once the group commit is durable
-                self.server.holding.add(self)
-            else:
-                transport.write(data)
-            if not keep_alive:
-                if not self.held:
-                    self.close()
-                else:
-                    self.transport.pause_reading()
+            if not self._respond(request, response):
                 return
             self.head_deadline = None
-        if self.closing:
+        if self.closing or self.waiting is not None:
             return
         now = self.server.loop.time()
         if not parser.has_partial_request:  # every request answered: the usual case
@@ -7090,6 +7300,45 @@ class HttpConnection(asyncio.Protocol):
             if self.head_deadline is None:
                 self.head_deadline = now + HEADER_TIMEOUT
             self.deadline = self.head_deadline
+
+    def _respond(self, request, response):
+        """Write one response, or hold it for the group commit; False when this
+        connection reads no further request (closed, closing or upgraded)."""
+        keep_alive = request.keep_alive and not self.server.stopping
+        data = self.app.serialize(request, response, keep_alive)
+        if response.upgrade is not None and response.status == 101:
+            self._upgrade(data, response.upgrade)
+            return False
+        if self.app.db.batch_open or self.held:
+            self.held.append((data, keep_alive))  # written once the group commit is durable
+            self.server.holding.add(self)
+        else:
+            self.transport.write(data)
+        if not keep_alive:
+            if not self.held:
+                self.close()
+            else:
+                self.transport.pause_reading()
+            return False
+        return True
+
+    def _wait_for(self, request, pending):
+        """A handler is waiting (for a password hash): read nothing more until it has
+        answered, so pipelined requests are still answered in order."""
+        self.transport.pause_reading()
+        self.deadline = float("inf")  # the work it waits for is bounded (see App.off_loop)
+        self.waiting = self.server.loop.create_task(pending)
+
+        def answered(task):
+            self.waiting = None
+            if self.closing or task.cancelled():
+                self.close()
+                return
+            if self._respond(request, task.result()):  # _handle_later never raises
+                self.head_deadline = None
+                self.transport.resume_reading()
+                self._process()  # whatever arrived meanwhile
+        self.waiting.add_done_callback(answered)
 
     def _upgrade(self, handshake, upgrade):
         """Switch this connection to WebSocket: it belongs to the cable from now on."""
@@ -7106,7 +7355,7 @@ class HttpConnection(asyncio.Protocol):
     def idle(self):
         if self.upgraded is not None:
             return False
-        return not self.held and not self.parser.has_partial_request
+        return not self.held and self.waiting is None and not self.parser.has_partial_request
 
     def release(self, committed):
         """Write the responses held for a group commit (503s if it failed)."""
@@ -7146,8 +7395,7 @@ class Server:
         self._handled_seen = self._handled_released = 0   # see release_memory_when_idle()
         self.memory_releases = 0      # how many times it gave memory back
         self._quiet_since = 0.0
-        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self.max_connections = max(16, soft_limit - FILE_DESCRIPTOR_RESERVE - LISTEN_BACKLOG)
+        self.max_connections = max(16, raise_open_file_limit() - open_file_count() - FILE_DESCRIPTOR_RESERVE)
 
     async def start(self):
         self.loop = asyncio.get_running_loop()
@@ -7251,6 +7499,30 @@ class Server:
         for connection in list(self.connections):
             connection.close()
         self.app.close()
+
+
+def raise_open_file_limit():
+    """Raise the soft open-file limit to the hard one (logged); the limit in effect."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            log.info("raised the open-file limit from %d to %d", soft, wanted)
+            soft = wanted
+        except (ValueError, OSError) as error:
+            log.warning("could not raise the open-file limit from %d (%s)", soft, error)
+    return MAX_OPEN_FILES_WANTED if soft == resource.RLIM_INFINITY else soft
+
+
+def open_file_count():
+    """Descriptors this process holds now (Linux and most BSDs list them), else 0."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(folder))
+        except OSError:
+            continue
+    return 0
 
 
 def make_ssl_context(config):

@@ -50,6 +50,8 @@ class Client:
         request = campfire.Request(method, path, "HTTP/1.1", headers, body)
         request.remote_addr = self.remote_addr
         response = self.app.handle(request)
+        if not isinstance(response, campfire.Response):  # a handler that awaits (a password hash)
+            response = asyncio.run(response)
         for name, value in response.headers:
             if name.lower() == "set-cookie":
                 pair = value.split(";", 1)[0]
@@ -326,12 +328,22 @@ def holds_for(predicate, seconds, interval=0.01, message="the condition stopped 
         time.sleep(interval)
 
 
+def first_run_cookie(port, name="Ada", email="ada@example.com", password="secret-password"):
+    """POST /first_run over the socket (the account and its administrator); returns the session token."""
+    return _session_cookie(port, "/first_run", {"user[name]": name, "user[email_address]": email,
+                                                "user[password]": password})
+
+
 def sign_in_cookie(port, email, password):
     """POST /session over the socket; returns the session token."""
+    return _session_cookie(port, "/session", {"email_address": email, "password": password})
+
+
+def _session_cookie(port, path, form):
     import urllib.request
     import urllib.error
-    body = urllib.parse.urlencode({"email_address": email, "password": password}).encode()
-    request = urllib.request.Request("http://127.0.0.1:%d/session" % port, data=body, method="POST",
+    body = urllib.parse.urlencode(form).encode()
+    request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=body, method="POST",
                                      headers={"Sec-Fetch-Site": "same-origin"})
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -8,7 +8,7 @@ import unittest
 import urllib.parse
 import urllib.request
 
-from tests.helpers import CableClient, Client, LiveServer, campfire, sign_in_cookie, wait_until  # noqa: F401
+from tests.helpers import CableClient, Client, LiveServer, campfire, first_run_cookie, sign_in_cookie, wait_until  # noqa: F401
 
 
 class CableTestCase(unittest.TestCase):
@@ -260,15 +260,7 @@ class PingScheduleTest(unittest.TestCase):
     def open_sockets(self, count):
         server = LiveServer()
         self.addCleanup(server.stop)
-        app = server.app
-
-        def first_run():
-            admin = Client(app)
-            admin.post("/first_run", {"user[name]": "Ada", "user[email_address]": "ada@example.com",
-                                      "user[password]": "secret-password"})
-            return admin.cookies["session_token"]
-        cookie = server.call(first_run)
-        server.call(server.server.commit_and_answer)
+        cookie = first_run_cookie(server.port)
         clients = []
         for _ in range(count):
             client = CableClient(server.port, cookie, origin="http://127.0.0.1:%d" % server.port, timeout=10)

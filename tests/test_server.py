@@ -13,9 +13,9 @@ import unittest
 import urllib.parse
 
 try:
-    from tests.helpers import Client, LiveServer, campfire, holds_for, wait_until
+    from tests.helpers import Client, LiveServer, campfire, first_run_cookie, holds_for, wait_until
 except ImportError:  # run from inside tests/
-    from helpers import Client, LiveServer, campfire, holds_for, wait_until
+    from helpers import Client, LiveServer, campfire, first_run_cookie, holds_for, wait_until
 
 
 class ResponseReader:
@@ -399,13 +399,7 @@ class GroupCommitTest(unittest.TestCase):
         self.addCleanup(self.live.stop)
         app = self.live.app
 
-        def first_run():
-            admin = Client(app)
-            admin.post("/first_run", {"user[name]": "Ada", "user[email_address]": "ada@example.com",
-                                      "user[password]": "secret-password"})
-            return admin.cookies["session_token"]
-        self.token = self.live.call(first_run)
-        self.live.call(self.live.server.commit_and_answer)  # durable now, not at the group's next look
+        self.token = first_run_cookie(self.live.port)
         self.room_id = self.live.call(lambda: app.db.value("SELECT id FROM rooms"))
         self.database = app.config.resolved_database_path
 

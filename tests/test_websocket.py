@@ -8,10 +8,10 @@ from tests.helpers import campfire  # noqa: F401
 from campfire import (
     CLOSE_GOING_AWAY, CLOSE_INVALID_PAYLOAD, CLOSE_MESSAGE_TOO_BIG, CLOSE_NO_STATUS,
     CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, DEFLATE_RESPONSE, MAX_CONTROL_PAYLOAD,
-    MAX_WEBSOCKET_MESSAGE_BYTES, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_CONTINUATION,
+    MAX_MESSAGE_FRAGMENTS, MAX_WEBSOCKET_MESSAGE_BYTES, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_CONTINUATION,
     OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, BinaryMessage, CloseReceived, HandshakeRefused,
     Ping, Pong, TextMessage, WebSocketProtocol, WebSocketState, check_handshake,
-    encode_frame, encode_message, handshake_response, negotiate_deflate, websocket_accept,
+    encode_frame, encode_message, negotiate_deflate, websocket_accept,
 )
 
 RFC_MASK = bytes.fromhex("37fa213d")  # the masking key of RFC 6455 §5.7's examples
@@ -354,6 +354,62 @@ class CloseTests(FeedTestCase):
         self.assertIs(protocol.state, WebSocketState.OPEN)
 
 
+class BoundedInputTests(FeedTestCase):
+    def test_a_message_in_too_many_fragments_closes_with_1009(self):
+        empty = client_frame(OPCODE_CONTINUATION, b"", fin=False)
+        within = client_frame(OPCODE_TEXT, b"a", fin=False) + empty * (MAX_MESSAGE_FRAGMENTS - 2) + \
+            client_frame(OPCODE_CONTINUATION, b"b")
+        _, events, _ = self.feed(within)
+        self.assertEqual(events, [TextMessage("ab")])
+        self.assertFailsWith(client_frame(OPCODE_TEXT, b"a", fin=False) + empty * MAX_MESSAGE_FRAGMENTS,
+                             CLOSE_MESSAGE_TOO_BIG)
+
+    def test_empty_fragments_grow_no_memory(self):
+        protocol = WebSocketProtocol()
+        protocol.receive_data(client_frame(OPCODE_TEXT, b"x", fin=False))
+        empty = client_frame(OPCODE_CONTINUATION, b"", fin=False) * 100
+        tracemalloc.start()
+        try:
+            for _ in range(MAX_MESSAGE_FRAGMENTS // 100 - 1):
+                protocol.receive_data(empty)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertIs(protocol.state, WebSocketState.OPEN)
+        self.assertLess(peak, 64 * 1024)
+
+    def test_data_after_our_close_is_skipped_unread(self):
+        protocol = WebSocketProtocol(deflate=True)
+        protocol.receive_data(client_frame(OPCODE_TEXT, b"start", fin=False))
+        protocol.close(CLOSE_GOING_AWAY)
+        protocol.data_to_send()
+        big = client_frame(OPCODE_CONTINUATION, bytes(60000), fin=False)
+        tracemalloc.start()
+        try:
+            for _ in range(MAX_MESSAGE_FRAGMENTS * 2):  # past both limits, had they applied
+                protocol.receive_data(big)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertIs(protocol.state, WebSocketState.CLOSING)
+        self.assertLess(peak, 1024 * 1024)
+        self.assertEqual(protocol.events_received(), [])
+        protocol.receive_data(client_close(CLOSE_NORMAL))
+        self.assertIs(protocol.state, WebSocketState.CLOSED)
+
+    def test_nothing_is_sent_after_our_close(self):
+        protocol = WebSocketProtocol()
+        frame = encode_message("broadcast", deflate=False)
+        protocol.send_frame(frame)
+        self.assertEqual(protocol.data_to_send(), frame)
+        protocol.close()
+        protocol.data_to_send()
+        protocol.send_frame(frame)
+        protocol.send_text("late")
+        protocol.send_ping()
+        self.assertEqual(protocol.data_to_send(), b"")
+
+
 class Utf8Tests(FeedTestCase):
     def test_invalid_utf8(self):
         self.assertFailsWith(client_frame(OPCODE_TEXT, b"caf\xff"), CLOSE_INVALID_PAYLOAD)
@@ -551,25 +607,35 @@ class HandshakeTests(unittest.TestCase):
         result = check_handshake("GET", self.headers(upgrade="WebSocket", connection="keep-alive, Upgrade"))
         self.assertEqual(result["accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
 
+    def upgrade_bytes(self, **overrides):
+        """The 101 the application answers for /cable (what the server writes), without a session."""
+        from tests.helpers import make_app
+        app = make_app()
+        self.addCleanup(app.close)
+        headers = self.headers(**overrides)
+        request = campfire.Request("GET", "/cable", "HTTP/1.1", headers)
+        response = app.handle(request)
+        return app.serialize(request, response, keep_alive=True)
+
     def test_response_bytes(self):
-        result = check_handshake("GET", self.headers(sec_websocket_protocol="actioncable-v1-json, actioncable-unsupported",
-                                                     sec_websocket_extensions="permessage-deflate; client_max_window_bits"))
-        self.assertEqual(
-            handshake_response(result),
-            b"HTTP/1.1 101 Switching Protocols\r\n"
-            b"Upgrade: websocket\r\n"
-            b"Connection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
-            b"Sec-WebSocket-Protocol: actioncable-v1-json\r\n"
-            b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
-            b"\r\n",
-        )
+        response = self.upgrade_bytes(sec_websocket_protocol="actioncable-v1-json, actioncable-unsupported",
+                                      sec_websocket_extensions="permessage-deflate; client_max_window_bits")
+        head = response.split(b"\r\n\r\n")[0].split(b"\r\n")
+        self.assertEqual(head[0], b"HTTP/1.1 101 Switching Protocols")
+        for line in (b"Upgrade: websocket", b"Connection: Upgrade",
+                     b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+                     b"Sec-WebSocket-Protocol: actioncable-v1-json",
+                     b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; "
+                     b"client_no_context_takeover"):
+            self.assertIn(line, head)
+        self.assertTrue(response.endswith(b"\r\n\r\n"))  # a 101 has no body (RFC 9110 §15.2)
+        self.assertNotIn(b"Content-Length", response)
 
     def test_plain_response_has_no_optional_headers(self):
-        response = handshake_response(check_handshake("GET", self.headers()))
+        response = self.upgrade_bytes()
+        self.assertIn(b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n", response)
         self.assertNotIn(b"Sec-WebSocket-Protocol", response)
         self.assertNotIn(b"Sec-WebSocket-Extensions", response)
-        self.assertTrue(response.endswith(b"=\r\n\r\n"))
 
     def test_missing_key(self):
         self.assertEqual(self.refused(sec_websocket_key=None).status, 400)
