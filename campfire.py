@@ -168,7 +168,9 @@ JOIN_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345
 
 # Chat (CAMPFIRE.md, Messages and Search).
 MESSAGE_PAGE_SIZE = 40            # a room page, a ?before=/?after= page, each side of a permalink
-MAX_REFRESH_MESSAGES = 500        # /refresh?since= catches up at most this many
+REFRESH_PAGE_SIZE = MESSAGE_PAGE_SIZE  # one /refresh?since= answer: no dearer than a room page; the client pages on
+MAX_REFRESH_DELETIONS = 500       # deleted ids a /refresh names (a few bytes each)
+MAX_REFRESH_CURSOR_CHARS = 64     # "<updated_at>,<id>" of the last message a /refresh page held
 MESSAGE_DELETIONS_KEPT_SECONDS = 7 * 24 * 3600  # how long /refresh remembers a deletion
 MAX_TIMESTAMP_MS = 253402300799999  # 9999-12-31, the last moment a datetime column can hold
 MAX_MESSAGE_BODY_CHARS = 64 * 1024  # 413 past it: a long message, not a document
@@ -186,9 +188,12 @@ AUTOCOMPLETE_LIMIT = 20
 PRESENCE_WINDOW = 60.0            # seconds: a member seen on /cable this recently isn't "disconnected"
 BOOST_QUICK_PICKS = ("👍", "👏", "👋", "💪", "❤️", "😂", "🎉", "🔥")
 
-# Caches: rendered pages and messages, dropped by version, bounded by count.
-PAGE_CACHE_ENTRIES = 4096
-MESSAGE_CACHE_ENTRIES = 20_000
+# Caches: rendered pages and messages, dropped by version, bounded by the bytes
+# they hold: a message may be 64 KiB, so a page of search results can be
+# megabytes, and a bound by count let 150 searches keep 900 MB.
+PAGE_CACHE_BYTES = 32 * 1024 * 1024     # bodies plus their gzip forms: ~500 room pages of 40 ordinary messages
+MESSAGE_CACHE_BYTES = 16 * 1024 * 1024  # rendered messages: ~12,000 of an ordinary size
+CACHE_ENTRY_OVERHEAD_BYTES = 256        # counted per entry besides its value: its key and bookkeeping
 
 # Avatar colours for initials (CAMPFIRE.md: crc32 of the id, modulo 18).
 AVATAR_COLORS = ("#b91c1c", "#c2410c", "#b45309", "#4d7c0f", "#15803d", "#047857", "#0e7490", "#155e75",
@@ -1998,7 +2003,7 @@ class _PlainText(HTMLParser):
     def __init__(self, mention_name):
         super().__init__(convert_charrefs=True)
         self.parts = []
-        self._mention_name = mention_name
+        self._mention_name = functools.lru_cache(maxsize=None)(mention_name)  # a body names few people, often
         self._breaks = 0       # line breaks owed before the next text
         self._lists = []       # [ordered?, items so far] per open list
         self._pre = 0
@@ -2112,7 +2117,15 @@ def render_rich_text(stored_html, *, mention=lambda sgid: None):
             return chip
         return match[2] or _escape_html(_fragment_text(attributes.get("content", "")))
 
-    return _ATTACHMENT_ELEMENT.sub(replace, stored_html)
+    done = {}  # a body names few people, often: each distinct element is rendered once
+
+    def replace_once(match):
+        element = match[0]
+        if element not in done:
+            done[element] = replace(match)
+        return done[element]
+
+    return _ATTACHMENT_ELEMENT.sub(replace_once, stored_html)
 
 
 def find_mentions(stored_html):
@@ -2179,6 +2192,21 @@ _MENTION_SKIP_TAGS = frozenset(("a", "code", "pre", "action-text-attachment"))
 _TAG_SPLIT = re.compile(r"(<[^>]*>)")
 _TAG_NAME = re.compile(r"</?([a-zA-Z][\w-]*)")
 _AT_SIGN = re.compile(r"(?<![\w@])@")
+MENTION_LOOKAHEAD_CHARS = 200  # a name is looked for in this many characters after "@" (names are shorter)
+
+
+def _mention_index(people):
+    """({name: sgid}, {first character: [name lengths, longest first]}) for names as
+    the sanitizer escapes them, lower-cased; of two people with one name, the first
+    wins. At an "@" only the lengths of names starting with the next character are
+    tried, each a dictionary lookup: linear in the text, whatever the room's size."""
+    names, lengths = {}, collections.defaultdict(set)
+    for name, sgid in people:
+        key = _escape_html(name).lower()
+        if len(key) <= MENTION_LOOKAHEAD_CHARS and key not in names:
+            names[key] = sgid
+            lengths[key[:1]].add(len(key))
+    return names, {first: sorted(found, reverse=True) for first, found in lengths.items()}
 
 
 def link_mentions(html_text, people):
@@ -2186,7 +2214,7 @@ def link_mentions(html_text, people):
     attachment Campfire stores. people: [(name, sgid)]; the longest name wins."""
     if not people:
         return html_text
-    candidates = sorted(((_escape_html(name).lower(), sgid) for name, sgid in people), key=lambda p: -len(p[0]))
+    candidates = _mention_index(people)
     parts = _TAG_SPLIT.split(html_text)
     skipping = 0
     for index, part in enumerate(parts):
@@ -2201,15 +2229,22 @@ def link_mentions(html_text, people):
 
 
 def _link_mentions_in_text(text, candidates):
+    names, lengths = candidates
+    tail = lengths.get("", ())  # a blank name, tried last as the shortest
     pieces, position = [], 0
     for match in _AT_SIGN.finditer(text):
         start = match.end()
         if match.start() < position:
             continue
-        following = text[start:start + 200].lower()
-        for name, sgid in candidates:
-            end = start + len(name)
-            if following.startswith(name) and not (end < len(text) and (text[end].isalnum() or text[end] == "_")):
+        bucket = lengths.get(text[start:start + 1].lower()[:1], ())
+        if not bucket and not tail:  # no name starts here (most "@"s): look no further
+            continue
+        following = text[start:start + MENTION_LOOKAHEAD_CHARS].lower()
+        for length in itertools.chain(bucket if following else (), tail):
+            sgid = names.get(following[:length])
+            end = start + length
+            if sgid is not None and len(following) >= length and not (
+                    end < len(text) and (text[end].isalnum() or text[end] == "_")):
                 pieces.append(text[position:match.start()])
                 pieces.append('<action-text-attachment sgid="%s" content-type="%s"></action-text-attachment>'
                               % (html.escape(sgid), MENTION_CONTENT_TYPE))
@@ -3303,14 +3338,21 @@ class Store:
                            "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?", (room_id, limit))
         return rows[::-1]
 
-    def deleted_since(self, room_id, since_text, limit=MAX_REFRESH_MESSAGES):
+    def deleted_since(self, room_id, since_text, limit=MAX_REFRESH_DELETIONS):
         return [row[0] for row in self.db.all(
             "SELECT message_id FROM campfire_py_message_deletions WHERE room_id = ? AND deleted_at >= ? "
             "ORDER BY deleted_at LIMIT ?", (room_id, since_text, limit))]
 
-    def messages_since(self, room_id, since_text, limit=MAX_REFRESH_MESSAGES):
+    def messages_since(self, room_id, since_text, limit, after=None):
+        """Messages created or edited since a moment, by (updated_at, id), past `after`:
+        the (updated_at, id) of the last one a previous page held (an edit moves a
+        message to the end, so nothing is skipped)."""
+        if after is None:
+            return self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND messages.updated_at >= ? "
+                               "ORDER BY messages.updated_at, messages.id LIMIT ?", (room_id, since_text, limit))
         return self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND messages.updated_at >= ? "
-                           "ORDER BY messages.updated_at, messages.id LIMIT ?", (room_id, since_text, limit))
+                           "AND (messages.updated_at, messages.id) > (?, ?) "
+                           "ORDER BY messages.updated_at, messages.id LIMIT ?", (room_id, since_text, *after, limit))
 
     def boosts_for(self, message_ids):
         if not message_ids:
@@ -3728,6 +3770,8 @@ def render_room(app, request, room, messages, *, highlight_id=None):
 #   user        a signed-in person (others go to sign in, or first run)
 #   admin       a signed-in administrator (others get 403)
 #   bot         the bot API: the key in the path authenticates (no cookie, no forgery check)
+# A path segment that is a credential (a sign-in link's token, a join code, a bot
+# key) is declared <secret:name>: the request log shows it as [FILTERED].
 
 @dataclass(frozen=True)
 class RouteSpec:
@@ -3746,8 +3790,9 @@ def route(method, pattern, *, auth="user", body_limit=FORM_BODY_LIMIT):
     return decorate
 
 
-_PARAM_RE = re.compile(r"<(?:(int|path):)?([a-z_]+)>")
-_PARAM_PATTERNS = {None: r"[^/]+", "int": r"[0-9]{1,18}", "path": r".+"}
+_PARAM_RE = re.compile(r"<(?:(int|path|secret):)?([a-z_]+)>")
+_PARAM_PATTERNS = {None: r"[^/]+", "int": r"[0-9]{1,18}", "path": r".+", "secret": r"[^/]+"}
+LOG_FILTERED = "[FILTERED]"
 
 
 class Router:
@@ -3758,9 +3803,13 @@ class Router:
         self._dynamic = collections.defaultdict(list)
         self._matched = {}  # (method, path) → what match() found for a pattern route
         self._methods = set()
+        self._secrets = collections.defaultdict(list)  # first segment → [regex], see log_path
+        secret_patterns = set()
         for handler in handlers:
             for spec in handler.route_specs:
                 self._methods.add(spec.method)
+                if "<secret:" in spec.pattern:
+                    secret_patterns.add(spec.pattern)
                 if "<" not in spec.pattern:
                     self._static[(spec.method, spec.pattern)] = (handler, spec)
                     continue
@@ -3774,6 +3823,7 @@ class Router:
                 self._dynamic[(spec.method, segments[1], len(segments))].append((regex, converters, handler, spec))
         for routes in self._dynamic.values():  # literal segments win over parameters
             routes.sort(key=lambda item: item[3].pattern.count("<"))
+        self._compile_secret_patterns(secret_patterns)
 
     def match(self, method, path):
         """(handler, spec, params) or None; params is shared, so read it only."""
@@ -3796,6 +3846,32 @@ class Router:
         if "GET" in methods:
             methods.add("HEAD")
         return sorted(methods)
+
+    def _compile_secret_patterns(self, patterns):
+        """Where the patterns' <secret:…> segments are, whatever the method (a 405 or
+        404 is logged too): each secret a group, more path allowed after it, so a
+        pattern that extends another's needs no regex of its own."""
+        def replace(match):
+            return "(%s)" % _PARAM_PATTERNS["secret"] if match.group(1) == "secret" \
+                else "(?:%s)" % _PARAM_PATTERNS[match.group(1)]
+        for pattern in sorted(patterns):
+            if any(pattern.startswith(other + "/") for other in patterns):
+                continue
+            escaped = re.escape(pattern).replace(r"\<", "<").replace(r"\>", ">")
+            self._secrets[pattern.split("/")[1]].append(re.compile("^" + _PARAM_RE.sub(replace, escaped) + "(?=/|$)"))
+
+    def log_path(self, path):
+        """The path as the request log may show it: every secret segment [FILTERED]."""
+        head = path[1:path.find("/", 1)] if path.find("/", 1) > 0 else path[1:]
+        for regex in self._secrets.get(head, ()):
+            matched = regex.match(path)
+            if matched:
+                pieces, done = [], 0
+                for group in range(1, matched.lastindex + 1):
+                    pieces += (path[done:matched.start(group)], LOG_FILTERED)
+                    done = matched.end(group)
+                return "".join(pieces) + path[done:]
+        return path
 
     def _match_pattern(self, method, path):
         segments = path.split("/")
@@ -3978,7 +4054,7 @@ def sign_out(app, request):
     return response
 
 
-@route("GET", "/join/<join_code>", auth="signed_out")
+@route("GET", "/join/<secret:join_code>", auth="signed_out")
 def join_form(app, request, join_code):
     _require_join_code(app, join_code)
     return render_join(app, request, join_code, {}, {})
@@ -3997,7 +4073,7 @@ def render_join(app, request, join_code, values, errors, status=200):
                             "Join", status=status)
 
 
-@route("POST", "/join/<join_code>", auth="signed_out")
+@route("POST", "/join/<secret:join_code>", auth="signed_out")
 async def join(app, request, join_code):
     _require_join_code(app, join_code)
     if not app.sign_up_limiter.hit(request.remote_addr):
@@ -4129,21 +4205,29 @@ def new_room(app, request):
     return render_room_form(app, request, room_type=room_type, name="New room")
 
 
+_ROOM_KINDS = {"opens": ROOM_OPEN, "closeds": ROOM_CLOSED}
+
+
 def _room_form_values(request):
+    """(name, room type, member ids, errors). The form's Open/Closed choice
+    (room_kind) decides the type whichever path it was posted to, so the form
+    works without JavaScript; without the field, the path does, as in Campfire."""
     name = request.params.text("room[name]")
     errors = {}
     if len(name) > MAX_ROOM_NAME_CHARS:
         errors["room[name]"] = "Use at most %d characters." % MAX_ROOM_NAME_CHARS
+    kind = request.params.text("room_kind") or request.path.split("/")[2]
+    if kind not in _ROOM_KINDS:
+        raise Unprocessable("A room is either open or closed.")
     member_ids = {int(value) for value in request.params.getlist("user_ids[]") if str(value).isdigit()}
-    return name or "New room", member_ids, errors
+    return name or "New room", _ROOM_KINDS[kind], member_ids, errors
 
 
 @route("POST", "/rooms/opens")
 @route("POST", "/rooms/closeds")
 def create_room(app, request):
     _require_room_creation(app, request.user)
-    room_type = ROOM_CLOSED if request.path == "/rooms/closeds" else ROOM_OPEN
-    name, member_ids, errors = _room_form_values(request)
+    name, room_type, member_ids, errors = _room_form_values(request)
     if errors:
         return render_room_form(app, request, room_type=room_type, name=name, member_ids=member_ids,
                                 errors=errors, status=422)
@@ -4183,8 +4267,7 @@ def update_room(app, request, room_id):
         raise Forbidden("A direct room can't become another kind of room.")
     if not can_administer(request.user, room.creator_id):
         raise Forbidden("Only the room's creator or an administrator can change it.")
-    room_type = ROOM_CLOSED if request.path.startswith("/rooms/closeds/") else ROOM_OPEN
-    name, member_ids, errors = _room_form_values(request)
+    name, room_type, member_ids, errors = _room_form_values(request)
     if errors:
         return render_room_form(app, request, room=room, room_type=room_type, name=name, member_ids=member_ids,
                                 errors=errors, status=422)
@@ -4407,21 +4490,41 @@ def permalink(app, request, room_id, message_id):
     return render_room(app, request, room, messages, highlight_id=message_id)
 
 
+_REFRESH_CURSOR_RE = re.compile(r"([0-9][0-9:. TZ+-]*),([0-9]{1,18})")
+
+
 @route("GET", "/rooms/<int:room_id>/refresh")
 def refresh_room(app, request, room_id):
     """What changed since a moment (ms since the epoch): created or edited messages, oldest
-    first, then a <template class="message-removals" data-message-ids="…"> naming deleted ones."""
+    first, REFRESH_PAGE_SIZE at a time; the first page also holds a <template
+    class="message-removals" data-message-ids="…"> naming deleted ones. When more
+    changed, the page ends with <template class="message-refresh-next" data-href="…">,
+    the URL of the next page (also in a Link header, rel="next")."""
     room = app.room_for_member(request, room_id)
     since = _id_param(request, "since")
     if since is None or since > MAX_TIMESTAMP_MS:
         raise BadRequest("since takes milliseconds since the epoch.")
+    cursor = request.params.text("cursor")
+    matched = _REFRESH_CURSOR_RE.fullmatch(cursor) if len(cursor) <= MAX_REFRESH_CURSOR_CHARS else None
+    if cursor and not matched:
+        raise BadRequest("cursor takes the value a previous page's next link gave.")
+    after = (matched[1], int(matched[2])) if matched else None
     since_text = utc_now_text(since / 1000)
-    messages, deleted = app.store.messages_since(room.id, since_text), app.store.deleted_since(room.id, since_text)
+    messages = app.store.messages_since(room.id, since_text, REFRESH_PAGE_SIZE + 1, after)
+    deleted = app.store.deleted_since(room.id, since_text) if after is None else ()
     if not messages and not deleted:
         return Response(b"", 204)
     removals = HTML('<template class="message-removals" data-message-ids="{}"></template>').format(
         " ".join(map(str, deleted))) if deleted else ""
-    return Response(render_messages(app, messages) + removals)
+    following, headers = HTML(""), []
+    if len(messages) > REFRESH_PAGE_SIZE:
+        del messages[REFRESH_PAGE_SIZE:]
+        last = messages[-1]
+        href = "/rooms/%d/refresh?%s" % (room.id, urllib.parse.urlencode(
+            {"since": since, "cursor": "%s,%d" % (last["updated_at"], last["id"])}))
+        following = HTML('<template class="message-refresh-next" data-href="{}"></template>').format(href)
+        headers.append(("Link", '<%s>; rel="next"' % href))
+    return Response(render_messages(app, messages) + removals + following, headers=headers)
 
 
 # Boosts ----------------------------------------------------------------------------
@@ -4607,8 +4710,8 @@ TRANSFER_TOKEN_SECONDS = 4 * 3600          # CAMPFIRE.md: signed_id(purpose: :tr
 MAX_QR_CODE_TEXT_BYTES = 1024              # 400 past it: our links are far shorter, and it bounds the CPU a
                                            # public request can spend (about 40 ms for 1 KiB)
 QR_CODE_CACHE_CONTROL = "public, max-age=31536000, immutable"  # CAMPFIRE.md: QR codes cached for a year
-QR_CODES_KEPT = 256                        # drawn codes remembered (each ~10 KB of SVG): a link shown
-                                           # again costs nothing
+QR_CODES_KEPT_BYTES = 2 * 1024 * 1024      # drawn codes remembered (~7 KB of SVG for one of our links,
+                                           # 54 KB at most): a link shown again costs nothing
 QR_CODE_LIMIT = (30, 60.0)                 # codes drawn afresh per IP per minute → 429 (each costs tens of ms)
 MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted this many per event-loop turn
 _BASE64URL_RE = re.compile(r"\A[A-Za-z0-9_-]+={0,2}\Z")
@@ -5251,7 +5354,7 @@ def _transfer_user(app, token):
     return user
 
 
-@route("GET", "/session/transfers/<token>", auth="public")
+@route("GET", "/session/transfers/<secret:token>", auth="public")
 def show_session_transfer(app, request, token):
     """The page a transfer link opens: transfer.js submits its form (PUT) at once; without
     JavaScript the person presses the button."""
@@ -5269,8 +5372,8 @@ def show_session_transfer(app, request, token):
                          headers=[("Cache-Control", "no-store")])
 
 
-@route("PUT", "/session/transfers/<token>", auth="public")
-@route("PATCH", "/session/transfers/<token>", auth="public")
+@route("PUT", "/session/transfers/<secret:token>", auth="public")
+@route("PATCH", "/session/transfers/<secret:token>", auth="public")
 def update_session_transfer(app, request, token):
     user = _transfer_user(app, token)
     response = redirect("/")
@@ -5278,7 +5381,7 @@ def update_session_transfer(app, request, token):
     return response
 
 
-@route("GET", "/qr_code/<code>", auth="public")
+@route("GET", "/qr_code/<secret:code>", auth="public")
 def qr_code(app, request, code):
     """/qr_code/<base64url of a URL>: the URL as a QR code (CAMPFIRE.md, Transfer / QR)."""
     if len(code) > 4 * -(-MAX_QR_CODE_TEXT_BYTES // 3) or not _BASE64URL_RE.match(code):
@@ -5311,7 +5414,7 @@ BOT_KEY_RE = re.compile(r"([0-9]{1,18})-([A-Za-z0-9]{%d})\Z" % BOT_TOKEN_CHARS)
 BOT_API_LIMIT = (300, 60.0)              # bot API requests per key per minute → 429
 MAX_WEBHOOK_URL_CHARS = 2048             # 2 KB: the form refuses longer URLs
 BOT_ROLE_NAMES = {ROLE_MEMBER: "member", ROLE_ADMINISTRATOR: "administrator", ROLE_BOT: "bot"}
-BOT_MESSAGES_PATH = "/rooms/<int:room_id>/<bot_key>/messages"
+BOT_MESSAGES_PATH = "/rooms/<int:room_id>/<secret:bot_key>/messages"
 
 # Webhooks (CAMPFIRE.md: 7 s per connect and per read, no retries; the Rust
 # port's bounds for the rest). A reply is a message, and a message holds
@@ -5491,8 +5594,6 @@ def bot_api(handler):
     by_bots controllers `head` them; a record asked for by id and missing is
     Rails' JSON 404. The handler gets (app, request, room, bot, bot_key, **params)."""
     def answer(app, request, room_id, bot_key, **params):
-        # The request log names the route, never the key (a credential).
-        request.path = request.path.replace("/%s/" % bot_key, "/[FILTERED]/", 1)
         if not app.bot_api_limiter.hit(bot_key):
             return _bot_head(429, [("Retry-After", "%d" % BOT_API_LIMIT[1])])
         bot = authenticate_bot(app, bot_key)
@@ -5811,22 +5912,24 @@ CABLE_LIVENESS_PING = 15.0               # seconds between WebSocket pings
 CABLE_DEAD_AFTER = 45.0                  # no bytes from a peer this long: it is gone
 CABLE_CLOSE_TIMEOUT = 5.0                # our close unanswered this long: drop the socket
 CABLE_REFUSALS = (30, 60.0)              # refused handshakes per IP per minute → 429
-TYPING_THROTTLE = 0.5                    # seconds between typing starts we relay per connection
+TYPING_THROTTLE = 0.5                    # seconds between typing starts we relay per connection (stops follow them)
 
 
 class CableConnection:
     """One /cable WebSocket: the RFC 6455 protocol, its subscriptions, its user."""
 
-    __slots__ = ("cable", "http", "ws", "deflate", "user_id", "session_id", "subscriptions", "last_seen",
-                 "typing_at", "closing_at", "__weakref__")
+    __slots__ = ("cable", "http", "ws", "deflate", "user_id", "session_id", "subscriptions", "present_in",
+                 "last_seen", "typing_at", "typing_in", "closing_at", "__weakref__")
 
     def __init__(self, cable, http, deflate, user_id, session_id):
         self.cable, self.http, self.deflate = cable, http, deflate
         self.ws = WebSocketProtocol(deflate=deflate)
         self.user_id, self.session_id = user_id, session_id
         self.subscriptions = {}        # identifier → (channel, params, streams)
+        self.present_in = set()        # PresenceChannel identifiers that count this user as present
         self.last_seen = cable.now()
-        self.typing_at = 0.0
+        self.typing_at = 0.0           # when the last start was relayed
+        self.typing_in = None          # the room of that start, until its stop is relayed
         self.closing_at = None
 
     def receive(self, data):
@@ -5989,7 +6092,7 @@ class Cable:
         connection.send(cable_reply(command.identifier, "confirm_subscription"))
         if command.channel == "PresenceChannel":
             room_id = command.params["room_id"]
-            if not self._present(connection, room_id):  # nobody new: still tell this tab who is here
+            if not self._present(connection, command.identifier, room_id):  # nobody new: still tell this tab who is here
                 connection.send(cable_frame(command.identifier, self._presence_message(room_id)))
 
     def _unsubscribe(self, connection, identifier):
@@ -6004,7 +6107,7 @@ class Cable:
                 if not subscribers:
                     del self.streams[stream]
         if channel == "PresenceChannel":
-            self._absent(connection, params["room_id"])
+            self._absent(connection, identifier, params["room_id"])
 
     def _perform(self, connection, command):
         channel, params, _ = connection.subscriptions[command.identifier]
@@ -6012,16 +6115,24 @@ class Cable:
         if channel == "PresenceChannel":
             room_id = params["room_id"]
             if action == "present":
-                self._present(connection, room_id, count=False)
+                self._present(connection, command.identifier, room_id, count=False)
             elif action == "absent":
-                self._absent(connection, room_id, count=False)
+                self._absent(connection, command.identifier, room_id, count=False)
             elif action == "refresh":
                 self._touch_presence(connection.user_id, room_id)
         elif channel == "TypingNotificationsChannel" and action in ("start", "stop"):
-            now = self.now()
-            if action == "start" and now - connection.typing_at < TYPING_THROTTLE:
+            # Starts are relayed at most once per TYPING_THROTTLE, and a stop only after a
+            # relayed start: whatever a client sends, at most two frames per interval.
+            room_id = params["room_id"]
+            if action == "start":
+                now = self.now()
+                if now - connection.typing_at < TYPING_THROTTLE:
+                    return
+                connection.typing_at, connection.typing_in = now, room_id
+            elif connection.typing_in != room_id:
                 return
-            connection.typing_at = now if action == "start" else 0.0
+            else:
+                connection.typing_in = None
             user = self.app.store.user(connection.user_id)
             self.broadcast("room_%d_typing" % params["room_id"],
                            {"action": action, "user": {"id": user.id, "name": user.name}},
@@ -6049,8 +6160,10 @@ class Cable:
         return None if room_id is None else ["room_%d_typing" % room_id]
 
     # Presence (CAMPFIRE.md, PresenceChannel): connections counted on the
-    # membership, connected_at stamped, the unread mark cleared.
-    def _present(self, connection, room_id, count=True):
+    # membership, connected_at stamped, the unread mark cleared. A subscription
+    # counts the person present once at most, whatever its client sends, so when
+    # it ends (the socket too) it no longer counts.
+    def _present(self, connection, identifier, room_id, count=True):
         store, user_id = self.app.store, connection.user_id
         stamp = utc_now_text()
         with self.app.db.atomic():
@@ -6058,16 +6171,22 @@ class Cable:
                 "UPDATE memberships SET connections = connections + ?, connected_at = ?, unread_at = NULL, "
                 "updated_at = ? WHERE room_id = ? AND user_id = ?", (1 if count else 0, stamp, stamp, room_id, user_id))
         store.bump_users([user_id])
+        self.broadcast("user_%d_reads" % user_id, {"room_id": room_id})
+        if identifier in connection.present_in:
+            return False
+        connection.present_in.add(identifier)
         counter = self.present[room_id]
         counter[user_id] += 1
-        self.broadcast("user_%d_reads" % user_id, {"room_id": room_id})
         if counter[user_id] == 1:
             self._broadcast_presence(room_id)
             return True
         return False
 
-    def _absent(self, connection, room_id, count=True):
+    def _absent(self, connection, identifier, room_id, count=True):
         user_id = connection.user_id
+        counted = identifier in connection.present_in
+        if not count and not counted:
+            return
         with self.app.db.atomic():
             self.app.db.execute(
                 "UPDATE memberships SET connections = max(connections - ?, 0), updated_at = ? "
@@ -6075,6 +6194,9 @@ class Cable:
             if not count:
                 self.app.db.execute("UPDATE memberships SET connected_at = NULL WHERE room_id = ? AND user_id = ?",
                                     (room_id, user_id))
+        if not counted:
+            return
+        connection.present_in.discard(identifier)
         counter = self.present[room_id]
         counter[user_id] -= 1
         if counter[user_id] <= 0:
@@ -6307,26 +6429,38 @@ class StaticFiles:
 
 
 class LruCache:
-    """A dict bounded by entry count that forgets the least recently used."""
+    """A dict bounded by the bytes its values hold (`size` of each, plus
+    CACHE_ENTRY_OVERHEAD_BYTES) that forgets the least recently used. A value
+    larger than the whole bound is not kept."""
 
-    def __init__(self, max_entries):
-        self.max_entries = max_entries
-        self._data = collections.OrderedDict()
+    def __init__(self, max_bytes, size=sys.getsizeof):
+        self.max_bytes = max_bytes
+        self.size = size
+        self.bytes = 0                          # what the entries held now count
+        self._data = collections.OrderedDict()  # key → (value, its count)
 
     def get(self, key):
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        self._data.move_to_end(key)
+        return entry[0]
 
     def put(self, key, value):
-        self._data[key] = value
-        self._data.move_to_end(key)
-        if len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        cost = self.size(value) + CACHE_ENTRY_OVERHEAD_BYTES
+        replaced = self._data.pop(key, None)
+        if replaced is not None:
+            self.bytes -= replaced[1]
+        if cost > self.max_bytes:
+            return
+        self._data[key] = (value, cost)
+        self.bytes += cost
+        while self.bytes > self.max_bytes:
+            self.bytes -= self._data.popitem(last=False)[1][1]
 
     def clear(self):
         self._data.clear()
+        self.bytes = 0
 
     def __len__(self):
         return len(self._data)
@@ -6372,6 +6506,10 @@ class CachedPage:
     content_type: str
     etag: str
     headers: tuple
+
+    def size(self):
+        """The bytes a page cache counts for this page: its body, plain and gzipped."""
+        return len(self.body) + len(self.gzipped or b"")
 
 
 class Events:
@@ -6492,15 +6630,15 @@ class App:
         self.sign_up_limiter = RateLimiter(*SIGN_UP_LIMIT)
         self.password_change_limiter = RateLimiter(*PASSWORD_CHANGE_LIMIT)
         self.qr_code_limiter = RateLimiter(*QR_CODE_LIMIT)
-        self.qr_codes = LruCache(QR_CODES_KEPT)
+        self.qr_codes = LruCache(QR_CODES_KEPT_BYTES)
         self._workers = None        # the thread pool for password hashes, made on first use
         self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.sgid_secret = hashlib.sha256(b"campfire mentions\0" + (self.config.secret_key_base or
                                           self._stored_secret()).encode()).digest()
         self.events = Events(self.db)
-        self.page_cache = LruCache(PAGE_CACHE_ENTRIES)
-        self.message_cache = LruCache(MESSAGE_CACHE_ENTRIES)
+        self.page_cache = LruCache(PAGE_CACHE_BYTES, CachedPage.size)
+        self.message_cache = LruCache(MESSAGE_CACHE_BYTES)
         self.derived = {}  # name → (store.global_version, value): custom CSS, banned addresses
         self.cable = Cable(self)
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
@@ -6734,7 +6872,7 @@ class App:
             failure = sqlite_failure(error)
             if failure == "unavailable":
                 log.error("request %s %s %s: the database refused it: %s", request.id, request.method,
-                          request.path, error)
+                          self.router.log_path(request.path), error)
                 return self._error_response(request, 503, WRITE_REFUSED_MESSAGE)
             if failure == "damaged":
                 self.db.failed_at = time.monotonic()  # /up turns red
@@ -6742,7 +6880,7 @@ class App:
             response = self._error_response(request, error.status, error.message)
             response.headers.extend(error.headers)
             return response
-        log.error("request %s %s %s failed:\n%s", request.id, request.method, request.path,
+        log.error("request %s %s %s failed:\n%s", request.id, request.method, self.router.log_path(request.path),
                   "".join(traceback.format_exception(error)))
         return self._error_response(
             request, 500, "Something went wrong on our side. The error was logged as %s." % request.id)
@@ -6835,7 +6973,7 @@ class App:
             headers.append(("Content-Encoding", "gzip"))
             headers.append(("Vary", "Accept-Encoding"))
         if request.path != "/up" and self.request_log.enabled:
-            self.request_log.add(request.method, request.path, response.status,
+            self.request_log.add(request.method, self.router.log_path(request.path), response.status,
                                  (time.perf_counter() - request.started) * 1000, request.id)
 
     def http_date(self):

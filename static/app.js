@@ -7,7 +7,7 @@ import { MessageScroller } from "./scroller.js"
 import { Composer } from "./composer.js"
 import { MessageActions } from "./actions.js"
 import { Sidebar, Presence } from "./sidebar.js"
-import { confirmDangerousForms, filterPickers, bellInPlace } from "./forms.js"
+import { confirmDangerousForms, filterPickers, bellInPlace, roomKindFollowsChoice } from "./forms.js"
 
 const body = document.body
 const viewer = {
@@ -32,6 +32,7 @@ function startRoom(section, cable) {
 confirmDangerousForms()
 filterPickers()
 bellInPlace()
+roomKindFollowsChoice()
 
 if (viewer.id) {
   const cable = new Cable()

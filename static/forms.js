@@ -26,6 +26,19 @@ export function filterPickers(root = document) {
   }
 }
 
+// New room and room settings: the form posts to /rooms/opens or /rooms/closeds, as the
+// Open/Closed choice says (the server reads the choice too, for a page without scripts).
+export function roomKindFollowsChoice(root = document) {
+  for (const form of root.querySelectorAll("form[data-room-form]")) {
+    const follow = () => {
+      const kind = form.querySelector('input[name="room_kind"]:checked')?.value
+      if (kind === "opens" || kind === "closeds") form.setAttribute("action", form.getAttribute("action").replace(/^\/rooms\/(opens|closeds)\b/, `/rooms/${kind}`))
+    }
+    form.addEventListener("change", (event) => { if (event.target.name === "room_kind") follow() })
+    follow()
+  }
+}
+
 const fold = (text) => text.normalize("NFD").replace(/\p{M}/gu, "").toLowerCase().trim()
 
 function showMatching(list, query) {

@@ -204,15 +204,22 @@ export class RoomStream {
     if (message.dataset.sound) playSound(message.dataset.sound)
   }
 
-  // Merge what changed while we weren't listening.
+  // Merge what changed while we weren't listening, a page at a time: each page
+  // names the next one until nothing is left.
   async catchUp(since = this.lastSeenAt - CATCH_UP_MARGIN_MS) {
-    const html = await fetchText(`/rooms/${this.#list.roomId}/refresh?since=${Math.max(0, Math.floor(since))}`)
-    if (!html) return
-    const removals = fragment(html).querySelector("template.message-removals")?.dataset.messageIds ?? ""
-    this.#scroller.change(() => {
-      for (const message of parseMessages(html)) this.#list.upsert(message, { onlyExisting: !this.#scroller.hasLatest })
-      for (const id of removals.split(" ").filter(Boolean)) this.#list.remove(id)
-    })
+    const first = `/rooms/${this.#list.roomId}/refresh?since=${Math.max(0, Math.floor(since))}`
+    for (let url = first; url;) {
+      const html = await fetchText(url)
+      if (!html) return
+      const page = fragment(html)
+      const removals = page.querySelector("template.message-removals")?.dataset.messageIds ?? ""
+      this.#scroller.change(() => {
+        for (const message of parseMessages(html)) this.#list.upsert(message, { onlyExisting: !this.#scroller.hasLatest })
+        for (const id of removals.split(" ").filter(Boolean)) this.#list.remove(id)
+      })
+      const next = page.querySelector("template.message-refresh-next")?.dataset.href
+      url = next?.startsWith(`/rooms/${this.#list.roomId}/refresh?`) && next !== url ? next : null
+    }
   }
 
   #touch() {

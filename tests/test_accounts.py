@@ -1,8 +1,13 @@
 """First run, sign in and out, sessions, sign-up by join code, passwords."""
 
+import html
+import http.client
+import re
 import time
 import unittest
+import urllib.parse
 
+from tests.browser import CampfireProcess
 from tests.helpers import AppTestCase, Client, campfire
 
 RAILS_BCRYPT_VECTOR = ("U*U", "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW")  # OpenBSD's test vector
@@ -241,6 +246,74 @@ class RateLimiterTests(unittest.TestCase):
         for index in range(1000):
             limiter.hit("key%d" % index, 0)
         self.assertLessEqual(len(limiter._hits), 100)
+
+
+class RequestLogTests(unittest.TestCase):
+    """The request log of a real campfire.py process never shows a credential that
+    travels in a path: sign-in links, join codes, their QR codes and bot keys."""
+
+    def setUp(self):
+        self.server = CampfireProcess().start()
+        self.addCleanup(self.server.cleanup)
+        self.cookie = None
+
+    def request(self, method, path, form=None, cookie=True):
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
+        headers = {"Sec-Fetch-Site": "same-origin"} if method != "GET" else {}
+        if cookie and self.cookie:
+            headers["Cookie"] = "session_token=" + self.cookie
+        body = None
+        if form is not None:
+            body = urllib.parse.urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        connection.request(method, path, body, headers)
+        response = connection.getresponse()
+        text = response.read().decode()
+        connection.close()
+        for value in response.headers.get_all("Set-Cookie") or []:
+            if value.startswith("session_token=") and cookie:
+                self.cookie = value.split("=", 1)[1].split(";", 1)[0]
+        return response.status, text
+
+    def field(self, text, field_id):
+        return html.unescape(re.search(r'id="%s" type="text" value="([^"]+)"' % field_id, text).group(1))
+
+    def test_sign_in_links_join_codes_qr_codes_and_bot_keys_are_filtered_from_the_request_log(self):
+        self.assertEqual(self.request("POST", "/first_run", {
+            "user[name]": "Ada Admin", "user[email_address]": "ada@example.com", "user[password]": "a long secret"})[0], 303)
+        profile = self.request("GET", "/users/me/profile")[1]
+        transfer = urllib.parse.urlsplit(self.field(profile, "session_transfer_url")).path
+        qr_code = html.unescape(re.search(r'href="(/qr_code/[^"]+)"', profile).group(1))
+        join = urllib.parse.urlsplit(self.field(self.request("GET", "/account/edit")[1], "invite_url")).path
+        self.assertEqual(self.request("POST", "/account/bots", {"user[name]": "Deploy Bot"})[0], 303)
+        bot_path = re.search(r"/rooms/\d+/\d+-\w+/messages", self.request("GET", "/account/bots")[1]).group(0)
+        secrets = {"sign-in link": transfer.rsplit("/", 1)[1], "join code": join.rsplit("/", 1)[1],
+                   "QR code": qr_code.rsplit("/", 1)[1], "bot key": bot_path.split("/")[3]}
+
+        self.assertEqual(self.request("GET", transfer, cookie=False)[0], 200)
+        self.assertEqual(self.request("POST", transfer, {"_method": "put"}, cookie=False)[0], 303)
+        self.assertEqual(self.request("DELETE", transfer, cookie=False)[0], 405)  # no such route: logged all the same
+        self.assertEqual(self.request("GET", qr_code, cookie=False)[0], 200)
+        self.assertEqual(self.request("GET", join, cookie=False)[0], 200)
+        self.assertEqual(self.request("POST", join, {
+            "user[name]": "Bob", "user[email_address]": "bob@example.com", "user[password]": "another secret"},
+            cookie=False)[0], 303)
+        self.assertEqual(self.request("POST", bot_path, {"message[body]": "deployed"}, cookie=False)[0], 201)
+        self.server.stop()  # the batched request log is flushed on the way out
+
+        with open(self.server.log_path, encoding="utf-8") as file:
+            logged = file.read()
+        for name, secret in secrets.items():
+            with self.subTest(secret=name):
+                self.assertFalse(secret in logged or urllib.parse.quote(secret, safe="") in logged,
+                                 "the %s is in the log:\n%s" % (name, logged))
+        for line in ("GET /session/transfers/[FILTERED] 200", "POST /session/transfers/[FILTERED] 303",
+                     "DELETE /session/transfers/[FILTERED] 405", "GET /qr_code/[FILTERED] 200",
+                     "GET /join/[FILTERED] 200", "POST /join/[FILTERED] 303",
+                     "POST /rooms/1/[FILTERED]/messages 201"):
+            with self.subTest(line=line):
+                self.assertIn(" INFO " + line + " ", logged)
+        self.assertIn(" INFO GET /users/me/profile 200 ", logged)  # other paths as they are
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import urllib.parse
 import uuid
 
 from tests.browser import ROOT, BrowserTestCase, CampfireProcess, browser_available
+from tests.helpers import campfire
 
 try:
     from playwright.sync_api import expect
@@ -366,6 +367,38 @@ class OfflineTests(BrowserApp):
             for text in (before, during, after):
                 self.assert_shown_once(page, text)
             expect(self.message(page, doomed)).to_have_count(0)
+
+    def test_catching_up_pages_through_more_missed_messages_than_one_refresh_holds(self):
+        refuse, sockets, refreshes = [False], [], []
+
+        def cable(socket):  # /cable as usual, except while refused (the network is "down")
+            if refuse[0]:
+                return socket.close()
+            sockets.append(socket)
+            socket.connect_to_server()
+        ada = self.new_page(storage_state=self.states[ADA])
+        ada.route_web_socket(re.compile(r"/cable$"), cable)
+        ada.on("request", lambda request: "/refresh?" in request.url and refreshes.append(request.url))
+        ada.goto("%s/rooms/2" % self.server.url)
+        expect(ada.locator("body")).to_have_attribute("data-cable", "live")
+        refuse[0] = True
+        for socket in sockets:
+            socket.close()
+        expect(ada.locator("body")).not_to_have_attribute("data-cable", "live")
+        tag = uuid.uuid4().hex[:8]
+        missed = ["Missed %s %03d" % (tag, index) for index in range(2 * campfire.REFRESH_PAGE_SIZE + 5)]
+        for text in missed:
+            self.http(BOB, "/rooms/2/messages", {"message[body]": "<div>%s</div>" % text,
+                                                  "message[client_message_id]": uuid.uuid4().hex}, expect_status=201)
+        refuse[0] = False
+        ada.evaluate("dispatchEvent(new Event('online'))")  # the network is back: reconnect now
+        expect(ada.locator("body")).to_have_attribute("data-cable", "live")
+        shown = ada.locator("#messages > .message", has_text="Missed %s" % tag)
+        expect(shown).to_have_count(len(missed), timeout=10_000)
+        texts = shown.locator(".message__body").all_inner_texts()
+        self.assertEqual([text.strip() for text in texts], missed)  # each once, in order
+        self.assertGreaterEqual(len(refreshes), 3, refreshes)  # a page holds 40: three pages at least
+        self.assertTrue(all("cursor=" in url for url in refreshes[1:]), refreshes)
 
     def http(self, person, path, form, expect_status):
         connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)

@@ -181,6 +181,98 @@ class ChannelTests(CableTestCase):
         message = second.recv_until(lambda m: m.get("identifier") == identifier)
         self.assertEqual(message["message"], {"action": "present", "users": [{"id": 1, "name": "Ada Admin"}]})
 
+    def typing_frames_before_next_post(self, listener, typing_id, messages_id, cookie, note):
+        """The typing frames `listener` receives until a message posted now reaches it."""
+        self.post(cookie, 1, note, note)
+        frames = []
+        while True:
+            message = listener.recv_json()
+            if message.get("identifier") == typing_id:
+                frames.append(message["message"]["action"])
+            elif message.get("identifier") == messages_id and message["message"].get("client_message_id") == note:
+                return frames
+
+    def test_typing_stops_are_relayed_only_after_a_relayed_start(self):
+        ada, bob = self.welcomed(self.ada), self.welcomed(self.bob)
+        typing_id, _ = self.confirm(ada, "TypingNotificationsChannel", room_id=1)
+        messages_id, _ = self.confirm(ada, "RoomMessagesChannel", room_id=1)
+        bob_typing, _ = self.confirm(bob, "TypingNotificationsChannel", room_id=1)
+
+        for _ in range(500):
+            bob.perform(bob_typing, "stop")
+        self.confirm(bob, "HeartbeatChannel")  # Bob's commands are handled in order
+        self.assertEqual(self.typing_frames_before_next_post(ada, typing_id, messages_id, self.bob, "n1"), [])
+
+        bob.perform(bob_typing, "start")
+        for _ in range(500):
+            bob.perform(bob_typing, "stop")
+        self.confirm(bob, "SidebarChannel")
+        self.assertEqual(self.typing_frames_before_next_post(ada, typing_id, messages_id, self.bob, "n2"),
+                         ["start", "stop"])  # the start, then one stop
+
+        time.sleep(campfire.TYPING_THROTTLE)  # past the throttle of that start
+        started = time.monotonic()
+        for _ in range(250):
+            bob.perform(bob_typing, "start")
+            bob.perform(bob_typing, "stop")
+        self.confirm(bob, "UnreadRoomsChannel")
+        frames = self.typing_frames_before_next_post(ada, typing_id, messages_id, self.bob, "n3")
+        intervals = (time.monotonic() - started) / campfire.TYPING_THROTTLE + 1
+        self.assertLessEqual(len(frames), 2 * intervals, frames)  # a start and its stop per interval at most
+        self.assertIn("start", frames)  # and typing still shows
+
+    def present_in_room_one(self):
+        return sorted(self.server.call(lambda: list(self.server.app.cable.present.get(1, {}))))
+
+    def wait_for_presence(self, expected):
+        deadline = time.time() + 5
+        while time.time() < deadline and self.present_in_room_one() != expected:
+            time.sleep(0.02)
+        self.assertEqual(self.present_in_room_one(), expected)
+
+    def who_is_present(self, cookie):
+        """The present list a fresh PresenceChannel subscriber is told."""
+        watcher = self.welcomed(cookie)
+        identifier, _ = self.confirm(watcher, "PresenceChannel", room_id=1)
+        users = watcher.recv_until(lambda m: m.get("identifier") == identifier)["message"]["users"]
+        watcher.close()
+        return [user["name"] for user in users]
+
+    def test_repeated_present_actions_end_with_the_socket(self):
+        bob = self.welcomed(self.bob)
+        identifier, _ = self.confirm(bob, "PresenceChannel", room_id=1)
+        for _ in range(5):
+            bob.perform(identifier, "present")
+        self.confirm(bob, "HeartbeatChannel")  # commands run in order: the five were handled
+        self.assertEqual(self.present_in_room_one(), [2])
+        bob.close()
+        self.wait_for_presence([])
+        self.assertEqual(self.who_is_present(self.ada), ["Ada Admin"])
+
+    def test_absent_and_present_count_once_per_subscription(self):
+        hidden, visible = self.welcomed(self.bob), self.welcomed(self.bob)  # two tabs
+        hidden_id, _ = self.confirm(hidden, "PresenceChannel", room_id=1)
+        self.confirm(visible, "PresenceChannel", room_id=1)
+        for _ in range(5):
+            hidden.perform(hidden_id, "absent")
+        self.confirm(hidden, "HeartbeatChannel")
+        self.assertEqual(self.present_in_room_one(), [2])  # the visible tab still counts
+        self.assertEqual(self.who_is_present(self.ada), ["Ada Admin", "Bob Builder"])
+        visible.close()
+        self.wait_for_presence([])  # the hidden tab no longer counted
+        for _ in range(3):
+            hidden.perform(hidden_id, "present")
+        self.confirm(hidden, "SidebarChannel")
+        self.assertEqual(self.present_in_room_one(), [2])
+        hidden.perform(hidden_id, "absent")
+        self.confirm(hidden, "UnreadRoomsChannel")
+        self.assertEqual(self.present_in_room_one(), [])
+        hidden.perform(hidden_id, "present")
+        self.confirm(hidden, "ReadRoomsChannel")
+        self.assertEqual(self.present_in_room_one(), [2])
+        hidden.close()
+        self.wait_for_presence([])
+
     def test_unread_rooms_channel_tells_other_members(self):
         bob = self.welcomed(self.bob)
         unreads, _ = self.confirm(bob, "UnreadRoomsChannel")

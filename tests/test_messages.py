@@ -2,11 +2,14 @@
 mentions, page caching, and a database Rails wrote."""
 
 import base64
+import html
 import json
+import math
 import os
 import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 import unittest
@@ -319,6 +322,56 @@ class PagingTests(ChatTestCase):
     def test_refresh_needs_a_number(self):
         self.assertEqual(self.ada.get("/rooms/1/refresh").status, 400)
         self.assertEqual(self.ada.get("/rooms/1/refresh?since=yesterday").status, 400)
+        for cursor in ("nonsense", "2023-11-14 22:13:20.000000", "2023-11-14,abc", "'; DROP TABLE messages,1",
+                       "2" * 100 + ",1"):
+            with self.subTest(cursor=cursor):
+                self.assertEqual(self.ada.get("/rooms/1/refresh?since=0&cursor=%s" % cursor).status, 400)
+
+    def refresh_pages(self, since, between_pages=lambda page: None):
+        """Follow a refresh's next links to the end: each page's message ids, in order."""
+        url, pages = "/rooms/1/refresh?since=%d" % since, []
+        while url:
+            response = self.ada.get(url)
+            self.assertEqual(response.status, 200, url)
+            pages.append(message_ids(response.text, None))
+            self.assertLessEqual(len(pages[-1]), campfire.REFRESH_PAGE_SIZE)
+            following = re.search(r'<template class="message-refresh-next" data-href="([^"]+)"></template>\Z',
+                                  response.text)
+            url = html.unescape(following[1]) if following else None
+            self.assertEqual(response.header("Link"), '<%s>; rel="next"' % url if url else None)
+            between_pages(len(pages))
+        return pages
+
+    def test_refresh_answers_a_page_at_a_time_and_its_pages_hold_every_change_once(self):
+        tied = []
+        with self.app.db.atomic():  # changes within one microsecond: pages must still tell them apart
+            for index in range(60):
+                message, _ = self.app.store.create_message(1, self.carol_id, "tied-%d" % index, "<div>Tied %d</div>"
+                                                           % index, "Tied %d" % index, now=SEED_START + 1000)
+                tied.append(message["id"])
+        pages = self.refresh_pages(0)
+        expected = self.ids + tied
+        self.assertEqual([len(page) for page in pages[:-1]], [campfire.REFRESH_PAGE_SIZE] * (len(pages) - 1))
+        self.assertEqual(len(pages), math.ceil(len(expected) / campfire.REFRESH_PAGE_SIZE))
+        self.assertEqual([message for page in pages for message in page], expected)
+
+    def test_refresh_pages_miss_nothing_changed_while_they_are_read(self):
+        late = []
+
+        def change(pages_read):
+            if pages_read == 1:  # one message already sent, one not yet, edited; one new
+                for message_id, body in ((self.ids[3], "Edited early"), (self.ids[120], "Edited late")):
+                    with self.app.db.atomic():
+                        self.app.store.update_message(self.app.store.message(message_id), "<div>%s</div>" % body, body)
+                late.append(self.post_id(self.carol, 1, "posted while paging"))
+        pages = self.refresh_pages(0, change)
+        seen = [message for page in pages for message in page]
+        self.assertEqual(seen[:campfire.REFRESH_PAGE_SIZE], self.ids[:campfire.REFRESH_PAGE_SIZE])
+        self.assertEqual(sorted(set(seen)), sorted(self.ids + late))  # nothing lost
+        self.assertEqual(seen.count(self.ids[3]), 2)  # sent, then sent again as edited
+        self.assertEqual(seen.count(self.ids[120]), 1)  # sent once, as edited
+        self.assertEqual(seen.count(late[0]), 1)
+        self.assertEqual(seen[-3:], [self.ids[3], self.ids[120], late[0]])
 
     def test_posted_messages_page_in_the_order_they_were_posted(self):
         posted = [self.post_id(self.carol, 1, "live %d" % index) for index in range(45)]
@@ -635,6 +688,56 @@ class CachingChecks:
         self.assertEqual(direct_order(), [with_carol, with_bob])
         self.post_id(self.bob, with_bob, "newer")  # Ada is connected: no unread mark, but the order changes
         self.assertEqual(direct_order(), [with_bob, with_carol])
+
+
+class LruCacheTests(unittest.TestCase):
+    def page(self, size, tag=b"x"):
+        body = os.urandom(size // 2).hex().encode()[:size]  # incompressible, like a page of distinct messages
+        return campfire.CachedPage(body, campfire.gzip_bytes(body), "text/html; charset=utf-8", '"%s"' % tag, ())
+
+    def held(self, cache):
+        """What the entries really hold, counted here rather than by the cache."""
+        return sum(len(entry.body) + len(entry.gzipped) + campfire.CACHE_ENTRY_OVERHEAD_BYTES
+                   for entry, _ in cache._data.values())
+
+    def test_large_distinct_pages_never_hold_more_than_the_bound_and_the_oldest_go(self):
+        bound = 4 * 1024 * 1024
+        cache = campfire.LruCache(bound, campfire.CachedPage.size)
+        keys = []
+        for index in range(60):  # 60 pages of ~400 KB (plain and gzipped): 24 MB offered
+            keys.append(("search", index))
+            cache.put(keys[-1], self.page(200_000 + index))
+            self.assertLessEqual(self.held(cache), bound)
+            self.assertEqual(cache.bytes, self.held(cache))
+            self.assertTrue(cache.get(keys[-1]) is not None)  # the newest is kept
+        self.assertGreater(self.held(cache), bound // 2)  # it does cache
+        self.assertTrue(cache.get(keys[0]) is None)  # the oldest went first
+        kept = [key for key in keys if cache.get(key) is not None]
+        self.assertEqual(kept, keys[-len(kept):])
+        cache.get(kept[0])  # used now: the next to go is the one after it
+        cache.put(("search", "new"), self.page(200_000))
+        self.assertTrue(cache.get(kept[0]) is not None)
+        self.assertTrue(cache.get(kept[1]) is None)
+
+    def test_replacing_clearing_and_a_page_larger_than_the_bound(self):
+        cache = campfire.LruCache(1024 * 1024, campfire.CachedPage.size)
+        cache.put("a", self.page(100_000))
+        cache.put("a", self.page(10_000))
+        self.assertEqual(cache.bytes, self.held(cache))
+        self.assertEqual(len(cache), 1)
+        cache.put("huge", self.page(800_000))  # plain and gzipped, larger than the whole cache
+        self.assertTrue(cache.get("huge") is None)
+        self.assertTrue(cache.get("a") is not None)
+        cache.clear()
+        self.assertEqual((len(cache), cache.bytes), (0, 0))
+
+    def test_rendered_messages_are_counted_by_their_size_in_memory(self):
+        cache = campfire.LruCache(256 * 1024)
+        for index in range(100):
+            cache.put(index, campfire.HTML("é" * 10_000 + str(index)))  # 2 bytes a character in memory
+            self.assertLessEqual(sum(sys.getsizeof(value) + campfire.CACHE_ENTRY_OVERHEAD_BYTES
+                                     for value, _ in cache._data.values()), 256 * 1024)
+        self.assertGreaterEqual(len(cache), 10)
 
 
 class CachedPageTests(CachingChecks, ChatTestCase):

@@ -2,11 +2,16 @@
 through the room page), and what it keeps of Trix bodies, links, plain text
 and mentions."""
 
+import html
+import random
 import re
+import shutil
+import tempfile
+import time
 import unittest
 from html.parser import HTMLParser
 
-from tests.helpers import campfire
+from tests.helpers import Client, campfire, make_app
 from tests.test_rooms import ChatTestCase, fragment_message_id
 
 XSS_PAYLOADS = [
@@ -305,6 +310,138 @@ class SanitizerBehaviourTests(unittest.TestCase):
                 output = campfire.link_mentions(campfire.sanitize_html("hi @%s." % name), [(name, "SG")])
                 self.assertEqual(output, 'hi <action-text-attachment sgid="SG" '
                                          'content-type="application/vnd.campfire.mention"></action-text-attachment>.')
+
+    def test_link_mentions_prefers_the_longest_name_then_the_first_person_of_a_name(self):
+        people = [("Ann", "SG-A1"), ("Ann Lee", "SG-AL"), ("ann", "SG-A2"), ("Annabel", "SG-AB")]
+        output = campfire.link_mentions("<div>@Ann Lee, @ann, @Annabel! @Anne @ Ann</div>", people)
+        self.assertEqual(re.findall(r'sgid="([^"]+)"', output), ["SG-AL", "SG-A1", "SG-AB"])
+        self.assertIn("@Anne @ Ann", output)  # not a name, not glued to the "@"
+        self.assertIn("<div>", output)
+
+    def test_link_mentions_agrees_with_trying_every_name_at_every_at_sign(self):
+        def every_name(text, people):  # the plain way: quadratic, but obviously right
+            names = sorted(((html.escape(name, quote=True).replace("&#x27;", "'").lower(), sgid)
+                            for name, sgid in people), key=lambda pair: -len(pair[0]))
+            out, position = [], 0
+            for at in re.finditer(r"(?<![\w@])@", text):
+                if at.start() < position:
+                    continue
+                following = text[at.end():at.end() + campfire.MENTION_LOOKAHEAD_CHARS].lower()
+                for name, sgid in names:
+                    end = at.end() + len(name)
+                    if following.startswith(name) and not (end < len(text) and (text[end].isalnum() or text[end] == "_")):
+                        out += (text[position:at.start()], '<action-text-attachment sgid="%s" content-type="%s">'
+                                '</action-text-attachment>' % (sgid, campfire.MENTION_CONTENT_TYPE))
+                        position = end
+                        break
+            return "".join(out) + text[position:]
+        rng = random.Random(11)
+        letters = ["a", "b", "A", "B", "é", "İ", "ß", " ", "@", "_", "1", "&", ".", "-", "'"]
+        linked = 0
+        for _ in range(3000):
+            people = [("".join(rng.choice(letters) for _ in range(rng.randint(0, 6))), "SG%d" % index)
+                      for index in range(rng.randint(1, 8))]
+            text = "".join(rng.choice(["@" + rng.choice(people)[0], "@", " ", rng.choice(letters) * rng.randint(1, 3)])
+                           for _ in range(rng.randint(1, 12)))
+            escaped = campfire.sanitize_html(text)
+            self.assertNotIn("<", escaped.replace("&lt;", ""))
+            expected = every_name(escaped, people)
+            self.assertEqual(campfire.link_mentions(escaped, people), expected, (text, people))
+            linked += expected.count("<action-text-attachment")
+        self.assertGreater(linked, 1000)  # the corpus does link names
+
+
+class PathologicalBodyTests(unittest.TestCase):
+    """Every rich-text step a posted body goes through, in a room of 1,000 people, with
+    64 KiB bodies made to be slow: each step stays within a few times what an ordinary
+    64 KiB body costs in all (measured here, on this machine, now)."""
+
+    BODY_CHARS = 64 * 1024
+    MEMBERS = 1000
+    BOUND = 10  # times the baseline: generous for a shared machine, far below a quadratic step
+    RETRIES = 2  # more measurements of a body that looked slow, the fastest counting
+
+    @classmethod
+    def setUpClass(cls):
+        cls.storage = tempfile.mkdtemp(prefix="campfire-test-")
+        cls.app = make_app(cls.storage)
+        campfire.seed_database(cls.app, users=cls.MEMBERS, rooms=1, messages=0)
+        cls.room_id = cls.app.db.value("SELECT id FROM rooms")
+        cls.client = Client(cls.app)
+        response = cls.client.post("/session", {"email_address": "person1@example.com", "password": "password"})
+        assert response.status == 303, response.status
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.app.close()
+        shutil.rmtree(cls.storage, ignore_errors=True)
+
+    def fill(self, pattern):
+        return (pattern * (self.BODY_CHARS // len(pattern) + 1))[:self.BODY_CHARS]
+
+    def step_times(self, body):
+        """Seconds each step takes, as App.clean_body, plain_text and render_body run them."""
+        app, times = self.app, {}
+        started = time.perf_counter()
+        clean = campfire.sanitize_html(body, keep_attachment=app._keep_attachment, link=True)
+        times["sanitize_html"] = time.perf_counter() - started
+        started = time.perf_counter()
+        members = [app.store.user(user_id) for user_id in app.store.room_member_ids(self.room_id)]
+        stored = campfire.link_mentions(clean, [(user.name, app.mention_sgid(user.id)) for user in members])
+        times["link_mentions"] = time.perf_counter() - started
+        self.assertEqual(stored, app.clean_body(body, self.room_id))  # the same steps the app runs
+        for name, step in (("html_to_plain_text", app.plain_text), ("render_rich_text", app.render_body),
+                           ("find_mentions", campfire.find_mentions)):
+            started = time.perf_counter()
+            step(stored)
+            times[name] = time.perf_counter() - started
+        return times
+
+    def post_time(self, body):
+        started = time.perf_counter()
+        response = self.client.post("/rooms/%d/messages" % self.room_id, {"message[body]": body})
+        elapsed = time.perf_counter() - started
+        self.assertEqual(response.status, 201, response.text[:200])
+        return elapsed
+
+    def test_pathological_bodies_cost_no_more_than_a_few_ordinary_ones(self):
+        self.assertEqual(len(self.app.store.room_member_ids(self.room_id)), self.MEMBERS)
+        ordinary = self.fill("<div>Lorem ipsum <strong>dolor</strong> sit amet, <em>consectetur</em> adipiscing "
+                             "elit, see https://example.com/page.<br></div>")
+        baseline = min(sum(self.step_times(ordinary).values()) for _ in range(3))
+        baseline_post = min(self.post_time(ordinary) for _ in range(3))
+        sgid = self.app.mention_sgid(7)
+        bodies = {
+            "spaced @": "@ ", "only @": "@", "@ and a name's start": "@Person ", "@ and a short start": "@P ",
+            "real mentions": "@Person 12 ", "mention attachments":
+                '<action-text-attachment sgid="%s" content-type="%s"></action-text-attachment>'
+                % (sgid, campfire.MENTION_CONTENT_TYPE),
+            "<": "<", "unclosed tags": "<a ", "unclosed attributes": '<a href="', "closing tags": "</div>",
+            "deep nesting": "<div>", "mixed nesting": "<b><i><ul><li>", "comments": "<!--", "CDATA": "<![CDATA[",
+            "bare URLs": "http://a.b/c ", "www links": "www.x ", "parentheses": "http://a/(", "entities":
+                "&amp;&lt;&#x41;&nbsp;", "broken entities": "&#", "ampersands": "&",
+        }
+        for label, pattern in bodies.items():
+            body = self.fill(pattern)
+            with self.subTest(body=label):
+                times = self.step_times(body)
+                for _ in range(self.RETRIES):  # the machine is shared: a slow step is measured again
+                    if max(times.values()) <= self.BOUND * baseline:
+                        break
+                    times = {step: min(seconds, again) for (step, seconds), again
+                             in zip(times.items(), self.step_times(body).values())}
+                for step, seconds in times.items():
+                    self.assertLessEqual(seconds, self.BOUND * baseline,
+                                         "%s took %.0f ms; an ordinary body's steps %.0f ms in all"
+                                         % (step, seconds * 1000, baseline * 1000))
+                seconds = self.post_time(body)
+                for _ in range(self.RETRIES):
+                    if seconds <= self.BOUND * baseline_post:
+                        break
+                    seconds = min(seconds, self.post_time(body))
+                self.assertLessEqual(seconds, self.BOUND * baseline_post,
+                                     "posting took %.0f ms; an ordinary body %.0f ms"
+                                     % (seconds * 1000, baseline_post * 1000))
 
 
 class _PageInspector(HTMLParser):

@@ -236,6 +236,37 @@ class PermissionMatrixTests(ChatTestCase):
         self.assertEqual(self.update(self.carol, opened.id, "closeds", "Was open", [self.bob_id]), 303)
         self.assertEqual(self.room_type(opened.id), campfire.ROOM_CLOSED)
 
+    def test_the_forms_open_or_closed_choice_wins_over_the_path(self):
+        for path, kind, expected in (("/rooms/opens", "closeds", campfire.ROOM_CLOSED),
+                                     ("/rooms/closeds", "opens", campfire.ROOM_OPEN),
+                                     ("/rooms/closeds", None, campfire.ROOM_CLOSED),
+                                     ("/rooms/opens", None, campfire.ROOM_OPEN)):
+            with self.subTest(path=path, room_kind=kind):
+                form = {"room[name]": "Chosen", "user_ids[]": [str(self.bob_id)]}
+                if kind:
+                    form["room_kind"] = kind
+                response = self.carol.post(path, form)
+                self.assertEqual(response.status, 303, response.text[:300])
+                room = int(response.header("Location").rsplit("/", 1)[1])
+                self.assertEqual(self.room_type(room), expected)
+                everyone = set(self.app.store.active_user_ids())
+                self.assertEqual(self.member_ids(room), everyone if expected == campfire.ROOM_OPEN
+                                 else {self.carol_id, self.bob_id})
+                self.assertEqual(self.dave.get("/rooms/%d" % room).status,
+                                 200 if expected == campfire.ROOM_OPEN else 404)
+        room = self.create_closed_room(self.carol, "Settings", [self.bob_id])
+        for path_kind, kind, expected in (("closeds", "opens", campfire.ROOM_OPEN),
+                                          ("opens", "closeds", campfire.ROOM_CLOSED)):
+            with self.subTest(settings=path_kind, room_kind=kind):
+                status = self.carol.post("/rooms/%s/%d" % (path_kind, room), {
+                    "_method": "patch", "room[name]": "Settings", "room_kind": kind,
+                    "user_ids[]": [str(self.bob_id)]}).status
+                self.assertEqual(status, 303)
+                self.assertEqual(self.room_type(room), expected)
+                self.assertEqual(self.dave.get("/rooms/%d" % room).status,
+                                 200 if expected == campfire.ROOM_OPEN else 404)
+        self.assertEqual(self.carol.post("/rooms/opens", {"room[name]": "Odd", "room_kind": "directs"}).status, 422)
+
     def test_grant_and_revoke_members(self):
         for actor, client in self.actors().items():
             with self.subTest(actor=actor):

@@ -3,6 +3,7 @@ rooms, the newest 100 matches oldest first, queries that can't break MATCH,
 and the 10 recent searches kept per user."""
 
 import re
+import sys
 import unittest
 import urllib.parse
 from unittest import mock
@@ -125,6 +126,42 @@ class SearchTests(ChatTestCase):
         self.assertEqual(Client(self.app).get("/searches?q=x").status, 302)
 
 
+class SearchCacheBoundTests(ChatTestCase):
+    """Distinct searches over large messages, through the app as requests reach it:
+    the caches they fill stay within their bounds (smaller here, so the test is quick)."""
+
+    def setUp(self):
+        bounds = mock.patch.multiple(campfire, create=True, PAGE_CACHE_BYTES=2 * 1024 * 1024,
+                                     MESSAGE_CACHE_BYTES=1024 * 1024)
+        bounds.start()
+        self.addCleanup(bounds.stop)
+        super().setUp()
+
+    def held(self, cache):
+        """The values a cache holds, read from its dictionary (counted here, not by the cache)."""
+        return [value[0] if isinstance(value, tuple) else value for value in cache._data.values()]
+
+    def test_many_distinct_searches_over_large_messages_keep_the_caches_bounded(self):
+        large = " ".join("filler%d" % index for index in range(2500))  # ~25 KB of words
+        for index in range(60):
+            self.post_id(self.bob, 1, "<div>topic%d group%d %s</div>" % (index, index % 3, large))
+        page_bytes = message_bytes = 0
+        for index in range(40):  # each shows 20 large messages; 40 pages would hold ~40 MB
+            query = "group%d filler%d" % (index % 3, index)
+            page = self.ada.get("/searches?" + urllib.parse.urlencode({"q": query}), headers={"Accept-Encoding": "gzip"})
+            self.assertEqual(page.status, 200)
+            page_bytes = sum(len(entry.body) + len(entry.gzipped or b"") for entry in self.held(self.app.page_cache))
+            message_bytes = sum(sys.getsizeof(value) for value in self.held(self.app.message_cache))
+            self.assertLessEqual(page_bytes, campfire.PAGE_CACHE_BYTES)
+            self.assertLessEqual(message_bytes, campfire.MESSAGE_CACHE_BYTES)
+        self.assertGreater(page_bytes, campfire.PAGE_CACHE_BYTES // 2)  # filled, and evicting
+        self.assertGreater(message_bytes, campfire.MESSAGE_CACHE_BYTES // 2)
+        repeat = self.ada.get("/searches?" + urllib.parse.urlencode({"q": query}))
+        again = self.ada.get("/searches?" + urllib.parse.urlencode({"q": query}),
+                             headers={"If-None-Match": repeat.header("ETag")})
+        self.assertEqual(again.status, 304)  # the latest search is still cached
+
+
 class RecentSearchTests(ChatTestCase):
     def search(self, client, query):
         """What the search form does: POST /searches, then the page it redirects to."""
@@ -185,6 +222,25 @@ class RecentSearchTests(ChatTestCase):
         self.assertEqual(self.stored(self.carol_id), ["stays"])
         self.search(self.bob, "three")
         self.assertEqual(self.stored(self.bob_id), ["three"])
+
+    def test_only_searches_made_on_our_own_pages_are_recorded(self):
+        # Only the search form's POST records, and a POST from another site is refused; a
+        # link (a GET) from anywhere shows results and writes nothing into the history.
+        for site in ("cross-site", "same-site", "same-origin", "none", None):
+            with self.subTest(site=site):
+                page = self.bob.get("/searches?q=planted", headers={"Sec-Fetch-Site": site} if site else {})
+                self.assertEqual(page.status, 200)
+        for site in ("cross-site", "same-site"):  # a form on another site, or another origin of ours
+            with self.subTest(site=site):
+                response = self.bob.post("/searches", {"q": "planted"}, headers={"Sec-Fetch-Site": site})
+                self.assertEqual(response.status, 403)
+        self.assertEqual(self.stored(self.bob_id), [])
+        self.bob.post("/searches", {"q": "from our form"})
+        old_browser = campfire.Request("POST", "/searches", "HTTP/1.1", {  # no Fetch Metadata at all
+            "host": "localhost", "cookie": "session_token=" + self.bob.cookies["session_token"],
+            "content-type": "application/x-www-form-urlencoded"}, b"q=an+old+browser")
+        self.assertEqual(self.app.handle(old_browser).status, 303)
+        self.assertEqual(recent(self.bob), ["an old browser", "from our form"])
 
     def test_empty_or_wordless_queries_are_not_recorded(self):
         for query in ("", "   ", "***", '"'):
