@@ -53,9 +53,6 @@ def setUpModule():
     logging.getLogger("campfire").propagate = False
 
 
-def tearDownModule():
-    logging.getLogger("campfire").removeHandler(_QUIET)
-    logging.getLogger("campfire").propagate = True
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)  # retries without real waits
 DEADLINE = 60.0  # seconds any one transfer in these tests may take
 
@@ -808,6 +805,8 @@ class MotoS3:
 
 
 def tearDownModule():
+    logging.getLogger("campfire").removeHandler(_QUIET)
+    logging.getLogger("campfire").propagate = True
     if MotoS3._instance is not None:
         MotoS3._instance.stop()
         MotoS3._instance = None
