@@ -9923,7 +9923,8 @@ class BackupSchedule:
         self.loop = None
         self._timer = None
         self._executor = None
-        self._cancel = None
+        self._cancel = None           # a threading.Event the backup's steps look at
+        self._offsite_cancel = None   # a Cancellation for the off-site copy
         self._hashes = None
         self._stopped = False
 

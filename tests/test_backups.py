@@ -653,6 +653,18 @@ class AutomaticBackupTests(unittest.TestCase):
         self.assertEqual(campfire.read_backup_status(self.backups)["last_success"]["name"],
                          self.server.call(self.app.backups.summary)["last_backup"])
 
+    def test_the_backup_command_works_beside_a_running_server(self):
+        self.assertEqual(self.http("POST", "/rooms/1/messages", {"message[body]": "before the backup",
+                                                                 "message[client_message_id]": "b1"},
+                                   self.cookie)[0], 201)
+        status, out, err = run_cli("backup", storage=self.server.storage)
+        self.assertEqual(status, 0, err)
+        [name] = [name for name in os.listdir(self.backups) if name.endswith(".tar")]
+        self.assertEqual(campfire.read_manifest(os.path.join(self.backups, name))["counts"]["messages"], 1)
+        self.assertEqual(self.http("POST", "/rooms/1/messages", {"message[body]": "after the backup",
+                                                                 "message[client_message_id]": "b2"},
+                                   self.cookie)[0], 201)
+
     def test_detail_is_for_loopback_and_administrators(self):
         far = Client(self.app, remote_addr="203.0.113.9")
         self.assertEqual(self.server.call(lambda: far.get("/up?detail=1").status), 404)
