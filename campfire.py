@@ -10479,7 +10479,7 @@ async def serve(config):
     except BackupRefused:
         raise ConfigError("Another Campfire server is running on %s." % config.storage_path) from None
     except OSError as error:
-        raise ConfigError("Storage directory %s cannot be used (%s)." % (config.storage_path, error.strerror)) \
+        raise ConfigError("Storage directory %s cannot be created (%s)." % (config.storage_path, error.strerror)) \
             from error
     app = App(config)
     server = Server(app, config.host, config.port, make_ssl_context(config))
