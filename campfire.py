@@ -369,6 +369,12 @@ PLAY_RE = re.compile(r"\A/play (\w+)\Z")
 THEME_COLOR_LIGHT = "#f6f5f3"
 THEME_COLOR_DARK = "#161513"
 
+# TRUSTED_PROXIES: only from these peers do X-Forwarded-For/-Proto/-Host count.
+MAX_FORWARDED_HOPS = 20                   # X-Forwarded-For entries walked; no real chain of proxies is longer
+# Sent over HTTPS only (RFC 6797 §7.2): browsers then use https:// for a year.
+# Without includeSubDomains: other names under the domain may not serve HTTPS.
+HSTS_MAX_AGE_SECONDS = 365 * 24 * 3600
+
 SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "strict-origin-when-cross-origin"),
                     ("X-Frame-Options", "DENY"))
 
@@ -955,6 +961,58 @@ class Request:
     @property
     def origin(self):
         return "%s://%s" % (self.scheme, self.headers.get("host", "localhost"))
+
+
+_FORWARDED_HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?\Z")
+
+
+def parse_trusted_proxies(text):
+    """TRUSTED_PROXIES "127.0.0.1, 10.0.0.0/8, ::1" → a tuple of ip_network."""
+    import ipaddress  # here, not at the top: only a server behind a proxy needs it
+    networks = []
+    for part in (text or "").replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError("TRUSTED_PROXIES must be addresses or CIDR ranges (like 127.0.0.1 or 10.0.0.0/8), "
+                              "separated by commas or spaces; %r is neither." % part) from None
+    return tuple(networks)
+
+
+def _trusted(address, proxies):
+    address = normalized_ip(address)
+    return address is not None and any(address in network for network in proxies)
+
+
+def _last_value(header):
+    """The last of a header's comma-separated values: the one our peer wrote."""
+    return header.rpartition(",")[2].strip()
+
+
+def apply_forwarded(request, proxies):
+    """When the peer is one of the trusted proxies, the client's address, the scheme
+    and the host come from X-Forwarded-For, -Proto and -Host; from any other peer
+    those headers change nothing. X-Forwarded-For is read from the right (each proxy
+    appends the address it saw): the first address that isn't a trusted proxy is the
+    client's, and what lies left of it (written by that client) is never looked at."""
+    if not proxies or not _trusted(request.remote_addr, proxies):
+        return
+    headers = request.headers
+    chain = headers.get("x-forwarded-for")
+    if chain:
+        for hop in reversed(chain.split(",")[-MAX_FORWARDED_HOPS:]):
+            address = normalized_ip(hop)
+            if address is None:
+                break  # not an address: the one before it (a trusted proxy's) stands
+            request.remote_addr = str(address)
+            if not any(address in network for network in proxies):
+                break
+    proto = _last_value(headers.get("x-forwarded-proto", "")).lower()
+    if proto in ("http", "https"):
+        request.scheme = proto
+    host = _last_value(headers.get("x-forwarded-host", ""))
+    if host and _FORWARDED_HOST_RE.match(host):
+        headers["host"] = host
 
 
 def parse_urlencoded(data):
@@ -8079,6 +8137,7 @@ class Config:
     backup_keep: dict = None          # retention; None: BACKUP_KEEP
     backup_target: object = None      # where finished backups are copied: parse_backup_url(BACKUP_URL)
     backup_step_pages: int = BACKUP_STEP_PAGES
+    trusted_proxies: tuple = ()       # ip_network: peers whose X-Forwarded-* headers count (TRUSTED_PROXIES)
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -8101,6 +8160,7 @@ class Config:
         config.backup_interval = parse_interval(environ.get("BACKUP_INTERVAL") or BACKUP_DEFAULT_INTERVAL)
         config.backup_keep = parse_backup_keep(environ["BACKUP_KEEP"]) if environ.get("BACKUP_KEEP") else None
         config.backup_target = parse_backup_url(environ["BACKUP_URL"], environ) if environ.get("BACKUP_URL") else None
+        config.trusted_proxies = parse_trusted_proxies(environ.get("TRUSTED_PROXIES"))
         return config
 
     @property
@@ -8345,6 +8405,8 @@ class App:
         self.requests_handled += 1
         request.id = "%s-%d" % (self._request_prefix, self.requests_handled)
         request.started = time.perf_counter()
+        if self.config.trusted_proxies:
+            apply_forwarded(request, self.config.trusted_proxies)
         try:
             response = self._dispatch(request)
             if type(response) is types.CoroutineType:
@@ -8465,6 +8527,13 @@ class App:
             headers.append(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
         headers.extend(SECURITY_HEADERS)
         headers.append(("X-Request-Id", request.id))
+        if request.scheme == "https":
+            # Over HTTPS (served directly or ended by a trusted proxy) cookies are
+            # Secure, and HSTS keeps browsers on HTTPS (RFC 6797 §7.2: never over http).
+            headers.append(("Strict-Transport-Security", "max-age=%d" % HSTS_MAX_AGE_SECONDS))
+            for index, (name, value) in enumerate(headers):
+                if name == "Set-Cookie" and not value.endswith("; Secure"):
+                    headers[index] = (name, value + "; Secure")
         if (response.compressible and len(response.body) >= GZIP_MIN_BYTES
                 and response.content_type and response.content_type.startswith(GZIP_TYPES)
                 and "content-encoding" not in present and accepts_gzip(request)):
@@ -10924,7 +10993,9 @@ CMD ["python3", "/app/{script_name}"]
 """),
     "caddy": ("a Caddyfile: HTTPS from Let's Encrypt in front of Campfire, WebSockets passed", """\
 # /etc/caddy/Caddyfile: Caddy gets and renews the certificate for the name below,
-# and passes WebSockets (/cable) through as they are.
+# and passes WebSockets (/cable) through as they are. Caddy sends X-Forwarded-For,
+# -Proto and -Host; Campfire believes them only from TRUSTED_PROXIES, so put
+# TRUSTED_PROXIES=127.0.0.1 in Campfire's environment (/etc/campfire.env).
 chat.example.com {{
 \treverse_proxy 127.0.0.1:{port} {{
 \t\tflush_interval -1
@@ -10937,6 +11008,8 @@ chat.example.com {{
     "nginx": ("an nginx site: HTTPS in front of Campfire, WebSockets passed", """\
 # /etc/nginx/conf.d/campfire.conf (the http block): HTTPS in front of Campfire.
 # The certificate paths are certbot's; /cable needs the Upgrade headers below.
+# Campfire believes the X-Forwarded-* headers only from TRUSTED_PROXIES, so put
+# TRUSTED_PROXIES=127.0.0.1 in Campfire's environment (/etc/campfire.env).
 map $http_upgrade $campfire_connection {{
     default upgrade;
     ''      close;
@@ -10966,7 +11039,7 @@ server {{
         proxy_pass http://campfire;
         proxy_http_version 1.1;
         proxy_set_header Host $host;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-For $remote_addr;
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_set_header X-Forwarded-Host $host;
         proxy_set_header Upgrade $http_upgrade;
@@ -11310,7 +11383,7 @@ def help_text():
               "  %-20s %s" % ("--version", "show the version and exit"), "",
               "Configuration also comes from the environment: PORT, BIND, CAMPFIRE_STORAGE_PATH,",
               "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL, BACKUP_INTERVAL,",
-              "BACKUP_KEEP, BACKUP_URL and the AWS_* variables it reads.", ""] + textwrap_lines(EXIT_CODES_HELP)
+              "BACKUP_KEEP, BACKUP_URL and the AWS_* variables it reads, TRUSTED_PROXIES.", ""] + textwrap_lines(EXIT_CODES_HELP)
     return "\n".join(lines)
 
 

@@ -745,9 +745,13 @@ class RecipeTests(unittest.TestCase):
         self.assertIn("proxy_set_header Upgrade $http_upgrade;", nginx)
         self.assertIn("proxy_set_header Connection $campfire_connection;", nginx)
         self.assertIn("proxy_set_header X-Forwarded-Proto $scheme;", nginx)
+        self.assertIn("proxy_set_header X-Forwarded-For $remote_addr;", nginx)  # the edge: what it saw, alone
+        self.assertIn("proxy_set_header X-Forwarded-Host $host;", nginx)
         caddy = self.recipe("caddy", env={"PORT": "4000"})
         self.braces_balance(caddy)
         self.assertIn("reverse_proxy 127.0.0.1:4000", caddy)
+        for text in (nginx, caddy):  # without it the forwarded scheme is ignored and browsers' writes get 403
+            self.assertIn("TRUSTED_PROXIES=127.0.0.1", text)
 
     def test_litestream_replicates_the_database_beside_backup_url(self):
         text = self.recipe("litestream", env={"BACKUP_URL": "s3://team-bucket/chat", "AWS_ACCESS_KEY_ID": "AKID",
