@@ -276,6 +276,7 @@ BACKUP_STATUS_FILE = "status.json"         # the last automatic backup's outcome
 BACKUP_FORMAT = "campfire-backup"
 BACKUP_FORMAT_VERSION = 1                  # a newer archive format is refused, never half-read
 BACKUP_DEFAULT_INTERVAL = "1h"             # BACKUP_INTERVAL: a number with s, m, h or d; 0 turns them off
+MAX_EXPORT_FILE_NAME_CHARS = 50            # an exported upload's name: 4 UTF-8 bytes each stay under 255 bytes
 BACKUP_MIN_INTERVAL = 60                   # seconds: a shorter interval would back up more than it serves
 BACKUP_STEP_PAGES = 1024                   # database pages per step of the online copy (4 MiB at 4 KiB pages)
 BACKUP_COPY_BLOCK_BYTES = 1024 * 1024      # read and written at a time when archiving and hashing files
@@ -10886,6 +10887,128 @@ def sign_in_link(config, email, base_url, now=None):
         app.close()
 
 
+# Export -------------------------------------------------------------------------------
+# The whole account as JSON Lines a person can read and another tool can import:
+# one object a line, each with its "type", in the order account, user, room,
+# membership, file, message, boost (each kind by id, so what a line names came
+# before it). Uploaded files are copied beside it under files/. Nothing secret
+# leaves: no password digests, bot keys, sessions, push subscriptions or webhooks.
+
+EXPORT_LINES_NAME = "campfire.jsonl"
+EXPORT_FILES_DIR = "files"
+ROLE_NAMES = {ROLE_MEMBER: "member", ROLE_ADMINISTRATOR: "administrator", ROLE_BOT: "bot"}
+STATUS_NAMES = {STATUS_ACTIVE: "active", STATUS_DEACTIVATED: "deactivated", STATUS_BANNED: "banned"}
+ROOM_KIND_NAMES = {ROOM_OPEN: "open", ROOM_CLOSED: "closed", ROOM_DIRECT: "direct"}
+_UNSAFE_FILE_NAME_RE = re.compile(r"[\x00-\x1f/\\]|\A\.+")
+
+
+def export_file_name(blob_id, filename):
+    """files/<id>-<name>: the upload's own name, made safe to write anywhere."""
+    name = _UNSAFE_FILE_NAME_RE.sub("_", filename or "")[:MAX_EXPORT_FILE_NAME_CHARS] or "file"
+    return "%s/%d-%s" % (EXPORT_FILES_DIR, blob_id, name)
+
+
+def export_account(config, target, *, progress=None):
+    """Write the export into the folder target (which must not exist yet) from one
+    consistent read of the database, so a running server is never held up; returns
+    the count of each type. On a failure or Ctrl-C nothing half-written is left."""
+    import shutil
+    progress = progress or _no_progress
+    database = config.resolved_database_path
+    if not os.path.isfile(database):
+        raise BackupError("There is no database at %s." % database)
+    if os.path.lexists(target):
+        raise BackupError("%s already exists; an export is written into a new folder." % target)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+        raise BackupError("The folder for %s does not exist." % target)
+    import tempfile
+    uploads = os.path.join(config.storage_path, UPLOADS_DIR_NAME)
+    counts = collections.Counter()
+    partial = connection = None
+    try:
+        partial = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(os.path.abspath(target)))
+        connection = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(database)), uri=True,
+                                     isolation_level=None)
+        connection.execute("BEGIN")  # one snapshot for every table
+        os.makedirs(os.path.join(partial, EXPORT_FILES_DIR))
+        names = {}
+        with open(os.path.join(partial, EXPORT_LINES_NAME), "w", encoding="utf-8") as out:
+            def write(kind, record):
+                out.write(json.dumps({"type": kind, **record}, ensure_ascii=False, sort_keys=False) + "\n")
+                counts[kind] += 1
+            account = connection.execute("SELECT name, created_at FROM accounts ORDER BY id LIMIT 1").fetchone()
+            if account is not None:
+                write("account", {"name": account[0], "created_at": account[1]})
+            avatars = dict(connection.execute(
+                "SELECT record_id, blob_id FROM active_storage_attachments WHERE record_type = 'User' "
+                "AND name = 'avatar' ORDER BY id"))
+            for user_id, name, email, role, status, bio, created, updated in connection.execute(
+                    "SELECT id, name, email_address, role, status, bio, created_at, updated_at FROM users ORDER BY id"):
+                names[user_id] = name
+                write("user", {"id": user_id, "name": name, "email_address": email,
+                               "role": ROLE_NAMES.get(role, str(role)), "status": STATUS_NAMES.get(status, str(status)),
+                               "bio": bio, "avatar_file_id": avatars.get(user_id),
+                               "created_at": created, "updated_at": updated})
+            for room_id, name, kind, creator, created, updated in connection.execute(
+                    "SELECT id, name, type, creator_id, created_at, updated_at FROM rooms ORDER BY id"):
+                write("room", {"id": room_id, "name": name, "kind": ROOM_KIND_NAMES.get(kind, kind),
+                               "creator_id": creator, "created_at": created, "updated_at": updated})
+            for room_id, user_id, involvement, created in connection.execute(
+                    "SELECT room_id, user_id, involvement, created_at FROM memberships ORDER BY id"):
+                write("membership", {"room_id": room_id, "user_id": user_id, "involvement": involvement,
+                                     "created_at": created})
+            blobs = connection.execute("SELECT id, key, filename, content_type, byte_size, checksum, created_at "
+                                       "FROM active_storage_blobs ORDER BY id").fetchall()
+            for index, (blob_id, key, filename, content_type, size, checksum, created) in enumerate(blobs):
+                progress("files", index, len(blobs))
+                relative = export_file_name(blob_id, filename)
+                source = os.path.join(uploads, key[:2], key[2:4], key)
+                present = os.path.isfile(source)
+                if present:
+                    shutil.copyfile(source, os.path.join(partial, *relative.split("/")))
+                write("file", {"id": blob_id, "filename": filename, "content_type": content_type, "byte_size": size,
+                               "checksum": checksum, "path": relative if present else None, "created_at": created})
+            progress("files", len(blobs), len(blobs))
+            attachments = collections.defaultdict(list)
+            for message_id, blob_id in connection.execute(
+                    "SELECT record_id, blob_id FROM active_storage_attachments WHERE record_type = 'Message' "
+                    "ORDER BY id"):
+                attachments[message_id].append(blob_id)
+            total = connection.execute("SELECT count(*) FROM messages").fetchone()[0]
+            mention_name = lambda sgid: names.get(sgid_user_id(sgid))  # noqa: E731
+            for index, (message_id, room_id, creator, client_id, created, updated, body) in enumerate(
+                    connection.execute(
+                        "SELECT messages.id, room_id, creator_id, client_message_id, messages.created_at, "
+                        "messages.updated_at, action_text_rich_texts.body FROM messages "
+                        "LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = 'Message' "
+                        "AND action_text_rich_texts.record_id = messages.id AND action_text_rich_texts.name = 'body' "
+                        "ORDER BY messages.id")):
+                if index % 1000 == 0:
+                    progress("messages", index, total)
+                write("message", {"id": message_id, "room_id": room_id, "creator_id": creator,
+                                  "client_message_id": client_id, "created_at": created, "updated_at": updated,
+                                  "body_html": body or "",
+                                  "body_text": html_to_plain_text(body or "", mention_name=mention_name),
+                                  "file_ids": attachments.get(message_id, [])})
+            progress("messages", total, total)
+            for boost_id, message_id, booster, content, created in connection.execute(
+                    "SELECT id, message_id, booster_id, content, created_at FROM boosts ORDER BY id"):
+                write("boost", {"id": boost_id, "message_id": message_id, "booster_id": booster, "content": content,
+                                "created_at": created})
+        connection.execute("COMMIT")
+        os.rename(partial, target)
+    except sqlite3.Error as error:
+        raise BackupError("The database could not be read: %s." % error) from error
+    except OSError as error:
+        raise BackupError("The export could not be written: %s." % error) from error
+    finally:
+        if connection is not None:
+            connection.close()
+        if partial is not None and os.path.isdir(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+    return counts
+
+
 # Recipes ------------------------------------------------------------------------------
 # Deployment files printed by `campfire.py recipe NAME`, filled in with
 # this file's location, the storage and the port. Each is what a careful admin
@@ -11122,6 +11245,9 @@ COMMANDS = {
         "--url": (str, None, "the address people open Campfire at (default http://localhost:PORT)"),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
     }),
+    "export": ("write the whole account as JSON Lines, with its files, into a new folder", {
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
     "recipe": ("print a deployment file: systemd, docker, caddy, nginx or litestream", {
         "--storage": (str, None, "storage directory the recipe names (CAMPFIRE_STORAGE_PATH)"),
     }),
@@ -11134,6 +11260,7 @@ COMMAND_ARGUMENTS = {
                                "instead of into storage/backups/"),),
     "restore": (("ARCHIVE", True, "the backup archive to restore"),),
     "reset-password": (("EMAIL", True, "the email address the person signs in with"),),
+    "export": (("FOLDER", True, "the folder to create: campfire.jsonl and files/ go in it"),),
     "recipe": (("NAME", True, "one of: " + ", ".join(RECIPES)),),
 }
 
@@ -11287,6 +11414,13 @@ def reset_password_command(config, options):
     return EXIT_OK
 
 
+def export_command(config, options):
+    counts = export_account(config, options["folder"], progress=ProgressBar())
+    print("Exported to %s: %s." % (options["folder"], ", ".join(
+        "%d %s" % (counts[kind], kind + "s") for kind in ("user", "room", "membership", "message", "boost", "file"))))
+    return EXIT_OK
+
+
 def recipe_command(config, options):
     sys.stdout.write(recipe_text(options["name"], config))
     return EXIT_OK
@@ -11294,7 +11428,7 @@ def recipe_command(config, options):
 
 OPERATIONS = {"backup": backup_command, "backups": backups_command, "restore": restore_command,
               "check": check_command, "create-admin": create_admin_command,
-              "reset-password": reset_password_command, "recipe": recipe_command}
+              "reset-password": reset_password_command, "export": export_command, "recipe": recipe_command}
 
 
 class UsageError(Exception):

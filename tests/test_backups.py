@@ -795,3 +795,96 @@ class LongLivedReaderTests(unittest.TestCase):
         finally:
             if not stopped:
                 server.stop()
+
+
+class ExportCommandTests(StorageCase):
+    """`export FOLDER`: the account as JSON Lines with its files, read by a program."""
+
+    def setUp(self):
+        super().setUp()
+        app = make_app(self.storage)
+        try:
+            bob = Client(app)
+            code = app.store.account()["join_code"]
+            bob.post("/join/" + code, {"user[name]": "Bob", "user[email_address]": "bob@example.com",
+                                       "user[password]": "member-password"})
+            self.assertEqual(bob.post("/messages/1/boosts", {"boost[content]": "🎉"}).status, 201)
+            # An attachment as Rails' Active Storage records it, on the last message.
+            db = app.db
+            with db.atomic():
+                blob = db.execute("INSERT INTO active_storage_blobs (key, filename, content_type, metadata, "
+                                  "service_name, byte_size, checksum, created_at) VALUES ('abcdkey1', "
+                                  "'../../etc/report.pdf', 'application/pdf', '{}', 'local', 70000, 'x', "
+                                  "'2024-01-01 00:00:00')").lastrowid
+                db.execute("INSERT INTO active_storage_attachments (name, record_type, record_id, blob_id, created_at) "
+                           "VALUES ('attachment', 'Message', 2, ?, '2024-01-01 00:00:00')", (blob,))
+            self.hashes = {row[0]: row[1] for row in db.all(
+                "SELECT id, password_digest FROM users")}
+        finally:
+            app.close()
+
+    def read_export(self, folder):
+        with open(os.path.join(folder, "campfire.jsonl"), encoding="utf-8") as file:
+            return [json.loads(line) for line in file]
+
+    def test_export_holds_people_rooms_messages_boosts_and_files_without_secrets(self):
+        folder = os.path.join(self.work, "export")
+        status, out, err = run_cli("export", folder, storage=self.storage)
+        self.assertEqual(status, 0, err)
+        self.assertIn("2 users", out)
+        lines = self.read_export(folder)
+        kinds = [line["type"] for line in lines]
+        order = ["account", "user", "room", "membership", "file", "message", "boost"]
+        self.assertEqual(sorted(set(kinds), key=order.index), order)
+        self.assertEqual(kinds, sorted(kinds, key=order.index))  # what a line names came before it
+        users = {line["email_address"]: line for line in lines if line["type"] == "user"}
+        self.assertEqual(users["ada@example.com"]["role"], "administrator")
+        self.assertEqual(users["bob@example.com"]["role"], "member")
+        text = open(os.path.join(folder, "campfire.jsonl"), encoding="utf-8").read()
+        for digest in self.hashes.values():
+            self.assertNotIn(digest, text)
+        self.assertNotIn("password", text)
+        self.assertNotIn("session", text)
+        messages = {line["client_message_id"]: line for line in lines if line["type"] == "message"}
+        self.assertEqual(len(messages), 31)
+        mention = messages["mention"]
+        self.assertIn("<action-text-attachment", mention["body_html"])
+        self.assertEqual(mention["body_text"], "hello @Ada Admin")
+        self.assertEqual(messages["message number 0 about coffee"]["body_text"], "message number 0 about coffee")
+        [boost] = [line for line in lines if line["type"] == "boost"]
+        self.assertEqual((boost["message_id"], boost["content"]), (1, "🎉"))
+        self.assertEqual(users["bob@example.com"]["id"], boost["booster_id"])
+        [room] = [line for line in lines if line["type"] == "room"]
+        self.assertEqual((room["name"], room["kind"]), ("All Talk", "open"))
+        self.assertEqual(len([line for line in lines if line["type"] == "membership"]), 2)
+        [upload] = [line for line in lines if line["type"] == "file"]
+        self.assertEqual(messages["message number 1 about coffee"]["file_ids"], [upload["id"]])
+        self.assertEqual(upload["filename"], "../../etc/report.pdf")
+        self.assertEqual(upload["path"], "files/%d-__.._etc_report.pdf" % upload["id"])  # stays in the folder
+        with open(self.upload, "rb") as original, open(os.path.join(folder, upload["path"]), "rb") as copy:
+            self.assertEqual(original.read(), copy.read())
+
+    def test_export_never_replaces_a_folder_and_leaves_nothing_on_failure(self):
+        folder = os.path.join(self.work, "export")
+        os.makedirs(folder)
+        status, _, err = run_cli("export", folder, storage=self.storage)
+        self.assertEqual(status, 1)
+        self.assertIn("already exists", err)
+        self.assertEqual(os.listdir(folder), [])
+        status, _, err = run_cli("export", os.path.join(self.work, "no", "such"), storage=self.storage)
+        self.assertEqual(status, 1)
+        self.assertIn("does not exist", err)
+        status, _, err = run_cli("export", os.path.join(self.work, "x"), storage=os.path.join(self.work, "empty"))
+        self.assertEqual(status, 1)
+        self.assertIn("no database", err)
+        self.assertEqual(sorted(os.listdir(self.work)), ["export"])  # no half-written folder left behind
+
+    def test_export_beside_a_running_server(self):
+        server = LiveServer(self.storage)
+        try:
+            folder = os.path.join(self.work, "live")
+            status, _, err = run_cli("export", folder, storage=self.storage)
+            self.assertEqual(status, 0, err)
+            self.assertEqual(len([line for line in self.read_export(folder) if line["type"] == "message"]), 31)
+        finally:
+            server.stop()
