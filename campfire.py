@@ -8082,8 +8082,17 @@ class Server:
         self.app.webhooks.start(self.loop)
 
     async def _cable_beat(self):
+        """Beats on a fixed schedule, not a fixed pause after each: a busy loop makes a
+        beat late, never a ping interval longer (a pause's overshoot would add up over
+        an interval's beats). After a stall of a whole interval the schedule restarts."""
+        period = CABLE_PING_INTERVAL / CABLE_BEAT_SLICES
+        next_beat = self.loop.time()
         while not self.stopping:
-            await asyncio.sleep(CABLE_PING_INTERVAL / CABLE_BEAT_SLICES)
+            next_beat += period
+            now = self.loop.time()
+            if now - next_beat > CABLE_PING_INTERVAL:
+                next_beat = now
+            await asyncio.sleep(next_beat - now)
             try:
                 self.app.cable.beat()
             except Exception:
