@@ -4253,12 +4253,17 @@ class Store:
         return deliveries
 
     # Seeding (the seed command's bulk writes) -----------------------------------
-    def seed_people(self, count, password_digest, now):
+    def people_count(self):
+        """How many people (not bots) the database holds, active or not."""
+        return self.db.value("SELECT count(*) FROM users WHERE role != ?", (ROLE_BOT,)) or 0
+
+    def seed_people(self, count, password_digest, admin_digest, now):
         """count people "Person N" <personN@example.com> in one statement, the first an
-        administrator; returns the first one's number."""
+        administrator with admin_digest, the others with password_digest; returns the
+        first one's number."""
         first = (self.db.value("SELECT max(id) FROM users") or 0) + 1
         stamp = utc_now_text(now)
-        rows = [("Person %d" % n, "person%d@example.com" % n, password_digest,
+        rows = [("Person %d" % n, "person%d@example.com" % n, admin_digest if n == first else password_digest,
                  ROLE_ADMINISTRATOR if n == first else ROLE_MEMBER, STATUS_ACTIVE, stamp, stamp)
                 for n in range(first, first + count)]
         with self.db.atomic():
@@ -8107,19 +8112,31 @@ SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room messag
               "weekend morning evening thanks great nice awesome sounds good agree maybe later soon "
               "python sqlite network socket browser phone laptop keyboard music sound trombone tada").split()
 SEED_PASSWORD = "password"
+SEED_ADMIN_PASSWORD_CHARS = 20   # letters and digits: about 119 bits, never guessed
 
 
-def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, now=None):
+class SeedRefused(CampfireError):
+    """seed would add demo people beside real ones (without --force)."""
+
+
+def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, now=None, force=False):
     """Fill a database with people, rooms and messages for demos and benchmarks.
 
-    Every seeded person signs in with SEED_PASSWORD; the first is an administrator."""
+    Every seeded person signs in with SEED_PASSWORD except the first, an administrator,
+    whose password is made up here: a demo database copied onto a server must not
+    open its administration to anyone who read this file. A database that already
+    has people is refused unless force. Returns (the administrator's email, password)."""
     import random
     rng = random.Random(2024)
     progress = progress or (lambda label, done, total: None)
     now = time.time() if now is None else now
     store = app.store
+    if not force and store.people_count():
+        raise SeedRefused("the database already has people in it; seed adds demo people (all with "
+                          "the password %r) only with --force" % SEED_PASSWORD)
     digest = hash_password(SEED_PASSWORD, app.config.scrypt_n)
-    first_new = store.seed_people(users, digest, now)
+    admin_password = random_alphanumeric(SEED_ADMIN_PASSWORD_CHARS)
+    first_new = store.seed_people(users, digest, hash_password(admin_password, app.config.scrypt_n), now)
     user_ids = store.active_user_ids()
     room_ids = []
     for index in range(rooms):
@@ -8146,7 +8163,7 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
     store.optimize_search_index()
     progress("search index", 1, 1)
     store.bump_everything()
-    return "person%d@example.com" % first_new
+    return "person%d@example.com" % first_new, admin_password
 
 
 def print_progress(label, done, total):
@@ -8190,6 +8207,7 @@ COMMANDS = {
         "--rooms": (int, 20, "rooms to add (default 20)"),
         "--messages": (int, 100_000, "messages to add (default 100,000)"),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+        "--force": (bool, False, "seed a database that already has people in it"),
     }),
 }
 USAGE = "campfire.py [COMMAND] [OPTION ...]"
@@ -8287,11 +8305,16 @@ def main(argv=None):
         elif command == "seed":
             app = App(config)
             try:
-                admin_email = seed_database(app, users=options["users"], rooms=options["rooms"],
-                                            messages=options["messages"], progress=print_progress)
+                admin_email, admin_password = seed_database(
+                    app, users=options["users"], rooms=options["rooms"], messages=options["messages"],
+                    progress=print_progress, force=options["force"])
             finally:
                 app.close()
-            print("Seeded. Sign in as %s (an administrator) with the password %r." % (admin_email, SEED_PASSWORD))
+            print("Seeded. Sign in as %s (an administrator) with the password %r; everyone else's "
+                  "password is %r." % (admin_email, admin_password, SEED_PASSWORD))
+    except SeedRefused as error:
+        print("campfire: %s" % error, file=sys.stderr)
+        return 1
     except ConfigError as error:
         print("campfire: %s" % error, file=sys.stderr)
         return 1

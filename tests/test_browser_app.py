@@ -26,18 +26,26 @@ ADA, BOB = "Person 1", "Person 2"
 PHONE = {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobile": True, "device_scale_factor": 2}
 
 
+# What `campfire.py seed` prints: the administrator's password, made up for each seed.
+SEEDED_ADMIN = re.compile(r"Sign in as (\S+) \(an administrator\) with the password '([A-Za-z0-9]+)'")
+
+
 def seeded_server():
+    """A server seeded with three people; server.passwords maps each email to its password."""
     server = CampfireProcess()
-    subprocess.run([sys.executable, os.path.join(ROOT, "campfire.py"), "seed", "--users", "3", "--rooms", "2",
-                    "--messages", "30"], env=server.env, check=True, capture_output=True, timeout=60)
+    seeded = subprocess.run([sys.executable, os.path.join(ROOT, "campfire.py"), "seed", "--users", "3", "--rooms", "2",
+                             "--messages", "30"], env=server.env, check=True, capture_output=True, text=True, timeout=60)
+    admin_email, admin_password = SEEDED_ADMIN.search(seeded.stdout).groups()
+    server.passwords = {admin_email: admin_password}
     return server.start()
 
 
 def signed_in_state(server, email):
     """A Playwright storage state holding a fresh session cookie (one sign-in per person:
     sign-ins are rate limited)."""
+    password = getattr(server, "passwords", {}).get(email, "password")
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    connection.request("POST", "/session", urllib.parse.urlencode({"email_address": email, "password": "password"}),
+    connection.request("POST", "/session", urllib.parse.urlencode({"email_address": email, "password": password}),
                        {"Content-Type": "application/x-www-form-urlencoded"})
     response = connection.getresponse()
     response.read()
