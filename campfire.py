@@ -4804,7 +4804,8 @@ def render_message(message, *, author, body, sound, boosts):
     None; boosts: [(boost row, booster's name)]."""
     if sound:
         text = SOUND_TEXTS.get(sound)
-        body = HTML('<span class="sound" data-sound="{name}">🔊 {label}</span>').format(
+        body = HTML('<span class="sound" data-sound="{name}"><span class="sound__icon" aria-hidden="true"></span> '
+                    '{label}</span>').format(
             name=sound, label=text if text else HTML('<span class="sound__badge">{}</span>').format(sound))
     edited = HTML(' <span class="message__edited" title="Edited">(edited)</span>') \
         if message["updated_at"] != message["created_at"] and message["updated_at"] > message["created_at"] else ""

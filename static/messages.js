@@ -235,12 +235,12 @@ export class RoomStream {
   }
 }
 
-// 🔊/🔇 in the room header; sounds.js remembers the choice.
+// A speaker (crossed out when muted) in the room header; sounds.js remembers the choice.
 export function muteToggle() {
   const button = h("button", { type: "button", className: "mute-toggle" })
   const show = () => {
     const muted = isMuted()
-    button.textContent = muted ? "🔇" : "🔊"
+    button.classList.toggle("mute-toggle--muted", muted)
     button.setAttribute("aria-label", muted ? "Unmute sounds" : "Mute sounds")
     button.title = muted ? "Sounds are off" : "Sounds are on"
   }
