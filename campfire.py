@@ -3793,6 +3793,14 @@ class Store:
             "WHERE memberships.user_id = ? AND memberships.involvement != 'invisible' "
             "ORDER BY lower(rooms.name), rooms.id", (user_id,))
 
+    def hidden_rooms(self, user_id):
+        """The rooms a person hid from the sidebar, by name, as (Room, title)."""
+        rooms = [Room.from_row(row) for row in self.db.all(
+            "SELECT rooms.* FROM rooms JOIN memberships ON memberships.room_id = rooms.id "
+            "WHERE memberships.user_id = ? AND memberships.involvement = 'invisible' "
+            "ORDER BY lower(rooms.name), rooms.id", (user_id,))]
+        return [(room, self.room_title(room, user_id)) for room in rooms]
+
     def _memberships_of(self, user_id):
         key = (self.user_versions[user_id], self.global_version)
         cached = self._member_rooms.get(user_id)
@@ -4342,12 +4350,9 @@ def message_sound(plain_text):
     return match.group(1) if match and match.group(1) in SOUND_NAMES else None
 
 
-def next_involvement(current, direct):
-    """The next involvement the bell offers, in the order Campfire's bell cycles through them."""
-    if direct:
-        return "nothing" if current == "everything" else "everything"
-    cycle = ("mentions", "everything", "nothing", "invisible")
-    return cycle[(cycle.index(current) + 1) % 4] if current in cycle else "mentions"
+def involvement_choices(direct):
+    """The involvements the bell's menu offers, in the order Campfire's bell goes through them."""
+    return ("everything", "nothing") if direct else ("mentions", "everything", "nothing", "invisible")
 
 
 INVOLVEMENT_LABELS = {"invisible": "Hidden from the sidebar", "nothing": "No notifications",
@@ -4384,6 +4389,9 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
     custom_styles = HTML('<link rel="stylesheet" href="{}">').format(
         url_for("account_custom_stylesheet", v=view.custom_styles)) if view.custom_styles else ""
     assets = view.assets
+    # First in the tab order: past the top bar and the sidebar, to what the page is for.
+    skip = HTML('<a class="skip-link" href="#composer_body">Skip to composer</a>') if "room-page" in body_class \
+        else HTML('<a class="skip-link" href="#main">Skip to content</a>')
     return HTML(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -4397,7 +4405,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
         '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">'
         '<script type="module" src="{js}"></script>'
-        '</head><body class="{body_class}"{user_data}>{top}{main}</body></html>').format(
+        '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip, 
         js=assets["app.js"], components=assets["components.css"], light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
@@ -4406,16 +4414,17 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles)
 
 
-def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True):
-    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks.
-    shared and direct are [(Room, title)]; unread holds room ids."""
+def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True, hidden=()):
+    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks, and the
+    rooms hidden from it. shared, direct and hidden are [(Room, title)]; unread holds room ids."""
     def item(room, title):
         classes = "sidebar__room"
         if room.id in unread:
             classes += " sidebar__room--unread"
         if room.id == current_room_id:
             classes += " sidebar__room--current"
-        return HTML('<li><a class="{classes}" href="{url}" data-room-id="{id}"{current}>{name}</a></li>').format(
+        return HTML('<li><a class="{classes}" href="{url}" data-room-id="{id}"{current}>'
+                    '<span class="sidebar__name">{name}</span></a></li>').format(
             classes=classes, url=url_for("room", room_id=room.id), id=room.id, name=title,
             current=HTML(' aria-current="page"') if room.id == current_room_id else "")
     new_room = HTML('<a class="sidebar__add" href="{}" aria-label="New room" title="New room">+</a>').format(
@@ -4426,10 +4435,28 @@ def render_sidebar(shared, direct, unread, current_room_id=None, can_create_room
         '<ul id="shared_rooms" class="sidebar__rooms">{shared}</ul></div>'
         '<div class="sidebar__section"><h2 class="sidebar__heading">Pings '
         '<a class="sidebar__add" href="{new_direct}" aria-label="New Ping" title="New Ping">+</a></h2>'
-        '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div></nav>').format(
-        new_room=new_room, new_direct=url_for("new_direct_room"),
+        '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div>{hidden}</nav>').format(
+        new_room=new_room, new_direct=url_for("new_direct_room"), hidden=render_hidden_rooms(hidden),
         shared=HTML("").join(item(room, title) for room, title in shared),
         direct=HTML("").join(item(room, title) for room, title in direct))
+
+
+def render_hidden_rooms(hidden):
+    """The rooms hidden from the sidebar (involvement "invisible"), each with a way back."""
+    if not hidden:
+        return HTML("")
+    items = HTML("").join(HTML(
+        '<li class="sidebar__hidden-room"><a href="{url}" class="sidebar__room" data-hidden-room-id="{id}">'
+        '<span class="sidebar__name">{name}</span></a>'
+        '<form method="post" action="{action}" class="inline-form">'
+        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="mentions">'
+        '<button type="submit" class="button button--small" aria-label="Show {name} in the sidebar">Show</button>'
+        '</form></li>').format(url=url_for("room", room_id=room.id), id=room.id, name=title,
+                               action=url_for("room_involvement", room_id=room.id)) for room, title in hidden)
+    return HTML(
+        '<details class="sidebar__section sidebar__hidden"><summary class="sidebar__heading">Hidden rooms ({count})'
+        '</summary><ul id="hidden_rooms" class="sidebar__rooms" aria-label="Hidden rooms">{items}</ul></details>').format(
+        count=len(hidden), items=items)
 
 
 def render_error_page(view, status, message):
@@ -4552,30 +4579,40 @@ def render_no_rooms():
                 '<p>You are not in any room yet. An administrator can add you to one.</p></section>')
 
 
-def render_sidebar_page():
-    return HTML('<section class="panel"><h1 class="panel__title">Pick a room</h1></section>')
+def render_sidebar_page(sidebar):
+    """The room list as a page (a phone's Rooms screen): the sidebar under its heading."""
+    return HTML('<section class="rooms-screen" aria-labelledby="rooms_heading">'
+                '<h1 class="rooms-screen__title" id="rooms_heading">Rooms</h1>{}</section>').format(sidebar)
 
 
 def render_bell(room, involvement):
-    upcoming = next_involvement(involvement, room.direct)
+    """The bell: the room's involvement, shown by its icon, chosen from a menu of them all."""
+    action = url_for("room_involvement", room_id=room.id)
+    choices = HTML("").join(HTML(
+        '<form method="post" action="{action}" class="bell__choice">'
+        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="{value}">'
+        '<button type="submit" class="bell__option bell--{value}" aria-pressed="{pressed}">{label}</button>'
+        '</form>').format(action=action, value=value, label=INVOLVEMENT_LABELS[value],
+                          pressed="true" if value == involvement else "false")
+        for value in involvement_choices(room.direct))
+    label = INVOLVEMENT_LABELS.get(involvement, involvement)
     return HTML(
-        '<form method="post" action="{action}" class="bell inline-form" id="involvement_room_{id}">'
-        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="{next}">'
-        '<button type="submit" class="bell__button bell--{current}" title="{label}" '
-        'aria-label="Notifications: {label}. Change to: {next_label}">{icon}</button></form>').format(
-        action=url_for("room_involvement", room_id=room.id), id=room.id, next=upcoming, current=involvement,
-        label=INVOLVEMENT_LABELS.get(involvement, involvement), next_label=INVOLVEMENT_LABELS.get(upcoming, upcoming),
-        icon="🔕" if involvement in ("nothing", "invisible") else "🔔")
+        '<details class="bell" id="involvement_room_{id}"><summary class="bell__button bell--{current}" title="{label}">'
+        '<span class="visually-hidden">Notifications: {label}</span></summary>'
+        '<div class="bell__menu" role="group" aria-label="Notifications">{choices}</div></details>').format(
+        id=room.id, current=involvement, label=label, choices=choices)
 
 
 def render_composer(room):
     return HTML(
-        '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}">'
+        '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}" '
+        'data-max-chars="{max_chars}">'
         '<label class="visually-hidden" for="composer_body">Write a message</label>'
         '<textarea class="composer__input" id="composer_body" name="message[body]" rows="1" '
         'placeholder="Write a message" aria-label="Write a message" required></textarea>'
         '<button type="submit" class="button button--primary composer__send">Send Message</button>'
-        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id)
+        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id,
+                        max_chars=MAX_MESSAGE_BODY_CHARS)
 
 
 def render_pending_message(viewer):
@@ -4592,17 +4629,24 @@ def render_pending_message(viewer):
 
 
 def render_room(room, viewer, title, involvement, messages, *, highlight_id=None):
-    """The room: its header, its messages (rendered), the composer."""
+    """The room: its header, its messages (rendered), the composer. On a phone the header is
+    the top bar: a way back to the rooms, the name, who is here, and one menu holding the
+    room's tools and the top bar's links (room__phone-only)."""
     return HTML(
         '<section class="room" id="room" data-room-id="{id}" data-room-type="{type}" aria-labelledby="room_name">'
-        '<header class="room__header"><h1 class="room__name" id="room_name">{heading}</h1>'
-        '<div class="room__tools">{bell}'
-        '<a class="room__settings" href="{settings}" aria-label="Room settings" title="Room settings">⚙︎</a></div>'
+        '<header class="room__header"><a class="room__back" href="{rooms}" aria-label="Rooms" title="Rooms"></a>'
+        '<h1 class="room__name" id="room_name">{heading}</h1>'
+        '<div class="room__tools" id="room_tools">{bell}'
+        '<a class="room__settings" href="{settings}" aria-label="Room settings" title="Room settings"></a>'
+        '<a class="room__phone-only button button--quiet" href="{search}">Search</a>'
+        '<a class="room__phone-only button button--quiet" href="{account}">Account</a>'
+        '<a class="room__phone-only button button--quiet" href="{profile}">Your profile</a></div>'
         '</header>'
         '<div class="messages" id="messages" data-room-id="{id}"{highlight}>{messages}</div>'
         '{composer}{pending}</section>').format(
         id=room.id, type=room.type.split("::")[-1].lower(), heading="Ping with %s" % title if room.direct else title,
-        bell=render_bell(room, involvement), settings=room_settings_path(room),
+        bell=render_bell(room, involvement), settings=room_settings_path(room), rooms=url_for("user_sidebar"),
+        search=url_for("searches"), account=url_for("edit_account"), profile=url_for("user_profile"),
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
         messages=messages, composer=render_composer(room), pending=render_pending_message(viewer))
 
@@ -5334,7 +5378,7 @@ def _auth_page(app, request, title, body, *, status=200, headers=None):
 def _sidebar_html(app, user, current_room_id=None):
     shared, direct = app.store.sidebar_rooms(user.id)
     return render_sidebar(shared, direct, app.store.unread_room_ids(user.id), current_room_id,
-                          app.store.may_create_rooms(user))
+                          app.store.may_create_rooms(user), app.store.hidden_rooms(user.id))
 
 
 def _navigating(request):
@@ -5959,7 +6003,8 @@ def clear_searches(app, request):
 def sidebar(app, request):
     """The sidebar fragment for the live app; opened as a page (on a phone), the room list."""
     if _navigating(request):
-        return _page(app, request, "Rooms", render_sidebar_page(), body_class="sidebar-page")
+        return _page(app, request, "Rooms", render_sidebar_page(_sidebar_html(app, request.user)), sidebar=False,
+                     body_class="sidebar-page")
     key = ("sidebar", request.user.id, app.store.user_versions[request.user.id], app.store.global_version)
     return app.cached(request, key, lambda: Response(_sidebar_html(app, request.user)))
 

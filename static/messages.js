@@ -176,12 +176,14 @@ export class RoomStream {
   #list
   #scroller
   #cable
+  #announcer
   #hiddenAt = null
 
-  constructor(cable, list, scroller) {
+  constructor(cable, list, scroller, announcer = null) {
     this.#list = list
     this.#scroller = scroller
     this.#cable = cable
+    this.#announcer = announcer
     const times = list.saved.map((message) => Date.parse(message.dataset.createdAt)).filter(Number.isFinite)
     this.lastSeenAt = times.length ? Math.max(...times) : Date.now()
     cable.subscribe({ channel: "RoomMessagesChannel", room_id: Number(list.roomId) }, { received: (data) => this.receive(data) })
@@ -200,8 +202,13 @@ export class RoomStream {
 
   // A live message (or our own, acknowledged): shown once, its sound played once.
   add(message, { own = false } = {}) {
-    if (!this.#scroller.hasLatest && !own) return this.#scroller.arrived()
+    const theirs = !own && message.dataset.creatorId !== this.#list.viewer.id
+    if (!this.#scroller.hasLatest && !own) {
+      if (theirs) this.#announcer?.message(message)
+      return this.#scroller.arrived()
+    }
     if (!this.#scroller.change(() => this.#list.upsert(message), { follow: own })) return
+    if (theirs) this.#announcer?.message(message)
     this.#scroller.arrived()
     if (message.dataset.sound) playSound(message.dataset.sound)
   }
