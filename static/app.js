@@ -10,6 +10,7 @@ import { Sidebar, Presence } from "./sidebar.js"
 import { confirmDangerousForms, filterPickers, bellInPlace, roomKindFollowsChoice } from "./forms.js"
 import { RoomSwitcher } from "./switcher.js"
 import { Announcer } from "./announcer.js"
+import { h } from "./dom.js"
 
 const body = document.body
 const viewer = { id: body.dataset.userId, administrator: body.dataset.administrator === "true" }
@@ -30,7 +31,27 @@ function startRoom(section, cable) {
     composer?.editor.focus()
   })
   section.querySelector(".room__tools")?.prepend(muteToggle())
+  roomMenu(section.querySelector(".room__header"))
   new Presence(cable, roomId, section.querySelector(".room__header"))
+}
+
+// On a phone the room's tools (and the top bar's links) fold into one menu in its header.
+function roomMenu(header) {
+  const tools = header?.querySelector(".room__tools")
+  if (!tools) return
+  const toggle = h("button", { type: "button", className: "room__menu-toggle", "aria-label": "Room menu", title: "Room menu", "aria-expanded": "false", "aria-controls": tools.id })
+  const show = (open) => {
+    toggle.setAttribute("aria-expanded", String(open))
+    tools.classList.toggle("room__tools--open", open)
+  }
+  toggle.addEventListener("click", () => show(!tools.classList.contains("room__tools--open")))
+  header.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || !tools.classList.contains("room__tools--open") || event.target.closest("details[open]")) return
+    show(false)
+    toggle.focus()
+  })
+  document.addEventListener("click", (event) => { if (!header.contains(event.target)) show(false) })
+  tools.before(toggle)
 }
 
 confirmDangerousForms()

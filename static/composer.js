@@ -14,6 +14,7 @@ export const retryable = (status) => !status || status >= 500 || status === 408 
 
 export const RESEND_MIN_MS = 2000    // no answer at all: try again after this, then twice as long…
 export const RESEND_MAX_MS = 30000   // …up to this, or at once when the connection comes back
+export const LIMIT_WARNING_SHARE = 0.9   // the length limit is shown from this share of it on
 
 // crypto.randomUUID is missing outside secure contexts (plain HTTP on a LAN): 128 random bits then.
 export const uuid = () => crypto.randomUUID?.() ??
@@ -44,6 +45,7 @@ export class Composer {
   #sending = false
   #offline = false
   #resend = { timer: null, delay: RESEND_MIN_MS }
+  #limit = h("p", { className: "composer__limit", role: "status", hidden: true })
 
   constructor(form, { list, stream, scroller, cable, onEditLast }) {
     Object.assign(this, { onEditLast })
@@ -54,6 +56,7 @@ export class Composer {
     this.#drafts = new Drafts(form.dataset.roomId)
     this.#send = form.querySelector("button[type=submit]")
     this.#replaceTextarea()
+    form.append(this.#limit)
     this.autocomplete = new Autocomplete(this.#editor, form.dataset.roomId)
     form.append(this.autocomplete.element)
     const draft = this.#drafts.load()
@@ -76,14 +79,14 @@ export class Composer {
     const href = message.querySelector(".message__permalink")?.getAttribute("href") ?? ""
     const line = h("div", {}, h("br"))
     const quote = document.createDocumentFragment()
-    quote.append(h("blockquote", {}, text), h("cite", {}, author, " ", h("a", { href }, "#")), line)
+    quote.append(h("blockquote", {}, text), h("cite", {}, h("a", { href }, author)), line)
     this.#editor.focus()
     this.#editor.insertFragment(quote)
     getSelection().collapse(line, 0)
   }
 
   async submit() {
-    if (this.#editor.blank || this.#editor.disabled) return
+    if (this.#editor.blank || this.#editor.disabled || this.#overLimit()) return
     const html = this.#editor.html, clientId = uuid()
     const body = new Sanitizer().fromNode(this.#editor.root)
     this.#editor.clear()
@@ -156,7 +159,21 @@ export class Composer {
     this.onEditLast(last)
   }
 
+  // The server refuses a body longer than data-max-chars: say so while it is being written.
+  #overLimit() {
+    const limit = Number(this.#form.dataset.maxChars) || Infinity
+    // The text is a lower bound of the HTML's length: the HTML is built only when it may matter.
+    const length = this.#editor.root.textContent.length * 2 < limit ? 0 : this.#editor.html.length
+    const over = length > limit, near = length > limit * LIMIT_WARNING_SHARE
+    this.#limit.hidden = !near
+    this.#limit.textContent = over ? `Too long to send: ${(length - limit).toLocaleString()} characters over the limit of ${limit.toLocaleString()}.`
+      : near ? `${(limit - length).toLocaleString()} characters left (a message holds ${limit.toLocaleString()}).` : ""
+    this.#limit.classList.toggle("composer__limit--over", over)
+    return over
+  }
+
   #changed() {
+    this.#overLimit()
     const blank = this.#editor.blank
     this.#drafts.save(blank ? "" : this.#editor.root.innerHTML)
     this.#typing?.typed(blank)
