@@ -4340,6 +4340,17 @@ def qr_code_path(text):
     return url_for("qr_code", code=b64url_encode(text.encode("utf-8")))
 
 
+def render_qr_page(code, text, back):
+    """The QR code opened as a page: a heading, the code, the link it holds, the way back."""
+    return HTML(
+        '<section class="panel qr-page"><h1 class="panel__title">Scan this QR code</h1>'
+        '<p class="panel__intro">Point a phone\'s camera at it to open the link there.</p>'
+        '<img class="qr-page__code" src="{src}" alt="QR code of the link below" width="280" height="280">'
+        '<p class="qr-page__link">{text}</p>'
+        '<p><a class="button" href="{back}">Back</a></p></section>').format(
+        src=url_for("qr_code", code=code), text=text, back=back)
+
+
 def role_label(user):
     return "Administrator" if user.administrator else "Bot" if user.bot else "Member"
 
@@ -4495,6 +4506,11 @@ def render_field(label, name, value="", *, type="text", errors=None, autocomplet
 
 def render_notice(notice):
     return HTML('<p class="notice notice--alert" role="alert">{}</p>').format(notice) if notice else HTML("")
+
+
+def render_saved(saved):
+    """What a form's page says after it saved (it was redirected back with ?saved=1)."""
+    return HTML('<p class="notice notice--success" role="status">Saved.</p>') if saved else HTML("")
 
 
 def render_copyable(field_id, label, value, copy_label, qr_label):
@@ -4984,7 +5000,7 @@ def render_people_page(view, people_html):
 
 
 def render_account_page(view, account, invite_url, people_html, *, restricted, values=None, errors=None,
-                        notice=None):
+                        notice=None, saved=False):
     """The account: its name, the invitation link, people; administrators also edit it."""
     errors = errors or {}
     name = (values or {}).get("account[name]", account["name"])
@@ -4998,7 +5014,8 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             'value="1"{checked}> <span>Only administrators can create rooms</span></label></div>'
             '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
             '</div></form>').format(
-            title=account["name"], notice=render_notice(notice), action=url_for("account"),
+            title=account["name"], notice=HTML("").join((render_notice(notice), render_saved(saved))),
+            action=url_for("account"),
             name_field=render_field("Account name", "account[name]", name, errors=errors,
                                     maxlength=MAX_ACCOUNT_NAME_CHARS),
             setting="account[settings][restrict_room_creation_to_administrators]",
@@ -5082,6 +5099,11 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
             ban=url_for("user_ban", user_id=user.id), name=user.name)
     own = HTML('<div class="form__actions"><a class="button" href="{}">Edit your profile</a></div>').format(
         url_for("user_profile")) if user.id == viewer.id else ""
+    if user.id != viewer.id and user.status == STATUS_ACTIVE:
+        own = HTML('<form method="post" action="{action}" class="form__actions">'
+                   '<input type="hidden" name="user_ids[]" value="{id}">'
+                   '<button type="submit" class="button button--primary">Ping</button></form>').format(
+            action=url_for("direct_rooms"), id=user.id)
     return HTML(
         '{assets}<section class="panel panel--wide profile">{notice}<div class="profile__head">{avatar}'
         '<div><h1 class="panel__title">{name}</h1><p class="profile__role">{role}{state}</p>{email}</div></div>'
@@ -5091,7 +5113,7 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
         state=HTML(" · {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
 
 
-def render_profile(view, values, errors, transfer_url):
+def render_profile(view, values, errors, transfer_url, *, saved=False):
     user = view.user
     bio_error = render_errors(errors, "user[bio]")
     fields = HTML("").join([
@@ -5111,7 +5133,7 @@ def render_profile(view, values, errors, transfer_url):
     return HTML(
         '{assets}<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
         '<div><h1 class="panel__title">Your profile</h1><p class="profile__role">{role}</p></div></div>'
-        '<form method="post" action="{action}" class="form">'
+        '{saved}<form method="post" action="{action}" class="form">'
         '<input type="hidden" name="_method" value="patch">{fields}'
         '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
         '<a class="button" href="{cancel}">Cancel changes</a></div></form>'
@@ -5121,6 +5143,7 @@ def render_profile(view, values, errors, transfer_url):
         'in there without a password. It works for 4 hours: keep it to yourself.</p>'
         '{transfer}</section></section>').format(
         avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields, action=url_for("user_profile"),
+        saved=render_saved(saved),
         cancel=url_for("user", user_id=user.id),
         transfer=render_copyable("session_transfer_url", "Sign-in link", transfer_url,
                                  "Copy sign-in link", "Show auto-login QR code"),
@@ -5632,6 +5655,12 @@ def qr_code(app, request, code):
         raise BadRequest("A QR code is made from a base64url-encoded UTF-8 link.") from None
     if len(text.encode()) > MAX_QR_CODE_TEXT_BYTES:
         raise BadRequest("A QR code is made from a link of at most %d bytes." % MAX_QR_CODE_TEXT_BYTES)
+    if _navigating(request):  # opened as a page: one with a title and a way back, the code as its image
+        referer = urllib.parse.urlsplit(request.headers.get("referer", ""))
+        back = referer.path if referer.netloc == request.headers.get("host") and referer.path.startswith("/") \
+            and not referer.path.startswith("//") else url_for("root")
+        return _page(app, request, "QR code", render_qr_page(code, text, back), sidebar=False,
+                     headers=[("Cache-Control", "no-store"), ("Vary", "Sec-Fetch-Mode")])
     svg = app.qr_codes.get(text)
     if svg is None:
         if not app.qr_code_limiter.hit(request.remote_addr):
@@ -5639,7 +5668,8 @@ def qr_code(app, request, code):
                                   headers=[("Retry-After", "%d" % QR_CODE_LIMIT[1])])
         svg = qr_svg(text)
         app.qr_codes.put(text, svg)
-    return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
+    return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL),
+                                                        ("Vary", "Sec-Fetch-Mode")])
 
 
 # Rooms ----------------------------------------------------------------------------
@@ -6009,8 +6039,8 @@ def sidebar(app, request):
     return app.cached(request, key, lambda: Response(_sidebar_html(app, request.user)))
 
 
-def _profile_page(app, request, values, errors, status=200):
-    body = render_profile(app.view(request), values, errors, _transfer_url(app, request, request.user))
+def _profile_page(app, request, values, errors, status=200, saved=False):
+    body = render_profile(app.view(request), values, errors, _transfer_url(app, request, request.user), saved=saved)
     return _page(app, request, "Your profile", body, status=status,
                  headers=[("Cache-Control", "no-store")])  # the page holds a sign-in link
 
@@ -6018,7 +6048,7 @@ def _profile_page(app, request, values, errors, status=200):
 def edit_profile(app, request):
     user = request.user
     return _profile_page(app, request, {"user[name]": user.name, "user[email_address]": user.email_address or "",
-                                        "user[bio]": user.bio or ""}, {})
+                                        "user[bio]": user.bio or ""}, {}, saved=request.query.get("saved") == "1")
 
 
 async def update_profile(app, request):
@@ -6046,7 +6076,7 @@ async def update_profile(app, request):
     if not app.store.update_profile(user, name, email, bio, digest):
         return _profile_page(app, request, values, {  # the same address taken meanwhile
             "user[email_address]": "Someone else already uses this email address."}, status=422)
-    return redirect(url_for("user_profile"))
+    return redirect(url_for("user_profile", saved=1))
 
 
 def _user_page(app, request, user, *, notice=None, status=200):
@@ -6118,19 +6148,20 @@ def autocompletable_users(app, request):
 _TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
 
 
-def _account_page(app, request, *, values=None, errors=None, notice=None, status=200):
+def _account_page(app, request, *, values=None, errors=None, notice=None, status=200, saved=False):
     view = app.view(request)
     account = app.store.account()
     people, more = app.store.people_page(1, include_banned=view.user.administrator)
     invite_url = request.origin + url_for("join", join_code=account["join_code"])
     body = render_account_page(
         view, account, invite_url, render_people(view, people, 1, more), values=values, errors=errors, notice=notice,
+        saved=saved,
         restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True)
     return _page(app, request, "Account", body, status=status)
 
 
 def edit_account(app, request):
-    return _account_page(app, request)
+    return _account_page(app, request, saved=request.query.get("saved") == "1")
 
 
 def update_account(app, request):
@@ -6147,7 +6178,7 @@ def update_account(app, request):
     if restrict:
         settings["restrict_room_creation_to_administrators"] = str(restrict[-1]).strip().lower() in _TRUE_VALUES
     app.store.update_account(name, settings)
-    return redirect(url_for("edit_account"))
+    return redirect(url_for("edit_account", saved=1))
 
 
 def regenerate_join_code(app, request):
