@@ -31,7 +31,7 @@ export function dayLabel(date, now = new Date()) {
 const EMOJI_ONLY = /^(?:\p{Extended_Pictographic}|[\u{1F1E6}-\u{1F1FF}\u{1F3FB}-\u{1F3FF}\u200d\ufe0f\u20e3]|\s)+$/u
 export function isEmojiOnly(text) {
   const trimmed = text.trim()
-  return EMOJI_ONLY.test(trimmed) && /\p{Extended_Pictographic}/u.test(trimmed) &&
+  return EMOJI_ONLY.test(trimmed) && /[\p{Extended_Pictographic}\u{1F1E6}-\u{1F1FF}]/u.test(trimmed) &&
     [...new Intl.Segmenter().segment(trimmed.replace(/\s/g, ""))].length <= MAX_BIG_EMOJI
 }
 

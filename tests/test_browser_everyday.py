@@ -48,7 +48,9 @@ class KeyboardTests(BrowserApp):
 
     def test_skip_to_composer_is_first_in_the_tab_order(self):
         ada = self.open_room(ADA)
-        ada.evaluate("document.activeElement.blur()")
+        # Where a freshly opened page starts: the focus on the document itself.
+        ada.evaluate("() => { const root = document.documentElement; root.tabIndex = -1; root.focus(); "
+                     "root.removeAttribute('tabindex') }")
         ada.keyboard.press("Tab")
         skip = ada.get_by_role("link", name="Skip to composer")
         expect(skip).to_be_focused()
@@ -258,13 +260,13 @@ class FeedbackTests(BrowserApp):
         ada.get_by_role("button", name="Send Message").click()
         ada.wait_for_timeout(300)
         self.assertEqual(ada.locator("#messages > .message").count(), before)  # nothing sent, nothing failed
-        ada.evaluate("() => { const editor = document.activeElement; editor.textContent = 'short'; "
-                     "editor.dispatchEvent(new Event('input', { bubbles: true })) }")
+        self.composer(ada).evaluate("(editor) => { editor.textContent = 'short'; "
+                                    "editor.dispatchEvent(new Event('input', { bubbles: true })) }")
         expect(status).to_be_hidden()
 
     def test_jump_to_latest_and_the_offline_banner_cover_nothing(self):
         self.allow_error("WebSocket connection to")
-        ada = self.open_room(ADA)
+        ada = self.open_room(ADA, viewport={"width": 1000, "height": 420})
         ada.locator("#messages").evaluate("(box) => box.scrollTop = 0")
         jump = ada.get_by_role("button", name="Jump to latest")
         expect(jump).to_be_visible()
