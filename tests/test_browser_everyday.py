@@ -179,6 +179,7 @@ class PhoneTests(BrowserApp):
         self.assertGreaterEqual(min(box["width"], box["height"]), 24)
         message.locator(".message__body").evaluate("(body) => body.closest('.messages').scrollBy(0, 600)")
         expect(boost).to_be_in_viewport()   # a tall message's actions stay on screen
+        self.screenshot(phone, "phone-actions-on-tap")
         message.locator(".message__body").tap(position={"x": 40, "y": 30})
         expect(visible_actions).to_have_count(0)
 
@@ -186,7 +187,6 @@ class PhoneTests(BrowserApp):
         other.locator(".message__body").dispatch_event("contextmenu")   # a long press
         expect(other.locator(".message__actions")).to_be_visible()
         expect(visible_actions).to_have_count(1)
-        self.screenshot(phone, "phone-actions-on-tap")
 
     def test_a_phones_top_bar_keeps_the_room_name_one_menu_and_a_presence_count(self):
         phone, _ = self.open_room(ADA, **PHONE), self.open_room(BOB)
