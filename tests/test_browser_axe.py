@@ -3,13 +3,15 @@ no serious or critical violation (target sizes included), and a main landmark an
 level-one heading on each. axe-core is installed for the tests only (`.ci/run`
 puts it in tests/.axe with npm); without it this test skips, except in CI."""
 
+import collections
+import json
 import os
 import re
 import sqlite3
 import unittest
 import urllib.parse
 
-from tests.browser import ROOT, browser_available
+from tests.browser import ROOT, SCREENSHOTS, browser_available
 from tests.test_browser_app import ADA, PHONE, BrowserApp
 
 AXE = os.path.join(ROOT, "tests", ".axe", "node_modules", "axe-core", "axe.min.js")
@@ -81,7 +83,7 @@ class AxeTests(BrowserApp):
         }""")
 
     def test_no_serious_or_critical_violation_on_any_page_at_any_size_in_either_theme(self):
-        failures, checked = [], 0
+        failures, checked, seen = [], 0, collections.Counter()
         for size, options in SIZES.items():
             for theme in THEMES:
                 for person in (ADA, None):
@@ -93,13 +95,19 @@ class AxeTests(BrowserApp):
                         page.goto(self.server.url + path)
                         if path.startswith("/rooms/1") and person:
                             page.wait_for_selector("body[data-cable=live]")
-                        found = [rule for rule in self.violations(page)
+                        violations = self.violations(page)
+                        seen.update("%s %s" % (rule["impact"], rule["id"]) for rule in violations)
+                        found = [rule for rule in violations
                                  if rule["impact"] in FAILING_IMPACTS or rule["id"] in FAILING_RULES]
                         checked += 1
                         failures += ["%s (%s, %s, %s): %s %s %s" % (name, path, size, theme, rule["id"], rule["impact"],
                                                                  rule["targets"]) for rule in found]
                     page.context.close()
                     self.contexts.remove(page.context)
+        os.makedirs(SCREENSHOTS, exist_ok=True)   # the run's summary, beside its screenshots
+        with open(os.path.join(SCREENSHOTS, "axe-summary.json"), "w") as summary:
+            json.dump({"pages checked": checked, "pages": [path for _, path, _ in self.pages],
+                       "violations (impact rule: pages)": dict(seen), "failing": failures}, summary, indent=1)
         self.assertGreaterEqual(checked, 4 * len(self.pages))
         self.assertEqual(failures, [])
 
