@@ -3870,6 +3870,14 @@ class Store:
             "WHERE memberships.user_id = ? AND memberships.involvement != 'invisible' "
             "ORDER BY lower(rooms.name), rooms.id", (user_id,))
 
+    def hidden_rooms(self, user_id):
+        """The rooms a person hid from the sidebar, by name, as (Room, title)."""
+        rooms = [Room.from_row(row) for row in self.db.all(
+            "SELECT rooms.* FROM rooms JOIN memberships ON memberships.room_id = rooms.id "
+            "WHERE memberships.user_id = ? AND memberships.involvement = 'invisible' "
+            "ORDER BY lower(rooms.name), rooms.id", (user_id,))]
+        return [(room, self.room_title(room, user_id)) for room in rooms]
+
     def _memberships_of(self, user_id):
         key = (self.user_versions[user_id], self.global_version)
         cached = self._member_rooms.get(user_id)
@@ -4335,12 +4343,17 @@ class Store:
         return deliveries
 
     # Seeding (the seed command's bulk writes) -----------------------------------
-    def seed_people(self, count, password_digest, now):
+    def people_count(self):
+        """How many people (not bots) the database holds, active or not."""
+        return self.db.value("SELECT count(*) FROM users WHERE role != ?", (ROLE_BOT,)) or 0
+
+    def seed_people(self, count, password_digest, admin_digest, now):
         """count people "Person N" <personN@example.com> in one statement, the first an
-        administrator; returns the first one's number."""
+        administrator with admin_digest, the others with password_digest; returns the
+        first one's number."""
         first = (self.db.value("SELECT max(id) FROM users") or 0) + 1
         stamp = utc_now_text(now)
-        rows = [("Person %d" % n, "person%d@example.com" % n, password_digest,
+        rows = [("Person %d" % n, "person%d@example.com" % n, admin_digest if n == first else password_digest,
                  ROLE_ADMINISTRATOR if n == first else ROLE_MEMBER, STATUS_ACTIVE, stamp, stamp)
                 for n in range(first, first + count)]
         with self.db.atomic():
@@ -4409,6 +4422,17 @@ def qr_code_path(text):
     return url_for("qr_code", code=b64url_encode(text.encode("utf-8")))
 
 
+def render_qr_page(code, text, back):
+    """The QR code opened as a page: a heading, the code, the link it holds, the way back."""
+    return HTML(
+        '<section class="panel qr-page"><h1 class="panel__title">Scan this QR code</h1>'
+        '<p class="panel__intro">Point a phone\'s camera at it to open the link there.</p>'
+        '<img class="qr-page__code" src="{src}" alt="QR code of the link below" width="280" height="280">'
+        '<p class="qr-page__link">{text}</p>'
+        '<p><a class="button" href="{back}">Back</a></p></section>').format(
+        src=url_for("qr_code", code=code), text=text, back=back)
+
+
 def role_label(user):
     return "Administrator" if user.administrator else "Bot" if user.bot else "Member"
 
@@ -4419,12 +4443,9 @@ def message_sound(plain_text):
     return match.group(1) if match and match.group(1) in SOUND_NAMES else None
 
 
-def next_involvement(current, direct):
-    """The next involvement the bell offers, in the order Campfire's bell cycles through them."""
-    if direct:
-        return "nothing" if current == "everything" else "everything"
-    cycle = ("mentions", "everything", "nothing", "invisible")
-    return cycle[(cycle.index(current) + 1) % 4] if current in cycle else "mentions"
+def involvement_choices(direct):
+    """The involvements the bell's menu offers, in the order Campfire's bell goes through them."""
+    return ("everything", "nothing") if direct else ("mentions", "everything", "nothing", "invisible")
 
 
 INVOLVEMENT_LABELS = {"invisible": "Hidden from the sidebar", "nothing": "No notifications",
@@ -4461,6 +4482,9 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
     custom_styles = HTML('<link rel="stylesheet" href="{}">').format(
         url_for("account_custom_stylesheet", v=view.custom_styles)) if view.custom_styles else ""
     assets = view.assets
+    # First in the tab order: past the top bar and the sidebar, to what the page is for.
+    skip = HTML('<a class="skip-link" href="#composer_body">Skip to composer</a>') if "room-page" in body_class \
+        else HTML('<a class="skip-link" href="#main">Skip to content</a>')
     return HTML(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -4474,7 +4498,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
         '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">'
         '<script type="module" src="{js}"></script>'
-        '</head><body class="{body_class}"{user_data}>{top}{main}</body></html>').format(
+        '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip, 
         js=assets["app.js"], components=assets["components.css"], light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
@@ -4483,16 +4507,17 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles)
 
 
-def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True):
-    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks.
-    shared and direct are [(Room, title)]; unread holds room ids."""
+def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True, hidden=()):
+    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks, and the
+    rooms hidden from it. shared, direct and hidden are [(Room, title)]; unread holds room ids."""
     def item(room, title):
         classes = "sidebar__room"
         if room.id in unread:
             classes += " sidebar__room--unread"
         if room.id == current_room_id:
             classes += " sidebar__room--current"
-        return HTML('<li><a class="{classes}" href="{url}" data-room-id="{id}"{current}>{name}</a></li>').format(
+        return HTML('<li><a class="{classes}" href="{url}" data-room-id="{id}"{current}>'
+                    '<span class="sidebar__name">{name}</span></a></li>').format(
             classes=classes, url=url_for("room", room_id=room.id), id=room.id, name=title,
             current=HTML(' aria-current="page"') if room.id == current_room_id else "")
     new_room = HTML('<a class="sidebar__add" href="{}" aria-label="New room" title="New room">+</a>').format(
@@ -4503,10 +4528,28 @@ def render_sidebar(shared, direct, unread, current_room_id=None, can_create_room
         '<ul id="shared_rooms" class="sidebar__rooms">{shared}</ul></div>'
         '<div class="sidebar__section"><h2 class="sidebar__heading">Pings '
         '<a class="sidebar__add" href="{new_direct}" aria-label="New Ping" title="New Ping">+</a></h2>'
-        '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div></nav>').format(
-        new_room=new_room, new_direct=url_for("new_direct_room"),
+        '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div>{hidden}</nav>').format(
+        new_room=new_room, new_direct=url_for("new_direct_room"), hidden=render_hidden_rooms(hidden),
         shared=HTML("").join(item(room, title) for room, title in shared),
         direct=HTML("").join(item(room, title) for room, title in direct))
+
+
+def render_hidden_rooms(hidden):
+    """The rooms hidden from the sidebar (involvement "invisible"), each with a way back."""
+    if not hidden:
+        return HTML("")
+    items = HTML("").join(HTML(
+        '<li class="sidebar__hidden-room"><a href="{url}" class="sidebar__room" data-hidden-room-id="{id}">'
+        '<span class="sidebar__name">{name}</span></a>'
+        '<form method="post" action="{action}" class="inline-form">'
+        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="mentions">'
+        '<button type="submit" class="button button--small" aria-label="Show {name} in the sidebar">Show</button>'
+        '</form></li>').format(url=url_for("room", room_id=room.id), id=room.id, name=title,
+                               action=url_for("room_involvement", room_id=room.id)) for room, title in hidden)
+    return HTML(
+        '<details class="sidebar__section sidebar__hidden"><summary class="sidebar__heading">Hidden rooms ({count})'
+        '</summary><ul id="hidden_rooms" class="sidebar__rooms" aria-label="Hidden rooms">{items}</ul></details>').format(
+        count=len(hidden), items=items)
 
 
 def render_error_page(view, status, message):
@@ -4545,6 +4588,11 @@ def render_field(label, name, value="", *, type="text", errors=None, autocomplet
 
 def render_notice(notice):
     return HTML('<p class="notice notice--alert" role="alert">{}</p>').format(notice) if notice else HTML("")
+
+
+def render_saved(saved):
+    """What a form's page says after it saved (it was redirected back with ?saved=1)."""
+    return HTML('<p class="notice notice--success" role="status">Saved.</p>') if saved else HTML("")
 
 
 def render_copyable(field_id, label, value, copy_label, qr_label):
@@ -4629,30 +4677,40 @@ def render_no_rooms():
                 '<p>You are not in any room yet. An administrator can add you to one.</p></section>')
 
 
-def render_sidebar_page():
-    return HTML('<section class="panel"><h1 class="panel__title">Pick a room</h1></section>')
+def render_sidebar_page(sidebar):
+    """The room list as a page (a phone's Rooms screen): the sidebar under its heading."""
+    return HTML('<section class="rooms-screen" aria-labelledby="rooms_heading">'
+                '<h1 class="rooms-screen__title" id="rooms_heading">Rooms</h1>{}</section>').format(sidebar)
 
 
 def render_bell(room, involvement):
-    upcoming = next_involvement(involvement, room.direct)
+    """The bell: the room's involvement, shown by its icon, chosen from a menu of them all."""
+    action = url_for("room_involvement", room_id=room.id)
+    choices = HTML("").join(HTML(
+        '<form method="post" action="{action}" class="bell__choice">'
+        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="{value}">'
+        '<button type="submit" class="bell__option bell--{value}" aria-pressed="{pressed}">{label}</button>'
+        '</form>').format(action=action, value=value, label=INVOLVEMENT_LABELS[value],
+                          pressed="true" if value == involvement else "false")
+        for value in involvement_choices(room.direct))
+    label = INVOLVEMENT_LABELS.get(involvement, involvement)
     return HTML(
-        '<form method="post" action="{action}" class="bell inline-form" id="involvement_room_{id}">'
-        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="{next}">'
-        '<button type="submit" class="bell__button bell--{current}" title="{label}" '
-        'aria-label="Notifications: {label}. Change to: {next_label}">{icon}</button></form>').format(
-        action=url_for("room_involvement", room_id=room.id), id=room.id, next=upcoming, current=involvement,
-        label=INVOLVEMENT_LABELS.get(involvement, involvement), next_label=INVOLVEMENT_LABELS.get(upcoming, upcoming),
-        icon="🔕" if involvement in ("nothing", "invisible") else "🔔")
+        '<details class="bell" id="involvement_room_{id}"><summary class="bell__button bell--{current}" title="{label}">'
+        '<span class="visually-hidden">Notifications: {label}</span></summary>'
+        '<div class="bell__menu" role="group" aria-label="Notifications">{choices}</div></details>').format(
+        id=room.id, current=involvement, label=label, choices=choices)
 
 
 def render_composer(room):
     return HTML(
-        '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}">'
+        '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}" '
+        'data-max-chars="{max_chars}">'
         '<label class="visually-hidden" for="composer_body">Write a message</label>'
         '<textarea class="composer__input" id="composer_body" name="message[body]" rows="1" '
         'placeholder="Write a message" aria-label="Write a message" required></textarea>'
         '<button type="submit" class="button button--primary composer__send">Send Message</button>'
-        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id)
+        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id,
+                        max_chars=MAX_MESSAGE_BODY_CHARS)
 
 
 def render_pending_message(viewer):
@@ -4669,17 +4727,24 @@ def render_pending_message(viewer):
 
 
 def render_room(room, viewer, title, involvement, messages, *, highlight_id=None):
-    """The room: its header, its messages (rendered), the composer."""
+    """The room: its header, its messages (rendered), the composer. On a phone the header is
+    the top bar: a way back to the rooms, the name, who is here, and one menu holding the
+    room's tools and the top bar's links (room__phone-only)."""
     return HTML(
         '<section class="room" id="room" data-room-id="{id}" data-room-type="{type}" aria-labelledby="room_name">'
-        '<header class="room__header"><h1 class="room__name" id="room_name">{heading}</h1>'
-        '<div class="room__tools">{bell}'
-        '<a class="room__settings" href="{settings}" aria-label="Room settings" title="Room settings">⚙︎</a></div>'
+        '<header class="room__header"><a class="room__back" href="{rooms}" aria-label="Rooms" title="Rooms"></a>'
+        '<h1 class="room__name" id="room_name">{heading}</h1>'
+        '<div class="room__tools" id="room_tools">{bell}'
+        '<a class="room__settings" href="{settings}" aria-label="Room settings" title="Room settings"></a>'
+        '<a class="room__phone-only button button--quiet" href="{search}">Search</a>'
+        '<a class="room__phone-only button button--quiet" href="{account}">Account</a>'
+        '<a class="room__phone-only button button--quiet" href="{profile}">Your profile</a></div>'
         '</header>'
         '<div class="messages" id="messages" data-room-id="{id}"{highlight}>{messages}</div>'
         '{composer}{pending}</section>').format(
         id=room.id, type=room.type.split("::")[-1].lower(), heading="Ping with %s" % title if room.direct else title,
-        bell=render_bell(room, involvement), settings=room_settings_path(room),
+        bell=render_bell(room, involvement), settings=room_settings_path(room), rooms=url_for("user_sidebar"),
+        search=url_for("searches"), account=url_for("edit_account"), profile=url_for("user_profile"),
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
         messages=messages, composer=render_composer(room), pending=render_pending_message(viewer))
 
@@ -4881,7 +4946,8 @@ def render_message(message, *, author, body, sound, boosts):
     None; boosts: [(boost row, booster's name)]."""
     if sound:
         text = SOUND_TEXTS.get(sound)
-        body = HTML('<span class="sound" data-sound="{name}">🔊 {label}</span>').format(
+        body = HTML('<span class="sound" data-sound="{name}"><span class="sound__icon" aria-hidden="true"></span> '
+                    '{label}</span>').format(
             name=sound, label=text if text else HTML('<span class="sound__badge">{}</span>').format(sound))
     edited = HTML(' <span class="message__edited" title="Edited">(edited)</span>') \
         if message["updated_at"] != message["created_at"] and message["updated_at"] > message["created_at"] else ""
@@ -5016,7 +5082,7 @@ def render_people_page(view, people_html):
 
 
 def render_account_page(view, account, invite_url, people_html, *, restricted, values=None, errors=None,
-                        notice=None):
+                        notice=None, saved=False):
     """The account: its name, the invitation link, people; administrators also edit it."""
     errors = errors or {}
     name = (values or {}).get("account[name]", account["name"])
@@ -5030,7 +5096,8 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             'value="1"{checked}> <span>Only administrators can create rooms</span></label></div>'
             '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
             '</div></form>').format(
-            title=account["name"], notice=render_notice(notice), action=url_for("account"),
+            title=account["name"], notice=HTML("").join((render_notice(notice), render_saved(saved))),
+            action=url_for("account"),
             name_field=render_field("Account name", "account[name]", name, errors=errors,
                                     maxlength=MAX_ACCOUNT_NAME_CHARS),
             setting="account[settings][restrict_room_creation_to_administrators]",
@@ -5114,6 +5181,11 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
             ban=url_for("user_ban", user_id=user.id), name=user.name)
     own = HTML('<div class="form__actions"><a class="button" href="{}">Edit your profile</a></div>').format(
         url_for("user_profile")) if user.id == viewer.id else ""
+    if user.id != viewer.id and user.status == STATUS_ACTIVE:
+        own = HTML('<form method="post" action="{action}" class="form__actions">'
+                   '<input type="hidden" name="user_ids[]" value="{id}">'
+                   '<button type="submit" class="button button--primary">Ping</button></form>').format(
+            action=url_for("direct_rooms"), id=user.id)
     return HTML(
         '{assets}<section class="panel panel--wide profile">{notice}<div class="profile__head">{avatar}'
         '<div><h1 class="panel__title">{name}</h1><p class="profile__role">{role}{state}</p>{email}</div></div>'
@@ -5123,7 +5195,7 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
         state=HTML(" · {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
 
 
-def render_profile(view, values, errors, transfer_url):
+def render_profile(view, values, errors, transfer_url, *, saved=False):
     user = view.user
     bio_error = render_errors(errors, "user[bio]")
     fields = HTML("").join([
@@ -5143,7 +5215,7 @@ def render_profile(view, values, errors, transfer_url):
     return HTML(
         '{assets}<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
         '<div><h1 class="panel__title">Your profile</h1><p class="profile__role">{role}</p></div></div>'
-        '<form method="post" action="{action}" class="form">'
+        '{saved}<form method="post" action="{action}" class="form">'
         '<input type="hidden" name="_method" value="patch">{fields}'
         '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
         '<a class="button" href="{cancel}">Cancel changes</a></div></form>'
@@ -5153,6 +5225,7 @@ def render_profile(view, values, errors, transfer_url):
         'in there without a password. It works for 4 hours: keep it to yourself.</p>'
         '{transfer}</section></section>').format(
         avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields, action=url_for("user_profile"),
+        saved=render_saved(saved),
         cancel=url_for("user", user_id=user.id),
         transfer=render_copyable("session_transfer_url", "Sign-in link", transfer_url,
                                  "Copy sign-in link", "Show auto-login QR code"),
@@ -5418,7 +5491,7 @@ def _auth_page(app, request, title, body, *, status=200, headers=None):
 def _sidebar_html(app, user, current_room_id=None):
     shared, direct = app.store.sidebar_rooms(user.id)
     return render_sidebar(shared, direct, app.store.unread_room_ids(user.id), current_room_id,
-                          app.store.may_create_rooms(user))
+                          app.store.may_create_rooms(user), app.store.hidden_rooms(user.id))
 
 
 def _navigating(request):
@@ -5672,6 +5745,12 @@ def qr_code(app, request, code):
         raise BadRequest("A QR code is made from a base64url-encoded UTF-8 link.") from None
     if len(text.encode()) > MAX_QR_CODE_TEXT_BYTES:
         raise BadRequest("A QR code is made from a link of at most %d bytes." % MAX_QR_CODE_TEXT_BYTES)
+    if _navigating(request):  # opened as a page: one with a title and a way back, the code as its image
+        referer = urllib.parse.urlsplit(request.headers.get("referer", ""))
+        back = referer.path if referer.netloc == request.headers.get("host") and referer.path.startswith("/") \
+            and not referer.path.startswith("//") else url_for("root")
+        return _page(app, request, "QR code", render_qr_page(code, text, back), sidebar=False,
+                     headers=[("Cache-Control", "no-store"), ("Vary", "Sec-Fetch-Mode")])
     svg = app.qr_codes.get(text)
     if svg is None:
         if not app.qr_code_limiter.hit(request.remote_addr):
@@ -5679,7 +5758,8 @@ def qr_code(app, request, code):
                                   headers=[("Retry-After", "%d" % QR_CODE_LIMIT[1])])
         svg = qr_svg(text)
         app.qr_codes.put(text, svg)
-    return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
+    return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL),
+                                                        ("Vary", "Sec-Fetch-Mode")])
 
 
 # Rooms ----------------------------------------------------------------------------
@@ -6042,13 +6122,14 @@ def clear_searches(app, request):
 def sidebar(app, request):
     """The sidebar fragment for the live app; opened as a page (on a phone), the room list."""
     if _navigating(request):
-        return _page(app, request, "Rooms", render_sidebar_page(), body_class="sidebar-page")
+        return _page(app, request, "Rooms", render_sidebar_page(_sidebar_html(app, request.user)), sidebar=False,
+                     body_class="sidebar-page")
     key = ("sidebar", request.user.id, app.store.user_versions[request.user.id], app.store.global_version)
     return app.cached(request, key, lambda: Response(_sidebar_html(app, request.user)))
 
 
-def _profile_page(app, request, values, errors, status=200):
-    body = render_profile(app.view(request), values, errors, _transfer_url(app, request, request.user))
+def _profile_page(app, request, values, errors, status=200, saved=False):
+    body = render_profile(app.view(request), values, errors, _transfer_url(app, request, request.user), saved=saved)
     return _page(app, request, "Your profile", body, status=status,
                  headers=[("Cache-Control", "no-store")])  # the page holds a sign-in link
 
@@ -6056,7 +6137,7 @@ def _profile_page(app, request, values, errors, status=200):
 def edit_profile(app, request):
     user = request.user
     return _profile_page(app, request, {"user[name]": user.name, "user[email_address]": user.email_address or "",
-                                        "user[bio]": user.bio or ""}, {})
+                                        "user[bio]": user.bio or ""}, {}, saved=request.params.get("saved") == "1")
 
 
 async def update_profile(app, request):
@@ -6084,7 +6165,7 @@ async def update_profile(app, request):
     if not app.store.update_profile(user, name, email, bio, digest):
         return _profile_page(app, request, values, {  # the same address taken meanwhile
             "user[email_address]": "Someone else already uses this email address."}, status=422)
-    return redirect(url_for("user_profile"))
+    return redirect(url_for("user_profile", saved=1))
 
 
 def _user_page(app, request, user, *, notice=None, status=200):
@@ -6156,19 +6237,20 @@ def autocompletable_users(app, request):
 _TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
 
 
-def _account_page(app, request, *, values=None, errors=None, notice=None, status=200):
+def _account_page(app, request, *, values=None, errors=None, notice=None, status=200, saved=False):
     view = app.view(request)
     account = app.store.account()
     people, more = app.store.people_page(1, include_banned=view.user.administrator)
     invite_url = request.origin + url_for("join", join_code=account["join_code"])
     body = render_account_page(
         view, account, invite_url, render_people(view, people, 1, more), values=values, errors=errors, notice=notice,
+        saved=saved,
         restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True)
     return _page(app, request, "Account", body, status=status)
 
 
 def edit_account(app, request):
-    return _account_page(app, request)
+    return _account_page(app, request, saved=request.params.get("saved") == "1")
 
 
 def update_account(app, request):
@@ -6185,7 +6267,7 @@ def update_account(app, request):
     if restrict:
         settings["restrict_room_creation_to_administrators"] = str(restrict[-1]).strip().lower() in _TRUE_VALUES
     app.store.update_account(name, settings)
-    return redirect(url_for("edit_account"))
+    return redirect(url_for("edit_account", saved=1))
 
 
 def regenerate_join_code(app, request):
@@ -8252,19 +8334,31 @@ SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room messag
               "weekend morning evening thanks great nice awesome sounds good agree maybe later soon "
               "python sqlite network socket browser phone laptop keyboard music sound trombone tada").split()
 SEED_PASSWORD = "password"
+SEED_ADMIN_PASSWORD_CHARS = 20   # letters and digits: about 119 bits, never guessed
 
 
-def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, now=None):
+class SeedRefused(CampfireError):
+    """seed would add demo people beside real ones (without --force)."""
+
+
+def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, now=None, force=False):
     """Fill a database with people, rooms and messages for demos and benchmarks.
 
-    Every seeded person signs in with SEED_PASSWORD; the first is an administrator."""
+    Every seeded person signs in with SEED_PASSWORD except the first, an administrator,
+    whose password is made up here: a demo database copied onto a server must not
+    open its administration to anyone who read this file. A database that already
+    has people is refused unless force. Returns (the administrator's email, password)."""
     import random
     rng = random.Random(2024)
     progress = progress or (lambda label, done, total: None)
     now = time.time() if now is None else now
     store = app.store
+    if not force and store.people_count():
+        raise SeedRefused("the database already has people in it; seed adds demo people (all with "
+                          "the password %r) only with --force" % SEED_PASSWORD)
     digest = hash_password(SEED_PASSWORD, app.config.scrypt_n)
-    first_new = store.seed_people(users, digest, now)
+    admin_password = random_alphanumeric(SEED_ADMIN_PASSWORD_CHARS)
+    first_new = store.seed_people(users, digest, hash_password(admin_password, app.config.scrypt_n), now)
     user_ids = store.active_user_ids()
     room_ids = []
     for index in range(rooms):
@@ -8291,7 +8385,7 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
     store.optimize_search_index()
     progress("search index", 1, 1)
     store.bump_everything()
-    return "person%d@example.com" % first_new
+    return "person%d@example.com" % first_new, admin_password
 
 
 def print_progress(label, done, total):
@@ -8335,6 +8429,7 @@ COMMANDS = {
         "--rooms": (int, 20, "rooms to add (default 20)"),
         "--messages": (int, 100_000, "messages to add (default 100,000)"),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+        "--force": (bool, False, "seed a database that already has people in it"),
     }),
 }
 USAGE = "campfire.py [COMMAND] [OPTION ...]"
@@ -8432,11 +8527,16 @@ def main(argv=None):
         elif command == "seed":
             app = App(config)
             try:
-                admin_email = seed_database(app, users=options["users"], rooms=options["rooms"],
-                                            messages=options["messages"], progress=print_progress)
+                admin_email, admin_password = seed_database(
+                    app, users=options["users"], rooms=options["rooms"], messages=options["messages"],
+                    progress=print_progress, force=options["force"])
             finally:
                 app.close()
-            print("Seeded. Sign in as %s (an administrator) with the password %r." % (admin_email, SEED_PASSWORD))
+            print("Seeded. Sign in as %s (an administrator) with the password %r; everyone else's "
+                  "password is %r." % (admin_email, admin_password, SEED_PASSWORD))
+    except SeedRefused as error:
+        print("campfire: %s" % error, file=sys.stderr)
+        return 1
     except ConfigError as error:
         print("campfire: %s" % error, file=sys.stderr)
         return 1
