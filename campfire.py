@@ -317,6 +317,23 @@ VAPID_TOKEN_RENEW_BEFORE = 3600      # seconds; a cached token with less left is
 VAPID_TOKENS_KEPT = 64               # push-service origins whose token is cached (a handful in practice)
 PUSH_ICON_PATH = "/account/logo"     # lib/web_push/notification.rb: the account's logo
 PUSH_ELLIPSIS = "\u2026"             # ends a body cut to fit
+VAPID_SUBJECT = "mailto:support@37signals.com"  # lib/web_push/notification.rb: the contact push services see
+VAPID_KEY_FILE = "vapid_key"         # in the storage directory when VAPID_* are unset: not in the database
+PUSH_QUEUE_SIZE = 10_000             # pushes waiting (Campfire's pool queue); past it the oldest is dropped, logged
+PUSH_WORKERS = 16                    # pushes in flight at once: a slow push service holds one
+PUSH_PROCESSES = 1                   # processes that encrypt and sign: the curve math is pure Python and
+                                     # holds the GIL, so it runs beside the event loop, never on it (one of
+                                     # the two cores a small server has; about 600 pushes a second)
+PUSH_TIMEOUT = 10.0                  # seconds to connect, and for each read and write
+PUSH_TOTAL_TIMEOUT = 30.0            # seconds for one attempt in all
+PUSH_TTL = 4 * 7 * 24 * 3600         # seconds a push service keeps an undelivered push: the web-push gem's 4 weeks
+PUSH_RETRIES = 3                     # further attempts after a 429 or 5xx, then the push is dropped (logged)
+PUSH_RETRY_DELAY = 5.0               # seconds before the first retry, doubled each time
+PUSH_RETRY_AFTER_MAX = 600.0         # seconds: a longer Retry-After is cut to this (a queued chat push is stale by then)
+MAX_PUSH_REPLY_BYTES = 64 * 1024     # a push service answers with a few bytes; more is refused
+MAX_PUSH_ENDPOINT_CHARS = 2048       # a push service's URL (FCM's and Mozilla's are under 300)
+MAX_PUSH_KEY_CHARS = 256             # p256dh is 87 characters and auth 22, in base64url
+MAX_PUSH_SUBSCRIPTIONS = 50          # per person: browsers and devices; past it the oldest is replaced
 
 # The installable app (Campfire's app/views/pwa/): colours match static/campfire.css.
 THEME_COLOR_LIGHT = "#f6f5f3"
@@ -376,6 +393,7 @@ class CampfireError(Exception):
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
      ├── CableCommandError       an Action Cable command that can't be read: ignored
      ├── WebPushError            bad subscription keys or endpoint (422), bad VAPID keys (at start)
+     ├── PushFailed              a push service that didn't answer in time: logged (section 16)
      └── WebhookFailed           a delivery that failed: logged (section 16)
           └── WebhookTimedOut    no answer within 7 s: the bot "failed to respond"
 
@@ -4092,6 +4110,21 @@ class WebhookDelivery:
     payload: bytes
 
 
+@dataclass(slots=True)
+class PushDelivery:
+    """One notification to one push subscription (Campfire's WebPush::Notification)."""
+
+    subscription_id: int
+    endpoint: str
+    p256dh_key: str
+    auth_key: str
+    title: str
+    body: str
+    path: str
+    badge: int          # the person's unread rooms, for the app's badge
+    attempt: int = 0    # retries so far (after a 429 or 5xx)
+
+
 def can_administer(user, record_creator_id):
     """Campfire's adm?(record): administrators, and whoever created the room or message."""
     return user.administrator or record_creator_id == user.id
@@ -5163,6 +5196,107 @@ class Store:
                                               json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()))
         return deliveries
 
+    # Push subscriptions and who gets a push (Campfire's app/models/push/subscription.rb,
+    # users/push_subscriptions_controller.rb and room/message_pusher.rb) --------------
+    PUSH_SUBSCRIPTION_COLUMNS = "SELECT id, user_id, endpoint, p256dh_key, auth_key, user_agent, created_at, updated_at " \
+                                "FROM push_subscriptions "
+
+    def push_subscriptions(self, user_id):
+        return self.db.all(self.PUSH_SUBSCRIPTION_COLUMNS + "WHERE user_id = ? ORDER BY id", (user_id,))
+
+    def push_subscription(self, user_id, subscription_id):
+        return self.db.one(self.PUSH_SUBSCRIPTION_COLUMNS + "WHERE id = ? AND user_id = ?", (subscription_id, user_id))
+
+    def subscribe_push(self, user_id, endpoint, p256dh_key, auth_key, user_agent, now=None):
+        """A browser's subscription, kept once: the same endpoint again is touched (and takes
+        new keys if the browser made new ones), and an endpoint another person had is theirs
+        no more (the browser now belongs to this person). Past MAX_PUSH_SUBSCRIPTIONS a
+        person's oldest subscription goes."""
+        stamp = utc_now_text(now)
+        with self.db.atomic():
+            self.db.execute("DELETE FROM push_subscriptions WHERE endpoint = ? AND user_id != ?", (endpoint, user_id))
+            existing = self.db.one("SELECT id FROM push_subscriptions WHERE endpoint = ? AND user_id = ? "
+                                   "ORDER BY id LIMIT 1", (endpoint, user_id))
+            if existing is not None:
+                self.db.execute("UPDATE push_subscriptions SET p256dh_key = ?, auth_key = ?, user_agent = ?, "
+                                "updated_at = ? WHERE id = ?", (p256dh_key, auth_key, user_agent, stamp, existing[0]))
+                return existing[0]
+            subscription_id = self.db.execute(
+                "INSERT INTO push_subscriptions (user_id, endpoint, p256dh_key, auth_key, user_agent, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (user_id, endpoint, p256dh_key, auth_key, user_agent, stamp, stamp)).lastrowid
+            self.db.execute("DELETE FROM push_subscriptions WHERE user_id = ? AND id NOT IN (SELECT id FROM "
+                            "push_subscriptions WHERE user_id = ? ORDER BY updated_at DESC, id DESC LIMIT ?)",
+                            (user_id, user_id, MAX_PUSH_SUBSCRIPTIONS))
+        return subscription_id
+
+    def unsubscribe_push(self, user_id, *, subscription_id=None, endpoint=None):
+        """Delete one of a person's subscriptions, by id (the subscriptions page) or by
+        endpoint (signing out, as Campfire's sessions_controller.rb does)."""
+        column, value = ("id", subscription_id) if subscription_id is not None else ("endpoint", endpoint)
+        with self.db.atomic():
+            self.db.execute("DELETE FROM push_subscriptions WHERE %s = ? AND user_id = ?" % column, (value, user_id))
+
+    def expire_push_subscription(self, subscription_id):
+        """The push service said the subscription is gone (404 or 410)."""
+        with self.db.atomic():
+            self.db.execute("DELETE FROM push_subscriptions WHERE id = ?", (subscription_id,))
+
+    def unread_room_counts(self, user_ids):
+        """{user id: rooms unread}, the badge of Campfire's Push::Subscription#notification."""
+        counts = dict.fromkeys(user_ids, 0)
+        for user_id, count in self.db.all(
+                "SELECT user_id, count(*) FROM memberships WHERE unread_at IS NOT NULL "
+                "AND user_id IN (SELECT value FROM json_each(?)) GROUP BY user_id", (json.dumps(list(counts)),)):
+            counts[user_id] = count
+        return counts
+
+    # Visible, disconnected members other than the author (as unread marks them), whose
+    # involvement is everything or mentions (Membership.involved_in_*), and active.
+    PUSH_RECIPIENTS = (
+        "SELECT push_subscriptions.id, push_subscriptions.user_id, push_subscriptions.endpoint, "
+        "push_subscriptions.p256dh_key, push_subscriptions.auth_key, memberships.involvement "
+        "FROM memberships JOIN push_subscriptions ON push_subscriptions.user_id = memberships.user_id "
+        "JOIN users ON users.id = memberships.user_id "
+        "WHERE memberships.room_id = ? AND memberships.user_id != ? "
+        "AND memberships.involvement IN ('everything', 'mentions') AND users.status = ? "
+        "AND (memberships.connections = 0 OR memberships.connected_at IS NULL OR memberships.connected_at < ?) "
+        "ORDER BY push_subscriptions.id")
+
+    def push_deliveries(self, room, message, now=None):
+        """The pushes a new message causes (Campfire's Room::MessagePusher): members
+        involved in everything get every message, those involved in mentions the
+        messages that mention them. A direct room names its author as the title;
+        another room is the title and the author prefixes the text."""
+        rows = self.db.all(self.PUSH_RECIPIENTS, (room.id, message["creator_id"], STATUS_ACTIVE,
+                                                  utc_now_text((now or time.time()) - PRESENCE_WINDOW)))
+        if not rows:
+            return []
+        body = message["body"] or ""
+        mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)}
+        rows = [row for row in rows if row[5] == "everything" or row[1] in mentioned]
+        if not rows:
+            return []
+        author = self.user(message["creator_id"])
+        author_name = author.name if author is not None else ""
+        text = self.plain_text(body)
+        if room.direct:
+            title, text = author_name, text
+        else:
+            title, text = room.name, "%s: %s" % (author_name, text)
+        path = url_for("room", room_id=room.id)
+        badges = self.unread_room_counts({row[1] for row in rows})
+        return [PushDelivery(row[0], row[2], row[3], row[4], title, text, path, badges[row[1]]) for row in rows]
+
+    def test_push_delivery(self, subscription):
+        """Campfire's users/push_subscriptions/test_notifications_controller.rb: "Campfire Test"
+        and a random UUID, opening the subscriptions page."""
+        import uuid  # here, not at the top: slow to load and rarely needed
+        badge = self.unread_room_counts([subscription["user_id"]])[subscription["user_id"]]
+        return PushDelivery(subscription["id"], subscription["endpoint"], subscription["p256dh_key"],
+                            subscription["auth_key"], "Campfire Test", str(uuid.uuid4()),
+                            url_for("user_push_subscriptions"), badge)
+
     # Seeding (the seed command's bulk writes) -----------------------------------
     def seed_people(self, count, password_digest, now):
         """count people "Person N" <personN@example.com> in one statement, the first an
@@ -5227,6 +5361,7 @@ class View:
     custom_styles: str          # the digest of the account's custom CSS; "" when there is none
     assets: dict                # a PAGE_ASSETS name → its URL, versioned by content
     origin: str                 # "scheme://host", for links that leave the page (invitations, bots)
+    vapid_public_key: str = ""  # the signed-in app's applicationServerKey, as Campfire's vapid-public-key meta tag
 
 
 def room_settings_path(room):
@@ -5276,8 +5411,13 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
             '<nav class="topbar__nav" aria-label="Account">'
             '<a class="button button--quiet" href="{edit_account}">Account</a>'
             '<a class="topbar__user" href="{profile}" title="Your profile">{avatar}<span>{name}</span></a>'
-            '<form method="post" action="{session}" class="inline-form">'
+            '<span class="notifications-control" hidden>'
+            '<button type="button" class="button button--quiet notifications-control__button" id="notifications_toggle" '
+            'aria-describedby="notifications_state">Notifications</button>'
+            '<span class="notifications-control__state" id="notifications_state" role="status"></span></span>'
+            '<form method="post" action="{session}" class="inline-form" id="sign_out">'
             '<input type="hidden" name="_method" value="delete">'
+            '<input type="hidden" name="push_subscription_endpoint" value="">'
             '<button type="submit" class="button button--quiet">Sign out</button></form>'
             '</nav></header>').format(
             account=view.account_name, name=user.name, avatar=render_avatar(user.id, 24),
@@ -5301,7 +5441,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<link rel="apple-touch-icon" href="{touch_icon}">'
         '<link rel="manifest" href="{manifest}">'
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
-        '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">'
+        '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">{vapid}'
         '<script type="module" src="{js}"></script>'
         '</head><body class="{body_class}"{user_data}>{top}{main}</body></html>').format(
         js=assets["app.js"], components=assets["components.css"], light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
@@ -5309,7 +5449,9 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
             user.id, user.name, "true" if user.administrator else "false") if user else "",
         title="%s · %s" % (title, view.account_name) if title else view.account_name,
         css=assets["campfire.css"], icon=assets["campfire-icon.svg"], touch_icon=url_for("static", path="icon-192.png"),
-        manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles)
+        manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles,
+        vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
+        if view.vapid_public_key else "")
 
 
 def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True):
@@ -6019,6 +6161,29 @@ def render_bots(items):
         else HTML('<p class="notice">No bots yet.</p>'), new=url_for("new_account_bot"), account=url_for("edit_account"))
 
 
+def render_push_subscriptions(subscriptions):
+    """Campfire's users/push_subscriptions/index.html.erb: each browser that gets pushes,
+    with a test notification and a delete button."""
+    def item(row):
+        return HTML(
+            '<li class="push-subscription"><strong class="push-subscription__agent">{agent}</strong>'
+            '<span class="push-subscription__endpoint">{endpoint}</span><span class="push-subscription__actions">'
+            '<form method="post" action="{test}" class="inline-form"><button type="submit" class="button">'
+            'Send test notification</button></form>'
+            '<form method="post" action="{delete}" class="inline-form"><input type="hidden" name="_method" '
+            'value="delete"><button type="submit" class="button button--negative">Delete subscription</button>'
+            '</form></span></li>').format(
+            agent=row["user_agent"] or "A browser", endpoint=row["endpoint"],
+            test=url_for("user_push_subscription_test_notifications", subscription_id=row["id"]),
+            delete=url_for("user_push_subscription", subscription_id=row["id"]))
+    items = HTML('<ul class="push-subscriptions" id="push_subscriptions">{}</ul>').format(
+        HTML("").join(item(row) for row in subscriptions)) if subscriptions else \
+        HTML('<p class="notice" id="push_subscriptions">No browser gets notifications yet. Turn them on with '
+             '"Notifications" at the top of the page.</p>')
+    return HTML('<section class="panel panel--wide"><h1 class="panel__title">Push Notification Subscriptions</h1>'
+                '{}</section>').format(items)
+
+
 def render_bot_form(*, bot_row=None, values=None, errors=None):
     values, errors = values or {}, errors or {}
     editing = bot_row is not None
@@ -6186,6 +6351,12 @@ def route_table():
         ("GET",         "/users/me/sidebar",                          "user_sidebar",           sidebar),
         ("GET",         "/users/me/profile",                          "user_profile",           edit_profile),
         ("PATCH PUT",   "/users/me/profile",                          "user_profile",           update_profile),
+        ("GET",         "/users/me/push_subscriptions",               "user_push_subscriptions", push_subscriptions_page),
+        ("POST",        "/users/me/push_subscriptions",               "user_push_subscriptions", create_push_subscription),
+        ("DELETE",      "/users/me/push_subscriptions/<int:subscription_id>", "user_push_subscription", delete_push_subscription),
+        ("POST",        "/users/me/push_subscriptions/<int:subscription_id>/test_notifications",
+                                                                      "user_push_subscription_test_notifications",
+                                                                                                create_test_notification),
         ("GET",         "/users/<int:user_id>",                       "user",                   show_user),
         ("GET",         "/users/<int:user_id>/avatar",                "user_avatar",            avatar),
         ("POST",        "/users/<int:user_id>/ban",                   "user_ban",               create_ban,               "admin"),
@@ -6414,6 +6585,9 @@ async def sign_in(app, request):
 
 
 def sign_out(app, request):
+    endpoint = request.form.text("push_subscription_endpoint")  # Campfire's sessions_controller.rb
+    if endpoint:
+        app.store.unsubscribe_push(request.user.id, endpoint=endpoint)
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         app.store.end_session(token, request.user.id, request.session.id)
@@ -6860,6 +7034,65 @@ def clear_searches(app, request):
 
 
 # People and profiles ----------------------------------------------------------------
+
+def push_subscriptions_page(app, request):
+    body = render_push_subscriptions(app.store.push_subscriptions(request.user.id))
+    return _page(app, request, "Push notification subscriptions", body, headers=[("Cache-Control", "no-store")])
+
+
+def _push_subscription_fields(request):
+    """endpoint, p256dh_key and auth_key, from a form (push_subscription[endpoint]) or from
+    the JSON the app sends ({"push_subscription": {"endpoint": …}}), as Campfire reads them."""
+    names = ("endpoint", "p256dh_key", "auth_key")
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            document = json.loads(request.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise BadRequest("The JSON body could not be read.") from None
+        fields = document.get("push_subscription") if isinstance(document, dict) else None
+        fields = fields if isinstance(fields, dict) else {}
+        return [fields.get(name) if isinstance(fields.get(name), str) else "" for name in names]
+    return [request.form.text("push_subscription[%s]" % name) for name in names]
+
+
+def check_push_subscription(endpoint, p256dh_key, auth_key):
+    """The subscription a browser sent, or Unprocessable: an https URL a push can be sent
+    to (printable ASCII, so it is safe in a request line), and keys Web Push can use."""
+    endpoint, p256dh_key, auth_key = endpoint.strip(), p256dh_key.strip(), auth_key.strip()
+    if not endpoint or len(endpoint) > MAX_PUSH_ENDPOINT_CHARS or not re.fullmatch(r"[!-~]+", endpoint):
+        raise Unprocessable("The push subscription's endpoint must be an https URL.")
+    try:
+        push_origin(endpoint)
+        if len(p256dh_key) > MAX_PUSH_KEY_CHARS or len(auth_key) > MAX_PUSH_KEY_CHARS:
+            raise WebPushError("the keys are too long")
+        push_subscription_keys(p256dh_key, auth_key)
+    except WebPushError as error:
+        raise Unprocessable("The push subscription can't be used: %s." % error) from None
+    return endpoint, p256dh_key, auth_key
+
+
+def create_push_subscription(app, request):
+    """Campfire's PushSubscriptionsController#create: 200 with no body."""
+    endpoint, p256dh_key, auth_key = check_push_subscription(*_push_subscription_fields(request))
+    user_agent = request.headers.get("user-agent", "")[:MAX_PUSH_ENDPOINT_CHARS]
+    app.store.subscribe_push(request.user.id, endpoint, p256dh_key, auth_key, user_agent)
+    return Response(b"", 200)
+
+
+def delete_push_subscription(app, request, subscription_id):
+    app.store.unsubscribe_push(request.user.id, subscription_id=subscription_id)
+    if _navigating(request):
+        return redirect(url_for("user_push_subscriptions"))
+    return Response(b"", 204)
+
+
+def create_test_notification(app, request, subscription_id):
+    subscription = app.store.push_subscription(request.user.id, subscription_id)
+    if subscription is None:
+        raise NotFound("That push subscription is not yours, or it is gone.")
+    app.pushes.enqueue(app.store.test_push_delivery(subscription))
+    return redirect(url_for("user_push_subscriptions"))
+
 
 def sidebar(app, request):
     """The sidebar fragment for the live app; opened as a page (on a phone), the room list."""
@@ -7904,6 +8137,12 @@ class Config:
     webhook_queue_size: int = WEBHOOK_QUEUE_SIZE
     message_purge_chunk: int = MESSAGE_PURGE_CHUNK
     search_probe_limit: int = SEARCH_PROBE_LIMIT
+    vapid_public_key: str = None  # VAPID_PUBLIC_KEY / VAPID_PRIVATE_KEY, as Campfire's config/initializers/vapid.rb;
+    vapid_private_key: str = None  # unset, a pair is generated once and kept in the storage directory
+    push_timeout: float = PUSH_TIMEOUT
+    push_total_timeout: float = PUSH_TOTAL_TIMEOUT
+    push_queue_size: int = PUSH_QUEUE_SIZE
+    push_retry_delay: float = PUSH_RETRY_DELAY
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -7920,6 +8159,8 @@ class Config:
             config.port = int(port)
         config.tls_cert_path = environ.get("TLS_CERT_PATH") or None
         config.tls_key_path = environ.get("TLS_KEY_PATH") or None
+        config.vapid_public_key = environ.get("VAPID_PUBLIC_KEY") or None
+        config.vapid_private_key = environ.get("VAPID_PRIVATE_KEY") or None
         config.log_level = (environ.get("LOG_LEVEL") or "INFO").upper()
         if config.log_level not in LOG_LEVELS:
             raise ConfigError("LOG_LEVEL must be one of %s, not %r." % (", ".join(LOG_LEVELS), environ["LOG_LEVEL"]))
@@ -7972,6 +8213,8 @@ class App:
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
         self.webhooks = Webhooks(self)
         self.purges = Purges(self)
+        self._vapid_key = self._configured_vapid_key()  # or, when unset, the stored one on first use
+        self.pushes = Pushes(self)
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -8006,7 +8249,49 @@ class App:
             file.write(secret + "\n")
         return secret
 
+    def _configured_vapid_key(self):
+        public, private = self.config.vapid_public_key, self.config.vapid_private_key
+        if not public and not private:
+            return None
+        if not public or not private:
+            raise ConfigError("Set both VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY, or neither.")
+        try:
+            return VapidKey.from_base64(public, private)
+        except WebPushError as error:
+            raise ConfigError("The VAPID key pair can't be used: %s." % error) from None
+
+    @property
+    def vapid_key(self):
+        """The key pushes are signed with: VAPID_* when set, else a pair generated at the
+        first start and kept in the storage directory (never in the database, whose dump
+        people share, and never logged)."""
+        if self._vapid_key is None:
+            self._vapid_key = self._stored_vapid_key()
+        return self._vapid_key
+
+    def _stored_vapid_key(self):
+        path = os.path.join(self.config.storage_path, VAPID_KEY_FILE)
+        try:
+            with open(path) as file:
+                public, private = (file.read().split() + ["", ""])[:2]
+            return VapidKey.from_base64(public, private)
+        except FileNotFoundError:
+            pass
+        except (OSError, WebPushError) as error:
+            raise ConfigError("%s can't be read (%s); remove it to make a new key pair, and people "
+                              "turn notifications on again." % (path, error)) from None
+        key = VapidKey.generate()
+        temporary = path + ".new"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write("%s\n%s\n" % (key.public_key_base64, key.private_key_base64))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)  # a crash never leaves half a key behind
+        return key
+
     def close(self):
+        self.pushes.close()
         if self._workers is not None:
             self._workers.shutdown(wait=True)
             self._workers = None
@@ -8062,8 +8347,9 @@ class App:
     def view(self, request, *, signed_in=True):
         """What rendering a page for this request knows besides its own data."""
         css, digest = self.store.custom_styles()
-        return View(request.user if signed_in else None, self.store.account_name(), digest if css.strip() else "",
-                    self._assets(), request.origin)
+        user = request.user if signed_in else None
+        return View(user, self.store.account_name(), digest if css.strip() else "", self._assets(), request.origin,
+                    self.vapid_key.public_key_base64 if user is not None else "")
 
     def _assets(self):
         """The PAGE_ASSETS' versioned URLs, looked up again at most every STATIC_RECHECK_SECONDS."""
@@ -8632,6 +8918,239 @@ class Webhooks:
             log.error("webhook reply from bot %d not posted:\n%s", delivery.bot_id, traceback.format_exc())
 
 
+# Web Push deliveries ---------------------------------------------------------------
+# A new message's pushes are queued when it commits (bounded: past the limit the
+# oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time:
+# the payload is built, encrypted and signed in a worker process (the curve math
+# is pure Python and holds the GIL: in a thread it would still take the
+# interpreter from the event loop), then POSTed to the push service (RFC 8030 §5)
+# over TLS checked against the system's CAs (SSL_CERT_FILE is honoured), with a
+# timeout per step and one in all. 404 and 410 delete the subscription (RFC 8030
+# §7.3); 429 and 5xx are tried again later, after Retry-After when given.
+
+class PushFailed(CampfireError):
+    """A push that got no answer: it is logged, and the next message tries again."""
+
+
+_push_signer = None  # in a push worker process: the VapidSigner, made once, its tokens cached
+
+
+def _push_worker_start(private_key, subject):
+    """A push worker process's initializer. Ctrl-C is the server's to handle."""
+    global _push_signer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _push_signer = VapidSigner(VapidKey(private_key), subject)
+
+
+def push_request_parts(title, body, path, badge, endpoint, p256dh_key, auth_key):
+    """In a push worker process: (the encrypted body, the Authorization header)."""
+    payload = push_payload(title, body, path, badge)
+    return encrypt_push_message(payload, p256dh_key, auth_key), _push_signer.authorization(endpoint)
+
+
+def push_request_bytes(endpoint, body, authorization, ttl=PUSH_TTL):
+    """The POST a push service receives (RFC 8030 §5, RFC 8291 §4, RFC 8292 §3)."""
+    split = urllib.parse.urlsplit(endpoint)
+    host = split.hostname
+    host = "[%s]" % host if ":" in host else host
+    if split.port is not None:
+        host += ":%d" % split.port
+    target = (split.path or "/") + ("?" + split.query if split.query else "")
+    head = ("POST %s HTTP/1.1\r\nHost: %s\r\nTTL: %d\r\nUrgency: high\r\nContent-Type: application/octet-stream\r\n"
+            "Content-Encoding: aes128gcm\r\nContent-Length: %d\r\nAuthorization: %s\r\nUser-Agent: Campfire/%s\r\n"
+            "Connection: close\r\n\r\n") % (target, host, ttl, len(body), authorization, VERSION)
+    return head.encode("ascii") + body
+
+
+def retry_after_seconds(value, now=None):
+    """Retry-After (RFC 9110 §10.2.3), seconds or an HTTP date, as seconds from now; None if unreadable."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    import email.utils  # here: only a push service that asks for patience needs it
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class Pushes:
+    """The Events listener that sends Web Push notifications, and its bounded queue.
+
+    The server runs PUSH_WORKERS workers (start/stop); without a server (tests, the
+    command line) run_pending() sends what is queued. close() ends the worker process."""
+
+    def __init__(self, app):
+        self.app = app
+        self.pending = collections.deque()
+        self._wakeup = None
+        self._workers = []
+        self._busy = 0            # deliveries being sent right now
+        self._retries = set()     # timer handles of pushes waiting to be tried again
+        self._tls = None
+        self._pool = None
+        app.events.subscribe(self)
+
+    # Events ---------------------------------------------------------------------
+    def message_created(self, room, message, unread_user_ids):
+        for delivery in self.app.store.push_deliveries(room, message):
+            self.enqueue(delivery)
+
+    def enqueue(self, delivery):
+        if len(self.pending) >= self.app.config.push_queue_size:
+            dropped = self.pending.popleft()
+            log.warning("push queue full (%d): dropped the oldest push (subscription %d)",
+                        self.app.config.push_queue_size, dropped.subscription_id)
+        self.pending.append(delivery)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # Workers --------------------------------------------------------------------
+    def start(self, loop):
+        self._wakeup = asyncio.Event()
+        self._workers = [loop.create_task(self._work()) for _ in range(PUSH_WORKERS)]
+        if self.pending:
+            self._wakeup.set()
+
+    def stop(self):
+        """Cancel the workers; queued pushes and retries are dropped (logged)."""
+        for worker in self._workers:
+            worker.cancel()
+        for handle in self._retries:
+            handle.cancel()
+        dropped = len(self.pending) + len(self._retries)
+        self._workers, self._wakeup, self._retries = [], None, set()
+        self.pending.clear()
+        if dropped:
+            log.warning("dropped %d queued pushes at shutdown", dropped)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    async def _work(self):
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.pending:
+                self._busy += 1
+                try:
+                    await self.deliver(self.pending.popleft())
+                finally:
+                    self._busy -= 1
+
+    def run_pending(self, timeout=120):
+        """Send everything queued, retries included, on a private event loop in this thread."""
+        async def run():
+            self.start(asyncio.get_running_loop())
+            try:
+                while self.pending or self._busy or self._retries:
+                    await asyncio.sleep(0.005)
+            finally:
+                self.stop()
+        asyncio.run(asyncio.wait_for(run(), timeout))
+
+    def _process_pool(self):
+        if self._pool is None:
+            import concurrent.futures  # here: a server without push subscriptions never needs them
+            import multiprocessing
+            key = self.app.vapid_key
+            # spawn, not fork: a fork of this process would copy its threads' locks mid-use.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                PUSH_PROCESSES, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_push_worker_start, initargs=(key.private_key, VAPID_SUBJECT))
+        return self._pool
+
+    # One delivery ---------------------------------------------------------------
+    async def deliver(self, delivery):
+        """Encrypt and sign off the loop, POST once, act on the answer."""
+        import concurrent.futures.process
+        subscription = delivery.subscription_id
+        try:
+            body, authorization = await asyncio.get_running_loop().run_in_executor(
+                self._process_pool(), push_request_parts, delivery.title, delivery.body, delivery.path,
+                delivery.badge, delivery.endpoint, delivery.p256dh_key, delivery.auth_key)
+        except WebPushError as error:
+            log.warning("push to subscription %d not sent: %s", subscription, error)
+            return
+        except concurrent.futures.process.BrokenProcessPool:
+            log.error("the push worker process stopped; it is started again for the next push")
+            self._pool = None
+            return
+        try:
+            reply = await asyncio.wait_for(self._post(delivery.endpoint, body, authorization),
+                                           self.app.config.push_total_timeout)
+        except TimeoutError:
+            log.warning("push to subscription %d took over %gs in all; not sent",
+                        subscription, self.app.config.push_total_timeout)
+            return
+        except (PushFailed, WebhookFailed, OSError, EOFError, ValueError, UnicodeError) as error:
+            log.warning("push to subscription %d failed: %s", subscription, str(error) or type(error).__name__)
+            return
+        status = reply.status
+        if 200 <= status < 300:
+            return
+        if status in (404, 410):
+            log.info("push subscription %d has expired (%d): deleted", subscription, status)
+            self.app.store.expire_push_subscription(subscription)
+        elif status == 429 or status >= 500:
+            self._retry(delivery, status, reply.headers.get("retry-after"))
+        else:
+            log.warning("push to subscription %d refused with %d: %s", subscription, status,
+                        bytes(reply.body[:200]).decode("utf-8", "replace"))
+
+    def _retry(self, delivery, status, retry_after):
+        if delivery.attempt >= PUSH_RETRIES:
+            log.warning("push to subscription %d answered %d %d times; dropped", delivery.subscription_id,
+                        status, delivery.attempt + 1)
+            return
+        delay = retry_after_seconds(retry_after) if retry_after else None
+        if delay is None:
+            delay = self.app.config.push_retry_delay * 2 ** delivery.attempt
+        delay = min(delay, PUSH_RETRY_AFTER_MAX)
+        delivery.attempt += 1
+        log.info("push to subscription %d answered %d; trying again in %gs", delivery.subscription_id, status, delay)
+
+        def again():
+            self._retries.discard(handle)
+            self.enqueue(delivery)
+        handle = asyncio.get_running_loop().call_later(delay, again)
+        self._retries.add(handle)
+
+    async def _post(self, endpoint, body, authorization):
+        split = urllib.parse.urlsplit(endpoint)
+        reader, writer = await self._step(asyncio.open_connection(
+            split.hostname, split.port or 443, ssl=self._tls_context(), server_hostname=split.hostname),
+            "connecting")
+        try:
+            writer.write(push_request_bytes(endpoint, body, authorization))
+            await self._step(writer.drain(), "sending")
+            response = WebhookResponseReader(MAX_PUSH_REPLY_BYTES)
+            while True:
+                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
+                if response.receive_data(data) if data else response.receive_eof():
+                    return response
+        finally:
+            writer.transport.abort()
+
+    async def _step(self, awaitable, doing):
+        timeout = self.app.config.push_timeout
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except TimeoutError:
+            raise PushFailed("nothing for %gs while %s" % (timeout, doing)) from None
+
+    def _tls_context(self):
+        if self._tls is None:
+            import ssl  # loaded on the first push only
+            self._tls = ssl.create_default_context()  # the system's CAs; SSL_CERT_FILE when set
+        return self._tls
+
+
 ####
 #### 17. The server
 ####
@@ -8856,6 +9375,7 @@ class Server:
         self._sweeper = self.loop.create_task(self._sweep())
         self._beat = self.loop.create_task(self._cable_beat())
         self.app.webhooks.start(self.loop)
+        self.app.pushes.start(self.loop)
 
     async def _cable_beat(self):
         while not self.stopping:
@@ -8917,6 +9437,7 @@ class Server:
         """Stop accepting, let in-flight requests finish (bounded), close the database."""
         self.stopping = True
         self.app.webhooks.stop()
+        self.app.pushes.stop()
         if self._server is not None:
             self._server.close()
         if self._sweeper is not None:
@@ -9160,7 +9681,8 @@ def help_text():
     lines += ["", "  %-20s %s" % ("-h, --help", "show this help and exit"),
               "  %-20s %s" % ("--version", "show the version and exit"), "",
               "Configuration also comes from the environment: PORT, BIND, CAMPFIRE_STORAGE_PATH,",
-              "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL."]
+              "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL,",
+              "VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY."]
     return "\n".join(lines)
 
 
