@@ -6171,7 +6171,7 @@ def render_push_subscriptions(subscriptions):
             '<form method="post" action="{test}" class="inline-form"><button type="submit" class="button">'
             'Send test notification</button></form>'
             '<form method="post" action="{delete}" class="inline-form"><input type="hidden" name="_method" '
-            'value="delete"><button type="submit" class="button button--negative">Delete subscription</button>'
+            'value="delete"><button type="submit" class="button button--danger">Delete subscription</button>'
             '</form></span></li>').format(
             agent=row["user_agent"] or "A browser", endpoint=row["endpoint"],
             test=url_for("user_push_subscription_test_notifications", subscription_id=row["id"]),

@@ -8,11 +8,12 @@ import { Composer } from "./composer.js"
 import { MessageActions } from "./actions.js"
 import { Sidebar, Presence } from "./sidebar.js"
 import { confirmDangerousForms, filterPickers, bellInPlace, roomKindFollowsChoice } from "./forms.js"
+import { NotificationsControl, UnreadCount, notifyMentionsWhileHidden, registerServiceWorker, unsubscribeOnSignOut } from "./notifications.js"
 
 const body = document.body
 const viewer = { id: body.dataset.userId, administrator: body.dataset.administrator === "true" }
 
-function startRoom(section, cable) {
+function startRoom(section, cable, notifications) {
   const roomId = section.dataset.roomId
   const list = new MessageList(section.querySelector("#messages"), viewer)
   const scroller = new MessageScroller(list)
@@ -23,6 +24,7 @@ function startRoom(section, cable) {
   actions = new MessageActions(list, { composer, scroller })
   section.querySelector(".room__tools")?.prepend(muteToggle())
   new Presence(cable, roomId, section.querySelector(".room__header"))
+  notifyMentionsWhileHidden(list.element, notifications, section.querySelector(".room__name")?.textContent.trim())
 }
 
 confirmDangerousForms()
@@ -31,12 +33,17 @@ bellInPlace()
 roomKindFollowsChoice()
 
 if (viewer.id) {
+  const controlRoot = document.querySelector(".notifications-control")
+  const notifications = controlRoot && new NotificationsControl(controlRoot)
+  registerServiceWorker().then((registration) => notifications?.start(registration))
+  unsubscribeOnSignOut(document.getElementById("sign_out"))
+  new UnreadCount()
   const cable = new Cable()
   showConnection(cable)
   cable.subscribe({ channel: "HeartbeatChannel" })
   const room = document.querySelector("section.room[data-room-id]")
   new Sidebar(cable, room?.dataset.roomId)
-  if (room) startRoom(room, cable)
+  if (room) startRoom(room, cable, notifications)
   // Search results: local times and only the actions the reader may use (plain links and forms there).
   const results = document.getElementById("search-results")
   if (results) decorateMessages(results, viewer, { replies: false })

@@ -34,6 +34,8 @@ export function decorateMessages(root, viewer, { replies = true } = {}) {
     const mine = message.dataset.creatorId === viewer.id
     message.classList.toggle("message--mine", mine)
     message.classList.toggle("message--editable", mine || viewer.administrator)
+    const mentioned = viewer.id && message.querySelector(`.message__body .mention[data-user-id="${CSS.escape(viewer.id)}"]`)
+    message.classList.toggle("message--mentions-me", Boolean(mentioned) && !mine)
     for (const owner of message.querySelectorAll(".message__action--owner")) owner.hidden = !(mine || viewer.administrator)
     for (const boost of message.querySelectorAll(".boost")) {
       const remove = boost.querySelector(".boost__remove")
@@ -204,6 +206,7 @@ export class RoomStream {
     if (!this.#scroller.change(() => this.#list.upsert(message), { follow: own })) return
     this.#scroller.arrived()
     if (message.dataset.sound) playSound(message.dataset.sound)
+    if (!own) this.#list.element.dispatchEvent(new CustomEvent("message:arrived", { detail: { message } }))
   }
 
   // Merge what changed while we weren't listening, a page at a time: each page

@@ -10,6 +10,7 @@ import { autocompleteQuery, soundsMatching } from "/static/autocomplete.js"
 import { safeHref, defuse } from "/static/richtext.js"
 import { matchesFilter } from "/static/forms.js"
 import { SOUND_NAMES } from "/static/sounds.js"
+import { notificationState, titleWithCount, base64UrlToBytes, subscriptionPayload } from "/static/notifications.js"
 
 const results = []
 
@@ -208,6 +209,39 @@ test("matchesFilter finds people by any part of the name, ignoring case and acce
   assert(matchesFilter("Ada Lovelace", "LOVE"), "case")
   assert(matchesFilter("Ada Lovelace", "  "), "a blank filter")
   assert(!matchesFilter("Ada Lovelace", "bob"), "another name")
+})
+
+// notifications.js ----------------------------------------------------------------
+
+test("notificationState: on only when permitted and subscribed; blocked, unsupported and the iOS rule", () => {
+  assertEqual(notificationState({ supported: true, permission: "granted", subscribed: true }), "on")
+  assertEqual(notificationState({ supported: true, permission: "granted", subscribed: false }), "off")
+  assertEqual(notificationState({ supported: true, permission: "default", subscribed: true }), "off")
+  assertEqual(notificationState({ supported: true, permission: "denied", subscribed: true }), "blocked")
+  assertEqual(notificationState({ supported: false }), "unsupported")
+  assertEqual(notificationState({ supported: false, ios: true, standalone: false }), "ios")
+  assertEqual(notificationState({ supported: false, ios: true, standalone: true }), "unsupported")
+})
+
+test("titleWithCount puts the unread rooms before the title once, and takes them away at zero", () => {
+  assertEqual(titleWithCount("All Talk · Campfire", 3), "(3) All Talk · Campfire")
+  assertEqual(titleWithCount("(3) All Talk · Campfire", 4), "(4) All Talk · Campfire")
+  assertEqual(titleWithCount("(4) All Talk · Campfire", 0), "All Talk · Campfire")
+  assertEqual(titleWithCount("(1984) a room", 0), "(1984) a room".replace(/^\(\d+\) /, ""))
+})
+
+test("base64UrlToBytes reads the web-push gem's padded key and unpadded text alike", () => {
+  const bytes = Array.from({ length: 65 }, (_, i) => (i * 37 + 251) % 256)
+  const padded = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_")
+  assert(padded.endsWith("="), "65 bytes are padded")
+  assertEqual(Array.from(base64UrlToBytes(padded)), bytes)
+  assertEqual(Array.from(base64UrlToBytes(padded.replace(/=+$/, ""))), bytes)
+  assertEqual(Array.from(base64UrlToBytes("-_8")), [251, 255])
+})
+
+test("subscriptionPayload is Campfire's push_subscription JSON", () => {
+  const subscription = { toJSON: () => ({ endpoint: "https://push.example/1", expirationTime: null, keys: { p256dh: "BP", auth: "AU" } }) }
+  assertEqual(subscriptionPayload(subscription), { push_subscription: { endpoint: "https://push.example/1", p256dh_key: "BP", auth_key: "AU" } })
 })
 
 window.unitResults = results
