@@ -11,3 +11,4 @@ test:
 bench:
 	$(PYTHON) tests/bench.py
 	$(PYTHON) tests/bench_cable.py
+	$(PYTHON) tests/bench_push.py

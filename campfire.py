@@ -324,6 +324,7 @@ PUSH_WORKERS = 16                    # pushes in flight at once: a slow push ser
 PUSH_PROCESSES = 1                   # processes that encrypt and sign: the curve math is pure Python and
                                      # holds the GIL, so it runs beside the event loop, never on it (one of
                                      # the two cores a small server has; about 600 pushes a second)
+PUSH_WORKER_NICENESS = 10            # the push process yields the CPU to the server's (nice(2) steps)
 PUSH_TIMEOUT = 10.0                  # seconds to connect, and for each read and write
 PUSH_TOTAL_TIMEOUT = 30.0            # seconds for one attempt in all
 PUSH_TTL = 4 * 7 * 24 * 3600         # seconds a push service keeps an undelivered push: the web-push gem's 4 weeks
@@ -8936,9 +8937,14 @@ _push_signer = None  # in a push worker process: the VapidSigner, made once, its
 
 
 def _push_worker_start(private_key, subject):
-    """A push worker process's initializer. Ctrl-C is the server's to handle."""
+    """A push worker process's initializer. Ctrl-C is the server's to handle, and the CPU
+    goes to the server first."""
     global _push_signer
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
+    except OSError:
+        pass
     _push_signer = VapidSigner(VapidKey(private_key), subject)
 
 
