@@ -13,9 +13,9 @@ import json
 import re
 import unittest
 
-from tests.browser import browser_available
+from tests.browser import BrowserTestCase
 from tests.helpers import campfire
-from tests.test_browser_app import ADA, BOB, BrowserApp, signed_in_state, unique
+from tests.test_browser_app import ADA, BOB, BrowserApp, seeded_server, signed_in_state, unique
 
 try:
     from playwright.sync_api import expect
@@ -116,19 +116,18 @@ class NotificationTests(BrowserApp):
         cdp.on("ServiceWorker.workerRegistrationUpdated", lambda event: registrations.extend(event["registrations"]))
         cdp.send("ServiceWorker.enable")
         page.wait_for_function("navigator.serviceWorker.controller !== null")
-        deadline_page_wait = 50
-        while not registrations and deadline_page_wait:
+        for _ in range(50):  # DevTools reports the registration soon after its ServiceWorker domain is on
+            if registrations:
+                break
             page.wait_for_timeout(100)
-            deadline_page_wait -= 1
         [registration] = [entry for entry in registrations if entry["scopeURL"] == self.server.url + "/"]
         payload = campfire.push_payload("Room 02", "%s: the build is green" % BOB, "/rooms/2", 3).decode()
         cdp.send("ServiceWorker.deliverPushMessage", {"origin": self.server.url,
                                                       "registrationId": registration["registrationId"],
                                                       "data": payload})
-        page.wait_for_function("navigator.serviceWorker.ready.then((r) => r.getNotifications())"
-                               ".then((list) => list.length > 0)")
-        shown = page.evaluate("navigator.serviceWorker.ready.then((r) => r.getNotifications()).then((list) => "
-                              "list.map((n) => ({title: n.title, body: n.body, icon: n.icon, data: n.data})))")
+        shown = page.wait_for_function(
+            "() => navigator.serviceWorker.ready.then((r) => r.getNotifications()).then((list) => list.length "
+            "? list.map((n) => ({title: n.title, body: n.body, icon: n.icon, data: n.data})) : null)").json_value()
         self.assertEqual(shown, [{"title": "Room 02", "body": "%s: the build is green" % BOB,
                                   "icon": self.server.url + "/account/logo", "data": {"path": "/rooms/2", "badge": 3}}])
         # The click, as Chromium dispatches it to the worker.
@@ -155,6 +154,24 @@ class NotificationTests(BrowserApp):
         expect(self.message(ada, mention.replace("@", ""))).to_have_class(re.compile("message--mentions-me"))
         expect(self.message(ada, plain)).not_to_have_class(re.compile("message--mentions-me"))
         expect(self.message(bob, mention.replace("@", ""))).not_to_have_class(re.compile("message--mentions-me"))
+
+
+class OfflinePageTests(BrowserTestCase):
+    """A server of its own: this test stops it."""
+
+    def test_the_offline_page_is_shown_when_the_server_cannot_be_reached(self):
+        server = seeded_server()
+        self.addCleanup(server.cleanup)
+        page = self.new_page(storage_state=signed_in_state(server, "person1@example.com"))
+        page.goto(server.url + "/rooms/1")
+        page.evaluate("navigator.serviceWorker.ready")
+        page.wait_for_function("navigator.serviceWorker.controller !== null")
+        server.stop()
+        self.allow_error("ERR_CONNECTION_REFUSED")
+        self.allow_error("WebSocket")
+        page.goto(server.url + "/rooms/2")
+        expect(page.get_by_role("heading", name="Campfire is offline")).to_be_visible()
+        expect(page.get_by_role("link", name="Try again")).to_have_attribute("href", "/")
 
 
 if __name__ == "__main__":
