@@ -125,9 +125,13 @@ class NotificationTests(BrowserApp):
         cdp.send("ServiceWorker.deliverPushMessage", {"origin": self.server.url,
                                                       "registrationId": registration["registrationId"],
                                                       "data": payload})
-        shown = page.wait_for_function(
-            "() => navigator.serviceWorker.ready.then((r) => r.getNotifications()).then((list) => list.length "
-            "? list.map((n) => ({title: n.title, body: n.body, icon: n.icon, data: n.data})) : null)").json_value()
+        shown = []
+        for _ in range(100):  # the worker shows it asynchronously: poll, at most 10 s
+            shown = page.evaluate("navigator.serviceWorker.ready.then((r) => r.getNotifications()).then((list) => "
+                                  "list.map((n) => ({title: n.title, body: n.body, icon: n.icon, data: n.data})))")
+            if shown:
+                break
+            page.wait_for_timeout(100)
         self.assertEqual(shown, [{"title": "Room 02", "body": "%s: the build is green" % BOB,
                                   "icon": self.server.url + "/account/logo", "data": {"path": "/rooms/2", "badge": 3}}])
         # The click, as Chromium dispatches it to the worker.
