@@ -531,6 +531,17 @@ class DeliveryTests(ChatTestCase):
             "body": "Carol Creator: Hey @Bob Builder, ship it 🚀", "icon": "/account/logo",
             "data": {"path": "/rooms/%d" % self.closed, "badge": 1}}})
 
+    def test_encryption_and_signing_run_in_a_process_of_their_own_at_a_lower_priority(self):
+        pool = self.app.pushes._process_pool()
+        self.assertNotEqual(pool.submit(os.getpid).result(timeout=60), os.getpid())
+        self.assertGreaterEqual(pool.submit(os.nice, 0).result(timeout=60),
+                                min(19, os.nice(0) + campfire.PUSH_WORKER_NICENESS))
+        browser = Browser("https://127.0.0.1:1/push/x")
+        body, authorization = pool.submit(campfire.push_request_parts, "T", "B", "/rooms/1", 0, browser.endpoint,
+                                          browser.p256dh, b64url(browser.auth)).result(timeout=60)
+        self.assertEqual(json.loads(browser.decrypt(body))["title"], "T")
+        self.assertEqual(unb64url(verify_vapid(authorization, browser.endpoint)), self.app.vapid_key.public_key)
+
     def test_a_long_message_is_cut_to_fit_one_push(self):
         service = self.service()
         browser = Browser(service.endpoint("bob"))
