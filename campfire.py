@@ -6205,8 +6205,12 @@ def render_profile(view, values, errors, transfer_url):
         '<h2 class="panel__subtitle" id="transfer_heading">Sign in on another device</h2>'
         '<p class="panel__intro">Open this link on your phone or another computer, or scan its QR code, to sign '
         'in there without a password. It works for 4 hours: keep it to yourself.</p>'
-        '{transfer}</section></section>').format(
-        avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields, action=url_for("user_profile"),
+        '{transfer}</section>'
+        '<section class="panel__section" aria-labelledby="push_heading">'
+        '<h2 class="panel__subtitle" id="push_heading">Notifications</h2>'
+        '<p class="panel__intro">Turn them on in each browser with "Notifications" at the top of the page. '
+        '<a href="{push_subscriptions}">Browsers that get notifications</a></p></section></section>').format(
+        push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields, action=url_for("user_profile"),
         cancel=url_for("user", user_id=user.id),
         transfer=render_copyable("session_transfer_url", "Sign-in link", transfer_url,
                                  "Copy sign-in link", "Show auto-login QR code"),

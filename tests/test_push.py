@@ -272,6 +272,10 @@ class SubscriptionRouteTests(ChatTestCase):
         self.assertEqual((response.status, response.header("Location")), (303, "/users/me/push_subscriptions"))
         self.assertEqual([row[0] for row in self.rows()], [self.carol_id])
 
+    def test_the_profile_links_to_the_subscriptions_page(self):
+        self.assertIn('<a href="/users/me/push_subscriptions">Browsers that get notifications</a>',
+                      self.bob.get("/users/me/profile").text)
+
     def test_a_test_notification_is_queued_for_ones_own_subscription_only(self):
         self.subscribe(self.bob, Browser("https://push.example.com/bob"))
         self.subscribe(self.carol, Browser("https://push.example.com/carol"))
