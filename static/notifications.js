@@ -215,13 +215,19 @@ export class UnreadCount {
   }
 }
 
-// A mention of the reader that arrives while the tab is hidden, with push off:
-// the browser's own notification (with push on, the service worker shows one).
+// The browser's own notification is for a mention of the reader that arrives while
+// the tab is hidden and push is off (with push on, the service worker shows one).
+export function notifiesInPage({ mentionsReader, hidden, pushOn, permission }) {
+  return mentionsReader && hidden && !pushOn && permission === "granted"
+}
+
 export function notifyMentionsWhileHidden(list, control, roomName) {
   list.addEventListener("message:arrived", (event) => {
     const message = event.detail.message
-    if (!message.classList.contains("message--mentions-me") || !document.hidden || control?.pushOn) return
-    if (!("Notification" in window) || Notification.permission !== "granted") return
+    if (!notifiesInPage({
+      mentionsReader: message.classList.contains("message--mentions-me"), hidden: document.hidden,
+      pushOn: Boolean(control?.pushOn), permission: "Notification" in window ? Notification.permission : "denied",
+    })) return
     const author = message.querySelector(".message__author")?.textContent.trim() ?? ""
     const text = message.querySelector(".message__body")?.textContent.trim() ?? ""
     const notification = new Notification(roomName || "Campfire", { body: author ? `${author}: ${text}` : text, tag: `message-${message.dataset.messageId}`, icon: "/account/logo" })

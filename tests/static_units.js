@@ -10,7 +10,7 @@ import { autocompleteQuery, soundsMatching } from "/static/autocomplete.js"
 import { safeHref, defuse } from "/static/richtext.js"
 import { matchesFilter } from "/static/forms.js"
 import { SOUND_NAMES } from "/static/sounds.js"
-import { notificationState, titleWithCount, base64UrlToBytes, subscriptionPayload } from "/static/notifications.js"
+import { notificationState, titleWithCount, base64UrlToBytes, subscriptionPayload, notifiesInPage } from "/static/notifications.js"
 
 const results = []
 
@@ -242,6 +242,16 @@ test("base64UrlToBytes reads the web-push gem's padded key and unpadded text ali
 test("subscriptionPayload is Campfire's push_subscription JSON", () => {
   const subscription = { toJSON: () => ({ endpoint: "https://push.example/1", expirationTime: null, keys: { p256dh: "BP", auth: "AU" } }) }
   assertEqual(subscriptionPayload(subscription), { push_subscription: { endpoint: "https://push.example/1", p256dh_key: "BP", auth_key: "AU" } })
+})
+
+test("notifiesInPage: only a mention of the reader, in a hidden tab, with push off and permission given", () => {
+  const yes = { mentionsReader: true, hidden: true, pushOn: false, permission: "granted" }
+  assert(notifiesInPage(yes), "all four")
+  assert(!notifiesInPage({ ...yes, mentionsReader: false }), "not a mention")
+  assert(!notifiesInPage({ ...yes, hidden: false }), "the tab is visible")
+  assert(!notifiesInPage({ ...yes, pushOn: true }), "push shows it instead")
+  assert(!notifiesInPage({ ...yes, permission: "default" }), "not permitted")
+  assert(!notifiesInPage({ ...yes, permission: "denied" }), "blocked")
 })
 
 window.unitResults = results
