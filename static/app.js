@@ -11,11 +11,12 @@ import { confirmDangerousForms, filterPickers, bellInPlace, roomKindFollowsChoic
 import { RoomSwitcher } from "./switcher.js"
 import { Announcer } from "./announcer.js"
 import { h } from "./dom.js"
+import { NotificationsControl, UnreadCount, notifyMentionsWhileHidden, registerServiceWorker, unsubscribeOnSignOut } from "./notifications.js"
 
 const body = document.body
 const viewer = { id: body.dataset.userId, administrator: body.dataset.administrator === "true" }
 
-function startRoom(section, cable) {
+function startRoom(section, cable, notifications) {
   const roomId = section.dataset.roomId
   const list = new MessageList(section.querySelector("#messages"), viewer)
   const scroller = new MessageScroller(list)
@@ -33,6 +34,7 @@ function startRoom(section, cable) {
   section.querySelector(".room__tools")?.prepend(muteToggle())
   roomMenu(section.querySelector(".room__header"))
   new Presence(cable, roomId, section.querySelector(".room__header"))
+  notifyMentionsWhileHidden(list.element, notifications, section.querySelector(".room__name")?.textContent.trim())
 }
 
 // On a phone the room's tools (and the top bar's links) fold into one menu in its header.
@@ -60,13 +62,18 @@ bellInPlace()
 roomKindFollowsChoice()
 
 if (viewer.id) {
+  const controlRoot = document.querySelector(".notifications-control")
+  const notifications = controlRoot && new NotificationsControl(controlRoot)
+  registerServiceWorker().then((registration) => notifications?.start(registration))
+  unsubscribeOnSignOut(document.getElementById("sign_out"))
+  new UnreadCount()
   const cable = new Cable()
   showConnection(cable)
   new RoomSwitcher()
   cable.subscribe({ channel: "HeartbeatChannel" })
   const room = document.querySelector("section.room[data-room-id]")
   new Sidebar(cable, room?.dataset.roomId)
-  if (room) startRoom(room, cable)
+  if (room) startRoom(room, cable, notifications)
   // Search results: local times and only the actions the reader may use (plain links and forms there).
   const results = document.getElementById("search-results")
   if (results) decorateMessages(results, viewer, { replies: false })

@@ -56,6 +56,8 @@ export function decorateMessages(root, viewer, { replies = true } = {}) {
     const mine = message.dataset.creatorId === viewer.id
     message.classList.toggle("message--mine", mine)
     message.classList.toggle("message--editable", mine || viewer.administrator)
+    const mentioned = viewer.id && message.querySelector(`.message__body .mention[data-user-id="${CSS.escape(viewer.id)}"]`)
+    message.classList.toggle("message--mentions-me", Boolean(mentioned) && !mine)
     for (const owner of message.querySelectorAll(".message__action--owner")) owner.hidden = !(mine || viewer.administrator)
     const body = message.querySelector(".message__body")
     message.classList.toggle("message--emoji", Boolean(body && !body.querySelector(":not(div, br)") && isEmojiOnly(body.textContent)))
@@ -254,6 +256,7 @@ export class RoomStream {
     if (theirs) this.#announcer?.message(message)
     this.#scroller.arrived()
     if (message.dataset.sound) playSound(message.dataset.sound)
+    if (!own) this.#list.element.dispatchEvent(new CustomEvent("message:arrived", { detail: { message } }))
   }
 
   // Merge what changed while we weren't listening, a page at a time: each page

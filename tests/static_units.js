@@ -14,6 +14,7 @@ import { inlineShortcut, blockShortcut, looksLikeMarkdown, markdownToHTML } from
 import { dayLabel, isEmojiOnly } from "/static/messages.js"
 import { announcement, MAX_ANNOUNCED_CHARS } from "/static/announcer.js"
 import { switcherChoices } from "/static/switcher.js"
+import { notificationState, titleWithCount, base64UrlToBytes, subscriptionPayload, notifiesInPage } from "/static/notifications.js"
 
 const results = []
 
@@ -270,6 +271,49 @@ test("switcherChoices filters rooms and people, names that start with the query 
   assertEqual(switcherChoices(rooms, people, "ta").map((choice) => choice.href), ["/rooms/1"])
   assertEqual(switcherChoices(rooms, people, "ad").map((choice) => choice.href), ["/rooms/9", "/users/4"])
   assertEqual(switcherChoices(rooms, people, "").length, 4)
+})
+
+// notifications.js ----------------------------------------------------------------
+
+test("notificationState: on only when permitted and subscribed; blocked, unsupported and the iOS rule", () => {
+  assertEqual(notificationState({ supported: true, permission: "granted", subscribed: true }), "on")
+  assertEqual(notificationState({ supported: true, permission: "granted", subscribed: false }), "off")
+  assertEqual(notificationState({ supported: true, permission: "default", subscribed: true }), "off")
+  assertEqual(notificationState({ supported: true, permission: "denied", subscribed: true }), "blocked")
+  assertEqual(notificationState({ supported: false }), "unsupported")
+  assertEqual(notificationState({ supported: false, ios: true, standalone: false }), "ios")
+  assertEqual(notificationState({ supported: false, ios: true, standalone: true }), "unsupported")
+})
+
+test("titleWithCount puts the unread rooms before the title once, and takes them away at zero", () => {
+  assertEqual(titleWithCount("All Talk · Campfire", 3), "(3) All Talk · Campfire")
+  assertEqual(titleWithCount("(3) All Talk · Campfire", 4), "(4) All Talk · Campfire")
+  assertEqual(titleWithCount("(4) All Talk · Campfire", 0), "All Talk · Campfire")
+  assertEqual(titleWithCount("(1984) a room", 0), "(1984) a room".replace(/^\(\d+\) /, ""))
+})
+
+test("base64UrlToBytes reads the web-push gem's padded key and unpadded text alike", () => {
+  const bytes = Array.from({ length: 65 }, (_, i) => (i * 37 + 251) % 256)
+  const padded = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_")
+  assert(padded.endsWith("="), "65 bytes are padded")
+  assertEqual(Array.from(base64UrlToBytes(padded)), bytes)
+  assertEqual(Array.from(base64UrlToBytes(padded.replace(/=+$/, ""))), bytes)
+  assertEqual(Array.from(base64UrlToBytes("-_8")), [251, 255])
+})
+
+test("subscriptionPayload is Campfire's push_subscription JSON", () => {
+  const subscription = { toJSON: () => ({ endpoint: "https://push.example/1", expirationTime: null, keys: { p256dh: "BP", auth: "AU" } }) }
+  assertEqual(subscriptionPayload(subscription), { push_subscription: { endpoint: "https://push.example/1", p256dh_key: "BP", auth_key: "AU" } })
+})
+
+test("notifiesInPage: only a mention of the reader, in a hidden tab, with push off and permission given", () => {
+  const yes = { mentionsReader: true, hidden: true, pushOn: false, permission: "granted" }
+  assert(notifiesInPage(yes), "all four")
+  assert(!notifiesInPage({ ...yes, mentionsReader: false }), "not a mention")
+  assert(!notifiesInPage({ ...yes, hidden: false }), "the tab is visible")
+  assert(!notifiesInPage({ ...yes, pushOn: true }), "push shows it instead")
+  assert(!notifiesInPage({ ...yes, permission: "default" }), "not permitted")
+  assert(!notifiesInPage({ ...yes, permission: "denied" }), "blocked")
 })
 
 window.unitResults = results
