@@ -197,6 +197,9 @@ MAX_ROOM_NAME_CHARS = 100
 MAX_BIO_CHARS = 200
 SEARCH_RESULT_LIMIT = 100         # Campfire shows the last 100 matches
 SEARCH_PROBE_LIMIT = 1000         # newest matches looked at before a membership-scoped query
+SEARCH_REBUILD_CHUNK = 500        # messages checked (and indexed if need be) per event-loop turn while
+                                  # a missing or partial search index is rebuilt: a few ms of work a turn
+SEARCH_REBUILD_LOG_EVERY = 20_000  # a progress line in the log after each this many messages checked
 MAX_SEARCH_WORDS = 16
 MAX_SEARCH_QUERY_CHARS = 200
 RECENT_SEARCHES_KEPT = 10
@@ -4676,12 +4679,22 @@ class Store:
             info.last_active = now
         return info
 
+    def adopt_rails_session(self, rails_token, ip_address, user_agent, now=None):
+        """The session Rails stored under this token (in plain text, has_secure_token)
+        replaced by one of ours for the same person; our token, or None."""
+        row = self.db.one("SELECT id, user_id FROM sessions WHERE token = ?", (rails_token,))
+        if row is None:
+            return None
+        with self.db.atomic():
+            self.db.execute("DELETE FROM sessions WHERE id = ?", (row["id"],))
+            return self.create_session(row["user_id"], ip_address, user_agent, now)
+
     def end_session(self, token, user_id, session_id):
         """Sign out: the session is deleted and its sockets close."""
         digest = token_digest(token)
         self._sessions.pop(digest, None)
         with self.db.atomic():
-            self.db.execute("DELETE FROM sessions WHERE token = ?", (digest,))
+            self.db.execute("DELETE FROM sessions WHERE token = ? OR id = ?", (digest, session_id))
         self.events.sessions_revoked(user_id, session_id)
 
     def _delete_sessions_of(self, user_id):
@@ -4924,7 +4937,10 @@ class Store:
 
     # Messages ----------------------------------------------------------------
     MESSAGE_COLUMNS = ("SELECT messages.id, messages.room_id, messages.creator_id, messages.client_message_id, "
-                       "messages.created_at, messages.updated_at, action_text_rich_texts.body AS body "
+                       "messages.created_at, messages.updated_at, action_text_rich_texts.body AS body, "
+                       # Edited: the body changed after it was saved. Rails touches messages.updated_at
+                       # for boosts and attachments too, but only an edit moves the rich text's.
+                       "action_text_rich_texts.updated_at > action_text_rich_texts.created_at AS edited "
                        "FROM messages LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = "
                        "'Message' AND action_text_rich_texts.record_id = messages.id AND "
                        "action_text_rich_texts.name = 'body' ")
@@ -5069,7 +5085,8 @@ class Store:
             self.bump_room(room_id)
             self.bump_users(unread)
         message = {"id": message_id, "room_id": room_id, "creator_id": creator_id,
-                   "client_message_id": client_message_id, "created_at": stamp, "updated_at": stamp, "body": body}
+                   "client_message_id": client_message_id, "created_at": stamp, "updated_at": stamp, "body": body,
+                   "edited": False}
         return message, unread
 
     def update_message(self, message, body, plain_text, now=None):
@@ -5174,7 +5191,8 @@ class Store:
 
     # Search ------------------------------------------------------------------
     def search(self, user_id, query, limit=SEARCH_RESULT_LIMIT):
-        """The newest `limit` messages matching every word, in the user's rooms only.
+        """The newest `limit` messages matching every word, in the user's rooms only,
+        newest first (by created_at, as Campfire orders them).
 
         A probe takes the newest matches across all rooms (FTS5 walks its
         doclists in rowid order, so this is cheap) and keeps the user's; only
@@ -5188,18 +5206,47 @@ class Store:
                             "ORDER BY rowid DESC LIMIT ?", (match, probe_limit))
         candidate_ids = [row[0] for row in probe]
         marks = ",".join("?" * len(candidate_ids)) or "NULL"
-        visible = [row[0] for row in self.db.all("SELECT id, room_id FROM messages WHERE id IN (%s) ORDER BY id DESC"
-                                                 % marks, candidate_ids) if row[1] in rooms][:limit]
+        visible = [row[0] for row in self.db.all("SELECT id, room_id FROM messages WHERE id IN (%s) "
+                                                 "ORDER BY created_at DESC, id DESC" % marks, candidate_ids)
+                   if row[1] in rooms][:limit]
         if len(visible) == limit or len(probe) < probe_limit:
-            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s) ORDER BY messages.id DESC"
+            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s) "
+                               "ORDER BY messages.created_at DESC, messages.id DESC"
                                % (",".join("?" * len(visible)) or "NULL"), visible)
         else:
             room_ids = list(rooms) or [0]
             rows = self.db.all(
                 self.MESSAGE_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
-                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) ORDER BY messages.id DESC LIMIT ?"
+                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) "
+                "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
                 % ",".join("?" * len(room_ids)), (match, *room_ids, limit))
-        return rows[::-1]
+        return rows
+
+    def search_index_complete(self):
+        """Whether every message seems to have its search row (as many rows as messages).
+        A storage restored from a backup, or made by hand, may have none or some."""
+        messages = self.db.value("SELECT count(*) FROM messages")
+        try:
+            rows = self.db.value("SELECT count(*) FROM message_search_index_docsize")
+        except sqlite3.OperationalError:  # an index made without its size table: walk it
+            return False
+        return rows == messages
+
+    def index_missing_search_rows(self, after, upto, chunk):
+        """Search rows for the messages with ids in (after, upto] that have none, looking
+        at `chunk` messages: (the last id looked at or None when done, looked at, written)."""
+        rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id > ? AND messages.id <= ? "
+                           "ORDER BY messages.id LIMIT ?", (after, upto, chunk))
+        if not rows:
+            return None, 0, 0
+        indexed = {row[0] for row in self.db.all("SELECT rowid FROM message_search_index WHERE rowid BETWEEN ? AND ?",
+                                                 (rows[0]["id"], rows[-1]["id"]))}
+        missing = [(row["id"], self.plain_text(row["body"])) for row in rows if row["id"] not in indexed]
+        if missing:
+            with self.db.atomic():
+                self.db.connection.executemany(self.SEARCH_ROW_INSERT, missing)
+            self.message_version += 1  # search results may change
+        return rows[-1]["id"], len(rows), len(missing)
 
     def is_latest_search(self, user_id, query):
         return self._last_search.get(user_id) == query
@@ -5871,7 +5918,7 @@ def render_message(message, *, author, body, sound, boosts):
         body = HTML('<span class="sound" data-sound="{name}">🔊 {label}</span>').format(
             name=sound, label=text if text else HTML('<span class="sound__badge">{}</span>').format(sound))
     edited = HTML(' <span class="message__edited" title="Edited">(edited)</span>') \
-        if message["updated_at"] != message["created_at"] and message["updated_at"] > message["created_at"] else ""
+        if message["edited"] else ""
     created = iso_time(message["created_at"])
     return HTML(_message_template() % {
         "message_id": message["id"], "room_id": message["room_id"], "creator_id": message["creator_id"],
@@ -6574,6 +6621,7 @@ async def sign_in(app, request):
 def sign_out(app, request):
     token = request.cookies.get(SESSION_COOKIE)
     if token:
+        request.set_cookies.clear()  # a session adopted from Rails' cookie just now ends unsent
         app.store.end_session(token, request.user.id, request.session.id)
     response = redirect(url_for("new_session"))
     app.clear_cookie(response, SESSION_COOKIE)
@@ -6669,7 +6717,10 @@ def landing(app, request):
         return _page(app, request, "Welcome", render_no_rooms())
     last = request.cookies.get(LAST_ROOM_COOKIE, "")
     room_ids = [room["id"] for room in rooms]
-    target = int(last) if last.isdigit() and int(last) in room_ids else room_ids[0]
+    # Else the oldest room the person is in, as Campfire's Room.original (app/models/room.rb):
+    # on a new account that is "All Talk".
+    oldest = min(rooms, key=lambda room: (room["created_at"], room["id"]))["id"]
+    target = int(last) if last.isdigit() and int(last) in room_ids else oldest
     return redirect(url_for("room", room_id=target), 302)
 
 
@@ -8136,6 +8187,7 @@ class App:
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
         self.webhooks = Webhooks(self)
         self.purges = Purges(self)
+        SearchIndexRebuild(self).start()  # in the background under the server; at once without one
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -8196,13 +8248,16 @@ class App:
         return url_for("static", path=name, v=self.static.version(name))
 
     def set_cookie(self, response, name, value, *, max_age=SESSION_COOKIE_MAX_AGE, http_only=True):
+        response.headers.append(("Set-Cookie", self.cookie_header(name, value, max_age=max_age, http_only=http_only)))
+
+    def cookie_header(self, name, value, *, max_age=SESSION_COOKIE_MAX_AGE, http_only=True):
         parts = ["%s=%s" % (name, urllib.parse.quote(value, safe="")), "Path=/", "Max-Age=%d" % max_age,
                  "SameSite=Lax"]
         if http_only:
             parts.append("HttpOnly")
         if self.secure_cookies:
             parts.append("Secure")
-        response.headers.append(("Set-Cookie", "; ".join(parts)))
+        return "; ".join(parts)
 
     def clear_cookie(self, response, name):
         self.set_cookie(response, name, "", max_age=0)
@@ -8414,13 +8469,30 @@ class App:
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
             return
-        session = self.store.session_for(token, time.time())
+        now = time.time()
+        session = self.store.session_for(token, now)
+        if session is None and VERIFIER_SEPARATOR in token:
+            session = self._adopt_rails_session(request, token, now)
         if session is None:
             return
         user = self.store.user(session.user_id)
         if user is None or not user.active or user.bot:
             return
         request.user, request.session = user, session
+
+    def _adopt_rails_session(self, request, value, now):
+        """A session_token cookie Rails signed with this SECRET_KEY_BASE names a session
+        Rails stored (app/controllers/concerns/authentication.rb): that session becomes
+        one of ours and the browser gets our cookie with this response."""
+        rails_token = verify_signed_cookie(self.secret_key_base, SESSION_COOKIE, value, now=now)
+        if not isinstance(rails_token, str) or not rails_token:
+            return None
+        token = self.store.adopt_rails_session(rails_token, request.remote_addr,
+                                               request.headers.get("user-agent", ""), now)
+        if token is None:
+            return None
+        request.set_cookies.append(self.cookie_header(SESSION_COOKIE, token))
+        return self.store.session_for(token, now)
 
     def _error_response(self, request, status, message):
         if request.path.startswith("/static/"):
@@ -8440,6 +8512,8 @@ class App:
             headers.append(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
         headers.extend(SECURITY_HEADERS)
         headers.append(("X-Request-Id", request.id))
+        for cookie in request.set_cookies:
+            headers.append(("Set-Cookie", cookie))
         if (response.compressible and len(response.body) >= GZIP_MIN_BYTES
                 and response.content_type and response.content_type.startswith(GZIP_TYPES)
                 and "content-encoding" not in present and accepts_gzip(request)):
@@ -8487,6 +8561,39 @@ def run_in_background(step):
         if more:
             loop.call_soon(turn)
     loop.call_soon(turn)
+
+
+class SearchIndexRebuild:
+    """At start, messages without a search row (a storage restored or made by hand, or a
+    Rails storage whose index was lost) get one, a chunk per event-loop turn while the
+    server answers, with progress in the log. Only messages that existed at start are
+    looked at: a new one writes its own row."""
+
+    def __init__(self, app):
+        self.store = app.store
+        self.upto = self.after = self.looked = self.written = self.total = 0
+        self.logged_at = 0
+
+    def start(self):
+        run_in_background(self.step)
+
+    def step(self):
+        store = self.store
+        if not self.upto:
+            if store.search_index_complete():
+                return False
+            self.upto = store.db.value("SELECT max(id) FROM messages") or 0
+            self.total = store.db.value("SELECT count(*) FROM messages")
+            log.info("search index: incomplete; checking %d messages in the background", self.total)
+        last, looked, written = store.index_missing_search_rows(self.after, self.upto, SEARCH_REBUILD_CHUNK)
+        if last is None:
+            log.info("search index: rebuilt (%d messages checked, %d indexed)", self.looked, self.written)
+            return False
+        self.after, self.looked, self.written = last, self.looked + looked, self.written + written
+        if self.looked - self.logged_at >= SEARCH_REBUILD_LOG_EVERY:
+            self.logged_at = self.looked
+            log.info("search index: %d of %d messages checked, %d indexed", self.looked, self.total, self.written)
+        return True
 
 
 class Purges:
