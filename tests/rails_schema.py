@@ -325,7 +325,7 @@ def schema_differences(db, expected):
     additions = sorted(table for table in full if table not in actual)
     for table in sorted(full):
         additions += sorted(name for name in full[table][1] if name.startswith("campfire_py_"))
-    return lines, additions
+    return lines, sorted(additions)
 
 
 T0 = "2024-02-12 09:00:00.000000"
