@@ -26,7 +26,7 @@ pure code to the code that touches the world:
  14. The application          App: a request in, a response out (no sockets); its caches
  15. Background work          purges and webhook deliveries, off the request path
  16. The server               asyncio connections, timeouts, group commit, signals
- 17. Operations               seed (and the other long jobs of the command line)
+ 17. Operations               seed and check (the long jobs and reports of the command line)
  18. Command line             main()
 """
 
@@ -3693,6 +3693,7 @@ CREATE UNIQUE INDEX "index_accounts_on_singleton_guard" ON "accounts" ("singleto
 # lists them as "NO FILE" and ignores them).
 RAILS_FIRST_VERSION = RAILS_MIGRATIONS[0][0]
 RAILS_CREATE_BANS = "20251126092013"
+RAILS_ONCE_ERA_LAST = "20240209110503"  # the first ONCE releases knew migrations up to this one
 RAILS_LATEST_VERSION = RAILS_MIGRATIONS[-1][0]
 RAILS_INTERNAL_TABLES = """
 CREATE TABLE IF NOT EXISTS "schema_migrations" ("version" varchar NOT NULL PRIMARY KEY);
@@ -9279,7 +9280,7 @@ async def serve(config):
 
 
 ####
-#### 17. Operations: seed
+#### 17. Operations: seed and check
 ####
 # Long jobs for the command line, each reporting its progress.
 
@@ -9331,6 +9332,99 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
     return "person%d@example.com" % first_new
 
 
+def storage_report(config):
+    """What opening this storage will do, for an administrator before a move: the schema's
+    era and the migrations it lacks, what it holds, and what isn't shown yet. Reads only
+    (the database is opened read-only; nothing is migrated)."""
+    path = config.resolved_database_path
+    if not os.path.exists(path):
+        return ["%s: no database yet; the first start creates Campfire's schema (version %s)."
+                % (path, RAILS_LATEST_VERSION)]
+    try:
+        db = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(path)), uri=True)
+        try:
+            return _storage_report(db, path, config)
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        return ["%s can't be read as a Campfire database (%s)." % (path, error)]
+
+
+def _storage_report(db, path, config):
+    def value(sql, params=()):
+        row = db.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    lines = ["Storage: %s" % path]
+    known = [version for version, _, _ in RAILS_MIGRATIONS]
+    if "schema_migrations" in tables:
+        versions = {str(row[0]) for row in db.execute("SELECT version FROM schema_migrations")}
+        newer = sorted(v for v in versions if v not in known and v >= RAILS_FIRST_VERSION)
+        if newer:
+            return lines + ["Schema: migrated by a newer Campfire (%s); this server refuses it and changes "
+                            "nothing." % ", ".join(newer)]
+        pending = [(version, name) for version, name, _ in RAILS_MIGRATIONS if version not in versions]
+        latest = max((v for v in versions if v in known), default=None)
+        era = ("the first ONCE releases (users.active, no bans, no account settings)"
+               if latest is not None and latest <= RAILS_ONCE_ERA_LAST else
+               "Once Campfire v1.3 (Rails 8)" if latest is not None and latest < RAILS_LATEST_VERSION else
+               "today's Once Campfire")
+        lines.append("Schema: version %s, %s." % (latest, era))
+        if pending:
+            lines.append("At start, these Rails migrations run, each recorded in schema_migrations:")
+            lines += ["  %s_%s.rb" % item for item in pending]
+        else:
+            lines.append("Nothing to migrate: Rails' db:prepare would find nothing pending.")
+    elif "campfire_py_migrations" in tables:
+        lines.append("Schema: created by an earlier release of this server; at start, Rails' %d migration "
+                     "versions are recorded in schema_migrations." % len(known))
+    elif tables & {"users", "messages", "accounts"}:
+        return lines + ["Schema: Campfire's tables without schema_migrations; this server refuses it."]
+    else:
+        lines.append("Schema: empty; the first start creates Campfire's schema.")
+        return lines
+
+    def count(table, where="1"):
+        return value('SELECT count(*) FROM "%s" WHERE %s' % (table, where)) if table in tables else 0
+
+    status = "status" if "status" in {row[1] for row in db.execute("PRAGMA table_info(users)")} else None
+    active = "status = 0" if status else "coalesce(active, 1) != 0"
+    lines.append("Account: %s" % (value("SELECT name FROM accounts ORDER BY id LIMIT 1") or "(none yet)"))
+    lines.append("People: %d active, %d deactivated or banned, %d bots" % (
+        count("users", "role != 2 AND " + active), count("users", "role != 2 AND NOT (%s)" % active),
+        count("users", "role = 2")))
+    rooms = {row[0]: row[1] for row in db.execute("SELECT type, count(*) FROM rooms GROUP BY type")}
+    lines.append("Rooms: %d open, %d closed, %d direct" % (
+        rooms.get(ROOM_OPEN, 0), rooms.get(ROOM_CLOSED, 0), rooms.get(ROOM_DIRECT, 0)))
+    messages = count("messages")
+    lines.append("Messages: %d, with %d boosts" % (messages, count("boosts")))
+    try:
+        indexed = value("SELECT count(*) FROM message_search_index_docsize")
+    except sqlite3.Error:
+        indexed = None
+    if indexed != messages:
+        lines.append("Search index: %s of %d messages; the rest are indexed in the background at start."
+                     % ("unknown" if indexed is None else indexed, messages))
+    bcrypt = count("users", "password_digest LIKE '$2_$%'")
+    if bcrypt:
+        lines.append("Passwords: %d bcrypt digests (Rails'); this system's crypt(3) %s." % (bcrypt, (
+            "checks them, and new passwords are bcrypt too" if bcrypt_supported() else
+            "has no bcrypt: those people need a sign-in link from an administrator")))
+    sessions = count("sessions", "length(token) != 64")
+    if sessions:
+        lines.append("Sessions: %d signed in on Rails; they stay signed in if SECRET_KEY_BASE is the one "
+                     "Rails used%s." % (sessions, "" if config.secret_key_base else " (it is not set)"))
+    not_shown = [(count("active_storage_attachments", "record_type = 'Message'"), "messages' file attachments"),
+                 (count("active_storage_attachments", "record_type = 'User'"), "avatars"),
+                 (count("active_storage_attachments", "record_type = 'Account'"), "account logos"),
+                 (count("push_subscriptions"), "push subscriptions (web push is not sent yet)")]
+    for number, what in not_shown:
+        if number:
+            lines.append("Not shown yet: %d %s; they stay in the storage for Rails." % (number, what))
+    return lines
+
+
 def print_progress(label, done, total):
     """One self-rewriting line on a terminal, a line per step otherwise."""
     line = "%s: %d/%d (%d%%)" % (label, done, total, 100 * done // max(total, 1))
@@ -9366,6 +9460,9 @@ COMMANDS = {
         "--port": (port_number, None, "port to listen on (PORT; default %d)" % DEFAULT_PORT),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
         "--no-cache": (bool, False, "render every page afresh (to measure what the caches save)"),
+    }),
+    "check": ("report what opening a storage will do (its schema, what it holds), changing nothing", {
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
     }),
     "seed": ("fill the database with people, rooms and messages", {
         "--users": (int, 100, "people to add (default 100)"),
@@ -9466,6 +9563,8 @@ def main(argv=None):
     try:
         if command == "serve":
             asyncio.run(serve(config))
+        elif command == "check":
+            print("\n".join(storage_report(config)))
         elif command == "seed":
             app = App(config)
             try:

@@ -230,6 +230,45 @@ class MigrationStepTests(StorageCase):
         self.assert_rails_schema_with_our_additions(app.db.connection)
 
 
+class CheckReportTests(StorageCase):
+    """`campfire.py check`: what opening a storage will do, told before a move, changing nothing."""
+
+    def report(self):
+        return campfire.storage_report(campfire.Config(storage_path=self.storage))
+
+    def test_a_once_era_storage_is_described_and_left_alone(self):
+        rails_schema.build(self.path, era="once", index=("first",))
+        with open(self.path, "rb") as file:
+            before = file.read()
+        lines = self.report()
+        self.assertIn("Schema: version 20240209110503, the first ONCE releases (users.active, no bans, "
+                      "no account settings).", lines)
+        runs = lines.index("At start, these Rails migrations run, each recorded in schema_migrations:")
+        self.assertEqual(lines[runs + 1:runs + 8], ["  %s_%s.rb" % (version, name) for version, name, _
+                                                     in rails_schema.MIGRATIONS[8:]])
+        self.assertIn("People: 4 active, 1 deactivated or banned, 1 bots", lines)
+        self.assertIn("Rooms: 2 open, 2 closed, 2 direct", lines)
+        self.assertIn("Messages: 7, with 1 boosts", lines)
+        self.assertIn("Search index: 1 of 7 messages; the rest are indexed in the background at start.", lines)
+        self.assertTrue(any(line.startswith("Sessions: 1 signed in on Rails") for line in lines))
+        with open(self.path, "rb") as file:
+            self.assertEqual(file.read(), before)
+        self.assertEqual(sqlite3.connect(self.path).execute("SELECT count(*) FROM schema_migrations").fetchone(), (8,))
+
+    def test_a_current_storage_has_nothing_pending_after_a_start_and_a_newer_one_is_refused(self):
+        rails_schema.build(self.path, era="current")
+        self.open().close()
+        lines = self.report()
+        self.assertIn("Schema: version 20251212154340, today's Once Campfire.", lines)
+        self.assertIn("Nothing to migrate: Rails' db:prepare would find nothing pending.", lines)
+        db = sqlite3.connect(self.path)
+        db.execute("INSERT INTO schema_migrations VALUES ('20260301120000')")
+        db.commit()
+        db.close()
+        self.assertIn("Schema: migrated by a newer Campfire (20260301120000); this server refuses it and changes "
+                      "nothing.", self.report())
+
+
 class OpenedStorageTests(StorageCase):
     """A ONCE-era storage and a current one, with Campfire's fixture team, used as a
     person would: nothing looks different, and Rails can take the data back."""
