@@ -8314,7 +8314,11 @@ class App:
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
         self.webhooks = Webhooks(self)
         self.purges = Purges(self)
-        SearchIndexRebuild(self).start()  # in the background under the server; at once without one
+        self.search_rebuild = SearchIndexRebuild(self)
+        try:
+            asyncio.get_running_loop()  # under the server: it starts once the server listens
+        except RuntimeError:
+            self.search_rebuild.start()  # tests and commands: at once
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -8709,9 +8713,12 @@ class SearchIndexRebuild:
         self.store = app.store
         self.upto = self.after = self.looked = self.written = self.total = 0
         self.logged_at = 0
+        self.started = False
 
     def start(self):
-        run_in_background(self.step)
+        if not self.started:
+            self.started = True
+            run_in_background(self.step)
 
     def step(self):
         store = self.store
@@ -9263,6 +9270,7 @@ class Server:
         self._sweeper = self.loop.create_task(self._sweep())
         self._beat = self.loop.create_task(self._cable_beat())
         self.app.webhooks.start(self.loop)
+        self.app.search_rebuild.start()
 
     async def _cable_beat(self):
         while not self.stopping:

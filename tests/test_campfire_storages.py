@@ -11,9 +11,12 @@ import re
 import shutil
 import sqlite3
 import tempfile
+import time
 import unittest
+import urllib.request
 
 from tests import rails_schema
+from tests.browser import CampfireProcess
 from tests.helpers import Client, campfire, make_app
 from tests.test_rails import ruby
 
@@ -348,6 +351,28 @@ class OpenedStorageTests(StorageCase):
         self.app.close()
         with self.assertNoLogs("campfire", "INFO"):  # complete now: nothing to do at the next start
             self.app = self.open()
+
+
+class ServedStorageTests(StorageCase):
+    def test_the_server_answers_while_the_search_index_is_rebuilt(self):
+        rails_schema.build(self.path, era="current", index=())
+        server = CampfireProcess(storage=self.storage, env={"SECRET_KEY_BASE": SECRET_KEY_BASE}).start()
+        self.addCleanup(server.stop)
+        with urllib.request.urlopen(server.url + "/up", timeout=5) as response:
+            self.assertEqual(response.status, 200)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with open(server.log_path, errors="replace") as log:
+                text = log.read()
+            if "search index: rebuilt" in text:
+                break
+            time.sleep(0.05)
+        self.assertIn("search index: incomplete; checking 7 messages in the background", text)
+        self.assertIn("search index: rebuilt (7 messages checked, 7 indexed)", text)
+        self.assertLess(text.index("listening on"), text.index("search index: incomplete"))
+        server.stop()
+        db = self.raw()
+        self.assertEqual(db.execute("SELECT count(*) FROM message_search_index").fetchone(), (7,))
 
 
 class RailsSignedTests(StorageCase):
