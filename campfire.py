@@ -192,6 +192,8 @@ MESSAGE_BODY_LIMIT = 256 * 1024   # HTTP body of a message post (HTML escapes in
 MAX_CLIENT_MESSAGE_ID_CHARS = 100
 CLIENT_MESSAGE_ID_BYTES = 16      # a client_message_id made up for a post without one (bots, plain forms)
 ROOMS_KEPT = 10_000               # rooms remembered in memory (then all forgotten)
+SGIDS_KEPT = 10_000               # people's signed mention ids remembered (~130 bytes each; signing one
+                                  # costs a JSON encoding and an HMAC, and a post with "@" needs the room's)
 SQLITE_IN_CHUNK = 500             # ids bound in one IN (...) list: old SQLite builds allow 999 variables
 MAX_BOOST_CHARS = 16              # boosts.content is varchar(16)
 MAX_ROOM_NAME_CHARS = 100
@@ -4431,6 +4433,7 @@ class Store:
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
         self._rooms = {}         # room id → Room (dropped when its name or type changes)
+        self._sgids = {}         # user id → their attachable sgid
         self._derived = {}       # name → (global_version, value): custom CSS, banned addresses
         self.room_versions = collections.Counter()        # messages, boosts, name, members
         self.user_versions = collections.Counter()        # a user's sidebar: memberships, unread, names
@@ -5081,7 +5084,14 @@ class Store:
         return changed
 
     def mention_sgid(self, user_id):
-        return make_sgid(user_id, self.sgid_secret)
+        """A person's attachable sgid (the same for as long as SECRET_KEY_BASE is): made once,
+        since a post with an "@" needs one for every member of the room."""
+        sgid = self._sgids.get(user_id)
+        if sgid is None:
+            if len(self._sgids) >= SGIDS_KEPT:
+                self._sgids.clear()
+            sgid = self._sgids[user_id] = make_sgid(user_id, self.sgid_secret)
+        return sgid
 
     def _keep_attachment(self, sgid, content_type):
         """Posted bodies keep only mentions we signed ourselves."""
