@@ -2841,7 +2841,7 @@ GLOBALID_APP = "campfire"
 ATTACHABLE_PURPOSE = "attachable"  # actiontext/lib/action_text/attachable.rb LOCATOR_NAME
 
 # app/controllers/concerns/authentication.rb: cookies.signed.permanent[:session_token]
-RAILS_SESSION_COOKIE = "session_token"
+RAILS_SESSION_COOKIE = SESSION_COOKIE
 PERMANENT_COOKIE_YEARS = 20  # action_dispatch PermanentCookieJar: 20.years.from_now
 
 # A signed cookie is at most 4096 bytes (ActionDispatch::Cookies::MAX_COOKIE_SIZE) and an
@@ -4078,7 +4078,8 @@ class Database:
 
     def pending_rails_migrations(self):
         """(version, name) of the Rails migrations this storage lacks, in the order they run;
-        None for a storage with no schema at all (it would be created whole)."""
+        None for a storage with no schema at all (it would be created whole). Campfire's
+        tables without schema_migrations lack them all, as far as can be told (and are refused)."""
         tables = self.table_names()
         if "schema_migrations" not in tables:
             if "campfire_py_migrations" in tables:

@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -20,6 +22,7 @@ from tests.browser import CampfireProcess
 from tests.helpers import Client, campfire, make_app
 from tests.test_rails import ruby
 
+CAMPFIRE_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "campfire.py")
 SECRET_KEY_BASE = hashlib.sha512(b"a team moving from Once Campfire").hexdigest()  # SecureRandom.hex(64)'s shape
 ALL_VERSIONS = [version for version, _, _ in rails_schema.MIGRATIONS]
 OUR_ADDITIONS = ["campfire_py_memberships_unread_candidates", "campfire_py_message_deletions",
@@ -256,6 +259,15 @@ class CheckReportTests(StorageCase):
         self.assertTrue(any(line.startswith("Sessions: 1 signed in on Rails") for line in lines))
         with open(self.path, "rb") as file:
             self.assertEqual(file.read(), before)
+        self.assertEqual(sqlite3.connect(self.path).execute("SELECT count(*) FROM schema_migrations").fetchone(), (8,))
+
+    def test_the_command_line_prints_the_report(self):
+        rails_schema.build(self.path, era="once")
+        result = subprocess.run([sys.executable, CAMPFIRE_PY, "check", "--storage", self.storage],
+                                capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("At start, these Rails migrations run", result.stdout)
+        self.assertIn("  20251126092013_create_bans.rb", result.stdout)
         self.assertEqual(sqlite3.connect(self.path).execute("SELECT count(*) FROM schema_migrations").fetchone(), (8,))
 
     def test_a_current_storage_has_nothing_pending_after_a_start_and_a_newer_one_is_refused(self):
