@@ -659,7 +659,7 @@ class Signer:
 
 
 # Passwords: bcrypt as Rails' has_secure_password writes it, through the system's
-# crypt(3) (section 8a); scrypt where crypt(3) has no bcrypt.
+# crypt(3) (section 9a); scrypt where crypt(3) has no bcrypt.
 
 def hash_password(password, n=SCRYPT_N, bcrypt_cost=None):
     """A "$2a$" bcrypt digest of cost bcrypt_cost (default BCRYPT_COST, Rails' own), which
@@ -2429,7 +2429,7 @@ def find_mentions(stored_html):
 
 
 # Mentions carry the person's signed global id as Action Text's attachable_sgid
-# writes it (section 8a: signed with SECRET_KEY_BASE's "signed_global_ids" key), so
+# writes it (section 9a: signed with SECRET_KEY_BASE's "signed_global_ids" key), so
 # Rails verifies ours and we verify Rails'.
 _GID_USER = re.compile(r"gid://[\w.-]+/User/(\d{1,18})(?!\d)")
 
