@@ -15,18 +15,20 @@ pure code to the code that touches the world:
   6. Action Cable             the JSON protocol spoken on /cable
   7. Rich text                the allow-list sanitizer, auto-links, plain text, mentions
   8. QR codes                 byte-mode QR symbols as SVG, for invitation and sign-in links
-  9. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
- 10. Domain                   every operation on accounts, people, sessions, rooms, memberships,
-                              messages, boosts, search and bots, with its SQL; Events
- 11. Rendering                render_* from plain data and a View: pages, fragments, JSON
- 12. Routes                   the route table (the map of the server), then its thin handlers
+  9. Web Push                 P-256, ECDSA, AES-128-GCM, HKDF, aes128gcm and VAPID, sans-I/O
+ 9a. Rails' formats           signed cookies, signed global ids, key derivation, bcrypt
+ 10. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
+ 11. Domain                   every operation on accounts, people, sessions, rooms, memberships,
+                              messages, boosts, search, bots and push subscriptions, with its SQL; Events
+ 12. Rendering                render_* from plain data and a View: pages, fragments, JSON
+ 13. Routes                   the route table (the map of the server), then its thin handlers
                               by feature: sessions, rooms, messages, search, people, account, bots
- 13. Real time                /cable connections, channels and broadcasts
- 14. The application          App: a request in, a response out (no sockets); its caches
- 15. Background work          purges and webhook deliveries, off the request path
- 16. The server               asyncio connections, timeouts, group commit, signals
- 17. Operations               seed, backup, restore, check, administrators, deployment recipes
- 18. Command line             main()
+ 14. Real time                /cable connections, channels and broadcasts
+ 15. The application          App: a request in, a response out (no sockets); its caches
+ 16. Background work          purges, webhook and push deliveries, automatic backups, off the request path
+ 17. The server               asyncio connections, timeouts, group commit, signals
+ 18. Operations               seed, backup, restore, check, export, administrators, deployment recipes
+ 19. Command line             main()
 """
 
 import os
@@ -54,6 +56,7 @@ import codecs
 import collections
 import contextlib
 import ctypes
+import datetime
 import enum
 import errno
 import functools
@@ -193,12 +196,17 @@ MESSAGE_BODY_LIMIT = 256 * 1024   # HTTP body of a message post (HTML escapes in
 MAX_CLIENT_MESSAGE_ID_CHARS = 100
 CLIENT_MESSAGE_ID_BYTES = 16      # a client_message_id made up for a post without one (bots, plain forms)
 ROOMS_KEPT = 10_000               # rooms remembered in memory (then all forgotten)
+SGIDS_KEPT = 10_000               # people's signed mention ids remembered (~130 bytes each; signing one
+                                  # costs a JSON encoding and an HMAC, and a post with "@" needs the room's)
 SQLITE_IN_CHUNK = 500             # ids bound in one IN (...) list: old SQLite builds allow 999 variables
 MAX_BOOST_CHARS = 16              # boosts.content is varchar(16)
 MAX_ROOM_NAME_CHARS = 100
 MAX_BIO_CHARS = 200
 SEARCH_RESULT_LIMIT = 100         # Campfire shows the last 100 matches
 SEARCH_PROBE_LIMIT = 1000         # newest matches looked at before a membership-scoped query
+SEARCH_REBUILD_CHUNK = 500        # messages checked (and indexed if need be) per event-loop turn while
+                                  # a missing or partial search index is rebuilt: a few ms of work a turn
+SEARCH_REBUILD_LOG_EVERY = 20_000  # a progress line in the log after each this many messages checked
 MAX_SEARCH_WORDS = 16
 MAX_SEARCH_QUERY_CHARS = 200
 RECENT_SEARCHES_KEPT = 10
@@ -366,6 +374,42 @@ SOUND_TEXTS = {
 SOUND_NAMES = frozenset(SOUND_TEXTS) | SOUND_PICTURES
 PLAY_RE = re.compile(r"\A/play (\w+)\Z")
 
+# Web Push (RFC 8030, RFC 8188, RFC 8291, RFC 8292) and Campfire's lib/web_push/*.
+P256_SCALAR_BYTES = 32
+P256_POINT_BYTES = 1 + 2 * P256_SCALAR_BYTES  # SEC 1 §2.3.3: 0x04 || X || Y
+PUSH_MESSAGE_MAX_BYTES = 4096        # RFC 8291 §4: push services need accept no more
+PUSH_RECORD_SIZE = 4096              # RFC 8188 rs; RFC 8291 §4: must exceed the one record's length
+PUSH_SALT_BYTES = 16                 # RFC 8188 §2.1
+PUSH_AUTH_SECRET_BYTES = 16          # RFC 8291 §3.2: the subscription's auth secret
+PUSH_HEADER_BYTES = PUSH_SALT_BYTES + 4 + 1 + P256_POINT_BYTES  # salt, rs, idlen, keyid (our public key): 86
+PUSH_PADDING_DELIMITER = b"\x02"     # RFC 8188 §2: the last record ends its plaintext with 0x02
+GCM_TAG_BYTES = 16                   # AEAD_AES_128_GCM's expansion (RFC 8188 §2)
+PUSH_MAX_PLAINTEXT_BYTES = (PUSH_MESSAGE_MAX_BYTES - PUSH_HEADER_BYTES - GCM_TAG_BYTES
+                            - len(PUSH_PADDING_DELIMITER))  # 3,993, as RFC 8291 §4 says
+VAPID_TOKEN_LIFETIME = 12 * 3600     # seconds; RFC 8292 §2 allows at most 24 h, so 12 h of slack for clocks
+VAPID_TOKEN_RENEW_BEFORE = 3600      # seconds; a cached token with less left is signed afresh
+VAPID_TOKENS_KEPT = 64               # push-service origins whose token is cached (a handful in practice)
+PUSH_ICON_PATH = "/account/logo"     # lib/web_push/notification.rb: the account's logo
+PUSH_ELLIPSIS = "\u2026"             # ends a body cut to fit
+VAPID_SUBJECT = "mailto:support@37signals.com"  # lib/web_push/notification.rb: the contact push services see
+VAPID_KEY_FILE = "vapid_key"         # in the storage directory when VAPID_* are unset: not in the database
+PUSH_QUEUE_SIZE = 10_000             # pushes waiting (Campfire's pool queue); past it the oldest is dropped, logged
+PUSH_WORKERS = 16                    # pushes in flight at once: a slow push service holds one
+PUSH_PROCESSES = 1                   # processes that encrypt and sign: the curve math is pure Python and
+                                     # holds the GIL, so it runs beside the event loop, never on it (one of
+                                     # the two cores a small server has; about 600 pushes a second)
+PUSH_WORKER_NICENESS = 10            # the push process yields the CPU to the server's (nice(2) steps)
+PUSH_TIMEOUT = 10.0                  # seconds to connect, and for each read and write
+PUSH_TOTAL_TIMEOUT = 30.0            # seconds for one attempt in all
+PUSH_TTL = 4 * 7 * 24 * 3600         # seconds a push service keeps an undelivered push: the web-push gem's 4 weeks
+PUSH_RETRIES = 3                     # further attempts after a 429 or 5xx, then the push is dropped (logged)
+PUSH_RETRY_DELAY = 5.0               # seconds before the first retry, doubled each time
+PUSH_RETRY_AFTER_MAX = 600.0         # seconds: a longer Retry-After is cut to this (a queued chat push is stale by then)
+MAX_PUSH_REPLY_BYTES = 64 * 1024     # a push service answers with a few bytes; more is refused
+MAX_PUSH_ENDPOINT_CHARS = 2048       # a push service's URL (FCM's and Mozilla's are under 300)
+MAX_PUSH_KEY_CHARS = 256             # p256dh is 87 characters and auth 22, in base64url
+MAX_PUSH_SUBSCRIPTIONS = 50          # per person: browsers and devices; past it the oldest is replaced
+
 # The installable app (Campfire's app/views/pwa/): colours match static/campfire.css.
 THEME_COLOR_LIGHT = "#f6f5f3"
 THEME_COLOR_DARK = "#161513"
@@ -436,7 +480,9 @@ class CampfireError(Exception):
      ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
      ├── CableCommandError       an Action Cable command that can't be read: ignored
-     └── WebhookFailed           a delivery that failed: logged (section 15)
+     ├── WebPushError            bad subscription keys or endpoint (422), bad VAPID keys (at start)
+     ├── PushFailed              a push service that didn't answer in time: logged (section 16)
+     └── WebhookFailed           a delivery that failed: logged (section 16)
           └── WebhookTimedOut    no answer within 7 s: the bot "failed to respond"
 
     WebSocket protocol errors never raise: they close the socket with 1002,
@@ -752,9 +798,21 @@ class Signer:
         return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()[:40]
 
 
-# Passwords: scrypt for ours, the system's crypt(3) for bcrypt digests Rails wrote.
+# Passwords: bcrypt as Rails' has_secure_password writes it, through the system's
+# crypt(3) (section 9a); scrypt where crypt(3) has no bcrypt.
 
-def hash_password(password, n=SCRYPT_N):
+def hash_password(password, n=SCRYPT_N, bcrypt_cost=None):
+    """A "$2a$" bcrypt digest of cost bcrypt_cost (default BCRYPT_COST, Rails' own), which
+    Rails checks unchanged; where this system's crypt(3) can't make bcrypt (or the
+    password holds a NUL, which bcrypt can't take), an scrypt digest of cost n."""
+    try:
+        digest = bcrypt_hash(password, BCRYPT_COST if bcrypt_cost is None else bcrypt_cost)
+    except ValueError:
+        digest = None
+    return digest or scrypt_password(password, n)
+
+
+def scrypt_password(password, n=SCRYPT_N):
     """An scrypt digest of cost n (the digest records it, so any cost checks later)."""
     salt = os.urandom(SCRYPT_SALT_BYTES)
     key = hashlib.scrypt(password.encode(), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P,
@@ -763,11 +821,11 @@ def hash_password(password, n=SCRYPT_N):
 
 
 @functools.lru_cache(maxsize=2)
-def unknown_password_digest(n=SCRYPT_N):
-    """A digest no password matches, at the cost n of today's: checking it makes a sign-in
+def unknown_password_digest(n=SCRYPT_N, bcrypt_cost=None):
+    """A digest no password matches, made as today's are: checking it makes a sign-in
     for an unknown address take as long as one for a known address (Rails' authenticate_by
     does the same), so the answer's timing tells nobody who has an account."""
-    return hash_password(random_token(), n)
+    return hash_password(random_token(), n, bcrypt_cost)
 
 
 class PasswordUnsupported(CampfireError):
@@ -789,31 +847,12 @@ def check_password(password, digest):
         except (ValueError, IndexError, binascii.Error):
             return False
         return hmac.compare_digest(actual, expected)
-    if digest.startswith(("$2a$", "$2b$", "$2y$")):
-        result = _system_crypt(candidate, digest.encode())
-        if result is None:
+    if digest.startswith(("$2a$", "$2b$", "$2y$", "$2x$")):
+        matches = bcrypt_check(candidate, digest)
+        if matches is None:
             raise PasswordUnsupported("bcrypt is not supported by this system's crypt(3)")
-        return hmac.compare_digest(result, digest.encode())
+        return matches
     return False
-
-
-def _system_crypt(password, setting):
-    """crypt(3) through ctypes; None when the library is missing or refuses bcrypt."""
-    import ctypes.util  # here, not at the top: only old Rails digests need it, and it is slow to load
-    name = ctypes.util.find_library("crypt")
-    if not name or b"\0" in password:
-        return None
-    try:
-        library = ctypes.CDLL(name)
-        crypt = library.crypt
-    except (OSError, AttributeError):
-        return None
-    crypt.restype = ctypes.c_char_p
-    crypt.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
-    result = crypt(password, setting)
-    if not result or not result.startswith(setting[:4]):
-        return None
-    return result
 
 
 class RateLimiter:
@@ -1463,7 +1502,7 @@ def accepts_gzip(request):
 
 
 # Routing: a route table in, matches and URLs out -----------------------------
-# The table itself is the application's (section 12); this is the machinery,
+# The table itself is the application's (section 13); this is the machinery,
 # pure like the parser above.
 
 @dataclass(frozen=True, slots=True)
@@ -2244,7 +2283,7 @@ def cable_reply(identifier, kind):
 # Message bodies are Trix HTML. On the way in they pass sanitize_html (an
 # allow-list rebuild, so the output is canonical, well-formed and idempotent);
 # html_to_plain_text feeds search, webhooks, notifications and /play;
-# render_rich_text (section 11) swaps stored mention attachments for chips on the way out.
+# render_rich_text (section 12) swaps stored mention attachments for chips on the way out.
 # Campfire's helpers/content_filters/sanitize_tags.rb, exactly: Trix writes
 # strikethrough as <del>, so there is no <s> or <strike>.
 
@@ -2581,13 +2620,10 @@ def find_mentions(stored_html):
     return list(sgids)
 
 
-# Signed global ids, as Rails' MessageVerifier writes them:
-# base64(JSON envelope) + "--" + hex HMAC-SHA256 of the base64 text.
+# Mentions carry the person's signed global id as Action Text's attachable_sgid
+# writes it (section 9a: signed with SECRET_KEY_BASE's "signed_global_ids" key), so
+# Rails verifies ours and we verify Rails'.
 _GID_USER = re.compile(r"gid://[\w.-]+/User/(\d{1,18})(?!\d)")
-
-
-def _sgid_digest(data, secret):
-    return hmac.new(secret, data.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
 
 
 def _unbase64(data):
@@ -2598,16 +2634,16 @@ def _unbase64(data):
         return ""
 
 
-def make_sgid(user_id, secret):
-    envelope = {"_rails": {"data": f"gid://campfire/User/{int(user_id)}", "pur": "attachable"}}
-    data = base64.b64encode(json.dumps(envelope, separators=(",", ":")).encode()).decode("ascii")
-    return f"{data}--{_sgid_digest(data, secret)}"
+def make_sgid(user_id, secret_key_base):
+    """user.attachable_sgid: gid://campfire/User/<id>, purpose "attachable", no expiry."""
+    return attachable_sgid(secret_key_base, "User", int(user_id))
 
 
 def sgid_user_id(sgid):
     """The user id in a stored sgid, signature not checked (bodies Rails wrote
-    are trusted data). Reads {"_rails":{"data":gid}}, the older
-    {"_rails":{"message":base64(json or Marshal)}} and Marshal-era ids."""
+    are trusted data, and Campfire itself reads a User's sgid unverified:
+    lib/rails_ext/action_text_attachables.rb). Reads {"_rails":{"data":gid}}, the
+    older {"_rails":{"message":base64(json or Marshal)}} and Marshal-era ids."""
     text = _unbase64(sgid.rpartition("--")[0] or sgid)
     try:
         rails = json.loads(text)["_rails"]
@@ -2618,13 +2654,13 @@ def sgid_user_id(sgid):
     return int(match[1]) if match else None
 
 
-def verify_sgid(sgid, secret):
-    """The user id when the sgid carries our signature, else None."""
-    data, separator, digest = sgid.rpartition("--")
-    if separator and hmac.compare_digest(
-            digest.encode("utf-8", "replace"), _sgid_digest(data, secret).encode()):
-        return sgid_user_id(sgid)
-    return None
+def verify_sgid(sgid, secret_key_base, now=None):
+    """The user id when the sgid is a User's signed with this SECRET_KEY_BASE for
+    attachment (in any format Rails has written), else None."""
+    located = locate_signed_global_id(secret_key_base, sgid, now=time.time() if now is None else now)
+    if located is None or located[0] != GLOBALID_APP or located[1] != "User" or not located[2].isdigit():
+        return None
+    return int(located[2])
 
 
 # Mentions typed as text ------------------------------------------------------------
@@ -3002,71 +3038,1887 @@ def qr_svg(text: str, *, level: str = "M", module_px: int = 8, border: int = 4) 
 
 
 ####
-#### 9. Storage
+#### 9. Web Push (RFC 8291, RFC 8292)
 ####
-# Campfire's own schema (db/schema.rb), written the way Rails writes it for
-# SQLite, so a database either program created opens in the other. Our
-# additions live in new indexes and tables, never in changes to Campfire's.
+# P-256, ECDSA (RFC 6979), AES-128-GCM, HKDF, the aes128gcm coding and VAPID, pure:
+# bytes and ints in, bytes out. Pushes are encrypted in a worker process (section 16).
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS "accounts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "join_code" varchar NOT NULL, "custom_styles" text, "settings" json, "singleton_guard" integer DEFAULT 0 NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS "index_accounts_on_singleton_guard" ON "accounts" ("singleton_guard");
-CREATE TABLE IF NOT EXISTS "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "email_address" varchar, "password_digest" varchar, "role" integer DEFAULT 0 NOT NULL, "status" integer DEFAULT 0 NOT NULL, "bio" text, "bot_token" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS "index_users_on_email_address" ON "users" ("email_address");
-CREATE UNIQUE INDEX IF NOT EXISTS "index_users_on_bot_token" ON "users" ("bot_token");
-CREATE TABLE IF NOT EXISTS "sessions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "token" varchar NOT NULL, "ip_address" varchar, "user_agent" varchar, "last_active_at" datetime(6) NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_758836b4f0" FOREIGN KEY ("user_id") REFERENCES "users" ("id"));
-CREATE UNIQUE INDEX IF NOT EXISTS "index_sessions_on_token" ON "sessions" ("token");
-CREATE INDEX IF NOT EXISTS "index_sessions_on_user_id" ON "sessions" ("user_id");
-CREATE TABLE IF NOT EXISTS "rooms" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar, "type" varchar NOT NULL, "creator_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
-CREATE TABLE IF NOT EXISTS "memberships" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "room_id" integer NOT NULL, "user_id" integer NOT NULL, "involvement" varchar DEFAULT 'mentions', "connections" integer DEFAULT 0 NOT NULL, "connected_at" datetime(6), "unread_at" datetime(6), "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS "index_memberships_on_room_id_and_user_id" ON "memberships" ("room_id", "user_id");
-CREATE INDEX IF NOT EXISTS "index_memberships_on_room_id_and_created_at" ON "memberships" ("room_id", "created_at");
-CREATE INDEX IF NOT EXISTS "index_memberships_on_room_id" ON "memberships" ("room_id");
-CREATE INDEX IF NOT EXISTS "index_memberships_on_user_id" ON "memberships" ("user_id");
-CREATE TABLE IF NOT EXISTS "messages" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "room_id" integer NOT NULL, "creator_id" integer NOT NULL, "client_message_id" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_a8db0fb63a" FOREIGN KEY ("room_id") REFERENCES "rooms" ("id"), CONSTRAINT "fk_rails_761a2f12b3" FOREIGN KEY ("creator_id") REFERENCES "users" ("id"));
-CREATE INDEX IF NOT EXISTS "index_messages_on_room_id" ON "messages" ("room_id");
-CREATE INDEX IF NOT EXISTS "index_messages_on_creator_id" ON "messages" ("creator_id");
-CREATE TABLE IF NOT EXISTS "action_text_rich_texts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "body" text, "record_type" varchar NOT NULL, "record_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS "index_action_text_rich_texts_uniqueness" ON "action_text_rich_texts" ("record_type", "record_id", "name");
-CREATE TABLE IF NOT EXISTS "boosts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "message_id" integer NOT NULL, "booster_id" integer NOT NULL, "content" varchar(16) NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_0a5f6f6c1e" FOREIGN KEY ("message_id") REFERENCES "messages" ("id"));
-CREATE INDEX IF NOT EXISTS "index_boosts_on_message_id" ON "boosts" ("message_id");
-CREATE INDEX IF NOT EXISTS "index_boosts_on_booster_id" ON "boosts" ("booster_id");
-CREATE TABLE IF NOT EXISTS "searches" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "query" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_e192b86393" FOREIGN KEY ("user_id") REFERENCES "users" ("id"));
-CREATE INDEX IF NOT EXISTS "index_searches_on_user_id" ON "searches" ("user_id");
-CREATE TABLE IF NOT EXISTS "webhooks" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "url" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_51bf96d3bc" FOREIGN KEY ("user_id") REFERENCES "users" ("id"));
-CREATE INDEX IF NOT EXISTS "index_webhooks_on_user_id" ON "webhooks" ("user_id");
-CREATE TABLE IF NOT EXISTS "push_subscriptions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "endpoint" varchar, "p256dh_key" varchar, "auth_key" varchar, "user_agent" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_43d43720fc" FOREIGN KEY ("user_id") REFERENCES "users" ("id"));
-CREATE INDEX IF NOT EXISTS "index_push_subscriptions_on_user_id" ON "push_subscriptions" ("user_id");
-CREATE INDEX IF NOT EXISTS "idx_on_endpoint_p256dh_key_auth_key_7553014576" ON "push_subscriptions" ("endpoint", "p256dh_key", "auth_key");
-CREATE TABLE IF NOT EXISTS "bans" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "ip_address" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_070022cd76" FOREIGN KEY ("user_id") REFERENCES "users" ("id"));
-CREATE INDEX IF NOT EXISTS "index_bans_on_user_id" ON "bans" ("user_id");
-CREATE INDEX IF NOT EXISTS "index_bans_on_ip_address" ON "bans" ("ip_address");
-CREATE TABLE IF NOT EXISTS "active_storage_blobs" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "key" varchar NOT NULL, "filename" varchar NOT NULL, "content_type" varchar, "metadata" text, "service_name" varchar NOT NULL, "byte_size" bigint NOT NULL, "checksum" varchar, "created_at" datetime(6) NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS "index_active_storage_blobs_on_key" ON "active_storage_blobs" ("key");
-CREATE TABLE IF NOT EXISTS "active_storage_attachments" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "record_type" varchar NOT NULL, "record_id" bigint NOT NULL, "blob_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_c3b3935057" FOREIGN KEY ("blob_id") REFERENCES "active_storage_blobs" ("id"));
-CREATE INDEX IF NOT EXISTS "index_active_storage_attachments_on_blob_id" ON "active_storage_attachments" ("blob_id");
-CREATE UNIQUE INDEX IF NOT EXISTS "index_active_storage_attachments_uniqueness" ON "active_storage_attachments" ("record_type", "record_id", "name", "blob_id");
-CREATE TABLE IF NOT EXISTS "active_storage_variant_records" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "blob_id" bigint NOT NULL, "variation_digest" varchar NOT NULL, CONSTRAINT "fk_rails_993965df05" FOREIGN KEY ("blob_id") REFERENCES "active_storage_blobs" ("id"));
-CREATE UNIQUE INDEX IF NOT EXISTS "index_active_storage_variant_records_uniqueness" ON "active_storage_variant_records" ("blob_id", "variation_digest");
-CREATE VIRTUAL TABLE IF NOT EXISTS "message_search_index" USING fts5(body, tokenize=porter);
+# P-256, also secp256r1 (FIPS 186-4 §D.1.2.3, SEC 2 §2.4.2): y² = x³ - 3x + b over
+# GF(p), a group of prime order n generated by G.
+P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+P256_GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
+P256_GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
+P256_UNCOMPRESSED = 0x04
+
+# Scalar multiplication works on signed odd digits, one per 4 bits: 65 digits
+# cover any scalar below 2^257 (a scalar, or a scalar plus n; see _recode).
+_WINDOW_BITS = 4
+_WINDOWS = 65
+_ODD_MULTIPLES = 8  # 1P, 3P, ..., 15P: the digits' magnitudes
+_GUARD_BIT = 264    # above every bit the digits read (at most 260)
+
+
+
+class WebPushError(CampfireError, ValueError):
+    """A key, subscription, token or message that Web Push cannot use.
+
+    Raised for bad input only (a subscription's keys, a configured key pair, a
+    ciphertext that fails its tag); the message says which, never the secret.
+    """
+
+
+# -- Constant time -----------------------------------------------------------
+#
+# What an observer of our timing must not learn is a private scalar: the VAPID
+# key, each message's ephemeral key, and each signature's nonce. So the scalar
+# multiplications below have no branch and no table index that depends on the
+# scalar: the scalar is recoded arithmetically into signed digits (_recode,
+# _make_odd), every digit's point is read by scanning the whole table with masks
+# (_select), and the additions are arranged so that the formulas' exceptional
+# cases cannot occur (proofs at _scalar_mult and _base_mult) except at the last
+# one or two additions, which use complete formulas (_complete_add) instead. A
+# secret value is inverted blinded (_inverse_blinded): pow(x, -1, m) runs an
+# extended Euclid whose time depends on x, so it is given x·r for a fresh random r.
+#
+# Python cannot promise more: its integers take time that varies a little with
+# their size, and the interpreter's own memory traffic is not ours to control.
+# The GCM tag is compared with hmac.compare_digest. AES's S-box is a 256-byte
+# table indexed by key and data (see the AES section for why that is accepted);
+# GHASH uses no tables at all.
+
+
+# -- Encoding helpers ----------------------------------------------------------
+
+def _b64url_padded(data):
+    """The web-push gem's form (Ruby's urlsafe_encode64): URL-safe with padding."""
+    return base64.urlsafe_b64encode(data).decode("ascii")
+
+
+def _unb64url(text, what):
+    """Bytes of base64url text, padded or not. As the web-push gem (Ruby's
+    urlsafe_decode64) does, '+' and '/' are accepted too; anything else is refused."""
+    if isinstance(text, str):
+        try:
+            text = text.strip().encode("ascii")
+        except UnicodeEncodeError:
+            raise WebPushError("%s is not base64url" % what) from None
+    elif not isinstance(text, (bytes, bytearray)):
+        raise WebPushError("%s is missing" % what)
+    text = bytes(text).rstrip(b"=")
+    try:
+        return base64.b64decode(text + b"=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except ValueError:  # binascii.Error
+        raise WebPushError("%s is not base64url" % what) from None
+
+
+def _bytes_to_int(data):
+    return int.from_bytes(data, "big")
+
+
+# -- P-256: points -------------------------------------------------------------
+#
+# Three coordinate systems, each where it is cheapest:
+#   affine (x, y)                   keys on the wire, and the precomputed tables;
+#   Jacobian (X, Y, Z)              x = X/Z², y = Y/Z³: doubling and adding a table
+#                                   point in the main loops (8 and 11 multiplications);
+#   homogeneous (X, Y, Z)           x = X/Z, y = Y/Z: the complete formula for the
+#                                   last additions, with the infinity (0, 1, 0).
+# Field elements are Python ints. Sums and differences are left unreduced (Python
+# has no overflow), and each product is reduced once, with %.
+
+def p256_is_on_curve(x, y):
+    """SEC 1 §3.2.2.1: both coordinates in [0, p) and y² = x³ - 3x + b."""
+    p = P256_P
+    return 0 <= x < p and 0 <= y < p and (y * y - (x * x * x - 3 * x + P256_B)) % p == 0
+
+
+def p256_decode_point(data):
+    """(x, y) of an uncompressed point (SEC 1 §2.3.4), fully validated (SEC 1 §3.2.2.1):
+    65 bytes, the 0x04 prefix, coordinates below p, on the curve. The infinity has
+    no uncompressed form, so it is refused with the rest; and as P-256's order is
+    prime, a point on the curve that isn't the infinity needs no subgroup check."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) != P256_POINT_BYTES:
+        raise WebPushError("a P-256 public key is 65 bytes")
+    if data[0] != P256_UNCOMPRESSED:
+        raise WebPushError("a P-256 public key must be uncompressed (0x04)")
+    x, y = _bytes_to_int(data[1:33]), _bytes_to_int(data[33:])
+    if not p256_is_on_curve(x, y):
+        raise WebPushError("the P-256 public key is not a point on the curve")
+    return x, y
+
+
+def p256_encode_point(x, y):
+    return bytes((P256_UNCOMPRESSED,)) + x.to_bytes(32, "big") + y.to_bytes(32, "big")
+
+
+def _jacobian_double(X1, Y1, Z1):
+    """2P in Jacobian coordinates for a = -3 (Bernstein-Lange, dbl-2001-b). With no
+    point of order 2 on P-256, this never meets an exceptional case."""
+    p = P256_P
+    delta = Z1 * Z1 % p
+    gamma = Y1 * Y1 % p
+    beta = X1 * gamma % p
+    alpha = 3 * (X1 - delta) * (X1 + delta) % p
+    X3 = (alpha * alpha - 8 * beta) % p
+    Z3 = 2 * Y1 * Z1 % p
+    Y3 = (alpha * (4 * beta - X3) - 8 * gamma * gamma) % p
+    return X3, Y3, Z3
+
+
+def _jacobian_add_affine(X1, Y1, Z1, x2, y2):
+    """P1 + P2 for a Jacobian P1 and an affine P2 (add-1998-cmo-2 with Z2 = 1).
+    Wrong when P1 is the infinity or P1 = ±P2: callers rule both out."""
+    p = P256_P
+    z1z1 = Z1 * Z1 % p
+    h = x2 * z1z1 % p - X1
+    r = y2 * Z1 * z1z1 % p - Y1
+    hh = h * h % p
+    hhh = h * hh % p
+    v = X1 * hh % p
+    X3 = (r * r - hhh - 2 * v) % p
+    Y3 = (r * (v - X3) - Y1 * hhh) % p
+    Z3 = Z1 * h % p
+    return X3, Y3, Z3
+
+
+def _complete_add(X1, Y1, Z1, X2, Y2, Z2):
+    """P1 + P2 in homogeneous coordinates, right for every pair of points, the
+    infinity (0, 1, 0) included: Renes, Costello and Batina, "Complete addition
+    formulas for prime order elliptic curves" (2016), algorithm 4 (a = -3)."""
+    p, b = P256_P, P256_B
+    t0 = X1 * X2 % p
+    t1 = Y1 * Y2 % p
+    t2 = Z1 * Z2 % p
+    t3 = ((X1 + Y1) * (X2 + Y2) - t0 - t1) % p
+    t4 = ((Y1 + Z1) * (Y2 + Z2) - t1 - t2) % p
+    y3 = ((X1 + Z1) * (X2 + Z2) - t0 - t2) % p
+    z3 = b * t2 % p
+    x3 = y3 - z3
+    x3 = 3 * x3
+    z3 = t1 - x3
+    x3 = t1 + x3
+    y3 = b * y3 % p
+    t2 = 3 * t2
+    y3 = 3 * (y3 - t2 - t0)
+    t0 = 3 * t0 - t2
+    t1 = t4 * y3 % p
+    t2 = t0 * y3 % p
+    Y3 = (x3 * z3 + t2) % p
+    X3 = (x3 * t3 - t1) % p
+    Z3 = (z3 * t4 + t3 * t0) % p
+    return X3, Y3, Z3
+
+
+def _jacobian_to_homogeneous(X, Y, Z):
+    """(X/Z², Y/Z³) = (XZ/Z³, Y/Z³)."""
+    p = P256_P
+    return X * Z % p, Y, Z * Z % p * Z % p
+
+
+def _inverse_blinded(value, modulus):
+    """value⁻¹ modulo a prime, for a secret value (nonzero). The extended Euclid behind
+    pow(x, -1, m) takes a time that depends on x, so it runs on value·r for a fresh
+    random r in [1, m-1]: value·r is uniform whatever value is, and tells nothing of
+    it. Five times faster than Fermat's pow(value, m - 2, m), itself constant-time."""
+    while True:
+        r = _bytes_to_int(os.urandom(32)) % modulus
+        if r:
+            return pow(value * r % modulus, -1, modulus) * r % modulus
+
+
+def _homogeneous_to_affine(X, Y, Z):
+    """(x, y), or None for the infinity. Z may depend on a secret: blinded inverse."""
+    if Z == 0:
+        return None
+    p = P256_P
+    z_inverse = _inverse_blinded(Z, p)
+    return X * z_inverse % p, Y * z_inverse % p
+
+
+def _invert_all(values, modulus):
+    """Inverses of many nonzero public values (points of the tables, multiples of a
+    public point) for the price of one (Montgomery's trick)."""
+    prefix, product = [], 1
+    for value in values:
+        prefix.append(product)
+        product = product * value % modulus
+    inverse = pow(product, -1, modulus)
+    inverses = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        inverses[i] = prefix[i] * inverse % modulus
+        inverse = inverse * values[i] % modulus
+    return inverses
+
+
+def _jacobians_to_affine(points):
+    """Affine forms of Jacobian points, none the infinity, with one inversion."""
+    p = P256_P
+    inverses = _invert_all([Z for _, _, Z in points], p)
+    affine = []
+    for (X, Y, _), z_inverse in zip(points, inverses):
+        zz = z_inverse * z_inverse % p
+        affine.append((X * zz % p, Y * zz % p * z_inverse % p))
+    return affine
+
+
+def _odd_multiples(x, y):
+    """Jacobian 1P, 3P, ..., 15P of an affine point P. kP = (k-1)P + P never meets
+    an exceptional case for 3 <= k <= 15, as P's order (n) is far larger."""
+    point = _jacobian_double(x, y, 1)
+    multiples = [(x, y, 1)]
+    for k in range(3, 2 * _ODD_MULTIPLES):
+        point = _jacobian_add_affine(*point, x, y)
+        if k % 2:
+            multiples.append(point)
+    return multiples
+
+
+# -- P-256: constant-time scalar multiplication -------------------------------
+
+def _make_odd(k):
+    """k, or k + n when k is even: the same point, and an odd number (n is odd), as
+    _recode needs. Arithmetic only: ((k & 1) - 1) is 0 for odd k, -1 (all ones) for even."""
+    return k + (P256_N & ((k & 1) - 1))
+
+
+def _recode(k):
+    """Signed odd digits d0..d64 with k = Σ di·16^i, for odd k < 2^257 (Joye and
+    Tunstall's regular recoding): each di odd and in [-15, 15], d64 1 or 3. Done step
+    by step, d = (k mod 32) - 16 and k becomes (k - d)/16, odd again; the k of step i
+    is then k >> 4i with its low bit set, so di comes straight from bits 4i..4i+4.
+    No digit is zero (no table needs the infinity), and every k runs the same
+    operations on integers of the same length: a guard bit above the bits read
+    keeps a small k from being a short integer."""
+    k |= 1 << _GUARD_BIT
+    digits = [((k >> _WINDOW_BITS * i & 31) | 1) - 16 for i in range(_WINDOWS - 1)]
+    digits.append((k >> _WINDOW_BITS * (_WINDOWS - 1) & 31) | 1)
+    return digits
+
+
+def _select(table, digit):
+    """The affine point digit·P from table = (1P, 3P, ..., 15P), reading every entry:
+    the index and the sign become masks, so no branch and no memory address depends
+    on the digit."""
+    sign = digit >> 8                      # -1 for a negative digit, else 0 (|digit| < 16)
+    index = ((digit ^ sign) - sign) >> 1   # |digit| = 2·index + 1
+    x = y = 0
+    for j, (table_x, table_y) in enumerate(table):
+        mask = ((index ^ j) - 1) >> 8      # -1 (all ones) when j == index, else 0
+        x |= table_x & mask
+        y |= table_y & mask
+    return x, (P256_P - y) & sign | y & ~sign  # -P = (x, p - y)
+
+
+def _scalar_mult(k, x, y):
+    """k·P in homogeneous coordinates, for 0 <= k < n and P a validated affine point.
+
+    Fixed windows of 4 bits, from the top digit down: four doublings, then one
+    addition of the digit's multiple of P. The top digit is positive, so the
+    accumulator is m·P with 1 <= m; before the addition at window j >= 1 it is
+    16m·P with 16m < 2^257 / 16^j + 16 < n/4, while the digit's multiple is d·P with
+    |d| <= 15 < 16m, so 16m ± d is never 0 mod n: the accumulator is never the
+    infinity nor ±dP, and the short formulas are right. Only the last addition
+    (window 0) can meet those cases (k = 0, or k ≡ ±2d), so it uses the complete
+    formula."""
+    table = _jacobians_to_affine(_odd_multiples(x, y))
+    digits = _recode(_make_odd(k))
+    X, Y = _select(table, digits[-1])
+    Z = 1
+    for digit in reversed(digits[1:-1]):
+        for _ in range(_WINDOW_BITS):
+            X, Y, Z = _jacobian_double(X, Y, Z)
+        X, Y, Z = _jacobian_add_affine(X, Y, Z, *_select(table, digit))
+    for _ in range(_WINDOW_BITS):
+        X, Y, Z = _jacobian_double(X, Y, Z)
+    return _complete_add(*_jacobian_to_homogeneous(X, Y, Z), *_select(table, digits[0]), 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _base_table():
+    """For each window i, the affine (2j+1)·16^i·G for j = 0..7: 520 points, built
+    once on first use (about 6 ms, 100 KB) and kept: a constant, like G itself."""
+    window_bases = [(P256_GX, P256_GY, 1)]
+    for _ in range(_WINDOWS - 1):
+        X, Y, Z = window_bases[-1]
+        for _ in range(_WINDOW_BITS):
+            X, Y, Z = _jacobian_double(X, Y, Z)
+        window_bases.append((X, Y, Z))
+    multiples = []
+    for x, y in _jacobians_to_affine(window_bases):
+        multiples.extend(_odd_multiples(x, y))
+    affine = _jacobians_to_affine(multiples)
+    return tuple(tuple(affine[i:i + _ODD_MULTIPLES]) for i in range(0, len(affine), _ODD_MULTIPLES))
+
+
+def _base_mult(k):
+    """k·G in homogeneous coordinates, for 0 <= k < n: one table addition per digit and
+    no doublings (a comb over the precomputed windows).
+
+    Before window i the accumulator is A·G with A = Σ_{j<i} dj·16^j, odd (d0 is), so
+    0 < |A| < 16^i, while the addition brings D·G with 16^i <= |D| <= 15·16^i. For
+    i <= 62, |A| + |D| < 16^63 < n, so A ± D is never 0 mod n and the short formula
+    is right. Windows 63 and 64 can wrap around n and use the complete formula."""
+    table = _base_table()
+    digits = _recode(_make_odd(k))
+    X, Y = _select(table[0], digits[0])
+    Z = 1
+    for i in range(1, _WINDOWS - 2):
+        X, Y, Z = _jacobian_add_affine(X, Y, Z, *_select(table[i], digits[i]))
+    point = _jacobian_to_homogeneous(X, Y, Z)
+    for i in (_WINDOWS - 2, _WINDOWS - 1):
+        point = _complete_add(*point, *_select(table[i], digits[i]), 1)
+    return point
+
+
+# -- P-256: keys and ECDH --------------------------------------------------------
+
+def p256_generate_private_key():
+    """A uniformly random scalar in [1, n-1] (rejection sampling, FIPS 186-4 §B.4.2)."""
+    while True:
+        k = _bytes_to_int(os.urandom(P256_SCALAR_BYTES))
+        if 1 <= k < P256_N:
+            return k
+
+
+def p256_check_private_key(k):
+    if not isinstance(k, int) or not 1 <= k < P256_N:
+        raise WebPushError("a P-256 private key is a number from 1 to n-1")
+    return k
+
+
+def p256_public_key(private_key):
+    """The 65-byte uncompressed public point d·G."""
+    x, y = _homogeneous_to_affine(*_base_mult(p256_check_private_key(private_key)))
+    return p256_encode_point(x, y)
+
+
+def p256_ecdh(private_key, peer_public_key):
+    """The shared secret of ECDH (SEC 1 §3.3.1): the x coordinate of d·Q, 32 bytes, as
+    RFC 8291 §3.1 uses it. The peer's point is validated before any arithmetic."""
+    x, y = p256_decode_point(peer_public_key)
+    shared = _homogeneous_to_affine(*_scalar_mult(p256_check_private_key(private_key), x, y))
+    if shared is None:  # impossible for a valid point and 1 <= d < n; never output it
+        raise WebPushError("ECDH produced the point at infinity")
+    return shared[0].to_bytes(32, "big")
+
+
+# -- ECDSA with SHA-256 and deterministic nonces (RFC 6979) ---------------------
+
+def _rfc6979_nonces(private_key, digest):
+    """Candidate nonces k of RFC 6979 §3.2 for P-256 and SHA-256 (qlen = hlen = 256,
+    so bits2int is a plain conversion and bits2octets one reduction mod q)."""
+    q = P256_N
+    mac = lambda key, data: hmac.new(key, data, hashlib.sha256).digest()
+    x_octets = private_key.to_bytes(32, "big")  # int2octets(x)
+    h_octets = (_bytes_to_int(digest) % q).to_bytes(32, "big")  # bits2octets(h1)
+    V, K = b"\x01" * 32, b"\x00" * 32  # steps b, c
+    K = mac(K, V + b"\x00" + x_octets + h_octets)  # step d
+    V = mac(K, V)  # step e
+    K = mac(K, V + b"\x01" + x_octets + h_octets)  # step f
+    V = mac(K, V)  # step g
+    while True:  # step h
+        V = mac(K, V)
+        k = _bytes_to_int(V)
+        if 1 <= k < q:
+            yield k
+        K = mac(K, V + b"\x00")
+        V = mac(K, V)
+
+
+def ecdsa_sign(private_key, message):
+    """ECDSA P-256 SHA-256 signature (SEC 1 §4.1.3) as r || s, 32 bytes each: the
+    form JWS uses for ES256 (RFC 7518 §3.4). Deterministic, so the same key and
+    message always give the same signature (RFC 6979)."""
+    return _ecdsa_sign_digest(p256_check_private_key(private_key), hashlib.sha256(message).digest())
+
+
+def _ecdsa_sign_digest(d, digest):
+    n = P256_N
+    z = _bytes_to_int(digest)
+    for k in _rfc6979_nonces(d, digest):
+        x, _ = _homogeneous_to_affine(*_base_mult(k))  # never the infinity: 1 <= k < n
+        r = x % n
+        s = _inverse_blinded(k, n) * (z + r * d) % n
+        if r and s:  # else RFC 6979 §3.4: the next candidate
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def ecdsa_verify(public_key, message, signature):
+    """True when signature (r || s, 64 bytes) is public_key's over message (SEC 1 §4.1.4)."""
+    if len(signature) != 2 * P256_SCALAR_BYTES:
+        return False
+    try:
+        x, y = p256_decode_point(public_key)
+    except WebPushError:
+        return False
+    n = P256_N
+    r, s = _bytes_to_int(signature[:32]), _bytes_to_int(signature[32:])
+    if not (1 <= r < n and 1 <= s < n):
+        return False
+    w = pow(s, -1, n)  # public values: no blinding needed
+    z = _bytes_to_int(hashlib.sha256(message).digest())
+    point = _complete_add(*_base_mult(z * w % n), *_scalar_mult(r * w % n, x, y))
+    affine = _homogeneous_to_affine(*point)
+    return affine is not None and affine[0] % n == r
+
+
+# -- AES-128 (FIPS 197), encryption only -----------------------------------------
+#
+# Every block of a message is encrypted at once, as one integer: the blocks side by
+# side, big-endian, so a block's column c (FIPS 197 §3.4: bytes 4c..4c+3) is a 32-bit
+# word and row r the r-th byte of each word. SubBytes is bytes.translate through the
+# S-box; ShiftRows and MixColumns are shifts and masks that move every block's bytes
+# at once; AddRoundKey is one XOR with the round key repeated. A few dozen integer
+# operations per round, whatever the number of blocks: four (200 bytes) to seven
+# (4 KB) times faster than the usual 4 KB of "T-tables", one block at a time.
+#
+# SubBytes and xtime still read a 256-byte table at indexes that depend on the key
+# and the data, which a program sharing the CPU's cache could in principle observe.
+# Accepted here: each key encrypts one message of at most 4 KB (RFC 8291 derives a
+# fresh key per message from a fresh ephemeral ECDH), so such an observer gets one
+# short trace per key, and the table is four cache lines rather than sixty-four.
+
+def _aes_sbox():
+    """The S-box, derived rather than typed in (FIPS 197 §5.1.1): the inverse in
+    GF(2^8) modulo x^8 + x^4 + x^3 + x + 1, then the affine map with 0x63."""
+    exp, log = [0] * 255, [0] * 256
+    value = 1
+    for i in range(255):  # 3 generates GF(2^8)*: value·3 = value ^ xtime(value)
+        exp[i], log[value] = value, i
+        value ^= _xtime(value)
+    sbox = bytearray(256)
+    for a in range(256):
+        b = exp[-log[a] % 255] if a else 0
+        rotations = b ^ (b << 1) ^ (b << 2) ^ (b << 3) ^ (b << 4)
+        sbox[a] = (rotations ^ (rotations >> 8) ^ 0x63) & 0xFF
+    return bytes(sbox)
+
+
+def _xtime(b):
+    """b·x in GF(2^8) (FIPS 197 §4.2.1)."""
+    return ((b << 1) ^ (0x11B if b & 0x80 else 0)) & 0xFF
+
+
+def _byte_pattern(positions):
+    """16 bytes, 0xFF at the given positions: a mask for one block."""
+    return bytes(0xFF if i in positions else 0 for i in range(16))
+
+
+_AES_SBOX = _aes_sbox()
+_AES_XTIME = bytes(_xtime(b) for b in range(256))
+_AES_ROUNDS = 10  # Nr for a 128-bit key (FIPS 197 §5)
+_AES_RCON = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x1B, 0x36)  # FIPS 197 §5.2
+_AES_ROW_0 = _byte_pattern({0, 4, 8, 12})
+# ShiftRows (FIPS 197 §5.1.2) gives column c the row-r byte of column c + r: row r
+# moves up 32·r bits within its block, the columns that wrap around down 128 - 32·r.
+_AES_SHIFTED_ROWS = tuple((32 * r, _byte_pattern({4 * c + r for c in range(4 - r)}),
+                           _byte_pattern({4 * c + r for c in range(4 - r, 4)})) for r in (1, 2, 3))
+# A word rotated left by 8 or 16 bits, for MixColumns: the bytes that stay, the ones that wrap.
+_AES_ROTATE_8 = (bytes.fromhex("ffffff00") * 4, bytes.fromhex("000000ff") * 4)
+_AES_ROTATE_16 = (bytes.fromhex("ffff0000") * 4, bytes.fromhex("0000ffff") * 4)
+
+
+def aes128_expand_key(key):
+    """The 11 round keys of FIPS 197 §5.2 (Nk = 4, Nr = 10), 16 bytes each."""
+    if len(key) != 16:
+        raise WebPushError("an AES-128 key is 16 bytes")
+    words = list(struct.unpack(">4I", key))
+    for i in range(4, 44):
+        temp = words[i - 1]
+        if i % 4 == 0:  # SubWord(RotWord(temp)) xor Rcon
+            rotated = ((temp << 8 | temp >> 24) & 0xFFFFFFFF).to_bytes(4, "big")
+            temp = _bytes_to_int(rotated.translate(_AES_SBOX)) ^ _AES_RCON[i // 4 - 1] << 24
+        words.append(words[i - 4] ^ temp)
+    return tuple(struct.pack(">4I", *words[i:i + 4]) for i in range(0, 44, 4))
+
+
+def _rotate_words(state, bits, masks):
+    """Every 32-bit word of state rotated left by bits."""
+    stay, wrap = masks
+    return (state << bits) & stay | (state >> (32 - bits)) & wrap
+
+
+def _aes128_encrypt_blocks(round_keys, blocks):
+    """FIPS 197 Cipher() of each 16-byte block of blocks, all at once."""
+    size = len(blocks)
+    repeat = lambda pattern: _bytes_to_int(pattern * (size // 16))
+    row_0 = repeat(_AES_ROW_0)
+    rows = [(bits, 128 - bits, repeat(stay), repeat(wrap)) for bits, stay, wrap in _AES_SHIFTED_ROWS]
+    rotate_8 = tuple(map(repeat, _AES_ROTATE_8))
+    rotate_16 = tuple(map(repeat, _AES_ROTATE_16))
+    state = _bytes_to_int(blocks) ^ repeat(round_keys[0])
+    for round_number in range(1, _AES_ROUNDS + 1):
+        state = _bytes_to_int(state.to_bytes(size, "big").translate(_AES_SBOX))  # SubBytes
+        shifted = state & row_0                                                  # ShiftRows
+        for up, down, stay, wrap in rows:
+            shifted |= (state << up) & stay | (state >> down) & wrap
+        state = shifted
+        if round_number < _AES_ROUNDS:  # MixColumns: b_r = 2a_r ^ 3a_r+1 ^ a_r+2 ^ a_r+3
+            doubled = _bytes_to_int(state.to_bytes(size, "big").translate(_AES_XTIME))
+            pairs = state ^ _rotate_words(state, 8, rotate_8)                    # a_r ^ a_r+1
+            state = (doubled ^ _rotate_words(doubled ^ state, 8, rotate_8)
+                     ^ _rotate_words(pairs, 16, rotate_16))
+        state ^= repeat(round_keys[round_number])                                # AddRoundKey
+    return state.to_bytes(size, "big")
+
+
+def aes128_encrypt_block(round_keys, block):
+    """FIPS 197 Cipher() of one 16-byte block with aes128_expand_key's round keys."""
+    if len(block) != 16:
+        raise WebPushError("an AES block is 16 bytes")
+    return _aes128_encrypt_blocks(round_keys, block)
+
+
+# -- GCM (NIST SP 800-38D) ---------------------------------------------------------
+#
+# GHASH multiplies in GF(2^128) without tables: each operand's 128 bits are spread
+# one per byte (the bits' text '0'/'1' is exactly that), one integer product then
+# adds up every pair of bits in its byte (at most 128, so no byte overflows into
+# the next), and the low bit of each byte is the carry-less product. All of it runs
+# inside int and bytes built-ins: about 4 µs a block, four times faster than a
+# 4-bit-table GHASH in Python, and with no key-dependent memory access at all.
+
+_GHASH_ZEROS_128 = int.from_bytes(b"0" * 128, "big")   # '0' per bit of a 128-bit block
+_GHASH_ZEROS_255 = int.from_bytes(b"0" * 255, "big")   # '0' per bit of a 255-bit product
+_GHASH_LOW_BITS = int.from_bytes(b"\x01" * 255, "big")
+_GHASH_LOW_127 = (1 << 127) - 1
+
+
+def _ghash_spread(x):
+    """The 128 bits of x, most significant first, one per byte (0 or 1)."""
+    return int.from_bytes(format(x, "0128b").encode("ascii"), "big") - _GHASH_ZEROS_128
+
+
+def _gf128_multiply(x, h_spread):
+    """x·H in GCM's GF(2^128) (SP 800-38D §6.3), blocks read as big-endian integers,
+    so that bit 127 is the coefficient of x^0 ("reflected"). h_spread = _ghash_spread(H)."""
+    product = (_ghash_spread(x) * h_spread) & _GHASH_LOW_BITS | _GHASH_ZEROS_255
+    c = int(product.to_bytes(255, "big"), 2)  # bit 254 - k: the coefficient of x^k
+    # Reduce by x^128 = x^7 + x^2 + x + 1. The low 127 bits hold x^128..x^254 as
+    # x^128·q with q = low << 1 (reflected); q·(1 + x + x^2 + x^7) is computed 7 bits
+    # wider so nothing falls off, then the 7 bits past x^127 are folded once more.
+    low = c & _GHASH_LOW_127
+    t = (low << 8) ^ (low << 7) ^ (low << 6) ^ (low << 1)
+    fold = (t & 0x7F) << 121
+    return (c >> 127) ^ (t >> 7) ^ fold ^ (fold >> 1) ^ (fold >> 2) ^ (fold >> 7)
+
+
+def _ghash(h_spread, y, data):
+    """GHASH (SP 800-38D §6.4) continued from y over data, zero-padded to whole blocks."""
+    data = bytes(data) + bytes(-len(data) % 16)
+    for i in range(0, len(data), 16):
+        y = _gf128_multiply(y ^ _bytes_to_int(data[i:i + 16]), h_spread)
+    return y
+
+
+def _counter_blocks(j0, count):
+    """J0, inc32(J0), ..., count blocks: the low 32 bits count, modulo 2^32 (§6.2)."""
+    prefix, low = j0 >> 32, j0 & 0xFFFFFFFF
+    counters = struct.pack(">" + "12xI" * count, *((low + i) & 0xFFFFFFFF for i in range(count)))
+    prefixes = (prefix << 32).to_bytes(16, "big") * count
+    return (_bytes_to_int(counters) | _bytes_to_int(prefixes)).to_bytes(16 * count, "big")
+
+
+def _gcm_setup(key, nonce, length):
+    """The spread hash key H = E(K, 0^128), E(K, J0) and the keystream for length bytes
+    from inc32(J0) (SP 800-38D §7.1 steps 1-3). A 96-bit nonce, the usual one, needs
+    a single call to the cipher; any other length first needs H for its GHASH."""
+    round_keys = aes128_expand_key(key)
+    blocks = (length + 15) // 16 + 1  # J0, then one per block of data
+    if len(nonce) == 12:
+        j0 = _bytes_to_int(nonce) << 32 | 1
+        out = _aes128_encrypt_blocks(round_keys, bytes(16) + _counter_blocks(j0, blocks))
+        h, out = out[:16], out[16:]
+    elif nonce:
+        h = _aes128_encrypt_blocks(round_keys, bytes(16))
+        h_spread = _ghash_spread(_bytes_to_int(h))
+        j0 = _ghash(h_spread, 0, nonce + bytes(-len(nonce) % 16 + 8) + struct.pack(">Q", 8 * len(nonce)))
+        out = _aes128_encrypt_blocks(round_keys, _counter_blocks(j0, blocks))
+    else:
+        raise WebPushError("a GCM nonce is not empty")
+    return _ghash_spread(_bytes_to_int(h)), out[:16], out[16:16 + length]
+
+
+def _gcm_tag(h_spread, tag_mask, aad, ciphertext):
+    """SP 800-38D §7.1 steps 5-6: GHASH over A, C and their bit lengths, xor E(K, J0)."""
+    y = _ghash(h_spread, 0, aad)
+    y = _ghash(h_spread, y, ciphertext)
+    y = _ghash(h_spread, y, struct.pack(">QQ", 8 * len(aad), 8 * len(ciphertext)))
+    return (y ^ _bytes_to_int(tag_mask)).to_bytes(16, "big")
+
+
+def _xor(data, keystream):
+    return (_bytes_to_int(data) ^ _bytes_to_int(keystream)).to_bytes(len(data), "big")
+
+
+def aes128gcm_seal(key, nonce, plaintext, aad=b""):
+    """AES-128-GCM authenticated encryption (SP 800-38D §7.1): ciphertext || 16-byte tag."""
+    h_spread, tag_mask, keystream = _gcm_setup(key, nonce, len(plaintext))
+    ciphertext = _xor(plaintext, keystream)
+    return ciphertext + _gcm_tag(h_spread, tag_mask, aad, ciphertext)
+
+
+def aes128gcm_open(key, nonce, sealed, aad=b""):
+    """The plaintext of aes128gcm_seal's output (SP 800-38D §7.2), or WebPushError when
+    the tag doesn't match; the tags are compared in constant time."""
+    if len(sealed) < GCM_TAG_BYTES:
+        raise WebPushError("an AES-GCM ciphertext is at least 16 bytes")
+    ciphertext, tag = sealed[:-GCM_TAG_BYTES], sealed[-GCM_TAG_BYTES:]
+    h_spread, tag_mask, keystream = _gcm_setup(key, nonce, len(ciphertext))
+    if not hmac.compare_digest(_gcm_tag(h_spread, tag_mask, aad, ciphertext), tag):
+        raise WebPushError("the AES-GCM tag does not match")
+    return _xor(ciphertext, keystream)
+
+
+# -- HKDF-SHA-256 (RFC 5869) ----------------------------------------------------------
+
+def hkdf_extract(salt, ikm):
+    """RFC 5869 §2.2: PRK = HMAC-Hash(salt, IKM); no salt means HashLen zeros."""
+    return hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
+
+
+def hkdf_expand(prk, info, length):
+    """RFC 5869 §2.3: T(1) || T(2) || ... cut to length (at most 255 blocks)."""
+    if not 0 <= length <= 255 * 32:
+        raise WebPushError("HKDF-SHA-256 gives at most 8160 bytes")
+    blocks, block = [], b""
+    for counter in range(1, (length + 31) // 32 + 1):
+        block = hmac.new(prk, block + info + bytes((counter,)), hashlib.sha256).digest()
+        blocks.append(block)
+    return b"".join(blocks)[:length]
+
+
+def hkdf_sha256(salt, ikm, info, length):
+    return hkdf_expand(hkdf_extract(salt, ikm), info, length)
+
+
+# -- Web Push message encryption (RFC 8291) in one aes128gcm record (RFC 8188) -------
+
+def push_subscription_keys(p256dh, auth):
+    """The subscription's public key (65 bytes, a valid P-256 point) and auth secret
+    (16 bytes) from their base64url text (PushSubscription.toJSON()'s keys), or
+    WebPushError saying which one is wrong."""
+    public_key = _unb64url(p256dh, "p256dh")
+    try:
+        p256_decode_point(public_key)
+    except WebPushError as error:
+        raise WebPushError("p256dh: %s" % error) from None
+    auth_secret = _unb64url(auth, "auth")
+    if len(auth_secret) != PUSH_AUTH_SECRET_BYTES:
+        raise WebPushError("auth is 16 bytes")
+    return public_key, auth_secret
+
+
+def _push_keys(ecdh_secret, auth_secret, ua_public, as_public, salt):
+    """The content-encryption key and nonce of RFC 8291 §3.3-3.4 and RFC 8188 §2.2-2.3."""
+    key_info = b"WebPush: info\x00" + ua_public + as_public
+    ikm = hkdf_sha256(auth_secret, ecdh_secret, key_info, 32)
+    prk = hkdf_extract(salt, ikm)
+    cek = hkdf_expand(prk, b"Content-Encoding: aes128gcm\x00", 16)
+    nonce = hkdf_expand(prk, b"Content-Encoding: nonce\x00", 12)
+    return cek, nonce
+
+
+def encrypt_push_message(plaintext, p256dh, auth, *, ephemeral_key=None, salt=None):
+    """The body of a Web Push request (Content-Encoding: aes128gcm): the RFC 8188
+    header (salt, rs = 4096, keyid = our ephemeral public key) and one record, the
+    plaintext (bytes) followed by the 0x02 delimiter, sealed (RFC 8291 §4).
+
+    p256dh and auth are the subscription's base64url keys. ephemeral_key (a private
+    scalar) and salt (16 bytes) are fresh random values unless a test gives them."""
+    if len(plaintext) > PUSH_MAX_PLAINTEXT_BYTES:
+        raise WebPushError("a push message holds at most %d bytes of plaintext" % PUSH_MAX_PLAINTEXT_BYTES)
+    ua_public, auth_secret = push_subscription_keys(p256dh, auth)
+    as_private = p256_generate_private_key() if ephemeral_key is None else ephemeral_key
+    salt = os.urandom(PUSH_SALT_BYTES) if salt is None else salt
+    if len(salt) != PUSH_SALT_BYTES:
+        raise WebPushError("the salt is 16 bytes")
+    as_public = p256_public_key(as_private)
+    cek, nonce = _push_keys(p256_ecdh(as_private, ua_public), auth_secret, ua_public, as_public, salt)
+    header = salt + struct.pack(">IB", PUSH_RECORD_SIZE, len(as_public)) + as_public
+    return header + aes128gcm_seal(cek, nonce, plaintext + PUSH_PADDING_DELIMITER)
+
+
+# -- VAPID (RFC 8292) ------------------------------------------------------------------
+
+class VapidKey:
+    """The application server's P-256 key pair, in the form Campfire configures it
+    (VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY, written by the web-push gem's
+    WebPush.generate_key): URL-safe base64, with padding, of the 65-byte public point
+    and of the private scalar's big-endian bytes. repr() never shows the private key."""
+
+    __slots__ = ("private_key", "public_key")
+
+    def __init__(self, private_key):
+        self.private_key = p256_check_private_key(private_key)
+        self.public_key = p256_public_key(private_key)
+
+    @classmethod
+    def generate(cls):
+        return cls(p256_generate_private_key())
+
+    @classmethod
+    def from_base64(cls, public_text, private_text):
+        """The pair as the environment gives it. The gem writes the scalar without its
+        leading zero bytes (OpenSSL's BN#to_s(2)), so 1 to 32 bytes are read; the pair
+        must match, or every push would be refused with a 403 much later."""
+        scalar = _unb64url(private_text, "VAPID_PRIVATE_KEY")
+        if not 1 <= len(scalar) <= P256_SCALAR_BYTES or not 1 <= _bytes_to_int(scalar) < P256_N:
+            raise WebPushError("VAPID_PRIVATE_KEY is not a P-256 private key")
+        key = cls(_bytes_to_int(scalar))
+        public_key = _unb64url(public_text, "VAPID_PUBLIC_KEY")
+        try:
+            p256_decode_point(public_key)
+        except WebPushError as error:
+            raise WebPushError("VAPID_PUBLIC_KEY: %s" % error) from None
+        if not hmac.compare_digest(public_key, key.public_key):
+            raise WebPushError("VAPID_PUBLIC_KEY does not belong to VAPID_PRIVATE_KEY")
+        return key
+
+    @property
+    def public_key_base64(self):
+        """For VAPID_PUBLIC_KEY and the page's vapid-public-key meta tag."""
+        return _b64url_padded(self.public_key)
+
+    @property
+    def private_key_base64(self):
+        """For VAPID_PRIVATE_KEY: the scalar as 32 bytes, which the gem reads too."""
+        return _b64url_padded(self.private_key.to_bytes(P256_SCALAR_BYTES, "big"))
+
+    def __repr__(self):
+        return "<VapidKey public=%s>" % self.public_key_base64
+
+
+def push_origin(endpoint):
+    """The origin of a push endpoint (RFC 6454 §6.2), the JWT's "aud" (RFC 8292 §2):
+    https://host, with the port only when it is not 443."""
+    try:
+        url = urllib.parse.urlsplit(endpoint)
+        port = url.port
+    except ValueError:
+        raise WebPushError("the push endpoint is not a URL") from None
+    if url.scheme.lower() != "https" or not url.hostname:
+        raise WebPushError("a push endpoint is an https URL")
+    host = url.hostname
+    if ":" in host:
+        host = "[%s]" % host
+    return "https://" + host + ("" if port in (None, 443) else ":%d" % port)
+
+
+def _vapid_signing_input(audience, subject, expires_at):
+    """The JWS header and claims of RFC 8292 §2, as RFC 7515 §5.1 joins them."""
+    header = b64url_encode(json.dumps({"typ": "JWT", "alg": "ES256"}, separators=(",", ":")).encode())
+    claims = b64url_encode(json.dumps({"aud": audience, "exp": int(expires_at), "sub": subject},
+                                separators=(",", ":")).encode())
+    return header + "." + claims
+
+
+def vapid_token(key, audience, subject, expires_at):
+    """The JWT of RFC 8292 §2: ES256 (RFC 7518 §3.4) over {"aud", "exp", "sub"}."""
+    signing_input = _vapid_signing_input(audience, subject, expires_at)
+    return signing_input + "." + b64url_encode(ecdsa_sign(key.private_key, signing_input.encode("ascii")))
+
+
+class VapidSigner:
+    """Authorization header values (RFC 8292 §3) for one key and contact. A token is
+    signed once per push service and reused until VAPID_TOKEN_RENEW_BEFORE of its
+    VAPID_TOKEN_LIFETIME is left: signing is the costly part of a push's headers.
+    Safe to share between threads."""
+
+    def __init__(self, key, subject, lifetime=VAPID_TOKEN_LIFETIME):
+        if not subject.startswith(("mailto:", "https:")):  # RFC 8292 §2.1
+            raise WebPushError("the VAPID subject is a mailto: or https: URI")
+        if not VAPID_TOKEN_RENEW_BEFORE < lifetime <= 24 * 3600:
+            raise WebPushError("a VAPID token lives at most 24 hours")
+        self.key, self.subject, self.lifetime = key, subject, lifetime
+        self._tokens = {}  # audience -> (token, expires_at), at most VAPID_TOKENS_KEPT
+        self._lock = threading.Lock()
+
+    def token(self, audience, now=None):
+        now = time.time() if now is None else now
+        with self._lock:
+            cached = self._tokens.get(audience)
+        if cached and cached[1] - now > VAPID_TOKEN_RENEW_BEFORE:
+            return cached[0]
+        expires_at = int(now) + self.lifetime
+        token = vapid_token(self.key, audience, self.subject, expires_at)
+        with self._lock:
+            self._tokens.pop(audience, None)
+            while len(self._tokens) >= VAPID_TOKENS_KEPT:
+                del self._tokens[next(iter(self._tokens))]  # the oldest
+            self._tokens[audience] = (token, expires_at)
+        return token
+
+    def authorization(self, endpoint, now=None):
+        """The Authorization header for a push to endpoint: "vapid t=<JWT>, k=<key>"."""
+        token = self.token(push_origin(endpoint), now)
+        return "vapid t=%s, k=%s" % (token, b64url_encode(self.key.public_key))
+
+
+# -- Campfire's notification payload ------------------------------------------------
+#
+# lib/web_push/notification.rb sends {"title", "options": {"body", "icon", "data":
+# {"path", "badge"}}} as JSON. Campfire never cuts it, so the push of a long
+# message is more than one push message holds and fails. Here the body (then, if
+# need be, the title) is cut at a character boundary so the encrypted message fits
+# PUSH_MESSAGE_MAX_BYTES, and ends with an ellipsis.
+
+def _continues_character(ch):
+    """Code points that belong to the character before them: combining marks, the
+    zero-width joiner, variation selectors, emoji modifiers and tags."""
+    code = ord(ch)
+    return (0x0300 <= code <= 0x036F or 0x1AB0 <= code <= 0x1AFF or 0x1DC0 <= code <= 0x1DFF
+            or 0x20D0 <= code <= 0x20FF or 0xFE20 <= code <= 0xFE2F or 0xFE00 <= code <= 0xFE0F
+            or code == 0x200D or 0x1F3FB <= code <= 0x1F3FF or 0xE0020 <= code <= 0xE007F
+            or 0xE0100 <= code <= 0xE01EF)
+
+
+def _character_boundary(text, cut):
+    """The largest cut <= cut that splits no visible character: not before a combining
+    code point, not after a joiner, not inside a flag's pair of regional indicators."""
+    while 0 < cut < len(text) and (_continues_character(text[cut]) or text[cut - 1] == "\u200d"):
+        cut -= 1
+    run = 0
+    while run < cut and 0x1F1E6 <= ord(text[cut - 1 - run]) <= 0x1F1FF:
+        run += 1
+    return cut - run % 2
+
+
+def _payload_json(title, body, path, badge, icon):
+    message = {"title": title, "options": {"body": body, "icon": icon, "data": {"path": path, "badge": badge}}}
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _cut_to_fit(text, encode):
+    """The longest text[:cut] + ellipsis whose encode() fits, by bisection (the JSON
+    size grows with the cut; escapes make it more than one byte per character)."""
+    low, high = 0, len(text)  # text[:low] + ellipsis is known to fit, or low = 0
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(encode(text[:middle] + PUSH_ELLIPSIS)) <= PUSH_MAX_PLAINTEXT_BYTES:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:_character_boundary(text, low)] + PUSH_ELLIPSIS
+
+
+def push_payload(title, body, path, badge, icon=PUSH_ICON_PATH):
+    """Campfire's notification JSON as UTF-8 bytes, at most PUSH_MAX_PLAINTEXT_BYTES."""
+    title, body = _scrub(title), _scrub(body)
+    payload = _payload_json(title, body, path, badge, icon)
+    if len(payload) <= PUSH_MAX_PLAINTEXT_BYTES:
+        return payload
+    body = _cut_to_fit(body, lambda text: _payload_json(title, text, path, badge, icon))
+    payload = _payload_json(title, body, path, badge, icon)
+    if len(payload) > PUSH_MAX_PLAINTEXT_BYTES:
+        body = ""
+        title = _cut_to_fit(title, lambda text: _payload_json(text, body, path, badge, icon))
+        payload = _payload_json(title, body, path, badge, icon)
+    if len(payload) > PUSH_MAX_PLAINTEXT_BYTES:
+        raise WebPushError("the notification does not fit a push message")
+    return payload
+
+
+def _scrub(text):
+    """Text that encodes as UTF-8: a lone surrogate (from bytes decoded with
+    surrogateescape) becomes "?" instead of failing the whole push."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+#### 9a. Rails' formats
+####
+# What Once Campfire's Rails app signs and hashes, written and read the same way,
+# so a storage, its people's passwords, their mentions and their session cookies
+# move between Campfire and this server in both directions. Pure, but for bcrypt
+# (the system's crypt(3) through ctypes). Sources: railties
+# lib/rails/application.rb (key_generator), activesupport
+# lib/active_support/message_verifier.rb and messages/*.rb, actionpack
+# lib/action_dispatch/middleware/cookies.rb, globalid lib/global_id/*.rb,
+# actiontext lib/action_text/attachable.rb, bcrypt-ruby lib/bcrypt/*.rb.
+# Campfire sets config.load_defaults 7.0 and later 8.x (config/application.rb):
+# keys are PBKDF2-HMAC-SHA256 of SECRET_KEY_BASE with 1000 iterations, signatures
+# HMAC-SHA1.
+
+# railties/lib/rails/application.rb (key_generator): PBKDF2 with 1000 iterations.
+RAILS_KEY_ITERATIONS = 1000
+# activesupport/lib/active_support/key_generator.rb (rails_key): 64 bytes by default.
+RAILS_KEY_BYTES = 64
+# load_defaults 7.0 and later: active_support.key_generator_hash_digest_class = SHA256.
+RAILS_KEY_DIGEST = "sha256"
+# ActiveSupport::MessageVerifier's default digest; neither Rails.application's
+# verifiers, GlobalID's verifier nor the signed cookie jar change it.
+VERIFIER_DIGEST = "sha1"
+VERIFIER_SEPARATOR = "--"
+
+# actionpack/lib/action_dispatch/railtie.rb
+SIGNED_COOKIE_SALT = "signed cookie"
+# globalid lib/global_id/railtie.rb: app.key_generator.rails_key('signed_global_ids')
+SIGNED_GLOBAL_IDS_SALT = "signed_global_ids"
+
+# Campfire's module name, dasherized (GlobalID.app), and Action Text's locator purpose.
+GLOBALID_APP = "campfire"
+ATTACHABLE_PURPOSE = "attachable"  # actiontext/lib/action_text/attachable.rb LOCATOR_NAME
+
+# app/controllers/concerns/authentication.rb: cookies.signed.permanent[:session_token]
+RAILS_SESSION_COOKIE = SESSION_COOKIE
+PERMANENT_COOKIE_YEARS = 20  # action_dispatch PermanentCookieJar: 20.years.from_now
+
+# A signed cookie is at most 4096 bytes (ActionDispatch::Cookies::MAX_COOKIE_SIZE) and an
+# attachable sgid about 120; anything longer is refused before any HMAC or decoding work.
+MAX_SIGNED_MESSAGE_CHARS = 8192
+
+# bcrypt-ruby: BCrypt::Engine::DEFAULT_COST (has_secure_password uses Engine.cost).
+BCRYPT_COST = 12
+BCRYPT_MIN_COST = 4
+BCRYPT_MAX_COST = 31
+# BCrypt::Engine.generate_salt writes "$2a$"; crypt_blowfish (in bcrypt-ruby and in
+# libxcrypt alike) computes $2a$ the same way, so Rails checks these digests unchanged.
+BCRYPT_PREFIX = "$2a$"
+BCRYPT_SALT_BYTES = 16                 # BCrypt::Engine::MAX_SALT_LENGTH
+BCRYPT_MAX_PASSWORD_BYTES = 72         # BCrypt::Engine::MAX_SECRET_BYTESIZE: the rest is ignored
+# bcrypt-ruby's BCrypt::Password.valid_hash?
+BCRYPT_DIGEST = re.compile(r"\$[0-9a-z]{2}\$[0-9]{2}\$[A-Za-z0-9./]{53}")
+# libxcrypt's <crypt.h>: sizeof(struct crypt_data) and CRYPT_GENSALT_OUTPUT_SIZE.
+_CRYPT_DATA_BYTES = 32768
+_CRYPT_GENSALT_OUTPUT_BYTES = 192
+
+
+class InvalidMessage(ValueError):
+    """A signed message that is malformed, tampered with, expired or for another purpose."""
+
+
+# Key derivation ----------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=32)
+def rails_key(secret_key_base, salt, key_bytes=RAILS_KEY_BYTES, digest=RAILS_KEY_DIGEST,
+                 iterations=RAILS_KEY_ITERATIONS):
+    """Rails.application.key_generator.rails_key(salt, key_bytes): PBKDF2-HMAC.
+
+    The password is SECRET_KEY_BASE's text as given (Rails uses the string itself,
+    not a hex decoding of it). Cached like Rails' CachingKeyGenerator."""
+    if not isinstance(secret_key_base, str) or not secret_key_base:
+        raise ValueError("secret_key_base must be a non-empty string")
+    return hashlib.pbkdf2_hmac(digest, secret_key_base.encode("utf-8"), salt.encode("utf-8"),
+                               iterations, key_bytes)
+
+
+def signed_cookie_key(secret_key_base):
+    return rails_key(secret_key_base, SIGNED_COOKIE_SALT)
+
+
+def signed_global_id_key(secret_key_base):
+    return rails_key(secret_key_base, SIGNED_GLOBAL_IDS_SALT)
+
+
+# Serializers -------------------------------------------------------------------------
+
+_HTML_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"}
+
+
+def rails_json(value):
+    """ActiveSupport::JSON.encode: compact, UTF-8 kept, and <, > and & escaped
+    (escape_html_entities_in_json); U+2028/U+2029 stay raw under load_defaults 8.1+."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return re.sub(r"[<>&]", lambda m: _HTML_ESCAPES[m.group()], text)
+
+
+def _reject_constant(name):
+    raise ValueError("not JSON: " + name)
+
+
+def rails_json_load(text):
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+MARSHAL_SIGNATURE = b"\x04\x08"
+
+
+class _MarshalReader:
+    """Enough of Ruby's Marshal format (marshal.c, format 4.8) to read what Rails put in
+    signed messages: nil, booleans, integers, symbols and strings (with their encoding
+    ivar), and arrays and hashes of those. Anything else is refused."""
+
+    MAX_DEPTH = 16
+
+    def __init__(self, data):
+        self.data, self.pos, self.symbols = data, 2, []
+
+    def read(self):
+        if not self.data.startswith(MARSHAL_SIGNATURE):
+            raise ValueError("not Marshal 4.8")
+        value = self._object(0)
+        if self.pos != len(self.data):
+            raise ValueError("trailing bytes after Marshal data")
+        return value
+
+    def _byte(self):
+        if self.pos >= len(self.data):
+            raise ValueError("truncated Marshal data")
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def _bytes(self, count):
+        if count < 0 or self.pos + count > len(self.data):
+            raise ValueError("truncated Marshal data")
+        self.pos += count
+        return self.data[self.pos - count:self.pos]
+
+    def _long(self):
+        c = self._byte()
+        c = c - 256 if c > 127 else c
+        if c == 0:
+            return 0
+        if 4 < c < 128:
+            return c - 5
+        if -129 < c < -4:
+            return c + 5
+        raw = self._bytes(abs(c))
+        value = int.from_bytes(raw, "little")
+        return value if c > 0 else value - (1 << (8 * len(raw)))
+
+    def _symbol(self):
+        tag = self._byte()
+        if tag == 0x3A:  # ':'
+            name = self._bytes(self._long()).decode("utf-8")
+            self.symbols.append(name)
+            return name
+        if tag == 0x3B:  # ';' a link to a symbol read before
+            index = self._long()
+            if not 0 <= index < len(self.symbols):
+                raise ValueError("bad Marshal symbol link")
+            return self.symbols[index]
+        raise ValueError("expected a Marshal symbol")
+
+    def _object(self, depth):
+        if depth > self.MAX_DEPTH:
+            raise ValueError("Marshal data nested too deeply")
+        tag = self._byte()
+        if tag == 0x30:  # '0'
+            return None
+        if tag == 0x54:  # 'T'
+            return True
+        if tag == 0x46:  # 'F'
+            return False
+        if tag == 0x69:  # 'i'
+            return self._long()
+        if tag in (0x3A, 0x3B):
+            self.pos -= 1
+            return self._symbol()
+        if tag == 0x22:  # '"' a string without ivars: binary
+            return self._bytes(self._long()).decode("latin-1")
+        if tag == 0x49:  # 'I' an object followed by its ivars (a string's encoding)
+            if self._byte() != 0x22:
+                raise ValueError("only strings may carry ivars here")
+            raw = self._bytes(self._long())
+            encoding = "latin-1"
+            for _ in range(self._long()):
+                name = self._symbol()
+                value = self._object(depth + 1)
+                if name == "E":
+                    encoding = "utf-8" if value is True else "ascii"
+                elif name == "encoding" and isinstance(value, str):
+                    encoding = value
+            try:
+                return raw.decode(encoding)
+            except (LookupError, UnicodeDecodeError) as error:
+                raise ValueError("undecodable Marshal string") from error
+        if tag == 0x5B:  # '['
+            return [self._object(depth + 1) for _ in range(self._long())]
+        if tag == 0x7B:  # '{'
+            result = {}
+            for _ in range(self._long()):
+                key = self._object(depth + 1)
+                result[key] = self._object(depth + 1)
+            return result
+        raise ValueError("unsupported Marshal type %r" % chr(tag))
+
+
+def marshal_load(data):
+    """Ruby Marshal.load for plain data (see _MarshalReader); ValueError otherwise."""
+    return _MarshalReader(bytes(data)).read()
+
+
+def _load_allowing_marshal(raw):
+    """ActiveSupport's :json_allow_marshal serializer: Marshal when the bytes start with
+    Marshal's signature, else JSON (the load_defaults 7.1+ message serializer)."""
+    if raw.startswith(MARSHAL_SIGNATURE):
+        return marshal_load(raw)
+    return rails_json_load(raw.decode("utf-8"))
+
+
+# Base64
+# ---------------------------------------------------------------------------------
+
+_STRICT_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_URLSAFE_BASE64 = re.compile(r"[A-Za-z0-9_\-+/]*={0,2}")
+
+
+def strict_encode64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def strict_decode64(text):
+    """Ruby's Base64.strict_decode64: standard alphabet, padding required."""
+    if not _STRICT_BASE64.fullmatch(text):
+        raise ValueError("not strict base64")
+    return base64.b64decode(text)
+
+
+def urlsafe_encode64(data, padding=True):
+    text = base64.urlsafe_b64encode(data).decode("ascii")
+    return text if padding else text.rstrip("=")
+
+
+def urlsafe_decode64(text):
+    """Ruby's Base64.urlsafe_decode64: pads when the length is not a multiple of four,
+    maps - and _ to + and /, then decodes strictly (so + and / are accepted too)."""
+    if not _URLSAFE_BASE64.fullmatch(text):
+        raise ValueError("not URL-safe base64")
+    if not text.endswith("=") and len(text) % 4:
+        text += "=" * (-len(text) % 4)
+    return strict_decode64(text.replace("-", "+").replace("_", "/"))
+
+
+# Verifier ----------------------------------------------------------------------------
+
+def _iso8601_ms(moment):
+    """Time#utc.iso8601(3), the expiry format in Rails' metadata: truncated to ms, 'Z'."""
+    moment = moment.astimezone(datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (moment.microsecond // 1000)
+
+
+_ISO8601 = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:[.,](\d+))?(Z|[+-]\d\d:?\d\d)")
+
+
+def parse_iso8601(text):
+    """Unix seconds of an ISO 8601 date-time as Rails writes expiries (Time.iso8601)."""
+    match = _ISO8601.fullmatch(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError("not an ISO 8601 time")
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    fraction = match.group(7) or "0"
+    zone = match.group(8)
+    if zone == "Z":
+        offset = datetime.timedelta(0)
+    else:
+        digits = zone[1:].replace(":", "")
+        offset = datetime.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+        offset = -offset if zone[0] == "-" else offset
+    moment = datetime.datetime(year, month, day, hour, minute, second,
+                               tzinfo=datetime.timezone(offset))
+    return moment.timestamp() + int(fraction) / 10 ** len(fraction)
+
+
+def _utc_moment(now):
+    return datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+
+
+class MessageVerifier:
+    """ActiveSupport::MessageVerifier (activesupport/lib/active_support/message_verifier.rb,
+    messages/codec.rb and messages/metadata.rb) in the configurations Campfire uses.
+
+    A message is  encode(payload) + "--" + hex HMAC(digest, secret, encode(payload)).
+
+    serializer "json" (load_defaults 7.1+, use_message_serializer_for_metadata = true):
+        payload = JSON {"_rails":{"data":VALUE,"exp":ISO,"pur":PURPOSE}} (exp and pur
+        only when given), or the bare JSON value when there is no metadata.
+        Reads Marshal-serialized payloads too (json_allow_marshal).
+    serializer "null" (the signed cookie jar's NullSerializer, value already a string):
+        with metadata, the legacy envelope
+        JSON {"_rails":{"message":strict_base64(VALUE),"exp":ISO|null,"pur":PURPOSE|null}};
+        without, VALUE itself.
+
+    encoding "strict" (Rails' default): strict base64 written; read strict, then URL-safe.
+    encoding "url_safe" (url_safe: true): URL-safe base64 without padding.
+    encoding "globalid" (GlobalID::Verifier): URL-safe base64 *with* padding, for the
+    payload and for the legacy envelope's inner message alike.
+    """
+
+    ENCODINGS = ("strict", "url_safe", "globalid")
+    SERIALIZERS = ("json", "null")
+
+    def __init__(self, secret, *, digest=VERIFIER_DIGEST, serializer="json", encoding="strict"):
+        if encoding not in self.ENCODINGS or serializer not in self.SERIALIZERS:
+            raise ValueError("unknown encoding or serializer")
+        self._secret = bytes(secret)
+        self._digest = digest
+        self._serializer = serializer
+        self._encoding = encoding
+        self._hex_length = hashlib.new(digest).digest_size * 2
+
+    # -- encoding ------------------------------------------------------------------
+
+    def _encode(self, data, inner=False):
+        if self._encoding == "globalid":
+            return urlsafe_encode64(data)
+        if self._encoding == "url_safe" and not inner:
+            return urlsafe_encode64(data, padding=False)
+        return strict_encode64(data)
+
+    def _decode(self, text, inner=False):
+        """Rails 7.2+ reads the configured alphabet first, then the other one; the legacy
+        envelope's inner message is written strict. GlobalID's decode is URL-safe only
+        (which takes both alphabets anyway)."""
+        if self._encoding == "globalid":
+            decoders = (urlsafe_decode64,)
+        elif self._encoding == "url_safe" and not inner:
+            decoders = (urlsafe_decode64, strict_decode64)
+        else:
+            decoders = (strict_decode64, urlsafe_decode64)
+        for decode in decoders:
+            try:
+                return decode(text)
+            except (ValueError, binascii.Error):
+                continue
+        raise InvalidMessage("not base64")
+
+    def _sign(self, encoded):
+        return hmac.new(self._secret, encoded.encode("ascii"), self._digest).hexdigest()
+
+    # -- generate ------------------------------------------------------------------
+
+    def generate(self, value, *, purpose=None, expires_at=None, expires_in=None, now=None):
+        """A signed message. expires_at: Unix seconds; expires_in: seconds from now."""
+        expiry = None
+        if expires_at is not None:
+            expiry = _iso8601_ms(_utc_moment(expires_at))
+        elif expires_in is not None:
+            if now is None:
+                raise ValueError("expires_in needs now")
+            expiry = _iso8601_ms(_utc_moment(now + expires_in))
+        has_metadata = expiry is not None or purpose is not None
+        if self._serializer == "null":
+            if not isinstance(value, str):
+                raise TypeError("the null serializer signs strings")
+            if has_metadata:
+                inner = self._encode(value.encode("utf-8"), inner=True)
+                payload = rails_json({"_rails": {"message": inner, "exp": expiry,
+                                                  "pur": None if purpose is None else str(purpose)}})
+            else:
+                payload = value
+        else:
+            if has_metadata:
+                rails = {"data": value}
+                if expiry is not None:
+                    rails["exp"] = expiry
+                if purpose is not None:
+                    rails["pur"] = str(purpose)
+                value = {"_rails": rails}
+            payload = rails_json(value)
+        encoded = self._encode(payload.encode("utf-8"))
+        return encoded + VERIFIER_SEPARATOR + self._sign(encoded)
+
+    # -- verify --------------------------------------------------------------------
+
+    def verify(self, message, *, purpose=None, now):
+        """The signed value; raises InvalidMessage (Rails' verify raises InvalidSignature)."""
+        if not isinstance(message, str) or len(message) > MAX_SIGNED_MESSAGE_CHARS:
+            raise InvalidMessage("not a signed message")
+        split = len(message) - self._hex_length - len(VERIFIER_SEPARATOR)
+        if split <= 0 or message[split:split + len(VERIFIER_SEPARATOR)] != VERIFIER_SEPARATOR:
+            raise InvalidMessage("no signature")
+        encoded, digest = message[:split], message[split + len(VERIFIER_SEPARATOR):]
+        if not encoded.strip() or not encoded.isascii():
+            raise InvalidMessage("empty or non-ASCII data")
+        if not hmac.compare_digest(digest.encode("utf-8", "replace"), self._sign(encoded).encode("ascii")):
+            raise InvalidMessage("mismatched digest")
+        payload = self._decode(encoded)
+        try:
+            return self._read_payload(payload, purpose, now)
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as error:
+            if isinstance(error, InvalidMessage):
+                raise
+            raise InvalidMessage("unreadable payload") from error
+
+    def verified(self, message, *, purpose=None, now):
+        """Rails' verified: the value, or None when the message isn't valid."""
+        try:
+            return self.verify(message, purpose=purpose, now=now)
+        except InvalidMessage:
+            return None
+
+    def _read_payload(self, payload, purpose, now):
+        if payload.startswith(b'{"_rails":{"message":'):
+            # The legacy envelope (metadata serialized as JSON around an inner message).
+            envelope = rails_json_load(payload.decode("utf-8"))
+            rails = self._check_metadata(envelope, purpose, now)
+            inner = self._decode(rails["message"], inner=True)
+            return inner.decode("utf-8") if self._serializer == "null" else _load_allowing_marshal(inner)
+        if self._serializer == "null":
+            if purpose is not None:
+                raise InvalidMessage("missing metadata")
+            return payload.decode("utf-8")
+        value = _load_allowing_marshal(payload)
+        if isinstance(value, dict) and "_rails" in value:
+            return self._check_metadata(value, purpose, now)["data"]
+        if purpose is not None:
+            raise InvalidMessage("missing metadata")
+        return value
+
+    @staticmethod
+    def _check_metadata(envelope, purpose, now):
+        rails = envelope["_rails"]
+        if not isinstance(rails, dict):
+            raise InvalidMessage("malformed metadata")
+        expiry = rails.get("exp")
+        if expiry is not None and now >= parse_iso8601(expiry):
+            raise InvalidMessage("expired")
+        signed_purpose = rails.get("pur")
+        if signed_purpose is not None and not isinstance(signed_purpose, str):
+            raise InvalidMessage("malformed purpose")
+        if (signed_purpose or "") != ("" if purpose is None else str(purpose)):
+            raise InvalidMessage("mismatched purpose")
+        return rails
+
+
+# Cookies -----------------------------------------------------------------------------
+
+def _cookie_verifier(secret_key_base):
+    return MessageVerifier(signed_cookie_key(secret_key_base), serializer="null")
+
+
+def permanent_expiry(now):
+    """20.years.from_now: the same calendar date and time 20 years on (Feb 29 → Feb 28)."""
+    moment = _utc_moment(now)
+    year = moment.year + PERMANENT_COOKIE_YEARS
+    try:
+        later = moment.replace(year=year)
+    except ValueError:  # February 29th in a year that has none
+        later = moment.replace(year=year, day=28)
+    return later.timestamp()
+
+
+def sign_cookie(secret_key_base, name, value, *, expires_at=None):
+    """cookies.signed[name] = {value:, expires:}: the cookie's value before escaping.
+    The value is JSON-serialized first (action_dispatch.cookies_serializer = :json)."""
+    return _cookie_verifier(secret_key_base).generate(
+        rails_json(value), purpose="cookie." + name, expires_at=expires_at)
+
+
+def sign_permanent_cookie(secret_key_base, name, value, *, now):
+    """cookies.signed.permanent[name] = value: (signed value, expiry in Unix seconds).
+    Set-Cookie carries the same expiry as the signed metadata."""
+    expires_at = permanent_expiry(now)
+    return sign_cookie(secret_key_base, name, value, expires_at=expires_at), expires_at
+
+
+def verify_signed_cookie(secret_key_base, name, value, *, now):
+    """cookies.signed[name] for an already unescaped value: the JSON value, or None.
+
+    Like SignedKeyRotatingCookieJar: checked with purpose "cookie.<name>", then without
+    a purpose (cookies written before use_cookies_with_metadata); the signed text must be
+    JSON (a Marshal value reads as nil under the :json cookie serializer)."""
+    verifier = _cookie_verifier(secret_key_base)
+    data = verifier.verified(value, purpose="cookie." + name, now=now)
+    if data is None:
+        data = verifier.verified(value, now=now)
+    if data is None or data.encode("utf-8", "replace").startswith(MARSHAL_SIGNATURE):
+        return None
+    try:
+        return rails_json_load(data)
+    except ValueError:
+        return None
+
+
+def rails_session_cookie(secret_key_base, token, *, now):
+    """The session_token cookie Campfire sets after sign-in: (escaped value, expires_at).
+    Rails adds: path=/, expires=<expires_at>, httponly, samesite=lax, and secure when the
+    request was HTTPS (force_ssl)."""
+    signed, expires_at = sign_permanent_cookie(secret_key_base, RAILS_SESSION_COOKIE, token, now=now)
+    return cookie_escape(signed), expires_at
+
+
+def verify_rails_session_cookie(secret_key_base, raw_value, *, now):
+    """The session token in a session_token cookie as the browser sent it, or None."""
+    value = verify_signed_cookie(secret_key_base, RAILS_SESSION_COOKIE, cookie_unescape(raw_value), now=now)
+    return value if isinstance(value, str) and value else None
+
+
+_COOKIE_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789*-._")
+
+
+def cookie_escape(text):
+    """Rack::Utils.escape (URI.encode_www_form_component), which Rack applies to every
+    Set-Cookie value: '+', '/' and '=' of base64 become %2B, %2F and %3D."""
+    out = []
+    for byte in text.encode("utf-8"):
+        if byte in _COOKIE_SAFE:
+            out.append(chr(byte))
+        elif byte == 0x20:
+            out.append("+")
+        else:
+            out.append("%%%02X" % byte)
+    return "".join(out)
+
+
+def cookie_unescape(text):
+    """Rack::Utils.unescape as Rack reads cookies ('+' is a space); a value with a broken
+    %-escape is kept as sent, as Rack does."""
+    if re.search(r"%(?![0-9A-Fa-f]{2})", text):
+        return text
+    try:
+        return urllib.parse.unquote_plus(text, errors="strict")
+    except UnicodeDecodeError:
+        return text
+
+
+# Global IDs
+# ---------------------------------------------------------------------------------
+
+def global_id_verifier(secret_key_base):
+    """SignedGlobalID.verifier: GlobalID::Verifier over the signed_global_ids key."""
+    return MessageVerifier(signed_global_id_key(secret_key_base), encoding="globalid")
+
+
+def global_id(model_name, model_id, app=GLOBALID_APP):
+    """URI::GID.create: gid://app/Model/id (the id CGI-escaped)."""
+    return "gid://%s/%s/%s" % (app, model_name, urllib.parse.quote_plus(str(model_id), safe=""))
+
+
+_GID = re.compile(r"gid://([^/?#]+)/([A-Za-z_][\w:]*)/([^?#]+)(?:\?([^#]*))?")
+
+
+def parse_global_id(uri):
+    """(app, model_name, model_id) of a gid:// URI, or None. A composite id ("1/2") is
+    returned as its text."""
+    match = _GID.fullmatch(uri) if isinstance(uri, str) else None
+    if not match:
+        return None
+    return match.group(1), match.group(2), urllib.parse.unquote_plus(match.group(3))
+
+
+def sign_global_id(secret_key_base, model_name, model_id, *, purpose=ATTACHABLE_PURPOSE,
+                   expires_at=None, app=GLOBALID_APP):
+    """SignedGlobalID#to_s. Action Text's attachable_sgid (to_sgid(expires_in: nil,
+    for: "attachable")) has no expiry, so by default neither does this."""
+    return global_id_verifier(secret_key_base).generate(
+        global_id(model_name, model_id, app), purpose=purpose, expires_at=expires_at)
+
+
+def attachable_sgid(secret_key_base, model_name, model_id):
+    """user.attachable_sgid, the sgid of a mention attachment."""
+    return sign_global_id(secret_key_base, model_name, model_id)
+
+
+def locate_signed_global_id(secret_key_base, sgid, *, purpose=ATTACHABLE_PURPOSE, now):
+    """GlobalID::Locator.locate_signed's parse step: (app, model_name, model_id) when the
+    signature, purpose and expiry hold, else None. Reads the current format, the Rails
+    7.x one (Marshal in a legacy envelope) and GlobalID's older self-described
+    {"gid":…,"purpose":…,"expires_at":…} messages."""
+    verifier = global_id_verifier(secret_key_base)
+    value = verifier.verified(sgid, purpose=purpose, now=now)
+    if value is None:
+        legacy = verifier.verified(sgid, now=now)
+        if isinstance(legacy, dict) and isinstance(legacy.get("gid"), str):
+            try:
+                expired = legacy.get("expires_at") is not None and now > parse_iso8601(legacy["expires_at"])
+            except ValueError:
+                return None
+            if not expired and str(legacy.get("purpose")) == str(purpose):
+                value = legacy["gid"]
+    return parse_global_id(value) if isinstance(value, str) else None
+
+
+# Campfire's own pattern for a gid inside Marshal bytes: gid://campfire/<Model>/<digits>.
+_GID_IN_BYTES = re.compile(rb"gid://" + GLOBALID_APP.encode("ascii") + rb"/[^/]+/\d+")
+
+
+def peek_global_id(sgid):
+    """The gid inside an sgid, signature NOT checked — what Campfire does for User
+    attachables (lib/rails_ext/action_text_attachables.rb), so mentions survive a
+    changed SECRET_KEY_BASE. (app, model_name, model_id) or None."""
+    if not isinstance(sgid, str) or len(sgid) > MAX_SIGNED_MESSAGE_CHARS:
+        return None
+    message = sgid.split(VERIFIER_SEPARATOR)[0]
+    try:
+        try:
+            envelope = rails_json_load(strict_decode64(message).decode("utf-8"))
+        except ValueError:
+            envelope = rails_json_load(urlsafe_decode64(message).decode("utf-8"))
+        rails = envelope["_rails"]
+        if "data" in rails:
+            return parse_global_id(rails["data"])
+        if "message" in rails:
+            try:
+                inner = strict_decode64(rails["message"])
+            except ValueError:
+                inner = urlsafe_decode64(rails["message"])
+            match = _GID_IN_BYTES.search(inner)
+            return parse_global_id(match.group().decode("ascii")) if match else None
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError):
+        return None
+    return None
+
+
+# bcrypt
+# ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _libcrypt():
+    """libxcrypt's crypt_rn and crypt_gensalt_rn, or None when this system lacks them
+    (glibc's old libcrypt has no bcrypt and no crypt_rn; macOS has neither)."""
+    import ctypes.util  # only the password functions need it, and it is slow to import
+    names = [ctypes.util.find_library("crypt"), "libcrypt.so.1", "libcrypt.so.2"]
+    for name in filter(None, names):
+        try:
+            library = ctypes.CDLL(name)
+            crypt_rn, gensalt = library.crypt_rn, library.crypt_gensalt_rn
+        except (OSError, AttributeError):
+            continue
+        crypt_rn.restype = ctypes.c_char_p
+        crypt_rn.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)
+        gensalt.restype = ctypes.c_char_p
+        gensalt.argtypes = (ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int,
+                            ctypes.c_char_p, ctypes.c_int)
+        return crypt_rn, gensalt
+    return None
+
+
+def _crypt(password, setting):
+    """crypt_rn(password, setting) with a private struct crypt_data (thread-safe), or
+    None on failure. Both arguments are bytes without NUL (callers check)."""
+    functions = _libcrypt()
+    if functions is None:
+        return None
+    crypt_rn = functions[0]
+    data = ctypes.create_string_buffer(_CRYPT_DATA_BYTES)
+    result = crypt_rn(password, setting, data, _CRYPT_DATA_BYTES)
+    if not result or result.startswith(b"*"):
+        return None
+    return result
+
+
+def _bcrypt_password_bytes(password):
+    """The bytes bcrypt sees. bcrypt-ruby truncates to 72 bytes (Engine.hash_secret) and
+    refuses a NUL (StringValueCStr raises), so a NUL is a ValueError here too."""
+    data = password.encode("utf-8") if isinstance(password, str) else bytes(password)
+    if b"\0" in data:
+        raise ValueError("a bcrypt password cannot contain NUL")
+    return data[:BCRYPT_MAX_PASSWORD_BYTES]
+
+
+@functools.lru_cache(maxsize=1)
+def bcrypt_supported():
+    """True when this system's crypt(3) can both make and check $2a$ digests."""
+    salt = bcrypt_salt(BCRYPT_MIN_COST, random_bytes=bytes(BCRYPT_SALT_BYTES))
+    if salt is None:
+        return False
+    result = _crypt(b"probe", salt.encode("ascii"))
+    return bool(result) and BCRYPT_DIGEST.fullmatch(result.decode("ascii")) is not None
+
+
+def bcrypt_salt(cost=BCRYPT_COST, *, random_bytes=None):
+    """BCrypt::Engine.generate_salt: "$2a$" + cost + 22 characters, or None."""
+    if not BCRYPT_MIN_COST <= cost <= BCRYPT_MAX_COST:
+        raise ValueError("bcrypt cost must be between %d and %d" % (BCRYPT_MIN_COST, BCRYPT_MAX_COST))
+    functions = _libcrypt()
+    if functions is None:
+        return None
+    random_bytes = os.urandom(BCRYPT_SALT_BYTES) if random_bytes is None else random_bytes
+    output = ctypes.create_string_buffer(_CRYPT_GENSALT_OUTPUT_BYTES)
+    result = functions[1](BCRYPT_PREFIX.encode("ascii"), cost, random_bytes, len(random_bytes),
+                          output, _CRYPT_GENSALT_OUTPUT_BYTES)
+    if not result or not result.startswith(BCRYPT_PREFIX.encode("ascii")):
+        return None
+    return result.decode("ascii")
+
+
+def bcrypt_hash(password, cost=BCRYPT_COST):
+    """BCrypt::Password.create(password, cost:): a "$2a$" digest Rails' has_secure_password
+    accepts, or None when this system can't make one (the caller falls back). A password
+    with a NUL raises ValueError (Rails can't take one either). CPU-heavy: run it off the
+    event loop."""
+    password = _bcrypt_password_bytes(password)
+    salt = bcrypt_salt(cost)
+    if salt is None:
+        return None
+    result = _crypt(password, salt.encode("ascii"))
+    if result is None:
+        return None
+    digest = result.decode("ascii")
+    return digest if BCRYPT_DIGEST.fullmatch(digest) else None
+
+
+def bcrypt_check(password, digest):
+    """BCrypt::Password.new(digest).is_password?(password): True or False, or None when
+    this system can't compute bcrypt (the caller decides). A malformed digest is False."""
+    if not isinstance(digest, str) or not BCRYPT_DIGEST.fullmatch(digest):
+        return False
+    try:
+        password = _bcrypt_password_bytes(password)
+    except ValueError:
+        return False
+    result = _crypt(password, digest[:29].encode("ascii"))
+    if result is None:
+        return None if not bcrypt_supported() else False
+    return hmac.compare_digest(result, digest.encode("ascii"))
+
+
+def is_bcrypt_digest(digest):
+    return isinstance(digest, str) and BCRYPT_DIGEST.fullmatch(digest) is not None
+
+
+####
+#### 10. Storage
+####
+# Campfire's own schema and migrations (db/schema.rb, db/migrate/*.rb), written
+# the way Rails' SQLite adapter writes them, so a storage either program created
+# opens in the other. A storage is brought forward exactly as Rails' `db:prepare`
+# would: each pending migration in version order, in its own transaction that
+# also records its version in schema_migrations. A new storage is created from
+# the schema (as Rails loads db/schema.rb) with every version recorded. Our own
+# additions live in tables and indexes named campfire_py_*, recorded in
+# campfire_py_migrations: no Rails migration can take those names.
+
+# db/schema.rb, version 2025_12_12_154340, as Rails 8.2 creates it.
+RAILS_SCHEMA = """
+CREATE TABLE "accounts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "custom_styles" text, "join_code" varchar NOT NULL, "name" varchar NOT NULL, "settings" json, "singleton_guard" integer DEFAULT 0 NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_accounts_on_singleton_guard" ON "accounts" ("singleton_guard");
+CREATE TABLE "action_text_rich_texts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "body" text, "created_at" datetime(6) NOT NULL, "name" varchar NOT NULL, "record_id" bigint NOT NULL, "record_type" varchar NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_action_text_rich_texts_uniqueness" ON "action_text_rich_texts" ("record_type", "record_id", "name");
+CREATE TABLE "active_storage_attachments" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "blob_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, "name" varchar NOT NULL, "record_id" bigint NOT NULL, "record_type" varchar NOT NULL, CONSTRAINT "fk_rails_c3b3935057"
+FOREIGN KEY ("blob_id")
+  REFERENCES "active_storage_blobs" ("id")
+);
+CREATE INDEX "index_active_storage_attachments_on_blob_id" ON "active_storage_attachments" ("blob_id");
+CREATE UNIQUE INDEX "index_active_storage_attachments_uniqueness" ON "active_storage_attachments" ("record_type", "record_id", "name", "blob_id");
+CREATE TABLE "active_storage_blobs" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "byte_size" bigint NOT NULL, "checksum" varchar, "content_type" varchar, "created_at" datetime(6) NOT NULL, "filename" varchar NOT NULL, "key" varchar NOT NULL, "metadata" text, "service_name" varchar NOT NULL);
+CREATE UNIQUE INDEX "index_active_storage_blobs_on_key" ON "active_storage_blobs" ("key");
+CREATE TABLE "active_storage_variant_records" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "blob_id" bigint NOT NULL, "variation_digest" varchar NOT NULL, CONSTRAINT "fk_rails_993965df05"
+FOREIGN KEY ("blob_id")
+  REFERENCES "active_storage_blobs" ("id")
+);
+CREATE UNIQUE INDEX "index_active_storage_variant_records_uniqueness" ON "active_storage_variant_records" ("blob_id", "variation_digest");
+CREATE TABLE "bans" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "ip_address" varchar NOT NULL, "updated_at" datetime(6) NOT NULL, "user_id" integer NOT NULL, CONSTRAINT "fk_rails_070022cd76"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_bans_on_ip_address" ON "bans" ("ip_address");
+CREATE INDEX "index_bans_on_user_id" ON "bans" ("user_id");
+CREATE TABLE "boosts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "booster_id" integer NOT NULL, "content" varchar(16) NOT NULL, "created_at" datetime(6) NOT NULL, "message_id" integer NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_3539c52d73"
+FOREIGN KEY ("message_id")
+  REFERENCES "messages" ("id")
+);
+CREATE INDEX "index_boosts_on_booster_id" ON "boosts" ("booster_id");
+CREATE INDEX "index_boosts_on_message_id" ON "boosts" ("message_id");
+CREATE TABLE "memberships" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "connected_at" datetime(6), "connections" integer DEFAULT 0 NOT NULL, "created_at" datetime(6) NOT NULL, "involvement" varchar DEFAULT 'mentions', "room_id" integer NOT NULL, "unread_at" datetime(6), "updated_at" datetime(6) NOT NULL, "user_id" integer NOT NULL);
+CREATE INDEX "index_memberships_on_room_id_and_created_at" ON "memberships" ("room_id", "created_at");
+CREATE UNIQUE INDEX "index_memberships_on_room_id_and_user_id" ON "memberships" ("room_id", "user_id");
+CREATE INDEX "index_memberships_on_room_id" ON "memberships" ("room_id");
+CREATE INDEX "index_memberships_on_user_id" ON "memberships" ("user_id");
+CREATE TABLE "messages" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "client_message_id" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "creator_id" integer NOT NULL, "room_id" integer NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_a8db0fb63a"
+FOREIGN KEY ("room_id")
+  REFERENCES "rooms" ("id")
+, CONSTRAINT "fk_rails_761a2f12b3"
+FOREIGN KEY ("creator_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_messages_on_creator_id" ON "messages" ("creator_id");
+CREATE INDEX "index_messages_on_room_id" ON "messages" ("room_id");
+CREATE TABLE "push_subscriptions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "auth_key" varchar, "created_at" datetime(6) NOT NULL, "endpoint" varchar, "p256dh_key" varchar, "updated_at" datetime(6) NOT NULL, "user_agent" varchar, "user_id" integer NOT NULL, CONSTRAINT "fk_rails_43d43720fc"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "idx_on_endpoint_p256dh_key_auth_key_7553014576" ON "push_subscriptions" ("endpoint", "p256dh_key", "auth_key");
+CREATE INDEX "index_push_subscriptions_on_user_id" ON "push_subscriptions" ("user_id");
+CREATE TABLE "rooms" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "creator_id" bigint NOT NULL, "name" varchar, "type" varchar NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE TABLE "searches" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "query" varchar NOT NULL, "updated_at" datetime(6) NOT NULL, "user_id" integer NOT NULL, CONSTRAINT "fk_rails_e192b86393"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_searches_on_user_id" ON "searches" ("user_id");
+CREATE TABLE "sessions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "ip_address" varchar, "last_active_at" datetime(6) NOT NULL, "token" varchar NOT NULL, "updated_at" datetime(6) NOT NULL, "user_agent" varchar, "user_id" integer NOT NULL, CONSTRAINT "fk_rails_758836b4f0"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE UNIQUE INDEX "index_sessions_on_token" ON "sessions" ("token");
+CREATE INDEX "index_sessions_on_user_id" ON "sessions" ("user_id");
+CREATE TABLE "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "bio" text, "bot_token" varchar, "created_at" datetime(6) NOT NULL, "email_address" varchar, "name" varchar NOT NULL, "password_digest" varchar, "role" integer DEFAULT 0 NOT NULL, "status" integer DEFAULT 0 NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_users_on_bot_token" ON "users" ("bot_token");
+CREATE UNIQUE INDEX "index_users_on_email_address" ON "users" ("email_address");
+CREATE TABLE "webhooks" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "url" varchar, "user_id" integer NOT NULL, CONSTRAINT "fk_rails_51bf96d3bc"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_webhooks_on_user_id" ON "webhooks" ("user_id");
+CREATE VIRTUAL TABLE IF NOT EXISTS message_search_index USING fts5 (body, tokenize=porter);
 """
 
-# Ordered, named, each applied once inside a transaction and recorded in
-# campfire_py_migrations (Rails' schema_migrations is left alone).
+# db/migrate, in version order: (version, file name, the statements Rails runs).
+# The first eight are the ONCE releases' (Rails 7.2, whose table rebuilds write
+# DEFAULT NULL); the two Active Storage migrations of 2025-08-25 find their
+# tables already there.
+RAILS_MIGRATIONS = (
+    ("20231215043540", "create_initial_schema", """
+CREATE TABLE "accounts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "join_code" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE TABLE "action_text_rich_texts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "body" text, "record_type" varchar NOT NULL, "record_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_action_text_rich_texts_uniqueness" ON "action_text_rich_texts" ("record_type", "record_id", "name");
+CREATE TABLE "active_storage_blobs" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "key" varchar NOT NULL, "filename" varchar NOT NULL, "content_type" varchar, "metadata" text, "service_name" varchar NOT NULL, "byte_size" bigint NOT NULL, "checksum" varchar, "created_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_active_storage_blobs_on_key" ON "active_storage_blobs" ("key");
+CREATE TABLE "active_storage_attachments" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "record_type" varchar NOT NULL, "record_id" bigint NOT NULL, "blob_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_c3b3935057"
+FOREIGN KEY ("blob_id")
+  REFERENCES "active_storage_blobs" ("id")
+);
+CREATE INDEX "index_active_storage_attachments_on_blob_id" ON "active_storage_attachments" ("blob_id");
+CREATE UNIQUE INDEX "index_active_storage_attachments_uniqueness" ON "active_storage_attachments" ("record_type", "record_id", "name", "blob_id");
+CREATE TABLE "active_storage_variant_records" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "blob_id" bigint NOT NULL, "variation_digest" varchar NOT NULL, CONSTRAINT "fk_rails_993965df05"
+FOREIGN KEY ("blob_id")
+  REFERENCES "active_storage_blobs" ("id")
+);
+CREATE UNIQUE INDEX "index_active_storage_variant_records_uniqueness" ON "active_storage_variant_records" ("blob_id", "variation_digest");
+CREATE TABLE "rooms" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "type" varchar NOT NULL, "creator_id" bigint NOT NULL);
+CREATE TABLE "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar, "password_digest" varchar, "active" boolean DEFAULT 1);
+CREATE UNIQUE INDEX "index_users_on_email_address" ON "users" ("email_address");
+CREATE TABLE "messages" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "room_id" integer NOT NULL, "creator_id" integer NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "client_message_id" varchar NOT NULL, CONSTRAINT "fk_rails_a8db0fb63a"
+FOREIGN KEY ("room_id")
+  REFERENCES "rooms" ("id")
+, CONSTRAINT "fk_rails_761a2f12b3"
+FOREIGN KEY ("creator_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_messages_on_creator_id" ON "messages" ("creator_id");
+CREATE INDEX "index_messages_on_room_id" ON "messages" ("room_id");
+CREATE TABLE "boosts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "message_id" integer NOT NULL, "booster_id" integer NOT NULL, "content" varchar(16) NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_3539c52d73"
+FOREIGN KEY ("message_id")
+  REFERENCES "messages" ("id")
+);
+CREATE INDEX "index_boosts_on_booster_id" ON "boosts" ("booster_id");
+CREATE INDEX "index_boosts_on_message_id" ON "boosts" ("message_id");
+CREATE TABLE "memberships" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "room_id" integer NOT NULL, "user_id" integer NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "unread_at" datetime(6), "involvement" varchar DEFAULT 'mentions', "connections" integer DEFAULT 0 NOT NULL, "connected_at" datetime(6));
+CREATE INDEX "index_memberships_on_room_id_and_created_at" ON "memberships" ("room_id", "created_at");
+CREATE UNIQUE INDEX "index_memberships_on_room_id_and_user_id" ON "memberships" ("room_id", "user_id");
+CREATE INDEX "index_memberships_on_room_id" ON "memberships" ("room_id");
+CREATE INDEX "index_memberships_on_user_id" ON "memberships" ("user_id");
+CREATE TABLE "push_subscriptions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "endpoint" varchar DEFAULT NULL, "p256dh_key" varchar DEFAULT NULL, "auth_key" varchar DEFAULT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "user_agent" varchar DEFAULT NULL, CONSTRAINT "fk_rails_43d43720fc"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "idx_on_endpoint_p256dh_key_auth_key_7553014576" ON "push_subscriptions" ("endpoint", "p256dh_key", "auth_key");
+CREATE INDEX "index_push_subscriptions_on_user_id" ON "push_subscriptions" ("user_id");
+CREATE TABLE "searches" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "query" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_e192b86393"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_searches_on_user_id" ON "searches" ("user_id");
+create virtual table message_search_index using fts5(body, tokenize=porter);"""),
+    ("20231220143106", "add_bio_to_users", """
+ALTER TABLE "users" ADD "bio" text;"""),
+    ("20240110071740", "create_sessions", """
+CREATE TABLE "sessions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "token" varchar NOT NULL, "ip_address" varchar, "user_agent" varchar, "last_active_at" datetime(6) NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_758836b4f0"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_sessions_on_user_id" ON "sessions" ("user_id");
+CREATE UNIQUE INDEX "index_sessions_on_token" ON "sessions" ("token");"""),
+    ("20240115124901", "remove_owner_role", """
+update users set role = 1 where role = 2;"""),
+    ("20240130003150", "create_webhooks", """
+CREATE TABLE "webhooks" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "url" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_51bf96d3bc"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_webhooks_on_user_id" ON "webhooks" ("user_id");"""),
+    ("20240130213001", "add_custom_styles_to_accounts", """
+ALTER TABLE "accounts" ADD "custom_styles" text;"""),
+    ("20240131105830", "alter_users_set_password_digest_not_null", """
+update users set password_digest = '' where password_digest is null;
+CREATE TEMPORARY TABLE "ausers" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar DEFAULT NULL, "password_digest" varchar DEFAULT NULL, "active" boolean DEFAULT 1, "bio" text DEFAULT NULL);
+CREATE UNIQUE INDEX "tindex_ausers_on_email_address" ON "ausers" ("email_address");
+INSERT INTO "ausers" ("id","name","created_at","updated_at","role","email_address","password_digest","active","bio") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","active","bio" FROM "users";
+DROP TABLE "users";
+CREATE TABLE "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar DEFAULT NULL, "password_digest" varchar NOT NULL, "active" boolean DEFAULT 1, "bio" text DEFAULT NULL);
+CREATE UNIQUE INDEX "index_users_on_email_address" ON "users" ("email_address");
+INSERT INTO "users" ("id","name","created_at","updated_at","role","email_address","password_digest","active","bio") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","active","bio" FROM "ausers";
+DROP TABLE "ausers";"""),
+    ("20240209110503", "alter_users_add_bot_token", """
+ALTER TABLE "users" ADD "bot_token" varchar;
+CREATE UNIQUE INDEX "index_users_on_bot_token" ON "users" ("bot_token");
+CREATE TEMPORARY TABLE "ausers" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar DEFAULT NULL, "password_digest" varchar NOT NULL, "active" boolean DEFAULT 1, "bio" text DEFAULT NULL, "bot_token" varchar DEFAULT NULL);
+CREATE UNIQUE INDEX "tindex_ausers_on_email_address" ON "ausers" ("email_address");
+CREATE UNIQUE INDEX "tindex_ausers_on_bot_token" ON "ausers" ("bot_token");
+INSERT INTO "ausers" ("id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token" FROM "users";
+DROP TABLE "users";
+CREATE TABLE "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar DEFAULT NULL, "password_digest" varchar DEFAULT NULL, "active" boolean DEFAULT 1, "bio" text DEFAULT NULL, "bot_token" varchar DEFAULT NULL);
+CREATE UNIQUE INDEX "index_users_on_email_address" ON "users" ("email_address");
+CREATE UNIQUE INDEX "index_users_on_bot_token" ON "users" ("bot_token");
+INSERT INTO "users" ("id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token" FROM "ausers";
+DROP TABLE "ausers";"""),
+    ("20250825100957", "add_service_name_to_active_storage_blobs", """
+"""),
+    ("20250825100958", "create_active_storage_variant_records", """
+CREATE TABLE IF NOT EXISTS "active_storage_variant_records" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "blob_id" bigint NOT NULL, "variation_digest" varchar NOT NULL, CONSTRAINT "fk_rails_993965df05"
+FOREIGN KEY ("blob_id")
+  REFERENCES "active_storage_blobs" ("id")
+);
+CREATE UNIQUE INDEX IF NOT EXISTS "index_active_storage_variant_records_uniqueness" ON "active_storage_variant_records" ("blob_id", "variation_digest");"""),
+    ("20250825100959", "remove_not_null_on_active_storage_blobs_checksum", """
+CREATE TEMPORARY TABLE "aactive_storage_blobs" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "key" varchar NOT NULL, "filename" varchar NOT NULL, "content_type" varchar, "metadata" text, "service_name" varchar NOT NULL, "byte_size" bigint NOT NULL, "checksum" varchar, "created_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "tindex_aactive_storage_blobs_on_key" ON "aactive_storage_blobs" ("key");
+INSERT INTO "aactive_storage_blobs" ("id","key","filename","content_type","metadata","service_name","byte_size","checksum","created_at") SELECT "id","key","filename","content_type","metadata","service_name","byte_size","checksum","created_at" FROM "active_storage_blobs";
+DROP TABLE "active_storage_blobs";
+CREATE TABLE "active_storage_blobs" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "key" varchar NOT NULL, "filename" varchar NOT NULL, "content_type" varchar, "metadata" text, "service_name" varchar NOT NULL, "byte_size" bigint NOT NULL, "checksum" varchar, "created_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_active_storage_blobs_on_key" ON "active_storage_blobs" ("key");
+INSERT INTO "active_storage_blobs" ("id","key","filename","content_type","metadata","service_name","byte_size","checksum","created_at") SELECT "id","key","filename","content_type","metadata","service_name","byte_size","checksum","created_at" FROM "aactive_storage_blobs";
+DROP TABLE "aactive_storage_blobs";"""),
+    ("20251126092013", "create_bans", """
+CREATE TABLE "bans" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "ip_address" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_070022cd76"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_bans_on_user_id" ON "bans" ("user_id");
+CREATE INDEX "index_bans_on_ip_address" ON "bans" ("ip_address");"""),
+    ("20251126115722", "change_active_to_status_on_users", """
+ALTER TABLE "users" ADD "status" integer DEFAULT 0 NOT NULL;
+UPDATE users SET status = 1 WHERE active = 0;
+CREATE TEMPORARY TABLE "ausers" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar, "password_digest" varchar, "active" boolean DEFAULT 1, "bio" text, "bot_token" varchar, "status" integer DEFAULT 0 NOT NULL);
+CREATE UNIQUE INDEX "tindex_ausers_on_email_address" ON "ausers" ("email_address");
+CREATE UNIQUE INDEX "tindex_ausers_on_bot_token" ON "ausers" ("bot_token");
+INSERT INTO "ausers" ("id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token","status") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token","status" FROM "users";
+DROP TABLE "users";
+CREATE TABLE "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar, "password_digest" varchar, "bio" text, "bot_token" varchar, "status" integer DEFAULT 0 NOT NULL);
+CREATE UNIQUE INDEX "index_users_on_email_address" ON "users" ("email_address");
+CREATE UNIQUE INDEX "index_users_on_bot_token" ON "users" ("bot_token");
+INSERT INTO "users" ("id","name","created_at","updated_at","role","email_address","password_digest","bio","bot_token","status") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","bio","bot_token","status" FROM "ausers";
+DROP TABLE "ausers";"""),
+    ("20251126130131", "add_account_settings", """
+ALTER TABLE "accounts" ADD "settings" json;"""),
+    ("20251212154340", "add_singleton_constraint_to_accounts", """
+ALTER TABLE "accounts" ADD "singleton_guard" integer DEFAULT 0 NOT NULL;
+CREATE UNIQUE INDEX "index_accounts_on_singleton_guard" ON "accounts" ("singleton_guard");"""),
+)
+
+# Versions before the first file are the 2023 history squashed into it (Rails
+# lists them as "NO FILE" and ignores them).
+RAILS_FIRST_VERSION = RAILS_MIGRATIONS[0][0]
+RAILS_CREATE_BANS = "20251126092013"
+RAILS_ONCE_ERA_LAST = "20240209110503"  # the first ONCE releases knew migrations up to this one
+RAILS_LATEST_VERSION = RAILS_MIGRATIONS[-1][0]
+RAILS_INTERNAL_TABLES = """
+CREATE TABLE IF NOT EXISTS "schema_migrations" ("version" varchar NOT NULL PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS "ar_internal_metadata" ("key" varchar NOT NULL PRIMARY KEY, "value" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
+"""
+# Campfire runs in production (config/environments/production.rb); Rails records
+# the environment a storage was migrated in and refuses destructive tasks in it.
+RAILS_ENVIRONMENT = "production"
+
+# Ours: ordered, named, each applied once inside a transaction and recorded in
+# campfire_py_migrations. Storages of earlier releases also recorded
+# 0001_campfire_schema, the Rails schema those releases created themselves.
 MIGRATIONS = (
-    ("0001_campfire_schema", SCHEMA),
     ("0002_message_paging_indexes", """
-        CREATE INDEX IF NOT EXISTS "index_messages_on_room_id_and_created_at" ON "messages" ("room_id", "created_at");
-        CREATE INDEX IF NOT EXISTS "index_messages_on_room_id_and_updated_at" ON "messages" ("room_id", "updated_at");
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_room_and_created_at" ON "messages" ("room_id", "created_at");
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_room_and_updated_at" ON "messages" ("room_id", "updated_at");
     """),
     # A retried post is found by its client_message_id without scanning the room.
     ("0003_message_client_id_index", """
-        CREATE INDEX IF NOT EXISTS "index_messages_on_client_message_id" ON "messages" ("client_message_id");
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_client_message_id" ON "messages" ("client_message_id");
     """),
     # A new message marks rooms unread only for members not already marked:
     # this partial index holds just those, so a busy room isn't rescanned.
     ("0004_unread_candidates_index", """
-        CREATE INDEX IF NOT EXISTS "index_memberships_on_room_id_where_unread_at_is_null" ON "memberships" ("room_id")
+        CREATE INDEX IF NOT EXISTS "campfire_py_memberships_unread_candidates" ON "memberships" ("room_id")
         WHERE "unread_at" IS NULL;
     """),
     # Deleted messages are remembered for a while, so a page catching up after
@@ -3076,6 +4928,19 @@ MIGRATIONS = (
         "room_id" integer NOT NULL, "deleted_at" datetime(6) NOT NULL);
         CREATE INDEX IF NOT EXISTS "index_campfire_py_message_deletions_on_room_id_and_deleted_at"
         ON "campfire_py_message_deletions" ("room_id", "deleted_at");
+    """),
+    # Earlier releases named these indexes the way Rails names its own
+    # (index_<table>_on_<columns>), which a later Rails migration could take.
+    ("0006_own_index_names", """
+        DROP INDEX IF EXISTS "index_messages_on_room_id_and_created_at";
+        DROP INDEX IF EXISTS "index_messages_on_room_id_and_updated_at";
+        DROP INDEX IF EXISTS "index_messages_on_client_message_id";
+        DROP INDEX IF EXISTS "index_memberships_on_room_id_where_unread_at_is_null";
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_room_and_created_at" ON "messages" ("room_id", "created_at");
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_room_and_updated_at" ON "messages" ("room_id", "updated_at");
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_client_message_id" ON "messages" ("client_message_id");
+        CREATE INDEX IF NOT EXISTS "campfire_py_memberships_unread_candidates" ON "memberships" ("room_id")
+        WHERE "unread_at" IS NULL;
     """),
 )
 
@@ -3098,6 +4963,7 @@ class Database:
                                               cached_statements=256)
             self.connection.row_factory = sqlite3.Row
             self.connection.execute("PRAGMA busy_timeout = %d" % SQLITE_BUSY_TIMEOUT_MS)
+            self._refuse_newer_schema()  # before anything is changed, even the journal mode
             mode = self.connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except sqlite3.DatabaseError as error:
             raise ConfigError("%s is not a usable SQLite database (%s)." % (path, error)) from error
@@ -3309,7 +5175,119 @@ class Database:
             log.warning("removed %d search rows of messages that were never saved", orphans)
         return orphans
 
+    def table_names(self):
+        return {row[0] for row in self.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def rails_versions(self):
+        """The versions in Rails' schema_migrations (an empty set when there is no such table)."""
+        if "schema_migrations" not in self.table_names():
+            return set()
+        return {str(row[0]) for row in self.all("SELECT version FROM schema_migrations")}
+
+    def _refuse_newer_schema(self):
+        """A storage a newer Campfire migrated (a version we don't know, past the squashed
+        2023 history) is refused before anything in it is changed."""
+        known = {version for version, _, _ in RAILS_MIGRATIONS}
+        unknown = sorted(version for version in self.rails_versions()
+                         if version not in known and version >= RAILS_FIRST_VERSION)
+        if unknown:
+            self.connection.close()
+            raise ConfigError(
+                "%s was migrated by a newer Campfire than this server knows (its schema_migrations has "
+                "%s; the newest this server knows is %s). Nothing in it was changed: run it with the "
+                "Campfire that wrote it, or a newer campfire.py." % (self.path, ", ".join(unknown), RAILS_LATEST_VERSION))
+
+    def pending_rails_migrations(self):
+        """(version, name) of the Rails migrations this storage lacks, in the order they run;
+        None for a storage with no schema at all (it would be created whole). Campfire's
+        tables without schema_migrations lack them all, as far as can be told (and are refused)."""
+        tables = self.table_names()
+        if "schema_migrations" not in tables:
+            if "campfire_py_migrations" in tables:
+                return []
+            if tables & {"users", "messages", "accounts"}:
+                return [(version, name) for version, name, _ in RAILS_MIGRATIONS]
+            return None
+        done = self.rails_versions()
+        return [(version, name) for version, name, _ in RAILS_MIGRATIONS if version not in done]
+
+    def migrate_rails(self):
+        """Bring Campfire's schema up to date as Rails' db:prepare would (see RAILS_MIGRATIONS)."""
+        tables = self.table_names()
+        if "schema_migrations" not in tables:
+            if "campfire_py_migrations" in tables:
+                # An earlier release of ours created this storage with today's schema
+                # but recorded no Rails versions: record them, as loading db/schema.rb does.
+                self._record_rails_schema(create=False)
+            elif tables & {"users", "messages", "accounts"}:
+                raise ConfigError("%s has Campfire's tables but no schema_migrations, so which of Rails' "
+                                  "migrations it has can't be told; it was left unchanged." % self.path)
+            else:
+                self._record_rails_schema(create=True)
+            return
+        done = self.rails_versions()
+        ran = False
+        for version, name, script in RAILS_MIGRATIONS:
+            if version not in done:
+                self._run_rails_migration(version, name, script)
+                ran = True
+        if ran or "ar_internal_metadata" not in tables:
+            with self.atomic():
+                self._record_environment()
+
+    def _record_rails_schema(self, *, create):
+        with self.atomic():
+            if create:
+                for statement in _split_sql(RAILS_SCHEMA):
+                    self.execute(statement)
+            for statement in _split_sql(RAILS_INTERNAL_TABLES):
+                self.execute(statement)
+            self.connection.executemany("INSERT OR IGNORE INTO schema_migrations (version) VALUES (?)",
+                                        [(version,) for version, _, _ in RAILS_MIGRATIONS])
+            self._record_environment()
+        if create:
+            log.info("created Campfire's schema, version %s", RAILS_LATEST_VERSION)
+
+    def _record_environment(self):
+        for statement in _split_sql(RAILS_INTERNAL_TABLES):
+            self.execute(statement)
+        stamp = utc_now_text()
+        self.execute("INSERT INTO ar_internal_metadata (key, value, created_at, updated_at) VALUES "
+                     "('environment', ?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                     "updated_at = excluded.updated_at", (RAILS_ENVIRONMENT, stamp, stamp))
+
+    def _run_rails_migration(self, version, name, script):
+        """One migration and its schema_migrations row in one transaction. A table rebuild
+        drops a table others refer to: as Rails does, foreign keys are checked at commit
+        (defer_foreign_keys), when every row is back."""
+        try:
+            with self.atomic():
+                self.execute("PRAGMA defer_foreign_keys = ON")
+                aside = self._move_our_bans_aside() if version == RAILS_CREATE_BANS else None
+                for statement in _split_sql(script):
+                    self.execute(statement)
+                if aside:
+                    self.execute('INSERT INTO "bans" ("id", "user_id", "ip_address", "created_at", "updated_at") '
+                                 'SELECT "id", "user_id", "ip_address", "created_at", "updated_at" FROM "%s"' % aside)
+                    self.execute('DROP TABLE "%s"' % aside)
+                self.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+        except sqlite3.Error as error:
+            raise ConfigError("%s: Campfire's migration %s_%s.rb failed (%s); the storage is as it was before it."
+                              % (self.path, version, name, error)) from error
+        log.info("migrated %s_%s.rb", version, name)
+
+    def _move_our_bans_aside(self):
+        """Earlier releases of ours created `bans` in storages Rails hadn't yet given one;
+        Rails' CreateBans would then fail. Its rows wait aside while the migration runs."""
+        if "bans" not in self.table_names():
+            return None
+        self.execute('DROP INDEX IF EXISTS "index_bans_on_user_id"')
+        self.execute('DROP INDEX IF EXISTS "index_bans_on_ip_address"')
+        self.execute('ALTER TABLE "bans" RENAME TO "campfire_py_bans_before_migration"')
+        return "campfire_py_bans_before_migration"
+
     def migrate(self, migrations=MIGRATIONS):
+        self.migrate_rails()
         self.execute('CREATE TABLE IF NOT EXISTS "campfire_py_migrations" '
                      '("name" varchar PRIMARY KEY NOT NULL, "applied_at" datetime(6) NOT NULL)')
         done = {row[0] for row in self.all('SELECT name FROM campfire_py_migrations')}
@@ -4093,7 +6071,7 @@ def storage_in_use(config):
 
 
 ####
-#### 10. Domain
+#### 11. Domain
 ####
 # Every operation on accounts, people, sessions, rooms, memberships, messages,
 # boosts, search and bots, with its SQL: nothing above Storage but this section
@@ -4181,6 +6159,21 @@ class WebhookDelivery:
     message_id: int
     url: str
     payload: bytes
+
+
+@dataclass(slots=True)
+class PushDelivery:
+    """One notification to one push subscription (Campfire's WebPush::Notification)."""
+
+    subscription_id: int
+    endpoint: str
+    p256dh_key: str
+    auth_key: str
+    title: str
+    body: str
+    path: str
+    badge: int          # the person's unread rooms, for the app's badge
+    attempt: int = 0    # retries so far (after a 429 or 5xx)
 
 
 def can_administer(user, record_creator_id):
@@ -4309,6 +6302,7 @@ class Store:
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
         self._rooms = {}         # room id → Room (dropped when its name or type changes)
+        self._sgids = {}         # user id → their attachable sgid
         self._derived = {}       # name → (global_version, value): custom CSS, banned addresses
         self.room_versions = collections.Counter()        # messages, boosts, name, members
         self.user_versions = collections.Counter()        # a user's sidebar: memberships, unread, names
@@ -4437,7 +6431,7 @@ class Store:
         """A person in every open room. Handlers pass a digest made off the event loop;
         a password is hashed here (for the command line and tests)."""
         now = utc_now_text()
-        digest = password_digest or hash_password(password, self.config.scrypt_n)
+        digest = password_digest or hash_password(password, self.config.scrypt_n, self.config.bcrypt_cost)
         with self.db.atomic():
             user_id = self.db.execute(
                 "INSERT INTO users (name, email_address, password_digest, role, status, created_at, updated_at) "
@@ -4635,12 +6629,22 @@ class Store:
             info.last_active = now
         return info
 
+    def adopt_rails_session(self, rails_token, ip_address, user_agent, now=None):
+        """The session Rails stored under this token (in plain text, has_secure_token)
+        replaced by one of ours for the same person; our token, or None."""
+        row = self.db.one("SELECT id, user_id FROM sessions WHERE token = ?", (rails_token,))
+        if row is None:
+            return None
+        with self.db.atomic():
+            self.db.execute("DELETE FROM sessions WHERE id = ?", (row["id"],))
+            return self.create_session(row["user_id"], ip_address, user_agent, now)
+
     def end_session(self, token, user_id, session_id):
         """Sign out: the session is deleted and its sockets close."""
         digest = token_digest(token)
         self._sessions.pop(digest, None)
         with self.db.atomic():
-            self.db.execute("DELETE FROM sessions WHERE token = ?", (digest,))
+            self.db.execute("DELETE FROM sessions WHERE token = ? OR id = ?", (digest, session_id))
         self.events.sessions_revoked(user_id, session_id)
 
     def _delete_sessions_of(self, user_id):
@@ -4795,6 +6799,14 @@ class Store:
             "WHERE memberships.user_id = ? AND memberships.involvement != 'invisible' "
             "ORDER BY lower(rooms.name), rooms.id", (user_id,))
 
+    def hidden_rooms(self, user_id):
+        """The rooms a person hid from the sidebar, by name, as (Room, title)."""
+        rooms = [Room.from_row(row) for row in self.db.all(
+            "SELECT rooms.* FROM rooms JOIN memberships ON memberships.room_id = rooms.id "
+            "WHERE memberships.user_id = ? AND memberships.involvement = 'invisible' "
+            "ORDER BY lower(rooms.name), rooms.id", (user_id,))]
+        return [(room, self.room_title(room, user_id)) for room in rooms]
+
     def _memberships_of(self, user_id):
         key = (self.user_versions[user_id], self.global_version)
         cached = self._member_rooms.get(user_id)
@@ -4883,7 +6895,10 @@ class Store:
 
     # Messages ----------------------------------------------------------------
     MESSAGE_COLUMNS = ("SELECT messages.id, messages.room_id, messages.creator_id, messages.client_message_id, "
-                       "messages.created_at, messages.updated_at, action_text_rich_texts.body AS body "
+                       "messages.created_at, messages.updated_at, action_text_rich_texts.body AS body, "
+                       # Edited: the body changed after it was saved. Rails touches messages.updated_at
+                       # for boosts and attachments too, but only an edit moves the rich text's.
+                       "action_text_rich_texts.updated_at > action_text_rich_texts.created_at AS edited "
                        "FROM messages LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = "
                        "'Message' AND action_text_rich_texts.record_id = messages.id AND "
                        "action_text_rich_texts.name = 'body' ")
@@ -4919,8 +6934,41 @@ class Store:
                                    "AND creator_id = ? ORDER BY id LIMIT 1", (client_message_id, room_id, creator_id))
         return None if message_id is None else self.message(message_id)
 
+    RESIGNED_MENTIONS = "0007_rails_signed_mentions"
+
+    def resign_mentions(self):
+        """Once: mentions stored by earlier releases (signed in a format of their own)
+        are signed again as Rails signs them, so Rails can verify every body we wrote.
+        Timestamps stay: the bodies didn't change for anyone reading them."""
+        if self.db.value("SELECT 1 FROM campfire_py_migrations WHERE name = ?", (self.RESIGNED_MENTIONS,)):
+            return 0
+        changed = 0
+        with self.db.atomic():
+            for row in self.db.all("SELECT id, body FROM action_text_rich_texts WHERE body LIKE ?",
+                                   ("%" + MENTION_CONTENT_TYPE + "%",)):
+                body = row["body"]
+                for sgid in find_mentions(body):
+                    user_id = sgid_user_id(sgid)
+                    if user_id is not None and verify_sgid(sgid, self.sgid_secret) is None:
+                        body = body.replace(sgid, self.mention_sgid(user_id))
+                if body != row["body"]:
+                    self.db.execute("UPDATE action_text_rich_texts SET body = ? WHERE id = ?", (body, row["id"]))
+                    changed += 1
+            self.db.execute("INSERT INTO campfire_py_migrations (name, applied_at) VALUES (?, ?)",
+                            (self.RESIGNED_MENTIONS, utc_now_text()))
+        if changed:
+            log.info("signed the mentions of %d messages as Rails signs them", changed)
+        return changed
+
     def mention_sgid(self, user_id):
-        return make_sgid(user_id, self.sgid_secret)
+        """A person's attachable sgid (the same for as long as SECRET_KEY_BASE is): made once,
+        since a post with an "@" needs one for every member of the room."""
+        sgid = self._sgids.get(user_id)
+        if sgid is None:
+            if len(self._sgids) >= SGIDS_KEPT:
+                self._sgids.clear()
+            sgid = self._sgids[user_id] = make_sgid(user_id, self.sgid_secret)
+        return sgid
 
     def _keep_attachment(self, sgid, content_type):
         """Posted bodies keep only mentions we signed ourselves."""
@@ -5002,7 +7050,8 @@ class Store:
             self.bump_room(room_id)
             self.bump_users(unread)
         message = {"id": message_id, "room_id": room_id, "creator_id": creator_id,
-                   "client_message_id": client_message_id, "created_at": stamp, "updated_at": stamp, "body": body}
+                   "client_message_id": client_message_id, "created_at": stamp, "updated_at": stamp, "body": body,
+                   "edited": False}
         return message, unread
 
     def update_message(self, message, body, plain_text, now=None):
@@ -5112,7 +7161,8 @@ class Store:
 
     # Search ------------------------------------------------------------------
     def search(self, user_id, query, limit=SEARCH_RESULT_LIMIT):
-        """The newest `limit` messages matching every word, in the user's rooms only.
+        """The newest `limit` messages matching every word, in the user's rooms only,
+        newest first (by created_at, as Campfire orders them).
 
         A probe takes the newest matches across all rooms (FTS5 walks its
         doclists in rowid order, so this is cheap) and keeps the user's; only
@@ -5126,18 +7176,47 @@ class Store:
                             "ORDER BY rowid DESC LIMIT ?", (match, probe_limit))
         candidate_ids = [row[0] for row in probe]
         marks = ",".join("?" * len(candidate_ids)) or "NULL"
-        visible = [row[0] for row in self.db.all("SELECT id, room_id FROM messages WHERE id IN (%s) ORDER BY id DESC"
-                                                 % marks, candidate_ids) if row[1] in rooms][:limit]
+        visible = [row[0] for row in self.db.all("SELECT id, room_id FROM messages WHERE id IN (%s) "
+                                                 "ORDER BY created_at DESC, id DESC" % marks, candidate_ids)
+                   if row[1] in rooms][:limit]
         if len(visible) == limit or len(probe) < probe_limit:
-            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s) ORDER BY messages.id DESC"
+            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s) "
+                               "ORDER BY messages.created_at DESC, messages.id DESC"
                                % (",".join("?" * len(visible)) or "NULL"), visible)
         else:
             room_ids = list(rooms) or [0]
             rows = self.db.all(
                 self.MESSAGE_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
-                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) ORDER BY messages.id DESC LIMIT ?"
+                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) "
+                "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
                 % ",".join("?" * len(room_ids)), (match, *room_ids, limit))
-        return rows[::-1]
+        return rows
+
+    def search_index_complete(self):
+        """Whether every message seems to have its search row (as many rows as messages).
+        A storage restored from a backup, or made by hand, may have none or some."""
+        messages = self.db.value("SELECT count(*) FROM messages")
+        try:
+            rows = self.db.value("SELECT count(*) FROM message_search_index_docsize")
+        except sqlite3.OperationalError:  # an index made without its size table: walk it
+            return False
+        return rows == messages
+
+    def index_missing_search_rows(self, after, upto, chunk):
+        """Search rows for the messages with ids in (after, upto] that have none, looking
+        at `chunk` messages: (the last id looked at or None when done, looked at, written)."""
+        rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id > ? AND messages.id <= ? "
+                           "ORDER BY messages.id LIMIT ?", (after, upto, chunk))
+        if not rows:
+            return None, 0, 0
+        indexed = {row[0] for row in self.db.all("SELECT rowid FROM message_search_index WHERE rowid BETWEEN ? AND ?",
+                                                 (rows[0]["id"], rows[-1]["id"]))}
+        missing = [(row["id"], self.plain_text(row["body"])) for row in rows if row["id"] not in indexed]
+        if missing:
+            with self.db.atomic():
+                self.db.connection.executemany(self.SEARCH_ROW_INSERT, missing)
+            self.message_version += 1  # search results may change
+        return rows[-1]["id"], len(rows), len(missing)
 
     def is_latest_search(self, user_id, query):
         return self._last_search.get(user_id) == query
@@ -5259,13 +7338,119 @@ class Store:
                                               json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()))
         return deliveries
 
+    # Push subscriptions and who gets a push (Campfire's app/models/push/subscription.rb,
+    # users/push_subscriptions_controller.rb and room/message_pusher.rb) --------------
+    PUSH_SUBSCRIPTION_COLUMNS = "SELECT id, user_id, endpoint, p256dh_key, auth_key, user_agent, created_at, updated_at " \
+                                "FROM push_subscriptions "
+
+    def push_subscriptions(self, user_id):
+        return self.db.all(self.PUSH_SUBSCRIPTION_COLUMNS + "WHERE user_id = ? ORDER BY id", (user_id,))
+
+    def push_subscription(self, user_id, subscription_id):
+        return self.db.one(self.PUSH_SUBSCRIPTION_COLUMNS + "WHERE id = ? AND user_id = ?", (subscription_id, user_id))
+
+    def subscribe_push(self, user_id, endpoint, p256dh_key, auth_key, user_agent, now=None):
+        """A browser's subscription, kept once: the same endpoint again is touched (and takes
+        new keys if the browser made new ones), and an endpoint another person had is theirs
+        no more (the browser now belongs to this person). Past MAX_PUSH_SUBSCRIPTIONS a
+        person's oldest subscription goes."""
+        stamp = utc_now_text(now)
+        with self.db.atomic():
+            self.db.execute("DELETE FROM push_subscriptions WHERE endpoint = ? AND user_id != ?", (endpoint, user_id))
+            existing = self.db.one("SELECT id FROM push_subscriptions WHERE endpoint = ? AND user_id = ? "
+                                   "ORDER BY id LIMIT 1", (endpoint, user_id))
+            if existing is not None:
+                self.db.execute("UPDATE push_subscriptions SET p256dh_key = ?, auth_key = ?, user_agent = ?, "
+                                "updated_at = ? WHERE id = ?", (p256dh_key, auth_key, user_agent, stamp, existing[0]))
+                return existing[0]
+            subscription_id = self.db.execute(
+                "INSERT INTO push_subscriptions (user_id, endpoint, p256dh_key, auth_key, user_agent, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (user_id, endpoint, p256dh_key, auth_key, user_agent, stamp, stamp)).lastrowid
+            self.db.execute("DELETE FROM push_subscriptions WHERE user_id = ? AND id NOT IN (SELECT id FROM "
+                            "push_subscriptions WHERE user_id = ? ORDER BY updated_at DESC, id DESC LIMIT ?)",
+                            (user_id, user_id, MAX_PUSH_SUBSCRIPTIONS))
+        return subscription_id
+
+    def unsubscribe_push(self, user_id, *, subscription_id=None, endpoint=None):
+        """Delete one of a person's subscriptions, by id (the subscriptions page) or by
+        endpoint (signing out, as Campfire's sessions_controller.rb does)."""
+        column, value = ("id", subscription_id) if subscription_id is not None else ("endpoint", endpoint)
+        with self.db.atomic():
+            self.db.execute("DELETE FROM push_subscriptions WHERE %s = ? AND user_id = ?" % column, (value, user_id))
+
+    def expire_push_subscription(self, subscription_id):
+        """The push service said the subscription is gone (404 or 410)."""
+        with self.db.atomic():
+            self.db.execute("DELETE FROM push_subscriptions WHERE id = ?", (subscription_id,))
+
+    def unread_room_counts(self, user_ids):
+        """{user id: rooms unread}, the badge of Campfire's Push::Subscription#notification."""
+        counts = dict.fromkeys(user_ids, 0)
+        for user_id, count in self.db.all(
+                "SELECT user_id, count(*) FROM memberships WHERE unread_at IS NOT NULL "
+                "AND user_id IN (SELECT value FROM json_each(?)) GROUP BY user_id", (json.dumps(list(counts)),)):
+            counts[user_id] = count
+        return counts
+
+    # Visible, disconnected members other than the author (as unread marks them), whose
+    # involvement is everything or mentions (Membership.involved_in_*), and active.
+    PUSH_RECIPIENTS = (
+        "SELECT push_subscriptions.id, push_subscriptions.user_id, push_subscriptions.endpoint, "
+        "push_subscriptions.p256dh_key, push_subscriptions.auth_key, memberships.involvement "
+        "FROM memberships JOIN push_subscriptions ON push_subscriptions.user_id = memberships.user_id "
+        "JOIN users ON users.id = memberships.user_id "
+        "WHERE memberships.room_id = ? AND memberships.user_id != ? "
+        "AND memberships.involvement IN ('everything', 'mentions') AND users.status = ? "
+        "AND (memberships.connections = 0 OR memberships.connected_at IS NULL OR memberships.connected_at < ?) "
+        "ORDER BY push_subscriptions.id")
+
+    def push_deliveries(self, room, message, now=None):
+        """The pushes a new message causes (Campfire's Room::MessagePusher): members
+        involved in everything get every message, those involved in mentions the
+        messages that mention them. A direct room names its author as the title;
+        another room is the title and the author prefixes the text."""
+        rows = self.db.all(self.PUSH_RECIPIENTS, (room.id, message["creator_id"], STATUS_ACTIVE,
+                                                  utc_now_text((now or time.time()) - PRESENCE_WINDOW)))
+        if not rows:
+            return []
+        body = message["body"] or ""
+        mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)}
+        rows = [row for row in rows if row[5] == "everything" or row[1] in mentioned]
+        if not rows:
+            return []
+        author = self.user(message["creator_id"])
+        author_name = author.name if author is not None else ""
+        text = self.plain_text(body)
+        if room.direct:
+            title, text = author_name, text
+        else:
+            title, text = room.name, "%s: %s" % (author_name, text)
+        path = url_for("room", room_id=room.id)
+        badges = self.unread_room_counts({row[1] for row in rows})
+        return [PushDelivery(row[0], row[2], row[3], row[4], title, text, path, badges[row[1]]) for row in rows]
+
+    def test_push_delivery(self, subscription):
+        """Campfire's users/push_subscriptions/test_notifications_controller.rb: "Campfire Test"
+        and a random UUID, opening the subscriptions page."""
+        import uuid  # here, not at the top: slow to load and rarely needed
+        badge = self.unread_room_counts([subscription["user_id"]])[subscription["user_id"]]
+        return PushDelivery(subscription["id"], subscription["endpoint"], subscription["p256dh_key"],
+                            subscription["auth_key"], "Campfire Test", str(uuid.uuid4()),
+                            url_for("user_push_subscriptions"), badge)
+
     # Seeding (the seed command's bulk writes) -----------------------------------
-    def seed_people(self, count, password_digest, now):
+    def people_count(self):
+        """How many people (not bots) the database holds, active or not."""
+        return self.db.value("SELECT count(*) FROM users WHERE role != ?", (ROLE_BOT,)) or 0
+
+    def seed_people(self, count, password_digest, admin_digest, now):
         """count people "Person N" <personN@example.com> in one statement, the first an
-        administrator; returns the first one's number."""
+        administrator with admin_digest, the others with password_digest; returns the
+        first one's number."""
         first = (self.db.value("SELECT max(id) FROM users") or 0) + 1
         stamp = utc_now_text(now)
-        rows = [("Person %d" % n, "person%d@example.com" % n, password_digest,
+        rows = [("Person %d" % n, "person%d@example.com" % n, admin_digest if n == first else password_digest,
                  ROLE_ADMINISTRATOR if n == first else ROLE_MEMBER, STATUS_ACTIVE, stamp, stamp)
                 for n in range(first, first + count)]
         with self.db.atomic():
@@ -5324,7 +7509,7 @@ class Store:
 
 
 ####
-#### 11. Rendering
+#### 12. Rendering
 ####
 # Every page and fragment is built by a render_* function from plain data (rows,
 # Users, Rooms, strings) and, for whole pages, one View: who is looking, the
@@ -5345,6 +7530,7 @@ class View:
     custom_styles: str          # the digest of the account's custom CSS; "" when there is none
     assets: dict                # a PAGE_ASSETS name → its URL, versioned by content
     origin: str                 # "scheme://host", for links that leave the page (invitations, bots)
+    vapid_public_key: str = ""  # the signed-in app's applicationServerKey, as Campfire's vapid-public-key meta tag
 
 
 def room_settings_path(room):
@@ -5354,6 +7540,17 @@ def room_settings_path(room):
 
 def qr_code_path(text):
     return url_for("qr_code", code=b64url_encode(text.encode("utf-8")))
+
+
+def render_qr_page(code, text, back):
+    """The QR code opened as a page: a heading, the code, the link it holds, the way back."""
+    return HTML(
+        '<section class="panel qr-page"><h1 class="panel__title">Scan this QR code</h1>'
+        '<p class="panel__intro">Point a phone\'s camera at it to open the link there.</p>'
+        '<img class="qr-page__code" src="{src}" alt="QR code of the link below" width="280" height="280">'
+        '<p class="qr-page__link">{text}</p>'
+        '<p><a class="button" href="{back}">Back</a></p></section>').format(
+        src=url_for("qr_code", code=code), text=text, back=back)
 
 
 def role_label(user):
@@ -5366,12 +7563,9 @@ def message_sound(plain_text):
     return match.group(1) if match and match.group(1) in SOUND_NAMES else None
 
 
-def next_involvement(current, direct):
-    """The next involvement the bell offers, in the order Campfire's bell cycles through them."""
-    if direct:
-        return "nothing" if current == "everything" else "everything"
-    cycle = ("mentions", "everything", "nothing", "invisible")
-    return cycle[(cycle.index(current) + 1) % 4] if current in cycle else "mentions"
+def involvement_choices(direct):
+    """The involvements the bell's menu offers, in the order Campfire's bell goes through them."""
+    return ("everything", "nothing") if direct else ("mentions", "everything", "nothing", "invisible")
 
 
 INVOLVEMENT_LABELS = {"invisible": "Hidden from the sidebar", "nothing": "No notifications",
@@ -5394,8 +7588,13 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
             '<nav class="topbar__nav" aria-label="Account">'
             '<a class="button button--quiet" href="{edit_account}">Account</a>'
             '<a class="topbar__user" href="{profile}" title="Your profile">{avatar}<span>{name}</span></a>'
-            '<form method="post" action="{session}" class="inline-form">'
+            '<span class="notifications-control" hidden>'
+            '<button type="button" class="button button--quiet notifications-control__button" id="notifications_toggle" '
+            'aria-describedby="notifications_state">Notifications</button>'
+            '<span class="notifications-control__state" id="notifications_state" role="status"></span></span>'
+            '<form method="post" action="{session}" class="inline-form" id="sign_out">'
             '<input type="hidden" name="_method" value="delete">'
+            '<input type="hidden" name="push_subscription_endpoint" value="">'
             '<button type="submit" class="button button--quiet">Sign out</button></form>'
             '</nav></header>').format(
             account=view.account_name, name=user.name, avatar=render_avatar(user.id, 24),
@@ -5408,6 +7607,9 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
     custom_styles = HTML('<link rel="stylesheet" href="{}">').format(
         url_for("account_custom_stylesheet", v=view.custom_styles)) if view.custom_styles else ""
     assets = view.assets
+    # First in the tab order: past the top bar and the sidebar, to what the page is for.
+    skip = HTML('<a class="skip-link" href="#composer_body">Skip to composer</a>') if "room-page" in body_class \
+        else HTML('<a class="skip-link" href="#main">Skip to content</a>')
     return HTML(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -5419,27 +7621,30 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<link rel="apple-touch-icon" href="{touch_icon}">'
         '<link rel="manifest" href="{manifest}">'
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
-        '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">'
+        '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">{vapid}'
         '<script type="module" src="{js}"></script>'
-        '</head><body class="{body_class}"{user_data}>{top}{main}</body></html>').format(
+        '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip, 
         js=assets["app.js"], components=assets["components.css"], light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
         title="%s · %s" % (title, view.account_name) if title else view.account_name,
         css=assets["campfire.css"], icon=assets["campfire-icon.svg"], touch_icon=url_for("static", path="icon-192.png"),
-        manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles)
+        manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles,
+        vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
+        if view.vapid_public_key else "")
 
 
-def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True):
-    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks.
-    shared and direct are [(Room, title)]; unread holds room ids."""
+def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True, hidden=()):
+    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks, and the
+    rooms hidden from it. shared, direct and hidden are [(Room, title)]; unread holds room ids."""
     def item(room, title):
         classes = "sidebar__room"
         if room.id in unread:
             classes += " sidebar__room--unread"
         if room.id == current_room_id:
             classes += " sidebar__room--current"
-        return HTML('<li><a class="{classes}" href="{url}" data-room-id="{id}"{current}>{name}</a></li>').format(
+        return HTML('<li><a class="{classes}" href="{url}" data-room-id="{id}"{current}>'
+                    '<span class="sidebar__name">{name}</span></a></li>').format(
             classes=classes, url=url_for("room", room_id=room.id), id=room.id, name=title,
             current=HTML(' aria-current="page"') if room.id == current_room_id else "")
     new_room = HTML('<a class="sidebar__add" href="{}" aria-label="New room" title="New room">+</a>').format(
@@ -5450,10 +7655,28 @@ def render_sidebar(shared, direct, unread, current_room_id=None, can_create_room
         '<ul id="shared_rooms" class="sidebar__rooms">{shared}</ul></div>'
         '<div class="sidebar__section"><h2 class="sidebar__heading">Pings '
         '<a class="sidebar__add" href="{new_direct}" aria-label="New Ping" title="New Ping">+</a></h2>'
-        '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div></nav>').format(
-        new_room=new_room, new_direct=url_for("new_direct_room"),
+        '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div>{hidden}</nav>').format(
+        new_room=new_room, new_direct=url_for("new_direct_room"), hidden=render_hidden_rooms(hidden),
         shared=HTML("").join(item(room, title) for room, title in shared),
         direct=HTML("").join(item(room, title) for room, title in direct))
+
+
+def render_hidden_rooms(hidden):
+    """The rooms hidden from the sidebar (involvement "invisible"), each with a way back."""
+    if not hidden:
+        return HTML("")
+    items = HTML("").join(HTML(
+        '<li class="sidebar__hidden-room"><a href="{url}" class="sidebar__room" data-hidden-room-id="{id}">'
+        '<span class="sidebar__name">{name}</span></a>'
+        '<form method="post" action="{action}" class="inline-form">'
+        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="mentions">'
+        '<button type="submit" class="button button--small" aria-label="Show {name} in the sidebar">Show</button>'
+        '</form></li>').format(url=url_for("room", room_id=room.id), id=room.id, name=title,
+                               action=url_for("room_involvement", room_id=room.id)) for room, title in hidden)
+    return HTML(
+        '<details class="sidebar__section sidebar__hidden"><summary class="sidebar__heading">Hidden rooms ({count})'
+        '</summary><ul id="hidden_rooms" class="sidebar__rooms" aria-label="Hidden rooms">{items}</ul></details>').format(
+        count=len(hidden), items=items)
 
 
 def render_error_page(view, status, message):
@@ -5492,6 +7715,11 @@ def render_field(label, name, value="", *, type="text", errors=None, autocomplet
 
 def render_notice(notice):
     return HTML('<p class="notice notice--alert" role="alert">{}</p>').format(notice) if notice else HTML("")
+
+
+def render_saved(saved):
+    """What a form's page says after it saved (it was redirected back with ?saved=1)."""
+    return HTML('<p class="notice notice--success" role="status">Saved.</p>') if saved else HTML("")
 
 
 def render_copyable(field_id, label, value, copy_label, qr_label):
@@ -5576,30 +7804,40 @@ def render_no_rooms():
                 '<p>You are not in any room yet. An administrator can add you to one.</p></section>')
 
 
-def render_sidebar_page():
-    return HTML('<section class="panel"><h1 class="panel__title">Pick a room</h1></section>')
+def render_sidebar_page(sidebar):
+    """The room list as a page (a phone's Rooms screen): the sidebar under its heading."""
+    return HTML('<section class="rooms-screen" aria-labelledby="rooms_heading">'
+                '<h1 class="rooms-screen__title" id="rooms_heading">Rooms</h1>{}</section>').format(sidebar)
 
 
 def render_bell(room, involvement):
-    upcoming = next_involvement(involvement, room.direct)
+    """The bell: the room's involvement, shown by its icon, chosen from a menu of them all."""
+    action = url_for("room_involvement", room_id=room.id)
+    choices = HTML("").join(HTML(
+        '<form method="post" action="{action}" class="bell__choice">'
+        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="{value}">'
+        '<button type="submit" class="bell__option bell--{value}" aria-pressed="{pressed}">{label}</button>'
+        '</form>').format(action=action, value=value, label=INVOLVEMENT_LABELS[value],
+                          pressed="true" if value == involvement else "false")
+        for value in involvement_choices(room.direct))
+    label = INVOLVEMENT_LABELS.get(involvement, involvement)
     return HTML(
-        '<form method="post" action="{action}" class="bell inline-form" id="involvement_room_{id}">'
-        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="{next}">'
-        '<button type="submit" class="bell__button bell--{current}" title="{label}" '
-        'aria-label="Notifications: {label}. Change to: {next_label}">{icon}</button></form>').format(
-        action=url_for("room_involvement", room_id=room.id), id=room.id, next=upcoming, current=involvement,
-        label=INVOLVEMENT_LABELS.get(involvement, involvement), next_label=INVOLVEMENT_LABELS.get(upcoming, upcoming),
-        icon="🔕" if involvement in ("nothing", "invisible") else "🔔")
+        '<details class="bell" id="involvement_room_{id}"><summary class="bell__button bell--{current}" title="{label}">'
+        '<span class="visually-hidden">Notifications: {label}</span></summary>'
+        '<div class="bell__menu" role="group" aria-label="Notifications">{choices}</div></details>').format(
+        id=room.id, current=involvement, label=label, choices=choices)
 
 
 def render_composer(room):
     return HTML(
-        '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}">'
+        '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}" '
+        'data-max-chars="{max_chars}">'
         '<label class="visually-hidden" for="composer_body">Write a message</label>'
         '<textarea class="composer__input" id="composer_body" name="message[body]" rows="1" '
         'placeholder="Write a message" aria-label="Write a message" required></textarea>'
         '<button type="submit" class="button button--primary composer__send">Send Message</button>'
-        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id)
+        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id,
+                        max_chars=MAX_MESSAGE_BODY_CHARS)
 
 
 def render_pending_message(viewer):
@@ -5616,17 +7854,24 @@ def render_pending_message(viewer):
 
 
 def render_room(room, viewer, title, involvement, messages, *, highlight_id=None):
-    """The room: its header, its messages (rendered), the composer."""
+    """The room: its header, its messages (rendered), the composer. On a phone the header is
+    the top bar: a way back to the rooms, the name, who is here, and one menu holding the
+    room's tools and the top bar's links (room__phone-only)."""
     return HTML(
         '<section class="room" id="room" data-room-id="{id}" data-room-type="{type}" aria-labelledby="room_name">'
-        '<header class="room__header"><h1 class="room__name" id="room_name">{heading}</h1>'
-        '<div class="room__tools">{bell}'
-        '<a class="room__settings" href="{settings}" aria-label="Room settings" title="Room settings">⚙︎</a></div>'
+        '<header class="room__header"><a class="room__back" href="{rooms}" aria-label="Rooms" title="Rooms"></a>'
+        '<h1 class="room__name" id="room_name">{heading}</h1>'
+        '<div class="room__tools" id="room_tools">{bell}'
+        '<a class="room__settings" href="{settings}" aria-label="Room settings" title="Room settings"></a>'
+        '<a class="room__phone-only button button--quiet" href="{search}">Search</a>'
+        '<a class="room__phone-only button button--quiet" href="{account}">Account</a>'
+        '<a class="room__phone-only button button--quiet" href="{profile}">Your profile</a></div>'
         '</header>'
         '<div class="messages" id="messages" data-room-id="{id}"{highlight}>{messages}</div>'
         '{composer}{pending}</section>').format(
         id=room.id, type=room.type.split("::")[-1].lower(), heading="Ping with %s" % title if room.direct else title,
-        bell=render_bell(room, involvement), settings=room_settings_path(room),
+        bell=render_bell(room, involvement), settings=room_settings_path(room), rooms=url_for("user_sidebar"),
+        search=url_for("searches"), account=url_for("edit_account"), profile=url_for("user_profile"),
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
         messages=messages, composer=render_composer(room), pending=render_pending_message(viewer))
 
@@ -5828,10 +8073,11 @@ def render_message(message, *, author, body, sound, boosts):
     None; boosts: [(boost row, booster's name)]."""
     if sound:
         text = SOUND_TEXTS.get(sound)
-        body = HTML('<span class="sound" data-sound="{name}">🔊 {label}</span>').format(
+        body = HTML('<span class="sound" data-sound="{name}"><span class="sound__icon" aria-hidden="true"></span> '
+                    '{label}</span>').format(
             name=sound, label=text if text else HTML('<span class="sound__badge">{}</span>').format(sound))
     edited = HTML(' <span class="message__edited" title="Edited">(edited)</span>') \
-        if message["updated_at"] != message["created_at"] and message["updated_at"] > message["created_at"] else ""
+        if message["edited"] else ""
     created = iso_time(message["created_at"])
     return HTML(_message_template() % {
         "message_id": message["id"], "room_id": message["room_id"], "creator_id": message["creator_id"],
@@ -6007,7 +8253,7 @@ def _interval_text(seconds):
 
 
 def render_account_page(view, account, invite_url, people_html, *, restricted, values=None, errors=None,
-                        notice=None, backups=None):
+                        notice=None, saved=False, backups=None):
     """The account: its name, the invitation link, people; administrators also edit it."""
     errors = errors or {}
     name = (values or {}).get("account[name]", account["name"])
@@ -6021,7 +8267,8 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             'value="1"{checked}> <span>Only administrators can create rooms</span></label></div>'
             '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
             '</div></form>').format(
-            title=account["name"], notice=render_notice(notice), action=url_for("account"),
+            title=account["name"], notice=HTML("").join((render_notice(notice), render_saved(saved))),
+            action=url_for("account"),
             name_field=render_field("Account name", "account[name]", name, errors=errors,
                                     maxlength=MAX_ACCOUNT_NAME_CHARS),
             setting="account[settings][restrict_room_creation_to_administrators]",
@@ -6106,6 +8353,11 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
             ban=url_for("user_ban", user_id=user.id), name=user.name)
     own = HTML('<div class="form__actions"><a class="button" href="{}">Edit your profile</a></div>').format(
         url_for("user_profile")) if user.id == viewer.id else ""
+    if user.id != viewer.id and user.status == STATUS_ACTIVE:
+        own = HTML('<form method="post" action="{action}" class="form__actions">'
+                   '<input type="hidden" name="user_ids[]" value="{id}">'
+                   '<button type="submit" class="button button--primary">Ping</button></form>').format(
+            action=url_for("direct_rooms"), id=user.id)
     return HTML(
         '{assets}<section class="panel panel--wide profile">{notice}<div class="profile__head">{avatar}'
         '<div><h1 class="panel__title">{name}</h1><p class="profile__role">{role}{state}</p>{email}</div></div>'
@@ -6115,7 +8367,7 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
         state=HTML(" · {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
 
 
-def render_profile(view, values, errors, transfer_url):
+def render_profile(view, values, errors, transfer_url, *, saved=False):
     user = view.user
     bio_error = render_errors(errors, "user[bio]")
     fields = HTML("").join([
@@ -6135,7 +8387,7 @@ def render_profile(view, values, errors, transfer_url):
     return HTML(
         '{assets}<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
         '<div><h1 class="panel__title">Your profile</h1><p class="profile__role">{role}</p></div></div>'
-        '<form method="post" action="{action}" class="form">'
+        '{saved}<form method="post" action="{action}" class="form">'
         '<input type="hidden" name="_method" value="patch">{fields}'
         '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
         '<a class="button" href="{cancel}">Cancel changes</a></div></form>'
@@ -6143,8 +8395,13 @@ def render_profile(view, values, errors, transfer_url):
         '<h2 class="panel__subtitle" id="transfer_heading">Sign in on another device</h2>'
         '<p class="panel__intro">Open this link on your phone or another computer, or scan its QR code, to sign '
         'in there without a password. It works for 4 hours: keep it to yourself.</p>'
-        '{transfer}</section></section>').format(
-        avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields, action=url_for("user_profile"),
+        '{transfer}</section>'
+        '<section class="panel__section" aria-labelledby="push_heading">'
+        '<h2 class="panel__subtitle" id="push_heading">Notifications</h2>'
+        '<p class="panel__intro">Turn them on in each browser with "Notifications" at the top of the page. '
+        '<a href="{push_subscriptions}">Browsers that get notifications</a></p></section></section>').format(
+        push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields,
+        action=url_for("user_profile"), saved=render_saved(saved),
         cancel=url_for("user", user_id=user.id),
         transfer=render_copyable("session_transfer_url", "Sign-in link", transfer_url,
                                  "Copy sign-in link", "Show auto-login QR code"),
@@ -6180,6 +8437,29 @@ def render_bots(items):
         '<a class="button" href="{account}">Back to the account</a></div></section>').format(
         items=HTML('<ul class="bots">{}</ul>').format(HTML("").join(items)) if items
         else HTML('<p class="notice">No bots yet.</p>'), new=url_for("new_account_bot"), account=url_for("edit_account"))
+
+
+def render_push_subscriptions(subscriptions):
+    """Campfire's users/push_subscriptions/index.html.erb: each browser that gets pushes,
+    with a test notification and a delete button."""
+    def item(row):
+        return HTML(
+            '<li class="push-subscription"><strong class="push-subscription__agent">{agent}</strong>'
+            '<span class="push-subscription__endpoint">{endpoint}</span><span class="push-subscription__actions">'
+            '<form method="post" action="{test}" class="inline-form"><button type="submit" class="button">'
+            'Send test notification</button></form>'
+            '<form method="post" action="{delete}" class="inline-form"><input type="hidden" name="_method" '
+            'value="delete"><button type="submit" class="button button--danger">Delete subscription</button>'
+            '</form></span></li>').format(
+            agent=row["user_agent"] or "A browser", endpoint=row["endpoint"],
+            test=url_for("user_push_subscription_test_notifications", subscription_id=row["id"]),
+            delete=url_for("user_push_subscription", subscription_id=row["id"]))
+    items = HTML('<ul class="push-subscriptions" id="push_subscriptions">{}</ul>').format(
+        HTML("").join(item(row) for row in subscriptions)) if subscriptions else \
+        HTML('<p class="notice" id="push_subscriptions">No browser gets notifications yet. Turn them on with '
+             '"Notifications" at the top of the page.</p>')
+    return HTML('<section class="panel panel--wide"><h1 class="panel__title">Push Notification Subscriptions</h1>'
+                '{}</section>').format(items)
 
 
 def render_bot_form(*, bot_row=None, values=None, errors=None):
@@ -6273,7 +8553,7 @@ def manifest_json(account_name):
 
 
 ####
-#### 12. Routes
+#### 13. Routes
 ####
 # The route table below is the map of the server: every method and path it
 # answers, the name url_for builds the path by, the handler, and who may call it:
@@ -6357,6 +8637,12 @@ def route_table():
         ("GET",         "/users/me/sidebar",                          "user_sidebar",           sidebar),
         ("GET",         "/users/me/profile",                          "user_profile",           edit_profile),
         ("PATCH PUT",   "/users/me/profile",                          "user_profile",           update_profile),
+        ("GET",         "/users/me/push_subscriptions",               "user_push_subscriptions", push_subscriptions_page),
+        ("POST",        "/users/me/push_subscriptions",               "user_push_subscriptions", create_push_subscription),
+        ("DELETE",      "/users/me/push_subscriptions/<int:subscription_id>", "user_push_subscription", delete_push_subscription),
+        ("POST",        "/users/me/push_subscriptions/<int:subscription_id>/test_notifications",
+                                                                      "user_push_subscription_test_notifications",
+                                                                                                create_test_notification),
         ("GET",         "/users/<int:user_id>",                       "user",                   show_user),
         ("GET",         "/users/<int:user_id>/avatar",                "user_avatar",            avatar),
         ("POST",        "/users/<int:user_id>/ban",                   "user_ban",               create_ban,               "admin"),
@@ -6410,7 +8696,7 @@ def _auth_page(app, request, title, body, *, status=200, headers=None):
 def _sidebar_html(app, user, current_room_id=None):
     shared, direct = app.store.sidebar_rooms(user.id)
     return render_sidebar(shared, direct, app.store.unread_room_ids(user.id), current_room_id,
-                          app.store.may_create_rooms(user))
+                          app.store.may_create_rooms(user), app.store.hidden_rooms(user.id))
 
 
 def _navigating(request):
@@ -6550,7 +8836,7 @@ async def first_run(app, request):
     values, errors = _user_form(request.params)
     if errors:
         return _auth_page(app, request, "Set up Campfire", render_first_run(values, errors), status=422)
-    digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n)
+    digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n, app.config.bcrypt_cost)
     created = app.store.first_run(values["user[name]"], values["user[email_address]"], digest)
     if created is None:  # someone else finished first run meanwhile
         return redirect(url_for("root"))
@@ -6592,7 +8878,7 @@ async def sign_in(app, request):
     user = app.store.user_by_email(email) if email else None
     # Every attempt checks a password, an unknown address's against a digest nothing matches.
     digest = user.password_digest if user is not None and user.password_digest \
-        else unknown_password_digest(app.config.scrypt_n)
+        else unknown_password_digest(app.config.scrypt_n, app.config.bcrypt_cost)
     try:
         matches = await app.off_loop(check_password, password, digest)
     except PasswordUnsupported:
@@ -6607,8 +8893,12 @@ async def sign_in(app, request):
 
 
 def sign_out(app, request):
+    endpoint = request.params.text("push_subscription_endpoint")  # Campfire's sessions_controller.rb
+    if endpoint:
+        app.store.unsubscribe_push(request.user.id, endpoint=endpoint)
     token = request.cookies.get(SESSION_COOKIE)
     if token:
+        request.set_cookies.clear()  # a session adopted from Rails' cookie just now ends unsent
         app.store.end_session(token, request.user.id, request.session.id)
     response = redirect(url_for("new_session"))
     app.clear_cookie(response, SESSION_COOKIE)
@@ -6641,7 +8931,7 @@ async def join(app, request, join_code):
     email = values["user[email_address]"]
     if app.store.user_by_email(email) is not None:
         return redirect(url_for("new_session", email_address=email))
-    digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n)
+    digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n, app.config.bcrypt_cost)
     if app.store.user_by_email(email) is not None:  # the same address joined while this one hashed
         return redirect(url_for("new_session", email_address=email))
     user = app.store.create_user(values["user[name]"], email, password_digest=digest)
@@ -6686,6 +8976,12 @@ def qr_code(app, request, code):
         raise BadRequest("A QR code is made from a base64url-encoded UTF-8 link.") from None
     if len(text.encode()) > MAX_QR_CODE_TEXT_BYTES:
         raise BadRequest("A QR code is made from a link of at most %d bytes." % MAX_QR_CODE_TEXT_BYTES)
+    if _navigating(request):  # opened as a page: one with a title and a way back, the code as its image
+        referer = urllib.parse.urlsplit(request.headers.get("referer", ""))
+        back = referer.path if referer.netloc == request.headers.get("host") and referer.path.startswith("/") \
+            and not referer.path.startswith("//") else url_for("root")
+        return _page(app, request, "QR code", render_qr_page(code, text, back), sidebar=False,
+                     headers=[("Cache-Control", "no-store"), ("Vary", "Sec-Fetch-Mode")])
     svg = app.qr_codes.get(text)
     if svg is None:
         if not app.qr_code_limiter.hit(request.remote_addr):
@@ -6693,7 +8989,8 @@ def qr_code(app, request, code):
                                   headers=[("Retry-After", "%d" % QR_CODE_LIMIT[1])])
         svg = qr_svg(text)
         app.qr_codes.put(text, svg)
-    return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
+    return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL),
+                                                        ("Vary", "Sec-Fetch-Mode")])
 
 
 # Rooms ----------------------------------------------------------------------------
@@ -6704,7 +9001,10 @@ def landing(app, request):
         return _page(app, request, "Welcome", render_no_rooms())
     last = request.cookies.get(LAST_ROOM_COOKIE, "")
     room_ids = [room["id"] for room in rooms]
-    target = int(last) if last.isdigit() and int(last) in room_ids else room_ids[0]
+    # Else the oldest room the person is in, as Campfire's Room.original (app/models/room.rb):
+    # on a new account that is "All Talk".
+    oldest = min(rooms, key=lambda room: (room["created_at"], room["id"]))["id"]
+    target = int(last) if last.isdigit() and int(last) in room_ids else oldest
     return redirect(url_for("room", room_id=target), 302)
 
 
@@ -7053,16 +9353,67 @@ def clear_searches(app, request):
 
 # People and profiles ----------------------------------------------------------------
 
+def push_subscriptions_page(app, request):
+    body = render_push_subscriptions(app.store.push_subscriptions(request.user.id))
+    return _page(app, request, "Push notification subscriptions", body, headers=[("Cache-Control", "no-store")])
+
+
+def _push_subscription_fields(request):
+    """endpoint, p256dh_key and auth_key: push_subscription[endpoint] in a form, or the
+    JSON the app sends ({"push_subscription": {"endpoint": …}}), as Campfire reads them."""
+    return [request.params.text("push_subscription[%s]" % name) for name in ("endpoint", "p256dh_key", "auth_key")]
+
+
+def check_push_subscription(endpoint, p256dh_key, auth_key):
+    """The subscription a browser sent, or Unprocessable: an https URL a push can be sent
+    to (printable ASCII, so it is safe in a request line), and keys Web Push can use."""
+    endpoint, p256dh_key, auth_key = endpoint.strip(), p256dh_key.strip(), auth_key.strip()
+    if not endpoint or len(endpoint) > MAX_PUSH_ENDPOINT_CHARS or not re.fullmatch(r"[!-~]+", endpoint):
+        raise Unprocessable("The push subscription's endpoint must be an https URL.")
+    try:
+        push_origin(endpoint)
+        if len(p256dh_key) > MAX_PUSH_KEY_CHARS or len(auth_key) > MAX_PUSH_KEY_CHARS:
+            raise WebPushError("the keys are too long")
+        push_subscription_keys(p256dh_key, auth_key)
+    except WebPushError as error:
+        raise Unprocessable("The push subscription can't be used: %s." % error) from None
+    return endpoint, p256dh_key, auth_key
+
+
+def create_push_subscription(app, request):
+    """Campfire's PushSubscriptionsController#create: 200 with no body."""
+    endpoint, p256dh_key, auth_key = check_push_subscription(*_push_subscription_fields(request))
+    user_agent = request.headers.get("user-agent", "")[:MAX_PUSH_ENDPOINT_CHARS]
+    app.store.subscribe_push(request.user.id, endpoint, p256dh_key, auth_key, user_agent)
+    return Response(b"", 200)
+
+
+def delete_push_subscription(app, request, subscription_id):
+    app.store.unsubscribe_push(request.user.id, subscription_id=subscription_id)
+    if _navigating(request):
+        return redirect(url_for("user_push_subscriptions"))
+    return Response(b"", 204)
+
+
+def create_test_notification(app, request, subscription_id):
+    subscription = app.store.push_subscription(request.user.id, subscription_id)
+    if subscription is None:
+        raise NotFound("That push subscription is not yours, or it is gone.")
+    app.pushes.enqueue(app.store.test_push_delivery(subscription))
+    return redirect(url_for("user_push_subscriptions"))
+
+
 def sidebar(app, request):
     """The sidebar fragment for the live app; opened as a page (on a phone), the room list."""
     if _navigating(request):
-        return _page(app, request, "Rooms", render_sidebar_page(), body_class="sidebar-page")
+        return _page(app, request, "Rooms", render_sidebar_page(_sidebar_html(app, request.user)), sidebar=False,
+                     body_class="sidebar-page")
     key = ("sidebar", request.user.id, app.store.user_versions[request.user.id], app.store.global_version)
     return app.cached(request, key, lambda: Response(_sidebar_html(app, request.user)))
 
 
-def _profile_page(app, request, values, errors, status=200):
-    body = render_profile(app.view(request), values, errors, _transfer_url(app, request, request.user))
+def _profile_page(app, request, values, errors, status=200, saved=False):
+    body = render_profile(app.view(request), values, errors, _transfer_url(app, request, request.user), saved=saved)
     return _page(app, request, "Your profile", body, status=status,
                  headers=[("Cache-Control", "no-store")])  # the page holds a sign-in link
 
@@ -7070,7 +9421,7 @@ def _profile_page(app, request, values, errors, status=200):
 def edit_profile(app, request):
     user = request.user
     return _profile_page(app, request, {"user[name]": user.name, "user[email_address]": user.email_address or "",
-                                        "user[bio]": user.bio or ""}, {})
+                                        "user[bio]": user.bio or ""}, {}, saved=request.params.get("saved") == "1")
 
 
 async def update_profile(app, request):
@@ -7094,11 +9445,11 @@ async def update_profile(app, request):
         return _profile_page(app, request, values, errors, status=429)
     if errors:
         return _profile_page(app, request, values, errors, status=422)
-    digest = await app.off_loop(hash_password, password, app.config.scrypt_n) if password else None
+    digest = await app.off_loop(hash_password, password, app.config.scrypt_n, app.config.bcrypt_cost) if password else None
     if not app.store.update_profile(user, name, email, bio, digest):
         return _profile_page(app, request, values, {  # the same address taken meanwhile
             "user[email_address]": "Someone else already uses this email address."}, status=422)
-    return redirect(url_for("user_profile"))
+    return redirect(url_for("user_profile", saved=1))
 
 
 def _user_page(app, request, user, *, notice=None, status=200):
@@ -7170,20 +9521,21 @@ def autocompletable_users(app, request):
 _TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
 
 
-def _account_page(app, request, *, values=None, errors=None, notice=None, status=200):
+def _account_page(app, request, *, values=None, errors=None, notice=None, status=200, saved=False):
     view = app.view(request)
     account = app.store.account()
     people, more = app.store.people_page(1, include_banned=view.user.administrator)
     invite_url = request.origin + url_for("join", join_code=account["join_code"])
     body = render_account_page(
         view, account, invite_url, render_people(view, people, 1, more), values=values, errors=errors, notice=notice,
+        saved=saved,
         restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True,
         backups=app.backups.summary() if view.user.administrator else None)
     return _page(app, request, "Account", body, status=status)
 
 
 def edit_account(app, request):
-    return _account_page(app, request)
+    return _account_page(app, request, saved=request.params.get("saved") == "1")
 
 
 def update_account(app, request):
@@ -7200,7 +9552,7 @@ def update_account(app, request):
     if restrict:
         settings["restrict_room_creation_to_administrators"] = str(restrict[-1]).strip().lower() in _TRUE_VALUES
     app.store.update_account(name, settings)
-    return redirect(url_for("edit_account"))
+    return redirect(url_for("edit_account", saved=1))
 
 
 def regenerate_join_code(app, request):
@@ -7356,7 +9708,7 @@ def reset_bot_key_route(app, request, bot_id):
 # The bot API (Campfire's messages/by_bots_controller.rb) --------------------------------
 # A bot's key "<id>-<token>" in the path is all a bot API request carries: no
 # cookie, no forgery check, JSON out. Webhook deliveries, the other half, are
-# background work (section 15).
+# background work (section 16).
 
 def _bot_head(status, headers=()):
     """Rails' `head status` on the bot API's JSON routes: no body, typed application/json
@@ -7499,7 +9851,7 @@ def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
 # Real time -----------------------------------------------------------------------
 
 def cable(app, request):
-    """/cable: the WebSocket handshake; the connection then belongs to Cable (section 13)."""
+    """/cable: the WebSocket handshake; the connection then belongs to Cable (section 14)."""
     return app.cable.handshake(request)
 
 
@@ -7515,7 +9867,7 @@ url_for = URLS.build
 
 
 ####
-#### 13. Real time
+#### 14. Real time
 ####
 # /cable: WebSocket connections speaking Action Cable, the channels Campfire
 # has, and broadcasts. A broadcast is encoded once per identifier (plain and
@@ -7940,7 +10292,7 @@ class Cable:
 
 
 ####
-#### 14. The application
+#### 15. The application
 ####
 # App turns a Request into a Response without touching a socket, so tests
 # drive it in-process and the server is a thin adapter around it.
@@ -8124,6 +10476,7 @@ class Config:
     # Tunables, each defaulting to its constant in section 1 (the unit and the reason
     # are there); tests make the slow ones fast.
     scrypt_n: int = SCRYPT_N
+    bcrypt_cost: int = BCRYPT_COST
     password_queue_limit: int = PASSWORD_QUEUE_LIMIT
     header_timeout: float = HEADER_TIMEOUT
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
@@ -8139,6 +10492,12 @@ class Config:
     backup_target: object = None      # where finished backups are copied: parse_backup_url(BACKUP_URL)
     backup_step_pages: int = BACKUP_STEP_PAGES
     trusted_proxies: tuple = ()       # ip_network: peers whose X-Forwarded-* headers count (TRUSTED_PROXIES)
+    vapid_public_key: str = None  # VAPID_PUBLIC_KEY / VAPID_PRIVATE_KEY, as Campfire's config/initializers/vapid.rb;
+    vapid_private_key: str = None  # unset, a pair is generated once and kept in the storage directory
+    push_timeout: float = PUSH_TIMEOUT
+    push_total_timeout: float = PUSH_TOTAL_TIMEOUT
+    push_queue_size: int = PUSH_QUEUE_SIZE
+    push_retry_delay: float = PUSH_RETRY_DELAY
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -8155,6 +10514,8 @@ class Config:
             config.port = int(port)
         config.tls_cert_path = environ.get("TLS_CERT_PATH") or None
         config.tls_key_path = environ.get("TLS_KEY_PATH") or None
+        config.vapid_public_key = environ.get("VAPID_PUBLIC_KEY") or None
+        config.vapid_private_key = environ.get("VAPID_PRIVATE_KEY") or None
         config.log_level = (environ.get("LOG_LEVEL") or "INFO").upper()
         if config.log_level not in LOG_LEVELS:
             raise ConfigError("LOG_LEVEL must be one of %s, not %r." % (", ".join(LOG_LEVELS), environ["LOG_LEVEL"]))
@@ -8182,11 +10543,16 @@ class App:
         self._prepare_storage()
         self.db = Database(self.config.resolved_database_path)
         secret = self.config.secret_key_base or self._stored_secret()
-        self.store = Store(self.db, self.config, hashlib.sha256(b"campfire mentions\0" + secret.encode()).digest())
+        self.secret_key_base = secret
+        self.store = Store(self.db, self.config, secret)
         try:
             self.db.migrate()
+            self.store.resign_mentions()
             self.db.repair_search_tail()
             self.store.reset_connections()
+        except ConfigError:
+            self.db.connection.close()
+            raise
         except sqlite3.Error as error:
             self.db.connection.close()
             raise ConfigError("%s can't be used (%s)." % (self.config.resolved_database_path, error)) from error
@@ -8213,6 +10579,13 @@ class App:
         self.purges = Purges(self)
         self.offsite = OffsiteClient(self.config.backup_target) if self.config.backup_target else None
         self.backups = BackupSchedule(self)
+        self._vapid_key = self._configured_vapid_key()  # or, when unset, the stored one on first use
+        self.pushes = Pushes(self)
+        self.search_rebuild = SearchIndexRebuild(self)
+        try:
+            asyncio.get_running_loop()  # under the server: it starts once the server listens
+        except RuntimeError:
+            self.search_rebuild.start()  # tests and commands: at once
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -8247,7 +10620,49 @@ class App:
             file.write(secret + "\n")
         return secret
 
+    def _configured_vapid_key(self):
+        public, private = self.config.vapid_public_key, self.config.vapid_private_key
+        if not public and not private:
+            return None
+        if not public or not private:
+            raise ConfigError("Set both VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY, or neither.")
+        try:
+            return VapidKey.from_base64(public, private)
+        except WebPushError as error:
+            raise ConfigError("The VAPID key pair can't be used: %s." % error) from None
+
+    @property
+    def vapid_key(self):
+        """The key pushes are signed with: VAPID_* when set, else a pair generated at the
+        first start and kept in the storage directory (never in the database, whose dump
+        people share, and never logged)."""
+        if self._vapid_key is None:
+            self._vapid_key = self._stored_vapid_key()
+        return self._vapid_key
+
+    def _stored_vapid_key(self):
+        path = os.path.join(self.config.storage_path, VAPID_KEY_FILE)
+        try:
+            with open(path) as file:
+                public, private = (file.read().split() + ["", ""])[:2]
+            return VapidKey.from_base64(public, private)
+        except FileNotFoundError:
+            pass
+        except (OSError, WebPushError) as error:
+            raise ConfigError("%s can't be read (%s); remove it to make a new key pair, and people "
+                              "turn notifications on again." % (path, error)) from None
+        key = VapidKey.generate()
+        temporary = path + ".new"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write("%s\n%s\n" % (key.public_key_base64, key.private_key_base64))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)  # a crash never leaves half a key behind
+        return key
+
     def close(self):
+        self.pushes.close()
         if self._workers is not None:
             self._workers.shutdown(wait=True)
             self._workers = None
@@ -8273,13 +10688,16 @@ class App:
         return url_for("static", path=name, v=self.static.version(name))
 
     def set_cookie(self, response, name, value, *, max_age=SESSION_COOKIE_MAX_AGE, http_only=True):
+        response.headers.append(("Set-Cookie", self.cookie_header(name, value, max_age=max_age, http_only=http_only)))
+
+    def cookie_header(self, name, value, *, max_age=SESSION_COOKIE_MAX_AGE, http_only=True):
         parts = ["%s=%s" % (name, urllib.parse.quote(value, safe="")), "Path=/", "Max-Age=%d" % max_age,
                  "SameSite=Lax"]
         if http_only:
             parts.append("HttpOnly")
         if self.secure_cookies:
             parts.append("Secure")
-        response.headers.append(("Set-Cookie", "; ".join(parts)))
+        return "; ".join(parts)
 
     def clear_cookie(self, response, name):
         self.set_cookie(response, name, "", max_age=0)
@@ -8303,8 +10721,9 @@ class App:
     def view(self, request, *, signed_in=True):
         """What rendering a page for this request knows besides its own data."""
         css, digest = self.store.custom_styles()
-        return View(request.user if signed_in else None, self.store.account_name(), digest if css.strip() else "",
-                    self._assets(), request.origin)
+        user = request.user if signed_in else None
+        return View(user, self.store.account_name(), digest if css.strip() else "", self._assets(), request.origin,
+                    self.vapid_key.public_key_base64 if user is not None else "")
 
     def _assets(self):
         """The PAGE_ASSETS' versioned URLs, looked up again at most every STATIC_RECHECK_SECONDS."""
@@ -8502,13 +10921,30 @@ class App:
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
             return
-        session = self.store.session_for(token, time.time())
+        now = time.time()
+        session = self.store.session_for(token, now)
+        if session is None and VERIFIER_SEPARATOR in token:
+            session = self._adopt_rails_session(request, token, now)
         if session is None:
             return
         user = self.store.user(session.user_id)
         if user is None or not user.active or user.bot:
             return
         request.user, request.session = user, session
+
+    def _adopt_rails_session(self, request, value, now):
+        """A session_token cookie Rails signed with this SECRET_KEY_BASE names a session
+        Rails stored (app/controllers/concerns/authentication.rb): that session becomes
+        one of ours and the browser gets our cookie with this response."""
+        rails_token = verify_signed_cookie(self.secret_key_base, SESSION_COOKIE, value, now=now)
+        if not isinstance(rails_token, str) or not rails_token:
+            return None
+        token = self.store.adopt_rails_session(rails_token, request.remote_addr,
+                                               request.headers.get("user-agent", ""), now)
+        if token is None:
+            return None
+        request.set_cookies.append(self.cookie_header(SESSION_COOKIE, token))
+        return self.store.session_for(token, now)
 
     def _error_response(self, request, status, message):
         if request.path.startswith("/static/"):
@@ -8528,6 +10964,8 @@ class App:
             headers.append(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
         headers.extend(SECURITY_HEADERS)
         headers.append(("X-Request-Id", request.id))
+        for cookie in request.set_cookies:
+            headers.append(("Set-Cookie", cookie))
         if request.scheme == "https":
             # Over HTTPS (served directly or ended by a trusted proxy) cookies are
             # Secure, and HSTS keeps browsers on HTTPS (RFC 6797 §7.2: never over http).
@@ -8557,7 +10995,7 @@ class App:
 
 
 ####
-#### 15. Background work
+#### 16. Background work
 ####
 # Work that follows a change, off the request path: a banned person's messages
 # deleted in chunks, and webhook deliveries. Each starts from an Events listener.
@@ -8583,6 +11021,42 @@ def run_in_background(step):
         if more:
             loop.call_soon(turn)
     loop.call_soon(turn)
+
+
+class SearchIndexRebuild:
+    """At start, messages without a search row (a storage restored or made by hand, or a
+    Rails storage whose index was lost) get one, a chunk per event-loop turn while the
+    server answers, with progress in the log. Only messages that existed at start are
+    looked at: a new one writes its own row."""
+
+    def __init__(self, app):
+        self.store = app.store
+        self.upto = self.after = self.looked = self.written = self.total = 0
+        self.logged_at = 0
+        self.started = False
+
+    def start(self):
+        if not self.started:
+            self.started = True
+            run_in_background(self.step)
+
+    def step(self):
+        store = self.store
+        if not self.upto:
+            if store.search_index_complete():
+                return False
+            self.upto = store.db.value("SELECT max(id) FROM messages") or 0
+            self.total = store.db.value("SELECT count(*) FROM messages")
+            log.info("search index: incomplete; checking %d messages in the background", self.total)
+        last, looked, written = store.index_missing_search_rows(self.after, self.upto, SEARCH_REBUILD_CHUNK)
+        if last is None:
+            log.info("search index: rebuilt (%d messages checked, %d indexed)", self.looked, self.written)
+            return False
+        self.after, self.looked, self.written = last, self.looked + looked, self.written + written
+        if self.looked - self.logged_at >= SEARCH_REBUILD_LOG_EVERY:
+            self.logged_at = self.looked
+            log.info("search index: %d of %d messages checked, %d indexed", self.looked, self.total, self.written)
+        return True
 
 
 class Purges:
@@ -10183,8 +12657,246 @@ def _iso_seconds(stamp):
     return None if not stamp else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
+# Web Push deliveries ---------------------------------------------------------------
+# A new message's pushes are queued when it commits (bounded: past the limit the
+# oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time:
+# the payload is built, encrypted and signed in a worker process (the curve math
+# is pure Python and holds the GIL: in a thread it would still take the
+# interpreter from the event loop), then POSTed to the push service (RFC 8030 §5)
+# over TLS checked against the system's CAs (SSL_CERT_FILE is honoured), with a
+# timeout per step and one in all. 404 and 410 delete the subscription (RFC 8030
+# §7.3); 429 and 5xx are tried again later, after Retry-After when given.
+
+class PushFailed(CampfireError):
+    """A push that got no answer: it is logged, and the next message tries again."""
+
+
+_push_signer = None  # in a push worker process: the VapidSigner, made once, its tokens cached
+
+
+def _push_worker_start(private_key, subject):
+    """A push worker process's initializer. Ctrl-C is the server's to handle, and the CPU
+    goes to the server first."""
+    global _push_signer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
+    except OSError:
+        pass
+    _push_signer = VapidSigner(VapidKey(private_key), subject)
+
+
+def push_request_parts(title, body, path, badge, endpoint, p256dh_key, auth_key):
+    """In a push worker process: (the encrypted body, the Authorization header)."""
+    payload = push_payload(title, body, path, badge)
+    return encrypt_push_message(payload, p256dh_key, auth_key), _push_signer.authorization(endpoint)
+
+
+def push_request_bytes(endpoint, body, authorization, ttl=PUSH_TTL):
+    """The POST a push service receives (RFC 8030 §5, RFC 8291 §4, RFC 8292 §3)."""
+    split = urllib.parse.urlsplit(endpoint)
+    host = split.hostname
+    host = "[%s]" % host if ":" in host else host
+    if split.port is not None:
+        host += ":%d" % split.port
+    target = (split.path or "/") + ("?" + split.query if split.query else "")
+    head = ("POST %s HTTP/1.1\r\nHost: %s\r\nTTL: %d\r\nUrgency: high\r\nContent-Type: application/octet-stream\r\n"
+            "Content-Encoding: aes128gcm\r\nContent-Length: %d\r\nAuthorization: %s\r\nUser-Agent: Campfire/%s\r\n"
+            "Connection: close\r\n\r\n") % (target, host, ttl, len(body), authorization, VERSION)
+    return head.encode("ascii") + body
+
+
+def retry_after_seconds(value, now=None):
+    """Retry-After (RFC 9110 §10.2.3), seconds or an HTTP date, as seconds from now; None if unreadable."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    import email.utils  # here: only a push service that asks for patience needs it
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class Pushes:
+    """The Events listener that sends Web Push notifications, and its bounded queue.
+
+    The server runs PUSH_WORKERS workers (start/stop); without a server (tests, the
+    command line) run_pending() sends what is queued. close() ends the worker process."""
+
+    def __init__(self, app):
+        self.app = app
+        self.pending = collections.deque()
+        self._wakeup = None
+        self._workers = []
+        self._busy = 0            # deliveries being sent right now
+        self._retries = set()     # timer handles of pushes waiting to be tried again
+        self._tls = None
+        self._pool = None
+        app.events.subscribe(self)
+
+    # Events ---------------------------------------------------------------------
+    def message_created(self, room, message, unread_user_ids):
+        for delivery in self.app.store.push_deliveries(room, message):
+            self.enqueue(delivery)
+
+    def enqueue(self, delivery):
+        if len(self.pending) >= self.app.config.push_queue_size:
+            dropped = self.pending.popleft()
+            log.warning("push queue full (%d): dropped the oldest push (subscription %d)",
+                        self.app.config.push_queue_size, dropped.subscription_id)
+        self.pending.append(delivery)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # Workers --------------------------------------------------------------------
+    def start(self, loop):
+        self._wakeup = asyncio.Event()
+        self._workers = [loop.create_task(self._work()) for _ in range(PUSH_WORKERS)]
+        if self.pending:
+            self._wakeup.set()
+
+    def stop(self):
+        """Cancel the workers; queued pushes and retries are dropped (logged)."""
+        for worker in self._workers:
+            worker.cancel()
+        for handle in self._retries:
+            handle.cancel()
+        dropped = len(self.pending) + len(self._retries)
+        self._workers, self._wakeup, self._retries = [], None, set()
+        self.pending.clear()
+        if dropped:
+            log.warning("dropped %d queued pushes at shutdown", dropped)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    async def _work(self):
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.pending:
+                self._busy += 1
+                try:
+                    await self.deliver(self.pending.popleft())
+                finally:
+                    self._busy -= 1
+
+    def run_pending(self, timeout=120):
+        """Send everything queued, retries included, on a private event loop in this thread."""
+        async def run():
+            self.start(asyncio.get_running_loop())
+            try:
+                while self.pending or self._busy or self._retries:
+                    await asyncio.sleep(0.005)
+            finally:
+                self.stop()
+        asyncio.run(asyncio.wait_for(run(), timeout))
+
+    def _process_pool(self):
+        if self._pool is None:
+            import concurrent.futures  # here: a server without push subscriptions never needs them
+            import multiprocessing
+            key = self.app.vapid_key
+            # spawn, not fork: a fork of this process would copy its threads' locks mid-use.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                PUSH_PROCESSES, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_push_worker_start, initargs=(key.private_key, VAPID_SUBJECT))
+        return self._pool
+
+    # One delivery ---------------------------------------------------------------
+    async def deliver(self, delivery):
+        """Encrypt and sign off the loop, POST once, act on the answer."""
+        import concurrent.futures.process
+        subscription = delivery.subscription_id
+        try:
+            body, authorization = await asyncio.get_running_loop().run_in_executor(
+                self._process_pool(), push_request_parts, delivery.title, delivery.body, delivery.path,
+                delivery.badge, delivery.endpoint, delivery.p256dh_key, delivery.auth_key)
+        except WebPushError as error:
+            log.warning("push to subscription %d not sent: %s", subscription, error)
+            return
+        except concurrent.futures.process.BrokenProcessPool:
+            log.error("the push worker process stopped; it is started again for the next push")
+            self._pool = None
+            return
+        try:
+            reply = await asyncio.wait_for(self._post(delivery.endpoint, body, authorization),
+                                           self.app.config.push_total_timeout)
+        except TimeoutError:
+            log.warning("push to subscription %d took over %gs in all; not sent",
+                        subscription, self.app.config.push_total_timeout)
+            return
+        except (PushFailed, WebhookFailed, OSError, EOFError, ValueError, UnicodeError) as error:
+            log.warning("push to subscription %d failed: %s", subscription, str(error) or type(error).__name__)
+            return
+        status = reply.status
+        if 200 <= status < 300:
+            return
+        if status in (404, 410):
+            log.info("push subscription %d has expired (%d): deleted", subscription, status)
+            self.app.store.expire_push_subscription(subscription)
+        elif status == 429 or status >= 500:
+            self._retry(delivery, status, reply.headers.get("retry-after"))
+        else:
+            log.warning("push to subscription %d refused with %d: %s", subscription, status,
+                        bytes(reply.body[:200]).decode("utf-8", "replace"))
+
+    def _retry(self, delivery, status, retry_after):
+        if delivery.attempt >= PUSH_RETRIES:
+            log.warning("push to subscription %d answered %d %d times; dropped", delivery.subscription_id,
+                        status, delivery.attempt + 1)
+            return
+        delay = retry_after_seconds(retry_after) if retry_after else None
+        if delay is None:
+            delay = self.app.config.push_retry_delay * 2 ** delivery.attempt
+        delay = min(delay, PUSH_RETRY_AFTER_MAX)
+        delivery.attempt += 1
+        log.info("push to subscription %d answered %d; trying again in %gs", delivery.subscription_id, status, delay)
+
+        def again():
+            self._retries.discard(handle)
+            self.enqueue(delivery)
+        handle = asyncio.get_running_loop().call_later(delay, again)
+        self._retries.add(handle)
+
+    async def _post(self, endpoint, body, authorization):
+        split = urllib.parse.urlsplit(endpoint)
+        reader, writer = await self._step(asyncio.open_connection(
+            split.hostname, split.port or 443, ssl=self._tls_context(), server_hostname=split.hostname),
+            "connecting")
+        try:
+            writer.write(push_request_bytes(endpoint, body, authorization))
+            await self._step(writer.drain(), "sending")
+            response = WebhookResponseReader(MAX_PUSH_REPLY_BYTES)
+            while True:
+                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
+                if response.receive_data(data) if data else response.receive_eof():
+                    return response
+        finally:
+            writer.transport.abort()
+
+    async def _step(self, awaitable, doing):
+        timeout = self.app.config.push_timeout
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except TimeoutError:
+            raise PushFailed("nothing for %gs while %s" % (timeout, doing)) from None
+
+    def _tls_context(self):
+        if self._tls is None:
+            import ssl  # loaded on the first push only
+            self._tls = ssl.create_default_context()  # the system's CAs; SSL_CERT_FILE when set
+        return self._tls
+
+
 ####
-#### 16. The server
+#### 17. The server
 ####
 # A thin adapter: asyncio feeds bytes to HttpParser, hands each request to
 # App.handle in order and writes the responses back.
@@ -10408,10 +13120,21 @@ class Server:
         self._beat = self.loop.create_task(self._cable_beat())
         self.app.webhooks.start(self.loop)
         self.app.backups.start(self.loop)
+        self.app.pushes.start(self.loop)
+        self.app.search_rebuild.start()
 
     async def _cable_beat(self):
+        """Beats on a fixed schedule, not a fixed pause after each: a busy loop makes a
+        beat late, never a ping interval longer (a pause's overshoot would add up over
+        an interval's beats). After a stall of a whole interval the schedule restarts."""
+        period = CABLE_PING_INTERVAL / CABLE_BEAT_SLICES
+        next_beat = self.loop.time()
         while not self.stopping:
-            await asyncio.sleep(CABLE_PING_INTERVAL / CABLE_BEAT_SLICES)
+            next_beat += period
+            now = self.loop.time()
+            if now - next_beat > CABLE_PING_INTERVAL:
+                next_beat = now
+            await asyncio.sleep(next_beat - now)
             try:
                 self.app.cable.beat()
             except Exception:
@@ -10471,6 +13194,7 @@ class Server:
         self.stopping = True
         self.app.webhooks.stop()
         await self.app.backups.stop()
+        self.app.pushes.stop()
         if self._server is not None:
             self._server.close()
         if self._sweeper is not None:
@@ -10570,7 +13294,7 @@ async def serve(config):
 
 
 ####
-#### 17. Operations
+#### 18. Operations
 ####
 # Long jobs for the command line, each reporting its progress: seed, backup,
 # restore, check, administrators, and the deployment recipes.
@@ -10581,19 +13305,31 @@ SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room messag
               "weekend morning evening thanks great nice awesome sounds good agree maybe later soon "
               "python sqlite network socket browser phone laptop keyboard music sound trombone tada").split()
 SEED_PASSWORD = "password"
+SEED_ADMIN_PASSWORD_CHARS = 20   # letters and digits: about 119 bits, never guessed
 
 
-def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, now=None):
+class SeedRefused(CampfireError):
+    """seed would add demo people beside real ones (without --force)."""
+
+
+def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, now=None, force=False):
     """Fill a database with people, rooms and messages for demos and benchmarks.
 
-    Every seeded person signs in with SEED_PASSWORD; the first is an administrator."""
+    Every seeded person signs in with SEED_PASSWORD except the first, an administrator,
+    whose password is made up here: a demo database copied onto a server must not
+    open its administration to anyone who read this file. A database that already
+    has people is refused unless force. Returns (the administrator's email, password)."""
     import random
     rng = random.Random(2024)
     progress = progress or (lambda label, done, total: None)
     now = time.time() if now is None else now
     store = app.store
-    digest = hash_password(SEED_PASSWORD, app.config.scrypt_n)
-    first_new = store.seed_people(users, digest, now)
+    if not force and store.people_count():
+        raise SeedRefused("the database already has people in it; seed adds demo people (all with "
+                          "the password %r) only with --force" % SEED_PASSWORD)
+    digest = hash_password(SEED_PASSWORD, app.config.scrypt_n, app.config.bcrypt_cost)
+    admin_password = random_alphanumeric(SEED_ADMIN_PASSWORD_CHARS)
+    first_new = store.seed_people(users, digest, hash_password(admin_password, app.config.scrypt_n, app.config.bcrypt_cost), now)
     user_ids = store.active_user_ids()
     room_ids = []
     for index in range(rooms):
@@ -10620,7 +13356,100 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
     store.optimize_search_index()
     progress("search index", 1, 1)
     store.bump_everything()
-    return "person%d@example.com" % first_new
+    return "person%d@example.com" % first_new, admin_password
+
+
+def storage_report(config):
+    """What opening this storage will do, for an administrator before a move: the schema's
+    era and the migrations it lacks, what it holds, and what isn't shown yet. Reads only
+    (the database is opened read-only; nothing is migrated)."""
+    path = config.resolved_database_path
+    if not os.path.exists(path):
+        return ["%s: no database yet; the first start creates Campfire's schema (version %s)."
+                % (path, RAILS_LATEST_VERSION)]
+    try:
+        db = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(path)), uri=True)
+        try:
+            return _storage_report(db, path, config)
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        return ["%s can't be read as a Campfire database (%s)." % (path, error)]
+
+
+def _storage_report(db, path, config):
+    def value(sql, params=()):
+        row = db.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    lines = ["Storage: %s" % path]
+    known = [version for version, _, _ in RAILS_MIGRATIONS]
+    if "schema_migrations" in tables:
+        versions = {str(row[0]) for row in db.execute("SELECT version FROM schema_migrations")}
+        newer = sorted(v for v in versions if v not in known and v >= RAILS_FIRST_VERSION)
+        if newer:
+            return lines + ["Schema: migrated by a newer Campfire (%s); this server refuses it and changes "
+                            "nothing." % ", ".join(newer)]
+        pending = [(version, name) for version, name, _ in RAILS_MIGRATIONS if version not in versions]
+        latest = max((v for v in versions if v in known), default=None)
+        era = ("the first ONCE releases (users.active, no bans, no account settings)"
+               if latest is not None and latest <= RAILS_ONCE_ERA_LAST else
+               "Once Campfire v1.3 (Rails 8)" if latest is not None and latest < RAILS_LATEST_VERSION else
+               "today's Once Campfire")
+        lines.append("Schema: version %s, %s." % (latest, era))
+        if pending:
+            lines.append("At start, these Rails migrations run, each recorded in schema_migrations:")
+            lines += ["  %s_%s.rb" % item for item in pending]
+        else:
+            lines.append("Nothing to migrate: Rails' db:prepare would find nothing pending.")
+    elif "campfire_py_migrations" in tables:
+        lines.append("Schema: created by an earlier release of this server; at start, Rails' %d migration "
+                     "versions are recorded in schema_migrations." % len(known))
+    elif tables & {"users", "messages", "accounts"}:
+        return lines + ["Schema: Campfire's tables without schema_migrations; this server refuses it."]
+    else:
+        lines.append("Schema: empty; the first start creates Campfire's schema.")
+        return lines
+
+    def count(table, where="1"):
+        return value('SELECT count(*) FROM "%s" WHERE %s' % (table, where)) if table in tables else 0
+
+    status = "status" if "status" in {row[1] for row in db.execute("PRAGMA table_info(users)")} else None
+    active = "status = 0" if status else "coalesce(active, 1) != 0"
+    lines.append("Account: %s" % (value("SELECT name FROM accounts ORDER BY id LIMIT 1") or "(none yet)"))
+    lines.append("People: %d active, %d deactivated or banned, %d bots" % (
+        count("users", "role != 2 AND " + active), count("users", "role != 2 AND NOT (%s)" % active),
+        count("users", "role = 2")))
+    rooms = {row[0]: row[1] for row in db.execute("SELECT type, count(*) FROM rooms GROUP BY type")}
+    lines.append("Rooms: %d open, %d closed, %d direct" % (
+        rooms.get(ROOM_OPEN, 0), rooms.get(ROOM_CLOSED, 0), rooms.get(ROOM_DIRECT, 0)))
+    messages = count("messages")
+    lines.append("Messages: %d, with %d boosts" % (messages, count("boosts")))
+    try:
+        indexed = value("SELECT count(*) FROM message_search_index_docsize")
+    except sqlite3.Error:
+        indexed = None
+    if indexed != messages:
+        lines.append("Search index: %s of %d messages; the rest are indexed in the background at start."
+                     % ("unknown" if indexed is None else indexed, messages))
+    bcrypt = count("users", "password_digest LIKE '$2_$%'")
+    if bcrypt:
+        lines.append("Passwords: %d bcrypt digests (Rails'); this system's crypt(3) %s." % (bcrypt, (
+            "checks them, and new passwords are bcrypt too" if bcrypt_supported() else
+            "has no bcrypt: those people need a sign-in link from an administrator")))
+    sessions = count("sessions", "length(token) != 64")
+    if sessions:
+        lines.append("Sessions: %d signed in on Rails; they stay signed in if SECRET_KEY_BASE is the one "
+                     "Rails used%s." % (sessions, "" if config.secret_key_base else " (it is not set)"))
+    not_shown = [(count("active_storage_attachments", "record_type = 'Message'"), "messages' file attachments"),
+                 (count("active_storage_attachments", "record_type = 'User'"), "avatars"),
+                 (count("active_storage_attachments", "record_type = 'Account'"), "account logos"),
+                 (count("push_subscriptions"), "push subscriptions (web push is not sent yet)")]
+    for number, what in not_shown:
+        if number:
+            lines.append("Not shown yet: %d %s; they stay in the storage for Rails." % (number, what))
+    return lines
 
 
 def print_progress(label, done, total):
@@ -11190,7 +14019,7 @@ dbs:
 
 
 ####
-#### 18. Command line
+#### 19. Command line
 ####
 
 # The commands and their options, as a table that both the parser and the
@@ -11220,6 +14049,7 @@ COMMANDS = {
         "--rooms": (int, 20, "rooms to add (default 20)"),
         "--messages": (int, 100_000, "messages to add (default 100,000)"),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+        "--force": (bool, False, "seed a database that already has people in it"),
     }),
     "backup": ("write a checked backup now, whether or not the server runs", {
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
@@ -11232,7 +14062,8 @@ COMMANDS = {
         "--force": (bool, False, "replace a storage that holds data (it is moved to storage/replaced-TIME/)"),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
     }),
-    "check": ("check the database, its search index, schema and files; exit 1 on a problem", {
+    "check": ("report what opening a storage will do (its schema, what it holds), then check the database, "
+              "its search index and files; exit 1 on a problem", {
         "--repair": (bool, False, "rebuild the search index (the server must be stopped)"),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
     }),
@@ -11368,6 +14199,9 @@ def restore_command(config, options):
 
 
 def check_command(config, options):
+    print("\n".join(storage_report(config)))
+    if not os.path.exists(config.resolved_database_path):
+        return EXIT_OK
     report = check_storage(config, repair=options["repair"], progress=ProgressBar())
     for line in report.repaired:
         print("Repaired: " + line)
@@ -11516,8 +14350,9 @@ def help_text():
     lines += ["", "  %-20s %s" % ("-h, --help", "show this help and exit"),
               "  %-20s %s" % ("--version", "show the version and exit"), "",
               "Configuration also comes from the environment: PORT, BIND, CAMPFIRE_STORAGE_PATH,",
-              "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL, BACKUP_INTERVAL,",
-              "BACKUP_KEEP, BACKUP_URL and the AWS_* variables it reads, TRUSTED_PROXIES.", ""] + textwrap_lines(EXIT_CODES_HELP)
+              "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL, VAPID_PUBLIC_KEY,",
+              "VAPID_PRIVATE_KEY, BACKUP_INTERVAL, BACKUP_KEEP, BACKUP_URL and the AWS_* variables it reads,",
+              "TRUSTED_PROXIES.", ""] + textwrap_lines(EXIT_CODES_HELP)
     return "\n".join(lines)
 
 
@@ -11555,13 +14390,18 @@ def main(argv=None):
         elif command == "seed":
             app = App(config)
             try:
-                admin_email = seed_database(app, users=options["users"], rooms=options["rooms"],
-                                            messages=options["messages"], progress=print_progress)
+                admin_email, admin_password = seed_database(
+                    app, users=options["users"], rooms=options["rooms"], messages=options["messages"],
+                    progress=print_progress, force=options["force"])
             finally:
                 app.close()
-            print("Seeded. Sign in as %s (an administrator) with the password %r." % (admin_email, SEED_PASSWORD))
+            print("Seeded. Sign in as %s (an administrator) with the password %r; everyone else's "
+                  "password is %r." % (admin_email, admin_password, SEED_PASSWORD))
         else:
             return OPERATIONS[command](config, options)
+    except SeedRefused as error:
+        print("campfire: %s" % error, file=sys.stderr)
+        return 1
     except ConfigError as error:
         print("campfire: %s" % error, file=sys.stderr)
         return 1

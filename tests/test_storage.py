@@ -1,6 +1,7 @@
 """Campfire's schema, migrations, a database Rails created, bad configuration."""
 
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import unittest
 
+from tests import rails_schema
 from tests.helpers import AppTestCase, Client, campfire, make_app
 
 CAMPFIRE_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "campfire.py")
@@ -21,14 +23,8 @@ CAMPFIRE_TABLES = {"accounts", "users", "sessions", "rooms", "memberships", "mes
 def rails_database(path):
     """A database shaped the way Rails' migrations leave it, with a row of each kind Rails writes."""
     connection = sqlite3.connect(path)
-    for statement in campfire._split_sql(campfire.SCHEMA):
-        connection.execute(statement)
-    connection.execute('CREATE TABLE "schema_migrations" ("version" varchar NOT NULL PRIMARY KEY)')
-    connection.execute('CREATE TABLE "ar_internal_metadata" ("key" varchar NOT NULL PRIMARY KEY, "value" varchar, '
-                       '"created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL)')
-    connection.execute("INSERT INTO schema_migrations VALUES ('20251212154340')")
-    connection.execute("INSERT INTO ar_internal_metadata VALUES ('environment', 'production', "
-                       "'2025-01-01 10:00:00.000000', '2025-01-01 10:00:00.000000')")
+    rails_schema.load_schema_rb(connection)
+    connection.execute("BEGIN")
     stamp = "2025-03-04 05:06:07.123456"
     connection.execute("INSERT INTO accounts (name, join_code, settings, created_at, updated_at) "
                        "VALUES ('Rails Co', 'AbCd-EfGh-IjKl', '{}', ?, ?)", (stamp, stamp))
@@ -59,7 +55,7 @@ class SchemaTests(AppTestCase):
 
     def test_each_migration_runs_once(self):
         names = [row[0] for row in self.app.db.all("SELECT name FROM campfire_py_migrations ORDER BY name")]
-        self.assertEqual(names, [name for name, _ in campfire.MIGRATIONS])
+        self.assertEqual(names, [name for name, _ in campfire.MIGRATIONS] + [campfire.Store.RESIGNED_MENTIONS])
         self.app.db.migrate()
         self.app.close()
         self.app = make_app(self.storage)
@@ -149,11 +145,11 @@ class RailsDatabaseTests(unittest.TestCase):
         app = make_app(self.storage)
         try:
             self.assertEqual(app.store.account_name(), "Rails Co")
-            self.assertEqual(app.db.value("SELECT version FROM schema_migrations"), "20251212154340")
+            self.assertEqual(app.db.value("SELECT max(version) FROM schema_migrations"), "20251212154340")
             self.assertEqual(app.db.value("SELECT value FROM ar_internal_metadata"), "production")
             client = Client(app)
             response = client.post("/session", {"email_address": "rita@example.com", "password": "U*U"})
-            if campfire._system_crypt(b"U*U", b"$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW") is None:
+            if not campfire.bcrypt_supported():
                 self.assertEqual(response.status, 401)
                 return
             self.assertEqual(response.status, 303)
@@ -183,7 +179,44 @@ class ConfigurationTests(unittest.TestCase):
                          ("serve", {"host": "127.0.0.1", "port": 8080, "storage": None, "no_cache": True}))
         self.assertEqual(parse(["serve", "--port=0"])[1]["port"], 0)
         self.assertEqual(parse(["seed", "--messages", "50", "--storage", "/tmp/x"]),
-                         ("seed", {"users": 100, "rooms": 20, "messages": 50, "storage": "/tmp/x"}))
+                         ("seed", {"users": 100, "rooms": 20, "messages": 50, "storage": "/tmp/x", "force": False}))
+
+    def test_seed_refuses_a_database_with_people_and_never_makes_a_known_admin_password(self):
+        storage = tempfile.mkdtemp(prefix="campfire-test-")
+        self.addCleanup(shutil.rmtree, storage, True)
+        env = {"CAMPFIRE_STORAGE_PATH": storage}
+        seed = ("seed", "--users", "2", "--rooms", "1", "--messages", "3")
+        first = self.run_campfire(*seed, env=env, timeout=60)
+        self.assertEqual(first.returncode, 0, first.stderr)
+        printed = re.search(r"(person\d+@example\.com) \(an administrator\) with the password '(\w+)'", first.stdout)
+        self.assertIsNotNone(printed, first.stdout)
+        admin_email, admin_password = printed.groups()
+        self.assertNotEqual(admin_password, campfire.SEED_PASSWORD)
+        app = make_app(storage)
+        self.addCleanup(app.close)
+        client = Client(app)
+        self.assertNotEqual(client.post("/session", {"email_address": admin_email, "password": "password"}).status, 303)
+        self.assertEqual(Client(app).post("/session", {"email_address": admin_email,
+                                                       "password": admin_password}).status, 303)
+        self.assertEqual(Client(app).post("/session", {"email_address": "person2@example.com",
+                                                       "password": "password"}).status, 303)
+        people = app.db.value("SELECT count(*) FROM users")
+
+        again = self.run_campfire(*seed, env=env, timeout=60)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("already has people", again.stderr)
+        self.assertIn("--force", again.stderr)
+        self.assertNotIn("Traceback", again.stderr)
+        self.assertEqual(app.db.value("SELECT count(*) FROM users"), people)
+
+        forced = self.run_campfire(*seed, "--force", env=env, timeout=60)
+        self.assertEqual(forced.returncode, 0, forced.stderr)
+        self.assertEqual(app.db.value("SELECT count(*) FROM users"), people + 2)
+        second_password = re.search(r"with the password '(\w+)'", forced.stdout).group(1)
+        self.assertNotIn(second_password, (admin_password, campfire.SEED_PASSWORD))
+        known = campfire.check_password
+        for digest, in app.db.all("SELECT password_digest FROM users WHERE role = ?", (campfire.ROLE_ADMINISTRATOR,)):
+            self.assertFalse(known(campfire.SEED_PASSWORD, digest))
 
     def test_a_command_line_that_cannot_be_read_says_which_word(self):
         for argv, words in ((["--bogus"], "'--bogus'"), (["launch"], "'launch'"), (["--port"], "needs a value"),
