@@ -5580,6 +5580,7 @@ class DatabaseReport:
     migrations: list
     schema_version: int
     checks: dict
+    notes: list = field(default_factory=list)   # worth knowing, not wrong (the server mends them itself)
 
 
 def schema_version_of(migration_names):
@@ -5588,7 +5589,11 @@ def schema_version_of(migration_names):
                default=0)
 
 
-CURRENT_SCHEMA_VERSION = schema_version_of(name for name, _ in MIGRATIONS)
+# Every name campfire_py_migrations may hold: the migrations above, the schema
+# earlier releases created themselves, and the one-time re-signing of mentions
+# (Store.resign_mentions, a data migration run in Python).
+KNOWN_MIGRATIONS = frozenset([name for name, _ in MIGRATIONS] + ["0001_campfire_schema", "0007_rails_signed_mentions"])
+CURRENT_SCHEMA_VERSION = schema_version_of(KNOWN_MIGRATIONS)
 
 
 def check_database(path, *, repair=None):
@@ -5622,8 +5627,7 @@ def check_database(path, *, repair=None):
                 counts[table] = connection.execute('SELECT count(*) FROM "%s"' % table).fetchone()[0]
         migrations = sorted(row[0] for row in connection.execute("SELECT name FROM campfire_py_migrations")) \
             if "campfire_py_migrations" in tables else []
-        known = {name for name, _ in MIGRATIONS}
-        unknown = [name for name in migrations if name not in known]
+        unknown = [name for name in migrations if name not in KNOWN_MIGRATIONS]
         version = schema_version_of(migrations)
         if unknown:
             problems.append("the schema is newer than this Campfire knows (migrations %s)" % ", ".join(unknown))
@@ -5642,12 +5646,14 @@ def check_database(path, *, repair=None):
                                      "(SELECT rowid FROM message_search_index)").fetchone()[0]
         orphans = connection.execute("SELECT count(*) FROM message_search_index WHERE rowid NOT IN "
                                      "(SELECT id FROM messages)").fetchone()[0]
-        checks["search_rows"] = "ok" if not (missing or orphans) else "failed"
-        if missing:
-            problems.append("%d messages have no search row" % missing)
+        checks["search_rows"] = "failed" if orphans else "incomplete" if missing else "ok"
+        notes = []
+        if missing:  # a Rails storage whose index was lost, say: the server indexes them at start
+            notes.append("%d messages have no search row yet; the server indexes them in the background "
+                         "when it starts (`check --repair` does it now)" % missing)
         if orphans:
             problems.append("%d search rows belong to no message" % orphans)
-        return DatabaseReport(problems, counts, migrations, version, checks)
+        return DatabaseReport(problems, counts, migrations, version, checks, notes)
     except sqlite3.DatabaseError as error:
         problems.append("the database could not be read through (%s)" % error)
         checks.setdefault("integrity_check", "failed")
@@ -6934,7 +6940,7 @@ class Store:
                                    "AND creator_id = ? ORDER BY id LIMIT 1", (client_message_id, room_id, creator_id))
         return None if message_id is None else self.message(message_id)
 
-    RESIGNED_MENTIONS = "0007_rails_signed_mentions"
+    RESIGNED_MENTIONS = "0007_rails_signed_mentions"  # one of KNOWN_MIGRATIONS
 
     def resign_mentions(self):
         """Once: mentions stored by earlier releases (signed in a format of their own)
@@ -13486,7 +13492,7 @@ def restore_backup(config, archive, *, force=False, progress=None, now=None):
     if not os.path.isfile(archive):
         raise BackupError("There is no backup at %s." % archive)
     manifest = read_manifest(archive)
-    known = {name for name, _ in MIGRATIONS}
+    known = KNOWN_MIGRATIONS
     newer = [name for name in manifest.get("migrations") or () if name not in known]
     if manifest["schema_version"] > CURRENT_SCHEMA_VERSION or newer:
         raise BackupRefused("%s comes from a newer Campfire (schema %d; this one knows %d). Upgrade campfire.py "
@@ -13618,7 +13624,7 @@ def check_storage(config, *, repair=False, progress=None):
         if repair:
             lock = lock_storage(config.storage_path)
             report = check_database(database)
-            if any("search" in problem for problem in report.problems) and not any(
+            if (report.notes or any("search" in problem for problem in report.problems)) and not any(
                     "integrity check" in problem or "newer" in problem for problem in report.problems):
                 app = App(config)
                 try:
@@ -13642,7 +13648,8 @@ def check_storage(config, *, repair=False, progress=None):
             problems.append("the schema (%d) is newer than this Campfire's (%d)"
                             % (report.schema_version, CURRENT_SCHEMA_VERSION))
         problems += _check_uploads(config, path)
-        facts = {"schema_version": report.schema_version, "counts": report.counts, "checks": report.checks}
+        facts = {"schema_version": report.schema_version, "counts": report.counts, "checks": report.checks,
+                 "notes": report.notes}
         return StorageReport(problems, repaired, facts)
     finally:
         if work is not None:
@@ -14205,6 +14212,8 @@ def check_command(config, options):
     report = check_storage(config, repair=options["repair"], progress=ProgressBar())
     for line in report.repaired:
         print("Repaired: " + line)
+    for note in report.facts["notes"]:
+        print("Note: " + note)
     for problem in report.problems:
         print("Problem: " + problem)
     counts = report.facts["counts"]

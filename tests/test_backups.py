@@ -336,7 +336,7 @@ class RailsStorageTests(unittest.TestCase):
         restored = os.path.join(work, "restored")
         self.assertEqual(run_cli("restore", archive, storage=restored)[0], 0)
         copy = sqlite3.connect(os.path.join(restored, "db", "production.sqlite3"))
-        self.assertEqual(copy.execute("SELECT version FROM schema_migrations").fetchall(), [("20251212154340",)])
+        self.assertIn(("20251212154340",), copy.execute("SELECT version FROM schema_migrations").fetchall())
         self.assertEqual(copy.execute("SELECT body FROM action_text_rich_texts").fetchall(),
                          [("<div>From Rails</div>",)])
         copy.close()
@@ -362,7 +362,7 @@ class CheckCommandTests(StorageCase):
         connection.close()
         status, out, _ = run_cli("check", storage=self.storage)
         self.assertEqual(status, 1)
-        self.assertIn("2 messages have no search row", out)
+        self.assertIn("2 messages have no search row yet", out)  # a note: the server indexes them at start
         self.assertIn("1 search rows belong to no message", out)
         status, out, err = run_cli("check", "--repair", storage=self.storage)
         self.assertIn("rebuilt the search index (31 messages)", out)
