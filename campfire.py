@@ -680,7 +680,6 @@ def scrypt_password(password, n=SCRYPT_N):
     return "$scrypt$n=%d,r=%d,p=%d$%s$%s" % (n, SCRYPT_R, SCRYPT_P, b64url_encode(salt), b64url_encode(key))
 
 
-@functools.lru_cache(maxsize=2)
 def unknown_password_digest(n=SCRYPT_N, bcrypt_cost=None):
     """A digest no password matches, made as today's are: checking it makes a sign-in
     for an unknown address take as long as one for a known address (Rails' authenticate_by
@@ -7865,7 +7864,7 @@ async def sign_in(app, request):
     user = app.store.user_by_email(email) if email else None
     # Every attempt checks a password, an unknown address's against a digest nothing matches.
     digest = user.password_digest if user is not None and user.password_digest \
-        else unknown_password_digest(app.config.scrypt_n, app.config.bcrypt_cost)
+        else await app.unknown_password_digest()
     try:
         matches = await app.off_loop(check_password, password, digest)
     except PasswordUnsupported:
@@ -9554,6 +9553,7 @@ class App:
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
         self.webhooks = Webhooks(self)
         self.purges = Purges(self)
+        self._unknown_digest = None  # see unknown_password_digest()
         self._vapid_key = self._configured_vapid_key()  # or, when unset, the stored one on first use
         self.pushes = Pushes(self)
         self.search_rebuild = SearchIndexRebuild(self)
@@ -9658,7 +9658,17 @@ class App:
         finally:
             self._work_waiting -= 1
 
+    async def unknown_password_digest(self):
+        """What an unknown address's password is checked against: made once, off the loop
+        (a bcrypt of cost 12 takes a third of a second), then one check costs what a
+        known address's does."""
+        if self._unknown_digest is None:
+            self._unknown_digest = await self.off_loop(
+                unknown_password_digest, self.config.scrypt_n, self.config.bcrypt_cost)
+        return self._unknown_digest
+
     # Helpers for handlers --------------------------------------------------------
+
     def asset_url(self, name):
         return url_for("static", path=name, v=self.static.version(name))
 
