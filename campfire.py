@@ -25,9 +25,9 @@ pure code to the code that touches the world:
                               by feature: sessions, rooms, messages, search, people, account, bots
  14. Real time                /cable connections, channels and broadcasts
  15. The application          App: a request in, a response out (no sockets); its caches
- 16. Background work          purges, webhook and push deliveries, off the request path
+ 16. Background work          purges, webhook and push deliveries, backups, off the request path
  17. The server               asyncio connections, timeouts, group commit, signals
- 18. Operations               seed and check (the long jobs and reports of the command line)
+ 18. Operations               seed, check, backup, restore, administrators, deployment recipes
  19. Command line             main()
 """
 
@@ -65,9 +65,11 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import re
 import resource
 import signal
+import socket
 import sqlite3
 import struct
 import threading
@@ -272,6 +274,69 @@ SQLITE_BUSY_TIMEOUT_MS = 5000    # a write waits this long for another process's
 FAILURE_WINDOW = 60.0            # seconds /up stays red after a refused write or a damaged read, unless a
                                  # write succeeds
 
+# Backups (storage/backups/). A backup is one tar archive: a manifest, a consistent
+# copy of the database, and every other file of the storage named by the SHA-256 of
+# its content. Automatic backups keep those contents once, in backups/content/, so
+# an hourly backup copies only what is new; `backup PATH` puts them in the archive.
+BACKUP_DIR_NAME = "backups"
+BACKUP_CONTENT_DIR_NAME = "content"        # backups/content/<sha256>: each stored file's content, once
+BACKUP_STATUS_FILE = "status.json"         # the last automatic backup's outcome, for /up and the account page
+BACKUP_FORMAT = "campfire-backup"
+BACKUP_FORMAT_VERSION = 1                  # a newer archive format is refused, never half-read
+BACKUP_DEFAULT_INTERVAL = "1h"             # BACKUP_INTERVAL: a number with s, m, h or d; 0 turns them off
+BACKUP_MIN_INTERVAL = 60                   # seconds: a shorter interval would back up more than it serves
+BACKUP_STEP_PAGES = 1024                   # database pages per step of the online copy (4 MiB at 4 KiB pages)
+BACKUP_COPY_BLOCK_BYTES = 1024 * 1024      # read and written at a time when archiving and hashing files
+BACKUP_MANIFEST_MAX_BYTES = 64 * 1024 * 1024  # about 300,000 files' entries: a bigger one is not ours
+BACKUP_KEEP = {"hourly": 24, "daily": 7, "weekly": 8}  # retention: the newest backup of each of so many periods
+BACKUP_START_DELAY = 60.0                  # seconds after start before an overdue backup: the start stays fast
+BACKUP_RETRY_AFTER_FAILURE = 600.0         # seconds: a failed backup is tried again this soon, not an hour later
+BACKUP_STOP_WAIT = 15.0                    # seconds SIGTERM waits for a cancelled backup or upload to end
+STORAGE_LOCK_FILE = ".campfire.lock"       # held by a running server: restore refuses while it is
+UPLOADS_DIR_NAME = "files"                 # storage/files/: uploads in Active Storage's disk layout
+
+# Off-site copies of backups (BACKUP_URL: s3:// or https://), section 15.
+# A multipart part, and the largest file sent in one PUT: a failure resends at
+# most this much, and a 1 GiB backup is 64 parts.
+OFFSITE_PART_BYTES = 16 * 1024 * 1024
+OFFSITE_BLOCK_BYTES = 256 * 1024           # read from disk and written to the socket at a time
+OFFSITE_ATTEMPTS = 6                       # tries of one request: the first, and 5 retries that wait 31 s at most
+OFFSITE_BACKOFF_BASE = 1.0                 # seconds: the first retry waits up to this, doubling after
+OFFSITE_BACKOFF_MAX = 60.0                 # seconds: no wait between tries is longer, however many there are
+OFFSITE_RETRY_AFTER_MAX = 300.0            # seconds: a server's Retry-After is honoured up to this
+OFFSITE_SOCKET_TIMEOUT = 60.0              # seconds a connect, a send or a read may stall before it fails
+OFFSITE_RESPONSE_MAX_BYTES = 8 * 1024 * 1024  # a ListObjectsV2 page of 1,000 keys is well under 1 MiB
+OFFSITE_ERROR_BODY_MAX_BYTES = 64 * 1024   # an error answer is a short XML document; more is not read
+OFFSITE_ABORT_ATTEMPTS = 3                 # AbortMultipartUpload tries after a failed or cancelled upload
+OFFSITE_ABORT_TIMEOUT = 10.0               # seconds a socket operation of that abort may stall: a cancel ends soon
+OFFSITE_LIST_MAX_PAGES = 10_000            # ListObjectsV2 pages followed (10 M keys) before giving up
+OFFSITE_NAME_MAX_BYTES = 255               # a backup's file name, as most file systems allow
+OFFSITE_SERVER_TEXT_MAX_CHARS = 300        # of a server's error message, quoted in ours and in the log
+OFFSITE_CONTENT_TYPE = "application/octet-stream"
+OFFSITE_USER_AGENT = "Campfire/" + VERSION
+OFFSITE_DEFAULT_REGION = "us-east-1"       # what the AWS CLI assumes when no region is configured
+
+# Amazon S3's own limits (Amazon S3 User Guide, "Amazon S3 multipart upload limits").
+S3_MIN_PART_BYTES = 5 * 1024 * 1024        # every part but the last
+S3_MAX_PART_BYTES = 5 * 1024 ** 3
+S3_MAX_PARTS = 10_000                      # part numbers 1 to 10,000
+S3_MAX_OBJECT_BYTES = 5 * 1024 ** 4
+S3_MAX_KEY_BYTES = 1024                    # an object key, in UTF-8
+S3_LIST_PAGE_KEYS = 1000                   # ListObjectsV2: max-keys is at most 1,000
+S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
+S3_RETRYABLE_CODES = frozenset({"RequestTimeout", "InternalError", "SlowDown", "ServiceUnavailable"})
+
+# Signature Version 4 (AWS General Reference, "Create a signed AWS API request").
+SIGV4_ALGORITHM = "AWS4-HMAC-SHA256"
+SIGV4_TERMINATOR = "aws4_request"
+SIGV4_MAX_EXPIRES = 7 * 24 * 3600          # a presigned URL lives at most 7 days (X-Amz-Expires)
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+# HTTP statuses worth another try: 408 and 429 (RFC 9110 §15.5.9, RFC 6585 §4),
+# and the 5xx a busy or restarting server answers. Any other status is final.
+OFFSITE_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
 # seed: messages written per transaction (a transaction per message would take hours).
 SEED_BATCH = 5000
 
@@ -400,6 +465,11 @@ class CampfireError(Exception):
      │    ├── TooManyRequests    429: a rate limit
      │    └── ServiceUnavailable 503: a write the disk refused, or too much work waiting
      ├── ConfigError             bad configuration: the CLI prints it, exits 1
+     ├── BackupError             a backup, restore or check that failed: the CLI exits 1
+     │    ├── BackupInvalid      an archive or database that fails its checks
+     │    ├── BackupRefused      a restore that would lose data (a newer schema, a storage in use)
+     │    └── BackupCancelled    stopped by Ctrl-C or shutdown: everything half-written removed
+     ├── OffsiteError            a copy to BACKUP_URL that failed (section 15; OffsiteError draws its subtree)
      ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
      ├── CableCommandError       an Action Cable command that can't be read: ignored
@@ -464,6 +534,61 @@ class ConfigError(CampfireError):
     pass
 
 
+class BackupError(CampfireError):
+    pass
+
+
+class BackupInvalid(BackupError):
+    pass
+
+
+class BackupRefused(BackupError):
+    pass
+
+
+class BackupCancelled(BackupError):
+    pass
+
+
+class OffsiteError(CampfireError):
+    """The root of what off-site backups raise on purpose.
+
+    OffsiteError
+     ├── OffsiteConfigError   BACKUP_URL or an AWS_* variable can't be used: at start-up, exit 1
+     ├── OffsiteUnsupported   the target can't do that (list or delete on an https:// target)
+     ├── OffsiteCancelled     Cancellation.cancel() was called; a multipart upload was aborted
+     └── OffsiteFailed        refused by the other end, or still failing after every attempt
+
+    Messages name the target and the request, never a secret: no secret key, no
+    signature, no password, no presigned query string.
+    """
+
+
+class OffsiteConfigError(OffsiteError, ConfigError, ValueError):
+    pass
+
+
+class OffsiteUnsupported(OffsiteError):
+    pass
+
+
+class OffsiteCancelled(OffsiteError):
+    pass
+
+
+class OffsiteFailed(OffsiteError):
+    """A request that failed for good: .status and .code (S3's error code) when the
+    server answered, .attempts made, and .retryable when more tries might succeed
+    later (the server was down or busy) rather than never (access denied)."""
+
+    def __init__(self, message, status=None, code=None, attempts=1, retryable=False):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.attempts = attempts
+        self.retryable = retryable
+
+
 ####
 #### 3. Utilities
 ####
@@ -510,6 +635,14 @@ def parse_db_time(text):
         return None
     fraction = text[20:26]
     return seconds + (int(fraction.ljust(6, "0")) / 1e6 if text[19:20] == "." and fraction.isdigit() else 0)
+
+
+def byte_size_text(size):
+    """1536 → "1.5 KiB": a size for people."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return ("%d %s" if unit == "bytes" else "%.1f %s") % (size, unit)
+        size /= 1024
 
 
 def escape_html(text, *, trix=False):
@@ -5123,6 +5256,9 @@ class Database:
     def close(self):
         self.commit_batch()
         with contextlib.suppress(sqlite3.Error):
+            # Without waiting: a reader that never lets go (Litestream holds a read
+            # transaction all the time) only means the WAL stays for the next start.
+            self.connection.execute("PRAGMA busy_timeout = 0")
             self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.connection.close()
 
@@ -5143,6 +5279,735 @@ def sqlite_failure(error):
 
 def _split_sql(script):
     return [statement.strip() for statement in script.split(";\n") if statement.strip()]
+
+
+# Backups -----------------------------------------------------------------------
+# A backup is one tar archive (POSIX pax), written beside its final name and
+# renamed into place only after it has been read back and checked:
+#   manifest.json      format, versions, schema, counts, checks, and every file's SHA-256
+#   database.sqlite3   a consistent copy made with SQLite's online backup API
+#                      (https://sqlite.org/backup.html), one step at a time
+#   content/<sha256>   the content of each other file of the storage (the secret, uploads),
+#                      in a self-contained archive only
+# Automatic backups keep file contents once, beside the archives in
+# backups/content/, so an hourly backup of a large file store copies only what
+# is new. `restore` looks for a content first in the archive, then in the
+# content/ folder beside it.
+
+BACKUP_NAME_RE = re.compile(r"\Acampfire-(\d{8}T\d{6}Z)(?:-(\d+))?\.tar\Z")
+BACKUP_MANIFEST_MEMBER = "manifest.json"
+BACKUP_DATABASE_MEMBER = "database.sqlite3"
+BACKUP_PARTIAL_SUFFIX = ".partial"        # an archive being written: never listed, never restored
+BACKUP_HASHES_FILE = "hashes.json"        # known SHA-256 of storage files by size, mtime and inode
+RESTORE_ASIDE_PREFIX = "replaced-"        # storage/replaced-<time>/: what a forced restore set aside
+RESTORE_STAGING_PREFIX = ".restore-"
+BACKUP_WORK_PREFIX = ".backup-"
+BACKUP_CONTENT_GRACE = 24 * 3600          # seconds: content newer than this is never pruned (a backup may be writing it)
+BACKUP_PERIODS = {"hourly": "%Y%m%d%H", "daily": "%Y%m%d", "weekly": "%G%V"}  # UTC; ISO weeks
+COUNTED_TABLES = ("users", "rooms", "memberships", "messages", "boosts", "active_storage_blobs")
+_SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
+_INTERVAL_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*\Z")
+INTERVAL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_interval(text, name="BACKUP_INTERVAL"):
+    """"30m", "6h", "1d", "90s" → seconds; "0" → 0 (off)."""
+    match = _INTERVAL_RE.match(text or "")
+    if not match or (not match.group(2) and float(match.group(1)) != 0):
+        raise ConfigError("%s must be a number with a unit (s, m, h or d), like 30m or 6h, or 0 for off; not %r."
+                          % (name, text))
+    seconds = float(match.group(1)) * INTERVAL_UNITS[match.group(2) or "s"]
+    if 0 < seconds < BACKUP_MIN_INTERVAL:
+        raise ConfigError("%s must be at least %d seconds, not %r." % (name, BACKUP_MIN_INTERVAL, text))
+    return seconds
+
+
+def parse_backup_keep(text):
+    """BACKUP_KEEP "24,7,8" → {"hourly": 24, "daily": 7, "weekly": 8}."""
+    parts = [part.strip() for part in (text or "").split(",")]
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        raise ConfigError("BACKUP_KEEP must be three whole numbers, hourly,daily,weekly (like 24,7,8), not %r."
+                          % text)
+    return dict(zip(BACKUP_KEEP, map(int, parts)))
+
+
+def backup_file_name(now):
+    return time.strftime("campfire-%Y%m%dT%H%M%SZ.tar", time.gmtime(now))
+
+
+def backup_time(name):
+    """The UTC time in a backup's name (unix seconds), or None for a name not ours."""
+    match = BACKUP_NAME_RE.match(name)
+    return None if match is None else calendar.timegm(time.strptime(match.group(1), "%Y%m%dT%H%M%SZ"))
+
+
+def backups_to_keep(stamps, keep=BACKUP_KEEP):
+    """Of {name: unix time}, the names retention keeps: the newest backup of each of the
+    latest keep["hourly"] hours that have one, of keep["daily"] days and keep["weekly"]
+    ISO weeks (UTC); and the newest of all, always."""
+    ordered = sorted(stamps, key=lambda name: (stamps[name], name), reverse=True)
+    kept = set(ordered[:1])
+    for rule, count in keep.items():
+        seen = set()
+        for name in ordered:
+            period = time.strftime(BACKUP_PERIODS[rule], time.gmtime(stamps[name]))
+            if period in seen:
+                continue
+            if len(seen) >= count:
+                break
+            seen.add(period)
+            kept.add(name)
+    return kept
+
+
+def _fsync_directory(path):
+    with contextlib.suppress(OSError):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _write_file_atomically(path, data, mode=0o600):
+    partial = "%s.%s%s" % (path, random_hex(4), BACKUP_PARTIAL_SUFFIX)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+def _copy_stream(source, target, cancelled, hasher=None, progress=None, limit=None):
+    """Copy source to target in BACKUP_COPY_BLOCK_BYTES blocks (at most limit bytes);
+    the bytes copied. hasher sees every block; cancelled() is asked before each."""
+    copied = 0
+    while limit is None or copied < limit:
+        if cancelled():
+            raise BackupCancelled("The backup was stopped.")
+        block = source.read(BACKUP_COPY_BLOCK_BYTES if limit is None else min(BACKUP_COPY_BLOCK_BYTES, limit - copied))
+        if not block:
+            break
+        if hasher is not None:
+            hasher.update(block)
+        if target is not None:
+            target.write(block)
+        copied += len(block)
+        if progress is not None:
+            progress(len(block))
+    return copied
+
+
+def hash_file(path, cancelled=lambda: False):
+    """(hex SHA-256, size) of a file, read in blocks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as file:
+        size = _copy_stream(file, None, cancelled, hasher)
+    return hasher.hexdigest(), size
+
+
+def backups_dir(config):
+    return os.path.join(config.storage_path, BACKUP_DIR_NAME)
+
+
+def storage_files(storage_path, database_path):
+    """Every file of the storage a backup holds, as sorted '/'-separated relative paths:
+    all but the database (copied on its own) and its journals, the backups, the lock,
+    and what a restore set aside. Links are not followed."""
+    database = os.path.realpath(database_path)
+    left_out = {database + suffix for suffix in ("", "-wal", "-shm", "-journal")}
+    found = []
+    for root, directories, files in os.walk(storage_path):
+        top = os.path.samefile(root, storage_path)
+        if top:
+            directories[:] = [name for name in directories if name != BACKUP_DIR_NAME
+                              and not name.startswith((RESTORE_ASIDE_PREFIX, RESTORE_STAGING_PREFIX))]
+        directories.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if (top and name == STORAGE_LOCK_FILE) or name.endswith(BACKUP_PARTIAL_SUFFIX) \
+                    or os.path.islink(path) or not os.path.isfile(path) or os.path.realpath(path) in left_out:
+                continue
+            found.append(os.path.relpath(path, storage_path).replace(os.sep, "/"))
+    return found
+
+
+def _safe_relative_path(relative):
+    """A manifest's file path, if it stays inside the storage and is not one of ours; else None."""
+    parts = relative.split("/") if isinstance(relative, str) else []
+    if not parts or relative.startswith("/") or "\\" in relative or "\0" in relative \
+            or any(part in ("", ".", "..") for part in parts) or parts[0] == BACKUP_DIR_NAME \
+            or parts[0] == STORAGE_LOCK_FILE or parts[0].startswith((RESTORE_ASIDE_PREFIX, RESTORE_STAGING_PREFIX)):
+        return None
+    return os.path.join(*parts)
+
+
+class FileHashes:
+    """The SHA-256 of storage files, remembered with each file's size, mtime and inode
+    (in backups/hashes.json), so an unchanged file is not read again every hour."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            with open(path) as file:
+                known = json.load(file)
+            self.known = known if isinstance(known, dict) else {}
+        except (OSError, ValueError):
+            self.known = {}
+
+    def lookup(self, relative, status):
+        entry = self.known.get(relative)
+        if isinstance(entry, list) and entry[:3] == [status.st_size, status.st_mtime_ns, status.st_ino]:
+            return entry[3]
+        return None
+
+    def remember(self, relative, status, digest):
+        self.known[relative] = [status.st_size, status.st_mtime_ns, status.st_ino, digest]
+
+    def save(self, relatives):
+        self.known = {relative: self.known[relative] for relative in relatives if relative in self.known}
+        with contextlib.suppress(OSError):
+            _write_file_atomically(self.path, json.dumps(self.known).encode())
+
+
+def copy_database(source_path, target_path, *, progress=None, cancelled=lambda: False, step_pages=BACKUP_STEP_PAGES):
+    """A consistent copy of a database that may be in use, step_pages pages a step.
+
+    A read transaction is held from the first step to the last: writers go on
+    (WAL), and the copy is the database as it was when the copy began (without it,
+    each write by another connection would restart the copy from the first page).
+    The copy is left in rollback-journal mode, one file."""
+    if not os.path.isfile(source_path):
+        raise BackupError("There is no database at %s." % source_path)
+    try:
+        source = sqlite3.connect("file:%s?mode=rw" % urllib.parse.quote(source_path), uri=True,
+                                 isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as error:
+        raise BackupError("%s can't be opened (%s)." % (source_path, error)) from error
+    target = None
+    try:
+        source.execute("PRAGMA busy_timeout = %d" % SQLITE_BUSY_TIMEOUT_MS)
+        source.execute("BEGIN")
+        source.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot starts here
+        target = sqlite3.connect(target_path, isolation_level=None)
+
+        def step(status, remaining, total):
+            if cancelled():
+                raise BackupCancelled("The backup was stopped.")
+            if progress is not None:
+                progress(total - remaining, total)
+        source.backup(target, pages=step_pages, progress=step)
+        target.execute("PRAGMA journal_mode = DELETE")
+    except sqlite3.Error as error:
+        raise BackupError("The database could not be copied (%s)." % error) from error
+    finally:
+        if target is not None:
+            target.close()
+        source.close()
+
+
+@dataclass
+class DatabaseReport:
+    """What check_database found: problems (sentences; none when healthy) and facts."""
+    problems: list
+    counts: dict
+    migrations: list
+    schema_version: int
+    checks: dict
+
+
+def schema_version_of(migration_names):
+    """The number of the newest migration applied ("0005_…" → 5); 0 for a database Rails wrote."""
+    return max((int(name.split("_", 1)[0]) for name in migration_names if name.split("_", 1)[0].isdigit()),
+               default=0)
+
+
+CURRENT_SCHEMA_VERSION = schema_version_of(name for name, _ in MIGRATIONS)
+
+
+def check_database(path, *, repair=None):
+    """Read a database through: SQLite's integrity_check, FTS5's own integrity-check,
+    one search row per message and none without, the schema version, the counts.
+
+    It writes (FTS5's checks are commands written as INSERTs): give it a copy, or a
+    storage no server runs on. repair(connection, report), when given, runs before the
+    search rows are compared (the `check --repair` command rebuilds them there)."""
+    problems, checks, counts = [], {}, {}
+    try:
+        connection = sqlite3.connect("file:%s?mode=rw" % urllib.parse.quote(path), uri=True, isolation_level=None)
+    except sqlite3.Error as error:
+        return DatabaseReport(["%s can't be opened (%s)" % (path, error)], {}, [], 0, {"integrity_check": "failed"})
+    try:
+        connection.execute("PRAGMA busy_timeout = %d" % SQLITE_BUSY_TIMEOUT_MS)
+        try:
+            rows = [row[0] for row in connection.execute("PRAGMA integrity_check(20)")]
+        except sqlite3.DatabaseError as error:
+            rows = [str(error)]
+        checks["integrity_check"] = "ok" if rows == ["ok"] else "failed"
+        if rows != ["ok"]:
+            problems.append("SQLite's integrity check failed: " + "; ".join(rows))
+            return DatabaseReport(problems, counts, [], 0, checks)
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"users", "messages", "rooms"} <= tables:
+            problems.append("this is not a Campfire database (no users, rooms or messages table)")
+            return DatabaseReport(problems, counts, [], 0, checks)
+        for table in COUNTED_TABLES:
+            if table in tables:
+                counts[table] = connection.execute('SELECT count(*) FROM "%s"' % table).fetchone()[0]
+        migrations = sorted(row[0] for row in connection.execute("SELECT name FROM campfire_py_migrations")) \
+            if "campfire_py_migrations" in tables else []
+        known = {name for name, _ in MIGRATIONS}
+        unknown = [name for name in migrations if name not in known]
+        version = schema_version_of(migrations)
+        if unknown:
+            problems.append("the schema is newer than this Campfire knows (migrations %s)" % ", ".join(unknown))
+        if "message_search_index" not in tables:
+            problems.append("the search index (message_search_index) is missing")
+            return DatabaseReport(problems, counts, migrations, version, checks)
+        if repair is not None:
+            repair(connection)
+        try:
+            connection.execute("INSERT INTO message_search_index (message_search_index) VALUES ('integrity-check')")
+            checks["search_index"] = "ok"
+        except sqlite3.DatabaseError as error:
+            checks["search_index"] = "failed"
+            problems.append("the search index is damaged (%s)" % error)
+        missing = connection.execute("SELECT count(*) FROM messages WHERE id NOT IN "
+                                     "(SELECT rowid FROM message_search_index)").fetchone()[0]
+        orphans = connection.execute("SELECT count(*) FROM message_search_index WHERE rowid NOT IN "
+                                     "(SELECT id FROM messages)").fetchone()[0]
+        checks["search_rows"] = "ok" if not (missing or orphans) else "failed"
+        if missing:
+            problems.append("%d messages have no search row" % missing)
+        if orphans:
+            problems.append("%d search rows belong to no message" % orphans)
+        return DatabaseReport(problems, counts, migrations, version, checks)
+    except sqlite3.DatabaseError as error:
+        problems.append("the database could not be read through (%s)" % error)
+        checks.setdefault("integrity_check", "failed")
+        return DatabaseReport(problems, counts, [], 0, checks)
+    finally:
+        connection.close()
+
+
+@dataclass
+class BackupResult:
+    path: str
+    size: int
+    manifest: dict
+    seconds: float
+
+
+def _no_progress(label, done, total):
+    pass
+
+
+def _unused_path(path):
+    """path, or path with -2, -3, … before .tar when a backup of the same second exists."""
+    stem, extension = os.path.splitext(path)
+    candidate, number = path, 1
+    while os.path.exists(candidate):
+        number += 1
+        candidate = "%s-%d%s" % (stem, number, extension)
+    return candidate
+
+
+def write_backup(config, target=None, *, progress=None, cancelled=lambda: False, now=None, hashes=None,
+                 step_pages=BACKUP_STEP_PAGES):
+    """Write one checked backup of config's storage and return a BackupResult.
+
+    target None: storage/backups/campfire-<UTC time>.tar, its file contents kept once
+    in backups/content/. A directory: the same name in it; another path: that file.
+    Both of those are self-contained. Nothing existing is replaced; on a failure
+    or cancellation, everything half-written is removed."""
+    import shutil
+    import tempfile
+    started = time.monotonic()
+    progress = progress or _no_progress
+    now = time.time() if now is None else now
+    folder = backups_dir(config)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    if target is None:
+        final, pool = _unused_path(os.path.join(folder, backup_file_name(now))), os.path.join(
+            folder, BACKUP_CONTENT_DIR_NAME)
+        os.makedirs(pool, mode=0o700, exist_ok=True)
+    else:
+        final = os.path.join(target, backup_file_name(now)) if os.path.isdir(target) else target
+        pool = None
+        if os.path.exists(final):
+            raise BackupError("%s already exists; a backup never replaces a file." % final)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(final))):
+            raise BackupError("The folder for %s does not exist." % final)
+    work = tempfile.mkdtemp(prefix=BACKUP_WORK_PREFIX, dir=folder)
+    partial = final + BACKUP_PARTIAL_SUFFIX
+    try:
+        copy = os.path.join(work, BACKUP_DATABASE_MEMBER)
+        copy_database(config.resolved_database_path, copy, cancelled=cancelled, step_pages=step_pages,
+                      progress=lambda done, total: progress("database", done, total))
+        progress("checks", 0, 1)
+        report = check_database(copy)
+        if report.problems:
+            raise BackupInvalid("The database copy fails its checks: %s." % "; ".join(report.problems))
+        progress("checks", 1, 1)
+        database_sha256, database_size = hash_file(copy, cancelled)
+        files = _gather_files(config, pool, hashes, progress, cancelled)
+        manifest = {
+            "format": BACKUP_FORMAT, "format_version": BACKUP_FORMAT_VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "campfire_version": VERSION, "sqlite_version": sqlite3.sqlite_version,
+            "schema_version": report.schema_version, "migrations": report.migrations,
+            "database": {"size": database_size, "sha256": database_sha256},
+            "counts": report.counts, "checks": report.checks,
+            "contents_in_archive": pool is None,
+            "files": [{"path": relative, "size": size, "sha256": digest} for relative, size, digest, _ in files],
+        }
+        _write_archive(partial, manifest, copy, files if pool is None else (), progress, cancelled)
+        progress("verify", 0, 1)
+        verify_backup(partial, content_dir=pool, cancelled=cancelled)
+        progress("verify", 1, 1)
+        try:
+            os.link(partial, final)   # never replaces: fails if final appeared meanwhile
+            os.unlink(partial)
+        except FileExistsError:
+            raise BackupError("%s appeared while the backup was written; nothing was replaced." % final) from None
+        except OSError:
+            if os.path.exists(final):
+                raise BackupError("%s already exists; a backup never replaces a file." % final) from None
+            os.rename(partial, final)  # a file system without hard links (FAT)
+        _fsync_directory(os.path.dirname(os.path.abspath(final)))
+        return BackupResult(final, os.path.getsize(final), manifest, time.monotonic() - started)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _gather_files(config, pool, hashes, progress, cancelled):
+    """[(relative path, size, sha256, full path)] of the storage's files; with a pool,
+    each content not yet there is copied in (checked by its hash on the way)."""
+    storage = config.storage_path
+    relatives = storage_files(storage, config.resolved_database_path)
+    hashes = hashes if hashes is not None else FileHashes(os.path.join(backups_dir(config), BACKUP_HASHES_FILE))
+    files = []
+    for index, relative in enumerate(relatives):
+        progress("files", index, len(relatives))
+        full = os.path.join(storage, relative)
+        try:
+            status = os.stat(full)
+            digest = hashes.lookup(relative, status)
+            if digest is None or (pool is not None and not os.path.exists(os.path.join(pool, digest))):
+                digest = _store_content(full, pool, cancelled) if pool is not None else hash_file(full, cancelled)[0]
+                hashes.remember(relative, status, digest)
+        except FileNotFoundError:
+            continue  # removed since the listing: not part of this backup
+        files.append((relative, status.st_size, digest, full))
+    progress("files", len(relatives), len(relatives))
+    hashes.save(relatives)
+    return files
+
+
+def _store_content(path, pool, cancelled):
+    """Copy a file into the pool under its SHA-256 (once); the digest."""
+    hasher = hashlib.sha256()
+    partial = os.path.join(pool, "%s%s" % (random_hex(8), BACKUP_PARTIAL_SUFFIX))
+    try:
+        with open(path, "rb") as source, open(partial, "xb") as target:
+            os.chmod(partial, 0o600)
+            _copy_stream(source, target, cancelled, hasher)
+            target.flush()
+            os.fsync(target.fileno())
+        digest = hasher.hexdigest()
+        destination = os.path.join(pool, digest)
+        if os.path.exists(destination):
+            os.unlink(partial)
+        else:
+            os.rename(partial, destination)
+        return digest
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+class _HashingReader:
+    """A file read through a hash (what tarfile copies into an archive is what we checked)."""
+
+    def __init__(self, file, cancelled, progress):
+        self.file, self.cancelled, self.progress = file, cancelled, progress
+        self.hasher = hashlib.sha256()
+
+    def read(self, size=-1):
+        if self.cancelled():
+            raise BackupCancelled("The backup was stopped.")
+        block = self.file.read(size)
+        self.hasher.update(block)
+        self.progress(len(block))
+        return block
+
+
+def _write_archive(path, manifest, database_path, files, progress, cancelled):
+    import io
+    import tarfile
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    contents = {}
+    for _, size, digest, full in files:
+        contents.setdefault(digest, (size, full))
+    total = os.path.getsize(database_path) + sum(size for size, _ in contents.values())
+    done = [0]
+
+    def advance(count):
+        done[0] += count
+        progress("archive", min(done[0], total), total)
+
+    def member(name, size):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o600, int(time.time())
+        return info
+
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as raw:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            archive.addfile(member(BACKUP_MANIFEST_MEMBER, len(manifest_bytes)), io.BytesIO(manifest_bytes))
+            with open(database_path, "rb") as database:
+                archive.addfile(member(BACKUP_DATABASE_MEMBER, os.path.getsize(database_path)),
+                                _HashingReader(database, cancelled, advance))
+            for digest, (size, full) in contents.items():
+                with open(full, "rb") as file:
+                    reader = _HashingReader(file, cancelled, advance)
+                    archive.addfile(member("%s/%s" % (BACKUP_CONTENT_DIR_NAME, digest), size), reader)
+                if reader.hasher.hexdigest() != digest:
+                    raise BackupError("%s changed while it was being backed up; try again." % full)
+        raw.flush()
+        os.fsync(raw.fileno())
+    progress("archive", total, total)
+
+
+def read_manifest(archive):
+    """The manifest of a backup archive (its first member), checked for shape; BackupInvalid else."""
+    import tarfile
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            return _read_manifest_member(tar, tar.next(), archive)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise BackupInvalid("%s is not a readable backup (%s)." % (archive, error)) from error
+
+
+def _read_manifest_member(tar, info, archive):
+    if info is None or info.name != BACKUP_MANIFEST_MEMBER or not info.isfile() \
+            or info.size > BACKUP_MANIFEST_MAX_BYTES:
+        raise BackupInvalid("%s is not a Campfire backup (it does not begin with its manifest)." % archive)
+    try:
+        manifest = json.loads(tar.extractfile(info).read())
+    except ValueError as error:
+        raise BackupInvalid("The manifest of %s can't be read (%s)." % (archive, error)) from error
+    if not isinstance(manifest, dict) or manifest.get("format") != BACKUP_FORMAT:
+        raise BackupInvalid("%s is not a Campfire backup." % archive)
+    if not isinstance(manifest.get("format_version"), int) or manifest["format_version"] > BACKUP_FORMAT_VERSION:
+        raise BackupRefused("%s was written by a newer Campfire (backup format %r); upgrade Campfire to use it."
+                            % (archive, manifest.get("format_version")))
+    database = manifest.get("database")
+    files = manifest.get("files")
+    if not (isinstance(database, dict) and isinstance(database.get("size"), int)
+            and _SHA256_RE.match(str(database.get("sha256"))) and isinstance(files, list)
+            and isinstance(manifest.get("schema_version"), int)
+            and all(isinstance(entry, dict) and _safe_relative_path(entry.get("path")) is not None
+                    and isinstance(entry.get("size"), int) and _SHA256_RE.match(str(entry.get("sha256")))
+                    for entry in files)):
+        raise BackupInvalid("The manifest of %s is damaged (a field is missing or wrong)." % archive)
+    return manifest
+
+
+def verify_backup(archive, *, content_dir=None, extract_to=None, deep_files=True, progress=None,
+                  cancelled=lambda: False):
+    """Read a whole archive back and check it against its manifest; the manifest.
+
+    Every member's SHA-256 and size must match (nothing unknown, no links, no
+    paths outside); every file the manifest names must be in the archive or in
+    content_dir (each read and hashed when deep_files). With extract_to, the
+    database is written there and must pass check_database too."""
+    import tarfile
+    progress = progress or _no_progress
+    try:
+        size = os.path.getsize(archive)
+        with tarfile.open(archive, mode="r:") as tar:
+            manifest = _read_manifest_member(tar, tar.next(), archive)
+            wanted = {entry["sha256"]: entry["size"] for entry in manifest["files"]}
+            in_archive, database_seen = set(), False
+            for info in tar:
+                if info.offset == 0:
+                    continue  # the manifest, read above
+                progress("verify", min(info.offset_data, size), size)
+                name = info.name
+                if not info.isfile():
+                    raise BackupInvalid("%s holds %s, which is not a plain file." % (archive, name))
+                if name == BACKUP_DATABASE_MEMBER and not database_seen:
+                    expected, database_seen = manifest["database"], True
+                    target = open(extract_to, "xb") if extract_to else None
+                    try:
+                        digest, copied = _hash_member(tar, info, target, cancelled)
+                    finally:
+                        if target is not None:
+                            target.close()
+                    if (digest, copied) != (expected["sha256"], expected["size"]):
+                        raise BackupInvalid("The database in %s does not match its manifest (damaged)." % archive)
+                    continue
+                prefix, _, digest = name.partition("/")
+                if prefix != BACKUP_CONTENT_DIR_NAME or digest not in wanted or digest in in_archive:
+                    raise BackupInvalid("%s holds %s, which its manifest does not name." % (archive, name))
+                if _hash_member(tar, info, None, cancelled) != (digest, wanted[digest]):
+                    raise BackupInvalid("%s in %s does not match its manifest (damaged)." % (name, archive))
+                in_archive.add(digest)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise BackupInvalid("%s can't be read through (%s)." % (archive, error)) from error
+    if not database_seen:
+        raise BackupInvalid("%s holds no database." % archive)
+    for digest, length in wanted.items():
+        if digest in in_archive:
+            continue
+        stored = os.path.join(content_dir, digest) if content_dir else None
+        if stored is None or not os.path.isfile(stored):
+            raise BackupInvalid("A file of %s (content %s…) is neither in it nor in %s." % (
+                archive, digest[:12], content_dir or "a content folder beside it"))
+        if deep_files and hash_file(stored, cancelled) != (digest, length):
+            raise BackupInvalid("The stored content %s does not match its name (damaged)." % stored)
+    if extract_to:
+        report = check_database(extract_to)
+        if report.problems:
+            raise BackupInvalid("The database in %s fails its checks: %s." % (archive, "; ".join(report.problems)))
+    progress("verify", size, size)
+    return manifest
+
+
+def _hash_member(tar, info, target, cancelled):
+    hasher = hashlib.sha256()
+    copied = _copy_stream(tar.extractfile(info), target, cancelled, hasher, limit=info.size)
+    return hasher.hexdigest(), copied
+
+
+def self_contained_copy(archive, content_dir, target, *, cancelled=lambda: False):
+    """Write a backup that holds its file contents too (for sending elsewhere): the
+    archive's manifest and database, each content from content_dir; then check it."""
+    import tarfile
+    manifest = dict(read_manifest(archive), contents_in_archive=True)
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    digests = {entry["sha256"]: entry["size"] for entry in manifest["files"]}
+    try:
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as raw:
+            with tarfile.open(archive, mode="r:") as source, \
+                    tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as copy:
+                import io
+                for info in source:
+                    if info.name == BACKUP_MANIFEST_MEMBER:
+                        info = tarfile.TarInfo(BACKUP_MANIFEST_MEMBER)
+                        info.size, info.mode, info.mtime = len(manifest_bytes), 0o600, int(time.time())
+                        copy.addfile(info, io.BytesIO(manifest_bytes))
+                    elif info.name == BACKUP_DATABASE_MEMBER:
+                        copy.addfile(info, _HashingReader(source.extractfile(info), cancelled, lambda count: None))
+                for digest, size in digests.items():
+                    info = tarfile.TarInfo("%s/%s" % (BACKUP_CONTENT_DIR_NAME, digest))
+                    info.size, info.mode, info.mtime = size, 0o600, int(time.time())
+                    with open(os.path.join(content_dir, digest), "rb") as file:
+                        copy.addfile(info, _HashingReader(file, cancelled, lambda count: None))
+            raw.flush()
+            os.fsync(raw.fileno())
+        verify_backup(target, cancelled=cancelled)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        raise
+    return manifest
+
+
+def list_backups(folder):
+    """The archives in a backups folder, newest first: dicts with name, path, size, time,
+    and check ("ok", or what is wrong with the manifest: it is read, not the whole archive)."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(folder):
+            stamp = backup_time(name)
+            if stamp is None:
+                continue
+            path = os.path.join(folder, name)
+            entry = {"name": name, "path": path, "size": os.path.getsize(path), "time": stamp, "manifest": None}
+            try:
+                entry["manifest"] = read_manifest(path)
+                failed = [key for key, value in entry["manifest"].get("checks", {}).items() if value != "ok"]
+                entry["check"] = "ok" if not failed else "failed: " + ", ".join(failed)
+            except BackupError as error:
+                entry["check"] = str(error)
+            found.append(entry)
+    found.sort(key=lambda entry: (entry["time"], entry["name"]), reverse=True)
+    return found
+
+
+def prune_backups(folder, keep=BACKUP_KEEP, now=None):
+    """Delete the archives retention doesn't keep, then the stored contents no kept
+    archive names (older than BACKUP_CONTENT_GRACE). The names deleted."""
+    backups = list_backups(folder)
+    kept = backups_to_keep({entry["name"]: entry["time"] for entry in backups}, keep)
+    deleted = []
+    for entry in backups:
+        if entry["name"] not in kept:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry["path"])
+            deleted.append(entry["name"])
+    remaining = [entry for entry in backups if entry["name"] in kept]
+    if any(entry["manifest"] is None for entry in remaining):
+        return deleted  # an unreadable manifest: what it needs is unknown, so no content goes
+    needed = {item["sha256"] for entry in remaining for item in entry["manifest"]["files"]}
+    pool = os.path.join(folder, BACKUP_CONTENT_DIR_NAME)
+    now = time.time() if now is None else now
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(pool):
+            path = os.path.join(pool, name)
+            with contextlib.suppress(OSError):
+                if name not in needed and now - os.path.getmtime(path) > BACKUP_CONTENT_GRACE:
+                    os.unlink(path)
+    return deleted
+
+
+def read_backup_status(folder):
+    try:
+        with open(os.path.join(folder, BACKUP_STATUS_FILE)) as file:
+            status = json.load(file)
+        return status if isinstance(status, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_backup_status(folder, status):
+    with contextlib.suppress(OSError):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        _write_file_atomically(os.path.join(folder, BACKUP_STATUS_FILE), json.dumps(status, sort_keys=True).encode())
+
+
+def lock_storage(storage_path):
+    """Hold the storage's lock (for as long as the returned descriptor stays open): a
+    running server holds it, and restore refuses to touch a storage in use."""
+    import fcntl
+    os.makedirs(storage_path, exist_ok=True)
+    descriptor = os.open(os.path.join(storage_path, STORAGE_LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise BackupRefused("A Campfire server is running on %s; stop it first." % storage_path) from None
+    return descriptor
+
+
+def storage_in_use(config):
+    """Whether the storage holds data: a database, or any file a backup would hold."""
+    return os.path.exists(config.resolved_database_path) or bool(
+        os.path.isdir(config.storage_path) and storage_files(config.storage_path, config.resolved_database_path))
 
 
 ####
@@ -6560,6 +7425,28 @@ class Store:
         with self.db.atomic():
             self.db.execute("INSERT INTO message_search_index (message_search_index) VALUES ('optimize')")
 
+    def rebuild_search_index(self, batch=SEED_BATCH):
+        """Write the search index afresh from the messages, one row each (check --repair):
+        what was damaged, missing or left over is gone. The messages indexed."""
+        written = 0
+        with self.db.atomic():
+            self.db.execute("DELETE FROM message_search_index")
+            self.db.execute("INSERT INTO message_search_index (message_search_index) VALUES ('rebuild')")
+            last = 0
+            while True:
+                rows = self.db.all("SELECT messages.id, action_text_rich_texts.body FROM messages "
+                                   "LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = 'Message' "
+                                   "AND action_text_rich_texts.record_id = messages.id "
+                                   "AND action_text_rich_texts.name = 'body' WHERE messages.id > ? "
+                                   "ORDER BY messages.id LIMIT ?", (last, batch))
+                if not rows:
+                    break
+                self.db.connection.executemany(self.SEARCH_ROW_INSERT,
+                                               [(row[0], self.plain_text(row[1])) for row in rows])
+                written += len(rows)
+                last = rows[-1][0]
+        return written
+
 
 ####
 #### 12. Rendering
@@ -7261,8 +8148,52 @@ def render_people_page(view, people_html):
     return HTML('{}<section class="panel panel--wide">{}</section>').format(render_page_assets(view), people_html)
 
 
+def render_backup_status(backups):
+    """Administrators' view of the automatic backups: the last good one, and a failure, loudly."""
+    offsite = backups.get("offsite")
+    if offsite and not offsite["ok"]:
+        remote = HTML('<p class="notice notice--alert" role="alert" id="offsite_failure">The copy to {target} failed '
+                      '({when} UTC): {error} The local backups are kept; the next backup tries again.</p>').format(
+            target=offsite["target"], when=offsite["last_failure_at"].replace("T", " ").rstrip("Z"),
+            error=offsite["last_error"])
+    elif offsite:
+        remote = HTML('<p class="panel__intro">Each backup is also copied to {}.</p>').format(offsite["target"])
+    else:
+        remote = HTML("")
+    if backups["last_failed"]:
+        failure = HTML('<p class="notice notice--alert" role="alert" id="backup_failure">The last backup failed '
+                       '({when} UTC): {error} Older backups are kept; it is tried again soon.</p>').format(
+            when=backups["last_failure_at"].replace("T", " ").rstrip("Z"), error=backups["last_error"])
+    else:
+        failure = HTML("")
+    if backups["last_backup"]:
+        last = HTML('The last good backup is <code>{name}</code> ({size}, {when} UTC).').format(
+            name=backups["last_backup"], size=byte_size_text(backups["last_size_bytes"] or 0),
+            when=backups["last_success_at"].replace("T", " ").rstrip("Z"))
+    else:
+        last = HTML("No backup has been made yet.")
+    if backups["interval_seconds"]:
+        every = HTML(" A backup is made every {} in <code>storage/backups/</code>.").format(
+            _interval_text(backups["interval_seconds"]))
+    else:
+        every = HTML(" Automatic backups are off (<code>BACKUP_INTERVAL=0</code>).")
+    return HTML(
+        '<section class="panel__section" aria-labelledby="backups_heading" id="backups">'
+        '<h2 class="panel__subtitle" id="backups_heading">Backups</h2>{failure}'
+        '<p class="panel__intro">{last}{every}</p>{remote}</section>').format(failure=failure, last=last,
+                                                                            every=every, remote=remote)
+
+
+def _interval_text(seconds):
+    for unit, length in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= length and seconds % length == 0:
+            count = int(seconds // length)
+            return unit if count == 1 else "%d %ss" % (count, unit)
+    return "%d seconds" % seconds
+
+
 def render_account_page(view, account, invite_url, people_html, *, restricted, values=None, errors=None,
-                        notice=None, saved=False):
+                        notice=None, saved=False, backups=None):
     """The account: its name, the invitation link, people; administrators also edit it."""
     errors = errors or {}
     name = (values or {}).get("account[name]", account["name"])
@@ -7286,8 +8217,9 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             '<section class="panel__section" aria-labelledby="account_admin_heading">'
             '<h2 class="panel__subtitle" id="account_admin_heading">Administration</h2><div class="form__actions">'
             '<a class="button" href="{styles}">Edit custom CSS</a>'
-            '<a class="button" href="{bots}">Set up chat bots</a></div></section>').format(
-            styles=url_for("edit_account_custom_styles"), bots=url_for("account_bots"))
+            '<a class="button" href="{bots}">Set up chat bots</a></div></section>{backups}').format(
+            styles=url_for("edit_account_custom_styles"), bots=url_for("account_bots"),
+            backups=render_backup_status(backups) if backups else "")
         regenerate = HTML(
             '<form method="post" action="{}" class="inline-form">'
             '<button type="submit" class="button button--danger" '
@@ -7784,9 +8716,31 @@ HEALTH_HEADERS = (("Content-Security-Policy", "default-src 'none'; style-src 'un
 
 
 def health_check(app, request):
+    if request.query_string and request.params.get("detail") == "1":
+        return health_detail(app, request)
     if not app.db.healthy():
         return Response(UNHEALTHY_PAGE, 503, headers=HEALTH_HEADERS)
     return Response(HEALTHY_PAGE, headers=HEALTH_HEADERS)
+
+
+def health_detail(app, request):
+    """/up?detail=1: JSON for monitoring, to loopback and administrators only (it names
+    backups and disk space): the database, the backups, free space, the version."""
+    address = normalized_ip(request.remote_addr)
+    if address is None or not address.is_loopback:
+        app._authenticate(request)
+        if request.user is None or not request.user.administrator:
+            raise NotFound("There is nothing at this address.")
+    healthy = app.db.healthy()
+    backups = app.backups.summary()
+    try:
+        disk = os.statvfs(app.config.storage_path)
+        free = disk.f_bavail * disk.f_frsize
+    except OSError:
+        free = None
+    detail = {"status": "ok" if healthy and backups["ok"] else "failing", "database": "ok" if healthy else "failing",
+              "backups": backups, "storage_free_bytes": free, "version": VERSION}
+    return json_response(detail, 200 if healthy else 503, headers=[("Cache-Control", "no-store")])
 
 
 # Static files and the installable app --------------------------------------------
@@ -8515,7 +9469,8 @@ def _account_page(app, request, *, values=None, errors=None, notice=None, status
     body = render_account_page(
         view, account, invite_url, render_people(view, people, 1, more), values=values, errors=errors, notice=notice,
         saved=saved,
-        restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True)
+        restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True,
+        backups=app.backups.summary() if view.user.administrator else None)
     return _page(app, request, "Account", body, status=status)
 
 
@@ -9478,6 +10433,10 @@ class Config:
     push_total_timeout: float = PUSH_TOTAL_TIMEOUT
     push_queue_size: int = PUSH_QUEUE_SIZE
     push_retry_delay: float = PUSH_RETRY_DELAY
+    backup_interval: float = None     # seconds between automatic backups; 0 off; None: BACKUP_DEFAULT_INTERVAL
+    backup_keep: dict = None          # retention; None: BACKUP_KEEP
+    backup_target: object = None      # where finished backups are copied: parse_backup_url(BACKUP_URL)
+    backup_step_pages: int = BACKUP_STEP_PAGES
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -9499,6 +10458,9 @@ class Config:
         config.log_level = (environ.get("LOG_LEVEL") or "INFO").upper()
         if config.log_level not in LOG_LEVELS:
             raise ConfigError("LOG_LEVEL must be one of %s, not %r." % (", ".join(LOG_LEVELS), environ["LOG_LEVEL"]))
+        config.backup_interval = parse_interval(environ.get("BACKUP_INTERVAL") or BACKUP_DEFAULT_INTERVAL)
+        config.backup_keep = parse_backup_keep(environ["BACKUP_KEEP"]) if environ.get("BACKUP_KEEP") else None
+        config.backup_target = parse_backup_url(environ["BACKUP_URL"], environ) if environ.get("BACKUP_URL") else None
         return config
 
     @property
@@ -9561,6 +10523,8 @@ class App:
             asyncio.get_running_loop()  # under the server: it starts once the server listens
         except RuntimeError:
             self.search_rebuild.start()  # tests and commands: at once
+        self.offsite = OffsiteClient(self.config.backup_target) if self.config.backup_target else None
+        self.backups = BackupSchedule(self)
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -9975,6 +10939,7 @@ class App:
 ####
 # Work that follows a change, off the request path: a banned person's messages
 # deleted in chunks, and webhook deliveries. Each starts from an Events listener.
+# Automatic backups run on a timer, on a thread of their own.
 
 def run_in_background(step):
     """Call step() until it returns False. Under the server each call gets its own
@@ -10577,6 +11542,1277 @@ class Pushes:
             import ssl  # loaded on the first push only
             self._tls = ssl.create_default_context()  # the system's CAs; SSL_CERT_FILE when set
         return self._tls
+# Off-site copies ---------------------------------------------------------------
+# Each finished backup is sent to BACKUP_URL: AWS Signature Version 4 written with
+# hmac/hashlib, S3's PutObject and multipart upload, or a plain HTTPS PUT. The
+# client blocks (http.client), so it runs on the backups' own thread; another
+# thread stops it with Cancellation.cancel().
+# Signature Version 4 ------------------------------------------------------
+#
+# Pure functions of their arguments: no clock, no socket. The steps and their
+# names follow the AWS General Reference ("Create a signed AWS API request") and,
+# for S3, the Amazon S3 API Reference ("Signature Calculations for the
+# Authorization Header: Transferring Payload in a Single Chunk").
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
+_AMZ_DATE = re.compile(r"\A[0-9]{8}T[0-9]{6}Z\Z")
+_HEADER_SPACES = re.compile(r"[ \t]+")
+_HEADER_NAME = re.compile(r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 §5.1: a token
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(default=None, repr=False)  # temporary credentials (AWS STS)
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """What to send (target, headers), and the steps that led to it."""
+    target: str              # the request target: the encoded path and the canonical query
+    headers: list            # (name, value) pairs to send, Authorization last
+    canonical_request: str
+    string_to_sign: str
+    signature: str
+
+
+def uri_encode(text, keep_slash=False):
+    """UriEncode() of the S3 API Reference: every byte of the UTF-8 text but the
+    unreserved ones (RFC 3986 §2.3) as %XY with upper-case hex; '/' stays when
+    encoding an object key's path. S3 encodes each path segment once and never
+    normalizes '.' or '//' segments (other services do both)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        if byte in _UNRESERVED or (keep_slash and byte == 0x2F):
+            out.append(chr(byte))
+        else:
+            out.append("%%%02X" % byte)
+    return "".join(out)
+
+
+def canonical_query_string(params):
+    """(name, value) pairs, unencoded, as the sorted, encoded CanonicalQueryString.
+    Sorted by encoded name, then by encoded value for a repeated name; a name
+    without a value keeps its '=' ("lifecycle=")."""
+    pairs = sorted((uri_encode(name), uri_encode(value)) for name, value in params)
+    return "&".join("%s=%s" % pair for pair in pairs)
+
+
+def canonical_headers(headers):
+    """(name, value) pairs as (CanonicalHeaders, SignedHeaders): names in lower
+    case and sorted, values trimmed with inner runs of spaces made one, and the
+    values of a repeated name joined by ',' in the order they were given."""
+    values = {}
+    for name, value in headers:
+        if not _HEADER_NAME.match(name):
+            raise ValueError("%r is not an HTTP header name." % name)
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError("The value of the %s header has a line break." % name)
+        values.setdefault(name.lower(), []).append(_HEADER_SPACES.sub(" ", value).strip(" "))
+    names = sorted(values)
+    text = "".join("%s:%s\n" % (name, ",".join(values[name])) for name in names)
+    return text, ";".join(names)
+
+
+def canonical_request(method, path, params, headers, payload_hash):
+    """The CanonicalRequest, and the SignedHeaders it names. `path` is the
+    unencoded absolute path (an S3 object key follows the bucket's '/')."""
+    headers_text, signed = canonical_headers(headers)
+    text = "\n".join([method.upper(), uri_encode(path, keep_slash=True),
+                      canonical_query_string(params), headers_text, signed, payload_hash])
+    return text, signed
+
+
+def credential_scope(date, region, service):
+    return "%s/%s/%s/%s" % (date, region, service, SIGV4_TERMINATOR)
+
+
+def string_to_sign(amz_date, scope, canonical):
+    return "\n".join([SIGV4_ALGORITHM, amz_date, scope,
+                      hashlib.sha256(canonical.encode("utf-8")).hexdigest()])
+
+
+def signing_key(secret_access_key, date, region, service):
+    """kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")."""
+    key = ("AWS4" + secret_access_key).encode("utf-8")
+    for part in (date, region, service, SIGV4_TERMINATOR):
+        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
+    return key
+
+
+def amz_date(now):
+    """The ISO 8601 basic form SigV4 wants (20130524T000000Z) of a Unix time."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+
+
+def _check_amz_date(value):
+    if not _AMZ_DATE.match(value):
+        raise ValueError("%r is not a date of the form 20130524T000000Z." % value)
+
+
+def sigv4_sign(method, path, params, headers, *, credentials, region, service, amz_date,
+               payload_hash, content_sha256_header=None, sign_session_token=True):
+    """Sign a request with the Authorization header.
+
+    `headers` are the (name, value) pairs to sign, Host among them; the signer adds
+    X-Amz-Date, X-Amz-Content-SHA256 (S3 requires it, so by default when the service
+    is "s3": a hex SHA-256 of the payload or UNSIGNED-PAYLOAD) and, with temporary
+    credentials, X-Amz-Security-Token, signed unless `sign_session_token` is false
+    (some services want it added after signing). Headers sent but not given here
+    (Content-Length, User-Agent) are simply not signed.
+    """
+    _check_amz_date(amz_date)
+    if content_sha256_header is None:
+        content_sha256_header = service == "s3"
+    headers = list(headers)
+    names = {name.lower() for name, _ in headers}
+    if "host" not in names:
+        raise ValueError("A signed request needs its Host header.")
+    if names & {"authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token"}:
+        raise ValueError("Authorization and the X-Amz-* headers of the signature are set by the signer.")
+    headers.append(("X-Amz-Date", amz_date))
+    if content_sha256_header:
+        headers.append(("X-Amz-Content-SHA256", payload_hash))
+    token = credentials.session_token
+    if token and sign_session_token:
+        headers.append(("X-Amz-Security-Token", token))
+    canonical, signed = canonical_request(method, path, params, headers, payload_hash)
+    scope = credential_scope(amz_date[:8], region, service)
+    to_sign = string_to_sign(amz_date, scope, canonical)
+    key = signing_key(credentials.secret_access_key, amz_date[:8], region, service)
+    signature = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    if token and not sign_session_token:
+        headers.append(("X-Amz-Security-Token", token))
+    headers.append(("Authorization", "%s Credential=%s/%s, SignedHeaders=%s, Signature=%s"
+                    % (SIGV4_ALGORITHM, credentials.access_key_id, scope, signed, signature)))
+    query = canonical_query_string(params)
+    target = uri_encode(path, keep_slash=True) + ("?" + query if query else "")
+    return SignedRequest(target, headers, canonical, to_sign, signature)
+
+
+def sigv4_presign(method, host, path, params=(), *, credentials, region, service, amz_date,
+                  expires, scheme="https"):
+    """A presigned URL (S3 API Reference, "Authenticating Requests: Using Query
+    Parameters"): the signature and its scope ride in the query, only Host is
+    signed, and the payload is UNSIGNED-PAYLOAD. Valid for `expires` seconds."""
+    _check_amz_date(amz_date)
+    if not 1 <= expires <= SIGV4_MAX_EXPIRES:
+        raise ValueError("A presigned URL lives from 1 second to 7 days, not %r seconds." % (expires,))
+    scope = credential_scope(amz_date[:8], region, service)
+    params = list(params) + [
+        ("X-Amz-Algorithm", SIGV4_ALGORITHM),
+        ("X-Amz-Credential", "%s/%s" % (credentials.access_key_id, scope)),
+        ("X-Amz-Date", amz_date),
+        ("X-Amz-Expires", str(int(expires))),
+        ("X-Amz-SignedHeaders", "host"),
+    ]
+    if credentials.session_token:
+        params.append(("X-Amz-Security-Token", credentials.session_token))
+    canonical, _ = canonical_request(method, path, params, [("Host", host)], UNSIGNED_PAYLOAD)
+    to_sign = string_to_sign(amz_date, scope, canonical)
+    key = signing_key(credentials.secret_access_key, amz_date[:8], region, service)
+    signature = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    return "%s://%s%s?%s&X-Amz-Signature=%s" % (scheme, host, uri_encode(path, keep_slash=True),
+                                                canonical_query_string(params), signature)
+
+
+# Configuration ----------------------------------------------------------------
+#
+# BACKUP_URL names where backups go:
+#   s3://BUCKET/PREFIX   Amazon S3, or any S3-compatible store through an endpoint;
+#                        the variables are those the AWS CLI reads (AWS CLI User
+#                        Guide, "Environment variables to configure the AWS CLI")
+#   https://HOST/PATH/   a PUT of each file to that URL plus its name (WebDAV, a
+#                        plain HTTPS store), with optional user:password@ (Basic auth)
+#   https://…?X-Amz-Signature=…  a presigned URL: each file is PUT to it as it is
+
+_BUCKET = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,253}[A-Za-z0-9]\Z")
+# Bucket names fit for virtual-hosted-style addressing over TLS (S3 User Guide,
+# "Bucket naming rules"); others (dots break the *.s3 certificate) use path style.
+_DNS_BUCKET = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9]\Z")
+_REGION = re.compile(r"\A[a-z0-9][a-z0-9-]{0,62}\Z")
+_BACKUP_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _first_set(environ, *names):
+    for name in names:
+        value = (environ.get(name) or "").strip()
+        if value:
+            return name, value
+    return None, None
+
+
+@dataclass(frozen=True)
+class S3Target:
+    bucket: str
+    prefix: str                 # "" or ends with "/"
+    region: str
+    credentials: AwsCredentials = field(repr=False)
+    scheme: str = "https"       # http only through an explicit endpoint
+    host: str = ""
+    port: int = 443
+    base_path: str = ""         # an endpoint's own path ("/s3"), or ""
+    path_style: bool = False    # /BUCKET/KEY on the endpoint, rather than BUCKET.host/KEY
+    endpoint: str = None        # the endpoint as configured, for messages
+
+    supports_retention = True
+
+    @property
+    def host_header(self):
+        return _host_header(self.scheme, self.host, self.port)
+
+    def object_path(self, key):
+        return self.bucket_path().rstrip("/") + "/" + key
+
+    def bucket_path(self):
+        if self.path_style:
+            return self.base_path + "/" + self.bucket
+        return self.base_path + "/"
+
+    def describe(self):
+        where = self.endpoint or self.region
+        return "s3://%s/%s (%s)" % (self.bucket, self.prefix, where)
+
+
+@dataclass(frozen=True)
+class HttpsTarget:
+    host: str
+    port: int
+    path: str                   # the collection's path, encoded as given; or the presigned object's
+    query: str = field(default="", repr=False)  # kept as given (a presigned URL's signature lives here)
+    username: str = None
+    password: str = field(default=None, repr=False)
+    presigned: bool = False     # the URL names one object: each file is PUT to it as it is
+
+    scheme = "https"
+    supports_retention = False
+
+    @property
+    def host_header(self):
+        return _host_header(self.scheme, self.host, self.port)
+
+    def target_for(self, name):
+        if self.presigned:
+            path = self.path
+        else:
+            path = self.path + ("" if self.path.endswith("/") else "/") + uri_encode(name)
+        return path + ("?" + self.query if self.query else "")
+
+    def describe(self):
+        return "https://%s%s" % (self.host_header, self.path)
+
+
+def _host_header(scheme, host, port):
+    shown = "[%s]" % host if ":" in host else host
+    default = 443 if scheme == "https" else 80
+    return shown if port == default else "%s:%d" % (shown, port)
+
+
+def parse_backup_url(url, environ=None):
+    """BACKUP_URL and the AWS_* variables as an S3Target or an HttpsTarget.
+
+    Raises OffsiteConfigError with a sentence that says what to fix. `environ`
+    defaults to os.environ; only the variables named here are read.
+    """
+    environ = os.environ if environ is None else environ
+    url = (url or "").strip()
+    if not url:
+        raise OffsiteConfigError("BACKUP_URL is empty: give s3://BUCKET/PREFIX or https://HOST/PATH/.")
+    if _CONTROL.search(url):
+        raise OffsiteConfigError("BACKUP_URL has a control character in it.")
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "s3":
+        return _parse_s3_url(url, environ)
+    if scheme == "https":
+        return _parse_https_url(url)
+    if scheme == "http":
+        raise OffsiteConfigError("BACKUP_URL must use https:// (backups would cross the network in clear); "
+                                 "for a store on this network, use s3:// with AWS_ENDPOINT_URL_S3.")
+    raise OffsiteConfigError("BACKUP_URL must start with s3:// or https://, not %r." % url.split("/", 1)[0])
+
+
+def _parse_s3_url(url, environ):
+    parts = urllib.parse.urlsplit(url)
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise OffsiteConfigError("BACKUP_URL s3://BUCKET/PREFIX takes no ?query or #fragment.")
+    if "@" in parts.netloc:
+        raise OffsiteConfigError("BACKUP_URL s3:// takes no credentials: set AWS_ACCESS_KEY_ID and "
+                                 "AWS_SECRET_ACCESS_KEY instead.")
+    bucket = parts.netloc
+    if not bucket:
+        raise OffsiteConfigError("BACKUP_URL s3:// names no bucket: write s3://BUCKET/PREFIX.")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise OffsiteConfigError("%r is not a bucket name: letters, digits, '.', '-' and '_', "
+                                 "3 to 255 of them, starting and ending with a letter or digit." % bucket)
+    prefix = parts.path.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    if len(prefix.encode("utf-8")) > S3_MAX_KEY_BYTES - OFFSITE_NAME_MAX_BYTES:
+        raise OffsiteConfigError("The prefix in BACKUP_URL is too long for S3 keys (1,024 bytes with the name).")
+
+    access_name, access_key = _first_set(environ, "AWS_ACCESS_KEY_ID")
+    secret_name, secret_key = _first_set(environ, "AWS_SECRET_ACCESS_KEY")
+    missing = [name for name, value in (("AWS_ACCESS_KEY_ID", access_key),
+                                        ("AWS_SECRET_ACCESS_KEY", secret_key)) if not value]
+    if missing:
+        raise OffsiteConfigError("BACKUP_URL is %s, but %s %s not set: S3 needs an access key and its secret."
+                                 % ("s3://%s/%s" % (bucket, prefix), " and ".join(missing),
+                                    "is" if len(missing) == 1 else "are"))
+    _, token = _first_set(environ, "AWS_SESSION_TOKEN")
+    credentials = AwsCredentials(access_key, secret_key, token)
+
+    region_name, region = _first_set(environ, "AWS_REGION", "AWS_DEFAULT_REGION")
+    region = region or OFFSITE_DEFAULT_REGION
+    if not _REGION.match(region):
+        raise OffsiteConfigError("%s=%r is not a region name (like eu-west-1)." % (region_name, region))
+
+    endpoint_name, endpoint = _first_set(environ, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    if endpoint:
+        # An S3-compatible store (MinIO, Ceph, Garage, R2, ...): path-style
+        # addressing, since such stores rarely have a DNS name per bucket.
+        ep = urllib.parse.urlsplit(endpoint)
+        try:
+            port = ep.port
+        except ValueError:
+            raise OffsiteConfigError("%s=%r has a bad port." % (endpoint_name, endpoint)) from None
+        if ep.scheme not in ("http", "https") or not ep.hostname:
+            raise OffsiteConfigError("%s must be http(s)://HOST[:PORT], not %r." % (endpoint_name, endpoint))
+        if ep.query or ep.fragment or "@" in ep.netloc:
+            raise OffsiteConfigError("%s takes no credentials, ?query or #fragment." % endpoint_name)
+        return S3Target(bucket, prefix, region, credentials, scheme=ep.scheme, host=ep.hostname,
+                        port=port or (443 if ep.scheme == "https" else 80), base_path=ep.path.rstrip("/"),
+                        path_style=True, endpoint="%s://%s" % (ep.scheme, ep.netloc))
+    # Amazon S3 itself: the regional endpoint, with the bucket in the host name
+    # (virtual-hosted style) when its name allows (S3 User Guide, "Virtual hosting
+    # of buckets"). The China regions live under amazonaws.com.cn.
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    host = "s3.%s.%s" % (region, suffix)
+    if _DNS_BUCKET.match(bucket):
+        return S3Target(bucket, prefix, region, credentials, host="%s.%s" % (bucket, host))
+    return S3Target(bucket, prefix, region, credentials, host=host, path_style=True)
+
+
+def _parse_https_url(url):
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or 443
+    except ValueError:
+        raise OffsiteConfigError("BACKUP_URL has a bad port.") from None
+    if not parts.hostname:
+        raise OffsiteConfigError("BACKUP_URL https:// names no host.")
+    if parts.fragment:
+        raise OffsiteConfigError("BACKUP_URL takes no #fragment.")
+    if any(c in url for c in " \"<>\\^`{|}"):
+        raise OffsiteConfigError("BACKUP_URL has characters a URL must encode (a space, a quote, ...).")
+    query_names = {name.lower() for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)}
+    presigned = bool(query_names & {"x-amz-signature", "signature"})
+    username = password = None
+    if parts.username is not None:
+        if presigned:
+            raise OffsiteConfigError("BACKUP_URL is a presigned URL: it takes no user:password@.")
+        username = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+    return HttpsTarget(parts.hostname, port, parts.path or "/", parts.query, username, password, presigned)
+
+
+def check_backup_name(name):
+    """A backup's name becomes the last part of its key or URL: one plain file name."""
+    if not isinstance(name, str) or not _BACKUP_NAME.match(name) \
+            or len(name.encode("utf-8")) > OFFSITE_NAME_MAX_BYTES:
+        raise ValueError("%r is not a backup name: letters, digits, '.', '_', '+' and '-', starting "
+                         "with a letter or digit, at most %d of them." % (name, OFFSITE_NAME_MAX_BYTES))
+    return name
+
+
+# Transport --------------------------------------------------------------------
+
+class Cancellation:
+    """Stops an off-site transfer from another thread.
+
+    cancel() is safe from any thread (the event loop's, a signal handler's): the
+    worker sees it before its next block, during a wait between attempts, and
+    within a socket operation, whose socket cancel() shuts down. The transfer
+    then ends with OffsiteCancelled, after aborting a multipart upload.
+    """
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets = set()
+
+    def cancel(self):
+        self._event.set()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                # The plain socket's shutdown, even for a TLS socket: it wakes a
+                # blocked send or recv without touching the TLS state another
+                # thread is using.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @property
+    def cancelled(self):
+        return self._event.is_set()
+
+    def check(self):
+        if self._event.is_set():
+            raise OffsiteCancelled("The off-site transfer was cancelled.")
+
+    def wait(self, seconds):
+        """Sleep, or raise OffsiteCancelled as soon as cancel() is called."""
+        if self._event.wait(max(0.0, seconds)):
+            self.check()
+
+    def _track(self, sock):
+        with self._lock:
+            self._sockets.add(sock)
+        self.check()  # a cancel() just before the socket was tracked
+
+    def _untrack(self, sock):
+        with self._lock:
+            self._sockets.discard(sock)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = OFFSITE_ATTEMPTS
+    base_delay: float = OFFSITE_BACKOFF_BASE
+    max_delay: float = OFFSITE_BACKOFF_MAX
+    retry_after_max: float = OFFSITE_RETRY_AFTER_MAX
+
+
+def retry_delay(policy, failures, retry_after=None, rnd=None):
+    """Seconds to wait after the `failures`-th failed attempt: exponential backoff
+    with full jitter (a uniform wait up to base * 2^(failures-1), capped), as the
+    AWS SDKs do ("Retry behavior", AWS SDKs and Tools Reference Guide), so many
+    clients failing together don't come back together. A server's Retry-After
+    (RFC 9110 §10.2.3) is a floor, itself capped."""
+    if rnd is None:
+        import random
+        rnd = random.random
+    ceiling = min(policy.max_delay, policy.base_delay * 2 ** max(0, failures - 1))
+    delay = ceiling * rnd()
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, policy.retry_after_max))
+    return delay
+
+
+@dataclass
+class _Response:
+    status: int
+    reason: str
+    headers: object           # http.client.HTTPMessage
+    body: bytes
+
+
+class _Retry(Exception):
+    """One attempt failed in a way another might not: what happened, and a
+    server's Retry-After when it gave one."""
+
+    def __init__(self, message, status=None, code=None, retry_after=None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Body:
+    """A request body: bytes in memory, or `length` bytes of an open file from
+    `offset`, read block by block on every attempt (never whole)."""
+    data: bytes = None
+    fileobj: object = None
+    offset: int = 0
+    length: int = 0
+
+    def __len__(self):
+        return len(self.data) if self.data is not None else self.length
+
+
+class _Connection:
+    """One keep-alive connection to the target's host, reopened after a failure."""
+
+    def __init__(self, scheme, host, port, ssl_context, timeout, cancellation, block):
+        self.scheme, self.host, self.port = scheme, host, port
+        self.ssl_context, self.timeout = ssl_context, timeout
+        self.cancellation = cancellation
+        self.block = block
+        self.conn = None
+        self.reused = False     # the last exchange began on a connection that had served before
+
+    def close(self):
+        if self.conn is not None:
+            if self.conn.sock is not None:
+                self.cancellation._untrack(self.conn.sock)
+            self.conn.close()
+            self.conn = None
+
+    def _open(self):
+        import http.client
+        if self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                               context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        self.conn = conn
+        conn.connect()
+        self.cancellation._track(conn.sock)
+        return conn
+
+    def exchange(self, method, target, headers, body, on_sent, limit):
+        """Send one request and read its answer (at most `limit` bytes of body)."""
+        import http.client
+        self.reused = self.conn is not None
+        conn = self.conn or self._open()
+        conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        try:
+            conn.endheaders()
+            if body is not None:
+                self._send_body(conn, body, on_sent)
+        except OffsiteCancelled:
+            raise
+        except OSError as error:
+            # A server may answer before it has read the whole body (a 403, a 413)
+            # and close the connection: read that answer if there is one.
+            if self.cancellation.cancelled:
+                raise
+            try:
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                raise error from None
+            return self._finish(response, limit)
+        return self._finish(conn.getresponse(), limit)
+
+    def _send_body(self, conn, body, on_sent):
+        if body.data is not None:
+            self.cancellation.check()
+            conn.send(body.data)
+            on_sent(len(body.data))
+            return
+        view = memoryview(self.block)
+        body.fileobj.seek(body.offset)
+        remaining = body.length
+        while remaining:
+            self.cancellation.check()
+            count = body.fileobj.readinto(view[:min(len(view), remaining)])
+            if not count:
+                raise OffsiteFailed("The file got shorter while it was being sent.")
+            conn.send(view[:count])
+            remaining -= count
+            on_sent(count)
+
+    def _finish(self, response, limit):
+        if not 200 <= response.status < 300:
+            limit = min(limit, OFFSITE_ERROR_BODY_MAX_BYTES)
+        data = response.read(limit + 1)
+        if len(data) > limit or not response.isclosed():
+            # More than we read is left: the connection can't carry another request.
+            if 200 <= response.status < 300:
+                self.close()
+                raise OffsiteFailed("The answer was longer than %d bytes." % limit, status=response.status)
+            data = data[:limit]
+            self.close()
+        elif response.will_close:
+            self.close()
+        return _Response(response.status, response.reason, response.headers, data)
+
+
+def _sha256_of(fileobj, offset, length, block, cancellation):
+    """The payload hash of a file's range, read once before it is sent, so the
+    store checks what it received against what is on disk."""
+    digest = hashlib.sha256()
+    view = memoryview(block)
+    fileobj.seek(offset)
+    remaining = length
+    while remaining:
+        cancellation.check()
+        count = fileobj.readinto(view[:min(len(view), remaining)])
+        if not count:
+            raise OffsiteFailed("The file got shorter while it was being read.")
+        digest.update(view[:count])
+        remaining -= count
+    return digest.hexdigest()
+
+
+def _local(tag):
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child_text(element, name, default=None):
+    for child in element:
+        if _local(child.tag) == name:
+            return child.text or ""
+    return default
+
+
+def _parse_xml(body):
+    """An S3 answer as an element. S3 never sends a DOCTYPE, so one is refused
+    rather than expanded (entity expansion could blow up memory)."""
+    import xml.etree.ElementTree as ElementTree
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise ValueError("a DOCTYPE in an S3 answer")
+    return ElementTree.fromstring(body)
+
+
+def _s3_error(body):
+    """(Code, Message) of an S3 <Error> document (S3 API Reference, "Error
+    responses"), or (None, None)."""
+    import xml.etree.ElementTree as ElementTree
+    try:
+        root = _parse_xml(body)
+    except (ValueError, ElementTree.ParseError):
+        return None, None
+    if _local(root.tag) != "Error":
+        return None, None
+    code, message = _child_text(root, "Code"), _child_text(root, "Message")
+    return (_printable(code) or None) if code else None, _printable(message) if message else None
+
+
+def _printable(text):
+    """A server's words for a message or a log line: one line, bounded."""
+    text = _CONTROL.sub(" ", text or "").strip()
+    if len(text) > OFFSITE_SERVER_TEXT_MAX_CHARS:
+        text = text[:OFFSITE_SERVER_TEXT_MAX_CHARS] + "\u2026"
+    return text
+
+
+def _parse_s3_time(text):
+    """ListObjectsV2's LastModified (2009-10-12T17:50:30.000Z) as a Unix time."""
+    match = re.match(r"\A(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?Z\Z", (text or "").strip())
+    if not match:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction = float("0." + match.group(7)) if match.group(7) else 0.0
+    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) + fraction
+
+
+def _plan_parts(size, part_bytes):
+    """(number, offset, length) of each part. The part grows past `part_bytes`,
+    in whole MiB, when 10,000 parts could not hold the file."""
+    if size > S3_MAX_OBJECT_BYTES:
+        raise OffsiteFailed("A file of %d bytes is larger than S3 allows (5 TiB)." % size)
+    mib = 1024 * 1024
+    part = max(part_bytes, math.ceil(size / S3_MAX_PARTS / mib) * mib)
+    count = max(1, math.ceil(size / part))
+    return [(n + 1, n * part, min(part, size - n * part)) for n in range(count)]
+
+
+# The client -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UploadResult:
+    name: str
+    location: str          # s3://bucket/key, or the https URL without its query
+    size: int
+    parts: int             # 0 for a single PUT
+    etag: str = None
+
+
+@dataclass(frozen=True)
+class RemoteBackup:
+    name: str              # relative to the prefix
+    size: int
+    modified: float        # Unix time, as the store reports it
+    etag: str = None
+
+
+class OffsiteClient:
+    """Uploads, lists and deletes backups at one target. Blocking: call it from
+    a worker thread. Every method takes an optional Cancellation; a client
+    holds no connection between calls, so one client may serve several threads.
+
+        client = OffsiteClient(parse_backup_url(os.environ["BACKUP_URL"]))
+        client.upload("storage/backups/x.tar", "x.tar", progress=print, cancellation=c)
+        for backup in client.list_backups(): ...
+        client.delete_backup("old.tar")
+    """
+
+    def __init__(self, target, *, part_bytes=OFFSITE_PART_BYTES, retry=RetryPolicy(),
+                 timeout=OFFSITE_SOCKET_TIMEOUT, sign_payload=True, ssl_context=None,
+                 clock=time.time, rnd=None, list_page_keys=S3_LIST_PAGE_KEYS):
+        if not S3_MIN_PART_BYTES <= part_bytes <= S3_MAX_PART_BYTES:
+            raise ValueError("A part is from 5 MiB to 5 GiB (S3's limits), not %d bytes." % part_bytes)
+        if not 1 <= retry.attempts:
+            raise ValueError("At least one attempt.")
+        if not 1 <= list_page_keys <= S3_LIST_PAGE_KEYS:
+            raise ValueError("A listing page is 1 to 1,000 keys.")
+        self.target = target
+        self.part_bytes = part_bytes
+        self.retry = retry
+        self.timeout = timeout
+        self.sign_payload = sign_payload
+        # The system's CA store; OpenSSL also reads SSL_CERT_FILE and SSL_CERT_DIR.
+        import random
+        import ssl
+        self.ssl_context = ssl_context or ssl.create_default_context()
+        self.clock = clock
+        self.rnd = rnd or random.random
+        self.list_page_keys = list_page_keys
+
+    # Public operations.
+
+    def upload(self, path, name, *, progress=None, cancellation=None):
+        """Send the file at `path` as `name` (under the prefix, or after the URL).
+
+        `progress(done, total)` is called from this thread after every block
+        sent; `done` goes back when a part is sent again after a failure.
+        """
+        check_backup_name(name)
+        cancellation = cancellation or Cancellation()
+        cancellation.check()
+        with open(path, "rb", buffering=0) as fileobj:
+            size = os.fstat(fileobj.fileno()).st_size
+            if isinstance(self.target, S3Target):
+                return self._upload_s3(fileobj, size, name, progress, cancellation)
+            return self._upload_https(fileobj, size, name, progress, cancellation)
+
+    def list_backups(self, *, cancellation=None):
+        """The objects right under the prefix (not in "folders" below it), oldest first."""
+        target = self._s3_only("list backups")
+        cancellation = cancellation or Cancellation()
+        found, token = [], None
+        with self._session(cancellation) as connection:
+            for _ in range(OFFSITE_LIST_MAX_PAGES):
+                params = [("list-type", "2"), ("prefix", target.prefix), ("delimiter", "/"),
+                          ("max-keys", str(self.list_page_keys))]
+                if token is not None:
+                    params.append(("continuation-token", token))
+                response = self._s3_request(connection, "GET", target.bucket_path(), params,
+                                            what="ListObjectsV2 s3://%s/%s" % (target.bucket, target.prefix),
+                                            limit=OFFSITE_RESPONSE_MAX_BYTES)
+                root = self._xml(response, "ListObjectsV2")
+                for item in root:
+                    if _local(item.tag) != "Contents":
+                        continue
+                    key = _child_text(item, "Key", "")
+                    name = key[len(target.prefix):] if key.startswith(target.prefix) else ""
+                    if not name or "/" in name:
+                        continue
+                    try:
+                        size = int(_child_text(item, "Size", "0"))
+                    except ValueError:
+                        size = 0
+                    found.append(RemoteBackup(name, size, _parse_s3_time(_child_text(item, "LastModified")),
+                                              _child_text(item, "ETag")))
+                if _child_text(root, "IsTruncated", "false").strip().lower() != "true":
+                    break
+                next_token = _child_text(root, "NextContinuationToken")
+                if not next_token or next_token == token:
+                    raise OffsiteFailed("ListObjectsV2 said there was more but gave no new continuation token.")
+                token = next_token
+            else:
+                raise OffsiteFailed("More than %d pages of objects under s3://%s/%s."
+                                    % (OFFSITE_LIST_MAX_PAGES, target.bucket, target.prefix))
+        found.sort(key=lambda backup: (backup.modified or 0, backup.name))
+        return found
+
+    def delete_backup(self, name, *, cancellation=None):
+        """Delete one backup; deleting one that is already gone succeeds."""
+        target = self._s3_only("delete backups")
+        check_backup_name(name)
+        key = target.prefix + name
+        with self._session(cancellation or Cancellation()) as connection:
+            self._s3_request(connection, "DELETE", target.object_path(key), (), ok=(200, 204),
+                             gone_ok="NoSuchKey", what="DeleteObject s3://%s/%s" % (target.bucket, key))
+
+    def presigned_url(self, name, expires, method="GET"):
+        """A URL that lets its holder GET (or PUT) one backup for `expires` seconds."""
+        target = self._s3_only("presign URLs")
+        check_backup_name(name)
+        return sigv4_presign(method, target.host_header, target.object_path(target.prefix + name),
+                             credentials=target.credentials, region=target.region, service="s3",
+                             amz_date=amz_date(self.clock()), expires=expires, scheme=target.scheme)
+
+    # S3.
+
+    def _s3_only(self, doing):
+        if not isinstance(self.target, S3Target):
+            raise OffsiteUnsupported(
+                "Can't %s at %s: an https:// target only takes PUTs, so keep old backups in check on the "
+                "server itself (a lifecycle rule, a cleanup job); only s3:// targets apply retention here."
+                % (doing, self.target.describe()))
+        return self.target
+
+    def _upload_s3(self, fileobj, size, name, progress, cancellation):
+        target = self.target
+        key = target.prefix + name
+        path = target.object_path(key)
+        where = "s3://%s/%s" % (target.bucket, key)
+        block = bytearray(OFFSITE_BLOCK_BYTES)
+        report = progress or (lambda done, total: None)
+        with self._session(cancellation, block) as connection:
+            if size <= self.part_bytes:
+                payload_hash = self._payload_hash(fileobj, 0, size, block, cancellation)
+                response = self._s3_request(
+                    connection, "PUT", path, (), body=_Body(fileobj=fileobj, offset=0, length=size),
+                    payload_hash=payload_hash, headers=[("Content-Type", OFFSITE_CONTENT_TYPE)],
+                    what="PutObject " + where, on_sent=self._progress(report, 0, size))
+                report(size, size)
+                return UploadResult(name, where, size, 0, response.headers.get("ETag"))
+
+            response = self._s3_request(connection, "POST", path, [("uploads", "")], body=_Body(data=b""),
+                                        headers=[("Content-Type", OFFSITE_CONTENT_TYPE)],
+                                        what="CreateMultipartUpload " + where)
+            upload_id = _child_text(self._xml(response, "CreateMultipartUpload"), "UploadId")
+            if not upload_id:
+                raise OffsiteFailed("CreateMultipartUpload %s gave no UploadId." % where)
+            try:
+                etags = []
+                for number, offset, length in _plan_parts(size, self.part_bytes):
+                    payload_hash = self._payload_hash(fileobj, offset, length, block, cancellation)
+                    response = self._s3_request(
+                        connection, "PUT", path, [("partNumber", str(number)), ("uploadId", upload_id)],
+                        body=_Body(fileobj=fileobj, offset=offset, length=length), payload_hash=payload_hash,
+                        what="UploadPart %d of %s" % (number, where), on_sent=self._progress(report, offset, size))
+                    etag = response.headers.get("ETag")
+                    if not etag:
+                        raise OffsiteFailed("UploadPart %d of %s gave no ETag." % (number, where))
+                    etags.append((number, etag))
+                if os.fstat(fileobj.fileno()).st_size != size:
+                    raise OffsiteFailed("%s changed size while it was being uploaded." % name)
+                response = self._s3_request(
+                    connection, "POST", path, [("uploadId", upload_id)], body=_Body(data=_complete_xml(etags)),
+                    headers=[("Content-Type", "application/xml")], what="CompleteMultipartUpload " + where,
+                    check=_check_complete)
+            except BaseException:
+                self._abort(path, upload_id, where)
+                raise
+        report(size, size)
+        return UploadResult(name, where, size, len(etags), response.headers.get("ETag")
+                            or _child_text(_parse_xml(response.body), "ETag"))
+
+    def _abort(self, path, upload_id, where):
+        """AbortMultipartUpload, so the parts sent don't stay (and cost) forever;
+        best effort, on a fresh connection that a cancellation doesn't stop."""
+        try:
+            with self._session(Cancellation(), attempts=OFFSITE_ABORT_ATTEMPTS,
+                               timeout=min(self.timeout, OFFSITE_ABORT_TIMEOUT)) as connection:
+                self._s3_request(connection, "DELETE", path, [("uploadId", upload_id)], ok=(200, 204),
+                                 gone_ok="NoSuchUpload", what="AbortMultipartUpload " + where)
+        except OffsiteError as error:
+            log.warning("offsite: could not abort the multipart upload of %s (%s); a lifecycle rule "
+                        "for incomplete multipart uploads will remove its parts", where, error)
+
+    def _payload_hash(self, fileobj, offset, length, block, cancellation):
+        if not self.sign_payload:
+            return UNSIGNED_PAYLOAD
+        return _sha256_of(fileobj, offset, length, block, cancellation)
+
+    def _s3_request(self, connection, method, path, params, *, what, body=None, payload_hash=None,
+                    headers=(), ok=(200,), gone_ok=None, on_sent=None, limit=OFFSITE_ERROR_BODY_MAX_BYTES,
+                    check=None):
+        target = self.target
+        if payload_hash is None:
+            payload_hash = hashlib.sha256(body.data).hexdigest() if body is not None else EMPTY_SHA256
+
+        def build():
+            signed = sigv4_sign(method, path, params, [("Host", target.host_header)] + list(headers),
+                                credentials=target.credentials, region=target.region, service="s3",
+                                amz_date=amz_date(self.clock()), payload_hash=payload_hash)
+            return signed.target, signed.headers
+
+        return self._exchange(connection, method, build, body, what=what, ok=ok, gone_ok=gone_ok,
+                              on_sent=on_sent, limit=limit, check=check)
+
+    def _xml(self, response, what):
+        import xml.etree.ElementTree as ElementTree
+        try:
+            return _parse_xml(response.body)
+        except (ValueError, ElementTree.ParseError):
+            raise OffsiteFailed("%s answered with something other than XML." % what,
+                                status=response.status) from None
+
+    # HTTPS PUT.
+
+    def _upload_https(self, fileobj, size, name, progress, cancellation):
+        target = self.target
+        request_target = target.target_for(name)
+        location = "https://%s%s" % (target.host_header, request_target.split("?", 1)[0])
+        headers = [("Host", target.host_header)]
+        if not target.presigned:
+            # A presigned URL may have signed the Content-Type it expects: send none.
+            headers.append(("Content-Type", OFFSITE_CONTENT_TYPE))
+        if target.username is not None:
+            credentials = ("%s:%s" % (target.username, target.password)).encode("utf-8")
+            headers.append(("Authorization", "Basic " + base64.b64encode(credentials).decode("ascii")))
+        report = progress or (lambda done, total: None)
+        with self._session(cancellation, bytearray(OFFSITE_BLOCK_BYTES)) as connection:
+            response = self._exchange(connection, "PUT", lambda: (request_target, headers),
+                                      _Body(fileobj=fileobj, offset=0, length=size), what="PUT " + location,
+                                      ok=(200, 201, 204), on_sent=self._progress(report, 0, size),
+                                      limit=OFFSITE_ERROR_BODY_MAX_BYTES)
+        report(size, size)
+        return UploadResult(name, location, size, 0, response.headers.get("ETag"))
+
+    # Requests, retried.
+
+    def _session(self, cancellation, block=None, attempts=None, timeout=None):
+        return _Session(self, cancellation, block or bytearray(OFFSITE_BLOCK_BYTES), attempts,
+                        timeout or self.timeout)
+
+    @staticmethod
+    def _progress(report, base, total):
+        sent = [0]
+
+        def on_sent(count):
+            sent[0] += count
+            report(base + sent[0], total)
+
+        def restart():
+            sent[0] = 0
+
+        on_sent.restart = restart
+        return on_sent
+
+    def _exchange(self, connection, method, build, body, *, what, ok, gone_ok=None, on_sent=None, limit,
+                  check=None):
+        """One request, tried up to the policy's attempts: signed afresh each time
+        (a signature is only good for 15 minutes around its date), and its body
+        read from disk again."""
+        import http.client
+        import ssl
+        attempts = connection.attempts or self.retry.attempts
+        cancellation = connection.cancellation
+        failures = 0
+        stale_retried = False
+        while True:
+            cancellation.check()
+            if on_sent is not None:
+                on_sent.restart()
+            request_target, headers = build()
+            headers = list(headers) + [("User-Agent", OFFSITE_USER_AGENT)]
+            try:
+                response = connection.transport.exchange(method, request_target, headers, body,
+                                                         on_sent or (lambda count: None), limit)
+                return self._judge(response, what, ok, gone_ok, check)
+            except _Retry as error:
+                connection.transport.close()
+                failure, retry_after = error, error.retry_after
+                status, code = error.status, error.code
+            except OffsiteError:
+                connection.transport.close()
+                raise
+            except ssl.SSLCertVerificationError as error:
+                connection.transport.close()
+                raise OffsiteFailed(
+                    "%s: the TLS certificate of %s could not be verified (%s). Install its CA in the "
+                    "system's store, or point SSL_CERT_FILE at it." % (what, connection.transport.host,
+                                                                       error.verify_message or error.reason)
+                ) from None
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError) as error:
+                connection.transport.close()
+                cancellation.check()
+                failure, retry_after, status, code = error, None, None, None
+            except ssl.SSLError as error:
+                connection.transport.close()
+                cancellation.check()
+                raise OffsiteFailed("%s: TLS failed (%s)." % (what, error.reason or error)) from None
+            except (OSError, http.client.HTTPException) as error:
+                # Refused, reset, timed out, closed early, a name that did not
+                # resolve (DNS can be briefly down): all worth another try.
+                reused = connection.transport.reused
+                connection.transport.close()
+                cancellation.check()
+                if reused and not stale_retried and isinstance(error, (ConnectionResetError, BrokenPipeError)):
+                    # A kept-alive connection the server had closed meanwhile
+                    # (RFC 9112 §9.3.1): try again at once on a new one.
+                    stale_retried = True
+                    continue
+                failure, retry_after, status, code = error, None, None, None
+            failures += 1
+            reason = str(failure) or type(failure).__name__
+            if failures >= attempts:
+                raise OffsiteFailed("%s failed after %d attempts: %s" % (what, failures, reason),
+                                    status=status, code=code, attempts=failures, retryable=True)
+            delay = retry_delay(self.retry, failures, retry_after, self.rnd)
+            log.warning("offsite: %s failed (%s); attempt %d of %d in %.1f s",
+                        what, reason, failures + 1, attempts, delay)
+            cancellation.wait(delay)
+
+    def _judge(self, response, what, ok, gone_ok, check):
+        status = response.status
+        if status in ok:
+            if check is not None:
+                check(response)
+            return response
+        code, message = _s3_error(response.body)
+        if status == 404 and gone_ok and code == gone_ok:
+            return response  # already gone: what a DELETE wanted
+        detail = "%d %s" % (status, _printable(response.reason)) + (": %s" % code if code else "") \
+            + (" (%s)" % message if message else "")
+        if status in OFFSITE_RETRYABLE_STATUSES or (code in S3_RETRYABLE_CODES and status < 500):
+            raise _Retry(detail, status, code,
+                         retry_after_seconds(response.headers.get("Retry-After"), self.clock()))
+        if code == "RequestTimeTooSkewed":
+            detail += "; this machine's clock is off by more than 15 minutes"
+        elif _REGION.match(response.headers.get("x-amz-bucket-region") or ""):
+            # S3 names the bucket's region when it was asked in another one
+            # (S3 API Reference, HeadBucket and "Error responses").
+            detail += "; the bucket is in %s: set AWS_REGION=%s" % ((response.headers["x-amz-bucket-region"],) * 2)
+        elif 300 <= status < 400 and response.headers.get("Location"):
+            detail += "; the server redirects elsewhere (%s), fix the URL" % \
+                _printable(response.headers.get("Location").split("?", 1)[0])
+        raise OffsiteFailed("%s: %s" % (what, detail), status=status, code=code)
+
+
+class _Session:
+    """The connection one operation uses, closed when it ends."""
+
+    def __init__(self, client, cancellation, block, attempts, timeout):
+        target = client.target
+        self.cancellation = cancellation
+        self.attempts = attempts
+        self.transport = _Connection(target.scheme, target.host, target.port, client.ssl_context,
+                                     timeout, cancellation, block)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.transport.close()
+
+
+def _complete_xml(etags):
+    import xml.etree.ElementTree as ElementTree
+    root = ElementTree.Element("CompleteMultipartUpload", xmlns=S3_XMLNS)
+    for number, etag in etags:
+        part = ElementTree.SubElement(root, "Part")
+        ElementTree.SubElement(part, "PartNumber").text = str(number)
+        ElementTree.SubElement(part, "ETag").text = etag
+    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _check_complete(response):
+    """CompleteMultipartUpload can answer 200 and still fail: the error is then
+    in the body, and the request should be retried (S3 API Reference,
+    CompleteMultipartUpload)."""
+    import xml.etree.ElementTree as ElementTree
+    try:
+        root = _parse_xml(response.body)
+    except (ValueError, ElementTree.ParseError):
+        raise _Retry("CompleteMultipartUpload answered 200 without a readable result") from None
+    if _local(root.tag) == "Error":
+        code, message = _s3_error(response.body)
+        if code in S3_RETRYABLE_CODES or code is None:
+            raise _Retry("200 with an error: %s (%s)" % (code, message), response.status, code)
+        raise OffsiteFailed("CompleteMultipartUpload: %s (%s)" % (code, message), status=response.status,
+                            code=code)
+
+
+class BackupSchedule:
+    """Automatic backups while serving: one every config.backup_interval seconds into
+    storage/backups/, then retention, then the off-site copy. The work runs on a
+    thread of its own (SQLite's backup steps, hashing and file copies release the
+    GIL), so the event loop only starts it and records how it ended. A failure is
+    logged as an error, kept in backups/status.json, shown to administrators on the
+    account page and in /up?detail=1, tried again sooner, and deletes nothing."""
+
+    def __init__(self, app):
+        self.app = app
+        self.folder = backups_dir(app.config)
+        self.status = read_backup_status(self.folder)
+        self.running = None          # the future of the backup being written
+        self.started_at = None
+        self.loop = None
+        self._timer = None
+        self._executor = None
+        self._cancel = None           # a threading.Event the backup's steps look at
+        self._offsite_cancel = None   # a Cancellation for the off-site copy
+        self._hashes = None
+        self._stopped = False
+
+    @property
+    def interval(self):
+        interval = self.app.config.backup_interval
+        return parse_interval(BACKUP_DEFAULT_INTERVAL) if interval is None else interval
+
+    def start(self, loop):
+        self.loop = loop
+        if not self.interval:
+            return
+        last = max((self.status.get("last_success") or {}).get("time", 0),
+                   max((backup_time(name) or 0 for name in _listdir(self.folder)), default=0))
+        self._schedule(max(BACKUP_START_DELAY, last + self.interval - time.time()))
+
+    def _schedule(self, delay):
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, self.run_now)
+
+    def run_now(self):
+        """Start a backup now (unless one is running); the future of its work."""
+        if self.running is not None:
+            return self.running
+        import concurrent.futures
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "campfire-backup")
+        self._cancel = threading.Event()
+        self._offsite_cancel = Cancellation()
+        self.started_at = time.time()
+        self.running = self.loop.run_in_executor(self._executor, self._work, self._cancel)
+        self.running.add_done_callback(self._finished)
+        return self.running
+
+    def _work(self, cancel):
+        """On the backup thread: write, check, record, prune. The status it recorded."""
+        config = self.app.config
+        if self._hashes is None:
+            self._hashes = FileHashes(os.path.join(self.folder, BACKUP_HASHES_FILE))
+        status = dict(read_backup_status(self.folder))
+        try:
+            result = write_backup(config, cancelled=cancel.is_set, hashes=self._hashes,
+                                  step_pages=config.backup_step_pages)
+        except BackupCancelled:
+            raise
+        except Exception as error:
+            message = str(error) if isinstance(error, (BackupError, OSError)) else "%s: %s" % (
+                type(error).__name__, error)
+            log.error("BACKUP FAILED: %s (older backups are untouched)", message)
+            if not isinstance(error, (BackupError, OSError)):
+                log.error("%s", traceback.format_exc())
+            status["last_failure"] = {"time": time.time(), "error": message}
+            write_backup_status(self.folder, status)
+            return status
+        status["last_success"] = {"name": os.path.basename(result.path), "time": time.time(),
+                                  "size": result.size, "seconds": round(result.seconds, 2)}
+        write_backup_status(self.folder, status)
+        log.info("backed up to %s (%d bytes) in %.1f s", result.path, result.size, result.seconds)
+        try:
+            deleted = prune_backups(self.folder, config.backup_keep or BACKUP_KEEP)
+        except OSError as error:
+            log.error("old backups could not be pruned: %s", error)
+        else:
+            if deleted:
+                log.info("retention removed %d old backups: %s", len(deleted), ", ".join(deleted))
+        if self.app.offsite is not None and not cancel.is_set():
+            status["offsite"] = self._send_offsite(result.path, status.get("offsite") or {})
+            write_backup_status(self.folder, status)
+        return status
+
+    def _send_offsite(self, archive, record):
+        """On the backup thread: a self-contained copy of the archive to BACKUP_URL, then
+        retention there (S3 only). The off-site part of the status."""
+        client, name = self.app.offsite, os.path.basename(archive)
+        where = client.target.describe()
+        outgoing = os.path.join(self.folder, BACKUP_WORK_PREFIX + name)
+        record = dict(record)
+        try:
+            self_contained_copy(archive, os.path.join(self.folder, BACKUP_CONTENT_DIR_NAME), outgoing,
+                                cancelled=self._cancel.is_set)
+            uploaded = client.upload(outgoing, name, cancellation=self._offsite_cancel)
+            record["last_success"] = {"name": name, "time": time.time(), "location": where,
+                                      "size": uploaded.size}
+            log.info("backup %s copied to %s", name, where)
+            if client.target.supports_retention:
+                remote = {item.name: backup_time(item.name) for item in client.list_backups(
+                    cancellation=self._offsite_cancel) if backup_time(item.name) is not None}
+                remote[name] = backup_time(name) or time.time()
+                for old in sorted(set(remote) - backups_to_keep(remote, self.app.config.backup_keep or BACKUP_KEEP)):
+                    client.delete_backup(old, cancellation=self._offsite_cancel)
+                    log.info("retention removed %s from %s", old, where)
+            elif not record.get("retention_noted"):
+                log.warning("%s can't list or delete: retention there is up to that server (a lifecycle rule, "
+                            "a cleanup job)", where)
+                record["retention_noted"] = True
+        except (OffsiteCancelled, BackupCancelled):
+            raise BackupCancelled("The off-site copy was stopped.") from None
+        except (OffsiteError, BackupError, OSError) as error:
+            log.error("OFF-SITE COPY FAILED: backup %s to %s: %s (the local backup is kept)", name, where, error)
+            record["last_failure"] = {"time": time.time(), "error": str(error), "name": name}
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(outgoing)
+        return record
+
+    def _finished(self, future):
+        self.running = None
+        if future.cancelled() or isinstance(future.exception(), BackupCancelled):
+            return
+        error = future.exception()
+        if error is not None:  # only a bug gets here: _work records every failure it expects
+            log.error("backup failed:\n%s", "".join(traceback.format_exception(error)))
+            self.status = dict(self.status, last_failure={"time": time.time(), "error": str(error)})
+        else:
+            self.status = future.result()
+        if self.interval and not self._stopped:
+            self._schedule(BACKUP_RETRY_AFTER_FAILURE if self.failed else self.interval)
+
+    @property
+    def failed(self):
+        """Whether the latest backup failed (a later success clears it)."""
+        failure = self.status.get("last_failure")
+        return bool(failure) and failure["time"] >= (self.status.get("last_success") or {}).get("time", 0)
+
+    def summary(self, now=None):
+        """The state of backups as plain data, for /up?detail=1 and the account page."""
+        now = time.time() if now is None else now
+        success = self.status.get("last_success") or {}
+        failure = self.status.get("last_failure") or {}
+        return {
+            "interval_seconds": self.interval,
+            "running": self.running is not None,
+            "last_success_at": _iso_seconds(success.get("time")),
+            "last_success_age_seconds": round(now - success["time"]) if success.get("time") else None,
+            "last_backup": success.get("name"),
+            "last_size_bytes": success.get("size"),
+            "last_failure_at": _iso_seconds(failure.get("time")),
+            "last_error": failure.get("error"),
+            "last_failed": self.failed,
+            "ok": not self.failed and not self.offsite_failed,
+            "offsite": self._offsite_summary(),
+        }
+
+    @property
+    def offsite_failed(self):
+        record = self.status.get("offsite") or {}
+        failure = record.get("last_failure")
+        return self.app.offsite is not None and bool(failure) and failure["time"] >= (
+            record.get("last_success") or {}).get("time", 0)
+
+    def _offsite_summary(self):
+        if self.app.offsite is None:
+            return None
+        record = self.status.get("offsite") or {}
+        success, failure = record.get("last_success") or {}, record.get("last_failure") or {}
+        return {"target": self.app.offsite.target.describe(), "ok": not self.offsite_failed,
+                "last_success_at": _iso_seconds(success.get("time")), "last_copy": success.get("name"),
+                "last_failure_at": _iso_seconds(failure.get("time")), "last_error": failure.get("error")}
+
+    async def stop(self):
+        """Stop the timer; a backup being written is cancelled (its partial files removed)."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        running = self.running
+        if running is not None:
+            self._cancel.set()
+            self._offsite_cancel.cancel()
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running), BACKUP_STOP_WAIT)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+
+def _listdir(folder):
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
+def _iso_seconds(stamp):
+    return None if not stamp else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
 ####
@@ -10805,6 +13041,7 @@ class Server:
         self.app.webhooks.start(self.loop)
         self.app.pushes.start(self.loop)
         self.app.search_rebuild.start()
+        self.app.backups.start(self.loop)
 
     async def _cable_beat(self):
         """Beats on a fixed schedule, not a fixed pause after each: a busy loop makes a
@@ -10877,6 +13114,7 @@ class Server:
         self.stopping = True
         self.app.webhooks.stop()
         self.app.pushes.stop()
+        await self.app.backups.stop()
         if self._server is not None:
             self._server.close()
         if self._sweeper is not None:
@@ -10950,6 +13188,13 @@ def tune_malloc():
 
 async def serve(config):
     tune_malloc()
+    try:
+        storage_lock = lock_storage(config.storage_path)  # held until the process ends
+    except BackupRefused:
+        raise ConfigError("Another Campfire server is running on %s." % config.storage_path) from None
+    except OSError as error:
+        raise ConfigError("Storage directory %s cannot be created (%s)." % (config.storage_path, error.strerror)) \
+            from error
     app = App(config)
     server = Server(app, config.host, config.port, make_ssl_context(config))
     try:
@@ -10965,12 +13210,14 @@ async def serve(config):
     await stop.wait()
     log.info("shutting down")
     await server.stop()
+    os.close(storage_lock)
 
 
 ####
-#### 18. Operations: seed and check
+#### 18. Operations
 ####
-# Long jobs for the command line, each reporting its progress.
+# Long jobs for the command line, each reporting its progress: seed, backup,
+# restore, check, administrators, and the deployment recipes.
 
 SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room message deploy release server "
               "database search index coffee lunch meeting design review bug fix ship today tomorrow "
@@ -11135,6 +13382,436 @@ def print_progress(label, done, total):
     sys.stderr.flush()
 
 
+# Backups, restore, checks and administrators ---------------------------------------
+# The command line's operations on a storage. Each reports progress through
+# progress(label, done, total) and raises a BackupError subclass (or ConfigError)
+# with a sentence for the person at the terminal.
+
+CHECK_REPAIRED = "repaired"
+
+
+def restore_backup(config, archive, *, force=False, progress=None, now=None):
+    """Put a backup back into config's storage; (manifest, the folder the replaced
+    storage was moved to, or None).
+
+    Refused while a server runs on the storage, for a storage that holds data
+    unless force (what is there is then moved to storage/replaced-<time>/, never
+    deleted), and for a backup of a newer schema. The archive is read through and
+    checked, and every file staged inside the storage, before anything in it moves."""
+    import shutil
+    import tempfile
+    progress = progress or _no_progress
+    now = time.time() if now is None else now
+    archive = os.path.abspath(archive)
+    if not os.path.isfile(archive):
+        raise BackupError("There is no backup at %s." % archive)
+    manifest = read_manifest(archive)
+    known = {name for name, _ in MIGRATIONS}
+    newer = [name for name in manifest.get("migrations") or () if name not in known]
+    if manifest["schema_version"] > CURRENT_SCHEMA_VERSION or newer:
+        raise BackupRefused("%s comes from a newer Campfire (schema %d; this one knows %d). Upgrade campfire.py "
+                            "first, then restore." % (archive, manifest["schema_version"], CURRENT_SCHEMA_VERSION))
+    lock = lock_storage(config.storage_path)
+    staging = None
+    try:
+        occupied = storage_in_use(config)
+        if occupied and not force:
+            raise BackupRefused("%s already holds a Campfire. To replace it, restore with --force: what is there "
+                                "now is moved to %s<time>/ in it, not deleted." % (config.storage_path,
+                                                                                  RESTORE_ASIDE_PREFIX))
+        staging = tempfile.mkdtemp(prefix=RESTORE_STAGING_PREFIX, dir=config.storage_path)
+        database = os.path.join(staging, BACKUP_DATABASE_MEMBER)
+        content_dir = os.path.join(os.path.dirname(archive), BACKUP_CONTENT_DIR_NAME)
+        verify_backup(archive, content_dir=content_dir, extract_to=database, progress=progress)
+        staged = _stage_files(archive, manifest, content_dir, staging, progress)
+        with _interrupts_deferred():
+            aside = _set_aside(config, now) if occupied else None
+            for relative, path in staged:
+                destination = os.path.join(config.storage_path, relative)
+                os.makedirs(os.path.dirname(destination), exist_ok=True)
+                os.replace(path, destination)
+            database_path = config.resolved_database_path
+            os.makedirs(os.path.dirname(database_path), exist_ok=True)
+            for suffix in ("-wal", "-shm", "-journal"):   # a journal left by no one must not meet the new file
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(database_path + suffix)
+            os.replace(database, database_path)
+            _fsync_directory(os.path.dirname(database_path))
+        return manifest, aside
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        os.close(lock)
+
+
+def _stage_files(archive, manifest, content_dir, staging, progress):
+    """Every file the manifest names, written under staging and checked by its hash:
+    [(relative path, staged path)]."""
+    import tarfile
+    contents = os.path.join(staging, BACKUP_CONTENT_DIR_NAME)
+    os.makedirs(contents)
+    with tarfile.open(archive, mode="r:") as tar:
+        for info in tar:
+            prefix, _, digest = info.name.partition("/")
+            if prefix == BACKUP_CONTENT_DIR_NAME and _SHA256_RE.match(digest) and info.isfile():
+                with open(os.path.join(contents, digest), "xb") as target:
+                    if _hash_member(tar, info, target, lambda: False)[0] != digest:
+                        raise BackupInvalid("%s in %s changed while it was read." % (info.name, archive))
+    staged = []
+    entries = manifest["files"]
+    for index, entry in enumerate(entries):
+        progress("files", index, len(entries))
+        relative = _safe_relative_path(entry["path"])
+        source = os.path.join(contents, entry["sha256"])
+        if not os.path.exists(source):
+            source = os.path.join(content_dir, entry["sha256"])
+        target_path = os.path.join(staging, "files", relative)
+        os.makedirs(os.path.dirname(target_path), exist_ok=True)
+        hasher = hashlib.sha256()
+        with open(source, "rb") as file, open(target_path, "xb") as target:
+            _copy_stream(file, target, lambda: False, hasher)
+            target.flush()
+            os.fsync(target.fileno())
+        if hasher.hexdigest() != entry["sha256"]:
+            raise BackupInvalid("The content of %s does not match the manifest (damaged)." % entry["path"])
+        os.chmod(target_path, 0o600)
+        staged.append((relative, target_path))
+    progress("files", len(entries), len(entries))
+    return staged
+
+
+def _set_aside(config, now):
+    """Move the storage's data (all but backups/, the lock and earlier set-asides) into
+    storage/replaced-<time>/; the folder."""
+    storage = config.storage_path
+    aside = _unused_path(os.path.join(storage, RESTORE_ASIDE_PREFIX + time.strftime("%Y%m%dT%H%M%SZ",
+                                                                                    time.gmtime(now))))
+    os.makedirs(aside, mode=0o700)
+    for name in os.listdir(storage):
+        if name in (BACKUP_DIR_NAME, STORAGE_LOCK_FILE) or name.startswith((RESTORE_ASIDE_PREFIX,
+                                                                              RESTORE_STAGING_PREFIX)):
+            continue
+        os.rename(os.path.join(storage, name), os.path.join(aside, name))
+    database = config.resolved_database_path
+    for suffix in ("", "-wal", "-shm", "-journal"):  # a DATABASE_PATH outside the storage
+        if os.path.exists(database + suffix):
+            os.rename(database + suffix, os.path.join(aside, "database-" + os.path.basename(database) + suffix))
+    return aside
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C waits until the block is done (files are being switched: half a switch is worse)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@dataclass
+class StorageReport:
+    problems: list
+    repaired: list
+    facts: dict
+
+
+def check_storage(config, *, repair=False, progress=None):
+    """The `check` command: the database (SQLite's and FTS5's integrity checks, a
+    search row per message), its schema version, and uploaded files against their
+    rows. Without repair it reads a consistent copy, so a running server is never
+    held up; with repair it works in place and needs the server stopped."""
+    import shutil
+    import tempfile
+    progress = progress or _no_progress
+    database = config.resolved_database_path
+    if not os.path.isfile(database):
+        raise BackupError("There is no database at %s." % database)
+    repaired, lock, work = [], None, None
+    try:
+        if repair:
+            lock = lock_storage(config.storage_path)
+            report = check_database(database)
+            if any("search" in problem for problem in report.problems) and not any(
+                    "integrity check" in problem or "newer" in problem for problem in report.problems):
+                app = App(config)
+                try:
+                    indexed = app.store.rebuild_search_index()
+                finally:
+                    app.close()
+                repaired.append("rebuilt the search index (%d messages)" % indexed)
+                report = check_database(database)
+            path = database
+        else:
+            folder = backups_dir(config)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            work = tempfile.mkdtemp(prefix=BACKUP_WORK_PREFIX, dir=folder)
+            path = os.path.join(work, BACKUP_DATABASE_MEMBER)
+            copy_database(database, path, progress=lambda done, total: progress("database", done, total))
+            progress("checks", 0, 1)
+            report = check_database(path)
+            progress("checks", 1, 1)
+        problems = list(report.problems)
+        if report.schema_version > CURRENT_SCHEMA_VERSION:
+            problems.append("the schema (%d) is newer than this Campfire's (%d)"
+                            % (report.schema_version, CURRENT_SCHEMA_VERSION))
+        problems += _check_uploads(config, path)
+        facts = {"schema_version": report.schema_version, "counts": report.counts, "checks": report.checks}
+        return StorageReport(problems, repaired, facts)
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+def _check_uploads(config, database_path):
+    """Files without rows and rows without files, in Active Storage's disk layout
+    (<root>/<key[0:2]>/<key[2:4]>/<key>, Rails' ActiveStorage::Service::DiskService)."""
+    root = os.path.join(config.storage_path, UPLOADS_DIR_NAME)
+    connection = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(database_path), uri=True)
+    try:
+        keys = {row[0] for row in connection.execute("SELECT key FROM active_storage_blobs")}
+    except sqlite3.Error:
+        keys = set()
+    finally:
+        connection.close()
+    problems = []
+    missing = sorted(key for key in keys if not os.path.isfile(os.path.join(root, key[:2], key[2:4], key)))
+    if missing:
+        problems.append("%d uploaded files are missing (rows without files), such as %s"
+                        % (len(missing), ", ".join(missing[:3])))
+    strays = []
+    if os.path.isdir(root):
+        for folder, _, names in os.walk(root):
+            for name in names:
+                relative = os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
+                if name not in keys or relative != "%s/%s/%s" % (name[:2], name[2:4], name):
+                    strays.append(relative)
+    if strays:
+        problems.append("%d files in %s belong to no upload (files without rows), such as %s"
+                        % (len(strays), root, ", ".join(sorted(strays)[:3])))
+    return problems
+
+
+def create_administrator(config, name, email, password):
+    """A new administrator (or, on an empty storage, the account and its first
+    administrator, as the first-run page makes them); the User."""
+    errors = {}
+    check_field(errors, "name", name, blank="Enter a name.", max_chars=MAX_NAME_CHARS)
+    check_field(errors, "email", email, blank="Enter an email address.", problem=_email_problem)
+    check_field(errors, "password", password, blank="Choose a password.", max_bytes=MAX_PASSWORD_BYTES)
+    if errors:
+        raise ConfigError(" ".join(errors.values()))
+    app = App(config)
+    try:
+        if app.store.user_by_email(email) is not None:
+            raise ConfigError("Someone already signs in as %s; reset-password makes them a sign-in link." % email)
+        digest = hash_password(password, config.scrypt_n)
+        created = app.store.first_run(name, email, digest) if app.store.account() is None else None
+        return created[0] if created else app.store.create_user(name, email, role=ROLE_ADMINISTRATOR,
+                                                                 password_digest=digest)
+    finally:
+        app.close()
+
+
+def sign_in_link(config, email, base_url, now=None):
+    """A link that signs the person with this address in for TRANSFER_TOKEN_SECONDS, to
+    set a new password (Campfire's script/admin/reset-password answers the same need)."""
+    now = time.time() if now is None else now
+    app = App(config)
+    try:
+        user = app.store.user_by_email(email)
+        if user is None or not user.active or user.bot:
+            raise ConfigError("No active person signs in as %s." % email)
+        token = app.signer.sign(user.id, "transfer", expires_at=int(now + TRANSFER_TOKEN_SECONDS))
+        return base_url.rstrip("/") + url_for("session_transfer", token=token)
+    finally:
+        app.close()
+
+
+# Recipes ------------------------------------------------------------------------------
+# Deployment files printed by `campfire.py recipe NAME`, filled in with
+# this file's location, the storage and the port. Each is what a careful admin
+# would write by hand; the README says where each goes.
+
+def recipe_text(name, config, script=None):
+    script = os.path.abspath(script or os.path.join(HERE, os.path.basename(__file__)))
+    storage = os.path.abspath(config.storage_path)
+    values = {"script": script, "home": os.path.dirname(script), "storage": storage, "port": config.port,
+              "python": "/usr/bin/python3", "database": os.path.abspath(config.resolved_database_path),
+              "version": VERSION, "script_name": os.path.basename(script)}
+    if name == "litestream":
+        values["replica"] = _litestream_replica(config)
+        target = config.backup_target
+        values["endpoint"] = "\n        endpoint: %s" % target.endpoint if isinstance(target, S3Target) and \
+            target.endpoint else ""
+    try:
+        template = RECIPES[name][1]
+    except KeyError:
+        raise ConfigError("There is no recipe %r; choose from %s." % (name, ", ".join(RECIPES))) from None
+    return template.format(**values)
+
+
+def _litestream_replica(config):
+    """Litestream's replica URL beside BACKUP_URL's backups (an s3:// target only)."""
+    target = config.backup_target
+    if isinstance(target, S3Target):
+        return "s3://%s/%slitestream" % (target.bucket, target.prefix)
+    return "s3://BUCKET/campfire/litestream"
+
+
+RECIPES = {
+    "systemd": ("a hardened systemd service (/etc/systemd/system/campfire.service)", """\
+# /etc/systemd/system/campfire.service: Campfire as a service of its own user.
+#   useradd --system --home-dir {storage} --shell /usr/sbin/nologin campfire
+#   install -d -o campfire -g campfire -m 700 {storage}
+#   systemctl daemon-reload && systemctl enable --now campfire
+# Settings such as BACKUP_URL and AWS_* go in /etc/campfire.env (mode 600).
+[Unit]
+Description=Campfire team chat
+Documentation=file://{home}/README.md
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=campfire
+Group=campfire
+WorkingDirectory={storage}
+Environment=CAMPFIRE_STORAGE_PATH={storage}
+Environment=PORT={port}
+Environment=PYTHONPYCACHEPREFIX=/var/cache/campfire
+EnvironmentFile=-/etc/campfire.env
+ExecStart={python} {script}
+Restart=on-failure
+RestartSec=2s
+KillSignal=SIGTERM
+TimeoutStopSec=30s
+UMask=0077
+LimitNOFILE=65536
+CacheDirectory=campfire
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={storage}
+ProtectHome=read-only
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+CapabilityBoundingSet=
+SystemCallArchitectures=native
+
+[Install]
+WantedBy=multi-user.target
+"""),
+    "docker": ("a Dockerfile: the storage a volume, a user without privileges, a health check on /up", """\
+# Build beside campfire.py and static/:  docker build -t campfire .
+# Run:  docker run -d --name campfire -p {port}:{port} -v campfire-storage:/storage campfire
+# The storage is a volume, never the image: back it up with
+#   docker exec campfire python3 /app/{script_name} backup
+FROM python:3.12-slim
+RUN useradd --system --uid 10001 --home-dir /storage --shell /usr/sbin/nologin campfire \\
+ && install -d -o campfire -g campfire -m 700 /storage
+COPY {script_name} /app/{script_name}
+COPY static /app/static
+# Compiled once here: the server runs from the cached bytecode, and /app stays read-only.
+RUN python3 -m compileall -q /app/{script_name}
+ENV CAMPFIRE_STORAGE_PATH=/storage PORT={port} PYTHONUNBUFFERED=1
+USER campfire
+VOLUME ["/storage"]
+EXPOSE {port}
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \\
+  CMD ["python3", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:%s/up' % os.environ.get('PORT', '{port}'); sys.exit(0 if urllib.request.urlopen(url, timeout=4).status == 200 else 1)"]
+CMD ["python3", "/app/{script_name}"]
+"""),
+    "caddy": ("a Caddyfile: HTTPS from Let's Encrypt in front of Campfire, WebSockets passed", """\
+# /etc/caddy/Caddyfile: Caddy gets and renews the certificate for the name below,
+# and passes WebSockets (/cable) through as they are.
+chat.example.com {{
+\treverse_proxy 127.0.0.1:{port} {{
+\t\tflush_interval -1
+\t}}
+\trequest_body {{
+\t\tmax_size 100MB
+\t}}
+}}
+"""),
+    "nginx": ("an nginx site: HTTPS in front of Campfire, WebSockets passed", """\
+# /etc/nginx/conf.d/campfire.conf (the http block): HTTPS in front of Campfire.
+# The certificate paths are certbot's; /cable needs the Upgrade headers below.
+map $http_upgrade $campfire_connection {{
+    default upgrade;
+    ''      close;
+}}
+
+upstream campfire {{
+    server 127.0.0.1:{port};
+    keepalive 16;
+}}
+
+server {{
+    listen 80;
+    listen [::]:80;
+    server_name chat.example.com;
+    return 301 https://$host$request_uri;
+}}
+
+server {{
+    listen 443 ssl;
+    listen [::]:443 ssl;
+    server_name chat.example.com;
+    ssl_certificate /etc/letsencrypt/live/chat.example.com/fullchain.pem;
+    ssl_certificate_key /etc/letsencrypt/live/chat.example.com/privkey.pem;
+    client_max_body_size 100m;
+
+    location / {{
+        proxy_pass http://campfire;
+        proxy_http_version 1.1;
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-Host $host;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $campfire_connection;
+        proxy_read_timeout 1h;
+        proxy_buffering off;
+    }}
+}}
+"""),
+    "litestream": ("a Litestream configuration: the WAL streamed beside BACKUP_URL's backups", """\
+# /etc/litestream.yml: Litestream (https://litestream.io) streams the database's
+# WAL to the replica below, for a warm standby or a restore to any second.
+# Campfire's own backups (hourly archives with the files) go on beside it.
+# Credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in Litestream's environment.
+# Restore to a point in time:  litestream restore -timestamp 2024-05-01T09:30:00Z {database}
+dbs:
+  - path: {database}
+    replicas:
+      - url: {replica}{endpoint}
+        sync-interval: 1s
+        retention: 168h
+        snapshot-interval: 24h
+"""),
+}
+
+
 ####
 #### 19. Command line
 ####
@@ -11161,9 +13838,6 @@ COMMANDS = {
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
         "--no-cache": (bool, False, "render every page afresh (to measure what the caches save)"),
     }),
-    "check": ("report what opening a storage will do (its schema, what it holds), changing nothing", {
-        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
-    }),
     "seed": ("fill the database with people, rooms and messages", {
         "--users": (int, 100, "people to add (default 100)"),
         "--rooms": (int, 20, "rooms to add (default 20)"),
@@ -11171,8 +13845,205 @@ COMMANDS = {
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
         "--force": (bool, False, "seed a database that already has people in it"),
     }),
+    "backup": ("write a checked backup now, whether or not the server runs", {
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "backups": ("list the backups in storage/backups/ with size, age and check", {
+        "--verify": (bool, False, "read each archive through and check every byte, not just its manifest"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "restore": ("restore a backup into a storage no server runs on, after checking it", {
+        "--force": (bool, False, "replace a storage that holds data (it is moved to storage/replaced-TIME/)"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "check": ("report what opening a storage will do, then check its database, search index and files; "
+              "exit 1 on a problem", {
+        "--repair": (bool, False, "rebuild the search index (the server must be stopped)"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "create-admin": ("add an administrator (the password is asked without echo, or read from stdin)", {
+        "--name": (str, None, "the name (asked when not given)"),
+        "--email": (str, None, "the email address (asked when not given)"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "reset-password": ("print a sign-in link for someone who lost their password (valid 4 hours)", {
+        "--url": (str, None, "the address people open Campfire at (default http://localhost:PORT)"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
+    "recipe": ("print a deployment file: systemd, docker, caddy, nginx or litestream", {
+        "--storage": (str, None, "storage directory the recipe names (CAMPFIRE_STORAGE_PATH)"),
+    }),
 }
 USAGE = "campfire.py [COMMAND] [OPTION ...]"
+
+# The words a command takes after its options: command -> ((NAME, required, what it is), ...)
+COMMAND_ARGUMENTS = {
+    "backup": (("PATH", False, "write a self-contained archive there (a file, or a folder for the usual name) "
+                               "instead of into storage/backups/"),),
+    "restore": (("ARCHIVE", True, "the backup archive to restore"),),
+    "reset-password": (("EMAIL", True, "the email address the person signs in with"),),
+    "recipe": (("NAME", True, "one of: " + ", ".join(RECIPES)),),
+}
+
+# What each exit status means (also in --help and the README).
+EXIT_OK = 0
+EXIT_FAILED = 1         # the work failed, a check found a problem, or the configuration is wrong
+EXIT_USAGE = 2          # a command line that can't be read
+EXIT_REFUSED = 3        # refused to lose data: a server runs on the storage, it holds data, a newer schema
+EXIT_INTERRUPTED = 130  # Ctrl-C: what was half-written is removed (128 + SIGINT, as shells report it)
+EXIT_CODES_HELP = ("exit status: 0 done; 1 failed or a problem found; 2 a command line that can't be read; "
+                   "3 refused to lose data (a server is running on the storage, it holds data without --force, "
+                   "or the backup is from a newer Campfire); 130 interrupted (Ctrl-C), nothing half-written kept.")
+
+
+class ProgressBar:
+    """progress(label, done, total) on stderr: a bar redrawn in place on a terminal,
+    a plain line at each tenth otherwise (so a log stays short)."""
+
+    CELLS = 30
+    REDRAW_SECONDS = 0.1
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._shown = None
+        self._drawn = 0.0
+
+    def __call__(self, label, done, total):
+        fraction = min(1.0, done / total) if total else 1.0
+        finished = done >= total
+        if self.tty:
+            now = time.monotonic()
+            if not finished and self._shown == label and now - self._drawn < self.REDRAW_SECONDS:
+                return
+            self._shown, self._drawn = label, now
+            cells = int(fraction * self.CELLS)
+            self.stream.write("\r%-9s [%s%s] %3d%%%s" % (label, "#" * cells, "-" * (self.CELLS - cells),
+                                                         fraction * 100, "\n" if finished else ""))
+        else:
+            step = (label, int(fraction * 10))
+            if step == self._shown:
+                return
+            self._shown = step
+            self.stream.write("%s: %d%%\n" % (label, fraction * 100))
+        self.stream.flush()
+
+
+def _age_text(seconds):
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return "%d%s ago" % (seconds // length, unit)
+    return "just now"
+
+
+def backup_command(config, options):
+    target = options["path"]
+    result = write_backup(config, target, progress=ProgressBar())
+    if target is None:
+        status = read_backup_status(backups_dir(config))
+        status["last_success"] = {"name": os.path.basename(result.path), "time": time.time(), "size": result.size,
+                                  "seconds": round(result.seconds, 2)}
+        write_backup_status(backups_dir(config), status)
+    counts = result.manifest["counts"]
+    print("Backed up to %s (%s: %d messages, %d people, %d files) in %.1f s; checked." % (
+        result.path, byte_size_text(result.size), counts.get("messages", 0), counts.get("users", 0),
+        len(result.manifest["files"]), result.seconds))
+    return EXIT_OK
+
+
+def backups_command(config, options):
+    folder = backups_dir(config)
+    entries = list_backups(folder)
+    status = read_backup_status(folder)
+    failure = status.get("last_failure")
+    if failure and failure.get("time", 0) > (status.get("last_success") or {}).get("time", 0):
+        print("The last automatic backup FAILED %s: %s" % (_age_text(time.time() - failure["time"]),
+                                                           failure.get("error")))
+    if not entries:
+        print("No backups in %s yet." % folder)
+        return EXIT_FAILED if failure else EXIT_OK
+    content_dir = os.path.join(folder, BACKUP_CONTENT_DIR_NAME)
+    bad = 0
+    print("%-36s %10s %10s  %s" % ("BACKUP", "SIZE", "AGE", "CHECK"))
+    for entry in entries:
+        check = entry["check"]
+        if options["verify"] and check == "ok":
+            try:
+                verify_backup(entry["path"], content_dir=content_dir, deep_files=True)
+            except BackupError as error:
+                check = str(error)
+        bad += check != "ok"
+        print("%-36s %10s %10s  %s" % (entry["name"], byte_size_text(entry["size"]),
+                                       _age_text(time.time() - entry["time"]), check))
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def restore_command(config, options):
+    manifest, aside = restore_backup(config, options["archive"], force=options["force"], progress=ProgressBar())
+    counts = manifest["counts"]
+    print("Restored the backup of %s: %d messages, %d people, %d files; checked." % (
+        manifest["created_at"], counts.get("messages", 0), counts.get("users", 0), len(manifest["files"])))
+    if aside:
+        print("What the storage held before is in %s." % aside)
+    return EXIT_OK
+
+
+def check_command(config, options):
+    print("\n".join(storage_report(config)))
+    report = check_storage(config, repair=options["repair"], progress=ProgressBar())
+    for line in report.repaired:
+        print("Repaired: " + line)
+    for problem in report.problems:
+        print("Problem: " + problem)
+    counts = report.facts["counts"]
+    print("Schema version %d; %s." % (report.facts["schema_version"], ", ".join(
+        "%d %s" % (count, table) for table, count in counts.items())))
+    if report.problems:
+        print("%d problem(s) found.%s" % (len(report.problems), "" if options["repair"] else
+                                          " `check --repair` rebuilds the search index (with the server stopped)."))
+        return EXIT_FAILED
+    print("No problems found.")
+    return EXIT_OK
+
+
+def _ask(prompt, secret=False):
+    """A line from the person at the terminal (a password without echo), or from stdin's next line."""
+    if sys.stdin.isatty():
+        import getpass
+        return getpass.getpass(prompt) if secret else input(prompt)
+    line = sys.stdin.readline()
+    if not line:
+        raise ConfigError("Expected %s on standard input." % prompt.strip(": ").lower())
+    return line.rstrip("\r\n")
+
+
+def create_admin_command(config, options):
+    name = options["name"] or _ask("Name: ")
+    email = options["email"] or _ask("Email address: ")
+    password = _ask("Password: ", secret=True)
+    if sys.stdin.isatty() and _ask("Password again: ", secret=True) != password:
+        raise ConfigError("The passwords don't match; nothing was changed.")
+    user = create_administrator(config, name.strip(), email.strip(), password)
+    print("%s (%s) is an administrator and can sign in now." % (user.name, user.email_address))
+    return EXIT_OK
+
+
+def reset_password_command(config, options):
+    base = options["url"] or "http://localhost:%d" % config.port
+    link = sign_in_link(config, options["email"], base)
+    print("Open this link within %d hours to sign in, then set a new password on your profile:\n%s"
+          % (TRANSFER_TOKEN_SECONDS // 3600, link))
+    return EXIT_OK
+
+
+def recipe_command(config, options):
+    sys.stdout.write(recipe_text(options["name"], config))
+    return EXIT_OK
+
+
+OPERATIONS = {"backup": backup_command, "backups": backups_command, "restore": restore_command,
+              "check": check_command, "create-admin": create_admin_command,
+              "reset-password": reset_password_command, "recipe": recipe_command}
 
 
 class UsageError(Exception):
@@ -11196,9 +14067,14 @@ def parse_command_line(argv):
             raise UsageError("unknown command %r (choose from %s)" % (command, ", ".join(COMMANDS)))
     options = COMMANDS[command][1]
     values = {_option_key(name): default for name, (_, default, _) in options.items()}
+    arguments = list(COMMAND_ARGUMENTS.get(command, ()))
+    values.update((name.lower(), None) for name, _, _ in arguments)
     words = iter(argv)
     for word in words:
         name, equals, value = word.partition("=")
+        if arguments and not word.startswith("-"):
+            values[arguments.pop(0)[0].lower()] = word
+            continue
         if name not in options:
             raise UsageError("%s does not take %r" % (command, word))
         kind = options[name][0]
@@ -11216,12 +14092,38 @@ def parse_command_line(argv):
             values[key] = kind(value)
         except ValueError:
             raise UsageError("%s needs %s, not %r" % (name, VALUE_NAMES[kind], value)) from None
+    missing = [name for name, required, _ in arguments if required]
+    if missing:
+        raise UsageError("%s needs %s" % (command, " ".join(missing)))
     return command, values
+
+
+def command_help(command):
+    """`campfire.py COMMAND --help`: what the command does, its words, its options, its exit status."""
+    summary, options = COMMANDS[command]
+    arguments = COMMAND_ARGUMENTS.get(command, ())
+    words = " ".join(name if required else "[%s]" % name for name, required, _ in arguments)
+    lines = ["usage: campfire.py %s [OPTION ...]%s" % (command, " " + words if words else ""), "", summary + "."]
+    if arguments:
+        lines += [""] + ["  %-20s %s" % (name, description) for name, _, description in arguments]
+    lines += ["", "options:"]
+    for name, (kind, _, description) in options.items():
+        lines.append("  %-20s %s" % (name if kind is bool else name + " " + name[2:].upper(), description))
+    lines.append("  %-20s %s" % ("-h, --help", "show this help and exit"))
+    if command != "serve":
+        lines += [""] + textwrap_lines(EXIT_CODES_HELP)
+    return "\n".join(lines)
+
+
+def textwrap_lines(text, width=79):
+    import textwrap
+    return textwrap.wrap(text, width)
 
 
 def help_text():
     lines = ["usage: " + USAGE, "", "Campfire: a team chat in one file.", "", "commands:"]
     lines += ["  %-20s %s" % (command, summary) for command, (summary, _) in COMMANDS.items()]
+    lines += ["", "`campfire.py COMMAND --help` says more about each."]
     for command, (_, options) in COMMANDS.items():
         lines += ["", "options of %s:" % command]
         for name, (kind, _, description) in options.items():
@@ -11230,14 +14132,15 @@ def help_text():
               "  %-20s %s" % ("--version", "show the version and exit"), "",
               "Configuration also comes from the environment: PORT, BIND, CAMPFIRE_STORAGE_PATH,",
               "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL,",
-              "VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY."]
+              "VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY, BACKUP_INTERVAL, BACKUP_KEEP, BACKUP_URL and",
+              "the AWS_* variables it reads.", ""] + textwrap_lines(EXIT_CODES_HELP)
     return "\n".join(lines)
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(argv):
-        print(help_text())
+        print(command_help(argv[0]) if argv[0] in COMMANDS else help_text())
         return 0
     if "--version" in argv:
         print("Campfire %s" % VERSION)
@@ -11265,8 +14168,6 @@ def main(argv=None):
     try:
         if command == "serve":
             asyncio.run(serve(config))
-        elif command == "check":
-            print("\n".join(storage_report(config)))
         elif command == "seed":
             app = App(config)
             try:
@@ -11277,14 +14178,24 @@ def main(argv=None):
                 app.close()
             print("Seeded. Sign in as %s (an administrator) with the password %r; everyone else's "
                   "password is %r." % (admin_email, admin_password, SEED_PASSWORD))
+        else:
+            return OPERATIONS[command](config, options)
     except SeedRefused as error:
         print("campfire: %s" % error, file=sys.stderr)
         return 1
     except ConfigError as error:
         print("campfire: %s" % error, file=sys.stderr)
         return 1
+    except BackupRefused as error:
+        print("campfire: %s" % error, file=sys.stderr)
+        return EXIT_REFUSED
+    except BackupError as error:
+        print("campfire: %s" % error, file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        pass
+        if command != "serve":
+            print("\ncampfire: interrupted; nothing half-written was kept.", file=sys.stderr)
+            return EXIT_INTERRUPTED
     return 0
 
 
