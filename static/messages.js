@@ -60,7 +60,7 @@ export class MessageList {
     this.element = container
     this.roomId = container.dataset.roomId
     this.viewer = viewer
-    this.#pendingTemplate = container.closest(".room")?.querySelector("template#pending_message")
+    this.#pendingTemplate = container.closest(".room")?.querySelector(`template[id$="pending_message"]`)
     Object.assign(container, { tabIndex: 0, role: "region" })  // scrollable by keyboard
     container.setAttribute("aria-label", "Messages")
     decorateMessages(container, viewer)
