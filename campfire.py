@@ -4080,8 +4080,8 @@ class Store:
         groups = group_mentions(plain)
         if "everyone" in groups:
             problem = self.everyone_problem(room, user)
-            if problem:
-                raise Forbidden(problem)
+            if problem:  # the composer shows the reason from the header
+                raise Forbidden(problem, headers=[("X-Refused-Because", problem)])
         with self.db.atomic():
             message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, body, plain)
             mentioned = self._record_mentions(room, message, groups)
@@ -5185,9 +5185,9 @@ def _message_template():
         '<a class="message__action" data-action="boost" href="' + URLS.template("new_message_boost") + '">Boost</a>'
         '%(thread_action)s'
         '<form method="post" action="' + URLS.template("message_bookmark") + '" class="message__action inline-form">'
-        '<button type="submit" data-action="save">Save message</button></form>'
+        '<button type="submit" data-action="save" title="Save message">Save message</button></form>'
         '<form method="post" action="' + URLS.template("room_message_unread") + '" '
-        'class="message__action inline-form"><button type="submit" data-action="unread">Mark as unread</button></form>'
+        'class="message__action inline-form"><button type="submit" data-action="unread" title="Mark as unread">Mark as unread</button></form>'
         '<a class="message__action message__action--owner" data-action="edit" '
         'href="' + URLS.template("edit_room_message") + '">Edit</a>'
         '<form method="post" action="' + URLS.template("room_message") + '" '
@@ -5200,7 +5200,7 @@ def _message_template():
 @functools.cache
 def _thread_action_template():
     return ('<form method="post" action="' + URLS.template("room_message_thread") + '" '
-            'class="message__action inline-form"><button type="submit" data-action="thread">Reply in thread</button>'
+            'class="message__action inline-form"><button type="submit" data-action="thread" title="Reply in thread">Reply in thread</button>'
             '</form>')
 
 

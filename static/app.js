@@ -8,21 +8,28 @@ import { Composer } from "./composer.js"
 import { MessageActions } from "./actions.js"
 import { Sidebar, Presence } from "./sidebar.js"
 import { confirmDangerousForms, filterPickers, bellInPlace, roomKindFollowsChoice } from "./forms.js"
+import { ThreadPanel } from "./threads.js"
+import { MentionsInbox } from "./mentions.js"
+import { LiveSearch } from "./search.js"
 
 const body = document.body
 const viewer = { id: body.dataset.userId, administrator: body.dataset.administrator === "true" }
 
-function startRoom(section, cable) {
+// A room, or a thread (its own page, or the side panel beside its room): returns what closes it.
+function startRoom(section, cable, threads = null) {
   const roomId = section.dataset.roomId
-  const list = new MessageList(section.querySelector("#messages"), viewer)
+  const list = new MessageList(section.querySelector(".messages"), viewer)
   const scroller = new MessageScroller(list)
   const stream = new RoomStream(cable, list, scroller)
-  const form = section.querySelector("form#composer")
+  const form = section.querySelector("form.composer")
   let actions = null
   const composer = form && new Composer(form, { list, stream, scroller, cable, onEditLast: (message) => actions.edit(message) })
-  actions = new MessageActions(list, { composer, scroller })
-  section.querySelector(".room__tools")?.prepend(muteToggle())
-  new Presence(cable, roomId, section.querySelector(".room__header"))
+  actions = new MessageActions(list, { composer, scroller, openThread: threads && ((url, method) => threads.open(url, method)) })
+  if (!section.classList.contains("thread")) {
+    section.querySelector(".room__tools")?.prepend(muteToggle())
+    new Presence(cable, roomId, section.querySelector(".room__header"))
+  }
+  return { close: () => stream.close() }
 }
 
 confirmDangerousForms()
@@ -35,10 +42,16 @@ if (viewer.id) {
   showConnection(cable)
   cable.subscribe({ channel: "HeartbeatChannel" })
   const room = document.querySelector("section.room[data-room-id]")
-  new Sidebar(cable, room?.dataset.roomId)
-  if (room) startRoom(room, cable)
-  // Search results: local times and only the actions the reader may use (plain links and forms there).
-  const results = document.getElementById("search-results")
-  if (results) decorateMessages(results, viewer, { replies: false })
+  new Sidebar(cable, room?.dataset.parentRoomId ?? room?.dataset.roomId)
+  const main = document.getElementById("main")
+  const threads = room && !room.classList.contains("thread") && main ? new ThreadPanel(main, (section) => startRoom(section, cable)) : null
+  if (room) startRoom(room, cable, threads)
+  // Search results, the mentions inbox, saved messages: local times and only the actions
+  // the reader may use (plain links and forms there).
+  for (const list of document.querySelectorAll("#search-results, .inbox__list")) decorateMessages(list, viewer, { replies: false })
+  const search = document.querySelector("form.search__form")
+  if (search) new LiveSearch(search, (root) => decorateMessages(root, viewer, { replies: false }))
+  const inbox = document.getElementById("mentions")
+  if (inbox) new MentionsInbox(cable, inbox, (root) => decorateMessages(root, viewer, { replies: false }))
   cable.connect()
 }

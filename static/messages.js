@@ -177,6 +177,8 @@ export class RoomStream {
   #scroller
   #cable
   #hiddenAt = null
+  #subscription
+  #closed = false
 
   constructor(cable, list, scroller) {
     this.#list = list
@@ -184,13 +186,20 @@ export class RoomStream {
     this.#cable = cable
     const times = list.saved.map((message) => Date.parse(message.dataset.createdAt)).filter(Number.isFinite)
     this.lastSeenAt = times.length ? Math.max(...times) : Date.now()
-    cable.subscribe({ channel: "RoomMessagesChannel", room_id: Number(list.roomId) }, { received: (data) => this.receive(data) })
-    cable.addEventListener("connected", (event) => { if (event.detail.reconnected) this.catchUp() })
+    this.#subscription = cable.subscribe({ channel: "RoomMessagesChannel", room_id: Number(list.roomId) }, { received: (data) => this.receive(data) })
+    cable.addEventListener("connected", (event) => { if (event.detail.reconnected && !this.#closed) this.catchUp() })
     cable.addEventListener("ping", () => this.#touch())
     document.addEventListener("visibilitychange", () => this.#visibilityChanged())
   }
 
+  // A thread's panel closed: its messages are no longer wanted.
+  close() {
+    this.#closed = true
+    this.#cable.unsubscribe(this.#subscription)
+  }
+
   receive(data) {
+    if (this.#closed) return
     this.#touch()
     if (data.action === "remove") return this.#list.remove(data.id)
     const [message] = parseMessages(data.html ?? "")
@@ -229,6 +238,7 @@ export class RoomStream {
   }
 
   #visibilityChanged() {
+    if (this.#closed) return
     if (document.hidden) return (this.#hiddenAt = Date.now())
     if (this.#hiddenAt !== null && Date.now() - this.#hiddenAt > HIDDEN_REFRESH_AFTER_MS) this.catchUp()
     this.#hiddenAt = null

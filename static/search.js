@@ -1,0 +1,49 @@
+// Search as you type: the results follow the words (the last one matched as a prefix),
+// the room and person filters apply at once; typing isn't kept among recent searches.
+
+import { fragment } from "./dom.js"
+
+export const SEARCH_DEBOUNCE_MS = 200   // one request per pause in typing, not per key
+
+export class LiveSearch {
+  #form
+  #decorate
+  #timer = null
+  #request = null
+
+  constructor(form, decorate) {
+    this.#form = form
+    this.#decorate = decorate
+    form.querySelector("input[name=q]")?.addEventListener("input", () => this.#schedule())
+    for (const select of form.querySelectorAll("select")) select.addEventListener("change", () => form.requestSubmit())
+  }
+
+  #schedule() {
+    clearTimeout(this.#timer)
+    this.#timer = setTimeout(() => this.#search(), SEARCH_DEBOUNCE_MS)
+  }
+
+  async #search() {
+    const params = new URLSearchParams(new FormData(this.#form))
+    if (!params.get("q")?.trim()) return
+    params.set("live", "1")
+    this.#request?.abort()
+    const request = this.#request = new AbortController()
+    let html
+    try {
+      const response = await fetch(`${this.#form.action}?${params}`, { signal: request.signal, headers: { Accept: "text/html" } })
+      if (!response.ok) return
+      html = await response.text()
+    } catch { return }
+    const page = fragment(html)
+    const results = page.getElementById("search-results"), current = document.getElementById("search-results")
+    if (!results || !current) return
+    this.#decorate(results)
+    current.replaceWith(results)
+    const summary = page.querySelector(".search__summary"), shown = document.querySelector(".search__summary")
+    if (summary && shown) shown.replaceWith(summary)
+    else if (summary) results.before(summary)
+    params.delete("live")
+    history.replaceState(null, "", `${this.#form.action}?${params}`)
+  }
+}
