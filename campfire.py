@@ -6505,7 +6505,9 @@ def search(app, request):
     user = request.user
     user_id = user.id
     store = app.store
-    room_id, creator_id = _id_param(request, "room_id"), _id_param(request, "creator_id")
+    # The filters' "Any room" and "Anyone" send empty values.
+    room_id = _id_param(request, "room_id") if request.query.get("room_id") else None
+    creator_id = _id_param(request, "creator_id") if request.query.get("creator_id") else None
     if room_id is not None and store.member_room(room_id, user_id) is None:
         room_id = None  # a room the person isn't in filters nothing (and says nothing about it)
     live = request.query.get("live") == "1"

@@ -186,7 +186,11 @@ export class RoomStream {
     this.#cable = cable
     const times = list.saved.map((message) => Date.parse(message.dataset.createdAt)).filter(Number.isFinite)
     this.lastSeenAt = times.length ? Math.max(...times) : Date.now()
-    this.#subscription = cable.subscribe({ channel: "RoomMessagesChannel", room_id: Number(list.roomId) }, { received: (data) => this.receive(data) })
+    this.#subscription = cable.subscribe({ channel: "RoomMessagesChannel", room_id: Number(list.roomId) }, {
+      received: (data) => this.receive(data),
+      connected: () => list.element.setAttribute("data-live", ""),   // subscribed: nothing sent from now on is missed
+    })
+    cable.addEventListener("disconnected", () => list.element.removeAttribute("data-live"))
     cable.addEventListener("connected", (event) => { if (event.detail.reconnected && !this.#closed) this.catchUp() })
     cable.addEventListener("ping", () => this.#touch())
     document.addEventListener("visibilitychange", () => this.#visibilityChanged())

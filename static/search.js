@@ -15,7 +15,7 @@ export class LiveSearch {
     this.#form = form
     this.#decorate = decorate
     form.querySelector("input[name=q]")?.addEventListener("input", () => this.#schedule())
-    for (const select of form.querySelectorAll("select")) select.addEventListener("change", () => form.requestSubmit())
+    for (const select of form.querySelectorAll("select")) select.addEventListener("change", () => this.#search())
   }
 
   #schedule() {
