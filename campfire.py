@@ -205,6 +205,7 @@ MENTION_LOOKAHEAD_CHARS = 2 * MAX_NAME_CHARS  # a name is looked for in this man
 PRESENCE_WINDOW = 60.0            # seconds: a member seen on /cable this recently isn't "disconnected"
 # Catching up: the mentions inbox, @everyone and @here, threads, bookmarks.
 MAX_ROW_ID = 2 ** 63 - 1          # SQLite's largest rowid: "before" when paging from the newest
+MENTION_COUNTS_KEPT = 50_000      # people whose unread mention counts are remembered (then all forgotten)
 MENTIONS_PAGE_SIZE = 40           # the inbox and the saved list show this many at a time, newest first
 EVERYONE_OPEN_LIMIT = 20          # people in a room above which only administrators and the room's
                                   # creator may notify @everyone (a nudge against paging a crowd)
@@ -3405,6 +3406,7 @@ class Store:
         self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids})
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
+        self._mention_counts = {}  # user id → (versions, {room id: unread mentions})
         self._rooms = {}         # room id → Room (dropped when its name or type changes)
         self._derived = {}       # name → (global_version, value): custom CSS, banned addresses
         self.room_versions = collections.Counter()        # messages, boosts, name, members
@@ -3429,6 +3431,7 @@ class Store:
         self._users.clear()
         self._member_rooms.clear()
         self._room_members.clear()
+        self._mention_counts.clear()
 
     def memberships_changed(self, room_id, user_ids):
         self.membership_versions[room_id] += 1
@@ -4314,20 +4317,31 @@ class Store:
         messages = self.messages_by_id(list(unread))
         return sorted(messages, key=lambda message: message["id"], reverse=True), unread, more
 
-    def unread_mention_count(self, user_id):
-        rooms = self.user_rooms(user_id)
-        return sum(count for room_id, count in self.db.all(
-            "SELECT room_id, count(*) FROM campfire_py_mentions WHERE user_id = ? AND read_at IS NULL "
-            "GROUP BY room_id", (user_id,)) if room_id in rooms)
+    def _unread_mentions(self, user_id):
+        """{room id: unread mentions} of the person's rooms, cached per user version (a
+        mention, a read and a change of rooms each bump it)."""
+        key = (self.user_versions[user_id], self.global_version)
+        cached = self._mention_counts.get(user_id)
+        if cached is None or cached[0] != key:
+            rooms = self.user_rooms(user_id)
+            counts = {room_id: count for room_id, count in self.db.all(
+                "SELECT room_id, count(*) FROM campfire_py_mentions WHERE user_id = ? AND read_at IS NULL "
+                "GROUP BY room_id", (user_id,)) if room_id in rooms}
+            if len(self._mention_counts) > MENTION_COUNTS_KEPT:
+                self._mention_counts.clear()
+            cached = self._mention_counts[user_id] = (key, counts)
+        return cached[1]
 
-    def mark_mentions_read(self, user_id, room_id, message_id=None):
-        """Opening a room (or one message) reads the mentions in it; writes only when there are some."""
-        where = "user_id = ? AND room_id = ? AND read_at IS NULL" + (" AND message_id = ?" if message_id else "")
-        params = (user_id, room_id) + ((message_id,) if message_id else ())
-        if not self.db.one("SELECT 1 FROM campfire_py_mentions WHERE " + where + " LIMIT 1", params):
+    def unread_mention_count(self, user_id):
+        return sum(self._unread_mentions(user_id).values())
+
+    def mark_mentions_read(self, user_id, room_id):
+        """Opening a room reads the mentions in it; writes only when there are some."""
+        if room_id not in self._unread_mentions(user_id):
             return False
         with self.db.atomic():
-            self.db.execute("UPDATE campfire_py_mentions SET read_at = ? WHERE " + where, (utc_now_text(), *params))
+            self.db.execute("UPDATE campfire_py_mentions SET read_at = ? WHERE user_id = ? AND room_id = ? "
+                            "AND read_at IS NULL", (utc_now_text(), user_id, room_id))
         self.bump_users([user_id])
         self.events.sidebar_changed([user_id])
         return True
@@ -6108,7 +6122,7 @@ def show_room(app, request, room_id):
     room = _member_room(app, request, room_id)
     user = request.user
     store = app.store
-    unread_since = None if room.thread else store.unread_since(room.id, user.id)
+    unread_since = store.unread_since(room.id, user.id) if room.id in store.unread_room_ids(user.id) else None
     store.mark_read(room.id, user.id)
     store.mark_mentions_read(user.id, room.id)
     key = ("room", user.id, room.id, store.room_versions[room.id], store.user_versions[user.id],

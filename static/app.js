@@ -25,6 +25,8 @@ function startRoom(section, cable, threads = null) {
   let actions = null
   const composer = form && new Composer(form, { list, stream, scroller, cable, onEditLast: (message) => actions.edit(message) })
   actions = new MessageActions(list, { composer, scroller, openThread: threads && ((url, method) => threads.open(url, method)) })
+  const answered = section.querySelector(".thread__parent")
+  if (answered) decorateMessages(answered, viewer, { replies: false })
   if (!section.classList.contains("thread")) {
     section.querySelector(".room__tools")?.prepend(muteToggle())
     new Presence(cable, roomId, section.querySelector(".room__header"))

@@ -118,6 +118,7 @@ class CatchingUpInBrowserTests(BrowserTestCase):
         expect(item.locator(".inbox__new")).to_have_text("New")
         expect(item.locator(".mention")).to_contain_text(BOB)
         expect(bob.locator(".sidebar__link--mentions .sidebar__count")).to_be_visible()
+        self.screenshot(bob, "catchup-mentions")
         item.locator(".inbox__where a").click()                       # to its place in the room
         bob.wait_for_url(re.compile(r"/rooms/1/@\d+$"))
         expect(bob.locator("#messages > .message--highlight")).to_contain_text(text)
@@ -154,6 +155,7 @@ class CatchingUpInBrowserTests(BrowserTestCase):
         bob.goto(self.server.url + "/rooms/1")
         expect(bob.get_by_role("separator", name="Since your last visit")).to_be_visible()
         expect(bob.locator("#since_last_visit + .message")).to_contain_text(first)
+        self.screenshot(bob, "catchup-since-last-visit")
 
     def test_save_message_and_the_saved_list(self):
         bob, ada = self.open(BOB), self.open(ADA)
@@ -184,6 +186,7 @@ class CatchingUpInBrowserTests(BrowserTestCase):
         expect(results).to_have_count(1)
         expect(results).to_contain_text("another")
         self.assertNotIn(word[:9], search.locator(".search__recent").inner_text())
+        self.screenshot(search, "catchup-search")
 
 
 if __name__ == "__main__":
