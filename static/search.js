@@ -1,9 +1,11 @@
 // Search as you type: the results follow the words (the last one matched as a prefix),
-// the room and person filters apply at once; typing isn't kept among recent searches.
+// the room and person filters apply at once. Only a search sent (Enter, the button)
+// joins the recent ones: it is a POST, what is shown as you type is a GET.
 
 import { fragment } from "./dom.js"
 
 export const SEARCH_DEBOUNCE_MS = 200   // one request per pause in typing, not per key
+const SEARCH_FIELDS = ["q", "room_id", "creator_id"]
 
 export class LiveSearch {
   #form
@@ -24,9 +26,9 @@ export class LiveSearch {
   }
 
   async #search() {
-    const params = new URLSearchParams(new FormData(this.#form))
+    const fields = new FormData(this.#form)
+    const params = new URLSearchParams([...fields].filter(([name, value]) => SEARCH_FIELDS.includes(name) && value))
     if (!params.get("q")?.trim()) return
-    params.set("live", "1")
     this.#request?.abort()
     const request = this.#request = new AbortController()
     let html
@@ -43,7 +45,6 @@ export class LiveSearch {
     const summary = page.querySelector(".search__summary"), shown = document.querySelector(".search__summary")
     if (summary && shown) shown.replaceWith(summary)
     else if (summary) results.before(summary)
-    params.delete("live")
     history.replaceState(null, "", `${this.#form.action}?${params}`)
   }
 }

@@ -295,9 +295,10 @@ class CatchingUpTests(ChatTestCase):
     def test_searching_as_you_type_keeps_no_recent_searches(self):
         self.post_id(self.bob, self.all_talk, "kettle")
         for typed in ("k", "ke", "ket"):
-            self.assertEqual(self.ada.get("/searches?q=%s&live=1" % typed).status, 200)
+            self.assertEqual(self.ada.get("/searches?q=%s" % typed).status, 200)
         self.assertEqual(self.app.store.recent_searches(self.ada_id), [])
-        self.ada.get("/searches?q=ket")
+        sent = self.ada.post("/searches", {"q": "ket", "room_id": str(self.all_talk), "creator_id": ""})
+        self.assertEqual(sent.header("Location"), "/searches?q=ket&room_id=%d" % self.all_talk)
         self.assertEqual(self.app.store.recent_searches(self.ada_id), ["ket"])
 
     def test_highlight_words_marks_text_only(self):
