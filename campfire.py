@@ -3919,14 +3919,16 @@ class Store:
     def remove_room(self, room):
         """Delete a room with its messages, boosts, memberships and search rows."""
         member_ids = self.room_member_ids(room.id)
+        threads = [self.room(room_id) for room_id in self.thread_room_ids(room.id)]
         with self.db.atomic():
-            for (thread_room_id,) in self.db.all("SELECT room_id FROM campfire_py_threads WHERE parent_room_id = ?",
-                                                 (room.id,)):
-                self._delete_room_rows(thread_room_id)
+            for thread in threads:
+                self._delete_room_rows(thread.id)
             self._delete_room_rows(room.id)
         self._rooms.pop(room.id, None)
         self.memberships_changed(room.id, member_ids)
         self.events.room_deleted(room, member_ids)
+        for thread in threads:
+            self.events.room_deleted(thread, ())
 
     def _delete_room_rows(self, room_id):
         """A room's rows: its messages with their boosts, rich text, search rows, mentions and
@@ -4339,8 +4341,8 @@ class Store:
         """Why this person may not notify @everyone here, or None: in a room of more than
         EVERYONE_OPEN_LIMIT people only administrators and the room's creator may."""
         home = self.home_room(room)
-        if home is None or user.administrator or user.id == home.creator_id:
-            return None
+        if home is None or user.administrator or user.bot or user.id == home.creator_id:
+            return None  # a bot is set up by an administrator (and Campfire's bot API refuses no text)
         if len(self.room_member_ids(home.id)) <= EVERYONE_OPEN_LIMIT:
             return None
         return ("Only administrators and the room's creator can notify @everyone in a room of more than %d "
@@ -4434,6 +4436,10 @@ class Store:
             chunk = message_ids[start:start + SQLITE_IN_CHUNK]
             rows += self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s)" % ",".join("?" * len(chunk)), chunk)
         return rows
+
+    def thread_room_ids(self, room_id):
+        return [row[0] for row in self.db.all("SELECT room_id FROM campfire_py_threads WHERE parent_room_id = ?",
+                                              (room_id,))]
 
     def thread_room_for(self, message_id):
         room_id = self.db.value("SELECT room_id FROM campfire_py_threads WHERE parent_message_id = ?", (message_id,))
@@ -7530,6 +7536,8 @@ class Cable:
         members = set(self.app.store.room_member_ids(room.id)) | set(revoked)
         if revoked:
             self.drop_room(room.id, set(revoked))
+            for thread_room_id in self.app.store.thread_room_ids(room.id):  # its threads go with it
+                self.drop_room(thread_room_id, set(revoked))
         self.sidebar_changed(members)
 
     def room_deleted(self, room, member_ids):

@@ -9,7 +9,8 @@ is in All Talk only."""
 import re
 import urllib.parse
 
-from tests.helpers import Client, campfire
+from tests.helpers import campfire, wait_until
+from tests.test_cable import CableTestCase
 from tests.test_rooms import ChatTestCase, message_ids
 
 
@@ -312,3 +313,49 @@ class CatchingUpTests(ChatTestCase):
     def test_group_mentions_are_words_not_parts_of_words(self):
         self.assertEqual(campfire.group_mentions("@everyone and @HERE"), {"everyone", "here"})
         self.assertEqual(campfire.group_mentions("mail@everyone.com @everyones x@here"), set())
+
+
+class ThreadCableTests(CableTestCase):
+    """A thread over /cable: its RoomMessagesChannel is its parent room's members', a
+    reply reaches them there and re-renders the answered message in the room, and a
+    member taken out of the room is taken out of its threads too."""
+
+    def test_replies_reach_the_rooms_members_and_count_in_the_room(self):
+        app = self.server.app
+        room = self.create_room("Plans", [1, 2]).id
+        status, _ = self.post(self.ada, room, "Thread root", "root")
+        parent = self.server.call(lambda: app.db.value("SELECT max(id) FROM messages"))
+        thread = self.server.call(lambda: app.store.start_thread(app.store.message(parent), app.store.user(1)).id)
+        bob = self.welcomed(self.bob)
+        self.assertEqual(self.confirm(bob, "RoomMessagesChannel", room_id=thread)[1], "confirm_subscription")
+        room_stream, _ = self.confirm(bob, "RoomMessagesChannel", room_id=room)
+        mentions, _ = self.confirm(bob, "MentionsChannel")
+        self.post(self.ada, thread, "first reply", "reply-1")
+        append = bob.recv_until(lambda m: m.get("message", {}).get("action") == "append")
+        self.assertIn("first reply", append["message"]["html"])
+        replace = bob.recv_until(lambda m: m.get("identifier") == room_stream)
+        self.assertEqual(replace["message"]["action"], "replace")
+        self.assertEqual(replace["message"]["id"], parent)
+        self.assertIn("1 reply", replace["message"]["html"])
+        # Bob replies; Ada, whose message the thread answers, hears of it.
+        ada = self.welcomed(self.ada)
+        ada_mentions, _ = self.confirm(ada, "MentionsChannel")
+        self.post(self.bob, thread, "second reply", "reply-2")
+        mentioned = ada.recv_until(lambda m: m.get("identifier") == ada_mentions)
+        self.assertEqual(mentioned["message"]["action"], "mentioned")
+        # Out of the room, out of its threads.
+        self.server.call(lambda: app.store.update_room(app.store.room(room), "Plans", campfire.ROOM_CLOSED, [1],
+                                                       app.store.user(1)))
+        wait_until(lambda: not any(bob_connection for bob_connection in app.cable.streams.get(
+            "room_%d_messages" % thread, ()) if bob_connection.user_id == 2))
+        self.assertEqual(self.confirm(bob, "RoomMessagesChannel", room_id=thread)[1], "reject_subscription")
+
+    def test_a_thread_is_no_subscription_for_people_outside_its_room(self):
+        app = self.server.app
+        room = self.create_room("Ada alone", [1]).id
+        self.post(self.ada, room, "private root", "root")
+        parent = self.server.call(lambda: app.db.value("SELECT max(id) FROM messages"))
+        thread = self.server.call(lambda: app.store.start_thread(app.store.message(parent), app.store.user(1)).id)
+        bob = self.welcomed(self.bob)
+        self.assertEqual(self.confirm(bob, "RoomMessagesChannel", room_id=thread)[1], "reject_subscription")
+        self.assertEqual(self.confirm(bob, "TypingNotificationsChannel", room_id=thread)[1], "reject_subscription")
