@@ -207,6 +207,7 @@ PRESENCE_WINDOW = 60.0            # seconds: a member seen on /cable this recent
 # Catching up: the mentions inbox, @everyone and @here, threads, bookmarks.
 MAX_ROW_ID = 2 ** 63 - 1          # SQLite's largest rowid: "before" when paging from the newest
 MENTION_COUNTS_KEPT = 50_000      # people whose unread mention counts are remembered (then all forgotten)
+MAX_SAVED_PAGE = 100_000          # the furthest page of saved messages a link may ask for (an OFFSET SQLite holds)
 MENTIONS_PAGE_SIZE = 40           # the inbox and the saved list show this many at a time, newest first
 EVERYONE_OPEN_LIMIT = 20          # people in a room above which only administrators and the room's
                                   # creator may notify @everyone (a nudge against paging a crowd)
@@ -4164,9 +4165,13 @@ class Store:
             problem = self.everyone_problem(room, user)
             if problem:  # the composer shows the reason from the header
                 raise Forbidden(problem, headers=[("X-Refused-Because", problem)])
-        with self.db.atomic():
+        if groups or room.thread or "<action-text-attachment" in body:  # someone to notify
+            with self.db.atomic():
+                message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, body, plain)
+                mentioned = self._record_mentions(room, message, groups)
+        else:  # most messages: nobody's inbox changes
             message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, body, plain)
-            mentioned = self._record_mentions(room, message, groups)
+            mentioned = []
         if room.direct:  # direct rooms are listed by recency in every member's sidebar
             self.bump_users(self.room_member_ids(room.id))
         if room.thread:  # the message it answers counts one more reply
@@ -4367,15 +4372,18 @@ class Store:
         for @everyone, those present for @here, a thread's participants. People reading the
         room as it arrives have seen it. Returns their ids."""
         home = self.home_room(room)
-        members = set(self.room_member_ids(home.id))
         ids = {sgid_user_id(sgid) for sgid in find_mentions(message["body"] or "")}
-        present = self.present_member_ids(home.id) if ("here" in groups or not room.thread) else set()
+        if room.thread:
+            ids |= self.thread_participant_ids(room)
+        if not ids and not groups:
+            return []
+        members = set(self.room_member_ids(home.id))
+        present = self.present_member_ids(home.id)
         if "everyone" in groups:
             ids |= members
         elif "here" in groups:
             ids |= present
         if room.thread:
-            ids |= self.thread_participant_ids(room)
             present = set()  # being in the room is not reading its threads
         ids &= members
         ids.discard(message["creator_id"])
@@ -6415,7 +6423,7 @@ def create_message(app, request, room_id):
     if _navigating(request):
         return redirect(url_for("room", room_id=room.id))
     boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
-    return Response(app.message_html(message, boosts), 201 if created else 200,
+    return Response(app.message_html(message, boosts, () if created else None), 201 if created else 200,
                     headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
 
 
@@ -6522,7 +6530,7 @@ def mentions_inbox(app, request):
 def saved_messages(app, request):
     """The messages the person saved, most recently saved first, with a way to remove each."""
     user, store = request.user, app.store
-    page = _id_param(request, "page") or 0
+    page = min(_id_param(request, "page") or 0, MAX_SAVED_PAGE)
 
     def build():
         messages, more = store.saved_messages(user.id, page)

@@ -274,6 +274,14 @@ class CatchingUpTests(ChatTestCase):
         self.carol.post("/rooms/%d/messages/%d" % (self.closed, second), {"_method": "delete"})
         self.assertEqual(message_ids(self.bob.get("/bookmarks").text, "saved_list"), [])
 
+    def test_bad_paging_gets_a_clear_answer(self):
+        self.assertEqual(self.bob.get("/bookmarks?page=999999999999999999").status, 200)
+        self.assertEqual(self.bob.get("/bookmarks?page=two").status, 400)
+        self.assertEqual(self.bob.get("/mentions?before=999999999999999999").status, 200)
+        self.assertEqual(self.bob.get("/mentions?before=-1").status, 400)
+        self.assertEqual(self.bob.post("/messages/999999/bookmark").status, 404)
+        self.assertEqual(self.bob.post("/rooms/1/messages/999999/thread").status, 404)
+
     def test_search_matches_a_prefix_names_rooms_filters_and_highlights(self):
         design = self.post_id(self.bob, self.all_talk, "the design review is today")
         secret = self.post_id(self.carol, self.closed, "designers only")
