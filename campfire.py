@@ -4379,10 +4379,10 @@ class Store:
             return []
         members = set(self.room_member_ids(home.id))
         present = self.present_member_ids(home.id)
-        if "everyone" in groups:
-            ids |= members
-        elif "here" in groups:
-            ids |= present
+        if groups:  # a room someone muted (or hid) doesn't call them for @everyone or @here
+            muted = {row[0] for row in self.db.all("SELECT user_id FROM memberships WHERE room_id = ? AND "
+                                                   "involvement IN ('nothing', 'invisible')", (home.id,))}
+            ids |= (members if "everyone" in groups else present) - muted
         if room.thread:
             present = set()  # being in the room is not reading its threads
         ids &= members

@@ -187,6 +187,15 @@ class MentionInboxTests(ChatTestCase):
         body = self.bob.get("/rooms/%d/messages/%d" % (self.all_talk, message)).text
         self.assertIn('<span class="mention mention--group">@everyone</span>', body)
 
+    def test_everyone_skips_those_who_turned_the_room_off_but_not_their_own_mentions(self):
+        self.carol.post("/rooms/%d/involvement" % self.all_talk, {"_method": "put", "involvement": "nothing"})
+        self.dave.post("/rooms/%d/involvement" % self.all_talk, {"_method": "put", "involvement": "invisible"})
+        everyone = self.post_id(self.bob, self.all_talk, "@everyone lunch")
+        named = self.post_id(self.bob, self.all_talk, "@Carol Creator and @Dave Outsider, lunch")
+        self.assertEqual(mention_ids(self.ada)[0], [everyone])
+        self.assertEqual(mention_ids(self.carol)[0], [named])
+        self.assertEqual(mention_ids(self.dave)[0], [named])
+
     def test_here_reaches_only_those_present(self):
         self.connect(self.carol_id, self.all_talk)
         message = self.post_id(self.bob, self.all_talk, "@here quick question")
