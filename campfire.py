@@ -4445,6 +4445,15 @@ class Store:
             rows += self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s)" % ",".join("?" * len(chunk)), chunk)
         return rows
 
+    def threads_changed_since(self, room_id, since_text, limit=REFRESH_PAGE_SIZE):
+        """The room's messages whose threads gained or lost a reply since a moment."""
+        return self.messages_by_id([row[0] for row in self.db.all(
+            "SELECT parent_message_id FROM campfire_py_threads WHERE parent_room_id = ? AND ("
+            "EXISTS (SELECT 1 FROM messages WHERE messages.room_id = campfire_py_threads.room_id "
+            "AND messages.created_at >= ?) OR EXISTS (SELECT 1 FROM campfire_py_message_deletions AS deletions "
+            "WHERE deletions.room_id = campfire_py_threads.room_id AND deletions.deleted_at >= ?)) "
+            "ORDER BY parent_message_id DESC LIMIT ?", (room_id, since_text, since_text, limit))])
+
     def thread_room_ids(self, room_id):
         return [row[0] for row in self.db.all("SELECT room_id FROM campfire_py_threads WHERE parent_room_id = ?",
                                               (room_id,))]
@@ -6561,7 +6570,9 @@ def refresh_room(app, request, room_id):
     since_text = utc_now_text(since / 1000)
     messages = app.store.messages_since(room.id, since_text, REFRESH_PAGE_SIZE + 1, after)
     deleted = app.store.deleted_since(room.id, since_text) if after is None else ()
-    if not messages and not deleted:
+    # Messages whose threads were replied in (or lost a reply) since: their counts changed.
+    replied = app.store.threads_changed_since(room.id, since_text) if after is None else []
+    if not messages and not deleted and not replied:
         return Response(b"", 204)
     following, headers = HTML(""), []
     if len(messages) > REFRESH_PAGE_SIZE:
@@ -6570,6 +6581,8 @@ def refresh_room(app, request, room_id):
         href = url_for("room_refresh", room_id=room.id, since=since, cursor="%s,%d" % (last["updated_at"], last["id"]))
         following = render_refresh_next(href)
         headers.append(("Link", '<%s>; rel="next"' % href))
+    listed = {message["id"] for message in messages}
+    messages += [message for message in replied if message["id"] not in listed]
     return Response(app.messages_html(messages) + (render_message_removals(deleted) if deleted else "") + following,
                     headers=headers)
 

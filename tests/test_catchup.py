@@ -92,6 +92,23 @@ class ThreadTests(ChatTestCase):
         self.ada.post("/rooms/%d/messages/%d" % (thread, reply), {"_method": "delete"})
         self.assertIn("3 replies", self.ada.get("/rooms/%d" % self.all_talk).text)
 
+    def test_catching_up_after_a_reconnect_brings_the_new_reply_counts(self):
+        parent = self.post_id(self.ada, self.all_talk, "Anyone?")
+        thread = self.start_thread(self.bob, self.all_talk, parent)
+        campfire.time.sleep(0.01)  # the next moment, to the millisecond
+        since = int(campfire.time.time() * 1000)
+        self.assertEqual(self.bob.get("/rooms/%d/refresh?since=%d" % (self.all_talk, since)).status, 204)
+        reply = self.post_id(self.carol, thread, "Me!")
+        caught_up = self.bob.get("/rooms/%d/refresh?since=%d" % (self.all_talk, since))
+        self.assertEqual(message_ids(caught_up.text, None), [parent])
+        self.assertIn("1 reply", caught_up.text)
+        later = int(campfire.time.time() * 1000)
+        campfire.time.sleep(0.01)
+        self.carol.post("/rooms/%d/messages/%d" % (thread, reply), {"_method": "delete"})
+        caught_up = self.bob.get("/rooms/%d/refresh?since=%d" % (self.all_talk, later))
+        self.assertEqual(message_ids(caught_up.text, None), [parent])
+        self.assertNotIn("1 reply", caught_up.text)
+
     def test_only_the_parent_rooms_members_reach_a_thread(self):
         parent = self.post_id(self.carol, self.closed, "Secret agenda")
         thread = self.start_thread(self.bob, self.closed, parent)
