@@ -329,19 +329,23 @@ class TimeoutTest(unittest.TestCase):
         self.assertGreaterEqual(waited, self.KEEPALIVE_TIMEOUT)
 
     def test_active_keep_alive_connection_is_not_dropped(self):
-        # A pause a tenth of the timeout, a dozen times: longer than one timeout in
-        # all, never idle that long (a pause would have to stretch tenfold on a busy machine).
-        campfire.KEEPALIVE_TIMEOUT = 1.0  # restored by setUp's cleanup
-        sock = self.connect()
+        # A pause a twentieth of the timeout, two dozen times: longer than one timeout
+        # in all, never idle that long (a pause would have to stretch twentyfold on a
+        # busy machine).
+        timeout = 2.0
+        live = LiveServer(keepalive_timeout=timeout, sweep_interval=self.SWEEP_INTERVAL)
+        self.addCleanup(live.stop)
+        sock = live.connect()
+        self.addCleanup(sock.close)
         reader = ResponseReader(sock)
         started = time.monotonic()
-        for _ in range(12):
+        for _ in range(24):
             sock.sendall(request_bytes("GET", "/up"))
             self.assertEqual(reader.read_response()[0], 200)
-            time.sleep(campfire.KEEPALIVE_TIMEOUT / 10)
+            time.sleep(timeout / 20)
         sock.sendall(request_bytes("GET", "/up"))
         self.assertEqual(reader.read_response()[0], 200)
-        self.assertGreater(time.monotonic() - started, campfire.KEEPALIVE_TIMEOUT)
+        self.assertGreater(time.monotonic() - started, timeout)
 
 
 class IdleMemoryTest(unittest.TestCase):
