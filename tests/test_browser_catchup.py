@@ -182,7 +182,7 @@ class CatchingUpInBrowserTests(BrowserTestCase):
         expect(results).to_have_count(2)
         expect(results.locator("mark")).to_have_text([word, word])
         expect(results.locator(".search-result__room a")).to_have_count(2)
-        search.get_by_label("Person").select_option(label=BOB)
+        search.locator("form.search__form").get_by_label("Person").select_option(label=BOB)
         expect(results).to_have_count(1)
         expect(results).to_contain_text("another")
         self.assertNotIn(word[:9], search.locator(".search__recent").inner_text())
