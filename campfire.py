@@ -5723,22 +5723,25 @@ class Store:
         involved in everything get every message, those involved in mentions the
         messages that mention them. A direct room names its author as the title;
         another room is the title and the author prefixes the text."""
-        rows = self.db.all(self.PUSH_RECIPIENTS, (room.id, message["creator_id"], STATUS_ACTIVE,
+        home = self.home_room(room) or room  # a thread's readers are its room's members
+        rows = self.db.all(self.PUSH_RECIPIENTS, (home.id, message["creator_id"], STATUS_ACTIVE,
                                                   utc_now_text((now or time.time()) - PRESENCE_WINDOW)))
         if not rows:
             return []
         body = message["body"] or ""
-        mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)}
-        rows = [row for row in rows if row[5] == "everything" or row[1] in mentioned]
+        # Mentions, and whom @everyone, @here or a thread's reply notified (the inbox's rows).
+        mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)} | {row[0] for row in self.db.all(
+            "SELECT user_id FROM campfire_py_mentions WHERE message_id = ?", (message["id"],))}
+        rows = [row for row in rows if (row[5] == "everything" and not room.thread) or row[1] in mentioned]
         if not rows:
             return []
         author = self.user(message["creator_id"])
         author_name = author.name if author is not None else ""
         text = self.plain_text(body)
-        if room.direct:
+        if home.direct:
             title, text = author_name, text
         else:
-            title, text = room.name, "%s: %s" % (author_name, text)
+            title, text = home.name, "%s: %s" % (author_name, text)
         path = url_for("room", room_id=room.id)
         badges = self.unread_room_counts({row[1] for row in rows})
         return [PushDelivery(row[0], row[2], row[3], row[4], title, text, path, badges[row[1]]) for row in rows]
@@ -6200,7 +6203,7 @@ def render_inbox(items, older_href):
         if older_href else "")
 
 
-def render_saved(items, more_href):
+def render_saved_messages(items, more_href):
     """/bookmarks: items are ((room title, permalink), message id, message HTML)."""
     body = HTML("").join(render_inbox_item(where, html, controls=HTML(
         ' <form method="post" action="{action}" class="inline-form inbox__remove">'
@@ -7714,7 +7717,8 @@ def saved_messages(app, request):
     def build():
         messages, more = store.saved_messages(user.id, page)
         items = [(_where(app, user, message), message["id"], app.messages_html([message])) for message in messages]
-        return _page(app, request, "Saved", render_saved(items, url_for("bookmarks", page=page + 1) if more else None))
+        older = url_for("bookmarks", page=page + 1) if more else None
+        return _page(app, request, "Saved", render_saved_messages(items, older))
     key = ("saved", user.id, page, store.user_versions[user.id], store.global_version, store.message_version)
     return app.cached(request, key, build)
 

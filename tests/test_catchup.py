@@ -393,3 +393,42 @@ class ThreadCableTests(CableTestCase):
         bob = self.welcomed(self.bob)
         self.assertEqual(self.confirm(bob, "RoomMessagesChannel", room_id=thread)[1], "reject_subscription")
         self.assertEqual(self.confirm(bob, "TypingNotificationsChannel", room_id=thread)[1], "reject_subscription")
+
+
+from tests.test_push import Browser  # noqa: E402
+
+
+class CatchingUpPushTests(ChatTestCase):
+    """Web Push follows the inbox: @everyone and a thread's replies push like a mention."""
+
+    def setUp(self):
+        super().setUp()
+        self.endpoint_of = {}
+        for name, client in (("ada", self.ada), ("bob", self.bob), ("carol", self.carol), ("dave", self.dave)):
+            browser = Browser("https://push.example.com/" + name)
+            response = client.request("POST", "/users/me/push_subscriptions", content_type="application/json",
+                                      body=campfire.json.dumps({"push_subscription": browser.fields()}).encode())
+            self.assertEqual(response.status, 200)
+            self.endpoint_of[browser.endpoint] = name
+        self.app.pushes.pending.clear()
+
+    def pushed(self):
+        deliveries = list(self.app.pushes.pending)
+        self.app.pushes.pending.clear()
+        return {self.endpoint_of[delivery.endpoint]: delivery for delivery in deliveries}
+
+    def test_everyone_pushes_to_every_member_and_a_thread_reply_to_its_participants(self):
+        self.post_id(self.ada, self.all_talk, "@everyone standup")
+        self.assertEqual(set(self.pushed()), {"bob", "carol", "dave"})
+        parent = self.post_id(self.carol, self.all_talk, "Who reviews?")
+        self.pushed()
+        thread = int(self.bob.post("/rooms/%d/messages/%d/thread" % (self.all_talk, parent))
+                     .header("Location").rsplit("/", 1)[1])
+        self.post_id(self.bob, thread, "I will")
+        pushed = self.pushed()
+        self.assertEqual(set(pushed), {"carol"})
+        self.assertEqual(pushed["carol"].title, "All Talk")
+        self.assertEqual(pushed["carol"].path, "/rooms/%d" % thread)
+        self.app.store.set_involvement(self.all_talk, self.dave_id, "everything")
+        self.post_id(self.ada, thread, "me too")   # a thread's reply isn't "every message" of the room
+        self.assertEqual(set(self.pushed()), {"bob", "carol"})
