@@ -313,7 +313,7 @@ class CatchingUpTests(ChatTestCase):
         secret = self.post_id(self.carol, self.closed, "designers only")
         self.post_id(self.bob, self.all_talk, "unrelated")
         page = self.ada.get("/searches?q=desi").text
-        self.assertEqual(message_ids(page, "search-results"), [design, secret])
+        self.assertEqual(message_ids(page, "search-results"), [secret, design])  # newest first
         self.assertIn("<mark>design</mark> review", page)
         self.assertIn("<mark>designers</mark> only", page)
         self.assertIn('<a href="/rooms/%d/@%d">All Talk</a>' % (self.all_talk, design), page)
