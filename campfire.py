@@ -215,6 +215,15 @@ AUTOCOMPLETE_CANDIDATES = 500     # names matched before the room's members are 
 MENTION_LOOKAHEAD_CHARS = 2 * MAX_NAME_CHARS  # a name is looked for in this many characters after "@"
                                               # (longer than any name, escaped: "&" is "&amp;")
 PRESENCE_WINDOW = 60.0            # seconds: a member seen on /cable this recently isn't "disconnected"
+# Catching up: the mentions inbox, @everyone and @here, threads, bookmarks.
+MAX_ROW_ID = 2 ** 63 - 1          # SQLite's largest rowid: "before" when paging from the newest
+MENTION_COUNTS_KEPT = 50_000      # people whose unread mention counts are remembered (then all forgotten)
+MAX_SAVED_PAGE = 100_000          # the furthest page of saved messages a link may ask for (an OFFSET SQLite holds)
+MENTIONS_PAGE_SIZE = 40           # the inbox and the saved list show this many at a time, newest first
+EVERYONE_OPEN_LIMIT = 20          # people in a room above which only administrators and the room's
+                                  # creator may notify @everyone (a nudge against paging a crowd)
+THREAD_REPLIER_AVATARS = 3        # the last repliers shown beside "N replies"
+MAX_MENTION_COUNT_SHOWN = 99      # the sidebar says "99+" past it
 BOOST_QUICK_PICKS = ("👍", "👏", "👋", "💪", "❤️", "😂", "🎉", "🔥")
 
 # Accounts, people, sign-in links and QR codes (Campfire's app/controllers/accounts/*).
@@ -2670,6 +2679,61 @@ def _link_mentions_in_text(text, candidates):
     return "".join(pieces)
 
 
+# @everyone and @here stay text in the stored body (as Once Campfire would show
+# them); they notify when posted and show as mentions.
+_GROUP_MENTION = re.compile(r"(?<![\w@])@(everyone|here)(?!\w)", re.I)
+_SKIP_FOR_MARKS = frozenset(("a", "code", "pre", "action-text-attachment"))
+
+
+def group_mentions(plain_text):
+    """{"everyone", "here"}: the groups a message's text notifies."""
+    return {name.lower() for name in _GROUP_MENTION.findall(plain_text)} if "@" in plain_text else set()
+
+
+def _mark_text(html_text, pattern, replace, skip=_SKIP_FOR_MARKS):
+    """Sanitized HTML with pattern's matches in its text (outside the tags in skip) replaced."""
+    parts = _TAG_SPLIT.split(html_text)
+    skipping = 0
+    for index, part in enumerate(parts):
+        if part.startswith("<"):
+            tag = _TAG_NAME.match(part)
+            if tag and tag.group(1).lower() in skip and not part.endswith("/>"):
+                skipping += -1 if part.startswith("</") else 1
+            continue
+        if not skipping and part:
+            parts[index] = pattern.sub(replace, part)
+    return "".join(parts)
+
+
+def render_group_mentions(html_text):
+    """@everyone and @here in a displayed body as mention chips."""
+    if "@" not in html_text:
+        return html_text
+    return _mark_text(html_text, _GROUP_MENTION,
+                      lambda match: '<span class="mention mention--group">%s</span>' % match[0])
+
+
+_SUFFIXES = ("ing", "es", "ed", "s")
+
+
+def highlight_words(html_text, words):
+    """Sanitized HTML with the words a search matched in <mark>: words starting with a
+    query word, or with its stem (FTS5's porter tokenizer matches "designs" for "designing")."""
+    stems = set()
+    for word in words:
+        word = word.lower()
+        stems.add(word)
+        for suffix in _SUFFIXES:
+            if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+                stems.add(word[:-len(suffix)])
+                break
+    if not stems:
+        return html_text
+    pattern = re.compile(r"(?<![\w&#])(?:%s)\w*" % "|".join(map(re.escape, sorted(stems, key=len, reverse=True))),
+                         re.I)
+    return _mark_text(html_text, pattern, lambda match: "<mark>%s</mark>" % match[0], skip=(ATTACHMENT_TAG,))
+
+
 ####
 #### 8. QR codes (ISO/IEC 18004)
 ####
@@ -4882,6 +4946,25 @@ MIGRATIONS = (
         CREATE INDEX IF NOT EXISTS "campfire_py_memberships_unread_candidates" ON "memberships" ("room_id")
         WHERE "unread_at" IS NULL;
     """),
+    # A thread is a room of its own (so paging, search, refresh and permalinks work
+    # in it unchanged), with no memberships: its parent room's members read it. To
+    # Once Campfire it is an empty closed room nobody belongs to.
+    ("0007_threads_mentions_bookmarks", """
+        CREATE TABLE IF NOT EXISTS "campfire_py_threads" ("room_id" integer PRIMARY KEY NOT NULL,
+        "parent_message_id" integer NOT NULL, "parent_room_id" integer NOT NULL, "created_at" datetime(6) NOT NULL);
+        CREATE UNIQUE INDEX IF NOT EXISTS "campfire_py_threads_by_parent_message_id"
+        ON "campfire_py_threads" ("parent_message_id");
+        CREATE INDEX IF NOT EXISTS "campfire_py_threads_by_parent_room_id" ON "campfire_py_threads" ("parent_room_id");
+        CREATE TABLE IF NOT EXISTS "campfire_py_mentions" ("user_id" integer NOT NULL, "message_id" integer NOT NULL,
+        "room_id" integer NOT NULL, "created_at" datetime(6) NOT NULL, "read_at" datetime(6),
+        PRIMARY KEY ("user_id", "message_id"));
+        CREATE INDEX IF NOT EXISTS "campfire_py_mentions_unread" ON "campfire_py_mentions" ("user_id", "room_id")
+        WHERE "read_at" IS NULL;
+        CREATE INDEX IF NOT EXISTS "campfire_py_mentions_by_message_id" ON "campfire_py_mentions" ("message_id");
+        CREATE TABLE IF NOT EXISTS "campfire_py_bookmarks" ("user_id" integer NOT NULL, "message_id" integer NOT NULL,
+        "created_at" datetime(6) NOT NULL, PRIMARY KEY ("user_id", "message_id"));
+        CREATE INDEX IF NOT EXISTS "campfire_py_bookmarks_by_message_id" ON "campfire_py_bookmarks" ("message_id");
+    """),
 )
 
 # The SQLite result codes that mean "this change can't be saved right now" (503), not a bug (500):
@@ -6065,20 +6148,27 @@ class User:
 
 @dataclass(slots=True)
 class Room:
-    """A row of rooms; type is Rails' class name (Rooms::Open, ::Closed, ::Direct)."""
+    """A row of rooms; type is Rails' class name (Rooms::Open, ::Closed, ::Direct). A
+    thread's room names the message it answers and that message's room."""
 
     id: int
     name: str
     type: str
     creator_id: int
+    parent_message_id: int = None
+    parent_room_id: int = None
 
     @classmethod
-    def from_row(cls, row):
-        return cls(row["id"], row["name"], row["type"], row["creator_id"])
+    def from_row(cls, row, parent_message_id=None, parent_room_id=None):
+        return cls(row["id"], row["name"], row["type"], row["creator_id"], parent_message_id, parent_room_id)
 
     @property
     def direct(self):
         return self.type == ROOM_DIRECT
+
+    @property
+    def thread(self):
+        return self.parent_message_id is not None
 
 
 @dataclass(slots=True)
@@ -6125,10 +6215,17 @@ def fts_match_expression(query):
     """A user's words as an FTS5 expression that cannot be a syntax error:
     non-word characters become spaces (as Campfire's app/models/message/searchable.rb does)
     and every word is quoted."""
-    words = re.findall(r"\w+", str(query))[:MAX_SEARCH_WORDS]
+    words = search_words(query)
     if not words:
         return None
-    return " ".join('"%s"' % word for word in words)
+    # The last word is still being typed: it matches as a prefix ("desi" finds
+    # "design") as well as stemmed ("designing" finds "designs").
+    *done, last = ['"%s"' % word for word in words]
+    return " AND ".join(done + ['(%s OR %s*)' % (last, last)])
+
+
+def search_words(query):
+    return re.findall(r"\w+", str(query))[:MAX_SEARCH_WORDS]
 
 
 def generate_bot_token():
@@ -6189,6 +6286,10 @@ class Events:
     def message_created(self, room, message, unread_user_ids):
         self._emit("message_created", room, message, unread_user_ids)
 
+    def mentioned(self, user_ids, message):
+        """A new message notifies these people (their inbox and its count changed)."""
+        self._emit("mentioned", user_ids, message)
+
     def message_updated(self, message):
         self._emit("message_updated", message)
 
@@ -6241,6 +6342,7 @@ class Store:
         self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids})
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
+        self._mention_counts = {}  # user id → (versions, {room id: unread mentions})
         self._rooms = {}         # room id → Room (dropped when its name or type changes)
         self._sgids = {}         # user id → their attachable sgid
         self._derived = {}       # name → (global_version, value): custom CSS, banned addresses
@@ -6266,6 +6368,7 @@ class Store:
         self._users.clear()
         self._member_rooms.clear()
         self._room_members.clear()
+        self._mention_counts.clear()
 
     def memberships_changed(self, room_id, user_ids):
         self.membership_versions[room_id] += 1
@@ -6595,12 +6698,14 @@ class Store:
     def room(self, room_id):
         room = self._rooms.get(room_id)
         if room is None:
-            row = self.db.one("SELECT * FROM rooms WHERE id = ?", (room_id,))
+            row = self.db.one("SELECT rooms.*, campfire_py_threads.parent_message_id, "
+                              "campfire_py_threads.parent_room_id FROM rooms LEFT JOIN campfire_py_threads "
+                              "ON campfire_py_threads.room_id = rooms.id WHERE rooms.id = ?", (room_id,))
             if row is None:
                 return None
             if len(self._rooms) > ROOMS_KEPT:
                 self._rooms.clear()
-            room = self._rooms[room_id] = Room.from_row(row)
+            room = self._rooms[room_id] = Room.from_row(row, row["parent_message_id"], row["parent_room_id"])
         return room
 
     def member_room(self, room_id, user_id):
@@ -6684,20 +6789,34 @@ class Store:
     def remove_room(self, room):
         """Delete a room with its messages, boosts, memberships and search rows."""
         member_ids = self.room_member_ids(room.id)
-        message_ids = "SELECT id FROM messages WHERE room_id = ?"
+        threads = [self.room(room_id) for room_id in self.thread_room_ids(room.id)]
         with self.db.atomic():
-            self.db.execute("DELETE FROM boosts WHERE message_id IN (%s)" % message_ids, (room.id,))
-            for (message_id,) in self.db.execute(message_ids, (room.id,)):
-                self.db.defer(self.SEARCH_ROW_DELETE, (message_id,))
-            self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id IN (%s)"
-                            % message_ids, (room.id,))
-            self.db.execute("DELETE FROM messages WHERE room_id = ?", (room.id,))
-            self.db.execute("DELETE FROM campfire_py_message_deletions WHERE room_id = ?", (room.id,))
-            self.db.execute("DELETE FROM memberships WHERE room_id = ?", (room.id,))
-            self.db.execute("DELETE FROM rooms WHERE id = ?", (room.id,))
+            for thread in threads:
+                self._delete_room_rows(thread.id)
+            self._delete_room_rows(room.id)
         self._rooms.pop(room.id, None)
         self.memberships_changed(room.id, member_ids)
         self.events.room_deleted(room, member_ids)
+        for thread in threads:
+            self.events.room_deleted(thread, ())
+
+    def _delete_room_rows(self, room_id):
+        """A room's rows: its messages with their boosts, rich text, search rows, mentions and
+        bookmarks; its memberships; its thread record."""
+        message_ids = "SELECT id FROM messages WHERE room_id = ?"
+        self.db.execute("DELETE FROM boosts WHERE message_id IN (%s)" % message_ids, (room_id,))
+        for (message_id,) in self.db.execute(message_ids, (room_id,)):
+            self.db.defer(self.SEARCH_ROW_DELETE, (message_id,))
+        self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id IN (%s)"
+                        % message_ids, (room_id,))
+        self.db.execute("DELETE FROM campfire_py_bookmarks WHERE message_id IN (%s)" % message_ids, (room_id,))
+        self.db.execute("DELETE FROM campfire_py_mentions WHERE room_id = ?", (room_id,))
+        self.db.execute("DELETE FROM messages WHERE room_id = ?", (room_id,))
+        self.db.execute("DELETE FROM campfire_py_message_deletions WHERE room_id = ?", (room_id,))
+        self.db.execute("DELETE FROM memberships WHERE room_id = ?", (room_id,))
+        self.db.execute("DELETE FROM campfire_py_threads WHERE room_id = ?", (room_id,))
+        self.db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
+        self._rooms.pop(room_id, None)
 
     def _add_membership(self, room_id, user_id, involvement="mentions", now=None):
         now = now or utc_now_text()
@@ -6752,8 +6871,14 @@ class Store:
         cached = self._member_rooms.get(user_id)
         if cached is None or cached[0] != key:
             rows = self.db.all("SELECT room_id, involvement, unread_at FROM memberships WHERE user_id = ?", (user_id,))
+            rooms = {row[0]: row[1] for row in rows}
+            # Threads are read by their parent room's members.
+            rooms.update((row[0], row[1]) for row in self.db.all(
+                "SELECT campfire_py_threads.room_id, memberships.involvement FROM campfire_py_threads "
+                "JOIN memberships ON memberships.room_id = campfire_py_threads.parent_room_id "
+                "WHERE memberships.user_id = ?", (user_id,)))
             cached = self._member_rooms[user_id] = (
-                key, {row[0]: row[1] for row in rows},
+                key, rooms,
                 {row[0] for row in rows if row[2] is not None and row[1] != "invisible"})
         return cached
 
@@ -6768,7 +6893,10 @@ class Store:
         return self.db.value("SELECT updated_at FROM rooms WHERE id = ?", (room_id,)) or ""
 
     def room_member_ids(self, room_id):
-        """Active members' ids of a room, cached per room membership version."""
+        """Active members' ids of a room (a thread's: its parent room's), cached per room membership version."""
+        room = self.room(room_id)
+        if room is not None and room.thread:
+            room_id = room.parent_room_id
         key = (self.membership_versions[room_id], self.global_version)
         cached = self._room_members.get(room_id)
         if cached is None or cached[0] != key:
@@ -6945,10 +7073,25 @@ class Store:
         plain = self.plain_text(body)
         if not plain.strip():
             raise Unprocessable("A message can't be empty.")
-        message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, body, plain)
+        groups = group_mentions(plain)
+        if "everyone" in groups:
+            problem = self.everyone_problem(room, user)
+            if problem:  # the composer shows the reason from the header
+                raise Forbidden(problem, headers=[("X-Refused-Because", problem)])
+        if groups or room.thread or "<action-text-attachment" in body:  # someone to notify
+            with self.db.atomic():
+                message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, body, plain)
+                mentioned = self._record_mentions(room, message, groups)
+        else:  # most messages: nobody's inbox changes
+            message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, body, plain)
+            mentioned = []
         if room.direct:  # direct rooms are listed by recency in every member's sidebar
             self.bump_users(self.room_member_ids(room.id))
+        if room.thread:  # the message it answers counts one more reply
+            self.bump_room(room.parent_room_id)
         self.events.message_created(room, message, unread_user_ids)
+        if mentioned:
+            self.events.mentioned(mentioned, message)
         return message, True
 
     def edit_message(self, message, raw_body):
@@ -6964,6 +7107,9 @@ class Store:
     def remove_message(self, message):
         with self.db.atomic():
             self._delete_message(message)
+        room = self.room(message["room_id"])
+        if room is not None and room.thread:
+            self.bump_room(room.parent_room_id)
         self.events.message_removed(message)
 
     def create_message(self, room_id, creator_id, client_message_id, body, plain_text, now=None):
@@ -7015,7 +7161,13 @@ class Store:
         self.db.defer(self.SEARCH_ROW_DELETE, (message["id"],))
         self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id = ?",
                         (message["id"],))
+        self.db.execute("DELETE FROM campfire_py_mentions WHERE message_id = ?", (message["id"],))
+        self.db.execute("DELETE FROM campfire_py_bookmarks WHERE message_id = ?", (message["id"],))
         self.db.execute("DELETE FROM messages WHERE id = ?", (message["id"],))
+        thread_room_id = self.db.value("SELECT room_id FROM campfire_py_threads WHERE parent_message_id = ?",
+                                       (message["id"],))
+        if thread_room_id is not None:  # its thread goes with it
+            self._delete_room_rows(thread_room_id)
         self.bump_room(message["room_id"])
 
     def messages_page(self, room_id, *, before=None, after=None, limit=MESSAGE_PAGE_SIZE):
@@ -7099,10 +7251,216 @@ class Store:
         self.bump_room(message["room_id"])
         self.events.boost_changed(message, boost, "deleted")
 
+    # Catching up: mentions, @everyone and @here, threads, bookmarks, unread marks ----
+    def home_room(self, room):
+        """The room whose members read this one: a thread's parent room, else the room itself."""
+        return self.room(room.parent_room_id) if room.thread else room
+
+    def everyone_problem(self, room, user):
+        """Why this person may not notify @everyone here, or None: in a room of more than
+        EVERYONE_OPEN_LIMIT people only administrators and the room's creator may."""
+        home = self.home_room(room)
+        if home is None or user.administrator or user.bot or user.id == home.creator_id:
+            return None  # a bot is set up by an administrator (and Campfire's bot API refuses no text)
+        if len(self.room_member_ids(home.id)) <= EVERYONE_OPEN_LIMIT:
+            return None
+        return ("Only administrators and the room's creator can notify @everyone in a room of more than %d "
+                "people." % EVERYONE_OPEN_LIMIT)
+
+    def present_member_ids(self, room_id, now=None):
+        """Members with the room open in a visible tab (who @here reaches)."""
+        since = utc_now_text((now or time.time()) - PRESENCE_WINDOW)
+        return {row[0] for row in self.db.all("SELECT user_id FROM memberships WHERE room_id = ? AND connections > 0 "
+                                              "AND connected_at >= ?", (room_id, since))}
+
+    def thread_participant_ids(self, room):
+        """Who a thread's replies notify: the author of the message it answers and everyone who replied."""
+        ids = {row[0] for row in self.db.all("SELECT DISTINCT creator_id FROM messages WHERE room_id = ?", (room.id,))}
+        parent = self.message(room.parent_message_id)
+        if parent is not None:
+            ids.add(parent["creator_id"])
+        return ids
+
+    def _record_mentions(self, room, message, groups):
+        """Inbox rows for everyone a new message notifies: the people it mentions, the room
+        for @everyone, those present for @here, a thread's participants. People reading the
+        room as it arrives have seen it. Returns their ids."""
+        home = self.home_room(room)
+        ids = {sgid_user_id(sgid) for sgid in find_mentions(message["body"] or "")}
+        if room.thread:
+            ids |= self.thread_participant_ids(room)
+        if not ids and not groups:
+            return []
+        members = set(self.room_member_ids(home.id))
+        present = self.present_member_ids(home.id)
+        if groups:  # a room someone muted (or hid) doesn't call them for @everyone or @here
+            muted = {row[0] for row in self.db.all("SELECT user_id FROM memberships WHERE room_id = ? AND "
+                                                   "involvement IN ('nothing', 'invisible')", (home.id,))}
+            ids |= (members if "everyone" in groups else present) - muted
+        if room.thread:
+            present = set()  # being in the room is not reading its threads
+        ids &= members
+        ids.discard(message["creator_id"])
+        ids = sorted(user_id for user_id in ids if (user := self.user(user_id)) is not None and not user.bot)
+        stamp = message["created_at"]
+        for user_id in ids:
+            self.db.execute("INSERT OR IGNORE INTO campfire_py_mentions (user_id, message_id, room_id, created_at, "
+                            "read_at) VALUES (?, ?, ?, ?, ?)",
+                            (user_id, message["id"], room.id, stamp, stamp if user_id in present else None))
+        self.bump_users(ids)
+        return ids
+
+    def mentions(self, user_id, *, before=None, limit=MENTIONS_PAGE_SIZE):
+        """(messages newest first, {message id: unread}, more): what mentions the person in rooms
+        they still belong to, `limit` at a time before a message id."""
+        rows = self.db.all("SELECT message_id, room_id, read_at FROM campfire_py_mentions WHERE user_id = ? "
+                           "AND message_id < ? ORDER BY message_id DESC LIMIT ?",
+                           (user_id, MAX_ROW_ID if before is None else before, limit + 1))
+        more = len(rows) > limit
+        rooms = self.user_rooms(user_id)
+        rows = [row for row in rows[:limit] if row["room_id"] in rooms]
+        unread = {row["message_id"]: row["read_at"] is None for row in rows}
+        messages = self.messages_by_id(list(unread))
+        return sorted(messages, key=lambda message: message["id"], reverse=True), unread, more
+
+    def _unread_mentions(self, user_id):
+        """{room id: unread mentions} of the person's rooms, cached per user version (a
+        mention, a read and a change of rooms each bump it)."""
+        key = (self.user_versions[user_id], self.global_version)
+        cached = self._mention_counts.get(user_id)
+        if cached is None or cached[0] != key:
+            rooms = self.user_rooms(user_id)
+            counts = {room_id: count for room_id, count in self.db.all(
+                "SELECT room_id, count(*) FROM campfire_py_mentions WHERE user_id = ? AND read_at IS NULL "
+                "GROUP BY room_id", (user_id,)) if room_id in rooms}
+            if len(self._mention_counts) > MENTION_COUNTS_KEPT:
+                self._mention_counts.clear()
+            cached = self._mention_counts[user_id] = (key, counts)
+        return cached[1]
+
+    def unread_mention_count(self, user_id):
+        return sum(self._unread_mentions(user_id).values())
+
+    def mark_mentions_read(self, user_id, room_id):
+        """Opening a room reads the mentions in it; writes only when there are some."""
+        if room_id not in self._unread_mentions(user_id):
+            return False
+        with self.db.atomic():
+            self.db.execute("UPDATE campfire_py_mentions SET read_at = ? WHERE user_id = ? AND room_id = ? "
+                            "AND read_at IS NULL", (utc_now_text(), user_id, room_id))
+        self.bump_users([user_id])
+        self.events.sidebar_changed([user_id])
+        return True
+
+    def messages_by_id(self, message_ids):
+        rows = []
+        for start in range(0, len(message_ids), SQLITE_IN_CHUNK):
+            chunk = message_ids[start:start + SQLITE_IN_CHUNK]
+            rows += self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s)" % ",".join("?" * len(chunk)), chunk)
+        return rows
+
+    def threads_changed_since(self, room_id, since_text, limit=REFRESH_PAGE_SIZE):
+        """The room's messages whose threads gained or lost a reply since a moment."""
+        return self.messages_by_id([row[0] for row in self.db.all(
+            "SELECT parent_message_id FROM campfire_py_threads WHERE parent_room_id = ? AND ("
+            "EXISTS (SELECT 1 FROM messages WHERE messages.room_id = campfire_py_threads.room_id "
+            "AND messages.created_at >= ?) OR EXISTS (SELECT 1 FROM campfire_py_message_deletions AS deletions "
+            "WHERE deletions.room_id = campfire_py_threads.room_id AND deletions.deleted_at >= ?)) "
+            "ORDER BY parent_message_id DESC LIMIT ?", (room_id, since_text, since_text, limit))])
+
+    def thread_room_ids(self, room_id):
+        return [row[0] for row in self.db.all("SELECT room_id FROM campfire_py_threads WHERE parent_room_id = ?",
+                                              (room_id,))]
+
+    def thread_room_for(self, message_id):
+        room_id = self.db.value("SELECT room_id FROM campfire_py_threads WHERE parent_message_id = ?", (message_id,))
+        return None if room_id is None else self.room(room_id)
+
+    def start_thread(self, message, user):
+        """The room of the thread answering a message, made when it has none yet."""
+        parent_room = self.room(message["room_id"])
+        if parent_room.thread:
+            raise Unprocessable("A reply in a thread can't start a thread of its own.")
+        with self.db.atomic():
+            room = self.thread_room_for(message["id"])
+            if room is not None:
+                return room
+            stamp = utc_now_text()
+            room_id = self.db.execute("INSERT INTO rooms (name, type, creator_id, created_at, updated_at) "
+                                      "VALUES (NULL, ?, ?, ?, ?)", (ROOM_CLOSED, user.id, stamp, stamp)).lastrowid
+            self.db.execute("INSERT INTO campfire_py_threads (room_id, parent_message_id, parent_room_id, created_at) "
+                            "VALUES (?, ?, ?, ?)", (room_id, message["id"], parent_room.id, stamp))
+            self.bump_users(self.room_member_ids(parent_room.id))  # their rooms now include the thread
+        return self.room(room_id)
+
+    def threads_for(self, message_ids):
+        """{message id: (thread room id, replies, last repliers' ids newest first)} for those
+        of the messages that have replies in a thread."""
+        threads = {}
+        for start in range(0, len(message_ids), SQLITE_IN_CHUNK):
+            chunk = message_ids[start:start + SQLITE_IN_CHUNK]
+            for parent_id, room_id in self.db.all(
+                    "SELECT parent_message_id, room_id FROM campfire_py_threads WHERE parent_message_id IN (%s)"
+                    % ",".join("?" * len(chunk)), chunk):
+                count = self.db.value("SELECT count(*) FROM messages WHERE room_id = ?", (room_id,))
+                if not count:
+                    continue
+                repliers = []
+                for (creator_id,) in self.db.all("SELECT creator_id FROM messages WHERE room_id = ? "
+                                                 "ORDER BY created_at DESC, id DESC", (room_id,)):
+                    if creator_id not in repliers:
+                        repliers.append(creator_id)
+                        if len(repliers) == THREAD_REPLIER_AVATARS:
+                            break
+                threads[parent_id] = (room_id, count, tuple(repliers))
+        return threads
+
+    def unread_since(self, room_id, user_id):
+        """When the room became unread for the person (the first message they haven't seen), or None."""
+        return self.db.value("SELECT unread_at FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, user_id))
+
+    def mark_unread(self, message, user_id):
+        """"Mark as unread": the room is unread from this message on, until the person comes back."""
+        room = self.room(message["room_id"])
+        home = self.home_room(room)
+        stamp = message["created_at"]
+        if room.thread:  # the room is unread from the message the thread answers
+            parent = self.message(room.parent_message_id)
+            stamp = parent["created_at"] if parent is not None else stamp
+        with self.db.atomic():
+            self.db.execute("UPDATE memberships SET unread_at = ?, updated_at = ? WHERE room_id = ? AND user_id = ?",
+                            (stamp, utc_now_text(), home.id, user_id))
+        self.bump_users([user_id])
+        self.events.sidebar_changed([user_id])
+        return home
+
+    def save_message(self, user_id, message):
+        with self.db.atomic():
+            self.db.execute("INSERT OR IGNORE INTO campfire_py_bookmarks (user_id, message_id, created_at) "
+                            "VALUES (?, ?, ?)", (user_id, message["id"], utc_now_text()))
+        self.bump_users([user_id])
+
+    def unsave_message(self, user_id, message_id):
+        with self.db.atomic():
+            self.db.execute("DELETE FROM campfire_py_bookmarks WHERE user_id = ? AND message_id = ?",
+                            (user_id, message_id))
+        self.bump_users([user_id])
+
+    def saved_messages(self, user_id, page=0, limit=MENTIONS_PAGE_SIZE):
+        """(messages, most recently saved first, in rooms the person still belongs to; more)."""
+        rows = self.db.all("SELECT message_id FROM campfire_py_bookmarks WHERE user_id = ? "
+                           "ORDER BY created_at DESC, message_id DESC LIMIT ? OFFSET ?",
+                           (user_id, limit + 1, page * limit))
+        order = {row[0]: index for index, row in enumerate(rows[:limit])}
+        rooms = self.user_rooms(user_id)
+        messages = [message for message in self.messages_by_id(list(order)) if message["room_id"] in rooms]
+        return sorted(messages, key=lambda message: order[message["id"]]), len(rows) > limit
+
     # Search ------------------------------------------------------------------
-    def search(self, user_id, query, limit=SEARCH_RESULT_LIMIT):
-        """The newest `limit` messages matching every word, in the user's rooms only,
-        newest first (by created_at, as Campfire orders them).
+    def search(self, user_id, query, limit=SEARCH_RESULT_LIMIT, *, room_id=None, creator_id=None):
+        """The newest `limit` messages matching every word (the last one as a prefix too),
+        in the user's rooms only, newest first (by created_at, as Campfire orders them);
+        with room_id, in that room and its threads; with creator_id, that person's.
 
         A probe takes the newest matches across all rooms (FTS5 walks its
         doclists in rowid order, so this is cheap) and keeps the user's; only
@@ -7111,14 +7469,17 @@ class Store:
         if match is None:
             return []
         rooms = self.user_rooms(user_id)
+        if room_id is not None:
+            rooms = {candidate for candidate in rooms if candidate == room_id or (
+                (room := self.room(candidate)) is not None and room.parent_room_id == room_id)}
         probe_limit = self.config.search_probe_limit
         probe = self.db.all("SELECT rowid FROM message_search_index WHERE message_search_index MATCH ? "
                             "ORDER BY rowid DESC LIMIT ?", (match, probe_limit))
         candidate_ids = [row[0] for row in probe]
         marks = ",".join("?" * len(candidate_ids)) or "NULL"
-        visible = [row[0] for row in self.db.all("SELECT id, room_id FROM messages WHERE id IN (%s) "
+        visible = [row[0] for row in self.db.all("SELECT id, room_id, creator_id FROM messages WHERE id IN (%s) "
                                                  "ORDER BY created_at DESC, id DESC" % marks, candidate_ids)
-                   if row[1] in rooms][:limit]
+                   if row[1] in rooms and creator_id in (None, row[2])][:limit]
         if len(visible) == limit or len(probe) < probe_limit:
             rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s) "
                                "ORDER BY messages.created_at DESC, messages.id DESC"
@@ -7127,9 +7488,9 @@ class Store:
             room_ids = list(rooms) or [0]
             rows = self.db.all(
                 self.MESSAGE_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
-                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) "
-                "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
-                % ",".join("?" * len(room_ids)), (match, *room_ids, limit))
+                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) AND (? IS NULL OR "
+                "messages.creator_id = ?) ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
+                % ",".join("?" * len(room_ids)), (match, *room_ids, creator_id, creator_id, limit))
         return rows
 
     def search_index_complete(self):
@@ -7350,22 +7711,25 @@ class Store:
         involved in everything get every message, those involved in mentions the
         messages that mention them. A direct room names its author as the title;
         another room is the title and the author prefixes the text."""
-        rows = self.db.all(self.PUSH_RECIPIENTS, (room.id, message["creator_id"], STATUS_ACTIVE,
+        home = self.home_room(room) or room  # a thread's readers are its room's members
+        rows = self.db.all(self.PUSH_RECIPIENTS, (home.id, message["creator_id"], STATUS_ACTIVE,
                                                   utc_now_text((now or time.time()) - PRESENCE_WINDOW)))
         if not rows:
             return []
         body = message["body"] or ""
-        mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)}
-        rows = [row for row in rows if row[5] == "everything" or row[1] in mentioned]
+        # Mentions, and whom @everyone, @here or a thread's reply notified (the inbox's rows).
+        mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)} | {row[0] for row in self.db.all(
+            "SELECT user_id FROM campfire_py_mentions WHERE message_id = ?", (message["id"],))}
+        rows = [row for row in rows if (row[5] == "everything" and not room.thread) or row[1] in mentioned]
         if not rows:
             return []
         author = self.user(message["creator_id"])
         author_name = author.name if author is not None else ""
         text = self.plain_text(body)
-        if room.direct:
+        if home.direct:
             title, text = author_name, text
         else:
-            title, text = room.name, "%s: %s" % (author_name, text)
+            title, text = home.name, "%s: %s" % (author_name, text)
         path = url_for("room", room_id=room.id)
         badges = self.unread_room_counts({row[1] for row in rows})
         return [PushDelivery(row[0], row[2], row[3], row[4], title, text, path, badges[row[1]]) for row in rows]
@@ -7457,8 +7821,8 @@ class Store:
 # database or a cache (App caches what these return), and every value reaches
 # the page through HTML.format/escape; paths come from url_for.
 
-PAGE_ASSETS = ("app.js", "campfire.css", "components.css", "campfire-icon.svg", "account.css", "clipboard.js",
-               "transfer.js")  # the static files pages link to, by their versioned URLs
+PAGE_ASSETS = ("app.js", "campfire.css", "components.css", "catchup.css", "campfire-icon.svg", "account.css",
+               "clipboard.js", "transfer.js")  # the static files pages link to, by their versioned URLs
 
 
 @dataclass(slots=True)
@@ -7557,14 +7921,16 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<title>{title}</title>'
         '<link rel="stylesheet" href="{css}">'
         '<link rel="stylesheet" href="{components}">'
+        '<link rel="stylesheet" href="{catchup}">'
         '<link rel="icon" href="{icon}" type="image/svg+xml">{custom_styles}'
         '<link rel="apple-touch-icon" href="{touch_icon}">'
         '<link rel="manifest" href="{manifest}">'
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
         '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">{vapid}'
         '<script type="module" src="{js}"></script>'
-        '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip, 
-        js=assets["app.js"], components=assets["components.css"], light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
+        '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip,
+        js=assets["app.js"], components=assets["components.css"], catchup=assets["catchup.css"],
+        light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
         title="%s · %s" % (title, view.account_name) if title else view.account_name,
@@ -7574,9 +7940,10 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         if view.vapid_public_key else "")
 
 
-def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True, hidden=()):
-    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks, and the
-    rooms hidden from it. shared, direct and hidden are [(Room, title)]; unread holds room ids."""
+def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True, hidden=(), mentions=0):
+    """#user_sidebar: the mentions inbox (with its unread count) and saved messages,
+    shared rooms by name, direct rooms by recency, unread marks, and the rooms hidden
+    from it. shared, direct and hidden are [(Room, title)]; unread holds room ids."""
     def item(room, title):
         classes = "sidebar__room"
         if room.id in unread:
@@ -7591,12 +7958,18 @@ def render_sidebar(shared, direct, unread, current_room_id=None, can_create_room
         url_for("new_open_room")) if can_create_rooms else ""
     return HTML(
         '<nav id="user_sidebar" class="sidebar" aria-label="Rooms">'
+        '<ul class="sidebar__links"><li><a class="sidebar__link sidebar__link--mentions" href="{mentions_url}">Mentions'
+        '{count}</a></li><li><a class="sidebar__link sidebar__link--saved" href="{saved_url}">Saved</a></li></ul>'
         '<div class="sidebar__section"><h2 class="sidebar__heading">Rooms {new_room}</h2>'
         '<ul id="shared_rooms" class="sidebar__rooms">{shared}</ul></div>'
         '<div class="sidebar__section"><h2 class="sidebar__heading">Pings '
         '<a class="sidebar__add" href="{new_direct}" aria-label="New Ping" title="New Ping">+</a></h2>'
         '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div>{hidden}</nav>').format(
         new_room=new_room, new_direct=url_for("new_direct_room"), hidden=render_hidden_rooms(hidden),
+        mentions_url=url_for("mentions"), saved_url=url_for("bookmarks"),
+        count=HTML(' <span class="sidebar__count" data-count="{count}">{shown}<span class="visually-hidden"> unread'
+                   '</span></span>').format(count=mentions, shown=mentions if mentions <= MAX_MENTION_COUNT_SHOWN
+                                            else "%d+" % MAX_MENTION_COUNT_SHOWN) if mentions else "",
         shared=HTML("").join(item(room, title) for room, title in shared),
         direct=HTML("").join(item(room, title) for room, title in direct))
 
@@ -7768,29 +8141,92 @@ def render_bell(room, involvement):
         id=room.id, current=involvement, label=label, choices=choices)
 
 
-def render_composer(room):
+def render_composer(room, *, form_id="composer", label="Write a message", send="Send Message"):
     return HTML(
-        '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}" '
-        'data-max-chars="{max_chars}">'
-        '<label class="visually-hidden" for="composer_body">Write a message</label>'
-        '<textarea class="composer__input" id="composer_body" name="message[body]" rows="1" '
-        'placeholder="Write a message" aria-label="Write a message" required></textarea>'
-        '<button type="submit" class="button button--primary composer__send">Send Message</button>'
-        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id,
-                        max_chars=MAX_MESSAGE_BODY_CHARS)
+        '<form class="composer" id="{form_id}" method="post" action="{action}" data-room-id="{id}" '
+        'data-label="{label}" data-max-chars="{max_chars}">'
+        '<label class="visually-hidden" for="{form_id}_body">{label}</label>'
+        '<textarea class="composer__input" id="{form_id}_body" name="message[body]" rows="1" '
+        'placeholder="{label}" aria-label="{label}" required></textarea>'
+        '<button type="submit" class="button button--primary composer__send">{send}</button>'
+        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id, form_id=form_id, label=label,
+                          send=send, max_chars=MAX_MESSAGE_BODY_CHARS)
 
 
-def render_pending_message(viewer):
+def render_pending_message(viewer, template_id="pending_message"):
     """The shape of a message the viewer has sent and the server hasn't answered yet: the
     browser fills in a copy (client id, time, body) the moment it sends, as Campfire's
     app/views/messages/_template.html.erb does."""
     return HTML(
-        '<template id="pending_message"><div class="message message--pending message--mine" '
+        '<template id="{template_id}"><div class="message message--pending message--mine" '
         'data-creator-id="{id}"><span class="message__avatar" aria-hidden="true">{avatar}</span>'
         '<div class="message__content"><div class="message__meta"><span class="message__author">{name}</span> '
         '<time></time> <span class="message__status" role="status">Sending…</span></div>'
         '<div class="message__body"></div></div></div></template>').format(
-        id=viewer.id, avatar=render_avatar(viewer.id), name=viewer.name)
+        id=viewer.id, avatar=render_avatar(viewer.id), name=viewer.name, template_id=template_id)
+
+
+def render_since_line():
+    """Where the messages the reader hasn't seen begin."""
+    return HTML('<div class="since-line" id="since_last_visit" role="separator" aria-label="Since your last visit">'
+                '<span>Since your last visit</span></div>')
+
+
+def render_thread(room, parent_room, parent_title, parent_html, messages, viewer, *, highlight_id=None):
+    """A thread: the message it answers, its replies (rendered), its own composer. The same
+    section is a page of its own (on a phone) and the desktop's side panel."""
+    return HTML(
+        '<section class="room thread" id="thread" data-room-id="{id}" data-parent-room-id="{parent_room_id}" '
+        'data-parent-message-id="{parent_id}" aria-labelledby="thread_name">'
+        '<header class="room__header thread__header"><h1 class="room__name" id="thread_name">Thread '
+        '<span class="thread__where">in {title}</span></h1>'
+        '<a class="button button--quiet thread__back" href="{back}">Back to the room</a></header>'
+        '<div class="thread__parent">{parent}</div>'
+        '<div class="messages" id="thread_messages" data-room-id="{id}"{highlight}>{messages}</div>'
+        '{composer}{pending}</section>').format(
+        id=room.id, parent_room_id=parent_room.id, parent_id=room.parent_message_id, title=parent_title,
+        back=url_for("room_at_message", room_id=parent_room.id, message_id=room.parent_message_id),
+        parent=parent_html, messages=messages,
+        highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
+        composer=render_composer(room, form_id="thread_composer", label="Reply in thread", send="Send reply"),
+        pending=render_pending_message(viewer, "thread_pending_message"))
+
+
+def render_inbox_item(where, message_html, *, marker="", controls=""):
+    title, href = where
+    return HTML('<li class="inbox__item{marker_class}"><p class="inbox__where">{marker}<a href="{href}">{title}</a>'
+                '{controls}</p>{message}</li>').format(
+        marker_class=" inbox__item--unread" if marker else "", href=href, title=title, controls=controls,
+        marker=HTML('<span class="inbox__new">{}</span> ').format(marker) if marker else "", message=message_html)
+
+
+def render_inbox(items, older_href):
+    """/mentions: items are ((room title, permalink), unread, message HTML), newest first."""
+    body = HTML("").join(render_inbox_item(where, html, marker="New" if unread else "")
+                         for where, unread, html in items)
+    return HTML(
+        '<section class="inbox" id="mentions" aria-labelledby="mentions_title">'
+        '<header class="room__header"><h1 class="room__name" id="mentions_title">Mentions</h1></header>'
+        '<ol class="inbox__list" id="mentions_list">{body}</ol>{empty}{older}</section>').format(
+        body=body, empty=HTML('<p class="inbox__empty">Nobody has mentioned you yet.</p>') if not items else "",
+        older=HTML('<a class="button inbox__older" href="{}">Older mentions</a>').format(older_href)
+        if older_href else "")
+
+
+def render_saved_messages(items, more_href):
+    """/bookmarks: items are ((room title, permalink), message id, message HTML)."""
+    body = HTML("").join(render_inbox_item(where, html, controls=HTML(
+        ' <form method="post" action="{action}" class="inline-form inbox__remove">'
+        '<input type="hidden" name="_method" value="delete">'
+        '<button type="submit" class="button button--quiet button--small">Remove from saved</button></form>').format(
+        action=url_for("message_bookmark", message_id=message_id))) for where, message_id, html in items)
+    return HTML(
+        '<section class="inbox" id="saved" aria-labelledby="saved_title">'
+        '<header class="room__header"><h1 class="room__name" id="saved_title">Saved</h1></header>'
+        '<ol class="inbox__list" id="saved_list">{body}</ol>{empty}{more}</section>').format(
+        body=body, empty=HTML('<p class="inbox__empty">Nothing saved yet: “Save message” on any message keeps it '
+                              'here.</p>') if not items else "",
+        more=HTML('<a class="button inbox__older" href="{}">More</a>').format(more_href) if more_href else "")
 
 
 def render_room(room, viewer, title, involvement, messages, *, highlight_id=None):
@@ -7992,11 +8428,16 @@ def _message_template():
         '<time datetime="%(created)s">%(short)s</time></a>'
         '%(edited)s</div>'
         '<div class="message__body">%(body)s</div>'
-        '<ul class="boosts" id="boosts_message_%(message_id)d">%(boosts)s</ul>'
+        '<ul class="boosts" id="boosts_message_%(message_id)d">%(boosts)s</ul>%(thread)s'
         '<div class="message__actions">'
         '<a class="message__action" data-action="copy-link" href="' + URLS.template("room_at_message") + '">'
         'Copy link</a>'
         '<a class="message__action" data-action="boost" href="' + URLS.template("new_message_boost") + '">Boost</a>'
+        '%(thread_action)s'
+        '<form method="post" action="' + URLS.template("message_bookmark") + '" class="message__action inline-form">'
+        '<button type="submit" data-action="save" title="Save message">Save message</button></form>'
+        '<form method="post" action="' + URLS.template("room_message_unread") + '" '
+        'class="message__action inline-form"><button type="submit" data-action="unread" title="Mark as unread">Mark as unread</button></form>'
         '<a class="message__action message__action--owner" data-action="edit" '
         'href="' + URLS.template("edit_room_message") + '">Edit</a>'
         '<form method="post" action="' + URLS.template("room_message") + '" '
@@ -8006,11 +8447,33 @@ def _message_template():
         '</div></div></div>')
 
 
-def render_message(message, *, author, body, sound, boosts):
+@functools.cache
+def _thread_action_template():
+    return ('<form method="post" action="' + URLS.template("room_message_thread") + '" '
+            'class="message__action inline-form"><button type="submit" data-action="thread" title="Reply in thread">Reply in thread</button>'
+            '</form>')
+
+
+def render_thread_summary(thread):
+    """"N replies" with the last repliers' avatars, linking to the thread; thread is
+    (thread room id, replies, last repliers' ids) or None."""
+    if not thread:
+        return ""
+    room_id, count, repliers = thread
+    return HTML(
+        '<a class="message__thread" href="{url}" data-thread-room-id="{room_id}">'
+        '<span class="message__thread-avatars" aria-hidden="true">{avatars}</span>'
+        '<span class="message__thread-count">{count} {noun}</span></a>').format(
+        url=url_for("room", room_id=room_id), room_id=room_id, count=count, noun="reply" if count == 1 else "replies",
+        avatars=HTML("").join(render_avatar(user_id, 20) for user_id in repliers))
+
+
+def render_message(message, *, author, body, sound, boosts, thread=None, in_thread=False):
     """One message, the same for every reader; per-reader controls are shown or hidden
     by the browser from data-creator-id, and the server checks. author: its opening
     (render_message_author); body: the display HTML; sound: the /play name it is, or
-    None; boosts: [(boost row, booster's name)]."""
+    None; boosts: [(boost row, booster's name)]; thread: what render_thread_summary
+    takes; in_thread: a reply in a thread (which has no threads of its own)."""
     if sound:
         text = SOUND_TEXTS.get(sound)
         body = HTML('<span class="sound" data-sound="{name}"><span class="sound__icon" aria-hidden="true"></span> '
@@ -8024,7 +8487,10 @@ def render_message(message, *, author, body, sound, boosts):
         "client_id": escape(message["client_message_id"]), "created": escape(created), "short": escape(created[11:16]),
         "sound_attr": HTML(' data-sound="{}"').format(sound) if sound else "",
         "author": author, "edited": edited, "body": escape(body),
-        "boosts": HTML("").join(render_boost(boost, name) for boost, name in boosts)})
+        "boosts": HTML("").join(render_boost(boost, name) for boost, name in boosts),
+        "thread": render_thread_summary(thread),
+        "thread_action": "" if in_thread else _thread_action_template() % {
+            "room_id": message["room_id"], "message_id": message["id"]}})
 
 
 def render_message_removals(message_ids):
@@ -8071,8 +8537,29 @@ def render_boost_form(message):
         cancel=url_for("room_at_message", room_id=message["room_id"], message_id=message["id"]))
 
 
-def render_search(query, results, result_count, recent):
-    """The search page: the form, recent searches, and the results (rendered messages)."""
+def render_search_result(where, message_html):
+    title, href = where
+    return HTML('<article class="search-result"><p class="search-result__room">in <a href="{href}">{title}</a></p>'
+                '{message}</article>').format(href=href, title=title, message=message_html)
+
+
+def render_search_filters(rooms, people, room_id, creator_id):
+    """The room and person a search may be narrowed to."""
+    room_options = HTML("").join(HTML('<option value="{id}"{selected}>{title}</option>').format(
+        id=room.id, title=title, selected=HTML(" selected") if room.id == room_id else "") for room, title in rooms)
+    people_options = HTML("").join(HTML('<option value="{id}"{selected}>{name}</option>').format(
+        id=user.id, name=user.name, selected=HTML(" selected") if user.id == creator_id else "") for user in people)
+    return HTML(
+        '<div class="search__filters">'
+        '<label class="search__filter">Room <select name="room_id"><option value="">Any room</option>{rooms}'
+        '</select></label>'
+        '<label class="search__filter">Person <select name="creator_id"><option value="">Anyone</option>{people}'
+        '</select></label></div>').format(rooms=room_options, people=people_options)
+
+
+def render_search(query, results, result_count, recent, *, rooms=(), people=(), room_id=None, creator_id=None):
+    """The search page: the form and its filters, recent searches, and the results
+    (rendered messages, each naming its room)."""
     recent_html = HTML("").join(HTML('<li><a href="{url}">{query}</a></li>').format(
         url=url_for("searches", q=item), query=item) for item in recent)
     clear = HTML('<form method="post" action="{}" class="inline-form">'
@@ -8086,11 +8573,12 @@ def render_search(query, results, result_count, recent):
         '<section class="search"><header class="room__header"><h1 class="room__name">Search</h1></header>'
         '<form method="post" action="{action}" class="search__form" role="search">'
         '<input class="field__input" type="search" name="q" value="{query}" aria-label="Search messages" '
-        'placeholder="Search messages" autofocus>'
-        '<button type="submit" class="button button--primary">Search</button></form>'
+        'placeholder="Search messages" autofocus autocomplete="off">'
+        '<button type="submit" class="button button--primary">Search</button>{filters}</form>'
         '<div class="search__recent"><h2 class="sidebar__heading">Recent searches {clear}</h2><ul>{recent}</ul></div>'
         '{summary}<div id="search-results" class="messages messages--search">{results}</div></section>').format(
-        action=url_for("searches"), query=query, clear=clear, recent=recent_html, summary=summary, results=results)
+        action=url_for("searches"), query=query, clear=clear, recent=recent_html, summary=summary, results=results,
+        filters=render_search_filters(rooms, people, room_id, creator_id))
 
 
 # People, the account and bots ------------------------------------------------
@@ -8565,6 +9053,13 @@ def route_table():
         ("GET",         "/rooms/<int:room_id>/messages/<int:message_id>/edit", "edit_room_message", edit_message),
         ("GET",         "/rooms/<int:room_id>/@<int:message_id>",     "room_at_message",        permalink),
         ("GET",         "/rooms/<int:room_id>/refresh",               "room_refresh",           refresh_room),
+        ("POST",        "/rooms/<int:room_id>/messages/<int:message_id>/thread", "room_message_thread", start_thread),
+        ("POST",        "/rooms/<int:room_id>/messages/<int:message_id>/unread", "room_message_unread", mark_unread),
+        ("POST",        "/messages/<int:message_id>/bookmark",        "message_bookmark",       save_message),
+        ("DELETE",      "/messages/<int:message_id>/bookmark",        "message_bookmark",       unsave_message),
+        # Catching up: the mentions inbox and saved messages
+        ("GET",         "/mentions",                                  "mentions",               mentions_inbox),
+        ("GET",         "/bookmarks",                                 "bookmarks",              saved_messages),
         ("GET",         "/messages/<int:message_id>",                 "message",                message_location),
         ("GET",         "/messages/<int:message_id>/boosts/new",      "new_message_boost",      new_boost),
         ("POST",        "/messages/<int:message_id>/boosts",          "message_boosts",         create_boost),
@@ -8636,7 +9131,8 @@ def _auth_page(app, request, title, body, *, status=200, headers=None):
 def _sidebar_html(app, user, current_room_id=None):
     shared, direct = app.store.sidebar_rooms(user.id)
     return render_sidebar(shared, direct, app.store.unread_room_ids(user.id), current_room_id,
-                          app.store.may_create_rooms(user), app.store.hidden_rooms(user.id))
+                          app.store.may_create_rooms(user), app.store.hidden_rooms(user.id),
+                          app.store.unread_mention_count(user.id))
 
 
 def _navigating(request):
@@ -8680,6 +9176,15 @@ def _member_room(app, request, room_id):
     """The room, if the signed-in person belongs to it; 404 otherwise (never reveal it exists)."""
     room = app.store.member_room(room_id, request.user.id)
     if room is None:
+        raise NotFound("There is no such room.")
+    return room
+
+
+def _settable_room(app, request, room_id):
+    """A room whose settings, members and involvement its members may change: not a
+    thread's (a thread follows its room)."""
+    room = _member_room(app, request, room_id)
+    if room.thread:
         raise NotFound("There is no such room.")
     return room
 
@@ -8948,30 +9453,58 @@ def landing(app, request):
     return redirect(url_for("room", room_id=target), 302)
 
 
-def _room_page(app, request, room, messages, *, highlight_id=None):
+def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=None):
+    """The room (or a thread, its own page) with these messages; a line above the
+    first one created since unread_since, the moment the room became unread."""
+    if room.thread:
+        return _thread_page(app, request, room, messages, highlight_id=highlight_id)
     user = request.user
     involvement = app.store.user_rooms(user.id).get(room.id, "mentions")
     title = app.store.room_title(room, user.id)
-    body = render_room(room, user, title, involvement, app.messages_html(messages), highlight_id=highlight_id)
+    split = next((index for index, message in enumerate(messages)
+                  if unread_since and message["created_at"] >= unread_since), None)
+    if split is None:
+        messages_html = app.messages_html(messages)
+    else:
+        messages_html = (app.messages_html(messages[:split]) + render_since_line()
+                         + app.messages_html(messages[split:]))
+    body = render_room(room, user, title, involvement, messages_html, highlight_id=highlight_id)
     return _page(app, request, title, body, body_class="room-page", current_room_id=room.id)
 
 
+def _thread_page(app, request, room, messages, *, highlight_id=None):
+    store, user = app.store, request.user
+    parent_room = store.room(room.parent_room_id)
+    parent = store.message(room.parent_message_id)
+    title = store.room_title(parent_room, user.id)
+    body = render_thread(room, parent_room, title, app.messages_html([parent]) if parent else "",
+                         app.messages_html(messages), user, highlight_id=highlight_id)
+    return _page(app, request, "Thread in %s" % title, body, body_class="room-page thread-page",
+                 current_room_id=parent_room.id)
+
+
 def show_room(app, request, room_id):
-    """The room with its newest messages; visiting clears its unread mark."""
+    """The room with its newest messages; visiting clears its unread mark and reads the
+    mentions in it. A thread's room is the thread's own page."""
     room = _member_room(app, request, room_id)
     user = request.user
-    app.store.mark_read(room.id, user.id)
     store = app.store
+    unread_since = store.unread_since(room.id, user.id) if room.id in store.unread_room_ids(user.id) else None
+    store.mark_read(room.id, user.id)
+    store.mark_mentions_read(user.id, room.id)
     key = ("room", user.id, room.id, store.room_versions[room.id], store.user_versions[user.id],
-           store.global_version)
-    response = app.cached(request, key, lambda: _room_page(app, request, room, store.messages_page(room.id)))
+           store.global_version, unread_since, store.room_versions[room.parent_room_id] if room.thread else 0)
+    response = app.cached(request, key, lambda: _room_page(app, request, room, store.messages_page(room.id),
+                                                           unread_since=unread_since))
+    if room.thread:
+        return response
     if request.cookies.get(LAST_ROOM_COOKIE) != str(room.id):
         app.set_cookie(response, LAST_ROOM_COOKIE, str(room.id), http_only=False)
     return response
 
 
 def delete_room(app, request, room_id, *, direct_only=False):
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     if not room.direct and not can_administer(request.user, room.creator_id):
         raise Forbidden("Only the room's creator or an administrator can delete it.")
     if direct_only and not room.direct:
@@ -9046,7 +9579,7 @@ def _create_room(app, request, room_type):
 
 
 def room_kind_show(app, request, room_id):
-    _member_room(app, request, room_id)
+    _settable_room(app, request, room_id)
     return redirect(url_for("room", room_id=room_id), 302)
 
 
@@ -9060,7 +9593,7 @@ def update_closed_room(app, request, room_id):
 
 def _update_room(app, request, room_id, room_type):
     """Rename, open or close a room, and set its members (room_type unless the form chooses)."""
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     if room.direct:
         raise Forbidden("A direct room can't become another kind of room.")
     if not can_administer(request.user, room.creator_id):
@@ -9074,7 +9607,7 @@ def _update_room(app, request, room_id, room_type):
 
 
 def edit_room(app, request, room_id):
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     if room.direct:
         return redirect(url_for("edit_direct_room", room_id=room.id), 302)
     return _room_form_page(app, request, room=room, room_type=room.type, name=room.name or "",
@@ -9101,7 +9634,7 @@ def create_direct_room(app, request):
 
 
 def edit_direct_room(app, request, room_id):
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     if not room.direct:
         return redirect(room_settings_path(room), 302)
     members = [user for user in map(app.store.user, app.store.room_member_ids(room.id)) if user]
@@ -9110,12 +9643,12 @@ def edit_direct_room(app, request, room_id):
 
 
 def show_involvement(app, request, room_id):
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     return Response(render_bell(room, app.store.user_rooms(request.user.id).get(room.id, "mentions")))
 
 
 def update_involvement(app, request, room_id):
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     involvement = request.params.text("involvement")
     allowed = ("everything", "nothing") if room.direct else INVOLVEMENTS
     if involvement not in allowed:
@@ -9153,7 +9686,7 @@ def create_message(app, request, room_id):
     if _navigating(request):
         return redirect(url_for("room", room_id=room.id))
     boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
-    return Response(app.message_html(message, boosts), 201 if created else 200,
+    return Response(app.message_html(message, boosts, () if created else None), 201 if created else 200,
                     headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
 
 
@@ -9193,7 +9726,82 @@ def permalink(app, request, room_id, message_id):
     message = _message_in_room(app, request, room_id, message_id)
     messages = (app.store.messages_page(room_id, before=message_id) + [message]
                 + app.store.messages_page(room_id, after=message_id))
+    app.store.mark_mentions_read(request.user.id, room_id)
     return _room_page(app, request, app.store.room(room_id), messages, highlight_id=message_id)
+
+
+# Threads, unread marks and saved messages ------------------------------------------
+
+def start_thread(app, request, room_id, message_id):
+    """"Reply in thread": the thread's room (made the first time), its own page."""
+    message = _message_in_room(app, request, room_id, message_id)
+    thread = app.store.start_thread(message, request.user)
+    return redirect(url_for("room", room_id=thread.id))
+
+
+def mark_unread(app, request, room_id, message_id):
+    """"Mark as unread": the room shows unread, its line above this message, until the next visit."""
+    message = _message_in_room(app, request, room_id, message_id)
+    app.store.mark_unread(message, request.user.id)
+    if _navigating(request):
+        return redirect(url_for("user_sidebar"))  # the list of rooms, this one marked
+    return Response(b"", 204)
+
+
+def save_message(app, request, message_id):
+    message = _find_message(app, message_id, member=request.user)
+    app.store.save_message(request.user.id, message)
+    if _navigating(request):
+        return redirect(url_for("bookmarks"))
+    return Response(b"", 201)
+
+
+def unsave_message(app, request, message_id):
+    message = _find_message(app, message_id, member=request.user)
+    app.store.unsave_message(request.user.id, message["id"])
+    if _navigating(request):
+        return redirect(url_for("bookmarks"))
+    return Response(b"", 204)
+
+
+def _where(app, user, message):
+    """(the title of the room a message is in, its permalink); a thread's reply is "Thread in <room>"."""
+    store = app.store
+    room = store.room(message["room_id"])
+    home = store.home_room(room)
+    title = store.room_title(home, user.id)
+    return ("Thread in %s" % title if room.thread else title,
+            url_for("room_at_message", room_id=room.id, message_id=message["id"]))
+
+
+def mentions_inbox(app, request):
+    """Every message that mentions the person (or @everyone, @here, or a thread they are
+    in), newest first, a page at a time; unread ones marked until their room is opened."""
+    user, store = request.user, app.store
+    before = _id_param(request, "before")
+
+    def build():
+        messages, unread, more = store.mentions(user.id, before=before)
+        items = [(_where(app, user, message), unread[message["id"]], app.messages_html([message]))
+                 for message in messages]
+        older = url_for("mentions", before=messages[-1]["id"]) if more and messages else None
+        return _page(app, request, "Mentions", render_inbox(items, older))
+    key = ("mentions", user.id, before, store.user_versions[user.id], store.global_version, store.message_version)
+    return app.cached(request, key, build)
+
+
+def saved_messages(app, request):
+    """The messages the person saved, most recently saved first, with a way to remove each."""
+    user, store = request.user, app.store
+    page = min(_id_param(request, "page") or 0, MAX_SAVED_PAGE)
+
+    def build():
+        messages, more = store.saved_messages(user.id, page)
+        items = [(_where(app, user, message), message["id"], app.messages_html([message])) for message in messages]
+        older = url_for("bookmarks", page=page + 1) if more else None
+        return _page(app, request, "Saved", render_saved_messages(items, older))
+    key = ("saved", user.id, page, store.user_versions[user.id], store.global_version, store.message_version)
+    return app.cached(request, key, build)
 
 
 _REFRESH_CURSOR_RE = re.compile(r"([0-9][0-9:. TZ+-]*),([0-9]{1,18})")
@@ -9217,7 +9825,9 @@ def refresh_room(app, request, room_id):
     since_text = utc_now_text(since / 1000)
     messages = app.store.messages_since(room.id, since_text, REFRESH_PAGE_SIZE + 1, after)
     deleted = app.store.deleted_since(room.id, since_text) if after is None else ()
-    if not messages and not deleted:
+    # Messages whose threads were replied in (or lost a reply) since: their counts changed.
+    replied = app.store.threads_changed_since(room.id, since_text) if after is None else []
+    if not messages and not deleted and not replied:
         return Response(b"", 204)
     following, headers = HTML(""), []
     if len(messages) > REFRESH_PAGE_SIZE:
@@ -9226,6 +9836,8 @@ def refresh_room(app, request, room_id):
         href = url_for("room_refresh", room_id=room.id, since=since, cursor="%s,%d" % (last["updated_at"], last["id"]))
         following = render_refresh_next(href)
         headers.append(("Link", '<%s>; rel="next"' % href))
+    listed = {message["id"] for message in messages}
+    messages += [message for message in replied if message["id"] not in listed]
     return Response(app.messages_html(messages) + (render_message_removals(deleted) if deleted else "") + following,
                     headers=headers)
 
@@ -9270,19 +9882,37 @@ def create_search(app, request):
     query = request.params.text("q")[:MAX_SEARCH_QUERY_CHARS]
     if query and fts_match_expression(query):
         app.store.record_search(request.user.id, query)  # the latest repeated writes nothing
-    return redirect(url_for("searches", q=query) if query else url_for("searches"))
+    filters = {name: request.params.text(name) for name in ("room_id", "creator_id")
+               if request.params.text(name).isdigit()}  # the room and person it is narrowed to
+    return redirect(url_for("searches", q=query, **filters) if query else url_for("searches"))
 
 
 def search(app, request):
+    """Messages matching every word (the last as a prefix too, so results follow typing),
+    each naming its room, the words marked; filtered by room and by person when asked."""
     query = request.params.text("q")[:MAX_SEARCH_QUERY_CHARS]
-    user_id = request.user.id
+    user = request.user
+    user_id = user.id
+    store = app.store
+    # The filters' "Any room" and "Anyone" send empty values.
+    room_id = _id_param(request, "room_id") if request.params.get("room_id") else None
+    creator_id = _id_param(request, "creator_id") if request.params.get("creator_id") else None
+    if room_id is not None and store.member_room(room_id, user_id) is None:
+        room_id = None  # a room the person isn't in filters nothing (and says nothing about it)
 
     def build():
-        results = app.store.search(user_id, query) if query else []
-        body = render_search(query, app.messages_html(results), len(results), app.store.recent_searches(user_id))
+        results = store.search(user_id, query, room_id=room_id, creator_id=creator_id) if query else []
+        words = search_words(query)
+        results_html = HTML("").join(
+            render_search_result(_where(app, user, message), app.messages_html([message], highlight=words))
+            for message in results)
+        shared, direct = store.sidebar_rooms(user_id)
+        body = render_search(query, results_html, len(results), store.recent_searches(user_id),
+                             rooms=shared + direct, people=store.active_users(exclude_bots=True),
+                             room_id=room_id, creator_id=creator_id)
         return _page(app, request, "Search", body)
-    key = ("search", user_id, query, app.store.user_versions[user_id], app.store.global_version,
-           app.store.message_version)
+    key = ("search", user_id, query, room_id, creator_id, store.user_versions[user_id], store.global_version,
+           store.message_version)
     return app.cached(request, key, build)
 
 
@@ -9452,8 +10082,17 @@ def autocompletable_users(app, request):
     if room_id.isdigit():
         member_ids = app.store.room_member_ids(_member_room(app, request, int(room_id)).id)
     users = app.store.users_matching(query, member_ids)
-    return json_response([{"value": user.id, "name": user.name, "avatar_url": url_for("user_avatar", user_id=user.id),
-                           "sgid": app.store.mention_sgid(user.id)} for user in users])
+    groups = []
+    if member_ids is not None:  # in a room: @everyone and @here, with why not when the person may not
+        room = app.store.room(int(room_id))
+        for name, description in (("everyone", "Notify everyone in this room"),
+                                  ("here", "Notify everyone here now")):
+            if name.startswith(query.lower()):
+                groups.append({"group": name, "name": name, "description": description, "disabled_reason":
+                               app.store.everyone_problem(room, request.user) if name == "everyone" else None})
+    return json_response(groups + [{"value": user.id, "name": user.name,
+                                    "avatar_url": url_for("user_avatar", user_id=user.id),
+                                    "sgid": app.store.mention_sgid(user.id)} for user in users])
 
 
 # The account ------------------------------------------------------------------------
@@ -9902,6 +10541,7 @@ class Cable:
             "ReadRoomsChannel": lambda connection, params: ["user_%d_reads" % connection.user_id],
             "HeartbeatChannel": lambda connection, params: [],
             "SidebarChannel": lambda connection, params: ["user_%d_sidebar" % connection.user_id],
+            "MentionsChannel": lambda connection, params: ["user_%d_mentions" % connection.user_id],
         }
         app.events.subscribe(self)
 
@@ -10184,7 +10824,7 @@ class Cable:
 
     # Events (after each change commits) ----------------------------------------------------
     def message_created(self, room, message, unread_user_ids):
-        html_text = str(self.app.message_html(message))
+        html_text = str(self.app.message_html(message, (), ()))
         self.broadcast("room_%d_messages" % room.id, {
             "action": "append", "id": message["id"], "client_message_id": message["client_message_id"],
             "html": html_text})
@@ -10194,6 +10834,13 @@ class Cable:
                                  if user_id in connected and user_id != creator_id], {"roomId": room.id})
         if room.direct:
             self.broadcast_many(["user_%d_sidebar" % user_id for user_id in unread_user_ids], {"action": "refresh"})
+        if room.thread:  # the message it answers shows one more reply
+            self._replace({"id": room.parent_message_id})
+
+    def mentioned(self, user_ids, message):
+        self.broadcast_many(["user_%d_mentions" % user_id for user_id in user_ids],
+                            {"action": "mentioned", "id": message["id"]})
+        self.sidebar_changed(user_ids)
 
     def _replace(self, message):
         message = self.app.store.message(message["id"])
@@ -10210,11 +10857,16 @@ class Cable:
 
     def message_removed(self, message):
         self.broadcast("room_%d_messages" % message["room_id"], {"action": "remove", "id": message["id"]})
+        room = self.app.store.room(message["room_id"])
+        if room is not None and room.thread:
+            self._replace({"id": room.parent_message_id})
 
     def room_changed(self, room, change, revoked=()):
         members = set(self.app.store.room_member_ids(room.id)) | set(revoked)
         if revoked:
             self.drop_room(room.id, set(revoked))
+            for thread_room_id in self.app.store.thread_room_ids(room.id):  # its threads go with it
+                self.drop_room(thread_room_id, set(revoked))
         self.sidebar_changed(members)
 
     def room_deleted(self, room, member_ids):
@@ -10681,25 +11333,38 @@ class App:
             self._assets_checked = (now, {name: self.asset_url(name) for name in PAGE_ASSETS})
         return self._assets_checked[1]
 
-    def message_html(self, message, boosts=()):
-        """A message as render_message makes it, kept until it, its boosts or any name change."""
-        key = (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), self.store.global_version)
-        cached = self.message_cache.get(key) if self.config.cache else None
+    def message_html(self, message, boosts=(), thread=None, *, highlight=()):
+        """A message as render_message makes it, kept until it, its boosts, its thread or any
+        name change. thread: its summary from Store.threads_for, looked up when None;
+        highlight: search words to mark (such a copy isn't kept)."""
+        store = self.store
+        if thread is None:
+            thread = store.threads_for([message["id"]]).get(message["id"], ())
+        key = (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), thread,
+               store.global_version)
+        cached = self.message_cache.get(key) if self.config.cache and not highlight else None
         if cached is not None:
             return cached
-        store, stored = self.store, message["body"] or ""
+        stored = message["body"] or ""
         sound = message_sound(store.plain_text(stored)) if "/play " in stored else None
         body = None if sound else self.render_body(stored)
+        if highlight and body is not None:
+            body = HTML(highlight_words(body, highlight))
         if boosts:
             booster = store.user
             boosts = [(boost, user.name if (user := booster(boost["booster_id"])) else "Someone") for boost in boosts]
+        room = store.room(message["room_id"])
         rendered = render_message(message, author=self._author_html(message["creator_id"]), body=body, sound=sound,
-                                  boosts=boosts)
-        self.message_cache.put(key, rendered)
+                                  boosts=boosts, thread=thread, in_thread=room is not None and room.thread)
+        if not highlight:
+            self.message_cache.put(key, rendered)
         return rendered
 
     def render_body(self, stored_body):
-        """A stored body as a message shows it: each mention a chip of the person it names."""
+        """A stored body as a message shows it: each mention a chip of the person it names,
+        @everyone and @here chips too."""
+        if "@" in stored_body:
+            stored_body = render_group_mentions(stored_body)
         if "<action-text-attachment" not in stored_body:  # most bodies: nothing to swap
             return HTML(stored_body)
         chips = {}
@@ -10709,9 +11374,11 @@ class App:
                 chips[sgid] = render_mention(user)
         return HTML(render_rich_text(stored_body, mention=chips.get))
 
-    def messages_html(self, messages):
-        boosts = self.store.boosts_for([message["id"] for message in messages])
-        return HTML("").join(self.message_html(message, boosts.get(message["id"], ())) for message in messages)
+    def messages_html(self, messages, *, highlight=()):
+        ids = [message["id"] for message in messages]
+        boosts, threads = self.store.boosts_for(ids), self.store.threads_for(ids)
+        return HTML("").join(self.message_html(message, boosts.get(message["id"], ()), threads.get(message["id"], ()),
+                                               highlight=highlight) for message in messages)
 
     def _author_html(self, creator_id):
         """The avatar and name that open a message, kept per person until names change."""

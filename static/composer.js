@@ -33,7 +33,7 @@ export class Drafts {
 
 export class Composer {
   #form
-  #editor = new RichTextEditor({ label: "Write a message", className: "composer__editor", submit: () => this.submit() })
+  #editor
   #send
   #list
   #stream
@@ -50,6 +50,7 @@ export class Composer {
   constructor(form, { list, stream, scroller, cable, onEditLast }) {
     Object.assign(this, { onEditLast })
     this.#form = form
+    this.#editor = new RichTextEditor({ label: form.dataset.label || "Write a message", className: "composer__editor", submit: () => this.submit() })
     this.#list = list
     this.#stream = stream
     this.#scroller = scroller
@@ -187,7 +188,7 @@ export class Composer {
     pending.classList.remove("message--waiting")
     const response = await send(this.#form.action, { "message[body]": html, "message[client_message_id]": clientId })
     if (!response) return null
-    if (!response.ok) return this.#failed(pending, response.status), false
+    if (!response.ok) return this.#failed(pending, response.status, response.headers.get("X-Refused-Because")), false
     let text = null
     try { text = await response.text() } catch { return null }
     const [message] = parseMessages(text)
@@ -195,10 +196,10 @@ export class Composer {
     return true
   }
 
-  #failed(pending, status) {
+  #failed(pending, status, reason = null) {
     if (!pending.isConnected) return
     pending.classList.add("message--failed")
-    pending.querySelector(".message__status").textContent = failureText(status)
+    pending.querySelector(".message__status").textContent = reason ? `Not sent: ${reason}` : failureText(status)
     const retry = h("span", { className: "message__retry" },
       retryable(status) ? h("button", { type: "button", className: "button button--small", "data-action": "retry" }, "Retry") : "",
       h("button", { type: "button", className: "button button--small", "data-action": "discard" }, "Discard"))
