@@ -15,18 +15,20 @@ pure code to the code that touches the world:
   6. Action Cable             the JSON protocol spoken on /cable
   7. Rich text                the allow-list sanitizer, auto-links, plain text, mentions
   8. QR codes                 byte-mode QR symbols as SVG, for invitation and sign-in links
-  9. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
- 10. Domain                   every operation on accounts, people, sessions, rooms, memberships,
+  9. Files                    multipart, file names, image headers, byte ranges, serving rules,
+                              the link-preview address guard and OpenGraph
+ 10. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
+ 11. Domain                   every operation on accounts, people, sessions, rooms, memberships,
                               messages, boosts, search and bots, with its SQL; Events
- 11. Rendering                render_* from plain data and a View: pages, fragments, JSON
- 12. Routes                   the route table (the map of the server), then its thin handlers
+ 12. Rendering                render_* from plain data and a View: pages, fragments, JSON
+ 13. Routes                   the route table (the map of the server), then its thin handlers
                               by feature: sessions, rooms, messages, search, people, account, bots
- 13. Real time                /cable connections, channels and broadcasts
- 14. The application          App: a request in, a response out (no sockets); its caches
- 15. Background work          purges and webhook deliveries, off the request path
- 16. The server               asyncio connections, timeouts, group commit, signals
- 17. Operations               seed (and the other long jobs of the command line)
- 18. Command line             main()
+ 14. Real time                /cable connections, channels and broadcasts
+ 15. The application          App: a request in, a response out (no sockets); its caches
+ 16. Background work          purges and webhook deliveries, off the request path
+ 17. The server               asyncio connections, timeouts, group commit, signals
+ 18. Operations               seed (and the other long jobs of the command line)
+ 19. Command line             main()
 """
 
 import os
@@ -54,11 +56,13 @@ import codecs
 import collections
 import contextlib
 import ctypes
+import datetime
 import enum
 import errno
 import functools
 import hashlib
 import hmac
+import ipaddress
 import itertools
 import json
 import logging
@@ -70,6 +74,7 @@ import struct
 import time
 import traceback
 import types
+import unicodedata
 import urllib.parse
 import zlib
 from dataclasses import dataclass, field
@@ -335,6 +340,104 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+# multipart/form-data (RFC 7578). Past a limit marked 413 the request is answered
+# "Content Too Large"; the others are malformed bodies, 400.
+MAX_BOUNDARY_CHARS = 70                   # RFC 2046 §5.1.1: 1 to 70 characters
+MAX_MULTIPART_PARTS = MAX_FORM_FIELDS     # 413 past it; a form of ours has fewer than 10 fields
+MAX_PART_HEADER_BYTES = 8 * 1024          # 413 past it: one part's header block; a 255-byte
+                                          # name, percent-encoded in filename*, is under 1 KiB
+MAX_PART_HEADER_FIELDS = 16               # 413 past it; browsers send 2 (RFC 7578 §4.8 allows 3)
+MAX_MULTIPART_PREAMBLE_BYTES = 64 * 1024  # no boundary by then: the declared one is wrong, 400
+MAX_TRANSPORT_PADDING_BYTES = 256         # spaces allowed after a boundary (RFC 2046 §5.1.1)
+
+# File names.
+MAX_FILENAME_BYTES = 255                  # NAME_MAX of ext4, APFS and NTFS: a download must fit
+MAX_EXTENSION_BYTES = 16                  # a longer ".tail" is not an extension worth keeping
+FALLBACK_FILENAME = "file"                # what a name that was only dots and slashes becomes
+
+# Image headers. A PNG, GIF or WebP needs at most IMAGE_HEADER_BYTES; a JPEG
+# needs everything up to its frame header, which follows its metadata
+# segments (EXIF, ICC profile, XMP: rarely past 64 KiB, at most JPEG_SCAN_LIMIT).
+IMAGE_HEADER_BYTES = 33                   # PNG signature + IHDR with its CRC (8 + 25)
+IMAGE_SNIFF_BYTES = 64 * 1024             # what sniff_image() is usually given: all common JPEGs fit
+JPEG_SCAN_LIMIT = 16 * 1024 * 1024        # 422 past it: no camera or editor writes this much metadata
+MAX_IMAGE_SIDE_PIXELS = 65_535            # JPEG's own ceiling; past it no browser decodes the image
+MAX_IMAGE_PIXELS = 1 << 28                # 268 megapixels (16384²), above browsers' decode limits
+
+# Byte ranges (RFC 9110 §14).
+MAX_RANGE_SPECS = 100                     # more ranges in one header: ignored (§14.2 lets us), 200
+MAX_RANGE_DIGITS = 18                     # positions past 10**18 bytes stand for "beyond the end"
+
+# Link previews: a page is read up to this many bytes, and only its <head>.
+MAX_PREVIEW_PAGE_BYTES = 1024 * 1024      # the fetch reads at most 1 MiB
+CHARSET_PRESCAN_BYTES = 1024              # WHATWG HTML §13.2.3.2: <meta charset> within 1024 bytes
+MAX_PREVIEW_TITLE_CHARS = 300             # longer titles are cut (a chat line, not an article)
+MAX_PREVIEW_DESCRIPTION_CHARS = 1000
+MAX_PREVIEW_URL_CHARS = 2048              # longer URLs are dropped, not cut (a cut URL is wrong)
+PREVIEW_FEED_CHARS = 8 * 1024             # the HTML parser is fed this much at a time, and
+PREVIEW_PENDING_CHARS = 64 * 1024         # stops when markup this long is still unfinished
+MAX_PREVIEW_MARKUP_ITEMS = 5000           # tags, comments and texts read in a head; real heads
+                                          # have a few hundred (a news site's: ~300)
+
+# The unfurl guard (Campfire's lib/restricted_http/private_network_guard.rb):
+# a link preview never fetches from these.
+BLOCKED_IPV4_NETWORKS = tuple(ipaddress.IPv4Network(network) for network in (
+    "0.0.0.0/8",          # "this network" (RFC 791)
+    "10.0.0.0/8",         # private (RFC 1918)
+    "100.64.0.0/10",      # carrier-grade NAT (RFC 6598)
+    "127.0.0.0/8",        # loopback
+    "168.63.129.16/32",   # Azure's host agent and DNS, reachable from every VM
+    "169.254.0.0/16",     # link-local, and cloud metadata at 169.254.169.254 (RFC 3927)
+    "172.16.0.0/12",      # private (RFC 1918)
+    "192.0.0.0/24",       # IETF protocol assignments (RFC 6890)
+    "192.0.2.0/24",       # TEST-NET-1 (RFC 5737)
+    "192.88.99.0/24",     # 6to4 relay anycast (RFC 7526)
+    "192.168.0.0/16",     # private (RFC 1918)
+    "198.18.0.0/15",      # benchmarking (RFC 2544)
+    "198.51.100.0/24",    # TEST-NET-2 (RFC 5737)
+    "203.0.113.0/24",     # TEST-NET-3 (RFC 5737)
+    "224.0.0.0/4",        # multicast
+    "240.0.0.0/4",        # reserved, and the broadcast address 255.255.255.255
+))
+IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")   # RFC 4291 §2.4: all else is refused
+BLOCKED_IPV6_NETWORKS = tuple(ipaddress.IPv6Network(network) for network in (
+    "2001::/23",          # IETF protocol assignments: Teredo 2001::/32 (embeds IPv4), benchmarking,
+                          # ORCHID (RFC 2928, RFC 6890)
+    "2001:db8::/32",      # documentation (RFC 3849)
+    "2002::/16",          # 6to4: embeds an IPv4 address (RFC 3056)
+    "3fff::/20",          # documentation (RFC 9637)
+))
+# Outside 2000::/3, and so refused with it: ::/128, ::1, IPv4-mapped ::ffff:0:0/96 and
+# IPv4-compatible ::/96, NAT64 64:ff9b::/96 and 64:ff9b:1::/48, discard 100::/64,
+# ULA fc00::/7, link-local fe80::/10, multicast ff00::/8.
+
+# Serving files. Images, video, audio and PDF are shown inline; everything else
+# downloads. SVG is an image that can carry script, so it downloads too.
+INLINE_CONTENT_TYPES = frozenset((
+    "image/png", "image/jpeg", "image/gif", "image/webp",   # the four whose headers are checked
+    "video/mp4", "video/webm", "video/ogg", "video/quicktime",
+    "audio/mpeg", "audio/mp4", "audio/aac", "audio/ogg", "audio/opus", "audio/wav",
+    "audio/x-wav", "audio/webm", "audio/flac",
+    "application/pdf",
+))
+DOWNLOAD_CONTENT_TYPE = "application/octet-stream"  # what every other file is served as
+# Every file response: the browser must not guess a type (an upload declared
+# image/png that is really HTML stays an image), and what it opens as a page runs
+# no script and has an origin of its own (W3C CSP3 §6.3.2.1 sandbox).
+FILE_CONTENT_SECURITY_POLICY = "sandbox"
+FILE_RESPONSE_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", FILE_CONTENT_SECURITY_POLICY),
+    ("Cross-Origin-Resource-Policy", "same-origin"),  # other sites can't embed our files
+    ("Accept-Ranges", "bytes"),                       # RFC 9110 §14.3: videos seek
+)
+# Chromium's PDF viewer refuses to run in a sandboxed document (crbug.com/413851),
+# so a PDF gets no sandbox: served as application/pdf with nosniff, the browser
+# only ever hands it to its PDF viewer, whose scripts never run on our origin.
+PDF_RESPONSE_HEADERS = tuple(header for header in FILE_RESPONSE_HEADERS
+                             if header[0] != "Content-Security-Policy")
+
+
 ####
 #### 2. Errors
 ####
@@ -345,17 +448,21 @@ class CampfireError(Exception):
     CampfireError
      ├── HttpError               answered with .status at the HTTP boundary
      │    ├── BadRequest         400: malformed request or form
+     │    │    └── MultipartError 400: a multipart body that can't be read (section 9)
      │    ├── Forbidden          403: signed in, but not allowed
      │    ├── NotFound           404: also for what you may not know exists
      │    ├── PayloadTooLarge    413
+     │    │    └── MultipartTooLarge 413: too many parts, or a part header too long
+     │    ├── RangeNotSatisfiable 416: no requested byte range is in the file
      │    ├── Unprocessable      422: well-formed but invalid (an empty message)
+     │    │    └── ImageHeaderError 422: an image whose header is cut off, corrupt or absurd
      │    ├── TooManyRequests    429: a rate limit
      │    └── ServiceUnavailable 503: a write the disk refused, or too much work waiting
      ├── ConfigError             bad configuration: the CLI prints it, exits 1
      ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
      ├── CableCommandError       an Action Cable command that can't be read: ignored
-     └── WebhookFailed           a delivery that failed: logged (section 15)
+     └── WebhookFailed           a delivery that failed: logged (section 16)
           └── WebhookTimedOut    no answer within 7 s: the bot "failed to respond"
 
     WebSocket protocol errors never raise: they close the socket with 1002,
@@ -400,6 +507,33 @@ class TooManyRequests(HttpError):
 
 class ServiceUnavailable(HttpError):
     status = 503
+
+
+class MultipartError(BadRequest):
+    """400: a multipart/form-data body that can't be read (a wrong or missing
+    boundary, a truncated body, a malformed part header)."""
+
+
+class MultipartTooLarge(PayloadTooLarge):
+    """413: a multipart body past MAX_MULTIPART_PARTS parts, or a part whose
+    header is past MAX_PART_HEADER_BYTES or MAX_PART_HEADER_FIELDS."""
+
+
+class ImageHeaderError(Unprocessable):
+    """422: a file that starts like a PNG, GIF, JPEG or WebP image but whose
+    header is cut off, corrupt, or states a size that is zero or absurd."""
+
+
+class RangeNotSatisfiable(HttpError):
+    """416: a Range header none of whose ranges overlaps the representation;
+    the answer carries Content-Range: bytes */length (RFC 9110 §15.5.17)."""
+
+    status = 416
+
+    def __init__(self, length):
+        super().__init__("None of the requested ranges is within the file's %d bytes." % length,
+                         headers=[("Content-Range", "bytes */%d" % length)])
+        self.length = length
 
 
 class ConfigError(CampfireError):
@@ -1193,7 +1327,7 @@ def accepts_gzip(request):
 
 
 # Routing: a route table in, matches and URLs out -----------------------------
-# The table itself is the application's (section 12); this is the machinery,
+# The table itself is the application's (section 13); this is the machinery,
 # pure like the parser above.
 
 @dataclass(frozen=True, slots=True)
@@ -1974,7 +2108,7 @@ def cable_reply(identifier, kind):
 # Message bodies are Trix HTML. On the way in they pass sanitize_html (an
 # allow-list rebuild, so the output is canonical, well-formed and idempotent);
 # html_to_plain_text feeds search, webhooks, notifications and /play;
-# render_rich_text (section 11) swaps stored mention attachments for chips on the way out.
+# render_rich_text (section 12) swaps stored mention attachments for chips on the way out.
 # Campfire's helpers/content_filters/sanitize_tags.rb, exactly: Trix writes
 # strikethrough as <del>, so there is no <s> or <strike>.
 
@@ -2732,7 +2866,1242 @@ def qr_svg(text: str, *, level: str = "M", module_px: int = 8, border: int = 4) 
 
 
 ####
-#### 9. Storage
+#### 9. Files
+####
+# The pure building blocks of uploads, downloads and link previews: bytes and
+# strings in, values and events out. Nothing here touches a socket, a file, the
+# clock or the database.
+
+# Header parameters (RFC 9110 §5.6.6, RFC 8187, RFC 9110 §5.6.7) ----------------------
+
+_TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TOKEN_TEXT_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_MEDIA_TYPE_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_OWS = " \t"
+
+
+def _is_control(char):
+    """CTL (RFC 5234 B.1) other than HTAB: never inside a header value."""
+    return (char < " " and char != "\t") or char == "\x7f"
+
+
+def parse_parameters(value):
+    """'form-data; name="a"; filename=b.txt' → ('form-data', [('name', 'a'), ('filename', 'b.txt')]).
+
+    RFC 9110 §5.6.6: parameters follow ";" with optional whitespace; names are
+    tokens, matched case-insensitively (returned lower-cased, in order, repeats
+    kept); values are tokens or quoted strings. Within a quoted string only \\"
+    and \\\\ are escapes: browsers never escape anything else, and Windows paths
+    (C:\\Users\\x.txt) keep their backslashes. Two leniencies that real
+    clients need: whitespace around "=", and an unquoted value of any characters
+    up to the next ";" (boundaries such as boundary=a:b/c?d are sent unquoted).
+    ValueError when it can't be read."""
+    main, _, rest = value.partition(";")
+    params = []
+    i, end = 0, len(rest)
+    while i < end:
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i >= end:
+            break
+        if rest[i] == ";":  # an empty parameter: "a;;b=c"
+            i += 1
+            continue
+        start = i
+        while i < end and rest[i] in _TCHARS:
+            i += 1
+        name = rest[start:i].lower()
+        if not name:
+            raise ValueError("a parameter without a name")
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i >= end or rest[i] != "=":
+            raise ValueError("the parameter %r has no value" % name)
+        i += 1
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i < end and rest[i] == '"':
+            text, i = _quoted_string(rest, i)
+        else:
+            stop = rest.find(";", i)
+            stop = end if stop < 0 else stop
+            text = rest[i:stop].rstrip(_OWS)
+            i = stop
+            if not text or '"' in text or any(_is_control(char) for char in text):
+                raise ValueError("the parameter %r has a malformed value" % name)
+        params.append((name, text))
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i < end:
+            if rest[i] != ";":
+                raise ValueError("text after the parameter %r" % name)
+            i += 1
+    return main.strip(_OWS).lower(), params
+
+
+def _quoted_string(text, start):
+    """RFC 9110 §5.6.4 quoted-string at text[start] == '"' → (value, index after)."""
+    chars = []
+    i, end = start + 1, len(text)
+    while i < end:
+        char = text[i]
+        if char == '"':
+            return "".join(chars), i + 1
+        if char == "\\" and i + 1 < end and text[i + 1] in '"\\':
+            chars.append(text[i + 1])
+            i += 2
+            continue
+        if _is_control(char):
+            raise ValueError("a control character in a quoted string")
+        chars.append(char)
+        i += 1
+    raise ValueError("a quoted string without its closing quote")
+
+
+def decode_ext_value(value):
+    """RFC 8187 §3.2 ext-value, "UTF-8''na%C3%AFve.txt" → "naïve.txt"; None when
+    it is malformed or in a charset other than UTF-8 or ISO-8859-1 (the two
+    §3.2.1 requires), so the caller falls back to the plain parameter."""
+    charset, quote, rest = value.partition("'")
+    _language, quote2, encoded = rest.partition("'")
+    if not (quote and quote2) or charset.lower() not in ("utf-8", "iso-8859-1"):
+        return None
+    if any(char in " \"'" or _is_control(char) for char in encoded):
+        return None
+    try:
+        return urllib.parse.unquote_to_bytes(encoded).decode(charset.lower(), "strict")
+    except UnicodeDecodeError:
+        return None
+
+
+_HTTP_DATE_MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_IMF_FIXDATE_RE = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) ([A-Z][a-z]{2}) (\d{4}) "
+                             r"(\d\d):(\d\d):(\d\d) GMT\Z")
+_RFC850_DATE_RE = re.compile(r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+                             r"(\d\d)-([A-Z][a-z]{2})-(\d\d) (\d\d):(\d\d):(\d\d) GMT\Z")
+_ASCTIME_DATE_RE = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ([ \d]\d) "
+                              r"(\d\d):(\d\d):(\d\d) (\d{4})\Z")
+
+
+def parse_http_date(value, now=None):
+    """An HTTP-date (RFC 9110 §5.6.7) → seconds since the epoch, or None.
+
+    All three formats a recipient must accept: IMF-fixdate, the obsolete
+    RFC 850 form (its two-digit year is the latest year with those digits that
+    is not more than 50 years after `now`; without `now`, 1970 to 2069) and
+    asctime. The weekday is checked for form only, as RFC 9110 asks of nobody
+    to verify it."""
+    value = value.strip(_OWS)
+    if match := _IMF_FIXDATE_RE.match(value):
+        day, month, year, hour, minute, second = match.groups()
+    elif match := _RFC850_DATE_RE.match(value):
+        day, month, short_year, hour, minute, second = match.groups()
+        reference = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).year if now is not None else 2019
+        year = reference - reference % 100 + int(short_year)
+        if year > reference + 50:
+            year -= 100
+        elif year <= reference - 50:
+            year += 100
+    elif match := _ASCTIME_DATE_RE.match(value):
+        month, day, hour, minute, second, year = match.groups()
+    else:
+        return None
+    if month not in _HTTP_DATE_MONTHS:
+        return None
+    try:
+        moment = datetime.datetime(int(year), _HTTP_DATE_MONTHS[month], int(day), int(hour), int(minute), int(second))
+    except ValueError:  # 31 February, 25 o'clock, year 0
+        return None
+    return calendar.timegm(moment.timetuple())
+
+
+# multipart/form-data (RFC 7578, RFC 2046 §5.1.1) -------------------------------------
+# MultipartParser is sans-I/O: feed(bytes) returns events, in order,
+#
+#   PartStarted(name, filename, content_type, headers)   a part's header was read
+#   PartData(data)                                       some of its body, in order
+#   PartEnded()                                          its body is complete
+#
+# and finish() checks that the closing delimiter came. Whatever the size of a
+# part, the parser holds at most one part header (MAX_PART_HEADER_BYTES) or one
+# delimiter's length of body: a body's bytes are handed on as they arrive,
+# except those that might be the start of a delimiter split between two feeds.
+#
+# RFC 2046 §5.1.1's grammar, which the states follow:
+#   multipart-body := [preamble CRLF] dash-boundary transport-padding CRLF
+#                     body-part *encapsulation close-delimiter transport-padding [CRLF epilogue]
+#   encapsulation  := delimiter transport-padding CRLF body-part
+#   delimiter      := CRLF dash-boundary          dash-boundary := "--" boundary
+# Treating the body as if it began with a CRLF makes the first dash-boundary a
+# delimiter like the others.
+
+_BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]\Z")  # §5.1.1 bchars
+
+
+def multipart_boundary(content_type):
+    """The boundary of a `multipart/form-data; boundary=…` Content-Type, as bytes.
+    MultipartError when the type is another, the boundary missing, repeated, or
+    not 1 to 70 of RFC 2046's characters; quoted and unquoted forms are read."""
+    try:
+        media_type, params = parse_parameters(content_type or "")
+    except ValueError as error:
+        raise MultipartError("The Content-Type header could not be read (%s)." % error) from None
+    if media_type != "multipart/form-data":
+        raise MultipartError("The body is not multipart/form-data.")
+    boundaries = [value for name, value in params if name == "boundary"]
+    if not boundaries:
+        raise MultipartError("The multipart boundary is missing from the Content-Type header.")
+    if len(boundaries) > 1:
+        raise MultipartError("The Content-Type header names more than one boundary.")
+    if not _BOUNDARY_RE.match(boundaries[0]):
+        raise MultipartError("The multipart boundary must be 1 to %d letters, digits or '()+_,-./:=? "
+                             "(RFC 2046)." % MAX_BOUNDARY_CHARS)
+    return boundaries[0].encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class PartStarted:
+    """A part's header was read. `filename` is None for a plain field and a
+    string for a file field ("" when a browser sent the field with no file
+    chosen); it is as sent, so pass it through safe_filename() before use.
+    `content_type` is the part's Content-Type as sent, or None (RFC 7578 §4.4:
+    then text/plain for a field, application/octet-stream for a file).
+    `headers` are all of the part's header fields, (name, value), as sent."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    headers: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class PartData:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PartEnded:
+    pass
+
+
+_PART_ENDED = PartEnded()
+
+
+class MultipartParser:
+    """multipart/form-data bytes in, PartStarted/PartData/PartEnded out.
+
+        parser = MultipartParser(multipart_boundary(request.header("content-type")))
+        for chunk in body:
+            for event in parser.feed(chunk): ...
+        parser.finish()
+
+    MultipartError (400) for a malformed body, MultipartTooLarge (413) past a
+    limit; after either, the parser refuses everything. With form_data=False
+    any multipart body is read (RFC 2046 alone): parts need no
+    Content-Disposition and PartStarted.name is None when there is none.
+    """
+
+    PREAMBLE, DELIMITER, HEADER, BODY, EPILOGUE, FAILED = range(6)
+
+    def __init__(self, boundary, *, max_parts=MAX_MULTIPART_PARTS, max_header_bytes=MAX_PART_HEADER_BYTES,
+                 max_header_fields=MAX_PART_HEADER_FIELDS, form_data=True):
+        if isinstance(boundary, str):
+            boundary = boundary.encode("ascii")
+        if not 1 <= len(boundary) <= MAX_BOUNDARY_CHARS or b"\r" in boundary or b"\n" in boundary:
+            raise MultipartError("The multipart boundary must be 1 to %d characters." % MAX_BOUNDARY_CHARS)
+        self._delimiter = b"\r\n--" + boundary
+        self._max_parts = max_parts
+        self._max_header_bytes = max_header_bytes
+        self._max_header_fields = max_header_fields
+        self._form_data = form_data
+        self._buffer = bytearray(b"\r\n")  # see the note above: the body's first line is a delimiter too
+        self._state = self.PREAMBLE
+        self._error = None
+        self._scanned = 0        # how much of the buffer holds no CRLF (part headers)
+        self._preamble_bytes = 0
+        self._parts = 0
+        self._header_bytes = 0
+        self._fields = []        # [(name, value)] of the part whose header is being read
+
+    @classmethod
+    def for_content_type(cls, content_type, **limits):
+        return cls(multipart_boundary(content_type), **limits)
+
+    @property
+    def buffered_bytes(self):
+        """Bytes held back: at most a delimiter's length while in a body."""
+        return len(self._buffer)
+
+    @property
+    def done(self):
+        """True once the closing delimiter was read (what follows is ignored)."""
+        return self._state == self.EPILOGUE
+
+    def feed(self, data):
+        """Consume `data`; return the events it completes, in order."""
+        if self._state == self.FAILED:
+            raise self._error
+        if self._state == self.EPILOGUE:
+            return []  # RFC 2046 §5.1.1: the epilogue is ignored
+        self._buffer += data
+        events = []
+        try:
+            while self._step(events):
+                pass
+        except (MultipartError, MultipartTooLarge) as error:
+            self._fail(error)
+        return events
+
+    def finish(self):
+        """The body ended: MultipartError unless its closing delimiter was read."""
+        if self._state == self.FAILED:
+            raise self._error
+        if self._state == self.EPILOGUE:
+            return
+        if self._state == self.PREAMBLE:
+            self._fail(MultipartError("The body does not contain the boundary named in its Content-Type."))
+        if self._state == self.HEADER and not self._buffer and not self._fields:
+            self._fail(MultipartError("The multipart body has no closing boundary (--boundary--)."))
+        self._fail(MultipartError("The multipart body was cut off before its closing boundary."))
+
+    def _fail(self, error):
+        self._state = self.FAILED
+        self._error = error
+        self._buffer = bytearray()
+        raise error
+
+    def _step(self, events):
+        """Make one move; False when more bytes are needed."""
+        state, buffer = self._state, self._buffer
+        if state == self.BODY:
+            index = buffer.find(self._delimiter)
+            if index >= 0:
+                if index:
+                    events.append(PartData(bytes(buffer[:index])))
+                del buffer[:index + len(self._delimiter)]
+                events.append(_PART_ENDED)
+                self._state = self.DELIMITER
+                return True
+            keep = self._partial_delimiter_length()
+            if len(buffer) > keep:
+                events.append(PartData(bytes(buffer[:len(buffer) - keep])))
+                del buffer[:len(buffer) - keep]
+            return False
+        if state == self.HEADER:
+            return self._read_header_line(events)
+        if state == self.DELIMITER:
+            return self._read_delimiter_end()
+        if state == self.PREAMBLE:
+            index = buffer.find(self._delimiter)
+            if index >= 0:
+                self._preamble_bytes += index
+                del buffer[:index + len(self._delimiter)]
+                self._state = self.DELIMITER
+                return True
+            keep = self._partial_delimiter_length()
+            self._preamble_bytes += len(buffer) - keep
+            del buffer[:len(buffer) - keep]
+            if self._preamble_bytes > MAX_MULTIPART_PREAMBLE_BYTES:
+                raise MultipartError("The body does not start with the boundary named in its Content-Type.")
+            return False
+        return False
+
+    def _partial_delimiter_length(self):
+        """How many bytes at the buffer's end could begin a delimiter. The
+        delimiter's only CR is its first byte (a boundary holds none), so the
+        last CR near the end is the one candidate."""
+        buffer, delimiter = self._buffer, self._delimiter
+        start = buffer.rfind(b"\r", max(0, len(buffer) - len(delimiter) + 1))
+        if start >= 0 and delimiter.startswith(buffer[start:]):
+            return len(buffer) - start
+        return 0
+
+    def _read_delimiter_end(self):
+        """After a delimiter: "--" closes the body; otherwise transport padding
+        (spaces and tabs) and a CRLF open the next part (RFC 2046 §5.1.1)."""
+        buffer = self._buffer
+        if buffer[:1] == b"-":
+            if len(buffer) < 2:
+                return False
+            if buffer[1:2] != b"-":
+                raise MultipartError("A boundary line has text after the boundary.")
+            if not self._parts and self._preamble_bytes:
+                # Text, then straight to the closing delimiter: the text was the parts,
+                # written with another boundary. (An empty form, "--b--" alone, is fine.)
+                raise MultipartError("The body does not contain the boundary named in its Content-Type.")
+            self._state = self.EPILOGUE
+            self._buffer = bytearray()
+            return False
+        padding = 0
+        while padding < len(buffer) and buffer[padding] in b" \t":
+            padding += 1
+        if padding > MAX_TRANSPORT_PADDING_BYTES:
+            raise MultipartError("A boundary line has text after the boundary.")
+        if len(buffer) < padding + 2:
+            if buffer[padding:] in (b"", b"\r"):
+                return False
+        if buffer[padding:padding + 2] != b"\r\n":
+            if buffer[padding:padding + 1] == b"\n":
+                raise MultipartError("A boundary line ends with LF alone; multipart lines end with CRLF "
+                                     "(RFC 2046 §5.1.1).")
+            raise MultipartError("A boundary line has text after the boundary.")
+        del buffer[:padding + 2]
+        self._parts += 1
+        if self._parts > self._max_parts:
+            raise MultipartTooLarge("The form has more than %d parts." % self._max_parts)
+        self._state = self.HEADER
+        self._header_bytes = 0
+        self._fields = []
+        self._scanned = 0
+        return True
+
+    def _read_header_line(self, events):
+        buffer = self._buffer
+        index = buffer.find(b"\r\n", self._scanned)
+        if index < 0:
+            if self._header_bytes + len(buffer) > self._max_header_bytes:
+                raise MultipartTooLarge("A part's header is larger than %d bytes." % self._max_header_bytes)
+            self._scanned = max(0, len(buffer) - 1)
+            return False
+        self._header_bytes += index + 2
+        if self._header_bytes > self._max_header_bytes:
+            raise MultipartTooLarge("A part's header is larger than %d bytes." % self._max_header_bytes)
+        line = bytes(buffer[:index])
+        del buffer[:index + 2]
+        self._scanned = 0
+        if not line:
+            events.append(self._part_started())
+            self._state = self.BODY
+            return True
+        if b"\n" in line:
+            raise MultipartError("A part header line ends with LF alone; multipart lines end with CRLF "
+                                 "(RFC 2046 §5.1.1).")
+        text = line.decode("utf-8", "replace")
+        if any(_is_control(char) for char in text):
+            raise MultipartError("A part header contains a control character.")
+        if text[0] in _OWS:
+            # obs-fold (RFC 5322 §2.2.3, which MIME part headers follow): a continuation line.
+            if not self._fields:
+                raise MultipartError("A part header starts with a continuation line.")
+            name, value = self._fields[-1]
+            self._fields[-1] = (name, (value + " " + text.strip(_OWS)).strip(_OWS))
+            return True
+        name, colon, value = text.partition(":")
+        if not colon or not _TOKEN_TEXT_RE.match(name):
+            raise MultipartError("A part header line is not a 'Name: value' field.")
+        if len(self._fields) >= self._max_header_fields:
+            raise MultipartTooLarge("A part has more than %d header fields." % self._max_header_fields)
+        self._fields.append((name, value.strip(_OWS)))
+        return True
+
+    def _part_started(self):
+        """RFC 7578 §4.2: each part has one Content-Disposition of type form-data
+        with a name; filename* (RFC 8187) wins over filename (RFC 6266 §4.3)."""
+        fields = tuple(self._fields)
+        found = {}
+        for name, value in fields:
+            key = name.lower()
+            if key in ("content-disposition", "content-type"):
+                if key in found:
+                    raise MultipartError("A part has two %s header fields." % name)
+                found[key] = value
+        content_type = found.get("content-type")
+        if "content-disposition" not in found:
+            if self._form_data:
+                raise MultipartError("A part has no Content-Disposition header field (RFC 7578 §4.2).")
+            return PartStarted(None, None, content_type, fields)
+        try:
+            disposition, params = parse_parameters(found["content-disposition"])
+        except ValueError as error:
+            raise MultipartError("A part's Content-Disposition could not be read (%s)." % error) from None
+        if self._form_data and disposition != "form-data":
+            raise MultipartError("A part's Content-Disposition is not form-data (RFC 7578 §4.2).")
+        values = {}
+        for key, value in params:
+            if key in values:
+                raise MultipartError("A part's Content-Disposition repeats %s." % key)
+            values[key] = value
+        name = values.get("name")
+        if name is None and self._form_data:
+            raise MultipartError("A part's Content-Disposition has no name (RFC 7578 §4.2).")
+        filename = values.get("filename")
+        # WHATWG HTML §4.10.21.8: browsers write a quote in a name or file name as %22
+        # (and CR, LF as %0D, %0A, which safe_filename() would drop anyway).
+        name = name.replace("%22", '"') if name is not None else None
+        filename = filename.replace("%22", '"') if filename is not None else None
+        if "filename*" in values:
+            filename = decode_ext_value(values["filename*"]) or filename
+        return PartStarted(name, filename, content_type, fields)
+
+
+def read_multipart(body, content_type, **limits):
+    """A whole multipart/form-data body → [(PartStarted, bytes)], for small
+    forms held in memory; uploads go through MultipartParser as they arrive."""
+    parser = MultipartParser.for_content_type(content_type, **limits)
+    parts, started, chunks = [], None, []
+    for event in parser.feed(body):
+        if isinstance(event, PartStarted):
+            started, chunks = event, []
+        elif isinstance(event, PartData):
+            chunks.append(event.data)
+        else:
+            parts.append((started, b"".join(chunks)))
+    parser.finish()
+    return parts
+
+
+# File names --------------------------------------------------------------------------
+
+# Bidirectional controls (Unicode Annex #9): they make "txt.exe" read "exe.txt".
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cs", "Zl", "Zp"))  # controls, lone surrogates, line breaks
+
+
+def safe_filename(name, max_bytes=MAX_FILENAME_BYTES):
+    """What an uploaded file's name may be once it is ours: the last path
+    component (after / or \\), in NFC, without control characters, bidi
+    controls or line separators, without leading dots or surrounding spaces
+    (and trailing dots, which Windows drops), at most `max_bytes` of UTF-8 with
+    its extension kept. Never empty: FALLBACK_FILENAME when nothing is left."""
+    name = re.split(r"[/\\]", name or "")[-1]
+    name = "".join(char for char in name
+                   if unicodedata.category(char) not in _UNSAFE_CATEGORIES and char not in _BIDI_CONTROLS)
+    name = re.sub(r"^[\s.]+|[\s.]+$", "", unicodedata.normalize("NFC", name))
+    encoded = name.encode("utf-8")
+    if len(encoded) > max_bytes:
+        stem, dot, extension = name.rpartition(".")
+        extension = dot + extension
+        extension_bytes = len(extension.encode("utf-8"))
+        if not stem or not 2 <= extension_bytes <= min(MAX_EXTENSION_BYTES, max_bytes // 2):
+            stem, extension, extension_bytes = name, "", 0
+        stem = re.sub(r"[\s.]+$", "", stem.encode("utf-8")[:max_bytes - extension_bytes].decode("utf-8", "ignore"))
+        name = unicodedata.normalize("NFC", stem + extension) if stem else extension.lstrip(".")
+    return name or FALLBACK_FILENAME
+
+
+# Image headers -----------------------------------------------------------------------
+# The browser makes every preview; the server only checks that an image is one
+# and learns its size, from its first bytes. ImageSniffer is fed a file as it
+# arrives and stops as soon as it knows (PNG and WebP: 33 bytes, GIF: 10, JPEG:
+# everything up to its frame header); segments it doesn't need are skipped, not kept.
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """A real image's type and its size as shown: for a JPEG whose EXIF
+    orientation is 5 to 8 (a quarter turn) width and height are swapped, as
+    browsers draw it (CSS image-orientation: from-image)."""
+
+    content_type: str
+    width: int
+    height: int
+    orientation: int = 1
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"        # PNG §5.2
+GIF_SIGNATURES = (b"GIF87a", b"GIF89a")      # GIF89a §17
+JPEG_SIGNATURE = b"\xff\xd8\xff"             # SOI and the next marker's 0xFF (T.81 §B.1.1.3)
+_SIGNATURES = (PNG_SIGNATURE, b"GIF8", JPEG_SIGNATURE, b"RIFF")
+
+# PNG §11.2.2: bit depths allowed for each colour type.
+_PNG_BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# ITU T.81 Table B.1: the SOFn markers; C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
+_JPEG_SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+_JPEG_STANDALONE_MARKERS = frozenset((0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7))  # TEM, RSTn
+_EXIF_ORIENTATION_TAG = 0x0112               # TIFF 6.0 / EXIF 2.3 §4.6.4, a SHORT from 1 to 8
+
+
+class ImageSniffer:
+    """Feed a file's first bytes; learn whether it is a PNG, GIF, JPEG or WebP,
+    and its size.
+
+        sniffer = ImageSniffer()
+        for chunk in upload:
+            if sniffer.feed(chunk):   # True once it knows
+                break
+        info = sniffer.finish()        # ImageInfo, or None if not one of the four
+
+    ImageHeaderError (422) when the file starts like one of the four but its
+    header is cut off, corrupt, or says the image is 0 pixels or past
+    MAX_IMAGE_SIDE_PIXELS / MAX_IMAGE_PIXELS."""
+
+    def __init__(self):
+        self._buffer = bytearray()
+        self._done = False
+        self._info = None
+        self._kind = None
+        self._position = 0        # file offset of the buffer's first byte (JPEG)
+        self._skip = 0            # JPEG bytes still to pass over
+        self._orientation = 1
+        self._exif_read = False
+
+    @property
+    def buffered_bytes(self):
+        """Bytes held: at most a JPEG's EXIF segment (64 KiB) plus the latest chunk."""
+        return len(self._buffer)
+
+    def feed(self, data):
+        if self._done:
+            return True
+        if self._skip:
+            skipped = min(self._skip, len(data))
+            self._skip -= skipped
+            self._position += skipped
+            data = data[skipped:]
+        self._buffer += data
+        self._step()
+        return self._done
+
+    def finish(self):
+        """No more bytes: the ImageInfo, None for a file that is none of the
+        four, or ImageHeaderError for an image cut off before its size."""
+        if not self._done:
+            if self._kind is None:
+                return None
+            raise ImageHeaderError("The %s image is cut off before the end of its header." % self._kind)
+        return self._info
+
+    def _decide(self, info):
+        self._done = True
+        self._info = info
+        self._buffer = bytearray()
+        return info
+
+    def _step(self):
+        buffer = self._buffer
+        if self._kind is None:
+            head = bytes(buffer[:12])
+            if head.startswith(PNG_SIGNATURE):
+                self._kind = "PNG"
+            elif head[:6] in GIF_SIGNATURES:
+                self._kind = "GIF"
+            elif head.startswith(JPEG_SIGNATURE):
+                self._kind = "JPEG"
+                del buffer[:2]  # SOI
+                self._position = 2
+            elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                self._kind = "WebP"
+            elif len(head) >= 12 or not any(signature.startswith(head[:len(signature)])
+                                            for signature in _SIGNATURES):
+                self._decide(None)  # not an image we know: just a file
+                return
+            else:
+                return
+        if self._kind == "PNG":
+            self._png()
+        elif self._kind == "GIF":
+            self._gif()
+        elif self._kind == "WebP":
+            self._webp()
+        else:
+            self._jpeg()
+
+    def _checked(self, content_type, width, height, orientation=1):
+        if width < 1 or height < 1:
+            raise ImageHeaderError("The image's header says it is %d×%d pixels." % (width, height))
+        if width > MAX_IMAGE_SIDE_PIXELS or height > MAX_IMAGE_SIDE_PIXELS or width * height > MAX_IMAGE_PIXELS:
+            raise ImageHeaderError("The image's header says it is %d×%d pixels, more than we show "
+                                   "(%d on a side, %d in all)." % (width, height, MAX_IMAGE_SIDE_PIXELS,
+                                                                   MAX_IMAGE_PIXELS))
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        return self._decide(ImageInfo(content_type, width, height, orientation))
+
+    def _png(self):
+        """PNG §5.3, §11.2.2: the first chunk is IHDR, 13 bytes, with a CRC."""
+        data = self._buffer
+        if len(data) < IMAGE_HEADER_BYTES:
+            return
+        length = int.from_bytes(data[8:12], "big")
+        if length != 13 or data[12:16] != b"IHDR":
+            raise ImageHeaderError("The PNG image does not start with its IHDR chunk.")
+        if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+            raise ImageHeaderError("The PNG image's IHDR chunk is corrupt (its CRC does not match).")
+        width = int.from_bytes(data[16:20], "big")
+        height = int.from_bytes(data[20:24], "big")
+        depth, colour, compression, filtering, interlace = data[24:29]
+        if (depth not in _PNG_BIT_DEPTHS.get(colour, ()) or compression != 0 or filtering != 0
+                or interlace not in (0, 1)):
+            raise ImageHeaderError("The PNG image's IHDR chunk has values PNG does not define.")
+        self._checked("image/png", width, height)
+
+    def _gif(self):
+        """GIF89a §18: the logical screen descriptor follows the 6-byte signature."""
+        data = self._buffer
+        if len(data) < 10:
+            return
+        self._checked("image/gif", int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little"))
+
+    def _webp(self):
+        """RFC 9649 §2.5-2.7: a RIFF file whose first chunk is VP8, VP8L or VP8X."""
+        data = self._buffer
+        if len(data) < 20:
+            return
+        riff_size = int.from_bytes(data[4:8], "little")
+        fourcc = bytes(data[12:16])
+        chunk_size = int.from_bytes(data[16:20], "little")
+        if chunk_size + 12 > riff_size:
+            raise ImageHeaderError("The WebP image's first chunk is larger than the file says it is.")
+        if fourcc == b"VP8 ":
+            # RFC 6386 §9.1: a 3-byte frame tag (bit 0 clear on a key frame), the start
+            # code 9D 01 2A, then 14-bit width and height each with a 2-bit scale.
+            if len(data) < 30:
+                return
+            if chunk_size < 10 or data[20] & 1 or data[23:26] != b"\x9d\x01\x2a":
+                raise ImageHeaderError("The WebP image's VP8 frame header is corrupt.")
+            width = int.from_bytes(data[26:28], "little") & 0x3FFF
+            height = int.from_bytes(data[28:30], "little") & 0x3FFF
+        elif fourcc == b"VP8L":
+            # RFC 9649 §3.2: signature 0x2F, then width-1 and height-1 in 14 bits each,
+            # an alpha bit and a 3-bit version that must be 0.
+            if len(data) < 25:
+                return
+            bits = int.from_bytes(data[21:25], "little")
+            if chunk_size < 5 or data[20] != 0x2F or bits >> 29:
+                raise ImageHeaderError("The WebP image's VP8L header is corrupt.")
+            width = (bits & 0x3FFF) + 1
+            height = ((bits >> 14) & 0x3FFF) + 1
+        elif fourcc == b"VP8X":
+            # RFC 9649 §2.7: flags, 3 reserved bytes, canvas width-1 and height-1 in 24 bits each.
+            if len(data) < 30:
+                return
+            if chunk_size < 10:
+                raise ImageHeaderError("The WebP image's VP8X chunk is too short.")
+            width = int.from_bytes(data[24:27], "little") + 1
+            height = int.from_bytes(data[27:30], "little") + 1
+        else:
+            raise ImageHeaderError("The WebP image's first chunk is neither VP8, VP8L nor VP8X.")
+        self._checked("image/webp", width, height)
+
+    def _jpeg(self):
+        """ITU T.81 §B.1.1: walk the marker segments to the first SOFn, reading
+        EXIF's orientation (APP1) on the way and skipping the rest; 0xFF fill
+        bytes before a marker are allowed (§B.1.1.2), and stray bytes between
+        segments are passed over as libjpeg does."""
+        buffer = self._buffer
+        while True:
+            if self._position > JPEG_SCAN_LIMIT:
+                raise ImageHeaderError("The JPEG image has no frame header in its first %d bytes."
+                                       % JPEG_SCAN_LIMIT)
+            start = buffer.find(b"\xff")
+            if start < 0:
+                self._consume(len(buffer))
+                return
+            marker_at = start
+            while marker_at < len(buffer) and buffer[marker_at] == 0xFF:
+                marker_at += 1
+            if marker_at >= len(buffer):
+                self._consume(start)  # keep the 0xFFs: the marker may follow in the next feed
+                return
+            marker = buffer[marker_at]
+            if marker == 0x00:  # a stuffed zero belongs to entropy-coded data, not here
+                self._consume(marker_at + 1)
+                continue
+            if marker in _JPEG_STANDALONE_MARKERS:
+                self._consume(marker_at + 1)
+                continue
+            if marker == 0xD8:
+                raise ImageHeaderError("The JPEG image has a second start-of-image marker before its frame.")
+            if marker in (0xD9, 0xDA):
+                raise ImageHeaderError("The JPEG image has no frame header before its %s."
+                                       % ("end" if marker == 0xD9 else "scan data"))
+            if len(buffer) < marker_at + 3:
+                self._consume(start)
+                return
+            length = int.from_bytes(buffer[marker_at + 1:marker_at + 3], "big")
+            if length < 2:
+                raise ImageHeaderError("The JPEG image has a segment shorter than its length field.")
+            segment_start = marker_at + 3
+            segment_end = marker_at + 1 + length
+            if marker in _JPEG_SOF_MARKERS:
+                if len(buffer) < segment_start + 6:
+                    self._consume(start)
+                    return
+                # §B.2.2: P, Y (lines), X (samples per line), Nf, then 3 bytes per component.
+                height = int.from_bytes(buffer[segment_start + 1:segment_start + 3], "big")
+                width = int.from_bytes(buffer[segment_start + 3:segment_start + 5], "big")
+                components = buffer[segment_start + 5]
+                if components < 1 or length < 8 + 3 * components:
+                    raise ImageHeaderError("The JPEG image's frame header is corrupt.")
+                self._checked("image/jpeg", width, height, self._orientation)
+                return
+            if marker == 0xE1 and not self._exif_read:
+                if len(buffer) < segment_end:
+                    self._consume(start)
+                    return
+                payload = bytes(buffer[segment_start:segment_end])
+                if payload.startswith(b"Exif\x00\x00"):
+                    self._exif_read = True
+                    self._orientation = _exif_orientation(payload[6:])
+            available = min(segment_end, len(buffer))
+            self._skip = segment_end - available
+            self._consume(available)
+            if self._skip:
+                return
+
+    def _consume(self, count):
+        del self._buffer[:count]
+        self._position += count
+
+
+def _exif_orientation(tiff):
+    """The Orientation (1 to 8) in IFD0 of an EXIF TIFF structure (TIFF 6.0 §2);
+    1 when it is absent or unreadable: a bad EXIF block is common and harmless."""
+    if len(tiff) < 8 or tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 1
+    order = "little" if tiff[:2] == b"II" else "big"
+    offset = int.from_bytes(tiff[4:8], order)
+    if offset + 2 > len(tiff):
+        return 1
+    count = int.from_bytes(tiff[offset:offset + 2], order)
+    for index in range(min(count, (len(tiff) - offset - 2) // 12)):
+        entry = tiff[offset + 2 + 12 * index:offset + 14 + 12 * index]
+        if int.from_bytes(entry[0:2], order) == _EXIF_ORIENTATION_TAG:
+            kind, values = int.from_bytes(entry[2:4], order), int.from_bytes(entry[4:8], order)
+            value = int.from_bytes(entry[8:10], order)
+            return value if kind == 3 and values == 1 and 1 <= value <= 8 else 1
+    return 1
+
+
+def sniff_image(head):
+    """The ImageInfo of a file's first bytes (usually IMAGE_SNIFF_BYTES of them),
+    None when it is not a PNG, GIF, JPEG or WebP; ImageHeaderError when its
+    header lies or does not end within `head`."""
+    sniffer = ImageSniffer()
+    sniffer.feed(head)
+    return sniffer.finish()
+
+
+# Byte ranges (RFC 9110 §14, §13.1.5) -------------------------------------------------
+# One range is served as 206 with Content-Range. Several are first sorted and
+# merged where they overlap or touch (§15.3.7.2 allows it); if one range is
+# left it is served as 206, otherwise the whole file as 200 (§14.2: a server
+# may ignore Range). Players and download managers ask for one range; a
+# multipart/byteranges answer would serve only the rare client that asks for
+# several, and many small overlapping ranges are a known way to make a server
+# work hard for nothing.
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    first: int  # both inclusive, as in Content-Range
+    last: int
+
+    @property
+    def length(self):
+        return self.last - self.first + 1
+
+
+_RANGE_SPEC_RE = re.compile(r"([0-9]+)-([0-9]*)|-([0-9]+)")
+
+
+def _position(digits):
+    """(exact order key, value capped at 10**MAX_RANGE_DIGITS) of a run of digits."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > MAX_RANGE_DIGITS:
+        return (len(digits), digits), 10 ** MAX_RANGE_DIGITS
+    return (len(digits), digits), int(digits)
+
+
+def parse_range(header, length):
+    """The byte range of a `Range` header to serve from a representation of
+    `length` bytes, or None to serve all of it with 200: no header, a unit
+    other than bytes, invalid syntax (§14.2: the header is then ignored), an
+    empty representation (no byte range of it can be written), several ranges
+    that don't merge into one, or more than MAX_RANGE_SPECS of them.
+    RangeNotSatisfiable (416) when the header is valid and no range overlaps
+    the representation (§14.1.1)."""
+    if not header:
+        return None
+    unit, equals, range_set = header.partition("=")
+    if not equals or not _TOKEN_TEXT_RE.match(unit) or unit.lower() != "bytes":
+        return None
+    elements = range_set.split(",")
+    if len(elements) > MAX_RANGE_SPECS:
+        return None
+    specs = []
+    for element in elements:
+        element = element.strip(_OWS)
+        if not element:
+            continue  # §5.6.1: empty list elements are allowed and don't count
+        match = _RANGE_SPEC_RE.fullmatch(element)
+        if not match:
+            return None
+        first_digits, last_digits, suffix_digits = match.groups()
+        if suffix_digits is not None:
+            specs.append((None, _position(suffix_digits)[1]))
+            continue
+        first_key, first = _position(first_digits)
+        if last_digits:
+            last_key, last = _position(last_digits)
+            if last_key < first_key:
+                return None  # §14.1.1: last-pos less than first-pos is invalid
+        else:
+            last = None
+        specs.append((first, last))
+    if not specs:
+        return None
+    if length <= 0:
+        return None
+    satisfiable = []
+    for first, last in specs:
+        if first is None:  # a suffix: the last `last` bytes; all of them if it is longer
+            if last > 0:
+                satisfiable.append((max(0, length - last), length - 1))
+        elif first < length:
+            satisfiable.append((first, length - 1 if last is None else min(last, length - 1)))
+    if not satisfiable:
+        raise RangeNotSatisfiable(length)
+    satisfiable.sort()
+    merged = [list(satisfiable[0])]
+    for first, last in satisfiable[1:]:
+        if first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    if len(merged) > 1:
+        return None
+    return ByteRange(*merged[0])
+
+
+_ENTITY_TAG_RE = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"\Z')  # RFC 9110 §8.8.3 opaque-tag
+
+
+def if_range_matches(value, *, etag=None, last_modified=None, now=None):
+    """RFC 9110 §13.1.5: whether a Range may be honoured given its If-Range.
+    An entity-tag must equal the current strong `etag` (a weak tag never
+    matches); an HTTP-date must equal `last_modified` (seconds since the epoch)
+    exactly. Anything else, or an unreadable value, is False: the file is then
+    served whole with 200."""
+    value = value.strip(_OWS)
+    if value.startswith("W/"):
+        return False
+    if value.startswith('"'):
+        return (bool(_ENTITY_TAG_RE.match(value)) and etag is not None and not etag.startswith("W/")
+                and value == etag)
+    moment = parse_http_date(value, now)
+    return moment is not None and last_modified is not None and moment == int(last_modified)
+
+
+def select_range(range_header, length, *, if_range=None, etag=None, last_modified=None, now=None):
+    """The whole Range decision for a GET of `length` bytes (RFC 9110 §13.2.2:
+    If-Range first, then Range): a ByteRange to answer 206, None to answer 200
+    with everything, or RangeNotSatisfiable for 416."""
+    if not range_header:
+        return None  # §13.1.5: If-Range without Range is ignored
+    if if_range is not None and not if_range_matches(if_range, etag=etag, last_modified=last_modified, now=now):
+        return None
+    return parse_range(range_header, length)
+
+
+def content_range(byte_range, length):
+    """The Content-Range of a 206 (RFC 9110 §14.4): 'bytes 0-499/1234'."""
+    return "bytes %d-%d/%d" % (byte_range.first, byte_range.last, length)
+
+
+# Serving files: disposition, type and headers (RFC 6266, RFC 8187) -------------------
+
+def normalized_content_type(content_type):
+    """'Image/PNG; charset=x' → 'image/png'; None when it is not type/subtype."""
+    media_type = (content_type or "").partition(";")[0].strip(_OWS).lower()
+    return media_type if _MEDIA_TYPE_RE.match(media_type) else None
+
+
+def upload_content_type(declared, image=None):
+    """The type to store for an upload: the sniffed image type when there is
+    one; DOWNLOAD_CONTENT_TYPE for a file declared as an image that isn't one,
+    or declared as nothing readable; otherwise the declared type, normalized."""
+    if image is not None:
+        return image.content_type
+    declared = normalized_content_type(declared)
+    if declared is None or declared.startswith("image/") and declared != "image/svg+xml":
+        return DOWNLOAD_CONTENT_TYPE
+    return declared
+
+
+def serving_for(content_type):
+    """(Content-Type to send, "inline" or "attachment", extra headers) for a
+    stored file: the types of INLINE_CONTENT_TYPES are shown in the browser as
+    what they are; every other file downloads as DOWNLOAD_CONTENT_TYPE, so an
+    HTML or SVG upload is never a page of ours."""
+    media_type = normalized_content_type(content_type)
+    if media_type in INLINE_CONTENT_TYPES:
+        headers = PDF_RESPONSE_HEADERS if media_type == "application/pdf" else FILE_RESPONSE_HEADERS
+        return media_type, "inline", headers
+    return DOWNLOAD_CONTENT_TYPE, "attachment", FILE_RESPONSE_HEADERS
+
+
+# RFC 8187 §3.2.1 attr-char: what may stand unencoded in an ext-value.
+_ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
+
+
+def content_disposition(disposition, filename):
+    """`inline` or `attachment` with the file's name, for every browser
+    (RFC 6266 §4.3, Appendix D): filename="…" is an ASCII stand-in (accents
+    dropped, other non-ASCII characters as "_", quotes and backslashes
+    escaped) and, when that is not the name itself, filename*=UTF-8''… (RFC 8187)
+    carries it exactly, which browsers prefer. The name passes through
+    safe_filename() first, so no stored name can break the header."""
+    if disposition not in ("inline", "attachment"):
+        raise ValueError("disposition must be inline or attachment")
+    name = safe_filename(filename)
+    fallback = "".join(char for char in unicodedata.normalize("NFKD", name) if not unicodedata.combining(char))
+    fallback = "".join(char if " " <= char <= "~" else "_" for char in fallback)
+    header = '%s; filename="%s"' % (disposition, fallback.replace("\\", "\\\\").replace('"', '\\"'))
+    if fallback != name or any(char in name for char in '\\"%'):  # some agents decode % (Appendix D)
+        header += "; filename*=UTF-8''" + urllib.parse.quote(name, safe=_ATTR_CHAR_SAFE)
+    return header
+
+
+# Link previews: the address guard and OpenGraph --------------------------------------
+
+def unfurl_address_allowed(address):
+    """Whether a link preview may connect to `address`, an IP address as
+    getaddrinfo() returns it. IPv4: anything outside BLOCKED_IPV4_NETWORKS.
+    IPv6: only global unicast (2000::/3) outside BLOCKED_IPV6_NETWORKS; every
+    form that embeds an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo)
+    is refused rather than unwrapped. A scoped address ("fe80::1%eth0") or
+    anything that isn't an address is refused."""
+    if not isinstance(address, str) or "%" in address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 4:
+        return not any(ip in network for network in BLOCKED_IPV4_NETWORKS)
+    return ip in IPV6_GLOBAL_UNICAST and not any(ip in network for network in BLOCKED_IPV6_NETWORKS)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPreview:
+    """What a page says about itself; any field may be None (Campfire shows a
+    preview only with a title, a URL and a description)."""
+
+    title: str | None
+    description: str | None
+    image: str | None
+    url: str | None
+
+
+# WHATWG Encoding §4.2: labels whose meaning on the web differs from Python's.
+_WEB_CHARSETS = {
+    "iso-8859-1": "cp1252", "latin1": "cp1252", "l1": "cp1252", "us-ascii": "cp1252", "ascii": "cp1252",
+    "windows-1252": "cp1252", "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030",
+    "euc-kr": "cp949", "ks_c_5601-1987": "cp949", "shift_jis": "cp932", "sjis": "cp932",
+    "x-sjis": "cp932", "windows-31j": "cp932", "iso-8859-9": "cp1254", "tis-620": "cp874",
+}
+_META_CHARSET_RE = re.compile(rb"<meta[^>]*?charset\s*=\s*[\"']?\s*([A-Za-z0-9_\-:.]+)", re.IGNORECASE)
+
+
+def _web_codec(label, from_meta=False):
+    """A charset label → a Python text codec name, or None (unknown, not a
+    text encoding, or UTF-7, which the web forbids). A <meta> that names
+    UTF-16 means UTF-8: the bytes it is written in are ASCII-compatible."""
+    label = label.strip().strip("\"'").lower()
+    label = _WEB_CHARSETS.get(label, label)
+    if from_meta and label.startswith("utf-16"):
+        label = "utf-8"
+    try:
+        info = codecs.lookup(label)
+    except LookupError:
+        return None
+    if info.name in ("utf-7",) or not getattr(info, "_is_text_encoding", True):
+        return None
+    return info.name
+
+
+def document_charset(body, content_type=None):
+    """The codec to decode an HTML page with (WHATWG HTML §13.2.3.1): a BOM,
+    then the Content-Type's charset, then a <meta> in the first
+    CHARSET_PRESCAN_BYTES, then UTF-8."""
+    for bom, name in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+                      (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if body.startswith(bom):
+            return name
+    if content_type:
+        try:
+            _, params = parse_parameters(content_type)
+        except ValueError:
+            params = []
+        for name, value in params:
+            if name == "charset" and (codec := _web_codec(value)):
+                return codec
+    match = _META_CHARSET_RE.search(body[:CHARSET_PRESCAN_BYTES])
+    if match and (codec := _web_codec(match.group(1).decode("ascii"), from_meta=True)):
+        return codec
+    return "utf-8"
+
+
+_STRAY_LESS_THAN_RE = re.compile(r"<(?![A-Za-z!/?])")
+
+
+class _EndOfHead(Exception):
+    """Raised by the reader at </head> or <body>: nothing after it is read."""
+
+
+class _HeadReader(HTMLParser):
+    """Collects <meta property|name=… content=…> (the first of each key),
+    <title>'s text and <base href> from a page's head; stops after
+    MAX_PREVIEW_MARKUP_ITEMS tags, comments, texts and character references
+    (html.parser spends a Python call on each, so this bounds the time a page
+    can cost). Character references are counted as they come, so the title
+    is kept as written and unescaped at the end."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=False)
+        self.meta = {}
+        self.title = []
+        self.title_chars = 0
+        self.base = None
+        self._in_title = False
+        self._title_done = False
+        self._items = 0
+
+    def _count(self):
+        self._items += 1
+        if self._items > MAX_PREVIEW_MARKUP_ITEMS:
+            raise _EndOfHead
+
+    def handle_comment(self, data):
+        self._count()
+
+    def handle_decl(self, decl):
+        self._count()
+
+    def handle_pi(self, data):
+        self._count()
+
+    def unknown_decl(self, data):
+        self._count()
+
+    def handle_starttag(self, tag, attrs):
+        self._count()
+        if tag == "body":
+            raise _EndOfHead
+        values = {}
+        for name, value in attrs:
+            values.setdefault(name, value)
+        if tag == "meta":
+            key = (values.get("property") or values.get("name") or "").strip().lower()
+            content = values.get("content")
+            if key and content is not None:
+                self.meta.setdefault(key, content)
+        elif tag == "title" and not self._title_done:
+            self._in_title = True
+        elif tag == "base" and self.base is None and values.get("href"):
+            self.base = values["href"]
+
+    def handle_endtag(self, tag):
+        self._count()
+        if tag == "head":
+            raise _EndOfHead
+        if tag == "title" and self._in_title:
+            self._in_title = False
+            self._title_done = True
+
+    def handle_data(self, data):
+        self._count()
+        self._title_text(data)
+
+    def handle_entityref(self, name):
+        self._count()
+        self._title_text("&%s;" % name)
+
+    def handle_charref(self, name):
+        self._count()
+        self._title_text("&#%s;" % name)
+
+    def _title_text(self, text):
+        if self._in_title and self.title_chars < MAX_PREVIEW_TITLE_CHARS * 4:
+            self.title.append(text)
+            self.title_chars += len(text)
+
+
+def _clean_text(text, limit):
+    text = re.sub(r"[ \t\n\r\f]+", " ", text or "").strip(" ")  # HTML's white space; a no-break space stays
+    if len(text) > limit:
+        text = text[:limit - 1].rstrip() + "…"
+    return text or None
+
+
+def _absolute_url(value, base):
+    """`value` resolved against `base`, if the result is an http(s) URL with a
+    host (WHATWG URL: surrounding spaces and controls, inner tabs and newlines,
+    are dropped first); otherwise None."""
+    if value is None:
+        return None
+    value = re.sub(r"[\t\n\r]", "", value).strip("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\x0e\x0f"
+                                                  "\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c"
+                                                  "\x1d\x1e\x1f ")
+    if not value:
+        return None
+    try:
+        url = urllib.parse.urljoin(base, value)
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # ValueError for a port that isn't a number
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_PREVIEW_URL_CHARS:
+        return None
+    return url
+
+
+def extract_link_preview(body, page_url, content_type=None):
+    """A LinkPreview from an HTML page's bytes (at most MAX_PREVIEW_PAGE_BYTES
+    of them are read, and only up to </head> or <body>): og:title, then
+    twitter:title, then <title>; og:description, then twitter:description,
+    then <meta name=description>; og:image (the first), resolved against the
+    page (or its <base href>) and only if http(s); og:url if http(s), else the
+    page's URL. `page_url` is the address the page came from after redirects;
+    `content_type` its Content-Type header, for the charset."""
+    body = bytes(body[:MAX_PREVIEW_PAGE_BYTES])
+    codec = document_charset(body, content_type)
+    text = body.decode(codec, "replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    # A "<" that can't open markup is text to an HTML tokenizer and "</>" is nothing
+    # (WHATWG HTML §13.2.5.6-7); html.parser would spend a Python call on each, uncounted.
+    text = _STRAY_LESS_THAN_RE.sub("&lt;", text.replace("</>", ""))
+    reader = _HeadReader()
+    try:
+        # Fed in pieces, without close(): html.parser rescans what it holds back (an
+        # unclosed comment or tag) on every feed, and at close() once per "<" in it,
+        # which is quadratic. A head whose unfinished markup outgrows
+        # PREVIEW_PENDING_CHARS is read no further.
+        for start in range(0, len(text), PREVIEW_FEED_CHARS):
+            reader.feed(text[start:start + PREVIEW_FEED_CHARS])
+            if len(reader.rawdata) > PREVIEW_PENDING_CHARS:
+                break
+    except _EndOfHead:
+        pass
+    except (AssertionError, ValueError):  # html.parser on some malformed markup; keep what was read
+        pass
+    meta = reader.meta
+    page_url = _absolute_url(page_url, page_url)
+    base = _absolute_url(reader.base, page_url) if page_url else None
+    base = base or page_url or ""
+
+    def first(*keys):
+        for key in keys:
+            value = meta.get(key)
+            if value is not None and value.strip():
+                return value
+        return None
+
+    title = _clean_text(first("og:title", "twitter:title") or unescape("".join(reader.title)),
+                        MAX_PREVIEW_TITLE_CHARS)
+    description = _clean_text(first("og:description", "twitter:description", "description"),
+                              MAX_PREVIEW_DESCRIPTION_CHARS)
+    image = None
+    for key in ("og:image", "og:image:url", "og:image:secure_url", "twitter:image", "twitter:image:src"):
+        if meta.get(key) and (image := _absolute_url(meta[key], base)):
+            break
+    url = _absolute_url(meta.get("og:url"), base) or page_url
+    return LinkPreview(title, description, image, url)
+
+
+####
+#### 10. Storage
 ####
 # Campfire's own schema (db/schema.rb), written the way Rails writes it for
 # SQLite, so a database either program created opens in the other. Our
@@ -3091,7 +4460,7 @@ def _split_sql(script):
 
 
 ####
-#### 10. Domain
+#### 11. Domain
 ####
 # Every operation on accounts, people, sessions, rooms, memberships, messages,
 # boosts, search and bots, with its SQL: nothing above Storage but this section
@@ -4295,7 +5664,7 @@ class Store:
 
 
 ####
-#### 11. Rendering
+#### 12. Rendering
 ####
 # Every page and fragment is built by a render_* function from plain data (rows,
 # Users, Rooms, strings) and, for whole pages, one View: who is looking, the
@@ -5192,7 +6561,7 @@ def manifest_json(account_name):
 
 
 ####
-#### 12. Routes
+#### 13. Routes
 ####
 # The route table below is the map of the server: every method and path it
 # answers, the name url_for builds the path by, the handler, and who may call it:
@@ -6252,7 +7621,7 @@ def reset_bot_key_route(app, request, bot_id):
 # The bot API (Campfire's messages/by_bots_controller.rb) --------------------------------
 # A bot's key "<id>-<token>" in the path is all a bot API request carries: no
 # cookie, no forgery check, JSON out. Webhook deliveries, the other half, are
-# background work (section 15).
+# background work (section 16).
 
 def bot_api(handler):
     """Wrap a bot API handler: rate limit per key, authenticate by the key (a bad
@@ -6361,7 +7730,7 @@ def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
 # Real time -----------------------------------------------------------------------
 
 def cable(app, request):
-    """/cable: the WebSocket handshake; the connection then belongs to Cable (section 13)."""
+    """/cable: the WebSocket handshake; the connection then belongs to Cable (section 14)."""
     return app.cable.handshake(request)
 
 
@@ -6377,7 +7746,7 @@ url_for = URLS.build
 
 
 ####
-#### 13. Real time
+#### 14. Real time
 ####
 # /cable: WebSocket connections speaking Action Cable, the channels Campfire
 # has, and broadcasts. A broadcast is encoded once per identifier (plain and
@@ -6799,7 +8168,7 @@ class Cable:
 
 
 ####
-#### 14. The application
+#### 15. The application
 ####
 # App turns a Request into a Response without touching a socket, so tests
 # drive it in-process and the server is a thin adapter around it.
@@ -7387,7 +8756,7 @@ class App:
 
 
 ####
-#### 15. Background work
+#### 16. Background work
 ####
 # Work that follows a change, off the request path: a banned person's messages
 # deleted in chunks, and webhook deliveries. Each starts from an Events listener.
@@ -7722,7 +9091,7 @@ class Webhooks:
 
 
 ####
-#### 16. The server
+#### 17. The server
 ####
 # A thin adapter: asyncio feeds bytes to HttpParser, hands each request to
 # App.handle in order and writes the responses back.
@@ -8097,7 +9466,7 @@ async def serve(config):
 
 
 ####
-#### 17. Operations: seed
+#### 18. Operations: seed
 ####
 # Long jobs for the command line, each reporting its progress.
 
@@ -8160,7 +9529,7 @@ def print_progress(label, done, total):
 
 
 ####
-#### 18. Command line
+#### 19. Command line
 ####
 
 # The commands and their options, as a table that both the parser and the
