@@ -224,6 +224,22 @@ QR_CODES_KEPT_BYTES = 2 * 1024 * 1024      # drawn codes remembered (~7 KB of SV
 QR_CODE_LIMIT = (30, 60.0)                 # codes drawn afresh per IP per minute → 429 (each costs tens of ms)
 MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted this many per event-loop turn
 
+# Uploaded files, kept in Active Storage's layout (storage/files/<ab>/<cd>/<key>), so
+# a Once Campfire storage opens with its files. An upload streams to a temporary file
+# as it arrives: memory holds at most the read-ahead and one write, whatever its size.
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024      # one file; 413 past it (CAMPFIRE_MAX_UPLOAD_BYTES changes it)
+UPLOAD_FORM_OVERHEAD_BYTES = 64 * 1024    # an upload's multipart headers and its other fields
+MAX_UPLOAD_FIELD_BYTES = MESSAGE_BODY_LIMIT  # the text fields of an upload form, together
+UPLOAD_READ_AHEAD_BYTES = 1024 * 1024     # body bytes buffered before the socket stops being read
+UPLOAD_WRITE_BYTES = 256 * 1024           # written to disk at a time (one worker-thread call)
+MAX_FORM_FILES = 2                        # files kept from one form: a message's file and its preview
+FILE_SEND_CHUNK_BYTES = 256 * 1024        # read from disk at a time where sendfile can't be used
+FILE_WORKERS = 4                          # threads for file I/O (uploads, opening downloads)
+BLOB_KEY_CHARS = 28                       # Active Storage's SecureRandom.base36(28)
+BLOB_KEY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+FILE_CACHE_CONTROL = "private, max-age=3600"  # a blob never changes, but who may read it can
+PREVIEW_MAX_WIDTH, PREVIEW_MAX_HEIGHT = 1200, 800  # Campfire's thumbnail box (app/models/message/attachment.rb)
+
 # Bots and their webhooks (Campfire's app/models/webhook.rb: 7 s per connect and
 # per read, no retries). A reply is a message, and a message holds
 # MAX_MESSAGE_BODY_CHARS, so 1 MiB is already generous.
@@ -312,11 +328,11 @@ SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "
 
 STATUS_REASONS = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created",
-    204: "No Content", 301: "Moved Permanently", 302: "Found", 303: "See Other",
+    204: "No Content", 206: "Partial Content", 301: "Moved Permanently", 302: "Found", 303: "See Other",
     304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    409: "Conflict", 413: "Content Too Large", 414: "URI Too Long",
-    415: "Unsupported Media Type", 417: "Expectation Failed",
+    409: "Conflict", 411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
+    415: "Unsupported Media Type", 416: "Range Not Satisfiable", 417: "Expectation Failed",
     422: "Unprocessable Content", 426: "Upgrade Required", 429: "Too Many Requests",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable",
@@ -420,6 +436,7 @@ INLINE_CONTENT_TYPES = frozenset((
     "audio/x-wav", "audio/webm", "audio/flac",
     "application/pdf",
 ))
+INLINE_IMAGE_TYPES = frozenset(("image/png", "image/jpeg", "image/gif", "image/webp"))  # shown in a message
 DOWNLOAD_CONTENT_TYPE = "application/octet-stream"  # what every other file is served as
 # Every file response: the browser must not guess a type (an upload declared
 # image/png that is really HTML stays an image), and what it opens as a page runs
@@ -626,6 +643,16 @@ def escape(value):
     if value is None:
         return HTML("")
     return HTML(escape_html(str(value)))
+
+
+def format_bytes(count):
+    """A size as people read it, in steps of 1,024 as Rails' number_to_human_size: "1.5 MB"."""
+    if count < 1024:
+        return "1 byte" if count == 1 else "%d bytes" % count
+    for unit in ("KB", "MB", "GB", "TB"):
+        count /= 1024
+        if count < 1024 or unit == "TB":
+            return ("%.1f" % count).removesuffix(".0") + " " + unit
 
 
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -850,7 +877,7 @@ class Request:
 
     __slots__ = ("method", "target", "path", "query_string", "version", "headers", "body",
                  "keep_alive", "remote_addr", "scheme", "id", "started", "user", "session",
-                 "set_cookies", "_query", "_form", "_cookies", "files")
+                 "set_cookies", "_query", "_form", "_cookies", "files", "streaming", "body_reader")
 
     def __init__(self, method, target, version="HTTP/1.1", headers=None, body=b""):
         self.method = method
@@ -873,6 +900,8 @@ class Request:
         self.session = None
         self.set_cookies = []
         self.files = {}
+        self.streaming = False     # the body is an upload, read as it arrives (HttpParser.take_body)
+        self.body_reader = None    # the server's BodyReader of a streamed body
         self._query = self._form = self._cookies = None
 
     def header(self, name, default=""):
@@ -1044,12 +1073,18 @@ class HttpParser:
 
     `body_limit(method, path)` names the largest body a route accepts; a larger
     Content-Length is refused with 413 before any of the body is read.
+
+    `upload_limit(request)` is the largest upload the request may carry, or None
+    when its body is not an upload. An upload's Request comes out as soon as its
+    head is read, with .streaming set; its body is then taken piece by piece
+    with take_body() until body_done, and never held whole.
     """
 
-    HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS = range(5)
+    HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS, STREAM = range(6)
 
-    def __init__(self, body_limit=None):
+    def __init__(self, body_limit=None, upload_limit=None):
         self._body_limit = body_limit or (lambda method, path: DEFAULT_BODY_LIMIT)
+        self._upload_limit = upload_limit or (lambda request: None)
         self._buffer = bytearray()
         self._state = self.HEAD
         self._request = None
@@ -1066,6 +1101,22 @@ class HttpParser:
     @property
     def reading_body(self):
         return self._state != self.HEAD
+
+    @property
+    def body_done(self):
+        """Whether a streamed body has been taken whole (the next request may follow)."""
+        return self._state != self.STREAM
+
+    def take_body(self):
+        """The bytes of a streamed body that have arrived and not been taken yet."""
+        if self._state != self.STREAM:
+            return b""
+        data = bytes(self._buffer[:self._remaining])
+        del self._buffer[:len(data)]
+        self._remaining -= len(data)
+        if not self._remaining:
+            self._finish()
+        return data
 
     def receive_data(self, data):
         self._buffer += data
@@ -1088,6 +1139,10 @@ class HttpParser:
                     return None
                 if self._state == self.HEAD:
                     return self._finish()
+                if self._state == self.STREAM:
+                    return self._request
+            elif self._state == self.STREAM:
+                return None  # the body is taken with take_body()
             elif self._state == self.BODY:
                 if len(self._buffer) < self._remaining:
                     return None
@@ -1209,22 +1264,30 @@ class HttpParser:
             raise HttpError("Only 100-continue is understood.", 417)
         transfer_encoding = headers.get("transfer-encoding")
         content_length = headers.get("content-length")
+        upload_limit = self._upload_limit(request)
         if transfer_encoding is not None:
             # RFC 9112 §6.1: both headers is a smuggling attempt; only chunked is spoken.
             if content_length is not None:
                 raise BadRequest("Both Transfer-Encoding and Content-Length were sent.")
             if transfer_encoding.strip().lower() != "chunked":
                 raise HttpError("Only chunked transfer coding is understood.", 501)
+            if upload_limit is not None:  # its size must be known before it is read
+                raise HttpError("Send files with a Content-Length.", 411)
             limit = self._body_limit(request.method, request.path)
             self._request, self._state, self._chunks, self._limit = request, self.CHUNK_SIZE, [], limit
         elif content_length is not None:
             if not _CONTENT_LENGTH_RE.match(content_length):
                 raise BadRequest("Content-Length is malformed.")
             length = int(content_length)
-            if length and length > self._body_limit(request.method, request.path):
+            if upload_limit is not None and length > upload_limit:
+                raise PayloadTooLarge("A file can be at most %s." % format_bytes(upload_limit - UPLOAD_FORM_OVERHEAD_BYTES))
+            if length and upload_limit is None and length > self._body_limit(request.method, request.path):
                 raise PayloadTooLarge("The request body is too large.")
             self._request = request
-            if length:
+            if length and upload_limit is not None:
+                request.streaming = True
+                self._state, self._remaining = self.STREAM, length
+            elif length:
                 self._state, self._remaining = self.BODY, length
         else:
             self._request = request
@@ -1248,12 +1311,14 @@ def _refuse_request_line(request_line):
     raise BadRequest("The request line is malformed.")
 
 
-def serialize_response(status, headers, body, *, keep_alive, head_only=False, date=None):
-    """The bytes of a response: status line, headers, Date, Content-Length, body."""
+def serialize_response(status, headers, body, *, keep_alive, head_only=False, date=None, content_length=None):
+    """The bytes of a response: status line, headers, Date, Content-Length, body.
+    content_length: of a body sent after these bytes (a file), instead of `body`'s."""
     has_body = status >= 200 and status != 204 and status != 304
     head = "HTTP/1.1 %d %s\r\n%sDate: %s\r\n%s%s\r\n" % (
         status, STATUS_REASONS.get(status, "Status"), "".join([f"{name}: {value}\r\n" for name, value in headers]),
-        date or http_date(), "Content-Length: %d\r\n" % len(body) if has_body else "",
+        date or http_date(), "Content-Length: %d\r\n" % (len(body) if content_length is None else content_length)
+        if has_body else "",
         "" if keep_alive else "Connection: close\r\n")
     if head_only or not has_body:
         return head.encode("latin-1")
@@ -1263,7 +1328,7 @@ def serialize_response(status, headers, body, *, keep_alive, head_only=False, da
 class Response:
     """What a handler returns. Bodies are bytes by the time they are sent."""
 
-    __slots__ = ("status", "body", "headers", "content_type", "compressible", "upgrade")
+    __slots__ = ("status", "body", "headers", "content_type", "compressible", "upgrade", "file")
 
     def __init__(self, body=b"", status=200, content_type="text/html; charset=utf-8", headers=None):
         self.status = status
@@ -1272,6 +1337,21 @@ class Response:
         self.headers = list(headers or ())
         self.compressible = True
         self.upgrade = None
+        self.file = None          # a FileBody sent instead of body: a stored file, never read whole
+
+
+@dataclass(slots=True)
+class FileBody:
+    """length bytes of an open file from offset: the body of a file response."""
+
+    file: object
+    offset: int
+    length: int
+
+    def read_all(self):
+        """The bytes, for tests and small files."""
+        self.file.seek(self.offset)
+        return self.file.read(self.length)
 
     def header(self, name):
         lowered = name.lower()
@@ -1344,10 +1424,11 @@ class Route:
     handler: object
     auth: str = "user"
     body_limit: int = FORM_BODY_LIMIT
+    upload: bool = False    # a multipart body here is read as it arrives, files to disk (App.receive_form)
 
 
 def build_routes(rows):
-    """Rows (methods, pattern, name, handler[, auth[, body_limit]]) → Routes, one per
+    """Rows (methods, pattern, name, handler[, auth[, body_limit[, upload]]]) → Routes, one per
     method ("PATCH PUT" is two), checked by check_routes."""
     return check_routes(tuple(Route(method, pattern, name, handler, *rest)
                               for methods, pattern, name, handler, *rest in rows for method in methods.split()))
@@ -4279,6 +4360,7 @@ class Database:
             self.connection.execute("COMMIT")
         except BaseException as error:
             self._deferred.clear()
+            self._after_commit.clear()
             if self.connection.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     self.connection.execute("ROLLBACK")
@@ -4287,6 +4369,8 @@ class Database:
             raise
         else:
             self.failed_at = None
+            self._depth = 0
+            self._run_after_commit()
         finally:
             self._depth = 0
 
@@ -4294,11 +4378,12 @@ class Database:
     def _savepoint(self, name):
         self.connection.execute("SAVEPOINT " + name)
         self._depth += 1
-        deferred_before = len(self._deferred)
+        deferred_before, after_commit_before = len(self._deferred), len(self._after_commit)
         try:
             yield
         except BaseException as error:
             del self._deferred[deferred_before:]
+            del self._after_commit[after_commit_before:]  # what it caused didn't happen
             try:
                 if not self.connection.in_transaction:
                     raise sqlite3.OperationalError("the transaction was rolled back")
@@ -4359,11 +4444,20 @@ class Database:
             self.connection.executemany(sql, [params for _, params in group])
 
     def after_commit(self, callback):
-        """Run callback once what was written so far is durable (now, outside a batch)."""
-        if self.batch_open:
+        """Run callback once what was written so far is durable (now, outside a transaction);
+        never, if the savepoint or transaction it was asked in is rolled back."""
+        if self.batch_open or self._depth:
             self._after_commit.append(callback)
         else:
             callback()
+
+    def _run_after_commit(self):
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.error("after-commit callback failed:\n%s", traceback.format_exc())
 
     def commit_batch(self):
         """Commit the group's transaction; False (and rolled back) if it failed."""
@@ -4390,11 +4484,8 @@ class Database:
         finally:
             self._committing = False
         self.failed_at = None
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.error("after-commit callback failed:\n%s", traceback.format_exc())
+        self._after_commit = callbacks
+        self._run_after_commit()
         return True
 
     def repair_search_tail(self):
@@ -4457,6 +4548,102 @@ def sqlite_failure(error):
 
 def _split_sql(script):
     return [statement.strip() for statement in script.split(";\n") if statement.strip()]
+
+
+# Files on disk ---------------------------------------------------------------------
+# Where Active Storage's Disk service keeps them (activestorage's
+# lib/active_storage/service/disk_service.rb): <root>/<key[0:2]>/<key[2:4]>/<key>.
+# An upload is written to <root>/tmp/<key> and moved into place (a rename, atomic
+# on one file system) only once the row naming it has committed; a deleted blob's
+# file goes after the deletion has. At start, sweep() settles what a crash left
+# between the two. Every method but the path helpers blocks: worker threads call them.
+
+def generate_blob_key():
+    """28 lower-case letters and digits, as Active Storage's SecureRandom.base36(28)."""
+    key = []
+    while len(key) < BLOB_KEY_CHARS:
+        for byte in os.urandom(BLOB_KEY_CHARS * 2):
+            if byte < 252 and len(key) < BLOB_KEY_CHARS:  # 252 = 7 × 36: no letter is likelier
+                key.append(BLOB_KEY_ALPHABET[byte % 36])
+    return "".join(key)
+
+
+_BLOB_KEY_RE = re.compile(r"[0-9a-z]{%d}\Z" % BLOB_KEY_CHARS)
+
+
+class FileStore:
+    def __init__(self, root):
+        self.root = root
+        self.temp_root = os.path.join(root, "tmp")  # never a key's folder: those have two characters
+
+    def path(self, key):
+        return os.path.join(self.root, key[:2], key[2:4], key)
+
+    def temp_path(self, key):
+        return os.path.join(self.temp_root, key)
+
+    def create_temp(self, key):
+        """A new temporary file for an upload: its descriptor, open for writing."""
+        os.makedirs(self.temp_root, exist_ok=True)
+        return os.open(self.temp_path(key), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    @staticmethod
+    def write(descriptor, data, digest):
+        digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view):]
+
+    @staticmethod
+    def close(descriptor, *, sync):
+        try:
+            if sync:
+                os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def discard_temp(self, key):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp_path(key))
+
+    def promote(self, key):
+        """Move a committed upload into its place."""
+        final = self.path(key)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(self.temp_path(key), final)
+
+    def delete(self, key):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(key))
+
+    def open(self, key):
+        """(file object, size) of a blob's bytes, or None when they are missing. An upload
+        whose row has just committed may still be in tmp/ until its move."""
+        for path in (self.path(key), self.temp_path(key)):
+            try:
+                file = open(path, "rb")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            return file, os.fstat(file.fileno()).st_size
+        return None
+
+    def sweep(self, blob_exists):
+        """Settle the uploads a crash left in tmp/: a committed one (blob_exists(key)) is
+        moved into place, any other deleted. Returns (moved, deleted)."""
+        moved = deleted = 0
+        try:
+            names = os.listdir(self.temp_root)
+        except FileNotFoundError:
+            return 0, 0
+        for name in names:
+            if _BLOB_KEY_RE.match(name) and blob_exists(name):
+                self.promote(name)
+                moved += 1
+            else:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(os.path.join(self.temp_root, name))
+                deleted += 1
+        return moved, deleted
 
 
 ####
@@ -4528,6 +4715,71 @@ class Room:
     @property
     def direct(self):
         return self.type == ROOM_DIRECT
+
+
+@dataclass(slots=True)
+class Blob:
+    """A row of active_storage_blobs, as attached to a record."""
+
+    id: int
+    key: str
+    filename: str
+    content_type: str
+    byte_size: int
+    checksum: str
+    width: int = None
+    height: int = None
+    created_at: str = ""
+
+    @classmethod
+    def from_row(cls, row):
+        try:
+            metadata = json.loads(row["metadata"] or "{}")
+        except ValueError:
+            metadata = {}
+        width, height = (metadata.get("width"), metadata.get("height")) if isinstance(metadata, dict) else (None, None)
+        if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+            width = height = None
+        return cls(row["id"], row["key"], row["filename"] or FALLBACK_FILENAME,
+                   (row["content_type"] or DOWNLOAD_CONTENT_TYPE).lower(), row["byte_size"] or 0, row["checksum"] or "",
+                   width, height, row["created_at"] or "")
+
+    @property
+    def kind(self):
+        """How a message shows it: "image", "video", "audio" or "file"."""
+        content_type = self.content_type
+        if content_type in INLINE_IMAGE_TYPES:
+            return "image"
+        if content_type.startswith("video/") and content_type in INLINE_CONTENT_TYPES:
+            return "video"
+        if content_type.startswith("audio/") and content_type in INLINE_CONTENT_TYPES:
+            return "audio"
+        return "file"
+
+    @property
+    def etag(self):
+        """Strong: a blob's bytes never change, and its checksum names them."""
+        return '"%s"' % (self.checksum or self.key).replace('"', "")
+
+
+@dataclass(slots=True)
+class Upload:
+    """A file received and written to a temporary file, ready to become a blob."""
+
+    key: str
+    filename: str
+    content_type: str
+    byte_size: int
+    checksum: str         # base64 of the MD5 digest, as Active Storage keeps it
+    width: int = None     # an image's, from its header
+    height: int = None
+
+    @property
+    def metadata(self):
+        """Active Storage's metadata JSON after its analyzers ran."""
+        if self.width:
+            return {"identified": True, "width": self.width, "height": self.height, "analyzed": True}
+        return {"identified": True, "analyzed": True}
 
 
 @dataclass(slots=True)
@@ -4655,6 +4907,14 @@ class Events:
     def user_banned(self, user_id):
         """Their messages are to be deleted, in the background."""
         self._emit("user_banned", user_id)
+
+    def blobs_created(self, keys):
+        """Uploads now named by committed rows: their files move into place."""
+        self._emit("blobs_created", keys)
+
+    def blobs_deleted(self, keys):
+        """Blobs whose rows are gone: their files go too."""
+        self._emit("blobs_deleted", keys)
 
 
 class Store:
@@ -5110,8 +5370,11 @@ class Store:
         message_ids = "SELECT id FROM messages WHERE room_id = ?"
         with self.db.atomic():
             self.db.execute("DELETE FROM boosts WHERE message_id IN (%s)" % message_ids, (room.id,))
-            for (message_id,) in self.db.execute(message_ids, (room.id,)):
+            room_message_ids = [row[0] for row in self.db.execute(message_ids, (room.id,))]
+            for message_id in room_message_ids:
                 self.db.defer(self.SEARCH_ROW_DELETE, (message_id,))
+            for start in range(0, len(room_message_ids), SQLITE_IN_CHUNK):
+                self._detach("Message", room_message_ids[start:start + SQLITE_IN_CHUNK])
             self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id IN (%s)"
                             % message_ids, (room.id,))
             self.db.execute("DELETE FROM messages WHERE room_id = ?", (room.id,))
@@ -5383,8 +5646,9 @@ class Store:
         self.bump_room(message["room_id"])
 
     def _delete_message(self, message):
-        """The message, its rich text, boosts and search row; its deletion remembered for /refresh."""
+        """The message, its rich text, boosts, attachment and search row; its deletion remembered for /refresh."""
         stamp = utc_now_text()
+        self._detach("Message", [message["id"]])
         self.db.execute("INSERT OR REPLACE INTO campfire_py_message_deletions (message_id, room_id, deleted_at) "
                         "VALUES (?, ?, ?)", (message["id"], message["room_id"], stamp))
         self.db.execute("DELETE FROM campfire_py_message_deletions WHERE deleted_at < ?",
@@ -5395,6 +5659,109 @@ class Store:
                         (message["id"],))
         self.db.execute("DELETE FROM messages WHERE id = ?", (message["id"],))
         self.bump_room(message["room_id"])
+
+    # Attachments (Active Storage's tables, as Rails writes them) -------------------
+    ATTACHMENT_COLUMNS = (
+        "SELECT active_storage_attachments.record_id, active_storage_attachments.name, active_storage_blobs.id, "
+        "active_storage_blobs.key, active_storage_blobs.filename, active_storage_blobs.content_type, "
+        "active_storage_blobs.metadata, active_storage_blobs.byte_size, active_storage_blobs.checksum, "
+        "active_storage_blobs.created_at FROM active_storage_attachments JOIN active_storage_blobs "
+        "ON active_storage_blobs.id = active_storage_attachments.blob_id ")
+
+    def attachments_for(self, record_type, record_ids, name=None):
+        """{record id: Blob} of the records' attachments (named `name`, or any)."""
+        found = {}
+        record_ids = list(record_ids)
+        for start in range(0, len(record_ids), SQLITE_IN_CHUNK):
+            chunk = record_ids[start:start + SQLITE_IN_CHUNK]
+            rows = self.db.all(
+                self.ATTACHMENT_COLUMNS + "WHERE active_storage_attachments.record_type = ? AND "
+                "active_storage_attachments.record_id IN (%s) ORDER BY active_storage_attachments.id"
+                % ",".join("?" * len(chunk)), (record_type, *chunk))
+            for row in rows:
+                if name is None or row["name"] == name:
+                    found.setdefault(row["record_id"], Blob.from_row(row))
+        return found
+
+    def attachment(self, record_type, record_id, name):
+        return self.attachments_for(record_type, [record_id], name).get(record_id)
+
+    def blob_exists(self, key):
+        return self.db.value("SELECT 1 FROM active_storage_blobs WHERE key = ?", (key,)) is not None
+
+    def _attach(self, record_type, record_id, name, upload, stamp):
+        """Insert the upload's blob and attach it (inside atomic()); its file moves into place after the commit."""
+        blob_id = self.db.execute(
+            "INSERT INTO active_storage_blobs (key, filename, content_type, metadata, service_name, byte_size, "
+            "checksum, created_at) VALUES (?, ?, ?, ?, 'local', ?, ?, ?)",
+            (upload.key, upload.filename, upload.content_type, json.dumps(upload.metadata, separators=(",", ":")),
+             upload.byte_size, upload.checksum, stamp)).lastrowid
+        self.db.execute("INSERT INTO active_storage_attachments (name, record_type, record_id, blob_id, created_at) "
+                        "VALUES (?, ?, ?, ?, ?)", (name, record_type, record_id, blob_id, stamp))
+        self.events.blobs_created([upload.key])
+
+    def _detach(self, record_type, record_ids, name=None):
+        """Delete the records' attachments and their blobs, with the variants Rails made of
+        them (inside atomic()); the files go after the commit."""
+        if not record_ids:
+            return
+        marks = ",".join("?" * len(record_ids))
+        name_clause, params = ("AND name = ? ", (record_type, *record_ids, name)) if name else ("", (record_type,
+                                                                                                   *record_ids))
+        blob_ids = [row[0] for row in self.db.all(
+            "SELECT blob_id FROM active_storage_attachments WHERE record_type = ? AND record_id IN (%s) %s"
+            % (marks, name_clause), params)]
+        if not blob_ids:
+            return
+        self.db.execute("DELETE FROM active_storage_attachments WHERE record_type = ? AND record_id IN (%s) %s"
+                        % (marks, name_clause), params)
+        blob_marks = ",".join("?" * len(blob_ids))
+        variant_ids = [row[0] for row in self.db.all(
+            "SELECT id FROM active_storage_variant_records WHERE blob_id IN (%s)" % blob_marks, blob_ids)]
+        if variant_ids:
+            variant_marks = ",".join("?" * len(variant_ids))
+            blob_ids += [row[0] for row in self.db.all(
+                "SELECT blob_id FROM active_storage_attachments WHERE record_type = 'ActiveStorage::VariantRecord' "
+                "AND record_id IN (%s)" % variant_marks, variant_ids)]
+            self.db.execute("DELETE FROM active_storage_attachments WHERE record_type = "
+                            "'ActiveStorage::VariantRecord' AND record_id IN (%s)" % variant_marks, variant_ids)
+            self.db.execute("DELETE FROM active_storage_variant_records WHERE id IN (%s)" % variant_marks, variant_ids)
+        blob_marks = ",".join("?" * len(blob_ids))
+        # A blob another record still uses stays (Rails lets two attachments share one).
+        in_use = {row[0] for row in self.db.all(
+            "SELECT blob_id FROM active_storage_attachments WHERE blob_id IN (%s)" % blob_marks, blob_ids)}
+        gone = [blob_id for blob_id in blob_ids if blob_id not in in_use]
+        if not gone:
+            return
+        gone_marks = ",".join("?" * len(gone))
+        keys = [row[0] for row in self.db.all("SELECT key FROM active_storage_blobs WHERE id IN (%s)" % gone_marks,
+                                              gone)]
+        self.db.execute("DELETE FROM active_storage_blobs WHERE id IN (%s)" % gone_marks, gone)
+        self.events.blobs_deleted(keys)
+
+    def variant_key(self, blob_id):
+        """The key of a preview Rails made of a blob (Campfire's 1200×800 thumbnail), or None."""
+        return self.db.value(
+            "SELECT active_storage_blobs.key FROM active_storage_variant_records JOIN active_storage_attachments "
+            "ON active_storage_attachments.record_type = 'ActiveStorage::VariantRecord' AND "
+            "active_storage_attachments.record_id = active_storage_variant_records.id JOIN active_storage_blobs "
+            "ON active_storage_blobs.id = active_storage_attachments.blob_id "
+            "WHERE active_storage_variant_records.blob_id = ? ORDER BY active_storage_variant_records.id LIMIT 1",
+            (blob_id,))
+
+    def post_attachment(self, room, user, upload, client_message_id):
+        """(message, created): a message holding one file, as Campfire makes one per file.
+        Its text, for search, is the file's name."""
+        existing = self.message_by_client_id(room.id, user.id, client_message_id)
+        if existing is not None:
+            return existing, False
+        with self.db.atomic():
+            message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, "", upload.filename)
+            self._attach("Message", message["id"], "attachment", upload, message["created_at"])
+        if room.direct:
+            self.bump_users(self.room_member_ids(room.id))
+        self.events.message_created(room, message, unread_user_ids)
+        return message, True
 
     def messages_page(self, room_id, *, before=None, after=None, limit=MESSAGE_PAGE_SIZE):
         """Up to `limit` messages next to a message (or the newest), oldest first."""
@@ -6161,11 +6528,61 @@ def _message_template():
         '</div></div></div>')
 
 
-def render_message(message, *, author, body, sound, boosts):
+def _preview_size(blob):
+    """An image's size scaled to fit Campfire's 1200×800 thumbnail box, as it will show."""
+    if not blob.width:
+        return None
+    scale = min(1.0, PREVIEW_MAX_WIDTH / blob.width, PREVIEW_MAX_HEIGHT / blob.height)
+    return max(1, round(blob.width * scale)), max(1, round(blob.height * scale))
+
+
+def render_attachment(message_id, blob, *, preview=False):
+    """A message's file: an image or a video shown in place (its width and height set, so
+    nothing moves when it loads), audio with controls, anything else a card with its
+    name, size and a download link. preview: a smaller copy of the image exists."""
+    url = url_for("message_attachment", message_id=message_id)
+    download = url_for("message_attachment_download", message_id=message_id)
+    size = _preview_size(blob)
+    dimensions = HTML(' width="{}" height="{}"').format(*size) if size else ""
+    kind = blob.kind
+    if kind == "image":
+        source = url_for("message_attachment_preview", message_id=message_id) if preview else url
+        return HTML(
+            '<figure class="attachment attachment--image"><a class="attachment__link" href="{url}" '
+            'data-action="view-attachment" data-filename="{name}"><img class="attachment__image" src="{source}" '
+            'alt="{name}"{dimensions} loading="lazy"></a></figure>').format(
+            url=url, source=source, name=blob.filename, dimensions=dimensions)
+    if kind == "video":
+        return HTML(
+            '<figure class="attachment attachment--video"><video class="attachment__video" src="{url}" controls '
+            'preload="metadata"{dimensions} aria-label="{name}"></video>'
+            '<figcaption class="attachment__caption"><a href="{download}" download>{name}</a></figcaption>'
+            '</figure>').format(url=url, download=download, name=blob.filename, dimensions=dimensions)
+    if kind == "audio":
+        return HTML(
+            '<figure class="attachment attachment--audio"><audio class="attachment__audio" src="{url}" controls '
+            'preload="metadata" aria-label="{name}"></audio>'
+            '<figcaption class="attachment__caption"><a href="{download}" download>{name}</a></figcaption>'
+            '</figure>').format(url=url, download=download, name=blob.filename)
+    extension = os.path.splitext(blob.filename)[1].lstrip(".").upper()[:4] or "FILE"
+    return HTML(
+        '<div class="attachment attachment--file"><span class="attachment__icon" aria-hidden="true">{extension}'
+        '</span><span class="attachment__details"><a class="attachment__name" href="{open}"{target}>{name}</a>'
+        '<span class="attachment__size">{size}</span></span>'
+        '<a class="button attachment__download" href="{download}" download aria-label="Download {name}">Download</a>'
+        '</div>').format(
+        extension=extension, open=url if blob.content_type in INLINE_CONTENT_TYPES else download,
+        target=HTML(' target="_blank" rel="noopener"') if blob.content_type in INLINE_CONTENT_TYPES else "",
+        name=blob.filename, size=format_bytes(blob.byte_size), download=download)
+
+
+def render_message(message, *, author, body, sound, boosts, attachment=None):
     """One message, the same for every reader; per-reader controls are shown or hidden
     by the browser from data-creator-id, and the server checks. author: its opening
     (render_message_author); body: the display HTML; sound: the /play name it is, or
-    None; boosts: [(boost row, booster's name)]."""
+    None; boosts: [(boost row, booster's name)]; attachment: its file (render_attachment)."""
+    if attachment is not None:
+        body = attachment
     if sound:
         text = SOUND_TEXTS.get(sound)
         body = HTML('<span class="sound" data-sound="{name}">🔊 {label}</span>').format(
@@ -6176,7 +6593,8 @@ def render_message(message, *, author, body, sound, boosts):
     return HTML(_message_template() % {
         "message_id": message["id"], "room_id": message["room_id"], "creator_id": message["creator_id"],
         "client_id": escape(message["client_message_id"]), "created": escape(created), "short": escape(created[11:16]),
-        "sound_attr": HTML(' data-sound="{}"').format(sound) if sound else "",
+        "sound_attr": HTML(' data-sound="{}"').format(sound) if sound else (
+            HTML(' data-attachment="true"') if attachment is not None else ""),
         "author": author, "edited": edited, "body": escape(body),
         "boosts": HTML("").join(render_boost(boost, name) for boost, name in boosts)})
 
@@ -6626,7 +7044,7 @@ def route_table():
         ("PUT PATCH",   "/rooms/<int:room_id>/involvement",           "room_involvement",       update_involvement),
         # Messages and boosts
         ("GET",         "/rooms/<int:room_id>/messages",              "room_messages",          message_page),
-        ("POST",        "/rooms/<int:room_id>/messages",              "room_messages",          create_message,           "user",  MESSAGE_BODY_LIMIT),
+        ("POST",        "/rooms/<int:room_id>/messages",              "room_messages",          create_message,           "user",  MESSAGE_BODY_LIMIT, True),
         ("GET",         "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       show_message),
         ("PATCH PUT",   "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       update_message,           "user",  MESSAGE_BODY_LIMIT),
         ("DELETE",      "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       delete_message),
@@ -6634,6 +7052,11 @@ def route_table():
         ("GET",         "/rooms/<int:room_id>/@<int:message_id>",     "room_at_message",        permalink),
         ("GET",         "/rooms/<int:room_id>/refresh",               "room_refresh",           refresh_room),
         ("GET",         "/messages/<int:message_id>",                 "message",                message_location),
+        ("GET",         "/messages/<int:message_id>/attachment",      "message_attachment",     message_attachment),
+        ("GET",         "/messages/<int:message_id>/attachment/download", "message_attachment_download",
+         message_attachment_download),
+        ("GET",         "/messages/<int:message_id>/attachment/preview", "message_attachment_preview",
+         message_attachment_preview),
         ("GET",         "/messages/<int:message_id>/boosts/new",      "new_message_boost",      new_boost),
         ("POST",        "/messages/<int:message_id>/boosts",          "message_boosts",         create_boost),
         ("DELETE",      "/messages/<int:message_id>/boosts/<int:boost_id>", "message_boost",    delete_boost),
@@ -6670,7 +7093,7 @@ def route_table():
         ("GET",         "/account/bots/<int:bot_id>/edit",            "edit_account_bot",       edit_bot,                 "admin"),
         ("PUT",         "/account/bots/<int:bot_id>/key",             "account_bot_key",        reset_bot_key_route,      "admin"),
         ("GET",         BOT_MESSAGES_PATH,                            "bot_messages",           bot_messages,             "bot"),
-        ("POST",        BOT_MESSAGES_PATH,                            "bot_messages",           bot_create_message,       "bot",   MESSAGE_BODY_LIMIT),
+        ("POST",        BOT_MESSAGES_PATH,                            "bot_messages",           bot_create_message,       "bot",   MESSAGE_BODY_LIMIT, True),
         ("GET",         BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_show_message,         "bot"),
         ("PATCH PUT",   BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_update_message,       "bot",   MESSAGE_BODY_LIMIT),
         ("DELETE",      BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_delete_message,       "bot"),
@@ -7171,6 +7594,8 @@ def message_page(app, request, room_id):
 
 def create_message(app, request, room_id):
     room = _member_room(app, request, room_id)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return _create_message_from_form(app, request, room)
     client_message_id = request.form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
         or random_hex(CLIENT_MESSAGE_ID_BYTES)
     message, created = app.store.post_message(room, request.user, request.form.get("message[body]", ""),
@@ -7180,6 +7605,62 @@ def create_message(app, request, room_id):
     boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
     return Response(app.message_html(message, boosts), 201 if created else 200,
                     headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
+
+
+def _client_message_id(form):
+    return form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] or random_hex(CLIENT_MESSAGE_ID_BYTES)
+
+
+async def _create_message_from_form(app, request, room):
+    """A multipart post (Campfire's composer uploads this way): message[attachment] makes a
+    message of the file; without one, message[body] is the text, as from a plain form."""
+    form, uploads = await app.receive_form(request)
+    kept = None
+    try:
+        upload = uploads.get("message[attachment]")
+        client_message_id = _client_message_id(form)
+        if upload is None:
+            message, created = app.store.post_message(room, request.user, form.get("message[body]", ""),
+                                                      client_message_id)
+        else:
+            if not upload.byte_size:
+                raise Unprocessable("The file %s is empty." % upload.filename)
+            message, created = app.store.post_attachment(room, request.user, upload, client_message_id)
+            kept = upload if created else None
+    finally:
+        app.discard_uploads([upload for upload in uploads.values() if upload is not kept])
+    if _navigating(request):
+        return redirect(url_for("room", room_id=room.id))
+    boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
+    return Response(app.message_html(message, boosts), 201 if created else 200,
+                    headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
+
+
+def _attachment_of(app, request, message_id):
+    """A message's file, for a member of its room or the person who sent it; else 404."""
+    message = app.store.message(message_id)
+    if message is None or (message["creator_id"] != request.user.id
+                           and message["room_id"] not in app.store.user_rooms(request.user.id)):
+        raise NotFound("There is no such file.")
+    blob = app.store.attachment("Message", message_id, "attachment")
+    if blob is None:
+        raise NotFound("There is no such file.")
+    return blob
+
+
+def message_attachment(app, request, message_id):
+    """The file as the browser shows it: images, video, audio and PDF in place, the rest downloads."""
+    return app.file_response(request, _attachment_of(app, request, message_id))
+
+
+def message_attachment_download(app, request, message_id):
+    return app.file_response(request, _attachment_of(app, request, message_id), download=True)
+
+
+def message_attachment_preview(app, request, message_id):
+    """The smaller copy of an image Rails made (Campfire's 1200×800 thumbnail), else the image."""
+    blob = _attachment_of(app, request, message_id)
+    return app.file_response(request, blob, key=app.store.variant_key(blob.id) if blob.kind == "image" else None)
 
 
 def show_message(app, request, room_id, message_id):
@@ -7639,11 +8120,21 @@ def bot_api(handler):
             room = app.store.member_room(room_id, bot.id)
             if room is None:
                 raise NotFound("There is no such room.")
-            return handler(app, request, room, bot, bot_key, **params)
+            response = handler(app, request, room, bot, bot_key, **params)
         except HttpError as error:
             return json_response({"error": error.message}, error.status, error.headers)
+        if type(response) is types.CoroutineType:
+            return _bot_answer_later(response)
+        return response
     answer.__name__, answer.__doc__ = handler.__name__, handler.__doc__
     return answer
+
+
+async def _bot_answer_later(pending):
+    try:
+        return await pending
+    except HttpError as error:
+        return json_response({"error": error.message}, error.status, error.headers)
 
 
 def _raw_text(request):
@@ -7651,12 +8142,23 @@ def _raw_text(request):
     return request.body.decode("utf-8", "replace")
 
 
-def _posts_an_attachment(request):
-    """A multipart post with a file named attachment: Campfire's attachment upload."""
-    if not request.header("content-type").startswith("multipart/form-data"):
-        return False
-    request.form  # noqa: B018 (reading the parts fills request.files)
-    return "attachment" in request.files
+async def _bot_post_form(app, request, room, bot):
+    """A bot's multipart post: its `attachment` file is the message (Campfire's by_bots);
+    without a file, its `body` field (or nothing: 422)."""
+    form, uploads = await app.receive_form(request)
+    kept = None
+    try:
+        upload = uploads.get("attachment")
+        if upload is None:
+            message, _ = app.store.post_message(room, bot, form.get("body", ""), random_hex(CLIENT_MESSAGE_ID_BYTES))
+        else:
+            if not upload.byte_size:
+                raise Unprocessable("The file %s is empty." % upload.filename)
+            message, _ = app.store.post_attachment(room, bot, upload, random_hex(CLIENT_MESSAGE_ID_BYTES))
+            kept = upload
+    finally:
+        app.discard_uploads([upload for upload in uploads.values() if upload is not kept])
+    return Response(b"", 201, None, [("Location", url_for("message", message_id=message["id"]))])
 
 
 def _message_json(app, request, message):
@@ -7679,8 +8181,8 @@ def bot_messages(app, request, room, bot, bot_key):
 @bot_api
 def bot_create_message(app, request, room, bot, bot_key):
     """The raw body is the message (HTML, sanitized like any other) → 201 and its Location."""
-    if _posts_an_attachment(request):
-        raise Unprocessable("Attachments are not supported by this server yet: post the message as text.")
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return _bot_post_form(app, request, room, bot)
     message, _ = app.store.post_message(room, bot, _raw_text(request), random_hex(CLIENT_MESSAGE_ID_BYTES))
     return Response(b"", 201, None, [("Location", url_for("message", message_id=message["id"]))])
 
@@ -8362,6 +8864,7 @@ class Config:
     webhook_queue_size: int = WEBHOOK_QUEUE_SIZE
     message_purge_chunk: int = MESSAGE_PURGE_CHUNK
     search_probe_limit: int = SEARCH_PROBE_LIMIT
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -8376,6 +8879,11 @@ class Config:
             if not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError("PORT must be a number between 1 and 65535, not %r." % port)
             config.port = int(port)
+        upload_limit = environ.get("CAMPFIRE_MAX_UPLOAD_BYTES")
+        if upload_limit:
+            if not upload_limit.isdigit() or int(upload_limit) < 1:
+                raise ConfigError("CAMPFIRE_MAX_UPLOAD_BYTES must be a number of bytes, not %r." % upload_limit)
+            config.max_upload_bytes = int(upload_limit)
         config.tls_cert_path = environ.get("TLS_CERT_PATH") or None
         config.tls_key_path = environ.get("TLS_KEY_PATH") or None
         config.log_level = (environ.get("LOG_LEVEL") or "INFO").upper()
@@ -8402,10 +8910,15 @@ class App:
         self.db = Database(self.config.resolved_database_path)
         secret = self.config.secret_key_base or self._stored_secret()
         self.store = Store(self.db, self.config, hashlib.sha256(b"campfire mentions\0" + secret.encode()).digest())
+        self.files = FileStore(os.path.join(self.config.storage_path, "files"))
         try:
             self.db.migrate()
             self.db.repair_search_tail()
             self.store.reset_connections()
+            moved, deleted = self.files.sweep(self.store.blob_exists)
+            if moved or deleted:
+                log.warning("uploads a stop cut short: %d committed moved into place, %d unfinished deleted",
+                            moved, deleted)
         except sqlite3.Error as error:
             self.db.connection.close()
             raise ConfigError("%s can't be used (%s)." % (self.config.resolved_database_path, error)) from error
@@ -8420,6 +8933,7 @@ class App:
         self.qr_code_limiter = RateLimiter(*QR_CODE_LIMIT)
         self.qr_codes = LruCache(QR_CODES_KEPT_BYTES)
         self._workers = None        # the thread pool for password hashes, made on first use
+        self._file_workers = None   # the thread pool for file I/O, made on first use
         self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.events = self.store.events
@@ -8468,6 +8982,9 @@ class App:
         if self._workers is not None:
             self._workers.shutdown(wait=True)
             self._workers = None
+        if self._file_workers is not None:
+            self._file_workers.shutdown(wait=True)
+            self._file_workers = None
         self.db.close()
 
     async def off_loop(self, function, *args):
@@ -8484,6 +9001,141 @@ class App:
             return await asyncio.get_running_loop().run_in_executor(self._workers, function, *args)
         finally:
             self._work_waiting -= 1
+
+    # Files ---------------------------------------------------------------------
+    def _file_pool(self):
+        if self._file_workers is None:
+            import concurrent.futures
+            self._file_workers = concurrent.futures.ThreadPoolExecutor(FILE_WORKERS, "campfire-files")
+        return self._file_workers
+
+    async def file_work(self, function, *args, **kwargs):
+        """function(*args, **kwargs) in a file worker thread (disk I/O never blocks the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._file_pool(), functools.partial(function, *args, **kwargs))
+
+    def file_work_soon(self, function, *args):
+        """function(*args) in a file worker thread, not waited for (failures are logged);
+        at once without a running event loop (tests, the command line)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            try:
+                function(*args)
+            except OSError:
+                log.error("file work failed:\n%s", traceback.format_exc())
+            return
+
+        def done(future):
+            if not future.cancelled() and future.exception() is not None:
+                log.error("file work failed: %r", future.exception())
+        loop.run_in_executor(self._file_pool(), function, *args).add_done_callback(done)
+
+    def blobs_created(self, keys):
+        """The Events listener: committed uploads move into place."""
+        for key in keys:
+            self.file_work_soon(self.files.promote, key)
+
+    def blobs_deleted(self, keys):
+        for key in keys:
+            self.file_work_soon(self.files.delete, key)
+
+    def discard_uploads(self, uploads):
+        """Temporary files of uploads no row will name."""
+        for upload in uploads:
+            self.file_work_soon(self.files.discard_temp, upload.key)
+
+    def upload_limit(self, request):
+        """The largest body of an upload (HttpParser streams it), or None when the request
+        doesn't carry one: only multipart posts to the routes marked upload do."""
+        if request.method != "POST" or not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return None
+        found = self.router.match("POST", request.path)
+        if found is None or not found[0].upload:
+            return None
+        return self.config.max_upload_bytes + UPLOAD_FORM_OVERHEAD_BYTES
+
+    async def receive_form(self, request):
+        """A multipart form, read as it arrives: (FormData of its text fields, {field name: Upload}).
+        Each file goes to a temporary file in storage as it comes (memory holds one write at
+        most), its MD5 taken and its image header checked on the way. The caller keeps the
+        uploads (Store.post_attachment …) or hands them to discard_uploads()."""
+        try:
+            parser = MultipartParser.for_content_type(request.headers.get("content-type", ""))
+        except MultipartError:
+            raise
+        fields, receiving, text_bytes, part = [], {}, 0, None
+        try:
+            async for chunk in _body_chunks(request):
+                for event in parser.feed(chunk):
+                    kind = type(event)
+                    if kind is PartData:
+                        if part is None:
+                            continue
+                        if type(part) is list:
+                            text_bytes += len(event.data)
+                            if text_bytes > MAX_UPLOAD_FIELD_BYTES:
+                                raise PayloadTooLarge("The form's text is too long.")
+                            part.append(event.data)
+                        else:
+                            await part.add(event.data)
+                    elif kind is PartStarted:
+                        if event.filename is None:
+                            part = [event.name]
+                        elif not event.filename or event.name in receiving or len(receiving) >= MAX_FORM_FILES:
+                            part = None  # a file input left empty, or one file too many: skipped
+                        else:
+                            part = _ReceivingFile(self, event.name, event.filename, event.content_type,
+                                                  self.config.max_upload_bytes)
+                            receiving[event.name] = part
+                            await part.open()
+                    else:  # PartEnded
+                        if type(part) is list:
+                            fields.append((part[0], b"".join(part[1:]).decode("utf-8", "replace")))
+                        elif part is not None:
+                            await part.finish()
+                        part = None
+            parser.finish()
+        except BaseException:
+            for file in receiving.values():
+                self.file_work_soon(file.discard)
+            raise
+        return FormData(fields), {name: file.upload for name, file in receiving.items()}
+
+    async def file_response(self, request, blob, *, key=None, download=False, cache_control=FILE_CACHE_CONTROL):
+        """A stored file as a response: inline only for the types that are safe to show,
+        sandboxed, with an ETag (304) and byte ranges (206, 416). key: another blob's bytes
+        under this blob's name (a preview)."""
+        content_type, disposition, headers = serving_for(blob.content_type)
+        etag = blob.etag if key is None else '"%s"' % key
+        headers = [header for header in headers if header[0] != "X-Content-Type-Options"]  # _finish adds it
+        headers += [("Content-Disposition", content_disposition("attachment" if download else disposition,
+                                                                 blob.filename)),
+                    ("ETag", etag), ("Cache-Control", cache_control)]
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(b"", 304, None, headers)
+        opened = await self.file_work(self.files.open, key or blob.key)
+        if opened is None:
+            log.error("blob %s (%s) is missing from %s", blob.id, key or blob.key, self.files.root)
+            raise NotFound("This file is missing from the server's storage.")
+        file, size = opened
+        try:
+            byte_range = select_range(request.headers.get("range"), size, if_range=request.headers.get("if-range"),
+                                      etag=etag)
+        except RangeNotSatisfiable:
+            file.close()
+            raise
+        response = Response(b"", 200, content_type, headers)
+        if byte_range is None:
+            response.file = FileBody(file, 0, size)
+        else:
+            response.status = 206
+            response.headers.append(("Content-Range", content_range(byte_range, size)))
+            response.file = FileBody(file, byte_range.first, byte_range.length)
+        response.compressible = False
+        return response
 
     # Helpers for handlers --------------------------------------------------------
     def asset_url(self, name):
@@ -8530,20 +9182,26 @@ class App:
             self._assets_checked = (now, {name: self.asset_url(name) for name in PAGE_ASSETS})
         return self._assets_checked[1]
 
-    def message_html(self, message, boosts=()):
-        """A message as render_message makes it, kept until it, its boosts or any name change."""
+    def message_html(self, message, boosts=(), attachment=False):
+        """A message as render_message makes it, kept until it, its boosts or any name change.
+        attachment: its Blob or None when known, else looked up."""
         key = (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), self.store.global_version)
         cached = self.message_cache.get(key) if self.config.cache else None
         if cached is not None:
             return cached
         store, stored = self.store, message["body"] or ""
+        if attachment is False:
+            attachment = store.attachment("Message", message["id"], "attachment")
+        if attachment is not None:
+            attachment = render_attachment(message["id"], attachment,
+                                           preview=attachment.kind == "image" and store.variant_key(attachment.id))
         sound = message_sound(store.plain_text(stored)) if "/play " in stored else None
         body = None if sound else self.render_body(stored)
         if boosts:
             booster = store.user
             boosts = [(boost, user.name if (user := booster(boost["booster_id"])) else "Someone") for boost in boosts]
         rendered = render_message(message, author=self._author_html(message["creator_id"]), body=body, sound=sound,
-                                  boosts=boosts)
+                                  boosts=boosts, attachment=attachment)
         self.message_cache.put(key, rendered)
         return rendered
 
@@ -8559,8 +9217,11 @@ class App:
         return HTML(render_rich_text(stored_body, mention=chips.get))
 
     def messages_html(self, messages):
-        boosts = self.store.boosts_for([message["id"] for message in messages])
-        return HTML("").join(self.message_html(message, boosts.get(message["id"], ())) for message in messages)
+        ids = [message["id"] for message in messages]
+        boosts = self.store.boosts_for(ids)
+        attachments = self.store.attachments_for("Message", ids, "attachment")
+        return HTML("").join(self.message_html(message, boosts.get(message["id"], ()), attachments.get(message["id"]))
+                             for message in messages)
 
     def _author_html(self, creator_id):
         """The avatar and name that open a message, kept per person until names change."""
@@ -8665,7 +9326,7 @@ class App:
         found = self.router.match(lookup, request.path)
         # A form's _method stands for PATCH, PUT or DELETE (browsers can't send them);
         # a bot's raw body is never read as a form, whatever its content type says.
-        if method == "POST" and not (found and found[0].auth == "bot") and request.headers.get(
+        if method == "POST" and not (found and (found[0].auth == "bot" or found[0].upload)) and request.headers.get(
                 "content-type", "").startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             override = str(request.form.get("_method", "")).upper()
             if override in ("PATCH", "PUT", "DELETE"):
@@ -8752,7 +9413,73 @@ class App:
 
     def serialize(self, request, response, keep_alive):
         return serialize_response(response.status, response.headers, response.body, keep_alive=keep_alive,
-                                  head_only=request.method == "HEAD", date=self.http_date())
+                                  head_only=request.method == "HEAD", date=self.http_date(),
+                                  content_length=response.file.length if response.file is not None else None)
+
+
+async def _body_chunks(request):
+    """A request's body in pieces: as it arrives when streamed, else the one it has."""
+    reader = request.body_reader
+    if reader is None:
+        if request.body:
+            yield request.body
+        return
+    while chunk := await reader.read():
+        yield chunk
+
+
+class _ReceivingFile:
+    """One file of a multipart form on its way to a temporary file (App.receive_form)."""
+
+    def __init__(self, app, name, filename, declared_type, max_bytes):
+        self.app = app
+        self.key = generate_blob_key()
+        self.filename = safe_filename(filename)
+        self.declared_type = declared_type
+        self.max_bytes = max_bytes
+        self.descriptor = None
+        self.digest = hashlib.md5()
+        self.size = 0
+        self.pending, self.pending_bytes = [], 0
+        self.sniffer, self.sniffing = ImageSniffer(), True
+        self.upload = None
+
+    async def open(self):
+        self.descriptor = await self.app.file_work(self.app.files.create_temp, self.key)
+
+    async def add(self, data):
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise PayloadTooLarge("A file can be at most %s." % format_bytes(self.max_bytes))
+        if self.sniffing and self.sniffer.feed(data):  # microseconds: it reads a few header bytes
+            self.sniffing = False
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= UPLOAD_WRITE_BYTES:
+            await self._write()
+
+    async def _write(self):
+        if self.pending:
+            data = b"".join(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.pending, self.pending_bytes = [], 0
+            await self.app.file_work(FileStore.write, self.descriptor, data, self.digest)
+
+    async def finish(self):
+        await self._write()
+        image = self.sniffer.finish()
+        descriptor, self.descriptor = self.descriptor, None
+        await self.app.file_work(FileStore.close, descriptor, sync=True)
+        self.upload = Upload(self.key, self.filename, upload_content_type(self.declared_type, image), self.size,
+                             base64.b64encode(self.digest.digest()).decode(), image.width if image else None,
+                             image.height if image else None)
+
+    def discard(self):
+        """Blocking: the temporary file goes (a worker thread calls it)."""
+        descriptor, self.descriptor = self.descriptor, None
+        if descriptor is not None:
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
+        self.app.files.discard_temp(self.key)
 
 
 ####
@@ -9102,12 +9829,67 @@ def _error_bytes(status, message, date=None):
                               keep_alive=False, date=date)
 
 
+class BodyReader:
+    """A streamed upload's body between the connection, which feed()s what arrives, and
+    the handler, which awaits read(). Past UPLOAD_READ_AHEAD_BYTES unread, the
+    socket stops being read until the handler catches up (its disk writes set the pace)."""
+
+    def __init__(self, pause, resume):
+        self._pause, self._resume = pause, resume
+        self._chunks = collections.deque()
+        self._buffered = 0
+        self._ended = False
+        self._error = None
+        self._waiter = None
+        self.paused = False
+
+    def feed(self, data):
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= UPLOAD_READ_AHEAD_BYTES and not self.paused:
+            self.paused = True
+            self._pause()
+        self._wake()
+
+    def end(self):
+        self._ended = True
+        self._wake()
+
+    def abort(self, error):
+        self._error = error
+        self._wake()
+
+    def _wake(self):
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self):
+        """The next piece of the body; b"" at its end. ConnectionError when the client left."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        if self._error is not None:
+            raise self._error
+        data = self._chunks.popleft()
+        self._buffered -= len(data)
+        if self.paused and self._buffered < UPLOAD_READ_AHEAD_BYTES // 2:
+            self.paused = False
+            self._resume()
+        return data
+
+
 class HttpConnection(asyncio.Protocol):
     def __init__(self, server):
         self.server = server
         self.app = server.app
         self.transport = None
-        self.parser = HttpParser(self.app.body_limit)
+        self.parser = HttpParser(self.app.body_limit, self.app.upload_limit)
+        self.streaming = None      # the BodyReader of an upload being received
         self.remote_addr = "0.0.0.0"
         self.deadline = 0.0
         self.head_deadline = None
@@ -9134,6 +9916,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closing = True
         self.server.connections.discard(self)
+        if self.streaming is not None:
+            self.streaming.abort(ConnectionResetError("the client left before its upload ended"))
+            self.streaming = None
         if self.upgraded is not None:
             self.app.cable.connection_lost(self.upgraded)
 
@@ -9141,7 +9926,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport.pause_reading()
 
     def resume_writing(self):
-        if not self.closing and self.waiting is None:
+        if not self.closing and (self.waiting is None or (self.streaming is not None and not self.streaming.paused)):
             self.transport.resume_reading()
 
     def data_received(self, data):
@@ -9158,6 +9943,9 @@ class HttpConnection(asyncio.Protocol):
             return
         self.parser.receive_data(data)
         try:
+            if self.streaming is not None:
+                self._feed_body()
+                return
             self._process()
         except Exception:
             log.error("connection from %s failed:\n%s", self.remote_addr, traceback.format_exc())
@@ -9176,10 +9964,17 @@ class HttpConnection(asyncio.Protocol):
                 break
             request.remote_addr = self.remote_addr
             request.scheme = self.server.scheme
+            if request.streaming:
+                request.body_reader = BodyReader(self._pause_upload, self._resume_upload)
             response = app.handle(request)
             if not isinstance(response, Response):
-                self._wait_for(request, response)
+                if request.streaming:
+                    self._stream_for(request, response)
+                else:
+                    self._wait_for(request, response)
                 return
+            if request.streaming:  # answered before its body was read: nothing can follow it
+                request.keep_alive = False
             if not self._respond(request, response):
                 return
             self.head_deadline = None
@@ -9200,11 +9995,24 @@ class HttpConnection(asyncio.Protocol):
 
     def _respond(self, request, response):
         """Write one response, or hold it for the group commit; False when this
-        connection reads no further request (closed, closing or upgraded)."""
+        connection reads no further request (closed, closing, upgraded or sending a file)."""
         keep_alive = request.keep_alive and not self.server.stopping
         data = self.app.serialize(request, response, keep_alive)
         if response.upgrade is not None and response.status == 101:
             self._upgrade(data, response.upgrade)
+            return False
+        if response.file is not None:
+            if request.method == "HEAD" or self.held:  # (behind held answers: rare enough to close after)
+                response.file.file.close()
+                if self.held:
+                    self.held.append((_error_bytes(503, "Please try again."), False))
+                    self.transport.pause_reading()
+                    return False
+                self.transport.write(data)
+                if not keep_alive:
+                    self.close()
+                return keep_alive
+            self._send_file(data, response.file, keep_alive)
             return False
         if self.app.db.batch_open or self.held:
             self.held.append((data, keep_alive))  # written once the group commit is durable
@@ -9236,6 +10044,78 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.resume_reading()
                 self._process()  # whatever arrived meanwhile
         self.waiting.add_done_callback(answered)
+
+    def _send_file(self, head, body, keep_alive):
+        """Write a file response: its head, then its bytes with sendfile(2) where the
+        transport allows it (asyncio reads and writes in pieces otherwise, as over TLS).
+        Nothing more is read until it is sent."""
+        self.transport.pause_reading()
+        self.transport.write(head)
+        self.deadline = float("inf")  # a slow reader is paced by TCP; close() stops it
+        loop = self.server.loop
+
+        async def send():
+            try:
+                await loop.sendfile(self.transport, body.file, body.offset, body.length)
+            finally:
+                body.file.close()
+        self.waiting = loop.create_task(send())
+
+        def sent(task):
+            self.waiting = None
+            if self.closing or task.cancelled() or task.exception() is not None or not keep_alive:
+                self.close()
+                return
+            self.head_deadline = None
+            self.deadline = loop.time() + self.server.keepalive_timeout
+            self.transport.resume_reading()
+            self._process()
+        self.waiting.add_done_callback(sent)
+
+    def _stream_for(self, request, pending):
+        """An upload's handler is running: the body goes to it as it arrives (_feed_body),
+        and the connection reads nothing else until it has answered."""
+        self.streaming = request.body_reader
+        if request.headers.get("expect", "").lower() == "100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.waiting = self.server.loop.create_task(pending)
+
+        def answered(task):
+            self.waiting = None
+            if self.streaming is not None:  # answered before the body ended (an error): close after
+                self.streaming = None
+                request.keep_alive = False
+            if self.closing or task.cancelled():
+                self.close()
+                return
+            if self._respond(request, task.result()):
+                self.head_deadline = None
+                self.transport.resume_reading()
+                self._process()
+        self.waiting.add_done_callback(answered)
+        self._feed_body()
+
+    def _feed_body(self):
+        reader, parser = self.streaming, self.parser
+        data = parser.take_body()
+        if data:
+            reader.feed(data)
+        if parser.body_done:
+            self.streaming = None
+            reader.end()
+            self.transport.pause_reading()  # the next request waits for this one's answer
+            self.deadline = float("inf")    # the handler's work is bounded (disk writes, one commit)
+        elif not reader.paused:
+            self.deadline = self.server.loop.time() + BODY_IDLE_TIMEOUT
+
+    def _pause_upload(self):
+        self.transport.pause_reading()
+        self.deadline = float("inf")  # the wait is ours (the disk), not the client's
+
+    def _resume_upload(self):
+        if self.streaming is not None and not self.closing:
+            self.transport.resume_reading()
+            self.deadline = self.server.loop.time() + BODY_IDLE_TIMEOUT
 
     def _upgrade(self, handshake, upgrade):
         """Switch this connection to WebSocket: it belongs to the cable from now on."""
