@@ -1339,6 +1339,17 @@ class Response:
         self.upgrade = None
         self.file = None          # a FileBody sent instead of body: a stored file, never read whole
 
+    def header(self, name):
+        lowered = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lowered:
+                return value
+        return None
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8", "replace")
+
 
 @dataclass(slots=True)
 class FileBody:
@@ -1352,17 +1363,6 @@ class FileBody:
         """The bytes, for tests and small files."""
         self.file.seek(self.offset)
         return self.file.read(self.length)
-
-    def header(self, name):
-        lowered = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lowered:
-                return value
-        return None
-
-    @property
-    def text(self):
-        return self.body.decode("utf-8", "replace")
 
 
 def redirect(location, status=303):
@@ -6299,14 +6299,21 @@ def render_bell(room, involvement):
         icon="🔕" if involvement in ("nothing", "invisible") else "🔔")
 
 
-def render_composer(room):
+def render_composer(room, max_upload_bytes=MAX_UPLOAD_BYTES):
+    """The composer: text, and a paperclip for files (each file becomes a message of its own)."""
     return HTML(
-        '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}">'
+        '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}" '
+        'enctype="multipart/form-data" data-max-upload-bytes="{max_bytes}" data-max-upload-text="{max_text}">'
+        '<label class="composer__attach" for="composer_files" title="Attach files">'
+        '<span class="visually-hidden">Attach files</span></label>'
+        '<input class="composer__files visually-hidden" type="file" id="composer_files" name="message[attachment]" '
+        'multiple>'
         '<label class="visually-hidden" for="composer_body">Write a message</label>'
         '<textarea class="composer__input" id="composer_body" name="message[body]" rows="1" '
-        'placeholder="Write a message" aria-label="Write a message" required></textarea>'
+        'placeholder="Write a message" aria-label="Write a message"></textarea>'
         '<button type="submit" class="button button--primary composer__send">Send Message</button>'
-        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id)
+        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id, max_bytes=max_upload_bytes,
+                          max_text=format_bytes(max_upload_bytes))
 
 
 def render_pending_message(viewer):
@@ -6322,7 +6329,7 @@ def render_pending_message(viewer):
         id=viewer.id, avatar=render_avatar(viewer.id), name=viewer.name)
 
 
-def render_room(room, viewer, title, involvement, messages, *, highlight_id=None):
+def render_room(room, viewer, title, involvement, messages, *, highlight_id=None, max_upload_bytes=MAX_UPLOAD_BYTES):
     """The room: its header, its messages (rendered), the composer."""
     return HTML(
         '<section class="room" id="room" data-room-id="{id}" data-room-type="{type}" aria-labelledby="room_name">'
@@ -6335,7 +6342,7 @@ def render_room(room, viewer, title, involvement, messages, *, highlight_id=None
         id=room.id, type=room.type.split("::")[-1].lower(), heading="Ping with %s" % title if room.direct else title,
         bell=render_bell(room, involvement), settings=room_settings_path(room),
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
-        messages=messages, composer=render_composer(room), pending=render_pending_message(viewer))
+        messages=messages, composer=render_composer(room, max_upload_bytes), pending=render_pending_message(viewer))
 
 
 def render_person_choice(user, *, checked=False, disabled=False):
@@ -7400,7 +7407,8 @@ def _room_page(app, request, room, messages, *, highlight_id=None):
     user = request.user
     involvement = app.store.user_rooms(user.id).get(room.id, "mentions")
     title = app.store.room_title(room, user.id)
-    body = render_room(room, user, title, involvement, app.messages_html(messages), highlight_id=highlight_id)
+    body = render_room(room, user, title, involvement, app.messages_html(messages), highlight_id=highlight_id,
+                       max_upload_bytes=app.config.max_upload_bytes)
     return _page(app, request, title, body, body_class="room-page", current_room_id=room.id)
 
 
@@ -7628,7 +7636,7 @@ async def _create_message_from_form(app, request, room):
             message, created = app.store.post_attachment(room, request.user, upload, client_message_id)
             kept = upload if created else None
     finally:
-        app.discard_uploads([upload for upload in uploads.values() if upload is not kept])
+        await app.discard_uploads([upload for upload in uploads.values() if upload is not kept])
     if _navigating(request):
         return redirect(url_for("room", room_id=room.id))
     boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
@@ -8157,7 +8165,7 @@ async def _bot_post_form(app, request, room, bot):
             message, _ = app.store.post_attachment(room, bot, upload, random_hex(CLIENT_MESSAGE_ID_BYTES))
             kept = upload
     finally:
-        app.discard_uploads([upload for upload in uploads.values() if upload is not kept])
+        await app.discard_uploads([upload for upload in uploads.values() if upload is not kept])
     return Response(b"", 201, None, [("Location", url_for("message", message_id=message["id"]))])
 
 
@@ -8934,6 +8942,7 @@ class App:
         self.qr_codes = LruCache(QR_CODES_KEPT_BYTES)
         self._workers = None        # the thread pool for password hashes, made on first use
         self._file_workers = None   # the thread pool for file I/O, made on first use
+        self._file_jobs = set()     # its work not waited for (file_work_soon)
         self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.events = self.store.events
@@ -9015,23 +9024,21 @@ class App:
             self._file_pool(), functools.partial(function, *args, **kwargs))
 
     def file_work_soon(self, function, *args):
-        """function(*args) in a file worker thread, not waited for (failures are logged);
-        at once without a running event loop (tests, the command line)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None:
-            try:
-                function(*args)
-            except OSError:
-                log.error("file work failed:\n%s", traceback.format_exc())
-            return
+        """function(*args) in a file worker thread, not waited for (a failure is logged).
+        close() and settle_file_work() wait for it."""
+        job = self._file_pool().submit(function, *args)
+        self._file_jobs.add(job)
 
-        def done(future):
-            if not future.cancelled() and future.exception() is not None:
-                log.error("file work failed: %r", future.exception())
-        loop.run_in_executor(self._file_pool(), function, *args).add_done_callback(done)
+        def done(job):
+            self._file_jobs.discard(job)
+            if not job.cancelled() and job.exception() is not None:
+                log.error("file work failed: %r", job.exception())
+        job.add_done_callback(done)
+
+    def settle_file_work(self):
+        """Wait until the file work asked for so far is done (tests; a stop waits in close())."""
+        import concurrent.futures
+        concurrent.futures.wait(list(self._file_jobs))
 
     def blobs_created(self, keys):
         """The Events listener: committed uploads move into place."""
@@ -9042,10 +9049,10 @@ class App:
         for key in keys:
             self.file_work_soon(self.files.delete, key)
 
-    def discard_uploads(self, uploads):
-        """Temporary files of uploads no row will name."""
+    async def discard_uploads(self, uploads):
+        """Delete the temporary files of uploads no row will name."""
         for upload in uploads:
-            self.file_work_soon(self.files.discard_temp, upload.key)
+            await self.file_work(self.files.discard_temp, upload.key)
 
     def upload_limit(self, request):
         """The largest body of an upload (HttpParser streams it), or None when the request
@@ -9100,7 +9107,7 @@ class App:
             parser.finish()
         except BaseException:
             for file in receiving.values():
-                self.file_work_soon(file.discard)
+                await self.file_work(file.discard)
             raise
         return FormData(fields), {name: file.upload for name, file in receiving.items()}
 

@@ -5,6 +5,7 @@ import { Cable, showConnection } from "./cable.js"
 import { MessageList, RoomStream, decorateMessages, muteToggle } from "./messages.js"
 import { MessageScroller } from "./scroller.js"
 import { Composer } from "./composer.js"
+import { Uploads, Lightbox } from "./uploads.js"
 import { MessageActions } from "./actions.js"
 import { Sidebar, Presence } from "./sidebar.js"
 import { confirmDangerousForms, filterPickers, bellInPlace, roomKindFollowsChoice } from "./forms.js"
@@ -20,6 +21,8 @@ function startRoom(section, cable) {
   const form = section.querySelector("form#composer")
   let actions = null
   const composer = form && new Composer(form, { list, stream, scroller, cable, onEditLast: (message) => actions.edit(message) })
+  if (form) new Uploads(form, { list, stream, scroller, dropTarget: section, pasteTarget: composer.editor.root })
+  new Lightbox(list.element)
   actions = new MessageActions(list, { composer, scroller })
   section.querySelector(".room__tools")?.prepend(muteToggle())
   new Presence(cable, roomId, section.querySelector(".room__header"))

@@ -1,0 +1,241 @@
+// Files from the composer: the paperclip, drag-and-drop onto the room, and paste.
+// Each file becomes a message of its own, sent one after another in the order
+// given, as Campfire's composer does. Its pending copy shows a progress bar and
+// Cancel; a failed upload keeps the file with Retry and Discard.
+
+import { parseMessages } from "./messages.js"
+import { retryable, uuid } from "./composer.js"
+import { h } from "./dom.js"
+
+export const MAX_FILES_AT_ONCE = 100   // a bigger drop is refused whole, with a message: nothing is half sent
+
+// A size as people read it, in steps of 1,024 (the server writes the same).
+export function formatBytes(count) {
+  if (count < 1024) return count === 1 ? "1 byte" : `${count} bytes`
+  for (const unit of ["KB", "MB", "GB", "TB"]) {
+    count /= 1024
+    if (count < 1024 || unit === "TB") return `${count.toFixed(1).replace(/\.0$/, "")} ${unit}`
+  }
+}
+
+// Why an upload failed, in a few words; `tooLarge` names the limit.
+export function uploadFailureText(status, tooLarge = "") {
+  const reasons = { 0: "no connection", 400: "the upload was cut short", 403: "not allowed here", 404: "not allowed here",
+    413: tooLarge ? `larger than ${tooLarge}` : "too large", 422: "the file can't be used" }
+  return `Not sent: ${reasons[status ?? 0] ?? "the server had a problem"}.`
+}
+
+// The files a drag or a paste carries (none for text or links).
+export const filesOf = (transfer) => [...(transfer?.files ?? [])]
+
+export class Uploads {
+  #form
+  #list
+  #stream
+  #scroller
+  #queue = []
+  #sending = false
+  #uploads = new WeakMap()   // pending message → { file, clientId, request }
+  #notice
+
+  constructor(form, { list, stream, scroller, dropTarget, pasteTarget }) {
+    this.#form = form
+    this.#list = list
+    this.#stream = stream
+    this.#scroller = scroller
+    this.maxBytes = Number(form.dataset.maxUploadBytes) || Infinity
+    this.maxText = form.dataset.maxUploadText ?? ""
+    this.#notice = h("p", { className: "composer__notice", role: "status", hidden: true })
+    form.after(this.#notice)
+    const input = form.querySelector("input[type=file]")
+    input?.addEventListener("change", () => { this.add([...input.files]); input.value = "" })
+    pasteTarget?.addEventListener("paste", (event) => {
+      const files = filesOf(event.clipboardData)
+      if (!files.length) return
+      event.preventDefault()
+      this.add(files)
+    })
+    if (dropTarget) this.#acceptDrops(dropTarget)
+    list.element.addEventListener("click", (event) => this.#clicked(event))
+  }
+
+  add(files) {
+    this.#say("")
+    if (!files.length) return []
+    if (files.length > MAX_FILES_AT_ONCE) {
+      this.#say(`You can send at most ${MAX_FILES_AT_ONCE} files at once; none of these ${files.length} was sent.`)
+      return []
+    }
+    const pending = files.map((file) => this.#pendingFor(file))
+    this.#queue.push(...pending)
+    this.#next()
+    return pending
+  }
+
+  #say(text) {
+    this.#notice.textContent = text
+    this.#notice.hidden = !text
+  }
+
+  #acceptDrops(target) {
+    let depth = 0
+    const carriesFiles = (event) => event.dataTransfer?.types.includes("Files")
+    target.addEventListener("dragenter", (event) => {
+      if (!carriesFiles(event)) return
+      depth++
+      target.classList.add("room--dropping")
+    })
+    target.addEventListener("dragleave", () => {
+      if (--depth <= 0) { depth = 0; target.classList.remove("room--dropping") }
+    })
+    target.addEventListener("dragover", (event) => {
+      if (!carriesFiles(event)) return
+      event.preventDefault()
+      event.dataTransfer.dropEffect = "copy"
+    })
+    target.addEventListener("drop", (event) => {
+      depth = 0
+      target.classList.remove("room--dropping")
+      const files = filesOf(event.dataTransfer)
+      if (!files.length) return
+      event.preventDefault()
+      this.add(files)
+    })
+  }
+
+  #pendingFor(file) {
+    const clientId = uuid()
+    const body = h("div", { className: "upload" },
+      h("span", { className: "upload__name" }, file.name || "file"), " ",
+      h("span", { className: "upload__size" }, formatBytes(file.size)),
+      h("progress", { className: "upload__progress", max: 1, value: 0, "aria-label": `Uploading ${file.name}` }),
+      h("button", { type: "button", className: "button button--small", "data-action": "cancel-upload" }, "Cancel"))
+    const pending = this.#scroller.change(() => this.#list.addPending(clientId, body), { follow: true })
+    pending.classList.add("message--upload")
+    pending.querySelector(".message__status").textContent = "Waiting…"
+    this.#uploads.set(pending, { file, clientId, request: null })
+    return pending
+  }
+
+  async #next() {
+    if (this.#sending) return
+    this.#sending = true
+    while (this.#queue.length) {
+      const pending = this.#queue.shift()
+      if (pending.isConnected) await this.#send(pending)
+    }
+    this.#sending = false
+  }
+
+  #send(pending) {
+    const upload = this.#uploads.get(pending)
+    if (upload.file.size > this.maxBytes) return this.#failed(pending, 413)
+    const progress = pending.querySelector(".upload__progress")
+    pending.querySelector(".message__status").textContent = "Uploading…"
+    const form = new FormData()
+    form.append("message[client_message_id]", upload.clientId)
+    form.append("message[attachment]", upload.file, upload.file.name || "file")
+    return new Promise((resolve) => {
+      const request = upload.request = new XMLHttpRequest()
+      request.open("POST", this.#form.action)
+      request.setRequestHeader("Accept", "text/html")
+      request.upload.addEventListener("progress", (event) => {
+        if (event.lengthComputable) progress.value = event.loaded / event.total
+      })
+      request.addEventListener("load", () => {
+        upload.request = null
+        if (request.status >= 200 && request.status < 300) {
+          const [message] = parseMessages(request.responseText)
+          if (message) this.#stream.add(message, { own: true })
+        } else {
+          this.#failed(pending, request.status)
+        }
+        resolve()
+      })
+      request.addEventListener("error", () => { upload.request = null; this.#failed(pending, 0); resolve() })
+      request.addEventListener("abort", () => { upload.request = null; resolve() })
+      request.send(form)
+    })
+  }
+
+  #failed(pending, status) {
+    if (!pending.isConnected) return
+    pending.classList.add("message--failed")
+    pending.querySelector(".message__status").textContent = uploadFailureText(status, this.maxText)
+    pending.querySelector(".upload__progress").hidden = true
+    pending.querySelector("[data-action=cancel-upload]").hidden = true
+    const choices = h("span", { className: "message__retry" },
+      retryable(status) ? h("button", { type: "button", className: "button button--small", "data-action": "retry-upload" }, "Retry") : "",
+      h("button", { type: "button", className: "button button--small", "data-action": "discard-upload" }, "Discard"))
+    pending.querySelector(".message__meta").append(" ", choices)
+  }
+
+  #clicked(event) {
+    const button = event.target.closest("[data-action=cancel-upload], [data-action=retry-upload], [data-action=discard-upload]")
+    const pending = button?.closest(".message--upload")
+    const upload = pending && this.#uploads.get(pending)
+    if (!upload) return
+    const action = button.dataset.action
+    if (action !== "retry-upload") {
+      upload.request?.abort()
+      return pending.remove()
+    }
+    pending.classList.remove("message--failed")
+    button.parentElement.remove()
+    pending.querySelector(".upload__progress").hidden = false
+    pending.querySelector("[data-action=cancel-upload]").hidden = false
+    pending.querySelector(".message__status").textContent = "Waiting…"
+    this.#queue.push(pending)   // the same client_message_id: the server keeps one message
+    this.#next()
+  }
+}
+
+// Images in messages open full size in a viewer: arrow keys or a swipe go to the
+// previous or next image of the room, Escape (or the close button) closes it.
+export class Lightbox {
+  #dialog
+  #image
+  #caption
+  #links = []
+  #index = 0
+
+  constructor(container) {
+    this.#image = h("img", { className: "lightbox__image", alt: "" })
+    this.#caption = h("p", { className: "lightbox__caption" })
+    const close = h("button", { type: "button", className: "button lightbox__close", "aria-label": "Close" }, "×")
+    this.#dialog = h("dialog", { className: "lightbox", "aria-label": "Image viewer" }, close, this.#image, this.#caption)
+    document.body.append(this.#dialog)
+    close.addEventListener("click", () => this.#dialog.close())
+    this.#dialog.addEventListener("click", (event) => { if (event.target === this.#dialog) this.#dialog.close() })
+    this.#dialog.addEventListener("keydown", (event) => {
+      if (event.key === "ArrowLeft") this.#show(this.#index - 1)
+      else if (event.key === "ArrowRight") this.#show(this.#index + 1)
+    })
+    let startX = null
+    this.#dialog.addEventListener("pointerdown", (event) => { startX = event.clientX })
+    this.#dialog.addEventListener("pointerup", (event) => {
+      const moved = startX === null ? 0 : event.clientX - startX
+      startX = null
+      if (Math.abs(moved) > 50) this.#show(this.#index + (moved < 0 ? 1 : -1))
+    })
+    container.addEventListener("click", (event) => {
+      const link = event.target.closest("a[data-action=view-attachment]")
+      if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return
+      event.preventDefault()
+      this.#links = [...container.querySelectorAll("a[data-action=view-attachment]")]
+      this.#show(this.#links.indexOf(link))
+      if (!this.#dialog.open) this.#dialog.showModal()
+    })
+  }
+
+  get open() { return this.#dialog.open }
+
+  #show(index) {
+    if (index < 0 || index >= this.#links.length) return
+    this.#index = index
+    const link = this.#links[index]
+    this.#image.src = link.href
+    this.#image.alt = link.dataset.filename ?? ""
+    this.#caption.textContent = link.dataset.filename ?? ""
+  }
+}
