@@ -10,14 +10,21 @@ import io
 import json
 import os
 import re
+import shutil
+import socket
 import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
 import unittest
 
 from PIL import Image
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
 
-from tests.helpers import AppTestCase, Client, campfire, make_app
+from tests.helpers import (AppTestCase, CableClient, Client, LiveServer, _session_cookie, campfire, first_run_cookie,
+                           make_app, recv_response)
 
 
 def image_bytes(width, height, kind="PNG"):
@@ -400,3 +407,165 @@ class SweepTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LiveUploadTests(unittest.TestCase):
+    """The real server: uploads stream over a socket, files come back with sendfile."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = LiveServer(max_upload_bytes=4 * 1024 * 1024)
+        cls.addClassCleanup(cls.server.stop)
+        cls.cookie = first_run_cookie(cls.server.port)
+        cls.room_id = cls.server.call(lambda: cls.server.app.store.rooms_for(1)[0]["id"])
+
+    def upload_head(self, length, content_type, path=None):
+        return ("POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nCookie: session_token=%s\r\nSec-Fetch-Site: same-origin\r\n"
+                "Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+                    path or "/rooms/%d/messages" % self.room_id, self.server.port, self.cookie, content_type,
+                    length)).encode()
+
+    def state(self):
+        app = self.server.app
+        blobs = self.server.call(lambda: app.db.value("SELECT count(*) FROM active_storage_blobs"))
+        app.settle_file_work()
+        temp = os.listdir(app.files.temp_root) if os.path.isdir(app.files.temp_root) else []
+        return blobs, temp
+
+    def test_a_file_streams_in_and_comes_back_whole_and_in_ranges(self):
+        data = os.urandom(3 * 1024 * 1024)
+        content_type, body = multipart([("message[client_message_id]", "live-1")],
+                                       [("message[attachment]", "noise.bin", "application/octet-stream", data)])
+        with self.server.connect() as sock:
+            sock.sendall(self.upload_head(len(body), content_type))
+            for start in range(0, len(body), 65536):
+                sock.sendall(body[start:start + 65536])
+            status, headers, _ = recv_response(sock, timeout=20)
+        self.assertEqual(status, 201)
+        message_id = int(re.search(r"@(\d+)$", headers["location"]).group(1))
+        get = ("GET /messages/%d/attachment HTTP/1.1\r\nHost: x\r\nCookie: session_token=%s\r\n%s\r\n")
+        with self.server.connect() as sock:
+            sock.sendall((get % (message_id, self.cookie, "")).encode())
+            status, headers, received = recv_response(sock, timeout=20)
+            self.assertEqual((status, headers["content-type"]), (200, "application/octet-stream"))
+            self.assertEqual(received, data)
+            # The same connection goes on: a range (a video seeking), then a HEAD.
+            sock.sendall((get % (message_id, self.cookie, "Range: bytes=1000000-1000999\r\n")).encode())
+            status, headers, received = recv_response(sock, timeout=20)
+            self.assertEqual(status, 206)
+            self.assertEqual(headers["content-range"], "bytes 1000000-1000999/%d" % len(data))
+            self.assertEqual(received, data[1000000:1001000])
+
+    def test_a_body_over_the_limit_is_413_before_it_is_sent(self):
+        with self.server.connect() as sock:
+            sock.sendall(self.upload_head(50 * 1024 * 1024, "multipart/form-data; boundary=x"))
+            status, _, body = recv_response(sock)
+        self.assertEqual(status, 413)
+        self.assertIn(b"4 MB", body)
+
+    def test_a_connection_cut_mid_upload_leaves_nothing_behind(self):
+        before = self.state()[0]
+        content_type, body = multipart([("message[client_message_id]", "cut")],
+                                       [("message[attachment]", "half.bin", "application/octet-stream",
+                                         os.urandom(2 * 1024 * 1024))])
+        with self.server.connect() as sock:
+            sock.sendall(self.upload_head(len(body), content_type))
+            sock.sendall(body[:len(body) // 2])
+            app = self.server.app
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not (os.path.isdir(app.files.temp_root)
+                                                       and os.listdir(app.files.temp_root)):
+                time.sleep(0.02)
+            self.assertTrue(os.listdir(app.files.temp_root), "the upload was being written")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.state() != (before, []):
+            time.sleep(0.05)
+        self.assertEqual(self.state(), (before, []))
+
+    def test_curl_posts_a_file_as_a_bot(self):
+        curl = shutil.which("curl")
+        if curl is None:
+            self.skipTest("curl is not installed")
+        app = self.server.app
+        bot_id = self.server.call(lambda: app.store.create_bot("Uploader", ""))
+        key = self.server.call(lambda: campfire.bot_key(app.store.active_bot(bot_id)))
+        with tempfile.NamedTemporaryFile(suffix=".png") as file:
+            file.write(image_bytes(64, 48))
+            file.flush()
+            result = subprocess.run([curl, "-s", "-o", "/dev/null", "-D", "-", "-F", "attachment=@%s" % file.name,
+                                     "http://127.0.0.1:%d/rooms/%d/%s/messages" % (self.server.port, self.room_id, key)],
+                                    capture_output=True, text=True, timeout=30)
+        self.assertTrue(result.stdout.startswith("HTTP/1.1 201 "), result.stdout + result.stderr)
+        message_id = int(re.search(r"(?im)^Location: /messages/(\d+)\r?$", result.stdout).group(1))
+        blob = self.server.call(lambda: app.store.attachment("Message", message_id, "attachment"))
+        self.assertEqual((blob.content_type, blob.width, blob.height), ("image/png", 64, 48))
+
+    def test_another_member_sees_the_file_arrive_live(self):
+        app = self.server.app
+        code = self.server.call(lambda: app.store.account()["join_code"])
+        bob = _session_cookie(self.server.port, "/join/" + code, {
+            "user[name]": "Bob", "user[email_address]": "bob-live@example.com", "user[password]": "bob-password"})
+        cable = CableClient(self.server.port, bob, origin="http://127.0.0.1:%d" % self.server.port)
+        try:
+            cable.recv_json()  # welcome
+            identifier = cable.subscribe("RoomMessagesChannel", room_id=self.room_id)
+            cable.recv_until(lambda message: message.get("type") == "confirm_subscription")
+            content_type, body = multipart([("message[client_message_id]", "live-2")],
+                                           [("message[attachment]", "team.png", "image/png", image_bytes(120, 90))])
+            with self.server.connect() as sock:
+                sock.sendall(self.upload_head(len(body), content_type) + body)
+                self.assertEqual(recv_response(sock, timeout=20)[0], 201)
+            message = cable.recv_until(lambda message: message.get("identifier") == identifier
+                                       and message.get("message", {}).get("action") == "append")
+            html = message["message"]["html"]
+            self.assertIn('alt="team.png" width="120" height="90"', html)
+        finally:
+            cable.close()
+
+
+class StreamedUploadMemoryTests(unittest.TestCase):
+    """A large upload to a separate server process: its memory stays flat."""
+
+    UPLOAD_MIB = int(os.environ.get("CAMPFIRE_TEST_UPLOAD_MIB", "256"))
+
+    def test_a_large_upload_does_not_grow_the_servers_memory(self):
+        from tests.browser import CampfireProcess
+        server = CampfireProcess(env={"CAMPFIRE_MAX_UPLOAD_BYTES": str((self.UPLOAD_MIB + 1) * 1024 * 1024)})
+        server.start()
+        self.addCleanup(server.cleanup)
+        cookie = first_run_cookie(server.port)
+
+        def rss():
+            with open("/proc/%d/status" % server.process.pid) as status:
+                return int(re.search(r"VmRSS:\s+(\d+) kB", status.read()).group(1)) * 1024
+        boundary = "----campfire-large-upload"
+        head = ('--%s\r\nContent-Disposition: form-data; name="message[attachment]"; filename="large.bin"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n" % boundary).encode()
+        tail = ("\r\n--%s--\r\n" % boundary).encode()
+        size = self.UPLOAD_MIB * 1024 * 1024
+        chunk = os.urandom(1024 * 1024)
+        before = rss()
+        peak = before
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            sock.sendall(("POST /rooms/1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: session_token=%s\r\n"
+                          "Sec-Fetch-Site: same-origin\r\nContent-Type: multipart/form-data; boundary=%s\r\n"
+                          "Content-Length: %d\r\n\r\n" % (cookie, boundary, len(head) + size + len(tail))).encode())
+            sock.sendall(head)
+            for sent in range(self.UPLOAD_MIB):
+                sock.sendall(chunk)
+                if sent % 16 == 0:
+                    peak = max(peak, rss())
+            sock.sendall(tail)
+            status = recv_response(sock, timeout=120)[0]
+        after = rss()
+        self.assertEqual(status, 201)
+        print("\n%d MiB upload: server RSS %.1f MB before, %.1f MB at most during, %.1f MB after"
+              % (self.UPLOAD_MIB, before / 1e6, peak / 1e6, after / 1e6), file=sys.stderr)
+        self.assertLess(peak - before, 16 * 1024 * 1024)
+        deadline, stored = time.monotonic() + 30, []
+        while not stored and time.monotonic() < deadline:  # it moves into place just after the commit
+            root = os.path.join(server.storage, "files")
+            stored = [os.path.join(folder, name) for folder, _, names in os.walk(root)
+                      if os.path.relpath(folder, root).split(os.sep)[0] != "tmp" for name in names]
+            time.sleep(0.05)
+        self.assertEqual([os.path.getsize(path) for path in stored], [size])
