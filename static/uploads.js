@@ -43,8 +43,6 @@ export class Uploads {
     this.#list = list
     this.#stream = stream
     this.#scroller = scroller
-    this.maxBytes = Number(form.dataset.maxUploadBytes) || Infinity
-    this.maxText = form.dataset.maxUploadText ?? ""
     this.#notice = h("p", { className: "composer__notice", role: "status", hidden: true })
     form.after(this.#notice)
     const input = form.querySelector("input[type=file]")
@@ -58,6 +56,10 @@ export class Uploads {
     if (dropTarget) this.#acceptDrops(dropTarget)
     list.element.addEventListener("click", (event) => this.#clicked(event))
   }
+
+  // The server's limit, from the form (read at each send, so it is never stale).
+  get maxBytes() { return Number(this.#form.dataset.maxUploadBytes) || Infinity }
+  get maxText() { return this.#form.dataset.maxUploadText ?? "" }
 
   add(files) {
     this.#say("")

@@ -1,0 +1,127 @@
+"""Files in Chromium, as a person sends them: the paperclip, drag-and-drop and paste
+each post the image as a message of its own, with its size set before it loads,
+and the other person sees it arrive live; several files keep their order; a file
+over the limit fails at once, with Discard and no Retry; an image opens in the viewer, and an
+uploaded HTML page opened from its link runs nothing."""
+
+import base64
+import io
+import re
+
+from PIL import Image
+
+from tests.test_browser_app import ADA, BOB, BrowserApp
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # pragma: no cover - depends on the machine
+    expect = None
+
+
+def png(width, height, colour=(30, 120, 200)):
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# A File built in the page from base64, as a drop or a paste carries it.
+MAKE_FILE = """([name, type, data]) => new File([Uint8Array.from(atob(data), (c) => c.charCodeAt(0))], name, { type })"""
+
+
+class AttachmentsInBrowserTests(BrowserApp):
+    def image_message(self, page, name):
+        return page.locator("#messages > .message:not(.message--pending)", has=page.locator('img[alt="%s"]' % name))
+
+    def assert_image_arrived(self, page, name, width, height):
+        message = self.image_message(page, name)
+        expect(message).to_have_count(1)
+        image = message.locator("img.attachment__image")
+        expect(image).to_have_attribute("width", str(width))
+        expect(image).to_have_attribute("height", str(height))
+        page.wait_for_function("(name) => [...document.querySelectorAll('#messages img.attachment__image')]"
+                               ".some((img) => img.alt === name && img.complete && img.naturalWidth > 0)", arg=name)
+
+    def test_paperclip_drop_and_paste_each_send_an_image_the_other_person_sees_live(self):
+        ada, bob = self.open_room(ADA), self.open_room(BOB)
+        # The paperclip.
+        ada.get_by_label("Attach files").set_input_files(
+            files=[{"name": "clip-one.png", "mimeType": "image/png", "buffer": png(320, 160)}])
+        self.assert_image_arrived(ada, "clip-one.png", 320, 160)
+        self.assert_image_arrived(bob, "clip-one.png", 320, 160)
+        # Drag-and-drop onto the room.
+        ada.evaluate("""async ([make, file]) => {
+            const data = new DataTransfer()
+            data.items.add(eval(make)(file))
+            const room = document.querySelector("section.room")
+            for (const type of ["dragenter", "dragover", "drop"])
+              room.querySelector("#messages").dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }))
+        }""", [MAKE_FILE, ["dropped.png", "image/png", base64.b64encode(png(100, 300)).decode()]])
+        self.assert_image_arrived(bob, "dropped.png", 100, 300)
+        # A screenshot pasted into the composer.
+        ada.get_by_role("textbox", name="Write a message").click()
+        ada.evaluate("""([make, file]) => {
+            const data = new DataTransfer()
+            data.items.add(eval(make)(file))
+            document.activeElement.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true }))
+        }""", [MAKE_FILE, ["pasted.png", "image/png", base64.b64encode(png(64, 64)).decode()]])
+        self.assert_image_arrived(bob, "pasted.png", 64, 64)
+        expect(ada.locator(".message--pending")).to_have_count(0)
+        self.screenshot(bob, "attachments-live")
+
+    def test_several_files_become_messages_in_their_order_and_a_pdf_is_a_card(self):
+        ada, bob = self.open_room(ADA), self.open_room(BOB)
+        names = ["first.png", "second.txt", "third.pdf"]
+        ada.get_by_label("Attach files").set_input_files(files=[
+            {"name": "first.png", "mimeType": "image/png", "buffer": png(50, 50)},
+            {"name": "second.txt", "mimeType": "text/plain", "buffer": b"some notes"},
+            {"name": "third.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.4\n%%EOF\n"}])
+        card = bob.locator("#messages .attachment--file", has_text="third.pdf")
+        expect(card).to_have_count(1)
+        expect(card.get_by_role("link", name="Download third.pdf")).to_have_attribute(
+            "href", re.compile(r"/messages/\d+/attachment/download$"))
+        shown = bob.evaluate("""() => [...document.querySelectorAll('#messages > .message')]
+            .map((m) => m.querySelector('img.attachment__image')?.alt ?? m.querySelector('.attachment__name')?.textContent)
+            .filter(Boolean)""")
+        self.assertEqual([name for name in shown if name in names], names)
+
+    def test_a_file_over_the_limit_fails_with_discard_and_nothing_is_sent(self):
+        ada = self.open_room(ADA)
+        self.assertEqual(ada.locator("form#composer").get_attribute("data-max-upload-bytes"), str(100 * 1024 * 1024))
+        ada.evaluate("() => { document.querySelector('form#composer').dataset.maxUploadBytes = '10' }")
+        sent = []
+        ada.on("request", lambda request: request.method == "POST" and sent.append(request.url))
+        ada.get_by_label("Attach files").set_input_files(
+            files=[{"name": "too-big.png", "mimeType": "image/png", "buffer": png(40, 40)}])
+        failed = ada.locator(".message--failed", has_text="too-big.png")
+        expect(failed).to_contain_text("Not sent: larger than 100 MB.")
+        expect(failed.get_by_role("button", name="Retry")).to_have_count(0)
+        failed.get_by_role("button", name="Discard").click()
+        expect(ada.locator(".message--failed")).to_have_count(0)
+        self.assertEqual(sent, [])
+
+    def test_an_image_opens_in_the_viewer_and_escape_closes_it(self):
+        ada = self.open_room(ADA)
+        ada.get_by_label("Attach files").set_input_files(
+            files=[{"name": "viewer.png", "mimeType": "image/png", "buffer": png(200, 100)}])
+        self.assert_image_arrived(ada, "viewer.png", 200, 100)
+        self.image_message(ada, "viewer.png").locator("a.attachment__link").click()
+        viewer = ada.get_by_role("dialog", name="Image viewer")
+        expect(viewer).to_be_visible()
+        expect(viewer.locator("img")).to_have_attribute("alt", "viewer.png")
+        ada.keyboard.press("Escape")
+        expect(viewer).to_be_hidden()
+
+    def test_an_uploaded_html_page_opened_from_its_link_runs_nothing(self):
+        ada = self.open_room(ADA)
+        ada.get_by_label("Attach files").set_input_files(files=[
+            {"name": "evil.html", "mimeType": "text/html",
+             "buffer": b"<script>document.cookie='pwned=1';localStorage.pwned=1;</script>"}])
+        link = ada.locator("#messages .attachment--file", has_text="evil.html").get_by_role("link", name="evil.html", exact=True)
+        expect(link).to_have_count(1)
+        href = link.get_attribute("href")
+        response = ada.request.get(self.server.url + href)
+        self.assertEqual(response.headers["content-security-policy"], "sandbox")
+        self.assertTrue(response.headers["content-disposition"].startswith("attachment"))
+        self.assertIsNone(ada.evaluate("localStorage.pwned ?? null"))
+        self.assertNotIn("pwned", ada.evaluate("document.cookie"))
+
