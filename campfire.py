@@ -107,7 +107,6 @@ COOKIE_HEADERS_KEPT = 4096               # parsed Cookie headers remembered (see
 ROUTES_KEPT = 4096                       # and matched (method, path) pairs by the router,
 MEMO_KEY_MAX_CHARS = 512                 # each at most this long (so at most a few MB in all)
 MAX_FORM_FIELDS = 1000                    # urlencoded/multipart pairs per request
-MAX_MULTIPART_BOUNDARY_CHARS = 200        # RFC 2046 §5.1.1 allows 70; browsers send about 40
 BODY_LIMITS_KEPT = 10_000                 # (method, path) → body limit answers remembered
 STATIC_PATHS_KEPT = 1000                  # static paths whose last disk check is remembered
 
@@ -233,6 +232,12 @@ MAX_UPLOAD_FIELD_BYTES = MESSAGE_BODY_LIMIT  # the text fields of an upload form
 UPLOAD_READ_AHEAD_BYTES = 1024 * 1024     # body bytes buffered before the socket stops being read
 UPLOAD_WRITE_BYTES = 256 * 1024           # written to disk at a time (one worker-thread call)
 MAX_FORM_FILES = 2                        # files kept from one form: a message's file and its preview
+AVATAR_BODY_LIMIT = 4 * 1024 * 1024       # a profile or bot form with its picture: the browser sends 512×512
+# Campfire caches avatars for 30 minutes (users/avatars_controller.rb); their URL doesn't change with the
+# picture, so a new one would show late. Revalidated each time instead: a 304 when unchanged.
+AVATAR_CACHE_CONTROL = "private, no-cache"
+AVATAR_PIXELS = 512                       # the browser crops a picture to this square (Campfire's variant size)
+LOGO_CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=604800"  # accounts/logos_controller.rb
 FILE_SEND_CHUNK_BYTES = 256 * 1024        # read from disk at a time where sendfile can't be used
 FILE_WORKERS = 4                          # threads for file I/O (uploads, opening downloads)
 BLOB_KEY_CHARS = 28                       # Active Storage's SecureRandom.base36(28)
@@ -1022,40 +1027,16 @@ def _parse_cookies(header):
 _parse_cookies_kept = functools.lru_cache(maxsize=COOKIE_HEADERS_KEPT)(_parse_cookies)
 
 
-_DISPOSITION_PARAM_RE = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"([^"]*)"|([^;\s]*))')
-
-
 def parse_multipart(body, content_type):
-    """multipart/form-data (RFC 7578) → ([(name, value)], {name: UploadedFile})."""
-    match = re.search(r'boundary="?([^";]{1,%d})"?' % MAX_MULTIPART_BOUNDARY_CHARS, content_type)
-    if not match:
-        raise BadRequest("The multipart boundary is missing.")
-    delimiter = b"--" + match.group(1).encode("latin-1")
+    """A whole multipart/form-data body (a small form; uploads stream instead) →
+    ([(name, value)], {name: UploadedFile}). MultipartError (400) when it can't be read."""
     fields, files = [], {}
-    parts = body.split(delimiter)
-    if len(parts) < 3 or not parts[-1].startswith(b"--"):
-        raise BadRequest("The multipart body is incomplete.")
-    for part in parts[1:-1][:MAX_FORM_FIELDS]:
-        head, sep, data = part.partition(b"\r\n\r\n")
-        if not sep or not data.endswith(b"\r\n"):
-            raise BadRequest("A multipart part is malformed.")
-        data = data[:-2]
-        disposition = {}
-        part_type = "application/octet-stream"
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-disposition":
-                for key, quoted, bare in _DISPOSITION_PARAM_RE.findall(value):
-                    disposition[key.lower()] = quoted or bare
-            elif name.strip().lower() == "content-type":
-                part_type = value.strip()
-        name = disposition.get("name")
-        if name is None:
-            continue
-        if "filename" in disposition:
-            files[name] = UploadedFile(disposition["filename"], part_type, data)
-        else:
-            fields.append((name, data.decode("utf-8", "replace")))
+    for part, data in read_multipart(body, content_type):
+        if part.filename is None:
+            fields.append((part.name, data.decode("utf-8", "replace")))
+        elif part.filename and part.name not in files:
+            files[part.name] = UploadedFile(safe_filename(part.filename), part.content_type or DOWNLOAD_CONTENT_TYPE,
+                                            data)
     return fields, files
 
 
@@ -4981,6 +4962,22 @@ class Store:
     def account(self):
         return self.db.one("SELECT * FROM accounts ORDER BY id LIMIT 1")
 
+    def account_logo(self):
+        """The account's logo (a Blob), or None: read once per account change."""
+        def build():
+            account = self.db.one("SELECT id FROM accounts ORDER BY id LIMIT 1")
+            return self.attachment("Account", account["id"], "logo") if account else None
+        return self._derived_value("logo", build)
+
+    def set_account_logo(self, upload):
+        """The account's logo in place of the one before; None removes it."""
+        account_id = self.account()["id"]
+        with self.db.atomic():
+            self._detach("Account", [account_id], "logo")
+            if upload is not None:
+                self._attach("Account", account_id, "logo", upload, utc_now_text())
+        self._account_changed()
+
     def account_name(self):
         account = self.account()
         return account["name"] if account else "Campfire"
@@ -5749,6 +5746,16 @@ class Store:
             "WHERE active_storage_variant_records.blob_id = ? ORDER BY active_storage_variant_records.id LIMIT 1",
             (blob_id,))
 
+    def set_avatar(self, user_id, upload):
+        """A person's (or a bot's) picture, in place of the one before; None removes it."""
+        with self.db.atomic():
+            self._detach("User", [user_id], "avatar")
+            if upload is not None:
+                self._attach("User", user_id, "avatar", upload, utc_now_text())
+            self.db.execute("UPDATE users SET updated_at = ? WHERE id = ?", (utc_now_text(), user_id))
+        self.forget_user(user_id)
+        self._account_changed()  # avatars are everywhere: in cached pages and messages
+
     def post_attachment(self, room, user, upload, client_message_id):
         """(message, created): a message holding one file, as Campfire makes one per file.
         Its text, for search, is the file's name."""
@@ -6052,6 +6059,7 @@ class View:
     custom_styles: str          # the digest of the account's custom CSS; "" when there is none
     assets: dict                # a PAGE_ASSETS name → its URL, versioned by content
     origin: str                 # "scheme://host", for links that leave the page (invitations, bots)
+    logo: str = ""              # the account logo's URL when one is set: the page's icon
 
 
 def room_settings_path(room):
@@ -6122,7 +6130,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<title>{title}</title>'
         '<link rel="stylesheet" href="{css}">'
         '<link rel="stylesheet" href="{components}">'
-        '<link rel="icon" href="{icon}" type="image/svg+xml">{custom_styles}'
+        '{icon_link}{custom_styles}'
         '<link rel="apple-touch-icon" href="{touch_icon}">'
         '<link rel="manifest" href="{manifest}">'
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
@@ -6133,7 +6141,9 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
         title="%s · %s" % (title, view.account_name) if title else view.account_name,
-        css=assets["campfire.css"], icon=assets["campfire-icon.svg"], touch_icon=url_for("static", path="icon-192.png"),
+        css=assets["campfire.css"], touch_icon=view.logo or url_for("static", path="icon-192.png"),
+        icon_link=HTML('<link rel="icon" href="{}">').format(view.logo) if view.logo else HTML(
+            '<link rel="icon" href="{}" type="image/svg+xml">').format(assets["campfire-icon.svg"]),
         manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles)
 
 
@@ -6735,14 +6745,22 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
     if view.user.administrator:
         head = HTML(
             '<h1 class="panel__title">{title}</h1>{notice}'
-            '<form method="post" action="{action}" class="form" id="account_form">'
+            '<form method="post" action="{action}" class="form" id="account_form" enctype="multipart/form-data">'
             '<input type="hidden" name="_method" value="patch">{name_field}'
+            '<div class="field"><span class="field__label">Logo</span><img class="account__logo" src="{logo}" '
+            'alt="The account logo" width="64" height="64">'
+            '<label class="field__label" for="account_logo">Upload a new logo</label>'
+            '<input class="field__input" type="file" id="account_logo" name="account[logo]" '
+            'accept="image/png,image/jpeg,image/gif,image/webp" data-square-image="{logo_pixels}">{logo_error}'
+            '</div>'
             '<div class="field"><input type="hidden" name="{setting}" value="0">'
             '<label class="choice"><input type="checkbox" id="account_restrict_room_creation" name="{setting}" '
             'value="1"{checked}> <span>Only administrators can create rooms</span></label></div>'
             '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
             '</div></form>').format(
             title=account["name"], notice=render_notice(notice), action=url_for("account"),
+            logo=view.logo or url_for("account_logo"), logo_pixels=AVATAR_PIXELS,
+            logo_error=render_errors(errors, "account[logo]"),
             name_field=render_field("Account name", "account[name]", name, errors=errors,
                                     maxlength=MAX_ACCOUNT_NAME_CHARS),
             setting="account[settings][restrict_room_creation_to_administrators]",
@@ -6751,8 +6769,12 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             '<section class="panel__section" aria-labelledby="account_admin_heading">'
             '<h2 class="panel__subtitle" id="account_admin_heading">Administration</h2><div class="form__actions">'
             '<a class="button" href="{styles}">Edit custom CSS</a>'
-            '<a class="button" href="{bots}">Set up chat bots</a></div></section>').format(
-            styles=url_for("edit_account_custom_styles"), bots=url_for("account_bots"))
+            '<a class="button" href="{bots}">Set up chat bots</a></div>{remove_logo}</section>').format(
+            styles=url_for("edit_account_custom_styles"), bots=url_for("account_bots"),
+            remove_logo=HTML('<form method="post" action="{}" class="inline-form">'
+                             '<input type="hidden" name="_method" value="delete">'
+                             '<button type="submit" class="button">Remove logo</button></form>').format(
+                url_for("account_logo")) if view.logo else "")
         regenerate = HTML(
             '<form method="post" action="{}" class="inline-form">'
             '<button type="submit" class="button button--danger" '
@@ -6838,7 +6860,14 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
 def render_profile(view, values, errors, transfer_url):
     user = view.user
     bio_error = render_errors(errors, "user[bio]")
+    avatar_error = render_errors(errors, "user[avatar]")
     fields = HTML("").join([
+        HTML('<div class="field"><label class="field__label" for="user_avatar">Avatar</label>'
+             '<input class="field__input" type="file" id="user_avatar" name="user[avatar]" '
+             'accept="image/png,image/jpeg,image/gif,image/webp" data-square-image="{size}"{invalid}>'
+             '<p class="field__hint">Square images look best: the picture is cropped to its middle square.</p>'
+             '{error}</div>').format(size=AVATAR_PIXELS, error=avatar_error,
+                                    invalid=HTML(' aria-invalid="true"') if avatar_error else ""),
         render_field("Your name", "user[name]", values["user[name]"], errors=errors, autocomplete="name",
                      maxlength=MAX_NAME_CHARS),
         render_field("Email address", "user[email_address]", values["user[email_address]"], type="email",
@@ -6855,16 +6884,20 @@ def render_profile(view, values, errors, transfer_url):
     return HTML(
         '{assets}<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
         '<div><h1 class="panel__title">Your profile</h1><p class="profile__role">{role}</p></div></div>'
-        '<form method="post" action="{action}" class="form">'
+        '<form method="post" action="{action}" class="form" enctype="multipart/form-data">'
         '<input type="hidden" name="_method" value="patch">{fields}'
         '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
         '<a class="button" href="{cancel}">Cancel changes</a></div></form>'
+        '<form method="post" action="{avatar_action}" class="inline-form profile__remove-avatar">'
+        '<input type="hidden" name="_method" value="delete">'
+        '<button type="submit" class="button button--small">Remove avatar</button></form>'
         '<section class="panel__section" aria-labelledby="transfer_heading">'
         '<h2 class="panel__subtitle" id="transfer_heading">Sign in on another device</h2>'
         '<p class="panel__intro">Open this link on your phone or another computer, or scan its QR code, to sign '
         'in there without a password. It works for 4 hours: keep it to yourself.</p>'
         '{transfer}</section></section>').format(
         avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields, action=url_for("user_profile"),
+        avatar_action=url_for("user_avatar", user_id=user.id),
         cancel=url_for("user", user_id=user.id),
         transfer=render_copyable("session_transfer_url", "Sign-in link", transfer_url,
                                  "Copy sign-in link", "Show auto-login QR code"),
@@ -6967,10 +7000,20 @@ def boost_json(boost, booster, origin):
             "booster": person_json(boost["booster_id"], booster, origin), "message": {"id": boost["message_id"]}}
 
 
-def manifest_json(account_name):
-    """The installable app's manifest (Campfire's app/views/pwa/)."""
+def manifest_json(account_name, logo=None):
+    """The installable app's manifest (Campfire's app/views/pwa/); logo: the account's (a Blob), whose
+    512×512 square the browser made is its icon at 192 and 512."""
     icon_192 = {"src": url_for("static", path="icon-192.png"), "sizes": "192x192", "type": "image/png"}
     maskable = url_for("static", path="icon-maskable-512.png")
+    if logo is not None:
+        source = url_for("account_logo", v=logo.key[:8])
+        icon_192 = {"src": source, "sizes": "192x192", "type": logo.content_type}
+        return dict(manifest_json(account_name), icons=[
+            dict(icon_192, purpose="any"), {"src": source, "sizes": "512x512", "type": logo.content_type,
+                                            "purpose": "any"},
+            {"src": maskable, "sizes": "512x512", "type": "image/png", "purpose": "maskable"}], shortcuts=[
+            {"name": "New chat room", "url": url_for("new_open_room"), "icons": [icon_192]},
+            {"name": "My profile", "url": url_for("user_profile"), "icons": [icon_192]}])
     return {
         "name": account_name, "short_name": account_name if len(account_name) <= 12 else "Campfire", "id": "/",
         "start_url": url_for("root"), "scope": "/", "display": "standalone", "background_color": THEME_COLOR_LIGHT,
@@ -7073,15 +7116,18 @@ def route_table():
         # People and profiles
         ("GET",         "/users/me/sidebar",                          "user_sidebar",           sidebar),
         ("GET",         "/users/me/profile",                          "user_profile",           edit_profile),
-        ("PATCH PUT",   "/users/me/profile",                          "user_profile",           update_profile),
+        ("PATCH PUT",   "/users/me/profile",                          "user_profile",           update_profile,           "user",  AVATAR_BODY_LIMIT),
         ("GET",         "/users/<int:user_id>",                       "user",                   show_user),
         ("GET",         "/users/<int:user_id>/avatar",                "user_avatar",            avatar),
+        ("DELETE",      "/users/<int:user_id>/avatar",                "user_avatar",            delete_avatar),
         ("POST",        "/users/<int:user_id>/ban",                   "user_ban",               create_ban,               "admin"),
         ("DELETE",      "/users/<int:user_id>/ban",                   "user_ban",               delete_ban,               "admin"),
         ("GET",         "/autocompletable/users",                     "autocompletable_users",  autocompletable_users),
         # The account: its page, settings, custom CSS and people
         ("GET",         "/account/edit",                              "edit_account",           edit_account),
-        ("PATCH PUT",   "/account",                                   "account",                update_account,           "admin"),
+        ("PATCH PUT",   "/account",                                   "account",                update_account,           "admin", AVATAR_BODY_LIMIT),
+        ("GET",         "/account/logo",                              "account_logo",           account_logo,             "public"),
+        ("DELETE",      "/account/logo",                              "account_logo",           delete_account_logo,      "admin"),
         ("POST",        "/account/join_code",                         "account_join_code",      regenerate_join_code,     "admin"),
         ("GET",         "/account/custom_styles",                     "account_custom_styles",  custom_styles_redirect,   "admin"),
         ("PATCH PUT",   "/account/custom_styles",                     "account_custom_styles",  update_custom_styles,     "admin", CUSTOM_STYLES_BODY_LIMIT),
@@ -7219,7 +7265,7 @@ def static_file(app, request, path):
 
 
 def web_manifest(app, request):
-    return json_response(manifest_json(app.store.account_name()),
+    return json_response(manifest_json(app.store.account_name(), app.store.account_logo()),
                          headers=[("Content-Type", "application/manifest+json"), ("Cache-Control", "no-cache")])
 
 
@@ -7849,10 +7895,25 @@ async def update_profile(app, request):
         return _profile_page(app, request, values, errors, status=429)
     if errors:
         return _profile_page(app, request, values, errors, status=422)
+    avatar = request.files.get("user[avatar]")
+    if avatar is not None and avatar.data:
+        try:
+            avatar = await app.store_image(avatar)
+        except HttpError as error:
+            return _profile_page(app, request, values, {"user[avatar]": error.message}, status=422)
+    else:
+        avatar = None
     digest = await app.off_loop(hash_password, password, app.config.scrypt_n) if password else None
-    if not app.store.update_profile(user, name, email, bio, digest):
-        return _profile_page(app, request, values, {  # the same address taken meanwhile
-            "user[email_address]": "Someone else already uses this email address."}, status=422)
+    try:
+        if not app.store.update_profile(user, name, email, bio, digest):
+            return _profile_page(app, request, values, {  # the same address taken meanwhile
+                "user[email_address]": "Someone else already uses this email address."}, status=422)
+        if avatar is not None:
+            app.store.set_avatar(user.id, avatar)
+            avatar = None
+    finally:
+        if avatar is not None:
+            await app.discard_uploads([avatar])
     return redirect(url_for("user_profile"))
 
 
@@ -7873,15 +7934,27 @@ def show_user(app, request, user_id):
 
 
 def avatar(app, request, user_id):
+    """The person's picture, or Campfire's initials on a colour (the bot icon for bots)."""
     user = app.store.user(user_id)
     if user is None:
         raise NotFound("There is no such person.")
+    blob = app.store.attachment("User", user_id, "avatar")
+    if blob is not None and blob.kind == "image":
+        return app.file_response(request, blob, cache_control=AVATAR_CACHE_CONTROL)
     svg = render_avatar_svg(user)
     etag = '"%s"' % hashlib.sha256(svg.encode()).hexdigest()[:16]
-    headers = [("ETag", etag), ("Cache-Control", "private, max-age=1800")]
+    headers = [("ETag", etag), ("Cache-Control", AVATAR_CACHE_CONTROL)]
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(b"", 304, None, headers)
     return Response(svg, 200, "image/svg+xml", headers)
+
+
+def delete_avatar(app, request, user_id):
+    """Remove your own picture (Campfire's users/avatars_controller.rb#destroy)."""
+    if user_id != request.user.id:
+        raise Forbidden("You can only remove your own avatar.")
+    app.store.set_avatar(user_id, None)
+    return redirect(url_for("user_profile"))
 
 
 def _manageable_user(app, user_id):
@@ -7941,6 +8014,47 @@ def edit_account(app, request):
 
 
 def update_account(app, request):
+    request.form  # noqa: B018 (reading the parts fills request.files)
+    logo = request.files.get("account[logo]")
+    if logo is not None and logo.data:
+        return _update_account_with_logo(app, request, logo)
+    return _update_account(app, request)
+
+
+async def _update_account_with_logo(app, request, file):
+    try:
+        logo = await app.store_image(file)
+    except HttpError as error:
+        return _account_page(app, request, errors={"account[logo]": error.message}, status=422)
+    try:
+        response = _update_account(app, request)
+        if response.status < 400:
+            app.store.set_account_logo(logo)
+            logo = None
+        return response
+    finally:
+        if logo is not None:
+            await app.discard_uploads([logo])
+
+
+def account_logo(app, request):
+    """The logo, or Campfire's own icon: public, cached 5 minutes and then revalidated in the
+    background for a week (Campfire's accounts/logos_controller.rb)."""
+    logo = app.store.account_logo()
+    if logo is not None:
+        return app.file_response(request, logo, cache_control=LOGO_CACHE_CONTROL)
+    response = app.static.response(request, "icon-192.png")
+    response.headers = [(name, value) for name, value in response.headers if name != "Cache-Control"]
+    response.headers.append(("Cache-Control", LOGO_CACHE_CONTROL))
+    return response
+
+
+def delete_account_logo(app, request):
+    app.store.set_account_logo(None)
+    return redirect(url_for("edit_account"))
+
+
+def _update_account(app, request):
     name = app.store.account()["name"]
     if "account[name]" in request.form:
         errors = {}
@@ -9111,6 +9225,25 @@ class App:
             raise
         return FormData(fields), {name: file.upload for name, file in receiving.items()}
 
+    async def store_image(self, file):
+        """A small uploaded image held in memory (an avatar, a logo) written to a temporary
+        file: its Upload, or Unprocessable when it is not a PNG, JPEG, GIF or WebP image."""
+        image = sniff_image(file.data)
+        if image is None:
+            raise Unprocessable("Choose a PNG, JPEG, GIF or WebP image.")
+        key = generate_blob_key()
+
+        def write():
+            descriptor = self.files.create_temp(key)
+            try:
+                digest = hashlib.md5()
+                FileStore.write(descriptor, file.data, digest)
+            finally:
+                FileStore.close(descriptor, sync=True)
+            return base64.b64encode(digest.digest()).decode()
+        checksum = await self.file_work(write)
+        return Upload(key, file.filename, image.content_type, len(file.data), checksum, image.width, image.height)
+
     async def file_response(self, request, blob, *, key=None, download=False, cache_control=FILE_CACHE_CONTROL):
         """A stored file as a response: inline only for the types that are safe to show,
         sandboxed, with an ETag (304) and byte ranges (206, 416). key: another blob's bytes
@@ -9179,8 +9312,10 @@ class App:
     def view(self, request, *, signed_in=True):
         """What rendering a page for this request knows besides its own data."""
         css, digest = self.store.custom_styles()
+        logo = self.store.account_logo()
         return View(request.user if signed_in else None, self.store.account_name(), digest if css.strip() else "",
-                    self._assets(), request.origin)
+                    self._assets(), request.origin,
+                    url_for("account_logo", v=logo.key[:8]) if logo else "")
 
     def _assets(self):
         """The PAGE_ASSETS' versioned URLs, looked up again at most every STATIC_RECHECK_SECONDS."""

@@ -5,7 +5,7 @@ import { Cable, showConnection } from "./cable.js"
 import { MessageList, RoomStream, decorateMessages, muteToggle } from "./messages.js"
 import { MessageScroller } from "./scroller.js"
 import { Composer } from "./composer.js"
-import { Uploads, Lightbox } from "./uploads.js"
+import { Uploads, Lightbox, squareImageInputs } from "./uploads.js"
 import { MessageActions } from "./actions.js"
 import { Sidebar, Presence } from "./sidebar.js"
 import { confirmDangerousForms, filterPickers, bellInPlace, roomKindFollowsChoice } from "./forms.js"
@@ -32,6 +32,7 @@ confirmDangerousForms()
 filterPickers()
 bellInPlace()
 roomKindFollowsChoice()
+squareImageInputs()
 
 if (viewer.id) {
   const cable = new Cable()

@@ -241,3 +241,47 @@ export class Lightbox {
     this.#caption.textContent = link.dataset.filename ?? ""
   }
 }
+
+// A picture chosen for an avatar (or a logo) is cropped to its middle square and
+// scaled to the size the input names (data-square-image), in the browser, before
+// the form sends it: the server only checks that it is an image.
+export async function squareImage(file, size) {
+  const bitmap = await createImageBitmap(file)
+  const side = Math.min(bitmap.width, bitmap.height)
+  const canvas = h("canvas", { width: size, height: size })
+  canvas.getContext("2d").drawImage(bitmap, (bitmap.width - side) / 2, (bitmap.height - side) / 2, side, side, 0, 0, size, size)
+  bitmap.close()
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/webp", 0.9))
+  const type = blob?.type || "image/png"
+  const name = (file.name.replace(/\.[^.]*$/, "") || "avatar") + (type === "image/webp" ? ".webp" : ".png")
+  return new File([blob ?? await new Promise((resolve) => canvas.toBlob(resolve))], name, { type })
+}
+
+export function squareImageInputs(root = document) {
+  for (const input of root.querySelectorAll("input[type=file][data-square-image]")) {
+    const size = Number(input.dataset.squareImage)
+    const submit = input.form?.querySelector("button[type=submit]")
+    const preview = h("img", { className: "field__preview", alt: "", width: 96, height: 96, hidden: true })
+    input.after(preview)
+    input.addEventListener("change", async () => {
+      const [file] = input.files
+      if (!file || input.dataset.squared === file.name) return
+      if (submit) submit.disabled = true
+      try {
+        const square = await squareImage(file, size)
+        const files = new DataTransfer()
+        files.items.add(square)
+        input.dataset.squared = square.name
+        input.files = files.files
+        preview.src = URL.createObjectURL(square)
+        preview.hidden = false
+      } catch {
+        input.setCustomValidity("This file is not an image that can be read.")
+        input.reportValidity()
+      } finally {
+        if (submit) submit.disabled = false
+      }
+    })
+    input.addEventListener("input", () => input.setCustomValidity(""))
+  }
+}

@@ -35,7 +35,7 @@ def image_bytes(width, height, kind="PNG"):
 
 def multipart(fields=(), files=()):
     """(content type, body): fields [(name, value)], files [(name, filename, content type, bytes)]."""
-    if any(not data for _, _, _, data in files):
+    if any(not data for _, _, _, data in files) or any(not value for _, value in fields):
         return hand_written_multipart(fields, files)
     values = MultiDict(list(fields))
     for name, filename, content_type, data in files:
@@ -45,8 +45,8 @@ def multipart(fields=(), files=()):
 
 
 def hand_written_multipart(fields, files, boundary="----formdata-campfire-test"):
-    """RFC 7578 by hand, for what werkzeug writes wrongly: an empty file (it leaves out the
-    CRLF before the next delimiter, which RFC 2046 §5.1.1 requires)."""
+    """RFC 7578 by hand, for what werkzeug writes wrongly: an empty field or file (it leaves out
+    the CRLF before the next delimiter, which RFC 2046 §5.1.1 requires)."""
     parts = [b'Content-Disposition: form-data; name="%s"\r\n\r\n%s' % (name.encode(), value.encode())
              for name, value in fields]
     parts += [b'Content-Disposition: form-data; name="%s"; filename="%s"\r\nContent-Type: %s\r\n\r\n%s'
@@ -388,6 +388,7 @@ class SweepTests(unittest.TestCase):
             content_type, body = multipart(files=[("message[attachment]", "a.txt", "text/plain", b"kept")])
             client.post("/rooms/%d/messages" % room_id, body=body, content_type=content_type)
             key = app.db.value("SELECT key FROM active_storage_blobs")
+            app.settle_file_work()
             os.makedirs(app.files.temp_root, exist_ok=True)
             os.replace(app.files.path(key), app.files.temp_path(key))  # a crash between the commit and the move
             with open(app.files.temp_path("q" * 28), "wb") as file:    # an upload a crash cut short
@@ -569,3 +570,64 @@ class StreamedUploadMemoryTests(unittest.TestCase):
                       if os.path.relpath(folder, root).split(os.sep)[0] != "tmp" for name in names]
             time.sleep(0.05)
         self.assertEqual([os.path.getsize(path) for path in stored], [size])
+
+
+class AvatarAndLogoTests(AttachmentTestCase):
+    def profile_form(self, picture, name="Ada Admin"):
+        return multipart([("_method", "patch"), ("user[name]", name), ("user[email_address]", "ada@example.com"),
+                          ("user[bio]", "")], [("user[avatar]", "me.webp", "image/webp", picture)])
+
+    def test_an_avatar_is_uploaded_served_and_removed(self):
+        picture = image_bytes(512, 512, "WEBP")
+        content_type, body = self.profile_form(picture)
+        response = self.client.post("/users/me/profile", body=body, content_type=content_type)
+        self.assertEqual(response.status, 303, response.text[:400])
+        blob = self.app.store.attachment("User", 1, "avatar")
+        self.assertEqual((blob.content_type, blob.width, blob.height), ("image/webp", 512, 512))
+        served = self.client.get("/users/1/avatar")
+        self.assertEqual((served.status, served.header("Content-Type")), (200, "image/webp"))
+        self.assertEqual(body_of(served), picture)
+        self.assertEqual(self.client.get("/users/1/avatar", headers={"If-None-Match": served.header("ETag")}).status,
+                         304)
+        # A new picture replaces the old one, file and all.
+        content_type, body = self.profile_form(image_bytes(512, 512, "PNG"))
+        self.client.post("/users/me/profile", body=body, content_type=content_type)
+        self.assertEqual(len(self.blobs()), 1)
+        self.assertFalse(os.path.exists(self.app.files.path(blob.key)))
+        # Remove avatar: the initials again.
+        self.assertEqual(self.client.post("/users/1/avatar", {"_method": "delete"}).status, 303)
+        self.assert_nothing_kept()
+        self.assertEqual(self.client.get("/users/1/avatar").header("Content-Type"), "image/svg+xml")
+
+    def test_an_avatar_that_is_not_an_image_is_refused_on_the_form(self):
+        content_type, body = self.profile_form(b"<svg onload=alert(1)>")
+        response = self.client.post("/users/me/profile", body=body, content_type=content_type)
+        self.assertEqual(response.status, 422)
+        self.assertIn("Choose a PNG, JPEG, GIF or WebP image.", response.text)
+        self.assert_nothing_kept()
+
+    def test_no_one_removes_another_persons_avatar(self):
+        other = self.join("Bob", "bob@example.com")
+        self.assertEqual(other.post("/users/1/avatar", {"_method": "delete"}).status, 403)
+
+    def test_the_logo_is_uploaded_and_becomes_the_manifest_and_page_icon(self):
+        self.assertEqual(self.client.get("/account/logo").header("Content-Type"), "image/png")  # Campfire's icon
+        picture = image_bytes(512, 512, "PNG")
+        content_type, body = multipart([("_method", "patch"), ("account[name]", "Acme")],
+                                       [("account[logo]", "logo.png", "image/png", picture)])
+        response = self.client.post("/account", body=body, content_type=content_type)
+        self.assertEqual(response.status, 303, response.text[:400])
+        logo = self.client.get("/account/logo")
+        self.assertEqual(body_of(logo), picture)
+        self.assertEqual(logo.header("Cache-Control"), "public, max-age=300, stale-while-revalidate=604800")
+        manifest = json.loads(self.client.get("/webmanifest.json").body)
+        sources = {(icon["src"].split("?")[0], icon["sizes"]) for icon in manifest["icons"]}
+        self.assertLessEqual({("/account/logo", "192x192"), ("/account/logo", "512x512")}, sources)
+        page = self.client.get("/account/edit").text
+        self.assertRegex(page, r'<link rel="icon" href="/account/logo\?v=\w+">')
+        # Members can't remove it; administrators can.
+        self.assertEqual(self.join("Bob", "bob@example.com").post("/account/logo", {"_method": "delete"}).status, 403)
+        self.assertEqual(self.client.post("/account/logo", {"_method": "delete"}).status, 303)
+        self.assert_nothing_kept()
+        manifest = json.loads(self.client.get("/webmanifest.json").body)
+        self.assertNotIn("/account/logo", json.dumps(manifest))
