@@ -5561,6 +5561,15 @@ class Store:
         user = self.mentioned_user(sgid)
         return user.name if user else None
 
+    def message_text(self, message):
+        """A message's plain text; a file's is its name (Campfire's Message#plain_text_body)."""
+        text = self.plain_text(message["body"])
+        if not text and not message["body"]:
+            blob = self.attachment("Message", message["id"], "attachment")
+            if blob is not None:
+                return blob.filename
+        return text
+
     def plain_text(self, stored_body):
         """A body's text for search, webhooks, the bot API and /play, mentions as "@Name"."""
         return html_to_plain_text(stored_body or "", mention_name=self._mention_name)
@@ -5985,7 +5994,7 @@ class Store:
             row = self.active_bot(user_id)
             if row is None or not row["webhook_url"] or not row["bot_token"]:
                 continue
-            plain = self.plain_text(body).replace("@" + user.name, "").strip()
+            plain = self.message_text(message).replace("@" + user.name, "").strip()
             payload = {"user": {"id": author.id, "name": author.name},
                        "room": {"id": room.id, "name": room.name,
                                 "path": url_for("bot_messages", room_id=room.id, bot_key=bot_key(row))},
@@ -8284,7 +8293,7 @@ async def _bot_post_form(app, request, room, bot):
 
 
 def _message_json(app, request, message):
-    return message_json(message, app.store.plain_text(message["body"]), app.store.user(message["creator_id"]),
+    return message_json(message, app.store.message_text(message), app.store.user(message["creator_id"]),
                         request.origin)
 
 
@@ -9228,9 +9237,14 @@ class App:
     async def store_image(self, file):
         """A small uploaded image held in memory (an avatar, a logo) written to a temporary
         file: its Upload, or Unprocessable when it is not a PNG, JPEG, GIF or WebP image."""
-        image = sniff_image(file.data)
-        if image is None:
+        if sniff_image(file.data) is None:
             raise Unprocessable("Choose a PNG, JPEG, GIF or WebP image.")
+        return await self.store_bytes(file)
+
+    async def store_bytes(self, file):
+        """A small file held in memory (an avatar, a logo, a webhook's reply) written to a
+        temporary file: its Upload. ImageHeaderError (422) for an image whose header lies."""
+        image = sniff_image(file.data)
         key = generate_blob_key()
 
         def write():
@@ -9242,7 +9256,8 @@ class App:
                 FileStore.close(descriptor, sync=True)
             return base64.b64encode(digest.digest()).decode()
         checksum = await self.file_work(write)
-        return Upload(key, file.filename, image.content_type, len(file.data), checksum, image.width, image.height)
+        return Upload(key, file.filename, upload_content_type(file.content_type, image), len(file.data), checksum,
+                      image.width if image else None, image.height if image else None)
 
     async def file_response(self, request, blob, *, key=None, download=False, cache_control=FILE_CACHE_CONTROL):
         """A stored file as a response: inline only for the types that are safe to show,
@@ -9903,9 +9918,8 @@ class Webhooks:
             log.warning("webhook for bot %d answered %d (redirects aren't followed); nothing posted",
                         delivery.bot_id, reply.status)
         elif reply.headers.get("content-type") and reply.body:
-            # Campfire saves any other reply as an attachment; this server has no attachments yet.
-            log.warning("webhook for bot %d answered %d with %s (%d bytes): attachments are not supported; "
-                        "nothing posted", delivery.bot_id, reply.status, reply.content_type, len(reply.body))
+            # Any other reply is a file, posted as attachment.<ext> (Campfire's app/models/webhook.rb).
+            await self._post_file_reply(delivery, reply)
         elif not 200 <= reply.status < 300:
             log.warning("webhook for bot %d answered %d; nothing posted", delivery.bot_id, reply.status)
 
@@ -9943,20 +9957,39 @@ class Webhooks:
             self._tls = ssl.create_default_context()
         return self._tls
 
-    def _post_reply(self, delivery, text):
-        """The reply as the bot's message, if the bot is still active and in the room."""
+    async def _post_file_reply(self, delivery, reply):
+        import mimetypes  # here: only a bot answering with a file needs its table
+        content_type = normalized_content_type(reply.content_type) or DOWNLOAD_CONTENT_TYPE
+        extension = mimetypes.guess_extension(content_type, strict=False) or ".bin"
+        try:
+            upload = await self.app.store_bytes(UploadedFile("attachment" + extension, content_type,
+                                                             bytes(reply.body)))
+        except HttpError as error:
+            log.warning("webhook reply from bot %d not posted: %s", delivery.bot_id, error.message)
+            return
+        if not self._post_reply(delivery, upload=upload):
+            await self.app.discard_uploads([upload])
+
+    def _post_reply(self, delivery, text=None, *, upload=None):
+        """The reply (text, or a file) as the bot's message, if the bot is still active and in
+        the room. True when it was posted."""
         app = self.app
         bot = app.store.user(delivery.bot_id)
         room = app.store.room(delivery.room_id)
         if bot is None or not bot.active or room is None or room.id not in app.store.user_rooms(bot.id):
             log.info("webhook reply from bot %d dropped: the bot or the room is gone", delivery.bot_id)
-            return
+            return False
         try:
+            if upload is not None:
+                app.store.post_attachment(room, bot, upload, random_hex(CLIENT_MESSAGE_ID_BYTES))
+                return True
             app.store.post_message(room, bot, text, random_hex(CLIENT_MESSAGE_ID_BYTES))
+            return True
         except HttpError as error:
             log.warning("webhook reply from bot %d not posted: %s", delivery.bot_id, error.message)
         except Exception:
             log.error("webhook reply from bot %d not posted:\n%s", delivery.bot_id, traceback.format_exc())
+        return False
 
 
 ####

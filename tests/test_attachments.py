@@ -318,6 +318,14 @@ class BotAttachmentTests(AttachmentTestCase):
         self.assertEqual(self.app.store.attachment("Message", message_id, "attachment").filename, "chart.png")
         self.assertIn("chart.png", self.client.get("/rooms/%d" % self.room_id).text)
 
+    def test_the_bot_api_shows_a_file_message_by_its_name(self):
+        bot_id = self.app.store.create_bot("Reader", "")
+        key = campfire.bot_key(self.app.store.active_bot(bot_id))
+        self.upload(b"a,b\n1,2\n", filename="numbers.csv", content_type="text/csv")
+        response = Client(self.app).get("/rooms/%d/%s/messages" % (self.room_id, key))
+        [message] = json.loads(response.body)
+        self.assertEqual(message["body"], {"plain_text": "numbers.csv", "html": ""})
+
     def test_a_bot_posting_an_empty_file_gets_json_422(self):
         bot_id = self.app.store.create_bot("Reporter", "")
         key = campfire.bot_key(self.app.store.active_bot(bot_id))

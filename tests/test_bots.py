@@ -3,6 +3,7 @@ key in the path, and webhooks with their replies, in-process and over real
 sockets (a receiver on 127.0.0.1 plays the bot)."""
 
 import asyncio
+import base64
 import http.server
 import io
 import json
@@ -599,6 +600,9 @@ def ordered(data):
     return json.loads(data, object_pairs_hook=list)
 
 
+PNG_1x1 = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+
+
 class WebhookTests(BotTestCase):
     def receiver(self, respond):
         receiver = Receiver(respond)
@@ -709,11 +713,25 @@ class WebhookTests(BotTestCase):
         self.assertEqual(self.api("POST", "/rooms/1/%s/messages" % alpha_key, "@Alpha @Beta hi").status, 201)
         self.assertEqual(len(self.app.webhooks.pending), 0)
 
+    def test_any_other_reply_is_posted_as_a_file_named_attachment(self):
+        # Campfire's app/models/webhook.rb: not a 200 text/plain or text/html, so a file, whatever the status.
+        cases = [("json", answer(200, "application/json", b'{"text": "hi"}'), "attachment.json", "application/json"),
+                 ("png", answer(200, "image/png", PNG_1x1), "attachment.png", "image/png"),
+                 ("500", answer(500, "text/plain", b"boom"), "attachment.txt", "text/plain"),
+                 ("201 text", answer(201, "text/plain", b"created?"), "attachment.txt", "text/plain")]
+        for name, respond, filename, content_type in cases:
+            with self.subTest(name):
+                receiver = self.receiver(respond)
+                bot_id, _ = self.make_bot("Bot %s" % name, receiver.url)
+                self.post_id(self.bob, 1, "@Bot %s, talk to me" % name)
+                self.deliver()
+                message_id = self.app.db.value("SELECT max(id) FROM messages WHERE creator_id = ?", (bot_id,))
+                blob = self.app.store.attachment("Message", message_id, "attachment")
+                self.assertEqual((blob.filename, blob.content_type), (filename, content_type))
+                self.assertIn(filename, self.bob.get("/rooms/1").text)
+
     def test_errors_post_nothing_and_are_logged(self):
-        cases = [("500", answer(500, "text/plain", b"boom")),
-                 ("redirect", answer(302, "text/html", b"moved", headers=[("Location", "http://127.0.0.1:9/")])),
-                 ("json", answer(200, "application/json", b'{"text": "hi"}')),
-                 ("201 text", answer(201, "text/plain", b"created?")),
+        cases = [("redirect", answer(302, "text/html", b"moved", headers=[("Location", "http://127.0.0.1:9/")])),
                  ("ten megabytes", huge(10 * 1024 * 1024)),
                  ("two megabytes until close", huge(2 * 1024 * 1024, length_header=False)),
                  ("empty text", answer(200, "text/plain", b""))]
