@@ -69,6 +69,7 @@ import logging
 import re
 import resource
 import signal
+import socket
 import sqlite3
 import struct
 import time
@@ -391,6 +392,11 @@ MAX_RANGE_DIGITS = 18                     # positions past 10**18 bytes stand fo
 
 # Link previews: a page is read up to this many bytes, and only its <head>.
 MAX_PREVIEW_PAGE_BYTES = 1024 * 1024      # the fetch reads at most 1 MiB
+UNFURL_TIMEOUT = 10.0                     # seconds for a whole preview fetch, redirects included
+MAX_UNFURL_REDIRECTS = 3                  # followed, each checked again like the first address
+UNFURL_WORKERS = 16                       # previews fetched at once (Campfire's limit); past it, 204
+MAX_UNFURL_URL_CHARS = 2048               # a longer URL gets no preview
+UNFURL_READ_BYTES = 64 * 1024             # read from a page's socket at a time
 CHARSET_PRESCAN_BYTES = 1024              # WHATWG HTML §13.2.3.2: <meta charset> within 1024 bytes
 MAX_PREVIEW_TITLE_CHARS = 300             # longer titles are cut (a chat line, not an article)
 MAX_PREVIEW_DESCRIPTION_CHARS = 1000
@@ -7119,6 +7125,7 @@ def route_table():
         ("GET",         "/messages/<int:message_id>/boosts/new",      "new_message_boost",      new_boost),
         ("POST",        "/messages/<int:message_id>/boosts",          "message_boosts",         create_boost),
         ("DELETE",      "/messages/<int:message_id>/boosts/<int:boost_id>", "message_boost",    delete_boost),
+        ("POST",        "/unfurl_link",                               "unfurl_link",            unfurl_link),
         # Search
         ("GET",         "/searches",                                  "searches",               search),
         ("DELETE",      "/searches/clear",                            "clear_searches",         clear_searches),
@@ -7724,6 +7731,27 @@ def message_attachment_preview(app, request, message_id):
     """The smaller copy of an image Rails made (Campfire's 1200×800 thumbnail), else the image."""
     blob = _attachment_of(app, request, message_id)
     return app.file_response(request, blob, key=app.store.variant_key(blob.id) if blob.kind == "image" else None)
+
+
+async def unfurl_link(app, request):
+    """Campfire's POST /unfurl_link: {title, url, image, description} of the page at `url`
+    (a form field or a JSON body), or 204 when there is no preview to show."""
+    url = ""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            value = json.loads(request.body or b"{}")
+        except ValueError:
+            raise BadRequest("The JSON body could not be read.") from None
+        url = value.get("url", "") if isinstance(value, dict) else ""
+    else:
+        url = request.form.text("url")
+    if not isinstance(url, str) or not url.strip():
+        raise Unprocessable("Give the url to preview.")
+    preview = await app.link_preview(url.strip())
+    if preview is None or not (preview.title and preview.url and preview.description):
+        return Response(b"", 204)
+    return json_response({"title": preview.title, "url": preview.url, "image": preview.image,
+                          "description": preview.description})
 
 
 def show_message(app, request, room_id, message_id):
@@ -8996,6 +9024,8 @@ class Config:
     message_purge_chunk: int = MESSAGE_PURGE_CHUNK
     search_probe_limit: int = SEARCH_PROBE_LIMIT
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    link_previews: bool = True    # CAMPFIRE_LINK_PREVIEWS=off for an install with no way out
+    unfurl_allowed: object = None  # decides a preview's addresses (unfurl_address_allowed); tests name loopback
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -9010,6 +9040,10 @@ class Config:
             if not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError("PORT must be a number between 1 and 65535, not %r." % port)
             config.port = int(port)
+        previews = (environ.get("CAMPFIRE_LINK_PREVIEWS") or "on").strip().lower()
+        if previews not in ("on", "off", "true", "false", "1", "0"):
+            raise ConfigError("CAMPFIRE_LINK_PREVIEWS must be on or off, not %r." % previews)
+        config.link_previews = previews in ("on", "true", "1")
         upload_limit = environ.get("CAMPFIRE_MAX_UPLOAD_BYTES")
         if upload_limit:
             if not upload_limit.isdigit() or int(upload_limit) < 1:
@@ -9066,6 +9100,8 @@ class App:
         self._workers = None        # the thread pool for password hashes, made on first use
         self._file_workers = None   # the thread pool for file I/O, made on first use
         self._file_jobs = set()     # its work not waited for (file_work_soon)
+        self._unfurl_workers = None  # threads fetching link previews, made on first use
+        self._unfurls_running = 0
         self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.events = self.store.events
@@ -9117,6 +9153,9 @@ class App:
         if self._file_workers is not None:
             self._file_workers.shutdown(wait=True)
             self._file_workers = None
+        if self._unfurl_workers is not None:
+            self._unfurl_workers.shutdown(wait=False, cancel_futures=True)
+            self._unfurl_workers = None
         self.db.close()
 
     async def off_loop(self, function, *args):
@@ -9291,6 +9330,25 @@ class App:
             response.file = FileBody(file, byte_range.first, byte_range.length)
         response.compressible = False
         return response
+
+    async def link_preview(self, url):
+        """The LinkPreview of a page, fetched in a worker thread; None when previews are off,
+        UNFURL_WORKERS are busy, or the fetch was refused or failed (logged)."""
+        if not self.config.link_previews or self._unfurls_running >= UNFURL_WORKERS:
+            return None
+        if self._unfurl_workers is None:
+            import concurrent.futures
+            self._unfurl_workers = concurrent.futures.ThreadPoolExecutor(UNFURL_WORKERS, "campfire-unfurl")
+        allowed = self.config.unfurl_allowed or unfurl_address_allowed
+        self._unfurls_running += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._unfurl_workers, functools.partial(fetch_link_preview, url, allowed=allowed))
+        except UnfurlRefused as error:
+            log.info("no preview of %s: %s", url[:200], error)
+            return None
+        finally:
+            self._unfurls_running -= 1
 
     # Helpers for handlers --------------------------------------------------------
     def asset_url(self, name):
@@ -9990,6 +10048,81 @@ class Webhooks:
         except Exception:
             log.error("webhook reply from bot %d not posted:\n%s", delivery.bot_id, traceback.format_exc())
         return False
+
+
+# Link previews (Campfire's unfurl_links_controller.rb and lib/restricted_http/) -------
+# A worker thread resolves the name, keeps only the addresses unfurl_address_allowed
+# accepts (every one must pass, so a name that also points inside is refused),
+# connects to that address itself (so a second lookup can't rebind it), and checks
+# each redirect's address the same way. The whole fetch has one deadline.
+
+class UnfurlRefused(CampfireError):
+    """A preview that can't or mustn't be fetched: a private address, a bad URL, a slow
+    or unreadable page. Answered 204, like a page without a preview."""
+
+
+def _pinned_connection(host, address, port, https, timeout):
+    import http.client
+    base = http.client.HTTPSConnection if https else http.client.HTTPConnection
+
+    class Pinned(base):
+        def connect(self):
+            self.sock = socket.create_connection((address, port), timeout)
+            if https:
+                self.sock = self._context.wrap_socket(self.sock, server_hostname=host)
+    if https:
+        import ssl
+        return Pinned(host, port, timeout=timeout, context=ssl.create_default_context())
+    return Pinned(host, port, timeout=timeout)
+
+
+def fetch_link_preview(url, *, allowed=unfurl_address_allowed, resolve=None, timeout=UNFURL_TIMEOUT):
+    """A LinkPreview of the page at url (blocking: call it from a worker thread), or
+    UnfurlRefused. allowed(address) decides each resolved address; resolve is getaddrinfo."""
+    resolve = resolve or socket.getaddrinfo
+    deadline = time.monotonic() + timeout
+    for _ in range(MAX_UNFURL_REDIRECTS + 1):
+        split = urllib.parse.urlsplit(url)
+        if split.scheme not in ("http", "https") or not split.hostname or len(url) > MAX_UNFURL_URL_CHARS:
+            raise UnfurlRefused("only http and https addresses are previewed")
+        https = split.scheme == "https"
+        try:
+            port = split.port or (443 if https else 80)
+            addresses = [info[4][0] for info in resolve(split.hostname, port, type=socket.SOCK_STREAM)]
+        except (OSError, ValueError, UnicodeError) as error:
+            raise UnfurlRefused("%s can't be resolved (%s)" % (split.hostname, error)) from None
+        if not addresses or not all(allowed(address) for address in addresses):
+            raise UnfurlRefused("%s is a private address" % split.hostname)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UnfurlRefused("no answer within %gs" % timeout)
+        connection = _pinned_connection(split.hostname, addresses[0], port, https, remaining)
+        try:
+            path = (split.path or "/") + ("?" + split.query if split.query else "")
+            connection.request("GET", path, headers={
+                "Host": split.netloc.rpartition("@")[2], "Accept": "text/html,application/xhtml+xml",
+                "User-Agent": "Campfire link preview (+https://once.com/campfire)"})
+            response = connection.getresponse()
+            if response.status in (301, 302, 303, 307, 308) and response.getheader("location"):
+                url = urllib.parse.urljoin(url, response.getheader("location"))
+                continue
+            content_type = response.getheader("content-type", "")
+            if response.status != 200 or "html" not in content_type.lower():
+                raise UnfurlRefused("the page answered %d %s" % (response.status, content_type))
+            body = bytearray()
+            while len(body) < MAX_PREVIEW_PAGE_BYTES:
+                if time.monotonic() > deadline:
+                    raise UnfurlRefused("no whole page within %gs" % timeout)
+                data = response.read1(min(UNFURL_READ_BYTES, MAX_PREVIEW_PAGE_BYTES - len(body)))
+                if not data:
+                    break
+                body += data
+            return extract_link_preview(bytes(body), url, content_type)
+        except (OSError, ValueError, UnicodeError) as error:
+            raise UnfurlRefused("the page could not be read (%s)" % (error or type(error).__name__)) from None
+        finally:
+            connection.close()
+    raise UnfurlRefused("more than %d redirects" % MAX_UNFURL_REDIRECTS)
 
 
 ####
