@@ -2195,6 +2195,8 @@ ATTACHMENT_ATTRIBUTES = frozenset(
     " presentation caption content".split())
 URL_ATTRIBUTES = frozenset(("href", "cite", "url"))
 MENTION_CONTENT_TYPE = "application/vnd.campfire.mention"
+OPENGRAPH_CONTENT_TYPE = "application/vnd.actiontext.opengraph-embed"  # a link preview: href, filename (its
+                                                                        # title), caption, url (its image)
 
 _ATTACHMENT_ALLOWED = ALLOWED_ATTRIBUTES | ATTACHMENT_ATTRIBUTES
 _VOID_TAGS = frozenset(("br", "hr"))
@@ -2464,6 +2466,8 @@ class _PlainText(HTMLParser):
             name = (self._mention_name(attrs.get("sgid") or "")
                     or _fragment_text(attrs.get("content") or ""))
             return name if not name or name.startswith("@") else "@" + name
+        if attrs.get("content-type") == OPENGRAPH_CONTENT_TYPE:
+            return ""  # the link it previews is in the text already
         label = attrs.get("caption") or attrs.get("filename")
         return f"[{label}]" if label else ""
 
@@ -5556,7 +5560,9 @@ class Store:
         return make_sgid(user_id, self.sgid_secret)
 
     def _keep_attachment(self, sgid, content_type):
-        """Posted bodies keep only mentions we signed ourselves."""
+        """Posted bodies keep only mentions we signed ourselves, and link previews."""
+        if content_type == OPENGRAPH_CONTENT_TYPE:
+            return True
         return content_type == MENTION_CONTENT_TYPE and verify_sgid(sgid, self.sgid_secret) is not None
 
     def mentioned_user(self, sgid):
@@ -6486,6 +6492,22 @@ def render_mention(user):
         id=user.id, avatar=render_avatar(user.id, 20), name=user.name))
 
 
+def render_link_preview(attributes):
+    """A link preview Campfire's composer stored (OPENGRAPH_CONTENT_TYPE): the page's title, its
+    description and its site, linked. Its picture would come from another site, which this
+    page's Content-Security-Policy doesn't load, so it is left out."""
+    href = attributes.get("href", "")
+    split = urllib.parse.urlsplit(href) if _EXTERNAL_URL.match(href) else None
+    if split is None or split.scheme.lower() not in ("http", "https") or not split.hostname:
+        return ""
+    return str(HTML(
+        '<a class="og-embed" href="{href}" target="_blank" rel="noopener noreferrer">'
+        '<span class="og-embed__title">{title}</span><span class="og-embed__description">{description}</span>'
+        '<span class="og-embed__site">{site}</span></a>').format(
+        href=href, title=attributes.get("filename") or split.hostname, description=attributes.get("caption", ""),
+        site=split.hostname))
+
+
 def render_rich_text(stored_html, *, mention=lambda sgid: None):
     """Stored (sanitized) body → display HTML: each mention attachment becomes
     mention(sgid), a ready HTML chip; when that is None the attachment's inner
@@ -6496,6 +6518,8 @@ def render_rich_text(stored_html, *, mention=lambda sgid: None):
 
     def replace(match):
         attributes = _attachment_attributes(match[1])
+        if attributes.get("content-type") == OPENGRAPH_CONTENT_TYPE:
+            return render_link_preview(attributes)
         if attributes.get("content-type") != MENTION_CONTENT_TYPE:
             return ""
         chip = mention(attributes.get("sgid", ""))

@@ -147,3 +147,36 @@ class UnfurlEndpointTests(AppTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class StoredPreviewTests(AppTestCase):
+    """A preview the composer sends with a link (Campfire's opengraph embed) is kept and shown."""
+
+    def setUp(self):
+        super().setUp()
+        self.first_run()
+
+    def post(self, body):
+        return self.client.post("/rooms/1/messages", {"message[body]": body, "message[client_message_id]": body[:40]})
+
+    def test_a_link_with_its_preview_shows_a_card_and_searches_by_its_text(self):
+        embed = ('<action-text-attachment content-type="application/vnd.actiontext.opengraph-embed" '
+                 'href="https://example.com/launch" url="https://example.com/cover.png" filename="Launch &amp; notes" '
+                 'caption="What shipped."></action-text-attachment>')
+        response = self.post("<div>https://example.com/launch</div>" + embed)
+        self.assertEqual(response.status, 201)
+        self.assertIn('<a class="og-embed" href="https://example.com/launch" target="_blank" rel="noopener noreferrer">'
+                      '<span class="og-embed__title">Launch &amp; notes</span>'
+                      '<span class="og-embed__description">What shipped.</span>'
+                      '<span class="og-embed__site">example.com</span></a>', response.text)
+        self.assertNotIn("cover.png", response.text)  # another site's picture: not loaded by our pages
+        message = self.app.store.message(1)
+        self.assertEqual(self.app.store.plain_text(message["body"]), "https://example.com/launch")
+
+    def test_a_preview_of_a_script_address_shows_nothing(self):
+        embed = ('<action-text-attachment content-type="application/vnd.actiontext.opengraph-embed" '
+                 'href="javascript:alert(1)" filename="Click" caption="me"></action-text-attachment>')
+        response = self.post("<div>look</div>" + embed)
+        self.assertEqual(response.status, 201)
+        self.assertNotIn("javascript", response.text)
+        self.assertNotIn("og-embed", response.text)
