@@ -5757,6 +5757,16 @@ class Store:
         self.db.execute("DELETE FROM active_storage_blobs WHERE id IN (%s)" % gone_marks, gone)
         self.events.blobs_deleted(keys)
 
+    def preview_of(self, message_id, blob):
+        """The smaller copy of a message's image (or its video's poster) the sender's browser
+        made (a Blob), else True when Rails made one (a variant), else None."""
+        if blob.kind not in ("image", "video"):
+            return None
+        preview = self.attachment("Message", message_id, "preview")
+        if preview is not None:
+            return preview
+        return True if blob.kind == "image" and self.variant_key(blob.id) else None
+
     def variant_key(self, blob_id):
         """The key of a preview Rails made of a blob (Campfire's 1200×800 thumbnail), or None."""
         return self.db.value(
@@ -5777,15 +5787,17 @@ class Store:
         self.forget_user(user_id)
         self._account_changed()  # avatars are everywhere: in cached pages and messages
 
-    def post_attachment(self, room, user, upload, client_message_id):
-        """(message, created): a message holding one file, as Campfire makes one per file.
-        Its text, for search, is the file's name."""
+    def post_attachment(self, room, user, upload, client_message_id, preview=None):
+        """(message, created): a message holding one file, as Campfire makes one per file, with
+        the preview its sender's browser made, if any. Its text, for search, is the file's name."""
         existing = self.message_by_client_id(room.id, user.id, client_message_id)
         if existing is not None:
             return existing, False
         with self.db.atomic():
             message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, "", upload.filename)
             self._attach("Message", message["id"], "attachment", upload, message["created_at"])
+            if preview is not None:
+                self._attach("Message", message["id"], "preview", preview, message["created_at"])
         if room.direct:
             self.bump_users(self.room_member_ids(room.id))
         self.events.message_created(room, message, unread_user_ids)
@@ -6592,13 +6604,14 @@ def _preview_size(blob):
     return max(1, round(blob.width * scale)), max(1, round(blob.height * scale))
 
 
-def render_attachment(message_id, blob, *, preview=False):
+def render_attachment(message_id, blob, *, preview=None):
     """A message's file: an image or a video shown in place (its width and height set, so
     nothing moves when it loads), audio with controls, anything else a card with its
-    name, size and a download link. preview: a smaller copy of the image exists."""
+    name, size and a download link. preview: the Blob of the smaller copy (or the video's
+    poster) the sender's browser made, True for a variant Rails made, or None."""
     url = url_for("message_attachment", message_id=message_id)
     download = url_for("message_attachment_download", message_id=message_id)
-    size = _preview_size(blob)
+    size = (preview.width, preview.height) if isinstance(preview, Blob) and preview.width else _preview_size(blob)
     dimensions = HTML(' width="{}" height="{}"').format(*size) if size else ""
     kind = blob.kind
     if kind == "image":
@@ -6609,11 +6622,13 @@ def render_attachment(message_id, blob, *, preview=False):
             'alt="{name}"{dimensions} loading="lazy"></a></figure>').format(
             url=url, source=source, name=blob.filename, dimensions=dimensions)
     if kind == "video":
+        poster = HTML(' poster="{}"').format(url_for("message_attachment_preview", message_id=message_id)) \
+            if preview else ""
         return HTML(
             '<figure class="attachment attachment--video"><video class="attachment__video" src="{url}" controls '
-            'preload="metadata"{dimensions} aria-label="{name}"></video>'
+            'preload="metadata"{poster}{dimensions} aria-label="{name}"></video>'
             '<figcaption class="attachment__caption"><a href="{download}" download>{name}</a></figcaption>'
-            '</figure>').format(url=url, download=download, name=blob.filename, dimensions=dimensions)
+            '</figure>').format(url=url, download=download, name=blob.filename, dimensions=dimensions, poster=poster)
     if kind == "audio":
         return HTML(
             '<figure class="attachment attachment--audio"><audio class="attachment__audio" src="{url}" controls '
@@ -7709,7 +7724,7 @@ async def _create_message_from_form(app, request, room):
     """A multipart post (Campfire's composer uploads this way): message[attachment] makes a
     message of the file; without one, message[body] is the text, as from a plain form."""
     form, uploads = await app.receive_form(request)
-    kept = None
+    kept = ()
     try:
         upload = uploads.get("message[attachment]")
         client_message_id = _client_message_id(form)
@@ -7719,15 +7734,26 @@ async def _create_message_from_form(app, request, room):
         else:
             if not upload.byte_size:
                 raise Unprocessable("The file %s is empty." % upload.filename)
-            message, created = app.store.post_attachment(room, request.user, upload, client_message_id)
-            kept = upload if created else None
+            preview = _usable_preview(uploads.get("message[preview]"))
+            message, created = app.store.post_attachment(room, request.user, upload, client_message_id, preview)
+            kept = (upload, preview) if created else ()
     finally:
-        await app.discard_uploads([upload for upload in uploads.values() if upload is not kept])
+        await app.discard_uploads([upload for upload in uploads.values() if upload not in kept])
     if _navigating(request):
         return redirect(url_for("room", room_id=room.id))
     boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
     return Response(app.message_html(message, boosts), 201 if created else 200,
                     headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
+
+
+def _usable_preview(preview):
+    """The preview a browser sent with an image or a video, if it is an image that fits
+    Campfire's thumbnail box; otherwise it is dropped (the original is shown scaled)."""
+    if preview is None or not preview.width or preview.content_type not in INLINE_IMAGE_TYPES:
+        return None
+    if preview.width > PREVIEW_MAX_WIDTH or preview.height > PREVIEW_MAX_HEIGHT:
+        return None
+    return preview
 
 
 def _attachment_of(app, request, message_id):
@@ -7752,9 +7778,15 @@ def message_attachment_download(app, request, message_id):
 
 
 def message_attachment_preview(app, request, message_id):
-    """The smaller copy of an image Rails made (Campfire's 1200×800 thumbnail), else the image."""
+    """The smaller copy of an image (Campfire's 1200×800 thumbnail) or a video's poster frame
+    that the sender's browser made, or Rails did; else the image itself."""
     blob = _attachment_of(app, request, message_id)
-    return app.file_response(request, blob, key=app.store.variant_key(blob.id) if blob.kind == "image" else None)
+    preview = app.store.preview_of(message_id, blob)
+    if isinstance(preview, Blob):
+        return app.file_response(request, preview)
+    if preview is None and blob.kind != "image":
+        raise NotFound("This file has no preview.")
+    return app.file_response(request, blob, key=app.store.variant_key(blob.id) if preview else None)
 
 
 async def unfurl_link(app, request):
@@ -9432,8 +9464,8 @@ class App:
         if attachment is False:
             attachment = store.attachment("Message", message["id"], "attachment")
         if attachment is not None:
-            attachment = render_attachment(message["id"], attachment,
-                                           preview=attachment.kind == "image" and store.variant_key(attachment.id))
+            attachment = render_attachment(message["id"], attachment, preview=store.preview_of(message["id"],
+                                                                                              attachment))
         sound = message_sound(store.plain_text(stored)) if "/play " in stored else None
         body = None if sound else self.render_body(stored)
         if boosts:

@@ -8,6 +8,51 @@ import { retryable, uuid } from "./composer.js"
 import { h } from "./dom.js"
 
 export const MAX_FILES_AT_ONCE = 100   // a bigger drop is refused whole, with a message: nothing is half sent
+export const PREVIEW_MAX_WIDTH = 1200  // Campfire's thumbnail box; the server refuses a larger preview
+export const PREVIEW_MAX_HEIGHT = 800
+export const PREVIEW_WAIT_MS = 5000    // a video that shows no frame by then is sent without a poster
+
+// The size that fits width×height into the thumbnail box, proportions kept (never enlarged).
+export function previewSize(width, height) {
+  const scale = Math.min(1, PREVIEW_MAX_WIDTH / width, PREVIEW_MAX_HEIGHT / height)
+  return [Math.max(1, Math.round(width * scale)), Math.max(1, Math.round(height * scale))]
+}
+
+async function drawPreview(source, width, height) {
+  const [w, h] = previewSize(width, height)
+  const canvas = Object.assign(document.createElement("canvas"), { width: w, height: h })
+  canvas.getContext("2d").drawImage(source, 0, 0, w, h)
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/webp", 0.85))
+}
+
+// A video's first frame, for its poster.
+function videoFrame(file) {
+  return new Promise((resolve) => {
+    const video = Object.assign(document.createElement("video"), { muted: true, preload: "auto", src: URL.createObjectURL(file) })
+    const done = (value) => { clearTimeout(timer); URL.revokeObjectURL(video.src); resolve(value) }
+    const timer = setTimeout(() => done(null), PREVIEW_WAIT_MS)
+    video.addEventListener("loadeddata", () => { video.currentTime = Math.min(0.1, video.duration / 2 || 0) }, { once: true })
+    video.addEventListener("seeked", async () => done(await drawPreview(video, video.videoWidth, video.videoHeight)), { once: true })
+    video.addEventListener("error", () => done(null), { once: true })
+  })
+}
+
+// What the browser sends beside an image (a copy no larger than the thumbnail box) or a
+// video (a poster frame): the server shows it in the room instead of the original. null
+// when the file can't be drawn here (the room then shows the original, scaled).
+export async function makePreview(file) {
+  try {
+    if (file.type.startsWith("video/")) return await videoFrame(file)
+    if (!/^image\/(png|jpeg|gif|webp)$/.test(file.type) || file.type === "image/gif") return null  // a GIF keeps moving
+    const bitmap = await createImageBitmap(file)
+    const { width, height } = bitmap
+    const preview = width > PREVIEW_MAX_WIDTH || height > PREVIEW_MAX_HEIGHT ? await drawPreview(bitmap, width, height) : null
+    bitmap.close()
+    return preview
+  } catch {
+    return null
+  }
+}
 
 // A size as people read it, in steps of 1,024 (the server writes the same).
 export function formatBytes(count) {
@@ -129,14 +174,17 @@ export class Uploads {
     this.#sending = false
   }
 
-  #send(pending) {
+  async #send(pending) {
     const upload = this.#uploads.get(pending)
     if (upload.file.size > this.maxBytes) return this.#failed(pending, 413)
     const progress = pending.querySelector(".upload__progress")
     pending.querySelector(".message__status").textContent = "Uploading…"
+    if (upload.preview === undefined) upload.preview = await makePreview(upload.file)
+    if (!pending.isConnected) return
     const form = new FormData()
     form.append("message[client_message_id]", upload.clientId)
     form.append("message[attachment]", upload.file, upload.file.name || "file")
+    if (upload.preview) form.append("message[preview]", upload.preview, "preview.webp")
     return new Promise((resolve) => {
       const request = upload.request = new XMLHttpRequest()
       request.open("POST", this.#form.action)

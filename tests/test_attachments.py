@@ -127,6 +127,36 @@ class UploadTests(AttachmentTestCase):
         response = self.upload(image_bytes(1000, 2000), client_id="tall")
         self.assertIn('width="400" height="800"', response.text)
 
+    def test_the_browsers_preview_is_shown_in_place_of_a_large_image_and_goes_with_it(self):
+        original, preview = image_bytes(2400, 1600, "JPEG"), image_bytes(1200, 800, "WEBP")
+        content_type, body = multipart([("message[client_message_id]", "p")], [
+            ("message[attachment]", "big.jpg", "image/jpeg", original),
+            ("message[preview]", "preview.webp", "image/webp", preview)])
+        response = self.client.post("/rooms/%d/messages" % self.room_id, body=body, content_type=content_type)
+        self.assertEqual(response.status, 201)
+        message_id = self.app.db.value("SELECT record_id FROM active_storage_attachments WHERE name = 'attachment'")
+        self.assertIn('<img class="attachment__image" src="/messages/%d/attachment/preview" alt="big.jpg" width="1200" '
+                      'height="800"' % message_id, response.text)
+        self.assertIn('href="/messages/%d/attachment"' % message_id, response.text)  # the viewer opens the original
+        self.assertEqual(body_of(self.client.get("/messages/%d/attachment/preview" % message_id)), preview)
+        self.assertEqual(body_of(self.client.get("/messages/%d/attachment" % message_id)), original)
+        self.assertEqual(len(self.blobs()), 2)
+        self.client.post("/rooms/%d/messages/%d" % (self.room_id, message_id), {"_method": "delete"})
+        self.assert_nothing_kept()
+
+    def test_a_preview_that_is_too_large_or_not_an_image_is_dropped(self):
+        for index, (name, data) in enumerate((("huge.png", image_bytes(1300, 100)), ("text.png", b"not an image"))):
+            content_type, body = multipart([("message[client_message_id]", "drop%d" % index)], [
+                ("message[attachment]", "photo.png", "image/png", image_bytes(1500, 1000)),
+                ("message[preview]", name, "image/png", data)])
+            response = self.client.post("/rooms/%d/messages" % self.room_id, body=body, content_type=content_type)
+            self.assertEqual(response.status, 201)
+            self.assertNotIn("/attachment/preview", response.text)
+            self.assertIn('width="1200" height="800"', response.text)
+        self.assertEqual(self.app.db.value("SELECT count(*) FROM active_storage_attachments WHERE name = 'preview'"), 0)
+        self.assertEqual(len(self.blobs()), 2)
+        self.assertEqual(self.temp_files(), [])
+
     def test_a_retry_with_the_same_client_message_id_keeps_one_message_and_one_blob(self):
         data = image_bytes(10, 10)
         first = self.upload(data, client_id="same")

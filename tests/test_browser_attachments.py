@@ -68,6 +68,15 @@ class AttachmentsInBrowserTests(BrowserApp):
         expect(ada.locator(".message--pending")).to_have_count(0)
         self.screenshot(bob, "attachments-live")
 
+    def test_a_large_image_is_shown_by_the_preview_the_browser_made(self):
+        ada, bob = self.open_room(ADA), self.open_room(BOB)
+        ada.get_by_label("Attach files").set_input_files(
+            files=[{"name": "panorama.png", "mimeType": "image/png", "buffer": png(2400, 1000)}])
+        self.assert_image_arrived(bob, "panorama.png", 1200, 500)
+        image = self.image_message(bob, "panorama.png").locator("img.attachment__image")
+        expect(image).to_have_attribute("src", re.compile(r"/messages/\d+/attachment/preview$"))
+        self.assertEqual(image.evaluate("(img) => [img.naturalWidth, img.naturalHeight]"), [1200, 500])
+
     def test_several_files_become_messages_in_their_order_and_a_pdf_is_a_card(self):
         ada, bob = self.open_room(ADA), self.open_room(BOB)
         names = ["first.png", "second.txt", "third.pdf"]
