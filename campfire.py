@@ -6998,7 +6998,11 @@ def render_bot_form(*, bot_row=None, values=None, errors=None):
         'maxlength="{max_name}" required autofocus{name_invalid}>{name_error}</div>'
         '<div class="field"><label class="field__label" for="user_webhook_url">Webhook URL (optional)</label>'
         '<input class="field__input" id="user_webhook_url" name="user[webhook_url]" type="url" value="{url}" '
-        'placeholder="https://example.com/campfire-bot" maxlength="{max_url}"{url_invalid}>{url_error}</div>').format(
+        'placeholder="https://example.com/campfire-bot" maxlength="{max_url}"{url_invalid}>{url_error}</div>'
+        '<div class="field"><label class="field__label" for="user_avatar">Avatar (optional)</label>'
+        '<input class="field__input" type="file" id="user_avatar" name="user[avatar]" '
+        'accept="image/png,image/jpeg,image/gif,image/webp" data-square-image="{avatar_pixels}">{avatar_error}'
+        '</div>').format(avatar_pixels=AVATAR_PIXELS, avatar_error=render_errors(errors, "user[avatar]"),
         name=values.get("user[name]", ""), max_name=MAX_NAME_CHARS, url=values.get("user[webhook_url]", ""),
         max_url=MAX_WEBHOOK_URL_CHARS, name_error=render_errors(errors, "user[name]"),
         url_error=render_errors(errors, "user[webhook_url]"),
@@ -7019,7 +7023,7 @@ def render_bot_form(*, bot_row=None, values=None, errors=None):
                                     bot=url_for("account_bot", bot_id=bot_row["id"]), key=bot_key(bot_row))
     return HTML(
         '<section class="panel panel--wide"><h1 class="panel__title">{title}</h1>'
-        '<form method="post" action="{action}" class="form">{method}{fields}'
+        '<form method="post" action="{action}" class="form" enctype="multipart/form-data">{method}{fields}'
         '<div class="form__actions"><button type="submit" class="button button--primary">{button}</button>'
         '<a class="button" href="{cancel}">Cancel changes</a></div></form>{extra}</section>').format(
         title="Edit %s" % bot_row["name"] if editing else "New bot",
@@ -7193,10 +7197,10 @@ def route_table():
         ("DELETE",      "/account/users/<int:user_id>",               "account_user",           deactivate_account_user,  "admin"),
         # Bots: administrators' pages, and the bot API (Campfire's paths)
         ("GET",         "/account/bots",                              "account_bots",           bots_index,               "admin"),
-        ("POST",        "/account/bots",                              "account_bots",           create_bot_route,         "admin"),
+        ("POST",        "/account/bots",                              "account_bots",           create_bot_route,         "admin", AVATAR_BODY_LIMIT),
         ("GET",         "/account/bots/new",                          "new_account_bot",        new_bot,                  "admin"),
         ("GET",         "/account/bots/<int:bot_id>",                 "account_bot",            show_bot,                 "admin"),
-        ("PATCH PUT",   "/account/bots/<int:bot_id>",                 "account_bot",            update_bot_route,         "admin"),
+        ("PATCH PUT",   "/account/bots/<int:bot_id>",                 "account_bot",            update_bot_route,         "admin", AVATAR_BODY_LIMIT),
         ("DELETE",      "/account/bots/<int:bot_id>",                 "account_bot",            delete_bot,               "admin"),
         ("GET",         "/account/bots/<int:bot_id>/edit",            "edit_account_bot",       edit_bot,                 "admin"),
         ("PUT",         "/account/bots/<int:bot_id>/key",             "account_bot_key",        reset_bot_key_route,      "admin"),
@@ -8268,11 +8272,45 @@ def bots_index(app, request):
     return _page(app, request, "Chat bots", render_bots(items))
 
 
+def _bot_avatar_file(request):
+    """The picture an administrator chose on the bot form, if any (the form awaits its writing)."""
+    request.form  # noqa: B018 (reading the parts fills request.files)
+    file = request.files.get("user[avatar]")
+    return file if file is not None and file.data else None
+
+
+async def _bot_avatar(app, request):
+    """(Upload or None, errors) of the bot form's picture."""
+    try:
+        return await app.store_image(_bot_avatar_file(request)), {}
+    except HttpError as error:
+        return None, {"user[avatar]": error.message}
+
+
 def create_bot_route(app, request):
+    if _bot_avatar_file(request) is not None:
+        return _create_bot(app, request)
     values, errors = _bot_form(request.form)
     if errors:
         return _page(app, request, "New bot", render_bot_form(values=values, errors=errors), status=422)
     app.store.create_bot(values["user[name]"], values["user[webhook_url]"])
+    return redirect(url_for("account_bots"))
+
+
+async def _create_bot(app, request):
+    values, errors = _bot_form(request.form)
+    avatar, avatar_errors = await _bot_avatar(app, request) if not errors else (None, {})
+    if errors or avatar_errors:
+        return _page(app, request, "New bot", render_bot_form(values=values, errors=errors or avatar_errors),
+                     status=422)
+    try:
+        bot_id = app.store.create_bot(values["user[name]"], values["user[webhook_url]"])
+        if avatar is not None:
+            app.store.set_avatar(bot_id, avatar)
+            avatar = None
+    finally:
+        if avatar is not None:
+            await app.discard_uploads([avatar])
     return redirect(url_for("account_bots"))
 
 
@@ -8287,12 +8325,33 @@ def show_bot(app, request, bot_id):
 
 def update_bot_route(app, request, bot_id):
     row = _require_bot(app, bot_id)
+    if _bot_avatar_file(request) is not None:
+        return _update_bot(app, request, bot_id, row)
     values, errors = _bot_form(request.form)
     if errors:
         return _page(app, request, "Edit bot", render_bot_form(bot_row=row, values=values, errors=errors), status=422)
     # Campfire changes the webhook only when the field is sent; blank removes it.
     app.store.update_bot(bot_id, values["user[name]"], values["user[webhook_url]"],
                          change_webhook="user[webhook_url]" in request.form)
+    return redirect(url_for("account_bots"))
+
+
+async def _update_bot(app, request, bot_id, row):
+    values, errors = _bot_form(request.form)
+    avatar, avatar_errors = await _bot_avatar(app, request) if not errors else (None, {})
+    if errors or avatar_errors:
+        return _page(app, request, "Edit bot", render_bot_form(bot_row=row, values=values,
+                                                               errors=errors or avatar_errors), status=422)
+    try:
+        # Campfire changes the webhook only when the field is sent; blank removes it.
+        app.store.update_bot(bot_id, values["user[name]"], values["user[webhook_url]"],
+                             change_webhook="user[webhook_url]" in request.form)
+        if avatar is not None:
+            app.store.set_avatar(bot_id, avatar)
+            avatar = None
+    finally:
+        if avatar is not None:
+            await app.discard_uploads([avatar])
     return redirect(url_for("account_bots"))
 
 

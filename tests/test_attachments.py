@@ -40,7 +40,7 @@ def multipart(fields=(), files=()):
     values = MultiDict(list(fields))
     for name, filename, content_type, data in files:
         values.add(name, FileStorage(io.BytesIO(data), filename=filename, content_type=content_type))
-    boundary, body = encode_multipart(values)
+    boundary, body = encode_multipart(values, boundary="----WerkzeugFormPart_%s" % os.urandom(8).hex())
     return "multipart/form-data; boundary=%s" % boundary, body
 
 
@@ -669,3 +669,16 @@ class AvatarAndLogoTests(AttachmentTestCase):
         self.assert_nothing_kept()
         manifest = json.loads(self.client.get("/webmanifest.json").body)
         self.assertNotIn("/account/logo", json.dumps(manifest))
+
+    def test_an_administrator_sets_a_bots_avatar_on_the_bot_form(self):
+        content_type, body = multipart([("user[name]", "Robo")], [("user[avatar]", "robo.png", "image/png", image_bytes(512, 512))])
+        response = self.client.post("/account/bots", body=body, content_type=content_type)
+        self.assertEqual(response.status, 303, response.text[:300])
+        bot_id = self.app.db.value("SELECT id FROM users WHERE name = 'Robo'")
+        self.assertEqual(self.client.get("/users/%d/avatar" % bot_id).header("Content-Type"), "image/png")
+        content_type, body = multipart([("_method", "patch"), ("user[name]", "Robo")],
+                                       [("user[avatar]", "robo.gif", "image/gif", b"GIF89a broken")])
+        response = self.client.post("/account/bots/%d" % bot_id, body=body, content_type=content_type)
+        self.assertEqual(response.status, 422)
+        self.assertEqual(len(self.blobs()), 1)
+        self.assertEqual(self.temp_files(), [])
