@@ -2,7 +2,8 @@
 each post the image as a message of its own, with its size set before it loads,
 and the other person sees it arrive live; several files keep their order; a file
 over the limit fails at once, with Discard and no Retry; an image opens in the viewer, and an
-uploaded HTML page opened from its link runs nothing."""
+uploaded HTML page opened from its link runs nothing. An avatar and the logo
+are cropped to a 512×512 square in the browser, and the logo becomes the manifest's icon."""
 
 import base64
 import io
@@ -10,6 +11,7 @@ import re
 
 from PIL import Image
 
+from tests.browser import BrowserTestCase, CampfireProcess
 from tests.test_browser_app import ADA, BOB, BrowserApp
 
 try:
@@ -134,3 +136,68 @@ class AttachmentsInBrowserTests(BrowserApp):
         self.assertIsNone(ada.evaluate("localStorage.pwned ?? null"))
         self.assertNotIn("pwned", ada.evaluate("document.cookie"))
 
+
+
+class PicturesInBrowserTests(BrowserTestCase):
+    """A fresh server per test, its account made by its first run in the page."""
+
+    def setUp(self):
+        super().setUp()
+        self.server = CampfireProcess().start()
+        self.addCleanup(self.server.cleanup)
+
+    def first_run(self, page):
+        page.goto(self.server.url + "/first_run")
+        page.get_by_label("Your name").fill("Ada Admin")
+        page.get_by_label("Email address").fill("ada@example.com")
+        page.get_by_label("Password").fill("a long secret")
+        page.get_by_role("button", name="Create account").click()
+        page.wait_for_url("**/rooms/*")
+
+    def test_an_avatar_is_cropped_to_a_512_square_in_the_browser_and_shown(self):
+        page = self.new_page()
+        self.first_run(page)
+        page.goto(self.server.url + "/users/me/profile")
+        stripes = Image.new("RGB", (900, 300), (220, 20, 20))   # red, then green in the middle square, then blue
+        stripes.paste((10, 200, 90), (300, 0, 600, 300))
+        stripes.paste((20, 20, 220), (600, 0, 900, 300))
+        buffer = io.BytesIO()
+        stripes.save(buffer, "PNG")
+        page.get_by_label("Avatar").set_input_files(
+            files=[{"name": "wide.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
+        expect(page.locator("img.field__preview")).to_be_visible()
+        page.get_by_role("button", name="Save changes").click()
+        page.wait_for_url("**/users/me/profile")
+        response = page.request.get(self.server.url + "/users/1/avatar")
+        self.assertIn(response.headers["content-type"], ("image/webp", "image/png"))
+        picture = Image.open(io.BytesIO(response.body()))
+        self.assertEqual(picture.size, (512, 512))
+        for point in ((8, 8), (256, 256), (503, 503)):  # only the middle square is left (lossy WebP: near enough)
+            colour = picture.convert("RGB").getpixel(point)
+            self.assertTrue(all(abs(got - want) <= 12 for got, want in zip(colour, (10, 200, 90))), (point, colour))
+        avatar = page.locator(".profile__head img.avatar")
+        page.reload()
+        page.wait_for_function("() => document.querySelector('.profile__head img.avatar').naturalWidth === 512")
+        self.assertEqual(avatar.get_attribute("src"), "/users/1/avatar")
+        page.get_by_role("button", name="Remove avatar").click()
+        page.wait_for_url("**/users/me/profile")
+        self.assertEqual(page.request.get(self.server.url + "/users/1/avatar").headers["content-type"],
+                         "image/svg+xml")
+
+    def test_the_logo_upload_changes_the_manifest_icon(self):
+        page = self.new_page()
+        self.first_run(page)
+        before = page.request.get(self.server.url + "/webmanifest.json").json()
+        self.assertNotIn("/account/logo", str(before["icons"]))
+        page.goto(self.server.url + "/account/edit")
+        page.get_by_label("Upload a new logo").set_input_files(
+            files=[{"name": "logo.png", "mimeType": "image/png", "buffer": png(640, 640, (200, 30, 30))}])
+        expect(page.locator("img.field__preview")).to_be_visible()
+        page.locator("#account_form").get_by_role("button", name="Save changes").click()
+        page.wait_for_url("**/account/edit")
+        icons = page.request.get(self.server.url + "/webmanifest.json").json()["icons"]
+        sources = {icon["sizes"]: icon["src"] for icon in icons if icon["src"].startswith("/account/logo")}
+        self.assertEqual(sorted(sources), ["192x192", "512x512"])
+        logo = Image.open(io.BytesIO(page.request.get(self.server.url + sources["512x512"]).body()))
+        self.assertEqual(logo.size, (512, 512))
+        self.assertEqual(page.locator("link[rel=icon]").get_attribute("href"), sources["512x512"])
