@@ -1,4 +1,7 @@
 PYTHON ?= python3
+# The tests run in the virtual environment .ci/run makes (Playwright and the other
+# test-only packages) when it is there, else on $(PYTHON).
+TEST_PYTHON ?= $(if $(wildcard tests/.venv/bin/python),tests/.venv/bin/python,$(PYTHON))
 
 .PHONY: run test bench
 
@@ -6,7 +9,7 @@ run:
 	$(PYTHON) campfire.py
 
 test:
-	$(PYTHON) tests/run.py
+	$(TEST_PYTHON) tests/run.py
 
 bench:
 	$(PYTHON) tests/bench.py

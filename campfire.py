@@ -108,6 +108,7 @@ COOKIE_HEADERS_KEPT = 4096               # parsed Cookie headers remembered (see
 ROUTES_KEPT = 4096                       # and matched (method, path) pairs by the router,
 MEMO_KEY_MAX_CHARS = 512                 # each at most this long (so at most a few MB in all)
 MAX_FORM_FIELDS = 1000                    # urlencoded/multipart pairs per request
+MAX_PARAMS_DEPTH = 32                     # a JSON body's nesting; Rack's param_depth_limit for form names
 BODY_LIMITS_KEPT = 10_000                 # (method, path) → body limit answers remembered
 STATIC_PATHS_KEPT = 1000                  # static paths whose last disk check is remembered
 
@@ -479,6 +480,8 @@ class CampfireError(Exception):
      │    │    └── MultipartError 400: a multipart body that can't be read (section 9)
      │    ├── Forbidden          403: signed in, but not allowed
      │    ├── NotFound           404: also for what you may not know exists
+     │    │    └── RecordNotFound 404 for a record asked by id (the bot API answers it in JSON)
+     │    ├── MethodNotAllowed   405: the path exists, not for this method (with Allow)
      │    ├── PayloadTooLarge    413
      │    │    └── MultipartTooLarge 413: too many parts, or a part header too long
      │    ├── RangeNotSatisfiable 416: no requested byte range is in the file
@@ -519,6 +522,14 @@ class Forbidden(HttpError):
 
 class NotFound(HttpError):
     status = 404
+
+
+class RecordNotFound(NotFound):
+    pass
+
+
+class MethodNotAllowed(HttpError):
+    status = 405
 
 
 class PayloadTooLarge(HttpError):
@@ -888,7 +899,7 @@ class Request:
 
     __slots__ = ("method", "target", "path", "query_string", "version", "headers", "body",
                  "keep_alive", "remote_addr", "scheme", "id", "started", "user", "session",
-                 "set_cookies", "_query", "_form", "_cookies", "files", "streaming", "body_reader")
+                 "set_cookies", "_query", "_form", "_params", "_cookies", "files", "streaming", "body_reader")
 
     def __init__(self, method, target, version="HTTP/1.1", headers=None, body=b""):
         self.method = method
@@ -913,7 +924,7 @@ class Request:
         self.files = {}
         self.streaming = False     # the body is an upload, read as it arrives (HttpParser.take_body)
         self.body_reader = None    # the server's BodyReader of a streamed body
-        self._query = self._form = self._cookies = None
+        self._query = self._form = self._params = self._cookies = None
 
     def header(self, name, default=""):
         return self.headers.get(name, default)
@@ -932,7 +943,9 @@ class Request:
         """urlencoded or multipart fields; files go to request.files."""
         if self._form is None:
             content_type = self.headers.get("content-type", "")
-            if content_type.startswith("multipart/form-data"):
+            if self.streaming:  # an upload: its handler reads the body as it arrives (App.receive_form)
+                self._form = FormData([])
+            elif content_type.startswith("multipart/form-data"):
                 fields, self.files = parse_multipart(self.body, content_type)
                 self._form = FormData(fields)
             elif content_type.startswith("application/x-www-form-urlencoded") or not content_type:
@@ -945,6 +958,35 @@ class Request:
             else:
                 self._form = FormData([])
         return self._form
+
+    @property
+    def params(self):
+        """Every parameter of the request in one view, as Rails' params: the query
+        string's and the body's (a form, multipart fields, or a JSON object with its
+        nesting written as bracket names, {"message":{"body":"hi"}} as message[body]).
+        Rails merges them as request_parameters.merge(query_parameters), so a
+        top-level name the query string has is taken from the query string."""
+        if self._params is None:
+            if self.headers.get("content-type", "").startswith("application/json"):
+                body = FormData(_json_params(self.json()) if self.body else [])
+            else:
+                body = self.form
+            query = self.query
+            if not body:
+                self._params = query
+            elif not query:
+                self._params = body
+            else:
+                names = {_param_root(name) for name, _ in query.items()}
+                self._params = FormData([pair for pair in body.items() if _param_root(pair[0]) not in names]
+                                        + query.items())
+        return self._params
+
+    def json(self):
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
+            raise BadRequest("The JSON body could not be read.") from error
 
     @property
     def cookies(self):
@@ -975,6 +1017,36 @@ def parse_urlencoded(data):
     return pairs
 
 
+def _param_root(name):
+    """The top-level name of a bracket name: "user" for user[name] (Rack's normalize_params)."""
+    return re.split(r"[\[\]]", name.lstrip("[]"), maxsplit=1)[0]
+
+
+def _json_params(value):
+    """A JSON body → [(bracket name, text)], as a form would send it: objects nest
+    as name[key], arrays as name[], true/false/numbers as their text, null as "".
+    A body that is not an object is the parameter _json (Rails' JSON params
+    parser). BadRequest past MAX_PARAMS_DEPTH levels or MAX_FORM_FIELDS values."""
+    pairs = []
+
+    def walk(name, value, depth):
+        if depth > MAX_PARAMS_DEPTH:
+            raise BadRequest("The JSON body is nested too deeply.")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(key if name is None else "%s[%s]" % (name, key), item, depth + 1)
+        elif isinstance(value, list):
+            for item in value:
+                walk(name + "[]", item, depth + 1)
+        else:
+            if len(pairs) >= MAX_FORM_FIELDS:
+                raise BadRequest("The JSON body has more than %d values." % MAX_FORM_FIELDS)
+            text = "" if value is None else ("true" if value else "false") if isinstance(value, bool) else str(value)
+            pairs.append((name, text))
+    walk(None if isinstance(value, dict) else "_json", value, 0)
+    return pairs
+
+
 def _form_text(raw):
     if b"+" in raw:
         raw = raw.replace(b"+", b" ")
@@ -1000,6 +1072,13 @@ class FormData:
 
     def getlist(self, key):
         return [value for name, value in self._pairs if name == key]
+
+    def items(self):
+        """The (name, value) pairs, in order, repeated names included."""
+        return list(self._pairs)
+
+    def __bool__(self):
+        return bool(self._pairs)
 
     def __contains__(self, key):
         return key in self._first
@@ -1358,7 +1437,7 @@ def redirect(location, status=303):
 
 def json_response(value, status=200, headers=None):
     return Response(json.dumps(value, separators=(",", ":"), ensure_ascii=False), status,
-                    "application/json", headers)
+                    "application/json; charset=utf-8", headers)
 
 
 def etag_matches(if_none_match, etag):
@@ -5826,6 +5905,11 @@ class Store:
         return bool(self.db.value("SELECT 1 FROM messages WHERE room_id = ? AND (created_at, id) < "
                                   "(SELECT created_at, id FROM messages WHERE id = ?) LIMIT 1", (room_id, message_id)))
 
+    def has_newer(self, room_id, message_id):
+        """Whether the room has a message after this one."""
+        return bool(self.db.value("SELECT 1 FROM messages WHERE room_id = ? AND (created_at, id) > "
+                                  "(SELECT created_at, id FROM messages WHERE id = ?) LIMIT 1", (room_id, message_id)))
+
     def deleted_since(self, room_id, since_text, limit=MAX_REFRESH_DELETIONS):
         return [row[0] for row in self.db.all(
             "SELECT message_id FROM campfire_py_message_deletions WHERE room_id = ? AND deleted_at >= ? "
@@ -6137,7 +6221,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
             '<header class="topbar">'
             '<a class="topbar__rooms" href="{sidebar_url}">Rooms</a>'
             '<a class="topbar__brand" href="{root}">{account}</a>'
-            '<form class="topbar__search" method="get" action="{searches}" role="search">'
+            '<form class="topbar__search" method="post" action="{searches}" role="search">'
             '<input type="search" name="q" placeholder="Search" aria-label="Search messages"></form>'
             '<nav class="topbar__nav" aria-label="Account">'
             '<a class="button button--quiet" href="{edit_account}">Account</a>'
@@ -6727,7 +6811,7 @@ def render_search(query, results, result_count, recent):
         if query else HTML(""))
     return HTML(
         '<section class="search"><header class="room__header"><h1 class="room__name">Search</h1></header>'
-        '<form method="get" action="{action}" class="search__form" role="search">'
+        '<form method="post" action="{action}" class="search__form" role="search">'
         '<input class="field__input" type="search" name="q" value="{query}" aria-label="Search messages" '
         'placeholder="Search messages" autofocus>'
         '<button type="submit" class="button button--primary">Search</button></form>'
@@ -7050,12 +7134,19 @@ def message_json(message, plain_text, creator, origin):
             "body": {"plain_text": plain_text, "html": message["body"] or ""},
             "creator": person_json(message["creator_id"], creator, origin),
             "room": {"id": message["room_id"]},
-            "url": origin + url_for("room_at_message", room_id=message["room_id"], message_id=message["id"])}
+            "url": message_url(message, origin)}
 
 
-def boost_json(boost, booster, origin):
+def message_url(message, origin):
+    """Campfire's room_message_url: the message's own address in its room."""
+    return origin + url_for("room_message", room_id=message["room_id"], message_id=message["id"])
+
+
+def boost_json(boost, booster, message, origin):
+    """A boost as the bot API shows it (app/views/messages/boosts/_boost.json.jbuilder)."""
     return {"id": boost["id"], "content": boost["content"], "created_at": iso_time_ms(boost["created_at"]),
-            "booster": person_json(boost["booster_id"], booster, origin), "message": {"id": boost["message_id"]}}
+            "booster": person_json(boost["booster_id"], booster, origin),
+            "message": {"id": message["id"], "url": message_url(message, origin)}}
 
 
 def manifest_json(account_name, logo=None):
@@ -7171,6 +7262,7 @@ def route_table():
         ("POST",        "/unfurl_link",                               "unfurl_link",            unfurl_link),
         # Search
         ("GET",         "/searches",                                  "searches",               search),
+        ("POST",        "/searches",                                  "searches",               create_search),
         ("DELETE",      "/searches/clear",                            "clear_searches",         clear_searches),
         # People and profiles
         ("GET",         "/users/me/sidebar",                          "user_sidebar",           sidebar),
@@ -7203,7 +7295,7 @@ def route_table():
         ("PATCH PUT",   "/account/bots/<int:bot_id>",                 "account_bot",            update_bot_route,         "admin", AVATAR_BODY_LIMIT),
         ("DELETE",      "/account/bots/<int:bot_id>",                 "account_bot",            delete_bot,               "admin"),
         ("GET",         "/account/bots/<int:bot_id>/edit",            "edit_account_bot",       edit_bot,                 "admin"),
-        ("PUT",         "/account/bots/<int:bot_id>/key",             "account_bot_key",        reset_bot_key_route,      "admin"),
+        ("PUT PATCH",   "/account/bots/<int:bot_id>/key",             "account_bot_key",        reset_bot_key_route,      "admin"),
         ("GET",         BOT_MESSAGES_PATH,                            "bot_messages",           bot_messages,             "bot"),
         ("POST",        BOT_MESSAGES_PATH,                            "bot_messages",           bot_create_message,       "bot",   MESSAGE_BODY_LIMIT, True),
         ("GET",         BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_show_message,         "bot"),
@@ -7242,7 +7334,7 @@ def _navigating(request):
 
 def _id_param(request, name):
     """A numeric query parameter (an id or milliseconds), None when absent; 400 when malformed."""
-    value = request.query.get(name)
+    value = request.params.get(name)
     if value is None:
         return None
     if not _CONTENT_LENGTH_RE.match(value):
@@ -7347,7 +7439,7 @@ def first_run_form(app, request):
 async def first_run(app, request):
     if app.store.account() is not None:
         return redirect(url_for("root"))
-    values, errors = _user_form(request.form)
+    values, errors = _user_form(request.params)
     if errors:
         return _auth_page(app, request, "Set up Campfire", render_first_run(values, errors), status=422)
     digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n)
@@ -7377,7 +7469,7 @@ def _user_form(form):
 def sign_in_form(app, request):
     if app.store.account() is None:
         return redirect(url_for("first_run"))
-    return _sign_in_page(app, request, request.query.text("email_address"))
+    return _sign_in_page(app, request, request.params.text("email_address"))
 
 
 def _sign_in_page(app, request, email, notice=None, status=200):
@@ -7385,8 +7477,8 @@ def _sign_in_page(app, request, email, notice=None, status=200):
 
 
 async def sign_in(app, request):
-    email = request.form.text("email_address")
-    password = str(request.form.get("password", ""))
+    email = request.params.text("email_address")
+    password = str(request.params.get("password", ""))
     if not app.sign_in_limiter.hit(request.remote_addr):
         return _sign_in_page(app, request, email, "Too many requests or unauthorized.", 429)
     user = app.store.user_by_email(email) if email else None
@@ -7435,7 +7527,7 @@ async def join(app, request, join_code):
     _require_join_code(app, join_code)
     if not app.sign_up_limiter.hit(request.remote_addr):
         raise TooManyRequests("Too many sign-ups from this address. Try again in a few minutes.")
-    values, errors = _user_form(request.form)
+    values, errors = _user_form(request.params)
     if errors:
         return _join_page(app, request, join_code, values, errors, status=422)
     email = values["user[email_address]"]
@@ -7567,11 +7659,11 @@ def _room_form_values(request, room_type):
     (room_kind) decides the type whichever path it was posted to, so the form
     works without JavaScript; without the field, the path's room_type does, as in Campfire."""
     errors = {}
-    name = check_field(errors, "room[name]", request.form.text("room[name]"), max_chars=MAX_ROOM_NAME_CHARS)
-    kind = request.form.text("room_kind")
+    name = check_field(errors, "room[name]", request.params.text("room[name]"), max_chars=MAX_ROOM_NAME_CHARS)
+    kind = request.params.text("room_kind")
     if kind and kind not in _ROOM_KINDS:
         raise Unprocessable("A room is either open or closed.")
-    member_ids = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()}
+    member_ids = {int(value) for value in request.params.getlist("user_ids[]") if str(value).isdigit()}
     return name or "New room", _ROOM_KINDS[kind] if kind else room_type, member_ids, errors
 
 
@@ -7653,7 +7745,7 @@ def new_direct_room(app, request):
 
 def create_direct_room(app, request):
     active = set(app.store.active_user_ids())
-    chosen = {int(value) for value in request.form.getlist("user_ids[]") if str(value).isdigit()} & active
+    chosen = {int(value) for value in request.params.getlist("user_ids[]") if str(value).isdigit()} & active
     chosen.discard(request.user.id)
     if not chosen:
         return _direct_form_page(app, request, {"user_ids[]": "Pick at least one person."}, status=422)
@@ -7677,7 +7769,7 @@ def show_involvement(app, request, room_id):
 
 def update_involvement(app, request, room_id):
     room = _member_room(app, request, room_id)
-    involvement = request.form.text("involvement")
+    involvement = request.params.text("involvement")
     allowed = ("everything", "nothing") if room.direct else INVOLVEMENTS
     if involvement not in allowed:
         raise Unprocessable("Involvement must be one of: %s." % ", ".join(allowed))
@@ -7709,9 +7801,9 @@ def create_message(app, request, room_id):
     room = _member_room(app, request, room_id)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         return _create_message_from_form(app, request, room)
-    client_message_id = request.form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
+    client_message_id = request.params.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
         or random_hex(CLIENT_MESSAGE_ID_BYTES)
-    message, created = app.store.post_message(room, request.user, request.form.get("message[body]", ""),
+    message, created = app.store.post_message(room, request.user, request.params.get("message[body]", ""),
                                               client_message_id)
     if _navigating(request):
         return redirect(url_for("room", room_id=room.id))
@@ -7796,15 +7888,7 @@ def message_attachment_preview(app, request, message_id):
 async def unfurl_link(app, request):
     """Campfire's POST /unfurl_link: {title, url, image, description} of the page at `url`
     (a form field or a JSON body), or 204 when there is no preview to show."""
-    url = ""
-    if request.headers.get("content-type", "").startswith("application/json"):
-        try:
-            value = json.loads(request.body or b"{}")
-        except ValueError:
-            raise BadRequest("The JSON body could not be read.") from None
-        url = value.get("url", "") if isinstance(value, dict) else ""
-    else:
-        url = request.form.text("url")
+    url = request.params.get("url", "")
     if not isinstance(url, str) or not url.strip():
         raise Unprocessable("Give the url to preview.")
     preview = await app.link_preview(url.strip())
@@ -7823,7 +7907,7 @@ def update_message(app, request, room_id, message_id):
     message = _message_in_room(app, request, room_id, message_id)
     if not can_administer(request.user, message["creator_id"]):
         raise Forbidden("You can only edit your own messages.")
-    message = app.store.edit_message(message, request.form.get("message[body]", ""))
+    message = app.store.edit_message(message, request.params.get("message[body]", ""))
     if _navigating(request):
         return redirect(url_for("room_at_message", room_id=room_id, message_id=message_id))
     return Response(app.message_html(message, app.store.boosts_for([message_id]).get(message_id, ())))
@@ -7866,7 +7950,7 @@ def refresh_room(app, request, room_id):
     since = _id_param(request, "since")
     if since is None or since > MAX_TIMESTAMP_MS:
         raise BadRequest("since takes milliseconds since the epoch.")
-    cursor = request.query.text("cursor")
+    cursor = request.params.text("cursor")
     matched = _REFRESH_CURSOR_RE.fullmatch(cursor) if len(cursor) <= MAX_REFRESH_CURSOR_CHARS else None
     if cursor and not matched:
         raise BadRequest("cursor takes the value a previous page's next link gave.")
@@ -7900,7 +7984,7 @@ def new_boost(app, request, message_id):
 
 def create_boost(app, request, message_id):
     message = _find_message(app, message_id, member=request.user)
-    boost = app.store.add_boost(message, request.user.id, request.form.text("boost[content]"))
+    boost = app.store.add_boost(message, request.user.id, request.params.text("boost[content]"))
     if _navigating(request):
         return redirect(url_for("room_at_message", room_id=message["room_id"], message_id=message_id))
     return Response(render_boost(boost, request.user.name), 201)
@@ -7921,19 +8005,18 @@ def delete_boost(app, request, message_id, boost_id):
 
 # Search -----------------------------------------------------------------------------
 
-def _searched_here(request):
-    """A search the person made on our pages (or typed, or bookmarked: Sec-Fetch-Site
-    "none"), not a link or form on another site, same-site or not, that would write
-    into their recent searches. Browsers without Fetch Metadata send no header."""
-    return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+def create_search(app, request):
+    """What the search form sends (Campfire's searches_controller.rb#create): the query
+    joins the recent searches, then its results are shown."""
+    query = request.params.text("q")[:MAX_SEARCH_QUERY_CHARS]
+    if query and fts_match_expression(query):
+        app.store.record_search(request.user.id, query)  # the latest repeated writes nothing
+    return redirect(url_for("searches", q=query) if query else url_for("searches"))
 
 
 def search(app, request):
-    query = request.query.text("q")[:MAX_SEARCH_QUERY_CHARS]
+    query = request.params.text("q")[:MAX_SEARCH_QUERY_CHARS]
     user_id = request.user.id
-    if (query and _searched_here(request) and fts_match_expression(query)
-            and not app.store.is_latest_search(user_id, query)):
-        app.store.record_search(user_id, query)  # the latest repeated writes nothing
 
     def build():
         results = app.store.search(user_id, query) if query else []
@@ -7973,7 +8056,7 @@ def edit_profile(app, request):
 
 async def update_profile(app, request):
     """Campfire's users/profiles_controller.rb: name, email, password (blank keeps it), bio (at most 200 characters)."""
-    user, form, errors = request.user, request.form, {}
+    user, form, errors = request.user, request.params, {}
     name = form.text("user[name]") if "user[name]" in form else user.name
     email = form.text("user[email_address]") if "user[email_address]" in form else user.email_address or ""
     bio = str(form.get("user[bio]", "")).replace("\r\n", "\n").strip() if "user[bio]" in form else user.bio or ""
@@ -8080,8 +8163,8 @@ def delete_ban(app, request, user_id):
 
 
 def autocompletable_users(app, request):
-    query = request.query.text("query")[:MAX_NAME_CHARS]
-    room_id = request.query.get("room_id", "")
+    query = request.params.text("query")[:MAX_NAME_CHARS]
+    room_id = request.params.get("room_id", "")
     member_ids = None
     if room_id.isdigit():
         member_ids = app.store.room_member_ids(_member_room(app, request, int(room_id)).id)
@@ -8153,15 +8236,15 @@ def delete_account_logo(app, request):
 
 def _update_account(app, request):
     name = app.store.account()["name"]
-    if "account[name]" in request.form:
+    if "account[name]" in request.params:
         errors = {}
-        name = check_field(errors, "account[name]", request.form.text("account[name]"), blank="Enter a name.",
+        name = check_field(errors, "account[name]", request.params.text("account[name]"), blank="Enter a name.",
                            max_chars=MAX_ACCOUNT_NAME_CHARS)
         if errors:
             return _account_page(app, request, values={"account[name]": name}, errors=errors, status=422)
     settings = app.store.account_settings()
     # The checkbox follows a hidden "0", as in Rails: the last value sent wins.
-    restrict = request.form.getlist("account[settings][restrict_room_creation_to_administrators]")
+    restrict = request.params.getlist("account[settings][restrict_room_creation_to_administrators]")
     if restrict:
         settings["restrict_room_creation_to_administrators"] = str(restrict[-1]).strip().lower() in _TRUE_VALUES
     app.store.update_account(name, settings)
@@ -8178,7 +8261,7 @@ def custom_styles_redirect(app, request):
 
 
 def update_custom_styles(app, request):
-    css = str(request.form.get("account[custom_styles]", "")).replace("\r\n", "\n")
+    css = str(request.params.get("account[custom_styles]", "")).replace("\r\n", "\n")
     if len(css.encode()) > MAX_CUSTOM_STYLES_BYTES:
         return _page(app, request, "Custom CSS", render_custom_styles_form(css, error=(
             "Custom CSS can be at most %d KiB; this is %d KiB." % (MAX_CUSTOM_STYLES_BYTES // 1024,
@@ -8197,7 +8280,7 @@ def custom_styles_stylesheet(app, request):
     css, digest = app.store.custom_styles()
     etag = '"%s"' % digest
     headers = [("ETag", etag), ("Cache-Control", "public, max-age=31536000, immutable"
-                                if request.query.get("v") == digest else "public, no-cache")]
+                                if request.params.get("v") == digest else "public, no-cache")]
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(b"", 304, None, headers)
     return Response(css, 200, "text/css; charset=utf-8", headers)
@@ -8213,7 +8296,7 @@ def account_users(app, request):
 def update_account_user(app, request, user_id):
     user = _manageable_user(app, user_id)
     # As Campfire's accounts/users_controller.rb: anything but member or administrator means member.
-    role = ROLE_ADMINISTRATOR if request.form.text("user[role]") == "administrator" else ROLE_MEMBER
+    role = ROLE_ADMINISTRATOR if request.params.text("user[role]") == "administrator" else ROLE_MEMBER
     if role == user.role:
         return redirect(url_for("edit_account"))
     problem = app.store.removal_problem(request.user, user, "demote") if role == ROLE_MEMBER else None
@@ -8290,7 +8373,7 @@ async def _bot_avatar(app, request):
 def create_bot_route(app, request):
     if _bot_avatar_file(request) is not None:
         return _create_bot(app, request)
-    values, errors = _bot_form(request.form)
+    values, errors = _bot_form(request.params)
     if errors:
         return _page(app, request, "New bot", render_bot_form(values=values, errors=errors), status=422)
     app.store.create_bot(values["user[name]"], values["user[webhook_url]"])
@@ -8298,7 +8381,7 @@ def create_bot_route(app, request):
 
 
 async def _create_bot(app, request):
-    values, errors = _bot_form(request.form)
+    values, errors = _bot_form(request.params)
     avatar, avatar_errors = await _bot_avatar(app, request) if not errors else (None, {})
     if errors or avatar_errors:
         return _page(app, request, "New bot", render_bot_form(values=values, errors=errors or avatar_errors),
@@ -8327,17 +8410,17 @@ def update_bot_route(app, request, bot_id):
     row = _require_bot(app, bot_id)
     if _bot_avatar_file(request) is not None:
         return _update_bot(app, request, bot_id, row)
-    values, errors = _bot_form(request.form)
+    values, errors = _bot_form(request.params)
     if errors:
         return _page(app, request, "Edit bot", render_bot_form(bot_row=row, values=values, errors=errors), status=422)
     # Campfire changes the webhook only when the field is sent; blank removes it.
     app.store.update_bot(bot_id, values["user[name]"], values["user[webhook_url]"],
-                         change_webhook="user[webhook_url]" in request.form)
+                         change_webhook="user[webhook_url]" in request.params)
     return redirect(url_for("account_bots"))
 
 
 async def _update_bot(app, request, bot_id, row):
-    values, errors = _bot_form(request.form)
+    values, errors = _bot_form(request.params)
     avatar, avatar_errors = await _bot_avatar(app, request) if not errors else (None, {})
     if errors or avatar_errors:
         return _page(app, request, "Edit bot", render_bot_form(bot_row=row, values=values,
@@ -8345,7 +8428,7 @@ async def _update_bot(app, request, bot_id, row):
     try:
         # Campfire changes the webhook only when the field is sent; blank removes it.
         app.store.update_bot(bot_id, values["user[name]"], values["user[webhook_url]"],
-                             change_webhook="user[webhook_url]" in request.form)
+                             change_webhook="user[webhook_url]" in request.params)
         if avatar is not None:
             app.store.set_avatar(bot_id, avatar)
             avatar = None
@@ -8378,15 +8461,25 @@ def reset_bot_key_route(app, request, bot_id):
 # cookie, no forgery check, JSON out. Webhook deliveries, the other half, are
 # background work (section 16).
 
+def _bot_head(status, headers=()):
+    """Rails' `head status` on the bot API's JSON routes: no body, typed application/json
+    without a charset (ActionController::Head)."""
+    return Response(b"", status, "application/json", list(headers))
+
+
+# What Rails' public exceptions app answers for ActiveRecord::RecordNotFound on a JSON route.
+RECORD_NOT_FOUND_JSON = {"status": 404, "error": "Not Found"}
+
+
 def bot_api(handler):
     """Wrap a bot API handler: rate limit per key, authenticate by the key (a bad
     key is sent to sign in, as Campfire does, whether or not the room exists),
-    404 for a room the bot isn't in, errors answered as JSON. The handler gets
-    (app, request, room, bot, bot_key, **params)."""
+    404 for a room the bot isn't in. Refusals are bare statuses, as Campfire's
+    by_bots controllers `head` them; a record asked for by id and missing is
+    Rails' JSON 404. The handler gets (app, request, room, bot, bot_key, **params)."""
     def answer(app, request, room_id, bot_key, **params):
         if not app.bot_api_limiter.hit(bot_key):
-            return json_response({"error": "Too many requests."}, 429,
-                                 [("Retry-After", "%d" % BOT_API_LIMIT[1])])
+            return _bot_head(429, [("Retry-After", "%d" % BOT_API_LIMIT[1])])
         bot = app.store.authenticate_bot(bot_key)
         if bot is None:
             return redirect(url_for("new_session"), 302)
@@ -8395,8 +8488,10 @@ def bot_api(handler):
             if room is None:
                 raise NotFound("There is no such room.")
             response = handler(app, request, room, bot, bot_key, **params)
+        except RecordNotFound:
+            return json_response(RECORD_NOT_FOUND_JSON, 404)
         except HttpError as error:
-            return json_response({"error": error.message}, error.status, error.headers)
+            return _bot_head(error.status, error.headers)
         if type(response) is types.CoroutineType:
             return _bot_answer_later(response)
         return response
@@ -8405,10 +8500,13 @@ def bot_api(handler):
 
 
 async def _bot_answer_later(pending):
+    """An upload's answer, its errors as the bot API gives them."""
     try:
         return await pending
+    except RecordNotFound:
+        return json_response(RECORD_NOT_FOUND_JSON, 404)
     except HttpError as error:
-        return json_response({"error": error.message}, error.status, error.headers)
+        return _bot_head(error.status, error.headers)
 
 
 def _raw_text(request):
@@ -8435,6 +8533,23 @@ async def _bot_post_form(app, request, room, bot):
     return Response(b"", 201, None, [("Location", url_for("message", message_id=message["id"]))])
 
 
+def _bot_room_message(app, room, message_id, missing=RecordNotFound):
+    """The room's message with this id; `missing` raised when it has none (Campfire's
+    `@room.messages.find` raises RecordNotFound, the boosts controller `head`s a 404)."""
+    message = app.store.message_in(message_id, room_id=room.id) if message_id is not None else None
+    if message is None:
+        raise missing("There is no such message.")
+    return message
+
+
+def _bot_anchor(app, room, request, name):
+    """The message a ?before= or ?after= names, in this room; None when absent."""
+    value = request.params.get(name)
+    if value is None or value == "":  # Rails' params[:before].present?
+        return None
+    return _bot_room_message(app, room, int(value) if _CONTENT_LENGTH_RE.match(value) else None)["id"]
+
+
 def _message_json(app, request, message):
     return message_json(message, app.store.message_text(message), app.store.user(message["creator_id"]),
                         request.origin)
@@ -8442,13 +8557,19 @@ def _message_json(app, request, message):
 
 @bot_api
 def bot_messages(app, request, room, bot, bot_key):
-    """40 messages, oldest first: the newest, or next to ?before= / ?after=."""
-    before, after = _id_param(request, "before"), _id_param(request, "after")
+    """40 messages, oldest first: the newest, or next to ?before= / ?after=. Link's
+    rel="next" goes on the way the client walks: older from the newest page or a
+    ?before= page, newer from an ?after= page (by_bots_controller.rb#next_page_params)."""
+    before, after = _bot_anchor(app, room, request, "before"), _bot_anchor(app, room, request, "after")
     messages = app.store.messages_page(room.id, before=before, after=after)
     headers = [("X-Total-Count", str(app.store.message_count(room.id)))]
-    if messages and app.store.has_older(room.id, messages[0]["id"]):
-        next_page = url_for("bot_messages", room_id=room.id, bot_key=bot_key, before=messages[0]["id"])
-        headers.append(("Link", '<%s%s>; rel="next"' % (request.origin, next_page)))
+    if messages:
+        newer = after is not None
+        edge = messages[-1]["id"] if newer else messages[0]["id"]
+        if app.store.has_newer(room.id, edge) if newer else app.store.has_older(room.id, edge):
+            next_page = url_for("bot_messages", room_id=room.id, bot_key=bot_key,
+                                **{"after" if newer else "before": edge})
+            headers.append(("Link", '<%s%s>; rel="next"' % (request.origin, next_page)))
     return json_response([_message_json(app, request, message) for message in messages], 200, headers)
 
 
@@ -8458,17 +8579,17 @@ def bot_create_message(app, request, room, bot, bot_key):
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         return _bot_post_form(app, request, room, bot)
     message, _ = app.store.post_message(room, bot, _raw_text(request), random_hex(CLIENT_MESSAGE_ID_BYTES))
-    return Response(b"", 201, None, [("Location", url_for("message", message_id=message["id"]))])
+    return _bot_head(201, [("Location", request.origin + url_for("message", message_id=message["id"]))])
 
 
 @bot_api
 def bot_show_message(app, request, room, bot, bot_key, message_id):
-    return json_response(_message_json(app, request, _find_message(app, message_id, room_id=room.id)))
+    return json_response(_message_json(app, request, _bot_room_message(app, room, message_id)))
 
 
 @bot_api
 def bot_update_message(app, request, room, bot, bot_key, message_id):
-    message = _find_message(app, message_id, room_id=room.id)
+    message = _bot_room_message(app, room, message_id)
     if message["creator_id"] != bot.id:
         raise Forbidden("A bot can only change its own messages.")
     return json_response(_message_json(app, request, app.store.edit_message(message, _raw_text(request))))
@@ -8476,7 +8597,7 @@ def bot_update_message(app, request, room, bot, bot_key, message_id):
 
 @bot_api
 def bot_delete_message(app, request, room, bot, bot_key, message_id):
-    message = _find_message(app, message_id, room_id=room.id)
+    message = _bot_room_message(app, room, message_id)
     if message["creator_id"] != bot.id:
         raise Forbidden("A bot can only delete its own messages.")
     app.store.remove_message(message)
@@ -8486,19 +8607,18 @@ def bot_delete_message(app, request, room, bot, bot_key, message_id):
 @bot_api
 def bot_create_boost(app, request, room, bot, bot_key, message_id):
     """The raw body is the boost's content."""
-    message = _find_message(app, message_id, room_id=room.id)
+    message = _bot_room_message(app, room, message_id, missing=NotFound)
     boost = app.store.add_boost(message, bot.id, _raw_text(request).strip())
-    return json_response(boost_json(boost, bot, request.origin), 201)
+    return json_response(boost_json(boost, bot, message, request.origin), 201)
 
 
 @bot_api
 def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
-    message = _find_message(app, message_id, room_id=room.id)
+    """Own boosts only; another's is not found (boosts_controller.rb finds it by booster)."""
+    message = _bot_room_message(app, room, message_id, missing=NotFound)
     boost = app.store.boost(boost_id)
-    if boost is None or boost["message_id"] != message["id"]:
-        raise NotFound("There is no such boost.")
-    if boost["booster_id"] != bot.id:
-        raise Forbidden("A bot can only remove its own boosts.")
+    if boost is None or boost["message_id"] != message["id"] or boost["booster_id"] != bot.id:
+        raise NotFound("There is no such boost of yours.")
     app.store.remove_boost(message, boost)
     return Response(b"", 204)
 
@@ -8607,6 +8727,7 @@ class Cable:
         self.present = collections.defaultdict(collections.Counter)  # room id → user id → connections
         self.refusals = RateLimiter(*CABLE_REFUSALS)
         self._beat_queue, self._beat_slice = [], 1   # connections still to ping in this interval
+        self._beats = 0                              # beats so far; every CABLE_BEAT_SLICES-th starts an interval
         self.clock = time.monotonic
         self.channels = {
             "RoomMessagesChannel": self._subscribe_room_messages,
@@ -8865,11 +8986,13 @@ class Cable:
 
     def beat(self):
         """Every CABLE_PING_INTERVAL / CABLE_BEAT_SLICES: Action Cable's ping to the next slice of
-        connections (so each gets one per interval, and a broadcast never waits behind them all);
-        drop dead and stuck peers."""
-        if not self._beat_queue:
+        connections; drop dead and stuck peers. Each interval starts by queueing every connection
+        and has CABLE_BEAT_SLICES beats, so each connection gets one ping per interval however few
+        there are, and a broadcast never waits behind them all when there are many."""
+        if self._beats % CABLE_BEAT_SLICES == 0:
             self._beat_queue = list(self.connections)
             self._beat_slice = max(1, -(-len(self._beat_queue) // CABLE_BEAT_SLICES))
+        self._beats += 1
         batch = self._beat_queue[-self._beat_slice:]
         del self._beat_queue[-self._beat_slice:]
         now = self.now()
@@ -9667,8 +9790,8 @@ class App:
         if found is None:
             allowed = self.router.allowed_methods(request.path)
             if allowed:  # RFC 9110 §15.5.6
-                raise HttpError("This address doesn't take %s requests." % lookup, 405,
-                                [("Allow", ", ".join(allowed))])
+                raise MethodNotAllowed("This address doesn't take %s requests." % lookup,
+                                       headers=[("Allow", ", ".join(allowed))])
             raise NotFound("There is nothing at this address.")
         route, params = found
         auth = route.auth
@@ -9679,6 +9802,8 @@ class App:
         if auth == "signed_out" and request.user is not None:
             return redirect(url_for("root"))
         if (auth == "user" or auth == "admin") and request.user is None:
+            if self._bot_key_given(request):
+                return Response(b"", 403, "text/html")  # Campfire's deny_bots: `head :forbidden`
             return redirect(url_for("new_session" if self.store.account() is not None else "first_run"), 302)
         if auth == "admin" and not request.user.administrator:
             raise Forbidden("Only administrators can do that.")
@@ -9694,6 +9819,13 @@ class App:
         origin = request.headers.get("origin")
         if origin is not None and origin != request.origin:
             raise Forbidden("Requests from other origins are refused.")
+
+    def _bot_key_given(self, request):
+        """A good bot key among the parameters of a request without a session: Campfire
+        (concerns/authentication.rb) signs in a bot by params[:bot_key] on any route,
+        and every route but the bot API then refuses it."""
+        key = request.params.get("bot_key")
+        return bool(key) and self.store.authenticate_bot(key) is not None
 
     def _authenticate(self, request):
         token = request.cookies.get(SESSION_COOKIE)
@@ -10593,9 +10725,9 @@ class Server:
         self._batch_deadline = 0.0    # group commit: see flush_writes()
         self._batch_seen = 0
         self._handled_seen = self._handled_released = 0   # see release_memory_when_idle()
+        self.memory_releases = 0      # how many times it gave memory back
         self._quiet_since = 0.0
         self.header_timeout, self.keepalive_timeout = app.config.header_timeout, app.config.keepalive_timeout
-        self.release_memory = release_free_memory   # after a burst and a quiet spell
         self.max_connections = max(MIN_CONNECTIONS, raise_open_file_limit() - open_file_count() - FILE_DESCRIPTOR_RESERVE)
 
     async def start(self):
@@ -10672,7 +10804,8 @@ class Server:
             self._handled_seen, self._quiet_since = handled, now
         elif handled != self._handled_released and now - self._quiet_since >= self.app.config.idle_release_after:
             self._handled_released = handled
-            self.release_memory()
+            release_free_memory()
+            self.memory_releases += 1
 
     async def stop(self):
         """Stop accepting, let in-flight requests finish (bounded), close the database."""

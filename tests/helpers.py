@@ -10,6 +10,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import unittest
 import urllib.parse
 
@@ -300,6 +301,32 @@ class CableClient:
             payload = _zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
         return first & 0x0F, payload
 
+    def _buffered_frame_length(self):
+        """The size of the first whole frame in the buffer, or None while it is incomplete."""
+        if len(self.buffer) < 2:
+            return None
+        length, header = self.buffer[1] & 0x7F, 2
+        if length in (126, 127):
+            header += 2 if length == 126 else 8
+            if len(self.buffer) < header:
+                return None
+            length = int.from_bytes(self.buffer[2:header], "big")
+        return header + length if len(self.buffer) >= header + length else None
+
+    def read_available(self):
+        """The JSON messages (pings included) in what one recv() brings, for a socket
+        select() found readable; a frame cut in two waits in the buffer for the rest."""
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        self.buffer += chunk
+        messages = []
+        while self._buffered_frame_length() is not None:
+            opcode, payload = self.recv_frame()
+            if opcode == 0x1:
+                messages.append(self._json.loads(payload))
+        return messages
+
     def recv_json(self, skip_pings=True):
         while True:
             opcode, payload = self.recv_frame()
@@ -325,6 +352,32 @@ class CableClient:
             self.sock.close()
         except OSError:
             pass
+
+
+def wait_until(predicate, timeout=10.0, interval=0.01, message="the condition never held"):
+    """Poll predicate until it returns something true (which is returned), failing
+    after timeout seconds: a deadline, never a fixed sleep, so a loaded machine
+    only makes a test slower, not wrong."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("%s (waited %.1f s)" % (message, timeout))
+        time.sleep(interval)
+
+
+def holds_for(predicate, seconds, interval=0.01, message="the condition stopped holding"):
+    """Check predicate stays true for `seconds` (for what must NOT happen, e.g.
+    a second release); fails as soon as it is false."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not predicate():
+            raise AssertionError(message)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
 
 
 def first_run_cookie(port, name="Ada", email="ada@example.com", password="secret-password"):

@@ -14,7 +14,7 @@ import unittest
 import urllib.parse
 from unittest import mock
 
-from tests.helpers import AppTestCase, CableClient, Client, LiveServer, campfire, config_value, sign_in_cookie
+from tests.helpers import AppTestCase, CableClient, Client, LiveServer, campfire, config_value, sign_in_cookie, wait_until
 
 CSS = "body { outline: 3px solid rgb(1, 2, 3) }"
 
@@ -707,10 +707,7 @@ class LiveServerTests(unittest.TestCase):
             self.assertEqual(self.request("POST", "/users/%d/ban" % self.bob_id, self.ada), 303)
             message = cable.recv_json()
             self.assertEqual(message, {"type": "disconnect", "reason": "unauthorized", "reconnect": False})
-            deadline = time.time() + 5
-            while self.count_messages() and time.time() < deadline:
-                time.sleep(0.02)
-        self.assertEqual(self.count_messages(), 0)
+            wait_until(lambda: self.count_messages() == 0, message="the ban left the person's messages")
         self.assertEqual(self.request("GET", "/rooms/1", self.bob), 302)
 
     def test_deactivation_closes_the_persons_sockets(self):

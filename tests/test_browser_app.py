@@ -100,7 +100,12 @@ class LiveRoomTests(BrowserApp):
         for page in (ada, bob):
             self.assert_shown_once(page, from_ada)
             self.assert_shown_once(page, from_bob)
-        ada.wait_for_timeout(500)  # a late echo or 201 must not add a copy
+        # A late echo or 201 must not add a copy: a later message, once shown on both
+        # pages, arrived after every echo of the earlier ones (a socket keeps their order).
+        later = unique("Later from Ada")
+        self.send(ada, later)
+        for page in (ada, bob):
+            self.assert_shown_once(page, later)
         for page in (ada, bob):
             expect(self.message(page, from_ada)).to_have_count(1)
             expect(page.locator(".message--pending")).to_have_count(0)

@@ -64,6 +64,18 @@ class PostMessageTests(ChatTestCase):
         self.assertEqual(db.value("SELECT rowid FROM message_search_index WHERE message_search_index MATCH 'rows'"),
                          message)
 
+    def test_a_json_post_with_rails_nested_params_is_a_message(self):
+        body = json.dumps({"message": {"body": "<div>From <b>JSON</b></div>", "client_message_id": "json-1"}})
+        response = self.bob.request("POST", "/rooms/1/messages", body=body.encode(), content_type="application/json")
+        self.assertEqual(response.status, 201, response.text[:300])
+        row = self.app.store.message(fragment_message_id(response))
+        self.assertEqual((row["body"], row["client_message_id"]), ("<div>From <b>JSON</b></div>", "json-1"))
+        message = row["id"]
+        response = self.bob.request("PATCH", "/rooms/1/messages/%d" % message, content_type="application/json",
+                                    body=json.dumps({"message": {"body": "<div>edited</div>"}}).encode())
+        self.assertIn(response.status, (200, 303), response.text[:300])
+        self.assertEqual(self.app.store.message(message)["body"], "<div>edited</div>")
+
     def test_retry_with_the_same_client_message_id_returns_the_first_message(self):
         first = self.post(self.bob, 1, "once only", client_message_id="retry-1")
         again = self.post(self.bob, 1, "once only", client_message_id="retry-1")

@@ -622,5 +622,42 @@ class InvolvementTests(ChatTestCase):
         self.assertEqual(response.header("Location"), "/rooms/%d" % self.all_talk)
 
 
+
+class ParamsFromAnywhereTests(ChatTestCase):
+    """Campfire's buttons put parameters in the URL and Rails reads the query
+    string, a form and a JSON body alike: so does every handler here."""
+
+    def test_the_bell_button_puts_the_involvement_in_the_query_string(self):
+        # Campfire's button_to_change_involvement: POST …/involvement?involvement=… with _method=put.
+        response = self.bob.post("/rooms/%d/involvement?involvement=everything" % self.all_talk, {"_method": "put"})
+        self.assertEqual(response.status, 200, response.text[:300])
+        self.assertEqual(self.app.store.membership(self.all_talk, self.bob_id)["involvement"], "everything")
+
+    def test_a_direct_room_from_user_ids_in_the_query_string(self):
+        response = self.ada.post("/rooms/directs?user_ids[]=%d" % self.bob_id, {})
+        self.assertEqual(response.status, 303, response.text[:300])
+        room = int(response.header("Location").rsplit("/", 1)[1])
+        self.assertEqual(self.member_ids(room), {self.ada_id, self.bob_id})
+
+    def test_json_bodies_are_read_as_rails_reads_them(self):
+        response = self.bob.request("PUT", "/rooms/%d/involvement" % self.all_talk,
+                                    body=json.dumps({"involvement": "nothing"}).encode(), content_type="application/json")
+        self.assertEqual(response.status, 200, response.text[:300])
+        self.assertEqual(self.app.store.membership(self.all_talk, self.bob_id)["involvement"], "nothing")
+        response = self.carol.request("POST", "/rooms/directs", body=json.dumps({"user_ids": [self.dave_id]}).encode(),
+                                      content_type="application/json")
+        self.assertEqual(response.status, 303, response.text[:300])
+        room = int(response.header("Location").rsplit("/", 1)[1])
+        self.assertEqual(self.member_ids(room), {self.carol_id, self.dave_id})
+
+    def test_a_json_body_that_cannot_be_read_is_400(self):
+        for body in (b'{"involvement": ', b'{"a":' * 40 + b"1" + b"}" * 40):
+            with self.subTest(body=body[:20]):
+                response = self.bob.request("PUT", "/rooms/%d/involvement" % self.all_talk, body=body,
+                                            content_type="application/json")
+                self.assertEqual(response.status, 400)
+        self.assertEqual(self.app.store.membership(self.all_talk, self.bob_id)["involvement"], "mentions")
+
+
 if __name__ == "__main__":
     unittest.main()

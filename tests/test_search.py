@@ -158,7 +158,23 @@ class SearchCacheBoundTests(ChatTestCase):
 
 class RecentSearchTests(ChatTestCase):
     def search(self, client, query):
-        return client.get("/searches?" + urllib.parse.urlencode({"q": query}))
+        """What the search form does: POST /searches, then the page it redirects to."""
+        response = client.post("/searches", {"q": query})
+        self.assertEqual(response.status, 303)
+        return client.get(response.header("Location"))
+
+    def test_the_search_form_posts_and_lands_on_the_results(self):
+        for page in (self.bob.get("/rooms/1").text, self.bob.get("/searches").text):
+            self.assertRegex(page, r'<form[^>]*method="post" action="/searches"[^>]*role="search"')
+        response = self.bob.post("/searches", {"q": "café plans"})
+        self.assertEqual((response.status, response.header("Location")), (303, "/searches?q=caf%C3%A9+plans"))
+        self.assertEqual(self.stored(self.bob_id), ["café plans"])
+        self.assertEqual(self.bob.post("/searches", {}).header("Location"), "/searches")
+
+    def test_reading_results_records_nothing(self):
+        # Campfire records a search when the form is sent (searches_controller.rb#create), never on a GET.
+        self.assertEqual(self.bob.get("/searches?q=plans").status, 200)
+        self.assertEqual(self.stored(self.bob_id), [])
 
     def stored(self, user_id):
         return [row[0] for row in self.app.db.all("SELECT query FROM searches WHERE user_id = ? ORDER BY id",
@@ -202,18 +218,23 @@ class RecentSearchTests(ChatTestCase):
         self.assertEqual(self.stored(self.bob_id), ["three"])
 
     def test_only_searches_made_on_our_own_pages_are_recorded(self):
-        for site in ("cross-site", "same-site"):  # a link or form on another site, or another origin of ours
+        # Only the search form's POST records, and a POST from another site is refused; a
+        # link (a GET) from anywhere shows results and writes nothing into the history.
+        for site in ("cross-site", "same-site", "same-origin", "none", None):
             with self.subTest(site=site):
-                page = self.bob.get("/searches?q=planted+%s" % site, headers={"Sec-Fetch-Site": site})
-                self.assertEqual(page.status, 200)  # the results are still shown…
-                self.assertEqual(self.stored(self.bob_id), [])  # …but nothing is written into the history
-        for site, query in (("same-origin", "from our form"), ("none", "typed in the address bar"),
-                            (None, "an old browser")):
+                page = self.bob.get("/searches?q=planted", headers={"Sec-Fetch-Site": site} if site else {})
+                self.assertEqual(page.status, 200)
+        for site in ("cross-site", "same-site"):  # a form on another site, or another origin of ours
             with self.subTest(site=site):
-                self.bob.get("/searches?" + urllib.parse.urlencode({"q": query}),
-                             headers={"Sec-Fetch-Site": site} if site else {})
-                self.assertEqual(self.stored(self.bob_id)[-1], query)
-        self.assertEqual(recent(self.bob), ["an old browser", "typed in the address bar", "from our form"])
+                response = self.bob.post("/searches", {"q": "planted"}, headers={"Sec-Fetch-Site": site})
+                self.assertEqual(response.status, 403)
+        self.assertEqual(self.stored(self.bob_id), [])
+        self.bob.post("/searches", {"q": "from our form"})
+        old_browser = campfire.Request("POST", "/searches", "HTTP/1.1", {  # no Fetch Metadata at all
+            "host": "localhost", "cookie": "session_token=" + self.bob.cookies["session_token"],
+            "content-type": "application/x-www-form-urlencoded"}, b"q=an+old+browser")
+        self.assertEqual(self.app.handle(old_browser).status, 303)
+        self.assertEqual(recent(self.bob), ["an old browser", "from our form"])
 
     def test_empty_or_wordless_queries_are_not_recorded(self):
         for query in ("", "   ", "***", '"'):
@@ -225,7 +246,9 @@ class RecentSearchTests(ChatTestCase):
         self.search(self.bob, "alpha")
         self.assertEqual(recent(self.bob), ["alpha"])
         self.search(self.bob, "beta")
-        self.assertEqual(recent(self.bob, "/searches?q=alpha"), ["alpha", "beta"])
+        self.assertEqual(recent(self.bob, "/searches?q=alpha"), ["beta", "alpha"])  # reading changes no order
+        self.search(self.bob, "alpha")
+        self.assertEqual(recent(self.bob), ["alpha", "beta"])
 
     def test_queries_are_capped(self):
         self.search(self.bob, "long " * 200)
