@@ -477,7 +477,8 @@ class CampfireError(Exception):
     CampfireError
      ├── HttpError               answered with .status at the HTTP boundary
      │    ├── BadRequest         400: malformed request or form
-     │    │    └── MultipartError 400: a multipart body that can't be read (section 9)
+     │    │    ├── MultipartError 400: a multipart body that can't be read (section 9)
+     │    │    └── ClientGone     the client left mid-upload: its handler stops, nothing is sent
      │    ├── Forbidden          403: signed in, but not allowed
      │    ├── NotFound           404: also for what you may not know exists
      │    │    └── RecordNotFound 404 for a record asked by id (the bot API answers it in JSON)
@@ -573,6 +574,10 @@ class RangeNotSatisfiable(HttpError):
         super().__init__("None of the requested ranges is within the file's %d bytes." % length,
                          headers=[("Content-Range", "bytes */%d" % length)])
         self.length = length
+
+
+class ClientGone(BadRequest):
+    """400 that no one reads: the client closed its connection mid-upload (nothing is logged)."""
 
 
 class ConfigError(CampfireError):
@@ -5691,6 +5696,8 @@ class Store:
         return message, True
 
     def edit_message(self, message, raw_body):
+        if not message["body"] and self.attachment("Message", message["id"], "attachment") is not None:
+            raise Forbidden("A file can be deleted, not edited.")  # Campfire's messages_controller.rb
         body = self.clean_body(str(raw_body), message["room_id"])
         plain = self.plain_text(body)
         if not plain.strip():
@@ -10472,7 +10479,7 @@ class HttpConnection(asyncio.Protocol):
         self.closing = True
         self.server.connections.discard(self)
         if self.streaming is not None:
-            self.streaming.abort(ConnectionResetError("the client left before its upload ended"))
+            self.streaming.abort(ClientGone("The connection closed before the upload ended."))
             self.streaming = None
         if self.upgraded is not None:
             self.app.cable.connection_lost(self.upgraded)
