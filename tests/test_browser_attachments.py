@@ -110,6 +110,20 @@ class AttachmentsInBrowserTests(BrowserApp):
         expect(ada.locator(".message--failed")).to_have_count(0)
         self.assertEqual(sent, [])
 
+    def test_a_drop_of_too_many_files_is_refused_whole_with_a_message(self):
+        ada = self.open_room(ADA)
+        sent = []
+        ada.on("request", lambda request: request.method == "POST" and sent.append(request.url))
+        ada.evaluate("""() => {
+            const data = new DataTransfer()
+            for (let i = 0; i < 101; i++) data.items.add(new File(["x"], `f${i}.txt`, { type: "text/plain" }))
+            document.querySelector("#messages").dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }))
+        }""")
+        expect(ada.get_by_role("status").filter(has_text="at most 100 files")).to_contain_text(
+            "none of these 101 was sent")
+        expect(ada.locator(".message--pending")).to_have_count(0)
+        self.assertEqual(sent, [])
+
     def test_an_image_opens_in_the_viewer_and_escape_closes_it(self):
         ada = self.open_room(ADA)
         ada.get_by_label("Attach files").set_input_files(
