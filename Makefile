@@ -14,3 +14,4 @@ test:
 bench:
 	$(PYTHON) tests/bench.py
 	$(PYTHON) tests/bench_cable.py
+	$(TEST_PYTHON) tests/bench_push.py  # its HTTPS push service checks pushes with cryptography and http_ece

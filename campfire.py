@@ -15,20 +15,21 @@ pure code to the code that touches the world:
   6. Action Cable             the JSON protocol spoken on /cable
   7. Rich text                the allow-list sanitizer, auto-links, plain text, mentions
   8. QR codes                 byte-mode QR symbols as SVG, for invitation and sign-in links
-  9. Files                    multipart, file names, image headers, byte ranges, serving rules,
+  9. Web Push                 P-256, ECDSA, AES-128-GCM, HKDF, aes128gcm and VAPID, sans-I/O
+ 10. Files                    multipart, file names, image headers, byte ranges, serving rules,
                               the link-preview address guard and OpenGraph
- 10. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
- 11. Domain                   every operation on accounts, people, sessions, rooms, memberships,
-                              messages, boosts, search and bots, with its SQL; Events
- 12. Rendering                render_* from plain data and a View: pages, fragments, JSON
- 13. Routes                   the route table (the map of the server), then its thin handlers
+ 11. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
+ 12. Domain                   every operation on accounts, people, sessions, rooms, memberships,
+                              messages, boosts, search, bots, push subscriptions and files, with its SQL; Events
+ 13. Rendering                render_* from plain data and a View: pages, fragments, JSON
+ 14. Routes                   the route table (the map of the server), then its thin handlers
                               by feature: sessions, rooms, messages, search, people, account, bots
- 14. Real time                /cable connections, channels and broadcasts
- 15. The application          App: a request in, a response out (no sockets); its caches
- 16. Background work          purges and webhook deliveries, off the request path
- 17. The server               asyncio connections, timeouts, group commit, signals
- 18. Operations               seed (and the other long jobs of the command line)
- 19. Command line             main()
+ 15. Real time                /cable connections, channels and broadcasts
+ 16. The application          App: a request in, a response out (no sockets); its caches
+ 17. Background work          purges, webhook and push deliveries, link previews, off the request path
+ 18. The server               asyncio connections, timeouts, group commit, signals
+ 19. Operations               seed (and the other long jobs of the command line)
+ 20. Command line             main()
 """
 
 import os
@@ -72,6 +73,7 @@ import signal
 import socket
 import sqlite3
 import struct
+import threading
 import time
 import traceback
 import types
@@ -326,6 +328,42 @@ SOUND_TEXTS = {
 SOUND_NAMES = frozenset(SOUND_TEXTS) | SOUND_PICTURES
 PLAY_RE = re.compile(r"\A/play (\w+)\Z")
 
+# Web Push (RFC 8030, RFC 8188, RFC 8291, RFC 8292) and Campfire's lib/web_push/*.
+P256_SCALAR_BYTES = 32
+P256_POINT_BYTES = 1 + 2 * P256_SCALAR_BYTES  # SEC 1 §2.3.3: 0x04 || X || Y
+PUSH_MESSAGE_MAX_BYTES = 4096        # RFC 8291 §4: push services need accept no more
+PUSH_RECORD_SIZE = 4096              # RFC 8188 rs; RFC 8291 §4: must exceed the one record's length
+PUSH_SALT_BYTES = 16                 # RFC 8188 §2.1
+PUSH_AUTH_SECRET_BYTES = 16          # RFC 8291 §3.2: the subscription's auth secret
+PUSH_HEADER_BYTES = PUSH_SALT_BYTES + 4 + 1 + P256_POINT_BYTES  # salt, rs, idlen, keyid (our public key): 86
+PUSH_PADDING_DELIMITER = b"\x02"     # RFC 8188 §2: the last record ends its plaintext with 0x02
+GCM_TAG_BYTES = 16                   # AEAD_AES_128_GCM's expansion (RFC 8188 §2)
+PUSH_MAX_PLAINTEXT_BYTES = (PUSH_MESSAGE_MAX_BYTES - PUSH_HEADER_BYTES - GCM_TAG_BYTES
+                            - len(PUSH_PADDING_DELIMITER))  # 3,993, as RFC 8291 §4 says
+VAPID_TOKEN_LIFETIME = 12 * 3600     # seconds; RFC 8292 §2 allows at most 24 h, so 12 h of slack for clocks
+VAPID_TOKEN_RENEW_BEFORE = 3600      # seconds; a cached token with less left is signed afresh
+VAPID_TOKENS_KEPT = 64               # push-service origins whose token is cached (a handful in practice)
+PUSH_ICON_PATH = "/account/logo"     # lib/web_push/notification.rb: the account's logo
+PUSH_ELLIPSIS = "\u2026"             # ends a body cut to fit
+VAPID_SUBJECT = "mailto:support@37signals.com"  # lib/web_push/notification.rb: the contact push services see
+VAPID_KEY_FILE = "vapid_key"         # in the storage directory when VAPID_* are unset: not in the database
+PUSH_QUEUE_SIZE = 10_000             # pushes waiting (Campfire's pool queue); past it the oldest is dropped, logged
+PUSH_WORKERS = 16                    # pushes in flight at once: a slow push service holds one
+PUSH_PROCESSES = 1                   # processes that encrypt and sign: the curve math is pure Python and
+                                     # holds the GIL, so it runs beside the event loop, never on it (one of
+                                     # the two cores a small server has; about 600 pushes a second)
+PUSH_WORKER_NICENESS = 10            # the push process yields the CPU to the server's (nice(2) steps)
+PUSH_TIMEOUT = 10.0                  # seconds to connect, and for each read and write
+PUSH_TOTAL_TIMEOUT = 30.0            # seconds for one attempt in all
+PUSH_TTL = 4 * 7 * 24 * 3600         # seconds a push service keeps an undelivered push: the web-push gem's 4 weeks
+PUSH_RETRIES = 3                     # further attempts after a 429 or 5xx, then the push is dropped (logged)
+PUSH_RETRY_DELAY = 5.0               # seconds before the first retry, doubled each time
+PUSH_RETRY_AFTER_MAX = 600.0         # seconds: a longer Retry-After is cut to this (a queued chat push is stale by then)
+MAX_PUSH_REPLY_BYTES = 64 * 1024     # a push service answers with a few bytes; more is refused
+MAX_PUSH_ENDPOINT_CHARS = 2048       # a push service's URL (FCM's and Mozilla's are under 300)
+MAX_PUSH_KEY_CHARS = 256             # p256dh is 87 characters and auth 22, in base64url
+MAX_PUSH_SUBSCRIPTIONS = 50          # per person: browsers and devices; past it the oldest is replaced
+
 # The installable app (Campfire's app/views/pwa/): colours match static/campfire.css.
 THEME_COLOR_LIGHT = "#f6f5f3"
 THEME_COLOR_DARK = "#161513"
@@ -477,7 +515,7 @@ class CampfireError(Exception):
     CampfireError
      ├── HttpError               answered with .status at the HTTP boundary
      │    ├── BadRequest         400: malformed request or form
-     │    │    ├── MultipartError 400: a multipart body that can't be read (section 9)
+     │    │    ├── MultipartError 400: a multipart body that can't be read (section 10)
      │    │    └── ClientGone     the client left mid-upload: its handler stops, nothing is sent
      │    ├── Forbidden          403: signed in, but not allowed
      │    ├── NotFound           404: also for what you may not know exists
@@ -494,7 +532,9 @@ class CampfireError(Exception):
      ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
      ├── CableCommandError       an Action Cable command that can't be read: ignored
-     └── WebhookFailed           a delivery that failed: logged (section 16)
+     ├── WebPushError            bad subscription keys or endpoint (422), bad VAPID keys (at start)
+     ├── PushFailed              a push service that didn't answer in time: logged (section 17)
+     └── WebhookFailed           a delivery that failed: logged (section 17)
           └── WebhookTimedOut    no answer within 7 s: the bot "failed to respond"
 
     WebSocket protocol errors never raise: they close the socket with 1002,
@@ -1478,7 +1518,7 @@ def accepts_gzip(request):
 
 
 # Routing: a route table in, matches and URLs out -----------------------------
-# The table itself is the application's (section 13); this is the machinery,
+# The table itself is the application's (section 14); this is the machinery,
 # pure like the parser above.
 
 @dataclass(frozen=True, slots=True)
@@ -2260,7 +2300,7 @@ def cable_reply(identifier, kind):
 # Message bodies are Trix HTML. On the way in they pass sanitize_html (an
 # allow-list rebuild, so the output is canonical, well-formed and idempotent);
 # html_to_plain_text feeds search, webhooks, notifications and /play;
-# render_rich_text (section 12) swaps stored mention attachments for chips on the way out.
+# render_rich_text (section 13) swaps stored mention attachments for chips on the way out.
 # Campfire's helpers/content_filters/sanitize_tags.rb, exactly: Trix writes
 # strikethrough as <del>, so there is no <s> or <strike>.
 
@@ -3022,7 +3062,897 @@ def qr_svg(text: str, *, level: str = "M", module_px: int = 8, border: int = 4) 
 
 
 ####
-#### 9. Files
+#### 9. Web Push (RFC 8291, RFC 8292)
+####
+# P-256, ECDSA (RFC 6979), AES-128-GCM, HKDF, the aes128gcm coding and VAPID, pure:
+# bytes and ints in, bytes out. Pushes are encrypted in a worker process (section 17).
+
+# P-256, also secp256r1 (FIPS 186-4 §D.1.2.3, SEC 2 §2.4.2): y² = x³ - 3x + b over
+# GF(p), a group of prime order n generated by G.
+P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+P256_GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
+P256_GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
+P256_UNCOMPRESSED = 0x04
+
+# Scalar multiplication works on signed odd digits, one per 4 bits: 65 digits
+# cover any scalar below 2^257 (a scalar, or a scalar plus n; see _recode).
+_WINDOW_BITS = 4
+_WINDOWS = 65
+_ODD_MULTIPLES = 8  # 1P, 3P, ..., 15P: the digits' magnitudes
+_GUARD_BIT = 264    # above every bit the digits read (at most 260)
+
+
+
+class WebPushError(CampfireError, ValueError):
+    """A key, subscription, token or message that Web Push cannot use.
+
+    Raised for bad input only (a subscription's keys, a configured key pair, a
+    ciphertext that fails its tag); the message says which, never the secret.
+    """
+
+
+# -- Constant time -----------------------------------------------------------
+#
+# What an observer of our timing must not learn is a private scalar: the VAPID
+# key, each message's ephemeral key, and each signature's nonce. So the scalar
+# multiplications below have no branch and no table index that depends on the
+# scalar: the scalar is recoded arithmetically into signed digits (_recode,
+# _make_odd), every digit's point is read by scanning the whole table with masks
+# (_select), and the additions are arranged so that the formulas' exceptional
+# cases cannot occur (proofs at _scalar_mult and _base_mult) except at the last
+# one or two additions, which use complete formulas (_complete_add) instead. A
+# secret value is inverted blinded (_inverse_blinded): pow(x, -1, m) runs an
+# extended Euclid whose time depends on x, so it is given x·r for a fresh random r.
+#
+# Python cannot promise more: its integers take time that varies a little with
+# their size, and the interpreter's own memory traffic is not ours to control.
+# The GCM tag is compared with hmac.compare_digest. AES's S-box is a 256-byte
+# table indexed by key and data (see the AES section for why that is accepted);
+# GHASH uses no tables at all.
+
+
+# -- Encoding helpers ----------------------------------------------------------
+
+def _b64url_padded(data):
+    """The web-push gem's form (Ruby's urlsafe_encode64): URL-safe with padding."""
+    return base64.urlsafe_b64encode(data).decode("ascii")
+
+
+def _unb64url(text, what):
+    """Bytes of base64url text, padded or not. As the web-push gem (Ruby's
+    urlsafe_decode64) does, '+' and '/' are accepted too; anything else is refused."""
+    if isinstance(text, str):
+        try:
+            text = text.strip().encode("ascii")
+        except UnicodeEncodeError:
+            raise WebPushError("%s is not base64url" % what) from None
+    elif not isinstance(text, (bytes, bytearray)):
+        raise WebPushError("%s is missing" % what)
+    text = bytes(text).rstrip(b"=")
+    try:
+        return base64.b64decode(text + b"=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except ValueError:  # binascii.Error
+        raise WebPushError("%s is not base64url" % what) from None
+
+
+def _bytes_to_int(data):
+    return int.from_bytes(data, "big")
+
+
+# -- P-256: points -------------------------------------------------------------
+#
+# Three coordinate systems, each where it is cheapest:
+#   affine (x, y)                   keys on the wire, and the precomputed tables;
+#   Jacobian (X, Y, Z)              x = X/Z², y = Y/Z³: doubling and adding a table
+#                                   point in the main loops (8 and 11 multiplications);
+#   homogeneous (X, Y, Z)           x = X/Z, y = Y/Z: the complete formula for the
+#                                   last additions, with the infinity (0, 1, 0).
+# Field elements are Python ints. Sums and differences are left unreduced (Python
+# has no overflow), and each product is reduced once, with %.
+
+def p256_is_on_curve(x, y):
+    """SEC 1 §3.2.2.1: both coordinates in [0, p) and y² = x³ - 3x + b."""
+    p = P256_P
+    return 0 <= x < p and 0 <= y < p and (y * y - (x * x * x - 3 * x + P256_B)) % p == 0
+
+
+def p256_decode_point(data):
+    """(x, y) of an uncompressed point (SEC 1 §2.3.4), fully validated (SEC 1 §3.2.2.1):
+    65 bytes, the 0x04 prefix, coordinates below p, on the curve. The infinity has
+    no uncompressed form, so it is refused with the rest; and as P-256's order is
+    prime, a point on the curve that isn't the infinity needs no subgroup check."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) != P256_POINT_BYTES:
+        raise WebPushError("a P-256 public key is 65 bytes")
+    if data[0] != P256_UNCOMPRESSED:
+        raise WebPushError("a P-256 public key must be uncompressed (0x04)")
+    x, y = _bytes_to_int(data[1:33]), _bytes_to_int(data[33:])
+    if not p256_is_on_curve(x, y):
+        raise WebPushError("the P-256 public key is not a point on the curve")
+    return x, y
+
+
+def p256_encode_point(x, y):
+    return bytes((P256_UNCOMPRESSED,)) + x.to_bytes(32, "big") + y.to_bytes(32, "big")
+
+
+def _jacobian_double(X1, Y1, Z1):
+    """2P in Jacobian coordinates for a = -3 (Bernstein-Lange, dbl-2001-b). With no
+    point of order 2 on P-256, this never meets an exceptional case."""
+    p = P256_P
+    delta = Z1 * Z1 % p
+    gamma = Y1 * Y1 % p
+    beta = X1 * gamma % p
+    alpha = 3 * (X1 - delta) * (X1 + delta) % p
+    X3 = (alpha * alpha - 8 * beta) % p
+    Z3 = 2 * Y1 * Z1 % p
+    Y3 = (alpha * (4 * beta - X3) - 8 * gamma * gamma) % p
+    return X3, Y3, Z3
+
+
+def _jacobian_add_affine(X1, Y1, Z1, x2, y2):
+    """P1 + P2 for a Jacobian P1 and an affine P2 (add-1998-cmo-2 with Z2 = 1).
+    Wrong when P1 is the infinity or P1 = ±P2: callers rule both out."""
+    p = P256_P
+    z1z1 = Z1 * Z1 % p
+    h = x2 * z1z1 % p - X1
+    r = y2 * Z1 * z1z1 % p - Y1
+    hh = h * h % p
+    hhh = h * hh % p
+    v = X1 * hh % p
+    X3 = (r * r - hhh - 2 * v) % p
+    Y3 = (r * (v - X3) - Y1 * hhh) % p
+    Z3 = Z1 * h % p
+    return X3, Y3, Z3
+
+
+def _complete_add(X1, Y1, Z1, X2, Y2, Z2):
+    """P1 + P2 in homogeneous coordinates, right for every pair of points, the
+    infinity (0, 1, 0) included: Renes, Costello and Batina, "Complete addition
+    formulas for prime order elliptic curves" (2016), algorithm 4 (a = -3)."""
+    p, b = P256_P, P256_B
+    t0 = X1 * X2 % p
+    t1 = Y1 * Y2 % p
+    t2 = Z1 * Z2 % p
+    t3 = ((X1 + Y1) * (X2 + Y2) - t0 - t1) % p
+    t4 = ((Y1 + Z1) * (Y2 + Z2) - t1 - t2) % p
+    y3 = ((X1 + Z1) * (X2 + Z2) - t0 - t2) % p
+    z3 = b * t2 % p
+    x3 = y3 - z3
+    x3 = 3 * x3
+    z3 = t1 - x3
+    x3 = t1 + x3
+    y3 = b * y3 % p
+    t2 = 3 * t2
+    y3 = 3 * (y3 - t2 - t0)
+    t0 = 3 * t0 - t2
+    t1 = t4 * y3 % p
+    t2 = t0 * y3 % p
+    Y3 = (x3 * z3 + t2) % p
+    X3 = (x3 * t3 - t1) % p
+    Z3 = (z3 * t4 + t3 * t0) % p
+    return X3, Y3, Z3
+
+
+def _jacobian_to_homogeneous(X, Y, Z):
+    """(X/Z², Y/Z³) = (XZ/Z³, Y/Z³)."""
+    p = P256_P
+    return X * Z % p, Y, Z * Z % p * Z % p
+
+
+def _inverse_blinded(value, modulus):
+    """value⁻¹ modulo a prime, for a secret value (nonzero). The extended Euclid behind
+    pow(x, -1, m) takes a time that depends on x, so it runs on value·r for a fresh
+    random r in [1, m-1]: value·r is uniform whatever value is, and tells nothing of
+    it. Five times faster than Fermat's pow(value, m - 2, m), itself constant-time."""
+    while True:
+        r = _bytes_to_int(os.urandom(32)) % modulus
+        if r:
+            return pow(value * r % modulus, -1, modulus) * r % modulus
+
+
+def _homogeneous_to_affine(X, Y, Z):
+    """(x, y), or None for the infinity. Z may depend on a secret: blinded inverse."""
+    if Z == 0:
+        return None
+    p = P256_P
+    z_inverse = _inverse_blinded(Z, p)
+    return X * z_inverse % p, Y * z_inverse % p
+
+
+def _invert_all(values, modulus):
+    """Inverses of many nonzero public values (points of the tables, multiples of a
+    public point) for the price of one (Montgomery's trick)."""
+    prefix, product = [], 1
+    for value in values:
+        prefix.append(product)
+        product = product * value % modulus
+    inverse = pow(product, -1, modulus)
+    inverses = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        inverses[i] = prefix[i] * inverse % modulus
+        inverse = inverse * values[i] % modulus
+    return inverses
+
+
+def _jacobians_to_affine(points):
+    """Affine forms of Jacobian points, none the infinity, with one inversion."""
+    p = P256_P
+    inverses = _invert_all([Z for _, _, Z in points], p)
+    affine = []
+    for (X, Y, _), z_inverse in zip(points, inverses):
+        zz = z_inverse * z_inverse % p
+        affine.append((X * zz % p, Y * zz % p * z_inverse % p))
+    return affine
+
+
+def _odd_multiples(x, y):
+    """Jacobian 1P, 3P, ..., 15P of an affine point P. kP = (k-1)P + P never meets
+    an exceptional case for 3 <= k <= 15, as P's order (n) is far larger."""
+    point = _jacobian_double(x, y, 1)
+    multiples = [(x, y, 1)]
+    for k in range(3, 2 * _ODD_MULTIPLES):
+        point = _jacobian_add_affine(*point, x, y)
+        if k % 2:
+            multiples.append(point)
+    return multiples
+
+
+# -- P-256: constant-time scalar multiplication -------------------------------
+
+def _make_odd(k):
+    """k, or k + n when k is even: the same point, and an odd number (n is odd), as
+    _recode needs. Arithmetic only: ((k & 1) - 1) is 0 for odd k, -1 (all ones) for even."""
+    return k + (P256_N & ((k & 1) - 1))
+
+
+def _recode(k):
+    """Signed odd digits d0..d64 with k = Σ di·16^i, for odd k < 2^257 (Joye and
+    Tunstall's regular recoding): each di odd and in [-15, 15], d64 1 or 3. Done step
+    by step, d = (k mod 32) - 16 and k becomes (k - d)/16, odd again; the k of step i
+    is then k >> 4i with its low bit set, so di comes straight from bits 4i..4i+4.
+    No digit is zero (no table needs the infinity), and every k runs the same
+    operations on integers of the same length: a guard bit above the bits read
+    keeps a small k from being a short integer."""
+    k |= 1 << _GUARD_BIT
+    digits = [((k >> _WINDOW_BITS * i & 31) | 1) - 16 for i in range(_WINDOWS - 1)]
+    digits.append((k >> _WINDOW_BITS * (_WINDOWS - 1) & 31) | 1)
+    return digits
+
+
+def _select(table, digit):
+    """The affine point digit·P from table = (1P, 3P, ..., 15P), reading every entry:
+    the index and the sign become masks, so no branch and no memory address depends
+    on the digit."""
+    sign = digit >> 8                      # -1 for a negative digit, else 0 (|digit| < 16)
+    index = ((digit ^ sign) - sign) >> 1   # |digit| = 2·index + 1
+    x = y = 0
+    for j, (table_x, table_y) in enumerate(table):
+        mask = ((index ^ j) - 1) >> 8      # -1 (all ones) when j == index, else 0
+        x |= table_x & mask
+        y |= table_y & mask
+    return x, (P256_P - y) & sign | y & ~sign  # -P = (x, p - y)
+
+
+def _scalar_mult(k, x, y):
+    """k·P in homogeneous coordinates, for 0 <= k < n and P a validated affine point.
+
+    Fixed windows of 4 bits, from the top digit down: four doublings, then one
+    addition of the digit's multiple of P. The top digit is positive, so the
+    accumulator is m·P with 1 <= m; before the addition at window j >= 1 it is
+    16m·P with 16m < 2^257 / 16^j + 16 < n/4, while the digit's multiple is d·P with
+    |d| <= 15 < 16m, so 16m ± d is never 0 mod n: the accumulator is never the
+    infinity nor ±dP, and the short formulas are right. Only the last addition
+    (window 0) can meet those cases (k = 0, or k ≡ ±2d), so it uses the complete
+    formula."""
+    table = _jacobians_to_affine(_odd_multiples(x, y))
+    digits = _recode(_make_odd(k))
+    X, Y = _select(table, digits[-1])
+    Z = 1
+    for digit in reversed(digits[1:-1]):
+        for _ in range(_WINDOW_BITS):
+            X, Y, Z = _jacobian_double(X, Y, Z)
+        X, Y, Z = _jacobian_add_affine(X, Y, Z, *_select(table, digit))
+    for _ in range(_WINDOW_BITS):
+        X, Y, Z = _jacobian_double(X, Y, Z)
+    return _complete_add(*_jacobian_to_homogeneous(X, Y, Z), *_select(table, digits[0]), 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _base_table():
+    """For each window i, the affine (2j+1)·16^i·G for j = 0..7: 520 points, built
+    once on first use (about 6 ms, 100 KB) and kept: a constant, like G itself."""
+    window_bases = [(P256_GX, P256_GY, 1)]
+    for _ in range(_WINDOWS - 1):
+        X, Y, Z = window_bases[-1]
+        for _ in range(_WINDOW_BITS):
+            X, Y, Z = _jacobian_double(X, Y, Z)
+        window_bases.append((X, Y, Z))
+    multiples = []
+    for x, y in _jacobians_to_affine(window_bases):
+        multiples.extend(_odd_multiples(x, y))
+    affine = _jacobians_to_affine(multiples)
+    return tuple(tuple(affine[i:i + _ODD_MULTIPLES]) for i in range(0, len(affine), _ODD_MULTIPLES))
+
+
+def _base_mult(k):
+    """k·G in homogeneous coordinates, for 0 <= k < n: one table addition per digit and
+    no doublings (a comb over the precomputed windows).
+
+    Before window i the accumulator is A·G with A = Σ_{j<i} dj·16^j, odd (d0 is), so
+    0 < |A| < 16^i, while the addition brings D·G with 16^i <= |D| <= 15·16^i. For
+    i <= 62, |A| + |D| < 16^63 < n, so A ± D is never 0 mod n and the short formula
+    is right. Windows 63 and 64 can wrap around n and use the complete formula."""
+    table = _base_table()
+    digits = _recode(_make_odd(k))
+    X, Y = _select(table[0], digits[0])
+    Z = 1
+    for i in range(1, _WINDOWS - 2):
+        X, Y, Z = _jacobian_add_affine(X, Y, Z, *_select(table[i], digits[i]))
+    point = _jacobian_to_homogeneous(X, Y, Z)
+    for i in (_WINDOWS - 2, _WINDOWS - 1):
+        point = _complete_add(*point, *_select(table[i], digits[i]), 1)
+    return point
+
+
+# -- P-256: keys and ECDH --------------------------------------------------------
+
+def p256_generate_private_key():
+    """A uniformly random scalar in [1, n-1] (rejection sampling, FIPS 186-4 §B.4.2)."""
+    while True:
+        k = _bytes_to_int(os.urandom(P256_SCALAR_BYTES))
+        if 1 <= k < P256_N:
+            return k
+
+
+def p256_check_private_key(k):
+    if not isinstance(k, int) or not 1 <= k < P256_N:
+        raise WebPushError("a P-256 private key is a number from 1 to n-1")
+    return k
+
+
+def p256_public_key(private_key):
+    """The 65-byte uncompressed public point d·G."""
+    x, y = _homogeneous_to_affine(*_base_mult(p256_check_private_key(private_key)))
+    return p256_encode_point(x, y)
+
+
+def p256_ecdh(private_key, peer_public_key):
+    """The shared secret of ECDH (SEC 1 §3.3.1): the x coordinate of d·Q, 32 bytes, as
+    RFC 8291 §3.1 uses it. The peer's point is validated before any arithmetic."""
+    x, y = p256_decode_point(peer_public_key)
+    shared = _homogeneous_to_affine(*_scalar_mult(p256_check_private_key(private_key), x, y))
+    if shared is None:  # impossible for a valid point and 1 <= d < n; never output it
+        raise WebPushError("ECDH produced the point at infinity")
+    return shared[0].to_bytes(32, "big")
+
+
+# -- ECDSA with SHA-256 and deterministic nonces (RFC 6979) ---------------------
+
+def _rfc6979_nonces(private_key, digest):
+    """Candidate nonces k of RFC 6979 §3.2 for P-256 and SHA-256 (qlen = hlen = 256,
+    so bits2int is a plain conversion and bits2octets one reduction mod q)."""
+    q = P256_N
+    mac = lambda key, data: hmac.new(key, data, hashlib.sha256).digest()
+    x_octets = private_key.to_bytes(32, "big")  # int2octets(x)
+    h_octets = (_bytes_to_int(digest) % q).to_bytes(32, "big")  # bits2octets(h1)
+    V, K = b"\x01" * 32, b"\x00" * 32  # steps b, c
+    K = mac(K, V + b"\x00" + x_octets + h_octets)  # step d
+    V = mac(K, V)  # step e
+    K = mac(K, V + b"\x01" + x_octets + h_octets)  # step f
+    V = mac(K, V)  # step g
+    while True:  # step h
+        V = mac(K, V)
+        k = _bytes_to_int(V)
+        if 1 <= k < q:
+            yield k
+        K = mac(K, V + b"\x00")
+        V = mac(K, V)
+
+
+def ecdsa_sign(private_key, message):
+    """ECDSA P-256 SHA-256 signature (SEC 1 §4.1.3) as r || s, 32 bytes each: the
+    form JWS uses for ES256 (RFC 7518 §3.4). Deterministic, so the same key and
+    message always give the same signature (RFC 6979)."""
+    return _ecdsa_sign_digest(p256_check_private_key(private_key), hashlib.sha256(message).digest())
+
+
+def _ecdsa_sign_digest(d, digest):
+    n = P256_N
+    z = _bytes_to_int(digest)
+    for k in _rfc6979_nonces(d, digest):
+        x, _ = _homogeneous_to_affine(*_base_mult(k))  # never the infinity: 1 <= k < n
+        r = x % n
+        s = _inverse_blinded(k, n) * (z + r * d) % n
+        if r and s:  # else RFC 6979 §3.4: the next candidate
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def ecdsa_verify(public_key, message, signature):
+    """True when signature (r || s, 64 bytes) is public_key's over message (SEC 1 §4.1.4)."""
+    if len(signature) != 2 * P256_SCALAR_BYTES:
+        return False
+    try:
+        x, y = p256_decode_point(public_key)
+    except WebPushError:
+        return False
+    n = P256_N
+    r, s = _bytes_to_int(signature[:32]), _bytes_to_int(signature[32:])
+    if not (1 <= r < n and 1 <= s < n):
+        return False
+    w = pow(s, -1, n)  # public values: no blinding needed
+    z = _bytes_to_int(hashlib.sha256(message).digest())
+    point = _complete_add(*_base_mult(z * w % n), *_scalar_mult(r * w % n, x, y))
+    affine = _homogeneous_to_affine(*point)
+    return affine is not None and affine[0] % n == r
+
+
+# -- AES-128 (FIPS 197), encryption only -----------------------------------------
+#
+# Every block of a message is encrypted at once, as one integer: the blocks side by
+# side, big-endian, so a block's column c (FIPS 197 §3.4: bytes 4c..4c+3) is a 32-bit
+# word and row r the r-th byte of each word. SubBytes is bytes.translate through the
+# S-box; ShiftRows and MixColumns are shifts and masks that move every block's bytes
+# at once; AddRoundKey is one XOR with the round key repeated. A few dozen integer
+# operations per round, whatever the number of blocks: four (200 bytes) to seven
+# (4 KB) times faster than the usual 4 KB of "T-tables", one block at a time.
+#
+# SubBytes and xtime still read a 256-byte table at indexes that depend on the key
+# and the data, which a program sharing the CPU's cache could in principle observe.
+# Accepted here: each key encrypts one message of at most 4 KB (RFC 8291 derives a
+# fresh key per message from a fresh ephemeral ECDH), so such an observer gets one
+# short trace per key, and the table is four cache lines rather than sixty-four.
+
+def _aes_sbox():
+    """The S-box, derived rather than typed in (FIPS 197 §5.1.1): the inverse in
+    GF(2^8) modulo x^8 + x^4 + x^3 + x + 1, then the affine map with 0x63."""
+    exp, log = [0] * 255, [0] * 256
+    value = 1
+    for i in range(255):  # 3 generates GF(2^8)*: value·3 = value ^ xtime(value)
+        exp[i], log[value] = value, i
+        value ^= _xtime(value)
+    sbox = bytearray(256)
+    for a in range(256):
+        b = exp[-log[a] % 255] if a else 0
+        rotations = b ^ (b << 1) ^ (b << 2) ^ (b << 3) ^ (b << 4)
+        sbox[a] = (rotations ^ (rotations >> 8) ^ 0x63) & 0xFF
+    return bytes(sbox)
+
+
+def _xtime(b):
+    """b·x in GF(2^8) (FIPS 197 §4.2.1)."""
+    return ((b << 1) ^ (0x11B if b & 0x80 else 0)) & 0xFF
+
+
+def _byte_pattern(positions):
+    """16 bytes, 0xFF at the given positions: a mask for one block."""
+    return bytes(0xFF if i in positions else 0 for i in range(16))
+
+
+_AES_SBOX = _aes_sbox()
+_AES_XTIME = bytes(_xtime(b) for b in range(256))
+_AES_ROUNDS = 10  # Nr for a 128-bit key (FIPS 197 §5)
+_AES_RCON = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x1B, 0x36)  # FIPS 197 §5.2
+_AES_ROW_0 = _byte_pattern({0, 4, 8, 12})
+# ShiftRows (FIPS 197 §5.1.2) gives column c the row-r byte of column c + r: row r
+# moves up 32·r bits within its block, the columns that wrap around down 128 - 32·r.
+_AES_SHIFTED_ROWS = tuple((32 * r, _byte_pattern({4 * c + r for c in range(4 - r)}),
+                           _byte_pattern({4 * c + r for c in range(4 - r, 4)})) for r in (1, 2, 3))
+# A word rotated left by 8 or 16 bits, for MixColumns: the bytes that stay, the ones that wrap.
+_AES_ROTATE_8 = (bytes.fromhex("ffffff00") * 4, bytes.fromhex("000000ff") * 4)
+_AES_ROTATE_16 = (bytes.fromhex("ffff0000") * 4, bytes.fromhex("0000ffff") * 4)
+
+
+def aes128_expand_key(key):
+    """The 11 round keys of FIPS 197 §5.2 (Nk = 4, Nr = 10), 16 bytes each."""
+    if len(key) != 16:
+        raise WebPushError("an AES-128 key is 16 bytes")
+    words = list(struct.unpack(">4I", key))
+    for i in range(4, 44):
+        temp = words[i - 1]
+        if i % 4 == 0:  # SubWord(RotWord(temp)) xor Rcon
+            rotated = ((temp << 8 | temp >> 24) & 0xFFFFFFFF).to_bytes(4, "big")
+            temp = _bytes_to_int(rotated.translate(_AES_SBOX)) ^ _AES_RCON[i // 4 - 1] << 24
+        words.append(words[i - 4] ^ temp)
+    return tuple(struct.pack(">4I", *words[i:i + 4]) for i in range(0, 44, 4))
+
+
+def _rotate_words(state, bits, masks):
+    """Every 32-bit word of state rotated left by bits."""
+    stay, wrap = masks
+    return (state << bits) & stay | (state >> (32 - bits)) & wrap
+
+
+def _aes128_encrypt_blocks(round_keys, blocks):
+    """FIPS 197 Cipher() of each 16-byte block of blocks, all at once."""
+    size = len(blocks)
+    repeat = lambda pattern: _bytes_to_int(pattern * (size // 16))
+    row_0 = repeat(_AES_ROW_0)
+    rows = [(bits, 128 - bits, repeat(stay), repeat(wrap)) for bits, stay, wrap in _AES_SHIFTED_ROWS]
+    rotate_8 = tuple(map(repeat, _AES_ROTATE_8))
+    rotate_16 = tuple(map(repeat, _AES_ROTATE_16))
+    state = _bytes_to_int(blocks) ^ repeat(round_keys[0])
+    for round_number in range(1, _AES_ROUNDS + 1):
+        state = _bytes_to_int(state.to_bytes(size, "big").translate(_AES_SBOX))  # SubBytes
+        shifted = state & row_0                                                  # ShiftRows
+        for up, down, stay, wrap in rows:
+            shifted |= (state << up) & stay | (state >> down) & wrap
+        state = shifted
+        if round_number < _AES_ROUNDS:  # MixColumns: b_r = 2a_r ^ 3a_r+1 ^ a_r+2 ^ a_r+3
+            doubled = _bytes_to_int(state.to_bytes(size, "big").translate(_AES_XTIME))
+            pairs = state ^ _rotate_words(state, 8, rotate_8)                    # a_r ^ a_r+1
+            state = (doubled ^ _rotate_words(doubled ^ state, 8, rotate_8)
+                     ^ _rotate_words(pairs, 16, rotate_16))
+        state ^= repeat(round_keys[round_number])                                # AddRoundKey
+    return state.to_bytes(size, "big")
+
+
+def aes128_encrypt_block(round_keys, block):
+    """FIPS 197 Cipher() of one 16-byte block with aes128_expand_key's round keys."""
+    if len(block) != 16:
+        raise WebPushError("an AES block is 16 bytes")
+    return _aes128_encrypt_blocks(round_keys, block)
+
+
+# -- GCM (NIST SP 800-38D) ---------------------------------------------------------
+#
+# GHASH multiplies in GF(2^128) without tables: each operand's 128 bits are spread
+# one per byte (the bits' text '0'/'1' is exactly that), one integer product then
+# adds up every pair of bits in its byte (at most 128, so no byte overflows into
+# the next), and the low bit of each byte is the carry-less product. All of it runs
+# inside int and bytes built-ins: about 4 µs a block, four times faster than a
+# 4-bit-table GHASH in Python, and with no key-dependent memory access at all.
+
+_GHASH_ZEROS_128 = int.from_bytes(b"0" * 128, "big")   # '0' per bit of a 128-bit block
+_GHASH_ZEROS_255 = int.from_bytes(b"0" * 255, "big")   # '0' per bit of a 255-bit product
+_GHASH_LOW_BITS = int.from_bytes(b"\x01" * 255, "big")
+_GHASH_LOW_127 = (1 << 127) - 1
+
+
+def _ghash_spread(x):
+    """The 128 bits of x, most significant first, one per byte (0 or 1)."""
+    return int.from_bytes(format(x, "0128b").encode("ascii"), "big") - _GHASH_ZEROS_128
+
+
+def _gf128_multiply(x, h_spread):
+    """x·H in GCM's GF(2^128) (SP 800-38D §6.3), blocks read as big-endian integers,
+    so that bit 127 is the coefficient of x^0 ("reflected"). h_spread = _ghash_spread(H)."""
+    product = (_ghash_spread(x) * h_spread) & _GHASH_LOW_BITS | _GHASH_ZEROS_255
+    c = int(product.to_bytes(255, "big"), 2)  # bit 254 - k: the coefficient of x^k
+    # Reduce by x^128 = x^7 + x^2 + x + 1. The low 127 bits hold x^128..x^254 as
+    # x^128·q with q = low << 1 (reflected); q·(1 + x + x^2 + x^7) is computed 7 bits
+    # wider so nothing falls off, then the 7 bits past x^127 are folded once more.
+    low = c & _GHASH_LOW_127
+    t = (low << 8) ^ (low << 7) ^ (low << 6) ^ (low << 1)
+    fold = (t & 0x7F) << 121
+    return (c >> 127) ^ (t >> 7) ^ fold ^ (fold >> 1) ^ (fold >> 2) ^ (fold >> 7)
+
+
+def _ghash(h_spread, y, data):
+    """GHASH (SP 800-38D §6.4) continued from y over data, zero-padded to whole blocks."""
+    data = bytes(data) + bytes(-len(data) % 16)
+    for i in range(0, len(data), 16):
+        y = _gf128_multiply(y ^ _bytes_to_int(data[i:i + 16]), h_spread)
+    return y
+
+
+def _counter_blocks(j0, count):
+    """J0, inc32(J0), ..., count blocks: the low 32 bits count, modulo 2^32 (§6.2)."""
+    prefix, low = j0 >> 32, j0 & 0xFFFFFFFF
+    counters = struct.pack(">" + "12xI" * count, *((low + i) & 0xFFFFFFFF for i in range(count)))
+    prefixes = (prefix << 32).to_bytes(16, "big") * count
+    return (_bytes_to_int(counters) | _bytes_to_int(prefixes)).to_bytes(16 * count, "big")
+
+
+def _gcm_setup(key, nonce, length):
+    """The spread hash key H = E(K, 0^128), E(K, J0) and the keystream for length bytes
+    from inc32(J0) (SP 800-38D §7.1 steps 1-3). A 96-bit nonce, the usual one, needs
+    a single call to the cipher; any other length first needs H for its GHASH."""
+    round_keys = aes128_expand_key(key)
+    blocks = (length + 15) // 16 + 1  # J0, then one per block of data
+    if len(nonce) == 12:
+        j0 = _bytes_to_int(nonce) << 32 | 1
+        out = _aes128_encrypt_blocks(round_keys, bytes(16) + _counter_blocks(j0, blocks))
+        h, out = out[:16], out[16:]
+    elif nonce:
+        h = _aes128_encrypt_blocks(round_keys, bytes(16))
+        h_spread = _ghash_spread(_bytes_to_int(h))
+        j0 = _ghash(h_spread, 0, nonce + bytes(-len(nonce) % 16 + 8) + struct.pack(">Q", 8 * len(nonce)))
+        out = _aes128_encrypt_blocks(round_keys, _counter_blocks(j0, blocks))
+    else:
+        raise WebPushError("a GCM nonce is not empty")
+    return _ghash_spread(_bytes_to_int(h)), out[:16], out[16:16 + length]
+
+
+def _gcm_tag(h_spread, tag_mask, aad, ciphertext):
+    """SP 800-38D §7.1 steps 5-6: GHASH over A, C and their bit lengths, xor E(K, J0)."""
+    y = _ghash(h_spread, 0, aad)
+    y = _ghash(h_spread, y, ciphertext)
+    y = _ghash(h_spread, y, struct.pack(">QQ", 8 * len(aad), 8 * len(ciphertext)))
+    return (y ^ _bytes_to_int(tag_mask)).to_bytes(16, "big")
+
+
+def _xor(data, keystream):
+    return (_bytes_to_int(data) ^ _bytes_to_int(keystream)).to_bytes(len(data), "big")
+
+
+def aes128gcm_seal(key, nonce, plaintext, aad=b""):
+    """AES-128-GCM authenticated encryption (SP 800-38D §7.1): ciphertext || 16-byte tag."""
+    h_spread, tag_mask, keystream = _gcm_setup(key, nonce, len(plaintext))
+    ciphertext = _xor(plaintext, keystream)
+    return ciphertext + _gcm_tag(h_spread, tag_mask, aad, ciphertext)
+
+
+def aes128gcm_open(key, nonce, sealed, aad=b""):
+    """The plaintext of aes128gcm_seal's output (SP 800-38D §7.2), or WebPushError when
+    the tag doesn't match; the tags are compared in constant time."""
+    if len(sealed) < GCM_TAG_BYTES:
+        raise WebPushError("an AES-GCM ciphertext is at least 16 bytes")
+    ciphertext, tag = sealed[:-GCM_TAG_BYTES], sealed[-GCM_TAG_BYTES:]
+    h_spread, tag_mask, keystream = _gcm_setup(key, nonce, len(ciphertext))
+    if not hmac.compare_digest(_gcm_tag(h_spread, tag_mask, aad, ciphertext), tag):
+        raise WebPushError("the AES-GCM tag does not match")
+    return _xor(ciphertext, keystream)
+
+
+# -- HKDF-SHA-256 (RFC 5869) ----------------------------------------------------------
+
+def hkdf_extract(salt, ikm):
+    """RFC 5869 §2.2: PRK = HMAC-Hash(salt, IKM); no salt means HashLen zeros."""
+    return hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
+
+
+def hkdf_expand(prk, info, length):
+    """RFC 5869 §2.3: T(1) || T(2) || ... cut to length (at most 255 blocks)."""
+    if not 0 <= length <= 255 * 32:
+        raise WebPushError("HKDF-SHA-256 gives at most 8160 bytes")
+    blocks, block = [], b""
+    for counter in range(1, (length + 31) // 32 + 1):
+        block = hmac.new(prk, block + info + bytes((counter,)), hashlib.sha256).digest()
+        blocks.append(block)
+    return b"".join(blocks)[:length]
+
+
+def hkdf_sha256(salt, ikm, info, length):
+    return hkdf_expand(hkdf_extract(salt, ikm), info, length)
+
+
+# -- Web Push message encryption (RFC 8291) in one aes128gcm record (RFC 8188) -------
+
+def push_subscription_keys(p256dh, auth):
+    """The subscription's public key (65 bytes, a valid P-256 point) and auth secret
+    (16 bytes) from their base64url text (PushSubscription.toJSON()'s keys), or
+    WebPushError saying which one is wrong."""
+    public_key = _unb64url(p256dh, "p256dh")
+    try:
+        p256_decode_point(public_key)
+    except WebPushError as error:
+        raise WebPushError("p256dh: %s" % error) from None
+    auth_secret = _unb64url(auth, "auth")
+    if len(auth_secret) != PUSH_AUTH_SECRET_BYTES:
+        raise WebPushError("auth is 16 bytes")
+    return public_key, auth_secret
+
+
+def _push_keys(ecdh_secret, auth_secret, ua_public, as_public, salt):
+    """The content-encryption key and nonce of RFC 8291 §3.3-3.4 and RFC 8188 §2.2-2.3."""
+    key_info = b"WebPush: info\x00" + ua_public + as_public
+    ikm = hkdf_sha256(auth_secret, ecdh_secret, key_info, 32)
+    prk = hkdf_extract(salt, ikm)
+    cek = hkdf_expand(prk, b"Content-Encoding: aes128gcm\x00", 16)
+    nonce = hkdf_expand(prk, b"Content-Encoding: nonce\x00", 12)
+    return cek, nonce
+
+
+def encrypt_push_message(plaintext, p256dh, auth, *, ephemeral_key=None, salt=None):
+    """The body of a Web Push request (Content-Encoding: aes128gcm): the RFC 8188
+    header (salt, rs = 4096, keyid = our ephemeral public key) and one record, the
+    plaintext (bytes) followed by the 0x02 delimiter, sealed (RFC 8291 §4).
+
+    p256dh and auth are the subscription's base64url keys. ephemeral_key (a private
+    scalar) and salt (16 bytes) are fresh random values unless a test gives them."""
+    if len(plaintext) > PUSH_MAX_PLAINTEXT_BYTES:
+        raise WebPushError("a push message holds at most %d bytes of plaintext" % PUSH_MAX_PLAINTEXT_BYTES)
+    ua_public, auth_secret = push_subscription_keys(p256dh, auth)
+    as_private = p256_generate_private_key() if ephemeral_key is None else ephemeral_key
+    salt = os.urandom(PUSH_SALT_BYTES) if salt is None else salt
+    if len(salt) != PUSH_SALT_BYTES:
+        raise WebPushError("the salt is 16 bytes")
+    as_public = p256_public_key(as_private)
+    cek, nonce = _push_keys(p256_ecdh(as_private, ua_public), auth_secret, ua_public, as_public, salt)
+    header = salt + struct.pack(">IB", PUSH_RECORD_SIZE, len(as_public)) + as_public
+    return header + aes128gcm_seal(cek, nonce, plaintext + PUSH_PADDING_DELIMITER)
+
+
+# -- VAPID (RFC 8292) ------------------------------------------------------------------
+
+class VapidKey:
+    """The application server's P-256 key pair, in the form Campfire configures it
+    (VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY, written by the web-push gem's
+    WebPush.generate_key): URL-safe base64, with padding, of the 65-byte public point
+    and of the private scalar's big-endian bytes. repr() never shows the private key."""
+
+    __slots__ = ("private_key", "public_key")
+
+    def __init__(self, private_key):
+        self.private_key = p256_check_private_key(private_key)
+        self.public_key = p256_public_key(private_key)
+
+    @classmethod
+    def generate(cls):
+        return cls(p256_generate_private_key())
+
+    @classmethod
+    def from_base64(cls, public_text, private_text):
+        """The pair as the environment gives it. The gem writes the scalar without its
+        leading zero bytes (OpenSSL's BN#to_s(2)), so 1 to 32 bytes are read; the pair
+        must match, or every push would be refused with a 403 much later."""
+        scalar = _unb64url(private_text, "VAPID_PRIVATE_KEY")
+        if not 1 <= len(scalar) <= P256_SCALAR_BYTES or not 1 <= _bytes_to_int(scalar) < P256_N:
+            raise WebPushError("VAPID_PRIVATE_KEY is not a P-256 private key")
+        key = cls(_bytes_to_int(scalar))
+        public_key = _unb64url(public_text, "VAPID_PUBLIC_KEY")
+        try:
+            p256_decode_point(public_key)
+        except WebPushError as error:
+            raise WebPushError("VAPID_PUBLIC_KEY: %s" % error) from None
+        if not hmac.compare_digest(public_key, key.public_key):
+            raise WebPushError("VAPID_PUBLIC_KEY does not belong to VAPID_PRIVATE_KEY")
+        return key
+
+    @property
+    def public_key_base64(self):
+        """For VAPID_PUBLIC_KEY and the page's vapid-public-key meta tag."""
+        return _b64url_padded(self.public_key)
+
+    @property
+    def private_key_base64(self):
+        """For VAPID_PRIVATE_KEY: the scalar as 32 bytes, which the gem reads too."""
+        return _b64url_padded(self.private_key.to_bytes(P256_SCALAR_BYTES, "big"))
+
+    def __repr__(self):
+        return "<VapidKey public=%s>" % self.public_key_base64
+
+
+def push_origin(endpoint):
+    """The origin of a push endpoint (RFC 6454 §6.2), the JWT's "aud" (RFC 8292 §2):
+    https://host, with the port only when it is not 443."""
+    try:
+        url = urllib.parse.urlsplit(endpoint)
+        port = url.port
+    except ValueError:
+        raise WebPushError("the push endpoint is not a URL") from None
+    if url.scheme.lower() != "https" or not url.hostname:
+        raise WebPushError("a push endpoint is an https URL")
+    host = url.hostname
+    if ":" in host:
+        host = "[%s]" % host
+    return "https://" + host + ("" if port in (None, 443) else ":%d" % port)
+
+
+def _vapid_signing_input(audience, subject, expires_at):
+    """The JWS header and claims of RFC 8292 §2, as RFC 7515 §5.1 joins them."""
+    header = b64url_encode(json.dumps({"typ": "JWT", "alg": "ES256"}, separators=(",", ":")).encode())
+    claims = b64url_encode(json.dumps({"aud": audience, "exp": int(expires_at), "sub": subject},
+                                separators=(",", ":")).encode())
+    return header + "." + claims
+
+
+def vapid_token(key, audience, subject, expires_at):
+    """The JWT of RFC 8292 §2: ES256 (RFC 7518 §3.4) over {"aud", "exp", "sub"}."""
+    signing_input = _vapid_signing_input(audience, subject, expires_at)
+    return signing_input + "." + b64url_encode(ecdsa_sign(key.private_key, signing_input.encode("ascii")))
+
+
+class VapidSigner:
+    """Authorization header values (RFC 8292 §3) for one key and contact. A token is
+    signed once per push service and reused until VAPID_TOKEN_RENEW_BEFORE of its
+    VAPID_TOKEN_LIFETIME is left: signing is the costly part of a push's headers.
+    Safe to share between threads."""
+
+    def __init__(self, key, subject, lifetime=VAPID_TOKEN_LIFETIME):
+        if not subject.startswith(("mailto:", "https:")):  # RFC 8292 §2.1
+            raise WebPushError("the VAPID subject is a mailto: or https: URI")
+        if not VAPID_TOKEN_RENEW_BEFORE < lifetime <= 24 * 3600:
+            raise WebPushError("a VAPID token lives at most 24 hours")
+        self.key, self.subject, self.lifetime = key, subject, lifetime
+        self._tokens = {}  # audience -> (token, expires_at), at most VAPID_TOKENS_KEPT
+        self._lock = threading.Lock()
+
+    def token(self, audience, now=None):
+        now = time.time() if now is None else now
+        with self._lock:
+            cached = self._tokens.get(audience)
+        if cached and cached[1] - now > VAPID_TOKEN_RENEW_BEFORE:
+            return cached[0]
+        expires_at = int(now) + self.lifetime
+        token = vapid_token(self.key, audience, self.subject, expires_at)
+        with self._lock:
+            self._tokens.pop(audience, None)
+            while len(self._tokens) >= VAPID_TOKENS_KEPT:
+                del self._tokens[next(iter(self._tokens))]  # the oldest
+            self._tokens[audience] = (token, expires_at)
+        return token
+
+    def authorization(self, endpoint, now=None):
+        """The Authorization header for a push to endpoint: "vapid t=<JWT>, k=<key>"."""
+        token = self.token(push_origin(endpoint), now)
+        return "vapid t=%s, k=%s" % (token, b64url_encode(self.key.public_key))
+
+
+# -- Campfire's notification payload ------------------------------------------------
+#
+# lib/web_push/notification.rb sends {"title", "options": {"body", "icon", "data":
+# {"path", "badge"}}} as JSON. Campfire never cuts it, so the push of a long
+# message is more than one push message holds and fails. Here the body (then, if
+# need be, the title) is cut at a character boundary so the encrypted message fits
+# PUSH_MESSAGE_MAX_BYTES, and ends with an ellipsis.
+
+def _continues_character(ch):
+    """Code points that belong to the character before them: combining marks, the
+    zero-width joiner, variation selectors, emoji modifiers and tags."""
+    code = ord(ch)
+    return (0x0300 <= code <= 0x036F or 0x1AB0 <= code <= 0x1AFF or 0x1DC0 <= code <= 0x1DFF
+            or 0x20D0 <= code <= 0x20FF or 0xFE20 <= code <= 0xFE2F or 0xFE00 <= code <= 0xFE0F
+            or code == 0x200D or 0x1F3FB <= code <= 0x1F3FF or 0xE0020 <= code <= 0xE007F
+            or 0xE0100 <= code <= 0xE01EF)
+
+
+def _character_boundary(text, cut):
+    """The largest cut <= cut that splits no visible character: not before a combining
+    code point, not after a joiner, not inside a flag's pair of regional indicators."""
+    while 0 < cut < len(text) and (_continues_character(text[cut]) or text[cut - 1] == "\u200d"):
+        cut -= 1
+    run = 0
+    while run < cut and 0x1F1E6 <= ord(text[cut - 1 - run]) <= 0x1F1FF:
+        run += 1
+    return cut - run % 2
+
+
+def _payload_json(title, body, path, badge, icon):
+    message = {"title": title, "options": {"body": body, "icon": icon, "data": {"path": path, "badge": badge}}}
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _cut_to_fit(text, encode):
+    """The longest text[:cut] + ellipsis whose encode() fits, by bisection (the JSON
+    size grows with the cut; escapes make it more than one byte per character)."""
+    low, high = 0, len(text)  # text[:low] + ellipsis is known to fit, or low = 0
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(encode(text[:middle] + PUSH_ELLIPSIS)) <= PUSH_MAX_PLAINTEXT_BYTES:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:_character_boundary(text, low)] + PUSH_ELLIPSIS
+
+
+def push_payload(title, body, path, badge, icon=PUSH_ICON_PATH):
+    """Campfire's notification JSON as UTF-8 bytes, at most PUSH_MAX_PLAINTEXT_BYTES."""
+    title, body = _scrub(title), _scrub(body)
+    payload = _payload_json(title, body, path, badge, icon)
+    if len(payload) <= PUSH_MAX_PLAINTEXT_BYTES:
+        return payload
+    body = _cut_to_fit(body, lambda text: _payload_json(title, text, path, badge, icon))
+    payload = _payload_json(title, body, path, badge, icon)
+    if len(payload) > PUSH_MAX_PLAINTEXT_BYTES:
+        body = ""
+        title = _cut_to_fit(title, lambda text: _payload_json(text, body, path, badge, icon))
+        payload = _payload_json(title, body, path, badge, icon)
+    if len(payload) > PUSH_MAX_PLAINTEXT_BYTES:
+        raise WebPushError("the notification does not fit a push message")
+    return payload
+
+
+def _scrub(text):
+    """Text that encodes as UTF-8: a lone surrogate (from bytes decoded with
+    surrogateescape) becomes "?" instead of failing the whole push."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+####
+#### 10. Files
 ####
 # The pure building blocks of uploads, downloads and link previews: bytes and
 # strings in, values and events out. Nothing here touches a socket, a file, the
@@ -4257,7 +5187,7 @@ def extract_link_preview(body, page_url, content_type=None):
 
 
 ####
-#### 10. Storage
+#### 11. Storage
 ####
 # Campfire's own schema (db/schema.rb), written the way Rails writes it for
 # SQLite, so a database either program created opens in the other. Our
@@ -4722,7 +5652,7 @@ class FileStore:
 
 
 ####
-#### 11. Domain
+#### 12. Domain
 ####
 # Every operation on accounts, people, sessions, rooms, memberships, messages,
 # boosts, search and bots, with its SQL: nothing above Storage but this section
@@ -4875,6 +5805,21 @@ class WebhookDelivery:
     message_id: int
     url: str
     payload: bytes
+
+
+@dataclass(slots=True)
+class PushDelivery:
+    """One notification to one push subscription (Campfire's WebPush::Notification)."""
+
+    subscription_id: int
+    endpoint: str
+    p256dh_key: str
+    auth_key: str
+    title: str
+    body: str
+    path: str
+    badge: int          # the person's unread rooms, for the app's badge
+    attempt: int = 0    # retries so far (after a 429 or 5xx)
 
 
 def can_administer(user, record_creator_id):
@@ -5516,6 +6461,14 @@ class Store:
             "WHERE memberships.user_id = ? AND memberships.involvement != 'invisible' "
             "ORDER BY lower(rooms.name), rooms.id", (user_id,))
 
+    def hidden_rooms(self, user_id):
+        """The rooms a person hid from the sidebar, by name, as (Room, title)."""
+        rooms = [Room.from_row(row) for row in self.db.all(
+            "SELECT rooms.* FROM rooms JOIN memberships ON memberships.room_id = rooms.id "
+            "WHERE memberships.user_id = ? AND memberships.involvement = 'invisible' "
+            "ORDER BY lower(rooms.name), rooms.id", (user_id,))]
+        return [(room, self.room_title(room, user_id)) for room in rooms]
+
     def _memberships_of(self, user_id):
         key = (self.user_versions[user_id], self.global_version)
         cached = self._member_rooms.get(user_id)
@@ -6119,13 +7072,119 @@ class Store:
                                               json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()))
         return deliveries
 
+    # Push subscriptions and who gets a push (Campfire's app/models/push/subscription.rb,
+    # users/push_subscriptions_controller.rb and room/message_pusher.rb) --------------
+    PUSH_SUBSCRIPTION_COLUMNS = "SELECT id, user_id, endpoint, p256dh_key, auth_key, user_agent, created_at, updated_at " \
+                                "FROM push_subscriptions "
+
+    def push_subscriptions(self, user_id):
+        return self.db.all(self.PUSH_SUBSCRIPTION_COLUMNS + "WHERE user_id = ? ORDER BY id", (user_id,))
+
+    def push_subscription(self, user_id, subscription_id):
+        return self.db.one(self.PUSH_SUBSCRIPTION_COLUMNS + "WHERE id = ? AND user_id = ?", (subscription_id, user_id))
+
+    def subscribe_push(self, user_id, endpoint, p256dh_key, auth_key, user_agent, now=None):
+        """A browser's subscription, kept once: the same endpoint again is touched (and takes
+        new keys if the browser made new ones), and an endpoint another person had is theirs
+        no more (the browser now belongs to this person). Past MAX_PUSH_SUBSCRIPTIONS a
+        person's oldest subscription goes."""
+        stamp = utc_now_text(now)
+        with self.db.atomic():
+            self.db.execute("DELETE FROM push_subscriptions WHERE endpoint = ? AND user_id != ?", (endpoint, user_id))
+            existing = self.db.one("SELECT id FROM push_subscriptions WHERE endpoint = ? AND user_id = ? "
+                                   "ORDER BY id LIMIT 1", (endpoint, user_id))
+            if existing is not None:
+                self.db.execute("UPDATE push_subscriptions SET p256dh_key = ?, auth_key = ?, user_agent = ?, "
+                                "updated_at = ? WHERE id = ?", (p256dh_key, auth_key, user_agent, stamp, existing[0]))
+                return existing[0]
+            subscription_id = self.db.execute(
+                "INSERT INTO push_subscriptions (user_id, endpoint, p256dh_key, auth_key, user_agent, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (user_id, endpoint, p256dh_key, auth_key, user_agent, stamp, stamp)).lastrowid
+            self.db.execute("DELETE FROM push_subscriptions WHERE user_id = ? AND id NOT IN (SELECT id FROM "
+                            "push_subscriptions WHERE user_id = ? ORDER BY updated_at DESC, id DESC LIMIT ?)",
+                            (user_id, user_id, MAX_PUSH_SUBSCRIPTIONS))
+        return subscription_id
+
+    def unsubscribe_push(self, user_id, *, subscription_id=None, endpoint=None):
+        """Delete one of a person's subscriptions, by id (the subscriptions page) or by
+        endpoint (signing out, as Campfire's sessions_controller.rb does)."""
+        column, value = ("id", subscription_id) if subscription_id is not None else ("endpoint", endpoint)
+        with self.db.atomic():
+            self.db.execute("DELETE FROM push_subscriptions WHERE %s = ? AND user_id = ?" % column, (value, user_id))
+
+    def expire_push_subscription(self, subscription_id):
+        """The push service said the subscription is gone (404 or 410)."""
+        with self.db.atomic():
+            self.db.execute("DELETE FROM push_subscriptions WHERE id = ?", (subscription_id,))
+
+    def unread_room_counts(self, user_ids):
+        """{user id: rooms unread}, the badge of Campfire's Push::Subscription#notification."""
+        counts = dict.fromkeys(user_ids, 0)
+        for user_id, count in self.db.all(
+                "SELECT user_id, count(*) FROM memberships WHERE unread_at IS NOT NULL "
+                "AND user_id IN (SELECT value FROM json_each(?)) GROUP BY user_id", (json.dumps(list(counts)),)):
+            counts[user_id] = count
+        return counts
+
+    # Visible, disconnected members other than the author (as unread marks them), whose
+    # involvement is everything or mentions (Membership.involved_in_*), and active.
+    PUSH_RECIPIENTS = (
+        "SELECT push_subscriptions.id, push_subscriptions.user_id, push_subscriptions.endpoint, "
+        "push_subscriptions.p256dh_key, push_subscriptions.auth_key, memberships.involvement "
+        "FROM memberships JOIN push_subscriptions ON push_subscriptions.user_id = memberships.user_id "
+        "JOIN users ON users.id = memberships.user_id "
+        "WHERE memberships.room_id = ? AND memberships.user_id != ? "
+        "AND memberships.involvement IN ('everything', 'mentions') AND users.status = ? "
+        "AND (memberships.connections = 0 OR memberships.connected_at IS NULL OR memberships.connected_at < ?) "
+        "ORDER BY push_subscriptions.id")
+
+    def push_deliveries(self, room, message, now=None):
+        """The pushes a new message causes (Campfire's Room::MessagePusher): members
+        involved in everything get every message, those involved in mentions the
+        messages that mention them. A direct room names its author as the title;
+        another room is the title and the author prefixes the text."""
+        rows = self.db.all(self.PUSH_RECIPIENTS, (room.id, message["creator_id"], STATUS_ACTIVE,
+                                                  utc_now_text((now or time.time()) - PRESENCE_WINDOW)))
+        if not rows:
+            return []
+        body = message["body"] or ""
+        mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)}
+        rows = [row for row in rows if row[5] == "everything" or row[1] in mentioned]
+        if not rows:
+            return []
+        author = self.user(message["creator_id"])
+        author_name = author.name if author is not None else ""
+        text = self.plain_text(body)
+        if room.direct:
+            title, text = author_name, text
+        else:
+            title, text = room.name, "%s: %s" % (author_name, text)
+        path = url_for("room", room_id=room.id)
+        badges = self.unread_room_counts({row[1] for row in rows})
+        return [PushDelivery(row[0], row[2], row[3], row[4], title, text, path, badges[row[1]]) for row in rows]
+
+    def test_push_delivery(self, subscription):
+        """Campfire's users/push_subscriptions/test_notifications_controller.rb: "Campfire Test"
+        and a random UUID, opening the subscriptions page."""
+        import uuid  # here, not at the top: slow to load and rarely needed
+        badge = self.unread_room_counts([subscription["user_id"]])[subscription["user_id"]]
+        return PushDelivery(subscription["id"], subscription["endpoint"], subscription["p256dh_key"],
+                            subscription["auth_key"], "Campfire Test", str(uuid.uuid4()),
+                            url_for("user_push_subscriptions"), badge)
+
     # Seeding (the seed command's bulk writes) -----------------------------------
-    def seed_people(self, count, password_digest, now):
+    def people_count(self):
+        """How many people (not bots) the database holds, active or not."""
+        return self.db.value("SELECT count(*) FROM users WHERE role != ?", (ROLE_BOT,)) or 0
+
+    def seed_people(self, count, password_digest, admin_digest, now):
         """count people "Person N" <personN@example.com> in one statement, the first an
-        administrator; returns the first one's number."""
+        administrator with admin_digest, the others with password_digest; returns the
+        first one's number."""
         first = (self.db.value("SELECT max(id) FROM users") or 0) + 1
         stamp = utc_now_text(now)
-        rows = [("Person %d" % n, "person%d@example.com" % n, password_digest,
+        rows = [("Person %d" % n, "person%d@example.com" % n, admin_digest if n == first else password_digest,
                  ROLE_ADMINISTRATOR if n == first else ROLE_MEMBER, STATUS_ACTIVE, stamp, stamp)
                 for n in range(first, first + count)]
         with self.db.atomic():
@@ -6162,7 +7221,7 @@ class Store:
 
 
 ####
-#### 12. Rendering
+#### 13. Rendering
 ####
 # Every page and fragment is built by a render_* function from plain data (rows,
 # Users, Rooms, strings) and, for whole pages, one View: who is looking, the
@@ -6184,6 +7243,7 @@ class View:
     assets: dict                # a PAGE_ASSETS name → its URL, versioned by content
     origin: str                 # "scheme://host", for links that leave the page (invitations, bots)
     logo: str = ""              # the account logo's URL when one is set: the page's icon
+    vapid_public_key: str = ""  # the signed-in app's applicationServerKey, as Campfire's vapid-public-key meta tag
 
 
 def room_settings_path(room):
@@ -6193,6 +7253,17 @@ def room_settings_path(room):
 
 def qr_code_path(text):
     return url_for("qr_code", code=b64url_encode(text.encode("utf-8")))
+
+
+def render_qr_page(code, text, back):
+    """The QR code opened as a page: a heading, the code, the link it holds, the way back."""
+    return HTML(
+        '<section class="panel qr-page"><h1 class="panel__title">Scan this QR code</h1>'
+        '<p class="panel__intro">Point a phone\'s camera at it to open the link there.</p>'
+        '<img class="qr-page__code" src="{src}" alt="QR code of the link below" width="280" height="280">'
+        '<p class="qr-page__link">{text}</p>'
+        '<p><a class="button" href="{back}">Back</a></p></section>').format(
+        src=url_for("qr_code", code=code), text=text, back=back)
 
 
 def role_label(user):
@@ -6205,12 +7276,9 @@ def message_sound(plain_text):
     return match.group(1) if match and match.group(1) in SOUND_NAMES else None
 
 
-def next_involvement(current, direct):
-    """The next involvement the bell offers, in the order Campfire's bell cycles through them."""
-    if direct:
-        return "nothing" if current == "everything" else "everything"
-    cycle = ("mentions", "everything", "nothing", "invisible")
-    return cycle[(cycle.index(current) + 1) % 4] if current in cycle else "mentions"
+def involvement_choices(direct):
+    """The involvements the bell's menu offers, in the order Campfire's bell goes through them."""
+    return ("everything", "nothing") if direct else ("mentions", "everything", "nothing", "invisible")
 
 
 INVOLVEMENT_LABELS = {"invisible": "Hidden from the sidebar", "nothing": "No notifications",
@@ -6233,8 +7301,13 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
             '<nav class="topbar__nav" aria-label="Account">'
             '<a class="button button--quiet" href="{edit_account}">Account</a>'
             '<a class="topbar__user" href="{profile}" title="Your profile">{avatar}<span>{name}</span></a>'
-            '<form method="post" action="{session}" class="inline-form">'
+            '<span class="notifications-control" hidden>'
+            '<button type="button" class="button button--quiet notifications-control__button" id="notifications_toggle" '
+            'aria-describedby="notifications_state">Notifications</button>'
+            '<span class="notifications-control__state" id="notifications_state" role="status"></span></span>'
+            '<form method="post" action="{session}" class="inline-form" id="sign_out">'
             '<input type="hidden" name="_method" value="delete">'
+            '<input type="hidden" name="push_subscription_endpoint" value="">'
             '<button type="submit" class="button button--quiet">Sign out</button></form>'
             '</nav></header>').format(
             account=view.account_name, name=user.name, avatar=render_avatar(user.id, 24),
@@ -6247,6 +7320,9 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
     custom_styles = HTML('<link rel="stylesheet" href="{}">').format(
         url_for("account_custom_stylesheet", v=view.custom_styles)) if view.custom_styles else ""
     assets = view.assets
+    # First in the tab order: past the top bar and the sidebar, to what the page is for.
+    skip = HTML('<a class="skip-link" href="#composer_body">Skip to composer</a>') if "room-page" in body_class \
+        else HTML('<a class="skip-link" href="#main">Skip to content</a>')
     return HTML(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -6258,9 +7334,9 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<link rel="apple-touch-icon" href="{touch_icon}">'
         '<link rel="manifest" href="{manifest}">'
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
-        '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">'
+        '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">{vapid}'
         '<script type="module" src="{js}"></script>'
-        '</head><body class="{body_class}"{user_data}>{top}{main}</body></html>').format(
+        '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip, 
         js=assets["app.js"], components=assets["components.css"], light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
@@ -6268,19 +7344,22 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         css=assets["campfire.css"], touch_icon=view.logo or url_for("static", path="icon-192.png"),
         icon_link=HTML('<link rel="icon" href="{}">').format(view.logo) if view.logo else HTML(
             '<link rel="icon" href="{}" type="image/svg+xml">').format(assets["campfire-icon.svg"]),
-        manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles)
+        manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles,
+        vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
+        if view.vapid_public_key else "")
 
 
-def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True):
-    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks.
-    shared and direct are [(Room, title)]; unread holds room ids."""
+def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True, hidden=()):
+    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks, and the
+    rooms hidden from it. shared, direct and hidden are [(Room, title)]; unread holds room ids."""
     def item(room, title):
         classes = "sidebar__room"
         if room.id in unread:
             classes += " sidebar__room--unread"
         if room.id == current_room_id:
             classes += " sidebar__room--current"
-        return HTML('<li><a class="{classes}" href="{url}" data-room-id="{id}"{current}>{name}</a></li>').format(
+        return HTML('<li><a class="{classes}" href="{url}" data-room-id="{id}"{current}>'
+                    '<span class="sidebar__name">{name}</span></a></li>').format(
             classes=classes, url=url_for("room", room_id=room.id), id=room.id, name=title,
             current=HTML(' aria-current="page"') if room.id == current_room_id else "")
     new_room = HTML('<a class="sidebar__add" href="{}" aria-label="New room" title="New room">+</a>').format(
@@ -6291,10 +7370,28 @@ def render_sidebar(shared, direct, unread, current_room_id=None, can_create_room
         '<ul id="shared_rooms" class="sidebar__rooms">{shared}</ul></div>'
         '<div class="sidebar__section"><h2 class="sidebar__heading">Pings '
         '<a class="sidebar__add" href="{new_direct}" aria-label="New Ping" title="New Ping">+</a></h2>'
-        '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div></nav>').format(
-        new_room=new_room, new_direct=url_for("new_direct_room"),
+        '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div>{hidden}</nav>').format(
+        new_room=new_room, new_direct=url_for("new_direct_room"), hidden=render_hidden_rooms(hidden),
         shared=HTML("").join(item(room, title) for room, title in shared),
         direct=HTML("").join(item(room, title) for room, title in direct))
+
+
+def render_hidden_rooms(hidden):
+    """The rooms hidden from the sidebar (involvement "invisible"), each with a way back."""
+    if not hidden:
+        return HTML("")
+    items = HTML("").join(HTML(
+        '<li class="sidebar__hidden-room"><a href="{url}" class="sidebar__room" data-hidden-room-id="{id}">'
+        '<span class="sidebar__name">{name}</span></a>'
+        '<form method="post" action="{action}" class="inline-form">'
+        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="mentions">'
+        '<button type="submit" class="button button--small" aria-label="Show {name} in the sidebar">Show</button>'
+        '</form></li>').format(url=url_for("room", room_id=room.id), id=room.id, name=title,
+                               action=url_for("room_involvement", room_id=room.id)) for room, title in hidden)
+    return HTML(
+        '<details class="sidebar__section sidebar__hidden"><summary class="sidebar__heading">Hidden rooms ({count})'
+        '</summary><ul id="hidden_rooms" class="sidebar__rooms" aria-label="Hidden rooms">{items}</ul></details>').format(
+        count=len(hidden), items=items)
 
 
 def render_error_page(view, status, message):
@@ -6333,6 +7430,11 @@ def render_field(label, name, value="", *, type="text", errors=None, autocomplet
 
 def render_notice(notice):
     return HTML('<p class="notice notice--alert" role="alert">{}</p>').format(notice) if notice else HTML("")
+
+
+def render_saved(saved):
+    """What a form's page says after it saved (it was redirected back with ?saved=1)."""
+    return HTML('<p class="notice notice--success" role="status">Saved.</p>') if saved else HTML("")
 
 
 def render_copyable(field_id, label, value, copy_label, qr_label):
@@ -6417,27 +7519,36 @@ def render_no_rooms():
                 '<p>You are not in any room yet. An administrator can add you to one.</p></section>')
 
 
-def render_sidebar_page():
-    return HTML('<section class="panel"><h1 class="panel__title">Pick a room</h1></section>')
+def render_sidebar_page(sidebar):
+    """The room list as a page (a phone's Rooms screen): the sidebar under its heading."""
+    return HTML('<section class="rooms-screen" aria-labelledby="rooms_heading">'
+                '<h1 class="rooms-screen__title" id="rooms_heading">Rooms</h1>{}</section>').format(sidebar)
 
 
 def render_bell(room, involvement):
-    upcoming = next_involvement(involvement, room.direct)
+    """The bell: the room's involvement, shown by its icon, chosen from a menu of them all."""
+    action = url_for("room_involvement", room_id=room.id)
+    choices = HTML("").join(HTML(
+        '<form method="post" action="{action}" class="bell__choice">'
+        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="{value}">'
+        '<button type="submit" class="bell__option bell--{value}" aria-pressed="{pressed}">{label}</button>'
+        '</form>').format(action=action, value=value, label=INVOLVEMENT_LABELS[value],
+                          pressed="true" if value == involvement else "false")
+        for value in involvement_choices(room.direct))
+    label = INVOLVEMENT_LABELS.get(involvement, involvement)
     return HTML(
-        '<form method="post" action="{action}" class="bell inline-form" id="involvement_room_{id}">'
-        '<input type="hidden" name="_method" value="put"><input type="hidden" name="involvement" value="{next}">'
-        '<button type="submit" class="bell__button bell--{current}" title="{label}" '
-        'aria-label="Notifications: {label}. Change to: {next_label}">{icon}</button></form>').format(
-        action=url_for("room_involvement", room_id=room.id), id=room.id, next=upcoming, current=involvement,
-        label=INVOLVEMENT_LABELS.get(involvement, involvement), next_label=INVOLVEMENT_LABELS.get(upcoming, upcoming),
-        icon="🔕" if involvement in ("nothing", "invisible") else "🔔")
+        '<details class="bell" id="involvement_room_{id}"><summary class="bell__button bell--{current}" title="{label}">'
+        '<span class="visually-hidden">Notifications: {label}</span></summary>'
+        '<div class="bell__menu" role="group" aria-label="Notifications">{choices}</div></details>').format(
+        id=room.id, current=involvement, label=label, choices=choices)
 
 
 def render_composer(room, max_upload_bytes=MAX_UPLOAD_BYTES):
     """The composer: text, and a paperclip for files (each file becomes a message of its own)."""
     return HTML(
         '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}" '
-        'enctype="multipart/form-data" data-max-upload-bytes="{max_bytes}" data-max-upload-text="{max_text}">'
+        'data-max-chars="{max_chars}" enctype="multipart/form-data" data-max-upload-bytes="{max_bytes}" '
+        'data-max-upload-text="{max_text}">'
         '<label class="composer__attach" for="composer_files" title="Attach files">'
         '<span class="visually-hidden">Attach files</span></label>'
         '<input class="composer__files visually-hidden" type="file" id="composer_files" name="message[attachment]" '
@@ -6446,7 +7557,8 @@ def render_composer(room, max_upload_bytes=MAX_UPLOAD_BYTES):
         '<textarea class="composer__input" id="composer_body" name="message[body]" rows="1" '
         'placeholder="Write a message" aria-label="Write a message"></textarea>'
         '<button type="submit" class="button button--primary composer__send">Send Message</button>'
-        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id, max_bytes=max_upload_bytes,
+        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id,
+                          max_chars=MAX_MESSAGE_BODY_CHARS, max_bytes=max_upload_bytes,
                           max_text=format_bytes(max_upload_bytes))
 
 
@@ -6464,17 +7576,24 @@ def render_pending_message(viewer):
 
 
 def render_room(room, viewer, title, involvement, messages, *, highlight_id=None, max_upload_bytes=MAX_UPLOAD_BYTES):
-    """The room: its header, its messages (rendered), the composer."""
+    """The room: its header, its messages (rendered), the composer. On a phone the header is
+    the top bar: a way back to the rooms, the name, who is here, and one menu holding the
+    room's tools and the top bar's links (room__phone-only)."""
     return HTML(
         '<section class="room" id="room" data-room-id="{id}" data-room-type="{type}" aria-labelledby="room_name">'
-        '<header class="room__header"><h1 class="room__name" id="room_name">{heading}</h1>'
-        '<div class="room__tools">{bell}'
-        '<a class="room__settings" href="{settings}" aria-label="Room settings" title="Room settings">⚙︎</a></div>'
+        '<header class="room__header"><a class="room__back" href="{rooms}" aria-label="Rooms" title="Rooms"></a>'
+        '<h1 class="room__name" id="room_name">{heading}</h1>'
+        '<div class="room__tools" id="room_tools">{bell}'
+        '<a class="room__settings" href="{settings}" aria-label="Room settings" title="Room settings"></a>'
+        '<a class="room__phone-only button button--quiet" href="{search}">Search</a>'
+        '<a class="room__phone-only button button--quiet" href="{account}">Account</a>'
+        '<a class="room__phone-only button button--quiet" href="{profile}">Your profile</a></div>'
         '</header>'
         '<div class="messages" id="messages" data-room-id="{id}"{highlight}>{messages}</div>'
         '{composer}{pending}</section>').format(
         id=room.id, type=room.type.split("::")[-1].lower(), heading="Ping with %s" % title if room.direct else title,
-        bell=render_bell(room, involvement), settings=room_settings_path(room),
+        bell=render_bell(room, involvement), settings=room_settings_path(room), rooms=url_for("user_sidebar"),
+        search=url_for("searches"), account=url_for("edit_account"), profile=url_for("user_profile"),
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
         messages=messages, composer=render_composer(room, max_upload_bytes), pending=render_pending_message(viewer))
 
@@ -6747,7 +7866,8 @@ def render_message(message, *, author, body, sound, boosts, attachment=None):
         body = attachment
     if sound:
         text = SOUND_TEXTS.get(sound)
-        body = HTML('<span class="sound" data-sound="{name}">🔊 {label}</span>').format(
+        body = HTML('<span class="sound" data-sound="{name}"><span class="sound__icon" aria-hidden="true"></span> '
+                    '{label}</span>').format(
             name=sound, label=text if text else HTML('<span class="sound__badge">{}</span>').format(sound))
     edited = HTML(' <span class="message__edited" title="Edited">(edited)</span>') \
         if message["updated_at"] != message["created_at"] and message["updated_at"] > message["created_at"] else ""
@@ -6883,7 +8003,7 @@ def render_people_page(view, people_html):
 
 
 def render_account_page(view, account, invite_url, people_html, *, restricted, values=None, errors=None,
-                        notice=None):
+                        notice=None, saved=False):
     """The account: its name, the invitation link, people; administrators also edit it."""
     errors = errors or {}
     name = (values or {}).get("account[name]", account["name"])
@@ -6903,7 +8023,8 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             'value="1"{checked}> <span>Only administrators can create rooms</span></label></div>'
             '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
             '</div></form>').format(
-            title=account["name"], notice=render_notice(notice), action=url_for("account"),
+            title=account["name"], notice=HTML("").join((render_notice(notice), render_saved(saved))),
+            action=url_for("account"),
             logo=view.logo or url_for("account_logo"), logo_pixels=AVATAR_PIXELS,
             logo_error=render_errors(errors, "account[logo]"),
             name_field=render_field("Account name", "account[name]", name, errors=errors,
@@ -6993,6 +8114,11 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
             ban=url_for("user_ban", user_id=user.id), name=user.name)
     own = HTML('<div class="form__actions"><a class="button" href="{}">Edit your profile</a></div>').format(
         url_for("user_profile")) if user.id == viewer.id else ""
+    if user.id != viewer.id and user.status == STATUS_ACTIVE:
+        own = HTML('<form method="post" action="{action}" class="form__actions">'
+                   '<input type="hidden" name="user_ids[]" value="{id}">'
+                   '<button type="submit" class="button button--primary">Ping</button></form>').format(
+            action=url_for("direct_rooms"), id=user.id)
     return HTML(
         '{assets}<section class="panel panel--wide profile">{notice}<div class="profile__head">{avatar}'
         '<div><h1 class="panel__title">{name}</h1><p class="profile__role">{role}{state}</p>{email}</div></div>'
@@ -7002,7 +8128,7 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
         state=HTML(" · {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
 
 
-def render_profile(view, values, errors, transfer_url):
+def render_profile(view, values, errors, transfer_url, *, saved=False):
     user = view.user
     bio_error = render_errors(errors, "user[bio]")
     avatar_error = render_errors(errors, "user[avatar]")
@@ -7029,7 +8155,7 @@ def render_profile(view, values, errors, transfer_url):
     return HTML(
         '{assets}<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
         '<div><h1 class="panel__title">Your profile</h1><p class="profile__role">{role}</p></div></div>'
-        '<form method="post" action="{action}" class="form" enctype="multipart/form-data">'
+        '{saved}<form method="post" action="{action}" class="form" enctype="multipart/form-data">'
         '<input type="hidden" name="_method" value="patch">{fields}'
         '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
         '<a class="button" href="{cancel}">Cancel changes</a></div></form>'
@@ -7040,8 +8166,13 @@ def render_profile(view, values, errors, transfer_url):
         '<h2 class="panel__subtitle" id="transfer_heading">Sign in on another device</h2>'
         '<p class="panel__intro">Open this link on your phone or another computer, or scan its QR code, to sign '
         'in there without a password. It works for 4 hours: keep it to yourself.</p>'
-        '{transfer}</section></section>').format(
-        avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields, action=url_for("user_profile"),
+        '{transfer}</section>'
+        '<section class="panel__section" aria-labelledby="push_heading">'
+        '<h2 class="panel__subtitle" id="push_heading">Notifications</h2>'
+        '<p class="panel__intro">Turn them on in each browser with "Notifications" at the top of the page. '
+        '<a href="{push_subscriptions}">Browsers that get notifications</a></p></section></section>').format(
+        push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields,
+        action=url_for("user_profile"), saved=render_saved(saved),
         avatar_action=url_for("user_avatar", user_id=user.id),
         cancel=url_for("user", user_id=user.id),
         transfer=render_copyable("session_transfer_url", "Sign-in link", transfer_url,
@@ -7078,6 +8209,29 @@ def render_bots(items):
         '<a class="button" href="{account}">Back to the account</a></div></section>').format(
         items=HTML('<ul class="bots">{}</ul>').format(HTML("").join(items)) if items
         else HTML('<p class="notice">No bots yet.</p>'), new=url_for("new_account_bot"), account=url_for("edit_account"))
+
+
+def render_push_subscriptions(subscriptions):
+    """Campfire's users/push_subscriptions/index.html.erb: each browser that gets pushes,
+    with a test notification and a delete button."""
+    def item(row):
+        return HTML(
+            '<li class="push-subscription"><strong class="push-subscription__agent">{agent}</strong>'
+            '<span class="push-subscription__endpoint">{endpoint}</span><span class="push-subscription__actions">'
+            '<form method="post" action="{test}" class="inline-form"><button type="submit" class="button">'
+            'Send test notification</button></form>'
+            '<form method="post" action="{delete}" class="inline-form"><input type="hidden" name="_method" '
+            'value="delete"><button type="submit" class="button button--danger">Delete subscription</button>'
+            '</form></span></li>').format(
+            agent=row["user_agent"] or "A browser", endpoint=row["endpoint"],
+            test=url_for("user_push_subscription_test_notifications", subscription_id=row["id"]),
+            delete=url_for("user_push_subscription", subscription_id=row["id"]))
+    items = HTML('<ul class="push-subscriptions" id="push_subscriptions">{}</ul>').format(
+        HTML("").join(item(row) for row in subscriptions)) if subscriptions else \
+        HTML('<p class="notice" id="push_subscriptions">No browser gets notifications yet. Turn them on with '
+             '"Notifications" at the top of the page.</p>')
+    return HTML('<section class="panel panel--wide"><h1 class="panel__title">Push Notification Subscriptions</h1>'
+                '{}</section>').format(items)
 
 
 def render_bot_form(*, bot_row=None, values=None, errors=None):
@@ -7185,7 +8339,7 @@ def manifest_json(account_name, logo=None):
 
 
 ####
-#### 13. Routes
+#### 14. Routes
 ####
 # The route table below is the map of the server: every method and path it
 # answers, the name url_for builds the path by, the handler, and who may call it:
@@ -7275,6 +8429,12 @@ def route_table():
         ("GET",         "/users/me/sidebar",                          "user_sidebar",           sidebar),
         ("GET",         "/users/me/profile",                          "user_profile",           edit_profile),
         ("PATCH PUT",   "/users/me/profile",                          "user_profile",           update_profile,           "user",  AVATAR_BODY_LIMIT),
+        ("GET",         "/users/me/push_subscriptions",               "user_push_subscriptions", push_subscriptions_page),
+        ("POST",        "/users/me/push_subscriptions",               "user_push_subscriptions", create_push_subscription),
+        ("DELETE",      "/users/me/push_subscriptions/<int:subscription_id>", "user_push_subscription", delete_push_subscription),
+        ("POST",        "/users/me/push_subscriptions/<int:subscription_id>/test_notifications",
+                                                                      "user_push_subscription_test_notifications",
+                                                                                                create_test_notification),
         ("GET",         "/users/<int:user_id>",                       "user",                   show_user),
         ("GET",         "/users/<int:user_id>/avatar",                "user_avatar",            avatar),
         ("DELETE",      "/users/<int:user_id>/avatar",                "user_avatar",            delete_avatar),
@@ -7331,7 +8491,7 @@ def _auth_page(app, request, title, body, *, status=200, headers=None):
 def _sidebar_html(app, user, current_room_id=None):
     shared, direct = app.store.sidebar_rooms(user.id)
     return render_sidebar(shared, direct, app.store.unread_room_ids(user.id), current_room_id,
-                          app.store.may_create_rooms(user))
+                          app.store.may_create_rooms(user), app.store.hidden_rooms(user.id))
 
 
 def _navigating(request):
@@ -7506,6 +8666,9 @@ async def sign_in(app, request):
 
 
 def sign_out(app, request):
+    endpoint = request.params.text("push_subscription_endpoint")  # Campfire's sessions_controller.rb
+    if endpoint:
+        app.store.unsubscribe_push(request.user.id, endpoint=endpoint)
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         app.store.end_session(token, request.user.id, request.session.id)
@@ -7585,6 +8748,12 @@ def qr_code(app, request, code):
         raise BadRequest("A QR code is made from a base64url-encoded UTF-8 link.") from None
     if len(text.encode()) > MAX_QR_CODE_TEXT_BYTES:
         raise BadRequest("A QR code is made from a link of at most %d bytes." % MAX_QR_CODE_TEXT_BYTES)
+    if _navigating(request):  # opened as a page: one with a title and a way back, the code as its image
+        referer = urllib.parse.urlsplit(request.headers.get("referer", ""))
+        back = referer.path if referer.netloc == request.headers.get("host") and referer.path.startswith("/") \
+            and not referer.path.startswith("//") else url_for("root")
+        return _page(app, request, "QR code", render_qr_page(code, text, back), sidebar=False,
+                     headers=[("Cache-Control", "no-store"), ("Vary", "Sec-Fetch-Mode")])
     svg = app.qr_codes.get(text)
     if svg is None:
         if not app.qr_code_limiter.hit(request.remote_addr):
@@ -7592,7 +8761,8 @@ def qr_code(app, request, code):
                                   headers=[("Retry-After", "%d" % QR_CODE_LIMIT[1])])
         svg = qr_svg(text)
         app.qr_codes.put(text, svg)
-    return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL)])
+    return Response(svg, 200, "image/svg+xml", headers=[("Cache-Control", QR_CODE_CACHE_CONTROL),
+                                                        ("Vary", "Sec-Fetch-Mode")])
 
 
 # Rooms ----------------------------------------------------------------------------
@@ -8041,16 +9211,67 @@ def clear_searches(app, request):
 
 # People and profiles ----------------------------------------------------------------
 
+def push_subscriptions_page(app, request):
+    body = render_push_subscriptions(app.store.push_subscriptions(request.user.id))
+    return _page(app, request, "Push notification subscriptions", body, headers=[("Cache-Control", "no-store")])
+
+
+def _push_subscription_fields(request):
+    """endpoint, p256dh_key and auth_key: push_subscription[endpoint] in a form, or the
+    JSON the app sends ({"push_subscription": {"endpoint": …}}), as Campfire reads them."""
+    return [request.params.text("push_subscription[%s]" % name) for name in ("endpoint", "p256dh_key", "auth_key")]
+
+
+def check_push_subscription(endpoint, p256dh_key, auth_key):
+    """The subscription a browser sent, or Unprocessable: an https URL a push can be sent
+    to (printable ASCII, so it is safe in a request line), and keys Web Push can use."""
+    endpoint, p256dh_key, auth_key = endpoint.strip(), p256dh_key.strip(), auth_key.strip()
+    if not endpoint or len(endpoint) > MAX_PUSH_ENDPOINT_CHARS or not re.fullmatch(r"[!-~]+", endpoint):
+        raise Unprocessable("The push subscription's endpoint must be an https URL.")
+    try:
+        push_origin(endpoint)
+        if len(p256dh_key) > MAX_PUSH_KEY_CHARS or len(auth_key) > MAX_PUSH_KEY_CHARS:
+            raise WebPushError("the keys are too long")
+        push_subscription_keys(p256dh_key, auth_key)
+    except WebPushError as error:
+        raise Unprocessable("The push subscription can't be used: %s." % error) from None
+    return endpoint, p256dh_key, auth_key
+
+
+def create_push_subscription(app, request):
+    """Campfire's PushSubscriptionsController#create: 200 with no body."""
+    endpoint, p256dh_key, auth_key = check_push_subscription(*_push_subscription_fields(request))
+    user_agent = request.headers.get("user-agent", "")[:MAX_PUSH_ENDPOINT_CHARS]
+    app.store.subscribe_push(request.user.id, endpoint, p256dh_key, auth_key, user_agent)
+    return Response(b"", 200)
+
+
+def delete_push_subscription(app, request, subscription_id):
+    app.store.unsubscribe_push(request.user.id, subscription_id=subscription_id)
+    if _navigating(request):
+        return redirect(url_for("user_push_subscriptions"))
+    return Response(b"", 204)
+
+
+def create_test_notification(app, request, subscription_id):
+    subscription = app.store.push_subscription(request.user.id, subscription_id)
+    if subscription is None:
+        raise NotFound("That push subscription is not yours, or it is gone.")
+    app.pushes.enqueue(app.store.test_push_delivery(subscription))
+    return redirect(url_for("user_push_subscriptions"))
+
+
 def sidebar(app, request):
     """The sidebar fragment for the live app; opened as a page (on a phone), the room list."""
     if _navigating(request):
-        return _page(app, request, "Rooms", render_sidebar_page(), body_class="sidebar-page")
+        return _page(app, request, "Rooms", render_sidebar_page(_sidebar_html(app, request.user)), sidebar=False,
+                     body_class="sidebar-page")
     key = ("sidebar", request.user.id, app.store.user_versions[request.user.id], app.store.global_version)
     return app.cached(request, key, lambda: Response(_sidebar_html(app, request.user)))
 
 
-def _profile_page(app, request, values, errors, status=200):
-    body = render_profile(app.view(request), values, errors, _transfer_url(app, request, request.user))
+def _profile_page(app, request, values, errors, status=200, saved=False):
+    body = render_profile(app.view(request), values, errors, _transfer_url(app, request, request.user), saved=saved)
     return _page(app, request, "Your profile", body, status=status,
                  headers=[("Cache-Control", "no-store")])  # the page holds a sign-in link
 
@@ -8058,7 +9279,7 @@ def _profile_page(app, request, values, errors, status=200):
 def edit_profile(app, request):
     user = request.user
     return _profile_page(app, request, {"user[name]": user.name, "user[email_address]": user.email_address or "",
-                                        "user[bio]": user.bio or ""}, {})
+                                        "user[bio]": user.bio or ""}, {}, saved=request.params.get("saved") == "1")
 
 
 async def update_profile(app, request):
@@ -8101,7 +9322,7 @@ async def update_profile(app, request):
     finally:
         if avatar is not None:
             await app.discard_uploads([avatar])
-    return redirect(url_for("user_profile"))
+    return redirect(url_for("user_profile", saved=1))
 
 
 def _user_page(app, request, user, *, notice=None, status=200):
@@ -8185,19 +9406,20 @@ def autocompletable_users(app, request):
 _TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
 
 
-def _account_page(app, request, *, values=None, errors=None, notice=None, status=200):
+def _account_page(app, request, *, values=None, errors=None, notice=None, status=200, saved=False):
     view = app.view(request)
     account = app.store.account()
     people, more = app.store.people_page(1, include_banned=view.user.administrator)
     invite_url = request.origin + url_for("join", join_code=account["join_code"])
     body = render_account_page(
         view, account, invite_url, render_people(view, people, 1, more), values=values, errors=errors, notice=notice,
+        saved=saved,
         restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True)
     return _page(app, request, "Account", body, status=status)
 
 
 def edit_account(app, request):
-    return _account_page(app, request)
+    return _account_page(app, request, saved=request.params.get("saved") == "1")
 
 
 def update_account(app, request):
@@ -8255,7 +9477,7 @@ def _update_account(app, request):
     if restrict:
         settings["restrict_room_creation_to_administrators"] = str(restrict[-1]).strip().lower() in _TRUE_VALUES
     app.store.update_account(name, settings)
-    return redirect(url_for("edit_account"))
+    return redirect(url_for("edit_account", saved=1))
 
 
 def regenerate_join_code(app, request):
@@ -8466,7 +9688,7 @@ def reset_bot_key_route(app, request, bot_id):
 # The bot API (Campfire's messages/by_bots_controller.rb) --------------------------------
 # A bot's key "<id>-<token>" in the path is all a bot API request carries: no
 # cookie, no forgery check, JSON out. Webhook deliveries, the other half, are
-# background work (section 16).
+# background work (section 17).
 
 def _bot_head(status, headers=()):
     """Rails' `head status` on the bot API's JSON routes: no body, typed application/json
@@ -8633,7 +9855,7 @@ def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
 # Real time -----------------------------------------------------------------------
 
 def cable(app, request):
-    """/cable: the WebSocket handshake; the connection then belongs to Cable (section 14)."""
+    """/cable: the WebSocket handshake; the connection then belongs to Cable (section 15)."""
     return app.cable.handshake(request)
 
 
@@ -8649,7 +9871,7 @@ url_for = URLS.build
 
 
 ####
-#### 14. Real time
+#### 15. Real time
 ####
 # /cable: WebSocket connections speaking Action Cable, the channels Campfire
 # has, and broadcasts. A broadcast is encoded once per identifier (plain and
@@ -9074,7 +10296,7 @@ class Cable:
 
 
 ####
-#### 15. The application
+#### 16. The application
 ####
 # App turns a Request into a Response without touching a socket, so tests
 # drive it in-process and the server is a thin adapter around it.
@@ -9271,6 +10493,12 @@ class Config:
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     link_previews: bool = True    # CAMPFIRE_LINK_PREVIEWS=off for an install with no way out
     unfurl_allowed: object = None  # decides a preview's addresses (unfurl_address_allowed); tests name loopback
+    vapid_public_key: str = None  # VAPID_PUBLIC_KEY / VAPID_PRIVATE_KEY, as Campfire's config/initializers/vapid.rb;
+    vapid_private_key: str = None  # unset, a pair is generated once and kept in the storage directory
+    push_timeout: float = PUSH_TIMEOUT
+    push_total_timeout: float = PUSH_TOTAL_TIMEOUT
+    push_queue_size: int = PUSH_QUEUE_SIZE
+    push_retry_delay: float = PUSH_RETRY_DELAY
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -9296,6 +10524,8 @@ class Config:
             config.max_upload_bytes = int(upload_limit)
         config.tls_cert_path = environ.get("TLS_CERT_PATH") or None
         config.tls_key_path = environ.get("TLS_KEY_PATH") or None
+        config.vapid_public_key = environ.get("VAPID_PUBLIC_KEY") or None
+        config.vapid_private_key = environ.get("VAPID_PRIVATE_KEY") or None
         config.log_level = (environ.get("LOG_LEVEL") or "INFO").upper()
         if config.log_level not in LOG_LEVELS:
             raise ConfigError("LOG_LEVEL must be one of %s, not %r." % (", ".join(LOG_LEVELS), environ["LOG_LEVEL"]))
@@ -9357,6 +10587,8 @@ class App:
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
         self.webhooks = Webhooks(self)
         self.purges = Purges(self)
+        self._vapid_key = self._configured_vapid_key()  # or, when unset, the stored one on first use
+        self.pushes = Pushes(self)
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -9391,7 +10623,49 @@ class App:
             file.write(secret + "\n")
         return secret
 
+    def _configured_vapid_key(self):
+        public, private = self.config.vapid_public_key, self.config.vapid_private_key
+        if not public and not private:
+            return None
+        if not public or not private:
+            raise ConfigError("Set both VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY, or neither.")
+        try:
+            return VapidKey.from_base64(public, private)
+        except WebPushError as error:
+            raise ConfigError("The VAPID key pair can't be used: %s." % error) from None
+
+    @property
+    def vapid_key(self):
+        """The key pushes are signed with: VAPID_* when set, else a pair generated at the
+        first start and kept in the storage directory (never in the database, whose dump
+        people share, and never logged)."""
+        if self._vapid_key is None:
+            self._vapid_key = self._stored_vapid_key()
+        return self._vapid_key
+
+    def _stored_vapid_key(self):
+        path = os.path.join(self.config.storage_path, VAPID_KEY_FILE)
+        try:
+            with open(path) as file:
+                public, private = (file.read().split() + ["", ""])[:2]
+            return VapidKey.from_base64(public, private)
+        except FileNotFoundError:
+            pass
+        except (OSError, WebPushError) as error:
+            raise ConfigError("%s can't be read (%s); remove it to make a new key pair, and people "
+                              "turn notifications on again." % (path, error)) from None
+        key = VapidKey.generate()
+        temporary = path + ".new"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write("%s\n%s\n" % (key.public_key_base64, key.private_key_base64))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)  # a crash never leaves half a key behind
+        return key
+
     def close(self):
+        self.pushes.close()
         if self._workers is not None:
             self._workers.shutdown(wait=True)
             self._workers = None
@@ -9630,10 +10904,11 @@ class App:
     def view(self, request, *, signed_in=True):
         """What rendering a page for this request knows besides its own data."""
         css, digest = self.store.custom_styles()
+        user = request.user if signed_in else None
         logo = self.store.account_logo()
-        return View(request.user if signed_in else None, self.store.account_name(), digest if css.strip() else "",
-                    self._assets(), request.origin,
-                    url_for("account_logo", v=logo.key[:8]) if logo else "")
+        return View(user, self.store.account_name(), digest if css.strip() else "", self._assets(), request.origin,
+                    url_for("account_logo", v=logo.key[:8]) if logo else "",
+                    self.vapid_key.public_key_base64 if user is not None else "")
 
     def _assets(self):
         """The PAGE_ASSETS' versioned URLs, looked up again at most every STATIC_RECHECK_SECONDS."""
@@ -9952,7 +11227,7 @@ class _ReceivingFile:
 
 
 ####
-#### 16. Background work
+#### 17. Background work
 ####
 # Work that follows a change, off the request path: a banned person's messages
 # deleted in chunks, and webhook deliveries. Each starts from an Events listener.
@@ -10379,8 +11654,246 @@ def fetch_link_preview(url, *, allowed=unfurl_address_allowed, resolve=None, tim
     raise UnfurlRefused("more than %d redirects" % MAX_UNFURL_REDIRECTS)
 
 
+# Web Push deliveries ---------------------------------------------------------------
+# A new message's pushes are queued when it commits (bounded: past the limit the
+# oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time:
+# the payload is built, encrypted and signed in a worker process (the curve math
+# is pure Python and holds the GIL: in a thread it would still take the
+# interpreter from the event loop), then POSTed to the push service (RFC 8030 §5)
+# over TLS checked against the system's CAs (SSL_CERT_FILE is honoured), with a
+# timeout per step and one in all. 404 and 410 delete the subscription (RFC 8030
+# §7.3); 429 and 5xx are tried again later, after Retry-After when given.
+
+class PushFailed(CampfireError):
+    """A push that got no answer: it is logged, and the next message tries again."""
+
+
+_push_signer = None  # in a push worker process: the VapidSigner, made once, its tokens cached
+
+
+def _push_worker_start(private_key, subject):
+    """A push worker process's initializer. Ctrl-C is the server's to handle, and the CPU
+    goes to the server first."""
+    global _push_signer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
+    except OSError:
+        pass
+    _push_signer = VapidSigner(VapidKey(private_key), subject)
+
+
+def push_request_parts(title, body, path, badge, endpoint, p256dh_key, auth_key):
+    """In a push worker process: (the encrypted body, the Authorization header)."""
+    payload = push_payload(title, body, path, badge)
+    return encrypt_push_message(payload, p256dh_key, auth_key), _push_signer.authorization(endpoint)
+
+
+def push_request_bytes(endpoint, body, authorization, ttl=PUSH_TTL):
+    """The POST a push service receives (RFC 8030 §5, RFC 8291 §4, RFC 8292 §3)."""
+    split = urllib.parse.urlsplit(endpoint)
+    host = split.hostname
+    host = "[%s]" % host if ":" in host else host
+    if split.port is not None:
+        host += ":%d" % split.port
+    target = (split.path or "/") + ("?" + split.query if split.query else "")
+    head = ("POST %s HTTP/1.1\r\nHost: %s\r\nTTL: %d\r\nUrgency: high\r\nContent-Type: application/octet-stream\r\n"
+            "Content-Encoding: aes128gcm\r\nContent-Length: %d\r\nAuthorization: %s\r\nUser-Agent: Campfire/%s\r\n"
+            "Connection: close\r\n\r\n") % (target, host, ttl, len(body), authorization, VERSION)
+    return head.encode("ascii") + body
+
+
+def retry_after_seconds(value, now=None):
+    """Retry-After (RFC 9110 §10.2.3), seconds or an HTTP date, as seconds from now; None if unreadable."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    import email.utils  # here: only a push service that asks for patience needs it
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class Pushes:
+    """The Events listener that sends Web Push notifications, and its bounded queue.
+
+    The server runs PUSH_WORKERS workers (start/stop); without a server (tests, the
+    command line) run_pending() sends what is queued. close() ends the worker process."""
+
+    def __init__(self, app):
+        self.app = app
+        self.pending = collections.deque()
+        self._wakeup = None
+        self._workers = []
+        self._busy = 0            # deliveries being sent right now
+        self._retries = set()     # timer handles of pushes waiting to be tried again
+        self._tls = None
+        self._pool = None
+        app.events.subscribe(self)
+
+    # Events ---------------------------------------------------------------------
+    def message_created(self, room, message, unread_user_ids):
+        for delivery in self.app.store.push_deliveries(room, message):
+            self.enqueue(delivery)
+
+    def enqueue(self, delivery):
+        if len(self.pending) >= self.app.config.push_queue_size:
+            dropped = self.pending.popleft()
+            log.warning("push queue full (%d): dropped the oldest push (subscription %d)",
+                        self.app.config.push_queue_size, dropped.subscription_id)
+        self.pending.append(delivery)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # Workers --------------------------------------------------------------------
+    def start(self, loop):
+        self._wakeup = asyncio.Event()
+        self._workers = [loop.create_task(self._work()) for _ in range(PUSH_WORKERS)]
+        if self.pending:
+            self._wakeup.set()
+
+    def stop(self):
+        """Cancel the workers; queued pushes and retries are dropped (logged)."""
+        for worker in self._workers:
+            worker.cancel()
+        for handle in self._retries:
+            handle.cancel()
+        dropped = len(self.pending) + len(self._retries)
+        self._workers, self._wakeup, self._retries = [], None, set()
+        self.pending.clear()
+        if dropped:
+            log.warning("dropped %d queued pushes at shutdown", dropped)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    async def _work(self):
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.pending:
+                self._busy += 1
+                try:
+                    await self.deliver(self.pending.popleft())
+                finally:
+                    self._busy -= 1
+
+    def run_pending(self, timeout=120):
+        """Send everything queued, retries included, on a private event loop in this thread."""
+        async def run():
+            self.start(asyncio.get_running_loop())
+            try:
+                while self.pending or self._busy or self._retries:
+                    await asyncio.sleep(0.005)
+            finally:
+                self.stop()
+        asyncio.run(asyncio.wait_for(run(), timeout))
+
+    def _process_pool(self):
+        if self._pool is None:
+            import concurrent.futures  # here: a server without push subscriptions never needs them
+            import multiprocessing
+            key = self.app.vapid_key
+            # spawn, not fork: a fork of this process would copy its threads' locks mid-use.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                PUSH_PROCESSES, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_push_worker_start, initargs=(key.private_key, VAPID_SUBJECT))
+        return self._pool
+
+    # One delivery ---------------------------------------------------------------
+    async def deliver(self, delivery):
+        """Encrypt and sign off the loop, POST once, act on the answer."""
+        import concurrent.futures.process
+        subscription = delivery.subscription_id
+        try:
+            body, authorization = await asyncio.get_running_loop().run_in_executor(
+                self._process_pool(), push_request_parts, delivery.title, delivery.body, delivery.path,
+                delivery.badge, delivery.endpoint, delivery.p256dh_key, delivery.auth_key)
+        except WebPushError as error:
+            log.warning("push to subscription %d not sent: %s", subscription, error)
+            return
+        except concurrent.futures.process.BrokenProcessPool:
+            log.error("the push worker process stopped; it is started again for the next push")
+            self._pool = None
+            return
+        try:
+            reply = await asyncio.wait_for(self._post(delivery.endpoint, body, authorization),
+                                           self.app.config.push_total_timeout)
+        except TimeoutError:
+            log.warning("push to subscription %d took over %gs in all; not sent",
+                        subscription, self.app.config.push_total_timeout)
+            return
+        except (PushFailed, WebhookFailed, OSError, EOFError, ValueError, UnicodeError) as error:
+            log.warning("push to subscription %d failed: %s", subscription, str(error) or type(error).__name__)
+            return
+        status = reply.status
+        if 200 <= status < 300:
+            return
+        if status in (404, 410):
+            log.info("push subscription %d has expired (%d): deleted", subscription, status)
+            self.app.store.expire_push_subscription(subscription)
+        elif status == 429 or status >= 500:
+            self._retry(delivery, status, reply.headers.get("retry-after"))
+        else:
+            log.warning("push to subscription %d refused with %d: %s", subscription, status,
+                        bytes(reply.body[:200]).decode("utf-8", "replace"))
+
+    def _retry(self, delivery, status, retry_after):
+        if delivery.attempt >= PUSH_RETRIES:
+            log.warning("push to subscription %d answered %d %d times; dropped", delivery.subscription_id,
+                        status, delivery.attempt + 1)
+            return
+        delay = retry_after_seconds(retry_after) if retry_after else None
+        if delay is None:
+            delay = self.app.config.push_retry_delay * 2 ** delivery.attempt
+        delay = min(delay, PUSH_RETRY_AFTER_MAX)
+        delivery.attempt += 1
+        log.info("push to subscription %d answered %d; trying again in %gs", delivery.subscription_id, status, delay)
+
+        def again():
+            self._retries.discard(handle)
+            self.enqueue(delivery)
+        handle = asyncio.get_running_loop().call_later(delay, again)
+        self._retries.add(handle)
+
+    async def _post(self, endpoint, body, authorization):
+        split = urllib.parse.urlsplit(endpoint)
+        reader, writer = await self._step(asyncio.open_connection(
+            split.hostname, split.port or 443, ssl=self._tls_context(), server_hostname=split.hostname),
+            "connecting")
+        try:
+            writer.write(push_request_bytes(endpoint, body, authorization))
+            await self._step(writer.drain(), "sending")
+            response = WebhookResponseReader(MAX_PUSH_REPLY_BYTES)
+            while True:
+                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
+                if response.receive_data(data) if data else response.receive_eof():
+                    return response
+        finally:
+            writer.transport.abort()
+
+    async def _step(self, awaitable, doing):
+        timeout = self.app.config.push_timeout
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except TimeoutError:
+            raise PushFailed("nothing for %gs while %s" % (timeout, doing)) from None
+
+    def _tls_context(self):
+        if self._tls is None:
+            import ssl  # loaded on the first push only
+            self._tls = ssl.create_default_context()  # the system's CAs; SSL_CERT_FILE when set
+        return self._tls
+
+
 ####
-#### 17. The server
+#### 18. The server
 ####
 # A thin adapter: asyncio feeds bytes to HttpParser, hands each request to
 # App.handle in order and writes the responses back.
@@ -10756,10 +12269,20 @@ class Server:
         self._sweeper = self.loop.create_task(self._sweep())
         self._beat = self.loop.create_task(self._cable_beat())
         self.app.webhooks.start(self.loop)
+        self.app.pushes.start(self.loop)
 
     async def _cable_beat(self):
+        """Beats on a fixed schedule, not a fixed pause after each: a busy loop makes a
+        beat late, never a ping interval longer (a pause's overshoot would add up over
+        an interval's beats). After a stall of a whole interval the schedule restarts."""
+        period = CABLE_PING_INTERVAL / CABLE_BEAT_SLICES
+        next_beat = self.loop.time()
         while not self.stopping:
-            await asyncio.sleep(CABLE_PING_INTERVAL / CABLE_BEAT_SLICES)
+            next_beat += period
+            now = self.loop.time()
+            if now - next_beat > CABLE_PING_INTERVAL:
+                next_beat = now
+            await asyncio.sleep(next_beat - now)
             try:
                 self.app.cable.beat()
             except Exception:
@@ -10818,6 +12341,7 @@ class Server:
         """Stop accepting, let in-flight requests finish (bounded), close the database."""
         self.stopping = True
         self.app.webhooks.stop()
+        self.app.pushes.stop()
         if self._server is not None:
             self._server.close()
         if self._sweeper is not None:
@@ -10909,7 +12433,7 @@ async def serve(config):
 
 
 ####
-#### 18. Operations: seed
+#### 19. Operations: seed
 ####
 # Long jobs for the command line, each reporting its progress.
 
@@ -10919,19 +12443,31 @@ SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room messag
               "weekend morning evening thanks great nice awesome sounds good agree maybe later soon "
               "python sqlite network socket browser phone laptop keyboard music sound trombone tada").split()
 SEED_PASSWORD = "password"
+SEED_ADMIN_PASSWORD_CHARS = 20   # letters and digits: about 119 bits, never guessed
 
 
-def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, now=None):
+class SeedRefused(CampfireError):
+    """seed would add demo people beside real ones (without --force)."""
+
+
+def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, now=None, force=False):
     """Fill a database with people, rooms and messages for demos and benchmarks.
 
-    Every seeded person signs in with SEED_PASSWORD; the first is an administrator."""
+    Every seeded person signs in with SEED_PASSWORD except the first, an administrator,
+    whose password is made up here: a demo database copied onto a server must not
+    open its administration to anyone who read this file. A database that already
+    has people is refused unless force. Returns (the administrator's email, password)."""
     import random
     rng = random.Random(2024)
     progress = progress or (lambda label, done, total: None)
     now = time.time() if now is None else now
     store = app.store
+    if not force and store.people_count():
+        raise SeedRefused("the database already has people in it; seed adds demo people (all with "
+                          "the password %r) only with --force" % SEED_PASSWORD)
     digest = hash_password(SEED_PASSWORD, app.config.scrypt_n)
-    first_new = store.seed_people(users, digest, now)
+    admin_password = random_alphanumeric(SEED_ADMIN_PASSWORD_CHARS)
+    first_new = store.seed_people(users, digest, hash_password(admin_password, app.config.scrypt_n), now)
     user_ids = store.active_user_ids()
     room_ids = []
     for index in range(rooms):
@@ -10958,7 +12494,7 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
     store.optimize_search_index()
     progress("search index", 1, 1)
     store.bump_everything()
-    return "person%d@example.com" % first_new
+    return "person%d@example.com" % first_new, admin_password
 
 
 def print_progress(label, done, total):
@@ -10972,7 +12508,7 @@ def print_progress(label, done, total):
 
 
 ####
-#### 19. Command line
+#### 20. Command line
 ####
 
 # The commands and their options, as a table that both the parser and the
@@ -11002,6 +12538,7 @@ COMMANDS = {
         "--rooms": (int, 20, "rooms to add (default 20)"),
         "--messages": (int, 100_000, "messages to add (default 100,000)"),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+        "--force": (bool, False, "seed a database that already has people in it"),
     }),
 }
 USAGE = "campfire.py [COMMAND] [OPTION ...]"
@@ -11061,7 +12598,8 @@ def help_text():
     lines += ["", "  %-20s %s" % ("-h, --help", "show this help and exit"),
               "  %-20s %s" % ("--version", "show the version and exit"), "",
               "Configuration also comes from the environment: PORT, BIND, CAMPFIRE_STORAGE_PATH,",
-              "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL."]
+              "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL,",
+              "VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY."]
     return "\n".join(lines)
 
 
@@ -11099,11 +12637,16 @@ def main(argv=None):
         elif command == "seed":
             app = App(config)
             try:
-                admin_email = seed_database(app, users=options["users"], rooms=options["rooms"],
-                                            messages=options["messages"], progress=print_progress)
+                admin_email, admin_password = seed_database(
+                    app, users=options["users"], rooms=options["rooms"], messages=options["messages"],
+                    progress=print_progress, force=options["force"])
             finally:
                 app.close()
-            print("Seeded. Sign in as %s (an administrator) with the password %r." % (admin_email, SEED_PASSWORD))
+            print("Seeded. Sign in as %s (an administrator) with the password %r; everyone else's "
+                  "password is %r." % (admin_email, admin_password, SEED_PASSWORD))
+    except SeedRefused as error:
+        print("campfire: %s" % error, file=sys.stderr)
+        return 1
     except ConfigError as error:
         print("campfire: %s" % error, file=sys.stderr)
         return 1

@@ -20,6 +20,13 @@ export class MessageActions {
     this.#scroller = scroller
     list.element.addEventListener("click", (event) => this.#clicked(event))
     list.element.addEventListener("submit", (event) => this.#submitted(event))
+    // A long press on a touch screen shows the message's actions, not the browser's menu.
+    list.element.addEventListener("contextmenu", (event) => {
+      const message = event.target.closest(".message")
+      if (!NO_HOVER.matches || !message || event.target.closest("a, button, input, [contenteditable=true]")) return
+      event.preventDefault()
+      this.#select(message, event, true)
+    })
   }
 
   #clicked(event) {
@@ -51,12 +58,12 @@ export class MessageActions {
   }
 
   // There is no hover on a touch screen: a tap on a message shows its actions.
-  #select(message, event) {
-    if (!NO_HOVER.matches || event.target.closest("a, button, input, [contenteditable=true]")) return
+  #select(message, event, keep = false) {
+    if (!NO_HOVER.matches || event.target.closest("a, button, input, [contenteditable=true], .message-editor, .boost-picker")) return
     for (const other of this.#list.element.querySelectorAll(".message--selected")) {
       if (other !== message) other.classList.remove("message--selected")
     }
-    message.classList.toggle("message--selected")
+    message.classList.toggle("message--selected", keep || !message.classList.contains("message--selected"))
   }
 
   async copyLink(link) {

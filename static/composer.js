@@ -1,5 +1,6 @@
 // The composer: a rich-text editor for the textarea, optimistic sends with retry,
-// drafts, typing notifications, replies, Up arrow to edit; disabled while offline.
+// drafts, typing notifications, replies, Up arrow to edit. Offline it stays usable:
+// what is written waits in an outbox and is sent, in order, once the connection is back.
 
 import { RichTextEditor } from "./editor.js"
 import { Sanitizer } from "./richtext.js"
@@ -10,6 +11,10 @@ import { h, send } from "./dom.js"
 
 // Whether a failed send is worth retrying: no answer at all, the server's trouble, or a limit.
 export const retryable = (status) => !status || status >= 500 || status === 408 || status === 429
+
+export const RESEND_MIN_MS = 2000    // no answer at all: try again after this, then twice as long…
+export const RESEND_MAX_MS = 30000   // …up to this, or at once when the connection comes back
+export const LIMIT_WARNING_SHARE = 0.9   // the length limit is shown from this share of it on
 
 // crypto.randomUUID is missing outside secure contexts (plain HTTP on a LAN): 128 random bits then.
 export const uuid = () => crypto.randomUUID?.() ??
@@ -36,6 +41,11 @@ export class Composer {
   #drafts
   #typing = null
   #pending = new WeakMap()   // pending message → { html, clientId }
+  #outbox = []               // pending messages not yet answered, in the order they were written
+  #sending = false
+  #offline = false
+  #resend = { timer: null, delay: RESEND_MIN_MS }
+  #limit = h("p", { className: "composer__limit", role: "status", hidden: true })
 
   constructor(form, { list, stream, scroller, cable, onEditLast }) {
     Object.assign(this, { onEditLast })
@@ -46,6 +56,7 @@ export class Composer {
     this.#drafts = new Drafts(form.dataset.roomId)
     this.#send = form.querySelector("button[type=submit]")
     this.#replaceTextarea()
+    form.append(this.#limit)
     this.autocomplete = new Autocomplete(this.#editor, form.dataset.roomId)
     form.append(this.autocomplete.element)
     const draft = this.#drafts.load()
@@ -68,14 +79,14 @@ export class Composer {
     const href = message.querySelector(".message__permalink")?.getAttribute("href") ?? ""
     const line = h("div", {}, h("br"))
     const quote = document.createDocumentFragment()
-    quote.append(h("blockquote", {}, text), h("cite", {}, author, " ", h("a", { href }, "#")), line)
+    quote.append(h("blockquote", {}, text), h("cite", {}, h("a", { href }, author)), line)
     this.#editor.focus()
     this.#editor.insertFragment(quote)
     getSelection().collapse(line, 0)
   }
 
   async submit() {
-    if (this.#editor.blank || this.#editor.disabled) return
+    if (this.#editor.blank || this.#editor.disabled || this.#overLimit()) return
     const html = this.#editor.html, clientId = uuid()
     const body = new Sanitizer().fromNode(this.#editor.root)
     this.#editor.clear()
@@ -84,8 +95,49 @@ export class Composer {
     if (!this.#scroller.hasLatest) await this.#scroller.jumpToLatest()   // a permalink page: send from the latest
     const pending = this.#scroller.change(() => this.#list.addPending(clientId, body), { follow: true })
     this.#pending.set(pending, { html, clientId })
-    this.#post(pending)
+    this.#queue(pending)
     this.#editor.root.focus()
+  }
+
+  #queue(pending) {
+    this.#outbox.push(pending)
+    if (this.#offline || this.#resend.timer) this.#wait(pending)
+    this.#drain()
+  }
+
+  // One message at a time, oldest first, so they arrive in the order they were written.
+  async #drain() {
+    if (this.#sending) return
+    this.#sending = true
+    while (this.#outbox.length && !this.#offline && !this.#resend.timer) {
+      const pending = this.#outbox[0]
+      const delivered = !pending.isConnected || await this.#post(pending)
+      if (delivered === null) {   // no answer: it, and everything after it, waits
+        for (const waiting of this.#outbox) this.#wait(waiting)
+        this.#scheduleResend()
+        break
+      }
+      this.#outbox.shift()
+      this.#resend.delay = RESEND_MIN_MS
+    }
+    this.#sending = false
+  }
+
+  #wait(pending) {
+    if (pending.isConnected) pending.querySelector(".message__status").textContent = "Waiting for the connection…"
+    pending.classList.add("message--waiting")
+  }
+
+  #scheduleResend() {
+    clearTimeout(this.#resend.timer)
+    this.#resend.timer = setTimeout(() => this.#resendNow(), this.#resend.delay)
+    this.#resend.delay = Math.min(RESEND_MAX_MS, this.#resend.delay * 2)
+  }
+
+  #resendNow() {
+    clearTimeout(this.#resend.timer)
+    this.#resend.timer = null
+    this.#drain()
   }
 
   #replaceTextarea() {
@@ -107,24 +159,45 @@ export class Composer {
     this.onEditLast(last)
   }
 
+  // The server refuses a body longer than data-max-chars: say so while it is being written.
+  #overLimit() {
+    const limit = Number(this.#form.dataset.maxChars) || Infinity
+    // The text is a lower bound of the HTML's length: the HTML is built only when it may matter.
+    const length = this.#editor.root.textContent.length * 2 < limit ? 0 : this.#editor.html.length
+    const over = length > limit, near = length > limit * LIMIT_WARNING_SHARE
+    this.#limit.hidden = !near
+    this.#limit.textContent = over ? `Too long to send: ${(length - limit).toLocaleString()} characters over the limit of ${limit.toLocaleString()}.`
+      : near ? `${(limit - length).toLocaleString()} characters left (a message holds ${limit.toLocaleString()}).` : ""
+    this.#limit.classList.toggle("composer__limit--over", over)
+    return over
+  }
+
   #changed() {
+    this.#overLimit()
     const blank = this.#editor.blank
     this.#drafts.save(blank ? "" : this.#editor.root.innerHTML)
     this.#typing?.typed(blank)
   }
 
+  // true when the server kept it, false when it refused, null when there was no answer.
+  // A resend carries the same client_message_id: the server keeps the message once.
   async #post(pending) {
     const sending = this.#pending.get(pending)
     pending.querySelector(".message__status").textContent = "Sending…"
+    pending.classList.remove("message--waiting")
     if (!sending.unfurled) {
       sending.unfurled = true
       sending.html += await linkPreview(sending.html)
     }
     const { html, clientId } = sending
     const response = await send(this.#form.action, { "message[body]": html, "message[client_message_id]": clientId })
-    if (!response?.ok) return this.#failed(pending, response?.status)
-    const [message] = parseMessages(await response.text())
+    if (!response) return null
+    if (!response.ok) return this.#failed(pending, response.status), false
+    let text = null
+    try { text = await response.text() } catch { return null }
+    const [message] = parseMessages(text)
     if (message) this.#stream.add(message, { own: true })
+    return true
   }
 
   #failed(pending, status) {
@@ -145,19 +218,24 @@ export class Composer {
     if (button.dataset.action === "discard") return pending.remove()
     pending.classList.remove("message--failed")
     button.parentElement.remove()
-    this.#post(pending)   // the same client_message_id: the server keeps one message
+    this.#queue(pending)   // the same client_message_id: the server keeps one message
   }
 
   #connect(cable) {
     this.#typing = connectTyping(cable, this.#form.dataset.roomId, this.#list.viewer.id, this.#form)
     cable.addEventListener("offline", () => this.#setOffline(true))
     cable.addEventListener("online", () => this.#setOffline(false))
+    cable.addEventListener("connected", () => this.#resendNow())
+    addEventListener("online", () => this.#resendNow())
     this.#setOffline(cable.offline)
   }
 
+  // Offline the composer stays usable; what is sent meanwhile waits its turn.
   #setOffline(offline) {
-    this.#editor.disabled = this.#send.disabled = offline
+    this.#offline = offline
     this.#form.classList.toggle("composer--offline", offline)
+    if (offline) for (const waiting of this.#outbox) this.#wait(waiting)
+    else this.#resendNow()
   }
 }
 

@@ -2,6 +2,7 @@
 // the Sanitizer; what goes out is editorToHTML.
 
 import { Sanitizer, editorToHTML, isBlank, safeHref } from "./richtext.js"
+import { inlineShortcut, blockShortcut, looksLikeMarkdown, markdownToHTML } from "./markdown.js"
 import { h } from "./dom.js"
 
 // key: the shortcut with Ctrl (⌘ on Apple systems).
@@ -9,11 +10,11 @@ const FORMATS = [
   { name: "bold", label: "Bold", text: "B", key: "b", command: "bold" },
   { name: "italic", label: "Italic", text: "I", key: "i", command: "italic" },
   { name: "strike", label: "Strikethrough", text: "S", key: "shift+x", command: "strikeThrough" },
-  { name: "link", label: "Link", text: "🔗", key: "k" },
-  { name: "quote", label: "Quote", text: "❝", key: "shift+9", block: "blockquote" },
-  { name: "code", label: "Code block", text: "</>", key: "shift+c", block: "pre" },
-  { name: "bullets", label: "Bulleted list", text: "•", key: "shift+8", command: "insertUnorderedList", list: "ul" },
-  { name: "numbers", label: "Numbered list", text: "1.", key: "shift+7", command: "insertOrderedList", list: "ol" },
+  { name: "link", label: "Link", text: "", key: "shift+u" },   // Ctrl+K is the room switcher
+  { name: "quote", label: "Quote", text: "", key: "shift+9", block: "blockquote" },
+  { name: "code", label: "Code block", text: "", key: "shift+c", block: "pre" },
+  { name: "bullets", label: "Bulleted list", text: "", key: "shift+8", command: "insertUnorderedList", list: "ul" },
+  { name: "numbers", label: "Numbered list", text: "", key: "shift+7", command: "insertOrderedList", list: "ol" },
 ]
 const APPLE = /Mac|iPhone|iPad/.test(navigator.platform || navigator.userAgent)
 const TOUCH = matchMedia("(pointer: coarse)")   // phones: Enter is a new line, a button sends
@@ -32,6 +33,7 @@ export class RichTextEditor {
     root.addEventListener("keydown", (event) => this.#keydown(event))
     root.addEventListener("paste", (event) => this.#paste(event, event.clipboardData))
     root.addEventListener("drop", (event) => this.#paste(event, event.dataTransfer))
+    root.addEventListener("input", (event) => this.#markdown(event))
     root.addEventListener("input", () => { if (this.blank && !root.querySelector(":not(div, br)")) root.replaceChildren() })  // the placeholder shows
   }
 
@@ -149,11 +151,40 @@ export class RichTextEditor {
     if (format) this.run(format)
   }
 
-  // Paste and drop: HTML rebuilt by the allow-list, plain text as text, files refused.
+  // Markdown typed: a closing "**", "_", "`" or "~~" turns its span into rich text; "- ",
+  // "1. ", "> " or "```" at the start of a line turns the line into a list, quote or code block.
+  #markdown(event) {
+    if (event.inputType !== "insertText" || !event.data || this.disabled || this.#closest("pre, code")) return
+    const range = this.#range(), node = range?.startContainer
+    if (!range?.collapsed || node.nodeType !== Node.TEXT_NODE) return
+    const before = this.textBeforeCaret()
+    const lineStart = !node.previousSibling && (node.parentNode === this.root || (node.parentNode.localName === "div" && node.parentNode.parentNode === this.root))
+    const block = lineStart && blockShortcut(before)
+    if (block) return this.#startBlock(node, before.length, FORMATS.find((format) => format.name === block))
+    const inline = inlineShortcut(before)
+    if (!inline) return
+    const after = document.createTextNode("\u200b")   // the caret's place after the span: typing goes on in plain text
+    this.replaceBeforeCaret(inline.length, h(inline.tag, {}, inline.text), after)
+    getSelection().collapse(after, 1)
+  }
+
+  #startBlock(node, length, format) {
+    node.deleteData(0, length)   // the line's first text: the marks just typed
+    const line = node.parentNode
+    if (!node.length) node.remove()
+    if (line !== this.root && !line.firstChild) line.append(h("br"))
+    if (line !== this.root) getSelection().collapse(line, 0)
+    this.run(format)
+  }
+
+  // Paste and drop: HTML rebuilt by the allow-list, plain text as text (or, written in
+  // Markdown, as the rich text it means), files refused.
   #paste(event, data) {
     event.preventDefault()
     const html = data?.getData("text/html"), text = data?.getData("text/plain")
-    if (html) this.insertFragment(new Sanitizer().fromHTML(html))
+    const plainHTML = !html || !/<(?:strong|b|em|i|code|pre|ul|ol|blockquote|a|h[1-6]|del|s)\b/i.test(html)
+    if (text && plainHTML && looksLikeMarkdown(text) && !this.#closest("pre")) this.insertFragment(new Sanitizer().fromHTML(markdownToHTML(text)))
+    else if (html) this.insertFragment(new Sanitizer().fromHTML(html))
     else if (text && !document.execCommand("insertText", false, text)) this.insertFragment(text)
   }
 

@@ -52,16 +52,26 @@ function showMatching(list, query) {
   for (const item of list.children) item.hidden = !matchesFilter(item.textContent, query)
 }
 
-// The bell cycles the room's involvement without leaving the page.
+// The bell's menu sets the room's involvement without leaving the page; Escape or a
+// click elsewhere closes it.
 export function bellInPlace() {
   document.addEventListener("submit", async (event) => {
-    const form = event.target
-    if (event.defaultPrevented || !form.matches?.("form.bell")) return
+    const form = event.target, bell = form.closest?.("details.bell")
+    if (event.defaultPrevented || !bell || !form.matches(".bell__choice")) return
     event.preventDefault()
     const response = await send(form.action, Object.fromEntries(new FormData(form)))
-    const bell = response?.ok && fragment(await response.text()).querySelector("form.bell")
+    const fresh = response?.ok && fragment(await response.text()).querySelector("details.bell")
+    if (!fresh) return
+    bell.replaceWith(fresh)
+    fresh.querySelector("summary")?.focus()
+  })
+  document.addEventListener("keydown", (event) => {
+    const bell = event.key === "Escape" && event.target.closest?.("details.bell[open]")
     if (!bell) return
-    form.replaceWith(bell)
-    bell.querySelector("button")?.focus()
+    bell.open = false
+    bell.querySelector("summary").focus()
+  })
+  document.addEventListener("click", (event) => {
+    for (const bell of document.querySelectorAll("details.bell[open]")) if (!bell.contains(event.target)) bell.open = false
   })
 }

@@ -16,13 +16,35 @@ export function continuesThread(previous, message) {
   return gap >= 0 && gap < THREAD_WINDOW_MS
 }
 
+export const MAX_BIG_EMOJI = 8   // a message of at most this many emoji (and nothing else) shows them larger
+
+// "Today", "Yesterday" or the date: what a day separator says.
+export function dayLabel(date, now = new Date()) {
+  const day = (moment) => new Date(moment.getFullYear(), moment.getMonth(), moment.getDate()).getTime()
+  const days = Math.round((day(now) - day(date)) / 86_400_000)
+  if (days === 0) return "Today"
+  if (days === 1) return "Yesterday"
+  return date.toLocaleDateString([], { weekday: "long", month: "long", day: "numeric", year: date.getFullYear() === now.getFullYear() ? undefined : "numeric" })
+}
+
+// Whether a message's text is only emoji (a few): shown larger, as chat apps do.
+const EMOJI_ONLY = /^(?:\p{Extended_Pictographic}|[\u{1F1E6}-\u{1F1FF}\u{1F3FB}-\u{1F3FF}\u200d\ufe0f\u20e3]|\s)+$/u
+export function isEmojiOnly(text) {
+  const trimmed = text.trim()
+  return EMOJI_ONLY.test(trimmed) && /[\p{Extended_Pictographic}\u{1F1E6}-\u{1F1FF}]/u.test(trimmed) &&
+    [...new Intl.Segmenter().segment(trimmed.replace(/\s/g, ""))].length <= MAX_BIG_EMOJI
+}
+
+// Local times; a room's messages show the clock only (day separators say the day), others the day too.
 export function localizeTimes(root) {
   const today = new Date().toDateString()
+  const separated = Boolean(document.querySelector("section.room #messages"))
   for (const time of root.querySelectorAll("time[datetime]")) {
     const date = new Date(time.getAttribute("datetime"))
     if (Number.isNaN(date.getTime())) continue
     const clock = date.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" })
-    const day = date.toDateString() === today ? "" : date.toLocaleDateString([], { month: "short", day: "numeric" }) + ", "
+    const day = date.toDateString() === today || (separated && !time.closest("#search-results")) ? ""
+      : date.toLocaleDateString([], { month: "short", day: "numeric" }) + ", "
     time.textContent = day + clock
     time.title = date.toLocaleString()
   }
@@ -34,7 +56,11 @@ export function decorateMessages(root, viewer, { replies = true } = {}) {
     const mine = message.dataset.creatorId === viewer.id
     message.classList.toggle("message--mine", mine)
     message.classList.toggle("message--editable", mine || viewer.administrator)
+    const mentioned = viewer.id && message.querySelector(`.message__body .mention[data-user-id="${CSS.escape(viewer.id)}"]`)
+    message.classList.toggle("message--mentions-me", Boolean(mentioned) && !mine)
     for (const owner of message.querySelectorAll(".message__action--owner")) owner.hidden = !(mine || viewer.administrator)
+    const body = message.querySelector(".message__body")
+    message.classList.toggle("message--emoji", Boolean(body && !body.querySelector(":not(div, br)") && isEmojiOnly(body.textContent)))
     for (const boost of message.querySelectorAll(".boost")) {
       const remove = boost.querySelector(".boost__remove")
       if (remove) remove.hidden = boost.dataset.boosterId !== viewer.id
@@ -95,6 +121,7 @@ export class MessageList {
     }
     pending?.remove()
     this.#rethread(message)
+    this.separateDays()
     return !existing
   }
 
@@ -103,6 +130,7 @@ export class MessageList {
     const next = message?.nextElementSibling
     message?.remove()
     this.#rethread(next)
+    this.separateDays()
   }
 
   prepend(messages) {
@@ -139,11 +167,28 @@ export class MessageList {
     localizeTimes(message)
     this.element.append(message)
     this.#rethread(message)
+    this.separateDays()
     return message
   }
 
   rethread() {
     for (const message of this.messages) this.#rethread(message, false)
+    this.separateDays()
+  }
+
+  // A separator ("Today", "Yesterday", a date) before the first message of each day.
+  separateDays() {
+    for (const separator of this.element.querySelectorAll(":scope > .day-separator")) separator.remove()
+    let previous = null
+    for (const message of this.messages) {
+      const date = new Date(message.dataset.createdAt)
+      if (Number.isNaN(date.getTime())) continue
+      if (date.toDateString() !== previous) {
+        message.before(h("h2", { className: "day-separator" }, h("span", {}, dayLabel(date))))
+        message.classList.remove("message--followup")
+      }
+      previous = date.toDateString()
+    }
   }
 
   #rethread(message, andNext = true) {
@@ -176,12 +221,14 @@ export class RoomStream {
   #list
   #scroller
   #cable
+  #announcer
   #hiddenAt = null
 
-  constructor(cable, list, scroller) {
+  constructor(cable, list, scroller, announcer = null) {
     this.#list = list
     this.#scroller = scroller
     this.#cable = cable
+    this.#announcer = announcer
     const times = list.saved.map((message) => Date.parse(message.dataset.createdAt)).filter(Number.isFinite)
     this.lastSeenAt = times.length ? Math.max(...times) : Date.now()
     cable.subscribe({ channel: "RoomMessagesChannel", room_id: Number(list.roomId) }, { received: (data) => this.receive(data) })
@@ -200,10 +247,16 @@ export class RoomStream {
 
   // A live message (or our own, acknowledged): shown once, its sound played once.
   add(message, { own = false } = {}) {
-    if (!this.#scroller.hasLatest && !own) return this.#scroller.arrived()
+    const theirs = !own && message.dataset.creatorId !== this.#list.viewer.id
+    if (!this.#scroller.hasLatest && !own) {
+      if (theirs) this.#announcer?.message(message)
+      return this.#scroller.arrived()
+    }
     if (!this.#scroller.change(() => this.#list.upsert(message), { follow: own })) return
+    if (theirs) this.#announcer?.message(message)
     this.#scroller.arrived()
     if (message.dataset.sound) playSound(message.dataset.sound)
+    if (!own) this.#list.element.dispatchEvent(new CustomEvent("message:arrived", { detail: { message } }))
   }
 
   // Merge what changed while we weren't listening, a page at a time: each page
@@ -235,12 +288,12 @@ export class RoomStream {
   }
 }
 
-// 🔊/🔇 in the room header; sounds.js remembers the choice.
+// A speaker (crossed out when muted) in the room header; sounds.js remembers the choice.
 export function muteToggle() {
   const button = h("button", { type: "button", className: "mute-toggle" })
   const show = () => {
     const muted = isMuted()
-    button.textContent = muted ? "🔇" : "🔊"
+    button.classList.toggle("mute-toggle--muted", muted)
     button.setAttribute("aria-label", muted ? "Unmute sounds" : "Mute sounds")
     button.title = muted ? "Sounds are off" : "Sounds are on"
   }

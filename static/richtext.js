@@ -91,7 +91,8 @@ export class Sanitizer {
 }
 
 // Editors write a typed space as U+00A0 at the end of a line; between words it's a space.
-const plainSpaces = (text) => text.replace(/(?<=^|\S)\u00a0(?=\S)/g, " ")
+// A zero-width space only holds the caret after a Markdown shortcut's span: it isn't sent.
+const plainSpaces = (text) => text.replace(/\u200b/g, "").replace(/(?<=^|\S)\u00a0(?=\S)/g, " ")
 
 // Renames on* attributes before parsing. Never run anyway (the document is inert and
 // nothing is copied from it), but a parser meeting them reports a CSP violation.

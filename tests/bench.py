@@ -191,10 +191,10 @@ TARGET_READ_P99_MS = 5.0
 TARGET_POST_RPS = 5_000.0
 
 # What `campfire.py seed` creates (person1 is an administrator and a member of
-# every room; every seeded person has this password).
+# every room; seed prints the administrator's password, made up for each seed).
 DEFAULT_SEED_MESSAGES = 100_000
 SEED_EMAIL_ADDRESS = "person1@example.com"
-SEED_PASSWORD = "password"
+SEEDED_ADMIN_PASSWORD = re.compile(rb"\(an administrator\) with the password '([A-Za-z0-9]+)'")
 
 # The signed-in workloads
 READ_ROOM_ID = 1  # room, messages page and post all use this room (an open room)
@@ -748,16 +748,19 @@ def start_times_ms(processes, name, argv_for_port, check, env_for_run, log_path)
     return times
 
 
-def seed_storage(campfire: Path, storage: Path, messages: int, log_path: Path) -> bool:
-    """`campfire.py seed --messages N` into a storage directory; True on success."""
+def seed_storage(campfire: Path, storage: Path, messages: int, log_path: Path) -> Optional[str]:
+    """`campfire.py seed --messages N` into a storage directory; the administrator's
+    password it printed, or None when seeding failed."""
     with open(log_path, "ab") as log:
         try:
             done = subprocess.run([sys.executable, str(campfire), "seed", "--messages", str(messages)],
                                   env=campfire_env(storage), stdin=subprocess.DEVNULL,
-                                  stdout=log, stderr=subprocess.STDOUT, timeout=SEED_TIMEOUT_S)
+                                  stdout=subprocess.PIPE, stderr=log, timeout=SEED_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            return False
-    return done.returncode == 0
+            return None
+        log.write(done.stdout)
+    found = SEEDED_ADMIN_PASSWORD.search(done.stdout)
+    return found.group(1).decode() if done.returncode == 0 and found else None
 
 
 def sign_in(port, email_address, password) -> Optional[str]:
@@ -2041,7 +2044,8 @@ def run_loads(args, processes, report, scratch: Path, use_wrk, wanted) -> bool:
     if args.seed and signed_in_wanted:
         progress(f"seeding {args.seed:,} messages")
         seeded_at = time.perf_counter()
-        if seed_storage(args.campfire, storage, args.seed, log):
+        admin_password = seed_storage(args.campfire, storage, args.seed, log)
+        if admin_password:
             seconds = time.perf_counter() - seeded_at
             try:
                 facts = read_seed_facts(database_path(storage), SEED_EMAIL_ADDRESS)
@@ -2063,7 +2067,7 @@ def run_loads(args, processes, report, scratch: Path, use_wrk, wanted) -> bool:
         return False
     cookie = None
     if facts:
-        cookie = sign_in(campfire.port, SEED_EMAIL_ADDRESS, SEED_PASSWORD)
+        cookie = sign_in(campfire.port, SEED_EMAIL_ADDRESS, admin_password)
         if cookie is None:
             report.failures.append(f"sign-in as {SEED_EMAIL_ADDRESS} failed: the signed-in workloads did not run")
     spec = PostSpec(token="bx" + secrets.token_hex(4), room_id=READ_ROOM_ID,

@@ -11,6 +11,11 @@ import { autocompleteQuery, soundsMatching } from "/static/autocomplete.js"
 import { safeHref, defuse } from "/static/richtext.js"
 import { matchesFilter } from "/static/forms.js"
 import { SOUND_NAMES } from "/static/sounds.js"
+import { inlineShortcut, blockShortcut, looksLikeMarkdown, markdownToHTML } from "/static/markdown.js"
+import { dayLabel, isEmojiOnly } from "/static/messages.js"
+import { announcement, MAX_ANNOUNCED_CHARS } from "/static/announcer.js"
+import { switcherChoices } from "/static/switcher.js"
+import { notificationState, titleWithCount, base64UrlToBytes, subscriptionPayload, notifiesInPage } from "/static/notifications.js"
 
 const results = []
 
@@ -251,6 +256,107 @@ test("matchesFilter finds people by any part of the name, ignoring case and acce
   assert(matchesFilter("Ada Lovelace", "LOVE"), "case")
   assert(matchesFilter("Ada Lovelace", "  "), "a blank filter")
   assert(!matchesFilter("Ada Lovelace", "bob"), "another name")
+})
+
+// markdown.js --------------------------------------------------------------------
+
+test("inlineShortcut finds a span when its closing mark is typed, and not inside words", () => {
+  assertEqual(inlineShortcut("say **bold**"), { tag: "strong", length: 8, text: "bold" })
+  assertEqual(inlineShortcut("an _italic_"), { tag: "em", length: 8, text: "italic" })
+  assertEqual(inlineShortcut("a *b c*"), { tag: "em", length: 5, text: "b c" })
+  assertEqual(inlineShortcut("run `ls -l`"), { tag: "code", length: 7, text: "ls -l" })
+  assertEqual(inlineShortcut("~~gone~~"), { tag: "del", length: 8, text: "gone" })
+  assertEqual(inlineShortcut("*a* and *b*"), { tag: "em", length: 3, text: "b" })
+  for (const plain of ["**bold*", "snake_case_", "2*3*", "* x*", "``", "a **b **"]) assertEqual(inlineShortcut(plain), null, plain)
+})
+
+test("blockShortcut turns a line's start into a list, a quote or a code block", () => {
+  assertEqual(["- ", "*\u00a0", "1. ", "> ", "```", "-", "2. ", "a "].map(blockShortcut),
+    ["bullets", "bullets", "numbers", "quote", "code", null, null, null])
+})
+
+test("markdownToHTML converts a pasted Markdown text, escaping what it holds", () => {
+  assert(looksLikeMarkdown("- one\n- two") && looksLikeMarkdown("a **b** c") && !looksLikeMarkdown("2*3*4 and snake_case"), "detection")
+  assertEqual(markdownToHTML("# T\nSome **b**, _i_ and `x<y`\n- one\n- two\n1. a\n> q\n```\n<b>\n```"),
+    "<h1>T</h1><div>Some <strong>b</strong>, <em>i</em> and <code>x&lt;y</code></div><ul><li>one</li><li>two</li></ul>" +
+    "<ol><li>a</li></ol><blockquote>q</blockquote><pre>&lt;b&gt;</pre>")
+})
+
+// messages.js: day separators and big emoji ---------------------------------------
+
+test("dayLabel says Today, Yesterday, or the date", () => {
+  const now = new Date(2026, 2, 10, 0, 30)
+  assertEqual(dayLabel(new Date(2026, 2, 10, 0, 5), now), "Today")
+  assertEqual(dayLabel(new Date(2026, 2, 9, 23, 59), now), "Yesterday")
+  assertEqual(dayLabel(new Date(2026, 2, 1, 12), now), new Date(2026, 2, 1).toLocaleDateString([], { weekday: "long", month: "long", day: "numeric" }))
+  assert(dayLabel(new Date(2025, 11, 31), now).includes("2025"), "another year names it")
+})
+
+test("isEmojiOnly is true for a few emoji and nothing else", () => {
+  assert(isEmojiOnly(" 🎉 ") && isEmojiOnly("👍🏽👍") && isEmojiOnly("🇫🇷") && isEmojiOnly("👨‍👩‍👧"), "emoji")
+  assert(!isEmojiOnly("ok 🎉") && !isEmojiOnly("123") && !isEmojiOnly("") && !isEmojiOnly("🎉".repeat(9)), "not only emoji")
+})
+
+// announcer.js ---------------------------------------------------------------------
+
+test("announcement names the author and text, sums up a burst and cuts long text", () => {
+  assertEqual(announcement([{ author: "Ada", text: "hi" }]), "Ada: hi")
+  assertEqual(announcement([{ author: "Ada", text: "one" }, { author: "Bob", text: "two" }]), "2 new messages. Latest, Bob: two")
+  assertEqual(announcement([{ author: "Ada", text: "x".repeat(500) }]).length, "Ada: ".length + MAX_ANNOUNCED_CHARS)
+  assertEqual(announcement([]), "")
+})
+
+// switcher.js ----------------------------------------------------------------------
+
+test("switcherChoices filters rooms and people, names that start with the query first", () => {
+  const rooms = [{ label: "Design review", href: "/rooms/2" }, { label: "All Talk", href: "/rooms/1" }, { label: "Ada Lovelace", href: "/rooms/9" }]
+  const people = [{ label: "Ada Lovelace", href: "/users/3" }, { label: "Adam Smith", href: "/users/4" }]
+  assertEqual(switcherChoices(rooms, people, "ta").map((choice) => choice.href), ["/rooms/1"])
+  assertEqual(switcherChoices(rooms, people, "ad").map((choice) => choice.href), ["/rooms/9", "/users/4"])
+  assertEqual(switcherChoices(rooms, people, "").length, 4)
+})
+
+// notifications.js ----------------------------------------------------------------
+
+test("notificationState: on only when permitted and subscribed; blocked, unsupported and the iOS rule", () => {
+  assertEqual(notificationState({ supported: true, permission: "granted", subscribed: true }), "on")
+  assertEqual(notificationState({ supported: true, permission: "granted", subscribed: false }), "off")
+  assertEqual(notificationState({ supported: true, permission: "default", subscribed: true }), "off")
+  assertEqual(notificationState({ supported: true, permission: "denied", subscribed: true }), "blocked")
+  assertEqual(notificationState({ supported: false }), "unsupported")
+  assertEqual(notificationState({ supported: false, ios: true, standalone: false }), "ios")
+  assertEqual(notificationState({ supported: false, ios: true, standalone: true }), "unsupported")
+})
+
+test("titleWithCount puts the unread rooms before the title once, and takes them away at zero", () => {
+  assertEqual(titleWithCount("All Talk · Campfire", 3), "(3) All Talk · Campfire")
+  assertEqual(titleWithCount("(3) All Talk · Campfire", 4), "(4) All Talk · Campfire")
+  assertEqual(titleWithCount("(4) All Talk · Campfire", 0), "All Talk · Campfire")
+  assertEqual(titleWithCount("(1984) a room", 0), "(1984) a room".replace(/^\(\d+\) /, ""))
+})
+
+test("base64UrlToBytes reads the web-push gem's padded key and unpadded text alike", () => {
+  const bytes = Array.from({ length: 65 }, (_, i) => (i * 37 + 251) % 256)
+  const padded = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_")
+  assert(padded.endsWith("="), "65 bytes are padded")
+  assertEqual(Array.from(base64UrlToBytes(padded)), bytes)
+  assertEqual(Array.from(base64UrlToBytes(padded.replace(/=+$/, ""))), bytes)
+  assertEqual(Array.from(base64UrlToBytes("-_8")), [251, 255])
+})
+
+test("subscriptionPayload is Campfire's push_subscription JSON", () => {
+  const subscription = { toJSON: () => ({ endpoint: "https://push.example/1", expirationTime: null, keys: { p256dh: "BP", auth: "AU" } }) }
+  assertEqual(subscriptionPayload(subscription), { push_subscription: { endpoint: "https://push.example/1", p256dh_key: "BP", auth_key: "AU" } })
+})
+
+test("notifiesInPage: only a mention of the reader, in a hidden tab, with push off and permission given", () => {
+  const yes = { mentionsReader: true, hidden: true, pushOn: false, permission: "granted" }
+  assert(notifiesInPage(yes), "all four")
+  assert(!notifiesInPage({ ...yes, mentionsReader: false }), "not a mention")
+  assert(!notifiesInPage({ ...yes, hidden: false }), "the tab is visible")
+  assert(!notifiesInPage({ ...yes, pushOn: true }), "push shows it instead")
+  assert(!notifiesInPage({ ...yes, permission: "default" }), "not permitted")
+  assert(!notifiesInPage({ ...yes, permission: "denied" }), "blocked")
 })
 
 window.unitResults = results

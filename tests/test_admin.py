@@ -142,8 +142,10 @@ class AccountTests(AdminTestCase):
         room_path = "/rooms/%d" % self.room_id
         self.assertIn("All Talk · Campfire", self.bob.get(room_path).text)  # now cached
         response = self.patch(self.client, "/account", {"account[name]": "Acme Chat"})
-        self.assertEqual(response.header("Location"), "/account/edit")
+        self.assertEqual(response.header("Location"), "/account/edit?saved=1")
         self.assertEqual(self.app.store.account_name(), "Acme Chat")
+        self.assertIn('role="status">Saved.</p>', self.client.get(response.header("Location")).text)
+        self.assertNotIn("Saved.", self.client.get("/account/edit").text)
         page = self.bob.get(room_path).text
         self.assertIn("All Talk · Acme Chat", page)
         self.assertIn('class="topbar__brand" href="/">Acme Chat</a>', page)
@@ -480,7 +482,8 @@ class ProfileTests(AdminTestCase):
 
     def test_edit_name_email_bio_and_blank_password_keeps_it(self):
         response = self.update(name="Robert", email_address="robert@example.com", bio="Plays the tuba.")
-        self.assertEqual(response.header("Location"), "/users/me/profile")
+        self.assertEqual(response.header("Location"), "/users/me/profile?saved=1")
+        self.assertIn('role="status">Saved.</p>', self.bob.get(response.header("Location")).text)
         user = self.app.store.user(self.bob_user.id)
         self.assertEqual((user.name, user.email_address, user.bio), ("Robert", "robert@example.com", "Plays the tuba."))
         self.assertIn("<span>Robert</span>", self.bob.get("/rooms/%d" % self.room_id).text)
@@ -536,6 +539,22 @@ class UserPageTests(AdminTestCase):
         own = self.client.get("/users/1").text
         self.assertNotIn("Ban Ada", own)
         self.assertIn('href="/users/me/profile"', own)
+
+    def test_another_persons_profile_has_a_ping_button_that_opens_your_direct_room(self):
+        ada_id = self.app.db.value("SELECT id FROM users WHERE email_address = 'ada@example.com'")
+        page = self.bob.get("/users/%d" % ada_id).text
+        form = re.search(r'<form method="post" action="(/rooms/directs)" class="form__actions">'
+                         r'<input type="hidden" name="user_ids\[\]" value="(\d+)">'
+                         r'<button type="submit" class="button button--primary">Ping</button></form>', page)
+        self.assertIsNotNone(form, page)
+        self.assertEqual(int(form.group(2)), ada_id)
+        response = self.bob.post(form.group(1), {"user_ids[]": form.group(2)})
+        self.assertEqual(response.status, 303)
+        room_id = int(response.header("Location").rsplit("/", 1)[1])
+        self.assertEqual(sorted(self.app.store.room_member_ids(room_id)), sorted([ada_id, self.bob_user.id]))
+        self.assertEqual(self.bob.post(form.group(1), {"user_ids[]": form.group(2)}).header("Location"),
+                         "/rooms/%d" % room_id)  # the same room again
+        self.assertNotIn(">Ping</button>", self.bob.get("/users/%d" % self.bob_user.id).text)
 
 
 class TransferTests(AdminTestCase):
@@ -620,6 +639,22 @@ class TransferTests(AdminTestCase):
 
 
 class QrCodeRouteTests(AdminTestCase):
+    def test_opened_in_a_browser_it_is_a_page_with_a_title_and_a_way_back(self):
+        url = "http://localhost/join/" + self.app.store.account()["join_code"]
+        path = "/qr_code/" + b64url(url)
+        page = self.client.get(path, headers={"Sec-Fetch-Mode": "navigate", "Referer": "http://localhost/account/edit"})
+        self.assertEqual(page.status, 200)
+        self.assertIn("text/html", page.header("Content-Type"))
+        self.assertIn("<title>QR code · ", page.text)
+        self.assertIn('<h1 class="panel__title">Scan this QR code</h1>', page.text)
+        self.assertIn('<img class="qr-page__code" src="%s"' % path, page.text)
+        self.assertIn('<a class="button" href="/account/edit">Back</a>', page.text)
+        elsewhere = self.client.get(path, headers={"Sec-Fetch-Mode": "navigate", "Referer": "https://evil.example/x"})
+        self.assertIn('<a class="button" href="/">Back</a>', elsewhere.text)
+        image = self.client.get(path, headers={"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"})
+        self.assertEqual(image.header("Content-Type"), "image/svg+xml")
+        self.assertIn("Sec-Fetch-Mode", image.header("Vary"))
+
     def test_svg_public_and_cached_for_a_year(self):
         url = "http://localhost/join/" + self.app.store.account()["join_code"]
         response = Client(self.app).get("/qr_code/" + b64url(url))

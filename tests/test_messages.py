@@ -494,13 +494,14 @@ class PlayTests(ChatTestCase):
         response = self.post(self.bob, 1, "/play tada")
         self.assertEqual(response.status, 201)
         self.assertIn('data-sound="tada"', response.text)
-        self.assertIn("🔊 plays a fanfare 🎏", response.text)
+        self.assertIn('<span class="sound__icon" aria-hidden="true"></span> plays a fanfare 🎏', response.text)
         self.assertIn("plays a fanfare 🎏", self.ada.get("/rooms/1").text)
 
     def test_picture_sound_renders_its_name_in_a_badge(self):
         response = self.post(self.bob, 1, "<div>/play nyan</div>")
         self.assertIn('data-sound="nyan"', response.text)
-        self.assertRegex(response.text, r'🔊 <span class="sound__badge">nyan</span>')
+        self.assertIn('<span class="sound__icon" aria-hidden="true"></span> <span class="sound__badge">nyan</span>',
+                      response.text)
 
     def test_every_sound_name_plays(self):
         for name in sorted(campfire.SOUND_NAMES):
@@ -519,7 +520,7 @@ class PlayTests(ChatTestCase):
                 response = self.post(self.bob, 1, body)
                 self.assertEqual(response.status, 201)
                 self.assertNotIn("data-sound", response.text)
-                self.assertNotIn("🔊", response.text)
+                self.assertNotIn("sound__icon", response.text)
                 self.assertIn(str(campfire.escape(body)).split()[0], response.text)
 
 

@@ -366,10 +366,10 @@ class PathologicalBodyTests(unittest.TestCase):
     def setUpClass(cls):
         cls.storage = tempfile.mkdtemp(prefix="campfire-test-")
         cls.app = make_app(cls.storage)
-        campfire.seed_database(cls.app, users=cls.MEMBERS, rooms=1, messages=0)
+        email, password = campfire.seed_database(cls.app, users=cls.MEMBERS, rooms=1, messages=0)
         cls.room_id = cls.app.db.value("SELECT id FROM rooms")
         cls.client = Client(cls.app)
-        response = cls.client.post("/session", {"email_address": "person1@example.com", "password": "password"})
+        response = cls.client.post("/session", {"email_address": email, "password": password})
         assert response.status == 303, response.status
 
     @classmethod

@@ -535,7 +535,8 @@ class DirectRoomTests(ChatTestCase):
         self.assertIn("Ping with Ada Admin, Carol Creator", self.bob.get("/rooms/%d" % room).text)
         self.assertIn("Ping with Ada Admin, Bob Builder", self.carol.get("/rooms/directs/%d/edit" % room).text)
         sidebar = self.bob.get("/users/me/sidebar").text
-        self.assertRegex(sidebar, r'href="/rooms/%d"[^>]*>Ada Admin, Carol Creator</a>' % room)
+        self.assertRegex(sidebar, r'href="/rooms/%d"[^>]*><span class="sidebar__name">Ada Admin, Carol Creator</span>'
+                         % room)
         self.assertEqual(self.dave.get("/rooms/%d" % room).status, 404)
 
     def test_direct_rooms_cannot_be_converted(self):
@@ -564,10 +565,13 @@ class InvolvementTests(ChatTestCase):
     def put(self, client, room_id, involvement, **kwargs):
         return client.post("/rooms/%d/involvement" % room_id, {"_method": "put", "involvement": involvement}, **kwargs)
 
-    def next_value(self, client, room_id):
+    def menu(self, client, room_id):
+        """The bell's menu: [(involvement, pressed)] in its order."""
         bell = client.get("/rooms/%d/involvement" % room_id)
         self.assertEqual(bell.status, 200)
-        return re.search(r'name="involvement" value="([a-z]+)"', bell.text).group(1)
+        return [(value, pressed == "true") for value, pressed in re.findall(
+            r'name="involvement" value="([a-z]+)"><button type="submit" class="bell__option bell--\1" '
+            r'aria-pressed="(true|false)">', bell.text)]
 
     def test_invisible_hides_the_room_from_the_sidebar(self):
         self.assertIn(self.all_talk, self.sidebar_links(self.bob))
@@ -593,28 +597,37 @@ class InvolvementTests(ChatTestCase):
         self.assertEqual(self.app.store.membership(room, self.bob_id)["involvement"], "nothing")
         self.assertEqual(self.put(self.bob, room, "everything").status, 200)
 
-    def test_bell_cycles_mentions_everything_nothing_invisible(self):
-        self.assertEqual(self.next_value(self.bob, self.all_talk), "everything")
-        for current, upcoming in (("everything", "nothing"), ("nothing", "invisible"), ("invisible", "mentions"),
-                                  ("mentions", "everything")):
-            with self.subTest(current=current):
-                response = self.put(self.bob, self.all_talk, current)
-                self.assertIn('name="involvement" value="%s"' % upcoming, response.text)
-                self.assertEqual(self.next_value(self.bob, self.all_talk), upcoming)
-                self.assertIn('name="involvement" value="%s"' % upcoming, self.bob.get("/rooms/%d" % self.all_talk).text)
+    def test_the_bell_is_a_menu_of_the_four_involvements_marking_the_current_one(self):
+        order = ["mentions", "everything", "nothing", "invisible"]
+        self.assertEqual(self.menu(self.bob, self.all_talk), [(value, value == "mentions") for value in order])
+        for chosen in ("nothing", "invisible", "everything", "mentions"):
+            with self.subTest(chosen=chosen):
+                response = self.put(self.bob, self.all_talk, chosen)
+                self.assertIn('<summary class="bell__button bell--%s" title="%s">' % (
+                    chosen, campfire.INVOLVEMENT_LABELS[chosen]), response.text)
+                self.assertEqual(self.menu(self.bob, self.all_talk), [(value, value == chosen) for value in order])
+                page = self.bob.get("/rooms/%d" % self.all_talk).text
+                self.assertIn('value="%s"><button type="submit" class="bell__option bell--%s" aria-pressed="true">%s'
+                              % (chosen, chosen, campfire.INVOLVEMENT_LABELS[chosen]), page)
 
-    def test_direct_room_bell_toggles_everything_and_nothing(self):
+    def test_a_direct_rooms_bell_offers_everything_and_nothing(self):
         room = self.create_direct_room(self.ada, [self.bob_id])
-        self.assertEqual(self.next_value(self.bob, room), "nothing")
+        self.assertEqual(self.menu(self.bob, room), [("everything", True), ("nothing", False)])
         self.put(self.bob, room, "nothing")
-        self.assertEqual(self.next_value(self.bob, room), "everything")
+        self.assertEqual(self.menu(self.bob, room), [("everything", False), ("nothing", True)])
 
-    def test_next_involvement(self):
-        cycle = {"mentions": "everything", "everything": "nothing", "nothing": "invisible", "invisible": "mentions"}
-        for current, upcoming in cycle.items():
-            self.assertEqual(campfire.next_involvement(current, False), upcoming)
-        self.assertEqual(campfire.next_involvement("everything", True), "nothing")
-        self.assertEqual(campfire.next_involvement("nothing", True), "everything")
+    def test_hidden_rooms_are_listed_with_a_way_back(self):
+        self.assertNotIn("Hidden rooms", self.bob.get("/users/me/sidebar").text)
+        self.put(self.bob, self.all_talk, "invisible")
+        sidebar = self.bob.get("/users/me/sidebar").text
+        self.assertIn('aria-label="Hidden rooms"', sidebar)
+        hidden = re.search(r'<ul id="hidden_rooms".*?</ul>', sidebar).group(0)
+        self.assertIn('href="/rooms/%d"' % self.all_talk, hidden)
+        self.assertIn('name="involvement" value="mentions"', hidden)
+        self.assertNotIn("Hidden rooms", self.ada.get("/users/me/sidebar").text)
+        self.put(self.bob, self.all_talk, "mentions")
+        self.assertNotIn("Hidden rooms", self.bob.get("/users/me/sidebar").text)
+        self.assertIn(self.all_talk, self.sidebar_links(self.bob))
 
     def test_navigating_form_goes_back_to_the_room(self):
         response = self.put(self.bob, self.all_talk, "everything", headers={"Sec-Fetch-Mode": "navigate"})

@@ -1,6 +1,7 @@
 """Campfire's schema, migrations, a database Rails created, bad configuration."""
 
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -183,7 +184,44 @@ class ConfigurationTests(unittest.TestCase):
                          ("serve", {"host": "127.0.0.1", "port": 8080, "storage": None, "no_cache": True}))
         self.assertEqual(parse(["serve", "--port=0"])[1]["port"], 0)
         self.assertEqual(parse(["seed", "--messages", "50", "--storage", "/tmp/x"]),
-                         ("seed", {"users": 100, "rooms": 20, "messages": 50, "storage": "/tmp/x"}))
+                         ("seed", {"users": 100, "rooms": 20, "messages": 50, "storage": "/tmp/x", "force": False}))
+
+    def test_seed_refuses_a_database_with_people_and_never_makes_a_known_admin_password(self):
+        storage = tempfile.mkdtemp(prefix="campfire-test-")
+        self.addCleanup(shutil.rmtree, storage, True)
+        env = {"CAMPFIRE_STORAGE_PATH": storage}
+        seed = ("seed", "--users", "2", "--rooms", "1", "--messages", "3")
+        first = self.run_campfire(*seed, env=env, timeout=60)
+        self.assertEqual(first.returncode, 0, first.stderr)
+        printed = re.search(r"(person\d+@example\.com) \(an administrator\) with the password '(\w+)'", first.stdout)
+        self.assertIsNotNone(printed, first.stdout)
+        admin_email, admin_password = printed.groups()
+        self.assertNotEqual(admin_password, campfire.SEED_PASSWORD)
+        app = make_app(storage)
+        self.addCleanup(app.close)
+        client = Client(app)
+        self.assertNotEqual(client.post("/session", {"email_address": admin_email, "password": "password"}).status, 303)
+        self.assertEqual(Client(app).post("/session", {"email_address": admin_email,
+                                                       "password": admin_password}).status, 303)
+        self.assertEqual(Client(app).post("/session", {"email_address": "person2@example.com",
+                                                       "password": "password"}).status, 303)
+        people = app.db.value("SELECT count(*) FROM users")
+
+        again = self.run_campfire(*seed, env=env, timeout=60)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("already has people", again.stderr)
+        self.assertIn("--force", again.stderr)
+        self.assertNotIn("Traceback", again.stderr)
+        self.assertEqual(app.db.value("SELECT count(*) FROM users"), people)
+
+        forced = self.run_campfire(*seed, "--force", env=env, timeout=60)
+        self.assertEqual(forced.returncode, 0, forced.stderr)
+        self.assertEqual(app.db.value("SELECT count(*) FROM users"), people + 2)
+        second_password = re.search(r"with the password '(\w+)'", forced.stdout).group(1)
+        self.assertNotIn(second_password, (admin_password, campfire.SEED_PASSWORD))
+        known = campfire.check_password
+        for digest, in app.db.all("SELECT password_digest FROM users WHERE role = ?", (campfire.ROLE_ADMINISTRATOR,)):
+            self.assertFalse(known(campfire.SEED_PASSWORD, digest))
 
     def test_a_command_line_that_cannot_be_read_says_which_word(self):
         for argv, words in ((["--bogus"], "'--bogus'"), (["launch"], "'launch'"), (["--port"], "needs a value"),
