@@ -16,6 +16,7 @@ pure code to the code that touches the world:
   7. Rich text                the allow-list sanitizer, auto-links, plain text, mentions
   8. QR codes                 byte-mode QR symbols as SVG, for invitation and sign-in links
   9. Web Push                 P-256, ECDSA, AES-128-GCM, HKDF, aes128gcm and VAPID, sans-I/O
+ 9a. Rails' formats           signed cookies, signed global ids, key derivation, bcrypt
  10. Files                    multipart, file names, image headers, byte ranges, serving rules,
                               the link-preview address guard and OpenGraph
  11. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
@@ -28,7 +29,7 @@ pure code to the code that touches the world:
  16. The application          App: a request in, a response out (no sockets); its caches
  17. Background work          purges, webhook and push deliveries, link previews, off the request path
  18. The server               asyncio connections, timeouts, group commit, signals
- 19. Operations               seed (and the other long jobs of the command line)
+ 19. Operations               seed and check (the long jobs and reports of the command line)
  20. Command line             main()
 """
 
@@ -197,12 +198,17 @@ MESSAGE_BODY_LIMIT = 256 * 1024   # HTTP body of a message post (HTML escapes in
 MAX_CLIENT_MESSAGE_ID_CHARS = 100
 CLIENT_MESSAGE_ID_BYTES = 16      # a client_message_id made up for a post without one (bots, plain forms)
 ROOMS_KEPT = 10_000               # rooms remembered in memory (then all forgotten)
+SGIDS_KEPT = 10_000               # people's signed mention ids remembered (~130 bytes each; signing one
+                                  # costs a JSON encoding and an HMAC, and a post with "@" needs the room's)
 SQLITE_IN_CHUNK = 500             # ids bound in one IN (...) list: old SQLite builds allow 999 variables
 MAX_BOOST_CHARS = 16              # boosts.content is varchar(16)
 MAX_ROOM_NAME_CHARS = 100
 MAX_BIO_CHARS = 200
 SEARCH_RESULT_LIMIT = 100         # Campfire shows the last 100 matches
 SEARCH_PROBE_LIMIT = 1000         # newest matches looked at before a membership-scoped query
+SEARCH_REBUILD_CHUNK = 500        # messages checked (and indexed if need be) per event-loop turn while
+                                  # a missing or partial search index is rebuilt: a few ms of work a turn
+SEARCH_REBUILD_LOG_EVERY = 20_000  # a progress line in the log after each this many messages checked
 MAX_SEARCH_WORDS = 16
 MAX_SEARCH_QUERY_CHARS = 200
 RECENT_SEARCHES_KEPT = 10
@@ -828,9 +834,21 @@ class Signer:
         return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()[:40]
 
 
-# Passwords: scrypt for ours, the system's crypt(3) for bcrypt digests Rails wrote.
+# Passwords: bcrypt as Rails' has_secure_password writes it, through the system's
+# crypt(3) (section 9a); scrypt where crypt(3) has no bcrypt.
 
-def hash_password(password, n=SCRYPT_N):
+def hash_password(password, n=SCRYPT_N, bcrypt_cost=None):
+    """A "$2a$" bcrypt digest of cost bcrypt_cost (default BCRYPT_COST, Rails' own), which
+    Rails checks unchanged; where this system's crypt(3) can't make bcrypt (or the
+    password holds a NUL, which bcrypt can't take), an scrypt digest of cost n."""
+    try:
+        digest = bcrypt_hash(password, BCRYPT_COST if bcrypt_cost is None else bcrypt_cost)
+    except ValueError:
+        digest = None
+    return digest or scrypt_password(password, n)
+
+
+def scrypt_password(password, n=SCRYPT_N):
     """An scrypt digest of cost n (the digest records it, so any cost checks later)."""
     salt = os.urandom(SCRYPT_SALT_BYTES)
     key = hashlib.scrypt(password.encode(), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P,
@@ -839,11 +857,11 @@ def hash_password(password, n=SCRYPT_N):
 
 
 @functools.lru_cache(maxsize=2)
-def unknown_password_digest(n=SCRYPT_N):
-    """A digest no password matches, at the cost n of today's: checking it makes a sign-in
+def unknown_password_digest(n=SCRYPT_N, bcrypt_cost=None):
+    """A digest no password matches, made as today's are: checking it makes a sign-in
     for an unknown address take as long as one for a known address (Rails' authenticate_by
     does the same), so the answer's timing tells nobody who has an account."""
-    return hash_password(random_token(), n)
+    return hash_password(random_token(), n, bcrypt_cost)
 
 
 class PasswordUnsupported(CampfireError):
@@ -865,31 +883,12 @@ def check_password(password, digest):
         except (ValueError, IndexError, binascii.Error):
             return False
         return hmac.compare_digest(actual, expected)
-    if digest.startswith(("$2a$", "$2b$", "$2y$")):
-        result = _system_crypt(candidate, digest.encode())
-        if result is None:
+    if digest.startswith(("$2a$", "$2b$", "$2y$", "$2x$")):
+        matches = bcrypt_check(candidate, digest)
+        if matches is None:
             raise PasswordUnsupported("bcrypt is not supported by this system's crypt(3)")
-        return hmac.compare_digest(result, digest.encode())
+        return matches
     return False
-
-
-def _system_crypt(password, setting):
-    """crypt(3) through ctypes; None when the library is missing or refuses bcrypt."""
-    import ctypes.util  # here, not at the top: only old Rails digests need it, and it is slow to load
-    name = ctypes.util.find_library("crypt")
-    if not name or b"\0" in password:
-        return None
-    try:
-        library = ctypes.CDLL(name)
-        crypt = library.crypt
-    except (OSError, AttributeError):
-        return None
-    crypt.restype = ctypes.c_char_p
-    crypt.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
-    result = crypt(password, setting)
-    if not result or not result.startswith(setting[:4]):
-        return None
-    return result
 
 
 class RateLimiter:
@@ -2641,13 +2640,10 @@ def find_mentions(stored_html):
     return list(sgids)
 
 
-# Signed global ids, as Rails' MessageVerifier writes them:
-# base64(JSON envelope) + "--" + hex HMAC-SHA256 of the base64 text.
+# Mentions carry the person's signed global id as Action Text's attachable_sgid
+# writes it (section 9a: signed with SECRET_KEY_BASE's "signed_global_ids" key), so
+# Rails verifies ours and we verify Rails'.
 _GID_USER = re.compile(r"gid://[\w.-]+/User/(\d{1,18})(?!\d)")
-
-
-def _sgid_digest(data, secret):
-    return hmac.new(secret, data.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
 
 
 def _unbase64(data):
@@ -2658,16 +2654,16 @@ def _unbase64(data):
         return ""
 
 
-def make_sgid(user_id, secret):
-    envelope = {"_rails": {"data": f"gid://campfire/User/{int(user_id)}", "pur": "attachable"}}
-    data = base64.b64encode(json.dumps(envelope, separators=(",", ":")).encode()).decode("ascii")
-    return f"{data}--{_sgid_digest(data, secret)}"
+def make_sgid(user_id, secret_key_base):
+    """user.attachable_sgid: gid://campfire/User/<id>, purpose "attachable", no expiry."""
+    return attachable_sgid(secret_key_base, "User", int(user_id))
 
 
 def sgid_user_id(sgid):
     """The user id in a stored sgid, signature not checked (bodies Rails wrote
-    are trusted data). Reads {"_rails":{"data":gid}}, the older
-    {"_rails":{"message":base64(json or Marshal)}} and Marshal-era ids."""
+    are trusted data, and Campfire itself reads a User's sgid unverified:
+    lib/rails_ext/action_text_attachables.rb). Reads {"_rails":{"data":gid}}, the
+    older {"_rails":{"message":base64(json or Marshal)}} and Marshal-era ids."""
     text = _unbase64(sgid.rpartition("--")[0] or sgid)
     try:
         rails = json.loads(text)["_rails"]
@@ -2678,13 +2674,13 @@ def sgid_user_id(sgid):
     return int(match[1]) if match else None
 
 
-def verify_sgid(sgid, secret):
-    """The user id when the sgid carries our signature, else None."""
-    data, separator, digest = sgid.rpartition("--")
-    if separator and hmac.compare_digest(
-            digest.encode("utf-8", "replace"), _sgid_digest(data, secret).encode()):
-        return sgid_user_id(sgid)
-    return None
+def verify_sgid(sgid, secret_key_base, now=None):
+    """The user id when the sgid is a User's signed with this SECRET_KEY_BASE for
+    attachment (in any format Rails has written), else None."""
+    located = locate_signed_global_id(secret_key_base, sgid, now=time.time() if now is None else now)
+    if located is None or located[0] != GLOBALID_APP or located[1] != "User" or not located[2].isdigit():
+        return None
+    return int(located[2])
 
 
 # Mentions typed as text ------------------------------------------------------------
@@ -3951,6 +3947,739 @@ def _scrub(text):
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+#### 9a. Rails' formats
+####
+# What Once Campfire's Rails app signs and hashes, written and read the same way,
+# so a storage, its people's passwords, their mentions and their session cookies
+# move between Campfire and this server in both directions. Pure, but for bcrypt
+# (the system's crypt(3) through ctypes). Sources: railties
+# lib/rails/application.rb (key_generator), activesupport
+# lib/active_support/message_verifier.rb and messages/*.rb, actionpack
+# lib/action_dispatch/middleware/cookies.rb, globalid lib/global_id/*.rb,
+# actiontext lib/action_text/attachable.rb, bcrypt-ruby lib/bcrypt/*.rb.
+# Campfire sets config.load_defaults 7.0 and later 8.x (config/application.rb):
+# keys are PBKDF2-HMAC-SHA256 of SECRET_KEY_BASE with 1000 iterations, signatures
+# HMAC-SHA1.
+
+# railties/lib/rails/application.rb (key_generator): PBKDF2 with 1000 iterations.
+RAILS_KEY_ITERATIONS = 1000
+# activesupport/lib/active_support/key_generator.rb (rails_key): 64 bytes by default.
+RAILS_KEY_BYTES = 64
+# load_defaults 7.0 and later: active_support.key_generator_hash_digest_class = SHA256.
+RAILS_KEY_DIGEST = "sha256"
+# ActiveSupport::MessageVerifier's default digest; neither Rails.application's
+# verifiers, GlobalID's verifier nor the signed cookie jar change it.
+VERIFIER_DIGEST = "sha1"
+VERIFIER_SEPARATOR = "--"
+
+# actionpack/lib/action_dispatch/railtie.rb
+SIGNED_COOKIE_SALT = "signed cookie"
+# globalid lib/global_id/railtie.rb: app.key_generator.rails_key('signed_global_ids')
+SIGNED_GLOBAL_IDS_SALT = "signed_global_ids"
+
+# Campfire's module name, dasherized (GlobalID.app), and Action Text's locator purpose.
+GLOBALID_APP = "campfire"
+ATTACHABLE_PURPOSE = "attachable"  # actiontext/lib/action_text/attachable.rb LOCATOR_NAME
+
+# app/controllers/concerns/authentication.rb: cookies.signed.permanent[:session_token]
+RAILS_SESSION_COOKIE = SESSION_COOKIE
+PERMANENT_COOKIE_YEARS = 20  # action_dispatch PermanentCookieJar: 20.years.from_now
+
+# A signed cookie is at most 4096 bytes (ActionDispatch::Cookies::MAX_COOKIE_SIZE) and an
+# attachable sgid about 120; anything longer is refused before any HMAC or decoding work.
+MAX_SIGNED_MESSAGE_CHARS = 8192
+
+# bcrypt-ruby: BCrypt::Engine::DEFAULT_COST (has_secure_password uses Engine.cost).
+BCRYPT_COST = 12
+BCRYPT_MIN_COST = 4
+BCRYPT_MAX_COST = 31
+# BCrypt::Engine.generate_salt writes "$2a$"; crypt_blowfish (in bcrypt-ruby and in
+# libxcrypt alike) computes $2a$ the same way, so Rails checks these digests unchanged.
+BCRYPT_PREFIX = "$2a$"
+BCRYPT_SALT_BYTES = 16                 # BCrypt::Engine::MAX_SALT_LENGTH
+BCRYPT_MAX_PASSWORD_BYTES = 72         # BCrypt::Engine::MAX_SECRET_BYTESIZE: the rest is ignored
+# bcrypt-ruby's BCrypt::Password.valid_hash?
+BCRYPT_DIGEST = re.compile(r"\$[0-9a-z]{2}\$[0-9]{2}\$[A-Za-z0-9./]{53}")
+# libxcrypt's <crypt.h>: sizeof(struct crypt_data) and CRYPT_GENSALT_OUTPUT_SIZE.
+_CRYPT_DATA_BYTES = 32768
+_CRYPT_GENSALT_OUTPUT_BYTES = 192
+
+
+class InvalidMessage(ValueError):
+    """A signed message that is malformed, tampered with, expired or for another purpose."""
+
+
+# Key derivation ----------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=32)
+def rails_key(secret_key_base, salt, key_bytes=RAILS_KEY_BYTES, digest=RAILS_KEY_DIGEST,
+                 iterations=RAILS_KEY_ITERATIONS):
+    """Rails.application.key_generator.rails_key(salt, key_bytes): PBKDF2-HMAC.
+
+    The password is SECRET_KEY_BASE's text as given (Rails uses the string itself,
+    not a hex decoding of it). Cached like Rails' CachingKeyGenerator."""
+    if not isinstance(secret_key_base, str) or not secret_key_base:
+        raise ValueError("secret_key_base must be a non-empty string")
+    return hashlib.pbkdf2_hmac(digest, secret_key_base.encode("utf-8"), salt.encode("utf-8"),
+                               iterations, key_bytes)
+
+
+def signed_cookie_key(secret_key_base):
+    return rails_key(secret_key_base, SIGNED_COOKIE_SALT)
+
+
+def signed_global_id_key(secret_key_base):
+    return rails_key(secret_key_base, SIGNED_GLOBAL_IDS_SALT)
+
+
+# Serializers -------------------------------------------------------------------------
+
+_HTML_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"}
+
+
+def rails_json(value):
+    """ActiveSupport::JSON.encode: compact, UTF-8 kept, and <, > and & escaped
+    (escape_html_entities_in_json); U+2028/U+2029 stay raw under load_defaults 8.1+."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return re.sub(r"[<>&]", lambda m: _HTML_ESCAPES[m.group()], text)
+
+
+def _reject_constant(name):
+    raise ValueError("not JSON: " + name)
+
+
+def rails_json_load(text):
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+MARSHAL_SIGNATURE = b"\x04\x08"
+
+
+class _MarshalReader:
+    """Enough of Ruby's Marshal format (marshal.c, format 4.8) to read what Rails put in
+    signed messages: nil, booleans, integers, symbols and strings (with their encoding
+    ivar), and arrays and hashes of those. Anything else is refused."""
+
+    MAX_DEPTH = 16
+
+    def __init__(self, data):
+        self.data, self.pos, self.symbols = data, 2, []
+
+    def read(self):
+        if not self.data.startswith(MARSHAL_SIGNATURE):
+            raise ValueError("not Marshal 4.8")
+        value = self._object(0)
+        if self.pos != len(self.data):
+            raise ValueError("trailing bytes after Marshal data")
+        return value
+
+    def _byte(self):
+        if self.pos >= len(self.data):
+            raise ValueError("truncated Marshal data")
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def _bytes(self, count):
+        if count < 0 or self.pos + count > len(self.data):
+            raise ValueError("truncated Marshal data")
+        self.pos += count
+        return self.data[self.pos - count:self.pos]
+
+    def _long(self):
+        c = self._byte()
+        c = c - 256 if c > 127 else c
+        if c == 0:
+            return 0
+        if 4 < c < 128:
+            return c - 5
+        if -129 < c < -4:
+            return c + 5
+        raw = self._bytes(abs(c))
+        value = int.from_bytes(raw, "little")
+        return value if c > 0 else value - (1 << (8 * len(raw)))
+
+    def _symbol(self):
+        tag = self._byte()
+        if tag == 0x3A:  # ':'
+            name = self._bytes(self._long()).decode("utf-8")
+            self.symbols.append(name)
+            return name
+        if tag == 0x3B:  # ';' a link to a symbol read before
+            index = self._long()
+            if not 0 <= index < len(self.symbols):
+                raise ValueError("bad Marshal symbol link")
+            return self.symbols[index]
+        raise ValueError("expected a Marshal symbol")
+
+    def _object(self, depth):
+        if depth > self.MAX_DEPTH:
+            raise ValueError("Marshal data nested too deeply")
+        tag = self._byte()
+        if tag == 0x30:  # '0'
+            return None
+        if tag == 0x54:  # 'T'
+            return True
+        if tag == 0x46:  # 'F'
+            return False
+        if tag == 0x69:  # 'i'
+            return self._long()
+        if tag in (0x3A, 0x3B):
+            self.pos -= 1
+            return self._symbol()
+        if tag == 0x22:  # '"' a string without ivars: binary
+            return self._bytes(self._long()).decode("latin-1")
+        if tag == 0x49:  # 'I' an object followed by its ivars (a string's encoding)
+            if self._byte() != 0x22:
+                raise ValueError("only strings may carry ivars here")
+            raw = self._bytes(self._long())
+            encoding = "latin-1"
+            for _ in range(self._long()):
+                name = self._symbol()
+                value = self._object(depth + 1)
+                if name == "E":
+                    encoding = "utf-8" if value is True else "ascii"
+                elif name == "encoding" and isinstance(value, str):
+                    encoding = value
+            try:
+                return raw.decode(encoding)
+            except (LookupError, UnicodeDecodeError) as error:
+                raise ValueError("undecodable Marshal string") from error
+        if tag == 0x5B:  # '['
+            return [self._object(depth + 1) for _ in range(self._long())]
+        if tag == 0x7B:  # '{'
+            result = {}
+            for _ in range(self._long()):
+                key = self._object(depth + 1)
+                result[key] = self._object(depth + 1)
+            return result
+        raise ValueError("unsupported Marshal type %r" % chr(tag))
+
+
+def marshal_load(data):
+    """Ruby Marshal.load for plain data (see _MarshalReader); ValueError otherwise."""
+    return _MarshalReader(bytes(data)).read()
+
+
+def _load_allowing_marshal(raw):
+    """ActiveSupport's :json_allow_marshal serializer: Marshal when the bytes start with
+    Marshal's signature, else JSON (the load_defaults 7.1+ message serializer)."""
+    if raw.startswith(MARSHAL_SIGNATURE):
+        return marshal_load(raw)
+    return rails_json_load(raw.decode("utf-8"))
+
+
+# Base64
+# ---------------------------------------------------------------------------------
+
+_STRICT_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_URLSAFE_BASE64 = re.compile(r"[A-Za-z0-9_\-+/]*={0,2}")
+
+
+def strict_encode64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def strict_decode64(text):
+    """Ruby's Base64.strict_decode64: standard alphabet, padding required."""
+    if not _STRICT_BASE64.fullmatch(text):
+        raise ValueError("not strict base64")
+    return base64.b64decode(text)
+
+
+def urlsafe_encode64(data, padding=True):
+    text = base64.urlsafe_b64encode(data).decode("ascii")
+    return text if padding else text.rstrip("=")
+
+
+def urlsafe_decode64(text):
+    """Ruby's Base64.urlsafe_decode64: pads when the length is not a multiple of four,
+    maps - and _ to + and /, then decodes strictly (so + and / are accepted too)."""
+    if not _URLSAFE_BASE64.fullmatch(text):
+        raise ValueError("not URL-safe base64")
+    if not text.endswith("=") and len(text) % 4:
+        text += "=" * (-len(text) % 4)
+    return strict_decode64(text.replace("-", "+").replace("_", "/"))
+
+
+# Verifier ----------------------------------------------------------------------------
+
+def _iso8601_ms(moment):
+    """Time#utc.iso8601(3), the expiry format in Rails' metadata: truncated to ms, 'Z'."""
+    moment = moment.astimezone(datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (moment.microsecond // 1000)
+
+
+_ISO8601 = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:[.,](\d+))?(Z|[+-]\d\d:?\d\d)")
+
+
+def parse_iso8601(text):
+    """Unix seconds of an ISO 8601 date-time as Rails writes expiries (Time.iso8601)."""
+    match = _ISO8601.fullmatch(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError("not an ISO 8601 time")
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    fraction = match.group(7) or "0"
+    zone = match.group(8)
+    if zone == "Z":
+        offset = datetime.timedelta(0)
+    else:
+        digits = zone[1:].replace(":", "")
+        offset = datetime.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+        offset = -offset if zone[0] == "-" else offset
+    moment = datetime.datetime(year, month, day, hour, minute, second,
+                               tzinfo=datetime.timezone(offset))
+    return moment.timestamp() + int(fraction) / 10 ** len(fraction)
+
+
+def _utc_moment(now):
+    return datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+
+
+class MessageVerifier:
+    """ActiveSupport::MessageVerifier (activesupport/lib/active_support/message_verifier.rb,
+    messages/codec.rb and messages/metadata.rb) in the configurations Campfire uses.
+
+    A message is  encode(payload) + "--" + hex HMAC(digest, secret, encode(payload)).
+
+    serializer "json" (load_defaults 7.1+, use_message_serializer_for_metadata = true):
+        payload = JSON {"_rails":{"data":VALUE,"exp":ISO,"pur":PURPOSE}} (exp and pur
+        only when given), or the bare JSON value when there is no metadata.
+        Reads Marshal-serialized payloads too (json_allow_marshal).
+    serializer "null" (the signed cookie jar's NullSerializer, value already a string):
+        with metadata, the legacy envelope
+        JSON {"_rails":{"message":strict_base64(VALUE),"exp":ISO|null,"pur":PURPOSE|null}};
+        without, VALUE itself.
+
+    encoding "strict" (Rails' default): strict base64 written; read strict, then URL-safe.
+    encoding "url_safe" (url_safe: true): URL-safe base64 without padding.
+    encoding "globalid" (GlobalID::Verifier): URL-safe base64 *with* padding, for the
+    payload and for the legacy envelope's inner message alike.
+    """
+
+    ENCODINGS = ("strict", "url_safe", "globalid")
+    SERIALIZERS = ("json", "null")
+
+    def __init__(self, secret, *, digest=VERIFIER_DIGEST, serializer="json", encoding="strict"):
+        if encoding not in self.ENCODINGS or serializer not in self.SERIALIZERS:
+            raise ValueError("unknown encoding or serializer")
+        self._secret = bytes(secret)
+        self._digest = digest
+        self._serializer = serializer
+        self._encoding = encoding
+        self._hex_length = hashlib.new(digest).digest_size * 2
+
+    # -- encoding ------------------------------------------------------------------
+
+    def _encode(self, data, inner=False):
+        if self._encoding == "globalid":
+            return urlsafe_encode64(data)
+        if self._encoding == "url_safe" and not inner:
+            return urlsafe_encode64(data, padding=False)
+        return strict_encode64(data)
+
+    def _decode(self, text, inner=False):
+        """Rails 7.2+ reads the configured alphabet first, then the other one; the legacy
+        envelope's inner message is written strict. GlobalID's decode is URL-safe only
+        (which takes both alphabets anyway)."""
+        if self._encoding == "globalid":
+            decoders = (urlsafe_decode64,)
+        elif self._encoding == "url_safe" and not inner:
+            decoders = (urlsafe_decode64, strict_decode64)
+        else:
+            decoders = (strict_decode64, urlsafe_decode64)
+        for decode in decoders:
+            try:
+                return decode(text)
+            except (ValueError, binascii.Error):
+                continue
+        raise InvalidMessage("not base64")
+
+    def _sign(self, encoded):
+        return hmac.new(self._secret, encoded.encode("ascii"), self._digest).hexdigest()
+
+    # -- generate ------------------------------------------------------------------
+
+    def generate(self, value, *, purpose=None, expires_at=None, expires_in=None, now=None):
+        """A signed message. expires_at: Unix seconds; expires_in: seconds from now."""
+        expiry = None
+        if expires_at is not None:
+            expiry = _iso8601_ms(_utc_moment(expires_at))
+        elif expires_in is not None:
+            if now is None:
+                raise ValueError("expires_in needs now")
+            expiry = _iso8601_ms(_utc_moment(now + expires_in))
+        has_metadata = expiry is not None or purpose is not None
+        if self._serializer == "null":
+            if not isinstance(value, str):
+                raise TypeError("the null serializer signs strings")
+            if has_metadata:
+                inner = self._encode(value.encode("utf-8"), inner=True)
+                payload = rails_json({"_rails": {"message": inner, "exp": expiry,
+                                                  "pur": None if purpose is None else str(purpose)}})
+            else:
+                payload = value
+        else:
+            if has_metadata:
+                rails = {"data": value}
+                if expiry is not None:
+                    rails["exp"] = expiry
+                if purpose is not None:
+                    rails["pur"] = str(purpose)
+                value = {"_rails": rails}
+            payload = rails_json(value)
+        encoded = self._encode(payload.encode("utf-8"))
+        return encoded + VERIFIER_SEPARATOR + self._sign(encoded)
+
+    # -- verify --------------------------------------------------------------------
+
+    def verify(self, message, *, purpose=None, now):
+        """The signed value; raises InvalidMessage (Rails' verify raises InvalidSignature)."""
+        if not isinstance(message, str) or len(message) > MAX_SIGNED_MESSAGE_CHARS:
+            raise InvalidMessage("not a signed message")
+        split = len(message) - self._hex_length - len(VERIFIER_SEPARATOR)
+        if split <= 0 or message[split:split + len(VERIFIER_SEPARATOR)] != VERIFIER_SEPARATOR:
+            raise InvalidMessage("no signature")
+        encoded, digest = message[:split], message[split + len(VERIFIER_SEPARATOR):]
+        if not encoded.strip() or not encoded.isascii():
+            raise InvalidMessage("empty or non-ASCII data")
+        if not hmac.compare_digest(digest.encode("utf-8", "replace"), self._sign(encoded).encode("ascii")):
+            raise InvalidMessage("mismatched digest")
+        payload = self._decode(encoded)
+        try:
+            return self._read_payload(payload, purpose, now)
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as error:
+            if isinstance(error, InvalidMessage):
+                raise
+            raise InvalidMessage("unreadable payload") from error
+
+    def verified(self, message, *, purpose=None, now):
+        """Rails' verified: the value, or None when the message isn't valid."""
+        try:
+            return self.verify(message, purpose=purpose, now=now)
+        except InvalidMessage:
+            return None
+
+    def _read_payload(self, payload, purpose, now):
+        if payload.startswith(b'{"_rails":{"message":'):
+            # The legacy envelope (metadata serialized as JSON around an inner message).
+            envelope = rails_json_load(payload.decode("utf-8"))
+            rails = self._check_metadata(envelope, purpose, now)
+            inner = self._decode(rails["message"], inner=True)
+            return inner.decode("utf-8") if self._serializer == "null" else _load_allowing_marshal(inner)
+        if self._serializer == "null":
+            if purpose is not None:
+                raise InvalidMessage("missing metadata")
+            return payload.decode("utf-8")
+        value = _load_allowing_marshal(payload)
+        if isinstance(value, dict) and "_rails" in value:
+            return self._check_metadata(value, purpose, now)["data"]
+        if purpose is not None:
+            raise InvalidMessage("missing metadata")
+        return value
+
+    @staticmethod
+    def _check_metadata(envelope, purpose, now):
+        rails = envelope["_rails"]
+        if not isinstance(rails, dict):
+            raise InvalidMessage("malformed metadata")
+        expiry = rails.get("exp")
+        if expiry is not None and now >= parse_iso8601(expiry):
+            raise InvalidMessage("expired")
+        signed_purpose = rails.get("pur")
+        if signed_purpose is not None and not isinstance(signed_purpose, str):
+            raise InvalidMessage("malformed purpose")
+        if (signed_purpose or "") != ("" if purpose is None else str(purpose)):
+            raise InvalidMessage("mismatched purpose")
+        return rails
+
+
+# Cookies -----------------------------------------------------------------------------
+
+def _cookie_verifier(secret_key_base):
+    return MessageVerifier(signed_cookie_key(secret_key_base), serializer="null")
+
+
+def permanent_expiry(now):
+    """20.years.from_now: the same calendar date and time 20 years on (Feb 29 → Feb 28)."""
+    moment = _utc_moment(now)
+    year = moment.year + PERMANENT_COOKIE_YEARS
+    try:
+        later = moment.replace(year=year)
+    except ValueError:  # February 29th in a year that has none
+        later = moment.replace(year=year, day=28)
+    return later.timestamp()
+
+
+def sign_cookie(secret_key_base, name, value, *, expires_at=None):
+    """cookies.signed[name] = {value:, expires:}: the cookie's value before escaping.
+    The value is JSON-serialized first (action_dispatch.cookies_serializer = :json)."""
+    return _cookie_verifier(secret_key_base).generate(
+        rails_json(value), purpose="cookie." + name, expires_at=expires_at)
+
+
+def sign_permanent_cookie(secret_key_base, name, value, *, now):
+    """cookies.signed.permanent[name] = value: (signed value, expiry in Unix seconds).
+    Set-Cookie carries the same expiry as the signed metadata."""
+    expires_at = permanent_expiry(now)
+    return sign_cookie(secret_key_base, name, value, expires_at=expires_at), expires_at
+
+
+def verify_signed_cookie(secret_key_base, name, value, *, now):
+    """cookies.signed[name] for an already unescaped value: the JSON value, or None.
+
+    Like SignedKeyRotatingCookieJar: checked with purpose "cookie.<name>", then without
+    a purpose (cookies written before use_cookies_with_metadata); the signed text must be
+    JSON (a Marshal value reads as nil under the :json cookie serializer)."""
+    verifier = _cookie_verifier(secret_key_base)
+    data = verifier.verified(value, purpose="cookie." + name, now=now)
+    if data is None:
+        data = verifier.verified(value, now=now)
+    if data is None or data.encode("utf-8", "replace").startswith(MARSHAL_SIGNATURE):
+        return None
+    try:
+        return rails_json_load(data)
+    except ValueError:
+        return None
+
+
+def rails_session_cookie(secret_key_base, token, *, now):
+    """The session_token cookie Campfire sets after sign-in: (escaped value, expires_at).
+    Rails adds: path=/, expires=<expires_at>, httponly, samesite=lax, and secure when the
+    request was HTTPS (force_ssl)."""
+    signed, expires_at = sign_permanent_cookie(secret_key_base, RAILS_SESSION_COOKIE, token, now=now)
+    return cookie_escape(signed), expires_at
+
+
+def verify_rails_session_cookie(secret_key_base, raw_value, *, now):
+    """The session token in a session_token cookie as the browser sent it, or None."""
+    value = verify_signed_cookie(secret_key_base, RAILS_SESSION_COOKIE, cookie_unescape(raw_value), now=now)
+    return value if isinstance(value, str) and value else None
+
+
+_COOKIE_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789*-._")
+
+
+def cookie_escape(text):
+    """Rack::Utils.escape (URI.encode_www_form_component), which Rack applies to every
+    Set-Cookie value: '+', '/' and '=' of base64 become %2B, %2F and %3D."""
+    out = []
+    for byte in text.encode("utf-8"):
+        if byte in _COOKIE_SAFE:
+            out.append(chr(byte))
+        elif byte == 0x20:
+            out.append("+")
+        else:
+            out.append("%%%02X" % byte)
+    return "".join(out)
+
+
+def cookie_unescape(text):
+    """Rack::Utils.unescape as Rack reads cookies ('+' is a space); a value with a broken
+    %-escape is kept as sent, as Rack does."""
+    if re.search(r"%(?![0-9A-Fa-f]{2})", text):
+        return text
+    try:
+        return urllib.parse.unquote_plus(text, errors="strict")
+    except UnicodeDecodeError:
+        return text
+
+
+# Global IDs
+# ---------------------------------------------------------------------------------
+
+def global_id_verifier(secret_key_base):
+    """SignedGlobalID.verifier: GlobalID::Verifier over the signed_global_ids key."""
+    return MessageVerifier(signed_global_id_key(secret_key_base), encoding="globalid")
+
+
+def global_id(model_name, model_id, app=GLOBALID_APP):
+    """URI::GID.create: gid://app/Model/id (the id CGI-escaped)."""
+    return "gid://%s/%s/%s" % (app, model_name, urllib.parse.quote_plus(str(model_id), safe=""))
+
+
+_GID = re.compile(r"gid://([^/?#]+)/([A-Za-z_][\w:]*)/([^?#]+)(?:\?([^#]*))?")
+
+
+def parse_global_id(uri):
+    """(app, model_name, model_id) of a gid:// URI, or None. A composite id ("1/2") is
+    returned as its text."""
+    match = _GID.fullmatch(uri) if isinstance(uri, str) else None
+    if not match:
+        return None
+    return match.group(1), match.group(2), urllib.parse.unquote_plus(match.group(3))
+
+
+def sign_global_id(secret_key_base, model_name, model_id, *, purpose=ATTACHABLE_PURPOSE,
+                   expires_at=None, app=GLOBALID_APP):
+    """SignedGlobalID#to_s. Action Text's attachable_sgid (to_sgid(expires_in: nil,
+    for: "attachable")) has no expiry, so by default neither does this."""
+    return global_id_verifier(secret_key_base).generate(
+        global_id(model_name, model_id, app), purpose=purpose, expires_at=expires_at)
+
+
+def attachable_sgid(secret_key_base, model_name, model_id):
+    """user.attachable_sgid, the sgid of a mention attachment."""
+    return sign_global_id(secret_key_base, model_name, model_id)
+
+
+def locate_signed_global_id(secret_key_base, sgid, *, purpose=ATTACHABLE_PURPOSE, now):
+    """GlobalID::Locator.locate_signed's parse step: (app, model_name, model_id) when the
+    signature, purpose and expiry hold, else None. Reads the current format, the Rails
+    7.x one (Marshal in a legacy envelope) and GlobalID's older self-described
+    {"gid":…,"purpose":…,"expires_at":…} messages."""
+    verifier = global_id_verifier(secret_key_base)
+    value = verifier.verified(sgid, purpose=purpose, now=now)
+    if value is None:
+        legacy = verifier.verified(sgid, now=now)
+        if isinstance(legacy, dict) and isinstance(legacy.get("gid"), str):
+            try:
+                expired = legacy.get("expires_at") is not None and now > parse_iso8601(legacy["expires_at"])
+            except ValueError:
+                return None
+            if not expired and str(legacy.get("purpose")) == str(purpose):
+                value = legacy["gid"]
+    return parse_global_id(value) if isinstance(value, str) else None
+
+
+# Campfire's own pattern for a gid inside Marshal bytes: gid://campfire/<Model>/<digits>.
+_GID_IN_BYTES = re.compile(rb"gid://" + GLOBALID_APP.encode("ascii") + rb"/[^/]+/\d+")
+
+
+def peek_global_id(sgid):
+    """The gid inside an sgid, signature NOT checked — what Campfire does for User
+    attachables (lib/rails_ext/action_text_attachables.rb), so mentions survive a
+    changed SECRET_KEY_BASE. (app, model_name, model_id) or None."""
+    if not isinstance(sgid, str) or len(sgid) > MAX_SIGNED_MESSAGE_CHARS:
+        return None
+    message = sgid.split(VERIFIER_SEPARATOR)[0]
+    try:
+        try:
+            envelope = rails_json_load(strict_decode64(message).decode("utf-8"))
+        except ValueError:
+            envelope = rails_json_load(urlsafe_decode64(message).decode("utf-8"))
+        rails = envelope["_rails"]
+        if "data" in rails:
+            return parse_global_id(rails["data"])
+        if "message" in rails:
+            try:
+                inner = strict_decode64(rails["message"])
+            except ValueError:
+                inner = urlsafe_decode64(rails["message"])
+            match = _GID_IN_BYTES.search(inner)
+            return parse_global_id(match.group().decode("ascii")) if match else None
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError):
+        return None
+    return None
+
+
+# bcrypt
+# ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _libcrypt():
+    """libxcrypt's crypt_rn and crypt_gensalt_rn, or None when this system lacks them
+    (glibc's old libcrypt has no bcrypt and no crypt_rn; macOS has neither)."""
+    import ctypes.util  # only the password functions need it, and it is slow to import
+    names = [ctypes.util.find_library("crypt"), "libcrypt.so.1", "libcrypt.so.2"]
+    for name in filter(None, names):
+        try:
+            library = ctypes.CDLL(name)
+            crypt_rn, gensalt = library.crypt_rn, library.crypt_gensalt_rn
+        except (OSError, AttributeError):
+            continue
+        crypt_rn.restype = ctypes.c_char_p
+        crypt_rn.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)
+        gensalt.restype = ctypes.c_char_p
+        gensalt.argtypes = (ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int,
+                            ctypes.c_char_p, ctypes.c_int)
+        return crypt_rn, gensalt
+    return None
+
+
+def _crypt(password, setting):
+    """crypt_rn(password, setting) with a private struct crypt_data (thread-safe), or
+    None on failure. Both arguments are bytes without NUL (callers check)."""
+    functions = _libcrypt()
+    if functions is None:
+        return None
+    crypt_rn = functions[0]
+    data = ctypes.create_string_buffer(_CRYPT_DATA_BYTES)
+    result = crypt_rn(password, setting, data, _CRYPT_DATA_BYTES)
+    if not result or result.startswith(b"*"):
+        return None
+    return result
+
+
+def _bcrypt_password_bytes(password):
+    """The bytes bcrypt sees. bcrypt-ruby truncates to 72 bytes (Engine.hash_secret) and
+    refuses a NUL (StringValueCStr raises), so a NUL is a ValueError here too."""
+    data = password.encode("utf-8") if isinstance(password, str) else bytes(password)
+    if b"\0" in data:
+        raise ValueError("a bcrypt password cannot contain NUL")
+    return data[:BCRYPT_MAX_PASSWORD_BYTES]
+
+
+@functools.lru_cache(maxsize=1)
+def bcrypt_supported():
+    """True when this system's crypt(3) can both make and check $2a$ digests."""
+    salt = bcrypt_salt(BCRYPT_MIN_COST, random_bytes=bytes(BCRYPT_SALT_BYTES))
+    if salt is None:
+        return False
+    result = _crypt(b"probe", salt.encode("ascii"))
+    return bool(result) and BCRYPT_DIGEST.fullmatch(result.decode("ascii")) is not None
+
+
+def bcrypt_salt(cost=BCRYPT_COST, *, random_bytes=None):
+    """BCrypt::Engine.generate_salt: "$2a$" + cost + 22 characters, or None."""
+    if not BCRYPT_MIN_COST <= cost <= BCRYPT_MAX_COST:
+        raise ValueError("bcrypt cost must be between %d and %d" % (BCRYPT_MIN_COST, BCRYPT_MAX_COST))
+    functions = _libcrypt()
+    if functions is None:
+        return None
+    random_bytes = os.urandom(BCRYPT_SALT_BYTES) if random_bytes is None else random_bytes
+    output = ctypes.create_string_buffer(_CRYPT_GENSALT_OUTPUT_BYTES)
+    result = functions[1](BCRYPT_PREFIX.encode("ascii"), cost, random_bytes, len(random_bytes),
+                          output, _CRYPT_GENSALT_OUTPUT_BYTES)
+    if not result or not result.startswith(BCRYPT_PREFIX.encode("ascii")):
+        return None
+    return result.decode("ascii")
+
+
+def bcrypt_hash(password, cost=BCRYPT_COST):
+    """BCrypt::Password.create(password, cost:): a "$2a$" digest Rails' has_secure_password
+    accepts, or None when this system can't make one (the caller falls back). A password
+    with a NUL raises ValueError (Rails can't take one either). CPU-heavy: run it off the
+    event loop."""
+    password = _bcrypt_password_bytes(password)
+    salt = bcrypt_salt(cost)
+    if salt is None:
+        return None
+    result = _crypt(password, salt.encode("ascii"))
+    if result is None:
+        return None
+    digest = result.decode("ascii")
+    return digest if BCRYPT_DIGEST.fullmatch(digest) else None
+
+
+def bcrypt_check(password, digest):
+    """BCrypt::Password.new(digest).is_password?(password): True or False, or None when
+    this system can't compute bcrypt (the caller decides). A malformed digest is False."""
+    if not isinstance(digest, str) or not BCRYPT_DIGEST.fullmatch(digest):
+        return False
+    try:
+        password = _bcrypt_password_bytes(password)
+    except ValueError:
+        return False
+    result = _crypt(password, digest[:29].encode("ascii"))
+    if result is None:
+        return None if not bcrypt_supported() else False
+    return hmac.compare_digest(result, digest.encode("ascii"))
+
+
+def is_bcrypt_digest(digest):
+    return isinstance(digest, str) and BCRYPT_DIGEST.fullmatch(digest) is not None
+
+
 ####
 #### 10. Files
 ####
@@ -5189,69 +5918,262 @@ def extract_link_preview(body, page_url, content_type=None):
 ####
 #### 11. Storage
 ####
-# Campfire's own schema (db/schema.rb), written the way Rails writes it for
-# SQLite, so a database either program created opens in the other. Our
-# additions live in new indexes and tables, never in changes to Campfire's.
+# Campfire's own schema and migrations (db/schema.rb, db/migrate/*.rb), written
+# the way Rails' SQLite adapter writes them, so a storage either program created
+# opens in the other. A storage is brought forward exactly as Rails' `db:prepare`
+# would: each pending migration in version order, in its own transaction that
+# also records its version in schema_migrations. A new storage is created from
+# the schema (as Rails loads db/schema.rb) with every version recorded. Our own
+# additions live in tables and indexes named campfire_py_*, recorded in
+# campfire_py_migrations: no Rails migration can take those names.
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS "accounts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "join_code" varchar NOT NULL, "custom_styles" text, "settings" json, "singleton_guard" integer DEFAULT 0 NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS "index_accounts_on_singleton_guard" ON "accounts" ("singleton_guard");
-CREATE TABLE IF NOT EXISTS "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "email_address" varchar, "password_digest" varchar, "role" integer DEFAULT 0 NOT NULL, "status" integer DEFAULT 0 NOT NULL, "bio" text, "bot_token" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS "index_users_on_email_address" ON "users" ("email_address");
-CREATE UNIQUE INDEX IF NOT EXISTS "index_users_on_bot_token" ON "users" ("bot_token");
-CREATE TABLE IF NOT EXISTS "sessions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "token" varchar NOT NULL, "ip_address" varchar, "user_agent" varchar, "last_active_at" datetime(6) NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_758836b4f0" FOREIGN KEY ("user_id") REFERENCES "users" ("id"));
-CREATE UNIQUE INDEX IF NOT EXISTS "index_sessions_on_token" ON "sessions" ("token");
-CREATE INDEX IF NOT EXISTS "index_sessions_on_user_id" ON "sessions" ("user_id");
-CREATE TABLE IF NOT EXISTS "rooms" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar, "type" varchar NOT NULL, "creator_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
-CREATE TABLE IF NOT EXISTS "memberships" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "room_id" integer NOT NULL, "user_id" integer NOT NULL, "involvement" varchar DEFAULT 'mentions', "connections" integer DEFAULT 0 NOT NULL, "connected_at" datetime(6), "unread_at" datetime(6), "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS "index_memberships_on_room_id_and_user_id" ON "memberships" ("room_id", "user_id");
-CREATE INDEX IF NOT EXISTS "index_memberships_on_room_id_and_created_at" ON "memberships" ("room_id", "created_at");
-CREATE INDEX IF NOT EXISTS "index_memberships_on_room_id" ON "memberships" ("room_id");
-CREATE INDEX IF NOT EXISTS "index_memberships_on_user_id" ON "memberships" ("user_id");
-CREATE TABLE IF NOT EXISTS "messages" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "room_id" integer NOT NULL, "creator_id" integer NOT NULL, "client_message_id" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_a8db0fb63a" FOREIGN KEY ("room_id") REFERENCES "rooms" ("id"), CONSTRAINT "fk_rails_761a2f12b3" FOREIGN KEY ("creator_id") REFERENCES "users" ("id"));
-CREATE INDEX IF NOT EXISTS "index_messages_on_room_id" ON "messages" ("room_id");
-CREATE INDEX IF NOT EXISTS "index_messages_on_creator_id" ON "messages" ("creator_id");
-CREATE TABLE IF NOT EXISTS "action_text_rich_texts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "body" text, "record_type" varchar NOT NULL, "record_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS "index_action_text_rich_texts_uniqueness" ON "action_text_rich_texts" ("record_type", "record_id", "name");
-CREATE TABLE IF NOT EXISTS "boosts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "message_id" integer NOT NULL, "booster_id" integer NOT NULL, "content" varchar(16) NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_0a5f6f6c1e" FOREIGN KEY ("message_id") REFERENCES "messages" ("id"));
-CREATE INDEX IF NOT EXISTS "index_boosts_on_message_id" ON "boosts" ("message_id");
-CREATE INDEX IF NOT EXISTS "index_boosts_on_booster_id" ON "boosts" ("booster_id");
-CREATE TABLE IF NOT EXISTS "searches" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "query" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_e192b86393" FOREIGN KEY ("user_id") REFERENCES "users" ("id"));
-CREATE INDEX IF NOT EXISTS "index_searches_on_user_id" ON "searches" ("user_id");
-CREATE TABLE IF NOT EXISTS "webhooks" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "url" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_51bf96d3bc" FOREIGN KEY ("user_id") REFERENCES "users" ("id"));
-CREATE INDEX IF NOT EXISTS "index_webhooks_on_user_id" ON "webhooks" ("user_id");
-CREATE TABLE IF NOT EXISTS "push_subscriptions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "endpoint" varchar, "p256dh_key" varchar, "auth_key" varchar, "user_agent" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_43d43720fc" FOREIGN KEY ("user_id") REFERENCES "users" ("id"));
-CREATE INDEX IF NOT EXISTS "index_push_subscriptions_on_user_id" ON "push_subscriptions" ("user_id");
-CREATE INDEX IF NOT EXISTS "idx_on_endpoint_p256dh_key_auth_key_7553014576" ON "push_subscriptions" ("endpoint", "p256dh_key", "auth_key");
-CREATE TABLE IF NOT EXISTS "bans" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "ip_address" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_070022cd76" FOREIGN KEY ("user_id") REFERENCES "users" ("id"));
-CREATE INDEX IF NOT EXISTS "index_bans_on_user_id" ON "bans" ("user_id");
-CREATE INDEX IF NOT EXISTS "index_bans_on_ip_address" ON "bans" ("ip_address");
-CREATE TABLE IF NOT EXISTS "active_storage_blobs" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "key" varchar NOT NULL, "filename" varchar NOT NULL, "content_type" varchar, "metadata" text, "service_name" varchar NOT NULL, "byte_size" bigint NOT NULL, "checksum" varchar, "created_at" datetime(6) NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS "index_active_storage_blobs_on_key" ON "active_storage_blobs" ("key");
-CREATE TABLE IF NOT EXISTS "active_storage_attachments" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "record_type" varchar NOT NULL, "record_id" bigint NOT NULL, "blob_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_c3b3935057" FOREIGN KEY ("blob_id") REFERENCES "active_storage_blobs" ("id"));
-CREATE INDEX IF NOT EXISTS "index_active_storage_attachments_on_blob_id" ON "active_storage_attachments" ("blob_id");
-CREATE UNIQUE INDEX IF NOT EXISTS "index_active_storage_attachments_uniqueness" ON "active_storage_attachments" ("record_type", "record_id", "name", "blob_id");
-CREATE TABLE IF NOT EXISTS "active_storage_variant_records" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "blob_id" bigint NOT NULL, "variation_digest" varchar NOT NULL, CONSTRAINT "fk_rails_993965df05" FOREIGN KEY ("blob_id") REFERENCES "active_storage_blobs" ("id"));
-CREATE UNIQUE INDEX IF NOT EXISTS "index_active_storage_variant_records_uniqueness" ON "active_storage_variant_records" ("blob_id", "variation_digest");
-CREATE VIRTUAL TABLE IF NOT EXISTS "message_search_index" USING fts5(body, tokenize=porter);
+# db/schema.rb, version 2025_12_12_154340, as Rails 8.2 creates it.
+RAILS_SCHEMA = """
+CREATE TABLE "accounts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "custom_styles" text, "join_code" varchar NOT NULL, "name" varchar NOT NULL, "settings" json, "singleton_guard" integer DEFAULT 0 NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_accounts_on_singleton_guard" ON "accounts" ("singleton_guard");
+CREATE TABLE "action_text_rich_texts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "body" text, "created_at" datetime(6) NOT NULL, "name" varchar NOT NULL, "record_id" bigint NOT NULL, "record_type" varchar NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_action_text_rich_texts_uniqueness" ON "action_text_rich_texts" ("record_type", "record_id", "name");
+CREATE TABLE "active_storage_attachments" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "blob_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, "name" varchar NOT NULL, "record_id" bigint NOT NULL, "record_type" varchar NOT NULL, CONSTRAINT "fk_rails_c3b3935057"
+FOREIGN KEY ("blob_id")
+  REFERENCES "active_storage_blobs" ("id")
+);
+CREATE INDEX "index_active_storage_attachments_on_blob_id" ON "active_storage_attachments" ("blob_id");
+CREATE UNIQUE INDEX "index_active_storage_attachments_uniqueness" ON "active_storage_attachments" ("record_type", "record_id", "name", "blob_id");
+CREATE TABLE "active_storage_blobs" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "byte_size" bigint NOT NULL, "checksum" varchar, "content_type" varchar, "created_at" datetime(6) NOT NULL, "filename" varchar NOT NULL, "key" varchar NOT NULL, "metadata" text, "service_name" varchar NOT NULL);
+CREATE UNIQUE INDEX "index_active_storage_blobs_on_key" ON "active_storage_blobs" ("key");
+CREATE TABLE "active_storage_variant_records" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "blob_id" bigint NOT NULL, "variation_digest" varchar NOT NULL, CONSTRAINT "fk_rails_993965df05"
+FOREIGN KEY ("blob_id")
+  REFERENCES "active_storage_blobs" ("id")
+);
+CREATE UNIQUE INDEX "index_active_storage_variant_records_uniqueness" ON "active_storage_variant_records" ("blob_id", "variation_digest");
+CREATE TABLE "bans" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "ip_address" varchar NOT NULL, "updated_at" datetime(6) NOT NULL, "user_id" integer NOT NULL, CONSTRAINT "fk_rails_070022cd76"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_bans_on_ip_address" ON "bans" ("ip_address");
+CREATE INDEX "index_bans_on_user_id" ON "bans" ("user_id");
+CREATE TABLE "boosts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "booster_id" integer NOT NULL, "content" varchar(16) NOT NULL, "created_at" datetime(6) NOT NULL, "message_id" integer NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_3539c52d73"
+FOREIGN KEY ("message_id")
+  REFERENCES "messages" ("id")
+);
+CREATE INDEX "index_boosts_on_booster_id" ON "boosts" ("booster_id");
+CREATE INDEX "index_boosts_on_message_id" ON "boosts" ("message_id");
+CREATE TABLE "memberships" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "connected_at" datetime(6), "connections" integer DEFAULT 0 NOT NULL, "created_at" datetime(6) NOT NULL, "involvement" varchar DEFAULT 'mentions', "room_id" integer NOT NULL, "unread_at" datetime(6), "updated_at" datetime(6) NOT NULL, "user_id" integer NOT NULL);
+CREATE INDEX "index_memberships_on_room_id_and_created_at" ON "memberships" ("room_id", "created_at");
+CREATE UNIQUE INDEX "index_memberships_on_room_id_and_user_id" ON "memberships" ("room_id", "user_id");
+CREATE INDEX "index_memberships_on_room_id" ON "memberships" ("room_id");
+CREATE INDEX "index_memberships_on_user_id" ON "memberships" ("user_id");
+CREATE TABLE "messages" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "client_message_id" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "creator_id" integer NOT NULL, "room_id" integer NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_a8db0fb63a"
+FOREIGN KEY ("room_id")
+  REFERENCES "rooms" ("id")
+, CONSTRAINT "fk_rails_761a2f12b3"
+FOREIGN KEY ("creator_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_messages_on_creator_id" ON "messages" ("creator_id");
+CREATE INDEX "index_messages_on_room_id" ON "messages" ("room_id");
+CREATE TABLE "push_subscriptions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "auth_key" varchar, "created_at" datetime(6) NOT NULL, "endpoint" varchar, "p256dh_key" varchar, "updated_at" datetime(6) NOT NULL, "user_agent" varchar, "user_id" integer NOT NULL, CONSTRAINT "fk_rails_43d43720fc"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "idx_on_endpoint_p256dh_key_auth_key_7553014576" ON "push_subscriptions" ("endpoint", "p256dh_key", "auth_key");
+CREATE INDEX "index_push_subscriptions_on_user_id" ON "push_subscriptions" ("user_id");
+CREATE TABLE "rooms" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "creator_id" bigint NOT NULL, "name" varchar, "type" varchar NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE TABLE "searches" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "query" varchar NOT NULL, "updated_at" datetime(6) NOT NULL, "user_id" integer NOT NULL, CONSTRAINT "fk_rails_e192b86393"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_searches_on_user_id" ON "searches" ("user_id");
+CREATE TABLE "sessions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "ip_address" varchar, "last_active_at" datetime(6) NOT NULL, "token" varchar NOT NULL, "updated_at" datetime(6) NOT NULL, "user_agent" varchar, "user_id" integer NOT NULL, CONSTRAINT "fk_rails_758836b4f0"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE UNIQUE INDEX "index_sessions_on_token" ON "sessions" ("token");
+CREATE INDEX "index_sessions_on_user_id" ON "sessions" ("user_id");
+CREATE TABLE "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "bio" text, "bot_token" varchar, "created_at" datetime(6) NOT NULL, "email_address" varchar, "name" varchar NOT NULL, "password_digest" varchar, "role" integer DEFAULT 0 NOT NULL, "status" integer DEFAULT 0 NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_users_on_bot_token" ON "users" ("bot_token");
+CREATE UNIQUE INDEX "index_users_on_email_address" ON "users" ("email_address");
+CREATE TABLE "webhooks" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "url" varchar, "user_id" integer NOT NULL, CONSTRAINT "fk_rails_51bf96d3bc"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_webhooks_on_user_id" ON "webhooks" ("user_id");
+CREATE VIRTUAL TABLE IF NOT EXISTS message_search_index USING fts5 (body, tokenize=porter);
 """
 
-# Ordered, named, each applied once inside a transaction and recorded in
-# campfire_py_migrations (Rails' schema_migrations is left alone).
+# db/migrate, in version order: (version, file name, the statements Rails runs).
+# The first eight are the ONCE releases' (Rails 7.2, whose table rebuilds write
+# DEFAULT NULL); the two Active Storage migrations of 2025-08-25 find their
+# tables already there.
+RAILS_MIGRATIONS = (
+    ("20231215043540", "create_initial_schema", """
+CREATE TABLE "accounts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "join_code" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE TABLE "action_text_rich_texts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "body" text, "record_type" varchar NOT NULL, "record_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_action_text_rich_texts_uniqueness" ON "action_text_rich_texts" ("record_type", "record_id", "name");
+CREATE TABLE "active_storage_blobs" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "key" varchar NOT NULL, "filename" varchar NOT NULL, "content_type" varchar, "metadata" text, "service_name" varchar NOT NULL, "byte_size" bigint NOT NULL, "checksum" varchar, "created_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_active_storage_blobs_on_key" ON "active_storage_blobs" ("key");
+CREATE TABLE "active_storage_attachments" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "record_type" varchar NOT NULL, "record_id" bigint NOT NULL, "blob_id" bigint NOT NULL, "created_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_c3b3935057"
+FOREIGN KEY ("blob_id")
+  REFERENCES "active_storage_blobs" ("id")
+);
+CREATE INDEX "index_active_storage_attachments_on_blob_id" ON "active_storage_attachments" ("blob_id");
+CREATE UNIQUE INDEX "index_active_storage_attachments_uniqueness" ON "active_storage_attachments" ("record_type", "record_id", "name", "blob_id");
+CREATE TABLE "active_storage_variant_records" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "blob_id" bigint NOT NULL, "variation_digest" varchar NOT NULL, CONSTRAINT "fk_rails_993965df05"
+FOREIGN KEY ("blob_id")
+  REFERENCES "active_storage_blobs" ("id")
+);
+CREATE UNIQUE INDEX "index_active_storage_variant_records_uniqueness" ON "active_storage_variant_records" ("blob_id", "variation_digest");
+CREATE TABLE "rooms" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "type" varchar NOT NULL, "creator_id" bigint NOT NULL);
+CREATE TABLE "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar, "password_digest" varchar, "active" boolean DEFAULT 1);
+CREATE UNIQUE INDEX "index_users_on_email_address" ON "users" ("email_address");
+CREATE TABLE "messages" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "room_id" integer NOT NULL, "creator_id" integer NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "client_message_id" varchar NOT NULL, CONSTRAINT "fk_rails_a8db0fb63a"
+FOREIGN KEY ("room_id")
+  REFERENCES "rooms" ("id")
+, CONSTRAINT "fk_rails_761a2f12b3"
+FOREIGN KEY ("creator_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_messages_on_creator_id" ON "messages" ("creator_id");
+CREATE INDEX "index_messages_on_room_id" ON "messages" ("room_id");
+CREATE TABLE "boosts" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "message_id" integer NOT NULL, "booster_id" integer NOT NULL, "content" varchar(16) NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_3539c52d73"
+FOREIGN KEY ("message_id")
+  REFERENCES "messages" ("id")
+);
+CREATE INDEX "index_boosts_on_booster_id" ON "boosts" ("booster_id");
+CREATE INDEX "index_boosts_on_message_id" ON "boosts" ("message_id");
+CREATE TABLE "memberships" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "room_id" integer NOT NULL, "user_id" integer NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "unread_at" datetime(6), "involvement" varchar DEFAULT 'mentions', "connections" integer DEFAULT 0 NOT NULL, "connected_at" datetime(6));
+CREATE INDEX "index_memberships_on_room_id_and_created_at" ON "memberships" ("room_id", "created_at");
+CREATE UNIQUE INDEX "index_memberships_on_room_id_and_user_id" ON "memberships" ("room_id", "user_id");
+CREATE INDEX "index_memberships_on_room_id" ON "memberships" ("room_id");
+CREATE INDEX "index_memberships_on_user_id" ON "memberships" ("user_id");
+CREATE TABLE "push_subscriptions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "endpoint" varchar DEFAULT NULL, "p256dh_key" varchar DEFAULT NULL, "auth_key" varchar DEFAULT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "user_agent" varchar DEFAULT NULL, CONSTRAINT "fk_rails_43d43720fc"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "idx_on_endpoint_p256dh_key_auth_key_7553014576" ON "push_subscriptions" ("endpoint", "p256dh_key", "auth_key");
+CREATE INDEX "index_push_subscriptions_on_user_id" ON "push_subscriptions" ("user_id");
+CREATE TABLE "searches" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "query" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_e192b86393"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_searches_on_user_id" ON "searches" ("user_id");
+create virtual table message_search_index using fts5(body, tokenize=porter);"""),
+    ("20231220143106", "add_bio_to_users", """
+ALTER TABLE "users" ADD "bio" text;"""),
+    ("20240110071740", "create_sessions", """
+CREATE TABLE "sessions" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "token" varchar NOT NULL, "ip_address" varchar, "user_agent" varchar, "last_active_at" datetime(6) NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_758836b4f0"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_sessions_on_user_id" ON "sessions" ("user_id");
+CREATE UNIQUE INDEX "index_sessions_on_token" ON "sessions" ("token");"""),
+    ("20240115124901", "remove_owner_role", """
+update users set role = 1 where role = 2;"""),
+    ("20240130003150", "create_webhooks", """
+CREATE TABLE "webhooks" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "url" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_51bf96d3bc"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_webhooks_on_user_id" ON "webhooks" ("user_id");"""),
+    ("20240130213001", "add_custom_styles_to_accounts", """
+ALTER TABLE "accounts" ADD "custom_styles" text;"""),
+    ("20240131105830", "alter_users_set_password_digest_not_null", """
+update users set password_digest = '' where password_digest is null;
+CREATE TEMPORARY TABLE "ausers" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar DEFAULT NULL, "password_digest" varchar DEFAULT NULL, "active" boolean DEFAULT 1, "bio" text DEFAULT NULL);
+CREATE UNIQUE INDEX "tindex_ausers_on_email_address" ON "ausers" ("email_address");
+INSERT INTO "ausers" ("id","name","created_at","updated_at","role","email_address","password_digest","active","bio") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","active","bio" FROM "users";
+DROP TABLE "users";
+CREATE TABLE "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar DEFAULT NULL, "password_digest" varchar NOT NULL, "active" boolean DEFAULT 1, "bio" text DEFAULT NULL);
+CREATE UNIQUE INDEX "index_users_on_email_address" ON "users" ("email_address");
+INSERT INTO "users" ("id","name","created_at","updated_at","role","email_address","password_digest","active","bio") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","active","bio" FROM "ausers";
+DROP TABLE "ausers";"""),
+    ("20240209110503", "alter_users_add_bot_token", """
+ALTER TABLE "users" ADD "bot_token" varchar;
+CREATE UNIQUE INDEX "index_users_on_bot_token" ON "users" ("bot_token");
+CREATE TEMPORARY TABLE "ausers" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar DEFAULT NULL, "password_digest" varchar NOT NULL, "active" boolean DEFAULT 1, "bio" text DEFAULT NULL, "bot_token" varchar DEFAULT NULL);
+CREATE UNIQUE INDEX "tindex_ausers_on_email_address" ON "ausers" ("email_address");
+CREATE UNIQUE INDEX "tindex_ausers_on_bot_token" ON "ausers" ("bot_token");
+INSERT INTO "ausers" ("id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token" FROM "users";
+DROP TABLE "users";
+CREATE TABLE "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar DEFAULT NULL, "password_digest" varchar DEFAULT NULL, "active" boolean DEFAULT 1, "bio" text DEFAULT NULL, "bot_token" varchar DEFAULT NULL);
+CREATE UNIQUE INDEX "index_users_on_email_address" ON "users" ("email_address");
+CREATE UNIQUE INDEX "index_users_on_bot_token" ON "users" ("bot_token");
+INSERT INTO "users" ("id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token" FROM "ausers";
+DROP TABLE "ausers";"""),
+    ("20250825100957", "add_service_name_to_active_storage_blobs", """
+"""),
+    ("20250825100958", "create_active_storage_variant_records", """
+CREATE TABLE IF NOT EXISTS "active_storage_variant_records" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "blob_id" bigint NOT NULL, "variation_digest" varchar NOT NULL, CONSTRAINT "fk_rails_993965df05"
+FOREIGN KEY ("blob_id")
+  REFERENCES "active_storage_blobs" ("id")
+);
+CREATE UNIQUE INDEX IF NOT EXISTS "index_active_storage_variant_records_uniqueness" ON "active_storage_variant_records" ("blob_id", "variation_digest");"""),
+    ("20250825100959", "remove_not_null_on_active_storage_blobs_checksum", """
+CREATE TEMPORARY TABLE "aactive_storage_blobs" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "key" varchar NOT NULL, "filename" varchar NOT NULL, "content_type" varchar, "metadata" text, "service_name" varchar NOT NULL, "byte_size" bigint NOT NULL, "checksum" varchar, "created_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "tindex_aactive_storage_blobs_on_key" ON "aactive_storage_blobs" ("key");
+INSERT INTO "aactive_storage_blobs" ("id","key","filename","content_type","metadata","service_name","byte_size","checksum","created_at") SELECT "id","key","filename","content_type","metadata","service_name","byte_size","checksum","created_at" FROM "active_storage_blobs";
+DROP TABLE "active_storage_blobs";
+CREATE TABLE "active_storage_blobs" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "key" varchar NOT NULL, "filename" varchar NOT NULL, "content_type" varchar, "metadata" text, "service_name" varchar NOT NULL, "byte_size" bigint NOT NULL, "checksum" varchar, "created_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_active_storage_blobs_on_key" ON "active_storage_blobs" ("key");
+INSERT INTO "active_storage_blobs" ("id","key","filename","content_type","metadata","service_name","byte_size","checksum","created_at") SELECT "id","key","filename","content_type","metadata","service_name","byte_size","checksum","created_at" FROM "aactive_storage_blobs";
+DROP TABLE "aactive_storage_blobs";"""),
+    ("20251126092013", "create_bans", """
+CREATE TABLE "bans" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "user_id" integer NOT NULL, "ip_address" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, CONSTRAINT "fk_rails_070022cd76"
+FOREIGN KEY ("user_id")
+  REFERENCES "users" ("id")
+);
+CREATE INDEX "index_bans_on_user_id" ON "bans" ("user_id");
+CREATE INDEX "index_bans_on_ip_address" ON "bans" ("ip_address");"""),
+    ("20251126115722", "change_active_to_status_on_users", """
+ALTER TABLE "users" ADD "status" integer DEFAULT 0 NOT NULL;
+UPDATE users SET status = 1 WHERE active = 0;
+CREATE TEMPORARY TABLE "ausers" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar, "password_digest" varchar, "active" boolean DEFAULT 1, "bio" text, "bot_token" varchar, "status" integer DEFAULT 0 NOT NULL);
+CREATE UNIQUE INDEX "tindex_ausers_on_email_address" ON "ausers" ("email_address");
+CREATE UNIQUE INDEX "tindex_ausers_on_bot_token" ON "ausers" ("bot_token");
+INSERT INTO "ausers" ("id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token","status") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","active","bio","bot_token","status" FROM "users";
+DROP TABLE "users";
+CREATE TABLE "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "name" varchar NOT NULL, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL, "role" integer DEFAULT 0 NOT NULL, "email_address" varchar, "password_digest" varchar, "bio" text, "bot_token" varchar, "status" integer DEFAULT 0 NOT NULL);
+CREATE UNIQUE INDEX "index_users_on_email_address" ON "users" ("email_address");
+CREATE UNIQUE INDEX "index_users_on_bot_token" ON "users" ("bot_token");
+INSERT INTO "users" ("id","name","created_at","updated_at","role","email_address","password_digest","bio","bot_token","status") SELECT "id","name","created_at","updated_at","role","email_address","password_digest","bio","bot_token","status" FROM "ausers";
+DROP TABLE "ausers";"""),
+    ("20251126130131", "add_account_settings", """
+ALTER TABLE "accounts" ADD "settings" json;"""),
+    ("20251212154340", "add_singleton_constraint_to_accounts", """
+ALTER TABLE "accounts" ADD "singleton_guard" integer DEFAULT 0 NOT NULL;
+CREATE UNIQUE INDEX "index_accounts_on_singleton_guard" ON "accounts" ("singleton_guard");"""),
+)
+
+# Versions before the first file are the 2023 history squashed into it (Rails
+# lists them as "NO FILE" and ignores them).
+RAILS_FIRST_VERSION = RAILS_MIGRATIONS[0][0]
+RAILS_CREATE_BANS = "20251126092013"
+RAILS_ONCE_ERA_LAST = "20240209110503"  # the first ONCE releases knew migrations up to this one
+RAILS_LATEST_VERSION = RAILS_MIGRATIONS[-1][0]
+RAILS_INTERNAL_TABLES = """
+CREATE TABLE IF NOT EXISTS "schema_migrations" ("version" varchar NOT NULL PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS "ar_internal_metadata" ("key" varchar NOT NULL PRIMARY KEY, "value" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
+"""
+# Campfire runs in production (config/environments/production.rb); Rails records
+# the environment a storage was migrated in and refuses destructive tasks in it.
+RAILS_ENVIRONMENT = "production"
+
+# Ours: ordered, named, each applied once inside a transaction and recorded in
+# campfire_py_migrations. Storages of earlier releases also recorded
+# 0001_campfire_schema, the Rails schema those releases created themselves.
 MIGRATIONS = (
-    ("0001_campfire_schema", SCHEMA),
     ("0002_message_paging_indexes", """
-        CREATE INDEX IF NOT EXISTS "index_messages_on_room_id_and_created_at" ON "messages" ("room_id", "created_at");
-        CREATE INDEX IF NOT EXISTS "index_messages_on_room_id_and_updated_at" ON "messages" ("room_id", "updated_at");
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_room_and_created_at" ON "messages" ("room_id", "created_at");
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_room_and_updated_at" ON "messages" ("room_id", "updated_at");
     """),
     # A retried post is found by its client_message_id without scanning the room.
     ("0003_message_client_id_index", """
-        CREATE INDEX IF NOT EXISTS "index_messages_on_client_message_id" ON "messages" ("client_message_id");
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_client_message_id" ON "messages" ("client_message_id");
     """),
     # A new message marks rooms unread only for members not already marked:
     # this partial index holds just those, so a busy room isn't rescanned.
     ("0004_unread_candidates_index", """
-        CREATE INDEX IF NOT EXISTS "index_memberships_on_room_id_where_unread_at_is_null" ON "memberships" ("room_id")
+        CREATE INDEX IF NOT EXISTS "campfire_py_memberships_unread_candidates" ON "memberships" ("room_id")
         WHERE "unread_at" IS NULL;
     """),
     # Deleted messages are remembered for a while, so a page catching up after
@@ -5261,6 +6183,19 @@ MIGRATIONS = (
         "room_id" integer NOT NULL, "deleted_at" datetime(6) NOT NULL);
         CREATE INDEX IF NOT EXISTS "index_campfire_py_message_deletions_on_room_id_and_deleted_at"
         ON "campfire_py_message_deletions" ("room_id", "deleted_at");
+    """),
+    # Earlier releases named these indexes the way Rails names its own
+    # (index_<table>_on_<columns>), which a later Rails migration could take.
+    ("0006_own_index_names", """
+        DROP INDEX IF EXISTS "index_messages_on_room_id_and_created_at";
+        DROP INDEX IF EXISTS "index_messages_on_room_id_and_updated_at";
+        DROP INDEX IF EXISTS "index_messages_on_client_message_id";
+        DROP INDEX IF EXISTS "index_memberships_on_room_id_where_unread_at_is_null";
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_room_and_created_at" ON "messages" ("room_id", "created_at");
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_room_and_updated_at" ON "messages" ("room_id", "updated_at");
+        CREATE INDEX IF NOT EXISTS "campfire_py_messages_by_client_message_id" ON "messages" ("client_message_id");
+        CREATE INDEX IF NOT EXISTS "campfire_py_memberships_unread_candidates" ON "memberships" ("room_id")
+        WHERE "unread_at" IS NULL;
     """),
 )
 
@@ -5283,6 +6218,7 @@ class Database:
                                               cached_statements=256)
             self.connection.row_factory = sqlite3.Row
             self.connection.execute("PRAGMA busy_timeout = %d" % SQLITE_BUSY_TIMEOUT_MS)
+            self._refuse_newer_schema()  # before anything is changed, even the journal mode
             mode = self.connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except sqlite3.DatabaseError as error:
             raise ConfigError("%s is not a usable SQLite database (%s)." % (path, error)) from error
@@ -5504,7 +6440,119 @@ class Database:
             log.warning("removed %d search rows of messages that were never saved", orphans)
         return orphans
 
+    def table_names(self):
+        return {row[0] for row in self.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def rails_versions(self):
+        """The versions in Rails' schema_migrations (an empty set when there is no such table)."""
+        if "schema_migrations" not in self.table_names():
+            return set()
+        return {str(row[0]) for row in self.all("SELECT version FROM schema_migrations")}
+
+    def _refuse_newer_schema(self):
+        """A storage a newer Campfire migrated (a version we don't know, past the squashed
+        2023 history) is refused before anything in it is changed."""
+        known = {version for version, _, _ in RAILS_MIGRATIONS}
+        unknown = sorted(version for version in self.rails_versions()
+                         if version not in known and version >= RAILS_FIRST_VERSION)
+        if unknown:
+            self.connection.close()
+            raise ConfigError(
+                "%s was migrated by a newer Campfire than this server knows (its schema_migrations has "
+                "%s; the newest this server knows is %s). Nothing in it was changed: run it with the "
+                "Campfire that wrote it, or a newer campfire.py." % (self.path, ", ".join(unknown), RAILS_LATEST_VERSION))
+
+    def pending_rails_migrations(self):
+        """(version, name) of the Rails migrations this storage lacks, in the order they run;
+        None for a storage with no schema at all (it would be created whole). Campfire's
+        tables without schema_migrations lack them all, as far as can be told (and are refused)."""
+        tables = self.table_names()
+        if "schema_migrations" not in tables:
+            if "campfire_py_migrations" in tables:
+                return []
+            if tables & {"users", "messages", "accounts"}:
+                return [(version, name) for version, name, _ in RAILS_MIGRATIONS]
+            return None
+        done = self.rails_versions()
+        return [(version, name) for version, name, _ in RAILS_MIGRATIONS if version not in done]
+
+    def migrate_rails(self):
+        """Bring Campfire's schema up to date as Rails' db:prepare would (see RAILS_MIGRATIONS)."""
+        tables = self.table_names()
+        if "schema_migrations" not in tables:
+            if "campfire_py_migrations" in tables:
+                # An earlier release of ours created this storage with today's schema
+                # but recorded no Rails versions: record them, as loading db/schema.rb does.
+                self._record_rails_schema(create=False)
+            elif tables & {"users", "messages", "accounts"}:
+                raise ConfigError("%s has Campfire's tables but no schema_migrations, so which of Rails' "
+                                  "migrations it has can't be told; it was left unchanged." % self.path)
+            else:
+                self._record_rails_schema(create=True)
+            return
+        done = self.rails_versions()
+        ran = False
+        for version, name, script in RAILS_MIGRATIONS:
+            if version not in done:
+                self._run_rails_migration(version, name, script)
+                ran = True
+        if ran or "ar_internal_metadata" not in tables:
+            with self.atomic():
+                self._record_environment()
+
+    def _record_rails_schema(self, *, create):
+        with self.atomic():
+            if create:
+                for statement in _split_sql(RAILS_SCHEMA):
+                    self.execute(statement)
+            for statement in _split_sql(RAILS_INTERNAL_TABLES):
+                self.execute(statement)
+            self.connection.executemany("INSERT OR IGNORE INTO schema_migrations (version) VALUES (?)",
+                                        [(version,) for version, _, _ in RAILS_MIGRATIONS])
+            self._record_environment()
+        if create:
+            log.info("created Campfire's schema, version %s", RAILS_LATEST_VERSION)
+
+    def _record_environment(self):
+        for statement in _split_sql(RAILS_INTERNAL_TABLES):
+            self.execute(statement)
+        stamp = utc_now_text()
+        self.execute("INSERT INTO ar_internal_metadata (key, value, created_at, updated_at) VALUES "
+                     "('environment', ?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                     "updated_at = excluded.updated_at", (RAILS_ENVIRONMENT, stamp, stamp))
+
+    def _run_rails_migration(self, version, name, script):
+        """One migration and its schema_migrations row in one transaction. A table rebuild
+        drops a table others refer to: as Rails does, foreign keys are checked at commit
+        (defer_foreign_keys), when every row is back."""
+        try:
+            with self.atomic():
+                self.execute("PRAGMA defer_foreign_keys = ON")
+                aside = self._move_our_bans_aside() if version == RAILS_CREATE_BANS else None
+                for statement in _split_sql(script):
+                    self.execute(statement)
+                if aside:
+                    self.execute('INSERT INTO "bans" ("id", "user_id", "ip_address", "created_at", "updated_at") '
+                                 'SELECT "id", "user_id", "ip_address", "created_at", "updated_at" FROM "%s"' % aside)
+                    self.execute('DROP TABLE "%s"' % aside)
+                self.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+        except sqlite3.Error as error:
+            raise ConfigError("%s: Campfire's migration %s_%s.rb failed (%s); the storage is as it was before it."
+                              % (self.path, version, name, error)) from error
+        log.info("migrated %s_%s.rb", version, name)
+
+    def _move_our_bans_aside(self):
+        """Earlier releases of ours created `bans` in storages Rails hadn't yet given one;
+        Rails' CreateBans would then fail. Its rows wait aside while the migration runs."""
+        if "bans" not in self.table_names():
+            return None
+        self.execute('DROP INDEX IF EXISTS "index_bans_on_user_id"')
+        self.execute('DROP INDEX IF EXISTS "index_bans_on_ip_address"')
+        self.execute('ALTER TABLE "bans" RENAME TO "campfire_py_bans_before_migration"')
+        return "campfire_py_bans_before_migration"
+
     def migrate(self, migrations=MIGRATIONS):
+        self.migrate_rails()
         self.execute('CREATE TABLE IF NOT EXISTS "campfire_py_migrations" '
                      '("name" varchar PRIMARY KEY NOT NULL, "applied_at" datetime(6) NOT NULL)')
         done = {row[0] for row in self.all('SELECT name FROM campfire_py_migrations')}
@@ -5956,6 +7004,7 @@ class Store:
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
         self._rooms = {}         # room id → Room (dropped when its name or type changes)
+        self._sgids = {}         # user id → their attachable sgid
         self._derived = {}       # name → (global_version, value): custom CSS, banned addresses
         self.room_versions = collections.Counter()        # messages, boosts, name, members
         self.user_versions = collections.Counter()        # a user's sidebar: memberships, unread, names
@@ -6100,7 +7149,7 @@ class Store:
         """A person in every open room. Handlers pass a digest made off the event loop;
         a password is hashed here (for the command line and tests)."""
         now = utc_now_text()
-        digest = password_digest or hash_password(password, self.config.scrypt_n)
+        digest = password_digest or hash_password(password, self.config.scrypt_n, self.config.bcrypt_cost)
         with self.db.atomic():
             user_id = self.db.execute(
                 "INSERT INTO users (name, email_address, password_digest, role, status, created_at, updated_at) "
@@ -6298,12 +7347,22 @@ class Store:
             info.last_active = now
         return info
 
+    def adopt_rails_session(self, rails_token, ip_address, user_agent, now=None):
+        """The session Rails stored under this token (in plain text, has_secure_token)
+        replaced by one of ours for the same person; our token, or None."""
+        row = self.db.one("SELECT id, user_id FROM sessions WHERE token = ?", (rails_token,))
+        if row is None:
+            return None
+        with self.db.atomic():
+            self.db.execute("DELETE FROM sessions WHERE id = ?", (row["id"],))
+            return self.create_session(row["user_id"], ip_address, user_agent, now)
+
     def end_session(self, token, user_id, session_id):
         """Sign out: the session is deleted and its sockets close."""
         digest = token_digest(token)
         self._sessions.pop(digest, None)
         with self.db.atomic():
-            self.db.execute("DELETE FROM sessions WHERE token = ?", (digest,))
+            self.db.execute("DELETE FROM sessions WHERE token = ? OR id = ?", (digest, session_id))
         self.events.sessions_revoked(user_id, session_id)
 
     def _delete_sessions_of(self, user_id):
@@ -6557,7 +7616,10 @@ class Store:
 
     # Messages ----------------------------------------------------------------
     MESSAGE_COLUMNS = ("SELECT messages.id, messages.room_id, messages.creator_id, messages.client_message_id, "
-                       "messages.created_at, messages.updated_at, action_text_rich_texts.body AS body "
+                       "messages.created_at, messages.updated_at, action_text_rich_texts.body AS body, "
+                       # Edited: the body changed after it was saved. Rails touches messages.updated_at
+                       # for boosts and attachments too, but only an edit moves the rich text's.
+                       "action_text_rich_texts.updated_at > action_text_rich_texts.created_at AS edited "
                        "FROM messages LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = "
                        "'Message' AND action_text_rich_texts.record_id = messages.id AND "
                        "action_text_rich_texts.name = 'body' ")
@@ -6593,8 +7655,41 @@ class Store:
                                    "AND creator_id = ? ORDER BY id LIMIT 1", (client_message_id, room_id, creator_id))
         return None if message_id is None else self.message(message_id)
 
+    RESIGNED_MENTIONS = "0007_rails_signed_mentions"
+
+    def resign_mentions(self):
+        """Once: mentions stored by earlier releases (signed in a format of their own)
+        are signed again as Rails signs them, so Rails can verify every body we wrote.
+        Timestamps stay: the bodies didn't change for anyone reading them."""
+        if self.db.value("SELECT 1 FROM campfire_py_migrations WHERE name = ?", (self.RESIGNED_MENTIONS,)):
+            return 0
+        changed = 0
+        with self.db.atomic():
+            for row in self.db.all("SELECT id, body FROM action_text_rich_texts WHERE body LIKE ?",
+                                   ("%" + MENTION_CONTENT_TYPE + "%",)):
+                body = row["body"]
+                for sgid in find_mentions(body):
+                    user_id = sgid_user_id(sgid)
+                    if user_id is not None and verify_sgid(sgid, self.sgid_secret) is None:
+                        body = body.replace(sgid, self.mention_sgid(user_id))
+                if body != row["body"]:
+                    self.db.execute("UPDATE action_text_rich_texts SET body = ? WHERE id = ?", (body, row["id"]))
+                    changed += 1
+            self.db.execute("INSERT INTO campfire_py_migrations (name, applied_at) VALUES (?, ?)",
+                            (self.RESIGNED_MENTIONS, utc_now_text()))
+        if changed:
+            log.info("signed the mentions of %d messages as Rails signs them", changed)
+        return changed
+
     def mention_sgid(self, user_id):
-        return make_sgid(user_id, self.sgid_secret)
+        """A person's attachable sgid (the same for as long as SECRET_KEY_BASE is): made once,
+        since a post with an "@" needs one for every member of the room."""
+        sgid = self._sgids.get(user_id)
+        if sgid is None:
+            if len(self._sgids) >= SGIDS_KEPT:
+                self._sgids.clear()
+            sgid = self._sgids[user_id] = make_sgid(user_id, self.sgid_secret)
+        return sgid
 
     def _keep_attachment(self, sgid, content_type):
         """Posted bodies keep only mentions we signed ourselves, and link previews."""
@@ -6689,7 +7784,8 @@ class Store:
             self.bump_room(room_id)
             self.bump_users(unread)
         message = {"id": message_id, "room_id": room_id, "creator_id": creator_id,
-                   "client_message_id": client_message_id, "created_at": stamp, "updated_at": stamp, "body": body}
+                   "client_message_id": client_message_id, "created_at": stamp, "updated_at": stamp, "body": body,
+                   "edited": False}
         return message, unread
 
     def update_message(self, message, body, plain_text, now=None):
@@ -6925,7 +8021,8 @@ class Store:
 
     # Search ------------------------------------------------------------------
     def search(self, user_id, query, limit=SEARCH_RESULT_LIMIT):
-        """The newest `limit` messages matching every word, in the user's rooms only.
+        """The newest `limit` messages matching every word, in the user's rooms only,
+        newest first (by created_at, as Campfire orders them).
 
         A probe takes the newest matches across all rooms (FTS5 walks its
         doclists in rowid order, so this is cheap) and keeps the user's; only
@@ -6939,18 +8036,47 @@ class Store:
                             "ORDER BY rowid DESC LIMIT ?", (match, probe_limit))
         candidate_ids = [row[0] for row in probe]
         marks = ",".join("?" * len(candidate_ids)) or "NULL"
-        visible = [row[0] for row in self.db.all("SELECT id, room_id FROM messages WHERE id IN (%s) ORDER BY id DESC"
-                                                 % marks, candidate_ids) if row[1] in rooms][:limit]
+        visible = [row[0] for row in self.db.all("SELECT id, room_id FROM messages WHERE id IN (%s) "
+                                                 "ORDER BY created_at DESC, id DESC" % marks, candidate_ids)
+                   if row[1] in rooms][:limit]
         if len(visible) == limit or len(probe) < probe_limit:
-            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s) ORDER BY messages.id DESC"
+            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s) "
+                               "ORDER BY messages.created_at DESC, messages.id DESC"
                                % (",".join("?" * len(visible)) or "NULL"), visible)
         else:
             room_ids = list(rooms) or [0]
             rows = self.db.all(
                 self.MESSAGE_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
-                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) ORDER BY messages.id DESC LIMIT ?"
+                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) "
+                "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
                 % ",".join("?" * len(room_ids)), (match, *room_ids, limit))
-        return rows[::-1]
+        return rows
+
+    def search_index_complete(self):
+        """Whether every message seems to have its search row (as many rows as messages).
+        A storage restored from a backup, or made by hand, may have none or some."""
+        messages = self.db.value("SELECT count(*) FROM messages")
+        try:
+            rows = self.db.value("SELECT count(*) FROM message_search_index_docsize")
+        except sqlite3.OperationalError:  # an index made without its size table: walk it
+            return False
+        return rows == messages
+
+    def index_missing_search_rows(self, after, upto, chunk):
+        """Search rows for the messages with ids in (after, upto] that have none, looking
+        at `chunk` messages: (the last id looked at or None when done, looked at, written)."""
+        rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id > ? AND messages.id <= ? "
+                           "ORDER BY messages.id LIMIT ?", (after, upto, chunk))
+        if not rows:
+            return None, 0, 0
+        indexed = {row[0] for row in self.db.all("SELECT rowid FROM message_search_index WHERE rowid BETWEEN ? AND ?",
+                                                 (rows[0]["id"], rows[-1]["id"]))}
+        missing = [(row["id"], self.plain_text(row["body"])) for row in rows if row["id"] not in indexed]
+        if missing:
+            with self.db.atomic():
+                self.db.connection.executemany(self.SEARCH_ROW_INSERT, missing)
+            self.message_version += 1  # search results may change
+        return rows[-1]["id"], len(rows), len(missing)
 
     def is_latest_search(self, user_id, query):
         return self._last_search.get(user_id) == query
@@ -7870,7 +8996,7 @@ def render_message(message, *, author, body, sound, boosts, attachment=None):
                     '{label}</span>').format(
             name=sound, label=text if text else HTML('<span class="sound__badge">{}</span>').format(sound))
     edited = HTML(' <span class="message__edited" title="Edited">(edited)</span>') \
-        if message["updated_at"] != message["created_at"] and message["updated_at"] > message["created_at"] else ""
+        if message["edited"] else ""
     created = iso_time(message["created_at"])
     return HTML(_message_template() % {
         "message_id": message["id"], "room_id": message["room_id"], "creator_id": message["creator_id"],
@@ -8609,7 +9735,7 @@ async def first_run(app, request):
     values, errors = _user_form(request.params)
     if errors:
         return _auth_page(app, request, "Set up Campfire", render_first_run(values, errors), status=422)
-    digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n)
+    digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n, app.config.bcrypt_cost)
     created = app.store.first_run(values["user[name]"], values["user[email_address]"], digest)
     if created is None:  # someone else finished first run meanwhile
         return redirect(url_for("root"))
@@ -8651,7 +9777,7 @@ async def sign_in(app, request):
     user = app.store.user_by_email(email) if email else None
     # Every attempt checks a password, an unknown address's against a digest nothing matches.
     digest = user.password_digest if user is not None and user.password_digest \
-        else unknown_password_digest(app.config.scrypt_n)
+        else unknown_password_digest(app.config.scrypt_n, app.config.bcrypt_cost)
     try:
         matches = await app.off_loop(check_password, password, digest)
     except PasswordUnsupported:
@@ -8671,6 +9797,7 @@ def sign_out(app, request):
         app.store.unsubscribe_push(request.user.id, endpoint=endpoint)
     token = request.cookies.get(SESSION_COOKIE)
     if token:
+        request.set_cookies.clear()  # a session adopted from Rails' cookie just now ends unsent
         app.store.end_session(token, request.user.id, request.session.id)
     response = redirect(url_for("new_session"))
     app.clear_cookie(response, SESSION_COOKIE)
@@ -8703,7 +9830,7 @@ async def join(app, request, join_code):
     email = values["user[email_address]"]
     if app.store.user_by_email(email) is not None:
         return redirect(url_for("new_session", email_address=email))
-    digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n)
+    digest = await app.off_loop(hash_password, values["user[password]"], app.config.scrypt_n, app.config.bcrypt_cost)
     if app.store.user_by_email(email) is not None:  # the same address joined while this one hashed
         return redirect(url_for("new_session", email_address=email))
     user = app.store.create_user(values["user[name]"], email, password_digest=digest)
@@ -8773,7 +9900,10 @@ def landing(app, request):
         return _page(app, request, "Welcome", render_no_rooms())
     last = request.cookies.get(LAST_ROOM_COOKIE, "")
     room_ids = [room["id"] for room in rooms]
-    target = int(last) if last.isdigit() and int(last) in room_ids else room_ids[0]
+    # Else the oldest room the person is in, as Campfire's Room.original (app/models/room.rb):
+    # on a new account that is "All Talk".
+    oldest = min(rooms, key=lambda room: (room["created_at"], room["id"]))["id"]
+    target = int(last) if last.isdigit() and int(last) in room_ids else oldest
     return redirect(url_for("room", room_id=target), 302)
 
 
@@ -9311,7 +10441,7 @@ async def update_profile(app, request):
             return _profile_page(app, request, values, {"user[avatar]": error.message}, status=422)
     else:
         avatar = None
-    digest = await app.off_loop(hash_password, password, app.config.scrypt_n) if password else None
+    digest = await app.off_loop(hash_password, password, app.config.scrypt_n, app.config.bcrypt_cost) if password else None
     try:
         if not app.store.update_profile(user, name, email, bio, digest):
             return _profile_page(app, request, values, {  # the same address taken meanwhile
@@ -10480,6 +11610,7 @@ class Config:
     # Tunables, each defaulting to its constant in section 1 (the unit and the reason
     # are there); tests make the slow ones fast.
     scrypt_n: int = SCRYPT_N
+    bcrypt_cost: int = BCRYPT_COST
     password_queue_limit: int = PASSWORD_QUEUE_LIMIT
     header_timeout: float = HEADER_TIMEOUT
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
@@ -10549,16 +11680,21 @@ class App:
         self._prepare_storage()
         self.db = Database(self.config.resolved_database_path)
         secret = self.config.secret_key_base or self._stored_secret()
-        self.store = Store(self.db, self.config, hashlib.sha256(b"campfire mentions\0" + secret.encode()).digest())
+        self.secret_key_base = secret
+        self.store = Store(self.db, self.config, secret)
         self.files = FileStore(os.path.join(self.config.storage_path, "files"))
         try:
             self.db.migrate()
+            self.store.resign_mentions()
             self.db.repair_search_tail()
             self.store.reset_connections()
             moved, deleted = self.files.sweep(self.store.blob_exists)
             if moved or deleted:
                 log.warning("uploads a stop cut short: %d committed moved into place, %d unfinished deleted",
                             moved, deleted)
+        except ConfigError:
+            self.db.connection.close()
+            raise
         except sqlite3.Error as error:
             self.db.connection.close()
             raise ConfigError("%s can't be used (%s)." % (self.config.resolved_database_path, error)) from error
@@ -10589,6 +11725,11 @@ class App:
         self.purges = Purges(self)
         self._vapid_key = self._configured_vapid_key()  # or, when unset, the stored one on first use
         self.pushes = Pushes(self)
+        self.search_rebuild = SearchIndexRebuild(self)
+        try:
+            asyncio.get_running_loop()  # under the server: it starts once the server listens
+        except RuntimeError:
+            self.search_rebuild.start()  # tests and commands: at once
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -10874,13 +12015,16 @@ class App:
         return url_for("static", path=name, v=self.static.version(name))
 
     def set_cookie(self, response, name, value, *, max_age=SESSION_COOKIE_MAX_AGE, http_only=True):
+        response.headers.append(("Set-Cookie", self.cookie_header(name, value, max_age=max_age, http_only=http_only)))
+
+    def cookie_header(self, name, value, *, max_age=SESSION_COOKIE_MAX_AGE, http_only=True):
         parts = ["%s=%s" % (name, urllib.parse.quote(value, safe="")), "Path=/", "Max-Age=%d" % max_age,
                  "SameSite=Lax"]
         if http_only:
             parts.append("HttpOnly")
         if self.secure_cookies:
             parts.append("Secure")
-        response.headers.append(("Set-Cookie", "; ".join(parts)))
+        return "; ".join(parts)
 
     def clear_cookie(self, response, name):
         self.set_cookie(response, name, "", max_age=0)
@@ -11113,13 +12257,30 @@ class App:
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
             return
-        session = self.store.session_for(token, time.time())
+        now = time.time()
+        session = self.store.session_for(token, now)
+        if session is None and VERIFIER_SEPARATOR in token:
+            session = self._adopt_rails_session(request, token, now)
         if session is None:
             return
         user = self.store.user(session.user_id)
         if user is None or not user.active or user.bot:
             return
         request.user, request.session = user, session
+
+    def _adopt_rails_session(self, request, value, now):
+        """A session_token cookie Rails signed with this SECRET_KEY_BASE names a session
+        Rails stored (app/controllers/concerns/authentication.rb): that session becomes
+        one of ours and the browser gets our cookie with this response."""
+        rails_token = verify_signed_cookie(self.secret_key_base, SESSION_COOKIE, value, now=now)
+        if not isinstance(rails_token, str) or not rails_token:
+            return None
+        token = self.store.adopt_rails_session(rails_token, request.remote_addr,
+                                               request.headers.get("user-agent", ""), now)
+        if token is None:
+            return None
+        request.set_cookies.append(self.cookie_header(SESSION_COOKIE, token))
+        return self.store.session_for(token, now)
 
     def _error_response(self, request, status, message):
         if request.path.startswith("/static/"):
@@ -11139,6 +12300,8 @@ class App:
             headers.append(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
         headers.extend(SECURITY_HEADERS)
         headers.append(("X-Request-Id", request.id))
+        for cookie in request.set_cookies:
+            headers.append(("Set-Cookie", cookie))
         if (response.compressible and len(response.body) >= GZIP_MIN_BYTES
                 and response.content_type and response.content_type.startswith(GZIP_TYPES)
                 and "content-encoding" not in present and accepts_gzip(request)):
@@ -11252,6 +12415,42 @@ def run_in_background(step):
         if more:
             loop.call_soon(turn)
     loop.call_soon(turn)
+
+
+class SearchIndexRebuild:
+    """At start, messages without a search row (a storage restored or made by hand, or a
+    Rails storage whose index was lost) get one, a chunk per event-loop turn while the
+    server answers, with progress in the log. Only messages that existed at start are
+    looked at: a new one writes its own row."""
+
+    def __init__(self, app):
+        self.store = app.store
+        self.upto = self.after = self.looked = self.written = self.total = 0
+        self.logged_at = 0
+        self.started = False
+
+    def start(self):
+        if not self.started:
+            self.started = True
+            run_in_background(self.step)
+
+    def step(self):
+        store = self.store
+        if not self.upto:
+            if store.search_index_complete():
+                return False
+            self.upto = store.db.value("SELECT max(id) FROM messages") or 0
+            self.total = store.db.value("SELECT count(*) FROM messages")
+            log.info("search index: incomplete; checking %d messages in the background", self.total)
+        last, looked, written = store.index_missing_search_rows(self.after, self.upto, SEARCH_REBUILD_CHUNK)
+        if last is None:
+            log.info("search index: rebuilt (%d messages checked, %d indexed)", self.looked, self.written)
+            return False
+        self.after, self.looked, self.written = last, self.looked + looked, self.written + written
+        if self.looked - self.logged_at >= SEARCH_REBUILD_LOG_EVERY:
+            self.logged_at = self.looked
+            log.info("search index: %d of %d messages checked, %d indexed", self.looked, self.total, self.written)
+        return True
 
 
 class Purges:
@@ -12270,6 +13469,7 @@ class Server:
         self._beat = self.loop.create_task(self._cable_beat())
         self.app.webhooks.start(self.loop)
         self.app.pushes.start(self.loop)
+        self.app.search_rebuild.start()
 
     async def _cable_beat(self):
         """Beats on a fixed schedule, not a fixed pause after each: a busy loop makes a
@@ -12433,7 +13633,7 @@ async def serve(config):
 
 
 ####
-#### 19. Operations: seed
+#### 19. Operations: seed and check
 ####
 # Long jobs for the command line, each reporting its progress.
 
@@ -12465,9 +13665,9 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
     if not force and store.people_count():
         raise SeedRefused("the database already has people in it; seed adds demo people (all with "
                           "the password %r) only with --force" % SEED_PASSWORD)
-    digest = hash_password(SEED_PASSWORD, app.config.scrypt_n)
+    digest = hash_password(SEED_PASSWORD, app.config.scrypt_n, app.config.bcrypt_cost)
     admin_password = random_alphanumeric(SEED_ADMIN_PASSWORD_CHARS)
-    first_new = store.seed_people(users, digest, hash_password(admin_password, app.config.scrypt_n), now)
+    first_new = store.seed_people(users, digest, hash_password(admin_password, app.config.scrypt_n, app.config.bcrypt_cost), now)
     user_ids = store.active_user_ids()
     room_ids = []
     for index in range(rooms):
@@ -12495,6 +13695,99 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
     progress("search index", 1, 1)
     store.bump_everything()
     return "person%d@example.com" % first_new, admin_password
+
+
+def storage_report(config):
+    """What opening this storage will do, for an administrator before a move: the schema's
+    era and the migrations it lacks, what it holds, and what isn't shown yet. Reads only
+    (the database is opened read-only; nothing is migrated)."""
+    path = config.resolved_database_path
+    if not os.path.exists(path):
+        return ["%s: no database yet; the first start creates Campfire's schema (version %s)."
+                % (path, RAILS_LATEST_VERSION)]
+    try:
+        db = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(path)), uri=True)
+        try:
+            return _storage_report(db, path, config)
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        return ["%s can't be read as a Campfire database (%s)." % (path, error)]
+
+
+def _storage_report(db, path, config):
+    def value(sql, params=()):
+        row = db.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    lines = ["Storage: %s" % path]
+    known = [version for version, _, _ in RAILS_MIGRATIONS]
+    if "schema_migrations" in tables:
+        versions = {str(row[0]) for row in db.execute("SELECT version FROM schema_migrations")}
+        newer = sorted(v for v in versions if v not in known and v >= RAILS_FIRST_VERSION)
+        if newer:
+            return lines + ["Schema: migrated by a newer Campfire (%s); this server refuses it and changes "
+                            "nothing." % ", ".join(newer)]
+        pending = [(version, name) for version, name, _ in RAILS_MIGRATIONS if version not in versions]
+        latest = max((v for v in versions if v in known), default=None)
+        era = ("the first ONCE releases (users.active, no bans, no account settings)"
+               if latest is not None and latest <= RAILS_ONCE_ERA_LAST else
+               "Once Campfire v1.3 (Rails 8)" if latest is not None and latest < RAILS_LATEST_VERSION else
+               "today's Once Campfire")
+        lines.append("Schema: version %s, %s." % (latest, era))
+        if pending:
+            lines.append("At start, these Rails migrations run, each recorded in schema_migrations:")
+            lines += ["  %s_%s.rb" % item for item in pending]
+        else:
+            lines.append("Nothing to migrate: Rails' db:prepare would find nothing pending.")
+    elif "campfire_py_migrations" in tables:
+        lines.append("Schema: created by an earlier release of this server; at start, Rails' %d migration "
+                     "versions are recorded in schema_migrations." % len(known))
+    elif tables & {"users", "messages", "accounts"}:
+        return lines + ["Schema: Campfire's tables without schema_migrations; this server refuses it."]
+    else:
+        lines.append("Schema: empty; the first start creates Campfire's schema.")
+        return lines
+
+    def count(table, where="1"):
+        return value('SELECT count(*) FROM "%s" WHERE %s' % (table, where)) if table in tables else 0
+
+    status = "status" if "status" in {row[1] for row in db.execute("PRAGMA table_info(users)")} else None
+    active = "status = 0" if status else "coalesce(active, 1) != 0"
+    lines.append("Account: %s" % (value("SELECT name FROM accounts ORDER BY id LIMIT 1") or "(none yet)"))
+    lines.append("People: %d active, %d deactivated or banned, %d bots" % (
+        count("users", "role != 2 AND " + active), count("users", "role != 2 AND NOT (%s)" % active),
+        count("users", "role = 2")))
+    rooms = {row[0]: row[1] for row in db.execute("SELECT type, count(*) FROM rooms GROUP BY type")}
+    lines.append("Rooms: %d open, %d closed, %d direct" % (
+        rooms.get(ROOM_OPEN, 0), rooms.get(ROOM_CLOSED, 0), rooms.get(ROOM_DIRECT, 0)))
+    messages = count("messages")
+    lines.append("Messages: %d, with %d boosts" % (messages, count("boosts")))
+    try:
+        indexed = value("SELECT count(*) FROM message_search_index_docsize")
+    except sqlite3.Error:
+        indexed = None
+    if indexed != messages:
+        lines.append("Search index: %s of %d messages; the rest are indexed in the background at start."
+                     % ("unknown" if indexed is None else indexed, messages))
+    bcrypt = count("users", "password_digest LIKE '$2_$%'")
+    if bcrypt:
+        lines.append("Passwords: %d bcrypt digests (Rails'); this system's crypt(3) %s." % (bcrypt, (
+            "checks them, and new passwords are bcrypt too" if bcrypt_supported() else
+            "has no bcrypt: those people need a sign-in link from an administrator")))
+    sessions = count("sessions", "length(token) != 64")
+    if sessions:
+        lines.append("Sessions: %d signed in on Rails; they stay signed in if SECRET_KEY_BASE is the one "
+                     "Rails used%s." % (sessions, "" if config.secret_key_base else " (it is not set)"))
+    not_shown = [(count("active_storage_attachments", "record_type = 'Message'"), "messages' file attachments"),
+                 (count("active_storage_attachments", "record_type = 'User'"), "avatars"),
+                 (count("active_storage_attachments", "record_type = 'Account'"), "account logos"),
+                 (count("push_subscriptions"), "push subscriptions (web push is not sent yet)")]
+    for number, what in not_shown:
+        if number:
+            lines.append("Not shown yet: %d %s; they stay in the storage for Rails." % (number, what))
+    return lines
 
 
 def print_progress(label, done, total):
@@ -12532,6 +13825,9 @@ COMMANDS = {
         "--port": (port_number, None, "port to listen on (PORT; default %d)" % DEFAULT_PORT),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
         "--no-cache": (bool, False, "render every page afresh (to measure what the caches save)"),
+    }),
+    "check": ("report what opening a storage will do (its schema, what it holds), changing nothing", {
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
     }),
     "seed": ("fill the database with people, rooms and messages", {
         "--users": (int, 100, "people to add (default 100)"),
@@ -12634,6 +13930,8 @@ def main(argv=None):
     try:
         if command == "serve":
             asyncio.run(serve(config))
+        elif command == "check":
+            print("\n".join(storage_report(config)))
         elif command == "seed":
             app = App(config)
             try:

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import campfire  # noqa: E402
 
 TEST_SCRYPT_N = 2 ** 10  # tests hash many passwords; the digest records n, so checks still work
+TEST_BCRYPT_COST = 4     # bcrypt's least cost, likewise recorded in each digest
 
 
 def make_app(storage=None, **overrides):
@@ -26,6 +27,7 @@ def make_app(storage=None, **overrides):
     is watched for writes outside atomic() (see guard_writes)."""
     storage = storage or tempfile.mkdtemp(prefix="campfire-test-")
     overrides.setdefault("scrypt_n", TEST_SCRYPT_N)
+    overrides.setdefault("bcrypt_cost", TEST_BCRYPT_COST)
     config = campfire.Config(storage_path=storage, **overrides)
     return guard_writes(campfire.App(config))
 

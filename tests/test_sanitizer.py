@@ -17,7 +17,7 @@ from campfire import (
     find_mentions, html_to_plain_text, make_sgid, render_rich_text,
     sanitize_html, sgid_user_id, verify_sgid)
 
-SECRET = b"test-secret-key"
+SECRET = "test-secret-key-base"  # a SECRET_KEY_BASE
 LINK = 'target="_blank" rel="noopener noreferrer"'
 
 XSS_PAYLOADS = [
@@ -324,7 +324,7 @@ class AttachmentTest(RichTextCase):
         self.assertEqual(render_rich_text(body), "<div>ab</div>")
 
     def test_render_reads_rails_written_attachments(self):
-        sgid = make_sgid(4, b"rails key")
+        sgid = make_sgid(4, "another secret key base")
         body = f'<div><action-text-attachment content-type="{MENTION_CONTENT_TYPE}" sgid="{sgid}"></action-text-attachment></div>'
         self.assertEqual(render_rich_text(body, mention=lambda s: f"<b>{sgid_user_id(s)}</b>"), "<div><b>4</b></div>")
 
@@ -346,17 +346,18 @@ class SgidTest(unittest.TestCase):
 
     def test_format_is_rails_message_verifier(self):
         data, _, digest = make_sgid(5, SECRET).partition("--")
-        self.assertEqual(json.loads(base64.b64decode(data)),
+        # GlobalID::Verifier: URL-safe base64 with padding, HMAC-SHA1 (MessageVerifier's default).
+        self.assertEqual(json.loads(base64.urlsafe_b64decode(data)),
                          {"_rails": {"data": "gid://campfire/User/5", "pur": "attachable"}})
-        self.assertRegex(digest, r"^[0-9a-f]{64}$")
+        self.assertRegex(digest, r"^[0-9a-f]{40}$")
 
     def test_tampering_is_detected(self):
         sgid = make_sgid(42, SECRET)
         data, _, digest = sgid.partition("--")
-        forged = base64.b64encode(base64.b64decode(data).replace(b"/42", b"/1")).decode()
+        forged = base64.urlsafe_b64encode(base64.urlsafe_b64decode(data).replace(b"/42", b"/1")).decode()
         self.assertIsNone(verify_sgid(f"{forged}--{digest}", SECRET))
         self.assertIsNone(verify_sgid(sgid[:-1] + ("0" if sgid[-1] != "0" else "1"), SECRET))
-        self.assertIsNone(verify_sgid(sgid, b"other secret"))
+        self.assertIsNone(verify_sgid(sgid, "other secret"))
         self.assertIsNone(verify_sgid("no-separator", SECRET))
         self.assertIsNone(verify_sgid("\udcff--\udcff", SECRET))
 

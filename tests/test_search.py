@@ -1,5 +1,5 @@
 """Search (CAMPFIRE.md, Search): FTS5 with porter stemming over the user's own
-rooms, the newest 100 matches oldest first, queries that can't break MATCH,
+rooms, the newest 100 matches newest first (by created_at), queries that can't break MATCH,
 and the 10 recent searches kept per user."""
 
 import re
@@ -41,9 +41,9 @@ class SearchTests(ChatTestCase):
     def test_porter_stemming_matches_word_forms(self):
         running = self.post_id(self.bob, 1, "I was running late")
         runs = self.post_id(self.bob, 1, "she runs daily")
-        self.assertEqual(results(self.ada, "run"), [running, runs])
-        self.assertEqual(results(self.ada, "running"), [running, runs])
-        self.assertEqual(results(self.ada, "runs"), [running, runs])
+        self.assertEqual(results(self.ada, "run"), [runs, running])
+        self.assertEqual(results(self.ada, "running"), [runs, running])
+        self.assertEqual(results(self.ada, "runs"), [runs, running])
 
     def test_page_has_search_results_with_message_elements(self):
         message = self.post_id(self.bob, 1, "<div>find <strong>this</strong> one</div>")
@@ -54,18 +54,18 @@ class SearchTests(ChatTestCase):
         self.assertIn("<strong>this</strong>", page.text)
         self.assertIn("1 message for", page.text)
 
-    def test_newest_100_matches_shown_oldest_first(self):
+    def test_newest_100_matches_shown_newest_first(self):
         ids = seed_messages(self.app, 1, self.bob_id, 130, word="needle")
         seed_messages(self.app, 1, self.bob_id, 10, word="haystack", start=campfire.time.time() - 10)
         found = results(self.ada, "needle")
         self.assertEqual(len(found), campfire.SEARCH_RESULT_LIMIT)
-        self.assertEqual(found, ids[-100:])
+        self.assertEqual(found, ids[-100:][::-1])
 
     def test_matches_in_a_closed_room_never_reach_a_non_member(self):
         hidden = self.post_id(self.carol, self.closed, "launch codes")
         shared = self.post_id(self.bob, 1, "launch party")
         self.assertEqual(results(self.dave, "launch"), [shared])
-        self.assertEqual(results(self.bob, "launch"), [hidden, shared])
+        self.assertEqual(results(self.bob, "launch"), [shared, hidden])
         self.assertEqual(results(self.dave, "codes"), [])
         self.assertEqual(results(self.dave, "launch codes"), [])
 
@@ -75,14 +75,14 @@ class SearchTests(ChatTestCase):
         newest_closed = seed_messages(self.app, self.closed, self.carol_id, 3, word="fallback",
                                       start=campfire.time.time() - 50)
         with config_value(self.app.config, "search_probe_limit", 5):
-            self.assertEqual(results(self.dave, "fallback"), open_hits)
-            self.assertEqual(results(self.bob, "fallback"), closed_hits + open_hits + newest_closed)
-            self.assertEqual([row["id"] for row in self.app.store.search(self.dave_id, "fallback")], open_hits)
+            self.assertEqual(results(self.dave, "fallback"), open_hits[::-1])
+            self.assertEqual(results(self.bob, "fallback"), newest_closed[::-1] + open_hits[::-1] + closed_hits[::-1])
+            self.assertEqual([row["id"] for row in self.app.store.search(self.dave_id, "fallback")], open_hits[::-1])
 
     def test_fallback_also_returns_only_the_newest_100(self):
         ids = seed_messages(self.app, 1, self.bob_id, 120, word="plenty")
         with config_value(self.app.config, "search_probe_limit", 5):
-            self.assertEqual(results(self.ada, "plenty"), ids[-100:])
+            self.assertEqual(results(self.ada, "plenty"), ids[-100:][::-1])
 
     def test_removed_member_no_longer_finds_the_rooms_messages(self):
         message = self.post_id(self.carol, self.closed, "classified material")
