@@ -17,18 +17,20 @@ pure code to the code that touches the world:
   8. QR codes                 byte-mode QR symbols as SVG, for invitation and sign-in links
   9. Web Push                 P-256, ECDSA, AES-128-GCM, HKDF, aes128gcm and VAPID, sans-I/O
  9a. Rails' formats           signed cookies, signed global ids, key derivation, bcrypt
- 10. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
- 11. Domain                   every operation on accounts, people, sessions, rooms, memberships,
-                              messages, boosts, search, bots and push subscriptions, with its SQL; Events
- 12. Rendering                render_* from plain data and a View: pages, fragments, JSON
- 13. Routes                   the route table (the map of the server), then its thin handlers
+ 10. Files                    multipart, file names, image headers, byte ranges, serving rules,
+                              the link-preview address guard and OpenGraph
+ 11. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
+ 12. Domain                   every operation on accounts, people, sessions, rooms, memberships,
+                              messages, boosts, search, bots, push subscriptions and files, with its SQL; Events
+ 13. Rendering                render_* from plain data and a View: pages, fragments, JSON
+ 14. Routes                   the route table (the map of the server), then its thin handlers
                               by feature: sessions, rooms, messages, search, people, account, bots
- 14. Real time                /cable connections, channels and broadcasts
- 15. The application          App: a request in, a response out (no sockets); its caches
- 16. Background work          purges, webhook and push deliveries, backups, off the request path
- 17. The server               asyncio connections, timeouts, group commit, signals
- 18. Operations               seed, check, backup, restore, administrators, deployment recipes
- 19. Command line             main()
+ 15. Real time                /cable connections, channels and broadcasts
+ 16. The application          App: a request in, a response out (no sockets); its caches
+ 17. Background work          purges, webhook and push deliveries, link previews, backups, off the request path
+ 18. The server               asyncio connections, timeouts, group commit, signals
+ 19. Operations               seed, check, backup, restore, administrators, deployment recipes
+ 20. Command line             main()
 """
 
 import os
@@ -62,6 +64,7 @@ import errno
 import functools
 import hashlib
 import hmac
+import ipaddress
 import itertools
 import json
 import logging
@@ -76,6 +79,7 @@ import threading
 import time
 import traceback
 import types
+import unicodedata
 import urllib.parse
 import zlib
 from dataclasses import dataclass, field
@@ -109,7 +113,6 @@ ROUTES_KEPT = 4096                       # and matched (method, path) pairs by t
 MEMO_KEY_MAX_CHARS = 512                 # each at most this long (so at most a few MB in all)
 MAX_FORM_FIELDS = 1000                    # urlencoded/multipart pairs per request
 MAX_PARAMS_DEPTH = 32                     # a JSON body's nesting; Rack's param_depth_limit for form names
-MAX_MULTIPART_BOUNDARY_CHARS = 200        # RFC 2046 §5.1.1 allows 70; browsers send about 40
 BODY_LIMITS_KEPT = 10_000                 # (method, path) → body limit answers remembered
 STATIC_PATHS_KEPT = 1000                  # static paths whose last disk check is remembered
 
@@ -240,6 +243,28 @@ QR_CODES_KEPT_BYTES = 2 * 1024 * 1024      # drawn codes remembered (~7 KB of SV
 QR_CODE_LIMIT = (30, 60.0)                 # codes drawn afresh per IP per minute → 429 (each costs tens of ms)
 MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted this many per event-loop turn
 
+# Uploaded files, kept in Active Storage's layout (storage/files/<ab>/<cd>/<key>), so
+# a Once Campfire storage opens with its files. An upload streams to a temporary file
+# as it arrives: memory holds at most the read-ahead and one write, whatever its size.
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024      # one file; 413 past it (CAMPFIRE_MAX_UPLOAD_BYTES changes it)
+UPLOAD_FORM_OVERHEAD_BYTES = 64 * 1024    # an upload's multipart headers and its other fields
+MAX_UPLOAD_FIELD_BYTES = MESSAGE_BODY_LIMIT  # the text fields of an upload form, together
+UPLOAD_READ_AHEAD_BYTES = 1024 * 1024     # body bytes buffered before the socket stops being read
+UPLOAD_WRITE_BYTES = 256 * 1024           # written to disk at a time (one worker-thread call)
+MAX_FORM_FILES = 2                        # files kept from one form: a message's file and its preview
+AVATAR_BODY_LIMIT = 4 * 1024 * 1024       # a profile or bot form with its picture: the browser sends 512×512
+# Campfire caches avatars for 30 minutes (users/avatars_controller.rb); their URL doesn't change with the
+# picture, so a new one would show late. Revalidated each time instead: a 304 when unchanged.
+AVATAR_CACHE_CONTROL = "private, no-cache"
+AVATAR_PIXELS = 512                       # the browser crops a picture to this square (Campfire's variant size)
+LOGO_CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=604800"  # accounts/logos_controller.rb
+FILE_SEND_CHUNK_BYTES = 256 * 1024        # read from disk at a time where sendfile can't be used
+FILE_WORKERS = 4                          # threads for file I/O (uploads, opening downloads)
+BLOB_KEY_CHARS = 28                       # Active Storage's SecureRandom.base36(28)
+BLOB_KEY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+FILE_CACHE_CONTROL = "private, max-age=3600"  # a blob never changes, but who may read it can
+PREVIEW_MAX_WIDTH, PREVIEW_MAX_HEIGHT = 1200, 800  # Campfire's thumbnail box (app/models/message/attachment.rb)
+
 # Bots and their webhooks (Campfire's app/models/webhook.rb: 7 s per connect and
 # per read, no retries). A reply is a message, and a message holds
 # MAX_MESSAGE_BODY_CHARS, so 1 MiB is already generous.
@@ -304,7 +329,7 @@ BACKUP_STOP_WAIT = 15.0                    # seconds SIGTERM waits for a cancell
 STORAGE_LOCK_FILE = ".campfire.lock"       # held by a running server: restore refuses while it is
 UPLOADS_DIR_NAME = "files"                 # storage/files/: uploads in Active Storage's disk layout
 
-# Off-site copies of backups (BACKUP_URL: s3:// or https://), section 15.
+# Off-site copies of backups (BACKUP_URL: s3:// or https://), section 17.
 # A multipart part, and the largest file sent in one PUT: a failure resends at
 # most this much, and a 1 GiB backup is 64 parts.
 OFFSITE_PART_BYTES = 16 * 1024 * 1024
@@ -427,11 +452,11 @@ SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "
 
 STATUS_REASONS = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created",
-    204: "No Content", 301: "Moved Permanently", 302: "Found", 303: "See Other",
+    204: "No Content", 206: "Partial Content", 301: "Moved Permanently", 302: "Found", 303: "See Other",
     304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    409: "Conflict", 413: "Content Too Large", 414: "URI Too Long",
-    415: "Unsupported Media Type", 417: "Expectation Failed",
+    409: "Conflict", 411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
+    415: "Unsupported Media Type", 416: "Range Not Satisfiable", 417: "Expectation Failed",
     422: "Unprocessable Content", 426: "Upgrade Required", 429: "Too Many Requests",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable",
@@ -455,6 +480,110 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+# multipart/form-data (RFC 7578). Past a limit marked 413 the request is answered
+# "Content Too Large"; the others are malformed bodies, 400.
+MAX_BOUNDARY_CHARS = 70                   # RFC 2046 §5.1.1: 1 to 70 characters
+MAX_MULTIPART_PARTS = MAX_FORM_FIELDS     # 413 past it; a form of ours has fewer than 10 fields
+MAX_PART_HEADER_BYTES = 8 * 1024          # 413 past it: one part's header block; a 255-byte
+                                          # name, percent-encoded in filename*, is under 1 KiB
+MAX_PART_HEADER_FIELDS = 16               # 413 past it; browsers send 2 (RFC 7578 §4.8 allows 3)
+MAX_MULTIPART_PREAMBLE_BYTES = 64 * 1024  # no boundary by then: the declared one is wrong, 400
+MAX_TRANSPORT_PADDING_BYTES = 256         # spaces allowed after a boundary (RFC 2046 §5.1.1)
+
+# File names.
+MAX_FILENAME_BYTES = 255                  # NAME_MAX of ext4, APFS and NTFS: a download must fit
+MAX_EXTENSION_BYTES = 16                  # a longer ".tail" is not an extension worth keeping
+FALLBACK_FILENAME = "file"                # what a name that was only dots and slashes becomes
+
+# Image headers. A PNG, GIF or WebP needs at most IMAGE_HEADER_BYTES; a JPEG
+# needs everything up to its frame header, which follows its metadata
+# segments (EXIF, ICC profile, XMP: rarely past 64 KiB, at most JPEG_SCAN_LIMIT).
+IMAGE_HEADER_BYTES = 33                   # PNG signature + IHDR with its CRC (8 + 25)
+IMAGE_SNIFF_BYTES = 64 * 1024             # what sniff_image() is usually given: all common JPEGs fit
+JPEG_SCAN_LIMIT = 16 * 1024 * 1024        # 422 past it: no camera or editor writes this much metadata
+MAX_IMAGE_SIDE_PIXELS = 65_535            # JPEG's own ceiling; past it no browser decodes the image
+MAX_IMAGE_PIXELS = 1 << 28                # 268 megapixels (16384²), above browsers' decode limits
+
+# Byte ranges (RFC 9110 §14).
+MAX_RANGE_SPECS = 100                     # more ranges in one header: ignored (§14.2 lets us), 200
+MAX_RANGE_DIGITS = 18                     # positions past 10**18 bytes stand for "beyond the end"
+
+# Link previews: a page is read up to this many bytes, and only its <head>.
+MAX_PREVIEW_PAGE_BYTES = 1024 * 1024      # the fetch reads at most 1 MiB
+UNFURL_TIMEOUT = 10.0                     # seconds for a whole preview fetch, redirects included
+MAX_UNFURL_REDIRECTS = 3                  # followed, each checked again like the first address
+UNFURL_WORKERS = 16                       # previews fetched at once (Campfire's limit); past it, 204
+MAX_UNFURL_URL_CHARS = 2048               # a longer URL gets no preview
+UNFURL_READ_BYTES = 64 * 1024             # read from a page's socket at a time
+CHARSET_PRESCAN_BYTES = 1024              # WHATWG HTML §13.2.3.2: <meta charset> within 1024 bytes
+MAX_PREVIEW_TITLE_CHARS = 300             # longer titles are cut (a chat line, not an article)
+MAX_PREVIEW_DESCRIPTION_CHARS = 1000
+MAX_PREVIEW_URL_CHARS = 2048              # longer URLs are dropped, not cut (a cut URL is wrong)
+PREVIEW_FEED_CHARS = 8 * 1024             # the HTML parser is fed this much at a time, and
+PREVIEW_PENDING_CHARS = 64 * 1024         # stops when markup this long is still unfinished
+MAX_PREVIEW_MARKUP_ITEMS = 5000           # tags, comments and texts read in a head; real heads
+                                          # have a few hundred (a news site's: ~300)
+
+# The unfurl guard (Campfire's lib/restricted_http/private_network_guard.rb):
+# a link preview never fetches from these.
+BLOCKED_IPV4_NETWORKS = tuple(ipaddress.IPv4Network(network) for network in (
+    "0.0.0.0/8",          # "this network" (RFC 791)
+    "10.0.0.0/8",         # private (RFC 1918)
+    "100.64.0.0/10",      # carrier-grade NAT (RFC 6598)
+    "127.0.0.0/8",        # loopback
+    "168.63.129.16/32",   # Azure's host agent and DNS, reachable from every VM
+    "169.254.0.0/16",     # link-local, and cloud metadata at 169.254.169.254 (RFC 3927)
+    "172.16.0.0/12",      # private (RFC 1918)
+    "192.0.0.0/24",       # IETF protocol assignments (RFC 6890)
+    "192.0.2.0/24",       # TEST-NET-1 (RFC 5737)
+    "192.88.99.0/24",     # 6to4 relay anycast (RFC 7526)
+    "192.168.0.0/16",     # private (RFC 1918)
+    "198.18.0.0/15",      # benchmarking (RFC 2544)
+    "198.51.100.0/24",    # TEST-NET-2 (RFC 5737)
+    "203.0.113.0/24",     # TEST-NET-3 (RFC 5737)
+    "224.0.0.0/4",        # multicast
+    "240.0.0.0/4",        # reserved, and the broadcast address 255.255.255.255
+))
+IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")   # RFC 4291 §2.4: all else is refused
+BLOCKED_IPV6_NETWORKS = tuple(ipaddress.IPv6Network(network) for network in (
+    "2001::/23",          # IETF protocol assignments: Teredo 2001::/32 (embeds IPv4), benchmarking,
+                          # ORCHID (RFC 2928, RFC 6890)
+    "2001:db8::/32",      # documentation (RFC 3849)
+    "2002::/16",          # 6to4: embeds an IPv4 address (RFC 3056)
+    "3fff::/20",          # documentation (RFC 9637)
+))
+# Outside 2000::/3, and so refused with it: ::/128, ::1, IPv4-mapped ::ffff:0:0/96 and
+# IPv4-compatible ::/96, NAT64 64:ff9b::/96 and 64:ff9b:1::/48, discard 100::/64,
+# ULA fc00::/7, link-local fe80::/10, multicast ff00::/8.
+
+# Serving files. Images, video, audio and PDF are shown inline; everything else
+# downloads. SVG is an image that can carry script, so it downloads too.
+INLINE_CONTENT_TYPES = frozenset((
+    "image/png", "image/jpeg", "image/gif", "image/webp",   # the four whose headers are checked
+    "video/mp4", "video/webm", "video/ogg", "video/quicktime",
+    "audio/mpeg", "audio/mp4", "audio/aac", "audio/ogg", "audio/opus", "audio/wav",
+    "audio/x-wav", "audio/webm", "audio/flac",
+    "application/pdf",
+))
+INLINE_IMAGE_TYPES = frozenset(("image/png", "image/jpeg", "image/gif", "image/webp"))  # shown in a message
+DOWNLOAD_CONTENT_TYPE = "application/octet-stream"  # what every other file is served as
+# Every file response: the browser must not guess a type (an upload declared
+# image/png that is really HTML stays an image), and what it opens as a page runs
+# no script and has an origin of its own (W3C CSP3 §6.3.2.1 sandbox).
+FILE_CONTENT_SECURITY_POLICY = "sandbox"
+FILE_RESPONSE_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", FILE_CONTENT_SECURITY_POLICY),
+    ("Cross-Origin-Resource-Policy", "same-origin"),  # other sites can't embed our files
+    ("Accept-Ranges", "bytes"),                       # RFC 9110 §14.3: videos seek
+)
+# Chromium's PDF viewer refuses to run in a sandboxed document (crbug.com/413851),
+# so a PDF gets no sandbox: served as application/pdf with nosniff, the browser
+# only ever hands it to its PDF viewer, whose scripts never run on our origin.
+PDF_RESPONSE_HEADERS = tuple(header for header in FILE_RESPONSE_HEADERS
+                             if header[0] != "Content-Security-Policy")
+
+
 ####
 #### 2. Errors
 ####
@@ -465,12 +594,17 @@ class CampfireError(Exception):
     CampfireError
      ├── HttpError               answered with .status at the HTTP boundary
      │    ├── BadRequest         400: malformed request or form
+     │    │    ├── MultipartError 400: a multipart body that can't be read (section 10)
+     │    │    └── ClientGone     the client left mid-upload: its handler stops, nothing is sent
      │    ├── Forbidden          403: signed in, but not allowed
      │    ├── NotFound           404: also for what you may not know exists
      │    │    └── RecordNotFound 404 for a record asked by id (the bot API answers it in JSON)
      │    ├── MethodNotAllowed   405: the path exists, not for this method (with Allow)
      │    ├── PayloadTooLarge    413
+     │    │    └── MultipartTooLarge 413: too many parts, or a part header too long
+     │    ├── RangeNotSatisfiable 416: no requested byte range is in the file
      │    ├── Unprocessable      422: well-formed but invalid (an empty message)
+     │    │    └── ImageHeaderError 422: an image whose header is cut off, corrupt or absurd
      │    ├── TooManyRequests    429: a rate limit
      │    └── ServiceUnavailable 503: a write the disk refused, or too much work waiting
      ├── ConfigError             bad configuration: the CLI prints it, exits 1
@@ -478,13 +612,13 @@ class CampfireError(Exception):
      │    ├── BackupInvalid      an archive or database that fails its checks
      │    ├── BackupRefused      a restore that would lose data (a newer schema, a storage in use)
      │    └── BackupCancelled    stopped by Ctrl-C or shutdown: everything half-written removed
-     ├── OffsiteError            a copy to BACKUP_URL that failed (section 15; OffsiteError draws its subtree)
+     ├── OffsiteError            a copy to BACKUP_URL that failed (section 17; OffsiteError draws its subtree)
      ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
      ├── CableCommandError       an Action Cable command that can't be read: ignored
      ├── WebPushError            bad subscription keys or endpoint (422), bad VAPID keys (at start)
-     ├── PushFailed              a push service that didn't answer in time: logged (section 16)
-     └── WebhookFailed           a delivery that failed: logged (section 16)
+     ├── PushFailed              a push service that didn't answer in time: logged (section 17)
+     └── WebhookFailed           a delivery that failed: logged (section 17)
           └── WebhookTimedOut    no answer within 7 s: the bot "failed to respond"
 
     WebSocket protocol errors never raise: they close the socket with 1002,
@@ -537,6 +671,37 @@ class TooManyRequests(HttpError):
 
 class ServiceUnavailable(HttpError):
     status = 503
+
+
+class MultipartError(BadRequest):
+    """400: a multipart/form-data body that can't be read (a wrong or missing
+    boundary, a truncated body, a malformed part header)."""
+
+
+class MultipartTooLarge(PayloadTooLarge):
+    """413: a multipart body past MAX_MULTIPART_PARTS parts, or a part whose
+    header is past MAX_PART_HEADER_BYTES or MAX_PART_HEADER_FIELDS."""
+
+
+class ImageHeaderError(Unprocessable):
+    """422: a file that starts like a PNG, GIF, JPEG or WebP image but whose
+    header is cut off, corrupt, or states a size that is zero or absurd."""
+
+
+class RangeNotSatisfiable(HttpError):
+    """416: a Range header none of whose ranges overlaps the representation;
+    the answer carries Content-Range: bytes */length (RFC 9110 §15.5.17)."""
+
+    status = 416
+
+    def __init__(self, length):
+        super().__init__("None of the requested ranges is within the file's %d bytes." % length,
+                         headers=[("Content-Range", "bytes */%d" % length)])
+        self.length = length
+
+
+class ClientGone(BadRequest):
+    """400 that no one reads: the client closed its connection mid-upload (nothing is logged)."""
 
 
 class ConfigError(CampfireError):
@@ -692,6 +857,16 @@ def escape(value):
     if value is None:
         return HTML("")
     return HTML(escape_html(str(value)))
+
+
+def format_bytes(count):
+    """A size as people read it, in steps of 1,024 as Rails' number_to_human_size: "1.5 MB"."""
+    if count < 1024:
+        return "1 byte" if count == 1 else "%d bytes" % count
+    for unit in ("KB", "MB", "GB", "TB"):
+        count /= 1024
+        if count < 1024 or unit == "TB":
+            return ("%.1f" % count).removesuffix(".0") + " " + unit
 
 
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -908,7 +1083,7 @@ class Request:
 
     __slots__ = ("method", "target", "path", "query_string", "version", "headers", "body",
                  "keep_alive", "remote_addr", "scheme", "id", "started", "user", "session",
-                 "set_cookies", "_query", "_form", "_params", "_cookies", "files")
+                 "set_cookies", "_query", "_form", "_params", "_cookies", "files", "streaming", "body_reader")
 
     def __init__(self, method, target, version="HTTP/1.1", headers=None, body=b""):
         self.method = method
@@ -931,6 +1106,8 @@ class Request:
         self.session = None
         self.set_cookies = []
         self.files = {}
+        self.streaming = False     # the body is an upload, read as it arrives (HttpParser.take_body)
+        self.body_reader = None    # the server's BodyReader of a streamed body
         self._query = self._form = self._params = self._cookies = None
 
     def header(self, name, default=""):
@@ -950,7 +1127,9 @@ class Request:
         """urlencoded or multipart fields; files go to request.files."""
         if self._form is None:
             content_type = self.headers.get("content-type", "")
-            if content_type.startswith("multipart/form-data"):
+            if self.streaming:  # an upload: its handler reads the body as it arrives (App.receive_form)
+                self._form = FormData([])
+            elif content_type.startswith("multipart/form-data"):
                 fields, self.files = parse_multipart(self.body, content_type)
                 self._form = FormData(fields)
             elif content_type.startswith("application/x-www-form-urlencoded") or not content_type:
@@ -1117,40 +1296,16 @@ def _parse_cookies(header):
 _parse_cookies_kept = functools.lru_cache(maxsize=COOKIE_HEADERS_KEPT)(_parse_cookies)
 
 
-_DISPOSITION_PARAM_RE = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"([^"]*)"|([^;\s]*))')
-
-
 def parse_multipart(body, content_type):
-    """multipart/form-data (RFC 7578) → ([(name, value)], {name: UploadedFile})."""
-    match = re.search(r'boundary="?([^";]{1,%d})"?' % MAX_MULTIPART_BOUNDARY_CHARS, content_type)
-    if not match:
-        raise BadRequest("The multipart boundary is missing.")
-    delimiter = b"--" + match.group(1).encode("latin-1")
+    """A whole multipart/form-data body (a small form; uploads stream instead) →
+    ([(name, value)], {name: UploadedFile}). MultipartError (400) when it can't be read."""
     fields, files = [], {}
-    parts = body.split(delimiter)
-    if len(parts) < 3 or not parts[-1].startswith(b"--"):
-        raise BadRequest("The multipart body is incomplete.")
-    for part in parts[1:-1][:MAX_FORM_FIELDS]:
-        head, sep, data = part.partition(b"\r\n\r\n")
-        if not sep or not data.endswith(b"\r\n"):
-            raise BadRequest("A multipart part is malformed.")
-        data = data[:-2]
-        disposition = {}
-        part_type = "application/octet-stream"
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-disposition":
-                for key, quoted, bare in _DISPOSITION_PARAM_RE.findall(value):
-                    disposition[key.lower()] = quoted or bare
-            elif name.strip().lower() == "content-type":
-                part_type = value.strip()
-        name = disposition.get("name")
-        if name is None:
-            continue
-        if "filename" in disposition:
-            files[name] = UploadedFile(disposition["filename"], part_type, data)
-        else:
-            fields.append((name, data.decode("utf-8", "replace")))
+    for part, data in read_multipart(body, content_type):
+        if part.filename is None:
+            fields.append((part.name, data.decode("utf-8", "replace")))
+        elif part.filename and part.name not in files:
+            files[part.name] = UploadedFile(safe_filename(part.filename), part.content_type or DOWNLOAD_CONTENT_TYPE,
+                                            data)
     return fields, files
 
 
@@ -1168,12 +1323,18 @@ class HttpParser:
 
     `body_limit(method, path)` names the largest body a route accepts; a larger
     Content-Length is refused with 413 before any of the body is read.
+
+    `upload_limit(request)` is the largest upload the request may carry, or None
+    when its body is not an upload. An upload's Request comes out as soon as its
+    head is read, with .streaming set; its body is then taken piece by piece
+    with take_body() until body_done, and never held whole.
     """
 
-    HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS = range(5)
+    HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS, STREAM = range(6)
 
-    def __init__(self, body_limit=None):
+    def __init__(self, body_limit=None, upload_limit=None):
         self._body_limit = body_limit or (lambda method, path: DEFAULT_BODY_LIMIT)
+        self._upload_limit = upload_limit or (lambda request: None)
         self._buffer = bytearray()
         self._state = self.HEAD
         self._request = None
@@ -1190,6 +1351,22 @@ class HttpParser:
     @property
     def reading_body(self):
         return self._state != self.HEAD
+
+    @property
+    def body_done(self):
+        """Whether a streamed body has been taken whole (the next request may follow)."""
+        return self._state != self.STREAM
+
+    def take_body(self):
+        """The bytes of a streamed body that have arrived and not been taken yet."""
+        if self._state != self.STREAM:
+            return b""
+        data = bytes(self._buffer[:self._remaining])
+        del self._buffer[:len(data)]
+        self._remaining -= len(data)
+        if not self._remaining:
+            self._finish()
+        return data
 
     def receive_data(self, data):
         self._buffer += data
@@ -1212,6 +1389,10 @@ class HttpParser:
                     return None
                 if self._state == self.HEAD:
                     return self._finish()
+                if self._state == self.STREAM:
+                    return self._request
+            elif self._state == self.STREAM:
+                return None  # the body is taken with take_body()
             elif self._state == self.BODY:
                 if len(self._buffer) < self._remaining:
                     return None
@@ -1333,22 +1514,30 @@ class HttpParser:
             raise HttpError("Only 100-continue is understood.", 417)
         transfer_encoding = headers.get("transfer-encoding")
         content_length = headers.get("content-length")
+        upload_limit = self._upload_limit(request)
         if transfer_encoding is not None:
             # RFC 9112 §6.1: both headers is a smuggling attempt; only chunked is spoken.
             if content_length is not None:
                 raise BadRequest("Both Transfer-Encoding and Content-Length were sent.")
             if transfer_encoding.strip().lower() != "chunked":
                 raise HttpError("Only chunked transfer coding is understood.", 501)
+            if upload_limit is not None:  # its size must be known before it is read
+                raise HttpError("Send files with a Content-Length.", 411)
             limit = self._body_limit(request.method, request.path)
             self._request, self._state, self._chunks, self._limit = request, self.CHUNK_SIZE, [], limit
         elif content_length is not None:
             if not _CONTENT_LENGTH_RE.match(content_length):
                 raise BadRequest("Content-Length is malformed.")
             length = int(content_length)
-            if length and length > self._body_limit(request.method, request.path):
+            if upload_limit is not None and length > upload_limit:
+                raise PayloadTooLarge("A file can be at most %s." % format_bytes(upload_limit - UPLOAD_FORM_OVERHEAD_BYTES))
+            if length and upload_limit is None and length > self._body_limit(request.method, request.path):
                 raise PayloadTooLarge("The request body is too large.")
             self._request = request
-            if length:
+            if length and upload_limit is not None:
+                request.streaming = True
+                self._state, self._remaining = self.STREAM, length
+            elif length:
                 self._state, self._remaining = self.BODY, length
         else:
             self._request = request
@@ -1372,12 +1561,14 @@ def _refuse_request_line(request_line):
     raise BadRequest("The request line is malformed.")
 
 
-def serialize_response(status, headers, body, *, keep_alive, head_only=False, date=None):
-    """The bytes of a response: status line, headers, Date, Content-Length, body."""
+def serialize_response(status, headers, body, *, keep_alive, head_only=False, date=None, content_length=None):
+    """The bytes of a response: status line, headers, Date, Content-Length, body.
+    content_length: of a body sent after these bytes (a file), instead of `body`'s."""
     has_body = status >= 200 and status != 204 and status != 304
     head = "HTTP/1.1 %d %s\r\n%sDate: %s\r\n%s%s\r\n" % (
         status, STATUS_REASONS.get(status, "Status"), "".join([f"{name}: {value}\r\n" for name, value in headers]),
-        date or http_date(), "Content-Length: %d\r\n" % len(body) if has_body else "",
+        date or http_date(), "Content-Length: %d\r\n" % (len(body) if content_length is None else content_length)
+        if has_body else "",
         "" if keep_alive else "Connection: close\r\n")
     if head_only or not has_body:
         return head.encode("latin-1")
@@ -1387,7 +1578,7 @@ def serialize_response(status, headers, body, *, keep_alive, head_only=False, da
 class Response:
     """What a handler returns. Bodies are bytes by the time they are sent."""
 
-    __slots__ = ("status", "body", "headers", "content_type", "compressible", "upgrade")
+    __slots__ = ("status", "body", "headers", "content_type", "compressible", "upgrade", "file")
 
     def __init__(self, body=b"", status=200, content_type="text/html; charset=utf-8", headers=None):
         self.status = status
@@ -1396,6 +1587,7 @@ class Response:
         self.headers = list(headers or ())
         self.compressible = True
         self.upgrade = None
+        self.file = None          # a FileBody sent instead of body: a stored file, never read whole
 
     def header(self, name):
         lowered = name.lower()
@@ -1407,6 +1599,20 @@ class Response:
     @property
     def text(self):
         return self.body.decode("utf-8", "replace")
+
+
+@dataclass(slots=True)
+class FileBody:
+    """length bytes of an open file from offset: the body of a file response."""
+
+    file: object
+    offset: int
+    length: int
+
+    def read_all(self):
+        """The bytes, for tests and small files."""
+        self.file.seek(self.offset)
+        return self.file.read(self.length)
 
 
 def redirect(location, status=303):
@@ -1451,7 +1657,7 @@ def accepts_gzip(request):
 
 
 # Routing: a route table in, matches and URLs out -----------------------------
-# The table itself is the application's (section 13); this is the machinery,
+# The table itself is the application's (section 14); this is the machinery,
 # pure like the parser above.
 
 @dataclass(frozen=True, slots=True)
@@ -1468,10 +1674,11 @@ class Route:
     handler: object
     auth: str = "user"
     body_limit: int = FORM_BODY_LIMIT
+    upload: bool = False    # a multipart body here is read as it arrives, files to disk (App.receive_form)
 
 
 def build_routes(rows):
-    """Rows (methods, pattern, name, handler[, auth[, body_limit]]) → Routes, one per
+    """Rows (methods, pattern, name, handler[, auth[, body_limit[, upload]]]) → Routes, one per
     method ("PATCH PUT" is two), checked by check_routes."""
     return check_routes(tuple(Route(method, pattern, name, handler, *rest)
                               for methods, pattern, name, handler, *rest in rows for method in methods.split()))
@@ -2232,7 +2439,7 @@ def cable_reply(identifier, kind):
 # Message bodies are Trix HTML. On the way in they pass sanitize_html (an
 # allow-list rebuild, so the output is canonical, well-formed and idempotent);
 # html_to_plain_text feeds search, webhooks, notifications and /play;
-# render_rich_text (section 12) swaps stored mention attachments for chips on the way out.
+# render_rich_text (section 13) swaps stored mention attachments for chips on the way out.
 # Campfire's helpers/content_filters/sanitize_tags.rb, exactly: Trix writes
 # strikethrough as <del>, so there is no <s> or <strike>.
 
@@ -2251,6 +2458,8 @@ ATTACHMENT_ATTRIBUTES = frozenset(
     " presentation caption content".split())
 URL_ATTRIBUTES = frozenset(("href", "cite", "url"))
 MENTION_CONTENT_TYPE = "application/vnd.campfire.mention"
+OPENGRAPH_CONTENT_TYPE = "application/vnd.actiontext.opengraph-embed"  # a link preview: href, filename (its
+                                                                        # title), caption, url (its image)
 
 _ATTACHMENT_ALLOWED = ALLOWED_ATTRIBUTES | ATTACHMENT_ATTRIBUTES
 _VOID_TAGS = frozenset(("br", "hr"))
@@ -2520,6 +2729,8 @@ class _PlainText(HTMLParser):
             name = (self._mention_name(attrs.get("sgid") or "")
                     or _fragment_text(attrs.get("content") or ""))
             return name if not name or name.startswith("@") else "@" + name
+        if attrs.get("content-type") == OPENGRAPH_CONTENT_TYPE:
+            return ""  # the link it previews is in the text already
         label = attrs.get("caption") or attrs.get("filename")
         return f"[{label}]" if label else ""
 
@@ -3045,7 +3256,7 @@ def qr_svg(text: str, *, level: str = "M", module_px: int = 8, border: int = 4) 
 #### 9. Web Push (RFC 8291, RFC 8292)
 ####
 # P-256, ECDSA (RFC 6979), AES-128-GCM, HKDF, the aes128gcm coding and VAPID, pure:
-# bytes and ints in, bytes out. Pushes are encrypted in a worker process (section 16).
+# bytes and ints in, bytes out. Pushes are encrypted in a worker process (section 17).
 
 # P-256, also secp256r1 (FIPS 186-4 §D.1.2.3, SEC 2 §2.4.2): y² = x³ - 3x + b over
 # GF(p), a group of prime order n generated by G.
@@ -4665,7 +4876,1242 @@ def is_bcrypt_digest(digest):
 
 
 ####
-#### 10. Storage
+#### 10. Files
+####
+# The pure building blocks of uploads, downloads and link previews: bytes and
+# strings in, values and events out. Nothing here touches a socket, a file, the
+# clock or the database.
+
+# Header parameters (RFC 9110 §5.6.6, RFC 8187, RFC 9110 §5.6.7) ----------------------
+
+_TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TOKEN_TEXT_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_MEDIA_TYPE_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_OWS = " \t"
+
+
+def _is_control(char):
+    """CTL (RFC 5234 B.1) other than HTAB: never inside a header value."""
+    return (char < " " and char != "\t") or char == "\x7f"
+
+
+def parse_parameters(value):
+    """'form-data; name="a"; filename=b.txt' → ('form-data', [('name', 'a'), ('filename', 'b.txt')]).
+
+    RFC 9110 §5.6.6: parameters follow ";" with optional whitespace; names are
+    tokens, matched case-insensitively (returned lower-cased, in order, repeats
+    kept); values are tokens or quoted strings. Within a quoted string only \\"
+    and \\\\ are escapes: browsers never escape anything else, and Windows paths
+    (C:\\Users\\x.txt) keep their backslashes. Two leniencies that real
+    clients need: whitespace around "=", and an unquoted value of any characters
+    up to the next ";" (boundaries such as boundary=a:b/c?d are sent unquoted).
+    ValueError when it can't be read."""
+    main, _, rest = value.partition(";")
+    params = []
+    i, end = 0, len(rest)
+    while i < end:
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i >= end:
+            break
+        if rest[i] == ";":  # an empty parameter: "a;;b=c"
+            i += 1
+            continue
+        start = i
+        while i < end and rest[i] in _TCHARS:
+            i += 1
+        name = rest[start:i].lower()
+        if not name:
+            raise ValueError("a parameter without a name")
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i >= end or rest[i] != "=":
+            raise ValueError("the parameter %r has no value" % name)
+        i += 1
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i < end and rest[i] == '"':
+            text, i = _quoted_string(rest, i)
+        else:
+            stop = rest.find(";", i)
+            stop = end if stop < 0 else stop
+            text = rest[i:stop].rstrip(_OWS)
+            i = stop
+            if not text or '"' in text or any(_is_control(char) for char in text):
+                raise ValueError("the parameter %r has a malformed value" % name)
+        params.append((name, text))
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i < end:
+            if rest[i] != ";":
+                raise ValueError("text after the parameter %r" % name)
+            i += 1
+    return main.strip(_OWS).lower(), params
+
+
+def _quoted_string(text, start):
+    """RFC 9110 §5.6.4 quoted-string at text[start] == '"' → (value, index after)."""
+    chars = []
+    i, end = start + 1, len(text)
+    while i < end:
+        char = text[i]
+        if char == '"':
+            return "".join(chars), i + 1
+        if char == "\\" and i + 1 < end and text[i + 1] in '"\\':
+            chars.append(text[i + 1])
+            i += 2
+            continue
+        if _is_control(char):
+            raise ValueError("a control character in a quoted string")
+        chars.append(char)
+        i += 1
+    raise ValueError("a quoted string without its closing quote")
+
+
+def decode_ext_value(value):
+    """RFC 8187 §3.2 ext-value, "UTF-8''na%C3%AFve.txt" → "naïve.txt"; None when
+    it is malformed or in a charset other than UTF-8 or ISO-8859-1 (the two
+    §3.2.1 requires), so the caller falls back to the plain parameter."""
+    charset, quote, rest = value.partition("'")
+    _language, quote2, encoded = rest.partition("'")
+    if not (quote and quote2) or charset.lower() not in ("utf-8", "iso-8859-1"):
+        return None
+    if any(char in " \"'" or _is_control(char) for char in encoded):
+        return None
+    try:
+        return urllib.parse.unquote_to_bytes(encoded).decode(charset.lower(), "strict")
+    except UnicodeDecodeError:
+        return None
+
+
+_HTTP_DATE_MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_IMF_FIXDATE_RE = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) ([A-Z][a-z]{2}) (\d{4}) "
+                             r"(\d\d):(\d\d):(\d\d) GMT\Z")
+_RFC850_DATE_RE = re.compile(r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+                             r"(\d\d)-([A-Z][a-z]{2})-(\d\d) (\d\d):(\d\d):(\d\d) GMT\Z")
+_ASCTIME_DATE_RE = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ([ \d]\d) "
+                              r"(\d\d):(\d\d):(\d\d) (\d{4})\Z")
+
+
+def parse_http_date(value, now=None):
+    """An HTTP-date (RFC 9110 §5.6.7) → seconds since the epoch, or None.
+
+    All three formats a recipient must accept: IMF-fixdate, the obsolete
+    RFC 850 form (its two-digit year is the latest year with those digits that
+    is not more than 50 years after `now`; without `now`, 1970 to 2069) and
+    asctime. The weekday is checked for form only, as RFC 9110 asks of nobody
+    to verify it."""
+    value = value.strip(_OWS)
+    if match := _IMF_FIXDATE_RE.match(value):
+        day, month, year, hour, minute, second = match.groups()
+    elif match := _RFC850_DATE_RE.match(value):
+        day, month, short_year, hour, minute, second = match.groups()
+        reference = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).year if now is not None else 2019
+        year = reference - reference % 100 + int(short_year)
+        if year > reference + 50:
+            year -= 100
+        elif year <= reference - 50:
+            year += 100
+    elif match := _ASCTIME_DATE_RE.match(value):
+        month, day, hour, minute, second, year = match.groups()
+    else:
+        return None
+    if month not in _HTTP_DATE_MONTHS:
+        return None
+    try:
+        moment = datetime.datetime(int(year), _HTTP_DATE_MONTHS[month], int(day), int(hour), int(minute), int(second))
+    except ValueError:  # 31 February, 25 o'clock, year 0
+        return None
+    return calendar.timegm(moment.timetuple())
+
+
+# multipart/form-data (RFC 7578, RFC 2046 §5.1.1) -------------------------------------
+# MultipartParser is sans-I/O: feed(bytes) returns events, in order,
+#
+#   PartStarted(name, filename, content_type, headers)   a part's header was read
+#   PartData(data)                                       some of its body, in order
+#   PartEnded()                                          its body is complete
+#
+# and finish() checks that the closing delimiter came. Whatever the size of a
+# part, the parser holds at most one part header (MAX_PART_HEADER_BYTES) or one
+# delimiter's length of body: a body's bytes are handed on as they arrive,
+# except those that might be the start of a delimiter split between two feeds.
+#
+# RFC 2046 §5.1.1's grammar, which the states follow:
+#   multipart-body := [preamble CRLF] dash-boundary transport-padding CRLF
+#                     body-part *encapsulation close-delimiter transport-padding [CRLF epilogue]
+#   encapsulation  := delimiter transport-padding CRLF body-part
+#   delimiter      := CRLF dash-boundary          dash-boundary := "--" boundary
+# Treating the body as if it began with a CRLF makes the first dash-boundary a
+# delimiter like the others.
+
+_BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]\Z")  # §5.1.1 bchars
+
+
+def multipart_boundary(content_type):
+    """The boundary of a `multipart/form-data; boundary=…` Content-Type, as bytes.
+    MultipartError when the type is another, the boundary missing, repeated, or
+    not 1 to 70 of RFC 2046's characters; quoted and unquoted forms are read."""
+    try:
+        media_type, params = parse_parameters(content_type or "")
+    except ValueError as error:
+        raise MultipartError("The Content-Type header could not be read (%s)." % error) from None
+    if media_type != "multipart/form-data":
+        raise MultipartError("The body is not multipart/form-data.")
+    boundaries = [value for name, value in params if name == "boundary"]
+    if not boundaries:
+        raise MultipartError("The multipart boundary is missing from the Content-Type header.")
+    if len(boundaries) > 1:
+        raise MultipartError("The Content-Type header names more than one boundary.")
+    if not _BOUNDARY_RE.match(boundaries[0]):
+        raise MultipartError("The multipart boundary must be 1 to %d letters, digits or '()+_,-./:=? "
+                             "(RFC 2046)." % MAX_BOUNDARY_CHARS)
+    return boundaries[0].encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class PartStarted:
+    """A part's header was read. `filename` is None for a plain field and a
+    string for a file field ("" when a browser sent the field with no file
+    chosen); it is as sent, so pass it through safe_filename() before use.
+    `content_type` is the part's Content-Type as sent, or None (RFC 7578 §4.4:
+    then text/plain for a field, application/octet-stream for a file).
+    `headers` are all of the part's header fields, (name, value), as sent."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    headers: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class PartData:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PartEnded:
+    pass
+
+
+_PART_ENDED = PartEnded()
+
+
+class MultipartParser:
+    """multipart/form-data bytes in, PartStarted/PartData/PartEnded out.
+
+        parser = MultipartParser(multipart_boundary(request.header("content-type")))
+        for chunk in body:
+            for event in parser.feed(chunk): ...
+        parser.finish()
+
+    MultipartError (400) for a malformed body, MultipartTooLarge (413) past a
+    limit; after either, the parser refuses everything. With form_data=False
+    any multipart body is read (RFC 2046 alone): parts need no
+    Content-Disposition and PartStarted.name is None when there is none.
+    """
+
+    PREAMBLE, DELIMITER, HEADER, BODY, EPILOGUE, FAILED = range(6)
+
+    def __init__(self, boundary, *, max_parts=MAX_MULTIPART_PARTS, max_header_bytes=MAX_PART_HEADER_BYTES,
+                 max_header_fields=MAX_PART_HEADER_FIELDS, form_data=True):
+        if isinstance(boundary, str):
+            boundary = boundary.encode("ascii")
+        if not 1 <= len(boundary) <= MAX_BOUNDARY_CHARS or b"\r" in boundary or b"\n" in boundary:
+            raise MultipartError("The multipart boundary must be 1 to %d characters." % MAX_BOUNDARY_CHARS)
+        self._delimiter = b"\r\n--" + boundary
+        self._max_parts = max_parts
+        self._max_header_bytes = max_header_bytes
+        self._max_header_fields = max_header_fields
+        self._form_data = form_data
+        self._buffer = bytearray(b"\r\n")  # see the note above: the body's first line is a delimiter too
+        self._state = self.PREAMBLE
+        self._error = None
+        self._scanned = 0        # how much of the buffer holds no CRLF (part headers)
+        self._preamble_bytes = 0
+        self._parts = 0
+        self._header_bytes = 0
+        self._fields = []        # [(name, value)] of the part whose header is being read
+
+    @classmethod
+    def for_content_type(cls, content_type, **limits):
+        return cls(multipart_boundary(content_type), **limits)
+
+    @property
+    def buffered_bytes(self):
+        """Bytes held back: at most a delimiter's length while in a body."""
+        return len(self._buffer)
+
+    @property
+    def done(self):
+        """True once the closing delimiter was read (what follows is ignored)."""
+        return self._state == self.EPILOGUE
+
+    def feed(self, data):
+        """Consume `data`; return the events it completes, in order."""
+        if self._state == self.FAILED:
+            raise self._error
+        if self._state == self.EPILOGUE:
+            return []  # RFC 2046 §5.1.1: the epilogue is ignored
+        self._buffer += data
+        events = []
+        try:
+            while self._step(events):
+                pass
+        except (MultipartError, MultipartTooLarge) as error:
+            self._fail(error)
+        return events
+
+    def finish(self):
+        """The body ended: MultipartError unless its closing delimiter was read."""
+        if self._state == self.FAILED:
+            raise self._error
+        if self._state == self.EPILOGUE:
+            return
+        if self._state == self.PREAMBLE:
+            self._fail(MultipartError("The body does not contain the boundary named in its Content-Type."))
+        if self._state == self.HEADER and not self._buffer and not self._fields:
+            self._fail(MultipartError("The multipart body has no closing boundary (--boundary--)."))
+        self._fail(MultipartError("The multipart body was cut off before its closing boundary."))
+
+    def _fail(self, error):
+        self._state = self.FAILED
+        self._error = error
+        self._buffer = bytearray()
+        raise error
+
+    def _step(self, events):
+        """Make one move; False when more bytes are needed."""
+        state, buffer = self._state, self._buffer
+        if state == self.BODY:
+            index = buffer.find(self._delimiter)
+            if index >= 0:
+                if index:
+                    events.append(PartData(bytes(buffer[:index])))
+                del buffer[:index + len(self._delimiter)]
+                events.append(_PART_ENDED)
+                self._state = self.DELIMITER
+                return True
+            keep = self._partial_delimiter_length()
+            if len(buffer) > keep:
+                events.append(PartData(bytes(buffer[:len(buffer) - keep])))
+                del buffer[:len(buffer) - keep]
+            return False
+        if state == self.HEADER:
+            return self._read_header_line(events)
+        if state == self.DELIMITER:
+            return self._read_delimiter_end()
+        if state == self.PREAMBLE:
+            index = buffer.find(self._delimiter)
+            if index >= 0:
+                self._preamble_bytes += index
+                del buffer[:index + len(self._delimiter)]
+                self._state = self.DELIMITER
+                return True
+            keep = self._partial_delimiter_length()
+            self._preamble_bytes += len(buffer) - keep
+            del buffer[:len(buffer) - keep]
+            if self._preamble_bytes > MAX_MULTIPART_PREAMBLE_BYTES:
+                raise MultipartError("The body does not start with the boundary named in its Content-Type.")
+            return False
+        return False
+
+    def _partial_delimiter_length(self):
+        """How many bytes at the buffer's end could begin a delimiter. The
+        delimiter's only CR is its first byte (a boundary holds none), so the
+        last CR near the end is the one candidate."""
+        buffer, delimiter = self._buffer, self._delimiter
+        start = buffer.rfind(b"\r", max(0, len(buffer) - len(delimiter) + 1))
+        if start >= 0 and delimiter.startswith(buffer[start:]):
+            return len(buffer) - start
+        return 0
+
+    def _read_delimiter_end(self):
+        """After a delimiter: "--" closes the body; otherwise transport padding
+        (spaces and tabs) and a CRLF open the next part (RFC 2046 §5.1.1)."""
+        buffer = self._buffer
+        if buffer[:1] == b"-":
+            if len(buffer) < 2:
+                return False
+            if buffer[1:2] != b"-":
+                raise MultipartError("A boundary line has text after the boundary.")
+            if not self._parts and self._preamble_bytes:
+                # Text, then straight to the closing delimiter: the text was the parts,
+                # written with another boundary. (An empty form, "--b--" alone, is fine.)
+                raise MultipartError("The body does not contain the boundary named in its Content-Type.")
+            self._state = self.EPILOGUE
+            self._buffer = bytearray()
+            return False
+        padding = 0
+        while padding < len(buffer) and buffer[padding] in b" \t":
+            padding += 1
+        if padding > MAX_TRANSPORT_PADDING_BYTES:
+            raise MultipartError("A boundary line has text after the boundary.")
+        if len(buffer) < padding + 2:
+            if buffer[padding:] in (b"", b"\r"):
+                return False
+        if buffer[padding:padding + 2] != b"\r\n":
+            if buffer[padding:padding + 1] == b"\n":
+                raise MultipartError("A boundary line ends with LF alone; multipart lines end with CRLF "
+                                     "(RFC 2046 §5.1.1).")
+            raise MultipartError("A boundary line has text after the boundary.")
+        del buffer[:padding + 2]
+        self._parts += 1
+        if self._parts > self._max_parts:
+            raise MultipartTooLarge("The form has more than %d parts." % self._max_parts)
+        self._state = self.HEADER
+        self._header_bytes = 0
+        self._fields = []
+        self._scanned = 0
+        return True
+
+    def _read_header_line(self, events):
+        buffer = self._buffer
+        index = buffer.find(b"\r\n", self._scanned)
+        if index < 0:
+            if self._header_bytes + len(buffer) > self._max_header_bytes:
+                raise MultipartTooLarge("A part's header is larger than %d bytes." % self._max_header_bytes)
+            self._scanned = max(0, len(buffer) - 1)
+            return False
+        self._header_bytes += index + 2
+        if self._header_bytes > self._max_header_bytes:
+            raise MultipartTooLarge("A part's header is larger than %d bytes." % self._max_header_bytes)
+        line = bytes(buffer[:index])
+        del buffer[:index + 2]
+        self._scanned = 0
+        if not line:
+            events.append(self._part_started())
+            self._state = self.BODY
+            return True
+        if b"\n" in line:
+            raise MultipartError("A part header line ends with LF alone; multipart lines end with CRLF "
+                                 "(RFC 2046 §5.1.1).")
+        text = line.decode("utf-8", "replace")
+        if any(_is_control(char) for char in text):
+            raise MultipartError("A part header contains a control character.")
+        if text[0] in _OWS:
+            # obs-fold (RFC 5322 §2.2.3, which MIME part headers follow): a continuation line.
+            if not self._fields:
+                raise MultipartError("A part header starts with a continuation line.")
+            name, value = self._fields[-1]
+            self._fields[-1] = (name, (value + " " + text.strip(_OWS)).strip(_OWS))
+            return True
+        name, colon, value = text.partition(":")
+        if not colon or not _TOKEN_TEXT_RE.match(name):
+            raise MultipartError("A part header line is not a 'Name: value' field.")
+        if len(self._fields) >= self._max_header_fields:
+            raise MultipartTooLarge("A part has more than %d header fields." % self._max_header_fields)
+        self._fields.append((name, value.strip(_OWS)))
+        return True
+
+    def _part_started(self):
+        """RFC 7578 §4.2: each part has one Content-Disposition of type form-data
+        with a name; filename* (RFC 8187) wins over filename (RFC 6266 §4.3)."""
+        fields = tuple(self._fields)
+        found = {}
+        for name, value in fields:
+            key = name.lower()
+            if key in ("content-disposition", "content-type"):
+                if key in found:
+                    raise MultipartError("A part has two %s header fields." % name)
+                found[key] = value
+        content_type = found.get("content-type")
+        if "content-disposition" not in found:
+            if self._form_data:
+                raise MultipartError("A part has no Content-Disposition header field (RFC 7578 §4.2).")
+            return PartStarted(None, None, content_type, fields)
+        try:
+            disposition, params = parse_parameters(found["content-disposition"])
+        except ValueError as error:
+            raise MultipartError("A part's Content-Disposition could not be read (%s)." % error) from None
+        if self._form_data and disposition != "form-data":
+            raise MultipartError("A part's Content-Disposition is not form-data (RFC 7578 §4.2).")
+        values = {}
+        for key, value in params:
+            if key in values:
+                raise MultipartError("A part's Content-Disposition repeats %s." % key)
+            values[key] = value
+        name = values.get("name")
+        if name is None and self._form_data:
+            raise MultipartError("A part's Content-Disposition has no name (RFC 7578 §4.2).")
+        filename = values.get("filename")
+        # WHATWG HTML §4.10.21.8: browsers write a quote in a name or file name as %22
+        # (and CR, LF as %0D, %0A, which safe_filename() would drop anyway).
+        name = name.replace("%22", '"') if name is not None else None
+        filename = filename.replace("%22", '"') if filename is not None else None
+        if "filename*" in values:
+            filename = decode_ext_value(values["filename*"]) or filename
+        return PartStarted(name, filename, content_type, fields)
+
+
+def read_multipart(body, content_type, **limits):
+    """A whole multipart/form-data body → [(PartStarted, bytes)], for small
+    forms held in memory; uploads go through MultipartParser as they arrive."""
+    parser = MultipartParser.for_content_type(content_type, **limits)
+    parts, started, chunks = [], None, []
+    for event in parser.feed(body):
+        if isinstance(event, PartStarted):
+            started, chunks = event, []
+        elif isinstance(event, PartData):
+            chunks.append(event.data)
+        else:
+            parts.append((started, b"".join(chunks)))
+    parser.finish()
+    return parts
+
+
+# File names --------------------------------------------------------------------------
+
+# Bidirectional controls (Unicode Annex #9): they make "txt.exe" read "exe.txt".
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cs", "Zl", "Zp"))  # controls, lone surrogates, line breaks
+
+
+def safe_filename(name, max_bytes=MAX_FILENAME_BYTES):
+    """What an uploaded file's name may be once it is ours: the last path
+    component (after / or \\), in NFC, without control characters, bidi
+    controls or line separators, without leading dots or surrounding spaces
+    (and trailing dots, which Windows drops), at most `max_bytes` of UTF-8 with
+    its extension kept. Never empty: FALLBACK_FILENAME when nothing is left."""
+    name = re.split(r"[/\\]", name or "")[-1]
+    name = "".join(char for char in name
+                   if unicodedata.category(char) not in _UNSAFE_CATEGORIES and char not in _BIDI_CONTROLS)
+    name = re.sub(r"^[\s.]+|[\s.]+$", "", unicodedata.normalize("NFC", name))
+    encoded = name.encode("utf-8")
+    if len(encoded) > max_bytes:
+        stem, dot, extension = name.rpartition(".")
+        extension = dot + extension
+        extension_bytes = len(extension.encode("utf-8"))
+        if not stem or not 2 <= extension_bytes <= min(MAX_EXTENSION_BYTES, max_bytes // 2):
+            stem, extension, extension_bytes = name, "", 0
+        stem = re.sub(r"[\s.]+$", "", stem.encode("utf-8")[:max_bytes - extension_bytes].decode("utf-8", "ignore"))
+        name = unicodedata.normalize("NFC", stem + extension) if stem else extension.lstrip(".")
+    return name or FALLBACK_FILENAME
+
+
+# Image headers -----------------------------------------------------------------------
+# The browser makes every preview; the server only checks that an image is one
+# and learns its size, from its first bytes. ImageSniffer is fed a file as it
+# arrives and stops as soon as it knows (PNG and WebP: 33 bytes, GIF: 10, JPEG:
+# everything up to its frame header); segments it doesn't need are skipped, not kept.
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """A real image's type and its size as shown: for a JPEG whose EXIF
+    orientation is 5 to 8 (a quarter turn) width and height are swapped, as
+    browsers draw it (CSS image-orientation: from-image)."""
+
+    content_type: str
+    width: int
+    height: int
+    orientation: int = 1
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"        # PNG §5.2
+GIF_SIGNATURES = (b"GIF87a", b"GIF89a")      # GIF89a §17
+JPEG_SIGNATURE = b"\xff\xd8\xff"             # SOI and the next marker's 0xFF (T.81 §B.1.1.3)
+_SIGNATURES = (PNG_SIGNATURE, b"GIF8", JPEG_SIGNATURE, b"RIFF")
+
+# PNG §11.2.2: bit depths allowed for each colour type.
+_PNG_BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# ITU T.81 Table B.1: the SOFn markers; C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
+_JPEG_SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+_JPEG_STANDALONE_MARKERS = frozenset((0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7))  # TEM, RSTn
+_EXIF_ORIENTATION_TAG = 0x0112               # TIFF 6.0 / EXIF 2.3 §4.6.4, a SHORT from 1 to 8
+
+
+class ImageSniffer:
+    """Feed a file's first bytes; learn whether it is a PNG, GIF, JPEG or WebP,
+    and its size.
+
+        sniffer = ImageSniffer()
+        for chunk in upload:
+            if sniffer.feed(chunk):   # True once it knows
+                break
+        info = sniffer.finish()        # ImageInfo, or None if not one of the four
+
+    ImageHeaderError (422) when the file starts like one of the four but its
+    header is cut off, corrupt, or says the image is 0 pixels or past
+    MAX_IMAGE_SIDE_PIXELS / MAX_IMAGE_PIXELS."""
+
+    def __init__(self):
+        self._buffer = bytearray()
+        self._done = False
+        self._info = None
+        self._kind = None
+        self._position = 0        # file offset of the buffer's first byte (JPEG)
+        self._skip = 0            # JPEG bytes still to pass over
+        self._orientation = 1
+        self._exif_read = False
+
+    @property
+    def buffered_bytes(self):
+        """Bytes held: at most a JPEG's EXIF segment (64 KiB) plus the latest chunk."""
+        return len(self._buffer)
+
+    def feed(self, data):
+        if self._done:
+            return True
+        if self._skip:
+            skipped = min(self._skip, len(data))
+            self._skip -= skipped
+            self._position += skipped
+            data = data[skipped:]
+        self._buffer += data
+        self._step()
+        return self._done
+
+    def finish(self):
+        """No more bytes: the ImageInfo, None for a file that is none of the
+        four, or ImageHeaderError for an image cut off before its size."""
+        if not self._done:
+            if self._kind is None:
+                return None
+            raise ImageHeaderError("The %s image is cut off before the end of its header." % self._kind)
+        return self._info
+
+    def _decide(self, info):
+        self._done = True
+        self._info = info
+        self._buffer = bytearray()
+        return info
+
+    def _step(self):
+        buffer = self._buffer
+        if self._kind is None:
+            head = bytes(buffer[:12])
+            if head.startswith(PNG_SIGNATURE):
+                self._kind = "PNG"
+            elif head[:6] in GIF_SIGNATURES:
+                self._kind = "GIF"
+            elif head.startswith(JPEG_SIGNATURE):
+                self._kind = "JPEG"
+                del buffer[:2]  # SOI
+                self._position = 2
+            elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                self._kind = "WebP"
+            elif len(head) >= 12 or not any(signature.startswith(head[:len(signature)])
+                                            for signature in _SIGNATURES):
+                self._decide(None)  # not an image we know: just a file
+                return
+            else:
+                return
+        if self._kind == "PNG":
+            self._png()
+        elif self._kind == "GIF":
+            self._gif()
+        elif self._kind == "WebP":
+            self._webp()
+        else:
+            self._jpeg()
+
+    def _checked(self, content_type, width, height, orientation=1):
+        if width < 1 or height < 1:
+            raise ImageHeaderError("The image's header says it is %d×%d pixels." % (width, height))
+        if width > MAX_IMAGE_SIDE_PIXELS or height > MAX_IMAGE_SIDE_PIXELS or width * height > MAX_IMAGE_PIXELS:
+            raise ImageHeaderError("The image's header says it is %d×%d pixels, more than we show "
+                                   "(%d on a side, %d in all)." % (width, height, MAX_IMAGE_SIDE_PIXELS,
+                                                                   MAX_IMAGE_PIXELS))
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        return self._decide(ImageInfo(content_type, width, height, orientation))
+
+    def _png(self):
+        """PNG §5.3, §11.2.2: the first chunk is IHDR, 13 bytes, with a CRC."""
+        data = self._buffer
+        if len(data) < IMAGE_HEADER_BYTES:
+            return
+        length = int.from_bytes(data[8:12], "big")
+        if length != 13 or data[12:16] != b"IHDR":
+            raise ImageHeaderError("The PNG image does not start with its IHDR chunk.")
+        if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+            raise ImageHeaderError("The PNG image's IHDR chunk is corrupt (its CRC does not match).")
+        width = int.from_bytes(data[16:20], "big")
+        height = int.from_bytes(data[20:24], "big")
+        depth, colour, compression, filtering, interlace = data[24:29]
+        if (depth not in _PNG_BIT_DEPTHS.get(colour, ()) or compression != 0 or filtering != 0
+                or interlace not in (0, 1)):
+            raise ImageHeaderError("The PNG image's IHDR chunk has values PNG does not define.")
+        self._checked("image/png", width, height)
+
+    def _gif(self):
+        """GIF89a §18: the logical screen descriptor follows the 6-byte signature."""
+        data = self._buffer
+        if len(data) < 10:
+            return
+        self._checked("image/gif", int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little"))
+
+    def _webp(self):
+        """RFC 9649 §2.5-2.7: a RIFF file whose first chunk is VP8, VP8L or VP8X."""
+        data = self._buffer
+        if len(data) < 20:
+            return
+        riff_size = int.from_bytes(data[4:8], "little")
+        fourcc = bytes(data[12:16])
+        chunk_size = int.from_bytes(data[16:20], "little")
+        if chunk_size + 12 > riff_size:
+            raise ImageHeaderError("The WebP image's first chunk is larger than the file says it is.")
+        if fourcc == b"VP8 ":
+            # RFC 6386 §9.1: a 3-byte frame tag (bit 0 clear on a key frame), the start
+            # code 9D 01 2A, then 14-bit width and height each with a 2-bit scale.
+            if len(data) < 30:
+                return
+            if chunk_size < 10 or data[20] & 1 or data[23:26] != b"\x9d\x01\x2a":
+                raise ImageHeaderError("The WebP image's VP8 frame header is corrupt.")
+            width = int.from_bytes(data[26:28], "little") & 0x3FFF
+            height = int.from_bytes(data[28:30], "little") & 0x3FFF
+        elif fourcc == b"VP8L":
+            # RFC 9649 §3.2: signature 0x2F, then width-1 and height-1 in 14 bits each,
+            # an alpha bit and a 3-bit version that must be 0.
+            if len(data) < 25:
+                return
+            bits = int.from_bytes(data[21:25], "little")
+            if chunk_size < 5 or data[20] != 0x2F or bits >> 29:
+                raise ImageHeaderError("The WebP image's VP8L header is corrupt.")
+            width = (bits & 0x3FFF) + 1
+            height = ((bits >> 14) & 0x3FFF) + 1
+        elif fourcc == b"VP8X":
+            # RFC 9649 §2.7: flags, 3 reserved bytes, canvas width-1 and height-1 in 24 bits each.
+            if len(data) < 30:
+                return
+            if chunk_size < 10:
+                raise ImageHeaderError("The WebP image's VP8X chunk is too short.")
+            width = int.from_bytes(data[24:27], "little") + 1
+            height = int.from_bytes(data[27:30], "little") + 1
+        else:
+            raise ImageHeaderError("The WebP image's first chunk is neither VP8, VP8L nor VP8X.")
+        self._checked("image/webp", width, height)
+
+    def _jpeg(self):
+        """ITU T.81 §B.1.1: walk the marker segments to the first SOFn, reading
+        EXIF's orientation (APP1) on the way and skipping the rest; 0xFF fill
+        bytes before a marker are allowed (§B.1.1.2), and stray bytes between
+        segments are passed over as libjpeg does."""
+        buffer = self._buffer
+        while True:
+            if self._position > JPEG_SCAN_LIMIT:
+                raise ImageHeaderError("The JPEG image has no frame header in its first %d bytes."
+                                       % JPEG_SCAN_LIMIT)
+            start = buffer.find(b"\xff")
+            if start < 0:
+                self._consume(len(buffer))
+                return
+            marker_at = start
+            while marker_at < len(buffer) and buffer[marker_at] == 0xFF:
+                marker_at += 1
+            if marker_at >= len(buffer):
+                self._consume(start)  # keep the 0xFFs: the marker may follow in the next feed
+                return
+            marker = buffer[marker_at]
+            if marker == 0x00:  # a stuffed zero belongs to entropy-coded data, not here
+                self._consume(marker_at + 1)
+                continue
+            if marker in _JPEG_STANDALONE_MARKERS:
+                self._consume(marker_at + 1)
+                continue
+            if marker == 0xD8:
+                raise ImageHeaderError("The JPEG image has a second start-of-image marker before its frame.")
+            if marker in (0xD9, 0xDA):
+                raise ImageHeaderError("The JPEG image has no frame header before its %s."
+                                       % ("end" if marker == 0xD9 else "scan data"))
+            if len(buffer) < marker_at + 3:
+                self._consume(start)
+                return
+            length = int.from_bytes(buffer[marker_at + 1:marker_at + 3], "big")
+            if length < 2:
+                raise ImageHeaderError("The JPEG image has a segment shorter than its length field.")
+            segment_start = marker_at + 3
+            segment_end = marker_at + 1 + length
+            if marker in _JPEG_SOF_MARKERS:
+                if len(buffer) < segment_start + 6:
+                    self._consume(start)
+                    return
+                # §B.2.2: P, Y (lines), X (samples per line), Nf, then 3 bytes per component.
+                height = int.from_bytes(buffer[segment_start + 1:segment_start + 3], "big")
+                width = int.from_bytes(buffer[segment_start + 3:segment_start + 5], "big")
+                components = buffer[segment_start + 5]
+                if components < 1 or length < 8 + 3 * components:
+                    raise ImageHeaderError("The JPEG image's frame header is corrupt.")
+                self._checked("image/jpeg", width, height, self._orientation)
+                return
+            if marker == 0xE1 and not self._exif_read:
+                if len(buffer) < segment_end:
+                    self._consume(start)
+                    return
+                payload = bytes(buffer[segment_start:segment_end])
+                if payload.startswith(b"Exif\x00\x00"):
+                    self._exif_read = True
+                    self._orientation = _exif_orientation(payload[6:])
+            available = min(segment_end, len(buffer))
+            self._skip = segment_end - available
+            self._consume(available)
+            if self._skip:
+                return
+
+    def _consume(self, count):
+        del self._buffer[:count]
+        self._position += count
+
+
+def _exif_orientation(tiff):
+    """The Orientation (1 to 8) in IFD0 of an EXIF TIFF structure (TIFF 6.0 §2);
+    1 when it is absent or unreadable: a bad EXIF block is common and harmless."""
+    if len(tiff) < 8 or tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 1
+    order = "little" if tiff[:2] == b"II" else "big"
+    offset = int.from_bytes(tiff[4:8], order)
+    if offset + 2 > len(tiff):
+        return 1
+    count = int.from_bytes(tiff[offset:offset + 2], order)
+    for index in range(min(count, (len(tiff) - offset - 2) // 12)):
+        entry = tiff[offset + 2 + 12 * index:offset + 14 + 12 * index]
+        if int.from_bytes(entry[0:2], order) == _EXIF_ORIENTATION_TAG:
+            kind, values = int.from_bytes(entry[2:4], order), int.from_bytes(entry[4:8], order)
+            value = int.from_bytes(entry[8:10], order)
+            return value if kind == 3 and values == 1 and 1 <= value <= 8 else 1
+    return 1
+
+
+def sniff_image(head):
+    """The ImageInfo of a file's first bytes (usually IMAGE_SNIFF_BYTES of them),
+    None when it is not a PNG, GIF, JPEG or WebP; ImageHeaderError when its
+    header lies or does not end within `head`."""
+    sniffer = ImageSniffer()
+    sniffer.feed(head)
+    return sniffer.finish()
+
+
+# Byte ranges (RFC 9110 §14, §13.1.5) -------------------------------------------------
+# One range is served as 206 with Content-Range. Several are first sorted and
+# merged where they overlap or touch (§15.3.7.2 allows it); if one range is
+# left it is served as 206, otherwise the whole file as 200 (§14.2: a server
+# may ignore Range). Players and download managers ask for one range; a
+# multipart/byteranges answer would serve only the rare client that asks for
+# several, and many small overlapping ranges are a known way to make a server
+# work hard for nothing.
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    first: int  # both inclusive, as in Content-Range
+    last: int
+
+    @property
+    def length(self):
+        return self.last - self.first + 1
+
+
+_RANGE_SPEC_RE = re.compile(r"([0-9]+)-([0-9]*)|-([0-9]+)")
+
+
+def _position(digits):
+    """(exact order key, value capped at 10**MAX_RANGE_DIGITS) of a run of digits."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > MAX_RANGE_DIGITS:
+        return (len(digits), digits), 10 ** MAX_RANGE_DIGITS
+    return (len(digits), digits), int(digits)
+
+
+def parse_range(header, length):
+    """The byte range of a `Range` header to serve from a representation of
+    `length` bytes, or None to serve all of it with 200: no header, a unit
+    other than bytes, invalid syntax (§14.2: the header is then ignored), an
+    empty representation (no byte range of it can be written), several ranges
+    that don't merge into one, or more than MAX_RANGE_SPECS of them.
+    RangeNotSatisfiable (416) when the header is valid and no range overlaps
+    the representation (§14.1.1)."""
+    if not header:
+        return None
+    unit, equals, range_set = header.partition("=")
+    if not equals or not _TOKEN_TEXT_RE.match(unit) or unit.lower() != "bytes":
+        return None
+    elements = range_set.split(",")
+    if len(elements) > MAX_RANGE_SPECS:
+        return None
+    specs = []
+    for element in elements:
+        element = element.strip(_OWS)
+        if not element:
+            continue  # §5.6.1: empty list elements are allowed and don't count
+        match = _RANGE_SPEC_RE.fullmatch(element)
+        if not match:
+            return None
+        first_digits, last_digits, suffix_digits = match.groups()
+        if suffix_digits is not None:
+            specs.append((None, _position(suffix_digits)[1]))
+            continue
+        first_key, first = _position(first_digits)
+        if last_digits:
+            last_key, last = _position(last_digits)
+            if last_key < first_key:
+                return None  # §14.1.1: last-pos less than first-pos is invalid
+        else:
+            last = None
+        specs.append((first, last))
+    if not specs:
+        return None
+    if length <= 0:
+        return None
+    satisfiable = []
+    for first, last in specs:
+        if first is None:  # a suffix: the last `last` bytes; all of them if it is longer
+            if last > 0:
+                satisfiable.append((max(0, length - last), length - 1))
+        elif first < length:
+            satisfiable.append((first, length - 1 if last is None else min(last, length - 1)))
+    if not satisfiable:
+        raise RangeNotSatisfiable(length)
+    satisfiable.sort()
+    merged = [list(satisfiable[0])]
+    for first, last in satisfiable[1:]:
+        if first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    if len(merged) > 1:
+        return None
+    return ByteRange(*merged[0])
+
+
+_ENTITY_TAG_RE = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"\Z')  # RFC 9110 §8.8.3 opaque-tag
+
+
+def if_range_matches(value, *, etag=None, last_modified=None, now=None):
+    """RFC 9110 §13.1.5: whether a Range may be honoured given its If-Range.
+    An entity-tag must equal the current strong `etag` (a weak tag never
+    matches); an HTTP-date must equal `last_modified` (seconds since the epoch)
+    exactly. Anything else, or an unreadable value, is False: the file is then
+    served whole with 200."""
+    value = value.strip(_OWS)
+    if value.startswith("W/"):
+        return False
+    if value.startswith('"'):
+        return (bool(_ENTITY_TAG_RE.match(value)) and etag is not None and not etag.startswith("W/")
+                and value == etag)
+    moment = parse_http_date(value, now)
+    return moment is not None and last_modified is not None and moment == int(last_modified)
+
+
+def select_range(range_header, length, *, if_range=None, etag=None, last_modified=None, now=None):
+    """The whole Range decision for a GET of `length` bytes (RFC 9110 §13.2.2:
+    If-Range first, then Range): a ByteRange to answer 206, None to answer 200
+    with everything, or RangeNotSatisfiable for 416."""
+    if not range_header:
+        return None  # §13.1.5: If-Range without Range is ignored
+    if if_range is not None and not if_range_matches(if_range, etag=etag, last_modified=last_modified, now=now):
+        return None
+    return parse_range(range_header, length)
+
+
+def content_range(byte_range, length):
+    """The Content-Range of a 206 (RFC 9110 §14.4): 'bytes 0-499/1234'."""
+    return "bytes %d-%d/%d" % (byte_range.first, byte_range.last, length)
+
+
+# Serving files: disposition, type and headers (RFC 6266, RFC 8187) -------------------
+
+def normalized_content_type(content_type):
+    """'Image/PNG; charset=x' → 'image/png'; None when it is not type/subtype."""
+    media_type = (content_type or "").partition(";")[0].strip(_OWS).lower()
+    return media_type if _MEDIA_TYPE_RE.match(media_type) else None
+
+
+def upload_content_type(declared, image=None):
+    """The type to store for an upload: the sniffed image type when there is
+    one; DOWNLOAD_CONTENT_TYPE for a file declared as an image that isn't one,
+    or declared as nothing readable; otherwise the declared type, normalized."""
+    if image is not None:
+        return image.content_type
+    declared = normalized_content_type(declared)
+    if declared is None or declared.startswith("image/") and declared != "image/svg+xml":
+        return DOWNLOAD_CONTENT_TYPE
+    return declared
+
+
+def serving_for(content_type):
+    """(Content-Type to send, "inline" or "attachment", extra headers) for a
+    stored file: the types of INLINE_CONTENT_TYPES are shown in the browser as
+    what they are; every other file downloads as DOWNLOAD_CONTENT_TYPE, so an
+    HTML or SVG upload is never a page of ours."""
+    media_type = normalized_content_type(content_type)
+    if media_type in INLINE_CONTENT_TYPES:
+        headers = PDF_RESPONSE_HEADERS if media_type == "application/pdf" else FILE_RESPONSE_HEADERS
+        return media_type, "inline", headers
+    return DOWNLOAD_CONTENT_TYPE, "attachment", FILE_RESPONSE_HEADERS
+
+
+# RFC 8187 §3.2.1 attr-char: what may stand unencoded in an ext-value.
+_ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
+
+
+def content_disposition(disposition, filename):
+    """`inline` or `attachment` with the file's name, for every browser
+    (RFC 6266 §4.3, Appendix D): filename="…" is an ASCII stand-in (accents
+    dropped, other non-ASCII characters as "_", quotes and backslashes
+    escaped) and, when that is not the name itself, filename*=UTF-8''… (RFC 8187)
+    carries it exactly, which browsers prefer. The name passes through
+    safe_filename() first, so no stored name can break the header."""
+    if disposition not in ("inline", "attachment"):
+        raise ValueError("disposition must be inline or attachment")
+    name = safe_filename(filename)
+    fallback = "".join(char for char in unicodedata.normalize("NFKD", name) if not unicodedata.combining(char))
+    fallback = "".join(char if " " <= char <= "~" else "_" for char in fallback)
+    header = '%s; filename="%s"' % (disposition, fallback.replace("\\", "\\\\").replace('"', '\\"'))
+    if fallback != name or any(char in name for char in '\\"%'):  # some agents decode % (Appendix D)
+        header += "; filename*=UTF-8''" + urllib.parse.quote(name, safe=_ATTR_CHAR_SAFE)
+    return header
+
+
+# Link previews: the address guard and OpenGraph --------------------------------------
+
+def unfurl_address_allowed(address):
+    """Whether a link preview may connect to `address`, an IP address as
+    getaddrinfo() returns it. IPv4: anything outside BLOCKED_IPV4_NETWORKS.
+    IPv6: only global unicast (2000::/3) outside BLOCKED_IPV6_NETWORKS; every
+    form that embeds an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo)
+    is refused rather than unwrapped. A scoped address ("fe80::1%eth0") or
+    anything that isn't an address is refused."""
+    if not isinstance(address, str) or "%" in address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 4:
+        return not any(ip in network for network in BLOCKED_IPV4_NETWORKS)
+    return ip in IPV6_GLOBAL_UNICAST and not any(ip in network for network in BLOCKED_IPV6_NETWORKS)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPreview:
+    """What a page says about itself; any field may be None (Campfire shows a
+    preview only with a title, a URL and a description)."""
+
+    title: str | None
+    description: str | None
+    image: str | None
+    url: str | None
+
+
+# WHATWG Encoding §4.2: labels whose meaning on the web differs from Python's.
+_WEB_CHARSETS = {
+    "iso-8859-1": "cp1252", "latin1": "cp1252", "l1": "cp1252", "us-ascii": "cp1252", "ascii": "cp1252",
+    "windows-1252": "cp1252", "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030",
+    "euc-kr": "cp949", "ks_c_5601-1987": "cp949", "shift_jis": "cp932", "sjis": "cp932",
+    "x-sjis": "cp932", "windows-31j": "cp932", "iso-8859-9": "cp1254", "tis-620": "cp874",
+}
+_META_CHARSET_RE = re.compile(rb"<meta[^>]*?charset\s*=\s*[\"']?\s*([A-Za-z0-9_\-:.]+)", re.IGNORECASE)
+
+
+def _web_codec(label, from_meta=False):
+    """A charset label → a Python text codec name, or None (unknown, not a
+    text encoding, or UTF-7, which the web forbids). A <meta> that names
+    UTF-16 means UTF-8: the bytes it is written in are ASCII-compatible."""
+    label = label.strip().strip("\"'").lower()
+    label = _WEB_CHARSETS.get(label, label)
+    if from_meta and label.startswith("utf-16"):
+        label = "utf-8"
+    try:
+        info = codecs.lookup(label)
+    except LookupError:
+        return None
+    if info.name in ("utf-7",) or not getattr(info, "_is_text_encoding", True):
+        return None
+    return info.name
+
+
+def document_charset(body, content_type=None):
+    """The codec to decode an HTML page with (WHATWG HTML §13.2.3.1): a BOM,
+    then the Content-Type's charset, then a <meta> in the first
+    CHARSET_PRESCAN_BYTES, then UTF-8."""
+    for bom, name in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+                      (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if body.startswith(bom):
+            return name
+    if content_type:
+        try:
+            _, params = parse_parameters(content_type)
+        except ValueError:
+            params = []
+        for name, value in params:
+            if name == "charset" and (codec := _web_codec(value)):
+                return codec
+    match = _META_CHARSET_RE.search(body[:CHARSET_PRESCAN_BYTES])
+    if match and (codec := _web_codec(match.group(1).decode("ascii"), from_meta=True)):
+        return codec
+    return "utf-8"
+
+
+_STRAY_LESS_THAN_RE = re.compile(r"<(?![A-Za-z!/?])")
+
+
+class _EndOfHead(Exception):
+    """Raised by the reader at </head> or <body>: nothing after it is read."""
+
+
+class _HeadReader(HTMLParser):
+    """Collects <meta property|name=… content=…> (the first of each key),
+    <title>'s text and <base href> from a page's head; stops after
+    MAX_PREVIEW_MARKUP_ITEMS tags, comments, texts and character references
+    (html.parser spends a Python call on each, so this bounds the time a page
+    can cost). Character references are counted as they come, so the title
+    is kept as written and unescaped at the end."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=False)
+        self.meta = {}
+        self.title = []
+        self.title_chars = 0
+        self.base = None
+        self._in_title = False
+        self._title_done = False
+        self._items = 0
+
+    def _count(self):
+        self._items += 1
+        if self._items > MAX_PREVIEW_MARKUP_ITEMS:
+            raise _EndOfHead
+
+    def handle_comment(self, data):
+        self._count()
+
+    def handle_decl(self, decl):
+        self._count()
+
+    def handle_pi(self, data):
+        self._count()
+
+    def unknown_decl(self, data):
+        self._count()
+
+    def handle_starttag(self, tag, attrs):
+        self._count()
+        if tag == "body":
+            raise _EndOfHead
+        values = {}
+        for name, value in attrs:
+            values.setdefault(name, value)
+        if tag == "meta":
+            key = (values.get("property") or values.get("name") or "").strip().lower()
+            content = values.get("content")
+            if key and content is not None:
+                self.meta.setdefault(key, content)
+        elif tag == "title" and not self._title_done:
+            self._in_title = True
+        elif tag == "base" and self.base is None and values.get("href"):
+            self.base = values["href"]
+
+    def handle_endtag(self, tag):
+        self._count()
+        if tag == "head":
+            raise _EndOfHead
+        if tag == "title" and self._in_title:
+            self._in_title = False
+            self._title_done = True
+
+    def handle_data(self, data):
+        self._count()
+        self._title_text(data)
+
+    def handle_entityref(self, name):
+        self._count()
+        self._title_text("&%s;" % name)
+
+    def handle_charref(self, name):
+        self._count()
+        self._title_text("&#%s;" % name)
+
+    def _title_text(self, text):
+        if self._in_title and self.title_chars < MAX_PREVIEW_TITLE_CHARS * 4:
+            self.title.append(text)
+            self.title_chars += len(text)
+
+
+def _clean_text(text, limit):
+    text = re.sub(r"[ \t\n\r\f]+", " ", text or "").strip(" ")  # HTML's white space; a no-break space stays
+    if len(text) > limit:
+        text = text[:limit - 1].rstrip() + "…"
+    return text or None
+
+
+def _absolute_url(value, base):
+    """`value` resolved against `base`, if the result is an http(s) URL with a
+    host (WHATWG URL: surrounding spaces and controls, inner tabs and newlines,
+    are dropped first); otherwise None."""
+    if value is None:
+        return None
+    value = re.sub(r"[\t\n\r]", "", value).strip("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\x0e\x0f"
+                                                  "\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c"
+                                                  "\x1d\x1e\x1f ")
+    if not value:
+        return None
+    try:
+        url = urllib.parse.urljoin(base, value)
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # ValueError for a port that isn't a number
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_PREVIEW_URL_CHARS:
+        return None
+    return url
+
+
+def extract_link_preview(body, page_url, content_type=None):
+    """A LinkPreview from an HTML page's bytes (at most MAX_PREVIEW_PAGE_BYTES
+    of them are read, and only up to </head> or <body>): og:title, then
+    twitter:title, then <title>; og:description, then twitter:description,
+    then <meta name=description>; og:image (the first), resolved against the
+    page (or its <base href>) and only if http(s); og:url if http(s), else the
+    page's URL. `page_url` is the address the page came from after redirects;
+    `content_type` its Content-Type header, for the charset."""
+    body = bytes(body[:MAX_PREVIEW_PAGE_BYTES])
+    codec = document_charset(body, content_type)
+    text = body.decode(codec, "replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    # A "<" that can't open markup is text to an HTML tokenizer and "</>" is nothing
+    # (WHATWG HTML §13.2.5.6-7); html.parser would spend a Python call on each, uncounted.
+    text = _STRAY_LESS_THAN_RE.sub("&lt;", text.replace("</>", ""))
+    reader = _HeadReader()
+    try:
+        # Fed in pieces, without close(): html.parser rescans what it holds back (an
+        # unclosed comment or tag) on every feed, and at close() once per "<" in it,
+        # which is quadratic. A head whose unfinished markup outgrows
+        # PREVIEW_PENDING_CHARS is read no further.
+        for start in range(0, len(text), PREVIEW_FEED_CHARS):
+            reader.feed(text[start:start + PREVIEW_FEED_CHARS])
+            if len(reader.rawdata) > PREVIEW_PENDING_CHARS:
+                break
+    except _EndOfHead:
+        pass
+    except (AssertionError, ValueError):  # html.parser on some malformed markup; keep what was read
+        pass
+    meta = reader.meta
+    page_url = _absolute_url(page_url, page_url)
+    base = _absolute_url(reader.base, page_url) if page_url else None
+    base = base or page_url or ""
+
+    def first(*keys):
+        for key in keys:
+            value = meta.get(key)
+            if value is not None and value.strip():
+                return value
+        return None
+
+    title = _clean_text(first("og:title", "twitter:title") or unescape("".join(reader.title)),
+                        MAX_PREVIEW_TITLE_CHARS)
+    description = _clean_text(first("og:description", "twitter:description", "description"),
+                              MAX_PREVIEW_DESCRIPTION_CHARS)
+    image = None
+    for key in ("og:image", "og:image:url", "og:image:secure_url", "twitter:image", "twitter:image:src"):
+        if meta.get(key) and (image := _absolute_url(meta[key], base)):
+            break
+    url = _absolute_url(meta.get("og:url"), base) or page_url
+    return LinkPreview(title, description, image, url)
+
+
+####
+#### 11. Storage
 ####
 # Campfire's own schema and migrations (db/schema.rb, db/migrate/*.rb), written
 # the way Rails' SQLite adapter writes them, so a storage either program created
@@ -5069,6 +6515,7 @@ class Database:
             self.connection.execute("COMMIT")
         except BaseException as error:
             self._deferred.clear()
+            self._after_commit.clear()
             if self.connection.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     self.connection.execute("ROLLBACK")
@@ -5077,6 +6524,8 @@ class Database:
             raise
         else:
             self.failed_at = None
+            self._depth = 0
+            self._run_after_commit()
         finally:
             self._depth = 0
 
@@ -5084,11 +6533,12 @@ class Database:
     def _savepoint(self, name):
         self.connection.execute("SAVEPOINT " + name)
         self._depth += 1
-        deferred_before = len(self._deferred)
+        deferred_before, after_commit_before = len(self._deferred), len(self._after_commit)
         try:
             yield
         except BaseException as error:
             del self._deferred[deferred_before:]
+            del self._after_commit[after_commit_before:]  # what it caused didn't happen
             try:
                 if not self.connection.in_transaction:
                     raise sqlite3.OperationalError("the transaction was rolled back")
@@ -5149,11 +6599,20 @@ class Database:
             self.connection.executemany(sql, [params for _, params in group])
 
     def after_commit(self, callback):
-        """Run callback once what was written so far is durable (now, outside a batch)."""
-        if self.batch_open:
+        """Run callback once what was written so far is durable (now, outside a transaction);
+        never, if the savepoint or transaction it was asked in is rolled back."""
+        if self.batch_open or self._depth:
             self._after_commit.append(callback)
         else:
             callback()
+
+    def _run_after_commit(self):
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.error("after-commit callback failed:\n%s", traceback.format_exc())
 
     def commit_batch(self):
         """Commit the group's transaction; False (and rolled back) if it failed."""
@@ -5180,11 +6639,8 @@ class Database:
         finally:
             self._committing = False
         self.failed_at = None
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.error("after-commit callback failed:\n%s", traceback.format_exc())
+        self._after_commit = callbacks
+        self._run_after_commit()
         return True
 
     def repair_search_tail(self):
@@ -6091,10 +7547,104 @@ def storage_in_use(config):
     """Whether the storage holds data: a database, or any file a backup would hold."""
     return os.path.exists(config.resolved_database_path) or bool(
         os.path.isdir(config.storage_path) and storage_files(config.storage_path, config.resolved_database_path))
+# Files on disk ---------------------------------------------------------------------
+# Where Active Storage's Disk service keeps them (activestorage's
+# lib/active_storage/service/disk_service.rb): <root>/<key[0:2]>/<key[2:4]>/<key>.
+# An upload is written to <root>/tmp/<key> and moved into place (a rename, atomic
+# on one file system) only once the row naming it has committed; a deleted blob's
+# file goes after the deletion has. At start, sweep() settles what a crash left
+# between the two. Every method but the path helpers blocks: worker threads call them.
+
+def generate_blob_key():
+    """28 lower-case letters and digits, as Active Storage's SecureRandom.base36(28)."""
+    key = []
+    while len(key) < BLOB_KEY_CHARS:
+        for byte in os.urandom(BLOB_KEY_CHARS * 2):
+            if byte < 252 and len(key) < BLOB_KEY_CHARS:  # 252 = 7 × 36: no letter is likelier
+                key.append(BLOB_KEY_ALPHABET[byte % 36])
+    return "".join(key)
+
+
+_BLOB_KEY_RE = re.compile(r"[0-9a-z]{%d}\Z" % BLOB_KEY_CHARS)
+
+
+class FileStore:
+    def __init__(self, root):
+        self.root = root
+        self.temp_root = os.path.join(root, "tmp")  # never a key's folder: those have two characters
+
+    def path(self, key):
+        return os.path.join(self.root, key[:2], key[2:4], key)
+
+    def temp_path(self, key):
+        return os.path.join(self.temp_root, key)
+
+    def create_temp(self, key):
+        """A new temporary file for an upload: its descriptor, open for writing."""
+        os.makedirs(self.temp_root, exist_ok=True)
+        return os.open(self.temp_path(key), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    @staticmethod
+    def write(descriptor, data, digest):
+        digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view):]
+
+    @staticmethod
+    def close(descriptor, *, sync):
+        try:
+            if sync:
+                os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def discard_temp(self, key):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp_path(key))
+
+    def promote(self, key):
+        """Move a committed upload into its place."""
+        final = self.path(key)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(self.temp_path(key), final)
+
+    def delete(self, key):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(key))
+
+    def open(self, key):
+        """(file object, size) of a blob's bytes, or None when they are missing. An upload
+        whose row has just committed may still be in tmp/ until its move."""
+        for path in (self.path(key), self.temp_path(key)):
+            try:
+                file = open(path, "rb")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            return file, os.fstat(file.fileno()).st_size
+        return None
+
+    def sweep(self, blob_exists):
+        """Settle the uploads a crash left in tmp/: a committed one (blob_exists(key)) is
+        moved into place, any other deleted. Returns (moved, deleted)."""
+        moved = deleted = 0
+        try:
+            names = os.listdir(self.temp_root)
+        except FileNotFoundError:
+            return 0, 0
+        for name in names:
+            if _BLOB_KEY_RE.match(name) and blob_exists(name):
+                self.promote(name)
+                moved += 1
+            else:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(os.path.join(self.temp_root, name))
+                deleted += 1
+        return moved, deleted
 
 
 ####
-#### 11. Domain
+#### 12. Domain
 ####
 # Every operation on accounts, people, sessions, rooms, memberships, messages,
 # boosts, search and bots, with its SQL: nothing above Storage but this section
@@ -6169,6 +7719,71 @@ class Room:
     @property
     def thread(self):
         return self.parent_message_id is not None
+
+
+@dataclass(slots=True)
+class Blob:
+    """A row of active_storage_blobs, as attached to a record."""
+
+    id: int
+    key: str
+    filename: str
+    content_type: str
+    byte_size: int
+    checksum: str
+    width: int = None
+    height: int = None
+    created_at: str = ""
+
+    @classmethod
+    def from_row(cls, row):
+        try:
+            metadata = json.loads(row["metadata"] or "{}")
+        except ValueError:
+            metadata = {}
+        width, height = (metadata.get("width"), metadata.get("height")) if isinstance(metadata, dict) else (None, None)
+        if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+            width = height = None
+        return cls(row["id"], row["key"], row["filename"] or FALLBACK_FILENAME,
+                   (row["content_type"] or DOWNLOAD_CONTENT_TYPE).lower(), row["byte_size"] or 0, row["checksum"] or "",
+                   width, height, row["created_at"] or "")
+
+    @property
+    def kind(self):
+        """How a message shows it: "image", "video", "audio" or "file"."""
+        content_type = self.content_type
+        if content_type in INLINE_IMAGE_TYPES:
+            return "image"
+        if content_type.startswith("video/") and content_type in INLINE_CONTENT_TYPES:
+            return "video"
+        if content_type.startswith("audio/") and content_type in INLINE_CONTENT_TYPES:
+            return "audio"
+        return "file"
+
+    @property
+    def etag(self):
+        """Strong: a blob's bytes never change, and its checksum names them."""
+        return '"%s"' % (self.checksum or self.key).replace('"', "")
+
+
+@dataclass(slots=True)
+class Upload:
+    """A file received and written to a temporary file, ready to become a blob."""
+
+    key: str
+    filename: str
+    content_type: str
+    byte_size: int
+    checksum: str         # base64 of the MD5 digest, as Active Storage keeps it
+    width: int = None     # an image's, from its header
+    height: int = None
+
+    @property
+    def metadata(self):
+        """Active Storage's metadata JSON after its analyzers ran."""
+        if self.width:
+            return {"identified": True, "width": self.width, "height": self.height, "analyzed": True}
+        return {"identified": True, "analyzed": True}
 
 
 @dataclass(slots=True)
@@ -6323,6 +7938,14 @@ class Events:
         """Their messages are to be deleted, in the background."""
         self._emit("user_banned", user_id)
 
+    def blobs_created(self, keys):
+        """Uploads now named by committed rows: their files move into place."""
+        self._emit("blobs_created", keys)
+
+    def blobs_deleted(self, keys):
+        """Blobs whose rows are gone: their files go too."""
+        self._emit("blobs_deleted", keys)
+
 
 class Store:
     """The domain's state and operations, over one Database.
@@ -6390,6 +8013,22 @@ class Store:
     # Account -----------------------------------------------------------------
     def account(self):
         return self.db.one("SELECT * FROM accounts ORDER BY id LIMIT 1")
+
+    def account_logo(self):
+        """The account's logo (a Blob), or None: read once per account change."""
+        def build():
+            account = self.db.one("SELECT id FROM accounts ORDER BY id LIMIT 1")
+            return self.attachment("Account", account["id"], "logo") if account else None
+        return self._derived_value("logo", build)
+
+    def set_account_logo(self, upload):
+        """The account's logo in place of the one before; None removes it."""
+        account_id = self.account()["id"]
+        with self.db.atomic():
+            self._detach("Account", [account_id], "logo")
+            if upload is not None:
+                self._attach("Account", account_id, "logo", upload, utc_now_text())
+        self._account_changed()
 
     def account_name(self):
         account = self.account()
@@ -6805,8 +8444,11 @@ class Store:
         bookmarks; its memberships; its thread record."""
         message_ids = "SELECT id FROM messages WHERE room_id = ?"
         self.db.execute("DELETE FROM boosts WHERE message_id IN (%s)" % message_ids, (room_id,))
-        for (message_id,) in self.db.execute(message_ids, (room_id,)):
+        room_message_ids = [row[0] for row in self.db.execute(message_ids, (room_id,))]
+        for message_id in room_message_ids:
             self.db.defer(self.SEARCH_ROW_DELETE, (message_id,))
+        for start in range(0, len(room_message_ids), SQLITE_IN_CHUNK):
+            self._detach("Message", room_message_ids[start:start + SQLITE_IN_CHUNK])
         self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id IN (%s)"
                         % message_ids, (room_id,))
         self.db.execute("DELETE FROM campfire_py_bookmarks WHERE message_id IN (%s)" % message_ids, (room_id,))
@@ -7039,7 +8681,9 @@ class Store:
         return sgid
 
     def _keep_attachment(self, sgid, content_type):
-        """Posted bodies keep only mentions we signed ourselves."""
+        """Posted bodies keep only mentions we signed ourselves, and link previews."""
+        if content_type == OPENGRAPH_CONTENT_TYPE:
+            return True
         return content_type == MENTION_CONTENT_TYPE and verify_sgid(sgid, self.sgid_secret) is not None
 
     def mentioned_user(self, sgid):
@@ -7049,6 +8693,15 @@ class Store:
     def _mention_name(self, sgid):
         user = self.mentioned_user(sgid)
         return user.name if user else None
+
+    def message_text(self, message):
+        """A message's plain text; a file's is its name (Campfire's Message#plain_text_body)."""
+        text = self.plain_text(message["body"])
+        if not text and not message["body"]:
+            blob = self.attachment("Message", message["id"], "attachment")
+            if blob is not None:
+                return blob.filename
+        return text
 
     def plain_text(self, stored_body):
         """A body's text for search, webhooks, the bot API and /play, mentions as "@Name"."""
@@ -7095,6 +8748,8 @@ class Store:
         return message, True
 
     def edit_message(self, message, raw_body):
+        if not message["body"] and self.attachment("Message", message["id"], "attachment") is not None:
+            raise Forbidden("A file can be deleted, not edited.")  # Campfire's messages_controller.rb
         body = self.clean_body(str(raw_body), message["room_id"])
         plain = self.plain_text(body)
         if not plain.strip():
@@ -7151,8 +8806,9 @@ class Store:
         self.bump_room(message["room_id"])
 
     def _delete_message(self, message):
-        """The message, its rich text, boosts and search row; its deletion remembered for /refresh."""
+        """The message, its rich text, boosts, attachment and search row; its deletion remembered for /refresh."""
         stamp = utc_now_text()
+        self._detach("Message", [message["id"]])
         self.db.execute("INSERT OR REPLACE INTO campfire_py_message_deletions (message_id, room_id, deleted_at) "
                         "VALUES (?, ?, ?)", (message["id"], message["room_id"], stamp))
         self.db.execute("DELETE FROM campfire_py_message_deletions WHERE deleted_at < ?",
@@ -7169,6 +8825,131 @@ class Store:
         if thread_room_id is not None:  # its thread goes with it
             self._delete_room_rows(thread_room_id)
         self.bump_room(message["room_id"])
+
+    # Attachments (Active Storage's tables, as Rails writes them) -------------------
+    ATTACHMENT_COLUMNS = (
+        "SELECT active_storage_attachments.record_id, active_storage_attachments.name, active_storage_blobs.id, "
+        "active_storage_blobs.key, active_storage_blobs.filename, active_storage_blobs.content_type, "
+        "active_storage_blobs.metadata, active_storage_blobs.byte_size, active_storage_blobs.checksum, "
+        "active_storage_blobs.created_at FROM active_storage_attachments JOIN active_storage_blobs "
+        "ON active_storage_blobs.id = active_storage_attachments.blob_id ")
+
+    def attachments_for(self, record_type, record_ids, name=None):
+        """{record id: Blob} of the records' attachments (named `name`, or any)."""
+        found = {}
+        record_ids = list(record_ids)
+        for start in range(0, len(record_ids), SQLITE_IN_CHUNK):
+            chunk = record_ids[start:start + SQLITE_IN_CHUNK]
+            rows = self.db.all(
+                self.ATTACHMENT_COLUMNS + "WHERE active_storage_attachments.record_type = ? AND "
+                "active_storage_attachments.record_id IN (%s) ORDER BY active_storage_attachments.id"
+                % ",".join("?" * len(chunk)), (record_type, *chunk))
+            for row in rows:
+                if name is None or row["name"] == name:
+                    found.setdefault(row["record_id"], Blob.from_row(row))
+        return found
+
+    def attachment(self, record_type, record_id, name):
+        return self.attachments_for(record_type, [record_id], name).get(record_id)
+
+    def blob_exists(self, key):
+        return self.db.value("SELECT 1 FROM active_storage_blobs WHERE key = ?", (key,)) is not None
+
+    def _attach(self, record_type, record_id, name, upload, stamp):
+        """Insert the upload's blob and attach it (inside atomic()); its file moves into place after the commit."""
+        blob_id = self.db.execute(
+            "INSERT INTO active_storage_blobs (key, filename, content_type, metadata, service_name, byte_size, "
+            "checksum, created_at) VALUES (?, ?, ?, ?, 'local', ?, ?, ?)",
+            (upload.key, upload.filename, upload.content_type, json.dumps(upload.metadata, separators=(",", ":")),
+             upload.byte_size, upload.checksum, stamp)).lastrowid
+        self.db.execute("INSERT INTO active_storage_attachments (name, record_type, record_id, blob_id, created_at) "
+                        "VALUES (?, ?, ?, ?, ?)", (name, record_type, record_id, blob_id, stamp))
+        self.events.blobs_created([upload.key])
+
+    def _detach(self, record_type, record_ids, name=None):
+        """Delete the records' attachments and their blobs, with the variants Rails made of
+        them (inside atomic()); the files go after the commit."""
+        if not record_ids:
+            return
+        marks = ",".join("?" * len(record_ids))
+        name_clause, params = ("AND name = ? ", (record_type, *record_ids, name)) if name else ("", (record_type,
+                                                                                                   *record_ids))
+        blob_ids = [row[0] for row in self.db.all(
+            "SELECT blob_id FROM active_storage_attachments WHERE record_type = ? AND record_id IN (%s) %s"
+            % (marks, name_clause), params)]
+        if not blob_ids:
+            return
+        self.db.execute("DELETE FROM active_storage_attachments WHERE record_type = ? AND record_id IN (%s) %s"
+                        % (marks, name_clause), params)
+        blob_marks = ",".join("?" * len(blob_ids))
+        variant_ids = [row[0] for row in self.db.all(
+            "SELECT id FROM active_storage_variant_records WHERE blob_id IN (%s)" % blob_marks, blob_ids)]
+        if variant_ids:
+            variant_marks = ",".join("?" * len(variant_ids))
+            blob_ids += [row[0] for row in self.db.all(
+                "SELECT blob_id FROM active_storage_attachments WHERE record_type = 'ActiveStorage::VariantRecord' "
+                "AND record_id IN (%s)" % variant_marks, variant_ids)]
+            self.db.execute("DELETE FROM active_storage_attachments WHERE record_type = "
+                            "'ActiveStorage::VariantRecord' AND record_id IN (%s)" % variant_marks, variant_ids)
+            self.db.execute("DELETE FROM active_storage_variant_records WHERE id IN (%s)" % variant_marks, variant_ids)
+        blob_marks = ",".join("?" * len(blob_ids))
+        # A blob another record still uses stays (Rails lets two attachments share one).
+        in_use = {row[0] for row in self.db.all(
+            "SELECT blob_id FROM active_storage_attachments WHERE blob_id IN (%s)" % blob_marks, blob_ids)}
+        gone = [blob_id for blob_id in blob_ids if blob_id not in in_use]
+        if not gone:
+            return
+        gone_marks = ",".join("?" * len(gone))
+        keys = [row[0] for row in self.db.all("SELECT key FROM active_storage_blobs WHERE id IN (%s)" % gone_marks,
+                                              gone)]
+        self.db.execute("DELETE FROM active_storage_blobs WHERE id IN (%s)" % gone_marks, gone)
+        self.events.blobs_deleted(keys)
+
+    def preview_of(self, message_id, blob):
+        """The smaller copy of a message's image (or its video's poster) the sender's browser
+        made (a Blob), else True when Rails made one (a variant), else None."""
+        if blob.kind not in ("image", "video"):
+            return None
+        preview = self.attachment("Message", message_id, "preview")
+        if preview is not None:
+            return preview
+        return True if blob.kind == "image" and self.variant_key(blob.id) else None
+
+    def variant_key(self, blob_id):
+        """The key of a preview Rails made of a blob (Campfire's 1200×800 thumbnail), or None."""
+        return self.db.value(
+            "SELECT active_storage_blobs.key FROM active_storage_variant_records JOIN active_storage_attachments "
+            "ON active_storage_attachments.record_type = 'ActiveStorage::VariantRecord' AND "
+            "active_storage_attachments.record_id = active_storage_variant_records.id JOIN active_storage_blobs "
+            "ON active_storage_blobs.id = active_storage_attachments.blob_id "
+            "WHERE active_storage_variant_records.blob_id = ? ORDER BY active_storage_variant_records.id LIMIT 1",
+            (blob_id,))
+
+    def set_avatar(self, user_id, upload):
+        """A person's (or a bot's) picture, in place of the one before; None removes it."""
+        with self.db.atomic():
+            self._detach("User", [user_id], "avatar")
+            if upload is not None:
+                self._attach("User", user_id, "avatar", upload, utc_now_text())
+            self.db.execute("UPDATE users SET updated_at = ? WHERE id = ?", (utc_now_text(), user_id))
+        self.forget_user(user_id)
+        self._account_changed()  # avatars are everywhere: in cached pages and messages
+
+    def post_attachment(self, room, user, upload, client_message_id, preview=None):
+        """(message, created): a message holding one file, as Campfire makes one per file, with
+        the preview its sender's browser made, if any. Its text, for search, is the file's name."""
+        existing = self.message_by_client_id(room.id, user.id, client_message_id)
+        if existing is not None:
+            return existing, False
+        with self.db.atomic():
+            message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, "", upload.filename)
+            self._attach("Message", message["id"], "attachment", upload, message["created_at"])
+            if preview is not None:
+                self._attach("Message", message["id"], "preview", preview, message["created_at"])
+        if room.direct:
+            self.bump_users(self.room_member_ids(room.id))
+        self.events.message_created(room, message, unread_user_ids)
+        return message, True
 
     def messages_page(self, room_id, *, before=None, after=None, limit=MESSAGE_PAGE_SIZE):
         """Up to `limit` messages next to a message (or the newest), oldest first."""
@@ -7629,7 +9410,7 @@ class Store:
             row = self.active_bot(user_id)
             if row is None or not row["webhook_url"] or not row["bot_token"]:
                 continue
-            plain = self.plain_text(body).replace("@" + user.name, "").strip()
+            plain = self.message_text(message).replace("@" + user.name, "").strip()
             payload = {"user": {"id": author.id, "name": author.name},
                        "room": {"id": room.id, "name": room.name,
                                 "path": url_for("bot_messages", room_id=room.id, bot_key=bot_key(row))},
@@ -7813,7 +9594,7 @@ class Store:
 
 
 ####
-#### 12. Rendering
+#### 13. Rendering
 ####
 # Every page and fragment is built by a render_* function from plain data (rows,
 # Users, Rooms, strings) and, for whole pages, one View: who is looking, the
@@ -7834,6 +9615,7 @@ class View:
     custom_styles: str          # the digest of the account's custom CSS; "" when there is none
     assets: dict                # a PAGE_ASSETS name → its URL, versioned by content
     origin: str                 # "scheme://host", for links that leave the page (invitations, bots)
+    logo: str = ""              # the account logo's URL when one is set: the page's icon
     vapid_public_key: str = ""  # the signed-in app's applicationServerKey, as Campfire's vapid-public-key meta tag
 
 
@@ -7922,7 +9704,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<link rel="stylesheet" href="{css}">'
         '<link rel="stylesheet" href="{components}">'
         '<link rel="stylesheet" href="{catchup}">'
-        '<link rel="icon" href="{icon}" type="image/svg+xml">{custom_styles}'
+        '{icon_link}{custom_styles}'
         '<link rel="apple-touch-icon" href="{touch_icon}">'
         '<link rel="manifest" href="{manifest}">'
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
@@ -7934,7 +9716,9 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
         title="%s · %s" % (title, view.account_name) if title else view.account_name,
-        css=assets["campfire.css"], icon=assets["campfire-icon.svg"], touch_icon=url_for("static", path="icon-192.png"),
+        css=assets["campfire.css"], touch_icon=view.logo or url_for("static", path="icon-192.png"),
+        icon_link=HTML('<link rel="icon" href="{}">').format(view.logo) if view.logo else HTML(
+            '<link rel="icon" href="{}" type="image/svg+xml">').format(assets["campfire-icon.svg"]),
         manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles,
         vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
         if view.vapid_public_key else "")
@@ -8141,16 +9925,28 @@ def render_bell(room, involvement):
         id=room.id, current=involvement, label=label, choices=choices)
 
 
-def render_composer(room, *, form_id="composer", label="Write a message", send="Send Message"):
+def render_composer(room, *, form_id="composer", label="Write a message", send="Send Message", files=True,
+                    max_upload_bytes=MAX_UPLOAD_BYTES):
+    """The composer: text and, with files, a paperclip for files (each file becomes a
+    message of its own)."""
+    attach = HTML(
+        '<label class="composer__attach" for="{form_id}_files" title="Attach files">'
+        '<span class="visually-hidden">Attach files</span></label>'
+        '<input class="composer__files visually-hidden" type="file" id="{form_id}_files" name="message[attachment]" '
+        'multiple>').format(form_id=form_id) if files else ""
     return HTML(
         '<form class="composer" id="{form_id}" method="post" action="{action}" data-room-id="{id}" '
-        'data-label="{label}" data-max-chars="{max_chars}">'
+        'data-label="{label}" data-max-chars="{max_chars}"{multipart}>{attach}'
         '<label class="visually-hidden" for="{form_id}_body">{label}</label>'
         '<textarea class="composer__input" id="{form_id}_body" name="message[body]" rows="1" '
-        'placeholder="{label}" aria-label="{label}" required></textarea>'
+        'placeholder="{label}" aria-label="{label}"{required}></textarea>'
         '<button type="submit" class="button button--primary composer__send">{send}</button>'
         '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id, form_id=form_id, label=label,
-                          send=send, max_chars=MAX_MESSAGE_BODY_CHARS)
+                          send=send, max_chars=MAX_MESSAGE_BODY_CHARS, attach=attach,
+                          required="" if files else HTML(" required"),
+                          multipart=HTML(' enctype="multipart/form-data" data-max-upload-bytes="{}" '
+                                         'data-max-upload-text="{}"').format(
+                              max_upload_bytes, format_bytes(max_upload_bytes)) if files else "")
 
 
 def render_pending_message(viewer, template_id="pending_message"):
@@ -8188,7 +9984,8 @@ def render_thread(room, parent_room, parent_title, parent_html, messages, viewer
         back=url_for("room_at_message", room_id=parent_room.id, message_id=room.parent_message_id),
         parent=parent_html, messages=messages,
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
-        composer=render_composer(room, form_id="thread_composer", label="Reply in thread", send="Send reply"),
+        composer=render_composer(room, form_id="thread_composer", label="Reply in thread", send="Send reply",
+                                 files=False),
         pending=render_pending_message(viewer, "thread_pending_message"))
 
 
@@ -8229,7 +10026,7 @@ def render_saved_messages(items, more_href):
         more=HTML('<a class="button inbox__older" href="{}">More</a>').format(more_href) if more_href else "")
 
 
-def render_room(room, viewer, title, involvement, messages, *, highlight_id=None):
+def render_room(room, viewer, title, involvement, messages, *, highlight_id=None, max_upload_bytes=MAX_UPLOAD_BYTES):
     """The room: its header, its messages (rendered), the composer. On a phone the header is
     the top bar: a way back to the rooms, the name, who is here, and one menu holding the
     room's tools and the top bar's links (room__phone-only)."""
@@ -8249,7 +10046,7 @@ def render_room(room, viewer, title, involvement, messages, *, highlight_id=None
         bell=render_bell(room, involvement), settings=room_settings_path(room), rooms=url_for("user_sidebar"),
         search=url_for("searches"), account=url_for("edit_account"), profile=url_for("user_profile"),
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
-        messages=messages, composer=render_composer(room), pending=render_pending_message(viewer))
+        messages=messages, composer=render_composer(room, max_upload_bytes=max_upload_bytes), pending=render_pending_message(viewer))
 
 
 def render_person_choice(user, *, checked=False, disabled=False):
@@ -8368,6 +10165,22 @@ def render_mention(user):
         id=user.id, avatar=render_avatar(user.id, 20), name=user.name))
 
 
+def render_link_preview(attributes):
+    """A link preview Campfire's composer stored (OPENGRAPH_CONTENT_TYPE): the page's title, its
+    description and its site, linked. Its picture would come from another site, which this
+    page's Content-Security-Policy doesn't load, so it is left out."""
+    href = attributes.get("href", "")
+    split = urllib.parse.urlsplit(href) if _EXTERNAL_URL.match(href) else None
+    if split is None or split.scheme.lower() not in ("http", "https") or not split.hostname:
+        return ""
+    return str(HTML(
+        '<a class="og-embed" href="{href}" target="_blank" rel="noopener noreferrer">'
+        '<span class="og-embed__title">{title}</span><span class="og-embed__description">{description}</span>'
+        '<span class="og-embed__site">{site}</span></a>').format(
+        href=href, title=attributes.get("filename") or split.hostname, description=attributes.get("caption", ""),
+        site=split.hostname))
+
+
 def render_rich_text(stored_html, *, mention=lambda sgid: None):
     """Stored (sanitized) body → display HTML: each mention attachment becomes
     mention(sgid), a ready HTML chip; when that is None the attachment's inner
@@ -8378,6 +10191,8 @@ def render_rich_text(stored_html, *, mention=lambda sgid: None):
 
     def replace(match):
         attributes = _attachment_attributes(match[1])
+        if attributes.get("content-type") == OPENGRAPH_CONTENT_TYPE:
+            return render_link_preview(attributes)
         if attributes.get("content-type") != MENTION_CONTENT_TYPE:
             return ""
         chip = mention(attributes.get("sgid", ""))
@@ -8468,12 +10283,66 @@ def render_thread_summary(thread):
         avatars=HTML("").join(render_avatar(user_id, 20) for user_id in repliers))
 
 
-def render_message(message, *, author, body, sound, boosts, thread=None, in_thread=False):
+def _preview_size(blob):
+    """An image's size scaled to fit Campfire's 1200×800 thumbnail box, as it will show."""
+    if not blob.width:
+        return None
+    scale = min(1.0, PREVIEW_MAX_WIDTH / blob.width, PREVIEW_MAX_HEIGHT / blob.height)
+    return max(1, round(blob.width * scale)), max(1, round(blob.height * scale))
+
+
+def render_attachment(message_id, blob, *, preview=None):
+    """A message's file: an image or a video shown in place (its width and height set, so
+    nothing moves when it loads), audio with controls, anything else a card with its
+    name, size and a download link. preview: the Blob of the smaller copy (or the video's
+    poster) the sender's browser made, True for a variant Rails made, or None."""
+    url = url_for("message_attachment", message_id=message_id)
+    download = url_for("message_attachment_download", message_id=message_id)
+    size = (preview.width, preview.height) if isinstance(preview, Blob) and preview.width else _preview_size(blob)
+    dimensions = HTML(' width="{}" height="{}"').format(*size) if size else ""
+    kind = blob.kind
+    if kind == "image":
+        source = url_for("message_attachment_preview", message_id=message_id) if preview else url
+        return HTML(
+            '<figure class="attachment attachment--image"><a class="attachment__link" href="{url}" '
+            'data-action="view-attachment" data-filename="{name}"><img class="attachment__image" src="{source}" '
+            'alt="{name}"{dimensions} loading="lazy"></a></figure>').format(
+            url=url, source=source, name=blob.filename, dimensions=dimensions)
+    if kind == "video":
+        poster = HTML(' poster="{}"').format(url_for("message_attachment_preview", message_id=message_id)) \
+            if preview else ""
+        return HTML(
+            '<figure class="attachment attachment--video"><video class="attachment__video" src="{url}" controls '
+            'preload="metadata"{poster}{dimensions} aria-label="{name}"></video>'
+            '<figcaption class="attachment__caption"><a href="{download}" download>{name}</a></figcaption>'
+            '</figure>').format(url=url, download=download, name=blob.filename, dimensions=dimensions, poster=poster)
+    if kind == "audio":
+        return HTML(
+            '<figure class="attachment attachment--audio"><audio class="attachment__audio" src="{url}" controls '
+            'preload="metadata" aria-label="{name}"></audio>'
+            '<figcaption class="attachment__caption"><a href="{download}" download>{name}</a></figcaption>'
+            '</figure>').format(url=url, download=download, name=blob.filename)
+    extension = os.path.splitext(blob.filename)[1].lstrip(".").upper()[:4] or "FILE"
+    return HTML(
+        '<div class="attachment attachment--file"><span class="attachment__icon" aria-hidden="true">{extension}'
+        '</span><span class="attachment__details"><a class="attachment__name" href="{open}"{target}>{name}</a>'
+        '<span class="attachment__size">{size}</span></span>'
+        '<a class="button attachment__download" href="{download}" download aria-label="Download {name}">Download</a>'
+        '</div>').format(
+        extension=extension, open=url if blob.content_type in INLINE_CONTENT_TYPES else download,
+        target=HTML(' target="_blank" rel="noopener"') if blob.content_type in INLINE_CONTENT_TYPES else "",
+        name=blob.filename, size=format_bytes(blob.byte_size), download=download)
+
+
+def render_message(message, *, author, body, sound, boosts, thread=None, in_thread=False, attachment=None):
     """One message, the same for every reader; per-reader controls are shown or hidden
     by the browser from data-creator-id, and the server checks. author: its opening
     (render_message_author); body: the display HTML; sound: the /play name it is, or
     None; boosts: [(boost row, booster's name)]; thread: what render_thread_summary
-    takes; in_thread: a reply in a thread (which has no threads of its own)."""
+    takes; in_thread: a reply in a thread (which has no threads of its own);
+    attachment: its file (render_attachment)."""
+    if attachment is not None:
+        body = attachment
     if sound:
         text = SOUND_TEXTS.get(sound)
         body = HTML('<span class="sound" data-sound="{name}"><span class="sound__icon" aria-hidden="true"></span> '
@@ -8485,7 +10354,8 @@ def render_message(message, *, author, body, sound, boosts, thread=None, in_thre
     return HTML(_message_template() % {
         "message_id": message["id"], "room_id": message["room_id"], "creator_id": message["creator_id"],
         "client_id": escape(message["client_message_id"]), "created": escape(created), "short": escape(created[11:16]),
-        "sound_attr": HTML(' data-sound="{}"').format(sound) if sound else "",
+        "sound_attr": HTML(' data-sound="{}"').format(sound) if sound else (
+            HTML(' data-attachment="true"') if attachment is not None else ""),
         "author": author, "edited": edited, "body": escape(body),
         "boosts": HTML("").join(render_boost(boost, name) for boost, name in boosts),
         "thread": render_thread_summary(thread),
@@ -8688,8 +10558,14 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
     if view.user.administrator:
         head = HTML(
             '<h1 class="panel__title">{title}</h1>{notice}'
-            '<form method="post" action="{action}" class="form" id="account_form">'
+            '<form method="post" action="{action}" class="form" id="account_form" enctype="multipart/form-data">'
             '<input type="hidden" name="_method" value="patch">{name_field}'
+            '<div class="field"><span class="field__label">Logo</span><img class="account__logo" src="{logo}" '
+            'alt="The account logo" width="64" height="64">'
+            '<label class="field__label" for="account_logo">Upload a new logo</label>'
+            '<input class="field__input" type="file" id="account_logo" name="account[logo]" '
+            'accept="image/png,image/jpeg,image/gif,image/webp" data-square-image="{logo_pixels}">{logo_error}'
+            '</div>'
             '<div class="field"><input type="hidden" name="{setting}" value="0">'
             '<label class="choice"><input type="checkbox" id="account_restrict_room_creation" name="{setting}" '
             'value="1"{checked}> <span>Only administrators can create rooms</span></label></div>'
@@ -8697,6 +10573,8 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             '</div></form>').format(
             title=account["name"], notice=HTML("").join((render_notice(notice), render_saved(saved))),
             action=url_for("account"),
+            logo=view.logo or url_for("account_logo"), logo_pixels=AVATAR_PIXELS,
+            logo_error=render_errors(errors, "account[logo]"),
             name_field=render_field("Account name", "account[name]", name, errors=errors,
                                     maxlength=MAX_ACCOUNT_NAME_CHARS),
             setting="account[settings][restrict_room_creation_to_administrators]",
@@ -8705,9 +10583,13 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             '<section class="panel__section" aria-labelledby="account_admin_heading">'
             '<h2 class="panel__subtitle" id="account_admin_heading">Administration</h2><div class="form__actions">'
             '<a class="button" href="{styles}">Edit custom CSS</a>'
-            '<a class="button" href="{bots}">Set up chat bots</a></div></section>{backups}').format(
+            '<a class="button" href="{bots}">Set up chat bots</a></div>{remove_logo}</section>{backups}').format(
             styles=url_for("edit_account_custom_styles"), bots=url_for("account_bots"),
-            backups=render_backup_status(backups) if backups else "")
+            backups=render_backup_status(backups) if backups else "",
+            remove_logo=HTML('<form method="post" action="{}" class="inline-form">'
+                             '<input type="hidden" name="_method" value="delete">'
+                             '<button type="submit" class="button">Remove logo</button></form>').format(
+                url_for("account_logo")) if view.logo else "")
         regenerate = HTML(
             '<form method="post" action="{}" class="inline-form">'
             '<button type="submit" class="button button--danger" '
@@ -8798,7 +10680,14 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
 def render_profile(view, values, errors, transfer_url, *, saved=False):
     user = view.user
     bio_error = render_errors(errors, "user[bio]")
+    avatar_error = render_errors(errors, "user[avatar]")
     fields = HTML("").join([
+        HTML('<div class="field"><label class="field__label" for="user_avatar">Avatar</label>'
+             '<input class="field__input" type="file" id="user_avatar" name="user[avatar]" '
+             'accept="image/png,image/jpeg,image/gif,image/webp" data-square-image="{size}"{invalid}>'
+             '<p class="field__hint">Square images look best: the picture is cropped to its middle square.</p>'
+             '{error}</div>').format(size=AVATAR_PIXELS, error=avatar_error,
+                                    invalid=HTML(' aria-invalid="true"') if avatar_error else ""),
         render_field("Your name", "user[name]", values["user[name]"], errors=errors, autocomplete="name",
                      maxlength=MAX_NAME_CHARS),
         render_field("Email address", "user[email_address]", values["user[email_address]"], type="email",
@@ -8815,10 +10704,13 @@ def render_profile(view, values, errors, transfer_url, *, saved=False):
     return HTML(
         '{assets}<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
         '<div><h1 class="panel__title">Your profile</h1><p class="profile__role">{role}</p></div></div>'
-        '{saved}<form method="post" action="{action}" class="form">'
+        '{saved}<form method="post" action="{action}" class="form" enctype="multipart/form-data">'
         '<input type="hidden" name="_method" value="patch">{fields}'
         '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
         '<a class="button" href="{cancel}">Cancel changes</a></div></form>'
+        '<form method="post" action="{avatar_action}" class="inline-form profile__remove-avatar">'
+        '<input type="hidden" name="_method" value="delete">'
+        '<button type="submit" class="button button--small">Remove avatar</button></form>'
         '<section class="panel__section" aria-labelledby="transfer_heading">'
         '<h2 class="panel__subtitle" id="transfer_heading">Sign in on another device</h2>'
         '<p class="panel__intro">Open this link on your phone or another computer, or scan its QR code, to sign '
@@ -8830,6 +10722,7 @@ def render_profile(view, values, errors, transfer_url, *, saved=False):
         '<a href="{push_subscriptions}">Browsers that get notifications</a></p></section></section>').format(
         push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields,
         action=url_for("user_profile"), saved=render_saved(saved),
+        avatar_action=url_for("user_avatar", user_id=user.id),
         cancel=url_for("user", user_id=user.id),
         transfer=render_copyable("session_transfer_url", "Sign-in link", transfer_url,
                                  "Copy sign-in link", "Show auto-login QR code"),
@@ -8899,7 +10792,11 @@ def render_bot_form(*, bot_row=None, values=None, errors=None):
         'maxlength="{max_name}" required autofocus{name_invalid}>{name_error}</div>'
         '<div class="field"><label class="field__label" for="user_webhook_url">Webhook URL (optional)</label>'
         '<input class="field__input" id="user_webhook_url" name="user[webhook_url]" type="url" value="{url}" '
-        'placeholder="https://example.com/campfire-bot" maxlength="{max_url}"{url_invalid}>{url_error}</div>').format(
+        'placeholder="https://example.com/campfire-bot" maxlength="{max_url}"{url_invalid}>{url_error}</div>'
+        '<div class="field"><label class="field__label" for="user_avatar">Avatar (optional)</label>'
+        '<input class="field__input" type="file" id="user_avatar" name="user[avatar]" '
+        'accept="image/png,image/jpeg,image/gif,image/webp" data-square-image="{avatar_pixels}">{avatar_error}'
+        '</div>').format(avatar_pixels=AVATAR_PIXELS, avatar_error=render_errors(errors, "user[avatar]"),
         name=values.get("user[name]", ""), max_name=MAX_NAME_CHARS, url=values.get("user[webhook_url]", ""),
         max_url=MAX_WEBHOOK_URL_CHARS, name_error=render_errors(errors, "user[name]"),
         url_error=render_errors(errors, "user[webhook_url]"),
@@ -8920,7 +10817,7 @@ def render_bot_form(*, bot_row=None, values=None, errors=None):
                                     bot=url_for("account_bot", bot_id=bot_row["id"]), key=bot_key(bot_row))
     return HTML(
         '<section class="panel panel--wide"><h1 class="panel__title">{title}</h1>'
-        '<form method="post" action="{action}" class="form">{method}{fields}'
+        '<form method="post" action="{action}" class="form" enctype="multipart/form-data">{method}{fields}'
         '<div class="form__actions"><button type="submit" class="button button--primary">{button}</button>'
         '<a class="button" href="{cancel}">Cancel changes</a></div></form>{extra}</section>').format(
         title="Edit %s" % bot_row["name"] if editing else "New bot",
@@ -8962,10 +10859,20 @@ def boost_json(boost, booster, message, origin):
             "message": {"id": message["id"], "url": message_url(message, origin)}}
 
 
-def manifest_json(account_name):
-    """The installable app's manifest (Campfire's app/views/pwa/)."""
+def manifest_json(account_name, logo=None):
+    """The installable app's manifest (Campfire's app/views/pwa/); logo: the account's (a Blob), whose
+    512×512 square the browser made is its icon at 192 and 512."""
     icon_192 = {"src": url_for("static", path="icon-192.png"), "sizes": "192x192", "type": "image/png"}
     maskable = url_for("static", path="icon-maskable-512.png")
+    if logo is not None:
+        source = url_for("account_logo", v=logo.key[:8])
+        icon_192 = {"src": source, "sizes": "192x192", "type": logo.content_type}
+        return dict(manifest_json(account_name), icons=[
+            dict(icon_192, purpose="any"), {"src": source, "sizes": "512x512", "type": logo.content_type,
+                                            "purpose": "any"},
+            {"src": maskable, "sizes": "512x512", "type": "image/png", "purpose": "maskable"}], shortcuts=[
+            {"name": "New chat room", "url": url_for("new_open_room"), "icons": [icon_192]},
+            {"name": "My profile", "url": url_for("user_profile"), "icons": [icon_192]}])
     return {
         "name": account_name, "short_name": account_name if len(account_name) <= 12 else "Campfire", "id": "/",
         "start_url": url_for("root"), "scope": "/", "display": "standalone", "background_color": THEME_COLOR_LIGHT,
@@ -8981,7 +10888,7 @@ def manifest_json(account_name):
 
 
 ####
-#### 13. Routes
+#### 14. Routes
 ####
 # The route table below is the map of the server: every method and path it
 # answers, the name url_for builds the path by, the handler, and who may call it:
@@ -9046,7 +10953,7 @@ def route_table():
         ("PUT PATCH",   "/rooms/<int:room_id>/involvement",           "room_involvement",       update_involvement),
         # Messages and boosts
         ("GET",         "/rooms/<int:room_id>/messages",              "room_messages",          message_page),
-        ("POST",        "/rooms/<int:room_id>/messages",              "room_messages",          create_message,           "user",  MESSAGE_BODY_LIMIT),
+        ("POST",        "/rooms/<int:room_id>/messages",              "room_messages",          create_message,           "user",  MESSAGE_BODY_LIMIT, True),
         ("GET",         "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       show_message),
         ("PATCH PUT",   "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       update_message,           "user",  MESSAGE_BODY_LIMIT),
         ("DELETE",      "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       delete_message),
@@ -9061,9 +10968,15 @@ def route_table():
         ("GET",         "/mentions",                                  "mentions",               mentions_inbox),
         ("GET",         "/bookmarks",                                 "bookmarks",              saved_messages),
         ("GET",         "/messages/<int:message_id>",                 "message",                message_location),
+        ("GET",         "/messages/<int:message_id>/attachment",      "message_attachment",     message_attachment),
+        ("GET",         "/messages/<int:message_id>/attachment/download", "message_attachment_download",
+         message_attachment_download),
+        ("GET",         "/messages/<int:message_id>/attachment/preview", "message_attachment_preview",
+         message_attachment_preview),
         ("GET",         "/messages/<int:message_id>/boosts/new",      "new_message_boost",      new_boost),
         ("POST",        "/messages/<int:message_id>/boosts",          "message_boosts",         create_boost),
         ("DELETE",      "/messages/<int:message_id>/boosts/<int:boost_id>", "message_boost",    delete_boost),
+        ("POST",        "/unfurl_link",                               "unfurl_link",            unfurl_link),
         # Search
         ("GET",         "/searches",                                  "searches",               search),
         ("POST",        "/searches",                                  "searches",               create_search),
@@ -9071,7 +10984,7 @@ def route_table():
         # People and profiles
         ("GET",         "/users/me/sidebar",                          "user_sidebar",           sidebar),
         ("GET",         "/users/me/profile",                          "user_profile",           edit_profile),
-        ("PATCH PUT",   "/users/me/profile",                          "user_profile",           update_profile),
+        ("PATCH PUT",   "/users/me/profile",                          "user_profile",           update_profile,           "user",  AVATAR_BODY_LIMIT),
         ("GET",         "/users/me/push_subscriptions",               "user_push_subscriptions", push_subscriptions_page),
         ("POST",        "/users/me/push_subscriptions",               "user_push_subscriptions", create_push_subscription),
         ("DELETE",      "/users/me/push_subscriptions/<int:subscription_id>", "user_push_subscription", delete_push_subscription),
@@ -9080,12 +10993,15 @@ def route_table():
                                                                                                 create_test_notification),
         ("GET",         "/users/<int:user_id>",                       "user",                   show_user),
         ("GET",         "/users/<int:user_id>/avatar",                "user_avatar",            avatar),
+        ("DELETE",      "/users/<int:user_id>/avatar",                "user_avatar",            delete_avatar),
         ("POST",        "/users/<int:user_id>/ban",                   "user_ban",               create_ban,               "admin"),
         ("DELETE",      "/users/<int:user_id>/ban",                   "user_ban",               delete_ban,               "admin"),
         ("GET",         "/autocompletable/users",                     "autocompletable_users",  autocompletable_users),
         # The account: its page, settings, custom CSS and people
         ("GET",         "/account/edit",                              "edit_account",           edit_account),
-        ("PATCH PUT",   "/account",                                   "account",                update_account,           "admin"),
+        ("PATCH PUT",   "/account",                                   "account",                update_account,           "admin", AVATAR_BODY_LIMIT),
+        ("GET",         "/account/logo",                              "account_logo",           account_logo,             "public"),
+        ("DELETE",      "/account/logo",                              "account_logo",           delete_account_logo,      "admin"),
         ("POST",        "/account/join_code",                         "account_join_code",      regenerate_join_code,     "admin"),
         ("GET",         "/account/custom_styles",                     "account_custom_styles",  custom_styles_redirect,   "admin"),
         ("PATCH PUT",   "/account/custom_styles",                     "account_custom_styles",  update_custom_styles,     "admin", CUSTOM_STYLES_BODY_LIMIT),
@@ -9096,15 +11012,15 @@ def route_table():
         ("DELETE",      "/account/users/<int:user_id>",               "account_user",           deactivate_account_user,  "admin"),
         # Bots: administrators' pages, and the bot API (Campfire's paths)
         ("GET",         "/account/bots",                              "account_bots",           bots_index,               "admin"),
-        ("POST",        "/account/bots",                              "account_bots",           create_bot_route,         "admin"),
+        ("POST",        "/account/bots",                              "account_bots",           create_bot_route,         "admin", AVATAR_BODY_LIMIT),
         ("GET",         "/account/bots/new",                          "new_account_bot",        new_bot,                  "admin"),
         ("GET",         "/account/bots/<int:bot_id>",                 "account_bot",            show_bot,                 "admin"),
-        ("PATCH PUT",   "/account/bots/<int:bot_id>",                 "account_bot",            update_bot_route,         "admin"),
+        ("PATCH PUT",   "/account/bots/<int:bot_id>",                 "account_bot",            update_bot_route,         "admin", AVATAR_BODY_LIMIT),
         ("DELETE",      "/account/bots/<int:bot_id>",                 "account_bot",            delete_bot,               "admin"),
         ("GET",         "/account/bots/<int:bot_id>/edit",            "edit_account_bot",       edit_bot,                 "admin"),
         ("PUT PATCH",   "/account/bots/<int:bot_id>/key",             "account_bot_key",        reset_bot_key_route,      "admin"),
         ("GET",         BOT_MESSAGES_PATH,                            "bot_messages",           bot_messages,             "bot"),
-        ("POST",        BOT_MESSAGES_PATH,                            "bot_messages",           bot_create_message,       "bot",   MESSAGE_BODY_LIMIT),
+        ("POST",        BOT_MESSAGES_PATH,                            "bot_messages",           bot_create_message,       "bot",   MESSAGE_BODY_LIMIT, True),
         ("GET",         BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_show_message,         "bot"),
         ("PATCH PUT",   BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_update_message,       "bot",   MESSAGE_BODY_LIMIT),
         ("DELETE",      BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_delete_message,       "bot"),
@@ -9255,7 +11171,7 @@ def static_file(app, request, path):
 
 
 def web_manifest(app, request):
-    return json_response(manifest_json(app.store.account_name()),
+    return json_response(manifest_json(app.store.account_name(), app.store.account_logo()),
                          headers=[("Content-Type", "application/manifest+json"), ("Cache-Control", "no-cache")])
 
 
@@ -9468,7 +11384,8 @@ def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=
     else:
         messages_html = (app.messages_html(messages[:split]) + render_since_line()
                          + app.messages_html(messages[split:]))
-    body = render_room(room, user, title, involvement, messages_html, highlight_id=highlight_id)
+    body = render_room(room, user, title, involvement, messages_html, highlight_id=highlight_id,
+                       max_upload_bytes=app.config.max_upload_bytes)
     return _page(app, request, title, body, body_class="room-page", current_room_id=room.id)
 
 
@@ -9679,6 +11596,8 @@ def message_page(app, request, room_id):
 
 def create_message(app, request, room_id):
     room = _member_room(app, request, room_id)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return _create_message_from_form(app, request, room)
     client_message_id = request.params.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
         or random_hex(CLIENT_MESSAGE_ID_BYTES)
     message, created = app.store.post_message(room, request.user, request.params.get("message[body]", ""),
@@ -9688,6 +11607,92 @@ def create_message(app, request, room_id):
     boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
     return Response(app.message_html(message, boosts, () if created else None), 201 if created else 200,
                     headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
+
+
+def _client_message_id(form):
+    return form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] or random_hex(CLIENT_MESSAGE_ID_BYTES)
+
+
+async def _create_message_from_form(app, request, room):
+    """A multipart post (Campfire's composer uploads this way): message[attachment] makes a
+    message of the file; without one, message[body] is the text, as from a plain form."""
+    form, uploads = await app.receive_form(request)
+    kept = ()
+    try:
+        upload = uploads.get("message[attachment]")
+        client_message_id = _client_message_id(form)
+        if upload is None:
+            message, created = app.store.post_message(room, request.user, form.get("message[body]", ""),
+                                                      client_message_id)
+        else:
+            if not upload.byte_size:
+                raise Unprocessable("The file %s is empty." % upload.filename)
+            preview = _usable_preview(uploads.get("message[preview]"))
+            message, created = app.store.post_attachment(room, request.user, upload, client_message_id, preview)
+            kept = (upload, preview) if created else ()
+    finally:
+        await app.discard_uploads([upload for upload in uploads.values() if upload not in kept])
+    if _navigating(request):
+        return redirect(url_for("room", room_id=room.id))
+    boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
+    return Response(app.message_html(message, boosts), 201 if created else 200,
+                    headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
+
+
+def _usable_preview(preview):
+    """The preview a browser sent with an image or a video, if it is an image that fits
+    Campfire's thumbnail box; otherwise it is dropped (the original is shown scaled)."""
+    if preview is None or not preview.width or preview.content_type not in INLINE_IMAGE_TYPES:
+        return None
+    if preview.width > PREVIEW_MAX_WIDTH or preview.height > PREVIEW_MAX_HEIGHT:
+        return None
+    return preview
+
+
+def _attachment_of(app, request, message_id):
+    """A message's file, for a member of its room or the person who sent it; else 404."""
+    message = app.store.message(message_id)
+    if message is None or (message["creator_id"] != request.user.id
+                           and message["room_id"] not in app.store.user_rooms(request.user.id)):
+        raise NotFound("There is no such file.")
+    blob = app.store.attachment("Message", message_id, "attachment")
+    if blob is None:
+        raise NotFound("There is no such file.")
+    return blob
+
+
+def message_attachment(app, request, message_id):
+    """The file as the browser shows it: images, video, audio and PDF in place, the rest downloads."""
+    return app.file_response(request, _attachment_of(app, request, message_id))
+
+
+def message_attachment_download(app, request, message_id):
+    return app.file_response(request, _attachment_of(app, request, message_id), download=True)
+
+
+def message_attachment_preview(app, request, message_id):
+    """The smaller copy of an image (Campfire's 1200×800 thumbnail) or a video's poster frame
+    that the sender's browser made, or Rails did; else the image itself."""
+    blob = _attachment_of(app, request, message_id)
+    preview = app.store.preview_of(message_id, blob)
+    if isinstance(preview, Blob):
+        return app.file_response(request, preview)
+    if preview is None and blob.kind != "image":
+        raise NotFound("This file has no preview.")
+    return app.file_response(request, blob, key=app.store.variant_key(blob.id) if preview else None)
+
+
+async def unfurl_link(app, request):
+    """Campfire's POST /unfurl_link: {title, url, image, description} of the page at `url`
+    (a form field or a JSON body), or 204 when there is no preview to show."""
+    url = request.params.get("url", "")
+    if not isinstance(url, str) or not url.strip():
+        raise Unprocessable("Give the url to preview.")
+    preview = await app.link_preview(url.strip())
+    if preview is None or not (preview.title and preview.url and preview.description):
+        return Response(b"", 204)
+    return json_response({"title": preview.title, "url": preview.url, "image": preview.image,
+                          "description": preview.description})
 
 
 def show_message(app, request, room_id, message_id):
@@ -10015,10 +12020,25 @@ async def update_profile(app, request):
         return _profile_page(app, request, values, errors, status=429)
     if errors:
         return _profile_page(app, request, values, errors, status=422)
+    avatar = request.files.get("user[avatar]")
+    if avatar is not None and avatar.data:
+        try:
+            avatar = await app.store_image(avatar)
+        except HttpError as error:
+            return _profile_page(app, request, values, {"user[avatar]": error.message}, status=422)
+    else:
+        avatar = None
     digest = await app.off_loop(hash_password, password, app.config.scrypt_n, app.config.bcrypt_cost) if password else None
-    if not app.store.update_profile(user, name, email, bio, digest):
-        return _profile_page(app, request, values, {  # the same address taken meanwhile
-            "user[email_address]": "Someone else already uses this email address."}, status=422)
+    try:
+        if not app.store.update_profile(user, name, email, bio, digest):
+            return _profile_page(app, request, values, {  # the same address taken meanwhile
+                "user[email_address]": "Someone else already uses this email address."}, status=422)
+        if avatar is not None:
+            app.store.set_avatar(user.id, avatar)
+            avatar = None
+    finally:
+        if avatar is not None:
+            await app.discard_uploads([avatar])
     return redirect(url_for("user_profile", saved=1))
 
 
@@ -10039,15 +12059,27 @@ def show_user(app, request, user_id):
 
 
 def avatar(app, request, user_id):
+    """The person's picture, or Campfire's initials on a colour (the bot icon for bots)."""
     user = app.store.user(user_id)
     if user is None:
         raise NotFound("There is no such person.")
+    blob = app.store.attachment("User", user_id, "avatar")
+    if blob is not None and blob.kind == "image":
+        return app.file_response(request, blob, cache_control=AVATAR_CACHE_CONTROL)
     svg = render_avatar_svg(user)
     etag = '"%s"' % hashlib.sha256(svg.encode()).hexdigest()[:16]
-    headers = [("ETag", etag), ("Cache-Control", "private, max-age=1800")]
+    headers = [("ETag", etag), ("Cache-Control", AVATAR_CACHE_CONTROL)]
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(b"", 304, None, headers)
     return Response(svg, 200, "image/svg+xml", headers)
+
+
+def delete_avatar(app, request, user_id):
+    """Remove your own picture (Campfire's users/avatars_controller.rb#destroy)."""
+    if user_id != request.user.id:
+        raise Forbidden("You can only remove your own avatar.")
+    app.store.set_avatar(user_id, None)
+    return redirect(url_for("user_profile"))
 
 
 def _manageable_user(app, user_id):
@@ -10118,6 +12150,47 @@ def edit_account(app, request):
 
 
 def update_account(app, request):
+    request.form  # noqa: B018 (reading the parts fills request.files)
+    logo = request.files.get("account[logo]")
+    if logo is not None and logo.data:
+        return _update_account_with_logo(app, request, logo)
+    return _update_account(app, request)
+
+
+async def _update_account_with_logo(app, request, file):
+    try:
+        logo = await app.store_image(file)
+    except HttpError as error:
+        return _account_page(app, request, errors={"account[logo]": error.message}, status=422)
+    try:
+        response = _update_account(app, request)
+        if response.status < 400:
+            app.store.set_account_logo(logo)
+            logo = None
+        return response
+    finally:
+        if logo is not None:
+            await app.discard_uploads([logo])
+
+
+def account_logo(app, request):
+    """The logo, or Campfire's own icon: public, cached 5 minutes and then revalidated in the
+    background for a week (Campfire's accounts/logos_controller.rb)."""
+    logo = app.store.account_logo()
+    if logo is not None:
+        return app.file_response(request, logo, cache_control=LOGO_CACHE_CONTROL)
+    response = app.static.response(request, "icon-192.png")
+    response.headers = [(name, value) for name, value in response.headers if name != "Cache-Control"]
+    response.headers.append(("Cache-Control", LOGO_CACHE_CONTROL))
+    return response
+
+
+def delete_account_logo(app, request):
+    app.store.set_account_logo(None)
+    return redirect(url_for("edit_account"))
+
+
+def _update_account(app, request):
     name = app.store.account()["name"]
     if "account[name]" in request.params:
         errors = {}
@@ -10238,11 +12311,45 @@ def bots_index(app, request):
     return _page(app, request, "Chat bots", render_bots(items))
 
 
+def _bot_avatar_file(request):
+    """The picture an administrator chose on the bot form, if any (the form awaits its writing)."""
+    request.form  # noqa: B018 (reading the parts fills request.files)
+    file = request.files.get("user[avatar]")
+    return file if file is not None and file.data else None
+
+
+async def _bot_avatar(app, request):
+    """(Upload or None, errors) of the bot form's picture."""
+    try:
+        return await app.store_image(_bot_avatar_file(request)), {}
+    except HttpError as error:
+        return None, {"user[avatar]": error.message}
+
+
 def create_bot_route(app, request):
+    if _bot_avatar_file(request) is not None:
+        return _create_bot(app, request)
     values, errors = _bot_form(request.params)
     if errors:
         return _page(app, request, "New bot", render_bot_form(values=values, errors=errors), status=422)
     app.store.create_bot(values["user[name]"], values["user[webhook_url]"])
+    return redirect(url_for("account_bots"))
+
+
+async def _create_bot(app, request):
+    values, errors = _bot_form(request.params)
+    avatar, avatar_errors = await _bot_avatar(app, request) if not errors else (None, {})
+    if errors or avatar_errors:
+        return _page(app, request, "New bot", render_bot_form(values=values, errors=errors or avatar_errors),
+                     status=422)
+    try:
+        bot_id = app.store.create_bot(values["user[name]"], values["user[webhook_url]"])
+        if avatar is not None:
+            app.store.set_avatar(bot_id, avatar)
+            avatar = None
+    finally:
+        if avatar is not None:
+            await app.discard_uploads([avatar])
     return redirect(url_for("account_bots"))
 
 
@@ -10257,12 +12364,33 @@ def show_bot(app, request, bot_id):
 
 def update_bot_route(app, request, bot_id):
     row = _require_bot(app, bot_id)
+    if _bot_avatar_file(request) is not None:
+        return _update_bot(app, request, bot_id, row)
     values, errors = _bot_form(request.params)
     if errors:
         return _page(app, request, "Edit bot", render_bot_form(bot_row=row, values=values, errors=errors), status=422)
     # Campfire changes the webhook only when the field is sent; blank removes it.
     app.store.update_bot(bot_id, values["user[name]"], values["user[webhook_url]"],
                          change_webhook="user[webhook_url]" in request.params)
+    return redirect(url_for("account_bots"))
+
+
+async def _update_bot(app, request, bot_id, row):
+    values, errors = _bot_form(request.params)
+    avatar, avatar_errors = await _bot_avatar(app, request) if not errors else (None, {})
+    if errors or avatar_errors:
+        return _page(app, request, "Edit bot", render_bot_form(bot_row=row, values=values,
+                                                               errors=errors or avatar_errors), status=422)
+    try:
+        # Campfire changes the webhook only when the field is sent; blank removes it.
+        app.store.update_bot(bot_id, values["user[name]"], values["user[webhook_url]"],
+                             change_webhook="user[webhook_url]" in request.params)
+        if avatar is not None:
+            app.store.set_avatar(bot_id, avatar)
+            avatar = None
+    finally:
+        if avatar is not None:
+            await app.discard_uploads([avatar])
     return redirect(url_for("account_bots"))
 
 
@@ -10287,7 +12415,7 @@ def reset_bot_key_route(app, request, bot_id):
 # The bot API (Campfire's messages/by_bots_controller.rb) --------------------------------
 # A bot's key "<id>-<token>" in the path is all a bot API request carries: no
 # cookie, no forgery check, JSON out. Webhook deliveries, the other half, are
-# background work (section 16).
+# background work (section 17).
 
 def _bot_head(status, headers=()):
     """Rails' `head status` on the bot API's JSON routes: no body, typed application/json
@@ -10315,13 +12443,26 @@ def bot_api(handler):
             room = app.store.member_room(room_id, bot.id)
             if room is None:
                 raise NotFound("There is no such room.")
-            return handler(app, request, room, bot, bot_key, **params)
+            response = handler(app, request, room, bot, bot_key, **params)
         except RecordNotFound:
             return json_response(RECORD_NOT_FOUND_JSON, 404)
         except HttpError as error:
             return _bot_head(error.status, error.headers)
+        if type(response) is types.CoroutineType:
+            return _bot_answer_later(response)
+        return response
     answer.__name__, answer.__doc__ = handler.__name__, handler.__doc__
     return answer
+
+
+async def _bot_answer_later(pending):
+    """An upload's answer, its errors as the bot API gives them."""
+    try:
+        return await pending
+    except RecordNotFound:
+        return json_response(RECORD_NOT_FOUND_JSON, 404)
+    except HttpError as error:
+        return _bot_head(error.status, error.headers)
 
 
 def _raw_text(request):
@@ -10329,12 +12470,23 @@ def _raw_text(request):
     return request.body.decode("utf-8", "replace")
 
 
-def _posts_an_attachment(request):
-    """A multipart post with a file named attachment: Campfire's attachment upload."""
-    if not request.header("content-type").startswith("multipart/form-data"):
-        return False
-    request.form  # noqa: B018 (reading the parts fills request.files)
-    return "attachment" in request.files
+async def _bot_post_form(app, request, room, bot):
+    """A bot's multipart post: its `attachment` file is the message (Campfire's by_bots);
+    without a file, its `body` field (or nothing: 422)."""
+    form, uploads = await app.receive_form(request)
+    kept = None
+    try:
+        upload = uploads.get("attachment")
+        if upload is None:
+            message, _ = app.store.post_message(room, bot, form.get("body", ""), random_hex(CLIENT_MESSAGE_ID_BYTES))
+        else:
+            if not upload.byte_size:
+                raise Unprocessable("The file %s is empty." % upload.filename)
+            message, _ = app.store.post_attachment(room, bot, upload, random_hex(CLIENT_MESSAGE_ID_BYTES))
+            kept = upload
+    finally:
+        await app.discard_uploads([upload for upload in uploads.values() if upload is not kept])
+    return Response(b"", 201, None, [("Location", url_for("message", message_id=message["id"]))])
 
 
 def _bot_room_message(app, room, message_id, missing=RecordNotFound):
@@ -10355,7 +12507,7 @@ def _bot_anchor(app, room, request, name):
 
 
 def _message_json(app, request, message):
-    return message_json(message, app.store.plain_text(message["body"]), app.store.user(message["creator_id"]),
+    return message_json(message, app.store.message_text(message), app.store.user(message["creator_id"]),
                         request.origin)
 
 
@@ -10380,8 +12532,8 @@ def bot_messages(app, request, room, bot, bot_key):
 @bot_api
 def bot_create_message(app, request, room, bot, bot_key):
     """The raw body is the message (HTML, sanitized like any other) → 201 and its Location."""
-    if _posts_an_attachment(request):
-        raise Unprocessable("Attachments are not supported by this server yet: post the message as text.")
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return _bot_post_form(app, request, room, bot)
     message, _ = app.store.post_message(room, bot, _raw_text(request), random_hex(CLIENT_MESSAGE_ID_BYTES))
     return _bot_head(201, [("Location", request.origin + url_for("message", message_id=message["id"]))])
 
@@ -10430,7 +12582,7 @@ def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
 # Real time -----------------------------------------------------------------------
 
 def cable(app, request):
-    """/cable: the WebSocket handshake; the connection then belongs to Cable (section 14)."""
+    """/cable: the WebSocket handshake; the connection then belongs to Cable (section 15)."""
     return app.cable.handshake(request)
 
 
@@ -10446,7 +12598,7 @@ url_for = URLS.build
 
 
 ####
-#### 14. Real time
+#### 15. Real time
 ####
 # /cable: WebSocket connections speaking Action Cable, the channels Campfire
 # has, and broadcasts. A broadcast is encoded once per identifier (plain and
@@ -10884,7 +13036,7 @@ class Cable:
 
 
 ####
-#### 15. The application
+#### 16. The application
 ####
 # App turns a Request into a Response without touching a socket, so tests
 # drive it in-process and the server is a thin adapter around it.
@@ -11079,6 +13231,9 @@ class Config:
     webhook_queue_size: int = WEBHOOK_QUEUE_SIZE
     message_purge_chunk: int = MESSAGE_PURGE_CHUNK
     search_probe_limit: int = SEARCH_PROBE_LIMIT
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    link_previews: bool = True    # CAMPFIRE_LINK_PREVIEWS=off for an install with no way out
+    unfurl_allowed: object = None  # decides a preview's addresses (unfurl_address_allowed); tests name loopback
     vapid_public_key: str = None  # VAPID_PUBLIC_KEY / VAPID_PRIVATE_KEY, as Campfire's config/initializers/vapid.rb;
     vapid_private_key: str = None  # unset, a pair is generated once and kept in the storage directory
     push_timeout: float = PUSH_TIMEOUT
@@ -11103,6 +13258,15 @@ class Config:
             if not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError("PORT must be a number between 1 and 65535, not %r." % port)
             config.port = int(port)
+        previews = (environ.get("CAMPFIRE_LINK_PREVIEWS") or "on").strip().lower()
+        if previews not in ("on", "off", "true", "false", "1", "0"):
+            raise ConfigError("CAMPFIRE_LINK_PREVIEWS must be on or off, not %r." % previews)
+        config.link_previews = previews in ("on", "true", "1")
+        upload_limit = environ.get("CAMPFIRE_MAX_UPLOAD_BYTES")
+        if upload_limit:
+            if not upload_limit.isdigit() or int(upload_limit) < 1:
+                raise ConfigError("CAMPFIRE_MAX_UPLOAD_BYTES must be a number of bytes, not %r." % upload_limit)
+            config.max_upload_bytes = int(upload_limit)
         config.tls_cert_path = environ.get("TLS_CERT_PATH") or None
         config.tls_key_path = environ.get("TLS_KEY_PATH") or None
         config.vapid_public_key = environ.get("VAPID_PUBLIC_KEY") or None
@@ -11135,11 +13299,16 @@ class App:
         secret = self.config.secret_key_base or self._stored_secret()
         self.secret_key_base = secret
         self.store = Store(self.db, self.config, secret)
+        self.files = FileStore(os.path.join(self.config.storage_path, "files"))
         try:
             self.db.migrate()
             self.store.resign_mentions()
             self.db.repair_search_tail()
             self.store.reset_connections()
+            moved, deleted = self.files.sweep(self.store.blob_exists)
+            if moved or deleted:
+                log.warning("uploads a stop cut short: %d committed moved into place, %d unfinished deleted",
+                            moved, deleted)
         except ConfigError:
             self.db.connection.close()
             raise
@@ -11157,6 +13326,10 @@ class App:
         self.qr_code_limiter = RateLimiter(*QR_CODE_LIMIT)
         self.qr_codes = LruCache(QR_CODES_KEPT_BYTES)
         self._workers = None        # the thread pool for password hashes, made on first use
+        self._file_workers = None   # the thread pool for file I/O, made on first use
+        self._file_jobs = set()     # its work not waited for (file_work_soon)
+        self._unfurl_workers = None  # threads fetching link previews, made on first use
+        self._unfurls_running = 0
         self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.events = self.store.events
@@ -11257,6 +13430,12 @@ class App:
         if self._workers is not None:
             self._workers.shutdown(wait=True)
             self._workers = None
+        if self._file_workers is not None:
+            self._file_workers.shutdown(wait=True)
+            self._file_workers = None
+        if self._unfurl_workers is not None:
+            self._unfurl_workers.shutdown(wait=False, cancel_futures=True)
+            self._unfurl_workers = None
         self.db.close()
 
     async def off_loop(self, function, *args):
@@ -11282,6 +13461,183 @@ class App:
             self._unknown_digest = await self.off_loop(
                 unknown_password_digest, self.config.scrypt_n, self.config.bcrypt_cost)
         return self._unknown_digest
+
+    # Files ---------------------------------------------------------------------
+    def _file_pool(self):
+        if self._file_workers is None:
+            import concurrent.futures
+            self._file_workers = concurrent.futures.ThreadPoolExecutor(FILE_WORKERS, "campfire-files")
+        return self._file_workers
+
+    async def file_work(self, function, *args, **kwargs):
+        """function(*args, **kwargs) in a file worker thread (disk I/O never blocks the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._file_pool(), functools.partial(function, *args, **kwargs))
+
+    def file_work_soon(self, function, *args):
+        """function(*args) in a file worker thread, not waited for (a failure is logged).
+        close() and settle_file_work() wait for it."""
+        job = self._file_pool().submit(function, *args)
+        self._file_jobs.add(job)
+
+        def done(job):
+            self._file_jobs.discard(job)
+            if not job.cancelled() and job.exception() is not None:
+                log.error("file work failed: %r", job.exception())
+        job.add_done_callback(done)
+
+    def settle_file_work(self):
+        """Wait until the file work asked for so far is done (tests; a stop waits in close())."""
+        import concurrent.futures
+        concurrent.futures.wait(list(self._file_jobs))
+
+    def blobs_created(self, keys):
+        """The Events listener: committed uploads move into place."""
+        for key in keys:
+            self.file_work_soon(self.files.promote, key)
+
+    def blobs_deleted(self, keys):
+        for key in keys:
+            self.file_work_soon(self.files.delete, key)
+
+    async def discard_uploads(self, uploads):
+        """Delete the temporary files of uploads no row will name."""
+        for upload in uploads:
+            await self.file_work(self.files.discard_temp, upload.key)
+
+    def upload_limit(self, request):
+        """The largest body of an upload (HttpParser streams it), or None when the request
+        doesn't carry one: only multipart posts to the routes marked upload do."""
+        if request.method != "POST" or not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return None
+        found = self.router.match("POST", request.path)
+        if found is None or not found[0].upload:
+            return None
+        return self.config.max_upload_bytes + UPLOAD_FORM_OVERHEAD_BYTES
+
+    async def receive_form(self, request):
+        """A multipart form, read as it arrives: (FormData of its text fields, {field name: Upload}).
+        Each file goes to a temporary file in storage as it comes (memory holds one write at
+        most), its MD5 taken and its image header checked on the way. The caller keeps the
+        uploads (Store.post_attachment …) or hands them to discard_uploads()."""
+        try:
+            parser = MultipartParser.for_content_type(request.headers.get("content-type", ""))
+        except MultipartError:
+            raise
+        fields, receiving, text_bytes, part = [], {}, 0, None
+        try:
+            async for chunk in _body_chunks(request):
+                for event in parser.feed(chunk):
+                    kind = type(event)
+                    if kind is PartData:
+                        if part is None:
+                            continue
+                        if type(part) is list:
+                            text_bytes += len(event.data)
+                            if text_bytes > MAX_UPLOAD_FIELD_BYTES:
+                                raise PayloadTooLarge("The form's text is too long.")
+                            part.append(event.data)
+                        else:
+                            await part.add(event.data)
+                    elif kind is PartStarted:
+                        if event.filename is None:
+                            part = [event.name]
+                        elif not event.filename or event.name in receiving or len(receiving) >= MAX_FORM_FILES:
+                            part = None  # a file input left empty, or one file too many: skipped
+                        else:
+                            part = _ReceivingFile(self, event.name, event.filename, event.content_type,
+                                                  self.config.max_upload_bytes)
+                            receiving[event.name] = part
+                            await part.open()
+                    else:  # PartEnded
+                        if type(part) is list:
+                            fields.append((part[0], b"".join(part[1:]).decode("utf-8", "replace")))
+                        elif part is not None:
+                            await part.finish()
+                        part = None
+            parser.finish()
+        except BaseException:
+            for file in receiving.values():
+                await self.file_work(file.discard)
+            raise
+        return FormData(fields), {name: file.upload for name, file in receiving.items()}
+
+    async def store_image(self, file):
+        """A small uploaded image held in memory (an avatar, a logo) written to a temporary
+        file: its Upload, or Unprocessable when it is not a PNG, JPEG, GIF or WebP image."""
+        if sniff_image(file.data) is None:
+            raise Unprocessable("Choose a PNG, JPEG, GIF or WebP image.")
+        return await self.store_bytes(file)
+
+    async def store_bytes(self, file):
+        """A small file held in memory (an avatar, a logo, a webhook's reply) written to a
+        temporary file: its Upload. ImageHeaderError (422) for an image whose header lies."""
+        image = sniff_image(file.data)
+        key = generate_blob_key()
+
+        def write():
+            descriptor = self.files.create_temp(key)
+            try:
+                digest = hashlib.md5()
+                FileStore.write(descriptor, file.data, digest)
+            finally:
+                FileStore.close(descriptor, sync=True)
+            return base64.b64encode(digest.digest()).decode()
+        checksum = await self.file_work(write)
+        return Upload(key, file.filename, upload_content_type(file.content_type, image), len(file.data), checksum,
+                      image.width if image else None, image.height if image else None)
+
+    async def file_response(self, request, blob, *, key=None, download=False, cache_control=FILE_CACHE_CONTROL):
+        """A stored file as a response: inline only for the types that are safe to show,
+        sandboxed, with an ETag (304) and byte ranges (206, 416). key: another blob's bytes
+        under this blob's name (a preview)."""
+        content_type, disposition, headers = serving_for(blob.content_type)
+        etag = blob.etag if key is None else '"%s"' % key
+        headers = [header for header in headers if header[0] != "X-Content-Type-Options"]  # _finish adds it
+        headers += [("Content-Disposition", content_disposition("attachment" if download else disposition,
+                                                                 blob.filename)),
+                    ("ETag", etag), ("Cache-Control", cache_control)]
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(b"", 304, None, headers)
+        opened = await self.file_work(self.files.open, key or blob.key)
+        if opened is None:
+            log.error("blob %s (%s) is missing from %s", blob.id, key or blob.key, self.files.root)
+            raise NotFound("This file is missing from the server's storage.")
+        file, size = opened
+        try:
+            byte_range = select_range(request.headers.get("range"), size, if_range=request.headers.get("if-range"),
+                                      etag=etag)
+        except RangeNotSatisfiable:
+            file.close()
+            raise
+        response = Response(b"", 200, content_type, headers)
+        if byte_range is None:
+            response.file = FileBody(file, 0, size)
+        else:
+            response.status = 206
+            response.headers.append(("Content-Range", content_range(byte_range, size)))
+            response.file = FileBody(file, byte_range.first, byte_range.length)
+        response.compressible = False
+        return response
+
+    async def link_preview(self, url):
+        """The LinkPreview of a page, fetched in a worker thread; None when previews are off,
+        UNFURL_WORKERS are busy, or the fetch was refused or failed (logged)."""
+        if not self.config.link_previews or self._unfurls_running >= UNFURL_WORKERS:
+            return None
+        if self._unfurl_workers is None:
+            import concurrent.futures
+            self._unfurl_workers = concurrent.futures.ThreadPoolExecutor(UNFURL_WORKERS, "campfire-unfurl")
+        allowed = self.config.unfurl_allowed or unfurl_address_allowed
+        self._unfurls_running += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._unfurl_workers, functools.partial(fetch_link_preview, url, allowed=allowed))
+        except UnfurlRefused as error:
+            log.info("no preview of %s: %s", url[:200], error)
+            return None
+        finally:
+            self._unfurls_running -= 1
 
     # Helpers for handlers --------------------------------------------------------
 
@@ -11323,7 +13679,9 @@ class App:
         """What rendering a page for this request knows besides its own data."""
         css, digest = self.store.custom_styles()
         user = request.user if signed_in else None
+        logo = self.store.account_logo()
         return View(user, self.store.account_name(), digest if css.strip() else "", self._assets(), request.origin,
+                    url_for("account_logo", v=logo.key[:8]) if logo else "",
                     self.vapid_key.public_key_base64 if user is not None else "")
 
     def _assets(self):
@@ -11333,10 +13691,11 @@ class App:
             self._assets_checked = (now, {name: self.asset_url(name) for name in PAGE_ASSETS})
         return self._assets_checked[1]
 
-    def message_html(self, message, boosts=(), thread=None, *, highlight=()):
+    def message_html(self, message, boosts=(), thread=None, attachment=False, *, highlight=()):
         """A message as render_message makes it, kept until it, its boosts, its thread or any
         name change. thread: its summary from Store.threads_for, looked up when None;
-        highlight: search words to mark (such a copy isn't kept)."""
+        attachment: its Blob or None when known, else looked up; highlight: search words
+        to mark (such a copy isn't kept)."""
         store = self.store
         if thread is None:
             thread = store.threads_for([message["id"]]).get(message["id"], ())
@@ -11346,6 +13705,11 @@ class App:
         if cached is not None:
             return cached
         stored = message["body"] or ""
+        if attachment is False:
+            attachment = store.attachment("Message", message["id"], "attachment")
+        if attachment is not None:
+            attachment = render_attachment(message["id"], attachment, preview=store.preview_of(message["id"],
+                                                                                              attachment))
         sound = message_sound(store.plain_text(stored)) if "/play " in stored else None
         body = None if sound else self.render_body(stored)
         if highlight and body is not None:
@@ -11355,7 +13719,8 @@ class App:
             boosts = [(boost, user.name if (user := booster(boost["booster_id"])) else "Someone") for boost in boosts]
         room = store.room(message["room_id"])
         rendered = render_message(message, author=self._author_html(message["creator_id"]), body=body, sound=sound,
-                                  boosts=boosts, thread=thread, in_thread=room is not None and room.thread)
+                                  boosts=boosts, thread=thread, in_thread=room is not None and room.thread,
+                                  attachment=attachment)
         if not highlight:
             self.message_cache.put(key, rendered)
         return rendered
@@ -11377,8 +13742,10 @@ class App:
     def messages_html(self, messages, *, highlight=()):
         ids = [message["id"] for message in messages]
         boosts, threads = self.store.boosts_for(ids), self.store.threads_for(ids)
+        attachments = self.store.attachments_for("Message", ids, "attachment")
         return HTML("").join(self.message_html(message, boosts.get(message["id"], ()), threads.get(message["id"], ()),
-                                               highlight=highlight) for message in messages)
+                                               attachments.get(message["id"]), highlight=highlight)
+                             for message in messages)
 
     def _author_html(self, creator_id):
         """The avatar and name that open a message, kept per person until names change."""
@@ -11483,7 +13850,7 @@ class App:
         found = self.router.match(lookup, request.path)
         # A form's _method stands for PATCH, PUT or DELETE (browsers can't send them);
         # a bot's raw body is never read as a form, whatever its content type says.
-        if method == "POST" and not (found and found[0].auth == "bot") and request.headers.get(
+        if method == "POST" and not (found and (found[0].auth == "bot" or found[0].upload)) and request.headers.get(
                 "content-type", "").startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             override = str(request.form.get("_method", "")).upper()
             if override in ("PATCH", "PUT", "DELETE"):
@@ -11598,11 +13965,77 @@ class App:
 
     def serialize(self, request, response, keep_alive):
         return serialize_response(response.status, response.headers, response.body, keep_alive=keep_alive,
-                                  head_only=request.method == "HEAD", date=self.http_date())
+                                  head_only=request.method == "HEAD", date=self.http_date(),
+                                  content_length=response.file.length if response.file is not None else None)
+
+
+async def _body_chunks(request):
+    """A request's body in pieces: as it arrives when streamed, else the one it has."""
+    reader = request.body_reader
+    if reader is None:
+        if request.body:
+            yield request.body
+        return
+    while chunk := await reader.read():
+        yield chunk
+
+
+class _ReceivingFile:
+    """One file of a multipart form on its way to a temporary file (App.receive_form)."""
+
+    def __init__(self, app, name, filename, declared_type, max_bytes):
+        self.app = app
+        self.key = generate_blob_key()
+        self.filename = safe_filename(filename)
+        self.declared_type = declared_type
+        self.max_bytes = max_bytes
+        self.descriptor = None
+        self.digest = hashlib.md5()
+        self.size = 0
+        self.pending, self.pending_bytes = [], 0
+        self.sniffer, self.sniffing = ImageSniffer(), True
+        self.upload = None
+
+    async def open(self):
+        self.descriptor = await self.app.file_work(self.app.files.create_temp, self.key)
+
+    async def add(self, data):
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise PayloadTooLarge("A file can be at most %s." % format_bytes(self.max_bytes))
+        if self.sniffing and self.sniffer.feed(data):  # microseconds: it reads a few header bytes
+            self.sniffing = False
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= UPLOAD_WRITE_BYTES:
+            await self._write()
+
+    async def _write(self):
+        if self.pending:
+            data = b"".join(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.pending, self.pending_bytes = [], 0
+            await self.app.file_work(FileStore.write, self.descriptor, data, self.digest)
+
+    async def finish(self):
+        await self._write()
+        image = self.sniffer.finish()
+        descriptor, self.descriptor = self.descriptor, None
+        await self.app.file_work(FileStore.close, descriptor, sync=True)
+        self.upload = Upload(self.key, self.filename, upload_content_type(self.declared_type, image), self.size,
+                             base64.b64encode(self.digest.digest()).decode(), image.width if image else None,
+                             image.height if image else None)
+
+    def discard(self):
+        """Blocking: the temporary file goes (a worker thread calls it)."""
+        descriptor, self.descriptor = self.descriptor, None
+        if descriptor is not None:
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
+        self.app.files.discard_temp(self.key)
 
 
 ####
-#### 16. Background work
+#### 17. Background work
 ####
 # Work that follows a change, off the request path: a banned person's messages
 # deleted in chunks, and webhook deliveries. Each starts from an Events listener.
@@ -11917,9 +14350,8 @@ class Webhooks:
             log.warning("webhook for bot %d answered %d (redirects aren't followed); nothing posted",
                         delivery.bot_id, reply.status)
         elif reply.headers.get("content-type") and reply.body:
-            # Campfire saves any other reply as an attachment; this server has no attachments yet.
-            log.warning("webhook for bot %d answered %d with %s (%d bytes): attachments are not supported; "
-                        "nothing posted", delivery.bot_id, reply.status, reply.content_type, len(reply.body))
+            # Any other reply is a file, posted as attachment.<ext> (Campfire's app/models/webhook.rb).
+            await self._post_file_reply(delivery, reply)
         elif not 200 <= reply.status < 300:
             log.warning("webhook for bot %d answered %d; nothing posted", delivery.bot_id, reply.status)
 
@@ -11957,20 +14389,114 @@ class Webhooks:
             self._tls = ssl.create_default_context()
         return self._tls
 
-    def _post_reply(self, delivery, text):
-        """The reply as the bot's message, if the bot is still active and in the room."""
+    async def _post_file_reply(self, delivery, reply):
+        import mimetypes  # here: only a bot answering with a file needs its table
+        content_type = normalized_content_type(reply.content_type) or DOWNLOAD_CONTENT_TYPE
+        extension = mimetypes.guess_extension(content_type, strict=False) or ".bin"
+        try:
+            upload = await self.app.store_bytes(UploadedFile("attachment" + extension, content_type,
+                                                             bytes(reply.body)))
+        except HttpError as error:
+            log.warning("webhook reply from bot %d not posted: %s", delivery.bot_id, error.message)
+            return
+        if not self._post_reply(delivery, upload=upload):
+            await self.app.discard_uploads([upload])
+
+    def _post_reply(self, delivery, text=None, *, upload=None):
+        """The reply (text, or a file) as the bot's message, if the bot is still active and in
+        the room. True when it was posted."""
         app = self.app
         bot = app.store.user(delivery.bot_id)
         room = app.store.room(delivery.room_id)
         if bot is None or not bot.active or room is None or room.id not in app.store.user_rooms(bot.id):
             log.info("webhook reply from bot %d dropped: the bot or the room is gone", delivery.bot_id)
-            return
+            return False
         try:
+            if upload is not None:
+                app.store.post_attachment(room, bot, upload, random_hex(CLIENT_MESSAGE_ID_BYTES))
+                return True
             app.store.post_message(room, bot, text, random_hex(CLIENT_MESSAGE_ID_BYTES))
+            return True
         except HttpError as error:
             log.warning("webhook reply from bot %d not posted: %s", delivery.bot_id, error.message)
         except Exception:
             log.error("webhook reply from bot %d not posted:\n%s", delivery.bot_id, traceback.format_exc())
+        return False
+
+
+# Link previews (Campfire's unfurl_links_controller.rb and lib/restricted_http/) -------
+# A worker thread resolves the name, keeps only the addresses unfurl_address_allowed
+# accepts (every one must pass, so a name that also points inside is refused),
+# connects to that address itself (so a second lookup can't rebind it), and checks
+# each redirect's address the same way. The whole fetch has one deadline.
+
+class UnfurlRefused(CampfireError):
+    """A preview that can't or mustn't be fetched: a private address, a bad URL, a slow
+    or unreadable page. Answered 204, like a page without a preview."""
+
+
+def _pinned_connection(host, address, port, https, timeout):
+    import http.client
+    base = http.client.HTTPSConnection if https else http.client.HTTPConnection
+
+    class Pinned(base):
+        def connect(self):
+            self.sock = socket.create_connection((address, port), timeout)
+            if https:
+                self.sock = self._context.wrap_socket(self.sock, server_hostname=host)
+    if https:
+        import ssl
+        return Pinned(host, port, timeout=timeout, context=ssl.create_default_context())
+    return Pinned(host, port, timeout=timeout)
+
+
+def fetch_link_preview(url, *, allowed=unfurl_address_allowed, resolve=None, timeout=UNFURL_TIMEOUT):
+    """A LinkPreview of the page at url (blocking: call it from a worker thread), or
+    UnfurlRefused. allowed(address) decides each resolved address; resolve is getaddrinfo."""
+    resolve = resolve or socket.getaddrinfo
+    deadline = time.monotonic() + timeout
+    for _ in range(MAX_UNFURL_REDIRECTS + 1):
+        split = urllib.parse.urlsplit(url)
+        if split.scheme not in ("http", "https") or not split.hostname or len(url) > MAX_UNFURL_URL_CHARS:
+            raise UnfurlRefused("only http and https addresses are previewed")
+        https = split.scheme == "https"
+        try:
+            port = split.port or (443 if https else 80)
+            addresses = [info[4][0] for info in resolve(split.hostname, port, type=socket.SOCK_STREAM)]
+        except (OSError, ValueError, UnicodeError) as error:
+            raise UnfurlRefused("%s can't be resolved (%s)" % (split.hostname, error)) from None
+        if not addresses or not all(allowed(address) for address in addresses):
+            raise UnfurlRefused("%s is a private address" % split.hostname)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UnfurlRefused("no answer within %gs" % timeout)
+        connection = _pinned_connection(split.hostname, addresses[0], port, https, remaining)
+        try:
+            path = (split.path or "/") + ("?" + split.query if split.query else "")
+            connection.request("GET", path, headers={
+                "Host": split.netloc.rpartition("@")[2], "Accept": "text/html,application/xhtml+xml",
+                "User-Agent": "Campfire link preview (+https://once.com/campfire)"})
+            response = connection.getresponse()
+            if response.status in (301, 302, 303, 307, 308) and response.getheader("location"):
+                url = urllib.parse.urljoin(url, response.getheader("location"))
+                continue
+            content_type = response.getheader("content-type", "")
+            if response.status != 200 or "html" not in content_type.lower():
+                raise UnfurlRefused("the page answered %d %s" % (response.status, content_type))
+            body = bytearray()
+            while len(body) < MAX_PREVIEW_PAGE_BYTES:
+                if time.monotonic() > deadline:
+                    raise UnfurlRefused("no whole page within %gs" % timeout)
+                data = response.read1(min(UNFURL_READ_BYTES, MAX_PREVIEW_PAGE_BYTES - len(body)))
+                if not data:
+                    break
+                body += data
+            return extract_link_preview(bytes(body), url, content_type)
+        except (OSError, ValueError, UnicodeError) as error:
+            raise UnfurlRefused("the page could not be read (%s)" % (error or type(error).__name__)) from None
+        finally:
+            connection.close()
+    raise UnfurlRefused("more than %d redirects" % MAX_UNFURL_REDIRECTS)
 
 
 # Web Push deliveries ---------------------------------------------------------------
@@ -13483,7 +16009,7 @@ def _iso_seconds(stamp):
 
 
 ####
-#### 17. The server
+#### 18. The server
 ####
 # A thin adapter: asyncio feeds bytes to HttpParser, hands each request to
 # App.handle in order and writes the responses back.
@@ -13494,12 +16020,67 @@ def _error_bytes(status, message, date=None):
                               keep_alive=False, date=date)
 
 
+class BodyReader:
+    """A streamed upload's body between the connection, which feed()s what arrives, and
+    the handler, which awaits read(). Past UPLOAD_READ_AHEAD_BYTES unread, the
+    socket stops being read until the handler catches up (its disk writes set the pace)."""
+
+    def __init__(self, pause, resume):
+        self._pause, self._resume = pause, resume
+        self._chunks = collections.deque()
+        self._buffered = 0
+        self._ended = False
+        self._error = None
+        self._waiter = None
+        self.paused = False
+
+    def feed(self, data):
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= UPLOAD_READ_AHEAD_BYTES and not self.paused:
+            self.paused = True
+            self._pause()
+        self._wake()
+
+    def end(self):
+        self._ended = True
+        self._wake()
+
+    def abort(self, error):
+        self._error = error
+        self._wake()
+
+    def _wake(self):
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self):
+        """The next piece of the body; b"" at its end. ConnectionError when the client left."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        if self._error is not None:
+            raise self._error
+        data = self._chunks.popleft()
+        self._buffered -= len(data)
+        if self.paused and self._buffered < UPLOAD_READ_AHEAD_BYTES // 2:
+            self.paused = False
+            self._resume()
+        return data
+
+
 class HttpConnection(asyncio.Protocol):
     def __init__(self, server):
         self.server = server
         self.app = server.app
         self.transport = None
-        self.parser = HttpParser(self.app.body_limit)
+        self.parser = HttpParser(self.app.body_limit, self.app.upload_limit)
+        self.streaming = None      # the BodyReader of an upload being received
         self.remote_addr = "0.0.0.0"
         self.deadline = 0.0
         self.head_deadline = None
@@ -13526,6 +16107,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closing = True
         self.server.connections.discard(self)
+        if self.streaming is not None:
+            self.streaming.abort(ClientGone("The connection closed before the upload ended."))
+            self.streaming = None
         if self.upgraded is not None:
             self.app.cable.connection_lost(self.upgraded)
 
@@ -13533,7 +16117,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport.pause_reading()
 
     def resume_writing(self):
-        if not self.closing and self.waiting is None:
+        if not self.closing and (self.waiting is None or (self.streaming is not None and not self.streaming.paused)):
             self.transport.resume_reading()
 
     def data_received(self, data):
@@ -13550,6 +16134,9 @@ class HttpConnection(asyncio.Protocol):
             return
         self.parser.receive_data(data)
         try:
+            if self.streaming is not None:
+                self._feed_body()
+                return
             self._process()
         except Exception:
             log.error("connection from %s failed:\n%s", self.remote_addr, traceback.format_exc())
@@ -13568,10 +16155,17 @@ class HttpConnection(asyncio.Protocol):
                 break
             request.remote_addr = self.remote_addr
             request.scheme = self.server.scheme
+            if request.streaming:
+                request.body_reader = BodyReader(self._pause_upload, self._resume_upload)
             response = app.handle(request)
             if not isinstance(response, Response):
-                self._wait_for(request, response)
+                if request.streaming:
+                    self._stream_for(request, response)
+                else:
+                    self._wait_for(request, response)
                 return
+            if request.streaming:  # answered before its body was read: nothing can follow it
+                request.keep_alive = False
             if not self._respond(request, response):
                 return
             self.head_deadline = None
@@ -13592,11 +16186,24 @@ class HttpConnection(asyncio.Protocol):
 
     def _respond(self, request, response):
         """Write one response, or hold it for the group commit; False when this
-        connection reads no further request (closed, closing or upgraded)."""
+        connection reads no further request (closed, closing, upgraded or sending a file)."""
         keep_alive = request.keep_alive and not self.server.stopping
         data = self.app.serialize(request, response, keep_alive)
         if response.upgrade is not None and response.status == 101:
             self._upgrade(data, response.upgrade)
+            return False
+        if response.file is not None:
+            if request.method == "HEAD" or self.held:  # (behind held answers: rare enough to close after)
+                response.file.file.close()
+                if self.held:
+                    self.held.append((_error_bytes(503, "Please try again."), False))
+                    self.transport.pause_reading()
+                    return False
+                self.transport.write(data)
+                if not keep_alive:
+                    self.close()
+                return keep_alive
+            self._send_file(data, response.file, keep_alive)
             return False
         if self.app.db.batch_open or self.held:
             self.held.append((data, keep_alive))  # written once the group commit is durable
@@ -13628,6 +16235,78 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.resume_reading()
                 self._process()  # whatever arrived meanwhile
         self.waiting.add_done_callback(answered)
+
+    def _send_file(self, head, body, keep_alive):
+        """Write a file response: its head, then its bytes with sendfile(2) where the
+        transport allows it (asyncio reads and writes in pieces otherwise, as over TLS).
+        Nothing more is read until it is sent."""
+        self.transport.pause_reading()
+        self.transport.write(head)
+        self.deadline = float("inf")  # a slow reader is paced by TCP; close() stops it
+        loop = self.server.loop
+
+        async def send():
+            try:
+                await loop.sendfile(self.transport, body.file, body.offset, body.length)
+            finally:
+                body.file.close()
+        self.waiting = loop.create_task(send())
+
+        def sent(task):
+            self.waiting = None
+            if self.closing or task.cancelled() or task.exception() is not None or not keep_alive:
+                self.close()
+                return
+            self.head_deadline = None
+            self.deadline = loop.time() + self.server.keepalive_timeout
+            self.transport.resume_reading()
+            self._process()
+        self.waiting.add_done_callback(sent)
+
+    def _stream_for(self, request, pending):
+        """An upload's handler is running: the body goes to it as it arrives (_feed_body),
+        and the connection reads nothing else until it has answered."""
+        self.streaming = request.body_reader
+        if request.headers.get("expect", "").lower() == "100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.waiting = self.server.loop.create_task(pending)
+
+        def answered(task):
+            self.waiting = None
+            if self.streaming is not None:  # answered before the body ended (an error): close after
+                self.streaming = None
+                request.keep_alive = False
+            if self.closing or task.cancelled():
+                self.close()
+                return
+            if self._respond(request, task.result()):
+                self.head_deadline = None
+                self.transport.resume_reading()
+                self._process()
+        self.waiting.add_done_callback(answered)
+        self._feed_body()
+
+    def _feed_body(self):
+        reader, parser = self.streaming, self.parser
+        data = parser.take_body()
+        if data:
+            reader.feed(data)
+        if parser.body_done:
+            self.streaming = None
+            reader.end()
+            self.transport.pause_reading()  # the next request waits for this one's answer
+            self.deadline = float("inf")    # the handler's work is bounded (disk writes, one commit)
+        elif not reader.paused:
+            self.deadline = self.server.loop.time() + BODY_IDLE_TIMEOUT
+
+    def _pause_upload(self):
+        self.transport.pause_reading()
+        self.deadline = float("inf")  # the wait is ours (the disk), not the client's
+
+    def _resume_upload(self):
+        if self.streaming is not None and not self.closing:
+            self.transport.resume_reading()
+            self.deadline = self.server.loop.time() + BODY_IDLE_TIMEOUT
 
     def _upgrade(self, handshake, upgrade):
         """Switch this connection to WebSocket: it belongs to the cable from now on."""
@@ -13881,7 +16560,7 @@ async def serve(config):
 
 
 ####
-#### 18. Operations
+#### 19. Operations
 ####
 # Long jobs for the command line, each reporting its progress: seed, backup,
 # restore, check, administrators, and the deployment recipes.
@@ -14480,7 +17159,7 @@ dbs:
 
 
 ####
-#### 19. Command line
+#### 20. Command line
 ####
 
 # The commands and their options, as a table that both the parser and the

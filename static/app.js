@@ -5,6 +5,7 @@ import { Cable, showConnection } from "./cable.js"
 import { MessageList, RoomStream, decorateMessages, muteToggle } from "./messages.js"
 import { MessageScroller } from "./scroller.js"
 import { Composer } from "./composer.js"
+import { Uploads, Lightbox, squareImageInputs } from "./uploads.js"
 import { MessageActions } from "./actions.js"
 import { Sidebar, Presence } from "./sidebar.js"
 import { confirmDangerousForms, filterPickers, bellInPlace, roomKindFollowsChoice } from "./forms.js"
@@ -28,6 +29,8 @@ function startRoom(section, cable, notifications, threads = null) {
   const form = section.querySelector("form.composer")
   let actions = null
   const composer = form && new Composer(form, { list, stream, scroller, cable, onEditLast: (message) => actions.edit(message) })
+  if (form) new Uploads(form, { list, stream, scroller, dropTarget: section, pasteTarget: composer.editor.root })
+  new Lightbox(list.element)
   actions = new MessageActions(list, { composer, scroller, openThread: threads && ((url, method) => threads.open(url, method)) })
   // The composer has the focus when the room opens (a permalink's message has it instead).
   if (composer && !section.querySelector(".messages[data-highlight-id]")) composer.editor.root.focus()
@@ -71,6 +74,7 @@ confirmDangerousForms()
 filterPickers()
 bellInPlace()
 roomKindFollowsChoice()
+squareImageInputs()
 
 if (viewer.id) {
   const controlRoot = document.querySelector(".notifications-control")

@@ -183,9 +183,14 @@ export class Composer {
   // true when the server kept it, false when it refused, null when there was no answer.
   // A resend carries the same client_message_id: the server keeps the message once.
   async #post(pending) {
-    const { html, clientId } = this.#pending.get(pending)
+    const sending = this.#pending.get(pending)
     pending.querySelector(".message__status").textContent = "Sending…"
     pending.classList.remove("message--waiting")
+    if (!sending.unfurled) {
+      sending.unfurled = true
+      sending.html += await linkPreview(sending.html)
+    }
+    const { html, clientId } = sending
     const response = await send(this.#form.action, { "message[body]": html, "message[client_message_id]": clientId })
     if (!response) return null
     if (!response.ok) return this.#failed(pending, response.status, response.headers.get("X-Refused-Because")), false
@@ -232,6 +237,35 @@ export class Composer {
     this.#form.classList.toggle("composer--offline", offline)
     if (offline) for (const waiting of this.#outbox) this.#wait(waiting)
     else this.#resendNow()
+  }
+}
+
+// A message that is only a link carries the page's preview, as Campfire's composer adds it: the
+// server fetches it (POST /unfurl_link), and a slow or missing preview never holds the message up.
+export const UNFURL_WAIT_MS = 3000
+export const onlyLink = (html) => {
+  const text = new DOMParser().parseFromString(html, "text/html").body.textContent.trim()
+  return /^https?:\/\/\S+$/i.test(text) ? text : null
+}
+
+export function previewAttachment({ title, url, image, description }) {
+  const attachment = document.createElement("action-text-attachment")
+  const attributes = { "content-type": "application/vnd.actiontext.opengraph-embed", href: url, filename: title, caption: description }
+  if (image) attributes.url = image
+  for (const [name, value] of Object.entries(attributes)) attachment.setAttribute(name, value)
+  return attachment.outerHTML
+}
+
+async function linkPreview(html) {
+  const url = onlyLink(html)
+  if (!url) return ""
+  try {
+    const response = await fetch("/unfurl_link", {
+      method: "POST", body: JSON.stringify({ url }), signal: AbortSignal.timeout(UNFURL_WAIT_MS),
+      headers: { "Content-Type": "application/json", Accept: "application/json" } })
+    return response.status === 200 ? previewAttachment(await response.json()) : ""
+  } catch {
+    return ""
   }
 }
 
