@@ -17,18 +17,20 @@ pure code to the code that touches the world:
   8. QR codes                 byte-mode QR symbols as SVG, for invitation and sign-in links
   9. Web Push                 P-256, ECDSA, AES-128-GCM, HKDF, aes128gcm and VAPID, sans-I/O
  9a. Rails' formats           signed cookies, signed global ids, key derivation, bcrypt
- 10. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
- 11. Domain                   every operation on accounts, people, sessions, rooms, memberships,
-                              messages, boosts, search, bots and push subscriptions, with its SQL; Events
- 12. Rendering                render_* from plain data and a View: pages, fragments, JSON
- 13. Routes                   the route table (the map of the server), then its thin handlers
+ 10. Files                    multipart, file names, image headers, byte ranges, serving rules,
+                              the link-preview address guard and OpenGraph
+ 11. Storage                  Campfire's SQLite schema, migrations, Database and atomic()
+ 12. Domain                   every operation on accounts, people, sessions, rooms, memberships,
+                              messages, boosts, search, bots, push subscriptions and files, with its SQL; Events
+ 13. Rendering                render_* from plain data and a View: pages, fragments, JSON
+ 14. Routes                   the route table (the map of the server), then its thin handlers
                               by feature: sessions, rooms, messages, search, people, account, bots
- 14. Real time                /cable connections, channels and broadcasts
- 15. The application          App: a request in, a response out (no sockets); its caches
- 16. Background work          purges, webhook and push deliveries, automatic backups, off the request path
- 17. The server               asyncio connections, timeouts, group commit, signals
- 18. Operations               seed, backup, restore, check, export, administrators, deployment recipes
- 19. Command line             main()
+ 15. Real time                /cable connections, channels and broadcasts
+ 16. The application          App: a request in, a response out (no sockets); its caches
+ 17. Background work          purges, webhook and push deliveries, link previews, backups, off the request path
+ 18. The server               asyncio connections, timeouts, group commit, signals
+ 19. Operations               seed, check, backup, restore, administrators, deployment recipes
+ 20. Command line             main()
 """
 
 import os
@@ -62,6 +64,7 @@ import errno
 import functools
 import hashlib
 import hmac
+import ipaddress
 import itertools
 import json
 import logging
@@ -76,6 +79,7 @@ import threading
 import time
 import traceback
 import types
+import unicodedata
 import urllib.parse
 import zlib
 from dataclasses import dataclass, field
@@ -109,7 +113,6 @@ ROUTES_KEPT = 4096                       # and matched (method, path) pairs by t
 MEMO_KEY_MAX_CHARS = 512                 # each at most this long (so at most a few MB in all)
 MAX_FORM_FIELDS = 1000                    # urlencoded/multipart pairs per request
 MAX_PARAMS_DEPTH = 32                     # a JSON body's nesting; Rack's param_depth_limit for form names
-MAX_MULTIPART_BOUNDARY_CHARS = 200        # RFC 2046 §5.1.1 allows 70; browsers send about 40
 BODY_LIMITS_KEPT = 10_000                 # (method, path) → body limit answers remembered
 STATIC_PATHS_KEPT = 1000                  # static paths whose last disk check is remembered
 
@@ -215,6 +218,15 @@ AUTOCOMPLETE_CANDIDATES = 500     # names matched before the room's members are 
 MENTION_LOOKAHEAD_CHARS = 2 * MAX_NAME_CHARS  # a name is looked for in this many characters after "@"
                                               # (longer than any name, escaped: "&" is "&amp;")
 PRESENCE_WINDOW = 60.0            # seconds: a member seen on /cable this recently isn't "disconnected"
+# Catching up: the mentions inbox, @everyone and @here, threads, bookmarks.
+MAX_ROW_ID = 2 ** 63 - 1          # SQLite's largest rowid: "before" when paging from the newest
+MENTION_COUNTS_KEPT = 50_000      # people whose unread mention counts are remembered (then all forgotten)
+MAX_SAVED_PAGE = 100_000          # the furthest page of saved messages a link may ask for (an OFFSET SQLite holds)
+MENTIONS_PAGE_SIZE = 40           # the inbox and the saved list show this many at a time, newest first
+EVERYONE_OPEN_LIMIT = 20          # people in a room above which only administrators and the room's
+                                  # creator may notify @everyone (a nudge against paging a crowd)
+THREAD_REPLIER_AVATARS = 3        # the last repliers shown beside "N replies"
+MAX_MENTION_COUNT_SHOWN = 99      # the sidebar says "99+" past it
 BOOST_QUICK_PICKS = ("👍", "👏", "👋", "💪", "❤️", "😂", "🎉", "🔥")
 
 # Accounts, people, sign-in links and QR codes (Campfire's app/controllers/accounts/*).
@@ -230,6 +242,28 @@ QR_CODES_KEPT_BYTES = 2 * 1024 * 1024      # drawn codes remembered (~7 KB of SV
                                            # 54 KB at most): a link shown again costs nothing
 QR_CODE_LIMIT = (30, 60.0)                 # codes drawn afresh per IP per minute → 429 (each costs tens of ms)
 MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted this many per event-loop turn
+
+# Uploaded files, kept in Active Storage's layout (storage/files/<ab>/<cd>/<key>), so
+# a Once Campfire storage opens with its files. An upload streams to a temporary file
+# as it arrives: memory holds at most the read-ahead and one write, whatever its size.
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024      # one file; 413 past it (CAMPFIRE_MAX_UPLOAD_BYTES changes it)
+UPLOAD_FORM_OVERHEAD_BYTES = 64 * 1024    # an upload's multipart headers and its other fields
+MAX_UPLOAD_FIELD_BYTES = MESSAGE_BODY_LIMIT  # the text fields of an upload form, together
+UPLOAD_READ_AHEAD_BYTES = 1024 * 1024     # body bytes buffered before the socket stops being read
+UPLOAD_WRITE_BYTES = 256 * 1024           # written to disk at a time (one worker-thread call)
+MAX_FORM_FILES = 2                        # files kept from one form: a message's file and its preview
+AVATAR_BODY_LIMIT = 4 * 1024 * 1024       # a profile or bot form with its picture: the browser sends 512×512
+# Campfire caches avatars for 30 minutes (users/avatars_controller.rb); their URL doesn't change with the
+# picture, so a new one would show late. Revalidated each time instead: a 304 when unchanged.
+AVATAR_CACHE_CONTROL = "private, no-cache"
+AVATAR_PIXELS = 512                       # the browser crops a picture to this square (Campfire's variant size)
+LOGO_CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=604800"  # accounts/logos_controller.rb
+FILE_SEND_CHUNK_BYTES = 256 * 1024        # read from disk at a time where sendfile can't be used
+FILE_WORKERS = 4                          # threads for file I/O (uploads, opening downloads)
+BLOB_KEY_CHARS = 28                       # Active Storage's SecureRandom.base36(28)
+BLOB_KEY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+FILE_CACHE_CONTROL = "private, max-age=3600"  # a blob never changes, but who may read it can
+PREVIEW_MAX_WIDTH, PREVIEW_MAX_HEIGHT = 1200, 800  # Campfire's thumbnail box (app/models/message/attachment.rb)
 
 # Bots and their webhooks (Campfire's app/models/webhook.rb: 7 s per connect and
 # per read, no retries). A reply is a message, and a message holds
@@ -296,7 +330,7 @@ BACKUP_STOP_WAIT = 15.0                    # seconds SIGTERM waits for a cancell
 STORAGE_LOCK_FILE = ".campfire.lock"       # held by a running server: restore refuses while it is
 UPLOADS_DIR_NAME = "files"                 # storage/files/: uploads in Active Storage's disk layout
 
-# Off-site copies of backups (BACKUP_URL: s3:// or https://), section 15.
+# Off-site copies of backups (BACKUP_URL: s3:// or https://), section 17.
 # A multipart part, and the largest file sent in one PUT: a failure resends at
 # most this much, and a 1 GiB backup is 64 parts.
 OFFSITE_PART_BYTES = 16 * 1024 * 1024
@@ -425,11 +459,11 @@ SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "
 
 STATUS_REASONS = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created",
-    204: "No Content", 301: "Moved Permanently", 302: "Found", 303: "See Other",
+    204: "No Content", 206: "Partial Content", 301: "Moved Permanently", 302: "Found", 303: "See Other",
     304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    409: "Conflict", 413: "Content Too Large", 414: "URI Too Long",
-    415: "Unsupported Media Type", 417: "Expectation Failed",
+    409: "Conflict", 411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
+    415: "Unsupported Media Type", 416: "Range Not Satisfiable", 417: "Expectation Failed",
     422: "Unprocessable Content", 426: "Upgrade Required", 429: "Too Many Requests",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable",
@@ -453,6 +487,110 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+# multipart/form-data (RFC 7578). Past a limit marked 413 the request is answered
+# "Content Too Large"; the others are malformed bodies, 400.
+MAX_BOUNDARY_CHARS = 70                   # RFC 2046 §5.1.1: 1 to 70 characters
+MAX_MULTIPART_PARTS = MAX_FORM_FIELDS     # 413 past it; a form of ours has fewer than 10 fields
+MAX_PART_HEADER_BYTES = 8 * 1024          # 413 past it: one part's header block; a 255-byte
+                                          # name, percent-encoded in filename*, is under 1 KiB
+MAX_PART_HEADER_FIELDS = 16               # 413 past it; browsers send 2 (RFC 7578 §4.8 allows 3)
+MAX_MULTIPART_PREAMBLE_BYTES = 64 * 1024  # no boundary by then: the declared one is wrong, 400
+MAX_TRANSPORT_PADDING_BYTES = 256         # spaces allowed after a boundary (RFC 2046 §5.1.1)
+
+# File names.
+MAX_FILENAME_BYTES = 255                  # NAME_MAX of ext4, APFS and NTFS: a download must fit
+MAX_EXTENSION_BYTES = 16                  # a longer ".tail" is not an extension worth keeping
+FALLBACK_FILENAME = "file"                # what a name that was only dots and slashes becomes
+
+# Image headers. A PNG, GIF or WebP needs at most IMAGE_HEADER_BYTES; a JPEG
+# needs everything up to its frame header, which follows its metadata
+# segments (EXIF, ICC profile, XMP: rarely past 64 KiB, at most JPEG_SCAN_LIMIT).
+IMAGE_HEADER_BYTES = 33                   # PNG signature + IHDR with its CRC (8 + 25)
+IMAGE_SNIFF_BYTES = 64 * 1024             # what sniff_image() is usually given: all common JPEGs fit
+JPEG_SCAN_LIMIT = 16 * 1024 * 1024        # 422 past it: no camera or editor writes this much metadata
+MAX_IMAGE_SIDE_PIXELS = 65_535            # JPEG's own ceiling; past it no browser decodes the image
+MAX_IMAGE_PIXELS = 1 << 28                # 268 megapixels (16384²), above browsers' decode limits
+
+# Byte ranges (RFC 9110 §14).
+MAX_RANGE_SPECS = 100                     # more ranges in one header: ignored (§14.2 lets us), 200
+MAX_RANGE_DIGITS = 18                     # positions past 10**18 bytes stand for "beyond the end"
+
+# Link previews: a page is read up to this many bytes, and only its <head>.
+MAX_PREVIEW_PAGE_BYTES = 1024 * 1024      # the fetch reads at most 1 MiB
+UNFURL_TIMEOUT = 10.0                     # seconds for a whole preview fetch, redirects included
+MAX_UNFURL_REDIRECTS = 3                  # followed, each checked again like the first address
+UNFURL_WORKERS = 16                       # previews fetched at once (Campfire's limit); past it, 204
+MAX_UNFURL_URL_CHARS = 2048               # a longer URL gets no preview
+UNFURL_READ_BYTES = 64 * 1024             # read from a page's socket at a time
+CHARSET_PRESCAN_BYTES = 1024              # WHATWG HTML §13.2.3.2: <meta charset> within 1024 bytes
+MAX_PREVIEW_TITLE_CHARS = 300             # longer titles are cut (a chat line, not an article)
+MAX_PREVIEW_DESCRIPTION_CHARS = 1000
+MAX_PREVIEW_URL_CHARS = 2048              # longer URLs are dropped, not cut (a cut URL is wrong)
+PREVIEW_FEED_CHARS = 8 * 1024             # the HTML parser is fed this much at a time, and
+PREVIEW_PENDING_CHARS = 64 * 1024         # stops when markup this long is still unfinished
+MAX_PREVIEW_MARKUP_ITEMS = 5000           # tags, comments and texts read in a head; real heads
+                                          # have a few hundred (a news site's: ~300)
+
+# The unfurl guard (Campfire's lib/restricted_http/private_network_guard.rb):
+# a link preview never fetches from these.
+BLOCKED_IPV4_NETWORKS = tuple(ipaddress.IPv4Network(network) for network in (
+    "0.0.0.0/8",          # "this network" (RFC 791)
+    "10.0.0.0/8",         # private (RFC 1918)
+    "100.64.0.0/10",      # carrier-grade NAT (RFC 6598)
+    "127.0.0.0/8",        # loopback
+    "168.63.129.16/32",   # Azure's host agent and DNS, reachable from every VM
+    "169.254.0.0/16",     # link-local, and cloud metadata at 169.254.169.254 (RFC 3927)
+    "172.16.0.0/12",      # private (RFC 1918)
+    "192.0.0.0/24",       # IETF protocol assignments (RFC 6890)
+    "192.0.2.0/24",       # TEST-NET-1 (RFC 5737)
+    "192.88.99.0/24",     # 6to4 relay anycast (RFC 7526)
+    "192.168.0.0/16",     # private (RFC 1918)
+    "198.18.0.0/15",      # benchmarking (RFC 2544)
+    "198.51.100.0/24",    # TEST-NET-2 (RFC 5737)
+    "203.0.113.0/24",     # TEST-NET-3 (RFC 5737)
+    "224.0.0.0/4",        # multicast
+    "240.0.0.0/4",        # reserved, and the broadcast address 255.255.255.255
+))
+IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")   # RFC 4291 §2.4: all else is refused
+BLOCKED_IPV6_NETWORKS = tuple(ipaddress.IPv6Network(network) for network in (
+    "2001::/23",          # IETF protocol assignments: Teredo 2001::/32 (embeds IPv4), benchmarking,
+                          # ORCHID (RFC 2928, RFC 6890)
+    "2001:db8::/32",      # documentation (RFC 3849)
+    "2002::/16",          # 6to4: embeds an IPv4 address (RFC 3056)
+    "3fff::/20",          # documentation (RFC 9637)
+))
+# Outside 2000::/3, and so refused with it: ::/128, ::1, IPv4-mapped ::ffff:0:0/96 and
+# IPv4-compatible ::/96, NAT64 64:ff9b::/96 and 64:ff9b:1::/48, discard 100::/64,
+# ULA fc00::/7, link-local fe80::/10, multicast ff00::/8.
+
+# Serving files. Images, video, audio and PDF are shown inline; everything else
+# downloads. SVG is an image that can carry script, so it downloads too.
+INLINE_CONTENT_TYPES = frozenset((
+    "image/png", "image/jpeg", "image/gif", "image/webp",   # the four whose headers are checked
+    "video/mp4", "video/webm", "video/ogg", "video/quicktime",
+    "audio/mpeg", "audio/mp4", "audio/aac", "audio/ogg", "audio/opus", "audio/wav",
+    "audio/x-wav", "audio/webm", "audio/flac",
+    "application/pdf",
+))
+INLINE_IMAGE_TYPES = frozenset(("image/png", "image/jpeg", "image/gif", "image/webp"))  # shown in a message
+DOWNLOAD_CONTENT_TYPE = "application/octet-stream"  # what every other file is served as
+# Every file response: the browser must not guess a type (an upload declared
+# image/png that is really HTML stays an image), and what it opens as a page runs
+# no script and has an origin of its own (W3C CSP3 §6.3.2.1 sandbox).
+FILE_CONTENT_SECURITY_POLICY = "sandbox"
+FILE_RESPONSE_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", FILE_CONTENT_SECURITY_POLICY),
+    ("Cross-Origin-Resource-Policy", "same-origin"),  # other sites can't embed our files
+    ("Accept-Ranges", "bytes"),                       # RFC 9110 §14.3: videos seek
+)
+# Chromium's PDF viewer refuses to run in a sandboxed document (crbug.com/413851),
+# so a PDF gets no sandbox: served as application/pdf with nosniff, the browser
+# only ever hands it to its PDF viewer, whose scripts never run on our origin.
+PDF_RESPONSE_HEADERS = tuple(header for header in FILE_RESPONSE_HEADERS
+                             if header[0] != "Content-Security-Policy")
+
+
 ####
 #### 2. Errors
 ####
@@ -463,12 +601,17 @@ class CampfireError(Exception):
     CampfireError
      ├── HttpError               answered with .status at the HTTP boundary
      │    ├── BadRequest         400: malformed request or form
+     │    │    ├── MultipartError 400: a multipart body that can't be read (section 10)
+     │    │    └── ClientGone     the client left mid-upload: its handler stops, nothing is sent
      │    ├── Forbidden          403: signed in, but not allowed
      │    ├── NotFound           404: also for what you may not know exists
      │    │    └── RecordNotFound 404 for a record asked by id (the bot API answers it in JSON)
      │    ├── MethodNotAllowed   405: the path exists, not for this method (with Allow)
      │    ├── PayloadTooLarge    413
+     │    │    └── MultipartTooLarge 413: too many parts, or a part header too long
+     │    ├── RangeNotSatisfiable 416: no requested byte range is in the file
      │    ├── Unprocessable      422: well-formed but invalid (an empty message)
+     │    │    └── ImageHeaderError 422: an image whose header is cut off, corrupt or absurd
      │    ├── TooManyRequests    429: a rate limit
      │    └── ServiceUnavailable 503: a write the disk refused, or too much work waiting
      ├── ConfigError             bad configuration: the CLI prints it, exits 1
@@ -476,13 +619,13 @@ class CampfireError(Exception):
      │    ├── BackupInvalid      an archive or database that fails its checks
      │    ├── BackupRefused      a restore that would lose data (a newer schema, a storage in use)
      │    └── BackupCancelled    stopped by Ctrl-C or shutdown: everything half-written removed
-     ├── OffsiteError            a copy to BACKUP_URL that failed (section 15; OffsiteError draws its subtree)
+     ├── OffsiteError            a copy to BACKUP_URL that failed (section 17; OffsiteError draws its subtree)
      ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
      ├── CableCommandError       an Action Cable command that can't be read: ignored
      ├── WebPushError            bad subscription keys or endpoint (422), bad VAPID keys (at start)
-     ├── PushFailed              a push service that didn't answer in time: logged (section 16)
-     └── WebhookFailed           a delivery that failed: logged (section 16)
+     ├── PushFailed              a push service that didn't answer in time: logged (section 17)
+     └── WebhookFailed           a delivery that failed: logged (section 17)
           └── WebhookTimedOut    no answer within 7 s: the bot "failed to respond"
 
     WebSocket protocol errors never raise: they close the socket with 1002,
@@ -535,6 +678,37 @@ class TooManyRequests(HttpError):
 
 class ServiceUnavailable(HttpError):
     status = 503
+
+
+class MultipartError(BadRequest):
+    """400: a multipart/form-data body that can't be read (a wrong or missing
+    boundary, a truncated body, a malformed part header)."""
+
+
+class MultipartTooLarge(PayloadTooLarge):
+    """413: a multipart body past MAX_MULTIPART_PARTS parts, or a part whose
+    header is past MAX_PART_HEADER_BYTES or MAX_PART_HEADER_FIELDS."""
+
+
+class ImageHeaderError(Unprocessable):
+    """422: a file that starts like a PNG, GIF, JPEG or WebP image but whose
+    header is cut off, corrupt, or states a size that is zero or absurd."""
+
+
+class RangeNotSatisfiable(HttpError):
+    """416: a Range header none of whose ranges overlaps the representation;
+    the answer carries Content-Range: bytes */length (RFC 9110 §15.5.17)."""
+
+    status = 416
+
+    def __init__(self, length):
+        super().__init__("None of the requested ranges is within the file's %d bytes." % length,
+                         headers=[("Content-Range", "bytes */%d" % length)])
+        self.length = length
+
+
+class ClientGone(BadRequest):
+    """400 that no one reads: the client closed its connection mid-upload (nothing is logged)."""
 
 
 class ConfigError(CampfireError):
@@ -692,6 +866,16 @@ def escape(value):
     return HTML(escape_html(str(value)))
 
 
+def format_bytes(count):
+    """A size as people read it, in steps of 1,024 as Rails' number_to_human_size: "1.5 MB"."""
+    if count < 1024:
+        return "1 byte" if count == 1 else "%d bytes" % count
+    for unit in ("KB", "MB", "GB", "TB"):
+        count /= 1024
+        if count < 1024 or unit == "TB":
+            return ("%.1f" % count).removesuffix(".0") + " " + unit
+
+
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -820,7 +1004,6 @@ def scrypt_password(password, n=SCRYPT_N):
     return "$scrypt$n=%d,r=%d,p=%d$%s$%s" % (n, SCRYPT_R, SCRYPT_P, b64url_encode(salt), b64url_encode(key))
 
 
-@functools.lru_cache(maxsize=2)
 def unknown_password_digest(n=SCRYPT_N, bcrypt_cost=None):
     """A digest no password matches, made as today's are: checking it makes a sign-in
     for an unknown address take as long as one for a known address (Rails' authenticate_by
@@ -907,7 +1090,7 @@ class Request:
 
     __slots__ = ("method", "target", "path", "query_string", "version", "headers", "body",
                  "keep_alive", "remote_addr", "scheme", "id", "started", "user", "session",
-                 "set_cookies", "_query", "_form", "_params", "_cookies", "files")
+                 "set_cookies", "_query", "_form", "_params", "_cookies", "files", "streaming", "body_reader")
 
     def __init__(self, method, target, version="HTTP/1.1", headers=None, body=b""):
         self.method = method
@@ -930,6 +1113,8 @@ class Request:
         self.session = None
         self.set_cookies = []
         self.files = {}
+        self.streaming = False     # the body is an upload, read as it arrives (HttpParser.take_body)
+        self.body_reader = None    # the server's BodyReader of a streamed body
         self._query = self._form = self._params = self._cookies = None
 
     def header(self, name, default=""):
@@ -949,7 +1134,9 @@ class Request:
         """urlencoded or multipart fields; files go to request.files."""
         if self._form is None:
             content_type = self.headers.get("content-type", "")
-            if content_type.startswith("multipart/form-data"):
+            if self.streaming:  # an upload: its handler reads the body as it arrives (App.receive_form)
+                self._form = FormData([])
+            elif content_type.startswith("multipart/form-data"):
                 fields, self.files = parse_multipart(self.body, content_type)
                 self._form = FormData(fields)
             elif content_type.startswith("application/x-www-form-urlencoded") or not content_type:
@@ -1168,40 +1355,16 @@ def _parse_cookies(header):
 _parse_cookies_kept = functools.lru_cache(maxsize=COOKIE_HEADERS_KEPT)(_parse_cookies)
 
 
-_DISPOSITION_PARAM_RE = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"([^"]*)"|([^;\s]*))')
-
-
 def parse_multipart(body, content_type):
-    """multipart/form-data (RFC 7578) → ([(name, value)], {name: UploadedFile})."""
-    match = re.search(r'boundary="?([^";]{1,%d})"?' % MAX_MULTIPART_BOUNDARY_CHARS, content_type)
-    if not match:
-        raise BadRequest("The multipart boundary is missing.")
-    delimiter = b"--" + match.group(1).encode("latin-1")
+    """A whole multipart/form-data body (a small form; uploads stream instead) →
+    ([(name, value)], {name: UploadedFile}). MultipartError (400) when it can't be read."""
     fields, files = [], {}
-    parts = body.split(delimiter)
-    if len(parts) < 3 or not parts[-1].startswith(b"--"):
-        raise BadRequest("The multipart body is incomplete.")
-    for part in parts[1:-1][:MAX_FORM_FIELDS]:
-        head, sep, data = part.partition(b"\r\n\r\n")
-        if not sep or not data.endswith(b"\r\n"):
-            raise BadRequest("A multipart part is malformed.")
-        data = data[:-2]
-        disposition = {}
-        part_type = "application/octet-stream"
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-disposition":
-                for key, quoted, bare in _DISPOSITION_PARAM_RE.findall(value):
-                    disposition[key.lower()] = quoted or bare
-            elif name.strip().lower() == "content-type":
-                part_type = value.strip()
-        name = disposition.get("name")
-        if name is None:
-            continue
-        if "filename" in disposition:
-            files[name] = UploadedFile(disposition["filename"], part_type, data)
-        else:
-            fields.append((name, data.decode("utf-8", "replace")))
+    for part, data in read_multipart(body, content_type):
+        if part.filename is None:
+            fields.append((part.name, data.decode("utf-8", "replace")))
+        elif part.filename and part.name not in files:
+            files[part.name] = UploadedFile(safe_filename(part.filename), part.content_type or DOWNLOAD_CONTENT_TYPE,
+                                            data)
     return fields, files
 
 
@@ -1219,12 +1382,18 @@ class HttpParser:
 
     `body_limit(method, path)` names the largest body a route accepts; a larger
     Content-Length is refused with 413 before any of the body is read.
+
+    `upload_limit(request)` is the largest upload the request may carry, or None
+    when its body is not an upload. An upload's Request comes out as soon as its
+    head is read, with .streaming set; its body is then taken piece by piece
+    with take_body() until body_done, and never held whole.
     """
 
-    HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS = range(5)
+    HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS, STREAM = range(6)
 
-    def __init__(self, body_limit=None):
+    def __init__(self, body_limit=None, upload_limit=None):
         self._body_limit = body_limit or (lambda method, path: DEFAULT_BODY_LIMIT)
+        self._upload_limit = upload_limit or (lambda request: None)
         self._buffer = bytearray()
         self._state = self.HEAD
         self._request = None
@@ -1241,6 +1410,22 @@ class HttpParser:
     @property
     def reading_body(self):
         return self._state != self.HEAD
+
+    @property
+    def body_done(self):
+        """Whether a streamed body has been taken whole (the next request may follow)."""
+        return self._state != self.STREAM
+
+    def take_body(self):
+        """The bytes of a streamed body that have arrived and not been taken yet."""
+        if self._state != self.STREAM:
+            return b""
+        data = bytes(self._buffer[:self._remaining])
+        del self._buffer[:len(data)]
+        self._remaining -= len(data)
+        if not self._remaining:
+            self._finish()
+        return data
 
     def receive_data(self, data):
         self._buffer += data
@@ -1263,6 +1448,10 @@ class HttpParser:
                     return None
                 if self._state == self.HEAD:
                     return self._finish()
+                if self._state == self.STREAM:
+                    return self._request
+            elif self._state == self.STREAM:
+                return None  # the body is taken with take_body()
             elif self._state == self.BODY:
                 if len(self._buffer) < self._remaining:
                     return None
@@ -1384,22 +1573,30 @@ class HttpParser:
             raise HttpError("Only 100-continue is understood.", 417)
         transfer_encoding = headers.get("transfer-encoding")
         content_length = headers.get("content-length")
+        upload_limit = self._upload_limit(request)
         if transfer_encoding is not None:
             # RFC 9112 §6.1: both headers is a smuggling attempt; only chunked is spoken.
             if content_length is not None:
                 raise BadRequest("Both Transfer-Encoding and Content-Length were sent.")
             if transfer_encoding.strip().lower() != "chunked":
                 raise HttpError("Only chunked transfer coding is understood.", 501)
+            if upload_limit is not None:  # its size must be known before it is read
+                raise HttpError("Send files with a Content-Length.", 411)
             limit = self._body_limit(request.method, request.path)
             self._request, self._state, self._chunks, self._limit = request, self.CHUNK_SIZE, [], limit
         elif content_length is not None:
             if not _CONTENT_LENGTH_RE.match(content_length):
                 raise BadRequest("Content-Length is malformed.")
             length = int(content_length)
-            if length and length > self._body_limit(request.method, request.path):
+            if upload_limit is not None and length > upload_limit:
+                raise PayloadTooLarge("A file can be at most %s." % format_bytes(upload_limit - UPLOAD_FORM_OVERHEAD_BYTES))
+            if length and upload_limit is None and length > self._body_limit(request.method, request.path):
                 raise PayloadTooLarge("The request body is too large.")
             self._request = request
-            if length:
+            if length and upload_limit is not None:
+                request.streaming = True
+                self._state, self._remaining = self.STREAM, length
+            elif length:
                 self._state, self._remaining = self.BODY, length
         else:
             self._request = request
@@ -1423,12 +1620,14 @@ def _refuse_request_line(request_line):
     raise BadRequest("The request line is malformed.")
 
 
-def serialize_response(status, headers, body, *, keep_alive, head_only=False, date=None):
-    """The bytes of a response: status line, headers, Date, Content-Length, body."""
+def serialize_response(status, headers, body, *, keep_alive, head_only=False, date=None, content_length=None):
+    """The bytes of a response: status line, headers, Date, Content-Length, body.
+    content_length: of a body sent after these bytes (a file), instead of `body`'s."""
     has_body = status >= 200 and status != 204 and status != 304
     head = "HTTP/1.1 %d %s\r\n%sDate: %s\r\n%s%s\r\n" % (
         status, STATUS_REASONS.get(status, "Status"), "".join([f"{name}: {value}\r\n" for name, value in headers]),
-        date or http_date(), "Content-Length: %d\r\n" % len(body) if has_body else "",
+        date or http_date(), "Content-Length: %d\r\n" % (len(body) if content_length is None else content_length)
+        if has_body else "",
         "" if keep_alive else "Connection: close\r\n")
     if head_only or not has_body:
         return head.encode("latin-1")
@@ -1438,7 +1637,7 @@ def serialize_response(status, headers, body, *, keep_alive, head_only=False, da
 class Response:
     """What a handler returns. Bodies are bytes by the time they are sent."""
 
-    __slots__ = ("status", "body", "headers", "content_type", "compressible", "upgrade")
+    __slots__ = ("status", "body", "headers", "content_type", "compressible", "upgrade", "file")
 
     def __init__(self, body=b"", status=200, content_type="text/html; charset=utf-8", headers=None):
         self.status = status
@@ -1447,6 +1646,7 @@ class Response:
         self.headers = list(headers or ())
         self.compressible = True
         self.upgrade = None
+        self.file = None          # a FileBody sent instead of body: a stored file, never read whole
 
     def header(self, name):
         lowered = name.lower()
@@ -1458,6 +1658,20 @@ class Response:
     @property
     def text(self):
         return self.body.decode("utf-8", "replace")
+
+
+@dataclass(slots=True)
+class FileBody:
+    """length bytes of an open file from offset: the body of a file response."""
+
+    file: object
+    offset: int
+    length: int
+
+    def read_all(self):
+        """The bytes, for tests and small files."""
+        self.file.seek(self.offset)
+        return self.file.read(self.length)
 
 
 def redirect(location, status=303):
@@ -1502,7 +1716,7 @@ def accepts_gzip(request):
 
 
 # Routing: a route table in, matches and URLs out -----------------------------
-# The table itself is the application's (section 13); this is the machinery,
+# The table itself is the application's (section 14); this is the machinery,
 # pure like the parser above.
 
 @dataclass(frozen=True, slots=True)
@@ -1519,10 +1733,11 @@ class Route:
     handler: object
     auth: str = "user"
     body_limit: int = FORM_BODY_LIMIT
+    upload: bool = False    # a multipart body here is read as it arrives, files to disk (App.receive_form)
 
 
 def build_routes(rows):
-    """Rows (methods, pattern, name, handler[, auth[, body_limit]]) → Routes, one per
+    """Rows (methods, pattern, name, handler[, auth[, body_limit[, upload]]]) → Routes, one per
     method ("PATCH PUT" is two), checked by check_routes."""
     return check_routes(tuple(Route(method, pattern, name, handler, *rest)
                               for methods, pattern, name, handler, *rest in rows for method in methods.split()))
@@ -2283,7 +2498,7 @@ def cable_reply(identifier, kind):
 # Message bodies are Trix HTML. On the way in they pass sanitize_html (an
 # allow-list rebuild, so the output is canonical, well-formed and idempotent);
 # html_to_plain_text feeds search, webhooks, notifications and /play;
-# render_rich_text (section 12) swaps stored mention attachments for chips on the way out.
+# render_rich_text (section 13) swaps stored mention attachments for chips on the way out.
 # Campfire's helpers/content_filters/sanitize_tags.rb, exactly: Trix writes
 # strikethrough as <del>, so there is no <s> or <strike>.
 
@@ -2302,6 +2517,8 @@ ATTACHMENT_ATTRIBUTES = frozenset(
     " presentation caption content".split())
 URL_ATTRIBUTES = frozenset(("href", "cite", "url"))
 MENTION_CONTENT_TYPE = "application/vnd.campfire.mention"
+OPENGRAPH_CONTENT_TYPE = "application/vnd.actiontext.opengraph-embed"  # a link preview: href, filename (its
+                                                                        # title), caption, url (its image)
 
 _ATTACHMENT_ALLOWED = ALLOWED_ATTRIBUTES | ATTACHMENT_ATTRIBUTES
 _VOID_TAGS = frozenset(("br", "hr"))
@@ -2571,6 +2788,8 @@ class _PlainText(HTMLParser):
             name = (self._mention_name(attrs.get("sgid") or "")
                     or _fragment_text(attrs.get("content") or ""))
             return name if not name or name.startswith("@") else "@" + name
+        if attrs.get("content-type") == OPENGRAPH_CONTENT_TYPE:
+            return ""  # the link it previews is in the text already
         label = attrs.get("caption") or attrs.get("filename")
         return f"[{label}]" if label else ""
 
@@ -2728,6 +2947,61 @@ def _link_mentions_in_text(text, candidates):
                 break
     pieces.append(text[position:])
     return "".join(pieces)
+
+
+# @everyone and @here stay text in the stored body (as Once Campfire would show
+# them); they notify when posted and show as mentions.
+_GROUP_MENTION = re.compile(r"(?<![\w@])@(everyone|here)(?!\w)", re.I)
+_SKIP_FOR_MARKS = frozenset(("a", "code", "pre", "action-text-attachment"))
+
+
+def group_mentions(plain_text):
+    """{"everyone", "here"}: the groups a message's text notifies."""
+    return {name.lower() for name in _GROUP_MENTION.findall(plain_text)} if "@" in plain_text else set()
+
+
+def _mark_text(html_text, pattern, replace, skip=_SKIP_FOR_MARKS):
+    """Sanitized HTML with pattern's matches in its text (outside the tags in skip) replaced."""
+    parts = _TAG_SPLIT.split(html_text)
+    skipping = 0
+    for index, part in enumerate(parts):
+        if part.startswith("<"):
+            tag = _TAG_NAME.match(part)
+            if tag and tag.group(1).lower() in skip and not part.endswith("/>"):
+                skipping += -1 if part.startswith("</") else 1
+            continue
+        if not skipping and part:
+            parts[index] = pattern.sub(replace, part)
+    return "".join(parts)
+
+
+def render_group_mentions(html_text):
+    """@everyone and @here in a displayed body as mention chips."""
+    if "@" not in html_text:
+        return html_text
+    return _mark_text(html_text, _GROUP_MENTION,
+                      lambda match: '<span class="mention mention--group">%s</span>' % match[0])
+
+
+_SUFFIXES = ("ing", "es", "ed", "s")
+
+
+def highlight_words(html_text, words):
+    """Sanitized HTML with the words a search matched in <mark>: words starting with a
+    query word, or with its stem (FTS5's porter tokenizer matches "designs" for "designing")."""
+    stems = set()
+    for word in words:
+        word = word.lower()
+        stems.add(word)
+        for suffix in _SUFFIXES:
+            if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+                stems.add(word[:-len(suffix)])
+                break
+    if not stems:
+        return html_text
+    pattern = re.compile(r"(?<![\w&#])(?:%s)\w*" % "|".join(map(re.escape, sorted(stems, key=len, reverse=True))),
+                         re.I)
+    return _mark_text(html_text, pattern, lambda match: "<mark>%s</mark>" % match[0], skip=(ATTACHMENT_TAG,))
 
 
 ####
@@ -3041,7 +3315,7 @@ def qr_svg(text: str, *, level: str = "M", module_px: int = 8, border: int = 4) 
 #### 9. Web Push (RFC 8291, RFC 8292)
 ####
 # P-256, ECDSA (RFC 6979), AES-128-GCM, HKDF, the aes128gcm coding and VAPID, pure:
-# bytes and ints in, bytes out. Pushes are encrypted in a worker process (section 16).
+# bytes and ints in, bytes out. Pushes are encrypted in a worker process (section 17).
 
 # P-256, also secp256r1 (FIPS 186-4 §D.1.2.3, SEC 2 §2.4.2): y² = x³ - 3x + b over
 # GF(p), a group of prime order n generated by G.
@@ -4661,7 +4935,1242 @@ def is_bcrypt_digest(digest):
 
 
 ####
-#### 10. Storage
+#### 10. Files
+####
+# The pure building blocks of uploads, downloads and link previews: bytes and
+# strings in, values and events out. Nothing here touches a socket, a file, the
+# clock or the database.
+
+# Header parameters (RFC 9110 §5.6.6, RFC 8187, RFC 9110 §5.6.7) ----------------------
+
+_TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TOKEN_TEXT_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_MEDIA_TYPE_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_OWS = " \t"
+
+
+def _is_control(char):
+    """CTL (RFC 5234 B.1) other than HTAB: never inside a header value."""
+    return (char < " " and char != "\t") or char == "\x7f"
+
+
+def parse_parameters(value):
+    """'form-data; name="a"; filename=b.txt' → ('form-data', [('name', 'a'), ('filename', 'b.txt')]).
+
+    RFC 9110 §5.6.6: parameters follow ";" with optional whitespace; names are
+    tokens, matched case-insensitively (returned lower-cased, in order, repeats
+    kept); values are tokens or quoted strings. Within a quoted string only \\"
+    and \\\\ are escapes: browsers never escape anything else, and Windows paths
+    (C:\\Users\\x.txt) keep their backslashes. Two leniencies that real
+    clients need: whitespace around "=", and an unquoted value of any characters
+    up to the next ";" (boundaries such as boundary=a:b/c?d are sent unquoted).
+    ValueError when it can't be read."""
+    main, _, rest = value.partition(";")
+    params = []
+    i, end = 0, len(rest)
+    while i < end:
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i >= end:
+            break
+        if rest[i] == ";":  # an empty parameter: "a;;b=c"
+            i += 1
+            continue
+        start = i
+        while i < end and rest[i] in _TCHARS:
+            i += 1
+        name = rest[start:i].lower()
+        if not name:
+            raise ValueError("a parameter without a name")
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i >= end or rest[i] != "=":
+            raise ValueError("the parameter %r has no value" % name)
+        i += 1
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i < end and rest[i] == '"':
+            text, i = _quoted_string(rest, i)
+        else:
+            stop = rest.find(";", i)
+            stop = end if stop < 0 else stop
+            text = rest[i:stop].rstrip(_OWS)
+            i = stop
+            if not text or '"' in text or any(_is_control(char) for char in text):
+                raise ValueError("the parameter %r has a malformed value" % name)
+        params.append((name, text))
+        while i < end and rest[i] in _OWS:
+            i += 1
+        if i < end:
+            if rest[i] != ";":
+                raise ValueError("text after the parameter %r" % name)
+            i += 1
+    return main.strip(_OWS).lower(), params
+
+
+def _quoted_string(text, start):
+    """RFC 9110 §5.6.4 quoted-string at text[start] == '"' → (value, index after)."""
+    chars = []
+    i, end = start + 1, len(text)
+    while i < end:
+        char = text[i]
+        if char == '"':
+            return "".join(chars), i + 1
+        if char == "\\" and i + 1 < end and text[i + 1] in '"\\':
+            chars.append(text[i + 1])
+            i += 2
+            continue
+        if _is_control(char):
+            raise ValueError("a control character in a quoted string")
+        chars.append(char)
+        i += 1
+    raise ValueError("a quoted string without its closing quote")
+
+
+def decode_ext_value(value):
+    """RFC 8187 §3.2 ext-value, "UTF-8''na%C3%AFve.txt" → "naïve.txt"; None when
+    it is malformed or in a charset other than UTF-8 or ISO-8859-1 (the two
+    §3.2.1 requires), so the caller falls back to the plain parameter."""
+    charset, quote, rest = value.partition("'")
+    _language, quote2, encoded = rest.partition("'")
+    if not (quote and quote2) or charset.lower() not in ("utf-8", "iso-8859-1"):
+        return None
+    if any(char in " \"'" or _is_control(char) for char in encoded):
+        return None
+    try:
+        return urllib.parse.unquote_to_bytes(encoded).decode(charset.lower(), "strict")
+    except UnicodeDecodeError:
+        return None
+
+
+_HTTP_DATE_MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_IMF_FIXDATE_RE = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) ([A-Z][a-z]{2}) (\d{4}) "
+                             r"(\d\d):(\d\d):(\d\d) GMT\Z")
+_RFC850_DATE_RE = re.compile(r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+                             r"(\d\d)-([A-Z][a-z]{2})-(\d\d) (\d\d):(\d\d):(\d\d) GMT\Z")
+_ASCTIME_DATE_RE = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ([ \d]\d) "
+                              r"(\d\d):(\d\d):(\d\d) (\d{4})\Z")
+
+
+def parse_http_date(value, now=None):
+    """An HTTP-date (RFC 9110 §5.6.7) → seconds since the epoch, or None.
+
+    All three formats a recipient must accept: IMF-fixdate, the obsolete
+    RFC 850 form (its two-digit year is the latest year with those digits that
+    is not more than 50 years after `now`; without `now`, 1970 to 2069) and
+    asctime. The weekday is checked for form only, as RFC 9110 asks of nobody
+    to verify it."""
+    value = value.strip(_OWS)
+    if match := _IMF_FIXDATE_RE.match(value):
+        day, month, year, hour, minute, second = match.groups()
+    elif match := _RFC850_DATE_RE.match(value):
+        day, month, short_year, hour, minute, second = match.groups()
+        reference = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).year if now is not None else 2019
+        year = reference - reference % 100 + int(short_year)
+        if year > reference + 50:
+            year -= 100
+        elif year <= reference - 50:
+            year += 100
+    elif match := _ASCTIME_DATE_RE.match(value):
+        month, day, hour, minute, second, year = match.groups()
+    else:
+        return None
+    if month not in _HTTP_DATE_MONTHS:
+        return None
+    try:
+        moment = datetime.datetime(int(year), _HTTP_DATE_MONTHS[month], int(day), int(hour), int(minute), int(second))
+    except ValueError:  # 31 February, 25 o'clock, year 0
+        return None
+    return calendar.timegm(moment.timetuple())
+
+
+# multipart/form-data (RFC 7578, RFC 2046 §5.1.1) -------------------------------------
+# MultipartParser is sans-I/O: feed(bytes) returns events, in order,
+#
+#   PartStarted(name, filename, content_type, headers)   a part's header was read
+#   PartData(data)                                       some of its body, in order
+#   PartEnded()                                          its body is complete
+#
+# and finish() checks that the closing delimiter came. Whatever the size of a
+# part, the parser holds at most one part header (MAX_PART_HEADER_BYTES) or one
+# delimiter's length of body: a body's bytes are handed on as they arrive,
+# except those that might be the start of a delimiter split between two feeds.
+#
+# RFC 2046 §5.1.1's grammar, which the states follow:
+#   multipart-body := [preamble CRLF] dash-boundary transport-padding CRLF
+#                     body-part *encapsulation close-delimiter transport-padding [CRLF epilogue]
+#   encapsulation  := delimiter transport-padding CRLF body-part
+#   delimiter      := CRLF dash-boundary          dash-boundary := "--" boundary
+# Treating the body as if it began with a CRLF makes the first dash-boundary a
+# delimiter like the others.
+
+_BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]\Z")  # §5.1.1 bchars
+
+
+def multipart_boundary(content_type):
+    """The boundary of a `multipart/form-data; boundary=…` Content-Type, as bytes.
+    MultipartError when the type is another, the boundary missing, repeated, or
+    not 1 to 70 of RFC 2046's characters; quoted and unquoted forms are read."""
+    try:
+        media_type, params = parse_parameters(content_type or "")
+    except ValueError as error:
+        raise MultipartError("The Content-Type header could not be read (%s)." % error) from None
+    if media_type != "multipart/form-data":
+        raise MultipartError("The body is not multipart/form-data.")
+    boundaries = [value for name, value in params if name == "boundary"]
+    if not boundaries:
+        raise MultipartError("The multipart boundary is missing from the Content-Type header.")
+    if len(boundaries) > 1:
+        raise MultipartError("The Content-Type header names more than one boundary.")
+    if not _BOUNDARY_RE.match(boundaries[0]):
+        raise MultipartError("The multipart boundary must be 1 to %d letters, digits or '()+_,-./:=? "
+                             "(RFC 2046)." % MAX_BOUNDARY_CHARS)
+    return boundaries[0].encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class PartStarted:
+    """A part's header was read. `filename` is None for a plain field and a
+    string for a file field ("" when a browser sent the field with no file
+    chosen); it is as sent, so pass it through safe_filename() before use.
+    `content_type` is the part's Content-Type as sent, or None (RFC 7578 §4.4:
+    then text/plain for a field, application/octet-stream for a file).
+    `headers` are all of the part's header fields, (name, value), as sent."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    headers: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class PartData:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PartEnded:
+    pass
+
+
+_PART_ENDED = PartEnded()
+
+
+class MultipartParser:
+    """multipart/form-data bytes in, PartStarted/PartData/PartEnded out.
+
+        parser = MultipartParser(multipart_boundary(request.header("content-type")))
+        for chunk in body:
+            for event in parser.feed(chunk): ...
+        parser.finish()
+
+    MultipartError (400) for a malformed body, MultipartTooLarge (413) past a
+    limit; after either, the parser refuses everything. With form_data=False
+    any multipart body is read (RFC 2046 alone): parts need no
+    Content-Disposition and PartStarted.name is None when there is none.
+    """
+
+    PREAMBLE, DELIMITER, HEADER, BODY, EPILOGUE, FAILED = range(6)
+
+    def __init__(self, boundary, *, max_parts=MAX_MULTIPART_PARTS, max_header_bytes=MAX_PART_HEADER_BYTES,
+                 max_header_fields=MAX_PART_HEADER_FIELDS, form_data=True):
+        if isinstance(boundary, str):
+            boundary = boundary.encode("ascii")
+        if not 1 <= len(boundary) <= MAX_BOUNDARY_CHARS or b"\r" in boundary or b"\n" in boundary:
+            raise MultipartError("The multipart boundary must be 1 to %d characters." % MAX_BOUNDARY_CHARS)
+        self._delimiter = b"\r\n--" + boundary
+        self._max_parts = max_parts
+        self._max_header_bytes = max_header_bytes
+        self._max_header_fields = max_header_fields
+        self._form_data = form_data
+        self._buffer = bytearray(b"\r\n")  # see the note above: the body's first line is a delimiter too
+        self._state = self.PREAMBLE
+        self._error = None
+        self._scanned = 0        # how much of the buffer holds no CRLF (part headers)
+        self._preamble_bytes = 0
+        self._parts = 0
+        self._header_bytes = 0
+        self._fields = []        # [(name, value)] of the part whose header is being read
+
+    @classmethod
+    def for_content_type(cls, content_type, **limits):
+        return cls(multipart_boundary(content_type), **limits)
+
+    @property
+    def buffered_bytes(self):
+        """Bytes held back: at most a delimiter's length while in a body."""
+        return len(self._buffer)
+
+    @property
+    def done(self):
+        """True once the closing delimiter was read (what follows is ignored)."""
+        return self._state == self.EPILOGUE
+
+    def feed(self, data):
+        """Consume `data`; return the events it completes, in order."""
+        if self._state == self.FAILED:
+            raise self._error
+        if self._state == self.EPILOGUE:
+            return []  # RFC 2046 §5.1.1: the epilogue is ignored
+        self._buffer += data
+        events = []
+        try:
+            while self._step(events):
+                pass
+        except (MultipartError, MultipartTooLarge) as error:
+            self._fail(error)
+        return events
+
+    def finish(self):
+        """The body ended: MultipartError unless its closing delimiter was read."""
+        if self._state == self.FAILED:
+            raise self._error
+        if self._state == self.EPILOGUE:
+            return
+        if self._state == self.PREAMBLE:
+            self._fail(MultipartError("The body does not contain the boundary named in its Content-Type."))
+        if self._state == self.HEADER and not self._buffer and not self._fields:
+            self._fail(MultipartError("The multipart body has no closing boundary (--boundary--)."))
+        self._fail(MultipartError("The multipart body was cut off before its closing boundary."))
+
+    def _fail(self, error):
+        self._state = self.FAILED
+        self._error = error
+        self._buffer = bytearray()
+        raise error
+
+    def _step(self, events):
+        """Make one move; False when more bytes are needed."""
+        state, buffer = self._state, self._buffer
+        if state == self.BODY:
+            index = buffer.find(self._delimiter)
+            if index >= 0:
+                if index:
+                    events.append(PartData(bytes(buffer[:index])))
+                del buffer[:index + len(self._delimiter)]
+                events.append(_PART_ENDED)
+                self._state = self.DELIMITER
+                return True
+            keep = self._partial_delimiter_length()
+            if len(buffer) > keep:
+                events.append(PartData(bytes(buffer[:len(buffer) - keep])))
+                del buffer[:len(buffer) - keep]
+            return False
+        if state == self.HEADER:
+            return self._read_header_line(events)
+        if state == self.DELIMITER:
+            return self._read_delimiter_end()
+        if state == self.PREAMBLE:
+            index = buffer.find(self._delimiter)
+            if index >= 0:
+                self._preamble_bytes += index
+                del buffer[:index + len(self._delimiter)]
+                self._state = self.DELIMITER
+                return True
+            keep = self._partial_delimiter_length()
+            self._preamble_bytes += len(buffer) - keep
+            del buffer[:len(buffer) - keep]
+            if self._preamble_bytes > MAX_MULTIPART_PREAMBLE_BYTES:
+                raise MultipartError("The body does not start with the boundary named in its Content-Type.")
+            return False
+        return False
+
+    def _partial_delimiter_length(self):
+        """How many bytes at the buffer's end could begin a delimiter. The
+        delimiter's only CR is its first byte (a boundary holds none), so the
+        last CR near the end is the one candidate."""
+        buffer, delimiter = self._buffer, self._delimiter
+        start = buffer.rfind(b"\r", max(0, len(buffer) - len(delimiter) + 1))
+        if start >= 0 and delimiter.startswith(buffer[start:]):
+            return len(buffer) - start
+        return 0
+
+    def _read_delimiter_end(self):
+        """After a delimiter: "--" closes the body; otherwise transport padding
+        (spaces and tabs) and a CRLF open the next part (RFC 2046 §5.1.1)."""
+        buffer = self._buffer
+        if buffer[:1] == b"-":
+            if len(buffer) < 2:
+                return False
+            if buffer[1:2] != b"-":
+                raise MultipartError("A boundary line has text after the boundary.")
+            if not self._parts and self._preamble_bytes:
+                # Text, then straight to the closing delimiter: the text was the parts,
+                # written with another boundary. (An empty form, "--b--" alone, is fine.)
+                raise MultipartError("The body does not contain the boundary named in its Content-Type.")
+            self._state = self.EPILOGUE
+            self._buffer = bytearray()
+            return False
+        padding = 0
+        while padding < len(buffer) and buffer[padding] in b" \t":
+            padding += 1
+        if padding > MAX_TRANSPORT_PADDING_BYTES:
+            raise MultipartError("A boundary line has text after the boundary.")
+        if len(buffer) < padding + 2:
+            if buffer[padding:] in (b"", b"\r"):
+                return False
+        if buffer[padding:padding + 2] != b"\r\n":
+            if buffer[padding:padding + 1] == b"\n":
+                raise MultipartError("A boundary line ends with LF alone; multipart lines end with CRLF "
+                                     "(RFC 2046 §5.1.1).")
+            raise MultipartError("A boundary line has text after the boundary.")
+        del buffer[:padding + 2]
+        self._parts += 1
+        if self._parts > self._max_parts:
+            raise MultipartTooLarge("The form has more than %d parts." % self._max_parts)
+        self._state = self.HEADER
+        self._header_bytes = 0
+        self._fields = []
+        self._scanned = 0
+        return True
+
+    def _read_header_line(self, events):
+        buffer = self._buffer
+        index = buffer.find(b"\r\n", self._scanned)
+        if index < 0:
+            if self._header_bytes + len(buffer) > self._max_header_bytes:
+                raise MultipartTooLarge("A part's header is larger than %d bytes." % self._max_header_bytes)
+            self._scanned = max(0, len(buffer) - 1)
+            return False
+        self._header_bytes += index + 2
+        if self._header_bytes > self._max_header_bytes:
+            raise MultipartTooLarge("A part's header is larger than %d bytes." % self._max_header_bytes)
+        line = bytes(buffer[:index])
+        del buffer[:index + 2]
+        self._scanned = 0
+        if not line:
+            events.append(self._part_started())
+            self._state = self.BODY
+            return True
+        if b"\n" in line:
+            raise MultipartError("A part header line ends with LF alone; multipart lines end with CRLF "
+                                 "(RFC 2046 §5.1.1).")
+        text = line.decode("utf-8", "replace")
+        if any(_is_control(char) for char in text):
+            raise MultipartError("A part header contains a control character.")
+        if text[0] in _OWS:
+            # obs-fold (RFC 5322 §2.2.3, which MIME part headers follow): a continuation line.
+            if not self._fields:
+                raise MultipartError("A part header starts with a continuation line.")
+            name, value = self._fields[-1]
+            self._fields[-1] = (name, (value + " " + text.strip(_OWS)).strip(_OWS))
+            return True
+        name, colon, value = text.partition(":")
+        if not colon or not _TOKEN_TEXT_RE.match(name):
+            raise MultipartError("A part header line is not a 'Name: value' field.")
+        if len(self._fields) >= self._max_header_fields:
+            raise MultipartTooLarge("A part has more than %d header fields." % self._max_header_fields)
+        self._fields.append((name, value.strip(_OWS)))
+        return True
+
+    def _part_started(self):
+        """RFC 7578 §4.2: each part has one Content-Disposition of type form-data
+        with a name; filename* (RFC 8187) wins over filename (RFC 6266 §4.3)."""
+        fields = tuple(self._fields)
+        found = {}
+        for name, value in fields:
+            key = name.lower()
+            if key in ("content-disposition", "content-type"):
+                if key in found:
+                    raise MultipartError("A part has two %s header fields." % name)
+                found[key] = value
+        content_type = found.get("content-type")
+        if "content-disposition" not in found:
+            if self._form_data:
+                raise MultipartError("A part has no Content-Disposition header field (RFC 7578 §4.2).")
+            return PartStarted(None, None, content_type, fields)
+        try:
+            disposition, params = parse_parameters(found["content-disposition"])
+        except ValueError as error:
+            raise MultipartError("A part's Content-Disposition could not be read (%s)." % error) from None
+        if self._form_data and disposition != "form-data":
+            raise MultipartError("A part's Content-Disposition is not form-data (RFC 7578 §4.2).")
+        values = {}
+        for key, value in params:
+            if key in values:
+                raise MultipartError("A part's Content-Disposition repeats %s." % key)
+            values[key] = value
+        name = values.get("name")
+        if name is None and self._form_data:
+            raise MultipartError("A part's Content-Disposition has no name (RFC 7578 §4.2).")
+        filename = values.get("filename")
+        # WHATWG HTML §4.10.21.8: browsers write a quote in a name or file name as %22
+        # (and CR, LF as %0D, %0A, which safe_filename() would drop anyway).
+        name = name.replace("%22", '"') if name is not None else None
+        filename = filename.replace("%22", '"') if filename is not None else None
+        if "filename*" in values:
+            filename = decode_ext_value(values["filename*"]) or filename
+        return PartStarted(name, filename, content_type, fields)
+
+
+def read_multipart(body, content_type, **limits):
+    """A whole multipart/form-data body → [(PartStarted, bytes)], for small
+    forms held in memory; uploads go through MultipartParser as they arrive."""
+    parser = MultipartParser.for_content_type(content_type, **limits)
+    parts, started, chunks = [], None, []
+    for event in parser.feed(body):
+        if isinstance(event, PartStarted):
+            started, chunks = event, []
+        elif isinstance(event, PartData):
+            chunks.append(event.data)
+        else:
+            parts.append((started, b"".join(chunks)))
+    parser.finish()
+    return parts
+
+
+# File names --------------------------------------------------------------------------
+
+# Bidirectional controls (Unicode Annex #9): they make "txt.exe" read "exe.txt".
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cs", "Zl", "Zp"))  # controls, lone surrogates, line breaks
+
+
+def safe_filename(name, max_bytes=MAX_FILENAME_BYTES):
+    """What an uploaded file's name may be once it is ours: the last path
+    component (after / or \\), in NFC, without control characters, bidi
+    controls or line separators, without leading dots or surrounding spaces
+    (and trailing dots, which Windows drops), at most `max_bytes` of UTF-8 with
+    its extension kept. Never empty: FALLBACK_FILENAME when nothing is left."""
+    name = re.split(r"[/\\]", name or "")[-1]
+    name = "".join(char for char in name
+                   if unicodedata.category(char) not in _UNSAFE_CATEGORIES and char not in _BIDI_CONTROLS)
+    name = re.sub(r"^[\s.]+|[\s.]+$", "", unicodedata.normalize("NFC", name))
+    encoded = name.encode("utf-8")
+    if len(encoded) > max_bytes:
+        stem, dot, extension = name.rpartition(".")
+        extension = dot + extension
+        extension_bytes = len(extension.encode("utf-8"))
+        if not stem or not 2 <= extension_bytes <= min(MAX_EXTENSION_BYTES, max_bytes // 2):
+            stem, extension, extension_bytes = name, "", 0
+        stem = re.sub(r"[\s.]+$", "", stem.encode("utf-8")[:max_bytes - extension_bytes].decode("utf-8", "ignore"))
+        name = unicodedata.normalize("NFC", stem + extension) if stem else extension.lstrip(".")
+    return name or FALLBACK_FILENAME
+
+
+# Image headers -----------------------------------------------------------------------
+# The browser makes every preview; the server only checks that an image is one
+# and learns its size, from its first bytes. ImageSniffer is fed a file as it
+# arrives and stops as soon as it knows (PNG and WebP: 33 bytes, GIF: 10, JPEG:
+# everything up to its frame header); segments it doesn't need are skipped, not kept.
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """A real image's type and its size as shown: for a JPEG whose EXIF
+    orientation is 5 to 8 (a quarter turn) width and height are swapped, as
+    browsers draw it (CSS image-orientation: from-image)."""
+
+    content_type: str
+    width: int
+    height: int
+    orientation: int = 1
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"        # PNG §5.2
+GIF_SIGNATURES = (b"GIF87a", b"GIF89a")      # GIF89a §17
+JPEG_SIGNATURE = b"\xff\xd8\xff"             # SOI and the next marker's 0xFF (T.81 §B.1.1.3)
+_SIGNATURES = (PNG_SIGNATURE, b"GIF8", JPEG_SIGNATURE, b"RIFF")
+
+# PNG §11.2.2: bit depths allowed for each colour type.
+_PNG_BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# ITU T.81 Table B.1: the SOFn markers; C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
+_JPEG_SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+_JPEG_STANDALONE_MARKERS = frozenset((0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7))  # TEM, RSTn
+_EXIF_ORIENTATION_TAG = 0x0112               # TIFF 6.0 / EXIF 2.3 §4.6.4, a SHORT from 1 to 8
+
+
+class ImageSniffer:
+    """Feed a file's first bytes; learn whether it is a PNG, GIF, JPEG or WebP,
+    and its size.
+
+        sniffer = ImageSniffer()
+        for chunk in upload:
+            if sniffer.feed(chunk):   # True once it knows
+                break
+        info = sniffer.finish()        # ImageInfo, or None if not one of the four
+
+    ImageHeaderError (422) when the file starts like one of the four but its
+    header is cut off, corrupt, or says the image is 0 pixels or past
+    MAX_IMAGE_SIDE_PIXELS / MAX_IMAGE_PIXELS."""
+
+    def __init__(self):
+        self._buffer = bytearray()
+        self._done = False
+        self._info = None
+        self._kind = None
+        self._position = 0        # file offset of the buffer's first byte (JPEG)
+        self._skip = 0            # JPEG bytes still to pass over
+        self._orientation = 1
+        self._exif_read = False
+
+    @property
+    def buffered_bytes(self):
+        """Bytes held: at most a JPEG's EXIF segment (64 KiB) plus the latest chunk."""
+        return len(self._buffer)
+
+    def feed(self, data):
+        if self._done:
+            return True
+        if self._skip:
+            skipped = min(self._skip, len(data))
+            self._skip -= skipped
+            self._position += skipped
+            data = data[skipped:]
+        self._buffer += data
+        self._step()
+        return self._done
+
+    def finish(self):
+        """No more bytes: the ImageInfo, None for a file that is none of the
+        four, or ImageHeaderError for an image cut off before its size."""
+        if not self._done:
+            if self._kind is None:
+                return None
+            raise ImageHeaderError("The %s image is cut off before the end of its header." % self._kind)
+        return self._info
+
+    def _decide(self, info):
+        self._done = True
+        self._info = info
+        self._buffer = bytearray()
+        return info
+
+    def _step(self):
+        buffer = self._buffer
+        if self._kind is None:
+            head = bytes(buffer[:12])
+            if head.startswith(PNG_SIGNATURE):
+                self._kind = "PNG"
+            elif head[:6] in GIF_SIGNATURES:
+                self._kind = "GIF"
+            elif head.startswith(JPEG_SIGNATURE):
+                self._kind = "JPEG"
+                del buffer[:2]  # SOI
+                self._position = 2
+            elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                self._kind = "WebP"
+            elif len(head) >= 12 or not any(signature.startswith(head[:len(signature)])
+                                            for signature in _SIGNATURES):
+                self._decide(None)  # not an image we know: just a file
+                return
+            else:
+                return
+        if self._kind == "PNG":
+            self._png()
+        elif self._kind == "GIF":
+            self._gif()
+        elif self._kind == "WebP":
+            self._webp()
+        else:
+            self._jpeg()
+
+    def _checked(self, content_type, width, height, orientation=1):
+        if width < 1 or height < 1:
+            raise ImageHeaderError("The image's header says it is %d×%d pixels." % (width, height))
+        if width > MAX_IMAGE_SIDE_PIXELS or height > MAX_IMAGE_SIDE_PIXELS or width * height > MAX_IMAGE_PIXELS:
+            raise ImageHeaderError("The image's header says it is %d×%d pixels, more than we show "
+                                   "(%d on a side, %d in all)." % (width, height, MAX_IMAGE_SIDE_PIXELS,
+                                                                   MAX_IMAGE_PIXELS))
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        return self._decide(ImageInfo(content_type, width, height, orientation))
+
+    def _png(self):
+        """PNG §5.3, §11.2.2: the first chunk is IHDR, 13 bytes, with a CRC."""
+        data = self._buffer
+        if len(data) < IMAGE_HEADER_BYTES:
+            return
+        length = int.from_bytes(data[8:12], "big")
+        if length != 13 or data[12:16] != b"IHDR":
+            raise ImageHeaderError("The PNG image does not start with its IHDR chunk.")
+        if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+            raise ImageHeaderError("The PNG image's IHDR chunk is corrupt (its CRC does not match).")
+        width = int.from_bytes(data[16:20], "big")
+        height = int.from_bytes(data[20:24], "big")
+        depth, colour, compression, filtering, interlace = data[24:29]
+        if (depth not in _PNG_BIT_DEPTHS.get(colour, ()) or compression != 0 or filtering != 0
+                or interlace not in (0, 1)):
+            raise ImageHeaderError("The PNG image's IHDR chunk has values PNG does not define.")
+        self._checked("image/png", width, height)
+
+    def _gif(self):
+        """GIF89a §18: the logical screen descriptor follows the 6-byte signature."""
+        data = self._buffer
+        if len(data) < 10:
+            return
+        self._checked("image/gif", int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little"))
+
+    def _webp(self):
+        """RFC 9649 §2.5-2.7: a RIFF file whose first chunk is VP8, VP8L or VP8X."""
+        data = self._buffer
+        if len(data) < 20:
+            return
+        riff_size = int.from_bytes(data[4:8], "little")
+        fourcc = bytes(data[12:16])
+        chunk_size = int.from_bytes(data[16:20], "little")
+        if chunk_size + 12 > riff_size:
+            raise ImageHeaderError("The WebP image's first chunk is larger than the file says it is.")
+        if fourcc == b"VP8 ":
+            # RFC 6386 §9.1: a 3-byte frame tag (bit 0 clear on a key frame), the start
+            # code 9D 01 2A, then 14-bit width and height each with a 2-bit scale.
+            if len(data) < 30:
+                return
+            if chunk_size < 10 or data[20] & 1 or data[23:26] != b"\x9d\x01\x2a":
+                raise ImageHeaderError("The WebP image's VP8 frame header is corrupt.")
+            width = int.from_bytes(data[26:28], "little") & 0x3FFF
+            height = int.from_bytes(data[28:30], "little") & 0x3FFF
+        elif fourcc == b"VP8L":
+            # RFC 9649 §3.2: signature 0x2F, then width-1 and height-1 in 14 bits each,
+            # an alpha bit and a 3-bit version that must be 0.
+            if len(data) < 25:
+                return
+            bits = int.from_bytes(data[21:25], "little")
+            if chunk_size < 5 or data[20] != 0x2F or bits >> 29:
+                raise ImageHeaderError("The WebP image's VP8L header is corrupt.")
+            width = (bits & 0x3FFF) + 1
+            height = ((bits >> 14) & 0x3FFF) + 1
+        elif fourcc == b"VP8X":
+            # RFC 9649 §2.7: flags, 3 reserved bytes, canvas width-1 and height-1 in 24 bits each.
+            if len(data) < 30:
+                return
+            if chunk_size < 10:
+                raise ImageHeaderError("The WebP image's VP8X chunk is too short.")
+            width = int.from_bytes(data[24:27], "little") + 1
+            height = int.from_bytes(data[27:30], "little") + 1
+        else:
+            raise ImageHeaderError("The WebP image's first chunk is neither VP8, VP8L nor VP8X.")
+        self._checked("image/webp", width, height)
+
+    def _jpeg(self):
+        """ITU T.81 §B.1.1: walk the marker segments to the first SOFn, reading
+        EXIF's orientation (APP1) on the way and skipping the rest; 0xFF fill
+        bytes before a marker are allowed (§B.1.1.2), and stray bytes between
+        segments are passed over as libjpeg does."""
+        buffer = self._buffer
+        while True:
+            if self._position > JPEG_SCAN_LIMIT:
+                raise ImageHeaderError("The JPEG image has no frame header in its first %d bytes."
+                                       % JPEG_SCAN_LIMIT)
+            start = buffer.find(b"\xff")
+            if start < 0:
+                self._consume(len(buffer))
+                return
+            marker_at = start
+            while marker_at < len(buffer) and buffer[marker_at] == 0xFF:
+                marker_at += 1
+            if marker_at >= len(buffer):
+                self._consume(start)  # keep the 0xFFs: the marker may follow in the next feed
+                return
+            marker = buffer[marker_at]
+            if marker == 0x00:  # a stuffed zero belongs to entropy-coded data, not here
+                self._consume(marker_at + 1)
+                continue
+            if marker in _JPEG_STANDALONE_MARKERS:
+                self._consume(marker_at + 1)
+                continue
+            if marker == 0xD8:
+                raise ImageHeaderError("The JPEG image has a second start-of-image marker before its frame.")
+            if marker in (0xD9, 0xDA):
+                raise ImageHeaderError("The JPEG image has no frame header before its %s."
+                                       % ("end" if marker == 0xD9 else "scan data"))
+            if len(buffer) < marker_at + 3:
+                self._consume(start)
+                return
+            length = int.from_bytes(buffer[marker_at + 1:marker_at + 3], "big")
+            if length < 2:
+                raise ImageHeaderError("The JPEG image has a segment shorter than its length field.")
+            segment_start = marker_at + 3
+            segment_end = marker_at + 1 + length
+            if marker in _JPEG_SOF_MARKERS:
+                if len(buffer) < segment_start + 6:
+                    self._consume(start)
+                    return
+                # §B.2.2: P, Y (lines), X (samples per line), Nf, then 3 bytes per component.
+                height = int.from_bytes(buffer[segment_start + 1:segment_start + 3], "big")
+                width = int.from_bytes(buffer[segment_start + 3:segment_start + 5], "big")
+                components = buffer[segment_start + 5]
+                if components < 1 or length < 8 + 3 * components:
+                    raise ImageHeaderError("The JPEG image's frame header is corrupt.")
+                self._checked("image/jpeg", width, height, self._orientation)
+                return
+            if marker == 0xE1 and not self._exif_read:
+                if len(buffer) < segment_end:
+                    self._consume(start)
+                    return
+                payload = bytes(buffer[segment_start:segment_end])
+                if payload.startswith(b"Exif\x00\x00"):
+                    self._exif_read = True
+                    self._orientation = _exif_orientation(payload[6:])
+            available = min(segment_end, len(buffer))
+            self._skip = segment_end - available
+            self._consume(available)
+            if self._skip:
+                return
+
+    def _consume(self, count):
+        del self._buffer[:count]
+        self._position += count
+
+
+def _exif_orientation(tiff):
+    """The Orientation (1 to 8) in IFD0 of an EXIF TIFF structure (TIFF 6.0 §2);
+    1 when it is absent or unreadable: a bad EXIF block is common and harmless."""
+    if len(tiff) < 8 or tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 1
+    order = "little" if tiff[:2] == b"II" else "big"
+    offset = int.from_bytes(tiff[4:8], order)
+    if offset + 2 > len(tiff):
+        return 1
+    count = int.from_bytes(tiff[offset:offset + 2], order)
+    for index in range(min(count, (len(tiff) - offset - 2) // 12)):
+        entry = tiff[offset + 2 + 12 * index:offset + 14 + 12 * index]
+        if int.from_bytes(entry[0:2], order) == _EXIF_ORIENTATION_TAG:
+            kind, values = int.from_bytes(entry[2:4], order), int.from_bytes(entry[4:8], order)
+            value = int.from_bytes(entry[8:10], order)
+            return value if kind == 3 and values == 1 and 1 <= value <= 8 else 1
+    return 1
+
+
+def sniff_image(head):
+    """The ImageInfo of a file's first bytes (usually IMAGE_SNIFF_BYTES of them),
+    None when it is not a PNG, GIF, JPEG or WebP; ImageHeaderError when its
+    header lies or does not end within `head`."""
+    sniffer = ImageSniffer()
+    sniffer.feed(head)
+    return sniffer.finish()
+
+
+# Byte ranges (RFC 9110 §14, §13.1.5) -------------------------------------------------
+# One range is served as 206 with Content-Range. Several are first sorted and
+# merged where they overlap or touch (§15.3.7.2 allows it); if one range is
+# left it is served as 206, otherwise the whole file as 200 (§14.2: a server
+# may ignore Range). Players and download managers ask for one range; a
+# multipart/byteranges answer would serve only the rare client that asks for
+# several, and many small overlapping ranges are a known way to make a server
+# work hard for nothing.
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    first: int  # both inclusive, as in Content-Range
+    last: int
+
+    @property
+    def length(self):
+        return self.last - self.first + 1
+
+
+_RANGE_SPEC_RE = re.compile(r"([0-9]+)-([0-9]*)|-([0-9]+)")
+
+
+def _position(digits):
+    """(exact order key, value capped at 10**MAX_RANGE_DIGITS) of a run of digits."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > MAX_RANGE_DIGITS:
+        return (len(digits), digits), 10 ** MAX_RANGE_DIGITS
+    return (len(digits), digits), int(digits)
+
+
+def parse_range(header, length):
+    """The byte range of a `Range` header to serve from a representation of
+    `length` bytes, or None to serve all of it with 200: no header, a unit
+    other than bytes, invalid syntax (§14.2: the header is then ignored), an
+    empty representation (no byte range of it can be written), several ranges
+    that don't merge into one, or more than MAX_RANGE_SPECS of them.
+    RangeNotSatisfiable (416) when the header is valid and no range overlaps
+    the representation (§14.1.1)."""
+    if not header:
+        return None
+    unit, equals, range_set = header.partition("=")
+    if not equals or not _TOKEN_TEXT_RE.match(unit) or unit.lower() != "bytes":
+        return None
+    elements = range_set.split(",")
+    if len(elements) > MAX_RANGE_SPECS:
+        return None
+    specs = []
+    for element in elements:
+        element = element.strip(_OWS)
+        if not element:
+            continue  # §5.6.1: empty list elements are allowed and don't count
+        match = _RANGE_SPEC_RE.fullmatch(element)
+        if not match:
+            return None
+        first_digits, last_digits, suffix_digits = match.groups()
+        if suffix_digits is not None:
+            specs.append((None, _position(suffix_digits)[1]))
+            continue
+        first_key, first = _position(first_digits)
+        if last_digits:
+            last_key, last = _position(last_digits)
+            if last_key < first_key:
+                return None  # §14.1.1: last-pos less than first-pos is invalid
+        else:
+            last = None
+        specs.append((first, last))
+    if not specs:
+        return None
+    if length <= 0:
+        return None
+    satisfiable = []
+    for first, last in specs:
+        if first is None:  # a suffix: the last `last` bytes; all of them if it is longer
+            if last > 0:
+                satisfiable.append((max(0, length - last), length - 1))
+        elif first < length:
+            satisfiable.append((first, length - 1 if last is None else min(last, length - 1)))
+    if not satisfiable:
+        raise RangeNotSatisfiable(length)
+    satisfiable.sort()
+    merged = [list(satisfiable[0])]
+    for first, last in satisfiable[1:]:
+        if first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    if len(merged) > 1:
+        return None
+    return ByteRange(*merged[0])
+
+
+_ENTITY_TAG_RE = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"\Z')  # RFC 9110 §8.8.3 opaque-tag
+
+
+def if_range_matches(value, *, etag=None, last_modified=None, now=None):
+    """RFC 9110 §13.1.5: whether a Range may be honoured given its If-Range.
+    An entity-tag must equal the current strong `etag` (a weak tag never
+    matches); an HTTP-date must equal `last_modified` (seconds since the epoch)
+    exactly. Anything else, or an unreadable value, is False: the file is then
+    served whole with 200."""
+    value = value.strip(_OWS)
+    if value.startswith("W/"):
+        return False
+    if value.startswith('"'):
+        return (bool(_ENTITY_TAG_RE.match(value)) and etag is not None and not etag.startswith("W/")
+                and value == etag)
+    moment = parse_http_date(value, now)
+    return moment is not None and last_modified is not None and moment == int(last_modified)
+
+
+def select_range(range_header, length, *, if_range=None, etag=None, last_modified=None, now=None):
+    """The whole Range decision for a GET of `length` bytes (RFC 9110 §13.2.2:
+    If-Range first, then Range): a ByteRange to answer 206, None to answer 200
+    with everything, or RangeNotSatisfiable for 416."""
+    if not range_header:
+        return None  # §13.1.5: If-Range without Range is ignored
+    if if_range is not None and not if_range_matches(if_range, etag=etag, last_modified=last_modified, now=now):
+        return None
+    return parse_range(range_header, length)
+
+
+def content_range(byte_range, length):
+    """The Content-Range of a 206 (RFC 9110 §14.4): 'bytes 0-499/1234'."""
+    return "bytes %d-%d/%d" % (byte_range.first, byte_range.last, length)
+
+
+# Serving files: disposition, type and headers (RFC 6266, RFC 8187) -------------------
+
+def normalized_content_type(content_type):
+    """'Image/PNG; charset=x' → 'image/png'; None when it is not type/subtype."""
+    media_type = (content_type or "").partition(";")[0].strip(_OWS).lower()
+    return media_type if _MEDIA_TYPE_RE.match(media_type) else None
+
+
+def upload_content_type(declared, image=None):
+    """The type to store for an upload: the sniffed image type when there is
+    one; DOWNLOAD_CONTENT_TYPE for a file declared as an image that isn't one,
+    or declared as nothing readable; otherwise the declared type, normalized."""
+    if image is not None:
+        return image.content_type
+    declared = normalized_content_type(declared)
+    if declared is None or declared.startswith("image/") and declared != "image/svg+xml":
+        return DOWNLOAD_CONTENT_TYPE
+    return declared
+
+
+def serving_for(content_type):
+    """(Content-Type to send, "inline" or "attachment", extra headers) for a
+    stored file: the types of INLINE_CONTENT_TYPES are shown in the browser as
+    what they are; every other file downloads as DOWNLOAD_CONTENT_TYPE, so an
+    HTML or SVG upload is never a page of ours."""
+    media_type = normalized_content_type(content_type)
+    if media_type in INLINE_CONTENT_TYPES:
+        headers = PDF_RESPONSE_HEADERS if media_type == "application/pdf" else FILE_RESPONSE_HEADERS
+        return media_type, "inline", headers
+    return DOWNLOAD_CONTENT_TYPE, "attachment", FILE_RESPONSE_HEADERS
+
+
+# RFC 8187 §3.2.1 attr-char: what may stand unencoded in an ext-value.
+_ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
+
+
+def content_disposition(disposition, filename):
+    """`inline` or `attachment` with the file's name, for every browser
+    (RFC 6266 §4.3, Appendix D): filename="…" is an ASCII stand-in (accents
+    dropped, other non-ASCII characters as "_", quotes and backslashes
+    escaped) and, when that is not the name itself, filename*=UTF-8''… (RFC 8187)
+    carries it exactly, which browsers prefer. The name passes through
+    safe_filename() first, so no stored name can break the header."""
+    if disposition not in ("inline", "attachment"):
+        raise ValueError("disposition must be inline or attachment")
+    name = safe_filename(filename)
+    fallback = "".join(char for char in unicodedata.normalize("NFKD", name) if not unicodedata.combining(char))
+    fallback = "".join(char if " " <= char <= "~" else "_" for char in fallback)
+    header = '%s; filename="%s"' % (disposition, fallback.replace("\\", "\\\\").replace('"', '\\"'))
+    if fallback != name or any(char in name for char in '\\"%'):  # some agents decode % (Appendix D)
+        header += "; filename*=UTF-8''" + urllib.parse.quote(name, safe=_ATTR_CHAR_SAFE)
+    return header
+
+
+# Link previews: the address guard and OpenGraph --------------------------------------
+
+def unfurl_address_allowed(address):
+    """Whether a link preview may connect to `address`, an IP address as
+    getaddrinfo() returns it. IPv4: anything outside BLOCKED_IPV4_NETWORKS.
+    IPv6: only global unicast (2000::/3) outside BLOCKED_IPV6_NETWORKS; every
+    form that embeds an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo)
+    is refused rather than unwrapped. A scoped address ("fe80::1%eth0") or
+    anything that isn't an address is refused."""
+    if not isinstance(address, str) or "%" in address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 4:
+        return not any(ip in network for network in BLOCKED_IPV4_NETWORKS)
+    return ip in IPV6_GLOBAL_UNICAST and not any(ip in network for network in BLOCKED_IPV6_NETWORKS)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPreview:
+    """What a page says about itself; any field may be None (Campfire shows a
+    preview only with a title, a URL and a description)."""
+
+    title: str | None
+    description: str | None
+    image: str | None
+    url: str | None
+
+
+# WHATWG Encoding §4.2: labels whose meaning on the web differs from Python's.
+_WEB_CHARSETS = {
+    "iso-8859-1": "cp1252", "latin1": "cp1252", "l1": "cp1252", "us-ascii": "cp1252", "ascii": "cp1252",
+    "windows-1252": "cp1252", "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030",
+    "euc-kr": "cp949", "ks_c_5601-1987": "cp949", "shift_jis": "cp932", "sjis": "cp932",
+    "x-sjis": "cp932", "windows-31j": "cp932", "iso-8859-9": "cp1254", "tis-620": "cp874",
+}
+_META_CHARSET_RE = re.compile(rb"<meta[^>]*?charset\s*=\s*[\"']?\s*([A-Za-z0-9_\-:.]+)", re.IGNORECASE)
+
+
+def _web_codec(label, from_meta=False):
+    """A charset label → a Python text codec name, or None (unknown, not a
+    text encoding, or UTF-7, which the web forbids). A <meta> that names
+    UTF-16 means UTF-8: the bytes it is written in are ASCII-compatible."""
+    label = label.strip().strip("\"'").lower()
+    label = _WEB_CHARSETS.get(label, label)
+    if from_meta and label.startswith("utf-16"):
+        label = "utf-8"
+    try:
+        info = codecs.lookup(label)
+    except LookupError:
+        return None
+    if info.name in ("utf-7",) or not getattr(info, "_is_text_encoding", True):
+        return None
+    return info.name
+
+
+def document_charset(body, content_type=None):
+    """The codec to decode an HTML page with (WHATWG HTML §13.2.3.1): a BOM,
+    then the Content-Type's charset, then a <meta> in the first
+    CHARSET_PRESCAN_BYTES, then UTF-8."""
+    for bom, name in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+                      (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if body.startswith(bom):
+            return name
+    if content_type:
+        try:
+            _, params = parse_parameters(content_type)
+        except ValueError:
+            params = []
+        for name, value in params:
+            if name == "charset" and (codec := _web_codec(value)):
+                return codec
+    match = _META_CHARSET_RE.search(body[:CHARSET_PRESCAN_BYTES])
+    if match and (codec := _web_codec(match.group(1).decode("ascii"), from_meta=True)):
+        return codec
+    return "utf-8"
+
+
+_STRAY_LESS_THAN_RE = re.compile(r"<(?![A-Za-z!/?])")
+
+
+class _EndOfHead(Exception):
+    """Raised by the reader at </head> or <body>: nothing after it is read."""
+
+
+class _HeadReader(HTMLParser):
+    """Collects <meta property|name=… content=…> (the first of each key),
+    <title>'s text and <base href> from a page's head; stops after
+    MAX_PREVIEW_MARKUP_ITEMS tags, comments, texts and character references
+    (html.parser spends a Python call on each, so this bounds the time a page
+    can cost). Character references are counted as they come, so the title
+    is kept as written and unescaped at the end."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=False)
+        self.meta = {}
+        self.title = []
+        self.title_chars = 0
+        self.base = None
+        self._in_title = False
+        self._title_done = False
+        self._items = 0
+
+    def _count(self):
+        self._items += 1
+        if self._items > MAX_PREVIEW_MARKUP_ITEMS:
+            raise _EndOfHead
+
+    def handle_comment(self, data):
+        self._count()
+
+    def handle_decl(self, decl):
+        self._count()
+
+    def handle_pi(self, data):
+        self._count()
+
+    def unknown_decl(self, data):
+        self._count()
+
+    def handle_starttag(self, tag, attrs):
+        self._count()
+        if tag == "body":
+            raise _EndOfHead
+        values = {}
+        for name, value in attrs:
+            values.setdefault(name, value)
+        if tag == "meta":
+            key = (values.get("property") or values.get("name") or "").strip().lower()
+            content = values.get("content")
+            if key and content is not None:
+                self.meta.setdefault(key, content)
+        elif tag == "title" and not self._title_done:
+            self._in_title = True
+        elif tag == "base" and self.base is None and values.get("href"):
+            self.base = values["href"]
+
+    def handle_endtag(self, tag):
+        self._count()
+        if tag == "head":
+            raise _EndOfHead
+        if tag == "title" and self._in_title:
+            self._in_title = False
+            self._title_done = True
+
+    def handle_data(self, data):
+        self._count()
+        self._title_text(data)
+
+    def handle_entityref(self, name):
+        self._count()
+        self._title_text("&%s;" % name)
+
+    def handle_charref(self, name):
+        self._count()
+        self._title_text("&#%s;" % name)
+
+    def _title_text(self, text):
+        if self._in_title and self.title_chars < MAX_PREVIEW_TITLE_CHARS * 4:
+            self.title.append(text)
+            self.title_chars += len(text)
+
+
+def _clean_text(text, limit):
+    text = re.sub(r"[ \t\n\r\f]+", " ", text or "").strip(" ")  # HTML's white space; a no-break space stays
+    if len(text) > limit:
+        text = text[:limit - 1].rstrip() + "…"
+    return text or None
+
+
+def _absolute_url(value, base):
+    """`value` resolved against `base`, if the result is an http(s) URL with a
+    host (WHATWG URL: surrounding spaces and controls, inner tabs and newlines,
+    are dropped first); otherwise None."""
+    if value is None:
+        return None
+    value = re.sub(r"[\t\n\r]", "", value).strip("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\x0e\x0f"
+                                                  "\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c"
+                                                  "\x1d\x1e\x1f ")
+    if not value:
+        return None
+    try:
+        url = urllib.parse.urljoin(base, value)
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # ValueError for a port that isn't a number
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_PREVIEW_URL_CHARS:
+        return None
+    return url
+
+
+def extract_link_preview(body, page_url, content_type=None):
+    """A LinkPreview from an HTML page's bytes (at most MAX_PREVIEW_PAGE_BYTES
+    of them are read, and only up to </head> or <body>): og:title, then
+    twitter:title, then <title>; og:description, then twitter:description,
+    then <meta name=description>; og:image (the first), resolved against the
+    page (or its <base href>) and only if http(s); og:url if http(s), else the
+    page's URL. `page_url` is the address the page came from after redirects;
+    `content_type` its Content-Type header, for the charset."""
+    body = bytes(body[:MAX_PREVIEW_PAGE_BYTES])
+    codec = document_charset(body, content_type)
+    text = body.decode(codec, "replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    # A "<" that can't open markup is text to an HTML tokenizer and "</>" is nothing
+    # (WHATWG HTML §13.2.5.6-7); html.parser would spend a Python call on each, uncounted.
+    text = _STRAY_LESS_THAN_RE.sub("&lt;", text.replace("</>", ""))
+    reader = _HeadReader()
+    try:
+        # Fed in pieces, without close(): html.parser rescans what it holds back (an
+        # unclosed comment or tag) on every feed, and at close() once per "<" in it,
+        # which is quadratic. A head whose unfinished markup outgrows
+        # PREVIEW_PENDING_CHARS is read no further.
+        for start in range(0, len(text), PREVIEW_FEED_CHARS):
+            reader.feed(text[start:start + PREVIEW_FEED_CHARS])
+            if len(reader.rawdata) > PREVIEW_PENDING_CHARS:
+                break
+    except _EndOfHead:
+        pass
+    except (AssertionError, ValueError):  # html.parser on some malformed markup; keep what was read
+        pass
+    meta = reader.meta
+    page_url = _absolute_url(page_url, page_url)
+    base = _absolute_url(reader.base, page_url) if page_url else None
+    base = base or page_url or ""
+
+    def first(*keys):
+        for key in keys:
+            value = meta.get(key)
+            if value is not None and value.strip():
+                return value
+        return None
+
+    title = _clean_text(first("og:title", "twitter:title") or unescape("".join(reader.title)),
+                        MAX_PREVIEW_TITLE_CHARS)
+    description = _clean_text(first("og:description", "twitter:description", "description"),
+                              MAX_PREVIEW_DESCRIPTION_CHARS)
+    image = None
+    for key in ("og:image", "og:image:url", "og:image:secure_url", "twitter:image", "twitter:image:src"):
+        if meta.get(key) and (image := _absolute_url(meta[key], base)):
+            break
+    url = _absolute_url(meta.get("og:url"), base) or page_url
+    return LinkPreview(title, description, image, url)
+
+
+####
+#### 11. Storage
 ####
 # Campfire's own schema and migrations (db/schema.rb, db/migrate/*.rb), written
 # the way Rails' SQLite adapter writes them, so a storage either program created
@@ -4942,6 +6451,25 @@ MIGRATIONS = (
         CREATE INDEX IF NOT EXISTS "campfire_py_memberships_unread_candidates" ON "memberships" ("room_id")
         WHERE "unread_at" IS NULL;
     """),
+    # A thread is a room of its own (so paging, search, refresh and permalinks work
+    # in it unchanged), with no memberships: its parent room's members read it. To
+    # Once Campfire it is an empty closed room nobody belongs to.
+    ("0007_threads_mentions_bookmarks", """
+        CREATE TABLE IF NOT EXISTS "campfire_py_threads" ("room_id" integer PRIMARY KEY NOT NULL,
+        "parent_message_id" integer NOT NULL, "parent_room_id" integer NOT NULL, "created_at" datetime(6) NOT NULL);
+        CREATE UNIQUE INDEX IF NOT EXISTS "campfire_py_threads_by_parent_message_id"
+        ON "campfire_py_threads" ("parent_message_id");
+        CREATE INDEX IF NOT EXISTS "campfire_py_threads_by_parent_room_id" ON "campfire_py_threads" ("parent_room_id");
+        CREATE TABLE IF NOT EXISTS "campfire_py_mentions" ("user_id" integer NOT NULL, "message_id" integer NOT NULL,
+        "room_id" integer NOT NULL, "created_at" datetime(6) NOT NULL, "read_at" datetime(6),
+        PRIMARY KEY ("user_id", "message_id"));
+        CREATE INDEX IF NOT EXISTS "campfire_py_mentions_unread" ON "campfire_py_mentions" ("user_id", "room_id")
+        WHERE "read_at" IS NULL;
+        CREATE INDEX IF NOT EXISTS "campfire_py_mentions_by_message_id" ON "campfire_py_mentions" ("message_id");
+        CREATE TABLE IF NOT EXISTS "campfire_py_bookmarks" ("user_id" integer NOT NULL, "message_id" integer NOT NULL,
+        "created_at" datetime(6) NOT NULL, PRIMARY KEY ("user_id", "message_id"));
+        CREATE INDEX IF NOT EXISTS "campfire_py_bookmarks_by_message_id" ON "campfire_py_bookmarks" ("message_id");
+    """),
 )
 
 # The SQLite result codes that mean "this change can't be saved right now" (503), not a bug (500):
@@ -5046,6 +6574,7 @@ class Database:
             self.connection.execute("COMMIT")
         except BaseException as error:
             self._deferred.clear()
+            self._after_commit.clear()
             if self.connection.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     self.connection.execute("ROLLBACK")
@@ -5054,6 +6583,8 @@ class Database:
             raise
         else:
             self.failed_at = None
+            self._depth = 0
+            self._run_after_commit()
         finally:
             self._depth = 0
 
@@ -5061,11 +6592,12 @@ class Database:
     def _savepoint(self, name):
         self.connection.execute("SAVEPOINT " + name)
         self._depth += 1
-        deferred_before = len(self._deferred)
+        deferred_before, after_commit_before = len(self._deferred), len(self._after_commit)
         try:
             yield
         except BaseException as error:
             del self._deferred[deferred_before:]
+            del self._after_commit[after_commit_before:]  # what it caused didn't happen
             try:
                 if not self.connection.in_transaction:
                     raise sqlite3.OperationalError("the transaction was rolled back")
@@ -5126,11 +6658,20 @@ class Database:
             self.connection.executemany(sql, [params for _, params in group])
 
     def after_commit(self, callback):
-        """Run callback once what was written so far is durable (now, outside a batch)."""
-        if self.batch_open:
+        """Run callback once what was written so far is durable (now, outside a transaction);
+        never, if the savepoint or transaction it was asked in is rolled back."""
+        if self.batch_open or self._depth:
             self._after_commit.append(callback)
         else:
             callback()
+
+    def _run_after_commit(self):
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.error("after-commit callback failed:\n%s", traceback.format_exc())
 
     def commit_batch(self):
         """Commit the group's transaction; False (and rolled back) if it failed."""
@@ -5157,11 +6698,8 @@ class Database:
         finally:
             self._committing = False
         self.failed_at = None
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.error("after-commit callback failed:\n%s", traceback.format_exc())
+        self._after_commit = callbacks
+        self._run_after_commit()
         return True
 
     def repair_search_tail(self):
@@ -5580,7 +7118,6 @@ class DatabaseReport:
     migrations: list
     schema_version: int
     checks: dict
-    notes: list = field(default_factory=list)   # worth knowing, not wrong (the server mends them itself)
 
 
 def schema_version_of(migration_names):
@@ -5589,11 +7126,10 @@ def schema_version_of(migration_names):
                default=0)
 
 
-# Every name campfire_py_migrations may hold: the migrations above, the schema
-# earlier releases created themselves, and the one-time re-signing of mentions
-# (Store.resign_mentions, a data migration run in Python).
-KNOWN_MIGRATIONS = frozenset([name for name, _ in MIGRATIONS] + ["0001_campfire_schema", "0007_rails_signed_mentions"])
-CURRENT_SCHEMA_VERSION = schema_version_of(KNOWN_MIGRATIONS)
+CURRENT_SCHEMA_VERSION = schema_version_of(name for name, _ in MIGRATIONS)
+# Every name campfire_py_migrations may hold: the migrations above and the one-time
+# re-signing of mentions (Store.resign_mentions, a data migration run in Python).
+KNOWN_MIGRATIONS = frozenset([name for name, _ in MIGRATIONS] + ["0007_rails_signed_mentions"])
 
 
 def check_database(path, *, repair=None):
@@ -5627,7 +7163,8 @@ def check_database(path, *, repair=None):
                 counts[table] = connection.execute('SELECT count(*) FROM "%s"' % table).fetchone()[0]
         migrations = sorted(row[0] for row in connection.execute("SELECT name FROM campfire_py_migrations")) \
             if "campfire_py_migrations" in tables else []
-        unknown = [name for name in migrations if name not in KNOWN_MIGRATIONS]
+        known = KNOWN_MIGRATIONS
+        unknown = [name for name in migrations if name not in known]
         version = schema_version_of(migrations)
         if unknown:
             problems.append("the schema is newer than this Campfire knows (migrations %s)" % ", ".join(unknown))
@@ -5646,14 +7183,12 @@ def check_database(path, *, repair=None):
                                      "(SELECT rowid FROM message_search_index)").fetchone()[0]
         orphans = connection.execute("SELECT count(*) FROM message_search_index WHERE rowid NOT IN "
                                      "(SELECT id FROM messages)").fetchone()[0]
-        checks["search_rows"] = "failed" if orphans else "incomplete" if missing else "ok"
-        notes = []
-        if missing:  # a Rails storage whose index was lost, say: the server indexes them at start
-            notes.append("%d messages have no search row yet; the server indexes them in the background "
-                         "when it starts (`check --repair` does it now)" % missing)
+        checks["search_rows"] = "ok" if not (missing or orphans) else "failed"
+        if missing:
+            problems.append("%d messages have no search row" % missing)
         if orphans:
             problems.append("%d search rows belong to no message" % orphans)
-        return DatabaseReport(problems, counts, migrations, version, checks, notes)
+        return DatabaseReport(problems, counts, migrations, version, checks)
     except sqlite3.DatabaseError as error:
         problems.append("the database could not be read through (%s)" % error)
         checks.setdefault("integrity_check", "failed")
@@ -6074,10 +7609,104 @@ def storage_in_use(config):
     """Whether the storage holds data: a database, or any file a backup would hold."""
     return os.path.exists(config.resolved_database_path) or bool(
         os.path.isdir(config.storage_path) and storage_files(config.storage_path, config.resolved_database_path))
+# Files on disk ---------------------------------------------------------------------
+# Where Active Storage's Disk service keeps them (activestorage's
+# lib/active_storage/service/disk_service.rb): <root>/<key[0:2]>/<key[2:4]>/<key>.
+# An upload is written to <root>/tmp/<key> and moved into place (a rename, atomic
+# on one file system) only once the row naming it has committed; a deleted blob's
+# file goes after the deletion has. At start, sweep() settles what a crash left
+# between the two. Every method but the path helpers blocks: worker threads call them.
+
+def generate_blob_key():
+    """28 lower-case letters and digits, as Active Storage's SecureRandom.base36(28)."""
+    key = []
+    while len(key) < BLOB_KEY_CHARS:
+        for byte in os.urandom(BLOB_KEY_CHARS * 2):
+            if byte < 252 and len(key) < BLOB_KEY_CHARS:  # 252 = 7 × 36: no letter is likelier
+                key.append(BLOB_KEY_ALPHABET[byte % 36])
+    return "".join(key)
+
+
+_BLOB_KEY_RE = re.compile(r"[0-9a-z]{%d}\Z" % BLOB_KEY_CHARS)
+
+
+class FileStore:
+    def __init__(self, root):
+        self.root = root
+        self.temp_root = os.path.join(root, "tmp")  # never a key's folder: those have two characters
+
+    def path(self, key):
+        return os.path.join(self.root, key[:2], key[2:4], key)
+
+    def temp_path(self, key):
+        return os.path.join(self.temp_root, key)
+
+    def create_temp(self, key):
+        """A new temporary file for an upload: its descriptor, open for writing."""
+        os.makedirs(self.temp_root, exist_ok=True)
+        return os.open(self.temp_path(key), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    @staticmethod
+    def write(descriptor, data, digest):
+        digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view):]
+
+    @staticmethod
+    def close(descriptor, *, sync):
+        try:
+            if sync:
+                os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def discard_temp(self, key):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp_path(key))
+
+    def promote(self, key):
+        """Move a committed upload into its place."""
+        final = self.path(key)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(self.temp_path(key), final)
+
+    def delete(self, key):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(key))
+
+    def open(self, key):
+        """(file object, size) of a blob's bytes, or None when they are missing. An upload
+        whose row has just committed may still be in tmp/ until its move."""
+        for path in (self.path(key), self.temp_path(key)):
+            try:
+                file = open(path, "rb")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            return file, os.fstat(file.fileno()).st_size
+        return None
+
+    def sweep(self, blob_exists):
+        """Settle the uploads a crash left in tmp/: a committed one (blob_exists(key)) is
+        moved into place, any other deleted. Returns (moved, deleted)."""
+        moved = deleted = 0
+        try:
+            names = os.listdir(self.temp_root)
+        except FileNotFoundError:
+            return 0, 0
+        for name in names:
+            if _BLOB_KEY_RE.match(name) and blob_exists(name):
+                self.promote(name)
+                moved += 1
+            else:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(os.path.join(self.temp_root, name))
+                deleted += 1
+        return moved, deleted
 
 
 ####
-#### 11. Domain
+#### 12. Domain
 ####
 # Every operation on accounts, people, sessions, rooms, memberships, messages,
 # boosts, search and bots, with its SQL: nothing above Storage but this section
@@ -6131,20 +7760,92 @@ class User:
 
 @dataclass(slots=True)
 class Room:
-    """A row of rooms; type is Rails' class name (Rooms::Open, ::Closed, ::Direct)."""
+    """A row of rooms; type is Rails' class name (Rooms::Open, ::Closed, ::Direct). A
+    thread's room names the message it answers and that message's room."""
 
     id: int
     name: str
     type: str
     creator_id: int
+    parent_message_id: int = None
+    parent_room_id: int = None
 
     @classmethod
-    def from_row(cls, row):
-        return cls(row["id"], row["name"], row["type"], row["creator_id"])
+    def from_row(cls, row, parent_message_id=None, parent_room_id=None):
+        return cls(row["id"], row["name"], row["type"], row["creator_id"], parent_message_id, parent_room_id)
 
     @property
     def direct(self):
         return self.type == ROOM_DIRECT
+
+    @property
+    def thread(self):
+        return self.parent_message_id is not None
+
+
+@dataclass(slots=True)
+class Blob:
+    """A row of active_storage_blobs, as attached to a record."""
+
+    id: int
+    key: str
+    filename: str
+    content_type: str
+    byte_size: int
+    checksum: str
+    width: int = None
+    height: int = None
+    created_at: str = ""
+
+    @classmethod
+    def from_row(cls, row):
+        try:
+            metadata = json.loads(row["metadata"] or "{}")
+        except ValueError:
+            metadata = {}
+        width, height = (metadata.get("width"), metadata.get("height")) if isinstance(metadata, dict) else (None, None)
+        if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+            width = height = None
+        return cls(row["id"], row["key"], row["filename"] or FALLBACK_FILENAME,
+                   (row["content_type"] or DOWNLOAD_CONTENT_TYPE).lower(), row["byte_size"] or 0, row["checksum"] or "",
+                   width, height, row["created_at"] or "")
+
+    @property
+    def kind(self):
+        """How a message shows it: "image", "video", "audio" or "file"."""
+        content_type = self.content_type
+        if content_type in INLINE_IMAGE_TYPES:
+            return "image"
+        if content_type.startswith("video/") and content_type in INLINE_CONTENT_TYPES:
+            return "video"
+        if content_type.startswith("audio/") and content_type in INLINE_CONTENT_TYPES:
+            return "audio"
+        return "file"
+
+    @property
+    def etag(self):
+        """Strong: a blob's bytes never change, and its checksum names them."""
+        return '"%s"' % (self.checksum or self.key).replace('"', "")
+
+
+@dataclass(slots=True)
+class Upload:
+    """A file received and written to a temporary file, ready to become a blob."""
+
+    key: str
+    filename: str
+    content_type: str
+    byte_size: int
+    checksum: str         # base64 of the MD5 digest, as Active Storage keeps it
+    width: int = None     # an image's, from its header
+    height: int = None
+
+    @property
+    def metadata(self):
+        """Active Storage's metadata JSON after its analyzers ran."""
+        if self.width:
+            return {"identified": True, "width": self.width, "height": self.height, "analyzed": True}
+        return {"identified": True, "analyzed": True}
 
 
 @dataclass(slots=True)
@@ -6191,10 +7892,17 @@ def fts_match_expression(query):
     """A user's words as an FTS5 expression that cannot be a syntax error:
     non-word characters become spaces (as Campfire's app/models/message/searchable.rb does)
     and every word is quoted."""
-    words = re.findall(r"\w+", str(query))[:MAX_SEARCH_WORDS]
+    words = search_words(query)
     if not words:
         return None
-    return " ".join('"%s"' % word for word in words)
+    # The last word is still being typed: it matches as a prefix ("desi" finds
+    # "design") as well as stemmed ("designing" finds "designs").
+    *done, last = ['"%s"' % word for word in words]
+    return " AND ".join(done + ['(%s OR %s*)' % (last, last)])
+
+
+def search_words(query):
+    return re.findall(r"\w+", str(query))[:MAX_SEARCH_WORDS]
 
 
 def generate_bot_token():
@@ -6255,6 +7963,10 @@ class Events:
     def message_created(self, room, message, unread_user_ids):
         self._emit("message_created", room, message, unread_user_ids)
 
+    def mentioned(self, user_ids, message):
+        """A new message notifies these people (their inbox and its count changed)."""
+        self._emit("mentioned", user_ids, message)
+
     def message_updated(self, message):
         self._emit("message_updated", message)
 
@@ -6288,6 +8000,14 @@ class Events:
         """Their messages are to be deleted, in the background."""
         self._emit("user_banned", user_id)
 
+    def blobs_created(self, keys):
+        """Uploads now named by committed rows: their files move into place."""
+        self._emit("blobs_created", keys)
+
+    def blobs_deleted(self, keys):
+        """Blobs whose rows are gone: their files go too."""
+        self._emit("blobs_deleted", keys)
+
 
 class Store:
     """The domain's state and operations, over one Database.
@@ -6307,6 +8027,7 @@ class Store:
         self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids})
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
+        self._mention_counts = {}  # user id → (versions, {room id: unread mentions})
         self._rooms = {}         # room id → Room (dropped when its name or type changes)
         self._sgids = {}         # user id → their attachable sgid
         self._derived = {}       # name → (global_version, value): custom CSS, banned addresses
@@ -6332,6 +8053,7 @@ class Store:
         self._users.clear()
         self._member_rooms.clear()
         self._room_members.clear()
+        self._mention_counts.clear()
 
     def memberships_changed(self, room_id, user_ids):
         self.membership_versions[room_id] += 1
@@ -6353,6 +8075,22 @@ class Store:
     # Account -----------------------------------------------------------------
     def account(self):
         return self.db.one("SELECT * FROM accounts ORDER BY id LIMIT 1")
+
+    def account_logo(self):
+        """The account's logo (a Blob), or None: read once per account change."""
+        def build():
+            account = self.db.one("SELECT id FROM accounts ORDER BY id LIMIT 1")
+            return self.attachment("Account", account["id"], "logo") if account else None
+        return self._derived_value("logo", build)
+
+    def set_account_logo(self, upload):
+        """The account's logo in place of the one before; None removes it."""
+        account_id = self.account()["id"]
+        with self.db.atomic():
+            self._detach("Account", [account_id], "logo")
+            if upload is not None:
+                self._attach("Account", account_id, "logo", upload, utc_now_text())
+        self._account_changed()
 
     def account_name(self):
         account = self.account()
@@ -6661,12 +8399,14 @@ class Store:
     def room(self, room_id):
         room = self._rooms.get(room_id)
         if room is None:
-            row = self.db.one("SELECT * FROM rooms WHERE id = ?", (room_id,))
+            row = self.db.one("SELECT rooms.*, campfire_py_threads.parent_message_id, "
+                              "campfire_py_threads.parent_room_id FROM rooms LEFT JOIN campfire_py_threads "
+                              "ON campfire_py_threads.room_id = rooms.id WHERE rooms.id = ?", (room_id,))
             if row is None:
                 return None
             if len(self._rooms) > ROOMS_KEPT:
                 self._rooms.clear()
-            room = self._rooms[room_id] = Room.from_row(row)
+            room = self._rooms[room_id] = Room.from_row(row, row["parent_message_id"], row["parent_room_id"])
         return room
 
     def member_room(self, room_id, user_id):
@@ -6750,20 +8490,37 @@ class Store:
     def remove_room(self, room):
         """Delete a room with its messages, boosts, memberships and search rows."""
         member_ids = self.room_member_ids(room.id)
-        message_ids = "SELECT id FROM messages WHERE room_id = ?"
+        threads = [self.room(room_id) for room_id in self.thread_room_ids(room.id)]
         with self.db.atomic():
-            self.db.execute("DELETE FROM boosts WHERE message_id IN (%s)" % message_ids, (room.id,))
-            for (message_id,) in self.db.execute(message_ids, (room.id,)):
-                self.db.defer(self.SEARCH_ROW_DELETE, (message_id,))
-            self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id IN (%s)"
-                            % message_ids, (room.id,))
-            self.db.execute("DELETE FROM messages WHERE room_id = ?", (room.id,))
-            self.db.execute("DELETE FROM campfire_py_message_deletions WHERE room_id = ?", (room.id,))
-            self.db.execute("DELETE FROM memberships WHERE room_id = ?", (room.id,))
-            self.db.execute("DELETE FROM rooms WHERE id = ?", (room.id,))
+            for thread in threads:
+                self._delete_room_rows(thread.id)
+            self._delete_room_rows(room.id)
         self._rooms.pop(room.id, None)
         self.memberships_changed(room.id, member_ids)
         self.events.room_deleted(room, member_ids)
+        for thread in threads:
+            self.events.room_deleted(thread, ())
+
+    def _delete_room_rows(self, room_id):
+        """A room's rows: its messages with their boosts, rich text, search rows, mentions and
+        bookmarks; its memberships; its thread record."""
+        message_ids = "SELECT id FROM messages WHERE room_id = ?"
+        self.db.execute("DELETE FROM boosts WHERE message_id IN (%s)" % message_ids, (room_id,))
+        room_message_ids = [row[0] for row in self.db.execute(message_ids, (room_id,))]
+        for message_id in room_message_ids:
+            self.db.defer(self.SEARCH_ROW_DELETE, (message_id,))
+        for start in range(0, len(room_message_ids), SQLITE_IN_CHUNK):
+            self._detach("Message", room_message_ids[start:start + SQLITE_IN_CHUNK])
+        self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id IN (%s)"
+                        % message_ids, (room_id,))
+        self.db.execute("DELETE FROM campfire_py_bookmarks WHERE message_id IN (%s)" % message_ids, (room_id,))
+        self.db.execute("DELETE FROM campfire_py_mentions WHERE room_id = ?", (room_id,))
+        self.db.execute("DELETE FROM messages WHERE room_id = ?", (room_id,))
+        self.db.execute("DELETE FROM campfire_py_message_deletions WHERE room_id = ?", (room_id,))
+        self.db.execute("DELETE FROM memberships WHERE room_id = ?", (room_id,))
+        self.db.execute("DELETE FROM campfire_py_threads WHERE room_id = ?", (room_id,))
+        self.db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
+        self._rooms.pop(room_id, None)
 
     def _add_membership(self, room_id, user_id, involvement="mentions", now=None):
         now = now or utc_now_text()
@@ -6818,8 +8575,14 @@ class Store:
         cached = self._member_rooms.get(user_id)
         if cached is None or cached[0] != key:
             rows = self.db.all("SELECT room_id, involvement, unread_at FROM memberships WHERE user_id = ?", (user_id,))
+            rooms = {row[0]: row[1] for row in rows}
+            # Threads are read by their parent room's members.
+            rooms.update((row[0], row[1]) for row in self.db.all(
+                "SELECT campfire_py_threads.room_id, memberships.involvement FROM campfire_py_threads "
+                "JOIN memberships ON memberships.room_id = campfire_py_threads.parent_room_id "
+                "WHERE memberships.user_id = ?", (user_id,)))
             cached = self._member_rooms[user_id] = (
-                key, {row[0]: row[1] for row in rows},
+                key, rooms,
                 {row[0] for row in rows if row[2] is not None and row[1] != "invisible"})
         return cached
 
@@ -6834,7 +8597,10 @@ class Store:
         return self.db.value("SELECT updated_at FROM rooms WHERE id = ?", (room_id,)) or ""
 
     def room_member_ids(self, room_id):
-        """Active members' ids of a room, cached per room membership version."""
+        """Active members' ids of a room (a thread's: its parent room's), cached per room membership version."""
+        room = self.room(room_id)
+        if room is not None and room.thread:
+            room_id = room.parent_room_id
         key = (self.membership_versions[room_id], self.global_version)
         cached = self._room_members.get(room_id)
         if cached is None or cached[0] != key:
@@ -6977,7 +8743,9 @@ class Store:
         return sgid
 
     def _keep_attachment(self, sgid, content_type):
-        """Posted bodies keep only mentions we signed ourselves."""
+        """Posted bodies keep only mentions we signed ourselves, and link previews."""
+        if content_type == OPENGRAPH_CONTENT_TYPE:
+            return True
         return content_type == MENTION_CONTENT_TYPE and verify_sgid(sgid, self.sgid_secret) is not None
 
     def mentioned_user(self, sgid):
@@ -6987,6 +8755,15 @@ class Store:
     def _mention_name(self, sgid):
         user = self.mentioned_user(sgid)
         return user.name if user else None
+
+    def message_text(self, message):
+        """A message's plain text; a file's is its name (Campfire's Message#plain_text_body)."""
+        text = self.plain_text(message["body"])
+        if not text and not message["body"]:
+            blob = self.attachment("Message", message["id"], "attachment")
+            if blob is not None:
+                return blob.filename
+        return text
 
     def plain_text(self, stored_body):
         """A body's text for search, webhooks, the bot API and /play, mentions as "@Name"."""
@@ -7011,13 +8788,30 @@ class Store:
         plain = self.plain_text(body)
         if not plain.strip():
             raise Unprocessable("A message can't be empty.")
-        message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, body, plain)
+        groups = group_mentions(plain)
+        if "everyone" in groups:
+            problem = self.everyone_problem(room, user)
+            if problem:  # the composer shows the reason from the header
+                raise Forbidden(problem, headers=[("X-Refused-Because", problem)])
+        if groups or room.thread or "<action-text-attachment" in body:  # someone to notify
+            with self.db.atomic():
+                message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, body, plain)
+                mentioned = self._record_mentions(room, message, groups)
+        else:  # most messages: nobody's inbox changes
+            message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, body, plain)
+            mentioned = []
         if room.direct:  # direct rooms are listed by recency in every member's sidebar
             self.bump_users(self.room_member_ids(room.id))
+        if room.thread:  # the message it answers counts one more reply
+            self.bump_room(room.parent_room_id)
         self.events.message_created(room, message, unread_user_ids)
+        if mentioned:
+            self.events.mentioned(mentioned, message)
         return message, True
 
     def edit_message(self, message, raw_body):
+        if not message["body"] and self.attachment("Message", message["id"], "attachment") is not None:
+            raise Forbidden("A file can be deleted, not edited.")  # Campfire's messages_controller.rb
         body = self.clean_body(str(raw_body), message["room_id"])
         plain = self.plain_text(body)
         if not plain.strip():
@@ -7030,6 +8824,9 @@ class Store:
     def remove_message(self, message):
         with self.db.atomic():
             self._delete_message(message)
+        room = self.room(message["room_id"])
+        if room is not None and room.thread:
+            self.bump_room(room.parent_room_id)
         self.events.message_removed(message)
 
     def create_message(self, room_id, creator_id, client_message_id, body, plain_text, now=None):
@@ -7071,8 +8868,9 @@ class Store:
         self.bump_room(message["room_id"])
 
     def _delete_message(self, message):
-        """The message, its rich text, boosts and search row; its deletion remembered for /refresh."""
+        """The message, its rich text, boosts, attachment and search row; its deletion remembered for /refresh."""
         stamp = utc_now_text()
+        self._detach("Message", [message["id"]])
         self.db.execute("INSERT OR REPLACE INTO campfire_py_message_deletions (message_id, room_id, deleted_at) "
                         "VALUES (?, ?, ?)", (message["id"], message["room_id"], stamp))
         self.db.execute("DELETE FROM campfire_py_message_deletions WHERE deleted_at < ?",
@@ -7081,8 +8879,139 @@ class Store:
         self.db.defer(self.SEARCH_ROW_DELETE, (message["id"],))
         self.db.execute("DELETE FROM action_text_rich_texts WHERE record_type = 'Message' AND record_id = ?",
                         (message["id"],))
+        self.db.execute("DELETE FROM campfire_py_mentions WHERE message_id = ?", (message["id"],))
+        self.db.execute("DELETE FROM campfire_py_bookmarks WHERE message_id = ?", (message["id"],))
         self.db.execute("DELETE FROM messages WHERE id = ?", (message["id"],))
+        thread_room_id = self.db.value("SELECT room_id FROM campfire_py_threads WHERE parent_message_id = ?",
+                                       (message["id"],))
+        if thread_room_id is not None:  # its thread goes with it
+            self._delete_room_rows(thread_room_id)
         self.bump_room(message["room_id"])
+
+    # Attachments (Active Storage's tables, as Rails writes them) -------------------
+    ATTACHMENT_COLUMNS = (
+        "SELECT active_storage_attachments.record_id, active_storage_attachments.name, active_storage_blobs.id, "
+        "active_storage_blobs.key, active_storage_blobs.filename, active_storage_blobs.content_type, "
+        "active_storage_blobs.metadata, active_storage_blobs.byte_size, active_storage_blobs.checksum, "
+        "active_storage_blobs.created_at FROM active_storage_attachments JOIN active_storage_blobs "
+        "ON active_storage_blobs.id = active_storage_attachments.blob_id ")
+
+    def attachments_for(self, record_type, record_ids, name=None):
+        """{record id: Blob} of the records' attachments (named `name`, or any)."""
+        found = {}
+        record_ids = list(record_ids)
+        for start in range(0, len(record_ids), SQLITE_IN_CHUNK):
+            chunk = record_ids[start:start + SQLITE_IN_CHUNK]
+            rows = self.db.all(
+                self.ATTACHMENT_COLUMNS + "WHERE active_storage_attachments.record_type = ? AND "
+                "active_storage_attachments.record_id IN (%s) ORDER BY active_storage_attachments.id"
+                % ",".join("?" * len(chunk)), (record_type, *chunk))
+            for row in rows:
+                if name is None or row["name"] == name:
+                    found.setdefault(row["record_id"], Blob.from_row(row))
+        return found
+
+    def attachment(self, record_type, record_id, name):
+        return self.attachments_for(record_type, [record_id], name).get(record_id)
+
+    def blob_exists(self, key):
+        return self.db.value("SELECT 1 FROM active_storage_blobs WHERE key = ?", (key,)) is not None
+
+    def _attach(self, record_type, record_id, name, upload, stamp):
+        """Insert the upload's blob and attach it (inside atomic()); its file moves into place after the commit."""
+        blob_id = self.db.execute(
+            "INSERT INTO active_storage_blobs (key, filename, content_type, metadata, service_name, byte_size, "
+            "checksum, created_at) VALUES (?, ?, ?, ?, 'local', ?, ?, ?)",
+            (upload.key, upload.filename, upload.content_type, json.dumps(upload.metadata, separators=(",", ":")),
+             upload.byte_size, upload.checksum, stamp)).lastrowid
+        self.db.execute("INSERT INTO active_storage_attachments (name, record_type, record_id, blob_id, created_at) "
+                        "VALUES (?, ?, ?, ?, ?)", (name, record_type, record_id, blob_id, stamp))
+        self.events.blobs_created([upload.key])
+
+    def _detach(self, record_type, record_ids, name=None):
+        """Delete the records' attachments and their blobs, with the variants Rails made of
+        them (inside atomic()); the files go after the commit."""
+        if not record_ids:
+            return
+        marks = ",".join("?" * len(record_ids))
+        name_clause, params = ("AND name = ? ", (record_type, *record_ids, name)) if name else ("", (record_type,
+                                                                                                   *record_ids))
+        blob_ids = [row[0] for row in self.db.all(
+            "SELECT blob_id FROM active_storage_attachments WHERE record_type = ? AND record_id IN (%s) %s"
+            % (marks, name_clause), params)]
+        if not blob_ids:
+            return
+        self.db.execute("DELETE FROM active_storage_attachments WHERE record_type = ? AND record_id IN (%s) %s"
+                        % (marks, name_clause), params)
+        blob_marks = ",".join("?" * len(blob_ids))
+        variant_ids = [row[0] for row in self.db.all(
+            "SELECT id FROM active_storage_variant_records WHERE blob_id IN (%s)" % blob_marks, blob_ids)]
+        if variant_ids:
+            variant_marks = ",".join("?" * len(variant_ids))
+            blob_ids += [row[0] for row in self.db.all(
+                "SELECT blob_id FROM active_storage_attachments WHERE record_type = 'ActiveStorage::VariantRecord' "
+                "AND record_id IN (%s)" % variant_marks, variant_ids)]
+            self.db.execute("DELETE FROM active_storage_attachments WHERE record_type = "
+                            "'ActiveStorage::VariantRecord' AND record_id IN (%s)" % variant_marks, variant_ids)
+            self.db.execute("DELETE FROM active_storage_variant_records WHERE id IN (%s)" % variant_marks, variant_ids)
+        blob_marks = ",".join("?" * len(blob_ids))
+        # A blob another record still uses stays (Rails lets two attachments share one).
+        in_use = {row[0] for row in self.db.all(
+            "SELECT blob_id FROM active_storage_attachments WHERE blob_id IN (%s)" % blob_marks, blob_ids)}
+        gone = [blob_id for blob_id in blob_ids if blob_id not in in_use]
+        if not gone:
+            return
+        gone_marks = ",".join("?" * len(gone))
+        keys = [row[0] for row in self.db.all("SELECT key FROM active_storage_blobs WHERE id IN (%s)" % gone_marks,
+                                              gone)]
+        self.db.execute("DELETE FROM active_storage_blobs WHERE id IN (%s)" % gone_marks, gone)
+        self.events.blobs_deleted(keys)
+
+    def preview_of(self, message_id, blob):
+        """The smaller copy of a message's image (or its video's poster) the sender's browser
+        made (a Blob), else True when Rails made one (a variant), else None."""
+        if blob.kind not in ("image", "video"):
+            return None
+        preview = self.attachment("Message", message_id, "preview")
+        if preview is not None:
+            return preview
+        return True if blob.kind == "image" and self.variant_key(blob.id) else None
+
+    def variant_key(self, blob_id):
+        """The key of a preview Rails made of a blob (Campfire's 1200×800 thumbnail), or None."""
+        return self.db.value(
+            "SELECT active_storage_blobs.key FROM active_storage_variant_records JOIN active_storage_attachments "
+            "ON active_storage_attachments.record_type = 'ActiveStorage::VariantRecord' AND "
+            "active_storage_attachments.record_id = active_storage_variant_records.id JOIN active_storage_blobs "
+            "ON active_storage_blobs.id = active_storage_attachments.blob_id "
+            "WHERE active_storage_variant_records.blob_id = ? ORDER BY active_storage_variant_records.id LIMIT 1",
+            (blob_id,))
+
+    def set_avatar(self, user_id, upload):
+        """A person's (or a bot's) picture, in place of the one before; None removes it."""
+        with self.db.atomic():
+            self._detach("User", [user_id], "avatar")
+            if upload is not None:
+                self._attach("User", user_id, "avatar", upload, utc_now_text())
+            self.db.execute("UPDATE users SET updated_at = ? WHERE id = ?", (utc_now_text(), user_id))
+        self.forget_user(user_id)
+        self._account_changed()  # avatars are everywhere: in cached pages and messages
+
+    def post_attachment(self, room, user, upload, client_message_id, preview=None):
+        """(message, created): a message holding one file, as Campfire makes one per file, with
+        the preview its sender's browser made, if any. Its text, for search, is the file's name."""
+        existing = self.message_by_client_id(room.id, user.id, client_message_id)
+        if existing is not None:
+            return existing, False
+        with self.db.atomic():
+            message, unread_user_ids = self.create_message(room.id, user.id, client_message_id, "", upload.filename)
+            self._attach("Message", message["id"], "attachment", upload, message["created_at"])
+            if preview is not None:
+                self._attach("Message", message["id"], "preview", preview, message["created_at"])
+        if room.direct:
+            self.bump_users(self.room_member_ids(room.id))
+        self.events.message_created(room, message, unread_user_ids)
+        return message, True
 
     def messages_page(self, room_id, *, before=None, after=None, limit=MESSAGE_PAGE_SIZE):
         """Up to `limit` messages next to a message (or the newest), oldest first."""
@@ -7165,10 +9094,216 @@ class Store:
         self.bump_room(message["room_id"])
         self.events.boost_changed(message, boost, "deleted")
 
+    # Catching up: mentions, @everyone and @here, threads, bookmarks, unread marks ----
+    def home_room(self, room):
+        """The room whose members read this one: a thread's parent room, else the room itself."""
+        return self.room(room.parent_room_id) if room.thread else room
+
+    def everyone_problem(self, room, user):
+        """Why this person may not notify @everyone here, or None: in a room of more than
+        EVERYONE_OPEN_LIMIT people only administrators and the room's creator may."""
+        home = self.home_room(room)
+        if home is None or user.administrator or user.bot or user.id == home.creator_id:
+            return None  # a bot is set up by an administrator (and Campfire's bot API refuses no text)
+        if len(self.room_member_ids(home.id)) <= EVERYONE_OPEN_LIMIT:
+            return None
+        return ("Only administrators and the room's creator can notify @everyone in a room of more than %d "
+                "people." % EVERYONE_OPEN_LIMIT)
+
+    def present_member_ids(self, room_id, now=None):
+        """Members with the room open in a visible tab (who @here reaches)."""
+        since = utc_now_text((now or time.time()) - PRESENCE_WINDOW)
+        return {row[0] for row in self.db.all("SELECT user_id FROM memberships WHERE room_id = ? AND connections > 0 "
+                                              "AND connected_at >= ?", (room_id, since))}
+
+    def thread_participant_ids(self, room):
+        """Who a thread's replies notify: the author of the message it answers and everyone who replied."""
+        ids = {row[0] for row in self.db.all("SELECT DISTINCT creator_id FROM messages WHERE room_id = ?", (room.id,))}
+        parent = self.message(room.parent_message_id)
+        if parent is not None:
+            ids.add(parent["creator_id"])
+        return ids
+
+    def _record_mentions(self, room, message, groups):
+        """Inbox rows for everyone a new message notifies: the people it mentions, the room
+        for @everyone, those present for @here, a thread's participants. People reading the
+        room as it arrives have seen it. Returns their ids."""
+        home = self.home_room(room)
+        ids = {sgid_user_id(sgid) for sgid in find_mentions(message["body"] or "")}
+        if room.thread:
+            ids |= self.thread_participant_ids(room)
+        if not ids and not groups:
+            return []
+        members = set(self.room_member_ids(home.id))
+        present = self.present_member_ids(home.id)
+        if groups:  # a room someone muted (or hid) doesn't call them for @everyone or @here
+            muted = {row[0] for row in self.db.all("SELECT user_id FROM memberships WHERE room_id = ? AND "
+                                                   "involvement IN ('nothing', 'invisible')", (home.id,))}
+            ids |= (members if "everyone" in groups else present) - muted
+        if room.thread:
+            present = set()  # being in the room is not reading its threads
+        ids &= members
+        ids.discard(message["creator_id"])
+        ids = sorted(user_id for user_id in ids if (user := self.user(user_id)) is not None and not user.bot)
+        stamp = message["created_at"]
+        for user_id in ids:
+            self.db.execute("INSERT OR IGNORE INTO campfire_py_mentions (user_id, message_id, room_id, created_at, "
+                            "read_at) VALUES (?, ?, ?, ?, ?)",
+                            (user_id, message["id"], room.id, stamp, stamp if user_id in present else None))
+        self.bump_users(ids)
+        return ids
+
+    def mentions(self, user_id, *, before=None, limit=MENTIONS_PAGE_SIZE):
+        """(messages newest first, {message id: unread}, more): what mentions the person in rooms
+        they still belong to, `limit` at a time before a message id."""
+        rows = self.db.all("SELECT message_id, room_id, read_at FROM campfire_py_mentions WHERE user_id = ? "
+                           "AND message_id < ? ORDER BY message_id DESC LIMIT ?",
+                           (user_id, MAX_ROW_ID if before is None else before, limit + 1))
+        more = len(rows) > limit
+        rooms = self.user_rooms(user_id)
+        rows = [row for row in rows[:limit] if row["room_id"] in rooms]
+        unread = {row["message_id"]: row["read_at"] is None for row in rows}
+        messages = self.messages_by_id(list(unread))
+        return sorted(messages, key=lambda message: message["id"], reverse=True), unread, more
+
+    def _unread_mentions(self, user_id):
+        """{room id: unread mentions} of the person's rooms, cached per user version (a
+        mention, a read and a change of rooms each bump it)."""
+        key = (self.user_versions[user_id], self.global_version)
+        cached = self._mention_counts.get(user_id)
+        if cached is None or cached[0] != key:
+            rooms = self.user_rooms(user_id)
+            counts = {room_id: count for room_id, count in self.db.all(
+                "SELECT room_id, count(*) FROM campfire_py_mentions WHERE user_id = ? AND read_at IS NULL "
+                "GROUP BY room_id", (user_id,)) if room_id in rooms}
+            if len(self._mention_counts) > MENTION_COUNTS_KEPT:
+                self._mention_counts.clear()
+            cached = self._mention_counts[user_id] = (key, counts)
+        return cached[1]
+
+    def unread_mention_count(self, user_id):
+        return sum(self._unread_mentions(user_id).values())
+
+    def mark_mentions_read(self, user_id, room_id):
+        """Opening a room reads the mentions in it; writes only when there are some."""
+        if room_id not in self._unread_mentions(user_id):
+            return False
+        with self.db.atomic():
+            self.db.execute("UPDATE campfire_py_mentions SET read_at = ? WHERE user_id = ? AND room_id = ? "
+                            "AND read_at IS NULL", (utc_now_text(), user_id, room_id))
+        self.bump_users([user_id])
+        self.events.sidebar_changed([user_id])
+        return True
+
+    def messages_by_id(self, message_ids):
+        rows = []
+        for start in range(0, len(message_ids), SQLITE_IN_CHUNK):
+            chunk = message_ids[start:start + SQLITE_IN_CHUNK]
+            rows += self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s)" % ",".join("?" * len(chunk)), chunk)
+        return rows
+
+    def threads_changed_since(self, room_id, since_text, limit=REFRESH_PAGE_SIZE):
+        """The room's messages whose threads gained or lost a reply since a moment."""
+        return self.messages_by_id([row[0] for row in self.db.all(
+            "SELECT parent_message_id FROM campfire_py_threads WHERE parent_room_id = ? AND ("
+            "EXISTS (SELECT 1 FROM messages WHERE messages.room_id = campfire_py_threads.room_id "
+            "AND messages.created_at >= ?) OR EXISTS (SELECT 1 FROM campfire_py_message_deletions AS deletions "
+            "WHERE deletions.room_id = campfire_py_threads.room_id AND deletions.deleted_at >= ?)) "
+            "ORDER BY parent_message_id DESC LIMIT ?", (room_id, since_text, since_text, limit))])
+
+    def thread_room_ids(self, room_id):
+        return [row[0] for row in self.db.all("SELECT room_id FROM campfire_py_threads WHERE parent_room_id = ?",
+                                              (room_id,))]
+
+    def thread_room_for(self, message_id):
+        room_id = self.db.value("SELECT room_id FROM campfire_py_threads WHERE parent_message_id = ?", (message_id,))
+        return None if room_id is None else self.room(room_id)
+
+    def start_thread(self, message, user):
+        """The room of the thread answering a message, made when it has none yet."""
+        parent_room = self.room(message["room_id"])
+        if parent_room.thread:
+            raise Unprocessable("A reply in a thread can't start a thread of its own.")
+        with self.db.atomic():
+            room = self.thread_room_for(message["id"])
+            if room is not None:
+                return room
+            stamp = utc_now_text()
+            room_id = self.db.execute("INSERT INTO rooms (name, type, creator_id, created_at, updated_at) "
+                                      "VALUES (NULL, ?, ?, ?, ?)", (ROOM_CLOSED, user.id, stamp, stamp)).lastrowid
+            self.db.execute("INSERT INTO campfire_py_threads (room_id, parent_message_id, parent_room_id, created_at) "
+                            "VALUES (?, ?, ?, ?)", (room_id, message["id"], parent_room.id, stamp))
+            self.bump_users(self.room_member_ids(parent_room.id))  # their rooms now include the thread
+        return self.room(room_id)
+
+    def threads_for(self, message_ids):
+        """{message id: (thread room id, replies, last repliers' ids newest first)} for those
+        of the messages that have replies in a thread."""
+        threads = {}
+        for start in range(0, len(message_ids), SQLITE_IN_CHUNK):
+            chunk = message_ids[start:start + SQLITE_IN_CHUNK]
+            for parent_id, room_id in self.db.all(
+                    "SELECT parent_message_id, room_id FROM campfire_py_threads WHERE parent_message_id IN (%s)"
+                    % ",".join("?" * len(chunk)), chunk):
+                count = self.db.value("SELECT count(*) FROM messages WHERE room_id = ?", (room_id,))
+                if not count:
+                    continue
+                repliers = []
+                for (creator_id,) in self.db.all("SELECT creator_id FROM messages WHERE room_id = ? "
+                                                 "ORDER BY created_at DESC, id DESC", (room_id,)):
+                    if creator_id not in repliers:
+                        repliers.append(creator_id)
+                        if len(repliers) == THREAD_REPLIER_AVATARS:
+                            break
+                threads[parent_id] = (room_id, count, tuple(repliers))
+        return threads
+
+    def unread_since(self, room_id, user_id):
+        """When the room became unread for the person (the first message they haven't seen), or None."""
+        return self.db.value("SELECT unread_at FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, user_id))
+
+    def mark_unread(self, message, user_id):
+        """"Mark as unread": the room is unread from this message on, until the person comes back."""
+        room = self.room(message["room_id"])
+        home = self.home_room(room)
+        stamp = message["created_at"]
+        if room.thread:  # the room is unread from the message the thread answers
+            parent = self.message(room.parent_message_id)
+            stamp = parent["created_at"] if parent is not None else stamp
+        with self.db.atomic():
+            self.db.execute("UPDATE memberships SET unread_at = ?, updated_at = ? WHERE room_id = ? AND user_id = ?",
+                            (stamp, utc_now_text(), home.id, user_id))
+        self.bump_users([user_id])
+        self.events.sidebar_changed([user_id])
+        return home
+
+    def save_message(self, user_id, message):
+        with self.db.atomic():
+            self.db.execute("INSERT OR IGNORE INTO campfire_py_bookmarks (user_id, message_id, created_at) "
+                            "VALUES (?, ?, ?)", (user_id, message["id"], utc_now_text()))
+        self.bump_users([user_id])
+
+    def unsave_message(self, user_id, message_id):
+        with self.db.atomic():
+            self.db.execute("DELETE FROM campfire_py_bookmarks WHERE user_id = ? AND message_id = ?",
+                            (user_id, message_id))
+        self.bump_users([user_id])
+
+    def saved_messages(self, user_id, page=0, limit=MENTIONS_PAGE_SIZE):
+        """(messages, most recently saved first, in rooms the person still belongs to; more)."""
+        rows = self.db.all("SELECT message_id FROM campfire_py_bookmarks WHERE user_id = ? "
+                           "ORDER BY created_at DESC, message_id DESC LIMIT ? OFFSET ?",
+                           (user_id, limit + 1, page * limit))
+        order = {row[0]: index for index, row in enumerate(rows[:limit])}
+        rooms = self.user_rooms(user_id)
+        messages = [message for message in self.messages_by_id(list(order)) if message["room_id"] in rooms]
+        return sorted(messages, key=lambda message: order[message["id"]]), len(rows) > limit
+
     # Search ------------------------------------------------------------------
-    def search(self, user_id, query, limit=SEARCH_RESULT_LIMIT):
-        """The newest `limit` messages matching every word, in the user's rooms only,
-        newest first (by created_at, as Campfire orders them).
+    def search(self, user_id, query, limit=SEARCH_RESULT_LIMIT, *, room_id=None, creator_id=None):
+        """The newest `limit` messages matching every word (the last one as a prefix too),
+        in the user's rooms only, newest first (by created_at, as Campfire orders them);
+        with room_id, in that room and its threads; with creator_id, that person's.
 
         A probe takes the newest matches across all rooms (FTS5 walks its
         doclists in rowid order, so this is cheap) and keeps the user's; only
@@ -7177,14 +9312,17 @@ class Store:
         if match is None:
             return []
         rooms = self.user_rooms(user_id)
+        if room_id is not None:
+            rooms = {candidate for candidate in rooms if candidate == room_id or (
+                (room := self.room(candidate)) is not None and room.parent_room_id == room_id)}
         probe_limit = self.config.search_probe_limit
         probe = self.db.all("SELECT rowid FROM message_search_index WHERE message_search_index MATCH ? "
                             "ORDER BY rowid DESC LIMIT ?", (match, probe_limit))
         candidate_ids = [row[0] for row in probe]
         marks = ",".join("?" * len(candidate_ids)) or "NULL"
-        visible = [row[0] for row in self.db.all("SELECT id, room_id FROM messages WHERE id IN (%s) "
+        visible = [row[0] for row in self.db.all("SELECT id, room_id, creator_id FROM messages WHERE id IN (%s) "
                                                  "ORDER BY created_at DESC, id DESC" % marks, candidate_ids)
-                   if row[1] in rooms][:limit]
+                   if row[1] in rooms and creator_id in (None, row[2])][:limit]
         if len(visible) == limit or len(probe) < probe_limit:
             rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s) "
                                "ORDER BY messages.created_at DESC, messages.id DESC"
@@ -7193,9 +9331,9 @@ class Store:
             room_ids = list(rooms) or [0]
             rows = self.db.all(
                 self.MESSAGE_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
-                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) "
-                "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
-                % ",".join("?" * len(room_ids)), (match, *room_ids, limit))
+                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) AND (? IS NULL OR "
+                "messages.creator_id = ?) ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
+                % ",".join("?" * len(room_ids)), (match, *room_ids, creator_id, creator_id, limit))
         return rows
 
     def search_index_complete(self):
@@ -7334,7 +9472,7 @@ class Store:
             row = self.active_bot(user_id)
             if row is None or not row["webhook_url"] or not row["bot_token"]:
                 continue
-            plain = self.plain_text(body).replace("@" + user.name, "").strip()
+            plain = self.message_text(message).replace("@" + user.name, "").strip()
             payload = {"user": {"id": author.id, "name": author.name},
                        "room": {"id": room.id, "name": room.name,
                                 "path": url_for("bot_messages", room_id=room.id, bot_key=bot_key(row))},
@@ -7416,22 +9554,25 @@ class Store:
         involved in everything get every message, those involved in mentions the
         messages that mention them. A direct room names its author as the title;
         another room is the title and the author prefixes the text."""
-        rows = self.db.all(self.PUSH_RECIPIENTS, (room.id, message["creator_id"], STATUS_ACTIVE,
+        home = self.home_room(room) or room  # a thread's readers are its room's members
+        rows = self.db.all(self.PUSH_RECIPIENTS, (home.id, message["creator_id"], STATUS_ACTIVE,
                                                   utc_now_text((now or time.time()) - PRESENCE_WINDOW)))
         if not rows:
             return []
         body = message["body"] or ""
-        mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)}
-        rows = [row for row in rows if row[5] == "everything" or row[1] in mentioned]
+        # Mentions, and whom @everyone, @here or a thread's reply notified (the inbox's rows).
+        mentioned = {sgid_user_id(sgid) for sgid in find_mentions(body)} | {row[0] for row in self.db.all(
+            "SELECT user_id FROM campfire_py_mentions WHERE message_id = ?", (message["id"],))}
+        rows = [row for row in rows if (row[5] == "everything" and not room.thread) or row[1] in mentioned]
         if not rows:
             return []
         author = self.user(message["creator_id"])
         author_name = author.name if author is not None else ""
         text = self.plain_text(body)
-        if room.direct:
+        if home.direct:
             title, text = author_name, text
         else:
-            title, text = room.name, "%s: %s" % (author_name, text)
+            title, text = home.name, "%s: %s" % (author_name, text)
         path = url_for("room", room_id=room.id)
         badges = self.unread_room_counts({row[1] for row in rows})
         return [PushDelivery(row[0], row[2], row[3], row[4], title, text, path, badges[row[1]]) for row in rows]
@@ -7515,7 +9656,7 @@ class Store:
 
 
 ####
-#### 12. Rendering
+#### 13. Rendering
 ####
 # Every page and fragment is built by a render_* function from plain data (rows,
 # Users, Rooms, strings) and, for whole pages, one View: who is looking, the
@@ -7523,8 +9664,8 @@ class Store:
 # database or a cache (App caches what these return), and every value reaches
 # the page through HTML.format/escape; paths come from url_for.
 
-PAGE_ASSETS = ("app.js", "campfire.css", "components.css", "campfire-icon.svg", "account.css", "clipboard.js",
-               "transfer.js")  # the static files pages link to, by their versioned URLs
+PAGE_ASSETS = ("app.js", "campfire.css", "components.css", "catchup.css", "campfire-icon.svg", "account.css",
+               "clipboard.js", "transfer.js")  # the static files pages link to, by their versioned URLs
 
 
 @dataclass(slots=True)
@@ -7536,6 +9677,7 @@ class View:
     custom_styles: str          # the digest of the account's custom CSS; "" when there is none
     assets: dict                # a PAGE_ASSETS name → its URL, versioned by content
     origin: str                 # "scheme://host", for links that leave the page (invitations, bots)
+    logo: str = ""              # the account logo's URL when one is set: the page's icon
     vapid_public_key: str = ""  # the signed-in app's applicationServerKey, as Campfire's vapid-public-key meta tag
 
 
@@ -7623,26 +9765,31 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<title>{title}</title>'
         '<link rel="stylesheet" href="{css}">'
         '<link rel="stylesheet" href="{components}">'
-        '<link rel="icon" href="{icon}" type="image/svg+xml">{custom_styles}'
+        '<link rel="stylesheet" href="{catchup}">'
+        '{icon_link}{custom_styles}'
         '<link rel="apple-touch-icon" href="{touch_icon}">'
         '<link rel="manifest" href="{manifest}">'
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
         '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">{vapid}'
         '<script type="module" src="{js}"></script>'
-        '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip, 
-        js=assets["app.js"], components=assets["components.css"], light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
+        '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip,
+        js=assets["app.js"], components=assets["components.css"], catchup=assets["catchup.css"],
+        light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
         title="%s · %s" % (title, view.account_name) if title else view.account_name,
-        css=assets["campfire.css"], icon=assets["campfire-icon.svg"], touch_icon=url_for("static", path="icon-192.png"),
+        css=assets["campfire.css"], touch_icon=view.logo or url_for("static", path="icon-192.png"),
+        icon_link=HTML('<link rel="icon" href="{}">').format(view.logo) if view.logo else HTML(
+            '<link rel="icon" href="{}" type="image/svg+xml">').format(assets["campfire-icon.svg"]),
         manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles,
         vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
         if view.vapid_public_key else "")
 
 
-def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True, hidden=()):
-    """#user_sidebar: shared rooms by name, direct rooms by recency, unread marks, and the
-    rooms hidden from it. shared, direct and hidden are [(Room, title)]; unread holds room ids."""
+def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True, hidden=(), mentions=0):
+    """#user_sidebar: the mentions inbox (with its unread count) and saved messages,
+    shared rooms by name, direct rooms by recency, unread marks, and the rooms hidden
+    from it. shared, direct and hidden are [(Room, title)]; unread holds room ids."""
     def item(room, title):
         classes = "sidebar__room"
         if room.id in unread:
@@ -7657,12 +9804,18 @@ def render_sidebar(shared, direct, unread, current_room_id=None, can_create_room
         url_for("new_open_room")) if can_create_rooms else ""
     return HTML(
         '<nav id="user_sidebar" class="sidebar" aria-label="Rooms">'
+        '<ul class="sidebar__links"><li><a class="sidebar__link sidebar__link--mentions" href="{mentions_url}">Mentions'
+        '{count}</a></li><li><a class="sidebar__link sidebar__link--saved" href="{saved_url}">Saved</a></li></ul>'
         '<div class="sidebar__section"><h2 class="sidebar__heading">Rooms {new_room}</h2>'
         '<ul id="shared_rooms" class="sidebar__rooms">{shared}</ul></div>'
         '<div class="sidebar__section"><h2 class="sidebar__heading">Pings '
         '<a class="sidebar__add" href="{new_direct}" aria-label="New Ping" title="New Ping">+</a></h2>'
         '<ul id="direct_rooms" class="sidebar__rooms">{direct}</ul></div>{hidden}</nav>').format(
         new_room=new_room, new_direct=url_for("new_direct_room"), hidden=render_hidden_rooms(hidden),
+        mentions_url=url_for("mentions"), saved_url=url_for("bookmarks"),
+        count=HTML(' <span class="sidebar__count" data-count="{count}">{shown}<span class="visually-hidden"> unread'
+                   '</span></span>').format(count=mentions, shown=mentions if mentions <= MAX_MENTION_COUNT_SHOWN
+                                            else "%d+" % MAX_MENTION_COUNT_SHOWN) if mentions else "",
         shared=HTML("").join(item(room, title) for room, title in shared),
         direct=HTML("").join(item(room, title) for room, title in direct))
 
@@ -7834,32 +9987,108 @@ def render_bell(room, involvement):
         id=room.id, current=involvement, label=label, choices=choices)
 
 
-def render_composer(room):
+def render_composer(room, *, form_id="composer", label="Write a message", send="Send Message", files=True,
+                    max_upload_bytes=MAX_UPLOAD_BYTES):
+    """The composer: text and, with files, a paperclip for files (each file becomes a
+    message of its own)."""
+    attach = HTML(
+        '<label class="composer__attach" for="{form_id}_files" title="Attach files">'
+        '<span class="visually-hidden">Attach files</span></label>'
+        '<input class="composer__files visually-hidden" type="file" id="{form_id}_files" name="message[attachment]" '
+        'multiple>').format(form_id=form_id) if files else ""
     return HTML(
-        '<form class="composer" id="composer" method="post" action="{action}" data-room-id="{id}" '
-        'data-max-chars="{max_chars}">'
-        '<label class="visually-hidden" for="composer_body">Write a message</label>'
-        '<textarea class="composer__input" id="composer_body" name="message[body]" rows="1" '
-        'placeholder="Write a message" aria-label="Write a message" required></textarea>'
-        '<button type="submit" class="button button--primary composer__send">Send Message</button>'
-        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id,
-                        max_chars=MAX_MESSAGE_BODY_CHARS)
+        '<form class="composer" id="{form_id}" method="post" action="{action}" data-room-id="{id}" '
+        'data-label="{label}" data-max-chars="{max_chars}"{multipart}>{attach}'
+        '<label class="visually-hidden" for="{form_id}_body">{label}</label>'
+        '<textarea class="composer__input" id="{form_id}_body" name="message[body]" rows="1" '
+        'placeholder="{label}" aria-label="{label}"{required}></textarea>'
+        '<button type="submit" class="button button--primary composer__send">{send}</button>'
+        '</form>').format(action=url_for("room_messages", room_id=room.id), id=room.id, form_id=form_id, label=label,
+                          send=send, max_chars=MAX_MESSAGE_BODY_CHARS, attach=attach,
+                          required="" if files else HTML(" required"),
+                          multipart=HTML(' enctype="multipart/form-data" data-max-upload-bytes="{}" '
+                                         'data-max-upload-text="{}"').format(
+                              max_upload_bytes, format_bytes(max_upload_bytes)) if files else "")
 
 
-def render_pending_message(viewer):
+def render_pending_message(viewer, template_id="pending_message"):
     """The shape of a message the viewer has sent and the server hasn't answered yet: the
     browser fills in a copy (client id, time, body) the moment it sends, as Campfire's
     app/views/messages/_template.html.erb does."""
     return HTML(
-        '<template id="pending_message"><div class="message message--pending message--mine" '
+        '<template id="{template_id}"><div class="message message--pending message--mine" '
         'data-creator-id="{id}"><span class="message__avatar" aria-hidden="true">{avatar}</span>'
         '<div class="message__content"><div class="message__meta"><span class="message__author">{name}</span> '
         '<time></time> <span class="message__status" role="status">Sending…</span></div>'
         '<div class="message__body"></div></div></div></template>').format(
-        id=viewer.id, avatar=render_avatar(viewer.id), name=viewer.name)
+        id=viewer.id, avatar=render_avatar(viewer.id), name=viewer.name, template_id=template_id)
 
 
-def render_room(room, viewer, title, involvement, messages, *, highlight_id=None):
+def render_since_line():
+    """Where the messages the reader hasn't seen begin."""
+    return HTML('<div class="since-line" id="since_last_visit" role="separator" aria-label="Since your last visit">'
+                '<span>Since your last visit</span></div>')
+
+
+def render_thread(room, parent_room, parent_title, parent_html, messages, viewer, *, highlight_id=None):
+    """A thread: the message it answers, its replies (rendered), its own composer. The same
+    section is a page of its own (on a phone) and the desktop's side panel."""
+    return HTML(
+        '<section class="room thread" id="thread" data-room-id="{id}" data-parent-room-id="{parent_room_id}" '
+        'data-parent-message-id="{parent_id}" aria-labelledby="thread_name">'
+        '<header class="room__header thread__header"><h1 class="room__name" id="thread_name">Thread '
+        '<span class="thread__where">in {title}</span></h1>'
+        '<a class="button button--quiet thread__back" href="{back}">Back to the room</a></header>'
+        '<div class="thread__parent">{parent}</div>'
+        '<div class="messages" id="thread_messages" data-room-id="{id}"{highlight}>{messages}</div>'
+        '{composer}{pending}</section>').format(
+        id=room.id, parent_room_id=parent_room.id, parent_id=room.parent_message_id, title=parent_title,
+        back=url_for("room_at_message", room_id=parent_room.id, message_id=room.parent_message_id),
+        parent=parent_html, messages=messages,
+        highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
+        composer=render_composer(room, form_id="thread_composer", label="Reply in thread", send="Send reply",
+                                 files=False),
+        pending=render_pending_message(viewer, "thread_pending_message"))
+
+
+def render_inbox_item(where, message_html, *, marker="", controls=""):
+    title, href = where
+    return HTML('<li class="inbox__item{marker_class}"><p class="inbox__where">{marker}<a href="{href}">{title}</a>'
+                '{controls}</p>{message}</li>').format(
+        marker_class=" inbox__item--unread" if marker else "", href=href, title=title, controls=controls,
+        marker=HTML('<span class="inbox__new">{}</span> ').format(marker) if marker else "", message=message_html)
+
+
+def render_inbox(items, older_href):
+    """/mentions: items are ((room title, permalink), unread, message HTML), newest first."""
+    body = HTML("").join(render_inbox_item(where, html, marker="New" if unread else "")
+                         for where, unread, html in items)
+    return HTML(
+        '<section class="inbox" id="mentions" aria-labelledby="mentions_title">'
+        '<header class="room__header"><h1 class="room__name" id="mentions_title">Mentions</h1></header>'
+        '<ol class="inbox__list" id="mentions_list">{body}</ol>{empty}{older}</section>').format(
+        body=body, empty=HTML('<p class="inbox__empty">Nobody has mentioned you yet.</p>') if not items else "",
+        older=HTML('<a class="button inbox__older" href="{}">Older mentions</a>').format(older_href)
+        if older_href else "")
+
+
+def render_saved_messages(items, more_href):
+    """/bookmarks: items are ((room title, permalink), message id, message HTML)."""
+    body = HTML("").join(render_inbox_item(where, html, controls=HTML(
+        ' <form method="post" action="{action}" class="inline-form inbox__remove">'
+        '<input type="hidden" name="_method" value="delete">'
+        '<button type="submit" class="button button--quiet button--small">Remove from saved</button></form>').format(
+        action=url_for("message_bookmark", message_id=message_id))) for where, message_id, html in items)
+    return HTML(
+        '<section class="inbox" id="saved" aria-labelledby="saved_title">'
+        '<header class="room__header"><h1 class="room__name" id="saved_title">Saved</h1></header>'
+        '<ol class="inbox__list" id="saved_list">{body}</ol>{empty}{more}</section>').format(
+        body=body, empty=HTML('<p class="inbox__empty">Nothing saved yet: “Save message” on any message keeps it '
+                              'here.</p>') if not items else "",
+        more=HTML('<a class="button inbox__older" href="{}">More</a>').format(more_href) if more_href else "")
+
+
+def render_room(room, viewer, title, involvement, messages, *, highlight_id=None, max_upload_bytes=MAX_UPLOAD_BYTES):
     """The room: its header, its messages (rendered), the composer. On a phone the header is
     the top bar: a way back to the rooms, the name, who is here, and one menu holding the
     room's tools and the top bar's links (room__phone-only)."""
@@ -7879,7 +10108,7 @@ def render_room(room, viewer, title, involvement, messages, *, highlight_id=None
         bell=render_bell(room, involvement), settings=room_settings_path(room), rooms=url_for("user_sidebar"),
         search=url_for("searches"), account=url_for("edit_account"), profile=url_for("user_profile"),
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
-        messages=messages, composer=render_composer(room), pending=render_pending_message(viewer))
+        messages=messages, composer=render_composer(room, max_upload_bytes=max_upload_bytes), pending=render_pending_message(viewer))
 
 
 def render_person_choice(user, *, checked=False, disabled=False):
@@ -7998,6 +10227,22 @@ def render_mention(user):
         id=user.id, avatar=render_avatar(user.id, 20), name=user.name))
 
 
+def render_link_preview(attributes):
+    """A link preview Campfire's composer stored (OPENGRAPH_CONTENT_TYPE): the page's title, its
+    description and its site, linked. Its picture would come from another site, which this
+    page's Content-Security-Policy doesn't load, so it is left out."""
+    href = attributes.get("href", "")
+    split = urllib.parse.urlsplit(href) if _EXTERNAL_URL.match(href) else None
+    if split is None or split.scheme.lower() not in ("http", "https") or not split.hostname:
+        return ""
+    return str(HTML(
+        '<a class="og-embed" href="{href}" target="_blank" rel="noopener noreferrer">'
+        '<span class="og-embed__title">{title}</span><span class="og-embed__description">{description}</span>'
+        '<span class="og-embed__site">{site}</span></a>').format(
+        href=href, title=attributes.get("filename") or split.hostname, description=attributes.get("caption", ""),
+        site=split.hostname))
+
+
 def render_rich_text(stored_html, *, mention=lambda sgid: None):
     """Stored (sanitized) body → display HTML: each mention attachment becomes
     mention(sgid), a ready HTML chip; when that is None the attachment's inner
@@ -8008,6 +10253,8 @@ def render_rich_text(stored_html, *, mention=lambda sgid: None):
 
     def replace(match):
         attributes = _attachment_attributes(match[1])
+        if attributes.get("content-type") == OPENGRAPH_CONTENT_TYPE:
+            return render_link_preview(attributes)
         if attributes.get("content-type") != MENTION_CONTENT_TYPE:
             return ""
         chip = mention(attributes.get("sgid", ""))
@@ -8058,11 +10305,16 @@ def _message_template():
         '<time datetime="%(created)s">%(short)s</time></a>'
         '%(edited)s</div>'
         '<div class="message__body">%(body)s</div>'
-        '<ul class="boosts" id="boosts_message_%(message_id)d">%(boosts)s</ul>'
+        '<ul class="boosts" id="boosts_message_%(message_id)d">%(boosts)s</ul>%(thread)s'
         '<div class="message__actions">'
         '<a class="message__action" data-action="copy-link" href="' + URLS.template("room_at_message") + '">'
         'Copy link</a>'
         '<a class="message__action" data-action="boost" href="' + URLS.template("new_message_boost") + '">Boost</a>'
+        '%(thread_action)s'
+        '<form method="post" action="' + URLS.template("message_bookmark") + '" class="message__action inline-form">'
+        '<button type="submit" data-action="save" title="Save message">Save message</button></form>'
+        '<form method="post" action="' + URLS.template("room_message_unread") + '" '
+        'class="message__action inline-form"><button type="submit" data-action="unread" title="Mark as unread">Mark as unread</button></form>'
         '<a class="message__action message__action--owner" data-action="edit" '
         'href="' + URLS.template("edit_room_message") + '">Edit</a>'
         '<form method="post" action="' + URLS.template("room_message") + '" '
@@ -8072,11 +10324,87 @@ def _message_template():
         '</div></div></div>')
 
 
-def render_message(message, *, author, body, sound, boosts):
+@functools.cache
+def _thread_action_template():
+    return ('<form method="post" action="' + URLS.template("room_message_thread") + '" '
+            'class="message__action inline-form"><button type="submit" data-action="thread" title="Reply in thread">Reply in thread</button>'
+            '</form>')
+
+
+def render_thread_summary(thread):
+    """"N replies" with the last repliers' avatars, linking to the thread; thread is
+    (thread room id, replies, last repliers' ids) or None."""
+    if not thread:
+        return ""
+    room_id, count, repliers = thread
+    return HTML(
+        '<a class="message__thread" href="{url}" data-thread-room-id="{room_id}">'
+        '<span class="message__thread-avatars" aria-hidden="true">{avatars}</span>'
+        '<span class="message__thread-count">{count} {noun}</span></a>').format(
+        url=url_for("room", room_id=room_id), room_id=room_id, count=count, noun="reply" if count == 1 else "replies",
+        avatars=HTML("").join(render_avatar(user_id, 20) for user_id in repliers))
+
+
+def _preview_size(blob):
+    """An image's size scaled to fit Campfire's 1200×800 thumbnail box, as it will show."""
+    if not blob.width:
+        return None
+    scale = min(1.0, PREVIEW_MAX_WIDTH / blob.width, PREVIEW_MAX_HEIGHT / blob.height)
+    return max(1, round(blob.width * scale)), max(1, round(blob.height * scale))
+
+
+def render_attachment(message_id, blob, *, preview=None):
+    """A message's file: an image or a video shown in place (its width and height set, so
+    nothing moves when it loads), audio with controls, anything else a card with its
+    name, size and a download link. preview: the Blob of the smaller copy (or the video's
+    poster) the sender's browser made, True for a variant Rails made, or None."""
+    url = url_for("message_attachment", message_id=message_id)
+    download = url_for("message_attachment_download", message_id=message_id)
+    size = (preview.width, preview.height) if isinstance(preview, Blob) and preview.width else _preview_size(blob)
+    dimensions = HTML(' width="{}" height="{}"').format(*size) if size else ""
+    kind = blob.kind
+    if kind == "image":
+        source = url_for("message_attachment_preview", message_id=message_id) if preview else url
+        return HTML(
+            '<figure class="attachment attachment--image"><a class="attachment__link" href="{url}" '
+            'data-action="view-attachment" data-filename="{name}"><img class="attachment__image" src="{source}" '
+            'alt="{name}"{dimensions} loading="lazy"></a></figure>').format(
+            url=url, source=source, name=blob.filename, dimensions=dimensions)
+    if kind == "video":
+        poster = HTML(' poster="{}"').format(url_for("message_attachment_preview", message_id=message_id)) \
+            if preview else ""
+        return HTML(
+            '<figure class="attachment attachment--video"><video class="attachment__video" src="{url}" controls '
+            'preload="metadata"{poster}{dimensions} aria-label="{name}"></video>'
+            '<figcaption class="attachment__caption"><a href="{download}" download>{name}</a></figcaption>'
+            '</figure>').format(url=url, download=download, name=blob.filename, dimensions=dimensions, poster=poster)
+    if kind == "audio":
+        return HTML(
+            '<figure class="attachment attachment--audio"><audio class="attachment__audio" src="{url}" controls '
+            'preload="metadata" aria-label="{name}"></audio>'
+            '<figcaption class="attachment__caption"><a href="{download}" download>{name}</a></figcaption>'
+            '</figure>').format(url=url, download=download, name=blob.filename)
+    extension = os.path.splitext(blob.filename)[1].lstrip(".").upper()[:4] or "FILE"
+    return HTML(
+        '<div class="attachment attachment--file"><span class="attachment__icon" aria-hidden="true">{extension}'
+        '</span><span class="attachment__details"><a class="attachment__name" href="{open}"{target}>{name}</a>'
+        '<span class="attachment__size">{size}</span></span>'
+        '<a class="button attachment__download" href="{download}" download aria-label="Download {name}">Download</a>'
+        '</div>').format(
+        extension=extension, open=url if blob.content_type in INLINE_CONTENT_TYPES else download,
+        target=HTML(' target="_blank" rel="noopener"') if blob.content_type in INLINE_CONTENT_TYPES else "",
+        name=blob.filename, size=format_bytes(blob.byte_size), download=download)
+
+
+def render_message(message, *, author, body, sound, boosts, thread=None, in_thread=False, attachment=None):
     """One message, the same for every reader; per-reader controls are shown or hidden
     by the browser from data-creator-id, and the server checks. author: its opening
     (render_message_author); body: the display HTML; sound: the /play name it is, or
-    None; boosts: [(boost row, booster's name)]."""
+    None; boosts: [(boost row, booster's name)]; thread: what render_thread_summary
+    takes; in_thread: a reply in a thread (which has no threads of its own);
+    attachment: its file (render_attachment)."""
+    if attachment is not None:
+        body = attachment
     if sound:
         text = SOUND_TEXTS.get(sound)
         body = HTML('<span class="sound" data-sound="{name}"><span class="sound__icon" aria-hidden="true"></span> '
@@ -8088,9 +10416,13 @@ def render_message(message, *, author, body, sound, boosts):
     return HTML(_message_template() % {
         "message_id": message["id"], "room_id": message["room_id"], "creator_id": message["creator_id"],
         "client_id": escape(message["client_message_id"]), "created": escape(created), "short": escape(created[11:16]),
-        "sound_attr": HTML(' data-sound="{}"').format(sound) if sound else "",
+        "sound_attr": HTML(' data-sound="{}"').format(sound) if sound else (
+            HTML(' data-attachment="true"') if attachment is not None else ""),
         "author": author, "edited": edited, "body": escape(body),
-        "boosts": HTML("").join(render_boost(boost, name) for boost, name in boosts)})
+        "boosts": HTML("").join(render_boost(boost, name) for boost, name in boosts),
+        "thread": render_thread_summary(thread),
+        "thread_action": "" if in_thread else _thread_action_template() % {
+            "room_id": message["room_id"], "message_id": message["id"]}})
 
 
 def render_message_removals(message_ids):
@@ -8137,8 +10469,29 @@ def render_boost_form(message):
         cancel=url_for("room_at_message", room_id=message["room_id"], message_id=message["id"]))
 
 
-def render_search(query, results, result_count, recent):
-    """The search page: the form, recent searches, and the results (rendered messages)."""
+def render_search_result(where, message_html):
+    title, href = where
+    return HTML('<article class="search-result"><p class="search-result__room">in <a href="{href}">{title}</a></p>'
+                '{message}</article>').format(href=href, title=title, message=message_html)
+
+
+def render_search_filters(rooms, people, room_id, creator_id):
+    """The room and person a search may be narrowed to."""
+    room_options = HTML("").join(HTML('<option value="{id}"{selected}>{title}</option>').format(
+        id=room.id, title=title, selected=HTML(" selected") if room.id == room_id else "") for room, title in rooms)
+    people_options = HTML("").join(HTML('<option value="{id}"{selected}>{name}</option>').format(
+        id=user.id, name=user.name, selected=HTML(" selected") if user.id == creator_id else "") for user in people)
+    return HTML(
+        '<div class="search__filters">'
+        '<label class="search__filter">Room <select name="room_id"><option value="">Any room</option>{rooms}'
+        '</select></label>'
+        '<label class="search__filter">Person <select name="creator_id"><option value="">Anyone</option>{people}'
+        '</select></label></div>').format(rooms=room_options, people=people_options)
+
+
+def render_search(query, results, result_count, recent, *, rooms=(), people=(), room_id=None, creator_id=None):
+    """The search page: the form and its filters, recent searches, and the results
+    (rendered messages, each naming its room)."""
     recent_html = HTML("").join(HTML('<li><a href="{url}">{query}</a></li>').format(
         url=url_for("searches", q=item), query=item) for item in recent)
     clear = HTML('<form method="post" action="{}" class="inline-form">'
@@ -8152,11 +10505,12 @@ def render_search(query, results, result_count, recent):
         '<section class="search"><header class="room__header"><h1 class="room__name">Search</h1></header>'
         '<form method="post" action="{action}" class="search__form" role="search">'
         '<input class="field__input" type="search" name="q" value="{query}" aria-label="Search messages" '
-        'placeholder="Search messages" autofocus>'
-        '<button type="submit" class="button button--primary">Search</button></form>'
+        'placeholder="Search messages" autofocus autocomplete="off">'
+        '<button type="submit" class="button button--primary">Search</button>{filters}</form>'
         '<div class="search__recent"><h2 class="sidebar__heading">Recent searches {clear}</h2><ul>{recent}</ul></div>'
         '{summary}<div id="search-results" class="messages messages--search">{results}</div></section>').format(
-        action=url_for("searches"), query=query, clear=clear, recent=recent_html, summary=summary, results=results)
+        action=url_for("searches"), query=query, clear=clear, recent=recent_html, summary=summary, results=results,
+        filters=render_search_filters(rooms, people, room_id, creator_id))
 
 
 # People, the account and bots ------------------------------------------------
@@ -8266,8 +10620,14 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
     if view.user.administrator:
         head = HTML(
             '<h1 class="panel__title">{title}</h1>{notice}'
-            '<form method="post" action="{action}" class="form" id="account_form">'
+            '<form method="post" action="{action}" class="form" id="account_form" enctype="multipart/form-data">'
             '<input type="hidden" name="_method" value="patch">{name_field}'
+            '<div class="field"><span class="field__label">Logo</span><img class="account__logo" src="{logo}" '
+            'alt="The account logo" width="64" height="64">'
+            '<label class="field__label" for="account_logo">Upload a new logo</label>'
+            '<input class="field__input" type="file" id="account_logo" name="account[logo]" '
+            'accept="image/png,image/jpeg,image/gif,image/webp" data-square-image="{logo_pixels}">{logo_error}'
+            '</div>'
             '<div class="field"><input type="hidden" name="{setting}" value="0">'
             '<label class="choice"><input type="checkbox" id="account_restrict_room_creation" name="{setting}" '
             'value="1"{checked}> <span>Only administrators can create rooms</span></label></div>'
@@ -8275,6 +10635,8 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             '</div></form>').format(
             title=account["name"], notice=HTML("").join((render_notice(notice), render_saved(saved))),
             action=url_for("account"),
+            logo=view.logo or url_for("account_logo"), logo_pixels=AVATAR_PIXELS,
+            logo_error=render_errors(errors, "account[logo]"),
             name_field=render_field("Account name", "account[name]", name, errors=errors,
                                     maxlength=MAX_ACCOUNT_NAME_CHARS),
             setting="account[settings][restrict_room_creation_to_administrators]",
@@ -8283,9 +10645,13 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             '<section class="panel__section" aria-labelledby="account_admin_heading">'
             '<h2 class="panel__subtitle" id="account_admin_heading">Administration</h2><div class="form__actions">'
             '<a class="button" href="{styles}">Edit custom CSS</a>'
-            '<a class="button" href="{bots}">Set up chat bots</a></div></section>{backups}').format(
+            '<a class="button" href="{bots}">Set up chat bots</a></div>{remove_logo}</section>{backups}').format(
             styles=url_for("edit_account_custom_styles"), bots=url_for("account_bots"),
-            backups=render_backup_status(backups) if backups else "")
+            backups=render_backup_status(backups) if backups else "",
+            remove_logo=HTML('<form method="post" action="{}" class="inline-form">'
+                             '<input type="hidden" name="_method" value="delete">'
+                             '<button type="submit" class="button">Remove logo</button></form>').format(
+                url_for("account_logo")) if view.logo else "")
         regenerate = HTML(
             '<form method="post" action="{}" class="inline-form">'
             '<button type="submit" class="button button--danger" '
@@ -8376,7 +10742,14 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
 def render_profile(view, values, errors, transfer_url, *, saved=False):
     user = view.user
     bio_error = render_errors(errors, "user[bio]")
+    avatar_error = render_errors(errors, "user[avatar]")
     fields = HTML("").join([
+        HTML('<div class="field"><label class="field__label" for="user_avatar">Avatar</label>'
+             '<input class="field__input" type="file" id="user_avatar" name="user[avatar]" '
+             'accept="image/png,image/jpeg,image/gif,image/webp" data-square-image="{size}"{invalid}>'
+             '<p class="field__hint">Square images look best: the picture is cropped to its middle square.</p>'
+             '{error}</div>').format(size=AVATAR_PIXELS, error=avatar_error,
+                                    invalid=HTML(' aria-invalid="true"') if avatar_error else ""),
         render_field("Your name", "user[name]", values["user[name]"], errors=errors, autocomplete="name",
                      maxlength=MAX_NAME_CHARS),
         render_field("Email address", "user[email_address]", values["user[email_address]"], type="email",
@@ -8393,10 +10766,13 @@ def render_profile(view, values, errors, transfer_url, *, saved=False):
     return HTML(
         '{assets}<section class="panel panel--wide profile"><div class="profile__head">{avatar}'
         '<div><h1 class="panel__title">Your profile</h1><p class="profile__role">{role}</p></div></div>'
-        '{saved}<form method="post" action="{action}" class="form">'
+        '{saved}<form method="post" action="{action}" class="form" enctype="multipart/form-data">'
         '<input type="hidden" name="_method" value="patch">{fields}'
         '<div class="form__actions"><button type="submit" class="button button--primary">Save changes</button>'
         '<a class="button" href="{cancel}">Cancel changes</a></div></form>'
+        '<form method="post" action="{avatar_action}" class="inline-form profile__remove-avatar">'
+        '<input type="hidden" name="_method" value="delete">'
+        '<button type="submit" class="button button--small">Remove avatar</button></form>'
         '<section class="panel__section" aria-labelledby="transfer_heading">'
         '<h2 class="panel__subtitle" id="transfer_heading">Sign in on another device</h2>'
         '<p class="panel__intro">Open this link on your phone or another computer, or scan its QR code, to sign '
@@ -8408,6 +10784,7 @@ def render_profile(view, values, errors, transfer_url, *, saved=False):
         '<a href="{push_subscriptions}">Browsers that get notifications</a></p></section></section>').format(
         push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields,
         action=url_for("user_profile"), saved=render_saved(saved),
+        avatar_action=url_for("user_avatar", user_id=user.id),
         cancel=url_for("user", user_id=user.id),
         transfer=render_copyable("session_transfer_url", "Sign-in link", transfer_url,
                                  "Copy sign-in link", "Show auto-login QR code"),
@@ -8477,7 +10854,11 @@ def render_bot_form(*, bot_row=None, values=None, errors=None):
         'maxlength="{max_name}" required autofocus{name_invalid}>{name_error}</div>'
         '<div class="field"><label class="field__label" for="user_webhook_url">Webhook URL (optional)</label>'
         '<input class="field__input" id="user_webhook_url" name="user[webhook_url]" type="url" value="{url}" '
-        'placeholder="https://example.com/campfire-bot" maxlength="{max_url}"{url_invalid}>{url_error}</div>').format(
+        'placeholder="https://example.com/campfire-bot" maxlength="{max_url}"{url_invalid}>{url_error}</div>'
+        '<div class="field"><label class="field__label" for="user_avatar">Avatar (optional)</label>'
+        '<input class="field__input" type="file" id="user_avatar" name="user[avatar]" '
+        'accept="image/png,image/jpeg,image/gif,image/webp" data-square-image="{avatar_pixels}">{avatar_error}'
+        '</div>').format(avatar_pixels=AVATAR_PIXELS, avatar_error=render_errors(errors, "user[avatar]"),
         name=values.get("user[name]", ""), max_name=MAX_NAME_CHARS, url=values.get("user[webhook_url]", ""),
         max_url=MAX_WEBHOOK_URL_CHARS, name_error=render_errors(errors, "user[name]"),
         url_error=render_errors(errors, "user[webhook_url]"),
@@ -8498,7 +10879,7 @@ def render_bot_form(*, bot_row=None, values=None, errors=None):
                                     bot=url_for("account_bot", bot_id=bot_row["id"]), key=bot_key(bot_row))
     return HTML(
         '<section class="panel panel--wide"><h1 class="panel__title">{title}</h1>'
-        '<form method="post" action="{action}" class="form">{method}{fields}'
+        '<form method="post" action="{action}" class="form" enctype="multipart/form-data">{method}{fields}'
         '<div class="form__actions"><button type="submit" class="button button--primary">{button}</button>'
         '<a class="button" href="{cancel}">Cancel changes</a></div></form>{extra}</section>').format(
         title="Edit %s" % bot_row["name"] if editing else "New bot",
@@ -8540,10 +10921,20 @@ def boost_json(boost, booster, message, origin):
             "message": {"id": message["id"], "url": message_url(message, origin)}}
 
 
-def manifest_json(account_name):
-    """The installable app's manifest (Campfire's app/views/pwa/)."""
+def manifest_json(account_name, logo=None):
+    """The installable app's manifest (Campfire's app/views/pwa/); logo: the account's (a Blob), whose
+    512×512 square the browser made is its icon at 192 and 512."""
     icon_192 = {"src": url_for("static", path="icon-192.png"), "sizes": "192x192", "type": "image/png"}
     maskable = url_for("static", path="icon-maskable-512.png")
+    if logo is not None:
+        source = url_for("account_logo", v=logo.key[:8])
+        icon_192 = {"src": source, "sizes": "192x192", "type": logo.content_type}
+        return dict(manifest_json(account_name), icons=[
+            dict(icon_192, purpose="any"), {"src": source, "sizes": "512x512", "type": logo.content_type,
+                                            "purpose": "any"},
+            {"src": maskable, "sizes": "512x512", "type": "image/png", "purpose": "maskable"}], shortcuts=[
+            {"name": "New chat room", "url": url_for("new_open_room"), "icons": [icon_192]},
+            {"name": "My profile", "url": url_for("user_profile"), "icons": [icon_192]}])
     return {
         "name": account_name, "short_name": account_name if len(account_name) <= 12 else "Campfire", "id": "/",
         "start_url": url_for("root"), "scope": "/", "display": "standalone", "background_color": THEME_COLOR_LIGHT,
@@ -8559,7 +10950,7 @@ def manifest_json(account_name):
 
 
 ####
-#### 13. Routes
+#### 14. Routes
 ####
 # The route table below is the map of the server: every method and path it
 # answers, the name url_for builds the path by, the handler, and who may call it:
@@ -8624,17 +11015,30 @@ def route_table():
         ("PUT PATCH",   "/rooms/<int:room_id>/involvement",           "room_involvement",       update_involvement),
         # Messages and boosts
         ("GET",         "/rooms/<int:room_id>/messages",              "room_messages",          message_page),
-        ("POST",        "/rooms/<int:room_id>/messages",              "room_messages",          create_message,           "user",  MESSAGE_BODY_LIMIT),
+        ("POST",        "/rooms/<int:room_id>/messages",              "room_messages",          create_message,           "user",  MESSAGE_BODY_LIMIT, True),
         ("GET",         "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       show_message),
         ("PATCH PUT",   "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       update_message,           "user",  MESSAGE_BODY_LIMIT),
         ("DELETE",      "/rooms/<int:room_id>/messages/<int:message_id>", "room_message",       delete_message),
         ("GET",         "/rooms/<int:room_id>/messages/<int:message_id>/edit", "edit_room_message", edit_message),
         ("GET",         "/rooms/<int:room_id>/@<int:message_id>",     "room_at_message",        permalink),
         ("GET",         "/rooms/<int:room_id>/refresh",               "room_refresh",           refresh_room),
+        ("POST",        "/rooms/<int:room_id>/messages/<int:message_id>/thread", "room_message_thread", start_thread),
+        ("POST",        "/rooms/<int:room_id>/messages/<int:message_id>/unread", "room_message_unread", mark_unread),
+        ("POST",        "/messages/<int:message_id>/bookmark",        "message_bookmark",       save_message),
+        ("DELETE",      "/messages/<int:message_id>/bookmark",        "message_bookmark",       unsave_message),
+        # Catching up: the mentions inbox and saved messages
+        ("GET",         "/mentions",                                  "mentions",               mentions_inbox),
+        ("GET",         "/bookmarks",                                 "bookmarks",              saved_messages),
         ("GET",         "/messages/<int:message_id>",                 "message",                message_location),
+        ("GET",         "/messages/<int:message_id>/attachment",      "message_attachment",     message_attachment),
+        ("GET",         "/messages/<int:message_id>/attachment/download", "message_attachment_download",
+         message_attachment_download),
+        ("GET",         "/messages/<int:message_id>/attachment/preview", "message_attachment_preview",
+         message_attachment_preview),
         ("GET",         "/messages/<int:message_id>/boosts/new",      "new_message_boost",      new_boost),
         ("POST",        "/messages/<int:message_id>/boosts",          "message_boosts",         create_boost),
         ("DELETE",      "/messages/<int:message_id>/boosts/<int:boost_id>", "message_boost",    delete_boost),
+        ("POST",        "/unfurl_link",                               "unfurl_link",            unfurl_link),
         # Search
         ("GET",         "/searches",                                  "searches",               search),
         ("POST",        "/searches",                                  "searches",               create_search),
@@ -8642,7 +11046,7 @@ def route_table():
         # People and profiles
         ("GET",         "/users/me/sidebar",                          "user_sidebar",           sidebar),
         ("GET",         "/users/me/profile",                          "user_profile",           edit_profile),
-        ("PATCH PUT",   "/users/me/profile",                          "user_profile",           update_profile),
+        ("PATCH PUT",   "/users/me/profile",                          "user_profile",           update_profile,           "user",  AVATAR_BODY_LIMIT),
         ("GET",         "/users/me/push_subscriptions",               "user_push_subscriptions", push_subscriptions_page),
         ("POST",        "/users/me/push_subscriptions",               "user_push_subscriptions", create_push_subscription),
         ("DELETE",      "/users/me/push_subscriptions/<int:subscription_id>", "user_push_subscription", delete_push_subscription),
@@ -8651,12 +11055,15 @@ def route_table():
                                                                                                 create_test_notification),
         ("GET",         "/users/<int:user_id>",                       "user",                   show_user),
         ("GET",         "/users/<int:user_id>/avatar",                "user_avatar",            avatar),
+        ("DELETE",      "/users/<int:user_id>/avatar",                "user_avatar",            delete_avatar),
         ("POST",        "/users/<int:user_id>/ban",                   "user_ban",               create_ban,               "admin"),
         ("DELETE",      "/users/<int:user_id>/ban",                   "user_ban",               delete_ban,               "admin"),
         ("GET",         "/autocompletable/users",                     "autocompletable_users",  autocompletable_users),
         # The account: its page, settings, custom CSS and people
         ("GET",         "/account/edit",                              "edit_account",           edit_account),
-        ("PATCH PUT",   "/account",                                   "account",                update_account,           "admin"),
+        ("PATCH PUT",   "/account",                                   "account",                update_account,           "admin", AVATAR_BODY_LIMIT),
+        ("GET",         "/account/logo",                              "account_logo",           account_logo,             "public"),
+        ("DELETE",      "/account/logo",                              "account_logo",           delete_account_logo,      "admin"),
         ("POST",        "/account/join_code",                         "account_join_code",      regenerate_join_code,     "admin"),
         ("GET",         "/account/custom_styles",                     "account_custom_styles",  custom_styles_redirect,   "admin"),
         ("PATCH PUT",   "/account/custom_styles",                     "account_custom_styles",  update_custom_styles,     "admin", CUSTOM_STYLES_BODY_LIMIT),
@@ -8667,15 +11074,15 @@ def route_table():
         ("DELETE",      "/account/users/<int:user_id>",               "account_user",           deactivate_account_user,  "admin"),
         # Bots: administrators' pages, and the bot API (Campfire's paths)
         ("GET",         "/account/bots",                              "account_bots",           bots_index,               "admin"),
-        ("POST",        "/account/bots",                              "account_bots",           create_bot_route,         "admin"),
+        ("POST",        "/account/bots",                              "account_bots",           create_bot_route,         "admin", AVATAR_BODY_LIMIT),
         ("GET",         "/account/bots/new",                          "new_account_bot",        new_bot,                  "admin"),
         ("GET",         "/account/bots/<int:bot_id>",                 "account_bot",            show_bot,                 "admin"),
-        ("PATCH PUT",   "/account/bots/<int:bot_id>",                 "account_bot",            update_bot_route,         "admin"),
+        ("PATCH PUT",   "/account/bots/<int:bot_id>",                 "account_bot",            update_bot_route,         "admin", AVATAR_BODY_LIMIT),
         ("DELETE",      "/account/bots/<int:bot_id>",                 "account_bot",            delete_bot,               "admin"),
         ("GET",         "/account/bots/<int:bot_id>/edit",            "edit_account_bot",       edit_bot,                 "admin"),
         ("PUT PATCH",   "/account/bots/<int:bot_id>/key",             "account_bot_key",        reset_bot_key_route,      "admin"),
         ("GET",         BOT_MESSAGES_PATH,                            "bot_messages",           bot_messages,             "bot"),
-        ("POST",        BOT_MESSAGES_PATH,                            "bot_messages",           bot_create_message,       "bot",   MESSAGE_BODY_LIMIT),
+        ("POST",        BOT_MESSAGES_PATH,                            "bot_messages",           bot_create_message,       "bot",   MESSAGE_BODY_LIMIT, True),
         ("GET",         BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_show_message,         "bot"),
         ("PATCH PUT",   BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_update_message,       "bot",   MESSAGE_BODY_LIMIT),
         ("DELETE",      BOT_MESSAGES_PATH + "/<int:message_id>",      "bot_message",            bot_delete_message,       "bot"),
@@ -8702,7 +11109,8 @@ def _auth_page(app, request, title, body, *, status=200, headers=None):
 def _sidebar_html(app, user, current_room_id=None):
     shared, direct = app.store.sidebar_rooms(user.id)
     return render_sidebar(shared, direct, app.store.unread_room_ids(user.id), current_room_id,
-                          app.store.may_create_rooms(user), app.store.hidden_rooms(user.id))
+                          app.store.may_create_rooms(user), app.store.hidden_rooms(user.id),
+                          app.store.unread_mention_count(user.id))
 
 
 def _navigating(request):
@@ -8746,6 +11154,15 @@ def _member_room(app, request, room_id):
     """The room, if the signed-in person belongs to it; 404 otherwise (never reveal it exists)."""
     room = app.store.member_room(room_id, request.user.id)
     if room is None:
+        raise NotFound("There is no such room.")
+    return room
+
+
+def _settable_room(app, request, room_id):
+    """A room whose settings, members and involvement its members may change: not a
+    thread's (a thread follows its room)."""
+    room = _member_room(app, request, room_id)
+    if room.thread:
         raise NotFound("There is no such room.")
     return room
 
@@ -8816,7 +11233,7 @@ def static_file(app, request, path):
 
 
 def web_manifest(app, request):
-    return json_response(manifest_json(app.store.account_name()),
+    return json_response(manifest_json(app.store.account_name(), app.store.account_logo()),
                          headers=[("Content-Type", "application/manifest+json"), ("Cache-Control", "no-cache")])
 
 
@@ -8884,7 +11301,7 @@ async def sign_in(app, request):
     user = app.store.user_by_email(email) if email else None
     # Every attempt checks a password, an unknown address's against a digest nothing matches.
     digest = user.password_digest if user is not None and user.password_digest \
-        else unknown_password_digest(app.config.scrypt_n, app.config.bcrypt_cost)
+        else await app.unknown_password_digest()
     try:
         matches = await app.off_loop(check_password, password, digest)
     except PasswordUnsupported:
@@ -9014,30 +11431,59 @@ def landing(app, request):
     return redirect(url_for("room", room_id=target), 302)
 
 
-def _room_page(app, request, room, messages, *, highlight_id=None):
+def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=None):
+    """The room (or a thread, its own page) with these messages; a line above the
+    first one created since unread_since, the moment the room became unread."""
+    if room.thread:
+        return _thread_page(app, request, room, messages, highlight_id=highlight_id)
     user = request.user
     involvement = app.store.user_rooms(user.id).get(room.id, "mentions")
     title = app.store.room_title(room, user.id)
-    body = render_room(room, user, title, involvement, app.messages_html(messages), highlight_id=highlight_id)
+    split = next((index for index, message in enumerate(messages)
+                  if unread_since and message["created_at"] >= unread_since), None)
+    if split is None:
+        messages_html = app.messages_html(messages)
+    else:
+        messages_html = (app.messages_html(messages[:split]) + render_since_line()
+                         + app.messages_html(messages[split:]))
+    body = render_room(room, user, title, involvement, messages_html, highlight_id=highlight_id,
+                       max_upload_bytes=app.config.max_upload_bytes)
     return _page(app, request, title, body, body_class="room-page", current_room_id=room.id)
 
 
+def _thread_page(app, request, room, messages, *, highlight_id=None):
+    store, user = app.store, request.user
+    parent_room = store.room(room.parent_room_id)
+    parent = store.message(room.parent_message_id)
+    title = store.room_title(parent_room, user.id)
+    body = render_thread(room, parent_room, title, app.messages_html([parent]) if parent else "",
+                         app.messages_html(messages), user, highlight_id=highlight_id)
+    return _page(app, request, "Thread in %s" % title, body, body_class="room-page thread-page",
+                 current_room_id=parent_room.id)
+
+
 def show_room(app, request, room_id):
-    """The room with its newest messages; visiting clears its unread mark."""
+    """The room with its newest messages; visiting clears its unread mark and reads the
+    mentions in it. A thread's room is the thread's own page."""
     room = _member_room(app, request, room_id)
     user = request.user
-    app.store.mark_read(room.id, user.id)
     store = app.store
+    unread_since = store.unread_since(room.id, user.id) if room.id in store.unread_room_ids(user.id) else None
+    store.mark_read(room.id, user.id)
+    store.mark_mentions_read(user.id, room.id)
     key = ("room", user.id, room.id, store.room_versions[room.id], store.user_versions[user.id],
-           store.global_version)
-    response = app.cached(request, key, lambda: _room_page(app, request, room, store.messages_page(room.id)))
+           store.global_version, unread_since, store.room_versions[room.parent_room_id] if room.thread else 0)
+    response = app.cached(request, key, lambda: _room_page(app, request, room, store.messages_page(room.id),
+                                                           unread_since=unread_since))
+    if room.thread:
+        return response
     if request.cookies.get(LAST_ROOM_COOKIE) != str(room.id):
         app.set_cookie(response, LAST_ROOM_COOKIE, str(room.id), http_only=False)
     return response
 
 
 def delete_room(app, request, room_id, *, direct_only=False):
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     if not room.direct and not can_administer(request.user, room.creator_id):
         raise Forbidden("Only the room's creator or an administrator can delete it.")
     if direct_only and not room.direct:
@@ -9112,7 +11558,7 @@ def _create_room(app, request, room_type):
 
 
 def room_kind_show(app, request, room_id):
-    _member_room(app, request, room_id)
+    _settable_room(app, request, room_id)
     return redirect(url_for("room", room_id=room_id), 302)
 
 
@@ -9126,7 +11572,7 @@ def update_closed_room(app, request, room_id):
 
 def _update_room(app, request, room_id, room_type):
     """Rename, open or close a room, and set its members (room_type unless the form chooses)."""
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     if room.direct:
         raise Forbidden("A direct room can't become another kind of room.")
     if not can_administer(request.user, room.creator_id):
@@ -9140,7 +11586,7 @@ def _update_room(app, request, room_id, room_type):
 
 
 def edit_room(app, request, room_id):
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     if room.direct:
         return redirect(url_for("edit_direct_room", room_id=room.id), 302)
     return _room_form_page(app, request, room=room, room_type=room.type, name=room.name or "",
@@ -9167,7 +11613,7 @@ def create_direct_room(app, request):
 
 
 def edit_direct_room(app, request, room_id):
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     if not room.direct:
         return redirect(room_settings_path(room), 302)
     members = [user for user in map(app.store.user, app.store.room_member_ids(room.id)) if user]
@@ -9176,12 +11622,12 @@ def edit_direct_room(app, request, room_id):
 
 
 def show_involvement(app, request, room_id):
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     return Response(render_bell(room, app.store.user_rooms(request.user.id).get(room.id, "mentions")))
 
 
 def update_involvement(app, request, room_id):
-    room = _member_room(app, request, room_id)
+    room = _settable_room(app, request, room_id)
     involvement = request.params.text("involvement")
     allowed = ("everything", "nothing") if room.direct else INVOLVEMENTS
     if involvement not in allowed:
@@ -9212,6 +11658,8 @@ def message_page(app, request, room_id):
 
 def create_message(app, request, room_id):
     room = _member_room(app, request, room_id)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return _create_message_from_form(app, request, room)
     client_message_id = request.params.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] \
         or random_hex(CLIENT_MESSAGE_ID_BYTES)
     message, created = app.store.post_message(room, request.user, request.params.get("message[body]", ""),
@@ -9219,8 +11667,94 @@ def create_message(app, request, room_id):
     if _navigating(request):
         return redirect(url_for("room", room_id=room.id))
     boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
+    return Response(app.message_html(message, boosts, () if created else None), 201 if created else 200,
+                    headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
+
+
+def _client_message_id(form):
+    return form.text("message[client_message_id]")[:MAX_CLIENT_MESSAGE_ID_CHARS] or random_hex(CLIENT_MESSAGE_ID_BYTES)
+
+
+async def _create_message_from_form(app, request, room):
+    """A multipart post (Campfire's composer uploads this way): message[attachment] makes a
+    message of the file; without one, message[body] is the text, as from a plain form."""
+    form, uploads = await app.receive_form(request)
+    kept = ()
+    try:
+        upload = uploads.get("message[attachment]")
+        client_message_id = _client_message_id(form)
+        if upload is None:
+            message, created = app.store.post_message(room, request.user, form.get("message[body]", ""),
+                                                      client_message_id)
+        else:
+            if not upload.byte_size:
+                raise Unprocessable("The file %s is empty." % upload.filename)
+            preview = _usable_preview(uploads.get("message[preview]"))
+            message, created = app.store.post_attachment(room, request.user, upload, client_message_id, preview)
+            kept = (upload, preview) if created else ()
+    finally:
+        await app.discard_uploads([upload for upload in uploads.values() if upload not in kept])
+    if _navigating(request):
+        return redirect(url_for("room", room_id=room.id))
+    boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
     return Response(app.message_html(message, boosts), 201 if created else 200,
                     headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
+
+
+def _usable_preview(preview):
+    """The preview a browser sent with an image or a video, if it is an image that fits
+    Campfire's thumbnail box; otherwise it is dropped (the original is shown scaled)."""
+    if preview is None or not preview.width or preview.content_type not in INLINE_IMAGE_TYPES:
+        return None
+    if preview.width > PREVIEW_MAX_WIDTH or preview.height > PREVIEW_MAX_HEIGHT:
+        return None
+    return preview
+
+
+def _attachment_of(app, request, message_id):
+    """A message's file, for a member of its room or the person who sent it; else 404."""
+    message = app.store.message(message_id)
+    if message is None or (message["creator_id"] != request.user.id
+                           and message["room_id"] not in app.store.user_rooms(request.user.id)):
+        raise NotFound("There is no such file.")
+    blob = app.store.attachment("Message", message_id, "attachment")
+    if blob is None:
+        raise NotFound("There is no such file.")
+    return blob
+
+
+def message_attachment(app, request, message_id):
+    """The file as the browser shows it: images, video, audio and PDF in place, the rest downloads."""
+    return app.file_response(request, _attachment_of(app, request, message_id))
+
+
+def message_attachment_download(app, request, message_id):
+    return app.file_response(request, _attachment_of(app, request, message_id), download=True)
+
+
+def message_attachment_preview(app, request, message_id):
+    """The smaller copy of an image (Campfire's 1200×800 thumbnail) or a video's poster frame
+    that the sender's browser made, or Rails did; else the image itself."""
+    blob = _attachment_of(app, request, message_id)
+    preview = app.store.preview_of(message_id, blob)
+    if isinstance(preview, Blob):
+        return app.file_response(request, preview)
+    if preview is None and blob.kind != "image":
+        raise NotFound("This file has no preview.")
+    return app.file_response(request, blob, key=app.store.variant_key(blob.id) if preview else None)
+
+
+async def unfurl_link(app, request):
+    """Campfire's POST /unfurl_link: {title, url, image, description} of the page at `url`
+    (a form field or a JSON body), or 204 when there is no preview to show."""
+    url = request.params.get("url", "")
+    if not isinstance(url, str) or not url.strip():
+        raise Unprocessable("Give the url to preview.")
+    preview = await app.link_preview(url.strip())
+    if preview is None or not (preview.title and preview.url and preview.description):
+        return Response(b"", 204)
+    return json_response({"title": preview.title, "url": preview.url, "image": preview.image,
+                          "description": preview.description})
 
 
 def show_message(app, request, room_id, message_id):
@@ -9259,7 +11793,82 @@ def permalink(app, request, room_id, message_id):
     message = _message_in_room(app, request, room_id, message_id)
     messages = (app.store.messages_page(room_id, before=message_id) + [message]
                 + app.store.messages_page(room_id, after=message_id))
+    app.store.mark_mentions_read(request.user.id, room_id)
     return _room_page(app, request, app.store.room(room_id), messages, highlight_id=message_id)
+
+
+# Threads, unread marks and saved messages ------------------------------------------
+
+def start_thread(app, request, room_id, message_id):
+    """"Reply in thread": the thread's room (made the first time), its own page."""
+    message = _message_in_room(app, request, room_id, message_id)
+    thread = app.store.start_thread(message, request.user)
+    return redirect(url_for("room", room_id=thread.id))
+
+
+def mark_unread(app, request, room_id, message_id):
+    """"Mark as unread": the room shows unread, its line above this message, until the next visit."""
+    message = _message_in_room(app, request, room_id, message_id)
+    app.store.mark_unread(message, request.user.id)
+    if _navigating(request):
+        return redirect(url_for("user_sidebar"))  # the list of rooms, this one marked
+    return Response(b"", 204)
+
+
+def save_message(app, request, message_id):
+    message = _find_message(app, message_id, member=request.user)
+    app.store.save_message(request.user.id, message)
+    if _navigating(request):
+        return redirect(url_for("bookmarks"))
+    return Response(b"", 201)
+
+
+def unsave_message(app, request, message_id):
+    message = _find_message(app, message_id, member=request.user)
+    app.store.unsave_message(request.user.id, message["id"])
+    if _navigating(request):
+        return redirect(url_for("bookmarks"))
+    return Response(b"", 204)
+
+
+def _where(app, user, message):
+    """(the title of the room a message is in, its permalink); a thread's reply is "Thread in <room>"."""
+    store = app.store
+    room = store.room(message["room_id"])
+    home = store.home_room(room)
+    title = store.room_title(home, user.id)
+    return ("Thread in %s" % title if room.thread else title,
+            url_for("room_at_message", room_id=room.id, message_id=message["id"]))
+
+
+def mentions_inbox(app, request):
+    """Every message that mentions the person (or @everyone, @here, or a thread they are
+    in), newest first, a page at a time; unread ones marked until their room is opened."""
+    user, store = request.user, app.store
+    before = _id_param(request, "before")
+
+    def build():
+        messages, unread, more = store.mentions(user.id, before=before)
+        items = [(_where(app, user, message), unread[message["id"]], app.messages_html([message]))
+                 for message in messages]
+        older = url_for("mentions", before=messages[-1]["id"]) if more and messages else None
+        return _page(app, request, "Mentions", render_inbox(items, older))
+    key = ("mentions", user.id, before, store.user_versions[user.id], store.global_version, store.message_version)
+    return app.cached(request, key, build)
+
+
+def saved_messages(app, request):
+    """The messages the person saved, most recently saved first, with a way to remove each."""
+    user, store = request.user, app.store
+    page = min(_id_param(request, "page") or 0, MAX_SAVED_PAGE)
+
+    def build():
+        messages, more = store.saved_messages(user.id, page)
+        items = [(_where(app, user, message), message["id"], app.messages_html([message])) for message in messages]
+        older = url_for("bookmarks", page=page + 1) if more else None
+        return _page(app, request, "Saved", render_saved_messages(items, older))
+    key = ("saved", user.id, page, store.user_versions[user.id], store.global_version, store.message_version)
+    return app.cached(request, key, build)
 
 
 _REFRESH_CURSOR_RE = re.compile(r"([0-9][0-9:. TZ+-]*),([0-9]{1,18})")
@@ -9283,7 +11892,9 @@ def refresh_room(app, request, room_id):
     since_text = utc_now_text(since / 1000)
     messages = app.store.messages_since(room.id, since_text, REFRESH_PAGE_SIZE + 1, after)
     deleted = app.store.deleted_since(room.id, since_text) if after is None else ()
-    if not messages and not deleted:
+    # Messages whose threads were replied in (or lost a reply) since: their counts changed.
+    replied = app.store.threads_changed_since(room.id, since_text) if after is None else []
+    if not messages and not deleted and not replied:
         return Response(b"", 204)
     following, headers = HTML(""), []
     if len(messages) > REFRESH_PAGE_SIZE:
@@ -9292,6 +11903,8 @@ def refresh_room(app, request, room_id):
         href = url_for("room_refresh", room_id=room.id, since=since, cursor="%s,%d" % (last["updated_at"], last["id"]))
         following = render_refresh_next(href)
         headers.append(("Link", '<%s>; rel="next"' % href))
+    listed = {message["id"] for message in messages}
+    messages += [message for message in replied if message["id"] not in listed]
     return Response(app.messages_html(messages) + (render_message_removals(deleted) if deleted else "") + following,
                     headers=headers)
 
@@ -9336,19 +11949,37 @@ def create_search(app, request):
     query = request.params.text("q")[:MAX_SEARCH_QUERY_CHARS]
     if query and fts_match_expression(query):
         app.store.record_search(request.user.id, query)  # the latest repeated writes nothing
-    return redirect(url_for("searches", q=query) if query else url_for("searches"))
+    filters = {name: request.params.text(name) for name in ("room_id", "creator_id")
+               if request.params.text(name).isdigit()}  # the room and person it is narrowed to
+    return redirect(url_for("searches", q=query, **filters) if query else url_for("searches"))
 
 
 def search(app, request):
+    """Messages matching every word (the last as a prefix too, so results follow typing),
+    each naming its room, the words marked; filtered by room and by person when asked."""
     query = request.params.text("q")[:MAX_SEARCH_QUERY_CHARS]
-    user_id = request.user.id
+    user = request.user
+    user_id = user.id
+    store = app.store
+    # The filters' "Any room" and "Anyone" send empty values.
+    room_id = _id_param(request, "room_id") if request.params.get("room_id") else None
+    creator_id = _id_param(request, "creator_id") if request.params.get("creator_id") else None
+    if room_id is not None and store.member_room(room_id, user_id) is None:
+        room_id = None  # a room the person isn't in filters nothing (and says nothing about it)
 
     def build():
-        results = app.store.search(user_id, query) if query else []
-        body = render_search(query, app.messages_html(results), len(results), app.store.recent_searches(user_id))
+        results = store.search(user_id, query, room_id=room_id, creator_id=creator_id) if query else []
+        words = search_words(query)
+        results_html = HTML("").join(
+            render_search_result(_where(app, user, message), app.messages_html([message], highlight=words))
+            for message in results)
+        shared, direct = store.sidebar_rooms(user_id)
+        body = render_search(query, results_html, len(results), store.recent_searches(user_id),
+                             rooms=shared + direct, people=store.active_users(exclude_bots=True),
+                             room_id=room_id, creator_id=creator_id)
         return _page(app, request, "Search", body)
-    key = ("search", user_id, query, app.store.user_versions[user_id], app.store.global_version,
-           app.store.message_version)
+    key = ("search", user_id, query, room_id, creator_id, store.user_versions[user_id], store.global_version,
+           store.message_version)
     return app.cached(request, key, build)
 
 
@@ -9451,10 +12082,25 @@ async def update_profile(app, request):
         return _profile_page(app, request, values, errors, status=429)
     if errors:
         return _profile_page(app, request, values, errors, status=422)
+    avatar = request.files.get("user[avatar]")
+    if avatar is not None and avatar.data:
+        try:
+            avatar = await app.store_image(avatar)
+        except HttpError as error:
+            return _profile_page(app, request, values, {"user[avatar]": error.message}, status=422)
+    else:
+        avatar = None
     digest = await app.off_loop(hash_password, password, app.config.scrypt_n, app.config.bcrypt_cost) if password else None
-    if not app.store.update_profile(user, name, email, bio, digest):
-        return _profile_page(app, request, values, {  # the same address taken meanwhile
-            "user[email_address]": "Someone else already uses this email address."}, status=422)
+    try:
+        if not app.store.update_profile(user, name, email, bio, digest):
+            return _profile_page(app, request, values, {  # the same address taken meanwhile
+                "user[email_address]": "Someone else already uses this email address."}, status=422)
+        if avatar is not None:
+            app.store.set_avatar(user.id, avatar)
+            avatar = None
+    finally:
+        if avatar is not None:
+            await app.discard_uploads([avatar])
     return redirect(url_for("user_profile", saved=1))
 
 
@@ -9475,15 +12121,27 @@ def show_user(app, request, user_id):
 
 
 def avatar(app, request, user_id):
+    """The person's picture, or Campfire's initials on a colour (the bot icon for bots)."""
     user = app.store.user(user_id)
     if user is None:
         raise NotFound("There is no such person.")
+    blob = app.store.attachment("User", user_id, "avatar")
+    if blob is not None and blob.kind == "image":
+        return app.file_response(request, blob, cache_control=AVATAR_CACHE_CONTROL)
     svg = render_avatar_svg(user)
     etag = '"%s"' % hashlib.sha256(svg.encode()).hexdigest()[:16]
-    headers = [("ETag", etag), ("Cache-Control", "private, max-age=1800")]
+    headers = [("ETag", etag), ("Cache-Control", AVATAR_CACHE_CONTROL)]
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(b"", 304, None, headers)
     return Response(svg, 200, "image/svg+xml", headers)
+
+
+def delete_avatar(app, request, user_id):
+    """Remove your own picture (Campfire's users/avatars_controller.rb#destroy)."""
+    if user_id != request.user.id:
+        raise Forbidden("You can only remove your own avatar.")
+    app.store.set_avatar(user_id, None)
+    return redirect(url_for("user_profile"))
 
 
 def _manageable_user(app, user_id):
@@ -9518,8 +12176,17 @@ def autocompletable_users(app, request):
     if room_id.isdigit():
         member_ids = app.store.room_member_ids(_member_room(app, request, int(room_id)).id)
     users = app.store.users_matching(query, member_ids)
-    return json_response([{"value": user.id, "name": user.name, "avatar_url": url_for("user_avatar", user_id=user.id),
-                           "sgid": app.store.mention_sgid(user.id)} for user in users])
+    groups = []
+    if member_ids is not None:  # in a room: @everyone and @here, with why not when the person may not
+        room = app.store.room(int(room_id))
+        for name, description in (("everyone", "Notify everyone in this room"),
+                                  ("here", "Notify everyone here now")):
+            if name.startswith(query.lower()):
+                groups.append({"group": name, "name": name, "description": description, "disabled_reason":
+                               app.store.everyone_problem(room, request.user) if name == "everyone" else None})
+    return json_response(groups + [{"value": user.id, "name": user.name,
+                                    "avatar_url": url_for("user_avatar", user_id=user.id),
+                                    "sgid": app.store.mention_sgid(user.id)} for user in users])
 
 
 # The account ------------------------------------------------------------------------
@@ -9545,6 +12212,47 @@ def edit_account(app, request):
 
 
 def update_account(app, request):
+    request.form  # noqa: B018 (reading the parts fills request.files)
+    logo = request.files.get("account[logo]")
+    if logo is not None and logo.data:
+        return _update_account_with_logo(app, request, logo)
+    return _update_account(app, request)
+
+
+async def _update_account_with_logo(app, request, file):
+    try:
+        logo = await app.store_image(file)
+    except HttpError as error:
+        return _account_page(app, request, errors={"account[logo]": error.message}, status=422)
+    try:
+        response = _update_account(app, request)
+        if response.status < 400:
+            app.store.set_account_logo(logo)
+            logo = None
+        return response
+    finally:
+        if logo is not None:
+            await app.discard_uploads([logo])
+
+
+def account_logo(app, request):
+    """The logo, or Campfire's own icon: public, cached 5 minutes and then revalidated in the
+    background for a week (Campfire's accounts/logos_controller.rb)."""
+    logo = app.store.account_logo()
+    if logo is not None:
+        return app.file_response(request, logo, cache_control=LOGO_CACHE_CONTROL)
+    response = app.static.response(request, "icon-192.png")
+    response.headers = [(name, value) for name, value in response.headers if name != "Cache-Control"]
+    response.headers.append(("Cache-Control", LOGO_CACHE_CONTROL))
+    return response
+
+
+def delete_account_logo(app, request):
+    app.store.set_account_logo(None)
+    return redirect(url_for("edit_account"))
+
+
+def _update_account(app, request):
     name = app.store.account()["name"]
     if "account[name]" in request.params:
         errors = {}
@@ -9665,11 +12373,45 @@ def bots_index(app, request):
     return _page(app, request, "Chat bots", render_bots(items))
 
 
+def _bot_avatar_file(request):
+    """The picture an administrator chose on the bot form, if any (the form awaits its writing)."""
+    request.form  # noqa: B018 (reading the parts fills request.files)
+    file = request.files.get("user[avatar]")
+    return file if file is not None and file.data else None
+
+
+async def _bot_avatar(app, request):
+    """(Upload or None, errors) of the bot form's picture."""
+    try:
+        return await app.store_image(_bot_avatar_file(request)), {}
+    except HttpError as error:
+        return None, {"user[avatar]": error.message}
+
+
 def create_bot_route(app, request):
+    if _bot_avatar_file(request) is not None:
+        return _create_bot(app, request)
     values, errors = _bot_form(request.params)
     if errors:
         return _page(app, request, "New bot", render_bot_form(values=values, errors=errors), status=422)
     app.store.create_bot(values["user[name]"], values["user[webhook_url]"])
+    return redirect(url_for("account_bots"))
+
+
+async def _create_bot(app, request):
+    values, errors = _bot_form(request.params)
+    avatar, avatar_errors = await _bot_avatar(app, request) if not errors else (None, {})
+    if errors or avatar_errors:
+        return _page(app, request, "New bot", render_bot_form(values=values, errors=errors or avatar_errors),
+                     status=422)
+    try:
+        bot_id = app.store.create_bot(values["user[name]"], values["user[webhook_url]"])
+        if avatar is not None:
+            app.store.set_avatar(bot_id, avatar)
+            avatar = None
+    finally:
+        if avatar is not None:
+            await app.discard_uploads([avatar])
     return redirect(url_for("account_bots"))
 
 
@@ -9684,12 +12426,33 @@ def show_bot(app, request, bot_id):
 
 def update_bot_route(app, request, bot_id):
     row = _require_bot(app, bot_id)
+    if _bot_avatar_file(request) is not None:
+        return _update_bot(app, request, bot_id, row)
     values, errors = _bot_form(request.params)
     if errors:
         return _page(app, request, "Edit bot", render_bot_form(bot_row=row, values=values, errors=errors), status=422)
     # Campfire changes the webhook only when the field is sent; blank removes it.
     app.store.update_bot(bot_id, values["user[name]"], values["user[webhook_url]"],
                          change_webhook="user[webhook_url]" in request.params)
+    return redirect(url_for("account_bots"))
+
+
+async def _update_bot(app, request, bot_id, row):
+    values, errors = _bot_form(request.params)
+    avatar, avatar_errors = await _bot_avatar(app, request) if not errors else (None, {})
+    if errors or avatar_errors:
+        return _page(app, request, "Edit bot", render_bot_form(bot_row=row, values=values,
+                                                               errors=errors or avatar_errors), status=422)
+    try:
+        # Campfire changes the webhook only when the field is sent; blank removes it.
+        app.store.update_bot(bot_id, values["user[name]"], values["user[webhook_url]"],
+                             change_webhook="user[webhook_url]" in request.params)
+        if avatar is not None:
+            app.store.set_avatar(bot_id, avatar)
+            avatar = None
+    finally:
+        if avatar is not None:
+            await app.discard_uploads([avatar])
     return redirect(url_for("account_bots"))
 
 
@@ -9714,7 +12477,7 @@ def reset_bot_key_route(app, request, bot_id):
 # The bot API (Campfire's messages/by_bots_controller.rb) --------------------------------
 # A bot's key "<id>-<token>" in the path is all a bot API request carries: no
 # cookie, no forgery check, JSON out. Webhook deliveries, the other half, are
-# background work (section 16).
+# background work (section 17).
 
 def _bot_head(status, headers=()):
     """Rails' `head status` on the bot API's JSON routes: no body, typed application/json
@@ -9742,13 +12505,26 @@ def bot_api(handler):
             room = app.store.member_room(room_id, bot.id)
             if room is None:
                 raise NotFound("There is no such room.")
-            return handler(app, request, room, bot, bot_key, **params)
+            response = handler(app, request, room, bot, bot_key, **params)
         except RecordNotFound:
             return json_response(RECORD_NOT_FOUND_JSON, 404)
         except HttpError as error:
             return _bot_head(error.status, error.headers)
+        if type(response) is types.CoroutineType:
+            return _bot_answer_later(response)
+        return response
     answer.__name__, answer.__doc__ = handler.__name__, handler.__doc__
     return answer
+
+
+async def _bot_answer_later(pending):
+    """An upload's answer, its errors as the bot API gives them."""
+    try:
+        return await pending
+    except RecordNotFound:
+        return json_response(RECORD_NOT_FOUND_JSON, 404)
+    except HttpError as error:
+        return _bot_head(error.status, error.headers)
 
 
 def _raw_text(request):
@@ -9756,12 +12532,23 @@ def _raw_text(request):
     return request.body.decode("utf-8", "replace")
 
 
-def _posts_an_attachment(request):
-    """A multipart post with a file named attachment: Campfire's attachment upload."""
-    if not request.header("content-type").startswith("multipart/form-data"):
-        return False
-    request.form  # noqa: B018 (reading the parts fills request.files)
-    return "attachment" in request.files
+async def _bot_post_form(app, request, room, bot):
+    """A bot's multipart post: its `attachment` file is the message (Campfire's by_bots);
+    without a file, its `body` field (or nothing: 422)."""
+    form, uploads = await app.receive_form(request)
+    kept = None
+    try:
+        upload = uploads.get("attachment")
+        if upload is None:
+            message, _ = app.store.post_message(room, bot, form.get("body", ""), random_hex(CLIENT_MESSAGE_ID_BYTES))
+        else:
+            if not upload.byte_size:
+                raise Unprocessable("The file %s is empty." % upload.filename)
+            message, _ = app.store.post_attachment(room, bot, upload, random_hex(CLIENT_MESSAGE_ID_BYTES))
+            kept = upload
+    finally:
+        await app.discard_uploads([upload for upload in uploads.values() if upload is not kept])
+    return Response(b"", 201, None, [("Location", url_for("message", message_id=message["id"]))])
 
 
 def _bot_room_message(app, room, message_id, missing=RecordNotFound):
@@ -9782,7 +12569,7 @@ def _bot_anchor(app, room, request, name):
 
 
 def _message_json(app, request, message):
-    return message_json(message, app.store.plain_text(message["body"]), app.store.user(message["creator_id"]),
+    return message_json(message, app.store.message_text(message), app.store.user(message["creator_id"]),
                         request.origin)
 
 
@@ -9807,8 +12594,8 @@ def bot_messages(app, request, room, bot, bot_key):
 @bot_api
 def bot_create_message(app, request, room, bot, bot_key):
     """The raw body is the message (HTML, sanitized like any other) → 201 and its Location."""
-    if _posts_an_attachment(request):
-        raise Unprocessable("Attachments are not supported by this server yet: post the message as text.")
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return _bot_post_form(app, request, room, bot)
     message, _ = app.store.post_message(room, bot, _raw_text(request), random_hex(CLIENT_MESSAGE_ID_BYTES))
     return _bot_head(201, [("Location", request.origin + url_for("message", message_id=message["id"]))])
 
@@ -9857,7 +12644,7 @@ def bot_delete_boost(app, request, room, bot, bot_key, message_id, boost_id):
 # Real time -----------------------------------------------------------------------
 
 def cable(app, request):
-    """/cable: the WebSocket handshake; the connection then belongs to Cable (section 14)."""
+    """/cable: the WebSocket handshake; the connection then belongs to Cable (section 15)."""
     return app.cable.handshake(request)
 
 
@@ -9873,7 +12660,7 @@ url_for = URLS.build
 
 
 ####
-#### 14. Real time
+#### 15. Real time
 ####
 # /cable: WebSocket connections speaking Action Cable, the channels Campfire
 # has, and broadcasts. A broadcast is encoded once per identifier (plain and
@@ -9968,6 +12755,7 @@ class Cable:
             "ReadRoomsChannel": lambda connection, params: ["user_%d_reads" % connection.user_id],
             "HeartbeatChannel": lambda connection, params: [],
             "SidebarChannel": lambda connection, params: ["user_%d_sidebar" % connection.user_id],
+            "MentionsChannel": lambda connection, params: ["user_%d_mentions" % connection.user_id],
         }
         app.events.subscribe(self)
 
@@ -10250,7 +13038,7 @@ class Cable:
 
     # Events (after each change commits) ----------------------------------------------------
     def message_created(self, room, message, unread_user_ids):
-        html_text = str(self.app.message_html(message))
+        html_text = str(self.app.message_html(message, (), ()))
         self.broadcast("room_%d_messages" % room.id, {
             "action": "append", "id": message["id"], "client_message_id": message["client_message_id"],
             "html": html_text})
@@ -10260,6 +13048,13 @@ class Cable:
                                  if user_id in connected and user_id != creator_id], {"roomId": room.id})
         if room.direct:
             self.broadcast_many(["user_%d_sidebar" % user_id for user_id in unread_user_ids], {"action": "refresh"})
+        if room.thread:  # the message it answers shows one more reply
+            self._replace({"id": room.parent_message_id})
+
+    def mentioned(self, user_ids, message):
+        self.broadcast_many(["user_%d_mentions" % user_id for user_id in user_ids],
+                            {"action": "mentioned", "id": message["id"]})
+        self.sidebar_changed(user_ids)
 
     def _replace(self, message):
         message = self.app.store.message(message["id"])
@@ -10276,11 +13071,16 @@ class Cable:
 
     def message_removed(self, message):
         self.broadcast("room_%d_messages" % message["room_id"], {"action": "remove", "id": message["id"]})
+        room = self.app.store.room(message["room_id"])
+        if room is not None and room.thread:
+            self._replace({"id": room.parent_message_id})
 
     def room_changed(self, room, change, revoked=()):
         members = set(self.app.store.room_member_ids(room.id)) | set(revoked)
         if revoked:
             self.drop_room(room.id, set(revoked))
+            for thread_room_id in self.app.store.thread_room_ids(room.id):  # its threads go with it
+                self.drop_room(thread_room_id, set(revoked))
         self.sidebar_changed(members)
 
     def room_deleted(self, room, member_ids):
@@ -10298,7 +13098,7 @@ class Cable:
 
 
 ####
-#### 15. The application
+#### 16. The application
 ####
 # App turns a Request into a Response without touching a socket, so tests
 # drive it in-process and the server is a thin adapter around it.
@@ -10493,17 +13293,20 @@ class Config:
     webhook_queue_size: int = WEBHOOK_QUEUE_SIZE
     message_purge_chunk: int = MESSAGE_PURGE_CHUNK
     search_probe_limit: int = SEARCH_PROBE_LIMIT
-    backup_interval: float = None     # seconds between automatic backups; 0 off; None: BACKUP_DEFAULT_INTERVAL
-    backup_keep: dict = None          # retention; None: BACKUP_KEEP
-    backup_target: object = None      # where finished backups are copied: parse_backup_url(BACKUP_URL)
-    backup_step_pages: int = BACKUP_STEP_PAGES
-    trusted_proxies: tuple = ()       # ip_network: peers whose X-Forwarded-* headers count (TRUSTED_PROXIES)
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    link_previews: bool = True    # CAMPFIRE_LINK_PREVIEWS=off for an install with no way out
+    unfurl_allowed: object = None  # decides a preview's addresses (unfurl_address_allowed); tests name loopback
     vapid_public_key: str = None  # VAPID_PUBLIC_KEY / VAPID_PRIVATE_KEY, as Campfire's config/initializers/vapid.rb;
     vapid_private_key: str = None  # unset, a pair is generated once and kept in the storage directory
     push_timeout: float = PUSH_TIMEOUT
     push_total_timeout: float = PUSH_TOTAL_TIMEOUT
     push_queue_size: int = PUSH_QUEUE_SIZE
     push_retry_delay: float = PUSH_RETRY_DELAY
+    backup_interval: float = None     # seconds between automatic backups; 0 off; None: BACKUP_DEFAULT_INTERVAL
+    backup_keep: dict = None          # retention; None: BACKUP_KEEP
+    backup_target: object = None      # where finished backups are copied: parse_backup_url(BACKUP_URL)
+    backup_step_pages: int = BACKUP_STEP_PAGES
+    trusted_proxies: tuple = ()       # ip_network: peers whose X-Forwarded-* headers count (TRUSTED_PROXIES)
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -10518,6 +13321,15 @@ class Config:
             if not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError("PORT must be a number between 1 and 65535, not %r." % port)
             config.port = int(port)
+        previews = (environ.get("CAMPFIRE_LINK_PREVIEWS") or "on").strip().lower()
+        if previews not in ("on", "off", "true", "false", "1", "0"):
+            raise ConfigError("CAMPFIRE_LINK_PREVIEWS must be on or off, not %r." % previews)
+        config.link_previews = previews in ("on", "true", "1")
+        upload_limit = environ.get("CAMPFIRE_MAX_UPLOAD_BYTES")
+        if upload_limit:
+            if not upload_limit.isdigit() or int(upload_limit) < 1:
+                raise ConfigError("CAMPFIRE_MAX_UPLOAD_BYTES must be a number of bytes, not %r." % upload_limit)
+            config.max_upload_bytes = int(upload_limit)
         config.tls_cert_path = environ.get("TLS_CERT_PATH") or None
         config.tls_key_path = environ.get("TLS_KEY_PATH") or None
         config.vapid_public_key = environ.get("VAPID_PUBLIC_KEY") or None
@@ -10551,11 +13363,16 @@ class App:
         secret = self.config.secret_key_base or self._stored_secret()
         self.secret_key_base = secret
         self.store = Store(self.db, self.config, secret)
+        self.files = FileStore(os.path.join(self.config.storage_path, "files"))
         try:
             self.db.migrate()
             self.store.resign_mentions()
             self.db.repair_search_tail()
             self.store.reset_connections()
+            moved, deleted = self.files.sweep(self.store.blob_exists)
+            if moved or deleted:
+                log.warning("uploads a stop cut short: %d committed moved into place, %d unfinished deleted",
+                            moved, deleted)
         except ConfigError:
             self.db.connection.close()
             raise
@@ -10573,6 +13390,10 @@ class App:
         self.qr_code_limiter = RateLimiter(*QR_CODE_LIMIT)
         self.qr_codes = LruCache(QR_CODES_KEPT_BYTES)
         self._workers = None        # the thread pool for password hashes, made on first use
+        self._file_workers = None   # the thread pool for file I/O, made on first use
+        self._file_jobs = set()     # its work not waited for (file_work_soon)
+        self._unfurl_workers = None  # threads fetching link previews, made on first use
+        self._unfurls_running = 0
         self._work_waiting = 0
         self.secure_cookies = bool(self.config.tls_cert_path)
         self.events = self.store.events
@@ -10583,8 +13404,7 @@ class App:
         self.bot_api_limiter = RateLimiter(*BOT_API_LIMIT)
         self.webhooks = Webhooks(self)
         self.purges = Purges(self)
-        self.offsite = OffsiteClient(self.config.backup_target) if self.config.backup_target else None
-        self.backups = BackupSchedule(self)
+        self._unknown_digest = None  # see unknown_password_digest()
         self._vapid_key = self._configured_vapid_key()  # or, when unset, the stored one on first use
         self.pushes = Pushes(self)
         self.search_rebuild = SearchIndexRebuild(self)
@@ -10592,6 +13412,8 @@ class App:
             asyncio.get_running_loop()  # under the server: it starts once the server listens
         except RuntimeError:
             self.search_rebuild.start()  # tests and commands: at once
+        self.offsite = OffsiteClient(self.config.backup_target) if self.config.backup_target else None
+        self.backups = BackupSchedule(self)
         self.request_log = RequestLog()
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
@@ -10672,6 +13494,12 @@ class App:
         if self._workers is not None:
             self._workers.shutdown(wait=True)
             self._workers = None
+        if self._file_workers is not None:
+            self._file_workers.shutdown(wait=True)
+            self._file_workers = None
+        if self._unfurl_workers is not None:
+            self._unfurl_workers.shutdown(wait=False, cancel_futures=True)
+            self._unfurl_workers = None
         self.db.close()
 
     async def off_loop(self, function, *args):
@@ -10689,7 +13517,194 @@ class App:
         finally:
             self._work_waiting -= 1
 
+    async def unknown_password_digest(self):
+        """What an unknown address's password is checked against: made once, off the loop
+        (a bcrypt of cost 12 takes a third of a second), then one check costs what a
+        known address's does."""
+        if self._unknown_digest is None:
+            self._unknown_digest = await self.off_loop(
+                unknown_password_digest, self.config.scrypt_n, self.config.bcrypt_cost)
+        return self._unknown_digest
+
+    # Files ---------------------------------------------------------------------
+    def _file_pool(self):
+        if self._file_workers is None:
+            import concurrent.futures
+            self._file_workers = concurrent.futures.ThreadPoolExecutor(FILE_WORKERS, "campfire-files")
+        return self._file_workers
+
+    async def file_work(self, function, *args, **kwargs):
+        """function(*args, **kwargs) in a file worker thread (disk I/O never blocks the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._file_pool(), functools.partial(function, *args, **kwargs))
+
+    def file_work_soon(self, function, *args):
+        """function(*args) in a file worker thread, not waited for (a failure is logged).
+        close() and settle_file_work() wait for it."""
+        job = self._file_pool().submit(function, *args)
+        self._file_jobs.add(job)
+
+        def done(job):
+            self._file_jobs.discard(job)
+            if not job.cancelled() and job.exception() is not None:
+                log.error("file work failed: %r", job.exception())
+        job.add_done_callback(done)
+
+    def settle_file_work(self):
+        """Wait until the file work asked for so far is done (tests; a stop waits in close())."""
+        import concurrent.futures
+        concurrent.futures.wait(list(self._file_jobs))
+
+    def blobs_created(self, keys):
+        """The Events listener: committed uploads move into place."""
+        for key in keys:
+            self.file_work_soon(self.files.promote, key)
+
+    def blobs_deleted(self, keys):
+        for key in keys:
+            self.file_work_soon(self.files.delete, key)
+
+    async def discard_uploads(self, uploads):
+        """Delete the temporary files of uploads no row will name."""
+        for upload in uploads:
+            await self.file_work(self.files.discard_temp, upload.key)
+
+    def upload_limit(self, request):
+        """The largest body of an upload (HttpParser streams it), or None when the request
+        doesn't carry one: only multipart posts to the routes marked upload do."""
+        if request.method != "POST" or not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return None
+        found = self.router.match("POST", request.path)
+        if found is None or not found[0].upload:
+            return None
+        return self.config.max_upload_bytes + UPLOAD_FORM_OVERHEAD_BYTES
+
+    async def receive_form(self, request):
+        """A multipart form, read as it arrives: (FormData of its text fields, {field name: Upload}).
+        Each file goes to a temporary file in storage as it comes (memory holds one write at
+        most), its MD5 taken and its image header checked on the way. The caller keeps the
+        uploads (Store.post_attachment …) or hands them to discard_uploads()."""
+        try:
+            parser = MultipartParser.for_content_type(request.headers.get("content-type", ""))
+        except MultipartError:
+            raise
+        fields, receiving, text_bytes, part = [], {}, 0, None
+        try:
+            async for chunk in _body_chunks(request):
+                for event in parser.feed(chunk):
+                    kind = type(event)
+                    if kind is PartData:
+                        if part is None:
+                            continue
+                        if type(part) is list:
+                            text_bytes += len(event.data)
+                            if text_bytes > MAX_UPLOAD_FIELD_BYTES:
+                                raise PayloadTooLarge("The form's text is too long.")
+                            part.append(event.data)
+                        else:
+                            await part.add(event.data)
+                    elif kind is PartStarted:
+                        if event.filename is None:
+                            part = [event.name]
+                        elif not event.filename or event.name in receiving or len(receiving) >= MAX_FORM_FILES:
+                            part = None  # a file input left empty, or one file too many: skipped
+                        else:
+                            part = _ReceivingFile(self, event.name, event.filename, event.content_type,
+                                                  self.config.max_upload_bytes)
+                            receiving[event.name] = part
+                            await part.open()
+                    else:  # PartEnded
+                        if type(part) is list:
+                            fields.append((part[0], b"".join(part[1:]).decode("utf-8", "replace")))
+                        elif part is not None:
+                            await part.finish()
+                        part = None
+            parser.finish()
+        except BaseException:
+            for file in receiving.values():
+                await self.file_work(file.discard)
+            raise
+        return FormData(fields), {name: file.upload for name, file in receiving.items()}
+
+    async def store_image(self, file):
+        """A small uploaded image held in memory (an avatar, a logo) written to a temporary
+        file: its Upload, or Unprocessable when it is not a PNG, JPEG, GIF or WebP image."""
+        if sniff_image(file.data) is None:
+            raise Unprocessable("Choose a PNG, JPEG, GIF or WebP image.")
+        return await self.store_bytes(file)
+
+    async def store_bytes(self, file):
+        """A small file held in memory (an avatar, a logo, a webhook's reply) written to a
+        temporary file: its Upload. ImageHeaderError (422) for an image whose header lies."""
+        image = sniff_image(file.data)
+        key = generate_blob_key()
+
+        def write():
+            descriptor = self.files.create_temp(key)
+            try:
+                digest = hashlib.md5()
+                FileStore.write(descriptor, file.data, digest)
+            finally:
+                FileStore.close(descriptor, sync=True)
+            return base64.b64encode(digest.digest()).decode()
+        checksum = await self.file_work(write)
+        return Upload(key, file.filename, upload_content_type(file.content_type, image), len(file.data), checksum,
+                      image.width if image else None, image.height if image else None)
+
+    async def file_response(self, request, blob, *, key=None, download=False, cache_control=FILE_CACHE_CONTROL):
+        """A stored file as a response: inline only for the types that are safe to show,
+        sandboxed, with an ETag (304) and byte ranges (206, 416). key: another blob's bytes
+        under this blob's name (a preview)."""
+        content_type, disposition, headers = serving_for(blob.content_type)
+        etag = blob.etag if key is None else '"%s"' % key
+        headers = [header for header in headers if header[0] != "X-Content-Type-Options"]  # _finish adds it
+        headers += [("Content-Disposition", content_disposition("attachment" if download else disposition,
+                                                                 blob.filename)),
+                    ("ETag", etag), ("Cache-Control", cache_control)]
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(b"", 304, None, headers)
+        opened = await self.file_work(self.files.open, key or blob.key)
+        if opened is None:
+            log.error("blob %s (%s) is missing from %s", blob.id, key or blob.key, self.files.root)
+            raise NotFound("This file is missing from the server's storage.")
+        file, size = opened
+        try:
+            byte_range = select_range(request.headers.get("range"), size, if_range=request.headers.get("if-range"),
+                                      etag=etag)
+        except RangeNotSatisfiable:
+            file.close()
+            raise
+        response = Response(b"", 200, content_type, headers)
+        if byte_range is None:
+            response.file = FileBody(file, 0, size)
+        else:
+            response.status = 206
+            response.headers.append(("Content-Range", content_range(byte_range, size)))
+            response.file = FileBody(file, byte_range.first, byte_range.length)
+        response.compressible = False
+        return response
+
+    async def link_preview(self, url):
+        """The LinkPreview of a page, fetched in a worker thread; None when previews are off,
+        UNFURL_WORKERS are busy, or the fetch was refused or failed (logged)."""
+        if not self.config.link_previews or self._unfurls_running >= UNFURL_WORKERS:
+            return None
+        if self._unfurl_workers is None:
+            import concurrent.futures
+            self._unfurl_workers = concurrent.futures.ThreadPoolExecutor(UNFURL_WORKERS, "campfire-unfurl")
+        allowed = self.config.unfurl_allowed or unfurl_address_allowed
+        self._unfurls_running += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._unfurl_workers, functools.partial(fetch_link_preview, url, allowed=allowed))
+        except UnfurlRefused as error:
+            log.info("no preview of %s: %s", url[:200], error)
+            return None
+        finally:
+            self._unfurls_running -= 1
+
     # Helpers for handlers --------------------------------------------------------
+
     def asset_url(self, name):
         return url_for("static", path=name, v=self.static.version(name))
 
@@ -10728,7 +13743,9 @@ class App:
         """What rendering a page for this request knows besides its own data."""
         css, digest = self.store.custom_styles()
         user = request.user if signed_in else None
+        logo = self.store.account_logo()
         return View(user, self.store.account_name(), digest if css.strip() else "", self._assets(), request.origin,
+                    url_for("account_logo", v=logo.key[:8]) if logo else "",
                     self.vapid_key.public_key_base64 if user is not None else "")
 
     def _assets(self):
@@ -10738,25 +13755,45 @@ class App:
             self._assets_checked = (now, {name: self.asset_url(name) for name in PAGE_ASSETS})
         return self._assets_checked[1]
 
-    def message_html(self, message, boosts=()):
-        """A message as render_message makes it, kept until it, its boosts or any name change."""
-        key = (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), self.store.global_version)
-        cached = self.message_cache.get(key) if self.config.cache else None
+    def message_html(self, message, boosts=(), thread=None, attachment=False, *, highlight=()):
+        """A message as render_message makes it, kept until it, its boosts, its thread or any
+        name change. thread: its summary from Store.threads_for, looked up when None;
+        attachment: its Blob or None when known, else looked up; highlight: search words
+        to mark (such a copy isn't kept)."""
+        store = self.store
+        if thread is None:
+            thread = store.threads_for([message["id"]]).get(message["id"], ())
+        key = (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), thread,
+               store.global_version)
+        cached = self.message_cache.get(key) if self.config.cache and not highlight else None
         if cached is not None:
             return cached
-        store, stored = self.store, message["body"] or ""
+        stored = message["body"] or ""
+        if attachment is False:
+            attachment = store.attachment("Message", message["id"], "attachment")
+        if attachment is not None:
+            attachment = render_attachment(message["id"], attachment, preview=store.preview_of(message["id"],
+                                                                                              attachment))
         sound = message_sound(store.plain_text(stored)) if "/play " in stored else None
         body = None if sound else self.render_body(stored)
+        if highlight and body is not None:
+            body = HTML(highlight_words(body, highlight))
         if boosts:
             booster = store.user
             boosts = [(boost, user.name if (user := booster(boost["booster_id"])) else "Someone") for boost in boosts]
+        room = store.room(message["room_id"])
         rendered = render_message(message, author=self._author_html(message["creator_id"]), body=body, sound=sound,
-                                  boosts=boosts)
-        self.message_cache.put(key, rendered)
+                                  boosts=boosts, thread=thread, in_thread=room is not None and room.thread,
+                                  attachment=attachment)
+        if not highlight:
+            self.message_cache.put(key, rendered)
         return rendered
 
     def render_body(self, stored_body):
-        """A stored body as a message shows it: each mention a chip of the person it names."""
+        """A stored body as a message shows it: each mention a chip of the person it names,
+        @everyone and @here chips too."""
+        if "@" in stored_body:
+            stored_body = render_group_mentions(stored_body)
         if "<action-text-attachment" not in stored_body:  # most bodies: nothing to swap
             return HTML(stored_body)
         chips = {}
@@ -10766,9 +13803,13 @@ class App:
                 chips[sgid] = render_mention(user)
         return HTML(render_rich_text(stored_body, mention=chips.get))
 
-    def messages_html(self, messages):
-        boosts = self.store.boosts_for([message["id"] for message in messages])
-        return HTML("").join(self.message_html(message, boosts.get(message["id"], ())) for message in messages)
+    def messages_html(self, messages, *, highlight=()):
+        ids = [message["id"] for message in messages]
+        boosts, threads = self.store.boosts_for(ids), self.store.threads_for(ids)
+        attachments = self.store.attachments_for("Message", ids, "attachment")
+        return HTML("").join(self.message_html(message, boosts.get(message["id"], ()), threads.get(message["id"], ()),
+                                               attachments.get(message["id"]), highlight=highlight)
+                             for message in messages)
 
     def _author_html(self, creator_id):
         """The avatar and name that open a message, kept per person until names change."""
@@ -10875,7 +13916,7 @@ class App:
         found = self.router.match(lookup, request.path)
         # A form's _method stands for PATCH, PUT or DELETE (browsers can't send them);
         # a bot's raw body is never read as a form, whatever its content type says.
-        if method == "POST" and not (found and found[0].auth == "bot") and request.headers.get(
+        if method == "POST" and not (found and (found[0].auth == "bot" or found[0].upload)) and request.headers.get(
                 "content-type", "").startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             override = str(request.form.get("_method", "")).upper()
             if override in ("PATCH", "PUT", "DELETE"):
@@ -10997,11 +14038,77 @@ class App:
 
     def serialize(self, request, response, keep_alive):
         return serialize_response(response.status, response.headers, response.body, keep_alive=keep_alive,
-                                  head_only=request.method == "HEAD", date=self.http_date())
+                                  head_only=request.method == "HEAD", date=self.http_date(),
+                                  content_length=response.file.length if response.file is not None else None)
+
+
+async def _body_chunks(request):
+    """A request's body in pieces: as it arrives when streamed, else the one it has."""
+    reader = request.body_reader
+    if reader is None:
+        if request.body:
+            yield request.body
+        return
+    while chunk := await reader.read():
+        yield chunk
+
+
+class _ReceivingFile:
+    """One file of a multipart form on its way to a temporary file (App.receive_form)."""
+
+    def __init__(self, app, name, filename, declared_type, max_bytes):
+        self.app = app
+        self.key = generate_blob_key()
+        self.filename = safe_filename(filename)
+        self.declared_type = declared_type
+        self.max_bytes = max_bytes
+        self.descriptor = None
+        self.digest = hashlib.md5()
+        self.size = 0
+        self.pending, self.pending_bytes = [], 0
+        self.sniffer, self.sniffing = ImageSniffer(), True
+        self.upload = None
+
+    async def open(self):
+        self.descriptor = await self.app.file_work(self.app.files.create_temp, self.key)
+
+    async def add(self, data):
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise PayloadTooLarge("A file can be at most %s." % format_bytes(self.max_bytes))
+        if self.sniffing and self.sniffer.feed(data):  # microseconds: it reads a few header bytes
+            self.sniffing = False
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= UPLOAD_WRITE_BYTES:
+            await self._write()
+
+    async def _write(self):
+        if self.pending:
+            data = b"".join(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.pending, self.pending_bytes = [], 0
+            await self.app.file_work(FileStore.write, self.descriptor, data, self.digest)
+
+    async def finish(self):
+        await self._write()
+        image = self.sniffer.finish()
+        descriptor, self.descriptor = self.descriptor, None
+        await self.app.file_work(FileStore.close, descriptor, sync=True)
+        self.upload = Upload(self.key, self.filename, upload_content_type(self.declared_type, image), self.size,
+                             base64.b64encode(self.digest.digest()).decode(), image.width if image else None,
+                             image.height if image else None)
+
+    def discard(self):
+        """Blocking: the temporary file goes (a worker thread calls it)."""
+        descriptor, self.descriptor = self.descriptor, None
+        if descriptor is not None:
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
+        self.app.files.discard_temp(self.key)
 
 
 ####
-#### 16. Background work
+#### 17. Background work
 ####
 # Work that follows a change, off the request path: a banned person's messages
 # deleted in chunks, and webhook deliveries. Each starts from an Events listener.
@@ -11316,9 +14423,8 @@ class Webhooks:
             log.warning("webhook for bot %d answered %d (redirects aren't followed); nothing posted",
                         delivery.bot_id, reply.status)
         elif reply.headers.get("content-type") and reply.body:
-            # Campfire saves any other reply as an attachment; this server has no attachments yet.
-            log.warning("webhook for bot %d answered %d with %s (%d bytes): attachments are not supported; "
-                        "nothing posted", delivery.bot_id, reply.status, reply.content_type, len(reply.body))
+            # Any other reply is a file, posted as attachment.<ext> (Campfire's app/models/webhook.rb).
+            await self._post_file_reply(delivery, reply)
         elif not 200 <= reply.status < 300:
             log.warning("webhook for bot %d answered %d; nothing posted", delivery.bot_id, reply.status)
 
@@ -11356,22 +14462,352 @@ class Webhooks:
             self._tls = ssl.create_default_context()
         return self._tls
 
-    def _post_reply(self, delivery, text):
-        """The reply as the bot's message, if the bot is still active and in the room."""
+    async def _post_file_reply(self, delivery, reply):
+        import mimetypes  # here: only a bot answering with a file needs its table
+        content_type = normalized_content_type(reply.content_type) or DOWNLOAD_CONTENT_TYPE
+        extension = mimetypes.guess_extension(content_type, strict=False) or ".bin"
+        try:
+            upload = await self.app.store_bytes(UploadedFile("attachment" + extension, content_type,
+                                                             bytes(reply.body)))
+        except HttpError as error:
+            log.warning("webhook reply from bot %d not posted: %s", delivery.bot_id, error.message)
+            return
+        if not self._post_reply(delivery, upload=upload):
+            await self.app.discard_uploads([upload])
+
+    def _post_reply(self, delivery, text=None, *, upload=None):
+        """The reply (text, or a file) as the bot's message, if the bot is still active and in
+        the room. True when it was posted."""
         app = self.app
         bot = app.store.user(delivery.bot_id)
         room = app.store.room(delivery.room_id)
         if bot is None or not bot.active or room is None or room.id not in app.store.user_rooms(bot.id):
             log.info("webhook reply from bot %d dropped: the bot or the room is gone", delivery.bot_id)
-            return
+            return False
         try:
+            if upload is not None:
+                app.store.post_attachment(room, bot, upload, random_hex(CLIENT_MESSAGE_ID_BYTES))
+                return True
             app.store.post_message(room, bot, text, random_hex(CLIENT_MESSAGE_ID_BYTES))
+            return True
         except HttpError as error:
             log.warning("webhook reply from bot %d not posted: %s", delivery.bot_id, error.message)
         except Exception:
             log.error("webhook reply from bot %d not posted:\n%s", delivery.bot_id, traceback.format_exc())
+        return False
 
 
+# Link previews (Campfire's unfurl_links_controller.rb and lib/restricted_http/) -------
+# A worker thread resolves the name, keeps only the addresses unfurl_address_allowed
+# accepts (every one must pass, so a name that also points inside is refused),
+# connects to that address itself (so a second lookup can't rebind it), and checks
+# each redirect's address the same way. The whole fetch has one deadline.
+
+class UnfurlRefused(CampfireError):
+    """A preview that can't or mustn't be fetched: a private address, a bad URL, a slow
+    or unreadable page. Answered 204, like a page without a preview."""
+
+
+def _pinned_connection(host, address, port, https, timeout):
+    import http.client
+    base = http.client.HTTPSConnection if https else http.client.HTTPConnection
+
+    class Pinned(base):
+        def connect(self):
+            self.sock = socket.create_connection((address, port), timeout)
+            if https:
+                self.sock = self._context.wrap_socket(self.sock, server_hostname=host)
+    if https:
+        import ssl
+        return Pinned(host, port, timeout=timeout, context=ssl.create_default_context())
+    return Pinned(host, port, timeout=timeout)
+
+
+def fetch_link_preview(url, *, allowed=unfurl_address_allowed, resolve=None, timeout=UNFURL_TIMEOUT):
+    """A LinkPreview of the page at url (blocking: call it from a worker thread), or
+    UnfurlRefused. allowed(address) decides each resolved address; resolve is getaddrinfo."""
+    resolve = resolve or socket.getaddrinfo
+    deadline = time.monotonic() + timeout
+    for _ in range(MAX_UNFURL_REDIRECTS + 1):
+        split = urllib.parse.urlsplit(url)
+        if split.scheme not in ("http", "https") or not split.hostname or len(url) > MAX_UNFURL_URL_CHARS:
+            raise UnfurlRefused("only http and https addresses are previewed")
+        https = split.scheme == "https"
+        try:
+            port = split.port or (443 if https else 80)
+            addresses = [info[4][0] for info in resolve(split.hostname, port, type=socket.SOCK_STREAM)]
+        except (OSError, ValueError, UnicodeError) as error:
+            raise UnfurlRefused("%s can't be resolved (%s)" % (split.hostname, error)) from None
+        if not addresses or not all(allowed(address) for address in addresses):
+            raise UnfurlRefused("%s is a private address" % split.hostname)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UnfurlRefused("no answer within %gs" % timeout)
+        connection = _pinned_connection(split.hostname, addresses[0], port, https, remaining)
+        try:
+            path = (split.path or "/") + ("?" + split.query if split.query else "")
+            connection.request("GET", path, headers={
+                "Host": split.netloc.rpartition("@")[2], "Accept": "text/html,application/xhtml+xml",
+                "User-Agent": "Campfire link preview (+https://once.com/campfire)"})
+            response = connection.getresponse()
+            if response.status in (301, 302, 303, 307, 308) and response.getheader("location"):
+                url = urllib.parse.urljoin(url, response.getheader("location"))
+                continue
+            content_type = response.getheader("content-type", "")
+            if response.status != 200 or "html" not in content_type.lower():
+                raise UnfurlRefused("the page answered %d %s" % (response.status, content_type))
+            body = bytearray()
+            while len(body) < MAX_PREVIEW_PAGE_BYTES:
+                if time.monotonic() > deadline:
+                    raise UnfurlRefused("no whole page within %gs" % timeout)
+                data = response.read1(min(UNFURL_READ_BYTES, MAX_PREVIEW_PAGE_BYTES - len(body)))
+                if not data:
+                    break
+                body += data
+            return extract_link_preview(bytes(body), url, content_type)
+        except (OSError, ValueError, UnicodeError) as error:
+            raise UnfurlRefused("the page could not be read (%s)" % (error or type(error).__name__)) from None
+        finally:
+            connection.close()
+    raise UnfurlRefused("more than %d redirects" % MAX_UNFURL_REDIRECTS)
+
+
+# Web Push deliveries ---------------------------------------------------------------
+# A new message's pushes are queued when it commits (bounded: past the limit the
+# oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time:
+# the payload is built, encrypted and signed in a worker process (the curve math
+# is pure Python and holds the GIL: in a thread it would still take the
+# interpreter from the event loop), then POSTed to the push service (RFC 8030 §5)
+# over TLS checked against the system's CAs (SSL_CERT_FILE is honoured), with a
+# timeout per step and one in all. 404 and 410 delete the subscription (RFC 8030
+# §7.3); 429 and 5xx are tried again later, after Retry-After when given.
+
+class PushFailed(CampfireError):
+    """A push that got no answer: it is logged, and the next message tries again."""
+
+
+_push_signer = None  # in a push worker process: the VapidSigner, made once, its tokens cached
+
+
+def _push_worker_start(private_key, subject):
+    """A push worker process's initializer. Ctrl-C is the server's to handle, and the CPU
+    goes to the server first."""
+    global _push_signer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
+    except OSError:
+        pass
+    _push_signer = VapidSigner(VapidKey(private_key), subject)
+
+
+def push_request_parts(title, body, path, badge, endpoint, p256dh_key, auth_key):
+    """In a push worker process: (the encrypted body, the Authorization header)."""
+    payload = push_payload(title, body, path, badge)
+    return encrypt_push_message(payload, p256dh_key, auth_key), _push_signer.authorization(endpoint)
+
+
+def push_request_bytes(endpoint, body, authorization, ttl=PUSH_TTL):
+    """The POST a push service receives (RFC 8030 §5, RFC 8291 §4, RFC 8292 §3)."""
+    split = urllib.parse.urlsplit(endpoint)
+    host = split.hostname
+    host = "[%s]" % host if ":" in host else host
+    if split.port is not None:
+        host += ":%d" % split.port
+    target = (split.path or "/") + ("?" + split.query if split.query else "")
+    head = ("POST %s HTTP/1.1\r\nHost: %s\r\nTTL: %d\r\nUrgency: high\r\nContent-Type: application/octet-stream\r\n"
+            "Content-Encoding: aes128gcm\r\nContent-Length: %d\r\nAuthorization: %s\r\nUser-Agent: Campfire/%s\r\n"
+            "Connection: close\r\n\r\n") % (target, host, ttl, len(body), authorization, VERSION)
+    return head.encode("ascii") + body
+
+
+def retry_after_seconds(value, now=None):
+    """Retry-After (RFC 9110 §10.2.3), seconds or an HTTP date, as seconds from now; None if unreadable."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    import email.utils  # here: only a push service that asks for patience needs it
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class Pushes:
+    """The Events listener that sends Web Push notifications, and its bounded queue.
+
+    The server runs PUSH_WORKERS workers (start/stop); without a server (tests, the
+    command line) run_pending() sends what is queued. close() ends the worker process."""
+
+    def __init__(self, app):
+        self.app = app
+        self.pending = collections.deque()
+        self._wakeup = None
+        self._workers = []
+        self._busy = 0            # deliveries being sent right now
+        self._retries = set()     # timer handles of pushes waiting to be tried again
+        self._tls = None
+        self._pool = None
+        app.events.subscribe(self)
+
+    # Events ---------------------------------------------------------------------
+    def message_created(self, room, message, unread_user_ids):
+        for delivery in self.app.store.push_deliveries(room, message):
+            self.enqueue(delivery)
+
+    def enqueue(self, delivery):
+        if len(self.pending) >= self.app.config.push_queue_size:
+            dropped = self.pending.popleft()
+            log.warning("push queue full (%d): dropped the oldest push (subscription %d)",
+                        self.app.config.push_queue_size, dropped.subscription_id)
+        self.pending.append(delivery)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # Workers --------------------------------------------------------------------
+    def start(self, loop):
+        self._wakeup = asyncio.Event()
+        self._workers = [loop.create_task(self._work()) for _ in range(PUSH_WORKERS)]
+        if self.pending:
+            self._wakeup.set()
+
+    def stop(self):
+        """Cancel the workers; queued pushes and retries are dropped (logged)."""
+        for worker in self._workers:
+            worker.cancel()
+        for handle in self._retries:
+            handle.cancel()
+        dropped = len(self.pending) + len(self._retries)
+        self._workers, self._wakeup, self._retries = [], None, set()
+        self.pending.clear()
+        if dropped:
+            log.warning("dropped %d queued pushes at shutdown", dropped)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    async def _work(self):
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.pending:
+                self._busy += 1
+                try:
+                    await self.deliver(self.pending.popleft())
+                finally:
+                    self._busy -= 1
+
+    def run_pending(self, timeout=120):
+        """Send everything queued, retries included, on a private event loop in this thread."""
+        async def run():
+            self.start(asyncio.get_running_loop())
+            try:
+                while self.pending or self._busy or self._retries:
+                    await asyncio.sleep(0.005)
+            finally:
+                self.stop()
+        asyncio.run(asyncio.wait_for(run(), timeout))
+
+    def _process_pool(self):
+        if self._pool is None:
+            import concurrent.futures  # here: a server without push subscriptions never needs them
+            import multiprocessing
+            key = self.app.vapid_key
+            # spawn, not fork: a fork of this process would copy its threads' locks mid-use.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                PUSH_PROCESSES, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_push_worker_start, initargs=(key.private_key, VAPID_SUBJECT))
+        return self._pool
+
+    # One delivery ---------------------------------------------------------------
+    async def deliver(self, delivery):
+        """Encrypt and sign off the loop, POST once, act on the answer."""
+        import concurrent.futures.process
+        subscription = delivery.subscription_id
+        try:
+            body, authorization = await asyncio.get_running_loop().run_in_executor(
+                self._process_pool(), push_request_parts, delivery.title, delivery.body, delivery.path,
+                delivery.badge, delivery.endpoint, delivery.p256dh_key, delivery.auth_key)
+        except WebPushError as error:
+            log.warning("push to subscription %d not sent: %s", subscription, error)
+            return
+        except concurrent.futures.process.BrokenProcessPool:
+            log.error("the push worker process stopped; it is started again for the next push")
+            self._pool = None
+            return
+        try:
+            reply = await asyncio.wait_for(self._post(delivery.endpoint, body, authorization),
+                                           self.app.config.push_total_timeout)
+        except TimeoutError:
+            log.warning("push to subscription %d took over %gs in all; not sent",
+                        subscription, self.app.config.push_total_timeout)
+            return
+        except (PushFailed, WebhookFailed, OSError, EOFError, ValueError, UnicodeError) as error:
+            log.warning("push to subscription %d failed: %s", subscription, str(error) or type(error).__name__)
+            return
+        status = reply.status
+        if 200 <= status < 300:
+            return
+        if status in (404, 410):
+            log.info("push subscription %d has expired (%d): deleted", subscription, status)
+            self.app.store.expire_push_subscription(subscription)
+        elif status == 429 or status >= 500:
+            self._retry(delivery, status, reply.headers.get("retry-after"))
+        else:
+            log.warning("push to subscription %d refused with %d: %s", subscription, status,
+                        bytes(reply.body[:200]).decode("utf-8", "replace"))
+
+    def _retry(self, delivery, status, retry_after):
+        if delivery.attempt >= PUSH_RETRIES:
+            log.warning("push to subscription %d answered %d %d times; dropped", delivery.subscription_id,
+                        status, delivery.attempt + 1)
+            return
+        delay = retry_after_seconds(retry_after) if retry_after else None
+        if delay is None:
+            delay = self.app.config.push_retry_delay * 2 ** delivery.attempt
+        delay = min(delay, PUSH_RETRY_AFTER_MAX)
+        delivery.attempt += 1
+        log.info("push to subscription %d answered %d; trying again in %gs", delivery.subscription_id, status, delay)
+
+        def again():
+            self._retries.discard(handle)
+            self.enqueue(delivery)
+        handle = asyncio.get_running_loop().call_later(delay, again)
+        self._retries.add(handle)
+
+    async def _post(self, endpoint, body, authorization):
+        split = urllib.parse.urlsplit(endpoint)
+        reader, writer = await self._step(asyncio.open_connection(
+            split.hostname, split.port or 443, ssl=self._tls_context(), server_hostname=split.hostname),
+            "connecting")
+        try:
+            writer.write(push_request_bytes(endpoint, body, authorization))
+            await self._step(writer.drain(), "sending")
+            response = WebhookResponseReader(MAX_PUSH_REPLY_BYTES)
+            while True:
+                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
+                if response.receive_data(data) if data else response.receive_eof():
+                    return response
+        finally:
+            writer.transport.abort()
+
+    async def _step(self, awaitable, doing):
+        timeout = self.app.config.push_timeout
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except TimeoutError:
+            raise PushFailed("nothing for %gs while %s" % (timeout, doing)) from None
+
+    def _tls_context(self):
+        if self._tls is None:
+            import ssl  # loaded on the first push only
+            self._tls = ssl.create_default_context()  # the system's CAs; SSL_CERT_FILE when set
+        return self._tls
 # Off-site copies ---------------------------------------------------------------
 # Each finished backup is sent to BACKUP_URL: AWS Signature Version 4 written with
 # hmac/hashlib, S3's PutObject and multipart upload, or a plain HTTPS PUT. The
@@ -11830,24 +15266,6 @@ def retry_delay(policy, failures, retry_after=None, rnd=None):
     if retry_after is not None:
         delay = max(delay, min(retry_after, policy.retry_after_max))
     return delay
-
-
-def parse_retry_after(value, now):
-    """Retry-After (RFC 9110 §10.2.3) in seconds from `now`: delay-seconds or an
-    HTTP-date. None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(int(value))
-    import email.utils
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 @dataclass
@@ -12399,7 +15817,7 @@ class OffsiteClient:
             + (" (%s)" % message if message else "")
         if status in OFFSITE_RETRYABLE_STATUSES or (code in S3_RETRYABLE_CODES and status < 500):
             raise _Retry(detail, status, code,
-                         parse_retry_after(response.headers.get("Retry-After"), self.clock()))
+                         retry_after_seconds(response.headers.get("Retry-After"), self.clock()))
         if code == "RequestTimeTooSkewed":
             detail += "; this machine's clock is off by more than 15 minutes"
         elif _REGION.match(response.headers.get("x-amz-bucket-region") or ""):
@@ -12663,246 +16081,8 @@ def _iso_seconds(stamp):
     return None if not stamp else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
-# Web Push deliveries ---------------------------------------------------------------
-# A new message's pushes are queued when it commits (bounded: past the limit the
-# oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time:
-# the payload is built, encrypted and signed in a worker process (the curve math
-# is pure Python and holds the GIL: in a thread it would still take the
-# interpreter from the event loop), then POSTed to the push service (RFC 8030 §5)
-# over TLS checked against the system's CAs (SSL_CERT_FILE is honoured), with a
-# timeout per step and one in all. 404 and 410 delete the subscription (RFC 8030
-# §7.3); 429 and 5xx are tried again later, after Retry-After when given.
-
-class PushFailed(CampfireError):
-    """A push that got no answer: it is logged, and the next message tries again."""
-
-
-_push_signer = None  # in a push worker process: the VapidSigner, made once, its tokens cached
-
-
-def _push_worker_start(private_key, subject):
-    """A push worker process's initializer. Ctrl-C is the server's to handle, and the CPU
-    goes to the server first."""
-    global _push_signer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
-    except OSError:
-        pass
-    _push_signer = VapidSigner(VapidKey(private_key), subject)
-
-
-def push_request_parts(title, body, path, badge, endpoint, p256dh_key, auth_key):
-    """In a push worker process: (the encrypted body, the Authorization header)."""
-    payload = push_payload(title, body, path, badge)
-    return encrypt_push_message(payload, p256dh_key, auth_key), _push_signer.authorization(endpoint)
-
-
-def push_request_bytes(endpoint, body, authorization, ttl=PUSH_TTL):
-    """The POST a push service receives (RFC 8030 §5, RFC 8291 §4, RFC 8292 §3)."""
-    split = urllib.parse.urlsplit(endpoint)
-    host = split.hostname
-    host = "[%s]" % host if ":" in host else host
-    if split.port is not None:
-        host += ":%d" % split.port
-    target = (split.path or "/") + ("?" + split.query if split.query else "")
-    head = ("POST %s HTTP/1.1\r\nHost: %s\r\nTTL: %d\r\nUrgency: high\r\nContent-Type: application/octet-stream\r\n"
-            "Content-Encoding: aes128gcm\r\nContent-Length: %d\r\nAuthorization: %s\r\nUser-Agent: Campfire/%s\r\n"
-            "Connection: close\r\n\r\n") % (target, host, ttl, len(body), authorization, VERSION)
-    return head.encode("ascii") + body
-
-
-def retry_after_seconds(value, now=None):
-    """Retry-After (RFC 9110 §10.2.3), seconds or an HTTP date, as seconds from now; None if unreadable."""
-    value = (value or "").strip()
-    if value.isdigit():
-        return float(value)
-    import email.utils  # here: only a push service that asks for patience needs it
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-class Pushes:
-    """The Events listener that sends Web Push notifications, and its bounded queue.
-
-    The server runs PUSH_WORKERS workers (start/stop); without a server (tests, the
-    command line) run_pending() sends what is queued. close() ends the worker process."""
-
-    def __init__(self, app):
-        self.app = app
-        self.pending = collections.deque()
-        self._wakeup = None
-        self._workers = []
-        self._busy = 0            # deliveries being sent right now
-        self._retries = set()     # timer handles of pushes waiting to be tried again
-        self._tls = None
-        self._pool = None
-        app.events.subscribe(self)
-
-    # Events ---------------------------------------------------------------------
-    def message_created(self, room, message, unread_user_ids):
-        for delivery in self.app.store.push_deliveries(room, message):
-            self.enqueue(delivery)
-
-    def enqueue(self, delivery):
-        if len(self.pending) >= self.app.config.push_queue_size:
-            dropped = self.pending.popleft()
-            log.warning("push queue full (%d): dropped the oldest push (subscription %d)",
-                        self.app.config.push_queue_size, dropped.subscription_id)
-        self.pending.append(delivery)
-        if self._wakeup is not None:
-            self._wakeup.set()
-
-    # Workers --------------------------------------------------------------------
-    def start(self, loop):
-        self._wakeup = asyncio.Event()
-        self._workers = [loop.create_task(self._work()) for _ in range(PUSH_WORKERS)]
-        if self.pending:
-            self._wakeup.set()
-
-    def stop(self):
-        """Cancel the workers; queued pushes and retries are dropped (logged)."""
-        for worker in self._workers:
-            worker.cancel()
-        for handle in self._retries:
-            handle.cancel()
-        dropped = len(self.pending) + len(self._retries)
-        self._workers, self._wakeup, self._retries = [], None, set()
-        self.pending.clear()
-        if dropped:
-            log.warning("dropped %d queued pushes at shutdown", dropped)
-
-    def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-
-    async def _work(self):
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self.pending:
-                self._busy += 1
-                try:
-                    await self.deliver(self.pending.popleft())
-                finally:
-                    self._busy -= 1
-
-    def run_pending(self, timeout=120):
-        """Send everything queued, retries included, on a private event loop in this thread."""
-        async def run():
-            self.start(asyncio.get_running_loop())
-            try:
-                while self.pending or self._busy or self._retries:
-                    await asyncio.sleep(0.005)
-            finally:
-                self.stop()
-        asyncio.run(asyncio.wait_for(run(), timeout))
-
-    def _process_pool(self):
-        if self._pool is None:
-            import concurrent.futures  # here: a server without push subscriptions never needs them
-            import multiprocessing
-            key = self.app.vapid_key
-            # spawn, not fork: a fork of this process would copy its threads' locks mid-use.
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                PUSH_PROCESSES, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_push_worker_start, initargs=(key.private_key, VAPID_SUBJECT))
-        return self._pool
-
-    # One delivery ---------------------------------------------------------------
-    async def deliver(self, delivery):
-        """Encrypt and sign off the loop, POST once, act on the answer."""
-        import concurrent.futures.process
-        subscription = delivery.subscription_id
-        try:
-            body, authorization = await asyncio.get_running_loop().run_in_executor(
-                self._process_pool(), push_request_parts, delivery.title, delivery.body, delivery.path,
-                delivery.badge, delivery.endpoint, delivery.p256dh_key, delivery.auth_key)
-        except WebPushError as error:
-            log.warning("push to subscription %d not sent: %s", subscription, error)
-            return
-        except concurrent.futures.process.BrokenProcessPool:
-            log.error("the push worker process stopped; it is started again for the next push")
-            self._pool = None
-            return
-        try:
-            reply = await asyncio.wait_for(self._post(delivery.endpoint, body, authorization),
-                                           self.app.config.push_total_timeout)
-        except TimeoutError:
-            log.warning("push to subscription %d took over %gs in all; not sent",
-                        subscription, self.app.config.push_total_timeout)
-            return
-        except (PushFailed, WebhookFailed, OSError, EOFError, ValueError, UnicodeError) as error:
-            log.warning("push to subscription %d failed: %s", subscription, str(error) or type(error).__name__)
-            return
-        status = reply.status
-        if 200 <= status < 300:
-            return
-        if status in (404, 410):
-            log.info("push subscription %d has expired (%d): deleted", subscription, status)
-            self.app.store.expire_push_subscription(subscription)
-        elif status == 429 or status >= 500:
-            self._retry(delivery, status, reply.headers.get("retry-after"))
-        else:
-            log.warning("push to subscription %d refused with %d: %s", subscription, status,
-                        bytes(reply.body[:200]).decode("utf-8", "replace"))
-
-    def _retry(self, delivery, status, retry_after):
-        if delivery.attempt >= PUSH_RETRIES:
-            log.warning("push to subscription %d answered %d %d times; dropped", delivery.subscription_id,
-                        status, delivery.attempt + 1)
-            return
-        delay = retry_after_seconds(retry_after) if retry_after else None
-        if delay is None:
-            delay = self.app.config.push_retry_delay * 2 ** delivery.attempt
-        delay = min(delay, PUSH_RETRY_AFTER_MAX)
-        delivery.attempt += 1
-        log.info("push to subscription %d answered %d; trying again in %gs", delivery.subscription_id, status, delay)
-
-        def again():
-            self._retries.discard(handle)
-            self.enqueue(delivery)
-        handle = asyncio.get_running_loop().call_later(delay, again)
-        self._retries.add(handle)
-
-    async def _post(self, endpoint, body, authorization):
-        split = urllib.parse.urlsplit(endpoint)
-        reader, writer = await self._step(asyncio.open_connection(
-            split.hostname, split.port or 443, ssl=self._tls_context(), server_hostname=split.hostname),
-            "connecting")
-        try:
-            writer.write(push_request_bytes(endpoint, body, authorization))
-            await self._step(writer.drain(), "sending")
-            response = WebhookResponseReader(MAX_PUSH_REPLY_BYTES)
-            while True:
-                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
-                if response.receive_data(data) if data else response.receive_eof():
-                    return response
-        finally:
-            writer.transport.abort()
-
-    async def _step(self, awaitable, doing):
-        timeout = self.app.config.push_timeout
-        try:
-            return await asyncio.wait_for(awaitable, timeout)
-        except TimeoutError:
-            raise PushFailed("nothing for %gs while %s" % (timeout, doing)) from None
-
-    def _tls_context(self):
-        if self._tls is None:
-            import ssl  # loaded on the first push only
-            self._tls = ssl.create_default_context()  # the system's CAs; SSL_CERT_FILE when set
-        return self._tls
-
-
 ####
-#### 17. The server
+#### 18. The server
 ####
 # A thin adapter: asyncio feeds bytes to HttpParser, hands each request to
 # App.handle in order and writes the responses back.
@@ -12913,12 +16093,67 @@ def _error_bytes(status, message, date=None):
                               keep_alive=False, date=date)
 
 
+class BodyReader:
+    """A streamed upload's body between the connection, which feed()s what arrives, and
+    the handler, which awaits read(). Past UPLOAD_READ_AHEAD_BYTES unread, the
+    socket stops being read until the handler catches up (its disk writes set the pace)."""
+
+    def __init__(self, pause, resume):
+        self._pause, self._resume = pause, resume
+        self._chunks = collections.deque()
+        self._buffered = 0
+        self._ended = False
+        self._error = None
+        self._waiter = None
+        self.paused = False
+
+    def feed(self, data):
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= UPLOAD_READ_AHEAD_BYTES and not self.paused:
+            self.paused = True
+            self._pause()
+        self._wake()
+
+    def end(self):
+        self._ended = True
+        self._wake()
+
+    def abort(self, error):
+        self._error = error
+        self._wake()
+
+    def _wake(self):
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self):
+        """The next piece of the body; b"" at its end. ConnectionError when the client left."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        if self._error is not None:
+            raise self._error
+        data = self._chunks.popleft()
+        self._buffered -= len(data)
+        if self.paused and self._buffered < UPLOAD_READ_AHEAD_BYTES // 2:
+            self.paused = False
+            self._resume()
+        return data
+
+
 class HttpConnection(asyncio.Protocol):
     def __init__(self, server):
         self.server = server
         self.app = server.app
         self.transport = None
-        self.parser = HttpParser(self.app.body_limit)
+        self.parser = HttpParser(self.app.body_limit, self.app.upload_limit)
+        self.streaming = None      # the BodyReader of an upload being received
         self.remote_addr = "0.0.0.0"
         self.deadline = 0.0
         self.head_deadline = None
@@ -12945,6 +16180,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closing = True
         self.server.connections.discard(self)
+        if self.streaming is not None:
+            self.streaming.abort(ClientGone("The connection closed before the upload ended."))
+            self.streaming = None
         if self.upgraded is not None:
             self.app.cable.connection_lost(self.upgraded)
 
@@ -12952,7 +16190,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport.pause_reading()
 
     def resume_writing(self):
-        if not self.closing and self.waiting is None:
+        if not self.closing and (self.waiting is None or (self.streaming is not None and not self.streaming.paused)):
             self.transport.resume_reading()
 
     def data_received(self, data):
@@ -12969,6 +16207,9 @@ class HttpConnection(asyncio.Protocol):
             return
         self.parser.receive_data(data)
         try:
+            if self.streaming is not None:
+                self._feed_body()
+                return
             self._process()
         except Exception:
             log.error("connection from %s failed:\n%s", self.remote_addr, traceback.format_exc())
@@ -12987,10 +16228,17 @@ class HttpConnection(asyncio.Protocol):
                 break
             request.remote_addr = self.remote_addr
             request.scheme = self.server.scheme
+            if request.streaming:
+                request.body_reader = BodyReader(self._pause_upload, self._resume_upload)
             response = app.handle(request)
             if not isinstance(response, Response):
-                self._wait_for(request, response)
+                if request.streaming:
+                    self._stream_for(request, response)
+                else:
+                    self._wait_for(request, response)
                 return
+            if request.streaming:  # answered before its body was read: nothing can follow it
+                request.keep_alive = False
             if not self._respond(request, response):
                 return
             self.head_deadline = None
@@ -13011,11 +16259,24 @@ class HttpConnection(asyncio.Protocol):
 
     def _respond(self, request, response):
         """Write one response, or hold it for the group commit; False when this
-        connection reads no further request (closed, closing or upgraded)."""
+        connection reads no further request (closed, closing, upgraded or sending a file)."""
         keep_alive = request.keep_alive and not self.server.stopping
         data = self.app.serialize(request, response, keep_alive)
         if response.upgrade is not None and response.status == 101:
             self._upgrade(data, response.upgrade)
+            return False
+        if response.file is not None:
+            if request.method == "HEAD" or self.held:  # (behind held answers: rare enough to close after)
+                response.file.file.close()
+                if self.held:
+                    self.held.append((_error_bytes(503, "Please try again."), False))
+                    self.transport.pause_reading()
+                    return False
+                self.transport.write(data)
+                if not keep_alive:
+                    self.close()
+                return keep_alive
+            self._send_file(data, response.file, keep_alive)
             return False
         if self.app.db.batch_open or self.held:
             self.held.append((data, keep_alive))  # written once the group commit is durable
@@ -13047,6 +16308,78 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.resume_reading()
                 self._process()  # whatever arrived meanwhile
         self.waiting.add_done_callback(answered)
+
+    def _send_file(self, head, body, keep_alive):
+        """Write a file response: its head, then its bytes with sendfile(2) where the
+        transport allows it (asyncio reads and writes in pieces otherwise, as over TLS).
+        Nothing more is read until it is sent."""
+        self.transport.pause_reading()
+        self.transport.write(head)
+        self.deadline = float("inf")  # a slow reader is paced by TCP; close() stops it
+        loop = self.server.loop
+
+        async def send():
+            try:
+                await loop.sendfile(self.transport, body.file, body.offset, body.length)
+            finally:
+                body.file.close()
+        self.waiting = loop.create_task(send())
+
+        def sent(task):
+            self.waiting = None
+            if self.closing or task.cancelled() or task.exception() is not None or not keep_alive:
+                self.close()
+                return
+            self.head_deadline = None
+            self.deadline = loop.time() + self.server.keepalive_timeout
+            self.transport.resume_reading()
+            self._process()
+        self.waiting.add_done_callback(sent)
+
+    def _stream_for(self, request, pending):
+        """An upload's handler is running: the body goes to it as it arrives (_feed_body),
+        and the connection reads nothing else until it has answered."""
+        self.streaming = request.body_reader
+        if request.headers.get("expect", "").lower() == "100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.waiting = self.server.loop.create_task(pending)
+
+        def answered(task):
+            self.waiting = None
+            if self.streaming is not None:  # answered before the body ended (an error): close after
+                self.streaming = None
+                request.keep_alive = False
+            if self.closing or task.cancelled():
+                self.close()
+                return
+            if self._respond(request, task.result()):
+                self.head_deadline = None
+                self.transport.resume_reading()
+                self._process()
+        self.waiting.add_done_callback(answered)
+        self._feed_body()
+
+    def _feed_body(self):
+        reader, parser = self.streaming, self.parser
+        data = parser.take_body()
+        if data:
+            reader.feed(data)
+        if parser.body_done:
+            self.streaming = None
+            reader.end()
+            self.transport.pause_reading()  # the next request waits for this one's answer
+            self.deadline = float("inf")    # the handler's work is bounded (disk writes, one commit)
+        elif not reader.paused:
+            self.deadline = self.server.loop.time() + BODY_IDLE_TIMEOUT
+
+    def _pause_upload(self):
+        self.transport.pause_reading()
+        self.deadline = float("inf")  # the wait is ours (the disk), not the client's
+
+    def _resume_upload(self):
+        if self.streaming is not None and not self.closing:
+            self.transport.resume_reading()
+            self.deadline = self.server.loop.time() + BODY_IDLE_TIMEOUT
 
     def _upgrade(self, handshake, upgrade):
         """Switch this connection to WebSocket: it belongs to the cable from now on."""
@@ -13125,9 +16458,9 @@ class Server:
         self._sweeper = self.loop.create_task(self._sweep())
         self._beat = self.loop.create_task(self._cable_beat())
         self.app.webhooks.start(self.loop)
-        self.app.backups.start(self.loop)
         self.app.pushes.start(self.loop)
         self.app.search_rebuild.start()
+        self.app.backups.start(self.loop)
 
     async def _cable_beat(self):
         """Beats on a fixed schedule, not a fixed pause after each: a busy loop makes a
@@ -13199,8 +16532,8 @@ class Server:
         """Stop accepting, let in-flight requests finish (bounded), close the database."""
         self.stopping = True
         self.app.webhooks.stop()
-        await self.app.backups.stop()
         self.app.pushes.stop()
+        await self.app.backups.stop()
         if self._server is not None:
             self._server.close()
         if self._sweeper is not None:
@@ -13300,7 +16633,7 @@ async def serve(config):
 
 
 ####
-#### 18. Operations
+#### 19. Operations
 ####
 # Long jobs for the command line, each reporting its progress: seed, backup,
 # restore, check, administrators, and the deployment recipes.
@@ -13624,7 +16957,7 @@ def check_storage(config, *, repair=False, progress=None):
         if repair:
             lock = lock_storage(config.storage_path)
             report = check_database(database)
-            if (report.notes or any("search" in problem for problem in report.problems)) and not any(
+            if any("search" in problem for problem in report.problems) and not any(
                     "integrity check" in problem or "newer" in problem for problem in report.problems):
                 app = App(config)
                 try:
@@ -13648,8 +16981,7 @@ def check_storage(config, *, repair=False, progress=None):
             problems.append("the schema (%d) is newer than this Campfire's (%d)"
                             % (report.schema_version, CURRENT_SCHEMA_VERSION))
         problems += _check_uploads(config, path)
-        facts = {"schema_version": report.schema_version, "counts": report.counts, "checks": report.checks,
-                 "notes": report.notes}
+        facts = {"schema_version": report.schema_version, "counts": report.counts, "checks": report.checks}
         return StorageReport(problems, repaired, facts)
     finally:
         if work is not None:
@@ -14026,7 +17358,7 @@ dbs:
 
 
 ####
-#### 19. Command line
+#### 20. Command line
 ####
 
 # The commands and their options, as a table that both the parser and the
@@ -14069,8 +17401,8 @@ COMMANDS = {
         "--force": (bool, False, "replace a storage that holds data (it is moved to storage/replaced-TIME/)"),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
     }),
-    "check": ("report what opening a storage will do (its schema, what it holds), then check the database, "
-              "its search index and files; exit 1 on a problem", {
+    "check": ("report what opening a storage will do, then check its database, search index and files; "
+              "exit 1 on a problem", {
         "--repair": (bool, False, "rebuild the search index (the server must be stopped)"),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
     }),
@@ -14207,13 +17539,9 @@ def restore_command(config, options):
 
 def check_command(config, options):
     print("\n".join(storage_report(config)))
-    if not os.path.exists(config.resolved_database_path):
-        return EXIT_OK
     report = check_storage(config, repair=options["repair"], progress=ProgressBar())
     for line in report.repaired:
         print("Repaired: " + line)
-    for note in report.facts["notes"]:
-        print("Note: " + note)
     for problem in report.problems:
         print("Problem: " + problem)
     counts = report.facts["counts"]
@@ -14359,9 +17687,9 @@ def help_text():
     lines += ["", "  %-20s %s" % ("-h, --help", "show this help and exit"),
               "  %-20s %s" % ("--version", "show the version and exit"), "",
               "Configuration also comes from the environment: PORT, BIND, CAMPFIRE_STORAGE_PATH,",
-              "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL, VAPID_PUBLIC_KEY,",
-              "VAPID_PRIVATE_KEY, BACKUP_INTERVAL, BACKUP_KEEP, BACKUP_URL and the AWS_* variables it reads,",
-              "TRUSTED_PROXIES.", ""] + textwrap_lines(EXIT_CODES_HELP)
+              "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL,",
+              "VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY, BACKUP_INTERVAL, BACKUP_KEEP, BACKUP_URL and",
+              "the AWS_* variables it reads, TRUSTED_PROXIES.", ""] + textwrap_lines(EXIT_CODES_HELP)
     return "\n".join(lines)
 
 

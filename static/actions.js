@@ -14,10 +14,13 @@ export class MessageActions {
   #composer
   #scroller
 
-  constructor(list, { composer, scroller }) {
+  #openThread
+
+  constructor(list, { composer, scroller, openThread = null }) {
     this.#list = list
     this.#composer = composer
     this.#scroller = scroller
+    this.#openThread = openThread
     list.element.addEventListener("click", (event) => this.#clicked(event))
     list.element.addEventListener("submit", (event) => this.#submitted(event))
     // A long press on a touch screen shows the message's actions, not the browser's menu.
@@ -33,6 +36,8 @@ export class MessageActions {
     const action = event.target.closest("[data-action]")
     const message = event.target.closest(".message")
     if (!message) return
+    const replies = event.target.closest("a.message__thread")
+    if (replies && !event.ctrlKey && !event.metaKey && this.#openThread?.(replies.getAttribute("href"), "get")) return event.preventDefault()
     if (!action) return this.#select(message, event)
     const handler = {
       "copy-link": () => this.copyLink(action),
@@ -48,7 +53,16 @@ export class MessageActions {
   #submitted(event) {
     const form = event.target, message = form.closest(".message")
     if (!message) return
-    if (form.querySelector("[data-action=delete]")) {
+    const kind = form.querySelector("[data-action]")?.dataset.action
+    if (kind === "thread") {
+      if (this.#openThread?.(form.action, "post")) event.preventDefault()
+    } else if (kind === "save" || kind === "unread") {
+      event.preventDefault()
+      send(form.action, {}).then((response) => {
+        const done = kind === "save" ? "Saved" : "Marked as unread"
+        flash(form, response?.ok ? done : "Couldn’t do that. Try again.")
+      })
+    } else if (form.querySelector("[data-action=delete]")) {
       event.preventDefault()
       if (confirm("Delete this message?")) this.#delete(message, form)
     } else if (form.matches(".boost__remove")) {
@@ -105,6 +119,14 @@ export class MessageActions {
     this.#list.remove(message.dataset.messageId)
     this.#composer?.editor.root.focus()
   }
+}
+
+// A short note beside the control that did something ("Copied", "Saved").
+function flash(control, text) {
+  control.parentElement.querySelector(".flash")?.remove()
+  const note = h("span", { className: "flash", role: "status" }, text)
+  control.after(note)
+  setTimeout(() => note.remove(), COPIED_SHOWN_MS)
 }
 
 // The body as stored (mentions as attachments, /play as typed), from the edit page's textarea.

@@ -5,6 +5,7 @@ import { Cable, showConnection } from "./cable.js"
 import { MessageList, RoomStream, decorateMessages, muteToggle } from "./messages.js"
 import { MessageScroller } from "./scroller.js"
 import { Composer } from "./composer.js"
+import { Uploads, Lightbox, squareImageInputs } from "./uploads.js"
 import { MessageActions } from "./actions.js"
 import { Sidebar, Presence } from "./sidebar.js"
 import { confirmDangerousForms, filterPickers, bellInPlace, roomKindFollowsChoice } from "./forms.js"
@@ -12,29 +13,42 @@ import { RoomSwitcher } from "./switcher.js"
 import { Announcer } from "./announcer.js"
 import { h } from "./dom.js"
 import { NotificationsControl, UnreadCount, notifyMentionsWhileHidden, registerServiceWorker, unsubscribeOnSignOut } from "./notifications.js"
+import { ThreadPanel } from "./threads.js"
+import { MentionsInbox } from "./mentions.js"
+import { LiveSearch } from "./search.js"
 
 const body = document.body
 const viewer = { id: body.dataset.userId, administrator: body.dataset.administrator === "true" }
 
-function startRoom(section, cable, notifications) {
+// A room, or a thread (its own page, or the side panel beside its room): returns what closes it.
+function startRoom(section, cable, notifications, threads = null) {
   const roomId = section.dataset.roomId
-  const list = new MessageList(section.querySelector("#messages"), viewer)
+  const list = new MessageList(section.querySelector(".messages"), viewer)
   const scroller = new MessageScroller(list)
   const stream = new RoomStream(cable, list, scroller, new Announcer(section))
-  const form = section.querySelector("form#composer")
+  const form = section.querySelector("form.composer")
   let actions = null
   const composer = form && new Composer(form, { list, stream, scroller, cable, onEditLast: (message) => actions.edit(message) })
-  actions = new MessageActions(list, { composer, scroller })
+  if (form) new Uploads(form, { list, stream, scroller, dropTarget: section, pasteTarget: composer.editor.root })
+  new Lightbox(list.element)
+  actions = new MessageActions(list, { composer, scroller, openThread: threads && ((url, method) => threads.open(url, method)) })
   // The composer has the focus when the room opens (a permalink's message has it instead).
-  if (composer && !section.querySelector("#messages[data-highlight-id]")) composer.editor.root.focus()
-  document.querySelector(".skip-link[href='#composer_body']")?.addEventListener("click", (event) => {
-    event.preventDefault()
-    composer?.editor.focus()
-  })
-  section.querySelector(".room__tools")?.prepend(muteToggle())
-  roomMenu(section.querySelector(".room__header"))
-  new Presence(cable, roomId, section.querySelector(".room__header"))
+  if (composer && !section.querySelector(".messages[data-highlight-id]")) composer.editor.root.focus()
+  const answered = section.querySelector(".thread__parent")
+  if (answered) decorateMessages(answered, viewer, { replies: false })
+  if (!section.closest(".thread-panel")) {
+    document.querySelector(".skip-link[href='#composer_body']")?.addEventListener("click", (event) => {
+      event.preventDefault()
+      composer?.editor.focus()
+    })
+  }
+  if (!section.classList.contains("thread")) {
+    section.querySelector(".room__tools")?.prepend(muteToggle())
+    roomMenu(section.querySelector(".room__header"))
+    new Presence(cable, roomId, section.querySelector(".room__header"))
+  }
   notifyMentionsWhileHidden(list.element, notifications, section.querySelector(".room__name")?.textContent.trim())
+  return { close: () => stream.close() }
 }
 
 // On a phone the room's tools (and the top bar's links) fold into one menu in its header.
@@ -60,6 +74,7 @@ confirmDangerousForms()
 filterPickers()
 bellInPlace()
 roomKindFollowsChoice()
+squareImageInputs()
 
 if (viewer.id) {
   const controlRoot = document.querySelector(".notifications-control")
@@ -72,10 +87,17 @@ if (viewer.id) {
   new RoomSwitcher()
   cable.subscribe({ channel: "HeartbeatChannel" })
   const room = document.querySelector("section.room[data-room-id]")
-  new Sidebar(cable, room?.dataset.roomId)
-  if (room) startRoom(room, cable, notifications)
-  // Search results: local times and only the actions the reader may use (plain links and forms there).
-  const results = document.getElementById("search-results")
-  if (results) decorateMessages(results, viewer, { replies: false })
+  new Sidebar(cable, room?.dataset.parentRoomId ?? room?.dataset.roomId)
+  const main = document.getElementById("main")
+  const threads = room && !room.classList.contains("thread") && main
+    ? new ThreadPanel(main, (section) => startRoom(section, cable, notifications)) : null
+  if (room) startRoom(room, cable, notifications, threads)
+  // Search results, the mentions inbox, saved messages: local times and only the actions
+  // the reader may use (plain links and forms there).
+  for (const list of document.querySelectorAll("#search-results, .inbox__list")) decorateMessages(list, viewer, { replies: false })
+  const search = document.querySelector("form.search__form")
+  if (search) new LiveSearch(search, (root) => decorateMessages(root, viewer, { replies: false }))
+  const inbox = document.getElementById("mentions")
+  if (inbox) new MentionsInbox(cable, inbox, (root) => decorateMessages(root, viewer, { replies: false }))
   cable.connect()
 }

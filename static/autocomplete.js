@@ -87,14 +87,17 @@ export class Autocomplete {
       const response = await fetch(`/autocompletable/users?${new URLSearchParams({ query: ask.query, room_id: this.#roomId })}`, { signal: request.signal })
       if (response.ok) people = await response.json()
     } catch { return }
-    if (this.#ask === ask) this.#show(people.map((person) => ({ label: person.name, value: person, avatar: person.avatar_url })))
+    if (this.#ask === ask) this.#show(people.map((person) => person.group
+      ? { label: `@${person.group}`, value: person, note: person.disabled_reason ?? person.description, disabled: Boolean(person.disabled_reason) }
+      : { label: person.name, value: person, avatar: person.avatar_url }))
   }
 
   #show(options) {
     this.#options = options
     this.element.replaceChildren(...options.map((option, index) =>
-      h("li", { id: `${this.element.id}_${index}`, className: "autocomplete__option", role: "option", "aria-selected": "false" },
-        option.avatar ? h("img", { className: "avatar", src: option.avatar, alt: "", width: 20, height: 20 }) : "", option.label)))
+      h("li", { id: `${this.element.id}_${index}`, className: "autocomplete__option", role: "option", "aria-selected": "false", "aria-disabled": option.disabled ? "true" : null },
+        option.avatar ? h("img", { className: "avatar", src: option.avatar, alt: "", width: 20, height: 20 }) : "", option.label,
+        option.note ? h("span", { className: "autocomplete__note" }, ` — ${option.note}`) : "")))
     this.element.hidden = !options.length
     this.#activate(options.length ? 0 : -1)
   }
@@ -110,9 +113,10 @@ export class Autocomplete {
 
   #choose(index) {
     const option = this.#options[index], ask = this.#ask
-    if (!option || !ask) return
+    if (!option || !ask || option.disabled) return   // a disabled @everyone says why not, and stays
     this.close()
-    if (ask.kind === "sound") this.#editor.replaceBeforeCaret(ask.query.length + 1, " " + option.value)  // a plain space: /play needs one
+    if (option.value.group) this.#editor.replaceBeforeCaret(ask.query.length + 1, `@${option.value.group}`, "\u00a0")
+    else if (ask.kind === "sound") this.#editor.replaceBeforeCaret(ask.query.length + 1, " " + option.value)  // a plain space: /play needs one
     else this.#editor.replaceBeforeCaret(ask.query.length + 1, mentionChip(option.value.sgid, option.value.name), "\u00a0")
   }
 }

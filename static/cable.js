@@ -78,6 +78,12 @@ export class Cable extends EventTarget {
     return subscription
   }
 
+  unsubscribe(subscription) {
+    if (this.subscriptions.get(subscription.identifier) !== subscription) return
+    this.subscriptions.delete(subscription.identifier)
+    this.send({ command: "unsubscribe", identifier: subscription.identifier })
+  }
+
   send(command) {
     if (!this.#welcomed || this.#socket.readyState !== WebSocket.OPEN) return false
     this.#socket.send(JSON.stringify(command))

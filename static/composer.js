@@ -33,7 +33,7 @@ export class Drafts {
 
 export class Composer {
   #form
-  #editor = new RichTextEditor({ label: "Write a message", className: "composer__editor", submit: () => this.submit() })
+  #editor
   #send
   #list
   #stream
@@ -50,6 +50,7 @@ export class Composer {
   constructor(form, { list, stream, scroller, cable, onEditLast }) {
     Object.assign(this, { onEditLast })
     this.#form = form
+    this.#editor = new RichTextEditor({ label: form.dataset.label || "Write a message", className: "composer__editor", submit: () => this.submit() })
     this.#list = list
     this.#stream = stream
     this.#scroller = scroller
@@ -182,12 +183,17 @@ export class Composer {
   // true when the server kept it, false when it refused, null when there was no answer.
   // A resend carries the same client_message_id: the server keeps the message once.
   async #post(pending) {
-    const { html, clientId } = this.#pending.get(pending)
+    const sending = this.#pending.get(pending)
     pending.querySelector(".message__status").textContent = "Sending…"
     pending.classList.remove("message--waiting")
+    if (!sending.unfurled) {
+      sending.unfurled = true
+      sending.html += await linkPreview(sending.html)
+    }
+    const { html, clientId } = sending
     const response = await send(this.#form.action, { "message[body]": html, "message[client_message_id]": clientId })
     if (!response) return null
-    if (!response.ok) return this.#failed(pending, response.status), false
+    if (!response.ok) return this.#failed(pending, response.status, response.headers.get("X-Refused-Because")), false
     let text = null
     try { text = await response.text() } catch { return null }
     const [message] = parseMessages(text)
@@ -195,10 +201,10 @@ export class Composer {
     return true
   }
 
-  #failed(pending, status) {
+  #failed(pending, status, reason = null) {
     if (!pending.isConnected) return
     pending.classList.add("message--failed")
-    pending.querySelector(".message__status").textContent = failureText(status)
+    pending.querySelector(".message__status").textContent = reason ? `Not sent: ${reason}` : failureText(status)
     const retry = h("span", { className: "message__retry" },
       retryable(status) ? h("button", { type: "button", className: "button button--small", "data-action": "retry" }, "Retry") : "",
       h("button", { type: "button", className: "button button--small", "data-action": "discard" }, "Discard"))
@@ -231,6 +237,35 @@ export class Composer {
     this.#form.classList.toggle("composer--offline", offline)
     if (offline) for (const waiting of this.#outbox) this.#wait(waiting)
     else this.#resendNow()
+  }
+}
+
+// A message that is only a link carries the page's preview, as Campfire's composer adds it: the
+// server fetches it (POST /unfurl_link), and a slow or missing preview never holds the message up.
+export const UNFURL_WAIT_MS = 3000
+export const onlyLink = (html) => {
+  const text = new DOMParser().parseFromString(html, "text/html").body.textContent.trim()
+  return /^https?:\/\/\S+$/i.test(text) ? text : null
+}
+
+export function previewAttachment({ title, url, image, description }) {
+  const attachment = document.createElement("action-text-attachment")
+  const attributes = { "content-type": "application/vnd.actiontext.opengraph-embed", href: url, filename: title, caption: description }
+  if (image) attributes.url = image
+  for (const [name, value] of Object.entries(attributes)) attachment.setAttribute(name, value)
+  return attachment.outerHTML
+}
+
+async function linkPreview(html) {
+  const url = onlyLink(html)
+  if (!url) return ""
+  try {
+    const response = await fetch("/unfurl_link", {
+      method: "POST", body: JSON.stringify({ url }), signal: AbortSignal.timeout(UNFURL_WAIT_MS),
+      headers: { "Content-Type": "application/json", Accept: "application/json" } })
+    return response.status === 200 ? previewAttachment(await response.json()) : ""
+  } catch {
+    return ""
   }
 }
 

@@ -86,7 +86,7 @@ export class MessageList {
     this.element = container
     this.roomId = container.dataset.roomId
     this.viewer = viewer
-    this.#pendingTemplate = container.closest(".room")?.querySelector("template#pending_message")
+    this.#pendingTemplate = container.closest(".room")?.querySelector(`template[id$="pending_message"]`)
     Object.assign(container, { tabIndex: 0, role: "region" })  // scrollable by keyboard
     container.setAttribute("aria-label", "Messages")
     decorateMessages(container, viewer)
@@ -223,6 +223,8 @@ export class RoomStream {
   #cable
   #announcer
   #hiddenAt = null
+  #subscription
+  #closed = false
 
   constructor(cable, list, scroller, announcer = null) {
     this.#list = list
@@ -231,13 +233,24 @@ export class RoomStream {
     this.#announcer = announcer
     const times = list.saved.map((message) => Date.parse(message.dataset.createdAt)).filter(Number.isFinite)
     this.lastSeenAt = times.length ? Math.max(...times) : Date.now()
-    cable.subscribe({ channel: "RoomMessagesChannel", room_id: Number(list.roomId) }, { received: (data) => this.receive(data) })
-    cable.addEventListener("connected", (event) => { if (event.detail.reconnected) this.catchUp() })
+    this.#subscription = cable.subscribe({ channel: "RoomMessagesChannel", room_id: Number(list.roomId) }, {
+      received: (data) => this.receive(data),
+      connected: () => list.element.setAttribute("data-live", ""),   // subscribed: nothing sent from now on is missed
+    })
+    cable.addEventListener("disconnected", () => list.element.removeAttribute("data-live"))
+    cable.addEventListener("connected", (event) => { if (event.detail.reconnected && !this.#closed) this.catchUp() })
     cable.addEventListener("ping", () => this.#touch())
     document.addEventListener("visibilitychange", () => this.#visibilityChanged())
   }
 
+  // A thread's panel closed: its messages are no longer wanted.
+  close() {
+    this.#closed = true
+    this.#cable.unsubscribe(this.#subscription)
+  }
+
   receive(data) {
+    if (this.#closed) return
     this.#touch()
     if (data.action === "remove") return this.#list.remove(data.id)
     const [message] = parseMessages(data.html ?? "")
@@ -282,6 +295,7 @@ export class RoomStream {
   }
 
   #visibilityChanged() {
+    if (this.#closed) return
     if (document.hidden) return (this.#hiddenAt = Date.now())
     if (this.#hiddenAt !== null && Date.now() - this.#hiddenAt > HIDDEN_REFRESH_AFTER_MS) this.catchUp()
     this.#hiddenAt = null

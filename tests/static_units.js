@@ -5,7 +5,8 @@
 import { Backoff, RECONNECT_MIN_MS, RECONNECT_MAX_MS, RECONNECT_JITTER } from "/static/cable.js"
 import { continuesThread, THREAD_WINDOW_MS } from "/static/messages.js"
 import { typingSentence, TypingNotifier, TypingPeople, START_EVERY_MS } from "/static/typing.js"
-import { Drafts, uuid, retryable, failureText } from "/static/composer.js"
+import { Drafts, uuid, retryable, failureText, onlyLink, previewAttachment } from "/static/composer.js"
+import { formatBytes, uploadFailureText, filesOf, MAX_FILES_AT_ONCE } from "/static/uploads.js"
 import { autocompleteQuery, soundsMatching } from "/static/autocomplete.js"
 import { safeHref, defuse } from "/static/richtext.js"
 import { matchesFilter } from "/static/forms.js"
@@ -165,6 +166,48 @@ test("a failed send says why, and offers a retry only when one can help", () => 
   assertEqual(failureText(413), "Not sent: too long.")
   assertEqual(failureText(422), "Not sent: empty.")
   assertEqual(failureText(502), "Not sent: the server had a problem.")
+})
+
+test("onlyLink finds a message that is nothing but one http(s) link", () => {
+  assertEqual(onlyLink("<div>https://example.com/a?b=1</div>"), "https://example.com/a?b=1")
+  assertEqual(onlyLink("<div> http://example.com </div>"), "http://example.com")
+  assertEqual(onlyLink("<div>see https://example.com</div>"), null)
+  assertEqual(onlyLink("<div>javascript:alert(1)</div>"), null)
+  assertEqual(onlyLink("<div>ftp://example.com/</div>"), null)
+})
+
+test("previewAttachment writes Campfire's opengraph embed, escaping what the page said", () => {
+  const html = previewAttachment({ title: 'A "quoted" <title>', url: "https://example.com/", image: null, description: "d & e" })
+  const element = new DOMParser().parseFromString(html, "text/html").body.firstElementChild
+  assertEqual(element.localName, "action-text-attachment")
+  assertEqual(element.getAttribute("content-type"), "application/vnd.actiontext.opengraph-embed")
+  assertEqual([element.getAttribute("href"), element.getAttribute("filename"), element.getAttribute("caption")],
+    ["https://example.com/", 'A "quoted" <title>', "d & e"])
+  assertEqual(element.hasAttribute("url"), false)
+})
+
+// uploads.js -----------------------------------------------------------------------
+
+test("formatBytes counts in steps of 1,024, as the server writes sizes", () => {
+  assertEqual([0, 1, 1023, 1024, 1536, 100 * 1024 * 1024, 1024 ** 3].map(formatBytes),
+    ["0 bytes", "1 byte", "1023 bytes", "1 KB", "1.5 KB", "100 MB", "1 GB"])
+})
+
+test("uploadFailureText says why a file was not sent, naming the limit when it is too large", () => {
+  assertEqual(uploadFailureText(413, "100 MB"), "Not sent: larger than 100 MB.")
+  assertEqual(uploadFailureText(0), "Not sent: no connection.")
+  assertEqual(uploadFailureText(422), "Not sent: the file can't be used.")
+  assertEqual(uploadFailureText(500), "Not sent: the server had a problem.")
+})
+
+test("filesOf takes the files a drop or a paste carries, and none from text", () => {
+  const data = new DataTransfer()
+  data.setData("text/plain", "just words")
+  assertEqual(filesOf(data).length, 0)
+  data.items.add(new File(["x"], "a.txt", { type: "text/plain" }))
+  assertEqual(filesOf(data).map((file) => file.name), ["a.txt"])
+  assertEqual(filesOf(null).length, 0)
+  assertEqual(MAX_FILES_AT_ONCE, 100)
 })
 
 // autocomplete.js ----------------------------------------------------------------

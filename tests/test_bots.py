@@ -2,6 +2,8 @@
 key in the path, and webhooks with their replies, in-process and over real
 sockets (a receiver on 127.0.0.1 plays the bot)."""
 
+import asyncio
+import base64
 import http.server
 import io
 import json
@@ -82,7 +84,10 @@ class BotTestCase(ChatTestCase):
             all_headers["content-length"] = str(len(body))
         all_headers.update({key.lower(): value for key, value in (headers or {}).items()})
         body = body.encode() if isinstance(body, str) else body
-        return self.app.handle(campfire.Request(method, path, "HTTP/1.1", all_headers, body))
+        response = self.app.handle(campfire.Request(method, path, "HTTP/1.1", all_headers, body))
+        if not isinstance(response, campfire.Response):  # a handler that awaits (an upload's disk writes)
+            response = asyncio.run(response)
+        return response
 
     def bot_messages(self, bot_id, room_id):
         return [row[0] for row in self.app.db.all(
@@ -404,13 +409,19 @@ class BotApiTests(BotTestCase):
                 self.assert_bare(self.api("POST", self.base, body), 422)
         self.assertEqual(self.app.db.value("SELECT count(*) FROM messages"), 0)
 
-    def test_multipart_attachment_is_refused_with_a_bare_422(self):
+    def test_multipart_attachment_is_posted_and_a_broken_image_is_a_bare_422(self):
         boundary = "XyZ"
+        body = ("--XyZ\r\nContent-Disposition: form-data; name=\"attachment\"; filename=\"notes.txt\"\r\n"
+                "Content-Type: text/plain\r\n\r\nminutes\r\n--XyZ--\r\n").encode("latin-1")
+        response = self.api("POST", self.base, body, content_type="multipart/form-data; boundary=" + boundary)
+        self.assertEqual(response.status, 201)
+        message_id = int(response.header("Location").rsplit("/", 1)[1])
+        self.assertEqual(self.app.store.attachment("Message", message_id, "attachment").filename, "notes.txt")
         body = ("--XyZ\r\nContent-Disposition: form-data; name=\"attachment\"; filename=\"cat.png\"\r\n"
-                "Content-Type: image/png\r\n\r\n\x89PNG...\r\n--XyZ--\r\n").encode("latin-1")
+                "Content-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n...\r\n--XyZ--\r\n").encode("latin-1")
         response = self.api("POST", self.base, body, content_type="multipart/form-data; boundary=" + boundary)
         self.assert_bare(response, 422)
-        self.assertEqual(self.app.db.value("SELECT count(*) FROM messages"), 0)
+        self.assertEqual(self.app.db.value("SELECT count(*) FROM messages"), 1)
 
     def test_bad_key_redirects_to_sign_in_the_same_for_existing_and_missing_rooms(self):
         wrong_token = "%d-%s" % (self.bot_id, "A" * 12 if not self.key.endswith("A" * 12) else "B" * 12)
@@ -658,6 +669,9 @@ def ordered(data):
     return json.loads(data, object_pairs_hook=list)
 
 
+PNG_1x1 = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+
+
 class WebhookTests(BotTestCase):
     def receiver(self, respond):
         receiver = Receiver(respond)
@@ -768,11 +782,25 @@ class WebhookTests(BotTestCase):
         self.assertEqual(self.api("POST", "/rooms/1/%s/messages" % alpha_key, "@Alpha @Beta hi").status, 201)
         self.assertEqual(len(self.app.webhooks.pending), 0)
 
+    def test_any_other_reply_is_posted_as_a_file_named_attachment(self):
+        # Campfire's app/models/webhook.rb: not a 200 text/plain or text/html, so a file, whatever the status.
+        cases = [("json", answer(200, "application/json", b'{"text": "hi"}'), "attachment.json", "application/json"),
+                 ("png", answer(200, "image/png", PNG_1x1), "attachment.png", "image/png"),
+                 ("500", answer(500, "text/plain", b"boom"), "attachment.txt", "text/plain"),
+                 ("201 text", answer(201, "text/plain", b"created?"), "attachment.txt", "text/plain")]
+        for name, respond, filename, content_type in cases:
+            with self.subTest(name):
+                receiver = self.receiver(respond)
+                bot_id, _ = self.make_bot("Bot %s" % name, receiver.url)
+                self.post_id(self.bob, 1, "@Bot %s, talk to me" % name)
+                self.deliver()
+                message_id = self.app.db.value("SELECT max(id) FROM messages WHERE creator_id = ?", (bot_id,))
+                blob = self.app.store.attachment("Message", message_id, "attachment")
+                self.assertEqual((blob.filename, blob.content_type), (filename, content_type))
+                self.assertIn(filename, self.bob.get("/rooms/1").text)
+
     def test_errors_post_nothing_and_are_logged(self):
-        cases = [("500", answer(500, "text/plain", b"boom")),
-                 ("redirect", answer(302, "text/html", b"moved", headers=[("Location", "http://127.0.0.1:9/")])),
-                 ("json", answer(200, "application/json", b'{"text": "hi"}')),
-                 ("201 text", answer(201, "text/plain", b"created?")),
+        cases = [("redirect", answer(302, "text/html", b"moved", headers=[("Location", "http://127.0.0.1:9/")])),
                  ("ten megabytes", huge(10 * 1024 * 1024)),
                  ("two megabytes until close", huge(2 * 1024 * 1024, length_header=False)),
                  ("empty text", answer(200, "text/plain", b""))]

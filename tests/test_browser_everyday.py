@@ -237,7 +237,7 @@ class FeedbackTests(BrowserApp):
         self.send(bob, quoted)
         message = self.message(ada, quoted)
         message.hover()
-        message.get_by_role("button", name="Reply").click()
+        message.get_by_role("button", name="Reply", exact=True).click()
         cite = self.composer(ada).locator("cite")
         expect(cite).to_have_text(BOB)
         expect(cite.get_by_role("link", name=BOB)).to_have_count(1)

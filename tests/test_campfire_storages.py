@@ -25,9 +25,14 @@ from tests.test_rails import ruby
 CAMPFIRE_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "campfire.py")
 SECRET_KEY_BASE = hashlib.sha512(b"a team moving from Once Campfire").hexdigest()  # SecureRandom.hex(64)'s shape
 ALL_VERSIONS = [version for version, _, _ in rails_schema.MIGRATIONS]
-OUR_ADDITIONS = ["campfire_py_memberships_unread_candidates", "campfire_py_message_deletions",
-                 "campfire_py_messages_by_client_message_id", "campfire_py_messages_by_room_and_created_at",
-                 "campfire_py_messages_by_room_and_updated_at", "campfire_py_migrations"]
+OUR_ADDITIONS = sorted([
+    "campfire_py_memberships_unread_candidates", "campfire_py_message_deletions",
+    "campfire_py_messages_by_client_message_id", "campfire_py_messages_by_room_and_created_at",
+    "campfire_py_messages_by_room_and_updated_at", "campfire_py_migrations",
+    # Threads, the mentions inbox and saved messages
+    "campfire_py_bookmarks", "campfire_py_bookmarks_by_message_id", "campfire_py_mentions",
+    "campfire_py_mentions_by_message_id", "campfire_py_mentions_unread", "campfire_py_threads",
+    "campfire_py_threads_by_parent_message_id", "campfire_py_threads_by_parent_room_id"])
 
 # Ruby, following Rails: user.attachable_sgid (globalid's Verifier: URL-safe base64 with
 # padding, key "signed_global_ids") and cookies.signed.permanent[:session_token] (the

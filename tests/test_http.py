@@ -810,11 +810,15 @@ class FormAndCookieTest(unittest.TestCase):
         body = self.multipart(
             b'Content-Disposition: form-data; name="message[body]"\r\n\r\nhello\r\nworld',
             b'Content-Disposition: form-data; name="attachment"; filename="cat.png"\r\n'
-            b"Content-Type: image/png\r\n\r\n\x89PNG\r\n\x00",
-            b"Content-Disposition: form-data\r\n\r\nno name, skipped")
+            b"Content-Type: image/png\r\n\r\n\x89PNG\r\n\x00")
         fields, files = campfire.parse_multipart(body, 'multipart/form-data; boundary="XyZ"')
         self.assertEqual(fields, [("message[body]", "hello\r\nworld")])
         self.assertEqual(files["attachment"], campfire.UploadedFile("cat.png", "image/png", b"\x89PNG\r\n\x00"))
+
+    def test_a_multipart_part_without_a_name_is_400(self):
+        body = self.multipart(b"Content-Disposition: form-data\r\n\r\nno name")  # RFC 7578 §4.2: name is a MUST
+        with self.assertRaises(campfire.BadRequest):
+            campfire.parse_multipart(body, "multipart/form-data; boundary=XyZ")
 
     def test_multipart_quoted_filename_may_hold_a_semicolon(self):
         body = self.multipart(b'Content-Disposition: form-data; name="f"; filename="notes; final.txt"\r\n'

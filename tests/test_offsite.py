@@ -696,13 +696,13 @@ class RetryPolicyAndParts(unittest.TestCase):
         policy = RetryPolicy(base_delay=1.0, max_delay=60.0, retry_after_max=300.0)
         self.assertEqual(offsite.retry_delay(policy, 1, retry_after=7, rnd=lambda: 0.5), 7)
         self.assertEqual(offsite.retry_delay(policy, 1, retry_after=86400, rnd=lambda: 0.5), 300)
-        self.assertEqual(offsite.parse_retry_after("120", now=0), 120)
+        self.assertEqual(offsite.retry_after_seconds("120", now=0), 120)
         now = 1_700_000_000
-        self.assertEqual(offsite.parse_retry_after(
+        self.assertEqual(offsite.retry_after_seconds(
             time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now + 42)), now=now), 42)
-        self.assertEqual(offsite.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=now), 0)
+        self.assertEqual(offsite.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=now), 0)
         for junk in (None, "", "soon", "-5", "1.5"):
-            self.assertIsNone(offsite.parse_retry_after(junk, now=now))
+            self.assertIsNone(offsite.retry_after_seconds(junk, now=now))
 
     def test_parts_cover_the_file_exactly(self):
         for size in (16 * MiB + 1, 40 * MiB, 100 * MiB - 3):
