@@ -6454,7 +6454,7 @@ MIGRATIONS = (
     # A thread is a room of its own (so paging, search, refresh and permalinks work
     # in it unchanged), with no memberships: its parent room's members read it. To
     # Once Campfire it is an empty closed room nobody belongs to.
-    ("0007_threads_mentions_bookmarks", """
+    ("0008_threads_mentions_bookmarks", """
         CREATE TABLE IF NOT EXISTS "campfire_py_threads" ("room_id" integer PRIMARY KEY NOT NULL,
         "parent_message_id" integer NOT NULL, "parent_room_id" integer NOT NULL, "created_at" datetime(6) NOT NULL);
         CREATE UNIQUE INDEX IF NOT EXISTS "campfire_py_threads_by_parent_message_id"
@@ -7127,9 +7127,12 @@ def schema_version_of(migration_names):
 
 
 CURRENT_SCHEMA_VERSION = schema_version_of(name for name, _ in MIGRATIONS)
-# Every name campfire_py_migrations may hold: the migrations above and the one-time
-# re-signing of mentions (Store.resign_mentions, a data migration run in Python).
-KNOWN_MIGRATIONS = frozenset([name for name, _ in MIGRATIONS] + ["0007_rails_signed_mentions"])
+
+
+def own_migration_names():
+    """Every name campfire_py_migrations may hold: our migrations, and the one-time
+    re-signing of mentions (Store.RESIGNED_MENTIONS, a data step)."""
+    return {name for name, _ in MIGRATIONS} | {Store.RESIGNED_MENTIONS}
 
 
 def check_database(path, *, repair=None):
@@ -7163,7 +7166,7 @@ def check_database(path, *, repair=None):
                 counts[table] = connection.execute('SELECT count(*) FROM "%s"' % table).fetchone()[0]
         migrations = sorted(row[0] for row in connection.execute("SELECT name FROM campfire_py_migrations")) \
             if "campfire_py_migrations" in tables else []
-        known = KNOWN_MIGRATIONS
+        known = own_migration_names()
         unknown = [name for name in migrations if name not in known]
         version = schema_version_of(migrations)
         if unknown:
@@ -8706,7 +8709,7 @@ class Store:
                                    "AND creator_id = ? ORDER BY id LIMIT 1", (client_message_id, room_id, creator_id))
         return None if message_id is None else self.message(message_id)
 
-    RESIGNED_MENTIONS = "0007_rails_signed_mentions"  # one of KNOWN_MIGRATIONS
+    RESIGNED_MENTIONS = "0007_rails_signed_mentions"
 
     def resign_mentions(self):
         """Once: mentions stored by earlier releases (signed in a format of their own)
@@ -14338,11 +14341,51 @@ class WebhookResponseReader:
         return True
 
 
-class Webhooks:
+class OutboundRequests:
+    """What webhook and push deliveries share: one request on a fresh connection whose
+    every step (connecting, sending, each read) must finish within step_timeout(), else
+    step_failure is raised; the reply read by WebhookResponseReader; TLS checked against
+    the system's CAs (SSL_CERT_FILE when set)."""
+
+    step_failure = WebhookFailed
+    _tls = None
+
+    def step_timeout(self):
+        raise NotImplementedError
+
+    async def _exchange(self, reader, writer, request, max_reply=None):
+        try:
+            writer.write(request)
+            await self._step(writer.drain(), "sending")
+            response = WebhookResponseReader(max_reply)
+            while True:
+                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
+                if response.receive_data(data) if data else response.receive_eof():
+                    return response
+        finally:
+            writer.transport.abort()
+
+    async def _step(self, awaitable, doing):
+        timeout = self.step_timeout()
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except TimeoutError:
+            raise self.step_failure("nothing for %gs while %s" % (timeout, doing)) from None
+
+    def _tls_context(self):
+        if self._tls is None:
+            import ssl  # loaded on the first https request only
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+
+class Webhooks(OutboundRequests):
     """The Events listener that delivers webhooks, and its bounded queue.
 
     The server runs WEBHOOK_WORKERS workers (start/stop); without a server
     (tests, the command line) run_pending() delivers what is queued."""
+
+    step_failure = WebhookTimedOut
 
     def __init__(self, app):
         self.app = app
@@ -14438,29 +14481,10 @@ class Webhooks:
                 server_hostname=split.hostname if https else None), self.app.config.webhook_timeout)
         except TimeoutError:
             raise WebhookTimedOut("no connection within %gs" % self.app.config.webhook_timeout) from None
-        try:
-            writer.write(webhook_request_bytes(url, payload))
-            await self._step(writer.drain(), "sending")
-            response = WebhookResponseReader()
-            while True:
-                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
-                if response.receive_data(data) if data else response.receive_eof():
-                    return response
-        finally:
-            writer.transport.abort()
+        return await self._exchange(reader, writer, webhook_request_bytes(url, payload))
 
-    async def _step(self, awaitable, doing):
-        timeout = self.app.config.webhook_timeout
-        try:
-            return await asyncio.wait_for(awaitable, timeout)
-        except TimeoutError:
-            raise WebhookTimedOut("nothing for %gs while %s" % (timeout, doing)) from None
-
-    def _tls_context(self):
-        if self._tls is None:
-            import ssl  # loaded on the first https webhook only
-            self._tls = ssl.create_default_context()
-        return self._tls
+    def step_timeout(self):
+        return self.app.config.webhook_timeout
 
     async def _post_file_reply(self, delivery, reply):
         import mimetypes  # here: only a bot answering with a file needs its table
@@ -14636,11 +14660,13 @@ def retry_after_seconds(value, now=None):
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-class Pushes:
+class Pushes(OutboundRequests):
     """The Events listener that sends Web Push notifications, and its bounded queue.
 
     The server runs PUSH_WORKERS workers (start/stop); without a server (tests, the
     command line) run_pending() sends what is queued. close() ends the worker process."""
+
+    step_failure = PushFailed
 
     def __init__(self, app):
         self.app = app
@@ -14785,29 +14811,11 @@ class Pushes:
         reader, writer = await self._step(asyncio.open_connection(
             split.hostname, split.port or 443, ssl=self._tls_context(), server_hostname=split.hostname),
             "connecting")
-        try:
-            writer.write(push_request_bytes(endpoint, body, authorization))
-            await self._step(writer.drain(), "sending")
-            response = WebhookResponseReader(MAX_PUSH_REPLY_BYTES)
-            while True:
-                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
-                if response.receive_data(data) if data else response.receive_eof():
-                    return response
-        finally:
-            writer.transport.abort()
+        return await self._exchange(reader, writer, push_request_bytes(endpoint, body, authorization),
+                                    MAX_PUSH_REPLY_BYTES)
 
-    async def _step(self, awaitable, doing):
-        timeout = self.app.config.push_timeout
-        try:
-            return await asyncio.wait_for(awaitable, timeout)
-        except TimeoutError:
-            raise PushFailed("nothing for %gs while %s" % (timeout, doing)) from None
-
-    def _tls_context(self):
-        if self._tls is None:
-            import ssl  # loaded on the first push only
-            self._tls = ssl.create_default_context()  # the system's CAs; SSL_CERT_FILE when set
-        return self._tls
+    def step_timeout(self):
+        return self.app.config.push_timeout
 # Off-site copies ---------------------------------------------------------------
 # Each finished backup is sent to BACKUP_URL: AWS Signature Version 4 written with
 # hmac/hashlib, S3's PutObject and multipart upload, or a plain HTTPS PUT. The
@@ -16825,7 +16833,7 @@ def restore_backup(config, archive, *, force=False, progress=None, now=None):
     if not os.path.isfile(archive):
         raise BackupError("There is no backup at %s." % archive)
     manifest = read_manifest(archive)
-    known = KNOWN_MIGRATIONS
+    known = own_migration_names()
     newer = [name for name in manifest.get("migrations") or () if name not in known]
     if manifest["schema_version"] > CURRENT_SCHEMA_VERSION or newer:
         raise BackupRefused("%s comes from a newer Campfire (schema %d; this one knows %d). Upgrade campfire.py "
@@ -17539,6 +17547,10 @@ def restore_command(config, options):
 
 def check_command(config, options):
     print("\n".join(storage_report(config)))
+    if not _schema_current(config):
+        print("The database, search index and file checks run once the storage's schema is today's "
+              "(after this server's first start).")
+        return EXIT_OK
     report = check_storage(config, repair=options["repair"], progress=ProgressBar())
     for line in report.repaired:
         print("Repaired: " + line)
@@ -17553,6 +17565,23 @@ def check_command(config, options):
         return EXIT_FAILED
     print("No problems found.")
     return EXIT_OK
+
+
+def _schema_current(config):
+    """Whether the storage's schema is today's (this server opened it, or Rails ran every
+    migration), so the checks' expectations hold; read-only."""
+    path = config.resolved_database_path
+    if not os.path.exists(path):
+        return False
+    db = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(path)), uri=True)
+    try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "campfire_py_migrations" in tables:
+            return True
+        return "schema_migrations" in tables and db.execute(
+            "SELECT 1 FROM schema_migrations WHERE version = ?", (RAILS_LATEST_VERSION,)).fetchone() is not None
+    finally:
+        db.close()
 
 
 def _ask(prompt, secret=False):

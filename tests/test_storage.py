@@ -55,7 +55,7 @@ class SchemaTests(AppTestCase):
 
     def test_each_migration_runs_once(self):
         names = [row[0] for row in self.app.db.all("SELECT name FROM campfire_py_migrations ORDER BY name")]
-        self.assertEqual(names, [name for name, _ in campfire.MIGRATIONS] + [campfire.Store.RESIGNED_MENTIONS])
+        self.assertEqual(names, sorted([name for name, _ in campfire.MIGRATIONS] + [campfire.Store.RESIGNED_MENTIONS]))
         self.app.db.migrate()
         self.app.close()
         self.app = make_app(self.storage)
