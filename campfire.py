@@ -16708,7 +16708,7 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
 
 def storage_report(config):
     """What opening this storage will do, for an administrator before a move: the schema's
-    era and the migrations it lacks, what it holds, and what isn't shown yet. Reads only
+    era and the migrations it lacks, and what it holds. Reads only
     (the database is opened read-only; nothing is migrated)."""
     path = config.resolved_database_path
     if not os.path.exists(path):
@@ -16789,13 +16789,16 @@ def _storage_report(db, path, config):
     if sessions:
         lines.append("Sessions: %d signed in on Rails; they stay signed in if SECRET_KEY_BASE is the one "
                      "Rails used%s." % (sessions, "" if config.secret_key_base else " (it is not set)"))
-    not_shown = [(count("active_storage_attachments", "record_type = 'Message'"), "messages' file attachments"),
-                 (count("active_storage_attachments", "record_type = 'User'"), "avatars"),
-                 (count("active_storage_attachments", "record_type = 'Account'"), "account logos"),
-                 (count("push_subscriptions"), "push subscriptions (web push is not sent yet)")]
-    for number, what in not_shown:
-        if number:
-            lines.append("Not shown yet: %d %s; they stay in the storage for Rails." % (number, what))
+    files = [(count("active_storage_attachments", "record_type = 'Message' AND name = 'attachment'"), "file attachments"),
+             (count("active_storage_attachments", "record_type = 'User'"), "avatars"),
+             (count("active_storage_attachments", "record_type = 'Account'"), "account logos")]
+    if any(number for number, _ in files):
+        lines.append("Files: %s; they show here as in Campfire (storage/files/ holds them)."
+                     % ", ".join("%d %s" % pair for pair in files))
+    subscriptions = count("push_subscriptions")
+    if subscriptions:
+        lines.append("Push subscriptions: %d; pushes go on with the VAPID keys Rails used (VAPID_PUBLIC_KEY, "
+                     "VAPID_PRIVATE_KEY)." % subscriptions)
     return lines
 
 
