@@ -9034,6 +9034,11 @@ class Store:
     def message_count(self, room_id):
         return self.db.value("SELECT count(*) FROM messages WHERE room_id = ?", (room_id,))
 
+    def messages_extent(self):
+        """(the newest message id or 0, how many messages there are), across every room."""
+        newest, count = self.db.one("SELECT max(id), count(*) FROM messages")
+        return newest or 0, count
+
     def has_older(self, room_id, message_id):
         """Whether the room has a message before this one."""
         return bool(self.db.value("SELECT 1 FROM messages WHERE room_id = ? AND (created_at, id) < "
@@ -14161,8 +14166,7 @@ class SearchIndexRebuild:
         if not self.upto:
             if store.search_index_complete():
                 return False
-            self.upto = store.db.value("SELECT max(id) FROM messages") or 0
-            self.total = store.db.value("SELECT count(*) FROM messages")
+            self.upto, self.total = store.messages_extent()
             log.info("search index: incomplete; checking %d messages in the background", self.total)
         last, looked, written = store.index_missing_search_rows(self.after, self.upto, SEARCH_REBUILD_CHUNK)
         if last is None:
