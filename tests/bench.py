@@ -9,7 +9,7 @@ write audit, a failed seeding or sign-in; the report then ends with a
 bounded in time, and every process it starts is stopped at the end, even on
 Ctrl-C or an error.
 
-What it measures (PRODUCT.md section 6)
+What it measures
   Throughput  Each workload is driven by 16 keep-alive connections, one request in
               flight on each, for 3 s after a 1 s warm-up: requests/s, p50 and
               p99 latency in ms, failed checks, non-2xx responses and socket
@@ -94,7 +94,8 @@ How to read the output
   "% ceil" is the figure as a percentage of the ceiling's: for req/s higher is
   better (100% would be as fast as the ceiling); for latency, start time and RSS
   lower is better (200% means twice the ceiling's). "target" compares with
-  PRODUCT.md section 6 (the no-cache rows are reported without a target).
+  the project's performance targets, listed in the README (the no-cache rows are
+  reported without a target).
   "gen" names the load generator: wrk (when on PATH) or "py", the stdlib
   generator below. The client shares the 2 cores with the server, so figures
   from the two generators are not comparable with each other; each row is
@@ -159,7 +160,7 @@ CAMPFIRE_PATH = Path(__file__).resolve().parent.parent / "campfire.py"
 
 DEFAULT_DURATION_S = 3.0
 DEFAULT_WARMUP_S = 1.0
-DEFAULT_CONNECTIONS = 16  # PRODUCT.md section 6: 16 keep-alive clients
+DEFAULT_CONNECTIONS = 16  # the targets are stated for 16 keep-alive clients
 CLIENT_PROCESSES = 2  # one per core; the client shares the cores with the server
 WRK_THREADS = 2  # the same split for wrk
 WRK_TIMEOUT_GRACE_S = 30.0  # beyond the run's duration before wrk is killed
