@@ -184,7 +184,7 @@ RECV_BYTES = 256 * 1024  # one recv() takes a whole page of messages
 
 UP_MARKER = b"background-color: green"  # /up's body when the server is ready
 
-# PRODUCT.md section 6
+# The performance targets the README states
 TARGET_START_MS = 150.0
 TARGET_IDLE_RSS_MB = 30.0
 TARGET_READ_RPS = 20_000.0  # room page, messages page, sidebar, search
@@ -397,7 +397,7 @@ class Workload:
     posts: Optional[PostSpec] = None  # a unique client id per request (the stdlib generator and wrk)
 
     def headers_for(self, port: int) -> list:
-        """The headers, with what a browser adds to an unsafe request (PRODUCT.md section 5)."""
+        """The headers, with what a browser adds to an unsafe request."""
         headers = list(self.headers)
         names = {name.lower() for name, _ in headers}
         if self.method not in ("GET", "HEAD"):
@@ -1846,7 +1846,7 @@ def progress(message: str) -> None:
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="Benchmark campfire.py beside a bare asyncio 'hello' ceiling and SQLite insert "
-                    "ceilings (PRODUCT.md section 6).")
+                    "ceilings (the README's performance targets).")
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, metavar="S",
                         help=f"seconds measured per workload, after the warm-up "
                              f"(default {DEFAULT_DURATION_S:g}; wrk rounds to whole seconds)")

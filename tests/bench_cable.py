@@ -2,7 +2,7 @@
 """The real-time half of `make bench`: campfire.py's /cable under 10,000 WebSockets.
 
 `make bench` runs it after tests/bench.py: `python3 tests/bench_cable.py`. Standard
-library only. It prints each figure beside its target (PRODUCT.md section 6) with
+library only. It prints each figure beside its target (the README's performance targets) with
 "ok" or "MISS", and exits 0 whatever the figures are, except: 1 when campfire.py
 cannot be seeded, started or signed in to, 2 when a check failed (a connection
 that could not be opened or subscribed, a subscriber the server dropped, a post
@@ -102,9 +102,9 @@ PASSWORD = "password"
 POSTER_EMAIL = "person1@example.com"
 LISTENER_EMAILS = ["person%d@example.com" % n for n in (2, 3, 4, 5)]
 
-TARGET_RSS_MB = 120.0          # PRODUCT.md §6: 10,000 connections under 120 MB
-TARGET_IDLE_RSS_MB = 30.0      # PRODUCT.md §6: idle RSS ≤ 30 MB
-TARGET_FANOUT_MS = 250.0       # PRODUCT.md §6: one post reaches all 10,000 within 250 ms
+TARGET_RSS_MB = 120.0          # 10,000 connections under 120 MB
+TARGET_IDLE_RSS_MB = 30.0      # idle RSS ≤ 30 MB
+TARGET_FANOUT_MS = 250.0       # one post reaches all 10,000 within 250 ms
 FILE_DESCRIPTOR_RESERVE = 64   # campfire.py's constant of that name (read from the file when it can be)
 
 CONNECTIONS_PER_SOURCE = 1000  # one loopback source address per this many connections

@@ -1,5 +1,5 @@
 """The account page, people administration (roles, deactivation, bans), profiles,
-sign-in transfer links and QR codes (CAMPFIRE.md, Accounts and users; Sessions)."""
+sign-in transfer links and QR codes."""
 
 import asyncio
 import base64

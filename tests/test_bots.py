@@ -1,4 +1,4 @@
-"""Bots (CAMPFIRE.md, Bots): the administrators' pages, the bot API with its
+"""Bots: the administrators' pages, the bot API with its
 key in the path, and webhooks with their replies, in-process and over real
 sockets (a receiver on 127.0.0.1 plays the bot)."""
 

@@ -461,7 +461,7 @@ class BoostTests(ChatTestCase):
             self.assertIn(emoji, page)
 
 
-# CAMPFIRE.md, /play: the 15 picture sounds and the 41 text sounds.
+# Campfire's /play: the 15 picture sounds and the 41 text sounds.
 PICTURE_SOUNDS = ("56k clowntown curb dangerzone deeper donotwant drama greatjob loggins nyan pushit rumble what "
                   "yay yeah").split()
 TEXT_SOUNDS = {

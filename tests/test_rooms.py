@@ -1,4 +1,4 @@
-"""Rooms: who may see and change what (CAMPFIRE.md, Rooms), room kinds, direct
+"""Rooms: who may see and change what, room kinds, direct
 rooms, involvement and the sidebar.
 
 ChatTestCase, the fixture the chat tests share, lives here: an administrator,

@@ -1,4 +1,4 @@
-"""Search (CAMPFIRE.md, Search): FTS5 with porter stemming over the user's own
+"""Search: FTS5 with porter stemming over the user's own
 rooms, the newest 100 matches newest first (by created_at), queries that can't break MATCH,
 and the 10 recent searches kept per user."""
 
