@@ -16730,7 +16730,7 @@ class RedirectConnection(asyncio.Protocol):
         if end < 0 or end + 4 > REDIRECT_MAX_HEAD_BYTES:
             self.transport.write(_error_bytes(431, "The request's head is too long."))
         else:
-            self.transport.write(https_redirect(bytes(self.buffer[:end + 4]), self.redirector.https_port()))
+            self.transport.write(https_redirect(bytes(self.buffer[:end + 4]), self.redirector.https_port))
         self.buffer = None
         self.transport.close()
 
