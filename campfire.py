@@ -18143,7 +18143,8 @@ def help_text():
               "Configuration also comes from the environment: PORT, BIND, CAMPFIRE_STORAGE_PATH,",
               "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL,",
               "VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY, BACKUP_INTERVAL, BACKUP_KEEP, BACKUP_URL and",
-              "the AWS_* variables it reads, TRUSTED_PROXIES.", ""] + textwrap_lines(EXIT_CODES_HELP)
+              "the AWS_* variables it reads, TRUSTED_PROXIES, METRICS_ALLOW, HTTP_REDIRECT_PORT,",
+              "MIN_FREE_DISK_BYTES. SIGHUP reads the TLS certificate and key again.", ""] + textwrap_lines(EXIT_CODES_HELP)
     return "\n".join(lines)
 
 
