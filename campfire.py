@@ -16877,9 +16877,19 @@ class Server:
 
     async def _watch_disk(self):
         """The storage's free space, read off the loop every DISK_CHECK_SECONDS."""
+        was_low = False
         while not self.stopping:
             await asyncio.sleep(DISK_CHECK_SECONDS)
             await self.app.file_work(self.app.disk.refresh)
+            storage = self.app.storage_summary()
+            if storage["low"] != was_low:
+                was_low = storage["low"]
+                if was_low:
+                    log.warning("the storage is low on disk space (%s free, under MIN_FREE_DISK_BYTES %s): "
+                                "uploads are refused", byte_size_text(storage["free_bytes"]),
+                                byte_size_text(storage["min_free_bytes"]))
+                else:
+                    log.info("the storage has disk space again: uploads are taken")
 
     def reload_tls_soon(self):
         """The SIGHUP handler: one reload at a time (a second signal while one runs is ignored)."""

@@ -10,7 +10,7 @@ import socket
 import unittest
 from unittest import mock
 
-from tests.helpers import Client, LiveServer, campfire, config_value, first_run_cookie, recv_response
+from tests.helpers import Client, LiveServer, campfire, config_value, first_run_cookie, recv_response, wait_until
 from tests.test_attachments import AttachmentTestCase, image_bytes, multipart
 
 BEYOND_ANY_DISK = 1 << 62  # bytes: more than any file system has free
@@ -132,6 +132,15 @@ class LiveLowDiskTests(unittest.TestCase):
         self.assertEqual(headers.get("connection"), "close")
         self.assertIn(b"low on disk space", body)
         self.assertEqual(self.live.call(lambda: self.live.app.db.value("SELECT count(*) FROM messages")), 0)
+
+    def test_the_server_logs_when_space_runs_low_and_when_it_returns(self):
+        with self.assertLogs("campfire", "INFO") as logged:
+            wait_until(lambda: any("low on disk space" in line for line in logged.output),
+                       timeout=campfire.DISK_CHECK_SECONDS * 4, message="no warning was logged")
+            self.live.app.config.min_free_disk_bytes = 0
+            wait_until(lambda: any("disk space again" in line for line in logged.output),
+                       timeout=campfire.DISK_CHECK_SECONDS * 4, message="the return of space was not logged")
+        self.assertTrue(any(line.startswith("WARNING:campfire:the storage is low") for line in logged.output))
 
 
 if __name__ == "__main__":
