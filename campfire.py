@@ -9738,6 +9738,40 @@ class View:
     origin: str                 # "scheme://host", for links that leave the page (invitations, bots)
     logo: str = ""              # the account logo's URL when one is set: the page's icon
     vapid_public_key: str = ""  # the signed-in app's applicationServerKey, as Campfire's vapid-public-key meta tag
+    scripts: "PageScripts" = None  # the import map and the modules app.js needs
+
+
+@dataclass(slots=True, frozen=True)
+class PageScripts:
+    """How a page loads static/'s modules with one request each and none on a reload.
+
+    app.js imports its modules by relative names ("./cable.js"); the import map
+    sends each to its versioned URL, which is served immutable, so a reload finds
+    every module in the browser's cache without asking (HTML's import maps).
+    modulepreload links fetch the whole graph at once instead of one level at a
+    time. The map is inline, so the CSP allows exactly its text by its hash."""
+
+    import_map: str = ""        # the <script type="importmap"> text (JSON)
+    preloads: tuple = ()        # versioned URLs of every module app.js imports, directly or not
+    content_security_policy: str = CONTENT_SECURITY_POLICY  # with the map's hash in script-src
+
+
+def page_scripts(modules, entry="app.js"):
+    """PageScripts for StaticFiles.modules(): every module mapped to its version, and
+    the modules `entry` reaches through static imports, in the order they are met."""
+    if entry not in modules:
+        return PageScripts()
+    import_map = json.dumps({"imports": {url_for("static", path=name): url_for("static", path=name, v=digest)
+                                         for name, (digest, _) in modules.items()}}, separators=(",", ":"))
+    reached, pending = [], list(modules[entry][1])
+    while pending:
+        name = pending.pop(0)
+        if name in modules and name not in reached and name != entry:
+            reached.append(name)
+            pending.extend(modules[name][1])
+    digest = base64.b64encode(hashlib.sha256(import_map.encode()).digest()).decode()
+    policy = CONTENT_SECURITY_POLICY.replace("script-src 'self'", "script-src 'self' 'sha256-%s'" % digest, 1)
+    return PageScripts(import_map, tuple(url_for("static", path=name, v=modules[name][0]) for name in reached), policy)
 
 
 def room_settings_path(room):
@@ -9830,7 +9864,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<link rel="manifest" href="{manifest}">'
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
         '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">{vapid}'
-        '<script type="module" src="{js}"></script>'
+        '{modules}<script type="module" src="{js}"></script>'
         '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip,
         js=assets["app.js"], components=assets["components.css"], catchup=assets["catchup.css"],
         light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
@@ -9841,8 +9875,17 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         icon_link=HTML('<link rel="icon" href="{}">').format(view.logo) if view.logo else HTML(
             '<link rel="icon" href="{}" type="image/svg+xml">').format(assets["campfire-icon.svg"]),
         manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles,
-        vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
+        modules=render_module_scripts(view.scripts), vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
         if view.vapid_public_key else "")
+
+
+def render_module_scripts(scripts):
+    """The import map first (HTML: it must come before any module is fetched), then a
+    modulepreload link per module."""
+    if scripts is None or not scripts.import_map:
+        return HTML("")
+    return HTML('<script type="importmap">' + scripts.import_map + '</script>' + "".join(
+        '<link rel="modulepreload" href="%s">' % escape_html(url) for url in scripts.preloads))
 
 
 def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True, hidden=(), mentions=0):
@@ -10147,10 +10190,12 @@ def render_saved_messages(items, more_href):
         more=HTML('<a class="button inbox__older" href="{}">More</a>').format(more_href) if more_href else "")
 
 
-def render_room(room, viewer, title, involvement, messages, *, highlight_id=None, max_upload_bytes=MAX_UPLOAD_BYTES):
+def render_room(room, viewer, title, involvement, messages, *, highlight_id=None, max_upload_bytes=MAX_UPLOAD_BYTES,
+                reached_start=False):
     """The room: its header, its messages (rendered), the composer. On a phone the header is
     the top bar: a way back to the rooms, the name, who is here, and one menu holding the
-    room's tools and the top bar's links (room__phone-only)."""
+    room's tools and the top bar's links (room__phone-only). reached_start: the messages
+    begin with the room's first, so the app asks for nothing older."""
     return HTML(
         '<section class="room" id="room" data-room-id="{id}" data-room-type="{type}" aria-labelledby="room_name">'
         '<header class="room__header"><a class="room__back" href="{rooms}" aria-label="Rooms" title="Rooms"></a>'
@@ -10161,8 +10206,8 @@ def render_room(room, viewer, title, involvement, messages, *, highlight_id=None
         '<a class="room__phone-only button button--quiet" href="{account}">Account</a>'
         '<a class="room__phone-only button button--quiet" href="{profile}">Your profile</a></div>'
         '</header>'
-        '<div class="messages" id="messages" data-room-id="{id}"{highlight}>{messages}</div>'
-        '{composer}{pending}</section>').format(
+        '<div class="messages" id="messages" data-room-id="{id}"{highlight}{start}>{messages}</div>'
+        '{composer}{pending}</section>').format(start=HTML(' data-reached-start') if reached_start else "",
         id=room.id, type=room.type.split("::")[-1].lower(), heading="Ping with %s" % title if room.direct else title,
         bell=render_bell(room, involvement), settings=room_settings_path(room), rooms=url_for("user_sidebar"),
         search=url_for("searches"), account=url_for("edit_account"), profile=url_for("user_profile"),
@@ -11581,7 +11626,7 @@ def landing(app, request):
     return redirect(url_for("room", room_id=target), 302)
 
 
-def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=None):
+def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=None, reached_start=False):
     """The room (or a thread, its own page) with these messages; a line above the
     first one created since unread_since, the moment the room became unread."""
     if room.thread:
@@ -11597,7 +11642,7 @@ def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=
         messages_html = (app.messages_html(messages[:split]) + render_since_line()
                          + app.messages_html(messages[split:]))
     body = render_room(room, user, title, involvement, messages_html, highlight_id=highlight_id,
-                       max_upload_bytes=app.config.max_upload_bytes)
+                       max_upload_bytes=app.config.max_upload_bytes, reached_start=reached_start)
     return _page(app, request, title, body, body_class="room-page", current_room_id=room.id)
 
 
@@ -11623,13 +11668,18 @@ def show_room(app, request, room_id):
     store.mark_mentions_read(user.id, room.id)
     key = ("room", user.id, room.id, store.room_versions[room.id], store.user_versions[user.id],
            store.global_version, unread_since, store.room_versions[room.parent_room_id] if room.thread else 0)
-    response = app.cached(request, key, lambda: _room_page(app, request, room, store.messages_page(room.id),
-                                                           unread_since=unread_since))
+    response = app.cached(request, key, lambda: _newest_room_page(app, request, room, unread_since))
     if room.thread:
         return response
     if request.cookies.get(LAST_ROOM_COOKIE) != str(room.id):
         app.set_cookie(response, LAST_ROOM_COOKIE, str(room.id), http_only=False)
     return response
+
+
+def _newest_room_page(app, request, room, unread_since):
+    messages = app.store.messages_page(room.id, limit=MESSAGE_PAGE_SIZE)
+    return _room_page(app, request, room, messages, unread_since=unread_since,
+                      reached_start=len(messages) < MESSAGE_PAGE_SIZE)
 
 
 def delete_room(app, request, room_id, *, direct_only=False):
@@ -13254,6 +13304,13 @@ class Cable:
 # App turns a Request into a Response without touching a socket, so tests
 # drive it in-process and the server is a thin adapter around it.
 
+# A module's static imports, as static/*.js write them: `import { a } from "./b.js"`
+# or `import "./b.js"` at the start of a line (dynamic import() is not preloaded).
+STATIC_IMPORT = re.compile(r'^import\s+(?:[^"\';]*?\sfrom\s*)?"\./([A-Za-z0-9_-]+\.js)"', re.M)
+STATIC_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+\.js")  # names safe in an import map and a CSP hash's text
+STATIC_CLASSIC_SCRIPTS = frozenset({"service-worker.js"})  # run as a worker, never imported by a page
+
+
 class StaticFiles:
     """Files under static/, held in memory with their gzip form and ETag.
 
@@ -13306,6 +13363,24 @@ class StaticFiles:
     def version(self, relative):
         entry = self._entry(relative)
         return entry[3] if entry else "0"
+
+    def modules(self):
+        """The ES modules at the top of static/ (the service worker is a classic script,
+        not one of them): name → (its content digest, the names it imports statically,
+        in order). Read from the entries above, so a file is parsed again only when it
+        changes on disk."""
+        try:
+            names = sorted(entry.name for entry in os.scandir(self.root)
+                           if STATIC_MODULE_NAME.fullmatch(entry.name) and entry.name not in STATIC_CLASSIC_SCRIPTS)
+        except OSError:
+            return {}
+        modules = {}
+        for name in names:
+            entry = self._entry(name)
+            if entry is not None:
+                imports = STATIC_IMPORT.findall(entry[0].decode("utf-8", "replace"))
+                modules[name] = (entry[3], tuple(dict.fromkeys(imports)))
+        return modules
 
     def response(self, request, raw_path):
         lowered = raw_path.lower()
@@ -13663,7 +13738,7 @@ class App:
         self.requests_handled = 0  # also numbers the request ids
         self._request_prefix = random_hex(3)
         self._date = (0, "")
-        self._assets_checked = (-STATIC_RECHECK_SECONDS, {})
+        self._assets_checked = (-STATIC_RECHECK_SECONDS, {}, PageScripts())
 
     # Setup ------------------------------------------------------------------
     def _prepare_storage(self):
@@ -14002,16 +14077,24 @@ class App:
         css, digest = self.store.custom_styles()
         user = request.user if signed_in else None
         logo = self.store.account_logo()
-        return View(user, self.store.account_name(), digest if css.strip() else "", self._assets(), request.origin,
+        return View(user, self.store.account_name(), digest if css.strip() else "", self._assets()[0], request.origin,
                     url_for("account_logo", v=logo.key[:8]) if logo else "",
-                    self.vapid_key.public_key_base64 if user is not None else "")
+                    self.vapid_key.public_key_base64 if user is not None else "", self._assets()[1])
 
     def _assets(self):
-        """The PAGE_ASSETS' versioned URLs, looked up again at most every STATIC_RECHECK_SECONDS."""
+        """The PAGE_ASSETS' versioned URLs and the PageScripts, looked up again at most
+        every STATIC_RECHECK_SECONDS. A changed module changes the import map: cached
+        pages holding the old one (whose hash the CSP no longer allows) go."""
         now = time.monotonic()
-        if now - self._assets_checked[0] >= STATIC_RECHECK_SECONDS:
-            self._assets_checked = (now, {name: self.asset_url(name) for name in PAGE_ASSETS})
-        return self._assets_checked[1]
+        checked, assets, scripts = self._assets_checked
+        if now - checked >= STATIC_RECHECK_SECONDS:
+            assets = {name: self.asset_url(name) for name in PAGE_ASSETS}
+            fresh = page_scripts(self.static.modules())
+            if fresh != scripts:
+                scripts = fresh
+                self.page_cache.clear()
+            self._assets_checked = (now, assets, scripts)
+        return assets, scripts
 
     def message_html(self, message, boosts=(), thread=None, attachment=False, *, highlight=()):
         """A message as render_message makes it, kept until it, its boosts, its thread or any
@@ -14084,6 +14167,7 @@ class App:
         depends on), with its gzip form and ETag; If-None-Match → 304."""
         if not self.config.cache:
             return build()
+        self._assets()  # first: a changed module takes the pages holding its old URL out of the cache
         entry = self.page_cache.get(key)
         if entry is None:
             response = build()
@@ -14276,7 +14360,7 @@ class App:
         if response.content_type and "content-type" not in present and response.status not in (204, 304):
             headers.append(("Content-Type", response.content_type))
         if "content-security-policy" not in present:
-            headers.append(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
+            headers.append(("Content-Security-Policy", self._assets_checked[2].content_security_policy))
         headers.extend(SECURITY_HEADERS)
         headers.append(("X-Request-Id", request.id))
         for cookie in request.set_cookies:
