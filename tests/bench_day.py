@@ -8,7 +8,7 @@ temporary storage, one session per person made through campfire.py's own Store
 before the server starts (signing a thousand people in would measure scrypt),
 then `campfire.py serve --host 127.0.0.1` with LOG_LEVEL=WARNING.
 
-The load, for SECONDS (BENCH_DAY_SECONDS overrides it), from two processes
+The load, for SECONDS (BENCH_DAY_SECONDS overrides it), from three processes
 beside the server (the machine's cores are shared with them):
   sockets   every person holds a /cable WebSocket subscribed to
             RoomMessagesChannel of one room they are in (people spread over the
@@ -51,6 +51,7 @@ sys.path.insert(0, ROOT)
 
 PEOPLE, ROOMS, MESSAGES = 1000, 20, 100_000
 LOADERS, POSTERS, SEARCHERS = 200, 20, 10
+SOCKET_PROCESSES = 2         # the sockets' reading is split between them
 POSTS_PER_SECOND = 200
 THINK_SECONDS = 1.0
 SECONDS = float(os.environ.get("BENCH_DAY_SECONDS", 60))
@@ -310,12 +311,18 @@ def main():
                     raise RuntimeError("campfire.py did not start")
                 time.sleep(0.05)
         context = multiprocessing.get_context("fork")
-        socket_end, socket_pipe = context.Pipe()
-        workers.append(context.Process(target=sockets_process, args=(port, people, socket_pipe), daemon=True))
-        workers[-1].start()
-        if not socket_end.poll(CONNECT_TIMEOUT_SECONDS + 10):
-            raise RuntimeError("the sockets never reported")
-        _, ready = socket_end.recv()
+        socket_ends = []
+        for part in range(SOCKET_PROCESSES):
+            socket_end, socket_pipe = context.Pipe()
+            workers.append(context.Process(target=sockets_process, daemon=True,
+                                           args=(port, people[part::SOCKET_PROCESSES], socket_pipe)))
+            workers[-1].start()
+            socket_ends.append(socket_end)
+        ready = 0
+        for socket_end in socket_ends:
+            if not socket_end.poll(CONNECT_TIMEOUT_SECONDS + 10):
+                raise RuntimeError("the sockets never reported")
+            ready += socket_end.recv()[1]
         print("day: %d of %d sockets subscribed" % (ready, len(people)))
         if ready < len(people):
             raise RuntimeError("only %d sockets were subscribed" % ready)
@@ -331,10 +338,18 @@ def main():
         cpu = (cpu_seconds(server.pid) - cpu_before) / (time.monotonic() - wall_before)
         rss, peak = rss_mb(server.pid), rss_mb(server.pid, "VmHWM")
         time.sleep(SETTLE_SECONDS)
-        socket_end.send("stop")
-        if not socket_end.poll(60):
-            raise RuntimeError("the sockets never reported what arrived")
-        _, received, socket_errors = socket_end.recv()
+        received, socket_errors = {}, 0
+        for socket_end in socket_ends:
+            socket_end.send("stop")
+        for socket_end in socket_ends:
+            if not socket_end.poll(60):
+                raise RuntimeError("the sockets never reported what arrived")
+            _, part, errors = socket_end.recv()
+            socket_errors += errors
+            for marker, (count, last) in part.items():
+                entry = received.setdefault(marker, [0, 0.0])
+                entry[0] += count
+                entry[1] = max(entry[1], last)
         listeners = {}
         for _, room_id in people:
             listeners[room_id] = listeners.get(room_id, 0) + 1
