@@ -18347,7 +18347,7 @@ class SlackImportResult:
     report: ImportReport
     created: collections.Counter
     existing: collections.Counter
-    links: list   # (name, email or None, link)
+    links: list   # (name, email or None, link) of each imported person without a password yet
 
 
 class _ImportedFile:
@@ -18360,8 +18360,11 @@ class _ImportedFile:
         self.descriptor = files.create_temp(key)
 
     def write(self, data):
-        if self.sniffing and self.sniffer.feed(data):
-            self.sniffing = False
+        if self.sniffing:
+            try:
+                self.sniffing = not self.sniffer.feed(data)
+            except ImageHeaderError:   # a broken image header: kept as a file, not shown as an image
+                self.sniffing, self.sniffer = False, None
         FileStore.write(self.descriptor, data, self.digest)
         self.size += len(data)
 
@@ -18369,9 +18372,9 @@ class _ImportedFile:
         FileStore.close(self.descriptor, sync=True)
         self.descriptor = None
         try:
-            image = self.sniffer.finish()
+            image = self.sniffer.finish() if self.sniffer is not None else None
         except ImageHeaderError:
-            image = None   # kept as a file, not shown as an image
+            image = None
         return Upload(self.key, safe_filename(attachment.filename), upload_content_type(attachment.content_type, image),
                       self.size, base64.b64encode(self.digest.digest()).decode(),
                       image.width if image else None, image.height if image else None)
@@ -18459,6 +18462,7 @@ class _SlackImport:
         if found is not None:
             self.user_ids[person.slack_id] = found
             self.existing["people"] += 1
+            self.link(person, found)
             return found
         same_email = self.store.user_by_email(person.email) if person.email else None
         if same_email is not None:   # someone already here: the same person
@@ -18472,10 +18476,15 @@ class _SlackImport:
                                          role, active)
         self.user_ids[person.slack_id] = user_id
         self.created["people"] += 1
-        if active and not person.is_bot:
-            self.links.append((person.name, person.email,
-                               transfer_link(self.app, user_id, self.base_url, self.now)))
+        self.link(person, user_id)
         return user_id
+
+    def link(self, person, user_id):
+        """A sign-in link for an imported person who has not set a password yet (also when an
+        earlier run, stopped, created them): with it they sign in and set one."""
+        user = self.store.user(user_id)
+        if user is not None and user.active and not user.bot and not user.password_digest:
+            self.links.append((person.name, person.email, transfer_link(self.app, user_id, self.base_url, self.now)))
 
     def author(self, person):
         user_id = self.user_ids.get(person.slack_id)
@@ -18511,6 +18520,7 @@ class _SlackImport:
         if found is not None:
             self.message_ids[message.source_key] = found
             self.existing["messages"] += 1
+            self.author(message.author)   # an author only messages name is counted like the others
             return 0
         room_id = self.room_ids.get(message.room.slack_id)
         if room_id is None:
@@ -19001,8 +19011,9 @@ def import_slack_command(config, options):
         print("  " + line)
     print("Archived Slack channels are imported as rooms like the others (Campfire has no archive).")
     if result.links:
-        print("Sign-in links for the %d people created, each valid %d hours (they set a password on their profile; "
-              "reset-password makes a new one):" % (len(result.links), TRANSFER_TOKEN_SECONDS // 3600))
+        print("Sign-in links for the %d imported people without a password yet, each valid %d hours (they set a "
+              "password on their profile; running the import again makes new ones):"
+              % (len(result.links), TRANSFER_TOKEN_SECONDS // 3600))
         for name, email, link in result.links:
             print("  %s%s: %s" % (name, " <%s>" % email if email else "", link))
     return EXIT_OK
