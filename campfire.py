@@ -16754,7 +16754,7 @@ async def serve(config):
 #### 19. Operations
 ####
 # Long jobs for the command line, each reporting its progress: seed, backup,
-# restore, check, administrators, and the deployment recipes.
+# restore, check, administrators, export, the Slack import, and the deployment recipes.
 
 SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room message deploy release server "
               "database search index coffee lunch meeting design review bug fix ship today tomorrow "

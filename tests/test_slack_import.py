@@ -156,6 +156,15 @@ class ImportedStorageTests(unittest.TestCase):
         self.assertEqual(len(self.after_first["messages"]), 15)
         self.assertEqual(len(self.after_first["search"]), 15)
 
+    def test_imported_messages_notify_nobody(self):
+        connection = sqlite3.connect(os.path.join(self.storage, "db", "production.sqlite3"))
+        try:
+            self.assertEqual(connection.execute("SELECT count(*) FROM memberships WHERE unread_at IS NOT NULL")
+                             .fetchone()[0], 0)
+            self.assertEqual(connection.execute("SELECT count(*) FROM campfire_py_mentions").fetchone()[0], 0)
+        finally:
+            connection.close()
+
     def test_the_report_names_what_was_skipped_and_where(self):
         out = self.first[1]
         self.assertIn("skipped 1: a system message (channel_join) (general/2020-09-13.json #0)", out)
