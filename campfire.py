@@ -29,7 +29,7 @@ pure code to the code that touches the world:
  16. The application          App: a request in, a response out (no sockets); its caches
  17. Background work          purges, webhook and push deliveries, link previews, backups, off the request path
  18. The server               asyncio connections, timeouts, group commit, signals
- 19. Operations               seed, check, backup, restore, administrators, deployment recipes
+ 19. Operations               seed, check, backup, restore, administrators, export, Slack import, recipes
  20. Command line             main()
 """
 
