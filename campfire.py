@@ -17929,7 +17929,7 @@ def _name_text(value, limit=MAX_NAME_CHARS):
 
 def _file_name(value, fallback):
     """A file's name as given to Campfire: its last path part, never . or .."""
-    name = _name_text(value).replace("\\", "/").rsplit("/", 1)[-1].strip()
+    name = _name_text(value, MAX_FILENAME_BYTES).replace("\\", "/").rsplit("/", 1)[-1].strip()
     return name if name and name not in (".", "..") else fallback
 
 
@@ -18472,8 +18472,9 @@ class _SlackImport:
             return same_email.id
         active = person.is_bot or (person.listed and not person.deleted)
         role = ROLE_BOT if person.is_bot else ROLE_ADMINISTRATOR if person.is_admin else ROLE_MEMBER
-        user_id = self.store.import_user(person.source_key, person.name, None if person.is_bot else person.email,
-                                         role, active)
+        # A deactivated person's address is not kept, as Campfire's deactivation frees it for someone new.
+        user_id = self.store.import_user(person.source_key, person.name,
+                                         person.email if active and not person.is_bot else None, role, active)
         self.user_ids[person.slack_id] = user_id
         self.created["people"] += 1
         self.link(person, user_id)

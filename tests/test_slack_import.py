@@ -21,7 +21,7 @@ from PIL import Image
 
 from tests.helpers import Client, campfire, make_app
 from tests.test_backups import CAMPFIRE_PY, run_cli
-from tests.test_slack_reader import TEAM, export_members, zip_bytes
+from tests.test_slack_reader import TEAM, USERS, export_members, zip_bytes
 
 BASE_URL = "https://chat.example.com"
 TABLES = ("users", "rooms", "memberships", "messages", "action_text_rich_texts", "active_storage_blobs",
@@ -110,7 +110,9 @@ class ImportedStorageTests(unittest.TestCase):
         status, _, err = run_cli("create-admin", "--name", "Root Admin", "--email", "root@example.com",
                                  storage=cls.storage, stdin="root-password\n")
         assert status == 0, err
-        cls.export = write_export(cls.work)
+        users = [dict(user, profile=dict(user["profile"], email="carol@example.com"))
+                 if user["id"] == "U03CAROL" else user for user in USERS]
+        cls.export = write_export(cls.work, **{"users.json": users})
         cls.first = run_cli("import-slack", cls.export, "--url", BASE_URL, storage=cls.storage)
         cls.after_first = snapshot(cls.storage)
         cls.second = run_cli("import-slack", cls.export, "--url", BASE_URL, storage=cls.storage)
@@ -184,7 +186,8 @@ class ImportedStorageTests(unittest.TestCase):
         self.assertEqual((alice.name, alice.email_address, alice.administrator), ("Alice Smith", "alice@example.com",
                                                                                  True))
         self.assertEqual((bob.name, bob.administrator, bob.active), ("Bob Émile", False, True))
-        self.assertFalse(carol.active)            # deleted in Slack: deactivated here
+        self.assertFalse(carol.active)            # deleted in Slack: deactivated here,
+        self.assertIsNone(carol.email_address)    # and her address free for someone new
         self.assertTrue(deploy.bot and hook.bot)  # bots, with a key of their own and no email
         self.assertIsNone(deploy.email_address)
         self.assertIsNone(dan.email_address)      # "not an email" is not kept
