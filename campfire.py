@@ -29,7 +29,7 @@ pure code to the code that touches the world:
  16. The application          App: a request in, a response out (no sockets); its caches
  17. Background work          purges, webhook and push deliveries, link previews, backups, off the request path
  18. The server               asyncio connections, timeouts, group commit, signals
- 19. Operations               seed, check, backup, restore, administrators, deployment recipes
+ 19. Operations               seed, check, backup, restore, administrators, export, Slack import, recipes
  20. Command line             main()
 """
 
@@ -82,6 +82,7 @@ import traceback
 import types
 import unicodedata
 import urllib.parse
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from html import unescape
@@ -330,6 +331,26 @@ BACKUP_RETRY_AFTER_FAILURE = 600.0         # seconds: a failed backup is tried a
 BACKUP_STOP_WAIT = 15.0                    # seconds SIGTERM waits for a cancelled backup or upload to end
 STORAGE_LOCK_FILE = ".campfire.lock"       # held by a running server: restore refuses while it is
 UPLOADS_DIR_NAME = "files"                 # storage/files/: uploads in Active Storage's disk layout
+
+# Slack exports (`import-slack`, section 19). Every size is checked against what the
+# ZIP's central directory declares before anything is inflated; zipfile never
+# inflates a member past its declared size and checks its CRC-32 at the end, so a
+# member that lies fails.
+SLACK_MAX_EXPORT_MEMBERS = 200_000                  # ten years of day files for ~55 busy channels
+SLACK_MAX_CENTRAL_DIRECTORY_BYTES = 32 * 1024 ** 2  # zipfile holds it whole; 200,000 entries of ~100-byte names fit
+SLACK_MAX_MEMBER_NAME_BYTES = 1024                  # Slack's names are a folder and a date, or a file's name
+SLACK_MAX_JSON_MEMBER_BYTES = 128 * 1024 ** 2       # one JSON file, parsed in memory: a 50,000-person users.json is ~100 MB
+SLACK_MAX_JSON_TOTAL_BYTES = 2 * 1024 ** 3          # all JSON files together, read one at a time during an import
+SLACK_MAX_FILE_MEMBER_BYTES = 4 * 1024 ** 3         # one uploaded file's bytes (Slack itself takes files up to 1 GB)
+SLACK_MAX_TOTAL_UNCOMPRESSED_BYTES = 64 * 1024 ** 3 # the whole archive inflated: the most an import can copy to disk
+SLACK_COPY_CHUNK_BYTES = 1024 * 1024                # file bytes are copied out in pieces this big, never whole
+SLACK_MAX_TEXT_CHARS = 200_000     # Slack truncates a message at 40,000 characters; 5x that is not a message
+SLACK_MAX_URL_CHARS = 8 * 1024     # a longer link target is shown as text
+SLACK_REPLY_EXCERPT_CHARS = 200    # a thread reply quotes this much of the thread's first message
+SLACK_MAX_LEGACY_ATTACHMENTS = 20  # a bot message's "attachments" read when it has no text of its own
+SLACK_MAX_FILES_PER_MESSAGE = 100  # Slack shares at most 10 files in one message
+SLACK_MAX_REPORT_EXAMPLES = 5      # where each skip reason happened, the first few
+SLACK_IMPORT_BATCH = 500           # imported messages per transaction: one fsync each, not one per message
 
 # Off-site copies of backups (BACKUP_URL: s3:// or https://), section 17.
 # A multipart part, and the largest file sent in one PUT: a failure resends at
@@ -636,6 +657,7 @@ class CampfireError(Exception):
      │    ├── BackupRefused      a restore that would lose data (a newer schema, a storage in use)
      │    └── BackupCancelled    stopped by Ctrl-C or shutdown: everything half-written removed
      ├── OffsiteError            a copy to BACKUP_URL that failed (section 17; OffsiteError draws its subtree)
+     ├── SlackExportError        a Slack export that can't be imported at all: the CLI exits 1
      ├── PasswordUnsupported     a bcrypt digest this system's crypt(3) can't check
      ├── HandshakeRefused        a WebSocket upgrade refused: 400 or 426 (section 5)
      ├── CableCommandError       an Action Cable command that can't be read: ignored
@@ -647,6 +669,12 @@ class CampfireError(Exception):
     WebSocket protocol errors never raise: they close the socket with 1002,
     1007 or 1009 (section 5). A 500 or a 1011 logs its details and sends none.
     """
+
+
+class SlackExportError(CampfireError):
+    """The file can't be imported at all: not a ZIP, not a Slack export, over a
+    limit, unsafe, or corrupt. The message says which member and why, for a person.
+    Anything less (a system message, a deleted file) is skipped and reported."""
 
 
 class HttpError(CampfireError):
@@ -6521,6 +6549,12 @@ MIGRATIONS = (
         "created_at" datetime(6) NOT NULL, PRIMARY KEY ("user_id", "message_id"));
         CREATE INDEX IF NOT EXISTS "campfire_py_bookmarks_by_message_id" ON "campfire_py_bookmarks" ("message_id");
     """),
+    # What `import-slack` created (or matched), by the export's own stable names, so a
+    # second run of the same export creates nothing.
+    ("0009_imported_sources", """
+        CREATE TABLE IF NOT EXISTS "campfire_py_imported" ("source_key" varchar PRIMARY KEY NOT NULL,
+        "kind" varchar NOT NULL, "record_id" integer NOT NULL, "imported_at" datetime(6) NOT NULL);
+    """),
 )
 
 # The SQLite result codes that mean "this change can't be saved right now" (503), not a bug (500):
@@ -9649,6 +9683,77 @@ class Store:
     def people_count(self):
         """How many people (not bots) the database holds, active or not."""
         return self.db.value("SELECT count(*) FROM users WHERE role != ?", (ROLE_BOT,)) or 0
+
+    # Imports (a Slack export, section 19) ---------------------------------------
+    # Each record an import creates is named in campfire_py_imported by its source
+    # key, in the same transaction, so a second run finds it and creates nothing.
+    def imported_id(self, source_key):
+        """The id of what an earlier import created (or matched) for this key, or None."""
+        return self.db.value("SELECT record_id FROM campfire_py_imported WHERE source_key = ?", (source_key,))
+
+    def record_import(self, source_key, kind, record_id):
+        with self.db.atomic():
+            self.db.execute("INSERT INTO campfire_py_imported (source_key, kind, record_id, imported_at) "
+                            "VALUES (?, ?, ?, ?)", (source_key, kind, record_id, utc_now_text()))
+
+    def first_administrator_id(self):
+        return self.db.value("SELECT id FROM users WHERE role = ? AND status = ? ORDER BY id LIMIT 1",
+                             (ROLE_ADMINISTRATOR, STATUS_ACTIVE))
+
+    def import_user(self, source_key, name, email, role, active):
+        """A person without a password (they sign in with a link and set one), or a bot with a
+        fresh key; an active one joins every open room, as a new person does. Their id."""
+        now = utc_now_text()
+        with self.db.atomic():
+            user_id = self.db.execute(
+                "INSERT INTO users (name, email_address, password_digest, role, status, bot_token, created_at, "
+                "updated_at) VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
+                (name, email, role, STATUS_ACTIVE if active else STATUS_DEACTIVATED,
+                 generate_bot_token() if role == ROLE_BOT and active else None, now, now)).lastrowid
+            if active:
+                self._join_open_rooms(user_id, now)
+            self.record_import(source_key, "user", user_id)
+        return user_id
+
+    def import_room(self, source_key, name, room_type, creator_id, member_ids, created_at):
+        """A room as it was made then, with these members (a direct room's see everything)."""
+        involvement = "everything" if room_type == ROOM_DIRECT else "mentions"
+        with self.db.atomic():
+            room_id = self.db.execute(
+                "INSERT INTO rooms (name, type, creator_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (name, room_type, creator_id, created_at, created_at)).lastrowid
+            for user_id in member_ids:
+                self._add_membership(room_id, user_id, involvement, created_at)
+            self.record_import(source_key, "room", room_id)
+        self.memberships_changed(room_id, member_ids)
+        return room_id
+
+    def import_message(self, source_key, room_id, creator_id, client_message_id, body, plain_text, created_at,
+                       updated_at, upload=None):
+        """A message as it was written then: its rich text, its search row and its file, if
+        any. Nobody is notified and no room turns unread. The author, if not a member of a
+        closed or direct room, joins it (an active person only, for a closed room)."""
+        with self.db.atomic():
+            room = self.room(room_id)
+            if room.type != ROOM_OPEN and self.membership(room_id, creator_id) is None:
+                author = self.user(creator_id)
+                if room.direct or (author is not None and author.active):
+                    self._add_membership(room_id, creator_id, "everything" if room.direct else "mentions",
+                                         created_at)
+                    self.memberships_changed(room_id, [creator_id])
+            message_id = self.db.execute(
+                "INSERT INTO messages (room_id, creator_id, client_message_id, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)", (room_id, creator_id, client_message_id, created_at, updated_at)).lastrowid
+            self.db.execute(
+                "INSERT INTO action_text_rich_texts (name, body, record_type, record_id, created_at, updated_at) "
+                "VALUES ('body', ?, 'Message', ?, ?, ?)", (body, message_id, created_at, updated_at))
+            if upload is not None:
+                self._attach("Message", message_id, "attachment", upload, created_at)
+            self.db.defer(self.SEARCH_ROW_INSERT, (message_id, plain_text))
+            self.db.execute("UPDATE rooms SET updated_at = max(updated_at, ?) WHERE id = ?", (updated_at, room_id))
+            self.record_import(source_key, "message", message_id)
+            self.bump_room(room_id)
+        return message_id
 
     def seed_people(self, count, password_digest, admin_digest, now):
         """count people "Person N" <personN@example.com> in one statement, the first an
@@ -17160,7 +17265,7 @@ async def serve(config):
 #### 19. Operations
 ####
 # Long jobs for the command line, each reporting its progress: seed, backup,
-# restore, check, administrators, and the deployment recipes.
+# restore, check, administrators, export, the Slack import, and the deployment recipes.
 
 SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room message deploy release server "
               "database search index coffee lunch meeting design review bug fix ship today tomorrow "
@@ -17576,10 +17681,15 @@ def sign_in_link(config, email, base_url, now=None):
         user = app.store.user_by_email(email)
         if user is None or not user.active or user.bot:
             raise ConfigError("No active person signs in as %s." % email)
-        token = app.signer.sign(user.id, "transfer", expires_at=int(now + TRANSFER_TOKEN_SECONDS))
-        return base_url.rstrip("/") + url_for("session_transfer", token=token)
+        return transfer_link(app, user.id, base_url, now)
     finally:
         app.close()
+
+
+def transfer_link(app, user_id, base_url, now):
+    """The sign-in link of sign_in_link, for a person known by id."""
+    token = app.signer.sign(user_id, "transfer", expires_at=int(now + TRANSFER_TOKEN_SECONDS))
+    return base_url.rstrip("/") + url_for("session_transfer", token=token)
 
 
 # Export -------------------------------------------------------------------------------
@@ -17702,6 +17812,1259 @@ def export_account(config, target, *, progress=None):
         if partial is not None and os.path.isdir(partial):
             shutil.rmtree(partial, ignore_errors=True)
     return counts
+
+
+# Slack exports ------------------------------------------------------------------------
+# `import-slack EXPORT.zip`: a Slack workspace export read safely and turned into
+# people, rooms and messages. The reader is pure: a ZIP goes in, plain records come
+# out, each with a stable source key; nothing is extracted to disk.
+#
+#     with open_slack_export("export.zip") as export:
+#         export.people            users.json, in its order            [SlackPerson]
+#         export.rooms             channels, groups, dms, mpims        [SlackRoom]
+#         for message in export.messages():                            ImportedMessage,
+#             ...                  room by room, each in time order     lazily
+#         export.report            what was imported and what was skipped, and why
+#
+# The formats followed are Slack's own documentation: "How to read Slack data exports"
+# (slack.com/help/articles/220556107), the message, file, user and conversation objects
+# (docs.slack.dev/reference/objects), and "Formatting text for app surfaces"
+# (docs.slack.dev/messaging/formatting-message-text).
+
+# The conversation lists, in the order their rooms are returned, and the folder
+# that holds each conversation's day files: its name, or its id for a DM.
+CONVERSATION_LISTS = (
+    ("channels.json", ROOM_OPEN, "name"),
+    ("groups.json", ROOM_CLOSED, "name"),
+    ("dms.json", ROOM_DIRECT, "id"),
+    ("mpims.json", ROOM_DIRECT, "name"),
+)
+USER_LISTS = ("users.json", "org_users.json")  # the second in Enterprise Grid exports
+
+# Message subtypes that are something a person (or a bot) said. Every other subtype
+# is a system record (joins, leaves, topic changes, pins...) and is skipped.
+KEPT_SUBTYPES = frozenset((
+    "bot_message", "me_message", "file_share", "thread_broadcast", "reply_broadcast",
+    "slackbot_response"))
+# Files Slack no longer serves: deleted ("tombstone") or past a free plan's limit.
+GONE_FILE_MODES = frozenset(("tombstone", "hidden_by_limit"))
+SLACKBOT_ID = "USLACKBOT"
+
+# <!here>, <!channel>, <!everyone>; "group" is Slack's synonym for "channel".
+SPECIAL_MENTIONS = {"here": "@here", "channel": "@channel", "everyone": "@everyone",
+                    "group": "@channel"}
+# The only link targets that become links; anything else is shown as its text.
+LINK_SCHEMES = ("http://", "https://", "mailto:")
+EXTERNAL_LINK = ' target="_blank" rel="noopener noreferrer"'  # what Campfire's auto_link adds
+
+_USER_ID = re.compile(r"[UWB][A-Z0-9]{1,40}\Z")
+_BOT_ID = re.compile(r"B[A-Z0-9]{1,40}\Z")
+_CONVERSATION_ID = re.compile(r"[CGD][A-Z0-9]{1,40}\Z")
+_FILE_ID = re.compile(r"F[A-Z0-9]{1,40}\Z")
+_TEAM_ID = re.compile(r"[TE][A-Z0-9]{1,40}\Z")
+_TS = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,6}))?\Z")
+_DAY_FILE = re.compile(r"([^/]+)/([0-9]{4}-[0-9]{2}-[0-9]{2})\.json\Z")
+_UPLOAD_MEMBER = re.compile(r"__uploads/(F[A-Z0-9]{1,40})/[^/]+\Z")               # slackdump "mattermost"
+_ATTACHMENT_MEMBER = re.compile(r"[^/]+/attachments/(F[A-Z0-9]{1,40})-[^/]+\Z")   # slackdump "standard"
+_MIME_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[\w.+-]+\Z")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
+_SLACK_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")   # keeps \t and \n
+_SLACK_ENTITY = re.compile(r"&(amp|lt|gt);")
+_SLACK_ENTITIES = {"amp": "&", "lt": "<", "gt": ">"}
+_ANGLE = re.compile(r"<([^<>\n]*)>")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_TOKEN = "\x00"   # stands for one <...> sequence while a line is parsed; stripped from the input
+_EMPHASIS = {"*": "strong", "_": "em", "~": "del"}
+
+
+# Slack: Time ------------------------------------------------------------------------
+
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def parse_slack_ts(ts):
+    """Slack's "ts" ("1355517523.000005": seconds, a dot, microseconds) as exact
+    integers (seconds, microseconds), or None when it isn't one. Never a float."""
+    match = _TS.match(ts) if isinstance(ts, str) else None
+    if not match:
+        return None
+    return int(match[1]), int((match[2] or "").ljust(6, "0"))
+
+
+def slack_ts_to_db_time(ts):
+    """"1355517523.000005" → "2012-12-14 20:38:43.000005": UTC, microseconds, the
+    text Rails writes for a datetime(6) column. None for what isn't a ts."""
+    parsed = parse_slack_ts(ts)
+    return _db_time(*parsed) if parsed else None
+
+
+def _db_time(seconds, microseconds=0):
+    try:
+        moment = _EPOCH + datetime.timedelta(seconds=seconds, microseconds=microseconds)
+    except OverflowError:   # past year 9999
+        return None
+    return moment.isoformat(sep=" ", timespec="microseconds")
+
+
+def _ts_text(parsed):
+    """The one spelling of a ts used in source keys."""
+    return "%d.%06d" % parsed
+
+
+# Slack: mrkdwn ----------------------------------------------------------------------
+
+# Slack escapes &, < and > in message text as &amp; &lt; &gt; and uses <...> for
+# links, mentions and commands; *bold*, _italic_, ~strike~, `code`, ```pre``` and
+# "> " quotes are the markup. The HTML is what Campfire's Trix composer stores: one
+# <div> per paragraph with <br> for its line breaks, <blockquote> and <pre> blocks,
+# <strong> <em> <del> <code> and <a href> inline, every text character escaped.
+
+
+def _unescape_slack(text):
+    """Slack's three entities undone, once: "&amp;lt;" is the text "&lt;"."""
+    return _SLACK_ENTITY.sub(lambda match: _SLACK_ENTITIES[match[1]], text) if "&" in text else text
+
+
+@dataclass(frozen=True)
+class _Token:
+    """One <...> sequence: its HTML in prose, its escaped text inside code."""
+    html: str
+    text: str
+    user_id: str = None
+
+
+def _safe_url(url):
+    return (len(url) <= SLACK_MAX_URL_CHARS and url.lower().startswith(LINK_SCHEMES)
+            and not any(character.isspace() or character in '"<>' for character in url))
+
+
+def _read_token(inner, user_name, channel_name):
+    """A <...> sequence, read as Slack's formatting guide says: @ a person, # a
+    channel, ! a command, anything else a link; the text after | is its label."""
+    target, _, label = inner.partition("|")
+    label = _slack_clean_text(_unescape_slack(label)).strip()
+    if target.startswith("@") and _USER_ID.match(target[1:]):
+        user_id = target[1:]
+        text = "@" + (user_name(user_id) or label.lstrip("@") or user_id)
+        return _Token('<slack-mention user="%s">%s</slack-mention>' % (user_id, escape_html(text, trix=True)),
+                      escape_html(text, trix=True), user_id)
+    if target.startswith("#") and _CONVERSATION_ID.match(target[1:]):
+        text = "#" + (label or channel_name(target[1:]) or target[1:]).lstrip("#")
+        return _Token(escape_html(text, trix=True), escape_html(text, trix=True))
+    if target.startswith("!"):
+        command, _, argument = target[1:].partition("^")
+        if command in SPECIAL_MENTIONS:
+            text = SPECIAL_MENTIONS[command]
+        elif command == "subteam":
+            text = label or "@" + argument
+        elif command == "date":
+            seconds = argument.partition("^")[0]
+            moment = _db_time(int(seconds)) if seconds.isdigit() and len(seconds) <= 11 else None
+            text = label or (moment[:16] + " UTC" if moment else "")
+        else:   # unknown commands are shown as they are, without the brackets
+            text = label or _slack_clean_text(_unescape_slack(target))
+        return _Token(escape_html(text, trix=True), escape_html(text, trix=True))
+    url = _slack_clean_text(_unescape_slack(target)).strip()
+    if not _SCHEME.match(url):   # not something Slack wrote: the text as it was typed
+        text = "<%s>" % _slack_clean_text(_unescape_slack(inner))
+        return _Token(escape_html(text, trix=True), escape_html(text, trix=True))
+    text = label or url
+    if _safe_url(url):
+        external = "" if url.lower().startswith("mailto:") else EXTERNAL_LINK
+        return _Token('<a href="%s"%s>%s</a>' % (escape_html(url, trix=True), external, escape_html(text, trix=True)),
+                      escape_html(text, trix=True))
+    return _Token(escape_html(text, trix=True), escape_html(text, trix=True))
+
+
+class _Inline:
+    """One line of prose → inline HTML. The <...> sequences were replaced by _TOKEN
+    before, and come back in order from `tokens`. A marker opens only where a word
+    starts and closes only where one ends, on the same line, so snake_case and 2*3*4
+    stay text. Valid closing positions are found once per line and looked up by
+    bisection, so a line costs O(n log n) whatever it holds."""
+
+    def __init__(self, line, tokens, mentions):
+        self.line, self.tokens, self.mentions, self.out = line, tokens, mentions, []
+        length = len(line)
+        self.ticks = [at for at, character in enumerate(line) if character == "`"]
+        self.closers = {marker: [] for marker in _EMPHASIS}
+        for at, character in enumerate(line):
+            if (character in _EMPHASIS and at > 0 and not line[at - 1].isspace()
+                    and (at + 1 == length or not line[at + 1].isalnum())):
+                self.closers[character].append(at)
+
+    def render(self):
+        self._span(0, len(self.line), frozenset())
+        return "".join(self.out)
+
+    def _span(self, start, end, open_markers):
+        line, at, text_start = self.line, start, start
+        while at < end:
+            character = line[at]
+            if character == "`":
+                index = bisect.bisect_right(self.ticks, at)
+                close = self.ticks[index] if index < len(self.ticks) else end
+                if at + 1 < close < end:
+                    self._text(text_start, at)
+                    self.out.append("<code>%s</code>" % _code_text(line[at + 1:close], self.tokens))
+                    at = text_start = close + 1
+                    continue
+            elif (character in _EMPHASIS and character not in open_markers
+                    and (at == 0 or not line[at - 1].isalnum())
+                    and at + 1 < end and not line[at + 1].isspace() and line[at + 1] != character):
+                closers = self.closers[character]
+                index = bisect.bisect_right(closers, at + 1)
+                if index < len(closers) and closers[index] < end:
+                    close, tag = closers[index], _EMPHASIS[character]
+                    self._text(text_start, at)
+                    self.out.append("<%s>" % tag)
+                    self._span(at + 1, close, open_markers | {character})
+                    self.out.append("</%s>" % tag)
+                    at = text_start = close + 1
+                    continue
+            at += 1
+        self._text(text_start, end)
+
+    def _text(self, start, end):
+        pieces = self.line[start:end].split(_TOKEN)
+        for index, piece in enumerate(pieces):
+            if index:
+                token = next(self.tokens)
+                self.out.append(token.html)
+                if token.user_id:
+                    self.mentions.append(token.user_id)
+            if piece:
+                self.out.append(escape_html(_unescape_slack(piece), trix=True))
+
+
+def _code_text(raw, tokens):
+    """Text inside `code` or ```pre```: no markup, <...> sequences as their text."""
+    pieces = raw.split(_TOKEN)
+    out = []
+    for index, piece in enumerate(pieces):
+        if index:
+            out.append(next(tokens).text)
+        out.append(escape_html(_unescape_slack(piece), trix=True))
+    return "".join(out)
+
+
+def _slack_clean_text(text):
+    """Control characters out (tabs and newlines stay), line ends as \\n."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _SLACK_CONTROL.sub("", text) if _SLACK_CONTROL.search(text) else text
+
+
+def mrkdwn_to_html(text, *, user_name=lambda user_id: None, channel_name=lambda channel_id: None):
+    """Slack message text → (HTML as Campfire stores it, mentioned Slack user ids in
+    order of first appearance). user_name(id) and channel_name(id) give the names
+    <@U…> and <#C…> show; a mention becomes the placeholder
+    <slack-mention user="U…">@Name</slack-mention>, which finish_body turns into
+    Campfire's mention attachment. Empty text gives ("", ())."""
+    tokens = []
+
+    def take(match):
+        tokens.append(_read_token(match[1], user_name, channel_name))
+        return _TOKEN
+
+    text = _ANGLE.sub(take, _slack_clean_text(text))
+    token_stream, mentions = iter(tokens), []
+    blocks = []   # ("div" | "blockquote", [line]) or ("pre", text)
+    parts = text.split("```")
+    if len(parts) % 2 == 0:   # an unclosed fence is text
+        parts[-2:] = [parts[-2] + "```" + parts[-1]]
+    quoting_rest = False      # after ">>>", every line to the end is quoted
+    for index, part in enumerate(parts):
+        if index % 2:
+            code = part[1:] if part.startswith("\n") else part
+            code = code[:-1] if code.endswith("\n") else code
+            blocks.append(("pre", code))
+            continue
+        for line in part.split("\n"):
+            line, kind = line.strip(), "div"   # edge spaces mean nothing in HTML
+            if quoting_rest:
+                kind = "blockquote"
+            elif line.startswith("&gt;&gt;&gt;"):
+                kind, quoting_rest, line = "blockquote", True, line[12:]
+            elif line.startswith("&gt;"):
+                kind, line = "blockquote", line[4:]
+            line = line.strip()
+            if blocks and blocks[-1][0] == kind:
+                blocks[-1][1].append(line)
+            else:
+                blocks.append((kind, [line]))
+    out = []
+    for kind, content in blocks:
+        if kind == "pre":
+            if content.strip():
+                out.append("<pre>%s</pre>" % _code_text(content, token_stream))
+            continue
+        while content and not content[0].strip():   # blank lines carry no tokens
+            content = content[1:]
+        while content and not content[-1].strip():
+            content = content[:-1]
+        if content:
+            lines = [_Inline(line, token_stream, mentions).render() for line in content]
+            out.append("<%s>%s</%s>" % (kind, "<br>".join(lines), kind))
+    return "".join(out), tuple(dict.fromkeys(mentions))
+
+
+_PLACEHOLDER = re.compile(
+    r'<slack-mention user="([A-Z0-9]+)">([^<]*)</slack-mention>'
+    r'|<slack-permalink message="([^"<>]*)"></slack-permalink>')
+
+
+def finish_body(body_html, *, mention=lambda user_id: None, permalink=lambda source_key: None):
+    """A message's body with its placeholders replaced, ready to store:
+    mention(slack_user_id) gives the HTML of Campfire's mention attachment (None
+    keeps the text "@Name"); permalink(source_key) gives the URL of the quoted
+    message (None drops the link, the author's name stays)."""
+    def replace(match):
+        if match[1]:
+            chip = mention(match[1])
+            return match[2] if chip is None else chip
+        url = permalink(unescape(match[3]))
+        return "" if url is None else ' <a href="%s">#</a>' % escape_html(url, trix=True)
+    return _PLACEHOLDER.sub(replace, body_html) if "<slack-" in body_html else body_html
+
+
+_BLOCK_END = re.compile(r"<br>|</div>|</blockquote>|</pre>")
+_ANY_TAG = re.compile(r"<[^>]*>")
+
+
+def html_excerpt(body_html, limit=SLACK_REPLY_EXCERPT_CHARS):
+    """Our own HTML as one line of plain text, at most `limit` characters."""
+    text = " ".join(unescape(_ANY_TAG.sub("", _BLOCK_END.sub(" ", body_html))).split())
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "\u2026"
+
+
+def reply_quote(excerpt, author_name, parent_key):
+    """The quote a flattened thread reply starts with, in the shape Campfire's
+    reply button writes: <blockquote>excerpt</blockquote><cite>Author <a>#</a></cite>.
+    The link is a placeholder until finish_body knows the quoted message's URL."""
+    return ('<blockquote>%s</blockquote><cite>%s<slack-permalink message="%s"></slack-permalink></cite>'
+            % (escape_html(excerpt, trix=True), escape_html(author_name, trix=True), escape_html(parent_key, trix=True)))
+
+
+# Slack: Records ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SlackPerson:
+    """Someone to create as a Campfire user (without a password). listed is False for
+    an author only messages know of (not in users.json): create them deactivated,
+    except a bot."""
+    slack_id: str
+    name: str
+    username: str
+    email: str
+    is_bot: bool
+    is_admin: bool
+    deleted: bool
+    listed: bool
+    source_key: str
+
+
+@dataclass(frozen=True)
+class SlackRoom:
+    """A conversation: kind is ROOM_OPEN (channels.json), ROOM_CLOSED (groups.json, or
+    a channel marked is_private) or ROOM_DIRECT (dms.json, mpims.json); name is None
+    for direct rooms. member_ids are Slack user ids."""
+    slack_id: str
+    kind: str
+    name: str
+    member_ids: tuple
+    creator_id: str
+    created_at: str
+    archived: bool
+    folder: str
+    source_key: str
+
+
+@dataclass(frozen=True)
+class SlackAttachment:
+    """A file whose bytes are in the export; read them with SlackExport.read_attachment
+    or copy_attachment. filename is the Slack file's name, never a path."""
+    slack_file_id: str
+    filename: str
+    content_type: str
+    byte_size: int
+    member: str
+
+
+@dataclass(frozen=True)
+class ImportedMessage:
+    """One Campfire message. Like Campfire's, it has a body or an attachment, never
+    both: a Slack message with files gives its text first, then one message per file
+    whose bytes are in the export, all at the same time. body_html holds placeholders
+    for finish_body; reply_to is the source key of the message a reply quotes."""
+    source_key: str
+    room: SlackRoom
+    author: SlackPerson
+    created_at: str
+    updated_at: str
+    body_html: str
+    mentions: tuple
+    attachment: SlackAttachment
+    reply_to: str
+    slack_ts: str
+
+
+@dataclass
+class ImportReport:
+    """Counts of what an import produced, and of what it skipped by reason (with the
+    first few places each reason happened)."""
+    people: int = 0
+    rooms: int = 0
+    messages: int = 0            # records produced: text messages and file messages
+    attachments: int = 0         # of which carry a file's bytes
+    file_links: int = 0          # files whose bytes aren't in the export, linked instead
+    replies: int = 0             # thread replies flattened with a quote of their thread's start
+    unquoted_replies: int = 0    # replies whose thread start isn't in the export
+    edited: int = 0              # messages imported with their latest text
+    unlisted_authors: int = 0    # authors not in users.json, made up from their messages
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+    examples: dict = field(default_factory=dict)
+
+    def skip(self, reason, where=None):
+        self.skipped[reason] += 1
+        if where is not None:
+            places = self.examples.setdefault(reason, [])
+            if len(places) < SLACK_MAX_REPORT_EXAMPLES:
+                places.append(where)
+
+    def summary(self):
+        """The report as lines for a person."""
+        lines = ["%d people, %d rooms, %d messages (%d with a file, %d files linked, "
+                 "%d thread replies, %d edited)" % (
+                     self.people, self.rooms, self.messages, self.attachments,
+                     self.file_links, self.replies, self.edited)]
+        if self.unlisted_authors:
+            lines.append("%d authors not in users.json, made up from their messages" % self.unlisted_authors)
+        if self.unquoted_replies:
+            lines.append("%d replies without their thread's first message" % self.unquoted_replies)
+        for reason, count in sorted(self.skipped.items()):
+            places = self.examples.get(reason)
+            lines.append("skipped %d: %s%s" % (count, reason, " (%s)" % ", ".join(places) if places else ""))
+        return lines
+
+
+# Slack: The archive -----------------------------------------------------------------
+
+_EOCD_SIGNATURE = b"PK\x05\x06"
+_EOCD_BYTES = 22
+_ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
+_ZIP64_LOCATOR_BYTES = 20
+_ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
+_ZIP64_EOCD_BYTES = 56
+_CENTRAL_HEADER_SIGNATURE = b"PK\x01\x02"
+_CENTRAL_HEADER_BYTES = 46
+_MAX_ZIP_COMMENT_BYTES = 65535
+
+
+def _count_members(stream):
+    """The number of entries in a ZIP's central directory, counted by walking it
+    (APPNOTE.TXT 4.3.12-4.3.16), before zipfile builds an object for each: an
+    archive claiming millions of members is refused without reading them."""
+    stream.seek(0, 2)
+    size = stream.tell()
+    tail_bytes = min(size, _EOCD_BYTES + _MAX_ZIP_COMMENT_BYTES)
+    stream.seek(size - tail_bytes)
+    tail = stream.read(tail_bytes)
+    at = tail.rfind(_EOCD_SIGNATURE)
+    if at < 0 or len(tail) - at < _EOCD_BYTES:
+        raise SlackExportError("not a ZIP archive")
+    eocd_offset = size - tail_bytes + at
+    entries, directory_bytes, directory_offset = struct.unpack_from("<HII", tail, at + 10)
+    directory_end = eocd_offset
+    if entries == 0xFFFF or directory_bytes == 0xFFFFFFFF or directory_offset == 0xFFFFFFFF:
+        locator = at - _ZIP64_LOCATOR_BYTES
+        if locator >= 0 and tail[locator:locator + 4] == _ZIP64_LOCATOR_SIGNATURE:
+            (record_offset,) = struct.unpack_from("<Q", tail, locator + 8)
+            stream.seek(record_offset)
+            record = stream.read(_ZIP64_EOCD_BYTES)
+            if len(record) == _ZIP64_EOCD_BYTES and record[:4] == _ZIP64_EOCD_SIGNATURE:
+                entries, directory_bytes = struct.unpack_from("<QQ", record, 32)
+                directory_end = eocd_offset - _ZIP64_LOCATOR_BYTES - _ZIP64_EOCD_BYTES
+    if entries > SLACK_MAX_EXPORT_MEMBERS:
+        raise SlackExportError("the archive declares %d members; an export has at most %d"
+                               % (entries, SLACK_MAX_EXPORT_MEMBERS))
+    if directory_bytes > SLACK_MAX_CENTRAL_DIRECTORY_BYTES:
+        raise SlackExportError("the archive's table of contents is %d bytes; at most %d are read"
+                               % (directory_bytes, SLACK_MAX_CENTRAL_DIRECTORY_BYTES))
+    # zipfile finds the directory the same way: it ends where the end records start.
+    stream.seek(max(0, directory_end - directory_bytes))
+    directory = stream.read(directory_bytes)
+    count = position = 0
+    while directory[position:position + 4] == _CENTRAL_HEADER_SIGNATURE:
+        if position + _CENTRAL_HEADER_BYTES > len(directory):
+            break
+        name_bytes, extra_bytes, comment_bytes = struct.unpack_from("<HHH", directory, position + 28)
+        position += _CENTRAL_HEADER_BYTES + name_bytes + extra_bytes + comment_bytes
+        count += 1
+        if count > SLACK_MAX_EXPORT_MEMBERS:
+            raise SlackExportError("the archive has more than %d members" % SLACK_MAX_EXPORT_MEMBERS)
+    stream.seek(0)
+    return count
+
+
+def _unsafe_name(name):
+    """Why a member's name is refused, or None. Nothing is extracted by name, but an
+    archive with such names was not written by Slack and is refused whole."""
+    if len(name.encode("utf-8", "surrogatepass")) > SLACK_MAX_MEMBER_NAME_BYTES:
+        return "a name over %d bytes" % SLACK_MAX_MEMBER_NAME_BYTES
+    if "\x00" in name or "\\" in name:
+        return "a name with a NUL or a backslash"
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        return "an absolute path"
+    if any(part in ("..", ".") for part in name.split("/")):
+        return "a path that climbs out (..)"
+    return None
+
+
+class _Archive:
+    """A ZIP read within the limits above: checked once when opened, then members
+    are only ever read into memory by their exact names."""
+
+    def __init__(self, source):
+        self._owned = isinstance(source, (str, bytes)) or hasattr(source, "__fspath__")
+        try:
+            self._stream = open(source, "rb") if self._owned else source
+        except OSError as error:
+            raise SlackExportError("can't open %s: %s" % (source, error.strerror or error)) from None
+        try:
+            _count_members(self._stream)
+            self._zip = zipfile.ZipFile(self._stream)
+        except SlackExportError:
+            self.close()
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, struct.error) as error:
+            self.close()
+            raise SlackExportError("not a readable ZIP archive (%s)" % error) from None
+        try:
+            self.infos = self._check(self._zip.infolist())
+        except SlackExportError:
+            self.close()
+            raise
+
+    @staticmethod
+    def _check(infos):
+        if len(infos) > SLACK_MAX_EXPORT_MEMBERS:
+            raise SlackExportError("the archive has %d members; an export has at most %d"
+                                   % (len(infos), SLACK_MAX_EXPORT_MEMBERS))
+        by_name, json_bytes, all_bytes = {}, 0, 0
+        for info in infos:
+            name = info.filename
+            reason = _unsafe_name(name)
+            if reason:
+                raise SlackExportError("refused: the member %r has %s" % (name[:200], reason))
+            if name in by_name:
+                raise SlackExportError("refused: the member %r appears twice" % name)
+            by_name[name] = info
+            if info.is_dir():
+                continue
+            if info.flag_bits & 0x1:
+                raise SlackExportError("refused: %s is encrypted" % name)
+            is_json = name.endswith(".json")
+            limit = SLACK_MAX_JSON_MEMBER_BYTES if is_json else SLACK_MAX_FILE_MEMBER_BYTES
+            if info.file_size > limit:
+                raise SlackExportError("refused: %s declares %d bytes uncompressed; at most %d are read"
+                                       % (name, info.file_size, limit))
+            json_bytes += info.file_size if is_json else 0
+            all_bytes += info.file_size
+        if json_bytes > SLACK_MAX_JSON_TOTAL_BYTES:
+            raise SlackExportError("refused: the JSON files declare %d bytes uncompressed; at most %d are read"
+                                   % (json_bytes, SLACK_MAX_JSON_TOTAL_BYTES))
+        if all_bytes > SLACK_MAX_TOTAL_UNCOMPRESSED_BYTES:
+            raise SlackExportError("refused: the archive declares %d bytes uncompressed; at most %d are read"
+                                   % (all_bytes, SLACK_MAX_TOTAL_UNCOMPRESSED_BYTES))
+        return by_name
+
+    def read(self, name):
+        info = self.infos[name]
+        try:
+            with self._zip.open(info) as member:
+                data = member.read(info.file_size + 1)
+        except Exception as error:   # zlib, bz2, lzma and zipfile each raise their own
+            raise SlackExportError("%s can't be read: %s" % (name, error)) from None
+        if len(data) != info.file_size:
+            raise SlackExportError("%s is not the size the archive declares" % name)
+        return data
+
+    def copy(self, name, out, chunk_bytes=SLACK_COPY_CHUNK_BYTES):
+        info, copied = self.infos[name], 0
+        try:
+            member = self._zip.open(info)
+        except Exception as error:
+            raise SlackExportError("%s can't be read: %s" % (name, error)) from None
+        with member:
+            while True:
+                try:
+                    chunk = member.read(chunk_bytes)
+                except Exception as error:
+                    raise SlackExportError("%s can't be read: %s" % (name, error)) from None
+                if not chunk:
+                    break
+                copied += len(chunk)
+                out.write(chunk)
+        if copied != info.file_size:
+            raise SlackExportError("%s is not the size the archive declares" % name)
+        return copied
+
+    def read_json(self, name):
+        data = self.read(name)
+        try:
+            return json.loads(data.decode("utf-8-sig"))
+        except UnicodeDecodeError as error:
+            raise SlackExportError("%s is not UTF-8 text (byte %d)" % (name, error.start)) from None
+        except json.JSONDecodeError as error:
+            raise SlackExportError("%s is not valid JSON (line %d, column %d: %s)"
+                                   % (name, error.lineno, error.colno, error.msg)) from None
+        except (ValueError, RecursionError) as error:
+            raise SlackExportError("%s is not usable JSON (%s)" % (name, type(error).__name__)) from None
+
+    def close(self):
+        zip_file = getattr(self, "_zip", None)
+        if zip_file is not None:
+            zip_file.close()
+        if self._owned and getattr(self, "_stream", None) is not None:
+            self._stream.close()
+
+
+# Slack: The export ------------------------------------------------------------------
+
+def _name_text(value, limit=MAX_NAME_CHARS):
+    """A name from the export: one line, no control characters, at most limit."""
+    if not isinstance(value, str):
+        return ""
+    return " ".join(_slack_clean_text(value).split())[:limit]
+
+
+def _file_name(value, fallback):
+    """A file's name as given to Campfire: its last path part, never . or .."""
+    name = _name_text(value, MAX_FILENAME_BYTES).replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name if name and name not in (".", "..") else fallback
+
+
+def _string(value):
+    return value if isinstance(value, str) else ""
+
+
+class SlackExport:
+    """A Slack export, opened: people and rooms are read at once, messages lazily,
+    one room at a time. Use open_slack_export() as a context manager."""
+
+    def __init__(self, source):
+        self._archive = _Archive(source)
+        try:
+            self._load()
+        except BaseException:
+            self._archive.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        self._archive.close()
+
+    # --- people and rooms ------------------------------------------------
+
+    def _load(self):
+        names = self._archive.infos
+        self._prefix = self._find_root(names)
+        users_member = next(self._prefix + name for name in USER_LISTS if self._prefix + name in names)
+        lists = [(self._prefix + list_name, kind, folder_key)
+                 for list_name, kind, folder_key in CONVERSATION_LISTS if self._prefix + list_name in names]
+        if not lists:
+            raise SlackExportError("not a Slack export: it has no channels.json, groups.json, dms.json or mpims.json")
+        self._base_report = ImportReport()
+        users = self._json_list(users_member)
+        self.workspace = self._workspace(users, lists)
+        self.people, self._bot_users = self._read_people(users)
+        self._people_by_id = {person.slack_id: person for person in self.people}
+        self.rooms = self._read_rooms(lists)
+        self._room_names = {room.slack_id: room.name for room in self.rooms if room.name}
+        self._day_files, self._file_members = self._index_members(names)
+        self._base_report.people, self._base_report.rooms = len(self.people), len(self.rooms)
+        self.report = self._copy_report(self._base_report)
+
+    def _find_root(self, names):
+        """"" when users.json is at the top; "folder/" when the whole export sits in one
+        folder (an export unzipped and zipped again)."""
+        if any(name in names for name in USER_LISTS):
+            return ""
+        folders = sorted({name.split("/", 1)[0] for name in names if "/" in name})
+        roots = [folder for folder in folders if any("%s/%s" % (folder, name) in names for name in USER_LISTS)]
+        if len(roots) != 1:
+            raise SlackExportError("not a Slack export: it has no users.json at its top level")
+        return roots[0] + "/"
+
+    def _json_list(self, member):
+        value = self._archive.read_json(member)
+        if not isinstance(value, list):
+            raise SlackExportError("%s is not a list, as a Slack export's is" % member)
+        return value
+
+    def _workspace(self, users, lists):
+        """What source keys are scoped by: the team id most users carry, so a later
+        export of the same workspace gives the same keys; failing that, the id of the
+        #general channel (or the first channel), which is as stable."""
+        teams = collections.Counter(user.get("team_id") for user in users if isinstance(user, dict)
+                                    and isinstance(user.get("team_id"), str) and _TEAM_ID.match(user["team_id"]))
+        if teams:
+            return min(teams.items(), key=lambda item: (-item[1], item[0]))[0]
+        channel_ids = []
+        for member, _, _ in lists:
+            for entry in self._json_list(member):
+                if isinstance(entry, dict) and _CONVERSATION_ID.match(_string(entry.get("id"))):
+                    if entry.get("is_general") is True:
+                        return entry["id"]
+                    channel_ids.append(entry["id"])
+        if channel_ids:
+            return min(channel_ids)
+        raise SlackExportError("not a Slack export: no team id and no conversation ids")
+
+    def _key(self, *parts):
+        return ":".join(("slack", self.workspace) + parts)
+
+    def _read_people(self, users):
+        people, bot_users, seen = [], {}, set()
+        for index, entry in enumerate(users):
+            user_id = _string(entry.get("id")) if isinstance(entry, dict) else ""
+            if not _USER_ID.match(user_id):
+                self._base_report.skip("a user without a valid id", "users.json #%d" % index)
+                continue
+            if user_id in seen:
+                self._base_report.skip("a user listed twice", user_id)
+                continue
+            seen.add(user_id)
+            profile = entry.get("profile") if isinstance(entry.get("profile"), dict) else {}
+            username = _name_text(entry.get("name"))
+            name = next((text for text in (_name_text(profile.get("real_name")), _name_text(entry.get("real_name")),
+                                           _name_text(profile.get("display_name")), username) if text), user_id)
+            email = _string(profile.get("email")).strip()
+            is_bot = entry.get("is_bot") is True or user_id == SLACKBOT_ID
+            if is_bot and _BOT_ID.match(_string(profile.get("bot_id"))):
+                bot_users.setdefault(profile["bot_id"], user_id)
+            people.append(SlackPerson(
+                slack_id=user_id, name=name, username=username or None,
+                email=email if len(email) <= 254 and _EMAIL.match(email) and not is_bot else None,
+                is_bot=is_bot,
+                is_admin=any(entry.get(flag) is True for flag in ("is_admin", "is_owner", "is_primary_owner")),
+                deleted=entry.get("deleted") is True, listed=True,
+                source_key=self._key("user", user_id)))
+        return people, bot_users
+
+    def _read_rooms(self, lists):
+        rooms, ids, folders = [], set(), set()
+        for member, kind, folder_key in lists:
+            list_name = member[len(self._prefix):]
+            for index, entry in enumerate(self._json_list(member)):
+                where = "%s #%d" % (list_name, index)
+                room_id = _string(entry.get("id")) if isinstance(entry, dict) else ""
+                if not _CONVERSATION_ID.match(room_id):
+                    self._base_report.skip("a conversation without a valid id", where)
+                    continue
+                if room_id in ids:
+                    self._base_report.skip("a conversation listed twice", room_id)
+                    continue
+                folder = _string(entry.get(folder_key)) or room_id
+                if _unsafe_name(folder) or "/" in folder or folder in folders:
+                    self._base_report.skip("a conversation whose folder can't be told apart", where)
+                    continue
+                ids.add(room_id)
+                folders.add(folder)
+                room_kind = ROOM_CLOSED if kind == ROOM_OPEN and entry.get("is_private") is True else kind
+                members = entry.get("members") if isinstance(entry.get("members"), list) else []
+                created = entry.get("created")
+                rooms.append(SlackRoom(
+                    slack_id=room_id, kind=room_kind,
+                    name=(_name_text(entry.get("name")) or room_id) if room_kind != ROOM_DIRECT else None,
+                    member_ids=tuple(dict.fromkeys(user for user in members
+                                                   if isinstance(user, str) and _USER_ID.match(user))),
+                    creator_id=entry["creator"] if _USER_ID.match(_string(entry.get("creator"))) else None,
+                    created_at=_db_time(created) if isinstance(created, int) and 0 < created < 10 ** 11 else None,
+                    archived=entry.get("is_archived") is True,
+                    folder=folder, source_key=self._key("room", room_id)))
+        return rooms
+
+    def _index_members(self, names):
+        """Day files by folder, sorted by date; file bytes by Slack file id."""
+        listed = {room.folder for room in self.rooms}
+        day_files, file_members = collections.defaultdict(list), {}
+        for name in sorted(names):
+            if not name.startswith(self._prefix):
+                continue
+            relative = name[len(self._prefix):]
+            day = _DAY_FILE.match(relative)
+            if day:
+                if day[1] in listed:
+                    day_files[day[1]].append(name)
+                else:
+                    self._base_report.skip("a day file in a folder no conversation list names", relative)
+                continue
+            upload = _UPLOAD_MEMBER.match(relative) or _ATTACHMENT_MEMBER.match(relative)
+            if upload and not names[name].is_dir():
+                file_members.setdefault(upload[1], name)
+        return day_files, file_members
+
+    # --- messages --------------------------------------------------------
+
+    @staticmethod
+    def _copy_report(report):
+        copy = ImportReport(people=report.people, rooms=report.rooms)
+        copy.skipped.update(report.skipped)
+        copy.examples = {reason: list(places) for reason, places in report.examples.items()}
+        return copy
+
+    def messages(self):
+        """Every message as ImportedMessage: room by room in the rooms' order, each room
+        in time order (replies at their own time, after the message they quote). Each
+        call reads the archive again and starts a new self.report, complete once the
+        iteration ends."""
+        report = self.report = self._copy_report(self._base_report)
+        authors = {}
+        for room in self.rooms:
+            yield from self._room_messages(room, report, authors)
+
+    def _room_messages(self, room, report, authors):
+        entries, changed, deleted = [], {}, set()
+        for member in self._day_files.get(room.folder, ()):
+            day_name = member[len(self._prefix):]
+            for index, entry in enumerate(self._json_list(member)):
+                where = "%s #%d" % (day_name, index)
+                if not isinstance(entry, dict) or entry.get("type", "message") != "message":
+                    report.skip("not a message", where)
+                    continue
+                subtype = entry.get("subtype")
+                if subtype == "message_changed":   # an edit record: the newest wins
+                    inner = entry.get("message")
+                    target = parse_slack_ts(inner.get("ts")) if isinstance(inner, dict) else None
+                    stamp = parse_slack_ts(entry.get("ts")) or (0, 0)
+                    if target and (target not in changed or changed[target][0] <= stamp):
+                        changed[target] = (stamp, inner)
+                    continue
+                if subtype == "message_deleted":
+                    target = parse_slack_ts(entry.get("deleted_ts"))
+                    if target:
+                        deleted.add(target)
+                    continue
+                ts = parse_slack_ts(entry.get("ts"))
+                if ts is None or _db_time(*ts) is None:
+                    report.skip("a message without a valid ts", where)
+                    continue
+                entries.append((ts, len(entries), entry, where))
+        entries.sort(key=lambda item: (item[0], item[1]))
+        seen, threads = set(), {}
+        for ts, _, entry, where in entries:
+            if ts in seen:
+                report.skip("a message listed twice", where)
+                continue
+            seen.add(ts)
+            if ts in deleted:
+                report.skip("a deleted message", where)
+                continue
+            if ts in changed:
+                entry = dict(entry, **{key: value for key, value in changed[ts][1].items()
+                                       if key in ("text", "files", "file", "edited", "attachments")})
+            yield from self._message(room, ts, entry, where, report, authors, threads)
+
+    def _message(self, room, ts, entry, where, report, authors, threads):
+        subtype = entry.get("subtype")
+        if entry.get("hidden") is True:
+            report.skip("a hidden record", where)
+            return
+        if subtype is not None and subtype not in KEPT_SUBTYPES:
+            report.skip("a system message (%s)" % _name_text(str(subtype), 40), where)
+            return
+        author = self._author(entry, authors, report)
+        if author is None:
+            report.skip("a message without an author", where)
+            return
+        text = _string(entry.get("text"))
+        if len(text) > SLACK_MAX_TEXT_CHARS:
+            report.skip("a message over %d characters" % SLACK_MAX_TEXT_CHARS, where)
+            return
+        if not text.strip():
+            text = self._legacy_attachments_text(entry)
+        body, mentions = mrkdwn_to_html(text, user_name=self._user_name, channel_name=self._room_names.get)
+        links, attachments = self._files(entry, where, report)
+        key = self._key(room.slack_id, _ts_text(ts))
+        thread = parse_slack_ts(entry.get("thread_ts"))
+        quote, reply_to = "", None
+        if thread is not None and thread != ts:
+            parent = threads.get(thread) if thread < ts else None
+            if parent:
+                reply_to = parent[0]
+                quote = reply_quote(parent[2], parent[1], parent[0])
+            else:
+                report.unquoted_replies += 1
+        content = body + "".join(links)
+        if not content and not attachments:
+            report.skip("an empty message", where)
+            return
+        created_at = _db_time(*ts)
+        edited = entry.get("edited")
+        edited_ts = parse_slack_ts(edited.get("ts")) if isinstance(edited, dict) else None
+        updated_at = _db_time(*edited_ts) if edited_ts and edited_ts > ts else None
+        if edited_ts:
+            report.edited += 1
+        if reply_to:
+            report.replies += 1
+        records = []
+        if content or quote:
+            records.append(ImportedMessage(
+                source_key=key, room=room, author=author, created_at=created_at,
+                updated_at=updated_at or created_at, body_html=quote + content, mentions=mentions,
+                attachment=None, reply_to=reply_to, slack_ts=_ts_text(ts)))
+        for attachment in attachments:
+            records.append(ImportedMessage(
+                source_key="%s:%s" % (key, attachment.slack_file_id), room=room, author=author,
+                created_at=created_at, updated_at=updated_at or created_at, body_html="", mentions=(),
+                attachment=attachment, reply_to=reply_to, slack_ts=_ts_text(ts)))
+        if thread is None or thread == ts:
+            excerpt = html_excerpt(content) or ", ".join(attachment.filename for attachment in attachments)
+            threads[ts] = (records[0].source_key, author.name, excerpt)
+        report.messages += len(records)
+        report.attachments += len(attachments)
+        yield from records
+
+    def _user_name(self, user_id):
+        person = self._people_by_id.get(user_id)
+        return person.name if person else None
+
+    def _author(self, entry, authors, report):
+        """The SlackPerson who wrote a message: its user, else the bot user behind its bot_id,
+        else a bot known only by its messages. Authors missing from users.json are made
+        up once per id from what the message says of them."""
+        user_id, bot_id = _string(entry.get("user")), _string(entry.get("bot_id"))
+        if user_id in self._people_by_id:
+            return self._people_by_id[user_id]
+        if _BOT_ID.match(bot_id):
+            if bot_id in self._bot_users:
+                return self._people_by_id[self._bot_users[bot_id]]
+            if bot_id not in authors:
+                profile = entry.get("bot_profile") if isinstance(entry.get("bot_profile"), dict) else {}
+                name = _name_text(profile.get("name")) or _name_text(entry.get("username")) or bot_id
+                authors[bot_id] = SlackPerson(
+                    slack_id=bot_id, name=name, username=None, email=None, is_bot=True, is_admin=False,
+                    deleted=False, listed=False, source_key=self._key("bot", bot_id))
+                report.unlisted_authors += 1
+            return authors[bot_id]
+        if _USER_ID.match(user_id):
+            if user_id not in authors:
+                profile = entry.get("user_profile") if isinstance(entry.get("user_profile"), dict) else {}
+                name = next((text for text in (_name_text(profile.get("real_name")),
+                                               _name_text(profile.get("display_name")),
+                                               _name_text(profile.get("name"))) if text),
+                            "Slackbot" if user_id == SLACKBOT_ID else user_id)
+                is_bot = user_id == SLACKBOT_ID
+                authors[user_id] = SlackPerson(
+                    slack_id=user_id, name=name, username=_name_text(profile.get("name")) or None, email=None,
+                    is_bot=is_bot, is_admin=False, deleted=not is_bot, listed=False,
+                    source_key=self._key("user", user_id))
+                report.unlisted_authors += 1
+            return authors[user_id]
+        return None
+
+    @staticmethod
+    def _legacy_attachments_text(entry):
+        """A bot message with no text of its own says it in "attachments": each one's
+        pretext and text (or its plain fallback), one after the other."""
+        attachments = entry.get("attachments")
+        if not isinstance(attachments, list):
+            return ""
+        parts = []
+        for attachment in attachments[:SLACK_MAX_LEGACY_ATTACHMENTS]:
+            if isinstance(attachment, dict):
+                texts = [_string(attachment.get(key)).strip() for key in ("pretext", "text")]
+                texts = [text for text in texts if text] or [_string(attachment.get("fallback")).strip()]
+                parts.extend(text for text in texts if text)
+        return "\n".join(parts)[:SLACK_MAX_TEXT_CHARS]
+
+    def _files(self, entry, where, report):
+        """(link blocks for files whose bytes aren't here, Attachments for those that are)."""
+        files = entry.get("files")
+        if not isinstance(files, list):
+            files = [entry["file"]] if isinstance(entry.get("file"), dict) else []
+        links, attachments, seen = [], [], set()
+        for shared in files[:SLACK_MAX_FILES_PER_MESSAGE]:
+            file_id = _string(shared.get("id")) if isinstance(shared, dict) else ""
+            if not _FILE_ID.match(file_id) or shared.get("mode") in GONE_FILE_MODES:
+                report.skip("a file Slack no longer has (deleted, or past the plan's limit)", where)
+                continue
+            if file_id in seen:
+                continue
+            seen.add(file_id)
+            name = _file_name(shared.get("name"), "") or _file_name(shared.get("title"), file_id)
+            member = self._file_members.get(file_id)
+            if member:
+                mime_type = _string(shared.get("mimetype"))
+                attachments.append(SlackAttachment(
+                    slack_file_id=file_id, filename=name,
+                    content_type=mime_type.lower() if _MIME_TYPE.match(mime_type) else "application/octet-stream",
+                    byte_size=self._archive.infos[member].file_size, member=member))
+                continue
+            url = next((url for url in (_string(shared.get("permalink")), _string(shared.get("url_private")))
+                        if _safe_url(url)), None)
+            links.append('<div><a href="%s"%s>%s</a></div>' % (escape_html(url, trix=True), EXTERNAL_LINK, escape_html(name, trix=True))
+                         if url else "<div>%s</div>" % escape_html(name, trix=True))
+            report.file_links += 1
+        return links, attachments
+
+    # --- file bytes ------------------------------------------------------
+
+    def _attachment_member(self, attachment):
+        if self._file_members.get(attachment.slack_file_id) != attachment.member:
+            raise SlackExportError("that file is not in this export")
+        return attachment.member
+
+    def read_attachment(self, attachment):
+        """An attachment's bytes, whole (at most SLACK_MAX_FILE_MEMBER_BYTES; prefer
+        copy_attachment for large files)."""
+        return self._archive.read(self._attachment_member(attachment))
+
+    def copy_attachment(self, attachment, out):
+        """Writes an attachment's bytes to the binary file `out` in SLACK_COPY_CHUNK_BYTES
+        pieces; returns the count. SlackExportError when the archive's copy is corrupt
+        (the caller should discard what was written)."""
+        return self._archive.copy(self._attachment_member(attachment), out)
+
+
+def open_slack_export(source):
+    """A Slack export ZIP (a path, or a binary file open for reading and seeking),
+    checked and with its people and rooms read. SlackExportError when it can't be."""
+    return SlackExport(source)
+
+
+# Slack: into this storage -------------------------------------------------------------
+# `import-slack EXPORT.zip` writes what the reader above yields through Store, with
+# the server stopped (the storage's lock is held, as restore holds it). Every person,
+# room and message is recorded under its source key in campfire_py_imported, in the
+# transaction that creates it: a key found there is reused and nothing is created, so
+# a second run of the same export (or a later export of the same workspace) adds only
+# what is new. Imported messages keep their times and notify nobody: no unread marks,
+# no pushes, no webhooks.
+
+SLACK_MENTION_CHIP = '<action-text-attachment sgid="%s" content-type="%s"></action-text-attachment>'
+
+
+@dataclass
+class SlackImportResult:
+    """What an import did: the reader's report, what it created now and what an earlier
+    run had already created, and a sign-in link for each person it created."""
+    report: ImportReport
+    created: collections.Counter
+    existing: collections.Counter
+    links: list   # (name, email or None, link) of each imported person without a password yet
+
+
+class _ImportedFile:
+    """A writable file object for SlackExport.copy_attachment: the bytes go to an upload's
+    temporary file, their MD5 taken and their image header read on the way."""
+
+    def __init__(self, files, key):
+        self.key, self.size = key, 0
+        self.digest, self.sniffer, self.sniffing = hashlib.md5(), ImageSniffer(), True
+        self.descriptor = files.create_temp(key)
+
+    def write(self, data):
+        if self.sniffing:
+            try:
+                self.sniffing = not self.sniffer.feed(data)
+            except ImageHeaderError:   # a broken image header: kept as a file, not shown as an image
+                self.sniffing, self.sniffer = False, None
+        FileStore.write(self.descriptor, data, self.digest)
+        self.size += len(data)
+
+    def upload(self, attachment):
+        FileStore.close(self.descriptor, sync=True)
+        self.descriptor = None
+        try:
+            image = self.sniffer.finish() if self.sniffer is not None else None
+        except ImageHeaderError:
+            image = None
+        return Upload(self.key, safe_filename(attachment.filename), upload_content_type(attachment.content_type, image),
+                      self.size, base64.b64encode(self.digest.digest()).decode(),
+                      image.width if image else None, image.height if image else None)
+
+    def close(self):
+        """The temporary file's descriptor closed, if upload() didn't (a failed copy)."""
+        if self.descriptor is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.descriptor)
+            self.descriptor = None
+
+
+def import_slack(config, path, *, base_url, progress=None, now=None):
+    """Import the Slack export at path into config's storage, with no server running on
+    it; a SlackImportResult. SlackExportError when the file can't be used at all."""
+    progress = progress or _no_progress
+    now = time.time() if now is None else now
+    if not os.path.isfile(path):
+        raise BackupError("There is no file at %s." % path)
+    lock = lock_storage(config.storage_path)
+    try:
+        with open_slack_export(path) as export:
+            app = App(config)
+            try:
+                if app.store.account() is None:
+                    raise ConfigError("This storage has no account yet: make its first administrator with "
+                                      "create-admin, then import.")
+                return _SlackImport(app, export, base_url, progress, now).run()
+            finally:
+                app.close()
+    finally:
+        os.close(lock)
+
+
+class _SlackImport:
+    """One run of import_slack: people, then rooms, then messages room by room."""
+
+    def __init__(self, app, export, base_url, progress, now):
+        self.app, self.store, self.export = app, app.store, export
+        self.base_url, self.progress, self.now = base_url, progress, now
+        self.created, self.existing = collections.Counter(), collections.Counter()
+        self.links = []
+        self.pending_keys = []  # uploads written in the batch not yet committed
+        self.user_ids = {}     # Slack user (or bot) id → users.id
+        self.room_ids = {}     # Slack conversation id → rooms.id
+        self.message_ids = {}  # source key → messages.id, for quotes
+        self.importer = self.store.first_administrator_id()
+
+    def run(self):
+        people = self.export.people
+        for index, person in enumerate(people):
+            self.progress("people", index, len(people))
+            self.person(person)
+        self.progress("people", len(people), len(people))
+        rooms = self.export.rooms
+        for index, room in enumerate(rooms):
+            self.progress("rooms", index, len(rooms))
+            self.room(room)
+        self.progress("rooms", len(rooms), len(rooms))
+        messages, finished, done_rooms, current = self.export.messages(), False, 0, None
+        while not finished:   # one commit (and fsync) per batch of messages, not per message
+            finished, written = True, 0
+            try:
+                with self.store.db.atomic():
+                    for message in messages:
+                        if message.room.slack_id != current:
+                            done_rooms += current is not None
+                            current = message.room.slack_id
+                            self.progress("messages", done_rooms, len(rooms))
+                        written += self.message(message)
+                        if written >= SLACK_IMPORT_BATCH:
+                            finished = False
+                            break
+            except BaseException:   # the batch was undone: its files' temporary copies go too
+                for key in self.pending_keys:
+                    self.app.files.discard_temp(key)
+                raise
+            self.pending_keys = []
+        self.progress("messages", len(rooms), len(rooms))
+        self.store.bump_everything()
+        return SlackImportResult(self.export.report, self.created, self.existing, self.links)
+
+    def person(self, person):
+        found = self.store.imported_id(person.source_key)
+        if found is not None:
+            self.user_ids[person.slack_id] = found
+            self.existing["people"] += 1
+            self.link(person, found)
+            return found
+        same_email = self.store.user_by_email(person.email) if person.email else None
+        if same_email is not None:   # someone already here: the same person
+            self.store.record_import(person.source_key, "user", same_email.id)
+            self.user_ids[person.slack_id] = same_email.id
+            self.existing["people"] += 1
+            return same_email.id
+        active = person.is_bot or (person.listed and not person.deleted)
+        role = ROLE_BOT if person.is_bot else ROLE_ADMINISTRATOR if person.is_admin else ROLE_MEMBER
+        # A deactivated person's address is not kept, as Campfire's deactivation frees it for someone new.
+        user_id = self.store.import_user(person.source_key, person.name,
+                                         person.email if active and not person.is_bot else None, role, active)
+        self.user_ids[person.slack_id] = user_id
+        self.created["people"] += 1
+        self.link(person, user_id)
+        return user_id
+
+    def link(self, person, user_id):
+        """A sign-in link for an imported person who has not set a password yet (also when an
+        earlier run, stopped, created them): with it they sign in and set one."""
+        user = self.store.user(user_id)
+        if user is not None and user.active and not user.bot and not user.password_digest:
+            self.links.append((person.name, person.email, transfer_link(self.app, user_id, self.base_url, self.now)))
+
+    def author(self, person):
+        user_id = self.user_ids.get(person.slack_id)
+        return user_id if user_id is not None else self.person(person)
+
+    def room(self, room):
+        found = self.store.imported_id(room.source_key)
+        if found is not None:
+            self.room_ids[room.slack_id] = found
+            self.existing["rooms"] += 1
+            return
+        creator = self.user_ids.get(room.creator_id) or self.importer
+        members = sorted({self.user_ids[slack_id] for slack_id in room.member_ids if slack_id in self.user_ids})
+        if room.kind == ROOM_DIRECT:
+            existing = self.store.direct_room_for(members) if members else None
+            if existing is not None:   # Campfire has one direct room per set of people
+                self.store.record_import(room.source_key, "room", existing.id)
+                self.room_ids[room.slack_id] = existing.id
+                self.existing["rooms"] += 1
+                return
+        else:
+            active = set(self.store.active_user_ids())
+            members = sorted(active) if room.kind == ROOM_OPEN else [user_id for user_id in members
+                                                                        if user_id in active]
+        self.room_ids[room.slack_id] = self.store.import_room(
+            room.source_key, room.name, room.kind, creator, members,
+            room.created_at or utc_now_text(self.now))
+        self.created["rooms"] += 1
+
+    def message(self, message):
+        """1 when the message was written now, else 0."""
+        found = self.store.imported_id(message.source_key)
+        if found is not None:
+            self.message_ids[message.source_key] = found
+            self.existing["messages"] += 1
+            self.author(message.author)   # an author only messages name is counted like the others
+            return 0
+        room_id = self.room_ids.get(message.room.slack_id)
+        if room_id is None:
+            return 0
+        author = self.author(message.author)
+        import uuid  # here, not at the top: only an import needs it
+        store = self.store
+        body = finish_body(
+            message.body_html,
+            mention=lambda slack_id: (SLACK_MENTION_CHIP % (store.mention_sgid(self.user_ids[slack_id]),
+                                                            MENTION_CONTENT_TYPE)
+                                      if slack_id in self.user_ids else None),
+            permalink=lambda key: (url_for("room_at_message", room_id=room_id, message_id=self.message_ids[key])
+                                   if key in self.message_ids else None))
+        body = sanitize_html(body, keep_attachment=store._keep_attachment) if body else ""
+        client_id = str(uuid.uuid5(uuid.NAMESPACE_URL, message.source_key))   # stable across runs
+        upload = None
+        if message.attachment is not None:
+            received = _ImportedFile(self.app.files, generate_blob_key())
+            self.pending_keys.append(received.key)
+            try:
+                self.export.copy_attachment(message.attachment, received)
+                upload = received.upload(message.attachment)
+            finally:
+                received.close()
+        plain = upload.filename if upload is not None else store.plain_text(body)
+        message_id = store.import_message(message.source_key, room_id, author, client_id, body, plain,
+                                          message.created_at, message.updated_at, upload)
+        self.message_ids[message.source_key] = message_id
+        self.created["messages"] += 1
+        self.created["files"] += upload is not None
+        return 1
 
 
 # Recipes ------------------------------------------------------------------------------
@@ -17945,6 +19308,12 @@ COMMANDS = {
     "export": ("write the whole account as JSON Lines, with its files, into a new folder", {
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
     }),
+    "import-slack": ("import a Slack workspace export (people, rooms, messages, files); running it again "
+                     "changes nothing", {
+        "--url": (str, None, "the address people open Campfire at, for their sign-in links "
+                             "(default http://localhost:PORT)"),
+        "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
+    }),
     "recipe": ("print a deployment file: systemd, docker, caddy, nginx or litestream", {
         "--storage": (str, None, "storage directory the recipe names (CAMPFIRE_STORAGE_PATH)"),
     }),
@@ -17958,6 +19327,7 @@ COMMAND_ARGUMENTS = {
     "restore": (("ARCHIVE", True, "the backup archive to restore"),),
     "reset-password": (("EMAIL", True, "the email address the person signs in with"),),
     "export": (("FOLDER", True, "the folder to create: campfire.jsonl and files/ go in it"),),
+    "import-slack": (("EXPORT", True, "the ZIP file Slack's \"Export data\" gives"),),
     "recipe": (("NAME", True, "one of: " + ", ".join(RECIPES)),),
 }
 
@@ -18140,6 +19510,27 @@ def export_command(config, options):
     return EXIT_OK
 
 
+def import_slack_command(config, options):
+    base = options["url"] or "http://localhost:%d" % config.port
+    result = import_slack(config, options["export"], base_url=base, progress=ProgressBar())
+    created, existing = result.created, result.existing
+    print("Imported %s: %d people, %d rooms, %d messages (%d files) created; %d people, %d rooms, "
+          "%d messages were already here and are unchanged." % (
+              options["export"], created["people"], created["rooms"], created["messages"], created["files"],
+              existing["people"], existing["rooms"], existing["messages"]))
+    print("What the export holds, and what was skipped:")
+    for line in result.report.summary():
+        print("  " + line)
+    print("Archived Slack channels are imported as rooms like the others (Campfire has no archive).")
+    if result.links:
+        print("Sign-in links for the %d imported people without a password yet, each valid %d hours (they set a "
+              "password on their profile; running the import again makes new ones):"
+              % (len(result.links), TRANSFER_TOKEN_SECONDS // 3600))
+        for name, email, link in result.links:
+            print("  %s%s: %s" % (name, " <%s>" % email if email else "", link))
+    return EXIT_OK
+
+
 def recipe_command(config, options):
     sys.stdout.write(recipe_text(options["name"], config))
     return EXIT_OK
@@ -18147,7 +19538,8 @@ def recipe_command(config, options):
 
 OPERATIONS = {"backup": backup_command, "backups": backups_command, "restore": restore_command,
               "check": check_command, "create-admin": create_admin_command,
-              "reset-password": reset_password_command, "export": export_command, "recipe": recipe_command}
+              "reset-password": reset_password_command, "export": export_command,
+              "import-slack": import_slack_command, "recipe": recipe_command}
 
 
 class UsageError(Exception):
@@ -18294,7 +19686,7 @@ def main(argv=None):
     except BackupRefused as error:
         print("campfire: %s" % error, file=sys.stderr)
         return EXIT_REFUSED
-    except BackupError as error:
+    except (BackupError, SlackExportError) as error:
         print("campfire: %s" % error, file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
