@@ -27,7 +27,8 @@ pure code to the code that touches the world:
                               by feature: sessions, rooms, messages, search, people, account, bots
  15. Real time                /cable connections, channels and broadcasts
  16. The application          App: a request in, a response out (no sockets); its caches
- 17. Background work          purges, webhook and push deliveries, link previews, backups, off the request path
+ 17. Background work          purges, webhook and push deliveries, mail and digests, link previews, backups,
+                              off the request path
  18. The server               asyncio connections, timeouts, group commit, signals
  19. Operations               seed, check, backup, restore, administrators, deployment recipes
  20. Command line             main()
@@ -13644,6 +13645,11 @@ class Config:
         """SMTP_ADDRESS turns email on; then MAIL_FROM and CAMPFIRE_URL are needed too (a
         link in a mail can't come from a request's Host, which anyone asking for a sign-in
         link could set to a site of their own)."""
+        url = (environ.get("CAMPFIRE_URL") or "").strip().rstrip("/")
+        if url and public_url_problem(url):
+            raise ConfigError("CAMPFIRE_URL must be the address people open Campfire at, like "
+                              "https://chat.example.com (%s)." % public_url_problem(url))
+        self.public_url = url or None
         address = (environ.get("SMTP_ADDRESS") or "").strip()
         if not address:
             return
@@ -13657,15 +13663,14 @@ class Config:
         if mail_address_problem(sender):
             raise ConfigError("Set MAIL_FROM to the address mail comes from, like Campfire <chat@example.com> "
                               "(%s)." % (mail_address_problem(sender)))
-        url = (environ.get("CAMPFIRE_URL") or "").strip().rstrip("/")
-        if public_url_problem(url):
+        if not url:
             raise ConfigError("Set CAMPFIRE_URL to the address people open Campfire at, like "
-                              "https://chat.example.com: links in mail start with it (%s)." % public_url_problem(url))
+                              "https://chat.example.com: links in mail start with it.")
         self.smtp_address, self.smtp_security = address, security
         self.smtp_port = int(port) if port else None
         self.smtp_username = environ.get("SMTP_USERNAME") or None
         self.smtp_password = environ.get("SMTP_PASSWORD") or None
-        self.mail_from, self.public_url = sender, url
+        self.mail_from = sender
 
     @property
     def mail_enabled(self):
@@ -18200,7 +18205,7 @@ def create_admin_command(config, options):
 
 
 def reset_password_command(config, options):
-    base = options["url"] or "http://localhost:%d" % config.port
+    base = options["url"] or config.public_url or "http://localhost:%d" % config.port
     link = sign_in_link(config, options["email"], base)
     print("Open this link within %d hours to sign in, then set a new password on your profile:\n%s"
           % (TRANSFER_TOKEN_SECONDS // 3600, link))

@@ -419,6 +419,8 @@ class MailSettingsTests(unittest.TestCase):
         self.assertEqual(tls.resolved_smtp_port, 465)
         self.assertEqual(campfire.Config.from_environment(dict(self.BASE, SMTP_PORT="2525")).resolved_smtp_port, 2525)
         self.assertFalse(campfire.Config.from_environment({}).mail_enabled)
+        alone = campfire.Config.from_environment({"CAMPFIRE_URL": "https://chat.example.test"})
+        self.assertEqual((alone.mail_enabled, alone.public_url), (False, "https://chat.example.test"))
 
     def test_bad_settings_are_refused_with_a_clear_message(self):
         for change, words in (({"SMTP_SECURITY": "ssl"}, "SMTP_SECURITY"), ({"SMTP_PORT": "99999"}, "SMTP_PORT"),
