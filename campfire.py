@@ -457,6 +457,8 @@ FORGOT_PASSWORD_LIMIT = (5, 3600.0)        # per client address: 5 requests an h
 FORGOT_PASSWORD_EMAIL_LIMIT = (3, 3600.0)  # per address asked for: 3 links an hour, so no inbox is flooded
 INVITATION_MAIL_LIMIT = (50, 3600.0)       # invitations an administrator mails per hour
 DIGEST_DELAY = 30 * 60               # seconds a mention or direct message goes unseen before it is mailed
+DIGEST_LOOKBACK = 24 * 3600          # seconds: older unseen messages aren't mailed (turning email on doesn't
+                                     # mail months of old mentions, and each look reads only a day's rows)
 DIGEST_INTERVAL = 3600               # seconds: at most one digest an hour per person
 DIGEST_CHECK_INTERVAL = 60.0         # seconds between looks for digests that are due
 DIGEST_MAX_ITEMS = 50                # messages listed in one digest; the rest are counted
@@ -6494,6 +6496,8 @@ MIGRATIONS = (
     ("0009_email_digests", """
         CREATE TABLE IF NOT EXISTS "campfire_py_email_digests" ("user_id" integer PRIMARY KEY NOT NULL,
         "enabled" boolean DEFAULT 1 NOT NULL, "last_sent_at" datetime(6), "last_message_id" integer DEFAULT 0 NOT NULL);
+        CREATE INDEX IF NOT EXISTS "campfire_py_mentions_unread_by_created_at" ON "campfire_py_mentions" ("created_at")
+        WHERE "read_at" IS NULL;
     """),
 )
 
@@ -9234,14 +9238,20 @@ class Store:
     _DIGEST_UNSEEN = (  # {user} and {last}: SQL for the person's id and the last message mailed
         "SELECT campfire_py_mentions.message_id AS id FROM campfire_py_mentions WHERE "
         "campfire_py_mentions.user_id = {user} AND campfire_py_mentions.read_at IS NULL "
-        "AND campfire_py_mentions.created_at <= :seen_before AND campfire_py_mentions.message_id > {last} "
+        "AND campfire_py_mentions.created_at > :oldest AND campfire_py_mentions.created_at <= :seen_before "
+        "AND campfire_py_mentions.message_id > {last} "
         "UNION SELECT messages.id FROM memberships JOIN rooms ON rooms.id = memberships.room_id "
         "AND rooms.type = 'Rooms::Direct' JOIN messages ON messages.room_id = memberships.room_id "
         "WHERE memberships.user_id = {user} AND memberships.unread_at IS NOT NULL "
         "AND memberships.involvement != 'invisible' AND messages.created_at >= memberships.unread_at "
-        "AND messages.created_at <= :seen_before AND messages.creator_id != {user} AND messages.id > {last}")
-    DIGESTS_DUE = (
-        "SELECT users.id FROM users LEFT JOIN campfire_py_email_digests AS digests "
+        "AND messages.created_at > :oldest AND messages.created_at <= :seen_before "
+        "AND messages.creator_id != {user} AND messages.id > {last}")
+    DIGESTS_DUE = (  # from the day's unseen mentions and unread direct rooms, never a scan of everyone
+        "SELECT users.id FROM (SELECT user_id FROM campfire_py_mentions WHERE read_at IS NULL "
+        "AND created_at > :oldest AND created_at <= :seen_before UNION SELECT memberships.user_id FROM rooms "
+        "JOIN memberships ON memberships.room_id = rooms.id WHERE rooms.type = 'Rooms::Direct' "
+        "AND memberships.unread_at > :oldest AND memberships.unread_at <= :seen_before) AS candidates "
+        "JOIN users ON users.id = candidates.user_id LEFT JOIN campfire_py_email_digests AS digests "
         "ON digests.user_id = users.id WHERE users.status = :active AND users.role != :bot "
         "AND users.email_address IS NOT NULL AND coalesce(digests.enabled, 1) "
         "AND (digests.last_sent_at IS NULL OR digests.last_sent_at <= :sent_before) "
@@ -9252,18 +9262,19 @@ class Store:
             "coalesce((SELECT last_message_id FROM campfire_py_email_digests WHERE user_id = :user_id), 0)"))
         + ") ORDER BY id")
 
-    def digests_due(self, seen_before, sent_before, limit):
+    def digests_due(self, oldest, seen_before, sent_before, limit):
         """People (active, with an address, digests on, none sent since sent_before) with a
-        mention or direct message they haven't seen since seen_before and weren't mailed."""
+        mention or direct message from between oldest and seen_before they haven't seen and
+        weren't mailed."""
         rows = self.db.all(self.DIGESTS_DUE, {"active": STATUS_ACTIVE, "bot": ROLE_BOT, "sent_before": sent_before,
-                                              "seen_before": seen_before, "limit": limit})
+                                              "oldest": oldest, "seen_before": seen_before, "limit": limit})
         return [user for (user_id,) in rows if (user := self.user(user_id)) is not None]
 
-    def digest_items(self, user_id, seen_before, limit):
+    def digest_items(self, user_id, oldest, seen_before, limit):
         """(items oldest first, how many more, the last message id looked at): each item a
         dict of the message, its room's title, its author's name and its text, from rooms
         the person still reads."""
-        ids = [row[0] for row in self.db.all(self.DIGEST_MESSAGE_IDS, {"user_id": user_id,
+        ids = [row[0] for row in self.db.all(self.DIGEST_MESSAGE_IDS, {"user_id": user_id, "oldest": oldest,
                                                                        "seen_before": seen_before})]
         if not ids:
             return [], 0, None
@@ -10770,7 +10781,7 @@ def _interval_text(seconds):
 
 
 def render_account_page(view, account, invite_url, people_html, *, restricted, values=None, errors=None,
-                        notice=None, saved=False, backups=None, mail=None):
+                        notice=None, saved=False, backups=None, mail=None, invited=None):
     """The account: its name, the invitation link, people; administrators also edit it,
     and with email on (mail: the settings to show) mail the invitation link."""
     errors = errors or {}
@@ -10816,7 +10827,7 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             'data-confirm="Make a new invitation link? The current one will stop working.">'
             'Regenerate invitation link</button></form>').format(url_for("account_join_code"))
         if mail is not None:
-            regenerate += render_invitation_mail_form(values or {}, errors)
+            regenerate += render_invitation_mail_form(values or {}, errors, invited)
             tools += render_mail_settings(mail)
     else:
         head = HTML('<h1 class="panel__title">{}</h1>{}').format(account["name"], render_notice(notice))
@@ -10832,11 +10843,13 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
         people=people_html, assets=render_page_assets(view))
 
 
-def render_invitation_mail_form(values, errors):
+def render_invitation_mail_form(values, errors, invited=None):
+    sent = HTML('<p class="notice notice--success" role="status">The invitation link is on its way to {}.</p>').format(
+        invited) if invited else ""
     return HTML(
-        '<form method="post" action="{action}" class="form" id="invitation_mail_form">{field}'
+        '<form method="post" action="{action}" class="form" id="invitation_mail_form">{sent}{field}'
         '<div class="form__actions"><button type="submit" class="button">Email the invitation link</button></div>'
-        '</form>').format(action=url_for("account_invitations"), field=render_field(
+        '</form>').format(action=url_for("account_invitations"), sent=sent, field=render_field(
             "Email the link to", "invitation[email_address]", values.get("invitation[email_address]", ""),
             type="email", errors=errors or {}, autocomplete="off", maxlength=MAX_EMAIL_CHARS))
 
@@ -12451,7 +12464,7 @@ def autocompletable_users(app, request):
 _TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
 
 
-def _account_page(app, request, *, values=None, errors=None, notice=None, status=200, saved=False):
+def _account_page(app, request, *, values=None, errors=None, notice=None, status=200, saved=False, invited=None):
     view = app.view(request)
     account = app.store.account()
     people, more = app.store.people_page(1, include_banned=view.user.administrator)
@@ -12461,7 +12474,7 @@ def _account_page(app, request, *, values=None, errors=None, notice=None, status
         saved=saved,
         restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True,
         backups=app.backups.summary() if view.user.administrator else None,
-        mail=_mail_settings(app.config) if view.user.administrator and app.mailer.enabled else None)
+        mail=_mail_settings(app.config) if view.user.administrator and app.mailer.enabled else None, invited=invited)
     return _page(app, request, "Account", body, status=status)
 
 
@@ -12487,7 +12500,7 @@ def mail_invitation(app, request):
     if not app.mailer.send(build_mail(app.config.mail_from, "", email, subject, text)):
         return _account_page(app, request, values=values, status=503,
                              notice="Too many emails are waiting to be sent. Try again in a few minutes.")
-    return _account_page(app, request, notice="The invitation link is on its way to %s." % email)
+    return _account_page(app, request, invited=email)
 
 
 def edit_account(app, request):
@@ -15097,10 +15110,10 @@ class Digests:
         now = time.time() if now is None else now
         queued = 0
         account = app.store.account_name()
-        for user in app.store.digests_due(utc_now_text(now - config.digest_delay),
-                                          utc_now_text(now - config.digest_interval), DIGEST_PEOPLE_PER_CHECK):
-            items, more, last_id = app.store.digest_items(user.id, utc_now_text(now - config.digest_delay),
-                                                          DIGEST_MAX_ITEMS)
+        oldest, seen_before = utc_now_text(now - DIGEST_LOOKBACK), utc_now_text(now - config.digest_delay)
+        for user in app.store.digests_due(oldest, seen_before, utc_now_text(now - config.digest_interval),
+                                          DIGEST_PEOPLE_PER_CHECK):
+            items, more, last_id = app.store.digest_items(user.id, oldest, seen_before, DIGEST_MAX_ITEMS)
             app.store.record_digest(user.id, last_id, utc_now_text(now))
             if not items:
                 continue

@@ -193,7 +193,7 @@ class InvitationTests(MailTestCase):
         self.assertIn("Email the invitation link", page.text)
         answer = self.ada.post("/account/invitations", {"invitation[email_address]": "newcomer@example.org"})
         self.assertEqual(answer.status, 200)
-        self.assertIn("on its way to newcomer@example.org", answer.text)
+        self.assertIn('role="status">The invitation link is on its way to newcomer@example.org', answer.text)
         self.settle()
         message = self.inbox.messages[0]
         self.assertEqual(self.inbox.envelopes[0][1], ["newcomer@example.org"])
@@ -342,6 +342,14 @@ class DigestTests(MailTestCase):
         self.post_id(self.carol, self.all_talk, "@Bob Builder quick one")
         self.assertEqual(self.bob.get("/rooms/%d" % self.all_talk).status, 200)
         self.assertEqual(self.run_digests(31 + 61), 0)
+
+    def test_messages_older_than_the_lookback_are_not_mailed(self):
+        with mock.patch("time.time", return_value=time.time() - campfire.DIGEST_LOOKBACK - 60):
+            self.post_id(self.carol, self.all_talk, "@Bob Builder an old question")
+        self.assertEqual(self.run_digests(31), 0)
+        self.post_id(self.carol, self.all_talk, "@Bob Builder a new question")
+        self.assertEqual(self.run_digests(31), 1)
+        self.assertNotIn("old question", self.inbox.messages[0].get_content())
 
     def test_turning_digests_off_on_the_profile_stops_them(self):
         profile = self.bob.get("/users/me/profile").text
