@@ -32,7 +32,9 @@ OUR_ADDITIONS = sorted([
     # Threads, the mentions inbox and saved messages
     "campfire_py_bookmarks", "campfire_py_bookmarks_by_message_id", "campfire_py_mentions",
     "campfire_py_mentions_by_message_id", "campfire_py_mentions_unread", "campfire_py_threads",
-    "campfire_py_threads_by_parent_message_id", "campfire_py_threads_by_parent_room_id"])
+    "campfire_py_threads_by_parent_message_id", "campfire_py_threads_by_parent_room_id",
+    # Email digests
+    "campfire_py_email_digests", "campfire_py_mentions_unread_by_created_at"])
 
 # Ruby, following Rails: user.attachable_sgid (globalid's Verifier: URL-safe base64 with
 # padding, key "signed_global_ids") and cookies.signed.permanent[:session_token] (the
