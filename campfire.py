@@ -27,7 +27,8 @@ pure code to the code that touches the world:
                               by feature: sessions, rooms, messages, search, people, account, bots
  15. Real time                /cable connections, channels and broadcasts
  16. The application          App: a request in, a response out (no sockets); its caches
- 17. Background work          purges, webhook and push deliveries, link previews, backups, off the request path
+ 17. Background work          purges, webhook and push deliveries, mail and digests, link previews, backups,
+                              off the request path
  18. The server               asyncio connections, timeouts, group commit, signals
  19. Operations               seed, check, backup, restore, administrators, export, Slack import, recipes
  20. Command line             main()
@@ -465,6 +466,26 @@ MAX_PUSH_REPLY_BYTES = 64 * 1024     # a push service answers with a few bytes; 
 MAX_PUSH_ENDPOINT_CHARS = 2048       # a push service's URL (FCM's and Mozilla's are under 300)
 MAX_PUSH_KEY_CHARS = 256             # p256dh is 87 characters and auth 22, in base64url
 MAX_PUSH_SUBSCRIPTIONS = 50          # per person: browsers and devices; past it the oldest is replaced
+
+# Email, only when SMTP_ADDRESS is set: sign-in links, invitations and digests.
+SMTP_SECURITY_CHOICES = ("starttls", "tls", "none")
+SMTP_DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}  # RFC 6409 submission, RFC 8314 §3.3, RFC 5321
+MAIL_TIMEOUT = 30.0                  # seconds to connect and for each SMTP reply (smtplib's socket timeout)
+MAIL_QUEUE_SIZE = 500                # mails waiting; past it a new one is dropped (logged)
+MAIL_ATTEMPTS = 4                    # tries per mail: a 4xx reply or a lost connection is tried again, a 5xx is not
+MAIL_RETRY_DELAY = 30.0              # seconds before the first retry, doubled each time (30 s, 1 min, 2 min)
+MAIL_STOP_WAIT = 5.0                 # seconds a stopping server waits for a mail being sent
+FORGOT_PASSWORD_LIMIT = (5, 3600.0)        # per client address: 5 requests an hour
+FORGOT_PASSWORD_EMAIL_LIMIT = (3, 3600.0)  # per address asked for: 3 links an hour, so no inbox is flooded
+INVITATION_MAIL_LIMIT = (50, 3600.0)       # invitations an administrator mails per hour
+DIGEST_DELAY = 30 * 60               # seconds a mention or direct message goes unseen before it is mailed
+DIGEST_LOOKBACK = 24 * 3600          # seconds: older unseen messages aren't mailed (turning email on doesn't
+                                     # mail months of old mentions, and each look reads only a day's rows)
+DIGEST_INTERVAL = 3600               # seconds: at most one digest an hour per person
+DIGEST_CHECK_INTERVAL = 60.0         # seconds between looks for digests that are due
+DIGEST_MAX_ITEMS = 50                # messages listed in one digest; the rest are counted
+DIGEST_PEOPLE_PER_CHECK = 100        # people digested per look (the rest wait for the next)
+DIGEST_EXCERPT_CHARS = 200           # of each message's text in a digest
 
 # The installable app (Campfire's app/views/pwa/): colours match static/campfire.css.
 THEME_COLOR_LIGHT = "#f6f5f3"
@@ -6555,6 +6576,14 @@ MIGRATIONS = (
         CREATE TABLE IF NOT EXISTS "campfire_py_imported" ("source_key" varchar PRIMARY KEY NOT NULL,
         "kind" varchar NOT NULL, "record_id" integer NOT NULL, "imported_at" datetime(6) NOT NULL);
     """),
+    # Email digests: whether a person wants them, when the last went out and the last
+    # message it covered (so no message is mailed twice).
+    ("0010_email_digests", """
+        CREATE TABLE IF NOT EXISTS "campfire_py_email_digests" ("user_id" integer PRIMARY KEY NOT NULL,
+        "enabled" boolean DEFAULT 1 NOT NULL, "last_sent_at" datetime(6), "last_message_id" integer DEFAULT 0 NOT NULL);
+        CREATE INDEX IF NOT EXISTS "campfire_py_mentions_unread_by_created_at" ON "campfire_py_mentions" ("created_at")
+        WHERE "read_at" IS NULL;
+    """),
 )
 
 # The SQLite result codes that mean "this change can't be saved right now" (503), not a bug (500):
@@ -9288,6 +9317,84 @@ class Store:
         self.events.sidebar_changed([user_id])
         return True
 
+    # Email digests: a mention or a direct message unseen for a while is mailed once.
+    # What was mailed is remembered in campfire_py_email_digests (its last message id),
+    # beside the person's choice; no row means digests are on and none was sent.
+    _DIGEST_UNSEEN = (  # {user} and {last}: SQL for the person's id and the last message mailed
+        "SELECT campfire_py_mentions.message_id AS id FROM campfire_py_mentions WHERE "
+        "campfire_py_mentions.user_id = {user} AND campfire_py_mentions.read_at IS NULL "
+        "AND campfire_py_mentions.created_at > :oldest AND campfire_py_mentions.created_at <= :seen_before "
+        "AND campfire_py_mentions.message_id > {last} "
+        "UNION SELECT messages.id FROM memberships JOIN rooms ON rooms.id = memberships.room_id "
+        "AND rooms.type = 'Rooms::Direct' JOIN messages ON messages.room_id = memberships.room_id "
+        "WHERE memberships.user_id = {user} AND memberships.unread_at IS NOT NULL "
+        "AND memberships.involvement != 'invisible' AND messages.created_at >= memberships.unread_at "
+        "AND messages.created_at > :oldest AND messages.created_at <= :seen_before "
+        "AND messages.creator_id != {user} AND messages.id > {last}")
+    DIGESTS_DUE = (  # from the day's unseen mentions and unread direct rooms, never a scan of everyone
+        "SELECT users.id FROM (SELECT user_id FROM campfire_py_mentions WHERE read_at IS NULL "
+        "AND created_at > :oldest AND created_at <= :seen_before UNION SELECT memberships.user_id FROM rooms "
+        "JOIN memberships ON memberships.room_id = rooms.id WHERE rooms.type = 'Rooms::Direct' "
+        "AND memberships.unread_at > :oldest AND memberships.unread_at <= :seen_before) AS candidates "
+        "JOIN users ON users.id = candidates.user_id LEFT JOIN campfire_py_email_digests AS digests "
+        "ON digests.user_id = users.id WHERE users.status = :active AND users.role != :bot "
+        "AND users.email_address IS NOT NULL AND coalesce(digests.enabled, 1) "
+        "AND (digests.last_sent_at IS NULL OR digests.last_sent_at <= :sent_before) "
+        "AND EXISTS (" + _DIGEST_UNSEEN.format(user="users.id", last="coalesce(digests.last_message_id, 0)")
+        + ") ORDER BY users.id LIMIT :limit")
+    DIGEST_MESSAGE_IDS = (
+        "SELECT id FROM (" + _DIGEST_UNSEEN.format(user=":user_id", last=(
+            "coalesce((SELECT last_message_id FROM campfire_py_email_digests WHERE user_id = :user_id), 0)"))
+        + ") ORDER BY id")
+
+    def digests_due(self, oldest, seen_before, sent_before, limit):
+        """People (active, with an address, digests on, none sent since sent_before) with a
+        mention or direct message from between oldest and seen_before they haven't seen and
+        weren't mailed."""
+        rows = self.db.all(self.DIGESTS_DUE, {"active": STATUS_ACTIVE, "bot": ROLE_BOT, "sent_before": sent_before,
+                                              "oldest": oldest, "seen_before": seen_before, "limit": limit})
+        return [user for (user_id,) in rows if (user := self.user(user_id)) is not None]
+
+    def digest_items(self, user_id, oldest, seen_before, limit):
+        """(items oldest first, how many more, the last message id looked at): each item a
+        dict of the message, its room's title, its author's name and its text, from rooms
+        the person still reads."""
+        ids = [row[0] for row in self.db.all(self.DIGEST_MESSAGE_IDS, {"user_id": user_id, "oldest": oldest,
+                                                                       "seen_before": seen_before})]
+        if not ids:
+            return [], 0, None
+        rooms = self.user_rooms(user_id)
+        items = []
+        for message in self.messages_by_id(ids):
+            room = self.room(message["room_id"])
+            home = self.home_room(room) if room is not None else None
+            if home is None or home.id not in rooms:
+                continue
+            author = self.user(message["creator_id"])
+            items.append({"message": message, "room_title": self.room_title(home, user_id),
+                          "author": author.name if author is not None else "Someone",
+                          "text": self.message_text(message)})
+        items.sort(key=lambda item: item["message"]["id"])
+        return items[:limit], max(0, len(items) - limit), ids[-1]
+
+    def record_digest(self, user_id, last_message_id, sent_at):
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT INTO campfire_py_email_digests (user_id, enabled, last_sent_at, last_message_id) "
+                "VALUES (?, 1, ?, ?) ON CONFLICT (user_id) DO UPDATE SET last_sent_at = excluded.last_sent_at, "
+                "last_message_id = max(last_message_id, excluded.last_message_id)",
+                (user_id, sent_at, last_message_id or 0))
+
+    def digests_enabled(self, user_id):
+        return bool(self.db.value("SELECT coalesce((SELECT enabled FROM campfire_py_email_digests "
+                                  "WHERE user_id = ?), 1)", (user_id,)))
+
+    def set_digests_enabled(self, user_id, enabled):
+        with self.db.atomic():
+            self.db.execute("INSERT INTO campfire_py_email_digests (user_id, enabled) VALUES (?, ?) "
+                            "ON CONFLICT (user_id) DO UPDATE SET enabled = excluded.enabled",
+                            (user_id, 1 if enabled else 0))
+
     def messages_by_id(self, message_ids):
         rows = []
         for start in range(0, len(message_ids), SQLITE_IN_CHUNK):
@@ -10106,15 +10213,15 @@ def render_page_assets(view):
 
 # First run, sign in, sign up and sign-in links --------------------------------
 
-def render_auth_page(title, intro, action, fields, button, *, notice=None):
+def render_auth_page(title, intro, action, fields, button, *, notice=None, after=""):
     notice_html = HTML('<p class="notice notice--alert" role="alert">{}</p>').format(notice) if notice else ""
     return HTML(
         '<section class="panel panel--auth"><h1 class="panel__title">{title}</h1>'
         '<p class="panel__intro">{intro}</p>{notice}'
         '<form method="post" action="{action}" class="form">{fields}'
-        '<button type="submit" class="button button--primary">{button}</button></form></section>').format(
+        '<button type="submit" class="button button--primary">{button}</button></form>{after}</section>').format(
         title=title, intro=intro, notice=notice_html, action=action, fields=HTML("").join(fields),
-        button=button)
+        button=button, after=after)
 
 
 def render_user_fields(values, errors):
@@ -10133,15 +10240,35 @@ def render_first_run(values, errors):
                             url_for("first_run"), render_user_fields(values, errors), "Create account")
 
 
-def render_sign_in(view, email, notice=None):
+def render_sign_in(view, email, notice=None, *, forgot_password=False):
     fields = [
         render_field("Email address", "email_address", email, type="email", autocomplete="username",
                      autofocus=not email, maxlength=MAX_EMAIL_CHARS),
         render_field("Password", "password", "", type="password", autocomplete="current-password",
                      autofocus=bool(email)),
     ]
+    after = HTML('<p class="panel__intro"><a href="{}">Forgot password?</a></p>').format(
+        url_for("new_password_reset")) if forgot_password else ""
     return render_auth_page("Sign in", "Welcome back to %s." % view.account_name, url_for("session"), fields,
-                            "Sign in", notice=notice)
+                            "Sign in", notice=notice, after=after)
+
+
+def render_forgot_password(view, email, *, sent=False, notice=None):
+    """Ask for a sign-in link by email. The answer is the same whether or not someone
+    signs in with the address, so the page tells nobody who has an account."""
+    if sent:
+        return HTML(
+            '<section class="panel panel--auth"><h1 class="panel__title">Check your email</h1>'
+            '<p class="panel__intro" role="status">If someone signs in to {account} as {email}, a link that signs '
+            'them in is on its way there. It works for 4 hours; then set a new password on your profile.</p>'
+            '<p class="panel__intro"><a href="{back}">Back to sign in</a></p></section>').format(
+            account=view.account_name, email=email, back=url_for("new_session"))
+    fields = [render_field("Email address", "email_address", email, type="email", autocomplete="username",
+                           autofocus=True, maxlength=MAX_EMAIL_CHARS)]
+    return render_auth_page("Forgot password?", "We'll email you a link that signs you in, to set a new password.",
+                            url_for("password_resets"), fields, "Email me a sign-in link", notice=notice,
+                            after=HTML('<p class="panel__intro"><a href="{}">Back to sign in</a></p>').format(
+                                url_for("new_session")))
 
 
 def render_join(view, join_code, values, errors):
@@ -10161,6 +10288,39 @@ def render_session_transfer(view, user, token):
         '<script type="module" src="{script}"></script>').format(
         name=user.name, account=view.account_name, action=url_for("session_transfer", token=token),
         script=view.assets["transfer.js"])
+
+
+# Mail: plain text, with the subject; links are absolute (config.public_url) --------
+
+def render_sign_in_link_mail(account_name, name, link):
+    return ("Sign in to %s" % account_name,
+            "Hi %s,\n\nSomeone (we hope you) asked for a link to sign in to %s. Open it within 4 hours to sign "
+            "in, then set a new password on your profile:\n\n%s\n\nIf you didn't ask for it, ignore this "
+            "email: your password hasn't changed.\n" % (name, account_name, link))
+
+
+def render_invitation_mail(account_name, inviter_name, link):
+    return ("%s invites you to %s" % (inviter_name, account_name),
+            "Hi,\n\n%s invites you to chat on %s. Open this link to create your account:\n\n%s\n"
+            % (inviter_name, account_name, link))
+
+
+def render_digest_mail(account_name, name, items, more, origin):
+    """What a person missed: each message with where and who, a short excerpt and its link."""
+    lines = ["Hi %s,\n\nWhile you were away, people in %s wanted you:\n" % (name, account_name)]
+    for item in items:
+        message = item["message"]
+        text = " ".join(item["text"].split())
+        if len(text) > DIGEST_EXCERPT_CHARS:
+            text = text[:DIGEST_EXCERPT_CHARS - 1].rstrip() + "\u2026"
+        lines.append("%s, in %s (%s UTC):\n  %s\n  %s\n" % (
+            item["author"], item["room_title"], message["created_at"][:16], text,
+            origin + url_for("room_at_message", room_id=message["room_id"], message_id=message["id"])))
+    if more:
+        lines.append("... and %d more.\n" % more)
+    lines.append("To stop these emails, turn them off on your profile: %s\n" % (origin + url_for("user_profile")))
+    count = len(items) + more
+    return ("You missed %d message%s in %s" % (count, "" if count == 1 else "s", account_name), "\n".join(lines))
 
 
 # Rooms -----------------------------------------------------------------------
@@ -10832,8 +10992,9 @@ def _interval_text(seconds):
 
 
 def render_account_page(view, account, invite_url, people_html, *, restricted, values=None, errors=None,
-                        notice=None, saved=False, backups=None, storage=None):
-    """The account: its name, the invitation link, people; administrators also edit it."""
+                        notice=None, saved=False, backups=None, storage=None, mail=None, invited=None):
+    """The account: its name, the invitation link, people; administrators also edit it,
+    and with email on (mail: the settings to show) mail the invitation link."""
     errors = errors or {}
     name = (values or {}).get("account[name]", account["name"])
     if view.user.administrator:
@@ -10877,6 +11038,9 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             '<button type="submit" class="button button--danger" '
             'data-confirm="Make a new invitation link? The current one will stop working.">'
             'Regenerate invitation link</button></form>').format(url_for("account_join_code"))
+        if mail is not None:
+            regenerate += render_invitation_mail_form(values or {}, errors, invited)
+            tools += render_mail_settings(mail)
     else:
         head = HTML('<h1 class="panel__title">{}</h1>{}').format(account["name"], render_notice(notice))
         tools = regenerate = HTML("")
@@ -10889,6 +11053,31 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
         head=head, name=account["name"], regenerate=regenerate, tools=tools,
         invite=render_copyable("invite_url", "Invitation link", invite_url, "Copy invitation link", "Show QR code"),
         people=people_html, assets=render_page_assets(view))
+
+
+def render_invitation_mail_form(values, errors, invited=None):
+    sent = HTML('<p class="notice notice--success" role="status">The invitation link is on its way to {}.</p>').format(
+        invited) if invited else ""
+    return HTML(
+        '<form method="post" action="{action}" class="form" id="invitation_mail_form">{sent}{field}'
+        '<div class="form__actions"><button type="submit" class="button">Email the invitation link</button></div>'
+        '</form>').format(action=url_for("account_invitations"), sent=sent, field=render_field(
+            "Email the link to", "invitation[email_address]", values.get("invitation[email_address]", ""),
+            type="email", errors=errors or {}, autocomplete="off", maxlength=MAX_EMAIL_CHARS))
+
+
+def render_mail_settings(mail):
+    """Administrators see how mail is sent (never the password)."""
+    rows = [("Server", "%s:%d" % (mail["address"], mail["port"])),
+            ("Security", {"starttls": "STARTTLS", "tls": "TLS", "none": "none (plain text)"}[mail["security"]]),
+            ("Signs in as", mail["username"] or "(no sign-in)"), ("From", mail["from"]),
+            ("Links point to", mail["public_url"])]
+    return HTML(
+        '<section class="panel__section" aria-labelledby="mail_heading" id="mail_settings">'
+        '<h2 class="panel__subtitle" id="mail_heading">Email</h2>'
+        '<p class="panel__intro">Sign-in links, invitations and digests of missed mentions are mailed through '
+        'this server (SMTP_* and MAIL_FROM in the environment).</p><dl class="settings">{rows}</dl></section>').format(
+        rows=HTML("").join(HTML("<dt>{}</dt><dd>{}</dd>").format(name, value) for name, value in rows))
 
 
 def render_custom_styles_form(css, *, error=None):
@@ -10959,7 +11148,20 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
         state=HTML(" · {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
 
 
-def render_profile(view, values, errors, transfer_url, *, saved=False):
+def render_digest_setting(enabled):
+    return HTML(
+        '<section class="panel__section" aria-labelledby="digest_heading" id="email_digest">'
+        '<h2 class="panel__subtitle" id="digest_heading">Email</h2>'
+        '<form method="post" action="{action}" class="form"><input type="hidden" name="_method" value="put">'
+        '<input type="hidden" name="digest" value="0">'
+        '<label class="choice"><input type="checkbox" id="user_email_digest" name="digest" value="1"{checked}> '
+        '<span>Email me when I miss a mention or a direct message for 30 minutes (at most once an hour)</span>'
+        '</label><div class="form__actions"><button type="submit" class="button">Save email setting</button></div>'
+        '</form></section>').format(action=url_for("user_email_digest"),
+                                    checked=HTML(" checked") if enabled else "")
+
+
+def render_profile(view, values, errors, transfer_url, *, saved=False, digest=None):
     user = view.user
     bio_error = render_errors(errors, "user[bio]")
     avatar_error = render_errors(errors, "user[avatar]")
@@ -11001,7 +11203,8 @@ def render_profile(view, values, errors, transfer_url, *, saved=False):
         '<section class="panel__section" aria-labelledby="push_heading">'
         '<h2 class="panel__subtitle" id="push_heading">Notifications</h2>'
         '<p class="panel__intro">Turn them on in each browser with "Notifications" at the top of the page. '
-        '<a href="{push_subscriptions}">Browsers that get notifications</a></p></section></section>').format(
+        '<a href="{push_subscriptions}">Browsers that get notifications</a></p></section>{digest}</section>').format(
+        digest=render_digest_setting(digest) if digest is not None else "",
         push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields,
         action=url_for("user_profile"), saved=render_saved(saved),
         avatar_action=url_for("user_avatar", user_id=user.id),
@@ -11265,6 +11468,8 @@ def route_table():
         ("GET",         "/session/transfers/<secret:token>",          "session_transfer",       show_session_transfer,    "public"),
         ("PUT PATCH",   "/session/transfers/<secret:token>",          "session_transfer",       update_session_transfer,  "public"),
         ("GET",         "/qr_code/<secret:code>",                     "qr_code",                qr_code,                  "public"),
+        ("GET",         "/password_resets/new",                       "new_password_reset",     forgot_password_form,     "signed_out"),
+        ("POST",        "/password_resets",                           "password_resets",        forgot_password,          "public"),
         # Rooms
         ("GET",         "/",                                          "root",                   landing),
         ("GET",         "/rooms",                                     "rooms",                  landing),
@@ -11327,6 +11532,7 @@ def route_table():
         ("POST",        "/users/me/push_subscriptions/<int:subscription_id>/test_notifications",
                                                                       "user_push_subscription_test_notifications",
                                                                                                 create_test_notification),
+        ("PUT PATCH",   "/users/me/email_digest",                     "user_email_digest",      update_email_digest),
         ("GET",         "/users/<int:user_id>",                       "user",                   show_user),
         ("GET",         "/users/<int:user_id>/avatar",                "user_avatar",            avatar),
         ("DELETE",      "/users/<int:user_id>/avatar",                "user_avatar",            delete_avatar),
@@ -11339,6 +11545,7 @@ def route_table():
         ("GET",         "/account/logo",                              "account_logo",           account_logo,             "public"),
         ("DELETE",      "/account/logo",                              "account_logo",           delete_account_logo,      "admin"),
         ("POST",        "/account/join_code",                         "account_join_code",      regenerate_join_code,     "admin"),
+        ("POST",        "/account/invitations",                       "account_invitations",    mail_invitation,          "admin"),
         ("GET",         "/account/custom_styles",                     "account_custom_styles",  custom_styles_redirect,   "admin"),
         ("PATCH PUT",   "/account/custom_styles",                     "account_custom_styles",  update_custom_styles,     "admin", CUSTOM_STYLES_BODY_LIMIT),
         ("GET",         "/account/custom_styles/edit",                "edit_account_custom_styles", edit_custom_styles,   "admin"),
@@ -11456,9 +11663,13 @@ def _message_in_room(app, request, room_id, message_id):
 
 def _transfer_url(app, request, user, now=None):
     """A link that signs a browser in as `user`, reusable for 4 hours (Campfire's app/models/user/transferable.rb)."""
+    return _transfer_link(app, request.origin, user, now)
+
+
+def _transfer_link(app, origin, user, now=None):
     now = time.time() if now is None else now
     token = app.signer.sign(user.id, "transfer", expires_at=int(now + TRANSFER_TOKEN_SECONDS))
-    return request.origin + url_for("session_transfer", token=token)
+    return origin + url_for("session_transfer", token=token)
 
 
 # Health ---------------------------------------------------------------------
@@ -11590,7 +11801,46 @@ def sign_in_form(app, request):
 
 
 def _sign_in_page(app, request, email, notice=None, status=200):
-    return _auth_page(app, request, "Sign in", render_sign_in(app.view(request), email, notice), status=status)
+    return _auth_page(app, request, "Sign in", render_sign_in(app.view(request), email, notice,
+                                                              forgot_password=app.mailer.enabled), status=status)
+
+
+def _require_mail(app):
+    """Without SMTP settings the email pages don't exist."""
+    if not app.mailer.enabled:
+        raise NotFound("There is no such page.")
+
+
+def forgot_password_form(app, request):
+    _require_mail(app)
+    return _auth_page(app, request, "Forgot password?",
+                      render_forgot_password(app.view(request), request.params.text("email_address")))
+
+
+def forgot_password(app, request):
+    """Mail a sign-in link valid TRANSFER_TOKEN_SECONDS to the person with this address, if
+    there is one. The page (and its timing: the mail is sent by another thread) is the same
+    either way; both limits count every request, known address or not."""
+    _require_mail(app)
+    email = request.params.text("email_address")
+    errors = {}
+    check_field(errors, "email_address", email, blank="Enter your email address.", problem=_email_problem)
+    if errors:
+        return _auth_page(app, request, "Forgot password?", render_forgot_password(
+            app.view(request), email, notice=errors["email_address"]), status=422)
+    if not (app.forgot_password_limiter.hit(request.remote_addr)
+            and app.forgot_password_email_limiter.hit(email.lower())):
+        return _auth_page(app, request, "Forgot password?", render_forgot_password(
+            app.view(request), email, notice="Too many requests. Try again later."), status=429)
+    user = app.store.user_by_email(email)
+    if user is not None and user.active and not user.bot:
+        link = _transfer_link(app, app.config.public_url, user)
+        subject, text = render_sign_in_link_mail(app.store.account_name(), user.name, link)
+        try:
+            app.mailer.send(build_mail(app.config.mail_from, user.name, user.email_address, subject, text))
+        except ValueError as error:
+            log.warning("no sign-in link mailed to person %d: %s", user.id, error)
+    return _auth_page(app, request, "Check your email", render_forgot_password(app.view(request), email, sent=True))
 
 
 async def sign_in(app, request):
@@ -12355,7 +12605,9 @@ def sidebar(app, request):
 
 
 def _profile_page(app, request, values, errors, status=200, saved=False):
-    body = render_profile(app.view(request), values, errors, _transfer_url(app, request, request.user), saved=saved)
+    digest = app.store.digests_enabled(request.user.id) if app.mailer.enabled else None
+    body = render_profile(app.view(request), values, errors, _transfer_url(app, request, request.user), saved=saved,
+                          digest=digest)
     return _page(app, request, "Your profile", body, status=status,
                  headers=[("Cache-Control", "no-store")])  # the page holds a sign-in link
 
@@ -12406,6 +12658,16 @@ async def update_profile(app, request):
     finally:
         if avatar is not None:
             await app.discard_uploads([avatar])
+    return redirect(url_for("user_profile", saved=1))
+
+
+def update_email_digest(app, request):
+    """The digest checkbox: a hidden "0" and the box's "1", the last value sent wins (as Rails casts it)."""
+    _require_mail(app)
+    values = request.params.getlist("digest")
+    if not values:
+        raise BadRequest("digest takes 1 or 0.")
+    app.store.set_digests_enabled(request.user.id, str(values[-1]).strip().lower() in _TRUE_VALUES)
     return redirect(url_for("user_profile", saved=1))
 
 
@@ -12499,7 +12761,7 @@ def autocompletable_users(app, request):
 _TRUE_VALUES = ("1", "true", "on", "yes")  # how Rails casts a checkbox's value
 
 
-def _account_page(app, request, *, values=None, errors=None, notice=None, status=200, saved=False):
+def _account_page(app, request, *, values=None, errors=None, notice=None, status=200, saved=False, invited=None):
     view = app.view(request)
     account = app.store.account()
     people, more = app.store.people_page(1, include_banned=view.user.administrator)
@@ -12509,8 +12771,34 @@ def _account_page(app, request, *, values=None, errors=None, notice=None, status
         saved=saved,
         restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True,
         backups=app.backups.summary() if view.user.administrator else None,
-        storage=app.storage_summary() if view.user.administrator else None)
+        storage=app.storage_summary() if view.user.administrator else None,
+        mail=_mail_settings(app.config) if view.user.administrator and app.mailer.enabled else None, invited=invited)
     return _page(app, request, "Account", body, status=status)
+
+
+def _mail_settings(config):
+    return {"address": config.smtp_address, "port": config.resolved_smtp_port, "security": config.smtp_security,
+            "username": config.smtp_username, "from": config.mail_from, "public_url": config.public_url}
+
+
+def mail_invitation(app, request):
+    """Mail the invitation link (the one the page shows) to an address an administrator gives."""
+    _require_mail(app)
+    email = request.params.text("invitation[email_address]")
+    errors = {}
+    check_field(errors, "invitation[email_address]", email, blank="Enter an email address.", problem=_email_problem)
+    values = {"invitation[email_address]": email}
+    if errors:
+        return _account_page(app, request, values=values, errors=errors, status=422)
+    if not app.invitation_mail_limiter.hit(request.user.id):
+        return _account_page(app, request, values=values, status=429,
+                             notice="You sent many invitations just now. Try again later.")
+    link = app.config.public_url + url_for("join", join_code=app.store.account()["join_code"])
+    subject, text = render_invitation_mail(app.store.account_name(), request.user.name, link)
+    if not app.mailer.send(build_mail(app.config.mail_from, "", email, subject, text)):
+        return _account_page(app, request, values=values, status=503,
+                             notice="Too many emails are waiting to be sent. Try again in a few minutes.")
+    return _account_page(app, request, invited=email)
 
 
 def edit_account(app, request):
@@ -13715,6 +14003,20 @@ class Config:
     metrics_allow: tuple = ()         # ip_network: besides loopback, who may read /metrics (METRICS_ALLOW)
     redirect_port: int = None         # HTTP_REDIRECT_PORT: plain HTTP here is sent to the HTTPS port
     min_free_disk_bytes: int = MIN_FREE_DISK_BYTES
+    # Email: off unless smtp_address is set (SMTP_* and MAIL_FROM, see from_environment).
+    smtp_address: str = None
+    smtp_port: int = None             # None: SMTP_DEFAULT_PORTS[smtp_security]
+    smtp_username: str = None
+    smtp_password: str = None
+    smtp_security: str = "starttls"
+    mail_from: str = None
+    public_url: str = None            # CAMPFIRE_URL: where links in mail point ("https://chat.example.com")
+    mail_timeout: float = MAIL_TIMEOUT
+    mail_queue_size: int = MAIL_QUEUE_SIZE
+    mail_retry_delay: float = MAIL_RETRY_DELAY
+    digest_delay: float = DIGEST_DELAY
+    digest_interval: float = DIGEST_INTERVAL
+    digest_check_interval: float = DIGEST_CHECK_INTERVAL
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -13761,7 +14063,47 @@ class Config:
                 raise ConfigError("MIN_FREE_DISK_BYTES must be a number of bytes (0 turns the check off), "
                                   "not %r." % free)
             config.min_free_disk_bytes = int(free)
+        config.read_mail_settings(environ)
         return config
+
+    def read_mail_settings(self, environ):
+        """SMTP_ADDRESS turns email on; then MAIL_FROM and CAMPFIRE_URL are needed too (a
+        link in a mail can't come from a request's Host, which anyone asking for a sign-in
+        link could set to a site of their own)."""
+        url = (environ.get("CAMPFIRE_URL") or "").strip().rstrip("/")
+        if url and public_url_problem(url):
+            raise ConfigError("CAMPFIRE_URL must be the address people open Campfire at, like "
+                              "https://chat.example.com (%s)." % public_url_problem(url))
+        self.public_url = url or None
+        address = (environ.get("SMTP_ADDRESS") or "").strip()
+        if not address:
+            return
+        security = (environ.get("SMTP_SECURITY") or "starttls").strip().lower()
+        if security not in SMTP_SECURITY_CHOICES:
+            raise ConfigError("SMTP_SECURITY must be one of %s, not %r." % (", ".join(SMTP_SECURITY_CHOICES), security))
+        port = (environ.get("SMTP_PORT") or "").strip()
+        if port and (not port.isdigit() or not 0 < int(port) < 65536):
+            raise ConfigError("SMTP_PORT must be a number between 1 and 65535, not %r." % port)
+        sender = (environ.get("MAIL_FROM") or "").strip()
+        if mail_address_problem(sender):
+            raise ConfigError("Set MAIL_FROM to the address mail comes from, like Campfire <chat@example.com> "
+                              "(%s)." % (mail_address_problem(sender)))
+        if not url:
+            raise ConfigError("Set CAMPFIRE_URL to the address people open Campfire at, like "
+                              "https://chat.example.com: links in mail start with it.")
+        self.smtp_address, self.smtp_security = address, security
+        self.smtp_port = int(port) if port else None
+        self.smtp_username = environ.get("SMTP_USERNAME") or None
+        self.smtp_password = environ.get("SMTP_PASSWORD") or None
+        self.mail_from = sender
+
+    @property
+    def mail_enabled(self):
+        return bool(self.smtp_address)
+
+    @property
+    def resolved_smtp_port(self):
+        return self.smtp_port or SMTP_DEFAULT_PORTS[self.smtp_security]
 
     @property
     def resolved_database_path(self):
@@ -13827,6 +14169,11 @@ class App:
         self._unknown_digest = None  # see unknown_password_digest()
         self._vapid_key = self._configured_vapid_key()  # or, when unset, the stored one on first use
         self.pushes = Pushes(self)
+        self.mailer = Mailer(self.config)
+        self.digests = Digests(self)
+        self.forgot_password_limiter = RateLimiter(*FORGOT_PASSWORD_LIMIT)
+        self.forgot_password_email_limiter = RateLimiter(*FORGOT_PASSWORD_EMAIL_LIMIT)
+        self.invitation_mail_limiter = RateLimiter(*INVITATION_MAIL_LIMIT)
         self.search_rebuild = SearchIndexRebuild(self)
         try:
             asyncio.get_running_loop()  # under the server: it starts once the server listens
@@ -13915,6 +14262,7 @@ class App:
 
     def close(self):
         self.pushes.close()
+        self.mailer.close()
         if self._workers is not None:
             self._workers.shutdown(wait=True)
             self._workers = None
@@ -14974,6 +15322,260 @@ class Webhooks(OutboundRequests):
         except Exception:
             log.error("webhook reply from bot %d not posted:\n%s", delivery.bot_id, traceback.format_exc())
         return False
+
+
+# Email ---------------------------------------------------------------------------------
+# Optional: with SMTP_ADDRESS set, sign-in links, invitations and digests are mailed.
+# Each mail is built with email.message.EmailMessage (its header policy refuses line
+# breaks, and names are cleaned of control characters before they get there), queued
+# (bounded) and sent by one thread of its own with smtplib: the event loop only queues.
+# A 4xx reply or a lost connection is tried again after a growing pause, a bounded
+# number of times; a 5xx reply is final. TLS is checked against the system's CAs
+# (SSL_CERT_FILE when set), as for webhooks and pushes.
+
+_CONTROL_CHARACTERS_RE = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
+def mail_header_text(text):
+    """A name or subject fit for a header: control characters (a CR or LF would start a
+    header of its own, RFC 5322 §2.2) become one space each run."""
+    return _CONTROL_CHARACTERS_RE.sub(" ", str(text or "")).strip()
+
+
+def mail_address_problem(text):
+    """Why text isn't a mailbox like "Campfire <chat@example.com>" or "chat@example.com", or None."""
+    import email.headerregistry
+    import email.errors
+    if not text:
+        return "it is empty"
+    if _CONTROL_CHARACTERS_RE.search(text):
+        return "it holds a line break or control character"
+    try:
+        header = email.headerregistry.HeaderRegistry()("From", text)
+    except (ValueError, IndexError, email.errors.HeaderParseError):
+        return "it is not an email address"
+    if len(header.addresses) != 1 or not header.addresses[0].domain or header.defects:
+        return "it is not one email address"
+    return None
+
+
+def public_url_problem(url):
+    if not url:
+        return "it is empty"
+    split = urllib.parse.urlsplit(url)
+    if split.scheme not in ("http", "https") or not split.hostname or split.path or split.query or split.fragment:
+        return "it must be http:// or https:// and a host name, with no path"
+    return None
+
+
+def build_mail(sender, to_name, to_address, subject, text):
+    """An EmailMessage (RFC 5322, UTF-8 text) to one person; ValueError for an address
+    that can't be a recipient."""
+    import email.message
+    import email.headerregistry
+    import email.utils
+    username, _, domain = to_address.rpartition("@")
+    if not username or not domain or _CONTROL_CHARACTERS_RE.search(to_address):
+        raise ValueError("not an email address: %r" % to_address)
+    message = email.message.EmailMessage()
+    message["From"] = sender
+    message["To"] = email.headerregistry.Address(display_name=mail_header_text(to_name)[:MAX_NAME_CHARS],
+                                                 username=username, domain=domain)
+    message["Subject"] = mail_header_text(subject)
+    message["Date"] = email.utils.formatdate(usegmt=True)
+    message["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2].strip(" >") or None)
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834 §5: no vacation replies to us
+    message.set_content(text)
+    return message
+
+
+class MailRefused(CampfireError):
+    """The SMTP server answered 5xx: trying again won't help."""
+
+
+def smtp_send(config, message, tls_context):
+    """Hand one message to the SMTP server (blocking: a mail thread calls it). Raises
+    MailRefused for a final refusal; OSError or smtplib's errors for ones worth a retry."""
+    import smtplib
+    host, port, timeout = config.smtp_address, config.resolved_smtp_port, config.mail_timeout
+    try:
+        if config.smtp_security == "tls":
+            smtp = smtplib.SMTP_SSL(host, port, timeout=timeout, context=tls_context)
+        else:
+            smtp = smtplib.SMTP(host, port, timeout=timeout)
+        with smtp:
+            if config.smtp_security == "starttls":
+                smtp.starttls(context=tls_context)
+            if config.smtp_username:
+                smtp.login(config.smtp_username, config.smtp_password or "")
+            smtp.send_message(message)
+    except smtplib.SMTPRecipientsRefused as error:
+        codes = [code for code, _ in error.recipients.values()]
+        if all(code >= 500 for code in codes):
+            raise MailRefused("the recipient was refused (%s)" % ", ".join(map(str, codes))) from None
+        raise
+    except smtplib.SMTPResponseException as error:
+        if error.smtp_code >= 500:
+            raise MailRefused("%d %s" % (error.smtp_code, error.smtp_error.decode("utf-8", "replace"))) from None
+        raise
+    except smtplib.SMTPNotSupportedError as error:
+        raise MailRefused(str(error)) from None
+
+
+class Mailer:
+    """The bounded queue of mails and the thread that sends them. Without SMTP settings
+    it is off: send() refuses and nothing starts."""
+
+    def __init__(self, config):
+        self.config = config
+        self.pending = collections.deque()
+        self._condition = threading.Condition()
+        self._thread = None
+        self._sending = False
+        self._stopped = False
+        self._tls = None
+        self.sent = self.failed = 0
+
+    @property
+    def enabled(self):
+        return self.config.mail_enabled
+
+    def send(self, message):
+        """Queue a message; False (logged) when mail is off, stopped, or the queue is full."""
+        if not self.enabled or self._stopped:
+            return False
+        with self._condition:
+            if len(self.pending) >= self.config.mail_queue_size:
+                log.warning("mail queue full (%d): dropped the mail to %s", self.config.mail_queue_size,
+                            message["To"].addresses[0].addr_spec)
+                return False
+            self.pending.append(message)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="campfire-mail", daemon=True)
+                self._thread.start()
+            self._condition.notify()
+        return True
+
+    def wait_idle(self, timeout):
+        """True once nothing is queued or being sent (for commands and tests)."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self.pending or self._sending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._condition.wait(left)
+        return True
+
+    def close(self):
+        with self._condition:
+            self._stopped = True
+            dropped = len(self.pending)
+            self.pending.clear()
+            self._condition.notify_all()
+        if dropped:
+            log.warning("dropped %d queued mails at shutdown", dropped)
+        if self._thread is not None:
+            self._thread.join(MAIL_STOP_WAIT)
+            self._thread = None
+
+    def _run(self):
+        while True:
+            with self._condition:
+                while not self.pending and not self._stopped:
+                    self._condition.wait()
+                if self._stopped:
+                    return
+                message = self.pending.popleft()
+                self._sending = True
+            try:
+                self._deliver(message)
+            finally:
+                with self._condition:
+                    self._sending = False
+                    self._condition.notify_all()
+
+    def _deliver(self, message):
+        recipient = message["To"].addresses[0].addr_spec
+        for attempt in range(1, MAIL_ATTEMPTS + 1):
+            try:
+                smtp_send(self.config, message, self._tls_context())
+                self.sent += 1
+                log.info("mail sent to %s: %s", recipient, message["Subject"])
+                return
+            except MailRefused as error:
+                log.warning("mail to %s refused: %s", recipient, error)
+                break
+            except Exception as error:  # smtplib's errors, OSError, ssl's: a lost connection or a 4xx
+                reason = str(error) or type(error).__name__
+                if attempt == MAIL_ATTEMPTS:
+                    log.warning("mail to %s failed %d times, given up: %s", recipient, attempt, reason)
+                    break
+                delay = self.config.mail_retry_delay * 2 ** (attempt - 1)
+                log.warning("mail to %s failed (%s); trying again in %gs", recipient, reason, delay)
+                with self._condition:
+                    if self._condition.wait_for(lambda: self._stopped, delay):
+                        return
+        self.failed += 1
+
+    def _tls_context(self):
+        if self._tls is None:
+            import ssl
+            self._tls = ssl.create_default_context()  # the system's CAs; SSL_CERT_FILE when set
+        return self._tls
+
+
+class Digests:
+    """Every DIGEST_CHECK_INTERVAL, people with a mention or direct message they haven't
+    seen for digest_delay get one mail listing what they missed (at most one per
+    digest_interval, never twice for the same message, unless they turned it off)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.loop = None
+        self._timer = None
+
+    def start(self, loop):
+        if not self.app.mailer.enabled:
+            return
+        self.loop = loop
+        self._timer = loop.call_later(self.app.config.digest_check_interval, self._tick)
+
+    def stop(self):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self):
+        try:
+            self.run()
+        except Exception:
+            log.error("digests failed:\n%s", traceback.format_exc())
+        self._timer = self.loop.call_later(self.app.config.digest_check_interval, self._tick)
+
+    def run(self, now=None):
+        """Queue the digests due at now; how many were queued."""
+        app, config = self.app, self.app.config
+        if not app.mailer.enabled:
+            return 0
+        now = time.time() if now is None else now
+        queued = 0
+        account = app.store.account_name()
+        oldest, seen_before = utc_now_text(now - DIGEST_LOOKBACK), utc_now_text(now - config.digest_delay)
+        for user in app.store.digests_due(oldest, seen_before, utc_now_text(now - config.digest_interval),
+                                          DIGEST_PEOPLE_PER_CHECK):
+            items, more, last_id = app.store.digest_items(user.id, oldest, seen_before, DIGEST_MAX_ITEMS)
+            app.store.record_digest(user.id, last_id, utc_now_text(now))
+            if not items:
+                continue
+            subject, text = render_digest_mail(account, user.name, items, more, config.public_url)
+            try:
+                message = build_mail(config.mail_from, user.name, user.email_address, subject, text)
+            except ValueError as error:
+                log.warning("no digest for person %d: %s", user.id, error)
+                continue
+            queued += app.mailer.send(message)
+        return queued
 
 
 # Link previews (Campfire's unfurl_links_controller.rb and lib/restricted_http/) -------
@@ -17053,6 +17655,7 @@ class Server:
         self.app.pushes.start(self.loop)
         self.app.search_rebuild.start()
         self.app.backups.start(self.loop)
+        self.app.digests.start(self.loop)
         self.app.disk.refresh()
         self.app.disk.refreshed_elsewhere = True
         self._disk_watch = self.loop.create_task(self._watch_disk())
@@ -17156,6 +17759,7 @@ class Server:
         self.stopping = True
         self.app.webhooks.stop()
         self.app.pushes.stop()
+        self.app.digests.stop()
         await self.app.backups.stop()
         if self._server is not None:
             self._server.close()
@@ -19496,7 +20100,7 @@ def create_admin_command(config, options):
 
 
 def reset_password_command(config, options):
-    base = options["url"] or "http://localhost:%d" % config.port
+    base = options["url"] or config.public_url or "http://localhost:%d" % config.port
     link = sign_in_link(config, options["email"], base)
     print("Open this link within %d hours to sign in, then set a new password on your profile:\n%s"
           % (TRANSFER_TOKEN_SECONDS // 3600, link))

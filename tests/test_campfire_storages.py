@@ -34,7 +34,9 @@ OUR_ADDITIONS = sorted([
     "campfire_py_mentions_by_message_id", "campfire_py_mentions_unread", "campfire_py_threads",
     "campfire_py_threads_by_parent_message_id", "campfire_py_threads_by_parent_room_id",
     # What import-slack created, by the export's own names
-    "campfire_py_imported"])
+    "campfire_py_imported",
+    # Email digests
+    "campfire_py_email_digests", "campfire_py_mentions_unread_by_created_at"])
 
 # Ruby, following Rails: user.attachable_sgid (globalid's Verifier: URL-safe base64 with
 # padding, key "signed_global_ids") and cookies.signed.permanent[:session_token] (the
