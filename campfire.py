@@ -16173,6 +16173,8 @@ class HttpConnection(asyncio.Protocol):
         self.held = []
         self.upgraded = None       # the CableConnection once this is a WebSocket
         self.waiting = None        # the task of a handler that awaits (see App.handle)
+        self.write_paused = False  # the transport's buffer is full (pause_writing until resume_writing)
+        self.drained = None        # what _send_chunks waits on meanwhile
 
     def connection_made(self, transport):
         self.transport = transport
@@ -16192,6 +16194,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closing = True
         self.server.connections.discard(self)
+        self._wake_sender()
         if self.streaming is not None:
             self.streaming.abort(ClientGone("The connection closed before the upload ended."))
             self.streaming = None
@@ -16199,9 +16202,12 @@ class HttpConnection(asyncio.Protocol):
             self.app.cable.connection_lost(self.upgraded)
 
     def pause_writing(self):
+        self.write_paused = True
         self.transport.pause_reading()
 
     def resume_writing(self):
+        self.write_paused = False
+        self._wake_sender()
         if not self.closing and (self.waiting is None or (self.streaming is not None and not self.streaming.paused)):
             self.transport.resume_reading()
 
@@ -16332,7 +16338,13 @@ class HttpConnection(asyncio.Protocol):
 
         async def send():
             try:
-                await loop.sendfile(self.transport, body.file, body.offset, body.length)
+                if self.transport.get_extra_info("ssl_object") is not None:  # the bytes must be encrypted here
+                    await self._send_chunks(body)
+                    return
+                try:
+                    await loop.sendfile(self.transport, body.file, body.offset, body.length, fallback=False)
+                except asyncio.SendfileNotAvailableError:  # raised before any byte went
+                    await self._send_chunks(body)
             finally:
                 body.file.close()
         self.waiting = loop.create_task(send())
@@ -16347,6 +16359,41 @@ class HttpConnection(asyncio.Protocol):
             self.transport.resume_reading()
             self._process()
         self.waiting.add_done_callback(sent)
+
+    async def _send_chunks(self, body):
+        """A file's bytes where sendfile(2) can't take them: FILE_SEND_CHUNK_BYTES at a time,
+        read in a file worker thread one chunk ahead of the one being written, and paced by
+        the transport's flow control (pause_writing/resume_writing)."""
+        app, transport = self.app, self.transport
+        descriptor, position, end = body.file.fileno(), body.offset, body.offset + body.length
+
+        def read_next():
+            size = min(FILE_SEND_CHUNK_BYTES, end - position)
+            return asyncio.ensure_future(app.file_work(os.pread, descriptor, size, position)) if size > 0 else None
+        reading = read_next()
+        try:
+            while reading is not None:
+                data = await asyncio.shield(reading)  # a cancelled send still waits for it below
+                if not data:
+                    raise OSError("%s ended %d bytes early" % (body.file.name, end - position))
+                position += len(data)
+                reading = read_next()
+                if self.closing:
+                    return
+                transport.write(data)
+                while self.write_paused and not self.closing:
+                    self.drained = self.server.loop.create_future()
+                    await self.drained
+        finally:
+            if reading is not None:  # the file stays open until the read under way is done
+                with contextlib.suppress(BaseException):
+                    await reading
+
+    def _wake_sender(self):
+        if self.drained is not None:
+            if not self.drained.done():
+                self.drained.set_result(None)
+            self.drained = None
 
     def _stream_for(self, request, pending):
         """An upload's handler is running: the body goes to it as it arrives (_feed_body),

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.parse
 
 from PIL import Image
 from werkzeug.datastructures import FileStorage, MultiDict
@@ -453,6 +454,104 @@ class SweepTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TlsDownloadTests(unittest.TestCase):
+    """Over TLS sendfile(2) can't write the socket: the file is read in worker threads, a
+    chunk ahead, while the event loop goes on answering."""
+
+    FILE_BYTES = 6 * 1024 * 1024
+    SLOW_READ_BYTES = 64 * 1024       # the client reads this much at a time, pausing between
+    SLOW_READ_PAUSE_SECONDS = 0.004
+    UP_DEADLINE_SECONDS = 5.0         # for any one /up answer during the download
+
+    @classmethod
+    def setUpClass(cls):
+        import ssl
+        from tests.test_push import make_test_ca
+        cls.scratch = tempfile.mkdtemp(prefix="campfire-tls-")
+        cls.addClassCleanup(shutil.rmtree, cls.scratch, True)
+        paths = make_test_ca(cls.scratch)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(paths["cert.pem"], paths["key.pem"])
+        cls.server = LiveServer(ssl_context=context, max_upload_bytes=16 * 1024 * 1024)
+        cls.addClassCleanup(cls.server.stop)
+        cls.client_context = ssl.create_default_context(cafile=paths["ca.pem"])
+
+    def connect(self):
+        import http.client
+        return http.client.HTTPSConnection("127.0.0.1", self.server.port, timeout=30, context=self.client_context)
+
+    def tls_socket(self):
+        return self.client_context.wrap_socket(self.server.connect(timeout=30), server_hostname="127.0.0.1")
+
+    def test_a_tls_download_is_byte_exact_read_off_the_loop_and_the_loop_keeps_answering(self):
+        import threading
+        from unittest import mock
+        connection = self.connect()
+        connection.request("POST", "/first_run", urllib.parse.urlencode({
+            "user[name]": "Ada", "user[email_address]": "ada@example.com", "user[password]": "secret-password"}),
+            {"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "same-origin"})
+        response = connection.getresponse()
+        response.read()
+        cookie = response.getheader("Set-Cookie").split(";", 1)[0]
+        room_id = self.server.call(lambda: self.server.app.store.rooms_for(1)[0]["id"])
+        data = os.urandom(self.FILE_BYTES)
+        content_type, body = multipart([("message[client_message_id]", "tls-1")],
+                                       [("message[attachment]", "noise.bin", "application/octet-stream", data)])
+        connection.request("POST", "/rooms/%d/messages" % room_id, body, {
+            "Content-Type": content_type, "Cookie": cookie, "Sec-Fetch-Site": "same-origin"})
+        response = connection.getresponse()
+        response.read()
+        self.assertEqual(response.status, 201)
+        message_id = int(re.search(r"@(\d+)$", response.getheader("Location")).group(1))
+        connection.close()
+        self.server.app.settle_file_work()
+
+        loop_thread = self.server.thread
+        reads = []
+        real_pread = os.pread
+
+        def recording_pread(descriptor, size, offset):
+            reads.append((threading.current_thread(), size))
+            return real_pread(descriptor, size, offset)
+        up_times, stop = [], threading.Event()
+
+        def poll_up():
+            with self.tls_socket() as up:
+                while not stop.is_set():
+                    started = time.monotonic()
+                    up.sendall(b"GET /up HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    status, _, _ = recv_response(up, timeout=self.UP_DEADLINE_SECONDS)
+                    up_times.append((status, time.monotonic() - started))
+                    time.sleep(0.01)
+        with mock.patch.object(campfire.os, "pread", recording_pread), self.tls_socket() as sock:
+            sock.sendall(("GET /messages/%d/attachment HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n\r\n"
+                          % (message_id, cookie)).encode())
+            received = bytearray()
+            while b"\r\n\r\n" not in received:
+                received += sock.recv(self.SLOW_READ_BYTES)
+            head, _, received = bytes(received).partition(b"\r\n\r\n")
+            received = bytearray(received)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+            poller = threading.Thread(target=poll_up, daemon=True)
+            poller.start()
+            while len(received) < len(data):
+                chunk = sock.recv(self.SLOW_READ_BYTES)
+                if not chunk:
+                    break
+                received += chunk
+                time.sleep(self.SLOW_READ_PAUSE_SECONDS)
+            stop.set()
+            poller.join(self.UP_DEADLINE_SECONDS + 5)
+        self.assertEqual(bytes(received), data)
+        self.assertGreaterEqual(len(up_times), 5, "/up answered during the download")
+        self.assertTrue(all(status == 200 for status, _ in up_times), up_times)
+        self.assertLess(max(seconds for _, seconds in up_times), self.UP_DEADLINE_SECONDS)
+        self.assertEqual(sum(size for _, size in reads), len(data))
+        self.assertTrue(reads and all(thread is not loop_thread and thread.name.startswith("campfire-files")
+                                      for thread, _ in reads), [thread.name for thread, _ in reads][:5])
+        self.assertLessEqual(max(size for _, size in reads), campfire.FILE_SEND_CHUNK_BYTES)
 
 
 class LiveUploadTests(unittest.TestCase):
