@@ -261,6 +261,11 @@ LOGO_CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=604800"  # acc
 FILE_SEND_CHUNK_BYTES = 256 * 1024        # read from disk at a time where sendfile can't be used
 FILE_WORKERS = 4                          # threads for file I/O (uploads, opening downloads)
 BLOB_KEY_CHARS = 28                       # Active Storage's SecureRandom.base36(28)
+# A blob row nothing is attached to is garbage only once no upload can still be on its way
+# to it: Rails' guides purge unattached blobs after 2 days (a direct upload attaches within minutes).
+UNATTACHED_BLOB_GRACE_SECONDS = 2 * 24 * 3600
+SWEEP_KEYS_PER_QUERY = 500                # blob keys looked up at once while sweeping stray files
+SWEEP_LOGGED_KEYS = 20                    # keys named in a sweep's log line (the count is always there)
 BLOB_KEY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 FILE_CACHE_CONTROL = "private, max-age=3600"  # a blob never changes, but who may read it can
 PREVIEW_MAX_WIDTH, PREVIEW_MAX_HEIGHT = 1200, 800  # Campfire's thumbnail box (app/models/message/attachment.rb)
@@ -7618,7 +7623,8 @@ def storage_in_use(config):
 # An upload is written to <root>/tmp/<key> and moved into place (a rename, atomic
 # on one file system) only once the row naming it has committed; a deleted blob's
 # file goes after the deletion has. At start, sweep() settles what a crash left
-# between the two. Every method but the path helpers blocks: worker threads call them.
+# between the two, and stray_files() finds the files of deletions it cut short.
+# Every method but the path helpers blocks: worker threads call them.
 
 def generate_blob_key():
     """28 lower-case letters and digits, as Active Storage's SecureRandom.base36(28)."""
@@ -7706,6 +7712,48 @@ class FileStore:
                     os.unlink(os.path.join(self.temp_root, name))
                 deleted += 1
         return moved, deleted
+
+    def stray_files(self, known_keys):
+        """Delete the files in the key folders that no blob row names (a deletion a stop
+        cut short after its commit); known_keys(keys) is the set of those that have a row.
+        Only a file named by a key, in that key's own folders, is considered: anything
+        else stays (Rails' legacy variants/ and previews/ trees live in va/ri/ and pr/ev/).
+        Returns the keys deleted."""
+        deleted = []
+
+        def settle(batch):
+            known = known_keys(batch)
+            for key in batch:
+                if key not in known:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path(key))
+                        deleted.append(key)
+
+        batch = []
+        for first in _sub_folders(self.root):
+            for second in _sub_folders(os.path.join(self.root, first)):
+                with contextlib.suppress(OSError), os.scandir(os.path.join(self.root, first, second)) as entries:
+                    for entry in entries:
+                        name = entry.name
+                        if (_BLOB_KEY_RE.match(name) and name[:2] == first and name[2:4] == second
+                                and entry.is_file(follow_symlinks=False)):
+                            batch.append(name)
+                            if len(batch) >= SWEEP_KEYS_PER_QUERY:
+                                settle(batch)
+                                batch = []
+        if batch:
+            settle(batch)
+        return deleted
+
+
+def _sub_folders(path):
+    """The names of a folder's two-character sub-folders (a key's folders), sorted."""
+    try:
+        with os.scandir(path) as entries:
+            return sorted(entry.name for entry in entries
+                          if len(entry.name) == 2 and entry.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
 
 
 ####
@@ -8919,6 +8967,22 @@ class Store:
 
     def blob_exists(self, key):
         return self.db.value("SELECT 1 FROM active_storage_blobs WHERE key = ?", (key,)) is not None
+
+    def delete_unattached_blobs(self, older_than):
+        """Delete the blob rows created before older_than (a datetime text) that nothing is
+        attached to and no Rails variant record is made from; their keys, for the caller to
+        delete the files after the commit. Attachments and blobs are written and deleted in
+        one transaction here, so only a storage written elsewhere holds such rows."""
+        with self.db.atomic():
+            rows = self.db.all(
+                "SELECT id, key FROM active_storage_blobs WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM active_storage_attachments WHERE active_storage_attachments.blob_id = "
+                "active_storage_blobs.id) AND NOT EXISTS (SELECT 1 FROM active_storage_variant_records WHERE "
+                "active_storage_variant_records.blob_id = active_storage_blobs.id)", (older_than,))
+            for start in range(0, len(rows), SQLITE_IN_CHUNK):
+                chunk = [row[0] for row in rows[start:start + SQLITE_IN_CHUNK]]
+                self.db.execute("DELETE FROM active_storage_blobs WHERE id IN (%s)" % ",".join("?" * len(chunk)), chunk)
+        return [row[1] for row in rows]
 
     def _attach(self, record_type, record_id, name, upload, stamp):
         """Insert the upload's blob and attach it (inside atomic()); its file moves into place after the commit."""
@@ -13381,6 +13445,8 @@ class App:
             if moved or deleted:
                 log.warning("uploads a stop cut short: %d committed moved into place, %d unfinished deleted",
                             moved, deleted)
+            unattached = self.store.delete_unattached_blobs(
+                utc_now_text(time.time() - UNATTACHED_BLOB_GRACE_SECONDS))
         except ConfigError:
             self.db.connection.close()
             raise
@@ -13400,6 +13466,8 @@ class App:
         self._workers = None        # the thread pool for password hashes, made on first use
         self._file_workers = None   # the thread pool for file I/O, made on first use
         self._file_jobs = set()     # its work not waited for (file_work_soon)
+        if unattached or os.path.isdir(self.files.root):
+            self.file_work_soon(self._sweep_files, unattached)
         self._unfurl_workers = None  # threads fetching link previews, made on first use
         self._unfurls_running = 0
         self._work_waiting = 0
@@ -13557,6 +13625,29 @@ class App:
             if not job.cancelled() and job.exception() is not None:
                 log.error("file work failed: %r", job.exception())
         job.add_done_callback(done)
+
+    def _sweep_files(self, unattached):
+        """(A file worker thread, from the start.) Delete the files of the blob rows
+        delete_unattached_blobs() took, then the files no blob row names, and log them.
+        Its own read-only connection: the app's belongs to the event loop's thread."""
+        for key in unattached:
+            self.files.delete(key)
+        if unattached:
+            log.warning("removed %d blobs attached to nothing for over %d days: %s", len(unattached),
+                        UNATTACHED_BLOB_GRACE_SECONDS // 86400, " ".join(unattached[:SWEEP_LOGGED_KEYS]))
+        path = os.path.abspath(self.config.resolved_database_path)
+        connection = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(path), uri=True,
+                                     timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            def known_keys(keys):
+                return {row[0] for row in connection.execute(
+                    "SELECT key FROM active_storage_blobs WHERE key IN (%s)" % ",".join("?" * len(keys)), keys)}
+            stray = self.files.stray_files(known_keys)
+        finally:
+            connection.close()
+        if stray:
+            log.warning("removed %d files no blob names (deletions a stop cut short): %s", len(stray),
+                        " ".join(stray[:SWEEP_LOGGED_KEYS]))
 
     def settle_file_work(self):
         """Wait until the file work asked for so far is done (tests; a stop waits in close())."""

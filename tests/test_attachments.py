@@ -451,6 +451,72 @@ class SweepTests(unittest.TestCase):
         finally:
             app.close()
 
+    def test_start_removes_what_a_crash_left_and_keeps_what_rails_references(self):
+        app = make_app()
+        storage, root = app.config.storage_path, app.files.root
+        try:
+            client = Client(app)
+            AppTestCase.first_run(self, client)
+            room_id = app.store.rooms_for(1)[0]["id"]
+            content_type, body = multipart(files=[("message[attachment]", "a.txt", "text/plain", b"kept")])
+            client.post("/rooms/%d/messages" % room_id, body=body, content_type=content_type)
+            kept_key = app.db.value("SELECT key FROM active_storage_blobs")
+            app.settle_file_work()
+        finally:
+            app.close()
+        old, recent = "2025-01-02 03:04:05.000000", campfire.utc_now_text(time.time() - 3600)
+
+        def place(key, data=b"bytes", folder=None):
+            path = os.path.join(folder or os.path.join(root, key[:2], key[2:4]), key)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as file:
+                file.write(data)
+            return path
+        # A deletion cut short after its commit: the file stays, no row names it.
+        deleted_blob_file = place("d" * 28)
+        # Not files of ours to judge: Rails' legacy variant tree, a name that is no key, a key in
+        # another key's folders, a temporary file's name in a key folder.
+        legacy_variant = place("digest", folder=os.path.join(root, "va", "ri", "variants", "k" * 28))
+        not_a_key = place("README", folder=os.path.join(root, "ab", "cd"))
+        misplaced = place("e" * 28, folder=os.path.join(root, "ab", "cd"))
+        with sqlite3.connect(app.config.resolved_database_path) as db:
+            def blob(key, created_at):
+                place(key)
+                return db.execute("INSERT INTO active_storage_blobs (key, filename, content_type, metadata, "
+                                  "service_name, byte_size, checksum, created_at) VALUES (?, 'f.png', 'image/png', "
+                                  "'{}', 'local', 5, '', ?)", (key, created_at)).lastrowid
+            blob("u" * 28, old)                         # attached to nothing for days: garbage
+            blob("r" * 28, recent)                      # attached to nothing yet (a direct upload): kept
+            source = blob("s" * 28, old)                # a variant record is made from it: kept
+            variant = blob("v" * 28, old)               # a variant's image, attached to its record: kept
+            preview = blob("p" * 28, old)               # a PDF's preview image, attached to its blob: kept
+            record = db.execute("INSERT INTO active_storage_variant_records (blob_id, variation_digest) "
+                                "VALUES (?, 'digest')", (source,)).lastrowid
+            for name, record_type, record_id, blob_id in (("image", "ActiveStorage::VariantRecord", record, variant),
+                                                           ("preview_image", "ActiveStorage::Blob", source, preview)):
+                db.execute("INSERT INTO active_storage_attachments (name, record_type, record_id, blob_id, "
+                           "created_at) VALUES (?, ?, ?, ?, ?)", (name, record_type, record_id, blob_id, old))
+        db.close()
+        with self.assertLogs("campfire", "WARNING") as logs:
+            app = make_app(storage)
+            app.settle_file_work()
+        try:
+            keys = {row[0] for row in app.db.all("SELECT key FROM active_storage_blobs")}
+            self.assertEqual(keys, {kept_key, "r" * 28, "s" * 28, "v" * 28, "p" * 28})
+            for key in keys:
+                self.assertTrue(os.path.exists(app.files.path(key)), key)
+            for path in (legacy_variant, not_a_key, misplaced):
+                self.assertTrue(os.path.exists(path), path)
+            self.assertFalse(os.path.exists(deleted_blob_file))
+            self.assertFalse(os.path.exists(app.files.path("u" * 28)))
+            output = "\n".join(logs.output)
+            self.assertIn("removed 1 blobs attached to nothing for over 2 days: " + "u" * 28, output)
+            self.assertIn("removed 1 files no blob names (deletions a stop cut short): " + "d" * 28, output)
+            with open(app.files.path(kept_key), "rb") as file:
+                self.assertEqual(file.read(), b"kept")
+        finally:
+            app.close()
+
 
 if __name__ == "__main__":
     unittest.main()
