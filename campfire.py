@@ -13441,12 +13441,6 @@ class App:
             self.store.resign_mentions()
             self.db.repair_search_tail()
             self.store.reset_connections()
-            moved, deleted = self.files.sweep(self.store.blob_exists)
-            if moved or deleted:
-                log.warning("uploads a stop cut short: %d committed moved into place, %d unfinished deleted",
-                            moved, deleted)
-            unattached = self.store.delete_unattached_blobs(
-                utc_now_text(time.time() - UNATTACHED_BLOB_GRACE_SECONDS))
         except ConfigError:
             self.db.connection.close()
             raise
@@ -13466,8 +13460,6 @@ class App:
         self._workers = None        # the thread pool for password hashes, made on first use
         self._file_workers = None   # the thread pool for file I/O, made on first use
         self._file_jobs = set()     # its work not waited for (file_work_soon)
-        if unattached or os.path.isdir(self.files.root):
-            self.file_work_soon(self._sweep_files, unattached)
         self._unfurl_workers = None  # threads fetching link previews, made on first use
         self._unfurls_running = 0
         self._work_waiting = 0
@@ -13625,6 +13617,18 @@ class App:
             if not job.cancelled() and job.exception() is not None:
                 log.error("file work failed: %r", job.exception())
         job.add_done_callback(done)
+
+    def settle_files(self):
+        """Settle what a stop cut short in the files (see FileStore), as the server starts:
+        only the process that serves the storage may, since another's uploads may be on
+        their way (a command such as reset-password opens the storage beside it)."""
+        moved, deleted = self.files.sweep(self.store.blob_exists)
+        if moved or deleted:
+            log.warning("uploads a stop cut short: %d committed moved into place, %d unfinished deleted",
+                        moved, deleted)
+        unattached = self.store.delete_unattached_blobs(utc_now_text(time.time() - UNATTACHED_BLOB_GRACE_SECONDS))
+        if unattached or os.path.isdir(self.files.root):
+            self.file_work_soon(self._sweep_files, unattached)
 
     def _sweep_files(self, unattached):
         """(A file worker thread, from the start.) Delete the files of the blob rows
@@ -16591,6 +16595,7 @@ class Server:
 
     async def start(self):
         self.loop = asyncio.get_running_loop()
+        self.app.settle_files()
         try:
             self._server = await self.loop.create_server(
                 lambda: HttpConnection(self), self.host, self.port, ssl=self.ssl_context,

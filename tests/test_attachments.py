@@ -443,6 +443,7 @@ class SweepTests(unittest.TestCase):
             app.close()
         with self.assertLogs("campfire", "WARNING") as logs:
             app = make_app(storage)
+            app.settle_files()  # what Server.start does first
         try:
             self.assertEqual(os.listdir(app.files.temp_root), [])
             with open(app.files.path(key), "rb") as file:
@@ -499,6 +500,7 @@ class SweepTests(unittest.TestCase):
         db.close()
         with self.assertLogs("campfire", "WARNING") as logs:
             app = make_app(storage)
+            app.settle_files()  # what Server.start does first
             app.settle_file_work()
         try:
             keys = {row[0] for row in app.db.all("SELECT key FROM active_storage_blobs")}
@@ -692,6 +694,33 @@ class LiveUploadTests(unittest.TestCase):
         while time.monotonic() < deadline and self.state() != (before, []):
             time.sleep(0.05)
         self.assertEqual(self.state(), (before, []))
+
+    def test_a_command_opening_the_storage_meanwhile_leaves_an_upload_on_its_way_alone(self):
+        data = os.urandom(2 * 1024 * 1024)
+        content_type, body = multipart([("message[client_message_id]", "beside-a-command")],
+                                       [("message[attachment]", "whole.bin", "application/octet-stream", data)])
+        app = self.server.app
+        with self.server.connect() as sock:
+            sock.sendall(self.upload_head(len(body), content_type))
+            sock.sendall(body[:len(body) // 2])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not (os.path.isdir(app.files.temp_root)
+                                                       and os.listdir(app.files.temp_root)):
+                time.sleep(0.02)
+            self.assertTrue(os.listdir(app.files.temp_root), "the upload was being written")
+            # reset-password opens the storage in a process of its own while the server runs.
+            self.assertIn("/session/transfers/", campfire.sign_in_link(app.config, "ada@example.com",
+                                                                        "http://127.0.0.1"))
+            sock.sendall(body[len(body) // 2:])
+            status, headers, _ = recv_response(sock, timeout=20)
+        self.assertEqual(status, 201)
+        message_id = int(re.search(r"@(\d+)$", headers["location"]).group(1))
+        app.settle_file_work()
+        with self.server.connect() as sock:
+            sock.sendall(("GET /messages/%d/attachment HTTP/1.1\r\nHost: x\r\nCookie: session_token=%s\r\n\r\n"
+                          % (message_id, self.cookie)).encode())
+            status, _, received = recv_response(sock, timeout=20)
+        self.assertEqual((status, received == data), (200, True))
 
     def test_curl_posts_a_file_as_a_bot(self):
         curl = shutil.which("curl")
