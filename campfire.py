@@ -16832,7 +16832,7 @@ class HttpConnection(asyncio.Protocol):
                     await self.drained
         finally:
             if reading is not None:  # the file stays open until the read under way is done
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await reading
 
     def _wake_sender(self):

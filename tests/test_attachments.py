@@ -540,9 +540,8 @@ class TlsDownloadTests(unittest.TestCase):
         cls.scratch = tempfile.mkdtemp(prefix="campfire-tls-")
         cls.addClassCleanup(shutil.rmtree, cls.scratch, True)
         paths = make_test_ca(cls.scratch)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(paths["cert.pem"], paths["key.pem"])
-        cls.server = LiveServer(ssl_context=context, max_upload_bytes=16 * 1024 * 1024)
+        cls.server = LiveServer(tls=campfire.TlsCertificate(paths["cert.pem"], paths["key.pem"]),
+                                max_upload_bytes=16 * 1024 * 1024)
         cls.addClassCleanup(cls.server.stop)
         cls.client_context = ssl.create_default_context(cafile=paths["ca.pem"])
 
