@@ -273,14 +273,28 @@ def main():
         # The server's own backup, when its schedule starts it.
         backups = os.path.join(storage, campfire.BACKUP_DIR_NAME)
 
-        def automatic_running():
+        def working():
             try:
                 return any(name.startswith(campfire.BACKUP_WORK_PREFIX) for name in os.listdir(backups))
             except FileNotFoundError:
                 return False
+
+        def backup_status():
+            try:
+                with open(os.path.join(backups, campfire.BACKUP_STATUS_FILE)) as file:
+                    return json.load(file)
+            except (OSError, ValueError):  # not written yet, or being replaced
+                return {}
+
+        def recorded_since(status, moment):
+            return any((status.get(outcome) or {}).get("time", 0) >= moment
+                       for outcome in ("last_success", "last_failure"))
+
+        def automatic_running():  # its work folder goes before its outcome is recorded
+            return working() or not recorded_since(backup_status(), automatic_started)
         begin_by = started + campfire.BACKUP_START_DELAY + AUTOMATIC_START_GRACE_SECONDS
         kept_alive = time.monotonic()
-        while not automatic_running():
+        while not working():
             if time.monotonic() > begin_by:
                 raise CheckFailed("the automatic backup did not start within %d s of the server's start"
                                   % (campfire.BACKUP_START_DELAY + AUTOMATIC_START_GRACE_SECONDS))
@@ -288,10 +302,10 @@ def main():
                 chat.up()
                 kept_alive = time.monotonic()
             time.sleep(0.02)
+        automatic_started = time.time() - 1  # the status records wall-clock times; it began at most this early
         auto_up, auto_post = chat.sample_while(automatic_running, time.monotonic() + BACKUP_TIMEOUT_SECONDS,
                                                "the automatic backup")
-        with open(os.path.join(backups, campfire.BACKUP_STATUS_FILE)) as file:
-            status = json.load(file)
+        status = backup_status()
         success = status.get("last_success")
         if not success or (status.get("last_failure") or {}).get("time", 0) > success.get("time", 0):
             raise CheckFailed("the automatic backup failed: %s" % (status.get("last_failure") or {}).get("error"))
