@@ -14,6 +14,8 @@ test:
 bench:
 	$(PYTHON) tests/bench.py
 	$(PYTHON) tests/bench_cable.py
+	$(PYTHON) tests/bench_files.py  # BENCH_FILE_MB (256) sets the file's size
+	$(PYTHON) tests/bench_backup.py  # BENCH_BACKUP_MB (1024) the database's, cached in /var/tmp
 	$(TEST_PYTHON) tests/bench_push.py  # its HTTPS push service checks pushes with cryptography and http_ece
 	$(TEST_PYTHON) tests/bench_browser.py  # the room in Chromium (Playwright), when both are installed
 	$(PYTHON) tests/bench_day.py  # a day of Campfire: 1,000 sockets, 200 readers, 200 posts/s, 10 searchers

@@ -264,6 +264,11 @@ LOGO_CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=604800"  # acc
 FILE_SEND_CHUNK_BYTES = 256 * 1024        # read from disk at a time where sendfile can't be used
 FILE_WORKERS = 4                          # threads for file I/O (uploads, opening downloads)
 BLOB_KEY_CHARS = 28                       # Active Storage's SecureRandom.base36(28)
+# A blob row nothing is attached to is garbage only once no upload can still be on its way
+# to it: Rails' guides purge unattached blobs after 2 days (a direct upload attaches within minutes).
+UNATTACHED_BLOB_GRACE_SECONDS = 2 * 24 * 3600
+SWEEP_KEYS_PER_QUERY = 500                # blob keys looked up at once while sweeping stray files
+SWEEP_LOGGED_KEYS = 20                    # keys named in a sweep's log line (the count is always there)
 BLOB_KEY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 FILE_CACHE_CONTROL = "private, max-age=3600"  # a blob never changes, but who may read it can
 PREVIEW_MAX_WIDTH, PREVIEW_MAX_HEIGHT = 1200, 800  # Campfire's thumbnail box (app/models/message/attachment.rb)
@@ -7732,7 +7737,8 @@ def storage_in_use(config):
 # An upload is written to <root>/tmp/<key> and moved into place (a rename, atomic
 # on one file system) only once the row naming it has committed; a deleted blob's
 # file goes after the deletion has. At start, sweep() settles what a crash left
-# between the two. Every method but the path helpers blocks: worker threads call them.
+# between the two, and stray_files() finds the files of deletions it cut short.
+# Every method but the path helpers blocks: worker threads call them.
 
 def generate_blob_key():
     """28 lower-case letters and digits, as Active Storage's SecureRandom.base36(28)."""
@@ -7820,6 +7826,48 @@ class FileStore:
                     os.unlink(os.path.join(self.temp_root, name))
                 deleted += 1
         return moved, deleted
+
+    def stray_files(self, known_keys):
+        """Delete the files in the key folders that no blob row names (a deletion a stop
+        cut short after its commit); known_keys(keys) is the set of those that have a row.
+        Only a file named by a key, in that key's own folders, is considered: anything
+        else stays (Rails' legacy variants/ and previews/ trees live in va/ri/ and pr/ev/).
+        Returns the keys deleted."""
+        deleted = []
+
+        def settle(batch):
+            known = known_keys(batch)
+            for key in batch:
+                if key not in known:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path(key))
+                        deleted.append(key)
+
+        batch = []
+        for first in _sub_folders(self.root):
+            for second in _sub_folders(os.path.join(self.root, first)):
+                with contextlib.suppress(OSError), os.scandir(os.path.join(self.root, first, second)) as entries:
+                    for entry in entries:
+                        name = entry.name
+                        if (_BLOB_KEY_RE.match(name) and name[:2] == first and name[2:4] == second
+                                and entry.is_file(follow_symlinks=False)):
+                            batch.append(name)
+                            if len(batch) >= SWEEP_KEYS_PER_QUERY:
+                                settle(batch)
+                                batch = []
+        if batch:
+            settle(batch)
+        return deleted
+
+
+def _sub_folders(path):
+    """The names of a folder's two-character sub-folders (a key's folders), sorted."""
+    try:
+        with os.scandir(path) as entries:
+            return sorted(entry.name for entry in entries
+                          if len(entry.name) == 2 and entry.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
 
 
 ####
@@ -9033,6 +9081,22 @@ class Store:
 
     def blob_exists(self, key):
         return self.db.value("SELECT 1 FROM active_storage_blobs WHERE key = ?", (key,)) is not None
+
+    def delete_unattached_blobs(self, older_than):
+        """Delete the blob rows created before older_than (a datetime text) that nothing is
+        attached to and no Rails variant record is made from; their keys, for the caller to
+        delete the files after the commit. Attachments and blobs are written and deleted in
+        one transaction here, so only a storage written elsewhere holds such rows."""
+        with self.db.atomic():
+            rows = self.db.all(
+                "SELECT id, key FROM active_storage_blobs WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM active_storage_attachments WHERE active_storage_attachments.blob_id = "
+                "active_storage_blobs.id) AND NOT EXISTS (SELECT 1 FROM active_storage_variant_records WHERE "
+                "active_storage_variant_records.blob_id = active_storage_blobs.id)", (older_than,))
+            for start in range(0, len(rows), SQLITE_IN_CHUNK):
+                chunk = [row[0] for row in rows[start:start + SQLITE_IN_CHUNK]]
+                self.db.execute("DELETE FROM active_storage_blobs WHERE id IN (%s)" % ",".join("?" * len(chunk)), chunk)
+        return [row[1] for row in rows]
 
     def _attach(self, record_type, record_id, name, upload, stamp):
         """Insert the upload's blob and attach it (inside atomic()); its file moves into place after the commit."""
@@ -14131,10 +14195,6 @@ class App:
             self.store.resign_mentions()
             self.db.repair_search_tail()
             self.store.reset_connections()
-            moved, deleted = self.files.sweep(self.store.blob_exists)
-            if moved or deleted:
-                log.warning("uploads a stop cut short: %d committed moved into place, %d unfinished deleted",
-                            moved, deleted)
         except ConfigError:
             self.db.connection.close()
             raise
@@ -14335,6 +14395,41 @@ class App:
             if not job.cancelled() and job.exception() is not None:
                 log.error("file work failed: %r", job.exception())
         job.add_done_callback(done)
+
+    def settle_files(self):
+        """Settle what a stop cut short in the files (see FileStore), as the server starts:
+        only the process that serves the storage may, since another's uploads may be on
+        their way (a command such as reset-password opens the storage beside it)."""
+        moved, deleted = self.files.sweep(self.store.blob_exists)
+        if moved or deleted:
+            log.warning("uploads a stop cut short: %d committed moved into place, %d unfinished deleted",
+                        moved, deleted)
+        unattached = self.store.delete_unattached_blobs(utc_now_text(time.time() - UNATTACHED_BLOB_GRACE_SECONDS))
+        if unattached or os.path.isdir(self.files.root):
+            self.file_work_soon(self._sweep_files, unattached)
+
+    def _sweep_files(self, unattached):
+        """(A file worker thread, from the start.) Delete the files of the blob rows
+        delete_unattached_blobs() took, then the files no blob row names, and log them.
+        Its own read-only connection: the app's belongs to the event loop's thread."""
+        for key in unattached:
+            self.files.delete(key)
+        if unattached:
+            log.warning("removed %d blobs attached to nothing for over %d days: %s", len(unattached),
+                        UNATTACHED_BLOB_GRACE_SECONDS // 86400, " ".join(unattached[:SWEEP_LOGGED_KEYS]))
+        path = os.path.abspath(self.config.resolved_database_path)
+        connection = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(path), uri=True,
+                                     timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            def known_keys(keys):
+                return {row[0] for row in connection.execute(
+                    "SELECT key FROM active_storage_blobs WHERE key IN (%s)" % ",".join("?" * len(keys)), keys)}
+            stray = self.files.stray_files(known_keys)
+        finally:
+            connection.close()
+        if stray:
+            log.warning("removed %d files no blob names (deletions a stop cut short): %s", len(stray),
+                        " ".join(stray[:SWEEP_LOGGED_KEYS]))
 
     def settle_file_work(self):
         """Wait until the file work asked for so far is done (tests; a stop waits in close())."""
@@ -17231,6 +17326,8 @@ class HttpConnection(asyncio.Protocol):
         self.held = []
         self.upgraded = None       # the CableConnection once this is a WebSocket
         self.waiting = None        # the task of a handler that awaits (see App.handle)
+        self.write_paused = False  # the transport's buffer is full (pause_writing until resume_writing)
+        self.drained = None        # what _send_chunks waits on meanwhile
 
     def connection_made(self, transport):
         self.transport = transport
@@ -17250,6 +17347,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closing = True
         self.server.connections.discard(self)
+        self._wake_sender()
         if self.streaming is not None:
             self.streaming.abort(ClientGone("The connection closed before the upload ended."))
             self.streaming = None
@@ -17257,9 +17355,12 @@ class HttpConnection(asyncio.Protocol):
             self.app.cable.connection_lost(self.upgraded)
 
     def pause_writing(self):
+        self.write_paused = True
         self.transport.pause_reading()
 
     def resume_writing(self):
+        self.write_paused = False
+        self._wake_sender()
         if not self.closing and (self.waiting is None or (self.streaming is not None and not self.streaming.paused)):
             self.transport.resume_reading()
 
@@ -17390,7 +17491,13 @@ class HttpConnection(asyncio.Protocol):
 
         async def send():
             try:
-                await loop.sendfile(self.transport, body.file, body.offset, body.length)
+                if self.transport.get_extra_info("ssl_object") is not None:  # the bytes must be encrypted here
+                    await self._send_chunks(body)
+                    return
+                try:
+                    await loop.sendfile(self.transport, body.file, body.offset, body.length, fallback=False)
+                except asyncio.SendfileNotAvailableError:  # raised before any byte went
+                    await self._send_chunks(body)
             finally:
                 body.file.close()
         self.waiting = loop.create_task(send())
@@ -17405,6 +17512,41 @@ class HttpConnection(asyncio.Protocol):
             self.transport.resume_reading()
             self._process()
         self.waiting.add_done_callback(sent)
+
+    async def _send_chunks(self, body):
+        """A file's bytes where sendfile(2) can't take them: FILE_SEND_CHUNK_BYTES at a time,
+        read in a file worker thread one chunk ahead of the one being written, and paced by
+        the transport's flow control (pause_writing/resume_writing)."""
+        app, transport = self.app, self.transport
+        descriptor, position, end = body.file.fileno(), body.offset, body.offset + body.length
+
+        def read_next():
+            size = min(FILE_SEND_CHUNK_BYTES, end - position)
+            return asyncio.ensure_future(app.file_work(os.pread, descriptor, size, position)) if size > 0 else None
+        reading = read_next()
+        try:
+            while reading is not None:
+                data = await asyncio.shield(reading)  # a cancelled send still waits for it below
+                if not data:
+                    raise OSError("%s ended %d bytes early" % (body.file.name, end - position))
+                position += len(data)
+                reading = read_next()
+                if self.closing:
+                    return
+                transport.write(data)
+                while self.write_paused and not self.closing:
+                    self.drained = self.server.loop.create_future()
+                    await self.drained
+        finally:
+            if reading is not None:  # the file stays open until the read under way is done
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await reading
+
+    def _wake_sender(self):
+        if self.drained is not None:
+            if not self.drained.done():
+                self.drained.set_result(None)
+            self.drained = None
 
     def _stream_for(self, request, pending):
         """An upload's handler is running: the body goes to it as it arrives (_feed_body),
@@ -17625,6 +17767,7 @@ class Server:
 
     async def start(self):
         self.loop = asyncio.get_running_loop()
+        self.app.settle_files()
         try:
             self._server = await self.loop.create_server(
                 lambda: HttpConnection(self), self.host, self.port, ssl=self.ssl_context,

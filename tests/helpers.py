@@ -154,11 +154,11 @@ class AppTestCase(unittest.TestCase):
 class LiveServer:
     """The real asyncio server on 127.0.0.1 with an ephemeral port, in a thread."""
 
-    def __init__(self, storage=None, **overrides):
+    def __init__(self, storage=None, tls=None, **overrides):
         self.storage = storage or tempfile.mkdtemp(prefix="campfire-live-")
         self.app = make_app(self.storage, host="127.0.0.1", port=0, **overrides)
         self.loop = asyncio.new_event_loop()
-        self.server = campfire.Server(self.app, "127.0.0.1", 0)
+        self.server = campfire.Server(self.app, "127.0.0.1", 0, tls)
         ready = threading.Event()
 
         def run():

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.parse
 
 from PIL import Image
 from werkzeug.datastructures import FileStorage, MultiDict
@@ -442,6 +443,7 @@ class SweepTests(unittest.TestCase):
             app.close()
         with self.assertLogs("campfire", "WARNING") as logs:
             app = make_app(storage)
+            app.settle_files()  # what Server.start does first
         try:
             self.assertEqual(os.listdir(app.files.temp_root), [])
             with open(app.files.path(key), "rb") as file:
@@ -450,9 +452,173 @@ class SweepTests(unittest.TestCase):
         finally:
             app.close()
 
+    def test_start_removes_what_a_crash_left_and_keeps_what_rails_references(self):
+        app = make_app()
+        storage, root = app.config.storage_path, app.files.root
+        try:
+            client = Client(app)
+            AppTestCase.first_run(self, client)
+            room_id = app.store.rooms_for(1)[0]["id"]
+            content_type, body = multipart(files=[("message[attachment]", "a.txt", "text/plain", b"kept")])
+            client.post("/rooms/%d/messages" % room_id, body=body, content_type=content_type)
+            kept_key = app.db.value("SELECT key FROM active_storage_blobs")
+            app.settle_file_work()
+        finally:
+            app.close()
+        old, recent = "2025-01-02 03:04:05.000000", campfire.utc_now_text(time.time() - 3600)
+
+        def place(key, data=b"bytes", folder=None):
+            path = os.path.join(folder or os.path.join(root, key[:2], key[2:4]), key)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as file:
+                file.write(data)
+            return path
+        # A deletion cut short after its commit: the file stays, no row names it.
+        deleted_blob_file = place("d" * 28)
+        # Not files of ours to judge: Rails' legacy variant tree, a name that is no key, a key in
+        # another key's folders, a temporary file's name in a key folder.
+        legacy_variant = place("digest", folder=os.path.join(root, "va", "ri", "variants", "k" * 28))
+        not_a_key = place("README", folder=os.path.join(root, "ab", "cd"))
+        misplaced = place("e" * 28, folder=os.path.join(root, "ab", "cd"))
+        with sqlite3.connect(app.config.resolved_database_path) as db:
+            def blob(key, created_at):
+                place(key)
+                return db.execute("INSERT INTO active_storage_blobs (key, filename, content_type, metadata, "
+                                  "service_name, byte_size, checksum, created_at) VALUES (?, 'f.png', 'image/png', "
+                                  "'{}', 'local', 5, '', ?)", (key, created_at)).lastrowid
+            blob("u" * 28, old)                         # attached to nothing for days: garbage
+            blob("r" * 28, recent)                      # attached to nothing yet (a direct upload): kept
+            source = blob("s" * 28, old)                # a variant record is made from it: kept
+            variant = blob("v" * 28, old)               # a variant's image, attached to its record: kept
+            preview = blob("p" * 28, old)               # a PDF's preview image, attached to its blob: kept
+            record = db.execute("INSERT INTO active_storage_variant_records (blob_id, variation_digest) "
+                                "VALUES (?, 'digest')", (source,)).lastrowid
+            for name, record_type, record_id, blob_id in (("image", "ActiveStorage::VariantRecord", record, variant),
+                                                           ("preview_image", "ActiveStorage::Blob", source, preview)):
+                db.execute("INSERT INTO active_storage_attachments (name, record_type, record_id, blob_id, "
+                           "created_at) VALUES (?, ?, ?, ?, ?)", (name, record_type, record_id, blob_id, old))
+        db.close()
+        with self.assertLogs("campfire", "WARNING") as logs:
+            app = make_app(storage)
+            app.settle_files()  # what Server.start does first
+            app.settle_file_work()
+        try:
+            keys = {row[0] for row in app.db.all("SELECT key FROM active_storage_blobs")}
+            self.assertEqual(keys, {kept_key, "r" * 28, "s" * 28, "v" * 28, "p" * 28})
+            for key in keys:
+                self.assertTrue(os.path.exists(app.files.path(key)), key)
+            for path in (legacy_variant, not_a_key, misplaced):
+                self.assertTrue(os.path.exists(path), path)
+            self.assertFalse(os.path.exists(deleted_blob_file))
+            self.assertFalse(os.path.exists(app.files.path("u" * 28)))
+            output = "\n".join(logs.output)
+            self.assertIn("removed 1 blobs attached to nothing for over 2 days: " + "u" * 28, output)
+            self.assertIn("removed 1 files no blob names (deletions a stop cut short): " + "d" * 28, output)
+            with open(app.files.path(kept_key), "rb") as file:
+                self.assertEqual(file.read(), b"kept")
+        finally:
+            app.close()
+
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TlsDownloadTests(unittest.TestCase):
+    """Over TLS sendfile(2) can't write the socket: the file is read in worker threads, a
+    chunk ahead, while the event loop goes on answering."""
+
+    FILE_BYTES = 6 * 1024 * 1024
+    SLOW_READ_BYTES = 64 * 1024       # the client reads this much at a time, pausing between
+    SLOW_READ_PAUSE_SECONDS = 0.004
+    UP_DEADLINE_SECONDS = 5.0         # for any one /up answer during the download
+
+    @classmethod
+    def setUpClass(cls):
+        import ssl
+        from tests.test_push import make_test_ca
+        cls.scratch = tempfile.mkdtemp(prefix="campfire-tls-")
+        cls.addClassCleanup(shutil.rmtree, cls.scratch, True)
+        paths = make_test_ca(cls.scratch)
+        cls.server = LiveServer(tls=campfire.TlsCertificate(paths["cert.pem"], paths["key.pem"]),
+                                max_upload_bytes=16 * 1024 * 1024)
+        cls.addClassCleanup(cls.server.stop)
+        cls.client_context = ssl.create_default_context(cafile=paths["ca.pem"])
+
+    def connect(self):
+        import http.client
+        return http.client.HTTPSConnection("127.0.0.1", self.server.port, timeout=30, context=self.client_context)
+
+    def tls_socket(self):
+        return self.client_context.wrap_socket(self.server.connect(timeout=30), server_hostname="127.0.0.1")
+
+    def test_a_tls_download_is_byte_exact_read_off_the_loop_and_the_loop_keeps_answering(self):
+        import threading
+        from unittest import mock
+        connection = self.connect()
+        connection.request("POST", "/first_run", urllib.parse.urlencode({
+            "user[name]": "Ada", "user[email_address]": "ada@example.com", "user[password]": "secret-password"}),
+            {"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "same-origin"})
+        response = connection.getresponse()
+        response.read()
+        cookie = response.getheader("Set-Cookie").split(";", 1)[0]
+        room_id = self.server.call(lambda: self.server.app.store.rooms_for(1)[0]["id"])
+        data = os.urandom(self.FILE_BYTES)
+        content_type, body = multipart([("message[client_message_id]", "tls-1")],
+                                       [("message[attachment]", "noise.bin", "application/octet-stream", data)])
+        connection.request("POST", "/rooms/%d/messages" % room_id, body, {
+            "Content-Type": content_type, "Cookie": cookie, "Sec-Fetch-Site": "same-origin"})
+        response = connection.getresponse()
+        response.read()
+        self.assertEqual(response.status, 201)
+        message_id = int(re.search(r"@(\d+)$", response.getheader("Location")).group(1))
+        connection.close()
+        self.server.app.settle_file_work()
+
+        loop_thread = self.server.thread
+        reads = []
+        real_pread = os.pread
+
+        def recording_pread(descriptor, size, offset):
+            reads.append((threading.current_thread(), size))
+            return real_pread(descriptor, size, offset)
+        up_times, stop = [], threading.Event()
+
+        def poll_up():
+            with self.tls_socket() as up:
+                while not stop.is_set():
+                    started = time.monotonic()
+                    up.sendall(b"GET /up HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    status, _, _ = recv_response(up, timeout=self.UP_DEADLINE_SECONDS)
+                    up_times.append((status, time.monotonic() - started))
+                    time.sleep(0.01)
+        with mock.patch.object(campfire.os, "pread", recording_pread), self.tls_socket() as sock:
+            sock.sendall(("GET /messages/%d/attachment HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n\r\n"
+                          % (message_id, cookie)).encode())
+            received = bytearray()
+            while b"\r\n\r\n" not in received:
+                received += sock.recv(self.SLOW_READ_BYTES)
+            head, _, received = bytes(received).partition(b"\r\n\r\n")
+            received = bytearray(received)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+            poller = threading.Thread(target=poll_up, daemon=True)
+            poller.start()
+            while len(received) < len(data):
+                chunk = sock.recv(self.SLOW_READ_BYTES)
+                if not chunk:
+                    break
+                received += chunk
+                time.sleep(self.SLOW_READ_PAUSE_SECONDS)
+            stop.set()
+            poller.join(self.UP_DEADLINE_SECONDS + 5)
+        self.assertEqual(bytes(received), data)
+        self.assertGreaterEqual(len(up_times), 5, "/up answered during the download")
+        self.assertTrue(all(status == 200 for status, _ in up_times), up_times)
+        self.assertLess(max(seconds for _, seconds in up_times), self.UP_DEADLINE_SECONDS)
+        self.assertEqual(sum(size for _, size in reads), len(data))
+        self.assertTrue(reads and all(thread is not loop_thread and thread.name.startswith("campfire-files")
+                                      for thread, _ in reads), [thread.name for thread, _ in reads][:5])
+        self.assertLessEqual(max(size for _, size in reads), campfire.FILE_SEND_CHUNK_BYTES)
 
 
 class LiveUploadTests(unittest.TestCase):
@@ -527,6 +693,33 @@ class LiveUploadTests(unittest.TestCase):
         while time.monotonic() < deadline and self.state() != (before, []):
             time.sleep(0.05)
         self.assertEqual(self.state(), (before, []))
+
+    def test_a_command_opening_the_storage_meanwhile_leaves_an_upload_on_its_way_alone(self):
+        data = os.urandom(2 * 1024 * 1024)
+        content_type, body = multipart([("message[client_message_id]", "beside-a-command")],
+                                       [("message[attachment]", "whole.bin", "application/octet-stream", data)])
+        app = self.server.app
+        with self.server.connect() as sock:
+            sock.sendall(self.upload_head(len(body), content_type))
+            sock.sendall(body[:len(body) // 2])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not (os.path.isdir(app.files.temp_root)
+                                                       and os.listdir(app.files.temp_root)):
+                time.sleep(0.02)
+            self.assertTrue(os.listdir(app.files.temp_root), "the upload was being written")
+            # reset-password opens the storage in a process of its own while the server runs.
+            self.assertIn("/session/transfers/", campfire.sign_in_link(app.config, "ada@example.com",
+                                                                        "http://127.0.0.1"))
+            sock.sendall(body[len(body) // 2:])
+            status, headers, _ = recv_response(sock, timeout=20)
+        self.assertEqual(status, 201)
+        message_id = int(re.search(r"@(\d+)$", headers["location"]).group(1))
+        app.settle_file_work()
+        with self.server.connect() as sock:
+            sock.sendall(("GET /messages/%d/attachment HTTP/1.1\r\nHost: x\r\nCookie: session_token=%s\r\n\r\n"
+                          % (message_id, self.cookie)).encode())
+            status, _, received = recv_response(sock, timeout=20)
+        self.assertEqual((status, received == data), (200, True))
 
     def test_curl_posts_a_file_as_a_bot(self):
         curl = shutil.which("curl")
