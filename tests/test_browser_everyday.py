@@ -10,7 +10,6 @@ import sqlite3
 import os
 import unittest
 
-from tests.browser import browser_available
 from tests.test_browser_app import ADA, BOB, PHONE, BrowserApp, unique
 
 try:

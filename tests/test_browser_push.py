@@ -9,7 +9,6 @@ the Push API is off, and nothing reaches a real push service from a test), so
 one test stands in for PushManager.subscribe with a subscription holding a real
 P-256 key made by WebCrypto; everything after it is the app's own code."""
 
-import json
 import re
 import unittest
 

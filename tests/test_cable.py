@@ -1,7 +1,6 @@
 """/cable over real sockets: the handshake's refusals, Action Cable's protocol,
 Campfire's channels and broadcasts."""
 
-import json
 import select
 import time
 import unittest

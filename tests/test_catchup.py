@@ -7,7 +7,6 @@ members; Carol created the closed room "Secret Plans" with Ada and Bob; Dave
 is in All Talk only."""
 
 import re
-import urllib.parse
 
 from tests.helpers import campfire, wait_until
 from tests.test_cable import CableTestCase

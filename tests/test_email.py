@@ -17,7 +17,7 @@ import unittest
 from unittest import mock
 
 from tests.browser import free_port
-from tests.helpers import AppTestCase, Client, campfire, make_app
+from tests.helpers import AppTestCase, Client, campfire
 from tests.test_offsite import make_ca
 from tests.test_rooms import ChatTestCase
 

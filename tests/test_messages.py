@@ -838,6 +838,8 @@ class RailsDatabaseTests(unittest.TestCase):
         digest = "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"
         if not campfire.bcrypt_supported():
             self.skipTest("this system's crypt(3) has no bcrypt")
+        self.assertEqual(self.app.db.value("SELECT password_digest FROM users WHERE email_address = ?",
+                                           ("rita@example.com",)), digest)  # Rails' own bcrypt digest
         client = Client(self.app)
         response = client.post("/session", {"email_address": "rita@example.com", "password": "U*U"})
         self.assertEqual(response.status, 303)

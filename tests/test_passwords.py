@@ -105,7 +105,7 @@ class LivePasswordTests(unittest.TestCase):
 
     def up_latency_during(self, work):
         """Run work() in threads while timing /up on a keep-alive connection; (statuses, latencies)."""
-        statuses, latencies, done = [], [], threading.Event()
+        statuses, latencies = [], []
 
         def run(index, job):
             statuses.append(job())

@@ -5,7 +5,6 @@ message, and delivery to a push service played by an HTTPS receiver on
 and with `cryptography` (independent of campfire.py)."""
 
 import base64
-import contextlib
 import datetime
 import http.server
 import ipaddress
@@ -13,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import ssl
 import stat
 import tempfile

@@ -13,9 +13,9 @@ import unittest
 import urllib.parse
 
 try:
-    from tests.helpers import Client, LiveServer, campfire, first_run_cookie, holds_for, wait_until
+    from tests.helpers import LiveServer, campfire, first_run_cookie, holds_for, wait_until
 except ImportError:  # run from inside tests/
-    from helpers import Client, LiveServer, campfire, first_run_cookie, holds_for, wait_until
+    from helpers import LiveServer, campfire, first_run_cookie, holds_for, wait_until
 
 
 class ResponseReader:

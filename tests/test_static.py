@@ -4,7 +4,6 @@ imports the real modules from static/ and reports each test's outcome."""
 
 import functools
 import http.server
-import os
 import threading
 import unittest
 
