@@ -847,14 +847,14 @@ class HTML(str):
     __slots__ = ()
 
     def format(self, *args, **kwargs):
-        return HTML(str.format(self, *map(escape, args),
-                               **{key: escape(value) for key, value in kwargs.items()}))
+        return HTML(str.format(self, *map(_markup, args),
+                               **{key: _markup(value) for key, value in kwargs.items()}))
 
     def join(self, parts):
-        return HTML(str.join(self, map(escape, parts)))
+        return HTML(str.join(self, map(_markup, parts)))
 
     def __add__(self, other):
-        return HTML(str.__add__(self, escape(other)))
+        return HTML(str.__add__(self, _markup(other)))
 
 
 def escape(value):
@@ -864,6 +864,18 @@ def escape(value):
     if value is None:
         return HTML("")
     return HTML(escape_html(str(value)))
+
+
+def _markup(value):
+    """escape(value) as the plain str HTML's format and join put in place (no HTML made
+    for each part); an int's digits need no escaping."""
+    if isinstance(value, HTML):
+        return value
+    if type(value) is int:
+        return str(value)
+    if value is None:
+        return ""
+    return escape_html(str(value))
 
 
 def format_bytes(count):
