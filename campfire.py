@@ -9325,9 +9325,10 @@ class Store:
         in the user's rooms only, newest first (by created_at, as Campfire orders them);
         with room_id, in that room and its threads; with creator_id, that person's.
 
-        A probe takes the newest matches across all rooms (FTS5 walks its
-        doclists in rowid order, so this is cheap) and keeps the user's; only
-        when that leaves too few does a membership-scoped query run."""
+        A probe walks the newest matches across all rooms (FTS5 walks its
+        doclists in rowid order, so this is cheap), `limit` at a time, keeping
+        the user's, and stops once it has `limit` of them; only when the first
+        search_probe_limit matches leave too few does a membership-scoped query run."""
         match = fts_match_expression(query)
         if match is None:
             return []
@@ -9336,17 +9337,30 @@ class Store:
             rooms = {candidate for candidate in rooms if candidate == room_id or (
                 (room := self.room(candidate)) is not None and room.parent_room_id == room_id)}
         probe_limit = self.config.search_probe_limit
-        probe = self.db.all("SELECT rowid FROM message_search_index WHERE message_search_index MATCH ? "
-                            "ORDER BY rowid DESC LIMIT ?", (match, probe_limit))
-        candidate_ids = [row[0] for row in probe]
-        marks = ",".join("?" * len(candidate_ids)) or "NULL"
-        visible = [row[0] for row in self.db.all("SELECT id, room_id, creator_id FROM messages WHERE id IN (%s) "
-                                                 "ORDER BY created_at DESC, id DESC" % marks, candidate_ids)
-                   if row[1] in rooms and creator_id in (None, row[2])][:limit]
-        if len(visible) == limit or len(probe) < probe_limit:
-            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s) "
-                               "ORDER BY messages.created_at DESC, messages.id DESC"
+        probe = self.db.execute("SELECT rowid FROM message_search_index WHERE message_search_index MATCH ? "
+                                "ORDER BY rowid DESC LIMIT ?", (match, probe_limit))
+        found, probed, walked_all = [], 0, False
+        try:
+            while len(found) < limit:
+                candidate_ids = [row[0] for row in probe.fetchmany(limit)]
+                probed += len(candidate_ids)
+                if candidate_ids:
+                    found += [row for row in self.db.all(
+                        "SELECT id, room_id, creator_id, created_at FROM messages WHERE id IN (%s)"
+                        % ",".join("?" * len(candidate_ids)), candidate_ids)
+                        if row[1] in rooms and creator_id in (None, row[2])]
+                if len(candidate_ids) < limit:
+                    walked_all = probed < probe_limit  # else the probe's LIMIT ended the walk
+                    break
+        finally:
+            probe.close()
+        if len(found) >= limit or walked_all:
+            found.sort(key=lambda row: (row[3], row[0]), reverse=True)
+            visible = [row[0] for row in found[:limit]]
+            order = {message_id: index for index, message_id in enumerate(visible)}
+            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s)"
                                % (",".join("?" * len(visible)) or "NULL"), visible)
+            rows.sort(key=lambda row: order[row[0]])
         else:
             room_ids = list(rooms) or [0]
             rows = self.db.all(
