@@ -12005,8 +12005,8 @@ def search(app, request):
         results = store.search(user_id, query, room_id=room_id, creator_id=creator_id) if query else []
         words = search_words(query)
         results_html = HTML("").join(
-            render_search_result(_where(app, user, message), app.messages_html([message], highlight=words))
-            for message in results)
+            render_search_result(_where(app, user, message), fragment)
+            for message, fragment in zip(results, app.message_fragments(results, highlight=words)))
         shared, direct = store.sidebar_rooms(user_id)
         body = render_search(query, results_html, len(results), store.recent_searches(user_id),
                              rooms=shared + direct, people=store.active_users(exclude_bots=True),
@@ -13310,7 +13310,7 @@ class Config:
     tls_key_path: str = None
     log_level: str = "INFO"
     static_root: str = STATIC_ROOT
-    cache: bool = True            # rendered pages and messages; off only to measure without
+    cache: bool = True            # rendered pages; off only to measure without (messages stay kept)
     page_cache_bytes: int = PAGE_CACHE_BYTES
     message_cache_bytes: int = MESSAGE_CACHE_BYTES
     # Tunables, each defaulting to its constant in section 1 (the unit and the reason
@@ -13793,13 +13793,13 @@ class App:
         """A message as render_message makes it, kept until it, its boosts, its thread or any
         name change. thread: its summary from Store.threads_for, looked up when None;
         attachment: its Blob or None when known, else looked up; highlight: search words
-        to mark (such a copy isn't kept)."""
+        to mark (kept apart from the unmarked copy). The copy is the same for everyone who
+        sees the message: nothing in it depends on the viewer."""
         store = self.store
         if thread is None:
             thread = store.threads_for([message["id"]]).get(message["id"], ())
-        key = (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), thread,
-               store.global_version)
-        cached = self.message_cache.get(key) if self.config.cache and not highlight else None
+        key = self._message_key(message, boosts, thread, highlight)
+        cached = self.message_cache.get(key)
         if cached is not None:
             return cached
         stored = message["body"] or ""
@@ -13819,9 +13819,14 @@ class App:
         rendered = render_message(message, author=self._author_html(message["creator_id"]), body=body, sound=sound,
                                   boosts=boosts, thread=thread, in_thread=room is not None and room.thread,
                                   attachment=attachment)
-        if not highlight:
-            self.message_cache.put(key, rendered)
+        self.message_cache.put(key, rendered)
         return rendered
+
+    def _message_key(self, message, boosts, thread, highlight):
+        """What a rendered message depends on: its version (an edit moves updated_at), its
+        boosts, its thread, every name (global_version) and the words it marks."""
+        return (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), thread,
+                self.store.global_version, tuple(highlight))
 
     def render_body(self, stored_body):
         """A stored body as a message shows it: each mention a chip of the person it names,
@@ -13838,17 +13843,31 @@ class App:
         return HTML(render_rich_text(stored_body, mention=chips.get))
 
     def messages_html(self, messages, *, highlight=()):
+        return HTML("").join(self.message_fragments(messages, highlight=highlight))
+
+    def message_fragments(self, messages, *, highlight=()):
+        """Each message as message_html makes it: boosts and threads looked up for all at
+        once, attachments only for the messages not kept already."""
         ids = [message["id"] for message in messages]
-        boosts, threads = self.store.boosts_for(ids), self.store.threads_for(ids)
-        attachments = self.store.attachments_for("Message", ids, "attachment")
-        return HTML("").join(self.message_html(message, boosts.get(message["id"], ()), threads.get(message["id"], ()),
-                                               attachments.get(message["id"]), highlight=highlight)
-                             for message in messages)
+        store = self.store
+        boosts, threads = store.boosts_for(ids), store.threads_for(ids)
+        get = self.message_cache.get
+        fragments = [get(self._message_key(message, boosts.get(message["id"], ()), threads.get(message["id"], ()),
+                                           highlight)) for message in messages]
+        missing = [message["id"] for message, fragment in zip(messages, fragments) if fragment is None]
+        if missing:
+            attachments = store.attachments_for("Message", missing, "attachment")
+            for index, message in enumerate(messages):
+                if fragments[index] is None:
+                    fragments[index] = self.message_html(message, boosts.get(message["id"], ()),
+                                                         threads.get(message["id"], ()),
+                                                         attachments.get(message["id"]), highlight=highlight)
+        return fragments
 
     def _author_html(self, creator_id):
         """The avatar and name that open a message, kept per person until names change."""
         key = ("author", creator_id, self.store.global_version)
-        author = self.message_cache.get(key) if self.config.cache else None
+        author = self.message_cache.get(key)
         if author is None:
             creator = self.store.user(creator_id)
             author = render_message_author(creator_id, creator.name if creator else "Deleted user")
@@ -17422,7 +17441,7 @@ COMMANDS = {
         "--host": (str, None, "address to bind (BIND; default %s)" % DEFAULT_BIND),
         "--port": (port_number, None, "port to listen on (PORT; default %d)" % DEFAULT_PORT),
         "--storage": (str, None, "storage directory (CAMPFIRE_STORAGE_PATH)"),
-        "--no-cache": (bool, False, "render every page afresh (to measure what the caches save)"),
+        "--no-cache": (bool, False, "render every page afresh from its kept messages (to measure what the page cache saves)"),
     }),
     "seed": ("fill the database with people, rooms and messages", {
         "--users": (int, 100, "people to add (default 100)"),
