@@ -9824,16 +9824,16 @@ def render_sidebar(shared, direct, unread, current_room_id=None, can_create_room
     """#user_sidebar: the mentions inbox (with its unread count) and saved messages,
     shared rooms by name, direct rooms by recency, unread marks, and the rooms hidden
     from it. shared, direct and hidden are [(Room, title)]; unread holds room ids."""
+    template = _sidebar_room_template()
+
     def item(room, title):
         classes = "sidebar__room"
         if room.id in unread:
             classes += " sidebar__room--unread"
         if room.id == current_room_id:
             classes += " sidebar__room--current"
-        return HTML('<li><a class="{classes}" href="{url}" data-room-id="{id}"{current}>'
-                    '<span class="sidebar__name">{name}</span></a></li>').format(
-            classes=classes, url=url_for("room", room_id=room.id), id=room.id, name=title,
-            current=HTML(' aria-current="page"') if room.id == current_room_id else "")
+        return HTML(template % {"classes": classes, "room_id": room.id, "name": escape(title),
+                                "current": ' aria-current="page"' if room.id == current_room_id else ""})
     new_room = HTML('<a class="sidebar__add" href="{}" aria-label="New room" title="New room">+</a>').format(
         url_for("new_open_room")) if can_create_rooms else ""
     return HTML(
@@ -9852,6 +9852,14 @@ def render_sidebar(shared, direct, unread, current_room_id=None, can_create_room
                                             else "%d+" % MAX_MENTION_COUNT_SHOWN) if mentions else "",
         shared=HTML("").join(item(room, title) for room, title in shared),
         direct=HTML("").join(item(room, title) for room, title in direct))
+
+
+@functools.cache
+def _sidebar_room_template():
+    """A room in the sidebar, %-formatted (on every page, once per room): numbers through
+    %d, the name through escape(), the classes from render_sidebar's own words."""
+    return ('<li><a class="%(classes)s" href="' + URLS.template("room") + '" data-room-id="%(room_id)d"%(current)s>'
+            '<span class="sidebar__name">%(name)s</span></a></li>')
 
 
 def render_hidden_rooms(hidden):
@@ -10505,16 +10513,17 @@ def render_boost_form(message):
 
 def render_search_result(where, message_html):
     title, href = where
-    return HTML('<article class="search-result"><p class="search-result__room">in <a href="{href}">{title}</a></p>'
-                '{message}</article>').format(href=href, title=title, message=message_html)
+    return HTML('<article class="search-result"><p class="search-result__room">in <a href="%s">%s</a></p>'
+                '%s</article>' % (escape(href), escape(title), escape(message_html)))
 
 
 def render_search_filters(rooms, people, room_id, creator_id):
     """The room and person a search may be narrowed to."""
-    room_options = HTML("").join(HTML('<option value="{id}"{selected}>{title}</option>').format(
-        id=room.id, title=title, selected=HTML(" selected") if room.id == room_id else "") for room, title in rooms)
-    people_options = HTML("").join(HTML('<option value="{id}"{selected}>{name}</option>').format(
-        id=user.id, name=user.name, selected=HTML(" selected") if user.id == creator_id else "") for user in people)
+    option = '<option value="%d"%s>%s</option>'  # once per room and per person: %-formatted, names escaped
+    room_options = HTML("".join(option % (room.id, " selected" if room.id == room_id else "", escape(title))
+                                for room, title in rooms))
+    people_options = HTML("".join(option % (user.id, " selected" if user.id == creator_id else "", escape(user.name))
+                                  for user in people))
     return HTML(
         '<div class="search__filters">'
         '<label class="search__filter">Room <select name="room_id"><option value="">Any room</option>{rooms}'
