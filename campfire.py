@@ -150,7 +150,8 @@ STATIC_RECHECK_SECONDS = 1.0          # an edited file in static/ is served with
 REQUEST_LOG_FLUSH_SECONDS = 0.1       # request log lines are written in batches this often
 
 GZIP_MIN_BYTES = 1400        # a body that fits in one TCP segment (~1,460 bytes) gains nothing
-GZIP_LEVEL = 6
+GZIP_LEVEL = 6               # a body kept (a cached page, a static file) is compressed once, so well
+GZIP_FRESH_LEVEL = 1         # a body compressed for one response: 4-5x less CPU than 6 for ~15% more bytes (nginx's default)
 GZIP_TYPES = ("text/", "application/json", "application/javascript",
               "image/svg+xml", "application/manifest+json")
 
@@ -14085,7 +14086,7 @@ class App:
         if (response.compressible and len(response.body) >= GZIP_MIN_BYTES
                 and response.content_type and response.content_type.startswith(GZIP_TYPES)
                 and "content-encoding" not in present and accepts_gzip(request)):
-            response.body = gzip_bytes(response.body)
+            response.body = gzip_bytes(response.body, GZIP_FRESH_LEVEL)
             headers.append(("Content-Encoding", "gzip"))
             headers.append(("Vary", "Accept-Encoding"))
         if request.path != "/up" and self.request_log.enabled:
