@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import unittest
+import unittest.mock
 
 from tests.helpers import Client, campfire, make_app
 from tests.test_rooms import ChatTestCase, fragment_message_id, message_ids
@@ -787,6 +788,80 @@ class UncachedPageTests(CachingChecks, ChatTestCase):
     def test_caches_are_really_off(self):
         self.ada.get("/rooms/1")
         self.assertEqual(len(self.app.page_cache), 0)
+
+
+class KeptMessagesTests(ChatTestCase):
+    """Pages are rendered afresh (the page cache is off) from the rendered messages the app
+    keeps; for every viewer they are byte for byte the pages a render with nothing kept makes."""
+
+    CACHE = False
+
+    def setUp(self):
+        super().setUp()
+        self.bob_message = self.post_id(self.bob, 1, "<div>bob says coffee first</div>")
+        mention = ('<action-text-attachment sgid="%s" content-type="%s"></action-text-attachment>'
+                   % (self.app.store.mention_sgid(self.bob_id), campfire.MENTION_CONTENT_TYPE))
+        self.mention = self.post_id(self.ada, 1, "<div>coffee for %s and @everyone</div>" % mention)
+        self.ids = [self.post_id(self.ada if index % 2 else self.bob, 1, "<div>coffee number %d</div>" % index)
+                    for index in range(45)]
+        self.paths = ["/rooms/1", "/rooms/1/messages?before=%d" % self.ids[30], "/searches?q=coffee",
+                      "/rooms/1/@%d" % self.mention]
+
+    def assertKeptIsFresh(self):
+        for client in (self.ada, self.bob):
+            for path in self.paths:
+                with self.subTest(path=path, viewer=client):
+                    client.get(path)  # settles what a visit changes (the unread line), keeps the messages
+                    kept = client.get(path)
+                    self.assertGreater(len(self.app.message_cache), 40)
+                    self.app.message_cache.clear()
+                    fresh = client.get(path)
+                    self.assertEqual((kept.status, fresh.status), (200, 200))
+                    self.assertEqual(kept.text, fresh.text)
+
+    def renders(self, client, path, *, post=None):
+        """How many messages a request renders (rather than takes as kept), with a post by
+        `post` (a client) before it when given."""
+        with unittest.mock.patch.object(campfire, "render_message", wraps=campfire.render_message) as render:
+            if post is not None:
+                self.post_id(post, 1, "<div>one more</div>")
+            self.assertEqual(client.get(path).status, 200)
+        return render.call_count
+
+    def test_pages_from_kept_messages_equal_fresh_pages_after_edits_boosts_saves_and_deletes(self):
+        self.assertKeptIsFresh()
+        self.bob.post("/rooms/1/messages/%d" % self.ids[44], {"_method": "patch", "message[body]": "coffee revised"})
+        self.assertKeptIsFresh()
+        self.assertEqual(self.ada.post("/messages/%d/boosts" % self.ids[40], {"boost[content]": "🥳"}).status, 201)
+        self.assertEqual(self.bob.post("/messages/%d/boosts" % self.mention, {"boost[content]": "☕"}).status, 201)
+        self.assertKeptIsFresh()
+        self.ada.post("/messages/%d/bookmark" % self.ids[39])
+        self.assertKeptIsFresh()
+        self.ada.post("/rooms/1/messages/%d" % self.ids[41], {"_method": "delete"})
+        self.assertKeptIsFresh()
+        self.bob.post("/users/me/profile", {"_method": "patch", "user[name]": "Robert Builder"})
+        self.assertKeptIsFresh()
+        page = self.ada.get("/rooms/1").text
+        self.assertIn("coffee revised", page)
+        self.assertIn("Robert Builder", page)
+        self.assertNotIn("coffee number 41<", page)
+
+    def test_a_new_message_renders_one_message_not_the_page(self):
+        self.ada.get("/rooms/1")
+        self.assertEqual(self.renders(self.ada, "/rooms/1"), 0)
+        self.assertEqual(self.renders(self.ada, "/rooms/1", post=self.bob), 1)  # the post's own answer
+        self.assertEqual(self.renders(self.bob, "/rooms/1"), 0)
+        self.assertIn("one more", self.bob.get("/rooms/1").text)
+
+    def test_with_no_room_for_kept_messages_every_page_renders_each_message(self):
+        app = make_app(self.storage, cache=False, message_cache_bytes=0)
+        try:
+            client = Client(app)
+            client.cookies = dict(self.ada.cookies)
+            for _ in range(2):
+                self.assertEqual(self.renders(client, "/rooms/1"), 40)
+        finally:
+            app.close()
 
 
 class RailsDatabaseTests(unittest.TestCase):
