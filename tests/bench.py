@@ -23,7 +23,8 @@ What it measures
                           room 1's history: the 40 messages before it
                 sidebar   GET /users/me/sidebar: a link to each of person1's rooms
                 search    GET /searches?q=coffee: the newest 100 messages with the
-                          word, in person1's rooms
+                          word, in person1's rooms, newest first (Campfire's order
+                          by created_at)
                 post      POST /rooms/1/messages, a unique client_message_id per
                           request: 201 and the new message
               The four reads run twice: on campfire.py as it ships (page caches
@@ -280,7 +281,7 @@ class PageCheck:
     any other fails. Without a verified reference every response fails in Lua.
     """
 
-    expected_ids: tuple = ()  # message ids, oldest first
+    expected_ids: tuple = ()  # message ids in the order the page shows them
     section: bytes = b""  # the ids are read from this marker on
     room_ids: tuple = ()  # the sidebar: rooms that #shared_rooms must link, and only those
     markers: tuple = ()  # byte strings that must be in the body
@@ -469,7 +470,7 @@ class SeedFacts:
     before_id: int  # the middle message of READ_ROOM_ID
     before_page: tuple  # the PAGE_SIZE ids before it, oldest first
     search_matches: int  # messages with SEARCH_WORD in person1's rooms
-    search_ids: tuple  # the newest SEARCH_LIMIT of them, oldest first
+    search_ids: tuple  # the newest SEARCH_LIMIT of them, newest first
 
 
 def campfire_workloads(cookie: Optional[str], facts: Optional[SeedFacts] = None,
@@ -835,7 +836,7 @@ def read_seed_facts(db_path: Path, email_address: str) -> SeedFacts:
             user_id=user_id, room_ids=room_ids, room_messages=len(in_room),
             room_page=tuple(in_room[-PAGE_SIZE:]), before_id=in_room[middle],
             before_page=tuple(in_room[middle - PAGE_SIZE:middle]),
-            search_matches=len(matches), search_ids=tuple(reversed(matches[:SEARCH_LIMIT])))
+            search_matches=len(matches), search_ids=tuple(matches[:SEARCH_LIMIT]))
     finally:
         db.close()
 
