@@ -10173,7 +10173,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
-        title="%s · %s" % (title, view.account_name) if title else view.account_name,
+        title=HTML("{} &middot; {}").format(title, view.account_name) if title else view.account_name,
         css=assets["campfire.css"], touch_icon=view.logo or url_for("static", path="icon-192.png"),
         icon_link=HTML('<link rel="icon" href="{}">').format(view.logo) if view.logo else HTML(
             '<link rel="icon" href="{}" type="image/svg+xml">').format(assets["campfire-icon.svg"]),
@@ -10253,7 +10253,7 @@ def render_hidden_rooms(hidden):
 
 def render_error_page(view, status, message):
     return render_layout(view, STATUS_REASONS.get(status, "Error"), HTML(
-        '<section class="panel"><h1 class="panel__title">{status} · {reason}</h1>'
+        '<section class="panel"><h1 class="panel__title">{status} &middot; {reason}</h1>'
         '<p>{message}</p><p><a href="{root}">Back to Campfire</a></p></section>').format(
         status=status, reason=STATUS_REASONS.get(status, "Error"), message=message, root=url_for("root")))
 
@@ -10485,7 +10485,7 @@ def render_pending_message(viewer, template_id="pending_message"):
         '<template id="{template_id}"><div class="message message--pending message--mine" '
         'data-creator-id="{id}"><span class="message__avatar" aria-hidden="true">{avatar}</span>'
         '<div class="message__content"><div class="message__meta"><span class="message__author">{name}</span> '
-        '<time></time> <span class="message__status" role="status">Sending…</span></div>'
+        '<time></time> <span class="message__status" role="status">Sending&hellip;</span></div>'
         '<div class="message__body"></div></div></div></template>').format(
         id=viewer.id, avatar=render_avatar(viewer.id), name=viewer.name, template_id=template_id)
 
@@ -10549,7 +10549,7 @@ def render_saved_messages(items, more_href):
         '<section class="inbox" id="saved" aria-labelledby="saved_title">'
         '<header class="room__header"><h1 class="room__name" id="saved_title">Saved</h1></header>'
         '<ol class="inbox__list" id="saved_list">{body}</ol>{empty}{more}</section>').format(
-        body=body, empty=HTML('<p class="inbox__empty">Nothing saved yet: “Save message” on any message keeps it '
+        body=body, empty=HTML('<p class="inbox__empty">Nothing saved yet: &ldquo;Save message&rdquo; on any message keeps it '
                               'here.</p>') if not items else "",
         more=HTML('<a class="button inbox__older" href="{}">More</a>').format(more_href) if more_href else "")
 
@@ -10640,7 +10640,7 @@ def render_direct_form(people, errors=None):
         '<p class="panel__intro">A private conversation with the people you pick.</p>{error}'
         '<form method="post" action="{action}" class="form" data-direct-form>'
         '<fieldset class="field picker" data-members><legend class="field__label">People</legend>'
-        '<input class="field__input picker__filter" type="search" placeholder="Find people…" '
+        '<input class="field__input picker__filter" type="search" placeholder="Find people&hellip;" '
         'aria-label="Find people" data-picker-filter hidden>'
         '<ul class="picker__people">{options}</ul></fieldset>'
         '<div class="form__actions"><button type="submit" class="button button--primary">Start Ping</button>'
@@ -10756,7 +10756,7 @@ def render_boost(boost, booster_name):
         '<span class="boost__content">{content}</span> <span class="boost__author">{name}</span>'
         '<form method="post" action="{action}" class="boost__remove">'
         '<input type="hidden" name="_method" value="delete">'
-        '<button type="submit" aria-label="Remove boost">×</button></form></li>').format(
+        '<button type="submit" aria-label="Remove boost">&times;</button></form></li>').format(
         id=boost["id"], booster_id=boost["booster_id"], name=booster_name, content=boost["content"],
         action=url_for("message_boost", message_id=boost["message_id"], boost_id=boost["id"]))
 
@@ -10967,7 +10967,7 @@ def render_search(query, results, result_count, recent, *, rooms=(), people=(), 
                  '<input type="hidden" name="_method" value="delete">'
                  '<button type="submit" class="button button--quiet">Clear</button></form>').format(
         url_for("clear_searches")) if recent else ""
-    summary = (HTML('<p class="search__summary">{count} {noun} for “{query}”</p>').format(
+    summary = (HTML('<p class="search__summary">{count} {noun} for &ldquo;{query}&rdquo;</p>').format(
         count=result_count, noun="message" if result_count == 1 else "messages", query=query)
         if query else HTML(""))
     return HTML(
@@ -11245,7 +11245,7 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
         '<p class="profile__bio">{bio}</p>{own}{tools}</section>').format(
         assets=render_page_assets(view) if tools else "", notice=render_notice(notice),
         avatar=render_avatar(user.id, 96), name=user.name, role=role_label(user),
-        state=HTML(" · {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
+        state=HTML(" &middot; {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
 
 
 def render_digest_setting(enabled):

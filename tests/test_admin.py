@@ -140,14 +140,14 @@ class AccountTests(AdminTestCase):
 
     def test_account_name_change_shows_on_cached_pages(self):
         room_path = "/rooms/%d" % self.room_id
-        self.assertIn("All Talk · Campfire", self.bob.get(room_path).text)  # now cached
+        self.assertIn("All Talk &middot; Campfire", self.bob.get(room_path).text)  # now cached
         response = self.patch(self.client, "/account", {"account[name]": "Acme Chat"})
         self.assertEqual(response.header("Location"), "/account/edit?saved=1")
         self.assertEqual(self.app.store.account_name(), "Acme Chat")
         self.assertIn('role="status">Saved.</p>', self.client.get(response.header("Location")).text)
         self.assertNotIn("Saved.", self.client.get("/account/edit").text)
         page = self.bob.get(room_path).text
-        self.assertIn("All Talk · Acme Chat", page)
+        self.assertIn("All Talk &middot; Acme Chat", page)
         self.assertIn('class="topbar__brand" href="/">Acme Chat</a>', page)
         self.assertIn("Acme Chat", Client(self.app).get("/session/new").text)
 
@@ -647,7 +647,7 @@ class QrCodeRouteTests(AdminTestCase):
         page = self.client.get(path, headers={"Sec-Fetch-Mode": "navigate", "Referer": "http://localhost/account/edit"})
         self.assertEqual(page.status, 200)
         self.assertIn("text/html", page.header("Content-Type"))
-        self.assertIn("<title>QR code · ", page.text)
+        self.assertIn("<title>QR code &middot; ", page.text)
         self.assertIn('<h1 class="panel__title">Scan this QR code</h1>', page.text)
         self.assertIn('<img class="qr-page__code" src="%s"' % path, page.text)
         self.assertIn('<a class="button" href="/account/edit">Back</a>', page.text)

@@ -240,7 +240,7 @@ class PagingTests(ChatTestCase):
             self.assertEqual(len(templates), 1)
             self.assertIn('<span class="message__author">%s</span>' % name, templates[0])
             self.assertIn('class="message message--pending message--mine"', templates[0])
-            self.assertIn("Sending…", templates[0])
+            self.assertIn("Sending&hellip;", templates[0])
             self.assertGreater(page.index('<template id="pending_message">'), page.index('id="composer"'))
             self.assertEqual(message_ids(page), self.ids[-40:])  # the template holds no message id
 
