@@ -15,3 +15,4 @@ bench:
 	$(PYTHON) tests/bench.py
 	$(PYTHON) tests/bench_cable.py
 	$(TEST_PYTHON) tests/bench_push.py  # its HTTPS push service checks pushes with cryptography and http_ece
+	$(TEST_PYTHON) tests/bench_browser.py  # the room in Chromium (Playwright), when both are installed

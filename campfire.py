@@ -53,6 +53,7 @@ if (__name__ == "__main__" and not os.environ.get("CAMPFIRE_AS_MODULE") and _MOD
 import asyncio
 import base64
 import binascii
+import bisect
 import calendar
 import codecs
 import collections
@@ -453,6 +454,20 @@ MAX_FORWARDED_HOPS = 20                   # X-Forwarded-For entries walked; no r
 # Sent over HTTPS only (RFC 6797 §7.2): browsers then use https:// for a year.
 # Without includeSubDomains: other names under the domain may not serve HTTPS.
 HSTS_MAX_AGE_SECONDS = 365 * 24 * 3600
+# HTTP_REDIRECT_PORT: a second port that sends http:// visitors to https://. It reads
+# a request's head only (never a body), within these bounds, answers and closes.
+REDIRECT_MAX_HEAD_BYTES = 8 * 1024        # a browser's head to a bare address is under 2 KB
+REDIRECT_HEAD_TIMEOUT = 10.0              # seconds for that head to arrive; then the connection closes
+REDIRECT_MAX_CONNECTIONS = 512            # open at once; past it a new one is closed at once
+
+# Free space in the storage (MIN_FREE_DISK_BYTES): below it uploads are refused with a
+# 507 and administrators are warned, so the database keeps room for messages.
+MIN_FREE_DISK_BYTES = 256 * 1024 * 1024   # bytes: a few hundred uploads of photos, weeks of messages
+DISK_CHECK_SECONDS = 5.0                  # statvfs at most this often; the answer is kept between
+
+# GET /metrics (Prometheus text format 0.0.4), from loopback or METRICS_ALLOW only.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+METRICS_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
 
 SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "strict-origin-when-cross-origin"),
                     ("X-Frame-Options", "DENY"))
@@ -460,14 +475,14 @@ SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "
 STATUS_REASONS = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created",
     204: "No Content", 206: "Partial Content", 301: "Moved Permanently", 302: "Found", 303: "See Other",
-    304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    304: "Not Modified", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
     409: "Conflict", 411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
     415: "Unsupported Media Type", 416: "Range Not Satisfiable", 417: "Expectation Failed",
     422: "Unprocessable Content", 426: "Upgrade Required", 429: "Too Many Requests",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
+    505: "HTTP Version Not Supported", 507: "Insufficient Storage",
 }
 
 MIME_TYPES = {
@@ -613,7 +628,8 @@ class CampfireError(Exception):
      │    ├── Unprocessable      422: well-formed but invalid (an empty message)
      │    │    └── ImageHeaderError 422: an image whose header is cut off, corrupt or absurd
      │    ├── TooManyRequests    429: a rate limit
-     │    └── ServiceUnavailable 503: a write the disk refused, or too much work waiting
+     │    ├── ServiceUnavailable 503: a write the disk refused, or too much work waiting
+     │    └── InsufficientStorage 507: an upload refused while the storage is low on space
      ├── ConfigError             bad configuration: the CLI prints it, exits 1
      ├── BackupError             a backup, restore or check that failed: the CLI exits 1
      │    ├── BackupInvalid      an archive or database that fails its checks
@@ -678,6 +694,12 @@ class TooManyRequests(HttpError):
 
 class ServiceUnavailable(HttpError):
     status = 503
+
+
+class InsufficientStorage(HttpError):
+    """507 (RFC 4918 §11.5): the storage is below config.min_free_disk_bytes, so an
+    upload is refused before its body is read."""
+    status = 507
 
 
 class MultipartError(BadRequest):
@@ -1090,7 +1112,8 @@ class Request:
 
     __slots__ = ("method", "target", "path", "query_string", "version", "headers", "body",
                  "keep_alive", "remote_addr", "scheme", "id", "started", "user", "session",
-                 "set_cookies", "_query", "_form", "_params", "_cookies", "files", "streaming", "body_reader")
+                 "set_cookies", "_query", "_form", "_params", "_cookies", "files", "streaming", "body_reader",
+                 "route")
 
     def __init__(self, method, target, version="HTTP/1.1", headers=None, body=b""):
         self.method = method
@@ -1115,6 +1138,7 @@ class Request:
         self.files = {}
         self.streaming = False     # the body is an upload, read as it arrives (HttpParser.take_body)
         self.body_reader = None    # the server's BodyReader of a streamed body
+        self.route = None          # the Route it matched, for /metrics
         self._query = self._form = self._params = self._cookies = None
 
     def header(self, name, default=""):
@@ -1193,16 +1217,16 @@ class Request:
 _FORWARDED_HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?\Z")
 
 
-def parse_trusted_proxies(text):
-    """TRUSTED_PROXIES "127.0.0.1, 10.0.0.0/8, ::1" → a tuple of ip_network."""
+def parse_trusted_proxies(text, variable="TRUSTED_PROXIES"):
+    """TRUSTED_PROXIES (or METRICS_ALLOW) "127.0.0.1, 10.0.0.0/8, ::1" → a tuple of ip_network."""
     import ipaddress  # here, not at the top: only a server behind a proxy needs it
     networks = []
     for part in (text or "").replace(",", " ").split():
         try:
             networks.append(ipaddress.ip_network(part, strict=False))
         except ValueError:
-            raise ConfigError("TRUSTED_PROXIES must be addresses or CIDR ranges (like 127.0.0.1 or 10.0.0.0/8), "
-                              "separated by commas or spaces; %r is neither." % part) from None
+            raise ConfigError("%s must be addresses or CIDR ranges (like 127.0.0.1 or 10.0.0.0/8), "
+                              "separated by commas or spaces; %r is neither." % (variable, part)) from None
     return tuple(networks)
 
 
@@ -1632,6 +1656,33 @@ def serialize_response(status, headers, body, *, keep_alive, head_only=False, da
     if head_only or not has_body:
         return head.encode("latin-1")
     return head.encode("latin-1") + body
+
+
+def https_redirect(head, https_port, date=None):
+    """What HTTP_REDIRECT_PORT answers to one request head (its bytes up to the blank
+    line): a 301 for GET and HEAD, a 308 for other methods (RFC 9110 §15.4.2 and
+    §15.4.9: the method and body are then kept), to the same path and query at
+    https:// on the same host name and https_port; a 400 for a head it can't read.
+    The connection is never kept: nothing more is read from it."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    host = None
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"host":
+            host = None if host is not None else value.strip().decode("latin-1")  # two Hosts: unreadable
+            if host is None:
+                break
+    if (len(parts) != 3 or not parts[2].startswith(b"HTTP/1.") or not parts[1].startswith(b"/")
+            or any(byte <= 0x20 or byte >= 0x7F for byte in parts[1]) or not host
+            or not _FORWARDED_HOST_RE.match(host)):
+        body = plain_error_page(400, "This address only sends browsers to HTTPS; the request could not be read.")
+        return serialize_response(400, [("Content-Type", "text/html; charset=utf-8")], body.encode(),
+                                  keep_alive=False, date=date)
+    name = host[:host.index("]") + 1] if host.startswith("[") else host.partition(":")[0]
+    location = "https://%s%s%s" % (name, "" if https_port == 443 else ":%d" % https_port, parts[1].decode("ascii"))
+    status = 301 if parts[0] in (b"GET", b"HEAD") else 308
+    return serialize_response(status, [("Location", location)], b"", keep_alive=False, date=date)
 
 
 class Response:
@@ -9687,6 +9738,40 @@ class View:
     origin: str                 # "scheme://host", for links that leave the page (invitations, bots)
     logo: str = ""              # the account logo's URL when one is set: the page's icon
     vapid_public_key: str = ""  # the signed-in app's applicationServerKey, as Campfire's vapid-public-key meta tag
+    scripts: "PageScripts" = None  # the import map and the modules app.js needs
+
+
+@dataclass(slots=True, frozen=True)
+class PageScripts:
+    """How a page loads static/'s modules with one request each and none on a reload.
+
+    app.js imports its modules by relative names ("./cable.js"); the import map
+    sends each to its versioned URL, which is served immutable, so a reload finds
+    every module in the browser's cache without asking (HTML's import maps).
+    modulepreload links fetch the whole graph at once instead of one level at a
+    time. The map is inline, so the CSP allows exactly its text by its hash."""
+
+    import_map: str = ""        # the <script type="importmap"> text (JSON)
+    preloads: tuple = ()        # versioned URLs of every module app.js imports, directly or not
+    content_security_policy: str = CONTENT_SECURITY_POLICY  # with the map's hash in script-src
+
+
+def page_scripts(modules, entry="app.js"):
+    """PageScripts for StaticFiles.modules(): every module mapped to its version, and
+    the modules `entry` reaches through static imports, in the order they are met."""
+    if entry not in modules:
+        return PageScripts()
+    import_map = json.dumps({"imports": {url_for("static", path=name): url_for("static", path=name, v=digest)
+                                         for name, (digest, _) in modules.items()}}, separators=(",", ":"))
+    reached, pending = [], list(modules[entry][1])
+    while pending:
+        name = pending.pop(0)
+        if name in modules and name not in reached and name != entry:
+            reached.append(name)
+            pending.extend(modules[name][1])
+    digest = base64.b64encode(hashlib.sha256(import_map.encode()).digest()).decode()
+    policy = CONTENT_SECURITY_POLICY.replace("script-src 'self'", "script-src 'self' 'sha256-%s'" % digest, 1)
+    return PageScripts(import_map, tuple(url_for("static", path=name, v=modules[name][0]) for name in reached), policy)
 
 
 def room_settings_path(room):
@@ -9779,7 +9864,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<link rel="manifest" href="{manifest}">'
         '<meta name="theme-color" content="{light}" media="(prefers-color-scheme: light)">'
         '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">{vapid}'
-        '<script type="module" src="{js}"></script>'
+        '{modules}<script type="module" src="{js}"></script>'
         '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip,
         js=assets["app.js"], components=assets["components.css"], catchup=assets["catchup.css"],
         light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
@@ -9790,8 +9875,17 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         icon_link=HTML('<link rel="icon" href="{}">').format(view.logo) if view.logo else HTML(
             '<link rel="icon" href="{}" type="image/svg+xml">').format(assets["campfire-icon.svg"]),
         manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles,
-        vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
+        modules=render_module_scripts(view.scripts), vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
         if view.vapid_public_key else "")
+
+
+def render_module_scripts(scripts):
+    """The import map first (HTML: it must come before any module is fetched), then a
+    modulepreload link per module."""
+    if scripts is None or not scripts.import_map:
+        return HTML("")
+    return HTML('<script type="importmap">' + scripts.import_map + '</script>' + "".join(
+        '<link rel="modulepreload" href="%s">' % escape_html(url) for url in scripts.preloads))
 
 
 def render_sidebar(shared, direct, unread, current_room_id=None, can_create_rooms=True, hidden=(), mentions=0):
@@ -10096,10 +10190,12 @@ def render_saved_messages(items, more_href):
         more=HTML('<a class="button inbox__older" href="{}">More</a>').format(more_href) if more_href else "")
 
 
-def render_room(room, viewer, title, involvement, messages, *, highlight_id=None, max_upload_bytes=MAX_UPLOAD_BYTES):
+def render_room(room, viewer, title, involvement, messages, *, highlight_id=None, max_upload_bytes=MAX_UPLOAD_BYTES,
+                reached_start=False):
     """The room: its header, its messages (rendered), the composer. On a phone the header is
     the top bar: a way back to the rooms, the name, who is here, and one menu holding the
-    room's tools and the top bar's links (room__phone-only)."""
+    room's tools and the top bar's links (room__phone-only). reached_start: the messages
+    begin with the room's first, so the app asks for nothing older."""
     return HTML(
         '<section class="room" id="room" data-room-id="{id}" data-room-type="{type}" aria-labelledby="room_name">'
         '<header class="room__header"><a class="room__back" href="{rooms}" aria-label="Rooms" title="Rooms"></a>'
@@ -10110,8 +10206,8 @@ def render_room(room, viewer, title, involvement, messages, *, highlight_id=None
         '<a class="room__phone-only button button--quiet" href="{account}">Account</a>'
         '<a class="room__phone-only button button--quiet" href="{profile}">Your profile</a></div>'
         '</header>'
-        '<div class="messages" id="messages" data-room-id="{id}"{highlight}>{messages}</div>'
-        '{composer}{pending}</section>').format(
+        '<div class="messages" id="messages" data-room-id="{id}"{highlight}{start}>{messages}</div>'
+        '{composer}{pending}</section>').format(start=HTML(' data-reached-start') if reached_start else "",
         id=room.id, type=room.type.split("::")[-1].lower(), heading="Ping with %s" % title if room.direct else title,
         bell=render_bell(room, involvement), settings=room_settings_path(room), rooms=url_for("user_sidebar"),
         search=url_for("searches"), account=url_for("edit_account"), profile=url_for("user_profile"),
@@ -10576,6 +10672,16 @@ def render_people_page(view, people_html):
     return HTML('{}<section class="panel panel--wide">{}</section>').format(render_page_assets(view), people_html)
 
 
+def render_storage_warning(storage):
+    """Administrators' warning when the storage is low on space (uploads are refused meanwhile)."""
+    if not storage or not storage["low"]:
+        return HTML("")
+    return HTML('<p class="notice notice--alert" role="alert" id="storage_low">The storage is low on disk space: '
+                '{free} free, under the {threshold} kept in reserve (<code>MIN_FREE_DISK_BYTES</code>). '
+                'Uploads are refused until space is freed; messages still work.</p>').format(
+        free=byte_size_text(storage["free_bytes"]), threshold=byte_size_text(storage["min_free_bytes"]))
+
+
 def render_backup_status(backups):
     """Administrators' view of the automatic backups: the last good one, and a failure, loudly."""
     offsite = backups.get("offsite")
@@ -10621,7 +10727,7 @@ def _interval_text(seconds):
 
 
 def render_account_page(view, account, invite_url, people_html, *, restricted, values=None, errors=None,
-                        notice=None, saved=False, backups=None):
+                        notice=None, saved=False, backups=None, storage=None):
     """The account: its name, the invitation link, people; administrators also edit it."""
     errors = errors or {}
     name = (values or {}).get("account[name]", account["name"])
@@ -10653,8 +10759,9 @@ def render_account_page(view, account, invite_url, people_html, *, restricted, v
             '<section class="panel__section" aria-labelledby="account_admin_heading">'
             '<h2 class="panel__subtitle" id="account_admin_heading">Administration</h2><div class="form__actions">'
             '<a class="button" href="{styles}">Edit custom CSS</a>'
-            '<a class="button" href="{bots}">Set up chat bots</a></div>{remove_logo}</section>{backups}').format(
+            '<a class="button" href="{bots}">Set up chat bots</a></div>{remove_logo}{storage}</section>{backups}').format(
             styles=url_for("edit_account_custom_styles"), bots=url_for("account_bots"),
+            storage=render_storage_warning(storage),
             backups=render_backup_status(backups) if backups else "",
             remove_logo=HTML('<form method="post" action="{}" class="inline-form">'
                              '<input type="hidden" name="_method" value="delete">'
@@ -10957,6 +11064,59 @@ def manifest_json(account_name, logo=None):
     }
 
 
+def _metric_labels(pairs):
+    """{name="value",…} with the text format's escapes: backslash, double quote, newline."""
+    return "{%s}" % ",".join('%s="%s"' % (name, str(value).replace("\\", "\\\\").replace('"', '\\"')
+                                           .replace("\n", "\\n")) for name, value in pairs)
+
+
+_GAUGE_HELP = (
+    ("http_connections", "Open HTTP connections, /cable ones apart."),
+    ("cable_connections", "Open /cable WebSocket connections."),
+    ("cable_subscriptions", "Action Cable channel subscriptions on those connections."),
+    ("webhook_queue_depth", "Webhook deliveries waiting."),
+    ("push_queue_depth", "Web Push notifications waiting, retries included."),
+    ("backup_age_seconds", "Seconds since the last good backup (absent before the first)."),
+    ("backup_failing", "1 when the last backup or its off-site copy failed."),
+    ("storage_free_bytes", "Free bytes in the storage directory's file system."),
+    ("storage_low", "1 when that is under MIN_FREE_DISK_BYTES and uploads are refused."),
+    ("database_failing", "1 when the database refused writes or showed damage lately."),
+)
+
+
+def render_metrics(metrics, gauges, version):
+    """The Prometheus text exposition format 0.0.4 (prometheus.io/docs/instrumenting/exposition_formats):
+    counters and the latency histogram from Metrics, then the gauges, a value of None left out."""
+    lines = ["# HELP campfire_info The running version.", "# TYPE campfire_info gauge",
+             "campfire_info%s 1" % _metric_labels((("version", version),)),
+             "# HELP campfire_http_requests_total HTTP requests answered, by route and status.",
+             "# TYPE campfire_http_requests_total counter"]
+    routes = sorted((pattern, method, stats) for pattern, by_method in metrics.routes.items()
+                    for method, stats in by_method.items())
+    for pattern, method, stats in routes:
+        for status, count in sorted(stats.statuses.items()):
+            lines.append("campfire_http_requests_total%s %d" % (
+                _metric_labels((("method", method), ("route", pattern), ("status", status))), count))
+    lines += ["# HELP campfire_http_request_duration_seconds Time from a request's head to its answer, by route.",
+              "# TYPE campfire_http_request_duration_seconds histogram"]
+    for pattern, method, stats in routes:
+        labels, total = (("method", method), ("route", pattern)), 0
+        for bound, count in zip(METRICS_LATENCY_BUCKETS + ("+Inf",), stats.buckets):
+            total += count
+            lines.append("campfire_http_request_duration_seconds_bucket%s %d" % (
+                _metric_labels(labels + (("le", bound),)), total))
+        lines.append("campfire_http_request_duration_seconds_sum%s %r" % (_metric_labels(labels), stats.seconds))
+        lines.append("campfire_http_request_duration_seconds_count%s %d" % (_metric_labels(labels), total))
+    lines += ["# HELP campfire_messages_posted_total Messages posted (committed) since the server started.",
+              "# TYPE campfire_messages_posted_total counter",
+              "campfire_messages_posted_total %d" % metrics.messages_posted]
+    for name, help_text in _GAUGE_HELP:
+        lines += ["# HELP campfire_%s %s" % (name, help_text), "# TYPE campfire_%s gauge" % name]
+        if gauges.get(name) is not None:
+            lines.append("campfire_%s %s" % (name, gauges[name]))
+    return "\n".join(lines) + "\n"
+
+
 ####
 #### 14. Routes
 ####
@@ -10983,6 +11143,7 @@ def route_table():
         # method(s)     path pattern                                  name                      handler                   who      body limit
         # Health, files and the installable app
         ("GET",         "/up",                                        "up",                     health_check,             "health"),
+        ("GET",         "/metrics",                                   "metrics",                metrics,                  "health"),
         ("GET",         "/static/<path:path>",                        "static",                 static_file,              "public"),
         ("GET",         "/webmanifest.json",                          "webmanifest",            web_manifest,             "public"),
         ("GET",         "/webmanifest",                               None,                     web_manifest,             "public"),
@@ -11216,7 +11377,7 @@ def health_check(app, request):
 
 def health_detail(app, request):
     """/up?detail=1: JSON for monitoring, to loopback and administrators only (it names
-    backups and disk space): the database, the backups, free space, the version."""
+    backups and disk space): the database, the backups, free space, connections, the version."""
     address = normalized_ip(request.remote_addr)
     if address is None or not address.is_loopback:
         app._authenticate(request)
@@ -11224,14 +11385,40 @@ def health_detail(app, request):
             raise NotFound("There is nothing at this address.")
     healthy = app.db.healthy()
     backups = app.backups.summary()
-    try:
-        disk = os.statvfs(app.config.storage_path)
-        free = disk.f_bavail * disk.f_frsize
-    except OSError:
-        free = None
-    detail = {"status": "ok" if healthy and backups["ok"] else "failing", "database": "ok" if healthy else "failing",
-              "backups": backups, "storage_free_bytes": free, "version": VERSION}
+    storage = app.storage_summary()
+    connections = app.connection_summary()
+    detail = {"status": "ok" if healthy and backups["ok"] and not storage["low"] else "failing",
+              "database": "ok" if healthy else "failing", "backups": backups,
+              "storage_free_bytes": storage["free_bytes"], "storage": storage, "connections": connections,
+              "version": VERSION}
     return json_response(detail, 200 if healthy else 503, headers=[("Cache-Control", "no-store")])
+
+
+def metrics(app, request):
+    """GET /metrics: the Prometheus text format, to loopback and METRICS_ALLOW only
+    (others get the 404 of an address that isn't there). The client address is the
+    one rate limits use: X-Forwarded-For counts only from TRUSTED_PROXIES."""
+    address = normalized_ip(request.remote_addr)
+    if address is None or not (address.is_loopback or any(address in network
+                                                           for network in app.config.metrics_allow)):
+        raise NotFound("There is nothing at this address.")
+    backups = app.backups.summary()
+    storage = app.storage_summary()
+    connections = app.connection_summary()
+    gauges = {
+        "http_connections": connections["http"],
+        "cable_connections": connections["cable"],
+        "cable_subscriptions": connections["cable_subscriptions"],
+        "webhook_queue_depth": len(app.webhooks.pending),
+        "push_queue_depth": app.pushes.depth,
+        "backup_age_seconds": backups["last_success_age_seconds"],
+        "backup_failing": int(not backups["ok"]),
+        "storage_free_bytes": storage["free_bytes"],
+        "storage_low": int(storage["low"]),
+        "database_failing": int(not app.db.healthy()),
+    }
+    return Response(render_metrics(app.metrics, gauges, VERSION), content_type=METRICS_CONTENT_TYPE,
+                    headers=[("Cache-Control", "no-store")])
 
 
 # Static files and the installable app --------------------------------------------
@@ -11439,7 +11626,7 @@ def landing(app, request):
     return redirect(url_for("room", room_id=target), 302)
 
 
-def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=None):
+def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=None, reached_start=False):
     """The room (or a thread, its own page) with these messages; a line above the
     first one created since unread_since, the moment the room became unread."""
     if room.thread:
@@ -11455,7 +11642,7 @@ def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=
         messages_html = (app.messages_html(messages[:split]) + render_since_line()
                          + app.messages_html(messages[split:]))
     body = render_room(room, user, title, involvement, messages_html, highlight_id=highlight_id,
-                       max_upload_bytes=app.config.max_upload_bytes)
+                       max_upload_bytes=app.config.max_upload_bytes, reached_start=reached_start)
     return _page(app, request, title, body, body_class="room-page", current_room_id=room.id)
 
 
@@ -11481,13 +11668,18 @@ def show_room(app, request, room_id):
     store.mark_mentions_read(user.id, room.id)
     key = ("room", user.id, room.id, store.room_versions[room.id], store.user_versions[user.id],
            store.global_version, unread_since, store.room_versions[room.parent_room_id] if room.thread else 0)
-    response = app.cached(request, key, lambda: _room_page(app, request, room, store.messages_page(room.id),
-                                                           unread_since=unread_since))
+    response = app.cached(request, key, lambda: _newest_room_page(app, request, room, unread_since))
     if room.thread:
         return response
     if request.cookies.get(LAST_ROOM_COOKIE) != str(room.id):
         app.set_cookie(response, LAST_ROOM_COOKIE, str(room.id), http_only=False)
     return response
+
+
+def _newest_room_page(app, request, room, unread_since):
+    messages = app.store.messages_page(room.id, limit=MESSAGE_PAGE_SIZE)
+    return _room_page(app, request, room, messages, unread_since=unread_since,
+                      reached_start=len(messages) < MESSAGE_PAGE_SIZE)
 
 
 def delete_room(app, request, room_id, *, direct_only=False):
@@ -12211,7 +12403,8 @@ def _account_page(app, request, *, values=None, errors=None, notice=None, status
         view, account, invite_url, render_people(view, people, 1, more), values=values, errors=errors, notice=notice,
         saved=saved,
         restricted=app.store.account_settings().get("restrict_room_creation_to_administrators") is True,
-        backups=app.backups.summary() if view.user.administrator else None)
+        backups=app.backups.summary() if view.user.administrator else None,
+        storage=app.storage_summary() if view.user.administrator else None)
     return _page(app, request, "Account", body, status=status)
 
 
@@ -13111,6 +13304,13 @@ class Cable:
 # App turns a Request into a Response without touching a socket, so tests
 # drive it in-process and the server is a thin adapter around it.
 
+# A module's static imports, as static/*.js write them: `import { a } from "./b.js"`
+# or `import "./b.js"` at the start of a line (dynamic import() is not preloaded).
+STATIC_IMPORT = re.compile(r'^import\s+(?:[^"\';]*?\sfrom\s*)?"\./([A-Za-z0-9_-]+\.js)"', re.M)
+STATIC_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+\.js")  # names safe in an import map and a CSP hash's text
+STATIC_CLASSIC_SCRIPTS = frozenset({"service-worker.js"})  # run as a worker, never imported by a page
+
+
 class StaticFiles:
     """Files under static/, held in memory with their gzip form and ETag.
 
@@ -13163,6 +13363,24 @@ class StaticFiles:
     def version(self, relative):
         entry = self._entry(relative)
         return entry[3] if entry else "0"
+
+    def modules(self):
+        """The ES modules at the top of static/ (the service worker is a classic script,
+        not one of them): name → (its content digest, the names it imports statically,
+        in order). Read from the entries above, so a file is parsed again only when it
+        changes on disk."""
+        try:
+            names = sorted(entry.name for entry in os.scandir(self.root)
+                           if STATIC_MODULE_NAME.fullmatch(entry.name) and entry.name not in STATIC_CLASSIC_SCRIPTS)
+        except OSError:
+            return {}
+        modules = {}
+        for name in names:
+            entry = self._entry(name)
+            if entry is not None:
+                imports = STATIC_IMPORT.findall(entry[0].decode("utf-8", "replace"))
+                modules[name] = (entry[3], tuple(dict.fromkeys(imports)))
+        return modules
 
     def response(self, request, raw_path):
         lowered = raw_path.lower()
@@ -13256,6 +13474,80 @@ class RequestLog:
             self._lines.clear()
 
 
+class RouteStats:
+    """One route's counts for /metrics: answers by status, and a latency histogram."""
+
+    __slots__ = ("statuses", "buckets", "seconds")
+
+    def __init__(self):
+        self.statuses = {}                                      # status → answers
+        self.buckets = [0] * (len(METRICS_LATENCY_BUCKETS) + 1)  # the last one is past every bound
+        self.seconds = 0.0
+
+
+class Metrics:
+    """What /metrics counts in the request path: a few integer additions per request
+    on the event loop's thread (no lock, nothing allocated once a route and status
+    have been seen), and the messages posted, counted as they commit (an Events
+    listener). Bounded: one RouteStats per route of the table, plus one for the
+    requests no route matched."""
+
+    UNMATCHED = "unmatched"
+
+    def __init__(self):
+        self.routes = {}        # (pattern or UNMATCHED) → {method: RouteStats}
+        self.messages_posted = 0
+
+    def observe(self, route, status, seconds):
+        pattern, method = (route.pattern, route.method) if route is not None else (self.UNMATCHED, "")
+        by_method = self.routes.get(pattern)
+        if by_method is None:
+            by_method = self.routes[pattern] = {}
+        stats = by_method.get(method)
+        if stats is None:
+            stats = by_method[method] = RouteStats()
+        statuses = stats.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        stats.buckets[bisect.bisect_left(METRICS_LATENCY_BUCKETS, seconds)] += 1
+        stats.seconds += seconds
+
+    def message_created(self, room, message, unread_user_ids):
+        self.messages_posted += 1
+
+
+class DiskSpace:
+    """The storage's free space, from statvfs at most every DISK_CHECK_SECONDS. Under
+    the server a timer refreshes it off the event loop (Server._watch_disk) and
+    readers take the kept answer; without one (tests, commands) it is read when stale."""
+
+    def __init__(self, path, clock=time.monotonic):
+        self.path = path
+        self.clock = clock
+        self.free_bytes = None       # None until read, or when statvfs fails
+        self.checked_at = None
+        self.refreshed_elsewhere = False
+
+    def refresh(self):
+        """Blocking (a network file system may take its time): read the free space now."""
+        try:
+            disk = os.statvfs(self.path)
+            self.free_bytes = disk.f_bavail * disk.f_frsize
+        except OSError:
+            self.free_bytes = None
+        self.checked_at = self.clock()
+        return self.free_bytes
+
+    def free(self):
+        if not self.refreshed_elsewhere and (
+                self.checked_at is None or self.clock() - self.checked_at >= DISK_CHECK_SECONDS):
+            self.refresh()
+        return self.free_bytes
+
+    def low(self, threshold):
+        free = self.free()
+        return free is not None and free < threshold
+
+
 @dataclass(slots=True)
 class CachedPage:
     """A rendered response kept for the next identical request, plain and gzipped."""
@@ -13315,6 +13607,9 @@ class Config:
     backup_target: object = None      # where finished backups are copied: parse_backup_url(BACKUP_URL)
     backup_step_pages: int = BACKUP_STEP_PAGES
     trusted_proxies: tuple = ()       # ip_network: peers whose X-Forwarded-* headers count (TRUSTED_PROXIES)
+    metrics_allow: tuple = ()         # ip_network: besides loopback, who may read /metrics (METRICS_ALLOW)
+    redirect_port: int = None         # HTTP_REDIRECT_PORT: plain HTTP here is sent to the HTTPS port
+    min_free_disk_bytes: int = MIN_FREE_DISK_BYTES
 
     @classmethod
     def from_environment(cls, environ=None):
@@ -13349,6 +13644,18 @@ class Config:
         config.backup_keep = parse_backup_keep(environ["BACKUP_KEEP"]) if environ.get("BACKUP_KEEP") else None
         config.backup_target = parse_backup_url(environ["BACKUP_URL"], environ) if environ.get("BACKUP_URL") else None
         config.trusted_proxies = parse_trusted_proxies(environ.get("TRUSTED_PROXIES"))
+        config.metrics_allow = parse_trusted_proxies(environ.get("METRICS_ALLOW"), "METRICS_ALLOW")
+        redirect_port = environ.get("HTTP_REDIRECT_PORT")
+        if redirect_port:
+            if not redirect_port.isdigit() or not 0 <= int(redirect_port) < 65536:
+                raise ConfigError("HTTP_REDIRECT_PORT must be a number between 0 and 65535, not %r." % redirect_port)
+            config.redirect_port = int(redirect_port)
+        free = environ.get("MIN_FREE_DISK_BYTES")
+        if free:
+            if not free.isdigit():
+                raise ConfigError("MIN_FREE_DISK_BYTES must be a number of bytes (0 turns the check off), "
+                                  "not %r." % free)
+            config.min_free_disk_bytes = int(free)
         return config
 
     @property
@@ -13423,11 +13730,15 @@ class App:
         self.offsite = OffsiteClient(self.config.backup_target) if self.config.backup_target else None
         self.backups = BackupSchedule(self)
         self.request_log = RequestLog()
+        self.metrics = Metrics()
+        self.events.subscribe(self.metrics)   # message_created
+        self.disk = DiskSpace(self.config.storage_path)
+        self.http_connections = ()  # the server's open connections (Server shares its set)
         self._body_limits = {}     # (method, path) → bytes, as body_limit found it
         self.requests_handled = 0  # also numbers the request ids
         self._request_prefix = random_hex(3)
         self._date = (0, "")
-        self._assets_checked = (-STATIC_RECHECK_SECONDS, {})
+        self._assets_checked = (-STATIC_RECHECK_SECONDS, {}, PageScripts())
 
     # Setup ------------------------------------------------------------------
     def _prepare_storage(self):
@@ -13533,6 +13844,20 @@ class App:
             self._unknown_digest = await self.off_loop(
                 unknown_password_digest, self.config.scrypt_n, self.config.bcrypt_cost)
         return self._unknown_digest
+
+    # Operations ----------------------------------------------------------------
+    def storage_summary(self):
+        """Free space in the storage as plain data, for /up?detail=1, /metrics and the account page."""
+        threshold = self.config.min_free_disk_bytes
+        free = self.disk.free()
+        return {"free_bytes": free, "min_free_bytes": threshold, "low": free is not None and free < threshold}
+
+    def connection_summary(self):
+        """Open connections: plain HTTP ones, /cable ones and their channel subscriptions."""
+        cable = self.cable.connections
+        return {"http": sum(1 for connection in self.http_connections if connection.upgraded is None),
+                "cable": len(cable),
+                "cable_subscriptions": sum(len(connection.subscriptions) for connection in cable)}
 
     # Files ---------------------------------------------------------------------
     def _file_pool(self):
@@ -13752,16 +14077,24 @@ class App:
         css, digest = self.store.custom_styles()
         user = request.user if signed_in else None
         logo = self.store.account_logo()
-        return View(user, self.store.account_name(), digest if css.strip() else "", self._assets(), request.origin,
+        return View(user, self.store.account_name(), digest if css.strip() else "", self._assets()[0], request.origin,
                     url_for("account_logo", v=logo.key[:8]) if logo else "",
-                    self.vapid_key.public_key_base64 if user is not None else "")
+                    self.vapid_key.public_key_base64 if user is not None else "", self._assets()[1])
 
     def _assets(self):
-        """The PAGE_ASSETS' versioned URLs, looked up again at most every STATIC_RECHECK_SECONDS."""
+        """The PAGE_ASSETS' versioned URLs and the PageScripts, looked up again at most
+        every STATIC_RECHECK_SECONDS. A changed module changes the import map: cached
+        pages holding the old one (whose hash the CSP no longer allows) go."""
         now = time.monotonic()
-        if now - self._assets_checked[0] >= STATIC_RECHECK_SECONDS:
-            self._assets_checked = (now, {name: self.asset_url(name) for name in PAGE_ASSETS})
-        return self._assets_checked[1]
+        checked, assets, scripts = self._assets_checked
+        if now - checked >= STATIC_RECHECK_SECONDS:
+            assets = {name: self.asset_url(name) for name in PAGE_ASSETS}
+            fresh = page_scripts(self.static.modules())
+            if fresh != scripts:
+                scripts = fresh
+                self.page_cache.clear()
+            self._assets_checked = (now, assets, scripts)
+        return assets, scripts
 
     def message_html(self, message, boosts=(), thread=None, attachment=False, *, highlight=()):
         """A message as render_message makes it, kept until it, its boosts, its thread or any
@@ -13834,6 +14167,7 @@ class App:
         depends on), with its gzip form and ETag; If-None-Match → 304."""
         if not self.config.cache:
             return build()
+        self._assets()  # first: a changed module takes the pages holding its old URL out of the cache
         entry = self.page_cache.get(key)
         if entry is None:
             response = build()
@@ -13909,6 +14243,10 @@ class App:
                 return self._error_response(request, 503, WRITE_REFUSED_MESSAGE)
             if failure == "damaged":
                 self.db.failed_at = time.monotonic()  # /up turns red
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.error("request %s %s %s: the disk is full: %s", request.id, request.method,
+                      self.router.log_path(request.path), error)
+            return self._error_response(request, 503, WRITE_REFUSED_MESSAGE)
         if isinstance(error, HttpError):
             response = self._error_response(request, error.status, error.message)
             response.headers.extend(error.headers)
@@ -13939,6 +14277,7 @@ class App:
                                        headers=[("Allow", ", ".join(allowed))])
             raise NotFound("There is nothing at this address.")
         route, params = found
+        request.route = route
         auth = route.auth
         if lookup not in ("GET", "HEAD") and auth != "bot":
             self._check_request_origin(request)
@@ -13952,6 +14291,11 @@ class App:
             return redirect(url_for("new_session" if self.store.account() is not None else "first_run"), 302)
         if auth == "admin" and not request.user.administrator:
             raise Forbidden("Only administrators can do that.")
+        if route.upload and request.headers.get("content-type", "").startswith("multipart/form-data") \
+                and self.disk.low(self.config.min_free_disk_bytes):
+            # Refused before the body is read: the space left is kept for messages.
+            raise InsufficientStorage("The server is low on disk space, so files can't be uploaded "
+                                      "right now. An administrator has been told.")
         response = route.handler(self, request, **params)
         return response if isinstance(response, Response) or type(response) is types.CoroutineType \
             else Response(response)
@@ -14016,7 +14360,7 @@ class App:
         if response.content_type and "content-type" not in present and response.status not in (204, 304):
             headers.append(("Content-Type", response.content_type))
         if "content-security-policy" not in present:
-            headers.append(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
+            headers.append(("Content-Security-Policy", self._assets_checked[2].content_security_policy))
         headers.extend(SECURITY_HEADERS)
         headers.append(("X-Request-Id", request.id))
         for cookie in request.set_cookies:
@@ -14034,9 +14378,11 @@ class App:
             response.body = gzip_bytes(response.body)
             headers.append(("Content-Encoding", "gzip"))
             headers.append(("Vary", "Accept-Encoding"))
+        seconds = time.perf_counter() - request.started
+        self.metrics.observe(request.route, response.status, seconds)
         if request.path != "/up" and self.request_log.enabled:
             self.request_log.add(request.method, self.router.log_path(request.path), response.status,
-                                 (time.perf_counter() - request.started) * 1000, request.id)
+                                 seconds * 1000, request.id)
 
     def http_date(self):
         now = int(time.time())
@@ -14687,6 +15033,11 @@ class Pushes(OutboundRequests):
     def message_created(self, room, message, unread_user_ids):
         for delivery in self.app.store.push_deliveries(room, message):
             self.enqueue(delivery)
+
+    @property
+    def depth(self):
+        """Pushes waiting: queued, and waiting to be tried again."""
+        return len(self.pending) + len(self._retries)
 
     def enqueue(self, delivery):
         if len(self.pending) >= self.app.config.push_queue_size:
@@ -16431,18 +16782,132 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
 
+class RedirectConnection(asyncio.Protocol):
+    """One connection to HTTP_REDIRECT_PORT: a head read (bounded in bytes and time),
+    answered by https_redirect, then closed."""
+
+    def __init__(self, redirector):
+        self.redirector = redirector
+        self.transport = None
+        self.buffer = bytearray()
+        self.timer = None
+        self.done = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        if len(self.redirector.connections) >= REDIRECT_MAX_CONNECTIONS:
+            self.done = True
+            transport.close()
+            return
+        self.redirector.connections.add(self)
+        self.timer = self.redirector.loop.call_later(REDIRECT_HEAD_TIMEOUT, transport.close)
+
+    def data_received(self, data):
+        if self.done:
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 and len(self.buffer) <= REDIRECT_MAX_HEAD_BYTES:
+            return
+        self.done = True
+        self.transport.pause_reading()
+        if end < 0 or end + 4 > REDIRECT_MAX_HEAD_BYTES:
+            self.transport.write(_error_bytes(431, "The request's head is too long."))
+        else:
+            self.transport.write(https_redirect(bytes(self.buffer[:end + 4]), self.redirector.https_port))
+        self.buffer = None
+        self.transport.close()
+
+    def connection_lost(self, exc):
+        self.redirector.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+class HttpsRedirector:
+    """HTTP_REDIRECT_PORT: a plain-HTTP listener that sends every request to the HTTPS port."""
+
+    def __init__(self, host, port, https_port):
+        self.host, self.port, self.https_port = host, port, https_port
+        self.connections = set()
+        self.loop = None
+        self._server = None
+
+    async def start(self):
+        self.loop = asyncio.get_running_loop()
+        try:
+            self._server = await self.loop.create_server(lambda: RedirectConnection(self), self.host, self.port,
+                                                         backlog=LISTEN_BACKLOG, reuse_address=True)
+        except OSError as error:
+            raise ConfigError("Cannot listen on %s:%d for HTTP_REDIRECT_PORT (%s)." % (
+                self.host, self.port, error.strerror)) from error
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop(self):
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.transport.close()
+
+
+class TlsCertificate:
+    """The certificate and key served over HTTPS (TLS_CERT_PATH, TLS_KEY_PATH). On
+    SIGHUP they are read again: new handshakes get the new pair, connections already
+    open keep the one they shook hands with, and a pair that can't be loaded is
+    logged while the one in use stays. The listening context hands each handshake
+    to the current one from its server-name callback, which OpenSSL calls for every
+    ClientHello, with or without the server_name extension (RFC 6066 §3)."""
+
+    def __init__(self, cert_path, key_path):
+        self.cert_path, self.key_path = cert_path, key_path
+        self.context = self._load()      # the one the socket listens with
+        self.current = self.context      # the one handshakes use
+        self.context.sni_callback = self._choose
+
+    def _load(self):
+        import ssl  # loaded only when serving TLS: a faster start for everyone else
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.cert_path, self.key_path)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError("The TLS certificate or key could not be loaded (%s)." % error) from error
+        return context
+
+    def _choose(self, ssl_object, server_name, context):
+        current = self.current
+        if current is not context:
+            ssl_object.context = current
+        return None
+
+    def reload(self):
+        """Blocking (it reads two files): True when the new pair is in use."""
+        try:
+            context = self._load()
+        except ConfigError as error:
+            log.error("SIGHUP: %s The certificate in use is kept.", error)
+            return False
+        self.current = context
+        log.info("SIGHUP: reloaded the TLS certificate %s", self.cert_path)
+        return True
+
+
 class Server:
-    def __init__(self, app, host, port, ssl_context=None):
+    def __init__(self, app, host, port, tls=None):
         self.app = app
         self.host, self.port = host, port
-        self.ssl_context = ssl_context
-        self.scheme = "https" if ssl_context else "http"
+        self.tls = tls
+        self.ssl_context = tls.context if tls else None
+        self.scheme = "https" if tls else "http"
+        self.redirector = None
         self.connections = set()
+        app.http_connections = self.connections
         self.holding = set()      # connections with responses waiting for the group commit
         self.stopping = False
         self.loop = None
         self._server = None
         self._sweeper = None
+        self._disk_watch = None
+        self._reloading = None        # the task of a SIGHUP's certificate reload
         self._batch_deadline = 0.0    # group commit: see flush_writes()
         self._batch_seen = 0
         self._handled_seen = self._handled_released = 0   # see release_memory_when_idle()
@@ -16463,6 +16928,16 @@ class Server:
                                   "another port with PORT or --port." % (self.port, self.host)) from error
             raise ConfigError("Cannot listen on %s:%d (%s)." % (self.host, self.port, error.strerror)) from error
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.app.config.redirect_port is not None:
+            if self.tls is None:
+                self._server.close()
+                raise ConfigError("HTTP_REDIRECT_PORT sends visitors to HTTPS: set TLS_CERT_PATH and TLS_KEY_PATH too.")
+            self.redirector = HttpsRedirector(self.host, self.app.config.redirect_port, self.port)
+            try:
+                await self.redirector.start()
+            except ConfigError:
+                self._server.close()
+                raise
         self.app.db.group_commit = True
         self.app.request_log.enabled = log.isEnabledFor(logging.INFO)
         self.app.request_log.schedule = lambda flush: self.loop.call_later(REQUEST_LOG_FLUSH_SECONDS, flush)
@@ -16473,6 +16948,37 @@ class Server:
         self.app.pushes.start(self.loop)
         self.app.search_rebuild.start()
         self.app.backups.start(self.loop)
+        self.app.disk.refresh()
+        self.app.disk.refreshed_elsewhere = True
+        self._disk_watch = self.loop.create_task(self._watch_disk())
+
+    async def reload_tls(self):
+        """SIGHUP: the certificate and key read again off the loop (see TlsCertificate)."""
+        if self.tls is None:
+            log.info("SIGHUP: not serving TLS, nothing to reload")
+            return False
+        return await self.loop.run_in_executor(None, self.tls.reload)
+
+    async def _watch_disk(self):
+        """The storage's free space, read off the loop every DISK_CHECK_SECONDS."""
+        was_low = False
+        while not self.stopping:
+            await asyncio.sleep(DISK_CHECK_SECONDS)
+            await self.app.file_work(self.app.disk.refresh)
+            storage = self.app.storage_summary()
+            if storage["low"] != was_low:
+                was_low = storage["low"]
+                if was_low:
+                    log.warning("the storage is low on disk space (%s free, under MIN_FREE_DISK_BYTES %s): "
+                                "uploads are refused", byte_size_text(storage["free_bytes"]),
+                                byte_size_text(storage["min_free_bytes"]))
+                else:
+                    log.info("the storage has disk space again: uploads are taken")
+
+    def reload_tls_soon(self):
+        """The SIGHUP handler: one reload at a time (a second signal while one runs is ignored)."""
+        if self._reloading is None or self._reloading.done():
+            self._reloading = self.loop.create_task(self.reload_tls())
 
     async def _cable_beat(self):
         """Beats on a fixed schedule, not a fixed pause after each: a busy loop makes a
@@ -16548,9 +17054,13 @@ class Server:
         await self.app.backups.stop()
         if self._server is not None:
             self._server.close()
+        if self.redirector is not None:
+            self.redirector.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._beat.cancel()
+        if self._disk_watch is not None:
+            self._disk_watch.cancel()
         # Tell every WebSocket to reconnect (to the next server), closing with 1001.
         self.app.cable.disconnect(reason="server_restart", reconnect=True)
         deadline = self.loop.time() + SHUTDOWN_GRACE
@@ -16593,18 +17103,13 @@ def open_file_count():
     return 0
 
 
-def make_ssl_context(config):
+def make_tls_certificate(config):
+    """The TlsCertificate of TLS_CERT_PATH and TLS_KEY_PATH, or None when serving plain HTTP."""
     if not (config.tls_cert_path and config.tls_key_path):
         if config.tls_cert_path or config.tls_key_path:
             raise ConfigError("Set both TLS_CERT_PATH and TLS_KEY_PATH to serve HTTPS.")
         return None
-    import ssl  # loaded only when serving TLS: a faster start for everyone else
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(config.tls_cert_path, config.tls_key_path)
-    except (OSError, ssl.SSLError) as error:
-        raise ConfigError("The TLS certificate or key could not be loaded (%s)." % error) from error
-    return context
+    return TlsCertificate(config.tls_cert_path, config.tls_key_path)
 
 
 def tune_malloc():
@@ -16627,7 +17132,11 @@ async def serve(config):
         raise ConfigError("Storage directory %s cannot be created (%s)." % (config.storage_path, error.strerror)) \
             from error
     app = App(config)
-    server = Server(app, config.host, config.port, make_ssl_context(config))
+    try:
+        server = Server(app, config.host, config.port, make_tls_certificate(config))
+    except BaseException:
+        app.close()
+        raise
     try:
         await server.start()
     except BaseException:
@@ -16636,7 +17145,10 @@ async def serve(config):
     stop = asyncio.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         server.loop.add_signal_handler(signal_number, stop.set)
+    server.loop.add_signal_handler(signal.SIGHUP, server.reload_tls_soon)
     log.info("Campfire %s listening on %s://%s:%d", VERSION, server.scheme, config.host, server.port)
+    if server.redirector is not None:
+        log.info("sending http://%s:%d to https", config.host, server.redirector.port)
     server.loop.call_later(FIRST_RELEASE_AFTER, release_free_memory)
     await stop.wait()
     log.info("shutting down")
@@ -17725,7 +18237,8 @@ def help_text():
               "Configuration also comes from the environment: PORT, BIND, CAMPFIRE_STORAGE_PATH,",
               "DATABASE_PATH, SECRET_KEY_BASE, TLS_CERT_PATH, TLS_KEY_PATH, LOG_LEVEL,",
               "VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY, BACKUP_INTERVAL, BACKUP_KEEP, BACKUP_URL and",
-              "the AWS_* variables it reads, TRUSTED_PROXIES.", ""] + textwrap_lines(EXIT_CODES_HELP)
+              "the AWS_* variables it reads, TRUSTED_PROXIES, METRICS_ALLOW, HTTP_REDIRECT_PORT,",
+              "MIN_FREE_DISK_BYTES. SIGHUP reads the TLS certificate and key again.", ""] + textwrap_lines(EXIT_CODES_HELP)
     return "\n".join(lines)
 
 

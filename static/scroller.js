@@ -29,6 +29,7 @@ export class MessageScroller {
     }
     // Styles, the composer and a phone's keyboard resize the list: keep the reader's place.
     new ResizeObserver(() => this.#keepPinned()).observe(box)
+    this.#reachedStart = "reachedStart" in box.dataset   // the page holds the room's first message
     const highlight = box.dataset.highlightId && list.find(box.dataset.highlightId)
     if (highlight) this.#highlight(highlight)
     else this.scrollToBottom()

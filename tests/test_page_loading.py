@@ -1,0 +1,205 @@
+"""How a page loads static/'s modules: an import map sends every module to its
+versioned, immutable URL, modulepreload fetches app.js's whole graph at once, the
+CSP allows the inline map by its hash and nothing else inline, and a reload asks
+the network for no module or stylesheet at all (Chromium, through the DevTools
+protocol's own record of where each response came from)."""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+
+from tests.browser import ROOT, BrowserTestCase, browser_available
+from tests.helpers import AppTestCase, make_app, Client, wait_until
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # pragma: no cover - depends on the machine
+    expect = None
+
+STATIC = os.path.join(ROOT, "static")
+IMPORT_MAP = re.compile(r'<script type="importmap">(.*?)</script>', re.S)
+PRELOAD = re.compile(r'<link rel="modulepreload" href="([^"]+)">')
+MODULE_SCRIPT = re.compile(r'<script type="module" src="([^"]+)">')
+
+
+def file_digest(path):
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()[:16]
+
+
+def page_modules(root=STATIC):
+    """The page modules in a static folder, found without campfire.py: every .js file
+    but the service worker (a worker script that no page imports)."""
+    return sorted(name for name in os.listdir(root) if name.endswith(".js") and name != "service-worker.js")
+
+
+def imported_by(root, name):
+    """The ./x.js names a module imports with a static import statement, read by
+    walking its statements rather than with campfire.py's pattern."""
+    with open(os.path.join(root, name), encoding="utf-8") as file:
+        source = file.read()
+    names = []
+    for statement in re.split(r";|\n(?=\S)", source):
+        statement = statement.strip()
+        if statement.startswith("import ") or statement.startswith("import{"):
+            quoted = re.findall(r'["\']\./([\w-]+\.js)["\']\s*$', statement)
+            names.extend(quoted)
+    return names
+
+
+def module_graph(root, entry="app.js"):
+    seen, pending = set(), [entry]
+    while pending:
+        for name in imported_by(root, pending.pop()):
+            if name not in seen:
+                seen.add(name)
+                pending.append(name)
+    seen.discard(entry)
+    return seen
+
+
+class ImportMapTests(AppTestCase):
+    def setUp(self):
+        super().setUp()
+        self.first_run()
+
+    def page(self, client=None):
+        response = (client or self.client).get("/rooms/1")
+        self.assertEqual(response.status, 200)
+        return response, response.text
+
+    def test_every_module_goes_to_its_versioned_url_which_is_served_immutable(self):
+        _, html = self.page()
+        mapping = json.loads(IMPORT_MAP.search(html).group(1))["imports"]
+        self.assertEqual(sorted(mapping), ["/static/" + name for name in page_modules()])
+        for name in page_modules():
+            versioned = mapping["/static/" + name]
+            self.assertEqual(versioned, "/static/%s?v=%s" % (name, file_digest(os.path.join(STATIC, name))))
+            response = self.client.get(versioned)
+            self.assertEqual(response.status, 200, name)
+            self.assertEqual(response.header("cache-control"), "public, max-age=31536000, immutable", name)
+        # The import map comes before anything that loads a module (HTML: a map added
+        # after a module fetch started is ignored).
+        self.assertLess(html.index('type="importmap"'), html.index('rel="modulepreload"'))
+        self.assertLess(html.index('type="importmap"'), html.index('type="module"'))
+
+    def test_the_policy_allows_the_map_by_its_hash_and_no_other_inline_script(self):
+        response, html = self.page()
+        text = IMPORT_MAP.search(html).group(1)
+        expected = "'sha256-%s'" % base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+        directives = dict((part.strip().split(" ", 1) + [""])[:2]
+                          for part in response.header("content-security-policy").split(";"))
+        self.assertEqual(directives["script-src"].split(), ["'self'", expected])
+        # Every other script on the page is a file of our own origin.
+        self.assertEqual(html.count("<script"), 2)
+
+    def test_the_page_preloads_every_module_app_js_reaches_once(self):
+        _, html = self.page()
+        preloaded = PRELOAD.findall(html)
+        self.assertEqual(len(preloaded), len(set(preloaded)))
+        names = {url.split("/static/", 1)[1].split("?", 1)[0] for url in preloaded}
+        self.assertEqual(names, module_graph(STATIC))
+        mapping = json.loads(IMPORT_MAP.search(html).group(1))["imports"]
+        for url in preloaded:  # the very URLs the map resolves to, so the preloads are used
+            self.assertIn(url, mapping.values())
+        self.assertEqual(MODULE_SCRIPT.search(html).group(1), mapping["/static/app.js"])
+
+    def test_a_changed_module_changes_the_map_the_policy_and_cached_pages(self):
+        static = tempfile.mkdtemp(prefix="campfire-static-")
+        self.addCleanup(shutil.rmtree, static, True)
+        shutil.copytree(STATIC, static, dirs_exist_ok=True)
+        app = make_app(tempfile.mkdtemp(prefix="campfire-test-"), static_root=static)
+        self.addCleanup(shutil.rmtree, app.config.storage_path, True)
+        self.addCleanup(app.close)
+        client = Client(app)
+        self.first_run(client)
+        _, before = self.page(client)
+        with open(os.path.join(static, "dom.js"), "a", encoding="utf-8") as file:
+            file.write("\n// changed\n")
+        digest = file_digest(os.path.join(static, "dom.js"))
+
+        def fresh_page():
+            response, html = self.page(client)
+            return (response, html) if "dom.js?v=" + digest in html else None
+        response, after = wait_until(fresh_page, timeout=10, message="the changed module never reached the map")
+        self.assertNotEqual(IMPORT_MAP.search(before).group(1), IMPORT_MAP.search(after).group(1))
+        text = IMPORT_MAP.search(after).group(1)
+        self.assertIn(base64.b64encode(hashlib.sha256(text.encode()).digest()).decode(),
+                      response.header("content-security-policy"))
+
+
+class ReachedStartTests(AppTestCase):
+    def test_a_room_whose_first_message_is_on_the_page_says_so_and_a_longer_one_does_not(self):
+        self.first_run()
+        store = self.app.store
+        room, ada = store.room(1), store.user(1)
+        for n in range(3):
+            store.post_message(room, ada, "hello %d" % n, "start-%d" % n)
+        self.assertIn("data-reached-start", self.client.get("/rooms/1").text)
+        for n in range(40):
+            store.post_message(room, ada, "more %d" % n, "more-%d" % n)
+        html = self.client.get("/rooms/1").text
+        self.assertNotIn("data-reached-start", html)
+        self.assertIn("more 39", html)
+
+
+class ReloadTests(BrowserTestCase):
+    """A seeded server; network requests counted by the DevTools protocol, which
+    marks each response as from the network, the disk cache or the service worker."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.server = None
+        if not browser_available():
+            return
+        from tests.test_browser_app import seeded_server, signed_in_state
+        cls.server = seeded_server()
+        cls.addClassCleanup(cls.server.cleanup)
+        cls.state = signed_in_state(cls.server, "person1@example.com")
+
+    def load(self, page, cdp, go):
+        responses = {}
+
+        def received(event):
+            response = event["response"]
+            source = ("disk" if response.get("fromDiskCache") else "worker" if response.get("fromServiceWorker")
+                      else "network")
+            responses[event["requestId"]] = (response["url"].replace(self.server.url, ""), source)
+        cdp.on("Network.responseReceived", received)
+        go()
+        expect(page.locator("body")).to_have_attribute("data-cable", "live")  # every channel confirmed
+        page.wait_for_load_state("networkidle")
+        cdp.remove_listener("Network.responseReceived", received)
+        return [(url, source) for url, source in responses.values() if not url.startswith("data:")]
+
+    def test_a_reload_asks_the_network_for_no_module_or_stylesheet(self):
+        page = self.new_page(storage_state=self.state)
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        first = self.load(page, cdp, lambda: page.goto(self.server.url + "/rooms/1"))
+        modules = [url for url, _ in first if url.startswith("/static/") and url.split("?")[0].endswith(".js")
+                   and "service-worker" not in url]
+        self.assertEqual(sorted(url.split("?")[0] for url in modules),
+                         sorted("/static/" + name for name in module_graph(STATIC) | {"app.js"}))
+        for url in modules:
+            self.assertRegex(url, r"\?v=[0-9a-f]{16}$")
+        # The seeded room holds its first message: nothing older is asked for.
+        self.assertFalse([url for url, _ in first if "before=" in url], first)
+
+        again = self.load(page, cdp, page.reload)
+        network = [url for url, source in again if source == "network"]
+        self.assertFalse([url for url in network if url.startswith("/static/")], again)
+        # What may still go out: the page itself and the avatars (revalidated, 304).
+        for url in network:
+            self.assertRegex(url, r"^/rooms/1$|^/users/\d+/avatar$")
+        composer = page.get_by_role("textbox", name="Write a message")
+        composer.click()
+        page.keyboard.type("after a reload")
+        page.keyboard.press("Enter")
+        expect(page.locator("#messages > .message", has_text="after a reload")).not_to_have_class(
+            re.compile("message--pending"))
