@@ -16,3 +16,4 @@ bench:
 	$(PYTHON) tests/bench_cable.py
 	$(TEST_PYTHON) tests/bench_push.py  # its HTTPS push service checks pushes with cryptography and http_ece
 	$(TEST_PYTHON) tests/bench_browser.py  # the room in Chromium (Playwright), when both are installed
+	$(PYTHON) tests/bench_day.py  # a day of Campfire: 1,000 sockets, 200 readers, 200 posts/s, 10 searchers
