@@ -96,10 +96,16 @@ export class MessageActions {
   async edit(message) {
     const open = message.querySelector(".message-editor [role=textbox]")
     if (open) return open.focus()
-    const stored = await storedBody(this.#list.roomId, message.dataset.messageId)
-    if (stored === null || !message.isConnected) return
-    new InlineEditor(message, stored, {
-      save: (html) => this.#save(message, html),
+    const id = message.dataset.messageId
+    const stored = await storedBody(this.#list.roomId, id)
+    // While the body was fetched, a newer copy (the send's answer after its live echo, a
+    // boost, an edit elsewhere) may have replaced the message: edit that copy, and only once.
+    const current = message.isConnected ? message : this.#list.find(id)
+    if (stored === null || !current) return
+    const opened = current.querySelector(".message-editor [role=textbox]")
+    if (opened) return opened.focus()
+    new InlineEditor(current, stored, {
+      save: (html) => this.#save(current, html),
       done: () => this.#composer?.editor.root.focus(),
     })
   }

@@ -224,6 +224,7 @@ export class RoomStream {
   #announcer
   #hiddenAt = null
   #subscription
+  #subscribedBefore = false
   #closed = false
 
   constructor(cable, list, scroller, announcer = null) {
@@ -235,10 +236,9 @@ export class RoomStream {
     this.lastSeenAt = times.length ? Math.max(...times) : Date.now()
     this.#subscription = cable.subscribe({ channel: "RoomMessagesChannel", room_id: Number(list.roomId) }, {
       received: (data) => this.receive(data),
-      connected: () => list.element.setAttribute("data-live", ""),   // subscribed: nothing sent from now on is missed
+      connected: () => this.#subscribed(),
     })
     cable.addEventListener("disconnected", () => list.element.removeAttribute("data-live"))
-    cable.addEventListener("connected", (event) => { if (event.detail.reconnected && !this.#closed) this.catchUp() })
     cable.addEventListener("ping", () => this.#touch())
     document.addEventListener("visibilitychange", () => this.#visibilityChanged())
   }
@@ -290,8 +290,19 @@ export class RoomStream {
     }
   }
 
+  // Subscribed: nothing sent from now on is missed. Subscribed again after a reconnect:
+  // catch up only now, since a message posted after the welcome but before this
+  // confirmation was sent to nobody here and a catch-up asked at the welcome may predate it.
+  #subscribed() {
+    this.#list.element.setAttribute("data-live", "")
+    if (this.#subscribedBefore && !this.#closed) this.catchUp()
+    this.#subscribedBefore = true
+  }
+
+  // Pings move the moment we are sure of only while the room's messages reach us: between a
+  // reconnect's welcome and the room's confirmation they don't.
   #touch() {
-    if (this.#cable.connected) this.lastSeenAt = this.#cable.serverNow()
+    if (this.#cable.connected && this.#subscription?.confirmed) this.lastSeenAt = this.#cable.serverNow()
   }
 
   #visibilityChanged() {

@@ -20,8 +20,14 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = os.path.join(ROOT, "tests", "screenshots")
 
+# How long a browser test waits for what a person would see before it fails: Playwright's
+# actions and its expect() both wait this long (expect's own default, 5 s, is too short for a
+# page, its server and Chromium sharing two busy cores with the rest of the suite).
+WAIT_MS = 15_000
+
 try:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+    expect.set_options(timeout=WAIT_MS)
 except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None
 
@@ -130,7 +136,7 @@ class BrowserTestCase(unittest.TestCase):
         page.on("pageerror", lambda error: self.errors.append("pageerror: %s" % error))
         page.on("console", lambda message: message.type == "error" and self.errors.append(
             "console: %s" % message.text))
-        page.set_default_timeout(10_000)
+        page.set_default_timeout(WAIT_MS)
         return page
 
     def screenshot(self, page, name):

@@ -10,11 +10,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 import unittest
 import urllib.parse
 import uuid
 
-from tests.browser import ROOT, BrowserTestCase, CampfireProcess, browser_available
+from tests.browser import ROOT, WAIT_MS, BrowserTestCase, CampfireProcess, browser_available
 from tests.helpers import campfire
 
 try:
@@ -25,6 +26,20 @@ except ImportError:  # pragma: no cover - depends on the machine
 ADA, BOB = "Person 1", "Person 2"
 PHONE = {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobile": True, "device_scale_factor": 2}
 
+
+
+
+def cable_constant(name):
+    """A timing constant of static/cable.js, so the waits below follow the page's own."""
+    with open(os.path.join(ROOT, "static", "cable.js"), encoding="utf-8") as source:
+        return float(re.search(r"export const %s = ([\d.]+)" % name, source.read()).group(1))
+
+
+# Disconnected, a page says it is offline after OFFLINE_AFTER_MS (ms).
+OFFLINE_SHOWN_MS = int(cable_constant("OFFLINE_AFTER_MS")) + WAIT_MS
+# The server back, a page may first wait out its longest backoff (RECONNECT_MAX_MS, give or
+# take RECONNECT_JITTER), then connect and subscribe again (ms).
+LIVE_AGAIN_MS = int(cable_constant("RECONNECT_MAX_MS") * (1 + cable_constant("RECONNECT_JITTER"))) + WAIT_MS
 
 # What `campfire.py seed` prints: the administrator's password, made up for each seed.
 SEEDED_ADMIN = re.compile(r"Sign in as (\S+) \(an administrator\) with the password '([A-Za-z0-9]+)'")
@@ -95,6 +110,14 @@ class BrowserApp(BrowserTestCase):
     def assert_shown_once(self, page, text):
         expect(self.message(page, text)).to_have_count(1)
         expect(self.message(page, text)).not_to_have_class(re.compile("message--pending"))
+
+    def http(self, person, path, form, expect_status):
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
+        cookie = "; ".join("%s=%s" % (c["name"], c["value"]) for c in self.states[person]["cookies"])
+        connection.request("POST", path, urllib.parse.urlencode(form), {
+            "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie, "Sec-Fetch-Site": "same-origin"})
+        self.assertEqual(connection.getresponse().status, expect_status)
+        connection.close()
 
 
 class LiveRoomTests(BrowserApp):
@@ -250,6 +273,31 @@ class LiveRoomTests(BrowserApp):
         expect(sent.locator(".message__body")).to_contain_text(second + " edited")
         expect(editor).to_have_count(0)
 
+    def test_up_arrow_edits_the_message_when_a_newer_copy_replaced_it_while_the_editor_opened(self):
+        # The editor opens once the stored body has come back; a copy arriving meanwhile (the
+        # send's live echo after its answer, a boost, an edit elsewhere) replaces the message.
+        ada = self.open_room(ADA)
+        text = unique("Replaced while opening")
+        self.send(ada, text)
+        self.assert_shown_once(ada, text)
+        message_id = self.message(ada, text).get_attribute("data-message-id")
+        held = []
+        ada.route("**/rooms/1/messages/%s/edit" % message_id, lambda route: held.append(route))
+        with ada.expect_request(lambda request: request.url.endswith("/messages/%s/edit" % message_id)):
+            ada.keyboard.press("ArrowUp")
+        self.http(BOB, "/messages/%s/boosts" % message_id, {"boost[content]": "👀"}, expect_status=201)
+        expect(self.message(ada, text).locator(".boost")).to_contain_text("👀")  # the message was replaced
+        self.assertEqual(len(held), 1)
+        held[0].continue_()
+        editor = ada.get_by_role("textbox", name="Edit message")
+        expect(editor).to_be_focused()
+        expect(editor).to_have_count(1)
+        ada.keyboard.press("Control+End")
+        ada.keyboard.type(" edited")
+        ada.keyboard.press("Enter")
+        expect(self.message(ada, text + " edited")).to_have_count(1)
+        expect(editor).to_have_count(0)
+
     def test_the_toolbar_and_shortcuts_format_a_message(self):
         ada = self.open_room(ADA)
         self.composer(ada).click()
@@ -309,7 +357,7 @@ class LiveRoomTests(BrowserApp):
         text = unique("Try again")
         self.send(ada, text)
         waiting = self.message(ada, text)
-        expect(waiting.get_by_role("status")).to_have_text("Waiting for the connection…", timeout=10_000)
+        expect(waiting.get_by_role("status")).to_have_text("Waiting for the connection…")
         expect(waiting).not_to_have_class(re.compile("message--failed"))
         ada.unroute("**/rooms/1/messages")
         self.assert_shown_once(ada, text)
@@ -352,14 +400,14 @@ class OfflineTests(BrowserApp):
         self.allow_error("WebSocket connection to")
         ada = self.open_room(ADA)
         self.server.stop()
-        expect(ada.get_by_role("status").filter(has_text="offline")).to_be_visible(timeout=12_000)
+        expect(ada.get_by_role("status").filter(has_text="offline")).to_be_visible(timeout=OFFLINE_SHOWN_MS)
         expect(self.composer(ada)).to_have_attribute("contenteditable", "true")
         expect(ada.get_by_role("button", name="Send Message")).to_be_enabled()
         self.server.start()
         missed = unique("Sent while you were away")
         bob = self.open_room(BOB)
         self.send(bob, missed)
-        expect(ada.locator("body")).to_have_attribute("data-cable", "live", timeout=20_000)
+        expect(ada.locator("body")).to_have_attribute("data-cable", "live", timeout=LIVE_AGAIN_MS)
         expect(ada.locator(".offline-banner")).to_be_hidden()
         expect(self.composer(ada)).to_have_attribute("contenteditable", "true")
         self.assert_shown_once(ada, missed)
@@ -376,20 +424,73 @@ class OfflineTests(BrowserApp):
         self.assert_shown_once(bob, doomed)
         doomed_id = self.message(ada, doomed).get_attribute("data-message-id")
         self.server.stop()
-        expect(bob.get_by_role("status").filter(has_text="offline")).to_be_visible(timeout=12_000)
+        expect(bob.get_by_role("status").filter(has_text="offline")).to_be_visible(timeout=OFFLINE_SHOWN_MS)
         self.server.start()
         during = unique("Posted while the pages were away")
         self.http(BOB, "/rooms/1/messages", {"message[body]": "<div>%s</div>" % during,
                                               "message[client_message_id]": uuid.uuid4().hex}, expect_status=201)
         self.http(ADA, "/rooms/1/messages/%s" % doomed_id, {"_method": "delete"}, expect_status=204)
         for page in (ada, bob):
-            expect(page.locator("body")).to_have_attribute("data-cable", "live", timeout=20_000)
+            expect(page.locator("body")).to_have_attribute("data-cable", "live", timeout=LIVE_AGAIN_MS)
         after = unique("After the restart")
         self.send(bob, after)
         for page in (ada, bob):
             for text in (before, during, after):
                 self.assert_shown_once(page, text)
             expect(self.message(page, doomed)).to_have_count(0)
+
+    def test_a_message_posted_before_the_room_is_subscribed_again_is_caught_up(self):
+        # After a reconnect's welcome the page subscribes to the room again; a message posted
+        # before the server confirms that goes to nobody live here, so the catch-up has to come after.
+        refuse, hold, held, sockets = [False], [False], [], []
+
+        def cable(socket):
+            if refuse[0]:
+                return socket.close()
+            server = socket.connect_to_server()
+            sockets.append(socket)
+
+            def to_server(frame):
+                if hold[0] and '"command":"subscribe"' in frame and "RoomMessagesChannel" in frame:
+                    return held.append((server, frame))
+                server.send(frame)
+            socket.on_message(to_server)
+        ada = self.new_page(storage_state=self.states[ADA])
+        ada.add_init_script("""(() => {   // each /refresh the page asks for, and whether it was answered
+            const fetch = window.fetch
+            window.refreshes = []
+            window.fetch = function (resource, options) {
+                const asked = fetch.call(this, resource, options), url = String(resource.url ?? resource)
+                if (url.includes("/refresh?")) {
+                    const entry = { url, answered: false }
+                    refreshes.push(entry)
+                    asked.then(() => { entry.answered = true }, () => { entry.answered = true })
+                }
+                return asked
+            }
+        })()""")
+        ada.route_web_socket(re.compile(r"/cable$"), cable)
+        ada.goto("%s/rooms/1" % self.server.url)
+        expect(ada.locator("body")).to_have_attribute("data-cable", "live")
+        refuse[0] = True
+        for socket in sockets:
+            socket.close()
+        expect(ada.locator("body")).not_to_have_attribute("data-cable", "live")
+        hold[0], refuse[0] = True, False
+        ada.evaluate("dispatchEvent(new Event('online'))")  # the network is back: reconnect now
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not held and time.monotonic() < deadline:   # welcomed, the room's subscribe held back
+            ada.evaluate("new Promise((resolve) => setTimeout(resolve, 50))")
+        self.assertEqual(len(held), 1, "the page did not subscribe to the room again")
+        ada.wait_for_function("refreshes.every((entry) => entry.answered)")  # any catch-up asked so far is done
+        missed = unique("Posted before the room was confirmed")
+        self.http(BOB, "/rooms/1/messages", {"message[body]": "<div>%s</div>" % missed,
+                                              "message[client_message_id]": uuid.uuid4().hex}, expect_status=201)
+        hold[0] = False
+        for server, frame in held:
+            server.send(frame)
+        expect(ada.locator("body")).to_have_attribute("data-cable", "live")
+        self.assert_shown_once(ada, missed)
 
     def test_catching_up_pages_through_more_missed_messages_than_one_refresh_holds(self):
         refuse, sockets, refreshes = [False], [], []
@@ -417,19 +518,11 @@ class OfflineTests(BrowserApp):
         ada.evaluate("dispatchEvent(new Event('online'))")  # the network is back: reconnect now
         expect(ada.locator("body")).to_have_attribute("data-cable", "live")
         shown = ada.locator("#messages > .message", has_text="Missed %s" % tag)
-        expect(shown).to_have_count(len(missed), timeout=10_000)
+        expect(shown).to_have_count(len(missed))
         texts = shown.locator(".message__body").all_inner_texts()
         self.assertEqual([text.strip() for text in texts], missed)  # each once, in order
         self.assertGreaterEqual(len(refreshes), 3, refreshes)  # a page holds 40: three pages at least
         self.assertTrue(all("cursor=" in url for url in refreshes[1:]), refreshes)
-
-    def http(self, person, path, form, expect_status):
-        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
-        cookie = "; ".join("%s=%s" % (c["name"], c["value"]) for c in self.states[person]["cookies"])
-        connection.request("POST", path, urllib.parse.urlencode(form), {
-            "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie, "Sec-Fetch-Site": "same-origin"})
-        self.assertEqual(connection.getresponse().status, expect_status)
-        connection.close()
 
 
 class RoomsAndPeopleTests(BrowserApp):
@@ -441,7 +534,7 @@ class RoomsAndPeopleTests(BrowserApp):
         ada.get_by_role("button", name="Save").click()
         ada.wait_for_url(re.compile(r"/rooms/\d+$"))
         expect(ada.get_by_role("heading", level=1)).to_have_text(name)
-        expect(bob.locator("#shared_rooms").get_by_role("link", name=name)).to_be_visible(timeout=10_000)
+        expect(bob.locator("#shared_rooms").get_by_role("link", name=name)).to_be_visible()
 
     def test_new_ping_to_a_second_person(self):
         ada = self.open_room(ADA)

@@ -10,9 +10,10 @@ one test stands in for PushManager.subscribe with a subscription holding a real
 P-256 key made by WebCrypto; everything after it is the app's own code."""
 
 import re
+import time
 import unittest
 
-from tests.browser import BrowserTestCase
+from tests.browser import WAIT_MS, BrowserTestCase
 from tests.helpers import campfire
 from tests.test_browser_app import ADA, BOB, BrowserApp, seeded_server, signed_in_state, unique
 
@@ -115,17 +116,16 @@ class NotificationTests(BrowserApp):
         cdp.on("ServiceWorker.workerRegistrationUpdated", lambda event: registrations.extend(event["registrations"]))
         cdp.send("ServiceWorker.enable")
         page.wait_for_function("navigator.serviceWorker.controller !== null")
-        for _ in range(50):  # DevTools reports the registration soon after its ServiceWorker domain is on
-            if registrations:
-                break
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not registrations and time.monotonic() < deadline:  # DevTools reports it soon after its ServiceWorker domain is on
             page.wait_for_timeout(100)
         [registration] = [entry for entry in registrations if entry["scopeURL"] == self.server.url + "/"]
         payload = campfire.push_payload("Room 02", "%s: the build is green" % BOB, "/rooms/2", 3).decode()
         cdp.send("ServiceWorker.deliverPushMessage", {"origin": self.server.url,
                                                       "registrationId": registration["registrationId"],
                                                       "data": payload})
-        shown = []
-        for _ in range(100):  # the worker shows it asynchronously: poll, at most 10 s
+        shown, deadline = [], time.monotonic() + WAIT_MS / 1000
+        while time.monotonic() < deadline:  # the worker shows it asynchronously: poll
             shown = page.evaluate("navigator.serviceWorker.ready.then((r) => r.getNotifications()).then((list) => "
                                   "list.map((n) => ({title: n.title, body: n.body, icon: n.icon, data: n.data})))")
             if shown:

@@ -173,7 +173,7 @@ class SoundsBrowserTest(unittest.TestCase):
 
     def test_play_after_a_click_schedules_the_sound(self):
         self.page.get_by_role("button", name="Play tada").click()
-        self.page.wait_for_function("window.played === true", timeout=5000)
+        self.page.wait_for_function("window.played === true")
         self.assertIsNone(self.page.evaluate("window.sounds.playSound('rimshot')"))
 
     def test_mute_is_remembered_in_local_storage(self):
@@ -185,7 +185,7 @@ class SoundsBrowserTest(unittest.TestCase):
         self.page.wait_for_function("window.ready === true")
         self.assertTrue(self.page.evaluate("window.sounds.isMuted()"))
         self.page.get_by_role("button", name="Play tada").click()
-        self.page.wait_for_function("window.played === true", timeout=5000)
+        self.page.wait_for_function("window.played === true")
         self.page.evaluate("window.sounds.setMuted(false)")
         self.assertFalse(self.page.evaluate("window.sounds.isMuted()"))
         self.assertIsNone(self.page.evaluate("localStorage.getItem('campfire:muted')"))
