@@ -75,8 +75,11 @@ def unique(text):
     return "%s %s" % (text, uuid.uuid4().hex[:8])
 
 
-class BrowserApp(BrowserTestCase):
-    """One seeded server for the class; pages open a room and wait until they are live."""
+class SeededBrowserTests(BrowserTestCase):
+    """One seeded server for the class, and a signed-in browser state (`states`) for
+    each of PEOPLE (name → email)."""
+
+    PEOPLE = {ADA: "person1@example.com", BOB: "person2@example.com"}
 
     @classmethod
     def setUpClass(cls):
@@ -86,8 +89,11 @@ class BrowserApp(BrowserTestCase):
             return
         cls.server = seeded_server()
         cls.addClassCleanup(cls.server.cleanup)
-        cls.states = {ADA: signed_in_state(cls.server, "person1@example.com"),
-                      BOB: signed_in_state(cls.server, "person2@example.com")}
+        cls.states = {person: signed_in_state(cls.server, email) for person, email in cls.PEOPLE.items()}
+
+
+class BrowserApp(SeededBrowserTests):
+    """Pages open a room and wait until they are live."""
 
     def open_room(self, person, room=1, **context_options):
         page = self.new_page(storage_state=self.states[person], **context_options)

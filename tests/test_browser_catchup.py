@@ -11,8 +11,7 @@ import re
 import unittest
 import uuid
 
-from tests.browser import BrowserTestCase, browser_available
-from tests.test_browser_app import seeded_server, signed_in_state
+from tests.test_browser_app import SeededBrowserTests, unique
 
 try:
     from playwright.sync_api import expect
@@ -24,20 +23,8 @@ EMAILS = {ADA: "person1@example.com", BOB: "person2@example.com", CAROL: "person
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
 
 
-def unique(text):
-    return "%s %s" % (text, uuid.uuid4().hex[:8])
-
-
-class CatchingUpInBrowserTests(BrowserTestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.server = None
-        if not browser_available():
-            return
-        cls.server = seeded_server()
-        cls.addClassCleanup(cls.server.cleanup)
-        cls.states = {person: signed_in_state(cls.server, email) for person, email in EMAILS.items()}
+class CatchingUpInBrowserTests(SeededBrowserTests):
+    PEOPLE = EMAILS
 
     def open(self, person, path="/rooms/1", **context_options):
         page = self.new_page(storage_state=self.states[person], **context_options)

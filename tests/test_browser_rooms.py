@@ -10,9 +10,8 @@ import re
 import unittest
 import uuid
 
-from tests.browser import BrowserTestCase, browser_available
 from tests.helpers import CableClient
-from tests.test_browser_app import seeded_server, signed_in_state
+from tests.test_browser_app import SeededBrowserTests
 
 try:
     from playwright.sync_api import expect
@@ -23,16 +22,8 @@ ADA, BOB, CAROL = "Person 1", "Person 2", "Person 3"
 EMAILS = {ADA: "person1@example.com", BOB: "person2@example.com", CAROL: "person3@example.com"}
 
 
-class RoomKindsInBrowserTests(BrowserTestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.server = None
-        if not browser_available():
-            return
-        cls.server = seeded_server()
-        cls.addClassCleanup(cls.server.cleanup)
-        cls.states = {person: signed_in_state(cls.server, email) for person, email in EMAILS.items()}
+class RoomKindsInBrowserTests(SeededBrowserTests):
+    PEOPLE = EMAILS
 
     def open_room(self, person, room=1, **context_options):
         page = self.new_page(storage_state=self.states[person], **context_options)

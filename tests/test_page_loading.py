@@ -12,8 +12,9 @@ import re
 import shutil
 import tempfile
 
-from tests.browser import ROOT, BrowserTestCase, browser_available
+from tests.browser import ROOT
 from tests.helpers import AppTestCase, make_app, Client, wait_until
+from tests.test_browser_app import SeededBrowserTests
 
 try:
     from playwright.sync_api import expect
@@ -147,20 +148,11 @@ class ReachedStartTests(AppTestCase):
         self.assertIn("more 39", html)
 
 
-class ReloadTests(BrowserTestCase):
-    """A seeded server; network requests counted by the DevTools protocol, which
-    marks each response as from the network, the disk cache or the service worker."""
+class ReloadTests(SeededBrowserTests):
+    """Network requests counted by the DevTools protocol, which marks each response
+    as from the network, the disk cache or the service worker."""
 
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.server = None
-        if not browser_available():
-            return
-        from tests.test_browser_app import seeded_server, signed_in_state
-        cls.server = seeded_server()
-        cls.addClassCleanup(cls.server.cleanup)
-        cls.state = signed_in_state(cls.server, "person1@example.com")
+    PEOPLE = {"Person 1": "person1@example.com"}
 
     def load(self, page, cdp, go):
         responses = {}
@@ -178,7 +170,7 @@ class ReloadTests(BrowserTestCase):
         return [(url, source) for url, source in responses.values() if not url.startswith("data:")]
 
     def test_a_reload_asks_the_network_for_no_module_or_stylesheet(self):
-        page = self.new_page(storage_state=self.state)
+        page = self.new_page(storage_state=self.states["Person 1"])
         cdp = page.context.new_cdp_session(page)
         cdp.send("Network.enable")
         first = self.load(page, cdp, lambda: page.goto(self.server.url + "/rooms/1"))
