@@ -7813,8 +7813,10 @@ class FileStore:
 
     def open(self, key):
         """(file object, size) of a blob's bytes, or None when they are missing. An upload
-        whose row has just committed may still be in tmp/ until its move."""
-        for path in (self.path(key), self.temp_path(key)):
+        whose row has just committed may still be in tmp/ until its move, so tmp/ is
+        looked at first: the move is one rename, so a file not in tmp/ any more is in its
+        place (the other order could miss it moving between the two looks)."""
+        for path in (self.temp_path(key), self.path(key)):
             try:
                 file = open(path, "rb")
             except (FileNotFoundError, NotADirectoryError):

@@ -25,8 +25,10 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import struct
 import sys
+import tempfile
 import unicodedata
 import unittest
 import urllib.parse
@@ -1209,6 +1211,37 @@ class ContentDispositionTest(unittest.TestCase):
                 self.assertTrue(fallback.isascii())
                 self.assertEqual(len(fallback), len("".join(
                     char for char in unicodedata.normalize("NFKD", expected) if not unicodedata.combining(char))))
+
+
+class FileStoreOpenTest(unittest.TestCase):
+    """A committed upload moves from tmp/ into its place in a file worker while a request
+    may be opening it: whenever the move happens, the bytes are found."""
+
+    def test_a_file_moved_into_place_while_it_is_looked_for_is_found(self):
+        root = tempfile.mkdtemp(prefix="campfire-files-")
+        self.addCleanup(shutil.rmtree, root, True)
+        store = files.FileStore(root)
+        key = files.generate_blob_key()
+        descriptor = store.create_temp(key)
+        store.write(descriptor, b"the bytes", hashlib.md5())
+        os.close(descriptor)
+        real_open, looked = open, []
+
+        def open_while_it_moves(path, mode="r", *args, **kwargs):
+            looked.append(path)
+            try:
+                return real_open(path, mode, *args, **kwargs)
+            finally:
+                if len(looked) == 1:
+                    store.promote(key)  # the worker's move lands right after the first look
+        files.open = open_while_it_moves
+        self.addCleanup(delattr, files, "open")
+        found = store.open(key)
+        self.assertIsNotNone(found, "the file was missed while it moved: looked at %s" % looked)
+        file, size = found
+        with file:
+            self.assertEqual((file.read(), size), (b"the bytes", 9))
+        self.assertTrue(os.path.exists(store.path(key)))
 
 
 class ServingTest(unittest.TestCase):
