@@ -156,6 +156,10 @@ class LiveFullDiskTests(unittest.TestCase):
             thread.join(120)
         self.assertIn(503, statuses.values())
         self.assertEqual(set(statuses.values()) - {201, 503}, set())
+        # The posters' last writes race (a small one may still fit after a big one was
+        # refused, and any write that succeeds turns /up green again): one more big post,
+        # refused, makes the latest write a refused one.
+        self.assertEqual(self.post("last-big", BIG), 503)
         self.assertEqual(self.get_up(), 503)  # writes were refused: /up is red
         self.live.call(free_disk, db)
         kept = set(self.live.call(lambda: [row[0] for row in db.all("SELECT client_message_id FROM messages")]))
