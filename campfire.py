@@ -15303,10 +15303,22 @@ class OutboundRequests:
     the system's CAs (SSL_CERT_FILE when set)."""
 
     step_failure = WebhookFailed
+    workers = 1                 # sender tasks start() runs, each self._work()
     _tls = None
 
     def step_timeout(self):
         raise NotImplementedError
+
+    def start(self, loop):
+        """The sender tasks; what was queued before goes at once."""
+        self._wakeup = asyncio.Event()
+        self._workers = [loop.create_task(self._work()) for _ in range(self.workers)]
+        if self.pending:
+            self._wakeup.set()
+
+    def _wake(self):
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def _exchange(self, reader, writer, request, max_reply=None):
         try:
@@ -15340,6 +15352,7 @@ class Webhooks(OutboundRequests):
     The server runs WEBHOOK_WORKERS workers (start/stop); without a server
     (tests, the command line) run_pending() delivers what is queued."""
 
+    workers = WEBHOOK_WORKERS
     step_failure = WebhookTimedOut
 
     def __init__(self, app):
@@ -15361,16 +15374,9 @@ class Webhooks(OutboundRequests):
                         self.app.config.webhook_queue_size, delivery.message_id, delivery.bot_id)
             return
         self.pending.append(delivery)
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._wake()
 
     # Workers --------------------------------------------------------------------
-    def start(self, loop):
-        self._wakeup = asyncio.Event()
-        self._workers = [loop.create_task(self._work()) for _ in range(WEBHOOK_WORKERS)]
-        if self.pending:
-            self._wakeup.set()
-
     def stop(self):
         """Cancel the workers (no reply is posted after this); queued deliveries are dropped."""
         for worker in self._workers:
@@ -15875,6 +15881,8 @@ class Pushes(OutboundRequests):
     The server runs PUSH_WORKERS workers (start/stop); without a server (tests, the
     command line) run_pending() sends what is queued. close() ends the worker process."""
 
+    workers = PUSH_WORKERS
+
     step_failure = PushFailed
 
     def __init__(self, app):
@@ -15904,16 +15912,9 @@ class Pushes(OutboundRequests):
             log.warning("push queue full (%d): dropped the oldest push (subscription %d)",
                         self.app.config.push_queue_size, dropped.subscription_id)
         self.pending.append(delivery)
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._wake()
 
     # Workers --------------------------------------------------------------------
-    def start(self, loop):
-        self._wakeup = asyncio.Event()
-        self._workers = [loop.create_task(self._work()) for _ in range(PUSH_WORKERS)]
-        if self.pending:
-            self._wakeup.set()
-
     def stop(self):
         """Cancel the workers; queued pushes and retries are dropped (logged)."""
         for worker in self._workers:
