@@ -143,6 +143,10 @@ MIN_CONNECTIONS = 16         # the connection cap never goes below this, however
 MAX_OPEN_FILES_WANTED = 1024 * 1024   # never ask for more than this, even when the hard limit is unlimited
 LISTEN_BACKLOG = 1024        # asyncio accepts up to this many sockets per loop turn before any is refused
 MAX_WRITE_BUFFER_BYTES = 1024 * 1024  # stop reading a client that doesn't read
+# Every connection's reads land in one buffer of the server (the loop fills it for one
+# connection at a time, and what is kept is copied out at once): an upload arrives in
+# pieces this large, below MALLOC_MMAP_THRESHOLD so the copies reuse heap memory.
+RECEIVE_BUFFER_BYTES = 512 * 1024
 # glibc's malloc, pinned: its adaptive mmap threshold jumps to 16 MiB once scrypt's
 # buffer is freed, and from then on such a buffer stays in the heap (+16 MB RSS after
 # the first sign-ins). Pinning the trim threshold too keeps asyncio's 256 KiB read
@@ -249,12 +253,12 @@ MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted 
 
 # Uploaded files, kept in Active Storage's layout (storage/files/<ab>/<cd>/<key>), so
 # a Once Campfire storage opens with its files. An upload streams to a temporary file
-# as it arrives: memory holds at most the read-ahead and one write, whatever its size.
+# as it arrives: memory holds at most the read-ahead and three writes, whatever its size.
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024      # one file; 413 past it (CAMPFIRE_MAX_UPLOAD_BYTES changes it)
 UPLOAD_FORM_OVERHEAD_BYTES = 64 * 1024    # an upload's multipart headers and its other fields
 MAX_UPLOAD_FIELD_BYTES = MESSAGE_BODY_LIMIT  # the text fields of an upload form, together
 UPLOAD_READ_AHEAD_BYTES = 1024 * 1024     # body bytes buffered before the socket stops being read
-UPLOAD_WRITE_BYTES = 256 * 1024           # written to disk at a time (one worker-thread call)
+UPLOAD_WRITE_BYTES = 512 * 1024           # hashed and written at a time (one call of each of two file workers)
 MAX_FORM_FILES = 2                        # files kept from one form: a message's file and its preview
 AVATAR_BODY_LIMIT = 4 * 1024 * 1024       # a profile or bot form with its picture: the browser sends 512×512
 # Campfire caches avatars for 30 minutes (users/avatars_controller.rb); their URL doesn't change with the
@@ -1508,11 +1512,15 @@ class HttpParser:
         return self._state != self.STREAM
 
     def take_body(self):
-        """The bytes of a streamed body that have arrived and not been taken yet."""
+        """The bytes of a streamed body that have arrived and not been taken yet (a
+        bytearray, the caller's to keep)."""
         if self._state != self.STREAM:
             return b""
-        data = bytes(self._buffer[:self._remaining])
-        del self._buffer[:len(data)]
+        if len(self._buffer) <= self._remaining:  # all of it is body: handed over, not copied
+            data, self._buffer = self._buffer, bytearray()
+        else:
+            data = bytearray(self._buffer[:self._remaining])
+            del self._buffer[:len(data)]
         self._remaining -= len(data)
         if not self._remaining:
             self._finish()
@@ -5208,6 +5216,7 @@ def parse_http_date(value, now=None):
 #
 #   PartStarted(name, filename, content_type, headers)   a part's header was read
 #   PartData(data)                                       some of its body, in order
+#                                                        (bytes or a bytearray, the caller's to keep)
 #   PartEnded()                                          its body is complete
 #
 # and finish() checks that the closing delimiter came. Whatever the size of a
@@ -5371,9 +5380,10 @@ class MultipartParser:
                 self._state = self.DELIMITER
                 return True
             keep = self._partial_delimiter_length()
-            if len(buffer) > keep:
-                events.append(PartData(bytes(buffer[:len(buffer) - keep])))
-                del buffer[:len(buffer) - keep]
+            if len(buffer) > keep:  # the buffer becomes the event's data, less the few bytes kept
+                self._buffer = buffer[len(buffer) - keep:]
+                del buffer[len(buffer) - keep:]
+                events.append(PartData(buffer))
             return False
         if state == self.HEADER:
             return self._read_header_line(events)
@@ -7784,7 +7794,9 @@ class FileStore:
 
     @staticmethod
     def write(descriptor, data, digest):
-        digest.update(data)
+        """data written whole, and added to digest (None: not hashed here)."""
+        if digest is not None:
+            digest.update(data)
         view = memoryview(data)
         while view:
             view = view[os.write(descriptor, view):]
@@ -14422,6 +14434,10 @@ class App:
         return await asyncio.get_running_loop().run_in_executor(
             self._file_pool(), functools.partial(function, *args, **kwargs))
 
+    def file_job(self, function, *args):
+        """function(*args) started in a file worker thread: its concurrent.futures.Future."""
+        return self._file_pool().submit(function, *args)
+
     def file_work_soon(self, function, *args):
         """function(*args) in a file worker thread, not waited for (a failure is logged).
         close() and settle_file_work() wait for it."""
@@ -15012,8 +15028,21 @@ async def _body_chunks(request):
         yield chunk
 
 
+async def _job_done(job):
+    """Wait for a file_job() (None: there is none); its exception is raised here."""
+    if job is not None:
+        if not job.done():  # a finished one is read at once: wrap_future would cost a loop turn
+            await asyncio.wrap_future(job)
+        job.result()
+
+
 class _ReceivingFile:
-    """One file of a multipart form on its way to a temporary file (App.receive_form)."""
+    """One file of a multipart form on its way to a temporary file (App.receive_form).
+    Its bytes go UPLOAD_WRITE_BYTES at a time to two file workers at once, one taking
+    the MD5 and one writing, while the next piece arrives: MD5 on one core is as slow
+    as a disk, so hashing, then writing, then reading on would take their sum. Each
+    worker holds one piece at a time and takes them in order, so memory holds at
+    most three pieces (the two at work and the one being gathered)."""
 
     def __init__(self, app, name, filename, declared_type, max_bytes):
         self.app = app
@@ -15025,6 +15054,7 @@ class _ReceivingFile:
         self.digest = hashlib.md5()
         self.size = 0
         self.pending, self.pending_bytes = [], 0
+        self.hashing = self.writing = None  # the concurrent.futures.Future of each worker's piece
         self.sniffer, self.sniffing = ImageSniffer(), True
         self.upload = None
 
@@ -15046,10 +15076,15 @@ class _ReceivingFile:
         if self.pending:
             data = b"".join(self.pending) if len(self.pending) > 1 else self.pending[0]
             self.pending, self.pending_bytes = [], 0
-            await self.app.file_work(FileStore.write, self.descriptor, data, self.digest)
+            await _job_done(self.hashing)
+            self.hashing = self.app.file_job(self.digest.update, data)
+            await _job_done(self.writing)
+            self.writing = self.app.file_job(FileStore.write, self.descriptor, data, None)
 
     async def finish(self):
         await self._write()
+        await _job_done(self.hashing)
+        await _job_done(self.writing)
         image = self.sniffer.finish()
         descriptor, self.descriptor = self.descriptor, None
         await self.app.file_work(FileStore.close, descriptor, sync=True)
@@ -15058,7 +15093,10 @@ class _ReceivingFile:
                              image.height if image else None)
 
     def discard(self):
-        """Blocking: the temporary file goes (a worker thread calls it)."""
+        """Blocking: the temporary file goes (a worker thread calls it), once the
+        pieces at work are done with its descriptor."""
+        import concurrent.futures
+        concurrent.futures.wait([job for job in (self.hashing, self.writing) if job is not None])
         descriptor, self.descriptor = self.descriptor, None
         if descriptor is not None:
             with contextlib.suppress(OSError):
@@ -17370,7 +17408,7 @@ class BodyReader:
         return data
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(asyncio.BufferedProtocol):
     def __init__(self, server):
         self.server = server
         self.app = server.app
@@ -17422,7 +17460,14 @@ class HttpConnection(asyncio.Protocol):
         if not self.closing and (self.waiting is None or (self.streaming is not None and not self.streaming.paused)):
             self.transport.resume_reading()
 
+    def get_buffer(self, sizehint):
+        return self.server.receive_buffer
+
+    def buffer_updated(self, nbytes):
+        self.data_received(self.server.receive_buffer[:nbytes])
+
     def data_received(self, data):
+        """data: a memoryview of the server's receive buffer, valid until this returns."""
         if self.closing:
             return
         if self.upgraded is not None:
@@ -17808,6 +17853,7 @@ class Server:
         self.redirector = None
         self.connections = set()
         app.http_connections = self.connections
+        self.receive_buffer = memoryview(bytearray(RECEIVE_BUFFER_BYTES))  # see RECEIVE_BUFFER_BYTES
         self.holding = set()      # connections with responses waiting for the group commit
         self.stopping = False
         self.loop = None
