@@ -5215,8 +5215,9 @@ def parse_http_date(value, now=None):
 # MultipartParser is sans-I/O: feed(bytes) returns events, in order,
 #
 #   PartStarted(name, filename, content_type, headers)   a part's header was read
-#   PartData(data)                                       some of its body, in order
-#                                                        (bytes or a bytearray, the caller's to keep)
+#   PartData(data)                                       some of its body, in order: bytes or a
+#                                                        bytearray, the caller's to keep (a piece
+#                                                        fed whole may come back as itself)
 #   PartEnded()                                          its body is complete
 #
 # and finish() checks that the closing delimiter came. Whatever the size of a
@@ -5340,6 +5341,8 @@ class MultipartParser:
             raise self._error
         if self._state == self.EPILOGUE:
             return []  # RFC 2046 §5.1.1: the epilogue is ignored
+        if self._whole_body(data):
+            return [PartData(data)]  # the usual piece of a large file, handed on uncopied
         self._buffer += data
         events = []
         try:
@@ -5404,11 +5407,17 @@ class MultipartParser:
             return False
         return False
 
-    def _partial_delimiter_length(self):
+    def _whole_body(self, data):
+        """Whether data, fed in a part's body with nothing held back, is all body: no
+        delimiter in it, nor the start of one at its end."""
+        return (self._state == self.BODY and not self._buffer and data and type(data) in (bytes, bytearray)
+                and data.find(self._delimiter) < 0 and not self._partial_delimiter_length(data))
+
+    def _partial_delimiter_length(self, buffer=None):
         """How many bytes at the buffer's end could begin a delimiter. The
         delimiter's only CR is its first byte (a boundary holds none), so the
         last CR near the end is the one candidate."""
-        buffer, delimiter = self._buffer, self._delimiter
+        buffer, delimiter = self._buffer if buffer is None else buffer, self._delimiter
         start = buffer.rfind(b"\r", max(0, len(buffer) - len(delimiter) + 1))
         if start >= 0 and delimiter.startswith(buffer[start:]):
             return len(buffer) - start

@@ -5,6 +5,8 @@ message goes. Bodies are encoded by werkzeug (an independent multipart writer);
 images are written by Pillow."""
 
 import base64
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -19,6 +21,7 @@ import tempfile
 import time
 import unittest
 import urllib.parse
+from unittest import mock
 
 from PIL import Image
 from werkzeug.datastructures import FileStorage, MultiDict
@@ -693,6 +696,42 @@ class LiveUploadTests(unittest.TestCase):
         while time.monotonic() < deadline and self.state() != (before, []):
             time.sleep(0.05)
         self.assertEqual(self.state(), (before, []))
+
+    def test_a_write_the_disk_refuses_mid_upload_answers_503_and_leaves_nothing_behind(self):
+        """The pieces of a large upload are hashed and written while the next ones arrive:
+        a write refused halfway fails the upload once, and its temporary file goes only
+        after the pieces still at work are done with it."""
+        before = self.state()[0]
+        data = os.urandom(3 * 1024 * 1024)  # several UPLOAD_WRITE_BYTES pieces
+        content_type, body = multipart([("message[client_message_id]", "refused-midway")],
+                                       [("message[attachment]", "big.bin", "application/octet-stream", data)])
+        real_write, writes = campfire.FileStore.write, []
+
+        def full_after_two(descriptor, piece, digest):
+            writes.append(len(piece))
+            if len(writes) > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_write(descriptor, piece, digest)
+        with mock.patch.object(campfire.FileStore, "write", staticmethod(full_after_two)), \
+                self.server.connect() as sock:
+            sock.sendall(self.upload_head(len(body), content_type))
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # answered before the body ended
+                for start in range(0, len(body), 65536):
+                    sock.sendall(body[start:start + 65536])
+            status, _, text = recv_response(sock, timeout=20)
+        self.assertEqual(status, 503)
+        self.assertIn(b"could not be saved", text)
+        self.assertEqual(len(writes), 3, "the upload stopped at the refused write")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.state() != (before, []):
+            time.sleep(0.05)
+        self.assertEqual(self.state(), (before, []))
+        content_type, body = multipart([("message[client_message_id]", "after-the-refusal")],
+                                       [("message[attachment]", "big.bin", "application/octet-stream", data)])
+        with self.server.connect() as sock:
+            sock.sendall(self.upload_head(len(body), content_type) + body)
+            status, _, _ = recv_response(sock, timeout=20)
+        self.assertEqual(status, 201)
 
     def test_a_command_opening_the_storage_meanwhile_leaves_an_upload_on_its_way_alone(self):
         data = os.urandom(2 * 1024 * 1024)
