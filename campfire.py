@@ -143,16 +143,17 @@ MIN_CONNECTIONS = 16         # the connection cap never goes below this, however
 MAX_OPEN_FILES_WANTED = 1024 * 1024   # never ask for more than this, even when the hard limit is unlimited
 LISTEN_BACKLOG = 1024        # asyncio accepts up to this many sockets per loop turn before any is refused
 MAX_WRITE_BUFFER_BYTES = 1024 * 1024  # stop reading a client that doesn't read
-# Every connection's reads land in one buffer of the server (the loop fills it for one
-# connection at a time, and what is kept is copied out at once): an upload arrives in
-# pieces this large, below MALLOC_MMAP_THRESHOLD so the copies reuse heap memory.
-RECEIVE_BUFFER_BYTES = 512 * 1024
 # glibc's malloc, pinned: its adaptive mmap threshold jumps to 16 MiB once scrypt's
 # buffer is freed, and from then on such a buffer stays in the heap (+16 MB RSS after
 # the first sign-ins). Pinning the trim threshold too keeps asyncio's 256 KiB read
 # buffers from growing and shrinking the heap on every read.
 MALLOC_MMAP_THRESHOLD = 1024 * 1024      # larger blocks are mmapped, and given back when freed
 MALLOC_TRIM_THRESHOLD = 8 * 1024 * 1024  # free heap kept before it is given back
+# Every connection's reads land in one buffer of the server (the loop fills it for one
+# connection at a time, and what is kept is copied out at once). An upload arrives in
+# pieces up to this large: the fewer pieces, the less the loop does per byte, and just
+# under MALLOC_MMAP_THRESHOLD each piece kept comes from the heap, not a new mapping.
+RECEIVE_BUFFER_BYTES = MALLOC_MMAP_THRESHOLD - 64 * 1024
 STATIC_RECHECK_SECONDS = 1.0          # an edited file in static/ is served within this
 REQUEST_LOG_FLUSH_SECONDS = 0.1       # request log lines are written in batches this often
 
@@ -258,7 +259,9 @@ MAX_UPLOAD_BYTES = 100 * 1024 * 1024      # one file; 413 past it (CAMPFIRE_MAX_
 UPLOAD_FORM_OVERHEAD_BYTES = 64 * 1024    # an upload's multipart headers and its other fields
 MAX_UPLOAD_FIELD_BYTES = MESSAGE_BODY_LIMIT  # the text fields of an upload form, together
 UPLOAD_READ_AHEAD_BYTES = 1024 * 1024     # body bytes buffered before the socket stops being read
-UPLOAD_WRITE_BYTES = 512 * 1024           # hashed and written at a time (one call of each of two file workers)
+UPLOAD_WRITE_BYTES = RECEIVE_BUFFER_BYTES  # hashed and written at a time (one call of each of two file workers)
+UPLOAD_FLUSH_BYTES = 16 * 1024 * 1024     # an upload's bytes go to the disk (fdatasync) every this many as it
+                                          # arrives, so the fsync at its end has no more than this left to do
 MAX_FORM_FILES = 2                        # files kept from one form: a message's file and its preview
 AVATAR_BODY_LIMIT = 4 * 1024 * 1024       # a profile or bot form with its picture: the browser sends 512×512
 # Campfire caches avatars for 30 minutes (users/avatars_controller.rb); their URL doesn't change with the
@@ -15045,6 +15048,13 @@ async def _job_done(job):
         job.result()
 
 
+def _write_piece(descriptor, data, flush):
+    """Blocking: a piece of an upload written, and with flush, all of it so far sent to the disk."""
+    FileStore.write(descriptor, data, None)
+    if flush:
+        os.fdatasync(descriptor)
+
+
 class _ReceivingFile:
     """One file of a multipart form on its way to a temporary file (App.receive_form).
     Its bytes go UPLOAD_WRITE_BYTES at a time to two file workers at once, one taking
@@ -15064,6 +15074,7 @@ class _ReceivingFile:
         self.size = 0
         self.pending, self.pending_bytes = [], 0
         self.hashing = self.writing = None  # the concurrent.futures.Future of each worker's piece
+        self.unflushed = 0
         self.sniffer, self.sniffing = ImageSniffer(), True
         self.upload = None
 
@@ -15088,7 +15099,11 @@ class _ReceivingFile:
             await _job_done(self.hashing)
             self.hashing = self.app.file_job(self.digest.update, data)
             await _job_done(self.writing)
-            self.writing = self.app.file_job(FileStore.write, self.descriptor, data, None)
+            self.unflushed += len(data)
+            flush = self.unflushed >= UPLOAD_FLUSH_BYTES
+            if flush:
+                self.unflushed = 0
+            self.writing = self.app.file_job(_write_piece, self.descriptor, data, flush)
 
     async def finish(self):
         await self._write()

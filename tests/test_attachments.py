@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.parse
@@ -697,22 +698,51 @@ class LiveUploadTests(unittest.TestCase):
             time.sleep(0.05)
         self.assertEqual(self.state(), (before, []))
 
+    def test_a_large_upload_goes_to_the_disk_as_it_arrives_off_the_loop(self):
+        """Every UPLOAD_FLUSH_BYTES the bytes so far are flushed (fdatasync) by a file worker,
+        so the fsync after the last byte has little left to do."""
+        data = os.urandom(3 * 1024 * 1024)
+        content_type, body = multipart([("message[client_message_id]", "flushed-as-it-came")],
+                                       [("message[attachment]", "big.bin", "application/octet-stream", data)])
+        real_fdatasync, flushes = os.fdatasync, []
+
+        def recording_fdatasync(descriptor):
+            flushes.append((threading.current_thread().name, os.fstat(descriptor).st_size))
+            real_fdatasync(descriptor)
+        with mock.patch.object(campfire, "UPLOAD_FLUSH_BYTES", 1024 * 1024), \
+                mock.patch.object(campfire.os, "fdatasync", recording_fdatasync), self.server.connect() as sock:
+            sock.sendall(self.upload_head(len(body), content_type) + body)
+            status, headers, _ = recv_response(sock, timeout=20)
+        self.assertEqual(status, 201)
+        self.assertGreaterEqual(len(flushes), 2, flushes)
+        self.assertTrue(all(name.startswith("campfire-files") for name, _ in flushes), flushes)
+        sizes = [size for _, size in flushes]
+        self.assertEqual(sizes, sorted(sizes))
+        self.assertLess(sizes[0], len(data))  # the first went before the whole file was written
+        message_id = int(re.search(r"@(\d+)$", headers["location"]).group(1))
+        self.server.app.settle_file_work()
+        with self.server.connect() as sock:
+            sock.sendall(("GET /messages/%d/attachment HTTP/1.1\r\nHost: x\r\nCookie: session_token=%s\r\n\r\n"
+                          % (message_id, self.cookie)).encode())
+            status, _, received = recv_response(sock, timeout=20)
+        self.assertEqual((status, received == data), (200, True))
+
     def test_a_write_the_disk_refuses_mid_upload_answers_503_and_leaves_nothing_behind(self):
         """The pieces of a large upload are hashed and written while the next ones arrive:
         a write refused halfway fails the upload once, and its temporary file goes only
         after the pieces still at work are done with it."""
         before = self.state()[0]
-        data = os.urandom(3 * 1024 * 1024)  # several UPLOAD_WRITE_BYTES pieces
+        data = os.urandom(3 * 1024 * 1024 + 512 * 1024)  # several UPLOAD_WRITE_BYTES pieces
         content_type, body = multipart([("message[client_message_id]", "refused-midway")],
                                        [("message[attachment]", "big.bin", "application/octet-stream", data)])
         real_write, writes = campfire.FileStore.write, []
 
-        def full_after_two(descriptor, piece, digest):
+        def full_after_one(descriptor, piece, digest):
             writes.append(len(piece))
-            if len(writes) > 2:
+            if len(writes) > 1:
                 raise OSError(errno.ENOSPC, "No space left on device")
             real_write(descriptor, piece, digest)
-        with mock.patch.object(campfire.FileStore, "write", staticmethod(full_after_two)), \
+        with mock.patch.object(campfire.FileStore, "write", staticmethod(full_after_one)), \
                 self.server.connect() as sock:
             sock.sendall(self.upload_head(len(body), content_type))
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # answered before the body ended
@@ -721,7 +751,7 @@ class LiveUploadTests(unittest.TestCase):
             status, _, text = recv_response(sock, timeout=20)
         self.assertEqual(status, 503)
         self.assertIn(b"could not be saved", text)
-        self.assertEqual(len(writes), 3, "the upload stopped at the refused write")
+        self.assertEqual(len(writes), 2, "the upload stopped at the refused write")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.state() != (before, []):
             time.sleep(0.05)
