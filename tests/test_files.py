@@ -612,6 +612,27 @@ class MultipartPeerTest(unittest.TestCase):
         self.assertEqual(received.hexdigest(), hashlib.sha256(content).hexdigest())
         self.assertLess(largest, delimiter_length)
 
+    def test_a_piece_that_is_all_body_is_handed_on_whole_and_a_delimiters_start_is_held_back(self):
+        boundary = b"xyz"
+        parser = files.MultipartParser(boundary)
+        head = b"--xyz\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n"
+        self.assertIsInstance(parser.feed(head)[0], files.PartStarted)
+        for piece in (bytearray(b"a" * 100_000), b"b" * 70_000):  # as the server feeds it, and as bytes
+            events = parser.feed(piece)
+            self.assertEqual(len(events), 1)
+            self.assertIs(events[0].data, piece)  # not copied
+            self.assertEqual(parser.buffered_bytes, 0)
+        for held in (b"\r", b"\r\n", b"\r\n-", b"\r\n--x", b"\r\n--xy"):
+            events = parser.feed(bytearray(b"c" * 10 + held))
+            self.assertEqual([event.data for event in events], [b"c" * 10])
+            self.assertEqual(parser.buffered_bytes, len(held))
+            events = parser.feed(b"d")  # not a delimiter after all: the held bytes are body
+            self.assertEqual(b"".join(event.data for event in events), held + b"d")
+        events = parser.feed(bytearray(b"tail\r\n--xyz--\r\n"))
+        self.assertEqual([type(event) for event in events], [files.PartData, files.PartEnded])
+        self.assertEqual(events[0].data, b"tail")
+        parser.finish()
+
 
 ####
 #### File names
