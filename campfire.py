@@ -158,6 +158,11 @@ GZIP_FRESH_LEVEL = 1         # a body compressed for one response: 4-5x less CPU
 GZIP_TYPES = ("text/", "application/json", "application/javascript",
               "image/svg+xml", "application/manifest+json")
 
+# Rails' signed cookies and global ids: a signed cookie is at most 4096 bytes
+# (ActionDispatch::Cookies::MAX_COOKIE_SIZE) and an attachable sgid about 120; anything
+# longer is refused before any HMAC or decoding work.
+MAX_SIGNED_MESSAGE_CHARS = 8192
+
 # Sessions and sign-in (Campfire's app/controllers/sessions_controller.rb, app/models/session.rb).
 SESSION_COOKIE = "session_token"
 SESSION_COOKIE_MAX_AGE = 20 * 365 * 24 * 3600   # Rails' "permanent" cookie
@@ -336,6 +341,7 @@ BACKUP_KEEP = {"hourly": 24, "daily": 7, "weekly": 8}  # retention: the newest b
 BACKUP_START_DELAY = 60.0                  # seconds after start before an overdue backup: the start stays fast
 BACKUP_RETRY_AFTER_FAILURE = 600.0         # seconds: a failed backup is tried again this soon, not an hour later
 BACKUP_STOP_WAIT = 15.0                    # seconds SIGTERM waits for a cancelled backup or upload to end
+BACKUP_CONTENT_GRACE = 24 * 3600          # seconds: content newer than this is never pruned (a backup may be writing it)
 STORAGE_LOCK_FILE = ".campfire.lock"       # held by a running server: restore refuses while it is
 UPLOADS_DIR_NAME = "files"                 # storage/files/: uploads in Active Storage's disk layout
 
@@ -403,6 +409,7 @@ OFFSITE_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 # seed: messages written per transaction (a transaction per message would take hours).
 SEED_BATCH = 5000
+SEED_ADMIN_PASSWORD_CHARS = 20   # seed's administrator password: letters and digits, about 119 bits
 
 # Caches: rendered pages and messages, dropped by version, bounded by the bytes
 # they hold: a message may be 64 KiB, so a page of search results can be
@@ -4357,10 +4364,6 @@ ATTACHABLE_PURPOSE = "attachable"  # actiontext/lib/action_text/attachable.rb LO
 RAILS_SESSION_COOKIE = SESSION_COOKIE
 PERMANENT_COOKIE_YEARS = 20  # action_dispatch PermanentCookieJar: 20.years.from_now
 
-# A signed cookie is at most 4096 bytes (ActionDispatch::Cookies::MAX_COOKIE_SIZE) and an
-# attachable sgid about 120; anything longer is refused before any HMAC or decoding work.
-MAX_SIGNED_MESSAGE_CHARS = 8192
-
 # bcrypt-ruby: BCrypt::Engine::DEFAULT_COST (has_secure_password uses Engine.cost).
 BCRYPT_COST = 12
 BCRYPT_MIN_COST = 4
@@ -7032,7 +7035,6 @@ BACKUP_HASHES_FILE = "hashes.json"        # known SHA-256 of storage files by si
 RESTORE_ASIDE_PREFIX = "replaced-"        # storage/replaced-<time>/: what a forced restore set aside
 RESTORE_STAGING_PREFIX = ".restore-"
 BACKUP_WORK_PREFIX = ".backup-"
-BACKUP_CONTENT_GRACE = 24 * 3600          # seconds: content newer than this is never pruned (a backup may be writing it)
 BACKUP_PERIODS = {"hourly": "%Y%m%d%H", "daily": "%Y%m%d", "weekly": "%G%V"}  # UTC; ISO weeks
 COUNTED_TABLES = ("users", "rooms", "memberships", "messages", "boosts", "active_storage_blobs")
 _SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
@@ -18263,7 +18265,6 @@ SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room messag
               "weekend morning evening thanks great nice awesome sounds good agree maybe later soon "
               "python sqlite network socket browser phone laptop keyboard music sound trombone tada").split()
 SEED_PASSWORD = "password"
-SEED_ADMIN_PASSWORD_CHARS = 20   # letters and digits: about 119 bits, never guessed
 
 
 class SeedRefused(CampfireError):
