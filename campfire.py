@@ -19739,9 +19739,10 @@ class _ImportedFile:
             self.descriptor = None
 
 
-def import_slack(config, path, *, base_url, progress=None, now=None):
+def import_slack(config, path, *, base_url, progress=None, now=None, batch=SLACK_IMPORT_BATCH):
     """Import the Slack export at path into config's storage, with no server running on
-    it; a SlackImportResult. SlackExportError when the file can't be used at all."""
+    it, batch messages a transaction; a SlackImportResult. SlackExportError when the
+    file can't be used at all."""
     progress = progress or _no_progress
     now = time.time() if now is None else now
     if not os.path.isfile(path):
@@ -19754,7 +19755,7 @@ def import_slack(config, path, *, base_url, progress=None, now=None):
                 if app.store.account() is None:
                     raise ConfigError("This storage has no account yet: make its first administrator with "
                                       "create-admin, then import.")
-                return _SlackImport(app, export, base_url, progress, now).run()
+                return _SlackImport(app, export, base_url, progress, now, batch).run()
             finally:
                 app.close()
     finally:
@@ -19764,9 +19765,9 @@ def import_slack(config, path, *, base_url, progress=None, now=None):
 class _SlackImport:
     """One run of import_slack: people, then rooms, then messages room by room."""
 
-    def __init__(self, app, export, base_url, progress, now):
+    def __init__(self, app, export, base_url, progress, now, batch):
         self.app, self.store, self.export = app, app.store, export
-        self.base_url, self.progress, self.now = base_url, progress, now
+        self.base_url, self.progress, self.now, self.batch = base_url, progress, now, batch
         self.created, self.existing = collections.Counter(), collections.Counter()
         self.links = []
         self.pending_keys = []  # uploads written in the batch not yet committed
@@ -19797,7 +19798,7 @@ class _SlackImport:
                             current = message.room.slack_id
                             self.progress("messages", done_rooms, len(rooms))
                         written += self.message(message)
-                        if written >= SLACK_IMPORT_BATCH:
+                        if written >= self.batch:
                             finished = False
                             break
             except BaseException:   # the batch was undone: its files' temporary copies go too
