@@ -7484,6 +7484,27 @@ def _unused_path(path):
     return candidate
 
 
+def _move_into_place(partial, final, *, choose_another):
+    """Give the finished archive partial its name final, never replacing a file; the name
+    it got. When final appeared meanwhile (another backup of the same second took it
+    first), choose_another takes the next unused name, else the backup is refused."""
+    while True:
+        try:
+            os.link(partial, final)   # never replaces: fails if final appeared meanwhile
+        except FileExistsError:
+            if not choose_another:
+                raise BackupError("%s appeared while the backup was written; nothing was replaced." % final) from None
+            final = _unused_path(final)
+            continue
+        except OSError:
+            if os.path.exists(final):
+                raise BackupError("%s already exists; a backup never replaces a file." % final) from None
+            os.rename(partial, final)  # a file system without hard links (FAT)
+            return final
+        os.unlink(partial)
+        return final
+
+
 def write_backup(config, target=None, *, progress=None, cancelled=lambda: False, now=None, hashes=None,
                  step_pages=BACKUP_STEP_PAGES):
     """Write one checked backup of config's storage and return a BackupResult.
@@ -7511,7 +7532,9 @@ def write_backup(config, target=None, *, progress=None, cancelled=lambda: False,
         if not os.path.isdir(os.path.dirname(os.path.abspath(final))):
             raise BackupError("The folder for %s does not exist." % final)
     work = tempfile.mkdtemp(prefix=BACKUP_WORK_PREFIX, dir=folder)
-    partial = final + BACKUP_PARTIAL_SUFFIX
+    # Its own partial name: two backups started in the same second (the automatic one and
+    # `campfire.py backup`) may both have picked the same final name.
+    partial = "%s.%s%s" % (final, random_hex(4), BACKUP_PARTIAL_SUFFIX)
     try:
         copy = os.path.join(work, BACKUP_DATABASE_MEMBER)
         copy_database(config.resolved_database_path, copy, cancelled=cancelled, step_pages=step_pages,
@@ -7537,15 +7560,7 @@ def write_backup(config, target=None, *, progress=None, cancelled=lambda: False,
         progress("verify", 0, 1)
         verify_backup(partial, content_dir=pool, cancelled=cancelled)
         progress("verify", 1, 1)
-        try:
-            os.link(partial, final)   # never replaces: fails if final appeared meanwhile
-            os.unlink(partial)
-        except FileExistsError:
-            raise BackupError("%s appeared while the backup was written; nothing was replaced." % final) from None
-        except OSError:
-            if os.path.exists(final):
-                raise BackupError("%s already exists; a backup never replaces a file." % final) from None
-            os.rename(partial, final)  # a file system without hard links (FAT)
+        final = _move_into_place(partial, final, choose_another=target is None)
         _fsync_directory(os.path.dirname(os.path.abspath(final)))
         return BackupResult(final, os.path.getsize(final), manifest, time.monotonic() - started)
     except BaseException:
