@@ -117,13 +117,18 @@ def verify_vapid(authorization, endpoint):
 
 
 class PushService:
-    """A push service on https://127.0.0.1:<port>/push/<name>. answer(name, attempt) gives
-    (status, headers) or a number of seconds to stall; each request is recorded as
-    (name, headers, body) once its VAPID token has been verified."""
+    """A push service on https://127.0.0.1:<port>/push/<name>, keeping connections alive
+    as HTTP/1.1 does. answer(name, attempt) gives (status, headers) or a number of
+    seconds to stall; each request is recorded as (name, headers, body) once its VAPID
+    token has been verified. connections counts the TLS connections accepted and open
+    those not closed yet. With answers_per_connection=n, a connection's request after
+    its n-th is read and then the connection closed unanswered, as a server does whose
+    idle timeout ran out as the request arrived (RFC 9112 §9.3.1)."""
 
-    def __init__(self, certificates, answer=None):
+    def __init__(self, certificates, answer=None, answers_per_connection=None):
         self.requests = []
         self.attempts = {}
+        self.connections = self.open = self.unanswered = 0
         self.lock = threading.Lock()
         self.release = threading.Event()
         self.answer = answer or (lambda name, attempt: (201, []))
@@ -132,8 +137,26 @@ class PushService:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self):
+                super().setup()
+                self.answered = 0
+                with service.lock:
+                    service.connections += 1
+                    service.open += 1
+
+            def finish(self):
+                with service.lock:
+                    service.open -= 1
+                super().finish()
+
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if answers_per_connection is not None and self.answered >= answers_per_connection:
+                    self.close_connection = True
+                    with service.lock:
+                        service.unanswered += 1
+                    return
+                self.answered += 1
                 name = self.path.rsplit("/", 1)[-1]
                 endpoint = "https://127.0.0.1:%d%s" % (service.port, self.path)
                 verify_vapid(self.headers["Authorization"], endpoint)
