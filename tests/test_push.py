@@ -4,6 +4,7 @@ message, and delivery to a push service played by an HTTPS receiver on
 127.0.0.1 that checks the VAPID token and decrypts each push with `http_ece`
 and with `cryptography` (independent of campfire.py)."""
 
+import asyncio
 import base64
 import datetime
 import http.server
@@ -654,6 +655,77 @@ class DeliveryTests(ChatTestCase):
         self.assertTrue(any("push to subscription" in line and "reading" in line for line in logs.output),
                         logs.output)
         self.assertEqual(self.app.db.value("SELECT count(*) FROM push_subscriptions"), 2)
+
+    def test_pushes_to_one_service_share_kept_alive_connections(self):
+        service = self.service()
+        self.everyone_in_all_talk(50, service)
+        self.post_id(self.ada, self.all_talk, "Fire drill at noon")
+        self.app.pushes.run_pending()
+        self.assertEqual(len(service.requests), 50)
+        self.assertLessEqual(service.connections, campfire.PUSH_WORKERS, "at most one connection per push in flight")
+        self.app.pushes.workers = 1
+        self.post_id(self.ada, self.all_talk, "One at a time")
+        connections = service.connections
+        self.app.pushes.run_pending()
+        self.assertEqual(len(service.requests), 100)
+        self.assertEqual(service.connections - connections, 1, "fifty pushes one after another, one connection")
+        for _, headers, _ in service.requests:
+            self.assertNotIn("close", headers.get("Connection", "").lower())
+
+    def test_a_connection_the_service_closed_between_pushes_loses_no_push(self):
+        service = self.service()
+        service_closing = PushService(self.certificates, answers_per_connection=1)
+        self.addCleanup(service_closing.close)
+        browsers = self.everyone_in_all_talk(5, service_closing)
+        self.app.pushes.workers = 1  # each push after the first goes out on the connection the one before used
+        self.post_id(self.ada, self.all_talk, "Still there?")
+        with self.assertNoLogs("campfire", logging.WARNING):
+            self.app.pushes.run_pending()
+        self.assertEqual(service_closing.unanswered, 4, "the service closed four kept connections unanswered")
+        self.assertEqual(service_closing.connections, 5)
+        answered = {}
+        for name, _, body in service_closing.requests:
+            answered[name] = body
+        first = min(browsers)
+        self.assertEqual(sorted(answered), sorted("p%d" % (user_id - first) for user_id in browsers))
+        for user_id, browser in browsers.items():
+            payload = json.loads(browser.decrypt(answered["p%d" % (user_id - first)]))
+            self.assertEqual(payload["options"]["body"], "Ada Admin: Still there?")
+        self.assertEqual(service.requests, [])
+
+    def test_a_new_connection_closed_unanswered_is_not_tried_again(self):
+        service = PushService(self.certificates, answers_per_connection=0)
+        self.addCleanup(service.close)
+        self.subscribe(self.bob_id, Browser(service.endpoint("bob")))
+        self.post_id(self.ada, self.all_talk, "@Bob Builder hi")
+        with self.assertLogs("campfire", logging.WARNING) as logs:
+            self.app.pushes.run_pending()
+        self.assertEqual((service.connections, service.unanswered), (1, 1), "sent once: it may have been delivered")
+        self.assertTrue(any("without answering" in line for line in logs.output), logs.output)
+        self.assertEqual(self.app.db.value("SELECT count(*) FROM push_subscriptions"), 1)
+
+    def test_a_kept_connection_is_closed_once_unused_for_the_keep_alive_time(self):
+        self.app.config.push_keep_alive = 0.3
+        service = self.service()
+        self.subscribe(self.bob_id, Browser(service.endpoint("bob")))
+
+        async def push_and_wait():
+            self.app.pushes.start(asyncio.get_running_loop())
+            try:
+                self.post_id(self.ada, self.all_talk, "@Bob Builder hi")
+                deadline = time.monotonic() + 30
+                while not service.requests and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                answered = time.monotonic()
+                while service.open and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                return answered, time.monotonic(), service.open
+            finally:
+                self.app.pushes.stop()
+
+        answered, closed, still_open = asyncio.run(push_and_wait())
+        self.assertEqual((len(service.requests), service.connections, still_open), (1, 1, 0))
+        self.assertGreaterEqual(closed - answered, 0.2, "kept open while it might be used again")
 
     def test_a_push_service_without_a_certificate_we_trust_gets_nothing(self):
         service = self.service()
