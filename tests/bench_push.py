@@ -22,6 +22,8 @@ checks cost this box nothing. In this process they would hold the interpreter
 lock while the client here times a request (a request would wait out the 5 ms
 switch interval), and at the same priority they would take the CPU from the server
 on a small machine: either way the figures would show the bench, not Campfire.
+BENCH_PUSH_PROFILE=FILE runs the server under cProfile (its event loop's thread), the
+profile written to FILE when it stops.
 Every step is bounded in time and the server and the service are stopped at the
 end. Exit status 2 when a push went missing, didn't decrypt, or a request failed."""
 
@@ -159,13 +161,19 @@ class Chat:
 
     def __init__(self, port):
         self.port = port
-        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.reconnect()
         body = urllib.parse.urlencode({"email_address": "ada@example.com", "password": PASSWORD})
         status, headers, _ = self.request("POST", "/session", body, {"Content-Type": "application/x-www-form-urlencoded"})
         cookie = [value.split(";")[0] for name, value in headers if name.lower() == "set-cookie"]
         assert status == 303 and cookie, "signing in failed (%d)" % status
         self.cookie = "; ".join(cookie)
         self.posted = 0
+
+    def reconnect(self):
+        """A new connection (the server closes one left idle)."""
+        if getattr(self, "connection", None) is not None:
+            self.connection.close()
+        self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
 
     def request(self, method, path, body=None, headers=None):
         self.connection.request(method, path, body, headers or {})
@@ -251,8 +259,12 @@ def main():
         port = free_port()
         log = open(os.path.join(scratch, "server.log"), "ab")
         env = dict(os.environ, CAMPFIRE_STORAGE_PATH=storage, SSL_CERT_FILE=certificates["ca.pem"])
-        process = subprocess.Popen([sys.executable, os.path.join(ROOT, "campfire.py"), "serve", "--host", "127.0.0.1",
-                                    "--port", str(port)], env=env, stdout=log, stderr=log)
+        command = [sys.executable, os.path.join(ROOT, "campfire.py")]
+        if os.environ.get("BENCH_PUSH_PROFILE"):  # the module under cProfile (its worker processes import it too)
+            command = [sys.executable, "-c", "import cProfile, sys; sys.path.insert(0, %r); import campfire; "
+                       "cProfile.run('campfire.main()', %r)" % (ROOT, os.path.abspath(os.environ["BENCH_PUSH_PROFILE"]))]
+        process = subprocess.Popen([*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                   env=env, stdout=log, stderr=log)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
             try:
@@ -275,6 +287,8 @@ def main():
         while service.count() < SUBSCRIBERS and time.monotonic() < deadline:
             time.sleep(0.05)
         service.ask("requests")
+        chat.reconnect()
+        chat.up()
         connections_before = service.ask("connections")
         busy_up, busy_post = [], []
         started, cpu_started = time.monotonic(), cpu_seconds(process.pid)
