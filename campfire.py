@@ -472,8 +472,6 @@ PUSH_WORKERS = 16                    # pushes in flight at once: a slow push ser
 PUSH_PROCESSES = 1                   # processes that encrypt and sign: the curve math is pure Python and
                                      # holds the GIL, so it runs beside the event loop, never on it (one of
                                      # the two cores a small server has; about 600 pushes a second)
-PUSH_BATCH = 4                       # pushes encrypted and signed per call to the worker process: the executor's
-                                     # threads in the server wake (and take the interpreter lock) once for them all
 PUSH_WORKER_NICENESS = 10            # the push process yields the CPU to the server's (nice(2) steps)
 PUSH_TIMEOUT = 10.0                  # seconds to connect, and for each read and write
 PUSH_TOTAL_TIMEOUT = 30.0            # seconds for one attempt in all
@@ -16098,10 +16096,10 @@ def fetch_link_preview(url, *, allowed=unfurl_address_allowed, resolve=None, tim
 
 # Web Push deliveries ---------------------------------------------------------------
 # A new message's pushes are queued when it commits (bounded: past the limit the
-# oldest is dropped, logged). PUSH_WORKERS asyncio tasks send them one at a time:
-# the payloads are built, encrypted and signed in a worker process, PUSH_BATCH per
-# call (the curve math is pure Python and holds the GIL: in a thread it would still
-# take the interpreter from the event loop), then each is POSTed to the push service (RFC 8030 §5)
+# oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time:
+# the payload is built, encrypted and signed in a worker process (the curve math
+# is pure Python and holds the GIL: in a thread it would still take the
+# interpreter from the event loop), then POSTed to the push service (RFC 8030 §5)
 # over TLS checked against the system's CAs (SSL_CERT_FILE is honoured), with a
 # timeout per step and one in all. 404 and 410 delete the subscription (RFC 8030
 # §7.3); 429 and 5xx are tried again later, after Retry-After when given.
@@ -16194,18 +16192,6 @@ def push_request_parts(title, body, path, badge, endpoint, p256dh_key, auth_key)
     return encrypt_push_message(payload, p256dh_key, auth_key), _push_signer.authorization(endpoint)
 
 
-def push_requests_parts(deliveries):
-    """In a push worker process: push_request_parts for each tuple of its arguments, or the
-    text of the WebPushError that stopped one."""
-    parts = []
-    for arguments in deliveries:
-        try:
-            parts.append(push_request_parts(*arguments))
-        except WebPushError as error:
-            parts.append(str(error))
-    return parts
-
-
 def push_request_bytes(endpoint, body, authorization, ttl=PUSH_TTL):
     """The POST a push service receives (RFC 8030 §5, RFC 8291 §4, RFC 8292 §3)."""
     split = urllib.parse.urlsplit(endpoint)
@@ -16251,8 +16237,6 @@ class Pushes(OutboundRequests):
         self._wakeup = None
         self._workers = []
         self._busy = 0            # deliveries being sent right now
-        self._encrypting = 0      # deliveries in the worker process right now
-        self._ready = collections.deque()  # (delivery, its request parts or why it can't be sent), to send
         self._retries = set()     # timer handles of pushes waiting to be tried again
         self._tls = None
         self._pool = None
@@ -16266,8 +16250,8 @@ class Pushes(OutboundRequests):
 
     @property
     def depth(self):
-        """Pushes waiting: queued, being encrypted, encrypted, and waiting to be tried again."""
-        return len(self.pending) + self._encrypting + len(self._ready) + len(self._retries)
+        """Pushes waiting: queued, and waiting to be tried again."""
+        return len(self.pending) + len(self._retries)
 
     def enqueue(self, delivery):
         if len(self.pending) >= self.app.config.push_queue_size:
@@ -16284,11 +16268,9 @@ class Pushes(OutboundRequests):
             worker.cancel()
         for handle in self._retries:
             handle.cancel()
-        dropped = self.depth
+        dropped = len(self.pending) + len(self._retries)
         self._workers, self._wakeup, self._retries = [], None, set()
         self.pending.clear()
-        self._ready.clear()
-        self._encrypting = 0
         self._connections.close()
         if dropped:
             log.warning("dropped %d queued pushes at shutdown", dropped)
@@ -16299,29 +16281,22 @@ class Pushes(OutboundRequests):
             self._pool = None
 
     async def _work(self):
-        """A worker sends what is encrypted; while too little is, one of them has the
-        worker process encrypt the next PUSH_BATCH, so it works while the others send."""
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while True:
-                if self.pending and not self._encrypting and len(self._ready) < PUSH_BATCH:
-                    await self._encrypt_batch()
-                elif self._ready:
-                    self._busy += 1
-                    try:
-                        await self.deliver(*self._ready.popleft())
-                    finally:
-                        self._busy -= 1
-                else:
-                    break
+            while self.pending:
+                self._busy += 1
+                try:
+                    await self.deliver(self.pending.popleft())
+                finally:
+                    self._busy -= 1
 
     def run_pending(self, timeout=120):
         """Send everything queued, retries included, on a private event loop in this thread."""
         async def run():
             self.start(asyncio.get_running_loop())
             try:
-                while self.depth or self._busy:
+                while self.pending or self._busy or self._retries:
                     await asyncio.sleep(0.005)
             finally:
                 self.stop()
@@ -16338,34 +16313,22 @@ class Pushes(OutboundRequests):
                 initializer=_push_worker_start, initargs=(key.private_key, VAPID_SUBJECT))
         return self._pool
 
-    async def _encrypt_batch(self):
-        """The next pushes, up to PUSH_BATCH, encrypted and signed off the loop, then ready to send."""
+    # One delivery ---------------------------------------------------------------
+    async def deliver(self, delivery):
+        """Encrypt and sign off the loop, POST once, act on the answer."""
         import concurrent.futures.process
-        batch = [self.pending.popleft() for _ in range(min(PUSH_BATCH, len(self.pending)))]
-        self._encrypting = len(batch)
+        subscription = delivery.subscription_id
         try:
-            parts = await asyncio.get_running_loop().run_in_executor(
-                self._process_pool(), push_requests_parts,
-                [(delivery.title, delivery.body, delivery.path, delivery.badge, delivery.endpoint,
-                  delivery.p256dh_key, delivery.auth_key) for delivery in batch])
+            body, authorization = await asyncio.get_running_loop().run_in_executor(
+                self._process_pool(), push_request_parts, delivery.title, delivery.body, delivery.path,
+                delivery.badge, delivery.endpoint, delivery.p256dh_key, delivery.auth_key)
+        except WebPushError as error:
+            log.warning("push to subscription %d not sent: %s", subscription, error)
+            return
         except concurrent.futures.process.BrokenProcessPool:
-            log.error("the push worker process stopped (%d pushes lost); it is started again for the next push",
-                      len(batch))
+            log.error("the push worker process stopped; it is started again for the next push")
             self._pool = None
             return
-        finally:
-            self._encrypting = 0
-        self._ready.extend(zip(batch, parts))
-        self._wake()
-
-    # One delivery ---------------------------------------------------------------
-    async def deliver(self, delivery, parts):
-        """POST once what the worker process encrypted and signed, act on the answer."""
-        subscription = delivery.subscription_id
-        if isinstance(parts, str):
-            log.warning("push to subscription %d not sent: %s", subscription, parts)
-            return
-        body, authorization = parts
         try:
             async with asyncio.timeout(self.app.config.push_total_timeout):
                 reply = await self._post(delivery.endpoint, body, authorization)
