@@ -482,6 +482,11 @@ PUSH_PROCESSES = 1                   # processes that encrypt and sign: the curv
 PUSH_WORKER_NICENESS = 10            # the push process yields the CPU to the server's (nice(2) steps)
 PUSH_TIMEOUT = 10.0                  # seconds to connect, and for each read and write
 PUSH_TOTAL_TIMEOUT = 30.0            # seconds for one attempt in all
+PUSH_KEEP_ALIVE = 30.0               # seconds a connection to a push service is kept unused, then closed: under
+                                     # the servers' own keep-alive timeouts (nginx's is 75 s) so we close first
+PUSH_IDLE_CONNECTIONS = PUSH_WORKERS  # kept per push service origin: one for each push in flight, so a busy
+                                     # origin needs no new TLS handshake
+PUSH_IDLE_CONNECTIONS_TOTAL = 64     # kept in all: subscriptions name any https origin, each held open costs a socket
 PUSH_TTL = 4 * 7 * 24 * 3600         # seconds a push service keeps an undelivered push: the web-push gem's 4 weeks
 PUSH_RETRIES = 3                     # further attempts after a 429 or 5xx, then the push is dropped (logged)
 PUSH_RETRY_DELAY = 5.0               # seconds before the first retry, doubled each time
@@ -14387,6 +14392,7 @@ class Config:
     vapid_private_key: str = None  # unset, a pair is generated once and kept in the storage directory
     push_timeout: float = PUSH_TIMEOUT
     push_total_timeout: float = PUSH_TOTAL_TIMEOUT
+    push_keep_alive: float = PUSH_KEEP_ALIVE
     push_queue_size: int = PUSH_QUEUE_SIZE
     push_retry_delay: float = PUSH_RETRY_DELAY
     backup_interval: float = None     # seconds between automatic backups; 0 off; None: BACKUP_DEFAULT_INTERVAL
@@ -15518,6 +15524,7 @@ class WebhookResponseReader:
         self._in_chunk = False
         self._trailers = False
         self.complete = False
+        self.version = None       # "1.0" or "1.1", from the status line
 
     @property
     def content_type(self):
@@ -15533,6 +15540,13 @@ class WebhookResponseReader:
             elif not self._parse_body():
                 break
         return self.complete
+
+    @property
+    def persistent(self):
+        """True when the connection can carry another request (RFC 9112 §9.3): an HTTP/1.1
+        reply, complete, framed by its length, without "Connection: close", nothing after it."""
+        return (self.complete and self.version == "1.1" and self._framing != "eof" and not self._buffer
+                and "close" not in self.headers.get("connection", "").lower())
 
     def receive_eof(self):
         if self.complete:
@@ -15563,7 +15577,7 @@ class WebhookResponseReader:
                 raise WebhookFailed("a reply header is malformed")
             key = name.strip().lower()
             headers[key] = headers[key] + ", " + value.strip() if key in headers else value.strip()
-        self.status, self.headers = status, headers
+        self.status, self.headers, self.version = status, headers, lines[0][5:8]
         if status in (204, 304):
             self.complete = True
         elif "chunked" in headers.get("transfer-encoding", "").lower():
@@ -15665,7 +15679,8 @@ class OutboundRequests:
     async def _step(self, awaitable, doing):
         timeout = self.step_timeout()
         try:
-            return await asyncio.wait_for(awaitable, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: no task of its own, no loop turns to start one
+                return await awaitable
         except TimeoutError:
             raise self.step_failure("nothing for %gs while %s" % (timeout, doing)) from None
 
@@ -16150,9 +16165,72 @@ def fetch_link_preview(url, *, allowed=unfurl_address_allowed, resolve=None, tim
 # over TLS checked against the system's CAs (SSL_CERT_FILE is honoured), with a
 # timeout per step and one in all. 404 and 410 delete the subscription (RFC 8030
 # §7.3); 429 and 5xx are tried again later, after Retry-After when given.
+#
+# Connections to a push service are kept alive and used again (PushConnections), as
+# push services expect: a new TLS handshake for every push cost the event loop more
+# CPU than all the rest of a push together. The HTTP exchange stays on the loop
+# rather than moving into the worker process: with its connections kept, what's left
+# per push is a few small TLS records, while in the worker process it would need
+# threads or a loop of its own there to keep PUSH_WORKERS pushes in flight.
 
 class PushFailed(CampfireError):
     """A push that got no answer: it is logged, and the next message tries again."""
+
+
+class PushUnanswered(PushFailed):
+    """The connection ended before any byte of an answer."""
+
+
+class PushConnections:
+    """Idle keep-alive connections to push services by (host, port): at most
+    PUSH_IDLE_CONNECTIONS for one origin and PUSH_IDLE_CONNECTIONS_TOTAL in all, each
+    closed once it has been unused for keep_alive seconds. Only the event loop's
+    thread uses it."""
+
+    def __init__(self):
+        self._idle = {}           # (host, port) -> {writer: (reader, the timer that closes it)}, newest last
+        self._count = 0
+
+    def take(self, key):
+        """(reader, writer) of the newest idle connection that is still open, or None."""
+        idle = self._idle.get(key)
+        while idle:
+            writer, (reader, timer) = idle.popitem()
+            self._count -= 1
+            timer.cancel()
+            if not idle:
+                del self._idle[key]
+            if not reader.at_eof() and not writer.is_closing():
+                return reader, writer
+            writer.transport.abort()
+        return None
+
+    def give(self, key, reader, writer, keep_alive):
+        """Keep a connection whose last reply is complete, or close it when the pool is full."""
+        idle = self._idle.setdefault(key, {})
+        if len(idle) >= PUSH_IDLE_CONNECTIONS or self._count >= PUSH_IDLE_CONNECTIONS_TOTAL:
+            if not idle:
+                del self._idle[key]
+            writer.close()
+            return
+        timer = asyncio.get_running_loop().call_later(keep_alive, self._expire, key, writer)
+        idle[writer] = (reader, timer)
+        self._count += 1
+
+    def _expire(self, key, writer):
+        idle = self._idle[key]
+        del idle[writer]
+        self._count -= 1
+        if not idle:
+            del self._idle[key]
+        writer.close()  # TLS close_notify, then FIN: the service sees an orderly end
+
+    def close(self):
+        for idle in self._idle.values():
+            for writer, (_, timer) in idle.items():
+                timer.cancel()
+                writer.transport.abort()
+        self._idle, self._count = {}, 0
 
 
 _push_signer = None  # in a push worker process: the VapidSigner, made once, its tokens cached
@@ -16186,7 +16264,7 @@ def push_request_bytes(endpoint, body, authorization, ttl=PUSH_TTL):
     target = (split.path or "/") + ("?" + split.query if split.query else "")
     head = ("POST %s HTTP/1.1\r\nHost: %s\r\nTTL: %d\r\nUrgency: high\r\nContent-Type: application/octet-stream\r\n"
             "Content-Encoding: aes128gcm\r\nContent-Length: %d\r\nAuthorization: %s\r\nUser-Agent: Campfire/%s\r\n"
-            "Connection: close\r\n\r\n") % (target, host, ttl, len(body), authorization, VERSION)
+            "\r\n") % (target, host, ttl, len(body), authorization, VERSION)
     return head.encode("ascii") + body
 
 
@@ -16224,6 +16302,7 @@ class Pushes(OutboundRequests):
         self._retries = set()     # timer handles of pushes waiting to be tried again
         self._tls = None
         self._pool = None
+        self._connections = PushConnections()
         app.events.subscribe(self)
 
     # Events ---------------------------------------------------------------------
@@ -16254,6 +16333,7 @@ class Pushes(OutboundRequests):
         dropped = len(self.pending) + len(self._retries)
         self._workers, self._wakeup, self._retries = [], None, set()
         self.pending.clear()
+        self._connections.close()
         if dropped:
             log.warning("dropped %d queued pushes at shutdown", dropped)
 
@@ -16312,8 +16392,8 @@ class Pushes(OutboundRequests):
             self._pool = None
             return
         try:
-            reply = await asyncio.wait_for(self._post(delivery.endpoint, body, authorization),
-                                           self.app.config.push_total_timeout)
+            async with asyncio.timeout(self.app.config.push_total_timeout):
+                reply = await self._post(delivery.endpoint, body, authorization)
         except TimeoutError:
             log.warning("push to subscription %d took over %gs in all; not sent",
                         subscription, self.app.config.push_total_timeout)
@@ -16352,12 +16432,50 @@ class Pushes(OutboundRequests):
         self._retries.add(handle)
 
     async def _post(self, endpoint, body, authorization):
+        """POST on an idle connection to the endpoint's origin if there is one, else on a new
+        one. A service may close an idle connection just as a request goes out on it (RFC
+        9112 §9.3.1): when a connection used before ends before any byte of an answer, the
+        push is sent once more on a new connection. A new connection's failure is final."""
         split = urllib.parse.urlsplit(endpoint)
+        key = (split.hostname, split.port or 443)
+        request = push_request_bytes(endpoint, body, authorization)
+        idle = self._connections.take(key)
+        if idle is not None:
+            try:
+                return await self._send(key, *idle, request)
+            except PushUnanswered as error:
+                log.debug("a kept connection to %s:%d ended unanswered (%s); sending on a new one", *key, error)
         reader, writer = await self._step(asyncio.open_connection(
-            split.hostname, split.port or 443, ssl=self._tls_context(), server_hostname=split.hostname),
-            "connecting")
-        return await self._exchange(reader, writer, push_request_bytes(endpoint, body, authorization),
-                                    MAX_PUSH_REPLY_BYTES)
+            split.hostname, key[1], ssl=self._tls_context(), server_hostname=split.hostname), "connecting")
+        return await self._send(key, reader, writer, request)
+
+    async def _send(self, key, reader, writer, request):
+        """One request and its reply; the connection is kept for the next push when the reply allows."""
+        response = WebhookResponseReader(MAX_PUSH_REPLY_BYTES)
+        answered = False
+        try:
+            writer.write(request)
+            await self._step(writer.drain(), "sending")
+            while True:
+                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
+                if not data and not answered:
+                    raise PushUnanswered("the push service closed the connection without answering")
+                answered = True
+                if response.receive_data(data) if data else response.receive_eof():
+                    break
+        except OSError as error:
+            writer.transport.abort()
+            if answered:
+                raise
+            raise PushUnanswered(str(error) or type(error).__name__) from None
+        except BaseException:
+            writer.transport.abort()
+            raise
+        if response.persistent:
+            self._connections.give(key, reader, writer, self.app.config.push_keep_alive)
+        else:
+            writer.transport.abort()
+        return response
 
     def step_timeout(self):
         return self.app.config.push_timeout

@@ -4,6 +4,7 @@ message, and delivery to a push service played by an HTTPS receiver on
 127.0.0.1 that checks the VAPID token and decrypts each push with `http_ece`
 and with `cryptography` (independent of campfire.py)."""
 
+import asyncio
 import base64
 import datetime
 import http.server
@@ -117,13 +118,18 @@ def verify_vapid(authorization, endpoint):
 
 
 class PushService:
-    """A push service on https://127.0.0.1:<port>/push/<name>. answer(name, attempt) gives
-    (status, headers) or a number of seconds to stall; each request is recorded as
-    (name, headers, body) once its VAPID token has been verified."""
+    """A push service on https://127.0.0.1:<port>/push/<name>, keeping connections alive
+    as HTTP/1.1 does. answer(name, attempt) gives (status, headers) or a number of
+    seconds to stall; each request is recorded as (name, headers, body) once its VAPID
+    token has been verified. connections counts the TLS connections accepted and open
+    those not closed yet. With answers_per_connection=n, a connection's request after
+    its n-th is read and then the connection closed unanswered, as a server does whose
+    idle timeout ran out as the request arrived (RFC 9112 §9.3.1)."""
 
-    def __init__(self, certificates, answer=None):
+    def __init__(self, certificates, answer=None, answers_per_connection=None):
         self.requests = []
         self.attempts = {}
+        self.connections = self.open = self.unanswered = 0
         self.lock = threading.Lock()
         self.release = threading.Event()
         self.answer = answer or (lambda name, attempt: (201, []))
@@ -132,8 +138,26 @@ class PushService:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self):
+                super().setup()
+                self.answered = 0
+                with service.lock:
+                    service.connections += 1
+                    service.open += 1
+
+            def finish(self):
+                with service.lock:
+                    service.open -= 1
+                super().finish()
+
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if answers_per_connection is not None and self.answered >= answers_per_connection:
+                    self.close_connection = True
+                    with service.lock:
+                        service.unanswered += 1
+                    return
+                self.answered += 1
                 name = self.path.rsplit("/", 1)[-1]
                 endpoint = "https://127.0.0.1:%d%s" % (service.port, self.path)
                 verify_vapid(self.headers["Authorization"], endpoint)
@@ -631,6 +655,77 @@ class DeliveryTests(ChatTestCase):
         self.assertTrue(any("push to subscription" in line and "reading" in line for line in logs.output),
                         logs.output)
         self.assertEqual(self.app.db.value("SELECT count(*) FROM push_subscriptions"), 2)
+
+    def test_pushes_to_one_service_share_kept_alive_connections(self):
+        service = self.service()
+        self.everyone_in_all_talk(50, service)
+        self.post_id(self.ada, self.all_talk, "Fire drill at noon")
+        self.app.pushes.run_pending()
+        self.assertEqual(len(service.requests), 50)
+        self.assertLessEqual(service.connections, campfire.PUSH_WORKERS, "at most one connection per push in flight")
+        self.app.pushes.workers = 1
+        self.post_id(self.ada, self.all_talk, "One at a time")
+        connections = service.connections
+        self.app.pushes.run_pending()
+        self.assertEqual(len(service.requests), 100)
+        self.assertEqual(service.connections - connections, 1, "fifty pushes one after another, one connection")
+        for _, headers, _ in service.requests:
+            self.assertNotIn("close", headers.get("Connection", "").lower())
+
+    def test_a_connection_the_service_closed_between_pushes_loses_no_push(self):
+        service = self.service()
+        service_closing = PushService(self.certificates, answers_per_connection=1)
+        self.addCleanup(service_closing.close)
+        browsers = self.everyone_in_all_talk(5, service_closing)
+        self.app.pushes.workers = 1  # each push after the first goes out on the connection the one before used
+        self.post_id(self.ada, self.all_talk, "Still there?")
+        with self.assertNoLogs("campfire", logging.WARNING):
+            self.app.pushes.run_pending()
+        self.assertEqual(service_closing.unanswered, 4, "the service closed four kept connections unanswered")
+        self.assertEqual(service_closing.connections, 5)
+        answered = {}
+        for name, _, body in service_closing.requests:
+            answered[name] = body
+        first = min(browsers)
+        self.assertEqual(sorted(answered), sorted("p%d" % (user_id - first) for user_id in browsers))
+        for user_id, browser in browsers.items():
+            payload = json.loads(browser.decrypt(answered["p%d" % (user_id - first)]))
+            self.assertEqual(payload["options"]["body"], "Ada Admin: Still there?")
+        self.assertEqual(service.requests, [])
+
+    def test_a_new_connection_closed_unanswered_is_not_tried_again(self):
+        service = PushService(self.certificates, answers_per_connection=0)
+        self.addCleanup(service.close)
+        self.subscribe(self.bob_id, Browser(service.endpoint("bob")))
+        self.post_id(self.ada, self.all_talk, "@Bob Builder hi")
+        with self.assertLogs("campfire", logging.WARNING) as logs:
+            self.app.pushes.run_pending()
+        self.assertEqual((service.connections, service.unanswered), (1, 1), "sent once: it may have been delivered")
+        self.assertTrue(any("without answering" in line for line in logs.output), logs.output)
+        self.assertEqual(self.app.db.value("SELECT count(*) FROM push_subscriptions"), 1)
+
+    def test_a_kept_connection_is_closed_once_unused_for_the_keep_alive_time(self):
+        self.app.config.push_keep_alive = 0.3
+        service = self.service()
+        self.subscribe(self.bob_id, Browser(service.endpoint("bob")))
+
+        async def push_and_wait():
+            self.app.pushes.start(asyncio.get_running_loop())
+            try:
+                self.post_id(self.ada, self.all_talk, "@Bob Builder hi")
+                deadline = time.monotonic() + 30
+                while not service.requests and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                answered = time.monotonic()
+                while service.open and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                return answered, time.monotonic(), service.open
+            finally:
+                self.app.pushes.stop()
+
+        answered, closed, still_open = asyncio.run(push_and_wait())
+        self.assertEqual((len(service.requests), service.connections, still_open), (1, 1, 0))
+        self.assertGreaterEqual(closed - answered, 0.2, "kept open while it might be used again")
 
     def test_a_push_service_without_a_certificate_we_trust_gets_nothing(self):
         service = self.service()
