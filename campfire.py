@@ -8219,6 +8219,7 @@ class Store:
         self._rooms = {}         # room id → Room (dropped when its name or type changes)
         self._sgids = {}         # user id → their attachable sgid
         self._derived = {}       # name → (global_version, value): custom CSS, banned addresses
+        self._push_user_ids = None  # ids of people with a push subscription (see push_user_ids)
         self.room_versions = collections.Counter()        # messages, boosts, name, members
         self.user_versions = collections.Counter()        # a user's sidebar: memberships, unread, names
         self.membership_versions = collections.Counter()  # who is in a room
@@ -8242,6 +8243,7 @@ class Store:
         self._member_rooms.clear()
         self._room_members.clear()
         self._mention_counts.clear()
+        self._push_user_ids = None
 
     def memberships_changed(self, room_id, user_ids):
         self.membership_versions[room_id] += 1
@@ -9812,10 +9814,20 @@ class Store:
                 "INSERT INTO push_subscriptions (user_id, endpoint, p256dh_key, auth_key, user_agent, created_at, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (user_id, endpoint, p256dh_key, auth_key, user_agent, stamp, stamp)).lastrowid
+            self._push_user_ids = None
             self.db.execute("DELETE FROM push_subscriptions WHERE user_id = ? AND id NOT IN (SELECT id FROM "
                             "push_subscriptions WHERE user_id = ? ORDER BY updated_at DESC, id DESC LIMIT ?)",
                             (user_id, user_id, MAX_PUSH_SUBSCRIPTIONS))
         return subscription_id
+
+    def push_user_ids(self):
+        """Ids of the people with a push subscription, read once and kept until one is added
+        (a savepoint undone drops every cache, this too). A deletion leaves someone in it
+        who has none left: that only costs push_deliveries its query."""
+        if self._push_user_ids is None:
+            self._push_user_ids = frozenset(row[0] for row in self.db.all(
+                "SELECT DISTINCT user_id FROM push_subscriptions"))
+        return self._push_user_ids
 
     def unsubscribe_push(self, user_id, *, subscription_id=None, endpoint=None):
         """Delete one of a person's subscriptions, by id (the subscriptions page) or by
@@ -9856,6 +9868,8 @@ class Store:
         messages that mention them. A direct room names its author as the title;
         another room is the title and the author prefixes the text."""
         home = self.home_room(room) or room  # a thread's readers are its room's members
+        if self.push_user_ids().isdisjoint(self.room_member_ids(home.id)):
+            return []  # nobody here gets pushes: most rooms of most servers
         rows = self.db.all(self.PUSH_RECIPIENTS, (home.id, message["creator_id"], STATUS_ACTIVE,
                                                   utc_now_text((now or time.time()) - PRESENCE_WINDOW)))
         if not rows:
@@ -12332,7 +12346,9 @@ def create_message(app, request, room_id):
     if _navigating(request):
         return redirect(url_for("room", room_id=room.id))
     boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
-    return Response(app.message_html(message, boosts, () if created else None), 201 if created else 200,
+    # A text message just written has no boosts, replies or file: nothing to look up.
+    return Response(app.message_html(message, boosts, () if created else None, None if created else False),
+                    201 if created else 200,
                     headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
 
 
