@@ -12377,8 +12377,11 @@ async def _create_message_from_form(app, request, room):
         await app.discard_uploads([upload for upload in uploads.values() if upload not in kept])
     if _navigating(request):
         return redirect(url_for("room", room_id=room.id))
-    boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
-    return Response(app.message_html(message, boosts), 201 if created else 200,
+    if created and upload is None:  # a text message just written: no boosts, replies or file to look up
+        html = app.message_html(message, (), (), None)
+    else:
+        html = app.message_html(message, () if created else app.store.boosts_for([message["id"]]).get(message["id"], ()))
+    return Response(html, 201 if created else 200,
                     headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
 
 
