@@ -13761,10 +13761,11 @@ class Cable:
 
     # Events (after each change commits) ----------------------------------------------------
     def message_created(self, room, message, unread_user_ids):
-        html_text = str(self.app.message_html(message, (), ()))
-        self.broadcast("room_%d_messages" % room.id, {
-            "action": "append", "id": message["id"], "client_message_id": message["client_message_id"],
-            "html": html_text})
+        stream = "room_%d_messages" % room.id
+        if self.streams.get(stream):  # rendered only for someone to send it to
+            self.broadcast(stream, {
+                "action": "append", "id": message["id"], "client_message_id": message["client_message_id"],
+                "html": str(self.app.message_html(message, (), ()))})
         creator_id, connected = message["creator_id"], self.by_user
         if connected:
             self.broadcast_many(["user_%d_unreads" % user_id for user_id in self.app.store.room_member_ids(room.id)
