@@ -160,6 +160,11 @@ ZLIB_LOOKAHEAD_BYTES = 262   # zlib's MIN_LOOKAHEAD: how far short of its window
 GZIP_TYPES = ("text/", "application/json", "application/javascript",
               "image/svg+xml", "application/manifest+json")
 
+# Rails' signed cookies and global ids: a signed cookie is at most 4096 bytes
+# (ActionDispatch::Cookies::MAX_COOKIE_SIZE) and an attachable sgid about 120; anything
+# longer is refused before any HMAC or decoding work.
+MAX_SIGNED_MESSAGE_CHARS = 8192
+
 # Sessions and sign-in (Campfire's app/controllers/sessions_controller.rb, app/models/session.rb).
 SESSION_COOKIE = "session_token"
 SESSION_COOKIE_MAX_AGE = 20 * 365 * 24 * 3600   # Rails' "permanent" cookie
@@ -338,6 +343,7 @@ BACKUP_KEEP = {"hourly": 24, "daily": 7, "weekly": 8}  # retention: the newest b
 BACKUP_START_DELAY = 60.0                  # seconds after start before an overdue backup: the start stays fast
 BACKUP_RETRY_AFTER_FAILURE = 600.0         # seconds: a failed backup is tried again this soon, not an hour later
 BACKUP_STOP_WAIT = 15.0                    # seconds SIGTERM waits for a cancelled backup or upload to end
+BACKUP_CONTENT_GRACE = 24 * 3600          # seconds: content newer than this is never pruned (a backup may be writing it)
 STORAGE_LOCK_FILE = ".campfire.lock"       # held by a running server: restore refuses while it is
 UPLOADS_DIR_NAME = "files"                 # storage/files/: uploads in Active Storage's disk layout
 
@@ -405,6 +411,7 @@ OFFSITE_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 # seed: messages written per transaction (a transaction per message would take hours).
 SEED_BATCH = 5000
+SEED_ADMIN_PASSWORD_CHARS = 20   # seed's administrator password: letters and digits, about 119 bits
 
 # Caches: rendered pages and messages, dropped by version, bounded by the bytes
 # they hold: a message may be 64 KiB, so a page of search results can be
@@ -3101,7 +3108,7 @@ def _mark_text(html_text, pattern, replace, skip=_SKIP_FOR_MARKS):
     return "".join(parts)
 
 
-def render_group_mentions(html_text):
+def mark_group_mentions(html_text):
     """@everyone and @here in a displayed body as mention chips."""
     if "@" not in html_text:
         return html_text
@@ -4364,10 +4371,6 @@ ATTACHABLE_PURPOSE = "attachable"  # actiontext/lib/action_text/attachable.rb LO
 # app/controllers/concerns/authentication.rb: cookies.signed.permanent[:session_token]
 RAILS_SESSION_COOKIE = SESSION_COOKIE
 PERMANENT_COOKIE_YEARS = 20  # action_dispatch PermanentCookieJar: 20.years.from_now
-
-# A signed cookie is at most 4096 bytes (ActionDispatch::Cookies::MAX_COOKIE_SIZE) and an
-# attachable sgid about 120; anything longer is refused before any HMAC or decoding work.
-MAX_SIGNED_MESSAGE_CHARS = 8192
 
 # bcrypt-ruby: BCrypt::Engine::DEFAULT_COST (has_secure_password uses Engine.cost).
 BCRYPT_COST = 12
@@ -7040,7 +7043,6 @@ BACKUP_HASHES_FILE = "hashes.json"        # known SHA-256 of storage files by si
 RESTORE_ASIDE_PREFIX = "replaced-"        # storage/replaced-<time>/: what a forced restore set aside
 RESTORE_STAGING_PREFIX = ".restore-"
 BACKUP_WORK_PREFIX = ".backup-"
-BACKUP_CONTENT_GRACE = 24 * 3600          # seconds: content newer than this is never pruned (a backup may be writing it)
 BACKUP_PERIODS = {"hourly": "%Y%m%d%H", "daily": "%Y%m%d", "weekly": "%G%V"}  # UTC; ISO weeks
 COUNTED_TABLES = ("users", "rooms", "memberships", "messages", "boosts", "active_storage_blobs")
 _SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
@@ -7338,6 +7340,134 @@ def check_database(path, *, repair=None):
         return DatabaseReport(problems, counts, [], 0, checks)
     finally:
         connection.close()
+
+
+def open_read_only(path, **options):
+    """A read-only connection to the database at path: it never creates the file, writes
+    or migrates (reports, checks, exports and sweeps beside a running server)."""
+    return sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(path)), uri=True, **options)
+
+
+def blob_keys(connection, keys=None):
+    """The keys of active_storage_blobs rows: all of them, or those among keys."""
+    if keys is None:
+        return {row[0] for row in connection.execute("SELECT key FROM active_storage_blobs")}
+    keys = list(keys)
+    return {row[0] for row in connection.execute(
+        "SELECT key FROM active_storage_blobs WHERE key IN (%s)" % ",".join("?" * len(keys)), keys)}
+
+
+def storage_report(config):
+    """What opening this storage will do, for an administrator before a move: the schema's
+    era and the migrations it lacks, and what it holds. Reads only
+    (the database is opened read-only; nothing is migrated)."""
+    path = config.resolved_database_path
+    if not os.path.exists(path):
+        return ["%s: no database yet; the first start creates Campfire's schema (version %s)."
+                % (path, RAILS_LATEST_VERSION)]
+    try:
+        db = open_read_only(path)
+        try:
+            return _storage_report(db, path, config)
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        return ["%s can't be read as a Campfire database (%s)." % (path, error)]
+
+
+def _storage_report(db, path, config):
+    def value(sql, params=()):
+        row = db.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    lines = ["Storage: %s" % path]
+    known = [version for version, _, _ in RAILS_MIGRATIONS]
+    if "schema_migrations" in tables:
+        versions = {str(row[0]) for row in db.execute("SELECT version FROM schema_migrations")}
+        newer = sorted(v for v in versions if v not in known and v >= RAILS_FIRST_VERSION)
+        if newer:
+            return lines + ["Schema: migrated by a newer Campfire (%s); this server refuses it and changes "
+                            "nothing." % ", ".join(newer)]
+        pending = [(version, name) for version, name, _ in RAILS_MIGRATIONS if version not in versions]
+        latest = max((v for v in versions if v in known), default=None)
+        era = ("the first ONCE releases (users.active, no bans, no account settings)"
+               if latest is not None and latest <= RAILS_ONCE_ERA_LAST else
+               "Once Campfire v1.3 (Rails 8)" if latest is not None and latest < RAILS_LATEST_VERSION else
+               "today's Once Campfire")
+        lines.append("Schema: version %s, %s." % (latest, era))
+        if pending:
+            lines.append("At start, these Rails migrations run, each recorded in schema_migrations:")
+            lines += ["  %s_%s.rb" % item for item in pending]
+        else:
+            lines.append("Nothing to migrate: Rails' db:prepare would find nothing pending.")
+    elif "campfire_py_migrations" in tables:
+        lines.append("Schema: created by an earlier release of this server; at start, Rails' %d migration "
+                     "versions are recorded in schema_migrations." % len(known))
+    elif tables & {"users", "messages", "accounts"}:
+        return lines + ["Schema: Campfire's tables without schema_migrations; this server refuses it."]
+    else:
+        lines.append("Schema: empty; the first start creates Campfire's schema.")
+        return lines
+
+    def count(table, where="1"):
+        return value('SELECT count(*) FROM "%s" WHERE %s' % (table, where)) if table in tables else 0
+
+    status = "status" if "status" in {row[1] for row in db.execute("PRAGMA table_info(users)")} else None
+    active = "status = 0" if status else "coalesce(active, 1) != 0"
+    lines.append("Account: %s" % (value("SELECT name FROM accounts ORDER BY id LIMIT 1") or "(none yet)"))
+    lines.append("People: %d active, %d deactivated or banned, %d bots" % (
+        count("users", "role != 2 AND " + active), count("users", "role != 2 AND NOT (%s)" % active),
+        count("users", "role = 2")))
+    rooms = {row[0]: row[1] for row in db.execute("SELECT type, count(*) FROM rooms GROUP BY type")}
+    lines.append("Rooms: %d open, %d closed, %d direct" % (
+        rooms.get(ROOM_OPEN, 0), rooms.get(ROOM_CLOSED, 0), rooms.get(ROOM_DIRECT, 0)))
+    messages = count("messages")
+    lines.append("Messages: %d, with %d boosts" % (messages, count("boosts")))
+    try:
+        indexed = value("SELECT count(*) FROM message_search_index_docsize")
+    except sqlite3.Error:
+        indexed = None
+    if indexed != messages:
+        lines.append("Search index: %s of %d messages; the rest are indexed in the background at start."
+                     % ("unknown" if indexed is None else indexed, messages))
+    bcrypt = count("users", "password_digest LIKE '$2_$%'")
+    if bcrypt:
+        lines.append("Passwords: %d bcrypt digests (Rails'); this system's crypt(3) %s." % (bcrypt, (
+            "checks them, and new passwords are bcrypt too" if bcrypt_supported() else
+            "has no bcrypt: those people need a sign-in link from an administrator")))
+    sessions = count("sessions", "length(token) != 64")
+    if sessions:
+        lines.append("Sessions: %d signed in on Rails; they stay signed in if SECRET_KEY_BASE is the one "
+                     "Rails used%s." % (sessions, "" if config.secret_key_base else " (it is not set)"))
+    files = [(count("active_storage_attachments", "record_type = 'Message' AND name = 'attachment'"), "file attachments"),
+             (count("active_storage_attachments", "record_type = 'User'"), "avatars"),
+             (count("active_storage_attachments", "record_type = 'Account'"), "account logos")]
+    if any(number for number, _ in files):
+        lines.append("Files: %s; they show here as in Campfire (storage/files/ holds them)."
+                     % ", ".join("%d %s" % pair for pair in files))
+    subscriptions = count("push_subscriptions")
+    if subscriptions:
+        lines.append("Push subscriptions: %d; pushes go on with the VAPID keys Rails used (VAPID_PUBLIC_KEY, "
+                     "VAPID_PRIVATE_KEY)." % subscriptions)
+    return lines
+
+
+def schema_is_current(config):
+    """Whether the storage's schema is today's (this server opened it, or Rails ran every
+    migration), so the checks' expectations hold; read-only."""
+    path = config.resolved_database_path
+    if not os.path.exists(path):
+        return False
+    db = open_read_only(path)
+    try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "campfire_py_migrations" in tables:
+            return True
+        return "schema_migrations" in tables and db.execute(
+            "SELECT 1 FROM schema_migrations WHERE version = ?", (RAILS_LATEST_VERSION,)).fetchone() is not None
+    finally:
+        db.close()
 
 
 @dataclass
@@ -10039,6 +10169,68 @@ class Store:
                 written += len(rows)
                 last = rows[-1][0]
         return written
+
+
+def export_records(connection, progress):
+    """Every record of the account an export holds, read through connection (one
+    snapshot: the caller's transaction), as (type, fields, blob key) in the export's
+    order: account, users, rooms, memberships, files, messages, boosts, each kind by id.
+    A file's key names its bytes, for the caller to copy them and fill in its "path"
+    (None for every other type)."""
+    account = connection.execute("SELECT name, created_at FROM accounts ORDER BY id LIMIT 1").fetchone()
+    if account is not None:
+        yield "account", {"name": account[0], "created_at": account[1]}, None
+    avatars = dict(connection.execute(
+        "SELECT record_id, blob_id FROM active_storage_attachments WHERE record_type = 'User' "
+        "AND name = 'avatar' ORDER BY id"))
+    names = {}
+    for user_id, name, email, role, status, bio, created, updated in connection.execute(
+            "SELECT id, name, email_address, role, status, bio, created_at, updated_at FROM users ORDER BY id"):
+        names[user_id] = name
+        yield "user", {"id": user_id, "name": name, "email_address": email,
+                       "role": ROLE_NAMES.get(role, str(role)), "status": STATUS_NAMES.get(status, str(status)),
+                       "bio": bio, "avatar_file_id": avatars.get(user_id),
+                       "created_at": created, "updated_at": updated}, None
+    for room_id, name, kind, creator, created, updated in connection.execute(
+            "SELECT id, name, type, creator_id, created_at, updated_at FROM rooms ORDER BY id"):
+        yield "room", {"id": room_id, "name": name, "kind": ROOM_KIND_NAMES.get(kind, kind),
+                       "creator_id": creator, "created_at": created, "updated_at": updated}, None
+    for room_id, user_id, involvement, created in connection.execute(
+            "SELECT room_id, user_id, involvement, created_at FROM memberships ORDER BY id"):
+        yield "membership", {"room_id": room_id, "user_id": user_id, "involvement": involvement,
+                             "created_at": created}, None
+    blobs = connection.execute("SELECT id, key, filename, content_type, byte_size, checksum, created_at "
+                               "FROM active_storage_blobs ORDER BY id").fetchall()
+    for index, (blob_id, key, filename, content_type, size, checksum, created) in enumerate(blobs):
+        progress("files", index, len(blobs))
+        yield "file", {"id": blob_id, "filename": filename, "content_type": content_type, "byte_size": size,
+                       "checksum": checksum, "path": None, "created_at": created}, key
+    progress("files", len(blobs), len(blobs))
+    attachments = collections.defaultdict(list)
+    for message_id, blob_id in connection.execute(
+            "SELECT record_id, blob_id FROM active_storage_attachments WHERE record_type = 'Message' "
+            "ORDER BY id"):
+        attachments[message_id].append(blob_id)
+    total = connection.execute("SELECT count(*) FROM messages").fetchone()[0]
+    mention_name = lambda sgid: names.get(sgid_user_id(sgid))  # noqa: E731
+    for index, (message_id, room_id, creator, client_id, created, updated, body) in enumerate(connection.execute(
+            "SELECT messages.id, room_id, creator_id, client_message_id, messages.created_at, "
+            "messages.updated_at, action_text_rich_texts.body FROM messages "
+            "LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = 'Message' "
+            "AND action_text_rich_texts.record_id = messages.id AND action_text_rich_texts.name = 'body' "
+            "ORDER BY messages.id")):
+        if index % 1000 == 0:
+            progress("messages", index, total)
+        yield "message", {"id": message_id, "room_id": room_id, "creator_id": creator,
+                          "client_message_id": client_id, "created_at": created, "updated_at": updated,
+                          "body_html": body or "",
+                          "body_text": html_to_plain_text(body or "", mention_name=mention_name),
+                          "file_ids": attachments.get(message_id, [])}, None
+    progress("messages", total, total)
+    for boost_id, message_id, booster, content, created in connection.execute(
+            "SELECT id, message_id, booster_id, content, created_at FROM boosts ORDER BY id"):
+        yield "boost", {"id": boost_id, "message_id": message_id, "booster_id": booster, "content": content,
+                        "created_at": created}, None
 
 
 ####
@@ -14483,14 +14675,9 @@ class App:
         if unattached:
             log.warning("removed %d blobs attached to nothing for over %d days: %s", len(unattached),
                         UNATTACHED_BLOB_GRACE_SECONDS // 86400, " ".join(unattached[:SWEEP_LOGGED_KEYS]))
-        path = os.path.abspath(self.config.resolved_database_path)
-        connection = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(path), uri=True,
-                                     timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        connection = open_read_only(self.config.resolved_database_path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         try:
-            def known_keys(keys):
-                return {row[0] for row in connection.execute(
-                    "SELECT key FROM active_storage_blobs WHERE key IN (%s)" % ",".join("?" * len(keys)), keys)}
-            stray = self.files.stray_files(known_keys)
+            stray = self.files.stray_files(lambda keys: blob_keys(connection, keys))
         finally:
             connection.close()
         if stray:
@@ -14753,7 +14940,7 @@ class App:
         """A stored body as a message shows it: each mention a chip of the person it names,
         @everyone and @here chips too."""
         if "@" in stored_body:
-            stored_body = render_group_mentions(stored_body)
+            stored_body = mark_group_mentions(stored_body)
         if "<action-text-attachment" not in stored_body:  # most bodies: nothing to swap
             return HTML(stored_body)
         chips = {}
@@ -18106,7 +18293,6 @@ SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room messag
               "weekend morning evening thanks great nice awesome sounds good agree maybe later soon "
               "python sqlite network socket browser phone laptop keyboard music sound trombone tada").split()
 SEED_PASSWORD = "password"
-SEED_ADMIN_PASSWORD_CHARS = 20   # letters and digits: about 119 bits, never guessed
 
 
 class SeedRefused(CampfireError):
@@ -18158,102 +18344,6 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
     progress("search index", 1, 1)
     store.bump_everything()
     return "person%d@example.com" % first_new, admin_password
-
-
-def storage_report(config):
-    """What opening this storage will do, for an administrator before a move: the schema's
-    era and the migrations it lacks, and what it holds. Reads only
-    (the database is opened read-only; nothing is migrated)."""
-    path = config.resolved_database_path
-    if not os.path.exists(path):
-        return ["%s: no database yet; the first start creates Campfire's schema (version %s)."
-                % (path, RAILS_LATEST_VERSION)]
-    try:
-        db = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(path)), uri=True)
-        try:
-            return _storage_report(db, path, config)
-        finally:
-            db.close()
-    except sqlite3.Error as error:
-        return ["%s can't be read as a Campfire database (%s)." % (path, error)]
-
-
-def _storage_report(db, path, config):
-    def value(sql, params=()):
-        row = db.execute(sql, params).fetchone()
-        return None if row is None else row[0]
-
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    lines = ["Storage: %s" % path]
-    known = [version for version, _, _ in RAILS_MIGRATIONS]
-    if "schema_migrations" in tables:
-        versions = {str(row[0]) for row in db.execute("SELECT version FROM schema_migrations")}
-        newer = sorted(v for v in versions if v not in known and v >= RAILS_FIRST_VERSION)
-        if newer:
-            return lines + ["Schema: migrated by a newer Campfire (%s); this server refuses it and changes "
-                            "nothing." % ", ".join(newer)]
-        pending = [(version, name) for version, name, _ in RAILS_MIGRATIONS if version not in versions]
-        latest = max((v for v in versions if v in known), default=None)
-        era = ("the first ONCE releases (users.active, no bans, no account settings)"
-               if latest is not None and latest <= RAILS_ONCE_ERA_LAST else
-               "Once Campfire v1.3 (Rails 8)" if latest is not None and latest < RAILS_LATEST_VERSION else
-               "today's Once Campfire")
-        lines.append("Schema: version %s, %s." % (latest, era))
-        if pending:
-            lines.append("At start, these Rails migrations run, each recorded in schema_migrations:")
-            lines += ["  %s_%s.rb" % item for item in pending]
-        else:
-            lines.append("Nothing to migrate: Rails' db:prepare would find nothing pending.")
-    elif "campfire_py_migrations" in tables:
-        lines.append("Schema: created by an earlier release of this server; at start, Rails' %d migration "
-                     "versions are recorded in schema_migrations." % len(known))
-    elif tables & {"users", "messages", "accounts"}:
-        return lines + ["Schema: Campfire's tables without schema_migrations; this server refuses it."]
-    else:
-        lines.append("Schema: empty; the first start creates Campfire's schema.")
-        return lines
-
-    def count(table, where="1"):
-        return value('SELECT count(*) FROM "%s" WHERE %s' % (table, where)) if table in tables else 0
-
-    status = "status" if "status" in {row[1] for row in db.execute("PRAGMA table_info(users)")} else None
-    active = "status = 0" if status else "coalesce(active, 1) != 0"
-    lines.append("Account: %s" % (value("SELECT name FROM accounts ORDER BY id LIMIT 1") or "(none yet)"))
-    lines.append("People: %d active, %d deactivated or banned, %d bots" % (
-        count("users", "role != 2 AND " + active), count("users", "role != 2 AND NOT (%s)" % active),
-        count("users", "role = 2")))
-    rooms = {row[0]: row[1] for row in db.execute("SELECT type, count(*) FROM rooms GROUP BY type")}
-    lines.append("Rooms: %d open, %d closed, %d direct" % (
-        rooms.get(ROOM_OPEN, 0), rooms.get(ROOM_CLOSED, 0), rooms.get(ROOM_DIRECT, 0)))
-    messages = count("messages")
-    lines.append("Messages: %d, with %d boosts" % (messages, count("boosts")))
-    try:
-        indexed = value("SELECT count(*) FROM message_search_index_docsize")
-    except sqlite3.Error:
-        indexed = None
-    if indexed != messages:
-        lines.append("Search index: %s of %d messages; the rest are indexed in the background at start."
-                     % ("unknown" if indexed is None else indexed, messages))
-    bcrypt = count("users", "password_digest LIKE '$2_$%'")
-    if bcrypt:
-        lines.append("Passwords: %d bcrypt digests (Rails'); this system's crypt(3) %s." % (bcrypt, (
-            "checks them, and new passwords are bcrypt too" if bcrypt_supported() else
-            "has no bcrypt: those people need a sign-in link from an administrator")))
-    sessions = count("sessions", "length(token) != 64")
-    if sessions:
-        lines.append("Sessions: %d signed in on Rails; they stay signed in if SECRET_KEY_BASE is the one "
-                     "Rails used%s." % (sessions, "" if config.secret_key_base else " (it is not set)"))
-    files = [(count("active_storage_attachments", "record_type = 'Message' AND name = 'attachment'"), "file attachments"),
-             (count("active_storage_attachments", "record_type = 'User'"), "avatars"),
-             (count("active_storage_attachments", "record_type = 'Account'"), "account logos")]
-    if any(number for number, _ in files):
-        lines.append("Files: %s; they show here as in Campfire (storage/files/ holds them)."
-                     % ", ".join("%d %s" % pair for pair in files))
-    subscriptions = count("push_subscriptions")
-    if subscriptions:
-        lines.append("Push subscriptions: %d; pushes go on with the VAPID keys Rails used (VAPID_PUBLIC_KEY, "
-                     "VAPID_PRIVATE_KEY)." % subscriptions)
-    return lines
 
 
 def print_progress(label, done, total):
@@ -18459,9 +18549,9 @@ def _check_uploads(config, database_path):
     """Files without rows and rows without files, in Active Storage's disk layout
     (<root>/<key[0:2]>/<key[2:4]>/<key>, Rails' ActiveStorage::Service::DiskService)."""
     root = os.path.join(config.storage_path, UPLOADS_DIR_NAME)
-    connection = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(database_path), uri=True)
+    connection = open_read_only(database_path)
     try:
-        keys = {row[0] for row in connection.execute("SELECT key FROM active_storage_blobs")}
+        keys = blob_keys(connection)
     except sqlite3.Error:
         keys = set()
     finally:
@@ -18565,74 +18655,20 @@ def export_account(config, target, *, progress=None):
     partial = connection = None
     try:
         partial = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(os.path.abspath(target)))
-        connection = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(database)), uri=True,
-                                     isolation_level=None)
+        connection = open_read_only(database, isolation_level=None)
         connection.execute("BEGIN")  # one snapshot for every table
         os.makedirs(os.path.join(partial, EXPORT_FILES_DIR))
-        names = {}
         with open(os.path.join(partial, EXPORT_LINES_NAME), "w", encoding="utf-8") as out:
-            def write(kind, record):
+            for kind, record, key in export_records(connection, progress):
+                if kind == "file":
+                    relative = export_file_name(record["id"], record["filename"])
+                    source = os.path.join(uploads, key[:2], key[2:4], key)
+                    present = os.path.isfile(source)
+                    if present:
+                        shutil.copyfile(source, os.path.join(partial, *relative.split("/")))
+                    record["path"] = relative if present else None
                 out.write(json.dumps({"type": kind, **record}, ensure_ascii=False, sort_keys=False) + "\n")
                 counts[kind] += 1
-            account = connection.execute("SELECT name, created_at FROM accounts ORDER BY id LIMIT 1").fetchone()
-            if account is not None:
-                write("account", {"name": account[0], "created_at": account[1]})
-            avatars = dict(connection.execute(
-                "SELECT record_id, blob_id FROM active_storage_attachments WHERE record_type = 'User' "
-                "AND name = 'avatar' ORDER BY id"))
-            for user_id, name, email, role, status, bio, created, updated in connection.execute(
-                    "SELECT id, name, email_address, role, status, bio, created_at, updated_at FROM users ORDER BY id"):
-                names[user_id] = name
-                write("user", {"id": user_id, "name": name, "email_address": email,
-                               "role": ROLE_NAMES.get(role, str(role)), "status": STATUS_NAMES.get(status, str(status)),
-                               "bio": bio, "avatar_file_id": avatars.get(user_id),
-                               "created_at": created, "updated_at": updated})
-            for room_id, name, kind, creator, created, updated in connection.execute(
-                    "SELECT id, name, type, creator_id, created_at, updated_at FROM rooms ORDER BY id"):
-                write("room", {"id": room_id, "name": name, "kind": ROOM_KIND_NAMES.get(kind, kind),
-                               "creator_id": creator, "created_at": created, "updated_at": updated})
-            for room_id, user_id, involvement, created in connection.execute(
-                    "SELECT room_id, user_id, involvement, created_at FROM memberships ORDER BY id"):
-                write("membership", {"room_id": room_id, "user_id": user_id, "involvement": involvement,
-                                     "created_at": created})
-            blobs = connection.execute("SELECT id, key, filename, content_type, byte_size, checksum, created_at "
-                                       "FROM active_storage_blobs ORDER BY id").fetchall()
-            for index, (blob_id, key, filename, content_type, size, checksum, created) in enumerate(blobs):
-                progress("files", index, len(blobs))
-                relative = export_file_name(blob_id, filename)
-                source = os.path.join(uploads, key[:2], key[2:4], key)
-                present = os.path.isfile(source)
-                if present:
-                    shutil.copyfile(source, os.path.join(partial, *relative.split("/")))
-                write("file", {"id": blob_id, "filename": filename, "content_type": content_type, "byte_size": size,
-                               "checksum": checksum, "path": relative if present else None, "created_at": created})
-            progress("files", len(blobs), len(blobs))
-            attachments = collections.defaultdict(list)
-            for message_id, blob_id in connection.execute(
-                    "SELECT record_id, blob_id FROM active_storage_attachments WHERE record_type = 'Message' "
-                    "ORDER BY id"):
-                attachments[message_id].append(blob_id)
-            total = connection.execute("SELECT count(*) FROM messages").fetchone()[0]
-            mention_name = lambda sgid: names.get(sgid_user_id(sgid))  # noqa: E731
-            for index, (message_id, room_id, creator, client_id, created, updated, body) in enumerate(
-                    connection.execute(
-                        "SELECT messages.id, room_id, creator_id, client_message_id, messages.created_at, "
-                        "messages.updated_at, action_text_rich_texts.body FROM messages "
-                        "LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = 'Message' "
-                        "AND action_text_rich_texts.record_id = messages.id AND action_text_rich_texts.name = 'body' "
-                        "ORDER BY messages.id")):
-                if index % 1000 == 0:
-                    progress("messages", index, total)
-                write("message", {"id": message_id, "room_id": room_id, "creator_id": creator,
-                                  "client_message_id": client_id, "created_at": created, "updated_at": updated,
-                                  "body_html": body or "",
-                                  "body_text": html_to_plain_text(body or "", mention_name=mention_name),
-                                  "file_ids": attachments.get(message_id, [])})
-            progress("messages", total, total)
-            for boost_id, message_id, booster, content, created in connection.execute(
-                    "SELECT id, message_id, booster_id, content, created_at FROM boosts ORDER BY id"):
-                write("boost", {"id": boost_id, "message_id": message_id, "booster_id": booster, "content": content,
-                                "created_at": created})
         connection.execute("COMMIT")
         os.rename(partial, target)
     except sqlite3.Error as error:
@@ -19731,9 +19767,10 @@ class _ImportedFile:
             self.descriptor = None
 
 
-def import_slack(config, path, *, base_url, progress=None, now=None):
+def import_slack(config, path, *, base_url, progress=None, now=None, batch=SLACK_IMPORT_BATCH):
     """Import the Slack export at path into config's storage, with no server running on
-    it; a SlackImportResult. SlackExportError when the file can't be used at all."""
+    it, batch messages a transaction; a SlackImportResult. SlackExportError when the
+    file can't be used at all."""
     progress = progress or _no_progress
     now = time.time() if now is None else now
     if not os.path.isfile(path):
@@ -19746,7 +19783,7 @@ def import_slack(config, path, *, base_url, progress=None, now=None):
                 if app.store.account() is None:
                     raise ConfigError("This storage has no account yet: make its first administrator with "
                                       "create-admin, then import.")
-                return _SlackImport(app, export, base_url, progress, now).run()
+                return _SlackImport(app, export, base_url, progress, now, batch).run()
             finally:
                 app.close()
     finally:
@@ -19756,9 +19793,9 @@ def import_slack(config, path, *, base_url, progress=None, now=None):
 class _SlackImport:
     """One run of import_slack: people, then rooms, then messages room by room."""
 
-    def __init__(self, app, export, base_url, progress, now):
+    def __init__(self, app, export, base_url, progress, now, batch):
         self.app, self.store, self.export = app, app.store, export
-        self.base_url, self.progress, self.now = base_url, progress, now
+        self.base_url, self.progress, self.now, self.batch = base_url, progress, now, batch
         self.created, self.existing = collections.Counter(), collections.Counter()
         self.links = []
         self.pending_keys = []  # uploads written in the batch not yet committed
@@ -19789,7 +19826,7 @@ class _SlackImport:
                             current = message.room.slack_id
                             self.progress("messages", done_rooms, len(rooms))
                         written += self.message(message)
-                        if written >= SLACK_IMPORT_BATCH:
+                        if written >= self.batch:
                             finished = False
                             break
             except BaseException:   # the batch was undone: its files' temporary copies go too
@@ -20269,7 +20306,7 @@ def restore_command(config, options):
 
 def check_command(config, options):
     print("\n".join(storage_report(config)))
-    if not _schema_current(config):
+    if not schema_is_current(config):
         print("The database, search index and file checks run once the storage's schema is today's "
               "(after this server's first start).")
         return EXIT_OK
@@ -20287,23 +20324,6 @@ def check_command(config, options):
         return EXIT_FAILED
     print("No problems found.")
     return EXIT_OK
-
-
-def _schema_current(config):
-    """Whether the storage's schema is today's (this server opened it, or Rails ran every
-    migration), so the checks' expectations hold; read-only."""
-    path = config.resolved_database_path
-    if not os.path.exists(path):
-        return False
-    db = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(path)), uri=True)
-    try:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "campfire_py_migrations" in tables:
-            return True
-        return "schema_migrations" in tables and db.execute(
-            "SELECT 1 FROM schema_migrations WHERE version = ?", (RAILS_LATEST_VERSION,)).fetchone() is not None
-    finally:
-        db.close()
 
 
 def _ask(prompt, secret=False):

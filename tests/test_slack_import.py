@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import unittest
-from unittest import mock
 
 from PIL import Image
 
@@ -384,9 +383,8 @@ class ImportCommandTests(unittest.TestCase):
             if label == "messages" and done == 1:   # Ctrl-C as the second room's messages begin
                 raise KeyboardInterrupt
 
-        with mock.patch.object(campfire, "SLACK_IMPORT_BATCH", 3):
-            with self.assertRaises(KeyboardInterrupt):
-                campfire.import_slack(config, export, base_url=BASE_URL, progress=progress)
+        with self.assertRaises(KeyboardInterrupt):
+            campfire.import_slack(config, export, base_url=BASE_URL, progress=progress, batch=3)
         partial = snapshot(storage)
         self.assertLess(len(partial["messages"]), 15)
         self.assertGreater(len(partial["messages"]), 0)   # the batches committed before stay
