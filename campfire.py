@@ -264,9 +264,13 @@ UPLOAD_READ_AHEAD_BYTES = 1024 * 1024     # body bytes buffered before the socke
 UPLOAD_WRITE_BYTES = 256 * 1024           # written to disk at a time (one worker-thread call)
 MAX_FORM_FILES = 2                        # files kept from one form: a message's file and its preview
 AVATAR_BODY_LIMIT = 4 * 1024 * 1024       # a profile or bot form with its picture: the browser sends 512×512
-# Campfire caches avatars for 30 minutes (users/avatars_controller.rb); their URL doesn't change with the
-# picture, so a new one would show late. Revalidated each time instead: a 304 when unchanged.
+# Campfire caches avatars for 30 minutes (users/avatars_controller.rb); its URL doesn't change with the
+# picture, so a new one would show late. Pages here link /users/<id>/avatar?v=<version>, the version a
+# digest of what the avatar shows: under the current version it is cached for good, and a new picture
+# or new initials get a new URL. A URL without it (or with an old one) is revalidated: a 304 when unchanged.
 AVATAR_CACHE_CONTROL = "private, no-cache"
+AVATAR_VERSIONED_CACHE_CONTROL = "private, max-age=31536000, immutable"  # a year, as versioned static files
+AVATAR_VERSION_BYTES = 6                  # 12 hex digits in the URL: a digest, not a secret
 AVATAR_PIXELS = 512                       # the browser crops a picture to this square (Campfire's variant size)
 LOGO_CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=604800"  # accounts/logos_controller.rb
 FILE_SEND_CHUNK_BYTES = 256 * 1024        # read from disk at a time where sendfile can't be used
@@ -7492,6 +7496,27 @@ def _unused_path(path):
     return candidate
 
 
+def _move_into_place(partial, final, *, choose_another):
+    """Give the finished archive partial its name final, never replacing a file; the name
+    it got. When final appeared meanwhile (another backup of the same second took it
+    first), choose_another takes the next unused name, else the backup is refused."""
+    while True:
+        try:
+            os.link(partial, final)   # never replaces: fails if final appeared meanwhile
+        except FileExistsError:
+            if not choose_another:
+                raise BackupError("%s appeared while the backup was written; nothing was replaced." % final) from None
+            final = _unused_path(final)
+            continue
+        except OSError:
+            if os.path.exists(final):
+                raise BackupError("%s already exists; a backup never replaces a file." % final) from None
+            os.rename(partial, final)  # a file system without hard links (FAT)
+            return final
+        os.unlink(partial)
+        return final
+
+
 def write_backup(config, target=None, *, progress=None, cancelled=lambda: False, now=None, hashes=None,
                  step_pages=BACKUP_STEP_PAGES):
     """Write one checked backup of config's storage and return a BackupResult.
@@ -7519,7 +7544,9 @@ def write_backup(config, target=None, *, progress=None, cancelled=lambda: False,
         if not os.path.isdir(os.path.dirname(os.path.abspath(final))):
             raise BackupError("The folder for %s does not exist." % final)
     work = tempfile.mkdtemp(prefix=BACKUP_WORK_PREFIX, dir=folder)
-    partial = final + BACKUP_PARTIAL_SUFFIX
+    # Its own partial name: two backups started in the same second (the automatic one and
+    # `campfire.py backup`) may both have picked the same final name.
+    partial = "%s.%s%s" % (final, random_hex(4), BACKUP_PARTIAL_SUFFIX)
     try:
         copy = os.path.join(work, BACKUP_DATABASE_MEMBER)
         copy_database(config.resolved_database_path, copy, cancelled=cancelled, step_pages=step_pages,
@@ -7545,15 +7572,7 @@ def write_backup(config, target=None, *, progress=None, cancelled=lambda: False,
         progress("verify", 0, 1)
         verify_backup(partial, content_dir=pool, cancelled=cancelled)
         progress("verify", 1, 1)
-        try:
-            os.link(partial, final)   # never replaces: fails if final appeared meanwhile
-            os.unlink(partial)
-        except FileExistsError:
-            raise BackupError("%s appeared while the backup was written; nothing was replaced." % final) from None
-        except OSError:
-            if os.path.exists(final):
-                raise BackupError("%s already exists; a backup never replaces a file." % final) from None
-            os.rename(partial, final)  # a file system without hard links (FAT)
+        final = _move_into_place(partial, final, choose_another=target is None)
         _fsync_directory(os.path.dirname(os.path.abspath(final)))
         return BackupResult(final, os.path.getsize(final), manifest, time.monotonic() - started)
     except BaseException:
@@ -8076,6 +8095,21 @@ class User:
         return "".join(word[0] for word in words[:2]).upper() or "?"
 
 
+class AvatarVersions(dict):
+    """{user id: avatar_version} (Store.avatar_versions): made from the users and their
+    pictures given, and from the database for anyone else, once; "" for no such person."""
+
+    def __init__(self, store, users, pictures):
+        super().__init__((user_id, avatar_version(user, pictures.get(user_id))) for user_id, user in users.items())
+        self._store = store
+
+    def __missing__(self, user_id):
+        user = self._store.user(user_id)
+        version = self[user_id] = avatar_version(user, self._store.attachment("User", user_id, "avatar")) \
+            if user is not None else ""
+        return version
+
+
 @dataclass(slots=True)
 class Room:
     """A row of rooms; type is Rails' class name (Rooms::Open, ::Closed, ::Direct). A
@@ -8490,6 +8524,16 @@ class Store:
 
     def forget_user(self, user_id):
         self._users.pop(user_id, None)
+
+    def avatar_versions(self):
+        """{user id: the version in their avatar's URL} (avatar_version), for everyone at once:
+        built by two queries after each account change (renames and new pictures are
+        account changes); a person added since is looked up when first asked for."""
+        def build():
+            users = [User.from_row(row) for row in self.db.all("SELECT * FROM users")]
+            return AvatarVersions(self, {user.id: user for user in users},
+                                  self.attachments_for("User", [user.id for user in users], "avatar"))
+        return self._derived_value("avatar_versions", build)
 
     def create_user(self, name, email, password=None, role=ROLE_MEMBER, *, password_digest=None):
         """A person in every open room. Handlers pass a digest made off the event loop;
@@ -10258,6 +10302,7 @@ class View:
     logo: str = ""              # the account logo's URL when one is set: the page's icon
     vapid_public_key: str = ""  # the signed-in app's applicationServerKey, as Campfire's vapid-public-key meta tag
     scripts: "PageScripts" = None  # the import map and the modules app.js needs
+    avatars: dict = None        # user id → the version of their avatar's URL (Store.avatar_versions)
 
 
 @dataclass(slots=True, frozen=True)
@@ -10357,7 +10402,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
             '<input type="hidden" name="push_subscription_endpoint" value="">'
             '<button type="submit" class="button button--quiet">Sign out</button></form>'
             '</nav></header>').format(
-            account=view.account_name, name=user.name, avatar=render_avatar(user.id, 24),
+            account=view.account_name, name=user.name, avatar=render_avatar(user.id, view.avatars[user.id], 24),
             sidebar_url=url_for("user_sidebar"), root=url_for("root"), searches=url_for("searches"),
             edit_account=url_for("edit_account"), profile=url_for("user_profile"), session=url_for("session"))
     main = HTML('<div class="layout">{sidebar}<main id="main" class="main">{body}</main></div>').format(
@@ -10693,7 +10738,7 @@ def render_composer(room, *, form_id="composer", label="Write a message", send="
                               max_upload_bytes, format_bytes(max_upload_bytes)) if files else "")
 
 
-def render_pending_message(viewer, template_id="pending_message"):
+def render_pending_message(viewer, avatar_version, template_id="pending_message"):
     """The shape of a message the viewer has sent and the server hasn't answered yet: the
     browser fills in a copy (client id, time, body) the moment it sends, as Campfire's
     app/views/messages/_template.html.erb does."""
@@ -10703,7 +10748,7 @@ def render_pending_message(viewer, template_id="pending_message"):
         '<div class="message__content"><div class="message__meta"><span class="message__author">{name}</span> '
         '<time></time> <span class="message__status" role="status">Sending&hellip;</span></div>'
         '<div class="message__body"></div></div></div></template>').format(
-        id=viewer.id, avatar=render_avatar(viewer.id), name=viewer.name, template_id=template_id)
+        id=viewer.id, avatar=render_avatar(viewer.id, avatar_version), name=viewer.name, template_id=template_id)
 
 
 def render_since_line():
@@ -10712,9 +10757,10 @@ def render_since_line():
                 '<span>Since your last visit</span></div>')
 
 
-def render_thread(room, parent_room, parent_title, parent_html, messages, viewer, *, highlight_id=None):
+def render_thread(room, parent_room, parent_title, parent_html, messages, viewer, *, avatars, highlight_id=None):
     """A thread: the message it answers, its replies (rendered), its own composer. The same
-    section is a page of its own (on a phone) and the desktop's side panel."""
+    section is a page of its own (on a phone) and the desktop's side panel. avatars: user
+    id → avatar version (Store.avatar_versions)."""
     return HTML(
         '<section class="room thread" id="thread" data-room-id="{id}" data-parent-room-id="{parent_room_id}" '
         'data-parent-message-id="{parent_id}" aria-labelledby="thread_name">'
@@ -10730,7 +10776,7 @@ def render_thread(room, parent_room, parent_title, parent_html, messages, viewer
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
         composer=render_composer(room, form_id="thread_composer", label="Reply in thread", send="Send reply",
                                  files=False),
-        pending=render_pending_message(viewer, "thread_pending_message"))
+        pending=render_pending_message(viewer, avatars[viewer.id], "thread_pending_message"))
 
 
 def render_inbox_item(where, message_html, *, marker="", controls=""):
@@ -10770,8 +10816,8 @@ def render_saved_messages(items, more_href):
         more=HTML('<a class="button inbox__older" href="{}">More</a>').format(more_href) if more_href else "")
 
 
-def render_room(room, viewer, title, involvement, messages, *, highlight_id=None, max_upload_bytes=MAX_UPLOAD_BYTES,
-                reached_start=False):
+def render_room(room, viewer, title, involvement, messages, *, avatars, highlight_id=None,
+                max_upload_bytes=MAX_UPLOAD_BYTES, reached_start=False):
     """The room: its header, its messages (rendered), the composer. On a phone the header is
     the top bar: a way back to the rooms, the name, who is here, and one menu holding the
     room's tools and the top bar's links (room__phone-only). reached_start: the messages
@@ -10792,23 +10838,26 @@ def render_room(room, viewer, title, involvement, messages, *, highlight_id=None
         bell=render_bell(room, involvement), settings=room_settings_path(room), rooms=url_for("user_sidebar"),
         search=url_for("searches"), account=url_for("edit_account"), profile=url_for("user_profile"),
         highlight=HTML(' data-highlight-id="{}"').format(highlight_id) if highlight_id else "",
-        messages=messages, composer=render_composer(room, max_upload_bytes=max_upload_bytes), pending=render_pending_message(viewer))
+        messages=messages, composer=render_composer(room, max_upload_bytes=max_upload_bytes),
+        pending=render_pending_message(viewer, avatars[viewer.id]))
 
 
-def render_person_choice(user, *, checked=False, disabled=False):
+def render_person_choice(user, avatar_version, *, checked=False, disabled=False):
     return HTML('<li><label class="picker__person"><input type="checkbox" name="user_ids[]" value="{id}"{checked}'
                 '{disabled}> {avatar} {name}</label></li>').format(
-        id=user.id, name=user.name, avatar=render_avatar(user.id, 24),
+        id=user.id, name=user.name, avatar=render_avatar(user.id, avatar_version, 24),
         checked=HTML(" checked") if checked else "", disabled=HTML(" disabled") if disabled else "")
 
 
-def render_room_form(people, *, room=None, room_type=ROOM_OPEN, name="", member_ids=(), errors=None,
+def render_room_form(people, avatars, *, room=None, room_type=ROOM_OPEN, name="", member_ids=(), errors=None,
                      can_edit=True):
-    """New room and room settings: name, open or closed, members (people to pick from), delete."""
+    """New room and room settings: name, open or closed, members (people to pick from, avatars:
+    their avatar versions), delete."""
     errors = errors or {}
     editing = room is not None
     chosen = set(member_ids)
-    checkboxes = HTML("").join(render_person_choice(user, checked=user.id in chosen, disabled=not can_edit)
+    checkboxes = HTML("").join(render_person_choice(user, avatars[user.id], checked=user.id in chosen,
+                                                    disabled=not can_edit)
                                for user in people)
     kinds = HTML("").join(
         HTML('<label class="choice"><input type="radio" name="room_kind" value="{value}"{checked}{disabled}> '
@@ -10850,7 +10899,7 @@ def render_room_form(people, *, room=None, room_type=ROOM_OPEN, name="", member_
         cancel=url_for("room", room_id=room.id) if editing else url_for("root"), delete=delete)
 
 
-def render_direct_form(people, errors=None):
+def render_direct_form(people, avatars, errors=None):
     return HTML(
         '<section class="panel panel--wide"><h1 class="panel__title">New Ping</h1>'
         '<p class="panel__intro">A private conversation with the people you pick.</p>{error}'
@@ -10862,12 +10911,12 @@ def render_direct_form(people, errors=None):
         '<div class="form__actions"><button type="submit" class="button button--primary">Start Ping</button>'
         '<a class="button" href="{root}">Cancel changes</a></div></form></section>').format(
         error=render_errors(errors or {}, "user_ids[]"), action=url_for("direct_rooms"), root=url_for("root"),
-        options=HTML("").join(render_person_choice(user) for user in people))
+        options=HTML("").join(render_person_choice(user, avatars[user.id]) for user in people))
 
 
-def render_direct_settings(room, title, members):
+def render_direct_settings(room, title, members, avatars):
     items = HTML("").join(HTML('<li class="picker__person">{avatar} {name}</li>').format(
-        avatar=render_avatar(user.id, 24), name=user.name) for user in members)
+        avatar=render_avatar(user.id, avatars[user.id], 24), name=user.name) for user in members)
     return HTML(
         '<section class="panel panel--wide"><h1 class="panel__title">Ping with {names}</h1>'
         '<ul class="picker__people">{items}</ul>'
@@ -10882,15 +10931,27 @@ def render_direct_settings(room, title, members):
 
 # Messages and boosts ---------------------------------------------------------
 
-def render_avatar(user_id, size=36):
-    return HTML(_avatar_template() % {"user_id": user_id, "size": size})
+def render_avatar(user_id, version, size=36):
+    """A person's avatar at its versioned URL; version: avatar_version (Store.avatar_versions)."""
+    return HTML(_avatar_template() % {"user_id": user_id, "version": version, "size": size})
 
 
 @functools.cache
 def _avatar_template():
     """An avatar's <img>, %-formatted: on every message, twice with a mention."""
-    return ('<img class="avatar" src="' + URLS.template("user_avatar") + '" alt="" width="%(size)d" '
+    return ('<img class="avatar" src="' + URLS.template("user_avatar") + '?v=%(version)s" alt="" width="%(size)d" '
             'height="%(size)d" loading="lazy">')
+
+
+def avatar_url(user_id, version):
+    return url_for("user_avatar", user_id=user_id, v=version)
+
+
+def avatar_version(user, picture):
+    """A digest of what the person's avatar shows (their picture, by its blob's key, or
+    render_avatar_svg's drawing of their initials or the bot icon): the ?v= of its URL."""
+    shown = "picture " + picture.key if picture is not None and picture.kind == "image" else render_avatar_svg(user)
+    return hashlib.blake2b(shown.encode(), digest_size=AVATAR_VERSION_BYTES).hexdigest()
 
 
 def render_avatar_svg(user):
@@ -10905,10 +10966,10 @@ def render_avatar_svg(user):
         'font-size="26" font-weight="600">{initials}</text></svg>').format(color=color, initials=user.initials))
 
 
-def render_mention(user):
+def render_mention(user, avatar_version):
     """A mention's chip in a message."""
     return str(HTML('<span class="mention" data-user-id="{id}">{avatar}{name}</span>').format(
-        id=user.id, avatar=render_avatar(user.id, 20), name=user.name))
+        id=user.id, avatar=render_avatar(user.id, avatar_version, 20), name=user.name))
 
 
 def render_link_preview(attributes):
@@ -10957,13 +11018,13 @@ def render_rich_text(stored_html, *, mention=lambda sgid: None):
     return _ATTACHMENT_ELEMENT.sub(replace_once, stored_html)
 
 
-def render_message_author(user_id, name):
+def render_message_author(user_id, name, avatar_version):
     """The avatar and name that open a message (App keeps one per person)."""
     return HTML(
         '<a class="message__avatar" href="{url}" tabindex="-1" aria-hidden="true">{avatar}</a>'
         '<div class="message__content"><div class="message__meta">'
         '<a class="message__author" href="{url}">{name}</a> ').format(
-        url=url_for("user", user_id=user_id), avatar=render_avatar(user_id), name=name)
+        url=url_for("user", user_id=user_id), avatar=render_avatar(user_id, avatar_version), name=name)
 
 
 def render_boost(boost, booster_name):
@@ -11017,7 +11078,7 @@ def _thread_action_template():
 
 def render_thread_summary(thread):
     """"N replies" with the last repliers' avatars, linking to the thread; thread is
-    (thread room id, replies, last repliers' ids) or None."""
+    (thread room id, replies, last repliers' (id, avatar version) pairs) or None."""
     if not thread:
         return ""
     room_id, count, repliers = thread
@@ -11026,7 +11087,7 @@ def render_thread_summary(thread):
         '<span class="message__thread-avatars" aria-hidden="true">{avatars}</span>'
         '<span class="message__thread-count">{count} {noun}</span></a>').format(
         url=url_for("room", room_id=room_id), room_id=room_id, count=count, noun="reply" if count == 1 else "replies",
-        avatars=HTML("").join(render_avatar(user_id, 20) for user_id in repliers))
+        avatars=HTML("").join(render_avatar(user_id, version, 20) for user_id, version in repliers))
 
 
 def _preview_size(blob):
@@ -11085,7 +11146,8 @@ def render_message(message, *, author, body, sound, boosts, thread=None, in_thre
     by the browser from data-creator-id, and the server checks. author: its opening
     (render_message_author); body: the display HTML; sound: the /play name it is, or
     None; boosts: [(boost row, booster's name)]; thread: what render_thread_summary
-    takes; in_thread: a reply in a thread (which has no threads of its own);
+    takes (Store.threads_for's, each replier with their avatar version); in_thread: a reply
+    in a thread (which has no threads of its own);
     attachment: its file (render_attachment)."""
     if attachment is not None:
         body = attachment
@@ -11232,7 +11294,8 @@ def render_people(view, people, page, more):
              '<a class="people__name" href="{url}">{avatar}<span>{name}</span></a>'
              '<span class="profile__role">{role}</span>{banned}<span class="people__controls">{controls}</span>'
              '</li>').format(
-            id=user.id, url=url_for("user", user_id=user.id), avatar=render_avatar(user.id, 24), name=user.name,
+            id=user.id, url=url_for("user", user_id=user.id), name=user.name,
+            avatar=render_avatar(user.id, view.avatars[user.id], 24),
             role=role_label(user), banned=HTML('<span class="profile__role people__banned">Banned</span>')
             if user.status == STATUS_BANNED else "", controls=controls(user))
         for user in people)
@@ -11460,7 +11523,7 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
         '<div><h1 class="panel__title">{name}</h1><p class="profile__role">{role}{state}</p>{email}</div></div>'
         '<p class="profile__bio">{bio}</p>{own}{tools}</section>').format(
         assets=render_page_assets(view) if tools else "", notice=render_notice(notice),
-        avatar=render_avatar(user.id, 96), name=user.name, role=role_label(user),
+        avatar=render_avatar(user.id, view.avatars[user.id], 96), name=user.name, role=role_label(user),
         state=HTML(" &middot; {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
 
 
@@ -11521,7 +11584,8 @@ def render_profile(view, values, errors, transfer_url, *, saved=False, digest=No
         '<p class="panel__intro">Turn them on in each browser with "Notifications" at the top of the page. '
         '<a href="{push_subscriptions}">Browsers that get notifications</a></p></section>{digest}</section>').format(
         digest=render_digest_setting(digest) if digest is not None else "",
-        push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(user.id, 96), role=role_label(user), fields=fields,
+        push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(user.id, view.avatars[user.id], 96),
+        role=role_label(user), fields=fields,
         action=url_for("user_profile"), saved=render_saved(saved),
         avatar_action=url_for("user_avatar", user_id=user.id),
         cancel=url_for("user", user_id=user.id),
@@ -11530,7 +11594,7 @@ def render_profile(view, values, errors, transfer_url, *, saved=False, digest=No
         assets=render_page_assets(view))
 
 
-def render_bot_item(bot_row, post_url):
+def render_bot_item(bot_row, post_url, avatar_version):
     """One bot's card: name, webhook, and the curl command that posts as it (post_url: its
     absolute post URL, or None when it is in no room)."""
     command = HTML(
@@ -11545,7 +11609,8 @@ def render_bot_item(bot_row, post_url):
         '<h2 class="bot__name">{name}</h2><p class="bot__webhook">{webhook}</p></div></div>{command}'
         '<div class="form__actions"><a class="button" href="{edit}" aria-label="Edit {name}">'
         'Edit</a></div></li>').format(
-        id=bot_row["id"], avatar=render_avatar(bot_row["id"], 48), name=bot_row["name"], webhook=webhook,
+        id=bot_row["id"], avatar=render_avatar(bot_row["id"], avatar_version, 48), name=bot_row["name"],
+        webhook=webhook,
         command=command, edit=url_for("edit_account_bot", bot_id=bot_row["id"]))
 
 
@@ -12312,7 +12377,8 @@ def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=
     else:
         messages_html = (app.messages_html(messages[:split]) + render_since_line()
                          + app.messages_html(messages[split:]))
-    body = render_room(room, user, title, involvement, messages_html, highlight_id=highlight_id,
+    body = render_room(room, user, title, involvement, messages_html, avatars=app.store.avatar_versions(),
+                       highlight_id=highlight_id,
                        max_upload_bytes=app.config.max_upload_bytes, reached_start=reached_start)
     return _page(app, request, title, body, body_class="room-page", current_room_id=room.id)
 
@@ -12323,7 +12389,7 @@ def _thread_page(app, request, room, messages, *, highlight_id=None):
     parent = store.message(room.parent_message_id)
     title = store.room_title(parent_room, user.id)
     body = render_thread(room, parent_room, title, app.messages_html([parent]) if parent else "",
-                         app.messages_html(messages), user, highlight_id=highlight_id)
+                         app.messages_html(messages), user, avatars=store.avatar_versions(), highlight_id=highlight_id)
     return _page(app, request, "Thread in %s" % title, body, body_class="room-page thread-page",
                  current_room_id=parent_room.id)
 
@@ -12376,8 +12442,8 @@ def _room_form_page(app, request, *, room=None, room_type=ROOM_OPEN, name="", me
                     status=200):
     people = [user for user in app.store.active_users(exclude_bots=False) if user.id != request.user.id]
     can_edit = room is None or can_administer(request.user, room.creator_id)
-    body = render_room_form(people, room=room, room_type=room_type, name=name, member_ids=member_ids,
-                            errors=errors, can_edit=can_edit)
+    body = render_room_form(people, app.store.avatar_versions(), room=room, room_type=room_type, name=name,
+                            member_ids=member_ids, errors=errors, can_edit=can_edit)
     return _page(app, request, "Room settings" if room is not None else "New room", body, status=status)
 
 
@@ -12466,7 +12532,8 @@ def edit_room(app, request, room_id):
 
 def _direct_form_page(app, request, errors=None, status=200):
     people = [user for user in app.store.active_users() if user.id != request.user.id]
-    return _page(app, request, "New Ping", render_direct_form(people, errors), status=status)
+    body = render_direct_form(people, app.store.avatar_versions(), errors)
+    return _page(app, request, "New Ping", body, status=status)
 
 
 def new_direct_room(app, request):
@@ -12488,7 +12555,8 @@ def edit_direct_room(app, request, room_id):
     if not room.direct:
         return redirect(room_settings_path(room), 302)
     members = [user for user in map(app.store.user, app.store.room_member_ids(room.id)) if user]
-    body = render_direct_settings(room, app.store.room_title(room, request.user.id), members)
+    body = render_direct_settings(room, app.store.room_title(room, request.user.id), members,
+                                  app.store.avatar_versions())
     return _page(app, request, "Room settings", body)
 
 
@@ -13009,16 +13077,19 @@ def show_user(app, request, user_id):
 
 
 def avatar(app, request, user_id):
-    """The person's picture, or Campfire's initials on a colour (the bot icon for bots)."""
+    """The person's picture, or Campfire's initials on a colour (the bot icon for bots):
+    cached for good under its current ?v= (avatar_version), else revalidated."""
     user = app.store.user(user_id)
     if user is None:
         raise NotFound("There is no such person.")
     blob = app.store.attachment("User", user_id, "avatar")
+    current = request.params.get("v") == avatar_version(user, blob)
+    cache_control = AVATAR_VERSIONED_CACHE_CONTROL if current else AVATAR_CACHE_CONTROL
     if blob is not None and blob.kind == "image":
-        return app.file_response(request, blob, cache_control=AVATAR_CACHE_CONTROL)
+        return app.file_response(request, blob, cache_control=cache_control)
     svg = render_avatar_svg(user)
     etag = '"%s"' % hashlib.sha256(svg.encode()).hexdigest()[:16]
-    headers = [("ETag", etag), ("Cache-Control", AVATAR_CACHE_CONTROL)]
+    headers = [("ETag", etag), ("Cache-Control", cache_control)]
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(b"", 304, None, headers)
     return Response(svg, 200, "image/svg+xml", headers)
@@ -13072,8 +13143,9 @@ def autocompletable_users(app, request):
             if name.startswith(query.lower()):
                 groups.append({"group": name, "name": name, "description": description, "disabled_reason":
                                app.store.everyone_problem(room, request.user) if name == "everyone" else None})
+    avatars = app.store.avatar_versions()
     return json_response(groups + [{"value": user.id, "name": user.name,
-                                    "avatar_url": url_for("user_avatar", user_id=user.id),
+                                    "avatar_url": avatar_url(user.id, avatars[user.id]),
                                     "sgid": app.store.mention_sgid(user.id)} for user in users])
 
 
@@ -13284,7 +13356,9 @@ def _require_bot(app, bot_id):
 
 
 def bots_index(app, request):
-    items = [render_bot_item(bot, _bot_post_url(app, request, bot)) for bot in app.store.active_bots()]
+    avatars = app.store.avatar_versions()
+    items = [render_bot_item(bot, _bot_post_url(app, request, bot), avatars[bot["id"]])
+             for bot in app.store.active_bots()]
     return _page(app, request, "Chat bots", render_bots(items))
 
 
@@ -13867,8 +13941,10 @@ class Cable:
 
     def _presence_message(self, room_id):
         users = [self.app.store.user(user_id) for user_id in self.present.get(room_id, ())]
+        avatars = self.app.store.avatar_versions()
         return {"action": "present",
-                "users": [{"id": user.id, "name": user.name} for user in sorted(filter(None, users), key=lambda u: u.name)]}
+                "users": [{"id": user.id, "name": user.name, "avatar_url": avatar_url(user.id, avatars[user.id])}
+                          for user in sorted(filter(None, users), key=lambda u: u.name)]}
 
     def _broadcast_presence(self, room_id):
         self.broadcast("room_%d_presence" % room_id, self._presence_message(room_id))
@@ -14880,7 +14956,8 @@ class App:
         logo = self.store.account_logo()
         return View(user, self.store.account_name(), digest if css.strip() else "", self._assets()[0], request.origin,
                     url_for("account_logo", v=logo.key[:8]) if logo else "",
-                    self.vapid_key.public_key_base64 if user is not None else "", self._assets()[1])
+                    self.vapid_key.public_key_base64 if user is not None else "", self._assets()[1],
+                    self.store.avatar_versions())
 
     def _assets(self):
         """The PAGE_ASSETS' versioned URLs and the PageScripts, looked up again at most
@@ -14924,6 +15001,9 @@ class App:
             booster = store.user
             boosts = [(boost, user.name if (user := booster(boost["booster_id"])) else "Someone") for boost in boosts]
         room = store.room(message["room_id"])
+        if thread:
+            versions = store.avatar_versions()
+            thread = (thread[0], thread[1], tuple((user_id, versions[user_id]) for user_id in thread[2]))
         rendered = render_message(message, author=self._author_html(message["creator_id"]), body=body, sound=sound,
                                   boosts=boosts, thread=thread, in_thread=room is not None and room.thread,
                                   attachment=attachment)
@@ -14947,7 +15027,7 @@ class App:
         for sgid in find_mentions(stored_body):
             user = self.store.mentioned_user(sgid)
             if user is not None:
-                chips[sgid] = render_mention(user)
+                chips[sgid] = render_mention(user, self.store.avatar_versions()[user.id])
         return HTML(render_rich_text(stored_body, mention=chips.get))
 
     def messages_html(self, messages, *, highlight=()):
@@ -14978,7 +15058,8 @@ class App:
         author = self.message_cache.get(key)
         if author is None:
             creator = self.store.user(creator_id)
-            author = render_message_author(creator_id, creator.name if creator else "Deleted user")
+            author = render_message_author(creator_id, creator.name if creator else "Deleted user",
+                                           self.store.avatar_versions()[creator_id])
             self.message_cache.put(key, author)
         return author
 

@@ -87,7 +87,7 @@ export class Presence {
   show(users) {
     const names = users.map((user) => user.name).join(", ")
     this.#line.replaceChildren(h("span", { className: "visually-hidden" }, `Present: ${names}`), ...users.map((user) =>
-      h("img", { className: "avatar", src: `/users/${Number(user.id)}/avatar`, alt: "", width: 24, height: 24, title: user.name, "aria-hidden": "true" })))
+      h("img", { className: "avatar", src: user.avatar_url ?? `/users/${Number(user.id)}/avatar`, alt: "", width: 24, height: 24, title: user.name, "aria-hidden": "true" })))
     this.#line.dataset.count = `${users.length} here`   // what a phone shows instead of the faces
     this.#line.hidden = users.length === 0
   }

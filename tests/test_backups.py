@@ -160,6 +160,26 @@ class BackupAndRestoreCommandTests(StorageCase):
         self.assertEqual(status, 1)
         self.assertIn("never replaces", err)
 
+    def test_two_backups_of_the_same_second_both_succeed_under_their_own_names(self):
+        # The automatic backup and `campfire.py backup` started in the same second pick the
+        # same name; the one that finishes second takes the next one, and neither fails.
+        config = campfire.Config(storage_path=self.storage)
+        second = []
+
+        def progress(step, done, total):
+            if (step, done) == ("verify", 1) and not second:   # the first is about to take its name
+                second.append(campfire.write_backup(config, now=1_700_000_000))
+
+        first = campfire.write_backup(config, now=1_700_000_000, progress=progress)
+        folder = os.path.join(self.storage, "backups")
+        self.assertEqual(os.path.basename(second[0].path), "campfire-20231114T221320Z.tar")
+        self.assertEqual(os.path.basename(first.path), "campfire-20231114T221320Z-2.tar")
+        self.assertEqual(sorted(name for name in os.listdir(folder) if name.endswith(".tar")),
+                         ["campfire-20231114T221320Z-2.tar", "campfire-20231114T221320Z.tar"])
+        self.assertEqual([name for name in os.listdir(folder) if name.endswith(".partial")], [])
+        for result in (first, second[0]):
+            campfire.verify_backup(result.path, content_dir=os.path.join(folder, "content"))
+
     def test_hourly_backups_store_a_file_once(self):
         config = campfire.Config(storage_path=self.storage)
         first = campfire.write_backup(config, now=1_700_000_000)

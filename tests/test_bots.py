@@ -186,7 +186,7 @@ class BotAdminTests(BotTestCase):
         self.assertEqual(found.links["Edit Helper"], "/account/bots/%d/edit" % bot_id)
         self.assertEqual(found.links["New bot"], "/account/bots/new")
         self.assertIn("http://127.0.0.1:9/hook", page.text)
-        self.assertIn('src="/users/%d/avatar"' % bot_id, page.text)
+        self.assertIn('src="/users/%d/avatar?v=' % bot_id, page.text)
 
     def test_curl_command_uses_the_bots_first_room_when_the_last_room_is_not_its(self):
         _, key = self.make_bot("Helper")

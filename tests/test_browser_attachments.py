@@ -192,9 +192,12 @@ class PicturesInBrowserTests(BrowserTestCase):
         avatar = page.locator(".profile__head img.avatar")
         page.reload()
         page.wait_for_function("() => document.querySelector('.profile__head img.avatar').naturalWidth === 512")
-        self.assertEqual(avatar.get_attribute("src"), "/users/1/avatar")
+        picture_url = avatar.get_attribute("src")
+        self.assertRegex(picture_url, r"^/users/1/avatar\?v=[0-9a-f]{12}$")
         page.get_by_role("button", name="Remove avatar").click()
         page.wait_for_url(re.compile(r"/users/me/profile$"))
+        self.assertRegex(avatar.get_attribute("src"), r"^/users/1/avatar\?v=[0-9a-f]{12}$")
+        self.assertNotEqual(avatar.get_attribute("src"), picture_url)  # the initials again, at their own URL
         self.assertEqual(page.request.get(self.server.url + "/users/1/avatar").headers["content-type"],
                          "image/svg+xml")
 

@@ -1,6 +1,7 @@
 """/cable over real sockets: the handshake's refusals, Action Cable's protocol,
 Campfire's channels and broadcasts."""
 
+import re
 import select
 import time
 import unittest
@@ -37,6 +38,14 @@ class CableTestCase(unittest.TestCase):
                                          headers={"Cookie": "session_token=" + cookie, "Sec-Fetch-Site": "same-origin"})
         with urllib.request.urlopen(request) as response:
             return response.status, response.read().decode()
+
+    def current_avatar_url(self, user_id):
+        """The avatar URL the person's page shows now (versioned by what it shows)."""
+        request = urllib.request.Request("http://127.0.0.1:%d/users/%d" % (self.port, user_id),
+                                         headers={"Cookie": "session_token=" + self.ada})
+        with urllib.request.urlopen(request) as response:
+            page = response.read().decode()
+        return re.search(r'src="(/users/%d/avatar\?v=[0-9a-f]+)"' % user_id, page)[1]
 
     def create_room(self, name, member_ids):
         app = self.server.app
@@ -173,12 +182,13 @@ class ChannelTests(CableTestCase):
 
     def test_every_presence_subscriber_learns_who_is_present(self):
         first, second = self.welcomed(self.ada), self.welcomed(self.ada)
+        ada = {"id": 1, "name": "Ada Admin", "avatar_url": self.current_avatar_url(1)}
         identifier, _ = self.confirm(first, "PresenceChannel", room_id=1)
         message = first.recv_until(lambda m: m.get("identifier") == identifier)
-        self.assertEqual(message["message"], {"action": "present", "users": [{"id": 1, "name": "Ada Admin"}]})
+        self.assertEqual(message["message"], {"action": "present", "users": [ada]})
         identifier, _ = self.confirm(second, "PresenceChannel", room_id=1)
         message = second.recv_until(lambda m: m.get("identifier") == identifier)
-        self.assertEqual(message["message"], {"action": "present", "users": [{"id": 1, "name": "Ada Admin"}]})
+        self.assertEqual(message["message"], {"action": "present", "users": [ada]})
 
     def typing_frames_before_next_post(self, listener, typing_id, messages_id, cookie, note):
         """The typing frames `listener` receives until a message posted now reaches it."""

@@ -86,6 +86,8 @@ class ThreadTests(ChatTestCase):
         self.assertIn("3 replies", summary.group(1))
         avatars = re.findall(r'/users/(\d+)/avatar', summary.group(1))
         self.assertEqual(avatars, [str(self.bob_id), str(self.carol_id)])  # newest replier first, once each
+        for url in re.findall(r'src="([^"]+)"', summary.group(1)):  # at their current versions: cached for good
+            self.assertIn("immutable", self.dave.get(url).header("Cache-Control"))
         reply = self.post_id(self.dave, thread, "I'm in")
         self.assertIn("4 replies", self.ada.get("/rooms/%d" % self.all_talk).text)
         self.ada.post("/rooms/%d/messages/%d" % (thread, reply), {"_method": "delete"})

@@ -610,7 +610,8 @@ class MentionTests(ChatTestCase):
         person = people[0]
         self.assertEqual(set(person), {"name", "value", "avatar_url", "sgid"})
         self.assertEqual(person["value"], self.bob_id)
-        self.assertEqual(person["avatar_url"], "/users/%d/avatar" % self.bob_id)
+        self.assertRegex(person["avatar_url"], r"^/users/%d/avatar\?v=[0-9a-f]{12}$" % self.bob_id)
+        self.assertIn("immutable", self.ada.get(person["avatar_url"]).header("Cache-Control"))
         self.assertEqual(campfire.verify_sgid(person["sgid"], self.app.store.sgid_secret), self.bob_id)
 
     def test_autocomplete_lists_only_members_of_the_room(self):

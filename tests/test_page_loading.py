@@ -6,11 +6,14 @@ protocol's own record of where each response came from)."""
 
 import base64
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import tempfile
+
+from PIL import Image
 
 from tests.browser import ROOT
 from tests.helpers import AppTestCase, make_app, Client, wait_until
@@ -152,7 +155,7 @@ class ReloadTests(SeededBrowserTests):
     """Network requests counted by the DevTools protocol, which marks each response
     as from the network, the disk cache or the service worker."""
 
-    PEOPLE = {"Person 1": "person1@example.com"}
+    PEOPLE = {"Person 1": "person1@example.com", "Person 2": "person2@example.com"}
 
     def load(self, page, cdp, go):
         responses = {}
@@ -183,15 +186,64 @@ class ReloadTests(SeededBrowserTests):
         # The seeded room holds its first message: nothing older is asked for.
         self.assertFalse([url for url, _ in first if "before=" in url], first)
 
+        avatars = [url for url, _ in first if url.startswith("/users/")]
+        self.assertTrue(avatars, first)
+        for url in avatars:
+            self.assertRegex(url, r"^/users/\d+/avatar\?v=[0-9a-f]{12}$")
+
         again = self.load(page, cdp, page.reload)
         network = [url for url, source in again if source == "network"]
         self.assertFalse([url for url in network if url.startswith("/static/")], again)
-        # What may still go out: the page itself and the avatars (revalidated, 304).
-        for url in network:
-            self.assertRegex(url, r"^/rooms/1$|^/users/\d+/avatar$")
+        # Avatars are immutable under their versioned URLs too: each from the disk cache, none revalidated.
+        self.assertEqual({url for url, source in again if url.startswith("/users/") and source == "disk"},
+                         set(avatars), again)
+        self.assertEqual([url for url in network if url != "/rooms/1"], [], again)
         composer = page.get_by_role("textbox", name="Write a message")
         composer.click()
         page.keyboard.type("after a reload")
         page.keyboard.press("Enter")
         expect(page.locator("#messages > .message", has_text="after a reload")).not_to_have_class(
             re.compile("message--pending"))
+
+    def test_a_new_avatar_shows_on_everyones_next_page_though_the_old_one_is_cached_for_good(self):
+        ada = self.new_page(storage_state=self.states["Person 1"])
+        ada.goto(self.server.url + "/rooms/1")
+        text = "a face to go with the name %d" % os.getpid()
+        ada.get_by_role("textbox", name="Write a message").click()
+        ada.keyboard.type(text)
+        ada.keyboard.press("Enter")
+        expect(ada.locator("#messages > .message", has_text=text)).not_to_have_class(re.compile("message--pending"))
+
+        bob = self.new_page(storage_state=self.states["Person 2"])
+        cdp = bob.context.new_cdp_session(bob)
+        cdp.send("Network.enable")
+        self.load(bob, cdp, lambda: bob.goto(self.server.url + "/rooms/1"))
+        avatar = bob.locator("#messages > .message", has_text=text).locator("img.avatar")
+        avatar.scroll_into_view_if_needed()
+        bob.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=avatar.element_handle())
+        initials = avatar.get_attribute("src")
+        again = self.load(bob, cdp, bob.reload)  # cached for good: asked for no more
+        self.assertIn((initials, "disk"), again)
+        self.assertFalse([url for url, source in again if source != "disk" and url.startswith("/users/")], again)
+
+        ada.goto(self.server.url + "/users/me/profile")
+        buffer = io.BytesIO()
+        Image.new("RGB", (512, 512), (20, 160, 60)).save(buffer, "PNG")
+        ada.get_by_label("Avatar").set_input_files(
+            files=[{"name": "green.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
+        expect(ada.locator("img.field__preview")).to_be_visible()
+        ada.get_by_role("button", name="Save changes").click()
+        ada.wait_for_url(re.compile(r"/users/me/profile\?saved=1$"))
+
+        self.load(bob, cdp, lambda: bob.goto(self.server.url + "/rooms/1"))  # a fresh page, the same cache
+        avatar = bob.locator("#messages > .message", has_text=text).locator("img.avatar")
+        avatar.scroll_into_view_if_needed()
+        self.assertNotEqual(avatar.get_attribute("src"), initials)
+        bob.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=avatar.element_handle())
+        centre = bob.evaluate("""(img) => {
+          const canvas = Object.assign(document.createElement("canvas"), { width: 8, height: 8 })
+          const context = canvas.getContext("2d")
+          context.drawImage(img, 0, 0, 8, 8)
+          return Array.from(context.getImageData(4, 4, 1, 1).data.slice(0, 3))
+        }""", avatar.element_handle())
+        self.assertTrue(all(abs(got - want) <= 12 for got, want in zip(centre, (20, 160, 60))), centre)
