@@ -160,6 +160,8 @@ REQUEST_LOG_FLUSH_SECONDS = 0.1       # request log lines are written in batches
 GZIP_MIN_BYTES = 1400        # a body that fits in one TCP segment (~1,460 bytes) gains nothing
 GZIP_LEVEL = 6               # a body kept (a cached page, a static file) is compressed once, so well
 GZIP_FRESH_LEVEL = 1         # a body compressed for one response: 4-5x less CPU than 6 for ~15% more bytes (nginx's default)
+GZIP_MIN_WINDOW_BITS = 9     # zlib's smallest window for deflate (512 bytes)
+ZLIB_LOOKAHEAD_BYTES = 262   # zlib's MIN_LOOKAHEAD: how far short of its window a match may reach back
 GZIP_TYPES = ("text/", "application/json", "application/javascript",
               "image/svg+xml", "application/manifest+json")
 
@@ -1845,7 +1847,13 @@ def etag_matches(if_none_match, etag):
 
 
 def gzip_bytes(data, level=GZIP_LEVEL):
-    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: a gzip wrapper
+    # zlib allocates and clears a window and hash table of the size asked for
+    # (256 KB at the default 32 KB window), which costs more than compressing a
+    # small body. A window that holds the whole body (and zlib's lookahead)
+    # finds every match the largest one would; the hash keeps zlib's default
+    # proportion to the window (memLevel 8 for 15 bits).
+    window_bits = min(15, max(GZIP_MIN_WINDOW_BITS, (len(data) + ZLIB_LOOKAHEAD_BYTES).bit_length()))
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + window_bits, window_bits - 7)  # 16+: a gzip wrapper
     return compressor.compress(data) + compressor.flush()
 
 
@@ -8404,6 +8412,7 @@ class Store:
         self._rooms = {}         # room id → Room (dropped when its name or type changes)
         self._sgids = {}         # user id → their attachable sgid
         self._derived = {}       # name → (global_version, value): custom CSS, banned addresses
+        self._push_user_ids = None  # ids of people with a push subscription (see push_user_ids)
         self.room_versions = collections.Counter()        # messages, boosts, name, members
         self.user_versions = collections.Counter()        # a user's sidebar: memberships, unread, names
         self.membership_versions = collections.Counter()  # who is in a room
@@ -8427,6 +8436,7 @@ class Store:
         self._member_rooms.clear()
         self._room_members.clear()
         self._mention_counts.clear()
+        self._push_user_ids = None
 
     def memberships_changed(self, room_id, user_ids):
         self.membership_versions[room_id] += 1
@@ -10007,10 +10017,20 @@ class Store:
                 "INSERT INTO push_subscriptions (user_id, endpoint, p256dh_key, auth_key, user_agent, created_at, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (user_id, endpoint, p256dh_key, auth_key, user_agent, stamp, stamp)).lastrowid
+            self._push_user_ids = None
             self.db.execute("DELETE FROM push_subscriptions WHERE user_id = ? AND id NOT IN (SELECT id FROM "
                             "push_subscriptions WHERE user_id = ? ORDER BY updated_at DESC, id DESC LIMIT ?)",
                             (user_id, user_id, MAX_PUSH_SUBSCRIPTIONS))
         return subscription_id
+
+    def push_user_ids(self):
+        """Ids of the people with a push subscription, read once and kept until one is added
+        (a savepoint undone drops every cache, this too). A deletion leaves someone in it
+        who has none left: that only costs push_deliveries its query."""
+        if self._push_user_ids is None:
+            self._push_user_ids = frozenset(row[0] for row in self.db.all(
+                "SELECT DISTINCT user_id FROM push_subscriptions"))
+        return self._push_user_ids
 
     def unsubscribe_push(self, user_id, *, subscription_id=None, endpoint=None):
         """Delete one of a person's subscriptions, by id (the subscriptions page) or by
@@ -10051,6 +10071,8 @@ class Store:
         messages that mention them. A direct room names its author as the title;
         another room is the title and the author prefixes the text."""
         home = self.home_room(room) or room  # a thread's readers are its room's members
+        if self.push_user_ids().isdisjoint(self.room_member_ids(home.id)):
+            return []  # nobody here gets pushes: most rooms of most servers
         rows = self.db.all(self.PUSH_RECIPIENTS, (home.id, message["creator_id"], STATUS_ACTIVE,
                                                   utc_now_text((now or time.time()) - PRESENCE_WINDOW)))
         if not rows:
@@ -12613,7 +12635,9 @@ def create_message(app, request, room_id):
     if _navigating(request):
         return redirect(url_for("room", room_id=room.id))
     boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
-    return Response(app.message_html(message, boosts, () if created else None), 201 if created else 200,
+    # A text message just written has no boosts, replies or file: nothing to look up.
+    return Response(app.message_html(message, boosts, () if created else None, None if created else False),
+                    201 if created else 200,
                     headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
 
 
@@ -12642,8 +12666,11 @@ async def _create_message_from_form(app, request, room):
         await app.discard_uploads([upload for upload in uploads.values() if upload not in kept])
     if _navigating(request):
         return redirect(url_for("room", room_id=room.id))
-    boosts = () if created else app.store.boosts_for([message["id"]]).get(message["id"], ())
-    return Response(app.message_html(message, boosts), 201 if created else 200,
+    if created and upload is None:  # a text message just written: no boosts, replies or file to look up
+        html = app.message_html(message, (), (), None)
+    else:
+        html = app.message_html(message, () if created else app.store.boosts_for([message["id"]]).get(message["id"], ()))
+    return Response(html, 201 if created else 200,
                     headers=[("Location", url_for("room_at_message", room_id=room.id, message_id=message["id"]))])
 
 
@@ -14031,10 +14058,11 @@ class Cable:
 
     # Events (after each change commits) ----------------------------------------------------
     def message_created(self, room, message, unread_user_ids):
-        html_text = str(self.app.message_html(message, (), ()))
-        self.broadcast("room_%d_messages" % room.id, {
-            "action": "append", "id": message["id"], "client_message_id": message["client_message_id"],
-            "html": html_text})
+        stream = "room_%d_messages" % room.id
+        if self.streams.get(stream):  # rendered only for someone to send it to
+            self.broadcast(stream, {
+                "action": "append", "id": message["id"], "client_message_id": message["client_message_id"],
+                "html": str(self.app.message_html(message, (), ()))})
         creator_id, connected = message["creator_id"], self.by_user
         if connected:
             self.broadcast_many(["user_%d_unreads" % user_id for user_id in self.app.store.room_member_ids(room.id)

@@ -14,6 +14,7 @@ import tempfile
 import time
 import unittest
 import urllib.parse
+import zlib
 
 try:
     from tests.helpers import AppTestCase, Client, campfire
@@ -1129,6 +1130,20 @@ class GzipTest(AppHttpTestCase):
         self.assertIn("Accept-Encoding", response.header("Vary"))
         self.assertLess(len(response.body), len(LARGE_PAGE))
         self.assertEqual(gzip.decompress(response.body).decode(), LARGE_PAGE)
+
+    def test_gzip_of_any_size_decodes_and_compresses_as_well_as_the_largest_window(self):
+        # Each body repeats its first part at its very end, so the best match lies
+        # as far back as the body is long: a window too small for it would miss it.
+        for size in (0, 1, 100, 250, 251, 262, 511, 512, 1400, 1786, 1787, 2048, 4000, 40000, 70000):
+            head = os.urandom(min(size // 3, 200)).hex().encode()[:size // 3]
+            middle = os.urandom(max(0, size - 2 * len(head)))
+            body = (head + middle + head)[:size]
+            for level in (campfire.GZIP_FRESH_LEVEL, campfire.GZIP_LEVEL):
+                with self.subTest(size=size, level=level):
+                    compressed = campfire.gzip_bytes(body, level)
+                    self.assertEqual(gzip.decompress(compressed), body)
+                    largest = zlib.compressobj(level, zlib.DEFLATED, 31)
+                    self.assertLessEqual(len(compressed), len(largest.compress(body) + largest.flush()) + 8)
 
     def test_not_gzipped_when_not_accepted(self):
         for accept in (None, "identity", "br, deflate", "gzip;q=0", "gzip; q=0.0"):

@@ -45,6 +45,25 @@ class PostMessageTests(ChatTestCase):
         message = fragment_message_id(response)
         self.assertEqual(response.header("Location"), "/rooms/1/@%d" % message)
 
+    def test_a_text_post_looks_up_no_file_and_answers_what_the_room_shows(self):
+        statements = []
+        db = self.app.db
+        db.group_commit, db.on_batch_opened = True, lambda: None  # as the server runs it: answered, then broadcast
+        db.connection.set_trace_callback(statements.append)
+        try:
+            response = self.post(self.bob, 1, "<div>Just words</div>", client_message_id="words-1")
+            self.assertTrue(db.commit_batch())
+        finally:
+            db.connection.set_trace_callback(None)
+            db.group_commit = False
+        self.assertEqual(response.status, 201)
+        self.assertTrue(any("INSERT INTO messages" in sql for sql in statements), statements)
+        self.assertFalse([sql for sql in statements if "active_storage" in sql and "'Message'" in sql])
+        message = fragment_message_id(response)
+        self.app.message_cache.clear()  # rendered afresh, with every lookup
+        shown = str(self.app.message_html(self.app.store.message(message)))
+        self.assertEqual(response.text, shown)
+
     def test_plain_form_submission_is_redirected_back_to_the_room(self):
         response = self.post(self.ada, 1, "from a form", headers={"Sec-Fetch-Mode": "navigate"})
         self.assertEqual(response.status, 303)

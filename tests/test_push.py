@@ -492,6 +492,62 @@ class RecipientTests(ChatTestCase):
         self.assertTrue(any("push queue full" in line for line in logs.output), logs.output)
 
 
+class NoSubscriberTests(ChatTestCase):
+    """A room where nobody has a push subscription costs a post no push query; the
+    first subscription, and a subscription undone with its request, are seen at once."""
+
+    def statements_of_post(self, client, room_id, body):
+        statements = []
+        self.app.db.connection.set_trace_callback(statements.append)
+        try:
+            self.post_id(client, room_id, body)
+        finally:
+            self.app.db.connection.set_trace_callback(None)
+        return statements
+
+    def subscribe(self, client, name):
+        browser = Browser("https://push.example.com/" + name)
+        response = client.request("POST", "/users/me/push_subscriptions", content_type="application/json",
+                                  body=json.dumps({"push_subscription": browser.fields()}).encode())
+        self.assertEqual(response.status, 200)
+        return browser
+
+    def test_a_post_where_nobody_subscribed_reads_no_subscriptions(self):
+        self.app.store.set_involvement(self.all_talk, self.bob_id, "everything")
+        self.post_id(self.ada, self.all_talk, "Good morning")  # who has a subscription is read once
+        statements = self.statements_of_post(self.ada, self.all_talk, "Still morning, @Bob Builder")
+        self.assertTrue(any("INSERT INTO messages" in sql for sql in statements), statements)
+        self.assertFalse([sql for sql in statements if "push_subscriptions" in sql])
+        self.assertEqual(list(self.app.pushes.pending), [])
+
+    def test_the_first_subscription_gets_the_next_post(self):
+        self.post_id(self.ada, self.all_talk, "Hello @Bob Builder")  # nobody subscribed: remembered
+        browser = self.subscribe(self.bob, "bob")
+        self.post_id(self.ada, self.all_talk, "Again, @Bob Builder")
+        self.assertEqual([(delivery.endpoint, delivery.body) for delivery in self.app.pushes.pending],
+                         [(browser.endpoint, "Ada Admin: Again, @Bob Builder")])
+
+    def test_a_subscriber_in_another_room_costs_this_room_no_query(self):
+        self.subscribe(self.dave, "dave")  # Dave is not in Secret Plans
+        self.post_id(self.carol, self.closed, "Plans")  # who has a subscription is read once
+        statements = self.statements_of_post(self.carol, self.closed, "Plans, @Bob Builder")
+        self.assertFalse([sql for sql in statements if "push_subscriptions" in sql])
+        statements = self.statements_of_post(self.ada, self.all_talk, "Hello @Dave Outsider")
+        self.assertTrue([sql for sql in statements if "push_subscriptions" in sql])
+        self.assertEqual(len(self.app.pushes.pending), 1)
+
+    def test_a_subscription_whose_write_was_undone_is_forgotten(self):
+        self.post_id(self.ada, self.all_talk, "Hello @Bob Builder")
+        with self.assertRaises(RuntimeError):
+            with self.app.db.atomic():
+                self.app.store.subscribe_push(self.bob_id, "https://push.example.com/gone", "k", "a", "test")
+                self.assertIn(self.bob_id, self.app.store.push_user_ids())
+                raise RuntimeError("the request failed after the subscription was written")
+        self.assertNotIn(self.bob_id, self.app.store.push_user_ids())
+        self.post_id(self.ada, self.all_talk, "Again, @Bob Builder")
+        self.assertEqual(list(self.app.pushes.pending), [])
+
+
 # Delivery to a push service --------------------------------------------------------
 
 class DeliveryTests(ChatTestCase):
