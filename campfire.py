@@ -18291,7 +18291,10 @@ class Server:
         self.redirector = None
         self.connections = set()
         app.http_connections = self.connections
-        self.receive_buffer = memoryview(bytearray(RECEIVE_BUFFER_BYTES))  # see RECEIVE_BUFFER_BYTES
+        # See RECEIVE_BUFFER_BYTES. Anonymous memory, not a bytearray (which zero-fills it all):
+        # only the pages reads reach become resident, so an idle server holds a few of them.
+        import mmap
+        self.receive_buffer = memoryview(mmap.mmap(-1, RECEIVE_BUFFER_BYTES))
         self.holding = set()      # connections with responses waiting for the group commit
         self.stopping = False
         self.loop = None
