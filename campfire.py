@@ -142,6 +142,7 @@ FILE_DESCRIPTOR_RESERVE = 64
 MIN_CONNECTIONS = 16         # the connection cap never goes below this, however few files are free
 MAX_OPEN_FILES_WANTED = 1024 * 1024   # never ask for more than this, even when the hard limit is unlimited
 LISTEN_BACKLOG = 1024        # asyncio accepts up to this many sockets per loop turn before any is refused
+ACCEPT_REFUSED_LOG_SECONDS = 10.0  # at the open-file limit, one log line this often, not one per refused accept()
 MAX_WRITE_BUFFER_BYTES = 1024 * 1024  # stop reading a client that doesn't read
 # glibc's malloc, pinned: its adaptive mmap threshold jumps to 16 MiB once scrypt's
 # buffer is freed, and from then on such a buffer stays in the heap (+16 MB RSS after
@@ -18302,6 +18303,7 @@ class Server:
         self._sweeper = None
         self._disk_watch = None
         self._reloading = None        # the task of a SIGHUP's certificate reload
+        self._accept_refused_logged = -ACCEPT_REFUSED_LOG_SECONDS  # loop time of the last such warning
         self._batch_deadline = 0.0    # group commit: see flush_writes()
         self._batch_seen = 0
         self._handled_seen = self._handled_released = 0   # see release_memory_when_idle()
@@ -18312,6 +18314,7 @@ class Server:
 
     async def start(self):
         self.loop = asyncio.get_running_loop()
+        self.loop.set_exception_handler(self._loop_exception)
         self.app.settle_files()
         try:
             self._server = await self.loop.create_server(
@@ -18441,6 +18444,22 @@ class Server:
             self._handled_released = handled
             release_free_memory()
             self.memory_releases += 1
+
+    def _loop_exception(self, loop, context):
+        """asyncio's handler, but at the open-file limit one warning per
+        ACCEPT_REFUSED_LOG_SECONDS: asyncio logs every accept() the limit refuses, and
+        on Linux it tries the rest of the listening socket's backlog in the same turn,
+        so a burst of newcomers became thousands of tracebacks. The newcomers wait in
+        the backlog; asyncio listens again after a second."""
+        if context.get("message") != "socket.accept() out of system resource":
+            loop.default_exception_handler(context)
+            return
+        now = loop.time()
+        if now >= self._accept_refused_logged + ACCEPT_REFUSED_LOG_SECONDS:
+            self._accept_refused_logged = now
+            error = context.get("exception")
+            log.warning("at the open-file limit (%s): new connections wait until some close; %d open",
+                        getattr(error, "strerror", None) or error, len(self.connections))
 
     async def stop(self):
         """Stop accepting, let in-flight requests finish (bounded), close the database."""

@@ -16,6 +16,8 @@ from tests.helpers import CableClient, first_run_cookie
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOCKETS = 500
+BURST_HELD = 200        # sockets held open under a limit of 256 files: the cap is ~180
+BURST_NEWCOMERS = 150   # then connected at once: more than the files left
 
 
 def free_port():
@@ -79,6 +81,43 @@ class OpenFileLimitTests(unittest.TestCase):
         finally:
             for client in clients:
                 client.close()
+
+    def test_a_burst_of_newcomers_at_the_file_limit_is_one_log_line_and_the_server_recovers(self):
+        # asyncio accepts a listening socket's whole backlog in one turn; at the limit it
+        # logged a traceback for every accept() refused (thousands in a burst).
+        port, log_path = self.start(256, 256)
+        held = []
+        try:
+            for _ in range(BURST_HELD):   # past the cap: the server answers the last ones 503
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            burst = []
+            for _ in range(BURST_NEWCOMERS):   # connected at once, queued in the backlog together
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+                burst.append(sock)
+            held += burst
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and "open-file limit" not in open(log_path, errors="replace").read():
+                time.sleep(0.05)
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 20
+        while True:   # asyncio listens again a second after a refused accept()
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/up" % port, timeout=2) as response:
+                    self.assertEqual(response.status, 200)
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        text = open(log_path, errors="replace").read()
+        self.assertEqual(text.count("socket.accept() out of system resource"), 0)
+        self.assertEqual(text.count("Traceback"), 0)
+        warnings = [line for line in text.splitlines() if "at the open-file limit" in line]
+        self.assertTrue(1 <= len(warnings) <= 2, warnings)
 
     def test_the_soft_limit_is_raised_to_the_hard_one_and_said_so(self):
         _, log_path = self.start(1024, 4096)
