@@ -115,7 +115,10 @@ class NotificationTests(BrowserApp):
         registrations = []
         cdp.on("ServiceWorker.workerRegistrationUpdated", lambda event: registrations.extend(event["registrations"]))
         cdp.send("ServiceWorker.enable")
-        page.wait_for_function("navigator.serviceWorker.controller !== null")
+        # The push goes to an activated worker: the page is controlled a moment before the
+        # worker is (clients.claim() runs inside its activate event).
+        page.wait_for_function("navigator.serviceWorker.controller !== null && "
+                               "navigator.serviceWorker.controller.state === 'activated'")
         deadline = time.monotonic() + WAIT_MS / 1000
         while not registrations and time.monotonic() < deadline:  # DevTools reports it soon after its ServiceWorker domain is on
             page.wait_for_timeout(100)
@@ -132,7 +135,9 @@ class NotificationTests(BrowserApp):
                 break
             page.wait_for_timeout(100)
         self.assertEqual(shown, [{"title": "Room 02", "body": "%s: the build is green" % BOB,
-                                  "icon": self.server.url + "/account/logo", "data": {"path": "/rooms/2", "badge": 3}}])
+                                  "icon": self.server.url + "/account/logo", "data": {"path": "/rooms/2", "badge": 3}}],
+                         "delivered to %r; the worker is %s" % (registration, page.evaluate(
+                             "navigator.serviceWorker.controller && navigator.serviceWorker.controller.state")))
         # The click, as Chromium dispatches it to the worker.
         [worker] = [worker for worker in page.context.service_workers if worker.url.endswith("/service-worker.js")]
         worker.evaluate("self.registration.getNotifications().then(([n]) => "
