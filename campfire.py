@@ -65,12 +65,14 @@ import enum
 import errno
 import functools
 import hashlib
+import heapq
 import hmac
 import ipaddress
 import itertools
 import json
 import logging
 import math
+import operator
 import re
 import resource
 import signal
@@ -228,6 +230,8 @@ SEARCH_REBUILD_CHUNK = 500        # messages checked (and indexed if need be) pe
                                   # a missing or partial search index is rebuilt: a few ms of work a turn
 SEARCH_REBUILD_LOG_EVERY = 20_000  # a progress line in the log after each this many messages checked
 MAX_SEARCH_WORDS = 16
+SEARCH_STEMS_KEPT = 4096          # words whose search terms are remembered (~200 bytes each; working one
+                                  # out costs an insert into an in-memory table, ~25 µs)
 MAX_SEARCH_QUERY_CHARS = 200
 RECENT_SEARCHES_KEPT = 10
 AUTOCOMPLETE_LIMIT = 20
@@ -7036,6 +7040,60 @@ class Database:
         self.connection.close()
 
 
+class SearchTerms:
+    """What the search index (FTS5's porter tokenizer) makes of a word, so that a last
+    word's prefix match costs what the word alone costs whenever the two find the same.
+
+    FTS5 answers a prefix query ("desi"*) by merging the postings of every term that
+    begins with it into one list before it returns a row: for a word in a tenth of
+    the messages, ten times the cost of the word alone, however few rows are read.
+    When the index holds no term that merely begins with the word's stem, the prefix
+    finds exactly the messages the word does (the tokenizer stems a prefix as it
+    stems the word, https://sqlite.org/fts5.html#porter_tokenizer)."""
+
+    def __init__(self, connection):
+        self._connection = connection  # the Database's: the vocabulary table is a temp one on it
+        self._stemmer = None           # an in-memory database with a porter table, made on first use
+        self._stems = {}               # word → its terms, up to SEARCH_STEMS_KEPT words
+        self._lock = threading.Lock()
+
+    def terms(self, word):
+        """The terms the index makes of word, in order: one for most words, two for
+        "foo_bar" (an underscore separates tokens), none for "_"."""
+        terms = self._stems.get(word)
+        if terms is None:
+            with self._lock:
+                if self._stemmer is None:
+                    self._stemmer = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+                    self._stemmer.execute("CREATE VIRTUAL TABLE words USING fts5(word, tokenize=porter)")
+                    self._stemmer.execute("CREATE VIRTUAL TABLE terms USING fts5vocab(words, instance)")
+                self._stemmer.execute("BEGIN")
+                try:
+                    self._stemmer.execute("INSERT INTO words (rowid, word) VALUES (1, ?)", (word,))
+                    terms = tuple(row[0] for row in self._stemmer.execute("SELECT term FROM terms ORDER BY offset"))
+                finally:
+                    self._stemmer.execute("ROLLBACK")
+            if len(self._stems) >= SEARCH_STEMS_KEPT:
+                self._stems.clear()
+            self._stems[word] = terms
+        return terms
+
+    def extended(self, term):
+        """Whether the index holds a term longer than `term` that begins with it (True
+        when that can't be looked up: the prefix query is then the safe one)."""
+        # fts5vocab counts each term's postings as it steps onto it, so the range must
+        # leave `term` itself out (term + NUL sorts after it and before any longer term;
+        # no token holds U+10FFFF, a noncharacter, so the upper bound ends the range).
+        try:
+            self._connection.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.campfire_py_search_terms "
+                                     "USING fts5vocab(main, message_search_index, row)")
+            row = self._connection.execute("SELECT 1 FROM temp.campfire_py_search_terms WHERE term >= ? AND term < ? "
+                                           "LIMIT 1", (term + "\0", term + "\U0010ffff")).fetchone()
+        except sqlite3.Error:
+            return True
+        return row is not None
+
+
 def sqlite_failure(error):
     """What kind of failure an sqlite3 error is: "unavailable" (a full or read-only disk,
     I/O, a lock: 503), "damaged" (a corrupt file), "constraint", or "bug"."""
@@ -7963,16 +8021,9 @@ class FileStore:
         return os.path.join(self.temp_root, key)
 
     def create_temp(self, key):
-        """A new temporary file for an upload: its descriptor, open for writing. The
-        folder is synced once the name is in it, so after the file's own fsync (before
-        its row commits) a crash keeps both the bytes and the name the start's sweep
-        looks for: an fsync of a new file doesn't make its folder entry durable."""
-        if not os.path.isdir(self.temp_root):
-            os.makedirs(self.temp_root, exist_ok=True)
-            _fsync_directory(self.root)
-        descriptor = os.open(self.temp_path(key), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        _fsync_directory(self.temp_root)
-        return descriptor
+        """A new temporary file for an upload: its descriptor, open for writing."""
+        os.makedirs(self.temp_root, exist_ok=True)
+        return os.open(self.temp_path(key), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     @staticmethod
     def write(descriptor, data, digest):
@@ -8409,11 +8460,13 @@ class Store:
     def __init__(self, db, config, sgid_secret):
         self.db = db
         self.config = config
+        self.search_terms = SearchTerms(db.connection)
         self.sgid_secret = sgid_secret
         self.events = Events(db)
         self._users = {}        # id → User; dropped whenever a user row changes
         self._sessions = {}     # token digest → SessionInfo
-        self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids})
+        self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids},
+        #                          ((room id, involvement) of each membership))
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
         self._mention_counts = {}  # user id → (versions, {room id: unread mentions})
@@ -8426,6 +8479,7 @@ class Store:
         self.membership_versions = collections.Counter()  # who is in a room
         self.message_version = 0                          # any message anywhere (search results)
         self.global_version = 0                           # account name, user names and avatars
+        self.people_version = 0                           # someone joined (other changes move global_version)
 
     # Versions ----------------------------------------------------------------
     def bump_room(self, room_id):
@@ -8582,6 +8636,7 @@ class Store:
                 "INSERT INTO users (name, email_address, password_digest, role, status, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (name, email, digest, role, STATUS_ACTIVE, now, now)).lastrowid
             self._join_open_rooms(user_id, now)
+        self.people_version += 1
         return self.user(user_id)
 
     def _join_open_rooms(self, user_id, now):
@@ -8612,6 +8667,18 @@ class Store:
 
     def active_user_ids(self):
         return [row[0] for row in self.db.all("SELECT id FROM users WHERE status = ?", (STATUS_ACTIVE,))]
+
+    def active_people(self):
+        """[(id, name)] of the active people (bots aside) as ORDER BY lower(name), id sorts
+        them: every search page offers them. Kept until someone joins or any account
+        change (renames, roles, deactivations and bans are account changes)."""
+        key = (self.global_version, self.people_version)
+        cached = self._derived.get("active_people")
+        if cached is None or cached[0] != key:
+            rows = self.db.all("SELECT id, name FROM users WHERE status = ? AND role != ? ORDER BY lower(name), id",
+                               (STATUS_ACTIVE, ROLE_BOT))
+            cached = self._derived["active_people"] = (key, [(row[0], row[1]) for row in rows])
+        return cached[1]
 
     def active_users(self, exclude_bots=False):
         rows = self.db.all("SELECT * FROM users WHERE status = ? %s ORDER BY lower(name), id"
@@ -8824,10 +8891,14 @@ class Store:
     def sidebar_rooms(self, user_id):
         """The rooms a person sees in the sidebar, each with its title: ([shared rooms by name],
         [direct rooms, most recently active first]) as lists of (Room, title)."""
-        rows = self.rooms_for(user_id)
-        shared = [Room.from_row(row) for row in rows if row["type"] != ROOM_DIRECT]
-        direct = sorted((Room.from_row(row) for row in rows if row["type"] == ROOM_DIRECT),
-                        key=lambda room: self.room_updated_at(room.id), reverse=True)
+        shared, direct = [], []
+        for room, involvement in self._membership_rooms(user_id):
+            if involvement != "invisible":
+                (direct if room.type == ROOM_DIRECT else shared).append(room)
+        if len(direct) > 1:
+            updated = dict(self.db.all("SELECT id, updated_at FROM rooms WHERE id IN (%s)"
+                                       % ",".join("?" * len(direct)), [room.id for room in direct]))
+            direct.sort(key=lambda room: updated.get(room.id) or "", reverse=True)
         return ([(room, self.room_title(room, user_id)) for room in shared],
                 [(room, self.room_title(room, user_id)) for room in direct])
 
@@ -8965,11 +9036,8 @@ class Store:
 
     def hidden_rooms(self, user_id):
         """The rooms a person hid from the sidebar, by name, as (Room, title)."""
-        rooms = [Room.from_row(row) for row in self.db.all(
-            "SELECT rooms.* FROM rooms JOIN memberships ON memberships.room_id = rooms.id "
-            "WHERE memberships.user_id = ? AND memberships.involvement = 'invisible' "
-            "ORDER BY lower(rooms.name), rooms.id", (user_id,))]
-        return [(room, self.room_title(room, user_id)) for room in rooms]
+        return [(room, self.room_title(room, user_id)) for room, involvement in self._membership_rooms(user_id)
+                if involvement == "invisible"]
 
     def _memberships_of(self, user_id):
         key = (self.user_versions[user_id], self.global_version)
@@ -8984,8 +9052,18 @@ class Store:
                 "WHERE memberships.user_id = ?", (user_id,)))
             cached = self._member_rooms[user_id] = (
                 key, rooms,
-                {row[0] for row in rows if row[2] is not None and row[1] != "invisible"})
+                {row[0] for row in rows if row[2] is not None and row[1] != "invisible"},
+                tuple((row[0], row[1]) for row in rows))
         return cached
+
+    def _membership_rooms(self, user_id):
+        """[(Room, involvement)] of the person's memberships (threads aside), by name as
+        SQLite's ORDER BY lower(name), id sorts them (lower() folds ASCII letters only;
+        text compares as UTF-8 bytes), from what memory holds."""
+        rooms = [(room, involvement) for room_id, involvement in self._memberships_of(user_id)[3]
+                 if (room := self.room(room_id)) is not None]
+        rooms.sort(key=lambda pair: (pair[0].name is not None, (pair[0].name or "").encode().lower(), pair[0].id))
+        return rooms
 
     def user_rooms(self, user_id):
         """{room_id: involvement} for a user's memberships, cached per user version."""
@@ -8993,9 +9071,6 @@ class Store:
 
     def unread_room_ids(self, user_id):
         return self._memberships_of(user_id)[2]
-
-    def room_updated_at(self, room_id):
-        return self.db.value("SELECT updated_at FROM rooms WHERE id = ?", (room_id,)) or ""
 
     def room_member_ids(self, room_id):
         """Active members' ids of a room (a thread's: its parent room's), cached per room membership version."""
@@ -9805,50 +9880,68 @@ class Store:
         in the user's rooms only, newest first (by created_at, as Campfire orders them);
         with room_id, in that room and its threads; with creator_id, that person's.
 
-        A probe walks the newest matches across all rooms (FTS5 walks its
-        doclists in rowid order, so this is cheap), `limit` at a time, keeping
-        the user's, and stops once it has `limit` of them; only when the first
-        search_probe_limit matches leave too few does a membership-scoped query run."""
-        match = fts_match_expression(query)
+        A probe walks the matches across all rooms from the highest id down (FTS5
+        walks its doclists in rowid order and stops when asked to), `limit` at a time,
+        keeping the user's. Ids are not always in created_at order (an import keeps
+        old times, a Rails storage may hold anything), so the walk stops only once no
+        message below the last id walked, in those rooms, is newer than the newest
+        `limit` found; when search_probe_limit matches don't get there, a
+        membership-scoped query ordered by created_at runs instead."""
+        match = self.search_match(query)
         if match is None:
             return []
         rooms = self.user_rooms(user_id)
         if room_id is not None:
             rooms = {candidate for candidate in rooms if candidate == room_id or (
                 (room := self.room(candidate)) is not None and room.parent_room_id == room_id)}
+        room_ids = list(rooms) or [0]
+        newest_first = operator.itemgetter(4, 0)  # (created_at, id) of MESSAGE_COLUMNS
         probe_limit = self.config.search_probe_limit
         probe = self.db.execute("SELECT rowid FROM message_search_index WHERE message_search_index MATCH ? "
                                 "ORDER BY rowid DESC LIMIT ?", (match, probe_limit))
-        found, probed, walked_all = [], 0, False
+        found, probed, complete = [], 0, False
         try:
-            while len(found) < limit:
+            while True:
                 candidate_ids = [row[0] for row in probe.fetchmany(limit)]
                 probed += len(candidate_ids)
                 if candidate_ids:
                     found += [row for row in self.db.all(
-                        "SELECT id, room_id, creator_id, created_at FROM messages WHERE id IN (%s)"
-                        % ",".join("?" * len(candidate_ids)), candidate_ids)
-                        if row[1] in rooms and creator_id in (None, row[2])]
+                        self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s)" % ",".join("?" * len(candidate_ids)),
+                        candidate_ids) if row[1] in rooms and creator_id in (None, row[2])]
                 if len(candidate_ids) < limit:
-                    walked_all = probed < probe_limit  # else the probe's LIMIT ended the walk
+                    complete = probed < probe_limit  # else the probe's LIMIT ended the walk
                     break
+                if len(found) >= limit:
+                    found = heapq.nlargest(limit, found, key=newest_first)
+                    if not self._newer_below(room_ids, candidate_ids[-1], found[-1][4]):
+                        complete = True
+                        break
         finally:
             probe.close()
-        if len(found) >= limit or walked_all:
-            found.sort(key=lambda row: (row[3], row[0]), reverse=True)
-            visible = [row[0] for row in found[:limit]]
-            order = {message_id: index for index, message_id in enumerate(visible)}
-            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s)"
-                               % (",".join("?" * len(visible)) or "NULL"), visible)
-            rows.sort(key=lambda row: order[row[0]])
-        else:
-            room_ids = list(rooms) or [0]
-            rows = self.db.all(
-                self.MESSAGE_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
-                "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) AND (? IS NULL OR "
-                "messages.creator_id = ?) ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
-                % ",".join("?" * len(room_ids)), (match, *room_ids, creator_id, creator_id, limit))
-        return rows
+        if complete:
+            return heapq.nlargest(limit, found, key=newest_first)
+        return self.db.all(
+            self.MESSAGE_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
+            "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) AND (? IS NULL OR "
+            "messages.creator_id = ?) ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
+            % ",".join("?" * len(room_ids)), (match, *room_ids, creator_id, creator_id, limit))
+
+    def _newer_below(self, room_ids, below_id, created_at):
+        """Whether a message in these rooms with an id below below_id was created after
+        created_at (one that was created at the same moment sorts after the newer id)."""
+        return self.db.value("SELECT 1 FROM messages WHERE room_id IN (%s) AND created_at > ? AND id < ? LIMIT 1"
+                             % ",".join("?" * len(room_ids)), (*room_ids, created_at, below_id)) is not None
+
+    def search_match(self, query):
+        """fts_match_expression(query), with the last word matched as itself alone when
+        its prefix can find nothing more (see SearchTerms)."""
+        words = search_words(query)
+        if not words:
+            return None
+        terms = self.search_terms.terms(words[-1])
+        if len(terms) == 1 and not self.search_terms.extended(terms[0]):
+            return " AND ".join('"%s"' % word for word in words)
+        return fts_match_expression(query)
 
     def search_index_complete(self):
         """Whether every message seems to have its search row (as many rows as messages).
@@ -10146,6 +10239,7 @@ class Store:
             if active:
                 self._join_open_rooms(user_id, now)
             self.record_import(source_key, "user", user_id)
+        self.people_version += 1
         return user_id
 
     def import_room(self, source_key, name, room_type, creator_id, member_ids, created_at):
@@ -11252,19 +11346,29 @@ def render_boost_form(message):
         cancel=url_for("room_at_message", room_id=message["room_id"], message_id=message["id"]))
 
 
-def render_search_result(where, message_html):
-    title, href = where
-    return HTML('<article class="search-result"><p class="search-result__room">in <a href="%s">%s</a></p>'
-                '%s</article>' % (escape(href), escape(title), escape(message_html)))
+def render_search_results(results):
+    """The results, each naming its room: [(room title, room id, message id, the rendered
+    message)]. %-formatted (a hundred on a page): ids through %d, each title escaped once."""
+    template = _search_result_template()
+    titles = {}
+    return HTML("".join(template % {"room_id": room_id, "message_id": message_id, "message": escape(message_html),
+                                    "title": titles.get(title) or titles.setdefault(title, escape(title))}
+                        for title, room_id, message_id, message_html in results))
+
+
+@functools.cache
+def _search_result_template():
+    return ('<article class="search-result"><p class="search-result__room">in <a href="'
+            + URLS.template("room_at_message") + '">%(title)s</a></p>%(message)s</article>')
 
 
 def render_search_filters(rooms, people, room_id, creator_id):
-    """The room and person a search may be narrowed to."""
+    """The room and person a search may be narrowed to; people as (id, name)."""
     option = '<option value="%d"%s>%s</option>'  # once per room and per person: %-formatted, names escaped
     room_options = HTML("".join(option % (room.id, " selected" if room.id == room_id else "", escape(title))
                                 for room, title in rooms))
-    people_options = HTML("".join(option % (user.id, " selected" if user.id == creator_id else "", escape(user.name))
-                                  for user in people))
+    people_options = HTML("".join(option % (user_id, " selected" if user_id == creator_id else "", escape(name))
+                                  for user_id, name in people))
     return HTML(
         '<div class="search__filters">'
         '<label class="search__filter">Room <select name="room_id"><option value="">Any room</option>{rooms}'
@@ -12951,12 +13055,16 @@ def search(app, request):
     def build():
         results = store.search(user_id, query, room_id=room_id, creator_id=creator_id) if query else []
         words = search_words(query)
-        results_html = HTML("").join(
-            render_search_result(_where(app, user, message), fragment)
+        titles = {}  # room id → the title _where gives it
+        for message in results:
+            if message["room_id"] not in titles:
+                titles[message["room_id"]] = _where(app, user, message)[0]
+        results_html = render_search_results(
+            (titles[message["room_id"]], message["room_id"], message["id"], fragment)
             for message, fragment in zip(results, app.message_fragments(results, highlight=words)))
         shared, direct = store.sidebar_rooms(user_id)
         body = render_search(query, results_html, len(results), store.recent_searches(user_id),
-                             rooms=shared + direct, people=store.active_users(exclude_bots=True),
+                             rooms=shared + direct, people=store.active_people(),
                              room_id=room_id, creator_id=creator_id)
         return _page(app, request, "Search", body)
     key = ("search", user_id, query, room_id, creator_id, store.user_versions[user_id], store.global_version,
@@ -18591,6 +18699,8 @@ SEED_WORDS = ("the quick brown fox jumps over lazy dog campfire chat room messag
               "weekend morning evening thanks great nice awesome sounds good agree maybe later soon "
               "python sqlite network socket browser phone laptop keyboard music sound trombone tada").split()
 SEED_PASSWORD = "password"
+SEED_RARE_WORD = "walrus"         # in SEED_RARE_MESSAGES messages spread evenly through the history (no
+SEED_RARE_MESSAGES = 10           # other seed word shares its stem): what searching a rare word finds
 
 
 class SeedRefused(CampfireError):
@@ -18625,6 +18735,7 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
     progress("people and rooms", users + rooms, users + rooms)
     members = {room_id: store.room_member_ids(room_id) for room_id in room_ids}
     start = now - messages * 5  # five seconds apart, ending now
+    rare_spacing = max(1, messages // SEED_RARE_MESSAGES)
     written = 0
     while written < messages:
         count = min(SEED_BATCH, messages - written)
@@ -18633,6 +18744,8 @@ def seed_database(app, *, users=100, rooms=20, messages=100_000, progress=None, 
             room_id = room_ids[rng.randrange(len(room_ids))]
             stamp = utc_now_text(start + (written + offset) * 5)
             plain = " ".join(rng.choice(SEED_WORDS) for _ in range(rng.randint(3, 18)))
+            if (written + offset) % rare_spacing == rare_spacing // 2:
+                plain += " " + SEED_RARE_WORD
             batch.append((room_id, rng.choice(members[room_id]), random_hex(8), stamp, plain))
         store.seed_messages(batch)
         written += count

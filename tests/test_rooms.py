@@ -636,6 +636,54 @@ class InvolvementTests(ChatTestCase):
 
 
 
+class SidebarOrderTests(ChatTestCase):
+    """The sidebar is built from the memberships and rooms kept in memory; its order is
+    still the one SQLite gives (ORDER BY lower(name), id: ASCII letters folded, text
+    compared as UTF-8 bytes), checked against SQLite itself."""
+
+    CACHE = False
+
+    def hide(self, client, room_id):
+        response = client.post("/rooms/%d/involvement" % room_id, {"_method": "put", "involvement": "invisible"})
+        self.assertEqual(response.status, 200)
+
+    def listed(self, client, section):
+        page = client.get("/users/me/sidebar").text
+        found = re.search(r'<ul id="%s".*?</ul>' % section, page, re.S)
+        return [int(room_id) for room_id in re.findall(r'data-(?:hidden-)?room-id="(\d+)"', found.group(0))] if found else []
+
+    def sqlite_order(self, user_id, hidden=False):
+        return [row[0] for row in self.app.db.all(
+            "SELECT rooms.id FROM rooms JOIN memberships ON memberships.room_id = rooms.id "
+            "WHERE memberships.user_id = ? AND (memberships.involvement = 'invisible') = ? AND rooms.type != ? "
+            "ORDER BY lower(rooms.name), rooms.id", (user_id, hidden, campfire.ROOM_DIRECT))]
+
+    def test_shared_and_hidden_rooms_sort_as_sqlite_sorts_them(self):
+        rooms = {name: self.create_closed_room(self.ada, name, [self.bob_id])
+                 for name in ("beta", "Alpha", "\u00c9mile", "zeta", "alpha", "_under", "Zeta", "\u00e9cole", "10 Ten")}
+        self.assertEqual(self.listed(self.bob, "shared_rooms"), self.sqlite_order(self.bob_id))
+        self.hide(self.bob, rooms["Zeta"])
+        self.hide(self.bob, rooms["alpha"])
+        self.assertEqual(self.listed(self.bob, "shared_rooms"), self.sqlite_order(self.bob_id))
+        self.assertEqual(self.listed(self.bob, "hidden_rooms"), self.sqlite_order(self.bob_id, hidden=True))
+        self.assertEqual(self.listed(self.bob, "hidden_rooms"), [rooms["alpha"], rooms["Zeta"]])
+        self.ada.post("/rooms/closeds/%d" % rooms["zeta"], {"_method": "patch", "room[name]": "Aardvark",
+                                                             "user_ids[]": [str(self.bob_id)]})
+        listed = self.listed(self.bob, "shared_rooms")
+        self.assertLess(listed.index(rooms["zeta"]), listed.index(rooms["Alpha"]))  # "aardvark" < "alpha"
+        self.assertEqual(self.listed(self.bob, "shared_rooms"), self.sqlite_order(self.bob_id))
+
+    def test_direct_rooms_most_recently_active_first(self):
+        with_bob = self.create_direct_room(self.ada, [self.bob_id])
+        with_carol = self.create_direct_room(self.ada, [self.carol_id])
+        with_dave = self.create_direct_room(self.ada, [self.dave_id])
+        self.post_id(self.ada, with_carol, "latest news")
+        self.assertEqual(self.listed(self.ada, "direct_rooms")[0], with_carol)
+        self.post_id(self.ada, with_bob, "even later")
+        self.assertEqual(self.listed(self.ada, "direct_rooms")[:2], [with_bob, with_carol])
+        self.assertEqual(sorted(self.listed(self.ada, "direct_rooms")), sorted([with_bob, with_carol, with_dave]))
+
+
 class ParamsFromAnywhereTests(ChatTestCase):
     """Campfire's buttons put parameters in the URL and Rails reads the query
     string, a form and a JSON body alike: so does every handler here."""

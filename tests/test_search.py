@@ -258,5 +258,95 @@ class RecentSearchTests(ChatTestCase):
         self.assertLessEqual(len(query), campfire.MAX_SEARCH_QUERY_CHARS)
 
 
+class SearchOrderTests(ChatTestCase):
+    """Results are the newest 100 by created_at (then id) whatever order the ids are in:
+    an import keeps old times under new ids, and a Rails storage may hold anything."""
+
+    CACHE = False  # every page rendered afresh, as right after a new message
+
+    def test_a_message_with_a_lower_id_but_a_later_time_comes_first(self):
+        now = campfire.time.time()
+        newest = seed_messages(self.app, 1, self.bob_id, 1, word="needle", start=now)[0]
+        older = seed_messages(self.app, 1, self.bob_id, 130, word="needle", start=now - 1000)
+        self.assertEqual(results(self.ada, "needle"), [newest] + older[-99:][::-1])
+
+    def test_messages_given_old_times_under_new_ids_come_after_newer_ones(self):
+        now = campfire.time.time()
+        recent = seed_messages(self.app, 1, self.bob_id, 130, word="needle", start=now - 200)
+        imported = seed_messages(self.app, 1, self.bob_id, 60, word="needle", start=now - 100_000)
+        self.assertEqual(results(self.ada, "needle"), recent[-100:][::-1])
+        self.assertTrue(set(imported).isdisjoint(results(self.ada, "needle")))
+
+    def test_out_of_order_ids_in_a_room_the_person_is_not_in_change_nothing(self):
+        now = campfire.time.time()
+        seed_messages(self.app, self.closed, self.carol_id, 5, word="needle", start=now)  # Dave isn't in it
+        visible = seed_messages(self.app, 1, self.bob_id, 130, word="needle", start=now - 1000)
+        self.assertEqual(results(self.dave, "needle"), visible[-100:][::-1])
+
+    def test_ids_in_time_order_are_answered_from_the_newest_matches_alone(self):
+        ids = seed_messages(self.app, 1, self.bob_id, 250, word="needle")
+        statements = []
+        self.app.db.connection.set_trace_callback(statements.append)
+        try:
+            found = self.app.store.search(self.ada_id, "needle")
+        finally:
+            self.app.db.connection.set_trace_callback(None)
+        self.assertEqual([row["id"] for row in found], ids[-100:][::-1])
+        self.assertFalse([sql for sql in statements if "ORDER BY messages.created_at DESC" in sql])  # no fallback
+        self.assertEqual(len([sql for sql in statements if "FROM messages LEFT JOIN" in sql]), 1)  # one batch read
+
+
+class SearchPrefixTests(ChatTestCase):
+    CACHE = False
+
+    def test_the_porter_tokenizer_names_a_words_terms(self):
+        terms = self.app.store.search_terms.terms
+        self.assertEqual(terms("running"), ("run",))
+        self.assertEqual(terms("Coffee"), ("coffe",))
+        self.assertEqual(terms("foo_bar"), ("foo", "bar"))
+        self.assertEqual(terms("_"), ())
+
+    def test_a_last_word_no_longer_term_begins_with_is_matched_as_itself(self):
+        first = self.post_id(self.bob, 1, "fresh coffee")
+        self.assertEqual(self.app.store.search_match("fresh coffee"), '"fresh" AND "coffee"')
+        self.assertEqual(results(self.ada, "coffee"), [first])
+        later = self.post_id(self.bob, 1, "a new coffeemaker")  # its term, "coffeemak", begins with "coffe"
+        self.assertEqual(self.app.store.search_match("fresh coffee"), '"fresh" AND ("coffee" OR "coffee"*)')
+        self.assertEqual(results(self.ada, "coffee"), [later, first])
+        self.assertEqual(results(self.ada, "fresh coffee"), [first])
+
+    def test_a_word_being_typed_still_finds_the_longer_words(self):
+        plain = self.post_id(self.bob, 1, "a run today")
+        longer = self.post_id(self.bob, 1, "the runway is clear")
+        self.assertEqual(results(self.ada, "run"), [longer, plain])
+        self.assertEqual(results(self.ada, "runw"), [longer])
+        self.assertEqual(results(self.ada, "ru"), [longer, plain])
+
+    def test_a_word_the_index_has_nothing_for_finds_nothing(self):
+        self.post_id(self.bob, 1, "nothing to see")
+        self.assertEqual(self.app.store.search_match("zebra"), '"zebra"')
+        self.assertEqual(results(self.ada, "zebra"), [])
+
+
+class SearchFilterPeopleTests(ChatTestCase):
+    CACHE = False
+
+    def people(self, client):
+        page = client.get("/searches?q=anything").text
+        section = re.search(r'<select name="creator_id">.*?</select>', page, re.S).group(0)
+        return re.findall(r'<option value="\d+"[^>]*>([^<]*)</option>', section)
+
+    def test_the_person_filter_follows_joins_renames_and_deactivations(self):
+        self.assertEqual(self.people(self.ada), ["Ada Admin", "Bob Builder", "Carol Creator", "Dave Outsider"])
+        self.join("Eve Newcomer", "eve@example.com")
+        self.assertEqual(self.people(self.ada),
+                         ["Ada Admin", "Bob Builder", "Carol Creator", "Dave Outsider", "Eve Newcomer"])
+        self.bob.post("/users/me/profile", {"_method": "patch", "user[name]": "Zed Builder"})
+        self.assertEqual(self.people(self.ada),
+                         ["Ada Admin", "Carol Creator", "Dave Outsider", "Eve Newcomer", "Zed Builder"])
+        self.app.store.deactivate(self.app.store.user(self.dave_id))
+        self.assertEqual(self.people(self.ada), ["Ada Admin", "Carol Creator", "Eve Newcomer", "Zed Builder"])
+
+
 if __name__ == "__main__":
     unittest.main()
