@@ -24,7 +24,11 @@ What it measures
                 sidebar   GET /users/me/sidebar: a link to each of person1's rooms
                 search    GET /searches?q=coffee: the newest 100 messages with the
                           word, in person1's rooms, newest first (Campfire's order
-                          by created_at)
+                          by created_at); the word is in about 12% of the messages
+                search-rare
+                          GET /searches?q=walrus: the same for a word that seed puts
+                          in 10 messages spread through the history (skipped, with
+                          a note, when the seeded database has none)
                 post      POST /rooms/1/messages, a unique client_message_id per
                           request: 201 and the new message
               The four reads run twice: on campfire.py as it ships (page caches
@@ -202,13 +206,14 @@ SEEDED_ADMIN_PASSWORD = re.compile(rb"\(an administrator\) with the password '([
 READ_ROOM_ID = 1  # room, messages page and post all use this room (an open room)
 PAGE_SIZE = 40  # messages on a room page and on a messages page
 SEARCH_WORD = "coffee"  # a seed word; no other seed word has the same Porter stem
+SEARCH_RARE_WORD = "walrus"  # seed's rare word (SEED_RARE_WORD), likewise alone with its stem
 SEARCH_LIMIT = 100  # newest matches on the search page
 BROWSER_ACCEPT_ENCODING = "gzip, deflate, br"
 POST_TEXT = "bench post "  # a post's body is <div>POST_TEXT + its client_message_id</div>
 INSERT_BATCH = 100  # messages per transaction in the batched insert ceiling
 
 BASIC_WORKLOADS = ("up", "static")
-READ_WORKLOADS = ("room", "messages", "sidebar", "search")
+READ_WORKLOADS = ("room", "messages", "sidebar", "search", "search-rare")
 POST_WORKLOAD = "post"
 NO_CACHE_SUFFIX = " (no cache)"
 
@@ -471,6 +476,8 @@ class SeedFacts:
     before_page: tuple  # the PAGE_SIZE ids before it, oldest first
     search_matches: int  # messages with SEARCH_WORD in person1's rooms
     search_ids: tuple  # the newest SEARCH_LIMIT of them, newest first
+    rare_matches: int  # messages with SEARCH_RARE_WORD in person1's rooms
+    rare_ids: tuple  # the newest SEARCH_LIMIT of them, newest first
 
 
 def campfire_workloads(cookie: Optional[str], facts: Optional[SeedFacts] = None,
@@ -509,6 +516,9 @@ def campfire_workloads(cookie: Optional[str], facts: Optional[SeedFacts] = None,
         workload("search", "/searches?" + urllib.parse.urlencode({"q": SEARCH_WORD}),
                  check=PageCheck(expected_ids=facts.search_ids, section=b'id="search-results"'), **read),
     ]
+    if facts.rare_ids:
+        loads.append(workload("search-rare", "/searches?" + urllib.parse.urlencode({"q": SEARCH_RARE_WORD}),
+                              check=PageCheck(expected_ids=facts.rare_ids, section=b'id="search-results"'), **read))
     if posts:
         loads.append(workload(POST_WORKLOAD, f"/rooms/{posts.room_id}/messages", method="POST",
                               cookie=session, headers=browser, kind="post", posts=posts,
@@ -816,18 +826,21 @@ def read_seed_facts(db_path: Path, email_address: str) -> SeedFacts:
         if len(in_room) < 4 * PAGE_SIZE:
             raise RuntimeError(f"room {READ_ROOM_ID} has only {len(in_room)} messages; seed more")
         middle = len(in_room) // 2
-        # Search: a whole-word match in the rich text, newest message id first,
-        # in person1's rooms; independent of FTS5 (its Porter stemmer maps no
-        # other seed word to "coffee").
-        word = re.compile(r"(?<!\w)%s(?!\w)" % re.escape(SEARCH_WORD), re.IGNORECASE)
+        # Search: a whole-word match in the rich text, newest first (by created_at,
+        # then id), in person1's rooms; independent of FTS5 (its Porter stemmer
+        # maps no other seed word to "coffee" or "walrus").
         tag = re.compile(r"<[^>]*>")
         marks = ",".join("?" * len(room_ids))
-        matches = [message_id for message_id, body in db.execute(
+        texts = [(message_id, tag.sub(" ", body or "")) for message_id, body in db.execute(
             "SELECT messages.id, action_text_rich_texts.body FROM messages JOIN action_text_rich_texts "
             "ON action_text_rich_texts.record_type = 'Message' AND action_text_rich_texts.record_id = messages.id "
             "AND action_text_rich_texts.name = 'body' "
-            f"WHERE messages.room_id IN ({marks}) ORDER BY messages.id DESC", room_ids)
-            if word.search(tag.sub(" ", body or ""))]
+            f"WHERE messages.room_id IN ({marks}) ORDER BY messages.created_at DESC, messages.id DESC", room_ids)]
+
+        def containing(search_word):
+            word = re.compile(r"(?<!\w)%s(?!\w)" % re.escape(search_word), re.IGNORECASE)
+            return [message_id for message_id, text in texts if word.search(text)]
+        matches, rare = containing(SEARCH_WORD), containing(SEARCH_RARE_WORD)
         if len(matches) < SEARCH_LIMIT:
             raise RuntimeError(f"only {len(matches)} messages contain {SEARCH_WORD!r}; seed more")
         return SeedFacts(
@@ -836,7 +849,8 @@ def read_seed_facts(db_path: Path, email_address: str) -> SeedFacts:
             user_id=user_id, room_ids=room_ids, room_messages=len(in_room),
             room_page=tuple(in_room[-PAGE_SIZE:]), before_id=in_room[middle],
             before_page=tuple(in_room[middle - PAGE_SIZE:middle]),
-            search_matches=len(matches), search_ids=tuple(matches[:SEARCH_LIMIT]))
+            search_matches=len(matches), search_ids=tuple(matches[:SEARCH_LIMIT]),
+            rare_matches=len(rare), rare_ids=tuple(rare[:SEARCH_LIMIT]))
     finally:
         db.close()
 
@@ -2058,7 +2072,9 @@ def run_loads(args, processes, report, scratch: Path, use_wrk, wanted) -> bool:
                     f"database: {facts.messages:,} messages seeded in {seconds:.1f} s; signed in as "
                     f"{SEED_EMAIL_ADDRESS}; room {READ_ROOM_ID}: {facts.room_messages:,} messages, "
                     f"before={facts.before_id} (its middle one); q={SEARCH_WORD}: {facts.search_matches:,} "
-                    f"matches in {len(facts.room_ids)} rooms")
+                    f"matches in {len(facts.room_ids)} rooms; q={SEARCH_RARE_WORD}: {facts.rare_matches:,}")
+                if not facts.rare_ids:
+                    report.notes.append(f"the seeded database has no {SEARCH_RARE_WORD!r}: search-rare did not run")
         else:
             report.failures.append(f"seeding failed; its log ends:\n{log_tail(log)}")
     elif not args.seed:
