@@ -11362,13 +11362,19 @@ def _search_result_template():
             + URLS.template("room_at_message") + '">%(title)s</a></p>%(message)s</article>')
 
 
-def render_search_filters(rooms, people, room_id, creator_id):
-    """The room and person a search may be narrowed to; people as (id, name)."""
-    option = '<option value="%d"%s>%s</option>'  # once per room and per person: %-formatted, names escaped
-    room_options = HTML("".join(option % (room.id, " selected" if room.id == room_id else "", escape(title))
+_FILTER_OPTION = '<option value="%d"%s>%s</option>'  # once per room and per person: %-formatted, names escaped
+
+
+def render_people_options(people, creator_id):
+    """The search's person filter: an <option> for each of people, (id, name) pairs."""
+    return HTML("".join(_FILTER_OPTION % (user_id, " selected" if user_id == creator_id else "", escape(name))
+                        for user_id, name in people))
+
+
+def render_search_filters(rooms, people_options, room_id):
+    """The room and person a search may be narrowed to (people_options from render_people_options)."""
+    room_options = HTML("".join(_FILTER_OPTION % (room.id, " selected" if room.id == room_id else "", escape(title))
                                 for room, title in rooms))
-    people_options = HTML("".join(option % (user_id, " selected" if user_id == creator_id else "", escape(name))
-                                  for user_id, name in people))
     return HTML(
         '<div class="search__filters">'
         '<label class="search__filter">Room <select name="room_id"><option value="">Any room</option>{rooms}'
@@ -11377,7 +11383,7 @@ def render_search_filters(rooms, people, room_id, creator_id):
         '</select></label></div>').format(rooms=room_options, people=people_options)
 
 
-def render_search(query, results, result_count, recent, *, rooms=(), people=(), room_id=None, creator_id=None):
+def render_search(query, results, result_count, recent, *, rooms=(), people_options="", room_id=None):
     """The search page: the form and its filters, recent searches, and the results
     (rendered messages, each naming its room)."""
     recent_html = HTML("").join(HTML('<li><a href="{url}">{query}</a></li>').format(
@@ -11398,7 +11404,7 @@ def render_search(query, results, result_count, recent, *, rooms=(), people=(), 
         '<div class="search__recent"><h2 class="sidebar__heading">Recent searches {clear}</h2><ul>{recent}</ul></div>'
         '{summary}<div id="search-results" class="messages messages--search">{results}</div></section>').format(
         action=url_for("searches"), query=query, clear=clear, recent=recent_html, summary=summary, results=results,
-        filters=render_search_filters(rooms, people, room_id, creator_id))
+        filters=render_search_filters(rooms, people_options, room_id))
 
 
 # People, the account and bots ------------------------------------------------
@@ -13064,8 +13070,7 @@ def search(app, request):
             for message, fragment in zip(results, app.message_fragments(results, highlight=words)))
         shared, direct = store.sidebar_rooms(user_id)
         body = render_search(query, results_html, len(results), store.recent_searches(user_id),
-                             rooms=shared + direct, people=store.active_people(),
-                             room_id=room_id, creator_id=creator_id)
+                             rooms=shared + direct, people_options=app.people_options(creator_id), room_id=room_id)
         return _page(app, request, "Search", body)
     key = ("search", user_id, query, room_id, creator_id, store.user_versions[user_id], store.global_version,
            store.message_version)
@@ -15201,6 +15206,18 @@ class App:
                                                          threads.get(message["id"], ()),
                                                          attachments.get(message["id"]), highlight=highlight)
         return fragments
+
+    def people_options(self, creator_id):
+        """The search's person filter (render_people_options), kept with the rendered messages
+        until someone joins or the account changes: a hundred names escaped once, not on
+        every search page."""
+        store = self.store
+        key = ("people options", store.global_version, store.people_version, creator_id)
+        options = self.message_cache.get(key)
+        if options is None:
+            options = render_people_options(store.active_people(), creator_id)
+            self.message_cache.put(key, options)
+        return options
 
     def _author_html(self, creator_id):
         """The avatar and name that open a message, kept per person until names change."""
