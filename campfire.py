@@ -9150,6 +9150,10 @@ class Store:
                        "FROM messages LEFT JOIN action_text_rich_texts ON action_text_rich_texts.record_type = "
                        "'Message' AND action_text_rich_texts.record_id = messages.id AND "
                        "action_text_rich_texts.name = 'body' ")
+    # What names a rendered message's version (App.message_fragments): a page whose messages
+    # are all kept reads no body (the join and the bodies were half of a room page's reads).
+    MESSAGE_VERSION_COLUMNS = ("SELECT messages.id, messages.room_id, messages.created_at, messages.updated_at "
+                               "FROM messages ")
 
     # A new message marks its room unread for visible, disconnected members other
     # than the author (Campfire's app/models/room.rb, Room#receive).
@@ -9505,18 +9509,21 @@ class Store:
         self.events.message_created(room, message, unread_user_ids)
         return message, True
 
-    def messages_page(self, room_id, *, before=None, after=None, limit=MESSAGE_PAGE_SIZE):
-        """Up to `limit` messages next to a message (or the newest), oldest first."""
+    def messages_page(self, room_id, *, before=None, after=None, limit=MESSAGE_PAGE_SIZE, versions=False):
+        """Up to `limit` messages next to a message (or the newest), oldest first; with
+        versions, MESSAGE_VERSION_COLUMNS only (App.message_fragments reads the rest of
+        those it has no rendered copy of)."""
+        columns = self.MESSAGE_VERSION_COLUMNS if versions else self.MESSAGE_COLUMNS
         if before is not None:
-            rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND "
+            rows = self.db.all(columns + "WHERE messages.room_id = ? AND "
                                "(messages.created_at, messages.id) < (SELECT created_at, id FROM messages WHERE id = ?) "
                                "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?", (room_id, before, limit))
             return rows[::-1]
         if after is not None:
-            return self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? AND "
+            return self.db.all(columns + "WHERE messages.room_id = ? AND "
                                "(messages.created_at, messages.id) > (SELECT created_at, id FROM messages WHERE id = ?) "
                                "ORDER BY messages.created_at, messages.id LIMIT ?", (room_id, after, limit))
-        rows = self.db.all(self.MESSAGE_COLUMNS + "WHERE messages.room_id = ? "
+        rows = self.db.all(columns + "WHERE messages.room_id = ? "
                            "ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?", (room_id, limit))
         return rows[::-1]
 
@@ -12561,7 +12568,7 @@ def show_room(app, request, room_id):
 
 
 def _newest_room_page(app, request, room, unread_since):
-    messages = app.store.messages_page(room.id, limit=MESSAGE_PAGE_SIZE)
+    messages = app.store.messages_page(room.id, limit=MESSAGE_PAGE_SIZE, versions=True)
     return _room_page(app, request, room, messages, unread_since=unread_since,
                       reached_start=len(messages) < MESSAGE_PAGE_SIZE)
 
@@ -12734,7 +12741,7 @@ def message_page(app, request, room_id):
         anchor = before if before is not None else after
         if anchor is not None and app.store.message_room_id(anchor) != room.id:
             raise NotFound("There is no such message in this room.")
-        messages = app.store.messages_page(room.id, before=before, after=after)
+        messages = app.store.messages_page(room.id, before=before, after=after, versions=True)
         if not messages:
             return Response(b"", 204)
         return Response(app.messages_html(messages))
@@ -15190,7 +15197,8 @@ class App:
 
     def message_fragments(self, messages, *, highlight=()):
         """Each message as message_html makes it: boosts and threads looked up for all at
-        once, attachments only for the messages not kept already."""
+        once, attachments (and, for rows of Store.MESSAGE_VERSION_COLUMNS, the rest of the
+        row) only for the messages not kept already."""
         ids = [message["id"] for message in messages]
         store = self.store
         boosts, threads = store.boosts_for(ids), store.threads_for(ids)
@@ -15200,8 +15208,11 @@ class App:
         missing = [message["id"] for message, fragment in zip(messages, fragments) if fragment is None]
         if missing:
             attachments = store.attachments_for("Message", missing, "attachment")
+            # Rows of MESSAGE_VERSION_COLUMNS: the whole rows of the messages to render.
+            whole = {row["id"]: row for row in store.messages_by_id(missing)} if "body" not in messages[0].keys() else {}
             for index, message in enumerate(messages):
                 if fragments[index] is None:
+                    message = whole.get(message["id"], message)
                     fragments[index] = self.message_html(message, boosts.get(message["id"], ()),
                                                          threads.get(message["id"], ()),
                                                          attachments.get(message["id"]), highlight=highlight)

@@ -866,6 +866,32 @@ class KeptMessagesTests(ChatTestCase):
         self.assertIn("Robert Builder", page)
         self.assertNotIn("coffee number 41<", page)
 
+    def bodies_read(self, client, path):
+        """The ids whose rich text a request reads (the IN lists of the statements that join it)."""
+        statements = []
+        self.app.db.connection.set_trace_callback(statements.append)
+        try:
+            self.assertEqual(client.get(path).status, 200)
+        finally:
+            self.app.db.connection.set_trace_callback(None)
+        return sorted(int(found) for sql in statements if "action_text_rich_texts" in sql
+                      for found in re.findall(r"\d+", sql.partition(" IN (")[2].partition(")")[0]))
+
+    def test_a_page_reads_the_bodies_of_only_the_messages_it_renders(self):
+        before = "/rooms/1/messages?before=%d" % self.ids[30]
+        for path in ("/rooms/1", before):
+            self.ada.get(path)
+            self.assertEqual(self.bodies_read(self.ada, path), [], path)
+        self.bob.post("/users/me/profile", {"_method": "patch", "user[name]": "Robert Builder"})  # every name
+        self.assertEqual(self.bodies_read(self.ada, "/rooms/1"), sorted(self.ids[-40:]))
+        self.assertEqual(self.bodies_read(self.ada, "/rooms/1"), [])
+        self.assertIn("Robert Builder", self.ada.get("/rooms/1").text)
+        self.app.message_cache.clear()
+        self.assertEqual(self.bodies_read(self.bob, before), sorted(self.ids[:30][-40:] + [self.bob_message,
+                                                                                           self.mention]))
+        self.assertEqual(self.bodies_read(self.bob, before), [])
+        self.assertIn("coffee number 29<", self.bob.get(before).text)
+
     def test_a_new_message_renders_one_message_not_the_page(self):
         self.ada.get("/rooms/1")
         self.assertEqual(self.renders(self.ada, "/rooms/1"), 0)
