@@ -479,10 +479,12 @@ VAPID_SUBJECT = "mailto:support@37signals.com"  # lib/web_push/notification.rb: 
 VAPID_KEY_FILE = "vapid_key"         # in the storage directory when VAPID_* are unset: not in the database
 PUSH_QUEUE_SIZE = 10_000             # pushes waiting (Campfire's pool queue); past it the oldest is dropped, logged
 PUSH_WORKERS = 16                    # pushes in flight at once: a slow push service holds one
-PUSH_PROCESSES = 1                   # processes that encrypt and sign: the curve math is pure Python and
-                                     # holds the GIL, so it runs beside the event loop, never on it (one of
-                                     # the two cores a small server has; about 600 pushes a second)
+# One worker process encrypts and signs: the curve math is pure Python and holds the GIL, so it
+# runs beside the event loop, never on it (one of the two cores a small server has; about 600
+# pushes a second).
 PUSH_WORKER_NICENESS = 10            # the push process yields the CPU to the server's (nice(2) steps)
+PUSH_WORKER_READ_BYTES = 256 * 1024  # read from the push process's socket at once: every answer waiting, in one read
+PUSH_WORKER_STOP_TIMEOUT = 10.0      # seconds the push process gets to end once its socket is closed, then killed
 PUSH_TIMEOUT = 10.0                  # seconds to connect, and for each read and write
 PUSH_TOTAL_TIMEOUT = 30.0            # seconds for one attempt in all
 PUSH_KEEP_ALIVE = 30.0               # seconds a connection to a push service is kept unused, then closed: under
@@ -8263,6 +8265,7 @@ class PushDelivery:
     path: str
     badge: int          # the person's unread rooms, for the app's badge
     attempt: int = 0    # retries so far (after a 429 or 5xx)
+    requeued: bool = False  # queued again once after the push worker process stopped with it
 
 
 def can_administer(user, record_creator_id):
@@ -16190,7 +16193,10 @@ def fetch_link_preview(url, *, allowed=unfurl_address_allowed, resolve=None, tim
 # oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time:
 # the payload is built, encrypted and signed in a worker process (the curve math
 # is pure Python and holds the GIL: in a thread it would still take the
-# interpreter from the event loop), then POSTed to the push service (RFC 8030 §5)
+# interpreter from the event loop). The work goes to that process, and its answers
+# come back, over a socket the event loop reads itself (PushWorker): an executor's
+# threads would take the interpreter lock from the loop for every push, and a
+# request arriving then waited for them. Each push is then POSTed to the push service (RFC 8030 §5)
 # over TLS checked against the system's CAs (SSL_CERT_FILE is honoured), with a
 # timeout per step and one in all. 404 and 410 delete the subscription (RFC 8030
 # §7.3); 429 and 5xx are tried again later, after Retry-After when given.
@@ -16265,16 +16271,202 @@ class PushConnections:
 _push_signer = None  # in a push worker process: the VapidSigner, made once, its tokens cached
 
 
-def _push_worker_start(private_key, subject):
-    """A push worker process's initializer. Ctrl-C is the server's to handle, and the CPU
-    goes to the server first."""
+class PushWorkerStopped(CampfireError):
+    """The push worker process ended with this push unanswered."""
+
+
+class PushFrames:
+    """Length-prefixed pickles, the messages between the server and its push worker
+    process (both ends are this program, over a socket pair nobody else holds)."""
+
+    HEADER = struct.Struct("!I")
+
+    def __init__(self):
+        self._buffer = bytearray()
+
+    @classmethod
+    def encode(cls, message):
+        import pickle
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        return cls.HEADER.pack(len(data)) + data
+
+    def feed(self, data):
+        """The whole messages that data completes, in order."""
+        import pickle
+        buffer = self._buffer
+        buffer += data
+        messages, start = [], 0
+        while len(buffer) - start >= self.HEADER.size:
+            (length,) = self.HEADER.unpack_from(buffer, start)
+            end = start + self.HEADER.size + length
+            if len(buffer) < end:
+                break
+            messages.append(pickle.loads(buffer[start + self.HEADER.size:end]))
+            start = end
+        del buffer[:start]
+        return messages
+
+
+def push_worker_main(descriptor):
+    """The push worker process (started by PushWorker). The first message on its socket is
+    the VAPID key and subject; each one after is a job (number, and push_request_parts'
+    arguments), answered as soon as it is done with (number, body, authorization), or
+    (number, None, why it failed). It ends when the server closes the socket. Ctrl-C is
+    the server's to handle, and the CPU goes to the server first."""
     global _push_signer
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
     except OSError:
         pass
-    _push_signer = VapidSigner(VapidKey(private_key), subject)
+    channel = socket.socket(fileno=descriptor)
+    frames = PushFrames()
+    while True:
+        data = channel.recv(PUSH_WORKER_READ_BYTES)
+        if not data:
+            return
+        for message in frames.feed(data):
+            if _push_signer is None:
+                private_key, subject = message
+                _push_signer = VapidSigner(VapidKey(private_key), subject)
+                continue
+            job, *request = message
+            try:
+                answer = (job, *push_request_parts(*request))
+            except WebPushError as error:  # a key that isn't one
+                answer = (job, None, str(error))
+            except Exception as error:  # a bug: the server logs it, and this process goes on
+                answer = (job, None, "%s: %s" % (type(error).__name__, error))
+            channel.sendall(PushFrames.encode(answer))
+
+
+class PushWorker:
+    """The process that encrypts and signs pushes, and the server's end of its socket.
+    Jobs go out as messages on the socket; answers are read by the event loop itself
+    (add_reader), as many as are waiting in one read, so no thread of the server wakes
+    for a push. Used from the event loop's thread only."""
+
+    def __init__(self, private_key, subject):
+        import subprocess  # here: a server without push subscriptions never starts one
+        ours, theirs = socket.socketpair()
+        try:
+            ours.sendall(PushFrames.encode((private_key, subject)))  # never on a command line
+            self.process = subprocess.Popen(
+                [sys.executable, "-S", "-c", "import sys; sys.path.insert(0, %r); import %s; %s.push_worker_main(%d)"
+                 % (os.path.dirname(os.path.abspath(__file__)), _MODULE, _MODULE, theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.socket = ours
+        self.stopped = False
+        self._jobs = {}           # job number -> the future its answer resolves
+        self._numbers = itertools.count()
+        self._frames = PushFrames()
+        self._outgoing = bytearray()  # what the socket didn't take yet
+        self._writing = False         # the loop calls _writable when the socket takes more
+        self._loop = None
+
+    def encrypt(self, *request):
+        """A future of push_request_parts(*request) as the worker process answers it."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._attach(loop)
+        job = next(self._numbers)
+        future = self._jobs[job] = loop.create_future()
+        waiting = bool(self._outgoing)
+        self._outgoing += PushFrames.encode((job, *request))
+        if not waiting:
+            self._writable()
+        return future
+
+    def _attach(self, loop):
+        self.detach()
+        self._loop = loop
+        loop.add_reader(self.socket, self._readable)
+        if self._outgoing:
+            self._writing = True
+            loop.add_writer(self.socket, self._writable)
+
+    def detach(self):
+        """Stop reading on the loop it was used from (the loop is ending); the jobs it
+        waited for are cancelled, and their answers ignored when they come."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.socket)
+            self._loop.remove_writer(self.socket)
+        self._loop, self._writing = None, False
+        jobs, self._jobs = self._jobs, {}
+        for future in jobs.values():
+            future.cancel()
+
+    def _writable(self):
+        try:
+            sent = self.socket.send(self._outgoing)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._stop()
+            return
+        del self._outgoing[:sent]
+        if self._outgoing and not self._writing:
+            self._writing = True
+            self._loop.add_writer(self.socket, self._writable)
+        elif not self._outgoing and self._writing:
+            self._writing = False
+            self._loop.remove_writer(self.socket)
+
+    def _readable(self):
+        try:
+            data = self.socket.recv(PUSH_WORKER_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._stop()
+            return
+        for job, body, authorization in self._frames.feed(data):
+            future = self._jobs.pop(job, None)
+            if future is None or future.done():
+                continue
+            if body is None:
+                future.set_exception(WebPushError(authorization))
+            else:
+                future.set_result((body, authorization))
+
+    def _stop(self):
+        """The worker process ended (or its socket broke): what it had is failed."""
+        if self.stopped:
+            return
+        self.stopped = True
+        jobs, self._jobs = self._jobs, {}
+        self.detach()
+        self.socket.close()
+        if self.process.poll() is None:  # its socket broke, yet it runs: it is of no use now
+            self.process.kill()
+        self.process.wait()
+        log.error("the push worker process stopped (exit status %s) with %d pushes unanswered; "
+                  "a new one takes the next push", self.process.returncode, len(jobs))
+        for future in jobs.values():
+            if not future.done():
+                future.set_exception(PushWorkerStopped("the push worker process stopped"))
+
+    def close(self):
+        """Close the socket (the process ends when it reads the end) and wait for the process."""
+        import subprocess
+        self.detach()
+        self.socket.close()
+        if self.stopped:
+            return
+        self.stopped = True
+        try:
+            self.process.wait(PUSH_WORKER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def push_request_parts(title, body, path, badge, endpoint, p256dh_key, auth_key):
@@ -16330,7 +16522,7 @@ class Pushes(OutboundRequests):
         self._busy = 0            # deliveries being sent right now
         self._retries = set()     # timer handles of pushes waiting to be tried again
         self._tls = None
-        self._pool = None
+        self._worker = None       # the PushWorker, started for the first push
         self._connections = PushConnections()
         app.events.subscribe(self)
 
@@ -16363,13 +16555,15 @@ class Pushes(OutboundRequests):
         self._workers, self._wakeup, self._retries = [], None, set()
         self.pending.clear()
         self._connections.close()
+        if self._worker is not None:
+            self._worker.detach()
         if dropped:
             log.warning("dropped %d queued pushes at shutdown", dropped)
 
     def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     async def _work(self):
         while True:
@@ -16393,32 +16587,30 @@ class Pushes(OutboundRequests):
                 self.stop()
         asyncio.run(asyncio.wait_for(run(), timeout))
 
-    def _process_pool(self):
-        if self._pool is None:
-            import concurrent.futures  # here: a server without push subscriptions never needs them
-            import multiprocessing
-            key = self.app.vapid_key
-            # spawn, not fork: a fork of this process would copy its threads' locks mid-use.
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                PUSH_PROCESSES, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_push_worker_start, initargs=(key.private_key, VAPID_SUBJECT))
-        return self._pool
+    def push_worker(self):
+        """The PushWorker, started again when the last one stopped."""
+        if self._worker is None or self._worker.stopped:
+            self._worker = PushWorker(self.app.vapid_key.private_key, VAPID_SUBJECT)
+        return self._worker
 
     # One delivery ---------------------------------------------------------------
     async def deliver(self, delivery):
         """Encrypt and sign off the loop, POST once, act on the answer."""
-        import concurrent.futures.process
         subscription = delivery.subscription_id
         try:
-            body, authorization = await asyncio.get_running_loop().run_in_executor(
-                self._process_pool(), push_request_parts, delivery.title, delivery.body, delivery.path,
-                delivery.badge, delivery.endpoint, delivery.p256dh_key, delivery.auth_key)
+            body, authorization = await self.push_worker().encrypt(
+                delivery.title, delivery.body, delivery.path, delivery.badge, delivery.endpoint,
+                delivery.p256dh_key, delivery.auth_key)
         except WebPushError as error:
             log.warning("push to subscription %d not sent: %s", subscription, error)
             return
-        except concurrent.futures.process.BrokenProcessPool:
-            log.error("the push worker process stopped; it is started again for the next push")
-            self._pool = None
+        except PushWorkerStopped:
+            if delivery.requeued:  # a second worker process ended with it: it may be what ends them
+                log.warning("push to subscription %d dropped: the push worker process stopped twice with it",
+                            subscription)
+            else:
+                delivery.requeued = True
+                self.enqueue(delivery)
             return
         try:
             async with asyncio.timeout(self.app.config.push_total_timeout):
