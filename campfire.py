@@ -7966,9 +7966,16 @@ class FileStore:
         return os.path.join(self.temp_root, key)
 
     def create_temp(self, key):
-        """A new temporary file for an upload: its descriptor, open for writing."""
-        os.makedirs(self.temp_root, exist_ok=True)
-        return os.open(self.temp_path(key), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        """A new temporary file for an upload: its descriptor, open for writing. The
+        folder is synced once the name is in it, so after the file's own fsync (before
+        its row commits) a crash keeps both the bytes and the name the start's sweep
+        looks for: an fsync of a new file doesn't make its folder entry durable."""
+        if not os.path.isdir(self.temp_root):
+            os.makedirs(self.temp_root, exist_ok=True)
+            _fsync_directory(self.root)
+        descriptor = os.open(self.temp_path(key), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        _fsync_directory(self.temp_root)
+        return descriptor
 
     @staticmethod
     def write(descriptor, data, digest):

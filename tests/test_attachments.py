@@ -270,6 +270,22 @@ class UploadTests(AttachmentTestCase):
         self.assert_nothing_kept()
         self.assertFalse(os.path.exists(self.app.files.path(blob["key"])))
 
+    def test_the_temporary_files_name_is_synced_before_the_upload_is_acknowledged(self):
+        synced, real_fsync = [], os.fsync
+
+        def recording_fsync(descriptor):
+            synced.append(os.readlink("/proc/self/fd/%d" % descriptor))
+            return real_fsync(descriptor)
+        os.fsync = recording_fsync
+        self.addCleanup(setattr, os, "fsync", real_fsync)
+        response = self.upload(image_bytes(5, 5))
+        self.assertEqual(response.status, 201)
+        [blob] = self.blobs()
+        temp_file = os.path.join(self.app.files.temp_root, blob["key"])
+        self.assertIn(temp_file, synced)                # its bytes
+        self.assertIn(self.app.files.temp_root, synced)  # and its name in tmp/, where a crash's sweep finds it
+        self.assertLess(synced.index(self.app.files.temp_root), synced.index(temp_file))
+
     def test_a_failed_transaction_keeps_no_file(self):
         original = self.app.store.create_message
 
