@@ -262,12 +262,15 @@ MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted 
 
 # Uploaded files, kept in Active Storage's layout (storage/files/<ab>/<cd>/<key>), so
 # a Once Campfire storage opens with its files. An upload streams to a temporary file
-# as it arrives: memory holds at most the read-ahead and three writes, whatever its size.
+# as it arrives: memory holds at most the read-ahead and the queued pieces, whatever its size.
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024      # one file; 413 past it (CAMPFIRE_MAX_UPLOAD_BYTES changes it)
 UPLOAD_FORM_OVERHEAD_BYTES = 64 * 1024    # an upload's multipart headers and its other fields
 MAX_UPLOAD_FIELD_BYTES = MESSAGE_BODY_LIMIT  # the text fields of an upload form, together
 UPLOAD_READ_AHEAD_BYTES = 1024 * 1024     # body bytes buffered before the socket stops being read
 UPLOAD_WRITE_BYTES = RECEIVE_BUFFER_BYTES  # hashed and written at a time (one call of each of two file workers)
+UPLOAD_QUEUE_BYTES = 4 * 1024 * 1024      # an upload's pieces waiting for their MD5 or their write: enough that
+                                          # the MD5 (the slowest) never waits for the network, and past it the
+                                          # socket stops being read, so memory stays bounded
 UPLOAD_FLUSH_BYTES = 16 * 1024 * 1024     # an upload's bytes go to the disk (fdatasync) every this many as it
                                           # arrives, so the fsync at its end has no more than this left to do
 MAX_FORM_FILES = 2                        # files kept from one form: a message's file and its preview
@@ -15353,28 +15356,64 @@ async def _body_chunks(request):
         yield chunk
 
 
-async def _job_done(job):
-    """Wait for a file_job() (None: there is none); its exception is raised here."""
-    if job is not None:
-        if not job.done():  # a finished one is read at once: wrap_future would cost a loop turn
-            await asyncio.wrap_future(job)
-        job.result()
+def _wake(waiter):
+    if not waiter.done():
+        waiter.set_result(None)
 
 
-def _write_piece(descriptor, data, flush):
-    """Blocking: a piece of an upload written, and with flush, all of it so far sent to the disk."""
-    FileStore.write(descriptor, data, None)
-    if flush:
-        os.fdatasync(descriptor)
+class _UploadStage:
+    """One of the two things done to every piece of an upload (its MD5, its write), in
+    a file worker, piece after piece in order. A job runs while pieces wait and ends
+    when none do: a stage that has fallen behind goes from one piece to the next without
+    waiting for the event loop, and one that keeps up holds no thread between pieces."""
+
+    def __init__(self, receiving, work):
+        self.receiving, self.work = receiving, work
+        self.pieces = collections.deque()
+        self.done_bytes = 0
+        self.running = False
+        self.job = None  # the concurrent.futures.Future of the job running (or about to)
+
+    def put(self, piece):
+        """On the event loop, holding receiving.lock."""
+        self.pieces.append(piece)
+        if not self.running:
+            self.running = True
+            self.job = self.receiving.app.file_job(self.run)
+
+    def run(self):
+        """Blocking: the pieces, until none is left, the other stage failed or the upload was discarded."""
+        receiving = self.receiving
+        while True:
+            with receiving.lock:
+                if not self.pieces or receiving.error is not None or receiving.stopped:
+                    self.running = False
+                    receiving.progressed()
+                    return
+                piece = self.pieces[0]
+            try:
+                self.work(piece)
+            except BaseException as error:
+                with receiving.lock:
+                    if receiving.error is None:
+                        receiving.error = error
+                    self.running = False
+                    receiving.progressed()
+                return
+            with receiving.lock:
+                self.pieces.popleft()
+                self.done_bytes += len(piece)
+                receiving.progressed()
 
 
 class _ReceivingFile:
     """One file of a multipart form on its way to a temporary file (App.receive_form).
-    Its bytes go UPLOAD_WRITE_BYTES at a time to two file workers at once, one taking
-    the MD5 and one writing, while the next piece arrives: MD5 on one core is as slow
-    as a disk, so hashing, then writing, then reading on would take their sum. Each
-    worker holds one piece at a time and takes them in order, so memory holds at
-    most three pieces (the two at work and the one being gathered)."""
+    Its bytes are gathered UPLOAD_WRITE_BYTES at a time and each piece goes to two
+    _UploadStages at once, one taking the MD5 and one writing (with an fdatasync every
+    UPLOAD_FLUSH_BYTES). MD5 on one core is about as slow as the rest of an upload put
+    together, so it must never wait: up to UPLOAD_QUEUE_BYTES of pieces wait for the
+    slower stage while the next ones arrive, and past that add() waits, the body's
+    read-ahead fills, and the socket stops being read (BodyReader) until a piece is done."""
 
     def __init__(self, app, name, filename, declared_type, max_bytes):
         self.app = app
@@ -15386,12 +15425,19 @@ class _ReceivingFile:
         self.digest = hashlib.md5()
         self.size = 0
         self.pending, self.pending_bytes = [], 0
-        self.hashing = self.writing = None  # the concurrent.futures.Future of each worker's piece
         self.unflushed = 0
         self.sniffer, self.sniffing = ImageSniffer(), True
         self.upload = None
+        self.lock = threading.Lock()  # the stages' queues and the fields below, shared with the file workers
+        self.sent = 0                 # bytes handed to the stages
+        self.error = None             # the first exception of a stage: the upload fails with it
+        self.stopped = False          # discarded: the stages stop after the piece at hand
+        self.waiter = None            # the future add() or finish() awaits until a stage moves on
+        self.loop = None
+        self.stages = (_UploadStage(self, self.digest.update), _UploadStage(self, self._write_piece))
 
     async def open(self):
+        self.loop = asyncio.get_running_loop()
         self.descriptor = await self.app.file_work(self.app.files.create_temp, self.key)
 
     async def add(self, data):
@@ -15403,25 +15449,52 @@ class _ReceivingFile:
         self.pending.append(data)
         self.pending_bytes += len(data)
         if self.pending_bytes >= UPLOAD_WRITE_BYTES:
-            await self._write()
+            await self._send()
 
-    async def _write(self):
+    @property
+    def queued(self):
+        """Bytes handed to the stages that one of them has still to do (held in memory)."""
+        return self.sent - min(stage.done_bytes for stage in self.stages)
+
+    async def _send(self):
         if self.pending:
+            await self._wait_until(lambda: self.queued < UPLOAD_QUEUE_BYTES)
             data = b"".join(self.pending) if len(self.pending) > 1 else self.pending[0]
             self.pending, self.pending_bytes = [], 0
-            await _job_done(self.hashing)
-            self.hashing = self.app.file_job(self.digest.update, data)
-            await _job_done(self.writing)
-            self.unflushed += len(data)
-            flush = self.unflushed >= UPLOAD_FLUSH_BYTES
-            if flush:
-                self.unflushed = 0
-            self.writing = self.app.file_job(_write_piece, self.descriptor, data, flush)
+            with self.lock:
+                self.sent += len(data)
+                for stage in self.stages:
+                    stage.put(data)
+
+    async def _wait_until(self, ready):
+        """Until ready() holds for the stages; a stage's exception is raised here."""
+        while True:
+            with self.lock:
+                if self.error is not None:
+                    raise self.error
+                if ready():
+                    return
+                waiter = self.waiter = self.loop.create_future()
+            await waiter
+
+    def progressed(self):
+        """A stage moved on (any thread, holding self.lock): add() or finish() looks again."""
+        if self.waiter is not None:
+            waiter, self.waiter = self.waiter, None
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing waits any more
+                self.loop.call_soon_threadsafe(_wake, waiter)
+
+    def _write_piece(self, data):
+        """Blocking (the write stage): a piece written, and every UPLOAD_FLUSH_BYTES all of it so far sent to the disk."""
+        FileStore.write(self.descriptor, data, None)
+        self.unflushed += len(data)
+        if self.unflushed >= UPLOAD_FLUSH_BYTES:
+            self.unflushed = 0
+            os.fdatasync(self.descriptor)
 
     async def finish(self):
-        await self._write()
-        await _job_done(self.hashing)
-        await _job_done(self.writing)
+        await self._send()
+        await self._wait_until(lambda: not any(stage.running for stage in self.stages))
         image = self.sniffer.finish()
         descriptor, self.descriptor = self.descriptor, None
         await self.app.file_work(FileStore.close, descriptor, sync=True)
@@ -15430,10 +15503,13 @@ class _ReceivingFile:
                              image.height if image else None)
 
     def discard(self):
-        """Blocking: the temporary file goes (a worker thread calls it), once the
-        pieces at work are done with its descriptor."""
+        """Blocking: the temporary file goes (a worker thread calls it), once the stages
+        have stopped using its descriptor (a job not started yet never will)."""
         import concurrent.futures
-        concurrent.futures.wait([job for job in (self.hashing, self.writing) if job is not None])
+        with self.lock:
+            self.stopped, self.waiter = True, None
+            jobs = [stage.job for stage in self.stages if stage.running]
+        concurrent.futures.wait([job for job in jobs if not job.cancel()])
         descriptor, self.descriptor = self.descriptor, None
         if descriptor is not None:
             with contextlib.suppress(OSError):
