@@ -266,12 +266,15 @@ MESSAGE_PURGE_CHUNK = 200                  # a banned person's messages deleted 
 
 # Uploaded files, kept in Active Storage's layout (storage/files/<ab>/<cd>/<key>), so
 # a Once Campfire storage opens with its files. An upload streams to a temporary file
-# as it arrives: memory holds at most the read-ahead and three writes, whatever its size.
+# as it arrives: memory holds at most the read-ahead and the queued pieces, whatever its size.
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024      # one file; 413 past it (CAMPFIRE_MAX_UPLOAD_BYTES changes it)
 UPLOAD_FORM_OVERHEAD_BYTES = 64 * 1024    # an upload's multipart headers and its other fields
 MAX_UPLOAD_FIELD_BYTES = MESSAGE_BODY_LIMIT  # the text fields of an upload form, together
 UPLOAD_READ_AHEAD_BYTES = 1024 * 1024     # body bytes buffered before the socket stops being read
 UPLOAD_WRITE_BYTES = RECEIVE_BUFFER_BYTES  # hashed and written at a time (one call of each of two file workers)
+UPLOAD_QUEUE_BYTES = 4 * 1024 * 1024      # an upload's pieces waiting for their MD5 or their write: enough that
+                                          # the MD5 (the slowest) never waits for the network, and past it the
+                                          # socket stops being read, so memory stays bounded
 UPLOAD_FLUSH_BYTES = 16 * 1024 * 1024     # an upload's bytes go to the disk (fdatasync) every this many as it
                                           # arrives, so the fsync at its end has no more than this left to do
 MAX_FORM_FILES = 2                        # files kept from one form: a message's file and its preview
@@ -483,10 +486,12 @@ VAPID_SUBJECT = "mailto:support@37signals.com"  # lib/web_push/notification.rb: 
 VAPID_KEY_FILE = "vapid_key"         # in the storage directory when VAPID_* are unset: not in the database
 PUSH_QUEUE_SIZE = 10_000             # pushes waiting (Campfire's pool queue); past it the oldest is dropped, logged
 PUSH_WORKERS = 16                    # pushes in flight at once: a slow push service holds one
-PUSH_PROCESSES = 1                   # processes that encrypt and sign: the curve math is pure Python and
-                                     # holds the GIL, so it runs beside the event loop, never on it (one of
-                                     # the two cores a small server has; about 600 pushes a second)
+# One worker process encrypts and signs: the curve math is pure Python and holds the GIL, so it
+# runs beside the event loop, never on it (one of the two cores a small server has; about 600
+# pushes a second).
 PUSH_WORKER_NICENESS = 10            # the push process yields the CPU to the server's (nice(2) steps)
+PUSH_WORKER_READ_BYTES = 256 * 1024  # read from the push process's socket at once: every answer waiting, in one read
+PUSH_WORKER_STOP_TIMEOUT = 10.0      # seconds the push process gets to end once its socket is closed, then killed
 PUSH_TIMEOUT = 10.0                  # seconds to connect, and for each read and write
 PUSH_TOTAL_TIMEOUT = 30.0            # seconds for one attempt in all
 PUSH_KEEP_ALIVE = 30.0               # seconds a connection to a push service is kept unused, then closed: under
@@ -8321,6 +8326,7 @@ class PushDelivery:
     path: str
     badge: int          # the person's unread rooms, for the app's badge
     attempt: int = 0    # retries so far (after a 429 or 5xx)
+    requeued: bool = False  # queued again once after the push worker process stopped with it
 
 
 def can_administer(user, record_creator_id):
@@ -15486,28 +15492,64 @@ async def _body_chunks(request):
         yield chunk
 
 
-async def _job_done(job):
-    """Wait for a file_job() (None: there is none); its exception is raised here."""
-    if job is not None:
-        if not job.done():  # a finished one is read at once: wrap_future would cost a loop turn
-            await asyncio.wrap_future(job)
-        job.result()
+def _wake(waiter):
+    if not waiter.done():
+        waiter.set_result(None)
 
 
-def _write_piece(descriptor, data, flush):
-    """Blocking: a piece of an upload written, and with flush, all of it so far sent to the disk."""
-    FileStore.write(descriptor, data, None)
-    if flush:
-        os.fdatasync(descriptor)
+class _UploadStage:
+    """One of the two things done to every piece of an upload (its MD5, its write), in
+    a file worker, piece after piece in order. A job runs while pieces wait and ends
+    when none do: a stage that has fallen behind goes from one piece to the next without
+    waiting for the event loop, and one that keeps up holds no thread between pieces."""
+
+    def __init__(self, receiving, work):
+        self.receiving, self.work = receiving, work
+        self.pieces = collections.deque()
+        self.done_bytes = 0
+        self.running = False
+        self.job = None  # the concurrent.futures.Future of the job running (or about to)
+
+    def put(self, piece):
+        """On the event loop, holding receiving.lock."""
+        self.pieces.append(piece)
+        if not self.running:
+            self.running = True
+            self.job = self.receiving.app.file_job(self.run)
+
+    def run(self):
+        """Blocking: the pieces, until none is left, the other stage failed or the upload was discarded."""
+        receiving = self.receiving
+        while True:
+            with receiving.lock:
+                if not self.pieces or receiving.error is not None or receiving.stopped:
+                    self.running = False
+                    receiving.progressed()
+                    return
+                piece = self.pieces[0]
+            try:
+                self.work(piece)
+            except BaseException as error:
+                with receiving.lock:
+                    if receiving.error is None:
+                        receiving.error = error
+                    self.running = False
+                    receiving.progressed()
+                return
+            with receiving.lock:
+                self.pieces.popleft()
+                self.done_bytes += len(piece)
+                receiving.progressed()
 
 
 class _ReceivingFile:
     """One file of a multipart form on its way to a temporary file (App.receive_form).
-    Its bytes go UPLOAD_WRITE_BYTES at a time to two file workers at once, one taking
-    the MD5 and one writing, while the next piece arrives: MD5 on one core is as slow
-    as a disk, so hashing, then writing, then reading on would take their sum. Each
-    worker holds one piece at a time and takes them in order, so memory holds at
-    most three pieces (the two at work and the one being gathered)."""
+    Its bytes are gathered UPLOAD_WRITE_BYTES at a time and each piece goes to two
+    _UploadStages at once, one taking the MD5 and one writing (with an fdatasync every
+    UPLOAD_FLUSH_BYTES). MD5 on one core is about as slow as the rest of an upload put
+    together, so it must never wait: up to UPLOAD_QUEUE_BYTES of pieces wait for the
+    slower stage while the next ones arrive, and past that add() waits, the body's
+    read-ahead fills, and the socket stops being read (BodyReader) until a piece is done."""
 
     def __init__(self, app, name, filename, declared_type, max_bytes):
         self.app = app
@@ -15519,12 +15561,19 @@ class _ReceivingFile:
         self.digest = hashlib.md5()
         self.size = 0
         self.pending, self.pending_bytes = [], 0
-        self.hashing = self.writing = None  # the concurrent.futures.Future of each worker's piece
         self.unflushed = 0
         self.sniffer, self.sniffing = ImageSniffer(), True
         self.upload = None
+        self.lock = threading.Lock()  # the stages' queues and the fields below, shared with the file workers
+        self.sent = 0                 # bytes handed to the stages
+        self.error = None             # the first exception of a stage: the upload fails with it
+        self.stopped = False          # discarded: the stages stop after the piece at hand
+        self.waiter = None            # the future add() or finish() awaits until a stage moves on
+        self.loop = None
+        self.stages = (_UploadStage(self, self.digest.update), _UploadStage(self, self._write_piece))
 
     async def open(self):
+        self.loop = asyncio.get_running_loop()
         self.descriptor = await self.app.file_work(self.app.files.create_temp, self.key)
 
     async def add(self, data):
@@ -15536,25 +15585,52 @@ class _ReceivingFile:
         self.pending.append(data)
         self.pending_bytes += len(data)
         if self.pending_bytes >= UPLOAD_WRITE_BYTES:
-            await self._write()
+            await self._send()
 
-    async def _write(self):
+    @property
+    def queued(self):
+        """Bytes handed to the stages that one of them has still to do (held in memory)."""
+        return self.sent - min(stage.done_bytes for stage in self.stages)
+
+    async def _send(self):
         if self.pending:
+            await self._wait_until(lambda: self.queued < UPLOAD_QUEUE_BYTES)
             data = b"".join(self.pending) if len(self.pending) > 1 else self.pending[0]
             self.pending, self.pending_bytes = [], 0
-            await _job_done(self.hashing)
-            self.hashing = self.app.file_job(self.digest.update, data)
-            await _job_done(self.writing)
-            self.unflushed += len(data)
-            flush = self.unflushed >= UPLOAD_FLUSH_BYTES
-            if flush:
-                self.unflushed = 0
-            self.writing = self.app.file_job(_write_piece, self.descriptor, data, flush)
+            with self.lock:
+                self.sent += len(data)
+                for stage in self.stages:
+                    stage.put(data)
+
+    async def _wait_until(self, ready):
+        """Until ready() holds for the stages; a stage's exception is raised here."""
+        while True:
+            with self.lock:
+                if self.error is not None:
+                    raise self.error
+                if ready():
+                    return
+                waiter = self.waiter = self.loop.create_future()
+            await waiter
+
+    def progressed(self):
+        """A stage moved on (any thread, holding self.lock): add() or finish() looks again."""
+        if self.waiter is not None:
+            waiter, self.waiter = self.waiter, None
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing waits any more
+                self.loop.call_soon_threadsafe(_wake, waiter)
+
+    def _write_piece(self, data):
+        """Blocking (the write stage): a piece written, and every UPLOAD_FLUSH_BYTES all of it so far sent to the disk."""
+        FileStore.write(self.descriptor, data, None)
+        self.unflushed += len(data)
+        if self.unflushed >= UPLOAD_FLUSH_BYTES:
+            self.unflushed = 0
+            os.fdatasync(self.descriptor)
 
     async def finish(self):
-        await self._write()
-        await _job_done(self.hashing)
-        await _job_done(self.writing)
+        await self._send()
+        await self._wait_until(lambda: not any(stage.running for stage in self.stages))
         image = self.sniffer.finish()
         descriptor, self.descriptor = self.descriptor, None
         await self.app.file_work(FileStore.close, descriptor, sync=True)
@@ -15563,10 +15639,13 @@ class _ReceivingFile:
                              image.height if image else None)
 
     def discard(self):
-        """Blocking: the temporary file goes (a worker thread calls it), once the
-        pieces at work are done with its descriptor."""
+        """Blocking: the temporary file goes (a worker thread calls it), once the stages
+        have stopped using its descriptor (a job not started yet never will)."""
         import concurrent.futures
-        concurrent.futures.wait([job for job in (self.hashing, self.writing) if job is not None])
+        with self.lock:
+            self.stopped, self.waiter = True, None
+            jobs = [stage.job for stage in self.stages if stage.running]
+        concurrent.futures.wait([job for job in jobs if not job.cancel()])
         descriptor, self.descriptor = self.descriptor, None
         if descriptor is not None:
             with contextlib.suppress(OSError):
@@ -16333,7 +16412,10 @@ def fetch_link_preview(url, *, allowed=unfurl_address_allowed, resolve=None, tim
 # oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time:
 # the payload is built, encrypted and signed in a worker process (the curve math
 # is pure Python and holds the GIL: in a thread it would still take the
-# interpreter from the event loop), then POSTed to the push service (RFC 8030 §5)
+# interpreter from the event loop). The work goes to that process, and its answers
+# come back, over a socket the event loop reads itself (PushWorker): an executor's
+# threads would take the interpreter lock from the loop for every push, and a
+# request arriving then waited for them. Each push is then POSTed to the push service (RFC 8030 §5)
 # over TLS checked against the system's CAs (SSL_CERT_FILE is honoured), with a
 # timeout per step and one in all. 404 and 410 delete the subscription (RFC 8030
 # §7.3); 429 and 5xx are tried again later, after Retry-After when given.
@@ -16408,16 +16490,202 @@ class PushConnections:
 _push_signer = None  # in a push worker process: the VapidSigner, made once, its tokens cached
 
 
-def _push_worker_start(private_key, subject):
-    """A push worker process's initializer. Ctrl-C is the server's to handle, and the CPU
-    goes to the server first."""
+class PushWorkerStopped(CampfireError):
+    """The push worker process ended with this push unanswered."""
+
+
+class PushFrames:
+    """Length-prefixed pickles, the messages between the server and its push worker
+    process (both ends are this program, over a socket pair nobody else holds)."""
+
+    HEADER = struct.Struct("!I")
+
+    def __init__(self):
+        self._buffer = bytearray()
+
+    @classmethod
+    def encode(cls, message):
+        import pickle
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        return cls.HEADER.pack(len(data)) + data
+
+    def feed(self, data):
+        """The whole messages that data completes, in order."""
+        import pickle
+        buffer = self._buffer
+        buffer += data
+        messages, start = [], 0
+        while len(buffer) - start >= self.HEADER.size:
+            (length,) = self.HEADER.unpack_from(buffer, start)
+            end = start + self.HEADER.size + length
+            if len(buffer) < end:
+                break
+            messages.append(pickle.loads(buffer[start + self.HEADER.size:end]))
+            start = end
+        del buffer[:start]
+        return messages
+
+
+def push_worker_main(descriptor):
+    """The push worker process (started by PushWorker). The first message on its socket is
+    the VAPID key and subject; each one after is a job (number, and push_request_parts'
+    arguments), answered as soon as it is done with (number, body, authorization), or
+    (number, None, why it failed). It ends when the server closes the socket. Ctrl-C is
+    the server's to handle, and the CPU goes to the server first."""
     global _push_signer
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
     except OSError:
         pass
-    _push_signer = VapidSigner(VapidKey(private_key), subject)
+    channel = socket.socket(fileno=descriptor)
+    frames = PushFrames()
+    while True:
+        data = channel.recv(PUSH_WORKER_READ_BYTES)
+        if not data:
+            return
+        for message in frames.feed(data):
+            if _push_signer is None:
+                private_key, subject = message
+                _push_signer = VapidSigner(VapidKey(private_key), subject)
+                continue
+            job, *request = message
+            try:
+                answer = (job, *push_request_parts(*request))
+            except WebPushError as error:  # a key that isn't one
+                answer = (job, None, str(error))
+            except Exception as error:  # a bug: the server logs it, and this process goes on
+                answer = (job, None, "%s: %s" % (type(error).__name__, error))
+            channel.sendall(PushFrames.encode(answer))
+
+
+class PushWorker:
+    """The process that encrypts and signs pushes, and the server's end of its socket.
+    Jobs go out as messages on the socket; answers are read by the event loop itself
+    (add_reader), as many as are waiting in one read, so no thread of the server wakes
+    for a push. Used from the event loop's thread only."""
+
+    def __init__(self, private_key, subject):
+        import subprocess  # here: a server without push subscriptions never starts one
+        ours, theirs = socket.socketpair()
+        try:
+            ours.sendall(PushFrames.encode((private_key, subject)))  # never on a command line
+            self.process = subprocess.Popen(
+                [sys.executable, "-S", "-c", "import sys; sys.path.insert(0, %r); import %s; %s.push_worker_main(%d)"
+                 % (os.path.dirname(os.path.abspath(__file__)), _MODULE, _MODULE, theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.socket = ours
+        self.stopped = False
+        self._jobs = {}           # job number -> the future its answer resolves
+        self._numbers = itertools.count()
+        self._frames = PushFrames()
+        self._outgoing = bytearray()  # what the socket didn't take yet
+        self._writing = False         # the loop calls _writable when the socket takes more
+        self._loop = None
+
+    def encrypt(self, *request):
+        """A future of push_request_parts(*request) as the worker process answers it."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._attach(loop)
+        job = next(self._numbers)
+        future = self._jobs[job] = loop.create_future()
+        waiting = bool(self._outgoing)
+        self._outgoing += PushFrames.encode((job, *request))
+        if not waiting:
+            self._writable()
+        return future
+
+    def _attach(self, loop):
+        self.detach()
+        self._loop = loop
+        loop.add_reader(self.socket, self._readable)
+        if self._outgoing:
+            self._writing = True
+            loop.add_writer(self.socket, self._writable)
+
+    def detach(self):
+        """Stop reading on the loop it was used from (the loop is ending); the jobs it
+        waited for are cancelled, and their answers ignored when they come."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.socket)
+            self._loop.remove_writer(self.socket)
+        self._loop, self._writing = None, False
+        jobs, self._jobs = self._jobs, {}
+        for future in jobs.values():
+            future.cancel()
+
+    def _writable(self):
+        try:
+            sent = self.socket.send(self._outgoing)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._stop()
+            return
+        del self._outgoing[:sent]
+        if self._outgoing and not self._writing:
+            self._writing = True
+            self._loop.add_writer(self.socket, self._writable)
+        elif not self._outgoing and self._writing:
+            self._writing = False
+            self._loop.remove_writer(self.socket)
+
+    def _readable(self):
+        try:
+            data = self.socket.recv(PUSH_WORKER_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._stop()
+            return
+        for job, body, authorization in self._frames.feed(data):
+            future = self._jobs.pop(job, None)
+            if future is None or future.done():
+                continue
+            if body is None:
+                future.set_exception(WebPushError(authorization))
+            else:
+                future.set_result((body, authorization))
+
+    def _stop(self):
+        """The worker process ended (or its socket broke): what it had is failed."""
+        if self.stopped:
+            return
+        self.stopped = True
+        jobs, self._jobs = self._jobs, {}
+        self.detach()
+        self.socket.close()
+        if self.process.poll() is None:  # its socket broke, yet it runs: it is of no use now
+            self.process.kill()
+        self.process.wait()
+        log.error("the push worker process stopped (exit status %s) with %d pushes unanswered; "
+                  "a new one takes the next push", self.process.returncode, len(jobs))
+        for future in jobs.values():
+            if not future.done():
+                future.set_exception(PushWorkerStopped("the push worker process stopped"))
+
+    def close(self):
+        """Close the socket (the process ends when it reads the end) and wait for the process."""
+        import subprocess
+        self.detach()
+        self.socket.close()
+        if self.stopped:
+            return
+        self.stopped = True
+        try:
+            self.process.wait(PUSH_WORKER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def push_request_parts(title, body, path, badge, endpoint, p256dh_key, auth_key):
@@ -16473,7 +16741,7 @@ class Pushes(OutboundRequests):
         self._busy = 0            # deliveries being sent right now
         self._retries = set()     # timer handles of pushes waiting to be tried again
         self._tls = None
-        self._pool = None
+        self._worker = None       # the PushWorker, started for the first push
         self._connections = PushConnections()
         app.events.subscribe(self)
 
@@ -16506,13 +16774,15 @@ class Pushes(OutboundRequests):
         self._workers, self._wakeup, self._retries = [], None, set()
         self.pending.clear()
         self._connections.close()
+        if self._worker is not None:
+            self._worker.detach()
         if dropped:
             log.warning("dropped %d queued pushes at shutdown", dropped)
 
     def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     async def _work(self):
         while True:
@@ -16536,32 +16806,30 @@ class Pushes(OutboundRequests):
                 self.stop()
         asyncio.run(asyncio.wait_for(run(), timeout))
 
-    def _process_pool(self):
-        if self._pool is None:
-            import concurrent.futures  # here: a server without push subscriptions never needs them
-            import multiprocessing
-            key = self.app.vapid_key
-            # spawn, not fork: a fork of this process would copy its threads' locks mid-use.
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                PUSH_PROCESSES, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_push_worker_start, initargs=(key.private_key, VAPID_SUBJECT))
-        return self._pool
+    def push_worker(self):
+        """The PushWorker, started again when the last one stopped."""
+        if self._worker is None or self._worker.stopped:
+            self._worker = PushWorker(self.app.vapid_key.private_key, VAPID_SUBJECT)
+        return self._worker
 
     # One delivery ---------------------------------------------------------------
     async def deliver(self, delivery):
         """Encrypt and sign off the loop, POST once, act on the answer."""
-        import concurrent.futures.process
         subscription = delivery.subscription_id
         try:
-            body, authorization = await asyncio.get_running_loop().run_in_executor(
-                self._process_pool(), push_request_parts, delivery.title, delivery.body, delivery.path,
-                delivery.badge, delivery.endpoint, delivery.p256dh_key, delivery.auth_key)
+            body, authorization = await self.push_worker().encrypt(
+                delivery.title, delivery.body, delivery.path, delivery.badge, delivery.endpoint,
+                delivery.p256dh_key, delivery.auth_key)
         except WebPushError as error:
             log.warning("push to subscription %d not sent: %s", subscription, error)
             return
-        except concurrent.futures.process.BrokenProcessPool:
-            log.error("the push worker process stopped; it is started again for the next push")
-            self._pool = None
+        except PushWorkerStopped:
+            if delivery.requeued:  # a second worker process ended with it: it may be what ends them
+                log.warning("push to subscription %d dropped: the push worker process stopped twice with it",
+                            subscription)
+            else:
+                delivery.requeued = True
+                self.enqueue(delivery)
             return
         try:
             async with asyncio.timeout(self.app.config.push_total_timeout):

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import unittest
 import urllib.parse
 from unittest import mock
@@ -829,6 +830,114 @@ class LiveUploadTests(unittest.TestCase):
             self.assertIn('alt="team.png" width="120" height="90"', html)
         finally:
             cable.close()
+
+
+class UploadPipelineTests(unittest.TestCase):
+    """An upload's pieces wait in a bounded queue for their MD5 and their write: a slow
+    MD5 doesn't hold up the writes, and once the queue is full the socket stops being read."""
+
+    MAX_UPLOAD_BYTES = 16 * 1024 * 1024
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = LiveServer(max_upload_bytes=cls.MAX_UPLOAD_BYTES)
+        cls.addClassCleanup(cls.server.stop)
+        cls.cookie = first_run_cookie(cls.server.port)
+        cls.room_id = cls.server.call(lambda: cls.server.app.store.rooms_for(1)[0]["id"])
+
+    def test_a_full_queue_stops_the_reading_and_a_free_one_resumes_it(self):
+        queue_bytes, piece_bytes = 1024 * 1024, 64 * 1024
+        data = os.urandom(12 * 1024 * 1024)  # far more than the queue, the read-ahead and the socket buffers
+        expected_md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        content_type, body = multipart([("message[client_message_id]", "queued")],
+                                       [("message[attachment]", "queued.bin", "application/octet-stream", data)])
+        gate, hashing = threading.Event(), threading.Event()
+
+        class HeldMd5:
+            """The upload's MD5, held up at its first large piece until the gate opens."""
+
+            def __init__(self):
+                self.real = hashlib.md5()
+
+            def update(self, piece):
+                if len(piece) >= piece_bytes:
+                    hashing.set()
+                    gate.wait(30)
+                self.real.update(piece)
+
+            def digest(self):
+                return self.real.digest()
+
+        held_hashlib = types.SimpleNamespace(**{name: getattr(hashlib, name) for name in dir(hashlib)
+                                                if not name.startswith("__")})
+        held_hashlib.md5 = HeldMd5
+        app = self.server.app
+
+        def temp_file_sizes():
+            root = app.files.temp_root
+            return [os.path.getsize(os.path.join(root, name)) for name in os.listdir(root)] if os.path.isdir(root) else []
+
+        def reading():
+            """(body bytes the server has read, whether it reads on) of the connection receiving the upload."""
+            for connection in app.http_connections:
+                if connection.streaming is not None:
+                    return connection.parser._remaining, connection.transport.is_reading()
+            return None
+
+        sender_errors = []
+
+        def send(sock):
+            try:
+                sock.sendall(self.upload_head(len(body), content_type))
+                sock.sendall(body)
+            except OSError as error:
+                sender_errors.append(error)
+        with mock.patch.object(campfire, "hashlib", held_hashlib), \
+                mock.patch.object(campfire, "UPLOAD_QUEUE_BYTES", queue_bytes, create=True), \
+                mock.patch.object(campfire, "UPLOAD_WRITE_BYTES", piece_bytes), \
+                self.server.connect(timeout=30) as sock:
+            sender = threading.Thread(target=send, args=(sock,), daemon=True)
+            sender.start()
+            try:
+                self.assertTrue(hashing.wait(20), "the MD5 got its first piece")
+                # While the MD5 is held up the writes go on, up to the queue's bound, and
+                # then the server reads no further though the client has more to send.
+                deadline, last, stable_since = time.monotonic() + 20, None, time.monotonic()
+                while time.monotonic() < deadline:
+                    now = (temp_file_sizes(), self.server.call(reading))
+                    if now != last:
+                        last, stable_since = now, time.monotonic()
+                    elif time.monotonic() - stable_since > 0.5 and now[1] is not None and not now[1][1]:
+                        break
+                    time.sleep(0.02)
+                self.assertIsNotNone(last[1], "the server stopped reading before the body's end")
+                [written], (remaining, reads_on) = last
+                self.assertFalse(reads_on, "the socket is not read while the queue is full")
+                self.assertGreater(remaining, 0, "the client had more to send")
+                self.assertGreaterEqual(written, queue_bytes, "the writes went ahead of the held MD5")
+                # The pieces held: at most the queue and one piece more (a piece is up to one
+                # read of the socket, RECEIVE_BUFFER_BYTES, beyond UPLOAD_WRITE_BYTES).
+                self.assertLessEqual(written, queue_bytes + piece_bytes + campfire.RECEIVE_BUFFER_BYTES)
+                taken = len(body) - remaining  # the rest is in the socket's buffers or still to send
+                self.assertLess(taken, queue_bytes + campfire.UPLOAD_READ_AHEAD_BYTES
+                                + 3 * (piece_bytes + campfire.RECEIVE_BUFFER_BYTES), "memory stays bounded")
+            finally:
+                gate.set()
+            sender.join(30)
+            self.assertEqual(sender_errors, [])
+            status, headers, _ = recv_response(sock, timeout=30)
+        self.assertEqual(status, 201)
+        message_id = int(re.search(r"@(\d+)$", headers["location"]).group(1))
+        blob = self.server.call(lambda: app.store.attachment("Message", message_id, "attachment"))
+        self.assertEqual((blob.byte_size, blob.checksum), (len(data), expected_md5))
+        app.settle_file_work()
+        with open(app.files.path(blob.key), "rb") as stored:
+            self.assertTrue(stored.read() == data)
+
+    def upload_head(self, length, content_type):
+        return ("POST /rooms/%d/messages HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nCookie: session_token=%s\r\n"
+                "Sec-Fetch-Site: same-origin\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+                    self.room_id, self.server.port, self.cookie, content_type, length)).encode()
 
 
 class StreamedUploadMemoryTests(unittest.TestCase):

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import ssl
 import stat
 import tempfile
@@ -613,16 +614,99 @@ class DeliveryTests(ChatTestCase):
             "body": "Carol Creator: Hey @Bob Builder, ship it 🚀", "icon": "/account/logo",
             "data": {"path": "/rooms/%d" % self.closed, "badge": 1}}})
 
+    def encrypt_in_worker(self, *request):
+        async def encrypt():
+            try:
+                return await asyncio.wait_for(self.app.pushes.push_worker().encrypt(*request), 60)
+            finally:
+                self.app.pushes.push_worker().detach()
+        return asyncio.run(encrypt())
+
     def test_encryption_and_signing_run_in_a_process_of_their_own_at_a_lower_priority(self):
-        pool = self.app.pushes._process_pool()
-        self.assertNotEqual(pool.submit(os.getpid).result(timeout=60), os.getpid())
-        self.assertGreaterEqual(pool.submit(os.nice, 0).result(timeout=60),
-                                min(19, os.nice(0) + campfire.PUSH_WORKER_NICENESS))
         browser = Browser("https://127.0.0.1:1/push/x")
-        body, authorization = pool.submit(campfire.push_request_parts, "T", "B", "/rooms/1", 0, browser.endpoint,
-                                          browser.p256dh, b64url(browser.auth)).result(timeout=60)
+        body, authorization = self.encrypt_in_worker("T", "B", "/rooms/1", 0, browser.endpoint,
+                                                     browser.p256dh, b64url(browser.auth))
         self.assertEqual(json.loads(browser.decrypt(body))["title"], "T")
         self.assertEqual(unb64url(verify_vapid(authorization, browser.endpoint)), self.app.vapid_key.public_key)
+        worker = self.app.pushes.push_worker().process
+        self.assertNotEqual(worker.pid, os.getpid())
+        self.assertGreaterEqual(os.getpriority(os.PRIO_PROCESS, worker.pid),
+                                min(19, os.nice(0) + campfire.PUSH_WORKER_NICENESS))
+
+    def test_a_push_that_fails_to_encrypt_is_reported_and_the_worker_goes_on(self):
+        browser = Browser("https://127.0.0.1:1/push/x")
+        with self.assertRaisesRegex(campfire.WebPushError, "p256dh"):
+            self.encrypt_in_worker("T", "B", "/rooms/1", 0, browser.endpoint, b64url(b"\x04" + b"\x00" * 64),
+                                   b64url(browser.auth))
+        first = self.app.pushes.push_worker().process.pid
+        body, _ = self.encrypt_in_worker("T", "B", "/rooms/1", 0, browser.endpoint, browser.p256dh,
+                                         b64url(browser.auth))
+        self.assertEqual(json.loads(browser.decrypt(body))["title"], "T")
+        self.assertEqual(self.app.pushes.push_worker().process.pid, first, "the same process answered")
+
+    def test_the_server_starts_no_thread_of_its_own_to_push(self):
+        # A thread of the server's would take the interpreter lock from the event loop for every push.
+        service = self.service()
+        browsers = self.everyone_in_all_talk(20, service)
+        threads = set(threading.enumerate())
+        seen = set()
+
+        async def push_and_watch():
+            self.app.pushes.start(asyncio.get_running_loop())
+            try:
+                self.post_id(self.ada, self.all_talk, "Fire drill at noon")
+                deadline = time.monotonic() + 60
+                while len(service.requests) < len(browsers) and time.monotonic() < deadline:
+                    seen.update(threading.enumerate())
+                    await asyncio.sleep(0.001)
+            finally:
+                self.app.pushes.stop()
+
+        asyncio.run(push_and_watch())
+        self.assertEqual(len(service.requests), len(browsers))
+        ours = {thread for thread in seen - threads if "process_request_thread" not in thread.name}  # the service's
+        self.assertEqual(ours, set(), "threads of the server that ran while pushes were encrypted")
+
+    def test_a_worker_process_that_dies_is_replaced_and_its_pushes_sent_by_the_next(self):
+        service = self.service()
+        browsers = self.everyone_in_all_talk(8, service)
+        worker = self.app.pushes.push_worker()
+        os.kill(worker.process.pid, signal.SIGSTOP)  # it takes the pushes but never answers
+        self.addCleanup(lambda: worker.process.poll() is None and worker.process.kill())
+
+        async def push_kill_and_wait():
+            self.app.pushes.start(asyncio.get_running_loop())
+            await asyncio.sleep(0)  # the senders wait for work, as a running server's do
+            try:
+                self.post_id(self.ada, self.all_talk, "Fire drill at noon")
+                deadline = time.monotonic() + 60
+                while len(worker._jobs) < len(browsers) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                in_flight = len(worker._jobs)
+                os.kill(worker.process.pid, signal.SIGKILL)
+                while len(service.requests) < len(browsers) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                return in_flight
+            finally:
+                self.app.pushes.stop()
+
+        with self.assertLogs("campfire", logging.ERROR) as logs:
+            in_flight = asyncio.run(push_kill_and_wait())
+        self.assertEqual(in_flight, len(browsers), "every push was waiting on the stopped process")
+        self.assertEqual(sorted(name for name, _, _ in service.requests),
+                         sorted("p%d" % (user_id - min(browsers)) for user_id in browsers))
+        self.assertTrue(any("push worker process stopped" in line for line in logs.output), logs.output)
+        self.assertIsNotNone(worker.process.returncode, "the dead process was reaped")
+        self.assertNotEqual(self.app.pushes.push_worker().process.pid, worker.process.pid)
+
+    def test_messages_to_the_worker_arrive_whole_however_the_socket_splits_them(self):
+        frames = campfire.PushFrames()
+        data = b"".join(campfire.PushFrames.encode(message) for message in ((1, b"\x00" * 5000, "a"), (2, None, "é")))
+        received = []
+        for start in range(0, len(data), 7):
+            received += frames.feed(data[start:start + 7])
+        self.assertEqual(received, [(1, b"\x00" * 5000, "a"), (2, None, "é")])
+        self.assertEqual(frames.feed(b""), [])
 
     def test_a_long_message_is_cut_to_fit_one_push(self):
         service = self.service()
