@@ -148,6 +148,24 @@ class LiveRoomTests(BrowserApp):
             expect(page.locator(".message--pending")).to_have_count(0)
         self.screenshot(bob, "app-live-room")
 
+    def test_a_room_page_rebuilt_after_a_post_arrives_gzipped_and_whole(self):
+        """The page after a post is rendered afresh and gzipped from its runs of kept messages
+        (App.deflated_run) around its own markup: Chromium decodes it to the page sent plain."""
+        ada = self.open_room(ADA)
+        posted = unique("Spliced page")
+        self.send(ada, posted)
+        self.assert_shown_once(ada, posted)
+        response = ada.reload()
+        self.assertEqual(response.headers.get("content-encoding"), "gzip")
+        expect(ada.locator("body")).to_have_attribute("data-cable", "live")
+        plain = ada.request.get(ada.url, headers={"Accept-Encoding": "identity"})
+        self.assertIsNone(plain.headers.get("content-encoding"))
+        ids = re.findall(r'<div class="message[^"]*" id="message_(\d+)"', plain.text())
+        self.assertGreater(len(ids), 10)  # seeded and posted: more than one run (GZIP_RUN_MESSAGES)
+        self.assertEqual(ada.locator("#messages > .message").evaluate_all("nodes => nodes.map(node => node.id)"),
+                         ["message_" + found for found in ids])
+        self.assert_shown_once(ada, posted)
+
     def test_markup_typed_or_pasted_never_runs(self):
         ada, bob = self.open_room(ADA), self.open_room(BOB)
         typed = '<img src=x onerror="window.pwned=1"> typed %s' % uuid.uuid4().hex[:8]

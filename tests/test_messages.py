@@ -2,18 +2,22 @@
 mentions, page caching, and a database Rails wrote."""
 
 import base64
+import gzip
 import html
 import json
 import math
 import os
+import random
 import re
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
 import unittest
 import unittest.mock
+import zlib
 
 from tests.helpers import Client, campfire, make_app
 from tests.test_rooms import ChatTestCase, fragment_message_id, message_ids
@@ -908,6 +912,138 @@ class KeptMessagesTests(ChatTestCase):
                 self.assertEqual(self.renders(client, "/rooms/1"), 40)
         finally:
             app.close()
+
+
+class SplicedGzipTests(ChatTestCase):
+    """A room or messages page sent gzipped is built from the runs of its messages kept
+    compressed (App.deflated_run) and its own markup: every such body, decoded by the gzip
+    module, by zlib and by the gzip program, is the page sent uncompressed, byte for byte."""
+
+    CACHE = False
+    GZIP = {"Accept-Encoding": "gzip, deflate, br"}
+
+    def setUp(self):
+        super().setUp()
+        self.ids = [self.post_id(self.ada if index % 3 else self.bob, 1,
+                                 "<div>coffee number %d <strong>%s</strong></div>" % (index, "é☕" * (index % 4)))
+                    for index in range(45)]
+        self.paths = ["/rooms/1", "/rooms/1/messages?before=%d" % self.ids[30],
+                      "/rooms/1/messages?after=%d" % self.ids[2]]
+
+    def decoded(self, body):
+        """body as three independent gzip decoders read it; each checks the CRC-32 and length."""
+        by_module = gzip.decompress(body)
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        by_zlib = inflater.decompress(body) + inflater.flush()
+        self.assertTrue(inflater.eof)
+        by_program = subprocess.run(["gzip", "-dc"], input=body, capture_output=True, check=True, timeout=30).stdout
+        self.assertEqual(by_module, by_zlib)
+        self.assertEqual(by_module, by_program)
+        return by_module
+
+    def assertSplicedIsPlain(self, client, path):
+        client.get(path)  # settles what a visit changes (the unread line)
+        gzipped = client.get(path, headers=self.GZIP)
+        plain = client.get(path)
+        self.assertEqual((gzipped.status, plain.status), (200, 200))
+        self.assertEqual(gzipped.header("Content-Encoding"), "gzip")
+        self.assertIsNone(plain.header("Content-Encoding"))
+        self.assertEqual(self.decoded(gzipped.body), plain.body)
+        # runs compressed alone cost some bytes, never many: within a quarter of the page compressed whole
+        self.assertLessEqual(len(gzipped.body), 1.25 * len(campfire.gzip_bytes(plain.body, campfire.GZIP_FRESH_LEVEL)))
+        return plain.text
+
+    def kept_runs(self):
+        return [key for key in self.app.message_cache._data if key[0] == "deflated"]
+
+    def test_pieces_joined_are_one_gzip_stream_of_their_data(self):
+        rng = random.Random(7)
+        datas = [b"", b"a", b"<div>coffee</div>" * 3000, bytes(rng.randrange(256) for _ in range(70000)),
+                 "é☕ ".encode() * 500, b"x" * 40000]
+        for count in (1, 2, 6):
+            for level in (1, 6, 9):
+                with self.subTest(count=count, level=level):
+                    chosen = [rng.choice(datas) for _ in range(count)]
+                    body = b"".join(chosen)
+                    spliced = campfire.gzip_pieces(body, [campfire.deflate_piece(data, level) for data in chosen if data])
+                    self.assertEqual(self.decoded(spliced), body)
+        # RFC 1952's CRC-32 check value, read back from the trailer of a spliced stream
+        spliced = campfire.gzip_pieces(b"123456789", [campfire.deflate_piece(b"1234"), campfire.deflate_piece(b"56789")])
+        self.assertEqual(spliced[-8:], bytes.fromhex("2639f4cb09000000"))
+        self.assertEqual(spliced[:10], bytes.fromhex("1f8b08000000000000ff"))
+
+    def test_room_and_messages_pages_gzipped_from_kept_runs_are_the_plain_pages(self):
+        for client in (self.ada, self.bob):
+            for path in self.paths:
+                with self.subTest(path=path, viewer=client):
+                    self.assertSplicedIsPlain(client, path)
+        self.assertGreater(len(self.kept_runs()), 3)
+        self.assertEqual(self.kept_runs(), [key for key in self.kept_runs()
+                                            if all(isinstance(fragment, str) for fragment in key[1])])
+
+    def test_a_room_page_with_the_since_line_is_spliced_around_it(self):
+        self.bob.get("/rooms/1")
+        self.bob.get("/rooms/2")  # Bob is elsewhere while Ada posts
+        for index in range(5):
+            self.post_id(self.ada, 1, "<div>while Bob was away %d</div>" % index)
+        gzipped = self.bob.get("/rooms/1", headers=self.GZIP)
+        self.assertEqual(gzipped.header("Content-Encoding"), "gzip")
+        page = self.decoded(gzipped.body).decode()
+        self.assertIn('id="since_last_visit"', page)
+        self.assertLess(page.index("coffee number 44"), page.index("since_last_visit"), page.index("away 0"))
+        self.assertNotIn("<!--messages", page)
+
+    def test_an_edited_message_has_its_run_compressed_afresh(self):
+        for path in self.paths:
+            self.assertSplicedIsPlain(self.ada, path)
+        runs = set(self.kept_runs())
+        edited = self.ids[40]
+        author = self.ada  # index 40: every third message is Bob's, from index 0
+        response = author.post("/rooms/1/messages/%d" % edited, {"_method": "patch", "message[body]": "coffee revised"})
+        self.assertLess(response.status, 400)
+        page = self.assertSplicedIsPlain(self.ada, "/rooms/1")
+        self.assertIn("coffee revised", page)
+        self.assertNotIn("coffee number 40 ", page)
+        fresh = set(self.kept_runs()) - runs
+        self.assertEqual(len(fresh), 1)  # the run holding the edited message, and only it
+        self.assertTrue(any("coffee revised" in fragment for fragment in next(iter(fresh))[1]))
+
+    def test_kept_messages_at_their_bound_still_make_whole_pages(self):
+        for bound in (0, 12 * 1024, 64 * 1024):
+            app = make_app(self.storage, cache=False, message_cache_bytes=bound)
+            try:
+                client = Client(app)
+                client.cookies = dict(self.ada.cookies)
+                for _ in range(2):
+                    for path in self.paths:
+                        with self.subTest(bound=bound, path=path):
+                            client.get(path)
+                            gzipped = client.get(path, headers=self.GZIP)
+                            self.assertEqual(self.decoded(gzipped.body), client.get(path).body)
+                            self.assertLessEqual(app.message_cache.bytes, bound)
+                if bound:
+                    self.assertGreater(app.message_cache.bytes, bound // 2)
+            finally:
+                app.close()
+
+
+class SplicedGzipCachedTests(SplicedGzipTests):
+    """The same with the page cache on: a page kept is gzipped from the runs once; its ETag
+    is the plain page's, and If-None-Match still answers 304."""
+
+    CACHE = True
+
+    def test_etag_names_the_page_whichever_encoding(self):
+        self.ada.get("/rooms/1")  # settles the unread line
+        gzipped = self.ada.get("/rooms/1", headers=self.GZIP)
+        plain = self.ada.get("/rooms/1")
+        self.assertEqual(gzipped.header("ETag"), plain.header("ETag"))
+        again = self.ada.get("/rooms/1", headers={**self.GZIP, "If-None-Match": gzipped.header("ETag")})
+        self.assertEqual(again.status, 304)
+        self.post_id(self.bob, 1, "<div>one more</div>")
+        changed = self.ada.get("/rooms/1", headers={**self.GZIP, "If-None-Match": gzipped.header("ETag")})
+        self.assertEqual(changed.status, 200)
+        self.assertIn(b"one more", self.decoded(changed.body))
 
 
 class RailsDatabaseTests(unittest.TestCase):
