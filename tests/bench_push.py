@@ -303,8 +303,8 @@ def main():
         cpu_busy = [after - before for before, after in zip(cpu_started, cpu_seconds(process.pid))]
         connections = service.ask("connections") - connections_before
         received = service.ask("requests")
-        print("  %d subscribers: %d pushes delivered in %.1f s over %d TLS connections" % (
-            SUBSCRIBERS, len(received), elapsed, connections))
+        print("  %d subscribers: %d pushes delivered in %.1f s over %d new TLS connections "
+              "(and those the warm-up push left open, reused)" % (SUBSCRIBERS, len(received), elapsed, connections))
         idle_p99_up, idle_p99_post = percentile(idle_up, 0.99), percentile(idle_post, 0.99)
         print(describe("GET /up, idle", idle_up))
         print(describe("GET /up, pushing", busy_up, idle_p99_up))
