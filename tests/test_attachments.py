@@ -701,7 +701,9 @@ class LiveUploadTests(unittest.TestCase):
 
     def test_a_large_upload_goes_to_the_disk_as_it_arrives_off_the_loop(self):
         """Every UPLOAD_FLUSH_BYTES the bytes so far are flushed (fdatasync) by a file worker,
-        so the fsync after the last byte has little left to do."""
+        so the fsync after the last byte has little left to do. A piece handed on holds up
+        to a receive buffer's worth past UPLOAD_WRITE_BYTES (what a busy machine let pile
+        up in the socket), so both are made small here: every piece then ends in a flush."""
         data = os.urandom(3 * 1024 * 1024)
         content_type, body = multipart([("message[client_message_id]", "flushed-as-it-came")],
                                        [("message[attachment]", "big.bin", "application/octet-stream", data)])
@@ -710,7 +712,8 @@ class LiveUploadTests(unittest.TestCase):
         def recording_fdatasync(descriptor):
             flushes.append((threading.current_thread().name, os.fstat(descriptor).st_size))
             real_fdatasync(descriptor)
-        with mock.patch.object(campfire, "UPLOAD_FLUSH_BYTES", 1024 * 1024), \
+        with mock.patch.object(campfire, "UPLOAD_FLUSH_BYTES", 256 * 1024), \
+                mock.patch.object(campfire, "UPLOAD_WRITE_BYTES", 256 * 1024), \
                 mock.patch.object(campfire.os, "fdatasync", recording_fdatasync), self.server.connect() as sock:
             sock.sendall(self.upload_head(len(body), content_type) + body)
             status, headers, _ = recv_response(sock, timeout=20)
