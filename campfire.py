@@ -8501,6 +8501,7 @@ class Store:
         #                          ((room id, involvement) of each membership))
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
+        self._extended_terms = (None, {})  # (message_version, {term: SearchTerms.extended(term)})
         self._mention_counts = {}  # user id → (versions, {room id: unread mentions})
         self._rooms = {}         # room id → Room (dropped when its name or type changes)
         self._sgids = {}         # user id → their attachable sgid
@@ -9186,6 +9187,10 @@ class Store:
     # are all kept reads no body (the join and the bodies were half of a room page's reads).
     MESSAGE_VERSION_COLUMNS = ("SELECT messages.id, messages.room_id, messages.created_at, messages.updated_at "
                                "FROM messages ")
+    # What a search reads of each match: MESSAGE_COLUMNS' first six, in their places, without
+    # the rich text (App.message_fragments reads the bodies of those it has no rendered copy of).
+    MESSAGE_SEARCH_COLUMNS = ("SELECT messages.id, messages.room_id, messages.creator_id, messages.client_message_id, "
+                              "messages.created_at, messages.updated_at FROM messages ")
 
     # A new message marks its room unread for visible, disconnected members other
     # than the author (Campfire's app/models/room.rb, Room#receive).
@@ -9925,7 +9930,8 @@ class Store:
         old times, a Rails storage may hold anything), so the walk stops only once no
         message below the last id walked, in those rooms, is newer than the newest
         `limit` found; when search_probe_limit matches don't get there, a
-        membership-scoped query ordered by created_at runs instead."""
+        membership-scoped query ordered by created_at runs instead. Rows of
+        MESSAGE_SEARCH_COLUMNS."""
         match = self.search_match(query)
         if match is None:
             return []
@@ -9945,7 +9951,7 @@ class Store:
                 probed += len(candidate_ids)
                 if candidate_ids:
                     found += [row for row in self.db.all(
-                        self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s)" % ",".join("?" * len(candidate_ids)),
+                        self.MESSAGE_SEARCH_COLUMNS + "WHERE messages.id IN (%s)" % ",".join("?" * len(candidate_ids)),
                         candidate_ids) if row[1] in rooms and creator_id in (None, row[2])]
                 if len(candidate_ids) < limit:
                     complete = probed < probe_limit  # else the probe's LIMIT ended the walk
@@ -9960,7 +9966,7 @@ class Store:
         if complete:
             return heapq.nlargest(limit, found, key=newest_first)
         return self.db.all(
-            self.MESSAGE_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
+            self.MESSAGE_SEARCH_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
             "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) AND (? IS NULL OR "
             "messages.creator_id = ?) ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
             % ",".join("?" * len(room_ids)), (match, *room_ids, creator_id, creator_id, limit))
@@ -9978,9 +9984,24 @@ class Store:
         if not words:
             return None
         terms = self.search_terms.terms(words[-1])
-        if len(terms) == 1 and not self.search_terms.extended(terms[0]):
+        if len(terms) == 1 and not self._term_extended(terms[0]):
             return " AND ".join('"%s"' % word for word in words)
         return fts_match_expression(query)
+
+    def _term_extended(self, term):
+        """SearchTerms.extended(term), remembered until a message is written, edited or
+        deleted (only that adds a term to the index): the look-up steps onto the next
+        term and counts its postings, a third of a millisecond for a common one."""
+        version, known = self._extended_terms
+        if version != self.message_version:
+            known = {}
+            self._extended_terms = (self.message_version, known)
+        extended = known.get(term)
+        if extended is None:
+            if len(known) >= SEARCH_STEMS_KEPT:
+                known.clear()
+            extended = known[term] = self.search_terms.extended(term)
+        return extended
 
     def search_index_complete(self):
         """Whether every message seems to have its search row (as many rows as messages).

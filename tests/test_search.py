@@ -293,7 +293,9 @@ class SearchOrderTests(ChatTestCase):
             self.app.db.connection.set_trace_callback(None)
         self.assertEqual([row["id"] for row in found], ids[-100:][::-1])
         self.assertFalse([sql for sql in statements if "ORDER BY messages.created_at DESC" in sql])  # no fallback
-        self.assertEqual(len([sql for sql in statements if "FROM messages LEFT JOIN" in sql]), 1)  # one batch read
+        self.assertEqual(len([sql for sql in statements if sql.startswith(campfire.Store.MESSAGE_SEARCH_COLUMNS)]),
+                         1)  # one batch read
+        self.assertFalse([sql for sql in statements if "action_text_rich_texts" in sql])  # bodies: only to render
 
 
 class SearchPrefixTests(ChatTestCase):
@@ -314,6 +316,22 @@ class SearchPrefixTests(ChatTestCase):
         self.assertEqual(self.app.store.search_match("fresh coffee"), '"fresh" AND ("coffee" OR "coffee"*)')
         self.assertEqual(results(self.ada, "coffee"), [later, first])
         self.assertEqual(results(self.ada, "fresh coffee"), [first])
+
+    def test_whether_a_term_has_longer_ones_is_looked_up_again_only_after_a_message_changes(self):
+        first = self.post_id(self.bob, 1, "fresh coffee")
+        statements = []
+        self.app.db.connection.set_trace_callback(statements.append)
+        try:
+            for _ in range(3):
+                self.assertEqual(self.app.store.search_match("coffee"), '"coffee"')
+        finally:
+            self.app.db.connection.set_trace_callback(None)
+        self.assertEqual(len([sql for sql in statements if "campfire_py_search_terms WHERE" in sql]), 1)
+        response = self.bob.post("/rooms/1/messages/%d" % first, {"_method": "patch",
+                                                                  "message[body]": "a coffeemaker"})
+        self.assertLess(response.status, 400)
+        self.assertEqual(self.app.store.search_match("coffee"), '("coffee" OR "coffee"*)')
+        self.assertEqual(results(self.ada, "coffee"), [first])
 
     def test_a_word_being_typed_still_finds_the_longer_words(self):
         plain = self.post_id(self.bob, 1, "a run today")
