@@ -1813,7 +1813,8 @@ class Response:
         self.compressible = True
         self.upgrade = None
         self.file = None          # a FileBody sent instead of body: a stored file, never read whole
-        self.parts = None         # body in order: bytes, and runs of messages (App.message_runs) kept compressed
+        self.parts = None         # body in order: bytes, runs of messages (App.message_runs) and
+                                  # DeflatedPiece (App.search_result_parts), the last two kept compressed
 
     def header(self, name):
         lowered = name.lower()
@@ -1877,13 +1878,27 @@ def gzip_bytes(data, level=GZIP_LEVEL):
     return compressor.compress(data) + compressor.flush()
 
 
-def deflate_piece(data, level=GZIP_LEVEL):
+def deflate_piece(data, level=GZIP_LEVEL, after=b""):
     """data as raw deflate blocks (RFC 1951) with no final block, ending on a byte
     boundary (a full flush) and referring to nothing before them: pieces made so,
-    joined, are one deflate stream of their data joined (gzip_pieces)."""
-    window_bits = min(15, max(GZIP_MIN_WINDOW_BITS, (len(data) + ZLIB_LOOKAHEAD_BYTES).bit_length()))
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -window_bits, window_bits - 7)  # negative: no wrapper
-    return compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH)
+    joined, are one deflate stream of their data joined (gzip_pieces).
+
+    after: the text that comes just before data wherever the piece goes. Its back
+    references may then reach into that text (zlib's preset dictionary), so the
+    piece costs about what data costs compressed in context; it decodes right after
+    that text only."""
+    window_bits = min(15, max(GZIP_MIN_WINDOW_BITS, (len(after) + len(data) + ZLIB_LOOKAHEAD_BYTES).bit_length()))
+    if after:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -window_bits, window_bits - 7, zdict=after)
+    else:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -window_bits, window_bits - 7)  # negative: no wrapper
+    return DeflatedPiece(compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH))
+
+
+class DeflatedPiece(bytes):
+    """A deflate_piece: in Response.parts, text compressed already (App.gzip_body takes it as it is)."""
+
+    __slots__ = ()
 
 
 def gzip_pieces(body, pieces):
@@ -13138,13 +13153,18 @@ def search(app, request):
         for message in results:
             if message["room_id"] not in titles:
                 titles[message["room_id"]] = _where(app, user, message)[0]
-        results_html = render_search_results(
+        parts = app.search_result_parts(
             (titles[message["room_id"]], message["room_id"], message["id"], fragment)
             for message, fragment in zip(results, app.message_fragments(results, highlight=words)))
         shared, direct = store.sidebar_rooms(user_id)
-        body = render_search(query, results_html, len(results), store.recent_searches(user_id),
+        # As _room_page does: the results go in PAGE_MESSAGES_MARK's place, their pieces in the gzip.
+        body = render_search(query, HTML(PAGE_MESSAGES_MARK), len(results), store.recent_searches(user_id),
                              rooms=shared + direct, people_options=app.people_options(creator_id), room_id=room_id)
-        return _page(app, request, "Search", body)
+        response = _page(app, request, "Search", body)
+        head, tail = response.body.split(PAGE_MESSAGES_MARK.encode())
+        response.body = b"".join((head, *(text for text, _ in parts), tail))
+        response.parts = [head, *(piece for _, piece in parts), tail]
+        return response
     key = ("search", user_id, query, room_id, creator_id, store.user_versions[user_id], store.global_version,
            store.message_version)
     return app.cached(request, key, build)
@@ -15307,13 +15327,35 @@ class App:
             self.message_cache.put(key, piece, len(piece) + sum(map(len, run)))
         return piece
 
+    def search_result_parts(self, results):
+        """render_search_results' results, each as (its UTF-8 text, a DeflatedPiece of it)
+        kept beside the rendered messages until they change. Results are any set of
+        messages, so each is a piece of its own, compressed after the result before it
+        (deflate_piece's `after`): a piece alone would cost three times the bytes. So
+        a piece is kept for the result it follows, which stays the same from one page
+        to the next while the matches do (a new match changes the first two)."""
+        get, put = self.message_cache.get, self.message_cache.put
+        parts, previous = [], b""
+        for result in results:
+            key = ("search result", *result, previous)
+            part = get(key)
+            if part is None:
+                text = render_search_results((result,)).encode()
+                part = (text, deflate_piece(text, GZIP_LEVEL, after=previous))
+                # The key holds the message's text and the result before it.
+                put(key, part, len(text) + len(part[1]) + len(result[3]) + len(previous))
+            parts.append(part)
+            previous = part[0]
+        return parts
+
     def gzip_body(self, response, level):
         """The response's body as gzip: from its parts when it has them (each run of
         messages as kept, the rest compressed at level), else compressed whole."""
         if response.parts is None:
             return gzip_bytes(response.body, level)
-        return gzip_pieces(response.body, [self.deflated_run(part) if isinstance(part, tuple)
-                                           else deflate_piece(part, level) for part in response.parts if part])
+        return gzip_pieces(response.body, [part if type(part) is DeflatedPiece else self.deflated_run(part)
+                                           if isinstance(part, tuple) else deflate_piece(part, level)
+                                           for part in response.parts if part])
 
     def people_options(self, creator_id):
         """The search's person filter (render_people_options), kept with the rendered messages

@@ -2,10 +2,14 @@
 rooms, the newest 100 matches newest first (by created_at), queries that can't break MATCH,
 and the 10 recent searches kept per user."""
 
+import gzip
+import random
 import re
+import subprocess
 import sys
 import unittest
 import urllib.parse
+import zlib
 
 from tests.helpers import Client, campfire, config_value
 from tests.test_messages import seed_messages
@@ -137,6 +141,22 @@ class SearchCacheBoundTests(ChatTestCase):
         """The values a cache holds, read from its dictionary (counted here, not by the cache)."""
         return [value[0] if isinstance(value, tuple) else value for value in cache._data.values()]
 
+    def texts_held(self, cache):
+        """The bytes of the texts a cache's keys and values hold (a kept search result's key
+        holds its message and the result before it), each text counted once."""
+        sizes = {}
+
+        def walk(item):
+            if isinstance(item, (str, bytes)):
+                sizes[id(item)] = sys.getsizeof(item)
+            elif isinstance(item, tuple):
+                for part in item:
+                    walk(part)
+        for key, (value, _) in cache._data.items():
+            walk(key)
+            walk(value)
+        return sum(sizes.values())
+
     def test_many_distinct_searches_over_large_messages_keep_the_caches_bounded(self):
         large = " ".join("filler%d" % index for index in range(2500))  # ~25 KB of words
         for index in range(60):
@@ -147,7 +167,7 @@ class SearchCacheBoundTests(ChatTestCase):
             page = self.ada.get("/searches?" + urllib.parse.urlencode({"q": query}), headers={"Accept-Encoding": "gzip"})
             self.assertEqual(page.status, 200)
             page_bytes = sum(len(entry.body) + len(entry.gzipped or b"") for entry in self.held(self.app.page_cache))
-            message_bytes = sum(sys.getsizeof(value) for value in self.held(self.app.message_cache))
+            message_bytes = self.texts_held(self.app.message_cache)
             self.assertLessEqual(page_bytes, self.app.config.page_cache_bytes)
             self.assertLessEqual(message_bytes, self.app.config.message_cache_bytes)
         self.assertGreater(page_bytes, self.app.config.page_cache_bytes // 2)  # filled, and evicting
@@ -296,6 +316,108 @@ class SearchOrderTests(ChatTestCase):
         self.assertEqual(len([sql for sql in statements if sql.startswith(campfire.Store.MESSAGE_SEARCH_COLUMNS)]),
                          1)  # one batch read
         self.assertFalse([sql for sql in statements if "action_text_rich_texts" in sql])  # bodies: only to render
+
+
+def gunzipped_three_ways(test, body):
+    """body as the gzip module, zlib and the gzip program read it (each checks the CRC-32 and
+    the length); the three must agree."""
+    by_module = gzip.decompress(body)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    by_zlib = inflater.decompress(body) + inflater.flush()
+    test.assertTrue(inflater.eof)
+    by_program = subprocess.run(["gzip", "-dc"], input=body, capture_output=True, check=True, timeout=30).stdout
+    test.assertEqual(by_module, by_zlib)
+    test.assertEqual(by_module, by_program)
+    return by_module
+
+
+class SearchGzipTests(ChatTestCase):
+    """A search page sent gzipped is its own markup compressed for the response and each
+    result's piece kept compressed (App.search_result_parts), each piece compressed after
+    the result before it: decoded, it is the page sent uncompressed, byte for byte."""
+
+    CACHE = False
+    GZIP = {"Accept-Encoding": "gzip, deflate, br"}
+
+    def setUp(self):
+        super().setUp()
+        self.ids = [self.post_id(self.bob if index % 3 else self.carol, 1 if index % 4 else self.closed,
+                                 "<div>coffee number %d <strong>%s</strong> %s</div>"
+                                 % (index, "é☕" * (index % 4), "walrus" if index % 10 == 0 else ""))
+                    for index in range(60)]
+
+    def kept_results(self):
+        return [key for key in self.app.message_cache._data if key[0] == "search result"]
+
+    def assertSplicedIsPlain(self, client, path):
+        gzipped = client.get(path, headers=self.GZIP)
+        plain = client.get(path)
+        self.assertEqual((gzipped.status, plain.status), (200, 200))
+        self.assertEqual(gzipped.header("Content-Encoding"), "gzip")
+        self.assertEqual(gunzipped_three_ways(self, gzipped.body), plain.body)
+        # pieces compressed after the result before them cost some bytes, never many: within a quarter
+        # of the page compressed whole (a piece alone would cost three times the bytes)
+        self.assertLessEqual(len(gzipped.body), 1.25 * len(campfire.gzip_bytes(plain.body, campfire.GZIP_FRESH_LEVEL)))
+        return plain.text
+
+    def test_search_pages_gzipped_from_kept_results_are_the_plain_pages(self):
+        queries = ["coffee", "walrus", "coffee number 7", "coff", "nothing-matches-this", "",
+                   "coffee&room_id=1", "coffee&creator_id=%d" % self.carol_id]
+        for client in (self.ada, self.bob, self.dave):
+            for query in queries:
+                with self.subTest(query=query, viewer=client):
+                    page = self.assertSplicedIsPlain(client, "/searches?q=" + query)
+                    self.assertNotIn("<!--messages", page)
+        found = message_ids(self.assertSplicedIsPlain(self.ada, "/searches?q=coffee"), "search-results")
+        self.assertEqual(found, self.ids[::-1])  # every result, newest first
+        self.assertEqual(len([key for key in self.kept_results() if key[3] == self.ids[-1]]), 1)
+        self.assertGreaterEqual(len(self.kept_results()), 60)
+
+    def test_a_page_again_reuses_every_kept_result(self):
+        self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        kept = set(self.kept_results())
+        self.assertEqual(len(kept), 60)
+        self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        self.assertEqual(set(self.kept_results()), kept)
+
+    def test_an_edited_message_has_its_search_result_compressed_afresh(self):
+        self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        kept = set(self.kept_results())
+        edited = self.ids[41]  # Bob's, in All Talk; the next older result is ids[40]
+        response = self.bob.post("/rooms/1/messages/%d" % edited, {"_method": "patch",
+                                                                   "message[body]": "coffee revised"})
+        self.assertLess(response.status, 400)
+        page = self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        self.assertIn("<mark>coffee</mark> revised", page)
+        self.assertNotIn("coffee</mark> number 41 ", page)
+        fresh = set(self.kept_results()) - kept
+        # the edited result, and the one after it (older), compressed after the edited text
+        self.assertEqual(sorted(key[3] for key in fresh), sorted([edited, self.ids[40]]))
+        edited_key = next(key for key in fresh if key[3] == edited)
+        self.assertIn("coffee</mark> revised", edited_key[4])
+        self.assertIn(b"coffee</mark> revised", next(key for key in fresh if key[3] == self.ids[40])[-1])
+
+    def test_a_new_match_changes_only_the_first_two_results(self):
+        self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        kept = set(self.kept_results())
+        newest = self.post_id(self.bob, 1, "one more coffee")
+        self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        self.assertEqual(sorted(key[3] for key in set(self.kept_results()) - kept), sorted([newest, self.ids[-1]]))
+
+    def test_a_piece_compressed_after_a_text_decodes_after_it(self):
+        rng = random.Random(11)
+        texts = [b"", b"a", "<div>é☕ coffee</div>".encode() * 2500, bytes(rng.randrange(256) for _ in range(50000)),
+                 b"<article>same again</article>" * 40]
+        for before in texts:
+            for text in texts:
+                for level in (1, 6):
+                    with self.subTest(before=len(before), text=len(text), level=level):
+                        pieces = [campfire.deflate_piece(before, level), campfire.deflate_piece(text, level, after=before)]
+                        body = before + text
+                        self.assertEqual(gunzipped_three_ways(self, campfire.gzip_pieces(body, [p for p in pieces if p])),
+                                         body)
+        letters = bytes(rng.choice(b"abcdefghij") for _ in range(3000))  # ~1,200 bytes compressed alone
+        self.assertLess(len(campfire.deflate_piece(letters, after=letters)), len(campfire.deflate_piece(letters)) / 20)
 
 
 class SearchPrefixTests(ChatTestCase):
