@@ -9620,8 +9620,9 @@ class Store:
         boosts = collections.defaultdict(list)
         for start in range(0, len(message_ids), SQLITE_IN_CHUNK):
             chunk = message_ids[start:start + SQLITE_IN_CHUNK]
+            # In the index's order (message_id, then id): no sort of the rows read.
             for row in self.db.all("SELECT id, message_id, booster_id, content FROM boosts WHERE message_id IN (%s) "
-                                   "ORDER BY id" % ",".join("?" * len(chunk)), chunk):
+                                   "ORDER BY message_id, id" % ",".join("?" * len(chunk)), chunk):
                 boosts[row["message_id"]].append(row)
         return boosts
 
@@ -9940,8 +9941,8 @@ class Store:
         with room_id, in that room and its threads; with creator_id, that person's.
 
         A probe walks the matches across all rooms from the highest id down (FTS5
-        walks its doclists in rowid order and stops when asked to), `limit` at a time,
-        keeping the user's. Ids are not always in created_at order (an import keeps
+        walks its doclists in rowid order and stops when asked to), each joined to its
+        message, `limit` at a time, keeping the user's. Ids are not always in created_at order (an import keeps
         old times, a Rails storage may hold anything), so the walk stops only once no
         message below the last id walked, in those rooms, is newer than the newest
         `limit` found; when search_probe_limit matches don't get there, a
@@ -9957,23 +9958,21 @@ class Store:
         room_ids = list(rooms) or [0]
         newest_first = operator.itemgetter(4, 0)  # (created_at, id) of MESSAGE_COLUMNS
         probe_limit = self.config.search_probe_limit
-        probe = self.db.execute("SELECT rowid FROM message_search_index WHERE message_search_index MATCH ? "
-                                "ORDER BY rowid DESC LIMIT ?", (match, probe_limit))
+        probe = self.db.execute(self.MESSAGE_SEARCH_COLUMNS.replace(
+            "FROM messages ", "FROM message_search_index JOIN messages ON messages.id = message_search_index.rowid ")
+            + "WHERE message_search_index MATCH ? ORDER BY message_search_index.rowid DESC LIMIT ?", (match, probe_limit))
         found, probed, complete = [], 0, False
         try:
             while True:
-                candidate_ids = [row[0] for row in probe.fetchmany(limit)]
-                probed += len(candidate_ids)
-                if candidate_ids:
-                    found += [row for row in self.db.all(
-                        self.MESSAGE_SEARCH_COLUMNS + "WHERE messages.id IN (%s)" % ",".join("?" * len(candidate_ids)),
-                        candidate_ids) if row[1] in rooms and creator_id in (None, row[2])]
-                if len(candidate_ids) < limit:
+                walked = probe.fetchmany(limit)
+                probed += len(walked)
+                found += [row for row in walked if row[1] in rooms and creator_id in (None, row[2])]
+                if len(walked) < limit:
                     complete = probed < probe_limit  # else the probe's LIMIT ended the walk
                     break
                 if len(found) >= limit:
                     found = heapq.nlargest(limit, found, key=newest_first)
-                    if not self._newer_below(room_ids, candidate_ids[-1], found[-1][4]):
+                    if not self._newer_below(room_ids, walked[-1][0], found[-1][4]):
                         complete = True
                         break
         finally:
@@ -12179,10 +12178,12 @@ def route_table():
 
 # Helpers the handlers share ----------------------------------------------------
 
-def _page(app, request, title, body, *, status=200, headers=None, sidebar=True, body_class="", current_room_id=None):
-    """A whole page around body, as a Response; the signed-in get the sidebar unless sidebar=False."""
+def _page(app, request, title, body, *, status=200, headers=None, sidebar=True, body_class="", current_room_id=None,
+          rooms=None):
+    """A whole page around body, as a Response; the signed-in get the sidebar unless sidebar=False
+    (rooms: their Store.sidebar_rooms, when the handler has read them already)."""
     view = app.view(request)
-    side = _sidebar_html(app, view.user, current_room_id) if sidebar and view.user is not None else None
+    side = _sidebar_html(app, view.user, current_room_id, rooms) if sidebar and view.user is not None else None
     return Response(render_layout(view, title, body, sidebar=side, body_class=body_class), status, headers=headers)
 
 
@@ -12190,8 +12191,8 @@ def _auth_page(app, request, title, body, *, status=200, headers=None):
     return _page(app, request, title, body, status=status, headers=headers, sidebar=False, body_class="auth")
 
 
-def _sidebar_html(app, user, current_room_id=None):
-    shared, direct = app.store.sidebar_rooms(user.id)
+def _sidebar_html(app, user, current_room_id=None, rooms=None):
+    shared, direct = rooms or app.store.sidebar_rooms(user.id)
     return render_sidebar(shared, direct, app.store.unread_room_ids(user.id), current_room_id,
                           app.store.may_create_rooms(user), app.store.hidden_rooms(user.id),
                           app.store.unread_mention_count(user.id))
@@ -13012,12 +13013,15 @@ def unsave_message(app, request, message_id):
 
 def _where(app, user, message):
     """(the title of the room a message is in, its permalink); a thread's reply is "Thread in <room>"."""
+    return (_where_title(app, user, message["room_id"]),
+            url_for("room_at_message", room_id=message["room_id"], message_id=message["id"]))
+
+
+def _where_title(app, user, room_id):
     store = app.store
-    room = store.room(message["room_id"])
-    home = store.home_room(room)
-    title = store.room_title(home, user.id)
-    return ("Thread in %s" % title if room.thread else title,
-            url_for("room_at_message", room_id=room.id, message_id=message["id"]))
+    room = store.room(room_id)
+    title = store.room_title(store.home_room(room), user.id)
+    return "Thread in %s" % title if room.thread else title
 
 
 def mentions_inbox(app, request):
@@ -13152,15 +13156,13 @@ def search(app, request):
         titles = {}  # room id → the title _where gives it
         for message in results:
             if message["room_id"] not in titles:
-                titles[message["room_id"]] = _where(app, user, message)[0]
-        parts = app.search_result_parts(
-            (titles[message["room_id"]], message["room_id"], message["id"], fragment)
-            for message, fragment in zip(results, app.message_fragments(results, highlight=words)))
-        shared, direct = store.sidebar_rooms(user_id)
+                titles[message["room_id"]] = _where_title(app, user, message["room_id"])
+        parts = app.search_result_parts(results, titles, words)
+        rooms = shared, direct = store.sidebar_rooms(user_id)
         # As _room_page does: the results go in PAGE_MESSAGES_MARK's place, their pieces in the gzip.
         body = render_search(query, HTML(PAGE_MESSAGES_MARK), len(results), store.recent_searches(user_id),
                              rooms=shared + direct, people_options=app.people_options(creator_id), room_id=room_id)
-        response = _page(app, request, "Search", body)
+        response = _page(app, request, "Search", body, rooms=rooms)
         head, tail = response.body.split(PAGE_MESSAGES_MARK.encode())
         response.body = b"".join((head, *(text for text, _ in parts), tail))
         response.parts = [head, *(piece for _, piece in parts), tail]
@@ -15327,23 +15329,33 @@ class App:
             self.message_cache.put(key, piece, len(piece) + sum(map(len, run)))
         return piece
 
-    def search_result_parts(self, results):
-        """render_search_results' results, each as (its UTF-8 text, a DeflatedPiece of it)
-        kept beside the rendered messages until they change. Results are any set of
-        messages, so each is a piece of its own, compressed after the result before it
-        (deflate_piece's `after`): a piece alone would cost three times the bytes. So
-        a piece is kept for the result it follows, which stays the same from one page
-        to the next while the matches do (a new match changes the first two)."""
+    def search_result_parts(self, messages, titles, highlight):
+        """Each message as a search result (render_search_results, titles: room id → the
+        title it names), as (its UTF-8 text, a DeflatedPiece of it), kept beside the
+        rendered messages under what the message's rendering depends on (_message_key):
+        a kept result needs no rendered message looked up.
+
+        Results are any set of messages, so each is a piece of its own, compressed
+        after the result before it (deflate_piece's `after`): a piece alone would cost
+        three times the bytes. So a piece is kept for the result it follows, which stays
+        the same from one page to the next while the matches do (a new match changes
+        the first two)."""
+        ids = [message["id"] for message in messages]
+        boosts, threads = self.store.boosts_for(ids), self.store.threads_for(ids)
         get, put = self.message_cache.get, self.message_cache.put
-        parts, previous = [], b""
-        for result in results:
-            key = ("search result", *result, previous)
+        parts, previous, fragments = [], b"", None
+        for index, message in enumerate(messages):
+            room_id = message["room_id"]
+            key = ("search result", self._message_key(message, boosts.get(ids[index], ()),
+                                                      threads.get(ids[index], ()), highlight),
+                   room_id, titles[room_id], previous)
             part = get(key)
             if part is None:
-                text = render_search_results((result,)).encode()
+                if fragments is None:  # the rest rendered (or found kept) at once, as a page's messages are
+                    fragments = dict(zip(ids[index:], self.message_fragments(messages[index:], highlight=highlight)))
+                text = render_search_results(((titles[room_id], room_id, ids[index], fragments[ids[index]]),)).encode()
                 part = (text, deflate_piece(text, GZIP_LEVEL, after=previous))
-                # The key holds the message's text and the result before it.
-                put(key, part, len(text) + len(part[1]) + len(result[3]) + len(previous))
+                put(key, part, len(text) + len(part[1]) + len(previous))  # the key holds the result before it
             parts.append(part)
             previous = part[0]
         return parts
