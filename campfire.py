@@ -15264,8 +15264,8 @@ class App:
     def _message_key(self, message, boosts, thread, highlight):
         """What a rendered message depends on: its version (an edit moves updated_at), its
         boosts, its thread, every name (global_version) and the words it marks."""
-        return (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), thread,
-                self.store.global_version, tuple(highlight))
+        return (message["id"], message["updated_at"], tuple([boost["id"] for boost in boosts]) if boosts else (),
+                thread, self.store.global_version, highlight if type(highlight) is tuple else tuple(highlight))
 
     def render_body(self, stored_body):
         """A stored body as a message shows it: each mention a chip of the person it names,
@@ -15292,6 +15292,7 @@ class App:
         store = self.store
         boosts, threads = store.boosts_for(ids), store.threads_for(ids)
         get = self.message_cache.get
+        highlight = tuple(highlight)
         fragments = [get(self._message_key(message, boosts.get(message["id"], ()), threads.get(message["id"], ()),
                                            highlight)) for message in messages]
         missing = [message["id"] for message, fragment in zip(messages, fragments) if fragment is None]
@@ -15343,6 +15344,7 @@ class App:
         ids = [message["id"] for message in messages]
         boosts, threads = self.store.boosts_for(ids), self.store.threads_for(ids)
         get, put = self.message_cache.get, self.message_cache.put
+        highlight = tuple(highlight)
         parts, previous, fragments = [], b"", None
         for index, message in enumerate(messages):
             room_id = message["room_id"]
