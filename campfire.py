@@ -13153,19 +13153,17 @@ def search(app, request):
     def build():
         results = store.search(user_id, query, room_id=room_id, creator_id=creator_id) if query else []
         words = search_words(query)
-        titles = {}  # room id → the title _where gives it
-        for message in results:
-            if message["room_id"] not in titles:
-                titles[message["room_id"]] = _where_title(app, user, message["room_id"])
-        parts = app.search_result_parts(results, titles, words)
+        # room id → the title _where gives it
+        titles = {room_id: _where_title(app, user, room_id) for room_id in {message["room_id"] for message in results}}
+        texts, pieces = zip(*app.search_result_parts(results, titles, words)) if results else ((), ())
         rooms = shared, direct = store.sidebar_rooms(user_id)
         # As _room_page does: the results go in PAGE_MESSAGES_MARK's place, their pieces in the gzip.
         body = render_search(query, HTML(PAGE_MESSAGES_MARK), len(results), store.recent_searches(user_id),
                              rooms=shared + direct, people_options=app.people_options(creator_id), room_id=room_id)
         response = _page(app, request, "Search", body, rooms=rooms)
         head, tail = response.body.split(PAGE_MESSAGES_MARK.encode())
-        response.body = b"".join((head, *(text for text, _ in parts), tail))
-        response.parts = [head, *(piece for _, piece in parts), tail]
+        response.body = b"".join((head, *texts, tail))
+        response.parts = [head, *pieces, tail]
         return response
     key = ("search", user_id, query, room_id, creator_id, store.user_versions[user_id], store.global_version,
            store.message_version)
