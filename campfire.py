@@ -11437,6 +11437,7 @@ def _search_result_template():
 
 
 _FILTER_OPTION = '<option value="%d"%s>%s</option>'  # once per room and per person: %-formatted, names escaped
+_RECENT_SEARCH = '<li><a href="%s">%s</a></li>'  # up to ten a page: %-formatted, the link and the query escaped
 
 
 def render_people_options(people, creator_id):
@@ -11460,8 +11461,8 @@ def render_search_filters(rooms, people_options, room_id):
 def render_search(query, results, result_count, recent, *, rooms=(), people_options="", room_id=None):
     """The search page: the form and its filters, recent searches, and the results
     (rendered messages, each naming its room)."""
-    recent_html = HTML("").join(HTML('<li><a href="{url}">{query}</a></li>').format(
-        url=url_for("searches", q=item), query=item) for item in recent)
+    recent_html = HTML("".join(_RECENT_SEARCH % (escape_html(url_for("searches", q=item)), escape_html(item))
+                               for item in recent))
     clear = HTML('<form method="post" action="{}" class="inline-form">'
                  '<input type="hidden" name="_method" value="delete">'
                  '<button type="submit" class="button button--quiet">Clear</button></form>').format(
