@@ -9206,6 +9206,11 @@ class Store:
     # the rich text (App.message_fragments reads the bodies of those it has no rendered copy of).
     MESSAGE_SEARCH_COLUMNS = ("SELECT messages.id, messages.room_id, messages.creator_id, messages.client_message_id, "
                               "messages.created_at, messages.updated_at FROM messages ")
+    # Store.search's walk: the matches from the highest id down, each joined to its message.
+    SEARCH_WALK = ("SELECT messages.id, messages.room_id, messages.creator_id, messages.client_message_id, "
+                   "messages.created_at, messages.updated_at FROM message_search_index "
+                   "JOIN messages ON messages.id = message_search_index.rowid "
+                   "WHERE message_search_index MATCH ? ORDER BY message_search_index.rowid DESC LIMIT ?")
 
     # A new message marks its room unread for visible, disconnected members other
     # than the author (Campfire's app/models/room.rb, Room#receive).
@@ -9942,12 +9947,12 @@ class Store:
 
         A probe walks the matches across all rooms from the highest id down (FTS5
         walks its doclists in rowid order and stops when asked to), each joined to its
-        message, `limit` at a time, keeping the user's. Ids are not always in created_at order (an import keeps
-        old times, a Rails storage may hold anything), so the walk stops only once no
-        message below the last id walked, in those rooms, is newer than the newest
-        `limit` found; when search_probe_limit matches don't get there, a
-        membership-scoped query ordered by created_at runs instead. Rows of
-        MESSAGE_SEARCH_COLUMNS."""
+        message, `limit` at a time, keeping the user's. Ids are not always in
+        created_at order (an import keeps old times, a Rails storage may hold
+        anything), so the walk stops only once no message below the last id walked,
+        in those rooms, is newer than the newest `limit` found; when
+        search_probe_limit matches don't get there, a membership-scoped query
+        ordered by created_at runs instead. Rows of MESSAGE_SEARCH_COLUMNS."""
         match = self.search_match(query)
         if match is None:
             return []
@@ -9956,11 +9961,9 @@ class Store:
             rooms = {candidate for candidate in rooms if candidate == room_id or (
                 (room := self.room(candidate)) is not None and room.parent_room_id == room_id)}
         room_ids = list(rooms) or [0]
-        newest_first = operator.itemgetter(4, 0)  # (created_at, id) of MESSAGE_COLUMNS
+        newest_first = operator.itemgetter(4, 0)  # (created_at, id) of MESSAGE_SEARCH_COLUMNS
         probe_limit = self.config.search_probe_limit
-        probe = self.db.execute(self.MESSAGE_SEARCH_COLUMNS.replace(
-            "FROM messages ", "FROM message_search_index JOIN messages ON messages.id = message_search_index.rowid ")
-            + "WHERE message_search_index MATCH ? ORDER BY message_search_index.rowid DESC LIMIT ?", (match, probe_limit))
+        probe = self.db.execute(self.SEARCH_WALK, (match, probe_limit))
         found, probed, complete = [], 0, False
         try:
             while True:
@@ -15264,7 +15267,7 @@ class App:
         """What a rendered message depends on: its version (an edit moves updated_at), its
         boosts, its thread, every name (global_version) and the words it marks."""
         return (message["id"], message["updated_at"], tuple([boost["id"] for boost in boosts]) if boosts else (),
-                thread, self.store.global_version, highlight if type(highlight) is tuple else tuple(highlight))
+                thread, self.store.global_version, tuple(highlight))
 
     def render_body(self, stored_body):
         """A stored body as a message shows it: each mention a chip of the person it names,
