@@ -10456,8 +10456,11 @@ def export_records(connection, progress):
 # database or a cache (App caches what these return), and every value reaches
 # the page through HTML.format/escape; paths come from url_for.
 
-PAGE_ASSETS = ("app.js", "campfire.css", "components.css", "catchup.css", "campfire-icon.svg", "account.css",
+PAGE_ASSETS = ("app.js", "campfire.css", "components.css", "catchup.css", "account.css",
                "clipboard.js", "transfer.js")  # the static files pages link to, by their versioned URLs
+# The page's icon at the URL campfire.css draws it from (a stylesheet can't know a
+# version), so a page fetches it once; unversioned, it is revalidated (no-cache).
+PAGE_ICON = "campfire-icon.svg"
 
 
 @dataclass(slots=True)
@@ -10607,7 +10610,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         title=HTML("{} &middot; {}").format(title, view.account_name) if title else view.account_name,
         css=assets["campfire.css"], touch_icon=view.logo or url_for("static", path="icon-192.png"),
         icon_link=HTML('<link rel="icon" href="{}">').format(view.logo) if view.logo else HTML(
-            '<link rel="icon" href="{}" type="image/svg+xml">').format(assets["campfire-icon.svg"]),
+            '<link rel="icon" href="{}" type="image/svg+xml">').format(url_for("static", path=PAGE_ICON)),
         manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles,
         modules=render_module_scripts(view.scripts), vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
         if view.vapid_public_key else "")
