@@ -10457,7 +10457,7 @@ def export_records(connection, progress):
 # database or a cache (App caches what these return), and every value reaches
 # the page through HTML.format/escape; paths come from url_for.
 
-PAGE_ASSETS = ("app.js", "campfire.css", "components.css", "catchup.css", "account.css",
+PAGE_ASSETS = ("app.js", "campfire.css", "account.css",
                "clipboard.js", "transfer.js")  # the static files pages link to, by their versioned URLs
 # The page's icon at the URL campfire.css draws it from (a stylesheet can't know a
 # version), so a page fetches it once; unversioned, it is revalidated (no-cache).
@@ -10595,8 +10595,6 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<meta name="color-scheme" content="light dark">'
         '<title>{title}</title>'
         '<link rel="stylesheet" href="{css}">'
-        '<link rel="stylesheet" href="{components}">'
-        '<link rel="stylesheet" href="{catchup}">'
         '{icon_link}{custom_styles}'
         '<link rel="apple-touch-icon" href="{touch_icon}">'
         '<link rel="manifest" href="{manifest}">'
@@ -10604,7 +10602,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">{vapid}'
         '{modules}<script type="module" src="{js}"></script>'
         '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip,
-        js=assets["app.js"], components=assets["components.css"], catchup=assets["catchup.css"],
+        js=assets["app.js"],
         light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
