@@ -11110,9 +11110,12 @@ def render_avatar(source, size=36):
 
 # An avatar's <img>, %-formatted: on every message, twice with a mention.
 AVATAR_TEMPLATE = '<img class="avatar" src="%s" alt="" width="%d" height="%d" loading="lazy">'
-# What stays as it is in a data: URL of an avatar's SVG: nothing that ends an HTML
-# attribute or starts an entity, a URL's fragment (#) or query (?); all else is %XX.
-AVATAR_DATA_URL_SAFE = " /:=,;()!*'"
+# What an avatar's SVG can't hold as it is in a data: URL in an HTML attribute, as
+# %XX: % itself (first), what ends the attribute or starts an entity ("&), a URL's
+# fragment or query (#?), angle brackets; then control characters, which a name
+# seldom holds. Letters of any script stay (the URL parser encodes them as UTF-8).
+AVATAR_DATA_URL_ESCAPES = tuple((character, "%%%02X" % ord(character)) for character in '%"&#?<>')
+AVATAR_DATA_URL_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def avatar_url(user_id, version):
@@ -11125,7 +11128,12 @@ def avatar_source(user, picture):
     costs a page no request and changes with the initials."""
     if picture is not None and picture.kind == "image":
         return avatar_url(user.id, avatar_version(user, picture))
-    return "data:image/svg+xml," + urllib.parse.quote(render_avatar_svg(user), safe=AVATAR_DATA_URL_SAFE)
+    svg = render_avatar_svg(user)
+    for character, escaped in AVATAR_DATA_URL_ESCAPES:
+        svg = svg.replace(character, escaped)
+    if AVATAR_DATA_URL_CONTROLS.search(svg):
+        svg = AVATAR_DATA_URL_CONTROLS.sub(lambda match: "%%%02X" % ord(match.group()), svg)
+    return "data:image/svg+xml," + svg
 
 
 def avatar_version(user, picture):

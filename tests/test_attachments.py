@@ -1063,6 +1063,16 @@ class AvatarAndLogoTests(AttachmentTestCase):
         self.assertEqual(self.avatar_urls_seen(bob), {renamed})
         self.assertEqual(bob.get(urls[-1]).header("Cache-Control"), "private, no-cache")
 
+    def test_initials_of_any_letters_are_drawn_in_the_page_as_the_avatars_url_serves_them(self):
+        self.client.post("/rooms/%d/messages" % self.room_id, {"message[body]": "Morning", "message[client_message_id]": "m1"})
+        for name, initials in (('%Ünal "Q"', '%"'), ("Ünal Öz", "ÜÖ"), ("#1 &co", "#&"), ("?x <y>", "?<")):
+            self.client.post("/users/me/profile", {"_method": "patch", "user[name]": name,
+                                                   "user[email_address]": "ada@example.com", "user[bio]": ""})
+            [src] = self.avatar_urls_seen(self.client)
+            self.assertEqual(avatar_initials(src), initials)
+            self.assertFalse(set(src) & set('"&#?<>'), src)  # nothing that ends the attribute, the URL or its path
+            self.assertEqual(urllib.parse.unquote(src.split(",", 1)[1]).encode(), body_of(self.client.get("/users/1/avatar")))
+
     def test_a_new_persons_avatar_shows_before_any_account_change(self):
         self.client.get("/rooms/%d" % self.room_id)  # the avatars are known for everyone there was
         bob = self.join("Bob", "bob@example.com")
