@@ -16498,23 +16498,22 @@ def fetch_link_preview(url, *, allowed=unfurl_address_allowed, resolve=None, tim
 
 # Web Push deliveries ---------------------------------------------------------------
 # A new message's pushes are queued when it commits (bounded: past the limit the
-# oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time:
-# the payload is built, encrypted and signed in a worker process (the curve math
-# is pure Python and holds the GIL: in a thread it would still take the
-# interpreter from the event loop). The work goes to that process, and its answers
-# come back, over a socket the event loop reads itself (PushWorker): an executor's
-# threads would take the interpreter lock from the loop for every push, and a
-# request arriving then waited for them. Each push is then POSTed to the push service (RFC 8030 §5)
-# over TLS checked against the system's CAs (SSL_CERT_FILE is honoured), with a
-# timeout per step and one in all. 404 and 410 delete the subscription (RFC 8030
-# §7.3); 429 and 5xx are tried again later, after Retry-After when given.
+# oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time and
+# hand each to the push worker process, which does all the rest of a push: it builds
+# the payload, encrypts and signs it (the curve math is pure Python and holds the
+# GIL: in a thread of the server it would still take the interpreter from the event
+# loop), and POSTs it to the push service (RFC 8030 §5) over TLS checked against the
+# system's CAs (SSL_CERT_FILE is honoured), with a timeout per step and one in all.
+# It answers with the service's status, and the server acts on it: 404 and 410
+# delete the subscription (RFC 8030 §7.3); 429 and 5xx are tried again later, after
+# Retry-After when given. Pushes and answers travel over a socket pair that each
+# side reads on its own event loop (PushChannel): no thread of the server wakes for
+# a push, and the server's loop spends one small message each way on it, not the
+# TLS records of an HTTPS exchange.
 #
 # Connections to a push service are kept alive and used again (PushConnections), as
-# push services expect: a new TLS handshake for every push cost the event loop more
-# CPU than all the rest of a push together. The HTTP exchange stays on the loop
-# rather than moving into the worker process: with its connections kept, what's left
-# per push is a few small TLS records, while in the worker process it would need
-# threads or a loop of its own there to keep PUSH_WORKERS pushes in flight.
+# push services expect: a new TLS handshake for every push costs more CPU than all
+# the rest of a push together. They belong to the worker process.
 
 class PushFailed(CampfireError):
     """A push that got no answer: it is logged, and the next message tries again."""
@@ -16527,8 +16526,8 @@ class PushUnanswered(PushFailed):
 class PushConnections:
     """Idle keep-alive connections to push services by (host, port): at most
     PUSH_IDLE_CONNECTIONS for one origin and PUSH_IDLE_CONNECTIONS_TOTAL in all, each
-    closed once it has been unused for keep_alive seconds. Only the event loop's
-    thread uses it."""
+    closed once it has been unused for keep_alive seconds. Only the push worker
+    process's event loop uses it."""
 
     def __init__(self):
         self._idle = {}           # (host, port) -> {writer: (reader, the timer that closes it)}, newest last
@@ -16576,9 +16575,6 @@ class PushConnections:
         self._idle, self._count = {}, 0
 
 
-_push_signer = None  # in a push worker process: the VapidSigner, made once, its tokens cached
-
-
 class PushWorkerStopped(CampfireError):
     """The push worker process ended with this push unanswered."""
 
@@ -16615,100 +16611,47 @@ class PushFrames:
         return messages
 
 
-def push_worker_main(descriptor):
-    """The push worker process (started by PushWorker). The first message on its socket is
-    the VAPID key and subject; each one after is a job (number, and push_request_parts'
-    arguments), answered as soon as it is done with (number, body, authorization), or
-    (number, None, why it failed). It ends when the server closes the socket. Ctrl-C is
-    the server's to handle, and the CPU goes to the server first."""
-    global _push_signer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
-    except OSError:
-        pass
-    channel = socket.socket(fileno=descriptor)
-    frames = PushFrames()
-    while True:
-        data = channel.recv(PUSH_WORKER_READ_BYTES)
-        if not data:
-            return
-        for message in frames.feed(data):
-            if _push_signer is None:
-                private_key, subject = message
-                _push_signer = VapidSigner(VapidKey(private_key), subject)
-                continue
-            job, *request = message
-            try:
-                answer = (job, *push_request_parts(*request))
-            except WebPushError as error:  # a key that isn't one
-                answer = (job, None, str(error))
-            except Exception as error:  # a bug: the server logs it, and this process goes on
-                answer = (job, None, "%s: %s" % (type(error).__name__, error))
-            channel.sendall(PushFrames.encode(answer))
+class PushChannel:
+    """One end of the socket pair between the server and its push worker process,
+    served by an event loop without a thread (add_reader, add_writer). send() queues a
+    whole message, and what the socket doesn't take at once goes when it can; every
+    message that arrives is handed to received(message), as many as one read brings;
+    the end of the socket, or an error on it, calls ended() once."""
 
-
-class PushWorker:
-    """The process that encrypts and signs pushes, and the server's end of its socket.
-    Jobs go out as messages on the socket; answers are read by the event loop itself
-    (add_reader), as many as are waiting in one read, so no thread of the server wakes
-    for a push. Used from the event loop's thread only."""
-
-    def __init__(self, private_key, subject):
-        import subprocess  # here: a server without push subscriptions never starts one
-        ours, theirs = socket.socketpair()
-        try:
-            ours.sendall(PushFrames.encode((private_key, subject)))  # never on a command line
-            self.process = subprocess.Popen(
-                [sys.executable, "-S", "-c", "import sys; sys.path.insert(0, %r); import %s; %s.push_worker_main(%d)"
-                 % (os.path.dirname(os.path.abspath(__file__)), _MODULE, _MODULE, theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        self.socket = ours
-        self.stopped = False
-        self._jobs = {}           # job number -> the future its answer resolves
-        self._numbers = itertools.count()
+    def __init__(self, sock, received, ended):
+        sock.setblocking(False)
+        self.socket = sock
+        self.loop = None              # the loop it is attached to
+        self._received, self._ended = received, ended
         self._frames = PushFrames()
         self._outgoing = bytearray()  # what the socket didn't take yet
         self._writing = False         # the loop calls _writable when the socket takes more
-        self._loop = None
 
-    def encrypt(self, *request):
-        """A future of push_request_parts(*request) as the worker process answers it."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._attach(loop)
-        job = next(self._numbers)
-        future = self._jobs[job] = loop.create_future()
-        waiting = bool(self._outgoing)
-        self._outgoing += PushFrames.encode((job, *request))
-        if not waiting:
-            self._writable()
-        return future
-
-    def _attach(self, loop):
+    def attach(self, loop):
+        """Read and write on loop from now on."""
         self.detach()
-        self._loop = loop
+        self.loop = loop
         loop.add_reader(self.socket, self._readable)
         if self._outgoing:
             self._writing = True
             loop.add_writer(self.socket, self._writable)
 
     def detach(self):
-        """Stop reading on the loop it was used from (the loop is ending); the jobs it
-        waited for are cancelled, and their answers ignored when they come."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self.socket)
-            self._loop.remove_writer(self.socket)
-        self._loop, self._writing = None, False
-        jobs, self._jobs = self._jobs, {}
-        for future in jobs.values():
-            future.cancel()
+        """Stop reading and writing (the loop is ending); unsent messages wait for attach()."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.socket)
+            self.loop.remove_writer(self.socket)
+        self.loop, self._writing = None, False
+
+    def send(self, message):
+        waiting = bool(self._outgoing)
+        self._outgoing += PushFrames.encode(message)
+        if not waiting:
+            self._writable()
+
+    def close(self):
+        self.detach()
+        self.socket.close()
 
     def _writable(self):
         try:
@@ -16716,15 +16659,17 @@ class PushWorker:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            self._stop()
+            self._end()
             return
         del self._outgoing[:sent]
+        if self.loop is None:
+            return
         if self._outgoing and not self._writing:
             self._writing = True
-            self._loop.add_writer(self.socket, self._writable)
+            self.loop.add_writer(self.socket, self._writable)
         elif not self._outgoing and self._writing:
             self._writing = False
-            self._loop.remove_writer(self.socket)
+            self.loop.remove_writer(self.socket)
 
     def _readable(self):
         try:
@@ -16734,53 +16679,20 @@ class PushWorker:
         except OSError:
             data = b""
         if not data:
-            self._stop()
+            self._end()
             return
-        for job, body, authorization in self._frames.feed(data):
-            future = self._jobs.pop(job, None)
-            if future is None or future.done():
-                continue
-            if body is None:
-                future.set_exception(WebPushError(authorization))
-            else:
-                future.set_result((body, authorization))
+        for message in self._frames.feed(data):
+            self._received(message)
 
-    def _stop(self):
-        """The worker process ended (or its socket broke): what it had is failed."""
-        if self.stopped:
-            return
-        self.stopped = True
-        jobs, self._jobs = self._jobs, {}
+    def _end(self):
         self.detach()
-        self.socket.close()
-        if self.process.poll() is None:  # its socket broke, yet it runs: it is of no use now
-            self.process.kill()
-        self.process.wait()
-        log.error("the push worker process stopped (exit status %s) with %d pushes unanswered; "
-                  "a new one takes the next push", self.process.returncode, len(jobs))
-        for future in jobs.values():
-            if not future.done():
-                future.set_exception(PushWorkerStopped("the push worker process stopped"))
-
-    def close(self):
-        """Close the socket (the process ends when it reads the end) and wait for the process."""
-        import subprocess
-        self.detach()
-        self.socket.close()
-        if self.stopped:
-            return
-        self.stopped = True
-        try:
-            self.process.wait(PUSH_WORKER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self._ended()
 
 
-def push_request_parts(title, body, path, badge, endpoint, p256dh_key, auth_key):
-    """In a push worker process: (the encrypted body, the Authorization header)."""
+def push_request_parts(signer, title, body, path, badge, endpoint, p256dh_key, auth_key):
+    """(the encrypted body, the Authorization header) of one push, signed by signer (a VapidSigner)."""
     payload = push_payload(title, body, path, badge)
-    return encrypt_push_message(payload, p256dh_key, auth_key), _push_signer.authorization(endpoint)
+    return encrypt_push_message(payload, p256dh_key, auth_key), signer.authorization(endpoint)
 
 
 def push_request_bytes(endpoint, body, authorization, ttl=PUSH_TTL):
@@ -16812,6 +16724,220 @@ def retry_after_seconds(value, now=None):
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+class PushSender(OutboundRequests):
+    """The push worker process's work, on its own event loop. The first message from the
+    server is the VAPID key, the subject and the timeouts; each one after is a push
+    ("push", job number, and push_request_parts' arguments), encrypted, signed and
+    POSTed at once, or "forget" (close the idle connections). Each push is answered
+    (job, status, Retry-After, text): the service's status and the start of its reply,
+    or status None and why nothing was answered. The server keeps at most PUSH_WORKERS
+    pushes here at once; the process ends when the server closes the socket."""
+
+    step_failure = PushFailed
+
+    def __init__(self, sock):
+        self.signer = None
+        self.timeout = self.total_timeout = self.keep_alive = None
+        self.connections = PushConnections()
+        self.channel = PushChannel(sock, self._received, self._ended)
+        self._tasks = set()
+        self._done = None
+
+    async def run(self):
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        self.channel.attach(loop)
+        try:
+            await self._done
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            self.connections.close()
+            self.channel.close()
+
+    def step_timeout(self):
+        return self.timeout
+
+    def _received(self, message):
+        if self.signer is None:
+            private_key, subject, (self.timeout, self.total_timeout, self.keep_alive) = message
+            self.signer = VapidSigner(VapidKey(private_key), subject)
+        elif message[0] == "forget":
+            self.connections.close()
+        else:
+            task = asyncio.get_running_loop().create_task(self._push(*message[1:]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _ended(self):
+        if not self._done.done():
+            self._done.set_result(None)
+
+    async def _push(self, job, *request):
+        endpoint = request[4]
+        try:
+            body, authorization = push_request_parts(self.signer, *request)
+            answer = await self._answer(endpoint, body, authorization)
+        except WebPushError as error:  # a key that isn't one
+            answer = (None, None, "not sent: %s" % error)
+        except Exception as error:  # a bug: the server logs it, and this process goes on
+            answer = (None, None, "failed: %s: %s" % (type(error).__name__, error))
+        self.channel.send((job, *answer))
+
+    async def _answer(self, endpoint, body, authorization):
+        try:
+            async with asyncio.timeout(self.total_timeout):
+                reply = await self._post(endpoint, body, authorization)
+        except TimeoutError:
+            return None, None, "took over %gs in all; not sent" % self.total_timeout
+        except (PushFailed, WebhookFailed, OSError, EOFError, ValueError, UnicodeError) as error:
+            return None, None, "failed: %s" % (str(error) or type(error).__name__)
+        return reply.status, reply.headers.get("retry-after"), bytes(reply.body[:200]).decode("utf-8", "replace")
+
+    async def _post(self, endpoint, body, authorization):
+        """POST on an idle connection to the endpoint's origin if there is one, else on a new
+        one. A service may close an idle connection just as a request goes out on it (RFC
+        9112 §9.3.1): when a connection used before ends before any byte of an answer, the
+        push is sent once more on a new connection. A new connection's failure is final."""
+        split = urllib.parse.urlsplit(endpoint)
+        key = (split.hostname, split.port or 443)
+        request = push_request_bytes(endpoint, body, authorization)
+        idle = self.connections.take(key)
+        if idle is not None:
+            try:
+                return await self._send(key, *idle, request)
+            except PushUnanswered:
+                pass
+        reader, writer = await self._step(asyncio.open_connection(
+            split.hostname, key[1], ssl=self._tls_context(), server_hostname=split.hostname), "connecting")
+        return await self._send(key, reader, writer, request)
+
+    async def _send(self, key, reader, writer, request):
+        """One request and its reply; the connection is kept for the next push when the reply allows."""
+        response = WebhookResponseReader(MAX_PUSH_REPLY_BYTES)
+        answered = False
+        try:
+            writer.write(request)
+            await self._step(writer.drain(), "sending")
+            while True:
+                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
+                if not data and not answered:
+                    raise PushUnanswered("the push service closed the connection without answering")
+                answered = True
+                if response.receive_data(data) if data else response.receive_eof():
+                    break
+        except OSError as error:
+            writer.transport.abort()
+            if answered:
+                raise
+            raise PushUnanswered(str(error) or type(error).__name__) from None
+        except BaseException:
+            writer.transport.abort()
+            raise
+        if response.persistent:
+            self.connections.give(key, reader, writer, self.keep_alive)
+        else:
+            writer.transport.abort()
+        return response
+
+
+def push_worker_main(descriptor):
+    """The push worker process (started by PushWorker): PushSender on the socket pair's
+    end it was given. Ctrl-C is the server's to handle, and the CPU goes to the server
+    first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
+    except OSError:
+        pass
+    asyncio.run(PushSender(socket.socket(fileno=descriptor)).run())
+
+
+class PushWorker:
+    """The push worker process, and the server's end of its socket. send() hands it one
+    push and returns a future of its answer. Used from the event loop's thread only."""
+
+    def __init__(self, private_key, subject, timeouts):
+        import subprocess  # here: a server without push subscriptions never starts one
+        ours, theirs = socket.socketpair()
+        try:
+            ours.sendall(PushFrames.encode((private_key, subject, timeouts)))  # never on a command line
+            self.process = subprocess.Popen(
+                [sys.executable, "-S", "-c", "import sys; sys.path.insert(0, %r); import %s; %s.push_worker_main(%d)"
+                 % (os.path.dirname(os.path.abspath(__file__)), _MODULE, _MODULE, theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.channel = PushChannel(ours, self._answered, self._stop)
+        self.stopped = False
+        self._jobs = {}           # job number -> the future its answer resolves
+        self._numbers = itertools.count()
+
+    def send(self, *request):
+        """A future of the answer to one push (push_request_parts' arguments but the
+        signer): (status, Retry-After, text), status None when the service didn't answer."""
+        loop = asyncio.get_running_loop()
+        if self.channel.loop is not loop:
+            self.detach()
+            self.channel.attach(loop)
+        job = next(self._numbers)
+        future = self._jobs[job] = loop.create_future()
+        self.channel.send(("push", job, *request))
+        return future
+
+    def forget_connections(self):
+        """Have the process close its idle connections to push services."""
+        if not self.stopped:
+            self.channel.send(("forget",))
+
+    def detach(self):
+        """Stop reading on the loop it was used from (the loop is ending); the pushes it
+        waited for are cancelled, and their answers ignored when they come."""
+        self.channel.detach()
+        jobs, self._jobs = self._jobs, {}
+        for future in jobs.values():
+            future.cancel()
+
+    def _answered(self, message):
+        job, *answer = message
+        future = self._jobs.pop(job, None)
+        if future is not None and not future.done():
+            future.set_result(tuple(answer))
+
+    def _stop(self):
+        """The worker process ended (or its socket broke): what it had is failed."""
+        if self.stopped:
+            return
+        self.stopped = True
+        jobs, self._jobs = self._jobs, {}
+        self.channel.close()
+        if self.process.poll() is None:  # its socket broke, yet it runs: it is of no use now
+            self.process.kill()
+        self.process.wait()
+        log.error("the push worker process stopped (exit status %s) with %d pushes unanswered; "
+                  "a new one takes the next push", self.process.returncode, len(jobs))
+        for future in jobs.values():
+            if not future.done():
+                future.set_exception(PushWorkerStopped("the push worker process stopped"))
+
+    def close(self):
+        """Close the socket (the process ends when it reads the end) and wait for the process."""
+        import subprocess
+        self.detach()
+        self.channel.close()
+        if self.stopped:
+            return
+        self.stopped = True
+        try:
+            self.process.wait(PUSH_WORKER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 class Pushes(OutboundRequests):
     """The Events listener that sends Web Push notifications, and its bounded queue.
 
@@ -16820,8 +16946,6 @@ class Pushes(OutboundRequests):
 
     workers = PUSH_WORKERS
 
-    step_failure = PushFailed
-
     def __init__(self, app):
         self.app = app
         self.pending = collections.deque()
@@ -16829,9 +16953,7 @@ class Pushes(OutboundRequests):
         self._workers = []
         self._busy = 0            # deliveries being sent right now
         self._retries = set()     # timer handles of pushes waiting to be tried again
-        self._tls = None
         self._worker = None       # the PushWorker, started for the first push
-        self._connections = PushConnections()
         app.events.subscribe(self)
 
     # Events ---------------------------------------------------------------------
@@ -16862,9 +16984,9 @@ class Pushes(OutboundRequests):
         dropped = len(self.pending) + len(self._retries)
         self._workers, self._wakeup, self._retries = [], None, set()
         self.pending.clear()
-        self._connections.close()
         if self._worker is not None:
             self._worker.detach()
+            self._worker.forget_connections()
         if dropped:
             log.warning("dropped %d queued pushes at shutdown", dropped)
 
@@ -16898,20 +17020,19 @@ class Pushes(OutboundRequests):
     def push_worker(self):
         """The PushWorker, started again when the last one stopped."""
         if self._worker is None or self._worker.stopped:
-            self._worker = PushWorker(self.app.vapid_key.private_key, VAPID_SUBJECT)
+            config = self.app.config
+            self._worker = PushWorker(self.app.vapid_key.private_key, VAPID_SUBJECT,
+                                      (config.push_timeout, config.push_total_timeout, config.push_keep_alive))
         return self._worker
 
     # One delivery ---------------------------------------------------------------
     async def deliver(self, delivery):
-        """Encrypt and sign off the loop, POST once, act on the answer."""
+        """Hand one push to the worker process, and act on the push service's answer."""
         subscription = delivery.subscription_id
         try:
-            body, authorization = await self.push_worker().encrypt(
+            status, retry_after, text = await self.push_worker().send(
                 delivery.title, delivery.body, delivery.path, delivery.badge, delivery.endpoint,
                 delivery.p256dh_key, delivery.auth_key)
-        except WebPushError as error:
-            log.warning("push to subscription %d not sent: %s", subscription, error)
-            return
         except PushWorkerStopped:
             if delivery.requeued:  # a second worker process ended with it: it may be what ends them
                 log.warning("push to subscription %d dropped: the push worker process stopped twice with it",
@@ -16920,27 +17041,15 @@ class Pushes(OutboundRequests):
                 delivery.requeued = True
                 self.enqueue(delivery)
             return
-        try:
-            async with asyncio.timeout(self.app.config.push_total_timeout):
-                reply = await self._post(delivery.endpoint, body, authorization)
-        except TimeoutError:
-            log.warning("push to subscription %d took over %gs in all; not sent",
-                        subscription, self.app.config.push_total_timeout)
-            return
-        except (PushFailed, WebhookFailed, OSError, EOFError, ValueError, UnicodeError) as error:
-            log.warning("push to subscription %d failed: %s", subscription, str(error) or type(error).__name__)
-            return
-        status = reply.status
-        if 200 <= status < 300:
-            return
-        if status in (404, 410):
+        if status is None:
+            log.warning("push to subscription %d %s", subscription, text)
+        elif status in (404, 410):
             log.info("push subscription %d has expired (%d): deleted", subscription, status)
             self.app.store.expire_push_subscription(subscription)
         elif status == 429 or status >= 500:
-            self._retry(delivery, status, reply.headers.get("retry-after"))
-        else:
-            log.warning("push to subscription %d refused with %d: %s", subscription, status,
-                        bytes(reply.body[:200]).decode("utf-8", "replace"))
+            self._retry(delivery, status, retry_after)
+        elif not 200 <= status < 300:
+            log.warning("push to subscription %d refused with %d: %s", subscription, status, text)
 
     def _retry(self, delivery, status, retry_after):
         if delivery.attempt >= PUSH_RETRIES:
@@ -16960,54 +17069,7 @@ class Pushes(OutboundRequests):
         handle = asyncio.get_running_loop().call_later(delay, again)
         self._retries.add(handle)
 
-    async def _post(self, endpoint, body, authorization):
-        """POST on an idle connection to the endpoint's origin if there is one, else on a new
-        one. A service may close an idle connection just as a request goes out on it (RFC
-        9112 §9.3.1): when a connection used before ends before any byte of an answer, the
-        push is sent once more on a new connection. A new connection's failure is final."""
-        split = urllib.parse.urlsplit(endpoint)
-        key = (split.hostname, split.port or 443)
-        request = push_request_bytes(endpoint, body, authorization)
-        idle = self._connections.take(key)
-        if idle is not None:
-            try:
-                return await self._send(key, *idle, request)
-            except PushUnanswered as error:
-                log.debug("a kept connection to %s:%d ended unanswered (%s); sending on a new one", *key, error)
-        reader, writer = await self._step(asyncio.open_connection(
-            split.hostname, key[1], ssl=self._tls_context(), server_hostname=split.hostname), "connecting")
-        return await self._send(key, reader, writer, request)
 
-    async def _send(self, key, reader, writer, request):
-        """One request and its reply; the connection is kept for the next push when the reply allows."""
-        response = WebhookResponseReader(MAX_PUSH_REPLY_BYTES)
-        answered = False
-        try:
-            writer.write(request)
-            await self._step(writer.drain(), "sending")
-            while True:
-                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
-                if not data and not answered:
-                    raise PushUnanswered("the push service closed the connection without answering")
-                answered = True
-                if response.receive_data(data) if data else response.receive_eof():
-                    break
-        except OSError as error:
-            writer.transport.abort()
-            if answered:
-                raise
-            raise PushUnanswered(str(error) or type(error).__name__) from None
-        except BaseException:
-            writer.transport.abort()
-            raise
-        if response.persistent:
-            self._connections.give(key, reader, writer, self.app.config.push_keep_alive)
-        else:
-            writer.transport.abort()
-        return response
-
-    def step_timeout(self):
-        return self.app.config.push_timeout
 # Off-site copies ---------------------------------------------------------------
 # Each finished backup is sent to BACKUP_URL: AWS Signature Version 4 written with
 # hmac/hashlib, S3's PutObject and multipart upload, or a plain HTTPS PUT. The
