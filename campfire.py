@@ -8214,19 +8214,20 @@ class User:
         return "".join(word[0] for word in words[:2]).upper() or "?"
 
 
-class AvatarVersions(dict):
-    """{user id: avatar_version} (Store.avatar_versions): made from the users and their
-    pictures given, and from the database for anyone else, once; "" for no such person."""
+class AvatarSources(dict):
+    """{user id: avatar_source} (Store.avatar_sources): made from the users and their
+    pictures given, and from the database for anyone else, once; for no such person,
+    the unversioned URL (a 404)."""
 
     def __init__(self, store, users, pictures):
-        super().__init__((user_id, avatar_version(user, pictures.get(user_id))) for user_id, user in users.items())
+        super().__init__((user_id, avatar_source(user, pictures.get(user_id))) for user_id, user in users.items())
         self._store = store
 
     def __missing__(self, user_id):
         user = self._store.user(user_id)
-        version = self[user_id] = avatar_version(user, self._store.attachment("User", user_id, "avatar")) \
-            if user is not None else ""
-        return version
+        source = self[user_id] = avatar_source(user, self._store.attachment("User", user_id, "avatar")) \
+            if user is not None else avatar_url(user_id, "")
+        return source
 
 
 @dataclass(slots=True)
@@ -8648,15 +8649,15 @@ class Store:
     def forget_user(self, user_id):
         self._users.pop(user_id, None)
 
-    def avatar_versions(self):
-        """{user id: the version in their avatar's URL} (avatar_version), for everyone at once:
+    def avatar_sources(self):
+        """{user id: what an <img> of their avatar loads} (avatar_source), for everyone at once:
         built by two queries after each account change (renames and new pictures are
         account changes); a person added since is looked up when first asked for."""
         def build():
             users = [User.from_row(row) for row in self.db.all("SELECT * FROM users")]
-            return AvatarVersions(self, {user.id: user for user in users},
+            return AvatarSources(self, {user.id: user for user in users},
                                   self.attachments_for("User", [user.id for user in users], "avatar"))
-        return self._derived_value("avatar_versions", build)
+        return self._derived_value("avatar_sources", build)
 
     def create_user(self, name, email, password=None, role=ROLE_MEMBER, *, password_digest=None):
         """A person in every open room. Handlers pass a digest made off the event loop;
@@ -10456,8 +10457,11 @@ def export_records(connection, progress):
 # database or a cache (App caches what these return), and every value reaches
 # the page through HTML.format/escape; paths come from url_for.
 
-PAGE_ASSETS = ("app.js", "campfire.css", "components.css", "catchup.css", "campfire-icon.svg", "account.css",
+PAGE_ASSETS = ("app.js", "campfire.css", "account.css",
                "clipboard.js", "transfer.js")  # the static files pages link to, by their versioned URLs
+# The page's icon at the URL campfire.css draws it from (a stylesheet can't know a
+# version), so a page fetches it once; unversioned, it is revalidated (no-cache).
+PAGE_ICON = "campfire-icon.svg"
 
 
 @dataclass(slots=True)
@@ -10472,7 +10476,7 @@ class View:
     logo: str = ""              # the account logo's URL when one is set: the page's icon
     vapid_public_key: str = ""  # the signed-in app's applicationServerKey, as Campfire's vapid-public-key meta tag
     scripts: "PageScripts" = None  # the import map and the modules app.js needs
-    avatars: dict = None        # user id → the version of their avatar's URL (Store.avatar_versions)
+    avatars: dict = None        # user id → what an <img> of their avatar loads (Store.avatar_sources)
 
 
 @dataclass(slots=True, frozen=True)
@@ -10572,7 +10576,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
             '<input type="hidden" name="push_subscription_endpoint" value="">'
             '<button type="submit" class="button button--quiet">Sign out</button></form>'
             '</nav></header>').format(
-            account=view.account_name, name=user.name, avatar=render_avatar(user.id, view.avatars[user.id], 24),
+            account=view.account_name, name=user.name, avatar=render_avatar(view.avatars[user.id], 24),
             sidebar_url=url_for("user_sidebar"), root=url_for("root"), searches=url_for("searches"),
             edit_account=url_for("edit_account"), profile=url_for("user_profile"), session=url_for("session"))
     main = HTML('<div class="layout">{sidebar}<main id="main" class="main">{body}</main></div>').format(
@@ -10591,8 +10595,6 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<meta name="color-scheme" content="light dark">'
         '<title>{title}</title>'
         '<link rel="stylesheet" href="{css}">'
-        '<link rel="stylesheet" href="{components}">'
-        '<link rel="stylesheet" href="{catchup}">'
         '{icon_link}{custom_styles}'
         '<link rel="apple-touch-icon" href="{touch_icon}">'
         '<link rel="manifest" href="{manifest}">'
@@ -10600,14 +10602,14 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">{vapid}'
         '{modules}<script type="module" src="{js}"></script>'
         '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip,
-        js=assets["app.js"], components=assets["components.css"], catchup=assets["catchup.css"],
+        js=assets["app.js"],
         light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
         title=HTML("{} &middot; {}").format(title, view.account_name) if title else view.account_name,
         css=assets["campfire.css"], touch_icon=view.logo or url_for("static", path="icon-192.png"),
         icon_link=HTML('<link rel="icon" href="{}">').format(view.logo) if view.logo else HTML(
-            '<link rel="icon" href="{}" type="image/svg+xml">').format(assets["campfire-icon.svg"]),
+            '<link rel="icon" href="{}" type="image/svg+xml">').format(url_for("static", path=PAGE_ICON)),
         manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles,
         modules=render_module_scripts(view.scripts), vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
         if view.vapid_public_key else "")
@@ -10908,7 +10910,7 @@ def render_composer(room, *, form_id="composer", label="Write a message", send="
                               max_upload_bytes, format_bytes(max_upload_bytes)) if files else "")
 
 
-def render_pending_message(viewer, avatar_version, template_id="pending_message"):
+def render_pending_message(viewer, avatar_source, template_id="pending_message"):
     """The shape of a message the viewer has sent and the server hasn't answered yet: the
     browser fills in a copy (client id, time, body) the moment it sends, as Campfire's
     app/views/messages/_template.html.erb does."""
@@ -10918,7 +10920,7 @@ def render_pending_message(viewer, avatar_version, template_id="pending_message"
         '<div class="message__content"><div class="message__meta"><span class="message__author">{name}</span> '
         '<time></time> <span class="message__status" role="status">Sending&hellip;</span></div>'
         '<div class="message__body"></div></div></div></template>').format(
-        id=viewer.id, avatar=render_avatar(viewer.id, avatar_version), name=viewer.name, template_id=template_id)
+        id=viewer.id, avatar=render_avatar(avatar_source), name=viewer.name, template_id=template_id)
 
 
 def render_since_line():
@@ -10930,7 +10932,7 @@ def render_since_line():
 def render_thread(room, parent_room, parent_title, parent_html, messages, viewer, *, avatars, highlight_id=None):
     """A thread: the message it answers, its replies (rendered), its own composer. The same
     section is a page of its own (on a phone) and the desktop's side panel. avatars: user
-    id → avatar version (Store.avatar_versions)."""
+    id → avatar source (Store.avatar_sources)."""
     return HTML(
         '<section class="room thread" id="thread" data-room-id="{id}" data-parent-room-id="{parent_room_id}" '
         'data-parent-message-id="{parent_id}" aria-labelledby="thread_name">'
@@ -11012,10 +11014,10 @@ def render_room(room, viewer, title, involvement, messages, *, avatars, highligh
         pending=render_pending_message(viewer, avatars[viewer.id]))
 
 
-def render_person_choice(user, avatar_version, *, checked=False, disabled=False):
+def render_person_choice(user, avatar_source, *, checked=False, disabled=False):
     return HTML('<li><label class="picker__person"><input type="checkbox" name="user_ids[]" value="{id}"{checked}'
                 '{disabled}> {avatar} {name}</label></li>').format(
-        id=user.id, name=user.name, avatar=render_avatar(user.id, avatar_version, 24),
+        id=user.id, name=user.name, avatar=render_avatar(avatar_source, 24),
         checked=HTML(" checked") if checked else "", disabled=HTML(" disabled") if disabled else "")
 
 
@@ -11086,7 +11088,7 @@ def render_direct_form(people, avatars, errors=None):
 
 def render_direct_settings(room, title, members, avatars):
     items = HTML("").join(HTML('<li class="picker__person">{avatar} {name}</li>').format(
-        avatar=render_avatar(user.id, avatars[user.id], 24), name=user.name) for user in members)
+        avatar=render_avatar(avatars[user.id], 24), name=user.name) for user in members)
     return HTML(
         '<section class="panel panel--wide"><h1 class="panel__title">Ping with {names}</h1>'
         '<ul class="picker__people">{items}</ul>'
@@ -11101,20 +11103,37 @@ def render_direct_settings(room, title, members, avatars):
 
 # Messages and boosts ---------------------------------------------------------
 
-def render_avatar(user_id, version, size=36):
-    """A person's avatar at its versioned URL; version: avatar_version (Store.avatar_versions)."""
-    return HTML(_avatar_template() % {"user_id": user_id, "version": version, "size": size})
+def render_avatar(source, size=36):
+    """A person's avatar; source: avatar_source (Store.avatar_sources), which needs no escaping."""
+    return HTML(AVATAR_TEMPLATE % (source, size, size))
 
 
-@functools.cache
-def _avatar_template():
-    """An avatar's <img>, %-formatted: on every message, twice with a mention."""
-    return ('<img class="avatar" src="' + URLS.template("user_avatar") + '?v=%(version)s" alt="" width="%(size)d" '
-            'height="%(size)d" loading="lazy">')
+# An avatar's <img>, %-formatted: on every message, twice with a mention.
+AVATAR_TEMPLATE = '<img class="avatar" src="%s" alt="" width="%d" height="%d" loading="lazy">'
+# What an avatar's SVG can't hold as it is in a data: URL in an HTML attribute, as
+# %XX: % itself (first), what ends the attribute or starts an entity ("&), a URL's
+# fragment or query (#?), angle brackets; then control characters, which a name
+# seldom holds. Letters of any script stay (the URL parser encodes them as UTF-8).
+AVATAR_DATA_URL_ESCAPES = tuple((character, "%%%02X" % ord(character)) for character in '%"&#?<>')
+AVATAR_DATA_URL_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def avatar_url(user_id, version):
     return url_for("user_avatar", user_id=user_id, v=version)
+
+
+def avatar_source(user, picture):
+    """What an <img> of the person's avatar loads: their picture at its versioned URL, or
+    render_avatar_svg's drawing (their initials, the bot icon) as a data: URL, which
+    costs a page no request and changes with the initials."""
+    if picture is not None and picture.kind == "image":
+        return avatar_url(user.id, avatar_version(user, picture))
+    svg = render_avatar_svg(user)
+    for character, escaped in AVATAR_DATA_URL_ESCAPES:
+        svg = svg.replace(character, escaped)
+    if AVATAR_DATA_URL_CONTROLS.search(svg):
+        svg = AVATAR_DATA_URL_CONTROLS.sub(lambda match: "%%%02X" % ord(match.group()), svg)
+    return "data:image/svg+xml," + svg
 
 
 def avatar_version(user, picture):
@@ -11136,10 +11155,10 @@ def render_avatar_svg(user):
         'font-size="26" font-weight="600">{initials}</text></svg>').format(color=color, initials=user.initials))
 
 
-def render_mention(user, avatar_version):
+def render_mention(user, avatar_source):
     """A mention's chip in a message."""
     return str(HTML('<span class="mention" data-user-id="{id}">{avatar}{name}</span>').format(
-        id=user.id, avatar=render_avatar(user.id, avatar_version, 20), name=user.name))
+        id=user.id, avatar=render_avatar(avatar_source, 20), name=user.name))
 
 
 def render_link_preview(attributes):
@@ -11188,13 +11207,13 @@ def render_rich_text(stored_html, *, mention=lambda sgid: None):
     return _ATTACHMENT_ELEMENT.sub(replace_once, stored_html)
 
 
-def render_message_author(user_id, name, avatar_version):
+def render_message_author(user_id, name, avatar_source):
     """The avatar and name that open a message (App keeps one per person)."""
     return HTML(
         '<a class="message__avatar" href="{url}" tabindex="-1" aria-hidden="true">{avatar}</a>'
         '<div class="message__content"><div class="message__meta">'
         '<a class="message__author" href="{url}">{name}</a> ').format(
-        url=url_for("user", user_id=user_id), avatar=render_avatar(user_id, avatar_version), name=name)
+        url=url_for("user", user_id=user_id), avatar=render_avatar(avatar_source), name=name)
 
 
 def render_boost(boost, booster_name):
@@ -11248,7 +11267,7 @@ def _thread_action_template():
 
 def render_thread_summary(thread):
     """"N replies" with the last repliers' avatars, linking to the thread; thread is
-    (thread room id, replies, last repliers' (id, avatar version) pairs) or None."""
+    (thread room id, replies, last repliers' (id, avatar source) pairs) or None."""
     if not thread:
         return ""
     room_id, count, repliers = thread
@@ -11257,7 +11276,7 @@ def render_thread_summary(thread):
         '<span class="message__thread-avatars" aria-hidden="true">{avatars}</span>'
         '<span class="message__thread-count">{count} {noun}</span></a>').format(
         url=url_for("room", room_id=room_id), room_id=room_id, count=count, noun="reply" if count == 1 else "replies",
-        avatars=HTML("").join(render_avatar(user_id, version, 20) for user_id, version in repliers))
+        avatars=HTML("").join(render_avatar(source, 20) for user_id, source in repliers))
 
 
 def _preview_size(blob):
@@ -11481,7 +11500,7 @@ def render_people(view, people, page, more):
              '<span class="profile__role">{role}</span>{banned}<span class="people__controls">{controls}</span>'
              '</li>').format(
             id=user.id, url=url_for("user", user_id=user.id), name=user.name,
-            avatar=render_avatar(user.id, view.avatars[user.id], 24),
+            avatar=render_avatar(view.avatars[user.id], 24),
             role=role_label(user), banned=HTML('<span class="profile__role people__banned">Banned</span>')
             if user.status == STATUS_BANNED else "", controls=controls(user))
         for user in people)
@@ -11709,7 +11728,7 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
         '<div><h1 class="panel__title">{name}</h1><p class="profile__role">{role}{state}</p>{email}</div></div>'
         '<p class="profile__bio">{bio}</p>{own}{tools}</section>').format(
         assets=render_page_assets(view) if tools else "", notice=render_notice(notice),
-        avatar=render_avatar(user.id, view.avatars[user.id], 96), name=user.name, role=role_label(user),
+        avatar=render_avatar(view.avatars[user.id], 96), name=user.name, role=role_label(user),
         state=HTML(" &middot; {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
 
 
@@ -11770,7 +11789,7 @@ def render_profile(view, values, errors, transfer_url, *, saved=False, digest=No
         '<p class="panel__intro">Turn them on in each browser with "Notifications" at the top of the page. '
         '<a href="{push_subscriptions}">Browsers that get notifications</a></p></section>{digest}</section>').format(
         digest=render_digest_setting(digest) if digest is not None else "",
-        push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(user.id, view.avatars[user.id], 96),
+        push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(view.avatars[user.id], 96),
         role=role_label(user), fields=fields,
         action=url_for("user_profile"), saved=render_saved(saved),
         avatar_action=url_for("user_avatar", user_id=user.id),
@@ -11780,7 +11799,7 @@ def render_profile(view, values, errors, transfer_url, *, saved=False, digest=No
         assets=render_page_assets(view))
 
 
-def render_bot_item(bot_row, post_url, avatar_version):
+def render_bot_item(bot_row, post_url, avatar_source):
     """One bot's card: name, webhook, and the curl command that posts as it (post_url: its
     absolute post URL, or None when it is in no room)."""
     command = HTML(
@@ -11795,7 +11814,7 @@ def render_bot_item(bot_row, post_url, avatar_version):
         '<h2 class="bot__name">{name}</h2><p class="bot__webhook">{webhook}</p></div></div>{command}'
         '<div class="form__actions"><a class="button" href="{edit}" aria-label="Edit {name}">'
         'Edit</a></div></li>').format(
-        id=bot_row["id"], avatar=render_avatar(bot_row["id"], avatar_version, 48), name=bot_row["name"],
+        id=bot_row["id"], avatar=render_avatar(avatar_source, 48), name=bot_row["name"],
         webhook=webhook,
         command=command, edit=url_for("edit_account_bot", bot_id=bot_row["id"]))
 
@@ -12569,7 +12588,7 @@ def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=
         messages_html = HTML("").join(older) + since + HTML("").join(newer)
         parts = [*app.message_runs(messages[:split], older), since.encode(),
                  *app.message_runs(messages[split:], newer)]
-    body = render_room(room, user, title, involvement, HTML(PAGE_MESSAGES_MARK), avatars=app.store.avatar_versions(),
+    body = render_room(room, user, title, involvement, HTML(PAGE_MESSAGES_MARK), avatars=app.store.avatar_sources(),
                        highlight_id=highlight_id,
                        max_upload_bytes=app.config.max_upload_bytes, reached_start=reached_start)
     response = _page(app, request, title, body, body_class="room-page", current_room_id=room.id)
@@ -12585,7 +12604,7 @@ def _thread_page(app, request, room, messages, *, highlight_id=None):
     parent = store.message(room.parent_message_id)
     title = store.room_title(parent_room, user.id)
     body = render_thread(room, parent_room, title, app.messages_html([parent]) if parent else "",
-                         app.messages_html(messages), user, avatars=store.avatar_versions(), highlight_id=highlight_id)
+                         app.messages_html(messages), user, avatars=store.avatar_sources(), highlight_id=highlight_id)
     return _page(app, request, "Thread in %s" % title, body, body_class="room-page thread-page",
                  current_room_id=parent_room.id)
 
@@ -12638,7 +12657,7 @@ def _room_form_page(app, request, *, room=None, room_type=ROOM_OPEN, name="", me
                     status=200):
     people = [user for user in app.store.active_users(exclude_bots=False) if user.id != request.user.id]
     can_edit = room is None or can_administer(request.user, room.creator_id)
-    body = render_room_form(people, app.store.avatar_versions(), room=room, room_type=room_type, name=name,
+    body = render_room_form(people, app.store.avatar_sources(), room=room, room_type=room_type, name=name,
                             member_ids=member_ids, errors=errors, can_edit=can_edit)
     return _page(app, request, "Room settings" if room is not None else "New room", body, status=status)
 
@@ -12728,7 +12747,7 @@ def edit_room(app, request, room_id):
 
 def _direct_form_page(app, request, errors=None, status=200):
     people = [user for user in app.store.active_users() if user.id != request.user.id]
-    body = render_direct_form(people, app.store.avatar_versions(), errors)
+    body = render_direct_form(people, app.store.avatar_sources(), errors)
     return _page(app, request, "New Ping", body, status=status)
 
 
@@ -12752,7 +12771,7 @@ def edit_direct_room(app, request, room_id):
         return redirect(room_settings_path(room), 302)
     members = [user for user in map(app.store.user, app.store.room_member_ids(room.id)) if user]
     body = render_direct_settings(room, app.store.room_title(room, request.user.id), members,
-                                  app.store.avatar_versions())
+                                  app.store.avatar_sources())
     return _page(app, request, "Room settings", body)
 
 
@@ -13345,9 +13364,9 @@ def autocompletable_users(app, request):
             if name.startswith(query.lower()):
                 groups.append({"group": name, "name": name, "description": description, "disabled_reason":
                                app.store.everyone_problem(room, request.user) if name == "everyone" else None})
-    avatars = app.store.avatar_versions()
+    avatars = app.store.avatar_sources()
     return json_response(groups + [{"value": user.id, "name": user.name,
-                                    "avatar_url": avatar_url(user.id, avatars[user.id]),
+                                    "avatar_url": avatars[user.id],
                                     "sgid": app.store.mention_sgid(user.id)} for user in users])
 
 
@@ -13558,7 +13577,7 @@ def _require_bot(app, bot_id):
 
 
 def bots_index(app, request):
-    avatars = app.store.avatar_versions()
+    avatars = app.store.avatar_sources()
     items = [render_bot_item(bot, _bot_post_url(app, request, bot), avatars[bot["id"]])
              for bot in app.store.active_bots()]
     return _page(app, request, "Chat bots", render_bots(items))
@@ -14143,9 +14162,9 @@ class Cable:
 
     def _presence_message(self, room_id):
         users = [self.app.store.user(user_id) for user_id in self.present.get(room_id, ())]
-        avatars = self.app.store.avatar_versions()
+        avatars = self.app.store.avatar_sources()
         return {"action": "present",
-                "users": [{"id": user.id, "name": user.name, "avatar_url": avatar_url(user.id, avatars[user.id])}
+                "users": [{"id": user.id, "name": user.name, "avatar_url": avatars[user.id]}
                           for user in sorted(filter(None, users), key=lambda u: u.name)]}
 
     def _broadcast_presence(self, room_id):
@@ -15165,7 +15184,7 @@ class App:
         return View(user, self.store.account_name(), digest if css.strip() else "", self._assets()[0], request.origin,
                     url_for("account_logo", v=logo.key[:8]) if logo else "",
                     self.vapid_key.public_key_base64 if user is not None else "", self._assets()[1],
-                    self.store.avatar_versions())
+                    self.store.avatar_sources())
 
     def _assets(self):
         """The PAGE_ASSETS' versioned URLs and the PageScripts, looked up again at most
@@ -15210,8 +15229,8 @@ class App:
             boosts = [(boost, user.name if (user := booster(boost["booster_id"])) else "Someone") for boost in boosts]
         room = store.room(message["room_id"])
         if thread:
-            versions = store.avatar_versions()
-            thread = (thread[0], thread[1], tuple((user_id, versions[user_id]) for user_id in thread[2]))
+            sources = store.avatar_sources()
+            thread = (thread[0], thread[1], tuple((user_id, sources[user_id]) for user_id in thread[2]))
         rendered = render_message(message, author=self._author_html(message["creator_id"]), body=body, sound=sound,
                                   boosts=boosts, thread=thread, in_thread=room is not None and room.thread,
                                   attachment=attachment)
@@ -15235,7 +15254,7 @@ class App:
         for sgid in find_mentions(stored_body):
             user = self.store.mentioned_user(sgid)
             if user is not None:
-                chips[sgid] = render_mention(user, self.store.avatar_versions()[user.id])
+                chips[sgid] = render_mention(user, self.store.avatar_sources()[user.id])
         return HTML(render_rich_text(stored_body, mention=chips.get))
 
     def messages_html(self, messages, *, highlight=()):
@@ -15313,7 +15332,7 @@ class App:
         if author is None:
             creator = self.store.user(creator_id)
             author = render_message_author(creator_id, creator.name if creator else "Deleted user",
-                                           self.store.avatar_versions()[creator_id])
+                                           self.store.avatar_sources()[creator_id])
             self.message_cache.put(key, author)
         return author
 
