@@ -8229,19 +8229,20 @@ class User:
         return "".join(word[0] for word in words[:2]).upper() or "?"
 
 
-class AvatarVersions(dict):
-    """{user id: avatar_version} (Store.avatar_versions): made from the users and their
-    pictures given, and from the database for anyone else, once; "" for no such person."""
+class AvatarSources(dict):
+    """{user id: avatar_source} (Store.avatar_sources): made from the users and their
+    pictures given, and from the database for anyone else, once; for no such person,
+    the unversioned URL (a 404)."""
 
     def __init__(self, store, users, pictures):
-        super().__init__((user_id, avatar_version(user, pictures.get(user_id))) for user_id, user in users.items())
+        super().__init__((user_id, avatar_source(user, pictures.get(user_id))) for user_id, user in users.items())
         self._store = store
 
     def __missing__(self, user_id):
         user = self._store.user(user_id)
-        version = self[user_id] = avatar_version(user, self._store.attachment("User", user_id, "avatar")) \
-            if user is not None else ""
-        return version
+        source = self[user_id] = avatar_source(user, self._store.attachment("User", user_id, "avatar")) \
+            if user is not None else avatar_url(user_id, "")
+        return source
 
 
 @dataclass(slots=True)
@@ -8664,15 +8665,15 @@ class Store:
     def forget_user(self, user_id):
         self._users.pop(user_id, None)
 
-    def avatar_versions(self):
-        """{user id: the version in their avatar's URL} (avatar_version), for everyone at once:
+    def avatar_sources(self):
+        """{user id: what an <img> of their avatar loads} (avatar_source), for everyone at once:
         built by two queries after each account change (renames and new pictures are
         account changes); a person added since is looked up when first asked for."""
         def build():
             users = [User.from_row(row) for row in self.db.all("SELECT * FROM users")]
-            return AvatarVersions(self, {user.id: user for user in users},
+            return AvatarSources(self, {user.id: user for user in users},
                                   self.attachments_for("User", [user.id for user in users], "avatar"))
-        return self._derived_value("avatar_versions", build)
+        return self._derived_value("avatar_sources", build)
 
     def create_user(self, name, email, password=None, role=ROLE_MEMBER, *, password_digest=None):
         """A person in every open room. Handlers pass a digest made off the event loop;
@@ -10494,8 +10495,11 @@ def export_records(connection, progress):
 # database or a cache (App caches what these return), and every value reaches
 # the page through HTML.format/escape; paths come from url_for.
 
-PAGE_ASSETS = ("app.js", "campfire.css", "components.css", "catchup.css", "campfire-icon.svg", "account.css",
+PAGE_ASSETS = ("app.js", "campfire.css", "account.css",
                "clipboard.js", "transfer.js")  # the static files pages link to, by their versioned URLs
+# The page's icon at the URL campfire.css draws it from (a stylesheet can't know a
+# version), so a page fetches it once; unversioned, it is revalidated (no-cache).
+PAGE_ICON = "campfire-icon.svg"
 
 
 @dataclass(slots=True)
@@ -10510,7 +10514,7 @@ class View:
     logo: str = ""              # the account logo's URL when one is set: the page's icon
     vapid_public_key: str = ""  # the signed-in app's applicationServerKey, as Campfire's vapid-public-key meta tag
     scripts: "PageScripts" = None  # the import map and the modules app.js needs
-    avatars: dict = None        # user id → the version of their avatar's URL (Store.avatar_versions)
+    avatars: dict = None        # user id → what an <img> of their avatar loads (Store.avatar_sources)
 
 
 @dataclass(slots=True, frozen=True)
@@ -10610,7 +10614,7 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
             '<input type="hidden" name="push_subscription_endpoint" value="">'
             '<button type="submit" class="button button--quiet">Sign out</button></form>'
             '</nav></header>').format(
-            account=view.account_name, name=user.name, avatar=render_avatar(user.id, view.avatars[user.id], 24),
+            account=view.account_name, name=user.name, avatar=render_avatar(view.avatars[user.id], 24),
             sidebar_url=url_for("user_sidebar"), root=url_for("root"), searches=url_for("searches"),
             edit_account=url_for("edit_account"), profile=url_for("user_profile"), session=url_for("session"))
     main = HTML('<div class="layout">{sidebar}<main id="main" class="main">{body}</main></div>').format(
@@ -10629,8 +10633,6 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<meta name="color-scheme" content="light dark">'
         '<title>{title}</title>'
         '<link rel="stylesheet" href="{css}">'
-        '<link rel="stylesheet" href="{components}">'
-        '<link rel="stylesheet" href="{catchup}">'
         '{icon_link}{custom_styles}'
         '<link rel="apple-touch-icon" href="{touch_icon}">'
         '<link rel="manifest" href="{manifest}">'
@@ -10638,14 +10640,14 @@ def render_layout(view, title, body, *, sidebar=None, body_class=""):
         '<meta name="theme-color" content="{dark}" media="(prefers-color-scheme: dark)">{vapid}'
         '{modules}<script type="module" src="{js}"></script>'
         '</head><body class="{body_class}"{user_data}>{skip}{top}{main}</body></html>').format(skip=skip,
-        js=assets["app.js"], components=assets["components.css"], catchup=assets["catchup.css"],
+        js=assets["app.js"],
         light=THEME_COLOR_LIGHT, dark=THEME_COLOR_DARK,
         user_data=HTML(' data-user-id="{}" data-user-name="{}" data-administrator="{}"').format(
             user.id, user.name, "true" if user.administrator else "false") if user else "",
         title=HTML("{} &middot; {}").format(title, view.account_name) if title else view.account_name,
         css=assets["campfire.css"], touch_icon=view.logo or url_for("static", path="icon-192.png"),
         icon_link=HTML('<link rel="icon" href="{}">').format(view.logo) if view.logo else HTML(
-            '<link rel="icon" href="{}" type="image/svg+xml">').format(assets["campfire-icon.svg"]),
+            '<link rel="icon" href="{}" type="image/svg+xml">').format(url_for("static", path=PAGE_ICON)),
         manifest=url_for("webmanifest"), body_class=body_class, top=top, main=main, custom_styles=custom_styles,
         modules=render_module_scripts(view.scripts), vapid=HTML('<meta name="vapid-public-key" content="{}">').format(view.vapid_public_key)
         if view.vapid_public_key else "")
@@ -10946,7 +10948,7 @@ def render_composer(room, *, form_id="composer", label="Write a message", send="
                               max_upload_bytes, format_bytes(max_upload_bytes)) if files else "")
 
 
-def render_pending_message(viewer, avatar_version, template_id="pending_message"):
+def render_pending_message(viewer, avatar_source, template_id="pending_message"):
     """The shape of a message the viewer has sent and the server hasn't answered yet: the
     browser fills in a copy (client id, time, body) the moment it sends, as Campfire's
     app/views/messages/_template.html.erb does."""
@@ -10956,7 +10958,7 @@ def render_pending_message(viewer, avatar_version, template_id="pending_message"
         '<div class="message__content"><div class="message__meta"><span class="message__author">{name}</span> '
         '<time></time> <span class="message__status" role="status">Sending&hellip;</span></div>'
         '<div class="message__body"></div></div></div></template>').format(
-        id=viewer.id, avatar=render_avatar(viewer.id, avatar_version), name=viewer.name, template_id=template_id)
+        id=viewer.id, avatar=render_avatar(avatar_source), name=viewer.name, template_id=template_id)
 
 
 def render_since_line():
@@ -10968,7 +10970,7 @@ def render_since_line():
 def render_thread(room, parent_room, parent_title, parent_html, messages, viewer, *, avatars, highlight_id=None):
     """A thread: the message it answers, its replies (rendered), its own composer. The same
     section is a page of its own (on a phone) and the desktop's side panel. avatars: user
-    id → avatar version (Store.avatar_versions)."""
+    id → avatar source (Store.avatar_sources)."""
     return HTML(
         '<section class="room thread" id="thread" data-room-id="{id}" data-parent-room-id="{parent_room_id}" '
         'data-parent-message-id="{parent_id}" aria-labelledby="thread_name">'
@@ -11050,10 +11052,10 @@ def render_room(room, viewer, title, involvement, messages, *, avatars, highligh
         pending=render_pending_message(viewer, avatars[viewer.id]))
 
 
-def render_person_choice(user, avatar_version, *, checked=False, disabled=False):
+def render_person_choice(user, avatar_source, *, checked=False, disabled=False):
     return HTML('<li><label class="picker__person"><input type="checkbox" name="user_ids[]" value="{id}"{checked}'
                 '{disabled}> {avatar} {name}</label></li>').format(
-        id=user.id, name=user.name, avatar=render_avatar(user.id, avatar_version, 24),
+        id=user.id, name=user.name, avatar=render_avatar(avatar_source, 24),
         checked=HTML(" checked") if checked else "", disabled=HTML(" disabled") if disabled else "")
 
 
@@ -11124,7 +11126,7 @@ def render_direct_form(people, avatars, errors=None):
 
 def render_direct_settings(room, title, members, avatars):
     items = HTML("").join(HTML('<li class="picker__person">{avatar} {name}</li>').format(
-        avatar=render_avatar(user.id, avatars[user.id], 24), name=user.name) for user in members)
+        avatar=render_avatar(avatars[user.id], 24), name=user.name) for user in members)
     return HTML(
         '<section class="panel panel--wide"><h1 class="panel__title">Ping with {names}</h1>'
         '<ul class="picker__people">{items}</ul>'
@@ -11139,20 +11141,37 @@ def render_direct_settings(room, title, members, avatars):
 
 # Messages and boosts ---------------------------------------------------------
 
-def render_avatar(user_id, version, size=36):
-    """A person's avatar at its versioned URL; version: avatar_version (Store.avatar_versions)."""
-    return HTML(_avatar_template() % {"user_id": user_id, "version": version, "size": size})
+def render_avatar(source, size=36):
+    """A person's avatar; source: avatar_source (Store.avatar_sources), which needs no escaping."""
+    return HTML(AVATAR_TEMPLATE % (source, size, size))
 
 
-@functools.cache
-def _avatar_template():
-    """An avatar's <img>, %-formatted: on every message, twice with a mention."""
-    return ('<img class="avatar" src="' + URLS.template("user_avatar") + '?v=%(version)s" alt="" width="%(size)d" '
-            'height="%(size)d" loading="lazy">')
+# An avatar's <img>, %-formatted: on every message, twice with a mention.
+AVATAR_TEMPLATE = '<img class="avatar" src="%s" alt="" width="%d" height="%d" loading="lazy">'
+# What an avatar's SVG can't hold as it is in a data: URL in an HTML attribute, as
+# %XX: % itself (first), what ends the attribute or starts an entity ("&), a URL's
+# fragment or query (#?), angle brackets; then control characters, which a name
+# seldom holds. Letters of any script stay (the URL parser encodes them as UTF-8).
+AVATAR_DATA_URL_ESCAPES = tuple((character, "%%%02X" % ord(character)) for character in '%"&#?<>')
+AVATAR_DATA_URL_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def avatar_url(user_id, version):
     return url_for("user_avatar", user_id=user_id, v=version)
+
+
+def avatar_source(user, picture):
+    """What an <img> of the person's avatar loads: their picture at its versioned URL, or
+    render_avatar_svg's drawing (their initials, the bot icon) as a data: URL, which
+    costs a page no request and changes with the initials."""
+    if picture is not None and picture.kind == "image":
+        return avatar_url(user.id, avatar_version(user, picture))
+    svg = render_avatar_svg(user)
+    for character, escaped in AVATAR_DATA_URL_ESCAPES:
+        svg = svg.replace(character, escaped)
+    if AVATAR_DATA_URL_CONTROLS.search(svg):
+        svg = AVATAR_DATA_URL_CONTROLS.sub(lambda match: "%%%02X" % ord(match.group()), svg)
+    return "data:image/svg+xml," + svg
 
 
 def avatar_version(user, picture):
@@ -11174,10 +11193,10 @@ def render_avatar_svg(user):
         'font-size="26" font-weight="600">{initials}</text></svg>').format(color=color, initials=user.initials))
 
 
-def render_mention(user, avatar_version):
+def render_mention(user, avatar_source):
     """A mention's chip in a message."""
     return str(HTML('<span class="mention" data-user-id="{id}">{avatar}{name}</span>').format(
-        id=user.id, avatar=render_avatar(user.id, avatar_version, 20), name=user.name))
+        id=user.id, avatar=render_avatar(avatar_source, 20), name=user.name))
 
 
 def render_link_preview(attributes):
@@ -11226,13 +11245,13 @@ def render_rich_text(stored_html, *, mention=lambda sgid: None):
     return _ATTACHMENT_ELEMENT.sub(replace_once, stored_html)
 
 
-def render_message_author(user_id, name, avatar_version):
+def render_message_author(user_id, name, avatar_source):
     """The avatar and name that open a message (App keeps one per person)."""
     return HTML(
         '<a class="message__avatar" href="{url}" tabindex="-1" aria-hidden="true">{avatar}</a>'
         '<div class="message__content"><div class="message__meta">'
         '<a class="message__author" href="{url}">{name}</a> ').format(
-        url=url_for("user", user_id=user_id), avatar=render_avatar(user_id, avatar_version), name=name)
+        url=url_for("user", user_id=user_id), avatar=render_avatar(avatar_source), name=name)
 
 
 def render_boost(boost, booster_name):
@@ -11286,7 +11305,7 @@ def _thread_action_template():
 
 def render_thread_summary(thread):
     """"N replies" with the last repliers' avatars, linking to the thread; thread is
-    (thread room id, replies, last repliers' (id, avatar version) pairs) or None."""
+    (thread room id, replies, last repliers' (id, avatar source) pairs) or None."""
     if not thread:
         return ""
     room_id, count, repliers = thread
@@ -11295,7 +11314,7 @@ def render_thread_summary(thread):
         '<span class="message__thread-avatars" aria-hidden="true">{avatars}</span>'
         '<span class="message__thread-count">{count} {noun}</span></a>').format(
         url=url_for("room", room_id=room_id), room_id=room_id, count=count, noun="reply" if count == 1 else "replies",
-        avatars=HTML("").join(render_avatar(user_id, version, 20) for user_id, version in repliers))
+        avatars=HTML("").join(render_avatar(source, 20) for user_id, source in repliers))
 
 
 def _preview_size(blob):
@@ -11520,7 +11539,7 @@ def render_people(view, people, page, more):
              '<span class="profile__role">{role}</span>{banned}<span class="people__controls">{controls}</span>'
              '</li>').format(
             id=user.id, url=url_for("user", user_id=user.id), name=user.name,
-            avatar=render_avatar(user.id, view.avatars[user.id], 24),
+            avatar=render_avatar(view.avatars[user.id], 24),
             role=role_label(user), banned=HTML('<span class="profile__role people__banned">Banned</span>')
             if user.status == STATUS_BANNED else "", controls=controls(user))
         for user in people)
@@ -11748,7 +11767,7 @@ def render_user_page(view, user, *, transfer_url=None, notice=None):
         '<div><h1 class="panel__title">{name}</h1><p class="profile__role">{role}{state}</p>{email}</div></div>'
         '<p class="profile__bio">{bio}</p>{own}{tools}</section>').format(
         assets=render_page_assets(view) if tools else "", notice=render_notice(notice),
-        avatar=render_avatar(user.id, view.avatars[user.id], 96), name=user.name, role=role_label(user),
+        avatar=render_avatar(view.avatars[user.id], 96), name=user.name, role=role_label(user),
         state=HTML(" &middot; {}").format(state) if state else "", email=email, bio=user.bio or "", own=own, tools=tools)
 
 
@@ -11809,7 +11828,7 @@ def render_profile(view, values, errors, transfer_url, *, saved=False, digest=No
         '<p class="panel__intro">Turn them on in each browser with "Notifications" at the top of the page. '
         '<a href="{push_subscriptions}">Browsers that get notifications</a></p></section>{digest}</section>').format(
         digest=render_digest_setting(digest) if digest is not None else "",
-        push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(user.id, view.avatars[user.id], 96),
+        push_subscriptions=url_for("user_push_subscriptions"), avatar=render_avatar(view.avatars[user.id], 96),
         role=role_label(user), fields=fields,
         action=url_for("user_profile"), saved=render_saved(saved),
         avatar_action=url_for("user_avatar", user_id=user.id),
@@ -11819,7 +11838,7 @@ def render_profile(view, values, errors, transfer_url, *, saved=False, digest=No
         assets=render_page_assets(view))
 
 
-def render_bot_item(bot_row, post_url, avatar_version):
+def render_bot_item(bot_row, post_url, avatar_source):
     """One bot's card: name, webhook, and the curl command that posts as it (post_url: its
     absolute post URL, or None when it is in no room)."""
     command = HTML(
@@ -11834,7 +11853,7 @@ def render_bot_item(bot_row, post_url, avatar_version):
         '<h2 class="bot__name">{name}</h2><p class="bot__webhook">{webhook}</p></div></div>{command}'
         '<div class="form__actions"><a class="button" href="{edit}" aria-label="Edit {name}">'
         'Edit</a></div></li>').format(
-        id=bot_row["id"], avatar=render_avatar(bot_row["id"], avatar_version, 48), name=bot_row["name"],
+        id=bot_row["id"], avatar=render_avatar(avatar_source, 48), name=bot_row["name"],
         webhook=webhook,
         command=command, edit=url_for("edit_account_bot", bot_id=bot_row["id"]))
 
@@ -12610,7 +12629,7 @@ def _room_page(app, request, room, messages, *, highlight_id=None, unread_since=
         messages_html = HTML("").join(older) + since + HTML("").join(newer)
         parts = [*app.message_runs(messages[:split], older), since.encode(),
                  *app.message_runs(messages[split:], newer)]
-    body = render_room(room, user, title, involvement, HTML(PAGE_MESSAGES_MARK), avatars=app.store.avatar_versions(),
+    body = render_room(room, user, title, involvement, HTML(PAGE_MESSAGES_MARK), avatars=app.store.avatar_sources(),
                        highlight_id=highlight_id,
                        max_upload_bytes=app.config.max_upload_bytes, reached_start=reached_start)
     response = _page(app, request, title, body, body_class="room-page", current_room_id=room.id)
@@ -12626,7 +12645,7 @@ def _thread_page(app, request, room, messages, *, highlight_id=None):
     parent = store.message(room.parent_message_id)
     title = store.room_title(parent_room, user.id)
     body = render_thread(room, parent_room, title, app.messages_html([parent]) if parent else "",
-                         app.messages_html(messages), user, avatars=store.avatar_versions(), highlight_id=highlight_id)
+                         app.messages_html(messages), user, avatars=store.avatar_sources(), highlight_id=highlight_id)
     return _page(app, request, "Thread in %s" % title, body, body_class="room-page thread-page",
                  current_room_id=parent_room.id)
 
@@ -12679,7 +12698,7 @@ def _room_form_page(app, request, *, room=None, room_type=ROOM_OPEN, name="", me
                     status=200):
     people = [user for user in app.store.active_users(exclude_bots=False) if user.id != request.user.id]
     can_edit = room is None or can_administer(request.user, room.creator_id)
-    body = render_room_form(people, app.store.avatar_versions(), room=room, room_type=room_type, name=name,
+    body = render_room_form(people, app.store.avatar_sources(), room=room, room_type=room_type, name=name,
                             member_ids=member_ids, errors=errors, can_edit=can_edit)
     return _page(app, request, "Room settings" if room is not None else "New room", body, status=status)
 
@@ -12769,7 +12788,7 @@ def edit_room(app, request, room_id):
 
 def _direct_form_page(app, request, errors=None, status=200):
     people = [user for user in app.store.active_users() if user.id != request.user.id]
-    body = render_direct_form(people, app.store.avatar_versions(), errors)
+    body = render_direct_form(people, app.store.avatar_sources(), errors)
     return _page(app, request, "New Ping", body, status=status)
 
 
@@ -12793,7 +12812,7 @@ def edit_direct_room(app, request, room_id):
         return redirect(room_settings_path(room), 302)
     members = [user for user in map(app.store.user, app.store.room_member_ids(room.id)) if user]
     body = render_direct_settings(room, app.store.room_title(room, request.user.id), members,
-                                  app.store.avatar_versions())
+                                  app.store.avatar_sources())
     return _page(app, request, "Room settings", body)
 
 
@@ -13390,9 +13409,9 @@ def autocompletable_users(app, request):
             if name.startswith(query.lower()):
                 groups.append({"group": name, "name": name, "description": description, "disabled_reason":
                                app.store.everyone_problem(room, request.user) if name == "everyone" else None})
-    avatars = app.store.avatar_versions()
+    avatars = app.store.avatar_sources()
     return json_response(groups + [{"value": user.id, "name": user.name,
-                                    "avatar_url": avatar_url(user.id, avatars[user.id]),
+                                    "avatar_url": avatars[user.id],
                                     "sgid": app.store.mention_sgid(user.id)} for user in users])
 
 
@@ -13603,7 +13622,7 @@ def _require_bot(app, bot_id):
 
 
 def bots_index(app, request):
-    avatars = app.store.avatar_versions()
+    avatars = app.store.avatar_sources()
     items = [render_bot_item(bot, _bot_post_url(app, request, bot), avatars[bot["id"]])
              for bot in app.store.active_bots()]
     return _page(app, request, "Chat bots", render_bots(items))
@@ -14188,9 +14207,9 @@ class Cable:
 
     def _presence_message(self, room_id):
         users = [self.app.store.user(user_id) for user_id in self.present.get(room_id, ())]
-        avatars = self.app.store.avatar_versions()
+        avatars = self.app.store.avatar_sources()
         return {"action": "present",
-                "users": [{"id": user.id, "name": user.name, "avatar_url": avatar_url(user.id, avatars[user.id])}
+                "users": [{"id": user.id, "name": user.name, "avatar_url": avatars[user.id]}
                           for user in sorted(filter(None, users), key=lambda u: u.name)]}
 
     def _broadcast_presence(self, room_id):
@@ -15210,7 +15229,7 @@ class App:
         return View(user, self.store.account_name(), digest if css.strip() else "", self._assets()[0], request.origin,
                     url_for("account_logo", v=logo.key[:8]) if logo else "",
                     self.vapid_key.public_key_base64 if user is not None else "", self._assets()[1],
-                    self.store.avatar_versions())
+                    self.store.avatar_sources())
 
     def _assets(self):
         """The PAGE_ASSETS' versioned URLs and the PageScripts, looked up again at most
@@ -15255,8 +15274,8 @@ class App:
             boosts = [(boost, user.name if (user := booster(boost["booster_id"])) else "Someone") for boost in boosts]
         room = store.room(message["room_id"])
         if thread:
-            versions = store.avatar_versions()
-            thread = (thread[0], thread[1], tuple((user_id, versions[user_id]) for user_id in thread[2]))
+            sources = store.avatar_sources()
+            thread = (thread[0], thread[1], tuple((user_id, sources[user_id]) for user_id in thread[2]))
         rendered = render_message(message, author=self._author_html(message["creator_id"]), body=body, sound=sound,
                                   boosts=boosts, thread=thread, in_thread=room is not None and room.thread,
                                   attachment=attachment)
@@ -15280,7 +15299,7 @@ class App:
         for sgid in find_mentions(stored_body):
             user = self.store.mentioned_user(sgid)
             if user is not None:
-                chips[sgid] = render_mention(user, self.store.avatar_versions()[user.id])
+                chips[sgid] = render_mention(user, self.store.avatar_sources()[user.id])
         return HTML(render_rich_text(stored_body, mention=chips.get))
 
     def messages_html(self, messages, *, highlight=()):
@@ -15392,7 +15411,7 @@ class App:
         if author is None:
             creator = self.store.user(creator_id)
             author = render_message_author(creator_id, creator.name if creator else "Deleted user",
-                                           self.store.avatar_versions()[creator_id])
+                                           self.store.avatar_sources()[creator_id])
             self.message_cache.put(key, author)
         return author
 
@@ -16558,23 +16577,22 @@ def fetch_link_preview(url, *, allowed=unfurl_address_allowed, resolve=None, tim
 
 # Web Push deliveries ---------------------------------------------------------------
 # A new message's pushes are queued when it commits (bounded: past the limit the
-# oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time:
-# the payload is built, encrypted and signed in a worker process (the curve math
-# is pure Python and holds the GIL: in a thread it would still take the
-# interpreter from the event loop). The work goes to that process, and its answers
-# come back, over a socket the event loop reads itself (PushWorker): an executor's
-# threads would take the interpreter lock from the loop for every push, and a
-# request arriving then waited for them. Each push is then POSTed to the push service (RFC 8030 §5)
-# over TLS checked against the system's CAs (SSL_CERT_FILE is honoured), with a
-# timeout per step and one in all. 404 and 410 delete the subscription (RFC 8030
-# §7.3); 429 and 5xx are tried again later, after Retry-After when given.
+# oldest is dropped, logged). PUSH_WORKERS asyncio tasks take them one at a time and
+# hand each to the push worker process, which does all the rest of a push: it builds
+# the payload, encrypts and signs it (the curve math is pure Python and holds the
+# GIL: in a thread of the server it would still take the interpreter from the event
+# loop), and POSTs it to the push service (RFC 8030 §5) over TLS checked against the
+# system's CAs (SSL_CERT_FILE is honoured), with a timeout per step and one in all.
+# It answers with the service's status, and the server acts on it: 404 and 410
+# delete the subscription (RFC 8030 §7.3); 429 and 5xx are tried again later, after
+# Retry-After when given. Pushes and answers travel over a socket pair that each
+# side reads on its own event loop (PushChannel): no thread of the server wakes for
+# a push, and the server's loop spends one small message each way on it, not the
+# TLS records of an HTTPS exchange.
 #
 # Connections to a push service are kept alive and used again (PushConnections), as
-# push services expect: a new TLS handshake for every push cost the event loop more
-# CPU than all the rest of a push together. The HTTP exchange stays on the loop
-# rather than moving into the worker process: with its connections kept, what's left
-# per push is a few small TLS records, while in the worker process it would need
-# threads or a loop of its own there to keep PUSH_WORKERS pushes in flight.
+# push services expect: a new TLS handshake for every push costs more CPU than all
+# the rest of a push together. They belong to the worker process.
 
 class PushFailed(CampfireError):
     """A push that got no answer: it is logged, and the next message tries again."""
@@ -16587,8 +16605,8 @@ class PushUnanswered(PushFailed):
 class PushConnections:
     """Idle keep-alive connections to push services by (host, port): at most
     PUSH_IDLE_CONNECTIONS for one origin and PUSH_IDLE_CONNECTIONS_TOTAL in all, each
-    closed once it has been unused for keep_alive seconds. Only the event loop's
-    thread uses it."""
+    closed once it has been unused for keep_alive seconds. Only the push worker
+    process's event loop uses it."""
 
     def __init__(self):
         self._idle = {}           # (host, port) -> {writer: (reader, the timer that closes it)}, newest last
@@ -16636,9 +16654,6 @@ class PushConnections:
         self._idle, self._count = {}, 0
 
 
-_push_signer = None  # in a push worker process: the VapidSigner, made once, its tokens cached
-
-
 class PushWorkerStopped(CampfireError):
     """The push worker process ended with this push unanswered."""
 
@@ -16675,100 +16690,47 @@ class PushFrames:
         return messages
 
 
-def push_worker_main(descriptor):
-    """The push worker process (started by PushWorker). The first message on its socket is
-    the VAPID key and subject; each one after is a job (number, and push_request_parts'
-    arguments), answered as soon as it is done with (number, body, authorization), or
-    (number, None, why it failed). It ends when the server closes the socket. Ctrl-C is
-    the server's to handle, and the CPU goes to the server first."""
-    global _push_signer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
-    except OSError:
-        pass
-    channel = socket.socket(fileno=descriptor)
-    frames = PushFrames()
-    while True:
-        data = channel.recv(PUSH_WORKER_READ_BYTES)
-        if not data:
-            return
-        for message in frames.feed(data):
-            if _push_signer is None:
-                private_key, subject = message
-                _push_signer = VapidSigner(VapidKey(private_key), subject)
-                continue
-            job, *request = message
-            try:
-                answer = (job, *push_request_parts(*request))
-            except WebPushError as error:  # a key that isn't one
-                answer = (job, None, str(error))
-            except Exception as error:  # a bug: the server logs it, and this process goes on
-                answer = (job, None, "%s: %s" % (type(error).__name__, error))
-            channel.sendall(PushFrames.encode(answer))
+class PushChannel:
+    """One end of the socket pair between the server and its push worker process,
+    served by an event loop without a thread (add_reader, add_writer). send() queues a
+    whole message, and what the socket doesn't take at once goes when it can; every
+    message that arrives is handed to received(message), as many as one read brings;
+    the end of the socket, or an error on it, calls ended() once."""
 
-
-class PushWorker:
-    """The process that encrypts and signs pushes, and the server's end of its socket.
-    Jobs go out as messages on the socket; answers are read by the event loop itself
-    (add_reader), as many as are waiting in one read, so no thread of the server wakes
-    for a push. Used from the event loop's thread only."""
-
-    def __init__(self, private_key, subject):
-        import subprocess  # here: a server without push subscriptions never starts one
-        ours, theirs = socket.socketpair()
-        try:
-            ours.sendall(PushFrames.encode((private_key, subject)))  # never on a command line
-            self.process = subprocess.Popen(
-                [sys.executable, "-S", "-c", "import sys; sys.path.insert(0, %r); import %s; %s.push_worker_main(%d)"
-                 % (os.path.dirname(os.path.abspath(__file__)), _MODULE, _MODULE, theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        self.socket = ours
-        self.stopped = False
-        self._jobs = {}           # job number -> the future its answer resolves
-        self._numbers = itertools.count()
+    def __init__(self, sock, received, ended):
+        sock.setblocking(False)
+        self.socket = sock
+        self.loop = None              # the loop it is attached to
+        self._received, self._ended = received, ended
         self._frames = PushFrames()
         self._outgoing = bytearray()  # what the socket didn't take yet
         self._writing = False         # the loop calls _writable when the socket takes more
-        self._loop = None
 
-    def encrypt(self, *request):
-        """A future of push_request_parts(*request) as the worker process answers it."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._attach(loop)
-        job = next(self._numbers)
-        future = self._jobs[job] = loop.create_future()
-        waiting = bool(self._outgoing)
-        self._outgoing += PushFrames.encode((job, *request))
-        if not waiting:
-            self._writable()
-        return future
-
-    def _attach(self, loop):
+    def attach(self, loop):
+        """Read and write on loop from now on."""
         self.detach()
-        self._loop = loop
+        self.loop = loop
         loop.add_reader(self.socket, self._readable)
         if self._outgoing:
             self._writing = True
             loop.add_writer(self.socket, self._writable)
 
     def detach(self):
-        """Stop reading on the loop it was used from (the loop is ending); the jobs it
-        waited for are cancelled, and their answers ignored when they come."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self.socket)
-            self._loop.remove_writer(self.socket)
-        self._loop, self._writing = None, False
-        jobs, self._jobs = self._jobs, {}
-        for future in jobs.values():
-            future.cancel()
+        """Stop reading and writing (the loop is ending); unsent messages wait for attach()."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.socket)
+            self.loop.remove_writer(self.socket)
+        self.loop, self._writing = None, False
+
+    def send(self, message):
+        waiting = bool(self._outgoing)
+        self._outgoing += PushFrames.encode(message)
+        if not waiting:
+            self._writable()
+
+    def close(self):
+        self.detach()
+        self.socket.close()
 
     def _writable(self):
         try:
@@ -16776,15 +16738,17 @@ class PushWorker:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            self._stop()
+            self._end()
             return
         del self._outgoing[:sent]
+        if self.loop is None:
+            return
         if self._outgoing and not self._writing:
             self._writing = True
-            self._loop.add_writer(self.socket, self._writable)
+            self.loop.add_writer(self.socket, self._writable)
         elif not self._outgoing and self._writing:
             self._writing = False
-            self._loop.remove_writer(self.socket)
+            self.loop.remove_writer(self.socket)
 
     def _readable(self):
         try:
@@ -16794,53 +16758,20 @@ class PushWorker:
         except OSError:
             data = b""
         if not data:
-            self._stop()
+            self._end()
             return
-        for job, body, authorization in self._frames.feed(data):
-            future = self._jobs.pop(job, None)
-            if future is None or future.done():
-                continue
-            if body is None:
-                future.set_exception(WebPushError(authorization))
-            else:
-                future.set_result((body, authorization))
+        for message in self._frames.feed(data):
+            self._received(message)
 
-    def _stop(self):
-        """The worker process ended (or its socket broke): what it had is failed."""
-        if self.stopped:
-            return
-        self.stopped = True
-        jobs, self._jobs = self._jobs, {}
+    def _end(self):
         self.detach()
-        self.socket.close()
-        if self.process.poll() is None:  # its socket broke, yet it runs: it is of no use now
-            self.process.kill()
-        self.process.wait()
-        log.error("the push worker process stopped (exit status %s) with %d pushes unanswered; "
-                  "a new one takes the next push", self.process.returncode, len(jobs))
-        for future in jobs.values():
-            if not future.done():
-                future.set_exception(PushWorkerStopped("the push worker process stopped"))
-
-    def close(self):
-        """Close the socket (the process ends when it reads the end) and wait for the process."""
-        import subprocess
-        self.detach()
-        self.socket.close()
-        if self.stopped:
-            return
-        self.stopped = True
-        try:
-            self.process.wait(PUSH_WORKER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self._ended()
 
 
-def push_request_parts(title, body, path, badge, endpoint, p256dh_key, auth_key):
-    """In a push worker process: (the encrypted body, the Authorization header)."""
+def push_request_parts(signer, title, body, path, badge, endpoint, p256dh_key, auth_key):
+    """(the encrypted body, the Authorization header) of one push, signed by signer (a VapidSigner)."""
     payload = push_payload(title, body, path, badge)
-    return encrypt_push_message(payload, p256dh_key, auth_key), _push_signer.authorization(endpoint)
+    return encrypt_push_message(payload, p256dh_key, auth_key), signer.authorization(endpoint)
 
 
 def push_request_bytes(endpoint, body, authorization, ttl=PUSH_TTL):
@@ -16872,6 +16803,220 @@ def retry_after_seconds(value, now=None):
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+class PushSender(OutboundRequests):
+    """The push worker process's work, on its own event loop. The first message from the
+    server is the VAPID key, the subject and the timeouts; each one after is a push
+    ("push", job number, and push_request_parts' arguments), encrypted, signed and
+    POSTed at once, or "forget" (close the idle connections). Each push is answered
+    (job, status, Retry-After, text): the service's status and the start of its reply,
+    or status None and why nothing was answered. The server keeps at most PUSH_WORKERS
+    pushes here at once; the process ends when the server closes the socket."""
+
+    step_failure = PushFailed
+
+    def __init__(self, sock):
+        self.signer = None
+        self.timeout = self.total_timeout = self.keep_alive = None
+        self.connections = PushConnections()
+        self.channel = PushChannel(sock, self._received, self._ended)
+        self._tasks = set()
+        self._done = None
+
+    async def run(self):
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        self.channel.attach(loop)
+        try:
+            await self._done
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            self.connections.close()
+            self.channel.close()
+
+    def step_timeout(self):
+        return self.timeout
+
+    def _received(self, message):
+        if self.signer is None:
+            private_key, subject, (self.timeout, self.total_timeout, self.keep_alive) = message
+            self.signer = VapidSigner(VapidKey(private_key), subject)
+        elif message[0] == "forget":
+            self.connections.close()
+        else:
+            task = asyncio.get_running_loop().create_task(self._push(*message[1:]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _ended(self):
+        if not self._done.done():
+            self._done.set_result(None)
+
+    async def _push(self, job, *request):
+        endpoint = request[4]
+        try:
+            body, authorization = push_request_parts(self.signer, *request)
+            answer = await self._answer(endpoint, body, authorization)
+        except WebPushError as error:  # a key that isn't one
+            answer = (None, None, "not sent: %s" % error)
+        except Exception as error:  # a bug: the server logs it, and this process goes on
+            answer = (None, None, "failed: %s: %s" % (type(error).__name__, error))
+        self.channel.send((job, *answer))
+
+    async def _answer(self, endpoint, body, authorization):
+        try:
+            async with asyncio.timeout(self.total_timeout):
+                reply = await self._post(endpoint, body, authorization)
+        except TimeoutError:
+            return None, None, "took over %gs in all; not sent" % self.total_timeout
+        except (PushFailed, WebhookFailed, OSError, EOFError, ValueError, UnicodeError) as error:
+            return None, None, "failed: %s" % (str(error) or type(error).__name__)
+        return reply.status, reply.headers.get("retry-after"), bytes(reply.body[:200]).decode("utf-8", "replace")
+
+    async def _post(self, endpoint, body, authorization):
+        """POST on an idle connection to the endpoint's origin if there is one, else on a new
+        one. A service may close an idle connection just as a request goes out on it (RFC
+        9112 §9.3.1): when a connection used before ends before any byte of an answer, the
+        push is sent once more on a new connection. A new connection's failure is final."""
+        split = urllib.parse.urlsplit(endpoint)
+        key = (split.hostname, split.port or 443)
+        request = push_request_bytes(endpoint, body, authorization)
+        idle = self.connections.take(key)
+        if idle is not None:
+            try:
+                return await self._send(key, *idle, request)
+            except PushUnanswered:
+                pass
+        reader, writer = await self._step(asyncio.open_connection(
+            split.hostname, key[1], ssl=self._tls_context(), server_hostname=split.hostname), "connecting")
+        return await self._send(key, reader, writer, request)
+
+    async def _send(self, key, reader, writer, request):
+        """One request and its reply; the connection is kept for the next push when the reply allows."""
+        response = WebhookResponseReader(MAX_PUSH_REPLY_BYTES)
+        answered = False
+        try:
+            writer.write(request)
+            await self._step(writer.drain(), "sending")
+            while True:
+                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
+                if not data and not answered:
+                    raise PushUnanswered("the push service closed the connection without answering")
+                answered = True
+                if response.receive_data(data) if data else response.receive_eof():
+                    break
+        except OSError as error:
+            writer.transport.abort()
+            if answered:
+                raise
+            raise PushUnanswered(str(error) or type(error).__name__) from None
+        except BaseException:
+            writer.transport.abort()
+            raise
+        if response.persistent:
+            self.connections.give(key, reader, writer, self.keep_alive)
+        else:
+            writer.transport.abort()
+        return response
+
+
+def push_worker_main(descriptor):
+    """The push worker process (started by PushWorker): PushSender on the socket pair's
+    end it was given. Ctrl-C is the server's to handle, and the CPU goes to the server
+    first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
+    except OSError:
+        pass
+    asyncio.run(PushSender(socket.socket(fileno=descriptor)).run())
+
+
+class PushWorker:
+    """The push worker process, and the server's end of its socket. send() hands it one
+    push and returns a future of its answer. Used from the event loop's thread only."""
+
+    def __init__(self, private_key, subject, timeouts):
+        import subprocess  # here: a server without push subscriptions never starts one
+        ours, theirs = socket.socketpair()
+        try:
+            ours.sendall(PushFrames.encode((private_key, subject, timeouts)))  # never on a command line
+            self.process = subprocess.Popen(
+                [sys.executable, "-S", "-c", "import sys; sys.path.insert(0, %r); import %s; %s.push_worker_main(%d)"
+                 % (os.path.dirname(os.path.abspath(__file__)), _MODULE, _MODULE, theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.channel = PushChannel(ours, self._answered, self._stop)
+        self.stopped = False
+        self._jobs = {}           # job number -> the future its answer resolves
+        self._numbers = itertools.count()
+
+    def send(self, *request):
+        """A future of the answer to one push (push_request_parts' arguments but the
+        signer): (status, Retry-After, text), status None when the service didn't answer."""
+        loop = asyncio.get_running_loop()
+        if self.channel.loop is not loop:
+            self.detach()
+            self.channel.attach(loop)
+        job = next(self._numbers)
+        future = self._jobs[job] = loop.create_future()
+        self.channel.send(("push", job, *request))
+        return future
+
+    def forget_connections(self):
+        """Have the process close its idle connections to push services."""
+        if not self.stopped:
+            self.channel.send(("forget",))
+
+    def detach(self):
+        """Stop reading on the loop it was used from (the loop is ending); the pushes it
+        waited for are cancelled, and their answers ignored when they come."""
+        self.channel.detach()
+        jobs, self._jobs = self._jobs, {}
+        for future in jobs.values():
+            future.cancel()
+
+    def _answered(self, message):
+        job, *answer = message
+        future = self._jobs.pop(job, None)
+        if future is not None and not future.done():
+            future.set_result(tuple(answer))
+
+    def _stop(self):
+        """The worker process ended (or its socket broke): what it had is failed."""
+        if self.stopped:
+            return
+        self.stopped = True
+        jobs, self._jobs = self._jobs, {}
+        self.channel.close()
+        if self.process.poll() is None:  # its socket broke, yet it runs: it is of no use now
+            self.process.kill()
+        self.process.wait()
+        log.error("the push worker process stopped (exit status %s) with %d pushes unanswered; "
+                  "a new one takes the next push", self.process.returncode, len(jobs))
+        for future in jobs.values():
+            if not future.done():
+                future.set_exception(PushWorkerStopped("the push worker process stopped"))
+
+    def close(self):
+        """Close the socket (the process ends when it reads the end) and wait for the process."""
+        import subprocess
+        self.detach()
+        self.channel.close()
+        if self.stopped:
+            return
+        self.stopped = True
+        try:
+            self.process.wait(PUSH_WORKER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 class Pushes(OutboundRequests):
     """The Events listener that sends Web Push notifications, and its bounded queue.
 
@@ -16880,8 +17025,6 @@ class Pushes(OutboundRequests):
 
     workers = PUSH_WORKERS
 
-    step_failure = PushFailed
-
     def __init__(self, app):
         self.app = app
         self.pending = collections.deque()
@@ -16889,9 +17032,7 @@ class Pushes(OutboundRequests):
         self._workers = []
         self._busy = 0            # deliveries being sent right now
         self._retries = set()     # timer handles of pushes waiting to be tried again
-        self._tls = None
         self._worker = None       # the PushWorker, started for the first push
-        self._connections = PushConnections()
         app.events.subscribe(self)
 
     # Events ---------------------------------------------------------------------
@@ -16922,9 +17063,9 @@ class Pushes(OutboundRequests):
         dropped = len(self.pending) + len(self._retries)
         self._workers, self._wakeup, self._retries = [], None, set()
         self.pending.clear()
-        self._connections.close()
         if self._worker is not None:
             self._worker.detach()
+            self._worker.forget_connections()
         if dropped:
             log.warning("dropped %d queued pushes at shutdown", dropped)
 
@@ -16958,20 +17099,19 @@ class Pushes(OutboundRequests):
     def push_worker(self):
         """The PushWorker, started again when the last one stopped."""
         if self._worker is None or self._worker.stopped:
-            self._worker = PushWorker(self.app.vapid_key.private_key, VAPID_SUBJECT)
+            config = self.app.config
+            self._worker = PushWorker(self.app.vapid_key.private_key, VAPID_SUBJECT,
+                                      (config.push_timeout, config.push_total_timeout, config.push_keep_alive))
         return self._worker
 
     # One delivery ---------------------------------------------------------------
     async def deliver(self, delivery):
-        """Encrypt and sign off the loop, POST once, act on the answer."""
+        """Hand one push to the worker process, and act on the push service's answer."""
         subscription = delivery.subscription_id
         try:
-            body, authorization = await self.push_worker().encrypt(
+            status, retry_after, text = await self.push_worker().send(
                 delivery.title, delivery.body, delivery.path, delivery.badge, delivery.endpoint,
                 delivery.p256dh_key, delivery.auth_key)
-        except WebPushError as error:
-            log.warning("push to subscription %d not sent: %s", subscription, error)
-            return
         except PushWorkerStopped:
             if delivery.requeued:  # a second worker process ended with it: it may be what ends them
                 log.warning("push to subscription %d dropped: the push worker process stopped twice with it",
@@ -16980,27 +17120,15 @@ class Pushes(OutboundRequests):
                 delivery.requeued = True
                 self.enqueue(delivery)
             return
-        try:
-            async with asyncio.timeout(self.app.config.push_total_timeout):
-                reply = await self._post(delivery.endpoint, body, authorization)
-        except TimeoutError:
-            log.warning("push to subscription %d took over %gs in all; not sent",
-                        subscription, self.app.config.push_total_timeout)
-            return
-        except (PushFailed, WebhookFailed, OSError, EOFError, ValueError, UnicodeError) as error:
-            log.warning("push to subscription %d failed: %s", subscription, str(error) or type(error).__name__)
-            return
-        status = reply.status
-        if 200 <= status < 300:
-            return
-        if status in (404, 410):
+        if status is None:
+            log.warning("push to subscription %d %s", subscription, text)
+        elif status in (404, 410):
             log.info("push subscription %d has expired (%d): deleted", subscription, status)
             self.app.store.expire_push_subscription(subscription)
         elif status == 429 or status >= 500:
-            self._retry(delivery, status, reply.headers.get("retry-after"))
-        else:
-            log.warning("push to subscription %d refused with %d: %s", subscription, status,
-                        bytes(reply.body[:200]).decode("utf-8", "replace"))
+            self._retry(delivery, status, retry_after)
+        elif not 200 <= status < 300:
+            log.warning("push to subscription %d refused with %d: %s", subscription, status, text)
 
     def _retry(self, delivery, status, retry_after):
         if delivery.attempt >= PUSH_RETRIES:
@@ -17020,54 +17148,7 @@ class Pushes(OutboundRequests):
         handle = asyncio.get_running_loop().call_later(delay, again)
         self._retries.add(handle)
 
-    async def _post(self, endpoint, body, authorization):
-        """POST on an idle connection to the endpoint's origin if there is one, else on a new
-        one. A service may close an idle connection just as a request goes out on it (RFC
-        9112 §9.3.1): when a connection used before ends before any byte of an answer, the
-        push is sent once more on a new connection. A new connection's failure is final."""
-        split = urllib.parse.urlsplit(endpoint)
-        key = (split.hostname, split.port or 443)
-        request = push_request_bytes(endpoint, body, authorization)
-        idle = self._connections.take(key)
-        if idle is not None:
-            try:
-                return await self._send(key, *idle, request)
-            except PushUnanswered as error:
-                log.debug("a kept connection to %s:%d ended unanswered (%s); sending on a new one", *key, error)
-        reader, writer = await self._step(asyncio.open_connection(
-            split.hostname, key[1], ssl=self._tls_context(), server_hostname=split.hostname), "connecting")
-        return await self._send(key, reader, writer, request)
 
-    async def _send(self, key, reader, writer, request):
-        """One request and its reply; the connection is kept for the next push when the reply allows."""
-        response = WebhookResponseReader(MAX_PUSH_REPLY_BYTES)
-        answered = False
-        try:
-            writer.write(request)
-            await self._step(writer.drain(), "sending")
-            while True:
-                data = await self._step(reader.read(WEBHOOK_READ_BYTES), "reading")
-                if not data and not answered:
-                    raise PushUnanswered("the push service closed the connection without answering")
-                answered = True
-                if response.receive_data(data) if data else response.receive_eof():
-                    break
-        except OSError as error:
-            writer.transport.abort()
-            if answered:
-                raise
-            raise PushUnanswered(str(error) or type(error).__name__) from None
-        except BaseException:
-            writer.transport.abort()
-            raise
-        if response.persistent:
-            self._connections.give(key, reader, writer, self.app.config.push_keep_alive)
-        else:
-            writer.transport.abort()
-        return response
-
-    def step_timeout(self):
-        return self.app.config.push_timeout
 # Off-site copies ---------------------------------------------------------------
 # Each finished backup is sent to BACKUP_URL: AWS Signature Version 4 written with
 # hmac/hashlib, S3's PutObject and multipart upload, or a plain HTTPS PUT. The

@@ -1,21 +1,13 @@
-// Campfire in the browser: the entry point. Each feature lives in its own module;
-// this file finds the page's parts and wires them together.
+// Campfire in the browser: the entry point. The features live in a handful of modules
+// (a page fetches each once): dom.js, messages.js, composer.js, cable.js,
+// notifications.js and sounds.js. This file finds the page's parts and wires them together.
 
-import { Cable, showConnection } from "./cable.js"
-import { MessageList, RoomStream, decorateMessages, muteToggle } from "./messages.js"
-import { MessageScroller } from "./scroller.js"
-import { Composer } from "./composer.js"
-import { Uploads, Lightbox, squareImageInputs } from "./uploads.js"
-import { MessageActions } from "./actions.js"
-import { Sidebar, Presence } from "./sidebar.js"
-import { confirmDangerousForms, filterPickers, bellInPlace, roomKindFollowsChoice } from "./forms.js"
-import { RoomSwitcher } from "./switcher.js"
-import { Announcer } from "./announcer.js"
-import { h } from "./dom.js"
+import { Cable, showConnection, Sidebar, Presence, RoomSwitcher } from "./cable.js"
+import { MessageList, RoomStream, decorateMessages, muteToggle, MessageScroller, MessageActions, ThreadPanel,
+  MentionsInbox, LiveSearch } from "./messages.js"
+import { Composer, Uploads, Lightbox, squareImageInputs } from "./composer.js"
+import { h, confirmDangerousForms, filterPickers, bellInPlace, roomKindFollowsChoice, Announcer } from "./dom.js"
 import { NotificationsControl, UnreadCount, notifyMentionsWhileHidden, registerServiceWorker, unsubscribeOnSignOut } from "./notifications.js"
-import { ThreadPanel } from "./threads.js"
-import { MentionsInbox } from "./mentions.js"
-import { LiveSearch } from "./search.js"
 
 const body = document.body
 const viewer = { id: body.dataset.userId, administrator: body.dataset.administrator === "true" }

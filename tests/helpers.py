@@ -3,6 +3,7 @@ in-process client that keeps cookies, and a real server on 127.0.0.1:0."""
 
 import asyncio
 import contextlib
+import html
 import os
 import re
 import shutil
@@ -354,6 +355,17 @@ class CableClient:
             self.sock.close()
         except OSError:
             pass
+
+
+AVATAR_DATA_URL = "data:image/svg+xml,"  # how a page draws an avatar with no picture (avatar_source)
+
+
+def avatar_initials(src):
+    """The text an avatar's data: URL draws (a person's initials), or None for any other src."""
+    if not src.startswith(AVATAR_DATA_URL):
+        return None
+    match = re.search(r">([^<]*)</text>", urllib.parse.unquote(src[len(AVATAR_DATA_URL):]))
+    return html.unescape(match.group(1)) if match else None
 
 
 def wait_until(predicate, timeout=10.0, interval=0.01, message="the condition never held"):

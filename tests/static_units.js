@@ -2,19 +2,16 @@
 // tests/test_static.py: the real modules, imported from /static/. Each test's
 // outcome lands in window.unitResults as { name, ok, error }.
 
-import { Backoff, RECONNECT_MIN_MS, RECONNECT_MAX_MS, RECONNECT_JITTER } from "/static/cable.js"
-import { continuesThread, THREAD_WINDOW_MS } from "/static/messages.js"
-import { typingSentence, TypingNotifier, TypingPeople, START_EVERY_MS } from "/static/typing.js"
-import { Drafts, uuid, retryable, failureText, onlyLink, previewAttachment } from "/static/composer.js"
-import { formatBytes, uploadFailureText, filesOf, MAX_FILES_AT_ONCE } from "/static/uploads.js"
-import { autocompleteQuery, soundsMatching } from "/static/autocomplete.js"
-import { safeHref, defuse } from "/static/richtext.js"
-import { matchesFilter } from "/static/forms.js"
+import { Backoff, RECONNECT_MIN_MS, RECONNECT_MAX_MS, RECONNECT_JITTER, switcherChoices } from "/static/cable.js"
+import { continuesThread, THREAD_WINDOW_MS, dayLabel, isEmojiOnly } from "/static/messages.js"
+import { Drafts, uuid, retryable, failureText, onlyLink, previewAttachment,
+  typingSentence, TypingNotifier, TypingPeople, START_EVERY_MS,
+  formatBytes, uploadFailureText, filesOf, MAX_FILES_AT_ONCE,
+  autocompleteQuery, soundsMatching,
+  safeHref, defuse,
+  inlineShortcut, blockShortcut, looksLikeMarkdown, markdownToHTML } from "/static/composer.js"
+import { matchesFilter, announcement, MAX_ANNOUNCED_CHARS } from "/static/dom.js"
 import { SOUND_NAMES } from "/static/sounds.js"
-import { inlineShortcut, blockShortcut, looksLikeMarkdown, markdownToHTML } from "/static/markdown.js"
-import { dayLabel, isEmojiOnly } from "/static/messages.js"
-import { announcement, MAX_ANNOUNCED_CHARS } from "/static/announcer.js"
-import { switcherChoices } from "/static/switcher.js"
 import { notificationState, titleWithCount, base64UrlToBytes, subscriptionPayload, notifiesInPage } from "/static/notifications.js"
 
 const results = []
@@ -81,7 +78,7 @@ test("continuesThread: not after five minutes, not another author, not back in t
   assert(!continuesThread(false, at("2024-05-01T10:00:00Z")), "a previous element that isn't a message")
 })
 
-// typing.js --------------------------------------------------------------------
+// composer.js: typing ---------------------------------------------------------
 
 test("typingSentence names up to two and counts the rest", () => {
   assertEqual(typingSentence([]), "")
@@ -186,7 +183,7 @@ test("previewAttachment writes Campfire's opengraph embed, escaping what the pag
   assertEqual(element.hasAttribute("url"), false)
 })
 
-// uploads.js -----------------------------------------------------------------------
+// composer.js: uploads --------------------------------------------------------
 
 test("formatBytes counts in steps of 1,024, as the server writes sizes", () => {
   assertEqual([0, 1, 1023, 1024, 1536, 100 * 1024 * 1024, 1024 ** 3].map(formatBytes),
@@ -210,7 +207,7 @@ test("filesOf takes the files a drop or a paste carries, and none from text", ()
   assertEqual(MAX_FILES_AT_ONCE, 100)
 })
 
-// autocomplete.js ----------------------------------------------------------------
+// composer.js: suggestions ----------------------------------------------------
 
 test("autocompleteQuery finds a mention being typed, or /play and a sound", () => {
   assertEqual(autocompleteQuery("hi @Ad", "hi @Ad"), { kind: "mention", query: "Ad" })
@@ -228,7 +225,7 @@ test("soundsMatching lists the sounds that start with what was typed, in any cas
   assertEqual(SOUND_NAMES.length, 56)
 })
 
-// richtext.js --------------------------------------------------------------------
+// composer.js: rich text ------------------------------------------------------
 
 test("safeHref keeps http(s), mailto and relative links, and refuses the rest", () => {
   assertEqual(safeHref("https://example.com/a?b#c"), "https://example.com/a?b#c")
@@ -249,7 +246,7 @@ test("defuse renames event handler attributes before parsing, and nothing else",
   assertEqual(defuse("<p>one of the online ones</p>"), "<p>one of the online ones</p>")
 })
 
-// forms.js -----------------------------------------------------------------------
+// dom.js: forms ---------------------------------------------------------------
 
 test("matchesFilter finds people by any part of the name, ignoring case and accents", () => {
   assert(matchesFilter("José Álvarez", "jose"), "accents")
@@ -258,7 +255,7 @@ test("matchesFilter finds people by any part of the name, ignoring case and acce
   assert(!matchesFilter("Ada Lovelace", "bob"), "another name")
 })
 
-// markdown.js --------------------------------------------------------------------
+// composer.js: Markdown -------------------------------------------------------
 
 test("inlineShortcut finds a span when its closing mark is typed, and not inside words", () => {
   assertEqual(inlineShortcut("say **bold**"), { tag: "strong", length: 8, text: "bold" })
@@ -297,7 +294,7 @@ test("isEmojiOnly is true for a few emoji and nothing else", () => {
   assert(!isEmojiOnly("ok 🎉") && !isEmojiOnly("123") && !isEmojiOnly("") && !isEmojiOnly("🎉".repeat(9)), "not only emoji")
 })
 
-// announcer.js ---------------------------------------------------------------------
+// dom.js: announcing ----------------------------------------------------------
 
 test("announcement names the author and text, sums up a burst and cuts long text", () => {
   assertEqual(announcement([{ author: "Ada", text: "hi" }]), "Ada: hi")
@@ -306,7 +303,7 @@ test("announcement names the author and text, sums up a burst and cuts long text
   assertEqual(announcement([]), "")
 })
 
-// switcher.js ----------------------------------------------------------------------
+// cable.js: the room switcher -------------------------------------------------
 
 test("switcherChoices filters rooms and people, names that start with the query first", () => {
   const rooms = [{ label: "Design review", href: "/rooms/2" }, { label: "All Talk", href: "/rooms/1" }, { label: "Ada Lovelace", href: "/rooms/9" }]

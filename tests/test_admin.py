@@ -14,7 +14,8 @@ import unittest
 import urllib.parse
 from unittest import mock
 
-from tests.helpers import AppTestCase, CableClient, Client, LiveServer, campfire, config_value, sign_in_cookie, wait_until
+from tests.helpers import (AppTestCase, CableClient, Client, LiveServer, avatar_initials, campfire, config_value,
+                           sign_in_cookie, wait_until)
 
 CSS = "body { outline: 3px solid rgb(1, 2, 3) }"
 
@@ -522,8 +523,10 @@ class UserPageTests(AdminTestCase):
         self.app.db.execute("UPDATE users SET bio = 'Runs the place.' WHERE id = 1")
         self.app.store.bump_everything()
         page = self.bob.get("/users/1").text
-        for shown in ("Ada Admin", "Runs the place.", "Administrator", "/users/1/avatar"):
+        for shown in ("Ada Admin", "Runs the place.", "Administrator"):
             self.assertIn(shown, page)
+        avatar = re.search(r'<div class="profile__head"><img class="avatar" src="([^"]+)"', page)
+        self.assertEqual(avatar_initials(avatar.group(1)), "AA")
         for hidden in ("ada@example.com", "session_transfer_url", "/ban", "Deactivate"):
             self.assertNotIn(hidden, page)
 

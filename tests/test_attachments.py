@@ -29,8 +29,8 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
 
-from tests.helpers import (AppTestCase, CableClient, Client, LiveServer, _session_cookie, campfire, first_run_cookie,
-                           make_app, recv_response)
+from tests.helpers import (AppTestCase, CableClient, Client, LiveServer, _session_cookie, avatar_initials, campfire,
+                           first_run_cookie, make_app, recv_response)
 
 
 def image_bytes(width, height, kind="PNG"):
@@ -1019,31 +1019,30 @@ class AvatarAndLogoTests(AttachmentTestCase):
         self.assertEqual(self.client.get("/users/1/avatar").header("Content-Type"), "image/svg+xml")
 
     def avatar_urls_seen(self, client, user_id=1):
-        """The avatar URLs of a person on a room page (their message, the top bar, the composer)."""
+        """The avatars' srcs beside a person's messages on a room page."""
         page = client.get("/rooms/%d" % self.room_id).text
-        return set(re.findall(r'src="(/users/%d/avatar[^"]*)"' % user_id, page))
+        return set(re.findall(r'<a class="message__avatar" href="/users/%d"[^>]*><img class="avatar" src="([^"]*)"'
+                              % user_id, page))
 
     def test_an_avatars_url_changes_with_what_it_shows_and_is_cached_for_good_under_it(self):
         self.client.post("/rooms/%d/messages" % self.room_id, {"message[body]": "Morning", "message[client_message_id]": "m1"})
         bob = self.join("Bob", "bob@example.com")
+        # No picture: the initials drawn in the page itself (no request), as the avatar's URL serves them.
         [initials] = self.avatar_urls_seen(bob)
-        self.assertRegex(initials, r"^/users/1/avatar\?v=[0-9a-f]{12}$")
-        served = bob.get(initials)
-        self.assertEqual(served.header("Cache-Control"), "private, max-age=31536000, immutable")
-        self.assertTrue(served.header("ETag"))
-        unversioned = bob.get("/users/1/avatar")  # Campfire's own URL, and pages from before: revalidated
+        self.assertEqual(avatar_initials(initials), "AA")
+        self.assertEqual(urllib.parse.unquote(initials.split(",", 1)[1]).encode(), body_of(bob.get("/users/1/avatar")))
+        unversioned = bob.get("/users/1/avatar")  # Campfire's own URL: revalidated
         self.assertEqual((unversioned.status, unversioned.header("Cache-Control")), (200, "private, no-cache"))
-        self.assertEqual(bob.get("/users/1/avatar", headers={"If-None-Match": served.header("ETag")}).status, 304)
-        # Same initials, same picture, same URL; other initials, another.
+        self.assertTrue(unversioned.header("ETag"))
+        self.assertEqual(bob.get("/users/1/avatar", headers={"If-None-Match": unversioned.header("ETag")}).status, 304)
+        # Same initials, the same drawing; other initials, another.
         self.client.post("/users/me/profile", {"_method": "patch", "user[name]": "Ann Archer",
                                                "user[email_address]": "ada@example.com", "user[bio]": ""})
         self.assertEqual(self.avatar_urls_seen(bob), {initials})
         self.client.post("/users/me/profile", {"_method": "patch", "user[name]": "Zoe Quinn",
                                                "user[email_address]": "ada@example.com", "user[bio]": ""})
         [renamed] = self.avatar_urls_seen(bob)
-        self.assertNotEqual(renamed, initials)
-        self.assertIn(b">ZQ</text>", body_of(bob.get(renamed)))
-        self.assertEqual(bob.get(initials).header("Cache-Control"), "private, no-cache")  # an old version
+        self.assertEqual(avatar_initials(renamed), "ZQ")
         # A picture, then another: each a new URL, for everyone's next page.
         pictures, urls = [image_bytes(512, 512, "WEBP"), image_bytes(512, 512, "PNG")], [renamed]
         for picture in pictures:
@@ -1052,24 +1051,35 @@ class AvatarAndLogoTests(AttachmentTestCase):
             [url] = self.avatar_urls_seen(bob)
             self.assertEqual(self.avatar_urls_seen(self.client), {url})
             self.assertNotIn(url, urls)
+            self.assertRegex(url, r"^/users/1/avatar\?v=[0-9a-f]{12}$")
             urls.append(url)
             served = bob.get(url)
             self.assertEqual((body_of(served), served.header("Cache-Control")),
                              (picture, "private, max-age=31536000, immutable"))
-            self.assertEqual(bob.get(urls[-2]).header("Cache-Control"), "private, no-cache")
-        # Removed: the initials again, under the initials' version.
+            if len(urls) > 2:  # the picture before, under its old version: revalidated
+                self.assertEqual(bob.get(urls[-2]).header("Cache-Control"), "private, no-cache")
+        # Removed: the initials again, drawn in the page.
         self.assertEqual(self.client.post("/users/1/avatar", {"_method": "delete"}).status, 303)
         self.assertEqual(self.avatar_urls_seen(bob), {renamed})
-        self.assertEqual(bob.get(renamed).header("Cache-Control"), "private, max-age=31536000, immutable")
         self.assertEqual(bob.get(urls[-1]).header("Cache-Control"), "private, no-cache")
 
-    def test_a_new_persons_avatar_is_versioned_before_any_account_change(self):
-        self.client.get("/rooms/%d" % self.room_id)  # the versions are known for everyone there was
+    def test_initials_of_any_letters_are_drawn_in_the_page_as_the_avatars_url_serves_them(self):
+        self.client.post("/rooms/%d/messages" % self.room_id, {"message[body]": "Morning", "message[client_message_id]": "m1"})
+        for name, initials in (('%Ünal "Q"', '%"'), ("Ünal Öz", "ÜÖ"), ("#1 &co", "#&"), ("?x <y>", "?<")):
+            self.client.post("/users/me/profile", {"_method": "patch", "user[name]": name,
+                                                   "user[email_address]": "ada@example.com", "user[bio]": ""})
+            [src] = self.avatar_urls_seen(self.client)
+            self.assertEqual(avatar_initials(src), initials)
+            self.assertFalse(set(src) & set('"&#?<>'), src)  # nothing that ends the attribute, the URL or its path
+            self.assertEqual(urllib.parse.unquote(src.split(",", 1)[1]).encode(), body_of(self.client.get("/users/1/avatar")))
+
+    def test_a_new_persons_avatar_shows_before_any_account_change(self):
+        self.client.get("/rooms/%d" % self.room_id)  # the avatars are known for everyone there was
         bob = self.join("Bob", "bob@example.com")
         bob.post("/rooms/%d/messages" % self.room_id, {"message[body]": "Hi", "message[client_message_id]": "b1"})
         bob_id = self.app.db.value("SELECT id FROM users WHERE name = 'Bob'")
         [url] = self.avatar_urls_seen(self.client, bob_id)
-        self.assertEqual(self.client.get(url).header("Cache-Control"), "private, max-age=31536000, immutable")
+        self.assertEqual(avatar_initials(url), "B")
 
     def test_an_avatar_that_is_not_an_image_is_refused_on_the_form(self):
         content_type, body = self.profile_form(b"<svg onload=alert(1)>")

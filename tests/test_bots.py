@@ -186,7 +186,9 @@ class BotAdminTests(BotTestCase):
         self.assertEqual(found.links["Edit Helper"], "/account/bots/%d/edit" % bot_id)
         self.assertEqual(found.links["New bot"], "/account/bots/new")
         self.assertIn("http://127.0.0.1:9/hook", page.text)
-        self.assertIn('src="/users/%d/avatar?v=' % bot_id, page.text)
+        # The bot icon, drawn in the page (a data: URL: no request).
+        self.assertIn('<img class="avatar" src="data:image/svg+xml,', page.text)
+        self.assertIn('src="%s"' % campfire.avatar_source(self.app.store.user(bot_id), None), page.text)
 
     def test_curl_command_uses_the_bots_first_room_when_the_last_room_is_not_its(self):
         _, key = self.make_bot("Helper")

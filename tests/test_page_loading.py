@@ -12,12 +12,13 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 
 from PIL import Image
 
 from tests.browser import ROOT
-from tests.helpers import AppTestCase, make_app, Client, wait_until
-from tests.test_browser_app import SeededBrowserTests
+from tests.helpers import AppTestCase, avatar_initials, make_app, Client, wait_until
+from tests.test_browser_app import BrowserApp, SeededBrowserTests, unique
 
 try:
     from playwright.sync_api import expect
@@ -186,17 +187,16 @@ class ReloadTests(SeededBrowserTests):
         # The seeded room holds its first message: nothing older is asked for.
         self.assertFalse([url for url, _ in first if "before=" in url], first)
 
-        avatars = [url for url, _ in first if url.startswith("/users/")]
-        self.assertTrue(avatars, first)
-        for url in avatars:
-            self.assertRegex(url, r"^/users/\d+/avatar\?v=[0-9a-f]{12}$")
+        # The seeded people have no pictures (another test may give Person 1 one): their
+        # initials are drawn in the page, and only pictures are fetched.
+        sources = page.eval_on_selector_all("img.avatar", "(images) => images.map((image) => image.src)")
+        self.assertTrue([src for src in sources if src.startswith("data:")], sources)
+        pictures = {src.replace(self.server.url, "") for src in sources if not src.startswith("data:")}
+        self.assertLessEqual({url for url, _ in first if url.startswith("/users/")}, pictures, first)
 
         again = self.load(page, cdp, page.reload)
         network = [url for url, source in again if source == "network"]
         self.assertFalse([url for url in network if url.startswith("/static/")], again)
-        # Avatars are immutable under their versioned URLs too: each from the disk cache, none revalidated.
-        self.assertEqual({url for url, source in again if url.startswith("/users/") and source == "disk"},
-                         set(avatars), again)
         self.assertEqual([url for url in network if url != "/rooms/1"], [], again)
         composer = page.get_by_role("textbox", name="Write a message")
         composer.click()
@@ -222,9 +222,9 @@ class ReloadTests(SeededBrowserTests):
         avatar.scroll_into_view_if_needed()
         bob.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=avatar.element_handle())
         initials = avatar.get_attribute("src")
-        again = self.load(bob, cdp, bob.reload)  # cached for good: asked for no more
-        self.assertIn((initials, "disk"), again)
-        self.assertFalse([url for url, source in again if source != "disk" and url.startswith("/users/")], again)
+        self.assertEqual(avatar_initials(initials), "P1")  # drawn in the page: never asked for
+        again = self.load(bob, cdp, bob.reload)
+        self.assertFalse([url for url, _ in again if url.startswith("/users/")], again)
 
         ada.goto(self.server.url + "/users/me/profile")
         buffer = io.BytesIO()
@@ -247,3 +247,68 @@ class ReloadTests(SeededBrowserTests):
           return Array.from(context.getImageData(4, 4, 1, 1).data.slice(0, 3))
         }""", avatar.element_handle())
         self.assertTrue(all(abs(got - want) <= 12 for got, want in zip(centre, (20, 160, 60))), centre)
+        self.assertRegex(avatar.get_attribute("src"), r"^/users/\d+/avatar\?v=[0-9a-f]{12}$")
+
+
+# A room's first load: the page, its stylesheet, its icon, its modules (static/'s
+# handful, which app.js reaches) and the pictures of its authors who have one.
+FIRST_LOAD_MAX_REQUESTS = 12
+# A reload: the page itself; the rest comes from the browser's cache.
+RELOAD_MAX_REQUESTS = 3
+
+
+class FirstLoadTests(BrowserApp):
+    """A room opened in a fresh browser by a signed-in person, among authors with a
+    picture and without one, its requests counted by the DevTools protocol."""
+
+    PEOPLE = {"Person 1": "person1@example.com", "Person 2": "person2@example.com",
+              "Person 3": "person3@example.com"}
+    load = ReloadTests.load
+
+    def test_a_rooms_first_load_makes_few_requests_and_draws_initials_without_one(self):
+        carol = self.new_page(storage_state=self.states["Person 3"])
+        carol.goto(self.server.url + "/users/me/profile")
+        buffer = io.BytesIO()
+        Image.new("RGB", (512, 512), (30, 60, 200)).save(buffer, "PNG")
+        carol.get_by_label("Avatar").set_input_files(
+            files=[{"name": "blue.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
+        expect(carol.locator("img.field__preview")).to_be_visible()
+        carol.get_by_role("button", name="Save changes").click()
+        carol.wait_for_url(re.compile(r"/users/me/profile\?saved=1$"))
+        carol.context.close()
+        # Each author's message follows another's, so each shows its avatar.
+        posts = [(person, unique("First load, from %s" % person)) for person in ("Person 3", "Person 1", "Person 2", "Person 3")]
+        for person, text in posts:
+            self.http(person, "/rooms/1/messages", {"message[body]": "<div>%s</div>" % text,
+                                                    "message[client_message_id]": uuid.uuid4().hex}, expect_status=201)
+
+        page = self.new_page(storage_state=self.states["Person 1"])
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        first = self.load(page, cdp, lambda: page.goto(self.server.url + "/rooms/1"))
+        network = [url for url, source in first if source == "network"]
+        self.assertLessEqual(len(network), FIRST_LOAD_MAX_REQUESTS, first)
+        self.assertTrue([url for url in network if url.startswith("/static/app.js?v=")], first)
+
+        for (person, text), initials in zip(posts[1:3], ("P1", "P2")):  # no picture: drawn, right initials
+            avatar = self.message(page, text).locator("img.avatar")
+            expect(avatar).to_be_visible()
+            page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=avatar.element_handle())
+            self.assertEqual(avatar_initials(avatar.get_attribute("src")), initials)
+            self.assertEqual(self.message(page, text).locator(".message__author").inner_text(), person)
+        picture = self.message(page, posts[3][1]).locator("img.avatar")
+        expect(picture).to_be_visible()
+        page.wait_for_function("(img) => img.complete && img.naturalWidth === 512", arg=picture.element_handle())
+        self.assertRegex(picture.get_attribute("src"), r"^/users/\d+/avatar\?v=[0-9a-f]{12}$")
+        # The one avatar asked for is the picture.
+        self.assertEqual({url for url, _ in first if url.startswith("/users/")}, {picture.get_attribute("src")}, first)
+
+        again = self.load(page, cdp, page.reload)
+        network = [url for url, source in again if source == "network"]
+        self.assertLessEqual(len(network), RELOAD_MAX_REQUESTS, again)
+        self.assertFalse([url for url in network if url.startswith("/static/") or url.startswith("/users/")], again)
+        composer = page.get_by_role("textbox", name="Write a message")
+        composer.click()
+        page.keyboard.type("after the first load")
+        page.keyboard.press("Enter")
+        expect(self.message(page, "after the first load")).not_to_have_class(re.compile("message--pending"))

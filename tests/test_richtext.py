@@ -482,8 +482,16 @@ class PostedPayloadTests(ChatTestCase):
                                r'"/static/[\w-]+\.js\?v=[0-9a-f]{16}",?)+\}\}</script>.*</head>')
         self.assertRegex(html, r'<head>.*<script type="module" src="/static/app\.js[^"]*"></script>.*</head>')
 
+    def drawn_avatars(self):
+        """The srcs of the avatars a page draws itself (people without a picture): data:
+        URLs of the server's own SVG of each person's initials, which no message makes."""
+        sources = self.app.store.avatar_sources()
+        return {source for source in (sources[row["id"]] for row in self.app.db.all("SELECT id FROM users"))
+                if source.startswith("data:image/svg+xml,")}
+
     def assertPageIsClean(self, html):
         self.assertScriptsAreOurs(html)
+        avatars = self.drawn_avatars()
         inspector = _PageInspector()
         inspector.feed(html)
         inspector.close()
@@ -496,9 +504,12 @@ class PostedPayloadTests(ChatTestCase):
             for name, value in attrs:
                 self.assertFalse(name.startswith("on"), (tag, name, value))
                 self.assertNotEqual(name, "style", (tag, value))
-                if name in URL_ATTRIBUTE_NAMES:
+                drawn = (tag, name, dict(attrs).get("class")) == ("img", "src", "avatar") and value in avatars
+                if name in URL_ATTRIBUTE_NAMES and not drawn:
                     self.assertFalse(url_is_dangerous(value), (tag, name, value))
         messages = html[html.index('id="messages"'):html.index('id="composer"')]
+        for avatar in avatars:
+            messages = messages.replace('<img class="avatar" src="%s"' % avatar, '<img class="avatar"')
         self.assertIsNone(re.search(r'(?i)(href|src|action|cite|url)\s*=\s*"?\s*(javascript|data|vbscript):', messages))
 
     def test_every_payload_posted_and_rendered_in_the_room_page_is_inert(self):
