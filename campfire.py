@@ -1813,7 +1813,8 @@ class Response:
         self.compressible = True
         self.upgrade = None
         self.file = None          # a FileBody sent instead of body: a stored file, never read whole
-        self.parts = None         # body in order: bytes, and runs of messages (App.message_runs) kept compressed
+        self.parts = None         # body in order: bytes, runs of messages (App.message_runs) and
+                                  # DeflatedPiece (App.search_result_parts), the last two kept compressed
 
     def header(self, name):
         lowered = name.lower()
@@ -1877,13 +1878,27 @@ def gzip_bytes(data, level=GZIP_LEVEL):
     return compressor.compress(data) + compressor.flush()
 
 
-def deflate_piece(data, level=GZIP_LEVEL):
+def deflate_piece(data, level=GZIP_LEVEL, after=b""):
     """data as raw deflate blocks (RFC 1951) with no final block, ending on a byte
     boundary (a full flush) and referring to nothing before them: pieces made so,
-    joined, are one deflate stream of their data joined (gzip_pieces)."""
-    window_bits = min(15, max(GZIP_MIN_WINDOW_BITS, (len(data) + ZLIB_LOOKAHEAD_BYTES).bit_length()))
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -window_bits, window_bits - 7)  # negative: no wrapper
-    return compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH)
+    joined, are one deflate stream of their data joined (gzip_pieces).
+
+    after: the text that comes just before data wherever the piece goes. Its back
+    references may then reach into that text (zlib's preset dictionary), so the
+    piece costs about what data costs compressed in context; it decodes right after
+    that text only."""
+    window_bits = min(15, max(GZIP_MIN_WINDOW_BITS, (len(after) + len(data) + ZLIB_LOOKAHEAD_BYTES).bit_length()))
+    if after:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -window_bits, window_bits - 7, zdict=after)
+    else:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -window_bits, window_bits - 7)  # negative: no wrapper
+    return DeflatedPiece(compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH))
+
+
+class DeflatedPiece(bytes):
+    """A deflate_piece: in Response.parts, text compressed already (App.gzip_body takes it as it is)."""
+
+    __slots__ = ()
 
 
 def gzip_pieces(body, pieces):
@@ -8502,6 +8517,7 @@ class Store:
         #                          ((room id, involvement) of each membership))
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
+        self._extended_terms = (None, {})  # (message_version, {term: SearchTerms.extended(term)})
         self._mention_counts = {}  # user id → (versions, {room id: unread mentions})
         self._rooms = {}         # room id → Room (dropped when its name or type changes)
         self._sgids = {}         # user id → their attachable sgid
@@ -9187,6 +9203,15 @@ class Store:
     # are all kept reads no body (the join and the bodies were half of a room page's reads).
     MESSAGE_VERSION_COLUMNS = ("SELECT messages.id, messages.room_id, messages.created_at, messages.updated_at "
                                "FROM messages ")
+    # What a search reads of each match: MESSAGE_COLUMNS' first six, in their places, without
+    # the rich text (App.message_fragments reads the bodies of those it has no rendered copy of).
+    MESSAGE_SEARCH_COLUMNS = ("SELECT messages.id, messages.room_id, messages.creator_id, messages.client_message_id, "
+                              "messages.created_at, messages.updated_at FROM messages ")
+    # Store.search's walk: the matches from the highest id down, each joined to its message.
+    SEARCH_WALK = ("SELECT messages.id, messages.room_id, messages.creator_id, messages.client_message_id, "
+                   "messages.created_at, messages.updated_at FROM message_search_index "
+                   "JOIN messages ON messages.id = message_search_index.rowid "
+                   "WHERE message_search_index MATCH ? ORDER BY message_search_index.rowid DESC LIMIT ?")
 
     # A new message marks its room unread for visible, disconnected members other
     # than the author (Campfire's app/models/room.rb, Room#receive).
@@ -9601,8 +9626,9 @@ class Store:
         boosts = collections.defaultdict(list)
         for start in range(0, len(message_ids), SQLITE_IN_CHUNK):
             chunk = message_ids[start:start + SQLITE_IN_CHUNK]
+            # In the index's order (message_id, then id): no sort of the rows read.
             for row in self.db.all("SELECT id, message_id, booster_id, content FROM boosts WHERE message_id IN (%s) "
-                                   "ORDER BY id" % ",".join("?" * len(chunk)), chunk):
+                                   "ORDER BY message_id, id" % ",".join("?" * len(chunk)), chunk):
                 boosts[row["message_id"]].append(row)
         return boosts
 
@@ -9921,12 +9947,13 @@ class Store:
         with room_id, in that room and its threads; with creator_id, that person's.
 
         A probe walks the matches across all rooms from the highest id down (FTS5
-        walks its doclists in rowid order and stops when asked to), `limit` at a time,
-        keeping the user's. Ids are not always in created_at order (an import keeps
-        old times, a Rails storage may hold anything), so the walk stops only once no
-        message below the last id walked, in those rooms, is newer than the newest
-        `limit` found; when search_probe_limit matches don't get there, a
-        membership-scoped query ordered by created_at runs instead."""
+        walks its doclists in rowid order and stops when asked to), each joined to its
+        message, `limit` at a time, keeping the user's. Ids are not always in
+        created_at order (an import keeps old times, a Rails storage may hold
+        anything), so the walk stops only once no message below the last id walked,
+        in those rooms, is newer than the newest `limit` found; when
+        search_probe_limit matches don't get there, a membership-scoped query
+        ordered by created_at runs instead. Rows of MESSAGE_SEARCH_COLUMNS."""
         match = self.search_match(query)
         if match is None:
             return []
@@ -9935,25 +9962,21 @@ class Store:
             rooms = {candidate for candidate in rooms if candidate == room_id or (
                 (room := self.room(candidate)) is not None and room.parent_room_id == room_id)}
         room_ids = list(rooms) or [0]
-        newest_first = operator.itemgetter(4, 0)  # (created_at, id) of MESSAGE_COLUMNS
+        newest_first = operator.itemgetter(4, 0)  # (created_at, id) of MESSAGE_SEARCH_COLUMNS
         probe_limit = self.config.search_probe_limit
-        probe = self.db.execute("SELECT rowid FROM message_search_index WHERE message_search_index MATCH ? "
-                                "ORDER BY rowid DESC LIMIT ?", (match, probe_limit))
+        probe = self.db.execute(self.SEARCH_WALK, (match, probe_limit))
         found, probed, complete = [], 0, False
         try:
             while True:
-                candidate_ids = [row[0] for row in probe.fetchmany(limit)]
-                probed += len(candidate_ids)
-                if candidate_ids:
-                    found += [row for row in self.db.all(
-                        self.MESSAGE_COLUMNS + "WHERE messages.id IN (%s)" % ",".join("?" * len(candidate_ids)),
-                        candidate_ids) if row[1] in rooms and creator_id in (None, row[2])]
-                if len(candidate_ids) < limit:
+                walked = probe.fetchmany(limit)
+                probed += len(walked)
+                found += [row for row in walked if row[1] in rooms and creator_id in (None, row[2])]
+                if len(walked) < limit:
                     complete = probed < probe_limit  # else the probe's LIMIT ended the walk
                     break
                 if len(found) >= limit:
                     found = heapq.nlargest(limit, found, key=newest_first)
-                    if not self._newer_below(room_ids, candidate_ids[-1], found[-1][4]):
+                    if not self._newer_below(room_ids, walked[-1][0], found[-1][4]):
                         complete = True
                         break
         finally:
@@ -9961,7 +9984,7 @@ class Store:
         if complete:
             return heapq.nlargest(limit, found, key=newest_first)
         return self.db.all(
-            self.MESSAGE_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
+            self.MESSAGE_SEARCH_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
             "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) AND (? IS NULL OR "
             "messages.creator_id = ?) ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
             % ",".join("?" * len(room_ids)), (match, *room_ids, creator_id, creator_id, limit))
@@ -9979,9 +10002,24 @@ class Store:
         if not words:
             return None
         terms = self.search_terms.terms(words[-1])
-        if len(terms) == 1 and not self.search_terms.extended(terms[0]):
+        if len(terms) == 1 and not self._term_extended(terms[0]):
             return " AND ".join('"%s"' % word for word in words)
         return fts_match_expression(query)
+
+    def _term_extended(self, term):
+        """SearchTerms.extended(term), remembered until a message is written, edited or
+        deleted (only that adds a term to the index): the look-up steps onto the next
+        term and counts its postings, a third of a millisecond for a common one."""
+        version, known = self._extended_terms
+        if version != self.message_version:
+            known = {}
+            self._extended_terms = (self.message_version, known)
+        extended = known.get(term)
+        if extended is None:
+            if len(known) >= SEARCH_STEMS_KEPT:
+                known.clear()
+            extended = known[term] = self.search_terms.extended(term)
+        return extended
 
     def search_index_complete(self):
         """Whether every message seems to have its search row (as many rows as messages).
@@ -11421,6 +11459,7 @@ def _search_result_template():
 
 
 _FILTER_OPTION = '<option value="%d"%s>%s</option>'  # once per room and per person: %-formatted, names escaped
+_RECENT_SEARCH = '<li><a href="%s">%s</a></li>'  # up to ten a page: %-formatted, the link and the query escaped
 
 
 def render_people_options(people, creator_id):
@@ -11444,8 +11483,8 @@ def render_search_filters(rooms, people_options, room_id):
 def render_search(query, results, result_count, recent, *, rooms=(), people_options="", room_id=None):
     """The search page: the form and its filters, recent searches, and the results
     (rendered messages, each naming its room)."""
-    recent_html = HTML("").join(HTML('<li><a href="{url}">{query}</a></li>').format(
-        url=url_for("searches", q=item), query=item) for item in recent)
+    recent_html = HTML("".join(_RECENT_SEARCH % (escape_html(url_for("searches", q=item)), escape_html(item))
+                               for item in recent))
     clear = HTML('<form method="post" action="{}" class="inline-form">'
                  '<input type="hidden" name="_method" value="delete">'
                  '<button type="submit" class="button button--quiet">Clear</button></form>').format(
@@ -12162,10 +12201,12 @@ def route_table():
 
 # Helpers the handlers share ----------------------------------------------------
 
-def _page(app, request, title, body, *, status=200, headers=None, sidebar=True, body_class="", current_room_id=None):
-    """A whole page around body, as a Response; the signed-in get the sidebar unless sidebar=False."""
+def _page(app, request, title, body, *, status=200, headers=None, sidebar=True, body_class="", current_room_id=None,
+          rooms=None):
+    """A whole page around body, as a Response; the signed-in get the sidebar unless sidebar=False
+    (rooms: their Store.sidebar_rooms, when the handler has read them already)."""
     view = app.view(request)
-    side = _sidebar_html(app, view.user, current_room_id) if sidebar and view.user is not None else None
+    side = _sidebar_html(app, view.user, current_room_id, rooms) if sidebar and view.user is not None else None
     return Response(render_layout(view, title, body, sidebar=side, body_class=body_class), status, headers=headers)
 
 
@@ -12173,8 +12214,8 @@ def _auth_page(app, request, title, body, *, status=200, headers=None):
     return _page(app, request, title, body, status=status, headers=headers, sidebar=False, body_class="auth")
 
 
-def _sidebar_html(app, user, current_room_id=None):
-    shared, direct = app.store.sidebar_rooms(user.id)
+def _sidebar_html(app, user, current_room_id=None, rooms=None):
+    shared, direct = rooms or app.store.sidebar_rooms(user.id)
     return render_sidebar(shared, direct, app.store.unread_room_ids(user.id), current_room_id,
                           app.store.may_create_rooms(user), app.store.hidden_rooms(user.id),
                           app.store.unread_mention_count(user.id))
@@ -12995,12 +13036,15 @@ def unsave_message(app, request, message_id):
 
 def _where(app, user, message):
     """(the title of the room a message is in, its permalink); a thread's reply is "Thread in <room>"."""
+    return (_where_title(app, user, message["room_id"]),
+            url_for("room_at_message", room_id=message["room_id"], message_id=message["id"]))
+
+
+def _where_title(app, user, room_id):
     store = app.store
-    room = store.room(message["room_id"])
-    home = store.home_room(room)
-    title = store.room_title(home, user.id)
-    return ("Thread in %s" % title if room.thread else title,
-            url_for("room_at_message", room_id=room.id, message_id=message["id"]))
+    room = store.room(room_id)
+    title = store.room_title(store.home_room(room), user.id)
+    return "Thread in %s" % title if room.thread else title
 
 
 def mentions_inbox(app, request):
@@ -13132,17 +13176,18 @@ def search(app, request):
     def build():
         results = store.search(user_id, query, room_id=room_id, creator_id=creator_id) if query else []
         words = search_words(query)
-        titles = {}  # room id → the title _where gives it
-        for message in results:
-            if message["room_id"] not in titles:
-                titles[message["room_id"]] = _where(app, user, message)[0]
-        results_html = render_search_results(
-            (titles[message["room_id"]], message["room_id"], message["id"], fragment)
-            for message, fragment in zip(results, app.message_fragments(results, highlight=words)))
-        shared, direct = store.sidebar_rooms(user_id)
-        body = render_search(query, results_html, len(results), store.recent_searches(user_id),
+        # room id → the title _where gives it
+        titles = {room_id: _where_title(app, user, room_id) for room_id in {message["room_id"] for message in results}}
+        texts, pieces = zip(*app.search_result_parts(results, titles, words)) if results else ((), ())
+        rooms = shared, direct = store.sidebar_rooms(user_id)
+        # As _room_page does: the results go in PAGE_MESSAGES_MARK's place, their pieces in the gzip.
+        body = render_search(query, HTML(PAGE_MESSAGES_MARK), len(results), store.recent_searches(user_id),
                              rooms=shared + direct, people_options=app.people_options(creator_id), room_id=room_id)
-        return _page(app, request, "Search", body)
+        response = _page(app, request, "Search", body, rooms=rooms)
+        head, tail = response.body.split(PAGE_MESSAGES_MARK.encode())
+        response.body = b"".join((head, *texts, tail))
+        response.parts = [head, *pieces, tail]
+        return response
     key = ("search", user_id, query, room_id, creator_id, store.user_versions[user_id], store.global_version,
            store.message_version)
     return app.cached(request, key, build)
@@ -15240,8 +15285,8 @@ class App:
     def _message_key(self, message, boosts, thread, highlight):
         """What a rendered message depends on: its version (an edit moves updated_at), its
         boosts, its thread, every name (global_version) and the words it marks."""
-        return (message["id"], message["updated_at"], tuple(boost["id"] for boost in boosts), thread,
-                self.store.global_version, tuple(highlight))
+        return (message["id"], message["updated_at"], tuple([boost["id"] for boost in boosts]) if boosts else (),
+                thread, self.store.global_version, tuple(highlight))
 
     def render_body(self, stored_body):
         """A stored body as a message shows it: each mention a chip of the person it names,
@@ -15268,6 +15313,7 @@ class App:
         store = self.store
         boosts, threads = store.boosts_for(ids), store.threads_for(ids)
         get = self.message_cache.get
+        highlight = tuple(highlight)
         fragments = [get(self._message_key(message, boosts.get(message["id"], ()), threads.get(message["id"], ()),
                                            highlight)) for message in messages]
         missing = [message["id"] for message, fragment in zip(messages, fragments) if fragment is None]
@@ -15305,13 +15351,46 @@ class App:
             self.message_cache.put(key, piece, len(piece) + sum(map(len, run)))
         return piece
 
+    def search_result_parts(self, messages, titles, highlight):
+        """Each message as a search result (render_search_results, titles: room id → the
+        title it names), as (its UTF-8 text, a DeflatedPiece of it), kept beside the
+        rendered messages under what the message's rendering depends on (_message_key):
+        a kept result needs no rendered message looked up.
+
+        Results are any set of messages, so each is a piece of its own, compressed
+        after the result before it (deflate_piece's `after`): a piece alone would cost
+        three times the bytes. So a piece is kept for the result it follows, which stays
+        the same from one page to the next while the matches do (a new match changes
+        the first two)."""
+        ids = [message["id"] for message in messages]
+        boosts, threads = self.store.boosts_for(ids), self.store.threads_for(ids)
+        get, put = self.message_cache.get, self.message_cache.put
+        highlight = tuple(highlight)
+        parts, previous, fragments = [], b"", None
+        for index, message in enumerate(messages):
+            room_id = message["room_id"]
+            key = ("search result", self._message_key(message, boosts.get(ids[index], ()),
+                                                      threads.get(ids[index], ()), highlight),
+                   room_id, titles[room_id], previous)
+            part = get(key)
+            if part is None:
+                if fragments is None:  # the rest rendered (or found kept) at once, as a page's messages are
+                    fragments = dict(zip(ids[index:], self.message_fragments(messages[index:], highlight=highlight)))
+                text = render_search_results(((titles[room_id], room_id, ids[index], fragments[ids[index]]),)).encode()
+                part = (text, deflate_piece(text, GZIP_LEVEL, after=previous))
+                put(key, part, len(text) + len(part[1]) + len(previous))  # the key holds the result before it
+            parts.append(part)
+            previous = part[0]
+        return parts
+
     def gzip_body(self, response, level):
         """The response's body as gzip: from its parts when it has them (each run of
         messages as kept, the rest compressed at level), else compressed whole."""
         if response.parts is None:
             return gzip_bytes(response.body, level)
-        return gzip_pieces(response.body, [self.deflated_run(part) if isinstance(part, tuple)
-                                           else deflate_piece(part, level) for part in response.parts if part])
+        return gzip_pieces(response.body, [part if type(part) is DeflatedPiece else self.deflated_run(part)
+                                           if isinstance(part, tuple) else deflate_piece(part, level)
+                                           for part in response.parts if part])
 
     def people_options(self, creator_id):
         """The search's person filter (render_people_options), kept with the rendered messages

@@ -2,10 +2,14 @@
 rooms, the newest 100 matches newest first (by created_at), queries that can't break MATCH,
 and the 10 recent searches kept per user."""
 
+import gzip
+import random
 import re
+import subprocess
 import sys
 import unittest
 import urllib.parse
+import zlib
 
 from tests.helpers import Client, campfire, config_value
 from tests.test_messages import seed_messages
@@ -137,6 +141,22 @@ class SearchCacheBoundTests(ChatTestCase):
         """The values a cache holds, read from its dictionary (counted here, not by the cache)."""
         return [value[0] if isinstance(value, tuple) else value for value in cache._data.values()]
 
+    def texts_held(self, cache):
+        """The bytes of the texts a cache's keys and values hold (a kept search result's key
+        holds its message and the result before it), each text counted once."""
+        sizes = {}
+
+        def walk(item):
+            if isinstance(item, (str, bytes)):
+                sizes[id(item)] = sys.getsizeof(item)
+            elif isinstance(item, tuple):
+                for part in item:
+                    walk(part)
+        for key, (value, _) in cache._data.items():
+            walk(key)
+            walk(value)
+        return sum(sizes.values())
+
     def test_many_distinct_searches_over_large_messages_keep_the_caches_bounded(self):
         large = " ".join("filler%d" % index for index in range(2500))  # ~25 KB of words
         for index in range(60):
@@ -147,7 +167,7 @@ class SearchCacheBoundTests(ChatTestCase):
             page = self.ada.get("/searches?" + urllib.parse.urlencode({"q": query}), headers={"Accept-Encoding": "gzip"})
             self.assertEqual(page.status, 200)
             page_bytes = sum(len(entry.body) + len(entry.gzipped or b"") for entry in self.held(self.app.page_cache))
-            message_bytes = sum(sys.getsizeof(value) for value in self.held(self.app.message_cache))
+            message_bytes = self.texts_held(self.app.message_cache)
             self.assertLessEqual(page_bytes, self.app.config.page_cache_bytes)
             self.assertLessEqual(message_bytes, self.app.config.message_cache_bytes)
         self.assertGreater(page_bytes, self.app.config.page_cache_bytes // 2)  # filled, and evicting
@@ -293,7 +313,118 @@ class SearchOrderTests(ChatTestCase):
             self.app.db.connection.set_trace_callback(None)
         self.assertEqual([row["id"] for row in found], ids[-100:][::-1])
         self.assertFalse([sql for sql in statements if "ORDER BY messages.created_at DESC" in sql])  # no fallback
-        self.assertEqual(len([sql for sql in statements if "FROM messages LEFT JOIN" in sql]), 1)  # one batch read
+        self.assertEqual(len([sql for sql in statements if "FROM message_search_index JOIN messages" in sql]),
+                         1)  # one walk, the matches joined to their messages
+        self.assertFalse([sql for sql in statements if "FROM messages WHERE messages.id IN" in sql])
+        self.assertFalse([sql for sql in statements if "action_text_rich_texts" in sql])  # bodies: only to render
+
+
+def gunzipped_three_ways(test, body):
+    """body as the gzip module, zlib and the gzip program read it (each checks the CRC-32 and
+    the length); the three must agree."""
+    by_module = gzip.decompress(body)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    by_zlib = inflater.decompress(body) + inflater.flush()
+    test.assertTrue(inflater.eof)
+    by_program = subprocess.run(["gzip", "-dc"], input=body, capture_output=True, check=True, timeout=30).stdout
+    test.assertEqual(by_module, by_zlib)
+    test.assertEqual(by_module, by_program)
+    return by_module
+
+
+class SearchGzipTests(ChatTestCase):
+    """A search page sent gzipped is its own markup compressed for the response and each
+    result's piece kept compressed (App.search_result_parts), each piece compressed after
+    the result before it: decoded, it is the page sent uncompressed, byte for byte."""
+
+    CACHE = False
+    GZIP = {"Accept-Encoding": "gzip, deflate, br"}
+
+    def setUp(self):
+        super().setUp()
+        self.ids = [self.post_id(self.bob if index % 3 else self.carol, 1 if index % 4 else self.closed,
+                                 "<div>coffee number %d <strong>%s</strong> %s</div>"
+                                 % (index, "é☕" * (index % 4), "walrus" if index % 10 == 0 else ""))
+                    for index in range(60)]
+
+    def kept_results(self):
+        return [key for key in self.app.message_cache._data if key[0] == "search result"]
+
+    @staticmethod
+    def result_id(key):
+        """The message a kept result shows: the first of what its rendering depends on (App._message_key)."""
+        return key[1][0]
+
+    def assertSplicedIsPlain(self, client, path):
+        gzipped = client.get(path, headers=self.GZIP)
+        plain = client.get(path)
+        self.assertEqual((gzipped.status, plain.status), (200, 200))
+        self.assertEqual(gzipped.header("Content-Encoding"), "gzip")
+        self.assertEqual(gunzipped_three_ways(self, gzipped.body), plain.body)
+        # pieces compressed after the result before them cost some bytes, never many: within a quarter
+        # of the page compressed whole (a piece alone would cost three times the bytes)
+        self.assertLessEqual(len(gzipped.body), 1.25 * len(campfire.gzip_bytes(plain.body, campfire.GZIP_FRESH_LEVEL)))
+        return plain.text
+
+    def test_search_pages_gzipped_from_kept_results_are_the_plain_pages(self):
+        queries = ["coffee", "walrus", "coffee number 7", "coff", "nothing-matches-this", "",
+                   "coffee&room_id=1", "coffee&creator_id=%d" % self.carol_id]
+        for client in (self.ada, self.bob, self.dave):
+            for query in queries:
+                with self.subTest(query=query, viewer=client):
+                    page = self.assertSplicedIsPlain(client, "/searches?q=" + query)
+                    self.assertNotIn("<!--messages", page)
+        found = message_ids(self.assertSplicedIsPlain(self.ada, "/searches?q=coffee"), "search-results")
+        self.assertEqual(found, self.ids[::-1])  # every result, newest first
+        self.assertGreaterEqual(len(self.kept_results()), 60)
+
+    def test_a_page_again_reuses_every_kept_result(self):
+        self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        kept = set(self.kept_results())
+        self.assertEqual(len(kept), 60)
+        self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        self.assertEqual(set(self.kept_results()), kept)
+
+    def test_an_edited_message_has_its_search_result_compressed_afresh(self):
+        self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        kept = set(self.kept_results())
+        edited = self.ids[41]  # Bob's, in All Talk; the next older result is ids[40]
+        response = self.bob.post("/rooms/1/messages/%d" % edited, {"_method": "patch",
+                                                                   "message[body]": "coffee revised"})
+        self.assertLess(response.status, 400)
+        page = self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        self.assertIn("<mark>coffee</mark> revised", page)
+        self.assertNotIn("coffee</mark> number 41 ", page)
+        fresh = set(self.kept_results()) - kept
+        # the edited result, and the one after it (older), compressed after the edited text
+        self.assertEqual(sorted(map(self.result_id, fresh)), sorted([edited, self.ids[40]]))
+        text, piece = self.app.message_cache.get(next(key for key in fresh if self.result_id(key) == edited))
+        self.assertIn(b"coffee</mark> revised", text)
+        self.assertIn(b"coffee</mark> number 41", next(key for key in kept if self.result_id(key) == edited)[-1] + b" "
+                      + self.app.message_cache.get(next(key for key in kept if self.result_id(key) == edited))[0])
+        self.assertEqual(next(key for key in fresh if self.result_id(key) == self.ids[40])[-1], text)
+
+    def test_a_new_match_changes_only_the_first_two_results(self):
+        self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        kept = set(self.kept_results())
+        newest = self.post_id(self.bob, 1, "one more coffee")
+        self.assertSplicedIsPlain(self.ada, "/searches?q=coffee")
+        self.assertEqual(sorted(map(self.result_id, set(self.kept_results()) - kept)), sorted([newest, self.ids[-1]]))
+
+    def test_a_piece_compressed_after_a_text_decodes_after_it(self):
+        rng = random.Random(11)
+        texts = [b"", b"a", "<div>é☕ coffee</div>".encode() * 2500, bytes(rng.randrange(256) for _ in range(50000)),
+                 b"<article>same again</article>" * 40]
+        for before in texts:
+            for text in texts:
+                for level in (1, 6):
+                    with self.subTest(before=len(before), text=len(text), level=level):
+                        pieces = [campfire.deflate_piece(before, level), campfire.deflate_piece(text, level, after=before)]
+                        body = before + text
+                        self.assertEqual(gunzipped_three_ways(self, campfire.gzip_pieces(body, [p for p in pieces if p])),
+                                         body)
+        letters = bytes(rng.choice(b"abcdefghij") for _ in range(3000))  # ~1,200 bytes compressed alone
+        self.assertLess(len(campfire.deflate_piece(letters, after=letters)), len(campfire.deflate_piece(letters)) / 20)
 
 
 class SearchPrefixTests(ChatTestCase):
@@ -314,6 +445,22 @@ class SearchPrefixTests(ChatTestCase):
         self.assertEqual(self.app.store.search_match("fresh coffee"), '"fresh" AND ("coffee" OR "coffee"*)')
         self.assertEqual(results(self.ada, "coffee"), [later, first])
         self.assertEqual(results(self.ada, "fresh coffee"), [first])
+
+    def test_whether_a_term_has_longer_ones_is_looked_up_again_only_after_a_message_changes(self):
+        first = self.post_id(self.bob, 1, "fresh coffee")
+        statements = []
+        self.app.db.connection.set_trace_callback(statements.append)
+        try:
+            for _ in range(3):
+                self.assertEqual(self.app.store.search_match("coffee"), '"coffee"')
+        finally:
+            self.app.db.connection.set_trace_callback(None)
+        self.assertEqual(len([sql for sql in statements if "campfire_py_search_terms WHERE" in sql]), 1)
+        response = self.bob.post("/rooms/1/messages/%d" % first, {"_method": "patch",
+                                                                  "message[body]": "a coffeemaker"})
+        self.assertLess(response.status, 400)
+        self.assertEqual(self.app.store.search_match("coffee"), '("coffee" OR "coffee"*)')
+        self.assertEqual(results(self.ada, "coffee"), [first])
 
     def test_a_word_being_typed_still_finds_the_longer_words(self):
         plain = self.post_id(self.bob, 1, "a run today")
