@@ -3,17 +3,20 @@ in-process client that keeps cookies, and a real server on 127.0.0.1:0."""
 
 import asyncio
 import contextlib
+import gzip
 import html
 import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import unittest
 import urllib.parse
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -422,3 +425,16 @@ def _session_cookie(port, path, form):
         response = error
     cookie = response.headers.get("Set-Cookie", "")
     return cookie.split("session_token=", 1)[1].split(";", 1)[0]
+
+
+def gunzipped_three_ways(test, body):
+    """body as three independent gzip decoders read it: the gzip module, zlib and the gzip
+    program (each checks the CRC-32 and the length); the three must agree."""
+    by_module = gzip.decompress(body)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    by_zlib = inflater.decompress(body) + inflater.flush()
+    test.assertTrue(inflater.eof)
+    by_program = subprocess.run(["gzip", "-dc"], input=body, capture_output=True, check=True, timeout=30).stdout
+    test.assertEqual(by_module, by_zlib)
+    test.assertEqual(by_module, by_program)
+    return by_module

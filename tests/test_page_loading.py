@@ -67,6 +67,18 @@ def module_graph(root, entry="app.js"):
     return seen
 
 
+def upload_avatar(page, url, colour):
+    """The person of page picks a 512x512 picture of one colour on their profile and saves it."""
+    page.goto(url + "/users/me/profile")
+    buffer = io.BytesIO()
+    Image.new("RGB", (512, 512), colour).save(buffer, "PNG")
+    page.get_by_label("Avatar").set_input_files(
+        files=[{"name": "avatar.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
+    expect(page.locator("img.field__preview")).to_be_visible()
+    page.get_by_role("button", name="Save changes").click()
+    page.wait_for_url(re.compile(r"/users/me/profile\?saved=1$"))
+
+
 class ImportMapTests(AppTestCase):
     def setUp(self):
         super().setUp()
@@ -226,14 +238,7 @@ class ReloadTests(SeededBrowserTests):
         again = self.load(bob, cdp, bob.reload)
         self.assertFalse([url for url, _ in again if url.startswith("/users/")], again)
 
-        ada.goto(self.server.url + "/users/me/profile")
-        buffer = io.BytesIO()
-        Image.new("RGB", (512, 512), (20, 160, 60)).save(buffer, "PNG")
-        ada.get_by_label("Avatar").set_input_files(
-            files=[{"name": "green.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
-        expect(ada.locator("img.field__preview")).to_be_visible()
-        ada.get_by_role("button", name="Save changes").click()
-        ada.wait_for_url(re.compile(r"/users/me/profile\?saved=1$"))
+        upload_avatar(ada, self.server.url, (20, 160, 60))
 
         self.load(bob, cdp, lambda: bob.goto(self.server.url + "/rooms/1"))  # a fresh page, the same cache
         avatar = bob.locator("#messages > .message", has_text=text).locator("img.avatar")
@@ -267,14 +272,7 @@ class FirstLoadTests(BrowserApp):
 
     def test_a_rooms_first_load_makes_few_requests_and_draws_initials_without_one(self):
         carol = self.new_page(storage_state=self.states["Person 3"])
-        carol.goto(self.server.url + "/users/me/profile")
-        buffer = io.BytesIO()
-        Image.new("RGB", (512, 512), (30, 60, 200)).save(buffer, "PNG")
-        carol.get_by_label("Avatar").set_input_files(
-            files=[{"name": "blue.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
-        expect(carol.locator("img.field__preview")).to_be_visible()
-        carol.get_by_role("button", name="Save changes").click()
-        carol.wait_for_url(re.compile(r"/users/me/profile\?saved=1$"))
+        upload_avatar(carol, self.server.url, (30, 60, 200))
         carol.context.close()
         # Each author's message follows another's, so each shows its avatar.
         posts = [(person, unique("First load, from %s" % person)) for person in ("Person 3", "Person 1", "Person 2", "Person 3")]

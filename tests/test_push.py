@@ -687,25 +687,31 @@ class DeliveryTests(ChatTestCase):
         self.assertEqual(json.loads(browser.decrypt(body))["title"], "T")
         self.assertEqual(self.app.pushes.push_worker().process.pid, first, "the same process answered")
 
+    def push_a_post(self, service, count, watch=None, last=None):
+        """Post to All Talk with the push senders running as a running server's do, until
+        service has count pushes (watch() called between looks); last()'s value, taken
+        before the senders stop."""
+        async def run():
+            self.app.pushes.start(asyncio.get_running_loop())
+            try:
+                self.post_id(self.ada, self.all_talk, "Fire drill at noon")
+                deadline = time.monotonic() + 60
+                while len(service.requests) < count and time.monotonic() < deadline:
+                    if watch is not None:
+                        watch()
+                    await asyncio.sleep(0.001)
+                return last() if last is not None else None
+            finally:
+                self.app.pushes.stop()
+        return asyncio.run(run())
+
     def test_the_server_starts_no_thread_of_its_own_to_push(self):
         # A thread of the server's would take the interpreter lock from the event loop for every push.
         service = self.service()
         browsers = self.everyone_in_all_talk(20, service)
         threads = set(threading.enumerate())
         seen = set()
-
-        async def push_and_watch():
-            self.app.pushes.start(asyncio.get_running_loop())
-            try:
-                self.post_id(self.ada, self.all_talk, "Fire drill at noon")
-                deadline = time.monotonic() + 60
-                while len(service.requests) < len(browsers) and time.monotonic() < deadline:
-                    seen.update(threading.enumerate())
-                    await asyncio.sleep(0.001)
-            finally:
-                self.app.pushes.stop()
-
-        asyncio.run(push_and_watch())
+        self.push_a_post(service, len(browsers), watch=lambda: seen.update(threading.enumerate()))
         self.assertEqual(len(service.requests), len(browsers))
         ours = {thread for thread in seen - threads if "process_request_thread" not in thread.name}  # the service's
         self.assertEqual(ours, set(), "threads of the server that ran while pushes were encrypted")
@@ -715,19 +721,10 @@ class DeliveryTests(ChatTestCase):
         service = self.service()
         browsers = self.everyone_in_all_talk(10, service)
 
-        async def push_and_look():
-            self.app.pushes.start(asyncio.get_running_loop())
-            try:
-                self.post_id(self.ada, self.all_talk, "Fire drill at noon")
-                deadline = time.monotonic() + 60
-                while len(service.requests) < len(browsers) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.01)
-                worker = self.app.pushes.push_worker().process.pid
-                return sockets_connected_to(service.port, os.getpid()), sockets_connected_to(service.port, worker)
-            finally:
-                self.app.pushes.stop()
-
-        ours, workers = asyncio.run(push_and_look())
+        def look():  # while the pushes' connections are kept for the next one
+            worker = self.app.pushes.push_worker().process.pid
+            return sockets_connected_to(service.port, os.getpid()), sockets_connected_to(service.port, worker)
+        ours, workers = self.push_a_post(service, len(browsers), last=look)
         self.assertEqual(len(service.requests), len(browsers))
         self.assertEqual(ours, 0, "connections the server's process holds to the push service")
         self.assertGreaterEqual(workers, 1, "the worker process keeps its connections for the next push")

@@ -2,16 +2,13 @@
 rooms, the newest 100 matches newest first (by created_at), queries that can't break MATCH,
 and the 10 recent searches kept per user."""
 
-import gzip
 import random
 import re
-import subprocess
 import sys
 import unittest
 import urllib.parse
-import zlib
 
-from tests.helpers import Client, campfire, config_value
+from tests.helpers import Client, campfire, config_value, gunzipped_three_ways
 from tests.test_messages import seed_messages
 from tests.test_rooms import ChatTestCase, message_ids
 
@@ -317,19 +314,6 @@ class SearchOrderTests(ChatTestCase):
                          1)  # one walk, the matches joined to their messages
         self.assertFalse([sql for sql in statements if "FROM messages WHERE messages.id IN" in sql])
         self.assertFalse([sql for sql in statements if "action_text_rich_texts" in sql])  # bodies: only to render
-
-
-def gunzipped_three_ways(test, body):
-    """body as the gzip module, zlib and the gzip program read it (each checks the CRC-32 and
-    the length); the three must agree."""
-    by_module = gzip.decompress(body)
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    by_zlib = inflater.decompress(body) + inflater.flush()
-    test.assertTrue(inflater.eof)
-    by_program = subprocess.run(["gzip", "-dc"], input=body, capture_output=True, check=True, timeout=30).stdout
-    test.assertEqual(by_module, by_zlib)
-    test.assertEqual(by_module, by_program)
-    return by_module
 
 
 class SearchGzipTests(ChatTestCase):
