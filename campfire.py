@@ -16852,10 +16852,10 @@ class PushSender(OutboundRequests):
         if not self._done.done():
             self._done.set_result(None)
 
-    async def _push(self, job, *request):
-        endpoint = request[4]
+    async def _push(self, job, title, text, path, badge, endpoint, p256dh_key, auth_key):
         try:
-            body, authorization = push_request_parts(self.signer, *request)
+            body, authorization = push_request_parts(self.signer, title, text, path, badge, endpoint,
+                                                     p256dh_key, auth_key)
             answer = await self._answer(endpoint, body, authorization)
         except WebPushError as error:  # a key that isn't one
             answer = (None, None, "not sent: %s" % error)
