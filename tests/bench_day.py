@@ -16,11 +16,15 @@ beside the server (the machine's cores are shared with them):
             message arrives;
   pages     LOADERS people, each on a keep-alive connection of their own with
             their own session (so the server's caches are per person), load a
-            page every THINK_SECONDS: their room (60%), an older page of its
-            messages (25%) or the sidebar (15%);
+            page, think, and load the next: their room (60%), an older page of
+            its messages (25%) or the sidebar (15%). They ask for gzip, as
+            browsers do. A person's pause is random, THINK_SECONDS on average
+            (exponential): with one fixed pause for all, people answered together
+            after any hold-up ask together from then on, and two hundred of
+            them soon move in one wave no team makes;
   posts     POSTERS people post to their rooms at POSTS_PER_SECOND combined, on
             a fixed schedule (a slow answer does not slow the offered load);
-  search    SEARCHERS people search for a common word every THINK_SECONDS.
+  search    SEARCHERS people search for a common word, pausing the same way.
 It prints page and search p50/p99, post p50/p99 (the 201), delivery p50/p99
 (from just before a post is written to the moment the LAST socket subscribed to
 its room has read it; CLOCK_MONOTONIC in every process), errors (any answer not
@@ -83,7 +87,9 @@ class Http:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         head = ["%s %s HTTP/1.1" % (method, path), "Host: 127.0.0.1:%d" % self.port, "Cookie: " + self.cookie]
-        if method != "GET":
+        if method == "GET":
+            head.append("Accept-Encoding: gzip, deflate, br")
+        else:
             head += ["Origin: http://127.0.0.1:%d" % self.port, "Sec-Fetch-Site: same-origin",
                      "Content-Type: " + content_type, "Content-Length: %d" % len(body)]
         self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
@@ -211,13 +217,14 @@ def requests_process(port, loaders, posters, searchers, seconds, older, pipe):
             else:
                 path = "/users/me/sidebar"
             await timed(http, "GET", path, "page", (200, 204))  # 204: nothing older than the oldest
-            await asyncio.sleep(THINK_SECONDS)
+            await asyncio.sleep(rng.expovariate(1 / THINK_SECONDS))
 
     async def searcher(cookie, stop):
-        http = Http(port, cookie)
+        http, rng = Http(port, cookie), random.Random(cookie)
+        await asyncio.sleep(rng.random() * THINK_SECONDS)
         while time.monotonic() < stop:
             await timed(http, "GET", "/searches?q=" + SEARCH_WORD, "search", (200,))
-            await asyncio.sleep(THINK_SECONDS)
+            await asyncio.sleep(rng.expovariate(1 / THINK_SECONDS))
 
     async def poster(index, cookie, room_id, start, stop):
         http = Http(port, cookie)
