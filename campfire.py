@@ -440,7 +440,8 @@ SEED_ADMIN_PASSWORD_CHARS = 20   # seed's administrator password: letters and di
 # Caches: rendered pages and messages, dropped by version, bounded by the bytes
 # they hold: a message may be 64 KiB, so a page of search results can be
 # megabytes, and a bound by count let 150 searches keep 900 MB.
-PAGE_CACHE_BYTES = 32 * 1024 * 1024     # bodies plus their gzip forms: ~500 room pages of 40 ordinary messages
+PAGE_CACHE_BYTES = 16 * 1024 * 1024     # gzipped bodies (and plain ones for clients without gzip): ~1,300
+                                        # room pages of 40 ordinary messages, or ~250 kept plain
 MESSAGE_CACHE_BYTES = 16 * 1024 * 1024  # rendered messages: ~12,000 of an ordinary size
 CACHE_ENTRY_OVERHEAD_BYTES = 256        # counted per entry besides its value: its key and bookkeeping
 
@@ -14608,17 +14609,23 @@ class DiskSpace:
 
 @dataclass(slots=True)
 class CachedPage:
-    """A rendered response kept for the next identical request, plain and gzipped."""
+    """A rendered response kept for the next identical request, in the forms asked
+    for: gzipped for browsers (a fifth of the plain size, so the cache holds five
+    times the pages), plain for clients that don't take gzip. The other form is
+    made from the kept one the first time someone asks for it."""
 
-    body: bytes
-    gzipped: bytes
+    body: bytes | None       # plain; None until a client that doesn't take gzip asks
+    gzipped: bytes | None    # None until a client that takes gzip asks, or for a body too small to gain
     content_type: str
     etag: str
     headers: tuple
 
     def size(self):
-        """The bytes a page cache counts for this page: its body, plain and gzipped."""
-        return len(self.body) + len(self.gzipped or b"")
+        """The bytes a page cache counts for this page: the forms it holds."""
+        return len(self.body or b"") + len(self.gzipped or b"")
+
+    def compressible(self):
+        return self.gzipped is not None or len(self.body) >= GZIP_MIN_BYTES
 
 
 @dataclass
@@ -15421,24 +15428,31 @@ class App:
         if not self.config.cache:
             return build()
         self._assets()  # first: a changed module takes the pages holding its old URL out of the cache
+        gzipped = accepts_gzip(request)
         entry = self.page_cache.get(key)
         if entry is None:
             response = build()
             if response.status != 200:
                 return response
             body = response.body
-            entry = CachedPage(body, self.gzip_body(response, GZIP_LEVEL) if len(body) >= GZIP_MIN_BYTES else None,
-                               response.content_type,
+            packed = self.gzip_body(response, GZIP_LEVEL) if gzipped and len(body) >= GZIP_MIN_BYTES else None
+            entry = CachedPage(body if packed is None else None, packed, response.content_type,
                                '"%s"' % hashlib.blake2b(body, digest_size=12).hexdigest(), tuple(response.headers))
             self.page_cache.put(key, entry)
         headers = [("ETag", entry.etag), ("Cache-Control", "private, no-cache"), ("Vary", "Accept-Encoding"),
                    *entry.headers]
         if etag_matches(request.headers.get("if-none-match"), entry.etag):
             return Response(b"", 304, None, headers)
-        if entry.gzipped is not None and accepts_gzip(request):
+        if gzipped and entry.compressible():
+            if entry.gzipped is None:
+                entry.gzipped = gzip_bytes(entry.body, GZIP_LEVEL)
+                self.page_cache.put(key, entry)  # counted again with its new form
             response = Response(entry.gzipped, 200, entry.content_type, headers)
             response.headers.append(("Content-Encoding", "gzip"))
         else:
+            if entry.body is None:
+                entry.body = zlib.decompress(entry.gzipped, 16 + zlib.MAX_WBITS)
+                self.page_cache.put(key, entry)
             response = Response(entry.body, 200, entry.content_type, headers)
         response.compressible = False
         return response

@@ -2,6 +2,7 @@
 mentions, page caching, and a database Rails wrote."""
 
 import base64
+import gzip
 import html
 import json
 import math
@@ -801,6 +802,35 @@ class CachedPageTests(CachingChecks, ChatTestCase):
         response = self.bob.get("/rooms/1", headers={"If-None-Match": self.ada.get("/rooms/1").header("ETag")})
         self.assertEqual(response.status, 200)
 
+    def test_a_cached_page_keeps_the_forms_asked_for_and_both_are_the_same_page(self):
+        for index in range(30):
+            self.post_id(self.bob, 1, "<p>line %d of the coffee plans</p>" % index)
+        browser = {"Accept-Encoding": "gzip, deflate, br"}
+        for first, then in ((browser, {}), ({}, browser)):
+            with self.subTest(first=first):
+                self.ada.get("/rooms/1")  # settles what a visit changes (the unread line)
+                self.app.page_cache.clear()
+                one = self.ada.get("/rooms/1", headers=first)
+                [entry] = [entry for entry, _ in self.app.page_cache._data.values() if entry.etag == one.header("ETag")]
+                if first:  # a browser's visit keeps the gzip form alone, a fraction of the plain size
+                    self.assertIsNone(entry.body)
+                    self.assertLess(len(entry.gzipped), len(gzip.decompress(entry.gzipped)) / 3)
+                else:
+                    self.assertIsNone(entry.gzipped)
+                other = self.ada.get("/rooms/1", headers=then)  # the other form, made from the kept one
+                self.assertEqual(other.header("ETag"), one.header("ETag"))
+                gzipped, plain = (one, other) if first else (other, one)
+                self.assertEqual(gzipped.header("Content-Encoding"), "gzip")
+                self.assertIsNone(plain.header("Content-Encoding"))
+                self.assertEqual(gunzipped_three_ways(self, gzipped.body), plain.body)
+                self.assertIn("line 29 of the coffee plans", plain.text)
+                self.assertIsNotNone(entry.body)
+                self.assertIsNotNone(entry.gzipped)
+                self.assertEqual(self.app.page_cache.bytes, sum(
+                    kept.size() + campfire.CACHE_ENTRY_OVERHEAD_BYTES for kept, _ in self.app.page_cache._data.values()))
+                for headers, form in ((browser, gzipped), ({}, plain)):  # and from now on, as kept
+                    self.assertEqual(self.ada.get("/rooms/1", headers=headers).body, form.body)
+
 
 class UncachedPageTests(CachingChecks, ChatTestCase):
     CACHE = False
@@ -927,7 +957,7 @@ class SplicedGzipTests(ChatTestCase):
                       "/rooms/1/messages?after=%d" % self.ids[2]]
 
     def assertSplicedIsPlain(self, client, path):
-        client.get(path)  # settles what a visit changes (the unread line)
+        client.get(path, headers=self.GZIP)  # settles what a visit changes (the unread line)
         gzipped = client.get(path, headers=self.GZIP)
         plain = client.get(path)
         self.assertEqual((gzipped.status, plain.status), (200, 200))

@@ -163,7 +163,7 @@ class SearchCacheBoundTests(ChatTestCase):
             query = "group%d filler%d" % (index % 3, index)
             page = self.ada.get("/searches?" + urllib.parse.urlencode({"q": query}), headers={"Accept-Encoding": "gzip"})
             self.assertEqual(page.status, 200)
-            page_bytes = sum(len(entry.body) + len(entry.gzipped or b"") for entry in self.held(self.app.page_cache))
+            page_bytes = sum(len(entry.body or b"") + len(entry.gzipped or b"") for entry in self.held(self.app.page_cache))
             message_bytes = self.texts_held(self.app.message_cache)
             self.assertLessEqual(page_bytes, self.app.config.page_cache_bytes)
             self.assertLessEqual(message_bytes, self.app.config.message_cache_bytes)
