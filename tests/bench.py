@@ -760,12 +760,14 @@ def start_times_ms(processes, name, argv_for_port, check, env_for_run, log_path)
     return times
 
 
-def seed_storage(campfire: Path, storage: Path, messages: int, log_path: Path) -> Optional[str]:
-    """`campfire.py seed --messages N` into a storage directory; the administrator's
-    password it printed, or None when seeding failed."""
+def seed_storage(campfire: Path, storage: Path, messages: int, log_path: Path, *, users=None,
+                 rooms=None) -> Optional[str]:
+    """`campfire.py seed --messages N` (and --users, --rooms when given) into a storage
+    directory; the administrator's password it printed, or None when seeding failed."""
+    sizes = [*(["--users", str(users)] if users else []), *(["--rooms", str(rooms)] if rooms else [])]
     with open(log_path, "ab") as log:
         try:
-            done = subprocess.run([sys.executable, str(campfire), "seed", "--messages", str(messages)],
+            done = subprocess.run([sys.executable, str(campfire), "seed", "--messages", str(messages), *sizes],
                                   env=campfire_env(storage), stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=log, timeout=SEED_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -1887,6 +1889,10 @@ def parse_args(argv):
                         help=f"run `campfire.py seed --messages MESSAGES` first and sign in as "
                              f"{SEED_EMAIL_ADDRESS} (default {DEFAULT_SEED_MESSAGES:,}); 0 skips seeding "
                              f"and the signed-in workloads")
+    parser.add_argument("--seed-users", type=int, metavar="N",
+                        help="people the seed adds (campfire.py seed's default when not given)")
+    parser.add_argument("--seed-rooms", type=int, metavar="N",
+                        help="rooms the seed adds (campfire.py seed's default when not given)")
     parser.add_argument("--ceiling-server", type=int, metavar="PORT",
                         help="only serve the ceiling 'hello' server on PORT, in the foreground")
     args = parser.parse_args(argv)
@@ -2060,7 +2066,8 @@ def run_loads(args, processes, report, scratch: Path, use_wrk, wanted) -> bool:
     if args.seed and signed_in_wanted:
         progress(f"seeding {args.seed:,} messages")
         seeded_at = time.perf_counter()
-        admin_password = seed_storage(args.campfire, storage, args.seed, log)
+        admin_password = seed_storage(args.campfire, storage, args.seed, log, users=args.seed_users,
+                                      rooms=args.seed_rooms)
         if admin_password:
             seconds = time.perf_counter() - seeded_at
             try:

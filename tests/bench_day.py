@@ -8,6 +8,9 @@ temporary storage, one session per person made through campfire.py's own Store
 before the server starts (signing a thousand people in would measure scrypt),
 then `campfire.py serve --host 127.0.0.1` with LOG_LEVEL=WARNING.
 
+BENCH_DAY_ROOMS and BENCH_DAY_MESSAGES change the seed's rooms and messages (the
+growth runs: 200 rooms, with 100,000 and with 1,000,000 messages).
+
 The load, for SECONDS (BENCH_DAY_SECONDS overrides it), from three processes
 beside the server (the machine's cores are shared with them):
   sockets   every person holds a /cable WebSocket subscribed to
@@ -53,7 +56,9 @@ import urllib.parse
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PEOPLE, ROOMS, MESSAGES = 1000, 20, 100_000
+PEOPLE = 1000
+ROOMS = int(os.environ.get("BENCH_DAY_ROOMS", 20))           # the growth runs: 200 rooms,
+MESSAGES = int(os.environ.get("BENCH_DAY_MESSAGES", 100_000))  # and 100,000 or 1,000,000 messages
 LOADERS, POSTERS, SEARCHERS = 200, 20, 10
 SOCKET_PROCESSES = 2         # the sockets' reading is split between them
 POSTS_PER_SECOND = 200
