@@ -223,6 +223,7 @@ MESSAGE_BODY_LIMIT = 256 * 1024   # HTTP body of a message post (HTML escapes in
 MAX_CLIENT_MESSAGE_ID_CHARS = 100
 CLIENT_MESSAGE_ID_BYTES = 16      # a client_message_id made up for a post without one (bots, plain forms)
 ROOMS_KEPT = 10_000               # rooms remembered in memory (then all forgotten)
+SIDEBAR_ITEMS_KEPT = 4096         # rooms' sidebar entries kept drawn (~200 bytes each; a page draws one per room)
 SGIDS_KEPT = 10_000               # people's signed mention ids remembered (~130 bytes each; signing one
                                   # costs a JSON encoding and an HMAC, and a post with "@" needs the room's)
 SQLITE_IN_CHUNK = 500             # ids bound in one IN (...) list: old SQLite builds allow 999 variables
@@ -8515,7 +8516,7 @@ class Store:
         self._users = {}        # id → User; dropped whenever a user row changes
         self._sessions = {}     # token digest → SessionInfo
         self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids},
-        #                          ((room id, involvement) of each membership))
+        #                          ((room id, involvement) of each membership, by room name))
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
         self._extended_terms = (None, {})  # (message_version, {term: SearchTerms.extended(term)})
@@ -9100,20 +9101,22 @@ class Store:
                 "SELECT campfire_py_threads.room_id, memberships.involvement FROM campfire_py_threads "
                 "JOIN memberships ON memberships.room_id = campfire_py_threads.parent_room_id "
                 "WHERE memberships.user_id = ?", (user_id,)))
+            # Sorted here, not on every page: renaming a room moves its members' versions.
+            named = sorted(((room, row[1]) for row in rows if (room := self.room(row[0])) is not None),
+                           key=lambda pair: (pair[0].name is not None, (pair[0].name or "").encode().lower(),
+                                             pair[0].id))
             cached = self._member_rooms[user_id] = (
                 key, rooms,
                 {row[0] for row in rows if row[2] is not None and row[1] != "invisible"},
-                tuple((row[0], row[1]) for row in rows))
+                tuple((room.id, involvement) for room, involvement in named))
         return cached
 
     def _membership_rooms(self, user_id):
         """[(Room, involvement)] of the person's memberships (threads aside), by name as
         SQLite's ORDER BY lower(name), id sorts them (lower() folds ASCII letters only;
         text compares as UTF-8 bytes), from what memory holds."""
-        rooms = [(room, involvement) for room_id, involvement in self._memberships_of(user_id)[3]
-                 if (room := self.room(room_id)) is not None]
-        rooms.sort(key=lambda pair: (pair[0].name is not None, (pair[0].name or "").encode().lower(), pair[0].id))
-        return rooms
+        return [(room, involvement) for room_id, involvement in self._memberships_of(user_id)[3]
+                if (room := self.room(room_id)) is not None]
 
     def user_rooms(self, user_id):
         """{room_id: involvement} for a user's memberships, cached per user version."""
@@ -10667,16 +10670,8 @@ def render_sidebar(shared, direct, unread, current_room_id=None, can_create_room
     """#user_sidebar: the mentions inbox (with its unread count) and saved messages,
     shared rooms by name, direct rooms by recency, unread marks, and the rooms hidden
     from it. shared, direct and hidden are [(Room, title)]; unread holds room ids."""
-    template = _sidebar_room_template()
-
     def item(room, title):
-        classes = "sidebar__room"
-        if room.id in unread:
-            classes += " sidebar__room--unread"
-        if room.id == current_room_id:
-            classes += " sidebar__room--current"
-        return HTML(template % {"classes": classes, "room_id": room.id, "name": escape(title),
-                                "current": ' aria-current="page"' if room.id == current_room_id else ""})
+        return _sidebar_room(room.id, title, room.id in unread, room.id == current_room_id)
     new_room = HTML('<a class="sidebar__add" href="{}" aria-label="New room" title="New room">+</a>').format(
         url_for("new_open_room")) if can_create_rooms else ""
     return HTML(
@@ -10693,8 +10688,21 @@ def render_sidebar(shared, direct, unread, current_room_id=None, can_create_room
         count=HTML(' <span class="sidebar__count" data-count="{count}">{shown}<span class="visually-hidden"> unread'
                    '</span></span>').format(count=mentions, shown=mentions if mentions <= MAX_MENTION_COUNT_SHOWN
                                             else "%d+" % MAX_MENTION_COUNT_SHOWN) if mentions else "",
-        shared=HTML("").join(item(room, title) for room, title in shared),
-        direct=HTML("").join(item(room, title) for room, title in direct))
+        shared=HTML("".join(item(room, title) for room, title in shared)),  # each item is markup already
+        direct=HTML("".join(item(room, title) for room, title in direct)))
+
+
+@functools.lru_cache(maxsize=SIDEBAR_ITEMS_KEPT, typed=True)  # typed: HTML("x") is not "x"
+def _sidebar_room(room_id, title, unread, current):
+    """A room's entry in the sidebar: every page draws one per room the person is in, and
+    from one page to the next they seldom change (a new message marks one unread)."""
+    classes = "sidebar__room"
+    if unread:
+        classes += " sidebar__room--unread"
+    if current:
+        classes += " sidebar__room--current"
+    return HTML(_sidebar_room_template() % {"classes": classes, "room_id": room_id, "name": escape(title),
+                                            "current": ' aria-current="page"' if current else ""})
 
 
 @functools.cache

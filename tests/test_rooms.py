@@ -673,6 +673,27 @@ class SidebarOrderTests(ChatTestCase):
         self.assertLess(listed.index(rooms["zeta"]), listed.index(rooms["Alpha"]))  # "aardvark" < "alpha"
         self.assertEqual(self.listed(self.bob, "shared_rooms"), self.sqlite_order(self.bob_id))
 
+    def test_a_room_entry_kept_drawn_is_the_one_drawn_afresh_escaped_and_marked(self):
+        rooms = [self.app.store.room(self.create_closed_room(self.ada, name, [self.bob_id]))
+                 for name in ("<b>bold</b>", "Tom & Jerry")]
+        shared = [(room, room.name) for room in rooms]
+        campfire._sidebar_room.cache_clear()
+        cold = campfire.render_sidebar(shared, [], {rooms[1].id}, rooms[0].id)
+        warm = campfire.render_sidebar(shared, [], {rooms[1].id}, rooms[0].id)
+        self.assertEqual(warm, cold)
+        self.assertEqual(campfire._sidebar_room.cache_info().hits, 2)
+        self.assertIn("&lt;b&gt;bold&lt;/b&gt;", cold)
+        self.assertNotIn("<b>bold", cold)
+        self.assertIn('class="sidebar__room sidebar__room--unread" href="/rooms/%d"' % rooms[1].id, cold)
+        self.assertIn('class="sidebar__room sidebar__room--current" href="/rooms/%d" data-room-id="%d" '
+                      'aria-current="page"' % (rooms[0].id, rooms[0].id), cold)
+        plain = campfire.render_sidebar(shared, [], set(), None)  # read, and elsewhere: drawn so
+        self.assertNotIn("sidebar__room--", plain)
+        self.assertNotIn("aria-current", plain)
+        # markup given as a title is not mistaken for the same text given plain
+        self.assertNotEqual(campfire._sidebar_room(1, campfire.HTML("<i>x</i>"), False, False),
+                            campfire._sidebar_room(1, "<i>x</i>", False, False))
+
     def test_direct_rooms_most_recently_active_first(self):
         with_bob = self.create_direct_room(self.ada, [self.bob_id])
         with_carol = self.create_direct_room(self.ada, [self.carol_id])
