@@ -8516,7 +8516,7 @@ class Store:
         self._users = {}        # id → User; dropped whenever a user row changes
         self._sessions = {}     # token digest → SessionInfo
         self._member_rooms = {}  # user id → (versions, {room id: involvement}, {unread room ids},
-        #                          ((room id, involvement) of each membership, by room name))
+        #                          (room ids of the memberships by room name), (their involvements))
         self._room_members = {}  # room id → (versions, [active member ids])
         self._last_search = {}   # user id → their latest recorded query
         self._extended_terms = (None, {})  # (message_version, {term: SearchTerms.extended(term)})
@@ -9094,7 +9094,10 @@ class Store:
         key = (self.user_versions[user_id], self.global_version)
         cached = self._member_rooms.get(user_id)
         if cached is None or cached[0] != key:
-            rows = self.db.all("SELECT room_id, involvement, unread_at FROM memberships WHERE user_id = ?", (user_id,))
+            # Kept for everyone who signs in, a row per room they are in (1,000 people in 200
+            # rooms: 200,000), so the few involvement words are shared, not a string per row.
+            rows = [(room_id, sys.intern(involvement), unread_at) for room_id, involvement, unread_at in self.db.all(
+                "SELECT room_id, involvement, unread_at FROM memberships WHERE user_id = ?", (user_id,))]
             rooms = {row[0]: row[1] for row in rows}
             # Threads are read by their parent room's members.
             rooms.update((row[0], row[1]) for row in self.db.all(
@@ -9108,14 +9111,15 @@ class Store:
             cached = self._member_rooms[user_id] = (
                 key, rooms,
                 {row[0] for row in rows if row[2] is not None and row[1] != "invisible"},
-                tuple((room.id, involvement) for room, involvement in named))
+                tuple(room.id for room, _ in named), tuple(involvement for _, involvement in named))
         return cached
 
     def _membership_rooms(self, user_id):
         """[(Room, involvement)] of the person's memberships (threads aside), by name as
         SQLite's ORDER BY lower(name), id sorts them (lower() folds ASCII letters only;
         text compares as UTF-8 bytes), from what memory holds."""
-        return [(room, involvement) for room_id, involvement in self._memberships_of(user_id)[3]
+        memberships = self._memberships_of(user_id)
+        return [(room, involvement) for room_id, involvement in zip(memberships[3], memberships[4])
                 if (room := self.room(room_id)) is not None]
 
     def user_rooms(self, user_id):

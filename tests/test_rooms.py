@@ -4,9 +4,11 @@ rooms, involvement and the sidebar.
 ChatTestCase, the fixture the chat tests share, lives here: an administrator,
 a member who created a closed room, a plain member and a non-member."""
 
+import gc
 import json
 import re
 import tempfile
+import tracemalloc
 import unittest
 from html.parser import HTMLParser
 
@@ -703,6 +705,40 @@ class SidebarOrderTests(ChatTestCase):
         self.post_id(self.ada, with_bob, "even later")
         self.assertEqual(self.listed(self.ada, "direct_rooms")[:2], [with_bob, with_carol])
         self.assertEqual(sorted(self.listed(self.ada, "direct_rooms")), sorted([with_bob, with_carol, with_dave]))
+
+
+class MembershipMemoryTests(ChatTestCase):
+    """Every person's memberships are kept in memory once they are read (the sidebar,
+    the room list, what they may see): a thousand people in two hundred rooms is
+    200,000 of them, so what each one costs is bounded."""
+
+    PEOPLE, ROOMS = 40, 50
+    MAX_BYTES_EACH = 100
+
+    def test_each_kept_membership_costs_under_a_hundred_bytes(self):
+        store = self.app.store
+        stamp = campfire.utc_now_text()
+        with self.app.db.atomic():
+            people = [self.app.db.execute(
+                "INSERT INTO users (name, email_address, role, status, created_at, updated_at) "
+                "VALUES (?, ?, 0, 0, ?, ?)", ("Person %d" % n, "p%d@example.com" % n, stamp, stamp)).lastrowid
+                for n in range(self.PEOPLE)]
+        for n in range(self.ROOMS):
+            store.create_room("Room %d" % n, campfire.ROOM_CLOSED, self.ada_id, [self.ada_id, *people])
+        for user_id in people:  # read once, so the rooms themselves are kept before counting
+            store.user_rooms(user_id)
+        store.bump_users(people)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            for user_id in people:
+                self.assertEqual(len(store._membership_rooms(user_id)), self.ROOMS)
+            gc.collect()
+            kept, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        memberships = self.PEOPLE * self.ROOMS
+        self.assertLess(kept / memberships, self.MAX_BYTES_EACH, "%d bytes for %d memberships" % (kept, memberships))
 
 
 class ParamsFromAnywhereTests(ChatTestCase):
