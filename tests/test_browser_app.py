@@ -419,6 +419,26 @@ class LiveRoomTests(BrowserApp):
         self.screenshot(phone, "app-phone")
 
 
+    def test_on_a_phone_the_top_bar_keeps_every_link_on_the_screen(self):
+        phone = self.open_room(ADA, **PHONE)
+        phone.get_by_role("link", name="Rooms").tap()  # the room list is a screen of its own
+        expect(phone).to_have_url(re.compile(r"/users/me/sidebar$"))
+        for path in ("/users/me/sidebar", "/searches?q=phone", "/users/me/profile"):
+            with self.subTest(path=path):
+                phone.goto(self.server.url + path)
+                for name in ("Account", "Sign out"):
+                    expect(phone.locator(".topbar").get_by_role("button", name=name).or_(
+                        phone.locator(".topbar").get_by_role("link", name=name))).to_be_in_viewport(ratio=1)
+                outside = phone.evaluate("""() => [...document.querySelectorAll('.topbar *')].filter(e => {
+                    const r = e.getBoundingClientRect();
+                    return r.width && (r.left < 0 || r.right > document.documentElement.clientWidth); }).length""")
+                self.assertEqual(outside, 0)
+                search, brand = (phone.locator(".topbar__search").bounding_box(),
+                                 phone.locator(".topbar__brand:visible, .topbar__rooms:visible").first.bounding_box())
+                self.assertGreaterEqual(search["x"], brand["x"] + brand["width"])  # side by side, not over it
+        self.screenshot(phone, "app-phone-rooms")
+
+
 class OfflineTests(BrowserApp):
     def test_offline_keeps_the_composer_usable_and_reconnecting_catches_up(self):
         self.allow_error("WebSocket connection to")
