@@ -46,6 +46,9 @@ FAKE_PUSH_SERVICE = """
 """
 
 
+REDELIVER_SECONDS = 5
+
+
 class NotificationTests(BrowserApp):
     def subscriptions(self, email):
         return self.server_rows(
@@ -124,20 +127,28 @@ class NotificationTests(BrowserApp):
             page.wait_for_timeout(100)
         [registration] = [entry for entry in registrations if entry["scopeURL"] == self.server.url + "/"]
         payload = campfire.push_payload("Room 02", "%s: the build is green" % BOB, "/rooms/2", 3).decode()
-        cdp.send("ServiceWorker.deliverPushMessage", {"origin": self.server.url,
-                                                      "registrationId": registration["registrationId"],
-                                                      "data": payload})
-        shown, deadline = [], time.monotonic() + WAIT_MS / 1000
+        # DevTools' deliverPushMessage is now and then dropped (one full suite run in
+        # several showed nothing 15 s after it, while every run of this class alone
+        # passes): if nothing shows within REDELIVER_SECONDS it is delivered again, and
+        # every notification shown must be this one, at most one per delivery.
+        shown, deliveries, deadline = [], 0, time.monotonic() + WAIT_MS / 1000
         while time.monotonic() < deadline:  # the worker shows it asynchronously: poll
+            if deliveries * REDELIVER_SECONDS <= WAIT_MS / 1000 - (deadline - time.monotonic()):
+                cdp.send("ServiceWorker.deliverPushMessage", {"origin": self.server.url,
+                                                              "registrationId": registration["registrationId"],
+                                                              "data": payload})
+                deliveries += 1
             shown = page.evaluate("navigator.serviceWorker.ready.then((r) => r.getNotifications()).then((list) => "
                                   "list.map((n) => ({title: n.title, body: n.body, icon: n.icon, data: n.data})))")
             if shown:
                 break
             page.wait_for_timeout(100)
-        self.assertEqual(shown, [{"title": "Room 02", "body": "%s: the build is green" % BOB,
-                                  "icon": self.server.url + "/account/logo", "data": {"path": "/rooms/2", "badge": 3}}],
-                         "delivered to %r; the worker is %s" % (registration, page.evaluate(
-                             "navigator.serviceWorker.controller && navigator.serviceWorker.controller.state")))
+        expected = {"title": "Room 02", "body": "%s: the build is green" % BOB,
+                    "icon": self.server.url + "/account/logo", "data": {"path": "/rooms/2", "badge": 3}}
+        self.assertTrue(shown and all(notification == expected for notification in shown)
+                        and len(shown) <= deliveries,
+                        "%r after %d deliveries to %r; the worker is %s" % (shown, deliveries, registration, page.evaluate(
+                            "navigator.serviceWorker.controller && navigator.serviceWorker.controller.state")))
         # The click, as Chromium dispatches it to the worker.
         [worker] = [worker for worker in page.context.service_workers if worker.url.endswith("/service-worker.js")]
         worker.evaluate("self.registration.getNotifications().then(([n]) => "
