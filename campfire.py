@@ -15440,14 +15440,14 @@ class App:
         if not self.config.cache:
             return build()
         self._assets()  # first: a changed module takes the pages holding its old URL out of the cache
-        gzipped = accepts_gzip(request)
+        takes_gzip = accepts_gzip(request)
         entry = self.page_cache.get(key)
         if entry is None:
             response = build()
             if response.status != 200:
                 return response
             body = response.body
-            packed = self.gzip_body(response, GZIP_LEVEL) if gzipped and len(body) >= GZIP_MIN_BYTES else None
+            packed = self.gzip_body(response, GZIP_LEVEL) if takes_gzip and len(body) >= GZIP_MIN_BYTES else None
             entry = CachedPage(body if packed is None else None, packed, response.content_type,
                                '"%s"' % hashlib.blake2b(body, digest_size=12).hexdigest(), tuple(response.headers))
             self.page_cache.put(key, entry)
@@ -15455,7 +15455,7 @@ class App:
                    *entry.headers]
         if etag_matches(request.headers.get("if-none-match"), entry.etag):
             return Response(b"", 304, None, headers)
-        if gzipped and entry.compressible():
+        if takes_gzip and entry.compressible():
             if entry.gzipped is None:
                 entry.gzipped = gzip_bytes(entry.body, GZIP_LEVEL)
                 self.page_cache.put(key, entry)  # counted again with its new form
