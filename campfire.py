@@ -500,7 +500,9 @@ PUSH_WORKERS = 16                    # pushes in flight at once: a slow push ser
 # One worker process encrypts and signs: the curve math is pure Python and holds the GIL, so it
 # runs beside the event loop, never on it (one of the two cores a small server has; about 600
 # pushes a second).
-PUSH_WORKER_NICENESS = 10            # the push process yields the CPU to the server's (nice(2) steps)
+PUSH_WORKER_NICENESS = 10            # the push process yields the CPU to the server's (nice(2) steps); on Linux
+                                     # it also runs as SCHED_IDLE: a woken server thread takes the CPU from it at
+                                     # once, where at a nice value it may wait out the worker's time slice
 PUSH_WORKER_READ_BYTES = 256 * 1024  # read from the push process's socket at once: every answer waiting, in one read
 PUSH_WORKER_STOP_TIMEOUT = 10.0      # seconds the push process gets to end once its socket is closed, then killed
 PUSH_TIMEOUT = 10.0                  # seconds to connect, and for each read and write
@@ -16955,6 +16957,8 @@ def push_worker_main(descriptor):
         os.nice(PUSH_WORKER_NICENESS)  # chat first: a push can wait a moment, a message shouldn't
     except OSError:
         pass
+    with contextlib.suppress(AttributeError, OSError):  # SCHED_IDLE is Linux's
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     asyncio.run(PushSender(socket.socket(fileno=descriptor)).run())
 
 

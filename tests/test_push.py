@@ -670,6 +670,8 @@ class DeliveryTests(ChatTestCase):
         self.assertNotEqual(worker.pid, os.getpid())
         self.assertGreaterEqual(os.getpriority(os.PRIO_PROCESS, worker.pid),
                                 min(19, os.nice(0) + campfire.PUSH_WORKER_NICENESS))
+        if sys.platform.startswith("linux"):  # and it runs only on a CPU nothing else wants
+            self.assertEqual(os.sched_getscheduler(worker.pid), os.SCHED_IDLE)
 
     def test_a_push_that_fails_to_encrypt_is_reported_and_the_worker_goes_on(self):
         service = self.service()
