@@ -383,6 +383,42 @@ class IdleMemoryTest(unittest.TestCase):
         self.get_up(sock)
         wait_until(lambda: self.releases() == 2, message="a new burst earns a new release")
 
+    def test_a_release_gives_back_sqlites_page_cache(self):
+        library = sqlite_library()
+        if library is None:
+            self.skipTest("this Python's SQLite is not a shared library ctypes can reach")
+        app = self.live.app
+
+        def read_many_pages():
+            connection = app.db.connection
+            connection.execute("CREATE TABLE IF NOT EXISTS test_pages (body TEXT)")
+            connection.executemany("INSERT INTO test_pages VALUES (?)", [("x" * 1000,)] * 3000)
+            return len(connection.execute("SELECT body FROM test_pages").fetchall())
+        self.assertEqual(self.live.call(read_many_pages), 3000)  # about 3 MB of pages now cached
+        held = library.sqlite3_memory_used()
+        sock = self.live.connect()
+        self.addCleanup(sock.close)
+        self.get_up(sock)
+        wait_until(lambda: self.releases() == 1, message="no release after the request")
+        self.assertLess(library.sqlite3_memory_used(), held - 2 * 1024 * 1024, "the page cache went back")
+        self.assertEqual(self.live.call(lambda: app.db.value("SELECT count(*) FROM test_pages")), 3000)
+
+
+def sqlite_library():
+    """The SQLite library the sqlite3 module uses, through ctypes (sqlite3_memory_used:
+    the bytes SQLite holds in this process), or None when it is linked in statically."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("sqlite3")
+    if name is None:
+        return None
+    library = ctypes.CDLL(name)
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    library.sqlite3_libversion.restype = ctypes.c_char_p
+    if library.sqlite3_libversion().decode() != sqlite3.sqlite_version or library.sqlite3_memory_used() <= 0:
+        return None  # another copy than the one sqlite3 uses
+    return library
+
 
 class GroupCommitTest(unittest.TestCase):
     """Writes of requests handled together share one transaction and one fsync
