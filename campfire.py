@@ -13992,10 +13992,13 @@ class CableConnection:
         self.flush()
 
     def send_frame(self, frame):
-        """A frame encoded once for many subscribers; dropped once we have sent Close."""
-        if self.ws.state is WebSocketState.OPEN:
-            self.ws.send_frame(frame)
-            self.flush()
+        """A frame encoded once for many subscribers; dropped once we have sent Close. A
+        broadcast calls this once per subscriber: anything queued goes first, and the
+        frame goes straight to the transport."""
+        ws = self.ws
+        if ws.state is WebSocketState.OPEN:
+            queued = ws.data_to_send()
+            self._write(queued + frame if queued else frame)
 
     def close(self, code=CLOSE_NORMAL, reason=""):
         """Start the closing handshake; a peer that doesn't answer within config.cable_close_timeout is dropped."""
@@ -14017,7 +14020,7 @@ class Cable:
     def __init__(self, app):
         self.app = app
         self.connections = set()
-        self.streams = collections.defaultdict(set)         # stream → {CableConnection}
+        self.streams = collections.defaultdict(dict)        # stream → {CableConnection: identifier it came with}
         self.by_user = collections.defaultdict(set)         # user id → {CableConnection}
         self.present = collections.defaultdict(collections.Counter)  # room id → user id → connections
         self.refusals = RateLimiter(*CABLE_REFUSALS)
@@ -14118,8 +14121,8 @@ class Cable:
             connection.send(cable_reply(command.identifier, "reject_subscription"))
             return
         connection.subscriptions[command.identifier] = (command.channel, command.params, streams)
-        for stream in streams:
-            self.streams[stream].add(connection)
+        for stream in streams:  # a stream two subscriptions share is sent once, for the first
+            self.streams[stream].setdefault(connection, command.identifier)
         connection.send(cable_reply(command.identifier, "confirm_subscription"))
         if command.channel == "PresenceChannel":
             room_id = command.params["room_id"]
@@ -14134,10 +14137,17 @@ class Cable:
         channel, params, streams = subscription
         for stream in streams:
             subscribers = self.streams.get(stream)
-            if subscribers is not None:
-                subscribers.discard(connection)
-                if not subscribers:
-                    del self.streams[stream]
+            if subscribers is None or subscribers.get(connection) != identifier:
+                continue
+            # Another subscription of this connection may want the stream too: it is sent for that one now.
+            other = next((other for other, (_, _, wanted) in connection.subscriptions.items() if stream in wanted),
+                         None)
+            if other is not None:
+                subscribers[connection] = other
+                continue
+            del subscribers[connection]
+            if not subscribers:
+                del self.streams[stream]
         if channel == "PresenceChannel":
             self._absent(connection, identifier, params["room_id"], count=True)
 
@@ -14245,13 +14255,11 @@ class Cable:
         """Send `message` to every subscriber of these streams, each frame encoded once."""
         frames = {}
         for stream in streams:
-            for connection in tuple(self.streams.get(stream, ())):
+            subscribers = self.streams.get(stream)
+            if not subscribers:
+                continue
+            for connection, identifier in tuple(subscribers.items()):  # a send may close one
                 if connection is exclude:
-                    continue
-                for identifier, (_, _, subscribed) in connection.subscriptions.items():
-                    if stream in subscribed:
-                        break
-                else:
                     continue
                 key = (identifier, connection.deflate)
                 frame = frames.get(key)

@@ -128,6 +128,36 @@ class ChannelTests(CableTestCase):
         self.assertIn("Hello <b>Bob</b>", payload["html"])
         self.assertIn('data-message-id="%d"' % payload["id"], payload["html"])
 
+    def test_two_subscriptions_to_one_room_get_each_message_once_and_one_left_keeps_it(self):
+        bob = self.welcomed(self.bob)
+        first = '{"channel":"RoomMessagesChannel","room_id":1}'
+        second = '{"room_id":1,"channel":"RoomMessagesChannel"}'  # the same room, another identifier
+        for identifier in (first, second):
+            bob.send_json({"command": "subscribe", "identifier": identifier})
+            self.assertEqual(bob.recv_until(lambda m: m.get("identifier") == identifier and "type" in m)["type"],
+                             "confirm_subscription")
+
+        def appended(client_message_id):
+            self.assertEqual(self.post(self.ada, 1, "hello", client_message_id)[0], 201)
+            marker = self.post(self.ada, 1, "end", client_message_id + "-end")  # everything before it has come
+            self.assertEqual(marker[0], 201)
+            seen, deadline = [], time.monotonic() + 10
+            while time.monotonic() < deadline:
+                frame = bob.recv_json(skip_pings=False)  # a ping ends the wait for one frame, not the deadline
+                message = frame.get("message")
+                if isinstance(message, dict) and message.get("action") == "append":
+                    if message["client_message_id"] == client_message_id + "-end":
+                        return seen
+                    seen.append((frame["identifier"], message["client_message_id"]))
+            return seen + ["the end marker never came"]
+        self.assertEqual(appended("both"), [(first, "both")], "one frame for the room, under the first")
+        bob.send_json({"command": "unsubscribe", "identifier": first})
+        self.assertEqual(appended("second"), [(second, "second")], "the subscription left still gets the room")
+        bob.send_json({"command": "unsubscribe", "identifier": second})
+        self.assertEqual(self.post(self.ada, 1, "gone", "gone")[0], 201)
+        self.assertFalse(self.server.call(lambda: self.server.app.cable.streams.get("room_1_messages")),
+                         "nobody is left on the room's stream")
+
     def test_edit_delete_and_boost_are_broadcast(self):
         bob = self.welcomed(self.bob)
         identifier, _ = self.confirm(bob, "RoomMessagesChannel", room_id=1)
