@@ -48,6 +48,12 @@ What it measures
               subscriber's time, the poster's 201 (written after the fan-out)
               and the CPU one post costs the server and the client processes
               (/proc/<pid>/stat), since they share the machine's cores.
+              Then, at 10,000: STEADY_RATE (10) posts a second for
+              STEADY_SECONDS (5) from one poster: the deliveries a second
+              (frames read by subscribers, from the first post to the last
+              frame), each post's time from its request to its last subscriber
+              (p50, p99), and the server's CPU meanwhile; every subscriber must
+              get every post.
   3. Delivery 1,000 subscribers and 4 posters (keep-alive connections of
               person1) posting back to back for --duration seconds (15), each
               post with its own marker; a post counts when answered 201 with
@@ -114,6 +120,8 @@ QUIET_S = 3.0                  # before each RSS reading
 FANOUT_REPEATS = 5
 FANOUT_GAP_S = 0.5
 FANOUT_TIMEOUT_S = 10.0
+STEADY_RATE = 10               # posts a second to the most connections, after their fan-out
+STEADY_SECONDS = 5.0
 POSTERS = 4
 DRAIN_TIMEOUT_S = 10.0
 HTTP_TIMEOUT_S = 15.0
@@ -1051,6 +1059,64 @@ class Bench:
         log("fan-out to %s, per post, first/last subscriber and 201, ms: %s" % (
             f"{expected:,}", ", ".join("%.0f/%.0f/%.0f" % times for times in zip(firsts, totals, acks))))
 
+    async def steady(self, expected):
+        """STEADY_RATE posts a second for STEADY_SECONDS, each to every subscriber: the
+        deliveries a second, and each post's time from its request to its last subscriber."""
+        poster = Poster(self.server.port, self.poster_cookie, self.run)
+        await poster.open()
+        sent, acked, refused = {}, [], {}
+        server_before = cpu_seconds(self.server.pid)
+        started = time.monotonic()
+        try:
+            for index in range(int(STEADY_RATE * STEADY_SECONDS)):
+                delay = started + index / STEADY_RATE - time.monotonic()
+                if delay > 0:  # a post slower than the gap is followed at once
+                    await asyncio.sleep(delay)
+                number = self.take_marker()
+                sent[number] = time.monotonic()
+                ok, status = await poster.post(number)
+                if ok:
+                    acked.append(number)
+                else:
+                    refused[status] = refused.get(status, 0) + 1
+        finally:
+            poster.close()
+        posting = time.monotonic() - started
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            replies = await self.all_clients({"cmd": "missing", "markers": acked})
+            if sum(r["missing"] for r in replies) == 0:
+                break
+            await asyncio.sleep(0.05)
+        server_cpu = cpu_seconds(self.server.pid) - server_before
+        latencies, deliveries, incomplete, last_arrival = [], 0, 0, started
+        for number in acked:
+            replies = await self.all_clients({"cmd": "wait", "marker": number, "timeout": 0.1})
+            got, target = sum(r["count"] for r in replies), sum(r["target"] for r in replies)
+            deliveries += got
+            if got < target or target < expected:
+                incomplete += 1
+                continue
+            last = max(r["last"] for r in replies if r["last"] is not None)
+            last_arrival = max(last_arrival, last)
+            latencies.append((last - sent[number]) * 1000)
+        if refused or incomplete or not latencies:
+            self.fail("steady posting: %d posts refused %s, %d of %d not received by every subscriber"
+                      % (sum(refused.values()), refused, incomplete, len(acked)))
+        if not latencies:
+            return
+        latencies.sort()
+        spread = last_arrival - started
+        self.row("2. fan-out", "%d posts a second for %.0f s to %s subscribers" % (
+            STEADY_RATE, STEADY_SECONDS, f"{expected:,}"), "%s deliveries a second (%s in %.2f s)" % (
+            f"{deliveries / spread:,.0f}", f"{deliveries:,}", spread))
+        self.row("", "  each post to its last subscriber: p50 / p99", "%.0f ms / %.0f ms (%d posts, %.0f/s sent)" % (
+            latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+            len(latencies), len(acked) / posting))
+        self.row("", "  server CPU meanwhile", "%.0f%% of a core" % (100 * server_cpu / spread))
+        log("steady: %d posts at %d/s to %s subscribers, last subscriber per post (ms): %s" % (
+            len(acked), STEADY_RATE, f"{expected:,}", " ".join("%.0f" % value for value in latencies)))
+
     async def delivery(self, clients_count, duration):
         await self.keep(clients_count)
         await asyncio.sleep(1.0)
@@ -1215,6 +1281,8 @@ class Bench:
                 live = await self.memory_step(total)
                 if "2" in args.parts and (total == steps[0] or total == steps[-1]):
                     await self.fanout(live)
+                if "2" in args.parts and total == steps[-1] and not args.quick:
+                    await self.steady(live)
             peak = rss_kb(self.server.pid, "VmHWM")
             if peak:
                 self.row("1. memory", "  server's peak RSS so far (VmHWM)", "%.1f MB" % (peak / 1024))
