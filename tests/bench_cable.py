@@ -44,10 +44,11 @@ What it measures
               LAST subscriber has read the append broadcast carrying the
               marker (receive times are time.monotonic(), CLOCK_MONOTONIC, the
               same clock in every process). 5 posts, 0.5 s apart: median and
-              max. Target: max within 250 ms for 10,000. Also the first
-              subscriber's time, the poster's 201 (written after the fan-out)
-              and the CPU one post costs the server and the client processes
-              (/proc/<pid>/stat), since they share the machine's cores.
+              max. Target for 10,000: median within 100 ms, max within 150
+              ms. Also the first subscriber's time, the poster's 201 (written
+              after the fan-out) and the CPU one post costs the server and the
+              client processes (/proc/<pid>/stat), since they share the
+              machine's cores.
               Then, at 10,000: STEADY_RATE (10) posts a second for
               STEADY_SECONDS (5) from one poster: the deliveries a second
               (frames read by subscribers, from the first post to the last
@@ -110,7 +111,8 @@ LISTENER_EMAILS = ["person%d@example.com" % n for n in (2, 3, 4, 5)]
 
 TARGET_RSS_MB = 120.0          # 10,000 connections under 120 MB
 TARGET_IDLE_RSS_MB = 30.0      # idle RSS ≤ 30 MB
-TARGET_FANOUT_MS = 250.0       # one post reaches all 10,000 within 250 ms
+TARGET_FANOUT_MS = 150.0       # one post reaches all 10,000 within 150 ms at its p99 (the max of part 2's
+TARGET_FANOUT_MEDIAN_MS = 100.0  # five), and within 100 ms at the median
 FILE_DESCRIPTOR_RESERVE = 64   # campfire.py's constant of that name (read from the file when it can be)
 
 CONNECTIONS_PER_SOURCE = 1000  # one loopback source address per this many connections
@@ -1044,13 +1046,14 @@ class Bench:
             poster.close()
         if not totals:
             self.row("2. fan-out", "one post → all %s subscribers" % f"{expected:,}", "no complete fan-out",
-                     "≤ %d ms" % TARGET_FANOUT_MS, "MISS")
+                     "max ≤ %d ms" % TARGET_FANOUT_MS, "MISS")
             return
         judged = expected >= 10_000
-        verdict = ("ok" if max(totals) <= TARGET_FANOUT_MS else "MISS") if judged else ""
+        verdict = ("ok" if max(totals) <= TARGET_FANOUT_MS and statistics.median(totals) <= TARGET_FANOUT_MEDIAN_MS
+                   else "MISS") if judged else ""
         self.row("2. fan-out", "one post → all %s subscribers (%d posts)" % (f"{expected:,}", len(totals)),
                  "median %.0f ms, max %.0f ms" % (statistics.median(totals), max(totals)),
-                 "max ≤ %d ms" % TARGET_FANOUT_MS if judged else "", verdict)
+                 "median ≤ %d, max ≤ %d ms" % (TARGET_FANOUT_MEDIAN_MS, TARGET_FANOUT_MS) if judged else "", verdict)
         self.row("", "  first subscriber / the poster's 201", "median %.1f ms / %.1f ms"
                  % (statistics.median(firsts), statistics.median(acks)))
         self.row("", "  CPU per post: server / all client processes", "%.0f ms / %.0f ms (%.1f µs per frame read)"
@@ -1110,9 +1113,11 @@ class Bench:
         self.row("2. fan-out", "%d posts a second for %.0f s to %s subscribers" % (
             STEADY_RATE, STEADY_SECONDS, f"{expected:,}"), "%s deliveries a second (%s in %.2f s)" % (
             f"{deliveries / spread:,.0f}", f"{deliveries:,}", spread))
+        p50, p99 = latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
         self.row("", "  each post to its last subscriber: p50 / p99", "%.0f ms / %.0f ms (%d posts, %.0f/s sent)" % (
-            latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-            len(latencies), len(acked) / posting))
+            p50, p99, len(latencies), len(acked) / posting), "≤ %d / %d ms" % (TARGET_FANOUT_MEDIAN_MS,
+                                                                              TARGET_FANOUT_MS),
+                 "ok" if p50 <= TARGET_FANOUT_MEDIAN_MS and p99 <= TARGET_FANOUT_MS else "MISS")
         self.row("", "  server CPU meanwhile", "%.0f%% of a core" % (100 * server_cpu / spread))
         log("steady: %d posts at %d/s to %s subscribers, last subscriber per post (ms): %s" % (
             len(acked), STEADY_RATE, f"{expected:,}", " ".join("%.0f" % value for value in latencies)))
