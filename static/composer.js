@@ -57,12 +57,16 @@ export class Composer {
     this.#scroller = scroller
     this.#drafts = new Drafts(form.dataset.roomId)
     this.#send = form.querySelector("button[type=submit]")
-    this.#replaceTextarea()
+    const early = this.#replaceTextarea()
     form.append(this.#limit)
     this.autocomplete = new Autocomplete(this.#editor, form.dataset.roomId)
     form.append(this.autocomplete.element)
     const draft = this.#drafts.load()
-    if (draft) this.#editor.load(draft)
+    if (early.typed.trim()) {   // typed in the page's textarea before this script ran: it is the newest draft
+      this.#editor.loadText(early.typed)
+      this.#changed()
+    } else if (draft) this.#editor.load(draft)
+    if (early.focused) this.#editor.focus()
     const root = this.#editor.root
     form.addEventListener("submit", (event) => { event.preventDefault(); this.submit() })
     root.addEventListener("keydown", (event) => this.#keydown(event))
@@ -142,14 +146,19 @@ export class Composer {
     this.#drain()
   }
 
+  // The page's plain textarea takes typing until this script runs (a slow phone may
+  // take a second or more): what it holds, and whether it had the focus, go to the editor.
   #replaceTextarea() {
     const textarea = this.#form.querySelector("textarea")
+    const early = { typed: textarea?.value ?? "", focused: textarea !== null && document.activeElement === textarea }
+    if (textarea) textarea.value = ""
     this.#form.querySelector(`label[for="${textarea?.id}"]`)?.remove()
     textarea?.removeAttribute("aria-label")
     Object.assign(textarea ?? {}, { hidden: true, required: false, tabIndex: -1 })
     this.#form.classList.add("composer--rich")
     this.#form.prepend(this.#editor.toolbar())
     ;(textarea ?? this.#send).before(this.#editor.root)
+    return early
   }
 
   // Up arrow in an empty composer edits your last message, as in Campfire.
@@ -321,6 +330,11 @@ export class RichTextEditor {
 
   load(html, { mentionName } = {}) {
     this.root.replaceChildren(new Sanitizer({ mentionName }).fromHTML(html))
+  }
+
+  // Plain text, a line a paragraph, as the editor writes lines.
+  loadText(text) {
+    this.root.replaceChildren(...text.split("\n").map((line) => h("div", {}, line || h("br"))))
   }
 
   clear() {

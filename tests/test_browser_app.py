@@ -297,6 +297,39 @@ class LiveRoomTests(BrowserApp):
         expect(sent.locator(".message__body")).to_contain_text(second + " edited")
         expect(editor).to_have_count(0)
 
+    def test_what_is_typed_before_the_scripts_run_moves_into_the_editor_and_is_sent(self):
+        # On a slow phone the page's plain textarea takes typing a second or more before the
+        # scripts replace it with the editor: nothing typed meanwhile may be lost.
+        page = self.new_page(storage_state=self.states[ADA], service_workers="block")
+        held, module = [], re.compile(r".*/static/composer\.js(\?.*)?$")
+        page.route(module, lambda route: held.append(route))
+        page.goto("%s/rooms/1" % self.server.url, wait_until="commit")  # its modules wait for composer.js
+        textarea = page.locator("#composer textarea")
+        expect(textarea).to_be_visible()
+        first, second = unique("Typed before the scripts"), unique("and a second line")
+        textarea.click()
+        page.keyboard.type(first)
+        page.keyboard.press("Enter")
+        page.keyboard.type(second)
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        self.assertTrue(held, "the page asked for composer.js")
+        expect(page.locator("#composer [contenteditable]")).to_have_count(0)  # the editor waits for its module
+        for route in held:
+            route.continue_()
+        page.unroute(module)
+        editor = self.composer(page)
+        expect(editor).to_contain_text(first)
+        expect(editor).to_contain_text(second)
+        expect(editor).to_be_focused()
+        expect(textarea).to_be_hidden()
+        expect(page.locator("body")).to_have_attribute("data-cable", "live")
+        page.keyboard.press("Enter")
+        self.assert_shown_once(page, first)
+        expect(self.message(page, first).locator(".message__body")).to_contain_text(second)
+        expect(editor).to_have_text("")
+
     def test_up_arrow_edits_the_message_when_a_newer_copy_replaced_it_while_the_editor_opened(self):
         # The editor opens once the stored body has come back; a copy arriving meanwhile (the
         # send's live echo after its answer, a boost, an edit elsewhere) replaces the message.
