@@ -13992,13 +13992,14 @@ class CableConnection:
         self.flush()
 
     def send_frame(self, frame):
-        """A frame encoded once for many subscribers; dropped once we have sent Close. A
-        broadcast calls this once per subscriber: anything queued goes first, and the
-        frame goes straight to the transport."""
+        """A frame encoded once for many subscribers (the protocol drops it once we have
+        sent Close). A broadcast calls this once per subscriber, so what the protocol
+        queues goes straight to the transport, without flush()'s other checks."""
         ws = self.ws
-        if ws.state is WebSocketState.OPEN:
-            queued = ws.data_to_send()
-            self._write(queued + frame if queued else frame)
+        ws.send_frame(frame)
+        data = ws.data_to_send()
+        if data:
+            self._write(data)
 
     def close(self, code=CLOSE_NORMAL, reason=""):
         """Start the closing handshake; a peer that doesn't answer within config.cable_close_timeout is dropped."""
