@@ -235,6 +235,8 @@ SEARCH_PROBE_LIMIT = 1000         # newest matches looked at before a membership
 SEARCH_REBUILD_CHUNK = 500        # messages checked (and indexed if need be) per event-loop turn while
                                   # a missing or partial search index is rebuilt: a few ms of work a turn
 SEARCH_REBUILD_LOG_EVERY = 20_000  # a progress line in the log after each this many messages checked
+MESSAGE_ORDER_SCAN_CHUNK = 2000   # messages' ids and times read per event-loop turn by the scan at start
+                                  # (MessageOrder): about a millisecond a turn
 MAX_SEARCH_WORDS = 16
 SEARCH_STEMS_KEPT = 4096          # words whose search terms are remembered (~200 bytes each; working one
                                   # out costs an insert into an in-memory table, ~25 µs)
@@ -7151,6 +7153,62 @@ class SearchTerms:
         return row is not None
 
 
+class MessageOrder:
+    """Where message ids stop following the messages' times, for the search.
+
+    A message's id is higher than every id before it, and its created_at is the
+    moment it was written, so a higher id is normally a newer message; an import
+    keeps old times under new ids, and a Rails storage may hold anything. Call a
+    message "late" when it was created before a message with a lower id. The search
+    walks its matches from the highest id down and must know whether a message below
+    the lowest id it walked could be newer than one it found: that takes a late
+    message at or above that id, so with none (sorted_from) no query is needed. The
+    query it would need otherwise scans every message newer than the results, which
+    grows with every message written since.
+
+    Known once one scan of every message's id and time has ended (step, a chunk at
+    a time); from then on each message written is looked at as it is (written).
+    A message deleted, or a write undone, leaves the figures where they were: too
+    high only sends the search to the database, never past a newer message."""
+
+    def __init__(self, db):
+        self._db = db
+        self.known = False
+        self._scanned = 0     # the scan has looked at every message with an id up to this
+        self._latest = ""     # the latest created_at seen
+        self._last_late = 0   # the highest id of a late message
+
+    def step(self):
+        """Look at the next MESSAGE_ORDER_SCAN_CHUNK messages; False once all have been."""
+        rows = self._db.all("SELECT id, created_at FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                            (self._scanned, MESSAGE_ORDER_SCAN_CHUNK))
+        for message_id, created_at in rows:
+            self._look_at(message_id, created_at)
+        if rows:
+            self._scanned = rows[-1][0]
+        if len(rows) < MESSAGE_ORDER_SCAN_CHUNK:
+            self.known = True  # in the same turn as the last rows read: nothing was written in between
+            return False
+        return True
+
+    def written(self, message_id, created_at):
+        """A message just inserted (the scan, while it runs, reaches it by itself)."""
+        if self.known:
+            self._look_at(message_id, created_at)
+
+    def _look_at(self, message_id, created_at):
+        if type(created_at) is not str:  # a time SQLite would order apart from the text ones
+            self._last_late = message_id
+        elif created_at >= self._latest:
+            self._latest = created_at
+        else:
+            self._last_late = message_id
+
+    def sorted_from(self, message_id):
+        """Whether no message with an id below message_id is newer than any at or above it."""
+        return self.known and message_id > self._last_late
+
+
 def sqlite_failure(error):
     """What kind of failure an sqlite3 error is: "unavailable" (a full or read-only disk,
     I/O, a lock: 503), "damaged" (a corrupt file), "constraint", or "bug"."""
@@ -8520,6 +8578,7 @@ class Store:
         self.db = db
         self.config = config
         self.search_terms = SearchTerms(db.connection)
+        self.message_order = MessageOrder(db)
         self.sgid_secret = sgid_secret
         self.events = Events(db)
         self._users = {}        # id → User; dropped whenever a user row changes
@@ -9393,6 +9452,7 @@ class Store:
             message_id = self.db.execute(
                 "INSERT INTO messages (room_id, creator_id, client_message_id, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?)", (room_id, creator_id, client_message_id, stamp, stamp)).lastrowid
+            self.message_order.written(message_id, stamp)
             self.db.execute(
                 "INSERT INTO action_text_rich_texts (name, body, record_type, record_id, created_at, updated_at) "
                 "VALUES ('body', ?, 'Message', ?, ?, ?)", (body, message_id, stamp, stamp))
@@ -9968,7 +10028,8 @@ class Store:
         message, `limit` at a time, keeping the user's. Ids are not always in
         created_at order (an import keeps old times, a Rails storage may hold
         anything), so the walk stops only once no message below the last id walked,
-        in those rooms, is newer than the newest `limit` found; when
+        in those rooms, is newer than the newest `limit` found (MessageOrder knows
+        that without a query while the ids do follow the times); when
         search_probe_limit matches don't get there, a membership-scoped query
         ordered by created_at runs instead. Rows of MESSAGE_SEARCH_COLUMNS."""
         match = self.search_match(query)
@@ -9993,7 +10054,8 @@ class Store:
                     break
                 if len(found) >= limit:
                     found = heapq.nlargest(limit, found, key=newest_first)
-                    if not self._newer_below(room_ids, walked[-1][0], found[-1][4]):
+                    if (self.message_order.sorted_from(walked[-1][0])
+                            or not self._newer_below(room_ids, walked[-1][0], found[-1][4])):
                         complete = True
                         break
         finally:
@@ -10366,6 +10428,7 @@ class Store:
             message_id = self.db.execute(
                 "INSERT INTO messages (room_id, creator_id, client_message_id, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?)", (room_id, creator_id, client_message_id, created_at, updated_at)).lastrowid
+            self.message_order.written(message_id, created_at)
             self.db.execute(
                 "INSERT INTO action_text_rich_texts (name, body, record_type, record_id, created_at, updated_at) "
                 "VALUES ('body', ?, 'Message', ?, ?, ?)", (body, message_id, created_at, updated_at))
@@ -10404,6 +10467,8 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?)", [(message_id, room_id, creator_id, client_id, stamp, stamp)
                                               for message_id, (room_id, creator_id, client_id, stamp, _)
                                               in zip(ids, messages)])
+            for message_id, message in zip(ids, messages):
+                self.message_order.written(message_id, message[3])
             self.db.connection.executemany(
                 "INSERT INTO action_text_rich_texts (name, body, record_type, record_id, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)", [("body", "<div>%s</div>" % plain, "Message", message_id, stamp, stamp)
@@ -14879,9 +14944,10 @@ class App:
         self.invitation_mail_limiter = RateLimiter(*INVITATION_MAIL_LIMIT)
         self.search_rebuild = SearchIndexRebuild(self)
         try:
-            asyncio.get_running_loop()  # under the server: it starts once the server listens
-        except RuntimeError:
-            self.search_rebuild.start()  # tests and commands: at once
+            asyncio.get_running_loop()  # under the server: they start once the server listens
+        except RuntimeError:  # tests and commands: at once
+            self.search_rebuild.start()
+            run_in_background(self.store.message_order.step)
         self.offsite = OffsiteClient(self.config.backup_target) if self.config.backup_target else None
         self.backups = BackupSchedule(self)
         self.request_log = RequestLog()
@@ -15880,6 +15946,7 @@ class _ReceivingFile:
 ####
 # Work that follows a change, off the request path: a banned person's messages
 # deleted in chunks, and webhook deliveries. Each starts from an Events listener.
+# At start, a missing search index is rebuilt and the messages' order looked at.
 # Automatic backups run on a timer, on a thread of their own.
 
 def run_in_background(step):
@@ -19042,6 +19109,7 @@ class Server:
         self.app.webhooks.start(self.loop)
         self.app.pushes.start(self.loop)
         self.app.search_rebuild.start()
+        run_in_background(self.app.store.message_order.step)
         self.app.backups.start(self.loop)
         self.app.digests.start(self.loop)
         self.app.disk.refresh()

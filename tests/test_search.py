@@ -2,13 +2,14 @@
 rooms, the newest 100 matches newest first (by created_at), queries that can't break MATCH,
 and the 10 recent searches kept per user."""
 
+import asyncio
 import random
 import re
 import sys
 import unittest
 import urllib.parse
 
-from tests.helpers import Client, campfire, config_value, gunzipped_three_ways
+from tests.helpers import Client, campfire, config_value, gunzipped_three_ways, make_app
 from tests.test_messages import seed_messages
 from tests.test_rooms import ChatTestCase, message_ids
 
@@ -314,6 +315,77 @@ class SearchOrderTests(ChatTestCase):
                          1)  # one walk, the matches joined to their messages
         self.assertFalse([sql for sql in statements if "FROM messages WHERE messages.id IN" in sql])
         self.assertFalse([sql for sql in statements if "action_text_rich_texts" in sql])  # bodies: only to render
+
+    def sqlite_steps(self, query, viewer_id=None):
+        """(the results, how many steps of SQLite's virtual machine the search took, in hundreds)."""
+        steps = [0]
+
+        def count():
+            steps[0] += 1
+            return 0  # go on
+        self.app.db.connection.set_progress_handler(count, 100)
+        try:
+            found = self.app.store.search(viewer_id or self.ada_id, query)
+        finally:
+            self.app.db.connection.set_progress_handler(None, 0)
+        return [row["id"] for row in found], steps[0]
+
+    def test_a_search_costs_the_same_however_much_was_written_since_its_results(self):
+        now = campfire.time.time()
+        ids = seed_messages(self.app, 1, self.bob_id, 150, word="needle", start=now - 100_000)
+        found, before = self.sqlite_steps("needle")
+        self.assertEqual(found, ids[-100:][::-1])
+        for start, room in ((now - 50_000, 1), (now - 40_000, self.closed)):  # a busy day since, without the word
+            seed_messages(self.app, room, self.bob_id, 1500, word="chatter", start=start)
+        found, after = self.sqlite_steps("needle")
+        self.assertEqual(found, ids[-100:][::-1])
+        self.assertLessEqual(after, before * 1.25 + 2)  # not 3,000 messages looked at again
+
+    def test_late_messages_found_by_the_scan_at_start_still_sort_by_time(self):
+        now = campfire.time.time()
+        newer = seed_messages(self.app, 1, self.bob_id, 3, word="needle", start=now)
+        older = seed_messages(self.app, 1, self.bob_id, 130, word="needle", start=now - 1000)  # later ids, older times
+        seed_messages(self.app, 1, self.bob_id, 40, word="chatter", start=now + 10)
+        self.app.close()
+        with config_value(campfire, "MESSAGE_ORDER_SCAN_CHUNK", 7):  # many steps, the last one short
+            self.app = make_app(self.storage, cache=False)
+        order = self.app.store.message_order
+        self.assertTrue(order.known)
+        self.assertFalse(order.sorted_from(older[-1]))  # the last late message: below it, newer ones
+        self.assertTrue(order.sorted_from(older[-1] + 1))
+        self.assertEqual([row["id"] for row in self.app.store.search(self.ada_id, "needle")],
+                         newer[::-1] + older[-97:][::-1])
+
+    def test_until_the_scan_has_ended_the_search_asks_the_database(self):
+        now = campfire.time.time()
+        newest = seed_messages(self.app, 1, self.bob_id, 1, word="needle", start=now)
+        older = seed_messages(self.app, 1, self.bob_id, 130, word="needle", start=now - 1000)
+        order = self.app.store.message_order = campfire.MessageOrder(self.app.db)  # as at start, not scanned
+        self.assertFalse(order.sorted_from(older[-1] + 1))
+        found, _ = self.sqlite_steps("needle")
+        self.assertEqual(found, newest + older[-99:][::-1])
+
+    def test_the_scan_under_the_server_takes_a_chunk_per_event_loop_turn(self):
+        now = campfire.time.time()
+        seed_messages(self.app, 1, self.bob_id, 30, word="needle", start=now)
+        late = seed_messages(self.app, 1, self.bob_id, 5, word="needle", start=now - 1000)
+        seed_messages(self.app, 1, self.bob_id, 30, word="needle", start=now + 100)
+        order = campfire.MessageOrder(self.app.db)
+
+        async def scan():
+            campfire.run_in_background(order.step)
+            turns = 0
+            while not order.known:
+                await asyncio.sleep(0)
+                turns += 1
+            return turns
+        with config_value(campfire, "MESSAGE_ORDER_SCAN_CHUNK", 4):
+            turns = asyncio.run(scan())
+        self.assertGreaterEqual(turns, 65 // 4)  # each chunk in a turn of its own, between requests
+        self.assertFalse(order.sorted_from(late[-1]))
+        self.assertTrue(order.sorted_from(late[-1] + 1))
+        order.written(late[-1] + 100, campfire.utc_now_text(now - 5000))  # a message written late from now on
+        self.assertFalse(order.sorted_from(late[-1] + 100))
 
 
 class SearchGzipTests(ChatTestCase):
