@@ -163,8 +163,6 @@ REQUEST_LOG_FLUSH_SECONDS = 0.1       # request log lines are written in batches
 GZIP_MIN_BYTES = 1400        # a body that fits in one TCP segment (~1,460 bytes) gains nothing
 GZIP_LEVEL = 6               # a body kept (a cached page, a static file) is compressed once, so well
 GZIP_FRESH_LEVEL = 1         # a body compressed for one response: 4-5x less CPU than 6 for ~15% more bytes (nginx's default)
-GZIP_RUN_LEVEL = 3           # a run of a room's messages, kept compressed: most are shown to few (an older page),
-                             # and 3 costs a third of 6's CPU for ~7% more bytes (zlib's fast strategy)
 GZIP_MIN_WINDOW_BITS = 9     # zlib's smallest window for deflate (512 bytes)
 ZLIB_LOOKAHEAD_BYTES = 262   # zlib's MIN_LOOKAHEAD: how far short of its window a match may reach back
 GZIP_RUN_MESSAGES = 16      # a page's messages are kept compressed in runs ending after an id that is a multiple of
@@ -15462,7 +15460,7 @@ class App:
         key = ("deflated", run)
         piece = self.message_cache.get(key)
         if piece is None:
-            piece = deflate_piece("".join(run).encode(), GZIP_RUN_LEVEL)
+            piece = deflate_piece("".join(run).encode(), GZIP_LEVEL)
             self.message_cache.put(key, piece, len(piece) + sum(map(len, run)))
         return piece
 
