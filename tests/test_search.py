@@ -316,8 +316,8 @@ class SearchOrderTests(ChatTestCase):
         self.assertFalse([sql for sql in statements if "FROM messages WHERE messages.id IN" in sql])
         self.assertFalse([sql for sql in statements if "action_text_rich_texts" in sql])  # bodies: only to render
 
-    def sqlite_steps(self, query, viewer_id=None):
-        """(the results, how many steps of SQLite's virtual machine the search took, in hundreds)."""
+    def sqlite_steps(self, query):
+        """(Ada's results, how many steps of SQLite's virtual machine the search took, in hundreds)."""
         steps = [0]
 
         def count():
@@ -325,7 +325,7 @@ class SearchOrderTests(ChatTestCase):
             return 0  # go on
         self.app.db.connection.set_progress_handler(count, 100)
         try:
-            found = self.app.store.search(viewer_id or self.ada_id, query)
+            found = self.app.store.search(self.ada_id, query)
         finally:
             self.app.db.connection.set_progress_handler(None, 0)
         return [row["id"] for row in found], steps[0]
@@ -362,8 +362,14 @@ class SearchOrderTests(ChatTestCase):
         older = seed_messages(self.app, 1, self.bob_id, 130, word="needle", start=now - 1000)
         order = self.app.store.message_order = campfire.MessageOrder(self.app.db)  # as at start, not scanned
         self.assertFalse(order.sorted_from(older[-1] + 1))
-        found, _ = self.sqlite_steps("needle")
+        statements = []
+        self.app.db.connection.set_trace_callback(statements.append)
+        try:
+            found = [row["id"] for row in self.app.store.search(self.ada_id, "needle")]
+        finally:
+            self.app.db.connection.set_trace_callback(None)
         self.assertEqual(found, newest + older[-99:][::-1])
+        self.assertTrue([sql for sql in statements if "FROM messages WHERE room_id IN" in sql])  # is any newer?
 
     def test_the_scan_under_the_server_takes_a_chunk_per_event_loop_turn(self):
         now = campfire.time.time()
