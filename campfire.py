@@ -232,6 +232,10 @@ MAX_ROOM_NAME_CHARS = 100
 MAX_BIO_CHARS = 200
 SEARCH_RESULT_LIMIT = 100         # Campfire shows the last 100 matches
 SEARCH_PROBE_LIMIT = 1000         # newest matches looked at before a membership-scoped query
+SEARCH_RECENT_MESSAGES = 1000     # a search in a few rooms first looks among each one's newest this many
+                                  # messages: for a word in a tenth of them, the 100 newest matches
+SEARCH_FLOOR_MAX_ROOMS = 10       # ... when it is in at most this many (a room and its threads); each room
+                                  # costs an index step of SEARCH_RECENT_MESSAGES entries, about 0.1 ms
 SEARCH_REBUILD_CHUNK = 500        # messages checked (and indexed if need be) per event-loop turn while
                                   # a missing or partial search index is rebuilt: a few ms of work a turn
 SEARCH_REBUILD_LOG_EVERY = 20_000  # a progress line in the log after each this many messages checked
@@ -10031,7 +10035,8 @@ class Store:
         in those rooms, is newer than the newest `limit` found (MessageOrder knows
         that without a query while the ids do follow the times); when
         search_probe_limit matches don't get there, a membership-scoped query
-        ordered by created_at runs instead. Rows of MESSAGE_SEARCH_COLUMNS."""
+        ordered by created_at runs instead, first over the recent matches alone
+        (_recent_floor). Rows of MESSAGE_SEARCH_COLUMNS."""
         match = self.search_match(query)
         if match is None:
             return []
@@ -10062,11 +10067,36 @@ class Store:
             probe.close()
         if complete:
             return heapq.nlargest(limit, found, key=newest_first)
+        floor = self._recent_floor(room_ids)
+        if floor:
+            found = self._search_rooms(match, room_ids, creator_id, limit, floor)
+            if len(found) == limit:
+                return found
+        return self._search_rooms(match, room_ids, creator_id, limit, 0)
+
+    def _search_rooms(self, match, room_ids, creator_id, limit, floor):
+        """The newest `limit` matches with an id from floor up in these rooms, by created_at:
+        the rooms' messages newest first, each looked up among the matches listed."""
         return self.db.all(
             self.MESSAGE_SEARCH_COLUMNS + "WHERE messages.id IN (SELECT rowid FROM message_search_index "
-            "WHERE message_search_index MATCH ?) AND messages.room_id IN (%s) AND (? IS NULL OR "
+            "WHERE message_search_index MATCH ? AND rowid >= ?) AND messages.room_id IN (%s) AND (? IS NULL OR "
             "messages.creator_id = ?) ORDER BY messages.created_at DESC, messages.id DESC LIMIT ?"
-            % ",".join("?" * len(room_ids)), (match, *room_ids, creator_id, creator_id, limit))
+            % ",".join("?" * len(room_ids)), (match, floor, *room_ids, creator_id, creator_id, limit))
+
+    def _recent_floor(self, room_ids):
+        """An id that every one of the rooms' SEARCH_RECENT_MESSAGES newest messages (each
+        room's) is at or above, or 0 when there is none to trust: more rooms than
+        SEARCH_FLOOR_MAX_ROOMS, a room with fewer messages, or an older id that may hide a
+        newer message (MessageOrder). The membership-scoped query lists every match in the
+        history; from this floor up it lists only the recent ones, and when those hold
+        `limit` in the rooms, they are the newest."""
+        if len(room_ids) > SEARCH_FLOOR_MAX_ROOMS:
+            return 0
+        floors = [self.db.value("SELECT id FROM messages WHERE room_id = ? ORDER BY created_at DESC, id DESC "
+                                "LIMIT 1 OFFSET ?", (room_id, SEARCH_RECENT_MESSAGES - 1)) for room_id in room_ids]
+        if None in floors or not self.message_order.sorted_from(min(floors)):
+            return 0
+        return min(floors)
 
     def _newer_below(self, room_ids, below_id, created_at):
         """Whether a message in these rooms with an id below below_id was created after

@@ -371,6 +371,46 @@ class SearchOrderTests(ChatTestCase):
         self.assertEqual(found, newest + older[-99:][::-1])
         self.assertTrue([sql for sql in statements if "FROM messages WHERE room_id IN" in sql])  # is any newer?
 
+    def room_search(self, query, room_id, limit):
+        """(Ada's results in the room, the SQLite steps taken), with few matches walked first."""
+        steps = [0]
+
+        def count():
+            steps[0] += 1
+            return 0
+        self.app.db.connection.set_progress_handler(count, 100)
+        try:
+            with config_value(self.app.config, "search_probe_limit", 20):
+                found = self.app.store.search(self.ada_id, query, limit, room_id=room_id)
+        finally:
+            self.app.db.connection.set_progress_handler(None, 0)
+        return [row["id"] for row in found], steps[0]
+
+    def test_a_search_in_one_room_lists_only_the_matches_since_its_recent_messages(self):
+        now = campfire.time.time()
+        seed_messages(self.app, self.closed, self.carol_id, 1500, word="needle", start=now - 100_000)  # long ago
+        mine = []
+        for index in range(60):  # the room's recent messages, among many more matches elsewhere
+            mine += seed_messages(self.app, 1, self.bob_id, 1, word="needle" if index % 3 else "chatter",
+                                  start=now + 10 * index)
+            seed_messages(self.app, self.closed, self.carol_id, 5, word="needle", start=now + 10 * index + 1)
+        wanted = [message_id for index, message_id in enumerate(mine) if index % 3][-10:][::-1]
+        with config_value(campfire, "SEARCH_RECENT_MESSAGES", 60):
+            found, recent = self.room_search("needle", 1, 10)
+            self.app.store.message_order = campfire.MessageOrder(self.app.db)  # unknown: every match is listed
+            found_listing_all, listing_all = self.room_search("needle", 1, 10)
+        self.assertEqual(found, wanted)
+        self.assertEqual(found_listing_all, wanted)
+        self.assertLess(recent * 3, listing_all)  # not the 1,500 older matches
+
+    def test_a_search_in_one_room_past_a_late_message_lists_every_match(self):
+        now = campfire.time.time()
+        newest = seed_messages(self.app, 1, self.bob_id, 15, word="needle", start=now + 100)
+        seed_messages(self.app, 1, self.bob_id, 40, word="needle", start=now)  # later ids, older times
+        with config_value(campfire, "SEARCH_RECENT_MESSAGES", 20):  # its floor: among the late ones
+            found, _ = self.room_search("needle", 1, 5)
+        self.assertEqual(found, newest[-5:][::-1])
+
     def test_the_scan_under_the_server_takes_a_chunk_per_event_loop_turn(self):
         now = campfire.time.time()
         seed_messages(self.app, 1, self.bob_id, 30, word="needle", start=now)
