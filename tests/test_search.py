@@ -316,8 +316,8 @@ class SearchOrderTests(ChatTestCase):
         self.assertFalse([sql for sql in statements if "FROM messages WHERE messages.id IN" in sql])
         self.assertFalse([sql for sql in statements if "action_text_rich_texts" in sql])  # bodies: only to render
 
-    def sqlite_steps(self, query):
-        """(Ada's results, how many steps of SQLite's virtual machine the search took, in hundreds)."""
+    def steps_of(self, search):
+        """(the ids search() finds, how many steps of SQLite's virtual machine it took, in hundreds)."""
         steps = [0]
 
         def count():
@@ -325,10 +325,13 @@ class SearchOrderTests(ChatTestCase):
             return 0  # go on
         self.app.db.connection.set_progress_handler(count, 100)
         try:
-            found = self.app.store.search(self.ada_id, query)
+            found = search()
         finally:
             self.app.db.connection.set_progress_handler(None, 0)
         return [row["id"] for row in found], steps[0]
+
+    def sqlite_steps(self, query):
+        return self.steps_of(lambda: self.app.store.search(self.ada_id, query))
 
     def test_a_search_costs_the_same_however_much_was_written_since_its_results(self):
         now = campfire.time.time()
@@ -372,19 +375,9 @@ class SearchOrderTests(ChatTestCase):
         self.assertTrue([sql for sql in statements if "FROM messages WHERE room_id IN" in sql])  # is any newer?
 
     def room_search(self, query, room_id, limit):
-        """(Ada's results in the room, the SQLite steps taken), with few matches walked first."""
-        steps = [0]
-
-        def count():
-            steps[0] += 1
-            return 0
-        self.app.db.connection.set_progress_handler(count, 100)
-        try:
-            with config_value(self.app.config, "search_probe_limit", 20):
-                found = self.app.store.search(self.ada_id, query, limit, room_id=room_id)
-        finally:
-            self.app.db.connection.set_progress_handler(None, 0)
-        return [row["id"] for row in found], steps[0]
+        """steps_of Ada's search in the room, with few matches walked before the query."""
+        with config_value(self.app.config, "search_probe_limit", 20):
+            return self.steps_of(lambda: self.app.store.search(self.ada_id, query, limit, room_id=room_id))
 
     def test_a_search_in_one_room_lists_only_the_matches_since_its_recent_messages(self):
         now = campfire.time.time()
