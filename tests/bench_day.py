@@ -28,7 +28,7 @@ beside the server (the machine's cores are shared with them):
   posts     POSTERS people post to their rooms at POSTS_PER_SECOND combined, on
             a fixed schedule (a slow answer does not slow the offered load);
   search    SEARCHERS people search for a common word, pausing the same way.
-It prints page and search p50/p99, post p50/p99 (the 201), delivery p50/p99
+It prints page p50/p99 (and each kind of page's alone), search p50/p99, post p50/p99 (the 201), delivery p50/p99
 (from just before a post is written to the moment the LAST socket subscribed to
 its room has read it; CLOCK_MONOTONIC in every process), errors (any answer not
 200/201, a socket the server dropped, a post some subscriber never got: must be
@@ -70,6 +70,7 @@ REQUEST_TIMEOUT_SECONDS = 30
 START_TIMEOUT_SECONDS = 60
 OLDER_IDS = 200             # message ids per room that "older page" requests start from
 SEARCH_WORD = "deploy"       # one of the seed's words: in about 10% of messages
+PAGE_KINDS = ("room", "older", "sidebar")  # the pages a loader asks for (60%, 25%, 15%), each also reported alone
 MARKER = re.compile(rb"dayq(\d+)q")
 TARGETS = {"page p99": 25.0, "delivery p99": 100.0, "rss": 100.0}
 
@@ -191,7 +192,8 @@ def sockets_process(port, people, pipe):
 def requests_process(port, loaders, posters, searchers, seconds, older, pipe):
     """loaders/posters/searchers: [(cookie, room id)]; older: room id → message ids to
     page back from. Runs for `seconds`, then reports."""
-    results = {"page": [], "post": [], "search": [], "errors": 0, "error_samples": [], "sent": {}}
+    results = {"page": [], "post": [], "search": [], "errors": 0, "error_samples": [], "sent": {},
+               "kinds": {kind: [] for kind in PAGE_KINDS}}
 
     def failed(what):
         results["errors"] += 1
@@ -206,9 +208,11 @@ def requests_process(port, loaders, posters, searchers, seconds, older, pipe):
             http.writer = None
             failed("%s %s: %s" % (method, path, type(error).__name__))
             return
-        results[kind].append((time.perf_counter() - started) * 1000)
+        took = (time.perf_counter() - started) * 1000
+        results[kind].append(took)
         if status not in expected:
             failed("%s %s: %d" % (method, path, status))
+        return took
 
     async def loader(cookie, room_id, stop):
         http, rng = Http(port, cookie), random.Random(cookie)
@@ -216,12 +220,14 @@ def requests_process(port, loaders, posters, searchers, seconds, older, pipe):
         while time.monotonic() < stop:
             pick = rng.random()
             if pick < 0.60:
-                path = "/rooms/%d" % room_id
+                kind, path = "room", "/rooms/%d" % room_id
             elif pick < 0.85:
-                path = "/rooms/%d/messages?before=%d" % (room_id, rng.choice(older[room_id]))
+                kind, path = "older", "/rooms/%d/messages?before=%d" % (room_id, rng.choice(older[room_id]))
             else:
-                path = "/users/me/sidebar"
-            await timed(http, "GET", path, "page", (200, 204))  # 204: nothing older than the oldest
+                kind, path = "sidebar", "/users/me/sidebar"
+            took = await timed(http, "GET", path, "page", (200, 204))  # 204: nothing older than the oldest
+            if took is not None:
+                results["kinds"][kind].append(took)
             await asyncio.sleep(rng.expovariate(1 / THINK_SECONDS))
 
     async def searcher(cookie, stop):
@@ -376,8 +382,8 @@ def main():
         print("day: %.0f s; %d pages, %d posts, %d searches; %d deliveries to %d sockets"
               % (SECONDS, len(results["page"]), len(results["post"]), len(results["search"]),
                  sum(listeners[room] for _, room in results["sent"].values()), len(people)))
-        for name, values in (("page", results["page"]), ("search", results["search"]), ("post", results["post"]),
-                             ("delivery", deliveries)):
+        for name, values in (("page", results["page"]), *((" " + kind, results["kinds"][kind]) for kind in PAGE_KINDS),
+                             ("search", results["search"]), ("post", results["post"]), ("delivery", deliveries)):
             p99 = percentile(values, 0.99)
             target = TARGETS.get(name + " p99")
             print("  %-9s p50 %7.1f ms  p99 %7.1f ms%s" % (name, percentile(values, 0.5), p99,
